@@ -1,0 +1,139 @@
+//! Build script: locate the Envoy FileDescriptorSet that envoy-types ships in its sources
+//! (`src/generated/types.bin`, not exported by the crate), strip what the runtime never reads
+//! (source comments, validation annotations), and write it to OUT_DIR for `include_bytes!`.
+//!
+//! The crate's location comes from `cargo metadata`, which reads the lock file and the local
+//! registry only, so this works offline and needs no protoc.
+
+use prost::Message;
+use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    let descriptor_path = match std::env::var("REMORA_ENVOY_DESCRIPTORS") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => locate_envoy_types(&cargo, &manifest_dir).join("src/generated/types.bin"),
+    };
+    println!("cargo:rerun-if-changed={}", descriptor_path.display());
+    println!("cargo:rerun-if-env-changed=REMORA_ENVOY_DESCRIPTORS");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=Cargo.toml");
+
+    let raw = std::fs::read(&descriptor_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", descriptor_path.display()));
+    let mut set = FileDescriptorSet::decode(raw.as_slice()).expect("decoding envoy-types' descriptor set");
+    for file in &mut set.file {
+        file.source_code_info = None;
+        file.options = None;
+        for m in &mut file.message_type {
+            strip_message(m);
+        }
+        for e in &mut file.enum_type {
+            strip_enum(e);
+        }
+        for s in &mut file.service {
+            s.options = None;
+            for m in &mut s.method {
+                m.options = None;
+            }
+        }
+    }
+    std::fs::write(out_dir.join("envoy_descriptors.bin"), set.encode_to_vec()).expect("writing descriptors");
+}
+
+/// Keep only the options that change how a message is read: `map_entry` and `allow_alias`.
+fn strip_message(m: &mut DescriptorProto) {
+    for f in &mut m.field {
+        f.options = None;
+    }
+    if let Some(o) = &mut m.options {
+        let map_entry = o.map_entry;
+        *o = Default::default();
+        o.map_entry = map_entry;
+    }
+    for o in &mut m.oneof_decl {
+        o.options = None;
+    }
+    for n in &mut m.nested_type {
+        strip_message(n);
+    }
+    for e in &mut m.enum_type {
+        strip_enum(e);
+    }
+}
+
+fn strip_enum(e: &mut EnumDescriptorProto) {
+    if let Some(o) = &mut e.options {
+        let alias = o.allow_alias;
+        *o = Default::default();
+        o.allow_alias = alias;
+    }
+    for v in &mut e.value {
+        v.options = None;
+    }
+}
+
+fn locate_envoy_types(cargo: &str, manifest_dir: &Path) -> PathBuf {
+    match from_cargo_metadata(cargo, manifest_dir) {
+        Ok(dir) => dir,
+        Err(metadata_error) => from_lock_and_registry(manifest_dir).unwrap_or_else(|e| {
+            panic!(
+                "cannot find envoy-types' sources: cargo metadata: {metadata_error}; registry scan: {e}; \
+                 set REMORA_ENVOY_DESCRIPTORS to the path of envoy-types' src/generated/types.bin"
+            )
+        }),
+    }
+}
+
+fn from_cargo_metadata(cargo: &str, manifest_dir: &Path) -> Result<PathBuf, String> {
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .arg(std::env::var("TARGET").map_err(|e| e.to_string())?)
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("Cargo.toml"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let pkg = meta["packages"]
+        .as_array()
+        .and_then(|pkgs| pkgs.iter().find(|p| p["name"] == "envoy-types"))
+        .ok_or("envoy-types is not in the dependency graph")?;
+    let manifest = PathBuf::from(pkg["manifest_path"].as_str().ok_or("no manifest_path")?);
+    Ok(manifest.parent().ok_or("manifest has no parent")?.to_path_buf())
+}
+
+/// Fallback: the version from the workspace's Cargo.lock, the sources from `$CARGO_HOME/registry/src`.
+fn from_lock_and_registry(manifest_dir: &Path) -> Result<PathBuf, String> {
+    let lock = manifest_dir
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.exists())
+        .ok_or("no Cargo.lock")?;
+    let text = std::fs::read_to_string(&lock).map_err(|e| e.to_string())?;
+    let version = text
+        .split("[[package]]")
+        .find(|block| block.contains("name = \"envoy-types\""))
+        .and_then(|block| block.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .ok_or("envoy-types not in Cargo.lock")?;
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map_err(|e| e.to_string())?;
+    let registries = std::fs::read_dir(cargo_home.join("registry/src")).map_err(|e| e.to_string())?;
+    for reg in registries.flatten() {
+        let candidate = reg.path().join(format!("envoy-types-{version}"));
+        if candidate.join("src/generated/types.bin").exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("envoy-types-{version} not found under {}", cargo_home.display()))
+}

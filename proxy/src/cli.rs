@@ -1,0 +1,136 @@
+//! Envoy's command line. Flags Envoy has for hot restart and platform specifics are accepted
+//! where remora's behaviour already matches what they ask for; unknown flags are errors.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Load the configuration and serve.
+    Serve,
+    /// Load and translate everything, report errors, start nothing.
+    Validate,
+    /// Envoy's init-only mode: initialise (bind listeners, resolve clusters) and exit.
+    InitOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrainStrategy {
+    Gradual,
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+/// remora: an Envoy-compatible sidecar proxy. Run `remora demo` for a self-contained demo.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "remora", version = crate::VERSION, disable_version_flag = true, about)]
+pub struct Options {
+    /// Path to the v3 bootstrap (YAML, JSON or binary proto).
+    #[arg(short = 'c', long = "config-path")]
+    pub config_path: Option<PathBuf>,
+
+    /// Bootstrap YAML merged over the file (protobuf merge: lists append).
+    #[arg(long = "config-yaml")]
+    pub config_yaml: Option<String>,
+
+    #[arg(long, value_enum, default_value = "serve")]
+    pub mode: Mode,
+
+    /// Worker threads (default: the number of CPUs).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+
+    /// Log level: trace, debug, info, warning/warn, error, critical, off.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    pub log_level: String,
+
+    /// Per-component log levels, e.g. `upstream:debug,connection:trace`.
+    #[arg(long = "component-log-level")]
+    pub component_log_level: Option<String>,
+
+    /// Envoy's application-log format string. remora writes its own line format (timestamp,
+    /// level, component, message), which carries the same fields.
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
+
+    /// Write application logs to this file instead of stderr.
+    #[arg(long = "log-path")]
+    pub log_path: Option<PathBuf>,
+
+    #[arg(long = "service-node")]
+    pub service_node: Option<String>,
+
+    #[arg(long = "service-cluster")]
+    pub service_cluster: Option<String>,
+
+    #[arg(long = "service-zone")]
+    pub service_zone: Option<String>,
+
+    /// Seconds listeners drain connections before they stop (drain_listeners, shutdown).
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    pub drain_time_s: u64,
+
+    #[arg(long = "drain-strategy", value_enum, default_value = "gradual")]
+    pub drain_strategy: DrainStrategy,
+
+    /// Hot restart only (remora does not hot restart; the parent is never waited for).
+    #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
+    pub parent_shutdown_time_s: u64,
+
+    /// remora never hot restarts; accepted for compatibility.
+    #[arg(long = "disable-hot-restart")]
+    pub disable_hot_restart: bool,
+
+    /// Hot restart epoch; only 0 (no hot restart) is possible.
+    #[arg(long = "restart-epoch", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=0))]
+    pub restart_epoch: u32,
+
+    /// Hot restart shared-memory base id; meaningless without hot restart.
+    #[arg(long = "base-id")]
+    pub base_id: Option<u64>,
+
+    /// Unknown fields in the bootstrap are warnings instead of errors.
+    #[arg(long = "allow-unknown-static-fields")]
+    pub allow_unknown_static_fields: bool,
+
+    /// Unknown fields in dynamic (xDS) resources are errors (the default in remora).
+    #[arg(long = "reject-unknown-dynamic-fields")]
+    pub reject_unknown_dynamic_fields: bool,
+
+    #[arg(long = "local-address-ip-version", value_enum, default_value = "v4")]
+    pub local_address_ip_version: IpVersion,
+
+    /// Write the admin listener's address here once it is bound.
+    #[arg(long = "admin-address-path")]
+    pub admin_address_path: Option<PathBuf>,
+
+    /// Access-log flush interval in milliseconds.
+    #[arg(long = "file-flush-interval-msec", default_value_t = 1000)]
+    pub file_flush_interval_msec: u64,
+
+    /// Print the version and exit.
+    #[arg(long = "version")]
+    pub version: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Start a proxy with a built-in bootstrap in front of a built-in echo server, and print
+    /// curl commands to try.
+    Demo {
+        /// Listener port for the demo proxy.
+        #[arg(long, default_value_t = 10000)]
+        port: u16,
+        /// Admin port for the demo proxy.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+}

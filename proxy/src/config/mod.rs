@@ -1,0 +1,9 @@
+//! The configuration pipeline, first half: bytes (YAML/JSON/proto) → Envoy protos.
+//! The second half, protos → validated model, is `crate::model`.
+
+pub mod descriptors;
+pub mod error;
+pub mod json;
+pub mod load;
+
+pub use error::{ConfigError, FieldPath, Result};

@@ -1,0 +1,3 @@
+//! Downstream HTTP codecs: HTTP/1.1 is remora's own (`h1`), HTTP/2 is hyper's.
+
+pub mod h1;

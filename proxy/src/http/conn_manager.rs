@@ -1,0 +1,758 @@
+//! `envoy.filters.network.http_connection_manager` at runtime: request sanitation
+//! (hop-by-hop headers, x-forwarded-for, x-request-id, edge headers), route selection, the
+//! HTTP filter chain ending in the router, response headers (server, date), local replies,
+//! Envoy's `http.<stat_prefix>.*` stats and the access log.
+
+use super::body::Body;
+use super::local_reply::{self, LocalReply};
+use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody, WatchedBody};
+use crate::model::hcm::{HttpConnectionManager as Config, ServerHeader, StripPort};
+use crate::model::matcher::RequestHeaders;
+use crate::model::route::{RouteAction, RouteMatch, RouteRequest};
+use crate::stream_info::{ConnectionInfo, Protocol, ResponseFlags, StreamInfo};
+use crate::telemetry::access_log::{AccessLogger, filter_input};
+use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+use crate::upstream::cluster::ClusterManager;
+use http::header::{self, HeaderName, HeaderValue};
+use http_body::Body as _;
+use http::{Request, Response, StatusCode};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+/// `http.<stat_prefix>.*` (and the per-listener `listener.<addr>.http.<prefix>.downstream_rq_<N>xx`).
+#[derive(Debug)]
+pub struct HcmStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_http1_total: Arc<Counter>,
+    pub downstream_cx_http1_active: Arc<Gauge>,
+    pub downstream_cx_http2_total: Arc<Counter>,
+    pub downstream_cx_http2_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_destroy_remote: Arc<Counter>,
+    pub downstream_cx_destroy_local: Arc<Counter>,
+    pub downstream_cx_length_ms: Arc<Histogram>,
+    pub downstream_cx_protocol_error: Arc<Counter>,
+    pub downstream_cx_idle_timeout: Arc<Counter>,
+    pub downstream_cx_max_duration_reached: Arc<Counter>,
+    pub downstream_cx_max_requests_reached: Arc<Counter>,
+    pub downstream_cx_drain_close: Arc<Counter>,
+    pub downstream_cx_rx_bytes_total: Arc<Counter>,
+    pub downstream_cx_tx_bytes_total: Arc<Counter>,
+    pub downstream_cx_upgrades_total: Arc<Counter>,
+    pub downstream_cx_upgrades_active: Arc<Gauge>,
+    pub downstream_rq_total: Arc<Counter>,
+    pub downstream_rq_http1_total: Arc<Counter>,
+    pub downstream_rq_http2_total: Arc<Counter>,
+    pub downstream_rq_active: Arc<Gauge>,
+    pub downstream_rq_time: Arc<Histogram>,
+    pub downstream_rq_timeout: Arc<Counter>,
+    pub downstream_rq_idle_timeout: Arc<Counter>,
+    pub downstream_rq_tx_reset: Arc<Counter>,
+    pub downstream_rq_rx_reset: Arc<Counter>,
+    pub downstream_rq_too_large: Arc<Counter>,
+    pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+    pub downstream_rq_codes: CodeStats,
+    pub listener_rq_codes: CodeStats,
+    pub no_route: Arc<Counter>,
+    pub no_cluster: Arc<Counter>,
+    pub rq_total: Arc<Counter>,
+    pub rq_direct_response: Arc<Counter>,
+    pub rq_redirect: Arc<Counter>,
+}
+
+impl HcmStats {
+    pub fn new(store: &Arc<Store>, prefix: &str, listener_stat_name: &str) -> Self {
+        let p = format!("http.{prefix}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let g = |n: &str| store.gauge(&format!("{p}{n}"));
+        let h = |n: &str| store.histogram(&format!("{p}{n}"));
+        Self {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http1_active: g("downstream_cx_http1_active"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_http2_active: g("downstream_cx_http2_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_destroy_remote: c("downstream_cx_destroy_remote"),
+            downstream_cx_destroy_local: c("downstream_cx_destroy_local"),
+            downstream_cx_length_ms: h("downstream_cx_length_ms"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_cx_drain_close: c("downstream_cx_drain_close"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_time: h("downstream_rq_time"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_codes: CodeStats::new(store, &format!("{p}downstream_rq"), false),
+            listener_rq_codes: CodeStats::new(store, &format!("listener.{listener_stat_name}.http.{prefix}.downstream_rq"), false),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_total: c("rq_total"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+        }
+    }
+}
+
+/// The node identity some headers carry (`--service-cluster`, `--service-node`).
+#[derive(Debug, Clone, Default)]
+pub struct LocalInfo {
+    pub service_cluster: String,
+    pub service_node: String,
+}
+
+/// A downstream connection as the connection manager sees it.
+#[derive(Debug)]
+pub struct DownstreamConn {
+    pub info: Arc<ConnectionInfo>,
+    pub is_tls: bool,
+    /// Requests served on this connection (for `max_requests_per_connection`).
+    pub requests: AtomicU64,
+    /// Streams in flight (for the connection idle timeout).
+    pub active_streams: AtomicUsize,
+    /// When the connection last had no stream in flight (ms since `opened`).
+    idle_since_ms: AtomicU64,
+    pub opened: Instant,
+}
+
+impl DownstreamConn {
+    pub fn new(info: Arc<ConnectionInfo>, is_tls: bool) -> Arc<Self> {
+        Arc::new(Self { info, is_tls, requests: AtomicU64::new(0), active_streams: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), opened: Instant::now() })
+    }
+
+    pub fn stream_started(&self) {
+        self.active_streams.fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_ended(&self) {
+        if self.active_streams.fetch_sub(1, Relaxed) == 1 {
+            self.idle_since_ms.store(self.opened.elapsed().as_millis() as u64, Relaxed);
+        }
+    }
+
+    /// `Some(since)` when no stream is in flight.
+    pub fn idle_since(&self) -> Option<Instant> {
+        (self.active_streams.load(Relaxed) == 0).then(|| self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Relaxed)))
+    }
+}
+
+/// A built connection manager (one per filter chain).
+pub struct ConnectionManager {
+    pub config: Arc<Config>,
+    pub stats: HcmStats,
+    pub clusters: Arc<ClusterManager>,
+    pub access_logs: Vec<AccessLogger>,
+    log_request_headers: Vec<HeaderName>,
+    log_response_headers: Vec<HeaderName>,
+    pub local: Arc<LocalInfo>,
+    pub listener_port: u16,
+    pub h1_limits: super::codec::h1::Limits,
+}
+
+impl std::fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionManager").field("stat_prefix", &self.config.stat_prefix).finish()
+    }
+}
+
+/// Edge-sanitised headers: remora removes these from external requests when it is the edge
+/// (`use_remote_address: true`), as Envoy does.
+const ENVOY_INTERNAL_HEADERS: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-original-path",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+];
+
+impl ConnectionManager {
+    pub fn new(
+        config: Arc<Config>,
+        store: &Arc<Store>,
+        clusters: Arc<ClusterManager>,
+        local: Arc<LocalInfo>,
+        listener_stat_name: &str,
+        listener_port: u16,
+    ) -> std::io::Result<Self> {
+        let mut access_logs = Vec::new();
+        let mut req_headers = Vec::new();
+        let mut resp_headers = Vec::new();
+        for l in &config.access_logs {
+            req_headers.extend(l.request_headers());
+            resp_headers.extend(l.response_headers());
+            access_logs.push(AccessLogger::new(l.clone())?);
+        }
+        req_headers.push(header::HOST);
+        req_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        req_headers.dedup();
+        resp_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        resp_headers.dedup();
+        let h1_limits = super::codec::h1::Limits {
+            max_header_bytes: config.max_request_headers_bytes,
+            max_headers: config.max_headers_count,
+            allow_absolute_url: config.http1.allow_absolute_url,
+            accept_http_10: config.http1.accept_http_10,
+            default_host_for_http_10: config.http1.default_host_for_http_10.clone(),
+            allow_chunked_length: config.http1.allow_chunked_length,
+            underscores: config.underscore_headers,
+        };
+        Ok(Self {
+            stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
+            config,
+            clusters,
+            access_logs,
+            log_request_headers: req_headers,
+            log_response_headers: resp_headers,
+            local,
+            listener_port,
+            h1_limits,
+        })
+    }
+
+    /// Write the access log lines of a finished stream.
+    pub fn log(&self, s: &ActiveStream) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let ctx = s.format_context();
+        s.with_request_headers(|rh| {
+            let input = filter_input(&s.info, rh);
+            for l in &self.access_logs {
+                l.log(&ctx, &input);
+            }
+        });
+    }
+
+    fn charge_response(&self, status: u16) {
+        self.stats.downstream_rq_codes.charge(status);
+        self.stats.listener_rq_codes.charge(status);
+    }
+
+    /// A response leaving the connection manager: response headers, stats, and the body
+    /// wrapped so the stream finishes when it ends.
+    pub fn respond(&self, mut stream: ActiveStream, mut resp: Response<Body>, deadline: Option<Instant>, idle: Option<std::time::Duration>) -> Response<Body> {
+        let status = resp.status().as_u16();
+        stream.info.response_code = Some(status);
+        let h = resp.headers_mut();
+        match self.config.server_header {
+            ServerHeader::Overwrite => {
+                h.insert(header::SERVER, self.config.server_name.clone());
+            }
+            ServerHeader::AppendIfAbsent => {
+                if !h.contains_key(header::SERVER) {
+                    h.insert(header::SERVER, self.config.server_name.clone());
+                }
+            }
+            ServerHeader::PassThrough => {}
+        }
+        if !h.contains_key(header::DATE) {
+            h.insert(header::DATE, http_date());
+        }
+        if self.config.always_set_request_id_in_response {
+            if let Some(id) = stream.request.as_ref().and_then(|r| r.headers.get("x-request-id")).cloned() {
+                h.insert("x-request-id", id);
+            }
+        }
+        if let Some(via) = &self.config.via {
+            h.append(header::VIA, via.clone());
+        }
+        if !self.log_response_headers.is_empty() {
+            let mut snap = http::HeaderMap::new();
+            for name in &self.log_response_headers {
+                for v in h.get_all(name) {
+                    snap.append(name.clone(), v.clone());
+                }
+            }
+            stream.response_headers = Some(snap);
+        }
+        self.charge_response(status);
+        resp.map(|body| Body::Tracked(Box::new(TrackedBody::new(body, stream, deadline, idle))))
+    }
+
+    /// A local reply (`status`, Envoy's body text, details and flags), through
+    /// `local_reply_config`.
+    pub fn local_reply(&self, mut stream: ActiveStream, status: StatusCode, body: &str, details: &'static str, flags: ResponseFlags) -> Response<Body> {
+        stream.info.response_code_details = details;
+        stream.info.set_flag(flags);
+        stream.info.response_code = Some(status.as_u16());
+        let resp = {
+            let ctx = stream.format_context();
+            stream.with_request_headers(|rh| {
+                let input = filter_input(&stream.info, rh);
+                local_reply::build(&self.config.local_reply, LocalReply::new(status, body.to_string()), &ctx, &input)
+            })
+        };
+        self.respond(stream, resp, None, None)
+    }
+
+    /// Handle one request (HTTP/1 or HTTP/2).
+    pub async fn handle(self: &Arc<Self>, conn: &Arc<DownstreamConn>, req: Request<Body>, protocol: Protocol) -> Response<Body> {
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        stats.downstream_rq_active.inc();
+        match protocol {
+            Protocol::Http2 => stats.downstream_rq_http2_total.inc(),
+            _ => stats.downstream_rq_http1_total.inc(),
+        }
+        conn.requests.fetch_add(1, Relaxed);
+        let mut info = StreamInfo::new(conn.info.clone());
+        info.protocol = Some(protocol);
+        let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
+        let (mut parts, body) = req.into_parts();
+
+        // The authority: HTTP/2's :authority, else Host. Normalise to origin-form + Host.
+        if let Some(auth) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            parts.uri = http::Uri::try_from(pq).unwrap_or_else(|_| http::Uri::from_static("/"));
+        }
+        if !self.log_request_headers.is_empty() && !self.access_logs.is_empty() {
+            stream.request = Some(snapshot(&parts, &self.log_request_headers));
+        }
+        if !parts.headers.contains_key(header::HOST) {
+            return self.local_reply(stream, StatusCode::BAD_REQUEST, "", "missing_host_header", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        }
+        if protocol == Protocol::Http2 && parts.headers.len() > self.config.max_headers_count {
+            stats.downstream_rq_too_large.inc();
+            return self.local_reply(stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        }
+
+        // Downstream address, internal/external, x-forwarded-for.
+        let remote = conn.info.remote;
+        let (downstream_ip, internal) = self.forwarded_for(&mut parts.headers, remote.ip());
+        stream.info.downstream_remote = SocketAddr::new(downstream_ip, if downstream_ip == remote.ip() { remote.port() } else { 0 });
+        if self.config.use_remote_address && !internal {
+            for name in ENVOY_INTERNAL_HEADERS {
+                parts.headers.remove(*name);
+            }
+            if let Some(rc) = self.route_config_internal_only() {
+                for h in rc {
+                    parts.headers.remove(h);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&downstream_ip.to_string()) {
+                parts.headers.insert("x-envoy-external-address", v);
+            }
+        }
+        if internal && self.config.use_remote_address {
+            parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        }
+        // Envoy's router counts a request as internal by this header (after edge sanitation).
+        let internal_request = parts.headers.get("x-envoy-internal").is_some_and(|v| v == "true");
+        parts.headers.remove("x-forwarded-client-cert");
+        let scheme = if conn.is_tls { "https" } else { "http" };
+        if self.config.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
+            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        }
+        if self.config.append_x_forwarded_port {
+            parts.headers.insert("x-forwarded-port", HeaderValue::from(conn.info.local.port()));
+        }
+        if self.config.generate_request_id {
+            let regenerate = match parts.headers.get("x-request-id") {
+                None => true,
+                Some(_) => self.config.use_remote_address && !internal && !self.config.preserve_external_request_id,
+            };
+            if regenerate {
+                parts.headers.insert("x-request-id", uuid_v4());
+            }
+        }
+        if let Some(via) = &self.config.via {
+            parts.headers.append(header::VIA, via.clone());
+        }
+
+        // Hop-by-hop headers and upgrades.
+        let upgrade = upgrade_type(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if self.config.merge_slashes {
+            merge_slashes(&mut parts.uri);
+        }
+        if let Some(r) = stream.request.as_mut() {
+            // The access log sees the request as routed (with the generated x-request-id, XFF).
+            *r = snapshot(&parts, &self.log_request_headers);
+        }
+
+        // Route.
+        let route_config = self.config.route_config.clone();
+        let host_for_routing = self.routing_host(&parts.headers);
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let authority = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let matched = {
+            let rr = RouteRequest {
+                headers: RequestHeaders { method: &parts.method, path_and_query: &path_and_query, authority: &authority, scheme, headers: &parts.headers },
+                host: &host_for_routing,
+                is_tls: conn.is_tls,
+                is_internal: internal,
+            };
+            route_config.route(&rr)
+        };
+        let (vhost, route, matched_len) = match matched {
+            RouteMatch::NoRoute => {
+                stats.no_route.inc();
+                return self.local_reply(stream, StatusCode::NOT_FOUND, "", "route_not_found", ResponseFlags::NO_ROUTE_FOUND);
+            }
+            RouteMatch::RequireTls { .. } => {
+                stats.rq_redirect.inc();
+                let location = format!("https://{authority}{path_and_query}");
+                let mut resp = Response::new(Body::Empty);
+                *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                stream.info.response_code_details = "direct_response";
+                return self.respond(stream, resp, None, None);
+            }
+            RouteMatch::Route { vhost, route, matched_prefix_len } => (vhost, route, matched_prefix_len),
+        };
+        stream.info.route_name = route.name.clone();
+        match &route.action {
+            RouteAction::Direct(d) => {
+                stats.rq_direct_response.inc();
+                let mut resp = Response::new(d.body.clone().map(Body::full).unwrap_or(Body::Empty));
+                *resp.status_mut() = d.status;
+                let len = d.body.as_ref().map(|b| b.len()).unwrap_or(0);
+                if len > 0 {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                }
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                stream.info.response_code_details = "direct_response";
+                self.apply_response_mutations(&route_config, vhost, route, None, resp.headers_mut(), &stream);
+                self.respond(stream, resp, None, None)
+            }
+            RouteAction::Redirect(r) => {
+                stats.rq_redirect.inc();
+                let location = super::router::redirect_location(r, scheme, &authority, &path_and_query, matched_len);
+                let mut resp = Response::new(Body::Empty);
+                *resp.status_mut() = r.code;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                stream.info.response_code_details = "direct_response";
+                self.apply_response_mutations(&route_config, vhost, route, None, resp.headers_mut(), &stream);
+                self.respond(stream, resp, None, None)
+            }
+            RouteAction::Forward(fwd) => {
+                if let Some(up) = &upgrade {
+                    if !self.config.upgrade_allowed(&fwd.upgrades, up) {
+                        stats.downstream_rq_ws_on_non_ws_route.inc();
+                        return self.local_reply(stream, StatusCode::FORBIDDEN, "", "upgrade_failed", ResponseFlags::empty());
+                    }
+                }
+                // The HTTP filter chain: every filter before the router may answer locally.
+                for f in &self.config.http_filters {
+                    match f {
+                        crate::model::hcm::HttpFilter::Router(_) => {}
+                    }
+                }
+                let body = if body.is_end_stream() {
+                    stream.info.last_downstream_rx = Some(Instant::now());
+                    body
+                } else {
+                    let progress = RequestProgress::new(stream.info.start);
+                    stream.progress = Some(progress.clone());
+                    Body::Watched(Box::new(WatchedBody::new(body, progress)))
+                };
+                let ctx = super::router::Forward {
+                    route_config: &route_config,
+                    vhost,
+                    route,
+                    action: fwd,
+                    matched_len,
+                    internal: internal_request,
+                    upgrade: upgrade.is_some(),
+                };
+                super::router::forward(self, stream, Request::from_parts(parts, body), ctx).await
+            }
+        }
+    }
+
+    fn route_config_internal_only(&self) -> Option<&[HeaderName]> {
+        let h = &self.config.route_config.internal_only_headers;
+        (!h.is_empty()).then_some(h.as_slice())
+    }
+
+    /// Response header mutations, innermost first (weighted cluster, route, virtual host, route
+    /// configuration), or outermost first with `most_specific_header_mutations_wins`.
+    pub fn apply_response_mutations(
+        &self,
+        rc: &crate::model::route::RouteConfig,
+        vhost: &crate::model::route::VirtualHost,
+        route: &crate::model::route::Route,
+        weighted: Option<&crate::model::route::WeightedCluster>,
+        headers: &mut http::HeaderMap,
+        stream: &ActiveStream,
+    ) {
+        let levels = [weighted.map(|w| &w.response_headers), Some(&route.response_headers), Some(&vhost.response_headers), Some(&rc.response_headers)];
+        let ctx = stream.format_context();
+        if rc.most_specific_header_mutations_wins {
+            for m in levels.iter().rev().flatten() {
+                m.apply(headers, &ctx);
+            }
+        } else {
+            for m in levels.iter().flatten() {
+                m.apply(headers, &ctx);
+            }
+        }
+    }
+
+    /// x-forwarded-for handling; returns the downstream client IP and whether it is internal.
+    fn forwarded_for(&self, headers: &mut http::HeaderMap, remote: IpAddr) -> (IpAddr, bool) {
+        if self.config.use_remote_address {
+            if !self.config.skip_xff_append {
+                let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                    Some(existing) if !existing.is_empty() => format!("{existing},{remote}"),
+                    _ => remote.to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    headers.insert("x-forwarded-for", v);
+                }
+            }
+            return (remote, is_internal(remote));
+        }
+        // Not the edge: the client address is the XFF entry `xff_num_trusted_hops` from the right.
+        let from_xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|xff| {
+            let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
+            let idx = parts.len().checked_sub(1 + self.config.xff_num_trusted_hops as usize)?;
+            parts.get(idx)?.parse::<IpAddr>().ok()
+        });
+        match from_xff {
+            Some(ip) => (ip, is_internal(ip) && headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).is_some_and(|x| !x.contains(','))),
+            None => (remote, is_internal(remote)),
+        }
+    }
+
+    fn routing_host(&self, headers: &http::HeaderMap) -> String {
+        let raw = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mut host = raw.to_ascii_lowercase();
+        let strip = match self.config.strip_port {
+            StripPort::None => None,
+            StripPort::Any => Some(None),
+            StripPort::Matching => Some(Some(self.listener_port)),
+        };
+        if let Some(only) = strip {
+            if let Some((h, p)) = split_port(&host) {
+                if only.is_none_or(|lp| p == lp) {
+                    host = h.to_string();
+                }
+            }
+        }
+        if self.config.strip_trailing_host_dot {
+            if let Some((h, p)) = split_port(&host) {
+                if let Some(h) = h.strip_suffix('.') {
+                    host = format!("{h}:{p}");
+                }
+            } else if let Some(h) = host.strip_suffix('.') {
+                host = h.to_string();
+            }
+        }
+        host
+    }
+
+    /// A codec error on HTTP/1 (before a request could be formed): count it and log it.
+    pub fn codec_error(self: &Arc<Self>, conn: &Arc<DownstreamConn>, status: StatusCode, details: &'static str) {
+        self.stats.downstream_cx_protocol_error.inc();
+        self.stats.downstream_rq_total.inc();
+        self.stats.downstream_rq_http1_total.inc();
+        self.stats.downstream_rq_active.inc();
+        let mut info = StreamInfo::new(conn.info.clone());
+        info.protocol = Some(Protocol::Http11);
+        info.response_code = Some(status.as_u16());
+        info.response_code_details = details;
+        info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        let reason = status.canonical_reason().unwrap_or("");
+        info.bytes_sent = reason.len() as u64;
+        self.charge_response(status.as_u16());
+        let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
+        stream.finish(super::stream::End::Complete);
+    }
+}
+
+fn split_port(host: &str) -> Option<(&str, u16)> {
+    if host.starts_with('[') {
+        let end = host.rfind("]:")?;
+        return Some((&host[..=end], host[end + 2..].parse().ok()?));
+    }
+    let (h, p) = host.rsplit_once(':')?;
+    if h.contains(':') {
+        return None;
+    }
+    Some((h, p.parse().ok()?))
+}
+
+/// Envoy's classic internal addresses: RFC 1918, loopback, and IPv6 unique-local.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback()),
+    }
+}
+
+/// The upgrade protocol requested (`Connection: upgrade` + `Upgrade: x`), ignoring `h2c`.
+fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
+    let conn_upgrade = h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
+    if !conn_upgrade {
+        return None;
+    }
+    let up = h.get(header::UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase();
+    (up != "h2c" && !up.is_empty()).then_some(up)
+}
+
+/// Remove hop-by-hop request headers (keeping `te: trailers`, and the upgrade pair for allowed upgrades).
+fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "http2-settings"] {
+        h.remove(name);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    let te_trailers = h.get_all(header::TE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers")));
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn merge_slashes(uri: &mut http::Uri) {
+    let Some(pq) = uri.path_and_query() else { return };
+    let (path, query) = (pq.path(), pq.query());
+    if !path.contains("//") {
+        return;
+    }
+    let mut out = String::with_capacity(pq.as_str().len());
+    let mut prev_slash = false;
+    for c in path.chars() {
+        if c == '/' && prev_slash {
+            continue;
+        }
+        prev_slash = c == '/';
+        out.push(c);
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    if let Ok(u) = http::Uri::try_from(out) {
+        *uri = u;
+    }
+}
+
+fn snapshot(parts: &http::request::Parts, names: &[HeaderName]) -> RequestSnapshot {
+    let mut headers = http::HeaderMap::with_capacity(names.len());
+    for n in names {
+        for v in parts.headers.get_all(n) {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+    RequestSnapshot { method: parts.method.clone(), uri: parts.uri.clone(), headers }
+}
+
+/// A random UUID v4 (`x-request-id`).
+pub fn uuid_v4() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s[j] = b'-';
+            j += 1;
+        }
+        s[j] = HEX[(byte >> 4) as usize];
+        s[j + 1] = HEX[(byte & 0xf) as usize];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&s).expect("hex and dashes")
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> = std::cell::RefCell::new((0, HeaderValue::from_static("")));
+}
+
+/// The `date` header value, formatted once per second per worker.
+pub fn http_date() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, HeaderValue::from_str(&httpdate::fmt_http_date(now)).expect("ASCII date"));
+        }
+        d.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_shape() {
+        let v = uuid_v4();
+        let s = v.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(uuid_v4(), v);
+    }
+
+    #[test]
+    fn hop_by_hop_and_upgrade() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "trailers, gzip".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        assert_eq!(upgrade_type(&h).as_deref(), Some("websocket"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("connection") && !h.contains_key("upgrade") && !h.contains_key("keep-alive"));
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn slashes_and_ports() {
+        let mut u: http::Uri = "//a///b?x=//".parse().unwrap();
+        merge_slashes(&mut u);
+        assert_eq!(u, "/a/b?x=//");
+        assert_eq!(split_port("h:80"), Some(("h", 80)));
+        assert_eq!(split_port("[::1]:80"), Some(("[::1]", 80)));
+        assert_eq!(split_port("::1"), None);
+        assert!(is_internal("10.1.2.3".parse().unwrap()));
+        assert!(!is_internal("8.8.8.8".parse().unwrap()));
+    }
+}

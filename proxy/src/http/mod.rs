@@ -1,0 +1,10 @@
+//! HTTP: the connection manager (`envoy.filters.network.http_connection_manager`), its codecs,
+//! the router filter, local replies and per-stream accounting.
+
+pub mod body;
+pub mod codec;
+pub mod conn_manager;
+pub mod local_reply;
+pub mod router;
+pub mod server;
+pub mod stream;

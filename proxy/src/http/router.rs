@@ -1,0 +1,545 @@
+//! `envoy.filters.http.router`: picks the cluster and host, rewrites the request for the
+//! upstream, sends it over the worker's connection pool, waits with the route timeout and the
+//! stream idle timeout, and maps every upstream failure to Envoy's response flag, response-code
+//! details and local-reply body.
+
+use super::body::Body;
+use super::conn_manager::ConnectionManager;
+use super::local_reply::bodies;
+use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
+use crate::model::cluster::UpstreamProtocol;
+use crate::model::route::{ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig, VirtualHost, WeightedCluster, rewrite_path};
+use crate::stream_info::{Protocol, ResponseFlags};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::host::Host;
+use crate::upstream::{lb, pool};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// The route decision the connection manager hands to the router.
+pub struct Forward<'a> {
+    pub route_config: &'a RouteConfig,
+    pub vhost: &'a VirtualHost,
+    pub route: &'a Route,
+    pub action: &'a ForwardAction,
+    pub matched_len: usize,
+    pub internal: bool,
+    pub upgrade: bool,
+}
+
+/// The upstream half of a WebSocket (or other HTTP/1.1 upgrade) that the downstream codec
+/// joins to the client once the 101 response is written.
+pub struct UpgradeBridge {
+    pub upstream: hyper::upgrade::OnUpgrade,
+    pub cluster: Arc<Cluster>,
+}
+
+/// Request headers the router consumes and never forwards.
+const ROUTER_CONSUMED: &[&str] = &[
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-upstream-stream-duration-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
+enum Failure {
+    Connect(pool::ConnectError),
+    Timeout,
+    Idle,
+    RequestTimeout,
+    Upstream(hyper::Error),
+    DownstreamGone,
+}
+
+pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req: Request<Body>, f: Forward<'_>) -> Response<Body> {
+    hcm.stats.rq_total.inc();
+    let router = &hcm.config.router;
+    let (mut parts, body) = req.into_parts();
+
+    // Cluster.
+    let (cluster_name, weighted): (std::borrow::Cow<'_, str>, Option<&WeightedCluster>) = match &f.action.cluster {
+        ClusterTarget::Name(n) => (std::borrow::Cow::Borrowed(&**n), None),
+        ClusterTarget::Header(h) => (
+            std::borrow::Cow::Owned(parts.headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()),
+            None,
+        ),
+        ClusterTarget::Weighted(w) => {
+            let c = w.pick(fastrand::u64(..));
+            (std::borrow::Cow::Borrowed(&*c.name), Some(c))
+        }
+    };
+    let Some(cluster) = hcm.clusters.get(&cluster_name) else {
+        hcm.stats.no_cluster.inc();
+        return hcm.local_reply(stream, f.action.cluster_not_found_code, "", "cluster_not_found", ResponseFlags::NO_CLUSTER_FOUND);
+    };
+    stream.info.upstream_cluster = Some(cluster.config.name.clone());
+    let Some(host) = lb::choose(&cluster) else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return hcm.local_reply(stream, StatusCode::SERVICE_UNAVAILABLE, bodies::NO_HEALTHY_UPSTREAM, "no_healthy_upstream", ResponseFlags::NO_HEALTHY_UPSTREAM);
+    };
+    stream.info.upstream_host = Some(host.address);
+
+    // Request rewrites.
+    let original_pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len) {
+        if let (Ok(uri), Ok(orig)) = (http::Uri::try_from(new_pq.as_str()), HeaderValue::from_str(parts.uri.path())) {
+            parts.headers.insert("x-envoy-original-path", orig);
+            parts.uri = uri;
+        }
+    }
+    let original_host = parts.headers.get(header::HOST).cloned();
+    let new_host = match (&f.action.host_rewrite, weighted.and_then(|w| w.host_rewrite_literal.clone())) {
+        (_, Some(lit)) => Some(lit),
+        (HostRewrite::Literal(h), None) => Some(h.clone()),
+        (HostRewrite::Auto, None) if !host.hostname.is_empty() => HeaderValue::from_str(&host.hostname).ok(),
+        (HostRewrite::Header(h), None) => parts.headers.get(h).cloned(),
+        _ => None,
+    };
+    if let Some(h) = new_host {
+        if f.action.append_x_forwarded_host {
+            if let Some(orig) = &original_host {
+                parts.headers.append("x-forwarded-host", orig.clone());
+            }
+        }
+        parts.headers.insert(header::HOST, h);
+    }
+    {
+        let levels = [weighted.map(|w| &w.request_headers), Some(&f.route.request_headers), Some(&f.vhost.request_headers), Some(&f.route_config.request_headers)];
+        let ctx = stream.format_context();
+        let mut apply = |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
+        if f.route_config.most_specific_header_mutations_wins {
+            levels.iter().rev().flatten().for_each(|m| apply(m));
+        } else {
+            levels.iter().flatten().for_each(|m| apply(m));
+        }
+    }
+
+    // Timeouts.
+    let mut timeout = f.action.timeout;
+    let header_timeout = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+    if let Some(ms) = header_timeout("x-envoy-upstream-rq-timeout-ms") {
+        timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    } else if router.respect_expected_rq_timeout {
+        if let Some(ms) = header_timeout("x-envoy-expected-rq-timeout-ms") {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+    }
+    for h in ROUTER_CONSUMED {
+        parts.headers.remove(*h);
+    }
+    if !router.suppress_envoy_headers {
+        match timeout {
+            Some(t) => {
+                parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+            }
+            None => {
+                parts.headers.remove("x-envoy-expected-rq-timeout-ms");
+            }
+        }
+    }
+    let idle = f.action.idle_timeout.filter(|d| !d.is_zero()).or(if f.action.idle_timeout.is_some() { None } else { hcm.config.stream_idle_timeout });
+
+    // Protocol.
+    let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
+    let use_h2 = !f.upgrade
+        && match cluster.config.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::UseDownstream { http2_allowed, .. } => downstream_h2 && http2_allowed,
+        };
+    if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
+        return hcm.local_reply(stream, StatusCode::FORBIDDEN, "", "upgrade_failed", ResponseFlags::empty());
+    }
+
+    // Upstream accounting starts here; `ActiveStream::finish` ends it.
+    let s = &cluster.stats;
+    s.upstream_rq_total.inc();
+    s.upstream_rq_active.inc();
+    host.stats.rq_total.fetch_add(1, Relaxed);
+    host.stats.rq_active.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    stream.upstream = Some(UpstreamRequest {
+        cluster: cluster.clone(),
+        host: host.clone(),
+        started,
+        h1: None,
+        internal: f.internal,
+        dynamic_stats: router.dynamic_stats,
+    });
+    stream.info.attempt_count = 1;
+    let progress = stream.progress.clone();
+    let request_deadline = hcm.config.request_timeout.map(|t| stream.info.start + t);
+
+    let result = if use_h2 {
+        send_h2(&cluster, &host, parts, body, progress.as_deref(), timeout, idle, request_deadline, &mut stream).await
+    } else {
+        send_h1(&cluster, &host, parts, body, progress.as_deref(), timeout, idle, request_deadline, &mut stream).await
+    };
+
+    match result {
+        Ok(mut resp) => {
+            let now = Instant::now();
+            stream.info.first_upstream_rx = Some(now);
+            let status = resp.status().as_u16();
+            charge_upstream(&stream, status);
+            if status >= 500 {
+                host.stats.rq_error.fetch_add(1, Relaxed);
+            } else {
+                host.stats.rq_success.fetch_add(1, Relaxed);
+            }
+            stream.info.response_code_details = "via_upstream";
+            let h = resp.headers_mut();
+            if status != 101 {
+                for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+                    h.remove(name);
+                }
+            }
+            if !router.suppress_envoy_headers {
+                h.insert("x-envoy-upstream-service-time", HeaderValue::from(now.duration_since(started).as_millis() as u64));
+            }
+            hcm.apply_response_mutations(f.route_config, f.vhost, f.route, weighted, resp.headers_mut(), &stream);
+            let deadline = timeout.map(|t| progress.as_ref().and_then(|p| p.completed_at()).unwrap_or(now) + t);
+            if status == 101 && f.upgrade {
+                let on_upgrade = hyper::upgrade::on(&mut resp);
+                if let Some(c) = stream.upstream.as_mut().and_then(|u| u.h1.take()) {
+                    c.discard();
+                }
+                resp.extensions_mut().insert(Arc::new(std::sync::Mutex::new(Some(UpgradeBridge { upstream: on_upgrade, cluster: cluster.clone() }))));
+                let resp = resp.map(|_| Body::Empty);
+                return hcm.respond(stream, resp, None, None);
+            }
+            let resp = resp.map(Body::Hyper);
+            hcm.respond(stream, resp, deadline, idle)
+        }
+        Err(failure) => fail(hcm, stream, &cluster, &host, failure),
+    }
+}
+
+fn charge_upstream(stream: &ActiveStream, status: u16) {
+    if let Some(up) = &stream.upstream {
+        if up.dynamic_stats {
+            up.cluster.stats.upstream_rq_codes.charge(status);
+            if up.internal {
+                up.cluster.stats.internal_rq_codes.charge(status);
+            } else {
+                up.cluster.stats.external_rq_codes.charge(status);
+            }
+        }
+    }
+}
+
+fn fail(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, cluster: &Arc<Cluster>, host: &Arc<Host>, failure: Failure) -> Response<Body> {
+    let s = &cluster.stats;
+    let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) = match failure {
+        Failure::Connect(e) => {
+            let reason = e.to_string();
+            stream.info.upstream_transport_failure_reason = Some(reason.clone());
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}, transport failure reason: {reason}", bodies::CONNECT_FAILURE),
+                "upstream_reset_before_response_started{connection_failure}",
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            )
+        }
+        Failure::Timeout => {
+            s.upstream_rq_timeout.inc();
+            host.stats.rq_timeout.fetch_add(1, Relaxed);
+            (StatusCode::GATEWAY_TIMEOUT, bodies::UPSTREAM_TIMEOUT.into(), "upstream_response_timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+        }
+        Failure::Idle => {
+            hcm.stats.downstream_rq_idle_timeout.inc();
+            let status = if stream.progress.as_ref().is_none_or(|p| p.done.load(Relaxed)) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
+            (status, bodies::STREAM_TIMEOUT.into(), "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT)
+        }
+        Failure::RequestTimeout => {
+            hcm.stats.downstream_rq_timeout.inc();
+            (StatusCode::REQUEST_TIMEOUT, bodies::REQUEST_TIMEOUT.into(), "request_overall_timeout", ResponseFlags::empty())
+        }
+        Failure::DownstreamGone => {
+            hcm.stats.downstream_rq_rx_reset.inc();
+            (StatusCode::BAD_REQUEST, String::new(), "downstream_remote_disconnect", ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION)
+        }
+        Failure::Upstream(e) => {
+            if is_remote_reset(&e) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    bodies::REMOTE_RESET.into(),
+                    "upstream_reset_before_response_started{remote_reset}",
+                    ResponseFlags::UPSTREAM_REMOTE_RESET,
+                )
+            } else if e.is_parse() {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    bodies::PROTOCOL_ERROR.into(),
+                    "upstream_reset_before_response_started{protocol_error}",
+                    ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                )
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    bodies::CONNECTION_TERMINATION.into(),
+                    "upstream_reset_before_response_started{connection_termination}",
+                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                )
+            }
+        }
+    };
+    if flags != ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION {
+        charge_upstream(&stream, status.as_u16());
+        host.stats.rq_error.fetch_add(1, Relaxed);
+        match flags {
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::STREAM_IDLE_TIMEOUT => s.upstream_rq_tx_reset.inc(),
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION | ResponseFlags::UPSTREAM_REMOTE_RESET => s.upstream_rq_rx_reset.inc(),
+            _ => {}
+        }
+    }
+    // The upstream request is over; its accounting ends with the local reply.
+    if let Some(up) = stream.upstream.take() {
+        up.cluster.stats.upstream_rq_active.dec();
+        up.host.stats.rq_active.fetch_sub(1, Relaxed);
+        if up.dynamic_stats {
+            let ms = up.started.elapsed().as_millis() as u64;
+            up.cluster.stats.upstream_rq_time.record(ms);
+        }
+        if let Some(c) = up.h1 {
+            c.discard();
+        }
+    }
+    hcm.local_reply(stream, status, &body, details, flags)
+}
+
+fn is_remote_reset(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && h2.is_remote();
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Whether a send error came from the downstream request body (the client went away).
+fn is_downstream_body_error(e: &hyper::Error) -> bool {
+    if !e.is_user() && !e.is_body_write_aborted() {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        src = s.source();
+    }
+    e.is_user()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_h1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    mut parts: http::request::Parts,
+    body: Body,
+    progress: Option<&RequestProgress>,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+    request_deadline: Option<Instant>,
+    stream: &mut ActiveStream,
+) -> Result<Response<Incoming>, Failure> {
+    parts.version = Version::HTTP_11;
+    let mut conn = pool::acquire_h1(cluster, host).await.map_err(Failure::Connect)?;
+    stream.info.upstream_local = conn.local_addr;
+    let req = Request::from_parts(parts, body);
+    let sent = wait(conn.sender.try_send_request(req), progress, timeout, idle, request_deadline).await;
+    let result = match sent {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(mut e)) => {
+            // A pooled connection that closed before the request went out: the request was
+            // never sent, so it is safe to send it once more on a fresh connection.
+            match (conn.reused, e.take_message()) {
+                (true, Some(req)) => {
+                    conn.discard();
+                    conn = pool::connect_h1(cluster, host).await.map_err(Failure::Connect)?;
+                    stream.info.upstream_local = conn.local_addr;
+                    match wait(conn.sender.send_request(req), progress, timeout, idle, request_deadline).await {
+                        Ok(Ok(resp)) => Ok(resp),
+                        Ok(Err(e)) => Err(classify(e)),
+                        Err(f) => Err(f),
+                    }
+                }
+                _ => Err(classify(e.into_error())),
+            }
+        }
+        Err(f) => Err(f),
+    };
+    match result {
+        Ok(resp) => {
+            if let Some(up) = stream.upstream.as_mut() {
+                up.h1 = Some(conn);
+            }
+            Ok(resp)
+        }
+        Err(f) => {
+            conn.discard();
+            Err(f)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_h2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    mut parts: http::request::Parts,
+    body: Body,
+    progress: Option<&RequestProgress>,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+    request_deadline: Option<Instant>,
+    stream: &mut ActiveStream,
+) -> Result<Response<Incoming>, Failure> {
+    parts.version = Version::HTTP_2;
+    let authority = parts.headers.remove(header::HOST).and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_else(|| host.address.to_string());
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = http::Uri::try_from(format!("http://{authority}{pq}")).map_err(|_| Failure::DownstreamGone)?;
+    let (mut sender, local) = pool::acquire_h2(cluster, host).await.map_err(Failure::Connect)?;
+    stream.info.upstream_local = local;
+    let req = Request::from_parts(parts, body);
+    let fut = async move {
+        sender.ready().await?;
+        sender.send_request(req).await
+    };
+    match wait(fut, progress, timeout, idle, request_deadline).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(f) => Err(f),
+    }
+}
+
+fn classify(e: hyper::Error) -> Failure {
+    if is_downstream_body_error(&e) { Failure::DownstreamGone } else { Failure::Upstream(e) }
+}
+
+/// Wait for the upstream response under the route timeout (which starts when the request is
+/// complete), the stream idle timeout, and the connection manager's request timeout.
+async fn wait<F, T>(fut: F, progress: Option<&RequestProgress>, timeout: Option<Duration>, idle: Option<Duration>, request_deadline: Option<Instant>) -> Result<T, Failure>
+where
+    F: Future<Output = T>,
+{
+    let route_timer = async {
+        if let Some(p) = progress {
+            p.wait_done().await;
+        }
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let request_timer = async {
+        match (request_deadline, progress) {
+            (Some(d), Some(p)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(d.into()) => {}
+                    _ = p.wait_done() => std::future::pending::<()>().await,
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let start = Instant::now();
+    let idle_timer = async {
+        let Some(idle) = idle else { return std::future::pending::<()>().await };
+        let mut at = start + idle;
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            let last = progress.map(|p| p.last_activity()).unwrap_or(start).max(start);
+            if last + idle <= Instant::now() {
+                return;
+            }
+            at = last + idle;
+        }
+    };
+    tokio::pin!(fut, route_timer, request_timer, idle_timer);
+    tokio::select! {
+        r = &mut fut => Ok(r),
+        _ = &mut route_timer => Err(Failure::Timeout),
+        _ = &mut request_timer => Err(Failure::RequestTimeout),
+        _ = &mut idle_timer => Err(Failure::Idle),
+    }
+}
+
+/// The `location` of a redirect route.
+pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, path_and_query: &str, matched_len: usize) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let (orig_host, orig_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') || authority.starts_with('[') && authority.contains("]:") => {
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    };
+    let host = r.host.as_deref().unwrap_or(orig_host);
+    // Envoy drops the port when the scheme changes (unless a port is given), and when it is the scheme's default.
+    let port = match r.port {
+        Some(p) => Some(p.to_string()),
+        None if r.scheme.is_some() || r.host.is_some() => None,
+        None => orig_port.map(str::to_string),
+    };
+    let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let new_path = match &r.path {
+        RedirectPath::Keep => path.to_string(),
+        RedirectPath::Path(p) => {
+            // A path_redirect may carry its own query, which replaces the original.
+            if p.contains('?') {
+                return format!("{scheme}://{host}{}{p}", port.map(|p| format!(":{p}")).unwrap_or_default());
+            }
+            p.clone()
+        }
+        RedirectPath::PrefixRewrite(pre) => format!("{pre}{}", path.get(matched_len.min(path.len())..).unwrap_or("")),
+        RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
+    };
+    let mut out = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(&p);
+    }
+    out.push_str(&new_path);
+    if let (Some(q), false) = (query, r.strip_query) {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redirect(scheme: Option<&str>, host: Option<&str>, port: Option<u16>, path: RedirectPath, strip: bool) -> Redirect {
+        Redirect { scheme: scheme.map(str::to_string), host: host.map(str::to_string), port, path, code: StatusCode::MOVED_PERMANENTLY, strip_query: strip }
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let r = redirect(Some("https"), None, None, RedirectPath::Keep, false);
+        assert_eq!(redirect_location(&r, "http", "example.com:8080", "/a?b=1", 0), "https://example.com/a?b=1");
+        let r = redirect(None, Some("new.host"), None, RedirectPath::Path("/x".into()), true);
+        assert_eq!(redirect_location(&r, "http", "example.com", "/a?b=1", 0), "http://new.host/x");
+        let r = redirect(None, None, Some(9000), RedirectPath::PrefixRewrite("/new/".into()), false);
+        assert_eq!(redirect_location(&r, "http", "h", "/old/rest", 5), "http://h:9000/new/rest");
+        let r = redirect(None, None, None, RedirectPath::Keep, false);
+        assert_eq!(redirect_location(&r, "http", "h:81", "/p", 0), "http://h:81/p");
+    }
+}

@@ -1,0 +1,440 @@
+//! Serving a downstream connection with the HTTP connection manager: codec selection
+//! (`codec_type` AUTO by the HTTP/2 connection preface, or fixed), remora's HTTP/1.1 loop with
+//! keep-alive, timeouts, drain and upgrades, and hyper's HTTP/2 server.
+
+use super::body::Body;
+use super::codec::h1::{self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome};
+use super::conn_manager::{ConnectionManager, DownstreamConn};
+use super::router::UpgradeBridge;
+use crate::model::hcm::Codec;
+use crate::stream_info::Protocol;
+use crate::telemetry::stats::Counter;
+use bytes::{Bytes, BytesMut};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
+pub async fn serve(hcm: Arc<ConnectionManager>, conn: Arc<DownstreamConn>, mut stream: TcpStream, prefix: BytesMut, mut drain: watch::Receiver<bool>) {
+    let stats = &hcm.stats;
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    let opened = Instant::now();
+    // Detect the protocol from the first bytes (AUTO), reading them into the connection's buffer.
+    let mut buf = prefix;
+    if buf.capacity() < 4096 {
+        buf.reserve(4096 - buf.len());
+    }
+    let protocol = match hcm.config.codec {
+        Codec::Http1 => Protocol::Http11,
+        Codec::Http2 => Protocol::Http2,
+        Codec::Auto => loop {
+            if buf.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..]) {
+                break if buf.starts_with(H2_PREFACE) { Protocol::Http2 } else { Protocol::Http11 };
+            }
+            let read = tokio::select! {
+                r = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf) => r,
+                _ = idle_sleep(hcm.config.idle_timeout) => {
+                    stats.downstream_cx_idle_timeout.inc();
+                    Ok(0)
+                }
+                _ = wait_drain(&mut drain) => Ok(0),
+            };
+            match read {
+                Ok(0) | Err(_) => {
+                    if buf.is_empty() {
+                        finish_connection(&hcm, opened, true);
+                        return;
+                    }
+                    break Protocol::Http11;
+                }
+                Ok(_) => {}
+            }
+        },
+    };
+    match protocol {
+        Protocol::Http2 => {
+            stats.downstream_cx_http2_total.inc();
+            stats.downstream_cx_http2_active.inc();
+            let remote = serve_h2(&hcm, &conn, stream, buf.freeze(), drain).await;
+            stats.downstream_cx_http2_active.dec();
+            finish_connection(&hcm, opened, remote);
+        }
+        _ => {
+            stats.downstream_cx_http1_total.inc();
+            stats.downstream_cx_http1_active.inc();
+            let remote = serve_h1(&hcm, &conn, stream, buf, drain).await;
+            stats.downstream_cx_http1_active.dec();
+            finish_connection(&hcm, opened, remote);
+        }
+    }
+}
+
+fn finish_connection(hcm: &ConnectionManager, opened: Instant, remote_closed: bool) {
+    let s = &hcm.stats;
+    s.downstream_cx_active.dec();
+    s.downstream_cx_destroy.inc();
+    if remote_closed {
+        s.downstream_cx_destroy_remote.inc();
+    } else {
+        s.downstream_cx_destroy_local.inc();
+    }
+    s.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+}
+
+async fn idle_sleep(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_drain(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A read half that counts bytes into `downstream_cx_rx_bytes_total`.
+struct CountingRead<R> {
+    inner: R,
+    counter: Arc<Counter>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingRead<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counter.add(n as u64);
+        }
+        r
+    }
+}
+
+/// A write half that counts bytes into `downstream_cx_tx_bytes_total`.
+struct CountingWrite<W> {
+    inner: W,
+    counter: Arc<Counter>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWrite<W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.counter.add(n as u64);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP/1.1 loop. Returns whether the peer closed the connection (vs. remora closing it).
+async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stream: TcpStream, buf: BytesMut, mut drain: watch::Receiver<bool>) -> bool {
+    let cfg = &hcm.config;
+    let (rd, wr) = stream.into_split();
+    let mut wr = CountingWrite { inner: wr, counter: hcm.stats.downstream_cx_tx_bytes_total.clone() };
+    let rd = CountingRead { inner: rd, counter: hcm.stats.downstream_cx_rx_bytes_total.clone() };
+    hcm.stats.downstream_cx_rx_bytes_total.add(buf.len() as u64);
+    let slot = Arc::new(ReaderSlot::default());
+    let mut reader = Reader::new(Box::new(rd), buf);
+    let mut out = Vec::with_capacity(4096);
+    let max_duration_at = cfg.max_connection_duration.map(|d| conn.opened + d);
+    loop {
+        // Read the next request head: idle timeout while nothing arrives, request headers
+        // timeout once it has started, drain closes an idle connection.
+        let head = {
+            let idle_deadline = cfg.idle_timeout.map(|d| Instant::now() + d);
+            let mut headers_deadline: Option<Instant> = None;
+            loop {
+                if !reader.buf.is_empty() {
+                    match h1::parse_head(&mut reader.buf, &hcm.h1_limits) {
+                        Ok(Some(h)) => break Ok(h),
+                        Ok(None) => {
+                            if reader.buf.len() > hcm.h1_limits.max_header_bytes {
+                                break Err(HeadError::Codec(h1::CodecError::HEADERS_TOO_LARGE));
+                            }
+                            if headers_deadline.is_none() {
+                                headers_deadline = cfg.request_headers_timeout.map(|d| Instant::now() + d);
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                let deadline = if reader.buf.is_empty() { idle_deadline } else { headers_deadline.or(idle_deadline) };
+                let deadline = match (deadline, max_duration_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let idle_wait = reader.buf.is_empty();
+                tokio::select! {
+                    r = reader.fill() => match r {
+                        Ok(0) | Err(_) if reader.buf.is_empty() => break Err(HeadError::Closed),
+                        Ok(0) => break Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                        Err(e) => break Err(HeadError::Io(e)),
+                        Ok(_) => {}
+                    },
+                    _ = sleep_until(deadline) => {
+                        if max_duration_at.is_some_and(|m| Instant::now() >= m) {
+                            hcm.stats.downstream_cx_max_duration_reached.inc();
+                        } else if idle_wait {
+                            hcm.stats.downstream_cx_idle_timeout.inc();
+                        }
+                        return false;
+                    }
+                    _ = wait_drain(&mut drain), if idle_wait => {
+                        hcm.stats.downstream_cx_drain_close.inc();
+                        return false;
+                    }
+                }
+            }
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(HeadError::Closed) | Err(HeadError::Io(_)) => return true,
+            Err(HeadError::Codec(e)) => {
+                // Envoy answers codec errors with the status's reason as the body, then closes.
+                let reason = e.status.canonical_reason().unwrap_or("");
+                let resp = http::Response::builder()
+                    .status(e.status)
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+                    .header(http::header::DATE, super::conn_manager::http_date())
+                    .header(http::header::SERVER, cfg.server_name.clone())
+                    .body(())
+                    .expect("static parts");
+                let (parts, ()) = resp.into_parts();
+                let framing = ResponseFraming { no_body: false, version: http::Version::HTTP_11, keep_alive: false, upgrade: false };
+                hcm.codec_error(conn, e.status, e.details);
+                let _ = h1::write_response(&mut wr, &mut out, &parts, Body::full(Bytes::from_static(reason.as_bytes())), framing).await;
+                let _ = wr.shutdown().await;
+                return false;
+            }
+        };
+        let version = head.request.version();
+        let is_head = head.request.method() == http::Method::HEAD;
+        let has_body = head.framing != h1::Framing::Length(0);
+        if head.expect_continue && has_body && !cfg.proxy_100_continue {
+            if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return true;
+            }
+        }
+        let body = RequestBody::new(reader, slot.clone(), head.framing, hcm.h1_limits.max_header_bytes);
+        let (mut parts, ()) = head.request.into_parts();
+        if !cfg.proxy_100_continue {
+            parts.headers.remove(http::header::EXPECT);
+        }
+        let req = http::Request::from_parts(parts, Body::H1(body));
+        let resp = hcm.handle(conn, req, if version == http::Version::HTTP_10 { Protocol::Http10 } else { Protocol::Http11 }).await;
+
+        let served = conn.requests.load(std::sync::atomic::Ordering::Relaxed);
+        let max_reached = cfg.max_requests_per_connection.is_some_and(|m| served >= m as u64);
+        if max_reached {
+            hcm.stats.downstream_cx_max_requests_reached.inc();
+        }
+        let expired = max_duration_at.is_some_and(|m| Instant::now() >= m);
+        if expired {
+            hcm.stats.downstream_cx_max_duration_reached.inc();
+        }
+        let draining = *drain.borrow();
+        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let keep_alive = head.keep_alive && !max_reached && !expired && !draining && !resp_wants_close(&resp);
+        let status = resp.status().as_u16();
+        let (mut parts, body) = resp.into_parts();
+        let framing = ResponseFraming {
+            no_body: is_head || (100..200).contains(&status) || status == 204 || status == 304,
+            version,
+            keep_alive,
+            upgrade,
+        };
+        let outcome = h1::write_response(&mut wr, &mut out, &parts, body, framing).await;
+        if draining {
+            hcm.stats.downstream_cx_drain_close.inc();
+        }
+        match outcome {
+            Ok(WriteOutcome::Complete) => {}
+            Ok(WriteOutcome::BodyError) => return false,
+            Err(_) => return true,
+        }
+        if upgrade {
+            let bridge = parts.extensions.remove::<Arc<std::sync::Mutex<Option<UpgradeBridge>>>>().and_then(|b| b.lock().ok()?.take());
+            let Some(bridge) = bridge else { return false };
+            let Some(reader) = slot.take() else { return false };
+            tunnel(hcm, reader, wr, bridge).await;
+            return false;
+        }
+        if !framing.keep_alive {
+            let _ = wr.shutdown().await;
+            return false;
+        }
+        // The request body must have ended for the connection to carry another request.
+        reader = match slot.take() {
+            Some(r) => r,
+            None => {
+                let _ = wr.shutdown().await;
+                return false;
+            }
+        };
+    }
+}
+
+fn resp_wants_close(resp: &http::Response<Body>) -> bool {
+    resp.headers().get_all(http::header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Join the downstream connection to the upgraded upstream connection (WebSocket).
+async fn tunnel<W: AsyncWrite + Unpin>(hcm: &Arc<ConnectionManager>, mut reader: Reader, mut wr: W, bridge: UpgradeBridge) {
+    let Ok(upgraded) = bridge.upstream.await else { return };
+    hcm.stats.downstream_cx_upgrades_total.inc();
+    hcm.stats.downstream_cx_upgrades_active.inc();
+    let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upgraded));
+    let leftover = std::mem::take(&mut reader.buf);
+    let down_to_up = async {
+        if !leftover.is_empty() {
+            up_wr.write_all(&leftover).await?;
+        }
+        tokio::io::copy(&mut reader.io, &mut up_wr).await?;
+        up_wr.shutdown().await
+    };
+    let up_to_down = async {
+        tokio::io::copy(&mut up_rd, &mut wr).await?;
+        wr.shutdown().await
+    };
+    let _ = tokio::join!(down_to_up, up_to_down);
+    hcm.stats.downstream_cx_upgrades_active.dec();
+    let _ = bridge.cluster;
+}
+
+/// A stream with bytes already read in front of it (the HTTP/2 preface read for AUTO).
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+    rx: Arc<Counter>,
+    tx: Arc<Counter>,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.rx.add(n as u64);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.tx.add(n as u64);
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.tx.add(n as u64);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 through hyper. Returns whether the peer closed the connection.
+async fn serve_h2(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stream: TcpStream, prefix: Bytes, mut drain: watch::Receiver<bool>) -> bool {
+    let cfg = &hcm.config;
+    hcm.stats.downstream_cx_rx_bytes_total.add(prefix.len() as u64);
+    let io = Prefixed { prefix, inner: stream, rx: hcm.stats.downstream_cx_rx_bytes_total.clone(), tx: hcm.stats.downstream_cx_tx_bytes_total.clone() };
+    let svc_hcm = hcm.clone();
+    let svc_conn = conn.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let hcm = svc_hcm.clone();
+        let conn = svc_conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2).await) }
+    });
+    let h2 = &cfg.http2;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_header_list_size(cfg.max_request_headers_bytes as u32);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let max_duration_at = cfg.max_connection_duration.map(|d| conn.opened + d);
+    let mut shutting_down = false;
+    loop {
+        let idle_check = cfg.idle_timeout.map(|d| match conn.idle_since() {
+            Some(since) => since.max(conn.opened) + d,
+            None => Instant::now() + d,
+        });
+        tokio::select! {
+            r = connection.as_mut() => {
+                return match r {
+                    Ok(()) => !shutting_down,
+                    Err(e) => {
+                        if e.is_parse() || e.is_user() {
+                            hcm.stats.downstream_cx_protocol_error.inc();
+                        }
+                        true
+                    }
+                };
+            }
+            _ = sleep_until(idle_check), if !shutting_down => {
+                if conn.idle_since().is_some_and(|s| cfg.idle_timeout.is_some_and(|d| s.elapsed() >= d) ) {
+                    hcm.stats.downstream_cx_idle_timeout.inc();
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+            _ = sleep_until(max_duration_at), if !shutting_down => {
+                hcm.stats.downstream_cx_max_duration_reached.inc();
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = wait_drain(&mut drain), if !shutting_down => {
+                hcm.stats.downstream_cx_drain_close.inc();
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    }
+}

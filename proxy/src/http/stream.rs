@@ -1,0 +1,399 @@
+//! One HTTP stream's lifetime: what it needs to finish correctly after the response headers
+//! have left the router — upstream accounting, response timeouts, connection reuse, stats and
+//! the access log, all run once when the response body ends or is abandoned.
+
+use super::body::{Body, BodyError};
+use super::conn_manager::ConnectionManager;
+use crate::model::matcher::RequestHeaders;
+use crate::stream_info::{ResponseFlags, StreamInfo};
+use crate::telemetry::format::{FormatContext, RequestView};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::host::Host;
+use crate::upstream::pool::H1Conn;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+/// The request parts kept for the access log (only the headers a log reads).
+#[derive(Debug)]
+pub struct RequestSnapshot {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// The upstream side of a stream, once a request was sent.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub cluster: Arc<Cluster>,
+    pub host: Arc<Host>,
+    pub started: Instant,
+    /// The HTTP/1.1 connection, returned to the pool when the response ends cleanly.
+    pub h1: Option<H1Conn>,
+    pub internal: bool,
+    pub dynamic_stats: bool,
+}
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H1Conn")
+    }
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The response body was sent completely.
+    Complete,
+    /// The upstream reset or closed during the response body.
+    UpstreamReset,
+    /// The route timeout or stream idle timeout fired during the response body.
+    Timeout(ResponseFlags),
+    /// The downstream went away before the response was complete.
+    DownstreamGone,
+}
+
+/// The state of one HTTP request from arrival to the end of its response.
+pub struct ActiveStream {
+    pub hcm: Arc<ConnectionManager>,
+    pub downstream: Arc<super::conn_manager::DownstreamConn>,
+    pub info: StreamInfo,
+    pub request: Option<RequestSnapshot>,
+    pub response_headers: Option<HeaderMap>,
+    pub upstream: Option<UpstreamRequest>,
+    pub progress: Option<Arc<RequestProgress>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for ActiveStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveStream").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl ActiveStream {
+    pub fn new(hcm: Arc<ConnectionManager>, downstream: Arc<super::conn_manager::DownstreamConn>, info: StreamInfo) -> Self {
+        downstream.stream_started();
+        Self { hcm, downstream, info, request: None, response_headers: None, upstream: None, progress: None, finished: false }
+    }
+
+    /// Run the end-of-stream accounting exactly once.
+    pub fn finish(&mut self, end: End) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let now = Instant::now();
+        self.info.last_downstream_tx = Some(now);
+        if let Some(p) = &self.progress {
+            self.info.bytes_received = p.bytes.load(Relaxed);
+        }
+        match end {
+            End::Complete => {}
+            End::UpstreamReset => self.info.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
+            End::Timeout(f) => self.info.set_flag(f),
+            End::DownstreamGone => self.info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+        }
+        if let Some(up) = self.upstream.take() {
+            let s = &up.cluster.stats;
+            s.upstream_rq_active.dec();
+            up.host.stats.rq_active.fetch_sub(1, Relaxed);
+            let elapsed = now.duration_since(up.started).as_millis() as u64;
+            if up.dynamic_stats {
+                s.upstream_rq_time.record(elapsed);
+                if up.internal { s.internal_rq_time.record(elapsed) } else { s.external_rq_time.record(elapsed) }
+            }
+            match end {
+                End::Complete => {
+                    if let Some(c) = up.h1 {
+                        c.release();
+                    }
+                }
+                End::UpstreamReset => {
+                    s.upstream_rq_rx_reset.inc();
+                    if let Some(c) = up.h1 {
+                        c.discard();
+                    }
+                }
+                End::Timeout(_) | End::DownstreamGone => {
+                    s.upstream_rq_tx_reset.inc();
+                    if let Some(c) = up.h1 {
+                        c.discard();
+                    }
+                }
+            }
+        }
+        let hcm = self.hcm.clone();
+        let stats = &hcm.stats;
+        stats.downstream_rq_active.dec();
+        stats.downstream_rq_time.record(now.duration_since(self.info.start).as_millis() as u64);
+        if end != End::Complete {
+            stats.downstream_rq_tx_reset.inc();
+        }
+        hcm.log(self);
+        self.downstream.stream_ended();
+    }
+
+    /// The request as formatters and filters see it.
+    pub fn format_context(&self) -> FormatContext<'_> {
+        FormatContext {
+            info: Some(&self.info),
+            request: self.request.as_ref().map(|r| RequestView { method: &r.method, uri: &r.uri, headers: &r.headers }),
+            response_headers: self.response_headers.as_ref(),
+            response_trailers: None,
+            local_reply_body: None,
+        }
+    }
+
+    pub fn with_request_headers<T>(&self, f: impl FnOnce(Option<&RequestHeaders<'_>>) -> T) -> T {
+        match &self.request {
+            Some(r) => {
+                let authority = r.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let rh = RequestHeaders {
+                    method: &r.method,
+                    path_and_query: r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                    authority,
+                    scheme: "http",
+                    headers: &r.headers,
+                };
+                f(Some(&rh))
+            }
+            None => f(None),
+        }
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.finish(End::DownstreamGone);
+    }
+}
+
+// === response bodies ===
+
+/// A response body tied to its stream: counts bytes, enforces the route timeout and the stream
+/// idle timeout while the body streams, and finishes the stream at the end.
+pub struct TrackedBody {
+    inner: Body,
+    stream: ActiveStream,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_is_deadline: bool,
+}
+
+impl TrackedBody {
+    pub fn new(inner: Body, stream: ActiveStream, deadline: Option<Instant>, idle: Option<Duration>) -> Self {
+        Self { inner, stream, deadline, idle, timer: None, timer_is_deadline: false }
+    }
+
+    pub fn stream(&self) -> &ActiveStream {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut ActiveStream {
+        &mut self.stream
+    }
+
+    fn arm_timer(&mut self) {
+        let now = Instant::now();
+        let idle_at = self.idle.map(|d| now + d);
+        let (at, is_deadline) = match (self.deadline, idle_at) {
+            (Some(d), Some(i)) if d <= i => (Some(d), true),
+            (_, Some(i)) => (Some(i), false),
+            (Some(d), None) => (Some(d), true),
+            (None, None) => (None, false),
+        };
+        self.timer_is_deadline = is_deadline;
+        match (at, self.timer.as_mut()) {
+            (Some(at), Some(t)) => t.as_mut().reset(at.into()),
+            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
+            (None, _) => self.timer = None,
+        }
+    }
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.stream.info.bytes_sent += d.len() as u64;
+                    if this.stream.info.first_downstream_tx.is_none() {
+                        this.stream.info.first_downstream_tx = Some(Instant::now());
+                    }
+                }
+                if this.timer.is_some() && this.idle.is_some() {
+                    this.arm_timer();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.timer = None;
+                this.stream.finish(End::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.timer = None;
+                this.stream.finish(End::UpstreamReset);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => {
+                if this.timer.is_none() && (this.deadline.is_some() || this.idle.is_some()) {
+                    this.arm_timer();
+                }
+                if let Some(t) = this.timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        let (flag, stat) = if this.timer_is_deadline {
+                            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, true)
+                        } else {
+                            (ResponseFlags::STREAM_IDLE_TIMEOUT, false)
+                        };
+                        if let Some(up) = &this.stream.upstream {
+                            if stat {
+                                up.cluster.stats.upstream_rq_timeout.inc();
+                                up.host.stats.rq_timeout.fetch_add(1, Relaxed);
+                            }
+                        }
+                        if !stat {
+                            this.stream.hcm.stats.downstream_rq_idle_timeout.inc();
+                        }
+                        this.timer = None;
+                        this.stream.finish(End::Timeout(flag));
+                        return Poll::Ready(Some(Err("response timed out".into())));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A codec may stop polling once the body reports its end (HTTP/2 sends END_STREAM with
+        // the last frame, or with the headers of an empty body): that is a complete response.
+        if self.inner.is_end_stream() {
+            self.stream.finish(End::Complete);
+        }
+    }
+}
+
+// === request bodies ===
+
+/// Progress of a downstream request body, shared with the router.
+#[derive(Debug, Default)]
+pub struct RequestProgress {
+    pub done: AtomicBool,
+    pub notify: Notify,
+    pub bytes: AtomicU64,
+    /// Milliseconds since `origin` of the last body activity.
+    last_activity_ms: AtomicU64,
+    origin: std::sync::OnceLock<Instant>,
+    pub done_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl RequestProgress {
+    pub fn new(now: Instant) -> Arc<Self> {
+        let p = Self::default();
+        let _ = p.origin.set(now);
+        Arc::new(p)
+    }
+
+    fn touch(&self) {
+        let origin = *self.origin.get().expect("set at creation");
+        self.last_activity_ms.store(origin.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        let origin = *self.origin.get().expect("set at creation");
+        origin + Duration::from_millis(self.last_activity_ms.load(Relaxed))
+    }
+
+    fn mark_done(&self) {
+        if !self.done.swap(true, Relaxed) {
+            *self.done_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Wait until the request body has ended.
+    pub async fn wait_done(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.done.load(Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn completed_at(&self) -> Option<Instant> {
+        *self.done_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request body whose end and activity are reported to `RequestProgress`.
+pub struct WatchedBody {
+    inner: Body,
+    progress: Arc<RequestProgress>,
+}
+
+impl WatchedBody {
+    pub fn new(inner: Body, progress: Arc<RequestProgress>) -> Self {
+        Self { inner, progress }
+    }
+}
+
+impl HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.progress.bytes.fetch_add(d.len() as u64, Relaxed);
+                }
+                this.progress.touch();
+                if this.inner.is_end_stream() {
+                    this.progress.mark_done();
+                }
+            }
+            Poll::Ready(None) => this.progress.mark_done(),
+            Poll::Ready(Some(Err(_))) => {}
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,354 @@
+//! Listeners: binding (one SO_REUSEPORT socket per worker, or one shared socket), accepting,
+//! listener filters (TLS and HTTP inspectors), Envoy's filter-chain selection, and handing the
+//! connection to its network filter (HTTP connection manager or tcp_proxy).
+
+pub mod http_inspector;
+pub mod tls_inspector;
+
+use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
+use crate::model::listener::{ConnectionFacts, Listener, ListenerFilter, NetworkTerminal};
+use crate::stream_info::ConnectionInfo;
+use crate::tcp::proxy::TcpProxyFilter;
+use crate::telemetry::stats::{Counter, Gauge, Histogram, Store};
+use crate::upstream::cluster::ClusterManager;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `listener.<address or stat_prefix>.*`
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_length_ms: Arc<Histogram>,
+    pub downstream_cx_overflow: Arc<Counter>,
+    pub downstream_pre_cx_active: Arc<Gauge>,
+    pub downstream_pre_cx_timeout: Arc<Counter>,
+    pub no_filter_chain_match: Arc<Counter>,
+}
+
+impl ListenerStats {
+    fn new(store: &Store, name: &str) -> Self {
+        let c = |n: &str| store.counter(&format!("listener.{name}.{n}"));
+        let g = |n: &str| store.gauge(&format!("listener.{name}.{n}"));
+        Self {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_length_ms: store.histogram(&format!("listener.{name}.downstream_cx_length_ms")),
+            downstream_cx_overflow: c("downstream_cx_overflow"),
+            downstream_pre_cx_active: g("downstream_pre_cx_active"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
+            no_filter_chain_match: c("no_filter_chain_match"),
+        }
+    }
+}
+
+/// A filter chain's network filter, built.
+pub enum Terminal {
+    Http(Arc<ConnectionManager>),
+    Tcp(Arc<TcpProxyFilter>),
+}
+
+/// A listener at runtime.
+pub struct ActiveListener {
+    pub config: Arc<Listener>,
+    /// Index of the listener in its source (`static_resources.listeners[i]`).
+    pub index: usize,
+    chains: Vec<Terminal>,
+    default_chain: Option<Terminal>,
+    pub stats: ListenerStats,
+    pub local_address: SocketAddr,
+    sockets: Mutex<Vec<std::net::TcpListener>>,
+    pub drain: watch::Sender<bool>,
+    pub stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ActiveListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveListener").field("name", &self.config.name).field("address", &self.local_address).finish()
+    }
+}
+
+/// Why a listener could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("listener '{name}' (static_resources.listeners[{index}]): cannot bind '{address}': {source}")]
+pub struct BindError {
+    pub name: String,
+    pub index: usize,
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+impl ActiveListener {
+    /// Bind the listener's sockets (one per worker with `enable_reuse_port`) and build its
+    /// filter chains.
+    pub fn new(
+        config: Arc<Listener>,
+        index: usize,
+        workers: usize,
+        store: &Arc<Store>,
+        clusters: &Arc<ClusterManager>,
+        local: &Arc<LocalInfo>,
+    ) -> Result<Arc<Self>, BindError> {
+        let err = |address, source| BindError { name: config.name.clone(), index, address, source };
+        let first = bind(config.address, config.reuse_port).map_err(|e| err(config.address, e))?;
+        let local_address = first.local_addr().map_err(|e| err(config.address, e))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            let s = if config.reuse_port { bind(local_address, true) } else { sockets[0].try_clone() };
+            sockets.push(s.map_err(|e| err(local_address, e))?);
+        }
+        let build = |fc: &crate::model::listener::FilterChain| -> Result<Terminal, BindError> {
+            Ok(match &fc.terminal {
+                NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
+                    ConnectionManager::new(h.clone(), store, clusters.clone(), local.clone(), &config.stat_name, local_address.port())
+                        .map_err(|e| err(local_address, e))?,
+                )),
+                NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(TcpProxyFilter::new(t.clone(), store, clusters.clone()).map_err(|e| err(local_address, e))?)),
+            })
+        };
+        let chains = config.filter_chains.iter().map(|fc| build(fc)).collect::<Result<Vec<_>, _>>()?;
+        let default_chain = config.default_filter_chain.as_ref().map(|fc| build(fc)).transpose()?;
+        Ok(Arc::new(Self {
+            stats: ListenerStats::new(store, &config.stat_name),
+            config,
+            index,
+            chains,
+            default_chain,
+            local_address,
+            sockets: Mutex::new(sockets),
+            drain: watch::channel(false).0,
+            stop: watch::channel(false).0,
+        }))
+    }
+
+    /// The socket for the next worker to start.
+    pub fn take_socket(&self) -> Option<std::net::TcpListener> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Accept connections on this worker until the listener stops.
+    pub async fn accept_loop(self: Arc<Self>, socket: std::net::TcpListener) {
+        let sock = match tokio::net::TcpListener::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(listener = %self.config.name, "cannot register listener socket: {e}");
+                return;
+            }
+        };
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                r = sock.accept() => match r {
+                    Ok((stream, remote)) => {
+                        let l = self.clone();
+                        tokio::spawn(async move { l.handle(stream, remote).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(listener = %self.config.name, "accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr) {
+        let stats = &self.stats;
+        if let Some(limit) = self.config.connection_limit {
+            if stats.downstream_cx_active.value() as u64 >= limit {
+                stats.downstream_cx_overflow.inc();
+                return;
+            }
+        }
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        let opened = Instant::now();
+        let _ = stream.set_nodelay(true);
+        crate::upstream::pool::set_keepalive(&stream, &self.config.tcp_keepalive);
+        let local = stream.local_addr().unwrap_or(self.local_address);
+
+        // Listener filters.
+        let mut prefix = BytesMut::new();
+        stats.downstream_pre_cx_active.inc();
+        let inspected = self.run_listener_filters(&mut stream, &mut prefix).await;
+        stats.downstream_pre_cx_active.dec();
+        let Some((server_name, transport, app_protocols)) = inspected else {
+            self.closed(opened);
+            return;
+        };
+        let facts = ConnectionFacts {
+            local,
+            remote,
+            server_name: server_name.as_deref(),
+            transport_protocol: transport,
+            application_protocols: &app_protocols,
+        };
+        let chain = self.config.select_chain(&facts).and_then(|c| {
+            match self.config.filter_chains.iter().position(|x| Arc::ptr_eq(x, c)) {
+                Some(i) => self.chains.get(i),
+                None => self.default_chain.as_ref(),
+            }
+        });
+        let Some(terminal) = chain else {
+            stats.no_filter_chain_match.inc();
+            tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
+            self.closed(opened);
+            return;
+        };
+        let info = Arc::new(ConnectionInfo {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
+            local,
+            remote,
+            requested_server_name: server_name.map(String::into_boxed_str),
+            application_protocols: app_protocols,
+            transport_protocol: transport,
+        });
+        let drain = self.drain.subscribe();
+        match terminal {
+            Terminal::Http(hcm) => {
+                let conn = DownstreamConn::new(info, false);
+                crate::http::server::serve(hcm.clone(), conn, stream, prefix, drain).await;
+            }
+            Terminal::Tcp(tcp) => tcp.serve(info, stream, prefix.freeze(), drain).await,
+        }
+        self.closed(opened);
+    }
+
+    fn closed(&self, opened: Instant) {
+        self.stats.downstream_cx_active.dec();
+        self.stats.downstream_cx_destroy.inc();
+        self.stats.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+    }
+
+    /// Run the TLS / HTTP inspectors on the first bytes (read into `prefix`). `None`: close.
+    async fn run_listener_filters(&self, stream: &mut TcpStream, prefix: &mut BytesMut) -> Option<(Option<String>, &'static str, Vec<Box<str>>)> {
+        let filters = &self.config.listener_filters;
+        let mut server_name = None;
+        let mut transport = "raw_buffer";
+        let mut protocols: Vec<Box<str>> = Vec::new();
+        if filters.is_empty() {
+            return Some((server_name, transport, protocols));
+        }
+        let tls = filters.contains(&ListenerFilter::TlsInspector);
+        let http = filters.contains(&ListenerFilter::HttpInspector);
+        let deadline = self.config.listener_filters_timeout.map(|t| Instant::now() + t);
+        let mut tls_done = !tls;
+        let mut http_done = !http;
+        while !(tls_done && http_done) {
+            if !tls_done {
+                match tls_inspector::inspect(prefix) {
+                    tls_inspector::Inspect::NeedMore => {}
+                    tls_inspector::Inspect::NotTls => tls_done = true,
+                    tls_inspector::Inspect::Tls(ch) => {
+                        tls_done = true;
+                        http_done = true;
+                        transport = "tls";
+                        server_name = ch.server_name;
+                        protocols = ch.alpn.into_iter().map(String::into_boxed_str).collect();
+                    }
+                }
+            }
+            if !http_done {
+                match http_inspector::inspect(prefix) {
+                    http_inspector::Inspect::NeedMore => {}
+                    http_inspector::Inspect::NotHttp => http_done = true,
+                    http_inspector::Inspect::Http(p) => {
+                        http_done = true;
+                        protocols = vec![p.into()];
+                    }
+                }
+            }
+            if tls_done && http_done {
+                break;
+            }
+            prefix.reserve(4096);
+            let read = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), stream.read_buf(prefix)).await.ok(),
+                    None => Some(stream.read_buf(prefix).await),
+                }
+            };
+            match read.await {
+                None => {
+                    self.stats.downstream_pre_cx_timeout.inc();
+                    if self.config.continue_on_listener_filters_timeout {
+                        break;
+                    }
+                    return None;
+                }
+                Some(Ok(0)) | Some(Err(_)) => {
+                    if prefix.is_empty() {
+                        return None;
+                    }
+                    break;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        Some((server_name, transport, protocols))
+    }
+}
+
+/// Resolves once the watch turns true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// `listener_manager.*`
+#[derive(Debug)]
+pub struct ListenerManagerStats {
+    pub listener_added: Arc<Counter>,
+    pub listener_create_success: Arc<Counter>,
+    pub listener_create_failure: Arc<Counter>,
+    pub listener_stopped: Arc<Counter>,
+    pub total_listeners_active: Arc<Gauge>,
+    pub total_listeners_warming: Arc<Gauge>,
+    pub total_listeners_draining: Arc<Gauge>,
+    pub workers_started: Arc<Gauge>,
+}
+
+impl ListenerManagerStats {
+    pub fn new(store: &Store) -> Self {
+        let c = |n: &str| store.counter(&format!("listener_manager.{n}"));
+        let g = |n: &str| store.gauge(&format!("listener_manager.{n}"));
+        Self {
+            listener_added: c("listener_added"),
+            listener_create_success: c("listener_create_success"),
+            listener_create_failure: c("listener_create_failure"),
+            listener_stopped: c("listener_stopped"),
+            total_listeners_active: g("total_listeners_active"),
+            total_listeners_warming: g("total_listeners_warming"),
+            total_listeners_draining: g("total_listeners_draining"),
+            workers_started: g("workers_started"),
+        }
+    }
+}

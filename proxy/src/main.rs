@@ -1,0 +1,35 @@
+//! The `remora` binary: Envoy's command line in front of the server.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use remora::cli::{Command, Options};
+use remora::logging::LogControl;
+
+fn main() {
+    let mut options = Options::parse();
+    if options.version {
+        println!("remora version: {}/RELEASE (Envoy API v3)", remora::VERSION);
+        return;
+    }
+    let logs = match LogControl::init(&options.log_level, options.component_log_level.as_deref(), options.log_path.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    remora::telemetry::access_log::set_flush_interval(std::time::Duration::from_millis(options.file_flush_interval_msec.max(1)));
+    if let Some(Command::Demo { port, admin_port }) = options.command.clone() {
+        let upstream = match remora::demo::spawn_echo() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: cannot start the demo echo server: {e}");
+                std::process::exit(1);
+            }
+        };
+        options.config_path = None;
+        options.config_yaml = Some(remora::demo::demo_bootstrap(port, admin_port, upstream.port()));
+        println!("{}", remora::demo::instructions(port, admin_port));
+    }
+    std::process::exit(remora::server::run(options, logs));
+}

@@ -1,0 +1,301 @@
+//! `envoy.config.bootstrap.v3.Bootstrap` → the whole static configuration, with the checks
+//! that span resources (unique names, clusters referenced by routes).
+
+use super::access_log::AccessLogConfig;
+use super::cluster::Cluster;
+use super::core::{bool_or, deny, opt_duration};
+use super::listener::Listener;
+use super::matcher::StringMatcher;
+use super::pb;
+use super::runtime::Runtime;
+use crate::config::{FieldPath, Result};
+use crate::telemetry::tags::TagSpec;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub access_logs: Vec<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StatsMatcher {
+    RejectAll,
+    Inclusion(Vec<StringMatcher>),
+    Exclusion(Vec<StringMatcher>),
+}
+
+#[derive(Debug)]
+pub struct StatsSettings {
+    pub tags: Vec<TagSpec>,
+    pub use_all_default_tags: bool,
+    pub matcher: Option<StatsMatcher>,
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub node: Node,
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub stats: StatsSettings,
+    pub runtime: Runtime,
+}
+
+impl Bootstrap {
+    pub fn from_proto(b: &pb::bootstrap::Bootstrap) -> Result<Self> {
+        let path = FieldPath::root();
+        let pb::bootstrap::Bootstrap {
+            node,
+            node_context_params,
+            static_resources,
+            dynamic_resources,
+            cluster_manager,
+            hds_config,
+            flags_path,
+            stats_sinks,
+            deferred_stat_options,
+            stats_config,
+            stats_flush_interval,
+            watchdog,
+            watchdogs,
+            tracing,
+            layered_runtime,
+            admin,
+            overload_manager,
+            enable_dispatcher_stats,
+            header_prefix,
+            stats_server_version_override,
+            use_tcp_for_dns_lookups,
+            dns_resolution_config,
+            typed_dns_resolver_config,
+            bootstrap_extensions,
+            fatal_actions,
+            config_sources,
+            default_config_source,
+            default_socket_interface,
+            certificate_provider_instances,
+            inline_headers,
+            perf_tracing_file_path,
+            default_regex_engine,
+            xds_delegate_extension,
+            xds_config_tracker_extension,
+            listener_manager,
+            application_log_config,
+            grpc_async_client_manager_config,
+            memory_allocator_manager,
+            stats_flush,
+            stats_eviction,
+            enable_worker_cpu_affinity,
+        } = b;
+        deny(&path, "enable_worker_cpu_affinity", enable_worker_cpu_affinity)?;
+        deny(&path, "node_context_params", node_context_params)?;
+        if dynamic_resources.is_some() {
+            return Err(path.field("dynamic_resources").error("dynamic configuration (xDS) is not supported yet"));
+        }
+        if let Some(cm) = cluster_manager {
+            let cp = path.field("cluster_manager");
+            let pb::bootstrap::ClusterManager { local_cluster_name, outlier_detection, upstream_bind_config, load_stats_config, enable_deferred_cluster_creation } = cm;
+            deny(&cp, "local_cluster_name", local_cluster_name)?;
+            deny(&cp, "outlier_detection", outlier_detection)?;
+            deny(&cp, "upstream_bind_config", upstream_bind_config)?;
+            deny(&cp, "load_stats_config", load_stats_config)?;
+            deny(&cp, "enable_deferred_cluster_creation", enable_deferred_cluster_creation)?;
+        }
+        deny(&path, "hds_config", hds_config)?;
+        deny(&path, "flags_path", flags_path)?;
+        deny(&path, "stats_sinks", stats_sinks)?;
+        deny(&path, "deferred_stat_options", deferred_stat_options)?;
+        deny(&path, "watchdog", watchdog)?;
+        deny(&path, "watchdogs", watchdogs)?;
+        deny(&path, "tracing", tracing)?;
+        deny(&path, "overload_manager", overload_manager)?;
+        deny(&path, "enable_dispatcher_stats", enable_dispatcher_stats)?;
+        deny(&path, "header_prefix", header_prefix)?;
+        deny(&path, "stats_server_version_override", stats_server_version_override)?;
+        deny(&path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
+        deny(&path, "dns_resolution_config", dns_resolution_config)?;
+        deny(&path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
+        deny(&path, "bootstrap_extensions", bootstrap_extensions)?;
+        deny(&path, "fatal_actions", fatal_actions)?;
+        deny(&path, "config_sources", config_sources)?;
+        deny(&path, "default_config_source", default_config_source)?;
+        deny(&path, "default_socket_interface", default_socket_interface)?;
+        deny(&path, "certificate_provider_instances", certificate_provider_instances)?;
+        deny(&path, "inline_headers", inline_headers)?;
+        deny(&path, "perf_tracing_file_path", perf_tracing_file_path)?;
+        deny(&path, "default_regex_engine", default_regex_engine)?;
+        deny(&path, "xds_delegate_extension", xds_delegate_extension)?;
+        deny(&path, "xds_config_tracker_extension", xds_config_tracker_extension)?;
+        deny(&path, "listener_manager", listener_manager)?;
+        deny(&path, "application_log_config", application_log_config)?;
+        deny(&path, "grpc_async_client_manager_config", grpc_async_client_manager_config)?;
+        deny(&path, "memory_allocator_manager", memory_allocator_manager)?;
+        deny(&path, "stats_flush", stats_flush)?;
+        deny(&path, "stats_eviction", stats_eviction)?;
+
+        let runtime = Runtime::from_proto(&path.field("layered_runtime"), layered_runtime)?;
+        let node = node
+            .as_ref()
+            .map(|n| Node { id: n.id.clone(), cluster: n.cluster.clone(), metadata: n.metadata.as_ref().map(super::runtime::struct_to_json).unwrap_or_default() })
+            .unwrap_or_default();
+
+        let admin = match admin {
+            Some(a) => admin_from(&path.field("admin"), a, &runtime)?,
+            None => None,
+        };
+
+        let mut flush_interval = opt_duration(&path, "stats_flush_interval", stats_flush_interval)?.unwrap_or(Duration::from_secs(5));
+        if flush_interval < Duration::from_millis(1) {
+            flush_interval = Duration::from_millis(1);
+        }
+        let stats = stats_settings(&path.field("stats_config"), stats_config, flush_interval)?;
+
+        let mut listeners = Vec::new();
+        let mut clusters = Vec::new();
+        if let Some(sr) = static_resources {
+            let sp = path.field("static_resources");
+            let pb::bootstrap::bootstrap::StaticResources { listeners: ls, clusters: cs, secrets } = sr;
+            deny(&sp, "secrets", secrets)?;
+            let mut names: HashMap<String, usize> = HashMap::new();
+            for (i, c) in cs.iter().enumerate() {
+                let cp = sp.field("clusters").index(i);
+                let cluster = Cluster::from_proto(&cp, c)?;
+                if let Some(prev) = names.insert(cluster.name.to_string(), i) {
+                    return Err(cp.field("name").error(format!("cluster manager: duplicate cluster '{}' (also static_resources.clusters[{prev}])", cluster.name)));
+                }
+                clusters.push(Arc::new(cluster));
+            }
+            let mut lnames: HashMap<String, usize> = HashMap::new();
+            for (i, l) in ls.iter().enumerate() {
+                let lp = sp.field("listeners").index(i);
+                let listener = Listener::from_proto(&lp, l, &runtime)?;
+                if let Some(prev) = lnames.insert(listener.name.clone(), i) {
+                    return Err(lp.field("name").error(format!("duplicate listener name '{}' (also static_resources.listeners[{prev}])", listener.name)));
+                }
+                check_route_clusters(&lp, &listener, &names)?;
+                listeners.push(Arc::new(listener));
+            }
+        }
+        Ok(Self { node, admin, listeners, clusters, stats, runtime })
+    }
+}
+
+/// Inline route configurations validate their clusters (Envoy's `validate_clusters` defaults to
+/// true for them): a route naming an undefined cluster is a configuration error.
+fn check_route_clusters(lp: &FieldPath, l: &Listener, clusters: &HashMap<String, usize>) -> Result<()> {
+    use super::listener::NetworkTerminal;
+    for (i, fc) in l.filter_chains.iter().chain(l.default_filter_chain.iter()).enumerate() {
+        let NetworkTerminal::Http(hcm) = &fc.terminal else { continue };
+        if hcm.route_config.validate_clusters == Some(false) {
+            continue;
+        }
+        for name in &hcm.route_config.referenced_clusters {
+            if !clusters.contains_key(&**name) {
+                let chain = if i < l.filter_chains.len() { format!("filter_chains[{i}]") } else { "default_filter_chain".into() };
+                return Err(lp.field(&chain).error(format!(
+                    "route configuration '{}' references cluster '{name}', which is not defined in static_resources.clusters",
+                    hcm.route_config.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn admin_from(path: &FieldPath, a: &pb::bootstrap::Admin, rt: &Runtime) -> Result<Option<Admin>> {
+    let pb::bootstrap::Admin { access_log, access_log_path, profile_path, address, socket_options, ignore_global_conn_limit, allow_paths } = a;
+    deny(path, "socket_options", socket_options)?;
+    deny(path, "allow_paths", allow_paths)?;
+    let _ = profile_path; // the CPU profiler endpoint is not offered; the path is only where it would write
+    let _ = ignore_global_conn_limit; // no global connection limit applies to the admin listener
+    let Some(addr) = address else {
+        if !access_log.is_empty() || !access_log_path.is_empty() {
+            return Err(path.field("address").error("is required when admin is configured"));
+        }
+        return Ok(None);
+    };
+    let hp = super::core::socket_address(&path.field("address"), &Some(addr.clone()))?;
+    let ip = hp.ip().ok_or_else(|| path.field("address").error(format!("'{}' is not an IP address", hp.host)))?;
+    let mut logs = Vec::new();
+    for (i, al) in access_log.iter().enumerate() {
+        logs.push(AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt)?);
+    }
+    if !access_log_path.is_empty() {
+        logs.push(AccessLogConfig {
+            name: "admin".into(),
+            filter: None,
+            sink: super::access_log::Sink::File(access_log_path.into()),
+            format: super::access_log::LogFormat::Text(
+                crate::telemetry::format::Formatter::parse(crate::telemetry::format::DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
+            ),
+        });
+    }
+    Ok(Some(Admin { address: SocketAddr::new(ip, hp.port), access_logs: logs }))
+}
+
+fn stats_settings(path: &FieldPath, sc: &Option<pb::metrics::StatsConfig>, flush_interval: Duration) -> Result<StatsSettings> {
+    use pb::metrics::stats_matcher::StatsMatcher as M;
+    use pb::metrics::tag_specifier::TagValue;
+    let mut out = StatsSettings { tags: vec![], use_all_default_tags: true, matcher: None, flush_interval };
+    let Some(sc) = sc else { return Ok(out) };
+    let pb::metrics::StatsConfig { stats_tags, use_all_default_tags, stats_matcher, histogram_bucket_settings, allow_default_tag_overrides } = sc;
+    deny(path, "histogram_bucket_settings", histogram_bucket_settings)?;
+    let _ = allow_default_tag_overrides; // custom tags already override defaults of the same name
+    out.use_all_default_tags = bool_or(use_all_default_tags, true);
+    for (i, t) in stats_tags.iter().enumerate() {
+        let tp = path.field("stats_tags").index(i);
+        let pb::metrics::TagSpecifier { tag_name, tag_value } = t;
+        if tag_name.is_empty() {
+            return Err(tp.field("tag_name").error("must not be empty"));
+        }
+        out.tags.push(match tag_value {
+            Some(TagValue::Regex(r)) if !r.is_empty() => {
+                fancy_regex::Regex::new(r).map_err(|e| tp.field("regex").error(format!("invalid regex: {e}")))?;
+                TagSpec::Regex { name: tag_name.clone(), regex: r.clone() }
+            }
+            Some(TagValue::FixedValue(v)) => TagSpec::Fixed { name: tag_name.clone(), value: v.clone() },
+            _ => {
+                if !crate::telemetry::tags::DEFAULT_TAGS.iter().any(|(n, _)| n == tag_name) {
+                    return Err(tp.error(format!("no regex specified for tag specifier and no default regex for name: '{tag_name}'")));
+                }
+                TagSpec::Default { name: tag_name.clone() }
+            }
+        });
+    }
+    if let Some(sm) = stats_matcher {
+        let mp = path.field("stats_matcher");
+        let list = |p: FieldPath, l: &pb::matcher::ListStringMatcher| -> Result<Vec<StringMatcher>> {
+            l.patterns.iter().enumerate().map(|(i, m)| StringMatcher::from_proto(&p.field("patterns").index(i), m)).collect()
+        };
+        out.matcher = match &sm.stats_matcher {
+            Some(M::RejectAll(true)) => Some(StatsMatcher::RejectAll),
+            Some(M::RejectAll(false)) | None => None,
+            Some(M::InclusionList(l)) => Some(StatsMatcher::Inclusion(list(mp.field("inclusion_list"), l)?)),
+            Some(M::ExclusionList(l)) => Some(StatsMatcher::Exclusion(list(mp.field("exclusion_list"), l)?)),
+        };
+    }
+    Ok(out)
+}
+
+impl StatsMatcher {
+    /// Whether a stat with this name is instantiated.
+    pub fn accepts(&self, name: &str) -> bool {
+        match self {
+            StatsMatcher::RejectAll => false,
+            StatsMatcher::Inclusion(ms) => ms.iter().any(|m| m.matches(name)),
+            StatsMatcher::Exclusion(ms) => !ms.iter().any(|m| m.matches(name)),
+        }
+    }
+}

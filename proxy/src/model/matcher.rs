@@ -1,0 +1,343 @@
+//! Envoy's matchers: `StringMatcher`, `RegexMatcher` (RE2 syntax, full match), route
+//! `HeaderMatcher` and `QueryParameterMatcher`.
+
+use super::pb;
+use crate::config::{FieldPath, Result};
+use http::{HeaderMap, HeaderName};
+use regex::Regex;
+
+/// A compiled `RegexMatcher`. Envoy's regex matches are full-string matches (RE2::FullMatch).
+#[derive(Debug, Clone)]
+pub struct FullRegex {
+    pub source: String,
+    full: Regex,
+}
+
+impl FullRegex {
+    pub fn is_match(&self, s: &str) -> bool {
+        self.full.is_match(s)
+    }
+}
+
+/// Compile a `RegexMatcher` for full matches.
+pub fn full_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<FullRegex> {
+    let pb::matcher::RegexMatcher { regex, engine_type } = m;
+    let _ = engine_type; // google_re2 is the only engine; its max_program_size is deprecated.
+    let full = Regex::new(&format!("^(?:{regex})$")).map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))?;
+    Ok(FullRegex { source: regex.clone(), full })
+}
+
+/// Compile a `RegexMatcher` for search/replace (`regex_rewrite`).
+pub fn search_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<Regex> {
+    let pb::matcher::RegexMatcher { regex, engine_type: _ } = m;
+    Regex::new(regex).map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))
+}
+
+#[derive(Debug, Clone)]
+pub enum StringPattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(FullRegex),
+}
+
+/// `envoy.type.matcher.v3.StringMatcher`.
+#[derive(Debug, Clone)]
+pub struct StringMatcher {
+    pub pattern: StringPattern,
+    pub ignore_case: bool,
+}
+
+impl StringMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::matcher::StringMatcher) -> Result<Self> {
+        use pb::matcher::string_matcher::MatchPattern as P;
+        let pb::matcher::StringMatcher { ignore_case, match_pattern } = m;
+        let lower = |s: &String| if *ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+        let pattern = match match_pattern {
+            Some(P::Exact(s)) => StringPattern::Exact(lower(s)),
+            Some(P::Prefix(s)) => StringPattern::Prefix(lower(s)),
+            Some(P::Suffix(s)) => StringPattern::Suffix(lower(s)),
+            Some(P::Contains(s)) => StringPattern::Contains(lower(s)),
+            Some(P::SafeRegex(r)) => StringPattern::Regex(full_regex(&path.field("safe_regex"), r)?),
+            Some(P::Custom(_)) => return Err(path.unsupported("custom")),
+            None => return Err(path.error("a string matcher needs exact, prefix, suffix, contains or safe_regex")),
+        };
+        let empty_field = match &pattern {
+            StringPattern::Prefix(v) if v.is_empty() => Some("prefix"),
+            StringPattern::Suffix(v) if v.is_empty() => Some("suffix"),
+            StringPattern::Contains(v) if v.is_empty() => Some("contains"),
+            _ => None,
+        };
+        if let Some(f) = empty_field {
+            return Err(path.field(f).error("must not be empty"));
+        }
+        Ok(Self { pattern, ignore_case: *ignore_case })
+    }
+
+    pub fn exact(s: &str) -> Self {
+        Self { pattern: StringPattern::Exact(s.to_string()), ignore_case: false }
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        if self.ignore_case && !matches!(self.pattern, StringPattern::Regex(_)) {
+            let lowered = value.to_ascii_lowercase();
+            return self.matches_cased(&lowered);
+        }
+        self.matches_cased(value)
+    }
+
+    fn matches_cased(&self, value: &str) -> bool {
+        match &self.pattern {
+            StringPattern::Exact(s) => value == s,
+            StringPattern::Prefix(s) => value.starts_with(s.as_str()),
+            StringPattern::Suffix(s) => value.ends_with(s.as_str()),
+            StringPattern::Contains(s) => value.contains(s.as_str()),
+            StringPattern::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Which request header a matcher reads; pseudo-headers come from the request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Named(HeaderName),
+}
+
+impl HeaderKey {
+    pub fn parse(path: &FieldPath, name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            ":method" => HeaderKey::Method,
+            ":path" => HeaderKey::Path,
+            ":authority" | "host" => HeaderKey::Authority,
+            ":scheme" => HeaderKey::Scheme,
+            n => HeaderKey::Named(HeaderName::from_bytes(n.as_bytes()).map_err(|_| path.error(format!("invalid header name '{name}'")))?),
+        })
+    }
+}
+
+/// The request parts header matching reads.
+pub struct RequestHeaders<'a> {
+    pub method: &'a http::Method,
+    pub path_and_query: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestHeaders<'_> {
+    /// All values of a header joined with "," (Envoy's `getAllOfHeaderAsString`).
+    pub fn get(&self, key: &HeaderKey) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match key {
+            HeaderKey::Method => Some(Cow::Borrowed(self.method.as_str())),
+            HeaderKey::Path => Some(Cow::Borrowed(self.path_and_query)),
+            HeaderKey::Authority => Some(Cow::Borrowed(self.authority)),
+            HeaderKey::Scheme => Some(Cow::Borrowed(self.scheme)),
+            HeaderKey::Named(n) => {
+                let mut values = self.headers.get_all(n).iter();
+                let first = values.next()?;
+                let first = std::str::from_utf8(first.as_bytes()).unwrap_or("");
+                match values.next() {
+                    None => Some(Cow::Borrowed(first)),
+                    Some(second) => {
+                        let mut s = format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
+                        for v in values {
+                            s.push(',');
+                            s.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        }
+                        Some(Cow::Owned(s))
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum HeaderMatch {
+    String(StringMatcher),
+    Range { start: i64, end: i64 },
+    Present(bool),
+}
+
+/// `envoy.config.route.v3.HeaderMatcher`.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    pub key: HeaderKey,
+    pub spec: HeaderMatch,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+impl HeaderMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::route::HeaderMatcher) -> Result<Self> {
+        use pb::route::header_matcher::HeaderMatchSpecifier as S;
+        let pb::route::HeaderMatcher { name, invert_match, treat_missing_header_as_empty, header_match_specifier } = m;
+        let key = HeaderKey::parse(&path.field("name"), name)?;
+        let exact = |s: &str| HeaderMatch::String(StringMatcher::exact(s));
+        let spec = match header_match_specifier {
+            Some(S::ExactMatch(s)) => exact(s),
+            Some(S::SafeRegexMatch(r)) => HeaderMatch::String(StringMatcher {
+                pattern: StringPattern::Regex(full_regex(&path.field("safe_regex_match"), r)?),
+                ignore_case: false,
+            }),
+            Some(S::RangeMatch(r)) => HeaderMatch::Range { start: r.start, end: r.end },
+            Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
+            Some(S::PrefixMatch(s)) => HeaderMatch::String(StringMatcher { pattern: StringPattern::Prefix(s.clone()), ignore_case: false }),
+            Some(S::SuffixMatch(s)) => HeaderMatch::String(StringMatcher { pattern: StringPattern::Suffix(s.clone()), ignore_case: false }),
+            Some(S::ContainsMatch(s)) => {
+                HeaderMatch::String(StringMatcher { pattern: StringPattern::Contains(s.clone()), ignore_case: false })
+            }
+            Some(S::StringMatch(s)) => HeaderMatch::String(StringMatcher::from_proto(&path.field("string_match"), s)?),
+            // No specifier: the header must be present (Envoy treats this as a present match).
+            None => HeaderMatch::Present(true),
+        };
+        Ok(Self { key, spec, invert: *invert_match, treat_missing_as_empty: *treat_missing_header_as_empty })
+    }
+
+    /// Envoy's `HeaderUtility::matchHeaders` semantics, including its handling of a missing header.
+    pub fn matches(&self, req: &RequestHeaders<'_>) -> bool {
+        let value = req.get(&self.key);
+        let is_present_type = matches!(self.spec, HeaderMatch::Present(_));
+        let value = match value {
+            Some(v) => v,
+            None if self.treat_missing_as_empty => std::borrow::Cow::Borrowed(""),
+            None => {
+                return if self.invert { !is_present_type } else { matches!(self.spec, HeaderMatch::Present(false)) };
+            }
+        };
+        let m = match &self.spec {
+            HeaderMatch::String(s) => s.matches(&value),
+            HeaderMatch::Range { start, end } => value.parse::<i64>().is_ok_and(|v| v >= *start && v < *end),
+            HeaderMatch::Present(p) => *p,
+        };
+        m != self.invert
+    }
+}
+
+/// `envoy.config.route.v3.QueryParameterMatcher`.
+#[derive(Debug, Clone)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// `None`: the parameter must be present.
+    pub matcher: Option<StringMatcher>,
+    pub present: bool,
+}
+
+impl QueryParameterMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::route::QueryParameterMatcher) -> Result<Self> {
+        use pb::route::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+        let pb::route::QueryParameterMatcher { name, query_parameter_match_specifier } = m;
+        if name.is_empty() {
+            return Err(path.field("name").error("must not be empty"));
+        }
+        let (matcher, present) = match query_parameter_match_specifier {
+            Some(S::StringMatch(s)) => (Some(StringMatcher::from_proto(&path.field("string_match"), s)?), true),
+            Some(S::PresentMatch(p)) => (None, *p),
+            None => (None, true),
+        };
+        Ok(Self { name: name.clone(), matcher, present })
+    }
+
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let value = query.and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == self.name).then_some(v)
+            })
+        });
+        match (&self.matcher, value) {
+            (Some(m), Some(v)) => m.matches(v),
+            (Some(_), None) => false,
+            (None, v) => v.is_some() == self.present,
+        }
+    }
+}
+
+/// Refuse a list-of-matchers field for features not built yet.
+pub fn deny_list<T: PartialEq>(path: &FieldPath, field: &str, v: &[T]) -> Result<()> {
+    if v.is_empty() { Ok(()) } else { Err(path.unsupported(field)) }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(spec: pb::route::header_matcher::HeaderMatchSpecifier, invert: bool) -> HeaderMatcher {
+        HeaderMatcher::from_proto(
+            &FieldPath::root(),
+            &pb::route::HeaderMatcher {
+                name: "x-a".into(),
+                invert_match: invert,
+                treat_missing_header_as_empty: false,
+                header_match_specifier: Some(spec),
+            },
+        )
+        .unwrap()
+    }
+
+    fn req(headers: &HeaderMap) -> RequestHeaders<'_> {
+        RequestHeaders { method: &http::Method::GET, path_and_query: "/p?a=1&b=", authority: "h", scheme: "http", headers }
+    }
+
+    #[test]
+    fn header_matching_semantics() {
+        use pb::route::header_matcher::HeaderMatchSpecifier as S;
+        let mut h = HeaderMap::new();
+        h.append("x-a", "one".parse().unwrap());
+        h.append("x-a", "two".parse().unwrap());
+        assert!(hm(S::ExactMatch("one,two".into()), false).matches(&req(&h)));
+        assert!(hm(S::PrefixMatch("one".into()), false).matches(&req(&h)));
+        assert!(!hm(S::PrefixMatch("one".into()), true).matches(&req(&h)));
+        let empty = HeaderMap::new();
+        assert!(!hm(S::PresentMatch(true), false).matches(&req(&empty)));
+        assert!(hm(S::PresentMatch(false), false).matches(&req(&empty)));
+        assert!(hm(S::ExactMatch("x".into()), true).matches(&req(&empty)));
+        let mut n = HeaderMap::new();
+        n.insert("x-a", "42".parse().unwrap());
+        assert!(hm(S::RangeMatch(pb::types::Int64Range { start: 40, end: 43 }), false).matches(&req(&n)));
+        assert!(!hm(S::RangeMatch(pb::types::Int64Range { start: 40, end: 42 }), false).matches(&req(&n)));
+    }
+
+    #[test]
+    fn string_matcher_ignore_case_and_regex() {
+        use pb::matcher::string_matcher::MatchPattern as P;
+        let m = StringMatcher::from_proto(&FieldPath::root(), &pb::matcher::StringMatcher { ignore_case: true, match_pattern: Some(P::Prefix("AbC".into())) }).unwrap();
+        assert!(m.matches("abcdef"));
+        let r = StringMatcher::from_proto(
+            &FieldPath::root(),
+            &pb::matcher::StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher { regex: "a.c".into(), engine_type: None })),
+            },
+        )
+        .unwrap();
+        assert!(r.matches("abc"));
+        assert!(!r.matches("abcd"), "regex matches are full matches");
+        let e = StringMatcher::from_proto(
+            &FieldPath::new("m"),
+            &pb::matcher::StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher { regex: "(".into(), engine_type: None })),
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("m.safe_regex.regex: invalid regex"), "{e}");
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = QueryParameterMatcher { name: "a".into(), matcher: Some(StringMatcher::exact("1")), present: true };
+        assert!(q.matches(Some("a=1&b=2")));
+        assert!(!q.matches(Some("a=2")));
+        let p = QueryParameterMatcher { name: "b".into(), matcher: None, present: true };
+        assert!(p.matches(Some("a=1&b")));
+        assert!(!p.matches(None));
+    }
+}

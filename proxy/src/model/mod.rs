@@ -1,0 +1,18 @@
+//! The configuration pipeline, second half: Envoy protos → validated internal model.
+//! Every proto struct is destructured field by field, so a field added to Envoy's API cannot
+//! be missed silently: each is honoured or refused with its path.
+
+pub mod core;
+pub mod pb;
+pub mod access_log;
+pub mod bootstrap;
+pub mod cluster;
+pub mod hcm;
+pub mod headers;
+pub mod listener;
+pub mod matcher;
+pub mod route;
+pub mod runtime;
+pub mod tcp_proxy;
+
+pub use matcher::FullRegex;

@@ -1,0 +1,409 @@
+//! The server: loads and translates the bootstrap, builds clusters and listeners, resolves DNS
+//! clusters before listeners open, runs the workers (one current-thread runtime per worker,
+//! each with its own listener sockets and upstream pools) and, on the main thread, the admin
+//! API, DNS refresh, stats flushing and signal handling.
+
+use crate::cli::{Mode, Options};
+use crate::config::load::load_bootstrap;
+use crate::http::conn_manager::LocalInfo;
+use crate::listener::{ActiveListener, ListenerManagerStats};
+use crate::logging::LogControl;
+use crate::model::bootstrap::Bootstrap;
+use crate::model::cluster::Discovery;
+use crate::model::listener::Direction;
+use crate::telemetry::stats::{Counter, Gauge, Store};
+use crate::telemetry::tags::TagProducer;
+use crate::upstream::cluster::{self, Cluster, ClusterManager};
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap as BootstrapProto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Envoy's server states (`server.state` gauge values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Live = 0,
+    Draining = 1,
+    PreInitializing = 2,
+    Initializing = 3,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Live => "LIVE",
+            State::Draining => "DRAINING",
+            State::PreInitializing => "PRE_INITIALIZING",
+            State::Initializing => "INITIALIZING",
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => State::Live,
+            1 => State::Draining,
+            2 => State::PreInitializing,
+            _ => State::Initializing,
+        }
+    }
+}
+
+/// `server.*` and `cluster_manager.*` stats.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub live: Arc<Gauge>,
+    pub state: Arc<Gauge>,
+    pub uptime: Arc<Gauge>,
+    pub concurrency: Arc<Gauge>,
+    pub total_connections: Arc<Gauge>,
+    pub memory_physical_size: Arc<Gauge>,
+    pub hot_restart_epoch: Arc<Gauge>,
+    pub static_unknown_fields: Arc<Counter>,
+    pub active_clusters: Arc<Gauge>,
+    pub warming_clusters: Arc<Gauge>,
+    pub cluster_added: Arc<Counter>,
+}
+
+impl ServerStats {
+    fn new(store: &Store) -> Self {
+        Self {
+            live: store.gauge("server.live"),
+            state: store.gauge("server.state"),
+            uptime: store.gauge("server.uptime"),
+            concurrency: store.gauge("server.concurrency"),
+            total_connections: store.gauge("server.total_connections"),
+            memory_physical_size: store.gauge("server.memory_physical_size"),
+            hot_restart_epoch: store.gauge("server.hot_restart_epoch"),
+            static_unknown_fields: store.counter("server.static_unknown_fields"),
+            active_clusters: store.gauge("cluster_manager.active_clusters"),
+            warming_clusters: store.gauge("cluster_manager.warming_clusters"),
+            cluster_added: store.counter("cluster_manager.cluster_added"),
+        }
+    }
+}
+
+/// Everything the admin API and the main thread share.
+pub struct ServerState {
+    pub options: Options,
+    pub bootstrap_proto: BootstrapProto,
+    pub bootstrap: Bootstrap,
+    pub loaded_at: SystemTime,
+    pub started: Instant,
+    pub store: Arc<Store>,
+    pub clusters: Arc<ClusterManager>,
+    pub listeners: Vec<Arc<ActiveListener>>,
+    pub listener_stats: ListenerManagerStats,
+    pub stats: ServerStats,
+    pub concurrency: usize,
+    pub logs: LogControl,
+    pub local: Arc<LocalInfo>,
+    state: AtomicU8,
+    pub healthcheck_failed: AtomicBool,
+    pub shutdown: watch::Sender<bool>,
+    pub admin_address: Mutex<Option<SocketAddr>>,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState").finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Relaxed);
+        self.stats.state.set(s as i64);
+        self.stats.live.set(if s == State::Live { 1 } else { 0 });
+    }
+
+    /// Refresh the gauges computed on demand (before a stats scrape).
+    pub fn refresh_gauges(&self) {
+        self.stats.uptime.set(self.started.elapsed().as_secs() as i64);
+        let total: i64 = self.listeners.iter().map(|l| l.stats.downstream_cx_active.value()).sum();
+        self.stats.total_connections.set(total);
+        if let Some(rss) = resident_bytes() {
+            self.stats.memory_physical_size.set(rss as i64);
+        }
+    }
+
+    /// `POST /drain_listeners`: stop (or, with `graceful`, first drain) the listeners.
+    pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
+        let selected: Vec<_> = self.listeners.iter().filter(|l| !inbound_only || l.config.direction == Direction::Inbound).cloned().collect();
+        if graceful {
+            self.set_state(State::Draining);
+        }
+        for l in &selected {
+            l.drain.send_replace(true);
+            self.listener_stats.total_listeners_draining.inc();
+        }
+        let drain_time = std::time::Duration::from_secs(self.options.drain_time_s);
+        let state = self.clone();
+        let stop = move || {
+            for l in &selected {
+                if !*l.stop.borrow() {
+                    l.stop.send_replace(true);
+                    state.listener_stats.listener_stopped.inc();
+                    state.listener_stats.total_listeners_active.dec();
+                    state.listener_stats.total_listeners_draining.dec();
+                }
+            }
+        };
+        if graceful {
+            tokio::spawn(async move {
+                tokio::time::sleep(drain_time).await;
+                stop();
+            });
+        } else {
+            stop();
+        }
+    }
+}
+
+/// Resident set size of this process, from /proc.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = status.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Bind(#[from] crate::listener::BindError),
+    #[error("admin: cannot bind '{0}': {1}")]
+    AdminBind(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Load and translate the configuration named by the options.
+pub fn load(options: &Options) -> Result<(BootstrapProto, Bootstrap, usize), crate::config::ConfigError> {
+    let loaded = load_bootstrap(options.config_path.as_deref(), options.config_yaml.as_deref(), options.allow_unknown_static_fields)?;
+    for w in &loaded.unknown_field_warnings {
+        tracing::warn!("unknown field (ignored because of --allow-unknown-static-fields): {w}");
+    }
+    let model = Bootstrap::from_proto(&loaded.bootstrap)?;
+    Ok((loaded.bootstrap, model, loaded.unknown_field_warnings.len()))
+}
+
+/// Build the stats store from the bootstrap's stats_config.
+fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
+    let tags = TagProducer::new(&b.stats.tags, b.stats.use_all_default_tags)?;
+    // Stat names are checked once, when a stat is registered.
+    let accept: Option<crate::telemetry::stats::NameFilter> =
+        b.stats.matcher.clone().map(|m| Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter);
+    Ok(Arc::new(Store::new(tags, accept)))
+}
+
+/// Run remora with the given options (after logging is set up). Returns the exit code.
+pub fn run(options: Options, logs: LogControl) -> i32 {
+    let (proto, model, unknown) = match load(&options) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error initializing configuration '{}': {e}", config_name(&options));
+            return 1;
+        }
+    };
+    if options.mode == Mode::Validate {
+        for w in model.runtime.unused_keys() {
+            eprintln!("warning: runtime key '{w}' is not used by remora");
+        }
+        println!("configuration '{}' OK", config_name(&options));
+        return 0;
+    }
+    let main_rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("remora-main").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the main runtime: {e}");
+            return 1;
+        }
+    };
+    main_rt.block_on(async move {
+        match start(options, proto, model, unknown, logs).await {
+            Ok(state) => {
+                serve_until_shutdown(state).await;
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn config_name(o: &Options) -> String {
+    o.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--config-yaml".into())
+}
+
+/// Build everything and start workers and the admin listener.
+pub async fn start(options: Options, proto: BootstrapProto, model: Bootstrap, unknown_fields: usize, logs: LogControl) -> Result<Arc<ServerState>, StartError> {
+    for k in model.runtime.unused_keys() {
+        tracing::warn!("runtime key '{k}' is not used by remora");
+    }
+    if options.log_format.is_some() {
+        tracing::info!("--log-format is accepted; remora writes its own log line format");
+    }
+    let concurrency = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let store = build_store(&model).map_err(StartError::Other)?;
+    let stats = ServerStats::new(&store);
+    stats.static_unknown_fields.add(unknown_fields as u64);
+    stats.concurrency.set(concurrency as i64);
+    stats.hot_restart_epoch.set(0);
+    let local = Arc::new(LocalInfo {
+        service_cluster: options.service_cluster.clone().unwrap_or_else(|| model.node.cluster.clone()),
+        service_node: options.service_node.clone().unwrap_or_else(|| model.node.id.clone()),
+    });
+
+    // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
+    let clusters: Vec<Arc<Cluster>> = model.clusters.iter().map(|c| Cluster::new(c.clone(), &store)).collect();
+    stats.cluster_added.add(clusters.len() as u64);
+    stats.active_clusters.set(clusters.len() as i64);
+    stats.warming_clusters.set(0);
+    let dns: Vec<_> = clusters.iter().filter(|c| c.config.discovery != Discovery::Static).cloned().collect();
+    futures_util::future::join_all(dns.iter().map(|c| async move { cluster::resolve_once(c).await })).await;
+    for c in dns {
+        tokio::spawn(cluster::dns_refresh_loop(c));
+    }
+    let cluster_manager = Arc::new(ClusterManager::new(clusters));
+
+    // Listeners: bind now so a port in use is an error naming the listener.
+    let listener_stats = ListenerManagerStats::new(&store);
+    let mut listeners = Vec::new();
+    for (i, l) in model.listeners.iter().enumerate() {
+        let active = ActiveListener::new(l.clone(), i, concurrency, &store, &cluster_manager, &local)?;
+        listener_stats.listener_added.inc();
+        listener_stats.listener_create_success.inc();
+        listener_stats.total_listeners_active.inc();
+        listeners.push(active);
+    }
+    listener_stats.total_listeners_warming.set(0);
+    listener_stats.total_listeners_draining.set(0);
+
+    let (shutdown, _) = watch::channel(false);
+    let state = Arc::new(ServerState {
+        options,
+        bootstrap_proto: proto,
+        bootstrap: model,
+        loaded_at: SystemTime::now(),
+        started: Instant::now(),
+        store: store.clone(),
+        clusters: cluster_manager,
+        listeners,
+        listener_stats,
+        stats,
+        concurrency,
+        logs,
+        local,
+        state: AtomicU8::new(State::Initializing as u8),
+        healthcheck_failed: AtomicBool::new(false),
+        shutdown,
+        admin_address: Mutex::new(None),
+    });
+    state.set_state(State::Initializing);
+
+    if let Some(admin) = &state.bootstrap.admin {
+        let std_listener = std::net::TcpListener::bind(admin.address).map_err(|e| StartError::AdminBind(admin.address, e))?;
+        std_listener.set_nonblocking(true).map_err(|e| StartError::AdminBind(admin.address, e))?;
+        let bound = std_listener.local_addr().map_err(|e| StartError::AdminBind(admin.address, e))?;
+        *state.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+        if let Some(path) = &state.options.admin_address_path {
+            std::fs::write(path, bound.to_string()).map_err(|e| StartError::Other(format!("cannot write --admin-address-path {}: {e}", path.display())))?;
+        }
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| StartError::AdminBind(admin.address, e))?;
+        tokio::spawn(crate::admin::serve(state.clone(), listener));
+        tracing::info!("admin address: {bound}");
+    }
+
+    if state.options.mode == Mode::InitOnly {
+        return Ok(state);
+    }
+    start_workers(&state);
+    state.listener_stats.workers_started.set(1);
+    state.set_state(State::Live);
+    for l in &state.listeners {
+        tracing::info!(listener = %l.config.name, "listening on {}", l.local_address);
+    }
+    Ok(state)
+}
+
+/// One thread per worker, each with a current-thread runtime, its listener sockets and its pools.
+fn start_workers(state: &Arc<ServerState>) {
+    for i in 0..state.concurrency {
+        let sockets: Vec<_> = state.listeners.iter().filter_map(|l| l.take_socket().map(|s| (l.clone(), s))).collect();
+        let mut shutdown = state.shutdown.subscribe();
+        let spawned = std::thread::Builder::new().name(format!("remora-worker-{i}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("worker {i}: cannot start runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for (l, s) in sockets {
+                    tokio::spawn(l.accept_loop(s));
+                }
+                tokio::spawn(async {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        crate::upstream::pool::sweep();
+                    }
+                });
+                crate::listener::stopped(&mut shutdown).await;
+            });
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start worker {i}: {e}");
+        }
+    }
+}
+
+/// Run the main thread's duties until shutdown (signal or `/quitquitquit`).
+pub async fn serve_until_shutdown(state: Arc<ServerState>) {
+    let flush_every = state.bootstrap.stats.flush_interval;
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(flush_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.refresh_gauges();
+                state.store.flush_histograms();
+            }
+        })
+    };
+    let mut shutdown = state.shutdown.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term_fut = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("caught SIGINT"),
+        _ = term_fut => tracing::info!("caught SIGTERM"),
+        _ = crate::listener::stopped(&mut shutdown) => tracing::info!("shutting down (admin /quitquitquit)"),
+    }
+    flusher.abort();
+    for l in &state.listeners {
+        l.stop.send_replace(true);
+    }
+    state.shutdown.send_replace(true);
+    crate::telemetry::access_log::sinks().flush_all();
+    tracing::info!("exiting");
+}

@@ -1,0 +1,3 @@
+//! TCP: `envoy.filters.network.tcp_proxy`.
+
+pub mod proxy;

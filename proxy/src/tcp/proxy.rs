@@ -1,0 +1,204 @@
+//! `envoy.filters.network.tcp_proxy`: connect to a host of the (weighted) cluster with up to
+//! `max_connect_attempts` tries, then copy bytes both ways with half-close, the idle timeout and
+//! `max_downstream_connection_duration`; Envoy's `tcp.<stat_prefix>.*` stats and access log.
+
+use crate::model::tcp_proxy::TcpProxy;
+use crate::stream_info::{ConnectionInfo, ResponseFlags, StreamInfo};
+use crate::telemetry::access_log::{AccessLogger, filter_input};
+use crate::telemetry::format::FormatContext;
+use crate::telemetry::stats::{Counter, Store};
+use crate::upstream::cluster::ClusterManager;
+use crate::upstream::{lb, pool};
+use bytes::Bytes;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+#[derive(Debug)]
+pub struct TcpStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_no_route: Arc<Counter>,
+    pub downstream_cx_rx_bytes_total: Arc<Counter>,
+    pub downstream_cx_tx_bytes_total: Arc<Counter>,
+    pub idle_timeout: Arc<Counter>,
+    pub max_downstream_connection_duration: Arc<Counter>,
+}
+
+/// A built tcp_proxy filter.
+pub struct TcpProxyFilter {
+    pub config: Arc<TcpProxy>,
+    pub stats: TcpStats,
+    clusters: Arc<ClusterManager>,
+    access_logs: Vec<AccessLogger>,
+}
+
+impl TcpProxyFilter {
+    pub fn new(config: Arc<TcpProxy>, store: &Arc<Store>, clusters: Arc<ClusterManager>) -> io::Result<Self> {
+        let p = format!("tcp.{}.", config.stat_prefix);
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let stats = TcpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_no_route: c("downstream_cx_no_route"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+            idle_timeout: c("idle_timeout"),
+            max_downstream_connection_duration: c("max_downstream_connection_duration"),
+        };
+        let access_logs = config.access_logs.iter().map(|l| AccessLogger::new(l.clone())).collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { config, stats, clusters, access_logs })
+    }
+
+    fn log(&self, info: &StreamInfo) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let ctx = FormatContext { info: Some(info), ..Default::default() };
+        let input = filter_input(info, None);
+        for l in &self.access_logs {
+            l.log(&ctx, &input);
+        }
+    }
+
+    /// Proxy one downstream connection. `prefix` holds bytes already read by listener filters.
+    pub async fn serve(&self, conn: Arc<ConnectionInfo>, mut downstream: TcpStream, prefix: Bytes, mut drain: watch::Receiver<bool>) {
+        self.stats.downstream_cx_total.inc();
+        let mut info = StreamInfo::new(conn);
+        let cluster_name = self.config.pick_cluster(fastrand::u64(..)).clone();
+        let Some(cluster) = self.clusters.get(&cluster_name) else {
+            self.stats.downstream_cx_no_route.inc();
+            info.set_flag(ResponseFlags::NO_CLUSTER_FOUND);
+            info.last_downstream_tx = Some(Instant::now());
+            self.log(&info);
+            return;
+        };
+        info.upstream_cluster = Some(cluster.config.name.clone());
+
+        // Connect, with up to max_connect_attempts hosts.
+        let mut upstream = None;
+        for attempt in 1..=self.config.max_connect_attempts {
+            let Some(host) = lb::choose(&cluster) else {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                info.set_flag(ResponseFlags::NO_HEALTHY_UPSTREAM);
+                break;
+            };
+            info.upstream_host = Some(host.address);
+            info.attempt_count = attempt;
+            match pool::connect(&cluster, &host).await {
+                Ok(s) => {
+                    upstream = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    info.upstream_transport_failure_reason = Some(e.to_string());
+                    if attempt == self.config.max_connect_attempts {
+                        info.set_flag(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                        if self.config.max_connect_attempts > 1 {
+                            info.set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(mut upstream) = upstream else {
+            info.last_downstream_tx = Some(Instant::now());
+            self.log(&info);
+            return;
+        };
+        info.upstream_local = upstream.local_addr();
+
+        // Copy both ways; activity resets the idle timer.
+        let started = Instant::now();
+        let last_activity = AtomicU64::new(0);
+        let touch = || last_activity.store(started.elapsed().as_millis() as u64, Relaxed);
+        let (mut d_rd, mut d_wr) = downstream.split();
+        let (mut u_rd, mut u_wr) = tokio::io::split(&mut upstream);
+        let rx = AtomicU64::new(prefix.len() as u64);
+        let tx = AtomicU64::new(0);
+        let down_to_up = async {
+            if !prefix.is_empty() {
+                u_wr.write_all(&prefix).await?;
+                self.stats.downstream_cx_rx_bytes_total.add(prefix.len() as u64);
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = d_rd.read(&mut buf).await?;
+                if n == 0 {
+                    u_wr.shutdown().await?;
+                    return Ok::<_, io::Error>(());
+                }
+                touch();
+                rx.fetch_add(n as u64, Relaxed);
+                self.stats.downstream_cx_rx_bytes_total.add(n as u64);
+                u_wr.write_all(&buf[..n]).await?;
+            }
+        };
+        let up_to_down = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = u_rd.read(&mut buf).await?;
+                if n == 0 {
+                    d_wr.shutdown().await?;
+                    return Ok::<_, io::Error>(());
+                }
+                touch();
+                tx.fetch_add(n as u64, Relaxed);
+                self.stats.downstream_cx_tx_bytes_total.add(n as u64);
+                d_wr.write_all(&buf[..n]).await?;
+            }
+        };
+        let both = async { tokio::try_join!(down_to_up, up_to_down).map(|_| ()) };
+        let idle = self.config.idle_timeout;
+        let idle_watch = async {
+            let Some(idle) = idle else { return std::future::pending::<()>().await };
+            loop {
+                let last = started + std::time::Duration::from_millis(last_activity.load(Relaxed));
+                let at = last + idle;
+                if Instant::now() >= at {
+                    return;
+                }
+                tokio::time::sleep_until(at.into()).await;
+            }
+        };
+        let max_duration = async {
+            match self.config.max_downstream_connection_duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drained = async {
+            if drain.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let closed_locally = tokio::select! {
+            r = both => {
+                if r.is_err() {
+                    info.connection_termination_details = Some("connection reset");
+                }
+                false
+            }
+            _ = idle_watch => {
+                self.stats.idle_timeout.inc();
+                info.connection_termination_details = Some("idle timeout");
+                true
+            }
+            _ = max_duration => {
+                self.stats.max_downstream_connection_duration.inc();
+                info.set_flag(ResponseFlags::DURATION_TIMEOUT);
+                true
+            }
+            _ = drained => true,
+        };
+        if closed_locally {
+            upstream.stats.close_locally();
+        }
+        info.bytes_received = rx.load(Relaxed);
+        info.bytes_sent = tx.load(Relaxed);
+        info.last_downstream_tx = Some(Instant::now());
+        self.log(&info);
+    }
+}

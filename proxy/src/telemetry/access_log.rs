@@ -1,0 +1,274 @@
+//! Access-log writers. Lines are formatted on the worker into a thread-local buffer and
+//! appended to the sink's buffer; a background thread flushes every second (Envoy's default
+//! file flush interval), and a full buffer is flushed at once. Sinks with the same path share
+//! one buffer and one file.
+
+use crate::model::access_log::{AccessLogConfig, FilterInput, JsonField, LogFormat, Sink};
+use crate::model::matcher::RequestHeaders;
+use crate::telemetry::format::{FormatContext, ValueKind};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+const FLUSH_AT: usize = 64 * 1024;
+
+/// A buffered output shared by every logger writing to the same place.
+pub struct SinkWriter {
+    target: Sink,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    buf: Vec<u8>,
+    file: Option<std::fs::File>,
+}
+
+impl SinkWriter {
+    fn open(target: &Sink) -> std::io::Result<Option<std::fs::File>> {
+        match target {
+            Sink::File(p) => std::fs::OpenOptions::new().create(true).append(true).open(p).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn write_out(&self, st: &mut SinkState) {
+        if st.buf.is_empty() {
+            return;
+        }
+        let r = match &self.target {
+            Sink::Stdout => std::io::stdout().lock().write_all(&st.buf),
+            Sink::Stderr => std::io::stderr().lock().write_all(&st.buf),
+            Sink::File(_) => match st.file.as_mut() {
+                Some(f) => f.write_all(&st.buf),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!("access log write failed: {e}");
+        }
+        st.buf.clear();
+    }
+
+    pub fn append(&self, line: &[u8]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.buf.extend_from_slice(line);
+        if st.buf.len() >= FLUSH_AT {
+            self.write_out(&mut st);
+        }
+    }
+
+    pub fn flush(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_out(&mut st);
+    }
+
+    /// `POST /reopen_logs`: reopen the file (after rotation).
+    pub fn reopen(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_out(&mut st);
+        match Self::open(&self.target) {
+            Ok(f) => st.file = f,
+            Err(e) => tracing::warn!("reopening access log failed: {e}"),
+        }
+    }
+}
+
+/// All sinks of the process, for the flusher and `/reopen_logs`.
+#[derive(Default)]
+pub struct Sinks {
+    sinks: Mutex<HashMap<String, Arc<SinkWriter>>>,
+}
+
+static SINKS: OnceLock<Sinks> = OnceLock::new();
+static FLUSH_INTERVAL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+
+/// `--file-flush-interval-msec`.
+pub fn set_flush_interval(d: Duration) {
+    FLUSH_INTERVAL_MS.store(d.as_millis().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn sinks() -> &'static Sinks {
+    SINKS.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_millis(FLUSH_INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed)));
+                    sinks().flush_all();
+                }
+            })
+            .expect("spawning the access log flusher");
+        Sinks::default()
+    })
+}
+
+impl Sinks {
+    pub fn get(&self, target: &Sink) -> std::io::Result<Arc<SinkWriter>> {
+        let key = match target {
+            Sink::File(p) => p.display().to_string(),
+            Sink::Stdout => "/dev/stdout".into(),
+            Sink::Stderr => "/dev/stderr".into(),
+        };
+        let mut m = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(&key) {
+            return Ok(s.clone());
+        }
+        let file = SinkWriter::open(target)?;
+        let w = Arc::new(SinkWriter { target: target.clone(), state: Mutex::new(SinkState { buf: Vec::new(), file }) });
+        m.insert(key, w.clone());
+        Ok(w)
+    }
+
+    pub fn flush_all(&self) {
+        let all: Vec<_> = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for s in all {
+            s.flush();
+        }
+    }
+
+    pub fn reopen_all(&self) {
+        let all: Vec<_> = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for s in all {
+            s.reopen();
+        }
+    }
+}
+
+/// One configured access log.
+pub struct AccessLogger {
+    pub config: AccessLogConfig,
+    sink: Arc<SinkWriter>,
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+}
+
+impl AccessLogger {
+    pub fn new(config: AccessLogConfig) -> std::io::Result<Self> {
+        let sink = sinks().get(&config.sink)?;
+        Ok(Self { config, sink })
+    }
+
+    /// Write one line if the filter passes.
+    pub fn log(&self, ctx: &FormatContext<'_>, input: &FilterInput<'_>) {
+        if let Some(f) = &self.config.filter {
+            if !f.evaluate(input) {
+                return;
+            }
+        }
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            match &self.config.format {
+                LogFormat::Text(f) => f.format(ctx, &mut line),
+                LogFormat::Json { fields, omit_empty_values, typed } => {
+                    write_json_object(fields, ctx, *omit_empty_values, *typed, &mut line);
+                    line.push('\n');
+                }
+            }
+            self.sink.append(line.as_bytes());
+        });
+    }
+}
+
+/// Render a log format (used by local-reply JSON bodies too).
+pub fn render(format: &LogFormat, ctx: &FormatContext<'_>, out: &mut String) {
+    match format {
+        LogFormat::Text(f) => f.format(ctx, out),
+        LogFormat::Json { fields, omit_empty_values, typed } => write_json_object(fields, ctx, *omit_empty_values, *typed, out),
+    }
+}
+
+fn write_json_object(fields: &[(String, JsonField)], ctx: &FormatContext<'_>, omit_empty: bool, typed: bool, out: &mut String) {
+    out.push('{');
+    let mut first = true;
+    let mut value = String::new();
+    for (key, field) in fields {
+        value.clear();
+        let kind = match field {
+            JsonField::Format(f) => {
+                let k = f.format_typed(ctx, &mut value);
+                if k == ValueKind::Number && !typed {
+                    ValueKind::Text
+                } else {
+                    k
+                }
+            }
+            JsonField::Nested(inner) => {
+                write_json_object(inner, ctx, omit_empty, typed, &mut value);
+                ValueKind::Number // raw JSON
+            }
+            JsonField::Literal(v) => {
+                value.push_str(&v.to_string());
+                ValueKind::Number
+            }
+        };
+        if omit_empty && (kind == ValueKind::Missing || (kind == ValueKind::Text && value.is_empty())) {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        json_string(key, out);
+        out.push(':');
+        match kind {
+            ValueKind::Number => out.push_str(&value),
+            ValueKind::Text => json_string(&value, out),
+            ValueKind::Missing => out.push_str("\"-\""),
+        }
+    }
+    out.push('}');
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Build the filter input for a finished stream.
+pub fn filter_input<'a>(info: &crate::stream_info::StreamInfo, request: Option<&'a RequestHeaders<'a>>) -> FilterInput<'a> {
+    let end = info.last_downstream_tx.unwrap_or_else(std::time::Instant::now);
+    FilterInput {
+        response_code: info.response_code.unwrap_or(0),
+        duration_ms: end.duration_since(info.start).as_millis() as u64,
+        response_flags: info.response_flags,
+        health_check: info.health_check,
+        request,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::format::Formatter;
+
+    #[test]
+    fn json_lines_are_sorted_typed_and_escaped() {
+        let fields = vec![
+            ("code".to_string(), JsonField::Format(Formatter::parse("%RESPONSE_CODE%").unwrap())),
+            ("flags".to_string(), JsonField::Format(Formatter::parse("%RESPONSE_FLAGS%").unwrap())),
+            ("route".to_string(), JsonField::Format(Formatter::parse("%ROUTE_NAME%").unwrap())),
+            ("text".to_string(), JsonField::Format(Formatter::parse("a\"b %PROTOCOL%").unwrap())),
+        ];
+        let mut out = String::new();
+        write_json_object(&fields, &FormatContext::default(), false, true, &mut out);
+        assert_eq!(out, r#"{"code":0,"flags":"-","route":"-","text":"a\"b -"}"#);
+        out.clear();
+        write_json_object(&fields, &FormatContext::default(), true, true, &mut out);
+        assert_eq!(out, r#"{"code":0,"text":"a\"b -"}"#);
+    }
+}

@@ -1,0 +1,660 @@
+//! Envoy's substitution format strings (`%REQ(:PATH)%`, `%RESPONSE_FLAGS%`, ...), used by
+//! access logs, local-reply bodies and header values. Parsed once at config time into parts;
+//! formatting appends to a caller's buffer.
+
+use crate::stream_info::StreamInfo;
+use http::{HeaderMap, HeaderName, Method, Uri};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The request as a formatter sees it.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+}
+
+/// What a format string can read.
+#[derive(Clone, Copy, Default)]
+pub struct FormatContext<'a> {
+    pub info: Option<&'a StreamInfo>,
+    pub request: Option<RequestView<'a>>,
+    pub response_headers: Option<&'a HeaderMap>,
+    pub response_trailers: Option<&'a HeaderMap>,
+    pub local_reply_body: Option<&'a str>,
+}
+
+/// A parsed format string.
+#[derive(Debug, Clone)]
+pub struct Formatter {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(String),
+    Op { op: Op, max_len: Option<usize> },
+}
+
+/// A header reference: a pseudo-header or a regular header name.
+#[derive(Debug, Clone)]
+enum HeaderRef {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Named(HeaderName),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    StartTime(Option<String>),
+    Req(HeaderRef, Option<HeaderRef>),
+    Resp(HeaderName, Option<HeaderName>),
+    Trailer(HeaderName, Option<HeaderName>),
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseFlagsLong,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    RequestDuration,
+    ResponseDuration,
+    ResponseTxDuration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    UpstreamRemoteAddress { port: bool },
+    UpstreamTransportFailureReason,
+    UpstreamRequestAttemptCount,
+    DownstreamLocalAddress { port: bool },
+    DownstreamLocalPort,
+    DownstreamRemoteAddress { port: bool },
+    DownstreamRemotePort,
+    DownstreamDirectRemoteAddress { port: bool },
+    RequestedServerName,
+    RouteName,
+    Hostname,
+    ConnectionId,
+    LocalReplyBody,
+    Environment(Option<String>),
+    /// Operators Envoy defines whose data never exists in remora's current feature set (TLS
+    /// peer details on plaintext connections, dynamic metadata and filter state that no
+    /// configured filter sets): they print `-`, exactly as Envoy does when the data is absent.
+    Absent,
+}
+
+/// The kind of value an operator produced, for typed JSON output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Text,
+    Number,
+    Missing,
+}
+
+/// Envoy's default access-log format.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+// === impl Formatter ===
+
+impl Formatter {
+    /// Parse a format string. Errors name the operator, as Envoy's do.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = s;
+        while let Some(pos) = rest.find('%') {
+            literal.push_str(&rest[..pos]);
+            rest = &rest[pos + 1..];
+            if let Some(r) = rest.strip_prefix('%') {
+                literal.push('%');
+                rest = r;
+                continue;
+            }
+            let (token, after) = split_operator(rest).ok_or_else(|| format!("unterminated operator in format string '{s}'"))?;
+            if token.is_empty() {
+                return Err(format!("empty operator in format string '{s}'"));
+            }
+            rest = after;
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            let (op, max_len) = parse_op(token)?;
+            parts.push(Part::Op { op, max_len });
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Self { parts })
+    }
+
+    /// A format string with no operators.
+    pub fn literal(s: &str) -> Self {
+        Self { parts: if s.is_empty() { vec![] } else { vec![Part::Literal(s.to_string())] } }
+    }
+
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
+    /// The literal text when there are no operators.
+    pub fn as_literal(&self) -> Option<String> {
+        self.is_literal().then(|| {
+            self.parts.iter().map(|p| if let Part::Literal(l) = p { l.as_str() } else { "" }).collect()
+        })
+    }
+
+    /// Request headers this format reads (so a request path can keep just those).
+    pub fn request_headers(&self) -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for p in &self.parts {
+            if let Part::Op { op: Op::Req(a, b), .. } = p {
+                for h in std::iter::once(a).chain(b.iter()) {
+                    if let HeaderRef::Named(n) = h {
+                        out.push(n.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Response headers this format reads.
+    pub fn response_headers(&self) -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for p in &self.parts {
+            if let Part::Op { op: Op::Resp(a, b), .. } = p {
+                out.push(a.clone());
+                out.extend(b.iter().cloned());
+            }
+        }
+        out
+    }
+
+    pub fn format(&self, ctx: &FormatContext<'_>, out: &mut String) {
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Op { op, max_len } => {
+                    let start = out.len();
+                    if eval(op, ctx, out) == ValueKind::Missing {
+                        out.truncate(start);
+                        out.push('-');
+                    } else if let Some(max) = max_len {
+                        truncate_at(out, start + max);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn to_string(&self, ctx: &FormatContext<'_>) -> String {
+        let mut s = String::new();
+        self.format(ctx, &mut s);
+        s
+    }
+
+    /// For typed JSON: a format that is a single operator yields a typed value.
+    pub fn format_typed(&self, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
+        match self.parts.as_slice() {
+            [Part::Op { op, max_len }] => {
+                let start = out.len();
+                let kind = eval(op, ctx, out);
+                if kind == ValueKind::Missing {
+                    out.truncate(start);
+                } else if let Some(max) = max_len {
+                    truncate_at(out, start + max);
+                }
+                kind
+            }
+            _ => {
+                self.format(ctx, out);
+                ValueKind::Text
+            }
+        }
+    }
+}
+
+fn truncate_at(s: &mut String, mut at: usize) {
+    if at < s.len() {
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// `OP(args):N%rest` → (`OP(args):N`, rest). Parentheses may contain `%` in START_TIME formats.
+fn split_operator(s: &str) -> Option<(&str, &str)> {
+    let bytes = s.as_bytes();
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b'%' if depth == 0 => return Some((&s[..i], &s[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
+    let (name, arg, tail) = match token.find('(') {
+        Some(open) => {
+            let close = token.rfind(')').ok_or_else(|| format!("missing ')' in operator '{token}'"))?;
+            (&token[..open], Some(&token[open + 1..close]), &token[close + 1..])
+        }
+        None => match token.split_once(':') {
+            Some((n, t)) => (n, None, &token[n.len()..][..t.len() + 1]),
+            None => (token, None, ""),
+        },
+    };
+    let max_len = match tail.strip_prefix(':') {
+        Some(n) => Some(n.parse::<usize>().map_err(|_| format!("invalid length in operator '{token}'"))?),
+        None if tail.is_empty() => None,
+        None => return Err(format!("invalid operator '{token}'")),
+    };
+    let need_arg = || arg.ok_or_else(|| format!("operator {name} needs an argument"));
+    let op = match name {
+        "START_TIME" => Op::StartTime(arg.filter(|a| !a.is_empty()).map(str::to_string)),
+        "REQ" => {
+            let (a, b) = header_pair(need_arg()?)?;
+            Op::Req(header_ref(a)?, b.map(header_ref).transpose()?)
+        }
+        "RESP" => {
+            let (a, b) = header_pair(need_arg()?)?;
+            Op::Resp(header_name(a)?, b.map(header_name).transpose()?)
+        }
+        "TRAILER" => {
+            let (a, b) = header_pair(need_arg()?)?;
+            Op::Trailer(header_name(a)?, b.map(header_name).transpose()?)
+        }
+        "PROTOCOL" => Op::Protocol,
+        "RESPONSE_CODE" => Op::ResponseCode,
+        "RESPONSE_FLAGS" => Op::ResponseFlags,
+        "RESPONSE_FLAGS_LONG" => Op::ResponseFlagsLong,
+        "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
+        "BYTES_RECEIVED" => Op::BytesReceived,
+        "BYTES_SENT" => Op::BytesSent,
+        "DURATION" => Op::Duration,
+        "REQUEST_DURATION" => Op::RequestDuration,
+        "RESPONSE_DURATION" => Op::ResponseDuration,
+        "RESPONSE_TX_DURATION" => Op::ResponseTxDuration,
+        "UPSTREAM_HOST" => Op::UpstreamHost,
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Op::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+        "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamRemoteAddress { port: true },
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::UpstreamRemoteAddress { port: false },
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Op::UpstreamRequestAttemptCount,
+        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress { port: true },
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddress { port: false },
+        "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
+        "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemoteAddress { port: true },
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddress { port: false },
+        "DOWNSTREAM_REMOTE_PORT" => Op::DownstreamRemotePort,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Op::DownstreamDirectRemoteAddress { port: true },
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamDirectRemoteAddress { port: false },
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "ROUTE_NAME" => Op::RouteName,
+        "HOSTNAME" => Op::Hostname,
+        "CONNECTION_ID" => Op::ConnectionId,
+        "LOCAL_REPLY_BODY" => Op::LocalReplyBody,
+        "ENVIRONMENT" => {
+            let a = need_arg()?;
+            Op::Environment(std::env::var(a).ok())
+        }
+        "DOWNSTREAM_PEER_URI_SAN" | "DOWNSTREAM_PEER_DNS_SAN" | "DOWNSTREAM_PEER_IP_SAN" | "DOWNSTREAM_LOCAL_URI_SAN"
+        | "DOWNSTREAM_LOCAL_DNS_SAN" | "DOWNSTREAM_LOCAL_SUBJECT" | "DOWNSTREAM_PEER_SUBJECT" | "DOWNSTREAM_PEER_ISSUER"
+        | "DOWNSTREAM_TLS_SESSION_ID" | "DOWNSTREAM_TLS_CIPHER" | "DOWNSTREAM_TLS_VERSION"
+        | "DOWNSTREAM_PEER_FINGERPRINT_256" | "DOWNSTREAM_PEER_FINGERPRINT_1" | "DOWNSTREAM_PEER_SERIAL"
+        | "DOWNSTREAM_PEER_CERT" | "DOWNSTREAM_PEER_CERT_V_START" | "DOWNSTREAM_PEER_CERT_V_END"
+        | "UPSTREAM_PEER_URI_SAN" | "UPSTREAM_PEER_SUBJECT" | "UPSTREAM_TLS_VERSION" | "UPSTREAM_TLS_CIPHER" => Op::Absent,
+        "DYNAMIC_METADATA" | "CLUSTER_METADATA" | "UPSTREAM_METADATA" | "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
+            need_arg()?;
+            Op::Absent
+        }
+        other => return Err(format!("Not supported field in StreamInfo: {other}")),
+    };
+    Ok((op, max_len))
+}
+
+fn header_pair(arg: &str) -> Result<(&str, Option<&str>), String> {
+    match arg.split_once('?') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, Some(b))),
+        Some(_) => Err(format!("invalid header alternative '{arg}'")),
+        None => Ok((arg, None)),
+    }
+}
+
+fn header_ref(name: &str) -> Result<HeaderRef, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        ":method" => HeaderRef::Method,
+        ":path" => HeaderRef::Path,
+        ":authority" | "host" => HeaderRef::Authority,
+        ":scheme" => HeaderRef::Scheme,
+        _ => HeaderRef::Named(header_name(name)?),
+    })
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name '{name}'"))
+}
+
+fn header_value<'a>(map: &'a HeaderMap, a: &HeaderName, b: &Option<HeaderName>) -> Option<&'a str> {
+    map.get(a).or_else(|| b.as_ref().and_then(|b| map.get(b))).and_then(|v| v.to_str().ok())
+}
+
+fn request_header<'a>(req: &RequestView<'a>, h: &HeaderRef) -> Option<&'a str> {
+    match h {
+        HeaderRef::Method => Some(req.method.as_str()),
+        HeaderRef::Path => req.uri.path_and_query().map(|p| p.as_str()),
+        HeaderRef::Authority => {
+            req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+        }
+        HeaderRef::Scheme => req.uri.scheme_str(),
+        HeaderRef::Named(n) => req.headers.get(n).and_then(|v| v.to_str().ok()),
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
+    use ValueKind::*;
+    let info = ctx.info;
+    let text = |out: &mut String, s: Option<&str>| match s {
+        Some(s) if !s.is_empty() => {
+            out.push_str(s);
+            Text
+        }
+        _ => Missing,
+    };
+    let num = |out: &mut String, n: Option<u128>| match n {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+            Number
+        }
+        None => Missing,
+    };
+    match op {
+        Op::StartTime(fmt) => match info {
+            Some(i) => {
+                format_time(i.start_time, fmt.as_deref(), out);
+                Text
+            }
+            None => Missing,
+        },
+        Op::Req(a, b) => {
+            let v = ctx.request.and_then(|r| request_header(&r, a).or_else(|| b.as_ref().and_then(|b| request_header(&r, b))));
+            text(out, v)
+        }
+        Op::Resp(a, b) => text(out, ctx.response_headers.and_then(|h| header_value(h, a, b))),
+        Op::Trailer(a, b) => text(out, ctx.response_trailers.and_then(|h| header_value(h, a, b))),
+        Op::Protocol => text(out, info.and_then(|i| i.protocol).map(|p| p.as_str())),
+        Op::ResponseCode => num(out, Some(info.and_then(|i| i.response_code).unwrap_or(0) as u128)),
+        Op::ResponseFlags => match info {
+            Some(i) => {
+                i.response_flags.write_short(out);
+                Text
+            }
+            None => Missing,
+        },
+        Op::ResponseFlagsLong => match info {
+            Some(i) => {
+                i.response_flags.write_long(out);
+                Text
+            }
+            None => Missing,
+        },
+        Op::ResponseCodeDetails => text(out, info.map(|i| i.response_code_details)),
+        Op::ConnectionTerminationDetails => text(out, info.and_then(|i| i.connection_termination_details)),
+        Op::BytesReceived => num(out, info.map(|i| i.bytes_received as u128)),
+        Op::BytesSent => num(out, info.map(|i| i.bytes_sent as u128)),
+        Op::Duration => num(out, info.map(|i| millis(i.last_downstream_tx.unwrap_or_else(std::time::Instant::now) - i.start))),
+        Op::RequestDuration => num(out, info.and_then(|i| i.last_downstream_rx.map(|t| millis(t - i.start)))),
+        Op::ResponseDuration => num(out, info.and_then(|i| i.first_upstream_rx.map(|t| millis(t - i.start)))),
+        Op::ResponseTxDuration => num(
+            out,
+            info.and_then(|i| Some(millis(i.last_downstream_tx? - i.first_upstream_rx?))),
+        ),
+        Op::UpstreamHost | Op::UpstreamRemoteAddress { port: true } => addr(out, info.and_then(|i| i.upstream_host), true),
+        Op::UpstreamRemoteAddress { port: false } => addr(out, info.and_then(|i| i.upstream_host), false),
+        Op::UpstreamCluster => text(out, info.and_then(|i| i.upstream_cluster.as_deref())),
+        Op::UpstreamLocalAddress => addr(out, info.and_then(|i| i.upstream_local), true),
+        Op::UpstreamTransportFailureReason => text(out, info.and_then(|i| i.upstream_transport_failure_reason.as_deref())),
+        Op::UpstreamRequestAttemptCount => num(out, info.map(|i| i.attempt_count as u128)),
+        Op::DownstreamLocalAddress { port } => addr(out, info.map(|i| i.connection.local), *port),
+        Op::DownstreamLocalPort => num(out, info.map(|i| i.connection.local.port() as u128)),
+        Op::DownstreamRemoteAddress { port } => addr(out, info.map(|i| i.downstream_remote), *port),
+        Op::DownstreamRemotePort => num(out, info.map(|i| i.downstream_remote.port() as u128)),
+        Op::DownstreamDirectRemoteAddress { port } => addr(out, info.map(|i| i.connection.remote), *port),
+        Op::RequestedServerName => text(out, info.and_then(|i| i.connection.requested_server_name.as_deref())),
+        Op::RouteName => text(out, info.and_then(|i| i.route_name.as_deref())),
+        Op::Hostname => text(out, Some(hostname())),
+        Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
+        Op::LocalReplyBody => text(out, ctx.local_reply_body),
+        Op::Environment(v) => text(out, v.as_deref()),
+        Op::Absent => Missing,
+    }
+}
+
+fn addr(out: &mut String, a: Option<std::net::SocketAddr>, port: bool) -> ValueKind {
+    match a {
+        Some(a) => {
+            if port {
+                let _ = write!(out, "{a}");
+            } else {
+                let _ = write!(out, "{}", a.ip());
+            }
+            ValueKind::Text
+        }
+        None => ValueKind::Missing,
+    }
+}
+
+fn hostname() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_default()
+    })
+}
+
+/// UTC civil time from a unix timestamp (Howard Hinnant's algorithm).
+pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+}
+
+/// `%START_TIME%` formatting: Envoy's default `2016-04-15T20:17:00.310Z`, or a strftime
+/// format with Envoy's sub-second extensions (`%3f`, `%E3S`, `%f`, `%s`).
+pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let nanos = since.subsec_nanos();
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let Some(fmt) = fmt else {
+        let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", nanos / 1_000_000);
+        return;
+    };
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut digits: Option<u32> = None;
+        let mut ext = false;
+        if chars.peek() == Some(&'E') {
+            ext = true;
+            chars.next();
+        }
+        if let Some(dg) = chars.peek().and_then(|c| c.to_digit(10)) {
+            digits = Some(dg.clamp(1, 9));
+            chars.next();
+        }
+        let frac = |n: u32, out: &mut String| {
+            let v = nanos / 10u32.pow(9 - n);
+            let _ = write!(out, "{v:0width$}", width = n as usize);
+        };
+        match chars.next() {
+            Some('Y') => {
+                let _ = write!(out, "{y:04}");
+            }
+            Some('y') => {
+                let _ = write!(out, "{:02}", y % 100);
+            }
+            Some('m') => {
+                let _ = write!(out, "{mo:02}");
+            }
+            Some('d') => {
+                let _ = write!(out, "{d:02}");
+            }
+            Some('e') => {
+                let _ = write!(out, "{d:2}");
+            }
+            Some('H') => {
+                let _ = write!(out, "{h:02}");
+            }
+            Some('M') => {
+                let _ = write!(out, "{mi:02}");
+            }
+            Some('S') => {
+                let _ = write!(out, "{s:02}");
+                if ext {
+                    if let Some(n) = digits {
+                        out.push('.');
+                        frac(n, out);
+                    }
+                }
+            }
+            Some('f') => frac(digits.unwrap_or(9), out),
+            Some('s') => {
+                let _ = write!(out, "{secs}");
+            }
+            Some('z') => out.push_str("+0000"),
+            Some('Z') => out.push_str("UTC"),
+            Some('T') => {
+                let _ = write!(out, "{h:02}:{mi:02}:{s:02}");
+            }
+            Some('F') => {
+                let _ = write!(out, "{y:04}-{mo:02}-{d:02}");
+            }
+            Some('j') => {
+                let start = days_from_civil(y, 1, 1);
+                let _ = write!(out, "{:03}", secs.div_euclid(86_400) - start + 1);
+            }
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream_info::{ConnectionInfo, Protocol, ResponseFlags};
+    use std::sync::Arc;
+
+    fn info() -> StreamInfo {
+        let conn = Arc::new(ConnectionInfo {
+            id: 7,
+            local: "127.0.0.1:10000".parse().unwrap(),
+            remote: "10.0.0.2:5555".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+        });
+        let mut i = StreamInfo::new(conn);
+        i.start_time = UNIX_EPOCH + Duration::from_millis(1_460_751_420_310);
+        i.protocol = Some(Protocol::Http2);
+        i.response_code = Some(204);
+        i.bytes_received = 154;
+        i.upstream_host = Some("10.0.2.1:80".parse().unwrap());
+        i.last_downstream_tx = Some(i.start + Duration::from_millis(226));
+        i
+    }
+
+    #[test]
+    fn default_format_matches_envoy_layout() {
+        let f = Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).unwrap();
+        let info = info();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.35.28".parse().unwrap());
+        headers.insert("user-agent", "nsq2http".parse().unwrap());
+        headers.insert("x-request-id", "cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2".parse().unwrap());
+        headers.insert("host", "locations".parse().unwrap());
+        let uri: Uri = "/api/v1/locations".parse().unwrap();
+        let mut resp = HeaderMap::new();
+        resp.insert("x-envoy-upstream-service-time", "100".parse().unwrap());
+        let ctx = FormatContext {
+            info: Some(&info),
+            request: Some(RequestView { method: &Method::POST, uri: &uri, headers: &headers }),
+            response_headers: Some(&resp),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.to_string(&ctx),
+            "[2016-04-15T20:17:00.310Z] \"POST /api/v1/locations HTTP/2\" 204 - 154 0 226 100 \"10.0.35.28\" \"nsq2http\" \"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2\" \"locations\" \"10.0.2.1:80\"\n"
+        );
+    }
+
+    #[test]
+    fn missing_values_truncation_and_errors() {
+        let mut info = info();
+        info.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        let ctx = FormatContext { info: Some(&info), ..Default::default() };
+        let f = Formatter::parse("%REQ(X-NOPE)% %RESPONSE_FLAGS% %UPSTREAM_HOST:4% 100%% %DOWNSTREAM_PEER_URI_SAN%").unwrap();
+        assert_eq!(f.to_string(&ctx), "- UF 10.0 100% -");
+        assert_eq!(Formatter::parse("%BOGUS%").unwrap_err(), "Not supported field in StreamInfo: BOGUS");
+        assert!(Formatter::parse("%REQ(x").is_err());
+        let t = Formatter::parse("%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)%").unwrap();
+        assert_eq!(t.to_string(&ctx), "2016/04/15 20:17:00.310 1460751420");
+    }
+
+    #[test]
+    fn typed_values() {
+        let info = info();
+        let ctx = FormatContext { info: Some(&info), ..Default::default() };
+        let mut s = String::new();
+        assert_eq!(Formatter::parse("%RESPONSE_CODE%").unwrap().format_typed(&ctx, &mut s), ValueKind::Number);
+        assert_eq!(s, "204");
+        s.clear();
+        assert_eq!(Formatter::parse("%ROUTE_NAME%").unwrap().format_typed(&ctx, &mut s), ValueKind::Missing);
+    }
+}

@@ -1,0 +1,6 @@
+//! Telemetry: stats (Envoy names and tags), access logs and their format strings.
+
+pub mod access_log;
+pub mod format;
+pub mod stats;
+pub mod tags;

@@ -1,0 +1,426 @@
+//! Envoy-named stats: counters, gauges and histograms resolved at configuration time.
+//!
+//! The store is a registry used only when configuration is built and when stats are scraped.
+//! Everything on the request path holds `Arc` handles to atomics and only increments them: no
+//! lock, no allocation, no name lookup per request. Per-response-code counters are registered
+//! the first time a code is seen and then cached (`CodeStats`).
+
+use super::tags::{TagProducer, Tags};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+
+// === Counter, Gauge, Histogram ===
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn value(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+    pub fn reset(&self) {
+        self.0.store(0, Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Gauge {
+    value: AtomicI64,
+    used: AtomicBool,
+}
+
+impl Gauge {
+    #[inline]
+    fn mark_used(&self) {
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.mark_used();
+        self.value.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.value.fetch_sub(1, Relaxed);
+    }
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.mark_used();
+        self.value.fetch_add(n, Relaxed);
+    }
+    #[inline]
+    pub fn sub(&self, n: i64) {
+        self.value.fetch_sub(n, Relaxed);
+    }
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.mark_used();
+        self.value.store(v, Relaxed);
+    }
+    pub fn value(&self) -> i64 {
+        self.value.load(Relaxed)
+    }
+    pub fn used(&self) -> bool {
+        self.used.load(Relaxed)
+    }
+}
+
+/// Envoy's default histogram bucket bounds (milliseconds for the `*_ms`/`*_time` histograms).
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// Envoy's `/stats` quantiles.
+pub const QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Disjoint counts: `buckets[i]` counts values in (BUCKETS[i-1], BUCKETS[i]]; the last slot is +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+/// A point-in-time copy of a histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: [u64; BUCKETS.len() + 1],
+    pub count: u64,
+    pub sum: u64,
+}
+
+impl Histogram {
+    /// Record one value (an integer in the histogram's unit, as Envoy records milliseconds).
+    #[inline]
+    pub fn record(&self, value: u64) {
+        let v = value as f64;
+        let idx = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
+        self.buckets[idx].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut s = HistogramSnapshot::default();
+        for (i, b) in self.buckets.iter().enumerate() {
+            s.buckets[i] = b.load(Relaxed);
+        }
+        s.count = self.count.load(Relaxed);
+        s.sum = self.sum.load(Relaxed);
+        s
+    }
+
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Relaxed);
+        }
+        self.count.store(0, Relaxed);
+        self.sum.store(0, Relaxed);
+    }
+}
+
+impl HistogramSnapshot {
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let mut s = self.clone();
+        for (i, b) in s.buckets.iter_mut().enumerate() {
+            *b = b.saturating_sub(earlier.buckets[i]);
+        }
+        s.count = s.count.saturating_sub(earlier.count);
+        s.sum = s.sum.saturating_sub(earlier.sum);
+        s
+    }
+
+    /// Cumulative count of values ≤ BUCKETS[i].
+    pub fn cumulative(&self) -> [u64; BUCKETS.len()] {
+        let mut out = [0; BUCKETS.len()];
+        let mut acc = 0;
+        for i in 0..BUCKETS.len() {
+            acc += self.buckets[i];
+            out[i] = acc;
+        }
+        out
+    }
+
+    /// A quantile estimated by linear interpolation inside the bucket that holds it.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut acc = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let lo = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let hi = if i < BUCKETS.len() { BUCKETS[i] } else { lo * 2.0 };
+            if (acc + n) as f64 >= rank {
+                let within = (rank - acc as f64).max(0.0) / n as f64;
+                return Some(lo + (hi - lo) * within);
+            }
+            acc += n;
+        }
+        Some(BUCKETS[BUCKETS.len() - 1])
+    }
+}
+
+// === Per-code counters ===
+
+/// `<prefix>upstream_rq_<code>`, `<prefix>upstream_rq_<N>xx` and `<prefix>upstream_rq_completed`.
+/// The class counters exist from the start; a per-code counter is registered on first use.
+pub struct CodeStats {
+    store: Arc<Store>,
+    prefix: String,
+    classes: [Arc<Counter>; 5],
+    completed: Arc<Counter>,
+    codes: [OnceLock<Box<[OnceLock<Arc<Counter>>; 100]>>; 5],
+    per_code: bool,
+}
+
+impl std::fmt::Debug for CodeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeStats").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl CodeStats {
+    /// `stem` is e.g. `cluster.foo.upstream_rq` or `http.ingress.downstream_rq`.
+    pub fn new(store: &Arc<Store>, stem: &str, per_code: bool) -> Self {
+        let classes = [1, 2, 3, 4, 5].map(|c| store.counter(&format!("{stem}_{c}xx")));
+        Self {
+            store: store.clone(),
+            prefix: format!("{stem}_"),
+            classes,
+            completed: store.counter(&format!("{stem}_completed")),
+            codes: Default::default(),
+            per_code,
+        }
+    }
+
+    #[inline]
+    pub fn charge(&self, code: u16) {
+        if !(100..600).contains(&code) {
+            return;
+        }
+        let class = (code / 100 - 1) as usize;
+        self.classes[class].inc();
+        self.completed.inc();
+        if self.per_code {
+            let slots = self.codes[class].get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+            slots[(code % 100) as usize]
+                .get_or_init(|| self.store.counter(&format!("{}{code}", self.prefix)))
+                .inc();
+        }
+    }
+}
+
+// === Store ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Debug, Clone)]
+pub enum Metric {
+    Counter(Arc<Counter>),
+    Gauge(Arc<Gauge>),
+    Histogram(Arc<Histogram>),
+}
+
+impl Metric {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Metric::Counter(_) => Kind::Counter,
+            Metric::Gauge(_) => Kind::Gauge,
+            Metric::Histogram(_) => Kind::Histogram,
+        }
+    }
+}
+
+/// One registered stat: its full name, Envoy's tag-extracted name and tags, and the handle.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub tags: Tags,
+    pub metric: Metric,
+}
+
+/// Decides which stat names are instantiated (bootstrap `stats_config.stats_matcher`).
+pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The process-wide stats registry.
+pub struct Store {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    tags: TagProducer,
+    accept: Option<NameFilter>,
+    /// Histogram snapshots at the last flush, for `/stats` interval quantiles.
+    last_flush: Mutex<BTreeMap<String, HistogramSnapshot>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new(TagProducer::envoy_defaults(), None)
+    }
+}
+
+impl Store {
+    pub fn new(tags: TagProducer, accept: Option<NameFilter>) -> Self {
+        Self { entries: Mutex::new(BTreeMap::new()), tags, accept, last_flush: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {
+        if let Some(accept) = &self.accept {
+            if !accept(name) {
+                // Rejected by the stats matcher: a working handle that nobody can read, as
+                // Envoy's null stats.
+                return make();
+            }
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entries.get(name) {
+            return e.metric.clone();
+        }
+        let metric = make();
+        let tags = self.tags.produce(name);
+        entries.insert(name.to_string(), Entry { name: name.to_string(), tags, metric: metric.clone() });
+        metric
+    }
+
+    pub fn counter(&self, name: &str) -> Arc<Counter> {
+        match self.get_or_insert(name, || Metric::Counter(Arc::default())) {
+            Metric::Counter(c) => c,
+            // A name registered with another type: keep working with a detached handle.
+            _ => Arc::default(),
+        }
+    }
+
+    pub fn gauge(&self, name: &str) -> Arc<Gauge> {
+        match self.get_or_insert(name, || Metric::Gauge(Arc::default())) {
+            Metric::Gauge(g) => g,
+            _ => Arc::default(),
+        }
+    }
+
+    pub fn histogram(&self, name: &str) -> Arc<Histogram> {
+        match self.get_or_insert(name, || Metric::Histogram(Arc::default())) {
+            Metric::Histogram(h) => h,
+            _ => Arc::default(),
+        }
+    }
+
+    /// All entries, sorted by name (a snapshot of the registry, not of the values).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Take a flush snapshot of every histogram; returns, per name, the interval since the
+    /// previous flush.
+    pub fn flush_histograms(&self) {
+        let entries = self.entries();
+        let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries {
+            if let Metric::Histogram(h) = &e.metric {
+                last.insert(e.name.clone(), h.snapshot());
+            }
+        }
+    }
+
+    /// The values recorded since the last flush.
+    pub fn interval(&self, name: &str, current: &HistogramSnapshot) -> HistogramSnapshot {
+        let last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get(name) {
+            Some(prev) => current.since(prev),
+            None => current.clone(),
+        }
+    }
+
+    /// `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        for e in self.entries() {
+            match &e.metric {
+                Metric::Counter(c) => c.reset(),
+                Metric::Histogram(h) => h.reset(),
+                Metric::Gauge(_) => {}
+            }
+        }
+        self.last_flush.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn tag_producer(&self) -> &TagProducer {
+        &self.tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_name_shares_handle() {
+        let s = Store::default();
+        let a = s.counter("http.x.downstream_rq_total");
+        let b = s.counter("http.x.downstream_rq_total");
+        a.inc();
+        assert_eq!(b.value(), 1);
+        assert_eq!(s.entries().len(), 1);
+    }
+
+    #[test]
+    fn code_stats_register_lazily() {
+        let s = Arc::new(Store::default());
+        let cs = CodeStats::new(&s, "cluster.a.upstream_rq", true);
+        assert!(!s.entries().iter().any(|e| e.name == "cluster.a.upstream_rq_503"));
+        cs.charge(503);
+        cs.charge(503);
+        cs.charge(200);
+        assert_eq!(s.counter("cluster.a.upstream_rq_503").value(), 2);
+        assert_eq!(s.counter("cluster.a.upstream_rq_5xx").value(), 2);
+        assert_eq!(s.counter("cluster.a.upstream_rq_completed").value(), 3);
+    }
+
+    #[test]
+    fn histogram_buckets_and_quantiles() {
+        let h = Histogram::default();
+        for v in [0, 1, 3, 7, 7, 100] {
+            h.record(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 6);
+        assert_eq!(s.sum, 118);
+        let c = s.cumulative();
+        assert_eq!(&c[..4], &[1, 2, 3, 5]);
+        assert_eq!(c[6], 6);
+        let p100 = s.quantile(1.0).unwrap();
+        assert!((50.0..=100.0).contains(&p100));
+    }
+
+    #[test]
+    fn matcher_rejects_stats() {
+        let s = Store::new(TagProducer::envoy_defaults(), Some(Box::new(|n: &str| n.starts_with("server"))));
+        s.counter("cluster.a.x").inc();
+        s.counter("server.live").inc();
+        let names: Vec<_> = s.entries().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["server.live"]);
+    }
+}

@@ -1,0 +1,292 @@
+//! Runtime clusters: the cluster manager (name → cluster, swapped atomically), each cluster's
+//! stats handles and its published host set, kept current by DNS resolution for STRICT_DNS
+//! and LOGICAL_DNS clusters.
+
+use super::host::{Host, HostSet};
+use crate::model::cluster::{Cluster as ClusterConfig, Discovery, DnsFamily};
+use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::SystemTime;
+
+/// `cluster.<name>.*` stats, resolved when the cluster is built.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Arc<Counter>,
+    pub upstream_cx_active: Arc<Gauge>,
+    pub upstream_cx_http1_total: Arc<Counter>,
+    pub upstream_cx_http2_total: Arc<Counter>,
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    pub upstream_cx_connect_ms: Arc<Histogram>,
+    pub upstream_cx_length_ms: Arc<Histogram>,
+    pub upstream_cx_destroy: Arc<Counter>,
+    pub upstream_cx_destroy_local: Arc<Counter>,
+    pub upstream_cx_destroy_remote: Arc<Counter>,
+    pub upstream_cx_idle_timeout: Arc<Counter>,
+    pub upstream_cx_max_requests: Arc<Counter>,
+    pub upstream_cx_none_healthy: Arc<Counter>,
+    pub upstream_cx_rx_bytes_total: Arc<Counter>,
+    pub upstream_cx_tx_bytes_total: Arc<Counter>,
+    pub upstream_rq_total: Arc<Counter>,
+    pub upstream_rq_active: Arc<Gauge>,
+    pub upstream_rq_timeout: Arc<Counter>,
+    pub upstream_rq_rx_reset: Arc<Counter>,
+    pub upstream_rq_tx_reset: Arc<Counter>,
+    pub upstream_rq_time: Arc<Histogram>,
+    pub upstream_rq_codes: CodeStats,
+    pub external_rq_time: Arc<Histogram>,
+    pub external_rq_codes: CodeStats,
+    pub internal_rq_time: Arc<Histogram>,
+    pub internal_rq_codes: CodeStats,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+    pub membership_degraded: Arc<Gauge>,
+    pub membership_excluded: Arc<Gauge>,
+    pub membership_change: Arc<Counter>,
+    pub max_host_weight: Arc<Gauge>,
+    pub lb_healthy_panic: Arc<Counter>,
+    pub update_attempt: Arc<Counter>,
+    pub update_success: Arc<Counter>,
+    pub update_failure: Arc<Counter>,
+    pub update_empty: Arc<Counter>,
+    pub update_no_rebuild: Arc<Counter>,
+}
+
+impl ClusterStats {
+    pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+        let p = format!("cluster.{stat_name}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let g = |n: &str| store.gauge(&format!("{p}{n}"));
+        let h = |n: &str| store.histogram(&format!("{p}{n}"));
+        Self {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_connect_ms: h("upstream_cx_connect_ms"),
+            upstream_cx_length_ms: h("upstream_cx_length_ms"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_destroy_local: c("upstream_cx_destroy_local"),
+            upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
+            upstream_rq_time: h("upstream_rq_time"),
+            upstream_rq_codes: CodeStats::new(store, &format!("{p}upstream_rq"), true),
+            external_rq_time: h("external.upstream_rq_time"),
+            external_rq_codes: CodeStats::new(store, &format!("{p}external.upstream_rq"), true),
+            internal_rq_time: h("internal.upstream_rq_time"),
+            internal_rq_codes: CodeStats::new(store, &format!("{p}internal.upstream_rq"), true),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_degraded: g("membership_degraded"),
+            membership_excluded: g("membership_excluded"),
+            membership_change: c("membership_change"),
+            max_host_weight: g("max_host_weight"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_failure: c("update_failure"),
+            update_empty: c("update_empty"),
+            update_no_rebuild: c("update_no_rebuild"),
+        }
+    }
+}
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A cluster at runtime.
+#[derive(Debug)]
+pub struct Cluster {
+    pub id: u64,
+    pub config: Arc<ClusterConfig>,
+    pub stats: ClusterStats,
+    pub hosts: ArcSwap<HostSet>,
+    pub added_via_api: bool,
+    pub last_updated: SystemTime,
+}
+
+impl Cluster {
+    pub fn new(config: Arc<ClusterConfig>, store: &Arc<Store>) -> Arc<Self> {
+        let stats = ClusterStats::new(store, &config.stat_name);
+        let c = Arc::new(Self {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
+            stats,
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            added_via_api: false,
+            last_updated: SystemTime::now(),
+            config,
+        });
+        if c.config.discovery == Discovery::Static {
+            let hosts = c
+                .config
+                .localities
+                .iter()
+                .flat_map(|l| {
+                    l.endpoints.iter().map(move |e| {
+                        let addr = e.address.socket_addr().expect("static endpoints are IP addresses (checked by the model)");
+                        Host::new(addr, e.address.host.as_str().into(), e.weight, e.health, l.locality.clone(), l.priority)
+                    })
+                })
+                .collect();
+            c.publish(hosts);
+        }
+        c
+    }
+
+    /// Publish a new host list (keeps the `Arc<Host>` of unchanged hosts, so their pools and
+    /// stats survive a re-resolution).
+    pub fn publish(&self, hosts: Vec<Arc<Host>>) {
+        let old = self.hosts.load();
+        let old_by_key: HashMap<(SocketAddr, u32), &Arc<Host>> = old.all_hosts().map(|h| ((h.address, h.priority), h)).collect();
+        let mut changed = old.total() != hosts.len();
+        let merged: Vec<Arc<Host>> = hosts
+            .into_iter()
+            .map(|h| match old_by_key.get(&(h.address, h.priority)) {
+                Some(o) if o.weight == h.weight && o.health == h.health && o.hostname == h.hostname => (*o).clone(),
+                _ => {
+                    changed = true;
+                    h
+                }
+            })
+            .collect();
+        if !changed {
+            self.stats.update_no_rebuild.inc();
+            return;
+        }
+        let set = HostSet::new(merged, self.config.overprovisioning_factor);
+        self.stats.membership_total.set(set.total() as i64);
+        self.stats.membership_healthy.set(set.healthy() as i64);
+        self.stats.membership_degraded.set(set.all_hosts().filter(|h| h.health == crate::model::cluster::Health::Degraded).count() as i64);
+        self.stats.membership_excluded.set(0);
+        self.stats.max_host_weight.set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        self.stats.membership_change.inc();
+        self.hosts.store(Arc::new(set));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// All clusters by name. Lookups are lock-free; the map is replaced as a whole.
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: ArcSwap<HashMap<Arc<str>, Arc<Cluster>>>,
+}
+
+impl ClusterManager {
+    pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
+        let map = clusters.into_iter().map(|c| (c.config.name.clone(), c)).collect();
+        Self { clusters: ArcSwap::from_pointee(map) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        let mut v: Vec<_> = self.clusters.load().values().cloned().collect();
+        v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        v
+    }
+}
+
+// === DNS ===
+
+/// Resolve a DNS cluster's endpoints once and publish them. Returns whether every name resolved.
+pub async fn resolve_once(cluster: &Cluster) -> bool {
+    let cfg = &cluster.config;
+    cluster.stats.update_attempt.inc();
+    let mut hosts = Vec::new();
+    let mut ok = true;
+    for l in &cfg.localities {
+        for e in &l.endpoints {
+            let addrs = match e.address.ip() {
+                Some(ip) => vec![ip],
+                None => match tokio::net::lookup_host((e.address.host.as_str(), e.address.port)).await {
+                    Ok(it) => pick_family(it.map(|a| a.ip()).collect(), cfg.dns_family),
+                    Err(err) => {
+                        tracing::debug!(cluster = %cfg.name, host = %e.address.host, "DNS resolution failed: {err}");
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            let addrs: Vec<IpAddr> = if cfg.discovery == Discovery::LogicalDns { addrs.into_iter().take(1).collect() } else { addrs };
+            let hostname: Arc<str> = e.address.host.as_str().into();
+            for ip in addrs {
+                hosts.push(Host::new(SocketAddr::new(ip, e.address.port), hostname.clone(), e.weight, e.health, l.locality.clone(), l.priority));
+            }
+        }
+    }
+    if ok {
+        cluster.stats.update_success.inc();
+    } else {
+        cluster.stats.update_failure.inc();
+    }
+    if hosts.is_empty() {
+        cluster.stats.update_empty.inc();
+        // Envoy keeps the previous hosts when a resolution fails; an empty successful answer empties the cluster.
+        if !ok {
+            return false;
+        }
+    }
+    cluster.publish(hosts);
+    ok
+}
+
+/// Envoy's `dns_lookup_family`.
+pub fn pick_family(ips: Vec<IpAddr>, family: DnsFamily) -> Vec<IpAddr> {
+    let v4: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv4).collect();
+    let v6: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv6).collect();
+    let mut out = match family {
+        DnsFamily::V4Only => v4,
+        DnsFamily::V6Only => v6,
+        DnsFamily::Auto => {
+            if v6.is_empty() { v4 } else { v6 }
+        }
+        DnsFamily::V4Preferred => {
+            if v4.is_empty() { v6 } else { v4 }
+        }
+        DnsFamily::All => ips,
+    };
+    out.dedup();
+    out
+}
+
+/// Keep a DNS cluster resolved, every `dns_refresh_rate`. Runs on the main runtime.
+pub async fn dns_refresh_loop(cluster: Arc<Cluster>) {
+    let every = cluster.config.dns_refresh_rate;
+    loop {
+        tokio::time::sleep(every).await;
+        resolve_once(&cluster).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_family_selection() {
+        let ips: Vec<IpAddr> = vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+        assert_eq!(pick_family(ips.clone(), DnsFamily::Auto), vec!["::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pick_family(ips.clone(), DnsFamily::V4Only), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pick_family(ips.clone(), DnsFamily::V4Preferred), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pick_family(ips.clone(), DnsFamily::All).len(), 2);
+    }
+}

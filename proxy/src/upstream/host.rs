@@ -1,0 +1,195 @@
+//! Hosts and host sets: the endpoints of a cluster with their health, weight, locality and
+//! priority, and Envoy's per-priority load and panic thresholds.
+
+use crate::model::cluster::{Health, Locality};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+static NEXT_HOST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-host counters shown by `/clusters` (Envoy keeps these outside the stats store).
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Host {
+    /// Unique for the life of the process; keys per-worker connection pools.
+    pub id: u64,
+    pub address: SocketAddr,
+    /// The DNS name the host came from (or its address), for `auto_host_rewrite`.
+    pub hostname: Arc<str>,
+    pub weight: u32,
+    pub health: Health,
+    pub locality: Locality,
+    pub priority: u32,
+    pub stats: HostStats,
+}
+
+impl Host {
+    pub fn new(address: SocketAddr, hostname: Arc<str>, weight: u32, health: Health, locality: Locality, priority: u32) -> Arc<Self> {
+        Arc::new(Self { id: NEXT_HOST_ID.fetch_add(1, Relaxed), address, hostname, weight, health, locality, priority, stats: HostStats::default() })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health == Health::Healthy
+    }
+}
+
+/// One priority level.
+#[derive(Debug, Default)]
+pub struct Priority {
+    pub hosts: Vec<Arc<Host>>,
+    pub healthy: Vec<Arc<Host>>,
+    /// Load-balancing schedules (host indexes into `healthy` / `hosts`), weights expanded.
+    pub healthy_schedule: Vec<u32>,
+    pub all_schedule: Vec<u32>,
+    /// Percent of this priority's hosts that are healthy.
+    pub healthy_percent: f64,
+}
+
+/// A cluster's hosts by priority, published atomically; rebuilt on every membership change.
+#[derive(Debug, Default)]
+pub struct HostSet {
+    pub priorities: Vec<Priority>,
+    /// Percent of traffic each priority receives (sums to 100 when any host exists).
+    pub priority_load: Vec<u32>,
+}
+
+/// Longest expanded schedule kept; larger weights are scaled down.
+const MAX_SCHEDULE: u64 = 4096;
+
+impl HostSet {
+    pub fn new(mut hosts: Vec<Arc<Host>>, overprovisioning_factor: u32) -> Self {
+        hosts.sort_by_key(|h| h.priority);
+        let max_prio = hosts.iter().map(|h| h.priority).max().map(|p| p as usize + 1).unwrap_or(0);
+        let mut priorities: Vec<Priority> = (0..max_prio).map(|_| Priority::default()).collect();
+        for h in hosts {
+            let p = &mut priorities[h.priority as usize];
+            if h.is_healthy() {
+                p.healthy.push(h.clone());
+            }
+            p.hosts.push(h);
+        }
+        for p in &mut priorities {
+            p.healthy_percent = if p.hosts.is_empty() { 0.0 } else { 100.0 * p.healthy.len() as f64 / p.hosts.len() as f64 };
+            p.healthy_schedule = schedule(&p.healthy);
+            p.all_schedule = schedule(&p.hosts);
+        }
+        let priority_load = priority_load(&priorities, overprovisioning_factor);
+        Self { priorities, priority_load }
+    }
+
+    pub fn all_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.priorities.iter().flat_map(|p| p.hosts.iter())
+    }
+
+    pub fn total(&self) -> usize {
+        self.priorities.iter().map(|p| p.hosts.len()).sum()
+    }
+
+    pub fn healthy(&self) -> usize {
+        self.priorities.iter().map(|p| p.healthy.len()).sum()
+    }
+}
+
+/// Envoy's priority load: each priority's health is `min(100, overprovisioning × healthy%)`;
+/// priorities take load in order up to their health, normalised when the total health is
+/// under 100. With no healthy host anywhere, all load goes to priority 0 (in panic).
+pub fn priority_load(priorities: &[Priority], overprovisioning_factor: u32) -> Vec<u32> {
+    if priorities.is_empty() {
+        return vec![];
+    }
+    let health: Vec<u32> = priorities
+        .iter()
+        .map(|p| if p.hosts.is_empty() { 0 } else { ((overprovisioning_factor as u64 * p.healthy.len() as u64) / p.hosts.len() as u64).min(100) as u32 })
+        .collect();
+    let total: u32 = health.iter().sum::<u32>().min(100);
+    let mut load = vec![0u32; priorities.len()];
+    if total == 0 {
+        load[0] = 100;
+        return load;
+    }
+    let mut remaining = 100u32;
+    for (i, h) in health.iter().enumerate() {
+        let share = (h * 100 / total).min(remaining);
+        load[i] = share;
+        remaining -= share;
+    }
+    // Rounding leftovers go to the first priority with health.
+    if remaining > 0 {
+        if let Some(i) = health.iter().position(|h| *h > 0) {
+            load[i] += remaining;
+        }
+    }
+    load
+}
+
+/// Smooth weighted round-robin order of host indexes (equal weights: 0..n).
+fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
+    if hosts.is_empty() {
+        return vec![];
+    }
+    let min = hosts.iter().map(|h| h.weight).min().unwrap_or(1).max(1);
+    if hosts.iter().all(|h| h.weight == min) {
+        return (0..hosts.len() as u32).collect();
+    }
+    let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
+    let scale = if total > MAX_SCHEDULE { total.div_ceil(MAX_SCHEDULE) } else { 1 };
+    let weights: Vec<i64> = hosts.iter().map(|h| ((h.weight as u64 / scale).max(1)) as i64).collect();
+    let sum: i64 = weights.iter().sum();
+    let mut current = vec![0i64; hosts.len()];
+    let mut out = Vec::with_capacity(sum as usize);
+    for _ in 0..sum {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
+        current[best] -= sum;
+        out.push(best as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(prio: u32, healthy: bool, weight: u32) -> Arc<Host> {
+        Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), weight, if healthy { Health::Healthy } else { Health::Unhealthy }, Locality::default(), prio)
+    }
+
+    #[test]
+    fn priority_failover_follows_envoy() {
+        // P0 fully healthy: all load to P0.
+        let s = HostSet::new(vec![host(0, true, 1), host(0, true, 1), host(1, true, 1)], 140);
+        assert_eq!(s.priority_load, vec![100, 0]);
+        // P0 half healthy: 70% (0.5 × 140), P1 takes the rest.
+        let s = HostSet::new(vec![host(0, true, 1), host(0, false, 1), host(1, true, 1)], 140);
+        assert_eq!(s.priority_load, vec![70, 30]);
+        // Nothing healthy: everything to P0 (panic).
+        let s = HostSet::new(vec![host(0, false, 1), host(1, false, 1)], 140);
+        assert_eq!(s.priority_load, vec![100, 0]);
+        // P0 down, P1 partly healthy: normalised to 100% on P1.
+        let s = HostSet::new(vec![host(0, false, 1), host(1, true, 1), host(1, false, 1), host(1, false, 1)], 140);
+        assert_eq!(s.priority_load, vec![0, 100]);
+    }
+
+    #[test]
+    fn weighted_schedule_is_smooth() {
+        let hosts = vec![host(0, true, 5), host(0, true, 1), host(0, true, 1)];
+        let s = schedule(&hosts);
+        assert_eq!(s.len(), 7);
+        assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
+        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+}

@@ -1,0 +1,375 @@
+//! Upstream connections: TCP connect with Envoy's connect timeout and connection stats, and
+//! per-worker HTTP/1.1 (keep-alive reuse) and HTTP/2 (multiplexed) pools over hyper's client
+//! connections. Pools belong to the worker thread that uses them; nothing here is shared
+//! between workers except the stats atomics.
+
+use super::cluster::Cluster;
+use super::host::Host;
+use crate::http::body::Body;
+use crate::model::cluster::Keepalive;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Why a connection could not be made (`UF`).
+#[derive(Debug, Clone)]
+pub enum ConnectError {
+    Timeout,
+    Io(Arc<io::Error>),
+    Handshake(Arc<hyper::Error>),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connection timeout"),
+            ConnectError::Io(e) => write!(f, "delayed connect error: {e}"),
+            ConnectError::Handshake(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// Tracks one upstream connection's stats from connect to close.
+pub struct ConnectionStats {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    opened: Instant,
+    /// Set when remora closes the connection (pool eviction, idle timeout, drop).
+    closed_locally: AtomicBool,
+}
+
+impl ConnectionStats {
+    pub fn close_locally(&self) {
+        self.closed_locally.store(true, Relaxed);
+    }
+}
+
+impl Drop for ConnectionStats {
+    fn drop(&mut self) {
+        let s = &self.cluster.stats;
+        s.upstream_cx_active.dec();
+        s.upstream_cx_destroy.inc();
+        if self.closed_locally.load(Relaxed) {
+            s.upstream_cx_destroy_local.inc();
+        } else {
+            s.upstream_cx_destroy_remote.inc();
+        }
+        s.upstream_cx_length_ms.record(self.opened.elapsed().as_millis() as u64);
+        self.host.stats.cx_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A TCP stream that counts bytes into the cluster's `upstream_cx_{rx,tx}_bytes_total`.
+pub struct CountedStream {
+    inner: TcpStream,
+    cluster: Arc<Cluster>,
+    pub stats: Arc<ConnectionStats>,
+}
+
+impl CountedStream {
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.local_addr().ok()
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.cluster.stats.upstream_cx_rx_bytes_total.add(n as u64);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+pub fn set_keepalive(sock: &TcpStream, ka: &Option<Keepalive>) {
+    let Some(ka) = ka else { return };
+    let mut k = socket2::TcpKeepalive::new();
+    if let Some(t) = ka.time {
+        k = k.with_time(Duration::from_secs(t as u64));
+    }
+    if let Some(i) = ka.interval {
+        k = k.with_interval(Duration::from_secs(i as u64));
+    }
+    if let Some(p) = ka.probes {
+        k = k.with_retries(p);
+    }
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&k) {
+        tracing::debug!("setting TCP keepalive failed: {e}");
+    }
+}
+
+/// Open a TCP connection to `host` with the cluster's connect timeout, counting Envoy's stats.
+pub async fn connect(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<CountedStream, ConnectError> {
+    let s = &cluster.stats;
+    s.upstream_cx_total.inc();
+    host.stats.cx_total.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let result = tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await;
+    let stream = match result {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            s.upstream_cx_connect_fail.inc();
+            host.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            return Err(ConnectError::Io(Arc::new(e)));
+        }
+        Err(_) => {
+            s.upstream_cx_connect_fail.inc();
+            s.upstream_cx_connect_timeout.inc();
+            host.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            return Err(ConnectError::Timeout);
+        }
+    };
+    s.upstream_cx_connect_ms.record(started.elapsed().as_millis() as u64);
+    let _ = stream.set_nodelay(true);
+    set_keepalive(&stream, &cluster.config.tcp_keepalive);
+    s.upstream_cx_active.inc();
+    host.stats.cx_active.fetch_add(1, Relaxed);
+    let stats = Arc::new(ConnectionStats { cluster: cluster.clone(), host: host.clone(), opened: Instant::now(), closed_locally: AtomicBool::new(false) });
+    Ok(CountedStream { inner: stream, cluster: cluster.clone(), stats })
+}
+
+// === HTTP/1.1 pool ===
+
+/// A pooled HTTP/1.1 connection in use by one request.
+pub struct H1Conn {
+    pub sender: http1::SendRequest<Body>,
+    stats: Arc<ConnectionStats>,
+    host: Arc<Host>,
+    cluster: Arc<Cluster>,
+    created: Instant,
+    served: u32,
+    /// Taken from the pool (not freshly connected): its failure before sending may be retried.
+    pub reused: bool,
+    pub local_addr: Option<std::net::SocketAddr>,
+}
+
+impl H1Conn {
+    /// Return the connection to this worker's pool (after the response ended cleanly).
+    pub fn release(mut self) {
+        self.served += 1;
+        let cfg = &self.cluster.config;
+        if cfg.max_requests_per_connection.is_some_and(|max| self.served >= max) {
+            self.cluster.stats.upstream_cx_max_requests.inc();
+            self.stats.close_locally();
+            return;
+        }
+        if cfg.max_connection_duration.is_some_and(|d| self.created.elapsed() >= d) || self.sender.is_closed() {
+            self.stats.close_locally();
+            return;
+        }
+        let host_id = self.host.id;
+        let weak = Arc::downgrade(&self.host);
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            let entry = p.entry(host_id).or_insert_with(|| HostPool { host: weak, h1: Vec::new(), h2: None });
+            entry.h1.push(Idle { conn: self, since: Instant::now() });
+        });
+    }
+
+    /// Give up the connection without reuse (upgrade, error, incomplete response).
+    pub fn discard(self) {
+        self.stats.close_locally();
+    }
+}
+
+struct Idle {
+    conn: H1Conn,
+    since: Instant,
+}
+
+#[derive(Clone)]
+enum H2State {
+    Ready(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>, Instant),
+    Connecting(Shared<BoxFuture<'static, Result<(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>), ConnectError>>>),
+}
+
+struct HostPool {
+    host: Weak<Host>,
+    h1: Vec<Idle>,
+    h2: Option<H2State>,
+}
+
+thread_local! {
+    static POOLS: RefCell<HashMap<u64, HostPool>> = RefCell::new(HashMap::new());
+}
+
+/// Take an idle HTTP/1.1 connection to `host`, or connect a new one.
+pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
+    let idle_timeout = cluster.config.idle_timeout;
+    loop {
+        let candidate = POOLS.with(|p| p.borrow_mut().get_mut(&host.id).and_then(|e| e.h1.pop()));
+        let Some(idle) = candidate else { break };
+        let mut conn = idle.conn;
+        if idle_timeout.is_some_and(|t| idle.since.elapsed() >= t) {
+            cluster.stats.upstream_cx_idle_timeout.inc();
+            conn.discard();
+            continue;
+        }
+        if conn.sender.is_closed() {
+            continue;
+        }
+        // The connection finishes its previous response before it is ready again.
+        match tokio::time::timeout(Duration::from_millis(50), conn.sender.ready()).await {
+            Ok(Ok(())) => {
+                conn.reused = true;
+                return Ok(conn);
+            }
+            _ => conn.discard(),
+        }
+    }
+    connect_h1(cluster, host).await
+}
+
+/// A fresh HTTP/1.1 connection.
+pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
+    let stream = connect(cluster, host).await?;
+    let stats = stream.stats.clone();
+    let local_addr = stream.local_addr();
+    let (sender, conn) = http1::Builder::new()
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
+        }
+    });
+    Ok(H1Conn { sender, stats, host: host.clone(), cluster: cluster.clone(), created: Instant::now(), served: 0, reused: false, local_addr })
+}
+
+// === HTTP/2 pool ===
+
+/// A multiplexed HTTP/2 connection to `host` (shared by this worker's requests).
+pub async fn acquire_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(http2::SendRequest<Body>, Option<std::net::SocketAddr>), ConnectError> {
+    let state = POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.get_mut(&host.id)?;
+        if let Some(H2State::Ready(_, _, _, last_used)) = &mut entry.h2 {
+            *last_used = Instant::now();
+        }
+        entry.h2.clone()
+    });
+    let fut = match state {
+        Some(H2State::Ready(sender, _, local, _)) if !sender.is_closed() => return Ok((sender, local)),
+        Some(H2State::Connecting(fut)) => fut,
+        _ => {
+            let (c, h) = (cluster.clone(), host.clone());
+            let fut = async move { connect_h2(&c, &h).await }.boxed().shared();
+            let weak = Arc::downgrade(host);
+            POOLS.with(|p| {
+                let mut p = p.borrow_mut();
+                let entry = p.entry(host.id).or_insert_with(|| HostPool { host: weak, h1: Vec::new(), h2: None });
+                entry.h2 = Some(H2State::Connecting(fut.clone()));
+            });
+            fut
+        }
+    };
+    let result = fut.await;
+    POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(entry) = p.get_mut(&host.id) {
+            if matches!(entry.h2, Some(H2State::Connecting(_))) {
+                entry.h2 = result.as_ref().ok().map(|(s, st, l)| H2State::Ready(s.clone(), st.clone(), *l, Instant::now()));
+            }
+        }
+    });
+    result.map(|(s, _, l)| (s, l))
+}
+
+async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>), ConnectError> {
+    let stream = connect(cluster, host).await?;
+    let stats = stream.stats.clone();
+    let local = stream.local_addr();
+    let h2 = &cluster.config.http2;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .header_table_size(h2.hpack_table_size)
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
+    cluster.stats.upstream_cx_http2_total.inc();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    Ok((sender, stats, local))
+}
+
+/// Drop idle connections past the idle timeout and pools of hosts that are gone. Run
+/// periodically on each worker.
+pub fn sweep() {
+    POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        p.retain(|_, entry| {
+            if entry.host.upgrade().is_none() {
+                for idle in entry.h1.drain(..) {
+                    idle.conn.discard();
+                }
+                return false;
+            }
+            entry.h1.retain(|idle| {
+                let expired = idle.conn.cluster.config.idle_timeout.is_some_and(|t| idle.since.elapsed() >= t);
+                if expired {
+                    idle.conn.cluster.stats.upstream_cx_idle_timeout.inc();
+                    idle.conn.stats.close_locally();
+                }
+                !expired && !idle.conn.sender.is_closed()
+            });
+            if let Some(H2State::Ready(s, stats, _, last_used)) = &entry.h2 {
+                let cluster = &stats.cluster;
+                if s.is_closed() {
+                    entry.h2 = None;
+                } else if cluster.config.idle_timeout.is_some_and(|t| last_used.elapsed() >= t) {
+                    // Dropping the last sender closes the connection once its streams finish.
+                    cluster.stats.upstream_cx_idle_timeout.inc();
+                    stats.close_locally();
+                    entry.h2 = None;
+                }
+            }
+            !entry.h1.is_empty() || entry.h2.is_some()
+        });
+    });
+}
