@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
@@ -26,7 +27,8 @@ fn main() {
 
     let raw = std::fs::read(&descriptor_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", descriptor_path.display()));
-    let mut set = FileDescriptorSet::decode(raw.as_slice()).expect("decoding envoy-types' descriptor set");
+    let mut set =
+        FileDescriptorSet::decode(raw.as_slice()).expect("decoding envoy-types' descriptor set");
     for file in &mut set.file {
         file.source_code_info = None;
         file.options = None;
@@ -43,7 +45,8 @@ fn main() {
             }
         }
     }
-    std::fs::write(out_dir.join("envoy_descriptors.bin"), set.encode_to_vec()).expect("writing descriptors");
+    std::fs::write(out_dir.join("envoy_descriptors.bin"), set.encode_to_vec())
+        .expect("writing descriptors");
 }
 
 /// Keep only the options that change how a message is read: `map_entry` and `allow_alias`.
@@ -92,7 +95,13 @@ fn locate_envoy_types(cargo: &str, manifest_dir: &Path) -> PathBuf {
 
 fn from_cargo_metadata(cargo: &str, manifest_dir: &Path) -> Result<PathBuf, String> {
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(std::env::var("TARGET").map_err(|e| e.to_string())?)
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
@@ -101,13 +110,17 @@ fn from_cargo_metadata(cargo: &str, manifest_dir: &Path) -> Result<PathBuf, Stri
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
-    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
     let pkg = meta["packages"]
         .as_array()
         .and_then(|pkgs| pkgs.iter().find(|p| p["name"] == "envoy-types"))
         .ok_or("envoy-types is not in the dependency graph")?;
     let manifest = PathBuf::from(pkg["manifest_path"].as_str().ok_or("no manifest_path")?);
-    Ok(manifest.parent().ok_or("manifest has no parent")?.to_path_buf())
+    Ok(manifest
+        .parent()
+        .ok_or("manifest has no parent")?
+        .to_path_buf())
 }
 
 /// Fallback: the version from the workspace's Cargo.lock, the sources from `$CARGO_HOME/registry/src`.
@@ -128,12 +141,16 @@ fn from_lock_and_registry(manifest_dir: &Path) -> Result<PathBuf, String> {
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map_err(|e| e.to_string())?;
-    let registries = std::fs::read_dir(cargo_home.join("registry/src")).map_err(|e| e.to_string())?;
+    let registries =
+        std::fs::read_dir(cargo_home.join("registry/src")).map_err(|e| e.to_string())?;
     for reg in registries.flatten() {
         let candidate = reg.path().join(format!("envoy-types-{version}"));
         if candidate.join("src/generated/types.bin").exists() {
             return Ok(candidate);
         }
     }
-    Err(format!("envoy-types-{version} not found under {}", cargo_home.display()))
+    Err(format!(
+        "envoy-types-{version} not found under {}",
+        cargo_home.display()
+    ))
 }

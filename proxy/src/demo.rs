@@ -61,21 +61,36 @@ pub fn demo_bootstrap(listener_port: u16, admin_port: u16, upstream_port: u16) -
 /// An HTTP/1.1 + HTTP/2 echo server: answers with the request line, headers and body.
 pub async fn echo_server(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let mut text = format!("{} {} {:?}\n", parts.method, parts.uri, parts.version);
-                for (k, v) in &parts.headers {
-                    text.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
-                }
-                text.push('\n');
-                let mut out = text.into_bytes();
-                out.extend_from_slice(&body);
-                Ok::<_, std::convert::Infallible>(http::Response::builder().header("content-type", "text/plain").body(Full::new(Bytes::from(out))).expect("static"))
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut text = format!("{} {} {:?}\n", parts.method, parts.uri, parts.version);
+                    for (k, v) in &parts.headers {
+                        text.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+                    }
+                    text.push('\n');
+                    let mut out = text.into_bytes();
+                    out.extend_from_slice(&body);
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "text/plain")
+                            .body(Full::new(Bytes::from(out)))
+                            .expect("static"),
+                    )
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -85,13 +100,18 @@ pub fn spawn_echo() -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    std::thread::Builder::new().name("demo-echo".into()).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            echo_server(l).await;
-        });
-    })?;
+    std::thread::Builder::new()
+        .name("demo-echo".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                echo_server(l).await;
+            });
+        })?;
     Ok(addr)
 }
 

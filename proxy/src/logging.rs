@@ -62,14 +62,26 @@ impl std::fmt::Debug for LogControl {
 
 impl LogControl {
     /// Install the global subscriber. `component_levels`: Envoy's `--component-log-level`.
-    pub fn init(default: &str, component_levels: Option<&str>, log_path: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn init(
+        default: &str,
+        component_levels: Option<&str>,
+        log_path: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let default = level(default).ok_or_else(|| format!("invalid log level '{default}'"))?;
-        let mut levels: BTreeMap<&'static str, &'static str> = LOGGERS.iter().map(|(n, _)| (*n, default)).collect();
+        let mut levels: BTreeMap<&'static str, &'static str> =
+            LOGGERS.iter().map(|(n, _)| (*n, default)).collect();
         if let Some(spec) = component_levels {
             for item in spec.split(',').filter(|s| !s.is_empty()) {
-                let (name, lvl) = item.split_once(':').ok_or_else(|| format!("invalid component log level '{item}' (expected name:level)"))?;
-                let l = level(lvl).ok_or_else(|| format!("invalid log level '{lvl}' for component '{name}'"))?;
-                let key = LOGGERS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n).ok_or_else(|| format!("unknown logger '{name}'"))?;
+                let (name, lvl) = item.split_once(':').ok_or_else(|| {
+                    format!("invalid component log level '{item}' (expected name:level)")
+                })?;
+                let l = level(lvl)
+                    .ok_or_else(|| format!("invalid log level '{lvl}' for component '{name}'"))?;
+                let key = LOGGERS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(n, _)| *n)
+                    .ok_or_else(|| format!("unknown logger '{name}'"))?;
                 levels.insert(key, l);
             }
         }
@@ -79,17 +91,29 @@ impl LogControl {
         let registry = tracing_subscriber::registry().with(layer);
         let installed = match log_path {
             Some(p) => {
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| format!("cannot open --log-path {}: {e}", p.display()))?;
-                registry.with(fmt.with_writer(Mutex::new(file)).with_ansi(false)).try_init()
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("cannot open --log-path {}: {e}", p.display()))?;
+                registry
+                    .with(fmt.with_writer(Mutex::new(file)).with_ansi(false))
+                    .try_init()
             }
             None => registry.with(fmt.with_writer(std::io::stderr)).try_init(),
         };
-        Ok(Self { handle: installed.ok().map(|_| handle), levels: Mutex::new(levels) })
+        Ok(Self {
+            handle: installed.ok().map(|_| handle),
+            levels: Mutex::new(levels),
+        })
     }
 
     /// For tests and embedding: no subscriber.
     pub fn disabled() -> Self {
-        Self { handle: None, levels: Mutex::new(LOGGERS.iter().map(|(n, _)| (*n, "info")).collect()) }
+        Self {
+            handle: None,
+            levels: Mutex::new(LOGGERS.iter().map(|(n, _)| (*n, "info")).collect()),
+        }
     }
 
     /// Set all loggers.
@@ -104,7 +128,9 @@ impl LogControl {
     /// Set one logger; returns false if the name is unknown.
     pub fn set(&self, name: &str, lvl: &'static str) -> bool {
         let mut l = self.levels.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(key) = LOGGERS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n) else { return false };
+        let Some(key) = LOGGERS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n) else {
+            return false;
+        };
         l.insert(key, lvl);
         self.apply(&l);
         true

@@ -11,14 +11,20 @@ fn main() {
         println!("remora version: {}/RELEASE (Envoy API v3)", remora::VERSION);
         return;
     }
-    let logs = match LogControl::init(&options.log_level, options.component_log_level.as_deref(), options.log_path.as_deref()) {
+    let logs = match LogControl::init(
+        &options.log_level,
+        options.component_log_level.as_deref(),
+        options.log_path.as_deref(),
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
-    remora::telemetry::access_log::set_flush_interval(std::time::Duration::from_millis(options.file_flush_interval_msec.max(1)));
+    remora::telemetry::access_log::set_flush_interval(std::time::Duration::from_millis(
+        options.file_flush_interval_msec.max(1),
+    ));
     if let Some(Command::Demo { port, admin_port }) = options.command.clone() {
         let upstream = match remora::demo::spawn_echo() {
             Ok(a) => a,
@@ -28,7 +34,11 @@ fn main() {
             }
         };
         options.config_path = None;
-        options.config_yaml = Some(remora::demo::demo_bootstrap(port, admin_port, upstream.port()));
+        options.config_yaml = Some(remora::demo::demo_bootstrap(
+            port,
+            admin_port,
+            upstream.port(),
+        ));
         println!("{}", remora::demo::instructions(port, admin_port));
     }
     std::process::exit(remora::server::run(options, logs));

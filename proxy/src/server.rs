@@ -124,8 +124,14 @@ impl ServerState {
 
     /// Refresh the gauges computed on demand (before a stats scrape).
     pub fn refresh_gauges(&self) {
-        self.stats.uptime.set(self.started.elapsed().as_secs() as i64);
-        let total: i64 = self.listeners.iter().map(|l| l.stats.downstream_cx_active.value()).sum();
+        self.stats
+            .uptime
+            .set(self.started.elapsed().as_secs() as i64);
+        let total: i64 = self
+            .listeners
+            .iter()
+            .map(|l| l.stats.downstream_cx_active.value())
+            .sum();
         self.stats.total_connections.set(total);
         if let Some(rss) = resident_bytes() {
             self.stats.memory_physical_size.set(rss as i64);
@@ -134,7 +140,12 @@ impl ServerState {
 
     /// `POST /drain_listeners`: stop (or, with `graceful`, first drain) the listeners.
     pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
-        let selected: Vec<_> = self.listeners.iter().filter(|l| !inbound_only || l.config.direction == Direction::Inbound).cloned().collect();
+        let selected: Vec<_> = self
+            .listeners
+            .iter()
+            .filter(|l| !inbound_only || l.config.direction == Direction::Inbound)
+            .cloned()
+            .collect();
         if graceful {
             self.set_state(State::Draining);
         }
@@ -186,8 +197,14 @@ pub enum StartError {
 }
 
 /// Load and translate the configuration named by the options.
-pub fn load(options: &Options) -> Result<(BootstrapProto, Bootstrap, usize), crate::config::ConfigError> {
-    let loaded = load_bootstrap(options.config_path.as_deref(), options.config_yaml.as_deref(), options.allow_unknown_static_fields)?;
+pub fn load(
+    options: &Options,
+) -> Result<(BootstrapProto, Bootstrap, usize), crate::config::ConfigError> {
+    let loaded = load_bootstrap(
+        options.config_path.as_deref(),
+        options.config_yaml.as_deref(),
+        options.allow_unknown_static_fields,
+    )?;
     for w in &loaded.unknown_field_warnings {
         tracing::warn!("unknown field (ignored because of --allow-unknown-static-fields): {w}");
     }
@@ -199,8 +216,9 @@ pub fn load(options: &Options) -> Result<(BootstrapProto, Bootstrap, usize), cra
 fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
     let tags = TagProducer::new(&b.stats.tags, b.stats.use_all_default_tags)?;
     // Stat names are checked once, when a stat is registered.
-    let accept: Option<crate::telemetry::stats::NameFilter> =
-        b.stats.matcher.clone().map(|m| Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter);
+    let accept: Option<crate::telemetry::stats::NameFilter> = b.stats.matcher.clone().map(|m| {
+        Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter
+    });
     Ok(Arc::new(Store::new(tags, accept)))
 }
 
@@ -209,7 +227,10 @@ pub fn run(options: Options, logs: LogControl) -> i32 {
     let (proto, model, unknown) = match load(&options) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error initializing configuration '{}': {e}", config_name(&options));
+            eprintln!(
+                "error initializing configuration '{}': {e}",
+                config_name(&options)
+            );
             return 1;
         }
     };
@@ -220,7 +241,11 @@ pub fn run(options: Options, logs: LogControl) -> i32 {
         println!("configuration '{}' OK", config_name(&options));
         return 0;
     }
-    let main_rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("remora-main").build() {
+    let main_rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("remora-main")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the main runtime: {e}");
@@ -242,35 +267,66 @@ pub fn run(options: Options, logs: LogControl) -> i32 {
 }
 
 fn config_name(o: &Options) -> String {
-    o.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--config-yaml".into())
+    o.config_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "--config-yaml".into())
 }
 
 /// Build everything and start workers and the admin listener.
-pub async fn start(options: Options, proto: BootstrapProto, model: Bootstrap, unknown_fields: usize, logs: LogControl) -> Result<Arc<ServerState>, StartError> {
+pub async fn start(
+    options: Options,
+    proto: BootstrapProto,
+    model: Bootstrap,
+    unknown_fields: usize,
+    logs: LogControl,
+) -> Result<Arc<ServerState>, StartError> {
     for k in model.runtime.unused_keys() {
         tracing::warn!("runtime key '{k}' is not used by remora");
     }
     if options.log_format.is_some() {
         tracing::info!("--log-format is accepted; remora writes its own log line format");
     }
-    let concurrency = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let concurrency = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);
     stats.static_unknown_fields.add(unknown_fields as u64);
     stats.concurrency.set(concurrency as i64);
     stats.hot_restart_epoch.set(0);
     let local = Arc::new(LocalInfo {
-        service_cluster: options.service_cluster.clone().unwrap_or_else(|| model.node.cluster.clone()),
-        service_node: options.service_node.clone().unwrap_or_else(|| model.node.id.clone()),
+        service_cluster: options
+            .service_cluster
+            .clone()
+            .unwrap_or_else(|| model.node.cluster.clone()),
+        service_node: options
+            .service_node
+            .clone()
+            .unwrap_or_else(|| model.node.id.clone()),
     });
 
     // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
-    let clusters: Vec<Arc<Cluster>> = model.clusters.iter().map(|c| Cluster::new(c.clone(), &store)).collect();
+    let clusters: Vec<Arc<Cluster>> = model
+        .clusters
+        .iter()
+        .map(|c| Cluster::new(c.clone(), &store))
+        .collect();
     stats.cluster_added.add(clusters.len() as u64);
     stats.active_clusters.set(clusters.len() as i64);
     stats.warming_clusters.set(0);
-    let dns: Vec<_> = clusters.iter().filter(|c| c.config.discovery != Discovery::Static).cloned().collect();
-    futures_util::future::join_all(dns.iter().map(|c| async move { cluster::resolve_once(c).await })).await;
+    let dns: Vec<_> = clusters
+        .iter()
+        .filter(|c| c.config.discovery != Discovery::Static)
+        .cloned()
+        .collect();
+    futures_util::future::join_all(
+        dns.iter()
+            .map(|c| async move { cluster::resolve_once(c).await }),
+    )
+    .await;
     for c in dns {
         tokio::spawn(cluster::dns_refresh_loop(c));
     }
@@ -280,7 +336,8 @@ pub async fn start(options: Options, proto: BootstrapProto, model: Bootstrap, un
     let listener_stats = ListenerManagerStats::new(&store);
     let mut listeners = Vec::new();
     for (i, l) in model.listeners.iter().enumerate() {
-        let active = ActiveListener::new(l.clone(), i, concurrency, &store, &cluster_manager, &local)?;
+        let active =
+            ActiveListener::new(l.clone(), i, concurrency, &store, &cluster_manager, &local)?;
         listener_stats.listener_added.inc();
         listener_stats.listener_create_success.inc();
         listener_stats.total_listeners_active.inc();
@@ -312,14 +369,28 @@ pub async fn start(options: Options, proto: BootstrapProto, model: Bootstrap, un
     state.set_state(State::Initializing);
 
     if let Some(admin) = &state.bootstrap.admin {
-        let std_listener = std::net::TcpListener::bind(admin.address).map_err(|e| StartError::AdminBind(admin.address, e))?;
-        std_listener.set_nonblocking(true).map_err(|e| StartError::AdminBind(admin.address, e))?;
-        let bound = std_listener.local_addr().map_err(|e| StartError::AdminBind(admin.address, e))?;
-        *state.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+        let std_listener = std::net::TcpListener::bind(admin.address)
+            .map_err(|e| StartError::AdminBind(admin.address, e))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| StartError::AdminBind(admin.address, e))?;
+        let bound = std_listener
+            .local_addr()
+            .map_err(|e| StartError::AdminBind(admin.address, e))?;
+        *state
+            .admin_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(bound);
         if let Some(path) = &state.options.admin_address_path {
-            std::fs::write(path, bound.to_string()).map_err(|e| StartError::Other(format!("cannot write --admin-address-path {}: {e}", path.display())))?;
+            std::fs::write(path, bound.to_string()).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot write --admin-address-path {}: {e}",
+                    path.display()
+                ))
+            })?;
         }
-        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| StartError::AdminBind(admin.address, e))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| StartError::AdminBind(admin.address, e))?;
         tokio::spawn(crate::admin::serve(state.clone(), listener));
         tracing::info!("admin address: {bound}");
     }
@@ -339,30 +410,39 @@ pub async fn start(options: Options, proto: BootstrapProto, model: Bootstrap, un
 /// One thread per worker, each with a current-thread runtime, its listener sockets and its pools.
 fn start_workers(state: &Arc<ServerState>) {
     for i in 0..state.concurrency {
-        let sockets: Vec<_> = state.listeners.iter().filter_map(|l| l.take_socket().map(|s| (l.clone(), s))).collect();
+        let sockets: Vec<_> = state
+            .listeners
+            .iter()
+            .filter_map(|l| l.take_socket().map(|s| (l.clone(), s)))
+            .collect();
         let mut shutdown = state.shutdown.subscribe();
-        let spawned = std::thread::Builder::new().name(format!("remora-worker-{i}")).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("worker {i}: cannot start runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                for (l, s) in sockets {
-                    tokio::spawn(l.accept_loop(s));
-                }
-                tokio::spawn(async {
-                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-                    loop {
-                        tick.tick().await;
-                        crate::upstream::pool::sweep();
+        let spawned = std::thread::Builder::new()
+            .name(format!("remora-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("worker {i}: cannot start runtime: {e}");
+                        return;
                     }
+                };
+                rt.block_on(async move {
+                    for (l, s) in sockets {
+                        tokio::spawn(l.accept_loop(s));
+                    }
+                    tokio::spawn(async {
+                        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                        loop {
+                            tick.tick().await;
+                            crate::upstream::pool::sweep();
+                        }
+                    });
+                    crate::listener::stopped(&mut shutdown).await;
                 });
-                crate::listener::stopped(&mut shutdown).await;
             });
-        });
         if let Err(e) = spawned {
             tracing::error!("cannot start worker {i}: {e}");
         }

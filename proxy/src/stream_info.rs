@@ -44,35 +44,115 @@ bitflags! {
 
 /// (flag, short, long) in Envoy's order.
 const FLAG_NAMES: [(ResponseFlags, &str, &str); 29] = [
-    (ResponseFlags::FAILED_LOCAL_HEALTH_CHECK, "LH", "FailedLocalHealthCheck"),
-    (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH", "NoHealthyUpstream"),
-    (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "UT", "UpstreamRequestTimeout"),
+    (
+        ResponseFlags::FAILED_LOCAL_HEALTH_CHECK,
+        "LH",
+        "FailedLocalHealthCheck",
+    ),
+    (
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+        "UH",
+        "NoHealthyUpstream",
+    ),
+    (
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        "UT",
+        "UpstreamRequestTimeout",
+    ),
     (ResponseFlags::LOCAL_RESET, "LR", "LocalReset"),
-    (ResponseFlags::UPSTREAM_REMOTE_RESET, "UR", "UpstreamRemoteReset"),
-    (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "UF", "UpstreamConnectionFailure"),
-    (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, "UC", "UpstreamConnectionTermination"),
+    (
+        ResponseFlags::UPSTREAM_REMOTE_RESET,
+        "UR",
+        "UpstreamRemoteReset",
+    ),
+    (
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+        "UF",
+        "UpstreamConnectionFailure",
+    ),
+    (
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        "UC",
+        "UpstreamConnectionTermination",
+    ),
     (ResponseFlags::UPSTREAM_OVERFLOW, "UO", "UpstreamOverflow"),
     (ResponseFlags::NO_ROUTE_FOUND, "NR", "NoRouteFound"),
     (ResponseFlags::DELAY_INJECTED, "DI", "DelayInjected"),
     (ResponseFlags::FAULT_INJECTED, "FI", "FaultInjected"),
     (ResponseFlags::RATE_LIMITED, "RL", "RateLimited"),
-    (ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE, "UAEX", "UnauthorizedExternalService"),
-    (ResponseFlags::RATELIMIT_SERVICE_ERROR, "RLSE", "RateLimitServiceError"),
-    (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC", "DownstreamConnectionTermination"),
-    (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX", "UpstreamRetryLimitExceeded"),
-    (ResponseFlags::STREAM_IDLE_TIMEOUT, "SI", "StreamIdleTimeout"),
-    (ResponseFlags::INVALID_ENVOY_REQUEST_HEADERS, "IH", "InvalidEnvoyRequestHeaders"),
-    (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE", "DownstreamProtocolError"),
-    (ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED, "UMSDR", "UpstreamMaxStreamDurationReached"),
-    (ResponseFlags::RESPONSE_FROM_CACHE_FILTER, "RFCF", "ResponseFromCacheFilter"),
-    (ResponseFlags::NO_FILTER_CONFIG_FOUND, "NFCF", "NoFilterConfigFound"),
+    (
+        ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+        "UAEX",
+        "UnauthorizedExternalService",
+    ),
+    (
+        ResponseFlags::RATELIMIT_SERVICE_ERROR,
+        "RLSE",
+        "RateLimitServiceError",
+    ),
+    (
+        ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+        "DC",
+        "DownstreamConnectionTermination",
+    ),
+    (
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+        "URX",
+        "UpstreamRetryLimitExceeded",
+    ),
+    (
+        ResponseFlags::STREAM_IDLE_TIMEOUT,
+        "SI",
+        "StreamIdleTimeout",
+    ),
+    (
+        ResponseFlags::INVALID_ENVOY_REQUEST_HEADERS,
+        "IH",
+        "InvalidEnvoyRequestHeaders",
+    ),
+    (
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        "DPE",
+        "DownstreamProtocolError",
+    ),
+    (
+        ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED,
+        "UMSDR",
+        "UpstreamMaxStreamDurationReached",
+    ),
+    (
+        ResponseFlags::RESPONSE_FROM_CACHE_FILTER,
+        "RFCF",
+        "ResponseFromCacheFilter",
+    ),
+    (
+        ResponseFlags::NO_FILTER_CONFIG_FOUND,
+        "NFCF",
+        "NoFilterConfigFound",
+    ),
     (ResponseFlags::DURATION_TIMEOUT, "DT", "DurationTimeout"),
-    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE", "UpstreamProtocolError"),
+    (
+        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+        "UPE",
+        "UpstreamProtocolError",
+    ),
     (ResponseFlags::NO_CLUSTER_FOUND, "NC", "NoClusterFound"),
-    (ResponseFlags::OVERLOAD_MANAGER, "OM", "OverloadManagerTerminated"),
-    (ResponseFlags::DNS_RESOLUTION_FAILURE, "DF", "DnsResolutionFailed"),
+    (
+        ResponseFlags::OVERLOAD_MANAGER,
+        "OM",
+        "OverloadManagerTerminated",
+    ),
+    (
+        ResponseFlags::DNS_RESOLUTION_FAILURE,
+        "DF",
+        "DnsResolutionFailed",
+    ),
     (ResponseFlags::DROP_OVERLOAD, "DO", "DropOverload"),
-    (ResponseFlags::DOWNSTREAM_REMOTE_RESET, "DR", "DownstreamRemoteReset"),
+    (
+        ResponseFlags::DOWNSTREAM_REMOTE_RESET,
+        "DR",
+        "DownstreamRemoteReset",
+    ),
 ];
 
 // === impl ResponseFlags ===
@@ -87,7 +167,11 @@ impl ResponseFlags {
         self.write_with(out, |(_, _, long)| long)
     }
 
-    fn write_with(&self, out: &mut String, pick: impl Fn(&(ResponseFlags, &'static str, &'static str)) -> &'static str) {
+    fn write_with(
+        &self,
+        out: &mut String,
+        pick: impl Fn(&(ResponseFlags, &'static str, &'static str)) -> &'static str,
+    ) {
         if self.is_empty() {
             out.push('-');
             return;
@@ -110,7 +194,10 @@ impl ResponseFlags {
 
     /// Parse a short name (`UF`), for access-log `response_flag_filter`.
     pub fn from_short(name: &str) -> Option<ResponseFlags> {
-        FLAG_NAMES.iter().find(|(_, s, _)| *s == name).map(|(f, _, _)| *f)
+        FLAG_NAMES
+            .iter()
+            .find(|(_, s, _)| *s == name)
+            .map(|(f, _, _)| *f)
     }
 }
 
@@ -224,12 +311,16 @@ mod tests {
 
     #[test]
     fn flags_print_in_envoy_order() {
-        let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+            | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         assert_eq!(f.short_string(), "UF,URX");
         assert_eq!(ResponseFlags::empty().short_string(), "-");
         let mut s = String::new();
         ResponseFlags::NO_ROUTE_FOUND.write_long(&mut s);
         assert_eq!(s, "NoRouteFound");
-        assert_eq!(ResponseFlags::from_short("UO"), Some(ResponseFlags::UPSTREAM_OVERFLOW));
+        assert_eq!(
+            ResponseFlags::from_short("UO"),
+            Some(ResponseFlags::UPSTREAM_OVERFLOW)
+        );
     }
 }

@@ -1,1 +1,13 @@
+//! End-to-end tests: the real `remora` binary against real servers on 127.0.0.1.
 
+mod support;
+
+mod access_log;
+mod admin;
+mod bad_input;
+mod cli;
+mod compat;
+mod protocols;
+mod routing;
+mod tcp;
+mod upstream;

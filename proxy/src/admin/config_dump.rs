@@ -12,12 +12,18 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
 fn any<M: Message + Name>(m: &M) -> Any {
-    Any { type_url: M::type_url(), value: m.encode_to_vec() }
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
 }
 
 fn timestamp(t: std::time::SystemTime) -> Timestamp {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 /// The dump as protos, in Envoy's order.
@@ -25,13 +31,19 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     let b = &state.bootstrap_proto;
     let updated = Some(timestamp(state.loaded_at));
     let sr = b.static_resources.clone().unwrap_or_default();
-    let mut out = vec![any(&admin::BootstrapConfigDump { bootstrap: Some(redact(b.clone())), last_updated: updated })];
+    let mut out = vec![any(&admin::BootstrapConfigDump {
+        bootstrap: Some(redact(b.clone())),
+        last_updated: updated,
+    })];
     out.push(any(&admin::ClustersConfigDump {
         version_info: String::new(),
         static_clusters: sr
             .clusters
             .iter()
-            .map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(any(c)), last_updated: updated })
+            .map(|c| admin::clusters_config_dump::StaticCluster {
+                cluster: Some(any(c)),
+                last_updated: updated,
+            })
             .collect(),
         dynamic_active_clusters: vec![],
         dynamic_warming_clusters: vec![],
@@ -46,7 +58,10 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                     if la.cluster_name.is_empty() {
                         la.cluster_name = c.name.clone();
                     }
-                    Some(admin::endpoints_config_dump::StaticEndpointConfig { endpoint_config: Some(any(&la)), last_updated: updated })
+                    Some(admin::endpoints_config_dump::StaticEndpointConfig {
+                        endpoint_config: Some(any(&la)),
+                        last_updated: updated,
+                    })
                 })
                 .collect(),
             dynamic_endpoint_configs: vec![],
@@ -57,7 +72,10 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
         static_listeners: sr
             .listeners
             .iter()
-            .map(|l| admin::listeners_config_dump::StaticListener { listener: Some(any(l)), last_updated: updated })
+            .map(|l| admin::listeners_config_dump::StaticListener {
+                listener: Some(any(l)),
+                last_updated: updated,
+            })
             .collect(),
         dynamic_listeners: vec![],
     }));
@@ -67,9 +85,9 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
         .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
         .flat_map(|fc| fc.filters.iter())
         .filter_map(|f| match &f.config_type {
-            Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a))
-                if a.type_url.ends_with("HttpConnectionManager") =>
-            {
+            Some(
+                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a),
+            ) if a.type_url.ends_with("HttpConnectionManager") => {
                 hcm::HttpConnectionManager::decode(a.value.as_slice()).ok()
             }
             _ => None,
@@ -82,16 +100,25 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     out.push(any(&admin::RoutesConfigDump {
         static_route_configs: routes
             .iter()
-            .map(|rc| admin::routes_config_dump::StaticRouteConfig { route_config: Some(any(rc)), last_updated: updated })
+            .map(|rc| admin::routes_config_dump::StaticRouteConfig {
+                route_config: Some(any(rc)),
+                last_updated: updated,
+            })
             .collect(),
         dynamic_route_configs: vec![],
     }));
-    out.push(any(&admin::SecretsConfigDump { static_secrets: vec![], dynamic_active_secrets: vec![], dynamic_warming_secrets: vec![] }));
+    out.push(any(&admin::SecretsConfigDump {
+        static_secrets: vec![],
+        dynamic_active_secrets: vec![],
+        dynamic_warming_secrets: vec![],
+    }));
     out
 }
 
 /// The dump leaves out private keys and passwords.
-fn redact(b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap) -> envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap {
+fn redact(
+    b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+) -> envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap {
     // remora refuses TLS secrets in the bootstrap for now (they arrive with mTLS), so there is
     // nothing to redact yet; this is where it happens.
     b
@@ -99,18 +126,37 @@ fn redact(b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap) -> envoy_
 
 /// Any → JSON through Envoy's descriptors.
 pub fn to_json(pool: &prost_reflect::DescriptorPool, a: &Any) -> Result<Value, String> {
-    let any_desc = pool.get_message_by_name("google.protobuf.Any").ok_or("no Any descriptor")?;
-    let msg = DynamicMessage::decode(any_desc, a.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
-    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true).stringify_64_bit_integers(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &opts).map_err(|e| e.to_string())
+    let any_desc = pool
+        .get_message_by_name("google.protobuf.Any")
+        .ok_or("no Any descriptor")?;
+    let msg = DynamicMessage::decode(any_desc, a.encode_to_vec().as_slice())
+        .map_err(|e| e.to_string())?;
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true)
+        .stringify_64_bit_integers(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .map_err(|e| e.to_string())
 }
 
-/// A proto message → JSON through Envoy's descriptors.
-pub fn message_json<M: Message + Name>(pool: &prost_reflect::DescriptorPool, m: &M) -> Result<Value, String> {
-    let desc = pool.get_message_by_name(&M::full_name()).ok_or_else(|| format!("no descriptor for {}", M::full_name()))?;
-    let msg = DynamicMessage::decode(desc, m.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
-    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true).stringify_64_bit_integers(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &opts).map_err(|e| e.to_string())
+/// A proto message → JSON through Envoy's descriptors. `with_defaults`: print fields at their
+/// default value too (Envoy does for `/server_info`).
+pub fn message_json<M: Message + Name>(
+    pool: &prost_reflect::DescriptorPool,
+    m: &M,
+    with_defaults: bool,
+) -> Result<Value, String> {
+    let desc = pool
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| format!("no descriptor for {}", M::full_name()))?;
+    let msg =
+        DynamicMessage::decode(desc, m.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(!with_defaults)
+        .stringify_64_bit_integers(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .map_err(|e| e.to_string())
 }
 
 /// Query options.
@@ -126,7 +172,13 @@ pub struct Query {
 pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
     let pool = envoy_pool();
     let mut configs = Vec::new();
-    for a in build(state, q.include_eds || q.resource.as_deref().is_some_and(|r| r.contains("endpoint"))) {
+    for a in build(
+        state,
+        q.include_eds
+            || q.resource
+                .as_deref()
+                .is_some_and(|r| r.contains("endpoint")),
+    ) {
         configs.push(to_json(&pool, &a).map_err(|e| (500, e))?);
     }
     let masks: Vec<Vec<String>> = q
@@ -141,7 +193,9 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
         let mut out = Vec::new();
         let mut found = false;
         for c in &configs {
-            let Some(type_url) = c.get("@type").and_then(Value::as_str) else { continue };
+            let Some(type_url) = c.get("@type").and_then(Value::as_str) else {
+                continue;
+            };
             let Some(list) = c.get(resource).and_then(Value::as_array) else {
                 if field_exists(&pool, type_url, resource) {
                     found = true;
@@ -160,7 +214,10 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
                 }
                 if let Value::Object(m) = &mut item {
                     let mut with_type = serde_json::Map::new();
-                    with_type.insert("@type".into(), Value::String(format!("type.googleapis.com/{elem_type}")));
+                    with_type.insert(
+                        "@type".into(),
+                        Value::String(format!("type.googleapis.com/{elem_type}")),
+                    );
                     with_type.extend(std::mem::take(m));
                     *m = with_type;
                 }
@@ -193,10 +250,16 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
 }
 
 fn field_exists(pool: &prost_reflect::DescriptorPool, type_url: &str, field: &str) -> bool {
-    pool.get_message_by_name(crate::config::descriptors::type_name_of_url(type_url)).and_then(|m| m.get_field_by_name(field)).is_some()
+    pool.get_message_by_name(crate::config::descriptors::type_name_of_url(type_url))
+        .and_then(|m| m.get_field_by_name(field))
+        .is_some()
 }
 
-fn element_type(pool: &prost_reflect::DescriptorPool, type_url: &str, field: &str) -> Option<String> {
+fn element_type(
+    pool: &prost_reflect::DescriptorPool,
+    type_url: &str,
+    field: &str,
+) -> Option<String> {
     let m = pool.get_message_by_name(crate::config::descriptors::type_name_of_url(type_url))?;
     let f = m.get_field_by_name(field)?;
     f.kind().as_message().map(|d| d.full_name().to_string())
@@ -204,10 +267,16 @@ fn element_type(pool: &prost_reflect::DescriptorPool, type_url: &str, field: &st
 
 /// Keep only the masked paths of a JSON object (FieldMask semantics on proto field names).
 fn apply_mask(v: &Value, masks: &[Vec<String>]) -> Value {
-    let Value::Object(obj) = v else { return v.clone() };
+    let Value::Object(obj) = v else {
+        return v.clone();
+    };
     let mut out = serde_json::Map::new();
     for (k, val) in obj {
-        let sub: Vec<Vec<String>> = masks.iter().filter(|m| m.first() == Some(k)).map(|m| m[1..].to_vec()).collect();
+        let sub: Vec<Vec<String>> = masks
+            .iter()
+            .filter(|m| m.first() == Some(k))
+            .map(|m| m[1..].to_vec())
+            .collect();
         if sub.is_empty() {
             continue;
         }
@@ -215,7 +284,9 @@ fn apply_mask(v: &Value, masks: &[Vec<String>]) -> Value {
             out.insert(k.clone(), val.clone());
         } else {
             let inner = match val {
-                Value::Array(items) => Value::Array(items.iter().map(|i| apply_mask(i, &sub)).collect()),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(|i| apply_mask(i, &sub)).collect())
+                }
                 other => apply_mask(other, &sub),
             };
             out.insert(k.clone(), inner);
@@ -226,10 +297,19 @@ fn apply_mask(v: &Value, masks: &[Vec<String>]) -> Value {
 
 /// The resource name inside a dump element (listener, cluster, route config, endpoint config).
 fn resource_name(item: &Value) -> Option<&str> {
-    for (field, key) in [("listener", "name"), ("cluster", "name"), ("route_config", "name"), ("endpoint_config", "cluster_name"), ("active_state", "")] {
+    for (field, key) in [
+        ("listener", "name"),
+        ("cluster", "name"),
+        ("route_config", "name"),
+        ("endpoint_config", "cluster_name"),
+        ("active_state", ""),
+    ] {
         if let Some(inner) = item.get(field) {
             if key.is_empty() {
-                return inner.get("listener").and_then(|l| l.get("name")).and_then(Value::as_str);
+                return inner
+                    .get("listener")
+                    .and_then(|l| l.get("name"))
+                    .and_then(Value::as_str);
             }
             return inner.get(key).and_then(Value::as_str);
         }
@@ -263,7 +343,14 @@ mod tests {
         let v = json!({"bootstrap": {"node": {"id": "a", "cluster": "b"}, "admin": {}}, "last_updated": "x"});
         let m = apply_mask(&v, &[vec!["bootstrap".into(), "node".into(), "id".into()]]);
         assert_eq!(m, json!({"bootstrap": {"node": {"id": "a"}}}));
-        let m = apply_mask(&json!({"static_clusters": [{"cluster": {"name": "a", "type": "STATIC"}}]}), &[vec!["static_clusters".into(), "cluster".into(), "name".into()]]);
+        let m = apply_mask(
+            &json!({"static_clusters": [{"cluster": {"name": "a", "type": "STATIC"}}]}),
+            &[vec![
+                "static_clusters".into(),
+                "cluster".into(),
+                "name".into(),
+            ]],
+        );
         assert_eq!(m, json!({"static_clusters": [{"cluster": {"name": "a"}}]}));
     }
 }

@@ -43,9 +43,19 @@ pub async fn serve(state: Arc<ServerState>, listener: tokio::net::TcpListener) {
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_str(content_type).unwrap_or(http::HeaderValue::from_static("text/plain")));
-    r.headers_mut().insert("cache-control", http::HeaderValue::from_static("no-cache, max-age=0"));
-    r.headers_mut().insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_str(content_type)
+            .unwrap_or(http::HeaderValue::from_static("text/plain")),
+    );
+    r.headers_mut().insert(
+        "cache-control",
+        http::HeaderValue::from_static("no-cache, max-age=0"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -67,8 +77,9 @@ fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 + 0 => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+            b'%' if i + 2 < b.len() && i + 2 <= (b.len() - 1) => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -102,27 +113,54 @@ const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/clusters", "upstream cluster status", false),
     ("/config_dump", "dump current Envoy configs", false),
     ("/drain_listeners", "drain listeners", true),
-    ("/healthcheck/fail", "cause the server to fail health checks", true),
-    ("/healthcheck/ok", "cause the server to pass health checks", true),
+    (
+        "/healthcheck/fail",
+        "cause the server to fail health checks",
+        true,
+    ),
+    (
+        "/healthcheck/ok",
+        "cause the server to pass health checks",
+        true,
+    ),
     ("/help", "print out list of admin commands", false),
-    ("/hot_restart_version", "print the hot restart compatibility version", false),
+    (
+        "/hot_restart_version",
+        "print the hot restart compatibility version",
+        false,
+    ),
     ("/listeners", "print listener info", false),
     ("/logging", "query/change logging levels", true),
     ("/quitquitquit", "exit the server", true),
-    ("/ready", "print server state, return 200 if LIVE, otherwise return 503", false),
+    (
+        "/ready",
+        "print server state, return 200 if LIVE, otherwise return 503",
+        false,
+    ),
     ("/reopen_logs", "reopen access logs", true),
     ("/reset_counters", "reset all counters to zero", true),
     ("/runtime", "print runtime values", false),
-    ("/server_info", "print server version/status information", false),
+    (
+        "/server_info",
+        "print server version/status information",
+        false,
+    ),
     ("/stats", "print server stats", false),
-    ("/stats/prometheus", "print server stats in prometheus format", false),
+    (
+        "/stats/prometheus",
+        "print server stats in prometheus format",
+        false,
+    ),
 ];
 
 async fn handle(state: &Arc<ServerState>, req: http::Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let q = query(req.uri());
     let method = req.method().clone();
-    let mutating = ENDPOINTS.iter().find(|(p, _, _)| *p == path).is_some_and(|(_, _, m)| *m);
+    let mutating = ENDPOINTS
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .is_some_and(|(_, _, m)| *m);
     if mutating && method != Method::POST && !(path == "/logging" && q.is_empty()) {
         return text(StatusCode::BAD_REQUEST, "This endpoint requires POST.\n");
     }
@@ -131,14 +169,34 @@ async fn handle(state: &Arc<ServerState>, req: http::Request<Incoming>) -> Resp 
     resp
 }
 
-fn log_admin(state: &Arc<ServerState>, method: &Method, uri: &http::Uri, headers: &http::HeaderMap, status: StatusCode) {
-    let Some(admin) = &state.bootstrap.admin else { return };
+fn log_admin(
+    state: &Arc<ServerState>,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    status: StatusCode,
+) {
+    let Some(admin) = &state.bootstrap.admin else {
+        return;
+    };
     if admin.access_logs.is_empty() {
         return;
     }
-    static LOGGERS: std::sync::OnceLock<Vec<crate::telemetry::access_log::AccessLogger>> = std::sync::OnceLock::new();
-    let loggers = LOGGERS.get_or_init(|| admin.access_logs.iter().filter_map(|c| crate::telemetry::access_log::AccessLogger::new(c.clone()).ok()).collect());
-    let local = state.admin_address.lock().ok().and_then(|a| *a).unwrap_or_else(|| "0.0.0.0:0".parse().expect("literal"));
+    static LOGGERS: std::sync::OnceLock<Vec<crate::telemetry::access_log::AccessLogger>> =
+        std::sync::OnceLock::new();
+    let loggers = LOGGERS.get_or_init(|| {
+        admin
+            .access_logs
+            .iter()
+            .filter_map(|c| crate::telemetry::access_log::AccessLogger::new(c.clone()).ok())
+            .collect()
+    });
+    let local = state
+        .admin_address
+        .lock()
+        .ok()
+        .and_then(|a| *a)
+        .unwrap_or_else(|| "0.0.0.0:0".parse().expect("literal"));
     let conn = Arc::new(crate::stream_info::ConnectionInfo {
         id: 0,
         local,
@@ -153,7 +211,11 @@ fn log_admin(state: &Arc<ServerState>, method: &Method, uri: &http::Uri, headers
     info.last_downstream_tx = Some(std::time::Instant::now());
     let ctx = crate::telemetry::format::FormatContext {
         info: Some(&info),
-        request: Some(crate::telemetry::format::RequestView { method, uri, headers }),
+        request: Some(crate::telemetry::format::RequestView {
+            method,
+            uri,
+            headers,
+        }),
         ..Default::default()
     };
     let input = crate::telemetry::access_log::filter_input(&info, None);
@@ -173,7 +235,11 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
         }
         "/ready" => {
             let st = state.state();
-            let code = if st == State::Live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if st == State::Live {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             text(code, format!("{}\n", st.name()))
         }
         "/server_info" => server_info(state),
@@ -183,14 +249,23 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             let filter = match q.get("filter").filter(|f| !f.is_empty()) {
                 Some(f) => match regex::Regex::new(f) {
                     Ok(r) => Some(r),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n")),
+                    Err(e) => {
+                        return text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n"));
+                    }
                 },
                 None => None,
             };
-            let sel = stats::Selection { filter, used_only: q.contains_key("usedonly") };
+            let sel = stats::Selection {
+                filter,
+                used_only: q.contains_key("usedonly"),
+            };
             let format = q.get("format").map(String::as_str);
             if path == "/stats/prometheus" || format == Some("prometheus") {
-                respond(StatusCode::OK, "text/plain; version=0.0.4; charset=UTF-8", stats::prometheus(&state.store, &sel))
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=UTF-8",
+                    stats::prometheus(&state.store, &sel),
+                )
             } else if format == Some("json") {
                 json(StatusCode::OK, &stats::json(&state.store, &sel))
             } else {
@@ -203,7 +278,12 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             let name_regex = match q.get("name_regex") {
                 Some(r) => match regex::Regex::new(r) {
                     Ok(r) => Some(r),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("Error while parsing name_regex: {e}\n")),
+                    Err(e) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!("Error while parsing name_regex: {e}\n"),
+                        );
+                    }
                 },
                 None => None,
             };
@@ -215,7 +295,10 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             };
             match config_dump::render(state, &query) {
                 Ok(v) => json(StatusCode::OK, &v),
-                Err((code, msg)) => text(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{msg}\n")),
+                Err((code, msg)) => text(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    format!("{msg}\n"),
+                ),
             }
         }
         "/logging" => logging(state, q),
@@ -258,14 +341,26 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
                         serde_json::Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    (k.clone(), serde_json::json!({"layer_values": [s.clone()], "final_value": s}))
+                    (
+                        k.clone(),
+                        serde_json::json!({"layer_values": [s.clone()], "final_value": s}),
+                    )
                 })
                 .collect();
-            let layers: Vec<_> = state.bootstrap.runtime.layers.iter().map(|l| serde_json::Value::String(l.clone())).collect();
-            json(StatusCode::OK, &serde_json::json!({"layers": layers, "entries": entries}))
+            let layers: Vec<_> = state
+                .bootstrap
+                .runtime
+                .layers
+                .iter()
+                .map(|l| serde_json::Value::String(l.clone()))
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"layers": layers, "entries": entries}),
+            )
         }
         _ => {
-            let mut s = format!("invalid path. admin commands are:\n");
+            let mut s = "invalid path. admin commands are:\n".to_string();
             for (p, d, _) in ENDPOINTS {
                 let _ = writeln!(s, "  {p}: {d}");
             }
@@ -280,22 +375,43 @@ fn logging(state: &Arc<ServerState>, q: &BTreeMap<String, String>) -> Resp {
         match k.as_str() {
             "level" => match crate::logging::level(v) {
                 Some(l) => logs.set_all(l),
-                None => return text(StatusCode::BAD_REQUEST, format!("error: unknown logger level\n{}", logs.listing())),
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("error: unknown logger level\n{}", logs.listing()),
+                    );
+                }
             },
             "paths" => {
                 for item in v.split(',').filter(|s| !s.is_empty()) {
                     let Some((name, lvl)) = item.split_once(':') else {
-                        return text(StatusCode::BAD_REQUEST, format!("error: invalid format for paths: {item}\n"));
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!("error: invalid format for paths: {item}\n"),
+                        );
                     };
                     match crate::logging::level(lvl) {
                         Some(l) if logs.set(name, l) => {}
-                        _ => return text(StatusCode::BAD_REQUEST, format!("error: unknown logger or level: {item}\n")),
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                format!("error: unknown logger or level: {item}\n"),
+                            );
+                        }
                     }
                 }
             }
             name => match crate::logging::level(v) {
                 Some(l) if logs.set(name, l) => {}
-                _ => return text(StatusCode::BAD_REQUEST, format!("error: unknown logger or level: {name}={v}\n{}", logs.listing())),
+                _ => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "error: unknown logger or level: {name}={v}\n{}",
+                            logs.listing()
+                        ),
+                    );
+                }
             },
         }
     }
@@ -306,7 +422,9 @@ fn socket_address(a: std::net::SocketAddr) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: a.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(a.port() as u32)),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                a.port() as u32
+            )),
             ..Default::default()
         })),
     }
@@ -318,11 +436,15 @@ fn listeners(state: &Arc<ServerState>, as_json: bool) -> Resp {
             listener_statuses: state
                 .listeners
                 .iter()
-                .map(|l| admin::ListenerStatus { name: l.config.name.clone(), local_address: Some(socket_address(l.local_address)), additional_local_addresses: vec![] })
+                .map(|l| admin::ListenerStatus {
+                    name: l.config.name.clone(),
+                    local_address: Some(socket_address(l.local_address)),
+                    additional_local_addresses: vec![],
+                })
                 .collect(),
         };
         let pool = crate::config::descriptors::envoy_pool();
-        return match config_dump::message_json(&pool, &l) {
+        return match config_dump::message_json(&pool, &l, false) {
             Ok(v) => json(StatusCode::OK, &v),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
@@ -359,7 +481,11 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
                         .map(|h| {
                             let s = &h.stats;
                             let metric = |name: &str, v: u64, gauge: bool| admin::SimpleMetric {
-                                r#type: if gauge { admin::simple_metric::Type::Gauge as i32 } else { admin::simple_metric::Type::Counter as i32 },
+                                r#type: if gauge {
+                                    admin::simple_metric::Type::Gauge as i32
+                                } else {
+                                    admin::simple_metric::Type::Counter as i32
+                                },
                                 value: v,
                                 name: name.to_string(),
                             };
@@ -367,7 +493,11 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
                             admin::HostStatus {
                                 address: Some(socket_address(h.address)),
                                 stats: vec![
-                                    metric("cx_connect_fail", s.cx_connect_fail.load(Relaxed), false),
+                                    metric(
+                                        "cx_connect_fail",
+                                        s.cx_connect_fail.load(Relaxed),
+                                        false,
+                                    ),
                                     metric("cx_total", s.cx_total.load(Relaxed), false),
                                     metric("rq_error", s.rq_error.load(Relaxed), false),
                                     metric("rq_success", s.rq_success.load(Relaxed), false),
@@ -387,7 +517,11 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
                                 weight: h.weight,
                                 hostname: h.hostname.to_string(),
                                 priority: h.priority,
-                                locality: Some(core::Locality { region: h.locality.region.clone(), zone: h.locality.zone.clone(), sub_zone: h.locality.sub_zone.clone() }),
+                                locality: Some(core::Locality {
+                                    region: h.locality.region.clone(),
+                                    zone: h.locality.zone.clone(),
+                                    sub_zone: h.locality.sub_zone.clone(),
+                                }),
                                 success_rate: None,
                                 local_origin_success_rate: None,
                             }
@@ -398,7 +532,13 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
             })
             .collect();
         let pool = crate::config::descriptors::envoy_pool();
-        return match config_dump::message_json(&pool, &admin::Clusters { cluster_statuses: statuses }) {
+        return match config_dump::message_json(
+            &pool,
+            &admin::Clusters {
+                cluster_statuses: statuses,
+            },
+            false,
+        ) {
             Ok(v) => json(StatusCode::OK, &v),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
@@ -440,7 +580,10 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
 
 fn server_info(state: &Arc<ServerState>) -> Resp {
     let o = &state.options;
-    let dur = |secs: u64| envoy_types::pb::google::protobuf::Duration { seconds: secs as i64, nanos: 0 };
+    let dur = |secs: u64| envoy_types::pb::google::protobuf::Duration {
+        seconds: secs as i64,
+        nanos: 0,
+    };
     let uptime = state.started.elapsed().as_secs();
     let node = &state.bootstrap_proto.node;
     let mut node = node.clone().unwrap_or_default();
@@ -467,15 +610,27 @@ fn server_info(state: &Arc<ServerState>) -> Resp {
         command_line_options: Some(admin::CommandLineOptions {
             base_id: o.base_id.unwrap_or(0),
             concurrency: state.concurrency as u32,
-            config_path: o.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            config_path: o
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             config_yaml: o.config_yaml.clone().unwrap_or_default(),
             allow_unknown_static_fields: o.allow_unknown_static_fields,
             reject_unknown_dynamic_fields: o.reject_unknown_dynamic_fields,
-            admin_address_path: o.admin_address_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            admin_address_path: o
+                .admin_address_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             log_level: o.log_level.clone(),
             component_log_level: o.component_log_level.clone().unwrap_or_default(),
             log_format: o.log_format.clone().unwrap_or_default(),
-            log_path: o.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            log_path: o
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             service_cluster: o.service_cluster.clone().unwrap_or_default(),
             service_node: o.service_node.clone().unwrap_or_default(),
             service_zone: o.service_zone.clone().unwrap_or_default(),
@@ -485,8 +640,12 @@ fn server_info(state: &Arc<ServerState>) -> Resp {
             }),
             drain_time: Some(dur(o.drain_time_s)),
             drain_strategy: match o.drain_strategy {
-                crate::cli::DrainStrategy::Gradual => admin::command_line_options::DrainStrategy::Gradual as i32,
-                crate::cli::DrainStrategy::Immediate => admin::command_line_options::DrainStrategy::Immediate as i32,
+                crate::cli::DrainStrategy::Gradual => {
+                    admin::command_line_options::DrainStrategy::Gradual as i32
+                }
+                crate::cli::DrainStrategy::Immediate => {
+                    admin::command_line_options::DrainStrategy::Immediate as i32
+                }
             },
             parent_shutdown_time: Some(dur(o.parent_shutdown_time_s)),
             mode: admin::command_line_options::Mode::Serve as i32,
@@ -498,7 +657,7 @@ fn server_info(state: &Arc<ServerState>) -> Resp {
         hot_restart_initializing: false,
     };
     let pool = crate::config::descriptors::envoy_pool();
-    match config_dump::message_json(&pool, &info) {
+    match config_dump::message_json(&pool, &info, true) {
         Ok(v) => json(StatusCode::OK, &v),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

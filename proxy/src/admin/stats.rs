@@ -13,10 +13,10 @@ pub struct Selection {
 
 impl Selection {
     fn keep(&self, e: &Entry) -> bool {
-        if let Some(f) = &self.filter {
-            if !f.is_match(&e.name) {
-                return false;
-            }
+        if let Some(f) = &self.filter
+            && !f.is_match(&e.name)
+        {
+            return false;
         }
         if self.used_only {
             return match &e.metric {
@@ -43,7 +43,11 @@ fn fmt_quantile(v: Option<f64>) -> String {
 
 fn quantile_name(q: f64) -> String {
     let p = q * 100.0;
-    if p.fract() == 0.0 { format!("P{}", p as u32) } else { format!("P{p}") }
+    if p.fract() == 0.0 {
+        format!("P{}", p as u32)
+    } else {
+        format!("P{p}")
+    }
 }
 
 /// Plain text: counters and gauges (sorted), then histograms.
@@ -71,7 +75,14 @@ pub fn text(store: &Store, sel: &Selection) -> String {
             let interval = store.interval(&e.name, &cumulative);
             let parts: Vec<String> = QUANTILES
                 .iter()
-                .map(|q| format!("{}({},{})", quantile_name(*q), fmt_quantile(interval.quantile(*q)), fmt_quantile(cumulative.quantile(*q))))
+                .map(|q| {
+                    format!(
+                        "{}({},{})",
+                        quantile_name(*q),
+                        fmt_quantile(interval.quantile(*q)),
+                        fmt_quantile(cumulative.quantile(*q))
+                    )
+                })
                 .collect();
             let _ = writeln!(out, "{}: {}", e.name, parts.join(" "));
         }
@@ -112,15 +123,28 @@ pub fn json(store: &Store, sel: &Selection) -> serde_json::Value {
 
 /// Envoy's Prometheus sanitising: anything outside `[a-zA-Z0-9_]` becomes `_`.
 pub fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn labels(tags: &[(String, String)], extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = tags.iter().map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v))).collect();
+    let mut parts: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v)))
+        .collect();
     if let Some((k, v)) = extra {
         parts.push(format!("{k}=\"{v}\""));
     }
@@ -128,7 +152,11 @@ fn labels(tags: &[(String, String)], extra: Option<(&str, String)>) -> String {
 }
 
 fn fmt_bound(b: f64) -> String {
-    if b.fract() == 0.0 { format!("{}", b as u64) } else { format!("{b}") }
+    if b.fract() == 0.0 {
+        format!("{}", b as u64)
+    } else {
+        format!("{b}")
+    }
 }
 
 /// `/stats/prometheus` (text format 0.0.4).
@@ -142,7 +170,11 @@ pub fn prometheus(store: &Store, sel: &Selection) -> String {
             Metric::Gauge(_) => "gauge",
             Metric::Histogram(_) => "histogram",
         };
-        families.entry(family).or_insert((kind, Vec::new())).1.push(e);
+        families
+            .entry(family)
+            .or_insert((kind, Vec::new()))
+            .1
+            .push(e);
     }
     let mut out = String::new();
     for (family, (kind, entries)) in families {
@@ -159,11 +191,26 @@ pub fn prometheus(store: &Store, sel: &Selection) -> String {
                     let s: HistogramSnapshot = h.snapshot();
                     let cum = s.cumulative();
                     for (i, b) in BUCKETS.iter().enumerate() {
-                        let _ = writeln!(out, "{family}_bucket{} {}", labels(&e.tags.tags, Some(("le", fmt_bound(*b)))), cum[i]);
+                        let _ = writeln!(
+                            out,
+                            "{family}_bucket{} {}",
+                            labels(&e.tags.tags, Some(("le", fmt_bound(*b)))),
+                            cum[i]
+                        );
                     }
-                    let _ = writeln!(out, "{family}_bucket{} {}", labels(&e.tags.tags, Some(("le", "+Inf".into()))), s.count);
+                    let _ = writeln!(
+                        out,
+                        "{family}_bucket{} {}",
+                        labels(&e.tags.tags, Some(("le", "+Inf".into()))),
+                        s.count
+                    );
                     let _ = writeln!(out, "{family}_sum{} {}", labels(&e.tags.tags, None), s.sum);
-                    let _ = writeln!(out, "{family}_count{} {}", labels(&e.tags.tags, None), s.count);
+                    let _ = writeln!(
+                        out,
+                        "{family}_count{} {}",
+                        labels(&e.tags.tags, None),
+                        s.count
+                    );
                 }
             }
         }
@@ -183,14 +230,38 @@ mod tests {
         s.counter("cluster.bar.upstream_rq_200").inc();
         s.gauge("server.live").set(1);
         s.histogram("cluster.foo.upstream_rq_time").record(3);
-        let sel = Selection { filter: None, used_only: false };
+        let sel = Selection {
+            filter: None,
+            used_only: false,
+        };
         let p = prometheus(&s, &sel);
         assert!(p.contains("# TYPE envoy_cluster_upstream_rq counter\nenvoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"bar\"} 1\nenvoy_cluster_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"foo\"} 2\n\n"), "{p}");
-        assert!(p.contains("# TYPE envoy_server_live gauge\nenvoy_server_live{} 1\n"), "{p}");
-        assert!(p.contains("envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"0.5\"} 0\n"), "{p}");
-        assert!(p.contains("envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"5\"} 1\n"), "{p}");
-        assert!(p.contains("envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"+Inf\"} 1\n"), "{p}");
-        assert!(p.contains("envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"foo\"} 3\n"), "{p}");
+        assert!(
+            p.contains("# TYPE envoy_server_live gauge\nenvoy_server_live{} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"0.5\"} 0\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"5\"} 1\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"foo\",le=\"+Inf\"} 1\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains("envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"foo\"} 3\n"),
+            "{p}"
+        );
     }
 
     #[test]
@@ -199,10 +270,25 @@ mod tests {
         s.counter("b.c").inc();
         s.gauge("a.g").set(3);
         s.histogram("h.x");
-        let t = text(&s, &Selection { filter: None, used_only: false });
+        let t = text(
+            &s,
+            &Selection {
+                filter: None,
+                used_only: false,
+            },
+        );
         assert_eq!(t, "a.g: 3\nb.c: 1\nh.x: No recorded values\n");
-        let t = text(&s, &Selection { filter: Some(regex::Regex::new("b\\.").unwrap()), used_only: false });
+        let t = text(
+            &s,
+            &Selection {
+                filter: Some(regex::Regex::new("b\\.").unwrap()),
+                used_only: false,
+            },
+        );
         assert_eq!(t, "b.c: 1\n");
-        assert_eq!(sanitize("An.artist.plays-violin@019street"), "An_artist_plays_violin_019street");
+        assert_eq!(
+            sanitize("An.artist.plays-violin@019street"),
+            "An_artist_plays_violin_019street"
+        );
     }
 }

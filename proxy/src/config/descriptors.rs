@@ -7,7 +7,8 @@
 
 use prost_reflect::DescriptorPool;
 
-static ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+static ENVOY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 
 /// Decode Envoy's descriptor pool.
 pub fn envoy_pool() -> DescriptorPool {
@@ -18,7 +19,10 @@ pub fn envoy_pool() -> DescriptorPool {
 
 /// The message name from an `Any` type URL: `type.googleapis.com/envoy.x.Y` → `envoy.x.Y`.
 pub fn type_name_of_url(type_url: &str) -> &str {
-    type_url.rsplit_once('/').map(|(_, n)| n).unwrap_or(type_url)
+    type_url
+        .rsplit_once('/')
+        .map(|(_, n)| n)
+        .unwrap_or(type_url)
 }
 
 #[cfg(test)]

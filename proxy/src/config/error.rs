@@ -54,7 +54,11 @@ impl FieldPath {
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() { f.write_str("<root>") } else { f.write_str(&self.0) }
+        if self.0.is_empty() {
+            f.write_str("<root>")
+        } else {
+            f.write_str(&self.0)
+        }
     }
 }
 
@@ -75,11 +79,17 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn at(path: FieldPath, message: impl Into<String>) -> Self {
-        Self { path: Some(path), message: message.into() }
+        Self {
+            path: Some(path),
+            message: message.into(),
+        }
     }
 
     pub fn msg(message: impl Into<String>) -> Self {
-        Self { path: None, message: message.into() }
+        Self {
+            path: None,
+            message: message.into(),
+        }
     }
 
     /// Prefix the path with a context (used when a nested document, e.g. an `Any`, was decoded
@@ -120,11 +130,21 @@ mod tests {
 
     #[test]
     fn paths_compose() {
-        let p = FieldPath::root().field("static_resources").field("clusters").index(2).field("lb_policy");
+        let p = FieldPath::root()
+            .field("static_resources")
+            .field("clusters")
+            .index(2)
+            .field("lb_policy");
         assert_eq!(p.to_string(), "static_resources.clusters[2].lb_policy");
-        let e = FieldPath::root().field("x").error("bad").within(&FieldPath::new("a.b"));
+        let e = FieldPath::root()
+            .field("x")
+            .error("bad")
+            .within(&FieldPath::new("a.b"));
         assert_eq!(e.to_string(), "a.b.x: bad");
-        let e = FieldPath::root().index(1).error("bad").within(&FieldPath::new("a.list"));
+        let e = FieldPath::root()
+            .index(1)
+            .error("bad")
+            .within(&FieldPath::new("a.list"));
         assert_eq!(e.to_string(), "a.list[1]: bad");
         assert_eq!(FieldPath::new("m").key("k").to_string(), "m[\"k\"]");
     }

@@ -12,7 +12,8 @@ use super::error::{ConfigError, FieldPath, Result};
 use base64::Engine;
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage, Value,
 };
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -29,11 +30,20 @@ pub struct JsonDecoder<'p> {
 
 impl<'p> JsonDecoder<'p> {
     pub fn new(pool: &'p DescriptorPool, allow_unknown_fields: bool) -> Self {
-        Self { pool, allow_unknown_fields, warnings: Vec::new() }
+        Self {
+            pool,
+            allow_unknown_fields,
+            warnings: Vec::new(),
+        }
     }
 
     /// Decode `value` as the message named `full_name`.
-    pub fn decode(&mut self, full_name: &str, value: &Json, path: &FieldPath) -> Result<DynamicMessage> {
+    pub fn decode(
+        &mut self,
+        full_name: &str,
+        value: &Json,
+        path: &FieldPath,
+    ) -> Result<DynamicMessage> {
         let desc = self
             .pool
             .get_message_by_name(full_name)
@@ -41,18 +51,32 @@ impl<'p> JsonDecoder<'p> {
         self.message(&desc, value, path)
     }
 
-    fn message(&mut self, desc: &MessageDescriptor, value: &Json, path: &FieldPath) -> Result<DynamicMessage> {
+    fn message(
+        &mut self,
+        desc: &MessageDescriptor,
+        value: &Json,
+        path: &FieldPath,
+    ) -> Result<DynamicMessage> {
         if let Some(m) = self.well_known(desc, value, path)? {
             return Ok(m);
         }
-        let obj = value
-            .as_object()
-            .ok_or_else(|| path.error(format!("expected an object for {}, got {}", desc.full_name(), kind_of(value))))?;
+        let obj = value.as_object().ok_or_else(|| {
+            path.error(format!(
+                "expected an object for {}, got {}",
+                desc.full_name(),
+                kind_of(value)
+            ))
+        })?;
         let mut msg = DynamicMessage::new(desc.clone());
         let mut oneofs_seen: HashMap<String, String> = HashMap::new();
         for (key, v) in obj {
-            let Some(field) = desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key)) else {
-                let err = path.field(key).error(format!("unknown field in {}", desc.full_name()));
+            let Some(field) = desc
+                .get_field_by_name(key)
+                .or_else(|| desc.get_field_by_json_name(key))
+            else {
+                let err = path
+                    .field(key)
+                    .error(format!("unknown field in {}", desc.full_name()));
                 if self.allow_unknown_fields {
                     self.warnings.push(err);
                     continue;
@@ -60,18 +84,20 @@ impl<'p> JsonDecoder<'p> {
                 return Err(err);
             };
             let fpath = path.field(field.name());
-            if v.is_null() && field.kind().as_message().map(|m| m.full_name()) != Some("google.protobuf.Value") {
+            if v.is_null()
+                && field.kind().as_message().map(|m| m.full_name()) != Some("google.protobuf.Value")
+            {
                 continue;
             }
-            if let Some(oneof) = field.containing_oneof() {
-                if !oneof.is_synthetic() {
-                    if let Some(prev) = oneofs_seen.insert(oneof.name().to_string(), field.name().to_string()) {
-                        return Err(fpath.error(format!(
-                            "only one of the fields of oneof '{}' may be set, '{prev}' is set too",
-                            oneof.name()
-                        )));
-                    }
-                }
+            if let Some(oneof) = field.containing_oneof()
+                && !oneof.is_synthetic()
+                && let Some(prev) =
+                    oneofs_seen.insert(oneof.name().to_string(), field.name().to_string())
+            {
+                return Err(fpath.error(format!(
+                    "only one of the fields of oneof '{}' may be set, '{prev}' is set too",
+                    oneof.name()
+                )));
             }
             let decoded = self.field_value(&field, v, &fpath)?;
             msg.set_field(&field, decoded);
@@ -79,17 +105,25 @@ impl<'p> JsonDecoder<'p> {
         Ok(msg)
     }
 
-    fn field_value(&mut self, field: &FieldDescriptor, v: &Json, path: &FieldPath) -> Result<Value> {
+    fn field_value(
+        &mut self,
+        field: &FieldDescriptor,
+        v: &Json,
+        path: &FieldPath,
+    ) -> Result<Value> {
         if field.is_map() {
             let entry = field.kind();
             let entry = entry.as_message().expect("map fields have entry messages");
             let key_field = entry.map_entry_key_field();
             let value_field = entry.map_entry_value_field();
-            let obj = v.as_object().ok_or_else(|| path.error(format!("expected an object (map), got {}", kind_of(v))))?;
+            let obj = v.as_object().ok_or_else(|| {
+                path.error(format!("expected an object (map), got {}", kind_of(v)))
+            })?;
             let mut map = HashMap::with_capacity(obj.len());
             for (k, item) in obj {
                 let kpath = path.key(k);
-                let key = map_key(&key_field.kind(), k).ok_or_else(|| kpath.error("invalid map key"))?;
+                let key =
+                    map_key(&key_field.kind(), k).ok_or_else(|| kpath.error("invalid map key"))?;
                 map.insert(key, self.single(&value_field.kind(), item, &kpath)?);
             }
             Ok(Value::Map(map))
@@ -102,7 +136,11 @@ impl<'p> JsonDecoder<'p> {
                     }
                     Ok(Value::List(out))
                 }
-                other => Ok(Value::List(vec![self.single(&field.kind(), other, &path.index(0))?])),
+                other => Ok(Value::List(vec![self.single(
+                    &field.kind(),
+                    other,
+                    &path.index(0),
+                )?])),
             }
         } else {
             self.single(&field.kind(), v, path)
@@ -115,52 +153,86 @@ impl<'p> JsonDecoder<'p> {
             Kind::Enum(e) => match v {
                 Json::String(s) => {
                     // Envoy parses enum names case-insensitively (`type: strict_dns` loads).
-                    let val = e.get_value_by_name(s).or_else(|| e.values().find(|v| v.name().eq_ignore_ascii_case(s))).ok_or_else(|| {
-                        let names: Vec<_> = e.values().map(|v| v.name().to_string()).collect();
-                        path.error(format!("unknown value '{s}' for enum {} (one of: {})", e.full_name(), names.join(", ")))
-                    })?;
+                    let val = e
+                        .get_value_by_name(s)
+                        .or_else(|| e.values().find(|v| v.name().eq_ignore_ascii_case(s)))
+                        .ok_or_else(|| {
+                            let names: Vec<_> = e.values().map(|v| v.name().to_string()).collect();
+                            path.error(format!(
+                                "unknown value '{s}' for enum {} (one of: {})",
+                                e.full_name(),
+                                names.join(", ")
+                            ))
+                        })?;
                     Value::EnumNumber(val.number())
                 }
-                Json::Number(n) => {
-                    Value::EnumNumber(n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| path.error("invalid enum number"))?)
+                Json::Number(n) => Value::EnumNumber(
+                    n.as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| path.error("invalid enum number"))?,
+                ),
+                other => {
+                    return Err(
+                        path.error(format!("expected an enum name, got {}", kind_of(other)))
+                    );
                 }
-                other => return Err(path.error(format!("expected an enum name, got {}", kind_of(other)))),
             },
             Kind::Bool => match v {
                 Json::Bool(b) => Value::Bool(*b),
                 Json::String(s) if s == "true" || s == "false" => Value::Bool(s == "true"),
-                other => return Err(path.error(format!("expected a boolean, got {}", kind_of(other)))),
+                other => {
+                    return Err(path.error(format!("expected a boolean, got {}", kind_of(other))));
+                }
             },
             Kind::String => match v {
                 Json::String(s) => Value::String(s.clone()),
                 // YAML turns unquoted `8080` or `true` into non-strings; Envoy's YAML loader keeps them as text.
                 Json::Number(n) => Value::String(n.to_string()),
                 Json::Bool(b) => Value::String(b.to_string()),
-                other => return Err(path.error(format!("expected a string, got {}", kind_of(other)))),
+                other => {
+                    return Err(path.error(format!("expected a string, got {}", kind_of(other))));
+                }
             },
             Kind::Bytes => match v {
-                Json::String(s) => Value::Bytes(decode_base64(s).ok_or_else(|| path.error("invalid base64"))?.into()),
-                other => return Err(path.error(format!("expected a base64 string, got {}", kind_of(other)))),
+                Json::String(s) => Value::Bytes(
+                    decode_base64(s)
+                        .ok_or_else(|| path.error("invalid base64"))?
+                        .into(),
+                ),
+                other => {
+                    return Err(
+                        path.error(format!("expected a base64 string, got {}", kind_of(other)))
+                    );
+                }
             },
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-                Value::I32(int(v, path).and_then(|n| i32::try_from(n).map_err(|_| path.error("out of range for int32")))?)
+                Value::I32(int(v, path).and_then(|n| {
+                    i32::try_from(n).map_err(|_| path.error("out of range for int32"))
+                })?)
             }
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                Value::I64(int(v, path).and_then(|n| i64::try_from(n).map_err(|_| path.error("out of range for int64")))?)
+                Value::I64(int(v, path).and_then(|n| {
+                    i64::try_from(n).map_err(|_| path.error("out of range for int64"))
+                })?)
             }
-            Kind::Uint32 | Kind::Fixed32 => {
-                Value::U32(int(v, path).and_then(|n| u32::try_from(n).map_err(|_| path.error("out of range for uint32")))?)
-            }
-            Kind::Uint64 | Kind::Fixed64 => {
-                Value::U64(int(v, path).and_then(|n| u64::try_from(n).map_err(|_| path.error("out of range for uint64")))?)
-            }
+            Kind::Uint32 | Kind::Fixed32 => Value::U32(int(v, path).and_then(|n| {
+                u32::try_from(n).map_err(|_| path.error("out of range for uint32"))
+            })?),
+            Kind::Uint64 | Kind::Fixed64 => Value::U64(int(v, path).and_then(|n| {
+                u64::try_from(n).map_err(|_| path.error("out of range for uint64"))
+            })?),
             Kind::Double => Value::F64(float(v, path)?),
             Kind::Float => Value::F32(float(v, path)? as f32),
         })
     }
 
     /// The well-known types with a special JSON form. `None` means "a regular message".
-    fn well_known(&mut self, desc: &MessageDescriptor, v: &Json, path: &FieldPath) -> Result<Option<DynamicMessage>> {
+    fn well_known(
+        &mut self,
+        desc: &MessageDescriptor,
+        v: &Json,
+        path: &FieldPath,
+    ) -> Result<Option<DynamicMessage>> {
         let name = desc.full_name();
         let Some(wkt) = name.strip_prefix("google.protobuf.") else {
             return Ok(None);
@@ -169,64 +241,107 @@ impl<'p> JsonDecoder<'p> {
         match wkt {
             "Any" => return self.any(desc, v, path).map(Some),
             "Duration" => {
-                let s = v.as_str().ok_or_else(|| path.error(format!("expected a duration string like \"1.5s\", got {}", kind_of(v))))?;
-                let (secs, nanos) = parse_duration(s).ok_or_else(|| path.error(format!("invalid duration '{s}'")))?;
+                let s = v.as_str().ok_or_else(|| {
+                    path.error(format!(
+                        "expected a duration string like \"1.5s\", got {}",
+                        kind_of(v)
+                    ))
+                })?;
+                let (secs, nanos) = parse_duration(s)
+                    .ok_or_else(|| path.error(format!("invalid duration '{s}'")))?;
                 msg.set_field_by_name("seconds", Value::I64(secs));
                 msg.set_field_by_name("nanos", Value::I32(nanos));
             }
             "Timestamp" => {
-                let s = v.as_str().ok_or_else(|| path.error("expected an RFC 3339 timestamp string"))?;
-                let (secs, nanos) = parse_timestamp(s).ok_or_else(|| path.error(format!("invalid timestamp '{s}'")))?;
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| path.error("expected an RFC 3339 timestamp string"))?;
+                let (secs, nanos) = parse_timestamp(s)
+                    .ok_or_else(|| path.error(format!("invalid timestamp '{s}'")))?;
                 msg.set_field_by_name("seconds", Value::I64(secs));
                 msg.set_field_by_name("nanos", Value::I32(nanos));
             }
             "FieldMask" => {
-                let s = v.as_str().ok_or_else(|| path.error("expected a field mask string"))?;
-                let paths = s.split(',').filter(|p| !p.is_empty()).map(|p| Value::String(camel_to_snake(p))).collect();
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| path.error("expected a field mask string"))?;
+                let paths = s
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Value::String(camel_to_snake(p)))
+                    .collect();
                 msg.set_field_by_name("paths", Value::List(paths));
             }
             "Struct" => {
-                let obj = v.as_object().ok_or_else(|| path.error(format!("expected an object, got {}", kind_of(v))))?;
-                let value_desc = self.pool.get_message_by_name("google.protobuf.Value").expect("wkt");
+                let obj = v
+                    .as_object()
+                    .ok_or_else(|| path.error(format!("expected an object, got {}", kind_of(v))))?;
+                let value_desc = self
+                    .pool
+                    .get_message_by_name("google.protobuf.Value")
+                    .expect("wkt");
                 let mut fields = HashMap::new();
                 for (k, item) in obj {
-                    fields.insert(MapKey::String(k.clone()), Value::Message(self.message(&value_desc, item, &path.key(k))?));
+                    fields.insert(
+                        MapKey::String(k.clone()),
+                        Value::Message(self.message(&value_desc, item, &path.key(k))?),
+                    );
                 }
                 msg.set_field_by_name("fields", Value::Map(fields));
             }
             "ListValue" => {
-                let items = v.as_array().ok_or_else(|| path.error(format!("expected a list, got {}", kind_of(v))))?;
-                let value_desc = self.pool.get_message_by_name("google.protobuf.Value").expect("wkt");
+                let items = v
+                    .as_array()
+                    .ok_or_else(|| path.error(format!("expected a list, got {}", kind_of(v))))?;
+                let value_desc = self
+                    .pool
+                    .get_message_by_name("google.protobuf.Value")
+                    .expect("wkt");
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    out.push(Value::Message(self.message(&value_desc, item, &path.index(i))?));
+                    out.push(Value::Message(self.message(
+                        &value_desc,
+                        item,
+                        &path.index(i),
+                    )?));
                 }
                 msg.set_field_by_name("values", Value::List(out));
             }
-            "Value" => {
-                match v {
-                    Json::Null => msg.set_field_by_name("null_value", Value::EnumNumber(0)),
-                    Json::Bool(b) => msg.set_field_by_name("bool_value", Value::Bool(*b)),
-                    Json::Number(n) => msg.set_field_by_name("number_value", Value::F64(n.as_f64().unwrap_or(0.0))),
-                    Json::String(s) => msg.set_field_by_name("string_value", Value::String(s.clone())),
-                    Json::Object(_) => {
-                        let d = self.pool.get_message_by_name("google.protobuf.Struct").expect("wkt");
-                        msg.set_field_by_name("struct_value", Value::Message(self.message(&d, v, path)?));
-                    }
-                    Json::Array(_) => {
-                        let d = self.pool.get_message_by_name("google.protobuf.ListValue").expect("wkt");
-                        msg.set_field_by_name("list_value", Value::Message(self.message(&d, v, path)?));
-                    }
+            "Value" => match v {
+                Json::Null => msg.set_field_by_name("null_value", Value::EnumNumber(0)),
+                Json::Bool(b) => msg.set_field_by_name("bool_value", Value::Bool(*b)),
+                Json::Number(n) => {
+                    msg.set_field_by_name("number_value", Value::F64(n.as_f64().unwrap_or(0.0)))
                 }
-            }
+                Json::String(s) => msg.set_field_by_name("string_value", Value::String(s.clone())),
+                Json::Object(_) => {
+                    let d = self
+                        .pool
+                        .get_message_by_name("google.protobuf.Struct")
+                        .expect("wkt");
+                    msg.set_field_by_name(
+                        "struct_value",
+                        Value::Message(self.message(&d, v, path)?),
+                    );
+                }
+                Json::Array(_) => {
+                    let d = self
+                        .pool
+                        .get_message_by_name("google.protobuf.ListValue")
+                        .expect("wkt");
+                    msg.set_field_by_name("list_value", Value::Message(self.message(&d, v, path)?));
+                }
+            },
             "Empty" => {
                 if !v.as_object().is_some_and(|o| o.is_empty()) {
                     return Err(path.error("expected an empty object"));
                 }
             }
-            "DoubleValue" | "FloatValue" | "Int64Value" | "UInt64Value" | "Int32Value" | "UInt32Value" | "BoolValue"
-            | "StringValue" | "BytesValue" => {
-                let field = desc.get_field_by_name("value").expect("wrapper types have a value field");
+            "DoubleValue" | "FloatValue" | "Int64Value" | "UInt64Value" | "Int32Value"
+            | "UInt32Value" | "BoolValue" | "StringValue" | "BytesValue" => {
+                let field = desc
+                    .get_field_by_name("value")
+                    .expect("wrapper types have a value field");
                 // Also accept the verbose form `{ "value": x }`, as Envoy's loader does.
                 let inner = match v.as_object() {
                     Some(o) if o.len() == 1 && o.contains_key("value") => &o["value"],
@@ -239,23 +354,38 @@ impl<'p> JsonDecoder<'p> {
         Ok(Some(msg))
     }
 
-    fn any(&mut self, any_desc: &MessageDescriptor, v: &Json, path: &FieldPath) -> Result<DynamicMessage> {
-        let obj = v.as_object().ok_or_else(|| path.error(format!("expected an object with \"@type\", got {}", kind_of(v))))?;
+    fn any(
+        &mut self,
+        any_desc: &MessageDescriptor,
+        v: &Json,
+        path: &FieldPath,
+    ) -> Result<DynamicMessage> {
+        let obj = v.as_object().ok_or_else(|| {
+            path.error(format!(
+                "expected an object with \"@type\", got {}",
+                kind_of(v)
+            ))
+        })?;
         let type_url = obj
             .get("@type")
             .and_then(Json::as_str)
             .ok_or_else(|| path.error("an Any field needs \"@type\""))?;
         let type_name = super::descriptors::type_name_of_url(type_url);
-        let inner_desc = self
-            .pool
-            .get_message_by_name(type_name)
-            .ok_or_else(|| path.field("@type").error(format!("unknown type '{type_url}'")))?;
-        let rest: serde_json::Map<String, Json> =
-            obj.iter().filter(|(k, _)| k.as_str() != "@type").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let inner_desc = self.pool.get_message_by_name(type_name).ok_or_else(|| {
+            path.field("@type")
+                .error(format!("unknown type '{type_url}'"))
+        })?;
+        let rest: serde_json::Map<String, Json> = obj
+            .iter()
+            .filter(|(k, _)| k.as_str() != "@type")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let special_json = type_name.starts_with("google.protobuf.")
             && !matches!(type_name, "google.protobuf.Any" | "google.protobuf.Empty");
         let inner = if special_json {
-            let value = rest.get("value").ok_or_else(|| path.error(format!("an Any of {type_name} needs \"value\"")))?;
+            let value = rest
+                .get("value")
+                .ok_or_else(|| path.error(format!("an Any of {type_name} needs \"value\"")))?;
             self.message(&inner_desc, value, &path.field("value"))?
         } else {
             self.message(&inner_desc, &Json::Object(rest), path)?
@@ -275,8 +405,12 @@ pub fn decode_into<T: Message + Default>(
     path: &FieldPath,
 ) -> Result<T> {
     let dynamic = decoder.decode(full_name, value, path)?;
-    T::decode(dynamic.encode_to_vec().as_slice())
-        .map_err(|e| path.error(format!("internal error transcoding {}: {e}", dynamic.descriptor().full_name())))
+    T::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| {
+        path.error(format!(
+            "internal error transcoding {}: {e}",
+            dynamic.descriptor().full_name()
+        ))
+    })
 }
 
 fn kind_of(v: &Json) -> &'static str {
@@ -306,7 +440,10 @@ fn int(v: &Json, path: &FieldPath) -> Result<i128> {
                 }
             }
         }
-        Json::String(s) => s.trim().parse::<i128>().map_err(|_| path.error(format!("expected an integer, got '{s}'"))),
+        Json::String(s) => s
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| path.error(format!("expected an integer, got '{s}'"))),
         other => Err(path.error(format!("expected an integer, got {}", kind_of(other)))),
     }
 }
@@ -318,7 +455,10 @@ fn float(v: &Json, path: &FieldPath) -> Result<f64> {
             "NaN" => Ok(f64::NAN),
             "Infinity" => Ok(f64::INFINITY),
             "-Infinity" => Ok(f64::NEG_INFINITY),
-            _ => s.trim().parse().map_err(|_| path.error(format!("expected a number, got '{s}'"))),
+            _ => s
+                .trim()
+                .parse()
+                .map_err(|_| path.error(format!("expected a number, got '{s}'"))),
         },
         other => Err(path.error(format!("expected a number, got {}", kind_of(other)))),
     }
@@ -338,7 +478,9 @@ fn map_key(kind: &Kind, k: &str) -> Option<MapKey> {
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(s).ok())
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(s).ok())
 }
 
 /// `"1.5s"`, `"-0.25s"`, `"3s"` → (seconds, nanos), as in proto3 JSON.
@@ -349,11 +491,22 @@ pub fn parse_duration(s: &str) -> Option<(i64, i32)> {
         None => (false, body),
     };
     let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
-    if whole.is_empty() && frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 9
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    let secs: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
-    let nanos: i32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
+    let secs: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let nanos: i32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
     if secs > 315_576_000_000 {
         return None;
     }
@@ -363,11 +516,24 @@ pub fn parse_duration(s: &str) -> Option<(i64, i32)> {
 /// RFC 3339 (`2024-01-02T03:04:05.5Z`, `...+01:00`) → (seconds, nanos) since the epoch.
 pub fn parse_timestamp(s: &str) -> Option<(i64, i32)> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut rest = &s[19..];
     let mut nanos = 0i32;
     if let Some(r) = rest.strip_prefix('.') {
@@ -423,7 +589,12 @@ mod tests {
     fn cluster(v: Json) -> Result<Cluster> {
         let pool = envoy_pool();
         let mut d = JsonDecoder::new(&pool, false);
-        decode_into(&mut d, "envoy.config.cluster.v3.Cluster", &v, &FieldPath::new("clusters[0]"))
+        decode_into(
+            &mut d,
+            "envoy.config.cluster.v3.Cluster",
+            &v,
+            &FieldPath::new("clusters[0]"),
+        )
     }
 
     #[test]
@@ -443,9 +614,16 @@ mod tests {
     #[test]
     fn errors_name_the_path() {
         let e = cluster(json!({"name": "a", "lb_policy": "NOPE"})).unwrap_err();
-        assert!(e.to_string().starts_with("clusters[0].lb_policy: unknown value 'NOPE'"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("clusters[0].lb_policy: unknown value 'NOPE'"),
+            "{e}"
+        );
         let e = cluster(json!({"name": "a", "bogus": 1})).unwrap_err();
-        assert_eq!(e.to_string(), "clusters[0].bogus: unknown field in envoy.config.cluster.v3.Cluster");
+        assert_eq!(
+            e.to_string(),
+            "clusters[0].bogus: unknown field in envoy.config.cluster.v3.Cluster"
+        );
         let e = cluster(json!({"load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"port_value": "x"}}}}]}]}}))
             .unwrap_err();
         assert_eq!(
@@ -465,20 +643,33 @@ mod tests {
             "clusters[0].typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].explicit_http_config.http2_protocol_options.max_concurrent_streams: out of range for uint32"
         );
         let e = cluster(json!({"transport_socket": {"name": "x", "typed_config": {"@type": "type.googleapis.com/no.such.Type"}}})).unwrap_err();
-        assert_eq!(e.to_string(), "clusters[0].transport_socket.typed_config.@type: unknown type 'type.googleapis.com/no.such.Type'");
+        assert_eq!(
+            e.to_string(),
+            "clusters[0].transport_socket.typed_config.@type: unknown type 'type.googleapis.com/no.such.Type'"
+        );
     }
 
     #[test]
     fn oneof_conflicts_are_errors() {
         let e = cluster(json!({"type": "STATIC", "cluster_type": {"name": "x"}})).unwrap_err();
-        assert!(e.to_string().contains("only one of the fields of oneof 'cluster_discovery_type'"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("only one of the fields of oneof 'cluster_discovery_type'"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_fields_can_be_warnings() {
         let pool = envoy_pool();
         let mut d = JsonDecoder::new(&pool, true);
-        let c: Cluster = decode_into(&mut d, "envoy.config.cluster.v3.Cluster", &json!({"name": "a", "zzz": 1}), &FieldPath::root()).unwrap();
+        let c: Cluster = decode_into(
+            &mut d,
+            "envoy.config.cluster.v3.Cluster",
+            &json!({"name": "a", "zzz": 1}),
+            &FieldPath::root(),
+        )
+        .unwrap();
         assert_eq!(c.name, "a");
         assert_eq!(d.warnings.len(), 1);
     }
@@ -491,6 +682,9 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("1.s"), Some((1, 0)));
         assert_eq!(parse_timestamp("1970-01-01T00:00:01Z"), Some((1, 0)));
-        assert_eq!(parse_timestamp("2000-03-01T00:00:00.5+01:00"), Some((951_865_200, 500_000_000)));
+        assert_eq!(
+            parse_timestamp("2000-03-01T00:00:00.5+01:00"),
+            Some((951_865_200, 500_000_000))
+        );
     }
 }

@@ -36,15 +36,19 @@ pub fn load_bootstrap(
     let mut decoder = JsonDecoder::new(&pool, allow_unknown_fields);
     let mut bootstrap = match path {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| ConfigError::msg(format!("{}: cannot read: {e}", p.display())))?;
+            let bytes = std::fs::read(p)
+                .map_err(|e| ConfigError::msg(format!("{}: cannot read: {e}", p.display())))?;
             let what = p.display().to_string();
             match format_of(p, &bytes) {
-                Format::Proto => Bootstrap::decode(bytes.as_slice())
-                    .map_err(|e| ConfigError::msg(format!("{what}: invalid binary Bootstrap proto: {e}")))?,
+                Format::Proto => Bootstrap::decode(bytes.as_slice()).map_err(|e| {
+                    ConfigError::msg(format!("{what}: invalid binary Bootstrap proto: {e}"))
+                })?,
                 format => {
-                    let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::msg(format!("{what}: not UTF-8 text")))?;
+                    let text = std::str::from_utf8(&bytes)
+                        .map_err(|_| ConfigError::msg(format!("{what}: not UTF-8 text")))?;
                     let doc = parse_document(text, format, &what)?;
-                    decode_into(&mut decoder, BOOTSTRAP, &doc, &FieldPath::root()).map_err(|e| in_file(e, &what))?
+                    decode_into(&mut decoder, BOOTSTRAP, &doc, &FieldPath::root())
+                        .map_err(|e| in_file(e, &what))?
                 }
             }
         }
@@ -52,21 +56,29 @@ pub fn load_bootstrap(
     };
     if let Some(yaml) = config_yaml {
         let doc = parse_document(yaml, Format::Yaml, "--config-yaml")?;
-        let overlay: Bootstrap =
-            decode_into(&mut decoder, BOOTSTRAP, &doc, &FieldPath::root()).map_err(|e| in_file(e, "--config-yaml"))?;
+        let overlay: Bootstrap = decode_into(&mut decoder, BOOTSTRAP, &doc, &FieldPath::root())
+            .map_err(|e| in_file(e, "--config-yaml"))?;
         // Protobuf merge: scalars that are set replace, messages merge, lists append.
         bootstrap
             .merge(overlay.encode_to_vec().as_slice())
             .map_err(|e| ConfigError::msg(format!("--config-yaml: merge failed: {e}")))?;
     }
     if path.is_none() && config_yaml.is_none() {
-        return Err(ConfigError::msg("no configuration: give -c <path> and/or --config-yaml <yaml>"));
+        return Err(ConfigError::msg(
+            "no configuration: give -c <path> and/or --config-yaml <yaml>",
+        ));
     }
-    Ok(LoadedBootstrap { bootstrap, unknown_field_warnings: decoder.warnings })
+    Ok(LoadedBootstrap {
+        bootstrap,
+        unknown_field_warnings: decoder.warnings,
+    })
 }
 
 fn in_file(e: ConfigError, what: &str) -> ConfigError {
-    ConfigError { path: e.path, message: format!("{} (in {what})", e.message) }
+    ConfigError {
+        path: e.path,
+        message: format!("{} (in {what})", e.message),
+    }
 }
 
 /// The format from the extension, else from the content (JSON starts with `{`).
@@ -77,7 +89,11 @@ pub fn format_of(path: &Path, bytes: &[u8]) -> Format {
         Some("pb") => Format::Proto,
         _ => {
             let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-            if first == Some(&b'{') { Format::Json } else { Format::Yaml }
+            if first == Some(&b'{') {
+                Format::Json
+            } else {
+                Format::Yaml
+            }
         }
     }
 }
@@ -86,18 +102,25 @@ pub fn format_of(path: &Path, bytes: &[u8]) -> Format {
 pub fn parse_document(text: &str, format: Format, what: &str) -> Result<Json> {
     match format {
         Format::Json => serde_json::from_str(text).map_err(|e| {
-            ConfigError::msg(format!("{what}: JSON syntax error at line {} column {}: {e}", e.line(), e.column()))
+            ConfigError::msg(format!(
+                "{what}: JSON syntax error at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ))
         }),
         _ => {
-            let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| match e.location() {
-                Some(loc) => ConfigError::msg(format!(
-                    "{what}: YAML syntax error at line {} column {}: {e}",
-                    loc.line(),
-                    loc.column()
-                )),
-                None => ConfigError::msg(format!("{what}: YAML error: {e}")),
-            })?;
-            value.apply_merge().map_err(|e| ConfigError::msg(format!("{what}: YAML merge key error: {e}")))?;
+            let mut value: serde_norway::Value =
+                serde_norway::from_str(text).map_err(|e| match e.location() {
+                    Some(loc) => ConfigError::msg(format!(
+                        "{what}: YAML syntax error at line {} column {}: {e}",
+                        loc.line(),
+                        loc.column()
+                    )),
+                    None => ConfigError::msg(format!("{what}: YAML error: {e}")),
+                })?;
+            value
+                .apply_merge()
+                .map_err(|e| ConfigError::msg(format!("{what}: YAML merge key error: {e}")))?;
             yaml_to_json(value, &FieldPath::root()).map_err(|e| in_file(e, what))
         }
     }
@@ -127,7 +150,11 @@ fn yaml_to_json(v: serde_norway::Value, path: &FieldPath) -> Result<Json> {
         }
         Y::String(s) => Json::String(s),
         Y::Sequence(items) => Json::Array(
-            items.into_iter().enumerate().map(|(i, item)| yaml_to_json(item, &path.index(i))).collect::<Result<_>>()?,
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| yaml_to_json(item, &path.index(i)))
+                .collect::<Result<_>>()?,
         ),
         Y::Mapping(map) => {
             let mut out = serde_json::Map::new();
@@ -139,10 +166,10 @@ fn yaml_to_json(v: serde_norway::Value, path: &FieldPath) -> Result<Json> {
                     Y::Tagged(t) if t.tag == "!ignore" => continue,
                     other => return Err(path.error(format!("unsupported YAML map key {other:?}"))),
                 };
-                if let Y::Tagged(t) = &item {
-                    if t.tag == "!ignore" {
-                        continue;
-                    }
+                if let Y::Tagged(t) = &item
+                    && t.tag == "!ignore"
+                {
+                    continue;
                 }
                 let converted = yaml_to_json(item, &path.field(&key))?;
                 out.insert(key, converted);
@@ -168,11 +195,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("remora-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("b.yaml");
-        std::fs::write(&f, "node: {id: a, cluster: c}\nstatic_resources: {clusters: [{name: x}]}\n").unwrap();
-        let loaded = load_bootstrap(Some(&f), Some("node: {id: b}\nstatic_resources: {clusters: [{name: y}]}"), false).unwrap();
+        std::fs::write(
+            &f,
+            "node: {id: a, cluster: c}\nstatic_resources: {clusters: [{name: x}]}\n",
+        )
+        .unwrap();
+        let loaded = load_bootstrap(
+            Some(&f),
+            Some("node: {id: b}\nstatic_resources: {clusters: [{name: y}]}"),
+            false,
+        )
+        .unwrap();
         let node = loaded.bootstrap.node.unwrap();
         assert_eq!((node.id.as_str(), node.cluster.as_str()), ("b", "c"));
-        let names: Vec<_> = loaded.bootstrap.static_resources.unwrap().clusters.into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = loaded
+            .bootstrap
+            .static_resources
+            .unwrap()
+            .clusters
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["x", "y"]);
         std::fs::remove_dir_all(dir).ok();
     }

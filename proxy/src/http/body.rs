@@ -42,7 +42,11 @@ impl std::fmt::Debug for Body {
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        if b.is_empty() { Body::Empty } else { Body::Full(Some(b)) }
+        if b.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(b))
+        }
     }
 }
 
@@ -50,11 +54,16 @@ impl HttpBody for Body {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Hyper(h) => Pin::new(h).poll_frame(cx).map_err(|e| Box::new(e) as BodyError),
+            Body::Hyper(h) => Pin::new(h)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BodyError),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
             Body::Tracked(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::Watched(b) => Pin::new(&mut **b).poll_frame(cx),

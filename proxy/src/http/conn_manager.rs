@@ -14,8 +14,8 @@ use crate::telemetry::access_log::{AccessLogger, filter_input};
 use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
 use crate::upstream::cluster::ClusterManager;
 use http::header::{self, HeaderName, HeaderValue};
-use http_body::Body as _;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -101,7 +101,11 @@ impl HcmStats {
             downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_codes: CodeStats::new(store, &format!("{p}downstream_rq"), false),
-            listener_rq_codes: CodeStats::new(store, &format!("listener.{listener_stat_name}.http.{prefix}.downstream_rq"), false),
+            listener_rq_codes: CodeStats::new(
+                store,
+                &format!("listener.{listener_stat_name}.http.{prefix}.downstream_rq"),
+                false,
+            ),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
@@ -134,7 +138,14 @@ pub struct DownstreamConn {
 
 impl DownstreamConn {
     pub fn new(info: Arc<ConnectionInfo>, is_tls: bool) -> Arc<Self> {
-        Arc::new(Self { info, is_tls, requests: AtomicU64::new(0), active_streams: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), opened: Instant::now() })
+        Arc::new(Self {
+            info,
+            is_tls,
+            requests: AtomicU64::new(0),
+            active_streams: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        })
     }
 
     pub fn stream_started(&self) {
@@ -143,13 +154,16 @@ impl DownstreamConn {
 
     pub fn stream_ended(&self) {
         if self.active_streams.fetch_sub(1, Relaxed) == 1 {
-            self.idle_since_ms.store(self.opened.elapsed().as_millis() as u64, Relaxed);
+            self.idle_since_ms
+                .store(self.opened.elapsed().as_millis() as u64, Relaxed);
         }
     }
 
     /// `Some(since)` when no stream is in flight.
     pub fn idle_since(&self) -> Option<Instant> {
-        (self.active_streams.load(Relaxed) == 0).then(|| self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Relaxed)))
+        (self.active_streams.load(Relaxed) == 0).then(|| {
+            self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Relaxed))
+        })
     }
 }
 
@@ -168,7 +182,9 @@ pub struct ConnectionManager {
 
 impl std::fmt::Debug for ConnectionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionManager").field("stat_prefix", &self.config.stat_prefix).finish()
+        f.debug_struct("ConnectionManager")
+            .field("stat_prefix", &self.config.stat_prefix)
+            .finish()
     }
 }
 
@@ -209,6 +225,10 @@ impl ConnectionManager {
             req_headers.extend(l.request_headers());
             resp_headers.extend(l.response_headers());
             access_logs.push(AccessLogger::new(l.clone())?);
+        }
+        // Local-reply mappers select by request headers too.
+        for m in &config.local_reply.mappers {
+            m.filter.request_headers(&mut req_headers);
         }
         req_headers.push(header::HOST);
         req_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -258,7 +278,13 @@ impl ConnectionManager {
 
     /// A response leaving the connection manager: response headers, stats, and the body
     /// wrapped so the stream finishes when it ends.
-    pub fn respond(&self, mut stream: ActiveStream, mut resp: Response<Body>, deadline: Option<Instant>, idle: Option<std::time::Duration>) -> Response<Body> {
+    pub fn respond(
+        &self,
+        mut stream: ActiveStream,
+        mut resp: Response<Body>,
+        deadline: Option<Instant>,
+        idle: Option<std::time::Duration>,
+    ) -> Response<Body> {
         let status = resp.status().as_u16();
         stream.info.response_code = Some(status);
         let h = resp.headers_mut();
@@ -276,10 +302,14 @@ impl ConnectionManager {
         if !h.contains_key(header::DATE) {
             h.insert(header::DATE, http_date());
         }
-        if self.config.always_set_request_id_in_response {
-            if let Some(id) = stream.request.as_ref().and_then(|r| r.headers.get("x-request-id")).cloned() {
-                h.insert("x-request-id", id);
-            }
+        if self.config.always_set_request_id_in_response
+            && let Some(id) = stream
+                .request
+                .as_ref()
+                .and_then(|r| r.headers.get("x-request-id"))
+                .cloned()
+        {
+            h.insert("x-request-id", id);
         }
         if let Some(via) = &self.config.via {
             h.append(header::VIA, via.clone());
@@ -299,7 +329,14 @@ impl ConnectionManager {
 
     /// A local reply (`status`, Envoy's body text, details and flags), through
     /// `local_reply_config`.
-    pub fn local_reply(&self, mut stream: ActiveStream, status: StatusCode, body: &str, details: &'static str, flags: ResponseFlags) -> Response<Body> {
+    pub fn local_reply(
+        &self,
+        mut stream: ActiveStream,
+        status: StatusCode,
+        body: &str,
+        details: &'static str,
+        flags: ResponseFlags,
+    ) -> Response<Body> {
         stream.info.response_code_details = details;
         stream.info.set_flag(flags);
         stream.info.response_code = Some(status.as_u16());
@@ -307,14 +344,24 @@ impl ConnectionManager {
             let ctx = stream.format_context();
             stream.with_request_headers(|rh| {
                 let input = filter_input(&stream.info, rh);
-                local_reply::build(&self.config.local_reply, LocalReply::new(status, body.to_string()), &ctx, &input)
+                local_reply::build(
+                    &self.config.local_reply,
+                    LocalReply::new(status, body.to_string()),
+                    &ctx,
+                    &input,
+                )
             })
         };
         self.respond(stream, resp, None, None)
     }
 
     /// Handle one request (HTTP/1 or HTTP/2).
-    pub async fn handle(self: &Arc<Self>, conn: &Arc<DownstreamConn>, req: Request<Body>, protocol: Protocol) -> Response<Body> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        conn: &Arc<DownstreamConn>,
+        req: Request<Body>,
+        protocol: Protocol,
+    ) -> Response<Body> {
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -333,24 +380,49 @@ impl ConnectionManager {
             if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
                 parts.headers.insert(header::HOST, v);
             }
-            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
             parts.uri = http::Uri::try_from(pq).unwrap_or_else(|_| http::Uri::from_static("/"));
         }
-        if !self.log_request_headers.is_empty() && !self.access_logs.is_empty() {
+        let keep_request =
+            !self.access_logs.is_empty() || !self.config.local_reply.mappers.is_empty();
+        if keep_request {
             stream.request = Some(snapshot(&parts, &self.log_request_headers));
         }
         if !parts.headers.contains_key(header::HOST) {
-            return self.local_reply(stream, StatusCode::BAD_REQUEST, "", "missing_host_header", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            return self.local_reply(
+                stream,
+                StatusCode::BAD_REQUEST,
+                "",
+                "missing_host_header",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            );
         }
         if protocol == Protocol::Http2 && parts.headers.len() > self.config.max_headers_count {
             stats.downstream_rq_too_large.inc();
-            return self.local_reply(stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            return self.local_reply(
+                stream,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "",
+                "too_many_headers",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            );
         }
 
         // Downstream address, internal/external, x-forwarded-for.
         let remote = conn.info.remote;
         let (downstream_ip, internal) = self.forwarded_for(&mut parts.headers, remote.ip());
-        stream.info.downstream_remote = SocketAddr::new(downstream_ip, if downstream_ip == remote.ip() { remote.port() } else { 0 });
+        stream.info.downstream_remote = SocketAddr::new(
+            downstream_ip,
+            if downstream_ip == remote.ip() {
+                remote.port()
+            } else {
+                0
+            },
+        );
         if self.config.use_remote_address && !internal {
             for name in ENVOY_INTERNAL_HEADERS {
                 parts.headers.remove(*name);
@@ -365,22 +437,36 @@ impl ConnectionManager {
             }
         }
         if internal && self.config.use_remote_address {
-            parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+            parts
+                .headers
+                .insert("x-envoy-internal", HeaderValue::from_static("true"));
         }
         // Envoy's router counts a request as internal by this header (after edge sanitation).
-        let internal_request = parts.headers.get("x-envoy-internal").is_some_and(|v| v == "true");
+        let internal_request = parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
         parts.headers.remove("x-forwarded-client-cert");
         let scheme = if conn.is_tls { "https" } else { "http" };
         if self.config.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
-            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static(scheme));
         }
         if self.config.append_x_forwarded_port {
-            parts.headers.insert("x-forwarded-port", HeaderValue::from(conn.info.local.port()));
+            parts.headers.insert(
+                "x-forwarded-port",
+                HeaderValue::from(conn.info.local.port()),
+            );
         }
         if self.config.generate_request_id {
             let regenerate = match parts.headers.get("x-request-id") {
                 None => true,
-                Some(_) => self.config.use_remote_address && !internal && !self.config.preserve_external_request_id,
+                Some(_) => {
+                    self.config.use_remote_address
+                        && !internal
+                        && !self.config.preserve_external_request_id
+                }
             };
             if regenerate {
                 parts.headers.insert("x-request-id", uuid_v4());
@@ -388,6 +474,21 @@ impl ConnectionManager {
         }
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());
+        }
+        if self.config.add_user_agent && !self.local.service_cluster.is_empty() {
+            if let Ok(cluster) = HeaderValue::from_str(&self.local.service_cluster) {
+                if !parts.headers.contains_key(header::USER_AGENT) {
+                    parts.headers.insert(header::USER_AGENT, cluster.clone());
+                }
+                parts
+                    .headers
+                    .insert("x-envoy-downstream-service-cluster", cluster);
+            }
+            if let Ok(node) = HeaderValue::from_str(&self.local.service_node) {
+                parts
+                    .headers
+                    .insert("x-envoy-downstream-service-node", node);
+            }
         }
 
         // Hop-by-hop headers and upgrades.
@@ -404,11 +505,27 @@ impl ConnectionManager {
         // Route.
         let route_config = self.config.route_config.clone();
         let host_for_routing = self.routing_host(&parts.headers);
-        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let authority = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let authority = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let matched = {
             let rr = RouteRequest {
-                headers: RequestHeaders { method: &parts.method, path_and_query: &path_and_query, authority: &authority, scheme, headers: &parts.headers },
+                headers: RequestHeaders {
+                    method: &parts.method,
+                    path_and_query: &path_and_query,
+                    authority: &authority,
+                    scheme,
+                    headers: &parts.headers,
+                },
                 host: &host_for_routing,
                 is_tls: conn.is_tls,
                 is_internal: internal,
@@ -418,7 +535,13 @@ impl ConnectionManager {
         let (vhost, route, matched_len) = match matched {
             RouteMatch::NoRoute => {
                 stats.no_route.inc();
-                return self.local_reply(stream, StatusCode::NOT_FOUND, "", "route_not_found", ResponseFlags::NO_ROUTE_FOUND);
+                return self.local_reply(
+                    stream,
+                    StatusCode::NOT_FOUND,
+                    "",
+                    "route_not_found",
+                    ResponseFlags::NO_ROUTE_FOUND,
+                );
             }
             RouteMatch::RequireTls { .. } => {
                 stats.rq_redirect.inc();
@@ -428,11 +551,16 @@ impl ConnectionManager {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 stream.info.response_code_details = "direct_response";
                 return self.respond(stream, resp, None, None);
             }
-            RouteMatch::Route { vhost, route, matched_prefix_len } => (vhost, route, matched_prefix_len),
+            RouteMatch::Route {
+                vhost,
+                route,
+                matched_prefix_len,
+            } => (vhost, route, matched_prefix_len),
         };
         stream.info.route_name = route.name.clone();
         match &route.action {
@@ -442,32 +570,61 @@ impl ConnectionManager {
                 *resp.status_mut() = d.status;
                 let len = d.body.as_ref().map(|b| b.len()).unwrap_or(0);
                 if len > 0 {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
-                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 stream.info.response_code_details = "direct_response";
-                self.apply_response_mutations(&route_config, vhost, route, None, resp.headers_mut(), &stream);
+                self.apply_response_mutations(
+                    &route_config,
+                    vhost,
+                    route,
+                    None,
+                    resp.headers_mut(),
+                    &stream,
+                );
                 self.respond(stream, resp, None, None)
             }
             RouteAction::Redirect(r) => {
                 stats.rq_redirect.inc();
-                let location = super::router::redirect_location(r, scheme, &authority, &path_and_query, matched_len);
+                let location = super::router::redirect_location(
+                    r,
+                    scheme,
+                    &authority,
+                    &path_and_query,
+                    matched_len,
+                );
                 let mut resp = Response::new(Body::Empty);
                 *resp.status_mut() = r.code;
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 stream.info.response_code_details = "direct_response";
-                self.apply_response_mutations(&route_config, vhost, route, None, resp.headers_mut(), &stream);
+                self.apply_response_mutations(
+                    &route_config,
+                    vhost,
+                    route,
+                    None,
+                    resp.headers_mut(),
+                    &stream,
+                );
                 self.respond(stream, resp, None, None)
             }
             RouteAction::Forward(fwd) => {
-                if let Some(up) = &upgrade {
-                    if !self.config.upgrade_allowed(&fwd.upgrades, up) {
-                        stats.downstream_rq_ws_on_non_ws_route.inc();
-                        return self.local_reply(stream, StatusCode::FORBIDDEN, "", "upgrade_failed", ResponseFlags::empty());
-                    }
+                if let Some(up) = &upgrade
+                    && !self.config.upgrade_allowed(&fwd.upgrades, up)
+                {
+                    stats.downstream_rq_ws_on_non_ws_route.inc();
+                    return self.local_reply(
+                        stream,
+                        StatusCode::FORBIDDEN,
+                        "",
+                        "upgrade_failed",
+                        ResponseFlags::empty(),
+                    );
                 }
                 // The HTTP filter chain: every filter before the router may answer locally.
                 for f in &self.config.http_filters {
@@ -513,7 +670,12 @@ impl ConnectionManager {
         headers: &mut http::HeaderMap,
         stream: &ActiveStream,
     ) {
-        let levels = [weighted.map(|w| &w.response_headers), Some(&route.response_headers), Some(&vhost.response_headers), Some(&rc.response_headers)];
+        let levels = [
+            weighted.map(|w| &w.response_headers),
+            Some(&route.response_headers),
+            Some(&vhost.response_headers),
+            Some(&rc.response_headers),
+        ];
         let ctx = stream.format_context();
         if rc.most_specific_header_mutations_wins {
             for m in levels.iter().rev().flatten() {
@@ -541,31 +703,45 @@ impl ConnectionManager {
             return (remote, is_internal(remote));
         }
         // Not the edge: the client address is the XFF entry `xff_num_trusted_hops` from the right.
-        let from_xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|xff| {
-            let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
-            let idx = parts.len().checked_sub(1 + self.config.xff_num_trusted_hops as usize)?;
-            parts.get(idx)?.parse::<IpAddr>().ok()
-        });
+        let from_xff = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|xff| {
+                let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
+                let idx = parts
+                    .len()
+                    .checked_sub(1 + self.config.xff_num_trusted_hops as usize)?;
+                parts.get(idx)?.parse::<IpAddr>().ok()
+            });
         match from_xff {
-            Some(ip) => (ip, is_internal(ip) && headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).is_some_and(|x| !x.contains(','))),
+            Some(ip) => (
+                ip,
+                is_internal(ip)
+                    && headers
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|x| !x.contains(',')),
+            ),
             None => (remote, is_internal(remote)),
         }
     }
 
     fn routing_host(&self, headers: &http::HeaderMap) -> String {
-        let raw = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let raw = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let mut host = raw.to_ascii_lowercase();
         let strip = match self.config.strip_port {
             StripPort::None => None,
             StripPort::Any => Some(None),
             StripPort::Matching => Some(Some(self.listener_port)),
         };
-        if let Some(only) = strip {
-            if let Some((h, p)) = split_port(&host) {
-                if only.is_none_or(|lp| p == lp) {
-                    host = h.to_string();
-                }
-            }
+        if let Some(only) = strip
+            && let Some((h, p)) = split_port(&host)
+            && only.is_none_or(|lp| p == lp)
+        {
+            host = h.to_string();
         }
         if self.config.strip_trailing_host_dot {
             if let Some((h, p)) = split_port(&host) {
@@ -580,7 +756,12 @@ impl ConnectionManager {
     }
 
     /// A codec error on HTTP/1 (before a request could be formed): count it and log it.
-    pub fn codec_error(self: &Arc<Self>, conn: &Arc<DownstreamConn>, status: StatusCode, details: &'static str) {
+    pub fn codec_error(
+        self: &Arc<Self>,
+        conn: &Arc<DownstreamConn>,
+        status: StatusCode,
+        details: &'static str,
+    ) {
         self.stats.downstream_cx_protocol_error.inc();
         self.stats.downstream_rq_total.inc();
         self.stats.downstream_rq_http1_total.inc();
@@ -614,23 +795,43 @@ fn split_port(host: &str) -> Option<(&str, u16)> {
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_private() || v4.is_loopback())
+        }
     }
 }
 
 /// The upgrade protocol requested (`Connection: upgrade` + `Upgrade: x`), ignoring `h2c`.
 fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
-    let conn_upgrade = h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
+    let conn_upgrade = h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
     if !conn_upgrade {
         return None;
     }
-    let up = h.get(header::UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase();
+    let up = h
+        .get(header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
     (up != "h2c" && !up.is_empty()).then_some(up)
 }
 
 /// Remove hop-by-hop request headers (keeping `te: trailers`, and the upgrade pair for allowed upgrades).
 fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "http2-settings"] {
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "http2-settings",
+    ] {
         h.remove(name);
     }
     if keep_upgrade {
@@ -639,7 +840,11 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
     }
-    let te_trailers = h.get_all(header::TE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers")));
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -647,7 +852,9 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
 }
 
 fn merge_slashes(uri: &mut http::Uri) {
-    let Some(pq) = uri.path_and_query() else { return };
+    let Some(pq) = uri.path_and_query() else {
+        return;
+    };
     let (path, query) = (pq.path(), pq.query());
     if !path.contains("//") {
         return;
@@ -677,7 +884,11 @@ fn snapshot(parts: &http::request::Parts, names: &[HeaderName]) -> RequestSnapsh
             headers.append(n.clone(), v.clone());
         }
     }
-    RequestSnapshot { method: parts.method.clone(), uri: parts.uri.clone(), headers }
+    RequestSnapshot {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers,
+    }
 }
 
 /// A random UUID v4 (`x-request-id`).
@@ -701,17 +912,23 @@ pub fn uuid_v4() -> HeaderValue {
 }
 
 thread_local! {
-    static DATE: std::cell::RefCell<(u64, HeaderValue)> = std::cell::RefCell::new((0, HeaderValue::from_static("")));
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> = const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// The `date` header value, formatted once per second per worker.
 pub fn http_date() -> HeaderValue {
     let now = std::time::SystemTime::now();
-    let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         if d.0 != secs {
-            *d = (secs, HeaderValue::from_str(&httpdate::fmt_http_date(now)).expect("ASCII date"));
+            *d = (
+                secs,
+                HeaderValue::from_str(&httpdate::fmt_http_date(now)).expect("ASCII date"),
+            );
         }
         d.1.clone()
     })
@@ -740,7 +957,11 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         assert_eq!(upgrade_type(&h).as_deref(), Some("websocket"));
         strip_hop_by_hop(&mut h, false);
-        assert!(!h.contains_key("connection") && !h.contains_key("upgrade") && !h.contains_key("keep-alive"));
+        assert!(
+            !h.contains_key("connection")
+                && !h.contains_key("upgrade")
+                && !h.contains_key("keep-alive")
+        );
         assert_eq!(h["te"], "trailers");
     }
 

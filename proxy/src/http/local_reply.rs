@@ -18,12 +18,20 @@ pub struct LocalReply {
 
 impl LocalReply {
     pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
-        Self { status, body: body.into() }
+        Self {
+            status,
+            body: body.into(),
+        }
     }
 }
 
 /// Apply `local_reply_config` and build the response.
-pub fn build(config: &LocalReplyConfig, reply: LocalReply, ctx: &FormatContext<'_>, input: &FilterInput<'_>) -> Response<Body> {
+pub fn build(
+    config: &LocalReplyConfig,
+    reply: LocalReply,
+    ctx: &FormatContext<'_>,
+    input: &FilterInput<'_>,
+) -> Response<Body> {
     let mut status = reply.status;
     let mut body = reply.body;
     let mut format: Option<&(LogFormat, Option<String>)> = config.body_format.as_ref();
@@ -43,7 +51,10 @@ pub fn build(config: &LocalReplyConfig, reply: LocalReply, ctx: &FormatContext<'
     let mut content_type = HeaderValue::from_static("text/plain");
     if let Some((fmt, ct)) = format {
         let text = String::from_utf8_lossy(&body).into_owned();
-        let ctx = FormatContext { local_reply_body: Some(&text), ..*ctx };
+        let ctx = FormatContext {
+            local_reply_body: Some(&text),
+            ..*ctx
+        };
         let mut out = String::new();
         match fmt {
             LogFormat::Text(f) => f.format(&ctx, &mut out),
@@ -60,9 +71,11 @@ pub fn build(config: &LocalReplyConfig, reply: LocalReply, ctx: &FormatContext<'
     let mut resp = Response::new(Body::full(body.clone()));
     *resp.status_mut() = status;
     if !body.is_empty() {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, content_type);
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type);
     }
-    resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if let Some(h) = extra {
         h.apply(resp.headers_mut(), ctx);
     }
@@ -77,6 +90,8 @@ pub mod bodies {
     pub const REQUEST_TIMEOUT: &str = "request timeout";
     pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
     pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
-    pub const REMOTE_RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
-    pub const PROTOCOL_ERROR: &str = "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+    pub const REMOTE_RESET: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    pub const PROTOCOL_ERROR: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 }

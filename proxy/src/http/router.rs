@@ -8,7 +8,10 @@ use super::conn_manager::ConnectionManager;
 use super::local_reply::bodies;
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
 use crate::model::cluster::UpstreamProtocol;
-use crate::model::route::{ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig, VirtualHost, WeightedCluster, rewrite_path};
+use crate::model::route::{
+    ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig,
+    VirtualHost, WeightedCluster, rewrite_path,
+};
 use crate::stream_info::{Protocol, ResponseFlags};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
@@ -59,62 +62,106 @@ enum Failure {
     DownstreamGone,
 }
 
-pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req: Request<Body>, f: Forward<'_>) -> Response<Body> {
+pub async fn forward(
+    hcm: &Arc<ConnectionManager>,
+    mut stream: ActiveStream,
+    req: Request<Body>,
+    f: Forward<'_>,
+) -> Response<Body> {
     hcm.stats.rq_total.inc();
     let router = &hcm.config.router;
     let (mut parts, body) = req.into_parts();
 
     // Cluster.
-    let (cluster_name, weighted): (std::borrow::Cow<'_, str>, Option<&WeightedCluster>) = match &f.action.cluster {
-        ClusterTarget::Name(n) => (std::borrow::Cow::Borrowed(&**n), None),
-        ClusterTarget::Header(h) => (
-            std::borrow::Cow::Owned(parts.headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()),
-            None,
-        ),
-        ClusterTarget::Weighted(w) => {
-            let c = w.pick(fastrand::u64(..));
-            (std::borrow::Cow::Borrowed(&*c.name), Some(c))
-        }
-    };
+    let (cluster_name, weighted): (std::borrow::Cow<'_, str>, Option<&WeightedCluster>) =
+        match &f.action.cluster {
+            ClusterTarget::Name(n) => (std::borrow::Cow::Borrowed(&**n), None),
+            ClusterTarget::Header(h) => (
+                std::borrow::Cow::Owned(
+                    parts
+                        .headers
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+                None,
+            ),
+            ClusterTarget::Weighted(w) => {
+                let c = w.pick(fastrand::u64(..));
+                (std::borrow::Cow::Borrowed(&*c.name), Some(c))
+            }
+        };
     let Some(cluster) = hcm.clusters.get(&cluster_name) else {
         hcm.stats.no_cluster.inc();
-        return hcm.local_reply(stream, f.action.cluster_not_found_code, "", "cluster_not_found", ResponseFlags::NO_CLUSTER_FOUND);
+        return hcm.local_reply(
+            stream,
+            f.action.cluster_not_found_code,
+            "",
+            "cluster_not_found",
+            ResponseFlags::NO_CLUSTER_FOUND,
+        );
     };
     stream.info.upstream_cluster = Some(cluster.config.name.clone());
     let Some(host) = lb::choose(&cluster) else {
         cluster.stats.upstream_cx_none_healthy.inc();
-        return hcm.local_reply(stream, StatusCode::SERVICE_UNAVAILABLE, bodies::NO_HEALTHY_UPSTREAM, "no_healthy_upstream", ResponseFlags::NO_HEALTHY_UPSTREAM);
+        return hcm.local_reply(
+            stream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::NO_HEALTHY_UPSTREAM,
+            "no_healthy_upstream",
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+        );
     };
     stream.info.upstream_host = Some(host.address);
 
     // Request rewrites.
-    let original_pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len) {
-        if let (Ok(uri), Ok(orig)) = (http::Uri::try_from(new_pq.as_str()), HeaderValue::from_str(parts.uri.path())) {
-            parts.headers.insert("x-envoy-original-path", orig);
-            parts.uri = uri;
-        }
+    let original_pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len)
+        && let (Ok(uri), Ok(orig)) = (
+            http::Uri::try_from(new_pq.as_str()),
+            HeaderValue::from_str(parts.uri.path()),
+        )
+    {
+        parts.headers.insert("x-envoy-original-path", orig);
+        parts.uri = uri;
     }
     let original_host = parts.headers.get(header::HOST).cloned();
-    let new_host = match (&f.action.host_rewrite, weighted.and_then(|w| w.host_rewrite_literal.clone())) {
+    let new_host = match (
+        &f.action.host_rewrite,
+        weighted.and_then(|w| w.host_rewrite_literal.clone()),
+    ) {
         (_, Some(lit)) => Some(lit),
         (HostRewrite::Literal(h), None) => Some(h.clone()),
-        (HostRewrite::Auto, None) if !host.hostname.is_empty() => HeaderValue::from_str(&host.hostname).ok(),
+        (HostRewrite::Auto, None) if !host.hostname.is_empty() => {
+            HeaderValue::from_str(&host.hostname).ok()
+        }
         (HostRewrite::Header(h), None) => parts.headers.get(h).cloned(),
         _ => None,
     };
     if let Some(h) = new_host {
-        if f.action.append_x_forwarded_host {
-            if let Some(orig) = &original_host {
-                parts.headers.append("x-forwarded-host", orig.clone());
-            }
+        if f.action.append_x_forwarded_host
+            && let Some(orig) = &original_host
+        {
+            parts.headers.append("x-forwarded-host", orig.clone());
         }
         parts.headers.insert(header::HOST, h);
     }
     {
-        let levels = [weighted.map(|w| &w.request_headers), Some(&f.route.request_headers), Some(&f.vhost.request_headers), Some(&f.route_config.request_headers)];
+        let levels = [
+            weighted.map(|w| &w.request_headers),
+            Some(&f.route.request_headers),
+            Some(&f.vhost.request_headers),
+            Some(&f.route_config.request_headers),
+        ];
         let ctx = stream.format_context();
-        let mut apply = |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
+        let mut apply =
+            |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
         if f.route_config.most_specific_header_mutations_wins {
             levels.iter().rev().flatten().for_each(|m| apply(m));
         } else {
@@ -124,13 +171,19 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
 
     // Timeouts.
     let mut timeout = f.action.timeout;
-    let header_timeout = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+    let header_timeout = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok())
+    };
     if let Some(ms) = header_timeout("x-envoy-upstream-rq-timeout-ms") {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
-    } else if router.respect_expected_rq_timeout {
-        if let Some(ms) = header_timeout("x-envoy-expected-rq-timeout-ms") {
-            timeout = (ms > 0).then(|| Duration::from_millis(ms));
-        }
+    } else if router.respect_expected_rq_timeout
+        && let Some(ms) = header_timeout("x-envoy-expected-rq-timeout-ms")
+    {
+        timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
     for h in ROUTER_CONSUMED {
         parts.headers.remove(*h);
@@ -138,14 +191,25 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
     if !router.suppress_envoy_headers {
         match timeout {
             Some(t) => {
-                parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+                parts.headers.insert(
+                    "x-envoy-expected-rq-timeout-ms",
+                    HeaderValue::from(t.as_millis() as u64),
+                );
             }
             None => {
                 parts.headers.remove("x-envoy-expected-rq-timeout-ms");
             }
         }
     }
-    let idle = f.action.idle_timeout.filter(|d| !d.is_zero()).or(if f.action.idle_timeout.is_some() { None } else { hcm.config.stream_idle_timeout });
+    let idle =
+        f.action
+            .idle_timeout
+            .filter(|d| !d.is_zero())
+            .or(if f.action.idle_timeout.is_some() {
+                None
+            } else {
+                hcm.config.stream_idle_timeout
+            });
 
     // Protocol.
     let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
@@ -156,7 +220,13 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
             UpstreamProtocol::UseDownstream { http2_allowed, .. } => downstream_h2 && http2_allowed,
         };
     if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
-        return hcm.local_reply(stream, StatusCode::FORBIDDEN, "", "upgrade_failed", ResponseFlags::empty());
+        return hcm.local_reply(
+            stream,
+            StatusCode::FORBIDDEN,
+            "",
+            "upgrade_failed",
+            ResponseFlags::empty(),
+        );
     }
 
     // Upstream accounting starts here; `ActiveStream::finish` ends it.
@@ -179,9 +249,31 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
     let request_deadline = hcm.config.request_timeout.map(|t| stream.info.start + t);
 
     let result = if use_h2 {
-        send_h2(&cluster, &host, parts, body, progress.as_deref(), timeout, idle, request_deadline, &mut stream).await
+        send_h2(
+            &cluster,
+            &host,
+            parts,
+            body,
+            progress.as_deref(),
+            timeout,
+            idle,
+            request_deadline,
+            &mut stream,
+        )
+        .await
     } else {
-        send_h1(&cluster, &host, parts, body, progress.as_deref(), timeout, idle, request_deadline, &mut stream).await
+        send_h1(
+            &cluster,
+            &host,
+            parts,
+            body,
+            progress.as_deref(),
+            timeout,
+            idle,
+            request_deadline,
+            &mut stream,
+        )
+        .await
     };
 
     match result {
@@ -198,21 +290,47 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
             stream.info.response_code_details = "via_upstream";
             let h = resp.headers_mut();
             if status != 101 {
-                for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+                for name in [
+                    "connection",
+                    "keep-alive",
+                    "proxy-connection",
+                    "transfer-encoding",
+                    "upgrade",
+                ] {
                     h.remove(name);
                 }
             }
             if !router.suppress_envoy_headers {
-                h.insert("x-envoy-upstream-service-time", HeaderValue::from(now.duration_since(started).as_millis() as u64));
+                h.insert(
+                    "x-envoy-upstream-service-time",
+                    HeaderValue::from(now.duration_since(started).as_millis() as u64),
+                );
             }
-            hcm.apply_response_mutations(f.route_config, f.vhost, f.route, weighted, resp.headers_mut(), &stream);
-            let deadline = timeout.map(|t| progress.as_ref().and_then(|p| p.completed_at()).unwrap_or(now) + t);
+            hcm.apply_response_mutations(
+                f.route_config,
+                f.vhost,
+                f.route,
+                weighted,
+                resp.headers_mut(),
+                &stream,
+            );
+            let deadline = timeout.map(|t| {
+                progress
+                    .as_ref()
+                    .and_then(|p| p.completed_at())
+                    .unwrap_or(now)
+                    + t
+            });
             if status == 101 && f.upgrade {
                 let on_upgrade = hyper::upgrade::on(&mut resp);
                 if let Some(c) = stream.upstream.as_mut().and_then(|u| u.h1.take()) {
                     c.discard();
                 }
-                resp.extensions_mut().insert(Arc::new(std::sync::Mutex::new(Some(UpgradeBridge { upstream: on_upgrade, cluster: cluster.clone() }))));
+                resp.extensions_mut()
+                    .insert(Arc::new(std::sync::Mutex::new(Some(UpgradeBridge {
+                        upstream: on_upgrade,
+                        cluster: cluster.clone(),
+                    }))));
                 let resp = resp.map(|_| Body::Empty);
                 return hcm.respond(stream, resp, None, None);
             }
@@ -224,80 +342,121 @@ pub async fn forward(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, req
 }
 
 fn charge_upstream(stream: &ActiveStream, status: u16) {
-    if let Some(up) = &stream.upstream {
-        if up.dynamic_stats {
-            up.cluster.stats.upstream_rq_codes.charge(status);
-            if up.internal {
-                up.cluster.stats.internal_rq_codes.charge(status);
-            } else {
-                up.cluster.stats.external_rq_codes.charge(status);
-            }
+    if let Some(up) = &stream.upstream
+        && up.dynamic_stats
+    {
+        up.cluster.stats.upstream_rq_codes.charge(status);
+        if up.internal {
+            up.cluster.stats.internal_rq_codes.charge(status);
+        } else {
+            up.cluster.stats.external_rq_codes.charge(status);
         }
     }
 }
 
-fn fail(hcm: &Arc<ConnectionManager>, mut stream: ActiveStream, cluster: &Arc<Cluster>, host: &Arc<Host>, failure: Failure) -> Response<Body> {
+fn fail(
+    hcm: &Arc<ConnectionManager>,
+    mut stream: ActiveStream,
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    failure: Failure,
+) -> Response<Body> {
     let s = &cluster.stats;
-    let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) = match failure {
-        Failure::Connect(e) => {
-            let reason = e.to_string();
-            stream.info.upstream_transport_failure_reason = Some(reason.clone());
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{}, transport failure reason: {reason}", bodies::CONNECT_FAILURE),
-                "upstream_reset_before_response_started{connection_failure}",
-                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            )
-        }
-        Failure::Timeout => {
-            s.upstream_rq_timeout.inc();
-            host.stats.rq_timeout.fetch_add(1, Relaxed);
-            (StatusCode::GATEWAY_TIMEOUT, bodies::UPSTREAM_TIMEOUT.into(), "upstream_response_timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
-        }
-        Failure::Idle => {
-            hcm.stats.downstream_rq_idle_timeout.inc();
-            let status = if stream.progress.as_ref().is_none_or(|p| p.done.load(Relaxed)) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
-            (status, bodies::STREAM_TIMEOUT.into(), "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT)
-        }
-        Failure::RequestTimeout => {
-            hcm.stats.downstream_rq_timeout.inc();
-            (StatusCode::REQUEST_TIMEOUT, bodies::REQUEST_TIMEOUT.into(), "request_overall_timeout", ResponseFlags::empty())
-        }
-        Failure::DownstreamGone => {
-            hcm.stats.downstream_rq_rx_reset.inc();
-            (StatusCode::BAD_REQUEST, String::new(), "downstream_remote_disconnect", ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION)
-        }
-        Failure::Upstream(e) => {
-            if is_remote_reset(&e) {
+    let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) =
+        match failure {
+            Failure::Connect(e) => {
+                let reason = e.to_string();
+                stream.info.upstream_transport_failure_reason = Some(reason.clone());
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    bodies::REMOTE_RESET.into(),
-                    "upstream_reset_before_response_started{remote_reset}",
-                    ResponseFlags::UPSTREAM_REMOTE_RESET,
-                )
-            } else if e.is_parse() {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    bodies::PROTOCOL_ERROR.into(),
-                    "upstream_reset_before_response_started{protocol_error}",
-                    ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                )
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    bodies::CONNECTION_TERMINATION.into(),
-                    "upstream_reset_before_response_started{connection_termination}",
-                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    format!(
+                        "{}, transport failure reason: {reason}",
+                        bodies::CONNECT_FAILURE
+                    ),
+                    "upstream_reset_before_response_started{connection_failure}",
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 )
             }
-        }
-    };
+            Failure::Timeout => {
+                s.upstream_rq_timeout.inc();
+                host.stats.rq_timeout.fetch_add(1, Relaxed);
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    bodies::UPSTREAM_TIMEOUT.into(),
+                    "upstream_response_timeout",
+                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                )
+            }
+            Failure::Idle => {
+                hcm.stats.downstream_rq_idle_timeout.inc();
+                let status = if stream
+                    .progress
+                    .as_ref()
+                    .is_none_or(|p| p.done.load(Relaxed))
+                {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::REQUEST_TIMEOUT
+                };
+                (
+                    status,
+                    bodies::STREAM_TIMEOUT.into(),
+                    "stream_idle_timeout",
+                    ResponseFlags::STREAM_IDLE_TIMEOUT,
+                )
+            }
+            Failure::RequestTimeout => {
+                hcm.stats.downstream_rq_timeout.inc();
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    bodies::REQUEST_TIMEOUT.into(),
+                    "request_overall_timeout",
+                    ResponseFlags::empty(),
+                )
+            }
+            Failure::DownstreamGone => {
+                hcm.stats.downstream_rq_rx_reset.inc();
+                (
+                    StatusCode::BAD_REQUEST,
+                    String::new(),
+                    "downstream_remote_disconnect",
+                    ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                )
+            }
+            Failure::Upstream(e) => {
+                if is_remote_reset(&e) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        bodies::REMOTE_RESET.into(),
+                        "upstream_reset_before_response_started{remote_reset}",
+                        ResponseFlags::UPSTREAM_REMOTE_RESET,
+                    )
+                } else if e.is_parse() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        bodies::PROTOCOL_ERROR.into(),
+                        "upstream_reset_before_response_started{protocol_error}",
+                        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                    )
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        bodies::CONNECTION_TERMINATION.into(),
+                        "upstream_reset_before_response_started{connection_termination}",
+                        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    )
+                }
+            }
+        };
     if flags != ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION {
         charge_upstream(&stream, status.as_u16());
         host.stats.rq_error.fetch_add(1, Relaxed);
         match flags {
-            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::STREAM_IDLE_TIMEOUT => s.upstream_rq_tx_reset.inc(),
-            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION | ResponseFlags::UPSTREAM_REMOTE_RESET => s.upstream_rq_rx_reset.inc(),
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::STREAM_IDLE_TIMEOUT => {
+                s.upstream_rq_tx_reset.inc()
+            }
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+            | ResponseFlags::UPSTREAM_REMOTE_RESET => s.upstream_rq_rx_reset.inc(),
             _ => {}
         }
     }
@@ -355,10 +514,19 @@ async fn send_h1(
     stream: &mut ActiveStream,
 ) -> Result<Response<Incoming>, Failure> {
     parts.version = Version::HTTP_11;
-    let mut conn = pool::acquire_h1(cluster, host).await.map_err(Failure::Connect)?;
+    let mut conn = pool::acquire_h1(cluster, host)
+        .await
+        .map_err(Failure::Connect)?;
     stream.info.upstream_local = conn.local_addr;
     let req = Request::from_parts(parts, body);
-    let sent = wait(conn.sender.try_send_request(req), progress, timeout, idle, request_deadline).await;
+    let sent = wait(
+        conn.sender.try_send_request(req),
+        progress,
+        timeout,
+        idle,
+        request_deadline,
+    )
+    .await;
     let result = match sent {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(mut e)) => {
@@ -367,9 +535,19 @@ async fn send_h1(
             match (conn.reused, e.take_message()) {
                 (true, Some(req)) => {
                     conn.discard();
-                    conn = pool::connect_h1(cluster, host).await.map_err(Failure::Connect)?;
+                    conn = pool::connect_h1(cluster, host)
+                        .await
+                        .map_err(Failure::Connect)?;
                     stream.info.upstream_local = conn.local_addr;
-                    match wait(conn.sender.send_request(req), progress, timeout, idle, request_deadline).await {
+                    match wait(
+                        conn.sender.send_request(req),
+                        progress,
+                        timeout,
+                        idle,
+                        request_deadline,
+                    )
+                    .await
+                    {
                         Ok(Ok(resp)) => Ok(resp),
                         Ok(Err(e)) => Err(classify(e)),
                         Err(f) => Err(f),
@@ -407,10 +585,21 @@ async fn send_h2(
     stream: &mut ActiveStream,
 ) -> Result<Response<Incoming>, Failure> {
     parts.version = Version::HTTP_2;
-    let authority = parts.headers.remove(header::HOST).and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_else(|| host.address.to_string());
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = http::Uri::try_from(format!("http://{authority}{pq}")).map_err(|_| Failure::DownstreamGone)?;
-    let (mut sender, local) = pool::acquire_h2(cluster, host).await.map_err(Failure::Connect)?;
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| host.address.to_string());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = http::Uri::try_from(format!("http://{authority}{pq}"))
+        .map_err(|_| Failure::DownstreamGone)?;
+    let (mut sender, local) = pool::acquire_h2(cluster, host)
+        .await
+        .map_err(Failure::Connect)?;
     stream.info.upstream_local = local;
     let req = Request::from_parts(parts, body);
     let fut = async move {
@@ -425,12 +614,22 @@ async fn send_h2(
 }
 
 fn classify(e: hyper::Error) -> Failure {
-    if is_downstream_body_error(&e) { Failure::DownstreamGone } else { Failure::Upstream(e) }
+    if is_downstream_body_error(&e) {
+        Failure::DownstreamGone
+    } else {
+        Failure::Upstream(e)
+    }
 }
 
 /// Wait for the upstream response under the route timeout (which starts when the request is
 /// complete), the stream idle timeout, and the connection manager's request timeout.
-async fn wait<F, T>(fut: F, progress: Option<&RequestProgress>, timeout: Option<Duration>, idle: Option<Duration>, request_deadline: Option<Instant>) -> Result<T, Failure>
+async fn wait<F, T>(
+    fut: F,
+    progress: Option<&RequestProgress>,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+    request_deadline: Option<Instant>,
+) -> Result<T, Failure>
 where
     F: Future<Output = T>,
 {
@@ -456,11 +655,16 @@ where
     };
     let start = Instant::now();
     let idle_timer = async {
-        let Some(idle) = idle else { return std::future::pending::<()>().await };
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
         let mut at = start + idle;
         loop {
             tokio::time::sleep_until(at.into()).await;
-            let last = progress.map(|p| p.last_activity()).unwrap_or(start).max(start);
+            let last = progress
+                .map(|p| p.last_activity())
+                .unwrap_or(start)
+                .max(start);
             if last + idle <= Instant::now() {
                 return;
             }
@@ -477,10 +681,19 @@ where
 }
 
 /// The `location` of a redirect route.
-pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, path_and_query: &str, matched_len: usize) -> String {
+pub fn redirect_location(
+    r: &Redirect,
+    scheme: &str,
+    authority: &str,
+    path_and_query: &str,
+    matched_len: usize,
+) -> String {
     let scheme = r.scheme.as_deref().unwrap_or(scheme);
     let (orig_host, orig_port) = match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') || authority.starts_with('[') && authority.contains("]:") => {
+        Some((h, p))
+            if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']')
+                || authority.starts_with('[') && authority.contains("]:") =>
+        {
             (h, Some(p))
         }
         _ => (authority, None),
@@ -492,7 +705,8 @@ pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, path_and_q
         None if r.scheme.is_some() || r.host.is_some() => None,
         None => orig_port.map(str::to_string),
     };
-    let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+    let port =
+        port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -502,11 +716,17 @@ pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, path_and_q
         RedirectPath::Path(p) => {
             // A path_redirect may carry its own query, which replaces the original.
             if p.contains('?') {
-                return format!("{scheme}://{host}{}{p}", port.map(|p| format!(":{p}")).unwrap_or_default());
+                return format!(
+                    "{scheme}://{host}{}{p}",
+                    port.map(|p| format!(":{p}")).unwrap_or_default()
+                );
             }
             p.clone()
         }
-        RedirectPath::PrefixRewrite(pre) => format!("{pre}{}", path.get(matched_len.min(path.len())..).unwrap_or("")),
+        RedirectPath::PrefixRewrite(pre) => format!(
+            "{pre}{}",
+            path.get(matched_len.min(path.len())..).unwrap_or("")
+        ),
         RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
     };
     let mut out = format!("{scheme}://{host}");
@@ -522,24 +742,60 @@ pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, path_and_q
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn redirect(scheme: Option<&str>, host: Option<&str>, port: Option<u16>, path: RedirectPath, strip: bool) -> Redirect {
-        Redirect { scheme: scheme.map(str::to_string), host: host.map(str::to_string), port, path, code: StatusCode::MOVED_PERMANENTLY, strip_query: strip }
+    fn redirect(
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+        path: RedirectPath,
+        strip: bool,
+    ) -> Redirect {
+        Redirect {
+            scheme: scheme.map(str::to_string),
+            host: host.map(str::to_string),
+            port,
+            path,
+            code: StatusCode::MOVED_PERMANENTLY,
+            strip_query: strip,
+        }
     }
 
     #[test]
     fn redirect_locations() {
         let r = redirect(Some("https"), None, None, RedirectPath::Keep, false);
-        assert_eq!(redirect_location(&r, "http", "example.com:8080", "/a?b=1", 0), "https://example.com/a?b=1");
-        let r = redirect(None, Some("new.host"), None, RedirectPath::Path("/x".into()), true);
-        assert_eq!(redirect_location(&r, "http", "example.com", "/a?b=1", 0), "http://new.host/x");
-        let r = redirect(None, None, Some(9000), RedirectPath::PrefixRewrite("/new/".into()), false);
-        assert_eq!(redirect_location(&r, "http", "h", "/old/rest", 5), "http://h:9000/new/rest");
+        assert_eq!(
+            redirect_location(&r, "http", "example.com:8080", "/a?b=1", 0),
+            "https://example.com/a?b=1"
+        );
+        let r = redirect(
+            None,
+            Some("new.host"),
+            None,
+            RedirectPath::Path("/x".into()),
+            true,
+        );
+        assert_eq!(
+            redirect_location(&r, "http", "example.com", "/a?b=1", 0),
+            "http://new.host/x"
+        );
+        let r = redirect(
+            None,
+            None,
+            Some(9000),
+            RedirectPath::PrefixRewrite("/new/".into()),
+            false,
+        );
+        assert_eq!(
+            redirect_location(&r, "http", "h", "/old/rest", 5),
+            "http://h:9000/new/rest"
+        );
         let r = redirect(None, None, None, RedirectPath::Keep, false);
-        assert_eq!(redirect_location(&r, "http", "h:81", "/p", 0), "http://h:81/p");
+        assert_eq!(
+            redirect_location(&r, "http", "h:81", "/p", 0),
+            "http://h:81/p"
+        );
     }
 }

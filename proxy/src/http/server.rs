@@ -3,7 +3,9 @@
 //! keep-alive, timeouts, drain and upgrades, and hyper's HTTP/2 server.
 
 use super::body::Body;
-use super::codec::h1::{self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome};
+use super::codec::h1::{
+    self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome,
+};
 use super::conn_manager::{ConnectionManager, DownstreamConn};
 use super::router::UpgradeBridge;
 use crate::model::hcm::Codec;
@@ -23,7 +25,13 @@ use tokio::sync::watch;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
-pub async fn serve(hcm: Arc<ConnectionManager>, conn: Arc<DownstreamConn>, mut stream: TcpStream, prefix: BytesMut, mut drain: watch::Receiver<bool>) {
+pub async fn serve(
+    hcm: Arc<ConnectionManager>,
+    conn: Arc<DownstreamConn>,
+    mut stream: TcpStream,
+    prefix: BytesMut,
+    drain: watch::Receiver<bool>,
+) {
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -38,7 +46,11 @@ pub async fn serve(hcm: Arc<ConnectionManager>, conn: Arc<DownstreamConn>, mut s
         Codec::Http2 => Protocol::Http2,
         Codec::Auto => loop {
             if buf.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..]) {
-                break if buf.starts_with(H2_PREFACE) { Protocol::Http2 } else { Protocol::Http11 };
+                break if buf.starts_with(H2_PREFACE) {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http11
+                };
             }
             let read = tokio::select! {
                 r = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf) => r,
@@ -46,7 +58,6 @@ pub async fn serve(hcm: Arc<ConnectionManager>, conn: Arc<DownstreamConn>, mut s
                     stats.downstream_cx_idle_timeout.inc();
                     Ok(0)
                 }
-                _ = wait_drain(&mut drain) => Ok(0),
             };
             match read {
                 Ok(0) | Err(_) => {
@@ -87,7 +98,8 @@ fn finish_connection(hcm: &ConnectionManager, opened: Instant, remote_closed: bo
     } else {
         s.downstream_cx_destroy_local.inc();
     }
-    s.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+    s.downstream_cx_length_ms
+        .record(opened.elapsed().as_millis() as u64);
 }
 
 async fn idle_sleep(d: Option<std::time::Duration>) {
@@ -110,7 +122,11 @@ struct CountingRead<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CountingRead<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -128,7 +144,11 @@ struct CountingWrite<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWrite<W> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.counter.add(n as u64);
@@ -144,11 +164,23 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWrite<W> {
 }
 
 /// The HTTP/1.1 loop. Returns whether the peer closed the connection (vs. remora closing it).
-async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stream: TcpStream, buf: BytesMut, mut drain: watch::Receiver<bool>) -> bool {
+async fn serve_h1(
+    hcm: &Arc<ConnectionManager>,
+    conn: &Arc<DownstreamConn>,
+    stream: TcpStream,
+    buf: BytesMut,
+    drain: watch::Receiver<bool>,
+) -> bool {
     let cfg = &hcm.config;
     let (rd, wr) = stream.into_split();
-    let mut wr = CountingWrite { inner: wr, counter: hcm.stats.downstream_cx_tx_bytes_total.clone() };
-    let rd = CountingRead { inner: rd, counter: hcm.stats.downstream_cx_rx_bytes_total.clone() };
+    let mut wr = CountingWrite {
+        inner: wr,
+        counter: hcm.stats.downstream_cx_tx_bytes_total.clone(),
+    };
+    let rd = CountingRead {
+        inner: rd,
+        counter: hcm.stats.downstream_cx_rx_bytes_total.clone(),
+    };
     hcm.stats.downstream_cx_rx_bytes_total.add(buf.len() as u64);
     let slot = Arc::new(ReaderSlot::default());
     let mut reader = Reader::new(Box::new(rd), buf);
@@ -169,13 +201,18 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
                                 break Err(HeadError::Codec(h1::CodecError::HEADERS_TOO_LARGE));
                             }
                             if headers_deadline.is_none() {
-                                headers_deadline = cfg.request_headers_timeout.map(|d| Instant::now() + d);
+                                headers_deadline =
+                                    cfg.request_headers_timeout.map(|d| Instant::now() + d);
                             }
                         }
                         Err(e) => break Err(e),
                     }
                 }
-                let deadline = if reader.buf.is_empty() { idle_deadline } else { headers_deadline.or(idle_deadline) };
+                let deadline = if reader.buf.is_empty() {
+                    idle_deadline
+                } else {
+                    headers_deadline.or(idle_deadline)
+                };
                 let deadline = match (deadline, max_duration_at) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -196,10 +233,6 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
                         }
                         return false;
                     }
-                    _ = wait_drain(&mut drain), if idle_wait => {
-                        hcm.stats.downstream_cx_drain_close.inc();
-                        return false;
-                    }
                 }
             }
         };
@@ -217,9 +250,21 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
                     .body(())
                     .expect("static parts");
                 let (parts, ()) = resp.into_parts();
-                let framing = ResponseFraming { no_body: false, version: http::Version::HTTP_11, keep_alive: false, upgrade: false };
+                let framing = ResponseFraming {
+                    no_body: false,
+                    version: http::Version::HTTP_11,
+                    keep_alive: false,
+                    upgrade: false,
+                };
                 hcm.codec_error(conn, e.status, e.details);
-                let _ = h1::write_response(&mut wr, &mut out, &parts, Body::full(Bytes::from_static(reason.as_bytes())), framing).await;
+                let _ = h1::write_response(
+                    &mut wr,
+                    &mut out,
+                    &parts,
+                    Body::full(Bytes::from_static(reason.as_bytes())),
+                    framing,
+                )
+                .await;
                 let _ = wr.shutdown().await;
                 return false;
             }
@@ -227,21 +272,43 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
         let version = head.request.version();
         let is_head = head.request.method() == http::Method::HEAD;
         let has_body = head.framing != h1::Framing::Length(0);
-        if head.expect_continue && has_body && !cfg.proxy_100_continue {
-            if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return true;
-            }
+        if head.expect_continue
+            && has_body
+            && !cfg.proxy_100_continue
+            && wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return true;
         }
-        let body = RequestBody::new(reader, slot.clone(), head.framing, hcm.h1_limits.max_header_bytes);
+        let body = RequestBody::new(
+            reader,
+            slot.clone(),
+            head.framing,
+            hcm.h1_limits.max_header_bytes,
+        );
         let (mut parts, ()) = head.request.into_parts();
         if !cfg.proxy_100_continue {
             parts.headers.remove(http::header::EXPECT);
         }
         let req = http::Request::from_parts(parts, Body::H1(body));
-        let resp = hcm.handle(conn, req, if version == http::Version::HTTP_10 { Protocol::Http10 } else { Protocol::Http11 }).await;
+        let resp = hcm
+            .handle(
+                conn,
+                req,
+                if version == http::Version::HTTP_10 {
+                    Protocol::Http10
+                } else {
+                    Protocol::Http11
+                },
+            )
+            .await;
 
         let served = conn.requests.load(std::sync::atomic::Ordering::Relaxed);
-        let max_reached = cfg.max_requests_per_connection.is_some_and(|m| served >= m as u64);
+        let max_reached = cfg
+            .max_requests_per_connection
+            .is_some_and(|m| served >= m as u64);
         if max_reached {
             hcm.stats.downstream_cx_max_requests_reached.inc();
         }
@@ -251,7 +318,8 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
         }
         let draining = *drain.borrow();
         let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let keep_alive = head.keep_alive && !max_reached && !expired && !draining && !resp_wants_close(&resp);
+        let keep_alive =
+            head.keep_alive && !max_reached && !expired && !draining && !resp_wants_close(&resp);
         let status = resp.status().as_u16();
         let (mut parts, body) = resp.into_parts();
         let framing = ResponseFraming {
@@ -270,9 +338,14 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
             Err(_) => return true,
         }
         if upgrade {
-            let bridge = parts.extensions.remove::<Arc<std::sync::Mutex<Option<UpgradeBridge>>>>().and_then(|b| b.lock().ok()?.take());
+            let bridge = parts
+                .extensions
+                .remove::<Arc<std::sync::Mutex<Option<UpgradeBridge>>>>()
+                .and_then(|b| b.lock().ok()?.take());
             let Some(bridge) = bridge else { return false };
-            let Some(reader) = slot.take() else { return false };
+            let Some(reader) = slot.take() else {
+                return false;
+            };
             tunnel(hcm, reader, wr, bridge).await;
             return false;
         }
@@ -292,7 +365,10 @@ async fn serve_h1(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stre
 }
 
 fn resp_wants_close(resp: &http::Response<Body>) -> bool {
-    resp.headers().get_all(http::header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    resp.headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -303,8 +379,15 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Join the downstream connection to the upgraded upstream connection (WebSocket).
-async fn tunnel<W: AsyncWrite + Unpin>(hcm: &Arc<ConnectionManager>, mut reader: Reader, mut wr: W, bridge: UpgradeBridge) {
-    let Ok(upgraded) = bridge.upstream.await else { return };
+async fn tunnel<W: AsyncWrite + Unpin>(
+    hcm: &Arc<ConnectionManager>,
+    mut reader: Reader,
+    mut wr: W,
+    bridge: UpgradeBridge,
+) {
+    let Ok(upgraded) = bridge.upstream.await else {
+        return;
+    };
     hcm.stats.downstream_cx_upgrades_total.inc();
     hcm.stats.downstream_cx_upgrades_active.inc();
     let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upgraded));
@@ -334,7 +417,11 @@ struct Prefixed {
 }
 
 impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
@@ -352,14 +439,22 @@ impl AsyncRead for Prefixed {
 }
 
 impl AsyncWrite for Prefixed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.tx.add(n as u64);
         }
         r
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.tx.add(n as u64);
@@ -378,16 +473,34 @@ impl AsyncWrite for Prefixed {
 }
 
 /// HTTP/2 through hyper. Returns whether the peer closed the connection.
-async fn serve_h2(hcm: &Arc<ConnectionManager>, conn: &Arc<DownstreamConn>, stream: TcpStream, prefix: Bytes, mut drain: watch::Receiver<bool>) -> bool {
+async fn serve_h2(
+    hcm: &Arc<ConnectionManager>,
+    conn: &Arc<DownstreamConn>,
+    stream: TcpStream,
+    prefix: Bytes,
+    mut drain: watch::Receiver<bool>,
+) -> bool {
     let cfg = &hcm.config;
-    hcm.stats.downstream_cx_rx_bytes_total.add(prefix.len() as u64);
-    let io = Prefixed { prefix, inner: stream, rx: hcm.stats.downstream_cx_rx_bytes_total.clone(), tx: hcm.stats.downstream_cx_tx_bytes_total.clone() };
+    hcm.stats
+        .downstream_cx_rx_bytes_total
+        .add(prefix.len() as u64);
+    let io = Prefixed {
+        prefix,
+        inner: stream,
+        rx: hcm.stats.downstream_cx_rx_bytes_total.clone(),
+        tx: hcm.stats.downstream_cx_tx_bytes_total.clone(),
+    };
     let svc_hcm = hcm.clone();
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let hcm = svc_hcm.clone();
         let conn = svc_conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
+                    .await,
+            )
+        }
     });
     let h2 = &cfg.http2;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -75,14 +75,29 @@ pub struct ActiveStream {
 
 impl std::fmt::Debug for ActiveStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActiveStream").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ActiveStream")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
 impl ActiveStream {
-    pub fn new(hcm: Arc<ConnectionManager>, downstream: Arc<super::conn_manager::DownstreamConn>, info: StreamInfo) -> Self {
+    pub fn new(
+        hcm: Arc<ConnectionManager>,
+        downstream: Arc<super::conn_manager::DownstreamConn>,
+        info: StreamInfo,
+    ) -> Self {
         downstream.stream_started();
-        Self { hcm, downstream, info, request: None, response_headers: None, upstream: None, progress: None, finished: false }
+        Self {
+            hcm,
+            downstream,
+            info,
+            request: None,
+            response_headers: None,
+            upstream: None,
+            progress: None,
+            finished: false,
+        }
     }
 
     /// Run the end-of-stream accounting exactly once.
@@ -98,9 +113,13 @@ impl ActiveStream {
         }
         match end {
             End::Complete => {}
-            End::UpstreamReset => self.info.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
+            End::UpstreamReset => self
+                .info
+                .set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
             End::Timeout(f) => self.info.set_flag(f),
-            End::DownstreamGone => self.info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+            End::DownstreamGone => self
+                .info
+                .set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         }
         if let Some(up) = self.upstream.take() {
             let s = &up.cluster.stats;
@@ -109,7 +128,11 @@ impl ActiveStream {
             let elapsed = now.duration_since(up.started).as_millis() as u64;
             if up.dynamic_stats {
                 s.upstream_rq_time.record(elapsed);
-                if up.internal { s.internal_rq_time.record(elapsed) } else { s.external_rq_time.record(elapsed) }
+                if up.internal {
+                    s.internal_rq_time.record(elapsed)
+                } else {
+                    s.external_rq_time.record(elapsed)
+                }
             }
             match end {
                 End::Complete => {
@@ -134,7 +157,9 @@ impl ActiveStream {
         let hcm = self.hcm.clone();
         let stats = &hcm.stats;
         stats.downstream_rq_active.dec();
-        stats.downstream_rq_time.record(now.duration_since(self.info.start).as_millis() as u64);
+        stats
+            .downstream_rq_time
+            .record(now.duration_since(self.info.start).as_millis() as u64);
         if end != End::Complete {
             stats.downstream_rq_tx_reset.inc();
         }
@@ -146,7 +171,11 @@ impl ActiveStream {
     pub fn format_context(&self) -> FormatContext<'_> {
         FormatContext {
             info: Some(&self.info),
-            request: self.request.as_ref().map(|r| RequestView { method: &r.method, uri: &r.uri, headers: &r.headers }),
+            request: self.request.as_ref().map(|r| RequestView {
+                method: &r.method,
+                uri: &r.uri,
+                headers: &r.headers,
+            }),
             response_headers: self.response_headers.as_ref(),
             response_trailers: None,
             local_reply_body: None,
@@ -156,7 +185,11 @@ impl ActiveStream {
     pub fn with_request_headers<T>(&self, f: impl FnOnce(Option<&RequestHeaders<'_>>) -> T) -> T {
         match &self.request {
             Some(r) => {
-                let authority = r.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let authority = r
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 let rh = RequestHeaders {
                     method: &r.method,
                     path_and_query: r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
@@ -191,8 +224,20 @@ pub struct TrackedBody {
 }
 
 impl TrackedBody {
-    pub fn new(inner: Body, stream: ActiveStream, deadline: Option<Instant>, idle: Option<Duration>) -> Self {
-        Self { inner, stream, deadline, idle, timer: None, timer_is_deadline: false }
+    pub fn new(
+        inner: Body,
+        stream: ActiveStream,
+        deadline: Option<Instant>,
+        idle: Option<Duration>,
+    ) -> Self {
+        Self {
+            inner,
+            stream,
+            deadline,
+            idle,
+            timer: None,
+            timer_is_deadline: false,
+        }
     }
 
     pub fn stream(&self) -> &ActiveStream {
@@ -225,7 +270,10 @@ impl HttpBody for TrackedBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -254,26 +302,26 @@ impl HttpBody for TrackedBody {
                 if this.timer.is_none() && (this.deadline.is_some() || this.idle.is_some()) {
                     this.arm_timer();
                 }
-                if let Some(t) = this.timer.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        let (flag, stat) = if this.timer_is_deadline {
-                            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, true)
-                        } else {
-                            (ResponseFlags::STREAM_IDLE_TIMEOUT, false)
-                        };
-                        if let Some(up) = &this.stream.upstream {
-                            if stat {
-                                up.cluster.stats.upstream_rq_timeout.inc();
-                                up.host.stats.rq_timeout.fetch_add(1, Relaxed);
-                            }
-                        }
-                        if !stat {
-                            this.stream.hcm.stats.downstream_rq_idle_timeout.inc();
-                        }
-                        this.timer = None;
-                        this.stream.finish(End::Timeout(flag));
-                        return Poll::Ready(Some(Err("response timed out".into())));
+                if let Some(t) = this.timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    let (flag, stat) = if this.timer_is_deadline {
+                        (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, true)
+                    } else {
+                        (ResponseFlags::STREAM_IDLE_TIMEOUT, false)
+                    };
+                    if let Some(up) = &this.stream.upstream
+                        && stat
+                    {
+                        up.cluster.stats.upstream_rq_timeout.inc();
+                        up.host.stats.rq_timeout.fetch_add(1, Relaxed);
                     }
+                    if !stat {
+                        this.stream.hcm.stats.downstream_rq_idle_timeout.inc();
+                    }
+                    this.timer = None;
+                    this.stream.finish(End::Timeout(flag));
+                    return Poll::Ready(Some(Err("response timed out".into())));
                 }
                 Poll::Pending
             }
@@ -322,7 +370,8 @@ impl RequestProgress {
 
     fn touch(&self) {
         let origin = *self.origin.get().expect("set at creation");
-        self.last_activity_ms.store(origin.elapsed().as_millis() as u64, Relaxed);
+        self.last_activity_ms
+            .store(origin.elapsed().as_millis() as u64, Relaxed);
     }
 
     pub fn last_activity(&self) -> Instant {
@@ -369,7 +418,10 @@ impl HttpBody for WatchedBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {

@@ -13,7 +13,11 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub fn inspect(b: &[u8]) -> Inspect {
     if PREFACE.starts_with(&b[..b.len().min(PREFACE.len())]) {
-        return if b.len() >= PREFACE.len() { Inspect::Http("h2c") } else { Inspect::NeedMore };
+        return if b.len() >= PREFACE.len() {
+            Inspect::Http("h2c")
+        } else {
+            Inspect::NeedMore
+        };
     }
     let Some(eol) = b.iter().position(|c| *c == b'\n') else {
         // Methods are tokens; anything else early means not HTTP.
@@ -27,7 +31,9 @@ pub fn inspect(b: &[u8]) -> Inspect {
     let line = &b[..eol];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|c| *c == b' ');
-    let (Some(method), Some(_target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Inspect::NotHttp;
     };
     if method.is_empty() || !method.iter().all(|c| c.is_ascii_alphabetic()) {
@@ -46,7 +52,10 @@ mod tests {
 
     #[test]
     fn detects_http_versions() {
-        assert_eq!(inspect(b"GET / HTTP/1.1\r\nHost: x\r\n"), Inspect::Http("http/1.1"));
+        assert_eq!(
+            inspect(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Inspect::Http("http/1.1")
+        );
         assert_eq!(inspect(b"GET / HTTP/1.0\r\n"), Inspect::Http("http/1.0"));
         assert_eq!(inspect(PREFACE), Inspect::Http("h2c"));
         assert_eq!(inspect(b"PRI * HT"), Inspect::NeedMore);

@@ -43,7 +43,8 @@ impl ListenerStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
-            downstream_cx_length_ms: store.histogram(&format!("listener.{name}.downstream_cx_length_ms")),
+            downstream_cx_length_ms: store
+                .histogram(&format!("listener.{name}.downstream_cx_length_ms")),
             downstream_cx_overflow: c("downstream_cx_overflow"),
             downstream_pre_cx_active: g("downstream_pre_cx_active"),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
@@ -74,13 +75,18 @@ pub struct ActiveListener {
 
 impl std::fmt::Debug for ActiveListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActiveListener").field("name", &self.config.name).field("address", &self.local_address).finish()
+        f.debug_struct("ActiveListener")
+            .field("name", &self.config.name)
+            .field("address", &self.local_address)
+            .finish()
     }
 }
 
 /// Why a listener could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("listener '{name}' (static_resources.listeners[{index}]): cannot bind '{address}': {source}")]
+#[error(
+    "listener '{name}' (static_resources.listeners[{index}]): cannot bind '{address}': {source}"
+)]
 pub struct BindError {
     pub name: String,
     pub index: usize,
@@ -116,27 +122,59 @@ impl ActiveListener {
         clusters: &Arc<ClusterManager>,
         local: &Arc<LocalInfo>,
     ) -> Result<Arc<Self>, BindError> {
-        let err = |address, source| BindError { name: config.name.clone(), index, address, source };
+        let err = |address, source| BindError {
+            name: config.name.clone(),
+            index,
+            address,
+            source,
+        };
         let first = bind(config.address, config.reuse_port).map_err(|e| err(config.address, e))?;
         let local_address = first.local_addr().map_err(|e| err(config.address, e))?;
         let mut sockets = vec![first];
         for _ in 1..workers {
-            let s = if config.reuse_port { bind(local_address, true) } else { sockets[0].try_clone() };
+            let s = if config.reuse_port {
+                bind(local_address, true)
+            } else {
+                sockets[0].try_clone()
+            };
             sockets.push(s.map_err(|e| err(local_address, e))?);
         }
+        // `listener.<stat_prefix or bound address>.`: with port 0 the name carries the real port.
+        let stat_name = config
+            .stat_prefix
+            .clone()
+            .unwrap_or_else(|| crate::model::listener::stat_address(&local_address));
         let build = |fc: &crate::model::listener::FilterChain| -> Result<Terminal, BindError> {
             Ok(match &fc.terminal {
                 NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
-                    ConnectionManager::new(h.clone(), store, clusters.clone(), local.clone(), &config.stat_name, local_address.port())
+                    ConnectionManager::new(
+                        h.clone(),
+                        store,
+                        clusters.clone(),
+                        local.clone(),
+                        &stat_name,
+                        local_address.port(),
+                    )
+                    .map_err(|e| err(local_address, e))?,
+                )),
+                NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
+                    TcpProxyFilter::new(t.clone(), store, clusters.clone())
                         .map_err(|e| err(local_address, e))?,
                 )),
-                NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(TcpProxyFilter::new(t.clone(), store, clusters.clone()).map_err(|e| err(local_address, e))?)),
             })
         };
-        let chains = config.filter_chains.iter().map(|fc| build(fc)).collect::<Result<Vec<_>, _>>()?;
-        let default_chain = config.default_filter_chain.as_ref().map(|fc| build(fc)).transpose()?;
+        let chains = config
+            .filter_chains
+            .iter()
+            .map(|fc| build(fc))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_chain = config
+            .default_filter_chain
+            .as_ref()
+            .map(|fc| build(fc))
+            .transpose()?;
         Ok(Arc::new(Self {
-            stats: ListenerStats::new(store, &config.stat_name),
+            stats: ListenerStats::new(store, &stat_name),
             config,
             index,
             chains,
@@ -183,11 +221,11 @@ impl ActiveListener {
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr) {
         let stats = &self.stats;
-        if let Some(limit) = self.config.connection_limit {
-            if stats.downstream_cx_active.value() as u64 >= limit {
-                stats.downstream_cx_overflow.inc();
-                return;
-            }
+        if let Some(limit) = self.config.connection_limit
+            && stats.downstream_cx_active.value() as u64 >= limit
+        {
+            stats.downstream_cx_overflow.inc();
+            return;
         }
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
@@ -213,7 +251,12 @@ impl ActiveListener {
             application_protocols: &app_protocols,
         };
         let chain = self.config.select_chain(&facts).and_then(|c| {
-            match self.config.filter_chains.iter().position(|x| Arc::ptr_eq(x, c)) {
+            match self
+                .config
+                .filter_chains
+                .iter()
+                .position(|x| Arc::ptr_eq(x, c))
+            {
                 Some(i) => self.chains.get(i),
                 None => self.default_chain.as_ref(),
             }
@@ -246,11 +289,17 @@ impl ActiveListener {
     fn closed(&self, opened: Instant) {
         self.stats.downstream_cx_active.dec();
         self.stats.downstream_cx_destroy.inc();
-        self.stats.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+        self.stats
+            .downstream_cx_length_ms
+            .record(opened.elapsed().as_millis() as u64);
     }
 
     /// Run the TLS / HTTP inspectors on the first bytes (read into `prefix`). `None`: close.
-    async fn run_listener_filters(&self, stream: &mut TcpStream, prefix: &mut BytesMut) -> Option<(Option<String>, &'static str, Vec<Box<str>>)> {
+    async fn run_listener_filters(
+        &self,
+        stream: &mut TcpStream,
+        prefix: &mut BytesMut,
+    ) -> Option<(Option<String>, &'static str, Vec<Box<str>>)> {
         let filters = &self.config.listener_filters;
         let mut server_name = None;
         let mut transport = "raw_buffer";
@@ -260,7 +309,10 @@ impl ActiveListener {
         }
         let tls = filters.contains(&ListenerFilter::TlsInspector);
         let http = filters.contains(&ListenerFilter::HttpInspector);
-        let deadline = self.config.listener_filters_timeout.map(|t| Instant::now() + t);
+        let deadline = self
+            .config
+            .listener_filters_timeout
+            .map(|t| Instant::now() + t);
         let mut tls_done = !tls;
         let mut http_done = !http;
         while !(tls_done && http_done) {
@@ -293,7 +345,9 @@ impl ActiveListener {
             prefix.reserve(4096);
             let read = async {
                 match deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), stream.read_buf(prefix)).await.ok(),
+                    Some(d) => tokio::time::timeout_at(d.into(), stream.read_buf(prefix))
+                        .await
+                        .ok(),
                     None => Some(stream.read_buf(prefix).await),
                 }
             };

@@ -32,7 +32,11 @@ pub fn inspect(b: &[u8]) -> Inspect {
         return Inspect::NotTls;
     }
     if b.len() < 5 {
-        return if b.len() >= 2 && b[1] != 0x03 { Inspect::NotTls } else { Inspect::NeedMore };
+        return if b.len() >= 2 && b[1] != 0x03 {
+            Inspect::NotTls
+        } else {
+            Inspect::NeedMore
+        };
     }
     if b[1] != 0x03 {
         return Inspect::NotTls;
@@ -44,7 +48,10 @@ pub fn inspect(b: &[u8]) -> Inspect {
     if b.get(5) != Some(&0x01) {
         return Inspect::NotTls; // not a ClientHello
     }
-    let Some(hs_len) = b.get(6..9).map(|l| ((l[0] as usize) << 16) | ((l[1] as usize) << 8) | l[2] as usize) else {
+    let Some(hs_len) = b
+        .get(6..9)
+        .map(|l| ((l[0] as usize) << 16) | ((l[1] as usize) << 8) | l[2] as usize)
+    else {
         return Inspect::NeedMore;
     };
     let body_start = 9;
@@ -87,7 +94,9 @@ fn parse_client_hello(h: &[u8]) -> Option<ClientHello> {
                     let nl = u16_at(data, j + 1)?;
                     let name = data.get(j + 3..j + 3 + nl)?;
                     if nt == 0 {
-                        out.server_name = std::str::from_utf8(name).ok().map(|s| s.to_ascii_lowercase());
+                        out.server_name = std::str::from_utf8(name)
+                            .ok()
+                            .map(|s| s.to_ascii_lowercase());
                         break;
                     }
                     j += 3 + nl;
@@ -155,7 +164,13 @@ mod tests {
     #[test]
     fn parses_sni_and_alpn() {
         let ch = client_hello("Example.COM", &["h2", "http/1.1"]);
-        assert_eq!(inspect(&ch), Inspect::Tls(ClientHello { server_name: Some("example.com".into()), alpn: vec!["h2".into(), "http/1.1".into()] }));
+        assert_eq!(
+            inspect(&ch),
+            Inspect::Tls(ClientHello {
+                server_name: Some("example.com".into()),
+                alpn: vec!["h2".into(), "http/1.1".into()]
+            })
+        );
         assert_eq!(inspect(&ch[..20]), Inspect::NeedMore);
         assert_eq!(inspect(b"GET / HTTP/1.1\r\n"), Inspect::NotTls);
         assert_eq!(inspect(&[0x16, 0x01]), Inspect::NotTls);

@@ -29,7 +29,11 @@ pub enum Sink {
 #[derive(Debug, Clone)]
 pub enum LogFormat {
     Text(Formatter),
-    Json { fields: Vec<(String, JsonField)>, omit_empty_values: bool, typed: bool },
+    Json {
+        fields: Vec<(String, JsonField)>,
+        omit_empty_values: bool,
+        typed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +75,11 @@ pub struct FilterInput<'a> {
 // === impl LogFilter ===
 
 impl LogFilter {
-    pub fn from_proto(path: &FieldPath, f: &pb::accesslog::AccessLogFilter, rt: &Runtime) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        f: &pb::accesslog::AccessLogFilter,
+        rt: &Runtime,
+    ) -> Result<Self> {
         use pb::accesslog::access_log_filter::FilterSpecifier as F;
         let pb::accesslog::AccessLogFilter { filter_specifier } = f;
         Ok(match filter_specifier {
@@ -84,18 +92,27 @@ impl LogFilter {
                 LogFilter::Duration(op, v)
             }
             Some(F::NotHealthCheckFilter(_)) => LogFilter::NotHealthCheck,
-            Some(F::AndFilter(a)) => LogFilter::And(list(&path.field("and_filter"), &a.filters, rt)?),
+            Some(F::AndFilter(a)) => {
+                LogFilter::And(list(&path.field("and_filter"), &a.filters, rt)?)
+            }
             Some(F::OrFilter(o)) => LogFilter::Or(list(&path.field("or_filter"), &o.filters, rt)?),
             Some(F::HeaderFilter(h)) => {
                 let hp = path.field("header_filter");
-                let header = h.header.as_ref().ok_or_else(|| hp.field("header").error("is required"))?;
+                let header = h
+                    .header
+                    .as_ref()
+                    .ok_or_else(|| hp.field("header").error("is required"))?;
                 LogFilter::Header(HeaderMatcher::from_proto(&hp.field("header"), header)?)
             }
             Some(F::ResponseFlagFilter(r)) => {
                 let mut flags = ResponseFlags::empty();
                 for (i, name) in r.flags.iter().enumerate() {
-                    flags |= ResponseFlags::from_short(name)
-                        .ok_or_else(|| path.field("response_flag_filter").field("flags").index(i).error(format!("unknown response flag '{name}'")))?;
+                    flags |= ResponseFlags::from_short(name).ok_or_else(|| {
+                        path.field("response_flag_filter")
+                            .field("flags")
+                            .index(i)
+                            .error(format!("unknown response flag '{name}'"))
+                    })?;
                 }
                 LogFilter::ResponseFlag(flags)
             }
@@ -109,6 +126,21 @@ impl LogFilter {
         })
     }
 
+    /// Request headers the filter reads.
+    pub fn request_headers(&self, out: &mut Vec<http::HeaderName>) {
+        match self {
+            LogFilter::Header(h) => {
+                if let super::matcher::HeaderKey::Named(n) = &h.key {
+                    out.push(n.clone());
+                }
+            }
+            LogFilter::And(fs) | LogFilter::Or(fs) => {
+                fs.iter().for_each(|f| f.request_headers(out))
+            }
+            _ => {}
+        }
+    }
+
     pub fn evaluate(&self, i: &FilterInput<'_>) -> bool {
         match self {
             LogFilter::StatusCode(op, v) => compare(*op, i.response_code as u64, *v),
@@ -118,7 +150,11 @@ impl LogFilter {
             LogFilter::Or(fs) => fs.iter().any(|f| f.evaluate(i)),
             LogFilter::Header(h) => i.request.is_some_and(|r| h.matches(r)),
             LogFilter::ResponseFlag(flags) => {
-                if flags.is_empty() { !i.response_flags.is_empty() } else { i.response_flags.intersects(*flags) }
+                if flags.is_empty() {
+                    !i.response_flags.is_empty()
+                } else {
+                    i.response_flags.intersects(*flags)
+                }
             }
         }
     }
@@ -133,16 +169,29 @@ fn compare(op: CompareOp, actual: u64, v: u64) -> bool {
     }
 }
 
-fn list(path: &FieldPath, fs: &[pb::accesslog::AccessLogFilter], rt: &Runtime) -> Result<Vec<LogFilter>> {
+fn list(
+    path: &FieldPath,
+    fs: &[pb::accesslog::AccessLogFilter],
+    rt: &Runtime,
+) -> Result<Vec<LogFilter>> {
     if fs.len() < 2 {
         return Err(path.field("filters").error("needs at least two filters"));
     }
-    fs.iter().enumerate().map(|(i, f)| LogFilter::from_proto(&path.field("filters").index(i), f, rt)).collect()
+    fs.iter()
+        .enumerate()
+        .map(|(i, f)| LogFilter::from_proto(&path.field("filters").index(i), f, rt))
+        .collect()
 }
 
-fn comparison(path: &FieldPath, c: &Option<pb::accesslog::ComparisonFilter>, rt: &Runtime) -> Result<(CompareOp, u64)> {
+fn comparison(
+    path: &FieldPath,
+    c: &Option<pb::accesslog::ComparisonFilter>,
+    rt: &Runtime,
+) -> Result<(CompareOp, u64)> {
     use pb::accesslog::comparison_filter::Op;
-    let c = c.as_ref().ok_or_else(|| path.field("comparison").error("is required"))?;
+    let c = c
+        .as_ref()
+        .ok_or_else(|| path.field("comparison").error("is required"))?;
     let cp = path.field("comparison");
     let pb::accesslog::ComparisonFilter { op, value } = c;
     let op = match enum_value::<Op>(&cp, "op", *op, |_| true)? {
@@ -151,8 +200,13 @@ fn comparison(path: &FieldPath, c: &Option<pb::accesslog::ComparisonFilter>, rt:
         Op::Le => CompareOp::Le,
         Op::Ne => CompareOp::Ne,
     };
-    let value = value.as_ref().ok_or_else(|| cp.field("value").error("is required"))?;
-    let pb::core::RuntimeUInt32 { default_value, runtime_key } = value;
+    let value = value
+        .as_ref()
+        .ok_or_else(|| cp.field("value").error("is required"))?;
+    let pb::core::RuntimeUInt32 {
+        default_value,
+        runtime_key,
+    } = value;
     // The runtime is static in remora: a key defined in the bootstrap's runtime wins, as in Envoy.
     let v = rt.u64(runtime_key).unwrap_or(*default_value as u64);
     Ok((op, v))
@@ -165,10 +219,21 @@ pub const STDOUT_LOGGER: &str = "envoy.extensions.access_loggers.stream.v3.Stdou
 pub const STDERR_LOGGER: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
 impl AccessLogConfig {
-    pub fn from_proto(path: &FieldPath, al: &pb::accesslog::AccessLog, rt: &Runtime) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        al: &pb::accesslog::AccessLog,
+        rt: &Runtime,
+    ) -> Result<Self> {
         use pb::accesslog::access_log::ConfigType;
-        let pb::accesslog::AccessLog { name, filter, config_type } = al;
-        let filter = filter.as_ref().map(|f| LogFilter::from_proto(&path.field("filter"), f, rt)).transpose()?;
+        let pb::accesslog::AccessLog {
+            name,
+            filter,
+            config_type,
+        } = al;
+        let filter = filter
+            .as_ref()
+            .map(|f| LogFilter::from_proto(&path.field("filter"), f, rt))
+            .transpose()?;
         let tp = path.field("typed_config");
         let Some(ConfigType::TypedConfig(any)) = config_type else {
             return Err(path.error("an access log needs typed_config"));
@@ -176,17 +241,35 @@ impl AccessLogConfig {
         let (sink, format) = match any_type(any) {
             FILE_LOGGER => {
                 use pb::file_log::file_access_log::AccessLogFormat as F;
-                let pb::file_log::FileAccessLog { path: file, access_log_format } = decode_any(&tp, any)?;
+                let pb::file_log::FileAccessLog {
+                    path: file,
+                    access_log_format,
+                } = decode_any(&tp, any)?;
                 if file.is_empty() {
                     return Err(tp.field("path").error("must not be empty"));
                 }
                 let format = match &access_log_format {
-                    None => LogFormat::Text(Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format")),
-                    Some(F::Format(f)) => LogFormat::Text(text(&tp.field("format"), if f.is_empty() { DEFAULT_ACCESS_LOG_FORMAT } else { f })?),
-                    Some(F::JsonFormat(s)) => LogFormat::Json { fields: json_fields(&tp.field("json_format"), s)?, omit_empty_values: false, typed: false },
-                    Some(F::TypedJsonFormat(s)) => {
-                        LogFormat::Json { fields: json_fields(&tp.field("typed_json_format"), s)?, omit_empty_values: false, typed: true }
-                    }
+                    None => LogFormat::Text(
+                        Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
+                    ),
+                    Some(F::Format(f)) => LogFormat::Text(text(
+                        &tp.field("format"),
+                        if f.is_empty() {
+                            DEFAULT_ACCESS_LOG_FORMAT
+                        } else {
+                            f
+                        },
+                    )?),
+                    Some(F::JsonFormat(s)) => LogFormat::Json {
+                        fields: json_fields(&tp.field("json_format"), s)?,
+                        omit_empty_values: false,
+                        typed: false,
+                    },
+                    Some(F::TypedJsonFormat(s)) => LogFormat::Json {
+                        fields: json_fields(&tp.field("typed_json_format"), s)?,
+                        omit_empty_values: false,
+                        typed: true,
+                    },
                     Some(F::LogFormat(sfs)) => substitution_format(&tp.field("log_format"), sfs)?,
                 };
                 let sink = if file == "/dev/stdout" {
@@ -201,22 +284,39 @@ impl AccessLogConfig {
             STDOUT_LOGGER => {
                 let pb::stream_log::StdoutAccessLog { access_log_format } = decode_any(&tp, any)?;
                 let format = match access_log_format {
-                    Some(pb::stream_log::stdout_access_log::AccessLogFormat::LogFormat(sfs)) => substitution_format(&tp.field("log_format"), &sfs)?,
-                    None => LogFormat::Text(Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format")),
+                    Some(pb::stream_log::stdout_access_log::AccessLogFormat::LogFormat(sfs)) => {
+                        substitution_format(&tp.field("log_format"), &sfs)?
+                    }
+                    None => LogFormat::Text(
+                        Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
+                    ),
                 };
                 (Sink::Stdout, format)
             }
             STDERR_LOGGER => {
                 let pb::stream_log::StderrAccessLog { access_log_format } = decode_any(&tp, any)?;
                 let format = match access_log_format {
-                    Some(pb::stream_log::stderr_access_log::AccessLogFormat::LogFormat(sfs)) => substitution_format(&tp.field("log_format"), &sfs)?,
-                    None => LogFormat::Text(Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format")),
+                    Some(pb::stream_log::stderr_access_log::AccessLogFormat::LogFormat(sfs)) => {
+                        substitution_format(&tp.field("log_format"), &sfs)?
+                    }
+                    None => LogFormat::Text(
+                        Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
+                    ),
                 };
                 (Sink::Stderr, format)
             }
-            other => return Err(tp.field("@type").error(format!("access logger {other} is not supported"))),
+            other => {
+                return Err(tp
+                    .field("@type")
+                    .error(format!("access logger {other} is not supported")));
+            }
         };
-        Ok(Self { name: name.clone(), filter, sink, format })
+        Ok(Self {
+            name: name.clone(),
+            filter,
+            sink,
+            format,
+        })
     }
 
     /// Response headers the format reads.
@@ -254,19 +354,8 @@ impl AccessLogConfig {
             LogFormat::Text(f) => out.extend(f.request_headers()),
             LogFormat::Json { fields, .. } => collect(fields, &mut out),
         }
-        fn filter_headers(f: &LogFilter, out: &mut Vec<http::HeaderName>) {
-            match f {
-                LogFilter::Header(h) => {
-                    if let super::matcher::HeaderKey::Named(n) = &h.key {
-                        out.push(n.clone());
-                    }
-                }
-                LogFilter::And(fs) | LogFilter::Or(fs) => fs.iter().for_each(|f| filter_headers(f, out)),
-                _ => {}
-            }
-        }
         if let Some(f) = &self.filter {
-            filter_headers(f, &mut out);
+            f.request_headers(&mut out);
         }
         out
     }
@@ -277,9 +366,18 @@ fn text(path: &FieldPath, s: &str) -> Result<Formatter> {
 }
 
 /// `SubstitutionFormatString` → a log format (also used by local replies).
-pub fn substitution_format(path: &FieldPath, s: &pb::core::SubstitutionFormatString) -> Result<LogFormat> {
+pub fn substitution_format(
+    path: &FieldPath,
+    s: &pb::core::SubstitutionFormatString,
+) -> Result<LogFormat> {
     use pb::core::substitution_format_string::Format as F;
-    let pb::core::SubstitutionFormatString { omit_empty_values, content_type, formatters, json_format_options, format } = s;
+    let pb::core::SubstitutionFormatString {
+        omit_empty_values,
+        content_type,
+        formatters,
+        json_format_options,
+        format,
+    } = s;
     let _ = content_type; // read by local replies (`local_reply_content_type`); logs ignore it as Envoy does
     deny(path, "formatters", formatters)?;
     let _ = json_format_options; // sort_properties: remora always sorts, as Envoy now does
@@ -287,11 +385,20 @@ pub fn substitution_format(path: &FieldPath, s: &pb::core::SubstitutionFormatStr
         Some(F::TextFormat(t)) => LogFormat::Text(text(&path.field("text_format"), t)?),
         Some(F::TextFormatSource(ds)) => {
             let bytes = super::core::data_source(&path.field("text_format_source"), ds)?;
-            let t = String::from_utf8(bytes.to_vec()).map_err(|_| path.field("text_format_source").error("must be UTF-8"))?;
+            let t = String::from_utf8(bytes.to_vec())
+                .map_err(|_| path.field("text_format_source").error("must be UTF-8"))?;
             LogFormat::Text(text(&path.field("text_format_source"), &t)?)
         }
-        Some(F::JsonFormat(st)) => LogFormat::Json { fields: json_fields(&path.field("json_format"), st)?, omit_empty_values: *omit_empty_values, typed: true },
-        None => return Err(path.error("one of text_format, json_format or text_format_source is required")),
+        Some(F::JsonFormat(st)) => LogFormat::Json {
+            fields: json_fields(&path.field("json_format"), st)?,
+            omit_empty_values: *omit_empty_values,
+            typed: true,
+        },
+        None => {
+            return Err(
+                path.error("one of text_format, json_format or text_format_source is required")
+            );
+        }
     })
 }
 
@@ -311,7 +418,9 @@ fn json_fields(path: &FieldPath, s: &pb::protobuf::Struct) -> Result<Vec<(String
             Some(Kind::NumberValue(_)) | Some(Kind::BoolValue(_)) | Some(Kind::NullValue(_)) => {
                 JsonField::Literal(super::runtime::value_to_json(v))
             }
-            Some(Kind::ListValue(_)) => return Err(p.error("lists are not supported in json_format")),
+            Some(Kind::ListValue(_)) => {
+                return Err(p.error("lists are not supported in json_format"));
+            }
             None => JsonField::Literal(serde_json::Value::Null),
         };
         out.push((k.clone(), field));

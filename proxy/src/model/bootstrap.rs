@@ -99,19 +99,35 @@ impl Bootstrap {
             stats_eviction,
             enable_worker_cpu_affinity,
         } = b;
-        deny(&path, "enable_worker_cpu_affinity", enable_worker_cpu_affinity)?;
+        deny(
+            &path,
+            "enable_worker_cpu_affinity",
+            enable_worker_cpu_affinity,
+        )?;
         deny(&path, "node_context_params", node_context_params)?;
         if dynamic_resources.is_some() {
-            return Err(path.field("dynamic_resources").error("dynamic configuration (xDS) is not supported yet"));
+            return Err(path
+                .field("dynamic_resources")
+                .error("dynamic configuration (xDS) is not supported yet"));
         }
         if let Some(cm) = cluster_manager {
             let cp = path.field("cluster_manager");
-            let pb::bootstrap::ClusterManager { local_cluster_name, outlier_detection, upstream_bind_config, load_stats_config, enable_deferred_cluster_creation } = cm;
+            let pb::bootstrap::ClusterManager {
+                local_cluster_name,
+                outlier_detection,
+                upstream_bind_config,
+                load_stats_config,
+                enable_deferred_cluster_creation,
+            } = cm;
             deny(&cp, "local_cluster_name", local_cluster_name)?;
             deny(&cp, "outlier_detection", outlier_detection)?;
             deny(&cp, "upstream_bind_config", upstream_bind_config)?;
             deny(&cp, "load_stats_config", load_stats_config)?;
-            deny(&cp, "enable_deferred_cluster_creation", enable_deferred_cluster_creation)?;
+            deny(
+                &cp,
+                "enable_deferred_cluster_creation",
+                enable_deferred_cluster_creation,
+            )?;
         }
         deny(&path, "hds_config", hds_config)?;
         deny(&path, "flags_path", flags_path)?;
@@ -123,24 +139,44 @@ impl Bootstrap {
         deny(&path, "overload_manager", overload_manager)?;
         deny(&path, "enable_dispatcher_stats", enable_dispatcher_stats)?;
         deny(&path, "header_prefix", header_prefix)?;
-        deny(&path, "stats_server_version_override", stats_server_version_override)?;
+        deny(
+            &path,
+            "stats_server_version_override",
+            stats_server_version_override,
+        )?;
         deny(&path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
         deny(&path, "dns_resolution_config", dns_resolution_config)?;
-        deny(&path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
+        deny(
+            &path,
+            "typed_dns_resolver_config",
+            typed_dns_resolver_config,
+        )?;
         deny(&path, "bootstrap_extensions", bootstrap_extensions)?;
         deny(&path, "fatal_actions", fatal_actions)?;
         deny(&path, "config_sources", config_sources)?;
         deny(&path, "default_config_source", default_config_source)?;
         deny(&path, "default_socket_interface", default_socket_interface)?;
-        deny(&path, "certificate_provider_instances", certificate_provider_instances)?;
+        deny(
+            &path,
+            "certificate_provider_instances",
+            certificate_provider_instances,
+        )?;
         deny(&path, "inline_headers", inline_headers)?;
         deny(&path, "perf_tracing_file_path", perf_tracing_file_path)?;
         deny(&path, "default_regex_engine", default_regex_engine)?;
         deny(&path, "xds_delegate_extension", xds_delegate_extension)?;
-        deny(&path, "xds_config_tracker_extension", xds_config_tracker_extension)?;
+        deny(
+            &path,
+            "xds_config_tracker_extension",
+            xds_config_tracker_extension,
+        )?;
         deny(&path, "listener_manager", listener_manager)?;
         deny(&path, "application_log_config", application_log_config)?;
-        deny(&path, "grpc_async_client_manager_config", grpc_async_client_manager_config)?;
+        deny(
+            &path,
+            "grpc_async_client_manager_config",
+            grpc_async_client_manager_config,
+        )?;
         deny(&path, "memory_allocator_manager", memory_allocator_manager)?;
         deny(&path, "stats_flush", stats_flush)?;
         deny(&path, "stats_eviction", stats_eviction)?;
@@ -148,7 +184,15 @@ impl Bootstrap {
         let runtime = Runtime::from_proto(&path.field("layered_runtime"), layered_runtime)?;
         let node = node
             .as_ref()
-            .map(|n| Node { id: n.id.clone(), cluster: n.cluster.clone(), metadata: n.metadata.as_ref().map(super::runtime::struct_to_json).unwrap_or_default() })
+            .map(|n| Node {
+                id: n.id.clone(),
+                cluster: n.cluster.clone(),
+                metadata: n
+                    .metadata
+                    .as_ref()
+                    .map(super::runtime::struct_to_json)
+                    .unwrap_or_default(),
+            })
             .unwrap_or_default();
 
         let admin = match admin {
@@ -156,7 +200,8 @@ impl Bootstrap {
             None => None,
         };
 
-        let mut flush_interval = opt_duration(&path, "stats_flush_interval", stats_flush_interval)?.unwrap_or(Duration::from_secs(5));
+        let mut flush_interval = opt_duration(&path, "stats_flush_interval", stats_flush_interval)?
+            .unwrap_or(Duration::from_secs(5));
         if flush_interval < Duration::from_millis(1) {
             flush_interval = Duration::from_millis(1);
         }
@@ -166,7 +211,11 @@ impl Bootstrap {
         let mut clusters = Vec::new();
         if let Some(sr) = static_resources {
             let sp = path.field("static_resources");
-            let pb::bootstrap::bootstrap::StaticResources { listeners: ls, clusters: cs, secrets } = sr;
+            let pb::bootstrap::bootstrap::StaticResources {
+                listeners: ls,
+                clusters: cs,
+                secrets,
+            } = sr;
             deny(&sp, "secrets", secrets)?;
             let mut names: HashMap<String, usize> = HashMap::new();
             for (i, c) in cs.iter().enumerate() {
@@ -182,28 +231,53 @@ impl Bootstrap {
                 let lp = sp.field("listeners").index(i);
                 let listener = Listener::from_proto(&lp, l, &runtime)?;
                 if let Some(prev) = lnames.insert(listener.name.clone(), i) {
-                    return Err(lp.field("name").error(format!("duplicate listener name '{}' (also static_resources.listeners[{prev}])", listener.name)));
+                    return Err(lp.field("name").error(format!(
+                        "duplicate listener name '{}' (also static_resources.listeners[{prev}])",
+                        listener.name
+                    )));
                 }
                 check_route_clusters(&lp, &listener, &names)?;
                 listeners.push(Arc::new(listener));
             }
         }
-        Ok(Self { node, admin, listeners, clusters, stats, runtime })
+        Ok(Self {
+            node,
+            admin,
+            listeners,
+            clusters,
+            stats,
+            runtime,
+        })
     }
 }
 
 /// Inline route configurations validate their clusters (Envoy's `validate_clusters` defaults to
 /// true for them): a route naming an undefined cluster is a configuration error.
-fn check_route_clusters(lp: &FieldPath, l: &Listener, clusters: &HashMap<String, usize>) -> Result<()> {
+fn check_route_clusters(
+    lp: &FieldPath,
+    l: &Listener,
+    clusters: &HashMap<String, usize>,
+) -> Result<()> {
     use super::listener::NetworkTerminal;
-    for (i, fc) in l.filter_chains.iter().chain(l.default_filter_chain.iter()).enumerate() {
-        let NetworkTerminal::Http(hcm) = &fc.terminal else { continue };
+    for (i, fc) in l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .enumerate()
+    {
+        let NetworkTerminal::Http(hcm) = &fc.terminal else {
+            continue;
+        };
         if hcm.route_config.validate_clusters == Some(false) {
             continue;
         }
         for name in &hcm.route_config.referenced_clusters {
             if !clusters.contains_key(&**name) {
-                let chain = if i < l.filter_chains.len() { format!("filter_chains[{i}]") } else { "default_filter_chain".into() };
+                let chain = if i < l.filter_chains.len() {
+                    format!("filter_chains[{i}]")
+                } else {
+                    "default_filter_chain".into()
+                };
                 return Err(lp.field(&chain).error(format!(
                     "route configuration '{}' references cluster '{name}', which is not defined in static_resources.clusters",
                     hcm.route_config.name
@@ -215,22 +289,39 @@ fn check_route_clusters(lp: &FieldPath, l: &Listener, clusters: &HashMap<String,
 }
 
 fn admin_from(path: &FieldPath, a: &pb::bootstrap::Admin, rt: &Runtime) -> Result<Option<Admin>> {
-    let pb::bootstrap::Admin { access_log, access_log_path, profile_path, address, socket_options, ignore_global_conn_limit, allow_paths } = a;
+    let pb::bootstrap::Admin {
+        access_log,
+        access_log_path,
+        profile_path,
+        address,
+        socket_options,
+        ignore_global_conn_limit,
+        allow_paths,
+    } = a;
     deny(path, "socket_options", socket_options)?;
     deny(path, "allow_paths", allow_paths)?;
     let _ = profile_path; // the CPU profiler endpoint is not offered; the path is only where it would write
     let _ = ignore_global_conn_limit; // no global connection limit applies to the admin listener
     let Some(addr) = address else {
         if !access_log.is_empty() || !access_log_path.is_empty() {
-            return Err(path.field("address").error("is required when admin is configured"));
+            return Err(path
+                .field("address")
+                .error("is required when admin is configured"));
         }
         return Ok(None);
     };
     let hp = super::core::socket_address(&path.field("address"), &Some(addr.clone()))?;
-    let ip = hp.ip().ok_or_else(|| path.field("address").error(format!("'{}' is not an IP address", hp.host)))?;
+    let ip = hp.ip().ok_or_else(|| {
+        path.field("address")
+            .error(format!("'{}' is not an IP address", hp.host))
+    })?;
     let mut logs = Vec::new();
     for (i, al) in access_log.iter().enumerate() {
-        logs.push(AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt)?);
+        logs.push(AccessLogConfig::from_proto(
+            &path.field("access_log").index(i),
+            al,
+            rt,
+        )?);
     }
     if !access_log_path.is_empty() {
         logs.push(AccessLogConfig {
@@ -238,25 +329,49 @@ fn admin_from(path: &FieldPath, a: &pb::bootstrap::Admin, rt: &Runtime) -> Resul
             filter: None,
             sink: super::access_log::Sink::File(access_log_path.into()),
             format: super::access_log::LogFormat::Text(
-                crate::telemetry::format::Formatter::parse(crate::telemetry::format::DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
+                crate::telemetry::format::Formatter::parse(
+                    crate::telemetry::format::DEFAULT_ACCESS_LOG_FORMAT,
+                )
+                .expect("default format"),
             ),
         });
     }
-    Ok(Some(Admin { address: SocketAddr::new(ip, hp.port), access_logs: logs }))
+    Ok(Some(Admin {
+        address: SocketAddr::new(ip, hp.port),
+        access_logs: logs,
+    }))
 }
 
-fn stats_settings(path: &FieldPath, sc: &Option<pb::metrics::StatsConfig>, flush_interval: Duration) -> Result<StatsSettings> {
+fn stats_settings(
+    path: &FieldPath,
+    sc: &Option<pb::metrics::StatsConfig>,
+    flush_interval: Duration,
+) -> Result<StatsSettings> {
     use pb::metrics::stats_matcher::StatsMatcher as M;
     use pb::metrics::tag_specifier::TagValue;
-    let mut out = StatsSettings { tags: vec![], use_all_default_tags: true, matcher: None, flush_interval };
+    let mut out = StatsSettings {
+        tags: vec![],
+        use_all_default_tags: true,
+        matcher: None,
+        flush_interval,
+    };
     let Some(sc) = sc else { return Ok(out) };
-    let pb::metrics::StatsConfig { stats_tags, use_all_default_tags, stats_matcher, histogram_bucket_settings, allow_default_tag_overrides } = sc;
+    let pb::metrics::StatsConfig {
+        stats_tags,
+        use_all_default_tags,
+        stats_matcher,
+        histogram_bucket_settings,
+        allow_default_tag_overrides,
+    } = sc;
     deny(path, "histogram_bucket_settings", histogram_bucket_settings)?;
     let _ = allow_default_tag_overrides; // custom tags already override defaults of the same name
     out.use_all_default_tags = bool_or(use_all_default_tags, true);
     for (i, t) in stats_tags.iter().enumerate() {
         let tp = path.field("stats_tags").index(i);
-        let pb::metrics::TagSpecifier { tag_name, tag_value } = t;
+        let pb::metrics::TagSpecifier {
+            tag_name,
+            tag_value,
+        } = t;
         if tag_name.is_empty() {
             return Err(tp.field("tag_name").error("must not be empty"));
         }
@@ -276,14 +391,25 @@ fn stats_settings(path: &FieldPath, sc: &Option<pb::metrics::StatsConfig>, flush
     }
     if let Some(sm) = stats_matcher {
         let mp = path.field("stats_matcher");
-        let list = |p: FieldPath, l: &pb::matcher::ListStringMatcher| -> Result<Vec<StringMatcher>> {
-            l.patterns.iter().enumerate().map(|(i, m)| StringMatcher::from_proto(&p.field("patterns").index(i), m)).collect()
-        };
+        let list =
+            |p: FieldPath, l: &pb::matcher::ListStringMatcher| -> Result<Vec<StringMatcher>> {
+                l.patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| StringMatcher::from_proto(&p.field("patterns").index(i), m))
+                    .collect()
+            };
         out.matcher = match &sm.stats_matcher {
             Some(M::RejectAll(true)) => Some(StatsMatcher::RejectAll),
             Some(M::RejectAll(false)) | None => None,
-            Some(M::InclusionList(l)) => Some(StatsMatcher::Inclusion(list(mp.field("inclusion_list"), l)?)),
-            Some(M::ExclusionList(l)) => Some(StatsMatcher::Exclusion(list(mp.field("exclusion_list"), l)?)),
+            Some(M::InclusionList(l)) => Some(StatsMatcher::Inclusion(list(
+                mp.field("inclusion_list"),
+                l,
+            )?)),
+            Some(M::ExclusionList(l)) => Some(StatsMatcher::Exclusion(list(
+                mp.field("exclusion_list"),
+                l,
+            )?)),
         };
     }
     Ok(out)

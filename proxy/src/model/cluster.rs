@@ -1,7 +1,9 @@
 //! `envoy.config.cluster.v3.Cluster` → the cluster model: discovery type, endpoints (with
 //! priorities, localities and weights), load balancing, timeouts and upstream protocol.
 
-use super::core::{HostPort, any_type, decode_any, deny, enum_value, opt_duration, timeout_or, u32_or};
+use super::core::{
+    HostPort, any_type, decode_any, deny, enum_value, opt_duration, timeout_or, u32_or,
+};
 use super::hcm::{Http2Settings, http2_settings};
 use super::pb;
 use crate::config::{FieldPath, Result};
@@ -44,7 +46,10 @@ pub enum UpstreamProtocol {
     Http1,
     Http2,
     /// The downstream request's protocol.
-    UseDownstream { http2_allowed: bool, http1_allowed: bool },
+    UseDownstream {
+        http2_allowed: bool,
+        http1_allowed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +113,11 @@ pub struct Keepalive {
 }
 
 pub fn keepalive(ka: &pb::core::TcpKeepalive) -> Keepalive {
-    let pb::core::TcpKeepalive { keepalive_probes, keepalive_time, keepalive_interval } = ka;
+    let pb::core::TcpKeepalive {
+        keepalive_probes,
+        keepalive_time,
+        keepalive_interval,
+    } = ka;
     Keepalive {
         probes: keepalive_probes.as_ref().map(|v| v.value),
         time: keepalive_time.as_ref().map(|v| v.value),
@@ -117,7 +126,10 @@ pub fn keepalive(ka: &pb::core::TcpKeepalive) -> Keepalive {
 }
 
 /// Refuse any transport socket other than raw_buffer (TLS arrives with the mTLS work).
-pub fn raw_transport_socket(path: &FieldPath, ts: &Option<pb::core::TransportSocket>) -> Result<()> {
+pub fn raw_transport_socket(
+    path: &FieldPath,
+    ts: &Option<pb::core::TransportSocket>,
+) -> Result<()> {
     use pb::core::transport_socket::ConfigType;
     let Some(pb::core::TransportSocket { name, config_type }) = ts else {
         return Ok(());
@@ -126,10 +138,16 @@ pub fn raw_transport_socket(path: &FieldPath, ts: &Option<pb::core::TransportSoc
         Some(ConfigType::TypedConfig(any)) => any_type(any).to_string(),
         None => String::new(),
     };
-    if type_name == RAW_BUFFER || (type_name.is_empty() && name == "envoy.transport_sockets.raw_buffer") {
+    if type_name == RAW_BUFFER
+        || (type_name.is_empty() && name == "envoy.transport_sockets.raw_buffer")
+    {
         return Ok(());
     }
-    let shown = if type_name.is_empty() { name.clone() } else { type_name };
+    let shown = if type_name.is_empty() {
+        name.clone()
+    } else {
+        type_name
+    };
     Err(path.error(format!("transport socket {shown} is not supported")))
 }
 
@@ -137,7 +155,10 @@ pub fn raw_transport_socket(path: &FieldPath, ts: &Option<pb::core::TransportSoc
 
 impl Cluster {
     pub fn from_proto(path: &FieldPath, c: &pb::cluster::Cluster) -> Result<Self> {
-        use pb::cluster::cluster::{ClusterDiscoveryType as Cdt, DiscoveryType as D, DnsLookupFamily as F, LbConfig, LbPolicy as L};
+        use pb::cluster::cluster::{
+            ClusterDiscoveryType as Cdt, DiscoveryType as D, DnsLookupFamily as F, LbConfig,
+            LbPolicy as L,
+        };
         let pb::cluster::Cluster {
             transport_socket_matches,
             transport_socket_matcher,
@@ -199,10 +220,18 @@ impl Cluster {
         deny(path, "transport_socket_matcher", transport_socket_matcher)?;
         deny(path, "stats_matcher", stats_matcher)?;
         deny(path, "eds_cluster_config", eds_cluster_config)?;
-        deny(path, "per_connection_buffer_high_watermark_timeout", per_connection_buffer_high_watermark_timeout)?;
+        deny(
+            path,
+            "per_connection_buffer_high_watermark_timeout",
+            per_connection_buffer_high_watermark_timeout,
+        )?;
         deny(path, "health_checks", health_checks)?;
         deny(path, "circuit_breakers", circuit_breakers)?;
-        deny(path, "upstream_http_protocol_options", upstream_http_protocol_options)?;
+        deny(
+            path,
+            "upstream_http_protocol_options",
+            upstream_http_protocol_options,
+        )?;
         deny(path, "dns_jitter", dns_jitter)?;
         deny(path, "dns_failure_refresh_rate", dns_failure_refresh_rate)?;
         deny(path, "respect_dns_ttl", respect_dns_ttl)?;
@@ -216,26 +245,48 @@ impl Cluster {
         deny(path, "cleanup_interval", cleanup_interval)?;
         deny(path, "upstream_bind_config", upstream_bind_config)?;
         if let Some(subset) = lb_subset_config {
-            deny(&path.field("lb_subset_config"), "subset_selectors", &subset.subset_selectors)?;
+            deny(
+                &path.field("lb_subset_config"),
+                "subset_selectors",
+                &subset.subset_selectors,
+            )?;
         }
         raw_transport_socket(&path.field("transport_socket"), transport_socket)?;
         super::core::metadata_ok(metadata);
-        deny(path, "close_connections_on_host_health_failure", close_connections_on_host_health_failure)?;
-        deny(path, "ignore_health_on_host_removal", ignore_health_on_host_removal)?;
+        deny(
+            path,
+            "close_connections_on_host_health_failure",
+            close_connections_on_host_health_failure,
+        )?;
+        deny(
+            path,
+            "ignore_health_on_host_removal",
+            ignore_health_on_host_removal,
+        )?;
         deny(path, "filters", filters)?;
         deny(path, "load_balancing_policy", load_balancing_policy)?;
         deny(path, "lrs_server", lrs_server)?;
-        deny(path, "lrs_report_endpoint_metrics", lrs_report_endpoint_metrics)?;
+        deny(
+            path,
+            "lrs_report_endpoint_metrics",
+            lrs_report_endpoint_metrics,
+        )?;
         deny(path, "track_timeout_budgets", track_timeout_budgets)?;
         deny(path, "upstream_config", upstream_config)?;
         deny(path, "track_cluster_stats", track_cluster_stats)?;
         deny(path, "preconnect_policy", preconnect_policy)?;
-        deny(path, "connection_pool_per_downstream_connection", connection_pool_per_downstream_connection)?;
+        deny(
+            path,
+            "connection_pool_per_downstream_connection",
+            connection_pool_per_downstream_connection,
+        )?;
         deny(path, "queuing_policies", queuing_policies)?;
 
         let discovery = match cluster_discovery_type {
             None => Discovery::Static,
-            Some(Cdt::Type(t)) => match enum_value::<D>(path, "type", *t, |d| matches!(d, D::Static | D::StrictDns | D::LogicalDns))? {
+            Some(Cdt::Type(t)) => match enum_value::<D>(path, "type", *t, |d| {
+                matches!(d, D::Static | D::StrictDns | D::LogicalDns)
+            })? {
                 D::Static => Discovery::Static,
                 D::StrictDns => Discovery::StrictDns,
                 D::LogicalDns => Discovery::LogicalDns,
@@ -244,7 +295,9 @@ impl Cluster {
             Some(Cdt::ClusterType(_)) => return Err(path.unsupported("cluster_type")),
         };
 
-        let mut lb = match enum_value::<L>(path, "lb_policy", *lb_policy, |l| matches!(l, L::RoundRobin | L::LeastRequest | L::Random))? {
+        let mut lb = match enum_value::<L>(path, "lb_policy", *lb_policy, |l| {
+            matches!(l, L::RoundRobin | L::LeastRequest | L::Random)
+        })? {
             L::RoundRobin => LbPolicy::RoundRobin,
             L::LeastRequest => LbPolicy::LeastRequest { choice_count: 2 },
             L::Random => LbPolicy::Random,
@@ -257,7 +310,11 @@ impl Cluster {
                 if !matches!(lb, LbPolicy::LeastRequest { .. }) {
                     return Err(lp.error("is only valid with lb_policy LEAST_REQUEST"));
                 }
-                let pb::cluster::cluster::LeastRequestLbConfig { choice_count, active_request_bias, slow_start_config } = lr;
+                let pb::cluster::cluster::LeastRequestLbConfig {
+                    choice_count,
+                    active_request_bias,
+                    slow_start_config,
+                } = lr;
                 deny(&lp, "active_request_bias", active_request_bias)?;
                 deny(&lp, "slow_start_config", slow_start_config)?;
                 let n = u32_or(choice_count, 2);
@@ -271,18 +328,23 @@ impl Cluster {
                 let pb::cluster::cluster::RoundRobinLbConfig { slow_start_config } = rr;
                 deny(&rp, "slow_start_config", slow_start_config)?;
             }
-            Some(LbConfig::RingHashLbConfig(_)) => return Err(path.unsupported("ring_hash_lb_config")),
+            Some(LbConfig::RingHashLbConfig(_)) => {
+                return Err(path.unsupported("ring_hash_lb_config"));
+            }
             Some(LbConfig::MaglevLbConfig(_)) => return Err(path.unsupported("maglev_lb_config")),
-            Some(LbConfig::OriginalDstLbConfig(_)) => return Err(path.unsupported("original_dst_lb_config")),
+            Some(LbConfig::OriginalDstLbConfig(_)) => {
+                return Err(path.unsupported("original_dst_lb_config"));
+            }
         }
 
-        let dns_family = match enum_value::<F>(path, "dns_lookup_family", *dns_lookup_family, |_| true)? {
-            F::Auto => DnsFamily::Auto,
-            F::V4Only => DnsFamily::V4Only,
-            F::V6Only => DnsFamily::V6Only,
-            F::V4Preferred => DnsFamily::V4Preferred,
-            F::All => DnsFamily::All,
-        };
+        let dns_family =
+            match enum_value::<F>(path, "dns_lookup_family", *dns_lookup_family, |_| true)? {
+                F::Auto => DnsFamily::Auto,
+                F::V4Only => DnsFamily::V4Only,
+                F::V6Only => DnsFamily::V6Only,
+                F::V4Preferred => DnsFamily::V4Preferred,
+                F::All => DnsFamily::All,
+            };
 
         let (localities, overprovisioning_factor) = match load_assignment {
             Some(la) => load_assignment_endpoints(&path.field("load_assignment"), la, discovery)?,
@@ -297,7 +359,7 @@ impl Cluster {
 
         // Upstream protocol: typed_extension_protocol_options wins over the deprecated fields.
         let mut protocol = UpstreamProtocol::Http1;
-        let mut common = common_http_protocol_options.clone();
+        let mut common = *common_http_protocol_options;
         let mut h2 = http2_protocol_options.clone();
         if http2_protocol_options.is_some() {
             protocol = UpstreamProtocol::Http2;
@@ -307,18 +369,28 @@ impl Cluster {
             http1_upstream(&hp, http_protocol_options.as_ref().expect("checked"))?;
         }
         use pb::cluster::cluster::ClusterProtocolSelection as Ps;
-        if enum_value::<Ps>(path, "protocol_selection", *protocol_selection, |_| true)? == Ps::UseDownstreamProtocol {
-            protocol = UpstreamProtocol::UseDownstream { http2_allowed: http2_protocol_options.is_some(), http1_allowed: true };
+        if enum_value::<Ps>(path, "protocol_selection", *protocol_selection, |_| true)?
+            == Ps::UseDownstreamProtocol
+        {
+            protocol = UpstreamProtocol::UseDownstream {
+                http2_allowed: http2_protocol_options.is_some(),
+                http1_allowed: true,
+            };
         }
         for (key, any) in typed_extension_protocol_options {
             let kp = path.field("typed_extension_protocol_options").key(key);
             if any_type(any) != HTTP_PROTOCOL_OPTIONS {
-                return Err(kp.field("@type").error(format!("protocol options {} are not supported", any_type(any))));
+                return Err(kp.field("@type").error(format!(
+                    "protocol options {} are not supported",
+                    any_type(any)
+                )));
             }
             let opts: pb::upstream_http::HttpProtocolOptions = decode_any(&kp, any)?;
             let (p, c, h) = upstream_http_options(&kp, &opts)?;
             if common_http_protocol_options.is_some() && c.is_some() {
-                return Err(path.field("common_http_protocol_options").error("is also set in typed_extension_protocol_options; set it in one place"));
+                return Err(path.field("common_http_protocol_options").error(
+                    "is also set in typed_extension_protocol_options; set it in one place",
+                ));
             }
             protocol = p;
             common = c.or(common);
@@ -337,15 +409,29 @@ impl Cluster {
             headers_with_underscores_action,
             max_requests_per_connection: common_max_requests,
         } = &common;
-        deny(&cp, "max_connection_duration_jitter", max_connection_duration_jitter)?;
+        deny(
+            &cp,
+            "max_connection_duration_jitter",
+            max_connection_duration_jitter,
+        )?;
         deny(&cp, "max_headers_count", max_headers_count)?;
         deny(&cp, "max_response_headers_kb", max_response_headers_kb)?;
         deny(&cp, "max_stream_duration", max_stream_duration)?;
-        deny(&cp, "headers_with_underscores_action", headers_with_underscores_action)?;
+        deny(
+            &cp,
+            "headers_with_underscores_action",
+            headers_with_underscores_action,
+        )?;
         if max_requests_per_connection.is_some() && common_max_requests.is_some() {
-            return Err(path.field("max_requests_per_connection").error("is also set in common_http_protocol_options; set it in one place"));
+            return Err(path
+                .field("max_requests_per_connection")
+                .error("is also set in common_http_protocol_options; set it in one place"));
         }
-        let max_requests = common_max_requests.as_ref().or(max_requests_per_connection.as_ref()).map(|v| v.value).filter(|v| *v > 0);
+        let max_requests = common_max_requests
+            .as_ref()
+            .or(max_requests_per_connection.as_ref())
+            .map(|v| v.value)
+            .filter(|v| *v > 0);
 
         let buffer_limit = u32_or(per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
         let http2 = http2_settings(&path.field("http2_protocol_options"), &h2, buffer_limit)?;
@@ -364,14 +450,28 @@ impl Cluster {
             } = clb;
             if let Some(p) = healthy_panic_threshold {
                 if !(0.0..=100.0).contains(&p.value) {
-                    return Err(lp.field("healthy_panic_threshold").error("must be between 0 and 100"));
+                    return Err(lp
+                        .field("healthy_panic_threshold")
+                        .error("must be between 0 and 100"));
                 }
                 panic_threshold = p.value;
             }
             let _ = update_merge_window; // host-set updates are applied immediately (no batching window needed)
-            deny(&lp, "ignore_new_hosts_until_first_hc", ignore_new_hosts_until_first_hc)?;
-            deny(&lp, "close_connections_on_host_set_change", close_connections_on_host_set_change)?;
-            deny(&lp, "consistent_hashing_lb_config", consistent_hashing_lb_config)?;
+            deny(
+                &lp,
+                "ignore_new_hosts_until_first_hc",
+                ignore_new_hosts_until_first_hc,
+            )?;
+            deny(
+                &lp,
+                "close_connections_on_host_set_change",
+                close_connections_on_host_set_change,
+            )?;
+            deny(
+                &lp,
+                "consistent_hashing_lb_config",
+                consistent_hashing_lb_config,
+            )?;
             deny(&lp, "override_host_status", override_host_status)?;
             deny(&lp, "locality_config_specifier", locality_config_specifier)?;
         }
@@ -379,23 +479,39 @@ impl Cluster {
         let mut tcp_keepalive = None;
         if let Some(uco) = upstream_connection_options {
             let up = path.field("upstream_connection_options");
-            let pb::cluster::UpstreamConnectionOptions { tcp_keepalive: ka, set_local_interface_name_on_upstream_connections, happy_eyeballs_config } = uco;
-            deny(&up, "set_local_interface_name_on_upstream_connections", set_local_interface_name_on_upstream_connections)?;
+            let pb::cluster::UpstreamConnectionOptions {
+                tcp_keepalive: ka,
+                set_local_interface_name_on_upstream_connections,
+                happy_eyeballs_config,
+            } = uco;
+            deny(
+                &up,
+                "set_local_interface_name_on_upstream_connections",
+                set_local_interface_name_on_upstream_connections,
+            )?;
             deny(&up, "happy_eyeballs_config", happy_eyeballs_config)?;
             tcp_keepalive = ka.as_ref().map(keepalive);
         }
 
-        let connect_timeout = opt_duration(path, "connect_timeout", connect_timeout)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = opt_duration(path, "connect_timeout", connect_timeout)?
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         if connect_timeout.is_zero() {
-            return Err(path.field("connect_timeout").error("must be greater than 0"));
+            return Err(path
+                .field("connect_timeout")
+                .error("must be greater than 0"));
         }
-        let dns_refresh_rate = opt_duration(path, "dns_refresh_rate", dns_refresh_rate)?.unwrap_or(DEFAULT_DNS_REFRESH);
+        let dns_refresh_rate = opt_duration(path, "dns_refresh_rate", dns_refresh_rate)?
+            .unwrap_or(DEFAULT_DNS_REFRESH);
         if dns_refresh_rate < Duration::from_millis(1) {
             return Err(path.field("dns_refresh_rate").error("must be at least 1ms"));
         }
         Ok(Self {
             name: name.as_str().into(),
-            stat_name: if alt_stat_name.is_empty() { name.clone() } else { alt_stat_name.clone() },
+            stat_name: if alt_stat_name.is_empty() {
+                name.clone()
+            } else {
+                alt_stat_name.clone()
+            },
             discovery,
             connect_timeout,
             lb_policy: lb,
@@ -405,8 +521,18 @@ impl Cluster {
             dns_family,
             protocol,
             http2,
-            idle_timeout: timeout_or(&cp, "idle_timeout", idle_timeout, Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT))?,
-            max_connection_duration: timeout_or(&cp, "max_connection_duration", max_connection_duration, None)?,
+            idle_timeout: timeout_or(
+                &cp,
+                "idle_timeout",
+                idle_timeout,
+                Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            )?,
+            max_connection_duration: timeout_or(
+                &cp,
+                "max_connection_duration",
+                max_connection_duration,
+                None,
+            )?,
             max_requests_per_connection: max_requests,
             per_connection_buffer_limit_bytes: buffer_limit,
             healthy_panic_threshold: panic_threshold,
@@ -430,18 +556,36 @@ fn http1_upstream(path: &FieldPath, o: &pb::core::Http1ProtocolOptions) -> Resul
         ignore_http_11_upgrade,
     } = o;
     // Downstream-only settings: meaningless on an upstream connection, as in Envoy.
-    let _ = (allow_absolute_url, accept_http_10, default_host_for_http_10, allow_chunked_length, use_balsa_parser, allow_custom_methods);
+    let _ = (
+        allow_absolute_url,
+        accept_http_10,
+        default_host_for_http_10,
+        allow_chunked_length,
+        use_balsa_parser,
+        allow_custom_methods,
+    );
     deny(path, "header_key_format", header_key_format)?;
     deny(path, "enable_trailers", enable_trailers)?;
-    deny(path, "override_stream_error_on_invalid_http_message", override_stream_error_on_invalid_http_message)?;
+    deny(
+        path,
+        "override_stream_error_on_invalid_http_message",
+        override_stream_error_on_invalid_http_message,
+    )?;
     deny(path, "send_fully_qualified_url", send_fully_qualified_url)?;
     deny(path, "ignore_http_11_upgrade", ignore_http_11_upgrade)?;
     Ok(())
 }
 
-type UpstreamOptions = (UpstreamProtocol, Option<pb::core::HttpProtocolOptions>, Option<pb::core::Http2ProtocolOptions>);
+type UpstreamOptions = (
+    UpstreamProtocol,
+    Option<pb::core::HttpProtocolOptions>,
+    Option<pb::core::Http2ProtocolOptions>,
+);
 
-fn upstream_http_options(path: &FieldPath, o: &pb::upstream_http::HttpProtocolOptions) -> Result<UpstreamOptions> {
+fn upstream_http_options(
+    path: &FieldPath,
+    o: &pb::upstream_http::HttpProtocolOptions,
+) -> Result<UpstreamOptions> {
     use pb::upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
     use pb::upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig as P;
     let pb::upstream_http::HttpProtocolOptions {
@@ -455,7 +599,11 @@ fn upstream_http_options(path: &FieldPath, o: &pb::upstream_http::HttpProtocolOp
         retry_policy,
         upstream_protocol_options,
     } = o;
-    deny(path, "upstream_http_protocol_options", upstream_http_protocol_options)?;
+    deny(
+        path,
+        "upstream_http_protocol_options",
+        upstream_http_protocol_options,
+    )?;
     deny(path, "http_filters", http_filters)?;
     deny(path, "header_validation_config", header_validation_config)?;
     deny(path, "outlier_detection", outlier_detection)?;
@@ -472,62 +620,114 @@ fn upstream_http_options(path: &FieldPath, o: &pb::upstream_http::HttpProtocolOp
                     (UpstreamProtocol::Http1, None)
                 }
                 Some(P::Http2ProtocolOptions(h2)) => (UpstreamProtocol::Http2, Some(h2.clone())),
-                Some(P::Http3ProtocolOptions(_)) => return Err(ep.unsupported("http3_protocol_options")),
-                None => return Err(ep.error("one of http_protocol_options or http2_protocol_options is required")),
+                Some(P::Http3ProtocolOptions(_)) => {
+                    return Err(ep.unsupported("http3_protocol_options"));
+                }
+                None => {
+                    return Err(ep.error(
+                        "one of http_protocol_options or http2_protocol_options is required",
+                    ));
+                }
             }
         }
         Some(U::UseDownstreamProtocolConfig(d)) => {
             let dp = path.field("use_downstream_protocol_config");
-            let pb::upstream_http::http_protocol_options::UseDownstreamHttpConfig { http_protocol_options, http2_protocol_options, http3_protocol_options } = d;
+            let pb::upstream_http::http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options,
+                http2_protocol_options,
+                http3_protocol_options,
+            } = d;
             deny(&dp, "http3_protocol_options", http3_protocol_options)?;
             if let Some(h1) = http_protocol_options {
                 http1_upstream(&dp.field("http_protocol_options"), h1)?;
             }
             (
-                UpstreamProtocol::UseDownstream { http2_allowed: http2_protocol_options.is_some(), http1_allowed: true },
+                UpstreamProtocol::UseDownstream {
+                    http2_allowed: http2_protocol_options.is_some(),
+                    http1_allowed: true,
+                },
                 http2_protocol_options.clone(),
             )
         }
-        Some(U::AutoConfig(_)) => return Err(path.field("auto_config").error("is not supported (ALPN-based selection arrives with upstream TLS)")),
+        Some(U::AutoConfig(_)) => {
+            return Err(path
+                .field("auto_config")
+                .error("is not supported (ALPN-based selection arrives with upstream TLS)"));
+        }
     };
-    Ok((protocol, common_http_protocol_options.clone(), h2))
+    Ok((protocol, *common_http_protocol_options, h2))
 }
 
-fn load_assignment_endpoints(path: &FieldPath, la: &pb::endpoint::ClusterLoadAssignment, discovery: Discovery) -> Result<(Vec<LocalityEndpoints>, u32)> {
+fn load_assignment_endpoints(
+    path: &FieldPath,
+    la: &pb::endpoint::ClusterLoadAssignment,
+    discovery: Discovery,
+) -> Result<(Vec<LocalityEndpoints>, u32)> {
     use pb::endpoint::lb_endpoint::HostIdentifier;
-    let pb::endpoint::ClusterLoadAssignment { cluster_name: _, endpoints, named_endpoints, policy } = la;
+    let pb::endpoint::ClusterLoadAssignment {
+        cluster_name: _,
+        endpoints,
+        named_endpoints,
+        policy,
+    } = la;
     deny(path, "named_endpoints", named_endpoints)?;
     let mut overprovisioning = 140;
     if let Some(pol) = policy {
         let pp = path.field("policy");
-        let pb::endpoint::cluster_load_assignment::Policy { drop_overloads, overprovisioning_factor, endpoint_stale_after, weighted_priority_health } = pol;
+        let pb::endpoint::cluster_load_assignment::Policy {
+            drop_overloads,
+            overprovisioning_factor,
+            endpoint_stale_after,
+            weighted_priority_health,
+        } = pol;
         deny(&pp, "drop_overloads", drop_overloads)?;
         deny(&pp, "endpoint_stale_after", endpoint_stale_after)?;
         deny(&pp, "weighted_priority_health", weighted_priority_health)?;
         overprovisioning = u32_or(overprovisioning_factor, 140);
         if overprovisioning == 0 {
-            return Err(pp.field("overprovisioning_factor").error("must be greater than 0"));
+            return Err(pp
+                .field("overprovisioning_factor")
+                .error("must be greater than 0"));
         }
     }
     let mut out = Vec::with_capacity(endpoints.len());
     for (i, le) in endpoints.iter().enumerate() {
         let lp = path.field("endpoints").index(i);
-        let pb::endpoint::LocalityLbEndpoints { locality, metadata, lb_endpoints, load_balancing_weight, priority, proximity, lb_config } = le;
+        let pb::endpoint::LocalityLbEndpoints {
+            locality,
+            metadata,
+            lb_endpoints,
+            load_balancing_weight,
+            priority,
+            proximity,
+            lb_config,
+        } = le;
         super::core::metadata_ok(metadata);
         deny(&lp, "proximity", proximity)?;
         deny(&lp, "lb_config", lb_config)?;
         let locality = locality
             .as_ref()
-            .map(|l| Locality { region: l.region.clone(), zone: l.zone.clone(), sub_zone: l.sub_zone.clone() })
+            .map(|l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            })
             .unwrap_or_default();
         let mut eps = Vec::with_capacity(lb_endpoints.len());
         for (j, lbe) in lb_endpoints.iter().enumerate() {
             let ep = lp.field("lb_endpoints").index(j);
-            let pb::endpoint::LbEndpoint { health_status, metadata, load_balancing_weight, host_identifier } = lbe;
+            let pb::endpoint::LbEndpoint {
+                health_status,
+                metadata,
+                load_balancing_weight,
+                host_identifier,
+            } = lbe;
             super::core::metadata_ok(metadata);
             let weight = u32_or(load_balancing_weight, 1);
             if weight == 0 {
-                return Err(ep.field("load_balancing_weight").error("must be at least 1"));
+                return Err(ep
+                    .field("load_balancing_weight")
+                    .error("must be at least 1"));
             }
             use pb::core::HealthStatus as H;
             let health = match enum_value::<H>(&ep, "health_status", *health_status, |_| true)? {
@@ -537,11 +737,19 @@ fn load_assignment_endpoints(path: &FieldPath, la: &pb::endpoint::ClusterLoadAss
             };
             let endpoint = match host_identifier {
                 Some(HostIdentifier::Endpoint(e)) => e,
-                Some(HostIdentifier::EndpointName(_)) => return Err(ep.unsupported("endpoint_name")),
+                Some(HostIdentifier::EndpointName(_)) => {
+                    return Err(ep.unsupported("endpoint_name"));
+                }
                 None => return Err(ep.error("an endpoint is required")),
             };
             let epp = ep.field("endpoint");
-            let pb::endpoint::Endpoint { address, health_check_config, hostname, additional_addresses, observability_name } = endpoint;
+            let pb::endpoint::Endpoint {
+                address,
+                health_check_config,
+                hostname,
+                additional_addresses,
+                observability_name,
+            } = endpoint;
             deny(&epp, "health_check_config", health_check_config)?;
             deny(&epp, "additional_addresses", additional_addresses)?;
             let _ = observability_name; // shown in /clusters only by newer Envoy; remora shows the address
@@ -553,9 +761,18 @@ fn load_assignment_endpoints(path: &FieldPath, la: &pb::endpoint::ClusterLoadAss
                 )));
             }
             if addr.port == 0 {
-                return Err(epp.field("address").field("socket_address").field("port_value").error("must not be 0"));
+                return Err(epp
+                    .field("address")
+                    .field("socket_address")
+                    .field("port_value")
+                    .error("must not be 0"));
             }
-            eps.push(Endpoint { address: addr, weight, health, hostname: hostname.clone() });
+            eps.push(Endpoint {
+                address: addr,
+                weight,
+                health,
+                hostname: hostname.clone(),
+            });
         }
         out.push(LocalityEndpoints {
             locality,
@@ -569,8 +786,9 @@ fn load_assignment_endpoints(path: &FieldPath, la: &pb::endpoint::ClusterLoadAss
     prios.sort_unstable();
     prios.dedup();
     if prios.iter().enumerate().any(|(i, p)| *p != i as u32) {
-        return Err(path.field("endpoints").error("priorities must be contiguous, starting at 0"));
+        return Err(path
+            .field("endpoints")
+            .error("priorities must be contiguous, starting at 0"));
     }
     Ok((out, overprovisioning))
 }
-

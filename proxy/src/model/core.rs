@@ -9,19 +9,23 @@ use std::time::Duration;
 
 /// Refuse a field that is set (not at its default) but not supported.
 pub fn deny<T: PartialEq + Default>(path: &FieldPath, field: &str, value: &T) -> Result<()> {
-    if *value != T::default() { Err(path.unsupported(field)) } else { Ok(()) }
+    if *value != T::default() {
+        Err(path.unsupported(field))
+    } else {
+        Ok(())
+    }
 }
 
 /// Refuse an enum field unless it has one of the supported values; names the value, as in
 /// `clusters[2].lb_policy: MAGLEV is not supported`.
-pub fn enum_value<E: TryFrom<i32> + std::fmt::Debug>(
+pub fn enum_value<E>(
     path: &FieldPath,
     field: &str,
     value: i32,
     accept: impl Fn(&E) -> bool,
 ) -> Result<E>
 where
-    E: EnumName,
+    E: TryFrom<i32> + std::fmt::Debug + EnumName,
 {
     let p = path.field(field);
     match E::try_from(value) {
@@ -69,16 +73,27 @@ pub fn duration(d: &pb::protobuf::Duration) -> Option<Duration> {
 }
 
 /// An optional duration field; negative is an error.
-pub fn opt_duration(path: &FieldPath, field: &str, d: &Option<pb::protobuf::Duration>) -> Result<Option<Duration>> {
+pub fn opt_duration(
+    path: &FieldPath,
+    field: &str,
+    d: &Option<pb::protobuf::Duration>,
+) -> Result<Option<Duration>> {
     match d {
         None => Ok(None),
-        Some(d) => duration(d).map(Some).ok_or_else(|| path.field(field).error("must not be negative")),
+        Some(d) => duration(d)
+            .map(Some)
+            .ok_or_else(|| path.field(field).error("must not be negative")),
     }
 }
 
 /// A timeout where Envoy's meaning of zero is "disabled": `None` when unset gives `default`,
 /// `Some(0)` gives `None` (no timeout).
-pub fn timeout_or(path: &FieldPath, field: &str, d: &Option<pb::protobuf::Duration>, default: Option<Duration>) -> Result<Option<Duration>> {
+pub fn timeout_or(
+    path: &FieldPath,
+    field: &str,
+    d: &Option<pb::protobuf::Duration>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>> {
     Ok(match opt_duration(path, field, d)? {
         None => default,
         Some(Duration::ZERO) => None,
@@ -105,7 +120,11 @@ pub struct HostPort {
 
 impl HostPort {
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
     }
 
     pub fn socket_addr(&self) -> Option<SocketAddr> {
@@ -115,7 +134,11 @@ impl HostPort {
 
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -123,11 +146,15 @@ impl std::fmt::Display for HostPort {
 /// places that accept them handle them first).
 pub fn socket_address(path: &FieldPath, addr: &Option<pb::core::Address>) -> Result<HostPort> {
     use pb::core::address::Address as A;
-    let addr = addr.as_ref().ok_or_else(|| path.error("an address is required"))?;
+    let addr = addr
+        .as_ref()
+        .ok_or_else(|| path.error("an address is required"))?;
     let pb::core::Address { address } = addr;
     match address {
         Some(A::SocketAddress(sa)) => host_port(&path.field("socket_address"), sa),
-        Some(A::Pipe(_)) => Err(path.field("pipe").error("pipe addresses are not supported here")),
+        Some(A::Pipe(_)) => Err(path
+            .field("pipe")
+            .error("pipe addresses are not supported here")),
         Some(A::EnvoyInternalAddress(_)) => Err(path.unsupported("envoy_internal_address")),
         None => Err(path.error("an address is required")),
     }
@@ -135,44 +162,95 @@ pub fn socket_address(path: &FieldPath, addr: &Option<pb::core::Address>) -> Res
 
 pub fn host_port(path: &FieldPath, sa: &pb::core::SocketAddress) -> Result<HostPort> {
     use pb::core::socket_address::{PortSpecifier, Protocol};
-    let pb::core::SocketAddress { protocol, address, resolver_name, ipv4_compat, network_namespace_filepath, port_specifier } = sa;
+    let pb::core::SocketAddress {
+        protocol,
+        address,
+        resolver_name,
+        ipv4_compat,
+        network_namespace_filepath,
+        port_specifier,
+    } = sa;
     enum_value::<Protocol>(path, "protocol", *protocol, |p| *p == Protocol::Tcp)?;
     deny(path, "resolver_name", resolver_name)?;
-    deny(path, "network_namespace_filepath", network_namespace_filepath)?;
-    if *ipv4_compat && !address.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_unspecified()) {
-        return Err(path.field("ipv4_compat").error("is only supported on the IPv6 any address '::'"));
+    deny(
+        path,
+        "network_namespace_filepath",
+        network_namespace_filepath,
+    )?;
+    if *ipv4_compat
+        && !address
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|a| a.is_unspecified())
+    {
+        return Err(path
+            .field("ipv4_compat")
+            .error("is only supported on the IPv6 any address '::'"));
     }
     let port = match port_specifier {
-        Some(PortSpecifier::PortValue(p)) => u16::try_from(*p).map_err(|_| path.field("port_value").error("port out of range"))?,
+        Some(PortSpecifier::PortValue(p)) => {
+            u16::try_from(*p).map_err(|_| path.field("port_value").error("port out of range"))?
+        }
         Some(PortSpecifier::NamedPort(_)) => return Err(path.unsupported("named_port")),
         None => 0,
     };
     if address.is_empty() {
         return Err(path.field("address").error("an address is required"));
     }
-    Ok(HostPort { host: address.clone(), port })
+    Ok(HostPort {
+        host: address.clone(),
+        port,
+    })
 }
 
 /// Read a `DataSource` (file, inline bytes/string, environment variable).
 pub fn data_source(path: &FieldPath, ds: &pb::core::DataSource) -> Result<Bytes> {
     use pb::core::data_source::Specifier;
-    let pb::core::DataSource { watched_directory, specifier } = ds;
+    let pb::core::DataSource {
+        watched_directory,
+        specifier,
+    } = ds;
     deny(path, "watched_directory", watched_directory)?;
     match specifier {
-        Some(Specifier::Filename(f)) => std::fs::read(f)
-            .map(Bytes::from)
-            .map_err(|e| path.field("filename").error(format!("cannot read '{f}': {e}"))),
+        Some(Specifier::Filename(f)) => std::fs::read(f).map(Bytes::from).map_err(|e| {
+            path.field("filename")
+                .error(format!("cannot read '{f}': {e}"))
+        }),
         Some(Specifier::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
         Some(Specifier::InlineString(s)) => Ok(Bytes::from(s.clone())),
-        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
-            .map(Bytes::from)
-            .map_err(|_| path.field("environment_variable").error(format!("environment variable '{v}' is not set"))),
-        None => Err(path.error("a data source needs filename, inline_bytes, inline_string or environment_variable")),
+        Some(Specifier::EnvironmentVariable(v)) => {
+            std::env::var(v).map(Bytes::from).map_err(|_| {
+                path.field("environment_variable")
+                    .error(format!("environment variable '{v}' is not set"))
+            })
+        }
+        None => Err(path.error(
+            "a data source needs filename, inline_bytes, inline_string or environment_variable",
+        )),
     }
 }
 
 /// Accept `metadata` (opaque to the data plane; kept in the config dump).
 pub fn metadata_ok(_m: &Option<pb::core::Metadata>) {}
+
+/// Decode an `Any` whose type must be `T`; a different type names both.
+pub fn decode_any<T: prost::Message + prost::Name + Default>(
+    path: &FieldPath,
+    any: &pb::protobuf::Any,
+) -> Result<T> {
+    let want = T::full_name();
+    let got = crate::config::descriptors::type_name_of_url(&any.type_url);
+    if got != want {
+        return Err(path
+            .field("@type")
+            .error(format!("expected {want}, got {got}")));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| path.error(format!("cannot decode {want}: {e}")))
+}
+
+/// The message name inside an `Any`.
+pub fn any_type(any: &pb::protobuf::Any) -> &str {
+    crate::config::descriptors::type_name_of_url(&any.type_url)
+}
 
 #[cfg(test)]
 mod tests {
@@ -182,30 +260,30 @@ mod tests {
     #[test]
     fn enum_refusal_names_value() {
         let p = FieldPath::new("static_resources.clusters[2]");
-        let e = enum_value::<LbPolicy>(&p, "lb_policy", LbPolicy::Maglev as i32, |l| *l == LbPolicy::RoundRobin).unwrap_err();
-        assert_eq!(e.to_string(), "static_resources.clusters[2].lb_policy: MAGLEV is not supported");
+        let e = enum_value::<LbPolicy>(&p, "lb_policy", LbPolicy::Maglev as i32, |l| {
+            *l == LbPolicy::RoundRobin
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "static_resources.clusters[2].lb_policy: MAGLEV is not supported"
+        );
     }
 
     #[test]
     fn timeouts_zero_means_disabled() {
         let p = FieldPath::root();
-        let d = Some(pb::protobuf::Duration { seconds: 0, nanos: 0 });
-        assert_eq!(timeout_or(&p, "t", &d, Some(Duration::from_secs(15))).unwrap(), None);
-        assert_eq!(timeout_or(&p, "t", &None, Some(Duration::from_secs(15))).unwrap(), Some(Duration::from_secs(15)));
+        let d = Some(pb::protobuf::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        assert_eq!(
+            timeout_or(&p, "t", &d, Some(Duration::from_secs(15))).unwrap(),
+            None
+        );
+        assert_eq!(
+            timeout_or(&p, "t", &None, Some(Duration::from_secs(15))).unwrap(),
+            Some(Duration::from_secs(15))
+        );
     }
-}
-
-/// Decode an `Any` whose type must be `T`; a different type names both.
-pub fn decode_any<T: prost::Message + prost::Name + Default>(path: &FieldPath, any: &pb::protobuf::Any) -> Result<T> {
-    let want = T::full_name();
-    let got = crate::config::descriptors::type_name_of_url(&any.type_url);
-    if got != want {
-        return Err(path.field("@type").error(format!("expected {want}, got {got}")));
-    }
-    T::decode(any.value.as_slice()).map_err(|e| path.error(format!("cannot decode {want}: {e}")))
-}
-
-/// The message name inside an `Any`.
-pub fn any_type(any: &pb::protobuf::Any) -> &str {
-    crate::config::descriptors::type_name_of_url(&any.type_url)
 }

@@ -2,7 +2,9 @@
 //! HTTP filter chain (ending in the router) and its route table.
 
 use super::access_log::{AccessLogConfig, LogFilter, LogFormat, content_type, substitution_format};
-use super::core::{any_type, bool_or, decode_any, deny, enum_value, opt_duration, timeout_or, u32_or};
+use super::core::{
+    any_type, bool_or, decode_any, deny, enum_value, opt_duration, timeout_or, u32_or,
+};
 use super::headers::HeaderMutations;
 use super::pb;
 use super::route::RouteConfig;
@@ -13,7 +15,8 @@ use http::{HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub const ROUTER_NAME: &str = "envoy.filters.http.router";
 const UUID_REQUEST_ID: &str = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig";
@@ -124,6 +127,9 @@ pub struct HttpConnectionManager {
     pub merge_slashes: bool,
     pub proxy_100_continue: bool,
     pub append_x_forwarded_port: bool,
+    /// Set `user-agent` (if absent) and `x-envoy-downstream-service-cluster/-node` from the
+    /// node's identity (`--service-cluster`, `--service-node`).
+    pub add_user_agent: bool,
     pub local_reply: LocalReplyConfig,
     pub http1: Http1Settings,
     pub http2: Http2Settings,
@@ -140,10 +146,15 @@ pub const DEFAULT_DELAYED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 // === impl HttpConnectionManager ===
 
 impl HttpConnectionManager {
-    pub fn from_proto(path: &FieldPath, h: &pb::hcm::HttpConnectionManager, rt: &Runtime, buffer_limit: u32) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        h: &pb::hcm::HttpConnectionManager,
+        rt: &Runtime,
+        buffer_limit: u32,
+    ) -> Result<Self> {
         use pb::hcm::http_connection_manager::{
-            CodecType, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc, RouteSpecifier, ServerHeaderTransformation as Sht,
-            StripPortMode,
+            CodecType, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc,
+            RouteSpecifier, ServerHeaderTransformation as Sht, StripPortMode,
         };
         let pb::hcm::HttpConnectionManager {
             codec_type,
@@ -208,63 +219,140 @@ impl HttpConnectionManager {
         if stat_prefix.is_empty() {
             return Err(path.field("stat_prefix").error("must not be empty"));
         }
-        deny(path, "add_user_agent", &add_user_agent.as_ref().filter(|b| b.value))?;
         deny(path, "tracing", tracing)?;
-        deny(path, "http1_safe_max_connection_duration", http1_safe_max_connection_duration)?;
+        deny(
+            path,
+            "http1_safe_max_connection_duration",
+            http1_safe_max_connection_duration,
+        )?;
         deny(path, "http3_protocol_options", http3_protocol_options)?;
-        deny(path, "scheme_header_transformation", scheme_header_transformation)?;
+        deny(
+            path,
+            "scheme_header_transformation",
+            scheme_header_transformation,
+        )?;
         deny(path, "stream_flush_timeout", stream_flush_timeout)?;
         deny(path, "drain_timeout_jitter", drain_timeout_jitter)?;
         deny(path, "access_log_flush_interval", access_log_flush_interval)?;
-        deny(path, "flush_access_log_on_new_request", flush_access_log_on_new_request)?;
+        deny(
+            path,
+            "flush_access_log_on_new_request",
+            flush_access_log_on_new_request,
+        )?;
         deny(path, "access_log_options", access_log_options)?;
-        deny(path, "original_ip_detection_extensions", original_ip_detection_extensions)?;
-        deny(path, "early_header_mutation_extensions", early_header_mutation_extensions)?;
+        deny(
+            path,
+            "original_ip_detection_extensions",
+            original_ip_detection_extensions,
+        )?;
+        deny(
+            path,
+            "early_header_mutation_extensions",
+            early_header_mutation_extensions,
+        )?;
         deny(path, "internal_address_config", internal_address_config)?;
-        deny(path, "set_current_client_cert_details", set_current_client_cert_details)?;
-        deny(path, "forward_client_cert_matcher", forward_client_cert_matcher)?;
-        deny(path, "represent_ipv4_remote_address_as_ipv4_mapped_ipv6", represent_ipv4_remote_address_as_ipv4_mapped_ipv6)?;
-        deny(path, "normalize_path", &normalize_path.as_ref().filter(|b| b.value))?;
-        enum_value::<Esc>(path, "path_with_escaped_slashes_action", *path_with_escaped_slashes_action, |a| {
-            matches!(a, Esc::ImplementationSpecificDefault | Esc::KeepUnchanged)
-        })?;
-        deny(path, "stream_error_on_invalid_http_message", stream_error_on_invalid_http_message)?;
-        deny(path, "path_normalization_options", path_normalization_options)?;
+        deny(
+            path,
+            "set_current_client_cert_details",
+            set_current_client_cert_details,
+        )?;
+        deny(
+            path,
+            "forward_client_cert_matcher",
+            forward_client_cert_matcher,
+        )?;
+        deny(
+            path,
+            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+            represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        )?;
+        deny(
+            path,
+            "normalize_path",
+            &normalize_path.as_ref().filter(|b| b.value),
+        )?;
+        enum_value::<Esc>(
+            path,
+            "path_with_escaped_slashes_action",
+            *path_with_escaped_slashes_action,
+            |a| matches!(a, Esc::ImplementationSpecificDefault | Esc::KeepUnchanged),
+        )?;
+        deny(
+            path,
+            "stream_error_on_invalid_http_message",
+            stream_error_on_invalid_http_message,
+        )?;
+        deny(
+            path,
+            "path_normalization_options",
+            path_normalization_options,
+        )?;
         deny(path, "proxy_status_config", proxy_status_config)?;
-        deny(path, "typed_header_validation_config", typed_header_validation_config)?;
+        deny(
+            path,
+            "typed_header_validation_config",
+            typed_header_validation_config,
+        )?;
         deny(path, "append_local_overload", append_local_overload)?;
-        deny(path, "add_proxy_protocol_connection_state", add_proxy_protocol_connection_state)?;
+        deny(
+            path,
+            "add_proxy_protocol_connection_state",
+            add_proxy_protocol_connection_state,
+        )?;
         deny(path, "forward_proto_config", forward_proto_config)?;
         // Without TLS on the downstream connection there is no client certificate to forward:
         // SANITIZE (the default) removes any x-forwarded-client-cert header, which remora does.
-        enum_value::<Fcc>(path, "forward_client_cert_details", *forward_client_cert_details, |f| *f == Fcc::Sanitize)?;
+        enum_value::<Fcc>(
+            path,
+            "forward_client_cert_details",
+            *forward_client_cert_details,
+            |f| *f == Fcc::Sanitize,
+        )?;
         if let Some(rid) = request_id_extension {
             let rp = path.field("request_id_extension");
-            let any = rid.typed_config.as_ref().ok_or_else(|| rp.field("typed_config").error("is required"))?;
+            let any = rid
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| rp.field("typed_config").error("is required"))?;
             if any_type(any) != UUID_REQUEST_ID {
-                return Err(rp.field("typed_config").field("@type").error(format!("{} is not supported", any_type(any))));
+                return Err(rp
+                    .field("typed_config")
+                    .field("@type")
+                    .error(format!("{} is not supported", any_type(any))));
             }
             // The UUID extension's options only affect tracing, which is not configured.
-            let _: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig = decode_any(&rp.field("typed_config"), any)?;
+            let _: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig =
+                decode_any(&rp.field("typed_config"), any)?;
         }
 
-        let codec = match enum_value::<CodecType>(path, "codec_type", *codec_type, |c| *c != CodecType::Http3)? {
+        let codec = match enum_value::<CodecType>(path, "codec_type", *codec_type, |c| {
+            *c != CodecType::Http3
+        })? {
             CodecType::Auto => Codec::Auto,
             CodecType::Http1 => Codec::Http1,
             CodecType::Http2 => Codec::Http2,
             CodecType::Http3 => unreachable!("refused above"),
         };
-        let server_header = match enum_value::<Sht>(path, "server_header_transformation", *server_header_transformation, |_| true)? {
+        let server_header = match enum_value::<Sht>(
+            path,
+            "server_header_transformation",
+            *server_header_transformation,
+            |_| true,
+        )? {
             Sht::Overwrite => ServerHeader::Overwrite,
             Sht::AppendIfAbsent => ServerHeader::AppendIfAbsent,
             Sht::PassThrough => ServerHeader::PassThrough,
         };
-        let server_name = HeaderValue::from_str(if server_name.is_empty() { "envoy" } else { server_name })
-            .map_err(|_| path.field("server_name").error("invalid header value"))?;
+        let server_name = HeaderValue::from_str(if server_name.is_empty() {
+            "envoy"
+        } else {
+            server_name
+        })
+        .map_err(|_| path.field("server_name").error("invalid header value"))?;
 
         // common_http_protocol_options
         let cp = path.field("common_http_protocol_options");
-        let common = common_http_protocol_options.clone().unwrap_or_default();
+        let common = (*common_http_protocol_options).unwrap_or_default();
         let pb::core::HttpProtocolOptions {
             idle_timeout,
             max_connection_duration,
@@ -275,12 +363,21 @@ impl HttpConnectionManager {
             headers_with_underscores_action,
             max_requests_per_connection,
         } = &common;
-        deny(&cp, "max_connection_duration_jitter", max_connection_duration_jitter)?;
+        deny(
+            &cp,
+            "max_connection_duration_jitter",
+            max_connection_duration_jitter,
+        )?;
         deny(&cp, "max_response_headers_kb", max_response_headers_kb)?;
         deny(&cp, "max_stream_duration", max_stream_duration)?;
         let underscore_headers = {
             use pb::core::http_protocol_options::HeadersWithUnderscoresAction as U;
-            match enum_value::<U>(&cp, "headers_with_underscores_action", *headers_with_underscores_action, |_| true)? {
+            match enum_value::<U>(
+                &cp,
+                "headers_with_underscores_action",
+                *headers_with_underscores_action,
+                |_| true,
+            )? {
                 U::Allow => UnderscoreHeaders::Allow,
                 U::RejectRequest => UnderscoreHeaders::RejectRequest,
                 U::DropHeader => UnderscoreHeaders::DropHeader,
@@ -289,7 +386,9 @@ impl HttpConnectionManager {
 
         let max_kb = u32_or(max_request_headers_kb, DEFAULT_MAX_REQUEST_HEADERS_KB);
         if !(1..=8192).contains(&max_kb) {
-            return Err(path.field("max_request_headers_kb").error("must be between 1 and 8192"));
+            return Err(path
+                .field("max_request_headers_kb")
+                .error("must be between 1 and 8192"));
         }
         let max_headers = u32_or(max_headers_count, DEFAULT_MAX_HEADERS_COUNT);
         if max_headers == 0 {
@@ -297,17 +396,29 @@ impl HttpConnectionManager {
         }
 
         let http1 = http1_settings(&path.field("http_protocol_options"), http_protocol_options)?;
-        let http2 = http2_settings(&path.field("http2_protocol_options"), http2_protocol_options, buffer_limit)?;
+        let http2 = http2_settings(
+            &path.field("http2_protocol_options"),
+            http2_protocol_options,
+            buffer_limit,
+        )?;
 
         let mut access_logs = Vec::with_capacity(access_log.len());
         for (i, al) in access_log.iter().enumerate() {
-            access_logs.push(AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt)?);
+            access_logs.push(AccessLogConfig::from_proto(
+                &path.field("access_log").index(i),
+                al,
+                rt,
+            )?);
         }
 
         let mut upgrades = Vec::new();
         for (i, u) in upgrade_configs.iter().enumerate() {
             let up = path.field("upgrade_configs").index(i);
-            let pb::hcm::http_connection_manager::UpgradeConfig { upgrade_type, filters, enabled } = u;
+            let pb::hcm::http_connection_manager::UpgradeConfig {
+                upgrade_type,
+                filters,
+                enabled,
+            } = u;
             deny(&up, "filters", filters)?;
             if upgrade_type.eq_ignore_ascii_case("connect") {
                 return Err(up.field("upgrade_type").error("CONNECT is not supported"));
@@ -316,8 +427,16 @@ impl HttpConnectionManager {
         }
 
         let route_config = match route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(RouteConfig::from_proto(&path.field("route_config"), rc, 4096)?),
-            Some(RouteSpecifier::Rds(_)) => return Err(path.field("rds").error("RDS is not supported yet (dynamic configuration arrives with xDS)")),
+            Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(RouteConfig::from_proto(
+                &path.field("route_config"),
+                rc,
+                4096,
+            )?),
+            Some(RouteSpecifier::Rds(_)) => {
+                return Err(path
+                    .field("rds")
+                    .error("RDS is not supported yet (dynamic configuration arrives with xDS)"));
+            }
             Some(RouteSpecifier::ScopedRoutes(_)) => return Err(path.unsupported("scoped_routes")),
             None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
         };
@@ -325,7 +444,11 @@ impl HttpConnectionManager {
         let (filters, router) = http_filter_chain(&path.field("http_filters"), http_filters)?;
 
         let strip_port = match (strip_matching_host_port, strip_port_mode) {
-            (true, Some(_)) => return Err(path.error("strip_matching_host_port and strip_any_host_port are mutually exclusive")),
+            (true, Some(_)) => {
+                return Err(path.error(
+                    "strip_matching_host_port and strip_any_host_port are mutually exclusive",
+                ));
+            }
             (true, None) => StripPort::Matching,
             (false, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
             (false, _) => StripPort::None,
@@ -342,19 +465,55 @@ impl HttpConnectionManager {
             server_header,
             max_request_headers_bytes: max_kb as usize * 1024,
             max_headers_count: max_headers as usize,
-            idle_timeout: timeout_or(&cp, "idle_timeout", idle_timeout, Some(DEFAULT_IDLE_TIMEOUT))?,
-            max_connection_duration: timeout_or(&cp, "max_connection_duration", max_connection_duration, None)?,
-            max_requests_per_connection: max_requests_per_connection.as_ref().map(|v| v.value).filter(|v| *v > 0),
+            idle_timeout: timeout_or(
+                &cp,
+                "idle_timeout",
+                idle_timeout,
+                Some(DEFAULT_IDLE_TIMEOUT),
+            )?,
+            max_connection_duration: timeout_or(
+                &cp,
+                "max_connection_duration",
+                max_connection_duration,
+                None,
+            )?,
+            max_requests_per_connection: max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
             underscore_headers,
-            stream_idle_timeout: timeout_or(path, "stream_idle_timeout", stream_idle_timeout, Some(DEFAULT_STREAM_IDLE_TIMEOUT))?,
+            stream_idle_timeout: timeout_or(
+                path,
+                "stream_idle_timeout",
+                stream_idle_timeout,
+                Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            )?,
             request_timeout: timeout_or(path, "request_timeout", request_timeout, None)?,
-            request_headers_timeout: timeout_or(path, "request_headers_timeout", request_headers_timeout, None)?,
-            drain_timeout: opt_duration(path, "drain_timeout", drain_timeout)?.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            delayed_close_timeout: timeout_or(path, "delayed_close_timeout", delayed_close_timeout, Some(DEFAULT_DELAYED_CLOSE_TIMEOUT))?,
+            request_headers_timeout: timeout_or(
+                path,
+                "request_headers_timeout",
+                request_headers_timeout,
+                None,
+            )?,
+            drain_timeout: opt_duration(path, "drain_timeout", drain_timeout)?
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            delayed_close_timeout: timeout_or(
+                path,
+                "delayed_close_timeout",
+                delayed_close_timeout,
+                Some(DEFAULT_DELAYED_CLOSE_TIMEOUT),
+            )?,
             use_remote_address: bool_or(use_remote_address, false),
             xff_num_trusted_hops: *xff_num_trusted_hops,
             skip_xff_append: *skip_xff_append,
-            via: if via.is_empty() { None } else { Some(HeaderValue::from_str(via).map_err(|_| path.field("via").error("invalid header value"))?) },
+            via: if via.is_empty() {
+                None
+            } else {
+                Some(
+                    HeaderValue::from_str(via)
+                        .map_err(|_| path.field("via").error("invalid header value"))?,
+                )
+            },
             generate_request_id: bool_or(generate_request_id, true),
             preserve_external_request_id: *preserve_external_request_id,
             always_set_request_id_in_response: *always_set_request_id_in_response,
@@ -364,6 +523,7 @@ impl HttpConnectionManager {
             merge_slashes: *merge_slashes,
             proxy_100_continue: *proxy_100_continue,
             append_x_forwarded_port: *append_x_forwarded_port,
+            add_user_agent: bool_or(add_user_agent, false),
             local_reply: local_reply(&path.field("local_reply_config"), local_reply_config, rt)?,
             http1,
             http2,
@@ -372,7 +532,11 @@ impl HttpConnectionManager {
 
     /// Whether an upgrade type is allowed, route setting first, then the connection manager's.
     pub fn upgrade_allowed(&self, route_upgrades: &[(String, bool)], upgrade: &str) -> bool {
-        let find = |list: &[(String, bool)]| list.iter().find(|(t, _)| t.eq_ignore_ascii_case(upgrade)).map(|(_, e)| *e);
+        let find = |list: &[(String, bool)]| {
+            list.iter()
+                .find(|(t, _)| t.eq_ignore_ascii_case(upgrade))
+                .map(|(_, e)| *e)
+        };
         match (find(route_upgrades), find(&self.upgrades)) {
             (Some(route), Some(_)) => route,
             (Some(_), None) => false,
@@ -382,7 +546,10 @@ impl HttpConnectionManager {
     }
 }
 
-fn http1_settings(path: &FieldPath, o: &Option<pb::core::Http1ProtocolOptions>) -> Result<Http1Settings> {
+fn http1_settings(
+    path: &FieldPath,
+    o: &Option<pb::core::Http1ProtocolOptions>,
+) -> Result<Http1Settings> {
     let o = o.clone().unwrap_or_default();
     let pb::core::Http1ProtocolOptions {
         allow_absolute_url,
@@ -399,7 +566,11 @@ fn http1_settings(path: &FieldPath, o: &Option<pb::core::Http1ProtocolOptions>) 
     } = &o;
     deny(path, "header_key_format", header_key_format)?;
     deny(path, "enable_trailers", enable_trailers)?;
-    deny(path, "override_stream_error_on_invalid_http_message", override_stream_error_on_invalid_http_message)?;
+    deny(
+        path,
+        "override_stream_error_on_invalid_http_message",
+        override_stream_error_on_invalid_http_message,
+    )?;
     deny(path, "send_fully_qualified_url", send_fully_qualified_url)?;
     let _ = use_balsa_parser; // parser choice: remora has one HTTP/1 parser
     deny(path, "allow_custom_methods", allow_custom_methods)?;
@@ -407,14 +578,19 @@ fn http1_settings(path: &FieldPath, o: &Option<pb::core::Http1ProtocolOptions>) 
     Ok(Http1Settings {
         allow_absolute_url: bool_or(allow_absolute_url, true),
         accept_http_10: *accept_http_10,
-        default_host_for_http_10: (!default_host_for_http_10.is_empty()).then(|| default_host_for_http_10.clone()),
+        default_host_for_http_10: (!default_host_for_http_10.is_empty())
+            .then(|| default_host_for_http_10.clone()),
         allow_chunked_length: *allow_chunked_length,
     })
 }
 
 /// HTTP/2 settings. Window sizes default to the connection's buffer limit (Envoy bounds what it
 /// buffers by `per_connection_buffer_limit_bytes`; remora streams, so the window is the bound).
-pub fn http2_settings(path: &FieldPath, o: &Option<pb::core::Http2ProtocolOptions>, buffer_limit: u32) -> Result<Http2Settings> {
+pub fn http2_settings(
+    path: &FieldPath,
+    o: &Option<pb::core::Http2ProtocolOptions>,
+    buffer_limit: u32,
+) -> Result<Http2Settings> {
     let o = o.clone().unwrap_or_default();
     let pb::core::Http2ProtocolOptions {
         hpack_table_size,
@@ -444,13 +620,41 @@ pub fn http2_settings(path: &FieldPath, o: &Option<pb::core::Http2ProtocolOption
     deny(path, "allow_metadata", allow_metadata)?;
     // Flood-protection limits: hyper's h2 implementation has its own fixed protections.
     deny(path, "max_outbound_frames", max_outbound_frames)?;
-    deny(path, "max_outbound_control_frames", max_outbound_control_frames)?;
-    deny(path, "max_consecutive_inbound_frames_with_empty_payload", max_consecutive_inbound_frames_with_empty_payload)?;
-    deny(path, "max_inbound_priority_frames_per_stream", max_inbound_priority_frames_per_stream)?;
-    deny(path, "max_inbound_window_update_frames_per_data_frame_sent", max_inbound_window_update_frames_per_data_frame_sent)?;
-    deny(path, "stream_error_on_invalid_http_messaging", stream_error_on_invalid_http_messaging)?;
-    deny(path, "override_stream_error_on_invalid_http_message", override_stream_error_on_invalid_http_message)?;
-    deny(path, "custom_settings_parameters", custom_settings_parameters)?;
+    deny(
+        path,
+        "max_outbound_control_frames",
+        max_outbound_control_frames,
+    )?;
+    deny(
+        path,
+        "max_consecutive_inbound_frames_with_empty_payload",
+        max_consecutive_inbound_frames_with_empty_payload,
+    )?;
+    deny(
+        path,
+        "max_inbound_priority_frames_per_stream",
+        max_inbound_priority_frames_per_stream,
+    )?;
+    deny(
+        path,
+        "max_inbound_window_update_frames_per_data_frame_sent",
+        max_inbound_window_update_frames_per_data_frame_sent,
+    )?;
+    deny(
+        path,
+        "stream_error_on_invalid_http_messaging",
+        stream_error_on_invalid_http_messaging,
+    )?;
+    deny(
+        path,
+        "override_stream_error_on_invalid_http_message",
+        override_stream_error_on_invalid_http_message,
+    )?;
+    deny(
+        path,
+        "custom_settings_parameters",
+        custom_settings_parameters,
+    )?;
     deny(path, "connection_keepalive", connection_keepalive)?;
     let _ = use_oghttp2_codec; // codec choice: remora has one HTTP/2 codec
     deny(path, "max_metadata_size", max_metadata_size)?;
@@ -462,9 +666,14 @@ pub fn http2_settings(path: &FieldPath, o: &Option<pb::core::Http2ProtocolOption
     let window_default = buffer_limit.clamp(65_535, 1 << 30);
     let stream_window = u32_or(initial_stream_window_size, window_default);
     let conn_window = u32_or(initial_connection_window_size, window_default);
-    for (name, v) in [("initial_stream_window_size", stream_window), ("initial_connection_window_size", conn_window)] {
+    for (name, v) in [
+        ("initial_stream_window_size", stream_window),
+        ("initial_connection_window_size", conn_window),
+    ] {
         if !(65_535..=2_147_483_647).contains(&v) {
-            return Err(path.field(name).error("must be between 65535 and 2147483647"));
+            return Err(path
+                .field(name)
+                .error("must be between 65535 and 2147483647"));
         }
     }
     Ok(Http2Settings {
@@ -475,13 +684,21 @@ pub fn http2_settings(path: &FieldPath, o: &Option<pb::core::Http2ProtocolOption
     })
 }
 
-fn http_filter_chain(path: &FieldPath, filters: &[pb::hcm::HttpFilter]) -> Result<(Vec<HttpFilter>, RouterConfig)> {
+fn http_filter_chain(
+    path: &FieldPath,
+    filters: &[pb::hcm::HttpFilter],
+) -> Result<(Vec<HttpFilter>, RouterConfig)> {
     use pb::hcm::http_filter::ConfigType;
     let mut out = Vec::new();
     let mut router = None;
     for (i, f) in filters.iter().enumerate() {
         let fp = path.index(i);
-        let pb::hcm::HttpFilter { name, is_optional, disabled, config_type } = f;
+        let pb::hcm::HttpFilter {
+            name,
+            is_optional,
+            disabled,
+            config_type,
+        } = f;
         let typed = match config_type {
             Some(ConfigType::TypedConfig(any)) => Some(any),
             Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
@@ -494,7 +711,9 @@ fn http_filter_chain(path: &FieldPath, filters: &[pb::hcm::HttpFilter]) -> Resul
         match type_name {
             ROUTER_TYPE => {
                 if *disabled {
-                    return Err(fp.field("disabled").error("the router filter cannot be disabled"));
+                    return Err(fp
+                        .field("disabled")
+                        .error("the router filter cannot be disabled"));
                 }
                 let cfg = match typed {
                     Some(any) => decode_any::<pb::router::Router>(&fp.field("typed_config"), any)?,
@@ -513,10 +732,17 @@ fn http_filter_chain(path: &FieldPath, filters: &[pb::hcm::HttpFilter]) -> Resul
                 tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });
             }
             "" => return Err(fp.error(format!("HTTP filter '{name}' needs a typed_config"))),
-            other => return Err(fp.field("typed_config").field("@type").error(format!("HTTP filter {other} is not supported"))),
+            other => {
+                return Err(fp
+                    .field("typed_config")
+                    .field("@type")
+                    .error(format!("HTTP filter {other} is not supported")));
+            }
         }
     }
-    let router = router.ok_or_else(|| path.error("the last HTTP filter must be the router (envoy.filters.http.router)"))?;
+    let router = router.ok_or_else(|| {
+        path.error("the last HTTP filter must be the router (envoy.filters.http.router)")
+    })?;
     Ok((out, router))
 }
 
@@ -537,9 +763,17 @@ fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfi
     deny(path, "upstream_log", upstream_log)?;
     deny(path, "upstream_log_options", upstream_log_options)?;
     deny(path, "strict_check_headers", strict_check_headers)?;
-    deny(path, "suppress_grpc_request_failure_code_stats", suppress_grpc_request_failure_code_stats)?;
+    deny(
+        path,
+        "suppress_grpc_request_failure_code_stats",
+        suppress_grpc_request_failure_code_stats,
+    )?;
     deny(path, "upstream_http_filters", upstream_http_filters)?;
-    deny(path, "reject_connect_request_early_data", reject_connect_request_early_data)?;
+    deny(
+        path,
+        "reject_connect_request_early_data",
+        reject_connect_request_early_data,
+    )?;
     Ok(RouterConfig {
         dynamic_stats: bool_or(dynamic_stats, true),
         suppress_envoy_headers: *suppress_envoy_headers,
@@ -547,15 +781,31 @@ fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfi
     })
 }
 
-fn local_reply(path: &FieldPath, lr: &Option<pb::hcm::LocalReplyConfig>, rt: &Runtime) -> Result<LocalReplyConfig> {
-    let Some(pb::hcm::LocalReplyConfig { mappers, body_format }) = lr else {
+fn local_reply(
+    path: &FieldPath,
+    lr: &Option<pb::hcm::LocalReplyConfig>,
+    rt: &Runtime,
+) -> Result<LocalReplyConfig> {
+    let Some(pb::hcm::LocalReplyConfig {
+        mappers,
+        body_format,
+    }) = lr
+    else {
         return Ok(LocalReplyConfig::default());
     };
     let mut out = LocalReplyConfig::default();
     for (i, m) in mappers.iter().enumerate() {
         let mp = path.field("mappers").index(i);
-        let pb::hcm::ResponseMapper { filter, status_code, body, body_format_override, headers_to_add } = m;
-        let filter = filter.as_ref().ok_or_else(|| mp.field("filter").error("is required"))?;
+        let pb::hcm::ResponseMapper {
+            filter,
+            status_code,
+            body,
+            body_format_override,
+            headers_to_add,
+        } = m;
+        let filter = filter
+            .as_ref()
+            .ok_or_else(|| mp.field("filter").error("is required"))?;
         let status = match status_code {
             Some(s) => Some(
                 u16::try_from(s.value)
@@ -569,17 +819,36 @@ fn local_reply(path: &FieldPath, lr: &Option<pb::hcm::LocalReplyConfig>, rt: &Ru
         out.mappers.push(ResponseMapper {
             filter: LogFilter::from_proto(&mp.field("filter"), filter, rt)?,
             status,
-            body: body.as_ref().map(|b| super::core::data_source(&mp.field("body"), b)).transpose()?,
+            body: body
+                .as_ref()
+                .map(|b| super::core::data_source(&mp.field("body"), b))
+                .transpose()?,
             body_format: body_format_override
                 .as_ref()
-                .map(|f| Ok::<_, crate::config::ConfigError>((substitution_format(&mp.field("body_format_override"), f)?, content_type(f))))
+                .map(|f| {
+                    Ok::<_, crate::config::ConfigError>((
+                        substitution_format(&mp.field("body_format_override"), f)?,
+                        content_type(f),
+                    ))
+                })
                 .transpose()?,
-            headers: HeaderMutations::from_proto(&mp, "headers_to_add", headers_to_add, "headers_to_remove", &[])?,
+            headers: HeaderMutations::from_proto(
+                &mp,
+                "headers_to_add",
+                headers_to_add,
+                "headers_to_remove",
+                &[],
+            )?,
         });
     }
     out.body_format = body_format
         .as_ref()
-        .map(|f| Ok::<_, crate::config::ConfigError>((substitution_format(&path.field("body_format"), f)?, content_type(f))))
+        .map(|f| {
+            Ok::<_, crate::config::ConfigError>((
+                substitution_format(&path.field("body_format"), f)?,
+                content_type(f),
+            ))
+        })
         .transpose()?;
     Ok(out)
 }

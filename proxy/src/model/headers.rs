@@ -46,7 +46,8 @@ impl HeaderMutations {
     ) -> Result<Self> {
         let mut out = HeaderMutations::default();
         for (i, opt) in add.iter().enumerate() {
-            out.add.push(header_to_add(&path.field(add_field).index(i), opt)?);
+            out.add
+                .push(header_to_add(&path.field(add_field).index(i), opt)?);
         }
         for (i, name) in remove.iter().enumerate() {
             let p = path.field(remove_field).index(i);
@@ -54,7 +55,10 @@ impl HeaderMutations {
             if lower.starts_with(':') || lower == "host" {
                 return Err(p.error(format!("cannot remove '{name}'")));
             }
-            out.remove.push(HeaderName::from_bytes(lower.as_bytes()).map_err(|_| p.error(format!("invalid header name '{name}'")))?);
+            out.remove.push(
+                HeaderName::from_bytes(lower.as_bytes())
+                    .map_err(|_| p.error(format!("invalid header name '{name}'")))?,
+            );
         }
         Ok(out)
     }
@@ -99,26 +103,46 @@ impl HeaderMutations {
 
 fn header_to_add(path: &FieldPath, opt: &pb::core::HeaderValueOption) -> Result<HeaderToAdd> {
     use pb::core::header_value_option::HeaderAppendAction as A;
-    let pb::core::HeaderValueOption { header, append, append_action, keep_empty_value } = opt;
-    let header = header.as_ref().ok_or_else(|| path.field("header").error("is required"))?;
-    let pb::core::HeaderValue { key, value, raw_value } = header;
+    let pb::core::HeaderValueOption {
+        header,
+        append,
+        append_action,
+        keep_empty_value,
+    } = opt;
+    let header = header
+        .as_ref()
+        .ok_or_else(|| path.field("header").error("is required"))?;
+    let pb::core::HeaderValue {
+        key,
+        value,
+        raw_value,
+    } = header;
     let hp = path.field("header");
     let lower = key.to_ascii_lowercase();
     if lower.starts_with(':') || lower == "host" {
-        return Err(hp.field("key").error(format!("cannot set '{key}' with header mutations")));
+        return Err(hp
+            .field("key")
+            .error(format!("cannot set '{key}' with header mutations")));
     }
-    let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| hp.field("key").error(format!("invalid header name '{key}'")))?;
+    let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+        hp.field("key")
+            .error(format!("invalid header name '{key}'"))
+    })?;
     let text = if !raw_value.is_empty() {
         if !value.is_empty() {
             return Err(hp.error("only one of value and raw_value may be set"));
         }
-        String::from_utf8(raw_value.clone()).map_err(|_| hp.field("raw_value").error("must be UTF-8"))?
+        String::from_utf8(raw_value.clone())
+            .map_err(|_| hp.field("raw_value").error("must be UTF-8"))?
     } else {
         value.clone()
     };
     let formatter = Formatter::parse(&text).map_err(|e| hp.field("value").error(e))?;
     let literal = match formatter.as_literal() {
-        Some(l) => Some(HeaderValue::from_str(&l).map_err(|_| hp.field("value").error("invalid header value"))?),
+        Some(l) => Some(
+            HeaderValue::from_str(&l)
+                .map_err(|_| hp.field("value").error("invalid header value"))?,
+        ),
         None => None,
     };
     let action = match (append, A::try_from(*append_action)) {
@@ -126,15 +150,29 @@ fn header_to_add(path: &FieldPath, opt: &pb::core::HeaderValueOption) -> Result<
             return Err(path.error("append and append_action are mutually exclusive"));
         }
         (Some(b), _) => {
-            if b.value { AppendAction::AppendIfExistsOrAdd } else { AppendAction::OverwriteIfExistsOrAdd }
+            if b.value {
+                AppendAction::AppendIfExistsOrAdd
+            } else {
+                AppendAction::OverwriteIfExistsOrAdd
+            }
         }
         (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
         (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
         (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
         (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
-        (None, Err(_)) => return Err(path.field("append_action").error(format!("unknown value {append_action}"))),
+        (None, Err(_)) => {
+            return Err(path
+                .field("append_action")
+                .error(format!("unknown value {append_action}")));
+        }
     };
-    Ok(HeaderToAdd { name, value: formatter, literal, action, keep_empty_value: *keep_empty_value })
+    Ok(HeaderToAdd {
+        name,
+        value: formatter,
+        literal,
+        action,
+        keep_empty_value: *keep_empty_value,
+    })
 }
 
 #[cfg(test)]
@@ -143,7 +181,11 @@ mod tests {
 
     fn opt(k: &str, v: &str, append: Option<bool>, action: i32) -> pb::core::HeaderValueOption {
         pb::core::HeaderValueOption {
-            header: Some(pb::core::HeaderValue { key: k.into(), value: v.into(), raw_value: vec![] }),
+            header: Some(pb::core::HeaderValue {
+                key: k.into(),
+                value: v.into(),
+                raw_value: vec![],
+            }),
             append: append.map(|value| pb::protobuf::BoolValue { value }),
             append_action: action,
             keep_empty_value: false,
@@ -155,7 +197,11 @@ mod tests {
         let m = HeaderMutations::from_proto(
             &FieldPath::root(),
             "add",
-            &[opt("x-a", "1", None, 0), opt("x-b", "2", Some(false), 0), opt("x-c", "3", None, 1)],
+            &[
+                opt("x-a", "1", None, 0),
+                opt("x-b", "2", Some(false), 0),
+                opt("x-c", "3", None, 1),
+            ],
             "remove",
             &["x-gone".into()],
         )
@@ -174,9 +220,29 @@ mod tests {
 
     #[test]
     fn refusals_have_paths() {
-        let e = HeaderMutations::from_proto(&FieldPath::new("r"), "add", &[opt(":path", "/", None, 0)], "remove", &[]).unwrap_err();
-        assert_eq!(e.to_string(), "r.add[0].header.key: cannot set ':path' with header mutations");
-        let e = HeaderMutations::from_proto(&FieldPath::new("r"), "add", &[opt("x", "%NOPE%", None, 0)], "remove", &[]).unwrap_err();
-        assert_eq!(e.to_string(), "r.add[0].header.value: Not supported field in StreamInfo: NOPE");
+        let e = HeaderMutations::from_proto(
+            &FieldPath::new("r"),
+            "add",
+            &[opt(":path", "/", None, 0)],
+            "remove",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "r.add[0].header.key: cannot set ':path' with header mutations"
+        );
+        let e = HeaderMutations::from_proto(
+            &FieldPath::new("r"),
+            "add",
+            &[opt("x", "%NOPE%", None, 0)],
+            "remove",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "r.add[0].header.value: Not supported field in StreamInfo: NOPE"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! filters (TLS and HTTP inspectors) and network filters (HTTP connection manager, tcp_proxy).
 
 use super::cluster::{Keepalive, keepalive, raw_transport_socket};
-use super::core::{any_type, bool_or, decode_any, deny, enum_value, opt_duration, socket_address, u32_or};
+use super::core::{
+    any_type, bool_or, decode_any, deny, enum_value, opt_duration, socket_address, u32_or,
+};
 use super::hcm::{HCM_TYPE, HttpConnectionManager};
 use super::pb;
 use super::runtime::Runtime;
@@ -35,8 +37,8 @@ pub enum Direction {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
-    /// `listener.<stat_prefix or address>.`
-    pub stat_name: String,
+    /// `stat_prefix`, if set; otherwise stats are named by the bound address.
+    pub stat_prefix: Option<String>,
     pub filter_chains: Vec<Arc<FilterChain>>,
     pub default_filter_chain: Option<Arc<FilterChain>>,
     pub listener_filters: Vec<ListenerFilter>,
@@ -82,11 +84,19 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len as u32)
+                };
                 (u32::from(a) & mask) == (u32::from(b) & mask)
             }
             (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len as u32)
+                };
                 (u128::from(a) & mask) == (u128::from(b) & mask)
             }
             _ => false,
@@ -172,19 +182,39 @@ impl Listener {
         deny(path, "stats_matcher", stats_matcher)?;
         deny(path, "fcds_config", fcds_config)?;
         deny(path, "filter_chain_matcher", filter_chain_matcher)?;
-        deny(path, "use_original_dst", &use_original_dst.as_ref().filter(|b| b.value))?;
-        deny(path, "per_connection_buffer_high_watermark_timeout", per_connection_buffer_high_watermark_timeout)?;
+        deny(
+            path,
+            "use_original_dst",
+            &use_original_dst.as_ref().filter(|b| b.value),
+        )?;
+        deny(
+            path,
+            "per_connection_buffer_high_watermark_timeout",
+            per_connection_buffer_high_watermark_timeout,
+        )?;
         super::core::metadata_ok(metadata);
         deny(path, "deprecated_v1", deprecated_v1)?;
-        deny(path, "transparent", &transparent.as_ref().filter(|b| b.value))?;
+        deny(
+            path,
+            "transparent",
+            &transparent.as_ref().filter(|b| b.value),
+        )?;
         deny(path, "freebind", &freebind.as_ref().filter(|b| b.value))?;
         deny(path, "socket_options", socket_options)?;
-        deny(path, "tcp_fast_open_queue_length", tcp_fast_open_queue_length)?;
+        deny(
+            path,
+            "tcp_fast_open_queue_length",
+            tcp_fast_open_queue_length,
+        )?;
         deny(path, "udp_listener_config", udp_listener_config)?;
         deny(path, "api_listener", api_listener)?;
         deny(path, "connection_balance_config", connection_balance_config)?;
         deny(path, "access_log", access_log)?;
-        deny(path, "max_connections_to_accept_per_socket_event", max_connections_to_accept_per_socket_event)?;
+        deny(
+            path,
+            "max_connections_to_accept_per_socket_event",
+            max_connections_to_accept_per_socket_event,
+        )?;
         if !bool_or(bind_to_port, true) {
             return Err(path.field("bind_to_port").error("false is not supported (listeners without their own socket arrive with xDS and original_dst)"));
         }
@@ -197,34 +227,58 @@ impl Listener {
         let ap = path.field("address");
         let hp = socket_address(&ap, address)?;
         let ip = hp.ip().ok_or_else(|| {
-            ap.field("socket_address").field("address").error(format!("'{}' is not an IP address (listeners bind to IP addresses)", hp.host))
+            ap.field("socket_address").field("address").error(format!(
+                "'{}' is not an IP address (listeners bind to IP addresses)",
+                hp.host
+            ))
         })?;
         let address = SocketAddr::new(ip, hp.port);
-        let name = if name.is_empty() { format!("{address}") } else { name.clone() };
-        let stat_name = if stat_prefix.is_empty() { stat_address(&address) } else { stat_prefix.clone() };
-        let modify_only_drain = enum_value::<DrainType>(path, "drain_type", *drain_type, |_| true)? == DrainType::ModifyOnly;
-        let direction = match enum_value::<pb::core::TrafficDirection>(path, "traffic_direction", *traffic_direction, |_| true)? {
+        let name = if name.is_empty() {
+            format!("{address}")
+        } else {
+            name.clone()
+        };
+        let modify_only_drain = enum_value::<DrainType>(path, "drain_type", *drain_type, |_| true)?
+            == DrainType::ModifyOnly;
+        let direction = match enum_value::<pb::core::TrafficDirection>(
+            path,
+            "traffic_direction",
+            *traffic_direction,
+            |_| true,
+        )? {
             pb::core::TrafficDirection::Unspecified => Direction::Unspecified,
             pb::core::TrafficDirection::Inbound => Direction::Inbound,
             pb::core::TrafficDirection::Outbound => Direction::Outbound,
         };
-        let buffer_limit = u32_or(per_connection_buffer_limit_bytes, super::cluster::DEFAULT_BUFFER_LIMIT);
+        let buffer_limit = u32_or(
+            per_connection_buffer_limit_bytes,
+            super::cluster::DEFAULT_BUFFER_LIMIT,
+        );
 
         let mut lfilters = Vec::new();
         for (i, lf) in listener_filters.iter().enumerate() {
-            lfilters.push(listener_filter(&path.field("listener_filters").index(i), lf)?);
+            lfilters.push(listener_filter(
+                &path.field("listener_filters").index(i),
+                lf,
+            )?);
         }
 
         let mut chains = Vec::with_capacity(filter_chains.len());
         for (i, fc) in filter_chains.iter().enumerate() {
             let fcp = path.field("filter_chains").index(i);
             let chain = FilterChain::from_proto(&fcp, fc, rt, buffer_limit)?;
-            if let Some(j) = chains.iter().position(|c: &Arc<FilterChain>| c.matcher == chain.matcher) {
+            if let Some(j) = chains
+                .iter()
+                .position(|c: &Arc<FilterChain>| c.matcher == chain.matcher)
+            {
                 return Err(fcp.error(format!(
                     "multiple filter chains with the same matching rules are defined (filter_chains[{j}] and filter_chains[{i}]) in listener {name}"
                 )));
             }
-            if chain.needs_tls_inspector() && !lfilters.contains(&ListenerFilter::TlsInspector) && chain.matcher.transport_protocol.as_deref() != Some("raw_buffer") {
+            if chain.needs_tls_inspector()
+                && !lfilters.contains(&ListenerFilter::TlsInspector)
+                && chain.matcher.transport_protocol.as_deref() != Some("raw_buffer")
+            {
                 // Envoy only warns here; a chain matching on SNI or ALPN never matches without the inspector.
                 tracing::warn!(listener = %name, "filter_chains[{i}] matches on server names or application protocols but the listener has no tls_inspector");
             }
@@ -232,22 +286,30 @@ impl Listener {
         }
         let default_chain = default_filter_chain
             .as_ref()
-            .map(|fc| FilterChain::from_proto(&path.field("default_filter_chain"), fc, rt, buffer_limit).map(Arc::new))
+            .map(|fc| {
+                FilterChain::from_proto(&path.field("default_filter_chain"), fc, rt, buffer_limit)
+                    .map(Arc::new)
+            })
             .transpose()?;
         if chains.is_empty() && default_chain.is_none() {
-            return Err(path.field("filter_chains").error(format!("no filter chains specified for listener {name}")));
+            return Err(path
+                .field("filter_chains")
+                .error(format!("no filter chains specified for listener {name}")));
         }
 
-        let lf_timeout = match opt_duration(path, "listener_filters_timeout", listener_filters_timeout)? {
-            None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
-            Some(Duration::ZERO) => None,
-            Some(t) => Some(t),
-        };
+        let lf_timeout =
+            match opt_duration(path, "listener_filters_timeout", listener_filters_timeout)? {
+                None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+                Some(Duration::ZERO) => None,
+                Some(t) => Some(t),
+            };
         Ok(Self {
-            connection_limit: rt.u64(&format!("envoy.resource_limits.listener.{name}.connection_limit")),
+            connection_limit: rt.u64(&format!(
+                "envoy.resource_limits.listener.{name}.connection_limit"
+            )),
             name,
             address,
-            stat_name,
+            stat_prefix: (!stat_prefix.is_empty()).then(|| stat_prefix.clone()),
             filter_chains: chains,
             default_filter_chain: default_chain,
             listener_filters: lfilters,
@@ -277,7 +339,11 @@ pub fn stat_address(a: &SocketAddr) -> String {
 
 fn listener_filter(path: &FieldPath, lf: &pb::listener::ListenerFilter) -> Result<ListenerFilter> {
     use pb::listener::listener_filter::ConfigType;
-    let pb::listener::ListenerFilter { name, filter_disabled, config_type } = lf;
+    let pb::listener::ListenerFilter {
+        name,
+        filter_disabled,
+        config_type,
+    } = lf;
     deny(path, "filter_disabled", filter_disabled)?;
     let type_name = match config_type {
         Some(ConfigType::TypedConfig(any)) => any_type(any).to_string(),
@@ -300,10 +366,22 @@ fn listener_filter(path: &FieldPath, lf: &pb::listener::ListenerFilter) -> Resul
                     close_connection_on_client_hello_parsing_errors,
                     max_client_hello_size,
                 } = &t;
-                deny(&tp, "enable_ja3_fingerprinting", &enable_ja3_fingerprinting.as_ref().filter(|b| b.value))?;
-                deny(&tp, "enable_ja4_fingerprinting", &enable_ja4_fingerprinting.as_ref().filter(|b| b.value))?;
+                deny(
+                    &tp,
+                    "enable_ja3_fingerprinting",
+                    &enable_ja3_fingerprinting.as_ref().filter(|b| b.value),
+                )?;
+                deny(
+                    &tp,
+                    "enable_ja4_fingerprinting",
+                    &enable_ja4_fingerprinting.as_ref().filter(|b| b.value),
+                )?;
                 let _ = initial_read_buffer_size; // a read-size hint; remora reads what the ClientHello needs
-                deny(&tp, "close_connection_on_client_hello_parsing_errors", close_connection_on_client_hello_parsing_errors)?;
+                deny(
+                    &tp,
+                    "close_connection_on_client_hello_parsing_errors",
+                    close_connection_on_client_hello_parsing_errors,
+                )?;
                 deny(&tp, "max_client_hello_size", max_client_hello_size)?;
             }
             Ok(ListenerFilter::TlsInspector)
@@ -314,26 +392,47 @@ fn listener_filter(path: &FieldPath, lf: &pb::listener::ListenerFilter) -> Resul
             }
             Ok(ListenerFilter::HttpInspector)
         }
-        other => Err(tp.field("@type").error(format!("listener filter {other} is not supported"))),
+        other => Err(tp
+            .field("@type")
+            .error(format!("listener filter {other} is not supported"))),
     }
 }
 
 // === impl FilterChain ===
 
 impl FilterChain {
-    fn from_proto(path: &FieldPath, fc: &pb::listener::FilterChain, rt: &Runtime, buffer_limit: u32) -> Result<Self> {
+    fn from_proto(
+        path: &FieldPath,
+        fc: &pb::listener::FilterChain,
+        rt: &Runtime,
+        buffer_limit: u32,
+    ) -> Result<Self> {
         use pb::listener::filter::ConfigType;
-        let pb::listener::FilterChain { filter_chain_match, filters, use_proxy_proto, metadata, transport_socket, transport_socket_connect_timeout, name } = fc;
+        let pb::listener::FilterChain {
+            filter_chain_match,
+            filters,
+            use_proxy_proto,
+            metadata,
+            transport_socket,
+            transport_socket_connect_timeout,
+            name,
+        } = fc;
         deny(path, "use_proxy_proto", use_proxy_proto)?;
         super::core::metadata_ok(metadata);
         raw_transport_socket(&path.field("transport_socket"), transport_socket)?;
-        deny(path, "transport_socket_connect_timeout", transport_socket_connect_timeout)?;
+        deny(
+            path,
+            "transport_socket_connect_timeout",
+            transport_socket_connect_timeout,
+        )?;
         let matcher = match filter_chain_match {
             Some(m) => filter_chain_match_from(&path.field("filter_chain_match"), m)?,
             None => FilterChainMatch::any(),
         };
         if filters.is_empty() {
-            return Err(path.field("filters").error("at least one network filter is required"));
+            return Err(path
+                .field("filters")
+                .error("at least one network filter is required"));
         }
         let mut terminal = None;
         for (i, f) in filters.iter().enumerate() {
@@ -341,25 +440,50 @@ impl FilterChain {
             let pb::listener::Filter { name, config_type } = f;
             let any = match config_type {
                 Some(ConfigType::TypedConfig(any)) => any,
-                Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
-                None => return Err(fp.error(format!("network filter '{name}' needs a typed_config"))),
+                Some(ConfigType::ConfigDiscovery(_)) => {
+                    return Err(fp.unsupported("config_discovery"));
+                }
+                None => {
+                    return Err(fp.error(format!("network filter '{name}' needs a typed_config")));
+                }
             };
             let tp = fp.field("typed_config");
             let t = match any_type(any) {
-                HCM_TYPE => NetworkTerminal::Http(Arc::new(HttpConnectionManager::from_proto(&tp, &decode_any(&tp, any)?, rt, buffer_limit)?)),
-                TCP_PROXY_TYPE => NetworkTerminal::Tcp(Arc::new(TcpProxy::from_proto(&tp, &decode_any(&tp, any)?, rt)?)),
-                other => return Err(tp.field("@type").error(format!("network filter {other} is not supported"))),
+                HCM_TYPE => NetworkTerminal::Http(Arc::new(HttpConnectionManager::from_proto(
+                    &tp,
+                    &decode_any(&tp, any)?,
+                    rt,
+                    buffer_limit,
+                )?)),
+                TCP_PROXY_TYPE => NetworkTerminal::Tcp(Arc::new(TcpProxy::from_proto(
+                    &tp,
+                    &decode_any(&tp, any)?,
+                    rt,
+                )?)),
+                other => {
+                    return Err(tp
+                        .field("@type")
+                        .error(format!("network filter {other} is not supported")));
+                }
             };
             if i + 1 != filters.len() {
-                return Err(fp.error(format!("terminal filter named {name} must be the last filter in a network filter chain")));
+                return Err(fp.error(format!(
+                    "terminal filter named {name} must be the last filter in a network filter chain"
+                )));
             }
             terminal = Some(t);
         }
-        Ok(Self { name: name.clone(), matcher, terminal: terminal.expect("filters is not empty") })
+        Ok(Self {
+            name: name.clone(),
+            matcher,
+            terminal: terminal.expect("filters is not empty"),
+        })
     }
 
     fn needs_tls_inspector(&self) -> bool {
-        !self.matcher.server_names.is_empty() || !self.matcher.application_protocols.is_empty() || self.matcher.transport_protocol.as_deref() == Some("tls")
+        !self.matcher.server_names.is_empty()
+            || !self.matcher.application_protocols.is_empty()
+            || self.matcher.transport_protocol.as_deref() == Some("tls")
     }
 }
 
@@ -369,19 +493,33 @@ fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> 
         .enumerate()
         .map(|(i, r)| {
             let rp = path.index(i);
-            let pb::core::CidrRange { address_prefix, prefix_len } = r;
-            let addr: IpAddr = address_prefix.parse().map_err(|_| rp.field("address_prefix").error(format!("'{address_prefix}' is not an IP address")))?;
+            let pb::core::CidrRange {
+                address_prefix,
+                prefix_len,
+            } = r;
+            let addr: IpAddr = address_prefix.parse().map_err(|_| {
+                rp.field("address_prefix")
+                    .error(format!("'{address_prefix}' is not an IP address"))
+            })?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
             let len = u32_or(prefix_len, 0);
             if len > max {
-                return Err(rp.field("prefix_len").error(format!("must be at most {max}")));
+                return Err(rp
+                    .field("prefix_len")
+                    .error(format!("must be at most {max}")));
             }
-            Ok(Cidr { addr, len: len as u8 })
+            Ok(Cidr {
+                addr,
+                len: len as u8,
+            })
         })
         .collect()
 }
 
-fn filter_chain_match_from(path: &FieldPath, m: &pb::listener::FilterChainMatch) -> Result<FilterChainMatch> {
+fn filter_chain_match_from(
+    path: &FieldPath,
+    m: &pb::listener::FilterChainMatch,
+) -> Result<FilterChainMatch> {
     use pb::listener::filter_chain_match::ConnectionSourceType as S;
     let pb::listener::FilterChainMatch {
         destination_port,
@@ -402,23 +540,46 @@ fn filter_chain_match_from(path: &FieldPath, m: &pb::listener::FilterChainMatch)
         Ok(S::Any) => SourceType::Any,
         Ok(S::SameIpOrLoopback) => SourceType::SameIpOrLoopback,
         Ok(S::External) => SourceType::External,
-        Err(_) => return Err(path.field("source_type").error(format!("unknown value {source_type}"))),
+        Err(_) => {
+            return Err(path
+                .field("source_type")
+                .error(format!("unknown value {source_type}")));
+        }
     };
-    let port = |p: u32, f: &str| u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| path.field(f).error("must be between 1 and 65535"));
-    let destination_port = destination_port.as_ref().map(|p| port(p.value, "destination_port")).transpose()?;
-    let source_ports = source_ports.iter().map(|p| port(*p, "source_ports")).collect::<Result<Vec<_>>>()?;
+    let port = |p: u32, f: &str| {
+        u16::try_from(p)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| path.field(f).error("must be between 1 and 65535"))
+    };
+    let destination_port = destination_port
+        .as_ref()
+        .map(|p| port(p.value, "destination_port"))
+        .transpose()?;
+    let source_ports = source_ports
+        .iter()
+        .map(|p| port(*p, "source_ports"))
+        .collect::<Result<Vec<_>>>()?;
     for (i, n) in server_names.iter().enumerate() {
         if n.contains('*') && !n.starts_with("*.") {
-            return Err(path.field("server_names").index(i).error(format!("partial wildcards are not supported in \"server_names\": '{n}'")));
+            return Err(path.field("server_names").index(i).error(format!(
+                "partial wildcards are not supported in \"server_names\": '{n}'"
+            )));
         }
     }
     Ok(FilterChainMatch {
         destination_port,
         prefix_ranges: cidrs(&path.field("prefix_ranges"), prefix_ranges)?,
-        server_names: server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        server_names: server_names
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
         transport_protocol: (!transport_protocol.is_empty()).then(|| transport_protocol.clone()),
         application_protocols: application_protocols.clone(),
-        direct_source_prefix_ranges: cidrs(&path.field("direct_source_prefix_ranges"), direct_source_prefix_ranges)?,
+        direct_source_prefix_ranges: cidrs(
+            &path.field("direct_source_prefix_ranges"),
+            direct_source_prefix_ranges,
+        )?,
         source_type,
         source_prefix_ranges: cidrs(&path.field("source_prefix_ranges"), source_prefix_ranges)?,
         source_ports,
@@ -445,7 +606,11 @@ impl FilterChainMatch {
 
 /// The longest prefix among `ranges` containing `ip` (`None`: no range contains it).
 fn best_prefix(ranges: &[Cidr], ip: IpAddr) -> Option<u8> {
-    ranges.iter().filter(|r| r.contains(ip)).map(|r| r.len).max()
+    ranges
+        .iter()
+        .filter(|r| r.contains(ip))
+        .map(|r| r.len)
+        .max()
 }
 
 /// Server-name specificity: exact match beats the longest wildcard (`*.a.b` beats `*.b`).
@@ -472,36 +637,72 @@ fn is_loopback_or_same(c: &ConnectionFacts<'_>) -> bool {
 
 /// Keep the candidates that match this stage most specifically; if none has a criterion at this
 /// stage that matches, keep the ones without a criterion.
-fn stage<'a, F>(cands: Vec<&'a Arc<FilterChain>>, score: F) -> Vec<&'a Arc<FilterChain>>
+fn stage<F>(cands: Vec<&Arc<FilterChain>>, score: F) -> Vec<&Arc<FilterChain>>
 where
     F: Fn(&FilterChainMatch) -> Option<Option<usize>>,
 {
     // score: None = no criterion at this stage; Some(None) = criterion, no match; Some(Some(s)) = match with specificity s.
-    let best = cands.iter().filter_map(|c| score(&c.matcher).flatten()).max();
+    let best = cands
+        .iter()
+        .filter_map(|c| score(&c.matcher).flatten())
+        .max();
     match best {
-        Some(b) => cands.into_iter().filter(|c| score(&c.matcher) == Some(Some(b))).collect(),
-        None => cands.into_iter().filter(|c| score(&c.matcher).is_none()).collect(),
+        Some(b) => cands
+            .into_iter()
+            .filter(|c| score(&c.matcher) == Some(Some(b)))
+            .collect(),
+        None => cands
+            .into_iter()
+            .filter(|c| score(&c.matcher).is_none())
+            .collect(),
     }
 }
 
-fn select<'a>(chains: &'a [Arc<FilterChain>], c: &ConnectionFacts<'_>) -> Option<&'a Arc<FilterChain>> {
+fn select<'a>(
+    chains: &'a [Arc<FilterChain>],
+    c: &ConnectionFacts<'_>,
+) -> Option<&'a Arc<FilterChain>> {
     let mut cands: Vec<&Arc<FilterChain>> = chains.iter().collect();
-    cands = stage(cands, |m| m.destination_port.map(|p| (p == c.local.port()).then_some(0)));
-    cands = stage(cands, |m| (!m.prefix_ranges.is_empty()).then(|| best_prefix(&m.prefix_ranges, c.local.ip()).map(|l| l as usize)));
-    cands = stage(cands, |m| (!m.server_names.is_empty()).then(|| server_name_score(&m.server_names, c.server_name)));
-    cands = stage(cands, |m| m.transport_protocol.as_ref().map(|t| (t == c.transport_protocol).then_some(0)));
     cands = stage(cands, |m| {
-        (!m.application_protocols.is_empty())
-            .then(|| m.application_protocols.iter().any(|p| c.application_protocols.iter().any(|a| **a == **p)).then_some(0))
+        m.destination_port
+            .map(|p| (p == c.local.port()).then_some(0))
     });
-    cands = stage(cands, |m| (!m.direct_source_prefix_ranges.is_empty()).then(|| best_prefix(&m.direct_source_prefix_ranges, c.remote.ip()).map(|l| l as usize)));
+    cands = stage(cands, |m| {
+        (!m.prefix_ranges.is_empty())
+            .then(|| best_prefix(&m.prefix_ranges, c.local.ip()).map(|l| l as usize))
+    });
+    cands = stage(cands, |m| {
+        (!m.server_names.is_empty()).then(|| server_name_score(&m.server_names, c.server_name))
+    });
+    cands = stage(cands, |m| {
+        m.transport_protocol
+            .as_ref()
+            .map(|t| (t == c.transport_protocol).then_some(0))
+    });
+    cands = stage(cands, |m| {
+        (!m.application_protocols.is_empty()).then(|| {
+            m.application_protocols
+                .iter()
+                .any(|p| c.application_protocols.iter().any(|a| **a == **p))
+                .then_some(0)
+        })
+    });
+    cands = stage(cands, |m| {
+        (!m.direct_source_prefix_ranges.is_empty())
+            .then(|| best_prefix(&m.direct_source_prefix_ranges, c.remote.ip()).map(|l| l as usize))
+    });
     cands = stage(cands, |m| match m.source_type {
         SourceType::Any => None,
         SourceType::SameIpOrLoopback => Some(is_loopback_or_same(c).then_some(0)),
         SourceType::External => Some((!is_loopback_or_same(c)).then_some(0)),
     });
-    cands = stage(cands, |m| (!m.source_prefix_ranges.is_empty()).then(|| best_prefix(&m.source_prefix_ranges, c.remote.ip()).map(|l| l as usize)));
-    cands = stage(cands, |m| (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&c.remote.port()).then_some(0)));
+    cands = stage(cands, |m| {
+        (!m.source_prefix_ranges.is_empty())
+            .then(|| best_prefix(&m.source_prefix_ranges, c.remote.ip()).map(|l| l as usize))
+    });
+    cands = stage(cands, |m| {
+        (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&c.remote.port()).then_some(0))
+    });
     cands.into_iter().next()
 }
 
@@ -524,39 +725,147 @@ mod tests {
         })
     }
 
-    fn facts<'a>(local: &str, remote: &str, sni: Option<&'a str>, tp: &'a str) -> ConnectionFacts<'a> {
-        ConnectionFacts { local: local.parse().unwrap(), remote: remote.parse().unwrap(), server_name: sni, transport_protocol: tp, application_protocols: &[] }
+    fn facts<'a>(
+        local: &str,
+        remote: &str,
+        sni: Option<&'a str>,
+        tp: &'a str,
+    ) -> ConnectionFacts<'a> {
+        ConnectionFacts {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            server_name: sni,
+            transport_protocol: tp,
+            application_protocols: &[],
+        }
     }
 
     #[test]
     fn most_specific_chain_wins_stage_by_stage() {
         let chains = vec![
             chain("any", FilterChainMatch::any()),
-            chain("port", FilterChainMatch { destination_port: Some(8080), ..FilterChainMatch::any() }),
-            chain("port+net", FilterChainMatch { destination_port: Some(8080), prefix_ranges: vec![Cidr { addr: "10.0.0.0".parse().unwrap(), len: 8 }], ..FilterChainMatch::any() }),
-            chain("sni", FilterChainMatch { server_names: vec!["a.example.com".into()], ..FilterChainMatch::any() }),
-            chain("wild", FilterChainMatch { server_names: vec!["*.example.com".into()], ..FilterChainMatch::any() }),
-            chain("tls", FilterChainMatch { transport_protocol: Some("tls".into()), ..FilterChainMatch::any() }),
-            chain("src", FilterChainMatch { source_prefix_ranges: vec![Cidr { addr: "192.168.0.0".parse().unwrap(), len: 16 }], ..FilterChainMatch::any() }),
+            chain(
+                "port",
+                FilterChainMatch {
+                    destination_port: Some(8080),
+                    ..FilterChainMatch::any()
+                },
+            ),
+            chain(
+                "port+net",
+                FilterChainMatch {
+                    destination_port: Some(8080),
+                    prefix_ranges: vec![Cidr {
+                        addr: "10.0.0.0".parse().unwrap(),
+                        len: 8,
+                    }],
+                    ..FilterChainMatch::any()
+                },
+            ),
+            chain(
+                "sni",
+                FilterChainMatch {
+                    server_names: vec!["a.example.com".into()],
+                    ..FilterChainMatch::any()
+                },
+            ),
+            chain(
+                "wild",
+                FilterChainMatch {
+                    server_names: vec!["*.example.com".into()],
+                    ..FilterChainMatch::any()
+                },
+            ),
+            chain(
+                "tls",
+                FilterChainMatch {
+                    transport_protocol: Some("tls".into()),
+                    ..FilterChainMatch::any()
+                },
+            ),
+            chain(
+                "src",
+                FilterChainMatch {
+                    source_prefix_ranges: vec![Cidr {
+                        addr: "192.168.0.0".parse().unwrap(),
+                        len: 16,
+                    }],
+                    ..FilterChainMatch::any()
+                },
+            ),
         ];
         let name = |f: ConnectionFacts<'_>| select(&chains, &f).map(|c| c.name.clone());
-        assert_eq!(name(facts("10.1.1.1:8080", "1.1.1.1:1", None, "raw_buffer")).unwrap(), "port+net");
-        assert_eq!(name(facts("11.1.1.1:8080", "1.1.1.1:1", None, "raw_buffer")).unwrap(), "port");
-        assert_eq!(name(facts("11.1.1.1:9090", "1.1.1.1:1", Some("a.example.com"), "tls")).unwrap(), "sni");
-        assert_eq!(name(facts("11.1.1.1:9090", "1.1.1.1:1", Some("b.example.com"), "tls")).unwrap(), "wild");
-        assert_eq!(name(facts("11.1.1.1:9090", "1.1.1.1:1", Some("other.org"), "tls")).unwrap(), "tls");
-        assert_eq!(name(facts("11.1.1.1:9090", "192.168.1.1:1", None, "raw_buffer")).unwrap(), "src");
-        assert_eq!(name(facts("11.1.1.1:9090", "1.1.1.1:1", None, "raw_buffer")).unwrap(), "any");
-        let only = vec![chain("port", FilterChainMatch { destination_port: Some(1), ..FilterChainMatch::any() })];
+        assert_eq!(
+            name(facts("10.1.1.1:8080", "1.1.1.1:1", None, "raw_buffer")).unwrap(),
+            "port+net"
+        );
+        assert_eq!(
+            name(facts("11.1.1.1:8080", "1.1.1.1:1", None, "raw_buffer")).unwrap(),
+            "port"
+        );
+        assert_eq!(
+            name(facts(
+                "11.1.1.1:9090",
+                "1.1.1.1:1",
+                Some("a.example.com"),
+                "tls"
+            ))
+            .unwrap(),
+            "sni"
+        );
+        assert_eq!(
+            name(facts(
+                "11.1.1.1:9090",
+                "1.1.1.1:1",
+                Some("b.example.com"),
+                "tls"
+            ))
+            .unwrap(),
+            "wild"
+        );
+        assert_eq!(
+            name(facts(
+                "11.1.1.1:9090",
+                "1.1.1.1:1",
+                Some("other.org"),
+                "tls"
+            ))
+            .unwrap(),
+            "tls"
+        );
+        assert_eq!(
+            name(facts("11.1.1.1:9090", "192.168.1.1:1", None, "raw_buffer")).unwrap(),
+            "src"
+        );
+        assert_eq!(
+            name(facts("11.1.1.1:9090", "1.1.1.1:1", None, "raw_buffer")).unwrap(),
+            "any"
+        );
+        let only = vec![chain(
+            "port",
+            FilterChainMatch {
+                destination_port: Some(1),
+                ..FilterChainMatch::any()
+            },
+        )];
         assert!(select(&only, &facts("1.1.1.1:2", "1.1.1.1:3", None, "raw_buffer")).is_none());
     }
 
     #[test]
     fn cidr_contains() {
-        let c = Cidr { addr: "10.0.0.0".parse().unwrap(), len: 8 };
+        let c = Cidr {
+            addr: "10.0.0.0".parse().unwrap(),
+            len: 8,
+        };
         assert!(c.contains("10.255.0.1".parse().unwrap()));
         assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(Cidr { addr: "::".parse().unwrap(), len: 0 }.contains("2001:db8::1".parse().unwrap()));
+        assert!(
+            Cidr {
+                addr: "::".parse().unwrap(),
+                len: 0
+            }
+            .contains("2001:db8::1".parse().unwrap())
+        );
     }
 }

@@ -23,13 +23,20 @@ impl FullRegex {
 pub fn full_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<FullRegex> {
     let pb::matcher::RegexMatcher { regex, engine_type } = m;
     let _ = engine_type; // google_re2 is the only engine; its max_program_size is deprecated.
-    let full = Regex::new(&format!("^(?:{regex})$")).map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))?;
-    Ok(FullRegex { source: regex.clone(), full })
+    let full = Regex::new(&format!("^(?:{regex})$"))
+        .map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))?;
+    Ok(FullRegex {
+        source: regex.clone(),
+        full,
+    })
 }
 
 /// Compile a `RegexMatcher` for search/replace (`regex_rewrite`).
 pub fn search_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<Regex> {
-    let pb::matcher::RegexMatcher { regex, engine_type: _ } = m;
+    let pb::matcher::RegexMatcher {
+        regex,
+        engine_type: _,
+    } = m;
     Regex::new(regex).map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))
 }
 
@@ -52,16 +59,31 @@ pub struct StringMatcher {
 impl StringMatcher {
     pub fn from_proto(path: &FieldPath, m: &pb::matcher::StringMatcher) -> Result<Self> {
         use pb::matcher::string_matcher::MatchPattern as P;
-        let pb::matcher::StringMatcher { ignore_case, match_pattern } = m;
-        let lower = |s: &String| if *ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+        let pb::matcher::StringMatcher {
+            ignore_case,
+            match_pattern,
+        } = m;
+        let lower = |s: &String| {
+            if *ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
         let pattern = match match_pattern {
             Some(P::Exact(s)) => StringPattern::Exact(lower(s)),
             Some(P::Prefix(s)) => StringPattern::Prefix(lower(s)),
             Some(P::Suffix(s)) => StringPattern::Suffix(lower(s)),
             Some(P::Contains(s)) => StringPattern::Contains(lower(s)),
-            Some(P::SafeRegex(r)) => StringPattern::Regex(full_regex(&path.field("safe_regex"), r)?),
+            Some(P::SafeRegex(r)) => {
+                StringPattern::Regex(full_regex(&path.field("safe_regex"), r)?)
+            }
             Some(P::Custom(_)) => return Err(path.unsupported("custom")),
-            None => return Err(path.error("a string matcher needs exact, prefix, suffix, contains or safe_regex")),
+            None => {
+                return Err(path.error(
+                    "a string matcher needs exact, prefix, suffix, contains or safe_regex",
+                ));
+            }
         };
         let empty_field = match &pattern {
             StringPattern::Prefix(v) if v.is_empty() => Some("prefix"),
@@ -72,11 +94,17 @@ impl StringMatcher {
         if let Some(f) = empty_field {
             return Err(path.field(f).error("must not be empty"));
         }
-        Ok(Self { pattern, ignore_case: *ignore_case })
+        Ok(Self {
+            pattern,
+            ignore_case: *ignore_case,
+        })
     }
 
     pub fn exact(s: &str) -> Self {
-        Self { pattern: StringPattern::Exact(s.to_string()), ignore_case: false }
+        Self {
+            pattern: StringPattern::Exact(s.to_string()),
+            ignore_case: false,
+        }
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -115,7 +143,10 @@ impl HeaderKey {
             ":path" => HeaderKey::Path,
             ":authority" | "host" => HeaderKey::Authority,
             ":scheme" => HeaderKey::Scheme,
-            n => HeaderKey::Named(HeaderName::from_bytes(n.as_bytes()).map_err(|_| path.error(format!("invalid header name '{name}'")))?),
+            n => HeaderKey::Named(
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| path.error(format!("invalid header name '{name}'")))?,
+            ),
         })
     }
 }
@@ -145,7 +176,8 @@ impl RequestHeaders<'_> {
                 match values.next() {
                     None => Some(Cow::Borrowed(first)),
                     Some(second) => {
-                        let mut s = format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
+                        let mut s =
+                            format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
                         for v in values {
                             s.push(',');
                             s.push_str(&String::from_utf8_lossy(v.as_bytes()));
@@ -177,7 +209,12 @@ pub struct HeaderMatcher {
 impl HeaderMatcher {
     pub fn from_proto(path: &FieldPath, m: &pb::route::HeaderMatcher) -> Result<Self> {
         use pb::route::header_matcher::HeaderMatchSpecifier as S;
-        let pb::route::HeaderMatcher { name, invert_match, treat_missing_header_as_empty, header_match_specifier } = m;
+        let pb::route::HeaderMatcher {
+            name,
+            invert_match,
+            treat_missing_header_as_empty,
+            header_match_specifier,
+        } = m;
         let key = HeaderKey::parse(&path.field("name"), name)?;
         let exact = |s: &str| HeaderMatch::String(StringMatcher::exact(s));
         let spec = match header_match_specifier {
@@ -186,18 +223,35 @@ impl HeaderMatcher {
                 pattern: StringPattern::Regex(full_regex(&path.field("safe_regex_match"), r)?),
                 ignore_case: false,
             }),
-            Some(S::RangeMatch(r)) => HeaderMatch::Range { start: r.start, end: r.end },
+            Some(S::RangeMatch(r)) => HeaderMatch::Range {
+                start: r.start,
+                end: r.end,
+            },
             Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
-            Some(S::PrefixMatch(s)) => HeaderMatch::String(StringMatcher { pattern: StringPattern::Prefix(s.clone()), ignore_case: false }),
-            Some(S::SuffixMatch(s)) => HeaderMatch::String(StringMatcher { pattern: StringPattern::Suffix(s.clone()), ignore_case: false }),
-            Some(S::ContainsMatch(s)) => {
-                HeaderMatch::String(StringMatcher { pattern: StringPattern::Contains(s.clone()), ignore_case: false })
+            Some(S::PrefixMatch(s)) => HeaderMatch::String(StringMatcher {
+                pattern: StringPattern::Prefix(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::SuffixMatch(s)) => HeaderMatch::String(StringMatcher {
+                pattern: StringPattern::Suffix(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::ContainsMatch(s)) => HeaderMatch::String(StringMatcher {
+                pattern: StringPattern::Contains(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::StringMatch(s)) => {
+                HeaderMatch::String(StringMatcher::from_proto(&path.field("string_match"), s)?)
             }
-            Some(S::StringMatch(s)) => HeaderMatch::String(StringMatcher::from_proto(&path.field("string_match"), s)?),
             // No specifier: the header must be present (Envoy treats this as a present match).
             None => HeaderMatch::Present(true),
         };
-        Ok(Self { key, spec, invert: *invert_match, treat_missing_as_empty: *treat_missing_header_as_empty })
+        Ok(Self {
+            key,
+            spec,
+            invert: *invert_match,
+            treat_missing_as_empty: *treat_missing_header_as_empty,
+        })
     }
 
     /// Envoy's `HeaderUtility::matchHeaders` semantics, including its handling of a missing header.
@@ -208,12 +262,18 @@ impl HeaderMatcher {
             Some(v) => v,
             None if self.treat_missing_as_empty => std::borrow::Cow::Borrowed(""),
             None => {
-                return if self.invert { !is_present_type } else { matches!(self.spec, HeaderMatch::Present(false)) };
+                return if self.invert {
+                    !is_present_type
+                } else {
+                    matches!(self.spec, HeaderMatch::Present(false))
+                };
             }
         };
         let m = match &self.spec {
             HeaderMatch::String(s) => s.matches(&value),
-            HeaderMatch::Range { start, end } => value.parse::<i64>().is_ok_and(|v| v >= *start && v < *end),
+            HeaderMatch::Range { start, end } => {
+                value.parse::<i64>().is_ok_and(|v| v >= *start && v < *end)
+            }
             HeaderMatch::Present(p) => *p,
         };
         m != self.invert
@@ -232,16 +292,26 @@ pub struct QueryParameterMatcher {
 impl QueryParameterMatcher {
     pub fn from_proto(path: &FieldPath, m: &pb::route::QueryParameterMatcher) -> Result<Self> {
         use pb::route::query_parameter_matcher::QueryParameterMatchSpecifier as S;
-        let pb::route::QueryParameterMatcher { name, query_parameter_match_specifier } = m;
+        let pb::route::QueryParameterMatcher {
+            name,
+            query_parameter_match_specifier,
+        } = m;
         if name.is_empty() {
             return Err(path.field("name").error("must not be empty"));
         }
         let (matcher, present) = match query_parameter_match_specifier {
-            Some(S::StringMatch(s)) => (Some(StringMatcher::from_proto(&path.field("string_match"), s)?), true),
+            Some(S::StringMatch(s)) => (
+                Some(StringMatcher::from_proto(&path.field("string_match"), s)?),
+                true,
+            ),
             Some(S::PresentMatch(p)) => (None, *p),
             None => (None, true),
         };
-        Ok(Self { name: name.clone(), matcher, present })
+        Ok(Self {
+            name: name.clone(),
+            matcher,
+            present,
+        })
     }
 
     pub fn matches(&self, query: Option<&str>) -> bool {
@@ -261,9 +331,12 @@ impl QueryParameterMatcher {
 
 /// Refuse a list-of-matchers field for features not built yet.
 pub fn deny_list<T: PartialEq>(path: &FieldPath, field: &str, v: &[T]) -> Result<()> {
-    if v.is_empty() { Ok(()) } else { Err(path.unsupported(field)) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(path.unsupported(field))
+    }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -283,7 +356,13 @@ mod tests {
     }
 
     fn req(headers: &HeaderMap) -> RequestHeaders<'_> {
-        RequestHeaders { method: &http::Method::GET, path_and_query: "/p?a=1&b=", authority: "h", scheme: "http", headers }
+        RequestHeaders {
+            method: &http::Method::GET,
+            path_and_query: "/p?a=1&b=",
+            authority: "h",
+            scheme: "http",
+            headers,
+        }
     }
 
     #[test]
@@ -301,20 +380,42 @@ mod tests {
         assert!(hm(S::ExactMatch("x".into()), true).matches(&req(&empty)));
         let mut n = HeaderMap::new();
         n.insert("x-a", "42".parse().unwrap());
-        assert!(hm(S::RangeMatch(pb::types::Int64Range { start: 40, end: 43 }), false).matches(&req(&n)));
-        assert!(!hm(S::RangeMatch(pb::types::Int64Range { start: 40, end: 42 }), false).matches(&req(&n)));
+        assert!(
+            hm(
+                S::RangeMatch(pb::types::Int64Range { start: 40, end: 43 }),
+                false
+            )
+            .matches(&req(&n))
+        );
+        assert!(
+            !hm(
+                S::RangeMatch(pb::types::Int64Range { start: 40, end: 42 }),
+                false
+            )
+            .matches(&req(&n))
+        );
     }
 
     #[test]
     fn string_matcher_ignore_case_and_regex() {
         use pb::matcher::string_matcher::MatchPattern as P;
-        let m = StringMatcher::from_proto(&FieldPath::root(), &pb::matcher::StringMatcher { ignore_case: true, match_pattern: Some(P::Prefix("AbC".into())) }).unwrap();
+        let m = StringMatcher::from_proto(
+            &FieldPath::root(),
+            &pb::matcher::StringMatcher {
+                ignore_case: true,
+                match_pattern: Some(P::Prefix("AbC".into())),
+            },
+        )
+        .unwrap();
         assert!(m.matches("abcdef"));
         let r = StringMatcher::from_proto(
             &FieldPath::root(),
             &pb::matcher::StringMatcher {
                 ignore_case: false,
-                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher { regex: "a.c".into(), engine_type: None })),
+                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher {
+                    regex: "a.c".into(),
+                    engine_type: None,
+                })),
             },
         )
         .unwrap();
@@ -324,19 +425,34 @@ mod tests {
             &FieldPath::new("m"),
             &pb::matcher::StringMatcher {
                 ignore_case: false,
-                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher { regex: "(".into(), engine_type: None })),
+                match_pattern: Some(P::SafeRegex(pb::matcher::RegexMatcher {
+                    regex: "(".into(),
+                    engine_type: None,
+                })),
             },
         )
         .unwrap_err();
-        assert!(e.to_string().starts_with("m.safe_regex.regex: invalid regex"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("m.safe_regex.regex: invalid regex"),
+            "{e}"
+        );
     }
 
     #[test]
     fn query_parameters() {
-        let q = QueryParameterMatcher { name: "a".into(), matcher: Some(StringMatcher::exact("1")), present: true };
+        let q = QueryParameterMatcher {
+            name: "a".into(),
+            matcher: Some(StringMatcher::exact("1")),
+            present: true,
+        };
         assert!(q.matches(Some("a=1&b=2")));
         assert!(!q.matches(Some("a=2")));
-        let p = QueryParameterMatcher { name: "b".into(), matcher: None, present: true };
+        let p = QueryParameterMatcher {
+            name: "b".into(),
+            matcher: None,
+            present: true,
+        };
         assert!(p.matches(Some("a=1&b")));
         assert!(!p.matches(None));
     }

@@ -2,15 +2,15 @@
 //! Every proto struct is destructured field by field, so a field added to Envoy's API cannot
 //! be missed silently: each is honoured or refused with its path.
 
-pub mod core;
-pub mod pb;
 pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
+pub mod core;
 pub mod hcm;
 pub mod headers;
 pub mod listener;
 pub mod matcher;
+pub mod pb;
 pub mod route;
 pub mod runtime;
 pub mod tcp_proxy;

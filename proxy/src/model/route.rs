@@ -4,7 +4,9 @@
 
 use super::core::{deny, enum_value, opt_duration, timeout_or, u32_or};
 use super::headers::HeaderMutations;
-use super::matcher::{HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex};
+use super::matcher::{
+    HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex,
+};
 use super::{FullRegex, pb};
 use crate::config::{FieldPath, Result};
 use bytes::Bytes;
@@ -168,16 +170,26 @@ pub struct RouteRequest<'a> {
 
 /// The outcome of matching.
 pub enum RouteMatch<'a> {
-    Route { vhost: &'a VirtualHost, route: &'a Route, matched_prefix_len: usize },
+    Route {
+        vhost: &'a VirtualHost,
+        route: &'a Route,
+        matched_prefix_len: usize,
+    },
     /// `require_tls` on the virtual host: redirect to https.
-    RequireTls { vhost: &'a VirtualHost },
+    RequireTls {
+        vhost: &'a VirtualHost,
+    },
     NoRoute,
 }
 
 // === impl RouteConfig ===
 
 impl RouteConfig {
-    pub fn from_proto(path: &FieldPath, rc: &pb::route::RouteConfiguration, max_direct_default: u32) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        rc: &pb::route::RouteConfiguration,
+        max_direct_default: u32,
+    ) -> Result<Self> {
         let pb::route::RouteConfiguration {
             name,
             virtual_hosts,
@@ -203,7 +215,11 @@ impl RouteConfig {
         deny(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
         deny(path, "request_mirror_policies", request_mirror_policies)?;
         deny(path, "vhost_header", vhost_header)?;
-        deny(path, "ignore_path_parameters_in_path_matching", ignore_path_parameters_in_path_matching)?;
+        deny(
+            path,
+            "ignore_path_parameters_in_path_matching",
+            ignore_path_parameters_in_path_matching,
+        )?;
         deny(path, "typed_per_filter_config", typed_per_filter_config)?;
         deny(path, "route_specifiers", route_specifiers)?;
         super::core::metadata_ok(metadata);
@@ -212,8 +228,11 @@ impl RouteConfig {
         let mut internal = Vec::new();
         for (i, h) in internal_only_headers.iter().enumerate() {
             internal.push(
-                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| path.field("internal_only_headers").index(i).error("invalid header name"))?,
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    path.field("internal_only_headers")
+                        .index(i)
+                        .error("invalid header name")
+                })?,
             );
         }
         let mut vhosts = Vec::with_capacity(virtual_hosts.len());
@@ -222,13 +241,16 @@ impl RouteConfig {
         for (i, vh) in virtual_hosts.iter().enumerate() {
             let vp = path.field("virtual_hosts").index(i);
             if let Some(prev) = seen_names.insert(vh.name.as_str(), i) {
-                return Err(vp.field("name").error(format!("virtual host name '{}' is also used by virtual_hosts[{prev}]", vh.name)));
+                return Err(vp.field("name").error(format!(
+                    "virtual host name '{}' is also used by virtual_hosts[{prev}]",
+                    vh.name
+                )));
             }
             index.add(&vp, &vh.domains, i, &vh.name, name)?;
             vhosts.push(VirtualHost::from_proto(&vp, vh, max_direct)?);
         }
-        index.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        index.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index.suffix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        index.prefix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
 
         let mut referenced: Vec<Arc<str>> = Vec::new();
         for vh in &vhosts {
@@ -236,7 +258,9 @@ impl RouteConfig {
                 if let RouteAction::Forward(f) = &r.action {
                     match &f.cluster {
                         ClusterTarget::Name(n) => referenced.push(n.clone()),
-                        ClusterTarget::Weighted(w) => referenced.extend(w.clusters.iter().map(|c| c.name.clone())),
+                        ClusterTarget::Weighted(w) => {
+                            referenced.extend(w.clusters.iter().map(|c| c.name.clone()))
+                        }
                         ClusterTarget::Header(_) => {}
                     }
                 }
@@ -249,8 +273,20 @@ impl RouteConfig {
             virtual_hosts: vhosts,
             index,
             internal_only_headers: internal,
-            request_headers: HeaderMutations::from_proto(path, "request_headers_to_add", request_headers_to_add, "request_headers_to_remove", request_headers_to_remove)?,
-            response_headers: HeaderMutations::from_proto(path, "response_headers_to_add", response_headers_to_add, "response_headers_to_remove", response_headers_to_remove)?,
+            request_headers: HeaderMutations::from_proto(
+                path,
+                "request_headers_to_add",
+                request_headers_to_add,
+                "request_headers_to_remove",
+                request_headers_to_remove,
+            )?,
+            response_headers: HeaderMutations::from_proto(
+                path,
+                "response_headers_to_add",
+                response_headers_to_add,
+                "response_headers_to_remove",
+                response_headers_to_remove,
+            )?,
             most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
             ignore_port_in_host_matching: *ignore_port_in_host_matching,
             referenced_clusters: referenced,
@@ -261,14 +297,30 @@ impl RouteConfig {
     /// Envoy's virtual-host selection: exact domain, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`.
     pub fn find_virtual_host(&self, host: &str) -> Option<&VirtualHost> {
-        let host = if self.ignore_port_in_host_matching { strip_port(host) } else { host };
+        let host = if self.ignore_port_in_host_matching {
+            strip_port(host)
+        } else {
+            host
+        };
         let idx = self
             .index
             .exact
             .get(host)
             .copied()
-            .or_else(|| self.index.suffix.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|(_, i)| *i))
-            .or_else(|| self.index.prefix.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|(_, i)| *i))
+            .or_else(|| {
+                self.index
+                    .suffix
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.index
+                    .prefix
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            })
             .or(self.index.default)?;
         self.virtual_hosts.get(idx)
     }
@@ -279,12 +331,18 @@ impl RouteConfig {
         };
         match vhost.require_tls {
             TlsRequirement::All if !req.is_tls => return RouteMatch::RequireTls { vhost },
-            TlsRequirement::ExternalOnly if !req.is_tls && !req.is_internal => return RouteMatch::RequireTls { vhost },
+            TlsRequirement::ExternalOnly if !req.is_tls && !req.is_internal => {
+                return RouteMatch::RequireTls { vhost };
+            }
             _ => {}
         }
         for route in &vhost.routes {
             if let Some(len) = route.matches(&req.headers) {
-                return RouteMatch::Route { vhost, route, matched_prefix_len: len };
+                return RouteMatch::Route {
+                    vhost,
+                    route,
+                    matched_prefix_len: len,
+                };
             }
         }
         RouteMatch::NoRoute
@@ -300,7 +358,11 @@ fn strip_port(host: &str) -> &str {
         };
     }
     match host.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        Some((h, p))
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
+        {
+            h
+        }
         _ => host,
     }
 }
@@ -308,7 +370,14 @@ fn strip_port(host: &str) -> &str {
 // === impl VhostIndex ===
 
 impl VhostIndex {
-    fn add(&mut self, vp: &FieldPath, domains: &[String], idx: usize, vhost_name: &str, rc_name: &str) -> Result<()> {
+    fn add(
+        &mut self,
+        vp: &FieldPath,
+        domains: &[String],
+        idx: usize,
+        vhost_name: &str,
+        rc_name: &str,
+    ) -> Result<()> {
         if domains.is_empty() {
             return Err(vp.field("domains").error("at least one domain is required"));
         }
@@ -326,8 +395,12 @@ impl VhostIndex {
                 }
             } else if d.is_empty() {
                 return Err(dp.error("must not be empty"));
-            } else if d.matches('*').count() > 1 || (d.contains('*') && !d.starts_with('*') && !d.ends_with('*')) {
-                return Err(dp.error(format!("invalid domain '{d}': a wildcard may only appear once, at the start or the end")));
+            } else if d.matches('*').count() > 1
+                || (d.contains('*') && !d.starts_with('*') && !d.ends_with('*'))
+            {
+                return Err(dp.error(format!(
+                    "invalid domain '{d}': a wildcard may only appear once, at the start or the end"
+                )));
             } else if let Some(suffix) = d.strip_prefix('*') {
                 if self.suffix.iter().any(|(s, _)| s == suffix) {
                     return Err(dup());
@@ -349,7 +422,11 @@ impl VhostIndex {
 // === impl VirtualHost ===
 
 impl VirtualHost {
-    fn from_proto(path: &FieldPath, vh: &pb::route::VirtualHost, max_direct: usize) -> Result<Self> {
+    fn from_proto(
+        path: &FieldPath,
+        vh: &pb::route::VirtualHost,
+        max_direct: usize,
+    ) -> Result<Self> {
         use pb::route::virtual_host::TlsRequirementType as T;
         let pb::route::VirtualHost {
             name,
@@ -385,13 +462,29 @@ impl VirtualHost {
         deny(path, "rate_limits", rate_limits)?;
         deny(path, "cors", cors)?;
         deny(path, "typed_per_filter_config", typed_per_filter_config)?;
-        deny(path, "include_request_attempt_count", include_request_attempt_count)?;
-        deny(path, "include_attempt_count_in_response", include_attempt_count_in_response)?;
+        deny(
+            path,
+            "include_request_attempt_count",
+            include_request_attempt_count,
+        )?;
+        deny(
+            path,
+            "include_attempt_count_in_response",
+            include_attempt_count_in_response,
+        )?;
         deny(path, "retry_policy", retry_policy)?;
         deny(path, "retry_policy_typed_config", retry_policy_typed_config)?;
         deny(path, "hedge_policy", hedge_policy)?;
-        deny(path, "include_is_timeout_retry_header", include_is_timeout_retry_header)?;
-        deny(path, "per_request_buffer_limit_bytes", per_request_buffer_limit_bytes)?;
+        deny(
+            path,
+            "include_is_timeout_retry_header",
+            include_is_timeout_retry_header,
+        )?;
+        deny(
+            path,
+            "per_request_buffer_limit_bytes",
+            per_request_buffer_limit_bytes,
+        )?;
         deny(path, "request_body_buffer_limit", request_body_buffer_limit)?;
         deny(path, "request_mirror_policies", request_mirror_policies)?;
         deny(path, "route_specifiers", route_specifiers)?;
@@ -403,13 +496,29 @@ impl VirtualHost {
         };
         let mut out_routes = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
-            out_routes.push(Route::from_proto(&path.field("routes").index(i), r, max_direct)?);
+            out_routes.push(Route::from_proto(
+                &path.field("routes").index(i),
+                r,
+                max_direct,
+            )?);
         }
         Ok(Self {
             name: name.as_str().into(),
             routes: out_routes,
-            request_headers: HeaderMutations::from_proto(path, "request_headers_to_add", request_headers_to_add, "request_headers_to_remove", request_headers_to_remove)?,
-            response_headers: HeaderMutations::from_proto(path, "response_headers_to_add", response_headers_to_add, "response_headers_to_remove", response_headers_to_remove)?,
+            request_headers: HeaderMutations::from_proto(
+                path,
+                "request_headers_to_add",
+                request_headers_to_add,
+                "request_headers_to_remove",
+                request_headers_to_remove,
+            )?,
+            response_headers: HeaderMutations::from_proto(
+                path,
+                "response_headers_to_add",
+                response_headers_to_add,
+                "response_headers_to_remove",
+                response_headers_to_remove,
+            )?,
             require_tls,
         })
     }
@@ -441,7 +550,11 @@ impl Route {
         deny(path, "decorator", decorator)?;
         deny(path, "typed_per_filter_config", typed_per_filter_config)?;
         deny(path, "tracing", tracing)?;
-        deny(path, "per_request_buffer_limit_bytes", per_request_buffer_limit_bytes)?;
+        deny(
+            path,
+            "per_request_buffer_limit_bytes",
+            per_request_buffer_limit_bytes,
+        )?;
         deny(path, "stat_prefix", stat_prefix)?;
         deny(path, "request_body_buffer_limit", request_body_buffer_limit)?;
         deny(path, "route_specifiers", route_specifiers)?;
@@ -449,11 +562,25 @@ impl Route {
         let m = r#match.as_ref().ok_or_else(|| mp.error("is required"))?;
         let (path_match, case_sensitive, headers, query_parameters, grpc) = route_match(&mp, m)?;
         let action = match action {
-            Some(A::Route(ra)) => RouteAction::Forward(Box::new(forward_action(&path.field("route"), ra, &path_match)?)),
-            Some(A::Redirect(rd)) => RouteAction::Redirect(Box::new(redirect(&path.field("redirect"), rd, &path_match)?)),
-            Some(A::DirectResponse(d)) => RouteAction::Direct(direct_response(&path.field("direct_response"), d, max_direct)?),
+            Some(A::Route(ra)) => RouteAction::Forward(Box::new(forward_action(
+                &path.field("route"),
+                ra,
+                &path_match,
+            )?)),
+            Some(A::Redirect(rd)) => RouteAction::Redirect(Box::new(redirect(
+                &path.field("redirect"),
+                rd,
+                &path_match,
+            )?)),
+            Some(A::DirectResponse(d)) => RouteAction::Direct(direct_response(
+                &path.field("direct_response"),
+                d,
+                max_direct,
+            )?),
             Some(A::FilterAction(_)) => return Err(path.unsupported("filter_action")),
-            Some(A::NonForwardingAction(_)) => return Err(path.unsupported("non_forwarding_action")),
+            Some(A::NonForwardingAction(_)) => {
+                return Err(path.unsupported("non_forwarding_action"));
+            }
             None => return Err(path.error("a route needs route, redirect or direct_response")),
         };
         Ok(Self {
@@ -464,8 +591,20 @@ impl Route {
             query_parameters,
             grpc,
             action,
-            request_headers: HeaderMutations::from_proto(path, "request_headers_to_add", request_headers_to_add, "request_headers_to_remove", request_headers_to_remove)?,
-            response_headers: HeaderMutations::from_proto(path, "response_headers_to_add", response_headers_to_add, "response_headers_to_remove", response_headers_to_remove)?,
+            request_headers: HeaderMutations::from_proto(
+                path,
+                "request_headers_to_add",
+                request_headers_to_add,
+                "request_headers_to_remove",
+                request_headers_to_remove,
+            )?,
+            response_headers: HeaderMutations::from_proto(
+                path,
+                "response_headers_to_add",
+                response_headers_to_add,
+                "response_headers_to_remove",
+                response_headers_to_remove,
+            )?,
         })
     }
 
@@ -482,12 +621,17 @@ impl Route {
             PathMatch::Path(p) => eq(path_only, p, self.case_sensitive).then_some(p.len())?,
             PathMatch::Regex(r) => r.is_match(path_only).then_some(path_only.len())?,
             PathMatch::SeparatedPrefix(p) => {
-                let ok = starts_with(path_only, p, self.case_sensitive) && (path_only.len() == p.len() || path_only.as_bytes()[p.len()] == b'/');
+                let ok = starts_with(path_only, p, self.case_sensitive)
+                    && (path_only.len() == p.len() || path_only.as_bytes()[p.len()] == b'/');
                 ok.then_some(p.len())?
             }
         };
         if self.grpc {
-            let ct = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ct = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !ct.starts_with("application/grpc") {
                 return None;
             }
@@ -506,15 +650,26 @@ fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
     if case_sensitive {
         s.starts_with(prefix)
     } else {
-        s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        s.len() >= prefix.len()
+            && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     }
 }
 
 fn eq(a: &str, b: &str, case_sensitive: bool) -> bool {
-    if case_sensitive { a == b } else { a.eq_ignore_ascii_case(b) }
+    if case_sensitive {
+        a == b
+    } else {
+        a.eq_ignore_ascii_case(b)
+    }
 }
 
-type MatchParts = (PathMatch, bool, Vec<HeaderMatcher>, Vec<QueryParameterMatcher>, bool);
+type MatchParts = (
+    PathMatch,
+    bool,
+    Vec<HeaderMatcher>,
+    Vec<QueryParameterMatcher>,
+    bool,
+);
 
 fn route_match(path: &FieldPath, m: &pb::route::RouteMatch) -> Result<MatchParts> {
     use pb::route::route_match::PathSpecifier as P;
@@ -541,22 +696,38 @@ fn route_match(path: &FieldPath, m: &pb::route::RouteMatch) -> Result<MatchParts
         Some(P::Path(p)) => PathMatch::Path(p.clone()),
         Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(&path.field("safe_regex"), r)?),
         Some(P::PathSeparatedPrefix(p)) => {
-            if p.contains('?') || p.contains('#') || (p.len() > 1 && p.ends_with('/')) || !p.starts_with('/') {
-                return Err(path.field("path_separated_prefix").error("must start with '/', not end with '/', and contain no '?' or '#'"));
+            if p.contains('?')
+                || p.contains('#')
+                || (p.len() > 1 && p.ends_with('/'))
+                || !p.starts_with('/')
+            {
+                return Err(path
+                    .field("path_separated_prefix")
+                    .error("must start with '/', not end with '/', and contain no '?' or '#'"));
             }
             PathMatch::SeparatedPrefix(p.clone())
         }
         Some(P::ConnectMatcher(_)) => return Err(path.unsupported("connect_matcher")),
         Some(P::PathMatchPolicy(_)) => return Err(path.unsupported("path_match_policy")),
-        None => return Err(path.error("one of prefix, path, safe_regex or path_separated_prefix is required")),
+        None => {
+            return Err(
+                path.error("one of prefix, path, safe_regex or path_separated_prefix is required")
+            );
+        }
     };
     let mut hm = Vec::with_capacity(headers.len());
     for (i, h) in headers.iter().enumerate() {
-        hm.push(HeaderMatcher::from_proto(&path.field("headers").index(i), h)?);
+        hm.push(HeaderMatcher::from_proto(
+            &path.field("headers").index(i),
+            h,
+        )?);
     }
     let mut qm = Vec::with_capacity(query_parameters.len());
     for (i, q) in query_parameters.iter().enumerate() {
-        qm.push(QueryParameterMatcher::from_proto(&path.field("query_parameters").index(i), q)?);
+        qm.push(QueryParameterMatcher::from_proto(
+            &path.field("query_parameters").index(i),
+            q,
+        )?);
     }
     let grpc = match grpc {
         Some(pb::route::route_match::GrpcRouteMatchOptions {}) => true,
@@ -565,8 +736,14 @@ fn route_match(path: &FieldPath, m: &pb::route::RouteMatch) -> Result<MatchParts
     Ok((path_match, case_sensitive, hm, qm, grpc))
 }
 
-fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &PathMatch) -> Result<ForwardAction> {
-    use pb::route::route_action::{ClusterNotFoundResponseCode as C, ClusterSpecifier as CS, HostRewriteSpecifier as H};
+fn forward_action(
+    path: &FieldPath,
+    ra: &pb::route::RouteAction,
+    path_match: &PathMatch,
+) -> Result<ForwardAction> {
+    use pb::route::route_action::{
+        ClusterNotFoundResponseCode as C, ClusterSpecifier as CS, HostRewriteSpecifier as H,
+    };
     let pb::route::RouteAction {
         cluster_not_found_response_code,
         metadata_match,
@@ -606,7 +783,9 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
     deny(path, "retry_policy", retry_policy)?;
     deny(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     deny(path, "request_mirror_policies", request_mirror_policies)?;
-    enum_value::<pb::core::RoutingPriority>(path, "priority", *priority, |p| *p == pb::core::RoutingPriority::Default)?;
+    enum_value::<pb::core::RoutingPriority>(path, "priority", *priority, |p| {
+        *p == pb::core::RoutingPriority::Default
+    })?;
     deny(path, "rate_limits", rate_limits)?;
     deny(path, "include_vh_rate_limits", include_vh_rate_limits)?;
     deny(path, "hash_policy", hash_policy)?;
@@ -619,7 +798,12 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
     deny(path, "hedge_policy", hedge_policy)?;
     deny(path, "max_stream_duration", max_stream_duration)?;
 
-    let cluster_not_found_code = match enum_value::<C>(path, "cluster_not_found_response_code", *cluster_not_found_response_code, |_| true)? {
+    let cluster_not_found_code = match enum_value::<C>(
+        path,
+        "cluster_not_found_response_code",
+        *cluster_not_found_response_code,
+        |_| true,
+    )? {
         C::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         C::NotFound => StatusCode::NOT_FOUND,
         C::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -628,18 +812,31 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
         Some(CS::Cluster(c)) if !c.is_empty() => ClusterTarget::Name(c.as_str().into()),
         Some(CS::Cluster(_)) => return Err(path.field("cluster").error("must not be empty")),
         Some(CS::ClusterHeader(h)) => ClusterTarget::Header(
-            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| path.field("cluster_header").error("invalid header name"))?,
+            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map_err(|_| path.field("cluster_header").error("invalid header name"))?,
         ),
-        Some(CS::WeightedClusters(w)) => ClusterTarget::Weighted(weighted(&path.field("weighted_clusters"), w)?),
-        Some(CS::ClusterSpecifierPlugin(_)) => return Err(path.unsupported("cluster_specifier_plugin")),
-        Some(CS::InlineClusterSpecifierPlugin(_)) => return Err(path.unsupported("inline_cluster_specifier_plugin")),
-        None => return Err(path.error("one of cluster, cluster_header or weighted_clusters is required")),
+        Some(CS::WeightedClusters(w)) => {
+            ClusterTarget::Weighted(weighted(&path.field("weighted_clusters"), w)?)
+        }
+        Some(CS::ClusterSpecifierPlugin(_)) => {
+            return Err(path.unsupported("cluster_specifier_plugin"));
+        }
+        Some(CS::InlineClusterSpecifierPlugin(_)) => {
+            return Err(path.unsupported("inline_cluster_specifier_plugin"));
+        }
+        None => {
+            return Err(
+                path.error("one of cluster, cluster_header or weighted_clusters is required")
+            );
+        }
     };
     let prefix_rewrite = if prefix_rewrite.is_empty() {
         None
     } else {
         if matches!(path_match, PathMatch::Regex(_)) {
-            return Err(path.field("prefix_rewrite").error("cannot be used with a safe_regex route match"));
+            return Err(path
+                .field("prefix_rewrite")
+                .error("cannot be used with a safe_regex route match"));
         }
         Some(prefix_rewrite.clone())
     };
@@ -654,14 +851,22 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
     };
     let host_rewrite = match host_rewrite_specifier {
         None => HostRewrite::None,
-        Some(H::HostRewriteLiteral(h)) => {
-            HostRewrite::Literal(HeaderValue::from_str(h).map_err(|_| path.field("host_rewrite_literal").error("invalid host"))?)
-        }
+        Some(H::HostRewriteLiteral(h)) => HostRewrite::Literal(
+            HeaderValue::from_str(h)
+                .map_err(|_| path.field("host_rewrite_literal").error("invalid host"))?,
+        ),
         Some(H::AutoHostRewrite(b)) => {
-            if b.value { HostRewrite::Auto } else { HostRewrite::None }
+            if b.value {
+                HostRewrite::Auto
+            } else {
+                HostRewrite::None
+            }
         }
         Some(H::HostRewriteHeader(h)) => HostRewrite::Header(
-            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| path.field("host_rewrite_header").error("invalid header name"))?,
+            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                path.field("host_rewrite_header")
+                    .error("invalid header name")
+            })?,
         ),
         Some(H::HostRewritePathRegex(_)) => return Err(path.unsupported("host_rewrite_path_regex")),
         Some(H::HostRewrite(_)) => return Err(path.unsupported("host_rewrite")),
@@ -669,12 +874,19 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
     let mut upgrades = Vec::new();
     for (i, u) in upgrade_configs.iter().enumerate() {
         let up = path.field("upgrade_configs").index(i);
-        let pb::route::route_action::UpgradeConfig { upgrade_type, enabled, connect_config } = u;
+        let pb::route::route_action::UpgradeConfig {
+            upgrade_type,
+            enabled,
+            connect_config,
+        } = u;
         deny(&up, "connect_config", connect_config)?;
         if upgrade_type.eq_ignore_ascii_case("connect") {
             return Err(up.field("upgrade_type").error("CONNECT is not supported"));
         }
-        upgrades.push((upgrade_type.to_ascii_lowercase(), enabled.as_ref().map(|b| b.value).unwrap_or(true)));
+        upgrades.push((
+            upgrade_type.to_ascii_lowercase(),
+            enabled.as_ref().map(|b| b.value).unwrap_or(true),
+        ));
     }
     Ok(ForwardAction {
         cluster,
@@ -689,9 +901,17 @@ fn forward_action(path: &FieldPath, ra: &pb::route::RouteAction, path_match: &Pa
     })
 }
 
-fn regex_substitution(path: &FieldPath, rr: &pb::matcher::RegexMatchAndSubstitute) -> Result<(Regex, String)> {
-    let pb::matcher::RegexMatchAndSubstitute { pattern, substitution } = rr;
-    let pattern = pattern.as_ref().ok_or_else(|| path.field("pattern").error("is required"))?;
+fn regex_substitution(
+    path: &FieldPath,
+    rr: &pb::matcher::RegexMatchAndSubstitute,
+) -> Result<(Regex, String)> {
+    let pb::matcher::RegexMatchAndSubstitute {
+        pattern,
+        substitution,
+    } = rr;
+    let pattern = pattern
+        .as_ref()
+        .ok_or_else(|| path.field("pattern").error("is required"))?;
     let re = search_regex(&path.field("pattern"), pattern)?;
     // RE2 writes capture references as \1; the regex crate as ${1}.
     let mut sub = String::with_capacity(substitution.len());
@@ -717,11 +937,18 @@ fn regex_substitution(path: &FieldPath, rr: &pb::matcher::RegexMatchAndSubstitut
 }
 
 fn weighted(path: &FieldPath, w: &pb::route::WeightedCluster) -> Result<WeightedClusters> {
-    let pb::route::WeightedCluster { clusters, total_weight, runtime_key_prefix, random_value_specifier } = w;
+    let pb::route::WeightedCluster {
+        clusters,
+        total_weight,
+        runtime_key_prefix,
+        random_value_specifier,
+    } = w;
     deny(path, "runtime_key_prefix", runtime_key_prefix)?;
     deny(path, "random_value_specifier", random_value_specifier)?;
     if clusters.is_empty() {
-        return Err(path.field("clusters").error("at least one cluster is required"));
+        return Err(path
+            .field("clusters")
+            .error("at least one cluster is required"));
     }
     let mut out = Vec::with_capacity(clusters.len());
     let mut sum = 0u64;
@@ -756,20 +983,40 @@ fn weighted(path: &FieldPath, w: &pb::route::WeightedCluster) -> Result<Weighted
         out.push(WeightedCluster {
             name: name.as_str().into(),
             weight,
-            request_headers: HeaderMutations::from_proto(&cp, "request_headers_to_add", request_headers_to_add, "request_headers_to_remove", request_headers_to_remove)?,
-            response_headers: HeaderMutations::from_proto(&cp, "response_headers_to_add", response_headers_to_add, "response_headers_to_remove", response_headers_to_remove)?,
+            request_headers: HeaderMutations::from_proto(
+                &cp,
+                "request_headers_to_add",
+                request_headers_to_add,
+                "request_headers_to_remove",
+                request_headers_to_remove,
+            )?,
+            response_headers: HeaderMutations::from_proto(
+                &cp,
+                "response_headers_to_add",
+                response_headers_to_add,
+                "response_headers_to_remove",
+                response_headers_to_remove,
+            )?,
             host_rewrite_literal,
         });
     }
-    if let Some(t) = total_weight {
-        if t.value as u64 != sum {
-            return Err(path.field("total_weight").error(format!("is {} but the cluster weights add up to {sum}", t.value)));
-        }
+    if let Some(t) = total_weight
+        && t.value as u64 != sum
+    {
+        return Err(path.field("total_weight").error(format!(
+            "is {} but the cluster weights add up to {sum}",
+            t.value
+        )));
     }
     if sum == 0 {
-        return Err(path.field("clusters").error("the sum of weights must be greater than 0"));
+        return Err(path
+            .field("clusters")
+            .error("the sum of weights must be greater than 0"));
     }
-    Ok(WeightedClusters { clusters: out, total_weight: sum })
+    Ok(WeightedClusters {
+        clusters: out,
+        total_weight: sum,
+    })
 }
 
 impl WeightedClusters {
@@ -786,9 +1033,22 @@ impl WeightedClusters {
     }
 }
 
-fn redirect(path: &FieldPath, r: &pb::route::RedirectAction, path_match: &PathMatch) -> Result<Redirect> {
-    use pb::route::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S};
-    let pb::route::RedirectAction { host_redirect, port_redirect, response_code, strip_query, scheme_rewrite_specifier, path_rewrite_specifier } = r;
+fn redirect(
+    path: &FieldPath,
+    r: &pb::route::RedirectAction,
+    path_match: &PathMatch,
+) -> Result<Redirect> {
+    use pb::route::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let pb::route::RedirectAction {
+        host_redirect,
+        port_redirect,
+        response_code,
+        strip_query,
+        scheme_rewrite_specifier,
+        path_rewrite_specifier,
+    } = r;
     let code = match enum_value::<C>(path, "response_code", *response_code, |_| true)? {
         C::MovedPermanently => StatusCode::MOVED_PERMANENTLY,
         C::Found => StatusCode::FOUND,
@@ -803,14 +1063,18 @@ fn redirect(path: &FieldPath, r: &pb::route::RedirectAction, path_match: &PathMa
     };
     let port = match *port_redirect {
         0 => None,
-        p => Some(u16::try_from(p).map_err(|_| path.field("port_redirect").error("port out of range"))?),
+        p => Some(
+            u16::try_from(p).map_err(|_| path.field("port_redirect").error("port out of range"))?,
+        ),
     };
     let rpath = match path_rewrite_specifier {
         None => RedirectPath::Keep,
         Some(P::PathRedirect(p)) => RedirectPath::Path(p.clone()),
         Some(P::PrefixRewrite(p)) => {
             if matches!(path_match, PathMatch::Regex(_)) {
-                return Err(path.field("prefix_rewrite").error("cannot be used with a safe_regex route match"));
+                return Err(path
+                    .field("prefix_rewrite")
+                    .error("cannot be used with a safe_regex route match"));
             }
             RedirectPath::PrefixRewrite(p.clone())
         }
@@ -830,19 +1094,33 @@ fn redirect(path: &FieldPath, r: &pb::route::RedirectAction, path_match: &PathMa
     })
 }
 
-fn direct_response(path: &FieldPath, d: &pb::route::DirectResponseAction, max: usize) -> Result<DirectResponse> {
-    let pb::route::DirectResponseAction { status, body, body_format } = d;
+fn direct_response(
+    path: &FieldPath,
+    d: &pb::route::DirectResponseAction,
+    max: usize,
+) -> Result<DirectResponse> {
+    let pb::route::DirectResponseAction {
+        status,
+        body,
+        body_format,
+    } = d;
     deny(path, "body_format", body_format)?;
     let status = u16::try_from(*status)
         .ok()
         .filter(|s| (100..600).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| path.field("status").error(format!("{status} is not a valid HTTP status (100..599)")))?;
+        .ok_or_else(|| {
+            path.field("status")
+                .error(format!("{status} is not a valid HTTP status (100..599)"))
+        })?;
     let body = match body {
         Some(b) => {
             let bytes = super::core::data_source(&path.field("body"), b)?;
             if bytes.len() > max {
-                return Err(path.field("body").error(format!("response body size is {} bytes; maximum is {max}", bytes.len())));
+                return Err(path.field("body").error(format!(
+                    "response body size is {} bytes; maximum is {max}",
+                    bytes.len()
+                )));
             }
             Some(bytes)
         }
@@ -852,7 +1130,11 @@ fn direct_response(path: &FieldPath, d: &pb::route::DirectResponseAction, max: u
 }
 
 /// Apply `prefix_rewrite` / `regex_rewrite` to a `path?query`. The query string is kept.
-pub fn rewrite_path(f: &ForwardAction, path_and_query: &str, matched_prefix_len: usize) -> Option<String> {
+pub fn rewrite_path(
+    f: &ForwardAction,
+    path_and_query: &str,
+    matched_prefix_len: usize,
+) -> Option<String> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -875,25 +1157,49 @@ pub fn rewrite_path(f: &ForwardAction, path_and_query: &str, matched_prefix_len:
 mod tests {
     use super::*;
     use crate::config::json::{JsonDecoder, decode_into};
-    use crate::config::{descriptors::envoy_pool, load::{Format, parse_document}};
+    use crate::config::{
+        descriptors::envoy_pool,
+        load::{Format, parse_document},
+    };
 
     fn rc(yaml: &str) -> Result<RouteConfig> {
         let pool = envoy_pool();
         let mut d = JsonDecoder::new(&pool, false);
         let doc = parse_document(yaml, Format::Yaml, "t").unwrap();
-        let proto: pb::route::RouteConfiguration = decode_into(&mut d, "envoy.config.route.v3.RouteConfiguration", &doc, &FieldPath::new("route_config")).unwrap();
+        let proto: pb::route::RouteConfiguration = decode_into(
+            &mut d,
+            "envoy.config.route.v3.RouteConfiguration",
+            &doc,
+            &FieldPath::new("route_config"),
+        )
+        .unwrap();
         RouteConfig::from_proto(&FieldPath::new("route_config"), &proto, 4096)
     }
 
-    fn find<'a>(c: &'a RouteConfig, host: &str, path: &str, headers: &HeaderMap) -> Option<(&'a str, &'a Route, usize)> {
+    fn find<'a>(
+        c: &'a RouteConfig,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<(&'a str, &'a Route, usize)> {
         let req = RouteRequest {
-            headers: RequestHeaders { method: &http::Method::GET, path_and_query: path, authority: host, scheme: "http", headers },
+            headers: RequestHeaders {
+                method: &http::Method::GET,
+                path_and_query: path,
+                authority: host,
+                scheme: "http",
+                headers,
+            },
             host,
             is_tls: false,
             is_internal: false,
         };
         match c.route(&req) {
-            RouteMatch::Route { vhost, route, matched_prefix_len } => Some((&vhost.name, route, matched_prefix_len)),
+            RouteMatch::Route {
+                vhost,
+                route,
+                matched_prefix_len,
+            } => Some((&vhost.name, route, matched_prefix_len)),
             _ => None,
         }
     }
@@ -919,7 +1225,11 @@ virtual_hosts:
         assert_eq!(name("api.other.org"), "prefix");
         assert_eq!(name("api.example.com:9999"), "prefix");
         assert_eq!(name("other"), "default");
-        assert_eq!(name(".example.com"), "default", "a wildcard matches at least one character");
+        assert_eq!(
+            name(".example.com"),
+            "default",
+            "a wildcard matches at least one character"
+        );
     }
 
     #[test]
@@ -946,7 +1256,11 @@ virtual_hosts:
 "#)
         .unwrap();
         let h = HeaderMap::new();
-        let name = |p: &str, h: &HeaderMap| find(&c, "x", p, h).map(|(_, r, _)| r.name.as_deref().unwrap_or("").to_string()).unwrap();
+        let name = |p: &str, h: &HeaderMap| {
+            find(&c, "x", p, h)
+                .map(|(_, r, _)| r.name.as_deref().unwrap_or("").to_string())
+                .unwrap()
+        };
         assert_eq!(name("/exact", &h), "exact");
         assert_eq!(name("/exact?x=1", &h), "exact");
         assert_eq!(name("/exactly", &h), "rest");
@@ -985,16 +1299,24 @@ virtual_hosts:
         .unwrap();
         let h = HeaderMap::new();
         let (_, r, len) = find(&c, "x", "/old/x?q=1", &h).unwrap();
-        let RouteAction::Forward(f) = &r.action else { panic!() };
+        let RouteAction::Forward(f) = &r.action else {
+            panic!()
+        };
         assert_eq!(rewrite_path(f, "/old/x?q=1", len).unwrap(), "/new/x?q=1");
         assert_eq!(f.timeout, None);
         let (_, r, len) = find(&c, "x", "/re/42", &h).unwrap();
-        let RouteAction::Forward(f) = &r.action else { panic!() };
+        let RouteAction::Forward(f) = &r.action else {
+            panic!()
+        };
         assert_eq!(rewrite_path(f, "/re/42", len).unwrap(), "/id/42");
         assert_eq!(f.timeout, Some(DEFAULT_ROUTE_TIMEOUT));
         let (_, r, _) = find(&c, "x", "/w", &h).unwrap();
-        let RouteAction::Forward(f) = &r.action else { panic!() };
-        let ClusterTarget::Weighted(w) = &f.cluster else { panic!() };
+        let RouteAction::Forward(f) = &r.action else {
+            panic!()
+        };
+        let ClusterTarget::Weighted(w) = &f.cluster else {
+            panic!()
+        };
         assert_eq!(&*w.pick(0).name, "a");
         assert_eq!(&*w.pick(1).name, "b");
         assert_eq!(&*w.pick(3).name, "b");
@@ -1005,6 +1327,9 @@ virtual_hosts:
     #[test]
     fn unsupported_fields_are_refused_by_path() {
         let e = rc("virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, retry_policy: {retry_on: 5xx}}}]}]").unwrap_err();
-        assert_eq!(e.to_string(), "route_config.virtual_hosts[0].routes[0].route.retry_policy: is not supported");
+        assert_eq!(
+            e.to_string(),
+            "route_config.virtual_hosts[0].routes[0].route.retry_policy: is not supported"
+        );
     }
 }

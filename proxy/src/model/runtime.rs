@@ -8,7 +8,10 @@ use crate::config::{FieldPath, Result};
 use std::collections::BTreeMap;
 
 /// Runtime keys remora honours (prefix match for the parameterised ones).
-pub const KNOWN_KEYS: &[&str] = &["envoy.resource_limits.listener.", "overload.global_downstream_max_connections"];
+pub const KNOWN_KEYS: &[&str] = &[
+    "envoy.resource_limits.listener.",
+    "overload.global_downstream_max_connections",
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct Runtime {
@@ -21,7 +24,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn from_proto(path: &FieldPath, lr: &Option<pb::bootstrap::LayeredRuntime>) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        lr: &Option<pb::bootstrap::LayeredRuntime>,
+    ) -> Result<Self> {
         use pb::bootstrap::runtime_layer::LayerSpecifier as L;
         let mut rt = Runtime::default();
         let Some(pb::bootstrap::LayeredRuntime { layers }) = lr else {
@@ -29,18 +35,27 @@ impl Runtime {
         };
         for (i, layer) in layers.iter().enumerate() {
             let lp = path.field("layers").index(i);
-            let pb::bootstrap::RuntimeLayer { name, layer_specifier } = layer;
+            let pb::bootstrap::RuntimeLayer {
+                name,
+                layer_specifier,
+            } = layer;
             rt.layers.push(name.clone());
             match layer_specifier {
                 Some(L::StaticLayer(s)) => flatten("", s, &mut rt.values),
-                Some(L::AdminLayer(pb::bootstrap::runtime_layer::AdminLayer {})) => rt.has_admin_layer = true,
+                Some(L::AdminLayer(pb::bootstrap::runtime_layer::AdminLayer {})) => {
+                    rt.has_admin_layer = true
+                }
                 Some(L::DiskLayer(d)) => {
                     deny(&lp, "disk_layer", &Some(d.clone()))?;
                 }
                 Some(L::RtdsLayer(r)) => {
                     deny(&lp, "rtds_layer", &Some(r.clone()))?;
                 }
-                None => return Err(lp.error("a runtime layer needs static_layer, disk_layer, admin_layer or rtds_layer")),
+                None => {
+                    return Err(lp.error(
+                        "a runtime layer needs static_layer, disk_layer, admin_layer or rtds_layer",
+                    ));
+                }
             }
         }
         Ok(rt)
@@ -56,18 +71,31 @@ impl Runtime {
 
     /// Keys present in the runtime that remora does not read.
     pub fn unused_keys(&self) -> Vec<&str> {
-        self.values.keys().map(String::as_str).filter(|k| !KNOWN_KEYS.iter().any(|p| k.starts_with(p))).collect()
+        self.values
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !KNOWN_KEYS.iter().any(|p| k.starts_with(p)))
+            .collect()
     }
 }
 
 fn flatten(prefix: &str, s: &pb::protobuf::Struct, out: &mut BTreeMap<String, serde_json::Value>) {
     use pb::protobuf::value::Kind;
     for (k, v) in &s.fields {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match &v.kind {
             Some(Kind::StructValue(inner)) => flatten(&key, inner, out),
             Some(Kind::NumberValue(n)) => {
-                out.insert(key, serde_json::Number::from_f64(*n).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null));
+                out.insert(
+                    key,
+                    serde_json::Number::from_f64(*n)
+                        .map(serde_json::Value::Number)
+                        .unwrap_or(serde_json::Value::Null),
+                );
             }
             Some(Kind::StringValue(s)) => {
                 out.insert(key, serde_json::Value::String(s.clone()));
@@ -82,17 +110,26 @@ fn flatten(prefix: &str, s: &pb::protobuf::Struct, out: &mut BTreeMap<String, se
 
 /// A protobuf `Struct` as JSON (node metadata, config dumps).
 pub fn struct_to_json(s: &pb::protobuf::Struct) -> serde_json::Value {
-    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
 }
 
 pub fn value_to_json(v: &pb::protobuf::Value) -> serde_json::Value {
     use pb::protobuf::value::Kind;
     match &v.kind {
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
         Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
         Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
     }
 }

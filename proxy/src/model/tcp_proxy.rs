@@ -15,7 +15,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub enum TcpCluster {
     Name(Arc<str>),
-    Weighted { clusters: Vec<(Arc<str>, u32)>, total: u64 },
+    Weighted {
+        clusters: Vec<(Arc<str>, u32)>,
+        total: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -65,12 +68,24 @@ impl TcpProxy {
         deny(path, "backoff_options", backoff_options)?;
         deny(path, "hash_policy", hash_policy)?;
         deny(path, "tunneling_config", tunneling_config)?;
-        deny(path, "max_downstream_connection_duration_jitter_percentage", max_downstream_connection_duration_jitter_percentage)?;
+        deny(
+            path,
+            "max_downstream_connection_duration_jitter_percentage",
+            max_downstream_connection_duration_jitter_percentage,
+        )?;
         deny(path, "access_log_flush_interval", access_log_flush_interval)?;
-        deny(path, "flush_access_log_on_connected", flush_access_log_on_connected)?;
+        deny(
+            path,
+            "flush_access_log_on_connected",
+            flush_access_log_on_connected,
+        )?;
         deny(path, "access_log_options", access_log_options)?;
         deny(path, "proxy_protocol_tlvs", proxy_protocol_tlvs)?;
-        deny(path, "proxy_protocol_tlv_merge_policy", proxy_protocol_tlv_merge_policy)?;
+        deny(
+            path,
+            "proxy_protocol_tlv_merge_policy",
+            proxy_protocol_tlv_merge_policy,
+        )?;
         deny(path, "upstream_connect_mode", upstream_connect_mode)?;
         deny(path, "max_early_data_bytes", max_early_data_bytes)?;
         deny(path, "check_drain_close", check_drain_close)?;
@@ -80,13 +95,19 @@ impl TcpProxy {
             Some(C::WeightedClusters(w)) => {
                 let wp = path.field("weighted_clusters");
                 if w.clusters.is_empty() {
-                    return Err(wp.field("clusters").error("at least one cluster is required"));
+                    return Err(wp
+                        .field("clusters")
+                        .error("at least one cluster is required"));
                 }
                 let mut clusters = Vec::new();
                 let mut total = 0u64;
                 for (i, c) in w.clusters.iter().enumerate() {
                     let cp = wp.field("clusters").index(i);
-                    let pb::tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight { name, weight, metadata_match } = c;
+                    let pb::tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
+                        name,
+                        weight,
+                        metadata_match,
+                    } = c;
                     deny(&cp, "metadata_match", metadata_match)?;
                     if name.is_empty() {
                         return Err(cp.field("name").error("must not be empty"));
@@ -103,18 +124,34 @@ impl TcpProxy {
         };
         let attempts = u32_or(max_connect_attempts, 1);
         if attempts == 0 {
-            return Err(path.field("max_connect_attempts").error("must be at least 1"));
+            return Err(path
+                .field("max_connect_attempts")
+                .error("must be at least 1"));
         }
         let mut access_logs = Vec::new();
         for (i, al) in access_log.iter().enumerate() {
-            access_logs.push(AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt)?);
+            access_logs.push(AccessLogConfig::from_proto(
+                &path.field("access_log").index(i),
+                al,
+                rt,
+            )?);
         }
         Ok(Self {
             stat_prefix: stat_prefix.clone(),
             cluster,
-            idle_timeout: timeout_or(path, "idle_timeout", idle_timeout, Some(DEFAULT_IDLE_TIMEOUT))?,
+            idle_timeout: timeout_or(
+                path,
+                "idle_timeout",
+                idle_timeout,
+                Some(DEFAULT_IDLE_TIMEOUT),
+            )?,
             max_connect_attempts: attempts,
-            max_downstream_connection_duration: timeout_or(path, "max_downstream_connection_duration", max_downstream_connection_duration, None)?,
+            max_downstream_connection_duration: timeout_or(
+                path,
+                "max_downstream_connection_duration",
+                max_downstream_connection_duration,
+                None,
+            )?,
             access_logs,
         })
     }

@@ -37,7 +37,11 @@ pub struct TcpProxyFilter {
 }
 
 impl TcpProxyFilter {
-    pub fn new(config: Arc<TcpProxy>, store: &Arc<Store>, clusters: Arc<ClusterManager>) -> io::Result<Self> {
+    pub fn new(
+        config: Arc<TcpProxy>,
+        store: &Arc<Store>,
+        clusters: Arc<ClusterManager>,
+    ) -> io::Result<Self> {
         let p = format!("tcp.{}.", config.stat_prefix);
         let c = |n: &str| store.counter(&format!("{p}{n}"));
         let stats = TcpStats {
@@ -48,15 +52,27 @@ impl TcpProxyFilter {
             idle_timeout: c("idle_timeout"),
             max_downstream_connection_duration: c("max_downstream_connection_duration"),
         };
-        let access_logs = config.access_logs.iter().map(|l| AccessLogger::new(l.clone())).collect::<io::Result<Vec<_>>>()?;
-        Ok(Self { config, stats, clusters, access_logs })
+        let access_logs = config
+            .access_logs
+            .iter()
+            .map(|l| AccessLogger::new(l.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            stats,
+            clusters,
+            access_logs,
+        })
     }
 
     fn log(&self, info: &StreamInfo) {
         if self.access_logs.is_empty() {
             return;
         }
-        let ctx = FormatContext { info: Some(info), ..Default::default() };
+        let ctx = FormatContext {
+            info: Some(info),
+            ..Default::default()
+        };
         let input = filter_input(info, None);
         for l in &self.access_logs {
             l.log(&ctx, &input);
@@ -64,7 +80,13 @@ impl TcpProxyFilter {
     }
 
     /// Proxy one downstream connection. `prefix` holds bytes already read by listener filters.
-    pub async fn serve(&self, conn: Arc<ConnectionInfo>, mut downstream: TcpStream, prefix: Bytes, mut drain: watch::Receiver<bool>) {
+    pub async fn serve(
+        &self,
+        conn: Arc<ConnectionInfo>,
+        mut downstream: TcpStream,
+        prefix: Bytes,
+        mut drain: watch::Receiver<bool>,
+    ) {
         self.stats.downstream_cx_total.inc();
         let mut info = StreamInfo::new(conn);
         let cluster_name = self.config.pick_cluster(fastrand::u64(..)).clone();
@@ -121,7 +143,9 @@ impl TcpProxyFilter {
         let down_to_up = async {
             if !prefix.is_empty() {
                 u_wr.write_all(&prefix).await?;
-                self.stats.downstream_cx_rx_bytes_total.add(prefix.len() as u64);
+                self.stats
+                    .downstream_cx_rx_bytes_total
+                    .add(prefix.len() as u64);
             }
             let mut buf = vec![0u8; 16 * 1024];
             loop {
@@ -153,7 +177,9 @@ impl TcpProxyFilter {
         let both = async { tokio::try_join!(down_to_up, up_to_down).map(|_| ()) };
         let idle = self.config.idle_timeout;
         let idle_watch = async {
-            let Some(idle) = idle else { return std::future::pending::<()>().await };
+            let Some(idle) = idle else {
+                return std::future::pending::<()>().await;
+            };
             loop {
                 let last = started + std::time::Duration::from_millis(last_activity.load(Relaxed));
                 let at = last + idle;

@@ -27,7 +27,11 @@ struct SinkState {
 impl SinkWriter {
     fn open(target: &Sink) -> std::io::Result<Option<std::fs::File>> {
         match target {
-            Sink::File(p) => std::fs::OpenOptions::new().create(true).append(true).open(p).map(Some),
+            Sink::File(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(Some),
             _ => Ok(None),
         }
     }
@@ -85,7 +89,10 @@ static FLUSH_INTERVAL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 
 /// `--file-flush-interval-msec`.
 pub fn set_flush_interval(d: Duration) {
-    FLUSH_INTERVAL_MS.store(d.as_millis().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+    FLUSH_INTERVAL_MS.store(
+        d.as_millis().max(1) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 pub fn sinks() -> &'static Sinks {
@@ -94,7 +101,9 @@ pub fn sinks() -> &'static Sinks {
             .name("access-log-flush".into())
             .spawn(|| {
                 loop {
-                    std::thread::sleep(Duration::from_millis(FLUSH_INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed)));
+                    std::thread::sleep(Duration::from_millis(
+                        FLUSH_INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed),
+                    ));
                     sinks().flush_all();
                 }
             })
@@ -115,20 +124,38 @@ impl Sinks {
             return Ok(s.clone());
         }
         let file = SinkWriter::open(target)?;
-        let w = Arc::new(SinkWriter { target: target.clone(), state: Mutex::new(SinkState { buf: Vec::new(), file }) });
+        let w = Arc::new(SinkWriter {
+            target: target.clone(),
+            state: Mutex::new(SinkState {
+                buf: Vec::new(),
+                file,
+            }),
+        });
         m.insert(key, w.clone());
         Ok(w)
     }
 
     pub fn flush_all(&self) {
-        let all: Vec<_> = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let all: Vec<_> = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for s in all {
             s.flush();
         }
     }
 
     pub fn reopen_all(&self) {
-        let all: Vec<_> = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let all: Vec<_> = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for s in all {
             s.reopen();
         }
@@ -153,17 +180,21 @@ impl AccessLogger {
 
     /// Write one line if the filter passes.
     pub fn log(&self, ctx: &FormatContext<'_>, input: &FilterInput<'_>) {
-        if let Some(f) = &self.config.filter {
-            if !f.evaluate(input) {
-                return;
-            }
+        if let Some(f) = &self.config.filter
+            && !f.evaluate(input)
+        {
+            return;
         }
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
             match &self.config.format {
                 LogFormat::Text(f) => f.format(ctx, &mut line),
-                LogFormat::Json { fields, omit_empty_values, typed } => {
+                LogFormat::Json {
+                    fields,
+                    omit_empty_values,
+                    typed,
+                } => {
                     write_json_object(fields, ctx, *omit_empty_values, *typed, &mut line);
                     line.push('\n');
                 }
@@ -177,11 +208,21 @@ impl AccessLogger {
 pub fn render(format: &LogFormat, ctx: &FormatContext<'_>, out: &mut String) {
     match format {
         LogFormat::Text(f) => f.format(ctx, out),
-        LogFormat::Json { fields, omit_empty_values, typed } => write_json_object(fields, ctx, *omit_empty_values, *typed, out),
+        LogFormat::Json {
+            fields,
+            omit_empty_values,
+            typed,
+        } => write_json_object(fields, ctx, *omit_empty_values, *typed, out),
     }
 }
 
-fn write_json_object(fields: &[(String, JsonField)], ctx: &FormatContext<'_>, omit_empty: bool, typed: bool, out: &mut String) {
+fn write_json_object(
+    fields: &[(String, JsonField)],
+    ctx: &FormatContext<'_>,
+    omit_empty: bool,
+    typed: bool,
+    out: &mut String,
+) {
     out.push('{');
     let mut first = true;
     let mut value = String::new();
@@ -205,7 +246,9 @@ fn write_json_object(fields: &[(String, JsonField)], ctx: &FormatContext<'_>, om
                 ValueKind::Number
             }
         };
-        if omit_empty && (kind == ValueKind::Missing || (kind == ValueKind::Text && value.is_empty())) {
+        if omit_empty
+            && (kind == ValueKind::Missing || (kind == ValueKind::Text && value.is_empty()))
+        {
             continue;
         }
         if !first {
@@ -240,8 +283,13 @@ fn json_string(s: &str, out: &mut String) {
 }
 
 /// Build the filter input for a finished stream.
-pub fn filter_input<'a>(info: &crate::stream_info::StreamInfo, request: Option<&'a RequestHeaders<'a>>) -> FilterInput<'a> {
-    let end = info.last_downstream_tx.unwrap_or_else(std::time::Instant::now);
+pub fn filter_input<'a>(
+    info: &crate::stream_info::StreamInfo,
+    request: Option<&'a RequestHeaders<'a>>,
+) -> FilterInput<'a> {
+    let end = info
+        .last_downstream_tx
+        .unwrap_or_else(std::time::Instant::now);
     FilterInput {
         response_code: info.response_code.unwrap_or(0),
         duration_ms: end.duration_since(info.start).as_millis() as u64,
@@ -259,10 +307,22 @@ mod tests {
     #[test]
     fn json_lines_are_sorted_typed_and_escaped() {
         let fields = vec![
-            ("code".to_string(), JsonField::Format(Formatter::parse("%RESPONSE_CODE%").unwrap())),
-            ("flags".to_string(), JsonField::Format(Formatter::parse("%RESPONSE_FLAGS%").unwrap())),
-            ("route".to_string(), JsonField::Format(Formatter::parse("%ROUTE_NAME%").unwrap())),
-            ("text".to_string(), JsonField::Format(Formatter::parse("a\"b %PROTOCOL%").unwrap())),
+            (
+                "code".to_string(),
+                JsonField::Format(Formatter::parse("%RESPONSE_CODE%").unwrap()),
+            ),
+            (
+                "flags".to_string(),
+                JsonField::Format(Formatter::parse("%RESPONSE_FLAGS%").unwrap()),
+            ),
+            (
+                "route".to_string(),
+                JsonField::Format(Formatter::parse("%ROUTE_NAME%").unwrap()),
+            ),
+            (
+                "text".to_string(),
+                JsonField::Format(Formatter::parse("a\"b %PROTOCOL%").unwrap()),
+            ),
         ];
         let mut out = String::new();
         write_json_object(&fields, &FormatContext::default(), false, true, &mut out);

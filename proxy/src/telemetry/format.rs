@@ -68,14 +68,22 @@ enum Op {
     UpstreamHost,
     UpstreamCluster,
     UpstreamLocalAddress,
-    UpstreamRemoteAddress { port: bool },
+    UpstreamRemoteAddress {
+        port: bool,
+    },
     UpstreamTransportFailureReason,
     UpstreamRequestAttemptCount,
-    DownstreamLocalAddress { port: bool },
+    DownstreamLocalAddress {
+        port: bool,
+    },
     DownstreamLocalPort,
-    DownstreamRemoteAddress { port: bool },
+    DownstreamRemoteAddress {
+        port: bool,
+    },
     DownstreamRemotePort,
-    DownstreamDirectRemoteAddress { port: bool },
+    DownstreamDirectRemoteAddress {
+        port: bool,
+    },
     RequestedServerName,
     RouteName,
     Hostname,
@@ -115,7 +123,8 @@ impl Formatter {
                 rest = r;
                 continue;
             }
-            let (token, after) = split_operator(rest).ok_or_else(|| format!("unterminated operator in format string '{s}'"))?;
+            let (token, after) = split_operator(rest)
+                .ok_or_else(|| format!("unterminated operator in format string '{s}'"))?;
             if token.is_empty() {
                 return Err(format!("empty operator in format string '{s}'"));
             }
@@ -135,7 +144,13 @@ impl Formatter {
 
     /// A format string with no operators.
     pub fn literal(s: &str) -> Self {
-        Self { parts: if s.is_empty() { vec![] } else { vec![Part::Literal(s.to_string())] } }
+        Self {
+            parts: if s.is_empty() {
+                vec![]
+            } else {
+                vec![Part::Literal(s.to_string())]
+            },
+        }
     }
 
     pub fn is_literal(&self) -> bool {
@@ -145,7 +160,16 @@ impl Formatter {
     /// The literal text when there are no operators.
     pub fn as_literal(&self) -> Option<String> {
         self.is_literal().then(|| {
-            self.parts.iter().map(|p| if let Part::Literal(l) = p { l.as_str() } else { "" }).collect()
+            self.parts
+                .iter()
+                .map(|p| {
+                    if let Part::Literal(l) = p {
+                        l.as_str()
+                    } else {
+                        ""
+                    }
+                })
+                .collect()
         })
     }
 
@@ -153,7 +177,10 @@ impl Formatter {
     pub fn request_headers(&self) -> Vec<HeaderName> {
         let mut out = Vec::new();
         for p in &self.parts {
-            if let Part::Op { op: Op::Req(a, b), .. } = p {
+            if let Part::Op {
+                op: Op::Req(a, b), ..
+            } = p
+            {
                 for h in std::iter::once(a).chain(b.iter()) {
                     if let HeaderRef::Named(n) = h {
                         out.push(n.clone());
@@ -168,7 +195,10 @@ impl Formatter {
     pub fn response_headers(&self) -> Vec<HeaderName> {
         let mut out = Vec::new();
         for p in &self.parts {
-            if let Part::Op { op: Op::Resp(a, b), .. } = p {
+            if let Part::Op {
+                op: Op::Resp(a, b), ..
+            } = p
+            {
                 out.push(a.clone());
                 out.extend(b.iter().cloned());
             }
@@ -247,8 +277,14 @@ fn split_operator(s: &str) -> Option<(&str, &str)> {
 fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
     let (name, arg, tail) = match token.find('(') {
         Some(open) => {
-            let close = token.rfind(')').ok_or_else(|| format!("missing ')' in operator '{token}'"))?;
-            (&token[..open], Some(&token[open + 1..close]), &token[close + 1..])
+            let close = token
+                .rfind(')')
+                .ok_or_else(|| format!("missing ')' in operator '{token}'"))?;
+            (
+                &token[..open],
+                Some(&token[open + 1..close]),
+                &token[close + 1..],
+            )
         }
         None => match token.split_once(':') {
             Some((n, t)) => (n, None, &token[n.len()..][..t.len() + 1]),
@@ -256,7 +292,10 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
         },
     };
     let max_len = match tail.strip_prefix(':') {
-        Some(n) => Some(n.parse::<usize>().map_err(|_| format!("invalid length in operator '{token}'"))?),
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| format!("invalid length in operator '{token}'"))?,
+        ),
         None if tail.is_empty() => None,
         None => return Err(format!("invalid operator '{token}'")),
     };
@@ -301,7 +340,9 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddress { port: false },
         "DOWNSTREAM_REMOTE_PORT" => Op::DownstreamRemotePort,
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Op::DownstreamDirectRemoteAddress { port: true },
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamDirectRemoteAddress { port: false },
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            Op::DownstreamDirectRemoteAddress { port: false }
+        }
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
         "ROUTE_NAME" => Op::RouteName,
         "HOSTNAME" => Op::Hostname,
@@ -311,13 +352,32 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
             let a = need_arg()?;
             Op::Environment(std::env::var(a).ok())
         }
-        "DOWNSTREAM_PEER_URI_SAN" | "DOWNSTREAM_PEER_DNS_SAN" | "DOWNSTREAM_PEER_IP_SAN" | "DOWNSTREAM_LOCAL_URI_SAN"
-        | "DOWNSTREAM_LOCAL_DNS_SAN" | "DOWNSTREAM_LOCAL_SUBJECT" | "DOWNSTREAM_PEER_SUBJECT" | "DOWNSTREAM_PEER_ISSUER"
-        | "DOWNSTREAM_TLS_SESSION_ID" | "DOWNSTREAM_TLS_CIPHER" | "DOWNSTREAM_TLS_VERSION"
-        | "DOWNSTREAM_PEER_FINGERPRINT_256" | "DOWNSTREAM_PEER_FINGERPRINT_1" | "DOWNSTREAM_PEER_SERIAL"
-        | "DOWNSTREAM_PEER_CERT" | "DOWNSTREAM_PEER_CERT_V_START" | "DOWNSTREAM_PEER_CERT_V_END"
-        | "UPSTREAM_PEER_URI_SAN" | "UPSTREAM_PEER_SUBJECT" | "UPSTREAM_TLS_VERSION" | "UPSTREAM_TLS_CIPHER" => Op::Absent,
-        "DYNAMIC_METADATA" | "CLUSTER_METADATA" | "UPSTREAM_METADATA" | "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
+        "DOWNSTREAM_PEER_URI_SAN"
+        | "DOWNSTREAM_PEER_DNS_SAN"
+        | "DOWNSTREAM_PEER_IP_SAN"
+        | "DOWNSTREAM_LOCAL_URI_SAN"
+        | "DOWNSTREAM_LOCAL_DNS_SAN"
+        | "DOWNSTREAM_LOCAL_SUBJECT"
+        | "DOWNSTREAM_PEER_SUBJECT"
+        | "DOWNSTREAM_PEER_ISSUER"
+        | "DOWNSTREAM_TLS_SESSION_ID"
+        | "DOWNSTREAM_TLS_CIPHER"
+        | "DOWNSTREAM_TLS_VERSION"
+        | "DOWNSTREAM_PEER_FINGERPRINT_256"
+        | "DOWNSTREAM_PEER_FINGERPRINT_1"
+        | "DOWNSTREAM_PEER_SERIAL"
+        | "DOWNSTREAM_PEER_CERT"
+        | "DOWNSTREAM_PEER_CERT_V_START"
+        | "DOWNSTREAM_PEER_CERT_V_END"
+        | "UPSTREAM_PEER_URI_SAN"
+        | "UPSTREAM_PEER_SUBJECT"
+        | "UPSTREAM_TLS_VERSION"
+        | "UPSTREAM_TLS_CIPHER" => Op::Absent,
+        "DYNAMIC_METADATA"
+        | "CLUSTER_METADATA"
+        | "UPSTREAM_METADATA"
+        | "FILTER_STATE"
+        | "UPSTREAM_FILTER_STATE" => {
             need_arg()?;
             Op::Absent
         }
@@ -345,20 +405,25 @@ fn header_ref(name: &str) -> Result<HeaderRef, String> {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name '{name}'"))
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("invalid header name '{name}'"))
 }
 
 fn header_value<'a>(map: &'a HeaderMap, a: &HeaderName, b: &Option<HeaderName>) -> Option<&'a str> {
-    map.get(a).or_else(|| b.as_ref().and_then(|b| map.get(b))).and_then(|v| v.to_str().ok())
+    map.get(a)
+        .or_else(|| b.as_ref().and_then(|b| map.get(b)))
+        .and_then(|v| v.to_str().ok())
 }
 
 fn request_header<'a>(req: &RequestView<'a>, h: &HeaderRef) -> Option<&'a str> {
     match h {
         HeaderRef::Method => Some(req.method.as_str()),
         HeaderRef::Path => req.uri.path_and_query().map(|p| p.as_str()),
-        HeaderRef::Authority => {
-            req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
-        }
+        HeaderRef::Authority => req.uri.authority().map(|a| a.as_str()).or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        }),
         HeaderRef::Scheme => req.uri.scheme_str(),
         HeaderRef::Named(n) => req.headers.get(n).and_then(|v| v.to_str().ok()),
     }
@@ -394,13 +459,24 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             None => Missing,
         },
         Op::Req(a, b) => {
-            let v = ctx.request.and_then(|r| request_header(&r, a).or_else(|| b.as_ref().and_then(|b| request_header(&r, b))));
+            let v = ctx.request.and_then(|r| {
+                request_header(&r, a).or_else(|| b.as_ref().and_then(|b| request_header(&r, b)))
+            });
             text(out, v)
         }
-        Op::Resp(a, b) => text(out, ctx.response_headers.and_then(|h| header_value(h, a, b))),
-        Op::Trailer(a, b) => text(out, ctx.response_trailers.and_then(|h| header_value(h, a, b))),
+        Op::Resp(a, b) => text(
+            out,
+            ctx.response_headers.and_then(|h| header_value(h, a, b)),
+        ),
+        Op::Trailer(a, b) => text(
+            out,
+            ctx.response_trailers.and_then(|h| header_value(h, a, b)),
+        ),
         Op::Protocol => text(out, info.and_then(|i| i.protocol).map(|p| p.as_str())),
-        Op::ResponseCode => num(out, Some(info.and_then(|i| i.response_code).unwrap_or(0) as u128)),
+        Op::ResponseCode => num(
+            out,
+            Some(info.and_then(|i| i.response_code).unwrap_or(0) as u128),
+        ),
         Op::ResponseFlags => match info {
             Some(i) => {
                 i.response_flags.write_short(out);
@@ -416,28 +492,53 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             None => Missing,
         },
         Op::ResponseCodeDetails => text(out, info.map(|i| i.response_code_details)),
-        Op::ConnectionTerminationDetails => text(out, info.and_then(|i| i.connection_termination_details)),
+        Op::ConnectionTerminationDetails => {
+            text(out, info.and_then(|i| i.connection_termination_details))
+        }
         Op::BytesReceived => num(out, info.map(|i| i.bytes_received as u128)),
         Op::BytesSent => num(out, info.map(|i| i.bytes_sent as u128)),
-        Op::Duration => num(out, info.map(|i| millis(i.last_downstream_tx.unwrap_or_else(std::time::Instant::now) - i.start))),
-        Op::RequestDuration => num(out, info.and_then(|i| i.last_downstream_rx.map(|t| millis(t - i.start)))),
-        Op::ResponseDuration => num(out, info.and_then(|i| i.first_upstream_rx.map(|t| millis(t - i.start)))),
+        Op::Duration => num(
+            out,
+            info.map(|i| {
+                millis(i.last_downstream_tx.unwrap_or_else(std::time::Instant::now) - i.start)
+            }),
+        ),
+        Op::RequestDuration => num(
+            out,
+            info.and_then(|i| i.last_downstream_rx.map(|t| millis(t - i.start))),
+        ),
+        Op::ResponseDuration => num(
+            out,
+            info.and_then(|i| i.first_upstream_rx.map(|t| millis(t - i.start))),
+        ),
         Op::ResponseTxDuration => num(
             out,
             info.and_then(|i| Some(millis(i.last_downstream_tx? - i.first_upstream_rx?))),
         ),
-        Op::UpstreamHost | Op::UpstreamRemoteAddress { port: true } => addr(out, info.and_then(|i| i.upstream_host), true),
-        Op::UpstreamRemoteAddress { port: false } => addr(out, info.and_then(|i| i.upstream_host), false),
+        Op::UpstreamHost | Op::UpstreamRemoteAddress { port: true } => {
+            addr(out, info.and_then(|i| i.upstream_host), true)
+        }
+        Op::UpstreamRemoteAddress { port: false } => {
+            addr(out, info.and_then(|i| i.upstream_host), false)
+        }
         Op::UpstreamCluster => text(out, info.and_then(|i| i.upstream_cluster.as_deref())),
         Op::UpstreamLocalAddress => addr(out, info.and_then(|i| i.upstream_local), true),
-        Op::UpstreamTransportFailureReason => text(out, info.and_then(|i| i.upstream_transport_failure_reason.as_deref())),
+        Op::UpstreamTransportFailureReason => text(
+            out,
+            info.and_then(|i| i.upstream_transport_failure_reason.as_deref()),
+        ),
         Op::UpstreamRequestAttemptCount => num(out, info.map(|i| i.attempt_count as u128)),
         Op::DownstreamLocalAddress { port } => addr(out, info.map(|i| i.connection.local), *port),
         Op::DownstreamLocalPort => num(out, info.map(|i| i.connection.local.port() as u128)),
         Op::DownstreamRemoteAddress { port } => addr(out, info.map(|i| i.downstream_remote), *port),
         Op::DownstreamRemotePort => num(out, info.map(|i| i.downstream_remote.port() as u128)),
-        Op::DownstreamDirectRemoteAddress { port } => addr(out, info.map(|i| i.connection.remote), *port),
-        Op::RequestedServerName => text(out, info.and_then(|i| i.connection.requested_server_name.as_deref())),
+        Op::DownstreamDirectRemoteAddress { port } => {
+            addr(out, info.map(|i| i.connection.remote), *port)
+        }
+        Op::RequestedServerName => text(
+            out,
+            info.and_then(|i| i.connection.requested_server_name.as_deref()),
+        ),
         Op::RouteName => text(out, info.and_then(|i| i.route_name.as_deref())),
         Op::Hostname => text(out, Some(hostname())),
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
@@ -484,7 +585,14 @@ pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 /// `%START_TIME%` formatting: Envoy's default `2016-04-15T20:17:00.310Z`, or a strftime
@@ -495,7 +603,11 @@ pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
     let nanos = since.subsec_nanos();
     let (y, mo, d, h, mi, s) = civil(secs);
     let Some(fmt) = fmt else {
-        let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", nanos / 1_000_000);
+        let _ = write!(
+            out,
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            nanos / 1_000_000
+        );
         return;
     };
     let mut chars = fmt.chars().peekable();
@@ -542,11 +654,9 @@ pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
             }
             Some('S') => {
                 let _ = write!(out, "{s:02}");
-                if ext {
-                    if let Some(n) = digits {
-                        out.push('.');
-                        frac(n, out);
-                    }
+                if ext && let Some(n) = digits {
+                    out.push('.');
+                    frac(n, out);
                 }
             }
             Some('f') => frac(digits.unwrap_or(9), out),
@@ -617,14 +727,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "10.0.35.28".parse().unwrap());
         headers.insert("user-agent", "nsq2http".parse().unwrap());
-        headers.insert("x-request-id", "cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2".parse().unwrap());
+        headers.insert(
+            "x-request-id",
+            "cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2".parse().unwrap(),
+        );
         headers.insert("host", "locations".parse().unwrap());
         let uri: Uri = "/api/v1/locations".parse().unwrap();
         let mut resp = HeaderMap::new();
         resp.insert("x-envoy-upstream-service-time", "100".parse().unwrap());
         let ctx = FormatContext {
             info: Some(&info),
-            request: Some(RequestView { method: &Method::POST, uri: &uri, headers: &headers }),
+            request: Some(RequestView {
+                method: &Method::POST,
+                uri: &uri,
+                headers: &headers,
+            }),
             response_headers: Some(&resp),
             ..Default::default()
         };
@@ -638,10 +755,19 @@ mod tests {
     fn missing_values_truncation_and_errors() {
         let mut info = info();
         info.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-        let ctx = FormatContext { info: Some(&info), ..Default::default() };
-        let f = Formatter::parse("%REQ(X-NOPE)% %RESPONSE_FLAGS% %UPSTREAM_HOST:4% 100%% %DOWNSTREAM_PEER_URI_SAN%").unwrap();
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let f = Formatter::parse(
+            "%REQ(X-NOPE)% %RESPONSE_FLAGS% %UPSTREAM_HOST:4% 100%% %DOWNSTREAM_PEER_URI_SAN%",
+        )
+        .unwrap();
         assert_eq!(f.to_string(&ctx), "- UF 10.0 100% -");
-        assert_eq!(Formatter::parse("%BOGUS%").unwrap_err(), "Not supported field in StreamInfo: BOGUS");
+        assert_eq!(
+            Formatter::parse("%BOGUS%").unwrap_err(),
+            "Not supported field in StreamInfo: BOGUS"
+        );
         assert!(Formatter::parse("%REQ(x").is_err());
         let t = Formatter::parse("%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)%").unwrap();
         assert_eq!(t.to_string(&ctx), "2016/04/15 20:17:00.310 1460751420");
@@ -650,11 +776,24 @@ mod tests {
     #[test]
     fn typed_values() {
         let info = info();
-        let ctx = FormatContext { info: Some(&info), ..Default::default() };
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
         let mut s = String::new();
-        assert_eq!(Formatter::parse("%RESPONSE_CODE%").unwrap().format_typed(&ctx, &mut s), ValueKind::Number);
+        assert_eq!(
+            Formatter::parse("%RESPONSE_CODE%")
+                .unwrap()
+                .format_typed(&ctx, &mut s),
+            ValueKind::Number
+        );
         assert_eq!(s, "204");
         s.clear();
-        assert_eq!(Formatter::parse("%ROUTE_NAME%").unwrap().format_typed(&ctx, &mut s), ValueKind::Missing);
+        assert_eq!(
+            Formatter::parse("%ROUTE_NAME%")
+                .unwrap()
+                .format_typed(&ctx, &mut s),
+            ValueKind::Missing
+        );
     }
 }

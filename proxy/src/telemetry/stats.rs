@@ -78,8 +78,8 @@ impl Gauge {
 
 /// Envoy's default histogram bucket bounds (milliseconds for the `*_ms`/`*_time` histograms).
 pub const BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
-    600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Envoy's `/stats` quantiles.
@@ -106,7 +106,10 @@ impl Histogram {
     #[inline]
     pub fn record(&self, value: u64) {
         let v = value as f64;
-        let idx = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
+        let idx = BUCKETS
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(BUCKETS.len());
         self.buckets[idx].fetch_add(1, Relaxed);
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
@@ -146,9 +149,9 @@ impl HistogramSnapshot {
     pub fn cumulative(&self) -> [u64; BUCKETS.len()] {
         let mut out = [0; BUCKETS.len()];
         let mut acc = 0;
-        for i in 0..BUCKETS.len() {
-            acc += self.buckets[i];
-            out[i] = acc;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            acc += b;
+            *o = acc;
         }
         out
     }
@@ -165,7 +168,11 @@ impl HistogramSnapshot {
                 continue;
             }
             let lo = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
-            let hi = if i < BUCKETS.len() { BUCKETS[i] } else { lo * 2.0 };
+            let hi = if i < BUCKETS.len() {
+                BUCKETS[i]
+            } else {
+                lo * 2.0
+            };
             if (acc + n) as f64 >= rank {
                 let within = (rank - acc as f64).max(0.0) / n as f64;
                 return Some(lo + (hi - lo) * within);
@@ -178,6 +185,9 @@ impl HistogramSnapshot {
 
 // === Per-code counters ===
 
+/// Per-code counters of one status class (`x00`..`x99`), created on first use.
+type CodeSlots = [OnceLock<Arc<Counter>>; 100];
+
 /// `<prefix>upstream_rq_<code>`, `<prefix>upstream_rq_<N>xx` and `<prefix>upstream_rq_completed`.
 /// The class counters exist from the start; a per-code counter is registered on first use.
 pub struct CodeStats {
@@ -185,13 +195,15 @@ pub struct CodeStats {
     prefix: String,
     classes: [Arc<Counter>; 5],
     completed: Arc<Counter>,
-    codes: [OnceLock<Box<[OnceLock<Arc<Counter>>; 100]>>; 5],
+    codes: [OnceLock<Box<CodeSlots>>; 5],
     per_code: bool,
 }
 
 impl std::fmt::Debug for CodeStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeStats").field("prefix", &self.prefix).finish()
+        f.debug_struct("CodeStats")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -218,7 +230,8 @@ impl CodeStats {
         self.classes[class].inc();
         self.completed.inc();
         if self.per_code {
-            let slots = self.codes[class].get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+            let slots = self.codes[class]
+                .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
             slots[(code % 100) as usize]
                 .get_or_init(|| self.store.counter(&format!("{}{code}", self.prefix)))
                 .inc();
@@ -286,16 +299,21 @@ impl Default for Store {
 
 impl Store {
     pub fn new(tags: TagProducer, accept: Option<NameFilter>) -> Self {
-        Self { entries: Mutex::new(BTreeMap::new()), tags, accept, last_flush: Mutex::new(BTreeMap::new()) }
+        Self {
+            entries: Mutex::new(BTreeMap::new()),
+            tags,
+            accept,
+            last_flush: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {
-        if let Some(accept) = &self.accept {
-            if !accept(name) {
-                // Rejected by the stats matcher: a working handle that nobody can read, as
-                // Envoy's null stats.
-                return make();
-            }
+        if let Some(accept) = &self.accept
+            && !accept(name)
+        {
+            // Rejected by the stats matcher: a working handle that nobody can read, as
+            // Envoy's null stats.
+            return make();
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entries.get(name) {
@@ -303,7 +321,14 @@ impl Store {
         }
         let metric = make();
         let tags = self.tags.produce(name);
-        entries.insert(name.to_string(), Entry { name: name.to_string(), tags, metric: metric.clone() });
+        entries.insert(
+            name.to_string(),
+            Entry {
+                name: name.to_string(),
+                tags,
+                metric: metric.clone(),
+            },
+        );
         metric
     }
 
@@ -331,7 +356,12 @@ impl Store {
 
     /// All entries, sorted by name (a snapshot of the registry, not of the values).
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Take a flush snapshot of every histogram; returns, per name, the interval since the
@@ -364,7 +394,10 @@ impl Store {
                 Metric::Gauge(_) => {}
             }
         }
-        self.last_flush.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.last_flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn tag_producer(&self) -> &TagProducer {
@@ -390,7 +423,11 @@ mod tests {
     fn code_stats_register_lazily() {
         let s = Arc::new(Store::default());
         let cs = CodeStats::new(&s, "cluster.a.upstream_rq", true);
-        assert!(!s.entries().iter().any(|e| e.name == "cluster.a.upstream_rq_503"));
+        assert!(
+            !s.entries()
+                .iter()
+                .any(|e| e.name == "cluster.a.upstream_rq_503")
+        );
         cs.charge(503);
         cs.charge(503);
         cs.charge(200);
@@ -417,7 +454,10 @@ mod tests {
 
     #[test]
     fn matcher_rejects_stats() {
-        let s = Store::new(TagProducer::envoy_defaults(), Some(Box::new(|n: &str| n.starts_with("server"))));
+        let s = Store::new(
+            TagProducer::envoy_defaults(),
+            Some(Box::new(|n: &str| n.starts_with("server"))),
+        );
         s.counter("cluster.a.x").inc();
         s.counter("server.live").inc();
         let names: Vec<_> = s.entries().into_iter().map(|e| e.name).collect();

@@ -32,40 +32,96 @@ pub struct TagProducer {
 pub const DEFAULT_TAGS: &[(&str, &str)] = &[
     ("envoy.response_code", r"_rq(_(\d{3}))$"),
     ("envoy.response_code_class", r"_rq_(\d)xx$"),
-    ("envoy.dynamo_partition_id", r"^http(?=\.).*?\.dynamodb\.table(?=\.).*?\.capacity(?=\.).*?(\.__partition_id=(\w{7}))$"),
-    ("envoy.dynamo_operation", r"^http(?=\.).*?\.dynamodb.(?:operation|table(?=\.).*?\.capacity)(\.(.*?))(?:\.|$)"),
-    ("envoy.mongo_callsite", r"^mongo(?=\.).*?\.collection(?=\.).*?\.callsite\.((.*?)\.).*?query.\w+?$"),
-    ("envoy.dynamo_table", r"^http(?=\.).*?\.dynamodb.(?:table|error)\.((.*?)\.)"),
-    ("envoy.mongo_collection", r"^mongo(?=\.).*?\.collection\.((.*?)\.).*?query.\w+?$"),
+    (
+        "envoy.dynamo_partition_id",
+        r"^http(?=\.).*?\.dynamodb\.table(?=\.).*?\.capacity(?=\.).*?(\.__partition_id=(\w{7}))$",
+    ),
+    (
+        "envoy.dynamo_operation",
+        r"^http(?=\.).*?\.dynamodb.(?:operation|table(?=\.).*?\.capacity)(\.(.*?))(?:\.|$)",
+    ),
+    (
+        "envoy.mongo_callsite",
+        r"^mongo(?=\.).*?\.collection(?=\.).*?\.callsite\.((.*?)\.).*?query.\w+?$",
+    ),
+    (
+        "envoy.dynamo_table",
+        r"^http(?=\.).*?\.dynamodb.(?:table|error)\.((.*?)\.)",
+    ),
+    (
+        "envoy.mongo_collection",
+        r"^mongo(?=\.).*?\.collection\.((.*?)\.).*?query.\w+?$",
+    ),
     ("envoy.mongo_cmd", r"^mongo(?=\.).*?\.cmd\.((.*?)\.)\w+?$"),
-    ("envoy.grpc_bridge_method", r"^cluster(?=\.).*?\.grpc(?=\.).*\.((.*?)\.)\w+?$"),
-    ("envoy.http_user_agent", r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$"),
-    ("envoy.virtual_cluster", r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$"),
-    ("envoy.fault_downstream_cluster", r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$"),
-    ("envoy.ssl_cipher", r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$"),
-    ("envoy.ssl_cipher_suite", r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$"),
-    ("envoy.grpc_bridge_service", r"^cluster(?=\.).*?\.grpc\.((.*?)\.)"),
+    (
+        "envoy.grpc_bridge_method",
+        r"^cluster(?=\.).*?\.grpc(?=\.).*\.((.*?)\.)\w+?$",
+    ),
+    (
+        "envoy.http_user_agent",
+        r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$",
+    ),
+    (
+        "envoy.virtual_cluster",
+        r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$",
+    ),
+    (
+        "envoy.fault_downstream_cluster",
+        r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$",
+    ),
+    (
+        "envoy.ssl_cipher",
+        r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$",
+    ),
+    (
+        "envoy.ssl_cipher_suite",
+        r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$",
+    ),
+    (
+        "envoy.grpc_bridge_service",
+        r"^cluster(?=\.).*?\.grpc\.((.*?)\.)",
+    ),
     ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
     ("envoy.udp_prefix", r"^udp\.((.*?)\.)\w+?$"),
-    ("envoy.clientssl_prefix", r"^auth\.clientssl\.((.*?)\.)\w+?$"),
+    (
+        "envoy.clientssl_prefix",
+        r"^auth\.clientssl\.((.*?)\.)\w+?$",
+    ),
     ("envoy.ratelimit_prefix", r"^ratelimit\.((.*?)\.)\w+?$"),
     ("envoy.cluster_name", r"^cluster\.(([^\.]+)\.).*"),
-    ("envoy.http_conn_manager_prefix", r"^listener(?=\.).*?\.http\.((.*?)\.)"),
+    (
+        "envoy.http_conn_manager_prefix",
+        r"^listener(?=\.).*?\.http\.((.*?)\.)",
+    ),
     ("envoy.http_conn_manager_prefix", r"^http\.((.*?)\.)"),
-    ("envoy.listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    (
+        "envoy.listener_address",
+        r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
+    ),
     ("envoy.virtual_host", r"^vhost\.((.*?)\.)"),
     ("envoy.mongo_prefix", r"^mongo\.((.*?)\.)"),
-    ("envoy.rds_route_config", r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$"),
+    (
+        "envoy.rds_route_config",
+        r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$",
+    ),
     ("envoy.worker_id", r"^listener_manager\.((worker_\d+)\.)"),
 ];
 
 /// A custom tag from bootstrap `stats_config.stats_tags`.
 #[derive(Debug, Clone)]
 pub enum TagSpec {
-    Regex { name: String, regex: String },
-    Fixed { name: String, value: String },
+    Regex {
+        name: String,
+        regex: String,
+    },
+    Fixed {
+        name: String,
+        value: String,
+    },
     /// A default tag named without a regex: use Envoy's default pattern for it.
-    Default { name: String },
+    Default {
+        name: String,
+    },
 }
 
 impl TagProducer {
@@ -77,7 +133,12 @@ impl TagProducer {
     pub fn new(specs: &[TagSpec], use_all_default_tags: bool) -> Result<Self, String> {
         let mut p = TagProducer::default();
         let compile = |name: &str, re: &str| {
-            Regex::new(re).map(|regex| Extractor { name: name.to_string(), regex }).map_err(|e| format!("invalid regex for tag {name}: {e}"))
+            Regex::new(re)
+                .map(|regex| Extractor {
+                    name: name.to_string(),
+                    regex,
+                })
+                .map_err(|e| format!("invalid regex for tag {name}: {e}"))
         };
         for spec in specs {
             match spec {
@@ -86,7 +147,9 @@ impl TagProducer {
                 TagSpec::Default { name } => {
                     let defaults: Vec<_> = DEFAULT_TAGS.iter().filter(|(n, _)| n == name).collect();
                     if defaults.is_empty() {
-                        return Err(format!("no regex specified for tag specifier and no default regex for name: '{name}'"));
+                        return Err(format!(
+                            "no regex specified for tag specifier and no default regex for name: '{name}'"
+                        ));
                     }
                     for (n, re) in defaults {
                         p.extractors.push(compile(n, re)?);
@@ -98,7 +161,9 @@ impl TagProducer {
             let named: Vec<String> = specs
                 .iter()
                 .map(|s| match s {
-                    TagSpec::Regex { name, .. } | TagSpec::Fixed { name, .. } | TagSpec::Default { name } => name.clone(),
+                    TagSpec::Regex { name, .. }
+                    | TagSpec::Fixed { name, .. }
+                    | TagSpec::Default { name } => name.clone(),
                 })
                 .collect();
             for (n, re) in DEFAULT_TAGS {
@@ -114,7 +179,9 @@ impl TagProducer {
         let mut tags = Vec::new();
         let mut remove: Vec<(usize, usize)> = Vec::new();
         for ex in &self.extractors {
-            let Ok(Some(caps)) = ex.regex.captures(name) else { continue };
+            let Ok(Some(caps)) = ex.regex.captures(name) else {
+                continue;
+            };
             let Some(removed) = caps.get(1) else { continue };
             let value = caps.get(2).unwrap_or(removed);
             tags.push((ex.name.clone(), value.as_str().to_string()));
@@ -131,7 +198,10 @@ impl TagProducer {
                 .map(|(_, c)| c)
                 .collect()
         };
-        Tags { extracted_name, tags }
+        Tags {
+            extracted_name,
+            tags,
+        }
     }
 }
 
@@ -156,10 +226,25 @@ mod tests {
         let (n, _) = produce("cluster.foo.circuit_breakers.default.cx_open");
         assert_eq!(n, "cluster.circuit_breakers.default.cx_open");
         let (n, t) = produce("http.ingress_http.downstream_rq_total");
-        assert_eq!((n.as_str(), t), ("http.downstream_rq_total", vec![("envoy.http_conn_manager_prefix".into(), "ingress_http".into())]));
+        assert_eq!(
+            (n.as_str(), t),
+            (
+                "http.downstream_rq_total",
+                vec![(
+                    "envoy.http_conn_manager_prefix".into(),
+                    "ingress_http".into()
+                )]
+            )
+        );
         let (n, t) = produce("listener.0.0.0.0_10000.downstream_cx_total");
         assert_eq!(n, "listener.downstream_cx_total");
-        assert_eq!(t, vec![("envoy.listener_address".to_string(), "0.0.0.0_10000".to_string())]);
+        assert_eq!(
+            t,
+            vec![(
+                "envoy.listener_address".to_string(),
+                "0.0.0.0_10000".to_string()
+            )]
+        );
         let (n, t) = produce("listener.127.0.0.1_80.http.ingress.downstream_rq_2xx");
         assert_eq!(n, "listener.http.downstream_rq_xx");
         assert_eq!(t.len(), 3);
@@ -173,15 +258,39 @@ mod tests {
     #[test]
     fn istio_custom_tags() {
         let specs = vec![
-            TagSpec::Regex { name: "cluster_name".into(), regex: r"^cluster(\.(.+);)".into() },
-            TagSpec::Regex { name: "response_code".into(), regex: r"_rq(_(\d{3}))$".into() },
-            TagSpec::Fixed { name: "mesh".into(), value: "m1".into() },
+            TagSpec::Regex {
+                name: "cluster_name".into(),
+                regex: r"^cluster(\.(.+);)".into(),
+            },
+            TagSpec::Regex {
+                name: "response_code".into(),
+                regex: r"_rq(_(\d{3}))$".into(),
+            },
+            TagSpec::Fixed {
+                name: "mesh".into(),
+                value: "m1".into(),
+            },
         ];
         let p = TagProducer::new(&specs, false).unwrap();
-        let t = p.produce("cluster.outbound|9080||reviews.default.svc.cluster.local;.upstream_rq_200");
+        let t =
+            p.produce("cluster.outbound|9080||reviews.default.svc.cluster.local;.upstream_rq_200");
         assert_eq!(t.extracted_name, "cluster.upstream_rq");
-        assert_eq!(t.tags[0], ("cluster_name".into(), "outbound|9080||reviews.default.svc.cluster.local".into()));
+        assert_eq!(
+            t.tags[0],
+            (
+                "cluster_name".into(),
+                "outbound|9080||reviews.default.svc.cluster.local".into()
+            )
+        );
         assert_eq!(t.tags[2], ("mesh".into(), "m1".into()));
-        assert!(TagProducer::new(&[TagSpec::Default { name: "nope".into() }], false).is_err());
+        assert!(
+            TagProducer::new(
+                &[TagSpec::Default {
+                    name: "nope".into()
+                }],
+                false
+            )
+            .is_err()
+        );
     }
 }

@@ -137,8 +137,18 @@ impl Cluster {
                 .iter()
                 .flat_map(|l| {
                     l.endpoints.iter().map(move |e| {
-                        let addr = e.address.socket_addr().expect("static endpoints are IP addresses (checked by the model)");
-                        Host::new(addr, e.address.host.as_str().into(), e.weight, e.health, l.locality.clone(), l.priority)
+                        let addr = e
+                            .address
+                            .socket_addr()
+                            .expect("static endpoints are IP addresses (checked by the model)");
+                        Host::new(
+                            addr,
+                            e.address.host.as_str().into(),
+                            e.weight,
+                            e.health,
+                            l.locality.clone(),
+                            l.priority,
+                        )
                     })
                 })
                 .collect();
@@ -151,12 +161,19 @@ impl Cluster {
     /// stats survive a re-resolution).
     pub fn publish(&self, hosts: Vec<Arc<Host>>) {
         let old = self.hosts.load();
-        let old_by_key: HashMap<(SocketAddr, u32), &Arc<Host>> = old.all_hosts().map(|h| ((h.address, h.priority), h)).collect();
+        let old_by_key: HashMap<(SocketAddr, u32), &Arc<Host>> = old
+            .all_hosts()
+            .map(|h| ((h.address, h.priority), h))
+            .collect();
         let mut changed = old.total() != hosts.len();
         let merged: Vec<Arc<Host>> = hosts
             .into_iter()
             .map(|h| match old_by_key.get(&(h.address, h.priority)) {
-                Some(o) if o.weight == h.weight && o.health == h.health && o.hostname == h.hostname => (*o).clone(),
+                Some(o)
+                    if o.weight == h.weight && o.health == h.health && o.hostname == h.hostname =>
+                {
+                    (*o).clone()
+                }
                 _ => {
                     changed = true;
                     h
@@ -170,9 +187,15 @@ impl Cluster {
         let set = HostSet::new(merged, self.config.overprovisioning_factor);
         self.stats.membership_total.set(set.total() as i64);
         self.stats.membership_healthy.set(set.healthy() as i64);
-        self.stats.membership_degraded.set(set.all_hosts().filter(|h| h.health == crate::model::cluster::Health::Degraded).count() as i64);
+        self.stats.membership_degraded.set(
+            set.all_hosts()
+                .filter(|h| h.health == crate::model::cluster::Health::Degraded)
+                .count() as i64,
+        );
         self.stats.membership_excluded.set(0);
-        self.stats.max_host_weight.set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        self.stats
+            .max_host_weight
+            .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
         self.stats.membership_change.inc();
         self.hosts.store(Arc::new(set));
     }
@@ -190,8 +213,13 @@ pub struct ClusterManager {
 
 impl ClusterManager {
     pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
-        let map = clusters.into_iter().map(|c| (c.config.name.clone(), c)).collect();
-        Self { clusters: ArcSwap::from_pointee(map) }
+        let map = clusters
+            .into_iter()
+            .map(|c| (c.config.name.clone(), c))
+            .collect();
+        Self {
+            clusters: ArcSwap::from_pointee(map),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
@@ -217,19 +245,32 @@ pub async fn resolve_once(cluster: &Cluster) -> bool {
         for e in &l.endpoints {
             let addrs = match e.address.ip() {
                 Some(ip) => vec![ip],
-                None => match tokio::net::lookup_host((e.address.host.as_str(), e.address.port)).await {
-                    Ok(it) => pick_family(it.map(|a| a.ip()).collect(), cfg.dns_family),
-                    Err(err) => {
-                        tracing::debug!(cluster = %cfg.name, host = %e.address.host, "DNS resolution failed: {err}");
-                        ok = false;
-                        continue;
+                None => {
+                    match tokio::net::lookup_host((e.address.host.as_str(), e.address.port)).await {
+                        Ok(it) => pick_family(it.map(|a| a.ip()).collect(), cfg.dns_family),
+                        Err(err) => {
+                            tracing::debug!(cluster = %cfg.name, host = %e.address.host, "DNS resolution failed: {err}");
+                            ok = false;
+                            continue;
+                        }
                     }
-                },
+                }
             };
-            let addrs: Vec<IpAddr> = if cfg.discovery == Discovery::LogicalDns { addrs.into_iter().take(1).collect() } else { addrs };
+            let addrs: Vec<IpAddr> = if cfg.discovery == Discovery::LogicalDns {
+                addrs.into_iter().take(1).collect()
+            } else {
+                addrs
+            };
             let hostname: Arc<str> = e.address.host.as_str().into();
             for ip in addrs {
-                hosts.push(Host::new(SocketAddr::new(ip, e.address.port), hostname.clone(), e.weight, e.health, l.locality.clone(), l.priority));
+                hosts.push(Host::new(
+                    SocketAddr::new(ip, e.address.port),
+                    hostname.clone(),
+                    e.weight,
+                    e.health,
+                    l.locality.clone(),
+                    l.priority,
+                ));
             }
         }
     }
@@ -257,10 +298,18 @@ pub fn pick_family(ips: Vec<IpAddr>, family: DnsFamily) -> Vec<IpAddr> {
         DnsFamily::V4Only => v4,
         DnsFamily::V6Only => v6,
         DnsFamily::Auto => {
-            if v6.is_empty() { v4 } else { v6 }
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
         }
         DnsFamily::V4Preferred => {
-            if v4.is_empty() { v6 } else { v4 }
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
         }
         DnsFamily::All => ips,
     };
@@ -284,9 +333,18 @@ mod tests {
     #[test]
     fn dns_family_selection() {
         let ips: Vec<IpAddr> = vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
-        assert_eq!(pick_family(ips.clone(), DnsFamily::Auto), vec!["::1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(pick_family(ips.clone(), DnsFamily::V4Only), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(pick_family(ips.clone(), DnsFamily::V4Preferred), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            pick_family(ips.clone(), DnsFamily::Auto),
+            vec!["::1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            pick_family(ips.clone(), DnsFamily::V4Only),
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            pick_family(ips.clone(), DnsFamily::V4Preferred),
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(pick_family(ips.clone(), DnsFamily::All).len(), 2);
     }
 }

@@ -36,8 +36,24 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(address: SocketAddr, hostname: Arc<str>, weight: u32, health: Health, locality: Locality, priority: u32) -> Arc<Self> {
-        Arc::new(Self { id: NEXT_HOST_ID.fetch_add(1, Relaxed), address, hostname, weight, health, locality, priority, stats: HostStats::default() })
+    pub fn new(
+        address: SocketAddr,
+        hostname: Arc<str>,
+        weight: u32,
+        health: Health,
+        locality: Locality,
+        priority: u32,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_HOST_ID.fetch_add(1, Relaxed),
+            address,
+            hostname,
+            weight,
+            health,
+            locality,
+            priority,
+            stats: HostStats::default(),
+        })
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -71,7 +87,12 @@ const MAX_SCHEDULE: u64 = 4096;
 impl HostSet {
     pub fn new(mut hosts: Vec<Arc<Host>>, overprovisioning_factor: u32) -> Self {
         hosts.sort_by_key(|h| h.priority);
-        let max_prio = hosts.iter().map(|h| h.priority).max().map(|p| p as usize + 1).unwrap_or(0);
+        let max_prio = hosts
+            .iter()
+            .map(|h| h.priority)
+            .max()
+            .map(|p| p as usize + 1)
+            .unwrap_or(0);
         let mut priorities: Vec<Priority> = (0..max_prio).map(|_| Priority::default()).collect();
         for h in hosts {
             let p = &mut priorities[h.priority as usize];
@@ -81,12 +102,19 @@ impl HostSet {
             p.hosts.push(h);
         }
         for p in &mut priorities {
-            p.healthy_percent = if p.hosts.is_empty() { 0.0 } else { 100.0 * p.healthy.len() as f64 / p.hosts.len() as f64 };
+            p.healthy_percent = if p.hosts.is_empty() {
+                0.0
+            } else {
+                100.0 * p.healthy.len() as f64 / p.hosts.len() as f64
+            };
             p.healthy_schedule = schedule(&p.healthy);
             p.all_schedule = schedule(&p.hosts);
         }
         let priority_load = priority_load(&priorities, overprovisioning_factor);
-        Self { priorities, priority_load }
+        Self {
+            priorities,
+            priority_load,
+        }
     }
 
     pub fn all_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
@@ -111,7 +139,14 @@ pub fn priority_load(priorities: &[Priority], overprovisioning_factor: u32) -> V
     }
     let health: Vec<u32> = priorities
         .iter()
-        .map(|p| if p.hosts.is_empty() { 0 } else { ((overprovisioning_factor as u64 * p.healthy.len() as u64) / p.hosts.len() as u64).min(100) as u32 })
+        .map(|p| {
+            if p.hosts.is_empty() {
+                0
+            } else {
+                ((overprovisioning_factor as u64 * p.healthy.len() as u64) / p.hosts.len() as u64)
+                    .min(100) as u32
+            }
+        })
         .collect();
     let total: u32 = health.iter().sum::<u32>().min(100);
     let mut load = vec![0u32; priorities.len()];
@@ -126,10 +161,10 @@ pub fn priority_load(priorities: &[Priority], overprovisioning_factor: u32) -> V
         remaining -= share;
     }
     // Rounding leftovers go to the first priority with health.
-    if remaining > 0 {
-        if let Some(i) = health.iter().position(|h| *h > 0) {
-            load[i] += remaining;
-        }
+    if remaining > 0
+        && let Some(i) = health.iter().position(|h| *h > 0)
+    {
+        load[i] += remaining;
     }
     load
 }
@@ -144,8 +179,15 @@ fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
         return (0..hosts.len() as u32).collect();
     }
     let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
-    let scale = if total > MAX_SCHEDULE { total.div_ceil(MAX_SCHEDULE) } else { 1 };
-    let weights: Vec<i64> = hosts.iter().map(|h| ((h.weight as u64 / scale).max(1)) as i64).collect();
+    let scale = if total > MAX_SCHEDULE {
+        total.div_ceil(MAX_SCHEDULE)
+    } else {
+        1
+    };
+    let weights: Vec<i64> = hosts
+        .iter()
+        .map(|h| ((h.weight as u64 / scale).max(1)) as i64)
+        .collect();
     let sum: i64 = weights.iter().sum();
     let mut current = vec![0i64; hosts.len()];
     let mut out = Vec::with_capacity(sum as usize);
@@ -153,7 +195,11 @@ fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
         for (c, w) in current.iter_mut().zip(&weights) {
             *c += w;
         }
-        let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .expect("non-empty");
         current[best] -= sum;
         out.push(best as u32);
     }
@@ -165,22 +211,47 @@ mod tests {
     use super::*;
 
     fn host(prio: u32, healthy: bool, weight: u32) -> Arc<Host> {
-        Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), weight, if healthy { Health::Healthy } else { Health::Unhealthy }, Locality::default(), prio)
+        Host::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "h".into(),
+            weight,
+            if healthy {
+                Health::Healthy
+            } else {
+                Health::Unhealthy
+            },
+            Locality::default(),
+            prio,
+        )
     }
 
     #[test]
     fn priority_failover_follows_envoy() {
         // P0 fully healthy: all load to P0.
-        let s = HostSet::new(vec![host(0, true, 1), host(0, true, 1), host(1, true, 1)], 140);
+        let s = HostSet::new(
+            vec![host(0, true, 1), host(0, true, 1), host(1, true, 1)],
+            140,
+        );
         assert_eq!(s.priority_load, vec![100, 0]);
         // P0 half healthy: 70% (0.5 × 140), P1 takes the rest.
-        let s = HostSet::new(vec![host(0, true, 1), host(0, false, 1), host(1, true, 1)], 140);
+        let s = HostSet::new(
+            vec![host(0, true, 1), host(0, false, 1), host(1, true, 1)],
+            140,
+        );
         assert_eq!(s.priority_load, vec![70, 30]);
         // Nothing healthy: everything to P0 (panic).
         let s = HostSet::new(vec![host(0, false, 1), host(1, false, 1)], 140);
         assert_eq!(s.priority_load, vec![100, 0]);
         // P0 down, P1 partly healthy: normalised to 100% on P1.
-        let s = HostSet::new(vec![host(0, false, 1), host(1, true, 1), host(1, false, 1), host(1, false, 1)], 140);
+        let s = HostSet::new(
+            vec![
+                host(0, false, 1),
+                host(1, true, 1),
+                host(1, false, 1),
+                host(1, false, 1),
+            ],
+            140,
+        );
         assert_eq!(s.priority_load, vec![0, 100]);
     }
 

@@ -42,7 +42,9 @@ fn choose_from(cluster: &Cluster, set: &HostSet) -> Option<Arc<Host>> {
         LbPolicy::RoundRobin => {
             let n = CURSORS.with(|c| {
                 let mut c = c.borrow_mut();
-                let cur = c.entry(cluster.id).or_insert_with(|| fastrand::usize(..schedule.len().max(1)));
+                let cur = c
+                    .entry(cluster.id)
+                    .or_insert_with(|| fastrand::usize(..schedule.len().max(1)));
                 *cur = cur.wrapping_add(1);
                 *cur
             });
@@ -54,7 +56,10 @@ fn choose_from(cluster: &Cluster, set: &HostSet) -> Option<Arc<Host>> {
             let mut best: Option<usize> = None;
             for _ in 0..choice_count {
                 let i = schedule[fastrand::usize(..schedule.len())] as usize;
-                let score = |j: usize| (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64 / hosts[j].weight.max(1) as f64;
+                let score = |j: usize| {
+                    (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64
+                        / hosts[j].weight.max(1) as f64
+                };
                 best = match best {
                     Some(b) if score(b) <= score(i) => Some(b),
                     _ => Some(i),
@@ -83,17 +88,32 @@ fn pick_priority(load: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cluster::{Cluster as Cfg, Discovery, DnsFamily, Endpoint, Health, LocalityEndpoints, UpstreamProtocol};
+    use crate::model::cluster::{
+        Cluster as Cfg, Discovery, DnsFamily, Endpoint, Health, LocalityEndpoints, UpstreamProtocol,
+    };
     use crate::model::core::HostPort;
     use crate::telemetry::stats::Store;
 
     fn cluster(policy: LbPolicy, eps: Vec<(u16, u32, Health, u32)>) -> Arc<Cluster> {
         let mut locs: Vec<LocalityEndpoints> = Vec::new();
         for (port, weight, health, prio) in eps {
-            let ep = Endpoint { address: HostPort { host: "127.0.0.1".into(), port }, weight, health, hostname: String::new() };
+            let ep = Endpoint {
+                address: HostPort {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
+                weight,
+                health,
+                hostname: String::new(),
+            };
             match locs.iter_mut().find(|l| l.priority == prio) {
                 Some(l) => l.endpoints.push(ep),
-                None => locs.push(LocalityEndpoints { locality: Default::default(), weight: None, priority: prio, endpoints: vec![ep] }),
+                None => locs.push(LocalityEndpoints {
+                    locality: Default::default(),
+                    weight: None,
+                    priority: prio,
+                    endpoints: vec![ep],
+                }),
             }
         }
         let cfg = Cfg {
@@ -107,7 +127,12 @@ mod tests {
             dns_refresh_rate: std::time::Duration::from_secs(5),
             dns_family: DnsFamily::Auto,
             protocol: UpstreamProtocol::Http1,
-            http2: crate::model::hcm::http2_settings(&crate::config::FieldPath::root(), &None, 1 << 20).unwrap(),
+            http2: crate::model::hcm::http2_settings(
+                &crate::config::FieldPath::root(),
+                &None,
+                1 << 20,
+            )
+            .unwrap(),
             idle_timeout: None,
             max_connection_duration: None,
             max_requests_per_connection: None,
@@ -120,10 +145,20 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_healthy_hosts() {
-        let c = cluster(LbPolicy::RoundRobin, vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Healthy, 0), (3, 1, Health::Unhealthy, 0), (4, 1, Health::Healthy, 0)]);
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![
+                (1, 1, Health::Healthy, 0),
+                (2, 1, Health::Healthy, 0),
+                (3, 1, Health::Unhealthy, 0),
+                (4, 1, Health::Healthy, 0),
+            ],
+        );
         let mut counts = HashMap::new();
         for _ in 0..300 {
-            *counts.entry(choose(&c).unwrap().address.port()).or_insert(0) += 1;
+            *counts
+                .entry(choose(&c).unwrap().address.port())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3, "{counts:?}");
         assert!(counts.values().all(|n| *n == 100), "{counts:?}");
@@ -131,7 +166,14 @@ mod tests {
 
     #[test]
     fn panic_mode_uses_all_hosts() {
-        let c = cluster(LbPolicy::RoundRobin, vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Unhealthy, 0), (3, 1, Health::Unhealthy, 0)]);
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![
+                (1, 1, Health::Healthy, 0),
+                (2, 1, Health::Unhealthy, 0),
+                (3, 1, Health::Unhealthy, 0),
+            ],
+        );
         let mut seen = std::collections::HashSet::new();
         for _ in 0..30 {
             seen.insert(choose(&c).unwrap().address.port());
@@ -142,7 +184,10 @@ mod tests {
 
     #[test]
     fn failover_to_next_priority_and_empty_cluster() {
-        let c = cluster(LbPolicy::Random, vec![(1, 1, Health::Unhealthy, 0), (2, 1, Health::Healthy, 1)]);
+        let c = cluster(
+            LbPolicy::Random,
+            vec![(1, 1, Health::Unhealthy, 0), (2, 1, Health::Healthy, 1)],
+        );
         for _ in 0..50 {
             assert_eq!(choose(&c).unwrap().address.port(), 2);
         }
@@ -152,10 +197,20 @@ mod tests {
 
     #[test]
     fn least_request_prefers_idle_hosts() {
-        let c = cluster(LbPolicy::LeastRequest { choice_count: 2 }, vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Healthy, 0)]);
-        let busy = c.hosts.load().priorities[0].hosts.iter().find(|h| h.address.port() == 1).unwrap().clone();
+        let c = cluster(
+            LbPolicy::LeastRequest { choice_count: 2 },
+            vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Healthy, 0)],
+        );
+        let busy = c.hosts.load().priorities[0]
+            .hosts
+            .iter()
+            .find(|h| h.address.port() == 1)
+            .unwrap()
+            .clone();
         busy.stats.rq_active.store(100, Relaxed);
-        let picks: usize = (0..200).filter(|_| choose(&c).unwrap().address.port() == 2).count();
+        let picks: usize = (0..200)
+            .filter(|_| choose(&c).unwrap().address.port() == 2)
+            .count();
         assert!(picks > 140, "{picks}");
     }
 }

@@ -65,7 +65,8 @@ impl Drop for ConnectionStats {
         } else {
             s.upstream_cx_destroy_remote.inc();
         }
-        s.upstream_cx_length_ms.record(self.opened.elapsed().as_millis() as u64);
+        s.upstream_cx_length_ms
+            .record(self.opened.elapsed().as_millis() as u64);
         self.host.stats.cx_active.fetch_sub(1, Relaxed);
     }
 }
@@ -84,7 +85,11 @@ impl CountedStream {
 }
 
 impl AsyncRead for CountedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -96,14 +101,22 @@ impl AsyncRead for CountedStream {
 }
 
 impl AsyncWrite for CountedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
         }
         r
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
@@ -139,12 +152,19 @@ pub fn set_keepalive(sock: &TcpStream, ka: &Option<Keepalive>) {
 }
 
 /// Open a TCP connection to `host` with the cluster's connect timeout, counting Envoy's stats.
-pub async fn connect(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<CountedStream, ConnectError> {
+pub async fn connect(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<CountedStream, ConnectError> {
     let s = &cluster.stats;
     s.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Relaxed);
     let started = Instant::now();
-    let result = tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await;
+    let result = tokio::time::timeout(
+        cluster.config.connect_timeout,
+        TcpStream::connect(host.address),
+    )
+    .await;
     let stream = match result {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -159,13 +179,23 @@ pub async fn connect(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<Counted
             return Err(ConnectError::Timeout);
         }
     };
-    s.upstream_cx_connect_ms.record(started.elapsed().as_millis() as u64);
+    s.upstream_cx_connect_ms
+        .record(started.elapsed().as_millis() as u64);
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
     s.upstream_cx_active.inc();
     host.stats.cx_active.fetch_add(1, Relaxed);
-    let stats = Arc::new(ConnectionStats { cluster: cluster.clone(), host: host.clone(), opened: Instant::now(), closed_locally: AtomicBool::new(false) });
-    Ok(CountedStream { inner: stream, cluster: cluster.clone(), stats })
+    let stats = Arc::new(ConnectionStats {
+        cluster: cluster.clone(),
+        host: host.clone(),
+        opened: Instant::now(),
+        closed_locally: AtomicBool::new(false),
+    });
+    Ok(CountedStream {
+        inner: stream,
+        cluster: cluster.clone(),
+        stats,
+    })
 }
 
 // === HTTP/1.1 pool ===
@@ -188,12 +218,19 @@ impl H1Conn {
     pub fn release(mut self) {
         self.served += 1;
         let cfg = &self.cluster.config;
-        if cfg.max_requests_per_connection.is_some_and(|max| self.served >= max) {
+        if cfg
+            .max_requests_per_connection
+            .is_some_and(|max| self.served >= max)
+        {
             self.cluster.stats.upstream_cx_max_requests.inc();
             self.stats.close_locally();
             return;
         }
-        if cfg.max_connection_duration.is_some_and(|d| self.created.elapsed() >= d) || self.sender.is_closed() {
+        if cfg
+            .max_connection_duration
+            .is_some_and(|d| self.created.elapsed() >= d)
+            || self.sender.is_closed()
+        {
             self.stats.close_locally();
             return;
         }
@@ -201,8 +238,15 @@ impl H1Conn {
         let weak = Arc::downgrade(&self.host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(host_id).or_insert_with(|| HostPool { host: weak, h1: Vec::new(), h2: None });
-            entry.h1.push(Idle { conn: self, since: Instant::now() });
+            let entry = p.entry(host_id).or_insert_with(|| HostPool {
+                host: weak,
+                h1: Vec::new(),
+                h2: None,
+            });
+            entry.h1.push(Idle {
+                conn: self,
+                since: Instant::now(),
+            });
         });
     }
 
@@ -217,10 +261,23 @@ struct Idle {
     since: Instant,
 }
 
+/// A connected HTTP/2 sender, its connection's stats and local address.
+type H2Ready = (
+    http2::SendRequest<Body>,
+    Arc<ConnectionStats>,
+    Option<std::net::SocketAddr>,
+);
+type H2Connect = Shared<BoxFuture<'static, Result<H2Ready, ConnectError>>>;
+
 #[derive(Clone)]
 enum H2State {
-    Ready(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>, Instant),
-    Connecting(Shared<BoxFuture<'static, Result<(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>), ConnectError>>>),
+    Ready(
+        http2::SendRequest<Body>,
+        Arc<ConnectionStats>,
+        Option<std::net::SocketAddr>,
+        Instant,
+    ),
+    Connecting(H2Connect),
 }
 
 struct HostPool {
@@ -275,13 +332,25 @@ pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
             tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
         }
     });
-    Ok(H1Conn { sender, stats, host: host.clone(), cluster: cluster.clone(), created: Instant::now(), served: 0, reused: false, local_addr })
+    Ok(H1Conn {
+        sender,
+        stats,
+        host: host.clone(),
+        cluster: cluster.clone(),
+        created: Instant::now(),
+        served: 0,
+        reused: false,
+        local_addr,
+    })
 }
 
 // === HTTP/2 pool ===
 
 /// A multiplexed HTTP/2 connection to `host` (shared by this worker's requests).
-pub async fn acquire_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(http2::SendRequest<Body>, Option<std::net::SocketAddr>), ConnectError> {
+pub async fn acquire_h2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<(http2::SendRequest<Body>, Option<std::net::SocketAddr>), ConnectError> {
     let state = POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&host.id)?;
@@ -291,7 +360,9 @@ pub async fn acquire_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(htt
         entry.h2.clone()
     });
     let fut = match state {
-        Some(H2State::Ready(sender, _, local, _)) if !sender.is_closed() => return Ok((sender, local)),
+        Some(H2State::Ready(sender, _, local, _)) if !sender.is_closed() => {
+            return Ok((sender, local));
+        }
         Some(H2State::Connecting(fut)) => fut,
         _ => {
             let (c, h) = (cluster.clone(), host.clone());
@@ -299,7 +370,11 @@ pub async fn acquire_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(htt
             let weak = Arc::downgrade(host);
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = p.entry(host.id).or_insert_with(|| HostPool { host: weak, h1: Vec::new(), h2: None });
+                let entry = p.entry(host.id).or_insert_with(|| HostPool {
+                    host: weak,
+                    h1: Vec::new(),
+                    h2: None,
+                });
                 entry.h2 = Some(H2State::Connecting(fut.clone()));
             });
             fut
@@ -308,16 +383,19 @@ pub async fn acquire_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(htt
     let result = fut.await;
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        if let Some(entry) = p.get_mut(&host.id) {
-            if matches!(entry.h2, Some(H2State::Connecting(_))) {
-                entry.h2 = result.as_ref().ok().map(|(s, st, l)| H2State::Ready(s.clone(), st.clone(), *l, Instant::now()));
-            }
+        if let Some(entry) = p.get_mut(&host.id)
+            && matches!(entry.h2, Some(H2State::Connecting(_)))
+        {
+            entry.h2 = result
+                .as_ref()
+                .ok()
+                .map(|(s, st, l)| H2State::Ready(s.clone(), st.clone(), *l, Instant::now()));
         }
     });
     result.map(|(s, _, l)| (s, l))
 }
 
-async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<(http2::SendRequest<Body>, Arc<ConnectionStats>, Option<std::net::SocketAddr>), ConnectError> {
+async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
     let stream = connect(cluster, host).await?;
     let stats = stream.stats.clone();
     let local = stream.local_addr();
@@ -351,7 +429,12 @@ pub fn sweep() {
                 return false;
             }
             entry.h1.retain(|idle| {
-                let expired = idle.conn.cluster.config.idle_timeout.is_some_and(|t| idle.since.elapsed() >= t);
+                let expired = idle
+                    .conn
+                    .cluster
+                    .config
+                    .idle_timeout
+                    .is_some_and(|t| idle.since.elapsed() >= t);
                 if expired {
                     idle.conn.cluster.stats.upstream_cx_idle_timeout.inc();
                     idle.conn.stats.close_locally();
@@ -362,7 +445,11 @@ pub fn sweep() {
                 let cluster = &stats.cluster;
                 if s.is_closed() {
                     entry.h2 = None;
-                } else if cluster.config.idle_timeout.is_some_and(|t| last_used.elapsed() >= t) {
+                } else if cluster
+                    .config
+                    .idle_timeout
+                    .is_some_and(|t| last_used.elapsed() >= t)
+                {
                     // Dropping the last sender closes the connection once its streams finish.
                     cluster.stats.upstream_cx_idle_timeout.inc();
                     stats.close_locally();

@@ -48,17 +48,34 @@ impl CodecError {
     const fn new(status: StatusCode, details: &'static str) -> Self {
         Self { status, details }
     }
-    pub const BAD_REQUEST: CodecError = CodecError::new(StatusCode::BAD_REQUEST, "http1.codec_error");
-    pub const HEADERS_TOO_LARGE: CodecError = CodecError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.headers_too_large");
-    pub const TOO_MANY_HEADERS: CodecError = CodecError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.too_many_headers");
-    pub const INVALID_URL: CodecError = CodecError::new(StatusCode::BAD_REQUEST, "http1.invalid_url");
-    pub const INVALID_CHARACTERS: CodecError = CodecError::new(StatusCode::BAD_REQUEST, "http1.invalid_characters");
-    pub const CHUNKED_CONTENT_LENGTH: CodecError =
-        CodecError::new(StatusCode::BAD_REQUEST, "http1.content_length_and_chunked_not_allowed");
-    pub const INVALID_TRANSFER_ENCODING: CodecError = CodecError::new(StatusCode::NOT_IMPLEMENTED, "http1.invalid_transfer_encoding");
-    pub const UNEXPECTED_UNDERSCORE: CodecError = CodecError::new(StatusCode::BAD_REQUEST, "http1.unexpected_underscore");
-    pub const UPGRADE_REQUIRED: CodecError = CodecError::new(StatusCode::UPGRADE_REQUIRED, "low_version");
-    pub const MISSING_HOST: CodecError = CodecError::new(StatusCode::BAD_REQUEST, "missing_host_header");
+    pub const BAD_REQUEST: CodecError =
+        CodecError::new(StatusCode::BAD_REQUEST, "http1.codec_error");
+    pub const HEADERS_TOO_LARGE: CodecError = CodecError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "http1.headers_too_large",
+    );
+    pub const TOO_MANY_HEADERS: CodecError = CodecError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "http1.too_many_headers",
+    );
+    pub const INVALID_URL: CodecError =
+        CodecError::new(StatusCode::BAD_REQUEST, "http1.invalid_url");
+    pub const INVALID_CHARACTERS: CodecError =
+        CodecError::new(StatusCode::BAD_REQUEST, "http1.invalid_characters");
+    pub const CHUNKED_CONTENT_LENGTH: CodecError = CodecError::new(
+        StatusCode::BAD_REQUEST,
+        "http1.content_length_and_chunked_not_allowed",
+    );
+    pub const INVALID_TRANSFER_ENCODING: CodecError = CodecError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "http1.invalid_transfer_encoding",
+    );
+    pub const UNEXPECTED_UNDERSCORE: CodecError =
+        CodecError::new(StatusCode::BAD_REQUEST, "http1.unexpected_underscore");
+    pub const UPGRADE_REQUIRED: CodecError =
+        CodecError::new(StatusCode::UPGRADE_REQUIRED, "low_version");
+    pub const MISSING_HOST: CodecError =
+        CodecError::new(StatusCode::BAD_REQUEST, "missing_host_header");
 }
 
 /// Why reading a request head stopped.
@@ -136,7 +153,11 @@ impl ReaderSlot {
 
 /// Read and parse one request head. `first_byte` is signalled (for the request-headers timer)
 /// once any byte of the head has arrived.
-pub async fn read_head(r: &mut Reader, limits: &Limits, first_byte: &mut bool) -> Result<Head, HeadError> {
+pub async fn read_head(
+    r: &mut Reader,
+    limits: &Limits,
+    first_byte: &mut bool,
+) -> Result<Head, HeadError> {
     loop {
         if !r.buf.is_empty() {
             *first_byte = true;
@@ -160,7 +181,8 @@ pub async fn read_head(r: &mut Reader, limits: &Limits, first_byte: &mut bool) -
 }
 
 fn has_token(v: &[u8], token: &str) -> bool {
-    v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    v.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Parse a head from the front of `buf`. `Ok(None)`: incomplete.
@@ -175,7 +197,7 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     }
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let mut heap;
-    let headers: &mut [httparse::Header<'_>] = if limits.max_headers + 1 <= storage.len() {
+    let headers: &mut [httparse::Header<'_>] = if limits.max_headers < storage.len() {
         &mut storage[..limits.max_headers + 1]
     } else {
         heap = vec![httparse::EMPTY_HEADER; limits.max_headers + 1];
@@ -184,13 +206,19 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     let mut req = httparse::Request::new(headers);
     let status = match req.parse(buf) {
         Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Codec(CodecError::TOO_MANY_HEADERS)),
-        Err(httparse::Error::Token | httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Codec(CodecError::TOO_MANY_HEADERS));
+        }
+        Err(
+            httparse::Error::Token | httparse::Error::HeaderName | httparse::Error::HeaderValue,
+        ) => {
             return Err(HeadError::Codec(CodecError::INVALID_CHARACTERS));
         }
         Err(_) => return Err(HeadError::Codec(CodecError::BAD_REQUEST)),
     };
-    let httparse::Status::Complete(len) = status else { return Ok(None) };
+    let httparse::Status::Complete(len) = status else {
+        return Ok(None);
+    };
     if len > limits.max_header_bytes {
         return Err(HeadError::Codec(CodecError::HEADERS_TOO_LARGE));
     }
@@ -207,7 +235,8 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
         }
         _ => return Err(HeadError::Codec(CodecError::BAD_REQUEST)),
     };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
     let target = req.path.unwrap_or("");
 
     // Collect positions first: the head bytes become a shared `Bytes` for zero-copy values.
@@ -220,10 +249,13 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
             match limits.underscores {
                 UnderscoreHeaders::Allow => {}
                 UnderscoreHeaders::DropHeader => continue,
-                UnderscoreHeaders::RejectRequest => return Err(HeadError::Codec(CodecError::UNEXPECTED_UNDERSCORE)),
+                UnderscoreHeaders::RejectRequest => {
+                    return Err(HeadError::Codec(CodecError::UNEXPECTED_UNDERSCORE));
+                }
             }
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
         positions.push((name, offset(h.value), h.value.len()));
     }
     let head_bytes = buf.split_to(len).freeze();
@@ -244,14 +276,21 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                 if content_length.is_some() {
                     return Err(HeadError::Codec(CodecError::BAD_REQUEST));
                 }
-                let s = std::str::from_utf8(&raw).map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
+                let s = std::str::from_utf8(&raw)
+                    .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(HeadError::Codec(CodecError::BAD_REQUEST));
                 }
-                content_length = Some(s.parse().map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?);
+                content_length = Some(
+                    s.parse()
+                        .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?,
+                );
             }
             http::header::TRANSFER_ENCODING => {
-                if version == Version::HTTP_10 || transfer_encoding || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                if version == Version::HTTP_10
+                    || transfer_encoding
+                    || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked")
+                {
                     return Err(HeadError::Codec(CodecError::INVALID_TRANSFER_ENCODING));
                 }
                 transfer_encoding = true;
@@ -264,23 +303,29 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                     keep_alive = true;
                 }
             }
-            http::header::EXPECT => {
-                if raw.eq_ignore_ascii_case(b"100-continue") {
-                    expect_continue = version == Version::HTTP_11;
-                }
+            http::header::EXPECT if raw.eq_ignore_ascii_case(b"100-continue") => {
+                expect_continue = version == Version::HTTP_11;
             }
-            http::header::UPGRADE => upgrade = Some(HeaderValue::from_maybe_shared(raw.clone()).map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?),
+            http::header::UPGRADE => {
+                upgrade = Some(
+                    HeaderValue::from_maybe_shared(raw.clone())
+                        .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?,
+                )
+            }
             http::header::HOST => hosts += 1,
             _ => {}
         }
-        let v = HeaderValue::from_maybe_shared(raw).map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
+        let v = HeaderValue::from_maybe_shared(raw)
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
         headers.append(name, v);
     }
     if hosts > 1 {
         return Err(HeadError::Codec(CodecError::BAD_REQUEST));
     }
     let framing = match (transfer_encoding, content_length) {
-        (true, Some(_)) if !limits.allow_chunked_length => return Err(HeadError::Codec(CodecError::CHUNKED_CONTENT_LENGTH)),
+        (true, Some(_)) if !limits.allow_chunked_length => {
+            return Err(HeadError::Codec(CodecError::CHUNKED_CONTENT_LENGTH));
+        }
         (true, _) => {
             headers.remove(http::header::CONTENT_LENGTH);
             Framing::Chunked
@@ -292,29 +337,44 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     // The request target: origin-form, absolute-form (allow_absolute_url), `*` for OPTIONS.
     let target_bytes = value(target_range.0, target_range.1);
     let uri = if target_bytes.first() == Some(&b'/') {
-        Uri::from_maybe_shared(target_bytes).map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
+        Uri::from_maybe_shared(target_bytes)
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
     } else if &target_bytes[..] == b"*" && method == Method::OPTIONS {
         Uri::from_static("*")
     } else if limits.allow_absolute_url && method != Method::CONNECT {
-        let abs = Uri::from_maybe_shared(target_bytes).map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?;
-        let authority = abs.authority().ok_or(HeadError::Codec(CodecError::INVALID_URL))?.clone();
+        let abs = Uri::from_maybe_shared(target_bytes)
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?;
+        let authority = abs
+            .authority()
+            .ok_or(HeadError::Codec(CodecError::INVALID_URL))?
+            .clone();
         if !matches!(abs.scheme_str(), Some("http") | Some("https")) {
             return Err(HeadError::Codec(CodecError::INVALID_URL));
         }
         // The absolute URL's authority replaces Host (RFC 9112 §3.2.2).
-        headers.insert(http::header::HOST, HeaderValue::from_str(authority.as_str()).map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?);
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_str(authority.as_str())
+                .map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?,
+        );
         hosts = 1;
         let pq = abs.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        Uri::try_from(if pq.is_empty() { "/" } else { pq }).map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
+        Uri::try_from(if pq.is_empty() { "/" } else { pq })
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
     } else if method == Method::CONNECT {
-        Uri::from_maybe_shared(target_bytes).map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
+        Uri::from_maybe_shared(target_bytes)
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_URL))?
     } else {
         return Err(HeadError::Codec(CodecError::INVALID_URL));
     };
     if hosts == 0 {
         match (version, &limits.default_host_for_http_10) {
             (Version::HTTP_10, Some(h)) => {
-                headers.insert(http::header::HOST, HeaderValue::from_str(h).map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?);
+                headers.insert(
+                    http::header::HOST,
+                    HeaderValue::from_str(h)
+                        .map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
+                );
             }
             _ => return Err(HeadError::Codec(CodecError::MISSING_HOST)),
         }
@@ -327,7 +387,14 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some(Head { request, framing, keep_alive, expect_continue, upgrade, wire_len: len }))
+    Ok(Some(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        wire_len: len,
+    }))
 }
 
 // === request bodies ===
@@ -356,13 +423,23 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(reader: Reader, slot: Arc<ReaderSlot>, framing: Framing, max_trailer_bytes: usize) -> Self {
+    pub fn new(
+        reader: Reader,
+        slot: Arc<ReaderSlot>,
+        framing: Framing,
+        max_trailer_bytes: usize,
+    ) -> Self {
         let state = match framing {
             Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
             Framing::Chunked => BodyState::Chunked(ChunkState::Size),
         };
-        let mut b = Self { reader: Some(reader), slot, state, max_trailer_bytes };
+        let mut b = Self {
+            reader: Some(reader),
+            slot,
+            state,
+            max_trailer_bytes,
+        };
         if matches!(b.state, BodyState::Done) {
             b.finish();
         }
@@ -388,10 +465,15 @@ impl RequestBody {
         }
     }
 
-    pub fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    pub fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
-            let Some(reader) = this.reader.as_mut() else { return Poll::Ready(None) };
+            let Some(reader) = this.reader.as_mut() else {
+                return Poll::Ready(None);
+            };
             match this.state {
                 BodyState::Done => {
                     this.finish();
@@ -471,7 +553,10 @@ enum Step {
 }
 
 fn bad_chunk(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("invalid chunked encoding: {msg}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("invalid chunked encoding: {msg}"),
+    )
 }
 
 fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io::Result<Step> {
@@ -486,12 +571,24 @@ fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io:
             let line = r.buf.split_to(eol + 1);
             let line = line.strip_suffix(b"\n").unwrap_or(&line);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let size_part = line.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
-            if size_part.is_empty() || size_part.len() > 16 || !size_part.iter().all(u8::is_ascii_hexdigit) {
+            let size_part = line
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            if size_part.is_empty()
+                || size_part.len() > 16
+                || !size_part.iter().all(u8::is_ascii_hexdigit)
+            {
                 return Err(bad_chunk("bad chunk size"));
             }
-            let size = u64::from_str_radix(std::str::from_utf8(size_part).expect("hex digits"), 16).map_err(|_| bad_chunk("chunk size overflow"))?;
-            Ok(Step::State(if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) }))
+            let size = u64::from_str_radix(std::str::from_utf8(size_part).expect("hex digits"), 16)
+                .map_err(|_| bad_chunk("chunk size overflow"))?;
+            Ok(Step::State(if size == 0 {
+                ChunkState::Trailers
+            } else {
+                ChunkState::Data(size)
+            }))
         }
         ChunkState::Data(rem) => {
             if r.buf.is_empty() {
@@ -500,7 +597,14 @@ fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io:
             let n = (rem as usize).min(r.buf.len());
             let data = r.buf.split_to(n).freeze();
             let rem = rem - n as u64;
-            Ok(Step::Data(data, if rem == 0 { ChunkState::DataCrLf } else { ChunkState::Data(rem) }))
+            Ok(Step::Data(
+                data,
+                if rem == 0 {
+                    ChunkState::DataCrLf
+                } else {
+                    ChunkState::Data(rem)
+                },
+            ))
         }
         ChunkState::DataCrLf => {
             if r.buf.len() < 2 {
@@ -529,7 +633,9 @@ fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io:
                 r.buf.advance(1);
                 return Ok(Step::End(None));
             }
-            let end = find_subslice(&r.buf, b"\r\n\r\n").map(|i| i + 4).or_else(|| find_subslice(&r.buf, b"\n\n").map(|i| i + 2));
+            let end = find_subslice(&r.buf, b"\r\n\r\n")
+                .map(|i| i + 4)
+                .or_else(|| find_subslice(&r.buf, b"\n\n").map(|i| i + 2));
             let Some(end) = end else {
                 if r.buf.len() > max_trailer_bytes {
                     return Err(bad_chunk("trailers too large"));
@@ -544,8 +650,10 @@ fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io:
             };
             let mut trailers = HeaderMap::new();
             for h in parsed {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad_chunk("invalid trailer name"))?;
-                let value = HeaderValue::from_bytes(h.value).map_err(|_| bad_chunk("invalid trailer value"))?;
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| bad_chunk("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(h.value)
+                    .map_err(|_| bad_chunk("invalid trailer value"))?;
                 trailers.append(name, value);
             }
             Ok(Step::End(Some(trailers)))
@@ -563,7 +671,8 @@ fn find_subslice(h: &[u8], n: &[u8]) -> Option<usize> {
 /// sets itself).
 fn skip_response_header(name: &HeaderName, upgrade: bool) -> bool {
     match name.as_str() {
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "http2-settings" => true,
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te"
+        | "trailer" | "http2-settings" => true,
         "upgrade" => !upgrade,
         _ => false,
     }
@@ -581,11 +690,26 @@ pub struct ResponseFraming {
 }
 
 /// Serialize a response head into `out`. Returns whether the body is chunked.
-pub fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: &ResponseFraming, content_length: Option<u64>) -> bool {
-    out.extend_from_slice(if framing.version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: &ResponseFraming,
+    content_length: Option<u64>,
+) -> bool {
+    out.extend_from_slice(if framing.version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
     out.extend_from_slice(b"\r\n");
     for (name, value) in parts.headers.iter() {
         if skip_response_header(name, framing.upgrade) || name == http::header::CONTENT_LENGTH {
@@ -616,12 +740,12 @@ pub fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: &R
                 }
                 None => {}
             }
-        } else if status == 304 {
-            if let Some(n) = content_length {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+        } else if status == 304
+            && let Some(n) = content_length
+        {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if !framing.keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
@@ -655,11 +779,21 @@ where
 {
     use http_body_util::BodyExt;
     out.clear();
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
-    let content_length = declared.or_else(|| body.size_hint().exact()).filter(|_| !framing.upgrade);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    let content_length = declared
+        .or_else(|| body.size_hint().exact())
+        .filter(|_| !framing.upgrade);
     // A close-delimited body on HTTP/1.0 without a length.
     let mut framing = framing;
-    if content_length.is_none() && framing.version == Version::HTTP_10 && !framing.no_body && !framing.upgrade {
+    if content_length.is_none()
+        && framing.version == Version::HTTP_10
+        && !framing.no_body
+        && !framing.upgrade
+    {
         framing.keep_alive = false;
     }
     let chunked = encode_head(out, parts, &framing, content_length);
@@ -699,7 +833,9 @@ where
                 return Ok(WriteOutcome::BodyError);
             }
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue }; // trailers are not sent on HTTP/1
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                }; // trailers are not sent on HTTP/1
                 if data.is_empty() {
                     continue;
                 }
@@ -779,29 +915,69 @@ mod tests {
 
     #[test]
     fn parses_a_request() {
-        let h = parse("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
         assert_eq!(h.request.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(h.framing, Framing::Length(0));
         assert!(h.keep_alive);
         assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-        let h = parse("GET http://example.com:8080/p HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET http://example.com:8080/p HTTP/1.1\r\nHost: other\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.request.headers()["host"], "example.com:8080");
         assert_eq!(h.request.uri(), "/p");
     }
 
     #[test]
     fn refuses_smuggling_shapes() {
-        assert_eq!(codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), CodecError::CHUNKED_CONTENT_LENGTH);
-        assert_eq!(codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), CodecError::BAD_REQUEST);
-        assert_eq!(codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), CodecError::BAD_REQUEST);
-        assert_eq!(codec_err("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), CodecError::INVALID_TRANSFER_ENCODING);
-        assert_eq!(codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"), CodecError::BAD_REQUEST);
-        assert_eq!(codec_err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), CodecError::BAD_REQUEST);
-        assert_eq!(codec_err("GET / HTTP/1.1\r\n\r\n"), CodecError::MISSING_HOST);
-        assert_eq!(codec_err("GET / HTTP/1.0\r\nHost: x\r\n\r\n"), CodecError::UPGRADE_REQUIRED);
-        assert_eq!(codec_err("GET\x01 / HTTP/1.1\r\n\r\n"), CodecError::INVALID_CHARACTERS);
-        assert_eq!(codec_err("GET / HTTP/3.0\r\nHost: x\r\n\r\n"), CodecError::BAD_REQUEST);
+        assert_eq!(
+            codec_err(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            CodecError::CHUNKED_CONTENT_LENGTH
+        );
+        assert_eq!(
+            codec_err(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+            ),
+            CodecError::BAD_REQUEST
+        );
+        assert_eq!(
+            codec_err(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+            ),
+            CodecError::BAD_REQUEST
+        );
+        assert_eq!(
+            codec_err("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            CodecError::INVALID_TRANSFER_ENCODING
+        );
+        assert_eq!(
+            codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+            CodecError::BAD_REQUEST
+        );
+        assert_eq!(
+            codec_err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            CodecError::BAD_REQUEST
+        );
+        assert_eq!(
+            codec_err("GET / HTTP/1.1\r\n\r\n"),
+            CodecError::MISSING_HOST
+        );
+        assert_eq!(
+            codec_err("GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
+            CodecError::UPGRADE_REQUIRED
+        );
+        assert_eq!(
+            codec_err("GET\x01 / HTTP/1.1\r\n\r\n"),
+            CodecError::INVALID_CHARACTERS
+        );
+        assert_eq!(
+            codec_err("GET / HTTP/3.0\r\nHost: x\r\n\r\n"),
+            CodecError::BAD_REQUEST
+        );
     }
 
     #[test]
@@ -814,7 +990,10 @@ mod tests {
         assert_eq!(codec_err(&s), CodecError::TOO_MANY_HEADERS);
     }
 
-    async fn read_body(wire: &str, framing: Framing) -> (Vec<u8>, Option<HeaderMap>, Option<Reader>) {
+    async fn read_body(
+        wire: &str,
+        framing: Framing,
+    ) -> (Vec<u8>, Option<HeaderMap>, Option<Reader>) {
         let slot = Arc::new(ReaderSlot::default());
         let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from(wire));
         let body = RequestBody::new(reader, slot.clone(), framing, 8192);
@@ -825,7 +1004,11 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_bodies_and_reader_return() {
-        let (b, t, r) = read_body("5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT", Framing::Chunked).await;
+        let (b, t, r) = read_body(
+            "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT",
+            Framing::Chunked,
+        )
+        .await;
         assert_eq!(b, b"hello world");
         assert_eq!(t.unwrap()["x-t"], "1");
         assert_eq!(&r.unwrap().buf[..], b"NEXT");
@@ -847,18 +1030,52 @@ mod tests {
 
     #[tokio::test]
     async fn writes_framed_responses() {
-        let parts = http::Response::builder().status(200).header("x-a", "1").header("connection", "keep-alive").body(()).unwrap().into_parts().0;
+        let parts = http::Response::builder()
+            .status(200)
+            .header("x-a", "1")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
         let mut out = Vec::new();
         let mut w = Vec::new();
-        let f = ResponseFraming { no_body: false, version: Version::HTTP_11, keep_alive: true, upgrade: false };
-        write_response(&mut w, &mut out, &parts, crate::http::body::Body::full("hi"), f).await.unwrap();
-        assert_eq!(String::from_utf8(w).unwrap(), "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi");
+        let f = ResponseFraming {
+            no_body: false,
+            version: Version::HTTP_11,
+            keep_alive: true,
+            upgrade: false,
+        };
+        write_response(
+            &mut w,
+            &mut out,
+            &parts,
+            crate::http::body::Body::full("hi"),
+            f,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(w).unwrap(),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi"
+        );
         let stream = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
             Ok::<_, BodyError>(Frame::data(Bytes::from("ab"))),
             Ok(Frame::data(Bytes::from("c"))),
         ]));
         let mut w = Vec::new();
-        write_response(&mut w, &mut out, &parts, stream, ResponseFraming { keep_alive: false, ..f }).await.unwrap();
+        write_response(
+            &mut w,
+            &mut out,
+            &parts,
+            stream,
+            ResponseFraming {
+                keep_alive: false,
+                ..f
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(
             String::from_utf8(w).unwrap(),
             "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"

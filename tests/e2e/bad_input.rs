@@ -1,0 +1,209 @@
+//! Bad input: configuration errors name where they are and exit non-zero; malformed requests
+//! get Envoy's status codes, the connection is closed, and other connections keep working.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn validate(yaml: &str) -> (i32, String, String) {
+    let dir = TempDir::new("bad");
+    let p = dir.path("bad.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    run(&["--mode", "validate", "-c", p.to_str().unwrap()])
+}
+
+const HCM_HEAD: &str = r#"static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+          route_config:
+            virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: CLUSTER}}]}]
+"#;
+
+#[test]
+fn malformed_yaml_reports_line_and_column() {
+    let (code, _, err) = validate("static_resources:\n  clusters:\n  - name: [a, b\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("YAML syntax error at line"), "{err}");
+    assert!(err.contains("column"), "{err}");
+}
+
+#[test]
+fn unknown_type_and_unknown_field_name_their_path() {
+    let (code, _, err) = validate(
+        &HCM_HEAD
+            .replace("HttpConnectionManager\n", "NoSuchThing\n")
+            .replace("CLUSTER", "c"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.@type: unknown type 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.NoSuchThing'"), "{err}");
+    let (code, _, err) =
+        validate("static_resources:\n  clusters:\n  - name: c\n    bogus_field: 1\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("static_resources.clusters[0].bogus_field: unknown field in envoy.config.cluster.v3.Cluster"), "{err}");
+    // --allow-unknown-static-fields turns it into a warning.
+    let dir = TempDir::new("unknown");
+    let p = dir.path("c.yaml");
+    std::fs::write(
+        &p,
+        "static_resources:\n  clusters:\n  - name: c\n    bogus_field: 1\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(&[
+        "--mode",
+        "validate",
+        "--allow-unknown-static-fields",
+        "-c",
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn unsupported_values_are_refused_by_path() {
+    let (code, _, err) = validate(
+        "static_resources:\n  clusters:\n  - {name: a}\n  - {name: b}\n  - {name: c, lb_policy: MAGLEV}\n",
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("static_resources.clusters[2].lb_policy: MAGLEV is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn undefined_cluster_is_an_error() {
+    let (code, _, err) = validate(&HCM_HEAD.replace("CLUSTER", "missing"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("references cluster 'missing', which is not defined"),
+        "{err}"
+    );
+    assert!(
+        err.contains("static_resources.listeners[0].filter_chains[0]"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_in_use_names_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let yaml = format!(
+        "{}  clusters:\n{}",
+        HCM_HEAD
+            .replace("CLUSTER", "c")
+            .replace("port_value: 0", &format!("port_value: {port}"))
+            .replace("- name: l\n", "- name: busy_listener\n"),
+        cluster("c", &[closed_port()], "")
+    );
+    let err = match Remora::try_start(&yaml, &[]).await {
+        Ok(_) => panic!("started on a port in use"),
+        Err(e) => e,
+    };
+    assert!(err.contains("listener 'busy_listener'"), "{err}");
+    assert!(
+        err.contains(&format!("cannot bind '127.0.0.1:{port}'")),
+        "{err}"
+    );
+    drop(taken);
+}
+
+async fn proxy() -> (Remora, Upstream) {
+    let u = upstream("u").await;
+    let yaml = format!(
+        "{}  clusters:\n{}",
+        HCM_HEAD.replace("CLUSTER", "c"),
+        cluster("c", &[u.addr], "")
+    );
+    (Remora::start(&yaml).await, u)
+}
+
+async fn still_serving(r: &Remora) {
+    let resp = get(r.addr("l"), "x", "/ok").await;
+    assert_eq!(resp.status, 200);
+}
+
+/// Send raw bytes; returns (status, the connection was closed by the proxy).
+async fn bad(r: &Remora, raw: &[u8]) -> (u16, String) {
+    let bytes = raw_exchange(r.addr("l"), raw, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (status, head, _) = split_response(&bytes);
+    (status, head)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_envoy_codes_and_close() {
+    let (r, u) = proxy().await;
+    // raw_exchange reads to EOF: each of these returning at all means the proxy closed.
+    let (s, head) = bad(&r, b"GARBAGE\r\n\r\n").await;
+    assert_eq!(s, 400, "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
+    let (s, _) = bad(&r, b"GET /\x01bad HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(s, 400);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let (s, _) = bad(&r, big.as_bytes()).await;
+    assert_eq!(s, 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let (s, _) = bad(&r, many.as_bytes()).await;
+    assert_eq!(s, 431);
+    // Smuggling shapes.
+    let (s, _) = bad(&r, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
+    assert_eq!(s, 400);
+    let (s, _) = bad(
+        &r,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = bad(
+        &r,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = bad(
+        &r,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    )
+    .await;
+    assert_eq!(s, 501);
+    let (s, _) = bad(&r, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(s, 400, "missing Host");
+    assert_eq!(
+        u.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the upstream"
+    );
+    still_serving(&r).await;
+    let stats = r.stats().await;
+    assert_eq!(stats["http.l.downstream_cx_protocol_error"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_client_does_not_block_others() {
+    let (r, _u) = proxy().await;
+    // A client that sends half a request head and stalls.
+    let mut stuck = tokio::net::TcpStream::connect(r.addr("l")).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET / HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        still_serving(&r).await;
+    }
+    drop(stuck);
+}

@@ -1,0 +1,637 @@
+//! Test support: the real `remora` binary started on ephemeral ports, real upstream servers
+//! (HTTP/1.1 + HTTP/2 echo with fault paths, gRPC with trailers, WebSocket, TCP echo) on
+//! 127.0.0.1, and small HTTP clients.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "remora-e2e-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            tag
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running remora process.
+pub struct Remora {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub dir: TempDir,
+}
+
+impl Remora {
+    /// Start remora with this bootstrap YAML (admin on an ephemeral port is added if missing).
+    pub async fn start(yaml: &str) -> Remora {
+        Self::start_with(yaml, &[]).await
+    }
+
+    pub async fn start_with(yaml: &str, extra_args: &[&str]) -> Remora {
+        match Self::try_start(yaml, extra_args).await {
+            Ok(r) => r,
+            Err(e) => panic!("remora did not start: {e}"),
+        }
+    }
+
+    pub async fn try_start(yaml: &str, extra_args: &[&str]) -> Result<Remora, String> {
+        let dir = TempDir::new("run");
+        // `RUN_DIR` in a config names this run's scratch directory (access logs and such).
+        let mut yaml = yaml.replace("RUN_DIR", dir.0.to_str().unwrap());
+        if !yaml.contains("\nadmin:") && !yaml.starts_with("admin:") {
+            yaml.push_str(
+                "\nadmin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n",
+            );
+        }
+        let cfg = dir.path("bootstrap.yaml");
+        std::fs::write(&cfg, &yaml).unwrap();
+        let admin_file = dir.path("admin.txt");
+        let stdout = std::fs::File::create(dir.path("stdout.log")).unwrap();
+        let stderr = std::fs::File::create(dir.path("stderr.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&cfg)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--file-flush-interval-msec")
+            .arg("100");
+        if !extra_args.contains(&"--concurrency") {
+            cmd.arg("--concurrency").arg("2");
+        }
+        cmd.args(extra_args);
+        cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let admin: SocketAddr = loop {
+            if let Ok(s) = std::fs::read_to_string(&admin_file)
+                && let Ok(a) = s.trim().parse()
+            {
+                break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(dir.path("stderr.log")).unwrap_or_default();
+                return Err(format!("exited with {status}: {err}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("timed out waiting for the admin address".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut r = Remora {
+            child,
+            admin,
+            listeners: HashMap::new(),
+            dir,
+        };
+        loop {
+            if let Ok((200, body)) = r.admin_get("/ready").await
+                && body.trim() == "LIVE"
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for LIVE".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, listeners) = r
+            .admin_get("/listeners?format=json")
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&listeners).map_err(|e| e.to_string())?;
+        for l in v["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let name = l["name"].as_str().unwrap().to_string();
+            let sa = &l["local_address"]["socket_address"];
+            let addr: SocketAddr = format!(
+                "{}:{}",
+                sa["address"].as_str().unwrap(),
+                sa["port_value"].as_u64().unwrap()
+            )
+            .parse()
+            .unwrap();
+            r.listeners.insert(name, addr);
+        }
+        Ok(r)
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}: {:?}", self.listeners))
+    }
+
+    pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let (s, _, b) = raw_http(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+        )
+        .await?;
+        Ok((s, b))
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        let (s, _, b) = raw_http(self.admin, &format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await.unwrap();
+        (s, b)
+    }
+
+    /// All counters and gauges from `/stats`.
+    pub async fn stats(&self) -> HashMap<String, i64> {
+        let (_, body) = self.admin_get("/stats").await.unwrap();
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn stat(&self, name: &str) -> i64 {
+        self.stats()
+            .await
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+
+    /// Wait until a stat reaches `want` (stats are updated when a stream finishes).
+    pub async fn wait_stat(&self, name: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.stats().await.get(name).copied();
+            if v == Some(want) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("stat {name} is {v:?}, wanted {want}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for the process to exit by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Remora {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `remora` to completion with arguments; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// === clients ===
+
+/// Send raw bytes, read until the peer closes; returns (status, head, body).
+pub async fn raw_http(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, String)> {
+    let bytes = raw_exchange(addr, request.as_bytes(), Duration::from_secs(10)).await?;
+    Ok(split_response(&bytes))
+}
+
+/// Write bytes and read everything until close (or the timeout).
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    Ok(out)
+}
+
+pub fn split_response(bytes: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head, body)
+}
+
+/// A response as tests look at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+    pub version: http::Version,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 or HTTP/2 (prior knowledge) request on a fresh connection.
+pub async fn request(addr: SocketAddr, h2: bool, req: http::Request<Full<Bytes>>) -> Resp {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+        version: parts.version,
+    }
+}
+
+/// A simple GET over HTTP/1.1 with a Host header.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    get_with(addr, host, path, &[]).await
+}
+
+pub async fn get_with(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = http::Request::builder().uri(path).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    request(addr, false, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub fn h2_request(addr: SocketAddr, host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+        .map(|b| {
+            let _ = addr;
+            b
+        })
+}
+
+// === upstreams ===
+
+/// A real HTTP/1.1 + HTTP/2 upstream. Every response carries `x-upstream: <name>`; the body is
+/// JSON describing the request, except on the special paths:
+/// `/status/N` (that status), `/delay/MS` (answer after MS ms), `/large/N` (N bytes),
+/// `/stream/N` (N chunks of 1 KiB, streamed), `/grpc` (gRPC-style answer with trailers),
+/// `/ws` (a WebSocket-style upgrade that echoes bytes), `/slowbody/MS` (headers now, body after MS).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn upstream(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let name_owned = name.to_string();
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name_owned.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle_upstream(&name, req).await)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: name.to_string(),
+        requests,
+        task,
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+async fn handle_upstream(
+    name: &str,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> http::Response<UpBody> {
+    let path = req.uri().path().to_string();
+    let resp = http::Response::builder().header("x-upstream", name);
+    if path == "/ws" {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut reply = b"echo:".to_vec();
+                            reply.extend_from_slice(&buf[..n]);
+                            if io.write_all(&reply).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        return resp
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(Bytes::new()))
+            .unwrap();
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap_or(500);
+        return resp
+            .status(code)
+            .body(full(format!("status {code}")))
+            .unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/large/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return resp.body(full(vec![b'x'; n])).unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/stream/") {
+        let n: usize = n.parse().unwrap_or(1);
+        let chunks = futures_util::stream::iter((0..n).map(|_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b'y'; 1024])))
+        }));
+        return resp
+            .body(http_body_util::StreamBody::new(chunks).boxed())
+            .unwrap();
+    }
+    if let Some(ms) = path.strip_prefix("/slowbody/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        let s = futures_util::stream::once(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                b"late body",
+            )))
+        });
+        return resp
+            .header("content-length", "9")
+            .body(http_body_util::StreamBody::new(s).boxed())
+            .unwrap();
+    }
+    if path.starts_with("/grpc") {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        return resp
+            .header("content-type", "application/grpc")
+            .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            .unwrap();
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let info = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+        "body": String::from_utf8_lossy(&body),
+    });
+    resp.header("content-type", "application/json")
+        .body(full(info.to_string()))
+        .unwrap()
+}
+
+/// A TCP echo server.
+pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A port nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A server that accepts, reads the request, and closes without answering.
+pub async fn closing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+// === configuration snippets ===
+
+/// A static cluster YAML entry.
+pub fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}", a.ip(), a.port()))
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{}\n",
+        eps.join("\n")
+    )
+}
+
+/// An HTTP listener with the given route_config body (indented YAML) and HCM extras.
+pub fn http_listener(name: &str, hcm_extra: &str, virtual_hosts: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{hcm_extra}          route_config:
+            name: {name}_routes
+            virtual_hosts:
+{virtual_hosts}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// A bootstrap with listeners and clusters sections.
+pub fn bootstrap(listeners: &str, clusters: &str) -> String {
+    format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
+}
