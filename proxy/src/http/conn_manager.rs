@@ -134,6 +134,8 @@ pub struct DownstreamConn {
     /// When the connection last had no stream in flight (ms since `opened`).
     idle_since_ms: AtomicU64,
     pub opened: Instant,
+    /// Signalled when the connection should stop taking streams (HTTP/2 max requests reached).
+    pub close_requested: tokio::sync::Notify,
 }
 
 impl DownstreamConn {
@@ -145,6 +147,7 @@ impl DownstreamConn {
             active_streams: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
+            close_requested: tokio::sync::Notify::new(),
         })
     }
 
@@ -369,7 +372,16 @@ impl ConnectionManager {
             Protocol::Http2 => stats.downstream_rq_http2_total.inc(),
             _ => stats.downstream_rq_http1_total.inc(),
         }
-        conn.requests.fetch_add(1, Relaxed);
+        let served = conn.requests.fetch_add(1, Relaxed) + 1;
+        if protocol == Protocol::Http2
+            && self
+                .config
+                .max_requests_per_connection
+                .is_some_and(|m| served >= m as u64)
+        {
+            stats.downstream_cx_max_requests_reached.inc();
+            conn.close_requested.notify_one();
+        }
         let mut info = StreamInfo::new(conn.info.clone());
         info.protocol = Some(protocol);
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);

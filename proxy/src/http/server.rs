@@ -548,6 +548,10 @@ async fn serve_h2(
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
+            _ = conn.close_requested.notified(), if !shutting_down => {
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
         }
     }
 }

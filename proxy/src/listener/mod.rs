@@ -275,13 +275,19 @@ impl ActiveListener {
             application_protocols: app_protocols,
             transport_protocol: transport,
         });
-        let drain = self.drain.subscribe();
         match terminal {
             Terminal::Http(hcm) => {
                 let conn = DownstreamConn::new(info, false);
-                crate::http::server::serve(hcm.clone(), conn, stream, prefix, drain).await;
+                crate::http::server::serve(
+                    hcm.clone(),
+                    conn,
+                    stream,
+                    prefix,
+                    self.drain.subscribe(),
+                )
+                .await;
             }
-            Terminal::Tcp(tcp) => tcp.serve(info, stream, prefix.freeze(), drain).await,
+            Terminal::Tcp(tcp) => tcp.serve(info, stream, prefix.freeze()).await,
         }
         self.closed(opened);
     }

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct TcpStats {
@@ -80,13 +79,9 @@ impl TcpProxyFilter {
     }
 
     /// Proxy one downstream connection. `prefix` holds bytes already read by listener filters.
-    pub async fn serve(
-        &self,
-        conn: Arc<ConnectionInfo>,
-        mut downstream: TcpStream,
-        prefix: Bytes,
-        mut drain: watch::Receiver<bool>,
-    ) {
+    /// A listener drain does not cut established TCP connections; they end with their peers or
+    /// at shutdown, as in Envoy.
+    pub async fn serve(&self, conn: Arc<ConnectionInfo>, mut downstream: TcpStream, prefix: Bytes) {
         self.stats.downstream_cx_total.inc();
         let mut info = StreamInfo::new(conn);
         let cluster_name = self.config.pick_cluster(fastrand::u64(..)).clone();
@@ -195,11 +190,6 @@ impl TcpProxyFilter {
                 None => std::future::pending().await,
             }
         };
-        let drained = async {
-            if drain.wait_for(|d| *d).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
         let closed_locally = tokio::select! {
             r = both => {
                 if r.is_err() {
@@ -217,7 +207,6 @@ impl TcpProxyFilter {
                 info.set_flag(ResponseFlags::DURATION_TIMEOUT);
                 true
             }
-            _ = drained => true,
         };
         if closed_locally {
             upstream.stats.close_locally();
