@@ -306,11 +306,7 @@ impl ConnectionManager {
             h.insert(header::DATE, http_date());
         }
         if self.config.always_set_request_id_in_response
-            && let Some(id) = stream
-                .request
-                .as_ref()
-                .and_then(|r| r.headers.get("x-request-id"))
-                .cloned()
+            && let Some(id) = stream.request_id.clone()
         {
             h.insert("x-request-id", id);
         }
@@ -483,6 +479,9 @@ impl ConnectionManager {
             if regenerate {
                 parts.headers.insert("x-request-id", uuid_v4());
             }
+        }
+        if self.config.always_set_request_id_in_response {
+            stream.request_id = parts.headers.get("x-request-id").cloned();
         }
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());

@@ -293,17 +293,39 @@ async fn serve_h1(
             parts.headers.remove(http::header::EXPECT);
         }
         let req = http::Request::from_parts(parts, Body::H1(body));
-        let resp = hcm
-            .handle(
-                conn,
-                req,
-                if version == http::Version::HTTP_10 {
-                    Protocol::Http10
-                } else {
-                    Protocol::Http11
-                },
-            )
-            .await;
+        let protocol = if version == http::Version::HTTP_10 {
+            Protocol::Http10
+        } else {
+            Protocol::Http11
+        };
+        // With the request body already read (the usual GET), keep reading the connection while
+        // the response is pending: a client that closes is noticed at once and its upstream
+        // request is cancelled (Envoy's DC), instead of when the response is written.
+        let resp = match slot.take() {
+            Some(mut rd) => {
+                let handled = hcm.handle(conn, req, protocol);
+                tokio::pin!(handled);
+                let mut watching = true;
+                let outcome = loop {
+                    tokio::select! {
+                        r = &mut handled => break Some(r),
+                        read = rd.fill(), if watching => match read {
+                            Ok(0) | Err(_) => break None,
+                            // Pipelined bytes stay buffered for the next request.
+                            Ok(_) => watching = rd.buf.len() < hcm.h1_limits.max_header_bytes,
+                        },
+                    }
+                };
+                match outcome {
+                    Some(r) => {
+                        slot.put(rd);
+                        r
+                    }
+                    None => return true,
+                }
+            }
+            None => hcm.handle(conn, req, protocol).await,
+        };
 
         let served = conn.requests.load(std::sync::atomic::Ordering::Relaxed);
         let max_reached = cfg

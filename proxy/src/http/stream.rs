@@ -67,6 +67,8 @@ pub struct ActiveStream {
     pub downstream: Arc<super::conn_manager::DownstreamConn>,
     pub info: StreamInfo,
     pub request: Option<RequestSnapshot>,
+    /// The request's `x-request-id` (for `always_set_request_id_in_response`).
+    pub request_id: Option<http::HeaderValue>,
     pub response_headers: Option<HeaderMap>,
     pub upstream: Option<UpstreamRequest>,
     pub progress: Option<Arc<RequestProgress>>,
@@ -93,6 +95,7 @@ impl ActiveStream {
             downstream,
             info,
             request: None,
+            request_id: None,
             response_headers: None,
             upstream: None,
             progress: None,

@@ -141,7 +141,7 @@ pub struct ReaderSlot {
 }
 
 impl ReaderSlot {
-    fn put(&self, r: Reader) {
+    pub fn put(&self, r: Reader) {
         *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     }
     pub fn take(&self) -> Option<Reader> {
