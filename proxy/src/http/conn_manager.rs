@@ -557,13 +557,7 @@ impl ConnectionManager {
             RouteMatch::RequireTls { .. } => {
                 stats.rq_redirect.inc();
                 let location = format!("https://{authority}{path_and_query}");
-                let mut resp = Response::new(Body::Empty);
-                *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                let resp = redirect_response(StatusCode::MOVED_PERMANENTLY, &location);
                 stream.info.response_code_details = "direct_response";
                 return self.respond(stream, resp, None, None);
             }
@@ -606,13 +600,7 @@ impl ConnectionManager {
                     &path_and_query,
                     matched_len,
                 );
-                let mut resp = Response::new(Body::Empty);
-                *resp.status_mut() = r.code;
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                let mut resp = redirect_response(r.code, &location);
                 stream.info.response_code_details = "direct_response";
                 self.apply_response_mutations(
                     &route_config,
@@ -788,6 +776,18 @@ impl ConnectionManager {
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         stream.finish(super::stream::End::Complete);
     }
+}
+
+/// A redirect with a `location` and no body.
+fn redirect_response(code: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 fn split_port(host: &str) -> Option<(&str, u16)> {

@@ -53,6 +53,19 @@ const ROUTER_CONSUMED: &[&str] = &[
     "x-envoy-hedge-on-per-try-timeout",
 ];
 
+/// What bounds the wait for an upstream response.
+#[derive(Clone, Copy)]
+struct Timers<'a> {
+    /// The downstream request body's progress (absent when the request was complete at once).
+    progress: Option<&'a RequestProgress>,
+    /// The route timeout, counted from the end of the request.
+    route: Option<Duration>,
+    /// The stream idle timeout.
+    idle: Option<Duration>,
+    /// The connection manager's request timeout, as a deadline.
+    request_deadline: Option<Instant>,
+}
+
 enum Failure {
     Connect(pool::ConnectError),
     Timeout,
@@ -248,32 +261,16 @@ pub async fn forward(
     let progress = stream.progress.clone();
     let request_deadline = hcm.config.request_timeout.map(|t| stream.info.start + t);
 
+    let timers = Timers {
+        progress: progress.as_deref(),
+        route: timeout,
+        idle,
+        request_deadline,
+    };
     let result = if use_h2 {
-        send_h2(
-            &cluster,
-            &host,
-            parts,
-            body,
-            progress.as_deref(),
-            timeout,
-            idle,
-            request_deadline,
-            &mut stream,
-        )
-        .await
+        send_h2(&cluster, &host, parts, body, timers, &mut stream).await
     } else {
-        send_h1(
-            &cluster,
-            &host,
-            parts,
-            body,
-            progress.as_deref(),
-            timeout,
-            idle,
-            request_deadline,
-            &mut stream,
-        )
-        .await
+        send_h1(&cluster, &host, parts, body, timers, &mut stream).await
     };
 
     match result {
@@ -501,16 +498,12 @@ fn is_downstream_body_error(e: &hyper::Error) -> bool {
     e.is_user()
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut parts: http::request::Parts,
     body: Body,
-    progress: Option<&RequestProgress>,
-    timeout: Option<Duration>,
-    idle: Option<Duration>,
-    request_deadline: Option<Instant>,
+    timers: Timers<'_>,
     stream: &mut ActiveStream,
 ) -> Result<Response<Incoming>, Failure> {
     parts.version = Version::HTTP_11;
@@ -519,14 +512,7 @@ async fn send_h1(
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = conn.local_addr;
     let req = Request::from_parts(parts, body);
-    let sent = wait(
-        conn.sender.try_send_request(req),
-        progress,
-        timeout,
-        idle,
-        request_deadline,
-    )
-    .await;
+    let sent = wait(conn.sender.try_send_request(req), timers).await;
     let result = match sent {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(mut e)) => {
@@ -539,15 +525,7 @@ async fn send_h1(
                         .await
                         .map_err(Failure::Connect)?;
                     stream.info.upstream_local = conn.local_addr;
-                    match wait(
-                        conn.sender.send_request(req),
-                        progress,
-                        timeout,
-                        idle,
-                        request_deadline,
-                    )
-                    .await
-                    {
+                    match wait(conn.sender.send_request(req), timers).await {
                         Ok(Ok(resp)) => Ok(resp),
                         Ok(Err(e)) => Err(classify(e)),
                         Err(f) => Err(f),
@@ -572,16 +550,12 @@ async fn send_h1(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut parts: http::request::Parts,
     body: Body,
-    progress: Option<&RequestProgress>,
-    timeout: Option<Duration>,
-    idle: Option<Duration>,
-    request_deadline: Option<Instant>,
+    timers: Timers<'_>,
     stream: &mut ActiveStream,
 ) -> Result<Response<Incoming>, Failure> {
     parts.version = Version::HTTP_2;
@@ -606,7 +580,7 @@ async fn send_h2(
         sender.ready().await?;
         sender.send_request(req).await
     };
-    match wait(fut, progress, timeout, idle, request_deadline).await {
+    match wait(fut, timers).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(classify(e)),
         Err(f) => Err(f),
@@ -623,16 +597,16 @@ fn classify(e: hyper::Error) -> Failure {
 
 /// Wait for the upstream response under the route timeout (which starts when the request is
 /// complete), the stream idle timeout, and the connection manager's request timeout.
-async fn wait<F, T>(
-    fut: F,
-    progress: Option<&RequestProgress>,
-    timeout: Option<Duration>,
-    idle: Option<Duration>,
-    request_deadline: Option<Instant>,
-) -> Result<T, Failure>
+async fn wait<F, T>(fut: F, timers: Timers<'_>) -> Result<T, Failure>
 where
     F: Future<Output = T>,
 {
+    let Timers {
+        progress,
+        route: timeout,
+        idle,
+        request_deadline,
+    } = timers;
     let route_timer = async {
         if let Some(p) = progress {
             p.wait_done().await;

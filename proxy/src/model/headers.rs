@@ -37,6 +37,36 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// `request_headers_to_add` / `request_headers_to_remove` of a message.
+    pub fn request(
+        path: &FieldPath,
+        add: &[pb::core::HeaderValueOption],
+        remove: &[String],
+    ) -> Result<Self> {
+        Self::from_proto(
+            path,
+            "request_headers_to_add",
+            add,
+            "request_headers_to_remove",
+            remove,
+        )
+    }
+
+    /// `response_headers_to_add` / `response_headers_to_remove` of a message.
+    pub fn response(
+        path: &FieldPath,
+        add: &[pb::core::HeaderValueOption],
+        remove: &[String],
+    ) -> Result<Self> {
+        Self::from_proto(
+            path,
+            "response_headers_to_add",
+            add,
+            "response_headers_to_remove",
+            remove,
+        )
+    }
+
     pub fn from_proto(
         path: &FieldPath,
         add_field: &str,

@@ -273,18 +273,14 @@ impl RouteConfig {
             virtual_hosts: vhosts,
             index,
             internal_only_headers: internal,
-            request_headers: HeaderMutations::from_proto(
+            request_headers: HeaderMutations::request(
                 path,
-                "request_headers_to_add",
                 request_headers_to_add,
-                "request_headers_to_remove",
                 request_headers_to_remove,
             )?,
-            response_headers: HeaderMutations::from_proto(
+            response_headers: HeaderMutations::response(
                 path,
-                "response_headers_to_add",
                 response_headers_to_add,
-                "response_headers_to_remove",
                 response_headers_to_remove,
             )?,
             most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
@@ -505,18 +501,14 @@ impl VirtualHost {
         Ok(Self {
             name: name.as_str().into(),
             routes: out_routes,
-            request_headers: HeaderMutations::from_proto(
+            request_headers: HeaderMutations::request(
                 path,
-                "request_headers_to_add",
                 request_headers_to_add,
-                "request_headers_to_remove",
                 request_headers_to_remove,
             )?,
-            response_headers: HeaderMutations::from_proto(
+            response_headers: HeaderMutations::response(
                 path,
-                "response_headers_to_add",
                 response_headers_to_add,
-                "response_headers_to_remove",
                 response_headers_to_remove,
             )?,
             require_tls,
@@ -591,18 +583,14 @@ impl Route {
             query_parameters,
             grpc,
             action,
-            request_headers: HeaderMutations::from_proto(
+            request_headers: HeaderMutations::request(
                 path,
-                "request_headers_to_add",
                 request_headers_to_add,
-                "request_headers_to_remove",
                 request_headers_to_remove,
             )?,
-            response_headers: HeaderMutations::from_proto(
+            response_headers: HeaderMutations::response(
                 path,
-                "response_headers_to_add",
                 response_headers_to_add,
-                "response_headers_to_remove",
                 response_headers_to_remove,
             )?,
         })
@@ -983,18 +971,14 @@ fn weighted(path: &FieldPath, w: &pb::route::WeightedCluster) -> Result<Weighted
         out.push(WeightedCluster {
             name: name.as_str().into(),
             weight,
-            request_headers: HeaderMutations::from_proto(
+            request_headers: HeaderMutations::request(
                 &cp,
-                "request_headers_to_add",
                 request_headers_to_add,
-                "request_headers_to_remove",
                 request_headers_to_remove,
             )?,
-            response_headers: HeaderMutations::from_proto(
+            response_headers: HeaderMutations::response(
                 &cp,
-                "response_headers_to_add",
                 response_headers_to_add,
-                "response_headers_to_remove",
                 response_headers_to_remove,
             )?,
             host_rewrite_literal,
