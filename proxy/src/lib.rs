@@ -18,3 +18,4 @@ pub mod upstream;
 /// remora's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod demo;
+pub mod io;

@@ -8,17 +8,15 @@ use super::codec::h1::{
 };
 use super::conn_manager::{ConnectionManager, DownstreamConn};
 use super::router::UpgradeBridge;
+use crate::io::Counted;
 use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
-use crate::telemetry::stats::Counter;
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -115,54 +113,6 @@ async fn wait_drain(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// A read half that counts bytes into `downstream_cx_rx_bytes_total`.
-struct CountingRead<R> {
-    inner: R,
-    counter: Arc<Counter>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for CountingRead<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.counter.add(n as u64);
-        }
-        r
-    }
-}
-
-/// A write half that counts bytes into `downstream_cx_tx_bytes_total`.
-struct CountingWrite<W> {
-    inner: W,
-    counter: Arc<Counter>,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWrite<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.counter.add(n as u64);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// The HTTP/1.1 loop. Returns whether the peer closed the connection (vs. remora closing it).
 async fn serve_h1(
     hcm: &Arc<ConnectionManager>,
@@ -173,14 +123,16 @@ async fn serve_h1(
 ) -> bool {
     let cfg = &hcm.config;
     let (rd, wr) = stream.into_split();
-    let mut wr = CountingWrite {
-        inner: wr,
-        counter: hcm.stats.downstream_cx_tx_bytes_total.clone(),
-    };
-    let rd = CountingRead {
-        inner: rd,
-        counter: hcm.stats.downstream_cx_rx_bytes_total.clone(),
-    };
+    let mut wr = Counted::new(
+        wr,
+        None,
+        Some(hcm.stats.downstream_cx_tx_bytes_total.clone()),
+    );
+    let rd = Counted::new(
+        rd,
+        Some(hcm.stats.downstream_cx_rx_bytes_total.clone()),
+        None,
+    );
     hcm.stats.downstream_cx_rx_bytes_total.add(buf.len() as u64);
     let slot = Arc::new(ReaderSlot::default());
     let mut reader = Reader::new(Box::new(rd), buf);
@@ -430,70 +382,6 @@ async fn tunnel<W: AsyncWrite + Unpin>(
     let _ = bridge.cluster;
 }
 
-/// A stream with bytes already read in front of it (the HTTP/2 preface read for AUTO).
-struct Prefixed {
-    prefix: Bytes,
-    inner: TcpStream,
-    rx: Arc<Counter>,
-    tx: Arc<Counter>,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let chunk = self.prefix.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.rx.add(n as u64);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.tx.add(n as u64);
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.tx.add(n as u64);
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// HTTP/2 through hyper. Returns whether the peer closed the connection.
 async fn serve_h2(
     hcm: &Arc<ConnectionManager>,
@@ -506,12 +394,12 @@ async fn serve_h2(
     hcm.stats
         .downstream_cx_rx_bytes_total
         .add(prefix.len() as u64);
-    let io = Prefixed {
-        prefix,
-        inner: stream,
-        rx: hcm.stats.downstream_cx_rx_bytes_total.clone(),
-        tx: hcm.stats.downstream_cx_tx_bytes_total.clone(),
-    };
+    let io = Counted::new(
+        stream,
+        Some(hcm.stats.downstream_cx_rx_bytes_total.clone()),
+        Some(hcm.stats.downstream_cx_tx_bytes_total.clone()),
+    )
+    .with_prefix(prefix);
     let svc_hcm = hcm.clone();
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

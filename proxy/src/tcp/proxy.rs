@@ -125,7 +125,7 @@ impl TcpProxyFilter {
             self.log(&info);
             return;
         };
-        info.upstream_local = upstream.local_addr();
+        info.upstream_local = upstream.inner.local_addr().ok();
 
         // Copy both ways; activity resets the idle timer.
         let started = Instant::now();
@@ -209,7 +209,7 @@ impl TcpProxyFilter {
             }
         };
         if closed_locally {
-            upstream.stats.close_locally();
+            upstream.keep.close_locally();
         }
         info.bytes_received = rx.load(Relaxed);
         info.bytes_sent = tx.load(Relaxed);

@@ -6,6 +6,7 @@
 use super::cluster::Cluster;
 use super::host::Host;
 use crate::http::body::Body;
+use crate::io::Counted;
 use crate::model::cluster::Keepalive;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -14,12 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Why a connection could not be made (`UF`).
@@ -71,68 +69,9 @@ impl Drop for ConnectionStats {
     }
 }
 
-/// A TCP stream that counts bytes into the cluster's `upstream_cx_{rx,tx}_bytes_total`.
-pub struct CountedStream {
-    inner: TcpStream,
-    cluster: Arc<Cluster>,
-    pub stats: Arc<ConnectionStats>,
-}
-
-impl CountedStream {
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.local_addr().ok()
-    }
-}
-
-impl AsyncRead for CountedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.cluster.stats.upstream_cx_rx_bytes_total.add(n as u64);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for CountedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+/// An upstream TCP connection: bytes counted into the cluster's
+/// `upstream_cx_{rx,tx}_bytes_total`, with its stats guard living as long as the connection.
+pub type CountedStream = Counted<TcpStream, Arc<ConnectionStats>>;
 
 pub fn set_keepalive(sock: &TcpStream, ka: &Option<Keepalive>) {
     let Some(ka) = ka else { return };
@@ -191,11 +130,12 @@ pub async fn connect(
         opened: Instant::now(),
         closed_locally: AtomicBool::new(false),
     });
-    Ok(CountedStream {
-        inner: stream,
-        cluster: cluster.clone(),
-        stats,
-    })
+    Ok(Counted::new(
+        stream,
+        Some(s.upstream_cx_rx_bytes_total.clone()),
+        Some(s.upstream_cx_tx_bytes_total.clone()),
+    )
+    .keeping(stats))
 }
 
 // === HTTP/1.1 pool ===
@@ -320,8 +260,8 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
 /// A fresh HTTP/1.1 connection.
 pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
     let stream = connect(cluster, host).await?;
-    let stats = stream.stats.clone();
-    let local_addr = stream.local_addr();
+    let stats = stream.keep.clone();
+    let local_addr = stream.inner.local_addr().ok();
     let (sender, conn) = http1::Builder::new()
         .handshake::<_, Body>(TokioIo::new(stream))
         .await
@@ -397,8 +337,8 @@ pub async fn acquire_h2(
 
 async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
     let stream = connect(cluster, host).await?;
-    let stats = stream.stats.clone();
-    let local = stream.local_addr();
+    let stats = stream.keep.clone();
+    let local = stream.inner.local_addr().ok();
     let h2 = &cluster.config.http2;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(h2.initial_stream_window_size)

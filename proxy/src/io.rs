@@ -1,0 +1,137 @@
+//! A byte-counting stream wrapper shared by downstream and upstream connections: counts reads
+//! and writes into stats counters, can replay bytes already read (by a listener filter or the
+//! codec detection) before reading the socket, and can own something that must live exactly as
+//! long as the connection (an upstream connection's stats guard).
+
+use crate::telemetry::stats::Counter;
+use bytes::{Buf, Bytes};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub struct Counted<T, K = ()> {
+    pub inner: T,
+    prefix: Bytes,
+    rx: Option<Arc<Counter>>,
+    tx: Option<Arc<Counter>>,
+    /// Dropped with the connection.
+    pub keep: K,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T, rx: Option<Arc<Counter>>, tx: Option<Arc<Counter>>) -> Self {
+        Self {
+            inner,
+            prefix: Bytes::new(),
+            rx,
+            tx,
+            keep: (),
+        }
+    }
+}
+
+impl<T, K> Counted<T, K> {
+    pub fn keeping<K2>(self, keep: K2) -> Counted<T, K2> {
+        Counted {
+            inner: self.inner,
+            prefix: self.prefix,
+            rx: self.rx,
+            tx: self.tx,
+            keep,
+        }
+    }
+
+    /// Bytes to return before reading `inner` (they are not counted again).
+    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
+        self.prefix = prefix;
+        self
+    }
+}
+
+impl<T: AsyncRead + Unpin, K: Unpin> AsyncRead for Counted<T, K> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0
+            && let Some(c) = &self.rx
+        {
+            c.add(n as u64);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin, K: Unpin> AsyncWrite for Counted<T, K> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(c)) = (&r, &self.tx) {
+            c.add(*n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(c)) = (&r, &self.tx) {
+            c.add(*n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counts_and_replays_prefix() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let rx = Arc::new(Counter::default());
+        let tx = Arc::new(Counter::default());
+        let mut c = Counted::new(a, Some(rx.clone()), Some(tx.clone()))
+            .with_prefix(Bytes::from_static(b"pre"));
+        b.write_all(b"-body").await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = c.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"pre");
+        let n = c.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"-body");
+        assert_eq!(rx.value(), 5);
+        c.write_all(b"xyz").await.unwrap();
+        assert_eq!(tx.value(), 3);
+    }
+}
