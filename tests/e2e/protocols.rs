@@ -230,3 +230,27 @@ async fn curl_http11_and_h2c_prior_knowledge() {
         assert!(text.contains("x-upstream: u"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_listener() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED ipv6_listener: no IPv6 loopback on this machine");
+        return;
+    }
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: u}\n";
+    let listener = http_listener("v6", "", vhosts).replace(
+        "address: 127.0.0.1, port_value: 0",
+        "address: \"::1\", port_value: 0",
+    );
+    let r = Remora::start(&bootstrap(&listener, &cluster("u", &[u.addr], ""))).await;
+    let addr = r.addr("v6");
+    assert!(addr.is_ipv6());
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(resp.status, 200);
+    let stats = r.stats().await;
+    assert_eq!(
+        stats[&format!("listener.[::1]_{}.downstream_cx_total", addr.port())],
+        1
+    );
+}

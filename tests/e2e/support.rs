@@ -140,13 +140,8 @@ impl Remora {
         {
             let name = l["name"].as_str().unwrap().to_string();
             let sa = &l["local_address"]["socket_address"];
-            let addr: SocketAddr = format!(
-                "{}:{}",
-                sa["address"].as_str().unwrap(),
-                sa["port_value"].as_u64().unwrap()
-            )
-            .parse()
-            .unwrap();
+            let ip: std::net::IpAddr = sa["address"].as_str().unwrap().parse().unwrap();
+            let addr = SocketAddr::new(ip, sa["port_value"].as_u64().unwrap() as u16);
             r.listeners.insert(name, addr);
         }
         Ok(r)

@@ -158,8 +158,13 @@ impl ActiveListener {
                     .map_err(|e| err(local_address, e))?,
                 )),
                 NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
-                    TcpProxyFilter::new(t.clone(), store, clusters.clone())
-                        .map_err(|e| err(local_address, e))?,
+                    TcpProxyFilter::new(
+                        t.clone(),
+                        store,
+                        clusters.clone(),
+                        config.per_connection_buffer_limit_bytes,
+                    )
+                    .map_err(|e| err(local_address, e))?,
                 )),
             })
         };

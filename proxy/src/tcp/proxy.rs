@@ -33,6 +33,9 @@ pub struct TcpProxyFilter {
     pub stats: TcpStats,
     clusters: Arc<ClusterManager>,
     access_logs: Vec<AccessLogger>,
+    /// Bytes read per direction at a time: the listener's per_connection_buffer_limit_bytes,
+    /// capped at 16 KiB (what is read is written before more is read).
+    chunk: usize,
 }
 
 impl TcpProxyFilter {
@@ -40,6 +43,7 @@ impl TcpProxyFilter {
         config: Arc<TcpProxy>,
         store: &Arc<Store>,
         clusters: Arc<ClusterManager>,
+        buffer_limit: u32,
     ) -> io::Result<Self> {
         let p = format!("tcp.{}.", config.stat_prefix);
         let c = |n: &str| store.counter(&format!("{p}{n}"));
@@ -61,6 +65,7 @@ impl TcpProxyFilter {
             stats,
             clusters,
             access_logs,
+            chunk: (buffer_limit as usize).clamp(1024, 16 * 1024),
         })
     }
 
@@ -142,7 +147,7 @@ impl TcpProxyFilter {
                     .downstream_cx_rx_bytes_total
                     .add(prefix.len() as u64);
             }
-            let mut buf = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; self.chunk];
             loop {
                 let n = d_rd.read(&mut buf).await?;
                 if n == 0 {
@@ -156,7 +161,7 @@ impl TcpProxyFilter {
             }
         };
         let up_to_down = async {
-            let mut buf = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; self.chunk];
             loop {
                 let n = u_rd.read(&mut buf).await?;
                 if n == 0 {
