@@ -1,0 +1,365 @@
+//! Systems under test: `direct` (no proxy), `remora`, and, when installed, `nginx` and `haproxy`
+//! configured as equivalent plain reverse proxies (upstream keep-alive, the same worker count).
+//! The harness writes every configuration itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Direct,
+    Remora,
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Remora => "remora",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "direct" => Kind::Direct,
+            "remora" => Kind::Remora,
+            "nginx" => Kind::Nginx,
+            "haproxy" => Kind::Haproxy,
+            _ => return None,
+        })
+    }
+}
+
+/// How a system is set up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub upstream: SocketAddr,
+    pub workers: usize,
+    /// Serve HTTP/2 (h2c, prior knowledge) to clients.
+    pub h2: bool,
+    /// CPU list for the proxy process (`taskset -c`), when pinning.
+    pub cpus: Option<String>,
+    pub remora_bin: PathBuf,
+    pub work_dir: PathBuf,
+    /// Use remora's demo-style bootstrap with a stdout access log (for the idle RSS target).
+    pub access_log: bool,
+}
+
+/// A started system.
+pub struct Running {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Running {
+    /// A process the harness started for the whole run (the nginx upstream), stopped on drop.
+    pub fn process(addr: SocketAddr, child: Child) -> Self {
+        Self {
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a peer binary is installed.
+pub fn installed(kind: Kind) -> bool {
+    match kind {
+        Kind::Direct | Kind::Remora => true,
+        Kind::Nginx => which("nginx").is_some(),
+        Kind::Haproxy => which("haproxy").is_some(),
+    }
+}
+
+pub fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(
+    program: &Path,
+    args: &[String],
+    cpus: &Option<String>,
+    log: &Path,
+) -> std::io::Result<Child> {
+    let log_file = std::fs::File::create(log)?;
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    cmd.spawn()
+}
+
+/// Wait until something accepts and answers HTTP/1.1 on `addr` (or, for HTTP/2-only
+/// listeners, accepts connections).
+fn wait_ready(
+    addr: SocketAddr,
+    child: &mut Child,
+    log: &Path,
+    h2_only: bool,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(std::io::Error::other(format!(
+                "exited with {status}: {log}"
+            )));
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            if h2_only {
+                return Ok(());
+            }
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(
+                format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .is_ok()
+            {
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(format!("not answering on {addr}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
+    if kind == Kind::Direct {
+        return Ok(Running {
+            addr: s.upstream,
+            child: None,
+        });
+    }
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("literal");
+    let dir = s.work_dir.join(kind.name());
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("output.log");
+    let (program, args) = match kind {
+        Kind::Remora => {
+            let cfg = dir.join("bootstrap.yaml");
+            std::fs::write(&cfg, remora_config(port, s.upstream, s.h2, s.access_log))?;
+            (
+                s.remora_bin.clone(),
+                vec![
+                    "-c".into(),
+                    cfg.display().to_string(),
+                    "--concurrency".into(),
+                    s.workers.to_string(),
+                    "-l".into(),
+                    "warning".into(),
+                ],
+            )
+        }
+        Kind::Nginx => {
+            let cfg = dir.join("nginx.conf");
+            std::fs::write(&cfg, nginx_config(port, s.upstream, s.workers, s.h2, &dir))?;
+            (
+                which("nginx").ok_or_else(|| std::io::Error::other("nginx not installed"))?,
+                vec![
+                    "-c".into(),
+                    cfg.display().to_string(),
+                    "-p".into(),
+                    dir.display().to_string(),
+                ],
+            )
+        }
+        Kind::Haproxy => {
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(
+                &cfg,
+                haproxy_config(port, s.upstream, s.workers, s.h2, fd_limit()),
+            )?;
+            (
+                which("haproxy").ok_or_else(|| std::io::Error::other("haproxy not installed"))?,
+                vec!["-f".into(), cfg.display().to_string(), "-db".into()],
+            )
+        }
+        Kind::Direct => unreachable!(),
+    };
+    let mut child = spawn(&program, &args, &s.cpus, &log)?;
+    // nginx and HAProxy serve h2c only with prior knowledge on an HTTP/2 listener.
+    wait_ready(addr, &mut child, &log, s.h2 && kind != Kind::Remora)?;
+    Ok(Running {
+        addr,
+        child: Some(child),
+    })
+}
+
+/// remora: one listener routing everything to one static cluster, upstream HTTP/1.1.
+pub fn remora_config(port: u16, upstream: SocketAddr, _h2: bool, access_log: bool) -> String {
+    let log = if access_log {
+        "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+{log}          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
+"#,
+        upstream.ip(),
+        upstream.port()
+    )
+}
+
+/// nginx as a plain reverse proxy with upstream keep-alive.
+pub fn nginx_config(
+    port: u16,
+    upstream: SocketAddr,
+    workers: usize,
+    h2: bool,
+    dir: &Path,
+) -> String {
+    let http2 = if h2 { " http2" } else { "" };
+    let d = dir.display();
+    format!(
+        r#"worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 32768; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 3600s;
+  upstream backend {{ server {upstream}; keepalive 256; keepalive_requests 1000000; keepalive_timeout 3600s; }}
+  server {{
+    listen 127.0.0.1:{port}{http2};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// HAProxy as a plain reverse proxy with upstream keep-alive (`http-reuse always`).
+/// The harness's file-descriptor limit (raised to the hard limit at start).
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}
+
+pub fn haproxy_config(
+    port: u16,
+    upstream: SocketAddr,
+    workers: usize,
+    h2: bool,
+    fd_limit: u64,
+) -> String {
+    let proto = if h2 { " proto h2" } else { "" };
+    // HAProxy needs two descriptors per proxied connection and refuses to start above the limit.
+    let maxconn = fd_limit.saturating_sub(200) / 2;
+    format!(
+        r#"global
+  nbthread {workers}
+  maxconn {maxconn}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 3600s
+  timeout server 3600s
+  timeout http-keep-alive 3600s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:{port}{proto}
+  default_backend up
+backend up
+  server s1 {upstream}
+"#
+    )
+}
