@@ -322,33 +322,11 @@ pub fn open_idle(target: SocketAddr, n: usize, parallel: usize) -> Vec<std::net:
             let sem = sem.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.ok()?;
-                let mut s = TcpStream::connect(target).await.ok()?;
-                s.write_all(format!("GET /bench HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+                // A proxy at its connection limit never answers: give each connection 10 s.
+                tokio::time::timeout(Duration::from_secs(10), idle_one(target))
                     .await
-                    .ok()?;
-                let mut buf = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let k = s.read(&mut chunk).await.ok()?;
-                    if k == 0 {
-                        return None;
-                    }
-                    buf.extend_from_slice(&chunk[..k]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                s.into_std().ok()
+                    .ok()
+                    .flatten()
             }));
         }
         let mut out = Vec::with_capacity(n);
@@ -359,4 +337,38 @@ pub fn open_idle(target: SocketAddr, n: usize, parallel: usize) -> Vec<std::net:
         }
         out
     })
+}
+
+async fn idle_one(target: SocketAddr) -> Option<std::net::TcpStream> {
+    {
+        {
+            let mut s = TcpStream::connect(target).await.ok()?;
+            s.write_all(format!("GET /bench HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 4096];
+            loop {
+                let k = s.read(&mut chunk).await.ok()?;
+                if k == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            s.into_std().ok()
+        }
+    }
 }

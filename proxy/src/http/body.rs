@@ -17,6 +17,8 @@ pub enum Body {
     Hyper(hyper::body::Incoming),
     /// A downstream HTTP/1 request body read by the codec.
     H1(super::codec::h1::RequestBody),
+    /// An upstream HTTP/1 response body read by the client codec.
+    H1Upstream(super::codec::h1_client::ResponseBody),
     /// A response body with its stream's accounting (stats, timeouts, access log at the end).
     Tracked(Box<super::stream::TrackedBody>),
     /// A request body whose progress the router watches (end of request, activity, bytes).
@@ -32,6 +34,7 @@ impl std::fmt::Debug for Body {
             Body::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
             Body::Hyper(_) => f.write_str("Body::Hyper"),
             Body::H1(_) => f.write_str("Body::H1"),
+            Body::H1Upstream(_) => f.write_str("Body::H1Upstream"),
             Body::Tracked(_) => f.write_str("Body::Tracked"),
             Body::Watched(_) => f.write_str("Body::Watched"),
             Body::Boxed(_) => f.write_str("Body::Boxed"),
@@ -65,6 +68,7 @@ impl HttpBody for Body {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BodyError),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
+            Body::H1Upstream(b) => Pin::new(b).poll_frame(cx),
             Body::Tracked(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::Watched(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::Boxed(b) => b.as_mut().poll_frame(cx),
@@ -77,6 +81,7 @@ impl HttpBody for Body {
             Body::Full(b) => b.is_none(),
             Body::Hyper(h) => h.is_end_stream(),
             Body::H1(b) => b.is_end_stream(),
+            Body::H1Upstream(b) => b.is_end_stream(),
             Body::Tracked(b) => b.is_end_stream(),
             Body::Watched(b) => b.is_end_stream(),
             Body::Boxed(b) => b.is_end_stream(),
@@ -89,6 +94,7 @@ impl HttpBody for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Hyper(h) => h.size_hint(),
             Body::H1(b) => b.size_hint(),
+            Body::H1Upstream(b) => b.size_hint(),
             Body::Tracked(b) => b.size_hint(),
             Body::Watched(b) => b.size_hint(),
             Body::Boxed(b) => b.size_hint(),

@@ -4,6 +4,7 @@
 //! details and local-reply body.
 
 use super::body::Body;
+use super::codec::h1_client;
 use super::conn_manager::ConnectionManager;
 use super::local_reply::bodies;
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
@@ -18,11 +19,11 @@ use crate::upstream::host::Host;
 use crate::upstream::{lb, pool};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// The route decision the connection manager hands to the router.
 pub struct Forward<'a> {
@@ -38,7 +39,9 @@ pub struct Forward<'a> {
 /// The upstream half of a WebSocket (or other HTTP/1.1 upgrade) that the downstream codec
 /// joins to the client once the 101 response is written.
 pub struct UpgradeBridge {
-    pub upstream: hyper::upgrade::OnUpgrade,
+    pub upstream: pool::CountedStream,
+    /// Bytes the upstream sent after its 101 response head.
+    pub leftover: bytes::BytesMut,
     pub cluster: Arc<Cluster>,
 }
 
@@ -71,7 +74,12 @@ enum Failure {
     Timeout,
     Idle,
     RequestTimeout,
-    Upstream(hyper::Error),
+    /// The upstream closed or reset the connection before a response (`UC`).
+    Terminated,
+    /// The upstream reset the stream (HTTP/2 RST_STREAM, `UR`).
+    RemoteReset,
+    /// The upstream's response was not valid HTTP (`UPE`).
+    Protocol,
     DownstreamGone,
 }
 
@@ -253,7 +261,6 @@ pub async fn forward(
         cluster: cluster.clone(),
         host: host.clone(),
         started,
-        h1: None,
         internal: f.internal,
         dynamic_stats: router.dynamic_stats,
     });
@@ -319,19 +326,8 @@ pub async fn forward(
                     + t
             });
             if status == 101 && f.upgrade {
-                let on_upgrade = hyper::upgrade::on(&mut resp);
-                if let Some(c) = stream.upstream.as_mut().and_then(|u| u.h1.take()) {
-                    c.discard();
-                }
-                resp.extensions_mut()
-                    .insert(Arc::new(std::sync::Mutex::new(Some(UpgradeBridge {
-                        upstream: on_upgrade,
-                        cluster: cluster.clone(),
-                    }))));
-                let resp = resp.map(|_| Body::Empty);
                 return hcm.respond(stream, resp, None, None);
             }
-            let resp = resp.map(Body::Hyper);
             hcm.respond(stream, resp, deadline, idle)
         }
         Err(failure) => fail(hcm, stream, &cluster, &host, failure),
@@ -420,30 +416,24 @@ fn fail(
                     ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
                 )
             }
-            Failure::Upstream(e) => {
-                if is_remote_reset(&e) {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        bodies::REMOTE_RESET.into(),
-                        "upstream_reset_before_response_started{remote_reset}",
-                        ResponseFlags::UPSTREAM_REMOTE_RESET,
-                    )
-                } else if e.is_parse() {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        bodies::PROTOCOL_ERROR.into(),
-                        "upstream_reset_before_response_started{protocol_error}",
-                        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                    )
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        bodies::CONNECTION_TERMINATION.into(),
-                        "upstream_reset_before_response_started{connection_termination}",
-                        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                    )
-                }
-            }
+            Failure::RemoteReset => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                bodies::REMOTE_RESET.into(),
+                "upstream_reset_before_response_started{remote_reset}",
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+            ),
+            Failure::Protocol => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                bodies::PROTOCOL_ERROR.into(),
+                "upstream_reset_before_response_started{protocol_error}",
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            ),
+            Failure::Terminated => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                bodies::CONNECTION_TERMINATION.into(),
+                "upstream_reset_before_response_started{connection_termination}",
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            ),
         };
     if flags != ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION {
         charge_upstream(&stream, status.as_u16());
@@ -464,9 +454,6 @@ fn fail(
         if up.dynamic_stats {
             let ms = up.started.elapsed().as_millis() as u64;
             up.cluster.stats.upstream_rq_time.record(ms);
-        }
-        if let Some(c) = up.h1 {
-            c.discard();
         }
     }
     hcm.local_reply(stream, status, &body, details, flags)
@@ -505,48 +492,101 @@ async fn send_h1(
     body: Body,
     timers: Timers<'_>,
     stream: &mut ActiveStream,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Body>, Failure> {
     parts.version = Version::HTTP_11;
     let mut conn = pool::acquire_h1(cluster, host)
         .await
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = conn.local_addr;
-    let req = Request::from_parts(parts, body);
-    let sent = wait(conn.sender.try_send_request(req), timers).await;
-    let result = match sent {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(mut e)) => {
-            // A pooled connection that closed before the request went out: the request was
-            // never sent, so it is safe to send it once more on a fresh connection.
-            match (conn.reused, e.take_message()) {
-                (true, Some(req)) => {
-                    conn.discard();
-                    conn = pool::connect_h1(cluster, host)
-                        .await
-                        .map_err(Failure::Connect)?;
-                    stream.info.upstream_local = conn.local_addr;
-                    match wait(conn.sender.send_request(req), timers).await {
-                        Ok(Ok(resp)) => Ok(resp),
-                        Ok(Err(e)) => Err(classify(e)),
-                        Err(f) => Err(f),
-                    }
-                }
-                _ => Err(classify(e.into_error())),
-            }
-        }
-        Err(f) => Err(f),
-    };
-    match result {
-        Ok(resp) => {
-            if let Some(up) = stream.upstream.as_mut() {
-                up.h1 = Some(conn);
-            }
-            Ok(resp)
-        }
-        Err(f) => {
+    let head_request = parts.method == http::Method::HEAD;
+    let mut out = h1_client::take_buffer();
+    let result = wait(
+        exchange_h1(
+            cluster,
+            host,
+            &mut conn,
+            &parts,
+            body,
+            head_request,
+            &mut out,
+        ),
+        timers,
+    )
+    .await;
+    h1_client::give_buffer(out);
+    stream.info.upstream_local = conn.local_addr;
+    let head = match result {
+        Ok(Ok(head)) => head,
+        Ok(Err(f)) | Err(f) => {
             conn.discard();
-            Err(f)
+            return Err(f);
         }
+    };
+    let h1_client::ResponseHead {
+        parts: resp_parts,
+        framing,
+        keep_alive,
+    } = head;
+    if resp_parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        let (io, leftover) = conn.into_parts();
+        let mut resp = Response::from_parts(resp_parts, Body::Empty);
+        resp.extensions_mut()
+            .insert(Arc::new(std::sync::Mutex::new(Some(UpgradeBridge {
+                upstream: io,
+                leftover,
+                cluster: cluster.clone(),
+            }))));
+        return Ok(resp);
+    }
+    Ok(Response::from_parts(
+        resp_parts,
+        Body::H1Upstream(h1_client::ResponseBody::new(conn, framing, keep_alive)),
+    ))
+}
+
+/// Write the request and read the response head. A pooled connection that turns out to be
+/// closed before any response byte arrives is replaced once by a fresh connection, if the
+/// whole request could be written again (the classic keep-alive race that gives 503 UC).
+async fn exchange_h1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    conn: &mut pool::H1Conn,
+    parts: &http::request::Parts,
+    body: Body,
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Result<h1_client::ResponseHead, Failure> {
+    use h1_client::{RecvError, SendError};
+    let replayable = match h1_client::write_request(conn, parts, body, out).await {
+        Ok(r) => r,
+        Err(SendError::Body(_)) => return Err(Failure::DownstreamGone),
+        Err(SendError::Io(_)) if conn.reused => true,
+        // The upstream may have answered early and closed; read what it said.
+        Err(SendError::Io(_)) => false,
+    };
+    match h1_client::read_response(conn, head_request).await {
+        Ok(head) => Ok(head),
+        Err(RecvError::Closed) if conn.reused && replayable => {
+            let fresh = pool::connect_h1(cluster, host)
+                .await
+                .map_err(Failure::Connect)?;
+            std::mem::replace(conn, fresh).discard();
+            conn.io
+                .write_all(out)
+                .await
+                .map_err(|_| Failure::Terminated)?;
+            h1_client::read_response(conn, head_request)
+                .await
+                .map_err(recv_failure)
+        }
+        Err(e) => Err(recv_failure(e)),
+    }
+}
+
+fn recv_failure(e: h1_client::RecvError) -> Failure {
+    match e {
+        h1_client::RecvError::Closed | h1_client::RecvError::Io(_) => Failure::Terminated,
+        h1_client::RecvError::Protocol(_) => Failure::Protocol,
     }
 }
 
@@ -557,7 +597,7 @@ async fn send_h2(
     body: Body,
     timers: Timers<'_>,
     stream: &mut ActiveStream,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Body>, Failure> {
     parts.version = Version::HTTP_2;
     let authority = parts
         .headers
@@ -581,7 +621,7 @@ async fn send_h2(
         sender.send_request(req).await
     };
     match wait(fut, timers).await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
         Ok(Err(e)) => Err(classify(e)),
         Err(f) => Err(f),
     }
@@ -590,8 +630,12 @@ async fn send_h2(
 fn classify(e: hyper::Error) -> Failure {
     if is_downstream_body_error(&e) {
         Failure::DownstreamGone
+    } else if is_remote_reset(&e) {
+        Failure::RemoteReset
+    } else if e.is_parse() {
+        Failure::Protocol
     } else {
-        Failure::Upstream(e)
+        Failure::Terminated
     }
 }
 

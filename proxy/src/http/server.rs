@@ -359,27 +359,33 @@ async fn tunnel<W: AsyncWrite + Unpin>(
     mut wr: W,
     bridge: UpgradeBridge,
 ) {
-    let Ok(upgraded) = bridge.upstream.await else {
-        return;
-    };
     hcm.stats.downstream_cx_upgrades_total.inc();
     hcm.stats.downstream_cx_upgrades_active.inc();
-    let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upgraded));
-    let leftover = std::mem::take(&mut reader.buf);
+    let UpgradeBridge {
+        upstream,
+        leftover: upstream_early,
+        cluster: _,
+    } = bridge;
+    let guard = upstream.keep.clone();
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
+    let downstream_early = std::mem::take(&mut reader.buf);
     let down_to_up = async {
-        if !leftover.is_empty() {
-            up_wr.write_all(&leftover).await?;
+        if !downstream_early.is_empty() {
+            up_wr.write_all(&downstream_early).await?;
         }
         tokio::io::copy(&mut reader.io, &mut up_wr).await?;
         up_wr.shutdown().await
     };
     let up_to_down = async {
+        if !upstream_early.is_empty() {
+            wr.write_all(&upstream_early).await?;
+        }
         tokio::io::copy(&mut up_rd, &mut wr).await?;
         wr.shutdown().await
     };
     let _ = tokio::join!(down_to_up, up_to_down);
+    guard.close_locally();
     hcm.stats.downstream_cx_upgrades_active.dec();
-    let _ = bridge.cluster;
 }
 
 /// HTTP/2 through hyper. Returns whether the peer closed the connection.

@@ -9,7 +9,6 @@ use crate::stream_info::{ResponseFlags, StreamInfo};
 use crate::telemetry::format::{FormatContext, RequestView};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
-use crate::upstream::pool::H1Conn;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -36,16 +35,8 @@ pub struct UpstreamRequest {
     pub cluster: Arc<Cluster>,
     pub host: Arc<Host>,
     pub started: Instant,
-    /// The HTTP/1.1 connection, returned to the pool when the response ends cleanly.
-    pub h1: Option<H1Conn>,
     pub internal: bool,
     pub dynamic_stats: bool,
-}
-
-impl std::fmt::Debug for H1Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("H1Conn")
-    }
 }
 
 /// How a stream ended.
@@ -137,24 +128,11 @@ impl ActiveStream {
                     s.external_rq_time.record(elapsed)
                 }
             }
+            // The upstream connection itself goes back to its pool from the response body.
             match end {
-                End::Complete => {
-                    if let Some(c) = up.h1 {
-                        c.release();
-                    }
-                }
-                End::UpstreamReset => {
-                    s.upstream_rq_rx_reset.inc();
-                    if let Some(c) = up.h1 {
-                        c.discard();
-                    }
-                }
-                End::Timeout(_) | End::DownstreamGone => {
-                    s.upstream_rq_tx_reset.inc();
-                    if let Some(c) = up.h1 {
-                        c.discard();
-                    }
-                }
+                End::Complete => {}
+                End::UpstreamReset => s.upstream_rq_rx_reset.inc(),
+                End::Timeout(_) | End::DownstreamGone => s.upstream_rq_tx_reset.inc(),
             }
         }
         let hcm = self.hcm.clone();

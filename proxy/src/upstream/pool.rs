@@ -1,6 +1,6 @@
 //! Upstream connections: TCP connect with Envoy's connect timeout and connection stats, and
-//! per-worker HTTP/1.1 (keep-alive reuse) and HTTP/2 (multiplexed) pools over hyper's client
-//! connections. Pools belong to the worker thread that uses them; nothing here is shared
+//! per-worker HTTP/1.1 pools (keep-alive reuse; remora's own client codec, see
+//! `http::codec::h1_client`) and HTTP/2 pools (multiplexed, hyper's client). Pools belong to the worker thread that uses them; nothing here is shared
 //! between workers except the stats atomics.
 
 use super::cluster::Cluster;
@@ -8,15 +8,17 @@ use super::host::Host;
 use crate::http::body::Body;
 use crate::io::Counted;
 use crate::model::cluster::Keepalive;
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -140,21 +142,48 @@ pub async fn connect(
 
 // === HTTP/1.1 pool ===
 
-/// A pooled HTTP/1.1 connection in use by one request.
+/// An HTTP/1.1 connection owned by one request at a time (no connection task): the request is
+/// written and the response read by the request's own task.
 pub struct H1Conn {
-    pub sender: http1::SendRequest<Body>,
-    stats: Arc<ConnectionStats>,
+    pub io: CountedStream,
+    /// Bytes read from the upstream and not consumed yet.
+    pub buf: BytesMut,
     host: Arc<Host>,
     cluster: Arc<Cluster>,
     created: Instant,
     served: u32,
-    /// Taken from the pool (not freshly connected): its failure before sending may be retried.
+    /// Taken from the pool (not freshly connected): a failure before any response byte may be
+    /// retried once on a new connection.
     pub reused: bool,
     pub local_addr: Option<std::net::SocketAddr>,
 }
 
 impl H1Conn {
-    /// Return the connection to this worker's pool (after the response ended cleanly).
+    fn stats(&self) -> &Arc<ConnectionStats> {
+        &self.io.keep
+    }
+
+    /// Read more bytes into `buf`; `Ok(0)` on end of stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(16 * 1024);
+        }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// An idle connection is usable when nothing happened on it: readable would mean the
+    /// upstream closed it (or sent something unasked). Reading the last response ended with a
+    /// short read, which clears readiness, so this needs no system call.
+    fn idle_and_open(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.buf.is_empty() && self.io.inner.poll_read_ready(&mut cx).is_pending()
+    }
+
+    /// Return the connection to this worker's pool (after a response ended cleanly).
     pub fn release(mut self) {
         self.served += 1;
         let cfg = &self.cluster.config;
@@ -163,15 +192,15 @@ impl H1Conn {
             .is_some_and(|max| self.served >= max)
         {
             self.cluster.stats.upstream_cx_max_requests.inc();
-            self.stats.close_locally();
+            self.stats().close_locally();
             return;
         }
         if cfg
             .max_connection_duration
             .is_some_and(|d| self.created.elapsed() >= d)
-            || self.sender.is_closed()
+            || !self.buf.is_empty()
         {
-            self.stats.close_locally();
+            self.stats().close_locally();
             return;
         }
         let host_id = self.host.id;
@@ -190,9 +219,14 @@ impl H1Conn {
         });
     }
 
-    /// Give up the connection without reuse (upgrade, error, incomplete response).
+    /// Close the connection (upgrade, error, incomplete response).
     pub fn discard(self) {
-        self.stats.close_locally();
+        self.stats().close_locally();
+    }
+
+    /// The raw stream and the bytes read past the response head (for an upgrade).
+    pub fn into_parts(self) -> (CountedStream, BytesMut) {
+        (self.io, self.buf)
     }
 }
 
@@ -242,39 +276,24 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
             conn.discard();
             continue;
         }
-        if conn.sender.is_closed() {
+        if !conn.idle_and_open() {
+            // Closed by the upstream while idle: not a local close.
             continue;
         }
-        // The connection finishes its previous response before it is ready again.
-        match tokio::time::timeout(Duration::from_millis(50), conn.sender.ready()).await {
-            Ok(Ok(())) => {
-                conn.reused = true;
-                return Ok(conn);
-            }
-            _ => conn.discard(),
-        }
+        conn.reused = true;
+        return Ok(conn);
     }
     connect_h1(cluster, host).await
 }
 
 /// A fresh HTTP/1.1 connection.
 pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
-    let stream = connect(cluster, host).await?;
-    let stats = stream.keep.clone();
-    let local_addr = stream.inner.local_addr().ok();
-    let (sender, conn) = http1::Builder::new()
-        .handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
+    let io = connect(cluster, host).await?;
+    let local_addr = io.inner.local_addr().ok();
     cluster.stats.upstream_cx_http1_total.inc();
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
-        }
-    });
     Ok(H1Conn {
-        sender,
-        stats,
+        io,
+        buf: BytesMut::with_capacity(4096),
         host: host.clone(),
         cluster: cluster.clone(),
         created: Instant::now(),
@@ -377,9 +396,9 @@ pub fn sweep() {
                     .is_some_and(|t| idle.since.elapsed() >= t);
                 if expired {
                     idle.conn.cluster.stats.upstream_cx_idle_timeout.inc();
-                    idle.conn.stats.close_locally();
+                    idle.conn.stats().close_locally();
                 }
-                !expired && !idle.conn.sender.is_closed()
+                !expired && idle.conn.idle_and_open()
             });
             if let Some(H2State::Ready(s, stats, _, last_used)) = &entry.h2 {
                 let cluster = &stats.cluster;

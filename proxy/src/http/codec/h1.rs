@@ -9,6 +9,7 @@
 //! (with any bytes read past the body) through a per-connection slot when it ends, so a
 //! keep-alive connection needs no per-request channel.
 
+use super::chunked::{ChunkState, Step, step_chunked};
 use crate::http::body::BodyError;
 use crate::model::hcm::UnderscoreHeaders;
 use bytes::{Buf, Bytes, BytesMut};
@@ -400,14 +401,6 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
 // === request bodies ===
 
 #[derive(Debug, Clone, Copy)]
-enum ChunkState {
-    Size,
-    Data(u64),
-    DataCrLf,
-    Trailers,
-}
-
-#[derive(Debug, Clone, Copy)]
 enum BodyState {
     Length(u64),
     Chunked(ChunkState),
@@ -492,26 +485,28 @@ impl RequestBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                BodyState::Chunked(cs) => match step_chunked(reader, cs, this.max_trailer_bytes) {
-                    Ok(Step::NeedMore) => {}
-                    Ok(Step::State(next)) => {
-                        this.state = BodyState::Chunked(next);
-                        continue;
+                BodyState::Chunked(cs) => {
+                    match step_chunked(&mut reader.buf, cs, this.max_trailer_bytes) {
+                        Ok(Step::NeedMore) => {}
+                        Ok(Step::State(next)) => {
+                            this.state = BodyState::Chunked(next);
+                            continue;
+                        }
+                        Ok(Step::Data(data, next)) => {
+                            this.state = BodyState::Chunked(next);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(Step::End(trailers)) => {
+                            this.finish();
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Err(e) => {
+                            this.state = BodyState::Done;
+                            this.reader = None;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
                     }
-                    Ok(Step::Data(data, next)) => {
-                        this.state = BodyState::Chunked(next);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Step::End(trailers)) => {
-                        this.finish();
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                    }
-                    Err(e) => {
-                        this.state = BodyState::Done;
-                        this.reader = None;
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                },
+                }
             }
             // Need more bytes.
             let reader = this.reader.as_mut().expect("checked above");
@@ -543,126 +538,6 @@ impl Drop for RequestBody {
             self.finish();
         }
     }
-}
-
-enum Step {
-    NeedMore,
-    State(ChunkState),
-    Data(Bytes, ChunkState),
-    End(Option<HeaderMap>),
-}
-
-fn bad_chunk(msg: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("invalid chunked encoding: {msg}"),
-    )
-}
-
-fn step_chunked(r: &mut Reader, cs: ChunkState, max_trailer_bytes: usize) -> io::Result<Step> {
-    match cs {
-        ChunkState::Size => {
-            let Some(eol) = r.buf.iter().position(|b| *b == b'\n') else {
-                if r.buf.len() > 4096 {
-                    return Err(bad_chunk("chunk size line too long"));
-                }
-                return Ok(Step::NeedMore);
-            };
-            let line = r.buf.split_to(eol + 1);
-            let line = line.strip_suffix(b"\n").unwrap_or(&line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let size_part = line
-                .split(|b| *b == b';')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii();
-            if size_part.is_empty()
-                || size_part.len() > 16
-                || !size_part.iter().all(u8::is_ascii_hexdigit)
-            {
-                return Err(bad_chunk("bad chunk size"));
-            }
-            let size = u64::from_str_radix(std::str::from_utf8(size_part).expect("hex digits"), 16)
-                .map_err(|_| bad_chunk("chunk size overflow"))?;
-            Ok(Step::State(if size == 0 {
-                ChunkState::Trailers
-            } else {
-                ChunkState::Data(size)
-            }))
-        }
-        ChunkState::Data(rem) => {
-            if r.buf.is_empty() {
-                return Ok(Step::NeedMore);
-            }
-            let n = (rem as usize).min(r.buf.len());
-            let data = r.buf.split_to(n).freeze();
-            let rem = rem - n as u64;
-            Ok(Step::Data(
-                data,
-                if rem == 0 {
-                    ChunkState::DataCrLf
-                } else {
-                    ChunkState::Data(rem)
-                },
-            ))
-        }
-        ChunkState::DataCrLf => {
-            if r.buf.len() < 2 {
-                if r.buf.first() == Some(&b'\n') {
-                    r.buf.advance(1);
-                    return Ok(Step::State(ChunkState::Size));
-                }
-                return Ok(Step::NeedMore);
-            }
-            if r.buf.starts_with(b"\r\n") {
-                r.buf.advance(2);
-            } else if r.buf.starts_with(b"\n") {
-                r.buf.advance(1);
-            } else {
-                return Err(bad_chunk("missing CRLF after chunk data"));
-            }
-            Ok(Step::State(ChunkState::Size))
-        }
-        ChunkState::Trailers => {
-            // Trailers end with an empty line; with no trailers that is the next line.
-            if r.buf.starts_with(b"\r\n") {
-                r.buf.advance(2);
-                return Ok(Step::End(None));
-            }
-            if r.buf.starts_with(b"\n") {
-                r.buf.advance(1);
-                return Ok(Step::End(None));
-            }
-            let end = find_subslice(&r.buf, b"\r\n\r\n")
-                .map(|i| i + 4)
-                .or_else(|| find_subslice(&r.buf, b"\n\n").map(|i| i + 2));
-            let Some(end) = end else {
-                if r.buf.len() > max_trailer_bytes {
-                    return Err(bad_chunk("trailers too large"));
-                }
-                return Ok(Step::NeedMore);
-            };
-            let block = r.buf.split_to(end).freeze();
-            let mut storage = [httparse::EMPTY_HEADER; 64];
-            let parsed = match httparse::parse_headers(&block, &mut storage) {
-                Ok(httparse::Status::Complete((_, hs))) => hs,
-                _ => return Err(bad_chunk("invalid trailers")),
-            };
-            let mut trailers = HeaderMap::new();
-            for h in parsed {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| bad_chunk("invalid trailer name"))?;
-                let value = HeaderValue::from_bytes(h.value)
-                    .map_err(|_| bad_chunk("invalid trailer value"))?;
-                trailers.append(name, value);
-            }
-            Ok(Step::End(Some(trailers)))
-        }
-    }
-}
-
-fn find_subslice(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
 }
 
 // === writing responses ===
