@@ -372,8 +372,12 @@ impl<'p> JsonDecoder<'p> {
             .ok_or_else(|| path.error("an Any field needs \"@type\""))?;
         let type_name = super::descriptors::type_name_of_url(type_url);
         let inner_desc = self.pool.get_message_by_name(type_name).ok_or_else(|| {
-            path.field("@type")
-                .error(format!("unknown type '{type_url}'"))
+            let message = if super::descriptors::is_envoy_type(type_name) {
+                format!("{type_name} is not supported")
+            } else {
+                format!("unknown type '{type_url}'")
+            };
+            path.field("@type").error(message)
         })?;
         let rest: serde_json::Map<String, Json> = obj
             .iter()
