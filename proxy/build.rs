@@ -120,10 +120,10 @@ fn prune(set: &mut FileDescriptorSet, roots: &[&str], root_packages: &[&str]) {
     );
     let mut keep: BTreeSet<String> = BTreeSet::new();
     while let Some(name) = pending.pop() {
-        if keep.insert(name.clone()) {
-            if let Some(deps) = imports.get(name.as_str()) {
-                pending.extend(deps.iter().cloned());
-            }
+        if keep.insert(name.clone())
+            && let Some(deps) = imports.get(name.as_str())
+        {
+            pending.extend(deps.iter().cloned());
         }
     }
     set.file.retain(|f| keep.contains(f.name()));
