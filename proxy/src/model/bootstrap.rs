@@ -382,7 +382,7 @@ fn stats_settings(
             }
             Some(TagValue::FixedValue(v)) => TagSpec::Fixed { name: tag_name.clone(), value: v.clone() },
             _ => {
-                if !crate::telemetry::tags::DEFAULT_TAGS.iter().any(|(n, _)| n == tag_name) {
+                if !crate::telemetry::tags::DEFAULT_TAGS.iter().any(|d| d.name == tag_name) {
                     return Err(tp.error(format!("no regex specified for tag specifier and no default regex for name: '{tag_name}'")));
                 }
                 TagSpec::Default { name: tag_name.clone() }

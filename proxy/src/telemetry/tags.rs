@@ -8,6 +8,7 @@
 //! Envoy's std::regex (ECMAScript) syntax, lookaheads included, hence fancy-regex.
 
 use fancy_regex::Regex;
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tags {
@@ -16,10 +17,72 @@ pub struct Tags {
     pub tags: Vec<(String, String)>,
 }
 
+/// One extractor. Envoy's defaults compile on first use: most (mongo, dynamo, gRPC bridge…)
+/// never meet a name that passes their pre-filters, and each compiled regex costs tens to
+/// hundreds of KB.
 #[derive(Debug)]
 struct Extractor {
     name: String,
-    regex: Regex,
+    pattern: &'static str,
+    /// Names must start with this (the literal at the regex's start, up to `\.`), as in Envoy.
+    prefix: Option<String>,
+    substr: Option<&'static str>,
+    regex: OnceLock<Regex>,
+}
+
+// === impl Extractor ===
+
+impl Extractor {
+    fn custom(name: &str, pattern: &str) -> Result<Self, String> {
+        let regex =
+            Regex::new(pattern).map_err(|e| format!("invalid regex for tag {name}: {e}"))?;
+        Ok(Extractor {
+            name: name.to_string(),
+            pattern: "",
+            // A user's pattern may alternate at the top level; no pre-filter is derived from it.
+            prefix: None,
+            substr: None,
+            regex: OnceLock::from(regex),
+        })
+    }
+
+    fn default(d: &DefaultTag) -> Self {
+        Extractor {
+            name: d.name.to_string(),
+            pattern: d.regex,
+            prefix: regex_prefix(d.regex),
+            substr: d.substr,
+            regex: OnceLock::new(),
+        }
+    }
+
+    fn may_match(&self, name: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        }) && self.substr.is_none_or(|s| name.contains(s))
+    }
+
+    fn regex(&self) -> &Regex {
+        self.regex.get_or_init(|| {
+            Regex::new(self.pattern).expect("Envoy's default tag regexes compile (unit-tested)")
+        })
+    }
+}
+
+/// Envoy's regex prefix: `^name\.…` or `^name(?=\.)…` (or `^name$`) means only names equal to
+/// `name` or starting with `name.` can match.
+fn regex_prefix(pattern: &str) -> Option<String> {
+    let body = pattern.strip_prefix('^')?;
+    let end = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(body.len());
+    if end == 0 {
+        return None;
+    }
+    let rest = &body[end..];
+    (rest.starts_with(r"\.") || rest.starts_with(r"(?=\.)") || rest == "$")
+        .then(|| body[..end].to_string())
 }
 
 #[derive(Debug, Default)]
@@ -28,83 +91,152 @@ pub struct TagProducer {
     fixed: Vec<(String, String)>,
 }
 
+/// One of Envoy's default tag extractors.
+#[derive(Debug)]
+pub struct DefaultTag {
+    pub name: &'static str,
+    pub regex: &'static str,
+    /// A substring every name it can match contains (Envoy's pre-filter for the defaults).
+    pub substr: Option<&'static str>,
+}
+
 /// Envoy's default tag extractors (source/common/config/well_known_names.cc), in Envoy's order.
-pub const DEFAULT_TAGS: &[(&str, &str)] = &[
-    ("envoy.response_code", r"_rq(_(\d{3}))$"),
-    ("envoy.response_code_class", r"_rq_(\d)xx$"),
-    (
-        "envoy.dynamo_partition_id",
-        r"^http(?=\.).*?\.dynamodb\.table(?=\.).*?\.capacity(?=\.).*?(\.__partition_id=(\w{7}))$",
-    ),
-    (
-        "envoy.dynamo_operation",
-        r"^http(?=\.).*?\.dynamodb.(?:operation|table(?=\.).*?\.capacity)(\.(.*?))(?:\.|$)",
-    ),
-    (
-        "envoy.mongo_callsite",
-        r"^mongo(?=\.).*?\.collection(?=\.).*?\.callsite\.((.*?)\.).*?query.\w+?$",
-    ),
-    (
-        "envoy.dynamo_table",
-        r"^http(?=\.).*?\.dynamodb.(?:table|error)\.((.*?)\.)",
-    ),
-    (
-        "envoy.mongo_collection",
-        r"^mongo(?=\.).*?\.collection\.((.*?)\.).*?query.\w+?$",
-    ),
-    ("envoy.mongo_cmd", r"^mongo(?=\.).*?\.cmd\.((.*?)\.)\w+?$"),
-    (
-        "envoy.grpc_bridge_method",
-        r"^cluster(?=\.).*?\.grpc(?=\.).*\.((.*?)\.)\w+?$",
-    ),
-    (
-        "envoy.http_user_agent",
-        r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$",
-    ),
-    (
-        "envoy.virtual_cluster",
-        r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$",
-    ),
-    (
-        "envoy.fault_downstream_cluster",
-        r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$",
-    ),
-    (
-        "envoy.ssl_cipher",
-        r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$",
-    ),
-    (
-        "envoy.ssl_cipher_suite",
-        r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$",
-    ),
-    (
-        "envoy.grpc_bridge_service",
-        r"^cluster(?=\.).*?\.grpc\.((.*?)\.)",
-    ),
-    ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
-    ("envoy.udp_prefix", r"^udp\.((.*?)\.)\w+?$"),
-    (
-        "envoy.clientssl_prefix",
-        r"^auth\.clientssl\.((.*?)\.)\w+?$",
-    ),
-    ("envoy.ratelimit_prefix", r"^ratelimit\.((.*?)\.)\w+?$"),
-    ("envoy.cluster_name", r"^cluster\.(([^\.]+)\.).*"),
-    (
-        "envoy.http_conn_manager_prefix",
-        r"^listener(?=\.).*?\.http\.((.*?)\.)",
-    ),
-    ("envoy.http_conn_manager_prefix", r"^http\.((.*?)\.)"),
-    (
-        "envoy.listener_address",
-        r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
-    ),
-    ("envoy.virtual_host", r"^vhost\.((.*?)\.)"),
-    ("envoy.mongo_prefix", r"^mongo\.((.*?)\.)"),
-    (
-        "envoy.rds_route_config",
-        r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$",
-    ),
-    ("envoy.worker_id", r"^listener_manager\.((worker_\d+)\.)"),
+pub const DEFAULT_TAGS: &[DefaultTag] = &[
+    DefaultTag {
+        name: "envoy.response_code",
+        regex: r"_rq(_(\d{3}))$",
+        substr: Some("_rq_"),
+    },
+    DefaultTag {
+        name: "envoy.response_code_class",
+        regex: r"_rq_(\d)xx$",
+        substr: Some("_rq_"),
+    },
+    DefaultTag {
+        name: "envoy.dynamo_partition_id",
+        regex: r"^http(?=\.).*?\.dynamodb\.table(?=\.).*?\.capacity(?=\.).*?(\.__partition_id=(\w{7}))$",
+        substr: Some(".dynamodb.table."),
+    },
+    DefaultTag {
+        name: "envoy.dynamo_operation",
+        regex: r"^http(?=\.).*?\.dynamodb.(?:operation|table(?=\.).*?\.capacity)(\.(.*?))(?:\.|$)",
+        substr: Some(".dynamodb."),
+    },
+    DefaultTag {
+        name: "envoy.mongo_callsite",
+        regex: r"^mongo(?=\.).*?\.collection(?=\.).*?\.callsite\.((.*?)\.).*?query.\w+?$",
+        substr: Some(".collection."),
+    },
+    DefaultTag {
+        name: "envoy.dynamo_table",
+        regex: r"^http(?=\.).*?\.dynamodb.(?:table|error)\.((.*?)\.)",
+        substr: Some(".dynamodb."),
+    },
+    DefaultTag {
+        name: "envoy.mongo_collection",
+        regex: r"^mongo(?=\.).*?\.collection\.((.*?)\.).*?query.\w+?$",
+        substr: Some(".collection."),
+    },
+    DefaultTag {
+        name: "envoy.mongo_cmd",
+        regex: r"^mongo(?=\.).*?\.cmd\.((.*?)\.)\w+?$",
+        substr: Some(".cmd."),
+    },
+    DefaultTag {
+        name: "envoy.grpc_bridge_method",
+        regex: r"^cluster(?=\.).*?\.grpc(?=\.).*\.((.*?)\.)\w+?$",
+        substr: Some(".grpc."),
+    },
+    DefaultTag {
+        name: "envoy.http_user_agent",
+        regex: r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$",
+        substr: Some(".user_agent."),
+    },
+    DefaultTag {
+        name: "envoy.virtual_cluster",
+        regex: r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$",
+        substr: Some(".vcluster."),
+    },
+    DefaultTag {
+        name: "envoy.fault_downstream_cluster",
+        regex: r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$",
+        substr: Some(".fault."),
+    },
+    DefaultTag {
+        name: "envoy.ssl_cipher",
+        regex: r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.ssl_cipher_suite",
+        regex: r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$",
+        substr: Some(".ssl.ciphers."),
+    },
+    DefaultTag {
+        name: "envoy.grpc_bridge_service",
+        regex: r"^cluster(?=\.).*?\.grpc\.((.*?)\.)",
+        substr: Some(".grpc."),
+    },
+    DefaultTag {
+        name: "envoy.tcp_prefix",
+        regex: r"^tcp\.((.*?)\.)\w+?$",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.udp_prefix",
+        regex: r"^udp\.((.*?)\.)\w+?$",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.clientssl_prefix",
+        regex: r"^auth\.clientssl\.((.*?)\.)\w+?$",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.ratelimit_prefix",
+        regex: r"^ratelimit\.((.*?)\.)\w+?$",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.cluster_name",
+        regex: r"^cluster\.(([^\.]+)\.).*",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.http_conn_manager_prefix",
+        regex: r"^listener(?=\.).*?\.http\.((.*?)\.)",
+        substr: Some(".http."),
+    },
+    DefaultTag {
+        name: "envoy.http_conn_manager_prefix",
+        regex: r"^http\.((.*?)\.)",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.listener_address",
+        regex: r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.virtual_host",
+        regex: r"^vhost\.((.*?)\.)",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.mongo_prefix",
+        regex: r"^mongo\.((.*?)\.)",
+        substr: None,
+    },
+    DefaultTag {
+        name: "envoy.rds_route_config",
+        regex: r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$",
+        substr: Some(".rds."),
+    },
+    DefaultTag {
+        name: "envoy.worker_id",
+        regex: r"^listener_manager\.((worker_\d+)\.)",
+        substr: Some("listener_manager.worker_"),
+    },
 ];
 
 /// A custom tag from bootstrap `stats_config.stats_tags`.
@@ -132,45 +264,42 @@ impl TagProducer {
     /// Custom tags first, then (with `use_all_default_tags`) the defaults not overridden by name.
     pub fn new(specs: &[TagSpec], use_all_default_tags: bool) -> Result<Self, String> {
         let mut p = TagProducer::default();
-        let compile = |name: &str, re: &str| {
-            Regex::new(re)
-                .map(|regex| Extractor {
-                    name: name.to_string(),
-                    regex,
-                })
-                .map_err(|e| format!("invalid regex for tag {name}: {e}"))
-        };
         for spec in specs {
             match spec {
-                TagSpec::Regex { name, regex } => p.extractors.push(compile(name, regex)?),
+                TagSpec::Regex { name, regex } => {
+                    p.extractors.push(Extractor::custom(name, regex)?)
+                }
                 TagSpec::Fixed { name, value } => p.fixed.push((name.clone(), value.clone())),
                 TagSpec::Default { name } => {
-                    let defaults: Vec<_> = DEFAULT_TAGS.iter().filter(|(n, _)| n == name).collect();
-                    if defaults.is_empty() {
+                    let before = p.extractors.len();
+                    p.extractors.extend(
+                        DEFAULT_TAGS
+                            .iter()
+                            .filter(|d| d.name == name)
+                            .map(Extractor::default),
+                    );
+                    if p.extractors.len() == before {
                         return Err(format!(
                             "no regex specified for tag specifier and no default regex for name: '{name}'"
                         ));
-                    }
-                    for (n, re) in defaults {
-                        p.extractors.push(compile(n, re)?);
                     }
                 }
             }
         }
         if use_all_default_tags {
-            let named: Vec<String> = specs
-                .iter()
-                .map(|s| match s {
+            let named = |n: &str| {
+                specs.iter().any(|s| match s {
                     TagSpec::Regex { name, .. }
                     | TagSpec::Fixed { name, .. }
-                    | TagSpec::Default { name } => name.clone(),
+                    | TagSpec::Default { name } => name == n,
                 })
-                .collect();
-            for (n, re) in DEFAULT_TAGS {
-                if !named.iter().any(|x| x == n) {
-                    p.extractors.push(compile(n, re)?);
-                }
-            }
+            };
+            p.extractors.extend(
+                DEFAULT_TAGS
+                    .iter()
+                    .filter(|d| !named(d.name))
+                    .map(Extractor::default),
+            );
         }
         Ok(p)
     }
@@ -178,8 +307,8 @@ impl TagProducer {
     pub fn produce(&self, name: &str) -> Tags {
         let mut tags = Vec::new();
         let mut remove: Vec<(usize, usize)> = Vec::new();
-        for ex in &self.extractors {
-            let Ok(Some(caps)) = ex.regex.captures(name) else {
+        for ex in self.extractors.iter().filter(|ex| ex.may_match(name)) {
+            let Ok(Some(caps)) = ex.regex().captures(name) else {
                 continue;
             };
             let Some(removed) = caps.get(1) else { continue };
@@ -208,6 +337,44 @@ impl TagProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_regexes_compile_and_prefixes_are_envoys() {
+        for d in DEFAULT_TAGS {
+            Extractor::default(d).regex();
+        }
+        assert_eq!(
+            regex_prefix(r"^cluster\.(([^\.]+)\.).*").as_deref(),
+            Some("cluster")
+        );
+        assert_eq!(
+            regex_prefix(r"^http(?=\.).*?\.rds\.").as_deref(),
+            Some("http")
+        );
+        assert_eq!(
+            regex_prefix(r"^listener_manager\.((worker_\d+)\.)").as_deref(),
+            Some("listener_manager")
+        );
+        assert_eq!(regex_prefix(r"_rq(_(\d{3}))$"), None);
+        assert_eq!(regex_prefix(r"^http(s)?\."), None);
+        // Only the extractors whose pre-filters pass are compiled.
+        let p = TagProducer::envoy_defaults();
+        p.produce("cluster.a.upstream_rq_200");
+        let compiled: Vec<&str> = p
+            .extractors
+            .iter()
+            .filter(|e| e.regex.get().is_some())
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            compiled,
+            [
+                "envoy.response_code",
+                "envoy.response_code_class",
+                "envoy.cluster_name"
+            ]
+        );
+    }
 
     fn produce(name: &str) -> (String, Vec<(String, String)>) {
         let t = TagProducer::envoy_defaults().produce(name);
