@@ -1,7 +1,8 @@
 //! A byte-counting stream wrapper shared by downstream and upstream connections: counts reads
 //! and writes into stats counters, can replay bytes already read (by a listener filter or the
 //! codec detection) before reading the socket, and can own something that must live exactly as
-//! long as the connection (an upstream connection's stats guard).
+//! long as the connection (an upstream connection's stats guard). Also the worker-local buffer
+//! pools that keep idle connections from holding buffers.
 
 use crate::telemetry::stats::Counter;
 use bytes::{Buf, Bytes};
@@ -134,4 +135,59 @@ mod tests {
         c.write_all(b"xyz").await.unwrap();
         assert_eq!(tx.value(), 3);
     }
+}
+
+// === worker-local buffers ===
+
+/// Buffers kept per worker thread; beyond this, returned buffers are freed.
+const POOLED: usize = 64;
+/// Larger buffers (a big head, a long chunked body) are freed rather than kept.
+const MAX_POOLED_CAPACITY: usize = 256 * 1024;
+
+thread_local! {
+    static WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static READ_BUFFERS: std::cell::RefCell<Vec<bytes::BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A serialisation buffer from this worker's pool; give it back with [`give_write_buffer`].
+pub fn take_write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(4096))
+}
+
+pub fn give_write_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() > MAX_POOLED_CAPACITY {
+        return;
+    }
+    buf.clear();
+    WRITE_BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < POOLED {
+            b.push(buf);
+        }
+    });
+}
+
+/// A read buffer with at least `min` bytes of room, from this worker's pool.
+pub fn take_read_buffer(min: usize) -> bytes::BytesMut {
+    let mut buf = READ_BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_default();
+    buf.reserve(min);
+    buf
+}
+
+/// Return an empty read buffer (one with little room left is freed instead).
+pub fn give_read_buffer(buf: bytes::BytesMut) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() < 1024 || buf.capacity() > MAX_POOLED_CAPACITY {
+        return;
+    }
+    READ_BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < POOLED {
+            b.push(buf);
+        }
+    });
 }

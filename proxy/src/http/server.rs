@@ -13,7 +13,6 @@ use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -73,7 +72,8 @@ pub async fn serve(
         Protocol::Http2 => {
             stats.downstream_cx_http2_total.inc();
             stats.downstream_cx_http2_active.inc();
-            let remote = serve_h2(&hcm, &conn, stream, buf.freeze(), drain).await;
+            // Boxed: hyper's connection state would otherwise size every connection's future.
+            let remote = Box::pin(serve_h2(&hcm, &conn, stream, buf.freeze(), drain)).await;
             stats.downstream_cx_http2_active.dec();
             finish_connection(&hcm, opened, remote);
         }
@@ -114,6 +114,10 @@ async fn wait_drain(rx: &mut watch::Receiver<bool>) {
 }
 
 /// The HTTP/1.1 loop. Returns whether the peer closed the connection (vs. remora closing it).
+///
+/// This future is what an idle keep-alive connection costs, so it holds only the connection's
+/// halves and the wait for the next head; each request is served by a boxed future (routing
+/// and the upstream exchange are ~10 KB of state) that exists only while it is in flight.
 async fn serve_h1(
     hcm: &Arc<ConnectionManager>,
     conn: &Arc<DownstreamConn>,
@@ -136,205 +140,265 @@ async fn serve_h1(
     hcm.stats.downstream_cx_rx_bytes_total.add(buf.len() as u64);
     let slot = Arc::new(ReaderSlot::default());
     let mut reader = Reader::new(Box::new(rd), buf);
-    let mut out = Vec::with_capacity(4096);
     let max_duration_at = cfg.max_connection_duration.map(|d| conn.opened + d);
     loop {
-        // Read the next request head: idle timeout while nothing arrives, request headers
-        // timeout once it has started, drain closes an idle connection.
-        let head = {
-            let idle_deadline = cfg.idle_timeout.map(|d| Instant::now() + d);
-            let mut headers_deadline: Option<Instant> = None;
-            loop {
-                if !reader.buf.is_empty() {
-                    match h1::parse_head(&mut reader.buf, &hcm.h1_limits) {
-                        Ok(Some(h)) => break Ok(h),
-                        Ok(None) => {
-                            if reader.buf.len() > hcm.h1_limits.max_header_bytes {
-                                break Err(HeadError::Codec(h1::CodecError::HEADERS_TOO_LARGE));
-                            }
-                            if headers_deadline.is_none() {
-                                headers_deadline =
-                                    cfg.request_headers_timeout.map(|d| Instant::now() + d);
-                            }
-                        }
-                        Err(e) => break Err(e),
-                    }
-                }
-                let deadline = if reader.buf.is_empty() {
-                    idle_deadline
-                } else {
-                    headers_deadline.or(idle_deadline)
-                };
-                let deadline = match (deadline, max_duration_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                let idle_wait = reader.buf.is_empty();
-                tokio::select! {
-                    r = reader.fill() => match r {
-                        Ok(0) | Err(_) if reader.buf.is_empty() => break Err(HeadError::Closed),
-                        Ok(0) => break Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
-                        Err(e) => break Err(HeadError::Io(e)),
-                        Ok(_) => {}
-                    },
-                    _ = sleep_until(deadline) => {
-                        if max_duration_at.is_some_and(|m| Instant::now() >= m) {
-                            hcm.stats.downstream_cx_max_duration_reached.inc();
-                        } else if idle_wait {
-                            hcm.stats.downstream_cx_idle_timeout.inc();
-                        }
-                        return false;
-                    }
-                }
-            }
-        };
-        let head = match head {
+        let head = match next_head(hcm, &mut reader, max_duration_at).await {
             Ok(h) => h,
-            Err(HeadError::Closed) | Err(HeadError::Io(_)) => return true,
-            Err(HeadError::Codec(e)) => {
-                // Envoy answers codec errors with the status's reason as the body, then closes.
-                let reason = e.status.canonical_reason().unwrap_or("");
-                let resp = http::Response::builder()
-                    .status(e.status)
-                    .header(http::header::CONTENT_TYPE, "text/plain")
-                    .header(http::header::DATE, super::conn_manager::http_date())
-                    .header(http::header::SERVER, cfg.server_name.clone())
-                    .body(())
-                    .expect("static parts");
-                let (parts, ()) = resp.into_parts();
-                let framing = ResponseFraming {
-                    no_body: false,
-                    version: http::Version::HTTP_11,
-                    keep_alive: false,
-                    upgrade: false,
-                };
-                hcm.codec_error(conn, e.status, e.details);
-                let _ = h1::write_response(
-                    &mut wr,
-                    &mut out,
-                    &parts,
-                    Body::full(Bytes::from_static(reason.as_bytes())),
-                    framing,
-                )
-                .await;
-                let _ = wr.shutdown().await;
+            Err(NoHead::Closed) => return true,
+            Err(NoHead::TimedOut) => return false,
+            Err(NoHead::Codec(e)) => {
+                Box::pin(codec_error_reply(hcm, conn, &mut wr, e)).await;
                 return false;
             }
         };
-        let version = head.request.version();
-        let is_head = head.request.method() == http::Method::HEAD;
-        let has_body = head.framing != h1::Framing::Length(0);
-        if head.expect_continue
-            && has_body
-            && !cfg.proxy_100_continue
-            && wr
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
-            return true;
-        }
-        let body = RequestBody::new(
+        let served = Box::pin(serve_request(
+            hcm,
+            conn,
+            &mut wr,
             reader,
-            slot.clone(),
-            head.framing,
-            hcm.h1_limits.max_header_bytes,
-        );
-        let (mut parts, ()) = head.request.into_parts();
-        if !cfg.proxy_100_continue {
-            parts.headers.remove(http::header::EXPECT);
-        }
-        let req = http::Request::from_parts(parts, Body::H1(body));
-        let protocol = if version == http::Version::HTTP_10 {
-            Protocol::Http10
-        } else {
-            Protocol::Http11
+            &slot,
+            head,
+            &drain,
+            max_duration_at,
+        ))
+        .await;
+        reader = match served {
+            Ok(r) => r,
+            Err(remote_closed) => return remote_closed,
         };
-        // With the request body already read (the usual GET), keep reading the connection while
-        // the response is pending: a client that closes is noticed at once and its upstream
-        // request is cancelled (Envoy's DC), instead of when the response is written.
-        let resp = match slot.take() {
-            Some(mut rd) => {
-                let handled = hcm.handle(conn, req, protocol);
-                tokio::pin!(handled);
-                let mut watching = true;
-                let outcome = loop {
-                    tokio::select! {
-                        r = &mut handled => break Some(r),
-                        read = rd.fill(), if watching => match read {
-                            Ok(0) | Err(_) => break None,
-                            // Pipelined bytes stay buffered for the next request.
-                            Ok(_) => watching = rd.buf.len() < hcm.h1_limits.max_header_bytes,
-                        },
-                    }
-                };
-                match outcome {
-                    Some(r) => {
-                        slot.put(rd);
-                        r
-                    }
-                    None => return true,
-                }
-            }
-            None => hcm.handle(conn, req, protocol).await,
-        };
+    }
+}
 
-        let served = conn.requests.load(std::sync::atomic::Ordering::Relaxed);
-        let max_reached = cfg
-            .max_requests_per_connection
-            .is_some_and(|m| served >= m as u64);
-        if max_reached {
-            hcm.stats.downstream_cx_max_requests_reached.inc();
-        }
-        let expired = max_duration_at.is_some_and(|m| Instant::now() >= m);
-        if expired {
-            hcm.stats.downstream_cx_max_duration_reached.inc();
-        }
-        let draining = *drain.borrow();
-        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let keep_alive =
-            head.keep_alive && !max_reached && !expired && !draining && !resp_wants_close(&resp);
-        let status = resp.status().as_u16();
-        let (mut parts, body) = resp.into_parts();
-        let framing = ResponseFraming {
-            no_body: is_head || (100..200).contains(&status) || status == 204 || status == 304,
-            version,
-            keep_alive,
-            upgrade,
-        };
-        let outcome = h1::write_response(&mut wr, &mut out, &parts, body, framing).await;
-        if draining {
-            hcm.stats.downstream_cx_drain_close.inc();
-        }
-        match outcome {
-            Ok(WriteOutcome::Complete) => {}
-            Ok(WriteOutcome::BodyError) => return false,
-            Err(_) => return true,
-        }
-        if upgrade {
-            let bridge = parts
-                .extensions
-                .remove::<Arc<std::sync::Mutex<Option<UpgradeBridge>>>>()
-                .and_then(|b| b.lock().ok()?.take());
-            let Some(bridge) = bridge else { return false };
-            let Some(reader) = slot.take() else {
-                return false;
-            };
-            tunnel(hcm, reader, wr, bridge).await;
-            return false;
-        }
-        if !framing.keep_alive {
-            let _ = wr.shutdown().await;
-            return false;
-        }
-        // The request body must have ended for the connection to carry another request.
-        reader = match slot.take() {
-            Some(r) => r,
-            None => {
-                let _ = wr.shutdown().await;
-                return false;
+/// Why no request head came.
+enum NoHead {
+    /// The peer closed (or the connection failed) between requests.
+    Closed,
+    /// Idle, request-headers or max-duration timeout: remora closes.
+    TimedOut,
+    Codec(h1::CodecError),
+}
+
+/// Read the next request head: the idle timeout while nothing arrives, the request-headers
+/// timeout once it has started.
+async fn next_head(
+    hcm: &ConnectionManager,
+    reader: &mut Reader,
+    max_duration_at: Option<Instant>,
+) -> Result<h1::Head, NoHead> {
+    let cfg = &hcm.config;
+    let idle_deadline = cfg.idle_timeout.map(|d| Instant::now() + d);
+    let mut headers_deadline: Option<Instant> = None;
+    reader.release();
+    loop {
+        if !reader.buf.is_empty() {
+            match h1::parse_head(&mut reader.buf, &hcm.h1_limits) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {
+                    if reader.buf.len() > hcm.h1_limits.max_header_bytes {
+                        return Err(NoHead::Codec(h1::CodecError::HEADERS_TOO_LARGE));
+                    }
+                    if headers_deadline.is_none() {
+                        headers_deadline = cfg.request_headers_timeout.map(|d| Instant::now() + d);
+                    }
+                }
+                Err(HeadError::Codec(e)) => return Err(NoHead::Codec(e)),
+                Err(HeadError::Closed | HeadError::Io(_)) => return Err(NoHead::Closed),
             }
+        }
+        let deadline = if reader.buf.is_empty() {
+            idle_deadline
+        } else {
+            headers_deadline.or(idle_deadline)
         };
+        let deadline = match (deadline, max_duration_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let idle_wait = reader.buf.is_empty();
+        tokio::select! {
+            r = reader.fill() => match r {
+                Ok(0) | Err(_) => return Err(NoHead::Closed),
+                Ok(_) => {}
+            },
+            _ = sleep_until(deadline) => {
+                if max_duration_at.is_some_and(|m| Instant::now() >= m) {
+                    hcm.stats.downstream_cx_max_duration_reached.inc();
+                } else if idle_wait {
+                    hcm.stats.downstream_cx_idle_timeout.inc();
+                }
+                return Err(NoHead::TimedOut);
+            }
+        }
+    }
+}
+
+/// Envoy answers codec errors with the status's reason as the body, then closes.
+async fn codec_error_reply<W: AsyncWrite + Unpin>(
+    hcm: &Arc<ConnectionManager>,
+    conn: &Arc<DownstreamConn>,
+    wr: &mut W,
+    e: h1::CodecError,
+) {
+    let reason = e.status.canonical_reason().unwrap_or("");
+    let resp = http::Response::builder()
+        .status(e.status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .header(http::header::DATE, super::conn_manager::http_date())
+        .header(http::header::SERVER, hcm.config.server_name.clone())
+        .body(())
+        .expect("static parts");
+    let (parts, ()) = resp.into_parts();
+    let framing = ResponseFraming {
+        no_body: false,
+        version: http::Version::HTTP_11,
+        keep_alive: false,
+        upgrade: false,
+    };
+    hcm.codec_error(conn, e.status, e.details);
+    let mut out = crate::io::take_write_buffer();
+    let _ = h1::write_response(
+        wr,
+        &mut out,
+        &parts,
+        Body::full(Bytes::from_static(reason.as_bytes())),
+        framing,
+    )
+    .await;
+    crate::io::give_write_buffer(out);
+    let _ = wr.shutdown().await;
+}
+
+/// Serve one request and write its response. `Ok(reader)`: the connection carries on;
+/// `Err(remote_closed)`: it ends.
+#[allow(clippy::too_many_arguments)]
+async fn serve_request<W: AsyncWrite + Unpin>(
+    hcm: &Arc<ConnectionManager>,
+    conn: &Arc<DownstreamConn>,
+    wr: &mut W,
+    reader: Reader,
+    slot: &Arc<ReaderSlot>,
+    head: h1::Head,
+    drain: &watch::Receiver<bool>,
+    max_duration_at: Option<Instant>,
+) -> Result<Reader, bool> {
+    let cfg = &hcm.config;
+    let version = head.request.version();
+    let is_head = head.request.method() == http::Method::HEAD;
+    let has_body = head.framing != h1::Framing::Length(0);
+    if head.expect_continue
+        && has_body
+        && !cfg.proxy_100_continue
+        && wr
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Err(true);
+    }
+    let body = RequestBody::new(
+        reader,
+        slot.clone(),
+        head.framing,
+        hcm.h1_limits.max_header_bytes,
+    );
+    let (mut parts, ()) = head.request.into_parts();
+    if !cfg.proxy_100_continue {
+        parts.headers.remove(http::header::EXPECT);
+    }
+    let req = http::Request::from_parts(parts, Body::H1(body));
+    let protocol = if version == http::Version::HTTP_10 {
+        Protocol::Http10
+    } else {
+        Protocol::Http11
+    };
+    let handled = hcm.handle(conn, req, protocol);
+    // With the request body already read (the usual GET), keep reading the connection while
+    // the response is pending: a client that closes is noticed at once and its upstream
+    // request is cancelled (Envoy's DC), instead of when the response is written.
+    let resp = match slot.take() {
+        Some(mut rd) => {
+            tokio::pin!(handled);
+            let mut watching = true;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut handled => break Some(r),
+                    read = rd.fill(), if watching => match read {
+                        Ok(0) | Err(_) => break None,
+                        // Pipelined bytes stay buffered for the next request.
+                        Ok(_) => watching = rd.buf.len() < hcm.h1_limits.max_header_bytes,
+                    },
+                }
+            };
+            match outcome {
+                Some(r) => {
+                    slot.put(rd);
+                    r
+                }
+                None => return Err(true),
+            }
+        }
+        None => handled.await,
+    };
+
+    let served = conn.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let max_reached = cfg
+        .max_requests_per_connection
+        .is_some_and(|m| served >= m as u64);
+    if max_reached {
+        hcm.stats.downstream_cx_max_requests_reached.inc();
+    }
+    let expired = max_duration_at.is_some_and(|m| Instant::now() >= m);
+    if expired {
+        hcm.stats.downstream_cx_max_duration_reached.inc();
+    }
+    let draining = *drain.borrow();
+    let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let keep_alive =
+        head.keep_alive && !max_reached && !expired && !draining && !resp_wants_close(&resp);
+    let status = resp.status().as_u16();
+    let (mut parts, body) = resp.into_parts();
+    let framing = ResponseFraming {
+        no_body: is_head || (100..200).contains(&status) || status == 204 || status == 304,
+        version,
+        keep_alive,
+        upgrade,
+    };
+    let mut out = crate::io::take_write_buffer();
+    let outcome = h1::write_response(wr, &mut out, &parts, body, framing).await;
+    crate::io::give_write_buffer(out);
+    if draining {
+        hcm.stats.downstream_cx_drain_close.inc();
+    }
+    match outcome {
+        Ok(WriteOutcome::Complete) => {}
+        Ok(WriteOutcome::BodyError) => return Err(false),
+        Err(_) => return Err(true),
+    }
+    if upgrade {
+        let bridge = parts
+            .extensions
+            .remove::<Arc<std::sync::Mutex<Option<UpgradeBridge>>>>()
+            .and_then(|b| b.lock().ok()?.take());
+        let Some(bridge) = bridge else {
+            return Err(false);
+        };
+        let Some(reader) = slot.take() else {
+            return Err(false);
+        };
+        tunnel(hcm, reader, wr, bridge).await;
+        return Err(false);
+    }
+    if !framing.keep_alive {
+        let _ = wr.shutdown().await;
+        return Err(false);
+    }
+    // The request body must have ended for the connection to carry another request.
+    match slot.take() {
+        Some(r) => Ok(r),
+        None => {
+            let _ = wr.shutdown().await;
+            Err(false)
+        }
     }
 }
 

@@ -292,7 +292,8 @@ impl ActiveListener {
                 )
                 .await;
             }
-            Terminal::Tcp(tcp) => tcp.serve(info, stream, prefix.freeze()).await,
+            // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
+            Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
         }
         self.closed(opened);
     }

@@ -122,12 +122,31 @@ impl Reader {
         Self { io, buf }
     }
 
-    /// Read more bytes; `Ok(0)` on end of stream.
+    /// Read more bytes; `Ok(0)` on end of stream. A released reader borrows a buffer from the
+    /// worker's pool for the read and gives it back if nothing arrived.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            let mut buf = crate::io::take_read_buffer(READ_CHUNK);
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut buf);
+            if read.is_pending() {
+                crate::io::give_read_buffer(buf);
+            } else {
+                self.buf = buf;
+            }
+            return read;
+        }
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Between requests: hand an empty buffer back to the worker's pool, so that an idle
+    /// connection holds no buffer.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            crate::io::give_read_buffer(std::mem::take(&mut self.buf));
+        }
     }
 
     pub async fn fill(&mut self) -> io::Result<usize> {
@@ -875,6 +894,29 @@ mod tests {
         let collected = crate::http::body::Body::H1(body).collect().await.unwrap();
         let trailers = collected.trailers().cloned();
         (collected.to_bytes().to_vec(), trailers, slot.take())
+    }
+
+    #[tokio::test]
+    async fn idle_reader_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut r = Reader::new(Box::new(server), BytesMut::new());
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(r.fill().await.unwrap() > 0);
+        assert!(parse_head(&mut r.buf, &limits()).unwrap().is_some());
+        r.release();
+        assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
+        // Waiting with nothing to read borrows a pooled buffer and returns it.
+        let pending = std::future::poll_fn(|cx| Poll::Ready(r.poll_fill(cx).is_pending())).await;
+        assert!(pending);
+        assert_eq!(r.buf.capacity(), 0);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /b HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(r.fill().await.unwrap() > 0);
+        let head = parse_head(&mut r.buf, &limits()).unwrap().unwrap();
+        assert_eq!(head.request.uri().path(), "/b");
     }
 
     #[tokio::test]

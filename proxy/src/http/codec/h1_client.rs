@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -46,31 +45,6 @@ pub enum Framing {
     Chunked,
     /// Until the upstream closes (the connection is not reusable).
     Eof,
-}
-
-thread_local! {
-    /// Serialisation buffers reused by this worker's requests.
-    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A worker-local buffer, returned with [`give_buffer`].
-pub fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(4096))
-}
-
-pub fn give_buffer(mut buf: Vec<u8>) {
-    if buf.capacity() > 256 * 1024 {
-        return;
-    }
-    buf.clear();
-    BUFFERS.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < 64 {
-            b.push(buf);
-        }
-    });
 }
 
 fn is_hop_or_framing(name: &HeaderName) -> bool {
