@@ -5,6 +5,7 @@
 
 use super::body::Body;
 use super::local_reply::{self, LocalReply};
+use super::names;
 use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody, WatchedBody};
 use crate::model::hcm::{HttpConnectionManager as Config, ServerHeader, StripPort};
 use crate::model::matcher::RequestHeaders;
@@ -16,6 +17,7 @@ use crate::upstream::cluster::ClusterManager;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -193,23 +195,23 @@ impl std::fmt::Debug for ConnectionManager {
 
 /// Edge-sanitised headers: remora removes these from external requests when it is the edge
 /// (`use_remote_address: true`), as Envoy does.
-const ENVOY_INTERNAL_HEADERS: &[&str] = &[
-    "x-envoy-decorator-operation",
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-external-address",
-    "x-envoy-force-trace",
-    "x-envoy-internal",
-    "x-envoy-ip-tags",
-    "x-envoy-max-retries",
-    "x-envoy-original-path",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-retry-on",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-stream-duration-ms",
+const ENVOY_INTERNAL_HEADERS: [HeaderName; 16] = [
+    names::X_ENVOY_DECORATOR_OPERATION,
+    names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER,
+    names::X_ENVOY_DOWNSTREAM_SERVICE_NODE,
+    names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+    names::X_ENVOY_EXTERNAL_ADDRESS,
+    names::X_ENVOY_FORCE_TRACE,
+    names::X_ENVOY_INTERNAL,
+    names::X_ENVOY_IP_TAGS,
+    names::X_ENVOY_MAX_RETRIES,
+    names::X_ENVOY_ORIGINAL_PATH,
+    names::X_ENVOY_RETRY_GRPC_ON,
+    names::X_ENVOY_RETRY_ON,
+    names::X_ENVOY_UPSTREAM_ALT_STAT_NAME,
+    names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
+    names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    names::X_ENVOY_UPSTREAM_STREAM_DURATION_MS,
 ];
 
 impl ConnectionManager {
@@ -308,7 +310,7 @@ impl ConnectionManager {
         if self.config.always_set_request_id_in_response
             && let Some(id) = stream.request_id.clone()
         {
-            h.insert("x-request-id", id);
+            h.insert(names::X_REQUEST_ID, id);
         }
         if let Some(via) = &self.config.via {
             h.append(header::VIA, via.clone());
@@ -432,8 +434,10 @@ impl ConnectionManager {
             },
         );
         if self.config.use_remote_address && !internal {
-            for name in ENVOY_INTERNAL_HEADERS {
-                parts.headers.remove(*name);
+            if names::any_envoy_header(&parts.headers) {
+                for name in ENVOY_INTERNAL_HEADERS {
+                    parts.headers.remove(name);
+                }
             }
             if let Some(rc) = self.route_config_internal_only() {
                 for h in rc {
@@ -441,34 +445,34 @@ impl ConnectionManager {
                 }
             }
             if let Ok(v) = HeaderValue::from_str(&downstream_ip.to_string()) {
-                parts.headers.insert("x-envoy-external-address", v);
+                parts.headers.insert(names::X_ENVOY_EXTERNAL_ADDRESS, v);
             }
         }
         if internal && self.config.use_remote_address {
             parts
                 .headers
-                .insert("x-envoy-internal", HeaderValue::from_static("true"));
+                .insert(names::X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
         }
         // Envoy's router counts a request as internal by this header (after edge sanitation).
         let internal_request = parts
             .headers
-            .get("x-envoy-internal")
+            .get(names::X_ENVOY_INTERNAL)
             .is_some_and(|v| v == "true");
-        parts.headers.remove("x-forwarded-client-cert");
+        parts.headers.remove(names::X_FORWARDED_CLIENT_CERT);
         let scheme = if conn.is_tls { "https" } else { "http" };
-        if self.config.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
+        if self.config.use_remote_address || !parts.headers.contains_key(names::X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+                .insert(names::X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
         if self.config.append_x_forwarded_port {
             parts.headers.insert(
-                "x-forwarded-port",
+                names::X_FORWARDED_PORT,
                 HeaderValue::from(conn.info.local.port()),
             );
         }
         if self.config.generate_request_id {
-            let regenerate = match parts.headers.get("x-request-id") {
+            let regenerate = match parts.headers.get(names::X_REQUEST_ID) {
                 None => true,
                 Some(_) => {
                     self.config.use_remote_address
@@ -477,11 +481,11 @@ impl ConnectionManager {
                 }
             };
             if regenerate {
-                parts.headers.insert("x-request-id", uuid_v4());
+                parts.headers.insert(names::X_REQUEST_ID, uuid_v4());
             }
         }
         if self.config.always_set_request_id_in_response {
-            stream.request_id = parts.headers.get("x-request-id").cloned();
+            stream.request_id = parts.headers.get(names::X_REQUEST_ID).cloned();
         }
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());
@@ -493,12 +497,12 @@ impl ConnectionManager {
                 }
                 parts
                     .headers
-                    .insert("x-envoy-downstream-service-cluster", cluster);
+                    .insert(names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER, cluster);
             }
             if let Ok(node) = HeaderValue::from_str(&self.local.service_node) {
                 parts
                     .headers
-                    .insert("x-envoy-downstream-service-node", node);
+                    .insert(names::X_ENVOY_DOWNSTREAM_SERVICE_NODE, node);
             }
         }
 
@@ -515,25 +519,21 @@ impl ConnectionManager {
 
         // Route.
         let route_config = self.config.route_config.clone();
-        let host_for_routing = self.routing_host(&parts.headers);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let authority = parts
-            .headers
-            .get(header::HOST)
+        // Shared handles (reference counts, no copies) so that the request stays mutable.
+        let uri = parts.uri.clone();
+        let host_value = parts.headers.get(header::HOST).cloned();
+        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let authority = host_value
+            .as_ref()
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
+        let host_for_routing = self.routing_host(authority);
         let matched = {
             let rr = RouteRequest {
                 headers: RequestHeaders {
                     method: &parts.method,
-                    path_and_query: &path_and_query,
-                    authority: &authority,
+                    path_and_query,
+                    authority,
                     scheme,
                     headers: &parts.headers,
                 },
@@ -596,8 +596,8 @@ impl ConnectionManager {
                 let location = super::router::redirect_location(
                     r,
                     scheme,
-                    &authority,
-                    &path_and_query,
+                    authority,
+                    path_and_query,
                     matched_len,
                 );
                 let mut resp = redirect_response(r.code, &location);
@@ -691,19 +691,22 @@ impl ConnectionManager {
     fn forwarded_for(&self, headers: &mut http::HeaderMap, remote: IpAddr) -> (IpAddr, bool) {
         if self.config.use_remote_address {
             if !self.config.skip_xff_append {
-                let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                let xff = match headers
+                    .get(names::X_FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(existing) if !existing.is_empty() => format!("{existing},{remote}"),
                     _ => remote.to_string(),
                 };
                 if let Ok(v) = HeaderValue::from_str(&xff) {
-                    headers.insert("x-forwarded-for", v);
+                    headers.insert(names::X_FORWARDED_FOR, v);
                 }
             }
             return (remote, is_internal(remote));
         }
         // Not the edge: the client address is the XFF entry `xff_num_trusted_hops` from the right.
         let from_xff = headers
-            .get("x-forwarded-for")
+            .get(names::X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
             .and_then(|xff| {
                 let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
@@ -717,7 +720,7 @@ impl ConnectionManager {
                 ip,
                 is_internal(ip)
                     && headers
-                        .get("x-forwarded-for")
+                        .get(names::X_FORWARDED_FOR)
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|x| !x.contains(',')),
             ),
@@ -725,12 +728,14 @@ impl ConnectionManager {
         }
     }
 
-    fn routing_host(&self, headers: &http::HeaderMap) -> String {
-        let raw = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mut host = raw.to_ascii_lowercase();
+    /// The host the virtual hosts are matched against: lower-cased, with the port stripped as
+    /// configured. Borrowed from the header unless something had to change.
+    fn routing_host<'h>(&self, raw: &'h str) -> Cow<'h, str> {
+        let mut host: Cow<'h, str> = if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(raw.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(raw)
+        };
         let strip = match self.config.strip_port {
             StripPort::None => None,
             StripPort::Any => Some(None),
@@ -740,15 +745,17 @@ impl ConnectionManager {
             && let Some((h, p)) = split_port(&host)
             && only.is_none_or(|lp| p == lp)
         {
-            host = h.to_string();
+            let keep = h.len();
+            truncate(&mut host, keep);
         }
         if self.config.strip_trailing_host_dot {
             if let Some((h, p)) = split_port(&host) {
                 if let Some(h) = h.strip_suffix('.') {
-                    host = format!("{h}:{p}");
+                    host = Cow::Owned(format!("{h}:{p}"));
                 }
-            } else if let Some(h) = host.strip_suffix('.') {
-                host = h.to_string();
+            } else if host.ends_with('.') {
+                let keep = host.len() - 1;
+                truncate(&mut host, keep);
             }
         }
         host
@@ -837,11 +844,14 @@ fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
 
 /// Remove hop-by-hop request headers (keeping `te: trailers`, and the upgrade pair for allowed upgrades).
 fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
+    if !keep_upgrade && !names::any_hop_by_hop(h) {
+        return;
+    }
     for name in [
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "http2-settings",
+        names::KEEP_ALIVE,
+        names::PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        names::HTTP2_SETTINGS,
     ] {
         h.remove(name);
     }
@@ -859,6 +869,13 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap, keep_upgrade: bool) {
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn truncate(s: &mut Cow<'_, str>, len: usize) {
+    match s {
+        Cow::Borrowed(b) => *b = &b[..len],
+        Cow::Owned(o) => o.truncate(len),
     }
 }
 

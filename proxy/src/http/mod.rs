@@ -5,6 +5,7 @@ pub mod body;
 pub mod codec;
 pub mod conn_manager;
 pub mod local_reply;
+pub mod names;
 pub mod router;
 pub mod server;
 pub mod stream;

@@ -7,6 +7,7 @@ use super::body::Body;
 use super::codec::h1_client;
 use super::conn_manager::ConnectionManager;
 use super::local_reply::bodies;
+use super::names;
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
 use crate::model::cluster::UpstreamProtocol;
 use crate::model::route::{
@@ -17,7 +18,7 @@ use crate::stream_info::{Protocol, ResponseFlags};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
 use crate::upstream::{lb, pool};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use std::future::Future;
 use std::sync::Arc;
@@ -46,14 +47,14 @@ pub struct UpgradeBridge {
 }
 
 /// Request headers the router consumes and never forwards.
-const ROUTER_CONSUMED: &[&str] = &[
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-max-retries",
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-upstream-stream-duration-ms",
-    "x-envoy-hedge-on-per-try-timeout",
+const ROUTER_CONSUMED: [HeaderName; 7] = [
+    names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
+    names::X_ENVOY_MAX_RETRIES,
+    names::X_ENVOY_RETRY_ON,
+    names::X_ENVOY_RETRY_GRPC_ON,
+    names::X_ENVOY_UPSTREAM_STREAM_DURATION_MS,
+    names::X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT,
 ];
 
 /// What bounds the wait for an upstream response.
@@ -149,7 +150,7 @@ pub async fn forward(
             HeaderValue::from_str(parts.uri.path()),
         )
     {
-        parts.headers.insert("x-envoy-original-path", orig);
+        parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);
         parts.uri = uri;
     }
     let original_host = parts.headers.get(header::HOST).cloned();
@@ -169,7 +170,7 @@ pub async fn forward(
         if f.action.append_x_forwarded_host
             && let Some(orig) = &original_host
         {
-            parts.headers.append("x-forwarded-host", orig.clone());
+            parts.headers.append(names::X_FORWARDED_HOST, orig.clone());
         }
         parts.headers.insert(header::HOST, h);
     }
@@ -192,33 +193,35 @@ pub async fn forward(
 
     // Timeouts.
     let mut timeout = f.action.timeout;
-    let header_timeout = |name: &str| {
+    let header_timeout = |name: &HeaderName| {
         parts
             .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<u64>().ok())
     };
-    if let Some(ms) = header_timeout("x-envoy-upstream-rq-timeout-ms") {
+    if let Some(ms) = header_timeout(&names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
     } else if router.respect_expected_rq_timeout
-        && let Some(ms) = header_timeout("x-envoy-expected-rq-timeout-ms")
+        && let Some(ms) = header_timeout(&names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
     {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
-    for h in ROUTER_CONSUMED {
-        parts.headers.remove(*h);
+    if names::any_envoy_header(&parts.headers) {
+        for h in ROUTER_CONSUMED {
+            parts.headers.remove(h);
+        }
     }
     if !router.suppress_envoy_headers {
         match timeout {
             Some(t) => {
                 parts.headers.insert(
-                    "x-envoy-expected-rq-timeout-ms",
-                    HeaderValue::from(t.as_millis() as u64),
+                    names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+                    names::number(t.as_millis() as u64),
                 );
             }
             None => {
-                parts.headers.remove("x-envoy-expected-rq-timeout-ms");
+                parts.headers.remove(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
             }
         }
     }
@@ -293,21 +296,21 @@ pub async fn forward(
             }
             stream.info.response_code_details = "via_upstream";
             let h = resp.headers_mut();
-            if status != 101 {
+            if status != 101 && names::any_hop_by_hop(h) {
                 for name in [
-                    "connection",
-                    "keep-alive",
-                    "proxy-connection",
-                    "transfer-encoding",
-                    "upgrade",
+                    header::CONNECTION,
+                    names::KEEP_ALIVE,
+                    names::PROXY_CONNECTION,
+                    header::TRANSFER_ENCODING,
+                    header::UPGRADE,
                 ] {
                     h.remove(name);
                 }
             }
             if !router.suppress_envoy_headers {
                 h.insert(
-                    "x-envoy-upstream-service-time",
-                    HeaderValue::from(now.duration_since(started).as_millis() as u64),
+                    names::X_ENVOY_UPSTREAM_SERVICE_TIME,
+                    names::number(now.duration_since(started).as_millis() as u64),
                 );
             }
             hcm.apply_response_mutations(
@@ -499,7 +502,7 @@ async fn send_h1(
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = conn.local_addr;
     let head_request = parts.method == http::Method::HEAD;
-    let mut out = h1_client::take_buffer();
+    let mut out = crate::io::take_write_buffer();
     let result = wait(
         exchange_h1(
             cluster,
@@ -513,7 +516,7 @@ async fn send_h1(
         timers,
     )
     .await;
-    h1_client::give_buffer(out);
+    crate::io::give_write_buffer(out);
     stream.info.upstream_local = conn.local_addr;
     let head = match result {
         Ok(Ok(head)) => head,
@@ -651,6 +654,25 @@ where
         idle,
         request_deadline,
     } = timers;
+    let Some(progress) = progress else {
+        // The request was complete before forwarding began (the usual GET): the route and idle
+        // timers both count from now and nothing re-arms them, so one timer serves both. The
+        // request timeout only runs while a request body is still arriving.
+        let start = Instant::now();
+        let route_at = timeout.map(|t| (start + t, Failure::Timeout));
+        let idle_at = idle.map(|t| (start + t, Failure::Idle));
+        let first = match (route_at, idle_at) {
+            (Some(r), Some(i)) => Some(if r.0 <= i.0 { r } else { i }),
+            (r, i) => r.or(i),
+        };
+        return match first {
+            None => Ok(fut.await),
+            Some((at, failure)) => tokio::time::timeout_at(at.into(), fut)
+                .await
+                .map_err(|_| failure),
+        };
+    };
+    let progress = Some(progress);
     let route_timer = async {
         if let Some(p) = progress {
             p.wait_done().await;
