@@ -1,6 +1,7 @@
 //! Header names the connection manager and router touch on every request, as constants. A
 //! `&str` lookup parses and classifies the name each time; a `HeaderName` constant is ready.
-//! Also the small helpers that let the common request skip whole groups of lookups.
+//! Also the small helpers that let the common request skip whole groups of lookups, and the
+//! per-worker pool of header maps that spares the codecs two allocations per head.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
@@ -86,6 +87,40 @@ pub fn number(n: u64) -> HeaderValue {
     })
 }
 
+// === header maps ===
+
+thread_local! {
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Maps kept per worker; beyond this, returned maps are freed.
+const POOLED_MAPS: usize = 64;
+
+/// An empty header map with room for `n` headers, from this worker's pool.
+pub fn take_header_map(n: usize) -> HeaderMap {
+    match MAPS.with(|m| m.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Give a finished message's header map back for the next head (its allocation is kept).
+pub fn recycle_header_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > 256 {
+        return;
+    }
+    map.clear();
+    MAPS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < POOLED_MAPS {
+            m.push(map);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +140,8 @@ mod tests {
         assert_eq!(number(17), "17");
         assert_eq!(number(17), "17");
         assert_eq!(number(123_456), "123456");
+        recycle_header_map(h);
+        let again = take_header_map(2);
+        assert!(again.is_empty() && again.capacity() >= 2);
     }
 }

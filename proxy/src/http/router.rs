@@ -517,6 +517,7 @@ async fn send_h1(
     )
     .await;
     crate::io::give_write_buffer(out);
+    names::recycle_header_map(std::mem::take(&mut parts.headers));
     stream.info.upstream_local = conn.local_addr;
     let head = match result {
         Ok(Ok(head)) => head,

@@ -366,6 +366,7 @@ async fn serve_request<W: AsyncWrite + Unpin>(
     let mut out = crate::io::take_write_buffer();
     let outcome = h1::write_response(wr, &mut out, &parts, body, framing).await;
     crate::io::give_write_buffer(out);
+    super::names::recycle_header_map(std::mem::take(&mut parts.headers));
     if draining {
         hcm.stats.downstream_cx_drain_close.inc();
     }

@@ -10,10 +10,11 @@
 //! keep-alive connection needs no per-request channel.
 
 use super::chunked::{ChunkState, Step, step_chunked};
+use super::spans::{self, Span};
 use crate::http::body::BodyError;
 use crate::model::hcm::UnderscoreHeaders;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -259,11 +260,13 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
         .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
     let target = req.path.unwrap_or("");
 
-    // Collect positions first: the head bytes become a shared `Bytes` for zero-copy values.
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let target_range = (offset(target.as_bytes()), target.len());
-    let mut positions: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
+    // Spans first: the head bytes become a shared `Bytes` for zero-copy values.
+    let base = buf.as_ptr();
+    let target_range = (target.as_ptr() as usize - base as usize, target.len());
+    let mut inline = [Span::default(); spans::INLINE];
+    let mut spill = Vec::new();
+    let spans = spans::storage(&mut inline, &mut spill, req.headers.len());
+    let mut kept = 0;
     for h in req.headers.iter() {
         if h.name.contains('_') {
             match limits.underscores {
@@ -274,14 +277,13 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                 }
             }
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
-        positions.push((name, offset(h.value), h.value.len()));
+        spans[kept] = Span::of(base, h);
+        kept += 1;
     }
     let head_bytes = buf.split_to(len).freeze();
     let value = |start: usize, n: usize| head_bytes.slice(start..start + n);
 
-    let mut headers = HeaderMap::with_capacity(positions.len());
+    let mut headers = crate::http::names::take_header_map(kept);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut keep_alive = version == Version::HTTP_11;
@@ -289,8 +291,10 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     let mut expect_continue = false;
     let mut upgrade = None;
     let mut hosts = 0;
-    for (name, start, n) in positions {
-        let raw = value(start, n);
+    for span in &spans[..kept] {
+        let name = HeaderName::from_bytes(span.name(&head_bytes))
+            .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
+        let raw = span.value(&head_bytes);
         match name {
             http::header::CONTENT_LENGTH => {
                 if content_length.is_some() {
@@ -882,12 +886,21 @@ mod tests {
         }
         s.push_str("\r\n");
         assert_eq!(codec_err(&s), CodecError::TOO_MANY_HEADERS);
+        // Above the inline span storage, when the limit allows it.
+        let mut b = BytesMut::from(s.as_str());
+        let many = Limits {
+            max_headers: 500,
+            ..limits()
+        };
+        let head = parse_head(&mut b, &many).unwrap().unwrap();
+        assert_eq!(head.request.headers().len(), 101);
+        assert_eq!(head.request.headers()["x-99"], "v");
     }
 
     async fn read_body(
         wire: &str,
         framing: Framing,
-    ) -> (Vec<u8>, Option<HeaderMap>, Option<Reader>) {
+    ) -> (Vec<u8>, Option<http::HeaderMap>, Option<Reader>) {
         let slot = Arc::new(ReaderSlot::default());
         let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from(wire));
         let body = RequestBody::new(reader, slot.clone(), framing, 8192);

@@ -4,6 +4,7 @@
 //! it back to the worker's pool when it ends.
 
 use super::chunked::{ChunkState, Step, step_chunked};
+use super::spans::{self, Span};
 use crate::http::body::{Body, BodyError};
 use crate::upstream::pool::H1Conn;
 use bytes::{Bytes, BytesMut};
@@ -236,24 +237,23 @@ fn parse_response(
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| RecvError::Protocol("invalid status code"))?;
-    let base = buf.as_ptr() as usize;
-    let positions: Vec<(HeaderName, usize, usize)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            HeaderName::from_bytes(h.name.as_bytes())
-                .map(|n| (n, h.value.as_ptr() as usize - base, h.value.len()))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|_| RecvError::Protocol("invalid header name"))?;
+    let base = buf.as_ptr();
+    let mut inline = [Span::default(); spans::INLINE];
+    let mut spill = Vec::new();
+    let spans = spans::storage(&mut inline, &mut spill, resp.headers.len());
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = Span::of(base, h);
+    }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(positions.len());
+    let mut headers = crate::http::names::take_header_map(spans.len());
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
     let mut close = version == Version::HTTP_10;
-    for (name, start, n) in positions {
-        let raw = head.slice(start..start + n);
+    for span in spans.iter() {
+        let name = HeaderName::from_bytes(span.name(&head))
+            .map_err(|_| RecvError::Protocol("invalid header name"))?;
+        let raw = span.value(&head);
         match name {
             http::header::CONTENT_LENGTH => {
                 let v = std::str::from_utf8(&raw)

@@ -3,3 +3,4 @@
 pub mod chunked;
 pub mod h1;
 pub mod h1_client;
+pub mod spans;
