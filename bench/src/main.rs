@@ -147,7 +147,7 @@ fn main() {
     let demo_rss = remora_demo_idle_rss(&remora_bin, &work_dir, &proxy_cpus);
     if let Some(rss) = demo_rss {
         println!(
-            "remora idle RSS with the demo bootstrap: {:.1} MB",
+            "remora idle RSS with the demo bootstrap: {:.1} MiB",
             rss as f64 / 1_048_576.0
         );
     }

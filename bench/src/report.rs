@@ -173,15 +173,15 @@ pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
         "scenario",
         "system",
         "req/s",
-        "MB/s",
+        "MiB/s",
         "p50 ms",
         "p90 ms",
         "p99 ms",
         "p99.9",
         "max ms",
         "cpu us/req",
-        "RSS idle",
-        "RSS peak",
+        "idle MiB",
+        "peak MiB",
         "B/idle cx",
         "errors"
     );
@@ -239,7 +239,7 @@ pub fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), String> {
         for (j, (title, values)) in [
             (
                 if large {
-                    format!("{sc}: MB/s")
+                    format!("{sc}: MiB/s")
                 } else {
                     format!("{sc}: requests/s")
                 },
