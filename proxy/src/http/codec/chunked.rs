@@ -1,5 +1,6 @@
-//! Chunked transfer coding (RFC 9112 §7.1), decoding step by step from a buffer; shared by the
-//! downstream request bodies and the upstream response bodies.
+//! HTTP/1.1 body framing shared by the downstream request bodies and the upstream response
+//! bodies: the chunked transfer coding (RFC 9112 §7.1) decoded step by step from a buffer, and
+//! [`BodyState::decode`], which turns buffered bytes into the next body frame for any framing.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +19,73 @@ pub enum Step {
     State(ChunkState),
     Data(Bytes, ChunkState),
     End(Option<HeaderMap>),
+}
+
+/// Where a body is in its framing.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyState {
+    Length(u64),
+    Chunked(ChunkState),
+    /// Until the peer closes (upstream responses without length or chunking).
+    Eof,
+    Done,
+}
+
+/// What the buffered bytes yield next.
+pub enum Decoded {
+    Data(Bytes),
+    /// The end of the body, with chunked trailers if any.
+    End(Option<HeaderMap>),
+    NeedMore,
+}
+
+// === impl BodyState ===
+
+impl BodyState {
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match *self {
+            BodyState::Length(n) => http_body::SizeHint::with_exact(n),
+            BodyState::Done => http_body::SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::Eof => http_body::SizeHint::default(),
+        }
+    }
+
+    /// Take the next frame out of `buf`. After `Data`, the state may already be `Done` (the last
+    /// bytes of a length-delimited body): the caller can release the connection at once.
+    pub fn decode(&mut self, buf: &mut BytesMut, max_trailer_bytes: usize) -> io::Result<Decoded> {
+        loop {
+            return Ok(match *self {
+                BodyState::Done => Decoded::End(None),
+                _ if buf.is_empty() => Decoded::NeedMore,
+                BodyState::Length(rem) => {
+                    let n = (rem as usize).min(buf.len());
+                    let rem = rem - n as u64;
+                    *self = if rem == 0 {
+                        BodyState::Done
+                    } else {
+                        BodyState::Length(rem)
+                    };
+                    Decoded::Data(buf.split_to(n).freeze())
+                }
+                BodyState::Eof => Decoded::Data(buf.split().freeze()),
+                BodyState::Chunked(cs) => match step_chunked(buf, cs, max_trailer_bytes)? {
+                    Step::NeedMore => Decoded::NeedMore,
+                    Step::State(next) => {
+                        *self = BodyState::Chunked(next);
+                        continue;
+                    }
+                    Step::Data(data, next) => {
+                        *self = BodyState::Chunked(next);
+                        Decoded::Data(data)
+                    }
+                    Step::End(trailers) => {
+                        *self = BodyState::Done;
+                        Decoded::End(trailers)
+                    }
+                },
+            });
+        }
+    }
 }
 
 pub fn bad_chunk(msg: &str) -> io::Error {
@@ -135,4 +203,60 @@ pub fn step_chunked(
 
 pub fn find_subslice(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(d: Decoded) -> Bytes {
+        match d {
+            Decoded::Data(b) => b,
+            _ => panic!("expected data"),
+        }
+    }
+
+    #[test]
+    fn length_bodies_end_with_their_last_bytes() {
+        let mut st = BodyState::Length(5);
+        let mut buf = BytesMut::from("abc");
+        assert_eq!(data(st.decode(&mut buf, 1024).unwrap()), "abc");
+        assert!(matches!(
+            st.decode(&mut buf, 1024).unwrap(),
+            Decoded::NeedMore
+        ));
+        buf.extend_from_slice(b"deNEXT");
+        assert_eq!(data(st.decode(&mut buf, 1024).unwrap()), "de");
+        assert!(matches!(st, BodyState::Done));
+        assert_eq!(
+            buf, "NEXT",
+            "bytes after the body stay for the next message"
+        );
+        assert!(matches!(
+            st.decode(&mut buf, 1024).unwrap(),
+            Decoded::End(None)
+        ));
+    }
+
+    #[test]
+    fn chunked_bodies_with_trailers_and_eof_bodies() {
+        let mut st = BodyState::Chunked(ChunkState::Size);
+        let mut buf = BytesMut::from("3\r\nabc\r\n0\r\nx-t: 1\r\n\r\nNEXT");
+        assert_eq!(data(st.decode(&mut buf, 1024).unwrap()), "abc");
+        match st.decode(&mut buf, 1024).unwrap() {
+            Decoded::End(Some(t)) => assert_eq!(t["x-t"], "1"),
+            _ => panic!("expected trailers"),
+        }
+        assert_eq!(buf, "NEXT");
+        let mut bad = BodyState::Chunked(ChunkState::Size);
+        assert!(bad.decode(&mut BytesMut::from("zz\r\n"), 1024).is_err());
+
+        let mut eof = BodyState::Eof;
+        let mut buf = BytesMut::from("all of it");
+        assert_eq!(data(eof.decode(&mut buf, 1024).unwrap()), "all of it");
+        assert!(matches!(
+            eof.decode(&mut buf, 1024).unwrap(),
+            Decoded::NeedMore
+        ));
+    }
 }

@@ -9,7 +9,7 @@
 //! (with any bytes read past the body) through a per-connection slot when it ends, so a
 //! keep-alive connection needs no per-request channel.
 
-use super::chunked::{ChunkState, Step, step_chunked};
+use super::chunked::{BodyState, ChunkState, Decoded};
 use super::spans::{self, Span};
 use crate::http::body::BodyError;
 use crate::model::hcm::UnderscoreHeaders;
@@ -423,13 +423,6 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
 
 // === request bodies ===
 
-#[derive(Debug, Clone, Copy)]
-enum BodyState {
-    Length(u64),
-    Chunked(ChunkState),
-    Done,
-}
-
 /// A downstream HTTP/1 request body, read straight from the connection.
 pub struct RequestBody {
     reader: Option<Reader>,
@@ -474,11 +467,7 @@ impl RequestBody {
     }
 
     pub fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
-            BodyState::Chunked(_) => SizeHint::default(),
-        }
+        self.state.size_hint()
     }
 
     pub fn poll_frame(
@@ -490,66 +479,32 @@ impl RequestBody {
             let Some(reader) = this.reader.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.state {
-                BodyState::Done => {
+            let failed = match this.state.decode(&mut reader.buf, this.max_trailer_bytes) {
+                Ok(Decoded::Data(data)) => {
+                    if this.is_end_stream() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End(trailers)) => {
                     this.finish();
-                    return Poll::Ready(None);
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                 }
-                BodyState::Length(rem) => {
-                    if !reader.buf.is_empty() {
-                        let n = (rem as usize).min(reader.buf.len());
-                        let data = reader.buf.split_to(n).freeze();
-                        let rem = rem - n as u64;
-                        if rem == 0 {
-                            this.finish();
-                        } else {
-                            this.state = BodyState::Length(rem);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                BodyState::Chunked(cs) => {
-                    match step_chunked(&mut reader.buf, cs, this.max_trailer_bytes) {
-                        Ok(Step::NeedMore) => {}
-                        Ok(Step::State(next)) => {
-                            this.state = BodyState::Chunked(next);
-                            continue;
-                        }
-                        Ok(Step::Data(data, next)) => {
-                            this.state = BodyState::Chunked(next);
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        Ok(Step::End(trailers)) => {
-                            this.finish();
-                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                        }
-                        Err(e) => {
-                            this.state = BodyState::Done;
-                            this.reader = None;
-                            return Poll::Ready(Some(Err(Box::new(e))));
-                        }
-                    }
-                }
-            }
-            // Need more bytes.
-            let reader = this.reader.as_mut().expect("checked above");
-            match reader.poll_fill(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    this.state = BodyState::Done;
-                    this.reader = None;
-                    return Poll::Ready(Some(Err(Box::new(io::Error::new(
+                Ok(Decoded::NeedMore) => match reader.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "downstream closed the connection before the request body was complete",
-                    )))));
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
-                    this.state = BodyState::Done;
-                    this.reader = None;
-                    return Poll::Ready(Some(Err(Box::new(e))));
-                }
-            }
+                    ),
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => e,
+                },
+                Err(e) => e,
+            };
+            // The connection cannot carry another request: the reader is not returned.
+            this.state = BodyState::Done;
+            this.reader = None;
+            return Poll::Ready(Some(Err(Box::new(failed))));
         }
     }
 }

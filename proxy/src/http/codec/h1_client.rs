@@ -3,7 +3,7 @@
 //! connection task or channel in between; the response body reads from the connection and hands
 //! it back to the worker's pool when it ends.
 
-use super::chunked::{ChunkState, Step, step_chunked};
+use super::chunked::{BodyState, ChunkState, Decoded};
 use super::spans::{self, Span};
 use crate::http::body::{Body, BodyError};
 use crate::upstream::pool::H1Conn;
@@ -315,19 +315,11 @@ fn parse_response(
     }))
 }
 
-#[derive(Debug, Clone, Copy)]
-enum State {
-    Length(u64),
-    Chunked(ChunkState),
-    Eof,
-    Done,
-}
-
 /// An upstream HTTP/1.1 response body. At its end the connection goes back to the pool (when
 /// reusable); dropped earlier, the connection is closed.
 pub struct ResponseBody {
     conn: Option<H1Conn>,
-    state: State,
+    state: BodyState,
     keep_alive: bool,
 }
 
@@ -342,24 +334,24 @@ impl std::fmt::Debug for ResponseBody {
 impl ResponseBody {
     pub fn new(conn: H1Conn, framing: Framing, keep_alive: bool) -> Self {
         let state = match framing {
-            Framing::Empty => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(ChunkState::Size),
-            Framing::Eof => State::Eof,
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkState::Size),
+            Framing::Eof => BodyState::Eof,
         };
         let mut b = Self {
             conn: Some(conn),
             state,
             keep_alive,
         };
-        if matches!(b.state, State::Done) {
+        if matches!(b.state, BodyState::Done) {
             b.finish();
         }
         b
     }
 
     fn finish(&mut self) {
-        self.state = State::Done;
+        self.state = BodyState::Done;
         if let Some(c) = self.conn.take() {
             if self.keep_alive && c.buf.is_empty() {
                 c.release()
@@ -370,7 +362,7 @@ impl ResponseBody {
     }
 
     fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.state = State::Done;
+        self.state = BodyState::Done;
         if let Some(c) = self.conn.take() {
             c.discard();
         }
@@ -378,15 +370,11 @@ impl ResponseBody {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+        matches!(self.state, BodyState::Done)
     }
 
     pub fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.state.size_hint()
     }
 
     pub fn poll_frame(
@@ -398,63 +386,34 @@ impl ResponseBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.state {
-                State::Done => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                State::Length(rem) => {
-                    if !conn.buf.is_empty() {
-                        let n = (rem as usize).min(conn.buf.len());
-                        let data = conn.buf.split_to(n).freeze();
-                        let rem = rem - n as u64;
-                        if rem == 0 {
-                            this.finish();
-                        } else {
-                            this.state = State::Length(rem);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Eof => {
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Chunked(cs) => match step_chunked(&mut conn.buf, cs, 64 * 1024) {
-                    Ok(Step::NeedMore) => {}
-                    Ok(Step::State(next)) => {
-                        this.state = State::Chunked(next);
-                        continue;
-                    }
-                    Ok(Step::Data(data, next)) => {
-                        this.state = State::Chunked(next);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Step::End(trailers)) => {
+            match this.state.decode(&mut conn.buf, 64 * 1024) {
+                Ok(Decoded::Data(data)) => {
+                    if this.is_end_stream() {
                         this.finish();
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
-                    Err(e) => return this.fail(e),
-                },
-            }
-            let conn = this.conn.as_mut().expect("checked above");
-            match conn.poll_fill(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    if matches!(this.state, State::Eof) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) if matches!(this.state, BodyState::Eof) => {
                         this.keep_alive = false;
                         this.finish();
                         return Poll::Ready(None);
                     }
-                    return this.fail(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "upstream closed the connection before the response body was complete",
-                    ));
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return this.fail(e),
+                    Poll::Ready(Ok(0)) => {
+                        return this.fail(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream closed the connection before the response body was complete",
+                        ));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return this.fail(e),
+                },
+                Err(e) => return this.fail(e),
             }
         }
     }
