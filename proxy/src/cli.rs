@@ -133,4 +133,98 @@ pub enum Command {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
     },
+    /// Development certificates (a local CA and Istio-shaped workload certificates).
+    Certs {
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CertsCommand {
+    /// Create a development root CA: DIR/root-cert.pem and DIR/root-key.pem (0600).
+    Ca {
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA certificate's common name.
+        #[arg(long, default_value = "remora dev root CA")]
+        name: String,
+        /// ecdsa-p256 or rsa-2048.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: remora_certs::ca::KeyAlgorithm,
+        /// Create an intermediate CA signed by the CA in this directory instead of a root
+        /// (writes DIR/ca-chain.pem too).
+        #[arg(long = "intermediate-of")]
+        intermediate_of: Option<PathBuf>,
+    },
+    /// Issue a workload certificate in Istio's file-mounted layout: DIR/cert-chain.pem,
+    /// DIR/key.pem (0600), DIR/root-cert.pem.
+    Issue {
+        /// Directory of the issuing CA (written by `remora certs ca`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The identity, e.g. spiffe://cluster.local/ns/autolytiq/sa/api-gateway (the only URI SAN).
+        #[arg(long = "spiffe-id")]
+        spiffe_id: Option<remora_certs::SpiffeId>,
+        /// DNS subject alt names (repeatable), for non-mesh TLS.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Validity: 30m, 24h, 90d.
+        #[arg(long, default_value = "24h", value_parser = remora_certs::ca::parse_ttl)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: remora_certs::ca::KeyAlgorithm,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Run a `remora certs` command; the exit code.
+pub fn run_certs(cmd: &CertsCommand) -> i32 {
+    use remora_certs::ca::{DevCa, LeafRequest};
+    let result = match cmd {
+        CertsCommand::Ca {
+            out,
+            name,
+            key,
+            intermediate_of,
+        } => (|| {
+            let ca = match intermediate_of {
+                Some(parent) => DevCa::load(parent)?.intermediate(name, *key)?,
+                None => DevCa::generate_root(name, *key)?,
+            };
+            ca.write(out)?;
+            println!("wrote {}", out.join(remora_certs::ca::ROOT_CERT).display());
+            Ok::<_, remora_certs::ca::CaError>(())
+        })(),
+        CertsCommand::Issue {
+            ca,
+            spiffe_id,
+            dns,
+            ttl,
+            key,
+            out,
+        } => (|| {
+            let ca = DevCa::load(ca)?;
+            let mut req = LeafRequest::new(*ttl);
+            req.spiffe_id = spiffe_id.clone();
+            req.dns_names = dns.clone();
+            req.algorithm = *key;
+            ca.issue(&req)?.write_istio_layout(out)?;
+            println!(
+                "wrote {}, {} and {}",
+                out.join(remora_certs::ca::CERT_CHAIN).display(),
+                out.join(remora_certs::ca::KEY).display(),
+                out.join(remora_certs::ca::ROOT_CERT).display()
+            );
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

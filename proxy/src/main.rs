@@ -11,6 +11,9 @@ fn main() {
         println!("remora version: {}/RELEASE (Envoy API v3)", remora::VERSION);
         return;
     }
+    if let Some(Command::Certs { action }) = &options.command {
+        std::process::exit(remora::cli::run_certs(action));
+    }
     let logs = match LogControl::init(
         &options.log_level,
         options.component_log_level.as_deref(),
