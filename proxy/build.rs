@@ -82,6 +82,9 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.Secret",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 ];
 

@@ -13,6 +13,7 @@ pub mod server;
 pub mod stream_info;
 pub mod tcp;
 pub mod telemetry;
+pub mod transport_sockets;
 pub mod upstream;
 
 /// remora's version.

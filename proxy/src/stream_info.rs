@@ -213,6 +213,8 @@ pub struct ConnectionInfo {
     pub application_protocols: Vec<Box<str>>,
     /// `raw_buffer` or `tls`, as filter-chain matching saw it.
     pub transport_protocol: &'static str,
+    /// What the TLS handshake established, when the filter chain terminated TLS.
+    pub tls: Option<Box<crate::transport_sockets::tls::TlsInfo>>,
 }
 
 /// HTTP protocol of a stream as `%PROTOCOL%` prints it.

@@ -204,6 +204,7 @@ fn log_admin(
         requested_server_name: None,
         application_protocols: vec![],
         transport_protocol: "raw_buffer",
+        tls: None,
     });
     let mut info = crate::stream_info::StreamInfo::new(conn);
     info.protocol = Some(crate::stream_info::Protocol::Http11);

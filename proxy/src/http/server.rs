@@ -8,7 +8,7 @@ use super::codec::h1::{
 };
 use super::conn_manager::{ConnectionManager, DownstreamConn};
 use super::router::UpgradeBridge;
-use crate::io::Counted;
+use crate::io::{Counted, Split};
 use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
 use bytes::{Bytes, BytesMut};
@@ -16,16 +16,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
-pub async fn serve(
+pub async fn serve<S: Split>(
     hcm: Arc<ConnectionManager>,
     conn: Arc<DownstreamConn>,
-    mut stream: TcpStream,
+    mut stream: S,
     prefix: BytesMut,
     drain: watch::Receiver<bool>,
 ) {
@@ -118,15 +117,15 @@ async fn wait_drain(rx: &mut watch::Receiver<bool>) {
 /// This future is what an idle keep-alive connection costs, so it holds only the connection's
 /// halves and the wait for the next head; each request is served by a boxed future (routing
 /// and the upstream exchange are ~10 KB of state) that exists only while it is in flight.
-async fn serve_h1(
+async fn serve_h1<S: Split>(
     hcm: &Arc<ConnectionManager>,
     conn: &Arc<DownstreamConn>,
-    stream: TcpStream,
+    stream: S,
     buf: BytesMut,
     drain: watch::Receiver<bool>,
 ) -> bool {
     let cfg = &hcm.config;
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_halves();
     let mut wr = Counted::new(
         wr,
         None,
@@ -454,10 +453,10 @@ async fn tunnel<W: AsyncWrite + Unpin>(
 }
 
 /// HTTP/2 through hyper. Returns whether the peer closed the connection.
-async fn serve_h2(
+async fn serve_h2<S: Split>(
     hcm: &Arc<ConnectionManager>,
     conn: &Arc<DownstreamConn>,
-    stream: TcpStream,
+    stream: S,
     prefix: Bytes,
     mut drain: watch::Receiver<bool>,
 ) -> bool {

@@ -6,6 +6,8 @@ pub mod http_inspector;
 pub mod tls_inspector;
 
 use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
+use crate::io::Split;
+use crate::transport_sockets::tls::{self, TlsStats};
 use crate::model::listener::{ConnectionFacts, Listener, ListenerFilter, NetworkTerminal};
 use crate::stream_info::ConnectionInfo;
 use crate::tcp::proxy::TcpProxyFilter;
@@ -59,14 +61,22 @@ pub enum Terminal {
     Tcp(Arc<TcpProxyFilter>),
 }
 
+/// A filter chain at runtime: its configuration (transport socket) and its network filter.
+pub struct ActiveChain {
+    pub config: Arc<crate::model::listener::FilterChain>,
+    terminal: Terminal,
+}
+
 /// A listener at runtime.
 pub struct ActiveListener {
     pub config: Arc<Listener>,
     /// Index of the listener in its source (`static_resources.listeners[i]`).
     pub index: usize,
-    chains: Vec<Terminal>,
-    default_chain: Option<Terminal>,
+    chains: Vec<ActiveChain>,
+    default_chain: Option<ActiveChain>,
     pub stats: ListenerStats,
+    /// `listener.<address>.ssl.*`, when a filter chain terminates TLS.
+    pub ssl: Option<TlsStats>,
     pub local_address: SocketAddr,
     sockets: Mutex<Vec<std::net::TcpListener>>,
     pub drain: watch::Sender<bool>,
@@ -144,8 +154,8 @@ impl ActiveListener {
             .stat_prefix
             .clone()
             .unwrap_or_else(|| crate::model::listener::stat_address(&local_address));
-        let build = |fc: &crate::model::listener::FilterChain| -> Result<Terminal, BindError> {
-            Ok(match &fc.terminal {
+        let build = |fc: &Arc<crate::model::listener::FilterChain>| -> Result<ActiveChain, BindError> {
+            let terminal = match &fc.terminal {
                 NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
                     ConnectionManager::new(
                         h.clone(),
@@ -166,6 +176,10 @@ impl ActiveListener {
                     )
                     .map_err(|e| err(local_address, e))?,
                 )),
+            };
+            Ok(ActiveChain {
+                config: fc.clone(),
+                terminal,
             })
         };
         let chains = config
@@ -178,8 +192,13 @@ impl ActiveListener {
             .as_ref()
             .map(|fc| build(fc))
             .transpose()?;
+        let has_tls = chains
+            .iter()
+            .chain(default_chain.iter())
+            .any(|c| c.config.tls.is_some());
         Ok(Arc::new(Self {
             stats: ListenerStats::new(store, &stat_name),
+            ssl: has_tls.then(|| TlsStats::new(store, &format!("listener.{stat_name}"))),
             config,
             index,
             chains,
@@ -266,23 +285,61 @@ impl ActiveListener {
                 None => self.default_chain.as_ref(),
             }
         });
-        let Some(terminal) = chain else {
+        let Some(chain) = chain else {
             stats.no_filter_chain_match.inc();
             tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
             self.closed(opened);
             return;
         };
-        let info = Arc::new(ConnectionInfo {
+        let mut info = ConnectionInfo {
             id: NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
             local,
             remote,
             requested_server_name: server_name.map(String::into_boxed_str),
             application_protocols: app_protocols,
             transport_protocol: transport,
-        });
+            tls: None,
+        };
+        match (&chain.config.tls, &self.ssl) {
+            (Some(tls), Some(ssl)) => {
+                let accepted = tls::accept(
+                    tls,
+                    ssl,
+                    stream,
+                    prefix.freeze(),
+                    chain.config.handshake_timeout,
+                )
+                .await;
+                match accepted {
+                    Ok((stream, tls_info)) => {
+                        info.tls = Some(Box::new(tls_info));
+                        self.dispatch(&chain.terminal, info, stream, BytesMut::new())
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(listener = %self.config.name, %remote, "TLS handshake failed: {e}");
+                    }
+                }
+            }
+            _ => self.dispatch(&chain.terminal, info, stream, prefix).await,
+        }
+        self.closed(opened);
+    }
+
+    /// Hand an established connection (plaintext or after the TLS handshake) to its network
+    /// filter.
+    async fn dispatch<S: Split>(
+        &self,
+        terminal: &Terminal,
+        info: ConnectionInfo,
+        stream: S,
+        prefix: BytesMut,
+    ) {
+        let is_tls = info.tls.is_some();
+        let info = Arc::new(info);
         match terminal {
             Terminal::Http(hcm) => {
-                let conn = DownstreamConn::new(info, false);
+                let conn = DownstreamConn::new(info, is_tls);
                 crate::http::server::serve(
                     hcm.clone(),
                     conn,
@@ -295,7 +352,6 @@ impl ActiveListener {
             // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
             Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
         }
-        self.closed(opened);
     }
 
     fn closed(&self, opened: Instant) {

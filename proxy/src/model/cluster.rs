@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
@@ -103,6 +102,8 @@ pub struct Cluster {
     /// Percent of healthy hosts under which the load balancer ignores health (Envoy: 50).
     pub healthy_panic_threshold: f64,
     pub tcp_keepalive: Option<Keepalive>,
+    /// `envoy.transport_sockets.tls`: originate TLS to every host.
+    pub tls: Option<Arc<super::tls::UpstreamTls>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,32 +124,6 @@ pub fn keepalive(ka: &pb::core::TcpKeepalive) -> Keepalive {
         time: keepalive_time.as_ref().map(|v| v.value),
         interval: keepalive_interval.as_ref().map(|v| v.value),
     }
-}
-
-/// Refuse any transport socket other than raw_buffer (TLS arrives with the mTLS work).
-pub fn raw_transport_socket(
-    path: &FieldPath,
-    ts: &Option<pb::core::TransportSocket>,
-) -> Result<()> {
-    use pb::core::transport_socket::ConfigType;
-    let Some(pb::core::TransportSocket { name, config_type }) = ts else {
-        return Ok(());
-    };
-    let type_name = match config_type {
-        Some(ConfigType::TypedConfig(any)) => any_type(any).to_string(),
-        None => String::new(),
-    };
-    if type_name == RAW_BUFFER
-        || (type_name.is_empty() && name == "envoy.transport_sockets.raw_buffer")
-    {
-        return Ok(());
-    }
-    let shown = if type_name.is_empty() {
-        name.clone()
-    } else {
-        type_name
-    };
-    Err(path.error(format!("transport socket {shown} is not supported")))
 }
 
 // === impl Cluster ===
@@ -251,7 +226,7 @@ impl Cluster {
                 &subset.subset_selectors,
             )?;
         }
-        raw_transport_socket(&path.field("transport_socket"), transport_socket)?;
+        let tls = super::tls::upstream_socket(&path.field("transport_socket"), transport_socket)?;
         super::core::metadata_ok(metadata);
         deny(
             path,
@@ -537,6 +512,7 @@ impl Cluster {
             per_connection_buffer_limit_bytes: buffer_limit,
             healthy_panic_threshold: panic_threshold,
             tcp_keepalive,
+            tls,
         })
     }
 }

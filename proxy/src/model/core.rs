@@ -63,6 +63,10 @@ enum_names!(
     pb::route::redirect_action::RedirectResponseCode,
     pb::listener::listener::DrainType,
     pb::accesslog::comparison_filter::Op,
+    pb::tls::tls_parameters::TlsProtocol,
+    pb::tls::subject_alt_name_matcher::SanType,
+    pb::tls::certificate_validation_context::TrustChainVerification,
+    pb::tls::downstream_tls_context::OcspStaplePolicy,
 );
 
 pub fn duration(d: &pb::protobuf::Duration) -> Option<Duration> {

@@ -3,7 +3,7 @@
 //! application protocols → direct source IP → source type → source IP → source port), listener
 //! filters (TLS and HTTP inspectors) and network filters (HTTP connection manager, tcp_proxy).
 
-use super::cluster::{Keepalive, keepalive, raw_transport_socket};
+use super::cluster::{Keepalive, keepalive};
 use super::core::{
     any_type, bool_or, decode_any, deny, enum_value, opt_duration, socket_address, u32_or,
 };
@@ -58,6 +58,10 @@ pub struct Listener {
 pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatch,
+    /// `envoy.transport_sockets.tls`: terminate TLS before the network filter.
+    pub tls: Option<Arc<super::tls::DownstreamTls>>,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take.
+    pub handshake_timeout: Option<Duration>,
     pub terminal: NetworkTerminal,
 }
 
@@ -419,8 +423,8 @@ impl FilterChain {
         } = fc;
         deny(path, "use_proxy_proto", use_proxy_proto)?;
         super::core::metadata_ok(metadata);
-        raw_transport_socket(&path.field("transport_socket"), transport_socket)?;
-        deny(
+        let tls = super::tls::downstream_socket(&path.field("transport_socket"), transport_socket)?;
+        let handshake_timeout = opt_duration(
             path,
             "transport_socket_connect_timeout",
             transport_socket_connect_timeout,
@@ -476,6 +480,8 @@ impl FilterChain {
         Ok(Self {
             name: name.clone(),
             matcher,
+            tls,
+            handshake_timeout,
             terminal: terminal.expect("filters is not empty"),
         })
     }
@@ -714,6 +720,8 @@ mod tests {
         Arc::new(FilterChain {
             name: name.into(),
             matcher: m,
+            tls: None,
+            handshake_timeout: None,
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),

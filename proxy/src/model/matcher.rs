@@ -126,6 +126,19 @@ impl StringMatcher {
     }
 }
 
+/// SAN matching in TLS validation contexts.
+impl remora_certs::verify::StrMatch for StringMatcher {
+    fn matches(&self, s: &str) -> bool {
+        StringMatcher::matches(self, s)
+    }
+    fn exact(&self) -> Option<&str> {
+        match &self.pattern {
+            StringPattern::Exact(e) if !self.ignore_case => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Which request header a matcher reads; pseudo-headers come from the request line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderKey {

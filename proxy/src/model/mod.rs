@@ -14,5 +14,6 @@ pub mod pb;
 pub mod route;
 pub mod runtime;
 pub mod tcp_proxy;
+pub mod tls;
 
 pub use matcher::FullRegex;

@@ -14,8 +14,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug)]
 pub struct TcpStats {
@@ -86,7 +85,12 @@ impl TcpProxyFilter {
     /// Proxy one downstream connection. `prefix` holds bytes already read by listener filters.
     /// A listener drain does not cut established TCP connections; they end with their peers or
     /// at shutdown, as in Envoy.
-    pub async fn serve(&self, conn: Arc<ConnectionInfo>, mut downstream: TcpStream, prefix: Bytes) {
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: Arc<ConnectionInfo>,
+        mut downstream: S,
+        prefix: Bytes,
+    ) {
         self.stats.downstream_cx_total.inc();
         let mut info = StreamInfo::new(conn);
         let cluster_name = self.config.pick_cluster(fastrand::u64(..)).clone();
@@ -130,13 +134,13 @@ impl TcpProxyFilter {
             self.log(&info);
             return;
         };
-        info.upstream_local = upstream.inner.local_addr().ok();
+        info.upstream_local = upstream.inner.tcp().local_addr().ok();
 
         // Copy both ways; activity resets the idle timer.
         let started = Instant::now();
         let last_activity = AtomicU64::new(0);
         let touch = || last_activity.store(started.elapsed().as_millis() as u64, Relaxed);
-        let (mut d_rd, mut d_wr) = downstream.split();
+        let (mut d_rd, mut d_wr) = tokio::io::split(&mut downstream);
         let (mut u_rd, mut u_wr) = tokio::io::split(&mut upstream);
         let rx = AtomicU64::new(prefix.len() as u64);
         let tx = AtomicU64::new(0);

@@ -709,6 +709,7 @@ mod tests {
             requested_server_name: None,
             application_protocols: vec![],
             transport_protocol: "raw_buffer",
+            tls: None,
         });
         let mut i = StreamInfo::new(conn);
         i.start_time = UNIX_EPOCH + Duration::from_millis(1_460_751_420_310);

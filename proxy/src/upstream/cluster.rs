@@ -114,6 +114,8 @@ pub struct Cluster {
     pub id: u64,
     pub config: Arc<ClusterConfig>,
     pub stats: ClusterStats,
+    /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
+    pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
     pub added_via_api: bool,
     pub last_updated: SystemTime,
@@ -125,6 +127,12 @@ impl Cluster {
         let c = Arc::new(Self {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
             stats,
+            ssl: config.tls.as_ref().map(|_| {
+                crate::transport_sockets::tls::TlsStats::new(
+                    store,
+                    &format!("cluster.{}", config.stat_name),
+                )
+            }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             added_via_api: false,
             last_updated: SystemTime::now(),

@@ -139,6 +139,7 @@ mod tests {
             per_connection_buffer_limit_bytes: 1 << 20,
             healthy_panic_threshold: 50.0,
             tcp_keepalive: None,
+            tls: None,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

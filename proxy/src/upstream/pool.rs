@@ -6,7 +6,7 @@
 use super::cluster::Cluster;
 use super::host::Host;
 use crate::http::body::Body;
-use crate::io::Counted;
+use crate::io::{Counted, Transport};
 use crate::model::cluster::Keepalive;
 use bytes::BytesMut;
 use futures_util::FutureExt;
@@ -28,6 +28,8 @@ pub enum ConnectError {
     Timeout,
     Io(Arc<io::Error>),
     Handshake(Arc<hyper::Error>),
+    /// The TLS handshake failed (the reason as Envoy prints it: `TLS_error:…`).
+    Tls(Arc<str>),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -36,6 +38,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Timeout => f.write_str("connection timeout"),
             ConnectError::Io(e) => write!(f, "delayed connect error: {e}"),
             ConnectError::Handshake(e) => write!(f, "protocol error: {e}"),
+            ConnectError::Tls(reason) => f.write_str(reason),
         }
     }
 }
@@ -73,7 +76,7 @@ impl Drop for ConnectionStats {
 
 /// An upstream TCP connection: bytes counted into the cluster's
 /// `upstream_cx_{rx,tx}_bytes_total`, with its stats guard living as long as the connection.
-pub type CountedStream = Counted<TcpStream, Arc<ConnectionStats>>;
+pub type CountedStream = Counted<Transport, Arc<ConnectionStats>>;
 
 pub fn set_keepalive(sock: &TcpStream, ka: &Option<Keepalive>) {
     let Some(ka) = ka else { return };
@@ -120,10 +123,24 @@ pub async fn connect(
             return Err(ConnectError::Timeout);
         }
     };
-    s.upstream_cx_connect_ms
-        .record(started.elapsed().as_millis() as u64);
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
+    let stream = match (&cluster.config.tls, &cluster.ssl) {
+        (Some(tls), Some(ssl)) => match crate::transport_sockets::tls::connect(tls, ssl, stream).await
+        {
+            Ok((tls_stream, _info)) => Transport::Tls(Box::new(tls_stream)),
+            Err(e) => {
+                let reason = crate::transport_sockets::tls::failure_reason(&e);
+                tracing::debug!(cluster = %cluster.config.name, host = %host.address, "upstream TLS handshake failed: {reason}");
+                s.upstream_cx_connect_fail.inc();
+                host.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                return Err(ConnectError::Tls(reason.into()));
+            }
+        },
+        _ => Transport::Plain(stream),
+    };
+    s.upstream_cx_connect_ms
+        .record(started.elapsed().as_millis() as u64);
     s.upstream_cx_active.inc();
     host.stats.cx_active.fetch_add(1, Relaxed);
     let stats = Arc::new(ConnectionStats {
@@ -178,9 +195,8 @@ impl H1Conn {
     /// An idle connection is usable when nothing happened on it: readable would mean the
     /// upstream closed it (or sent something unasked). Reading the last response ended with a
     /// short read, which clears readiness, so this needs no system call.
-    fn idle_and_open(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.buf.is_empty() && self.io.inner.poll_read_ready(&mut cx).is_pending()
+    fn idle_and_open(&mut self) -> bool {
+        self.buf.is_empty() && self.io.inner.idle_and_open()
     }
 
     /// Return the connection to this worker's pool (after a response ended cleanly).
@@ -289,7 +305,7 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
 /// A fresh HTTP/1.1 connection.
 pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
     let io = connect(cluster, host).await?;
-    let local_addr = io.inner.local_addr().ok();
+    let local_addr = io.inner.tcp().local_addr().ok();
     cluster.stats.upstream_cx_http1_total.inc();
     Ok(H1Conn {
         io,
@@ -357,7 +373,7 @@ pub async fn acquire_h2(
 async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
     let stream = connect(cluster, host).await?;
     let stats = stream.keep.clone();
-    let local = stream.inner.local_addr().ok();
+    let local = stream.inner.tcp().local_addr().ok();
     let h2 = &cluster.config.http2;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(h2.initial_stream_window_size)
@@ -387,7 +403,7 @@ pub fn sweep() {
                 }
                 return false;
             }
-            entry.h1.retain(|idle| {
+            entry.h1.retain_mut(|idle| {
                 let expired = idle
                     .conn
                     .cluster

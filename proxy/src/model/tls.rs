@@ -1,0 +1,755 @@
+//! `envoy.transport_sockets.tls`: `DownstreamTlsContext` and `UpstreamTlsContext` → rustls
+//! server/client configurations (aws-lc-rs only), with certificates from watched files, Envoy's
+//! validation context (trusted CA, SAN matchers) and TLS parameters (versions, TLS 1.2 cipher
+//! suites by their OpenSSL names, curves). Everything not honoured is refused by path.
+
+use super::core::{bool_or, decode_any, deny, enum_value, u32_or};
+use super::matcher::StringMatcher;
+use super::pb;
+use crate::config::{FieldPath, Result};
+use remora_certs::source::{
+    CertificateSource, Data, FileCertificate, FileTrust, OnReload, ReloadEvent, TrustSource,
+};
+use remora_certs::verify::{ClientVerifier, SanMatcher, SanType, ServerVerifier, Validation};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls::{SupportedProtocolVersion, SupportedCipherSuite};
+use rustls_pki_types::ServerName;
+use std::sync::{Arc, OnceLock};
+
+pub const DOWNSTREAM_TLS_TYPE: &str =
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub const UPSTREAM_TLS_TYPE: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// Reports certificate-file rotations (set once by the server: stats and logs).
+pub static RELOAD_HOOK: OnceLock<OnReload> = OnceLock::new();
+
+fn on_reload() -> Option<OnReload> {
+    Some(Arc::new(|e: &ReloadEvent| {
+        if let Some(h) = RELOAD_HOOK.get() {
+            h(e)
+        }
+    }))
+}
+
+/// A listener filter chain's TLS termination.
+pub struct DownstreamTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub certificates: Vec<Arc<FileCertificate>>,
+    pub trust: Option<Arc<FileTrust>>,
+    pub require_client_certificate: bool,
+}
+
+/// A cluster's TLS origination.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// What the ClientHello carries (`sni`); rustls needs a name even when SNI is off.
+    pub server_name: ServerName<'static>,
+    pub certificates: Vec<Arc<FileCertificate>>,
+    pub trust: Option<Arc<FileTrust>>,
+    /// ALPN offered (e.g. `istio-peer-exchange`, `istio`, `h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+}
+
+impl std::fmt::Debug for DownstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownstreamTls")
+            .field("certificates", &self.certificates)
+            .field("trust", &self.trust)
+            .field("require_client_certificate", &self.require_client_certificate)
+            .field("alpn", &self.config.alpn_protocols)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("certificates", &self.certificates)
+            .field("trust", &self.trust)
+            .field("alpn", &self.alpn)
+            .finish()
+    }
+}
+
+const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// `transport_socket` of a filter chain or cluster: raw_buffer, or TLS of the expected side.
+fn transport_socket<'a>(
+    path: &FieldPath,
+    ts: &'a Option<pb::core::TransportSocket>,
+    tls_type: &str,
+) -> Result<Option<&'a pb::protobuf::Any>> {
+    use pb::core::transport_socket::ConfigType;
+    let Some(pb::core::TransportSocket { name, config_type }) = ts else {
+        return Ok(None);
+    };
+    let any = match config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None if name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
+        None => {
+            return Err(path.error(format!(
+                "transport socket '{name}' needs a typed_config"
+            )));
+        }
+    };
+    let tp = path.field("typed_config");
+    match super::core::any_type(any) {
+        RAW_BUFFER => Ok(None),
+        t if t == tls_type => Ok(Some(any)),
+        other => Err(tp
+            .field("@type")
+            .error(format!("transport socket {other} is not supported here"))),
+    }
+}
+
+/// A filter chain's `transport_socket`.
+pub fn downstream_socket(
+    path: &FieldPath,
+    ts: &Option<pb::core::TransportSocket>,
+) -> Result<Option<Arc<DownstreamTls>>> {
+    let Some(any) = transport_socket(path, ts, DOWNSTREAM_TLS_TYPE)? else {
+        return Ok(None);
+    };
+    let tp = path.field("typed_config");
+    Ok(Some(Arc::new(DownstreamTls::from_proto(
+        &tp,
+        &decode_any(&tp, any)?,
+    )?)))
+}
+
+/// A cluster's `transport_socket`.
+pub fn upstream_socket(
+    path: &FieldPath,
+    ts: &Option<pb::core::TransportSocket>,
+) -> Result<Option<Arc<UpstreamTls>>> {
+    let Some(any) = transport_socket(path, ts, UPSTREAM_TLS_TYPE)? else {
+        return Ok(None);
+    };
+    let tp = path.field("typed_config");
+    Ok(Some(Arc::new(UpstreamTls::from_proto(
+        &tp,
+        &decode_any(&tp, any)?,
+    )?)))
+}
+
+// === common_tls_context ===
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+struct Common {
+    versions: Vec<&'static SupportedProtocolVersion>,
+    provider: Arc<CryptoProvider>,
+    certificates: Vec<Arc<FileCertificate>>,
+    validation: Option<(Validation, Option<Arc<FileTrust>>, bool)>,
+    alpn: Vec<String>,
+}
+
+fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result<Common> {
+    use pb::tls::common_tls_context::ValidationContextType as V;
+    #[allow(deprecated)]
+    let pb::tls::CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = c;
+    if !tls_certificate_sds_secret_configs.is_empty() {
+        return Err(path
+            .field("tls_certificate_sds_secret_configs")
+            .error("is not supported yet (SDS arrives with xDS)"));
+    }
+    deny(
+        path,
+        "tls_certificate_provider_instance",
+        tls_certificate_provider_instance,
+    )?;
+    deny(
+        path,
+        "custom_tls_certificate_selector",
+        custom_tls_certificate_selector,
+    )?;
+    deny(
+        path,
+        "tls_certificate_certificate_provider",
+        tls_certificate_certificate_provider,
+    )?;
+    deny(
+        path,
+        "tls_certificate_certificate_provider_instance",
+        tls_certificate_certificate_provider_instance,
+    )?;
+    deny(path, "custom_handshaker", custom_handshaker)?;
+    deny(path, "key_log", key_log)?;
+    let (versions, provider) = tls_parameters(&path.field("tls_params"), tls_params, side)?;
+    let certificates = tls_certificates
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t))
+        .collect::<Result<Vec<_>>>()?;
+    let validation = match validation_context_type {
+        None => None,
+        Some(V::ValidationContext(v)) => Some(validation_context(
+            &path.field("validation_context"),
+            v,
+        )?),
+        Some(V::ValidationContextSdsSecretConfig(_)) => {
+            return Err(path
+                .field("validation_context_sds_secret_config")
+                .error("is not supported yet (SDS arrives with xDS)"));
+        }
+        Some(V::CombinedValidationContext(_)) => {
+            return Err(path
+                .field("combined_validation_context")
+                .error("is not supported yet (it combines with an SDS validation context; SDS arrives with xDS)"));
+        }
+        #[allow(deprecated)]
+        Some(V::ValidationContextCertificateProvider(_)) => {
+            return Err(path.unsupported("validation_context_certificate_provider"));
+        }
+        #[allow(deprecated)]
+        Some(V::ValidationContextCertificateProviderInstance(_)) => {
+            return Err(path.unsupported("validation_context_certificate_provider_instance"));
+        }
+    };
+    for (i, p) in alpn_protocols.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return Err(path
+                .field("alpn_protocols")
+                .index(i)
+                .error("an ALPN protocol name is 1 to 255 bytes"));
+        }
+    }
+    Ok(Common {
+        versions,
+        provider,
+        certificates,
+        validation,
+        alpn: alpn_protocols.clone(),
+    })
+}
+
+/// Envoy's DataSource for TLS material: files stay files (watched), the rest is inline.
+fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> Result<Data> {
+    use pb::core::data_source::Specifier;
+    let Some(pb::core::DataSource {
+        watched_directory: _, // files are watched regardless (see FileCertificate)
+        specifier,
+    }) = ds
+    else {
+        return Err(path.error("is required"));
+    };
+    Ok(match specifier {
+        Some(Specifier::Filename(f)) => Data::File(f.into()),
+        Some(Specifier::InlineBytes(b)) => Data::Inline(b.clone()),
+        Some(Specifier::InlineString(s)) => Data::Inline(s.clone().into_bytes()),
+        Some(Specifier::EnvironmentVariable(v)) => match std::env::var(v) {
+            Ok(s) => Data::Inline(s.into_bytes()),
+            Err(_) => {
+                return Err(path
+                    .field("environment_variable")
+                    .error(format!("environment variable '{v}' is not set")));
+            }
+        },
+        None => {
+            return Err(path.error(
+                "a data source needs filename, inline_bytes, inline_string or environment_variable",
+            ));
+        }
+    })
+}
+
+fn tls_certificate(path: &FieldPath, t: &pb::tls::TlsCertificate) -> Result<Arc<FileCertificate>> {
+    let pb::tls::TlsCertificate {
+        certificate_chain,
+        private_key,
+        pkcs12,
+        watched_directory: _, // honoured: the files are polled, so a directory swap is seen
+        private_key_provider,
+        password,
+        ocsp_staple,
+        signed_certificate_timestamp,
+        tls_params,
+    } = t;
+    deny(path, "pkcs12", pkcs12)?;
+    deny(path, "private_key_provider", private_key_provider)?;
+    deny(path, "password", password)?;
+    deny(path, "ocsp_staple", ocsp_staple)?;
+    deny(
+        path,
+        "signed_certificate_timestamp",
+        signed_certificate_timestamp,
+    )?;
+    deny(path, "tls_params", tls_params)?;
+    let chain = tls_data(&path.field("certificate_chain"), certificate_chain)?;
+    let key = tls_data(&path.field("private_key"), private_key)?;
+    FileCertificate::load(chain, key, on_reload()).map_err(|e| path.error(e.to_string()))
+}
+
+fn validation_context(
+    path: &FieldPath,
+    v: &pb::tls::CertificateValidationContext,
+) -> Result<(Validation, Option<Arc<FileTrust>>, bool)> {
+    use pb::tls::certificate_validation_context::TrustChainVerification as T;
+    use pb::tls::subject_alt_name_matcher::SanType as S;
+    let pb::tls::CertificateValidationContext {
+        trusted_ca,
+        ca_certificate_provider_instance,
+        system_root_certs,
+        watched_directory: _, // honoured: trusted_ca files are polled
+        verify_certificate_spki,
+        verify_certificate_hash,
+        match_typed_subject_alt_names,
+        match_subject_alt_names,
+        require_signed_certificate_timestamp,
+        crl,
+        allow_expired_certificate,
+        trust_chain_verification,
+        custom_validator_config,
+        only_verify_leaf_cert_crl,
+        max_verify_depth,
+        suppress_client_ca_list,
+    } = v;
+    deny(
+        path,
+        "ca_certificate_provider_instance",
+        ca_certificate_provider_instance,
+    )?;
+    deny(path, "system_root_certs", system_root_certs)?;
+    deny(path, "verify_certificate_spki", verify_certificate_spki)?;
+    deny(path, "verify_certificate_hash", verify_certificate_hash)?;
+    if bool_or(require_signed_certificate_timestamp, false) {
+        return Err(path.unsupported("require_signed_certificate_timestamp"));
+    }
+    deny(path, "crl", crl)?;
+    deny(path, "allow_expired_certificate", allow_expired_certificate)?;
+    deny(path, "custom_validator_config", custom_validator_config)?;
+    deny(path, "only_verify_leaf_cert_crl", only_verify_leaf_cert_crl)?;
+    deny(path, "max_verify_depth", max_verify_depth)?;
+    let verify_chain = enum_value::<T>(
+        path,
+        "trust_chain_verification",
+        *trust_chain_verification,
+        |_| true,
+    )? == T::VerifyTrustChain;
+    let trust = match trusted_ca {
+        Some(_) => Some(
+            FileTrust::load(tls_data(&path.field("trusted_ca"), trusted_ca)?, on_reload())
+                .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut san_matchers = Vec::new();
+    for (i, m) in match_typed_subject_alt_names.iter().enumerate() {
+        let mp = path.field("match_typed_subject_alt_names").index(i);
+        let pb::tls::SubjectAltNameMatcher {
+            san_type,
+            matcher,
+            oid,
+        } = m;
+        let t = enum_value::<S>(&mp, "san_type", *san_type, |t| *t != S::Unspecified)
+            .map_err(|_| mp.field("san_type").error("must be EMAIL, DNS, URI, IP_ADDRESS or OTHER_NAME"))?;
+        let san_type = match t {
+            S::Email => SanType::Email,
+            S::Dns => SanType::Dns,
+            S::Uri => SanType::Uri,
+            S::IpAddress => SanType::IpAddress,
+            S::OtherName => {
+                if oid.is_empty() {
+                    return Err(mp.field("oid").error("is required for OTHER_NAME"));
+                }
+                SanType::OtherName(oid.clone())
+            }
+            S::Unspecified => unreachable!("refused above"),
+        };
+        if t != S::OtherName && !oid.is_empty() {
+            return Err(mp.field("oid").error("is only meaningful for OTHER_NAME"));
+        }
+        let Some(matcher) = matcher else {
+            return Err(mp.field("matcher").error("is required"));
+        };
+        san_matchers.push(SanMatcher {
+            san_type: Some(san_type),
+            matcher: Arc::new(StringMatcher::from_proto(&mp.field("matcher"), matcher)?),
+        });
+    }
+    for (i, m) in match_subject_alt_names.iter().enumerate() {
+        let mp = path.field("match_subject_alt_names").index(i);
+        san_matchers.push(SanMatcher {
+            san_type: None,
+            matcher: Arc::new(StringMatcher::from_proto(&mp, m)?),
+        });
+    }
+    if verify_chain && trust.is_none() && !san_matchers.is_empty() {
+        // Envoy: SAN matching without a CA would trust any self-made certificate.
+        return Err(path
+            .field("trusted_ca")
+            .error("is required when subject alt names are matched"));
+    }
+    let validation = Validation {
+        trust: match (&trust, verify_chain) {
+            (Some(t), true) => Some(t.clone() as Arc<dyn TrustSource>),
+            _ => None,
+        },
+        san_matchers,
+    };
+    Ok((validation, trust, *suppress_client_ca_list))
+}
+
+// === tls_params ===
+
+/// OpenSSL/BoringSSL names of the TLS 1.2 suites rustls implements.
+fn tls12_suite(name: &str) -> Option<SupportedCipherSuite> {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    Some(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    })
+}
+
+fn curve(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group as kx;
+    Some(match name {
+        "X25519" => kx::X25519,
+        "P-256" => kx::SECP256R1,
+        "P-384" => kx::SECP384R1,
+        "X25519MLKEM768" => kx::X25519MLKEM768,
+        _ => return None,
+    })
+}
+
+fn tls_parameters(
+    path: &FieldPath,
+    p: &Option<pb::tls::TlsParameters>,
+    side: Side,
+) -> Result<(Vec<&'static SupportedProtocolVersion>, Arc<CryptoProvider>)> {
+    use pb::tls::tls_parameters::TlsProtocol as V;
+    let default = pb::tls::TlsParameters::default();
+    let pb::tls::TlsParameters {
+        tls_minimum_protocol_version,
+        tls_maximum_protocol_version,
+        cipher_suites,
+        ecdh_curves,
+        signature_algorithms,
+        compliance_policies,
+    } = p.as_ref().unwrap_or(&default);
+    deny(path, "signature_algorithms", signature_algorithms)?;
+    deny(path, "compliance_policies", compliance_policies)?;
+    let version = |field: &str, v: i32| -> Result<V> {
+        let v = enum_value::<V>(path, field, v, |_| true)?;
+        if matches!(v, V::TlSv10 | V::TlSv11) {
+            return Err(path.field(field).error(format!(
+                "{} is not supported (rustls implements TLS 1.2 and 1.3)",
+                v.as_str_name()
+            )));
+        }
+        Ok(v)
+    };
+    // Envoy's defaults: TLS 1.2 minimum; maximum TLS 1.3 for servers and TLS 1.2 for clients.
+    let min = match version("tls_minimum_protocol_version", *tls_minimum_protocol_version)? {
+        V::TlsAuto => V::TlSv12,
+        v => v,
+    };
+    let max = match version("tls_maximum_protocol_version", *tls_maximum_protocol_version)? {
+        V::TlsAuto if side == Side::Server => V::TlSv13,
+        V::TlsAuto => V::TlSv12,
+        v => v,
+    };
+    if (max as i32) < (min as i32) {
+        return Err(path
+            .field("tls_maximum_protocol_version")
+            .error("is below tls_minimum_protocol_version"));
+    }
+    let mut versions = Vec::new();
+    if min == V::TlSv12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max == V::TlSv13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let mut suites: Vec<SupportedCipherSuite> = base
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .copied()
+        .collect();
+    if cipher_suites.is_empty() {
+        suites.extend(
+            base.cipher_suites
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS12),
+        );
+    } else {
+        for (i, entry) in cipher_suites.iter().enumerate() {
+            // `[A|B]` is an equal-preference group in BoringSSL; rustls keeps the order given.
+            for name in entry.trim_matches(|c| c == '[' || c == ']').split('|') {
+                let Some(s) = tls12_suite(name) else {
+                    return Err(path.field("cipher_suites").index(i).error(format!(
+                        "cipher suite '{name}' is not supported (rustls offers ECDHE with AES-GCM or CHACHA20-POLY1305 for TLS 1.2; TLS 1.3 suites are not configurable, as in Envoy)"
+                    )));
+                };
+                if !suites.contains(&s) {
+                    suites.push(s);
+                }
+            }
+        }
+    }
+    let kx_groups = if ecdh_curves.is_empty() {
+        // Envoy's default curves.
+        vec![
+            rustls::crypto::aws_lc_rs::kx_group::X25519,
+            rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+        ]
+    } else {
+        ecdh_curves
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                curve(c).ok_or_else(|| {
+                    path.field("ecdh_curves").index(i).error(format!(
+                        "curve '{c}' is not supported (X25519, P-256, P-384, X25519MLKEM768)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok((
+        versions,
+        Arc::new(CryptoProvider {
+            cipher_suites: suites,
+            kx_groups,
+            ..base
+        }),
+    ))
+}
+
+// === certificate selection ===
+
+/// Picks the certificate for a ClientHello: one whose key can sign with a scheme the client
+/// offers, preferring one whose DNS names match the SNI (Envoy's multi-certificate selection).
+#[derive(Debug)]
+struct ServerResolver {
+    certificates: Vec<Arc<FileCertificate>>,
+    require_sni: bool,
+}
+
+impl rustls::server::ResolvesServerCert for ServerResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name();
+        if self.require_sni && sni.is_none() {
+            return None;
+        }
+        let schemes = hello.signature_schemes();
+        let mut fallback = None;
+        for c in &self.certificates {
+            let Some(id) = c.current() else { continue };
+            if id.key.key.choose_scheme(schemes).is_none() {
+                continue;
+            }
+            let name_matches = sni.is_some_and(|s| {
+                id.chain[0]
+                    .dns_sans()
+                    .any(|d| remora_certs::verify::dns_name_match(s, d))
+            });
+            if name_matches || self.certificates.len() == 1 {
+                return Some(id.key.clone());
+            }
+            fallback.get_or_insert(id.key.clone());
+        }
+        fallback
+    }
+}
+
+#[derive(Debug)]
+struct ClientResolver {
+    certificates: Vec<Arc<FileCertificate>>,
+}
+
+impl rustls::client::ResolvesClientCert for ClientResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.certificates.iter().find_map(|c| {
+            let id = c.current()?;
+            id.key.key.choose_scheme(schemes).map(|_| id.key.clone())
+        })
+    }
+
+    fn has_certs(&self) -> bool {
+        !self.certificates.is_empty()
+    }
+}
+
+fn rustls_error(path: &FieldPath, e: rustls::Error) -> crate::config::ConfigError {
+    path.error(format!("cannot build the TLS context: {e}"))
+}
+
+// === impl DownstreamTls ===
+
+impl DownstreamTls {
+    pub fn from_proto(path: &FieldPath, d: &pb::tls::DownstreamTlsContext) -> Result<Self> {
+        use pb::tls::downstream_tls_context::OcspStaplePolicy as O;
+        use pb::tls::downstream_tls_context::SessionTicketKeysType as K;
+        let pb::tls::DownstreamTlsContext {
+            common_tls_context,
+            require_client_certificate,
+            require_sni,
+            disable_stateful_session_resumption,
+            session_timeout,
+            ocsp_staple_policy,
+            full_scan_certs_on_sni_mismatch,
+            prefer_client_ciphers,
+            session_ticket_keys_type,
+        } = d;
+        deny(path, "session_timeout", session_timeout)?;
+        enum_value::<O>(path, "ocsp_staple_policy", *ocsp_staple_policy, |p| {
+            *p == O::LenientStapling
+        })?;
+        if bool_or(full_scan_certs_on_sni_mismatch, false) {
+            return Err(path.unsupported("full_scan_certs_on_sni_mismatch"));
+        }
+        let stateless = match session_ticket_keys_type {
+            None => true,
+            Some(K::DisableStatelessSessionResumption(d)) => !d,
+            Some(K::SessionTicketKeys(_)) => {
+                return Err(path.unsupported("session_ticket_keys"));
+            }
+            Some(K::SessionTicketKeysSdsSecretConfig(_)) => {
+                return Err(path.unsupported("session_ticket_keys_sds_secret_config"));
+            }
+        };
+        let cp = path.field("common_tls_context");
+        let default = pb::tls::CommonTlsContext::default();
+        let c = common(&cp, common_tls_context.as_ref().unwrap_or(&default), Side::Server)?;
+        if c.certificates.is_empty() {
+            return Err(cp
+                .field("tls_certificates")
+                .error("a server TLS context needs a certificate"));
+        }
+        let require = bool_or(require_client_certificate, false);
+        let builder = rustls::ServerConfig::builder_with_provider(c.provider.clone())
+            .with_protocol_versions(&c.versions)
+            .map_err(|e| rustls_error(&cp.field("tls_params"), e))?;
+        let (builder, trust) = match c.validation {
+            Some((validation, trust, suppress)) => (
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(
+                    validation, require, suppress,
+                ))),
+                trust,
+            ),
+            None if require => {
+                return Err(path.field("require_client_certificate").error(
+                    "needs common_tls_context.validation_context to verify client certificates against",
+                ));
+            }
+            None => (builder.with_no_client_auth(), None),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(ServerResolver {
+            certificates: c.certificates.clone(),
+            require_sni: bool_or(require_sni, false),
+        }));
+        config.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        config.ignore_client_order = !prefer_client_ciphers;
+        if *disable_stateful_session_resumption {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        } else {
+            config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+        }
+        if stateless {
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| rustls_error(path, e))?;
+        }
+        if !stateless && *disable_stateful_session_resumption {
+            config.send_tls13_tickets = 0;
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            certificates: c.certificates,
+            trust,
+            require_client_certificate: require,
+        })
+    }
+}
+
+// === impl UpstreamTls ===
+
+impl UpstreamTls {
+    pub fn from_proto(path: &FieldPath, u: &pb::tls::UpstreamTlsContext) -> Result<Self> {
+        let pb::tls::UpstreamTlsContext {
+            common_tls_context,
+            sni,
+            auto_host_sni,
+            auto_sni_san_validation,
+            allow_renegotiation,
+            max_session_keys,
+            enforce_rsa_key_usage,
+        } = u;
+        deny(path, "auto_host_sni", auto_host_sni)?;
+        deny(path, "auto_sni_san_validation", auto_sni_san_validation)?;
+        deny(path, "allow_renegotiation", allow_renegotiation)?;
+        if bool_or(enforce_rsa_key_usage, false) {
+            return Err(path.unsupported("enforce_rsa_key_usage"));
+        }
+        let cp = path.field("common_tls_context");
+        let default = pb::tls::CommonTlsContext::default();
+        let c = common(&cp, common_tls_context.as_ref().unwrap_or(&default), Side::Client)?;
+        let (validation, trust) = match c.validation {
+            Some((v, trust, _)) => (v, trust),
+            // No validation context: Envoy does not verify the server's certificate.
+            None => (Validation::default(), None),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(c.provider.clone())
+            .with_protocol_versions(&c.versions)
+            .map_err(|e| rustls_error(&cp.field("tls_params"), e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier { validation }));
+        let mut config = if c.certificates.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            builder.with_client_cert_resolver(Arc::new(ClientResolver {
+                certificates: c.certificates.clone(),
+            }))
+        };
+        config.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let server_name = if sni.is_empty() {
+            config.enable_sni = false;
+            ServerName::try_from("remora.invalid").expect("a valid DNS name")
+        } else {
+            ServerName::try_from(sni.clone())
+                .map_err(|_| path.field("sni").error(format!("'{sni}' is not a valid server name")))?
+        };
+        let keys = u32_or(max_session_keys, 1);
+        config.resumption = if keys == 0 {
+            rustls::client::Resumption::disabled()
+        } else {
+            rustls::client::Resumption::in_memory_sessions(keys as usize)
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            server_name,
+            certificates: c.certificates,
+            trust,
+            alpn: c.alpn,
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! `envoy.transport_sockets.tls` at runtime: the server handshake on a listener's filter chain,
+//! the client handshake on a cluster's connections, Envoy's `ssl.*` stats, and what the
+//! handshake established (version, cipher, ALPN, the peer's verified certificate and SPIFFE ID)
+//! carried with the connection.
+
+use crate::io::{Counted, DownstreamTlsStream};
+use crate::model::tls::{DownstreamTls, UpstreamTls};
+use crate::telemetry::stats::{Counter, Store};
+use bytes::Bytes;
+use remora_certs::SpiffeId;
+use remora_certs::info::CertDetails;
+use remora_certs::source::CertificateSource;
+use remora_certs::verify::{VerifyFailure, classify};
+use rustls::CipherSuite;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// `<scope>.ssl.*` (scope: `listener.<address>` or `cluster.<name>`).
+#[derive(Debug)]
+pub struct TlsStats {
+    prefix: String,
+    store: Arc<Store>,
+    pub handshake: Arc<Counter>,
+    pub connection_error: Arc<Counter>,
+    pub session_reused: Arc<Counter>,
+    pub no_certificate: Arc<Counter>,
+    pub fail_verify_no_cert: Arc<Counter>,
+    pub fail_verify_error: Arc<Counter>,
+    pub fail_verify_san: Arc<Counter>,
+}
+
+impl TlsStats {
+    pub fn new(store: &Arc<Store>, scope: &str) -> Self {
+        let prefix = format!("{scope}.ssl.");
+        let c = |n: &str| store.counter(&format!("{prefix}{n}"));
+        Self {
+            handshake: c("handshake"),
+            connection_error: c("connection_error"),
+            session_reused: c("session_reused"),
+            no_certificate: c("no_certificate"),
+            fail_verify_no_cert: c("fail_verify_no_cert"),
+            fail_verify_error: c("fail_verify_error"),
+            fail_verify_san: c("fail_verify_san"),
+            prefix,
+            store: store.clone(),
+        }
+    }
+
+    /// `ssl.versions.<v>`, `ssl.ciphers.<c>`, `ssl.curves.<c>` (registered on first use).
+    fn negotiated(&self, info: &TlsInfo) {
+        self.handshake.inc();
+        let dynamic = |kind: &str, v: &str| {
+            self.store
+                .counter(&format!("{}{kind}.{v}", self.prefix))
+                .inc()
+        };
+        dynamic("versions", info.version);
+        dynamic("ciphers", info.cipher);
+        if let Some(c) = info.curve {
+            dynamic("curves", c);
+        }
+        if info.session_reused {
+            self.session_reused.inc();
+        }
+        if info.peer.is_none() {
+            self.no_certificate.inc();
+        }
+    }
+
+    fn failed(&self, e: &std::io::Error) {
+        self.connection_error.inc();
+        let rustls_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error.and_then(classify) {
+            Some(VerifyFailure::San) => self.fail_verify_san.inc(),
+            Some(VerifyFailure::Chain) => self.fail_verify_error.inc(),
+            Some(VerifyFailure::NoCertificate) => {
+                self.fail_verify_no_cert.inc();
+                self.no_certificate.inc();
+            }
+            None => {}
+        }
+    }
+}
+
+/// The peer's certificate, verified (or presented, when no validation context is configured).
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    /// The SPIFFE ID: the certificate's `spiffe://` URI SAN, if it has exactly one.
+    pub spiffe_id: Option<SpiffeId>,
+    pub details: CertDetails,
+}
+
+/// What a TLS handshake established.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// `TLSv1.2` / `TLSv1.3`, as `%DOWNSTREAM_TLS_VERSION%` prints it.
+    pub version: &'static str,
+    /// OpenSSL name, as `%DOWNSTREAM_TLS_CIPHER%` prints it.
+    pub cipher: &'static str,
+    pub curve: Option<&'static str>,
+    pub alpn: Option<Box<str>>,
+    pub session_reused: bool,
+    pub peer: Option<PeerCert>,
+    /// Our own certificate's details (the first configured one).
+    pub local: Option<CertDetails>,
+}
+
+impl TlsInfo {
+    pub fn peer_spiffe_id(&self) -> Option<&SpiffeId> {
+        self.peer.as_ref().and_then(|p| p.spiffe_id.as_ref())
+    }
+
+    fn from_connection(
+        conn: &rustls::CommonState,
+        session_reused: bool,
+        local: &[Arc<remora_certs::source::FileCertificate>],
+    ) -> Self {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| openssl_cipher_name(s.suite()))
+            .unwrap_or("unknown");
+        let curve = conn.negotiated_key_exchange_group().map(|g| match g.name() {
+            rustls::NamedGroup::X25519 => "X25519",
+            rustls::NamedGroup::secp256r1 => "P-256",
+            rustls::NamedGroup::secp384r1 => "P-384",
+            rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+            _ => "unknown",
+        });
+        let peer = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| CertDetails::parse(der).ok())
+            .map(|details| {
+                let spiffe_id = {
+                    let mut uris = details.uri_sans().filter(|u| u.starts_with("spiffe://"));
+                    match (uris.next(), uris.next()) {
+                        (Some(u), None) => SpiffeId::parse(u).ok(),
+                        _ => None,
+                    }
+                };
+                PeerCert { spiffe_id, details }
+            });
+        Self {
+            version,
+            cipher,
+            curve,
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into()),
+            session_reused,
+            peer,
+            local: local
+                .first()
+                .and_then(|c| c.current())
+                .map(|id| id.chain[0].clone()),
+        }
+    }
+}
+
+/// OpenSSL's names for the suites rustls negotiates.
+pub fn openssl_cipher_name(s: CipherSuite) -> &'static str {
+    match s {
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "ECDHE-ECDSA-CHACHA20-POLY1305"
+        }
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => "unknown",
+    }
+}
+
+/// Why a handshake failed, as `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%` /
+/// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` print it.
+pub fn failure_reason(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => format!("TLS_error:{r}"),
+        None if e.kind() == std::io::ErrorKind::TimedOut => "TLS_error:handshake timeout".into(),
+        None => format!("TLS_error:{e}"),
+    }
+}
+
+/// Terminate TLS on an accepted connection. `prefix` holds the bytes listener filters read (the
+/// ClientHello). `timeout` is the filter chain's `transport_socket_connect_timeout`.
+pub async fn accept(
+    tls: &DownstreamTls,
+    stats: &TlsStats,
+    tcp: TcpStream,
+    prefix: Bytes,
+    timeout: Option<Duration>,
+) -> Result<(DownstreamTlsStream, TlsInfo), std::io::Error> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let io = Counted::new(tcp, None, None).with_prefix(prefix);
+    let handshake = acceptor.accept(io);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, handshake).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        },
+        None => handshake.await,
+    };
+    match result {
+        Ok(stream) => {
+            let (_, conn) = stream.get_ref();
+            let reused = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let info = TlsInfo::from_connection(conn, reused, &tls.certificates);
+            stats.negotiated(&info);
+            Ok((stream, info))
+        }
+        Err(e) => {
+            stats.failed(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Originate TLS on a new upstream connection.
+pub async fn connect(
+    tls: &UpstreamTls,
+    stats: &TlsStats,
+    tcp: TcpStream,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, TlsInfo), std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    match connector.connect(tls.server_name.clone(), tcp).await {
+        Ok(stream) => {
+            let (_, conn) = stream.get_ref();
+            let reused = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let info = TlsInfo::from_connection(conn, reused, &tls.certificates);
+            stats.negotiated(&info);
+            Ok((stream, info))
+        }
+        Err(e) => {
+            stats.failed(&e);
+            Err(e)
+        }
+    }
+}
