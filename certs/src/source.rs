@@ -181,6 +181,8 @@ struct Watched<T> {
     load: fn(&[Vec<u8>], &str) -> Result<T, SourceError>,
     value: ArcSwap<T>,
     seen: Mutex<Vec<Option<Stamp>>>,
+    /// A digest of the bytes last loaded: a rewrite with the same contents is not a rotation.
+    digest: Mutex<Vec<u8>>,
     on_reload: Option<OnReload>,
 }
 
@@ -194,15 +196,17 @@ fn stamps(inputs: &[Data]) -> Vec<Option<Stamp>> {
         .collect()
 }
 
-fn read_all<T>(
-    inputs: &[Data],
-    load: fn(&[Vec<u8>], &str) -> Result<T, SourceError>,
-) -> Result<T, SourceError> {
+fn read_all(inputs: &[Data]) -> Result<(Vec<Vec<u8>>, Vec<u8>), SourceError> {
     let bytes = inputs
         .iter()
         .map(Data::read)
         .collect::<Result<Vec<_>, _>>()?;
-    load(&bytes, &inputs[0].describe())
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for b in &bytes {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    }
+    Ok((bytes, ctx.finish().as_ref().to_vec()))
 }
 
 impl<T> Watched<T> {
@@ -212,12 +216,14 @@ impl<T> Watched<T> {
         on_reload: Option<OnReload>,
     ) -> Result<Self, SourceError> {
         let seen = stamps(&inputs);
-        let value = read_all(&inputs, load)?;
+        let (bytes, digest) = read_all(&inputs)?;
+        let value = load(&bytes, &inputs[0].describe())?;
         Ok(Self {
             inputs,
             load,
             value: ArcSwap::from_pointee(value),
             seen: Mutex::new(seen),
+            digest: Mutex::new(digest),
             on_reload,
         })
     }
@@ -244,8 +250,18 @@ impl<T: Send + Sync> Poll for Watched<T> {
         *seen = now;
         drop(seen);
         let origin = self.origin();
-        match read_all(&self.inputs, self.load) {
-            Ok(v) => {
+        let loaded = read_all(&self.inputs).and_then(|(bytes, digest)| {
+            let mut last = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == digest {
+                return Ok(None); // rewritten with the same contents
+            }
+            let v = (self.load)(&bytes, &origin)?;
+            *last = digest;
+            Ok(Some(v))
+        });
+        match loaded {
+            Ok(None) => {}
+            Ok(Some(v)) => {
                 self.value.store(Arc::new(v));
                 tracing::info!(%origin, "certificate files changed: new handshakes use the new contents");
                 if let Some(f) = &self.on_reload {

@@ -143,7 +143,10 @@ impl Transport {
             Transport::Tls(t) => {
                 let mut byte = [0u8; 1];
                 let mut rb = ReadBuf::new(&mut byte);
-                matches!(Pin::new(t.as_mut()).poll_read(&mut cx, &mut rb), Poll::Pending)
+                matches!(
+                    Pin::new(t.as_mut()).poll_read(&mut cx, &mut rb),
+                    Poll::Pending
+                )
             }
         }
     }

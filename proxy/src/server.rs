@@ -294,6 +294,15 @@ pub async fn start(
     });
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);
+    {
+        use remora_certs::source::ReloadEvent;
+        let rotated = store.counter("server.certificate_rotation_success");
+        let rejected = store.counter("server.certificate_rotation_rejected");
+        let _ = crate::model::tls::RELOAD_HOOK.set(Arc::new(move |e: &ReloadEvent| match e {
+            ReloadEvent::Rotated { .. } => rotated.inc(),
+            ReloadEvent::Rejected { .. } => rejected.inc(),
+        }));
+    }
     stats.static_unknown_fields.add(unknown_fields as u64);
     stats.concurrency.set(concurrency as i64);
     stats.hot_restart_epoch.set(0);

@@ -11,4 +11,5 @@ mod hcm;
 mod protocols;
 mod routing;
 mod tcp;
+mod tls;
 mod upstream;

@@ -7,11 +7,11 @@ pub mod tls_inspector;
 
 use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
 use crate::io::Split;
-use crate::transport_sockets::tls::{self, TlsStats};
 use crate::model::listener::{ConnectionFacts, Listener, ListenerFilter, NetworkTerminal};
 use crate::stream_info::ConnectionInfo;
 use crate::tcp::proxy::TcpProxyFilter;
 use crate::telemetry::stats::{Counter, Gauge, Histogram, Store};
+use crate::transport_sockets::tls::{self, TlsStats};
 use crate::upstream::cluster::ClusterManager;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -154,43 +154,44 @@ impl ActiveListener {
             .stat_prefix
             .clone()
             .unwrap_or_else(|| crate::model::listener::stat_address(&local_address));
-        let build = |fc: &Arc<crate::model::listener::FilterChain>| -> Result<ActiveChain, BindError> {
-            let terminal = match &fc.terminal {
-                NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
-                    ConnectionManager::new(
-                        h.clone(),
-                        store,
-                        clusters.clone(),
-                        local.clone(),
-                        &stat_name,
-                        local_address.port(),
-                    )
-                    .map_err(|e| err(local_address, e))?,
-                )),
-                NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
-                    TcpProxyFilter::new(
-                        t.clone(),
-                        store,
-                        clusters.clone(),
-                        config.per_connection_buffer_limit_bytes,
-                    )
-                    .map_err(|e| err(local_address, e))?,
-                )),
+        let build =
+            |fc: &Arc<crate::model::listener::FilterChain>| -> Result<ActiveChain, BindError> {
+                let terminal = match &fc.terminal {
+                    NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
+                        ConnectionManager::new(
+                            h.clone(),
+                            store,
+                            clusters.clone(),
+                            local.clone(),
+                            &stat_name,
+                            local_address.port(),
+                        )
+                        .map_err(|e| err(local_address, e))?,
+                    )),
+                    NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
+                        TcpProxyFilter::new(
+                            t.clone(),
+                            store,
+                            clusters.clone(),
+                            config.per_connection_buffer_limit_bytes,
+                        )
+                        .map_err(|e| err(local_address, e))?,
+                    )),
+                };
+                Ok(ActiveChain {
+                    config: fc.clone(),
+                    terminal,
+                })
             };
-            Ok(ActiveChain {
-                config: fc.clone(),
-                terminal,
-            })
-        };
         let chains = config
             .filter_chains
             .iter()
-            .map(|fc| build(fc))
+            .map(&build)
             .collect::<Result<Vec<_>, _>>()?;
         let default_chain = config
             .default_filter_chain
             .as_ref()
-            .map(|fc| build(fc))
+            .map(build)
             .transpose()?;
         let has_tls = chains
             .iter()
@@ -311,7 +312,11 @@ impl ActiveListener {
                 )
                 .await;
                 match accepted {
-                    Ok((stream, tls_info)) => {
+                    Ok((stream, mut tls_info)) => {
+                        // Without a TLS inspector the handshake is where the SNI is learnt.
+                        if info.requested_server_name.is_none() {
+                            info.requested_server_name = tls_info.server_name.take();
+                        }
                         info.tls = Some(Box::new(tls_info));
                         self.dispatch(&chain.terminal, info, stream, BytesMut::new())
                             .await;

@@ -13,7 +13,7 @@ use remora_certs::source::{
 use remora_certs::verify::{ClientVerifier, SanMatcher, SanType, ServerVerifier, Validation};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
-use rustls::{SupportedProtocolVersion, SupportedCipherSuite};
+use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 use rustls_pki_types::ServerName;
 use std::sync::{Arc, OnceLock};
 
@@ -56,7 +56,10 @@ impl std::fmt::Debug for DownstreamTls {
         f.debug_struct("DownstreamTls")
             .field("certificates", &self.certificates)
             .field("trust", &self.trust)
-            .field("require_client_certificate", &self.require_client_certificate)
+            .field(
+                "require_client_certificate",
+                &self.require_client_certificate,
+            )
             .field("alpn", &self.config.alpn_protocols)
             .finish()
     }
@@ -89,9 +92,7 @@ fn transport_socket<'a>(
         Some(ConfigType::TypedConfig(any)) => any,
         None if name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
         None => {
-            return Err(path.error(format!(
-                "transport socket '{name}' needs a typed_config"
-            )));
+            return Err(path.error(format!("transport socket '{name}' needs a typed_config")));
         }
     };
     let tp = path.field("typed_config");
@@ -201,10 +202,9 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
         .collect::<Result<Vec<_>>>()?;
     let validation = match validation_context_type {
         None => None,
-        Some(V::ValidationContext(v)) => Some(validation_context(
-            &path.field("validation_context"),
-            v,
-        )?),
+        Some(V::ValidationContext(v)) => {
+            Some(validation_context(&path.field("validation_context"), v)?)
+        }
         Some(V::ValidationContextSdsSecretConfig(_)) => {
             return Err(path
                 .field("validation_context_sds_secret_config")
@@ -346,8 +346,11 @@ fn validation_context(
     )? == T::VerifyTrustChain;
     let trust = match trusted_ca {
         Some(_) => Some(
-            FileTrust::load(tls_data(&path.field("trusted_ca"), trusted_ca)?, on_reload())
-                .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
+            FileTrust::load(
+                tls_data(&path.field("trusted_ca"), trusted_ca)?,
+                on_reload(),
+            )
+            .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
         ),
         None => None,
     };
@@ -359,8 +362,12 @@ fn validation_context(
             matcher,
             oid,
         } = m;
-        let t = enum_value::<S>(&mp, "san_type", *san_type, |t| *t != S::Unspecified)
-            .map_err(|_| mp.field("san_type").error("must be EMAIL, DNS, URI, IP_ADDRESS or OTHER_NAME"))?;
+        let t = enum_value::<S>(&mp, "san_type", *san_type, |t| *t != S::Unspecified).map_err(
+            |_| {
+                mp.field("san_type")
+                    .error("must be EMAIL, DNS, URI, IP_ADDRESS or OTHER_NAME")
+            },
+        )?;
         let san_type = match t {
             S::Email => SanType::Email,
             S::Dns => SanType::Dns,
@@ -463,11 +470,17 @@ fn tls_parameters(
         Ok(v)
     };
     // Envoy's defaults: TLS 1.2 minimum; maximum TLS 1.3 for servers and TLS 1.2 for clients.
-    let min = match version("tls_minimum_protocol_version", *tls_minimum_protocol_version)? {
+    let min = match version(
+        "tls_minimum_protocol_version",
+        *tls_minimum_protocol_version,
+    )? {
         V::TlsAuto => V::TlSv12,
         v => v,
     };
-    let max = match version("tls_maximum_protocol_version", *tls_maximum_protocol_version)? {
+    let max = match version(
+        "tls_maximum_protocol_version",
+        *tls_maximum_protocol_version,
+    )? {
         V::TlsAuto if side == Side::Server => V::TlSv13,
         V::TlsAuto => V::TlSv12,
         v => v,
@@ -485,17 +498,27 @@ fn tls_parameters(
         versions.push(&rustls::version::TLS13);
     }
     let base = rustls::crypto::aws_lc_rs::default_provider();
-    let mut suites: Vec<SupportedCipherSuite> = base
-        .cipher_suites
-        .iter()
-        .filter(|s| s.version() == &rustls::version::TLS13)
-        .copied()
-        .collect();
+    // BoringSSL's TLS 1.3 order (not configurable in Envoy), then Envoy's default TLS 1.2 list.
+    let mut suites: Vec<SupportedCipherSuite> = {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ]
+    };
     if cipher_suites.is_empty() {
         suites.extend(
-            base.cipher_suites
-                .iter()
-                .filter(|s| s.version() == &rustls::version::TLS12),
+            [
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-CHACHA20-POLY1305",
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+            ]
+            .into_iter()
+            .filter_map(tls12_suite),
         );
     } else {
         for (i, entry) in cipher_suites.iter().enumerate() {
@@ -640,7 +663,11 @@ impl DownstreamTls {
         };
         let cp = path.field("common_tls_context");
         let default = pb::tls::CommonTlsContext::default();
-        let c = common(&cp, common_tls_context.as_ref().unwrap_or(&default), Side::Server)?;
+        let c = common(
+            &cp,
+            common_tls_context.as_ref().unwrap_or(&default),
+            Side::Server,
+        )?;
         if c.certificates.is_empty() {
             return Err(cp
                 .field("tls_certificates")
@@ -676,8 +703,8 @@ impl DownstreamTls {
             config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
         }
         if stateless {
-            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-                .map_err(|e| rustls_error(path, e))?;
+            config.ticketer =
+                rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| rustls_error(path, e))?;
         }
         if !stateless && *disable_stateful_session_resumption {
             config.send_tls13_tickets = 0;
@@ -712,7 +739,11 @@ impl UpstreamTls {
         }
         let cp = path.field("common_tls_context");
         let default = pb::tls::CommonTlsContext::default();
-        let c = common(&cp, common_tls_context.as_ref().unwrap_or(&default), Side::Client)?;
+        let c = common(
+            &cp,
+            common_tls_context.as_ref().unwrap_or(&default),
+            Side::Client,
+        )?;
         let (validation, trust) = match c.validation {
             Some((v, trust, _)) => (v, trust),
             // No validation context: Envoy does not verify the server's certificate.
@@ -735,8 +766,10 @@ impl UpstreamTls {
             config.enable_sni = false;
             ServerName::try_from("remora.invalid").expect("a valid DNS name")
         } else {
-            ServerName::try_from(sni.clone())
-                .map_err(|_| path.field("sni").error(format!("'{sni}' is not a valid server name")))?
+            ServerName::try_from(sni.clone()).map_err(|_| {
+                path.field("sni")
+                    .error(format!("'{sni}' is not a valid server name"))
+            })?
         };
         let keys = u32_or(max_session_keys, 1);
         config.resumption = if keys == 0 {

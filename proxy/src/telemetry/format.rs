@@ -90,10 +90,28 @@ enum Op {
     ConnectionId,
     LocalReplyBody,
     Environment(Option<String>),
+    /// A detail of the downstream TLS handshake (`-` on plaintext connections).
+    DownstreamTls(TlsField),
     /// Operators Envoy defines whose data never exists in remora's current feature set (TLS
     /// peer details on plaintext connections, dynamic metadata and filter state that no
     /// configured filter sets): they print `-`, exactly as Envoy does when the data is absent.
     Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsField {
+    PeerUriSan,
+    PeerDnsSan,
+    PeerIpSan,
+    LocalUriSan,
+    LocalDnsSan,
+    LocalSubject,
+    PeerSubject,
+    PeerIssuer,
+    Cipher,
+    Version,
+    PeerFingerprint256,
+    PeerSerial,
 }
 
 /// The kind of value an operator produced, for typed JSON output.
@@ -352,20 +370,22 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
             let a = need_arg()?;
             Op::Environment(std::env::var(a).ok())
         }
-        "DOWNSTREAM_PEER_URI_SAN"
-        | "DOWNSTREAM_PEER_DNS_SAN"
-        | "DOWNSTREAM_PEER_IP_SAN"
-        | "DOWNSTREAM_LOCAL_URI_SAN"
-        | "DOWNSTREAM_LOCAL_DNS_SAN"
-        | "DOWNSTREAM_LOCAL_SUBJECT"
-        | "DOWNSTREAM_PEER_SUBJECT"
-        | "DOWNSTREAM_PEER_ISSUER"
-        | "DOWNSTREAM_TLS_SESSION_ID"
-        | "DOWNSTREAM_TLS_CIPHER"
-        | "DOWNSTREAM_TLS_VERSION"
-        | "DOWNSTREAM_PEER_FINGERPRINT_256"
+        "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamTls(TlsField::PeerUriSan),
+        "DOWNSTREAM_PEER_DNS_SAN" => Op::DownstreamTls(TlsField::PeerDnsSan),
+        "DOWNSTREAM_PEER_IP_SAN" => Op::DownstreamTls(TlsField::PeerIpSan),
+        "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamTls(TlsField::LocalUriSan),
+        "DOWNSTREAM_LOCAL_DNS_SAN" => Op::DownstreamTls(TlsField::LocalDnsSan),
+        "DOWNSTREAM_LOCAL_SUBJECT" => Op::DownstreamTls(TlsField::LocalSubject),
+        "DOWNSTREAM_PEER_SUBJECT" => Op::DownstreamTls(TlsField::PeerSubject),
+        "DOWNSTREAM_PEER_ISSUER" => Op::DownstreamTls(TlsField::PeerIssuer),
+        "DOWNSTREAM_TLS_CIPHER" => Op::DownstreamTls(TlsField::Cipher),
+        "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTls(TlsField::Version),
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamTls(TlsField::PeerFingerprint256),
+        "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamTls(TlsField::PeerSerial),
+        // rustls does not expose session IDs; the SHA-1 fingerprint, the PEM and the validity
+        // dates of the peer certificate are not rendered yet: these print `-`.
+        "DOWNSTREAM_TLS_SESSION_ID"
         | "DOWNSTREAM_PEER_FINGERPRINT_1"
-        | "DOWNSTREAM_PEER_SERIAL"
         | "DOWNSTREAM_PEER_CERT"
         | "DOWNSTREAM_PEER_CERT_V_START"
         | "DOWNSTREAM_PEER_CERT_V_END"
@@ -544,7 +564,70 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
         Op::LocalReplyBody => text(out, ctx.local_reply_body),
         Op::Environment(v) => text(out, v.as_deref()),
+        Op::DownstreamTls(field) => {
+            let Some(tls) = info.and_then(|i| i.connection.tls.as_deref()) else {
+                return Missing;
+            };
+            tls_field(out, tls, *field)
+        }
         Op::Absent => Missing,
+    }
+}
+
+fn tls_field(
+    out: &mut String,
+    tls: &crate::transport_sockets::tls::TlsInfo,
+    field: TlsField,
+) -> ValueKind {
+    use remora_certs::info::{CertDetails, San};
+    let peer = tls.peer.as_ref().map(|p| &p.details);
+    let local = tls.local.as_ref();
+    let join = |out: &mut String, c: Option<&CertDetails>, pick: fn(&San) -> Option<String>| {
+        let before = out.len();
+        for v in c.into_iter().flat_map(|c| c.sans.iter().filter_map(pick)) {
+            if out.len() > before {
+                out.push(',');
+            }
+            out.push_str(&v);
+        }
+        if out.len() > before {
+            ValueKind::Text
+        } else {
+            ValueKind::Missing
+        }
+    };
+    let uri = |s: &San| match s {
+        San::Uri(u) => Some(u.clone()),
+        _ => None,
+    };
+    let dns = |s: &San| match s {
+        San::Dns(u) => Some(u.clone()),
+        _ => None,
+    };
+    let ip = |s: &San| match s {
+        San::Ip(a) => Some(a.to_string()),
+        _ => None,
+    };
+    let text = |out: &mut String, s: Option<&str>| match s {
+        Some(s) if !s.is_empty() => {
+            out.push_str(s);
+            ValueKind::Text
+        }
+        _ => ValueKind::Missing,
+    };
+    match field {
+        TlsField::PeerUriSan => join(out, peer, uri),
+        TlsField::PeerDnsSan => join(out, peer, dns),
+        TlsField::PeerIpSan => join(out, peer, ip),
+        TlsField::LocalUriSan => join(out, local, uri),
+        TlsField::LocalDnsSan => join(out, local, dns),
+        TlsField::LocalSubject => text(out, local.map(|c| c.subject.as_str())),
+        TlsField::PeerSubject => text(out, peer.map(|c| c.subject.as_str())),
+        TlsField::PeerIssuer => text(out, peer.map(|c| c.issuer.as_str())),
+        TlsField::Cipher => text(out, Some(tls.cipher)),
+        TlsField::Version => text(out, Some(tls.version)),
+        TlsField::PeerFingerprint256 => text(out, peer.map(|c| c.sha256.as_str())),
+        TlsField::PeerSerial => text(out, peer.map(|c| c.serial.as_str())),
     }
 }
 

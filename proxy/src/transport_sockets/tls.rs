@@ -96,6 +96,8 @@ pub struct PeerCert {
 /// What a TLS handshake established.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
+    /// The SNI the client sent (server side).
+    pub server_name: Option<Box<str>>,
     /// `TLSv1.2` / `TLSv1.3`, as `%DOWNSTREAM_TLS_VERSION%` prints it.
     pub version: &'static str,
     /// OpenSSL name, as `%DOWNSTREAM_TLS_CIPHER%` prints it.
@@ -127,13 +129,15 @@ impl TlsInfo {
             .negotiated_cipher_suite()
             .map(|s| openssl_cipher_name(s.suite()))
             .unwrap_or("unknown");
-        let curve = conn.negotiated_key_exchange_group().map(|g| match g.name() {
-            rustls::NamedGroup::X25519 => "X25519",
-            rustls::NamedGroup::secp256r1 => "P-256",
-            rustls::NamedGroup::secp384r1 => "P-384",
-            rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
-            _ => "unknown",
-        });
+        let curve = conn
+            .negotiated_key_exchange_group()
+            .map(|g| match g.name() {
+                rustls::NamedGroup::X25519 => "X25519",
+                rustls::NamedGroup::secp256r1 => "P-256",
+                rustls::NamedGroup::secp384r1 => "P-384",
+                rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+                _ => "unknown",
+            });
         let peer = conn
             .peer_certificates()
             .and_then(|c| c.first())
@@ -149,6 +153,7 @@ impl TlsInfo {
                 PeerCert { spiffe_id, details }
             });
         Self {
+            server_name: None,
             version,
             cipher,
             curve,
@@ -219,7 +224,8 @@ pub async fn accept(
         Ok(stream) => {
             let (_, conn) = stream.get_ref();
             let reused = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            let info = TlsInfo::from_connection(conn, reused, &tls.certificates);
+            let mut info = TlsInfo::from_connection(conn, reused, &tls.certificates);
+            info.server_name = conn.server_name().map(Into::into);
             stats.negotiated(&info);
             Ok((stream, info))
         }

@@ -126,17 +126,18 @@ pub async fn connect(
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
     let stream = match (&cluster.config.tls, &cluster.ssl) {
-        (Some(tls), Some(ssl)) => match crate::transport_sockets::tls::connect(tls, ssl, stream).await
-        {
-            Ok((tls_stream, _info)) => Transport::Tls(Box::new(tls_stream)),
-            Err(e) => {
-                let reason = crate::transport_sockets::tls::failure_reason(&e);
-                tracing::debug!(cluster = %cluster.config.name, host = %host.address, "upstream TLS handshake failed: {reason}");
-                s.upstream_cx_connect_fail.inc();
-                host.stats.cx_connect_fail.fetch_add(1, Relaxed);
-                return Err(ConnectError::Tls(reason.into()));
+        (Some(tls), Some(ssl)) => {
+            match crate::transport_sockets::tls::connect(tls, ssl, stream).await {
+                Ok((tls_stream, _info)) => Transport::Tls(Box::new(tls_stream)),
+                Err(e) => {
+                    let reason = crate::transport_sockets::tls::failure_reason(&e);
+                    tracing::debug!(cluster = %cluster.config.name, host = %host.address, "upstream TLS handshake failed: {reason}");
+                    s.upstream_cx_connect_fail.inc();
+                    host.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                    return Err(ConnectError::Tls(reason.into()));
+                }
             }
-        },
+        }
         _ => Transport::Plain(stream),
     };
     s.upstream_cx_connect_ms

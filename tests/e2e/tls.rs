@@ -1,0 +1,741 @@
+//! mTLS with SPIFFE identities: the two-sidecar chain (outbound originates, inbound terminates
+//! STRICT), PERMISSIVE ports, certificate rotation, every bad-input case with its stat, and
+//! interop with curl and openssl.
+
+use crate::support::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use remora_certs::SpiffeId;
+use remora_certs::ca::{DevCa, Issued, KeyAlgorithm, LeafRequest};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const GATEWAY: &str = "spiffe://cluster.local/ns/autolytiq/sa/api-gateway";
+pub const DEAL: &str = "spiffe://cluster.local/ns/autolytiq/sa/deal";
+
+/// A CA and certificates for a test, written in Istio's layout under `dir/<name>/`.
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self {
+            ca: DevCa::generate_root("e2e", KeyAlgorithm::EcdsaP256).unwrap(),
+            dir: TempDir::new("pki"),
+        }
+    }
+
+    pub fn issue(&self, id: &str, tweak: impl FnOnce(&mut LeafRequest)) -> Issued {
+        let mut req = LeafRequest::spiffe(SpiffeId::parse(id).unwrap(), Duration::from_secs(3600));
+        req.dns_names = vec!["localhost".into()];
+        tweak(&mut req);
+        self.ca.issue(&req).unwrap()
+    }
+
+    /// Issue and write `dir/<name>/{cert-chain,key,root-cert}.pem`; returns the directory.
+    pub fn write(&self, name: &str, id: &str) -> std::path::PathBuf {
+        let d = self.dir.path(name);
+        self.issue(id, |_| {}).write_istio_layout(&d).unwrap();
+        d
+    }
+}
+
+fn p(dir: &Path, f: &str) -> String {
+    dir.join(f).display().to_string()
+}
+
+/// A `DownstreamTlsContext` transport socket for a filter chain (indented for `http_listener`).
+pub fn downstream_tls(certs: &Path, require_client: bool, peer_san: Option<&str>) -> String {
+    let sans = peer_san
+        .map(|s| {
+            format!(
+                "              match_typed_subject_alt_names:\n              - san_type: URI\n                matcher: {{exact: \"{s}\"}}\n"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: {require_client}
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{filename: {chain}}}
+              private_key: {{filename: {key}}}
+            validation_context:
+              trusted_ca: {{filename: {root}}}
+{sans}"#,
+        chain = p(certs, "cert-chain.pem"),
+        key = p(certs, "key.pem"),
+        root = p(certs, "root-cert.pem"),
+    )
+}
+
+/// A cluster `transport_socket` originating mTLS that expects `peer_san`.
+pub fn upstream_tls(certs: &Path, peer_san: &str, alpn: &str) -> String {
+    format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.8082_._.deal.autolytiq.svc.cluster.local
+        common_tls_context:
+          alpn_protocols: [{alpn}]
+          tls_certificates:
+          - certificate_chain: {{filename: {chain}}}
+            private_key: {{filename: {key}}}
+          validation_context:
+            trusted_ca: {{filename: {root}}}
+            match_typed_subject_alt_names:
+            - san_type: URI
+              matcher: {{exact: "{peer_san}"}}
+"#,
+        chain = p(certs, "cert-chain.pem"),
+        key = p(certs, "key.pem"),
+        root = p(certs, "root-cert.pem"),
+    )
+}
+
+const ROUTE_ALL: &str = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n";
+
+fn access_log(file: &str) -> String {
+    format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/{file}\n              log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN% local=%DOWNSTREAM_LOCAL_URI_SAN% %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% sni=%REQUESTED_SERVER_NAME% proto=%PROTOCOL%\\n\"}}}}\n"
+    )
+}
+
+/// The inbound sidecar: STRICT mTLS on `inbound`, accepting only `peer` (if given).
+async fn inbound_sidecar(certs: &Path, app: SocketAddr, peer: Option<&str>) -> Remora {
+    let listener = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL)
+        + &downstream_tls(certs, true, peer);
+    Remora::start(&bootstrap(&listener, &cluster("app", &[app], ""))).await
+}
+
+// === test clients ===
+
+/// A rustls client config trusting `root_pem`, presenting `client` if given.
+pub fn client_config(
+    root_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    use remora_certs::source::{Data, FileTrust};
+    use remora_certs::verify::{ServerVerifier, Validation};
+    let trust = FileTrust::load(Data::Inline(root_pem.as_bytes().to_vec()), None).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(remora_certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+            validation: Validation {
+                trust: Some(trust),
+                san_matchers: vec![],
+            },
+        }));
+    let mut cfg = match client {
+        Some(c) => builder
+            .with_client_auth_cert(
+                remora_certs::pem::certificates(c.cert_chain_pem.as_bytes()).unwrap(),
+                remora_certs::pem::private_key(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Arc::new(cfg)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+}
+
+/// GET over mTLS (HTTP/1.1). `Err` when the handshake or the exchange fails.
+pub async fn tls_get(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<Resp, String> {
+    let tls = tls_connect(addr, cfg).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "deal")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        trailers: None,
+        version: parts.version,
+    })
+}
+
+async fn wait_log(r: &Remora, file: &str, lines: usize) -> Vec<String> {
+    let path = r.dir.path(file);
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let l: Vec<String> = text.lines().map(str::to_string).collect();
+        if l.len() >= lines {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{file} did not get {lines} lines: {:?}",
+        std::fs::read_to_string(&path)
+    );
+}
+
+// === tests ===
+
+/// client app → remora (outbound: plaintext in, mTLS out) → remora (inbound: STRICT mTLS) → app,
+/// over HTTP/1.1 and HTTP/2, with the peer identity in the inbound access log.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sidecar_mtls_chain() {
+    let pki = Pki::new();
+    let gw = pki.write("gw", GATEWAY);
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let inbound = inbound_sidecar(&deal, app.addr, Some(GATEWAY)).await;
+    let b = inbound.addr("inbound");
+
+    let outbound_listener =
+        http_listener("outbound", "", ROUTE_ALL.replace("app", "deal").as_str())
+            + &http_listener(
+                "outbound_h2",
+                "",
+                ROUTE_ALL.replace("app", "deal_h2").as_str(),
+            );
+    let clusters = cluster("deal", &[b], &upstream_tls(&gw, DEAL, "istio, http/1.1"))
+        + &cluster(
+            "deal_h2",
+            &[b],
+            &(upstream_tls(&gw, DEAL, "h2")
+                + "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n"),
+        );
+    let outbound = Remora::start(&bootstrap(&outbound_listener, &clusters)).await;
+
+    for listener in ["outbound", "outbound_h2"] {
+        let r = get(outbound.addr(listener), "deal", "/hello").await;
+        assert_eq!(r.status, 200, "{listener}: {}", r.text());
+        assert_eq!(r.header("x-upstream"), Some("deal-app"));
+    }
+    let lines = wait_log(&inbound, "inbound.log", 2).await;
+    for (line, proto) in lines.iter().zip(["HTTP/1.1", "HTTP/2"]) {
+        assert!(
+            line.starts_with(&format!(
+                "200 peer={GATEWAY} local={DEAL} TLSv1.2 ECDHE-ECDSA-"
+            )),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(&format!(
+                "sni=outbound_.8082_._.deal.autolytiq.svc.cluster.local proto={proto}"
+            )),
+            "{line}"
+        );
+    }
+    // Envoy's stats on both sides.
+    assert_eq!(outbound.stat("cluster.deal.ssl.handshake").await, 1);
+    assert_eq!(outbound.stat("cluster.deal_h2.ssl.handshake").await, 1);
+    assert_eq!(outbound.stat("cluster.deal.ssl.versions.TLSv1.2").await, 1);
+    let stat = format!("listener.{}.ssl.handshake", stat_address(b));
+    assert_eq!(inbound.stat(&stat).await, 2);
+
+    // The outbound side refuses an upstream with the wrong identity: 503 UF, fail_verify_san.
+    let wrong = Remora::start(&bootstrap(
+        &http_listener("outbound", "", ROUTE_ALL.replace("app", "auth").as_str()),
+        &cluster(
+            "auth",
+            &[b],
+            &upstream_tls(
+                &gw,
+                "spiffe://cluster.local/ns/autolytiq/sa/auth",
+                "http/1.1",
+            ),
+        ),
+    ))
+    .await;
+    let r = get(wrong.addr("outbound"), "auth", "/").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text().starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error:"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(wrong.stat("cluster.auth.ssl.fail_verify_san").await, 1);
+    assert_eq!(wrong.stat("cluster.auth.upstream_cx_connect_fail").await, 1);
+}
+
+pub fn stat_address(a: SocketAddr) -> String {
+    format!("{}_{}", a.ip(), a.port())
+}
+
+/// A STRICT port: every kind of bad client is refused with its stat, and a good client on
+/// another connection is unaffected throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_port_refuses_bad_clients() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let inbound = inbound_sidecar(&deal, app.addr, Some(GATEWAY)).await;
+    let addr = inbound.addr("inbound");
+    let root = pki.ca.root_pem().to_string();
+    let scope = format!("listener.{}.ssl", stat_address(addr));
+
+    // A good client keeps one connection open through all of it.
+    let good = pki.issue(GATEWAY, |_| {});
+    let tls = tls_connect(addr, client_config(&root, Some(&good), &["http/1.1"]))
+        .await
+        .unwrap();
+    let (mut keep, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ask = |s: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>| {
+        s.send_request(
+            http::Request::builder()
+                .uri("/")
+                .header("host", "deal")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    assert_eq!(ask(&mut keep).await.unwrap().status(), 200);
+
+    // No client certificate.
+    let e = tls_get(addr, client_config(&root, None, &[]), "/").await;
+    assert!(e.is_err(), "{:?}", e.map(|r| r.status));
+    inbound
+        .wait_stat(&format!("{scope}.fail_verify_no_cert"), 1)
+        .await;
+
+    // A certificate from another CA.
+    let other = Pki::new();
+    let foreign = other.issue(GATEWAY, |_| {});
+    assert!(
+        tls_get(addr, client_config(&root, Some(&foreign), &[]), "/")
+            .await
+            .is_err()
+    );
+    inbound
+        .wait_stat(&format!("{scope}.fail_verify_error"), 1)
+        .await;
+
+    // The right CA, the wrong identity.
+    let wrong = pki.issue("spiffe://cluster.local/ns/autolytiq/sa/email", |_| {});
+    assert!(
+        tls_get(addr, client_config(&root, Some(&wrong), &[]), "/")
+            .await
+            .is_err()
+    );
+    inbound
+        .wait_stat(&format!("{scope}.fail_verify_san"), 1)
+        .await;
+
+    // Expired and not yet valid.
+    let now = time_now();
+    let expired = pki.issue(GATEWAY, |r| {
+        r.not_before = now - Duration::from_secs(7200);
+        r.not_after = now - Duration::from_secs(60);
+    });
+    assert!(
+        tls_get(addr, client_config(&root, Some(&expired), &[]), "/")
+            .await
+            .is_err()
+    );
+    let future = pki.issue(GATEWAY, |r| {
+        r.not_before = now + Duration::from_secs(3600);
+        r.not_after = now + Duration::from_secs(7200);
+    });
+    assert!(
+        tls_get(addr, client_config(&root, Some(&future), &[]), "/")
+            .await
+            .is_err()
+    );
+    inbound
+        .wait_stat(&format!("{scope}.fail_verify_error"), 3)
+        .await;
+
+    // Plaintext HTTP to the STRICT port: no HTTP answer, the connection is closed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: deal\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "{buf:?}"
+    );
+
+    // A truncated ClientHello, then the client goes away.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
+    drop(s);
+
+    let errors = 7; // no cert, foreign, wrong SAN, expired, future, plaintext, truncated
+    inbound
+        .wait_stat(&format!("{scope}.connection_error"), errors)
+        .await;
+    assert_eq!(inbound.stat(&format!("{scope}.handshake")).await, 1);
+    assert_eq!(inbound.stat(&format!("{scope}.no_certificate")).await, 1);
+    // The good connection was never disturbed, and new good clients still get through.
+    assert_eq!(ask(&mut keep).await.unwrap().status(), 200);
+    let r = tls_get(addr, client_config(&root, Some(&good), &[]), "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Nothing leaked: only the kept connection and nothing else is active after the last one.
+    drop(keep);
+    inbound
+        .wait_stat(
+            &format!("listener.{}.downstream_cx_active", stat_address(addr)),
+            0,
+        )
+        .await;
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// PERMISSIVE: one port, mTLS and plaintext side by side (tls_inspector + transport_protocol).
+#[tokio::test(flavor = "multi_thread")]
+async fn permissive_port_serves_both() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let base = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL);
+    // Chain 1: TLS (matched on transport_protocol), chain 2: plaintext.
+    let tls_chain = base.replacen(
+        "    filter_chains:\n    - filters:",
+        "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}\n    filter_chains:\n    - filter_chain_match: {transport_protocol: tls}\n      filters:",
+        1,
+    ) + &downstream_tls(&deal, true, Some(GATEWAY));
+    let plain_chain = {
+        let start = base.find("    - filters:").unwrap();
+        base[start..].replacen(
+            "    - filters:",
+            "    - filter_chain_match: {transport_protocol: raw_buffer}\n      filters:",
+            1,
+        )
+    };
+    let remora = Remora::start(&bootstrap(
+        &(tls_chain + &plain_chain),
+        &cluster("app", &[app.addr], ""),
+    ))
+    .await;
+    let addr = remora.addr("inbound");
+    let gw = pki.issue(GATEWAY, |_| {});
+    let r = tls_get(
+        addr,
+        client_config(pki.ca.root_pem(), Some(&gw), &["http/1.1"]),
+        "/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+    let r = get(addr, "deal", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
+    let lines = wait_log(&remora, "inbound.log", 2).await;
+    assert!(
+        lines[0].starts_with(&format!("200 peer={GATEWAY} local={DEAL} TLSv1.3 TLS_")),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1], "200 peer=- local=- - - sni=- proto=HTTP/1.1");
+}
+
+/// A rotated key/cert pair is used by new handshakes within 2 s; open connections keep working;
+/// a mismatched pair is rejected and the previous one stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_files_rotate_without_restart() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let listener = http_listener("inbound", "", ROUTE_ALL) + &downstream_tls(&deal, false, None);
+    let remora = Remora::start(&bootstrap(&listener, &cluster("app", &[app.addr], ""))).await;
+    let addr = remora.addr("inbound");
+    let cfg = client_config(pki.ca.root_pem(), None, &["http/1.1"]);
+    let server_id = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
+        let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        remora_certs::info::CertDetails::parse(&der)
+            .unwrap()
+            .uri_sans()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let open = tls_connect(addr, cfg.clone()).await.unwrap();
+    assert_eq!(server_id(&open), DEAL);
+    let (mut keep, conn) = hyper::client::conn::http1::handshake(TokioIo::new(open))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    let rotated = "spiffe://cluster.local/ns/autolytiq/sa/deal-v2";
+    pki.issue(rotated, |_| {})
+        .write_istio_layout(&deal)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = tls_connect(addr, cfg.clone()).await.unwrap();
+        if server_id(&s) == rotated {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation not picked up within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remora
+        .wait_stat("server.certificate_rotation_success", 1)
+        .await;
+    let req = http::Request::builder()
+        .uri("/")
+        .header("host", "deal")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(keep.send_request(req).await.unwrap().status(), 200);
+
+    // Half a rotation: a new key without its certificate. Rejected, the v2 pair stays.
+    let v3 = pki.issue("spiffe://cluster.local/ns/autolytiq/sa/deal-v3", |_| {});
+    std::fs::write(deal.join("key.pem"), &v3.key_pem).unwrap();
+    remora
+        .wait_stat("server.certificate_rotation_rejected", 1)
+        .await;
+    let s = tls_connect(addr, cfg.clone()).await.unwrap();
+    assert_eq!(server_id(&s), rotated);
+    assert!(
+        remora
+            .stderr()
+            .contains("rotated certificate files rejected, keeping the previous ones")
+    );
+}
+
+/// Configuration errors name the field: a key that does not match its certificate, a missing
+/// file, an unsupported cipher suite.
+#[tokio::test]
+async fn bad_tls_configuration_is_refused_by_path() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let other = pki.write("other", GATEWAY);
+    std::fs::copy(other.join("key.pem"), deal.join("key.pem")).unwrap();
+    let listener = http_listener("inbound", "", ROUTE_ALL) + &downstream_tls(&deal, false, None);
+    let cfg = bootstrap(
+        &listener,
+        &cluster("app", &["127.0.0.1:1".parse().unwrap()], ""),
+    );
+    let err = Remora::try_start(&cfg, &[]).await.err().expect("refused");
+    assert!(
+        err.contains("static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificates[0]: the private key does not match the certificate"),
+        "{err}"
+    );
+    let ciphers = http_listener("inbound", "", ROUTE_ALL)
+        + &downstream_tls(&other, false, None).replace(
+            "            alpn_protocols: [h2, http/1.1]\n",
+            "            alpn_protocols: [h2, http/1.1]\n            tls_params: {cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, AES128-SHA]}\n",
+        );
+    let err = Remora::try_start(
+        &bootstrap(
+            &ciphers,
+            &cluster("app", &["127.0.0.1:1".parse().unwrap()], ""),
+        ),
+        &[],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.contains("common_tls_context.tls_params.cipher_suites[1]: cipher suite 'AES128-SHA' is not supported"),
+        "{err}"
+    );
+    let missing = http_listener("inbound", "", ROUTE_ALL)
+        + &downstream_tls(Path::new("/nonexistent"), false, None);
+    let err = Remora::try_start(
+        &bootstrap(
+            &missing,
+            &cluster("app", &["127.0.0.1:1".parse().unwrap()], ""),
+        ),
+        &[],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.contains("tls_certificates[0]: cannot read /nonexistent/cert-chain.pem"),
+        "{err}"
+    );
+}
+
+/// TLS to a plaintext-only HTTP port fails cleanly (a codec error, no crash).
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_a_plaintext_port_is_a_codec_error() {
+    let pki = Pki::new();
+    let app = upstream("app").await;
+    let remora = Remora::start(&bootstrap(
+        &http_listener("plain", "", ROUTE_ALL),
+        &cluster("app", &[app.addr], ""),
+    ))
+    .await;
+    let addr = remora.addr("plain");
+    let e = tls_get(addr, client_config(pki.ca.root_pem(), None, &[]), "/").await;
+    assert!(e.is_err());
+    assert_eq!(get(addr, "x", "/").await.status, 200);
+}
+
+fn have(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || std::process::Command::new(tool)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("REMORA_REQUIRE_INTEROP").is_none(),
+            "{tool} is required (REMORA_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
+    }
+    ok
+}
+
+/// Real clients against the inbound side: curl with a client certificate, openssl s_client.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_openssl_interop() {
+    if !have("curl") || !have("openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let gw = pki.write("gw", GATEWAY);
+    let app = upstream("deal-app").await;
+    let inbound = inbound_sidecar(&deal, app.addr, Some(GATEWAY)).await;
+    let addr = inbound.addr("inbound");
+    let url = format!("https://localhost:{}/curl", addr.port());
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http1.1",
+            "--cert",
+            &p(&gw, "cert-chain.pem"),
+            "--key",
+            &p(&gw, "key.pem"),
+        ])
+        .args([
+            "--cacert",
+            &p(&gw, "root-cert.pem"),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", addr.port()),
+        ])
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{ssl_verify_result}",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without a client certificate curl is refused.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            &p(&gw, "root-cert.pem"),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", addr.port()),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-quiet",
+        ])
+        .args([
+            "-cert",
+            &p(&gw, "cert-chain.pem"),
+            "-key",
+            &p(&gw, "key.pem"),
+            "-CAfile",
+            &p(&gw, "root-cert.pem"),
+        ])
+        .args(["-verify_return_error", "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /openssl HTTP/1.1\r\nhost: deal\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        // Keep stdin open until the response is read (s_client exits on EOF otherwise).
+        let out = tokio::task::spawn_blocking(move || {
+            let o = child.wait_with_output().unwrap();
+            drop(stdin);
+            o
+        });
+        let out = tokio::time::timeout(Duration::from_secs(10), out)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK"),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
