@@ -119,13 +119,22 @@ pub fn load_identity(
         .map(|c| CertDetails::parse(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.to_string()))?;
-    let certified =
-        CertifiedKey::from_der(chain, key, &crate::provider()).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => SourceError::KeyMismatch {
+    // Match the key against the leaf's SubjectPublicKeyInfo with x509-parser rather than webpki,
+    // which refuses X.509 v1 certificates that BoringSSL (and so Envoy) serves.
+    let signing = crate::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(spki) = signing.public_key() {
+        let (_, leaf) =
+            x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| invalid(e.to_string()))?;
+        if leaf.public_key().raw != spki.as_ref() {
+            return Err(SourceError::KeyMismatch {
                 what: what.to_string(),
-            },
-            other => invalid(other.to_string()),
-        })?;
+            });
+        }
+    }
+    let certified = CertifiedKey::new(chain, signing);
     Ok(Identity {
         key: Arc::new(certified),
         chain: details,

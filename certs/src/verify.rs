@@ -174,17 +174,60 @@ impl fmt::Display for PkiError {
 
 impl std::error::Error for PkiError {}
 
+/// Verify a handshake signature with the public key of `cert`, read with x509-parser: unlike
+/// rustls' helpers (webpki), this accepts X.509 v1 certificates, which BoringSSL does.
+fn verify_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    tls13: bool,
+) -> Result<HandshakeSignatureValid, Error> {
+    use rustls::PeerMisbehaved;
+    // RFC 8446 4.2.3: no SHA-1 and no RSASSA-PKCS1-v1_5 in TLS 1.3 handshakes.
+    let legacy = matches!(
+        dss.scheme,
+        SignatureScheme::RSA_PKCS1_SHA1
+            | SignatureScheme::ECDSA_SHA1_Legacy
+            | SignatureScheme::RSA_PKCS1_SHA256
+            | SignatureScheme::RSA_PKCS1_SHA384
+            | SignatureScheme::RSA_PKCS1_SHA512
+    );
+    if tls13 && legacy {
+        return Err(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
+    }
+    let provider = crate::provider();
+    let candidates = provider
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .find(|(s, _)| *s == dss.scheme)
+        .map(|(_, algs)| *algs)
+        .ok_or(Error::PeerMisbehaved(
+            PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ))?;
+    let (_, parsed) = X509Certificate::from_der(cert)
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from(parsed.public_key().raw);
+    let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(pki_error)?;
+    let algs = if tls13 { &candidates[..1] } else { candidates };
+    let mut last = None;
+    for alg in algs {
+        match key.verify_signature(*alg, message, dss.signature()) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(pki_error(
+        last.unwrap_or(webpki::Error::InvalidSignatureForPublicKey),
+    ))
+}
+
 fn verify_sig12(
     message: &[u8],
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls12_signature(
-        message,
-        cert,
-        dss,
-        &crate::provider().signature_verification_algorithms,
-    )
+    verify_signature(message, cert, dss, false)
 }
 
 fn verify_sig13(
@@ -192,12 +235,7 @@ fn verify_sig13(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &crate::provider().signature_verification_algorithms,
-    )
+    verify_signature(message, cert, dss, true)
 }
 
 fn schemes() -> Vec<SignatureScheme> {

@@ -11,9 +11,46 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// `loads`, or the error (first line, without the file name suffix).
-fn status_of(file: &std::path::Path) -> (String, String) {
-    let (code, _, err) = run(&["--mode", "validate", "-c", file.to_str().unwrap()]);
+/// The certificate files the shared configurations name (`certs/…`, relative to Envoy's working
+/// directory), issued by a fresh development CA in `dir/certs`.
+pub fn write_example_certs(dir: &std::path::Path) {
+    use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = DevCa::generate_root("compat", KeyAlgorithm::EcdsaP256).unwrap();
+    std::fs::write(certs.join("cacert.pem"), ca.root_pem()).unwrap();
+    for (cert, key, dns) in [
+        (
+            "servercert.pem",
+            "serverkey.pem",
+            "proxy-postgres-backend.example.com",
+        ),
+        (
+            "clientcert.pem",
+            "clientkey.pem",
+            "proxy-postgres-frontend.example.com",
+        ),
+        ("domain1.crt.pem", "domain1.key.pem", "domain1.example.com"),
+        ("domain2.crt.pem", "domain2.key.pem", "domain2.example.com"),
+    ] {
+        let mut req = LeafRequest::new(std::time::Duration::from_secs(3600));
+        req.dns_names = vec![dns.to_string()];
+        let issued = ca.issue(&req).unwrap();
+        std::fs::write(certs.join(cert), &issued.cert_chain_pem).unwrap();
+        std::fs::write(certs.join(key), &issued.key_pem).unwrap();
+    }
+}
+
+/// `loads`, or the error (first line, without the file name suffix). Run where `certs/` holds
+/// generated certificates, as Envoy's examples expect.
+fn status_of(file: &std::path::Path, cwd: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["--mode", "validate", "-c", file.to_str().unwrap()])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
     if code == 0 {
         return ("loads".into(), String::new());
     }
@@ -64,11 +101,13 @@ fn compat_table_matches_validate_mode() {
             )
         })
         .collect();
+    let cwd = TempDir::new("compat");
+    write_example_certs(&cwd.0);
     let mut table = String::new();
     let mut mismatches = Vec::new();
     for f in &files {
         let rel = f.strip_prefix(&data).unwrap().display().to_string();
-        let (status, detail) = status_of(f);
+        let (status, detail) = status_of(f, &cwd.0);
         table.push_str(&format!(
             "| `{rel}` | {status} | {} | |\n",
             if detail.is_empty() {

@@ -159,7 +159,7 @@ async fn sni_passthrough_filter_chain_match() {
 }
 
 /// A minimal TLS 1.2/1.3 ClientHello record with SNI.
-fn client_hello(sni: &str) -> Vec<u8> {
+pub fn client_hello(sni: &str) -> Vec<u8> {
     let mut sn = vec![0u8];
     sn.extend_from_slice(&(sni.len() as u16).to_be_bytes());
     sn.extend_from_slice(sni.as_bytes());
