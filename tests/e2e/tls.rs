@@ -1011,3 +1011,89 @@ async fn tls_client_auth_example_runs() {
             .is_err()
     );
 }
+
+/// Static secrets (`static_resources.secrets` named by `*_sds_secret_config` without an
+/// `sds_config`), `/certs` in Envoy's shape, and the secrets in `/config_dump` with inline
+/// private keys redacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_secrets_certs_endpoint_and_redacted_dump() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let issued = pki.issue(DEAL, |_| {});
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("            {l}\n"))
+            .collect::<String>()
+    };
+    let listener = http_listener("inbound", "", ROUTE_ALL)
+        + "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificate_sds_secret_configs: [{name: default}]\n            combined_validation_context:\n              default_validation_context:\n                match_typed_subject_alt_names: [{san_type: URI, matcher: {prefix: \"spiffe://cluster.local/ns/autolytiq/\"}}]\n              validation_context_sds_secret_config: {name: ROOTCA}\n";
+    let secrets = format!(
+        "  secrets:\n  - name: default\n    tls_certificate:\n      certificate_chain:\n        inline_string: |\n{}      private_key:\n        inline_string: |\n{}  - name: ROOTCA\n    validation_context:\n      trusted_ca: {{filename: {}}}\n",
+        indent(&issued.cert_chain_pem).replace("            ", "          "),
+        indent(&issued.key_pem).replace("            ", "          "),
+        p(&deal, "root-cert.pem")
+    );
+    let yaml = bootstrap(&listener, &cluster("app", &[app.addr], "")) + &secrets;
+    let r = Remora::start(&yaml).await;
+    let addr = r.addr("inbound");
+    let root = pki.ca.root_pem().to_string();
+    let gw = pki.issue(GATEWAY, |_| {});
+    assert_eq!(
+        tls_get(addr, client_config(&root, Some(&gw), &[]), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The merged validation context: the default's SAN prefix applies.
+    let outsider = pki.issue("spiffe://cluster.local/ns/other/sa/x", |_| {});
+    assert!(
+        tls_get(addr, client_config(&root, Some(&outsider), &[]), "/")
+            .await
+            .is_err()
+    );
+
+    let (code, body) = r.admin_get("/certs").await.unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let c = &v["certificates"][0];
+    assert_eq!(c["cert_chain"][0]["path"], "<inline>");
+    assert_eq!(c["cert_chain"][0]["subject_alt_names"][0]["uri"], DEAL);
+    assert_eq!(
+        c["cert_chain"][0]["subject_alt_names"][1]["dns"],
+        "localhost"
+    );
+    assert_eq!(c["cert_chain"][0]["days_until_expiration"], "0");
+    assert!(
+        c["cert_chain"][0]["expiration_time"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(c["ca_cert"][0]["path"], p(&deal, "root-cert.pem"));
+    assert_eq!(c["ca_cert"][0]["serial_number"].as_str().unwrap().len(), 32);
+
+    let (_, dump) = r
+        .admin_get("/config_dump?resource=static_secrets")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "ROOTCA"]);
+    assert_eq!(
+        v["configs"][0]["secret"]["tls_certificate"]["private_key"]["inline_string"],
+        "[redacted]"
+    );
+    let (_, full) = r.admin_get("/config_dump").await.unwrap();
+    assert!(
+        !full.contains("PRIVATE KEY"),
+        "a private key leaked into /config_dump"
+    );
+    assert!(full.contains("BEGIN CERTIFICATE"));
+}

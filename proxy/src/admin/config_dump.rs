@@ -32,7 +32,7 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     let updated = Some(timestamp(state.loaded_at));
     let sr = b.static_resources.clone().unwrap_or_default();
     let mut out = vec![any(&admin::BootstrapConfigDump {
-        bootstrap: Some(redact(b.clone())),
+        bootstrap: Some(b.clone()),
         last_updated: updated,
     })];
     out.push(any(&admin::ClustersConfigDump {
@@ -108,20 +108,46 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
         dynamic_route_configs: vec![],
     }));
     out.push(any(&admin::SecretsConfigDump {
-        static_secrets: vec![],
+        static_secrets: sr
+            .secrets
+            .iter()
+            .map(|s| admin::secrets_config_dump::StaticSecret {
+                name: s.name.clone(),
+                last_updated: updated,
+                secret: Some(any(s)),
+            })
+            .collect(),
         dynamic_active_secrets: vec![],
         dynamic_warming_secrets: vec![],
     }));
     out
 }
 
-/// The dump leaves out private keys and passwords.
-fn redact(
-    b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
-) -> envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap {
-    // remora refuses TLS secrets in the bootstrap for now (they arrive with mTLS), so there is
-    // nothing to redact yet; this is where it happens.
-    b
+/// Envoy's redaction: inline private keys and passwords (in TLS contexts, static secrets, the
+/// bootstrap) print as `[redacted]`; file names stay.
+fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if (k == "private_key" || k == "password")
+                    && let Value::Object(ds) = child
+                {
+                    for (kind, data) in ds.iter_mut() {
+                        match kind.as_str() {
+                            "inline_string" => *data = Value::String("[redacted]".into()),
+                            // base64("[redacted]"), as Envoy prints redacted bytes.
+                            "inline_bytes" => *data = Value::String("W3JlZGFjdGVkXQ==".into()),
+                            _ => {}
+                        }
+                    }
+                } else {
+                    redact_secrets(child);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
 }
 
 /// Any → JSON through Envoy's descriptors.
@@ -179,7 +205,9 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
                 .as_deref()
                 .is_some_and(|r| r.contains("endpoint")),
     ) {
-        configs.push(to_json(&pool, &a).map_err(|e| (500, e))?);
+        let mut v = to_json(&pool, &a).map_err(|e| (500, e))?;
+        redact_secrets(&mut v);
+        configs.push(v);
     }
     let masks: Vec<Vec<String>> = q
         .mask

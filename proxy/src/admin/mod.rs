@@ -1,6 +1,7 @@
 //! The admin API (bootstrap `admin.address`), served on the main thread's runtime so that a
 //! scrape never runs on a worker. Endpoints, layouts and status codes follow Envoy's admin.
 
+pub mod certs;
 pub mod config_dump;
 pub mod stats;
 
@@ -110,6 +111,7 @@ fn query(uri: &http::Uri) -> BTreeMap<String, String> {
 
 const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/", "Admin home page", false),
+    ("/certs", "print certs on machine", false),
     ("/clusters", "upstream cluster status", false),
     ("/config_dump", "dump current Envoy configs", false),
     ("/drain_listeners", "drain listeners", true),
@@ -244,6 +246,13 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             text(code, format!("{}\n", st.name()))
         }
         "/server_info" => server_info(state),
+        "/certs" => {
+            let pool = crate::config::descriptors::envoy_pool();
+            match config_dump::message_json(&pool, &certs::certificates(state), true) {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
         "/hot_restart_version" => text(StatusCode::OK, "disabled\n"),
         "/stats" | "/stats/prometheus" => {
             state.refresh_gauges();

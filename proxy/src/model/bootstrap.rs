@@ -216,7 +216,11 @@ impl Bootstrap {
                 clusters: cs,
                 secrets,
             } = sr;
-            deny(&sp, "secrets", secrets)?;
+            let secrets = Arc::new(super::tls::StaticSecrets::from_proto(
+                &sp.field("secrets"),
+                secrets,
+            )?);
+            secrets.scope(|| -> Result<()> {
             let mut names: HashMap<String, usize> = HashMap::new();
             for (i, c) in cs.iter().enumerate() {
                 let cp = sp.field("clusters").index(i);
@@ -239,6 +243,8 @@ impl Bootstrap {
                 check_route_clusters(&lp, &listener, &names)?;
                 listeners.push(Arc::new(listener));
             }
+            Ok(())
+            })?;
         }
         Ok(Self {
             node,

@@ -15,6 +15,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 use rustls_pki_types::ServerName;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 pub const DOWNSTREAM_TLS_TYPE: &str =
@@ -30,6 +32,88 @@ fn on_reload() -> Option<OnReload> {
             h(e)
         }
     }))
+}
+
+// === static secrets ===
+
+/// `static_resources.secrets`, by name: what `tls_certificate_sds_secret_configs` and
+/// `validation_context_sds_secret_config` without an `sds_config` refer to.
+#[derive(Debug, Default)]
+pub struct StaticSecrets {
+    by_name: HashMap<String, pb::tls::Secret>,
+}
+
+thread_local! {
+    /// The bootstrap's secrets while its listeners and clusters are translated (on the
+    /// config-load thread).
+    static SECRETS: RefCell<Option<Arc<StaticSecrets>>> = const { RefCell::new(None) };
+}
+
+impl StaticSecrets {
+    /// Validate every secret (its files are loaded and checked now, by path).
+    pub fn from_proto(path: &FieldPath, secrets: &[pb::tls::Secret]) -> Result<Self> {
+        use pb::tls::secret::Type;
+        let mut by_name = HashMap::new();
+        for (i, s) in secrets.iter().enumerate() {
+            let sp = path.index(i);
+            let pb::tls::Secret { name, r#type } = s;
+            if name.is_empty() {
+                return Err(sp.field("name").error("must not be empty"));
+            }
+            match r#type {
+                Some(Type::TlsCertificate(t)) => {
+                    tls_certificate(&sp.field("tls_certificate"), t)?;
+                }
+                Some(Type::ValidationContext(v)) => {
+                    validation_context(&sp.field("validation_context"), v)?;
+                }
+                Some(Type::SessionTicketKeys(_)) => {
+                    return Err(sp.unsupported("session_ticket_keys"));
+                }
+                Some(Type::GenericSecret(_)) => return Err(sp.unsupported("generic_secret")),
+                None => {
+                    return Err(sp.error("a secret needs tls_certificate or validation_context"));
+                }
+            }
+            if by_name.insert(name.clone(), s.clone()).is_some() {
+                return Err(sp.field("name").error(format!("duplicate secret '{name}'")));
+            }
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Run `f` (listener and cluster translation) with these secrets resolvable by name.
+    pub fn scope<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
+        let previous = SECRETS.with(|s| s.replace(Some(self.clone())));
+        let r = f();
+        SECRETS.with(|s| *s.borrow_mut() = previous);
+        r
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// A secret named by an `SdsSecretConfig` without `sds_config`: a static secret.
+fn static_secret(path: &FieldPath, c: &pb::tls::SdsSecretConfig) -> Result<pb::tls::Secret> {
+    let pb::tls::SdsSecretConfig { name, sds_config } = c;
+    if sds_config.is_some() {
+        return Err(path
+            .field("sds_config")
+            .error("is not supported yet (SDS arrives with xDS); static secrets are"));
+    }
+    SECRETS
+        .with(|s| {
+            s.borrow()
+                .as_ref()
+                .and_then(|s| s.by_name.get(name).cloned())
+        })
+        .ok_or_else(|| {
+            path.field("name").error(format!(
+                "unknown static secret '{name}' (static_resources.secrets)"
+            ))
+        })
 }
 
 /// A listener filter chain's TLS termination.
@@ -167,11 +251,6 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
         key_log,
         validation_context_type,
     } = c;
-    if !tls_certificate_sds_secret_configs.is_empty() {
-        return Err(path
-            .field("tls_certificate_sds_secret_configs")
-            .error("is not supported yet (SDS arrives with xDS)"));
-    }
     deny(
         path,
         "tls_certificate_provider_instance",
@@ -195,25 +274,66 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
     deny(path, "custom_handshaker", custom_handshaker)?;
     deny(path, "key_log", key_log)?;
     let (versions, provider) = tls_parameters(&path.field("tls_params"), tls_params, side)?;
-    let certificates = tls_certificates
+    let mut certificates = tls_certificates
         .iter()
         .enumerate()
         .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t))
         .collect::<Result<Vec<_>>>()?;
+    for (i, c) in tls_certificate_sds_secret_configs.iter().enumerate() {
+        let sp = path.field("tls_certificate_sds_secret_configs").index(i);
+        match static_secret(&sp, c)?.r#type {
+            Some(pb::tls::secret::Type::TlsCertificate(t)) => {
+                certificates.push(tls_certificate(&sp, &t)?);
+            }
+            _ => {
+                return Err(sp
+                    .field("name")
+                    .error(format!("secret '{}' is not a tls_certificate", c.name)));
+            }
+        }
+    }
     let validation = match validation_context_type {
         None => None,
         Some(V::ValidationContext(v)) => {
             Some(validation_context(&path.field("validation_context"), v)?)
         }
-        Some(V::ValidationContextSdsSecretConfig(_)) => {
-            return Err(path
-                .field("validation_context_sds_secret_config")
-                .error("is not supported yet (SDS arrives with xDS)"));
+        Some(V::ValidationContextSdsSecretConfig(c)) => {
+            let sp = path.field("validation_context_sds_secret_config");
+            Some(validation_context(&sp, &secret_validation(&sp, c)?)?)
         }
-        Some(V::CombinedValidationContext(_)) => {
-            return Err(path
-                .field("combined_validation_context")
-                .error("is not supported yet (it combines with an SDS validation context; SDS arrives with xDS)"));
+        Some(V::CombinedValidationContext(c)) => {
+            let cp = path.field("combined_validation_context");
+            #[allow(deprecated)]
+            let pb::tls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context,
+                validation_context_sds_secret_config,
+                validation_context_certificate_provider,
+                validation_context_certificate_provider_instance,
+            } = c;
+            deny(
+                &cp,
+                "validation_context_certificate_provider",
+                validation_context_certificate_provider,
+            )?;
+            deny(
+                &cp,
+                "validation_context_certificate_provider_instance",
+                validation_context_certificate_provider_instance,
+            )?;
+            let Some(sds) = validation_context_sds_secret_config else {
+                return Err(cp
+                    .field("validation_context_sds_secret_config")
+                    .error("is required"));
+            };
+            let sp = cp.field("validation_context_sds_secret_config");
+            // Envoy: the secret's context merged over the default one.
+            let mut merged = default_validation_context.clone().unwrap_or_default();
+            prost::Message::merge(
+                &mut merged,
+                prost::Message::encode_to_vec(&secret_validation(&sp, sds)?).as_slice(),
+            )
+            .map_err(|e| cp.error(format!("cannot merge validation contexts: {e}")))?;
+            Some(validation_context(&cp, &merged)?)
         }
         #[allow(deprecated)]
         Some(V::ValidationContextCertificateProvider(_)) => {
@@ -239,6 +359,18 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
         validation,
         alpn: alpn_protocols.clone(),
     })
+}
+
+fn secret_validation(
+    path: &FieldPath,
+    c: &pb::tls::SdsSecretConfig,
+) -> Result<pb::tls::CertificateValidationContext> {
+    match static_secret(path, c)?.r#type {
+        Some(pb::tls::secret::Type::ValidationContext(v)) => Ok(v),
+        _ => Err(path
+            .field("name")
+            .error(format!("secret '{}' is not a validation_context", c.name))),
+    }
 }
 
 /// Envoy's DataSource for TLS material: files stay files (watched), the rest is inline.
