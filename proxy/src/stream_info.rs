@@ -258,6 +258,8 @@ pub struct StreamInfo {
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     pub upstream_transport_failure_reason: Option<String>,
+    /// Why the downstream TLS handshake failed (`%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub downstream_transport_failure_reason: Option<String>,
     pub attempt_count: u32,
     /// When the last byte of the request was received from downstream.
     pub last_downstream_rx: Option<Instant>,
@@ -293,6 +295,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_local: None,
             upstream_transport_failure_reason: None,
+            downstream_transport_failure_reason: None,
             attempt_count: 0,
             last_downstream_rx: None,
             first_upstream_rx: None,

@@ -115,8 +115,11 @@ fn access_log(file: &str) -> String {
 
 /// The inbound sidecar: STRICT mTLS on `inbound`, accepting only `peer` (if given).
 async fn inbound_sidecar(certs: &Path, app: SocketAddr, peer: Option<&str>) -> Remora {
-    let listener = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL)
-        + &downstream_tls(certs, true, peer);
+    let listener = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL).replacen(
+        "    filter_chains:\n",
+        "    access_log:\n    - name: envoy.access_loggers.file\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n        path: RUN_DIR/listener.log\n        log_format: {text_format_source: {inline_string: \"%RESPONSE_FLAGS% %DOWNSTREAM_TRANSPORT_FAILURE_REASON%\\n\"}}\n    filter_chains:\n",
+        1,
+    ) + &downstream_tls(certs, true, peer);
     Remora::start(&bootstrap(&listener, &cluster("app", &[app], ""))).await
 }
 

@@ -8,8 +8,10 @@ pub mod tls_inspector;
 use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
 use crate::io::Split;
 use crate::model::listener::{ConnectionFacts, Listener, ListenerFilter, NetworkTerminal};
-use crate::stream_info::ConnectionInfo;
+use crate::stream_info::{ConnectionInfo, ResponseFlags, StreamInfo};
 use crate::tcp::proxy::TcpProxyFilter;
+use crate::telemetry::access_log::{AccessLogger, filter_input};
+use crate::telemetry::format::FormatContext;
 use crate::telemetry::stats::{Counter, Gauge, Histogram, Store};
 use crate::transport_sockets::tls::{self, TlsStats};
 use crate::upstream::cluster::ClusterManager;
@@ -77,6 +79,7 @@ pub struct ActiveListener {
     pub stats: ListenerStats,
     /// `listener.<address>.ssl.*`, when a filter chain terminates TLS.
     pub ssl: Option<TlsStats>,
+    access_logs: Vec<AccessLogger>,
     pub local_address: SocketAddr,
     sockets: Mutex<Vec<std::net::TcpListener>>,
     pub drain: watch::Sender<bool>,
@@ -197,7 +200,14 @@ impl ActiveListener {
             .iter()
             .chain(default_chain.iter())
             .any(|c| c.config.tls.is_some());
+        let access_logs = config
+            .access_logs
+            .iter()
+            .map(|l| AccessLogger::new(l.clone()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| err(local_address, e))?;
         Ok(Arc::new(Self {
+            access_logs,
             stats: ListenerStats::new(store, &stat_name),
             ssl: has_tls.then(|| TlsStats::new(store, &format!("listener.{stat_name}"))),
             config,
@@ -286,12 +296,6 @@ impl ActiveListener {
                 None => self.default_chain.as_ref(),
             }
         });
-        let Some(chain) = chain else {
-            stats.no_filter_chain_match.inc();
-            tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
-            self.closed(opened);
-            return;
-        };
         let mut info = ConnectionInfo {
             id: NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
             local,
@@ -300,6 +304,13 @@ impl ActiveListener {
             application_protocols: app_protocols,
             transport_protocol: transport,
             tls: None,
+        };
+        let Some(chain) = chain else {
+            stats.no_filter_chain_match.inc();
+            tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
+            self.log_rejected(info, ResponseFlags::NO_ROUTE_FOUND, None);
+            self.closed(opened);
+            return;
         };
         match (&chain.config.tls, &self.ssl) {
             (Some(tls), Some(ssl)) => {
@@ -323,6 +334,8 @@ impl ActiveListener {
                     }
                     Err(e) => {
                         tracing::debug!(listener = %self.config.name, %remote, "TLS handshake failed: {e}");
+                        let reason = tls::failure_reason(&e);
+                        self.log_rejected(info, ResponseFlags::empty(), Some(reason));
                     }
                 }
             }
@@ -356,6 +369,25 @@ impl ActiveListener {
             }
             // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
             Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
+        }
+    }
+
+    /// A listener access-log line for a connection no network filter took.
+    fn log_rejected(&self, conn: ConnectionInfo, flags: ResponseFlags, reason: Option<String>) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let mut info = StreamInfo::new(Arc::new(conn));
+        info.set_flag(flags);
+        info.downstream_transport_failure_reason = reason;
+        info.last_downstream_tx = Some(Instant::now());
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let input = filter_input(&info, None);
+        for l in &self.access_logs {
+            l.log(&ctx, &input);
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Listener {
     pub modify_only_drain: bool,
     /// From runtime `envoy.resource_limits.listener.<name>.connection_limit`.
     pub connection_limit: Option<u64>,
+    /// Listener access logs: connections that end before a network filter takes them (no
+    /// filter chain matched, listener filter timeout, TLS handshake failure).
+    pub access_logs: Vec<super::access_log::AccessLogConfig>,
 }
 
 #[derive(Debug)]
@@ -213,7 +216,14 @@ impl Listener {
         deny(path, "udp_listener_config", udp_listener_config)?;
         deny(path, "api_listener", api_listener)?;
         deny(path, "connection_balance_config", connection_balance_config)?;
-        deny(path, "access_log", access_log)?;
+        let mut access_logs = Vec::new();
+        for (i, al) in access_log.iter().enumerate() {
+            access_logs.push(super::access_log::AccessLogConfig::from_proto(
+                &path.field("access_log").index(i),
+                al,
+                rt,
+            )?);
+        }
         deny(
             path,
             "max_connections_to_accept_per_socket_event",
@@ -308,6 +318,7 @@ impl Listener {
                 Some(t) => Some(t),
             };
         Ok(Self {
+            access_logs,
             connection_limit: rt.u64(&format!(
                 "envoy.resource_limits.listener.{name}.connection_limit"
             )),

@@ -72,6 +72,7 @@ enum Op {
         port: bool,
     },
     UpstreamTransportFailureReason,
+    DownstreamTransportFailureReason,
     UpstreamRequestAttemptCount,
     DownstreamLocalAddress {
         port: bool,
@@ -350,6 +351,7 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
         "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamRemoteAddress { port: true },
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::UpstreamRemoteAddress { port: false },
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON" => Op::DownstreamTransportFailureReason,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Op::UpstreamRequestAttemptCount,
         "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress { port: true },
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddress { port: false },
@@ -543,6 +545,10 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         }
         Op::UpstreamCluster => text(out, info.and_then(|i| i.upstream_cluster.as_deref())),
         Op::UpstreamLocalAddress => addr(out, info.and_then(|i| i.upstream_local), true),
+        Op::DownstreamTransportFailureReason => text(
+            out,
+            info.and_then(|i| i.downstream_transport_failure_reason.as_deref()),
+        ),
         Op::UpstreamTransportFailureReason => text(
             out,
             info.and_then(|i| i.upstream_transport_failure_reason.as_deref()),
