@@ -1100,3 +1100,63 @@ async fn static_secrets_certs_endpoint_and_redacted_dump() {
     );
     assert!(full.contains("BEGIN CERTIFICATE"));
 }
+
+/// `auto_config`: the upstream protocol is what ALPN negotiates — HTTP/2 with a server offering
+/// h2, HTTP/1.1 with one offering only http/1.1 — and plaintext auto_config is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_config_follows_alpn() {
+    let pki = Pki::new();
+    let gw = pki.write("gw", GATEWAY);
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let h2_server = inbound_sidecar(&deal, app.addr, Some(GATEWAY)).await;
+    let h1_listener = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL)
+        + &downstream_tls(&deal, true, Some(GATEWAY)).replace(
+            "alpn_protocols: [h2, http/1.1]",
+            "alpn_protocols: [http/1.1]",
+        );
+    let h1_server = Remora::start(&bootstrap(&h1_listener, &cluster("app", &[app.addr], ""))).await;
+    let auto = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        auto_config: {}\n";
+    // No ALPN in the contexts: auto_config offers h2 and http/1.1 itself.
+    let tls = |certs: &Path| {
+        upstream_tls(certs, DEAL, "x").replace("          alpn_protocols: [x]\n", "")
+    };
+    let clusters = cluster("to_h2", &[h2_server.addr("inbound")], &(tls(&gw) + auto))
+        + &cluster("to_h1", &[h1_server.addr("inbound")], &(tls(&gw) + auto));
+    let listeners = http_listener("a", "", ROUTE_ALL.replace("app", "to_h2").as_str())
+        + &http_listener("b", "", ROUTE_ALL.replace("app", "to_h1").as_str());
+    // One worker: one pool, so the reuse below is deterministic.
+    let client =
+        Remora::start_with(&bootstrap(&listeners, &clusters), &["--concurrency", "1"]).await;
+    for _ in 0..2 {
+        assert_eq!(get(client.addr("a"), "deal", "/").await.status, 200);
+        assert_eq!(get(client.addr("b"), "deal", "/").await.status, 200);
+    }
+    for (server, proto) in [(&h2_server, "HTTP/2"), (&h1_server, "HTTP/1.1")] {
+        let lines = wait_log(server, "inbound.log", 2).await;
+        for l in &lines {
+            assert!(l.ends_with(&format!("proto={proto}")), "{l}");
+        }
+    }
+    // One connection each: the one that learnt the protocol was pooled and reused.
+    assert_eq!(client.stat("cluster.to_h2.upstream_cx_total").await, 1);
+    assert_eq!(
+        client.stat("cluster.to_h2.upstream_cx_http2_total").await,
+        1
+    );
+    assert_eq!(client.stat("cluster.to_h1.upstream_cx_total").await, 1);
+    assert_eq!(
+        client.stat("cluster.to_h1.upstream_cx_http1_total").await,
+        1
+    );
+
+    let plain = bootstrap(
+        &http_listener("a", "", ROUTE_ALL),
+        &cluster("app", &[app.addr], auto),
+    );
+    let err = Remora::try_start(&plain, &[]).await.err().expect("refused");
+    assert!(
+        err.contains("static_resources.clusters[0].typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].auto_config: needs a TLS transport socket"),
+        "{err}"
+    );
+}

@@ -242,7 +242,12 @@ pub async fn forward(
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::UseDownstream { http2_allowed, .. } => downstream_h2 && http2_allowed,
+            UpstreamProtocol::Auto => host.alpn.load(Relaxed) == 2,
         };
+    // auto_config and the host's protocol not known yet: the first connection's ALPN decides.
+    let learn = !f.upgrade
+        && cluster.config.protocol == UpstreamProtocol::Auto
+        && host.alpn.load(Relaxed) == 0;
     if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
         return hcm.local_reply(
             stream,
@@ -277,10 +282,14 @@ pub async fn forward(
         idle,
         request_deadline,
     };
-    let result = if use_h2 {
-        send_h2(&cluster, &host, parts, body, timers, &mut stream).await
-    } else {
-        send_h1(&cluster, &host, parts, body, timers, &mut stream).await
+    let use_h2 = match learn {
+        true => pool::learn_protocol(&cluster, &host).await,
+        false => Ok(use_h2),
+    };
+    let result = match use_h2 {
+        Ok(true) => send_h2(&cluster, &host, parts, body, timers, &mut stream).await,
+        Ok(false) => send_h1(&cluster, &host, parts, body, timers, &mut stream).await,
+        Err(e) => Err(Failure::Connect(e)),
     };
 
     match result {

@@ -49,6 +49,8 @@ pub enum UpstreamProtocol {
         http2_allowed: bool,
         http1_allowed: bool,
     },
+    /// `auto_config`: HTTP/2 or HTTP/1.1 as ALPN negotiates on the upstream TLS connection.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,7 +372,19 @@ impl Cluster {
             protocol = p;
             common = c.or(common);
             h2 = h.or(h2);
+            if p == UpstreamProtocol::Auto && tls.is_none() {
+                return Err(kp.field("auto_config").error(
+                    "needs a TLS transport socket: ALPN chooses between HTTP/2 and HTTP/1.1",
+                ));
+            }
         }
+        // auto_config offers h2 and http/1.1 when the TLS context names no ALPN itself.
+        let tls = match tls {
+            Some(t) if protocol == UpstreamProtocol::Auto && t.alpn.is_empty() => {
+                Some(Arc::new(t.with_alpn(&["h2", "http/1.1"])))
+            }
+            other => other,
+        };
 
         let cp = path.field("common_http_protocol_options");
         let common = common.unwrap_or_default();
@@ -625,10 +639,24 @@ fn upstream_http_options(
                 http2_protocol_options.clone(),
             )
         }
-        Some(U::AutoConfig(_)) => {
-            return Err(path
-                .field("auto_config")
-                .error("is not supported (ALPN-based selection arrives with upstream TLS)"));
+        Some(U::AutoConfig(a)) => {
+            let ap = path.field("auto_config");
+            let pb::upstream_http::http_protocol_options::AutoHttpConfig {
+                http_protocol_options,
+                http2_protocol_options,
+                http3_protocol_options,
+                alternate_protocols_cache_options,
+            } = a;
+            deny(&ap, "http3_protocol_options", http3_protocol_options)?;
+            deny(
+                &ap,
+                "alternate_protocols_cache_options",
+                alternate_protocols_cache_options,
+            )?;
+            if let Some(h1) = http_protocol_options {
+                http1_upstream(&ap.field("http_protocol_options"), h1)?;
+            }
+            (UpstreamProtocol::Auto, http2_protocol_options.clone())
         }
     };
     Ok((protocol, *common_http_protocol_options, h2))

@@ -853,6 +853,19 @@ impl DownstreamTls {
 // === impl UpstreamTls ===
 
 impl UpstreamTls {
+    /// The same context offering these ALPN protocols.
+    pub fn with_alpn(&self, alpn: &[&str]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Self {
+            config: Arc::new(config),
+            server_name: self.server_name.clone(),
+            certificates: self.certificates.clone(),
+            trust: self.trust.clone(),
+            alpn: alpn.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
     pub fn from_proto(path: &FieldPath, u: &pb::tls::UpstreamTlsContext) -> Result<Self> {
         let pb::tls::UpstreamTlsContext {
             common_tls_context,

@@ -33,6 +33,9 @@ pub struct Host {
     pub locality: Locality,
     pub priority: u32,
     pub stats: HostStats,
+    /// With `auto_config`: what ALPN chose on the first connection (0 not yet known,
+    /// 1 HTTP/1.1, 2 HTTP/2).
+    pub alpn: std::sync::atomic::AtomicU8,
 }
 
 impl Host {
@@ -53,6 +56,7 @@ impl Host {
             locality,
             priority,
             stats: HostStats::default(),
+            alpn: std::sync::atomic::AtomicU8::new(0),
         })
     }
 

@@ -203,6 +203,11 @@ impl H1Conn {
     /// Return the connection to this worker's pool (after a response ended cleanly).
     pub fn release(mut self) {
         self.served += 1;
+        self.park();
+    }
+
+    /// Put the connection in this worker's idle list (unless a limit says close it).
+    fn park(self) {
         let cfg = &self.cluster.config;
         if cfg
             .max_requests_per_connection
@@ -373,6 +378,57 @@ pub async fn acquire_h2(
 
 async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
     let stream = connect(cluster, host).await?;
+    handshake_h2(cluster, stream).await
+}
+
+/// `auto_config`: open a connection, record what ALPN chose for this host, and pool the
+/// connection as HTTP/2 or HTTP/1.1 accordingly. Returns whether it is HTTP/2.
+pub async fn learn_protocol(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<bool, ConnectError> {
+    let io = connect(cluster, host).await?;
+    let h2 = match &io.inner {
+        Transport::Tls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
+        Transport::Plain(_) => false,
+    };
+    host.alpn.store(if h2 { 2 } else { 1 }, Relaxed);
+    if h2 {
+        let ready = handshake_h2(cluster, io).await?;
+        let weak = Arc::downgrade(host);
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            let entry = p.entry(host.id).or_insert_with(|| HostPool {
+                host: weak,
+                h1: Vec::new(),
+                h2: None,
+            });
+            if !matches!(entry.h2, Some(H2State::Ready(..))) {
+                entry.h2 = Some(H2State::Ready(ready.0, ready.1, ready.2, Instant::now()));
+            }
+        });
+    } else {
+        let local_addr = io.inner.tcp().local_addr().ok();
+        cluster.stats.upstream_cx_http1_total.inc();
+        H1Conn {
+            io,
+            buf: BytesMut::with_capacity(4096),
+            host: host.clone(),
+            cluster: cluster.clone(),
+            created: Instant::now(),
+            served: 0,
+            reused: false,
+            local_addr,
+        }
+        .park();
+    }
+    Ok(h2)
+}
+
+async fn handshake_h2(
+    cluster: &Arc<Cluster>,
+    stream: CountedStream,
+) -> Result<H2Ready, ConnectError> {
     let stats = stream.keep.clone();
     let local = stream.inner.tcp().local_addr().ok();
     let h2 = &cluster.config.http2;
