@@ -33,6 +33,8 @@ pub struct Spec {
     pub duration: Duration,
     /// A new TCP connection for every request (`Connection: close`).
     pub new_connection_per_request: bool,
+    /// Speak TLS (HTTP/1.1) with this client configuration (mTLS: it carries a certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,8 +110,9 @@ async fn run_async(spec: Spec) -> Outcome {
             let shared = shared.clone();
             let target = spec.target;
             let fresh = spec.new_connection_per_request;
+            let tls = spec.tls.clone();
             tasks.push(tokio::spawn(async move {
-                h1_worker(target, fresh, shared).await
+                h1_worker(target, fresh, tls, shared).await
             }));
         }
     }
@@ -187,15 +190,37 @@ async fn drain(body: hyper::body::Incoming) -> Result<u64, hyper::Error> {
     Ok(n)
 }
 
-async fn h1_connect(target: SocketAddr) -> Option<http1::SendRequest<Empty<Bytes>>> {
+async fn h1_connect(
+    target: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Option<http1::SendRequest<Empty<Bytes>>> {
     let stream = TcpStream::connect(target).await.ok()?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(conn);
-    Some(sender)
+    match tls {
+        None => {
+            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            Some(sender)
+        }
+        Some(cfg) => {
+            let name = rustls_pki_types::ServerName::try_from("inbound.bench").expect("literal");
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, stream)
+                .await
+                .ok()?;
+            let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.ok()?;
+            tokio::spawn(conn);
+            Some(sender)
+        }
+    }
 }
 
-async fn h1_worker(target: SocketAddr, fresh: bool, shared: Arc<Shared>) -> Outcome {
+async fn h1_worker(
+    target: SocketAddr,
+    fresh: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    shared: Arc<Shared>,
+) -> Outcome {
     let mut out = Outcome {
         requests: 0,
         errors: 0,
@@ -206,7 +231,7 @@ async fn h1_worker(target: SocketAddr, fresh: bool, shared: Arc<Shared>) -> Outc
     let mut sender: Option<http1::SendRequest<Empty<Bytes>>> = None;
     while let Some(intended) = next_slot(&shared).await {
         if fresh || sender.as_ref().is_none_or(|s| s.is_closed()) {
-            sender = h1_connect(target).await;
+            sender = h1_connect(target, tls.as_ref()).await;
         }
         let Some(s) = sender.as_mut() else {
             out.errors += 1;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod load;
+mod mtls;
 mod procfs;
 mod report;
 mod systems;
@@ -22,7 +23,9 @@ use systems::{Kind, Setup};
     about = "remora side by side with direct, nginx and HAProxy"
 )]
 struct Args {
-    /// Scenarios (comma-separated): http1, http2, large-body, connections, idle-conns, or all.
+    /// Scenarios (comma-separated): http1, http2, large-body, connections, idle-conns, mtls (the
+    /// two-sidecar mTLS chain), mtls-handshake (a full mTLS handshake per request to the
+    /// inbound sidecar), or all.
     #[arg(long, default_value = "http1")]
     scenario: String,
     /// Systems (comma-separated) among direct, remora, nginx, haproxy. Missing peers are skipped.
@@ -108,10 +111,18 @@ fn main() {
     std::fs::create_dir_all(&work_dir).expect("work dir");
 
     let scenarios: Vec<String> = if args.scenario == "all" {
-        ["http1", "http2", "large-body", "connections", "idle-conns"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "http1",
+            "http2",
+            "large-body",
+            "connections",
+            "idle-conns",
+            "mtls",
+            "mtls-handshake",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     } else {
         args.scenario.split(',').map(str::to_string).collect()
     };
@@ -160,9 +171,16 @@ fn main() {
             args.response_size
         };
         let (upstream, _upstream_process) = start_upstream(&args, body_size, &work_dir);
+        let pki = if sc.starts_with("mtls") {
+            Some(
+                mtls::Pki::create(&work_dir.join(format!("{sc}-pki"))).expect("bench certificates"),
+            )
+        } else {
+            None
+        };
         for round in 0..args.rounds {
             for &kind in &kinds {
-                if sc == "idle-conns" && kind == Kind::Direct {
+                if (sc == "idle-conns" || sc == "mtls-handshake") && kind == Kind::Direct {
                     continue;
                 }
                 let setup = Setup {
@@ -174,7 +192,7 @@ fn main() {
                     work_dir: work_dir.join(format!("{sc}-{round}")),
                     access_log: false,
                 };
-                match run_one(sc, round, kind, &setup, &args) {
+                match run_one(sc, round, kind, &setup, &args, pki.as_ref()) {
                     Ok(row) if sc == "idle-conns" => {
                         println!(
                             "  {sc:<12} round {round} {:<8} {:>6} idle connections  {} bytes each",
@@ -187,8 +205,15 @@ fn main() {
                         rows.push(row);
                     }
                     Ok(row) => {
+                        let per_core = match (sc.as_str(), row.cpu_us_per_request) {
+                            ("mtls-handshake", Some(c)) if c > 0.0 => {
+                                format!("  = {:.0} handshakes per CPU-second", 1e6 / c)
+                            }
+                            ("mtls", Some(_)) => "  (per sidecar)".to_string(),
+                            _ => String::new(),
+                        };
                         println!(
-                            "  {sc:<12} round {round} {:<8} {:>9.0} req/s  p99 {:>7.3} ms  cpu {}",
+                            "  {sc:<12} round {round} {:<8} {:>9.0} req/s  p99 {:>7.3} ms  cpu {}{per_core}",
                             kind.name(),
                             row.rps,
                             row.p99_ms,
@@ -275,11 +300,24 @@ fn nginx_upstream(body_size: usize, work_dir: &std::path::Path) -> Option<system
     ))
 }
 
-fn run_one(sc: &str, round: usize, kind: Kind, setup: &Setup, args: &Args) -> Result<Row, String> {
+fn run_one(
+    sc: &str,
+    round: usize,
+    kind: Kind,
+    setup: &Setup,
+    args: &Args,
+    pki: Option<&mtls::Pki>,
+) -> Result<Row, String> {
     std::fs::create_dir_all(&setup.work_dir).map_err(|e| e.to_string())?;
-    let running = systems::start(kind, setup).map_err(|e| e.to_string())?;
+    let running = match (sc, pki) {
+        ("mtls", Some(pki)) => mtls::start_chain(kind, setup, pki),
+        ("mtls-handshake", Some(pki)) => mtls::start_inbound(kind, setup, pki),
+        _ => systems::start(kind, setup),
+    }
+    .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(200));
     let pid = running.pid();
+    let pids = running.pids();
     let rss_idle = pid.map(procfs::rss_bytes);
     let mut row = Row {
         scenario: sc.into(),
@@ -323,17 +361,26 @@ fn run_one(sc: &str, round: usize, kind: Kind, setup: &Setup, args: &Args) -> Re
             None => load::Pace::Closed,
         },
         duration: Duration::from_secs_f64(args.warmup),
-        new_connection_per_request: sc == "connections",
+        new_connection_per_request: sc == "connections" || sc == "mtls-handshake",
+        tls: match (sc, pki) {
+            ("mtls-handshake", Some(pki)) => Some(pki.client_config()),
+            _ => None,
+        },
     };
     if args.warmup > 0.0 {
         load::run(&spec);
     }
-    let cpu0 = pid.map(procfs::cpu_seconds);
+    // CPU of every proxy process; a sidecar chain reports it per sidecar.
+    let cpu = || -> Option<f64> {
+        (!pids.is_empty())
+            .then(|| pids.iter().map(|p| procfs::cpu_seconds(*p)).sum::<f64>() / pids.len() as f64)
+    };
+    let cpu0 = cpu();
     let measured = load::run(&load::Spec {
         duration: Duration::from_secs_f64(args.duration),
         ..spec
     });
-    let cpu1 = pid.map(procfs::cpu_seconds);
+    let cpu1 = cpu();
     row.requests = measured.requests;
     row.errors = measured.errors;
     row.rps = measured.rps();

@@ -52,29 +52,43 @@ pub struct Setup {
     pub access_log: bool,
 }
 
-/// A started system.
+/// A started system: the address the load goes to and the proxy processes (two for a
+/// sidecar chain), stopped on drop.
 pub struct Running {
     pub addr: SocketAddr,
-    child: Option<Child>,
+    children: Vec<Child>,
 }
 
 impl Running {
     /// A process the harness started for the whole run (the nginx upstream), stopped on drop.
     pub fn process(addr: SocketAddr, child: Child) -> Self {
+        Self::processes(addr, vec![child])
+    }
+
+    pub fn processes(addr: SocketAddr, children: Vec<Child>) -> Self {
+        Self { addr, children }
+    }
+
+    /// No proxy: the load goes straight to `addr`.
+    pub fn direct(addr: SocketAddr) -> Self {
         Self {
             addr,
-            child: Some(child),
+            children: Vec::new(),
         }
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.children.first().map(|c| c.id())
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
+        for c in self.children.iter_mut() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
@@ -109,13 +123,13 @@ pub fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn spawn(
+pub fn spawn(
     program: &Path,
     args: &[String],
     cpus: &Option<String>,
@@ -180,10 +194,7 @@ fn wait_ready(
 
 pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     if kind == Kind::Direct {
-        return Ok(Running {
-            addr: s.upstream,
-            child: None,
-        });
+        return Ok(Running::direct(s.upstream));
     }
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("literal");
@@ -235,10 +246,12 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     let mut child = spawn(&program, &args, &s.cpus, &log)?;
     // nginx and HAProxy serve h2c only with prior knowledge on an HTTP/2 listener.
     wait_ready(addr, &mut child, &log, s.h2 && kind != Kind::Remora)?;
-    Ok(Running {
-        addr,
-        child: Some(child),
-    })
+    Ok(Running::process(addr, child))
+}
+
+/// Wait until `addr` accepts TCP connections (TLS listeners cannot take the plaintext probe).
+pub fn wait_accepting(addr: SocketAddr, child: &mut Child, log: &Path) -> std::io::Result<()> {
+    wait_ready(addr, child, log, true)
 }
 
 /// remora: one listener routing everything to one static cluster, upstream HTTP/1.1.
