@@ -4,7 +4,9 @@
 //! remora's development CA: ECDSA P-256, SPIFFE URI SANs as in Istio, plus a DNS name for peers
 //! that can only check DNS names (nginx `proxy_ssl_name`, HAProxy `verifyhost`).
 
-use crate::systems::{Kind, Running, Setup, free_port, spawn, wait_accepting, which};
+use crate::systems::{
+    Kind, Running, Setup, free_port, remora_config, spawn, wait_accepting, which,
+};
 use remora_certs::SpiffeId;
 use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
 use std::net::SocketAddr;
@@ -87,29 +89,11 @@ impl Pki {
     }
 }
 
+/// The inbound sidecar: the harness's plain remora configuration with a STRICT
+/// `DownstreamTlsContext` on its filter chain (inserted before `clusters:`).
 fn remora_inbound(port: u16, upstream: SocketAddr, pki: &Pki) -> String {
-    format!(
-        r#"static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: app}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-      transport_socket:
+    let tls = format!(
+        r#"      transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
@@ -124,54 +108,23 @@ fn remora_inbound(port: u16, upstream: SocketAddr, pki: &Pki) -> String {
               match_typed_subject_alt_names:
               - san_type: URI
                 matcher: {{exact: "{OUTBOUND_ID}"}}
-  clusters:
-  - name: app
-    type: STATIC
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
 "#,
-        upstream.ip(),
-        upstream.port(),
         chain = pki.file("inbound", "cert-chain.pem"),
         key = pki.file("inbound", "key.pem"),
         root = pki.file("inbound", "root-cert.pem"),
+    );
+    remora_config(port, upstream, false, false).replacen(
+        "  clusters:\n",
+        &(tls + "  clusters:\n"),
+        1,
     )
 }
 
+/// The outbound sidecar: the plain configuration whose (only, last) cluster originates mTLS.
 fn remora_outbound(port: u16, inbound: SocketAddr, pki: &Pki) -> String {
-    format!(
-        r#"static_resources:
-  listeners:
-  - name: outbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: inbound}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: inbound
-    type: STATIC
-    load_assignment:
-      cluster_name: inbound
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
-    transport_socket:
+    remora_config(port, inbound, false, false)
+        + &format!(
+            r#"    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
@@ -187,12 +140,10 @@ fn remora_outbound(port: u16, inbound: SocketAddr, pki: &Pki) -> String {
             - san_type: URI
               matcher: {{exact: "{INBOUND_ID}"}}
 "#,
-        inbound.ip(),
-        inbound.port(),
-        chain = pki.file("outbound", "cert-chain.pem"),
-        key = pki.file("outbound", "key.pem"),
-        root = pki.file("outbound", "root-cert.pem"),
-    )
+            chain = pki.file("outbound", "cert-chain.pem"),
+            key = pki.file("outbound", "key.pem"),
+            root = pki.file("outbound", "root-cert.pem"),
+        )
 }
 
 fn nginx_common(dir: &Path, workers: usize) -> String {

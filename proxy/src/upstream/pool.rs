@@ -177,6 +177,21 @@ pub struct H1Conn {
 }
 
 impl H1Conn {
+    /// A freshly connected HTTP/1.1 connection (`upstream_cx_http1_total`).
+    fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Self {
+        cluster.stats.upstream_cx_http1_total.inc();
+        Self {
+            local_addr: io.inner.tcp().local_addr().ok(),
+            io,
+            buf: BytesMut::with_capacity(4096),
+            host: host.clone(),
+            cluster: cluster.clone(),
+            created: Instant::now(),
+            served: 0,
+            reused: false,
+        }
+    }
+
     fn stats(&self) -> &Arc<ConnectionStats> {
         &self.io.keep
     }
@@ -310,19 +325,7 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
 
 /// A fresh HTTP/1.1 connection.
 pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
-    let io = connect(cluster, host).await?;
-    let local_addr = io.inner.tcp().local_addr().ok();
-    cluster.stats.upstream_cx_http1_total.inc();
-    Ok(H1Conn {
-        io,
-        buf: BytesMut::with_capacity(4096),
-        host: host.clone(),
-        cluster: cluster.clone(),
-        created: Instant::now(),
-        served: 0,
-        reused: false,
-        local_addr,
-    })
+    Ok(H1Conn::new(connect(cluster, host).await?, cluster, host))
 }
 
 // === HTTP/2 pool ===
@@ -408,19 +411,7 @@ pub async fn learn_protocol(
             }
         });
     } else {
-        let local_addr = io.inner.tcp().local_addr().ok();
-        cluster.stats.upstream_cx_http1_total.inc();
-        H1Conn {
-            io,
-            buf: BytesMut::with_capacity(4096),
-            host: host.clone(),
-            cluster: cluster.clone(),
-            created: Instant::now(),
-            served: 0,
-            reused: false,
-            local_addr,
-        }
-        .park();
+        H1Conn::new(io, cluster, host).park();
     }
     Ok(h2)
 }
