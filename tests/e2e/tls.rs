@@ -181,16 +181,33 @@ pub async fn tls_get(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> Result<Resp, String> {
+    tls_request(addr, cfg, path, &[]).await
+}
+
+pub async fn tls_get_with(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    tls_request(addr, cfg, "/", headers).await
+}
+
+async fn tls_request(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
     let tls = tls_connect(addr, cfg).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(path)
-        .header("host", "deal")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let mut req = http::Request::builder().uri(path).header("host", "deal");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -417,6 +434,21 @@ async fn strict_port_refuses_bad_clients() {
     inbound
         .wait_stat(&format!("{scope}.connection_error"), errors)
         .await;
+    // Each refusal has its listener access-log line with the reason.
+    let lines = wait_log(&inbound, "listener.log", errors as usize).await;
+    let want = [
+        "- TLS_error:peer sent no certificates",
+        // Both test CAs have the same name: the issuer is found by name, its signature fails.
+        "- TLS_error:invalid peer certificate: BadSignature",
+        "- TLS_error:invalid peer certificate: ApplicationVerificationFailure",
+        "- TLS_error:invalid peer certificate: Expired",
+        "- TLS_error:invalid peer certificate: NotValidYet",
+    ];
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "{line} (wanted {want})");
+    }
+    assert!(lines[5].starts_with("- TLS_error:"), "{}", lines[5]);
+    assert!(lines[6].starts_with("- TLS_error:"), "{}", lines[6]);
     assert_eq!(inbound.stat(&format!("{scope}.handshake")).await, 1);
     assert_eq!(inbound.stat(&format!("{scope}.no_certificate")).await, 1);
     // The good connection was never disturbed, and new good clients still get through.
@@ -445,7 +477,8 @@ async fn permissive_port_serves_both() {
     let pki = Pki::new();
     let deal = pki.write("deal", DEAL);
     let app = upstream("deal-app").await;
-    let base = http_listener("inbound", &access_log("inbound.log"), ROUTE_ALL);
+    let xfcc = "          forward_client_cert_details: APPEND_FORWARD\n          set_current_client_cert_details: {subject: true, uri: true, dns: true}\n";
+    let base = http_listener("inbound", &(access_log("inbound.log") + xfcc), ROUTE_ALL);
     // Chain 1: TLS (matched on transport_protocol), chain 2: plaintext.
     let tls_chain = base.replacen(
         "    filter_chains:\n    - filters:",
@@ -467,25 +500,65 @@ async fn permissive_port_serves_both() {
     .await;
     let addr = remora.addr("inbound");
     let gw = pki.issue(GATEWAY, |_| {});
-    let r = tls_get(
+    let cfg = client_config(pki.ca.root_pem(), Some(&gw), &["http/1.1"]);
+    let r = tls_get(addr, cfg.clone(), "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+    // APPEND_FORWARD on an mTLS connection: this hop's element is appended.
+    let hash = remora_certs::info::CertDetails::parse(
+        &remora_certs::pem::certificates(gw.cert_chain_pem.as_bytes()).unwrap()[0],
+    )
+    .unwrap()
+    .sha256;
+    let r = tls_get_with(
         addr,
-        client_config(pki.ca.root_pem(), Some(&gw), &["http/1.1"]),
-        "/",
+        cfg.clone(),
+        &[("x-forwarded-client-cert", "By=spiffe://a/b;Hash=00")],
     )
     .await
     .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
-    let r = get(addr, "deal", "/").await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-client-cert"],
+        format!(
+            "By=spiffe://a/b;Hash=00,By={DEAL};Hash={hash};Subject=\"CN=localhost\";URI={GATEWAY};DNS=localhost"
+        )
+    );
+    // Plaintext: a client's XFCC is removed.
+    let r = get_with(
+        addr,
+        "deal",
+        "/",
+        &[("x-forwarded-client-cert", "By=spiffe://forged")],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
-    let lines = wait_log(&remora, "inbound.log", 2).await;
+    assert!(
+        r.json()["headers"].get("x-forwarded-client-cert").is_none(),
+        "{}",
+        r.text()
+    );
+    let lines = wait_log(&remora, "inbound.log", 3).await;
     assert!(
         lines[0].starts_with(&format!("200 peer={GATEWAY} local={DEAL} TLSv1.3 TLS_")),
         "{}",
         lines[0]
     );
-    assert_eq!(lines[1], "200 peer=- local=- - - sni=- proto=HTTP/1.1");
+    assert_eq!(lines[2], "200 peer=- local=- - - sni=- proto=HTTP/1.1");
+
+    // Session resumption (TLS 1.3 tickets, the same client config): resumed connections still
+    // know their peer.
+    for _ in 0..3 {
+        assert_eq!(tls_get(addr, cfg.clone(), "/").await.unwrap().status, 200);
+    }
+    let scope = format!("listener.{}.ssl", stat_address(addr));
+    assert!(remora.stat(&format!("{scope}.session_reused")).await >= 1);
+    let lines = wait_log(&remora, "inbound.log", 6).await;
+    assert!(
+        lines[5].starts_with(&format!("200 peer={GATEWAY} ")),
+        "{}",
+        lines[5]
+    );
 }
 
 /// A rotated key/cert pair is used by new handshakes within 2 s; open connections keep working;

@@ -214,7 +214,109 @@ const ENVOY_INTERNAL_HEADERS: [HeaderName; 16] = [
     names::X_ENVOY_UPSTREAM_STREAM_DURATION_MS,
 ];
 
+/// The XFCC element for a client certificate: `By=` (each of our URI SANs), `Hash=`, then the
+/// configured fields in Envoy's order (Cert, Subject, URI, DNS).
+fn xfcc_element(
+    cfg: &crate::model::hcm::Xfcc,
+    tls: &crate::transport_sockets::tls::TlsInfo,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(256);
+    let sep = |out: &mut String| {
+        if !out.is_empty() {
+            out.push(';');
+        }
+    };
+    if let Some(local) = &tls.local {
+        for by in local.uri_sans() {
+            sep(&mut out);
+            let _ = write!(out, "By={by}");
+        }
+    }
+    let Some(peer) = &tls.peer else { return out };
+    sep(&mut out);
+    let _ = write!(out, "Hash={}", peer.details.sha256);
+    if cfg.cert {
+        sep(&mut out);
+        let _ = write!(out, "Cert=\"{}\"", url_encode(&peer.pem()));
+    }
+    if cfg.subject {
+        sep(&mut out);
+        let _ = write!(out, "Subject=\"{}\"", peer.details.subject);
+    }
+    if cfg.uri {
+        let mut any = false;
+        for u in peer.details.uri_sans() {
+            sep(&mut out);
+            let _ = write!(out, "URI={u}");
+            any = true;
+        }
+        if !any {
+            sep(&mut out);
+            out.push_str("URI=");
+        }
+    }
+    if cfg.dns {
+        for d in peer.details.dns_sans() {
+            sep(&mut out);
+            let _ = write!(out, "DNS={d}");
+        }
+    }
+    out
+}
+
+/// Envoy's URL encoding of a PEM certificate in XFCC (RFC 3986 unreserved characters kept).
+fn url_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() * 3 / 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 impl ConnectionManager {
+    /// `x-forwarded-client-cert` as `forward_client_cert_details` says: removed unless the
+    /// connection is mutual TLS (or the mode is ALWAYS_FORWARD_ONLY); with APPEND_FORWARD or
+    /// SANITIZE_SET, this hop's client certificate element is appended or set.
+    fn mutate_xfcc(&self, conn: &DownstreamConn, headers: &mut http::HeaderMap) {
+        use crate::model::hcm::XfccMode as M;
+        let cfg = &self.config.xfcc;
+        if cfg.mode == M::AlwaysForwardOnly {
+            return;
+        }
+        let mtls = conn.info.tls.as_deref().filter(|t| t.peer.is_some());
+        let Some(tls) = mtls.filter(|_| cfg.mode != M::Sanitize) else {
+            headers.remove(names::X_FORWARDED_CLIENT_CERT);
+            return;
+        };
+        if cfg.mode == M::ForwardOnly {
+            return;
+        }
+        let element = xfcc_element(cfg, tls);
+        let value = match (cfg.mode, headers.get(names::X_FORWARDED_CLIENT_CERT)) {
+            (M::AppendForward, Some(prev)) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.push(b',');
+                v.extend_from_slice(element.as_bytes());
+                HeaderValue::from_bytes(&v)
+            }
+            _ => HeaderValue::from_str(&element),
+        };
+        match value {
+            Ok(v) => {
+                headers.insert(names::X_FORWARDED_CLIENT_CERT, v);
+            }
+            Err(_) => {
+                headers.remove(names::X_FORWARDED_CLIENT_CERT);
+            }
+        }
+    }
+
     pub fn new(
         config: Arc<Config>,
         store: &Arc<Store>,
@@ -458,7 +560,7 @@ impl ConnectionManager {
             .headers
             .get(names::X_ENVOY_INTERNAL)
             .is_some_and(|v| v == "true");
-        parts.headers.remove(names::X_FORWARDED_CLIENT_CERT);
+        self.mutate_xfcc(conn, &mut parts.headers);
         let scheme = if conn.is_tls { "https" } else { "http" };
         if self.config.use_remote_address || !parts.headers.contains_key(names::X_FORWARDED_PROTO) {
             parts

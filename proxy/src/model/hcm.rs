@@ -93,6 +93,70 @@ pub struct LocalReplyConfig {
     pub body_format: Option<(LogFormat, Option<String>)>,
 }
 
+/// What happens to `x-forwarded-client-cert` (Envoy's `forward_client_cert_details`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XfccMode {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// `forward_client_cert_details` with the `set_current_client_cert_details` fields to add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Xfcc {
+    pub mode: XfccMode,
+    pub cert: bool,
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
+}
+
+impl Xfcc {
+    fn from_proto(
+        path: &FieldPath,
+        mode: pb::hcm::http_connection_manager::ForwardClientCertDetails,
+        details: &Option<pb::hcm::http_connection_manager::SetCurrentClientCertDetails>,
+    ) -> Result<Self> {
+        use pb::hcm::http_connection_manager::ForwardClientCertDetails as F;
+        let mode = match mode {
+            F::Sanitize => XfccMode::Sanitize,
+            F::ForwardOnly => XfccMode::ForwardOnly,
+            F::AppendForward => XfccMode::AppendForward,
+            F::SanitizeSet => XfccMode::SanitizeSet,
+            F::AlwaysForwardOnly => XfccMode::AlwaysForwardOnly,
+        };
+        let mut x = Self {
+            mode,
+            cert: false,
+            subject: false,
+            uri: false,
+            dns: false,
+        };
+        if let Some(d) = details {
+            let dp = path.field("set_current_client_cert_details");
+            let pb::hcm::http_connection_manager::SetCurrentClientCertDetails {
+                subject,
+                cert,
+                chain,
+                dns,
+                uri,
+                issuer,
+                format,
+            } = d;
+            deny(&dp, "chain", chain)?;
+            deny(&dp, "issuer", issuer)?;
+            deny(&dp, "format", format)?;
+            x.subject = subject.as_ref().is_some_and(|b| b.value);
+            x.cert = *cert;
+            x.uri = *uri;
+            x.dns = *dns;
+        }
+        Ok(x)
+    }
+}
+
 #[derive(Debug)]
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
@@ -119,6 +183,8 @@ pub struct HttpConnectionManager {
     pub skip_xff_append: bool,
     pub via: Option<HeaderValue>,
     pub generate_request_id: bool,
+    /// `forward_client_cert_details` and `set_current_client_cert_details` (XFCC).
+    pub xfcc: Xfcc,
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
     pub upgrades: Vec<(String, bool)>,
@@ -253,11 +319,6 @@ impl HttpConnectionManager {
         deny(path, "internal_address_config", internal_address_config)?;
         deny(
             path,
-            "set_current_client_cert_details",
-            set_current_client_cert_details,
-        )?;
-        deny(
-            path,
             "forward_client_cert_matcher",
             forward_client_cert_matcher,
         )?;
@@ -300,13 +361,15 @@ impl HttpConnectionManager {
             add_proxy_protocol_connection_state,
         )?;
         deny(path, "forward_proto_config", forward_proto_config)?;
-        // Without TLS on the downstream connection there is no client certificate to forward:
-        // SANITIZE (the default) removes any x-forwarded-client-cert header, which remora does.
-        enum_value::<Fcc>(
+        let xfcc = Xfcc::from_proto(
             path,
-            "forward_client_cert_details",
-            *forward_client_cert_details,
-            |f| *f == Fcc::Sanitize,
+            enum_value::<Fcc>(
+                path,
+                "forward_client_cert_details",
+                *forward_client_cert_details,
+                |_| true,
+            )?,
+            set_current_client_cert_details,
         )?;
         if let Some(rid) = request_id_extension {
             let rp = path.field("request_id_extension");
@@ -455,6 +518,7 @@ impl HttpConnectionManager {
         };
 
         Ok(Self {
+            xfcc,
             stat_prefix: stat_prefix.clone(),
             codec,
             route_config,

@@ -91,6 +91,23 @@ pub struct PeerCert {
     /// The SPIFFE ID: the certificate's `spiffe://` URI SAN, if it has exactly one.
     pub spiffe_id: Option<SpiffeId>,
     pub details: CertDetails,
+    pub der: Box<[u8]>,
+}
+
+impl PeerCert {
+    /// The certificate in PEM (XFCC `Cert=`).
+    pub fn pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.der);
+        let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+        out
+    }
 }
 
 /// What a TLS handshake established.
@@ -141,8 +158,8 @@ impl TlsInfo {
         let peer = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|der| CertDetails::parse(der).ok())
-            .map(|details| {
+            .and_then(|der| CertDetails::parse(der).ok().map(|d| (d, der)))
+            .map(|(details, der)| {
                 let spiffe_id = {
                     let mut uris = details.uri_sans().filter(|u| u.starts_with("spiffe://"));
                     match (uris.next(), uris.next()) {
@@ -150,7 +167,11 @@ impl TlsInfo {
                         _ => None,
                     }
                 };
-                PeerCert { spiffe_id, details }
+                PeerCert {
+                    spiffe_id,
+                    details,
+                    der: der.as_ref().into(),
+                }
             });
         Self {
             server_name: None,
