@@ -75,6 +75,7 @@ impl Pki {
                 validation: Validation {
                     trust: Some(trust),
                     san_matchers: vec![],
+                    pins: vec![],
                 },
             }))
             .with_client_auth_cert(

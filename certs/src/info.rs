@@ -42,6 +42,8 @@ pub struct CertDetails {
     pub not_after: SystemTime,
     /// SHA-256 of the DER, lowercase hex.
     pub sha256: String,
+    /// SHA-1 of the DER, lowercase hex (`%DOWNSTREAM_PEER_FINGERPRINT_1%`).
+    pub sha1: String,
     pub is_ca: bool,
 }
 
@@ -101,6 +103,10 @@ impl CertDetails {
             not_before: to_system(cert.validity().not_before),
             not_after: to_system(cert.validity().not_after),
             sha256: hex(digest.as_ref()),
+            sha1: hex(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+                    .as_ref(),
+            ),
             is_ca: cert.is_ca(),
         })
     }

@@ -51,7 +51,51 @@ pub struct Validation {
     pub trust: Option<Arc<dyn TrustSource>>,
     /// Empty: any SAN is accepted.
     pub san_matchers: Vec<SanMatcher>,
+    /// `verify_certificate_hash` / `verify_certificate_spki`: when any is given, the certificate
+    /// must match one of them.
+    pub pins: Vec<Pin>,
 }
+
+/// A pinned certificate: SHA-256 of the whole certificate, or of its SubjectPublicKeyInfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    CertSha256([u8; 32]),
+    SpkiSha256([u8; 32]),
+}
+
+impl Pin {
+    /// `verify_certificate_hash`: hex, optionally with colons (`DF:6F:…`), any case.
+    pub fn cert_hash(s: &str) -> Option<Self> {
+        let hex: String = s.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Pin::CertSha256(out))
+    }
+
+    /// `verify_certificate_spki`: base64 of the SHA-256 of the SubjectPublicKeyInfo.
+    pub fn spki_hash(s: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+        Some(Pin::SpkiSha256(bytes.try_into().ok()?))
+    }
+}
+
+/// The certificate matched no `verify_certificate_hash`/`verify_certificate_spki` entry.
+#[derive(Debug)]
+pub struct PinMismatch;
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("certificate hash or SPKI does not match")
+    }
+}
+
+impl std::error::Error for PinMismatch {}
 
 /// Envoy's DNS SAN match: a `*.` wildcard SAN covers exactly one label.
 pub fn dns_name_match(name: &str, san: &str) -> bool {
@@ -139,6 +183,22 @@ impl Validation {
                 return Err(Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
                 ));
+            }
+        }
+        if !self.pins.is_empty() {
+            use aws_lc_rs::digest::{SHA256, digest};
+            let cert_hash = digest(&SHA256, end_entity);
+            let spki_hash = X509Certificate::from_der(end_entity)
+                .ok()
+                .map(|(_, c)| digest(&SHA256, c.public_key().raw));
+            let matched = self.pins.iter().any(|p| match p {
+                Pin::CertSha256(h) => cert_hash.as_ref() == h,
+                Pin::SpkiSha256(h) => spki_hash.as_ref().is_some_and(|d| d.as_ref() == h),
+            });
+            if !matched {
+                return Err(Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(PinMismatch)),
+                )));
             }
         }
         Ok(())
@@ -380,12 +440,19 @@ pub enum VerifyFailure {
     Chain,
     /// `ssl.fail_verify_no_cert` / `ssl.no_certificate`
     NoCertificate,
+    /// `ssl.fail_verify_cert_hash`
+    CertHash,
 }
 
 pub fn classify(e: &Error) -> Option<VerifyFailure> {
     match e {
         Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
             Some(VerifyFailure::San)
+        }
+        Error::InvalidCertificate(CertificateError::Other(o))
+            if o.0.downcast_ref::<PinMismatch>().is_some() =>
+        {
+            Some(VerifyFailure::CertHash)
         }
         Error::InvalidCertificate(_) => Some(VerifyFailure::Chain),
         Error::NoCertificatesPresented => Some(VerifyFailure::NoCertificate),
@@ -435,6 +502,7 @@ mod tests {
                 FileTrust::load(Data::Inline(ca.root_pem().as_bytes().to_vec()), None).unwrap(),
             ),
             san_matchers: sans,
+            pins: vec![],
         }
     }
 
@@ -501,8 +569,40 @@ mod tests {
         let no_trust = Validation {
             trust: None,
             san_matchers: vec![uri(GW)],
+            pins: vec![],
         };
         assert_eq!(check(&no_trust, &leaf(&other, GW, |_| {})), Ok(()));
+    }
+
+    #[test]
+    fn certificate_and_spki_pins() {
+        use aws_lc_rs::digest::{SHA256, digest};
+        use base64::Engine;
+        let ca = DevCa::generate_root("ca", KeyAlgorithm::EcdsaP256).unwrap();
+        let good = leaf(&ca, GW, |_| {});
+        let other = leaf(&ca, GW, |_| {});
+        let der = der(&good.cert_chain_pem)[0].clone();
+        let hex = crate::info::hex(digest(&SHA256, &der).as_ref()).to_uppercase();
+        let colons: Vec<String> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+        let spki = base64::engine::general_purpose::STANDARD
+            .encode(digest(&SHA256, parsed.public_key().raw).as_ref());
+        for pin in [
+            Pin::cert_hash(&colons.join(":")).unwrap(),
+            Pin::spki_hash(&spki).unwrap(),
+        ] {
+            let mut v = validation(&ca, vec![]);
+            v.pins = vec![pin];
+            assert_eq!(check(&v, &good), Ok(()));
+            let e = check(&v, &other).unwrap_err();
+            assert_eq!(classify(&e), Some(VerifyFailure::CertHash));
+        }
+        assert!(Pin::cert_hash("abc").is_none());
+        assert!(Pin::spki_hash("not base64!").is_none());
     }
 
     #[test]

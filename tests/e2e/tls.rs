@@ -142,6 +142,7 @@ pub fn client_config(
             validation: Validation {
                 trust: Some(trust),
                 san_matchers: vec![],
+                pins: vec![],
             },
         }));
     let mut cfg = match client {
@@ -1232,4 +1233,37 @@ async fn auto_config_follows_alpn() {
         err.contains("static_resources.clusters[0].typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].auto_config: needs a TLS transport socket"),
         "{err}"
     );
+}
+
+/// `verify_certificate_hash`: only the pinned client certificate gets in; another one from the
+/// same CA with the same identity is refused with `ssl.fail_verify_cert_hash`.
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_client_certificate() {
+    let pki = Pki::new();
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let pinned = pki.issue(GATEWAY, |_| {});
+    let der = remora_certs::pem::certificates(pinned.cert_chain_pem.as_bytes()).unwrap();
+    let hash = remora_certs::info::CertDetails::parse(&der[0])
+        .unwrap()
+        .sha256;
+    let listener = http_listener("inbound", "", ROUTE_ALL)
+        + &downstream_tls(&deal, true, None)
+        + &format!("              verify_certificate_hash: [\"{hash}\"]\n");
+    let r = Remora::start(&bootstrap(&listener, &cluster("app", &[app.addr], ""))).await;
+    let addr = r.addr("inbound");
+    let root = pki.ca.root_pem().to_string();
+    let ok = tls_get(addr, client_config(&root, Some(&pinned), &[]), "/").await;
+    assert_eq!(ok.unwrap().status, 200);
+    let other = pki.issue(GATEWAY, |_| {});
+    assert!(
+        tls_get(addr, client_config(&root, Some(&other), &[]), "/")
+            .await
+            .is_err()
+    );
+    r.wait_stat(
+        &format!("listener.{}.ssl.fail_verify_cert_hash", stat_address(addr)),
+        1,
+    )
+    .await;
 }

@@ -267,8 +267,14 @@ fn xfcc_element(
 
 /// Envoy's URL encoding of a PEM certificate in XFCC (RFC 3986 unreserved characters kept).
 fn url_encode(s: &str) -> String {
-    use std::fmt::Write;
     let mut out = String::with_capacity(s.len() * 3 / 2);
+    url_encode_into(s, &mut out);
+    out
+}
+
+/// The same, appended to `out` (also `%DOWNSTREAM_PEER_CERT%`).
+pub fn url_encode_into(s: &str, out: &mut String) {
+    use std::fmt::Write;
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
@@ -276,7 +282,6 @@ fn url_encode(s: &str) -> String {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 impl ConnectionManager {

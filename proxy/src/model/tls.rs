@@ -10,7 +10,7 @@ use crate::config::{FieldPath, Result};
 use remora_certs::source::{
     CertificateSource, Data, FileCertificate, FileTrust, OnReload, ReloadEvent, TrustSource,
 };
-use remora_certs::verify::{ClientVerifier, SanMatcher, SanType, ServerVerifier, Validation};
+use remora_certs::verify::{ClientVerifier, Pin, SanMatcher, SanType, ServerVerifier, Validation};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
@@ -460,8 +460,21 @@ fn validation_context(
         ca_certificate_provider_instance,
     )?;
     deny(path, "system_root_certs", system_root_certs)?;
-    deny(path, "verify_certificate_spki", verify_certificate_spki)?;
-    deny(path, "verify_certificate_hash", verify_certificate_hash)?;
+    let mut pins = Vec::new();
+    for (i, h) in verify_certificate_hash.iter().enumerate() {
+        pins.push(Pin::cert_hash(h).ok_or_else(|| {
+            path.field("verify_certificate_hash")
+                .index(i)
+                .error(format!("'{h}' is not a hex SHA-256 digest"))
+        })?);
+    }
+    for (i, h) in verify_certificate_spki.iter().enumerate() {
+        pins.push(Pin::spki_hash(h).ok_or_else(|| {
+            path.field("verify_certificate_spki")
+                .index(i)
+                .error(format!("'{h}' is not a base64 SHA-256 digest"))
+        })?);
+    }
     if bool_or(require_signed_certificate_timestamp, false) {
         return Err(path.unsupported("require_signed_certificate_timestamp"));
     }
@@ -543,6 +556,7 @@ fn validation_context(
             _ => None,
         },
         san_matchers,
+        pins,
     };
     Ok((validation, trust, *suppress_client_ca_list))
 }

@@ -99,7 +99,7 @@ enum Op {
     Absent,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TlsField {
     PeerUriSan,
     PeerDnsSan,
@@ -112,7 +112,12 @@ enum TlsField {
     Cipher,
     Version,
     PeerFingerprint256,
+    PeerFingerprint1,
     PeerSerial,
+    /// URL-encoded PEM of the peer certificate.
+    PeerCert,
+    PeerCertValidFrom(Option<String>),
+    PeerCertValidUntil(Option<String>),
 }
 
 /// The kind of value an operator produced, for typed JSON output.
@@ -384,13 +389,16 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
         "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTls(TlsField::Version),
         "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamTls(TlsField::PeerFingerprint256),
         "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamTls(TlsField::PeerSerial),
-        // rustls does not expose session IDs; the SHA-1 fingerprint, the PEM and the validity
-        // dates of the peer certificate are not rendered yet: these print `-`.
+        "DOWNSTREAM_PEER_FINGERPRINT_1" => Op::DownstreamTls(TlsField::PeerFingerprint1),
+        "DOWNSTREAM_PEER_CERT" => Op::DownstreamTls(TlsField::PeerCert),
+        "DOWNSTREAM_PEER_CERT_V_START" => Op::DownstreamTls(TlsField::PeerCertValidFrom(
+            arg.filter(|a| !a.is_empty()).map(str::to_string),
+        )),
+        "DOWNSTREAM_PEER_CERT_V_END" => Op::DownstreamTls(TlsField::PeerCertValidUntil(
+            arg.filter(|a| !a.is_empty()).map(str::to_string),
+        )),
+        // rustls does not expose TLS session IDs: this prints `-`.
         "DOWNSTREAM_TLS_SESSION_ID"
-        | "DOWNSTREAM_PEER_FINGERPRINT_1"
-        | "DOWNSTREAM_PEER_CERT"
-        | "DOWNSTREAM_PEER_CERT_V_START"
-        | "DOWNSTREAM_PEER_CERT_V_END"
         | "UPSTREAM_PEER_URI_SAN"
         | "UPSTREAM_PEER_SUBJECT"
         | "UPSTREAM_TLS_VERSION"
@@ -574,7 +582,7 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             let Some(tls) = info.and_then(|i| i.connection.tls.as_deref()) else {
                 return Missing;
             };
-            tls_field(out, tls, *field)
+            tls_field(out, tls, field)
         }
         Op::Absent => Missing,
     }
@@ -583,7 +591,7 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
 fn tls_field(
     out: &mut String,
     tls: &crate::transport_sockets::tls::TlsInfo,
-    field: TlsField,
+    field: &TlsField,
 ) -> ValueKind {
     use remora_certs::info::{CertDetails, San};
     let peer = tls.peer.as_ref().map(|p| &p.details);
@@ -634,6 +642,25 @@ fn tls_field(
         TlsField::Version => text(out, Some(tls.version)),
         TlsField::PeerFingerprint256 => text(out, peer.map(|c| c.sha256.as_str())),
         TlsField::PeerSerial => text(out, peer.map(|c| c.serial.as_str())),
+        TlsField::PeerFingerprint1 => text(out, peer.map(|c| c.sha1.as_str())),
+        TlsField::PeerCert => match &tls.peer {
+            Some(p) => {
+                crate::http::conn_manager::url_encode_into(&p.pem(), out);
+                ValueKind::Text
+            }
+            None => ValueKind::Missing,
+        },
+        TlsField::PeerCertValidFrom(fmt) | TlsField::PeerCertValidUntil(fmt) => match peer {
+            Some(c) => {
+                let t = match field {
+                    TlsField::PeerCertValidFrom(_) => c.not_before,
+                    _ => c.not_after,
+                };
+                format_time(t, fmt.as_deref(), out);
+                ValueKind::Text
+            }
+            None => ValueKind::Missing,
+        },
     }
 }
 
@@ -838,6 +865,81 @@ mod tests {
         assert_eq!(
             f.to_string(&ctx),
             "[2016-04-15T20:17:00.310Z] \"POST /api/v1/locations HTTP/2\" 204 - 154 0 226 100 \"10.0.35.28\" \"nsq2http\" \"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2\" \"locations\" \"10.0.2.1:80\"\n"
+        );
+    }
+
+    #[test]
+    fn downstream_tls_operators() {
+        use crate::transport_sockets::tls::{PeerCert, TlsInfo};
+        use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+        use remora_certs::info::CertDetails;
+        let ca = DevCa::generate_root("fmt", KeyAlgorithm::EcdsaP256).unwrap();
+        let mut req = LeafRequest::spiffe(
+            remora_certs::SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap(),
+            Duration::from_secs(3600),
+        );
+        req.dns_names = vec!["b.a".into(), "b2.a".into()];
+        let issued = ca.issue(&req).unwrap();
+        let der =
+            remora_certs::pem::certificates(issued.cert_chain_pem.as_bytes()).unwrap()[0].to_vec();
+        let details = CertDetails::parse(&der).unwrap();
+        let tls = TlsInfo {
+            server_name: None,
+            version: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+            curve: Some("X25519"),
+            alpn: None,
+            session_reused: false,
+            peer: Some(PeerCert {
+                spiffe_id: None,
+                details: details.clone(),
+                der: der.into(),
+            }),
+            local: None,
+        };
+        let mut info = info();
+        let c = &info.connection;
+        info.connection = Arc::new(ConnectionInfo {
+            id: c.id,
+            local: c.local,
+            remote: c.remote,
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "tls",
+            tls: Some(Box::new(tls)),
+        });
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let f = Formatter::parse(
+            "%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|%DOWNSTREAM_LOCAL_URI_SAN%|%DOWNSTREAM_TLS_VERSION%|%DOWNSTREAM_TLS_CIPHER%|%DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_CERT_V_END(%Y)%",
+        )
+        .unwrap();
+        let year = {
+            let mut y = String::new();
+            format_time(details.not_after, Some("%Y"), &mut y);
+            y
+        };
+        assert_eq!(
+            f.to_string(&ctx),
+            format!(
+                "spiffe://td/ns/a/sa/b|b.a,b2.a|-|TLSv1.3|TLS_AES_128_GCM_SHA256|CN=b.a|CN=fmt,O=remora dev CA|{year}"
+            )
+        );
+        let f = Formatter::parse(
+            "%DOWNSTREAM_PEER_FINGERPRINT_256% %DOWNSTREAM_PEER_FINGERPRINT_1% %DOWNSTREAM_PEER_SERIAL% %DOWNSTREAM_PEER_CERT%",
+        )
+        .unwrap();
+        let out = f.to_string(&ctx);
+        let parts: Vec<&str> = out.split(' ').collect();
+        assert_eq!(parts[0], details.sha256);
+        assert_eq!(parts[1].len(), 40);
+        assert_eq!(parts[2], details.serial);
+        assert!(
+            parts[3].starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+            "{}",
+            parts[3]
         );
     }
 

@@ -28,6 +28,7 @@ pub struct TlsStats {
     pub fail_verify_no_cert: Arc<Counter>,
     pub fail_verify_error: Arc<Counter>,
     pub fail_verify_san: Arc<Counter>,
+    pub fail_verify_cert_hash: Arc<Counter>,
 }
 
 impl TlsStats {
@@ -42,6 +43,7 @@ impl TlsStats {
             fail_verify_no_cert: c("fail_verify_no_cert"),
             fail_verify_error: c("fail_verify_error"),
             fail_verify_san: c("fail_verify_san"),
+            fail_verify_cert_hash: c("fail_verify_cert_hash"),
             prefix,
             store: store.clone(),
         }
@@ -76,6 +78,7 @@ impl TlsStats {
         match rustls_error.and_then(classify) {
             Some(VerifyFailure::San) => self.fail_verify_san.inc(),
             Some(VerifyFailure::Chain) => self.fail_verify_error.inc(),
+            Some(VerifyFailure::CertHash) => self.fail_verify_cert_hash.inc(),
             Some(VerifyFailure::NoCertificate) => {
                 self.fail_verify_no_cert.inc();
                 self.no_certificate.inc();
