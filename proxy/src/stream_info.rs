@@ -258,6 +258,8 @@ pub struct StreamInfo {
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     pub upstream_transport_failure_reason: Option<String>,
+    /// What the upstream connection's TLS handshake established (TLS clusters).
+    pub upstream_tls: Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
     /// Why the downstream TLS handshake failed (`%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`).
     pub downstream_transport_failure_reason: Option<String>,
     pub attempt_count: u32,
@@ -296,6 +298,7 @@ impl StreamInfo {
             upstream_local: None,
             upstream_transport_failure_reason: None,
             downstream_transport_failure_reason: None,
+            upstream_tls: None,
             attempt_count: 0,
             last_downstream_rx: None,
             first_upstream_rx: None,

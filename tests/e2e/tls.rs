@@ -250,13 +250,16 @@ async fn two_sidecar_mtls_chain() {
     let inbound = inbound_sidecar(&deal, app.addr, Some(GATEWAY)).await;
     let b = inbound.addr("inbound");
 
-    let outbound_listener =
-        http_listener("outbound", "", ROUTE_ALL.replace("app", "deal").as_str())
-            + &http_listener(
-                "outbound_h2",
-                "",
-                ROUTE_ALL.replace("app", "deal_h2").as_str(),
-            );
+    let upstream_log = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/outbound.log\n              log_format: {text_format_source: {inline_string: \"%UPSTREAM_PEER_URI_SAN% %UPSTREAM_LOCAL_URI_SAN% %UPSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_VERSION%\\n\"}}\n";
+    let outbound_listener = http_listener(
+        "outbound",
+        upstream_log,
+        ROUTE_ALL.replace("app", "deal").as_str(),
+    ) + &http_listener(
+        "outbound_h2",
+        "",
+        ROUTE_ALL.replace("app", "deal_h2").as_str(),
+    );
     let clusters = cluster("deal", &[b], &upstream_tls(&gw, DEAL, "istio, http/1.1"))
         + &cluster(
             "deal_h2",
@@ -287,6 +290,9 @@ async fn two_sidecar_mtls_chain() {
         );
     }
     // Envoy's stats on both sides.
+    // The outbound side logs who it reached: the upstream's verified identity.
+    let lines = wait_log(&outbound, "outbound.log", 1).await;
+    assert_eq!(lines[0], format!("{DEAL} {GATEWAY} TLSv1.2 -"));
     assert_eq!(outbound.stat("cluster.deal.ssl.handshake").await, 1);
     assert_eq!(outbound.stat("cluster.deal_h2.ssl.handshake").await, 1);
     assert_eq!(outbound.stat("cluster.deal.ssl.versions.TLSv1.2").await, 1);

@@ -510,6 +510,7 @@ async fn send_h1(
         .await
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = conn.local_addr;
+    stream.info.upstream_tls = conn.io.keep.tls.clone();
     let head_request = parts.method == http::Method::HEAD;
     let mut out = crate::io::take_write_buffer();
     let result = wait(
@@ -528,6 +529,7 @@ async fn send_h1(
     crate::io::give_write_buffer(out);
     names::recycle_header_map(std::mem::take(&mut parts.headers));
     stream.info.upstream_local = conn.local_addr;
+    stream.info.upstream_tls = conn.io.keep.tls.clone();
     let head = match result {
         Ok(Ok(head)) => head,
         Ok(Err(f)) | Err(f) => {
@@ -624,10 +626,11 @@ async fn send_h2(
         .unwrap_or("/");
     parts.uri = http::Uri::try_from(format!("http://{authority}{pq}"))
         .map_err(|_| Failure::DownstreamGone)?;
-    let (mut sender, local) = pool::acquire_h2(cluster, host)
+    let (mut sender, local, tls) = pool::acquire_h2(cluster, host)
         .await
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = local;
+    stream.info.upstream_tls = tls;
     let req = Request::from_parts(parts, body);
     let fut = async move {
         sender.ready().await?;

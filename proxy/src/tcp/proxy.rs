@@ -135,6 +135,7 @@ impl TcpProxyFilter {
             return;
         };
         info.upstream_local = upstream.inner.tcp().local_addr().ok();
+        info.upstream_tls = upstream.keep.tls.clone();
 
         // Copy both ways; activity resets the idle timer.
         let started = Instant::now();

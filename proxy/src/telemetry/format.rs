@@ -91,8 +91,11 @@ enum Op {
     ConnectionId,
     LocalReplyBody,
     Environment(Option<String>),
-    /// A detail of the downstream TLS handshake (`-` on plaintext connections).
-    DownstreamTls(TlsField),
+    /// A detail of the downstream or upstream TLS handshake (`-` on plaintext connections).
+    Tls {
+        upstream: bool,
+        field: TlsField,
+    },
     /// Operators Envoy defines whose data never exists in remora's current feature set (TLS
     /// peer details on plaintext connections, dynamic metadata and filter state that no
     /// configured filter sets): they print `-`, exactly as Envoy does when the data is absent.
@@ -377,32 +380,6 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
             let a = need_arg()?;
             Op::Environment(std::env::var(a).ok())
         }
-        "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamTls(TlsField::PeerUriSan),
-        "DOWNSTREAM_PEER_DNS_SAN" => Op::DownstreamTls(TlsField::PeerDnsSan),
-        "DOWNSTREAM_PEER_IP_SAN" => Op::DownstreamTls(TlsField::PeerIpSan),
-        "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamTls(TlsField::LocalUriSan),
-        "DOWNSTREAM_LOCAL_DNS_SAN" => Op::DownstreamTls(TlsField::LocalDnsSan),
-        "DOWNSTREAM_LOCAL_SUBJECT" => Op::DownstreamTls(TlsField::LocalSubject),
-        "DOWNSTREAM_PEER_SUBJECT" => Op::DownstreamTls(TlsField::PeerSubject),
-        "DOWNSTREAM_PEER_ISSUER" => Op::DownstreamTls(TlsField::PeerIssuer),
-        "DOWNSTREAM_TLS_CIPHER" => Op::DownstreamTls(TlsField::Cipher),
-        "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTls(TlsField::Version),
-        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamTls(TlsField::PeerFingerprint256),
-        "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamTls(TlsField::PeerSerial),
-        "DOWNSTREAM_PEER_FINGERPRINT_1" => Op::DownstreamTls(TlsField::PeerFingerprint1),
-        "DOWNSTREAM_PEER_CERT" => Op::DownstreamTls(TlsField::PeerCert),
-        "DOWNSTREAM_PEER_CERT_V_START" => Op::DownstreamTls(TlsField::PeerCertValidFrom(
-            arg.filter(|a| !a.is_empty()).map(str::to_string),
-        )),
-        "DOWNSTREAM_PEER_CERT_V_END" => Op::DownstreamTls(TlsField::PeerCertValidUntil(
-            arg.filter(|a| !a.is_empty()).map(str::to_string),
-        )),
-        // rustls does not expose TLS session IDs: this prints `-`.
-        "DOWNSTREAM_TLS_SESSION_ID"
-        | "UPSTREAM_PEER_URI_SAN"
-        | "UPSTREAM_PEER_SUBJECT"
-        | "UPSTREAM_TLS_VERSION"
-        | "UPSTREAM_TLS_CIPHER" => Op::Absent,
         "DYNAMIC_METADATA"
         | "CLUSTER_METADATA"
         | "UPSTREAM_METADATA"
@@ -411,9 +388,43 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
             need_arg()?;
             Op::Absent
         }
-        other => return Err(format!("Not supported field in StreamInfo: {other}")),
+        other => match tls_operator(other, arg) {
+            Some(op) => op,
+            None => return Err(format!("Not supported field in StreamInfo: {other}")),
+        },
     };
     Ok((op, max_len))
+}
+
+/// `DOWNSTREAM_*` / `UPSTREAM_*` TLS operators.
+fn tls_operator(name: &str, arg: Option<&str>) -> Option<Op> {
+    let (upstream, rest) = match name.strip_prefix("DOWNSTREAM_") {
+        Some(r) => (false, r),
+        None => (true, name.strip_prefix("UPSTREAM_")?),
+    };
+    let time_fmt = || arg.filter(|a| !a.is_empty()).map(str::to_string);
+    let field = match rest {
+        "PEER_URI_SAN" => TlsField::PeerUriSan,
+        "PEER_DNS_SAN" => TlsField::PeerDnsSan,
+        "PEER_IP_SAN" => TlsField::PeerIpSan,
+        "LOCAL_URI_SAN" => TlsField::LocalUriSan,
+        "LOCAL_DNS_SAN" => TlsField::LocalDnsSan,
+        "LOCAL_SUBJECT" => TlsField::LocalSubject,
+        "PEER_SUBJECT" => TlsField::PeerSubject,
+        "PEER_ISSUER" => TlsField::PeerIssuer,
+        "TLS_CIPHER" => TlsField::Cipher,
+        "TLS_VERSION" => TlsField::Version,
+        "PEER_FINGERPRINT_256" => TlsField::PeerFingerprint256,
+        "PEER_FINGERPRINT_1" => TlsField::PeerFingerprint1,
+        "PEER_SERIAL" => TlsField::PeerSerial,
+        "PEER_CERT" => TlsField::PeerCert,
+        "PEER_CERT_V_START" => TlsField::PeerCertValidFrom(time_fmt()),
+        "PEER_CERT_V_END" => TlsField::PeerCertValidUntil(time_fmt()),
+        // rustls does not expose TLS session IDs: this prints `-`.
+        "TLS_SESSION_ID" => return Some(Op::Absent),
+        _ => return None,
+    };
+    Some(Op::Tls { upstream, field })
 }
 
 fn header_pair(arg: &str) -> Result<(&str, Option<&str>), String> {
@@ -578,11 +589,15 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
         Op::LocalReplyBody => text(out, ctx.local_reply_body),
         Op::Environment(v) => text(out, v.as_deref()),
-        Op::DownstreamTls(field) => {
-            let Some(tls) = info.and_then(|i| i.connection.tls.as_deref()) else {
-                return Missing;
-            };
-            tls_field(out, tls, field)
+        Op::Tls { upstream, field } => {
+            let tls = info.and_then(|i| match upstream {
+                false => i.connection.tls.as_deref(),
+                true => i.upstream_tls.as_deref(),
+            });
+            match tls {
+                Some(tls) => tls_field(out, tls, field),
+                None => Missing,
+            }
         }
         Op::Absent => Missing,
     }

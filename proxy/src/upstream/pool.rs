@@ -50,6 +50,8 @@ pub struct ConnectionStats {
     opened: Instant,
     /// Set when remora closes the connection (pool eviction, idle timeout, drop).
     closed_locally: AtomicBool,
+    /// What the TLS handshake established (TLS clusters).
+    pub tls: Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
 }
 
 impl ConnectionStats {
@@ -125,10 +127,12 @@ pub async fn connect(
     };
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
-    let stream = match (&cluster.config.tls, &cluster.ssl) {
+    let (stream, tls) = match (&cluster.config.tls, &cluster.ssl) {
         (Some(tls), Some(ssl)) => {
             match crate::transport_sockets::tls::connect(tls, ssl, stream).await {
-                Ok((tls_stream, _info)) => Transport::Tls(Box::new(tls_stream)),
+                Ok((tls_stream, info)) => {
+                    (Transport::Tls(Box::new(tls_stream)), Some(Arc::new(info)))
+                }
                 Err(e) => {
                     let reason = crate::transport_sockets::tls::failure_reason(&e);
                     tracing::debug!(cluster = %cluster.config.name, host = %host.address, "upstream TLS handshake failed: {reason}");
@@ -138,7 +142,7 @@ pub async fn connect(
                 }
             }
         }
-        _ => Transport::Plain(stream),
+        _ => (Transport::Plain(stream), None),
     };
     s.upstream_cx_connect_ms
         .record(started.elapsed().as_millis() as u64);
@@ -149,6 +153,7 @@ pub async fn connect(
         host: host.clone(),
         opened: Instant::now(),
         closed_locally: AtomicBool::new(false),
+        tls,
     });
     Ok(Counted::new(
         stream,
@@ -331,10 +336,18 @@ pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
 // === HTTP/2 pool ===
 
 /// A multiplexed HTTP/2 connection to `host` (shared by this worker's requests).
+/// A multiplexed HTTP/2 connection's sender, its local address and what its TLS handshake
+/// established.
+pub type H2Sender = (
+    http2::SendRequest<Body>,
+    Option<std::net::SocketAddr>,
+    Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
+);
+
 pub async fn acquire_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
-) -> Result<(http2::SendRequest<Body>, Option<std::net::SocketAddr>), ConnectError> {
+) -> Result<H2Sender, ConnectError> {
     let state = POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&host.id)?;
@@ -344,8 +357,8 @@ pub async fn acquire_h2(
         entry.h2.clone()
     });
     let fut = match state {
-        Some(H2State::Ready(sender, _, local, _)) if !sender.is_closed() => {
-            return Ok((sender, local));
+        Some(H2State::Ready(sender, stats, local, _)) if !sender.is_closed() => {
+            return Ok((sender, local, stats.tls.clone()));
         }
         Some(H2State::Connecting(fut)) => fut,
         _ => {
@@ -376,7 +389,7 @@ pub async fn acquire_h2(
                 .map(|(s, st, l)| H2State::Ready(s.clone(), st.clone(), *l, Instant::now()));
         }
     });
-    result.map(|(s, _, l)| (s, l))
+    result.map(|(s, stats, l)| (s, l, stats.tls.clone()))
 }
 
 async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
