@@ -566,6 +566,15 @@ async fn permissive_port_serves_both() {
         "{}",
         lines[5]
     );
+    // The TLS inspector's stats: 5 TLS connections (SNI and ALPN sent), 1 plaintext.
+    for (stat, want) in [
+        ("tls_inspector.tls_found", 5),
+        ("tls_inspector.sni_found", 5),
+        ("tls_inspector.alpn_found", 5),
+        ("tls_inspector.tls_not_found", 1),
+    ] {
+        assert_eq!(remora.stat(stat).await, want, "{stat}");
+    }
 }
 
 /// A rotated key/cert pair is used by new handshakes within 2 s; open connections keep working;

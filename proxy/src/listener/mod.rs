@@ -57,6 +57,40 @@ impl ListenerStats {
     }
 }
 
+/// `tls_inspector.*` and `http_inspector.*` (Envoy's listener-filter stats, shared by listeners).
+#[derive(Debug)]
+struct InspectorStats {
+    tls_found: Arc<Counter>,
+    tls_not_found: Arc<Counter>,
+    sni_found: Arc<Counter>,
+    sni_not_found: Arc<Counter>,
+    alpn_found: Arc<Counter>,
+    alpn_not_found: Arc<Counter>,
+    http10_found: Arc<Counter>,
+    http11_found: Arc<Counter>,
+    http2_found: Arc<Counter>,
+    http_not_found: Arc<Counter>,
+}
+
+impl InspectorStats {
+    fn new(store: &Store) -> Self {
+        let t = |n: &str| store.counter(&format!("tls_inspector.{n}"));
+        let h = |n: &str| store.counter(&format!("http_inspector.{n}"));
+        Self {
+            tls_found: t("tls_found"),
+            tls_not_found: t("tls_not_found"),
+            sni_found: t("sni_found"),
+            sni_not_found: t("sni_not_found"),
+            alpn_found: t("alpn_found"),
+            alpn_not_found: t("alpn_not_found"),
+            http10_found: h("http10_found"),
+            http11_found: h("http11_found"),
+            http2_found: h("http2_found"),
+            http_not_found: h("http_not_found"),
+        }
+    }
+}
+
 /// A filter chain's network filter, built.
 pub enum Terminal {
     Http(Arc<ConnectionManager>),
@@ -80,6 +114,7 @@ pub struct ActiveListener {
     /// `listener.<address>.ssl.*`, when a filter chain terminates TLS.
     pub ssl: Option<TlsStats>,
     access_logs: Vec<AccessLogger>,
+    inspector_stats: Option<InspectorStats>,
     pub local_address: SocketAddr,
     sockets: Mutex<Vec<std::net::TcpListener>>,
     pub drain: watch::Sender<bool>,
@@ -207,6 +242,8 @@ impl ActiveListener {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| err(local_address, e))?;
         Ok(Arc::new(Self {
+            inspector_stats: (!config.listener_filters.is_empty())
+                .then(|| InspectorStats::new(store)),
             access_logs,
             stats: ListenerStats::new(store, &stat_name),
             ssl: has_tls.then(|| TlsStats::new(store, &format!("listener.{stat_name}"))),
@@ -424,11 +461,27 @@ impl ActiveListener {
             if !tls_done {
                 match tls_inspector::inspect(prefix) {
                     tls_inspector::Inspect::NeedMore => {}
-                    tls_inspector::Inspect::NotTls => tls_done = true,
+                    tls_inspector::Inspect::NotTls => {
+                        tls_done = true;
+                        if let Some(s) = &self.inspector_stats {
+                            s.tls_not_found.inc();
+                        }
+                    }
                     tls_inspector::Inspect::Tls(ch) => {
                         tls_done = true;
                         http_done = true;
                         transport = "tls";
+                        if let Some(s) = &self.inspector_stats {
+                            s.tls_found.inc();
+                            match ch.server_name {
+                                Some(_) => s.sni_found.inc(),
+                                None => s.sni_not_found.inc(),
+                            }
+                            match ch.alpn.is_empty() {
+                                false => s.alpn_found.inc(),
+                                true => s.alpn_not_found.inc(),
+                            }
+                        }
                         server_name = ch.server_name;
                         protocols = ch.alpn.into_iter().map(String::into_boxed_str).collect();
                     }
@@ -437,9 +490,21 @@ impl ActiveListener {
             if !http_done {
                 match http_inspector::inspect(prefix) {
                     http_inspector::Inspect::NeedMore => {}
-                    http_inspector::Inspect::NotHttp => http_done = true,
+                    http_inspector::Inspect::NotHttp => {
+                        http_done = true;
+                        if let Some(s) = &self.inspector_stats {
+                            s.http_not_found.inc();
+                        }
+                    }
                     http_inspector::Inspect::Http(p) => {
                         http_done = true;
+                        if let Some(s) = &self.inspector_stats {
+                            match p {
+                                "http/1.0" => s.http10_found.inc(),
+                                "h2c" => s.http2_found.inc(),
+                                _ => s.http11_found.inc(),
+                            }
+                        }
                         protocols = vec![p.into()];
                     }
                 }
