@@ -15,6 +15,7 @@ pub mod tcp;
 pub mod telemetry;
 pub mod transport_sockets;
 pub mod upstream;
+pub mod xds;
 
 /// remora's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -103,6 +103,8 @@ pub struct ServerState {
     pub healthcheck_failed: AtomicBool,
     pub shutdown: watch::Sender<bool>,
     pub admin_address: Mutex<Option<SocketAddr>>,
+    /// The ADS runtime, when `dynamic_resources` has one.
+    pub xds: Option<Arc<crate::xds::XdsRuntime>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -328,7 +330,12 @@ pub async fn start(
     stats.warming_clusters.set(0);
     let dns: Vec<_> = clusters
         .iter()
-        .filter(|c| c.config.discovery != Discovery::Static)
+        .filter(|c| {
+            matches!(
+                c.config.discovery,
+                Discovery::StrictDns | Discovery::LogicalDns
+            )
+        })
         .cloned()
         .collect();
     futures_util::future::join_all(
@@ -340,6 +347,33 @@ pub async fn start(
         tokio::spawn(cluster::dns_refresh_loop(c));
     }
     let cluster_manager = Arc::new(ClusterManager::new(clusters));
+
+    // ADS: clusters (and their endpoints) from the management server, before listeners start.
+    let xds = match &model.dynamic.ads {
+        Some(ads) => {
+            let mut node = proto.node.clone().unwrap_or_default();
+            if let Some(id) = &options.service_node {
+                node.id = id.clone();
+            }
+            if let Some(c) = &options.service_cluster {
+                node.cluster = c.clone();
+            }
+            if node.user_agent_name.is_empty() {
+                node.user_agent_name = "remora".into();
+            }
+            Some(
+                crate::xds::start(
+                    ads,
+                    model.dynamic.cds.is_some(),
+                    node,
+                    &store,
+                    &cluster_manager,
+                )
+                .map_err(StartError::Other)?,
+            )
+        }
+        None => None,
+    };
 
     // Listeners: bind now so a port in use is an error naming the listener.
     let listener_stats = ListenerManagerStats::new(&store);
@@ -374,6 +408,7 @@ pub async fn start(
         healthcheck_failed: AtomicBool::new(false),
         shutdown,
         admin_address: Mutex::new(None),
+        xds,
     });
     state.set_state(State::Initializing);
 
@@ -404,6 +439,16 @@ pub async fn start(
         tracing::info!("admin address: {bound}");
     }
 
+    // Envoy's initialisation: listeners start once the first CDS update (with its EDS warming)
+    // is in, or initial_fetch_timeout has passed.
+    if let Some(xds) = &state.xds {
+        let timeout = state
+            .bootstrap
+            .dynamic
+            .cds
+            .and_then(|c| c.initial_fetch_timeout);
+        xds.initialized(timeout).await;
+    }
     if state.options.mode == Mode::InitOnly {
         return Ok(state);
     }

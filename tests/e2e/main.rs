@@ -13,3 +13,4 @@ mod routing;
 mod tcp;
 mod tls;
 mod upstream;
+mod xds;

@@ -46,6 +46,8 @@ pub struct StatsSettings {
 #[derive(Debug)]
 pub struct Bootstrap {
     pub node: Node,
+    /// `dynamic_resources`: ADS, and what comes over it.
+    pub dynamic: super::xds::DynamicResources,
     pub admin: Option<Admin>,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
@@ -105,11 +107,11 @@ impl Bootstrap {
             enable_worker_cpu_affinity,
         )?;
         deny(&path, "node_context_params", node_context_params)?;
-        if dynamic_resources.is_some() {
-            return Err(path
-                .field("dynamic_resources")
-                .error("dynamic configuration (xDS) is not supported yet"));
-        }
+        let dynamic = dynamic_resources
+            .as_ref()
+            .map(|d| super::xds::DynamicResources::from_proto(&path.field("dynamic_resources"), d))
+            .transpose()?
+            .unwrap_or_default();
         if let Some(cm) = cluster_manager {
             let cp = path.field("cluster_manager");
             let pb::bootstrap::ClusterManager {
@@ -246,8 +248,32 @@ impl Bootstrap {
             Ok(())
             })?;
         }
+        // The ADS stream's cluster is a static one; EDS clusters need ADS.
+        if let Some(ads) = &dynamic.ads
+            && !clusters.iter().any(|c| *c.name == *ads.cluster)
+        {
+            return Err(path
+                .field("dynamic_resources")
+                .field("ads_config")
+                .field("grpc_services")
+                .index(0)
+                .field("envoy_grpc")
+                .field("cluster_name")
+                .error(format!("unknown static cluster '{}'", ads.cluster)));
+        }
+        if dynamic.ads.is_none()
+            && let Some(i) = clusters.iter().position(|c| c.eds.is_some())
+        {
+            return Err(path
+                .field("static_resources")
+                .field("clusters")
+                .index(i)
+                .field("eds_cluster_config")
+                .error("EDS needs dynamic_resources.ads_config"));
+        }
         Ok(Self {
             node,
+            dynamic,
             admin,
             listeners,
             clusters,

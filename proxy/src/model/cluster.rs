@@ -22,6 +22,16 @@ pub enum Discovery {
     Static,
     StrictDns,
     LogicalDns,
+    /// Endpoints from EDS (over ADS).
+    Eds,
+}
+
+/// An EDS cluster's subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eds {
+    /// The ClusterLoadAssignment name: `service_name`, or the cluster's name.
+    pub service_name: String,
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +116,8 @@ pub struct Cluster {
     pub tcp_keepalive: Option<Keepalive>,
     /// `envoy.transport_sockets.tls`: originate TLS to every host.
     pub tls: Option<Arc<super::tls::UpstreamTls>>,
+    /// Set for `type: EDS`.
+    pub eds: Option<Eds>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,7 +208,6 @@ impl Cluster {
         deny(path, "transport_socket_matches", transport_socket_matches)?;
         deny(path, "transport_socket_matcher", transport_socket_matcher)?;
         deny(path, "stats_matcher", stats_matcher)?;
-        deny(path, "eds_cluster_config", eds_cluster_config)?;
         deny(
             path,
             "per_connection_buffer_high_watermark_timeout",
@@ -262,12 +273,13 @@ impl Cluster {
         let discovery = match cluster_discovery_type {
             None => Discovery::Static,
             Some(Cdt::Type(t)) => match enum_value::<D>(path, "type", *t, |d| {
-                matches!(d, D::Static | D::StrictDns | D::LogicalDns)
+                matches!(d, D::Static | D::StrictDns | D::LogicalDns | D::Eds)
             })? {
                 D::Static => Discovery::Static,
                 D::StrictDns => Discovery::StrictDns,
                 D::LogicalDns => Discovery::LogicalDns,
-                D::Eds | D::OriginalDst => unreachable!("refused above"),
+                D::Eds => Discovery::Eds,
+                D::OriginalDst => unreachable!("refused above"),
             },
             Some(Cdt::ClusterType(_)) => return Err(path.unsupported("cluster_type")),
         };
@@ -323,8 +335,45 @@ impl Cluster {
                 F::All => DnsFamily::All,
             };
 
+        let eds = match (discovery, eds_cluster_config) {
+            (Discovery::Eds, Some(ec)) => {
+                let ep = path.field("eds_cluster_config");
+                let pb::cluster::cluster::EdsClusterConfig {
+                    eds_config,
+                    service_name,
+                } = ec;
+                let Some(cs) = eds_config else {
+                    return Err(ep.field("eds_config").error("is required"));
+                };
+                let source = super::xds::config_source(&ep.field("eds_config"), cs)?;
+                Some(Eds {
+                    service_name: if service_name.is_empty() {
+                        name.clone()
+                    } else {
+                        service_name.clone()
+                    },
+                    initial_fetch_timeout: source.initial_fetch_timeout,
+                })
+            }
+            (Discovery::Eds, None) => {
+                return Err(path
+                    .field("eds_cluster_config")
+                    .error("is required for type EDS"));
+            }
+            (_, Some(_)) => {
+                return Err(path
+                    .field("eds_cluster_config")
+                    .error("is only meaningful for type EDS"));
+            }
+            (_, None) => None,
+        };
         let (localities, overprovisioning_factor) = match load_assignment {
-            Some(la) => load_assignment_endpoints(&path.field("load_assignment"), la, discovery)?,
+            Some(_) if discovery == Discovery::Eds => {
+                return Err(path
+                    .field("load_assignment")
+                    .error("an EDS cluster gets its endpoints from EDS"));
+            }
+            Some(la) => endpoints_of(&path.field("load_assignment"), la, discovery)?,
             None => (Vec::new(), 140),
         };
         if discovery == Discovery::LogicalDns {
@@ -527,6 +576,7 @@ impl Cluster {
             healthy_panic_threshold: panic_threshold,
             tcp_keepalive,
             tls,
+            eds,
         })
     }
 }
@@ -662,7 +712,8 @@ fn upstream_http_options(
     Ok((protocol, *common_http_protocol_options, h2))
 }
 
-fn load_assignment_endpoints(
+/// A `ClusterLoadAssignment`'s endpoints (a cluster's `load_assignment`, or an EDS resource).
+pub fn endpoints_of(
     path: &FieldPath,
     la: &pb::endpoint::ClusterLoadAssignment,
     discovery: Discovery,
@@ -758,9 +809,9 @@ fn load_assignment_endpoints(
             deny(&epp, "additional_addresses", additional_addresses)?;
             let _ = observability_name; // shown in /clusters only by newer Envoy; remora shows the address
             let addr = super::core::socket_address(&epp.field("address"), address)?;
-            if discovery == Discovery::Static && addr.ip().is_none() {
+            if matches!(discovery, Discovery::Static | Discovery::Eds) && addr.ip().is_none() {
                 return Err(epp.field("address").field("socket_address").field("address").error(format!(
-                    "'{}' is not an IP address; a STATIC cluster needs IP addresses (use STRICT_DNS or LOGICAL_DNS for hostnames)",
+                    "'{}' is not an IP address; STATIC and EDS clusters need IP addresses (use STRICT_DNS or LOGICAL_DNS for hostnames)",
                     addr.host
                 )));
             }

@@ -64,6 +64,8 @@ enum_names!(
     pb::listener::listener::DrainType,
     pb::accesslog::comparison_filter::Op,
     pb::tls::tls_parameters::TlsProtocol,
+    pb::core::api_config_source::ApiType,
+    pb::core::ApiVersion,
     pb::tls::subject_alt_name_matcher::SanType,
     pb::tls::certificate_validation_context::TrustChainVerification,
     pb::tls::downstream_tls_context::OcspStaplePolicy,

@@ -15,5 +15,6 @@ pub mod route;
 pub mod runtime;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod xds;
 
 pub use matcher::FullRegex;

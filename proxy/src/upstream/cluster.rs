@@ -139,29 +139,17 @@ impl Cluster {
             config,
         });
         if c.config.discovery == Discovery::Static {
-            let hosts = c
-                .config
-                .localities
-                .iter()
-                .flat_map(|l| {
-                    l.endpoints.iter().map(move |e| {
-                        let addr = e
-                            .address
-                            .socket_addr()
-                            .expect("static endpoints are IP addresses (checked by the model)");
-                        Host::new(
-                            addr,
-                            e.address.host.as_str().into(),
-                            e.weight,
-                            e.health,
-                            l.locality.clone(),
-                            l.priority,
-                        )
-                    })
-                })
-                .collect();
-            c.publish(hosts);
+            c.publish(hosts_of(&c.config.localities));
         }
+        c
+    }
+
+    /// A cluster from CDS.
+    pub fn new_dynamic(config: Arc<ClusterConfig>, store: &Arc<Store>) -> Arc<Self> {
+        let mut c = Self::new(config, store);
+        Arc::get_mut(&mut c)
+            .expect("just created, not shared")
+            .added_via_api = true;
         c
     }
 
@@ -213,6 +201,26 @@ impl Cluster {
     }
 }
 
+/// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments).
+pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<Arc<Host>> {
+    localities
+        .iter()
+        .flat_map(|l| {
+            l.endpoints.iter().filter_map(move |e| {
+                let addr = e.address.socket_addr()?;
+                Some(Host::new(
+                    addr,
+                    e.address.host.as_str().into(),
+                    e.weight,
+                    e.health,
+                    l.locality.clone(),
+                    l.priority,
+                ))
+            })
+        })
+        .collect()
+}
+
 /// All clusters by name. Lookups are lock-free; the map is replaced as a whole.
 #[derive(Debug, Default)]
 pub struct ClusterManager {
@@ -232,6 +240,26 @@ impl ClusterManager {
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().get(name).cloned()
+    }
+
+    /// Add or replace a cluster (CDS).
+    pub fn upsert(&self, c: Arc<Cluster>) {
+        self.clusters.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(c.config.name.clone(), c.clone());
+            m
+        });
+    }
+
+    /// Remove a cluster (CDS); requests already routed to it finish on it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Cluster>> {
+        let old = self.get(name)?;
+        self.clusters.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(name);
+            m
+        });
+        Some(old)
     }
 
     pub fn all(&self) -> Vec<Arc<Cluster>> {

@@ -140,6 +140,7 @@ mod tests {
             healthy_panic_threshold: 50.0,
             tcp_keepalive: None,
             tls: None,
+            eds: None,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

@@ -1,0 +1,198 @@
+//! Bootstrap `dynamic_resources` and `ConfigSource`s: what is fetched over xDS and from where.
+//! ADS (state of the world or delta) over an `envoy_grpc` static cluster is implemented; CDS
+//! and EDS are delivered over it. Other sources are refused by path.
+
+use super::core::{deny, enum_value, opt_duration};
+use super::pb;
+use crate::config::{FieldPath, Result};
+use std::time::Duration;
+
+/// Envoy's default `initial_fetch_timeout`.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The ADS stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ads {
+    /// `DELTA_GRPC` (incremental) rather than `GRPC` (state of the world).
+    pub delta: bool,
+    /// The static cluster the gRPC stream goes to (`envoy_grpc.cluster_name`).
+    pub cluster: String,
+    pub set_node_on_first_message_only: bool,
+}
+
+/// Where a resource type comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// How long a resource may be waited for before its dependants proceed without it
+    /// (`None`: forever).
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DynamicResources {
+    pub ads: Option<Ads>,
+    pub cds: Option<Source>,
+}
+
+/// A `ConfigSource`: only `ads: {}` is supported.
+pub fn config_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<Source> {
+    use pb::core::config_source::ConfigSourceSpecifier as S;
+    let pb::core::ConfigSource {
+        authorities,
+        initial_fetch_timeout,
+        resource_api_version,
+        config_source_specifier,
+    } = cs;
+    deny(path, "authorities", authorities)?;
+    enum_value::<pb::core::ApiVersion>(path, "resource_api_version", *resource_api_version, |v| {
+        *v == pb::core::ApiVersion::V3
+    })
+    .or_else(|_| {
+        // AUTO (0) means v3 in Envoy's v3 API.
+        if *resource_api_version == 0 {
+            Ok(pb::core::ApiVersion::V3)
+        } else {
+            Err(path
+                .field("resource_api_version")
+                .error("only V3 is supported"))
+        }
+    })?;
+    match config_source_specifier {
+        Some(S::Ads(pb::core::AggregatedConfigSource {})) => {}
+        Some(S::PathConfigSource(_)) => {
+            return Err(path
+                .field("path_config_source")
+                .error("is not supported yet (file-based xDS)"));
+        }
+        #[allow(deprecated)]
+        Some(S::Path(_)) => return Err(path.unsupported("path")),
+        Some(S::ApiConfigSource(_)) => {
+            return Err(path
+                .field("api_config_source")
+                .error("is not supported: remora fetches dynamic resources over ADS (ads: {})"));
+        }
+        Some(S::Self_(_)) => return Err(path.unsupported("self")),
+        None => return Err(path.error("a config source needs ads: {}")),
+    }
+    let timeout = match opt_duration(path, "initial_fetch_timeout", initial_fetch_timeout)? {
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+        Some(Duration::ZERO) => None,
+        Some(t) => Some(t),
+    };
+    Ok(Source {
+        initial_fetch_timeout: timeout,
+    })
+}
+
+fn ads_source(path: &FieldPath, a: &pb::core::ApiConfigSource) -> Result<Ads> {
+    use pb::core::api_config_source::ApiType as T;
+    use pb::core::grpc_service::TargetSpecifier;
+    let pb::core::ApiConfigSource {
+        api_type,
+        transport_api_version,
+        cluster_names,
+        grpc_services,
+        refresh_delay,
+        request_timeout,
+        rate_limit_settings,
+        set_node_on_first_message_only,
+        config_validators,
+    } = a;
+    let api = enum_value::<T>(path, "api_type", *api_type, |t| {
+        matches!(
+            t,
+            T::Grpc | T::DeltaGrpc | T::AggregatedGrpc | T::AggregatedDeltaGrpc
+        )
+    })?;
+    let delta = matches!(api, T::DeltaGrpc | T::AggregatedDeltaGrpc);
+    if *transport_api_version != 0 && *transport_api_version != pb::core::ApiVersion::V3 as i32 {
+        return Err(path
+            .field("transport_api_version")
+            .error("only V3 is supported"));
+    }
+    deny(path, "cluster_names", cluster_names)?;
+    deny(path, "refresh_delay", refresh_delay)?;
+    deny(path, "request_timeout", request_timeout)?;
+    deny(path, "rate_limit_settings", rate_limit_settings)?;
+    deny(path, "config_validators", config_validators)?;
+    if grpc_services.len() != 1 {
+        return Err(path
+            .field("grpc_services")
+            .error("exactly one gRPC service is required"));
+    }
+    let gp = path.field("grpc_services").index(0);
+    let pb::core::GrpcService {
+        timeout: _, // the stream is long-lived; a per-call deadline does not apply to it
+        initial_metadata,
+        retry_policy,
+        target_specifier,
+    } = &grpc_services[0];
+    deny(&gp, "initial_metadata", initial_metadata)?;
+    deny(&gp, "retry_policy", retry_policy)?;
+    let cluster = match target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => {
+            let ep = gp.field("envoy_grpc");
+            let pb::core::grpc_service::EnvoyGrpc {
+                cluster_name,
+                authority,
+                retry_policy,
+                max_receive_message_length,
+                skip_envoy_headers: _, // remora adds no x-envoy-* headers to its own gRPC calls
+            } = e;
+            deny(&ep, "authority", authority)?;
+            deny(&ep, "retry_policy", retry_policy)?;
+            deny(
+                &ep,
+                "max_receive_message_length",
+                max_receive_message_length,
+            )?;
+            if cluster_name.is_empty() {
+                return Err(ep.field("cluster_name").error("must not be empty"));
+            }
+            cluster_name.clone()
+        }
+        Some(TargetSpecifier::GoogleGrpc(_)) => return Err(gp.unsupported("google_grpc")),
+        None => return Err(gp.error("envoy_grpc is required")),
+    };
+    Ok(Ads {
+        delta,
+        cluster,
+        set_node_on_first_message_only: *set_node_on_first_message_only,
+    })
+}
+
+impl DynamicResources {
+    pub fn from_proto(
+        path: &FieldPath,
+        d: &pb::bootstrap::bootstrap::DynamicResources,
+    ) -> Result<Self> {
+        let pb::bootstrap::bootstrap::DynamicResources {
+            lds_config,
+            lds_resources_locator,
+            cds_config,
+            cds_resources_locator,
+            ads_config,
+        } = d;
+        deny(path, "lds_resources_locator", lds_resources_locator)?;
+        deny(path, "cds_resources_locator", cds_resources_locator)?;
+        if lds_config.is_some() {
+            return Err(path
+                .field("lds_config")
+                .error("is not supported yet (LDS and RDS arrive after CDS and EDS)"));
+        }
+        let ads = ads_config
+            .as_ref()
+            .map(|a| ads_source(&path.field("ads_config"), a))
+            .transpose()?;
+        let cds = cds_config
+            .as_ref()
+            .map(|c| config_source(&path.field("cds_config"), c))
+            .transpose()?;
+        if cds.is_some() && ads.is_none() {
+            return Err(path
+                .field("cds_config")
+                .error("ads: {} needs dynamic_resources.ads_config"));
+        }
+        Ok(Self { ads, cds })
+    }
+}

@@ -1,0 +1,454 @@
+//! Dynamic configuration: the ADS client (crate `remora-xds`) feeding CDS and EDS into the
+//! cluster manager, Envoy's way: every resource translated through the same model as the
+//! bootstrap (a translation error NACKs with its field path and the previous cluster stays),
+//! EDS clusters warm until their endpoints arrive (or `initial_fetch_timeout`), endpoint
+//! updates keep the pools of unchanged hosts, and a lost control plane leaves the last good
+//! configuration serving.
+
+use crate::config::FieldPath;
+use crate::model::cluster::{Cluster as ClusterConfig, Discovery, LocalityEndpoints};
+use crate::model::pb;
+use crate::telemetry::stats::{Counter, Gauge, Store};
+use crate::upstream::cluster::{self, Cluster, ClusterManager};
+use prost::Message;
+use remora_xds::Any;
+use remora_xds::client::{Handler, Interest, Subscriptions};
+use remora_xds::resource::{CLUSTER, ENDPOINT};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// `cluster_manager.cds.*`, `cluster_manager.*`, `control_plane.*`.
+#[derive(Debug)]
+struct Stats {
+    cds_update_attempt: Arc<Counter>,
+    cds_update_success: Arc<Counter>,
+    cds_update_rejected: Arc<Counter>,
+    cds_version: Arc<Gauge>,
+    eds_update_attempt: Arc<Counter>,
+    eds_update_success: Arc<Counter>,
+    eds_update_rejected: Arc<Counter>,
+    cluster_added: Arc<Counter>,
+    cluster_modified: Arc<Counter>,
+    cluster_removed: Arc<Counter>,
+    active_clusters: Arc<Gauge>,
+    warming_clusters: Arc<Gauge>,
+    connected_state: Arc<Gauge>,
+}
+
+impl Stats {
+    fn new(store: &Store) -> Self {
+        let c = |n: &str| store.counter(n);
+        let g = |n: &str| store.gauge(n);
+        // `rate_limit_enforced` exists (always 0): remora does not rate-limit its requests.
+        let _ = store.counter("control_plane.rate_limit_enforced");
+        Self {
+            cds_update_attempt: c("cluster_manager.cds.update_attempt"),
+            cds_update_success: c("cluster_manager.cds.update_success"),
+            cds_update_rejected: c("cluster_manager.cds.update_rejected"),
+            cds_version: g("cluster_manager.cds.version"),
+            eds_update_attempt: c("cluster_manager.eds.update_attempt"),
+            eds_update_success: c("cluster_manager.eds.update_success"),
+            eds_update_rejected: c("cluster_manager.eds.update_rejected"),
+            cluster_added: c("cluster_manager.cluster_added"),
+            cluster_modified: c("cluster_manager.cluster_modified"),
+            cluster_removed: c("cluster_manager.cluster_removed"),
+            active_clusters: g("cluster_manager.active_clusters"),
+            warming_clusters: g("cluster_manager.warming_clusters"),
+            connected_state: g("control_plane.connected_state"),
+        }
+    }
+}
+
+/// Envoy's `version` gauges: the first 8 bytes of a hash of `version_info`.
+fn version_hash(v: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+#[derive(Default)]
+struct State {
+    /// CDS clusters by name: their resource bytes (to skip unchanged ones).
+    dynamic: HashMap<String, Vec<u8>>,
+    /// Clusters waiting for their endpoints.
+    warming: HashMap<String, Arc<Cluster>>,
+    /// The latest endpoints per EDS service name.
+    assignments: HashMap<String, Vec<LocalityEndpoints>>,
+    /// DNS refresh tasks of CDS clusters, stopped when the cluster goes.
+    dns: HashMap<String, tokio::task::AbortHandle>,
+}
+
+/// Applies what the ADS stream delivers.
+pub struct XdsRuntime {
+    store: Arc<Store>,
+    clusters: Arc<ClusterManager>,
+    /// Names of the bootstrap's static clusters (CDS may not touch them).
+    static_names: BTreeSet<String>,
+    /// EDS service names of static EDS clusters.
+    static_eds: BTreeSet<String>,
+    stats: Stats,
+    state: Mutex<State>,
+    subs: OnceLock<Subscriptions>,
+    runtime: tokio::runtime::Handle,
+    /// For timers that must not keep the runtime alive.
+    me: std::sync::Weak<XdsRuntime>,
+    /// Turns true after the first CDS update was handled (Envoy's initialisation waits for it).
+    cds_initialized: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for XdsRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsRuntime").finish_non_exhaustive()
+    }
+}
+
+/// Start ADS for the bootstrap's `dynamic_resources` (on the current, main-thread runtime).
+pub fn start(
+    ads: &crate::model::xds::Ads,
+    cds: bool,
+    node: pb::core::Node,
+    store: &Arc<Store>,
+    clusters: &Arc<ClusterManager>,
+) -> Result<Arc<XdsRuntime>, String> {
+    let xds_cluster = clusters
+        .get(&ads.cluster)
+        .ok_or_else(|| format!("the ADS cluster '{}' does not exist", ads.cluster))?;
+    let host = xds_cluster
+        .hosts
+        .load()
+        .all_hosts()
+        .next()
+        .cloned()
+        .ok_or_else(|| format!("the ADS cluster '{}' has no endpoint", ads.cluster))?;
+    let all = clusters.all();
+    let runtime = Arc::new_cyclic(|me| XdsRuntime {
+        store: store.clone(),
+        clusters: clusters.clone(),
+        static_names: all.iter().map(|c| c.config.name.to_string()).collect(),
+        static_eds: all
+            .iter()
+            .filter_map(|c| c.config.eds.as_ref().map(|e| e.service_name.clone()))
+            .collect(),
+        stats: Stats::new(store),
+        state: Mutex::default(),
+        subs: OnceLock::new(),
+        runtime: tokio::runtime::Handle::current(),
+        me: me.clone(),
+        cds_initialized: tokio::sync::watch::channel(!cds).0,
+    });
+    runtime.stats.active_clusters.set(all.len() as i64);
+    let mut initial = Vec::new();
+    if cds {
+        initial.push((CLUSTER.to_string(), Interest::Wildcard));
+    }
+    if !runtime.static_eds.is_empty() {
+        initial.push((
+            ENDPOINT.to_string(),
+            Interest::Names(runtime.static_eds.clone()),
+        ));
+    }
+    let config = remora_xds::client::Config {
+        target: remora_xds::client::Target::Tcp(host.address),
+        node,
+        delta: ads.delta,
+        set_node_on_first_message_only: ads.set_node_on_first_message_only,
+        backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+    };
+    let subs = remora_xds::client::start(config, runtime.clone(), initial);
+    let _ = runtime.subs.set(subs);
+    Ok(runtime)
+}
+
+impl Handler for XdsRuntime {
+    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        match type_url {
+            CLUSTER => self.apply_cds(version, resources),
+            ENDPOINT => self.apply_eds(resources),
+            other => Err(format!("{other} is not subscribed")),
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        self.stats.connected_state.set(up as i64);
+    }
+}
+
+// === impl XdsRuntime ===
+
+impl XdsRuntime {
+    /// Wait for the first CDS update, at most `timeout` (Envoy's `initial_fetch_timeout`).
+    pub async fn initialized(&self, timeout: Option<Duration>) {
+        let mut rx = self.cds_initialized.subscribe();
+        let wait = rx.wait_for(|done| *done);
+        match timeout {
+            Some(t) => {
+                if tokio::time::timeout(t, wait).await.is_err() {
+                    tracing::warn!(
+                        "no CDS response within initial_fetch_timeout; starting without it"
+                    );
+                }
+            }
+            None => {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A CDS update: the complete set of dynamic clusters.
+    fn apply_cds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        self.stats.cds_update_attempt.inc();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut state = self.lock();
+        for (i, any) in resources.iter().enumerate() {
+            let translated = translate_cluster(i, any, &self.static_names);
+            let (name, config) = match translated {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            seen.insert(name.clone());
+            if state.dynamic.get(&name) == Some(&any.value) {
+                continue; // unchanged
+            }
+            let existed = state
+                .dynamic
+                .insert(name.clone(), any.value.clone())
+                .is_some();
+            if existed {
+                self.stats.cluster_modified.inc();
+            } else {
+                self.stats.cluster_added.inc();
+            }
+            self.add_cluster(&mut state, config);
+        }
+        // Clusters no longer in the set go (a cluster that failed translation stays as it was).
+        let failed: BTreeSet<String> = resources
+            .iter()
+            .filter_map(|a| {
+                ClusterProto::decode(a.value.as_slice())
+                    .ok()
+                    .map(|c| c.name)
+            })
+            .collect();
+        let gone: Vec<String> = state
+            .dynamic
+            .keys()
+            .filter(|n| !seen.contains(*n) && !failed.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            state.dynamic.remove(&name);
+            state.warming.remove(&name);
+            if let Some(task) = state.dns.remove(&name) {
+                task.abort();
+            }
+            if self.clusters.remove(&name).is_some() {
+                self.stats.cluster_removed.inc();
+            }
+        }
+        self.refresh_gauges(&state);
+        self.subscribe_eds(&state);
+        drop(state);
+        self.cds_initialized.send_replace(true);
+        if errors.is_empty() {
+            self.stats.cds_update_success.inc();
+            self.stats.cds_version.set(version_hash(version));
+            Ok(())
+        } else {
+            self.stats.cds_update_rejected.inc();
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Put a translated cluster in place: active now, or warming until its endpoints arrive.
+    fn add_cluster(self: &XdsRuntime, state: &mut State, config: ClusterConfig) {
+        let name = config.name.to_string();
+        let c = Cluster::new_dynamic(Arc::new(config), &self.store);
+        if let Some(task) = state.dns.remove(&name) {
+            task.abort();
+        }
+        match (c.config.discovery, c.config.eds.clone()) {
+            (Discovery::Eds, Some(eds)) => {
+                // Keep the previous cluster's hosts so their pooled connections survive.
+                if let Some(old) = self.clusters.get(&name) {
+                    c.hosts.store(old.hosts.load_full());
+                }
+                match state.assignments.get(&eds.service_name) {
+                    Some(localities) => {
+                        c.publish(cluster::hosts_of(localities));
+                        self.clusters.upsert(c);
+                        state.warming.remove(&name);
+                    }
+                    None => {
+                        state.warming.insert(name.clone(), c);
+                        if let Some(t) = eds.initial_fetch_timeout {
+                            self.warming_timeout(name, t);
+                        }
+                    }
+                }
+            }
+            (Discovery::StrictDns | Discovery::LogicalDns, _) => {
+                let task = self.runtime.spawn({
+                    let c = c.clone();
+                    async move {
+                        cluster::resolve_once(&c).await;
+                        cluster::dns_refresh_loop(c).await;
+                    }
+                });
+                state.dns.insert(name, task.abort_handle());
+                self.clusters.upsert(c);
+            }
+            _ => self.clusters.upsert(c),
+        }
+    }
+
+    /// Envoy's `initial_fetch_timeout`: a warming cluster is used without endpoints after it.
+    fn warming_timeout(&self, name: String, after: Duration) {
+        let weak = self.me.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(rt) = weak.upgrade() else { return };
+            let mut state = rt.lock();
+            if let Some(c) = state.warming.remove(&name) {
+                tracing::warn!(cluster = %name, "no endpoints within initial_fetch_timeout; using the cluster without them");
+                rt.clusters.upsert(c);
+                rt.refresh_gauges(&state);
+            }
+        });
+    }
+
+    /// An EDS update: endpoints for the named services.
+    fn apply_eds(&self, resources: Vec<Any>) -> Result<(), String> {
+        self.stats.eds_update_attempt.inc();
+        let mut errors = Vec::new();
+        let mut state = self.lock();
+        for (i, any) in resources.iter().enumerate() {
+            if any.type_url != ENDPOINT {
+                errors.push(format!(
+                    "resources[{i}]: expected {ENDPOINT}, got {}",
+                    any.type_url
+                ));
+                continue;
+            }
+            let cla = match pb::endpoint::ClusterLoadAssignment::decode(any.value.as_slice()) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("resources[{i}]: {e}"));
+                    continue;
+                }
+            };
+            let service = cla.cluster_name.clone();
+            let path = FieldPath::new(format!("ClusterLoadAssignment '{service}'"));
+            let localities = match crate::model::cluster::endpoints_of(&path, &cla, Discovery::Eds)
+            {
+                Ok((l, _)) => l,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let hosts = cluster::hosts_of(&localities);
+            state.assignments.insert(service.clone(), localities);
+            // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
+            // warming ones become active.
+            for c in self.clusters.all() {
+                if c.config
+                    .eds
+                    .as_ref()
+                    .is_some_and(|e| e.service_name == service)
+                {
+                    c.publish(hosts.clone());
+                }
+            }
+            let ready: Vec<String> = state
+                .warming
+                .iter()
+                .filter(|(_, c)| {
+                    c.config
+                        .eds
+                        .as_ref()
+                        .is_some_and(|e| e.service_name == service)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in ready {
+                if let Some(c) = state.warming.remove(&n) {
+                    c.publish(hosts.clone());
+                    self.clusters.upsert(c);
+                }
+            }
+        }
+        self.refresh_gauges(&state);
+        drop(state);
+        if errors.is_empty() {
+            self.stats.eds_update_success.inc();
+            Ok(())
+        } else {
+            self.stats.eds_update_rejected.inc();
+            Err(errors.join("; "))
+        }
+    }
+
+    fn refresh_gauges(&self, state: &State) {
+        self.stats
+            .active_clusters
+            .set(self.clusters.all().len() as i64);
+        self.stats.warming_clusters.set(state.warming.len() as i64);
+    }
+
+    /// EDS follows the clusters: static EDS clusters plus every dynamic EDS cluster.
+    fn subscribe_eds(&self, state: &State) {
+        let mut names = self.static_eds.clone();
+        for c in self
+            .clusters
+            .all()
+            .into_iter()
+            .chain(state.warming.values().cloned())
+        {
+            if let Some(e) = &c.config.eds {
+                names.insert(e.service_name.clone());
+            }
+        }
+        if let Some(subs) = self.subs.get() {
+            subs.set(ENDPOINT, Interest::Names(names));
+        }
+    }
+}
+
+type ClusterProto = pb::cluster::Cluster;
+
+/// Decode and translate one CDS resource; the error names the cluster and the field.
+fn translate_cluster(
+    i: usize,
+    any: &Any,
+    static_names: &BTreeSet<String>,
+) -> Result<(String, ClusterConfig), String> {
+    if any.type_url != CLUSTER {
+        return Err(format!(
+            "resources[{i}]: expected {CLUSTER}, got {}",
+            any.type_url
+        ));
+    }
+    let proto = ClusterProto::decode(any.value.as_slice())
+        .map_err(|e| format!("resources[{i}]: not a valid Cluster: {e}"))?;
+    let name = proto.name.clone();
+    if static_names.contains(&name) {
+        return Err(format!(
+            "Cluster '{name}': a static cluster of that name exists and cannot be changed by CDS"
+        ));
+    }
+    let path = FieldPath::new(format!("Cluster '{name}'"));
+    let config = ClusterConfig::from_proto(&path, &proto).map_err(|e| e.to_string())?;
+    Ok((name, config))
+}
