@@ -271,3 +271,176 @@ async fn control_plane_loss_and_return() {
     r.wait_stat("control_plane.connected_state", 1).await;
     assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("b"));
 }
+
+fn route_to(
+    name: &str,
+    cluster: &str,
+) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// RDS: routes arrive over ADS and change under load — no request fails, a WebSocket opened
+/// before the changes keeps working, and a route configuration remora cannot translate is
+/// NACKed with its path while the previous routes keep serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn rds_updates_under_load_drop_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (cache, xds, _task) = xds_server().await;
+    let clusters = vec![static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
+    let snap = |v: &str, to: &str| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(
+                remora_xds::resource::ROUTE,
+                v,
+                vec![any(&route_to("in_routes", to))],
+            )
+    };
+    cache.set_snapshot(NODE, snap("r0", "a_c"));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "          route_config:\n            name: in_routes\n            validate_clusters: false\n            virtual_hosts:\n",
+        "          upgrade_configs: [{upgrade_type: websocket}]\n          rds: {route_config_name: in_routes, config_source: {ads: {}, resource_api_version: V3}}\n          unused_routes:\n            virtual_hosts:\n",
+    );
+    // Drop the inline routes the helper wrote (now under a key remora would refuse).
+    let start = yaml.find("          unused_routes:\n").unwrap();
+    let end = yaml.find("          http_filters:\n").unwrap();
+    let yaml = format!("{}{}", &yaml[..start], &yaml[end..]);
+    let r = Remora::start(&yaml).await;
+    let l = r.addr("in");
+    cache
+        .wait_until(NODE, remora_xds::resource::ROUTE, |s| {
+            s.acked.as_deref() == Some("r0")
+        })
+        .await;
+    assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("a"));
+
+    // A WebSocket through the route as it is now.
+    let mut ws = tokio::net::TcpStream::connect(l).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = ws.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    // Load on keep-alive connections while the routes flip between a and b.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(l).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = http::Request::builder()
+                    .uri("/")
+                    .header("host", "x")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        ok += 1;
+                        if let Some(u) = resp.headers().get("x-upstream") {
+                            seen.insert(u.to_str().unwrap().to_string());
+                        }
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, seen)
+        }));
+    }
+    for i in 1..=20 {
+        let to = if i % 2 == 1 { "b_c" } else { "a_c" };
+        cache.set_snapshot(NODE, snap(&format!("r{i}"), to));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    cache
+        .wait_until(NODE, remora_xds::resource::ROUTE, |s| {
+            s.acked.as_deref() == Some("r20")
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    let mut seen = std::collections::BTreeSet::new();
+    for w in workers {
+        let (o, f, s) = w.await.unwrap();
+        ok += o;
+        failed += f;
+        seen.extend(s);
+    }
+    assert_eq!(failed, 0, "{ok} ok");
+    assert!(ok > 100, "{ok}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("a"));
+    assert_eq!(r.stat("http.in.rds.in_routes.update_success").await, 21);
+
+    // The WebSocket opened before all that still echoes.
+    ws.write_all(b"still-here").await.unwrap();
+    let n = ws.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"echo:still-here");
+
+    // A route configuration naming a bad regex: NACKed by path, the last routes stay.
+    let mut bad = route_to("in_routes", "b_c");
+    bad.virtual_hosts[0].routes[0].r#match =
+        Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
+            path_specifier: Some(
+                envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::SafeRegex(
+                    envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                        regex: "(".into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        });
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(remora_xds::resource::ROUTE, "r21", vec![any(&bad)]),
+    );
+    cache
+        .wait_until(NODE, remora_xds::resource::ROUTE, |s| s.nacks == 1)
+        .await;
+    let nack = cache
+        .applied(NODE, remora_xds::resource::ROUTE)
+        .nacked
+        .unwrap()
+        .1;
+    assert!(
+        nack.starts_with("RouteConfiguration 'in_routes'.virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex"),
+        "{nack}"
+    );
+    assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("a"));
+    assert_eq!(r.stat("http.in.rds.in_routes.update_rejected").await, 1);
+}

@@ -175,6 +175,8 @@ impl DownstreamConn {
 /// A built connection manager (one per filter chain).
 pub struct ConnectionManager {
     pub config: Arc<Config>,
+    /// The route table: inline, or kept current by RDS (swapped atomically per lookup).
+    pub routes: Arc<crate::xds::rds::RouteTable>,
     pub stats: HcmStats,
     pub clusters: Arc<ClusterManager>,
     pub access_logs: Vec<AccessLogger>,
@@ -356,8 +358,18 @@ impl ConnectionManager {
             allow_chunked_length: config.http1.allow_chunked_length,
             underscores: config.underscore_headers,
         };
+        let routes = match &config.rds {
+            Some(name) => crate::xds::rds::RouteTable::rds(
+                name,
+                config.route_config.clone(),
+                store,
+                &config.stat_prefix,
+            ),
+            None => crate::xds::rds::RouteTable::fixed(config.route_config.clone()),
+        };
         Ok(Self {
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
+            routes,
             config,
             clusters,
             access_logs,
@@ -547,7 +559,7 @@ impl ConnectionManager {
                 }
             }
             if let Some(rc) = self.route_config_internal_only() {
-                for h in rc {
+                for h in &rc.internal_only_headers {
                     parts.headers.remove(h);
                 }
             }
@@ -625,7 +637,7 @@ impl ConnectionManager {
         }
 
         // Route.
-        let route_config = self.config.route_config.clone();
+        let route_config = self.routes.current.load_full();
         // Shared handles (reference counts, no copies) so that the request stays mutable.
         let uri = parts.uri.clone();
         let host_value = parts.headers.get(header::HOST).cloned();
@@ -760,9 +772,9 @@ impl ConnectionManager {
         }
     }
 
-    fn route_config_internal_only(&self) -> Option<&[HeaderName]> {
-        let h = &self.config.route_config.internal_only_headers;
-        (!h.is_empty()).then_some(h.as_slice())
+    fn route_config_internal_only(&self) -> Option<Arc<crate::model::route::RouteConfig>> {
+        let rc = self.routes.current.load_full();
+        (!rc.internal_only_headers.is_empty()).then_some(rc)
     }
 
     /// Response header mutations, innermost first (weighted cluster, route, virtual host, route

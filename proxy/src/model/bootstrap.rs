@@ -261,6 +261,23 @@ impl Bootstrap {
                 .field("cluster_name")
                 .error(format!("unknown static cluster '{}'", ads.cluster)));
         }
+        if dynamic.ads.is_none() {
+            for (i, l) in listeners.iter().enumerate() {
+                for (j, fc) in l.filter_chains.iter().enumerate() {
+                    if let super::listener::NetworkTerminal::Http(h) = &fc.terminal
+                        && h.rds.is_some()
+                    {
+                        return Err(path
+                            .field("static_resources")
+                            .field("listeners")
+                            .index(i)
+                            .field("filter_chains")
+                            .index(j)
+                            .error("RDS needs dynamic_resources.ads_config"));
+                    }
+                }
+            }
+        }
         if dynamic.ads.is_none()
             && let Some(i) = clusters.iter().position(|c| c.eds.is_some())
         {

@@ -161,7 +161,10 @@ impl Xfcc {
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
+    /// The inline route configuration, or (with RDS) the empty one used until RDS delivers.
     pub route_config: Arc<RouteConfig>,
+    /// `rds.route_config_name`, when routes come from RDS.
+    pub rds: Option<String>,
     pub http_filters: Vec<HttpFilter>,
     pub router: RouterConfig,
     pub access_logs: Vec<AccessLogConfig>,
@@ -489,16 +492,38 @@ impl HttpConnectionManager {
             upgrades.push((upgrade_type.to_ascii_lowercase(), bool_or(enabled, true)));
         }
 
+        let rds = match route_specifier {
+            Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name.clone()),
+            _ => None,
+        };
         let route_config = match route_specifier {
             Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(RouteConfig::from_proto(
                 &path.field("route_config"),
                 rc,
                 4096,
             )?),
-            Some(RouteSpecifier::Rds(_)) => {
-                return Err(path
-                    .field("rds")
-                    .error("RDS is not supported yet (dynamic configuration arrives with xDS)"));
+            Some(RouteSpecifier::Rds(rds)) => {
+                let rp = path.field("rds");
+                let pb::hcm::Rds {
+                    config_source,
+                    route_config_name,
+                } = rds;
+                let Some(cs) = config_source else {
+                    return Err(rp.field("config_source").error("is required"));
+                };
+                super::xds::config_source(&rp.field("config_source"), cs)?;
+                if route_config_name.is_empty() {
+                    return Err(rp.field("route_config_name").error("must not be empty"));
+                }
+                // No routes until RDS delivers them: requests get 404 NR meanwhile.
+                Arc::new(RouteConfig::from_proto(
+                    &rp,
+                    &pb::route::RouteConfiguration {
+                        name: route_config_name.clone(),
+                        ..Default::default()
+                    },
+                    4096,
+                )?)
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => return Err(path.unsupported("scoped_routes")),
             None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
@@ -522,6 +547,7 @@ impl HttpConnectionManager {
             stat_prefix: stat_prefix.clone(),
             codec,
             route_config,
+            rds,
             http_filters: filters,
             router,
             access_logs,

@@ -5,6 +5,8 @@
 //! updates keep the pools of unchanged hosts, and a lost control plane leaves the last good
 //! configuration serving.
 
+pub mod rds;
+
 use crate::config::FieldPath;
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, LocalityEndpoints};
 use crate::model::pb;
@@ -13,7 +15,7 @@ use crate::upstream::cluster::{self, Cluster, ClusterManager};
 use prost::Message;
 use remora_xds::Any;
 use remora_xds::client::{Handler, Interest, Subscriptions};
-use remora_xds::resource::{CLUSTER, ENDPOINT};
+use remora_xds::resource::{CLUSTER, ENDPOINT, ROUTE};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -160,6 +162,14 @@ pub fn start(
     };
     let subs = remora_xds::client::start(config, runtime.clone(), initial);
     let _ = runtime.subs.set(subs);
+    // RDS follows the connection managers that use it (static listeners register next).
+    let weak = Arc::downgrade(&runtime);
+    rds::on_change(move || {
+        if let Some(rt) = weak.upgrade() {
+            rt.subscribe_rds();
+        }
+    });
+    runtime.subscribe_rds();
     Ok(runtime)
 }
 
@@ -168,6 +178,7 @@ impl Handler for XdsRuntime {
         match type_url {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(resources),
+            ROUTE => self.apply_rds(version, resources),
             other => Err(format!("{other} is not subscribed")),
         }
     }
@@ -397,6 +408,53 @@ impl XdsRuntime {
         } else {
             self.stats.eds_update_rejected.inc();
             Err(errors.join("; "))
+        }
+    }
+
+    /// An RDS update: route configurations by name, installed in place.
+    fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (i, any) in resources.iter().enumerate() {
+            if any.type_url != ROUTE {
+                errors.push(format!(
+                    "resources[{i}]: expected {ROUTE}, got {}",
+                    any.type_url
+                ));
+                continue;
+            }
+            let rc = match pb::route::RouteConfiguration::decode(any.value.as_slice()) {
+                Ok(rc) => rc,
+                Err(e) => {
+                    errors.push(format!("resources[{i}]: {e}"));
+                    continue;
+                }
+            };
+            let name = rc.name.clone();
+            rds::attempted(&name);
+            let path = FieldPath::new(format!("RouteConfiguration '{name}'"));
+            match crate::model::route::RouteConfig::from_proto(&path, &rc, 4096) {
+                Ok(cfg) => {
+                    rds::install(&name, Arc::new(cfg), version_hash(version));
+                }
+                Err(e) => {
+                    rds::rejected(&name);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn subscribe_rds(&self) {
+        let names = rds::names();
+        if let Some(subs) = self.subs.get()
+            && !names.is_empty()
+        {
+            subs.set(ROUTE, Interest::Names(names));
         }
     }
 
