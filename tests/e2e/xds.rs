@@ -310,7 +310,7 @@ async fn rds_updates_under_load_drop_nothing() {
     let a = upstream("a").await;
     let b = upstream("b").await;
     let (cache, xds, _task) = xds_server().await;
-    let clusters = vec![static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
+    let clusters = [static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
     let snap = |v: &str, to: &str| {
         Snapshot::default()
             .with(CLUSTER, "c1", clusters.iter().map(any).collect())
