@@ -6,6 +6,7 @@
 use crate::cli::{Mode, Options};
 use crate::config::load::load_bootstrap;
 use crate::http::conn_manager::LocalInfo;
+use crate::listener::manager::{ListenerManager, WorkerCommand};
 use crate::listener::{ActiveListener, ListenerManagerStats};
 use crate::logging::LogControl;
 use crate::model::bootstrap::Bootstrap;
@@ -93,8 +94,7 @@ pub struct ServerState {
     pub started: Instant,
     pub store: Arc<Store>,
     pub clusters: Arc<ClusterManager>,
-    pub listeners: Vec<Arc<ActiveListener>>,
-    pub listener_stats: ListenerManagerStats,
+    pub listeners: Arc<ListenerManager>,
     pub stats: ServerStats,
     pub concurrency: usize,
     pub logs: LogControl,
@@ -131,6 +131,7 @@ impl ServerState {
             .set(self.started.elapsed().as_secs() as i64);
         let total: i64 = self
             .listeners
+            .all()
             .iter()
             .map(|l| l.stats.downstream_cx_active.value())
             .sum();
@@ -144,6 +145,7 @@ impl ServerState {
     pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
         let selected: Vec<_> = self
             .listeners
+            .all()
             .iter()
             .filter(|l| !inbound_only || l.config.direction == Direction::Inbound)
             .cloned()
@@ -153,17 +155,17 @@ impl ServerState {
         }
         for l in &selected {
             l.drain.send_replace(true);
-            self.listener_stats.total_listeners_draining.inc();
+            self.listeners.stats.total_listeners_draining.inc();
         }
         let drain_time = std::time::Duration::from_secs(self.options.drain_time_s);
         let state = self.clone();
         let stop = move || {
             for l in &selected {
                 if !*l.stop.borrow() {
-                    l.stop.send_replace(true);
-                    state.listener_stats.listener_stopped.inc();
-                    state.listener_stats.total_listeners_active.dec();
-                    state.listener_stats.total_listeners_draining.dec();
+                    l.shut();
+                    state.listeners.stats.listener_stopped.inc();
+                    state.listeners.stats.total_listeners_active.dec();
+                    state.listeners.stats.total_listeners_draining.dec();
                 }
             }
         };
@@ -376,18 +378,23 @@ pub async fn start(
     };
 
     // Listeners: bind now so a port in use is an error naming the listener.
-    let listener_stats = ListenerManagerStats::new(&store);
-    let mut listeners = Vec::new();
+    let listeners = Arc::new(ListenerManager::new(ListenerManagerStats::new(&store)));
     for (i, l) in model.listeners.iter().enumerate() {
-        let active =
-            ActiveListener::new(l.clone(), i, concurrency, &store, &cluster_manager, &local)?;
-        listener_stats.listener_added.inc();
-        listener_stats.listener_create_success.inc();
-        listener_stats.total_listeners_active.inc();
-        listeners.push(active);
+        let active = ActiveListener::new(
+            l.clone(),
+            format!("static_resources.listeners[{i}]"),
+            concurrency,
+            &store,
+            &cluster_manager,
+            &local,
+            None,
+        )?;
+        listeners.stats.listener_added.inc();
+        listeners.stats.listener_create_success.inc();
+        listeners.activate(active);
     }
-    listener_stats.total_listeners_warming.set(0);
-    listener_stats.total_listeners_draining.set(0);
+    listeners.stats.total_listeners_warming.set(0);
+    listeners.stats.total_listeners_draining.set(0);
 
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(ServerState {
@@ -399,7 +406,6 @@ pub async fn start(
         store: store.clone(),
         clusters: cluster_manager,
         listeners,
-        listener_stats,
         stats,
         concurrency,
         logs,
@@ -453,9 +459,8 @@ pub async fn start(
         return Ok(state);
     }
     start_workers(&state);
-    state.listener_stats.workers_started.set(1);
     state.set_state(State::Live);
-    for l in &state.listeners {
+    for l in state.listeners.all().iter() {
         tracing::info!(listener = %l.config.name, "listening on {}", l.local_address);
     }
     Ok(state)
@@ -464,11 +469,7 @@ pub async fn start(
 /// One thread per worker, each with a current-thread runtime, its listener sockets and its pools.
 fn start_workers(state: &Arc<ServerState>) {
     for i in 0..state.concurrency {
-        let sockets: Vec<_> = state
-            .listeners
-            .iter()
-            .filter_map(|l| l.take_socket().map(|s| (l.clone(), s)))
-            .collect();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WorkerCommand>();
         let mut shutdown = state.shutdown.subscribe();
         let spawned = std::thread::Builder::new()
             .name(format!("remora-worker-{i}"))
@@ -484,9 +485,12 @@ fn start_workers(state: &Arc<ServerState>) {
                     }
                 };
                 rt.block_on(async move {
-                    for (l, s) in sockets {
-                        tokio::spawn(l.accept_loop(s));
-                    }
+                    // Listeners arrive over the channel: the static ones now, LDS ones later.
+                    tokio::spawn(async move {
+                        while let Some(WorkerCommand::Accept(l, s)) = rx.recv().await {
+                            tokio::spawn(l.accept_loop(s));
+                        }
+                    });
                     tokio::spawn(async {
                         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
                         loop {
@@ -497,8 +501,9 @@ fn start_workers(state: &Arc<ServerState>) {
                     crate::listener::stopped(&mut shutdown).await;
                 });
             });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start worker {i}: {e}");
+        match spawned {
+            Ok(_) => state.listeners.add_worker(tx),
+            Err(e) => tracing::error!("cannot start worker {i}: {e}"),
         }
     }
 }
@@ -534,7 +539,7 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
         _ = crate::listener::stopped(&mut shutdown) => tracing::info!("shutting down (admin /quitquitquit)"),
     }
     flusher.abort();
-    for l in &state.listeners {
+    for l in state.listeners.all().iter() {
         l.stop.send_replace(true);
     }
     state.shutdown.send_replace(true);

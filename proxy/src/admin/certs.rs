@@ -70,7 +70,7 @@ fn context(
 pub fn certificates(state: &ServerState) -> admin::Certificates {
     let now = SystemTime::now();
     let mut out = Vec::new();
-    for l in &state.listeners {
+    for l in state.listeners.all().iter() {
         for fc in l
             .config
             .filter_chains

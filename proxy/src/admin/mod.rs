@@ -445,6 +445,7 @@ fn listeners(state: &Arc<ServerState>, as_json: bool) -> Resp {
         let l = admin::Listeners {
             listener_statuses: state
                 .listeners
+                .all()
                 .iter()
                 .map(|l| admin::ListenerStatus {
                     name: l.config.name.clone(),
@@ -460,7 +461,7 @@ fn listeners(state: &Arc<ServerState>, as_json: bool) -> Resp {
         };
     }
     let mut s = String::new();
-    for l in &state.listeners {
+    for l in state.listeners.all().iter() {
         let _ = writeln!(s, "{}::{}", l.config.name, l.local_address);
     }
     text(StatusCode::OK, s)

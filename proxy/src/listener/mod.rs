@@ -3,6 +3,7 @@
 //! connection to its network filter (HTTP connection manager or tcp_proxy).
 
 pub mod http_inspector;
+pub mod manager;
 pub mod tls_inspector;
 
 use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
@@ -17,8 +18,8 @@ use crate::transport_sockets::tls::{self, TlsStats};
 use crate::upstream::cluster::ClusterManager;
 use bytes::BytesMut;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -106,17 +107,23 @@ pub struct ActiveChain {
 /// A listener at runtime.
 pub struct ActiveListener {
     pub config: Arc<Listener>,
-    /// Index of the listener in its source (`static_resources.listeners[i]`).
-    pub index: usize,
     chains: Vec<ActiveChain>,
     default_chain: Option<ActiveChain>,
     pub stats: ListenerStats,
+    /// Where the listener came from (`static_resources.listeners[0]`, or `LDS`).
+    pub origin: String,
+    /// `added_via_api` (LDS), for the admin API.
+    pub dynamic: bool,
+    /// `/listeners`-style version info of the LDS update that made it.
+    pub version: String,
     /// `listener.<address>.ssl.*`, when a filter chain terminates TLS.
     pub ssl: Option<TlsStats>,
     access_logs: Vec<AccessLogger>,
     inspector_stats: Option<InspectorStats>,
     pub local_address: SocketAddr,
-    sockets: Mutex<Vec<std::net::TcpListener>>,
+    /// The bound sockets (one per worker with reuse_port, else one); workers accept on
+    /// duplicates, and a replacement listener on the same address inherits them.
+    bound: std::sync::Mutex<Vec<std::net::TcpListener>>,
     pub drain: watch::Sender<bool>,
     pub stop: watch::Sender<bool>,
 }
@@ -132,12 +139,11 @@ impl std::fmt::Debug for ActiveListener {
 
 /// Why a listener could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "listener '{name}' (static_resources.listeners[{index}]): cannot bind '{address}': {source}"
-)]
+#[error("listener '{name}' ({origin}): cannot bind '{address}': {source}")]
 pub struct BindError {
     pub name: String,
-    pub index: usize,
+    /// Where the listener came from (`static_resources.listeners[0]`, or `LDS`).
+    pub origin: String,
     pub address: SocketAddr,
     #[source]
     pub source: std::io::Error,
@@ -160,33 +166,51 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpList
 }
 
 impl ActiveListener {
-    /// Bind the listener's sockets (one per worker with `enable_reuse_port`) and build its
-    /// filter chains.
+    /// Bind the listener's sockets (one per worker with `enable_reuse_port`) — or take over
+    /// `inherit`'s when it listens on the same address — and build its filter chains.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Listener>,
-        index: usize,
+        origin: String,
         workers: usize,
         store: &Arc<Store>,
         clusters: &Arc<ClusterManager>,
         local: &Arc<LocalInfo>,
+        inherit: Option<&ActiveListener>,
     ) -> Result<Arc<Self>, BindError> {
         let err = |address, source| BindError {
             name: config.name.clone(),
-            index,
+            origin: origin.clone(),
             address,
             source,
         };
-        let first = bind(config.address, config.reuse_port).map_err(|e| err(config.address, e))?;
-        let local_address = first.local_addr().map_err(|e| err(config.address, e))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            let s = if config.reuse_port {
-                bind(local_address, true)
-            } else {
-                sockets[0].try_clone()
-            };
-            sockets.push(s.map_err(|e| err(local_address, e))?);
-        }
+        let sockets = match inherit.filter(|old| {
+            old.config.address == config.address && old.config.reuse_port == config.reuse_port
+        }) {
+            Some(old) => old
+                .bound
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|s| s.try_clone())
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| err(config.address, e))?,
+            None => {
+                let first =
+                    bind(config.address, config.reuse_port).map_err(|e| err(config.address, e))?;
+                let local_address = first.local_addr().map_err(|e| err(config.address, e))?;
+                let mut sockets = vec![first];
+                if config.reuse_port {
+                    for _ in 1..workers {
+                        sockets.push(bind(local_address, true).map_err(|e| err(local_address, e))?);
+                    }
+                }
+                sockets
+            }
+        };
+        let local_address = sockets[0]
+            .local_addr()
+            .map_err(|e| err(config.address, e))?;
         // `listener.<stat_prefix or bound address>.`: with port 0 the name carries the real port.
         let stat_name = config
             .stat_prefix
@@ -242,25 +266,38 @@ impl ActiveListener {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| err(local_address, e))?;
         Ok(Arc::new(Self {
+            origin,
+            dynamic: false,
+            version: String::new(),
             inspector_stats: (!config.listener_filters.is_empty())
                 .then(|| InspectorStats::new(store)),
             access_logs,
             stats: ListenerStats::new(store, &stat_name),
             ssl: has_tls.then(|| TlsStats::new(store, &format!("listener.{stat_name}"))),
             config,
-            index,
             chains,
             default_chain,
             local_address,
-            sockets: Mutex::new(sockets),
+            bound: std::sync::Mutex::new(sockets),
             drain: watch::channel(false).0,
             stop: watch::channel(false).0,
         }))
     }
 
-    /// The socket for the next worker to start.
-    pub fn take_socket(&self) -> Option<std::net::TcpListener> {
-        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// A duplicate of the socket worker `i` accepts on.
+    pub fn socket_for(&self, worker: usize) -> std::io::Result<std::net::TcpListener> {
+        let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        match bound.get(worker % bound.len().max(1)) {
+            Some(s) => s.try_clone(),
+            None => Err(std::io::Error::other("the listener is closed")),
+        }
+    }
+
+    /// Stop accepting and let go of the sockets (the port closes once the accept loops end,
+    /// unless a replacement listener took them over).
+    pub fn shut(&self) {
+        self.stop.send_replace(true);
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Accept connections on this worker until the listener stops.
@@ -551,6 +588,8 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[derive(Debug)]
 pub struct ListenerManagerStats {
     pub listener_added: Arc<Counter>,
+    pub listener_modified: Arc<Counter>,
+    pub listener_removed: Arc<Counter>,
     pub listener_create_success: Arc<Counter>,
     pub listener_create_failure: Arc<Counter>,
     pub listener_stopped: Arc<Counter>,
@@ -566,6 +605,8 @@ impl ListenerManagerStats {
         let g = |n: &str| store.gauge(&format!("listener_manager.{n}"));
         Self {
             listener_added: c("listener_added"),
+            listener_modified: c("listener_modified"),
+            listener_removed: c("listener_removed"),
             listener_create_success: c("listener_create_success"),
             listener_create_failure: c("listener_create_failure"),
             listener_stopped: c("listener_stopped"),
