@@ -350,33 +350,6 @@ pub async fn start(
     }
     let cluster_manager = Arc::new(ClusterManager::new(clusters));
 
-    // ADS: clusters (and their endpoints) from the management server, before listeners start.
-    let xds = match &model.dynamic.ads {
-        Some(ads) => {
-            let mut node = proto.node.clone().unwrap_or_default();
-            if let Some(id) = &options.service_node {
-                node.id = id.clone();
-            }
-            if let Some(c) = &options.service_cluster {
-                node.cluster = c.clone();
-            }
-            if node.user_agent_name.is_empty() {
-                node.user_agent_name = "remora".into();
-            }
-            Some(
-                crate::xds::start(
-                    ads,
-                    model.dynamic.cds.is_some(),
-                    node,
-                    &store,
-                    &cluster_manager,
-                )
-                .map_err(StartError::Other)?,
-            )
-        }
-        None => None,
-    };
-
     // Listeners: bind now so a port in use is an error naming the listener.
     let listeners = Arc::new(ListenerManager::new(ListenerManagerStats::new(&store)));
     for (i, l) in model.listeners.iter().enumerate() {
@@ -395,6 +368,39 @@ pub async fn start(
     }
     listeners.stats.total_listeners_warming.set(0);
     listeners.stats.total_listeners_draining.set(0);
+
+    // ADS: clusters, endpoints, listeners and routes from the management server.
+    let xds = match &model.dynamic.ads {
+        Some(ads) => {
+            let mut node = proto.node.clone().unwrap_or_default();
+            if let Some(id) = &options.service_node {
+                node.id = id.clone();
+            }
+            if let Some(c) = &options.service_cluster {
+                node.cluster = c.clone();
+            }
+            if node.user_agent_name.is_empty() {
+                node.user_agent_name = "remora".into();
+            }
+            Some(
+                crate::xds::start(
+                    &model.dynamic,
+                    ads,
+                    crate::xds::Context {
+                        node,
+                        store: store.clone(),
+                        clusters: cluster_manager.clone(),
+                        listeners: listeners.clone(),
+                        local: local.clone(),
+                        runtime: Arc::new(model.runtime.clone()),
+                        concurrency,
+                    },
+                )
+                .map_err(StartError::Other)?,
+            )
+        }
+        None => None,
+    };
 
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(ServerState {

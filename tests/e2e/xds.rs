@@ -444,3 +444,195 @@ async fn rds_updates_under_load_drop_nothing() {
     assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("a"));
     assert_eq!(r.stat("http.in.rds.in_routes.update_rejected").await, 1);
 }
+
+fn lds_listener(
+    name: &str,
+    port: u16,
+    rds_name: &str,
+    stat_prefix: &str,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: rds_name.into(),
+                config_source: Some(core::ConfigSource {
+                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                        core::AggregatedConfigSource {},
+                    )),
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+            },
+        )),
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener::Listener {
+        name: name.into(),
+        address: socket(SocketAddr::from(([127, 0, 0, 1], port))),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// LDS: a listener from the control plane warms until its routes arrive, serves, is modified
+/// in place (same port, the open WebSocket keeps working), a listener whose port is taken is
+/// NACKed while the others serve, and removal closes the port.
+#[tokio::test(flavor = "multi_thread")]
+async fn lds_listeners_warm_update_and_go() {
+    use remora_xds::resource::{LISTENER, ROUTE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let clusters = [static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
+    let snap = |lv: &str,
+                listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+                rv: &str,
+                to: &str| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(LISTENER, lv, listeners.iter().map(any).collect())
+            .with(ROUTE, rv, vec![any(&route_to("r1", to))])
+    };
+    cache.set_snapshot(
+        NODE,
+        snap(
+            "l1",
+            vec![lds_listener("dyn", port, "r1", "dyn")],
+            "r1",
+            "a_c",
+        ),
+    );
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    let l = SocketAddr::from(([127, 0, 0, 1], port));
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("a"));
+    assert_eq!(r.stat("listener_manager.lds.update_success").await, 1);
+    let (_, listeners) = r.admin_get("/listeners").await.unwrap();
+    assert!(
+        listeners.contains(&format!("dyn::127.0.0.1:{port}")),
+        "{listeners}"
+    );
+
+    // A WebSocket on the listener as it is.
+    let mut ws = tokio::net::TcpStream::connect(l).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = ws.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    // Modified: a new stat prefix and new routes (r2 → b). It warms until r2 arrives, then
+    // takes over the port; the WebSocket stays on the old listener and keeps working.
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(
+                LISTENER,
+                "l2",
+                vec![any(&lds_listener("dyn", port, "r2", "dyn2"))],
+            )
+            .with(
+                ROUTE,
+                "r2",
+                vec![any(&route_to("r1", "a_c")), any(&route_to("r2", "b_c"))],
+            ),
+    );
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l2"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(l, "x", "/").await.header("x-upstream") == Some("b") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the modified listener did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(r.stat("listener_manager.listener_modified").await, 1);
+    ws.write_all(b"after-update").await.unwrap();
+    let n = ws.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"echo:after-update");
+
+    // A second listener on a port that is taken: NACKed, the first keeps serving.
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(
+                LISTENER,
+                "l3",
+                vec![
+                    any(&lds_listener("dyn", port, "r2", "dyn2")),
+                    any(&lds_listener("clash", taken_port, "r1", "clash")),
+                ],
+            )
+            .with(
+                ROUTE,
+                "r2",
+                vec![any(&route_to("r1", "a_c")), any(&route_to("r2", "b_c"))],
+            ),
+    );
+    cache.wait_until(NODE, LISTENER, |s| s.nacks == 1).await;
+    let nack = cache.applied(NODE, LISTENER).nacked.unwrap().1;
+    assert!(
+        nack.starts_with(&format!(
+            "Listener 'clash': listener 'clash' (LDS): cannot bind '127.0.0.1:{taken_port}'"
+        )),
+        "{nack}"
+    );
+    assert_eq!(get(l, "x", "/").await.header("x-upstream"), Some("b"));
+    drop(taken);
+
+    // Removed: the port closes.
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(LISTENER, "l4", vec![])
+            .with(ROUTE, "r2", vec![]),
+    );
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l4"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(l).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(r.stat("listener_manager.listener_removed").await, 1);
+}

@@ -284,6 +284,18 @@ impl ActiveListener {
         }))
     }
 
+    /// The route tables of its HTTP connection managers (listener warming waits for RDS).
+    pub fn route_tables(&self) -> Vec<Arc<crate::xds::rds::RouteTable>> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .filter_map(|c| match &c.terminal {
+                Terminal::Http(h) => Some(h.routes.clone()),
+                Terminal::Tcp(_) => None,
+            })
+            .collect()
+    }
+
     /// A duplicate of the socket worker `i` accepts on.
     pub fn socket_for(&self, worker: usize) -> std::io::Result<std::net::TcpListener> {
         let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,6 @@
 //! Bootstrap `dynamic_resources` and `ConfigSource`s: what is fetched over xDS and from where.
-//! ADS (state of the world or delta) over an `envoy_grpc` static cluster is implemented; CDS
-//! and EDS are delivered over it. Other sources are refused by path.
+//! ADS (state of the world or delta) over an `envoy_grpc` static cluster is implemented; LDS,
+//! RDS, CDS and EDS are delivered over it. Other sources are refused by path.
 
 use super::core::{deny, enum_value, opt_duration};
 use super::pb;
@@ -32,6 +32,7 @@ pub struct Source {
 pub struct DynamicResources {
     pub ads: Option<Ads>,
     pub cds: Option<Source>,
+    pub lds: Option<Source>,
 }
 
 /// A `ConfigSource`: only `ads: {}` is supported.
@@ -175,11 +176,6 @@ impl DynamicResources {
         } = d;
         deny(path, "lds_resources_locator", lds_resources_locator)?;
         deny(path, "cds_resources_locator", cds_resources_locator)?;
-        if lds_config.is_some() {
-            return Err(path
-                .field("lds_config")
-                .error("is not supported yet (LDS and RDS arrive after CDS and EDS)"));
-        }
         let ads = ads_config
             .as_ref()
             .map(|a| ads_source(&path.field("ads_config"), a))
@@ -188,11 +184,17 @@ impl DynamicResources {
             .as_ref()
             .map(|c| config_source(&path.field("cds_config"), c))
             .transpose()?;
-        if cds.is_some() && ads.is_none() {
-            return Err(path
-                .field("cds_config")
-                .error("ads: {} needs dynamic_resources.ads_config"));
+        let lds = lds_config
+            .as_ref()
+            .map(|c| config_source(&path.field("lds_config"), c))
+            .transpose()?;
+        for (field, set) in [("cds_config", cds.is_some()), ("lds_config", lds.is_some())] {
+            if set && ads.is_none() {
+                return Err(path
+                    .field(field)
+                    .error("ads: {} needs dynamic_resources.ads_config"));
+            }
         }
-        Ok(Self { ads, cds })
+        Ok(Self { ads, cds, lds })
     }
 }

@@ -8,6 +8,9 @@
 pub mod rds;
 
 use crate::config::FieldPath;
+use crate::http::conn_manager::LocalInfo;
+use crate::listener::ActiveListener;
+use crate::listener::manager::ListenerManager;
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, LocalityEndpoints};
 use crate::model::pb;
 use crate::telemetry::stats::{Counter, Gauge, Store};
@@ -15,7 +18,7 @@ use crate::upstream::cluster::{self, Cluster, ClusterManager};
 use prost::Message;
 use remora_xds::Any;
 use remora_xds::client::{Handler, Interest, Subscriptions};
-use remora_xds::resource::{CLUSTER, ENDPOINT, ROUTE};
+use remora_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -36,6 +39,10 @@ struct Stats {
     active_clusters: Arc<Gauge>,
     warming_clusters: Arc<Gauge>,
     connected_state: Arc<Gauge>,
+    lds_update_attempt: Arc<Counter>,
+    lds_update_success: Arc<Counter>,
+    lds_update_rejected: Arc<Counter>,
+    lds_version: Arc<Gauge>,
 }
 
 impl Stats {
@@ -58,6 +65,10 @@ impl Stats {
             active_clusters: g("cluster_manager.active_clusters"),
             warming_clusters: g("cluster_manager.warming_clusters"),
             connected_state: g("control_plane.connected_state"),
+            lds_update_attempt: c("listener_manager.lds.update_attempt"),
+            lds_update_success: c("listener_manager.lds.update_success"),
+            lds_update_rejected: c("listener_manager.lds.update_rejected"),
+            lds_version: g("listener_manager.lds.version"),
         }
     }
 }
@@ -82,6 +93,10 @@ struct State {
     assignments: HashMap<String, Vec<LocalityEndpoints>>,
     /// DNS refresh tasks of CDS clusters, stopped when the cluster goes.
     dns: HashMap<String, tokio::task::AbortHandle>,
+    /// LDS listeners by name: their resource bytes.
+    listeners: HashMap<String, Vec<u8>>,
+    /// LDS listeners waiting for their routes, by name (a newer version supersedes).
+    warming_listeners: HashMap<String, u64>,
 }
 
 /// Applies what the ADS stream delivers.
@@ -100,6 +115,14 @@ pub struct XdsRuntime {
     me: std::sync::Weak<XdsRuntime>,
     /// Turns true after the first CDS update was handled (Envoy's initialisation waits for it).
     cds_initialized: tokio::sync::watch::Sender<bool>,
+    /// The same for LDS.
+    lds_initialized: tokio::sync::watch::Sender<bool>,
+    listeners: Arc<ListenerManager>,
+    local: Arc<LocalInfo>,
+    model_runtime: Arc<crate::model::runtime::Runtime>,
+    concurrency: usize,
+    lds_timeout: Option<Duration>,
+    warming_seq: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for XdsRuntime {
@@ -108,14 +131,35 @@ impl std::fmt::Debug for XdsRuntime {
     }
 }
 
+/// What the dynamic configuration needs from the server.
+pub struct Context {
+    pub node: pb::core::Node,
+    pub store: Arc<Store>,
+    pub clusters: Arc<ClusterManager>,
+    pub listeners: Arc<ListenerManager>,
+    pub local: Arc<LocalInfo>,
+    pub runtime: Arc<crate::model::runtime::Runtime>,
+    pub concurrency: usize,
+}
+
 /// Start ADS for the bootstrap's `dynamic_resources` (on the current, main-thread runtime).
 pub fn start(
+    dynamic: &crate::model::xds::DynamicResources,
     ads: &crate::model::xds::Ads,
-    cds: bool,
-    node: pb::core::Node,
-    store: &Arc<Store>,
-    clusters: &Arc<ClusterManager>,
+    cx: Context,
 ) -> Result<Arc<XdsRuntime>, String> {
+    let Context {
+        node,
+        store,
+        clusters,
+        listeners,
+        local,
+        runtime: model_runtime,
+        concurrency,
+    } = cx;
+    let (store, clusters) = (&store, &clusters);
+    let cds = dynamic.cds.is_some();
+    let lds = dynamic.lds.is_some();
     let xds_cluster = clusters
         .get(&ads.cluster)
         .ok_or_else(|| format!("the ADS cluster '{}' does not exist", ads.cluster))?;
@@ -141,11 +185,21 @@ pub fn start(
         runtime: tokio::runtime::Handle::current(),
         me: me.clone(),
         cds_initialized: tokio::sync::watch::channel(!cds).0,
+        lds_initialized: tokio::sync::watch::channel(!lds).0,
+        listeners,
+        local,
+        model_runtime,
+        concurrency,
+        lds_timeout: dynamic.lds.and_then(|l| l.initial_fetch_timeout),
+        warming_seq: std::sync::atomic::AtomicU64::new(0),
     });
     runtime.stats.active_clusters.set(all.len() as i64);
     let mut initial = Vec::new();
     if cds {
         initial.push((CLUSTER.to_string(), Interest::Wildcard));
+    }
+    if lds {
+        initial.push((LISTENER.to_string(), Interest::Wildcard));
     }
     if !runtime.static_eds.is_empty() {
         initial.push((
@@ -179,6 +233,7 @@ impl Handler for XdsRuntime {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(resources),
             ROUTE => self.apply_rds(version, resources),
+            LISTENER => self.apply_lds(version, resources),
             other => Err(format!("{other} is not subscribed")),
         }
     }
@@ -191,22 +246,182 @@ impl Handler for XdsRuntime {
 // === impl XdsRuntime ===
 
 impl XdsRuntime {
-    /// Wait for the first CDS update, at most `timeout` (Envoy's `initial_fetch_timeout`).
-    pub async fn initialized(&self, timeout: Option<Duration>) {
-        let mut rx = self.cds_initialized.subscribe();
-        let wait = rx.wait_for(|done| *done);
-        match timeout {
-            Some(t) => {
-                if tokio::time::timeout(t, wait).await.is_err() {
-                    tracing::warn!(
-                        "no CDS response within initial_fetch_timeout; starting without it"
-                    );
+    /// Wait for the first CDS and LDS updates, at most `timeout` each (Envoy's
+    /// `initial_fetch_timeout`).
+    pub async fn initialized(&self, cds_timeout: Option<Duration>) {
+        for (what, tx, timeout) in [
+            ("CDS", &self.cds_initialized, cds_timeout),
+            ("LDS", &self.lds_initialized, self.lds_timeout),
+        ] {
+            let mut rx = tx.subscribe();
+            let wait = rx.wait_for(|done| *done);
+            match timeout {
+                Some(t) => {
+                    if tokio::time::timeout(t, wait).await.is_err() {
+                        tracing::warn!(
+                            "no {what} response within initial_fetch_timeout; starting without it"
+                        );
+                    }
+                }
+                None => {
+                    let _ = wait.await;
                 }
             }
-            None => {
-                let _ = wait.await;
-            }
         }
+    }
+
+    /// An LDS update: the complete set of dynamic listeners.
+    fn apply_lds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        self.stats.lds_update_attempt.inc();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut state = self.lock();
+        let static_names: BTreeSet<String> = self
+            .listeners
+            .all()
+            .iter()
+            .filter(|l| !l.dynamic)
+            .map(|l| l.config.name.clone())
+            .collect();
+        for (i, any) in resources.iter().enumerate() {
+            if any.type_url != LISTENER {
+                errors.push(format!(
+                    "resources[{i}]: expected {LISTENER}, got {}",
+                    any.type_url
+                ));
+                continue;
+            }
+            let proto = match pb::listener::Listener::decode(any.value.as_slice()) {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!("resources[{i}]: not a valid Listener: {e}"));
+                    continue;
+                }
+            };
+            let name = proto.name.clone();
+            seen.insert(name.clone());
+            if static_names.contains(&name) {
+                errors.push(format!(
+                    "Listener '{name}': a static listener of that name exists and cannot be changed by LDS"
+                ));
+                continue;
+            }
+            if state.listeners.get(&name) == Some(&any.value) {
+                continue;
+            }
+            let path = FieldPath::new(format!("Listener '{name}'"));
+            let config = match crate::model::listener::Listener::from_proto(
+                &path,
+                &proto,
+                &self.model_runtime,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let previous = self.listeners.get(&name);
+            let built = ActiveListener::new(
+                Arc::new(config),
+                "LDS".into(),
+                self.concurrency,
+                &self.store,
+                &self.clusters,
+                &self.local,
+                previous.as_deref(),
+            );
+            let mut active = match built {
+                Ok(a) => a,
+                Err(e) => {
+                    self.listeners.stats.listener_create_failure.inc();
+                    errors.push(format!("Listener '{name}': {e}"));
+                    continue;
+                }
+            };
+            if let Some(l) = Arc::get_mut(&mut active) {
+                l.dynamic = true;
+                l.version = version.to_string();
+            }
+            self.listeners.stats.listener_create_success.inc();
+            if state
+                .listeners
+                .insert(name.clone(), any.value.clone())
+                .is_some()
+            {
+                self.listeners.stats.listener_modified.inc();
+            } else {
+                self.listeners.stats.listener_added.inc();
+            }
+            self.warm_listener(&mut state, active);
+        }
+        // Listeners no longer in the set go (one that failed translation stays as it was).
+        let gone: Vec<String> = state
+            .listeners
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            state.listeners.remove(&name);
+            state.warming_listeners.remove(&name);
+            self.listeners.remove(&name);
+        }
+        self.listeners
+            .stats
+            .total_listeners_warming
+            .set(state.warming_listeners.len() as i64);
+        drop(state);
+        self.lds_initialized.send_replace(true);
+        if errors.is_empty() {
+            self.stats.lds_update_success.inc();
+            self.stats.lds_version.set(version_hash(version));
+            Ok(())
+        } else {
+            self.stats.lds_update_rejected.inc();
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Put a listener in service once its routes are in (Envoy's listener warming), or after
+    /// the LDS `initial_fetch_timeout`.
+    fn warm_listener(&self, state: &mut State, l: Arc<ActiveListener>) {
+        let tables = l.route_tables();
+        if tables.iter().all(|t| t.is_ready()) {
+            state.warming_listeners.remove(&l.config.name);
+            self.listeners.activate(l);
+            return;
+        }
+        let seq = self
+            .warming_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.warming_listeners.insert(l.config.name.clone(), seq);
+        let weak = self.me.clone();
+        let timeout = self.lds_timeout;
+        self.runtime.spawn(async move {
+            let all = futures_util::future::join_all(tables.iter().map(|t| t.ready()));
+            match timeout {
+                Some(t) => {
+                    if tokio::time::timeout(t, all).await.is_err() {
+                        tracing::warn!(listener = %l.config.name, "routes did not arrive within initial_fetch_timeout; starting the listener without them");
+                    }
+                }
+                None => {
+                    all.await;
+                }
+            }
+            let Some(rt) = weak.upgrade() else { return };
+            let mut state = rt.lock();
+            // Only the newest version of a listener goes into service.
+            if state.warming_listeners.get(&l.config.name) == Some(&seq) {
+                state.warming_listeners.remove(&l.config.name);
+                rt.listeners.activate(l);
+                rt.listeners
+                    .stats
+                    .total_listeners_warming
+                    .set(state.warming_listeners.len() as i64);
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

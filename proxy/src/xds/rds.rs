@@ -24,14 +24,27 @@ pub struct RdsStats {
 pub struct RouteTable {
     pub current: ArcSwap<RouteConfig>,
     rds: Option<RdsStats>,
+    /// True once the table has real routes (inline, or RDS delivered): listener warming.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl RouteTable {
+    /// Wait until the table has its routes.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// An inline table (never updated).
     pub fn fixed(config: Arc<RouteConfig>) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::new(config),
             rds: None,
+            ready: tokio::sync::watch::channel(true).0,
         })
     }
 
@@ -53,6 +66,7 @@ impl RouteTable {
                 config_reload: c("config_reload"),
                 version: store.gauge(&format!("{p}version")),
             }),
+            ready: tokio::sync::watch::channel(false).0,
         });
         register(name, &t);
         t
@@ -130,6 +144,7 @@ pub fn install(name: &str, config: Arc<RouteConfig>, version: i64) -> usize {
     let ts = tables(name);
     for t in &ts {
         t.current.store(config.clone());
+        t.ready.send_replace(true);
         if let Some(s) = &t.rds {
             s.update_success.inc();
             s.config_reload.inc();
