@@ -369,37 +369,36 @@ pub async fn start(
     listeners.stats.total_listeners_warming.set(0);
     listeners.stats.total_listeners_draining.set(0);
 
-    // ADS: clusters, endpoints, listeners and routes from the management server.
-    let xds = match &model.dynamic.ads {
-        Some(ads) => {
-            let mut node = proto.node.clone().unwrap_or_default();
-            if let Some(id) = &options.service_node {
-                node.id = id.clone();
-            }
-            if let Some(c) = &options.service_cluster {
-                node.cluster = c.clone();
-            }
-            if node.user_agent_name.is_empty() {
-                node.user_agent_name = "remora".into();
-            }
-            Some(
-                crate::xds::start(
-                    &model.dynamic,
-                    ads,
-                    crate::xds::Context {
-                        node,
-                        store: store.clone(),
-                        clusters: cluster_manager.clone(),
-                        listeners: listeners.clone(),
-                        local: local.clone(),
-                        runtime: Arc::new(model.runtime.clone()),
-                        concurrency,
-                    },
-                )
-                .map_err(StartError::Other)?,
-            )
+    // ADS: clusters, endpoints, listeners and routes from the management server; SDS streams
+    // for the secrets TLS contexts name.
+    let xds = if model.dynamic.ads.is_some() || !crate::xds::sds::wanted().is_empty() {
+        let mut node = proto.node.clone().unwrap_or_default();
+        if let Some(id) = &options.service_node {
+            node.id = id.clone();
         }
-        None => None,
+        if let Some(c) = &options.service_cluster {
+            node.cluster = c.clone();
+        }
+        if node.user_agent_name.is_empty() {
+            node.user_agent_name = "remora".into();
+        }
+        Some(
+            crate::xds::start(
+                &model.dynamic,
+                crate::xds::Context {
+                    node,
+                    store: store.clone(),
+                    clusters: cluster_manager.clone(),
+                    listeners: listeners.clone(),
+                    local: local.clone(),
+                    runtime: Arc::new(model.runtime.clone()),
+                    concurrency,
+                },
+            )
+            .map_err(StartError::Other)?,
+        )
+    } else {
+        None
     };
 
     let (shutdown, _) = watch::channel(false);

@@ -636,3 +636,191 @@ async fn lds_listeners_warm_update_and_go() {
     }
     assert_eq!(r.stat("listener_manager.listener_removed").await, 1);
 }
+
+fn tls_secret(
+    name: &str,
+    issued: &remora_certs::ca::Issued,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let inline = |b: &str| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineBytes(
+                b.as_bytes().to_vec(),
+            )),
+            ..Default::default()
+        })
+    };
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: inline(&issued.cert_chain_pem),
+            private_key: inline(&issued.key_pem),
+            ..Default::default()
+        })),
+    }
+}
+
+fn root_secret(
+    name: &str,
+    root_pem: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(core::DataSource {
+                    specifier: Some(core::data_source::Specifier::InlineBytes(
+                        root_pem.as_bytes().to_vec(),
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// SDS as istio-agent serves it: secrets `default` and `ROOTCA` over a Unix socket (a `pipe`
+/// cluster), named by a listener's TLS context. The listener serves once they arrive; a
+/// rotated certificate is picked up under load with no failed request; a secret whose key does
+/// not match is NACKed and the previous certificate stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn sds_over_a_unix_socket_with_rotation_under_load() {
+    use crate::tls::{DEAL, GATEWAY, Pki, client_config, tls_connect, tls_get};
+    use remora_xds::resource::SECRET;
+    let pki = Pki::new();
+    let app = upstream("deal-app").await;
+    let dir = TempDir::new("sds");
+    let socket_path = dir.path("SDS");
+    let cache = SnapshotCache::new();
+    let unix = tokio::net::UnixListener::bind(&socket_path).unwrap();
+    tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
+    let v1 = pki.issue(DEAL, |_| {});
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(
+            SECRET,
+            "s1",
+            vec![
+                any(&tls_secret("default", &v1)),
+                any(&root_secret("ROOTCA", pki.ca.root_pem())),
+            ],
+        ),
+    );
+    let sds = "{api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}, resource_api_version: V3}";
+    let listener = http_listener(
+        "inbound",
+        "",
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n",
+    ) + &format!(
+        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificate_sds_secret_configs: [{{name: default, sds_config: {sds}}}]\n            combined_validation_context:\n              default_validation_context:\n                match_subject_alt_names: [{{prefix: \"spiffe://cluster.local/\"}}]\n              validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {sds}}}\n"
+    );
+    let clusters = cluster("app", &[app.addr], "")
+        + &format!(
+            "  - name: sds-grpc\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n    load_assignment:\n      cluster_name: sds-grpc\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{pipe: {{path: {}}}}}}}\n",
+            socket_path.display()
+        );
+    let yaml = format!("node: {{id: \"{NODE}\"}}\n") + &bootstrap(&listener, &clusters);
+    let r = Remora::start(&yaml).await;
+    let addr = r.addr("inbound");
+    cache
+        .wait_until(NODE, SECRET, |s| s.acked.as_deref() == Some("s1"))
+        .await;
+    let root = pki.ca.root_pem().to_string();
+    let gw = pki.issue(GATEWAY, |_| {});
+    let cfg = client_config(&root, Some(&gw), &["http/1.1"]);
+    let served = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        remora_certs::info::CertDetails::parse(&der).unwrap().serial
+    };
+    let serial = |i: &remora_certs::ca::Issued| {
+        remora_certs::info::CertDetails::parse(
+            &remora_certs::pem::certificates(i.cert_chain_pem.as_bytes()).unwrap()[0],
+        )
+        .unwrap()
+        .serial
+    };
+    assert_eq!(
+        served(&tls_connect(addr, cfg.clone()).await.unwrap()),
+        serial(&v1)
+    );
+    assert_eq!(tls_get(addr, cfg.clone(), "/").await.unwrap().status, 200);
+
+    // Rotation under load: new mTLS connections keep coming while the certificate changes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, cfg) = (stop.clone(), cfg.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tls_get(addr, cfg.clone(), "/").await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v2 = pki.issue(DEAL, |_| {});
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(
+            SECRET,
+            "s2",
+            vec![
+                any(&tls_secret("default", &v2)),
+                any(&root_secret("ROOTCA", pki.ca.root_pem())),
+            ],
+        ),
+    );
+    cache
+        .wait_until(NODE, SECRET, |s| s.acked.as_deref() == Some("s2"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0, "{ok} ok");
+    assert!(ok > 20, "{ok}");
+    // A fresh client (no resumed session, which would show the first certificate again).
+    let fresh = || client_config(&root, Some(&gw), &["http/1.1"]);
+    assert_eq!(
+        served(&tls_connect(addr, fresh()).await.unwrap()),
+        serial(&v2)
+    );
+
+    // A secret whose key is not its certificate's: NACK, v2 stays.
+    let v3 = pki.issue(DEAL, |_| {});
+    let mut broken = v3.clone();
+    broken.key_pem = v1.key_pem.clone();
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(
+            SECRET,
+            "s3",
+            vec![
+                any(&tls_secret("default", &broken)),
+                any(&root_secret("ROOTCA", pki.ca.root_pem())),
+            ],
+        ),
+    );
+    cache.wait_until(NODE, SECRET, |s| s.nacks == 1).await;
+    let nack = cache.applied(NODE, SECRET).nacked.unwrap().1;
+    assert_eq!(
+        nack,
+        "Secret 'default'.tls_certificate: the private key does not match the certificate (sds:default)"
+    );
+    // A fresh client (no resumed session, which would show the first certificate again).
+    let fresh = || client_config(&root, Some(&gw), &["http/1.1"]);
+    assert_eq!(
+        served(&tls_connect(addr, fresh()).await.unwrap()),
+        serial(&v2)
+    );
+}

@@ -6,7 +6,7 @@ use crate::server::ServerState;
 use envoy_types::pb::envoy::admin::v3 as admin;
 use envoy_types::pb::google::protobuf::Timestamp;
 use remora_certs::info::{CertDetails, San};
-use remora_certs::source::{CertificateSource, FileCertificate, FileTrust, TrustSource};
+use remora_certs::source::{CertificateSource, TrustSource};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -45,8 +45,8 @@ fn details(path: String, d: &CertDetails, now: SystemTime) -> admin::Certificate
 
 /// One context's entry: its CA bundle and its certificates (the leaf of each chain).
 fn context(
-    certificates: &[Arc<FileCertificate>],
-    trust: Option<&Arc<FileTrust>>,
+    certificates: &[Arc<dyn CertificateSource>],
+    trust: Option<&Arc<dyn TrustSource>>,
     now: SystemTime,
 ) -> admin::Certificate {
     admin::Certificate {

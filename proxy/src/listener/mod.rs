@@ -296,6 +296,20 @@ impl ActiveListener {
             .collect()
     }
 
+    /// Whether every certificate and trusted CA its TLS contexts use is available (SDS secrets
+    /// arrive after the listener is built: Envoy keeps such a listener warming).
+    pub fn secrets_ready(&self) -> bool {
+        self.config
+            .filter_chains
+            .iter()
+            .chain(self.config.default_filter_chain.iter())
+            .filter_map(|fc| fc.tls.as_ref())
+            .all(|t| {
+                t.certificates.iter().all(|c| c.current().is_some())
+                    && t.trust.as_ref().is_none_or(|t| t.current().is_some())
+            })
+    }
+
     /// A duplicate of the socket worker `i` accepts on.
     pub fn socket_for(&self, worker: usize) -> std::io::Result<std::net::TcpListener> {
         let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());

@@ -243,6 +243,7 @@ impl Bootstrap {
                     )));
                 }
                 check_route_clusters(&lp, &listener, &names)?;
+                check_no_pipe_targets(&lp, &listener, &clusters)?;
                 listeners.push(Arc::new(listener));
             }
             Ok(())
@@ -298,6 +299,36 @@ impl Bootstrap {
             runtime,
         })
     }
+}
+
+/// Routes and tcp_proxy cannot send traffic to a `pipe` cluster (those serve xDS/SDS only).
+fn check_no_pipe_targets(lp: &FieldPath, l: &Listener, clusters: &[Arc<Cluster>]) -> Result<()> {
+    use super::listener::NetworkTerminal;
+    let pipes: Vec<&str> = clusters
+        .iter()
+        .filter(|c| c.pipe.is_some())
+        .map(|c| &*c.name)
+        .collect();
+    if pipes.is_empty() {
+        return Ok(());
+    }
+    for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+        let targets: Vec<&str> = match &fc.terminal {
+            NetworkTerminal::Http(h) => h
+                .route_config
+                .referenced_clusters
+                .iter()
+                .map(|c| &**c)
+                .collect(),
+            NetworkTerminal::Tcp(t) => t.clusters().collect(),
+        };
+        if let Some(p) = targets.iter().find(|t| pipes.contains(t)) {
+            return Err(lp.error(format!(
+                "cluster '{p}' has a pipe endpoint: proxying to Unix sockets is not supported (pipe clusters serve xDS/SDS)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Inline route configurations validate their clusters (Envoy's `validate_clusters` defaults to

@@ -118,6 +118,9 @@ pub struct Cluster {
     pub tls: Option<Arc<super::tls::UpstreamTls>>,
     /// Set for `type: EDS`.
     pub eds: Option<Eds>,
+    /// A single `pipe` endpoint (a Unix socket): usable as an xDS/SDS gRPC service (Istio's
+    /// `xds-grpc` and `sds-grpc`); routes and tcp_proxy cannot target it.
+    pub pipe: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -367,7 +370,16 @@ impl Cluster {
             }
             (_, None) => None,
         };
+        let pipe = load_assignment.as_ref().and_then(pipe_endpoint);
         let (localities, overprovisioning_factor) = match load_assignment {
+            Some(_) if pipe.is_some() => {
+                if discovery != Discovery::Static {
+                    return Err(path
+                        .field("type")
+                        .error("a cluster with a pipe endpoint must be STATIC"));
+                }
+                (Vec::new(), 140)
+            }
             Some(_) if discovery == Discovery::Eds => {
                 return Err(path
                     .field("load_assignment")
@@ -577,6 +589,7 @@ impl Cluster {
             tcp_keepalive,
             tls,
             eds,
+            pipe,
         })
     }
 }
@@ -710,6 +723,25 @@ fn upstream_http_options(
         }
     };
     Ok((protocol, *common_http_protocol_options, h2))
+}
+
+/// The path of a load assignment's only endpoint when it is a `pipe` address.
+fn pipe_endpoint(la: &pb::endpoint::ClusterLoadAssignment) -> Option<std::path::PathBuf> {
+    use pb::core::address::Address as A;
+    use pb::endpoint::lb_endpoint::HostIdentifier;
+    let [l] = la.endpoints.as_slice() else {
+        return None;
+    };
+    let [e] = l.lb_endpoints.as_slice() else {
+        return None;
+    };
+    match &e.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+            A::Pipe(p) => Some(p.path.clone().into()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A `ClusterLoadAssignment`'s endpoints (a cluster's `load_assignment`, or an EDS resource).

@@ -157,6 +157,15 @@ impl TcpProxy {
     }
 
     /// Pick the cluster for a new connection (`random` in `[0, u64::MAX]`).
+    /// Every cluster it may connect to.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        let v: Vec<&str> = match &self.cluster {
+            TcpCluster::Name(n) => vec![&**n],
+            TcpCluster::Weighted { clusters, .. } => clusters.iter().map(|(n, _)| &**n).collect(),
+        };
+        v.into_iter()
+    }
+
     pub fn pick_cluster(&self, random: u64) -> &Arc<str> {
         match &self.cluster {
             TcpCluster::Name(n) => n,

@@ -65,7 +65,7 @@ impl StaticSecrets {
                     tls_certificate(&sp.field("tls_certificate"), t)?;
                 }
                 Some(Type::ValidationContext(v)) => {
-                    validation_context(&sp.field("validation_context"), v)?;
+                    validation_context(&sp.field("validation_context"), v, None)?;
                 }
                 Some(Type::SessionTicketKeys(_)) => {
                     return Err(sp.unsupported("session_ticket_keys"));
@@ -119,8 +119,8 @@ fn static_secret(path: &FieldPath, c: &pb::tls::SdsSecretConfig) -> Result<pb::t
 /// A listener filter chain's TLS termination.
 pub struct DownstreamTls {
     pub config: Arc<rustls::ServerConfig>,
-    pub certificates: Vec<Arc<FileCertificate>>,
-    pub trust: Option<Arc<FileTrust>>,
+    pub certificates: Vec<Arc<dyn CertificateSource>>,
+    pub trust: Option<Arc<dyn TrustSource>>,
     pub require_client_certificate: bool,
 }
 
@@ -129,8 +129,8 @@ pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
     /// What the ClientHello carries (`sni`); rustls needs a name even when SNI is off.
     pub server_name: ServerName<'static>,
-    pub certificates: Vec<Arc<FileCertificate>>,
-    pub trust: Option<Arc<FileTrust>>,
+    pub certificates: Vec<Arc<dyn CertificateSource>>,
+    pub trust: Option<Arc<dyn TrustSource>>,
     /// ALPN offered (e.g. `istio-peer-exchange`, `istio`, `h2`, `http/1.1`).
     pub alpn: Vec<String>,
 }
@@ -227,11 +227,15 @@ enum Side {
     Client,
 }
 
+/// A translated validation context: the verifier's settings, the trust source (for `/certs`),
+/// and `suppress_client_ca_list`.
+type CheckedValidation = (Validation, Option<Arc<dyn TrustSource>>, bool);
+
 struct Common {
     versions: Vec<&'static SupportedProtocolVersion>,
     provider: Arc<CryptoProvider>,
-    certificates: Vec<Arc<FileCertificate>>,
-    validation: Option<(Validation, Option<Arc<FileTrust>>, bool)>,
+    certificates: Vec<Arc<dyn CertificateSource>>,
+    validation: Option<CheckedValidation>,
     alpn: Vec<String>,
 }
 
@@ -281,6 +285,11 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
         .collect::<Result<Vec<_>>>()?;
     for (i, c) in tls_certificate_sds_secret_configs.iter().enumerate() {
         let sp = path.field("tls_certificate_sds_secret_configs").index(i);
+        if let Some(cs) = &c.sds_config {
+            let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
+            certificates.push(crate::xds::sds::certificate(source, &c.name));
+            continue;
+        }
         match static_secret(&sp, c)?.r#type {
             Some(pb::tls::secret::Type::TlsCertificate(t)) => {
                 certificates.push(tls_certificate(&sp, &t)?);
@@ -294,12 +303,25 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
     }
     let validation = match validation_context_type {
         None => None,
-        Some(V::ValidationContext(v)) => {
-            Some(validation_context(&path.field("validation_context"), v)?)
-        }
+        Some(V::ValidationContext(v)) => Some(validation_context(
+            &path.field("validation_context"),
+            v,
+            None,
+        )?),
         Some(V::ValidationContextSdsSecretConfig(c)) => {
             let sp = path.field("validation_context_sds_secret_config");
-            Some(validation_context(&sp, &secret_validation(&sp, c)?)?)
+            match &c.sds_config {
+                Some(cs) => {
+                    let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
+                    let trust = crate::xds::sds::trust(source, &c.name);
+                    Some(validation_context(
+                        &sp,
+                        &pb::tls::CertificateValidationContext::default(),
+                        Some(trust),
+                    )?)
+                }
+                None => Some(validation_context(&sp, &secret_validation(&sp, c)?, None)?),
+            }
         }
         Some(V::CombinedValidationContext(c)) => {
             let cp = path.field("combined_validation_context");
@@ -326,14 +348,31 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
                     .error("is required"));
             };
             let sp = cp.field("validation_context_sds_secret_config");
+            let default = default_validation_context.clone().unwrap_or_default();
+            if let Some(cs) = &sds.sds_config {
+                // The CA from SDS, everything else (SAN matchers…) from the default context.
+                let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
+                let trust = crate::xds::sds::trust(source, &sds.name);
+                return Ok(Common {
+                    versions,
+                    provider,
+                    certificates,
+                    validation: Some(validation_context(
+                        &cp.field("default_validation_context"),
+                        &default,
+                        Some(trust),
+                    )?),
+                    alpn: checked_alpn(path, alpn_protocols)?,
+                });
+            }
             // Envoy: the secret's context merged over the default one.
-            let mut merged = default_validation_context.clone().unwrap_or_default();
+            let mut merged = default;
             prost::Message::merge(
                 &mut merged,
                 prost::Message::encode_to_vec(&secret_validation(&sp, sds)?).as_slice(),
             )
             .map_err(|e| cp.error(format!("cannot merge validation contexts: {e}")))?;
-            Some(validation_context(&cp, &merged)?)
+            Some(validation_context(&cp, &merged, None)?)
         }
         #[allow(deprecated)]
         Some(V::ValidationContextCertificateProvider(_)) => {
@@ -344,6 +383,16 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
             return Err(path.unsupported("validation_context_certificate_provider_instance"));
         }
     };
+    Ok(Common {
+        versions,
+        provider,
+        certificates,
+        validation,
+        alpn: checked_alpn(path, alpn_protocols)?,
+    })
+}
+
+fn checked_alpn(path: &FieldPath, alpn_protocols: &[String]) -> Result<Vec<String>> {
     for (i, p) in alpn_protocols.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
             return Err(path
@@ -352,13 +401,7 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
                 .error("an ALPN protocol name is 1 to 255 bytes"));
         }
     }
-    Ok(Common {
-        versions,
-        provider,
-        certificates,
-        validation,
-        alpn: alpn_protocols.clone(),
-    })
+    Ok(alpn_protocols.to_vec())
 }
 
 fn secret_validation(
@@ -403,7 +446,10 @@ fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> Result<Data>
     })
 }
 
-fn tls_certificate(path: &FieldPath, t: &pb::tls::TlsCertificate) -> Result<Arc<FileCertificate>> {
+fn tls_certificate(
+    path: &FieldPath,
+    t: &pb::tls::TlsCertificate,
+) -> Result<Arc<dyn CertificateSource>> {
     let pb::tls::TlsCertificate {
         certificate_chain,
         private_key,
@@ -427,13 +473,17 @@ fn tls_certificate(path: &FieldPath, t: &pb::tls::TlsCertificate) -> Result<Arc<
     deny(path, "tls_params", tls_params)?;
     let chain = tls_data(&path.field("certificate_chain"), certificate_chain)?;
     let key = tls_data(&path.field("private_key"), private_key)?;
-    FileCertificate::load(chain, key, on_reload()).map_err(|e| path.error(e.to_string()))
+    FileCertificate::load(chain, key, on_reload())
+        .map(|c| c as Arc<dyn CertificateSource>)
+        .map_err(|e| path.error(e.to_string()))
 }
 
+/// `dynamic_trust`: the trusted CA from SDS, when the context's CA comes from a secret.
 fn validation_context(
     path: &FieldPath,
     v: &pb::tls::CertificateValidationContext,
-) -> Result<(Validation, Option<Arc<FileTrust>>, bool)> {
+    dynamic_trust: Option<Arc<dyn TrustSource>>,
+) -> Result<CheckedValidation> {
     use pb::tls::certificate_validation_context::TrustChainVerification as T;
     use pb::tls::subject_alt_name_matcher::SanType as S;
     let pb::tls::CertificateValidationContext {
@@ -489,7 +539,7 @@ fn validation_context(
         *trust_chain_verification,
         |_| true,
     )? == T::VerifyTrustChain;
-    let trust = match trusted_ca {
+    let trust: Option<Arc<dyn TrustSource>> = match trusted_ca {
         Some(_) => Some(
             FileTrust::load(
                 tls_data(&path.field("trusted_ca"), trusted_ca)?,
@@ -497,7 +547,7 @@ fn validation_context(
             )
             .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
         ),
-        None => None,
+        None => dynamic_trust,
     };
     let mut san_matchers = Vec::new();
     for (i, m) in match_typed_subject_alt_names.iter().enumerate() {
@@ -552,7 +602,7 @@ fn validation_context(
     }
     let validation = Validation {
         trust: match (&trust, verify_chain) {
-            (Some(t), true) => Some(t.clone() as Arc<dyn TrustSource>),
+            (Some(t), true) => Some(t.clone()),
             _ => None,
         },
         san_matchers,
@@ -716,7 +766,7 @@ fn tls_parameters(
 /// offers, preferring one whose DNS names match the SNI (Envoy's multi-certificate selection).
 #[derive(Debug)]
 struct ServerResolver {
-    certificates: Vec<Arc<FileCertificate>>,
+    certificates: Vec<Arc<dyn CertificateSource>>,
     require_sni: bool,
 }
 
@@ -749,7 +799,7 @@ impl rustls::server::ResolvesServerCert for ServerResolver {
 
 #[derive(Debug)]
 struct ClientResolver {
-    certificates: Vec<Arc<FileCertificate>>,
+    certificates: Vec<Arc<dyn CertificateSource>>,
 }
 
 impl rustls::client::ResolvesClientCert for ClientResolver {

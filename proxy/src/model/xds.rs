@@ -198,3 +198,48 @@ impl DynamicResources {
         Ok(Self { ads, cds, lds })
     }
 }
+
+/// Where SDS secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SdsSource {
+    /// Over the ADS stream (`sds_config: {ads: {}}`).
+    Ads,
+    /// A separate SDS stream to this cluster (`api_config_source` with `envoy_grpc`), as Istio's
+    /// `sds-grpc` to istio-agent.
+    Cluster(String),
+}
+
+/// An `sds_config`.
+pub fn sds_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<SdsSource> {
+    use pb::core::config_source::ConfigSourceSpecifier as S;
+    match &cs.config_source_specifier {
+        Some(S::ApiConfigSource(api)) => {
+            let pb::core::ConfigSource {
+                authorities,
+                initial_fetch_timeout: _, // a listener waits for its secrets (warming) as Envoy
+                resource_api_version,
+                config_source_specifier: _,
+            } = cs;
+            deny(path, "authorities", authorities)?;
+            if *resource_api_version != 0
+                && *resource_api_version != pb::core::ApiVersion::V3 as i32
+            {
+                return Err(path
+                    .field("resource_api_version")
+                    .error("only V3 is supported"));
+            }
+            let a = ads_source(&path.field("api_config_source"), api)?;
+            if a.delta {
+                return Err(path
+                    .field("api_config_source")
+                    .field("api_type")
+                    .error("SDS streams are GRPC (state of the world)"));
+            }
+            Ok(SdsSource::Cluster(a.cluster))
+        }
+        _ => {
+            config_source(path, cs)?;
+            Ok(SdsSource::Ads)
+        }
+    }
+}

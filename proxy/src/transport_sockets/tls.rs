@@ -138,7 +138,7 @@ impl TlsInfo {
     fn from_connection(
         conn: &rustls::CommonState,
         session_reused: bool,
-        local: &[Arc<remora_certs::source::FileCertificate>],
+        local: &[Arc<dyn CertificateSource>],
     ) -> Self {
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

@@ -141,6 +141,7 @@ mod tests {
             tcp_keepalive: None,
             tls: None,
             eds: None,
+            pipe: None,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

@@ -6,6 +6,7 @@
 //! configuration serving.
 
 pub mod rds;
+pub mod sds;
 
 use crate::config::FieldPath;
 use crate::http::conn_manager::LocalInfo;
@@ -18,7 +19,7 @@ use crate::upstream::cluster::{self, Cluster, ClusterManager};
 use prost::Message;
 use remora_xds::Any;
 use remora_xds::client::{Handler, Interest, Subscriptions};
-use remora_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use remora_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -123,6 +124,9 @@ pub struct XdsRuntime {
     concurrency: usize,
     lds_timeout: Option<Duration>,
     warming_seq: std::sync::atomic::AtomicU64,
+    node: pb::core::Node,
+    /// Separate SDS streams, by cluster.
+    sds_streams: Mutex<HashMap<String, Subscriptions>>,
 }
 
 impl std::fmt::Debug for XdsRuntime {
@@ -142,12 +146,13 @@ pub struct Context {
     pub concurrency: usize,
 }
 
-/// Start ADS for the bootstrap's `dynamic_resources` (on the current, main-thread runtime).
+/// Start dynamic configuration (on the current, main-thread runtime): ADS for the bootstrap's
+/// `dynamic_resources`, and SDS streams for the secrets TLS contexts name.
 pub fn start(
     dynamic: &crate::model::xds::DynamicResources,
-    ads: &crate::model::xds::Ads,
     cx: Context,
 ) -> Result<Arc<XdsRuntime>, String> {
+    let ads = dynamic.ads.as_ref();
     let Context {
         node,
         store,
@@ -160,16 +165,6 @@ pub fn start(
     let (store, clusters) = (&store, &clusters);
     let cds = dynamic.cds.is_some();
     let lds = dynamic.lds.is_some();
-    let xds_cluster = clusters
-        .get(&ads.cluster)
-        .ok_or_else(|| format!("the ADS cluster '{}' does not exist", ads.cluster))?;
-    let host = xds_cluster
-        .hosts
-        .load()
-        .all_hosts()
-        .next()
-        .cloned()
-        .ok_or_else(|| format!("the ADS cluster '{}' has no endpoint", ads.cluster))?;
     let all = clusters.all();
     let runtime = Arc::new_cyclic(|me| XdsRuntime {
         store: store.clone(),
@@ -192,39 +187,68 @@ pub fn start(
         concurrency,
         lds_timeout: dynamic.lds.and_then(|l| l.initial_fetch_timeout),
         warming_seq: std::sync::atomic::AtomicU64::new(0),
+        node,
+        sds_streams: Mutex::default(),
     });
     runtime.stats.active_clusters.set(all.len() as i64);
-    let mut initial = Vec::new();
-    if cds {
-        initial.push((CLUSTER.to_string(), Interest::Wildcard));
+    if let Some(ads) = ads {
+        let mut initial = Vec::new();
+        if cds {
+            initial.push((CLUSTER.to_string(), Interest::Wildcard));
+        }
+        if lds {
+            initial.push((LISTENER.to_string(), Interest::Wildcard));
+        }
+        if !runtime.static_eds.is_empty() {
+            initial.push((
+                ENDPOINT.to_string(),
+                Interest::Names(runtime.static_eds.clone()),
+            ));
+        }
+        let config = remora_xds::client::Config {
+            target: runtime.target_of(&ads.cluster)?,
+            node: runtime.node.clone(),
+            delta: ads.delta,
+            set_node_on_first_message_only: ads.set_node_on_first_message_only,
+            backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+        };
+        let subs = remora_xds::client::start(config, runtime.clone(), initial);
+        let _ = runtime.subs.set(subs);
     }
-    if lds {
-        initial.push((LISTENER.to_string(), Interest::Wildcard));
-    }
-    if !runtime.static_eds.is_empty() {
-        initial.push((
-            ENDPOINT.to_string(),
-            Interest::Names(runtime.static_eds.clone()),
-        ));
-    }
-    let config = remora_xds::client::Config {
-        target: remora_xds::client::Target::Tcp(host.address),
-        node,
-        delta: ads.delta,
-        set_node_on_first_message_only: ads.set_node_on_first_message_only,
-        backoff: (Duration::from_millis(500), Duration::from_secs(30)),
-    };
-    let subs = remora_xds::client::start(config, runtime.clone(), initial);
-    let _ = runtime.subs.set(subs);
-    // RDS follows the connection managers that use it (static listeners register next).
+    // RDS and SDS follow the listeners and clusters that use them (registered as they are
+    // built, static ones already).
     let weak = Arc::downgrade(&runtime);
     rds::on_change(move || {
         if let Some(rt) = weak.upgrade() {
             rt.subscribe_rds();
         }
     });
+    let weak = Arc::downgrade(&runtime);
+    sds::on_change(move || {
+        if let Some(rt) = weak.upgrade()
+            && let Err(e) = rt.subscribe_sds()
+        {
+            tracing::error!("SDS: {e}");
+        }
+    });
     runtime.subscribe_rds();
+    runtime.subscribe_sds()?;
     Ok(runtime)
+}
+
+/// Applies what a separate SDS stream (to a cluster such as `sds-grpc`) delivers.
+struct SdsStream {
+    source: crate::model::xds::SdsSource,
+}
+
+impl Handler for SdsStream {
+    fn apply(&self, type_url: &str, _version: &str, resources: Vec<Any>) -> Result<(), String> {
+        match type_url {
+            SECRET => sds::apply(&self.source, resources),
+            other => Err(format!("{other} is not subscribed on the SDS stream")),
+        }
+    }
+    fn connected(&self, _up: bool) {}
 }
 
 impl Handler for XdsRuntime {
@@ -233,6 +257,7 @@ impl Handler for XdsRuntime {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(resources),
             ROUTE => self.apply_rds(version, resources),
+            SECRET => sds::apply(&crate::model::xds::SdsSource::Ads, resources),
             LISTENER => self.apply_lds(version, resources),
             other => Err(format!("{other} is not subscribed")),
         }
@@ -387,7 +412,7 @@ impl XdsRuntime {
     /// the LDS `initial_fetch_timeout`.
     fn warm_listener(&self, state: &mut State, l: Arc<ActiveListener>) {
         let tables = l.route_tables();
-        if tables.iter().all(|t| t.is_ready()) {
+        if tables.iter().all(|t| t.is_ready()) && l.secrets_ready() {
             state.warming_listeners.remove(&l.config.name);
             self.listeners.activate(l);
             return;
@@ -399,11 +424,20 @@ impl XdsRuntime {
         let weak = self.me.clone();
         let timeout = self.lds_timeout;
         self.runtime.spawn(async move {
-            let all = futures_util::future::join_all(tables.iter().map(|t| t.ready()));
+            let routes = futures_util::future::join_all(tables.iter().map(|t| t.ready()));
+            let secrets = async {
+                while !l.secrets_ready() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let all = async {
+                routes.await;
+                secrets.await;
+            };
             match timeout {
                 Some(t) => {
                     if tokio::time::timeout(t, all).await.is_err() {
-                        tracing::warn!(listener = %l.config.name, "routes did not arrive within initial_fetch_timeout; starting the listener without them");
+                        tracing::warn!(listener = %l.config.name, "routes or secrets did not arrive within initial_fetch_timeout; starting the listener without them");
                     }
                 }
                 None => {
@@ -662,6 +696,66 @@ impl XdsRuntime {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// Where a static cluster's first endpoint is (the xDS and SDS streams go there).
+    fn target_of(&self, cluster: &str) -> Result<remora_xds::client::Target, String> {
+        let c = self
+            .clusters
+            .get(cluster)
+            .filter(|c| !c.added_via_api)
+            .ok_or_else(|| format!("'{cluster}' is not a static cluster"))?;
+        if let Some(path) = c.config.pipe.clone() {
+            return Ok(remora_xds::client::Target::Unix(path));
+        }
+        let host = c
+            .hosts
+            .load()
+            .all_hosts()
+            .next()
+            .cloned()
+            .ok_or_else(|| format!("cluster '{cluster}' has no endpoint"))?;
+        Ok(remora_xds::client::Target::Tcp(host.address))
+    }
+
+    /// Subscribe every secret some TLS context wants, on ADS or its own SDS stream.
+    fn subscribe_sds(&self) -> Result<(), String> {
+        use crate::model::xds::SdsSource;
+        for (source, names) in sds::wanted() {
+            match source {
+                SdsSource::Ads => match self.subs.get() {
+                    Some(subs) => subs.set(SECRET, Interest::Names(names)),
+                    None => {
+                        return Err("sds_config ads: {} needs dynamic_resources.ads_config".into());
+                    }
+                },
+                SdsSource::Cluster(cluster) => {
+                    let mut streams = self.sds_streams.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(subs) = streams.get(&cluster) {
+                        subs.set(SECRET, Interest::Names(names));
+                        continue;
+                    }
+                    let config = remora_xds::client::Config {
+                        target: self
+                            .target_of(&cluster)
+                            .map_err(|e| format!("SDS cluster: {e}"))?,
+                        node: self.node.clone(),
+                        delta: false,
+                        set_node_on_first_message_only: true,
+                        backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+                    };
+                    let subs = remora_xds::client::start(
+                        config,
+                        Arc::new(SdsStream {
+                            source: SdsSource::Cluster(cluster.clone()),
+                        }),
+                        vec![(SECRET.to_string(), Interest::Names(names))],
+                    );
+                    streams.insert(cluster, subs);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn subscribe_rds(&self) {

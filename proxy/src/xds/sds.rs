@@ -1,0 +1,265 @@
+//! SDS: certificates and trusted CAs delivered as `Secret` resources (over ADS, or a separate
+//! stream to a cluster such as Istio's `sds-grpc`). They are certificate and trust sources for
+//! the TLS contexts (crate `remora-certs`): a rotated secret is used by the next handshake; a
+//! secret that does not parse, or whose key does not match its certificate, is NACKed and the
+//! previous one stays.
+
+use crate::model::xds::SdsSource;
+use arc_swap::ArcSwapOption;
+use prost::Message;
+use remora_certs::source::{CertificateSource, Identity, TrustBundle, TrustSource};
+use remora_xds::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// A certificate and key from SDS (`None` until the secret arrives).
+#[derive(Debug)]
+pub struct SdsCertificate {
+    name: String,
+    current: ArcSwapOption<Identity>,
+}
+
+impl CertificateSource for SdsCertificate {
+    fn current(&self) -> Option<Arc<Identity>> {
+        self.current.load_full()
+    }
+    fn origin(&self) -> String {
+        format!("sds:{}", self.name)
+    }
+}
+
+/// Trusted CAs from SDS (a `validation_context` secret's `trusted_ca`).
+#[derive(Debug)]
+pub struct SdsTrust {
+    name: String,
+    current: ArcSwapOption<TrustBundle>,
+}
+
+impl TrustSource for SdsTrust {
+    fn current(&self) -> Option<Arc<TrustBundle>> {
+        self.current.load_full()
+    }
+    fn origin(&self) -> String {
+        format!("sds:{}", self.name)
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    certs: Vec<Weak<SdsCertificate>>,
+    trusts: Vec<Weak<SdsTrust>>,
+}
+
+type Registry = HashMap<(SdsSource, String), Entry>;
+
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
+    R.get_or_init(Mutex::default)
+}
+
+static ON_CHANGE: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Called when a new secret name is wanted (the xDS runtime subscribes to it).
+pub fn on_change(f: impl Fn() + Send + Sync + 'static) {
+    let _ = ON_CHANGE.set(Box::new(f));
+}
+
+fn notify() {
+    if let Some(f) = ON_CHANGE.get() {
+        f();
+    }
+}
+
+/// The certificate source for secret `name` from `source` (shared by every context naming it).
+pub fn certificate(source: SdsSource, name: &str) -> Arc<dyn CertificateSource> {
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let e = r.entry((source, name.to_string())).or_default();
+    if let Some(c) = e.certs.iter().find_map(Weak::upgrade) {
+        return c;
+    }
+    let c = Arc::new(SdsCertificate {
+        name: name.to_string(),
+        current: ArcSwapOption::empty(),
+    });
+    e.certs.push(Arc::downgrade(&c));
+    drop(r);
+    notify();
+    c
+}
+
+/// The trust source for secret `name` from `source`.
+pub fn trust(source: SdsSource, name: &str) -> Arc<dyn TrustSource> {
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let e = r.entry((source, name.to_string())).or_default();
+    if let Some(t) = e.trusts.iter().find_map(Weak::upgrade) {
+        return t;
+    }
+    let t = Arc::new(SdsTrust {
+        name: name.to_string(),
+        current: ArcSwapOption::empty(),
+    });
+    e.trusts.push(Arc::downgrade(&t));
+    drop(r);
+    notify();
+    t
+}
+
+/// Secret names wanted from each source.
+pub fn wanted() -> HashMap<SdsSource, BTreeSet<String>> {
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|_, e| {
+        e.certs.retain(|w| w.strong_count() > 0);
+        e.trusts.retain(|w| w.strong_count() > 0);
+        !(e.certs.is_empty() && e.trusts.is_empty())
+    });
+    let mut out: HashMap<SdsSource, BTreeSet<String>> = HashMap::new();
+    for (source, name) in r.keys() {
+        out.entry(source.clone()).or_default().insert(name.clone());
+    }
+    out
+}
+
+fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, String> {
+    use crate::model::pb::core::data_source::Specifier;
+    match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
+        Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
+        Some(Specifier::Filename(f)) => {
+            std::fs::read(f).map_err(|e| format!("cannot read '{f}': {e}"))
+        }
+        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
+            .map(String::into_bytes)
+            .map_err(|_| format!("environment variable '{v}' is not set")),
+        None => Err("is required".into()),
+    }
+}
+
+/// An SDS update from `source`: each secret is installed once it checks out; one that does not
+/// is reported (NACK) and its previous version stays.
+pub fn apply(source: &SdsSource, resources: Vec<Any>) -> Result<(), String> {
+    use crate::model::pb::tls::secret::Type;
+    let mut errors = Vec::new();
+    for (i, any) in resources.iter().enumerate() {
+        let secret = match crate::model::pb::tls::Secret::decode(any.value.as_slice()) {
+            Ok(s) if any.type_url == remora_xds::resource::SECRET => s,
+            Ok(_) => {
+                errors.push(format!(
+                    "resources[{i}]: expected {}, got {}",
+                    remora_xds::resource::SECRET,
+                    any.type_url
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("resources[{i}]: not a valid Secret: {e}"));
+                continue;
+            }
+        };
+        let name = secret.name.clone();
+        let at = |field: &str, e: String| format!("Secret '{name}'.{field}: {e}");
+        let entry = {
+            let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+            r.get(&(source.clone(), name.clone())).map(|e| {
+                (
+                    e.certs.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
+                    e.trusts
+                        .iter()
+                        .filter_map(Weak::upgrade)
+                        .collect::<Vec<_>>(),
+                )
+            })
+        };
+        let Some((certs, trusts)) = entry else {
+            continue;
+        };
+        match secret.r#type {
+            Some(Type::TlsCertificate(t)) => {
+                let crate::model::pb::tls::TlsCertificate {
+                    certificate_chain,
+                    private_key,
+                    pkcs12,
+                    watched_directory: _,
+                    private_key_provider,
+                    password,
+                    ocsp_staple,
+                    signed_certificate_timestamp,
+                    tls_params,
+                } = t;
+                if pkcs12.is_some()
+                    || private_key_provider.is_some()
+                    || password.is_some()
+                    || ocsp_staple.is_some()
+                    || !signed_certificate_timestamp.is_empty()
+                    || tls_params.is_some()
+                {
+                    errors.push(at(
+                        "tls_certificate",
+                        "only certificate_chain and private_key are supported".into(),
+                    ));
+                    continue;
+                }
+                let loaded = data(&certificate_chain)
+                    .map_err(|e| at("tls_certificate.certificate_chain", e))
+                    .and_then(|chain| {
+                        data(&private_key)
+                            .map_err(|e| at("tls_certificate.private_key", e))
+                            .map(|key| (chain, key))
+                    })
+                    .and_then(|(chain, key)| {
+                        remora_certs::source::load_identity(&chain, &key, &format!("sds:{name}"))
+                            .map_err(|e| at("tls_certificate", e.to_string()))
+                    });
+                match loaded {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        for c in &certs {
+                            c.current.store(Some(id.clone()));
+                        }
+                        tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            Some(Type::ValidationContext(v)) => {
+                let rest = crate::model::pb::tls::CertificateValidationContext {
+                    trusted_ca: None,
+                    ..v.clone()
+                };
+                if rest != crate::model::pb::tls::CertificateValidationContext::default() {
+                    errors.push(at(
+                        "validation_context",
+                        "only trusted_ca is supported in an SDS validation context (put SAN matchers in the listener's or cluster's default_validation_context)".into(),
+                    ));
+                    continue;
+                }
+                let loaded = data(&v.trusted_ca)
+                    .map_err(|e| at("validation_context.trusted_ca", e))
+                    .and_then(|pem| {
+                        remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
+                            .map_err(|e| at("validation_context.trusted_ca", e.to_string()))
+                    });
+                match loaded {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        for t in &trusts {
+                            t.current.store(Some(b.clone()));
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            Some(Type::SessionTicketKeys(_)) => {
+                errors.push(at("session_ticket_keys", "is not supported".into()))
+            }
+            Some(Type::GenericSecret(_)) => {
+                errors.push(at("generic_secret", "is not supported".into()))
+            }
+            None => errors.push(format!("Secret '{name}': has no type")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
