@@ -148,6 +148,20 @@ async fn cds_and_eds(api: &str) {
     assert_eq!(r.stat("control_plane.connected_state").await, 1);
     assert_eq!(r.stat("cluster_manager.cds.update_success").await, 1);
     assert_eq!(r.stat("cluster.dyn.membership_total").await, 1);
+    // What came over xDS is in /config_dump, as istioctl proxy-config reads it.
+    let (_, dump) = r
+        .admin_get("/config_dump?resource=dynamic_active_clusters")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cluster"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dyn", "dyn_static"]);
+    assert_eq!(v["configs"][0]["version_info"], "1");
 
     // EDS moves traffic: `dyn` now points at b.
     cache.set_snapshot(
@@ -637,6 +651,11 @@ async fn lds_listeners_warm_update_and_go() {
     assert_eq!(r.stat("listener_manager.listener_removed").await, 1);
 }
 
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
 fn tls_secret(
     name: &str,
     issued: &remora_certs::ca::Issued,
@@ -812,6 +831,16 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
         ),
     );
     cache.wait_until(NODE, SECRET, |s| s.nacks == 1).await;
+    let (_, dump) = r
+        .admin_get("/config_dump?resource=dynamic_active_secrets")
+        .await
+        .unwrap();
+    assert!(dump.contains("\"name\": \"default\""), "{dump}");
+    assert!(dump.contains("\"name\": \"ROOTCA\""), "{dump}");
+    assert!(
+        !dump.contains("PRIVATE KEY") && !dump.contains(&base64_of(&v2.key_pem)),
+        "a private key leaked"
+    );
     let nack = cache.applied(NODE, SECRET).nacked.unwrap().1;
     assert_eq!(
         nack,

@@ -28,6 +28,8 @@ fn timestamp(t: std::time::SystemTime) -> Timestamp {
 
 /// The dump as protos, in Envoy's order.
 fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
+    let dynamic = crate::xds::dump();
+    let at = |r: &crate::xds::Record| Some(timestamp(r.at));
     let b = &state.bootstrap_proto;
     let updated = Some(timestamp(state.loaded_at));
     let sr = b.static_resources.clone().unwrap_or_default();
@@ -45,7 +47,16 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 last_updated: updated,
             })
             .collect(),
-        dynamic_active_clusters: vec![],
+        dynamic_active_clusters: dynamic
+            .clusters
+            .values()
+            .map(|r| admin::clusters_config_dump::DynamicCluster {
+                version_info: r.version.clone(),
+                cluster: Some(r.resource.clone()),
+                last_updated: at(r),
+                ..Default::default()
+            })
+            .collect(),
         dynamic_warming_clusters: vec![],
     }));
     if include_eds {
@@ -64,7 +75,16 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                     })
                 })
                 .collect(),
-            dynamic_endpoint_configs: vec![],
+            dynamic_endpoint_configs: dynamic
+                .endpoints
+                .values()
+                .map(|r| admin::endpoints_config_dump::DynamicEndpointConfig {
+                    version_info: r.version.clone(),
+                    endpoint_config: Some(r.resource.clone()),
+                    last_updated: at(r),
+                    ..Default::default()
+                })
+                .collect(),
         }));
     }
     out.push(any(&admin::ListenersConfigDump {
@@ -77,7 +97,19 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 last_updated: updated,
             })
             .collect(),
-        dynamic_listeners: vec![],
+        dynamic_listeners: dynamic
+            .listeners
+            .iter()
+            .map(|(name, r)| admin::listeners_config_dump::DynamicListener {
+                name: name.clone(),
+                active_state: Some(admin::listeners_config_dump::DynamicListenerState {
+                    version_info: r.version.clone(),
+                    listener: Some(r.resource.clone()),
+                    last_updated: at(r),
+                }),
+                ..Default::default()
+            })
+            .collect(),
     }));
     let routes: Vec<RouteConfiguration> = sr
         .listeners
@@ -105,7 +137,16 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 last_updated: updated,
             })
             .collect(),
-        dynamic_route_configs: vec![],
+        dynamic_route_configs: dynamic
+            .routes
+            .values()
+            .map(|r| admin::routes_config_dump::DynamicRouteConfig {
+                version_info: r.version.clone(),
+                route_config: Some(r.resource.clone()),
+                last_updated: at(r),
+                ..Default::default()
+            })
+            .collect(),
     }));
     out.push(any(&admin::SecretsConfigDump {
         static_secrets: sr
@@ -117,7 +158,17 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 secret: Some(any(s)),
             })
             .collect(),
-        dynamic_active_secrets: vec![],
+        dynamic_active_secrets: dynamic
+            .secrets
+            .iter()
+            .map(|(name, r)| admin::secrets_config_dump::DynamicSecret {
+                name: name.clone(),
+                version_info: r.version.clone(),
+                last_updated: at(r),
+                secret: Some(r.resource.clone()),
+                ..Default::default()
+            })
+            .collect(),
         dynamic_warming_secrets: vec![],
     }));
     out

@@ -24,6 +24,40 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+/// A dynamic resource as last accepted, for `/config_dump`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub version: String,
+    pub resource: Any,
+    pub at: std::time::SystemTime,
+}
+
+/// Everything accepted over xDS, by type and name (what `/config_dump` shows as dynamic).
+#[derive(Debug, Default)]
+pub struct Dump {
+    pub clusters: std::collections::BTreeMap<String, Record>,
+    pub endpoints: std::collections::BTreeMap<String, Record>,
+    pub listeners: std::collections::BTreeMap<String, Record>,
+    pub routes: std::collections::BTreeMap<String, Record>,
+    pub secrets: std::collections::BTreeMap<String, Record>,
+}
+
+/// The process's dump of dynamic resources.
+pub fn dump() -> std::sync::MutexGuard<'static, Dump> {
+    static D: OnceLock<Mutex<Dump>> = OnceLock::new();
+    D.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn record(version: &str, resource: &Any) -> Record {
+    Record {
+        version: version.to_string(),
+        resource: resource.clone(),
+        at: std::time::SystemTime::now(),
+    }
+}
+
 /// `cluster_manager.cds.*`, `cluster_manager.*`, `control_plane.*`.
 #[derive(Debug)]
 struct Stats {
@@ -242,9 +276,9 @@ struct SdsStream {
 }
 
 impl Handler for SdsStream {
-    fn apply(&self, type_url: &str, _version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
         match type_url {
-            SECRET => sds::apply(&self.source, resources),
+            SECRET => sds::apply(&self.source, version, resources),
             other => Err(format!("{other} is not subscribed on the SDS stream")),
         }
     }
@@ -255,9 +289,9 @@ impl Handler for XdsRuntime {
     fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
         match type_url {
             CLUSTER => self.apply_cds(version, resources),
-            ENDPOINT => self.apply_eds(resources),
+            ENDPOINT => self.apply_eds(version, resources),
             ROUTE => self.apply_rds(version, resources),
-            SECRET => sds::apply(&crate::model::xds::SdsSource::Ads, resources),
+            SECRET => sds::apply(&crate::model::xds::SdsSource::Ads, version, resources),
             LISTENER => self.apply_lds(version, resources),
             other => Err(format!("{other} is not subscribed")),
         }
@@ -379,6 +413,7 @@ impl XdsRuntime {
                 self.listeners.stats.listener_added.inc();
             }
             self.warm_listener(&mut state, active);
+            dump().listeners.insert(name.clone(), record(version, any));
         }
         // Listeners no longer in the set go (one that failed translation stays as it was).
         let gone: Vec<String> = state
@@ -391,6 +426,7 @@ impl XdsRuntime {
             state.listeners.remove(&name);
             state.warming_listeners.remove(&name);
             self.listeners.remove(&name);
+            dump().listeners.remove(&name);
         }
         self.listeners
             .stats
@@ -491,6 +527,7 @@ impl XdsRuntime {
                 self.stats.cluster_added.inc();
             }
             self.add_cluster(&mut state, config);
+            dump().clusters.insert(name.clone(), record(version, any));
         }
         // Clusters no longer in the set go (a cluster that failed translation stays as it was).
         let failed: BTreeSet<String> = resources
@@ -516,6 +553,7 @@ impl XdsRuntime {
             if self.clusters.remove(&name).is_some() {
                 self.stats.cluster_removed.inc();
             }
+            dump().clusters.remove(&name);
         }
         self.refresh_gauges(&state);
         self.subscribe_eds(&state);
@@ -589,7 +627,7 @@ impl XdsRuntime {
     }
 
     /// An EDS update: endpoints for the named services.
-    fn apply_eds(&self, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
         self.stats.eds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut state = self.lock();
@@ -620,6 +658,9 @@ impl XdsRuntime {
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
+            dump()
+                .endpoints
+                .insert(service.clone(), record(version, any));
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
             for c in self.clusters.all() {
@@ -684,6 +725,7 @@ impl XdsRuntime {
             match crate::model::route::RouteConfig::from_proto(&path, &rc, 4096) {
                 Ok(cfg) => {
                     rds::install(&name, Arc::new(cfg), version_hash(version));
+                    dump().routes.insert(name, record(version, any));
                 }
                 Err(e) => {
                     rds::rejected(&name);

@@ -136,7 +136,7 @@ fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, Stri
 
 /// An SDS update from `source`: each secret is installed once it checks out; one that does not
 /// is reported (NACK) and its previous version stays.
-pub fn apply(source: &SdsSource, resources: Vec<Any>) -> Result<(), String> {
+pub fn apply(source: &SdsSource, version: &str, resources: Vec<Any>) -> Result<(), String> {
     use crate::model::pb::tls::secret::Type;
     let mut errors = Vec::new();
     for (i, any) in resources.iter().enumerate() {
@@ -216,6 +216,9 @@ pub fn apply(source: &SdsSource, resources: Vec<Any>) -> Result<(), String> {
                             c.current.store(Some(id.clone()));
                         }
                         tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
+                        super::dump()
+                            .secrets
+                            .insert(name.clone(), super::record(version, any));
                     }
                     Err(e) => errors.push(e),
                 }
@@ -244,6 +247,9 @@ pub fn apply(source: &SdsSource, resources: Vec<Any>) -> Result<(), String> {
                         for t in &trusts {
                             t.current.store(Some(b.clone()));
                         }
+                        super::dump()
+                            .secrets
+                            .insert(name.clone(), super::record(version, any));
                     }
                     Err(e) => errors.push(e),
                 }
