@@ -251,6 +251,28 @@ impl ClusterManager {
         });
     }
 
+    /// Add or replace many clusters and remove others in one swap (a CDS update).
+    pub fn apply(&self, upserts: Vec<Arc<Cluster>>, removes: &[String]) {
+        if upserts.is_empty() && removes.is_empty() {
+            return;
+        }
+        self.clusters.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            for c in &upserts {
+                m.insert(c.config.name.clone(), c.clone());
+            }
+            for r in removes {
+                m.remove(r.as_str());
+            }
+            m
+        });
+    }
+
+    /// Every cluster, unsorted (cheaper than [`ClusterManager::all`]).
+    pub fn snapshot(&self) -> Arc<HashMap<Arc<str>, Arc<Cluster>>> {
+        self.clusters.load_full()
+    }
+
     /// Remove a cluster (CDS); requests already routed to it finish on it.
     pub fn remove(&self, name: &str) -> Option<Arc<Cluster>> {
         let old = self.get(name)?;

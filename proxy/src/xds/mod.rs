@@ -503,6 +503,7 @@ impl XdsRuntime {
         self.stats.cds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
+        let mut activate = Vec::new();
         let mut state = self.lock();
         for (i, any) in resources.iter().enumerate() {
             let translated = translate_cluster(i, any, &self.static_names);
@@ -526,7 +527,9 @@ impl XdsRuntime {
             } else {
                 self.stats.cluster_added.inc();
             }
-            self.add_cluster(&mut state, config);
+            if let Some(c) = self.add_cluster(&mut state, config) {
+                activate.push(c);
+            }
             dump().clusters.insert(name.clone(), record(version, any));
         }
         // Clusters no longer in the set go (a cluster that failed translation stays as it was).
@@ -544,17 +547,18 @@ impl XdsRuntime {
             .filter(|n| !seen.contains(*n) && !failed.contains(*n))
             .cloned()
             .collect();
-        for name in gone {
-            state.dynamic.remove(&name);
-            state.warming.remove(&name);
-            if let Some(task) = state.dns.remove(&name) {
+        for name in &gone {
+            state.dynamic.remove(name);
+            state.warming.remove(name);
+            if let Some(task) = state.dns.remove(name) {
                 task.abort();
             }
-            if self.clusters.remove(&name).is_some() {
+            if self.clusters.get(name).is_some() {
                 self.stats.cluster_removed.inc();
             }
-            dump().clusters.remove(&name);
+            dump().clusters.remove(name);
         }
+        self.clusters.apply(activate, &gone);
         self.refresh_gauges(&state);
         self.subscribe_eds(&state);
         drop(state);
@@ -570,7 +574,8 @@ impl XdsRuntime {
     }
 
     /// Put a translated cluster in place: active now, or warming until its endpoints arrive.
-    fn add_cluster(self: &XdsRuntime, state: &mut State, config: ClusterConfig) {
+    /// Returns the cluster to put in service now (`None`: it warms).
+    fn add_cluster(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
         let name = config.name.to_string();
         let c = Cluster::new_dynamic(Arc::new(config), &self.store);
         if let Some(task) = state.dns.remove(&name) {
@@ -585,14 +590,15 @@ impl XdsRuntime {
                 match state.assignments.get(&eds.service_name) {
                     Some(localities) => {
                         c.publish(cluster::hosts_of(localities));
-                        self.clusters.upsert(c);
                         state.warming.remove(&name);
+                        Some(c)
                     }
                     None => {
                         state.warming.insert(name.clone(), c);
                         if let Some(t) = eds.initial_fetch_timeout {
                             self.warming_timeout(name, t);
                         }
+                        None
                     }
                 }
             }
@@ -605,9 +611,9 @@ impl XdsRuntime {
                     }
                 });
                 state.dns.insert(name, task.abort_handle());
-                self.clusters.upsert(c);
+                Some(c)
             }
-            _ => self.clusters.upsert(c),
+            _ => Some(c),
         }
     }
 
@@ -630,7 +636,25 @@ impl XdsRuntime {
     fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
         self.stats.eds_update_attempt.inc();
         let mut errors = Vec::new();
+        let mut activate = Vec::new();
         let mut state = self.lock();
+        // EDS clusters in service by the assignment name they follow.
+        let active = self.clusters.snapshot();
+        let mut by_service: HashMap<&str, Vec<&Arc<Cluster>>> = HashMap::new();
+        for c in active.values() {
+            if let Some(e) = &c.config.eds {
+                by_service.entry(e.service_name.as_str()).or_default().push(c);
+            }
+        }
+        let mut warming_by_service: HashMap<String, Vec<String>> = HashMap::new();
+        for (n, c) in &state.warming {
+            if let Some(e) = &c.config.eds {
+                warming_by_service
+                    .entry(e.service_name.clone())
+                    .or_default()
+                    .push(n.clone());
+            }
+        }
         for (i, any) in resources.iter().enumerate() {
             if any.type_url != ENDPOINT {
                 errors.push(format!(
@@ -658,38 +682,20 @@ impl XdsRuntime {
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
-            dump()
-                .endpoints
-                .insert(service.clone(), record(version, any));
+            dump().endpoints.insert(service.clone(), record(version, any));
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
-            for c in self.clusters.all() {
-                if c.config
-                    .eds
-                    .as_ref()
-                    .is_some_and(|e| e.service_name == service)
-                {
-                    c.publish(hosts.clone());
-                }
+            for c in by_service.get(service.as_str()).into_iter().flatten() {
+                c.publish(hosts.clone());
             }
-            let ready: Vec<String> = state
-                .warming
-                .iter()
-                .filter(|(_, c)| {
-                    c.config
-                        .eds
-                        .as_ref()
-                        .is_some_and(|e| e.service_name == service)
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-            for n in ready {
+            for n in warming_by_service.remove(service.as_str()).unwrap_or_default() {
                 if let Some(c) = state.warming.remove(&n) {
                     c.publish(hosts.clone());
-                    self.clusters.upsert(c);
+                    activate.push(c);
                 }
             }
         }
+        self.clusters.apply(activate, &[]);
         self.refresh_gauges(&state);
         drop(state);
         if errors.is_empty() {
@@ -812,19 +818,15 @@ impl XdsRuntime {
     fn refresh_gauges(&self, state: &State) {
         self.stats
             .active_clusters
-            .set(self.clusters.all().len() as i64);
+            .set(self.clusters.snapshot().len() as i64);
         self.stats.warming_clusters.set(state.warming.len() as i64);
     }
 
     /// EDS follows the clusters: static EDS clusters plus every dynamic EDS cluster.
     fn subscribe_eds(&self, state: &State) {
         let mut names = self.static_eds.clone();
-        for c in self
-            .clusters
-            .all()
-            .into_iter()
-            .chain(state.warming.values().cloned())
-        {
+        let active = self.clusters.snapshot();
+        for c in active.values().chain(state.warming.values()) {
             if let Some(e) = &c.config.eds {
                 names.insert(e.service_name.clone());
             }
