@@ -9,6 +9,7 @@ mod procfs;
 mod report;
 mod systems;
 mod upstream;
+mod xds_scale;
 
 use clap::Parser;
 use report::Row;
@@ -25,7 +26,8 @@ use systems::{Kind, Setup};
 struct Args {
     /// Scenarios (comma-separated): http1, http2, large-body, connections, idle-conns, mtls (the
     /// two-sidecar mTLS chain), mtls-handshake (a full mTLS handshake per request to the
-    /// inbound sidecar), or all.
+    /// inbound sidecar), xds-scale (1 000 and 10 000 clusters over xDS, then route updates at
+    /// 10/s under load; remora only), or all.
     #[arg(long, default_value = "http1")]
     scenario: String,
     /// Systems (comma-separated) among direct, remora, nginx, haproxy. Missing peers are skipped.
@@ -119,6 +121,7 @@ fn main() {
             "idle-conns",
             "mtls",
             "mtls-handshake",
+            "xds-scale",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -164,7 +167,30 @@ fn main() {
     }
 
     let mut rows = Vec::new();
+    let mut xds_results = None;
     for sc in &scenarios {
+        if sc == "xds-scale" {
+            let (upstream, _upstream_process) =
+                start_upstream(&args, args.response_size, &work_dir);
+            let counts: &[usize] = if args.smoke {
+                &[100, 1000]
+            } else {
+                &[1000, 10_000]
+            };
+            match xds_scale::run(
+                &remora_bin,
+                &work_dir.join("xds-scale"),
+                &proxy_cpus,
+                upstream,
+                counts,
+                args.duration.max(1.0),
+                args.concurrency,
+            ) {
+                Ok(r) => xds_results = Some(r),
+                Err(e) => println!("  xds-scale    failed: {e}"),
+            }
+            continue;
+        }
         let body_size = if sc == "large-body" {
             1 << 20
         } else {
@@ -238,6 +264,7 @@ fn main() {
             "remora_demo_idle_rss_bytes": demo_rss,
             "results": rows,
             "ratios": ratios,
+            "xds_scale": xds_results.as_ref().map(|(s, c)| serde_json::json!({"pushes": s, "route_churn": c})),
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
             .expect("writing --json");

@@ -643,7 +643,10 @@ impl XdsRuntime {
         let mut by_service: HashMap<&str, Vec<&Arc<Cluster>>> = HashMap::new();
         for c in active.values() {
             if let Some(e) = &c.config.eds {
-                by_service.entry(e.service_name.as_str()).or_default().push(c);
+                by_service
+                    .entry(e.service_name.as_str())
+                    .or_default()
+                    .push(c);
             }
         }
         let mut warming_by_service: HashMap<String, Vec<String>> = HashMap::new();
@@ -682,13 +685,18 @@ impl XdsRuntime {
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
-            dump().endpoints.insert(service.clone(), record(version, any));
+            dump()
+                .endpoints
+                .insert(service.clone(), record(version, any));
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
             for c in by_service.get(service.as_str()).into_iter().flatten() {
                 c.publish(hosts.clone());
             }
-            for n in warming_by_service.remove(service.as_str()).unwrap_or_default() {
+            for n in warming_by_service
+                .remove(service.as_str())
+                .unwrap_or_default()
+            {
                 if let Some(c) = state.warming.remove(&n) {
                     c.publish(hosts.clone());
                     activate.push(c);
