@@ -271,7 +271,7 @@ pub fn run(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 i += 1;
-                let to = if i % 2 == 0 { "c0" } else { "c1" };
+                let to = if i.is_multiple_of(2) { "c0" } else { "c1" };
                 let mut s = snapshot(0, &last, upstream, to);
                 // Only the routes change: keep the clusters and endpoints as they are.
                 let current = cache.snapshot(NODE);
