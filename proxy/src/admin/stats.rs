@@ -4,6 +4,7 @@
 use crate::telemetry::stats::{BUCKETS, Entry, HistogramSnapshot, Metric, QUANTILES, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// Which stats a request asks for.
 pub struct Selection {
@@ -97,8 +98,8 @@ pub fn json(store: &Store, sel: &Selection) -> serde_json::Value {
     let mut stats: Vec<serde_json::Value> = Vec::new();
     for e in entries.iter().filter(|e| sel.keep(e)) {
         match &e.metric {
-            Metric::Counter(c) => stats.push(json!({"name": e.name, "value": c.value()})),
-            Metric::Gauge(g) => stats.push(json!({"name": e.name, "value": g.value()})),
+            Metric::Counter(c) => stats.push(json!({"name": &*e.name, "value": c.value()})),
+            Metric::Gauge(g) => stats.push(json!({"name": &*e.name, "value": g.value()})),
             Metric::Histogram(_) => {}
         }
     }
@@ -111,7 +112,7 @@ pub fn json(store: &Store, sel: &Selection) -> serde_json::Value {
                 .iter()
                 .map(|q| json!({"interval": interval.quantile(*q), "cumulative": cumulative.quantile(*q)}))
                 .collect();
-            computed.push(json!({"name": e.name, "values": values}));
+            computed.push(json!({"name": &*e.name, "values": values}));
         }
     }
     if !computed.is_empty() {
@@ -140,7 +141,7 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn labels(tags: &[(String, String)], extra: Option<(&str, String)>) -> String {
+fn labels(tags: &[(Arc<str>, Arc<str>)], extra: Option<(&str, String)>) -> String {
     let mut parts: Vec<String> = tags
         .iter()
         .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v)))

@@ -268,7 +268,7 @@ impl Metric {
 /// One registered stat: its full name, Envoy's tag-extracted name and tags, and the handle.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub name: String,
+    pub name: Arc<str>,
     pub tags: Tags,
     pub metric: Metric,
 }
@@ -278,7 +278,7 @@ pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The process-wide stats registry.
 pub struct Store {
-    entries: Mutex<BTreeMap<String, Entry>>,
+    entries: Mutex<BTreeMap<Arc<str>, Entry>>,
     tags: TagProducer,
     accept: Option<NameFilter>,
     /// Histogram snapshots at the last flush, for `/stats` interval quantiles.
@@ -321,10 +321,11 @@ impl Store {
         }
         let metric = make();
         let tags = self.tags.produce(name);
+        let key: Arc<str> = Arc::from(name);
         entries.insert(
-            name.to_string(),
+            key.clone(),
             Entry {
-                name: name.to_string(),
+                name: key,
                 tags,
                 metric: metric.clone(),
             },
@@ -371,7 +372,7 @@ impl Store {
         let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
         for e in entries {
             if let Metric::Histogram(h) = &e.metric {
-                last.insert(e.name.clone(), h.snapshot());
+                last.insert(e.name.to_string(), h.snapshot());
             }
         }
     }
@@ -426,7 +427,7 @@ mod tests {
         assert!(
             !s.entries()
                 .iter()
-                .any(|e| e.name == "cluster.a.upstream_rq_503")
+                .any(|e| &*e.name == "cluster.a.upstream_rq_503")
         );
         cs.charge(503);
         cs.charge(503);
@@ -460,7 +461,11 @@ mod tests {
         );
         s.counter("cluster.a.x").inc();
         s.counter("server.live").inc();
-        let names: Vec<_> = s.entries().into_iter().map(|e| e.name).collect();
+        let names: Vec<String> = s
+            .entries()
+            .into_iter()
+            .map(|e| e.name.to_string())
+            .collect();
         assert_eq!(names, ["server.live"]);
     }
 }

@@ -8,13 +8,57 @@
 //! Envoy's std::regex (ECMAScript) syntax, lookaheads included, hence fancy-regex.
 
 use fancy_regex::Regex;
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A stat's tag-extracted name and tags. Interned: the extracted name is shared by every
+/// cluster's copy of a stat, and a cluster's tag list by all its stats, so 10 000 clusters do
+/// not each carry their own copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tags {
     /// The name with every extracted part removed.
-    pub extracted_name: String,
-    pub tags: Vec<(String, String)>,
+    pub extracted_name: Arc<str>,
+    pub tags: Arc<[(Arc<str>, Arc<str>)]>,
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Self {
+            extracted_name: intern(""),
+            tags: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// The process's interned strings and tag lists (they outlive removed stats; there are few).
+fn intern(s: &str) -> Arc<str> {
+    static SET: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut set = SET
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = set.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    set.insert(a.clone());
+    a
+}
+
+type TagList = Arc<[(Arc<str>, Arc<str>)]>;
+
+fn intern_tags(v: Vec<(Arc<str>, Arc<str>)>) -> TagList {
+    static SET: OnceLock<Mutex<HashSet<TagList>>> = OnceLock::new();
+    let mut set = SET
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = set.get(v.as_slice()) {
+        return a.clone();
+    }
+    let a: TagList = Arc::from(v);
+    set.insert(a.clone());
+    a
 }
 
 /// One extractor. Envoy's defaults compile on first use: most (mongo, dynamo, gRPC bridge…)
@@ -313,23 +357,25 @@ impl TagProducer {
             };
             let Some(removed) = caps.get(1) else { continue };
             let value = caps.get(2).unwrap_or(removed);
-            tags.push((ex.name.clone(), value.as_str().to_string()));
+            tags.push((intern(&ex.name), intern(value.as_str())));
             remove.push((removed.start(), removed.end()));
         }
         for (n, v) in &self.fixed {
-            tags.push((n.clone(), v.clone()));
+            tags.push((intern(n), intern(v)));
         }
         let extracted_name = if remove.is_empty() {
-            name.to_string()
+            intern(name)
         } else {
-            name.char_indices()
+            let s: String = name
+                .char_indices()
                 .filter(|(i, _)| !remove.iter().any(|(s, e)| i >= s && i < e))
                 .map(|(_, c)| c)
-                .collect()
+                .collect();
+            intern(&s)
         };
         Tags {
             extracted_name,
-            tags,
+            tags: intern_tags(tags),
         }
     }
 }
@@ -378,7 +424,13 @@ mod tests {
 
     fn produce(name: &str) -> (String, Vec<(String, String)>) {
         let t = TagProducer::envoy_defaults().produce(name);
-        (t.extracted_name, t.tags)
+        (
+            t.extracted_name.to_string(),
+            t.tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -441,7 +493,7 @@ mod tests {
         let p = TagProducer::new(&specs, false).unwrap();
         let t =
             p.produce("cluster.outbound|9080||reviews.default.svc.cluster.local;.upstream_rq_200");
-        assert_eq!(t.extracted_name, "cluster.upstream_rq");
+        assert_eq!(&*t.extracted_name, "cluster.upstream_rq");
         assert_eq!(
             t.tags[0],
             (
