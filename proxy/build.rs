@@ -73,6 +73,7 @@ fn main() {
 const ROOTS: &[&str] = &[
     "envoy.config.bootstrap.v3.Bootstrap",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.filters.http.router.v3.Router",

@@ -371,6 +371,33 @@ impl<'p> JsonDecoder<'p> {
             .and_then(Json::as_str)
             .ok_or_else(|| path.error("an Any field needs \"@type\""))?;
         let type_name = super::descriptors::type_name_of_url(type_url);
+        // Envoy unwraps TypedStruct (istiod's wrapper for extension configs): the inner type
+        // URL names the real message and `value` is that message in proto3 JSON.
+        if matches!(
+            type_name,
+            "udpa.type.v1.TypedStruct" | "xds.type.v3.TypedStruct"
+        ) {
+            let inner_url = obj
+                .get("type_url")
+                .or_else(|| obj.get("typeUrl"))
+                .and_then(Json::as_str)
+                .ok_or_else(|| path.field("type_url").error("a TypedStruct needs type_url"))?;
+            let inner_name = inner_url.rsplit('/').next().unwrap_or(inner_url);
+            let mut unwrapped = match obj.get("value") {
+                Some(Json::Object(m)) => m.clone(),
+                None => serde_json::Map::new(),
+                Some(other) => {
+                    return Err(path
+                        .field("value")
+                        .error(format!("expected an object, got {}", kind_of(other))));
+                }
+            };
+            unwrapped.insert(
+                "@type".into(),
+                Json::String(format!("type.googleapis.com/{inner_name}")),
+            );
+            return self.any(any_desc, &Json::Object(unwrapped), &path.field("value"));
+        }
         let inner_desc = self.pool.get_message_by_name(type_name).ok_or_else(|| {
             let message = if super::descriptors::is_envoy_type(type_name) {
                 format!("{type_name} is not supported")
@@ -613,6 +640,39 @@ mod tests {
         assert_eq!((ct.seconds, ct.nanos), (0, 250_000_000));
         assert_eq!(c.lb_policy, 1);
         assert_eq!(c.per_connection_buffer_limit_bytes.unwrap().value, 1024);
+    }
+
+    #[test]
+    fn typed_struct_is_unwrapped() {
+        let c = cluster(json!({
+            "name": "a",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                "type_url": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "value": {"explicit_http_config": {"http2_protocol_options": {}}}
+            }}
+        }))
+        .unwrap();
+        let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        );
+        // xds.type.v3.TypedStruct too; errors inside name the path through `value`.
+        let e = cluster(json!({
+            "name": "a",
+            "typed_extension_protocol_options": {"x": {
+                "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+                "type_url": "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "value": {"bogus": 1}
+            }}
+        }))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("typed_extension_protocol_options[\"x\"].value.bogus: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
