@@ -371,7 +371,10 @@ pub async fn start(
 
     // ADS: clusters, endpoints, listeners and routes from the management server; SDS streams
     // for the secrets TLS contexts name.
-    let xds = if model.dynamic.ads.is_some() || !crate::xds::sds::wanted().is_empty() {
+    let files = [&model.dynamic.cds, &model.dynamic.lds]
+        .iter()
+        .any(|s| s.as_ref().is_some_and(|s| s.path.is_some()));
+    let xds = if model.dynamic.ads.is_some() || files || !crate::xds::sds::wanted().is_empty() {
         let mut node = proto.node.clone().unwrap_or_default();
         if let Some(id) = &options.service_node {
             node.id = id.clone();
@@ -457,6 +460,7 @@ pub async fn start(
             .bootstrap
             .dynamic
             .cds
+            .as_ref()
             .and_then(|c| c.initial_fetch_timeout);
         xds.initialized(timeout).await;
     }

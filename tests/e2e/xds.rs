@@ -853,3 +853,64 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
         serial(&v2)
     );
 }
+
+/// File-based xDS, Envoy's dynamic-config-fs example for real: LDS and CDS from files, and an
+/// edit of the CDS file (moved into place, as the example does) moves traffic without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_based_xds_example_runs() {
+    let a = upstream("service1").await;
+    let b = upstream("service2").await;
+    let dir = TempDir::new("fs-xds");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("tests/data/envoy-configs/examples");
+    let port = closed_port().port();
+    let lds = std::fs::read_to_string(data.join("dynamic-config-fs_configs_lds.yaml"))
+        .unwrap()
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("port_value: 10000", &format!("port_value: {port}"));
+    let cds_for = |addr: SocketAddr| {
+        std::fs::read_to_string(data.join("dynamic-config-fs_configs_cds.yaml"))
+            .unwrap()
+            .replace("address: service1", &format!("address: {}", addr.ip()))
+            .replace("port_value: 8080", &format!("port_value: {}", addr.port()))
+    };
+    std::fs::write(dir.path("lds.yaml"), lds).unwrap();
+    std::fs::write(dir.path("cds.yaml"), cds_for(a.addr)).unwrap();
+    let yaml = std::fs::read_to_string(data.join("dynamic-config-fs_envoy.yaml"))
+        .unwrap()
+        .replace("/var/lib/envoy/", &format!("{}/", dir.0.display()))
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("port_value: 19000", "port_value: 0");
+    let r = Remora::start(&yaml).await;
+    let l = SocketAddr::from(([127, 0, 0, 1], port));
+    r.wait_stat("listener_manager.total_listeners_active", 1)
+        .await;
+    assert_eq!(
+        get(l, "x", "/").await.header("x-upstream"),
+        Some("service1")
+    );
+    // Edit the cluster: write aside, then move into place.
+    std::fs::write(dir.path("cds.yaml.tmp"), cds_for(b.addr)).unwrap();
+    std::fs::rename(dir.path("cds.yaml.tmp"), dir.path("cds.yaml")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get(l, "x", "/").await.header("x-upstream") != Some("service2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CDS file change was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(r.stat("cluster_manager.cds.update_success").await, 2);
+    // A cluster remora cannot translate next to the good one: rejected by path, the rest stays.
+    let broken = cds_for(b.addr)
+        + "- \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: x\n  lb_policy: MAGLEV\n";
+    std::fs::write(dir.path("cds.yaml.tmp"), broken).unwrap();
+    std::fs::rename(dir.path("cds.yaml.tmp"), dir.path("cds.yaml")).unwrap();
+    r.wait_stat("cluster_manager.cds.update_rejected", 1).await;
+    assert_eq!(
+        get(l, "x", "/").await.header("x-upstream"),
+        Some("service2")
+    );
+}

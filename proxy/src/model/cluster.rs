@@ -349,6 +349,11 @@ impl Cluster {
                     return Err(ep.field("eds_config").error("is required"));
                 };
                 let source = super::xds::config_source(&ep.field("eds_config"), cs)?;
+                if source.path.is_some() {
+                    return Err(ep.field("eds_config").field("path_config_source").error(
+                        "file-based EDS is not supported (lds_config and cds_config can be files)",
+                    ));
+                }
                 Some(Eds {
                     service_name: if service_name.is_empty() {
                         name.clone()

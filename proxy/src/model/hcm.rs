@@ -511,7 +511,14 @@ impl HttpConnectionManager {
                 let Some(cs) = config_source else {
                     return Err(rp.field("config_source").error("is required"));
                 };
-                super::xds::config_source(&rp.field("config_source"), cs)?;
+                if super::xds::config_source(&rp.field("config_source"), cs)?
+                    .path
+                    .is_some()
+                {
+                    return Err(rp.field("config_source").field("path_config_source").error(
+                        "file-based RDS is not supported (lds_config and cds_config can be files)",
+                    ));
+                }
                 if route_config_name.is_empty() {
                     return Err(rp.field("route_config_name").error("must not be empty"));
                 }

@@ -20,12 +20,16 @@ pub struct Ads {
     pub set_node_on_first_message_only: bool,
 }
 
-/// Where a resource type comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a resource type comes from: ADS, or a file (`path_config_source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     /// How long a resource may be waited for before its dependants proceed without it
     /// (`None`: forever).
     pub initial_fetch_timeout: Option<Duration>,
+    /// File-based xDS: a YAML/JSON `DiscoveryResponse`-shaped file (`resources: [...]`),
+    /// re-read when it changes.
+    pub path: Option<std::path::PathBuf>,
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,12 +62,24 @@ pub fn config_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<So
                 .error("only V3 is supported"))
         }
     })?;
+    let mut file = None;
+    let mut poll_interval = Duration::from_millis(500);
     match config_source_specifier {
         Some(S::Ads(pb::core::AggregatedConfigSource {})) => {}
-        Some(S::PathConfigSource(_)) => {
-            return Err(path
-                .field("path_config_source")
-                .error("is not supported yet (file-based xDS)"));
+        Some(S::PathConfigSource(pcs)) => {
+            let pp = path.field("path_config_source");
+            let pb::core::PathConfigSource {
+                path: file_path,
+                watched_directory: _, // the file is polled, so a directory swap is seen too
+                poll_interval: interval,
+            } = pcs;
+            if file_path.is_empty() {
+                return Err(pp.field("path").error("must not be empty"));
+            }
+            if let Some(d) = opt_duration(&pp, "poll_interval", interval)? {
+                poll_interval = d.max(Duration::from_millis(10));
+            }
+            file = Some(std::path::PathBuf::from(file_path));
         }
         #[allow(deprecated)]
         Some(S::Path(_)) => return Err(path.unsupported("path")),
@@ -82,6 +98,8 @@ pub fn config_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<So
     };
     Ok(Source {
         initial_fetch_timeout: timeout,
+        path: file,
+        poll_interval,
     })
 }
 
@@ -188,8 +206,8 @@ impl DynamicResources {
             .as_ref()
             .map(|c| config_source(&path.field("lds_config"), c))
             .transpose()?;
-        for (field, set) in [("cds_config", cds.is_some()), ("lds_config", lds.is_some())] {
-            if set && ads.is_none() {
+        for (field, src) in [("cds_config", &cds), ("lds_config", &lds)] {
+            if src.as_ref().is_some_and(|s| s.path.is_none()) && ads.is_none() {
                 return Err(path
                     .field(field)
                     .error("ads: {} needs dynamic_resources.ads_config"));
@@ -238,7 +256,11 @@ pub fn sds_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<SdsSo
             Ok(SdsSource::Cluster(a.cluster))
         }
         _ => {
-            config_source(path, cs)?;
+            if config_source(path, cs)?.path.is_some() {
+                return Err(path
+                    .field("path_config_source")
+                    .error("file-based SDS is not supported (use a filename in the TLS context)"));
+            }
             Ok(SdsSource::Ads)
         }
     }

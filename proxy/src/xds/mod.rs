@@ -219,18 +219,29 @@ pub fn start(
         local,
         model_runtime,
         concurrency,
-        lds_timeout: dynamic.lds.and_then(|l| l.initial_fetch_timeout),
+        lds_timeout: dynamic.lds.as_ref().and_then(|l| l.initial_fetch_timeout),
         warming_seq: std::sync::atomic::AtomicU64::new(0),
         node,
         sds_streams: Mutex::default(),
     });
     runtime.stats.active_clusters.set(all.len() as i64);
+    // File-based CDS/LDS (`path_config_source`).
+    for (type_url, source) in [(CLUSTER, &dynamic.cds), (LISTENER, &dynamic.lds)] {
+        if let Some(src) = source.as_ref().filter(|s| s.path.is_some()) {
+            runtime.runtime.spawn(watch_file(
+                Arc::downgrade(&runtime),
+                type_url,
+                src.path.clone().expect("filtered"),
+                src.poll_interval,
+            ));
+        }
+    }
     if let Some(ads) = ads {
         let mut initial = Vec::new();
-        if cds {
+        if dynamic.cds.as_ref().is_some_and(|s| s.path.is_none()) {
             initial.push((CLUSTER.to_string(), Interest::Wildcard));
         }
-        if lds {
+        if dynamic.lds.as_ref().is_some_and(|s| s.path.is_none()) {
             initial.push((LISTENER.to_string(), Interest::Wildcard));
         }
         if !runtime.static_eds.is_empty() {
@@ -268,6 +279,77 @@ pub fn start(
     runtime.subscribe_rds();
     runtime.subscribe_sds()?;
     Ok(runtime)
+}
+
+/// File-based xDS: read `path` (YAML or JSON with `resources: [...]`, each with its `@type`)
+/// whenever it changes and apply it like an xDS update. A file that does not parse or translate
+/// is reported and the previous configuration stays.
+async fn watch_file(
+    rt: std::sync::Weak<XdsRuntime>,
+    type_url: &'static str,
+    path: std::path::PathBuf,
+    every: Duration,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = None;
+    loop {
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len(), m.ino()));
+        if stamp.is_some() && stamp != seen {
+            seen = stamp;
+            let Some(rt) = rt.upgrade() else { return };
+            let version = match seen {
+                Some((Some(t), len, _)) => format!(
+                    "{}.{len}",
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0)
+                ),
+                _ => "0".into(),
+            };
+            match read_resources(&path) {
+                Ok(resources) => {
+                    if let Err(e) = rt.apply(type_url, &version, resources) {
+                        tracing::warn!(file = %path.display(), "update rejected, keeping the previous configuration: {e}");
+                    } else {
+                        tracing::info!(file = %path.display(), "applied");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "cannot use the file, keeping the previous configuration: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The `resources` of a file-based xDS document, as `Any`s.
+fn read_resources(path: &std::path::Path) -> Result<Vec<Any>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let format = crate::config::load::format_of(path, text.as_bytes());
+    let doc = crate::config::load::parse_document(&text, format, &path.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let Some(items) = doc.get("resources").and_then(|r| r.as_array()) else {
+        return Err("expected a document with `resources: [...]`".into());
+    };
+    let pool = crate::config::descriptors::envoy_pool();
+    let mut decoder = crate::config::json::JsonDecoder::new(&pool, false);
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let msg = decoder
+                .decode(
+                    "google.protobuf.Any",
+                    item,
+                    &FieldPath::new(format!("resources[{i}]")),
+                )
+                .map_err(|e| e.to_string())?;
+            Any::decode(prost::Message::encode_to_vec(&msg).as_slice()).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Applies what a separate SDS stream (to a cluster such as `sds-grpc`) delivers.
