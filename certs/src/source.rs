@@ -56,7 +56,8 @@ impl Data {
         }
     }
 
-    fn read(&self) -> Result<Vec<u8>, SourceError> {
+    /// The bytes (a file is read now).
+    pub fn read(&self) -> Result<Vec<u8>, SourceError> {
         match self {
             Data::File(p) => std::fs::read(p).map_err(|e| SourceError::Read {
                 path: p.display().to_string(),

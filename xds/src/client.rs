@@ -214,6 +214,29 @@ fn names_of(i: &Interest) -> Vec<String> {
     }
 }
 
+/// The node goes in the first request, or in every one unless `set_node_on_first_message_only`.
+struct NodeOnce<'a> {
+    config: &'a Config,
+    sent: bool,
+}
+
+impl<'a> NodeOnce<'a> {
+    fn new(config: &'a Config) -> Self {
+        Self {
+            config,
+            sent: false,
+        }
+    }
+
+    fn next(&mut self) -> Option<Node> {
+        if self.config.set_node_on_first_message_only && self.sent {
+            return None;
+        }
+        self.sent = true;
+        Some(self.config.node.clone())
+    }
+}
+
 // === state of the world ===
 
 async fn sotw_stream(
@@ -227,20 +250,12 @@ async fn sotw_stream(
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
-    let mut node_sent = false;
-    let node = |sent: &mut bool| -> Option<Node> {
-        if config.set_node_on_first_message_only && *sent {
-            None
-        } else {
-            *sent = true;
-            Some(config.node.clone())
-        }
-    };
+    let mut node = NodeOnce::new(config);
     for t in sorted_types(types) {
         let st = &types[&t];
         let _ = tx.send(DiscoveryRequest {
             version_info: st.version.clone(),
-            node: node(&mut node_sent),
+            node: node.next(),
             resource_names: names_of(st.interest.as_ref().expect("filtered")),
             type_url: t.clone(),
             ..Default::default()
@@ -273,7 +288,7 @@ async fn sotw_stream(
                 };
                 let _ = tx.send(DiscoveryRequest {
                     version_info: version,
-                    node: node(&mut node_sent),
+                    node: node.next(),
                     resource_names: st.interest.as_ref().map(names_of).unwrap_or_default(),
                     type_url: resp.type_url,
                     response_nonce: resp.nonce,
@@ -290,7 +305,7 @@ async fn sotw_stream(
                 st.interest = Some(interest);
                 let _ = tx.send(DiscoveryRequest {
                     version_info: st.version.clone(),
-                    node: node(&mut node_sent),
+                    node: node.next(),
                     resource_names: names_of(st.interest.as_ref().expect("set")),
                     type_url: t,
                     response_nonce: st.nonce.clone(),
@@ -314,19 +329,11 @@ async fn delta_stream(
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
-    let mut node_sent = false;
-    let node = |sent: &mut bool| -> Option<Node> {
-        if config.set_node_on_first_message_only && *sent {
-            None
-        } else {
-            *sent = true;
-            Some(config.node.clone())
-        }
-    };
+    let mut node = NodeOnce::new(config);
     for t in sorted_types(types) {
         let st = &types[&t];
         let _ = tx.send(DeltaDiscoveryRequest {
-            node: node(&mut node_sent),
+            node: node.next(),
             type_url: t.clone(),
             resource_names_subscribe: names_of(st.interest.as_ref().expect("filtered")),
             // What we already have: the server sends only what changed.
@@ -373,7 +380,7 @@ async fn delta_stream(
                     Err(message) => Some(RpcStatus { code: 3, message, details: vec![] }),
                 };
                 let _ = tx.send(DeltaDiscoveryRequest {
-                    node: node(&mut node_sent),
+                    node: node.next(),
                     type_url: resp.type_url,
                     response_nonce: resp.nonce,
                     error_detail,
@@ -397,7 +404,7 @@ async fn delta_stream(
                 };
                 st.interest = Some(interest);
                 let _ = tx.send(DeltaDiscoveryRequest {
-                    node: node(&mut node_sent),
+                    node: node.next(),
                     type_url: t,
                     resource_names_subscribe: subscribe,
                     resource_names_unsubscribe: unsubscribe,

@@ -417,7 +417,7 @@ fn secret_validation(
 }
 
 /// Envoy's DataSource for TLS material: files stay files (watched), the rest is inline.
-fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> Result<Data> {
+pub(crate) fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> Result<Data> {
     use pb::core::data_source::Specifier;
     let Some(pb::core::DataSource {
         watched_directory: _, // files are watched regardless (see FileCertificate)

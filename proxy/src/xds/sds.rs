@@ -119,19 +119,13 @@ pub fn wanted() -> HashMap<SdsSource, BTreeSet<String>> {
     out
 }
 
+/// A secret's DataSource (inline as istio-agent sends them, or a file), read now.
 fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, String> {
-    use crate::model::pb::core::data_source::Specifier;
-    match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
-        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-        Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
-        Some(Specifier::Filename(f)) => {
-            std::fs::read(f).map_err(|e| format!("cannot read '{f}': {e}"))
-        }
-        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
-            .map(String::into_bytes)
-            .map_err(|_| format!("environment variable '{v}' is not set")),
-        None => Err("is required".into()),
-    }
+    let root = crate::config::FieldPath::root();
+    crate::model::tls::tls_data(&root, ds)
+        .map_err(|e| e.to_string().trim_start_matches(": ").to_string())?
+        .read()
+        .map_err(|e| e.to_string())
 }
 
 /// An SDS update from `source`: each secret is installed once it checks out; one that does not
