@@ -914,3 +914,53 @@ async fn file_based_xds_example_runs() {
         Some("service2")
     );
 }
+
+/// A control plane that sends garbage: bytes that are no Cluster, or a resource of another type
+/// in a CDS response. Each is NACKed with what was wrong; traffic carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_from_the_control_plane_is_nacked() {
+    let a = upstream("a").await;
+    let (cache, xds, _task) = xds_server().await;
+    cache.set_snapshot(
+        NODE,
+        snapshot(
+            "1",
+            vec![eds_cluster("dyn")],
+            "e1",
+            vec![assignment("dyn", &[a.addr])],
+        ),
+    );
+    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    let l = r.addr("in");
+    assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("a"));
+    let mut garbage =
+        Snapshot::default().with(ENDPOINT, "e1", vec![any(&assignment("dyn", &[a.addr]))]);
+    garbage.types.insert(
+        CLUSTER.to_string(),
+        remora_xds::server::Resources {
+            version: "2".into(),
+            items: [
+                (
+                    "junk".to_string(),
+                    envoy_types::pb::google::protobuf::Any {
+                        type_url: CLUSTER.into(),
+                        value: vec![0xff, 0xff, 0xff, 0x01],
+                    },
+                ),
+                ("dyn".to_string(), any(&eds_cluster("dyn"))),
+                ("wrong".to_string(), any(&assignment("x", &[a.addr]))),
+            ]
+            .into(),
+        },
+    );
+    cache.set_snapshot(NODE, garbage);
+    cache.wait_until(NODE, CLUSTER, |s| s.nacks == 1).await;
+    let nack = cache.applied(NODE, CLUSTER).nacked.unwrap().1;
+    assert!(nack.contains("not a valid Cluster"), "{nack}");
+    assert!(
+        nack.contains("expected type.googleapis.com/envoy.config.cluster.v3.Cluster, got type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"),
+        "{nack}"
+    );
+    assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("a"));
+    assert_eq!(r.stat("control_plane.connected_state").await, 1);
+}
