@@ -102,11 +102,12 @@ impl HcmStats {
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
-            downstream_rq_codes: CodeStats::new(store, &format!("{p}downstream_rq"), false),
+            downstream_rq_codes: CodeStats::new(store, &format!("{p}downstream_rq"), false, true),
             listener_rq_codes: CodeStats::new(
                 store,
                 &format!("listener.{listener_stat_name}.http.{prefix}.downstream_rq"),
                 false,
+                true,
             ),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),

@@ -190,11 +190,42 @@ type CodeSlots = [OnceLock<Arc<Counter>>; 100];
 
 /// `<prefix>upstream_rq_<code>`, `<prefix>upstream_rq_<N>xx` and `<prefix>upstream_rq_completed`.
 /// The class counters exist from the start; a per-code counter is registered on first use.
+/// A histogram registered on first use (Envoy's dynamically named timings, such as a
+/// cluster's `external.upstream_rq_time`).
+pub struct LazyHistogram {
+    store: Arc<Store>,
+    name: Box<str>,
+    cell: OnceLock<Arc<Histogram>>,
+}
+
+impl std::fmt::Debug for LazyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl LazyHistogram {
+    pub fn new(store: &Arc<Store>, name: String) -> Self {
+        Self {
+            store: store.clone(),
+            name: name.into_boxed_str(),
+            cell: OnceLock::new(),
+        }
+    }
+
+    #[inline]
+    pub fn record(&self, value: u64) {
+        self.cell
+            .get_or_init(|| self.store.histogram(&self.name))
+            .record(value);
+    }
+}
+
 pub struct CodeStats {
     store: Arc<Store>,
     prefix: String,
-    classes: [Arc<Counter>; 5],
-    completed: Arc<Counter>,
+    classes: [OnceLock<Arc<Counter>>; 5],
+    completed: OnceLock<Arc<Counter>>,
     codes: [OnceLock<Box<CodeSlots>>; 5],
     per_code: bool,
 }
@@ -208,17 +239,38 @@ impl std::fmt::Debug for CodeStats {
 }
 
 impl CodeStats {
-    /// `stem` is e.g. `cluster.foo.upstream_rq` or `http.ingress.downstream_rq`.
-    pub fn new(store: &Arc<Store>, stem: &str, per_code: bool) -> Self {
-        let classes = [1, 2, 3, 4, 5].map(|c| store.counter(&format!("{stem}_{c}xx")));
-        Self {
+    /// `stem` is e.g. `cluster.foo.upstream_rq` or `http.ingress.downstream_rq`. `eager`:
+    /// the class counters (`_2xx`…) and `_completed` exist from the start (Envoy's connection
+    /// manager and listener stats); otherwise they appear with the first response, as Envoy's
+    /// per-cluster response-code stats do (10 000 clusters do not carry 18 idle names each).
+    pub fn new(store: &Arc<Store>, stem: &str, per_code: bool, eager: bool) -> Self {
+        let c = Self {
             store: store.clone(),
             prefix: format!("{stem}_"),
-            classes,
-            completed: store.counter(&format!("{stem}_completed")),
+            classes: Default::default(),
+            completed: OnceLock::new(),
             codes: Default::default(),
             per_code,
+        };
+        if eager {
+            for class in 0..5 {
+                c.class(class);
+            }
+            c.completed();
         }
+        c
+    }
+
+    fn class(&self, class: usize) -> &Arc<Counter> {
+        self.classes[class].get_or_init(|| {
+            self.store
+                .counter(&format!("{}{}xx", self.prefix, class + 1))
+        })
+    }
+
+    fn completed(&self) -> &Arc<Counter> {
+        self.completed
+            .get_or_init(|| self.store.counter(&format!("{}completed", self.prefix)))
     }
 
     #[inline]
@@ -227,8 +279,8 @@ impl CodeStats {
             return;
         }
         let class = (code / 100 - 1) as usize;
-        self.classes[class].inc();
-        self.completed.inc();
+        self.class(class).inc();
+        self.completed().inc();
         if self.per_code {
             let slots = self.codes[class]
                 .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
@@ -423,7 +475,7 @@ mod tests {
     #[test]
     fn code_stats_register_lazily() {
         let s = Arc::new(Store::default());
-        let cs = CodeStats::new(&s, "cluster.a.upstream_rq", true);
+        let cs = CodeStats::new(&s, "cluster.a.upstream_rq", true, false);
         assert!(
             !s.entries()
                 .iter()

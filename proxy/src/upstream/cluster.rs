@@ -4,7 +4,7 @@
 
 use super::host::{Host, HostSet};
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, DnsFamily};
-use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, LazyHistogram, Store};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,9 +38,9 @@ pub struct ClusterStats {
     pub upstream_rq_tx_reset: Arc<Counter>,
     pub upstream_rq_time: Arc<Histogram>,
     pub upstream_rq_codes: CodeStats,
-    pub external_rq_time: Arc<Histogram>,
+    pub external_rq_time: LazyHistogram,
     pub external_rq_codes: CodeStats,
-    pub internal_rq_time: Arc<Histogram>,
+    pub internal_rq_time: LazyHistogram,
     pub internal_rq_codes: CodeStats,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
@@ -85,11 +85,21 @@ impl ClusterStats {
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
             upstream_rq_time: h("upstream_rq_time"),
-            upstream_rq_codes: CodeStats::new(store, &format!("{p}upstream_rq"), true),
-            external_rq_time: h("external.upstream_rq_time"),
-            external_rq_codes: CodeStats::new(store, &format!("{p}external.upstream_rq"), true),
-            internal_rq_time: h("internal.upstream_rq_time"),
-            internal_rq_codes: CodeStats::new(store, &format!("{p}internal.upstream_rq"), true),
+            upstream_rq_codes: CodeStats::new(store, &format!("{p}upstream_rq"), true, false),
+            external_rq_time: LazyHistogram::new(store, format!("{p}external.upstream_rq_time")),
+            external_rq_codes: CodeStats::new(
+                store,
+                &format!("{p}external.upstream_rq"),
+                true,
+                false,
+            ),
+            internal_rq_time: LazyHistogram::new(store, format!("{p}internal.upstream_rq_time")),
+            internal_rq_codes: CodeStats::new(
+                store,
+                &format!("{p}internal.upstream_rq"),
+                true,
+                false,
+            ),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             membership_degraded: g("membership_degraded"),
