@@ -334,7 +334,7 @@ pub struct Store {
     tags: TagProducer,
     accept: Option<NameFilter>,
     /// Histogram snapshots at the last flush, for `/stats` interval quantiles.
-    last_flush: Mutex<BTreeMap<String, HistogramSnapshot>>,
+    last_flush: Mutex<BTreeMap<Arc<str>, HistogramSnapshot>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -420,11 +420,16 @@ impl Store {
     /// Take a flush snapshot of every histogram; returns, per name, the interval since the
     /// previous flush.
     pub fn flush_histograms(&self) {
-        let entries = self.entries();
+        // Histograms that never recorded a value need no snapshot (their interval is empty);
+        // with thousands of clusters most are such, so only used ones are kept.
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
-        for e in entries {
+        for (name, e) in entries.iter() {
             if let Metric::Histogram(h) = &e.metric {
-                last.insert(e.name.to_string(), h.snapshot());
+                let snap = h.snapshot();
+                if snap.count > 0 {
+                    last.insert(name.clone(), snap);
+                }
             }
         }
     }

@@ -120,8 +120,6 @@ fn version_hash(v: &str) -> i64 {
 
 #[derive(Default)]
 struct State {
-    /// CDS clusters by name: their resource bytes (to skip unchanged ones).
-    dynamic: HashMap<String, Vec<u8>>,
     /// Clusters waiting for their endpoints.
     warming: HashMap<String, Arc<Cluster>>,
     /// The latest endpoints per EDS service name.
@@ -585,6 +583,7 @@ impl XdsRuntime {
         self.stats.cds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
+        let mut failed = BTreeSet::new();
         let mut activate = Vec::new();
         let mut state = self.lock();
         for (i, any) in resources.iter().enumerate() {
@@ -593,17 +592,19 @@ impl XdsRuntime {
                 Ok(x) => x,
                 Err(e) => {
                     errors.push(e);
+                    // A cluster that fails translation stays as it was (not removed below).
+                    if let Ok(c) = ClusterProto::decode(any.value.as_slice()) {
+                        failed.insert(c.name);
+                    }
                     continue;
                 }
             };
             seen.insert(name.clone());
-            if state.dynamic.get(&name) == Some(&any.value) {
-                continue; // unchanged
-            }
-            let existed = state
-                .dynamic
-                .insert(name.clone(), any.value.clone())
-                .is_some();
+            let existed = match dump().clusters.get(&name) {
+                Some(r) if r.resource.value == any.value => continue, // unchanged
+                Some(_) => true,
+                None => false,
+            };
             if existed {
                 self.stats.cluster_modified.inc();
             } else {
@@ -614,23 +615,14 @@ impl XdsRuntime {
             }
             dump().clusters.insert(name.clone(), record(version, any));
         }
-        // Clusters no longer in the set go (a cluster that failed translation stays as it was).
-        let failed: BTreeSet<String> = resources
-            .iter()
-            .filter_map(|a| {
-                ClusterProto::decode(a.value.as_slice())
-                    .ok()
-                    .map(|c| c.name)
-            })
-            .collect();
-        let gone: Vec<String> = state
-            .dynamic
+        // Clusters no longer in the set go.
+        let gone: Vec<String> = dump()
+            .clusters
             .keys()
             .filter(|n| !seen.contains(*n) && !failed.contains(*n))
             .cloned()
             .collect();
         for name in &gone {
-            state.dynamic.remove(name);
             state.warming.remove(name);
             if let Some(task) = state.dns.remove(name) {
                 task.abort();
