@@ -964,3 +964,27 @@ async fn garbage_from_the_control_plane_is_nacked() {
     assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("a"));
     assert_eq!(r.stat("control_plane.connected_state").await, 1);
 }
+
+/// The node identity the control plane sees comes from the bootstrap, with Envoy's
+/// `--service-node` / `--service-cluster` overrides.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_identity_and_command_line_overrides() {
+    let (cache, xds, _task) = xds_server().await;
+    let overridden = "sidecar~10.0.0.9~other.ns~ns.svc.cluster.local";
+    cache.set_snapshot(overridden, Snapshot::default().with(CLUSTER, "1", vec![]));
+    let _r = Remora::start_with(
+        &bootstrap_with_ads(xds, "GRPC"),
+        &[
+            "--service-node",
+            overridden,
+            "--service-cluster",
+            "other.ns",
+        ],
+    )
+    .await;
+    cache
+        .wait_until(overridden, CLUSTER, |s| s.acked.as_deref() == Some("1"))
+        .await;
+    assert_eq!(cache.streams(overridden), 1);
+    assert_eq!(cache.streams(NODE), 0);
+}
