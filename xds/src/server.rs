@@ -253,22 +253,73 @@ fn sotw_response(
     })
 }
 
+/// One stream's node: learnt from the first request, then the snapshots it follows. Dropping
+/// it tells the cache the stream is gone.
+struct StreamNode {
+    cache: Arc<SnapshotCache>,
+    id: Option<String>,
+    snapshots: Option<watch::Receiver<Arc<Snapshot>>>,
+}
+
+impl StreamNode {
+    fn new(cache: &Arc<SnapshotCache>) -> Self {
+        Self {
+            cache: cache.clone(),
+            id: None,
+            snapshots: None,
+        }
+    }
+
+    /// The node id, from this request on the first one.
+    fn identify(
+        &mut self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Result<String, Status> {
+        if let Some(id) = &self.id {
+            return Ok(id.clone());
+        }
+        let id = node
+            .map(|n| n.id.clone())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry a node"))?;
+        self.snapshots = Some(self.cache.subscribe(&id));
+        self.id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Resolves when the node's snapshot changes (`false`: the cache is gone).
+    async fn changed(&mut self) -> bool {
+        match self.snapshots.as_mut() {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn current(&mut self) -> Arc<Snapshot> {
+        self.snapshots
+            .as_mut()
+            .expect("identified")
+            .borrow_and_update()
+            .clone()
+    }
+}
+
+impl Drop for StreamNode {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.cache.stream_closed(id);
+        }
+    }
+}
+
 async fn run_sotw(
     cache: Arc<SnapshotCache>,
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let mut node: Option<String> = None;
-    let mut snapshots: Option<watch::Receiver<Arc<Snapshot>>> = None;
+    let mut node = StreamNode::new(&cache);
     let mut types: HashMap<String, SotwType> = HashMap::new();
     let mut generation = cache.generation.subscribe();
     loop {
-        let changed = async {
-            match snapshots.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = generation.changed() => {
                 let _ = tx.send(Err(Status::unavailable("the control plane closed the stream"))).await;
@@ -279,15 +330,13 @@ async fn run_sotw(
                     Some(Ok(r)) => r,
                     _ => break,
                 };
-                if node.is_none() {
-                    let Some(id) = req.node.as_ref().map(|n| n.id.clone()) else {
-                        let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
+                let id = match node.identify(req.node.as_ref()) {
+                    Ok(id) => id,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         break;
-                    };
-                    snapshots = Some(cache.subscribe(&id));
-                    node = Some(id);
-                }
-                let id = node.clone().expect("set above");
+                    }
+                };
                 let st = types.entry(req.type_url.clone()).or_default();
                 let first = st.nonce.is_empty() && st.sent_version.is_none();
                 if !req.response_nonce.is_empty() {
@@ -307,7 +356,7 @@ async fn run_sotw(
                 let changed_names = names != st.names;
                 st.names = names;
                 if first || changed_names {
-                    let snap = snapshots.as_ref().expect("subscribed").borrow().clone();
+                    let snap = node.current();
                     if let Some(resp) = sotw_response(&cache, &snap, &req.type_url, st)
                         && tx.send(Ok(resp)).await.is_err()
                     {
@@ -315,11 +364,11 @@ async fn run_sotw(
                     }
                 }
             }
-            ok = changed => {
+            ok = node.changed() => {
                 if !ok {
                     break;
                 }
-                let snap = snapshots.as_mut().expect("subscribed").borrow_and_update().clone();
+                let snap = node.current();
                 for (type_url, st) in types.iter_mut() {
                     let version = snap.types.get(type_url).map(|r| &r.version);
                     if version.is_some() && version != st.sent_version.as_ref()
@@ -331,9 +380,6 @@ async fn run_sotw(
                 }
             }
         }
-    }
-    if let Some(id) = node {
-        cache.stream_closed(&id);
     }
 }
 
@@ -410,19 +456,12 @@ async fn run_delta(
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let mut node: Option<String> = None;
-    let mut snapshots: Option<watch::Receiver<Arc<Snapshot>>> = None;
+    let mut node = StreamNode::new(&cache);
     let mut types: HashMap<String, DeltaType> = HashMap::new();
     let mut generation = cache.generation.subscribe();
     // The version each type was last sent at, to record ACK versions.
     let mut sent_versions: HashMap<String, String> = HashMap::new();
     loop {
-        let changed = async {
-            match snapshots.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = generation.changed() => {
                 let _ = tx.send(Err(Status::unavailable("the control plane closed the stream"))).await;
@@ -433,15 +472,13 @@ async fn run_delta(
                     Some(Ok(r)) => r,
                     _ => break,
                 };
-                if node.is_none() {
-                    let Some(id) = req.node.as_ref().map(|n| n.id.clone()) else {
-                        let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
+                let id = match node.identify(req.node.as_ref()) {
+                    Ok(id) => id,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         break;
-                    };
-                    snapshots = Some(cache.subscribe(&id));
-                    node = Some(id);
-                }
-                let id = node.clone().expect("set above");
+                    }
+                };
                 let st = types.entry(req.type_url.clone()).or_default();
                 if !req.response_nonce.is_empty() {
                     if req.response_nonce == st.nonce {
@@ -477,7 +514,7 @@ async fn run_delta(
                         st.names.remove(n);
                     }
                 }
-                let snap = snapshots.as_ref().expect("subscribed").borrow().clone();
+                let snap = node.current();
                 if let Some(resp) = delta_response(&cache, &snap, &req.type_url, st) {
                     sent_versions.insert(req.type_url.clone(), resp.system_version_info.clone());
                     if tx.send(Ok(resp)).await.is_err() {
@@ -485,11 +522,11 @@ async fn run_delta(
                     }
                 }
             }
-            ok = changed => {
+            ok = node.changed() => {
                 if !ok {
                     break;
                 }
-                let snap = snapshots.as_mut().expect("subscribed").borrow_and_update().clone();
+                let snap = node.current();
                 for (type_url, st) in types.iter_mut() {
                     if let Some(resp) = delta_response(&cache, &snap, type_url, st) {
                         sent_versions.insert(type_url.clone(), resp.system_version_info.clone());
@@ -500,9 +537,6 @@ async fn run_delta(
                 }
             }
         }
-    }
-    if let Some(id) = node {
-        cache.stream_closed(&id);
     }
 }
 
