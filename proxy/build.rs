@@ -74,6 +74,7 @@ const ROOTS: &[&str] = &[
     "envoy.config.bootstrap.v3.Bootstrap",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.filters.http.router.v3.Router",

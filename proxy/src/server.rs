@@ -321,6 +321,10 @@ pub async fn start(
             .unwrap_or_else(|| model.node.id.clone()),
     });
 
+    if let Some(limit) = model.global_downstream_max_connections {
+        let _ = crate::listener::GLOBAL_DOWNSTREAM_LIMIT.set(limit);
+    }
+
     // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
     let clusters: Vec<Arc<Cluster>> = model
         .clusters

@@ -207,3 +207,19 @@ async fn a_hung_client_does_not_block_others() {
     }
     drop(stuck);
 }
+
+/// Istio's bootstrap extension (internal listeners, wrapped in a TypedStruct) is accepted; other
+/// bootstrap extensions and overload-manager monitors are refused by path.
+#[test]
+fn bootstrap_extensions_and_overload_monitors() {
+    let ok = "bootstrap_extensions:\n- name: envoy.bootstrap.internal_listener\n  typed_config:\n    \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener\n    value: {buffer_size_kb: 64}\n";
+    let (code, _, err) = validate(ok);
+    assert_eq!(code, 0, "{err}");
+    let bad = "overload_manager:\n  resource_monitors:\n  - name: heap\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 0\n";
+    let (code, _, err) = validate(bad);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections: must be greater than 0"),
+        "{err}"
+    );
+}

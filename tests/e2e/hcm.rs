@@ -274,3 +274,68 @@ async fn client_disconnect_is_logged_dc() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The overload manager's global downstream connection limit (Istio sets it): connections past
+/// the limit are closed at once and counted; a listener with `bypass_overload_manager` is not
+/// limited; a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn global_downstream_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let u = upstream("u").await;
+    let routes = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: up}\n";
+    let limited = http_listener("limited", "", routes);
+    let bypass = http_listener("bypass", "", routes).replacen(
+        "    filter_chains:\n",
+        "    bypass_overload_manager: true\n    filter_chains:\n",
+        1,
+    );
+    let yaml = bootstrap(&(limited + &bypass), &cluster("up", &[u.addr], ""))
+        + "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 2\n";
+    let r = Remora::start(&yaml).await;
+    let (l, b) = (r.addr("limited"), r.addr("bypass"));
+    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(l).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    // The third is closed without an answer.
+    let mut third = tokio::net::TcpStream::connect(l).await.unwrap();
+    let _ = third.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    r.wait_stat(
+        &format!(
+            "listener.127.0.0.1_{}.downstream_global_cx_overflow",
+            l.port()
+        ),
+        1,
+    )
+    .await;
+    // The bypass listener is not limited.
+    assert_eq!(get(b, "x", "/").await.status, 200);
+    // A place frees up when a connection closes.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(l).await.unwrap();
+        let _ = s.write_all(request).await;
+        let mut buf = [0u8; 12];
+        if tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

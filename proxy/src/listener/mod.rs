@@ -27,6 +27,11 @@ use tokio::sync::watch;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The overload manager's global downstream connection limit (set once at start).
+pub static GLOBAL_DOWNSTREAM_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// Downstream connections open on listeners the limit applies to.
+static GLOBAL_DOWNSTREAM_ACTIVE: AtomicU64 = AtomicU64::new(0);
+
 /// `listener.<address or stat_prefix>.*`
 #[derive(Debug)]
 pub struct ListenerStats {
@@ -38,6 +43,7 @@ pub struct ListenerStats {
     pub downstream_pre_cx_active: Arc<Gauge>,
     pub downstream_pre_cx_timeout: Arc<Counter>,
     pub no_filter_chain_match: Arc<Counter>,
+    pub downstream_global_cx_overflow: Arc<Counter>,
 }
 
 impl ListenerStats {
@@ -54,6 +60,7 @@ impl ListenerStats {
             downstream_pre_cx_active: g("downstream_pre_cx_active"),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
         }
     }
 }
@@ -354,7 +361,25 @@ impl ActiveListener {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+        // The overload manager's global limit (listeners with bypass_overload_manager aside).
+        let counted =
+            !self.config.bypass_overload_manager && GLOBAL_DOWNSTREAM_LIMIT.get().is_some();
+        if counted {
+            let limit = *GLOBAL_DOWNSTREAM_LIMIT.get().expect("checked");
+            if GLOBAL_DOWNSTREAM_ACTIVE.fetch_add(1, Relaxed) >= limit {
+                GLOBAL_DOWNSTREAM_ACTIVE.fetch_sub(1, Relaxed);
+                self.stats.downstream_global_cx_overflow.inc();
+                return;
+            }
+        }
+        self.clone().serve_connection(stream, remote).await;
+        if counted {
+            GLOBAL_DOWNSTREAM_ACTIVE.fetch_sub(1, Relaxed);
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr) {
         let stats = &self.stats;
         if let Some(limit) = self.config.connection_limit
             && stats.downstream_cx_active.value() as u64 >= limit

@@ -46,6 +46,9 @@ pub struct StatsSettings {
 #[derive(Debug)]
 pub struct Bootstrap {
     pub node: Node,
+    /// The overload manager's `global_downstream_max_connections` monitor: at most this many
+    /// downstream connections across listeners (those with `bypass_overload_manager` aside).
+    pub global_downstream_max_connections: Option<u64>,
     /// `dynamic_resources`: ADS, and what comes over it.
     pub dynamic: super::xds::DynamicResources,
     pub admin: Option<Admin>,
@@ -125,11 +128,8 @@ impl Bootstrap {
             deny(&cp, "outlier_detection", outlier_detection)?;
             deny(&cp, "upstream_bind_config", upstream_bind_config)?;
             deny(&cp, "load_stats_config", load_stats_config)?;
-            deny(
-                &cp,
-                "enable_deferred_cluster_creation",
-                enable_deferred_cluster_creation,
-            )?;
+            // Deferred creation only changes when a cluster's internals are built, not behaviour.
+            let _ = enable_deferred_cluster_creation;
         }
         deny(&path, "hds_config", hds_config)?;
         deny(&path, "flags_path", flags_path)?;
@@ -138,7 +138,10 @@ impl Bootstrap {
         deny(&path, "watchdog", watchdog)?;
         deny(&path, "watchdogs", watchdogs)?;
         deny(&path, "tracing", tracing)?;
-        deny(&path, "overload_manager", overload_manager)?;
+        let global_downstream_max_connections = match overload_manager {
+            Some(om) => overload(&path.field("overload_manager"), om)?,
+            None => None,
+        };
         deny(&path, "enable_dispatcher_stats", enable_dispatcher_stats)?;
         deny(&path, "header_prefix", header_prefix)?;
         deny(
@@ -153,7 +156,9 @@ impl Bootstrap {
             "typed_dns_resolver_config",
             typed_dns_resolver_config,
         )?;
-        deny(&path, "bootstrap_extensions", bootstrap_extensions)?;
+        for (i, ext) in bootstrap_extensions.iter().enumerate() {
+            bootstrap_extension(&path.field("bootstrap_extensions").index(i), ext)?;
+        }
         deny(&path, "fatal_actions", fatal_actions)?;
         deny(&path, "config_sources", config_sources)?;
         deny(&path, "default_config_source", default_config_source)?;
@@ -291,6 +296,7 @@ impl Bootstrap {
         }
         Ok(Self {
             node,
+            global_downstream_max_connections,
             dynamic,
             admin,
             listeners,
@@ -299,6 +305,74 @@ impl Bootstrap {
             runtime,
         })
     }
+}
+
+const INTERNAL_LISTENER: &str = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
+
+/// `bootstrap_extensions`: the internal-listener extension (Istio always adds it) is accepted —
+/// it only enables internal listeners, and a listener or cluster with an internal address is
+/// refused where it is named; other extensions are refused.
+fn bootstrap_extension(path: &FieldPath, ext: &pb::core::TypedExtensionConfig) -> Result<()> {
+    let pb::core::TypedExtensionConfig { name, typed_config } = ext;
+    let Some(any) = typed_config else {
+        return Err(path.error(format!("bootstrap extension '{name}' needs a typed_config")));
+    };
+    let tp = path.field("typed_config");
+    match super::core::any_type(any) {
+        INTERNAL_LISTENER => {
+            let envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener {
+                buffer_size_kb: _, // the buffer of internal connections, which are refused elsewhere
+            } = super::core::decode_any(&tp, any)?;
+            Ok(())
+        }
+        other => Err(tp
+            .field("@type")
+            .error(format!("bootstrap extension {other} is not supported"))),
+    }
+}
+
+const DOWNSTREAM_CONNECTIONS: &str =
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
+
+/// `overload_manager`: the global downstream connection limit monitor is honoured; actions,
+/// load-shed points and other monitors are refused.
+fn overload(path: &FieldPath, om: &pb::overload::OverloadManager) -> Result<Option<u64>> {
+    use pb::overload::resource_monitor::ConfigType;
+    let pb::overload::OverloadManager {
+        refresh_interval: _, // the connection monitor is exact, not sampled
+        resource_monitors,
+        actions,
+        loadshed_points,
+        buffer_factory_config,
+    } = om;
+    deny(path, "actions", actions)?;
+    deny(path, "loadshed_points", loadshed_points)?;
+    deny(path, "buffer_factory_config", buffer_factory_config)?;
+    let mut limit = None;
+    for (i, m) in resource_monitors.iter().enumerate() {
+        let mp = path.field("resource_monitors").index(i);
+        let pb::overload::ResourceMonitor { name, config_type } = m;
+        let Some(ConfigType::TypedConfig(any)) = config_type else {
+            return Err(mp.error(format!("resource monitor '{name}' needs a typed_config")));
+        };
+        let tp = mp.field("typed_config");
+        if super::core::any_type(any) != DOWNSTREAM_CONNECTIONS {
+            return Err(tp.field("@type").error(format!(
+                "resource monitor {} is not supported",
+                super::core::any_type(any)
+            )));
+        }
+        let envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig {
+            max_active_downstream_connections,
+        } = super::core::decode_any(&tp, any)?;
+        if max_active_downstream_connections <= 0 {
+            return Err(tp
+                .field("max_active_downstream_connections")
+                .error("must be greater than 0"));
+        }
+        limit = Some(max_active_downstream_connections as u64);
+    }
+    Ok(limit)
 }
 
 /// Routes and tcp_proxy cannot send traffic to a `pipe` cluster (those serve xDS/SDS only).

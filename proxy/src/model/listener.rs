@@ -52,6 +52,8 @@ pub struct Listener {
     pub modify_only_drain: bool,
     /// From runtime `envoy.resource_limits.listener.<name>.connection_limit`.
     pub connection_limit: Option<u64>,
+    /// `bypass_overload_manager`: exempt from the global downstream connection limit.
+    pub bypass_overload_manager: bool,
     /// Listener access logs: connections that end before a network filter takes them (no
     /// filter chain matched, listener filter timeout, TLS handshake failure).
     pub access_logs: Vec<super::access_log::AccessLogConfig>,
@@ -234,7 +236,7 @@ impl Listener {
         }
         deny(path, "enable_mptcp", enable_mptcp)?;
         let _ = ignore_global_conn_limit; // there is no global connection limit unless the runtime sets one
-        deny(path, "bypass_overload_manager", bypass_overload_manager)?;
+
         if listener_specifier.is_some() {
             return Err(path.unsupported("internal_listener"));
         }
@@ -318,6 +320,7 @@ impl Listener {
                 Some(t) => Some(t),
             };
         Ok(Self {
+            bypass_overload_manager: *bypass_overload_manager,
             access_logs,
             connection_limit: rt.u64(&format!(
                 "envoy.resource_limits.listener.{name}.connection_limit"

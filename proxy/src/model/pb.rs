@@ -7,6 +7,7 @@ pub use envoy_types::pb::envoy::config::core::v3 as core;
 pub use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 pub use envoy_types::pb::envoy::config::listener::v3 as listener;
 pub use envoy_types::pb::envoy::config::metrics::v3 as metrics;
+pub use envoy_types::pb::envoy::config::overload::v3 as overload;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_log;
 pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3 as stream_log;
