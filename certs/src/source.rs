@@ -360,10 +360,6 @@ impl FileCertificate {
     pub fn poll_now(&self) {
         self.inner.poll();
     }
-
-    pub fn key_origin(&self) -> String {
-        self.inner.inputs[1].describe()
-    }
 }
 
 impl Poll for FileCertificate {
@@ -406,10 +402,6 @@ impl FileTrust {
             watch(weak);
         }
         Ok(this)
-    }
-
-    pub fn poll_now(&self) {
-        self.inner.poll();
     }
 }
 

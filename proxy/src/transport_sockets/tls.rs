@@ -131,10 +131,6 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
-    pub fn peer_spiffe_id(&self) -> Option<&SpiffeId> {
-        self.peer.as_ref().and_then(|p| p.spiffe_id.as_ref())
-    }
-
     fn from_connection(
         conn: &rustls::CommonState,
         session_reused: bool,

@@ -283,17 +283,6 @@ impl ClusterManager {
         self.clusters.load_full()
     }
 
-    /// Remove a cluster (CDS); requests already routed to it finish on it.
-    pub fn remove(&self, name: &str) -> Option<Arc<Cluster>> {
-        let old = self.get(name)?;
-        self.clusters.rcu(|m| {
-            let mut m = HashMap::clone(m);
-            m.remove(name);
-            m
-        });
-        Some(old)
-    }
-
     pub fn all(&self) -> Vec<Arc<Cluster>> {
         let mut v: Vec<_> = self.clusters.load().values().cloned().collect();
         v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
