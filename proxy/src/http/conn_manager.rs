@@ -231,7 +231,7 @@ fn xfcc_element(
         }
     };
     if let Some(local) = &tls.local {
-        for by in local.uri_sans() {
+        for by in local.chain[0].uri_sans() {
             sep(&mut out);
             let _ = write!(out, "By={by}");
         }

@@ -610,7 +610,7 @@ fn tls_field(
 ) -> ValueKind {
     use remora_certs::info::{CertDetails, San};
     let peer = tls.peer.as_ref().map(|p| &p.details);
-    let local = tls.local.as_ref();
+    let local = tls.local.as_ref().map(|id| &id.chain[0]);
     let join = |out: &mut String, c: Option<&CertDetails>, pick: fn(&San) -> Option<String>| {
         let before = out.len();
         for v in c.into_iter().flat_map(|c| c.sans.iter().filter_map(pick)) {

@@ -16,11 +16,36 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+/// Every version, cipher and curve name a handshake can report (see [`TlsInfo`]).
+const NEGOTIATED: &[(&str, &str)] = &[
+    ("versions", "TLSv1.2"),
+    ("versions", "TLSv1.3"),
+    ("versions", "unknown"),
+    ("ciphers", "TLS_AES_128_GCM_SHA256"),
+    ("ciphers", "TLS_AES_256_GCM_SHA384"),
+    ("ciphers", "TLS_CHACHA20_POLY1305_SHA256"),
+    ("ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ("ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ("ciphers", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ("ciphers", "ECDHE-RSA-AES128-GCM-SHA256"),
+    ("ciphers", "ECDHE-RSA-AES256-GCM-SHA384"),
+    ("ciphers", "ECDHE-RSA-CHACHA20-POLY1305"),
+    ("ciphers", "unknown"),
+    ("curves", "X25519"),
+    ("curves", "P-256"),
+    ("curves", "P-384"),
+    ("curves", "X25519MLKEM768"),
+    ("curves", "unknown"),
+];
+
 /// `<scope>.ssl.*` (scope: `listener.<address>` or `cluster.<name>`).
 #[derive(Debug)]
 pub struct TlsStats {
     prefix: String,
     store: Arc<Store>,
+    /// `versions.<v>`, `ciphers.<c>`, `curves.<c>`: one cell per [`NEGOTIATED`] entry, registered
+    /// on first use, so a handshake formats no name and takes no registry lock.
+    negotiated: Vec<std::sync::OnceLock<Arc<Counter>>>,
     pub handshake: Arc<Counter>,
     pub connection_error: Arc<Counter>,
     pub session_reused: Arc<Counter>,
@@ -46,21 +71,32 @@ impl TlsStats {
             fail_verify_cert_hash: c("fail_verify_cert_hash"),
             prefix,
             store: store.clone(),
+            negotiated: NEGOTIATED.iter().map(|_| Default::default()).collect(),
         }
+    }
+
+    fn count(&self, kind: &str, value: &str) {
+        let Some(i) = NEGOTIATED
+            .iter()
+            .position(|(k, v)| *k == kind && *v == value)
+        else {
+            return;
+        };
+        self.negotiated[i]
+            .get_or_init(|| {
+                self.store
+                    .counter(&format!("{}{kind}.{value}", self.prefix))
+            })
+            .inc();
     }
 
     /// `ssl.versions.<v>`, `ssl.ciphers.<c>`, `ssl.curves.<c>` (registered on first use).
     fn negotiated(&self, info: &TlsInfo) {
         self.handshake.inc();
-        let dynamic = |kind: &str, v: &str| {
-            self.store
-                .counter(&format!("{}{kind}.{v}", self.prefix))
-                .inc()
-        };
-        dynamic("versions", info.version);
-        dynamic("ciphers", info.cipher);
+        self.count("versions", info.version);
+        self.count("ciphers", info.cipher);
         if let Some(c) = info.curve {
-            dynamic("curves", c);
+            self.count("curves", c);
         }
         if info.session_reused {
             self.session_reused.inc();
@@ -127,7 +163,7 @@ pub struct TlsInfo {
     pub session_reused: bool,
     pub peer: Option<PeerCert>,
     /// Our own certificate's details (the first configured one).
-    pub local: Option<CertDetails>,
+    pub local: Option<Arc<remora_certs::source::Identity>>,
 }
 
 impl TlsInfo {
@@ -182,10 +218,7 @@ impl TlsInfo {
                 .map(|p| String::from_utf8_lossy(p).into()),
             session_reused,
             peer,
-            local: local
-                .first()
-                .and_then(|c| c.current())
-                .map(|id| id.chain[0].clone()),
+            local: local.first().and_then(|c| c.current()),
         }
     }
 }
@@ -274,6 +307,23 @@ pub async fn connect(
         Err(e) => {
             stats.failed(&e);
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every cipher name a handshake can report has its counter cell (else it goes uncounted).
+    #[test]
+    fn every_negotiable_cipher_has_a_stat_cell() {
+        for s in rustls::crypto::aws_lc_rs::default_provider().cipher_suites {
+            let name = openssl_cipher_name(s.suite());
+            assert!(
+                NEGOTIATED.contains(&("ciphers", name)),
+                "{name} is missing from NEGOTIATED"
+            );
         }
     }
 }
