@@ -559,10 +559,8 @@ impl ConnectionManager {
                     parts.headers.remove(name);
                 }
             }
-            if let Some(rc) = self.route_config_internal_only() {
-                for h in &rc.internal_only_headers {
-                    parts.headers.remove(h);
-                }
+            for h in &self.routes.current.load().internal_only_headers {
+                parts.headers.remove(h);
             }
             if let Ok(v) = HeaderValue::from_str(&downstream_ip.to_string()) {
                 parts.headers.insert(names::X_ENVOY_EXTERNAL_ADDRESS, v);
@@ -771,11 +769,6 @@ impl ConnectionManager {
                 super::router::forward(self, stream, Request::from_parts(parts, body), ctx).await
             }
         }
-    }
-
-    fn route_config_internal_only(&self) -> Option<Arc<crate::model::route::RouteConfig>> {
-        let rc = self.routes.current.load_full();
-        (!rc.internal_only_headers.is_empty()).then_some(rc)
     }
 
     /// Response header mutations, innermost first (weighted cluster, route, virtual host, route
