@@ -224,7 +224,10 @@ pub enum SdsSource {
     Ads,
     /// A separate SDS stream to this cluster (`api_config_source` with `envoy_grpc`), as Istio's
     /// `sds-grpc` to istio-agent.
-    Cluster(String),
+    Cluster {
+        cluster: String,
+        set_node_on_first_message_only: bool,
+    },
 }
 
 /// An `sds_config`.
@@ -253,7 +256,10 @@ pub fn sds_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<SdsSo
                     .field("api_type")
                     .error("SDS streams are GRPC (state of the world)"));
             }
-            Ok(SdsSource::Cluster(a.cluster))
+            Ok(SdsSource::Cluster {
+                cluster: a.cluster,
+                set_node_on_first_message_only: a.set_node_on_first_message_only,
+            })
         }
         _ => {
             if config_source(path, cs)?.path.is_some() {

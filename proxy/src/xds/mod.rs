@@ -157,8 +157,8 @@ pub struct XdsRuntime {
     lds_timeout: Option<Duration>,
     warming_seq: std::sync::atomic::AtomicU64,
     node: pb::core::Node,
-    /// Separate SDS streams, by cluster.
-    sds_streams: Mutex<HashMap<String, Subscriptions>>,
+    /// Separate SDS streams, by source (cluster and node setting).
+    sds_streams: Mutex<HashMap<crate::model::xds::SdsSource, Subscriptions>>,
 }
 
 impl std::fmt::Debug for XdsRuntime {
@@ -859,9 +859,16 @@ impl XdsRuntime {
                         return Err("sds_config ads: {} needs dynamic_resources.ads_config".into());
                     }
                 },
-                SdsSource::Cluster(cluster) => {
+                SdsSource::Cluster {
+                    cluster,
+                    set_node_on_first_message_only,
+                } => {
+                    let source = SdsSource::Cluster {
+                        cluster: cluster.clone(),
+                        set_node_on_first_message_only,
+                    };
                     let mut streams = self.sds_streams.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(subs) = streams.get(&cluster) {
+                    if let Some(subs) = streams.get(&source) {
                         subs.set(SECRET, Interest::Names(names));
                         continue;
                     }
@@ -871,17 +878,17 @@ impl XdsRuntime {
                             .map_err(|e| format!("SDS cluster: {e}"))?,
                         node: self.node.clone(),
                         delta: false,
-                        set_node_on_first_message_only: true,
+                        set_node_on_first_message_only,
                         backoff: (Duration::from_millis(500), Duration::from_secs(30)),
                     };
                     let subs = remora_xds::client::start(
                         config,
                         Arc::new(SdsStream {
-                            source: SdsSource::Cluster(cluster.clone()),
+                            source: source.clone(),
                         }),
                         vec![(SECRET.to_string(), Interest::Names(names))],
                     );
-                    streams.insert(cluster, subs);
+                    streams.insert(source, subs);
                 }
             }
         }
