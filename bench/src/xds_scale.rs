@@ -5,10 +5,7 @@
 
 use crate::load;
 use crate::procfs;
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
-use envoy_types::pb::envoy::config::route::v3 as route;
+use remora_xds::build::{assignment, eds_cluster, route_all_to};
 use remora_xds::resource::{CLUSTER, ENDPOINT, ROUTE, any};
 use remora_xds::server::{Snapshot, SnapshotCache};
 use std::net::SocketAddr;
@@ -33,99 +30,23 @@ pub struct ChurnRow {
     pub rps: f64,
 }
 
-fn addr(a: SocketAddr) -> Option<core::Address> {
-    Some(core::Address {
-        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-            address: a.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                a.port() as u32
-            )),
-            ..Default::default()
-        })),
-    })
-}
-
-fn eds_cluster(name: String) -> Cluster {
-    Cluster {
-        name,
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(core::ConfigSource {
-                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                    core::AggregatedConfigSource {},
-                )),
-                resource_api_version: core::ApiVersion::V3 as i32,
-                ..Default::default()
-            }),
-            service_name: String::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn assignment(name: String, upstream: SocketAddr) -> endpoint::ClusterLoadAssignment {
-    endpoint::ClusterLoadAssignment {
-        cluster_name: name,
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            lb_endpoints: vec![endpoint::LbEndpoint {
-                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                    endpoint::Endpoint {
-                        address: addr(upstream),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn routes(to: &str) -> route::RouteConfiguration {
-    route::RouteConfiguration {
-        name: "bench".into(),
-        virtual_hosts: vec![route::VirtualHost {
-            name: "all".into(),
-            domains: vec!["*".into()],
-            routes: vec![route::Route {
-                r#match: Some(route::RouteMatch {
-                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(route::route::Action::Route(route::RouteAction {
-                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
-                        to.into(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 fn snapshot(n: usize, version: &str, upstream: SocketAddr, route_to: &str) -> Snapshot {
     let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     Snapshot::default()
         .with(
             CLUSTER,
             version,
-            names.iter().map(|n| any(&eds_cluster(n.clone()))).collect(),
+            names.iter().map(|n| any(&eds_cluster(n))).collect(),
         )
         .with(
             ENDPOINT,
             version,
             names
                 .iter()
-                .map(|n| any(&assignment(n.clone(), upstream)))
+                .map(|n| any(&assignment(n, &[upstream])))
                 .collect(),
         )
-        .with(ROUTE, version, vec![any(&routes(route_to))])
+        .with(ROUTE, version, vec![any(&route_all_to("bench", route_to))])
 }
 
 fn bootstrap(port: u16, xds: SocketAddr) -> String {

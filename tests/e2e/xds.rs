@@ -6,6 +6,9 @@ use crate::support::*;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use remora_xds::build::{
+    address, ads_source, assignment, eds_cluster, route_all_to, static_cluster,
+};
 use remora_xds::resource::{CLUSTER, ENDPOINT, any};
 use remora_xds::server::{Snapshot, SnapshotCache};
 use std::net::SocketAddr;
@@ -13,73 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const NODE: &str = "sidecar~10.0.0.1~deal-1.autolytiq~autolytiq.svc.cluster.local";
-
-fn socket(a: SocketAddr) -> Option<core::Address> {
-    Some(core::Address {
-        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-            address: a.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                a.port() as u32
-            )),
-            ..Default::default()
-        })),
-    })
-}
-
-fn assignment(name: &str, addrs: &[SocketAddr]) -> endpoint::ClusterLoadAssignment {
-    endpoint::ClusterLoadAssignment {
-        cluster_name: name.into(),
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            lb_endpoints: addrs
-                .iter()
-                .map(|a| endpoint::LbEndpoint {
-                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                        endpoint::Endpoint {
-                            address: socket(*a),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn eds_cluster(name: &str) -> Cluster {
-    use envoy_types::pb::envoy::config::cluster::v3::cluster;
-    Cluster {
-        name: name.into(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(core::ConfigSource {
-                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                    core::AggregatedConfigSource {},
-                )),
-                resource_api_version: core::ApiVersion::V3 as i32,
-                ..Default::default()
-            }),
-            service_name: String::new(),
-        }),
-        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
-fn static_cluster(name: &str, addr: SocketAddr) -> Cluster {
-    Cluster {
-        name: name.into(),
-        load_assignment: Some(assignment(name, &[addr])),
-        ..Default::default()
-    }
-}
 
 /// A bootstrap with ADS (api_type `api`) to `xds`, CDS over ADS, and a listener routing
 /// `/a` → `dyn`, `/b` → `dyn_static` (clusters that only CDS defines).
@@ -132,7 +68,7 @@ async fn cds_and_eds(api: &str) {
         NODE,
         snapshot(
             "1",
-            vec![eds_cluster("dyn"), static_cluster("dyn_static", b.addr)],
+            vec![eds_cluster("dyn"), static_cluster("dyn_static", &[b.addr])],
             "e1",
             vec![assignment("dyn", &[a.addr])],
         ),
@@ -168,7 +104,7 @@ async fn cds_and_eds(api: &str) {
         NODE,
         snapshot(
             "1",
-            vec![eds_cluster("dyn"), static_cluster("dyn_static", b.addr)],
+            vec![eds_cluster("dyn"), static_cluster("dyn_static", &[b.addr])],
             "e2",
             vec![assignment("dyn", &[b.addr])],
         ),
@@ -179,7 +115,7 @@ async fn cds_and_eds(api: &str) {
     assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("b"));
 
     // A cluster remora cannot translate: NACK naming the field; everything else keeps working.
-    let mut bad = static_cluster("bad", a.addr);
+    let mut bad = static_cluster("bad", &[a.addr]);
     bad.lb_policy = envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Maglev as i32;
     cache.set_snapshot(
         NODE,
@@ -187,7 +123,7 @@ async fn cds_and_eds(api: &str) {
             "2",
             vec![
                 eds_cluster("dyn"),
-                static_cluster("dyn_static", b.addr),
+                static_cluster("dyn_static", &[b.addr]),
                 bad,
             ],
             "e2",
@@ -286,35 +222,6 @@ async fn control_plane_loss_and_return() {
     assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("b"));
 }
 
-fn route_to(
-    name: &str,
-    cluster: &str,
-) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
-    use envoy_types::pb::envoy::config::route::v3 as route;
-    route::RouteConfiguration {
-        name: name.into(),
-        virtual_hosts: vec![route::VirtualHost {
-            name: "all".into(),
-            domains: vec!["*".into()],
-            routes: vec![route::Route {
-                r#match: Some(route::RouteMatch {
-                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(route::route::Action::Route(route::RouteAction {
-                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
-                        cluster.into(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 /// RDS: routes arrive over ADS and change under load — no request fails, a WebSocket opened
 /// before the changes keeps working, and a route configuration remora cannot translate is
 /// NACKed with its path while the previous routes keep serving.
@@ -324,14 +231,17 @@ async fn rds_updates_under_load_drop_nothing() {
     let a = upstream("a").await;
     let b = upstream("b").await;
     let (cache, xds, _task) = xds_server().await;
-    let clusters = [static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
+    let clusters = [
+        static_cluster("a_c", &[a.addr]),
+        static_cluster("b_c", &[b.addr]),
+    ];
     let snap = |v: &str, to: &str| {
         Snapshot::default()
             .with(CLUSTER, "c1", clusters.iter().map(any).collect())
             .with(
                 remora_xds::resource::ROUTE,
                 v,
-                vec![any(&route_to("in_routes", to))],
+                vec![any(&route_all_to("in_routes", to))],
             )
     };
     cache.set_snapshot(NODE, snap("r0", "a_c"));
@@ -424,7 +334,7 @@ async fn rds_updates_under_load_drop_nothing() {
     assert_eq!(&buf[..n], b"echo:still-here");
 
     // A route configuration naming a bad regex: NACKed by path, the last routes stay.
-    let mut bad = route_to("in_routes", "b_c");
+    let mut bad = route_all_to("in_routes", "b_c");
     bad.virtual_hosts[0].routes[0].r#match =
         Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
             path_specifier: Some(
@@ -472,13 +382,7 @@ fn lds_listener(
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
             hcm::Rds {
                 route_config_name: rds_name.into(),
-                config_source: Some(core::ConfigSource {
-                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                        core::AggregatedConfigSource {},
-                    )),
-                    resource_api_version: core::ApiVersion::V3 as i32,
-                    ..Default::default()
-                }),
+                config_source: Some(ads_source()),
             },
         )),
         upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
@@ -496,7 +400,7 @@ fn lds_listener(
     };
     listener::Listener {
         name: name.into(),
-        address: socket(SocketAddr::from(([127, 0, 0, 1], port))),
+        address: address(SocketAddr::from(([127, 0, 0, 1], port))),
         filter_chains: vec![listener::FilterChain {
             filters: vec![listener::Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
@@ -521,7 +425,10 @@ async fn lds_listeners_warm_update_and_go() {
     let port = closed_port().port();
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    let clusters = [static_cluster("a_c", a.addr), static_cluster("b_c", b.addr)];
+    let clusters = [
+        static_cluster("a_c", &[a.addr]),
+        static_cluster("b_c", &[b.addr]),
+    ];
     let snap = |lv: &str,
                 listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
                 rv: &str,
@@ -529,7 +436,7 @@ async fn lds_listeners_warm_update_and_go() {
         Snapshot::default()
             .with(CLUSTER, "c1", clusters.iter().map(any).collect())
             .with(LISTENER, lv, listeners.iter().map(any).collect())
-            .with(ROUTE, rv, vec![any(&route_to("r1", to))])
+            .with(ROUTE, rv, vec![any(&route_all_to("r1", to))])
     };
     cache.set_snapshot(
         NODE,
@@ -577,7 +484,10 @@ async fn lds_listeners_warm_update_and_go() {
             .with(
                 ROUTE,
                 "r2",
-                vec![any(&route_to("r1", "a_c")), any(&route_to("r2", "b_c"))],
+                vec![
+                    any(&route_all_to("r1", "a_c")),
+                    any(&route_all_to("r2", "b_c")),
+                ],
             ),
     );
     cache
@@ -615,7 +525,10 @@ async fn lds_listeners_warm_update_and_go() {
             .with(
                 ROUTE,
                 "r2",
-                vec![any(&route_to("r1", "a_c")), any(&route_to("r2", "b_c"))],
+                vec![
+                    any(&route_all_to("r1", "a_c")),
+                    any(&route_all_to("r2", "b_c")),
+                ],
             ),
     );
     cache.wait_until(NODE, LISTENER, |s| s.nacks == 1).await;

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod client;
 pub mod resource;
 pub mod server;
