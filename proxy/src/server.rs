@@ -359,7 +359,7 @@ pub async fn start(
     for (i, l) in model.listeners.iter().enumerate() {
         let active = ActiveListener::new(
             l.clone(),
-            format!("static_resources.listeners[{i}]"),
+            crate::listener::ListenerOrigin::Static(i),
             concurrency,
             &store,
             &cluster_manager,

@@ -117,12 +117,7 @@ pub struct ActiveListener {
     chains: Vec<ActiveChain>,
     default_chain: Option<ActiveChain>,
     pub stats: ListenerStats,
-    /// Where the listener came from (`static_resources.listeners[0]`, or `LDS`).
-    pub origin: String,
-    /// `added_via_api` (LDS), for the admin API.
-    pub dynamic: bool,
-    /// `/listeners`-style version info of the LDS update that made it.
-    pub version: String,
+    pub origin: ListenerOrigin,
     /// `listener.<address>.ssl.*`, when a filter chain terminates TLS.
     pub ssl: Option<TlsStats>,
     access_logs: Vec<AccessLogger>,
@@ -144,13 +139,30 @@ impl std::fmt::Debug for ActiveListener {
     }
 }
 
+/// Where a listener came from: the bootstrap (by index) or LDS (`added_via_api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerOrigin {
+    Static(usize),
+    Lds,
+}
+
+// === impl ListenerOrigin ===
+
+impl std::fmt::Display for ListenerOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Static(i) => write!(f, "static_resources.listeners[{i}]"),
+            Self::Lds => f.write_str("LDS"),
+        }
+    }
+}
+
 /// Why a listener could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("listener '{name}' ({origin}): cannot bind '{address}': {source}")]
 pub struct BindError {
     pub name: String,
-    /// Where the listener came from (`static_resources.listeners[0]`, or `LDS`).
-    pub origin: String,
+    pub origin: ListenerOrigin,
     pub address: SocketAddr,
     #[source]
     pub source: std::io::Error,
@@ -178,7 +190,7 @@ impl ActiveListener {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Listener>,
-        origin: String,
+        origin: ListenerOrigin,
         workers: usize,
         store: &Arc<Store>,
         clusters: &Arc<ClusterManager>,
@@ -187,7 +199,7 @@ impl ActiveListener {
     ) -> Result<Arc<Self>, BindError> {
         let err = |address, source| BindError {
             name: config.name.clone(),
-            origin: origin.clone(),
+            origin,
             address,
             source,
         };
@@ -274,8 +286,6 @@ impl ActiveListener {
             .map_err(|e| err(local_address, e))?;
         Ok(Arc::new(Self {
             origin,
-            dynamic: false,
-            version: String::new(),
             inspector_stats: (!config.listener_filters.is_empty())
                 .then(|| InspectorStats::new(store)),
             access_logs,

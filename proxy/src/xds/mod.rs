@@ -10,8 +10,8 @@ pub mod sds;
 
 use crate::config::FieldPath;
 use crate::http::conn_manager::LocalInfo;
-use crate::listener::ActiveListener;
 use crate::listener::manager::ListenerManager;
+use crate::listener::{ActiveListener, ListenerOrigin};
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, LocalityEndpoints};
 use crate::model::pb;
 use crate::telemetry::stats::{Counter, Gauge, Store};
@@ -419,7 +419,7 @@ impl XdsRuntime {
             .listeners
             .all()
             .iter()
-            .filter(|l| !l.dynamic)
+            .filter(|l| l.origin != ListenerOrigin::Lds)
             .map(|l| l.config.name.clone())
             .collect();
         for (i, any) in resources.iter().enumerate() {
@@ -463,14 +463,14 @@ impl XdsRuntime {
             let previous = self.listeners.get(&name);
             let built = ActiveListener::new(
                 Arc::new(config),
-                "LDS".into(),
+                ListenerOrigin::Lds,
                 self.concurrency,
                 &self.store,
                 &self.clusters,
                 &self.local,
                 previous.as_deref(),
             );
-            let mut active = match built {
+            let active = match built {
                 Ok(a) => a,
                 Err(e) => {
                     self.listeners.stats.listener_create_failure.inc();
@@ -478,10 +478,6 @@ impl XdsRuntime {
                     continue;
                 }
             };
-            if let Some(l) = Arc::get_mut(&mut active) {
-                l.dynamic = true;
-                l.version = version.to_string();
-            }
             self.listeners.stats.listener_create_success.inc();
             if state
                 .listeners
