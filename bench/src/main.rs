@@ -168,6 +168,8 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut xds_results = None;
+    // Runs that could not be measured: the harness exits non-zero so CI's smoke run can fail.
+    let mut failures = 0usize;
     for sc in &scenarios {
         if sc == "xds-scale" {
             let (upstream, _upstream_process) =
@@ -187,7 +189,10 @@ fn main() {
                 args.concurrency,
             ) {
                 Ok(r) => xds_results = Some(r),
-                Err(e) => println!("  xds-scale    failed: {e}"),
+                Err(e) => {
+                    failures += 1;
+                    println!("  xds-scale    failed: {e}");
+                }
             }
             continue;
         }
@@ -249,7 +254,10 @@ fn main() {
                         );
                         rows.push(row);
                     }
-                    Err(e) => println!("  {sc:<12} round {round} {:<8} failed: {e}", kind.name()),
+                    Err(e) => {
+                        failures += 1;
+                        println!("  {sc:<12} round {round} {:<8} failed: {e}", kind.name());
+                    }
                 }
             }
         }
@@ -277,6 +285,10 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&work_dir);
+    if failures > 0 {
+        eprintln!("remora-bench: {failures} run(s) failed");
+        std::process::exit(1);
+    }
 }
 
 /// The upstream's address, and the process to stop when it is nginx.
