@@ -99,20 +99,8 @@ fn remora_inbound(port: u16, upstream: SocketAddr, pki: &Pki) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
-          common_tls_context:
-            alpn_protocols: [http/1.1]
-            tls_certificates:
-            - certificate_chain: {{filename: {chain}}}
-              private_key: {{filename: {key}}}
-            validation_context:
-              trusted_ca: {{filename: {root}}}
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: {{exact: "{OUTBOUND_ID}"}}
-"#,
-        chain = pki.file("inbound", "cert-chain.pem"),
-        key = pki.file("inbound", "key.pem"),
-        root = pki.file("inbound", "root-cert.pem"),
+{}"#,
+        common_tls_context(pki, "inbound", OUTBOUND_ID, 10),
     );
     remora_config(port, upstream, false, false).replacen(
         "  clusters:\n",
@@ -130,21 +118,32 @@ fn remora_outbound(port: u16, inbound: SocketAddr, pki: &Pki) -> String {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: {INBOUND_DNS}
-        common_tls_context:
-          alpn_protocols: [http/1.1]
-          tls_certificates:
-          - certificate_chain: {{filename: {chain}}}
-            private_key: {{filename: {key}}}
-          validation_context:
-            trusted_ca: {{filename: {root}}}
-            match_typed_subject_alt_names:
-            - san_type: URI
-              matcher: {{exact: "{INBOUND_ID}"}}
-"#,
-            chain = pki.file("outbound", "cert-chain.pem"),
-            key = pki.file("outbound", "key.pem"),
-            root = pki.file("outbound", "root-cert.pem"),
+{}"#,
+            common_tls_context(pki, "outbound", INBOUND_ID, 8),
         )
+}
+
+/// A sidecar's `common_tls_context` (its workload certificate, the mesh root, the peer's SPIFFE
+/// ID as the only accepted SAN), indented by `indent` spaces.
+fn common_tls_context(pki: &Pki, who: &str, peer_id: &str, indent: usize) -> String {
+    let yaml = format!(
+        r#"common_tls_context:
+  alpn_protocols: [http/1.1]
+  tls_certificates:
+  - certificate_chain: {{filename: {chain}}}
+    private_key: {{filename: {key}}}
+  validation_context:
+    trusted_ca: {{filename: {root}}}
+    match_typed_subject_alt_names:
+    - san_type: URI
+      matcher: {{exact: "{peer_id}"}}
+"#,
+        chain = pki.file(who, "cert-chain.pem"),
+        key = pki.file(who, "key.pem"),
+        root = pki.file(who, "root-cert.pem"),
+    );
+    let pad = " ".repeat(indent);
+    yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
 fn nginx_common(dir: &Path, workers: usize) -> String {
