@@ -53,10 +53,14 @@ pub struct Options {
     #[arg(long = "component-log-level")]
     pub component_log_level: Option<String>,
 
-    /// Envoy's application-log format string. remora writes its own line format (timestamp,
-    /// level, component, message), which carries the same fields.
+    /// Envoy's application-log format string (spdlog flags; default
+    /// `[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v`).
     #[arg(long = "log-format")]
     pub log_format: Option<String>,
+
+    /// Escape C-style escape sequences in application-log messages (one event, one line).
+    #[arg(long = "log-format-escaped")]
+    pub log_format_escaped: bool,
 
     /// Write application logs to this file instead of stderr.
     #[arg(long = "log-path")]

@@ -1,8 +1,14 @@
 //! Application logging with Envoy's logger names and runtime level changes (`POST /logging`).
 
+pub mod pattern;
+
+use arc_swap::ArcSwap;
+use pattern::{LineFormat, Record};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -52,6 +58,9 @@ type Handle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 pub struct LogControl {
     handle: Option<Handle>,
     levels: Mutex<BTreeMap<&'static str, &'static str>>,
+    format: Arc<ArcSwap<LineFormat>>,
+    /// `--log-format` was given (then the bootstrap may not set one too).
+    format_from_cli: bool,
 }
 
 impl std::fmt::Debug for LogControl {
@@ -62,11 +71,20 @@ impl std::fmt::Debug for LogControl {
 
 impl LogControl {
     /// Install the global subscriber. `component_levels`: Envoy's `--component-log-level`.
+    /// `format`: `--log-format` (Envoy's default pattern otherwise); `escaped`:
+    /// `--log-format-escaped`.
     pub fn init(
         default: &str,
         component_levels: Option<&str>,
         log_path: Option<&std::path::Path>,
+        format: Option<&str>,
+        escaped: bool,
     ) -> Result<Self, String> {
+        let line_format = match format {
+            Some(f) => LineFormat::text(f).map_err(|e| format!("--log-format: {e}"))?,
+            None => LineFormat::default(),
+        };
+        let line_format = Arc::new(ArcSwap::from_pointee(line_format));
         let default = level(default).ok_or_else(|| format!("invalid log level '{default}'"))?;
         let mut levels: BTreeMap<&'static str, &'static str> =
             LOGGERS.iter().map(|(n, _)| (*n, default)).collect();
@@ -87,7 +105,10 @@ impl LogControl {
         }
         let filter = build_filter(&levels);
         let (layer, handle) = reload::Layer::new(filter);
-        let fmt = tracing_subscriber::fmt::layer().with_target(true);
+        let fmt = tracing_subscriber::fmt::layer().event_format(EnvoyLines {
+            format: line_format.clone(),
+            escaped,
+        });
         let registry = tracing_subscriber::registry().with(layer);
         let installed = match log_path {
             Some(p) => {
@@ -105,7 +126,23 @@ impl LogControl {
         Ok(Self {
             handle: installed.ok().map(|_| handle),
             levels: Mutex::new(levels),
+            format: line_format,
+            format_from_cli: format.is_some(),
         })
+    }
+
+    /// Apply the bootstrap's `application_log_config.log_format`. As Envoy, it may not be
+    /// combined with `--log-format`.
+    pub fn set_format(&self, format: LineFormat) -> Result<(), String> {
+        if self.format_from_cli {
+            return Err(
+                "Only one of ApplicationLogConfig.log_format or CLI option --log-format \
+                        can be specified."
+                    .into(),
+            );
+        }
+        self.format.store(Arc::new(format));
+        Ok(())
     }
 
     /// For tests and embedding: no subscriber.
@@ -113,6 +150,8 @@ impl LogControl {
         Self {
             handle: None,
             levels: Mutex::new(LOGGERS.iter().map(|(n, _)| (*n, "info")).collect()),
+            format: Arc::new(ArcSwap::from_pointee(LineFormat::default())),
+            format_from_cli: false,
         }
     }
 
@@ -166,4 +205,123 @@ fn build_filter(levels: &BTreeMap<&'static str, &'static str>) -> EnvFilter {
         }
     }
     EnvFilter::try_new(directives.join(",")).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The Envoy logger an event's module belongs to (the longest matching module prefix).
+fn logger_of(target: &str) -> &'static str {
+    LOGGERS
+        .iter()
+        .filter(|(_, module)| {
+            target == *module
+                || target
+                    .strip_prefix(module)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+        .max_by_key(|(_, module)| module.len())
+        .map(|(name, _)| *name)
+        .unwrap_or("misc")
+}
+
+fn level_name(l: &tracing::Level) -> &'static str {
+    match *l {
+        tracing::Level::TRACE => "trace",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::INFO => "info",
+        tracing::Level::WARN => "warning",
+        tracing::Level::ERROR => "error",
+    }
+}
+
+thread_local! {
+    /// The kernel's id of this thread (what Envoy's `%t` prints), read once per thread.
+    static THREAD_ID: u64 = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()));
+}
+
+// === impl EnvoyLines ===
+
+/// Formats each event with the configured Envoy line format.
+struct EnvoyLines {
+    format: Arc<ArcSwap<LineFormat>>,
+    escaped: bool,
+}
+
+/// The message, then any other fields as ` key=value`.
+#[derive(Default)]
+struct Message(String, String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            use std::fmt::Write;
+            let _ = write!(self.1, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.1, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for EnvoyLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut msg = Message::default();
+        event.record(&mut msg);
+        msg.0.push_str(&msg.1);
+        let message = if self.escaped {
+            let mut s = String::with_capacity(msg.0.len());
+            pattern::c_escape(&msg.0, &mut s);
+            s
+        } else {
+            msg.0
+        };
+        let record = Record {
+            time: std::time::SystemTime::now(),
+            level: level_name(meta.level()),
+            logger: logger_of(meta.target()),
+            file: meta.file().unwrap_or(""),
+            line: meta.line().unwrap_or(0),
+            function: meta.module_path().unwrap_or(""),
+            thread: THREAD_ID.with(|t| *t),
+            message: &message,
+        };
+        let mut line = String::with_capacity(128 + message.len());
+        self.format.load().render(&record, &mut line);
+        line.push('\n');
+        writer.write_str(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loggers_by_longest_module_prefix() {
+        assert_eq!(logger_of("remora::upstream::pool"), "pool");
+        assert_eq!(logger_of("remora::upstream::cluster"), "dns");
+        assert_eq!(logger_of("remora::upstream::lb"), "upstream");
+        assert_eq!(logger_of("remora::http::router"), "router");
+        assert_eq!(logger_of("remora::httpx"), "misc");
+        assert_eq!(logger_of("h2::codec"), "misc");
+    }
 }

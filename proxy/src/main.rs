@@ -18,6 +18,8 @@ fn main() {
         &options.log_level,
         options.component_log_level.as_deref(),
         options.log_path.as_deref(),
+        options.log_format.as_deref(),
+        options.log_format_escaped,
     ) {
         Ok(l) => l,
         Err(e) => {

@@ -223,7 +223,9 @@ fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
     let accept: Option<crate::telemetry::stats::NameFilter> = b.stats.matcher.clone().map(|m| {
         Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter
     });
-    Ok(Arc::new(Store::new(tags, accept)))
+    Ok(Arc::new(
+        Store::new(tags, accept).with_deferred_creation(b.deferred_creation_stats),
+    ))
 }
 
 /// Run remora with the given options (after logging is set up). Returns the exit code.
@@ -288,14 +290,28 @@ pub async fn start(
     for k in model.runtime.unused_keys() {
         tracing::warn!("runtime key '{k}' is not used by remora");
     }
-    if options.log_format.is_some() {
-        tracing::info!("--log-format is accepted; remora writes its own log line format");
-    }
     let concurrency = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    if let Some(f) = &model.app_log_format {
+        logs.set_format(f.clone()).map_err(StartError::Other)?;
+    }
+    if let Some(p) = &model.outlier_event_log {
+        // Opened (created) now, as Envoy does, so a bad path fails at startup; ejection events
+        // are appended by the outlier detector.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                StartError::Other(format!(
+                    "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
+                    p.display()
+                ))
+            })?;
+    }
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);
     {

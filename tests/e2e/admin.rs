@@ -354,3 +354,152 @@ async fn quitquitquit_exits() {
         .expect("remora exits");
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn application_log_format_text_json_and_cli() {
+    let u = upstream("u").await;
+    let base = bootstrap("", &cluster("backend", &[u.addr], ""));
+    // The pattern pilot-agent writes, with Envoy's flags.
+    let yaml = format!(
+        "application_log_config:\n  log_format:\n    text_format: \"%Y-%m-%dT%T.%fZ\\t%l\\tenvoy %n %g:%#\\t%v\\tthread=%t\"\n{base}"
+    );
+    let r = Remora::start(&yaml).await;
+    let err = r.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("admin address"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let cols: Vec<&str> = line.split('\t').collect();
+    assert_eq!(cols.len(), 5, "{line}");
+    let tid = cols[4].strip_prefix("thread=").unwrap();
+    assert!(tid.parse::<u32>().is_ok(), "{line}");
+    assert!(cols[0].ends_with('Z') && cols[0].len() == "2026-11-29T01:32:07.123456Z".len());
+    assert_eq!(cols[1], "info");
+    assert!(
+        cols[2].starts_with("envoy main proxy/src/server.rs:"),
+        "{line}"
+    );
+    assert!(cols[3].starts_with("admin address: 127.0.0.1:"), "{line}");
+    drop(r);
+
+    let yaml = format!(
+        "application_log_config:\n  log_format:\n    json_format: {{level: \"%l\", logger: \"%n\", msg: \"%j\", src: {{file: \"%s\", line: \"%#\"}}}}\n{base}"
+    );
+    let r = Remora::start(&yaml).await;
+    let err = r.stderr();
+    let mut seen = 0;
+    for line in err.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["src"]["file"].is_string(),
+            "{line}"
+        );
+        if v["msg"].as_str().unwrap().starts_with("admin address: ") {
+            assert_eq!(v["logger"], "main");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 1, "{err}");
+    drop(r);
+
+    // Envoy: the bootstrap's format and --log-format exclude each other.
+    let cfg = TempDir::new("logfmt");
+    let path = cfg.path("b.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "application_log_config: {{log_format: {{text_format: \"%v\"}}}}\n{base}\nadmin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["-c", path.to_str().unwrap(), "--log-format", "%l %v"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Only one of ApplicationLogConfig.log_format or CLI option --log-format"),
+        "{err}"
+    );
+    // An unknown flag is refused by path (bootstrap) or by option (CLI).
+    std::fs::write(
+        &path,
+        format!("application_log_config: {{log_format: {{text_format: \"%q\"}}}}\n{base}"),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["--mode", "validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "application_log_config.log_format.text_format: '%q' is not a supported log format flag"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "--mode",
+        "validate",
+        "--log-format",
+        "[%Z]",
+        "-c",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--log-format: '%Z' is not a supported"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_format_escaped_keeps_one_event_on_one_line() {
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    let yaml = bootstrap(
+        &http_listener("ingress", "", vhosts),
+        &cluster("backend", &[u.addr], ""),
+    );
+    let r = Remora::start_with(
+        &yaml,
+        &["--log-format", "<%L|%n> %v", "--log-format-escaped"],
+    )
+    .await;
+    let err = r.stderr();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<I|main> admin address: ")),
+        "{err}"
+    );
+    let (_, body) = r.admin_get("/server_info").await.unwrap();
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["command_line_options"]["log_format"], "<%L|%n> %v");
+    assert_eq!(j["command_line_options"]["log_format_escaped"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_cluster_traffic_stats() {
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    let yaml = format!(
+        "deferred_stat_options: {{enable_deferred_creation_stats: true}}\n{}",
+        bootstrap(
+            &http_listener("ingress", "", vhosts),
+            &format!(
+                "{}{}",
+                cluster("backend", &[u.addr], ""),
+                cluster("idle", &[u.addr], "")
+            )
+        )
+    );
+    let r = Remora::start(&yaml).await;
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.backend.ClusterTrafficStats.initialized"], 0);
+    assert!(!stats.contains_key("cluster.backend.upstream_cx_total"));
+    assert_eq!(stats["cluster.backend.membership_total"], 1);
+    assert_eq!(get(r.addr("ingress"), "x", "/").await.status, 200);
+    r.wait_stat("cluster.backend.upstream_rq_total", 1).await;
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.backend.ClusterTrafficStats.initialized"], 1);
+    assert_eq!(stats["cluster.backend.upstream_cx_total"], 1);
+    assert_eq!(stats["cluster.backend.upstream_rq_200"], 1);
+    // A cluster nobody used still has none.
+    assert_eq!(stats["cluster.idle.ClusterTrafficStats.initialized"], 0);
+    assert!(!stats.contains_key("cluster.idle.upstream_rq_total"));
+}

@@ -637,6 +637,7 @@ fn server_info(state: &Arc<ServerState>) -> Resp {
             log_level: o.log_level.clone(),
             component_log_level: o.component_log_level.clone().unwrap_or_default(),
             log_format: o.log_format.clone().unwrap_or_default(),
+            log_format_escaped: o.log_format_escaped,
             log_path: o
                 .log_path
                 .as_ref()

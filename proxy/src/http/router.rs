@@ -126,7 +126,7 @@ pub async fn forward(
     };
     stream.info.upstream_cluster = Some(cluster.config.name.clone());
     let Some(host) = lb::choose(&cluster) else {
-        cluster.stats.upstream_cx_none_healthy.inc();
+        cluster.stats.traffic().upstream_cx_none_healthy.inc();
         return hcm.local_reply(
             stream,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -259,7 +259,7 @@ pub async fn forward(
     }
 
     // Upstream accounting starts here; `ActiveStream::finish` ends it.
-    let s = &cluster.stats;
+    let s = cluster.stats.traffic();
     s.upstream_rq_total.inc();
     s.upstream_rq_active.inc();
     host.stats.rq_total.fetch_add(1, Relaxed);
@@ -350,11 +350,11 @@ fn charge_upstream(stream: &ActiveStream, status: u16) {
     if let Some(up) = &stream.upstream
         && up.dynamic_stats
     {
-        up.cluster.stats.upstream_rq_codes.charge(status);
+        up.cluster.stats.traffic().upstream_rq_codes.charge(status);
         if up.internal {
-            up.cluster.stats.internal_rq_codes.charge(status);
+            up.cluster.stats.traffic().internal_rq_codes.charge(status);
         } else {
-            up.cluster.stats.external_rq_codes.charge(status);
+            up.cluster.stats.traffic().external_rq_codes.charge(status);
         }
     }
 }
@@ -366,7 +366,7 @@ fn fail(
     host: &Arc<Host>,
     failure: Failure,
 ) -> Response<Body> {
-    let s = &cluster.stats;
+    let s = cluster.stats.traffic();
     let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) =
         match failure {
             Failure::Connect(e) => {
@@ -461,11 +461,11 @@ fn fail(
     }
     // The upstream request is over; its accounting ends with the local reply.
     if let Some(up) = stream.upstream.take() {
-        up.cluster.stats.upstream_rq_active.dec();
+        up.cluster.stats.traffic().upstream_rq_active.dec();
         up.host.stats.rq_active.fetch_sub(1, Relaxed);
         if up.dynamic_stats {
             let ms = up.started.elapsed().as_millis() as u64;
-            up.cluster.stats.upstream_rq_time.record(ms);
+            up.cluster.stats.traffic().upstream_rq_time.record(ms);
         }
     }
     hcm.local_reply(stream, status, &body, details, flags)

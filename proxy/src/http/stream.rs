@@ -116,7 +116,7 @@ impl ActiveStream {
                 .set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         }
         if let Some(up) = self.upstream.take() {
-            let s = &up.cluster.stats;
+            let s = up.cluster.stats.traffic();
             s.upstream_rq_active.dec();
             up.host.stats.rq_active.fetch_sub(1, Relaxed);
             let elapsed = now.duration_since(up.started).as_millis() as u64;
@@ -294,7 +294,7 @@ impl HttpBody for TrackedBody {
                     if let Some(up) = &this.stream.upstream
                         && stat
                     {
-                        up.cluster.stats.upstream_rq_timeout.inc();
+                        up.cluster.stats.traffic().upstream_rq_timeout.inc();
                         up.host.stats.rq_timeout.fetch_add(1, Relaxed);
                     }
                     if !stat {

@@ -56,6 +56,12 @@ pub struct Bootstrap {
     pub clusters: Vec<Arc<Cluster>>,
     pub stats: StatsSettings,
     pub runtime: Runtime,
+    /// `deferred_stat_options.enable_deferred_creation_stats`.
+    pub deferred_creation_stats: bool,
+    /// `application_log_config.log_format`.
+    pub app_log_format: Option<crate::logging::pattern::LineFormat>,
+    /// `cluster_manager.outlier_detection.event_log_path`: where outlier ejection events go.
+    pub outlier_event_log: Option<std::path::PathBuf>,
 }
 
 impl Bootstrap {
@@ -115,6 +121,7 @@ impl Bootstrap {
             .map(|d| super::xds::DynamicResources::from_proto(&path.field("dynamic_resources"), d))
             .transpose()?
             .unwrap_or_default();
+        let mut outlier_event_log = None;
         if let Some(cm) = cluster_manager {
             let cp = path.field("cluster_manager");
             let pb::bootstrap::ClusterManager {
@@ -125,7 +132,17 @@ impl Bootstrap {
                 enable_deferred_cluster_creation,
             } = cm;
             deny(&cp, "local_cluster_name", local_cluster_name)?;
-            deny(&cp, "outlier_detection", outlier_detection)?;
+            if let Some(od) = outlier_detection {
+                let op = cp.field("outlier_detection");
+                let pb::bootstrap::cluster_manager::OutlierDetection {
+                    event_log_path,
+                    event_service,
+                } = od;
+                deny(&op, "event_service", event_service)?;
+                if !event_log_path.is_empty() {
+                    outlier_event_log = Some(std::path::PathBuf::from(event_log_path));
+                }
+            }
             deny(&cp, "upstream_bind_config", upstream_bind_config)?;
             deny(&cp, "load_stats_config", load_stats_config)?;
             // Deferred creation only changes when a cluster's internals are built, not behaviour.
@@ -134,7 +151,9 @@ impl Bootstrap {
         deny(&path, "hds_config", hds_config)?;
         deny(&path, "flags_path", flags_path)?;
         deny(&path, "stats_sinks", stats_sinks)?;
-        deny(&path, "deferred_stat_options", deferred_stat_options)?;
+        let deferred_creation_stats = deferred_stat_options
+            .as_ref()
+            .is_some_and(|d| d.enable_deferred_creation_stats);
         deny(&path, "watchdog", watchdog)?;
         deny(&path, "watchdogs", watchdogs)?;
         deny(&path, "tracing", tracing)?;
@@ -178,7 +197,11 @@ impl Bootstrap {
             xds_config_tracker_extension,
         )?;
         deny(&path, "listener_manager", listener_manager)?;
-        deny(&path, "application_log_config", application_log_config)?;
+        let app_log_format = application_log_config
+            .as_ref()
+            .map(|a| app_log_format(&path.field("application_log_config"), a))
+            .transpose()?
+            .flatten();
         deny(
             &path,
             "grpc_async_client_manager_config",
@@ -303,6 +326,9 @@ impl Bootstrap {
             clusters,
             stats,
             runtime,
+            deferred_creation_stats,
+            app_log_format,
+            outlier_event_log,
         })
     }
 }
@@ -336,6 +362,31 @@ const DOWNSTREAM_CONNECTIONS: &str =
 
 /// `overload_manager`: the global downstream connection limit monitor is honoured; actions,
 /// load-shed points and other monitors are refused.
+/// `application_log_config`: a text pattern or a JSON object of patterns.
+fn app_log_format(
+    path: &FieldPath,
+    a: &pb::bootstrap::bootstrap::ApplicationLogConfig,
+) -> Result<Option<crate::logging::pattern::LineFormat>> {
+    use crate::logging::pattern::LineFormat;
+    use pb::bootstrap::bootstrap::application_log_config::log_format::LogFormat as F;
+    let pb::bootstrap::bootstrap::ApplicationLogConfig { log_format } = a;
+    let Some(lf) = log_format else {
+        return Ok(None);
+    };
+    let lp = path.field("log_format");
+    Ok(match &lf.log_format {
+        Some(F::TextFormat(t)) => {
+            Some(LineFormat::text(t).map_err(|e| lp.field("text_format").error(e))?)
+        }
+        Some(F::JsonFormat(j)) => {
+            let json = super::runtime::struct_to_json(j);
+            let obj = json.as_object().cloned().unwrap_or_default();
+            Some(LineFormat::json(&obj).map_err(|e| lp.field("json_format").error(e))?)
+        }
+        None => None,
+    })
+}
+
 fn overload(path: &FieldPath, om: &pb::overload::OverloadManager) -> Result<Option<u64>> {
     use pb::overload::resource_monitor::ConfigType;
     let pb::overload::OverloadManager {

@@ -107,7 +107,7 @@ impl TcpProxyFilter {
         let mut upstream = None;
         for attempt in 1..=self.config.max_connect_attempts {
             let Some(host) = lb::choose(&cluster) else {
-                cluster.stats.upstream_cx_none_healthy.inc();
+                cluster.stats.traffic().upstream_cx_none_healthy.inc();
                 info.set_flag(ResponseFlags::NO_HEALTHY_UPSTREAM);
                 break;
             };

@@ -335,6 +335,8 @@ pub struct Store {
     accept: Option<NameFilter>,
     /// Histogram snapshots at the last flush, for `/stats` interval quantiles.
     last_flush: Mutex<BTreeMap<Arc<str>, HistogramSnapshot>>,
+    /// `deferred_stat_options.enable_deferred_creation_stats`.
+    deferred_creation: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -356,7 +358,18 @@ impl Store {
             tags,
             accept,
             last_flush: Mutex::new(BTreeMap::new()),
+            deferred_creation: false,
         }
+    }
+
+    /// Create groups of stats (a cluster's traffic stats) on first use.
+    pub fn with_deferred_creation(mut self, on: bool) -> Self {
+        self.deferred_creation = on;
+        self
+    }
+
+    pub fn deferred_creation(&self) -> bool {
+        self.deferred_creation
     }
 
     fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {

@@ -8,13 +8,34 @@ use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, LazyHistogra
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-/// `cluster.<name>.*` stats, resolved when the cluster is built.
+/// `cluster.<name>.*` stats, resolved when the cluster is built — except the traffic group,
+/// which with `deferred_stat_options.enable_deferred_creation_stats` is created on first use
+/// (Envoy's `ClusterTrafficStats`): thousands of clusters that see no traffic then hold no
+/// traffic stats, and `cluster.<name>.ClusterTrafficStats.initialized` says which did.
 #[derive(Debug)]
 pub struct ClusterStats {
+    traffic: DeferredTraffic,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+    pub membership_degraded: Arc<Gauge>,
+    pub membership_excluded: Arc<Gauge>,
+    pub membership_change: Arc<Counter>,
+    pub max_host_weight: Arc<Gauge>,
+    pub lb_healthy_panic: Arc<Counter>,
+    pub update_attempt: Arc<Counter>,
+    pub update_success: Arc<Counter>,
+    pub update_failure: Arc<Counter>,
+    pub update_empty: Arc<Counter>,
+    pub update_no_rebuild: Arc<Counter>,
+}
+
+/// The stats a cluster's traffic updates (`upstream_cx_*`, `upstream_rq_*`).
+#[derive(Debug)]
+pub struct ClusterTrafficStats {
     pub upstream_cx_total: Arc<Counter>,
     pub upstream_cx_active: Arc<Gauge>,
     pub upstream_cx_http1_total: Arc<Counter>,
@@ -42,23 +63,82 @@ pub struct ClusterStats {
     pub external_rq_codes: CodeStats,
     pub internal_rq_time: LazyHistogram,
     pub internal_rq_codes: CodeStats,
-    pub membership_total: Arc<Gauge>,
-    pub membership_healthy: Arc<Gauge>,
-    pub membership_degraded: Arc<Gauge>,
-    pub membership_excluded: Arc<Gauge>,
-    pub membership_change: Arc<Counter>,
-    pub max_host_weight: Arc<Gauge>,
-    pub lb_healthy_panic: Arc<Counter>,
-    pub update_attempt: Arc<Counter>,
-    pub update_success: Arc<Counter>,
-    pub update_failure: Arc<Counter>,
-    pub update_empty: Arc<Counter>,
-    pub update_no_rebuild: Arc<Counter>,
 }
+
+/// The traffic group, built now or on first use.
+struct DeferredTraffic {
+    stats: OnceLock<Box<ClusterTrafficStats>>,
+    /// What building it later needs (None once built eagerly).
+    later: Option<(Arc<Store>, Box<str>, Arc<Gauge>)>,
+}
+
+impl std::fmt::Debug for DeferredTraffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredTraffic")
+            .field("initialized", &self.stats.get().is_some())
+            .finish()
+    }
+}
+
+// === impl ClusterStats ===
 
 impl ClusterStats {
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
         let p = format!("cluster.{stat_name}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let g = |n: &str| store.gauge(&format!("{p}{n}"));
+        let traffic = if store.deferred_creation() {
+            let initialized = g("ClusterTrafficStats.initialized");
+            let stats = OnceLock::new();
+            // A cluster replaced under the same name keeps the traffic stats its predecessor
+            // created, as Envoy does.
+            if initialized.value() > 0 {
+                let _ = stats.set(Box::new(ClusterTrafficStats::new(store, &p)));
+            }
+            DeferredTraffic {
+                stats,
+                later: Some((store.clone(), p.clone().into_boxed_str(), initialized)),
+            }
+        } else {
+            DeferredTraffic {
+                stats: OnceLock::from(Box::new(ClusterTrafficStats::new(store, &p))),
+                later: None,
+            }
+        };
+        Self {
+            traffic,
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_degraded: g("membership_degraded"),
+            membership_excluded: g("membership_excluded"),
+            membership_change: c("membership_change"),
+            max_host_weight: g("max_host_weight"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_failure: c("update_failure"),
+            update_empty: c("update_empty"),
+            update_no_rebuild: c("update_no_rebuild"),
+        }
+    }
+
+    /// The traffic stats, created now if deferred and not yet used.
+    #[inline]
+    pub fn traffic(&self) -> &ClusterTrafficStats {
+        self.traffic.stats.get_or_init(|| {
+            let (store, prefix, initialized) = self
+                .traffic
+                .later
+                .as_ref()
+                .expect("eagerly built traffic stats are always set");
+            initialized.set(1);
+            Box::new(ClusterTrafficStats::new(store, prefix))
+        })
+    }
+}
+
+impl ClusterTrafficStats {
+    fn new(store: &Arc<Store>, p: &str) -> Self {
         let c = |n: &str| store.counter(&format!("{p}{n}"));
         let g = |n: &str| store.gauge(&format!("{p}{n}"));
         let h = |n: &str| store.histogram(&format!("{p}{n}"));
@@ -100,18 +180,6 @@ impl ClusterStats {
                 true,
                 false,
             ),
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            membership_degraded: g("membership_degraded"),
-            membership_excluded: g("membership_excluded"),
-            membership_change: c("membership_change"),
-            max_host_weight: g("max_host_weight"),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            update_failure: c("update_failure"),
-            update_empty: c("update_empty"),
-            update_no_rebuild: c("update_no_rebuild"),
         }
     }
 }

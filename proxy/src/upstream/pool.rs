@@ -62,7 +62,7 @@ impl ConnectionStats {
 
 impl Drop for ConnectionStats {
     fn drop(&mut self) {
-        let s = &self.cluster.stats;
+        let s = self.cluster.stats.traffic();
         s.upstream_cx_active.dec();
         s.upstream_cx_destroy.inc();
         if self.closed_locally.load(Relaxed) {
@@ -102,7 +102,7 @@ pub async fn connect(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<CountedStream, ConnectError> {
-    let s = &cluster.stats;
+    let s = cluster.stats.traffic();
     s.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Relaxed);
     let started = Instant::now();
@@ -184,7 +184,7 @@ pub struct H1Conn {
 impl H1Conn {
     /// A freshly connected HTTP/1.1 connection (`upstream_cx_http1_total`).
     fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Self {
-        cluster.stats.upstream_cx_http1_total.inc();
+        cluster.stats.traffic().upstream_cx_http1_total.inc();
         Self {
             local_addr: io.inner.tcp().local_addr().ok(),
             io,
@@ -233,7 +233,7 @@ impl H1Conn {
             .max_requests_per_connection
             .is_some_and(|max| self.served >= max)
         {
-            self.cluster.stats.upstream_cx_max_requests.inc();
+            self.cluster.stats.traffic().upstream_cx_max_requests.inc();
             self.stats().close_locally();
             return;
         }
@@ -314,7 +314,7 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
         let Some(idle) = candidate else { break };
         let mut conn = idle.conn;
         if idle_timeout.is_some_and(|t| idle.since.elapsed() >= t) {
-            cluster.stats.upstream_cx_idle_timeout.inc();
+            cluster.stats.traffic().upstream_cx_idle_timeout.inc();
             conn.discard();
             continue;
         }
@@ -443,7 +443,7 @@ async fn handshake_h2(
         .handshake::<_, Body>(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
-    cluster.stats.upstream_cx_http2_total.inc();
+    cluster.stats.traffic().upstream_cx_http2_total.inc();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");
@@ -472,7 +472,12 @@ pub fn sweep() {
                     .idle_timeout
                     .is_some_and(|t| idle.since.elapsed() >= t);
                 if expired {
-                    idle.conn.cluster.stats.upstream_cx_idle_timeout.inc();
+                    idle.conn
+                        .cluster
+                        .stats
+                        .traffic()
+                        .upstream_cx_idle_timeout
+                        .inc();
                     idle.conn.stats().close_locally();
                 }
                 !expired && idle.conn.idle_and_open()
@@ -487,7 +492,7 @@ pub fn sweep() {
                     .is_some_and(|t| last_used.elapsed() >= t)
                 {
                     // Dropping the last sender closes the connection once its streams finish.
-                    cluster.stats.upstream_cx_idle_timeout.inc();
+                    cluster.stats.traffic().upstream_cx_idle_timeout.inc();
                     stats.close_locally();
                     entry.h2 = None;
                 }
