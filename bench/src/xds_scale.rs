@@ -52,6 +52,8 @@ fn snapshot(n: usize, version: &str, upstream: SocketAddr, route_to: &str) -> Sn
 fn bootstrap(port: u16, xds: SocketAddr) -> String {
     format!(
         r#"node: {{id: {NODE}}}
+# As the bootstrap pilot-agent writes for every Istio sidecar.
+deferred_stat_options: {{enable_deferred_creation_stats: true}}
 dynamic_resources:
   ads_config:
     api_type: GRPC

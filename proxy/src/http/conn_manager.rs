@@ -186,6 +186,8 @@ pub struct ConnectionManager {
     pub local: Arc<LocalInfo>,
     pub listener_port: u16,
     pub h1_limits: super::codec::h1::Limits,
+    /// `envoy.filters.http.compressor` filters, in chain order.
+    compressors: crate::filters::compressor::CompressorChain,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -368,7 +370,16 @@ impl ConnectionManager {
             ),
             None => crate::xds::rds::RouteTable::fixed(config.route_config.clone()),
         };
+        let compressors = crate::filters::compressor::CompressorChain::new(
+            config.http_filters.iter().filter_map(|f| match f {
+                crate::model::hcm::HttpFilter::Compressor(c) => Some(&**c),
+                crate::model::hcm::HttpFilter::Router(_) => None,
+            }),
+            store,
+            &config.stat_prefix,
+        );
         Ok(Self {
+            compressors,
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,
@@ -412,6 +423,9 @@ impl ConnectionManager {
     ) -> Response<Body> {
         let status = resp.status().as_u16();
         stream.info.response_code = Some(status);
+        if !self.compressors.is_empty() {
+            resp = self.compressors.on_response(stream.compression, resp);
+        }
         let h = resp.headers_mut();
         match self.config.server_header {
             ServerHeader::Overwrite => {
@@ -630,6 +644,8 @@ impl ConnectionManager {
         if self.config.merge_slashes {
             merge_slashes(&mut parts.uri);
         }
+        // The HTTP filters before the router (their response side runs in `respond`).
+        stream.compression = self.compressors.on_request(&mut parts.headers);
         if let Some(r) = stream.request.as_mut() {
             // The access log sees the request as routed (with the generated x-request-id, XFF).
             *r = snapshot(&parts, &self.log_request_headers);
@@ -742,12 +758,6 @@ impl ConnectionManager {
                         "upgrade_failed",
                         ResponseFlags::empty(),
                     );
-                }
-                // The HTTP filter chain: every filter before the router may answer locally.
-                for f in &self.config.http_filters {
-                    match f {
-                        crate::model::hcm::HttpFilter::Router(_) => {}
-                    }
                 }
                 let body = if body.is_end_stream() {
                     stream.info.last_downstream_rx = Some(Instant::now());

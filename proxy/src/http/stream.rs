@@ -63,6 +63,8 @@ pub struct ActiveStream {
     pub response_headers: Option<HeaderMap>,
     pub upstream: Option<UpstreamRequest>,
     pub progress: Option<Arc<RequestProgress>>,
+    /// The compressor the request side chose for the response.
+    pub compression: crate::filters::compressor::Choice,
     finished: bool,
 }
 
@@ -90,6 +92,7 @@ impl ActiveStream {
             response_headers: None,
             upstream: None,
             progress: None,
+            compression: None,
             finished: false,
         }
     }

@@ -69,6 +69,9 @@ enum_names!(
     pb::tls::subject_alt_name_matcher::SanType,
     pb::tls::certificate_validation_context::TrustChainVerification,
     pb::tls::downstream_tls_context::OcspStaplePolicy,
+    pb::gzip::gzip::CompressionLevel,
+    pb::gzip::gzip::CompressionStrategy,
+    pb::brotli::brotli::EncoderMode,
 );
 
 pub fn duration(d: &pb::protobuf::Duration) -> Option<Duration> {

@@ -68,6 +68,7 @@ pub struct Http2Settings {
 /// The HTTP filters, in order; the router is always last.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
+    Compressor(Arc<super::compressor::CompressorConfig>),
     Router(RouterConfig),
 }
 
@@ -536,7 +537,7 @@ impl HttpConnectionManager {
             None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
         };
 
-        let (filters, router) = http_filter_chain(&path.field("http_filters"), http_filters)?;
+        let (filters, router) = http_filter_chain(&path.field("http_filters"), http_filters, rt)?;
 
         let strip_port = match (strip_matching_host_port, strip_port_mode) {
             (true, Some(_)) => {
@@ -784,6 +785,7 @@ pub fn http2_settings(
 fn http_filter_chain(
     path: &FieldPath,
     filters: &[pb::hcm::HttpFilter],
+    rt: &Runtime,
 ) -> Result<(Vec<HttpFilter>, RouterConfig)> {
     use pb::hcm::http_filter::ConfigType;
     let mut out = Vec::new();
@@ -824,6 +826,22 @@ fn http_filter_chain(
                 }
                 out.push(HttpFilter::Router(r.clone()));
                 router = Some(r);
+            }
+            super::compressor::COMPRESSOR_TYPE => {
+                let Some(any) = typed else {
+                    return Err(fp.field("typed_config").error("is required"));
+                };
+                let tp = fp.field("typed_config");
+                let cfg = super::compressor::CompressorConfig::from_proto(
+                    &tp,
+                    &decode_any(&tp, any)?,
+                    rt,
+                )?;
+                // A filter disabled here would only run where a route's
+                // typed_per_filter_config enables it, which remora refuses; so it never runs.
+                if !*disabled {
+                    out.push(HttpFilter::Compressor(Arc::new(cfg)));
+                }
             }
             _ if *is_optional => {
                 tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
+pub mod compressor;
 pub mod core;
 pub mod hcm;
 pub mod headers;

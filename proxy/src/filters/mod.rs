@@ -1,0 +1,3 @@
+//! HTTP filters other than the router, named after their Envoy extensions.
+
+pub mod compressor;
