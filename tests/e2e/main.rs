@@ -10,6 +10,7 @@ mod compat;
 mod filters;
 mod hcm;
 mod protocols;
+mod resilience;
 mod routing;
 mod tcp;
 mod tls;

@@ -92,6 +92,8 @@ pub mod bodies {
     pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
     pub const REMOTE_RESET: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    pub const OVERFLOW: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow";
     pub const PROTOCOL_ERROR: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 }

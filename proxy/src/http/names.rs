@@ -31,6 +31,7 @@ names! {
     X_ENVOY_UPSTREAM_STREAM_DURATION_MS = "x-envoy-upstream-stream-duration-ms";
     X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT = "x-envoy-hedge-on-per-try-timeout";
     X_ENVOY_UPSTREAM_SERVICE_TIME = "x-envoy-upstream-service-time";
+    X_ENVOY_OVERLOADED = "x-envoy-overloaded";
     X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER = "x-envoy-downstream-service-cluster";
     X_ENVOY_DOWNSTREAM_SERVICE_NODE = "x-envoy-downstream-service-node";
     X_ENVOY_DECORATOR_OPERATION = "x-envoy-decorator-operation";

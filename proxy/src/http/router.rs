@@ -258,6 +258,13 @@ pub async fn forward(
         );
     }
 
+    // The cluster's max_requests circuit breaker (Envoy counts the refusal as a pending
+    // overflow).
+    let requests = &cluster.circuit_breakers.default.requests;
+    if !requests.try_inc() {
+        cluster.stats.traffic().upstream_rq_pending_overflow.inc();
+        return overflow_reply(hcm, stream, router.suppress_envoy_headers);
+    }
     // Upstream accounting starts here; `ActiveStream::finish` ends it.
     let s = cluster.stats.traffic();
     s.upstream_rq_total.inc();
@@ -369,6 +376,12 @@ fn fail(
     let s = cluster.stats.traffic();
     let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) =
         match failure {
+            Failure::Connect(pool::ConnectError::Overflow) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                bodies::OVERFLOW.into(),
+                "upstream_reset_before_response_started{overflow}",
+                ResponseFlags::UPSTREAM_OVERFLOW,
+            ),
             Failure::Connect(e) => {
                 let reason = e.to_string();
                 stream.info.upstream_transport_failure_reason = Some(reason.clone());
@@ -462,13 +475,41 @@ fn fail(
     // The upstream request is over; its accounting ends with the local reply.
     if let Some(up) = stream.upstream.take() {
         up.cluster.stats.traffic().upstream_rq_active.dec();
+        up.cluster.circuit_breakers.default.requests.dec();
         up.host.stats.rq_active.fetch_sub(1, Relaxed);
         if up.dynamic_stats {
             let ms = up.started.elapsed().as_millis() as u64;
             up.cluster.stats.traffic().upstream_rq_time.record(ms);
         }
     }
-    hcm.local_reply(stream, status, &body, details, flags)
+    let overloaded = flags == ResponseFlags::UPSTREAM_OVERFLOW;
+    let mut resp = hcm.local_reply(stream, status, &body, details, flags);
+    if overloaded && !hcm.config.router.suppress_envoy_headers {
+        resp.headers_mut()
+            .insert(names::X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// 503 `UO` with `x-envoy-overloaded: true`: a circuit breaker refused the request before it
+/// reached the upstream.
+fn overflow_reply(
+    hcm: &Arc<ConnectionManager>,
+    stream: ActiveStream,
+    suppress_envoy_headers: bool,
+) -> Response<Body> {
+    let mut resp = hcm.local_reply(
+        stream,
+        StatusCode::SERVICE_UNAVAILABLE,
+        bodies::OVERFLOW,
+        "upstream_reset_before_response_started{overflow}",
+        ResponseFlags::UPSTREAM_OVERFLOW,
+    );
+    if !suppress_envoy_headers {
+        resp.headers_mut()
+            .insert(names::X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
+    resp
 }
 
 fn is_remote_reset(e: &hyper::Error) -> bool {

@@ -121,6 +121,7 @@ impl ActiveStream {
         if let Some(up) = self.upstream.take() {
             let s = up.cluster.stats.traffic();
             s.upstream_rq_active.dec();
+            up.cluster.circuit_breakers.default.requests.dec();
             up.host.stats.rq_active.fetch_sub(1, Relaxed);
             let elapsed = now.duration_since(up.started).as_millis() as u64;
             if up.dynamic_stats {

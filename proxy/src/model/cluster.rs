@@ -121,6 +121,93 @@ pub struct Cluster {
     /// A single `pipe` endpoint (a Unix socket): usable as an xDS/SDS gRPC service (Istio's
     /// `xds-grpc` and `sds-grpc`); routes and tcp_proxy cannot target it.
     pub pipe: Option<std::path::PathBuf>,
+    /// `circuit_breakers.thresholds`, per routing priority.
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// One priority's circuit-breaker thresholds (Envoy's defaults: 1024 connections, pending and
+/// active requests, 3 retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+    pub max_retries: u64,
+    /// Publish `remaining_*` gauges.
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CircuitBreakers {
+    pub default: Thresholds,
+    pub high: Thresholds,
+}
+
+fn circuit_breakers(
+    path: &FieldPath,
+    cb: &pb::cluster::CircuitBreakers,
+) -> Result<CircuitBreakers> {
+    use pb::core::RoutingPriority;
+    let pb::cluster::CircuitBreakers {
+        thresholds,
+        per_host_thresholds,
+    } = cb;
+    deny(path, "per_host_thresholds", per_host_thresholds)?;
+    let mut out = CircuitBreakers::default();
+    let mut seen = [false; 2];
+    for (i, t) in thresholds.iter().enumerate() {
+        let tp = path.field("thresholds").index(i);
+        let pb::cluster::circuit_breakers::Thresholds {
+            priority,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            retry_budget,
+            track_remaining,
+            max_connection_pools,
+        } = t;
+        let p = enum_value::<RoutingPriority>(&tp, "priority", *priority, |_| true)?;
+        // Retries are refused on routes (retry_policy), so a retry budget has nothing to cap
+        // yet; refusing it keeps the configuration honest until retries land.
+        deny(&tp, "retry_budget", retry_budget)?;
+        deny(&tp, "max_connection_pools", max_connection_pools)?;
+        let idx = p as usize;
+        if seen[idx] {
+            return Err(tp
+                .field("priority")
+                .error(format!("{} is configured twice", p.as_str_name())));
+        }
+        seen[idx] = true;
+        let d = Thresholds::default();
+        let v = |x: &Option<pb::protobuf::UInt32Value>, def: u64| {
+            x.as_ref().map_or(def, |v| u64::from(v.value))
+        };
+        let th = Thresholds {
+            max_connections: v(max_connections, d.max_connections),
+            max_pending_requests: v(max_pending_requests, d.max_pending_requests),
+            max_requests: v(max_requests, d.max_requests),
+            max_retries: v(max_retries, d.max_retries),
+            track_remaining: *track_remaining,
+        };
+        match p {
+            RoutingPriority::Default => out.default = th,
+            RoutingPriority::High => out.high = th,
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,7 +304,11 @@ impl Cluster {
             per_connection_buffer_high_watermark_timeout,
         )?;
         deny(path, "health_checks", health_checks)?;
-        deny(path, "circuit_breakers", circuit_breakers)?;
+        let circuit_breakers = circuit_breakers
+            .as_ref()
+            .map(|cb| self::circuit_breakers(&path.field("circuit_breakers"), cb))
+            .transpose()?
+            .unwrap_or_default();
         deny(
             path,
             "upstream_http_protocol_options",
@@ -568,6 +659,7 @@ impl Cluster {
                 alt_stat_name.clone()
             },
             discovery,
+            circuit_breakers,
             connect_timeout,
             lb_policy: lb,
             localities,

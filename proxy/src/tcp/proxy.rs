@@ -113,6 +113,11 @@ impl TcpProxyFilter {
             };
             info.upstream_host = Some(host.address);
             info.attempt_count = attempt;
+            if !cluster.circuit_breakers.default.connections.can_create() {
+                cluster.stats.traffic().upstream_cx_overflow.inc();
+                info.set_flag(ResponseFlags::UPSTREAM_OVERFLOW);
+                break;
+            }
             match pool::connect(&cluster, &host).await {
                 Ok(s) => {
                     upstream = Some(s);

@@ -50,6 +50,8 @@ pub struct ClusterTrafficStats {
     pub upstream_cx_idle_timeout: Arc<Counter>,
     pub upstream_cx_max_requests: Arc<Counter>,
     pub upstream_cx_none_healthy: Arc<Counter>,
+    pub upstream_cx_overflow: Arc<Counter>,
+    pub upstream_rq_pending_overflow: Arc<Counter>,
     pub upstream_cx_rx_bytes_total: Arc<Counter>,
     pub upstream_cx_tx_bytes_total: Arc<Counter>,
     pub upstream_rq_total: Arc<Counter>,
@@ -157,6 +159,8 @@ impl ClusterTrafficStats {
             upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
             upstream_cx_max_requests: c("upstream_cx_max_requests"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_rq_total: c("upstream_rq_total"),
@@ -192,6 +196,7 @@ pub struct Cluster {
     pub id: u64,
     pub config: Arc<ClusterConfig>,
     pub stats: ClusterStats,
+    pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
     pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
@@ -205,6 +210,11 @@ impl Cluster {
         let c = Arc::new(Self {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
             stats,
+            circuit_breakers: super::circuit_breakers::CircuitBreakers::new(
+                &config.circuit_breakers,
+                store,
+                &config.stat_name,
+            ),
             ssl: config.tls.as_ref().map(|_| {
                 crate::transport_sockets::tls::TlsStats::new(
                     store,

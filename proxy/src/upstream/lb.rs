@@ -142,6 +142,7 @@ mod tests {
             tls: None,
             eds: None,
             pipe: None,
+            circuit_breakers: Default::default(),
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

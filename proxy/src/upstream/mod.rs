@@ -1,5 +1,6 @@
 //! Upstream: clusters and the cluster manager, hosts, load balancing, connection pools.
 
+pub mod circuit_breakers;
 pub mod cluster;
 pub mod host;
 pub mod lb;

@@ -15,12 +15,14 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 /// Why a connection could not be made (`UF`).
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub enum ConnectError {
     Handshake(Arc<hyper::Error>),
     /// The TLS handshake failed (the reason as Envoy prints it: `TLS_error:…`).
     Tls(Arc<str>),
+    /// A circuit breaker refused (`UO`): no connection could be made and no request may wait.
+    Overflow,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -39,6 +43,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Io(e) => write!(f, "delayed connect error: {e}"),
             ConnectError::Handshake(e) => write!(f, "protocol error: {e}"),
             ConnectError::Tls(reason) => f.write_str(reason),
+            ConnectError::Overflow => f.write_str("overflow"),
         }
     }
 }
@@ -52,6 +57,64 @@ pub struct ConnectionStats {
     closed_locally: AtomicBool,
     /// What the TLS handshake established (TLS clusters).
     pub tls: Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
+    /// The worker's HTTP/1.1 pool slot this connection counts in.
+    slot: OnceLock<Arc<PoolSlot>>,
+}
+
+/// One worker's HTTP/1.1 connections to one host: how many are open (busy or idle), and the
+/// requests waiting for one of them because the cluster is at its connection limit.
+#[derive(Default)]
+struct PoolSlot {
+    live: AtomicUsize,
+    waiters: Mutex<VecDeque<oneshot::Sender<Option<H1Conn>>>>,
+}
+
+impl PoolSlot {
+    /// Hand a connection to the oldest waiter; gives it back when nobody waits.
+    fn hand_over(&self, mut conn: H1Conn) -> Option<H1Conn> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(tx) = waiters.pop_front() {
+            match tx.send(Some(conn)) {
+                Ok(()) => return None,
+                Err(back) => conn = back.expect("sent Some"),
+            }
+        }
+        Some(conn)
+    }
+
+    /// A connection closed: the oldest waiter may now open one.
+    fn wake_one(&self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(tx) = waiters.pop_front() {
+            if tx.send(None).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts one connection against the cluster's `max_connections` from the start of connecting;
+/// released by the connection's stats when it closes, or here if connecting fails.
+struct CxReservation<'a> {
+    resource: &'a crate::upstream::circuit_breakers::Resource,
+    armed: bool,
+}
+
+impl Drop for CxReservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.resource.dec();
+        }
+    }
+}
+
+/// A pending request's place in the cluster's `max_pending_requests`.
+struct PendingGuard<'a>(&'a crate::upstream::circuit_breakers::Resource);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ConnectionStats {
@@ -62,6 +125,11 @@ impl ConnectionStats {
 
 impl Drop for ConnectionStats {
     fn drop(&mut self) {
+        self.cluster.circuit_breakers.default.connections.dec();
+        if let Some(slot) = self.slot.get() {
+            slot.live.fetch_sub(1, Relaxed);
+            slot.wake_one();
+        }
         let s = self.cluster.stats.traffic();
         s.upstream_cx_active.dec();
         s.upstream_cx_destroy.inc();
@@ -103,6 +171,12 @@ pub async fn connect(
     host: &Arc<Host>,
 ) -> Result<CountedStream, ConnectError> {
     let s = cluster.stats.traffic();
+    let connections = &cluster.circuit_breakers.default.connections;
+    connections.inc();
+    let mut reservation = CxReservation {
+        resource: connections,
+        armed: true,
+    };
     s.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Relaxed);
     let started = Instant::now();
@@ -154,7 +228,10 @@ pub async fn connect(
         opened: Instant::now(),
         closed_locally: AtomicBool::new(false),
         tls,
+        slot: OnceLock::new(),
     });
+    // From here the connection's stats release the reservation when it closes.
+    reservation.armed = false;
     Ok(Counted::new(
         stream,
         Some(s.upstream_cx_rx_bytes_total.clone()),
@@ -185,6 +262,9 @@ impl H1Conn {
     /// A freshly connected HTTP/1.1 connection (`upstream_cx_http1_total`).
     fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Self {
         cluster.stats.traffic().upstream_cx_http1_total.inc();
+        let slot = host_slot(host);
+        slot.live.fetch_add(1, Relaxed);
+        let _ = io.keep.slot.set(slot);
         Self {
             local_addr: io.inner.tcp().local_addr().ok(),
             io,
@@ -245,17 +325,21 @@ impl H1Conn {
             self.stats().close_locally();
             return;
         }
-        let host_id = self.host.id;
-        let weak = Arc::downgrade(&self.host);
+        // A request waiting for a connection (the cluster at its connection limit) gets it.
+        let conn = match self.stats().slot.get().cloned() {
+            Some(slot) => match slot.hand_over(self) {
+                Some(conn) => conn,
+                None => return,
+            },
+            None => self,
+        };
+        let host_id = conn.host.id;
+        let weak = Arc::downgrade(&conn.host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(host_id).or_insert_with(|| HostPool {
-                host: weak,
-                h1: Vec::new(),
-                h2: None,
-            });
+            let entry = p.entry(host_id).or_insert_with(|| HostPool::new(weak));
             entry.h1.push(Idle {
-                conn: self,
+                conn,
                 since: Instant::now(),
             });
         });
@@ -300,6 +384,29 @@ struct HostPool {
     host: Weak<Host>,
     h1: Vec<Idle>,
     h2: Option<H2State>,
+    slot: Arc<PoolSlot>,
+}
+
+impl HostPool {
+    fn new(host: Weak<Host>) -> Self {
+        Self {
+            host,
+            h1: Vec::new(),
+            h2: None,
+            slot: Arc::default(),
+        }
+    }
+}
+
+/// This worker's HTTP/1.1 slot for `host`.
+fn host_slot(host: &Arc<Host>) -> Arc<PoolSlot> {
+    POOLS.with(|p| {
+        p.borrow_mut()
+            .entry(host.id)
+            .or_insert_with(|| HostPool::new(Arc::downgrade(host)))
+            .slot
+            .clone()
+    })
 }
 
 thread_local! {
@@ -325,7 +432,38 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
         conn.reused = true;
         return Ok(conn);
     }
-    connect_h1(cluster, host).await
+    let cb = &cluster.circuit_breakers.default;
+    let slot = host_slot(host);
+    loop {
+        // At the connection limit a new connection is still opened when this worker has
+        // none to the host (else its requests could never be served), as Envoy does.
+        let can_create = cb.connections.can_create();
+        if can_create || slot.live.load(Relaxed) == 0 {
+            if !can_create {
+                cluster.stats.traffic().upstream_cx_overflow.inc();
+            }
+            return connect_h1(cluster, host).await;
+        }
+        cluster.stats.traffic().upstream_cx_overflow.inc();
+        if !cb.pending.try_inc() {
+            cluster.stats.traffic().upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        }
+        let _pending = PendingGuard(&cb.pending);
+        let (tx, rx) = oneshot::channel();
+        slot.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(tx);
+        match rx.await {
+            Ok(Some(mut conn)) => {
+                conn.reused = true;
+                return Ok(conn);
+            }
+            // A connection closed: try again (connect, or wait again).
+            _ => continue,
+        }
+    }
 }
 
 /// A fresh HTTP/1.1 connection.
@@ -363,15 +501,16 @@ pub async fn acquire_h2(
         Some(H2State::Connecting(fut)) => fut,
         _ => {
             let (c, h) = (cluster.clone(), host.clone());
+            // One connection per host per worker: opened even at the connection limit (counted
+            // as an overflow), as Envoy does for a pool with no connection.
+            if !cluster.circuit_breakers.default.connections.can_create() {
+                cluster.stats.traffic().upstream_cx_overflow.inc();
+            }
             let fut = async move { connect_h2(&c, &h).await }.boxed().shared();
             let weak = Arc::downgrade(host);
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = p.entry(host.id).or_insert_with(|| HostPool {
-                    host: weak,
-                    h1: Vec::new(),
-                    h2: None,
-                });
+                let entry = p.entry(host.id).or_insert_with(|| HostPool::new(weak));
                 entry.h2 = Some(H2State::Connecting(fut.clone()));
             });
             fut
@@ -414,11 +553,7 @@ pub async fn learn_protocol(
         let weak = Arc::downgrade(host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(host.id).or_insert_with(|| HostPool {
-                host: weak,
-                h1: Vec::new(),
-                h2: None,
-            });
+            let entry = p.entry(host.id).or_insert_with(|| HostPool::new(weak));
             if !matches!(entry.h2, Some(H2State::Ready(..))) {
                 entry.h2 = Some(H2State::Ready(ready.0, ready.1, ready.2, Instant::now()));
             }
@@ -497,7 +632,7 @@ pub fn sweep() {
                     entry.h2 = None;
                 }
             }
-            !entry.h1.is_empty() || entry.h2.is_some()
+            !entry.h1.is_empty() || entry.h2.is_some() || entry.slot.live.load(Relaxed) > 0
         });
     });
 }

@@ -1,0 +1,183 @@
+//! Envoy's circuit breakers (cluster `circuit_breakers.thresholds`): per routing priority,
+//! cluster-wide limits on connections, pending requests, active requests and retries, shared
+//! by every worker, with the `circuit_breakers.<priority>.*_open` gauges (1 while a limit is
+//! reached) and, with `track_remaining`, the `remaining_*` gauges.
+
+use crate::model::cluster::{CircuitBreakers as Config, Thresholds};
+use crate::telemetry::stats::{Gauge, Store};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One limited resource.
+#[derive(Debug)]
+pub struct Resource {
+    current: AtomicU64,
+    max: u64,
+    open: Arc<Gauge>,
+    remaining: Option<Arc<Gauge>>,
+}
+
+/// One priority's resources.
+#[derive(Debug)]
+pub struct Priority {
+    pub connections: Resource,
+    pub pending: Resource,
+    pub requests: Resource,
+    pub retries: Resource,
+}
+
+/// The cluster's resources, per routing priority.
+#[derive(Debug)]
+pub struct CircuitBreakers {
+    pub default: Priority,
+    pub high: Priority,
+}
+
+// === impl Resource ===
+
+impl Resource {
+    fn new(store: &Store, p: &str, open: &str, remaining: &str, max: u64, track: bool) -> Self {
+        let r = Self {
+            current: AtomicU64::new(0),
+            max,
+            open: store.gauge(&format!("{p}{open}")),
+            remaining: track.then(|| store.gauge(&format!("{p}{remaining}"))),
+        };
+        r.publish(0);
+        r
+    }
+
+    /// Below the limit now.
+    #[inline]
+    pub fn can_create(&self) -> bool {
+        self.current.load(Relaxed) < self.max
+    }
+
+    /// Take one unit if the limit allows.
+    #[inline]
+    pub fn try_inc(&self) -> bool {
+        let prev = self.current.fetch_add(1, Relaxed);
+        if prev >= self.max {
+            self.current.fetch_sub(1, Relaxed);
+            return false;
+        }
+        self.publish(prev + 1);
+        true
+    }
+
+    /// Take one unit regardless of the limit (Envoy opens a first connection to a host even
+    /// when the cluster is at its connection limit).
+    #[inline]
+    pub fn inc(&self) {
+        let n = self.current.fetch_add(1, Relaxed) + 1;
+        self.publish(n);
+    }
+
+    #[inline]
+    pub fn dec(&self) {
+        let n = self.current.fetch_sub(1, Relaxed).saturating_sub(1);
+        self.publish(n);
+    }
+
+    pub fn current(&self) -> u64 {
+        self.current.load(Relaxed)
+    }
+
+    #[inline]
+    fn publish(&self, n: u64) {
+        let open = i64::from(n >= self.max);
+        if self.open.value() != open {
+            self.open.set(open);
+        }
+        if let Some(r) = &self.remaining {
+            r.set(self.max.saturating_sub(n).min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+// === impl CircuitBreakers ===
+
+impl CircuitBreakers {
+    /// `cluster.<stat_name>.circuit_breakers.{default,high}.*`.
+    pub fn new(cfg: &Config, store: &Store, stat_name: &str) -> Self {
+        let priority = |name: &str, t: &Thresholds| {
+            let p = format!("cluster.{stat_name}.circuit_breakers.{name}.");
+            let tr = t.track_remaining;
+            // Connection pools are not limited (max_connection_pools is refused); the gauge
+            // exists, as in Envoy, and stays 0.
+            let _ = store.gauge(&format!("{p}cx_pool_open"));
+            Priority {
+                connections: Resource::new(
+                    store,
+                    &p,
+                    "cx_open",
+                    "remaining_cx",
+                    t.max_connections,
+                    tr,
+                ),
+                pending: Resource::new(
+                    store,
+                    &p,
+                    "rq_pending_open",
+                    "remaining_pending",
+                    t.max_pending_requests,
+                    tr,
+                ),
+                requests: Resource::new(store, &p, "rq_open", "remaining_rq", t.max_requests, tr),
+                retries: Resource::new(
+                    store,
+                    &p,
+                    "rq_retry_open",
+                    "remaining_retries",
+                    t.max_retries,
+                    tr,
+                ),
+            }
+        };
+        Self {
+            default: priority("default", &cfg.default),
+            high: priority("high", &cfg.high),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_gauges() {
+        let store = Store::default();
+        let cfg = Config {
+            default: Thresholds {
+                max_requests: 2,
+                track_remaining: true,
+                ..Thresholds::default()
+            },
+            ..Config::default()
+        };
+        let cb = CircuitBreakers::new(&cfg, &store, "c");
+        let g = |n: &str| {
+            store
+                .gauge(&format!("cluster.c.circuit_breakers.default.{n}"))
+                .value()
+        };
+        let rq = &cb.default.requests;
+        assert_eq!(g("remaining_rq"), 2);
+        assert!(rq.try_inc() && rq.try_inc());
+        assert_eq!((g("rq_open"), g("remaining_rq")), (1, 0));
+        assert!(!rq.try_inc(), "the third is refused");
+        assert_eq!(rq.current(), 2);
+        rq.dec();
+        assert_eq!((g("rq_open"), g("remaining_rq")), (0, 1));
+        assert!(cb.default.connections.can_create());
+        assert_eq!(g("remaining_cx"), 1024);
+        assert_eq!(
+            store
+                .gauge("cluster.c.circuit_breakers.high.remaining_rq")
+                .value(),
+            0,
+            "high: not tracked"
+        );
+    }
+}

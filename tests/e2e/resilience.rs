@@ -1,0 +1,243 @@
+//! Resilience: circuit breakers (cluster `circuit_breakers.thresholds`) against slow upstreams.
+
+use crate::support::*;
+use std::time::Duration;
+
+const LOG: &str = r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: RUN_DIR/access.log
+              log_format: {text_format_source: {inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}
+"#;
+
+fn proxy_yaml(upstream: std::net::SocketAddr, thresholds: &str) -> String {
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    bootstrap(
+        &http_listener("main", LOG, vhosts),
+        &cluster(
+            "backend",
+            &[upstream],
+            &format!("    circuit_breakers:\n      thresholds:\n      - {thresholds}\n"),
+        ),
+    )
+}
+
+async fn access_log(r: &Remora, lines: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(r.dir.path("access.log")).unwrap_or_default();
+        let l: Vec<String> = text.lines().map(str::to_string).collect();
+        if l.len() >= lines || std::time::Instant::now() > deadline {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_requests_overflows_with_uo_exactly_at_the_threshold() {
+    let u = upstream("u").await;
+    let r = Remora::start(&proxy_yaml(
+        u.addr,
+        "{priority: DEFAULT, max_requests: 3, track_remaining: true}",
+    ))
+    .await;
+    let addr = r.addr("main");
+    assert_eq!(
+        r.stat("cluster.backend.circuit_breakers.default.remaining_rq")
+            .await,
+        3
+    );
+    // Eight concurrent slow requests: three are admitted, five are refused at once.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { get(addr, "x", "/delay/600").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.stat("cluster.backend.circuit_breakers.default.rq_open")
+            .await,
+        1
+    );
+    assert_eq!(
+        r.stat("cluster.backend.circuit_breakers.default.remaining_rq")
+            .await,
+        0
+    );
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        let resp = t.await.unwrap();
+        match resp.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(resp.header("x-envoy-overloaded"), Some("true"));
+                assert_eq!(
+                    resp.text(),
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                );
+                overflow += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, overflow), (3, 5));
+    let log = access_log(&r, 8).await;
+    assert_eq!(
+        log.iter()
+            .filter(|l| *l == "503 UO upstream_reset_before_response_started{overflow}")
+            .count(),
+        5,
+        "{log:?}"
+    );
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.backend.upstream_rq_pending_overflow"], 5);
+    assert_eq!(stats["cluster.backend.circuit_breakers.default.rq_open"], 0);
+    assert_eq!(
+        stats["cluster.backend.circuit_breakers.default.remaining_rq"],
+        3
+    );
+    assert_eq!(stats["cluster.backend.upstream_rq_total"], 3);
+    // The breaker closed again: the next request goes through.
+    assert_eq!(get(addr, "x", "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_queues_pending_requests_then_overflows() {
+    let u = upstream("u").await;
+    let yaml = proxy_yaml(
+        u.addr,
+        "{max_connections: 1, max_pending_requests: 1, track_remaining: true}",
+    );
+    // One worker: one HTTP/1.1 pool, so the order of events is deterministic.
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let addr = r.addr("main");
+    let first = tokio::spawn(async move { get(addr, "x", "/delay/500").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        r.stat("cluster.backend.circuit_breakers.default.cx_open")
+            .await,
+        1
+    );
+    // The second waits for the first's connection; the third finds the pending queue full.
+    let second = tokio::spawn(async move { get(addr, "x", "/").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        r.stat("cluster.backend.circuit_breakers.default.rq_pending_open")
+            .await,
+        1
+    );
+    let third = get(addr, "x", "/").await;
+    assert_eq!(third.status, 503);
+    assert_eq!(third.header("x-envoy-overloaded"), Some("true"));
+    assert_eq!(first.await.unwrap().status, 200);
+    let second = second.await.unwrap();
+    assert_eq!(
+        second.status, 200,
+        "the pending request got the pooled connection"
+    );
+    let stats = r.stats().await;
+    assert_eq!(
+        stats["cluster.backend.upstream_cx_total"], 1,
+        "one connection, reused"
+    );
+    assert_eq!(stats["cluster.backend.upstream_rq_pending_overflow"], 1);
+    assert!(stats["cluster.backend.upstream_cx_overflow"] >= 2);
+    assert_eq!(
+        stats["cluster.backend.circuit_breakers.default.rq_pending_open"],
+        0
+    );
+    assert_eq!(
+        stats["cluster.backend.circuit_breakers.default.remaining_pending"],
+        1
+    );
+    assert_eq!(
+        stats["cluster.backend.circuit_breakers.default.cx_open"], 1,
+        "the pooled connection stays open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_request_connects_when_the_busy_connection_closes() {
+    // The first response closes its connection: the waiting request must not wait forever but
+    // open a connection of its own.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let yaml = proxy_yaml(upstream, "{max_connections: 1, max_pending_requests: 5}");
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let addr = r.addr("main");
+    let a = tokio::spawn(async move { get(addr, "x", "/").await });
+    let b = tokio::spawn(async move { get(addr, "x", "/").await });
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(r.stat("cluster.backend.upstream_cx_total").await, 2);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_style_thresholds_and_defaults_in_stats() {
+    let u = upstream("u").await;
+    let r = Remora::start(&proxy_yaml(
+        u.addr,
+        "{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}",
+    ))
+    .await;
+    assert_eq!(get(r.addr("main"), "x", "/").await.status, 200);
+    let stats = r.stats().await;
+    for g in [
+        "cx_open",
+        "cx_pool_open",
+        "rq_pending_open",
+        "rq_open",
+        "rq_retry_open",
+    ] {
+        assert_eq!(
+            stats[&format!("cluster.backend.circuit_breakers.default.{g}")],
+            0
+        );
+        assert_eq!(
+            stats[&format!("cluster.backend.circuit_breakers.high.{g}")],
+            0
+        );
+    }
+    assert_eq!(
+        stats["cluster.backend.circuit_breakers.default.remaining_rq"],
+        4294967295
+    );
+    // Refused by path: what remora does not enforce yet.
+    let dir = TempDir::new("cb");
+    let path = dir.path("b.yaml");
+    for (t, want) in [
+        (
+            "{max_connection_pools: 1}",
+            "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools: is not supported",
+        ),
+        (
+            "{retry_budget: {}}",
+            "static_resources.clusters[0].circuit_breakers.thresholds[0].retry_budget: is not supported",
+        ),
+    ] {
+        std::fs::write(&path, proxy_yaml(u.addr, t)).unwrap();
+        let (code, _, err) = run(&["--mode", "validate", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(err.contains(want), "{err}");
+    }
+}
