@@ -71,7 +71,11 @@ impl Remora {
         let dir = TempDir::new("run");
         // `RUN_DIR` in a config names this run's scratch directory (access logs and such).
         let mut yaml = yaml.replace("RUN_DIR", dir.0.to_str().unwrap());
-        if !yaml.contains("\nadmin:") && !yaml.starts_with("admin:") {
+        // A JSON bootstrap names its own admin address.
+        if !yaml.contains("\nadmin:")
+            && !yaml.starts_with("admin:")
+            && !yaml.trim_start().starts_with('{')
+        {
             yaml.push_str(
                 "\nadmin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n",
             );

@@ -901,3 +901,124 @@ async fn node_identity_and_command_line_overrides() {
     assert_eq!(cache.streams(overridden), 1);
     assert_eq!(cache.streams(NODE), 0);
 }
+
+/// The bootstraps istio-agent writes (istio/istio's goldens, unchanged but for paths and
+/// ports): they load, connect to the control plane over the `XDS` Unix socket with delta ADS,
+/// take listeners, routes and clusters from it and serve; the Prometheus listener (15090)
+/// serves `/stats/prometheus` through its compressor filters.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_bootstrap_goldens_connect_over_a_unix_socket() {
+    use remora_xds::resource::{LISTENER, ROUTE};
+    for golden in ["default_golden.json", "authsds_golden.json"] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/data/istio-bootstrap")
+                .join(golden),
+        )
+        .unwrap();
+        let mut b: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let node = b["node"]["id"].as_str().unwrap().to_string();
+        assert_eq!(node, "sidecar~1.2.3.4~foo~bar");
+        let dir = TempDir::new("istio");
+        let xds_socket = dir.path("XDS");
+        let sds_socket = dir.path("test.sock");
+        // Paths and ports rewritten: the sockets in this test's directory, ephemeral ports.
+        let admin_port = closed_port().port();
+        b["admin"]["address"]["socket_address"]["port_value"] = admin_port.into();
+        for l in b["static_resources"]["listeners"].as_array_mut().unwrap() {
+            l["address"]["socket_address"]["address"] = "127.0.0.1".into();
+            l["address"]["socket_address"]["port_value"] = 0.into();
+        }
+        for c in b["static_resources"]["clusters"].as_array_mut().unwrap() {
+            let name = c["name"].as_str().unwrap().to_string();
+            let ep =
+                &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
+            match name.as_str() {
+                "xds-grpc" => ep["pipe"]["path"] = xds_socket.to_str().unwrap().into(),
+                "sds-grpc" => ep["pipe"]["path"] = sds_socket.to_str().unwrap().into(),
+                "prometheus_stats" => ep["socket_address"]["port_value"] = admin_port.into(),
+                _ => {}
+            }
+        }
+        let cache = SnapshotCache::new();
+        let unix = tokio::net::UnixListener::bind(&xds_socket).unwrap();
+        let server = tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
+        let app = upstream("deal").await;
+        let port = closed_port().port();
+        cache.set_snapshot(
+            &node,
+            Snapshot::default()
+                .with(
+                    CLUSTER,
+                    "c1",
+                    vec![any(&static_cluster("outbound|8082||deal", &[app.addr]))],
+                )
+                .with(
+                    LISTENER,
+                    "l1",
+                    vec![any(&lds_listener(
+                        "virtualOutbound",
+                        port,
+                        "8082",
+                        "outbound_0.0.0.0_8082",
+                    ))],
+                )
+                .with(
+                    ROUTE,
+                    "r1",
+                    vec![any(&route_all_to("8082", "outbound|8082||deal"))],
+                ),
+        );
+        let r = Remora::start(&serde_json::to_string_pretty(&b).unwrap()).await;
+        for t in [CLUSTER, LISTENER, ROUTE] {
+            cache
+                .wait_until(&node, t, |s| s.acked.is_some() && s.nacked.is_none())
+                .await;
+        }
+        r.wait_stat("listener_manager.total_listeners_active", 3)
+            .await;
+        // The golden's stats matcher keeps listener_manager.* and cluster_manager.* (not
+        // control_plane.*).
+        let stats = r.stats().await;
+        assert_eq!(stats["listener_manager.lds.update_success"], 1);
+        assert_eq!(stats["cluster_manager.cds.update_success"], 1);
+        assert!(!stats.contains_key("control_plane.connected_state"));
+        let resp = get(SocketAddr::from(([127, 0, 0, 1], port)), "deal", "/x").await;
+        assert_eq!(resp.status, 200, "{golden}");
+        assert_eq!(resp.header("x-upstream"), Some("deal"));
+
+        // Prometheus' scrape through the 15090 listener, compressed as the golden asks.
+        let prom = r.addr("0.0.0.0_15090");
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/stderr",
+                "--compressed",
+                "-H",
+                "accept-encoding: gzip",
+            ])
+            .arg(format!("http://{prom}/stats/prometheus"))
+            .output()
+            .expect("curl is installed (.ci/run installs it)");
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let body = String::from_utf8_lossy(&out.stderr);
+        assert!(head.starts_with("http/1.1 200"), "{golden}: {head}");
+        assert!(head.contains("content-encoding: gzip"), "{golden}: {head}");
+        assert!(
+            body.contains("envoy_cluster_manager_cds_update_success"),
+            "{golden}: {body}"
+        );
+        // The golden's stats matcher keeps cluster_manager.*, drops http.* of the app listener.
+        assert!(
+            !body
+                .lines()
+                .any(|l| l.starts_with("envoy_http_downstream_rq_total")),
+            "{body}"
+        );
+        drop(r);
+        server.abort();
+    }
+}
