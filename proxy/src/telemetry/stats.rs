@@ -328,9 +328,19 @@ pub struct Entry {
 /// Decides which stat names are instantiated (bootstrap `stats_config.stats_matcher`).
 pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Gauges registered together under one prefix (a cluster's circuit-breaker gauges): one
+/// registry entry instead of one per name; the names are spelled out when stats are read.
+struct Block {
+    names: &'static [&'static str],
+    gauges: Arc<[Arc<Gauge>]>,
+    /// Bit i: names[i] passed the stats matcher.
+    accepted: u64,
+}
+
 /// The process-wide stats registry.
 pub struct Store {
     entries: Mutex<BTreeMap<Arc<str>, Entry>>,
+    blocks: Mutex<BTreeMap<Arc<str>, Block>>,
     tags: TagProducer,
     accept: Option<NameFilter>,
     /// Histogram snapshots at the last flush, for `/stats` interval quantiles.
@@ -355,6 +365,7 @@ impl Store {
     pub fn new(tags: TagProducer, accept: Option<NameFilter>) -> Self {
         Self {
             entries: Mutex::new(BTreeMap::new()),
+            blocks: Mutex::new(BTreeMap::new()),
             tags,
             accept,
             last_flush: Mutex::new(BTreeMap::new()),
@@ -420,14 +431,66 @@ impl Store {
         }
     }
 
+    /// Gauges `prefix` + each of `names`, registered as one block (the same prefix gives the
+    /// same gauges back). Reading stats lists them like any other gauge.
+    pub fn gauge_block(&self, prefix: &str, names: &'static [&'static str]) -> Arc<[Arc<Gauge>]> {
+        assert!(names.len() <= 64, "a gauge block holds at most 64 names");
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = blocks.get(prefix)
+            && b.names == names
+        {
+            return b.gauges.clone();
+        }
+        let mut accepted = 0u64;
+        for (i, n) in names.iter().enumerate() {
+            if self
+                .accept
+                .as_ref()
+                .is_none_or(|accept| accept(&format!("{prefix}{n}")))
+            {
+                accepted |= 1 << i;
+            }
+        }
+        let gauges: Arc<[Arc<Gauge>]> = names.iter().map(|_| Arc::default()).collect();
+        blocks.insert(
+            Arc::from(prefix),
+            Block {
+                names,
+                gauges: gauges.clone(),
+                accepted,
+            },
+        );
+        gauges
+    }
+
     /// All entries, sorted by name (a snapshot of the registry, not of the values).
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries
+        let mut out: Vec<Entry> = self
+            .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect()
+            .collect();
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.is_empty() {
+            return out;
+        }
+        for (prefix, b) in blocks.iter() {
+            for (i, (n, g)) in b.names.iter().zip(b.gauges.iter()).enumerate() {
+                if b.accepted & (1 << i) == 0 {
+                    continue;
+                }
+                let name: Arc<str> = Arc::from(format!("{prefix}{n}"));
+                out.push(Entry {
+                    tags: self.tags.produce(&name),
+                    name,
+                    metric: Metric::Gauge(g.clone()),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Take a flush snapshot of every histogram; returns, per name, the interval since the
@@ -479,6 +542,29 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauge_blocks_read_like_gauges() {
+        const NAMES: &[&str] = &["a_open", "b_open"];
+        let store = Store::new(
+            TagProducer::envoy_defaults(),
+            Some(Box::new(|n: &str| !n.ends_with("b_open"))),
+        );
+        let g = store.gauge_block("cluster.c.cb.", NAMES);
+        g[0].set(1);
+        g[1].set(7);
+        store.gauge("cluster.c.z");
+        let again = store.gauge_block("cluster.c.cb.", NAMES);
+        assert_eq!(again[0].value(), 1, "the same prefix shares the gauges");
+        let e = store.entries();
+        let names: Vec<&str> = e.iter().map(|e| &*e.name).collect();
+        assert_eq!(
+            names,
+            ["cluster.c.cb.a_open", "cluster.c.z"],
+            "sorted; b rejected"
+        );
+        assert_eq!(&*e[0].tags.extracted_name, "cluster.cb.a_open");
+    }
 
     #[test]
     fn same_name_shares_handle() {

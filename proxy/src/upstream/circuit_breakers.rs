@@ -36,12 +36,12 @@ pub struct CircuitBreakers {
 // === impl Resource ===
 
 impl Resource {
-    fn new(store: &Store, p: &str, open: &str, remaining: &str, max: u64, track: bool) -> Self {
+    fn new(open: &Arc<Gauge>, remaining: Option<&Arc<Gauge>>, max: u64) -> Self {
         let r = Self {
             current: AtomicU64::new(0),
             max,
-            open: store.gauge(&format!("{p}{open}")),
-            remaining: track.then(|| store.gauge(&format!("{p}{remaining}"))),
+            open: open.clone(),
+            remaining: remaining.cloned(),
         };
         r.publish(0);
         r
@@ -97,41 +97,48 @@ impl Resource {
 
 // === impl CircuitBreakers ===
 
+/// One priority's gauges, registered as one block (10 000 clusters × 2 priorities would
+/// otherwise be 100 000 registry entries).
+const GAUGES: &[&str] = &[
+    "cx_open",
+    "cx_pool_open",
+    "rq_pending_open",
+    "rq_open",
+    "rq_retry_open",
+];
+const GAUGES_TRACKED: &[&str] = &[
+    "cx_open",
+    "cx_pool_open",
+    "rq_pending_open",
+    "rq_open",
+    "rq_retry_open",
+    "remaining_cx",
+    "remaining_pending",
+    "remaining_rq",
+    "remaining_retries",
+];
+
 impl CircuitBreakers {
     /// `cluster.<stat_name>.circuit_breakers.{default,high}.*`.
     pub fn new(cfg: &Config, store: &Store, stat_name: &str) -> Self {
         let priority = |name: &str, t: &Thresholds| {
-            let p = format!("cluster.{stat_name}.circuit_breakers.{name}.");
-            let tr = t.track_remaining;
-            // Connection pools are not limited (max_connection_pools is refused); the gauge
-            // exists, as in Envoy, and stays 0.
-            let _ = store.gauge(&format!("{p}cx_pool_open"));
+            let prefix = format!("cluster.{stat_name}.circuit_breakers.{name}.");
+            let g = store.gauge_block(
+                &prefix,
+                if t.track_remaining {
+                    GAUGES_TRACKED
+                } else {
+                    GAUGES
+                },
+            );
+            let remaining = |i: usize| t.track_remaining.then(|| &g[i]);
+            // g[1], cx_pool_open: connection pools are not limited (max_connection_pools is
+            // refused); the gauge exists, as in Envoy, and stays 0.
             Priority {
-                connections: Resource::new(
-                    store,
-                    &p,
-                    "cx_open",
-                    "remaining_cx",
-                    t.max_connections,
-                    tr,
-                ),
-                pending: Resource::new(
-                    store,
-                    &p,
-                    "rq_pending_open",
-                    "remaining_pending",
-                    t.max_pending_requests,
-                    tr,
-                ),
-                requests: Resource::new(store, &p, "rq_open", "remaining_rq", t.max_requests, tr),
-                retries: Resource::new(
-                    store,
-                    &p,
-                    "rq_retry_open",
-                    "remaining_retries",
-                    t.max_retries,
-                    tr,
-                ),
+                connections: Resource::new(&g[0], remaining(5), t.max_connections),
+                pending: Resource::new(&g[2], remaining(6), t.max_pending_requests),
+                requests: Resource::new(&g[3], remaining(7), t.max_requests),
+                retries: Resource::new(&g[4], remaining(8), t.max_retries),
             }
         };
         Self {
@@ -158,26 +165,29 @@ mod tests {
         };
         let cb = CircuitBreakers::new(&cfg, &store, "c");
         let g = |n: &str| {
+            let name = format!("cluster.c.circuit_breakers.{n}");
             store
-                .gauge(&format!("cluster.c.circuit_breakers.default.{n}"))
-                .value()
+                .entries()
+                .into_iter()
+                .find(|e| *e.name == name)
+                .map(|e| match e.metric {
+                    crate::telemetry::stats::Metric::Gauge(g) => g.value(),
+                    _ => unreachable!(),
+                })
         };
         let rq = &cb.default.requests;
-        assert_eq!(g("remaining_rq"), 2);
+        assert_eq!(g("default.remaining_rq"), Some(2));
         assert!(rq.try_inc() && rq.try_inc());
-        assert_eq!((g("rq_open"), g("remaining_rq")), (1, 0));
+        assert_eq!(g("default.rq_open"), Some(1));
+        assert_eq!(g("default.remaining_rq"), Some(0));
         assert!(!rq.try_inc(), "the third is refused");
         assert_eq!(rq.current(), 2);
         rq.dec();
-        assert_eq!((g("rq_open"), g("remaining_rq")), (0, 1));
+        assert_eq!(g("default.rq_open"), Some(0));
+        assert_eq!(g("default.remaining_rq"), Some(1));
         assert!(cb.default.connections.can_create());
-        assert_eq!(g("remaining_cx"), 1024);
-        assert_eq!(
-            store
-                .gauge("cluster.c.circuit_breakers.high.remaining_rq")
-                .value(),
-            0,
-            "high: not tracked"
-        );
+        assert_eq!(g("default.remaining_cx"), Some(1024));
+        assert_eq!(g("high.rq_open"), Some(0));
+        assert_eq!(g("high.remaining_rq"), None, "high: not tracked");
     }
 }
