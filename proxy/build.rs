@@ -62,8 +62,401 @@ fn main() {
             }
         }
     }
+    for f in istio_files() {
+        let defined = |g: &FileDescriptorProto| {
+            g.package == f.package
+                && g.message_type
+                    .iter()
+                    .any(|m| f.message_type.iter().any(|n| n.name == m.name))
+        };
+        assert!(
+            !set.file.iter().any(defined),
+            "{} is already in envoy-types' descriptor set",
+            f.name()
+        );
+        set.file.push(f);
+    }
     std::fs::write(out_dir.join("envoy_descriptors.bin"), set.encode_to_vec())
         .expect("writing descriptors");
+}
+
+// === Istio's extension types ===
+//
+// istiod sends config messages that are not in Envoy's API (and not in envoy-types): their
+// descriptors are written here from the wire facts (type names, field numbers and types), so
+// that JSON, TypedStruct and the config dump can handle them like Envoy's own.
+
+use prost_types::field_descriptor_proto::{Label, Type};
+use prost_types::{
+    EnumValueDescriptorProto, FieldDescriptorProto, FileDescriptorProto, MessageOptions,
+    OneofDescriptorProto,
+};
+
+enum F {
+    Bool,
+    Str,
+    Msg(&'static str),
+    Enum(&'static str),
+}
+
+fn field(
+    name: &str,
+    number: i32,
+    ty: F,
+    repeated: bool,
+    oneof: Option<i32>,
+) -> FieldDescriptorProto {
+    let (t, type_name) = match ty {
+        F::Bool => (Type::Bool, None),
+        F::Str => (Type::String, None),
+        F::Msg(n) => (Type::Message, Some(n.to_string())),
+        F::Enum(n) => (Type::Enum, Some(n.to_string())),
+    };
+    FieldDescriptorProto {
+        name: Some(name.into()),
+        number: Some(number),
+        label: Some(if repeated {
+            Label::Repeated
+        } else {
+            Label::Optional
+        } as i32),
+        r#type: Some(t as i32),
+        type_name,
+        json_name: Some(json_name(name)),
+        oneof_index: oneof,
+        ..Default::default()
+    }
+}
+
+fn json_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in name.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.push(c.to_ascii_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
+    DescriptorProto {
+        name: Some(name.into()),
+        field: fields,
+        ..Default::default()
+    }
+}
+
+fn enumeration(name: &str, values: &[(&str, i32)]) -> EnumDescriptorProto {
+    EnumDescriptorProto {
+        name: Some(name.into()),
+        value: values
+            .iter()
+            .map(|(n, v)| EnumValueDescriptorProto {
+                name: Some(n.to_string()),
+                number: Some(*v),
+                options: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn file(
+    name: &str,
+    package: &str,
+    deps: &[&str],
+    messages: Vec<DescriptorProto>,
+    enums: Vec<EnumDescriptorProto>,
+) -> FileDescriptorProto {
+    FileDescriptorProto {
+        name: Some(name.into()),
+        package: Some(package.into()),
+        dependency: deps.iter().map(|d| d.to_string()).collect(),
+        message_type: messages,
+        enum_type: enums,
+        syntax: Some("proto3".into()),
+        ..Default::default()
+    }
+}
+
+fn istio_files() -> Vec<FileDescriptorProto> {
+    const DURATION: &str = ".google.protobuf.Duration";
+    const STRUCT: &str = ".google.protobuf.Struct";
+    // stats.PluginConfig (filter istio.stats).
+    let mut metric_config = message(
+        "MetricConfig",
+        vec![
+            field(
+                "dimensions",
+                1,
+                F::Msg(".stats.MetricConfig.DimensionsEntry"),
+                true,
+                None,
+            ),
+            field("name", 2, F::Str, false, None),
+            field("tags_to_remove", 3, F::Str, true, None),
+            field("match", 4, F::Str, false, None),
+            field("drop", 5, F::Bool, false, None),
+        ],
+    );
+    let mut entry = message(
+        "DimensionsEntry",
+        vec![
+            field("key", 1, F::Str, false, None),
+            field("value", 2, F::Str, false, None),
+        ],
+    );
+    entry.options = Some(MessageOptions {
+        map_entry: Some(true),
+        ..Default::default()
+    });
+    metric_config.nested_type.push(entry);
+    let stats = file(
+        "istio/stats/config.proto",
+        "stats",
+        &["google/protobuf/duration.proto"],
+        vec![
+            message(
+                "PluginConfig",
+                vec![
+                    field("disable_host_header_fallback", 6, F::Bool, false, None),
+                    field("tcp_reporting_duration", 7, F::Msg(DURATION), false, None),
+                    field("metrics", 8, F::Msg(".stats.MetricConfig"), true, None),
+                    field(
+                        "definitions",
+                        9,
+                        F::Msg(".stats.MetricDefinition"),
+                        true,
+                        None,
+                    ),
+                    field("reporter", 10, F::Enum(".stats.Reporter"), false, None),
+                    field("rotation_interval", 11, F::Msg(DURATION), false, None),
+                    field(
+                        "graceful_deletion_interval",
+                        12,
+                        F::Msg(DURATION),
+                        false,
+                        None,
+                    ),
+                ],
+            ),
+            metric_config,
+            message(
+                "MetricDefinition",
+                vec![
+                    field("name", 1, F::Str, false, None),
+                    field("value", 2, F::Str, false, None),
+                    field("type", 3, F::Enum(".stats.MetricType"), false, None),
+                ],
+            ),
+        ],
+        vec![
+            enumeration("Reporter", &[("UNSPECIFIED", 0), ("SERVER_GATEWAY", 1)]),
+            enumeration(
+                "MetricType",
+                &[("COUNTER", 0), ("GAUGE", 1), ("HISTOGRAM", 2)],
+            ),
+        ],
+    );
+    // envoy.tcp.metadataexchange.config.MetadataExchange (network istio.metadata_exchange).
+    let mx = file(
+        "istio/metadata_exchange/config.proto",
+        "envoy.tcp.metadataexchange.config",
+        &[],
+        vec![message(
+            "MetadataExchange",
+            vec![
+                field("protocol", 1, F::Str, false, None),
+                field("enable_discovery", 2, F::Bool, false, None),
+                field("additional_labels", 3, F::Str, true, None),
+            ],
+        )],
+        vec![],
+    );
+    // io.istio.http.peer_metadata.Config (HTTP istio.metadata_exchange).
+    const PM: &str = ".io.istio.http.peer_metadata.Config";
+    let mut config = message(
+        "Config",
+        vec![
+            field(
+                "downstream_discovery",
+                1,
+                F::Msg(".io.istio.http.peer_metadata.Config.DiscoveryMethod"),
+                true,
+                None,
+            ),
+            field(
+                "upstream_discovery",
+                2,
+                F::Msg(".io.istio.http.peer_metadata.Config.DiscoveryMethod"),
+                true,
+                None,
+            ),
+            field(
+                "downstream_propagation",
+                3,
+                F::Msg(".io.istio.http.peer_metadata.Config.PropagationMethod"),
+                true,
+                None,
+            ),
+            field(
+                "upstream_propagation",
+                4,
+                F::Msg(".io.istio.http.peer_metadata.Config.PropagationMethod"),
+                true,
+                None,
+            ),
+            field("shared_with_upstream", 5, F::Bool, false, None),
+            field("additional_labels", 6, F::Str, true, None),
+        ],
+    );
+    let _ = PM;
+    let mut discovery = message(
+        "DiscoveryMethod",
+        vec![
+            field(
+                "baggage",
+                1,
+                F::Msg(".io.istio.http.peer_metadata.Config.Baggage"),
+                false,
+                Some(0),
+            ),
+            field(
+                "workload_discovery",
+                2,
+                F::Msg(".io.istio.http.peer_metadata.Config.WorkloadDiscovery"),
+                false,
+                Some(0),
+            ),
+            field(
+                "istio_headers",
+                3,
+                F::Msg(".io.istio.http.peer_metadata.Config.IstioHeaders"),
+                false,
+                Some(0),
+            ),
+            field(
+                "upstream_filter_state",
+                4,
+                F::Msg(".io.istio.http.peer_metadata.Config.UpstreamFilterState"),
+                false,
+                Some(0),
+            ),
+        ],
+    );
+    discovery.oneof_decl.push(OneofDescriptorProto {
+        name: Some("method_specifier".into()),
+        options: None,
+    });
+    let mut propagation = message(
+        "PropagationMethod",
+        vec![
+            field(
+                "istio_headers",
+                1,
+                F::Msg(".io.istio.http.peer_metadata.Config.IstioHeaders"),
+                false,
+                Some(0),
+            ),
+            field(
+                "baggage",
+                2,
+                F::Msg(".io.istio.http.peer_metadata.Config.Baggage"),
+                false,
+                Some(0),
+            ),
+        ],
+    );
+    propagation.oneof_decl.push(OneofDescriptorProto {
+        name: Some("method_specifier".into()),
+        options: None,
+    });
+    config.nested_type = vec![
+        message("Baggage", vec![]),
+        message("WorkloadDiscovery", vec![]),
+        message(
+            "IstioHeaders",
+            vec![field("skip_external_clusters", 1, F::Bool, false, None)],
+        ),
+        message(
+            "UpstreamFilterState",
+            vec![field("peer_metadata_key", 1, F::Str, false, None)],
+        ),
+        discovery,
+        propagation,
+    ];
+    let peer_metadata = file(
+        "istio/peer_metadata/config.proto",
+        "io.istio.http.peer_metadata",
+        &[],
+        vec![config],
+        vec![],
+    );
+    // istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig (istio.alpn).
+    let mut filter_config = message(
+        "FilterConfig",
+        vec![field(
+            "alpn_override",
+            1,
+            F::Msg(".istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig.AlpnOverride"),
+            true,
+            None,
+        )],
+    );
+    filter_config.nested_type.push(message(
+        "AlpnOverride",
+        vec![
+            field(
+                "upstream_protocol",
+                1,
+                F::Enum(".istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig.Protocol"),
+                false,
+                None,
+            ),
+            field("alpn_override", 2, F::Str, true, None),
+        ],
+    ));
+    filter_config.enum_type.push(enumeration(
+        "Protocol",
+        &[("HTTP10", 0), ("HTTP11", 1), ("HTTP2", 2)],
+    ));
+    let alpn = file(
+        "istio/alpn/config.proto",
+        "istio.envoy.config.filter.http.alpn.v2alpha1",
+        &[],
+        vec![filter_config],
+        vec![],
+    );
+    // TypedStruct, both copies (istiod's wrapper for extension configs).
+    let typed_struct = |pkg: &str, path: &str| {
+        file(
+            path,
+            pkg,
+            &["google/protobuf/struct.proto"],
+            vec![message(
+                "TypedStruct",
+                vec![
+                    field("type_url", 1, F::Str, false, None),
+                    field("value", 2, F::Msg(STRUCT), false, None),
+                ],
+            )],
+            vec![],
+        )
+    };
+    vec![
+        stats,
+        mx,
+        peer_metadata,
+        alpn,
+        typed_struct("udpa.type.v1", "udpa/type/v1/typed_struct.proto"),
+        typed_struct("xds.type.v3", "xds/type/v3/typed_struct.proto"),
+    ]
 }
 
 /// Messages that configuration and the admin API can name: the bootstrap (everything a

@@ -5,5 +5,6 @@ pub mod descriptors;
 pub mod error;
 pub mod json;
 pub mod load;
+pub mod typed_struct;
 
 pub use error::{ConfigError, FieldPath, Result};
