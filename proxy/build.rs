@@ -449,7 +449,36 @@ fn istio_files() -> Vec<FileDescriptorProto> {
             vec![],
         )
     };
+    // remora's own config-dump entry for the extensions it accepts as no-ops.
+    let mut noop = message(
+        "NoopExtensionsConfigDump",
+        vec![field(
+            "extensions",
+            1,
+            F::Msg(".remora.admin.v1.NoopExtensionsConfigDump.Extension"),
+            true,
+            None,
+        )],
+    );
+    noop.nested_type.push(message(
+        "Extension",
+        vec![
+            field("listener", 1, F::Str, false, None),
+            field("filter_chain", 2, F::Str, false, None),
+            field("name", 3, F::Str, false, None),
+            field("type_url", 4, F::Str, false, None),
+            field("reason", 5, F::Str, false, None),
+        ],
+    ));
+    let remora_admin = file(
+        "remora/admin/v1/noop.proto",
+        "remora.admin.v1",
+        &[],
+        vec![noop],
+        vec![],
+    );
     vec![
+        remora_admin,
         stats,
         mx,
         peer_metadata,
@@ -474,6 +503,9 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.zstd.compressor.v3.Zstd",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
+    "envoy.extensions.filters.http.cors.v3.Cors",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",

@@ -1022,3 +1022,257 @@ async fn istio_bootstrap_goldens_connect_over_a_unix_socket() {
         server.abort();
     }
 }
+
+/// An HTTP connection manager as istiod builds it for a sidecar's outbound listener, from
+/// `filters` (name, Any) plus the router.
+fn istio_hcm_listener(
+    name: &str,
+    port: u16,
+    route: &str,
+    filters: Vec<(&str, envoy_types::pb::google::protobuf::Any)>,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    let mut l = lds_listener(name, port, route, name);
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: route.into(),
+                config_source: Some(ads_source()),
+            },
+        )),
+        http_filters: filters
+            .into_iter()
+            .map(|(n, a)| hcm::HttpFilter {
+                name: n.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(a)),
+                ..Default::default()
+            })
+            .chain(std::iter::once(hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(
+                    ),
+                ))),
+                ..Default::default()
+            }))
+            .collect(),
+        ..Default::default()
+    };
+    l.filter_chains[0].filters[0].config_type = Some(
+        envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any(
+            &manager,
+        )),
+    );
+    l
+}
+
+/// istiod's wrapper: `udpa.type.v1.TypedStruct` around the proto3 JSON of the real config.
+fn typed_struct(inner: &str, value: serde_json::Value) -> envoy_types::pb::google::protobuf::Any {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    fn to_value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    let Value {
+        kind: Some(Kind::StructValue(s)),
+    } = to_value(&value)
+    else {
+        unreachable!()
+    };
+    let ts = remora::model::istio_pb::TypedStruct {
+        type_url: format!("type.googleapis.com/{inner}"),
+        value: Some(s),
+    };
+    envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/udpa.type.v1.TypedStruct".into(),
+        value: prost::Message::encode_to_vec(&ts),
+    }
+}
+
+/// What istiod puts in a sidecar's outbound HTTP filter chain is accepted over binary xDS:
+/// the TypedStruct-wrapped peer metadata filter, grpc_stats, empty fault and cors filters and
+/// istio.stats (Istio telemetry, accepted as listed no-ops until the telemetry stage); what
+/// would change traffic and is not built (istio.alpn, a TypedStruct with a wrong field) is
+/// NACKed by path while the listener keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
+    use remora_xds::resource::{LISTENER, ROUTE};
+    let app = upstream("reviews").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let peer_metadata = typed_struct(
+        "io.istio.http.peer_metadata.Config",
+        serde_json::json!({
+            "upstream_discovery": [{"istio_headers": {}}, {"workload_discovery": {}}],
+            "upstream_propagation": [{"istio_headers": {}}]
+        }),
+    );
+    let grpc_stats = any(
+        &envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig {
+            emit_filter_state: true,
+            ..Default::default()
+        },
+    );
+    let fault =
+        any(&envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default());
+    let cors = any(&envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default());
+    let stats = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/stats.PluginConfig".into(),
+        value: prost::Message::encode_to_vec(&remora::model::istio_pb::PluginConfig {
+            disable_host_header_fallback: false,
+            ..Default::default()
+        }),
+    };
+    let filters = vec![
+        ("istio.metadata_exchange", peer_metadata.clone()),
+        ("envoy.filters.http.grpc_stats", grpc_stats.clone()),
+        ("envoy.filters.http.fault", fault.clone()),
+        ("envoy.filters.http.cors", cors.clone()),
+        ("istio.stats", stats.clone()),
+    ];
+    let snap = |v: &str, l: envoy_types::pb::envoy::config::listener::v3::Listener| {
+        Snapshot::default()
+            .with(
+                CLUSTER,
+                "c1",
+                vec![any(&static_cluster("outbound|9080||reviews", &[app.addr]))],
+            )
+            .with(LISTENER, v, vec![any(&l)])
+            .with(
+                ROUTE,
+                "r1",
+                vec![any(&route_all_to("9080", "outbound|9080||reviews"))],
+            )
+    };
+    cache.set_snapshot(
+        NODE,
+        snap(
+            "l1",
+            istio_hcm_listener("0.0.0.0_9080", port, "9080", filters.clone()),
+        ),
+    );
+    let yaml = bootstrap_with_ads(xds, "DELTA_GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l1"))
+        .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    assert_eq!(
+        get(addr, "reviews", "/").await.header("x-upstream"),
+        Some("reviews")
+    );
+    let stats = r.stats().await;
+    for short in [
+        "peer_metadata",
+        "grpc_stats",
+        "fault",
+        "cors",
+        "istio_stats",
+    ] {
+        assert_eq!(
+            stats[&format!("server.noop_extension.{short}")],
+            1,
+            "{short}"
+        );
+    }
+    let (_, dump) = r.admin_get("/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let noop = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"] == "type.googleapis.com/remora.admin.v1.NoopExtensionsConfigDump")
+        .expect("the dump lists the no-op extensions");
+    let listed: Vec<&str> = noop["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type_url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "type.googleapis.com/io.istio.http.peer_metadata.Config",
+            "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
+            "type.googleapis.com/stats.PluginConfig",
+        ]
+    );
+    assert!(
+        noop["extensions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("telemetry")
+    );
+
+    // Not built, changes traffic: NACKed by path, the listener as it was keeps serving.
+    let alpn = any(&remora::model::istio_pb::AlpnFilterConfig {
+        alpn_override: vec![remora::model::istio_pb::AlpnOverride {
+            upstream_protocol: 1,
+            alpn_override: vec!["istio-http/1.1".into(), "istio".into(), "http/1.1".into()],
+        }],
+    });
+    let mut with_alpn = filters.clone();
+    with_alpn.insert(2, ("istio.alpn", alpn));
+    cache.set_snapshot(
+        NODE,
+        snap(
+            "l2",
+            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_alpn),
+        ),
+    );
+    cache
+        .wait_until(NODE, LISTENER, |s| {
+            s.nacked.as_ref().is_some_and(|(v, _)| v == "l2")
+        })
+        .await;
+    let (_, why) = cache.applied(NODE, LISTENER).nacked.unwrap();
+    assert!(
+        why.contains("filter_chains[0].filters[0].typed_config.http_filters[2].typed_config.@type: HTTP filter istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig is not supported"),
+        "{why}"
+    );
+    let bad = typed_struct(
+        "io.istio.http.peer_metadata.Config",
+        serde_json::json!({"upstream_discovery": [{"istio_headerz": {}}]}),
+    );
+    let mut with_bad = filters.clone();
+    with_bad[0].1 = bad;
+    cache.set_snapshot(
+        NODE,
+        snap(
+            "l3",
+            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_bad),
+        ),
+    );
+    cache
+        .wait_until(NODE, LISTENER, |s| {
+            s.nacked.as_ref().is_some_and(|(v, _)| v == "l3")
+        })
+        .await;
+    let (_, why) = cache.applied(NODE, LISTENER).nacked.unwrap();
+    assert!(
+        why.contains("Listener '0.0.0.0_9080': filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.value.upstream_discovery[0].istio_headerz"),
+        "{why}"
+    );
+    // Both refusals left the listener as it was.
+    assert_eq!(get(addr, "reviews", "/").await.status, 200);
+    assert_eq!(r.stat("listener_manager.total_listeners_active").await, 2);
+}

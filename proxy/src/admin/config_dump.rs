@@ -171,7 +171,77 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
             .collect(),
         dynamic_warming_secrets: vec![],
     }));
+    let noop = noop_extensions(state);
+    if !noop.extensions.is_empty() {
+        out.push(any(&noop));
+    }
     out
+}
+
+/// `remora.admin.v1.NoopExtensionsConfigDump`: the extensions remora accepted without acting on
+/// them, where, and why (an extra entry Envoy's tools skip by its type).
+#[derive(Clone, PartialEq, Message)]
+pub struct NoopExtensionsConfigDump {
+    #[prost(message, repeated, tag = "1")]
+    pub extensions: Vec<NoopExtension>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NoopExtension {
+    #[prost(string, tag = "1")]
+    pub listener: String,
+    #[prost(string, tag = "2")]
+    pub filter_chain: String,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub reason: String,
+}
+
+impl Name for NoopExtensionsConfigDump {
+    const NAME: &'static str = "NoopExtensionsConfigDump";
+    const PACKAGE: &'static str = "remora.admin.v1";
+    fn full_name() -> String {
+        "remora.admin.v1.NoopExtensionsConfigDump".into()
+    }
+    fn type_url() -> String {
+        "type.googleapis.com/remora.admin.v1.NoopExtensionsConfigDump".into()
+    }
+}
+
+fn noop_extensions(state: &ServerState) -> NoopExtensionsConfigDump {
+    use crate::model::hcm::HttpFilter;
+    use crate::model::listener::NetworkTerminal;
+    let mut extensions = Vec::new();
+    for l in state.listeners.all().iter() {
+        let chains = l
+            .config
+            .filter_chains
+            .iter()
+            .chain(l.config.default_filter_chain.iter());
+        for fc in chains {
+            let mut push = |n: &crate::model::hcm::NoopFilter| {
+                extensions.push(NoopExtension {
+                    listener: l.config.name.clone(),
+                    filter_chain: fc.name.clone(),
+                    name: n.name.clone(),
+                    type_url: format!("type.googleapis.com/{}", n.type_name),
+                    reason: n.reason.into(),
+                })
+            };
+            fc.noop_filters.iter().for_each(&mut push);
+            if let NetworkTerminal::Http(h) = &fc.terminal {
+                for f in &h.http_filters {
+                    if let HttpFilter::Noop(n) = f {
+                        push(n);
+                    }
+                }
+            }
+        }
+    }
+    NoopExtensionsConfigDump { extensions }
 }
 
 /// Envoy's redaction: inline private keys and passwords (in TLS contexts, static secrets, the

@@ -24,6 +24,23 @@ fn mentions_typed_struct(bytes: &[u8]) -> bool {
     bytes.windows(MARKER.len()).any(|w| w == MARKER)
 }
 
+/// Decode a resource of type `T`, TypedStruct wrappers inside it unwrapped first. `pool` is
+/// built on first need and reused for the rest of an update.
+pub fn decode_resource<T: Message + prost::Name + Default>(
+    pool: &mut Option<DescriptorPool>,
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    if !mentions_typed_struct(bytes) {
+        return T::decode(bytes).map_err(|e| e.to_string());
+    }
+    let pool = pool.get_or_insert_with(super::descriptors::envoy_pool);
+    match unwrap_binary(pool, &T::full_name(), bytes).map_err(|e| e.to_string())? {
+        Some(b) => T::decode(b.as_slice()),
+        None => T::decode(bytes),
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// The resource `bytes` of message `type_name` with every TypedStruct unwrapped, or None when
 /// there is none.
 pub fn unwrap_binary(

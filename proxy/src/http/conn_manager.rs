@@ -373,11 +373,19 @@ impl ConnectionManager {
         let compressors = crate::filters::compressor::CompressorChain::new(
             config.http_filters.iter().filter_map(|f| match f {
                 crate::model::hcm::HttpFilter::Compressor(c) => Some(&**c),
-                crate::model::hcm::HttpFilter::Router(_) => None,
+                crate::model::hcm::HttpFilter::Noop(_)
+                | crate::model::hcm::HttpFilter::Router(_) => None,
             }),
             store,
             &config.stat_prefix,
         );
+        for f in &config.http_filters {
+            if let crate::model::hcm::HttpFilter::Noop(n) = f {
+                store
+                    .counter(&format!("server.noop_extension.{}", n.short))
+                    .inc();
+            }
+        }
         Ok(Self {
             compressors,
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),

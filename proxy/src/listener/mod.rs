@@ -237,6 +237,11 @@ impl ActiveListener {
             .unwrap_or_else(|| crate::model::listener::stat_address(&local_address));
         let build =
             |fc: &Arc<crate::model::listener::FilterChain>| -> Result<ActiveChain, BindError> {
+                for n in &fc.noop_filters {
+                    store
+                        .counter(&format!("server.noop_extension.{}", n.short))
+                        .inc();
+                }
                 let terminal = match &fc.terminal {
                     NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
                         ConnectionManager::new(

@@ -69,8 +69,32 @@ pub struct Http2Settings {
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
     Compressor(Arc<super::compressor::CompressorConfig>),
+    /// Accepted without acting on it (purely observational, or with nothing configured to do);
+    /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
+    Noop(NoopFilter),
     Router(RouterConfig),
 }
+
+/// An extension remora accepts as a no-op, and why that loses nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoopFilter {
+    /// The filter's `name` in the configuration.
+    pub name: String,
+    pub type_name: &'static str,
+    /// The stat's last segment (`server.noop_extension.<short>`).
+    pub short: &'static str,
+    pub reason: &'static str,
+}
+
+pub const ISTIO_STATS_TYPE: &str = "stats.PluginConfig";
+pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
+const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
+const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// Why Istio's telemetry filters may be accepted before the telemetry stage implements them.
+pub const TELEMETRY_LATER: &str = "observational (Istio telemetry): no effect on routing, \
+    security or the bytes exchanged; implemented by remora's telemetry stage";
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -826,6 +850,66 @@ fn http_filter_chain(
                 }
                 out.push(HttpFilter::Router(r.clone()));
                 router = Some(r);
+            }
+            ISTIO_STATS_TYPE | PEER_METADATA_TYPE | GRPC_STATS_TYPE => {
+                let tp = fp.field("typed_config");
+                let any = typed.expect("a type name comes from a typed_config");
+                // Decoded so that a malformed config is refused by path all the same.
+                let short = match type_name {
+                    ISTIO_STATS_TYPE => {
+                        decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
+                        "istio_stats"
+                    }
+                    PEER_METADATA_TYPE => {
+                        decode_any::<super::istio_pb::PeerMetadata>(&tp, any)?;
+                        "peer_metadata"
+                    }
+                    _ => {
+                        decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
+                        "grpc_stats"
+                    }
+                };
+                if !*disabled {
+                    out.push(HttpFilter::Noop(NoopFilter {
+                        name: name.clone(),
+                        type_name: match type_name {
+                            ISTIO_STATS_TYPE => ISTIO_STATS_TYPE,
+                            PEER_METADATA_TYPE => PEER_METADATA_TYPE,
+                            _ => GRPC_STATS_TYPE,
+                        },
+                        short,
+                        reason: TELEMETRY_LATER,
+                    }));
+                }
+            }
+            CORS_TYPE | FAULT_TYPE => {
+                let tp = fp.field("typed_config");
+                let any = typed.expect("a type name comes from a typed_config");
+                let short = if type_name == CORS_TYPE {
+                    let pb::cors::Cors {} = decode_any(&tp, any)?;
+                    "cors"
+                } else {
+                    let f: pb::fault::HttpFault = decode_any(&tp, any)?;
+                    // Faults are injected only where delay/abort/rate limit are configured (here or
+                    // per route, which is refused); istiod's empty filter does nothing.
+                    deny(&tp, "delay", &f.delay)?;
+                    deny(&tp, "abort", &f.abort)?;
+                    deny(&tp, "response_rate_limit", &f.response_rate_limit)?;
+                    "fault"
+                };
+                if !*disabled {
+                    out.push(HttpFilter::Noop(NoopFilter {
+                        name: name.clone(),
+                        type_name: if short == "cors" {
+                            CORS_TYPE
+                        } else {
+                            FAULT_TYPE
+                        },
+                        short,
+                        reason: "no policy configured (per-route policies are refused), so the \
+                                 filter passes every request unchanged",
+                    }));
+                }
             }
             super::compressor::COMPRESSOR_TYPE => {
                 let Some(any) = typed else {

@@ -67,6 +67,8 @@ pub struct FilterChain {
     pub tls: Option<Arc<super::tls::DownstreamTls>>,
     /// `transport_socket_connect_timeout`: how long the TLS handshake may take.
     pub handshake_timeout: Option<Duration>,
+    /// Network filters accepted as no-ops (Istio's TCP `istio.stats`), before the terminal one.
+    pub noop_filters: Vec<super::hcm::NoopFilter>,
     pub terminal: NetworkTerminal,
 }
 
@@ -453,6 +455,7 @@ impl FilterChain {
                 .error("at least one network filter is required"));
         }
         let mut terminal = None;
+        let mut noop_filters = Vec::new();
         for (i, f) in filters.iter().enumerate() {
             let fp = path.field("filters").index(i);
             let pb::listener::Filter { name, config_type } = f;
@@ -478,6 +481,16 @@ impl FilterChain {
                     &decode_any(&tp, any)?,
                     rt,
                 )?)),
+                super::hcm::ISTIO_STATS_TYPE if i + 1 != filters.len() => {
+                    decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
+                    noop_filters.push(super::hcm::NoopFilter {
+                        name: name.clone(),
+                        type_name: super::hcm::ISTIO_STATS_TYPE,
+                        short: "istio_stats",
+                        reason: super::hcm::TELEMETRY_LATER,
+                    });
+                    continue;
+                }
                 other => {
                     return Err(tp
                         .field("@type")
@@ -496,7 +509,11 @@ impl FilterChain {
             matcher,
             tls,
             handshake_timeout,
-            terminal: terminal.expect("filters is not empty"),
+            noop_filters,
+            terminal: terminal.ok_or_else(|| {
+                path.field("filters")
+                    .error("the last network filter must be http_connection_manager or tcp_proxy")
+            })?,
         })
     }
 
@@ -736,6 +753,7 @@ mod tests {
             matcher: m,
             tls: None,
             handshake_timeout: None,
+            noop_filters: vec![],
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),

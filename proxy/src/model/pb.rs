@@ -15,6 +15,9 @@ pub use envoy_types::pb::envoy::extensions::compression::brotli::compressor::v3 
 pub use envoy_types::pb::envoy::extensions::compression::gzip::compressor::v3 as gzip;
 pub use envoy_types::pb::envoy::extensions::compression::zstd::compressor::v3 as zstd;
 pub use envoy_types::pb::envoy::extensions::filters::http::compressor::v3 as compressor;
+pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
+pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+pub use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3 as grpc_stats;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 pub use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;

@@ -9,6 +9,7 @@ pub mod rds;
 pub mod sds;
 
 use crate::config::FieldPath;
+use crate::config::typed_struct::decode_resource;
 use crate::http::conn_manager::LocalInfo;
 use crate::listener::manager::ListenerManager;
 use crate::listener::{ActiveListener, ListenerOrigin};
@@ -422,6 +423,7 @@ impl XdsRuntime {
             .filter(|l| l.origin != ListenerOrigin::Lds)
             .map(|l| l.config.name.clone())
             .collect();
+        let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
             if any.type_url != LISTENER {
                 errors.push(format!(
@@ -430,10 +432,18 @@ impl XdsRuntime {
                 ));
                 continue;
             }
-            let proto = match pb::listener::Listener::decode(any.value.as_slice()) {
+            let proto = match decode_resource::<pb::listener::Listener>(&mut pool, &any.value) {
                 Ok(l) => l,
                 Err(e) => {
-                    errors.push(format!("resources[{i}]: not a valid Listener: {e}"));
+                    // A listener whose TypedStruct fails keeps its previous version: it was
+                    // sent, so it is not removed below.
+                    match pb::listener::Listener::decode(any.value.as_slice()) {
+                        Ok(l) => {
+                            errors.push(format!("Listener '{}': {e}", l.name));
+                            seen.insert(l.name);
+                        }
+                        Err(_) => errors.push(format!("resources[{i}]: not a valid Listener: {e}")),
+                    }
                     continue;
                 }
             };
@@ -582,8 +592,9 @@ impl XdsRuntime {
         let mut failed = BTreeSet::new();
         let mut activate = Vec::new();
         let mut state = self.lock();
+        let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
-            let translated = translate_cluster(i, any, &self.static_names);
+            let translated = translate_cluster(i, any, &self.static_names, &mut pool);
             let (name, config) = match translated {
                 Ok(x) => x,
                 Err(e) => {
@@ -728,6 +739,7 @@ impl XdsRuntime {
                     .push(n.clone());
             }
         }
+        let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
             if any.type_url != ENDPOINT {
                 errors.push(format!(
@@ -736,13 +748,15 @@ impl XdsRuntime {
                 ));
                 continue;
             }
-            let cla = match pb::endpoint::ClusterLoadAssignment::decode(any.value.as_slice()) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(format!("resources[{i}]: {e}"));
-                    continue;
-                }
-            };
+            let cla =
+                match decode_resource::<pb::endpoint::ClusterLoadAssignment>(&mut pool, &any.value)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(format!("resources[{i}]: {e}"));
+                        continue;
+                    }
+                };
             let service = cla.cluster_name.clone();
             let path = FieldPath::new(format!("ClusterLoadAssignment '{service}'"));
             let localities = match crate::model::cluster::endpoints_of(&path, &cla, Discovery::Eds)
@@ -788,6 +802,7 @@ impl XdsRuntime {
     /// An RDS update: route configurations by name, installed in place.
     fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
         let mut errors = Vec::new();
+        let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
             if any.type_url != ROUTE {
                 errors.push(format!(
@@ -796,10 +811,17 @@ impl XdsRuntime {
                 ));
                 continue;
             }
-            let rc = match pb::route::RouteConfiguration::decode(any.value.as_slice()) {
+            let rc = match decode_resource::<pb::route::RouteConfiguration>(&mut pool, &any.value) {
                 Ok(rc) => rc,
                 Err(e) => {
-                    errors.push(format!("resources[{i}]: {e}"));
+                    match pb::route::RouteConfiguration::decode(any.value.as_slice()) {
+                        Ok(rc) => {
+                            rds::attempted(&rc.name);
+                            rds::rejected(&rc.name);
+                            errors.push(format!("RouteConfiguration '{}': {e}", rc.name));
+                        }
+                        Err(_) => errors.push(format!("resources[{i}]: {e}")),
+                    }
                     continue;
                 }
             };
@@ -929,6 +951,7 @@ fn translate_cluster(
     i: usize,
     any: &Any,
     static_names: &BTreeSet<String>,
+    pool: &mut Option<prost_reflect::DescriptorPool>,
 ) -> Result<(String, ClusterConfig), String> {
     if any.type_url != CLUSTER {
         return Err(format!(
@@ -936,7 +959,7 @@ fn translate_cluster(
             any.type_url
         ));
     }
-    let proto = ClusterProto::decode(any.value.as_slice())
+    let proto = decode_resource::<ClusterProto>(pool, &any.value)
         .map_err(|e| format!("resources[{i}]: not a valid Cluster: {e}"))?;
     let name = proto.name.clone();
     if static_names.contains(&name) {
