@@ -1276,3 +1276,180 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     assert_eq!(get(addr, "reviews", "/").await.status, 200);
     assert_eq!(r.stat("listener_manager.total_listeners_active").await, 2);
 }
+
+/// A gRPC-style HTTP/2 stream (request and response bodies open, messages echoed as they
+/// come) lives through a route update and a listener modification: Envoy would drain the
+/// listener and end the stream (envoy#8564); remora keeps it on its connection's filter chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_stream_survives_route_and_listener_updates() {
+    use bytes::Bytes;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use remora_xds::resource::{LISTENER, ROUTE};
+    // An HTTP/2 upstream that echoes each request data frame as soon as it arrives.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let echo_task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = echo.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().map_frame(|f| f);
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let h2_cluster = |name: &str| {
+        let mut c = static_cluster(name, &[echo_addr]);
+        c.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            any(&up::HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    up::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                        up::http_protocol_options::ExplicitHttpConfig {
+                            protocol_config: Some(
+                                up::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                    Default::default(),
+                                ),
+                            ),
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+        );
+        c
+    };
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let snap = |lv: &str, prefix: &str, rv: &str, to: &str| {
+        Snapshot::default()
+            .with(
+                CLUSTER,
+                "c1",
+                vec![any(&h2_cluster("echo_a")), any(&h2_cluster("echo_b"))],
+            )
+            .with(
+                LISTENER,
+                lv,
+                vec![any(&lds_listener("dyn", port, "r", prefix))],
+            )
+            .with(ROUTE, rv, vec![any(&route_all_to("r", to))])
+    };
+    cache.set_snapshot(NODE, snap("l1", "dyn", "r1", "echo_a"));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+
+    // The client: one HTTP/2 connection, one long request whose body we feed.
+    let io = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}/echo.Echo/Stream"))
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(tokio_stream_from(rx)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut next = async || -> Bytes {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the stream is open")
+                .unwrap();
+            if let Ok(d) = f.into_data() {
+                return d;
+            }
+        }
+    };
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"one"))))
+        .await
+        .unwrap();
+    assert_eq!(next().await, "one");
+
+    // The route moves to the other cluster, then the listener itself is modified.
+    cache.set_snapshot(NODE, snap("l1", "dyn", "r2", "echo_b"));
+    cache
+        .wait_until(NODE, ROUTE, |s| s.acked.as_deref() == Some("r2"))
+        .await;
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"two"))))
+        .await
+        .unwrap();
+    assert_eq!(next().await, "two");
+    cache.set_snapshot(NODE, snap("l2", "dyn_v2", "r2", "echo_b"));
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l2"))
+        .await;
+    r.wait_stat("listener_manager.listener_modified", 1).await;
+    // The new version shares route configuration `r` at once (no RDS push is due: it did not
+    // change), so it does not sit warming behind its predecessor.
+    r.wait_stat("listener_manager.total_listeners_warming", 0)
+        .await;
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"three"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        next().await,
+        "three",
+        "the stream outlived the listener update"
+    );
+    drop(tx);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .is_none_or(|f| f.is_ok()),
+        "the stream ends cleanly"
+    );
+    // New streams take the new route on the new listener.
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.echo_a.upstream_rq_total"], 1);
+    let resp = request(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        true,
+        h2_request(SocketAddr::from(([127, 0, 0, 1], port)), "x", "/again"),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    r.wait_stat("cluster.echo_b.upstream_rq_total", 1).await;
+    r.wait_stat("http.dyn_v2.downstream_rq_total", 1).await;
+    echo_task.abort();
+}
+
+/// An mpsc receiver as a stream (no tokio-stream dependency).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = T> + Send>> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|v| (v, rx))
+    }))
+}

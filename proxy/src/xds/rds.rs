@@ -68,6 +68,14 @@ impl RouteTable {
             }),
             ready: tokio::sync::watch::channel(false).0,
         });
+        // Another connection manager already has this route configuration (a modified listener
+        // replacing its predecessor, or a second listener): share what RDS delivered, as Envoy
+        // shares one RDS subscription per name, instead of waiting for a push that may never
+        // come because nothing changed.
+        if let Some(live) = tables(name).into_iter().find(|t| t.is_ready()) {
+            t.current.store(live.current.load_full());
+            t.ready.send_replace(true);
+        }
         register(name, &t);
         t
     }
