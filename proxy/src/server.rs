@@ -154,7 +154,7 @@ impl ServerState {
             self.set_state(State::Draining);
         }
         for l in &selected {
-            l.drain.send_replace(true);
+            l.drain_all();
             self.listeners.stats.total_listeners_draining.inc();
         }
         let drain_time = std::time::Duration::from_secs(self.options.drain_time_s);
@@ -371,7 +371,10 @@ pub async fn start(
     let cluster_manager = Arc::new(ClusterManager::new(clusters));
 
     // Listeners: bind now so a port in use is an error naming the listener.
-    let listeners = Arc::new(ListenerManager::new(ListenerManagerStats::new(&store)));
+    let listeners = Arc::new(ListenerManager::new(
+        ListenerManagerStats::new(&store),
+        std::time::Duration::from_secs(options.drain_time_s),
+    ));
     for (i, l) in model.listeners.iter().enumerate() {
         let active = ActiveListener::new(
             l.clone(),

@@ -1453,3 +1453,100 @@ fn tokio_stream_from<T: Send + 'static>(
         rx.recv().await.map(|v| (v, rx))
     }))
 }
+
+/// A listener modified by LDS: connections on a filter chain the new version still has (the
+/// same configuration) are left alone however long they live; those on a chain the new
+/// version dropped drain and are closed at the `--drain-time-s` deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn modified_listener_drains_only_removed_filter_chains() {
+    use remora_xds::resource::{LISTENER, ROUTE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let snap = |v: &str, l: envoy_types::pb::envoy::config::listener::v3::Listener| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", vec![any(&static_cluster("a_c", &[a.addr]))])
+            .with(LISTENER, v, vec![any(&l)])
+            .with(ROUTE, "r1", vec![any(&route_all_to("r1", "a_c"))])
+    };
+    cache.set_snapshot(NODE, snap("l1", lds_listener("dyn", port, "r1", "dyn")));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start_with(&yaml, &["--drain-time-s", "1"]).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    let l = SocketAddr::from(([127, 0, 0, 1], port));
+    let ws = || async move {
+        let mut ws = tokio::net::TcpStream::connect(l).await.unwrap();
+        ws.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = ws.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+        ws
+    };
+    let echo = |mut ws: tokio::net::TcpStream, msg: &'static [u8]| async move {
+        ws.write_all(msg).await.ok()?;
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(3), ws.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0 && &buf[..n] == [b"echo:", msg].concat().as_slice()).then_some(ws)
+    };
+    let ws1 = ws().await;
+
+    // v2 changes only the listener (its chain is identical): nothing drains.
+    let mut v2 = lds_listener("dyn", port, "r1", "dyn");
+    v2.per_connection_buffer_limit_bytes =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 65536 });
+    cache.set_snapshot(NODE, snap("l2", v2));
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l2"))
+        .await;
+    r.wait_stat("listener_manager.listener_modified", 1).await;
+    assert_eq!(
+        r.stat("listener_manager.total_filter_chains_draining")
+            .await,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ws1 = echo(ws1, b"still here")
+        .await
+        .expect("a kept chain's connection is not drained");
+
+    // v3 changes the chain itself: its connections drain and close at the 1 s deadline.
+    cache.set_snapshot(NODE, snap("l3", lds_listener("dyn", port, "r1", "dyn3")));
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l3"))
+        .await;
+    r.wait_stat("listener_manager.listener_modified", 2).await;
+    assert_eq!(
+        r.stat("listener_manager.total_filter_chains_draining")
+            .await,
+        1
+    );
+    let ws1 = echo(ws1, b"draining")
+        .await
+        .expect("open until the deadline");
+    let started = std::time::Instant::now();
+    let mut ws1 = ws1;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), ws1.read(&mut buf))
+        .await
+        .expect("closed at the drain deadline")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    r.wait_stat("listener_manager.total_filter_chains_draining", 0)
+        .await;
+    // New connections are served by the new chain.
+    assert_eq!(get(l, "x", "/").await.status, 200);
+    r.wait_stat("http.dyn3.downstream_rq_total", 1).await;
+}

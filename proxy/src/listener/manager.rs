@@ -19,6 +19,8 @@ pub struct ListenerManager {
     active: ArcSwap<Vec<Arc<ActiveListener>>>,
     workers: Mutex<Vec<mpsc::UnboundedSender<WorkerCommand>>>,
     pub stats: ListenerManagerStats,
+    /// `--drain-time-s`: how long connections on a removed filter chain may finish.
+    drain_time: std::time::Duration,
 }
 
 impl std::fmt::Debug for ListenerManager {
@@ -30,11 +32,12 @@ impl std::fmt::Debug for ListenerManager {
 }
 
 impl ListenerManager {
-    pub fn new(stats: ListenerManagerStats) -> Self {
+    pub fn new(stats: ListenerManagerStats, drain_time: std::time::Duration) -> Self {
         Self {
             active: ArcSwap::from_pointee(Vec::new()),
             workers: Mutex::new(Vec::new()),
             stats,
+            drain_time,
         }
     }
 
@@ -97,6 +100,19 @@ impl ListenerManager {
         drop(workers);
         if let Some(old) = replaced {
             old.shut();
+            // Connections on filter chains the new version dropped drain, and are closed at
+            // the deadline; the others keep their chain until they end.
+            let draining = old.retire_chains(&l) as i64;
+            if draining > 0 {
+                let gauge = self.stats.total_filter_chains_draining.clone();
+                gauge.add(draining);
+                let deadline = self.drain_time;
+                tokio::spawn(async move {
+                    tokio::time::sleep(deadline).await;
+                    old.close_retired();
+                    gauge.sub(draining);
+                });
+            }
         }
         self.stats
             .total_listeners_active
@@ -116,7 +132,7 @@ impl ListenerManager {
         });
         if let Some(old) = &removed {
             old.shut();
-            old.drain.send_replace(true);
+            old.drain_all();
             self.stats.listener_removed.inc();
         }
         self.stats

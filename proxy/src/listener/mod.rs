@@ -109,6 +109,12 @@ pub enum Terminal {
 pub struct ActiveChain {
     pub config: Arc<crate::model::listener::FilterChain>,
     terminal: Terminal,
+    /// Turns true when this chain's connections should finish and close (the listener drains,
+    /// or a new version of the listener no longer has this chain). Shared with the same chain
+    /// in earlier versions of the listener, whose connections live on.
+    drain: Arc<watch::Sender<bool>>,
+    /// Turns true at the drain deadline: the chain's remaining connections are closed.
+    close: Arc<watch::Sender<bool>>,
 }
 
 /// A listener at runtime.
@@ -126,7 +132,6 @@ pub struct ActiveListener {
     /// The bound sockets (one per worker with reuse_port, else one); workers accept on
     /// duplicates, and a replacement listener on the same address inherits them.
     bound: std::sync::Mutex<Vec<std::net::TcpListener>>,
-    pub drain: watch::Sender<bool>,
     pub stop: watch::Sender<bool>,
 }
 
@@ -264,9 +269,19 @@ impl ActiveListener {
                         .map_err(|e| err(local_address, e))?,
                     )),
                 };
+                // The same chain in the version this one replaces: its connections stay, so they
+                // drain with this version's chain.
+                let same = inherit.and_then(|old| {
+                    old.all_chains()
+                        .find(|c| c.config.fingerprint == fc.fingerprint && !*c.drain.borrow())
+                });
                 Ok(ActiveChain {
                     config: fc.clone(),
                     terminal,
+                    drain: same
+                        .map_or_else(|| Arc::new(watch::channel(false).0), |c| c.drain.clone()),
+                    close: same
+                        .map_or_else(|| Arc::new(watch::channel(false).0), |c| c.close.clone()),
                 })
             };
         let chains = config
@@ -301,7 +316,6 @@ impl ActiveListener {
             default_chain,
             local_address,
             bound: std::sync::Mutex::new(sockets),
-            drain: watch::channel(false).0,
             stop: watch::channel(false).0,
         }))
     }
@@ -469,8 +483,7 @@ impl ActiveListener {
                             info.requested_server_name = tls_info.server_name.take();
                         }
                         info.tls = Some(Box::new(tls_info));
-                        self.dispatch(&chain.terminal, info, stream, BytesMut::new())
-                            .await;
+                        self.dispatch(chain, info, stream, BytesMut::new()).await;
                     }
                     Err(e) => {
                         tracing::debug!(listener = %self.config.name, %remote, "TLS handshake failed: {e}");
@@ -479,36 +492,82 @@ impl ActiveListener {
                     }
                 }
             }
-            _ => self.dispatch(&chain.terminal, info, stream, prefix).await,
+            _ => self.dispatch(chain, info, stream, prefix).await,
         }
         self.closed(opened);
     }
 
     /// Hand an established connection (plaintext or after the TLS handshake) to its network
     /// filter.
+    /// The connection lives until it ends, or until its chain's drain deadline.
     async fn dispatch<S: Split>(
         &self,
-        terminal: &Terminal,
+        chain: &ActiveChain,
         info: ConnectionInfo,
         stream: S,
         prefix: BytesMut,
     ) {
         let is_tls = info.tls.is_some();
         let info = Arc::new(info);
-        match terminal {
-            Terminal::Http(hcm) => {
-                let conn = DownstreamConn::new(info, is_tls);
-                crate::http::server::serve(
-                    hcm.clone(),
-                    conn,
-                    stream,
-                    prefix,
-                    self.drain.subscribe(),
-                )
-                .await;
+        let mut close = chain.close.subscribe();
+        let serve = async {
+            match &chain.terminal {
+                Terminal::Http(hcm) => {
+                    let conn = DownstreamConn::new(info, is_tls);
+                    crate::http::server::serve(
+                        hcm.clone(),
+                        conn,
+                        stream,
+                        prefix,
+                        chain.drain.subscribe(),
+                    )
+                    .await;
+                }
+                // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
+                Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
             }
-            // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
-            Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = stopped(&mut close) => {
+                tracing::debug!(listener = %self.config.name, chain = %chain.config.name, "drain deadline: closing the connection");
+            }
+        }
+    }
+
+    fn all_chains(&self) -> impl Iterator<Item = &ActiveChain> {
+        self.chains.iter().chain(self.default_chain.iter())
+    }
+
+    /// Drain every connection (listener removal, `/drain_listeners`).
+    pub fn drain_all(&self) {
+        for c in self.all_chains() {
+            c.drain.send_replace(true);
+        }
+    }
+
+    /// This listener was replaced by `new`: connections on a filter chain `new` still has
+    /// (the same configuration) carry on as they are; those on a chain it no longer has start
+    /// draining. Returns how many chains drain (`close_retired` ends them at the deadline).
+    pub fn retire_chains(&self, new: &ActiveListener) -> usize {
+        let kept: std::collections::HashSet<u64> =
+            new.all_chains().map(|c| c.config.fingerprint).collect();
+        let mut draining = 0;
+        for c in self.all_chains() {
+            if !kept.contains(&c.config.fingerprint) {
+                c.drain.send_replace(true);
+                draining += 1;
+            }
+        }
+        draining
+    }
+
+    /// The drain deadline: close what is left on the draining chains.
+    pub fn close_retired(&self) {
+        for c in self.all_chains() {
+            if *c.drain.borrow() {
+                c.close.send_replace(true);
+            }
         }
     }
 
@@ -662,6 +721,7 @@ pub struct ListenerManagerStats {
     pub total_listeners_active: Arc<Gauge>,
     pub total_listeners_warming: Arc<Gauge>,
     pub total_listeners_draining: Arc<Gauge>,
+    pub total_filter_chains_draining: Arc<Gauge>,
     pub workers_started: Arc<Gauge>,
 }
 
@@ -679,6 +739,7 @@ impl ListenerManagerStats {
             total_listeners_active: g("total_listeners_active"),
             total_listeners_warming: g("total_listeners_warming"),
             total_listeners_draining: g("total_listeners_draining"),
+            total_filter_chains_draining: g("total_filter_chains_draining"),
             workers_started: g("workers_started"),
         }
     }

@@ -69,6 +69,9 @@ pub struct FilterChain {
     pub handshake_timeout: Option<Duration>,
     /// Network filters accepted as no-ops (Istio's TCP `istio.stats`), before the terminal one.
     pub noop_filters: Vec<super::hcm::NoopFilter>,
+    /// A hash of the chain's configuration: a new version of the listener that has a chain
+    /// with the same fingerprint keeps that chain's connections (no drain).
+    pub fingerprint: u64,
     pub terminal: NetworkTerminal,
 }
 
@@ -510,6 +513,12 @@ impl FilterChain {
             tls,
             handshake_timeout,
             noop_filters,
+            fingerprint: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                prost::Message::encode_to_vec(fc).hash(&mut h);
+                h.finish()
+            },
             terminal: terminal.ok_or_else(|| {
                 path.field("filters")
                     .error("the last network filter must be http_connection_manager or tcp_proxy")
@@ -754,6 +763,7 @@ mod tests {
             tls: None,
             handshake_timeout: None,
             noop_filters: vec![],
+            fingerprint: 0,
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),
