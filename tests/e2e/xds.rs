@@ -1549,4 +1549,44 @@ async fn modified_listener_drains_only_removed_filter_chains() {
     // New connections are served by the new chain.
     assert_eq!(get(l, "x", "/").await.status, 200);
     r.wait_stat("http.dyn3.downstream_rq_total", 1).await;
+
+    // v4 names a route configuration not sent yet: it warms while v3 serves, and the dump
+    // shows both states, as Envoy's does.
+    cache.set_snapshot(NODE, snap("l4", lds_listener("dyn", port, "r9", "dyn4")));
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l4"))
+        .await;
+    r.wait_stat("listener_manager.total_listeners_warming", 1)
+        .await;
+    let listener_dump = |d: &serde_json::Value| {
+        d["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump")
+            .unwrap()["dynamic_listeners"][0]
+            .clone()
+    };
+    let (_, d) = r.admin_get("/config_dump").await.unwrap();
+    let dl = listener_dump(&serde_json::from_str(&d).unwrap());
+    assert_eq!(dl["name"], "dyn");
+    assert_eq!(dl["active_state"]["version_info"], "l3", "{dl}");
+    assert_eq!(dl["warming_state"]["version_info"], "l4", "{dl}");
+    assert_eq!(get(l, "x", "/").await.status, 200, "v3 serves meanwhile");
+    let mut with_r9 = snap("l4", lds_listener("dyn", port, "r9", "dyn4"));
+    with_r9 = with_r9.with(
+        ROUTE,
+        "r2",
+        vec![
+            any(&route_all_to("r1", "a_c")),
+            any(&route_all_to("r9", "a_c")),
+        ],
+    );
+    cache.set_snapshot(NODE, with_r9);
+    r.wait_stat("listener_manager.total_listeners_warming", 0)
+        .await;
+    let (_, d) = r.admin_get("/config_dump").await.unwrap();
+    let dl = listener_dump(&serde_json::from_str(&d).unwrap());
+    assert_eq!(dl["active_state"]["version_info"], "l4", "{dl}");
+    assert!(dl.get("warming_state").is_none(), "{dl}");
 }

@@ -97,19 +97,28 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 last_updated: updated,
             })
             .collect(),
-        dynamic_listeners: dynamic
-            .listeners
-            .iter()
-            .map(|(name, r)| admin::listeners_config_dump::DynamicListener {
-                name: name.clone(),
-                active_state: Some(admin::listeners_config_dump::DynamicListenerState {
+        dynamic_listeners: {
+            let state =
+                |r: &crate::xds::Record| admin::listeners_config_dump::DynamicListenerState {
                     version_info: r.version.clone(),
                     listener: Some(r.resource.clone()),
                     last_updated: at(r),
-                }),
-                ..Default::default()
-            })
-            .collect(),
+                };
+            let names: std::collections::BTreeSet<&String> = dynamic
+                .listeners
+                .keys()
+                .chain(dynamic.warming_listeners.keys())
+                .collect();
+            names
+                .into_iter()
+                .map(|name| admin::listeners_config_dump::DynamicListener {
+                    name: name.clone(),
+                    active_state: dynamic.listeners.get(name).map(state),
+                    warming_state: dynamic.warming_listeners.get(name).map(state),
+                    ..Default::default()
+                })
+                .collect()
+        },
     }));
     let routes: Vec<RouteConfiguration> = sr
         .listeners

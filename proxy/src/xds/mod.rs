@@ -39,6 +39,8 @@ pub struct Dump {
     pub clusters: std::collections::BTreeMap<String, Record>,
     pub endpoints: std::collections::BTreeMap<String, Record>,
     pub listeners: std::collections::BTreeMap<String, Record>,
+    /// Listeners waiting for their routes or secrets (Envoy's `warming_state`).
+    pub warming_listeners: std::collections::BTreeMap<String, Record>,
     pub routes: std::collections::BTreeMap<String, Record>,
     pub secrets: std::collections::BTreeMap<String, Record>,
 }
@@ -498,8 +500,14 @@ impl XdsRuntime {
             } else {
                 self.listeners.stats.listener_added.inc();
             }
-            self.warm_listener(&mut state, active);
-            dump().listeners.insert(name.clone(), record(version, any));
+            let rec = record(version, any);
+            if self.warm_listener(&mut state, active) {
+                let mut d = dump();
+                d.warming_listeners.remove(&name);
+                d.listeners.insert(name.clone(), rec);
+            } else {
+                dump().warming_listeners.insert(name.clone(), rec);
+            }
         }
         // Listeners no longer in the set go (one that failed translation stays as it was).
         let gone: Vec<String> = state
@@ -512,7 +520,9 @@ impl XdsRuntime {
             state.listeners.remove(&name);
             state.warming_listeners.remove(&name);
             self.listeners.remove(&name);
-            dump().listeners.remove(&name);
+            let mut d = dump();
+            d.listeners.remove(&name);
+            d.warming_listeners.remove(&name);
         }
         self.listeners
             .stats
@@ -531,13 +541,13 @@ impl XdsRuntime {
     }
 
     /// Put a listener in service once its routes are in (Envoy's listener warming), or after
-    /// the LDS `initial_fetch_timeout`.
-    fn warm_listener(&self, state: &mut State, l: Arc<ActiveListener>) {
+    /// the LDS `initial_fetch_timeout`. True when it went into service at once.
+    fn warm_listener(&self, state: &mut State, l: Arc<ActiveListener>) -> bool {
         let tables = l.route_tables();
         if tables.iter().all(|t| t.is_ready()) && l.secrets_ready() {
             state.warming_listeners.remove(&l.config.name);
             self.listeners.activate(l);
-            return;
+            return true;
         }
         let seq = self
             .warming_seq
@@ -571,6 +581,12 @@ impl XdsRuntime {
             // Only the newest version of a listener goes into service.
             if state.warming_listeners.get(&l.config.name) == Some(&seq) {
                 state.warming_listeners.remove(&l.config.name);
+                {
+                    let mut d = dump();
+                    if let Some(rec) = d.warming_listeners.remove(&l.config.name) {
+                        d.listeners.insert(l.config.name.clone(), rec);
+                    }
+                }
                 rt.listeners.activate(l);
                 rt.listeners
                     .stats
@@ -578,6 +594,7 @@ impl XdsRuntime {
                     .set(state.warming_listeners.len() as i64);
             }
         });
+        false
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
