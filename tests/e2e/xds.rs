@@ -1590,3 +1590,108 @@ async fn modified_listener_drains_only_removed_filter_chains() {
     assert_eq!(dl["active_state"]["version_info"], "l4", "{dl}");
     assert!(dl.get("warming_state").is_none(), "{dl}");
 }
+
+/// A CDS cluster that originates mTLS with SDS secrets warms until they arrive (Envoy's
+/// cluster warming), instead of failing handshakes: meanwhile the route's cluster is not in
+/// service (503 NC); once the secrets come over ADS the cluster serves through the mTLS hop.
+#[tokio::test(flavor = "multi_thread")]
+async fn sds_cluster_warms_on_its_secrets() {
+    use crate::tls::{DEAL, GATEWAY, Pki, downstream_tls};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use remora_xds::resource::SECRET;
+    let pki = Pki::new();
+    let app = upstream("deal-app").await;
+    // The mTLS server side: a static listener of the same remora with file certificates.
+    let server_certs = pki.write("deal", DEAL);
+    let (cache, xds, _task) = xds_server().await;
+    let sds = |name: &str| tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(ads_source()),
+    };
+    let secure = |target: SocketAddr| {
+        let mut c = static_cluster("secure", &[target]);
+        let ctx = tls::UpstreamTlsContext {
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("client")],
+                validation_context_type: Some(
+                    tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds("root"),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        c.transport_socket = Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+        });
+        c
+    };
+    let tls_in = http_listener(
+        "tls_in",
+        "",
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n",
+    ) + &downstream_tls(&server_certs, true, Some(GATEWAY));
+    // The bootstrap: listener `in` (routes to `secure`), `tls_in`, the xDS cluster and `app`.
+    let in_routes = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: secure}\n";
+    let listener_in = http_listener("in", "", in_routes).replace(
+        "            name: in_routes\n",
+        "            name: in_routes\n            validate_clusters: false\n",
+    );
+    let yaml = format!(
+        "node: {{id: \"{NODE}\"}}\ndynamic_resources:\n  ads_config:\n    api_type: GRPC\n    transport_api_version: V3\n    grpc_services:\n    - envoy_grpc: {{cluster_name: xds-grpc}}\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n{}",
+        bootstrap(
+            &(listener_in + &tls_in),
+            &(cluster(
+                "xds-grpc",
+                &[xds],
+                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n",
+            ) + &cluster("app", &[app.addr], ""))
+        )
+    );
+    // The static listener's port is only known once remora runs: the cluster comes after
+    // start (an empty CDS first, so that initialization does not wait for it).
+    cache.set_snapshot(NODE, Snapshot::default().with(CLUSTER, "c0", vec![]));
+    let r = Remora::start(&yaml).await;
+    let target = r.addr("tls_in");
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(CLUSTER, "c1", vec![any(&secure(target))]),
+    );
+    cache
+        .wait_until(NODE, CLUSTER, |s| s.acked.as_deref() == Some("c1"))
+        .await;
+    r.wait_stat("cluster_manager.warming_clusters", 1).await;
+    let resp = get(r.addr("in"), "x", "/").await;
+    assert_eq!(
+        resp.status, 503,
+        "not in service while its secrets are missing"
+    );
+    assert!(
+        r.stats()
+            .await
+            .get("cluster.secure.ssl.connection_error")
+            .is_none_or(|v| *v == 0)
+    );
+
+    let gw = pki.issue(GATEWAY, |_| {});
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", vec![any(&secure(target))])
+            .with(
+                SECRET,
+                "s1",
+                vec![
+                    any(&tls_secret("client", &gw)),
+                    any(&root_secret("root", pki.ca.root_pem())),
+                ],
+            ),
+    );
+    r.wait_stat("cluster_manager.warming_clusters", 0).await;
+    let resp = get(r.addr("in"), "x", "/").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("deal-app"));
+    assert_eq!(r.stat("cluster.secure.ssl.handshake").await, 1);
+}

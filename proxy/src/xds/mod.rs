@@ -674,6 +674,40 @@ impl XdsRuntime {
     /// Put a translated cluster in place: active now, or warming until its endpoints arrive.
     /// Returns the cluster to put in service now (`None`: it warms).
     fn add_cluster(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
+        let c = self.add_cluster_inner(state, config)?;
+        self.gate_on_secrets(state, c)
+    }
+
+    /// A cluster that originates TLS with SDS certificates or trust goes into service once they
+    /// have arrived (Envoy's cluster warming on its secrets), or after 15 s (Envoy's default
+    /// initial fetch timeout), after which handshakes fail until they come.
+    fn gate_on_secrets(&self, state: &mut State, c: Arc<Cluster>) -> Option<Arc<Cluster>> {
+        if cluster_secrets_ready(&c) {
+            return Some(c);
+        }
+        let name = c.config.name.to_string();
+        state.warming.insert(name.clone(), c.clone());
+        let weak = self.me.clone();
+        self.runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !cluster_secrets_ready(&c) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let Some(rt) = weak.upgrade() else { return };
+            let mut state = rt.lock();
+            if state.warming.get(&name).is_some_and(|w| Arc::ptr_eq(w, &c)) {
+                if !cluster_secrets_ready(&c) {
+                    tracing::warn!(cluster = %name, "TLS secrets did not arrive within 15 s; using the cluster without them");
+                }
+                state.warming.remove(&name);
+                rt.clusters.upsert(c);
+                rt.refresh_gauges(&state);
+            }
+        });
+        None
+    }
+
+    fn add_cluster_inner(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
         let name = config.name.to_string();
         let c = Cluster::new_dynamic(Arc::new(config), &self.store);
         if let Some(task) = state.dns.remove(&name) {
@@ -800,7 +834,9 @@ impl XdsRuntime {
             {
                 if let Some(c) = state.warming.remove(&n) {
                     c.publish(hosts.clone());
-                    activate.push(c);
+                    if let Some(c) = self.gate_on_secrets(&mut state, c) {
+                        activate.push(c);
+                    }
                 }
             }
         }
@@ -962,6 +998,14 @@ impl XdsRuntime {
 }
 
 type ClusterProto = pb::cluster::Cluster;
+
+/// A TLS cluster's certificates and trust are in (always true without TLS or with files).
+fn cluster_secrets_ready(c: &Cluster) -> bool {
+    c.config.tls.as_ref().is_none_or(|t| {
+        t.certificates.iter().all(|c| c.current().is_some())
+            && t.trust.as_ref().is_none_or(|t| t.current().is_some())
+    })
+}
 
 /// Decode and translate one CDS resource; the error names the cluster and the field.
 fn translate_cluster(
