@@ -308,6 +308,22 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The gauge of a block entry declared as a gauge.
+    pub fn gauge(&self) -> Arc<Gauge> {
+        match self {
+            Metric::Gauge(g) => g.clone(),
+            _ => unreachable!("declared as a gauge"),
+        }
+    }
+
+    /// The counter of a block entry declared as a counter.
+    pub fn counter(&self) -> Arc<Counter> {
+        match self {
+            Metric::Counter(c) => c.clone(),
+            _ => unreachable!("declared as a counter"),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Metric::Counter(_) => Kind::Counter,
@@ -328,12 +344,13 @@ pub struct Entry {
 /// Decides which stat names are instantiated (bootstrap `stats_config.stats_matcher`).
 pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Gauges registered together under one prefix (a cluster's circuit-breaker gauges): one
-/// registry entry instead of one per name; the names are spelled out when stats are read.
+/// Stats registered together under one prefix (a cluster's membership and update stats, its
+/// circuit-breaker gauges): one registry entry instead of one per name; the names are spelled
+/// out when stats are read.
 struct Block {
-    names: &'static [&'static str],
-    gauges: Arc<[Arc<Gauge>]>,
-    /// Bit i: names[i] passed the stats matcher.
+    spec: &'static [(&'static str, Kind)],
+    metrics: Arc<[Metric]>,
+    /// Bit i: spec[i] passed the stats matcher.
     accepted: u64,
 }
 
@@ -431,18 +448,18 @@ impl Store {
         }
     }
 
-    /// Gauges `prefix` + each of `names`, registered as one block (the same prefix gives the
-    /// same gauges back). Reading stats lists them like any other gauge.
-    pub fn gauge_block(&self, prefix: &str, names: &'static [&'static str]) -> Arc<[Arc<Gauge>]> {
-        assert!(names.len() <= 64, "a gauge block holds at most 64 names");
+    /// Stats `prefix` + each name of `spec` (of its kind), registered as one block (the same
+    /// prefix and spec give the same handles back). Reading stats lists them like any other.
+    pub fn block(&self, prefix: &str, spec: &'static [(&'static str, Kind)]) -> Arc<[Metric]> {
+        assert!(spec.len() <= 64, "a stats block holds at most 64 names");
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = blocks.get(prefix)
-            && b.names == names
+            && std::ptr::eq(b.spec, spec)
         {
-            return b.gauges.clone();
+            return b.metrics.clone();
         }
         let mut accepted = 0u64;
-        for (i, n) in names.iter().enumerate() {
+        for (i, (n, _)) in spec.iter().enumerate() {
             if self
                 .accept
                 .as_ref()
@@ -451,16 +468,23 @@ impl Store {
                 accepted |= 1 << i;
             }
         }
-        let gauges: Arc<[Arc<Gauge>]> = names.iter().map(|_| Arc::default()).collect();
+        let metrics: Arc<[Metric]> = spec
+            .iter()
+            .map(|(_, k)| match k {
+                Kind::Counter => Metric::Counter(Arc::default()),
+                Kind::Gauge => Metric::Gauge(Arc::default()),
+                Kind::Histogram => Metric::Histogram(Arc::default()),
+            })
+            .collect();
         blocks.insert(
             Arc::from(prefix),
             Block {
-                names,
-                gauges: gauges.clone(),
+                spec,
+                metrics: metrics.clone(),
                 accepted,
             },
         );
-        gauges
+        metrics
     }
 
     /// All entries, sorted by name (a snapshot of the registry, not of the values).
@@ -477,7 +501,7 @@ impl Store {
             return out;
         }
         for (prefix, b) in blocks.iter() {
-            for (i, (n, g)) in b.names.iter().zip(b.gauges.iter()).enumerate() {
+            for (i, ((n, _), m)) in b.spec.iter().zip(b.metrics.iter()).enumerate() {
                 if b.accepted & (1 << i) == 0 {
                     continue;
                 }
@@ -485,7 +509,7 @@ impl Store {
                 out.push(Entry {
                     tags: self.tags.produce(&name),
                     name,
-                    metric: Metric::Gauge(g.clone()),
+                    metric: m.clone(),
                 });
             }
         }
@@ -544,18 +568,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gauge_blocks_read_like_gauges() {
-        const NAMES: &[&str] = &["a_open", "b_open"];
+    fn blocks_read_like_separate_stats() {
+        const NAMES: &[(&str, Kind)] = &[("a_open", Kind::Gauge), ("b_open", Kind::Gauge)];
         let store = Store::new(
             TagProducer::envoy_defaults(),
             Some(Box::new(|n: &str| !n.ends_with("b_open"))),
         );
-        let g = store.gauge_block("cluster.c.cb.", NAMES);
-        g[0].set(1);
-        g[1].set(7);
+        let g = store.block("cluster.c.cb.", NAMES);
+        g[0].gauge().set(1);
+        g[1].gauge().set(7);
         store.gauge("cluster.c.z");
-        let again = store.gauge_block("cluster.c.cb.", NAMES);
-        assert_eq!(again[0].value(), 1, "the same prefix shares the gauges");
+        let again = store.block("cluster.c.cb.", NAMES);
+        assert_eq!(
+            again[0].gauge().value(),
+            1,
+            "the same prefix shares the gauges"
+        );
         let e = store.entries();
         let names: Vec<&str> = e.iter().map(|e| &*e.name).collect();
         assert_eq!(

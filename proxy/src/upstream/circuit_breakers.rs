@@ -4,7 +4,7 @@
 //! reached) and, with `track_remaining`, the `remaining_*` gauges.
 
 use crate::model::cluster::{CircuitBreakers as Config, Thresholds};
-use crate::telemetry::stats::{Gauge, Store};
+use crate::telemetry::stats::{Gauge, Kind, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -99,23 +99,23 @@ impl Resource {
 
 /// One priority's gauges, registered as one block (10 000 clusters × 2 priorities would
 /// otherwise be 100 000 registry entries).
-const GAUGES: &[&str] = &[
-    "cx_open",
-    "cx_pool_open",
-    "rq_pending_open",
-    "rq_open",
-    "rq_retry_open",
+const GAUGES: &[(&str, Kind)] = &[
+    ("cx_open", Kind::Gauge),
+    ("cx_pool_open", Kind::Gauge),
+    ("rq_pending_open", Kind::Gauge),
+    ("rq_open", Kind::Gauge),
+    ("rq_retry_open", Kind::Gauge),
 ];
-const GAUGES_TRACKED: &[&str] = &[
-    "cx_open",
-    "cx_pool_open",
-    "rq_pending_open",
-    "rq_open",
-    "rq_retry_open",
-    "remaining_cx",
-    "remaining_pending",
-    "remaining_rq",
-    "remaining_retries",
+const GAUGES_TRACKED: &[(&str, Kind)] = &[
+    ("cx_open", Kind::Gauge),
+    ("cx_pool_open", Kind::Gauge),
+    ("rq_pending_open", Kind::Gauge),
+    ("rq_open", Kind::Gauge),
+    ("rq_retry_open", Kind::Gauge),
+    ("remaining_cx", Kind::Gauge),
+    ("remaining_pending", Kind::Gauge),
+    ("remaining_rq", Kind::Gauge),
+    ("remaining_retries", Kind::Gauge),
 ];
 
 impl CircuitBreakers {
@@ -123,14 +123,18 @@ impl CircuitBreakers {
     pub fn new(cfg: &Config, store: &Store, stat_name: &str) -> Self {
         let priority = |name: &str, t: &Thresholds| {
             let prefix = format!("cluster.{stat_name}.circuit_breakers.{name}.");
-            let g = store.gauge_block(
-                &prefix,
-                if t.track_remaining {
-                    GAUGES_TRACKED
-                } else {
-                    GAUGES
-                },
-            );
+            let g: Vec<Arc<Gauge>> = store
+                .block(
+                    &prefix,
+                    if t.track_remaining {
+                        GAUGES_TRACKED
+                    } else {
+                        GAUGES
+                    },
+                )
+                .iter()
+                .map(|m| m.gauge())
+                .collect();
             let remaining = |i: usize| t.track_remaining.then(|| &g[i]);
             // g[1], cx_pool_open: connection pools are not limited (max_connection_pools is
             // refused); the gauge exists, as in Envoy, and stays 0.

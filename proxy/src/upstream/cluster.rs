@@ -86,11 +86,42 @@ impl std::fmt::Debug for DeferredTraffic {
 
 impl ClusterStats {
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+        use crate::telemetry::stats::Kind::{Counter as C, Gauge as G};
+        // Every cluster has these from the start: one registry block, not 12 (or 13) entries.
+        const EAGER: &[(&str, crate::telemetry::stats::Kind)] = &[
+            ("membership_total", G),
+            ("membership_healthy", G),
+            ("membership_degraded", G),
+            ("membership_excluded", G),
+            ("membership_change", C),
+            ("max_host_weight", G),
+            ("lb_healthy_panic", C),
+            ("update_attempt", C),
+            ("update_success", C),
+            ("update_failure", C),
+            ("update_empty", C),
+            ("update_no_rebuild", C),
+        ];
+        const EAGER_DEFERRED: &[(&str, crate::telemetry::stats::Kind)] = &[
+            ("membership_total", G),
+            ("membership_healthy", G),
+            ("membership_degraded", G),
+            ("membership_excluded", G),
+            ("membership_change", C),
+            ("max_host_weight", G),
+            ("lb_healthy_panic", C),
+            ("update_attempt", C),
+            ("update_success", C),
+            ("update_failure", C),
+            ("update_empty", C),
+            ("update_no_rebuild", C),
+            ("ClusterTrafficStats.initialized", G),
+        ];
         let p = format!("cluster.{stat_name}.");
-        let c = |n: &str| store.counter(&format!("{p}{n}"));
-        let g = |n: &str| store.gauge(&format!("{p}{n}"));
-        let traffic = if store.deferred_creation() {
-            let initialized = g("ClusterTrafficStats.initialized");
+        let deferred = store.deferred_creation();
+        let m = store.block(&p, if deferred { EAGER_DEFERRED } else { EAGER });
+        let traffic = if deferred {
+            let initialized = m[12].gauge();
             let stats = OnceLock::new();
             // A cluster replaced under the same name keeps the traffic stats its predecessor
             // created, as Envoy does.
@@ -109,18 +140,18 @@ impl ClusterStats {
         };
         Self {
             traffic,
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            membership_degraded: g("membership_degraded"),
-            membership_excluded: g("membership_excluded"),
-            membership_change: c("membership_change"),
-            max_host_weight: g("max_host_weight"),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            update_failure: c("update_failure"),
-            update_empty: c("update_empty"),
-            update_no_rebuild: c("update_no_rebuild"),
+            membership_total: m[0].gauge(),
+            membership_healthy: m[1].gauge(),
+            membership_degraded: m[2].gauge(),
+            membership_excluded: m[3].gauge(),
+            membership_change: m[4].counter(),
+            max_host_weight: m[5].gauge(),
+            lb_healthy_panic: m[6].counter(),
+            update_attempt: m[7].counter(),
+            update_success: m[8].counter(),
+            update_failure: m[9].counter(),
+            update_empty: m[10].counter(),
+            update_no_rebuild: m[11].counter(),
         }
     }
 
