@@ -241,3 +241,37 @@ async fn istio_style_thresholds_and_defaults_in_stats() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_request_times_out_with_the_route_timeout() {
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/delay/\"}\n                route: {cluster: backend, timeout: 5s}\n              - match: {prefix: \"/\"}\n                route: {cluster: backend, timeout: 0.3s}\n";
+    let yaml = bootstrap(
+        &http_listener("main", LOG, vhosts),
+        &cluster(
+            "backend",
+            &[u.addr],
+            "    circuit_breakers:\n      thresholds:\n      - {max_connections: 1, max_pending_requests: 5}\n",
+        ),
+    );
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let addr = r.addr("main");
+    // The only connection is busy for 800 ms; a request with a 300 ms route timeout waits for
+    // it and times out while pending: 504 UT, and the pending slot is given back.
+    let first = tokio::spawn(async move { get(addr, "x", "/delay/800").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let second = get(addr, "x", "/").await;
+    assert_eq!(second.status, 504, "{}", second.text());
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    let log = access_log(&r, 2).await;
+    assert!(log.iter().any(|l| l.starts_with("504 UT")), "{log:?}");
+    assert_eq!(r.stat("cluster.backend.upstream_rq_timeout").await, 1);
+    // After it, the pooled connection serves again.
+    assert_eq!(get(addr, "x", "/").await.status, 200);
+}

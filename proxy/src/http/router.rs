@@ -547,9 +547,13 @@ async fn send_h1(
     stream: &mut ActiveStream,
 ) -> Result<Response<Body>, Failure> {
     parts.version = Version::HTTP_11;
-    let mut conn = pool::acquire_h1(cluster, host)
+    let pending_deadline = timers.route.map(|t| Instant::now() + t);
+    let mut conn = pool::acquire_h1(cluster, host, pending_deadline)
         .await
-        .map_err(Failure::Connect)?;
+        .map_err(|e| match e {
+            pool::ConnectError::PendingTimeout => Failure::Timeout,
+            e => Failure::Connect(e),
+        })?;
     stream.info.upstream_local = conn.local_addr;
     stream.info.upstream_tls = conn.io.keep.tls.clone();
     let head_request = parts.method == http::Method::HEAD;

@@ -34,6 +34,8 @@ pub enum ConnectError {
     Tls(Arc<str>),
     /// A circuit breaker refused (`UO`): no connection could be made and no request may wait.
     Overflow,
+    /// The route timeout passed while the request waited for a pooled connection (`UT`).
+    PendingTimeout,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -44,6 +46,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Handshake(e) => write!(f, "protocol error: {e}"),
             ConnectError::Tls(reason) => f.write_str(reason),
             ConnectError::Overflow => f.write_str("overflow"),
+            ConnectError::PendingTimeout => f.write_str("timeout while pending"),
         }
     }
 }
@@ -413,8 +416,13 @@ thread_local! {
     static POOLS: RefCell<HashMap<u64, HostPool>> = RefCell::new(HashMap::new());
 }
 
-/// Take an idle HTTP/1.1 connection to `host`, or connect a new one.
-pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
+/// Take an idle HTTP/1.1 connection to `host`, or connect a new one, or (the cluster at its
+/// connection limit) wait for one until `pending_deadline` (the route timeout).
+pub async fn acquire_h1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    pending_deadline: Option<Instant>,
+) -> Result<H1Conn, ConnectError> {
     let idle_timeout = cluster.config.idle_timeout;
     loop {
         let candidate = POOLS.with(|p| p.borrow_mut().get_mut(&host.id).and_then(|e| e.h1.pop()));
@@ -455,7 +463,14 @@ pub async fn acquire_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Co
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(tx);
-        match rx.await {
+        let got = match pending_deadline {
+            Some(at) => match tokio::time::timeout_at(at.into(), rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(ConnectError::PendingTimeout),
+            },
+            None => rx.await,
+        };
+        match got {
             Ok(Some(mut conn)) => {
                 conn.reused = true;
                 return Ok(conn);
