@@ -26,6 +26,15 @@ fn timestamp(t: std::time::SystemTime) -> Timestamp {
     }
 }
 
+fn dynamic_cluster(r: &crate::xds::Record) -> admin::clusters_config_dump::DynamicCluster {
+    admin::clusters_config_dump::DynamicCluster {
+        version_info: r.version.clone(),
+        cluster: Some(r.resource.clone()),
+        last_updated: Some(timestamp(r.at)),
+        ..Default::default()
+    }
+}
+
 /// The dump as protos, in Envoy's order.
 fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     let dynamic = crate::xds::dump();
@@ -47,17 +56,19 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 last_updated: updated,
             })
             .collect(),
+        // A cluster not in service yet is warming (on its endpoints or secrets).
         dynamic_active_clusters: dynamic
             .clusters
-            .values()
-            .map(|r| admin::clusters_config_dump::DynamicCluster {
-                version_info: r.version.clone(),
-                cluster: Some(r.resource.clone()),
-                last_updated: at(r),
-                ..Default::default()
-            })
+            .iter()
+            .filter(|(n, _)| state.clusters.get(n).is_some())
+            .map(|(_, r)| dynamic_cluster(r))
             .collect(),
-        dynamic_warming_clusters: vec![],
+        dynamic_warming_clusters: dynamic
+            .clusters
+            .iter()
+            .filter(|(n, _)| state.clusters.get(n).is_none())
+            .map(|(_, r)| dynamic_cluster(r))
+            .collect(),
     }));
     if include_eds {
         out.push(any(&admin::EndpointsConfigDump {

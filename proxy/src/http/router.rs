@@ -263,7 +263,7 @@ pub async fn forward(
     let requests = &cluster.circuit_breakers.default.requests;
     if !requests.try_inc() {
         cluster.stats.traffic().upstream_rq_pending_overflow.inc();
-        return overflow_reply(hcm, stream, router.suppress_envoy_headers);
+        return overflow_reply(hcm, stream);
     }
     // Upstream accounting starts here; `ActiveStream::finish` ends it.
     let s = cluster.stats.traffic();
@@ -483,29 +483,29 @@ fn fail(
         }
     }
     let overloaded = flags == ResponseFlags::UPSTREAM_OVERFLOW;
-    let mut resp = hcm.local_reply(stream, status, &body, details, flags);
-    if overloaded && !hcm.config.router.suppress_envoy_headers {
-        resp.headers_mut()
-            .insert(names::X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    let resp = hcm.local_reply(stream, status, &body, details, flags);
+    if overloaded {
+        mark_overloaded(hcm, resp)
+    } else {
+        resp
     }
-    resp
 }
 
-/// 503 `UO` with `x-envoy-overloaded: true`: a circuit breaker refused the request before it
-/// reached the upstream.
-fn overflow_reply(
-    hcm: &Arc<ConnectionManager>,
-    stream: ActiveStream,
-    suppress_envoy_headers: bool,
-) -> Response<Body> {
-    let mut resp = hcm.local_reply(
+/// 503 `UO`: a circuit breaker refused the request before it reached the upstream.
+fn overflow_reply(hcm: &Arc<ConnectionManager>, stream: ActiveStream) -> Response<Body> {
+    let resp = hcm.local_reply(
         stream,
         StatusCode::SERVICE_UNAVAILABLE,
         bodies::OVERFLOW,
         "upstream_reset_before_response_started{overflow}",
         ResponseFlags::UPSTREAM_OVERFLOW,
     );
-    if !suppress_envoy_headers {
+    mark_overloaded(hcm, resp)
+}
+
+/// Envoy's `x-envoy-overloaded: true` on an overflow reply (unless envoy headers are suppressed).
+fn mark_overloaded(hcm: &ConnectionManager, mut resp: Response<Body>) -> Response<Body> {
+    if !hcm.config.router.suppress_envoy_headers {
         resp.headers_mut()
             .insert(names::X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
     }

@@ -340,10 +340,7 @@ impl ActiveListener {
             .iter()
             .chain(self.config.default_filter_chain.iter())
             .filter_map(|fc| fc.tls.as_ref())
-            .all(|t| {
-                t.certificates.iter().all(|c| c.current().is_some())
-                    && t.trust.as_ref().is_none_or(|t| t.current().is_some())
-            })
+            .all(|t| crate::model::tls::sources_ready(&t.certificates, &t.trust))
     }
 
     /// A duplicate of the socket worker `i` accepts on.

@@ -135,6 +135,16 @@ pub struct UpstreamTls {
     pub alpn: Vec<String>,
 }
 
+/// Whether every certificate and the trust bundle have arrived (SDS sources start empty):
+/// listeners and clusters warm until they have.
+pub fn sources_ready(
+    certificates: &[Arc<dyn CertificateSource>],
+    trust: &Option<Arc<dyn TrustSource>>,
+) -> bool {
+    certificates.iter().all(|c| c.current().is_some())
+        && trust.as_ref().is_none_or(|t| t.current().is_some())
+}
+
 impl std::fmt::Debug for DownstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DownstreamTls")

@@ -1001,10 +1001,10 @@ type ClusterProto = pb::cluster::Cluster;
 
 /// A TLS cluster's certificates and trust are in (always true without TLS or with files).
 fn cluster_secrets_ready(c: &Cluster) -> bool {
-    c.config.tls.as_ref().is_none_or(|t| {
-        t.certificates.iter().all(|c| c.current().is_some())
-            && t.trust.as_ref().is_none_or(|t| t.current().is_some())
-    })
+    c.config
+        .tls
+        .as_ref()
+        .is_none_or(|t| crate::model::tls::sources_ready(&t.certificates, &t.trust))
 }
 
 /// Decode and translate one CDS resource; the error names the cluster and the field.
