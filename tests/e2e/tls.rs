@@ -1282,3 +1282,85 @@ async fn pinned_client_certificate() {
     )
     .await;
 }
+
+/// istiod's `istio.alpn` filter: a sidecar's outbound HCM offers `istio-http/1.1` (etc.) on the
+/// mTLS connection, which is what the peer sidecar's inbound filter chain matches on
+/// (`application_protocols`). Without the filter (or for a cluster istiod marks
+/// `alpn_override: "false"`) the cluster's own ALPN is offered, no chain matches and the
+/// request fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_alpn_filter_selects_the_peers_http_chain() {
+    let pki = Pki::new();
+    let app = upstream("deal-app").await;
+    let server = pki.write("deal", DEAL);
+    let client = pki.write("gw", GATEWAY);
+    let inbound_port = closed_port().port();
+    // The peer's inbound listener: TLS inspector, and an mTLS chain only for Istio's HTTP ALPNs.
+    let inbound = http_listener("inbound", "", ROUTE_ALL)
+        .replace(
+            "address: 127.0.0.1, port_value: 0",
+            &format!("address: 127.0.0.1, port_value: {inbound_port}"),
+        )
+        .replacen(
+            "    filter_chains:\n    - filters:",
+            "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}\n    filter_chains:\n    - filter_chain_match: {application_protocols: [istio-http/1.0, istio-http/1.1, istio-h2]}\n      filters:",
+            1,
+        )
+        + &downstream_tls(&server, true, Some(GATEWAY));
+    let alpn_filter = r#"          http_filters:
+          - name: istio.alpn
+            typed_config:
+              "@type": type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig
+              alpn_override:
+              - {upstream_protocol: HTTP10, alpn_override: [istio-http/1.0, istio, http/1.0]}
+              - {upstream_protocol: HTTP11, alpn_override: [istio-http/1.1, istio, http/1.1]}
+              - {upstream_protocol: HTTP2, alpn_override: [istio-h2, istio, h2]}
+"#;
+    let to = |cluster: &str| {
+        format!(
+            "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: {cluster}}}\n"
+        )
+    };
+    let outbound = http_listener("outbound", "", &to("mesh"))
+        .replace("          http_filters:\n", alpn_filter);
+    let outbound_plain = http_listener("outbound_plain", "", &to("mesh"));
+    let outbound_marked = http_listener("outbound_marked", "", &to("mesh_simple"))
+        .replace("          http_filters:\n", alpn_filter);
+    let target = [SocketAddr::from(([127, 0, 0, 1], inbound_port))];
+    let mesh_tls = upstream_tls(&client, DEAL, "istio-peer-exchange, istio");
+    let clusters = cluster("app", &[app.addr], "")
+        + &cluster("mesh", &target, &mesh_tls)
+        + &cluster(
+            "mesh_simple",
+            &target,
+            &format!(
+                "    metadata: {{filter_metadata: {{istio: {{alpn_override: \"false\"}}}}}}\n{mesh_tls}"
+            ),
+        );
+    // One worker: one pool, so the reuse below is deterministic.
+    let r = Remora::start_with(
+        &bootstrap(
+            &(inbound + &outbound + &outbound_plain + &outbound_marked),
+            &clusters,
+        ),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let resp = get(r.addr("outbound"), "deal", "/").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("deal-app"));
+    // The cluster's own ALPN (`istio-peer-exchange, istio`) matches no inbound chain.
+    assert_eq!(get(r.addr("outbound_plain"), "deal", "/").await.status, 503);
+    assert_eq!(
+        get(r.addr("outbound_marked"), "deal", "/").await.status,
+        503
+    );
+    let stats = r.stats().await;
+    let inbound_stat = format!("listener.127.0.0.1_{inbound_port}.no_filter_chain_match");
+    assert_eq!(stats[&inbound_stat], 2, "{stats:?}");
+    // The overridden connection is pooled under its own ALPN and reused.
+    assert_eq!(get(r.addr("outbound"), "deal", "/").await.status, 200);
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.mesh.ssl.handshake"], 1);
+    assert_eq!(stats["cluster.mesh.upstream_rq_200"], 2);
+}

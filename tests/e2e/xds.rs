@@ -1102,10 +1102,10 @@ fn typed_struct(inner: &str, value: serde_json::Value) -> envoy_types::pb::googl
 }
 
 /// What istiod puts in a sidecar's outbound HTTP filter chain is accepted over binary xDS:
-/// the TypedStruct-wrapped peer metadata filter, grpc_stats, empty fault and cors filters and
-/// istio.stats (Istio telemetry, accepted as listed no-ops until the telemetry stage); what
-/// would change traffic and is not built (istio.alpn, a TypedStruct with a wrong field) is
-/// NACKed by path while the listener keeps serving.
+/// the TypedStruct-wrapped peer metadata filter, grpc_stats, istio.alpn, empty fault and cors
+/// filters and istio.stats (the telemetry ones accepted as listed no-ops until the telemetry
+/// stage); what would change traffic and is not built (set_filter_state, a TypedStruct with a
+/// wrong field) is NACKed by path while the listener keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     use remora_xds::resource::{LISTENER, ROUTE};
@@ -1135,9 +1135,24 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
             ..Default::default()
         }),
     };
+    // istiod's fixed ALPN overrides (implemented: see tls::istio_alpn_filter_selects_the_peers_http_chain).
+    let alpn = any(&remora::model::istio_pb::AlpnFilterConfig {
+        alpn_override: [
+            (0, ["istio-http/1.0", "istio", "http/1.0"]),
+            (1, ["istio-http/1.1", "istio", "http/1.1"]),
+            (2, ["istio-h2", "istio", "h2"]),
+        ]
+        .into_iter()
+        .map(|(p, l)| remora::model::istio_pb::AlpnOverride {
+            upstream_protocol: p,
+            alpn_override: l.iter().map(|s| s.to_string()).collect(),
+        })
+        .collect(),
+    });
     let filters = vec![
         ("istio.metadata_exchange", peer_metadata.clone()),
         ("envoy.filters.http.grpc_stats", grpc_stats.clone()),
+        ("istio.alpn", alpn),
         ("envoy.filters.http.fault", fault.clone()),
         ("envoy.filters.http.cors", cors.clone()),
         ("istio.stats", stats.clone()),
@@ -1224,19 +1239,18 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     );
 
     // Not built, changes traffic: NACKed by path, the listener as it was keeps serving.
-    let alpn = any(&remora::model::istio_pb::AlpnFilterConfig {
-        alpn_override: vec![remora::model::istio_pb::AlpnOverride {
-            upstream_protocol: 1,
-            alpn_override: vec!["istio-http/1.1".into(), "istio".into(), "http/1.1".into()],
-        }],
-    });
-    let mut with_alpn = filters.clone();
-    with_alpn.insert(2, ("istio.alpn", alpn));
+    let set_filter_state = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+            .into(),
+        value: vec![],
+    };
+    let mut with_sfs = filters.clone();
+    with_sfs.insert(2, ("connect_authority", set_filter_state));
     cache.set_snapshot(
         NODE,
         snap(
             "l2",
-            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_alpn),
+            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_sfs),
         ),
     );
     cache
@@ -1246,7 +1260,7 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
         .await;
     let (_, why) = cache.applied(NODE, LISTENER).nacked.unwrap();
     assert!(
-        why.contains("filter_chains[0].filters[0].typed_config.http_filters[2].typed_config.@type: HTTP filter istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig is not supported"),
+        why.contains("filter_chains[0].filters[0].typed_config.http_filters[2].typed_config.@type: HTTP filter envoy.extensions.filters.http.set_filter_state.v3.Config is not supported"),
         "{why}"
     );
     let bad = typed_struct(

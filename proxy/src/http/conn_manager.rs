@@ -188,6 +188,8 @@ pub struct ConnectionManager {
     pub h1_limits: super::codec::h1::Limits,
     /// `envoy.filters.http.compressor` filters, in chain order.
     compressors: crate::filters::compressor::CompressorChain,
+    /// `istio.alpn`: ALPN offered to TLS upstreams by upstream protocol.
+    pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -373,7 +375,8 @@ impl ConnectionManager {
         let compressors = crate::filters::compressor::CompressorChain::new(
             config.http_filters.iter().filter_map(|f| match f {
                 crate::model::hcm::HttpFilter::Compressor(c) => Some(&**c),
-                crate::model::hcm::HttpFilter::Noop(_)
+                crate::model::hcm::HttpFilter::Alpn(_)
+                | crate::model::hcm::HttpFilter::Noop(_)
                 | crate::model::hcm::HttpFilter::Router(_) => None,
             }),
             store,
@@ -386,7 +389,12 @@ impl ConnectionManager {
                     .inc();
             }
         }
+        let alpn = config.http_filters.iter().rev().find_map(|f| match f {
+            crate::model::hcm::HttpFilter::Alpn(a) => Some(a.clone()),
+            _ => None,
+        });
         Ok(Self {
+            alpn,
             compressors,
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,

@@ -289,13 +289,57 @@ pub async fn forward(
         idle,
         request_deadline,
     };
+    // `istio.alpn`: a TLS cluster is offered the list for the protocol it will carry (auto_config
+    // learns with the HTTP/2 list, as Envoy's first upstream protocol is HTTP/2 there).
+    let alpn_for = |h2: bool| {
+        let o = hcm
+            .alpn
+            .as_deref()
+            .filter(|_| cluster.config.tls.is_some() && cluster.config.alpn_override)?;
+        if h2 {
+            o.http2.as_ref()
+        } else if stream.info.protocol == Some(Protocol::Http10)
+            && matches!(
+                cluster.config.protocol,
+                UpstreamProtocol::UseDownstream { .. }
+            )
+        {
+            o.http10.as_ref()
+        } else {
+            o.http11.as_ref()
+        }
+    };
     let use_h2 = match learn {
-        true => pool::learn_protocol(&cluster, &host).await,
+        true => pool::learn_protocol(&cluster, &host, alpn_for(true)).await,
         false => Ok(use_h2),
     };
     let result = match use_h2 {
-        Ok(true) => send_h2(&cluster, &host, parts, body, timers, &mut stream).await,
-        Ok(false) => send_h1(&cluster, &host, parts, body, timers, &mut stream).await,
+        Ok(true) => {
+            let alpn = alpn_for(true).cloned();
+            send_h2(
+                &cluster,
+                &host,
+                alpn.as_ref(),
+                parts,
+                body,
+                timers,
+                &mut stream,
+            )
+            .await
+        }
+        Ok(false) => {
+            let alpn = alpn_for(false).cloned();
+            send_h1(
+                &cluster,
+                &host,
+                alpn.as_ref(),
+                parts,
+                body,
+                timers,
+                &mut stream,
+            )
+            .await
+        }
         Err(e) => Err(Failure::Connect(e)),
     };
 
@@ -541,6 +585,7 @@ fn is_downstream_body_error(e: &hyper::Error) -> bool {
 async fn send_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    alpn: pool::Alpn<'_>,
     mut parts: http::request::Parts,
     body: Body,
     timers: Timers<'_>,
@@ -548,7 +593,7 @@ async fn send_h1(
 ) -> Result<Response<Body>, Failure> {
     parts.version = Version::HTTP_11;
     let pending_deadline = timers.route.map(|t| Instant::now() + t);
-    let mut conn = pool::acquire_h1(cluster, host, pending_deadline)
+    let mut conn = pool::acquire_h1(cluster, host, pending_deadline, alpn)
         .await
         .map_err(|e| match e {
             pool::ConnectError::PendingTimeout => Failure::Timeout,
@@ -559,15 +604,7 @@ async fn send_h1(
     let head_request = parts.method == http::Method::HEAD;
     let mut out = crate::io::take_write_buffer();
     let result = wait(
-        exchange_h1(
-            cluster,
-            host,
-            &mut conn,
-            &parts,
-            body,
-            head_request,
-            &mut out,
-        ),
+        exchange_h1(&mut conn, &parts, body, head_request, &mut out),
         timers,
     )
     .await;
@@ -608,8 +645,6 @@ async fn send_h1(
 /// closed before any response byte arrives is replaced once by a fresh connection, if the
 /// whole request could be written again (the classic keep-alive race that gives 503 UC).
 async fn exchange_h1(
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
     conn: &mut pool::H1Conn,
     parts: &http::request::Parts,
     body: Body,
@@ -627,9 +662,7 @@ async fn exchange_h1(
     match h1_client::read_response(conn, head_request).await {
         Ok(head) => Ok(head),
         Err(RecvError::Closed) if conn.reused && replayable => {
-            let fresh = pool::connect_h1(cluster, host)
-                .await
-                .map_err(Failure::Connect)?;
+            let fresh = conn.reconnect().await.map_err(Failure::Connect)?;
             std::mem::replace(conn, fresh).discard();
             conn.io
                 .write_all(out)
@@ -653,6 +686,7 @@ fn recv_failure(e: h1_client::RecvError) -> Failure {
 async fn send_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    alpn: pool::Alpn<'_>,
     mut parts: http::request::Parts,
     body: Body,
     timers: Timers<'_>,
@@ -671,7 +705,7 @@ async fn send_h2(
         .unwrap_or("/");
     parts.uri = http::Uri::try_from(format!("http://{authority}{pq}"))
         .map_err(|_| Failure::DownstreamGone)?;
-    let (mut sender, local, tls) = pool::acquire_h2(cluster, host)
+    let (mut sender, local, tls) = pool::acquire_h2(cluster, host, alpn)
         .await
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = local;

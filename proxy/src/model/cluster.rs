@@ -123,6 +123,9 @@ pub struct Cluster {
     pub pipe: Option<std::path::PathBuf>,
     /// `circuit_breakers.thresholds`, per routing priority.
     pub circuit_breakers: CircuitBreakers,
+    /// False when `metadata.filter_metadata.istio.alpn_override` is `"false"` (istiod's mark for
+    /// DestinationRule TLS SIMPLE/MUTUAL): `istio.alpn` leaves this cluster's ALPN alone.
+    pub alpn_override: bool,
 }
 
 /// One priority's circuit-breaker thresholds (Envoy's defaults: 1024 connections, pending and
@@ -335,6 +338,13 @@ impl Cluster {
         }
         let tls = super::tls::upstream_socket(&path.field("transport_socket"), transport_socket)?;
         super::core::metadata_ok(metadata);
+        let alpn_override = !metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get("istio"))
+            .and_then(|s| s.fields.get("alpn_override"))
+            .is_some_and(|v| {
+                matches!(&v.kind, Some(pb::protobuf::value::Kind::StringValue(s)) if s == "false")
+            });
         deny(
             path,
             "close_connections_on_host_health_failure",
@@ -660,6 +670,7 @@ impl Cluster {
             },
             discovery,
             circuit_breakers,
+            alpn_override,
             connect_timeout,
             lb_policy: lb,
             localities,

@@ -68,11 +68,63 @@ pub struct Http2Settings {
 /// The HTTP filters, in order; the router is always last.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
+    /// `istio.alpn`: the ALPN list offered to TLS upstreams, by upstream HTTP protocol.
+    Alpn(Arc<AlpnOverrides>),
     Compressor(Arc<super::compressor::CompressorConfig>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
     Router(RouterConfig),
+}
+
+/// One ALPN list and a key that tells upstream connections offering it apart in the pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlpnOverride {
+    pub protocols: Arc<[String]>,
+    pub key: u64,
+}
+
+/// Istio's `istio.alpn` filter: what a new upstream TLS connection offers instead of the
+/// cluster's `alpn_protocols`, by the HTTP protocol it will carry (unless the cluster's
+/// `filter_metadata.istio.alpn_override` is `"false"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlpnOverrides {
+    pub http10: Option<AlpnOverride>,
+    pub http11: Option<AlpnOverride>,
+    pub http2: Option<AlpnOverride>,
+}
+
+pub const ISTIO_ALPN_TYPE: &str = "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig";
+
+fn alpn_overrides(path: &FieldPath, any: &pb::protobuf::Any) -> Result<AlpnOverrides> {
+    use std::hash::{Hash, Hasher};
+    let cfg: super::istio_pb::AlpnFilterConfig = decode_any(path, any)?;
+    let mut out = AlpnOverrides::default();
+    for (i, o) in cfg.alpn_override.iter().enumerate() {
+        let op = path.field("alpn_override").index(i);
+        if o.alpn_override.is_empty() {
+            return Err(op.field("alpn_override").error("must not be empty"));
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        o.alpn_override.hash(&mut h);
+        // 0 is the cluster's own list.
+        let key = h.finish().max(1);
+        let v = Some(AlpnOverride {
+            protocols: o.alpn_override.clone().into(),
+            key,
+        });
+        match o.upstream_protocol {
+            0 => out.http10 = v,
+            1 => out.http11 = v,
+            2 => out.http2 = v,
+            other => {
+                return Err(op
+                    .field("upstream_protocol")
+                    .error(format!("unknown enum value {other}")));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// An extension remora accepts as a no-op, and why that loses nothing.
@@ -909,6 +961,13 @@ fn http_filter_chain(
                         reason: "no policy configured (per-route policies are refused), so the \
                                  filter passes every request unchanged",
                     }));
+                }
+            }
+            ISTIO_ALPN_TYPE => {
+                let any = typed.expect("a type name comes from a typed_config");
+                let cfg = alpn_overrides(&fp.field("typed_config"), any)?;
+                if !*disabled {
+                    out.push(HttpFilter::Alpn(Arc::new(cfg)));
                 }
             }
             super::compressor::COMPRESSOR_TYPE => {

@@ -133,6 +133,8 @@ pub struct UpstreamTls {
     pub trust: Option<Arc<dyn TrustSource>>,
     /// ALPN offered (e.g. `istio-peer-exchange`, `istio`, `h2`, `http/1.1`).
     pub alpn: Vec<String>,
+    /// The same client configuration offering other ALPN lists (`istio.alpn`), by their key.
+    alpn_variants: std::sync::Mutex<Vec<(u64, Arc<rustls::ClientConfig>)>>,
 }
 
 /// Whether every certificate and the trust bundle have arrived (SDS sources start empty):
@@ -937,7 +939,28 @@ impl UpstreamTls {
             certificates: self.certificates.clone(),
             trust: self.trust.clone(),
             alpn: alpn.iter().map(|p| p.to_string()).collect(),
+            alpn_variants: Default::default(),
         }
+    }
+
+    /// The client configuration offering `alpn` instead (made once per list, then shared).
+    pub fn config_offering(
+        &self,
+        alpn: &crate::model::hcm::AlpnOverride,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut variants = self.alpn_variants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = variants.iter().find(|(k, _)| *k == alpn.key) {
+            return c.clone();
+        }
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn
+            .protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let config = Arc::new(config);
+        variants.push((alpn.key, config.clone()));
+        config
     }
 
     pub fn from_proto(path: &FieldPath, u: &pb::tls::UpstreamTlsContext) -> Result<Self> {
@@ -1002,6 +1025,7 @@ impl UpstreamTls {
             certificates: c.certificates,
             trust,
             alpn: c.alpn,
+            alpn_variants: Default::default(),
         })
     }
 }

@@ -118,7 +118,7 @@ impl TcpProxyFilter {
                 info.set_flag(ResponseFlags::UPSTREAM_OVERFLOW);
                 break;
             }
-            match pool::connect(&cluster, &host).await {
+            match pool::connect(&cluster, &host, None).await {
                 Ok(s) => {
                     upstream = Some(s);
                     break;

@@ -290,12 +290,18 @@ pub async fn accept(
 }
 
 /// Originate TLS on a new upstream connection.
+/// `alpn`: what to offer instead of the cluster's `alpn_protocols` (`istio.alpn`).
 pub async fn connect(
     tls: &UpstreamTls,
     stats: &TlsStats,
     tcp: TcpStream,
+    alpn: Option<&crate::model::hcm::AlpnOverride>,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, TlsInfo), std::io::Error> {
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let config = match alpn {
+        Some(a) => tls.config_offering(a),
+        None => tls.config.clone(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
     match connector.connect(tls.server_name.clone(), tcp).await {
         Ok(stream) => {
             let (_, conn) = stream.get_ref();

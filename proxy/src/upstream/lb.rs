@@ -143,6 +143,7 @@ mod tests {
             eds: None,
             pipe: None,
             circuit_breakers: Default::default(),
+            alpn_override: true,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

@@ -168,10 +168,22 @@ pub fn set_keepalive(sock: &TcpStream, ka: &Option<Keepalive>) {
     }
 }
 
+/// ALPN to offer instead of the cluster's (`istio.alpn`); connections offering another list
+/// are pooled apart.
+pub type Alpn<'a> = Option<&'a crate::model::hcm::AlpnOverride>;
+
+/// Pools are per host and per ALPN list offered (0: the cluster's own).
+type PoolKey = (u64, u64);
+
+fn pool_key(host: &Host, alpn: Alpn<'_>) -> PoolKey {
+    (host.id, alpn.map_or(0, |a| a.key))
+}
+
 /// Open a TCP connection to `host` with the cluster's connect timeout, counting Envoy's stats.
 pub async fn connect(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    alpn: Alpn<'_>,
 ) -> Result<CountedStream, ConnectError> {
     let s = cluster.stats.traffic();
     let connections = &cluster.circuit_breakers.default.connections;
@@ -206,7 +218,7 @@ pub async fn connect(
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
     let (stream, tls) = match (&cluster.config.tls, &cluster.ssl) {
         (Some(tls), Some(ssl)) => {
-            match crate::transport_sockets::tls::connect(tls, ssl, stream).await {
+            match crate::transport_sockets::tls::connect(tls, ssl, stream, alpn).await {
                 Ok((tls_stream, info)) => {
                     (Transport::Tls(Box::new(tls_stream)), Some(Arc::new(info)))
                 }
@@ -253,6 +265,8 @@ pub struct H1Conn {
     pub buf: BytesMut,
     host: Arc<Host>,
     cluster: Arc<Cluster>,
+    /// The ALPN list offered instead of the cluster's (`istio.alpn`), which also keys its pool.
+    alpn: Option<crate::model::hcm::AlpnOverride>,
     created: Instant,
     served: u32,
     /// Taken from the pool (not freshly connected): a failure before any response byte may be
@@ -263,9 +277,9 @@ pub struct H1Conn {
 
 impl H1Conn {
     /// A freshly connected HTTP/1.1 connection (`upstream_cx_http1_total`).
-    fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Self {
+    fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>, alpn: Alpn<'_>) -> Self {
         cluster.stats.traffic().upstream_cx_http1_total.inc();
-        let slot = host_slot(host);
+        let slot = host_slot(host, pool_key(host, alpn));
         slot.live.fetch_add(1, Relaxed);
         let _ = io.keep.slot.set(slot);
         Self {
@@ -274,6 +288,7 @@ impl H1Conn {
             buf: BytesMut::with_capacity(4096),
             host: host.clone(),
             cluster: cluster.clone(),
+            alpn: alpn.cloned(),
             created: Instant::now(),
             served: 0,
             reused: false,
@@ -336,16 +351,21 @@ impl H1Conn {
             },
             None => self,
         };
-        let host_id = conn.host.id;
+        let key = pool_key(&conn.host, conn.alpn.as_ref());
         let weak = Arc::downgrade(&conn.host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(host_id).or_insert_with(|| HostPool::new(weak));
+            let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
             entry.h1.push(Idle {
                 conn,
                 since: Instant::now(),
             });
         });
+    }
+
+    /// A fresh connection like this one (same cluster, host and ALPN offer).
+    pub async fn reconnect(&self) -> Result<H1Conn, ConnectError> {
+        connect_h1(&self.cluster, &self.host, self.alpn.as_ref()).await
     }
 
     /// Close the connection (upgrade, error, incomplete response).
@@ -401,11 +421,11 @@ impl HostPool {
     }
 }
 
-/// This worker's HTTP/1.1 slot for `host`.
-fn host_slot(host: &Arc<Host>) -> Arc<PoolSlot> {
+/// This worker's HTTP/1.1 slot for `host` (and the ALPN list its connections offer).
+fn host_slot(host: &Arc<Host>, key: PoolKey) -> Arc<PoolSlot> {
     POOLS.with(|p| {
         p.borrow_mut()
-            .entry(host.id)
+            .entry(key)
             .or_insert_with(|| HostPool::new(Arc::downgrade(host)))
             .slot
             .clone()
@@ -413,7 +433,7 @@ fn host_slot(host: &Arc<Host>) -> Arc<PoolSlot> {
 }
 
 thread_local! {
-    static POOLS: RefCell<HashMap<u64, HostPool>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<HashMap<PoolKey, HostPool>> = RefCell::new(HashMap::new());
 }
 
 /// Take an idle HTTP/1.1 connection to `host`, or connect a new one, or (the cluster at its
@@ -422,10 +442,12 @@ pub async fn acquire_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     pending_deadline: Option<Instant>,
+    alpn: Alpn<'_>,
 ) -> Result<H1Conn, ConnectError> {
+    let key = pool_key(host, alpn);
     let idle_timeout = cluster.config.idle_timeout;
     loop {
-        let candidate = POOLS.with(|p| p.borrow_mut().get_mut(&host.id).and_then(|e| e.h1.pop()));
+        let candidate = POOLS.with(|p| p.borrow_mut().get_mut(&key).and_then(|e| e.h1.pop()));
         let Some(idle) = candidate else { break };
         let mut conn = idle.conn;
         if idle_timeout.is_some_and(|t| idle.since.elapsed() >= t) {
@@ -441,7 +463,7 @@ pub async fn acquire_h1(
         return Ok(conn);
     }
     let cb = &cluster.circuit_breakers.default;
-    let slot = host_slot(host);
+    let slot = host_slot(host, key);
     loop {
         // At the connection limit a new connection is still opened when this worker has
         // none to the host (else its requests could never be served), as Envoy does.
@@ -450,7 +472,7 @@ pub async fn acquire_h1(
             if !can_create {
                 cluster.stats.traffic().upstream_cx_overflow.inc();
             }
-            return connect_h1(cluster, host).await;
+            return connect_h1(cluster, host, alpn).await;
         }
         cluster.stats.traffic().upstream_cx_overflow.inc();
         if !cb.pending.try_inc() {
@@ -482,8 +504,17 @@ pub async fn acquire_h1(
 }
 
 /// A fresh HTTP/1.1 connection.
-pub async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, ConnectError> {
-    Ok(H1Conn::new(connect(cluster, host).await?, cluster, host))
+pub async fn connect_h1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    alpn: Alpn<'_>,
+) -> Result<H1Conn, ConnectError> {
+    Ok(H1Conn::new(
+        connect(cluster, host, alpn).await?,
+        cluster,
+        host,
+        alpn,
+    ))
 }
 
 // === HTTP/2 pool ===
@@ -500,10 +531,12 @@ pub type H2Sender = (
 pub async fn acquire_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    alpn: Alpn<'_>,
 ) -> Result<H2Sender, ConnectError> {
+    let key = pool_key(host, alpn);
     let state = POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        let entry = p.get_mut(&host.id)?;
+        let entry = p.get_mut(&key)?;
         if let Some(H2State::Ready(_, _, _, last_used)) = &mut entry.h2 {
             *last_used = Instant::now();
         }
@@ -515,17 +548,19 @@ pub async fn acquire_h2(
         }
         Some(H2State::Connecting(fut)) => fut,
         _ => {
-            let (c, h) = (cluster.clone(), host.clone());
+            let (c, h, a) = (cluster.clone(), host.clone(), alpn.cloned());
             // One connection per host per worker: opened even at the connection limit (counted
             // as an overflow), as Envoy does for a pool with no connection.
             if !cluster.circuit_breakers.default.connections.can_create() {
                 cluster.stats.traffic().upstream_cx_overflow.inc();
             }
-            let fut = async move { connect_h2(&c, &h).await }.boxed().shared();
+            let fut = async move { connect_h2(&c, &h, a.as_ref()).await }
+                .boxed()
+                .shared();
             let weak = Arc::downgrade(host);
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = p.entry(host.id).or_insert_with(|| HostPool::new(weak));
+                let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
                 entry.h2 = Some(H2State::Connecting(fut.clone()));
             });
             fut
@@ -534,7 +569,7 @@ pub async fn acquire_h2(
     let result = fut.await;
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        if let Some(entry) = p.get_mut(&host.id)
+        if let Some(entry) = p.get_mut(&key)
             && matches!(entry.h2, Some(H2State::Connecting(_)))
         {
             entry.h2 = result
@@ -546,8 +581,12 @@ pub async fn acquire_h2(
     result.map(|(s, stats, l)| (s, l, stats.tls.clone()))
 }
 
-async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready, ConnectError> {
-    let stream = connect(cluster, host).await?;
+async fn connect_h2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    alpn: Alpn<'_>,
+) -> Result<H2Ready, ConnectError> {
+    let stream = connect(cluster, host, alpn).await?;
     handshake_h2(cluster, stream).await
 }
 
@@ -556,8 +595,9 @@ async fn connect_h2(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Ready,
 pub async fn learn_protocol(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    alpn: Alpn<'_>,
 ) -> Result<bool, ConnectError> {
-    let io = connect(cluster, host).await?;
+    let io = connect(cluster, host, alpn).await?;
     let h2 = match &io.inner {
         Transport::Tls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
         Transport::Plain(_) => false,
@@ -568,13 +608,15 @@ pub async fn learn_protocol(
         let weak = Arc::downgrade(host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(host.id).or_insert_with(|| HostPool::new(weak));
+            let entry = p
+                .entry(pool_key(host, alpn))
+                .or_insert_with(|| HostPool::new(weak));
             if !matches!(entry.h2, Some(H2State::Ready(..))) {
                 entry.h2 = Some(H2State::Ready(ready.0, ready.1, ready.2, Instant::now()));
             }
         });
     } else {
-        H1Conn::new(io, cluster, host).park();
+        H1Conn::new(io, cluster, host, alpn).park();
     }
     Ok(h2)
 }
