@@ -23,18 +23,6 @@ fn proxy_yaml(upstream: std::net::SocketAddr, thresholds: &str) -> String {
     )
 }
 
-async fn access_log(r: &Remora, lines: usize) -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(r.dir.path("access.log")).unwrap_or_default();
-        let l: Vec<String> = text.lines().map(str::to_string).collect();
-        if l.len() >= lines || std::time::Instant::now() > deadline {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn max_requests_overflows_with_uo_exactly_at_the_threshold() {
     let u = upstream("u").await;
@@ -82,7 +70,7 @@ async fn max_requests_overflows_with_uo_exactly_at_the_threshold() {
         }
     }
     assert_eq!((ok, overflow), (3, 5));
-    let log = access_log(&r, 8).await;
+    let log = r.log_lines("access.log", 8).await;
     assert_eq!(
         log.iter()
             .filter(|l| *l == "503 UO upstream_reset_before_response_started{overflow}")
@@ -269,7 +257,7 @@ async fn a_pending_request_times_out_with_the_route_timeout() {
         started.elapsed()
     );
     assert_eq!(first.await.unwrap().status, 200);
-    let log = access_log(&r, 2).await;
+    let log = r.log_lines("access.log", 2).await;
     assert!(log.iter().any(|l| l.starts_with("504 UT")), "{log:?}");
     assert_eq!(r.stat("cluster.backend.upstream_rq_timeout").await, 1);
     // After it, the pooled connection serves again.

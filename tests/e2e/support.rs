@@ -206,6 +206,20 @@ impl Remora {
         }
     }
 
+    /// The lines of `RUN_DIR/<file>` once there are at least `lines` of them (or after 5 s).
+    pub async fn log_lines(&self, file: &str, lines: usize) -> Vec<String> {
+        let path = self.dir.path(file);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let l: Vec<String> = text.lines().map(str::to_string).collect();
+            if l.len() >= lines || Instant::now() > deadline {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path("stderr.log")).unwrap_or_default()
     }

@@ -19,19 +19,6 @@ const LOG: &str = r#"          access_log:
               log_format: {text_format_source: {inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_HOST%\n"}}
 "#;
 
-async fn read_log(r: &Remora, lines: usize) -> Vec<String> {
-    let path = r.dir.path("access.log");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let l: Vec<String> = text.lines().map(str::to_string).collect();
-        if l.len() >= lines || std::time::Instant::now() > deadline {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn start_logged(listeners: String, clusters: String) -> Remora {
     Remora::start(&bootstrap(
         &listeners.replace("ACCESS_LOG", "RUN_DIR/access.log"),
@@ -51,7 +38,7 @@ async fn upstream_refused_is_503_uf() {
     let resp = get(r.addr("main"), "x", "/").await;
     assert_eq!(resp.status, 503);
     assert!(resp.text().starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), "{}", resp.text());
-    let log = read_log(&r, 1).await;
+    let log = r.log_lines("access.log", 1).await;
     assert_eq!(
         log[0],
         format!("503 UF upstream_reset_before_response_started{{connection_failure}} {dead}")
@@ -75,7 +62,10 @@ async fn no_hosts_is_503_uh() {
         (resp.status, resp.text().as_str()),
         (503, "no healthy upstream")
     );
-    assert_eq!(read_log(&r, 1).await[0], "503 UH no_healthy_upstream -");
+    assert_eq!(
+        r.log_lines("access.log", 1).await[0],
+        "503 UH no_healthy_upstream -"
+    );
     assert_eq!(r.stat("cluster.empty.upstream_cx_none_healthy").await, 1);
 }
 
@@ -95,7 +85,7 @@ async fn slow_upstream_is_504_ut() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(
-        read_log(&r, 1).await[0],
+        r.log_lines("access.log", 1).await[0],
         format!("504 UT upstream_response_timeout {}", u.addr)
     );
     assert_eq!(r.stat("cluster.slow.upstream_rq_timeout").await, 1);
@@ -126,7 +116,7 @@ async fn upstream_closing_without_response_is_503_uc() {
         resp.text()
     );
     assert_eq!(
-        read_log(&r, 1).await[0],
+        r.log_lines("access.log", 1).await[0],
         format!("503 UC upstream_reset_before_response_started{{connection_termination}} {addr}")
     );
 }
@@ -148,7 +138,10 @@ async fn unknown_cluster_header_is_nc() {
             .status,
         404
     );
-    assert_eq!(read_log(&r, 2).await[1], "404 NC cluster_not_found -");
+    assert_eq!(
+        r.log_lines("access.log", 2).await[1],
+        "404 NC cluster_not_found -"
+    );
     assert_eq!(r.stat("http.main.no_cluster").await, 1);
 }
 

@@ -291,22 +291,20 @@ pub async fn forward(
     };
     // `istio.alpn`: a TLS cluster is offered the list for the protocol it will carry (auto_config
     // learns with the HTTP/2 list, as Envoy's first upstream protocol is HTTP/2 there).
-    let alpn_for = |h2: bool| {
+    let downstream_http10 = stream.info.protocol == Some(Protocol::Http10)
+        && matches!(
+            cluster.config.protocol,
+            UpstreamProtocol::UseDownstream { .. }
+        );
+    let alpn_for = |h2: bool| -> pool::Alpn<'_> {
         let o = hcm
             .alpn
             .as_deref()
             .filter(|_| cluster.config.tls.is_some() && cluster.config.alpn_override)?;
-        if h2 {
-            o.http2.as_ref()
-        } else if stream.info.protocol == Some(Protocol::Http10)
-            && matches!(
-                cluster.config.protocol,
-                UpstreamProtocol::UseDownstream { .. }
-            )
-        {
-            o.http10.as_ref()
-        } else {
-            o.http11.as_ref()
+        match (h2, downstream_http10) {
+            (true, _) => o.http2.as_ref(),
+            (false, true) => o.http10.as_ref(),
+            (false, false) => o.http11.as_ref(),
         }
     };
     let use_h2 = match learn {
@@ -315,30 +313,12 @@ pub async fn forward(
     };
     let result = match use_h2 {
         Ok(true) => {
-            let alpn = alpn_for(true).cloned();
-            send_h2(
-                &cluster,
-                &host,
-                alpn.as_ref(),
-                parts,
-                body,
-                timers,
-                &mut stream,
-            )
-            .await
+            let alpn = alpn_for(true);
+            send_h2(&cluster, &host, alpn, parts, body, timers, &mut stream).await
         }
         Ok(false) => {
-            let alpn = alpn_for(false).cloned();
-            send_h1(
-                &cluster,
-                &host,
-                alpn.as_ref(),
-                parts,
-                body,
-                timers,
-                &mut stream,
-            )
-            .await
+            let alpn = alpn_for(false);
+            send_h1(&cluster, &host, alpn, parts, body, timers, &mut stream).await
         }
         Err(e) => Err(Failure::Connect(e)),
     };

@@ -87,7 +87,7 @@ impl std::fmt::Debug for DeferredTraffic {
 impl ClusterStats {
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
         use crate::telemetry::stats::Kind::{Counter as C, Gauge as G};
-        // Every cluster has these from the start: one registry block, not 12 (or 13) entries.
+        // Every cluster has these from the start: one registry block, not 12 entries.
         const EAGER: &[(&str, crate::telemetry::stats::Kind)] = &[
             ("membership_total", G),
             ("membership_healthy", G),
@@ -102,26 +102,10 @@ impl ClusterStats {
             ("update_empty", C),
             ("update_no_rebuild", C),
         ];
-        const EAGER_DEFERRED: &[(&str, crate::telemetry::stats::Kind)] = &[
-            ("membership_total", G),
-            ("membership_healthy", G),
-            ("membership_degraded", G),
-            ("membership_excluded", G),
-            ("membership_change", C),
-            ("max_host_weight", G),
-            ("lb_healthy_panic", C),
-            ("update_attempt", C),
-            ("update_success", C),
-            ("update_failure", C),
-            ("update_empty", C),
-            ("update_no_rebuild", C),
-            ("ClusterTrafficStats.initialized", G),
-        ];
         let p = format!("cluster.{stat_name}.");
-        let deferred = store.deferred_creation();
-        let m = store.block(&p, if deferred { EAGER_DEFERRED } else { EAGER });
-        let traffic = if deferred {
-            let initialized = m[12].gauge();
+        let m = store.block(&p, EAGER);
+        let traffic = if store.deferred_creation() {
+            let initialized = store.gauge(&format!("{p}ClusterTrafficStats.initialized"));
             let stats = OnceLock::new();
             // A cluster replaced under the same name keeps the traffic stats its predecessor
             // created, as Envoy does.
