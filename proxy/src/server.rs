@@ -486,6 +486,30 @@ pub async fn start(
             .as_ref()
             .and_then(|c| c.initial_fetch_timeout);
         xds.initialized(timeout).await;
+        // Static listeners whose routes come from RDS, or whose certificates from SDS: Envoy's
+        // init waits for those too (up to its default initial_fetch_timeout, 15 s), so the
+        // first requests are not answered from an empty route table.
+        let ready = || {
+            state
+                .listeners
+                .all()
+                .iter()
+                .filter(|l| l.origin != crate::listener::ListenerOrigin::Lds)
+                .all(|l| l.route_tables().iter().all(|t| t.is_ready()) && l.secrets_ready())
+        };
+        let wait = async {
+            while !ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(15), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "static listeners' routes or secrets did not arrive within 15 s; starting without them"
+            );
+        }
     }
     if state.options.mode == Mode::InitOnly {
         return Ok(state);

@@ -38,6 +38,18 @@ fn bootstrap_with_ads(xds: SocketAddr, api: &str) -> String {
     )
 }
 
+/// `bootstrap_with_ads`, with the static listener `in` taking its routes (`in_routes`) from RDS.
+fn bootstrap_with_static_rds(xds: SocketAddr) -> String {
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "          route_config:\n            name: in_routes\n            validate_clusters: false\n            virtual_hosts:\n",
+        "          upgrade_configs: [{upgrade_type: websocket}]\n          rds: {route_config_name: in_routes, config_source: {ads: {}, resource_api_version: V3}}\n          unused_routes:\n            virtual_hosts:\n",
+    );
+    // Drop the inline routes the helper wrote (now under a key remora would refuse).
+    let start = yaml.find("          unused_routes:\n").unwrap();
+    let end = yaml.find("          http_filters:\n").unwrap();
+    format!("{}{}", &yaml[..start], &yaml[end..])
+}
+
 async fn xds_server() -> (Arc<SnapshotCache>, SocketAddr, tokio::task::JoinHandle<()>) {
     let cache = SnapshotCache::new();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -245,14 +257,7 @@ async fn rds_updates_under_load_drop_nothing() {
             )
     };
     cache.set_snapshot(NODE, snap("r0", "a_c"));
-    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
-        "          route_config:\n            name: in_routes\n            validate_clusters: false\n            virtual_hosts:\n",
-        "          upgrade_configs: [{upgrade_type: websocket}]\n          rds: {route_config_name: in_routes, config_source: {ads: {}, resource_api_version: V3}}\n          unused_routes:\n            virtual_hosts:\n",
-    );
-    // Drop the inline routes the helper wrote (now under a key remora would refuse).
-    let start = yaml.find("          unused_routes:\n").unwrap();
-    let end = yaml.find("          http_filters:\n").unwrap();
-    let yaml = format!("{}{}", &yaml[..start], &yaml[end..]);
+    let yaml = bootstrap_with_static_rds(xds);
     let r = Remora::start(&yaml).await;
     let l = r.addr("in");
     cache
@@ -1708,4 +1713,42 @@ async fn sds_cluster_warms_on_its_secrets() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.header("x-upstream"), Some("deal-app"));
     assert_eq!(r.stat("cluster.secure.ssl.handshake").await, 1);
+}
+
+/// A static listener whose routes come from RDS: as in Envoy, remora's initialisation waits for
+/// them, so the first request is routed rather than answered 404 from an empty table.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_listener_waits_for_its_rds_routes() {
+    let a = upstream("a").await;
+    let (cache, xds, _task) = xds_server().await;
+    let clusters = vec![any(&static_cluster("a_c", &[a.addr]))];
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(CLUSTER, "c1", clusters.clone()),
+    );
+    let late = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cache.set_snapshot(
+                NODE,
+                Snapshot::default().with(CLUSTER, "c1", clusters).with(
+                    remora_xds::resource::ROUTE,
+                    "r1",
+                    vec![any(&route_all_to("in_routes", "a_c"))],
+                ),
+            );
+        })
+    };
+    let started = std::time::Instant::now();
+    let r = Remora::start(&bootstrap_with_static_rds(xds)).await;
+    let resp = get(r.addr("in"), "x", "/a").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("a"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    late.await.unwrap();
 }
