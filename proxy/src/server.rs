@@ -335,6 +335,7 @@ pub async fn start(
             .service_node
             .clone()
             .unwrap_or_else(|| model.node.id.clone()),
+        node: model.node.clone(),
     });
 
     if let Some(limit) = model.global_downstream_max_connections {

@@ -166,3 +166,68 @@ async fn compressor_config_errors_name_the_field() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// Istio's HTTP metadata exchange on a sidecar's inbound side (istiod's config, wrapped in a
+/// TypedStruct): the peer's `x-envoy-peer-metadata*` headers are taken off before the app, and
+/// the response carries this workload's, each only where the request carried the peer's.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_peer_metadata_headers_inbound() {
+    let u = upstream("app").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    let mx = r#"          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value:
+                downstream_discovery: [{istio_headers: {}}, {workload_discovery: {}}]
+                downstream_propagation: [{istio_headers: {}}]
+"#;
+    let listener = http_listener("inbound", "", vhosts).replace(
+        "          http_filters:\n",
+        &format!("          http_filters:\n{mx}"),
+    );
+    let node = "node:\n  id: sidecar~10.0.0.7~deal-1.autolytiq~autolytiq.svc.cluster.local\n  metadata: {NAME: deal-1, NAMESPACE: autolytiq, WORKLOAD_NAME: deal, LABELS: {app: deal, version: v1}}\n";
+    let r = Remora::start(&format!(
+        "{node}{}",
+        bootstrap(&listener, &cluster("backend", &[u.addr], ""))
+    ))
+    .await;
+    let addr = r.addr("inbound");
+    let resp = get_with(
+        addr,
+        "deal",
+        "/",
+        &[
+            (
+                "x-envoy-peer-metadata-id",
+                "sidecar~10.0.0.9~gw.autolytiq~autolytiq.svc.cluster.local",
+            ),
+            ("x-envoy-peer-metadata", "CgwKBkxBQkVMUxICKgA="),
+        ],
+    )
+    .await;
+    let seen = &resp.json()["headers"];
+    assert!(seen.get("x-envoy-peer-metadata-id").is_none(), "{seen}");
+    assert!(seen.get("x-envoy-peer-metadata").is_none(), "{seen}");
+    assert_eq!(
+        resp.header("x-envoy-peer-metadata-id"),
+        Some("sidecar~10.0.0.7~deal-1.autolytiq~autolytiq.svc.cluster.local")
+    );
+    let md = resp.header("x-envoy-peer-metadata").expect("our metadata");
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(md)
+        .unwrap();
+    let s: envoy_types::pb::google::protobuf::Struct =
+        prost::Message::decode(raw.as_slice()).unwrap();
+    let text = |k: &str| match &s.fields[k].kind {
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(v)) => v.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text("NAME"), "deal-1");
+    assert_eq!(text("WORKLOAD_NAME"), "deal");
+    // A request without the peer's headers gets none back.
+    let plain = get(addr, "deal", "/").await;
+    assert!(plain.header("x-envoy-peer-metadata-id").is_none());
+    assert!(plain.header("x-envoy-peer-metadata").is_none());
+}

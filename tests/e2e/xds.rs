@@ -1107,10 +1107,11 @@ fn typed_struct(inner: &str, value: serde_json::Value) -> envoy_types::pb::googl
 }
 
 /// What istiod puts in a sidecar's outbound HTTP filter chain is accepted over binary xDS:
-/// the TypedStruct-wrapped peer metadata filter, grpc_stats, istio.alpn, empty fault and cors
-/// filters and istio.stats (the telemetry ones accepted as listed no-ops until the telemetry
-/// stage); what would change traffic and is not built (set_filter_state, a TypedStruct with a
-/// wrong field) is NACKed by path while the listener keeps serving.
+/// the TypedStruct-wrapped peer metadata filter (its headers propagated), grpc_stats,
+/// istio.alpn, empty fault and cors filters and istio.stats (the telemetry ones accepted as
+/// listed no-ops until the telemetry stage); what would change traffic and is not built
+/// (set_filter_state, a TypedStruct with a wrong field) is NACKed by path while the listener
+/// keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     use remora_xds::resource::{LISTENER, ROUTE};
@@ -1194,18 +1195,20 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     r.wait_stat("listener_manager.total_listeners_active", 2)
         .await;
-    assert_eq!(
-        get(addr, "reviews", "/").await.header("x-upstream"),
-        Some("reviews")
+    // The peer-metadata filter: this workload's identity goes to the upstream.
+    let echoed = get(addr, "reviews", "/").await;
+    assert_eq!(echoed.header("x-upstream"), Some("reviews"));
+    let h = &echoed.json()["headers"];
+    assert_eq!(h["x-envoy-peer-metadata-id"], NODE);
+    assert!(
+        h["x-envoy-peer-metadata"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{h}"
     );
     let stats = r.stats().await;
-    for short in [
-        "peer_metadata",
-        "grpc_stats",
-        "fault",
-        "cors",
-        "istio_stats",
-    ] {
+    assert!(!stats.contains_key("server.noop_extension.peer_metadata"));
+    for short in ["grpc_stats", "fault", "cors", "istio_stats"] {
         assert_eq!(
             stats[&format!("server.noop_extension.{short}")],
             1,
@@ -1229,7 +1232,6 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     assert_eq!(
         listed,
         [
-            "type.googleapis.com/io.istio.http.peer_metadata.Config",
             "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
             "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
             "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",

@@ -123,6 +123,8 @@ impl HcmStats {
 pub struct LocalInfo {
     pub service_cluster: String,
     pub service_node: String,
+    /// The bootstrap's node (Istio's peer metadata is built from it).
+    pub node: crate::model::bootstrap::Node,
 }
 
 /// A downstream connection as the connection manager sees it.
@@ -190,6 +192,8 @@ pub struct ConnectionManager {
     compressors: crate::filters::compressor::CompressorChain,
     /// `istio.alpn`: ALPN offered to TLS upstreams by upstream protocol.
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
+    /// Istio's HTTP metadata exchange headers.
+    pub peer_metadata: Option<crate::filters::peer_metadata::PeerMetadata>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -375,9 +379,7 @@ impl ConnectionManager {
         let compressors = crate::filters::compressor::CompressorChain::new(
             config.http_filters.iter().filter_map(|f| match f {
                 crate::model::hcm::HttpFilter::Compressor(c) => Some(&**c),
-                crate::model::hcm::HttpFilter::Alpn(_)
-                | crate::model::hcm::HttpFilter::Noop(_)
-                | crate::model::hcm::HttpFilter::Router(_) => None,
+                _ => None,
             }),
             store,
             &config.stat_prefix,
@@ -393,8 +395,15 @@ impl ConnectionManager {
             crate::model::hcm::HttpFilter::Alpn(a) => Some(a.clone()),
             _ => None,
         });
+        let peer_metadata = config.http_filters.iter().find_map(|f| match f {
+            crate::model::hcm::HttpFilter::PeerMetadata(p) => Some(
+                crate::filters::peer_metadata::PeerMetadata::new(p, &local.node),
+            ),
+            _ => None,
+        });
         Ok(Self {
             alpn,
+            peer_metadata,
             compressors,
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
@@ -439,6 +448,9 @@ impl ConnectionManager {
     ) -> Response<Body> {
         let status = resp.status().as_u16();
         stream.info.response_code = Some(status);
+        if let Some(pm) = &self.peer_metadata {
+            pm.on_response(resp.headers_mut(), stream.peer_headers);
+        }
         if !self.compressors.is_empty() {
             resp = self.compressors.on_response(stream.compression, resp);
         }
@@ -661,6 +673,9 @@ impl ConnectionManager {
             merge_slashes(&mut parts.uri);
         }
         // The HTTP filters before the router (their response side runs in `respond`).
+        if let Some(pm) = &self.peer_metadata {
+            stream.peer_headers = pm.on_request(&mut parts.headers);
+        }
         stream.compression = self.compressors.on_request(&mut parts.headers);
         if let Some(r) = stream.request.as_mut() {
             // The access log sees the request as routed (with the generated x-request-id, XFF).

@@ -125,6 +125,9 @@ pub async fn forward(
         );
     };
     stream.info.upstream_cluster = Some(cluster.config.name.clone());
+    if let Some(pm) = &hcm.peer_metadata {
+        pm.propagate_upstream(&mut parts.headers, &cluster.config);
+    }
     let Some(host) = lb::choose(&cluster) else {
         cluster.stats.traffic().upstream_cx_none_healthy.inc();
         return hcm.local_reply(
@@ -300,7 +303,7 @@ pub async fn forward(
         let o = hcm
             .alpn
             .as_deref()
-            .filter(|_| cluster.config.tls.is_some() && cluster.config.alpn_override)?;
+            .filter(|_| cluster.config.tls.is_some() && cluster.config.istio.alpn_override)?;
         match (h2, downstream_http10) {
             (true, _) => o.http2.as_ref(),
             (false, true) => o.http10.as_ref(),

@@ -65,6 +65,8 @@ pub struct ActiveStream {
     pub progress: Option<Arc<RequestProgress>>,
     /// The compressor the request side chose for the response.
     pub compression: crate::filters::compressor::Choice,
+    /// Which Istio peer-metadata headers the request carried.
+    pub peer_headers: crate::filters::peer_metadata::Carried,
     finished: bool,
 }
 
@@ -93,6 +95,7 @@ impl ActiveStream {
             upstream: None,
             progress: None,
             compression: None,
+            peer_headers: Default::default(),
             finished: false,
         }
     }

@@ -20,6 +20,9 @@ pub struct Node {
     pub id: String,
     pub cluster: String,
     pub metadata: serde_json::Value,
+    /// `locality.region` and `locality.zone`.
+    pub region: String,
+    pub zone: String,
 }
 
 #[derive(Debug)]
@@ -221,6 +224,16 @@ impl Bootstrap {
                     .metadata
                     .as_ref()
                     .map(super::runtime::struct_to_json)
+                    .unwrap_or_default(),
+                region: n
+                    .locality
+                    .as_ref()
+                    .map(|l| l.region.clone())
+                    .unwrap_or_default(),
+                zone: n
+                    .locality
+                    .as_ref()
+                    .map(|l| l.zone.clone())
                     .unwrap_or_default(),
             })
             .unwrap_or_default();

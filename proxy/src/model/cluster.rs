@@ -123,9 +123,47 @@ pub struct Cluster {
     pub pipe: Option<std::path::PathBuf>,
     /// `circuit_breakers.thresholds`, per routing priority.
     pub circuit_breakers: CircuitBreakers,
-    /// False when `metadata.filter_metadata.istio.alpn_override` is `"false"` (istiod's mark for
-    /// DestinationRule TLS SIMPLE/MUTUAL): `istio.alpn` leaves this cluster's ALPN alone.
+    /// What istiod says about the cluster in `metadata.filter_metadata.istio`.
+    pub istio: IstioMetadata,
+}
+
+/// `metadata.filter_metadata.istio` keys that Istio's filters read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IstioMetadata {
+    /// False when `alpn_override` is `"false"` (istiod's mark for DestinationRule TLS
+    /// SIMPLE/MUTUAL): `istio.alpn` leaves this cluster's ALPN alone.
     pub alpn_override: bool,
+    /// `external: true` (a MESH_EXTERNAL ServiceEntry).
+    pub external: bool,
+    /// `disable_mx: true`: no metadata-exchange headers to this cluster.
+    pub disable_mx: bool,
+}
+
+impl Default for IstioMetadata {
+    fn default() -> Self {
+        Self {
+            alpn_override: true,
+            external: false,
+            disable_mx: false,
+        }
+    }
+}
+
+fn istio_metadata(metadata: &Option<pb::core::Metadata>) -> IstioMetadata {
+    use pb::protobuf::value::Kind;
+    let Some(fields) = metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .map(|s| &s.fields)
+    else {
+        return IstioMetadata::default();
+    };
+    let kind = |k: &str| fields.get(k).and_then(|v| v.kind.as_ref());
+    IstioMetadata {
+        alpn_override: !matches!(kind("alpn_override"), Some(Kind::StringValue(s)) if s == "false"),
+        external: matches!(kind("external"), Some(Kind::BoolValue(true))),
+        disable_mx: matches!(kind("disable_mx"), Some(Kind::BoolValue(true))),
+    }
 }
 
 /// One priority's circuit-breaker thresholds (Envoy's defaults: 1024 connections, pending and
@@ -338,13 +376,7 @@ impl Cluster {
         }
         let tls = super::tls::upstream_socket(&path.field("transport_socket"), transport_socket)?;
         super::core::metadata_ok(metadata);
-        let alpn_override = !metadata
-            .as_ref()
-            .and_then(|m| m.filter_metadata.get("istio"))
-            .and_then(|s| s.fields.get("alpn_override"))
-            .is_some_and(|v| {
-                matches!(&v.kind, Some(pb::protobuf::value::Kind::StringValue(s)) if s == "false")
-            });
+        let istio = istio_metadata(metadata);
         deny(
             path,
             "close_connections_on_host_health_failure",
@@ -670,7 +702,7 @@ impl Cluster {
             },
             discovery,
             circuit_breakers,
-            alpn_override,
+            istio,
             connect_timeout,
             lb_policy: lb,
             localities,

@@ -70,6 +70,8 @@ pub struct Http2Settings {
 pub enum HttpFilter {
     /// `istio.alpn`: the ALPN list offered to TLS upstreams, by upstream HTTP protocol.
     Alpn(Arc<AlpnOverrides>),
+    /// Istio's HTTP metadata exchange (`x-envoy-peer-metadata*` headers).
+    PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
@@ -92,6 +94,63 @@ pub struct AlpnOverrides {
     pub http10: Option<AlpnOverride>,
     pub http11: Option<AlpnOverride>,
     pub http2: Option<AlpnOverride>,
+}
+
+/// `io.istio.http.peer_metadata.Config`, as far as it changes traffic: which side's
+/// `x-envoy-peer-metadata*` headers are removed (IstioHeaders discovery) and where this
+/// workload's are added (IstioHeaders propagation; `Some(skip_external_clusters)`). Workload
+/// discovery, baggage discovery and upstream filter state only learn about the peer for
+/// telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerMetadataConfig {
+    pub downstream_istio_headers: bool,
+    pub upstream_istio_headers: bool,
+    pub upstream_propagation: Option<bool>,
+    pub downstream_propagation: Option<bool>,
+    pub additional_labels: Vec<String>,
+}
+
+fn peer_metadata(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PeerMetadataConfig> {
+    use super::istio_pb::{Discovery, Propagation};
+    let super::istio_pb::PeerMetadata {
+        downstream_discovery,
+        upstream_discovery,
+        downstream_propagation,
+        upstream_propagation,
+        shared_with_upstream,
+        additional_labels,
+    } = decode_any(path, any)?;
+    deny(path, "shared_with_upstream", &shared_with_upstream)?;
+    let headers = |methods: &[super::istio_pb::DiscoveryMethod]| {
+        methods
+            .iter()
+            .any(|m| matches!(m.method_specifier, Some(Discovery::IstioHeaders(_))))
+    };
+    let propagation =
+        |field: &str, methods: &[super::istio_pb::PropagationMethod]| -> Result<Option<bool>> {
+            let mut out = None;
+            for (i, m) in methods.iter().enumerate() {
+                match &m.method_specifier {
+                    Some(Propagation::IstioHeaders(h)) => out = Some(h.skip_external_clusters),
+                    Some(Propagation::Baggage(_)) => {
+                        return Err(path
+                            .field(field)
+                            .index(i)
+                            .field("baggage")
+                            .error("baggage propagation is not supported"));
+                    }
+                    None => {}
+                }
+            }
+            Ok(out)
+        };
+    Ok(PeerMetadataConfig {
+        downstream_istio_headers: headers(&downstream_discovery),
+        upstream_istio_headers: headers(&upstream_discovery),
+        upstream_propagation: propagation("upstream_propagation", &upstream_propagation)?,
+        downstream_propagation: propagation("downstream_propagation", &downstream_propagation)?,
+        additional_labels,
+    })
 }
 
 pub const ISTIO_ALPN_TYPE: &str = "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig";
@@ -903,7 +962,14 @@ fn http_filter_chain(
                 out.push(HttpFilter::Router(r.clone()));
                 router = Some(r);
             }
-            ISTIO_STATS_TYPE | PEER_METADATA_TYPE | GRPC_STATS_TYPE => {
+            PEER_METADATA_TYPE => {
+                let any = typed.expect("a type name comes from a typed_config");
+                let cfg = peer_metadata(&fp.field("typed_config"), any)?;
+                if !*disabled {
+                    out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
+                }
+            }
+            ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
                 let tp = fp.field("typed_config");
                 let any = typed.expect("a type name comes from a typed_config");
                 // Decoded so that a malformed config is refused by path all the same.
@@ -911,10 +977,6 @@ fn http_filter_chain(
                     ISTIO_STATS_TYPE => {
                         decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
                         "istio_stats"
-                    }
-                    PEER_METADATA_TYPE => {
-                        decode_any::<super::istio_pb::PeerMetadata>(&tp, any)?;
-                        "peer_metadata"
                     }
                     _ => {
                         decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
@@ -926,7 +988,6 @@ fn http_filter_chain(
                         name: name.clone(),
                         type_name: match type_name {
                             ISTIO_STATS_TYPE => ISTIO_STATS_TYPE,
-                            PEER_METADATA_TYPE => PEER_METADATA_TYPE,
                             _ => GRPC_STATS_TYPE,
                         },
                         short,

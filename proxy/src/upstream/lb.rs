@@ -143,7 +143,7 @@ mod tests {
             eds: None,
             pipe: None,
             circuit_breakers: Default::default(),
-            alpn_override: true,
+            istio: Default::default(),
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }
