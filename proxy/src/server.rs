@@ -326,17 +326,20 @@ pub async fn start(
     stats.static_unknown_fields.add(unknown_fields as u64);
     stats.concurrency.set(concurrency as i64);
     stats.hot_restart_epoch.set(0);
+    // The node as configured, with the command line's --service-node/--service-cluster.
+    let mut node = model.node.clone();
+    if let Some(id) = &options.service_node {
+        node.id = id.clone();
+    }
+    if let Some(c) = &options.service_cluster {
+        node.cluster = c.clone();
+    }
     let local = Arc::new(LocalInfo {
-        service_cluster: options
-            .service_cluster
-            .clone()
-            .unwrap_or_else(|| model.node.cluster.clone()),
-        service_node: options
-            .service_node
-            .clone()
-            .unwrap_or_else(|| model.node.id.clone()),
-        node: model.node.clone(),
+        service_cluster: node.cluster.clone(),
+        service_node: node.id.clone(),
+        node: node.clone(),
     });
+    crate::filters::metadata_exchange::set_local_node(node);
 
     if let Some(limit) = model.global_downstream_max_connections {
         let _ = crate::listener::GLOBAL_DOWNSTREAM_LIMIT.set(limit);

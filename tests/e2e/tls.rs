@@ -1364,3 +1364,82 @@ async fn istio_alpn_filter_selects_the_peers_http_chain() {
     assert_eq!(stats["cluster.mesh.ssl.handshake"], 1);
     assert_eq!(stats["cluster.mesh.upstream_rq_200"], 2);
 }
+
+/// Istio's TCP metadata exchange between two sidecars over mTLS (`istio-peer-exchange` ALPN):
+/// the outbound cluster's upstream filter and the inbound chain's network filter each send their
+/// frame and take the peer's off the stream, so the bytes between client and server are exactly
+/// the application's.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_tcp_metadata_exchange_between_sidecars() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let server = pki.write("deal", DEAL);
+    let client = pki.write("gw", GATEWAY);
+    let (echo, _t) = tcp_echo().await;
+    let inbound_port = closed_port().port();
+    let mx = |indent: &str| {
+        format!(
+            "{indent}- name: istio.metadata_exchange\n{indent}  typed_config:\n{indent}    \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n{indent}    type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange\n{indent}    value: {{protocol: istio-peer-exchange, enable_discovery: true}}\n"
+        )
+    };
+    let tcp = |name: &str, cluster: &str| {
+        format!(
+            "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n          cluster: {cluster}\n"
+        )
+    };
+    // The peer's inbound: TCP over mTLS, chosen by Istio's ALPN, metadata exchange first.
+    let inbound = format!(
+        "  - name: inbound\n    address: {{socket_address: {{address: 127.0.0.1, port_value: {inbound_port}}}}}\n    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}\n    filter_chains:\n    - filter_chain_match: {{application_protocols: [istio-peer-exchange, istio]}}\n      filters:\n{}{}",
+        mx("      "),
+        tcp("inbound", "app")
+    ) + &downstream_tls(&server, true, Some(GATEWAY)).replace(
+        "alpn_protocols: [h2, http/1.1]",
+        "alpn_protocols: [istio-peer-exchange, h2, http/1.1]",
+    );
+    let outbound = format!(
+        "  - name: outbound\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    filter_chains:\n    - filters:\n{}",
+        tcp("outbound", "mesh")
+    );
+    let clusters = cluster("app", &[echo], "")
+        + &cluster(
+            "mesh",
+            &[SocketAddr::from(([127, 0, 0, 1], inbound_port))],
+            &format!(
+                "    filters:\n{}{}",
+                mx("    "),
+                upstream_tls(&client, DEAL, "istio-peer-exchange, istio")
+            ),
+        );
+    let r = Remora::start(&format!(
+        "node: {{id: \"sidecar~10.0.0.9~gw.autolytiq~autolytiq.svc.cluster.local\", metadata: {{NAMESPACE: autolytiq, WORKLOAD_NAME: gw}}}}\n{}",
+        bootstrap(&(inbound + &outbound), &clusters)
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(r.addr("outbound"))
+        .await
+        .unwrap();
+    s.write_all(b"hello through the mesh").await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 22 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        got, b"hello through the mesh",
+        "no frame leaks into the application"
+    );
+    drop(s);
+    let stats = r.stats().await;
+    // One exchange on each side of the hop (both count into the same process's stats).
+    assert_eq!(
+        stats["metadata_exchange.alpn_protocol_found"], 2,
+        "{stats:?}"
+    );
+    assert_eq!(stats["metadata_exchange.metadata_added"], 2);
+    assert_eq!(stats["metadata_exchange.initial_header_not_found"], 0);
+}

@@ -95,6 +95,26 @@ impl PeerMetadata {
     }
 }
 
+/// The TCP exchange's payload: an `Any` holding the Struct `{x-envoy-peer-metadata: <workload>,
+/// x-envoy-peer-metadata-id: <node id>}` (the id left out when empty).
+pub(super) fn exchange_payload(node: &Node, additional_labels: &[String]) -> Vec<u8> {
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "x-envoy-peer-metadata".to_string(),
+        SortedValue {
+            kind: Some(Kind::Struct(workload_struct(node, additional_labels))),
+        },
+    );
+    if !node.id.is_empty() {
+        fields.insert("x-envoy-peer-metadata-id".to_string(), text(&node.id));
+    }
+    let any = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+        value: SortedStruct { fields }.encode(),
+    };
+    prost::Message::encode_to_vec(&any)
+}
+
 // === the workload Struct ===
 
 /// `google.protobuf.Struct` with its keys in order (Istio serializes deterministically).

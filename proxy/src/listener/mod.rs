@@ -115,6 +115,8 @@ pub struct ActiveChain {
     drain: Arc<watch::Sender<bool>>,
     /// Turns true at the drain deadline: the chain's remaining connections are closed.
     close: Arc<watch::Sender<bool>>,
+    /// Istio's metadata exchange: the protocol it runs for, and this workload's frame.
+    mx: Option<(Arc<crate::model::listener::MetadataExchange>, bytes::Bytes)>,
 }
 
 /// A listener at runtime.
@@ -128,6 +130,8 @@ pub struct ActiveListener {
     pub ssl: Option<TlsStats>,
     access_logs: Vec<AccessLogger>,
     inspector_stats: Option<InspectorStats>,
+    /// `metadata_exchange.*`, when a chain runs Istio's metadata exchange.
+    mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
     pub local_address: SocketAddr,
     /// The bound sockets (one per worker with reuse_port, else one); workers accept on
     /// duplicates, and a replacement listener on the same address inherits them.
@@ -275,9 +279,15 @@ impl ActiveListener {
                     old.all_chains()
                         .find(|c| c.config.fingerprint == fc.fingerprint && !*c.drain.borrow())
                 });
+                let mx = fc.metadata_exchange.as_ref().map(|m| {
+                    let frame =
+                        crate::filters::metadata_exchange::frame(&local.node, &m.additional_labels);
+                    (m.clone(), frame)
+                });
                 Ok(ActiveChain {
                     config: fc.clone(),
                     terminal,
+                    mx,
                     drain: same
                         .map_or_else(|| Arc::new(watch::channel(false).0), |c| c.drain.clone()),
                     close: same
@@ -304,7 +314,13 @@ impl ActiveListener {
             .map(|l| AccessLogger::new(l.clone()))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| err(local_address, e))?;
+        let mx_stats = chains
+            .iter()
+            .chain(default_chain.iter())
+            .any(|c| c.mx.is_some())
+            .then(|| crate::filters::metadata_exchange::MxStats::new(store));
         Ok(Arc::new(Self {
+            mx_stats,
             origin,
             inspector_stats: (!config.listener_filters.is_empty())
                 .then(|| InspectorStats::new(store)),
@@ -474,13 +490,39 @@ impl ActiveListener {
                 )
                 .await;
                 match accepted {
-                    Ok((stream, mut tls_info)) => {
+                    Ok((mut stream, mut tls_info)) => {
                         // Without a TLS inspector the handshake is where the SNI is learnt.
                         if info.requested_server_name.is_none() {
                             info.requested_server_name = tls_info.server_name.take();
                         }
+                        let mut prefix = BytesMut::new();
+                        if let Some((mx, ours)) = &chain.mx {
+                            let stats = self
+                                .mx_stats
+                                .as_ref()
+                                .expect("built when a chain runs the exchange");
+                            if tls_info.alpn.as_deref() == Some(mx.protocol.as_str()) {
+                                match crate::filters::metadata_exchange::exchange(
+                                    &mut stream,
+                                    ours,
+                                    std::time::Duration::from_secs(10),
+                                    stats,
+                                )
+                                .await
+                                {
+                                    Ok(left) => prefix = left,
+                                    Err(e) => {
+                                        tracing::debug!(listener = %self.config.name, %remote, "metadata exchange failed: {e}");
+                                        self.closed(opened);
+                                        return;
+                                    }
+                                }
+                            } else {
+                                stats.alpn_protocol_not_found.inc();
+                            }
+                        }
                         info.tls = Some(Box::new(tls_info));
-                        self.dispatch(chain, info, stream, BytesMut::new()).await;
+                        self.dispatch(chain, info, stream, prefix).await;
                     }
                     Err(e) => {
                         tracing::debug!(listener = %self.config.name, %remote, "TLS handshake failed: {e}");

@@ -125,6 +125,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// What istiod says about the cluster in `metadata.filter_metadata.istio`.
     pub istio: IstioMetadata,
+    /// `filters`: Istio's upstream metadata exchange (the only upstream network filter built).
+    pub metadata_exchange: Option<Arc<super::listener::MetadataExchange>>,
 }
 
 /// `metadata.filter_metadata.istio` keys that Istio's filters read.
@@ -387,7 +389,31 @@ impl Cluster {
             "ignore_health_on_host_removal",
             ignore_health_on_host_removal,
         )?;
-        deny(path, "filters", filters)?;
+        let mut metadata_exchange = None;
+        for (i, f) in filters.iter().enumerate() {
+            let fp = path.field("filters").index(i);
+            let pb::cluster::Filter {
+                name: _,
+                typed_config,
+                config_discovery,
+            } = f;
+            deny(&fp, "config_discovery", config_discovery)?;
+            let Some(any) = typed_config else {
+                return Err(fp.field("typed_config").error("is required"));
+            };
+            let tp = fp.field("typed_config");
+            match super::core::any_type(any) {
+                super::listener::METADATA_EXCHANGE_TYPE => {
+                    metadata_exchange =
+                        Some(Arc::new(super::listener::metadata_exchange(&tp, any)?));
+                }
+                other => {
+                    return Err(tp
+                        .field("@type")
+                        .error(format!("upstream network filter {other} is not supported")));
+                }
+            }
+        }
         deny(path, "load_balancing_policy", load_balancing_policy)?;
         deny(path, "lrs_server", lrs_server)?;
         deny(
@@ -703,6 +729,7 @@ impl Cluster {
             discovery,
             circuit_breakers,
             istio,
+            metadata_exchange,
             connect_timeout,
             lb_policy: lb,
             localities,

@@ -72,7 +72,35 @@ pub struct FilterChain {
     /// A hash of the chain's configuration: a new version of the listener that has a chain
     /// with the same fingerprint keeps that chain's connections (no drain).
     pub fingerprint: u64,
+    /// Istio's TCP metadata exchange, before the terminal filter.
+    pub metadata_exchange: Option<Arc<MetadataExchange>>,
     pub terminal: NetworkTerminal,
+}
+
+/// `envoy.tcp.metadataexchange.config.MetadataExchange`: the exchange runs when TLS negotiated
+/// `protocol`. (`enable_discovery`, the WDS fallback, only learns about the peer: telemetry.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataExchange {
+    pub protocol: String,
+    pub additional_labels: Vec<String>,
+}
+
+pub const METADATA_EXCHANGE_TYPE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
+
+/// Decode Istio's metadata-exchange config (network filter or cluster filter).
+pub fn metadata_exchange(path: &FieldPath, any: &pb::protobuf::Any) -> Result<MetadataExchange> {
+    let super::istio_pb::MetadataExchange {
+        protocol,
+        enable_discovery: _,
+        additional_labels,
+    } = decode_any(path, any)?;
+    if protocol.is_empty() {
+        return Err(path.field("protocol").error("must not be empty"));
+    }
+    Ok(MetadataExchange {
+        protocol,
+        additional_labels,
+    })
 }
 
 #[derive(Debug)]
@@ -459,6 +487,7 @@ impl FilterChain {
         }
         let mut terminal = None;
         let mut noop_filters = Vec::new();
+        let mut mx = None;
         for (i, f) in filters.iter().enumerate() {
             let fp = path.field("filters").index(i);
             let pb::listener::Filter { name, config_type } = f;
@@ -484,6 +513,10 @@ impl FilterChain {
                     &decode_any(&tp, any)?,
                     rt,
                 )?)),
+                METADATA_EXCHANGE_TYPE if i + 1 != filters.len() => {
+                    mx = Some(Arc::new(metadata_exchange(&tp, any)?));
+                    continue;
+                }
                 super::hcm::ISTIO_STATS_TYPE if i + 1 != filters.len() => {
                     decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
                     noop_filters.push(super::hcm::NoopFilter {
@@ -507,22 +540,38 @@ impl FilterChain {
             }
             terminal = Some(t);
         }
+        let terminal = terminal.ok_or_else(|| {
+            path.field("filters")
+                .error("the last network filter must be http_connection_manager or tcp_proxy")
+        })?;
+        // The exchange is built for tcp_proxy chains; in front of an HTTP connection manager it
+        // is inert as long as TLS cannot negotiate its protocol (istiod's HTTP chains offer
+        // h2 and http/1.1 only).
+        if let (Some(m), NetworkTerminal::Http(_), Some(t)) = (&mx, &terminal, &tls)
+            && t.config
+                .alpn_protocols
+                .iter()
+                .any(|p| p == m.protocol.as_bytes())
+        {
+            return Err(path.field("filters").error(format!(
+                "metadata exchange before http_connection_manager with a TLS context offering '{}' is not supported",
+                m.protocol
+            )));
+        }
         Ok(Self {
             name: name.clone(),
             matcher,
             tls,
             handshake_timeout,
             noop_filters,
+            metadata_exchange: mx,
             fingerprint: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 prost::Message::encode_to_vec(fc).hash(&mut h);
                 h.finish()
             },
-            terminal: terminal.ok_or_else(|| {
-                path.field("filters")
-                    .error("the last network filter must be http_connection_manager or tcp_proxy")
-            })?,
+            terminal,
         })
     }
 
@@ -764,6 +813,7 @@ mod tests {
             handshake_timeout: None,
             noop_filters: vec![],
             fingerprint: 0,
+            metadata_exchange: None,
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),

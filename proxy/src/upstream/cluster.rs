@@ -212,6 +212,8 @@ pub struct Cluster {
     pub config: Arc<ClusterConfig>,
     pub stats: ClusterStats,
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
+    /// `metadata_exchange.*`, when the cluster runs Istio's metadata exchange.
+    pub mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
     /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
     pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
@@ -230,6 +232,10 @@ impl Cluster {
                 store,
                 &config.stat_name,
             ),
+            mx_stats: config
+                .metadata_exchange
+                .as_ref()
+                .map(|_| crate::filters::metadata_exchange::MxStats::new(store)),
             ssl: config.tls.as_ref().map(|_| {
                 crate::transport_sockets::tls::TlsStats::new(
                     store,

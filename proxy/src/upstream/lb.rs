@@ -144,6 +144,7 @@ mod tests {
             pipe: None,
             circuit_breakers: Default::default(),
             istio: Default::default(),
+            metadata_exchange: None,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

@@ -216,10 +216,40 @@ pub async fn connect(
     };
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
+    // Bytes the peer sent right after its metadata-exchange frame.
+    let mut mx_leftover = bytes::Bytes::new();
     let (stream, tls) = match (&cluster.config.tls, &cluster.ssl) {
         (Some(tls), Some(ssl)) => {
             match crate::transport_sockets::tls::connect(tls, ssl, stream, alpn).await {
-                Ok((tls_stream, info)) => {
+                Ok((mut tls_stream, info)) => {
+                    // Istio's metadata exchange, when TLS negotiated its protocol.
+                    if let (Some(mx), Some(stats)) =
+                        (&cluster.config.metadata_exchange, &cluster.mx_stats)
+                    {
+                        if info.alpn.as_deref() == Some(mx.protocol.as_str()) {
+                            let ours = crate::filters::metadata_exchange::frame(
+                                crate::filters::metadata_exchange::local_node(),
+                                &mx.additional_labels,
+                            );
+                            match crate::filters::metadata_exchange::exchange(
+                                &mut tls_stream,
+                                &ours,
+                                cluster.config.connect_timeout,
+                                stats,
+                            )
+                            .await
+                            {
+                                Ok(left) => mx_leftover = left.freeze(),
+                                Err(e) => {
+                                    s.upstream_cx_connect_fail.inc();
+                                    host.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                                    return Err(ConnectError::Io(Arc::new(e)));
+                                }
+                            }
+                        } else {
+                            stats.alpn_protocol_not_found.inc();
+                        }
+                    }
                     (Transport::Tls(Box::new(tls_stream)), Some(Arc::new(info)))
                 }
                 Err(e) => {
@@ -252,6 +282,7 @@ pub async fn connect(
         Some(s.upstream_cx_rx_bytes_total.clone()),
         Some(s.upstream_cx_tx_bytes_total.clone()),
     )
+    .with_prefix(mx_leftover)
     .keeping(stats))
 }
 
