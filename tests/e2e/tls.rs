@@ -1442,4 +1442,9 @@ async fn istio_tcp_metadata_exchange_between_sidecars() {
     );
     assert_eq!(stats["metadata_exchange.metadata_added"], 2);
     assert_eq!(stats["metadata_exchange.initial_header_not_found"], 0);
+    // What the peer's frame says is for telemetry (later): listed as such.
+    assert_eq!(
+        stats["server.noop_extension.metadata_exchange_discovery"],
+        1
+    );
 }

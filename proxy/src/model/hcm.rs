@@ -103,6 +103,8 @@ pub struct AlpnOverrides {
 /// telemetry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerMetadataConfig {
+    /// Some discovery method is configured (what it learns is for telemetry).
+    pub discovers: bool,
     pub downstream_istio_headers: bool,
     pub upstream_istio_headers: bool,
     pub upstream_propagation: Option<bool>,
@@ -145,6 +147,7 @@ fn peer_metadata(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PeerMetada
             Ok(out)
         };
     Ok(PeerMetadataConfig {
+        discovers: !downstream_discovery.is_empty() || !upstream_discovery.is_empty(),
         downstream_istio_headers: headers(&downstream_discovery),
         upstream_istio_headers: headers(&upstream_discovery),
         upstream_propagation: propagation("upstream_propagation", &upstream_propagation)?,
@@ -202,6 +205,11 @@ pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
 const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// Why the peer discovery of Istio's metadata exchange (HTTP and TCP) may be accepted now.
+pub const PEER_DISCOVERY_LATER: &str = "peer discovery (the peer's metadata from its headers or \
+    frame, workload discovery, baggage) is only read by Istio telemetry, implemented by remora's \
+    telemetry stage; the exchange itself runs";
 
 /// Why Istio's telemetry filters may be accepted before the telemetry stage implements them.
 pub const TELEMETRY_LATER: &str = "observational (Istio telemetry): no effect on routing, \
@@ -966,6 +974,16 @@ fn http_filter_chain(
                 let any = typed.expect("a type name comes from a typed_config");
                 let cfg = peer_metadata(&fp.field("typed_config"), any)?;
                 if !*disabled {
+                    // Header propagation and removal run; what discovery learns about the
+                    // peer is only read by telemetry, so that part is listed as a no-op.
+                    if cfg.discovers {
+                        out.push(HttpFilter::Noop(NoopFilter {
+                            name: name.clone(),
+                            type_name: PEER_METADATA_TYPE,
+                            short: "peer_metadata_discovery",
+                            reason: PEER_DISCOVERY_LATER,
+                        }));
+                    }
                     out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
                 }
             }

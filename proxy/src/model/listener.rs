@@ -515,6 +515,12 @@ impl FilterChain {
                 )?)),
                 METADATA_EXCHANGE_TYPE if i + 1 != filters.len() => {
                     mx = Some(Arc::new(metadata_exchange(&tp, any)?));
+                    noop_filters.push(super::hcm::NoopFilter {
+                        name: name.clone(),
+                        type_name: METADATA_EXCHANGE_TYPE,
+                        short: "metadata_exchange_discovery",
+                        reason: super::hcm::PEER_DISCOVERY_LATER,
+                    });
                     continue;
                 }
                 super::hcm::ISTIO_STATS_TYPE if i + 1 != filters.len() => {
