@@ -301,7 +301,7 @@ pub async fn start(
     if let Some(p) = &model.outlier_event_log {
         // Opened (created) now, as Envoy does, so a bad path fails at startup; ejection events
         // are appended by the outlier detector.
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
@@ -311,6 +311,7 @@ pub async fn start(
                     p.display()
                 ))
             })?;
+        crate::upstream::outlier::set_event_log(file);
     }
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);

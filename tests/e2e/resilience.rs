@@ -263,3 +263,100 @@ async fn a_pending_request_times_out_with_the_route_timeout() {
     // After it, the pooled connection serves again.
     assert_eq!(get(addr, "x", "/").await.status, 200);
 }
+
+/// An upstream that answers every request 503 (keep-alive), saying who it is.
+async fn failing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |_req: http::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(503)
+                                .header("x-upstream", "bad")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"down",
+                                )))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Outlier detection: of three hosts, the one answering 503 is ejected after 3 consecutive 5xx
+/// (traffic then avoids it, `/clusters` flags it), and returns after its ejection time.
+#[tokio::test(flavor = "multi_thread")]
+async fn consecutive_5xx_ejects_a_bad_host_until_its_time_is_up() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (bad, _task) = failing_upstream().await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    let yaml = bootstrap(
+        &http_listener("main", "", vhosts),
+        &cluster(
+            "backend",
+            &[a.addr, b.addr, bad],
+            "    outlier_detection: {consecutive_5xx: 3, interval: 0.2s, base_ejection_time: 1s, max_ejection_percent: 50}\n",
+        ),
+    );
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let addr = r.addr("main");
+    let mut bad_answers = 0;
+    for _ in 0..12 {
+        if get(addr, "x", "/").await.status == 503 {
+            bad_answers += 1;
+        }
+    }
+    assert_eq!(bad_answers, 3, "ejected after its third 5xx");
+    for _ in 0..10 {
+        assert_eq!(
+            get(addr, "x", "/").await.status,
+            200,
+            "traffic avoids the ejected host"
+        );
+    }
+    let stats = r.stats().await;
+    assert_eq!(
+        stats["cluster.backend.outlier_detection.ejections_active"],
+        1
+    );
+    assert_eq!(
+        stats["cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx"],
+        1
+    );
+    assert_eq!(
+        stats["cluster.backend.outlier_detection.ejections_enforced_total"],
+        1
+    );
+    assert_eq!(stats["cluster.backend.membership_healthy"], 2);
+    let (_, clusters) = r.admin_get("/clusters").await.unwrap();
+    assert!(
+        clusters.contains(&format!(
+            "backend::{bad}::health_flags::/failed_outlier_check"
+        )),
+        "{clusters}"
+    );
+    // Back after base_ejection_time (checked every interval).
+    r.wait_stat("cluster.backend.outlier_detection.ejections_active", 0)
+        .await;
+    let mut seen_bad = false;
+    for _ in 0..6 {
+        if get(addr, "x", "/").await.header("x-upstream") == Some("bad") {
+            seen_bad = true;
+        }
+    }
+    assert!(seen_bad, "the host is back in rotation");
+}

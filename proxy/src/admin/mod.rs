@@ -469,10 +469,13 @@ fn listeners(state: &Arc<ServerState>, as_json: bool) -> Resp {
 
 fn health_flags(h: &crate::upstream::host::Host) -> &'static str {
     use crate::model::cluster::Health;
-    match h.health {
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "/failed_eds_health",
-        Health::Degraded => "/degraded_eds_health",
+    match (h.health, h.outlier.is_ejected()) {
+        (Health::Healthy, false) => "healthy",
+        (Health::Healthy, true) => "/failed_outlier_check",
+        (Health::Unhealthy, false) => "/failed_eds_health",
+        (Health::Unhealthy, true) => "/failed_eds_health/failed_outlier_check",
+        (Health::Degraded, false) => "/degraded_eds_health",
+        (Health::Degraded, true) => "/failed_outlier_check/degraded_eds_health",
     }
 }
 

@@ -17,6 +17,7 @@ use crate::model::route::{
 use crate::stream_info::{Protocol, ResponseFlags};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
+use crate::upstream::outlier::Outcome;
 use crate::upstream::{lb, pool};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -332,6 +333,7 @@ pub async fn forward(
             stream.info.first_upstream_rx = Some(now);
             let status = resp.status().as_u16();
             charge_upstream(&stream, status);
+            cluster.report(&host, Outcome::Status(status));
             if status >= 500 {
                 host.stats.rq_error.fetch_add(1, Relaxed);
             } else {
@@ -487,6 +489,21 @@ fn fail(
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             ),
         };
+    // Outlier detection: what the host did (overflow, a pending timeout and the downstream
+    // going away are not the host's doing).
+    let outcome = match flags {
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE => Some(Outcome::ConnectFailed),
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT if stream.info.upstream_local.is_some() => {
+            Some(Outcome::Timeout)
+        }
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+        | ResponseFlags::UPSTREAM_REMOTE_RESET
+        | ResponseFlags::UPSTREAM_PROTOCOL_ERROR => Some(Outcome::Reset),
+        _ => None,
+    };
+    if let Some(o) = outcome {
+        cluster.report(host, o);
+    }
     if flags != ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION {
         charge_upstream(&stream, status.as_u16());
         host.stats.rq_error.fetch_add(1, Relaxed);

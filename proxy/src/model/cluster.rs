@@ -127,6 +127,157 @@ pub struct Cluster {
     pub istio: IstioMetadata,
     /// `filters`: Istio's upstream metadata exchange (the only upstream network filter built).
     pub metadata_exchange: Option<Arc<super::listener::MetadataExchange>>,
+    /// `outlier_detection`.
+    pub outlier: Option<OutlierConfig>,
+}
+
+/// `outlier_detection`, with Envoy's defaults. Percentages are 0–100.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_time_jitter: Duration,
+    pub max_ejection_percent: u32,
+    pub always_eject_one_host: bool,
+    pub enforcing_consecutive_5xx: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub enforcing_success_rate: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    /// Divided by 1000 (Envoy's 1900 = 1.9 standard deviations).
+    pub success_rate_stdev_factor: u32,
+    pub failure_percentage_threshold: u32,
+    pub enforcing_failure_percentage: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+}
+
+fn outlier(path: &FieldPath, o: &pb::cluster::OutlierDetection) -> Result<OutlierConfig> {
+    let pb::cluster::OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        success_rate_minimum_hosts,
+        success_rate_request_volume,
+        success_rate_stdev_factor,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts,
+        failure_percentage_request_volume,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    } = o;
+    deny(path, "monitors", monitors)?;
+    if super::core::bool_or(detect_degraded_hosts, false) {
+        return Err(path.unsupported("detect_degraded_hosts"));
+    }
+    // Without active health checking (refused on clusters) this has nothing to act on.
+    let _ = successful_active_health_check_uneject_host;
+    let pct = |name: &str, v: &Option<pb::protobuf::UInt32Value>, default: u32| -> Result<u32> {
+        let x = u32_or(v, default);
+        if x > 100 {
+            return Err(path.field(name).error("must be at most 100"));
+        }
+        Ok(x)
+    };
+    let dur = |name: &str,
+               v: &Option<pb::protobuf::Duration>,
+               default: Duration|
+     -> Result<Duration> { Ok(opt_duration(path, name, v)?.unwrap_or(default)) };
+    let interval = dur("interval", interval, Duration::from_secs(10))?;
+    if interval.is_zero() {
+        return Err(path.field("interval").error("must be greater than 0"));
+    }
+    let base_ejection_time = dur(
+        "base_ejection_time",
+        base_ejection_time,
+        Duration::from_secs(30),
+    )?;
+    Ok(OutlierConfig {
+        consecutive_5xx: u32_or(consecutive_5xx, 5),
+        consecutive_gateway_failure: u32_or(consecutive_gateway_failure, 5),
+        consecutive_local_origin_failure: u32_or(consecutive_local_origin_failure, 5),
+        split_external_local_origin_errors: *split_external_local_origin_errors,
+        interval,
+        base_ejection_time,
+        // Envoy: a max_ejection_time below base_ejection_time means base_ejection_time.
+        max_ejection_time: dur(
+            "max_ejection_time",
+            max_ejection_time,
+            Duration::from_secs(300),
+        )?
+        .max(base_ejection_time),
+        max_ejection_time_jitter: dur(
+            "max_ejection_time_jitter",
+            max_ejection_time_jitter,
+            Duration::ZERO,
+        )?,
+        max_ejection_percent: pct("max_ejection_percent", max_ejection_percent, 10)?,
+        always_eject_one_host: super::core::bool_or(always_eject_one_host, false),
+        enforcing_consecutive_5xx: pct(
+            "enforcing_consecutive_5xx",
+            enforcing_consecutive_5xx,
+            100,
+        )?,
+        enforcing_consecutive_gateway_failure: pct(
+            "enforcing_consecutive_gateway_failure",
+            enforcing_consecutive_gateway_failure,
+            0,
+        )?,
+        enforcing_consecutive_local_origin_failure: pct(
+            "enforcing_consecutive_local_origin_failure",
+            enforcing_consecutive_local_origin_failure,
+            100,
+        )?,
+        enforcing_success_rate: pct("enforcing_success_rate", enforcing_success_rate, 100)?,
+        enforcing_local_origin_success_rate: pct(
+            "enforcing_local_origin_success_rate",
+            enforcing_local_origin_success_rate,
+            100,
+        )?,
+        success_rate_minimum_hosts: u32_or(success_rate_minimum_hosts, 5),
+        success_rate_request_volume: u32_or(success_rate_request_volume, 100),
+        success_rate_stdev_factor: u32_or(success_rate_stdev_factor, 1900),
+        failure_percentage_threshold: pct(
+            "failure_percentage_threshold",
+            failure_percentage_threshold,
+            85,
+        )?,
+        enforcing_failure_percentage: pct(
+            "enforcing_failure_percentage",
+            enforcing_failure_percentage,
+            0,
+        )?,
+        enforcing_failure_percentage_local_origin: pct(
+            "enforcing_failure_percentage_local_origin",
+            enforcing_failure_percentage_local_origin,
+            0,
+        )?,
+        failure_percentage_minimum_hosts: u32_or(failure_percentage_minimum_hosts, 5),
+        failure_percentage_request_volume: u32_or(failure_percentage_request_volume, 50),
+    })
 }
 
 /// `metadata.filter_metadata.istio` keys that Istio's filters read.
@@ -366,7 +517,10 @@ impl Cluster {
         deny(path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
         // Static and DNS clusters are always warmed before listeners start; nothing to wait for.
         let _ = wait_for_warm_on_init;
-        deny(path, "outlier_detection", outlier_detection)?;
+        let outlier = outlier_detection
+            .as_ref()
+            .map(|o| self::outlier(&path.field("outlier_detection"), o))
+            .transpose()?;
         deny(path, "cleanup_interval", cleanup_interval)?;
         deny(path, "upstream_bind_config", upstream_bind_config)?;
         if let Some(subset) = lb_subset_config {
@@ -730,6 +884,7 @@ impl Cluster {
             circuit_breakers,
             istio,
             metadata_exchange,
+            outlier,
             connect_timeout,
             lb_policy: lb,
             localities,

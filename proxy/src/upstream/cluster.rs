@@ -214,6 +214,8 @@ pub struct Cluster {
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// `metadata_exchange.*`, when the cluster runs Istio's metadata exchange.
     pub mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
+    /// `outlier_detection`.
+    pub outlier: Option<super::outlier::OutlierDetector>,
     /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
     pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
@@ -236,6 +238,10 @@ impl Cluster {
                 .metadata_exchange
                 .as_ref()
                 .map(|_| crate::filters::metadata_exchange::MxStats::new(store)),
+            outlier: config
+                .outlier
+                .clone()
+                .map(|o| super::outlier::OutlierDetector::new(o, store, &config.stat_name)),
             ssl: config.tls.as_ref().map(|_| {
                 crate::transport_sockets::tls::TlsStats::new(
                     store,
@@ -250,7 +256,31 @@ impl Cluster {
         if c.config.discovery == Discovery::Static {
             c.publish(hosts_of(&c.config.localities));
         }
+        // The outlier detector's interval timer, for as long as the cluster lives.
+        if let (Some(od), Ok(rt)) = (&c.outlier, tokio::runtime::Handle::try_current()) {
+            let every = od.interval();
+            let weak = Arc::downgrade(&c);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(c) = weak.upgrade() else { return };
+                    if let Some(od) = &c.outlier {
+                        od.tick(&*c);
+                    }
+                }
+            });
+        }
         c
+    }
+
+    /// Report how a request to `host` ended (outlier detection).
+    #[inline]
+    pub fn report(&self, host: &Host, outcome: super::outlier::Outcome) {
+        if let Some(od) = &self.outlier {
+            od.report(self, host, outcome);
+        }
     }
 
     /// A cluster from CDS.
@@ -289,7 +319,13 @@ impl Cluster {
             self.stats.update_no_rebuild.inc();
             return;
         }
-        let set = HostSet::new(merged, self.config.overprovisioning_factor);
+        self.stats.membership_change.inc();
+        self.install(merged);
+    }
+
+    /// Build and publish the host set (health as of now, outlier ejections included).
+    fn install(&self, hosts: Vec<Arc<Host>>) {
+        let set = HostSet::new(hosts, self.config.overprovisioning_factor);
         self.stats.membership_total.set(set.total() as i64);
         self.stats.membership_healthy.set(set.healthy() as i64);
         self.stats.membership_degraded.set(
@@ -301,11 +337,25 @@ impl Cluster {
         self.stats
             .max_host_weight
             .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
-        self.stats.membership_change.inc();
         self.hosts.store(Arc::new(set));
     }
 
     pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+impl super::outlier::Hosts for Cluster {
+    fn hosts(&self) -> Vec<Arc<Host>> {
+        self.hosts.load().all_hosts().cloned().collect()
+    }
+
+    fn republish(&self) {
+        let hosts = super::outlier::Hosts::hosts(self);
+        self.install(hosts);
+    }
+
+    fn name(&self) -> &str {
         &self.config.name
     }
 }

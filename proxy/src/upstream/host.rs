@@ -36,6 +36,8 @@ pub struct Host {
     /// With `auto_config`: what ALPN chose on the first connection (0 not yet known,
     /// 1 HTTP/1.1, 2 HTTP/2).
     pub alpn: std::sync::atomic::AtomicU8,
+    /// Outlier detection's view of the host (used when the cluster has `outlier_detection`).
+    pub outlier: super::outlier::HostOutlier,
 }
 
 impl Host {
@@ -57,11 +59,13 @@ impl Host {
             priority,
             stats: HostStats::default(),
             alpn: std::sync::atomic::AtomicU8::new(0),
+            outlier: Default::default(),
         })
     }
 
+    /// Healthy by EDS and not ejected by outlier detection.
     pub fn is_healthy(&self) -> bool {
-        self.health == Health::Healthy
+        self.health == Health::Healthy && !self.outlier.is_ejected()
     }
 }
 

@@ -145,6 +145,7 @@ mod tests {
             circuit_breakers: Default::default(),
             istio: Default::default(),
             metadata_exchange: None,
+            outlier: None,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }

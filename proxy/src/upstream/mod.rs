@@ -4,4 +4,5 @@ pub mod circuit_breakers;
 pub mod cluster;
 pub mod host;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
