@@ -360,3 +360,39 @@ async fn consecutive_5xx_ejects_a_bad_host_until_its_time_is_up() {
     }
     assert!(seen_bad, "the host is back in rotation");
 }
+
+/// When outlier detection has ejected every host, Envoy's panic threshold sends traffic to
+/// all of them anyway (the upstream's own answer, not "no healthy upstream").
+#[tokio::test(flavor = "multi_thread")]
+async fn all_hosts_ejected_means_panic_routing() {
+    let (bad1, _t1) = failing_upstream().await;
+    let (bad2, _t2) = failing_upstream().await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    let yaml = bootstrap(
+        &http_listener("main", LOG, vhosts),
+        &cluster(
+            "backend",
+            &[bad1, bad2],
+            "    outlier_detection: {consecutive_5xx: 1, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}\n",
+        ),
+    );
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let addr = r.addr("main");
+    for _ in 0..2 {
+        assert_eq!(get(addr, "x", "/").await.status, 503);
+    }
+    r.wait_stat("cluster.backend.outlier_detection.ejections_active", 2)
+        .await;
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(
+        resp.header("x-upstream"),
+        Some("bad"),
+        "answered by a host, in panic"
+    );
+    let stats = r.stats().await;
+    assert!(stats["cluster.backend.lb_healthy_panic"] >= 1);
+    assert_eq!(stats["cluster.backend.membership_healthy"], 0);
+    let log = r.log_lines("access.log", 3).await;
+    assert!(!log.iter().any(|l| l.contains("UH")), "{log:?}");
+}
