@@ -20,6 +20,21 @@ pub struct ScaleRow {
     pub clusters: usize,
     pub apply_ms: f64,
     pub rss_bytes: u64,
+    /// One `/stats/prometheus` scrape: how long, how big.
+    pub scrape_ms: f64,
+    pub scrape_bytes: usize,
+}
+
+/// Time one `GET /stats/prometheus` from the admin listener (read to the end).
+fn scrape(admin: SocketAddr) -> Result<(f64, usize), String> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(admin).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /stats/prometheus HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).map_err(|e| e.to_string())?;
+    Ok((started.elapsed().as_secs_f64() * 1000.0, body.len()))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -49,9 +64,10 @@ fn snapshot(n: usize, version: &str, upstream: SocketAddr, route_to: &str) -> Sn
         .with(ROUTE, version, vec![any(&route_all_to("bench", route_to))])
 }
 
-fn bootstrap(port: u16, xds: SocketAddr) -> String {
+fn bootstrap(port: u16, xds: SocketAddr, admin: u16) -> String {
     format!(
         r#"node: {{id: {NODE}}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 # As the bootstrap pilot-agent writes for every Istio sidecar.
 deferred_stat_options: {{enable_deferred_creation_stats: true}}
 dynamic_resources:
@@ -117,8 +133,10 @@ pub fn run(
     cache.set_snapshot(NODE, snapshot(0, "0", upstream, "c0"));
     std::fs::create_dir_all(work_dir).map_err(|e| e.to_string())?;
     let port = crate::systems::free_port().map_err(|e| e.to_string())?;
+    let admin_port = crate::systems::free_port().map_err(|e| e.to_string())?;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("literal");
     let cfg = work_dir.join("xds-scale.yaml");
-    std::fs::write(&cfg, bootstrap(port, xds)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, bootstrap(port, xds, admin_port)).map_err(|e| e.to_string())?;
     let log = work_dir.join("xds-scale.log");
     let child = crate::systems::spawn(
         remora_bin,
@@ -171,14 +189,19 @@ pub fn run(
         }
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         std::thread::sleep(Duration::from_millis(500));
+        let rss_bytes = procfs::rss_bytes(pid);
+        let (scrape_ms, scrape_bytes) = scrape(admin)?;
         let row = ScaleRow {
             clusters: n,
             apply_ms,
-            rss_bytes: procfs::rss_bytes(pid),
+            rss_bytes,
+            scrape_ms,
+            scrape_bytes,
         };
         println!(
-            "  xds-scale    {n:>6} clusters with endpoints applied in {apply_ms:>8.1} ms, RSS {:.1} MiB",
-            row.rss_bytes as f64 / 1_048_576.0
+            "  xds-scale    {n:>6} clusters with endpoints applied in {apply_ms:>8.1} ms, RSS {:.1} MiB; /stats/prometheus in {scrape_ms:.1} ms ({:.1} MiB)",
+            row.rss_bytes as f64 / 1_048_576.0,
+            scrape_bytes as f64 / 1_048_576.0
         );
         rows.push(row);
     }

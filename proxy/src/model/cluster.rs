@@ -127,8 +127,8 @@ pub struct Cluster {
     pub istio: IstioMetadata,
     /// `filters`: Istio's upstream metadata exchange (the only upstream network filter built).
     pub metadata_exchange: Option<Arc<super::listener::MetadataExchange>>,
-    /// `outlier_detection`.
-    pub outlier: Option<OutlierConfig>,
+    /// `outlier_detection` (boxed: most clusters have none).
+    pub outlier: Option<Box<OutlierConfig>>,
 }
 
 /// `outlier_detection`, with Envoy's defaults. Percentages are 0–100.
@@ -519,7 +519,7 @@ impl Cluster {
         let _ = wait_for_warm_on_init;
         let outlier = outlier_detection
             .as_ref()
-            .map(|o| self::outlier(&path.field("outlier_detection"), o))
+            .map(|o| self::outlier(&path.field("outlier_detection"), o).map(Box::new))
             .transpose()?;
         deny(path, "cleanup_interval", cleanup_interval)?;
         deny(path, "upstream_bind_config", upstream_bind_config)?;

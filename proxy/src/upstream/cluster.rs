@@ -87,8 +87,9 @@ impl std::fmt::Debug for DeferredTraffic {
 impl ClusterStats {
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
         use crate::telemetry::stats::Kind::{Counter as C, Gauge as G};
-        // Every cluster has these from the start: one registry block, not 12 entries.
-        const EAGER: &[(&str, crate::telemetry::stats::Kind)] = &[
+        // Every cluster has these from the start: one registry block, not 12 (13 with deferred
+        // traffic stats, whose `initialized` gauge is the last name) entries.
+        const WITH_INITIALIZED: &[(&str, crate::telemetry::stats::Kind)] = &[
             ("membership_total", G),
             ("membership_healthy", G),
             ("membership_degraded", G),
@@ -101,11 +102,14 @@ impl ClusterStats {
             ("update_failure", C),
             ("update_empty", C),
             ("update_no_rebuild", C),
+            ("ClusterTrafficStats.initialized", G),
         ];
+        const EAGER: &[(&str, crate::telemetry::stats::Kind)] = WITH_INITIALIZED.split_at(12).0;
         let p = format!("cluster.{stat_name}.");
-        let m = store.block(&p, EAGER);
-        let traffic = if store.deferred_creation() {
-            let initialized = store.gauge(&format!("{p}ClusterTrafficStats.initialized"));
+        let deferred = store.deferred_creation();
+        let m = store.block(&p, if deferred { WITH_INITIALIZED } else { EAGER });
+        let traffic = if deferred {
+            let initialized = m[12].gauge();
             let stats = OnceLock::new();
             // A cluster replaced under the same name keeps the traffic stats its predecessor
             // created, as Envoy does.
@@ -213,9 +217,9 @@ pub struct Cluster {
     pub stats: ClusterStats,
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// `metadata_exchange.*`, when the cluster runs Istio's metadata exchange.
-    pub mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
-    /// `outlier_detection`.
-    pub outlier: Option<super::outlier::OutlierDetector>,
+    pub mx_stats: Option<Box<crate::filters::metadata_exchange::MxStats>>,
+    /// `outlier_detection` (boxed: most clusters have none, and there may be 10 000 of them).
+    pub outlier: Option<Box<super::outlier::OutlierDetector>>,
     /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
     pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
@@ -237,11 +241,14 @@ impl Cluster {
             mx_stats: config
                 .metadata_exchange
                 .as_ref()
-                .map(|_| crate::filters::metadata_exchange::MxStats::new(store)),
-            outlier: config
-                .outlier
-                .clone()
-                .map(|o| super::outlier::OutlierDetector::new(o, store, &config.stat_name)),
+                .map(|_| Box::new(crate::filters::metadata_exchange::MxStats::new(store))),
+            outlier: config.outlier.as_deref().map(|o| {
+                Box::new(super::outlier::OutlierDetector::new(
+                    o.clone(),
+                    store,
+                    &config.stat_name,
+                ))
+            }),
             ssl: config.tls.as_ref().map(|_| {
                 crate::transport_sockets::tls::TlsStats::new(
                     store,
