@@ -1254,44 +1254,36 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
             .into(),
         value: vec![],
     };
+    // Push a version of the listener with these filters; the NACK's text.
+    let refused =
+        |version: &'static str,
+         filters: Vec<(&'static str, envoy_types::pb::google::protobuf::Any)>| {
+            let cache = cache.clone();
+            let l = istio_hcm_listener("0.0.0.0_9080", port, "9080", filters);
+            let snapshot = snap(version, l);
+            async move {
+                cache.set_snapshot(NODE, snapshot);
+                cache
+                    .wait_until(NODE, LISTENER, |s| {
+                        s.nacked.as_ref().is_some_and(|(v, _)| v == version)
+                    })
+                    .await;
+                cache.applied(NODE, LISTENER).nacked.unwrap().1
+            }
+        };
     let mut with_sfs = filters.clone();
     with_sfs.insert(2, ("connect_authority", set_filter_state));
-    cache.set_snapshot(
-        NODE,
-        snap(
-            "l2",
-            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_sfs),
-        ),
-    );
-    cache
-        .wait_until(NODE, LISTENER, |s| {
-            s.nacked.as_ref().is_some_and(|(v, _)| v == "l2")
-        })
-        .await;
-    let (_, why) = cache.applied(NODE, LISTENER).nacked.unwrap();
+    let why = refused("l2", with_sfs).await;
     assert!(
         why.contains("filter_chains[0].filters[0].typed_config.http_filters[2].typed_config.@type: HTTP filter envoy.extensions.filters.http.set_filter_state.v3.Config is not supported"),
         "{why}"
     );
-    let bad = typed_struct(
+    let mut with_bad = filters.clone();
+    with_bad[0].1 = typed_struct(
         "io.istio.http.peer_metadata.Config",
         serde_json::json!({"upstream_discovery": [{"istio_headerz": {}}]}),
     );
-    let mut with_bad = filters.clone();
-    with_bad[0].1 = bad;
-    cache.set_snapshot(
-        NODE,
-        snap(
-            "l3",
-            istio_hcm_listener("0.0.0.0_9080", port, "9080", with_bad),
-        ),
-    );
-    cache
-        .wait_until(NODE, LISTENER, |s| {
-            s.nacked.as_ref().is_some_and(|(v, _)| v == "l3")
-        })
-        .await;
-    let (_, why) = cache.applied(NODE, LISTENER).nacked.unwrap();
+    let why = refused("l3", with_bad).await;
     assert!(
         why.contains("Listener '0.0.0.0_9080': filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.value.upstream_discovery[0].istio_headerz"),
         "{why}"
