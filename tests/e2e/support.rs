@@ -206,6 +206,20 @@ impl Remora {
         }
     }
 
+    /// The `/config_dump` entry of type `type_name` (e.g. `envoy.admin.v3.ListenersConfigDump`).
+    pub async fn config_dump_entry(&self, type_name: &str) -> serde_json::Value {
+        let (_, body) = self.admin_get("/config_dump").await.unwrap();
+        let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let want = format!("type.googleapis.com/{type_name}");
+        dump["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == want.as_str())
+            .unwrap_or_else(|| panic!("no {type_name} in /config_dump: {dump}"))
+            .clone()
+    }
+
     /// The lines of `RUN_DIR/<file>` once there are at least `lines` of them (or after 5 s).
     pub async fn log_lines(&self, file: &str, lines: usize) -> Vec<String> {
         let path = self.dir.path(file);

@@ -61,6 +61,26 @@ async fn xds_server() -> (Arc<SnapshotCache>, SocketAddr, tokio::task::JoinHandl
     (cache, addr, task)
 }
 
+/// remora on `bootstrap_with_ads`, the control plane serving EDS cluster `dyn` → `upstream`
+/// (versions `1`/`e1`), and `/a` reaching it.
+async fn serving_dyn(cache: &SnapshotCache, xds: SocketAddr, upstream: SocketAddr) -> Remora {
+    cache.set_snapshot(
+        NODE,
+        snapshot(
+            "1",
+            vec![eds_cluster("dyn")],
+            "e1",
+            vec![assignment("dyn", &[upstream])],
+        ),
+    );
+    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    assert_eq!(
+        get(r.addr("in"), "x", "/a").await.header("x-upstream"),
+        Some("a")
+    );
+    r
+}
+
 fn snapshot(
     version: &str,
     clusters: Vec<Cluster>,
@@ -188,18 +208,8 @@ async fn control_plane_loss_and_return() {
     let a = upstream("a").await;
     let b = upstream("b").await;
     let (cache, xds, task) = xds_server().await;
-    cache.set_snapshot(
-        NODE,
-        snapshot(
-            "1",
-            vec![eds_cluster("dyn")],
-            "e1",
-            vec![assignment("dyn", &[a.addr])],
-        ),
-    );
-    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    let r = serving_dyn(&cache, xds, a.addr).await;
     let l = r.addr("in");
-    assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("a"));
     task.abort();
     let _ = task.await;
     cache.disconnect_all();
@@ -839,18 +849,8 @@ async fn file_based_xds_example_runs() {
 async fn garbage_from_the_control_plane_is_nacked() {
     let a = upstream("a").await;
     let (cache, xds, _task) = xds_server().await;
-    cache.set_snapshot(
-        NODE,
-        snapshot(
-            "1",
-            vec![eds_cluster("dyn")],
-            "e1",
-            vec![assignment("dyn", &[a.addr])],
-        ),
-    );
-    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    let r = serving_dyn(&cache, xds, a.addr).await;
     let l = r.addr("in");
-    assert_eq!(get(l, "x", "/a").await.header("x-upstream"), Some("a"));
     let mut garbage =
         Snapshot::default().with(ENDPOINT, "e1", vec![any(&assignment("dyn", &[a.addr]))]);
     garbage.types.insert(
@@ -1216,14 +1216,9 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
             "{short}"
         );
     }
-    let (_, dump) = r.admin_get("/config_dump").await.unwrap();
-    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    let noop = dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["@type"] == "type.googleapis.com/remora.admin.v1.NoopExtensionsConfigDump")
-        .expect("the dump lists the no-op extensions");
+    let noop = r
+        .config_dump_entry("remora.admin.v1.NoopExtensionsConfigDump")
+        .await;
     let listed: Vec<&str> = noop["extensions"]
         .as_array()
         .unwrap()
@@ -1574,17 +1569,12 @@ async fn modified_listener_drains_only_removed_filter_chains() {
         .await;
     r.wait_stat("listener_manager.total_listeners_warming", 1)
         .await;
-    let listener_dump = |d: &serde_json::Value| {
-        d["configs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump")
-            .unwrap()["dynamic_listeners"][0]
+    let listener_dump = async || {
+        r.config_dump_entry("envoy.admin.v3.ListenersConfigDump")
+            .await["dynamic_listeners"][0]
             .clone()
     };
-    let (_, d) = r.admin_get("/config_dump").await.unwrap();
-    let dl = listener_dump(&serde_json::from_str(&d).unwrap());
+    let dl = listener_dump().await;
     assert_eq!(dl["name"], "dyn");
     assert_eq!(dl["active_state"]["version_info"], "l3", "{dl}");
     assert_eq!(dl["warming_state"]["version_info"], "l4", "{dl}");
@@ -1601,8 +1591,7 @@ async fn modified_listener_drains_only_removed_filter_chains() {
     cache.set_snapshot(NODE, with_r9);
     r.wait_stat("listener_manager.total_listeners_warming", 0)
         .await;
-    let (_, d) = r.admin_get("/config_dump").await.unwrap();
-    let dl = listener_dump(&serde_json::from_str(&d).unwrap());
+    let dl = listener_dump().await;
     assert_eq!(dl["active_state"]["version_info"], "l4", "{dl}");
     assert!(dl.get("warming_state").is_none(), "{dl}");
 }

@@ -264,17 +264,13 @@ async fn sotw_stream(
     let mut inbound = client
         .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| status_text(&s))?
         .into_inner();
     handler.connected(true);
     loop {
         tokio::select! {
             msg = inbound.next() => {
-                let resp: DiscoveryResponse = match msg {
-                    Some(Ok(r)) => r,
-                    Some(Err(s)) => return Err(format!("{}: {}", s.code(), s.message())),
-                    None => return Err("the server closed the stream".into()),
-                };
+                let resp: DiscoveryResponse = received(msg)?;
                 *attempt = 0;
                 let st = types.entry(resp.type_url.clone()).or_default();
                 st.nonce = resp.nonce.clone();
@@ -348,17 +344,13 @@ async fn delta_stream(
     let mut inbound = client
         .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| status_text(&s))?
         .into_inner();
     handler.connected(true);
     loop {
         tokio::select! {
             msg = inbound.next() => {
-                let resp: DeltaDiscoveryResponse = match msg {
-                    Some(Ok(r)) => r,
-                    Some(Err(s)) => return Err(format!("{}: {}", s.code(), s.message())),
-                    None => return Err("the server closed the stream".into()),
-                };
+                let resp: DeltaDiscoveryResponse = received(msg)?;
                 *attempt = 0;
                 let st = types.entry(resp.type_url.clone()).or_default();
                 let mut next = st.resources.clone();
@@ -412,6 +404,19 @@ async fn delta_stream(
                 });
             }
         }
+    }
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    format!("{}: {}", s.code(), s.message())
+}
+
+/// The next response on an ADS stream, or why the stream ended.
+fn received<T>(msg: Option<Result<T, tonic::Status>>) -> Result<T, String> {
+    match msg {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(s)) => Err(status_text(&s)),
+        None => Err("the server closed the stream".into()),
     }
 }
 

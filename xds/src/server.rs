@@ -271,6 +271,21 @@ impl StreamNode {
     }
 
     /// The node id, from this request on the first one.
+    /// `identify`, telling the client why when the stream cannot go on.
+    async fn identify_or_refuse<T>(
+        &mut self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        tx: &mpsc::Sender<Result<T, Status>>,
+    ) -> Option<String> {
+        match self.identify(node) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                None
+            }
+        }
+    }
+
     fn identify(
         &mut self,
         node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
@@ -330,12 +345,8 @@ async fn run_sotw(
                     Some(Ok(r)) => r,
                     _ => break,
                 };
-                let id = match node.identify(req.node.as_ref()) {
-                    Ok(id) => id,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
+                let Some(id) = node.identify_or_refuse(req.node.as_ref(), &tx).await else {
+                    break;
                 };
                 let st = types.entry(req.type_url.clone()).or_default();
                 let first = st.nonce.is_empty() && st.sent_version.is_none();
@@ -472,12 +483,8 @@ async fn run_delta(
                     Some(Ok(r)) => r,
                     _ => break,
                 };
-                let id = match node.identify(req.node.as_ref()) {
-                    Ok(id) => id,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
+                let Some(id) = node.identify_or_refuse(req.node.as_ref(), &tx).await else {
+                    break;
                 };
                 let st = types.entry(req.type_url.clone()).or_default();
                 if !req.response_nonce.is_empty() {
