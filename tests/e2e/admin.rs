@@ -449,7 +449,7 @@ async fn application_log_format_text_json_and_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn log_format_escaped_keeps_one_event_on_one_line() {
+async fn log_format_from_the_command_line_and_in_server_info() {
     let u = upstream("u").await;
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
     let yaml = bootstrap(
