@@ -11,6 +11,7 @@ mod filters;
 mod hcm;
 mod protocols;
 mod resilience;
+mod retries;
 mod routing;
 mod tcp;
 mod tls;

@@ -219,8 +219,8 @@ async fn istio_style_thresholds_and_defaults_in_stats() {
             "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools: is not supported",
         ),
         (
-            "{retry_budget: {}}",
-            "static_resources.clusters[0].circuit_breakers.thresholds[0].retry_budget: is not supported",
+            "{retry_budget: {budget_interval: 1s}}",
+            "static_resources.clusters[0].circuit_breakers.thresholds[0].retry_budget.budget_interval: is not supported",
         ),
     ] {
         std::fs::write(&path, proxy_yaml(u.addr, t)).unwrap();

@@ -193,7 +193,23 @@ pub async fn tls_get_with(
     tls_request(addr, cfg, "/", headers).await
 }
 
+/// One request over a fresh TLS connection, bounded so that a stuck handshake fails the test
+/// instead of hanging it.
 async fn tls_request(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_request_unbounded(addr, cfg, path, headers),
+    )
+    .await
+    .map_err(|_| "no answer within 10 s".to_string())?
+}
+
+async fn tls_request_unbounded(
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
     path: &str,

@@ -206,7 +206,7 @@ impl std::fmt::Debug for ConnectionManager {
 
 /// Edge-sanitised headers: remora removes these from external requests when it is the edge
 /// (`use_remote_address: true`), as Envoy does.
-const ENVOY_INTERNAL_HEADERS: [HeaderName; 16] = [
+const ENVOY_INTERNAL_HEADERS: [HeaderName; 19] = [
     names::X_ENVOY_DECORATOR_OPERATION,
     names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER,
     names::X_ENVOY_DOWNSTREAM_SERVICE_NODE,
@@ -219,6 +219,9 @@ const ENVOY_INTERNAL_HEADERS: [HeaderName; 16] = [
     names::X_ENVOY_ORIGINAL_PATH,
     names::X_ENVOY_RETRY_GRPC_ON,
     names::X_ENVOY_RETRY_ON,
+    names::X_ENVOY_RETRIABLE_STATUS_CODES,
+    names::X_ENVOY_RETRIABLE_HEADER_NAMES,
+    names::X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT,
     names::X_ENVOY_UPSTREAM_ALT_STAT_NAME,
     names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod conn_manager;
 pub mod local_reply;
 pub mod names;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod stream;

@@ -28,6 +28,11 @@ names! {
     X_ENVOY_MAX_RETRIES = "x-envoy-max-retries";
     X_ENVOY_RETRY_ON = "x-envoy-retry-on";
     X_ENVOY_RETRY_GRPC_ON = "x-envoy-retry-grpc-on";
+    X_ENVOY_RETRIABLE_STATUS_CODES = "x-envoy-retriable-status-codes";
+    X_ENVOY_RETRIABLE_HEADER_NAMES = "x-envoy-retriable-header-names";
+    X_ENVOY_ATTEMPT_COUNT = "x-envoy-attempt-count";
+    X_ENVOY_RATELIMITED = "x-envoy-ratelimited";
+    GRPC_STATUS = "grpc-status";
     X_ENVOY_UPSTREAM_STREAM_DURATION_MS = "x-envoy-upstream-stream-duration-ms";
     X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT = "x-envoy-hedge-on-per-try-timeout";
     X_ENVOY_UPSTREAM_SERVICE_TIME = "x-envoy-upstream-service-time";

@@ -8,8 +8,10 @@ use super::codec::h1_client;
 use super::conn_manager::ConnectionManager;
 use super::local_reply::bodies;
 use super::names;
+use super::retry::{Decision, Replay, Reset, RetryState};
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
 use crate::model::cluster::UpstreamProtocol;
+use crate::model::retry::RetryPolicy;
 use crate::model::route::{
     ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig,
     VirtualHost, WeightedCluster, rewrite_path,
@@ -48,12 +50,14 @@ pub struct UpgradeBridge {
 }
 
 /// Request headers the router consumes and never forwards.
-const ROUTER_CONSUMED: [HeaderName; 7] = [
+const ROUTER_CONSUMED: [HeaderName; 9] = [
     names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
     names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     names::X_ENVOY_MAX_RETRIES,
     names::X_ENVOY_RETRY_ON,
     names::X_ENVOY_RETRY_GRPC_ON,
+    names::X_ENVOY_RETRIABLE_STATUS_CODES,
+    names::X_ENVOY_RETRIABLE_HEADER_NAMES,
     names::X_ENVOY_UPSTREAM_STREAM_DURATION_MS,
     names::X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT,
 ];
@@ -69,20 +73,62 @@ struct Timers<'a> {
     idle: Option<Duration>,
     /// The connection manager's request timeout, as a deadline.
     request_deadline: Option<Instant>,
+    /// When forwarding began (the route timeout of a complete request counts from here, across
+    /// retries).
+    origin: Instant,
+    /// The retry policy's per-try timeout (counted from the attempt, after the request ends).
+    per_try: Option<Duration>,
+    /// The retry policy's per-try idle timeout (no response from the upstream for this long).
+    per_try_idle: Option<Duration>,
 }
 
 enum Failure {
     Connect(pool::ConnectError),
+    /// The route timeout fired while an attempt was in flight.
     Timeout,
+    /// The route timeout fired while backing off before a retry.
+    TimeoutBetweenAttempts,
+    /// The retry policy's `per_try_timeout` fired.
+    PerTryTimeout,
+    /// The retry policy's `per_try_idle_timeout` fired.
+    PerTryIdle,
     Idle,
     RequestTimeout,
     /// The upstream closed or reset the connection before a response (`UC`).
     Terminated,
-    /// The upstream reset the stream (HTTP/2 RST_STREAM, `UR`).
-    RemoteReset,
+    /// The upstream reset the stream (HTTP/2 RST_STREAM, `UR`); `refused`: REFUSED_STREAM.
+    RemoteReset {
+        refused: bool,
+    },
+    /// A retry found no host to go to (`UH`).
+    NoHealthyUpstream,
     /// The upstream's response was not valid HTTP (`UPE`).
     Protocol,
     DownstreamGone,
+}
+
+impl Failure {
+    /// The failure as the retry conditions see it, and whether any of the request was sent;
+    /// `None`: never retried (timeouts of the whole request, the downstream going away).
+    fn reset(&self) -> Option<(Reset, bool)> {
+        Some(match self {
+            Failure::Connect(pool::ConnectError::Overflow) => (Reset::Overflow, false),
+            Failure::Connect(pool::ConnectError::PendingTimeout) => return None,
+            Failure::Connect(_) => (Reset::ConnectFailure, false),
+            Failure::RemoteReset { refused: true } => (Reset::RefusedStream, true),
+            Failure::PerTryTimeout
+            | Failure::PerTryIdle
+            | Failure::Terminated
+            | Failure::Protocol
+            | Failure::RemoteReset { refused: false } => (Reset::Other, true),
+            Failure::Timeout
+            | Failure::TimeoutBetweenAttempts
+            | Failure::Idle
+            | Failure::RequestTimeout
+            | Failure::DownstreamGone
+            | Failure::NoHealthyUpstream => return None,
+        })
+    }
 }
 
 pub async fn forward(
@@ -129,7 +175,7 @@ pub async fn forward(
     if let Some(pm) = &hcm.peer_metadata {
         pm.propagate_upstream(&mut parts.headers, &cluster.config);
     }
-    let Some(host) = lb::choose(&cluster) else {
+    let Some(mut host) = lb::choose(&cluster) else {
         cluster.stats.traffic().upstream_cx_none_healthy.inc();
         return hcm.local_reply(
             stream,
@@ -197,27 +243,57 @@ pub async fn forward(
 
     // Timeouts.
     let mut timeout = f.action.timeout;
-    let header_timeout = |name: &HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    if let Some(ms) = header_timeout(&names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
-        timeout = (ms > 0).then(|| Duration::from_millis(ms));
-    } else if router.respect_expected_rq_timeout
-        && let Some(ms) = header_timeout(&names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
-    {
-        timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    let envoy_headers = names::any_envoy_header(&parts.headers);
+    let policy = f
+        .action
+        .retry_policy
+        .as_deref()
+        .or(f.vhost.retry_policy.as_deref());
+    let mut per_try = policy.and_then(|p| p.per_try_timeout);
+    if envoy_headers {
+        let header_ms = |name: &HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        } else if router.respect_expected_rq_timeout
+            && let Some(ms) = header_ms(&names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
+        {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            per_try = (ms > 0).then(|| Duration::from_millis(ms));
+        }
     }
-    if names::any_envoy_header(&parts.headers) {
+    // Retries: the route's (or else the virtual host's) policy, plus what `x-envoy-retry-*`
+    // asks (those headers only survive from trusted sources: see the connection manager).
+    let mut retry = match (policy, envoy_headers) {
+        (Some(p), _) => RetryState::new(p, &cluster, &parts.method, &parts.headers),
+        (None, true) => RetryState::new(
+            &DEFAULT_RETRY_POLICY,
+            &cluster,
+            &parts.method,
+            &parts.headers,
+        ),
+        (None, false) => None,
+    };
+    if envoy_headers {
         for h in ROUTER_CONSUMED {
             parts.headers.remove(h);
         }
     }
     if !router.suppress_envoy_headers {
-        match timeout {
+        // The per-try timeout is announced when it is the shorter one, as Envoy does.
+        let expected = match (per_try, timeout) {
+            (Some(p), Some(t)) if p < t => Some(p),
+            (Some(p), None) => Some(p),
+            (_, t) => t,
+        };
+        match expected {
             Some(t) => {
                 parts.headers.insert(
                     names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
@@ -238,20 +314,6 @@ pub async fn forward(
             } else {
                 hcm.config.stream_idle_timeout
             });
-
-    // Protocol.
-    let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
-    let use_h2 = !f.upgrade
-        && match cluster.config.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::UseDownstream { http2_allowed, .. } => downstream_h2 && http2_allowed,
-            UpstreamProtocol::Auto => host.alpn.load(Relaxed) == 2,
-        };
-    // auto_config and the host's protocol not known yet: the first connection's ALPN decides.
-    let learn = !f.upgrade
-        && cluster.config.protocol == UpstreamProtocol::Auto
-        && host.alpn.load(Relaxed) == 0;
     if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
         return hcm.local_reply(
             stream,
@@ -261,38 +323,10 @@ pub async fn forward(
             ResponseFlags::empty(),
         );
     }
-
-    // The cluster's max_requests circuit breaker (Envoy counts the refusal as a pending
-    // overflow).
-    let requests = &cluster.circuit_breakers.default.requests;
-    if !requests.try_inc() {
-        cluster.stats.traffic().upstream_rq_pending_overflow.inc();
-        return overflow_reply(hcm, stream);
-    }
-    // Upstream accounting starts here; `ActiveStream::finish` ends it.
-    let s = cluster.stats.traffic();
-    s.upstream_rq_total.inc();
-    s.upstream_rq_active.inc();
-    host.stats.rq_total.fetch_add(1, Relaxed);
-    host.stats.rq_active.fetch_add(1, Relaxed);
-    let started = Instant::now();
-    stream.upstream = Some(UpstreamRequest {
-        cluster: cluster.clone(),
-        host: host.clone(),
-        started,
-        internal: f.internal,
-        dynamic_stats: router.dynamic_stats,
-    });
-    stream.info.attempt_count = 1;
+    let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
     let progress = stream.progress.clone();
     let request_deadline = hcm.config.request_timeout.map(|t| stream.info.start + t);
-
-    let timers = Timers {
-        progress: progress.as_deref(),
-        route: timeout,
-        idle,
-        request_deadline,
-    };
+    let origin = Instant::now();
     // `istio.alpn`: a TLS cluster is offered the list for the protocol it will carry (auto_config
     // learns with the HTTP/2 list, as Envoy's first upstream protocol is HTTP/2 there).
     let downstream_http10 = stream.info.protocol == Some(Protocol::Http10)
@@ -311,21 +345,196 @@ pub async fn forward(
             (false, false) => o.http11.as_ref(),
         }
     };
-    let use_h2 = match learn {
-        true => pool::learn_protocol(&cluster, &host, alpn_for(true)).await,
-        false => Ok(use_h2),
-    };
-    let result = match use_h2 {
-        Ok(true) => {
-            let alpn = alpn_for(true);
-            send_h2(&cluster, &host, alpn, parts, body, timers, &mut stream).await
+    // The request body: kept for replay (up to the buffer limit) while a retry may need it.
+    let mut body = Some(body);
+    let replay = match &retry {
+        Some(r)
+            if r.may_retry()
+                && body
+                    .as_ref()
+                    .is_some_and(|b| !http_body::Body::is_end_stream(b)) =>
+        {
+            let listener = hcm.config.buffer_limit;
+            let limit = f
+                .route
+                .buffer_limit
+                .or(f.vhost.buffer_limit.map(|v| v.min(listener)))
+                .unwrap_or(listener);
+            let abandoned = cluster.stats.traffic().retry_or_shadow_abandoned.clone();
+            body.take()
+                .map(|b| Replay::new(b, limit as usize, abandoned))
         }
-        Ok(false) => {
-            let alpn = alpn_for(false);
-            send_h1(&cluster, &host, alpn, parts, body, timers, &mut stream).await
-        }
-        Err(e) => Err(Failure::Connect(e)),
+        _ => None,
     };
+    let mut attempt: u32 = 0;
+    let (result, started) = loop {
+        attempt += 1;
+        stream.info.attempt_count = attempt;
+        stream.info.upstream_host = Some(host.address);
+        if let Some(r) = &mut retry {
+            r.tried(host.address);
+        }
+        if f.vhost.attempt_count_upstream {
+            parts.headers.insert(
+                names::X_ENVOY_ATTEMPT_COUNT,
+                names::number(u64::from(attempt)),
+            );
+        }
+        // Protocol.
+        let use_h2 = !f.upgrade
+            && match cluster.config.protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::UseDownstream { http2_allowed, .. } => {
+                    downstream_h2 && http2_allowed
+                }
+                UpstreamProtocol::Auto => host.alpn.load(Relaxed) == 2,
+            };
+        // auto_config and the host's protocol not known yet: the first connection's ALPN decides.
+        let learn = !f.upgrade
+            && cluster.config.protocol == UpstreamProtocol::Auto
+            && host.alpn.load(Relaxed) == 0;
+
+        // The cluster's max_requests circuit breaker (Envoy counts the refusal as a pending
+        // overflow).
+        if !cluster.circuit_breakers.default.requests.try_inc() {
+            cluster.stats.traffic().upstream_rq_pending_overflow.inc();
+            names::recycle_header_map(std::mem::take(&mut parts.headers));
+            return overflow_reply(hcm, stream);
+        }
+        // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
+        // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
+        cluster.stats.traffic().upstream_rq_active.inc();
+        host.stats.rq_active.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        stream.upstream = Some(UpstreamRequest {
+            cluster: cluster.clone(),
+            host: host.clone(),
+            started,
+            internal: f.internal,
+            dynamic_stats: router.dynamic_stats,
+        });
+        let attempt_body = match (&replay, body.take()) {
+            (Some(r), _) => r.attempt().unwrap_or(Body::Empty),
+            (None, Some(b)) => b,
+            (None, None) => Body::Empty,
+        };
+        let timers = Timers {
+            progress: progress.as_deref(),
+            route: timeout,
+            idle,
+            request_deadline,
+            origin,
+            per_try,
+            per_try_idle: retry.as_ref().and_then(|r| r.per_try_idle_timeout()),
+        };
+        let use_h2 = match learn {
+            true => pool::learn_protocol(&cluster, &host, alpn_for(true)).await,
+            false => Ok(use_h2),
+        };
+        let result = match use_h2 {
+            Ok(true) => {
+                // The request head is needed again only if a retry may follow.
+                let attempt_parts = match retry.as_ref().is_some_and(|r| r.may_retry()) {
+                    true => clone_parts(&parts),
+                    false => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                };
+                let alpn = alpn_for(true);
+                send_h2(
+                    &cluster,
+                    &host,
+                    alpn,
+                    attempt_parts,
+                    attempt_body,
+                    timers,
+                    &mut stream,
+                )
+                .await
+            }
+            Ok(false) => {
+                let alpn = alpn_for(false);
+                send_h1(
+                    &cluster,
+                    &host,
+                    alpn,
+                    &mut parts,
+                    attempt_body,
+                    timers,
+                    &mut stream,
+                )
+                .await
+            }
+            Err(e) => Err(Failure::Connect(e)),
+        };
+
+        // Retry this answer?
+        let Some(r) = retry.as_mut() else {
+            break (result, started);
+        };
+        let replayable = replay.as_ref().is_none_or(|r| !r.overflowed());
+        let would = match &result {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => false,
+            Ok(resp) => {
+                let would = r.would_retry_response(resp.status().as_u16(), resp.headers());
+                if would {
+                    r.note_response(resp.headers());
+                }
+                would
+            }
+            Err(failure) => failure
+                .reset()
+                .is_some_and(|(reset, sent)| r.would_retry_reset(reset, sent)),
+        };
+        let backoff = match r.decide(would && replayable) {
+            Decision::Retry(backoff) => backoff,
+            Decision::No => break (result, started),
+            Decision::LimitExceeded => {
+                stream
+                    .info
+                    .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                break (result, started);
+            }
+            Decision::Overflow => {
+                stream.info.set_flag(ResponseFlags::UPSTREAM_OVERFLOW);
+                break (result, started);
+            }
+        };
+        // This attempt is over: account for it as Envoy does for a retried answer.
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                cluster.report(&host, Outcome::Status(status));
+                host.stats.rq_error.fetch_add(1, Relaxed);
+                if router.dynamic_stats {
+                    cluster.stats.traffic().retry_codes.charge(status);
+                }
+                drop(resp);
+            }
+            Err(failure) => {
+                let reply = describe(hcm, &mut stream, &cluster, &host, failure);
+                account_failure(&stream, &cluster, &host, &reply, false);
+            }
+        }
+        end_attempt(&mut stream);
+        // Back off, within the route timeout.
+        let deadline = timeout.and_then(|t| match progress.as_deref() {
+            None => Some(origin + t),
+            Some(p) => p.completed_at().map(|d| d + t),
+        });
+        let wake = Instant::now() + backoff;
+        if let Some(d) = deadline
+            && d <= wake
+        {
+            tokio::time::sleep_until(d.into()).await;
+            break (Err(Failure::TimeoutBetweenAttempts), started);
+        }
+        tokio::time::sleep_until(wake.into()).await;
+        match retry_host(&cluster, retry.as_ref()) {
+            Some(h) => host = h,
+            None => break (Err(Failure::NoHealthyUpstream), started),
+        }
+    };
+    names::recycle_header_map(std::mem::take(&mut parts.headers));
 
     match result {
         Ok(mut resp) => {
@@ -358,6 +567,12 @@ pub async fn forward(
                     names::number(now.duration_since(started).as_millis() as u64),
                 );
             }
+            if f.vhost.attempt_count_downstream {
+                h.insert(
+                    names::X_ENVOY_ATTEMPT_COUNT,
+                    names::number(u64::from(attempt)),
+                );
+            }
             hcm.apply_response_mutations(
                 f.route_config,
                 f.vhost,
@@ -376,10 +591,40 @@ pub async fn forward(
             if status == 101 && f.upgrade {
                 return hcm.respond(stream, resp, None, None);
             }
+            stream.per_try_idle = retry.as_ref().and_then(|r| r.per_try_idle_timeout());
             hcm.respond(stream, resp, deadline, idle)
         }
         Err(failure) => fail(hcm, stream, &cluster, &host, failure),
     }
+}
+
+/// What `x-envoy-retry-on` gets on a route without a retry policy (Envoy's defaults).
+static DEFAULT_RETRY_POLICY: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(RetryPolicy::default);
+
+/// A copy of the request head for one attempt (HTTP/2 attempts consume theirs).
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+/// The host for a retry: `previous_hosts` asks for another than those tried, up to
+/// `host_selection_retry_max_attempts` times; then the last one chosen is used.
+fn retry_host(cluster: &Cluster, retry: Option<&RetryState<'_>>) -> Option<Arc<Host>> {
+    let mut host = lb::choose(cluster)?;
+    if let Some(r) = retry {
+        for _ in 0..r.host_selection_max_attempts() {
+            if !r.reject_host(host.address) {
+                break;
+            }
+            host = lb::choose(cluster)?;
+        }
+    }
+    Some(host)
 }
 
 fn charge_upstream(stream: &ActiveStream, status: u16) {
@@ -395,128 +640,209 @@ fn charge_upstream(stream: &ActiveStream, status: u16) {
     }
 }
 
-fn fail(
-    hcm: &Arc<ConnectionManager>,
-    mut stream: ActiveStream,
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
+/// The local reply for a failed attempt.
+struct FailureReply {
+    status: StatusCode,
+    body: String,
+    details: &'static str,
+    flags: ResponseFlags,
+    /// What the host did, for outlier detection (overflow, a pending timeout and the downstream
+    /// going away are not the host's doing).
+    outcome: Option<Outcome>,
+}
+
+/// Map a failure to Envoy's reply, flag and details, counting the failure's own stats.
+fn describe(
+    hcm: &ConnectionManager,
+    stream: &mut ActiveStream,
+    cluster: &Cluster,
+    host: &Host,
     failure: Failure,
-) -> Response<Body> {
+) -> FailureReply {
     let s = cluster.stats.traffic();
-    let (status, body, details, flags): (StatusCode, String, &'static str, ResponseFlags) =
-        match failure {
-            Failure::Connect(pool::ConnectError::Overflow) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                bodies::OVERFLOW.into(),
-                "upstream_reset_before_response_started{overflow}",
-                ResponseFlags::UPSTREAM_OVERFLOW,
-            ),
-            Failure::Connect(e) => {
-                let reason = e.to_string();
-                stream.info.upstream_transport_failure_reason = Some(reason.clone());
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "{}, transport failure reason: {reason}",
-                        bodies::CONNECT_FAILURE
-                    ),
-                    "upstream_reset_before_response_started{connection_failure}",
-                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                )
-            }
-            Failure::Timeout => {
-                s.upstream_rq_timeout.inc();
-                host.stats.rq_timeout.fetch_add(1, Relaxed);
-                (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    bodies::UPSTREAM_TIMEOUT.into(),
-                    "upstream_response_timeout",
-                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                )
-            }
-            Failure::Idle => {
-                hcm.stats.downstream_rq_idle_timeout.inc();
-                let status = if stream
-                    .progress
-                    .as_ref()
-                    .is_none_or(|p| p.done.load(Relaxed))
-                {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::REQUEST_TIMEOUT
-                };
-                (
-                    status,
-                    bodies::STREAM_TIMEOUT.into(),
-                    "stream_idle_timeout",
-                    ResponseFlags::STREAM_IDLE_TIMEOUT,
-                )
-            }
-            Failure::RequestTimeout => {
-                hcm.stats.downstream_rq_timeout.inc();
-                (
-                    StatusCode::REQUEST_TIMEOUT,
-                    bodies::REQUEST_TIMEOUT.into(),
-                    "request_overall_timeout",
-                    ResponseFlags::empty(),
-                )
-            }
-            Failure::DownstreamGone => {
-                hcm.stats.downstream_rq_rx_reset.inc();
-                (
-                    StatusCode::BAD_REQUEST,
-                    String::new(),
-                    "downstream_remote_disconnect",
-                    ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
-                )
-            }
-            Failure::RemoteReset => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                bodies::REMOTE_RESET.into(),
-                "upstream_reset_before_response_started{remote_reset}",
-                ResponseFlags::UPSTREAM_REMOTE_RESET,
-            ),
-            Failure::Protocol => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                bodies::PROTOCOL_ERROR.into(),
-                "upstream_reset_before_response_started{protocol_error}",
-                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-            ),
-            Failure::Terminated => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                bodies::CONNECTION_TERMINATION.into(),
-                "upstream_reset_before_response_started{connection_termination}",
-                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            ),
-        };
-    // Outlier detection: what the host did (overflow, a pending timeout and the downstream
-    // going away are not the host's doing).
-    let outcome = match flags {
-        ResponseFlags::UPSTREAM_CONNECTION_FAILURE => Some(Outcome::ConnectFailed),
-        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT if stream.info.upstream_local.is_some() => {
-            Some(Outcome::Timeout)
-        }
-        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
-        | ResponseFlags::UPSTREAM_REMOTE_RESET
-        | ResponseFlags::UPSTREAM_PROTOCOL_ERROR => Some(Outcome::Reset),
-        _ => None,
+    let timed_out = |counter: &crate::telemetry::stats::Counter| {
+        counter.inc();
+        host.stats.rq_timeout.fetch_add(1, Relaxed);
     };
-    if let Some(o) = outcome {
+    let connected = stream.info.upstream_local.is_some();
+    let (status, body, details, flags, outcome): (
+        StatusCode,
+        String,
+        &'static str,
+        ResponseFlags,
+        Option<Outcome>,
+    ) = match failure {
+        Failure::Connect(pool::ConnectError::Overflow) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::OVERFLOW.into(),
+            "upstream_reset_before_response_started{overflow}",
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            None,
+        ),
+        Failure::Connect(e) => {
+            let reason = e.to_string();
+            stream.info.upstream_transport_failure_reason = Some(reason.clone());
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{}, transport failure reason: {reason}",
+                    bodies::CONNECT_FAILURE
+                ),
+                "upstream_reset_before_response_started{connection_failure}",
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                Some(Outcome::ConnectFailed),
+            )
+        }
+        Failure::Timeout | Failure::TimeoutBetweenAttempts => {
+            // Between attempts (backing off) no upstream request is in flight.
+            let between = matches!(failure, Failure::TimeoutBetweenAttempts);
+            if between {
+                s.upstream_rq_timeout.inc();
+            } else {
+                timed_out(&s.upstream_rq_timeout);
+            }
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                bodies::UPSTREAM_TIMEOUT.into(),
+                "upstream_response_timeout",
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                (connected && !between).then_some(Outcome::Timeout),
+            )
+        }
+        Failure::PerTryTimeout | Failure::PerTryIdle => {
+            let (counter, details) = match failure {
+                Failure::PerTryTimeout => {
+                    (&s.upstream_rq_per_try_timeout, "upstream_per_try_timeout")
+                }
+                _ => (
+                    &s.upstream_rq_per_try_idle_timeout,
+                    "upstream_per_try_idle_timeout",
+                ),
+            };
+            timed_out(counter);
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                bodies::UPSTREAM_TIMEOUT.into(),
+                details,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                connected.then_some(Outcome::Timeout),
+            )
+        }
+        Failure::Idle => {
+            hcm.stats.downstream_rq_idle_timeout.inc();
+            let status = if stream
+                .progress
+                .as_ref()
+                .is_none_or(|p| p.done.load(Relaxed))
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::REQUEST_TIMEOUT
+            };
+            (
+                status,
+                bodies::STREAM_TIMEOUT.into(),
+                "stream_idle_timeout",
+                ResponseFlags::STREAM_IDLE_TIMEOUT,
+                None,
+            )
+        }
+        Failure::RequestTimeout => {
+            hcm.stats.downstream_rq_timeout.inc();
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                bodies::REQUEST_TIMEOUT.into(),
+                "request_overall_timeout",
+                ResponseFlags::empty(),
+                None,
+            )
+        }
+        Failure::DownstreamGone => {
+            hcm.stats.downstream_rq_rx_reset.inc();
+            (
+                StatusCode::BAD_REQUEST,
+                String::new(),
+                "downstream_remote_disconnect",
+                ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                None,
+            )
+        }
+        Failure::RemoteReset { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::REMOTE_RESET.into(),
+            "upstream_reset_before_response_started{remote_reset}",
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            Some(Outcome::Reset),
+        ),
+        Failure::Protocol => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::PROTOCOL_ERROR.into(),
+            "upstream_reset_before_response_started{protocol_error}",
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            Some(Outcome::Reset),
+        ),
+        Failure::Terminated => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::CONNECTION_TERMINATION.into(),
+            "upstream_reset_before_response_started{connection_termination}",
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            Some(Outcome::Reset),
+        ),
+        Failure::NoHealthyUpstream => {
+            s.upstream_cx_none_healthy.inc();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                bodies::NO_HEALTHY_UPSTREAM.into(),
+                "no_healthy_upstream",
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                None,
+            )
+        }
+    };
+    FailureReply {
+        status,
+        body,
+        details,
+        flags,
+        outcome,
+    }
+}
+
+/// A failed attempt's effect on the host and cluster stats. `last`: the failure is the
+/// answer (its code is charged); a retried failure only counts against the host.
+fn account_failure(
+    stream: &ActiveStream,
+    cluster: &Cluster,
+    host: &Host,
+    reply: &FailureReply,
+    last: bool,
+) {
+    if let Some(o) = reply.outcome {
         cluster.report(host, o);
     }
-    if flags != ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION {
-        charge_upstream(&stream, status.as_u16());
-        host.stats.rq_error.fetch_add(1, Relaxed);
-        match flags {
-            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::STREAM_IDLE_TIMEOUT => {
-                s.upstream_rq_tx_reset.inc()
-            }
-            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
-            | ResponseFlags::UPSTREAM_REMOTE_RESET => s.upstream_rq_rx_reset.inc(),
-            _ => {}
-        }
+    if stream.upstream.is_none() || reply.flags == ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+    {
+        return;
     }
-    // The upstream request is over; its accounting ends with the local reply.
+    if last {
+        charge_upstream(stream, reply.status.as_u16());
+    }
+    host.stats.rq_error.fetch_add(1, Relaxed);
+    let s = cluster.stats.traffic();
+    match reply.flags {
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::STREAM_IDLE_TIMEOUT => {
+            s.upstream_rq_tx_reset.inc()
+        }
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION | ResponseFlags::UPSTREAM_REMOTE_RESET => {
+            s.upstream_rq_rx_reset.inc()
+        }
+        _ => {}
+    }
+}
+
+/// The upstream request (attempt) is over; its accounting ends here rather than at the end of
+/// the stream.
+fn end_attempt(stream: &mut ActiveStream) {
     if let Some(up) = stream.upstream.take() {
         up.cluster.stats.traffic().upstream_rq_active.dec();
         up.cluster.circuit_breakers.default.requests.dec();
@@ -526,8 +852,26 @@ fn fail(
             up.cluster.stats.traffic().upstream_rq_time.record(ms);
         }
     }
-    let overloaded = flags == ResponseFlags::UPSTREAM_OVERFLOW;
-    let resp = hcm.local_reply(stream, status, &body, details, flags);
+}
+
+fn fail(
+    hcm: &Arc<ConnectionManager>,
+    mut stream: ActiveStream,
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    failure: Failure,
+) -> Response<Body> {
+    let reply = describe(hcm, &mut stream, cluster, host, failure);
+    account_failure(&stream, cluster, host, &reply, true);
+    end_attempt(&mut stream);
+    let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
+    let resp = hcm.local_reply(
+        stream,
+        reply.status,
+        &reply.body,
+        reply.details,
+        reply.flags,
+    );
     if overloaded {
         mark_overloaded(hcm, resp)
     } else {
@@ -556,15 +900,18 @@ fn mark_overloaded(hcm: &ConnectionManager, mut resp: Response<Body>) -> Respons
     resp
 }
 
-fn is_remote_reset(e: &hyper::Error) -> bool {
+/// The reason the upstream gave when it reset the stream, if it did.
+fn remote_reset(e: &hyper::Error) -> Option<h2::Reason> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_reset() && h2.is_remote();
+            return (h2.is_reset() && h2.is_remote())
+                .then(|| h2.reason())
+                .flatten();
         }
         src = s.source();
     }
-    false
+    None
 }
 
 /// Whether a send error came from the downstream request body (the client went away).
@@ -586,7 +933,7 @@ async fn send_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     alpn: pool::Alpn<'_>,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     body: Body,
     timers: Timers<'_>,
     stream: &mut ActiveStream,
@@ -601,15 +948,15 @@ async fn send_h1(
         })?;
     stream.info.upstream_local = conn.local_addr;
     stream.info.upstream_tls = conn.io.keep.tls.clone();
+    sent_on_connection(cluster, host);
     let head_request = parts.method == http::Method::HEAD;
     let mut out = crate::io::take_write_buffer();
     let result = wait(
-        exchange_h1(&mut conn, &parts, body, head_request, &mut out),
+        exchange_h1(&mut conn, parts, body, head_request, &mut out),
         timers,
     )
     .await;
     crate::io::give_write_buffer(out);
-    names::recycle_header_map(std::mem::take(&mut parts.headers));
     stream.info.upstream_local = conn.local_addr;
     stream.info.upstream_tls = conn.io.keep.tls.clone();
     let head = match result {
@@ -710,6 +1057,7 @@ async fn send_h2(
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = local;
     stream.info.upstream_tls = tls;
+    sent_on_connection(cluster, host);
     let req = Request::from_parts(parts, body);
     let fut = async move {
         sender.ready().await?;
@@ -722,11 +1070,20 @@ async fn send_h2(
     }
 }
 
+/// The request (attempt) got a connection: Envoy counts it in `upstream_rq_total` from here
+/// (one refused by a breaker or timed out waiting for a connection is not counted).
+fn sent_on_connection(cluster: &Cluster, host: &Host) {
+    cluster.stats.traffic().upstream_rq_total.inc();
+    host.stats.rq_total.fetch_add(1, Relaxed);
+}
+
 fn classify(e: hyper::Error) -> Failure {
     if is_downstream_body_error(&e) {
         Failure::DownstreamGone
-    } else if is_remote_reset(&e) {
-        Failure::RemoteReset
+    } else if let Some(reason) = remote_reset(&e) {
+        Failure::RemoteReset {
+            refused: reason == h2::Reason::REFUSED_STREAM,
+        }
     } else if e.is_parse() {
         Failure::Protocol
     } else {
@@ -745,18 +1102,24 @@ where
         route: timeout,
         idle,
         request_deadline,
+        origin,
+        per_try,
+        per_try_idle,
     } = timers;
+    let start = Instant::now();
     let Some(progress) = progress else {
-        // The request was complete before forwarding began (the usual GET): the route and idle
-        // timers both count from now and nothing re-arms them, so one timer serves both. The
-        // request timeout only runs while a request body is still arriving.
-        let start = Instant::now();
-        let route_at = timeout.map(|t| (start + t, Failure::Timeout));
-        let idle_at = idle.map(|t| (start + t, Failure::Idle));
-        let first = match (route_at, idle_at) {
-            (Some(r), Some(i)) => Some(if r.0 <= i.0 { r } else { i }),
-            (r, i) => r.or(i),
-        };
+        // The request was complete before forwarding began (the usual GET): every timer has a
+        // fixed deadline and nothing re-arms them, so one timer serves them all (the first
+        // listed wins a tie). The request timeout only runs while a request body is arriving.
+        let first = [
+            timeout.map(|t| (origin + t, Failure::Timeout)),
+            idle.map(|t| (start + t, Failure::Idle)),
+            per_try.map(|t| (start + t, Failure::PerTryTimeout)),
+            per_try_idle.map(|t| (start + t, Failure::PerTryIdle)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at);
         return match first {
             None => Ok(fut.await),
             Some((at, failure)) => tokio::time::timeout_at(at.into(), fut)
@@ -765,12 +1128,30 @@ where
         };
     };
     let progress = Some(progress);
+    // The route timeout counts from the end of the request (across attempts); the per-try
+    // timeout from the later of that and this attempt's start.
+    let ended = |p: &RequestProgress| p.completed_at().unwrap_or(start);
     let route_timer = async {
         if let Some(p) = progress {
             p.wait_done().await;
         }
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
+        match (timeout, progress) {
+            (Some(t), Some(p)) => tokio::time::sleep_until((ended(p) + t).into()).await,
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let per_try_timer = async {
+        match (per_try, progress) {
+            (Some(t), Some(p)) => {
+                p.wait_done().await;
+                tokio::time::sleep_until((ended(p).max(start) + t).into()).await
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let per_try_idle_timer = async {
+        match per_try_idle {
+            Some(t) => tokio::time::sleep_until((start + t).into()).await,
             None => std::future::pending::<()>().await,
         }
     };
@@ -785,7 +1166,6 @@ where
             _ => std::future::pending::<()>().await,
         }
     };
-    let start = Instant::now();
     let idle_timer = async {
         let Some(idle) = idle else {
             return std::future::pending::<()>().await;
@@ -803,10 +1183,19 @@ where
             at = last + idle;
         }
     };
-    tokio::pin!(fut, route_timer, request_timer, idle_timer);
+    tokio::pin!(
+        fut,
+        route_timer,
+        per_try_timer,
+        per_try_idle_timer,
+        request_timer,
+        idle_timer
+    );
     tokio::select! {
         r = &mut fut => Ok(r),
         _ = &mut route_timer => Err(Failure::Timeout),
+        _ = &mut per_try_timer => Err(Failure::PerTryTimeout),
+        _ = &mut per_try_idle_timer => Err(Failure::PerTryIdle),
         _ = &mut request_timer => Err(Failure::RequestTimeout),
         _ = &mut idle_timer => Err(Failure::Idle),
     }

@@ -67,6 +67,9 @@ pub struct ActiveStream {
     pub compression: crate::filters::compressor::Choice,
     /// Which Istio peer-metadata headers the request carried.
     pub peer_headers: crate::filters::peer_metadata::Carried,
+    /// The retry policy's `per_try_idle_timeout`, which also bounds the pauses of the last
+    /// attempt's response body.
+    pub per_try_idle: Option<Duration>,
     finished: bool,
 }
 
@@ -96,6 +99,7 @@ impl ActiveStream {
             progress: None,
             compression: None,
             peer_headers: Default::default(),
+            per_try_idle: None,
             finished: false,
         }
     }
@@ -208,7 +212,18 @@ pub struct TrackedBody {
     deadline: Option<Instant>,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
-    timer_is_deadline: bool,
+    timer_kind: TimerKind,
+}
+
+/// Which of the response-body timeouts the armed timer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    /// The route timeout.
+    Deadline,
+    /// The stream idle timeout.
+    Idle,
+    /// The retry policy's per-try idle timeout.
+    PerTryIdle,
 }
 
 impl TrackedBody {
@@ -224,7 +239,7 @@ impl TrackedBody {
             deadline,
             idle,
             timer: None,
-            timer_is_deadline: false,
+            timer_kind: TimerKind::Deadline,
         }
     }
 
@@ -238,19 +253,33 @@ impl TrackedBody {
 
     fn arm_timer(&mut self) {
         let now = Instant::now();
-        let idle_at = self.idle.map(|d| now + d);
-        let (at, is_deadline) = match (self.deadline, idle_at) {
-            (Some(d), Some(i)) if d <= i => (Some(d), true),
-            (_, Some(i)) => (Some(i), false),
-            (Some(d), None) => (Some(d), true),
-            (None, None) => (None, false),
-        };
-        self.timer_is_deadline = is_deadline;
-        match (at, self.timer.as_mut()) {
-            (Some(at), Some(t)) => t.as_mut().reset(at.into()),
-            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
+        // The earliest; the route timeout wins a tie, then the stream idle timeout.
+        let first = [
+            self.deadline.map(|d| (d, TimerKind::Deadline)),
+            self.idle.map(|d| (now + d, TimerKind::Idle)),
+            self.stream
+                .per_try_idle
+                .map(|d| (now + d, TimerKind::PerTryIdle)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at);
+        match (first, self.timer.as_mut()) {
+            (Some((at, kind)), Some(t)) => {
+                self.timer_kind = kind;
+                t.as_mut().reset(at.into())
+            }
+            (Some((at, kind)), None) => {
+                self.timer_kind = kind;
+                self.timer = Some(Box::pin(tokio::time::sleep_until(at.into())))
+            }
             (None, _) => self.timer = None,
         }
+    }
+
+    /// Whether a timer re-arms on body activity.
+    fn idles(&self) -> bool {
+        self.idle.is_some() || self.stream.per_try_idle.is_some()
     }
 }
 
@@ -271,7 +300,7 @@ impl HttpBody for TrackedBody {
                         this.stream.info.first_downstream_tx = Some(Instant::now());
                     }
                 }
-                if this.timer.is_some() && this.idle.is_some() {
+                if this.timer.is_some() && this.idles() {
                     this.arm_timer();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -287,25 +316,31 @@ impl HttpBody for TrackedBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                if this.timer.is_none() && (this.deadline.is_some() || this.idle.is_some()) {
+                if this.timer.is_none() && (this.deadline.is_some() || this.idles()) {
                     this.arm_timer();
                 }
                 if let Some(t) = this.timer.as_mut()
                     && t.as_mut().poll(cx).is_ready()
                 {
-                    let (flag, stat) = if this.timer_is_deadline {
-                        (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, true)
-                    } else {
-                        (ResponseFlags::STREAM_IDLE_TIMEOUT, false)
+                    let flag = match this.timer_kind {
+                        TimerKind::Deadline | TimerKind::PerTryIdle => {
+                            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
+                        }
+                        TimerKind::Idle => ResponseFlags::STREAM_IDLE_TIMEOUT,
                     };
-                    if let Some(up) = &this.stream.upstream
-                        && stat
-                    {
-                        up.cluster.stats.traffic().upstream_rq_timeout.inc();
-                        up.host.stats.rq_timeout.fetch_add(1, Relaxed);
-                    }
-                    if !stat {
-                        this.stream.hcm.stats.downstream_rq_idle_timeout.inc();
+                    match (this.timer_kind, &this.stream.upstream) {
+                        (TimerKind::Idle, _) => {
+                            this.stream.hcm.stats.downstream_rq_idle_timeout.inc()
+                        }
+                        (kind, Some(up)) => {
+                            let s = up.cluster.stats.traffic();
+                            match kind {
+                                TimerKind::Deadline => s.upstream_rq_timeout.inc(),
+                                _ => s.upstream_rq_per_try_idle_timeout.inc(),
+                            }
+                            up.host.stats.rq_timeout.fetch_add(1, Relaxed);
+                        }
+                        (_, None) => {}
                     }
                     this.timer = None;
                     this.stream.finish(End::Timeout(flag));

@@ -321,7 +321,14 @@ fn istio_metadata(metadata: &Option<pb::core::Metadata>) -> IstioMetadata {
 
 /// One priority's circuit-breaker thresholds (Envoy's defaults: 1024 connections, pending and
 /// active requests, 3 retries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `retry_budget`: retries allowed as a share of the active and pending requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_concurrency: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     pub max_connections: u64,
     pub max_pending_requests: u64,
@@ -329,6 +336,8 @@ pub struct Thresholds {
     pub max_retries: u64,
     /// Publish `remaining_*` gauges.
     pub track_remaining: bool,
+    /// Replaces `max_retries` when set.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Default for Thresholds {
@@ -339,11 +348,12 @@ impl Default for Thresholds {
             max_requests: 1024,
             max_retries: 3,
             track_remaining: false,
+            retry_budget: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CircuitBreakers {
     pub default: Thresholds,
     pub high: Thresholds,
@@ -374,9 +384,30 @@ fn circuit_breakers(
             max_connection_pools,
         } = t;
         let p = enum_value::<RoutingPriority>(&tp, "priority", *priority, |_| true)?;
-        // Retries are refused on routes (retry_policy), so a retry budget has nothing to cap
-        // yet; refusing it keeps the configuration honest until retries land.
-        deny(&tp, "retry_budget", retry_budget)?;
+        let retry_budget = match retry_budget {
+            None => None,
+            Some(b) => {
+                let bp = tp.field("retry_budget");
+                let pb::cluster::circuit_breakers::thresholds::RetryBudget {
+                    budget_percent,
+                    min_retry_concurrency,
+                    budget_interval,
+                } = b;
+                deny(&bp, "budget_interval", budget_interval)?;
+                let percent = budget_percent.as_ref().map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(bp
+                        .field("budget_percent")
+                        .error("must be between 0 and 100"));
+                }
+                Some(RetryBudget {
+                    percent,
+                    min_concurrency: min_retry_concurrency
+                        .as_ref()
+                        .map_or(3, |v| u64::from(v.value)),
+                })
+            }
+        };
         deny(&tp, "max_connection_pools", max_connection_pools)?;
         let idx = p as usize;
         if seen[idx] {
@@ -395,6 +426,7 @@ fn circuit_breakers(
             max_requests: v(max_requests, d.max_requests),
             max_retries: v(max_retries, d.max_retries),
             track_remaining: *track_remaining,
+            retry_budget,
         };
         match p {
             RoutingPriority::Default => out.default = th,

@@ -50,6 +50,7 @@ enum_names!(
     pb::cluster::cluster::ClusterProtocolSelection,
     pb::core::socket_address::Protocol,
     pb::core::RoutingPriority,
+    pb::route::retry_policy::ResetHeaderFormat,
     pb::core::HealthStatus,
     pb::core::header_value_option::HeaderAppendAction,
     pb::core::http_protocol_options::HeadersWithUnderscoresAction,

@@ -311,6 +311,8 @@ pub struct HttpConnectionManager {
     pub rds: Option<String>,
     pub http_filters: Vec<HttpFilter>,
     pub router: RouterConfig,
+    /// The listener's `per_connection_buffer_limit_bytes`: bounds a request body kept for retries.
+    pub buffer_limit: u32,
     pub access_logs: Vec<AccessLogConfig>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
@@ -701,6 +703,7 @@ impl HttpConnectionManager {
             rds,
             http_filters: filters,
             router,
+            buffer_limit,
             access_logs,
             server_name,
             server_header,

@@ -13,6 +13,7 @@ pub mod istio_pb;
 pub mod listener;
 pub mod matcher;
 pub mod pb;
+pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod tcp_proxy;

@@ -7,6 +7,7 @@ use super::headers::HeaderMutations;
 use super::matcher::{
     HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex,
 };
+use super::retry::RetryPolicy;
 use super::{FullRegex, pb};
 use crate::config::{FieldPath, Result};
 use bytes::Bytes;
@@ -52,6 +53,14 @@ pub struct VirtualHost {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub require_tls: TlsRequirement,
+    /// The virtual host's `retry_policy` (a route's own replaces it entirely).
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `per_request_buffer_limit_bytes`: how much of a request body is kept for a retry.
+    pub buffer_limit: Option<u32>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
+    pub attempt_count_upstream: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub attempt_count_downstream: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,8 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    /// `per_request_buffer_limit_bytes` (replaces the virtual host's).
+    pub buffer_limit: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -103,6 +114,8 @@ pub struct ForwardAction {
     pub idle_timeout: Option<Duration>,
     /// Upgrade types allowed (or disallowed) on this route, overriding the connection manager.
     pub upgrades: Vec<(String, bool)>,
+    /// The route's `retry_policy` (replaces the virtual host's).
+    pub retry_policy: Option<Arc<RetryPolicy>>,
 }
 
 #[derive(Debug)]
@@ -458,17 +471,6 @@ impl VirtualHost {
         deny(path, "rate_limits", rate_limits)?;
         deny(path, "cors", cors)?;
         deny(path, "typed_per_filter_config", typed_per_filter_config)?;
-        deny(
-            path,
-            "include_request_attempt_count",
-            include_request_attempt_count,
-        )?;
-        deny(
-            path,
-            "include_attempt_count_in_response",
-            include_attempt_count_in_response,
-        )?;
-        deny(path, "retry_policy", retry_policy)?;
         deny(path, "retry_policy_typed_config", retry_policy_typed_config)?;
         deny(path, "hedge_policy", hedge_policy)?;
         deny(
@@ -476,12 +478,11 @@ impl VirtualHost {
             "include_is_timeout_retry_header",
             include_is_timeout_retry_header,
         )?;
-        deny(
-            path,
-            "per_request_buffer_limit_bytes",
-            per_request_buffer_limit_bytes,
-        )?;
         deny(path, "request_body_buffer_limit", request_body_buffer_limit)?;
+        let retry_policy = retry_policy
+            .as_ref()
+            .map(|r| RetryPolicy::from_proto(&path.field("retry_policy"), r).map(Arc::new))
+            .transpose()?;
         deny(path, "request_mirror_policies", request_mirror_policies)?;
         deny(path, "route_specifiers", route_specifiers)?;
         super::core::metadata_ok(metadata);
@@ -512,6 +513,10 @@ impl VirtualHost {
                 response_headers_to_remove,
             )?,
             require_tls,
+            retry_policy,
+            buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            attempt_count_upstream: *include_request_attempt_count,
+            attempt_count_downstream: *include_attempt_count_in_response,
         })
     }
 }
@@ -542,11 +547,6 @@ impl Route {
         deny(path, "decorator", decorator)?;
         deny(path, "typed_per_filter_config", typed_per_filter_config)?;
         deny(path, "tracing", tracing)?;
-        deny(
-            path,
-            "per_request_buffer_limit_bytes",
-            per_request_buffer_limit_bytes,
-        )?;
         deny(path, "stat_prefix", stat_prefix)?;
         deny(path, "request_body_buffer_limit", request_body_buffer_limit)?;
         deny(path, "route_specifiers", route_specifiers)?;
@@ -593,6 +593,7 @@ impl Route {
                 response_headers_to_add,
                 response_headers_to_remove,
             )?,
+            buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
         })
     }
 
@@ -768,8 +769,11 @@ fn forward_action(
     deny(path, "path_rewrite", path_rewrite)?;
     deny(path, "flush_timeout", flush_timeout)?;
     deny(path, "early_data_policy", early_data_policy)?;
-    deny(path, "retry_policy", retry_policy)?;
     deny(path, "retry_policy_typed_config", retry_policy_typed_config)?;
+    let retry_policy = retry_policy
+        .as_ref()
+        .map(|r| RetryPolicy::from_proto(&path.field("retry_policy"), r).map(Arc::new))
+        .transpose()?;
     deny(path, "request_mirror_policies", request_mirror_policies)?;
     enum_value::<pb::core::RoutingPriority>(path, "priority", *priority, |p| {
         *p == pb::core::RoutingPriority::Default
@@ -886,6 +890,7 @@ fn forward_action(
         timeout: timeout_or(path, "timeout", timeout, Some(DEFAULT_ROUTE_TIMEOUT))?,
         idle_timeout: opt_duration(path, "idle_timeout", idle_timeout)?,
         upgrades,
+        retry_policy,
     })
 }
 
@@ -1310,10 +1315,15 @@ virtual_hosts:
 
     #[test]
     fn unsupported_fields_are_refused_by_path() {
-        let e = rc("virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, retry_policy: {retry_on: 5xx}}}]}]").unwrap_err();
+        let e = rc("virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, hedge_policy: {hedge_on_per_try_timeout: true}}}]}]").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "route_config.virtual_hosts[0].routes[0].route.retry_policy: is not supported"
+            "route_config.virtual_hosts[0].routes[0].route.hedge_policy: is not supported"
+        );
+        let e = rc("virtual_hosts: [{name: v, domains: ['*'], retry_policy: {retry_on: 5xx, retry_priority: {name: p}}, routes: [{match: {prefix: /}, route: {cluster: a}}]}]").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "route_config.virtual_hosts[0].retry_policy.retry_priority: is not supported"
         );
     }
 }

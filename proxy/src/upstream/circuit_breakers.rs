@@ -24,6 +24,7 @@ pub struct Priority {
     pub pending: Resource,
     pub requests: Resource,
     pub retries: Resource,
+    retry_budget: Option<crate::model::cluster::RetryBudget>,
 }
 
 /// The cluster's resources, per routing priority.
@@ -85,13 +86,36 @@ impl Resource {
 
     #[inline]
     fn publish(&self, n: u64) {
-        let open = i64::from(n >= self.max);
+        self.publish_against(n, self.max);
+    }
+
+    #[inline]
+    fn publish_against(&self, n: u64, max: u64) {
+        let open = i64::from(n >= max);
         if self.open.value() != open {
             self.open.set(open);
         }
         if let Some(r) = &self.remaining {
-            r.set(self.max.saturating_sub(n).min(i64::MAX as u64) as i64);
+            r.set(max.saturating_sub(n).min(i64::MAX as u64) as i64);
         }
+    }
+}
+
+// === impl Priority ===
+
+impl Priority {
+    /// Whether one more retry may start: below `max_retries`, or with a `retry_budget`, below
+    /// `budget_percent` of the active and pending requests (at least `min_retry_concurrency`).
+    pub fn retry_allowed(&self) -> bool {
+        let Some(b) = &self.retry_budget else {
+            return self.retries.can_create();
+        };
+        let base = (self.requests.current() + self.pending.current()) as f64;
+        let max = ((b.percent / 100.0) * base) as u64;
+        let max = max.max(b.min_concurrency);
+        let current = self.retries.current();
+        self.retries.publish_against(current, max);
+        current < max
     }
 }
 
@@ -143,6 +167,7 @@ impl CircuitBreakers {
                 pending: Resource::new(&g[2], remaining(6), t.max_pending_requests),
                 requests: Resource::new(&g[3], remaining(7), t.max_requests),
                 retries: Resource::new(&g[4], remaining(8), t.max_retries),
+                retry_budget: t.retry_budget,
             }
         };
         Self {
