@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod filters;
 mod hcm;
+mod health_check;
 mod protocols;
 mod resilience;
 mod retries;

@@ -467,16 +467,25 @@ fn listeners(state: &Arc<ServerState>, as_json: bool) -> Resp {
     text(StatusCode::OK, s)
 }
 
-fn health_flags(h: &crate::upstream::host::Host) -> &'static str {
+/// Envoy's `health_flags` text: `healthy`, or each flag set, in Envoy's order.
+fn health_flags(h: &crate::upstream::host::Host) -> String {
     use crate::model::cluster::Health;
-    match (h.health, h.outlier.is_ejected()) {
-        (Health::Healthy, false) => "healthy",
-        (Health::Healthy, true) => "/failed_outlier_check",
-        (Health::Unhealthy, false) => "/failed_eds_health",
-        (Health::Unhealthy, true) => "/failed_eds_health/failed_outlier_check",
-        (Health::Degraded, false) => "/degraded_eds_health",
-        (Health::Degraded, true) => "/failed_outlier_check/degraded_eds_health",
+    let mut out = String::new();
+    for (set, name) in [
+        (h.active_hc.is_failed(), "/failed_active_hc"),
+        (h.outlier.is_ejected(), "/failed_outlier_check"),
+        (h.health == Health::Unhealthy, "/failed_eds_health"),
+        (h.health == Health::Degraded, "/degraded_eds_health"),
+        (h.active_hc.is_pending(), "/pending_active_hc"),
+    ] {
+        if set {
+            out.push_str(name);
+        }
     }
+    if out.is_empty() {
+        out.push_str("healthy");
+    }
+    out
 }
 
 fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
@@ -526,6 +535,9 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
                                         Health::Unhealthy => core::HealthStatus::Unhealthy as i32,
                                         Health::Degraded => core::HealthStatus::Degraded as i32,
                                     },
+                                    failed_active_health_check: h.active_hc.is_failed(),
+                                    failed_outlier_check: h.outlier.is_ejected(),
+                                    pending_active_hc: h.active_hc.is_pending(),
                                     ..Default::default()
                                 }),
                                 weight: h.weight,

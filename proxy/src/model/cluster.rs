@@ -83,6 +83,21 @@ pub struct Endpoint {
     pub weight: u32,
     pub health: Health,
     pub hostname: String,
+    /// `health_check_config`: how active health checks reach this endpoint.
+    pub health_check: Option<Arc<EndpointHealthCheck>>,
+}
+
+/// An endpoint's `health_check_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointHealthCheck {
+    /// `port_value`: check this port on the endpoint's address.
+    pub port: Option<u16>,
+    /// `hostname`: the health check's host header for this endpoint.
+    pub hostname: Option<String>,
+    /// `address`: check this address instead.
+    pub address: Option<std::net::SocketAddr>,
+    /// `disable_active_health_check`.
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +144,8 @@ pub struct Cluster {
     pub metadata_exchange: Option<Arc<super::listener::MetadataExchange>>,
     /// `outlier_detection` (boxed: most clusters have none).
     pub outlier: Option<Box<OutlierConfig>>,
+    /// `health_checks`: active health checking.
+    pub health_checks: Vec<super::health_check::HealthCheck>,
 }
 
 /// `outlier_detection`, with Envoy's defaults. Percentages are 0–100.
@@ -529,7 +546,21 @@ impl Cluster {
             "per_connection_buffer_high_watermark_timeout",
             per_connection_buffer_high_watermark_timeout,
         )?;
-        deny(path, "health_checks", health_checks)?;
+        let health_checks = health_checks
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                super::health_check::HealthCheck::from_proto(
+                    &path.field("health_checks").index(i),
+                    h,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if health_checks.len() > 1 {
+            return Err(path
+                .field("health_checks")
+                .error("multiple health checks are not supported (as in Envoy)"));
+        }
         let circuit_breakers = circuit_breakers
             .as_ref()
             .map(|cb| self::circuit_breakers(&path.field("circuit_breakers"), cb))
@@ -917,6 +948,7 @@ impl Cluster {
             istio,
             metadata_exchange,
             outlier,
+            health_checks,
             connect_timeout,
             lb_policy: lb,
             localities,
@@ -1191,7 +1223,41 @@ pub fn endpoints_of(
                 additional_addresses,
                 observability_name,
             } = endpoint;
-            deny(&epp, "health_check_config", health_check_config)?;
+            let health_check = match health_check_config {
+                None => None,
+                Some(h) => {
+                    let hp = epp.field("health_check_config");
+                    let pb::endpoint::endpoint::HealthCheckConfig {
+                        port_value,
+                        hostname,
+                        address,
+                        disable_active_health_check,
+                    } = h;
+                    let port =
+                        match *port_value {
+                            0 => None,
+                            p => Some(u16::try_from(p).map_err(|_| {
+                                hp.field("port_value").error("must be a port number")
+                            })?),
+                        };
+                    let address = match address {
+                        None => None,
+                        Some(a) => {
+                            let ap = hp.field("address");
+                            let hp_addr = super::core::socket_address(&ap, &Some(a.clone()))?;
+                            Some(hp_addr.socket_addr().ok_or_else(|| {
+                                ap.error(format!("'{}' is not an IP address", hp_addr.host))
+                            })?)
+                        }
+                    };
+                    Some(Arc::new(EndpointHealthCheck {
+                        port,
+                        hostname: (!hostname.is_empty()).then(|| hostname.clone()),
+                        address,
+                        disabled: *disable_active_health_check,
+                    }))
+                }
+            };
             deny(&epp, "additional_addresses", additional_addresses)?;
             let _ = observability_name; // shown in /clusters only by newer Envoy; remora shows the address
             let addr = super::core::socket_address(&epp.field("address"), address)?;
@@ -1213,6 +1279,7 @@ pub fn endpoints_of(
                 weight,
                 health,
                 hostname: hostname.clone(),
+                health_check,
             });
         }
         out.push(LocalityEndpoints {

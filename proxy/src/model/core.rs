@@ -51,6 +51,8 @@ enum_names!(
     pb::core::socket_address::Protocol,
     pb::core::RoutingPriority,
     pb::route::retry_policy::ResetHeaderFormat,
+    pb::core::RequestMethod,
+    pb::types::CodecClientType,
     pb::core::HealthStatus,
     pb::core::header_value_option::HeaderAppendAction,
     pb::core::http_protocol_options::HeadersWithUnderscoresAction,

@@ -9,6 +9,7 @@ pub mod compressor;
 pub mod core;
 pub mod hcm;
 pub mod headers;
+pub mod health_check;
 pub mod istio_pb;
 pub mod listener;
 pub mod matcher;

@@ -154,6 +154,15 @@ impl ClusterStats {
         }
     }
 
+    /// Whether the cluster ever opened a connection for traffic (active health checks use
+    /// `no_traffic_interval` until it has).
+    pub fn has_traffic(&self) -> bool {
+        self.traffic
+            .stats
+            .get()
+            .is_some_and(|t| t.upstream_cx_total.value() > 0)
+    }
+
     /// The traffic stats, created now if deferred and not yet used.
     #[inline]
     pub fn traffic(&self) -> &ClusterTrafficStats {
@@ -241,6 +250,8 @@ pub struct Cluster {
     pub mx_stats: Option<Box<crate::filters::metadata_exchange::MxStats>>,
     /// `outlier_detection` (boxed: most clusters have none, and there may be 10 000 of them).
     pub outlier: Option<Box<super::outlier::OutlierDetector>>,
+    /// `health_checks`: the active health checker.
+    pub health: Option<Box<super::health_check::HealthChecker>>,
     /// `cluster.<name>.ssl.*`, when the cluster originates TLS.
     pub ssl: Option<crate::transport_sockets::tls::TlsStats>,
     pub hosts: ArcSwap<HostSet>,
@@ -270,6 +281,13 @@ impl Cluster {
                     &config.stat_name,
                 ))
             }),
+            health: config.health_checks.first().map(|h| {
+                Box::new(super::health_check::HealthChecker::new(
+                    h.clone(),
+                    store,
+                    &config.stat_name,
+                ))
+            }),
             ssl: config.tls.as_ref().map(|_| {
                 crate::transport_sockets::tls::TlsStats::new(
                     store,
@@ -284,6 +302,7 @@ impl Cluster {
         if c.config.discovery == Discovery::Static {
             c.publish(hosts_of(&c.config.localities));
         }
+        super::health_check::HealthChecker::start(&c);
         // The outlier detector's interval timer, for as long as the cluster lives.
         if let (Some(od), Ok(rt)) = (&c.outlier, tokio::runtime::Handle::try_current()) {
             let every = od.interval();
@@ -333,12 +352,19 @@ impl Cluster {
             .into_iter()
             .map(|h| match old_by_key.get(&(h.address, h.priority)) {
                 Some(o)
-                    if o.weight == h.weight && o.health == h.health && o.hostname == h.hostname =>
+                    if o.weight == h.weight
+                        && o.health == h.health
+                        && o.hostname == h.hostname
+                        && o.health_check == h.health_check =>
                 {
                     (*o).clone()
                 }
                 _ => {
                     changed = true;
+                    // A new host of a health-checked cluster waits for its first check.
+                    if self.health.is_some() && !h.hc_disabled() {
+                        h.active_hc.start_pending();
+                    }
                     h
                 }
             })
@@ -366,6 +392,9 @@ impl Cluster {
             .max_host_weight
             .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
         self.hosts.store(Arc::new(set));
+        if let Some(hc) = &self.health {
+            hc.hosts_changed();
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -395,13 +424,14 @@ pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<
         .flat_map(|l| {
             l.endpoints.iter().filter_map(move |e| {
                 let addr = e.address.socket_addr()?;
-                Some(Host::new(
+                Some(Host::with_health_check(
                     addr,
                     e.address.host.as_str().into(),
                     e.weight,
                     e.health,
                     l.locality.clone(),
                     l.priority,
+                    e.health_check.clone(),
                 ))
             })
         })
@@ -497,13 +527,14 @@ pub async fn resolve_once(cluster: &Cluster) -> bool {
             };
             let hostname: Arc<str> = e.address.host.as_str().into();
             for ip in addrs {
-                hosts.push(Host::new(
+                hosts.push(Host::with_health_check(
                     SocketAddr::new(ip, e.address.port),
                     hostname.clone(),
                     e.weight,
                     e.health,
                     l.locality.clone(),
                     l.priority,
+                    e.health_check.clone(),
                 ));
             }
         }

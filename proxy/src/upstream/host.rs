@@ -1,7 +1,7 @@
 //! Hosts and host sets: the endpoints of a cluster with their health, weight, locality and
 //! priority, and Envoy's per-priority load and panic thresholds.
 
-use crate::model::cluster::{Health, Locality};
+use crate::model::cluster::{EndpointHealthCheck, Health, Locality};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,6 +38,10 @@ pub struct Host {
     pub alpn: std::sync::atomic::AtomicU8,
     /// Outlier detection's view of the host (used when the cluster has `outlier_detection`).
     pub outlier: super::outlier::HostOutlier,
+    /// Active health checking's view (used when the cluster has `health_checks`).
+    pub active_hc: super::health_check::HostHealth,
+    /// The endpoint's `health_check_config`.
+    pub health_check: Option<Arc<EndpointHealthCheck>>,
 }
 
 impl Host {
@@ -48,6 +52,19 @@ impl Host {
         health: Health,
         locality: Locality,
         priority: u32,
+    ) -> Arc<Self> {
+        Self::with_health_check(address, hostname, weight, health, locality, priority, None)
+    }
+
+    /// A host for an endpoint with a `health_check_config`.
+    pub fn with_health_check(
+        address: SocketAddr,
+        hostname: Arc<str>,
+        weight: u32,
+        health: Health,
+        locality: Locality,
+        priority: u32,
+        health_check: Option<Arc<EndpointHealthCheck>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_HOST_ID.fetch_add(1, Relaxed),
@@ -60,12 +77,19 @@ impl Host {
             stats: HostStats::default(),
             alpn: std::sync::atomic::AtomicU8::new(0),
             outlier: Default::default(),
+            active_hc: Default::default(),
+            health_check,
         })
     }
 
-    /// Healthy by EDS and not ejected by outlier detection.
+    /// Whether active health checks leave this host alone (`disable_active_health_check`).
+    pub fn hc_disabled(&self) -> bool {
+        self.health_check.as_ref().is_some_and(|h| h.disabled)
+    }
+
+    /// Healthy by EDS, not ejected by outlier detection, not failed by active health checks.
     pub fn is_healthy(&self) -> bool {
-        self.health == Health::Healthy && !self.outlier.is_ejected()
+        self.health == Health::Healthy && !self.outlier.is_ejected() && !self.active_hc.is_failed()
     }
 }
 

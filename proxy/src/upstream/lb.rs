@@ -105,6 +105,7 @@ mod tests {
                 weight,
                 health,
                 hostname: String::new(),
+                health_check: None,
             };
             match locs.iter_mut().find(|l| l.priority == prio) {
                 Some(l) => l.endpoints.push(ep),
@@ -146,6 +147,7 @@ mod tests {
             istio: Default::default(),
             metadata_exchange: None,
             outlier: None,
+            health_checks: Vec::new(),
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }
