@@ -68,11 +68,11 @@ fn unknown_type_and_unknown_field_name_their_path() {
 #[test]
 fn unsupported_values_are_refused_by_path() {
     let (code, _, err) = validate(
-        "static_resources:\n  clusters:\n  - {name: a}\n  - {name: b}\n  - {name: c, lb_policy: MAGLEV}\n",
+        "static_resources:\n  clusters:\n  - {name: a}\n  - {name: b}\n  - {name: c, lb_policy: CLUSTER_PROVIDED}\n",
     );
     assert_ne!(code, 0);
     assert!(
-        err.contains("static_resources.clusters[2].lb_policy: MAGLEV is not supported"),
+        err.contains("static_resources.clusters[2].lb_policy: CLUSTER_PROVIDED is not supported"),
         "{err}"
     );
 }

@@ -10,6 +10,7 @@ mod compat;
 mod filters;
 mod hcm;
 mod health_check;
+mod load_balancing;
 mod protocols;
 mod resilience;
 mod retries;

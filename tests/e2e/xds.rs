@@ -148,7 +148,8 @@ async fn cds_and_eds(api: &str) {
 
     // A cluster remora cannot translate: NACK naming the field; everything else keeps working.
     let mut bad = static_cluster("bad", &[a.addr]);
-    bad.lb_policy = envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Maglev as i32;
+    bad.lb_policy =
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::ClusterProvided as i32;
     cache.set_snapshot(
         NODE,
         snapshot(
@@ -167,7 +168,7 @@ async fn cds_and_eds(api: &str) {
     assert_eq!(applied.acked.as_deref(), Some("1"));
     assert_eq!(
         applied.nacked.as_ref().map(|(_, m)| m.as_str()),
-        Some("Cluster 'bad'.lb_policy: MAGLEV is not supported")
+        Some("Cluster 'bad'.lb_policy: CLUSTER_PROVIDED is not supported")
     );
     assert_eq!(r.stat("cluster_manager.cds.update_rejected").await, 1);
     assert_eq!(get(l, "x", "/b").await.header("x-upstream"), Some("b"));
@@ -833,7 +834,7 @@ async fn file_based_xds_example_runs() {
     assert_eq!(r.stat("cluster_manager.cds.update_success").await, 2);
     // A cluster remora cannot translate next to the good one: rejected by path, the rest stays.
     let broken = cds_for(b.addr)
-        + "- \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: x\n  lb_policy: MAGLEV\n";
+        + "- \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: x\n  lb_policy: CLUSTER_PROVIDED\n";
     std::fs::write(dir.path("cds.yaml.tmp"), broken).unwrap();
     std::fs::rename(dir.path("cds.yaml.tmp"), dir.path("cds.yaml")).unwrap();
     r.wait_stat("cluster_manager.cds.update_rejected", 1).await;

@@ -175,7 +175,26 @@ pub async fn forward(
     if let Some(pm) = &hcm.peer_metadata {
         pm.propagate_upstream(&mut parts.headers, &cluster.config);
     }
-    let Some(mut host) = lb::choose(&cluster) else {
+    // RING_HASH / MAGLEV: what the request hashes to under the route's hash policy.
+    let request_hash = if cluster.config.lb_policy.is_hashing() && !f.action.hash_policy.is_empty()
+    {
+        super::hash_policy::compute(
+            &f.action.hash_policy,
+            &parts,
+            &super::hash_policy::Addresses {
+                client: stream.info.downstream_remote,
+                connection_remote: stream.info.connection.remote,
+                connection_local: stream.info.connection.local,
+            },
+        )
+    } else {
+        Default::default()
+    };
+    let lb_context = lb::Context {
+        hash: request_hash.hash,
+        attempt: 0,
+    };
+    let Some(mut host) = lb::choose_with(&cluster, lb_context) else {
         cluster.stats.traffic().upstream_cx_none_healthy.inc();
         return hcm.local_reply(
             stream,
@@ -529,7 +548,7 @@ pub async fn forward(
             break (Err(Failure::TimeoutBetweenAttempts), started);
         }
         tokio::time::sleep_until(wake.into()).await;
-        match retry_host(&cluster, retry.as_ref()) {
+        match retry_host(&cluster, retry.as_ref(), lb_context) {
             Some(h) => host = h,
             None => break (Err(Failure::NoHealthyUpstream), started),
         }
@@ -566,6 +585,9 @@ pub async fn forward(
                     names::X_ENVOY_UPSTREAM_SERVICE_TIME,
                     names::number(now.duration_since(started).as_millis() as u64),
                 );
+            }
+            if let Some(c) = &request_hash.set_cookie {
+                h.append(header::SET_COOKIE, c.clone());
             }
             if f.vhost.attempt_count_downstream {
                 h.insert(
@@ -613,15 +635,20 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
 }
 
 /// The host for a retry: `previous_hosts` asks for another than those tried, up to
-/// `host_selection_retry_max_attempts` times; then the last one chosen is used.
-fn retry_host(cluster: &Cluster, retry: Option<&RetryState<'_>>) -> Option<Arc<Host>> {
-    let mut host = lb::choose(cluster)?;
+/// `host_selection_retry_max_attempts` times (a hashing balancer moves along its table with
+/// each attempt); then the last one chosen is used.
+fn retry_host(
+    cluster: &Cluster,
+    retry: Option<&RetryState<'_>>,
+    ctx: lb::Context,
+) -> Option<Arc<Host>> {
+    let mut host = lb::choose_with(cluster, ctx)?;
     if let Some(r) = retry {
-        for _ in 0..r.host_selection_max_attempts() {
+        for attempt in 1..=r.host_selection_max_attempts() {
             if !r.reject_host(host.address) {
                 break;
             }
-            host = lb::choose(cluster)?;
+            host = lb::choose_with(cluster, lb::Context { attempt, ..ctx })?;
         }
     }
     Some(host)

@@ -34,11 +34,41 @@ pub struct Eds {
     pub initial_fetch_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest { choice_count: u32 },
+    /// `active_request_bias`: how strongly active requests weigh against a host's weight.
+    LeastRequest {
+        choice_count: u32,
+        active_request_bias: f64,
+    },
     Random,
+    /// Consistent hashing on a ring of `ring_size` entries between the configured bounds.
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+        murmur: bool,
+        use_hostname: bool,
+    },
+    /// Maglev consistent hashing with a prime `table_size`.
+    Maglev {
+        table_size: u64,
+        use_hostname: bool,
+    },
+}
+
+impl LbPolicy {
+    /// Whether the policy picks hosts by the request's hash (route `hash_policy`).
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +176,8 @@ pub struct Cluster {
     pub outlier: Option<Box<OutlierConfig>>,
     /// `health_checks`: active health checking.
     pub health_checks: Vec<super::health_check::HealthCheck>,
+    /// `common_lb_config.locality_weighted_lb_config`.
+    pub locality_weighted: bool,
 }
 
 /// `outlier_detection`, with Envoy's defaults. Percentages are 0–100.
@@ -664,11 +696,27 @@ impl Cluster {
         };
 
         let mut lb = match enum_value::<L>(path, "lb_policy", *lb_policy, |l| {
-            matches!(l, L::RoundRobin | L::LeastRequest | L::Random)
+            matches!(
+                l,
+                L::RoundRobin | L::LeastRequest | L::Random | L::RingHash | L::Maglev
+            )
         })? {
             L::RoundRobin => LbPolicy::RoundRobin,
-            L::LeastRequest => LbPolicy::LeastRequest { choice_count: 2 },
+            L::LeastRequest => LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
             L::Random => LbPolicy::Random,
+            L::RingHash => LbPolicy::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: 8 * 1024 * 1024,
+                murmur: false,
+                use_hostname: false,
+            },
+            L::Maglev => LbPolicy::Maglev {
+                table_size: 65537,
+                use_hostname: false,
+            },
             _ => unreachable!("refused above"),
         };
         match lb_config {
@@ -683,23 +731,98 @@ impl Cluster {
                     active_request_bias,
                     slow_start_config,
                 } = lr;
-                deny(&lp, "active_request_bias", active_request_bias)?;
                 deny(&lp, "slow_start_config", slow_start_config)?;
                 let n = u32_or(choice_count, 2);
                 if n < 2 {
                     return Err(lp.field("choice_count").error("must be at least 2"));
                 }
-                lb = LbPolicy::LeastRequest { choice_count: n };
+                let bias = match active_request_bias {
+                    None => 1.0,
+                    Some(r) => {
+                        let pb::core::RuntimeDouble {
+                            default_value,
+                            runtime_key: _,
+                        } = r;
+                        if !(0.0..=f64::MAX).contains(default_value) {
+                            return Err(lp
+                                .field("active_request_bias")
+                                .error("must not be negative"));
+                        }
+                        *default_value
+                    }
+                };
+                lb = LbPolicy::LeastRequest {
+                    choice_count: n,
+                    active_request_bias: bias,
+                };
             }
             Some(LbConfig::RoundRobinLbConfig(rr)) => {
                 let rp = path.field("round_robin_lb_config");
                 let pb::cluster::cluster::RoundRobinLbConfig { slow_start_config } = rr;
                 deny(&rp, "slow_start_config", slow_start_config)?;
             }
-            Some(LbConfig::RingHashLbConfig(_)) => {
-                return Err(path.unsupported("ring_hash_lb_config"));
+            Some(LbConfig::RingHashLbConfig(rh)) => {
+                let rp = path.field("ring_hash_lb_config");
+                let LbPolicy::RingHash {
+                    min_ring_size: min0,
+                    max_ring_size: max0,
+                    ..
+                } = lb
+                else {
+                    return Err(rp.error("is only valid with lb_policy RING_HASH"));
+                };
+                let pb::cluster::cluster::RingHashLbConfig {
+                    minimum_ring_size,
+                    hash_function,
+                    maximum_ring_size,
+                } = rh;
+                use pb::cluster::cluster::ring_hash_lb_config::HashFunction as HF;
+                let murmur = match enum_value::<HF>(&rp, "hash_function", *hash_function, |_| true)?
+                {
+                    HF::XxHash => false,
+                    HF::MurmurHash2 => true,
+                };
+                let min = minimum_ring_size.as_ref().map_or(min0, |v| v.value);
+                let max = maximum_ring_size.as_ref().map_or(max0, |v| v.value);
+                if min == 0 || min > 8 * 1024 * 1024 {
+                    return Err(rp
+                        .field("minimum_ring_size")
+                        .error("must be between 1 and 8388608"));
+                }
+                if max == 0 || max > 8 * 1024 * 1024 {
+                    return Err(rp
+                        .field("maximum_ring_size")
+                        .error("must be between 1 and 8388608"));
+                }
+                if min > max {
+                    return Err(rp
+                        .field("minimum_ring_size")
+                        .error("must not be greater than maximum_ring_size"));
+                }
+                lb = LbPolicy::RingHash {
+                    min_ring_size: min,
+                    max_ring_size: max,
+                    murmur,
+                    use_hostname: false,
+                };
             }
-            Some(LbConfig::MaglevLbConfig(_)) => return Err(path.unsupported("maglev_lb_config")),
+            Some(LbConfig::MaglevLbConfig(m)) => {
+                let mp = path.field("maglev_lb_config");
+                if !matches!(lb, LbPolicy::Maglev { .. }) {
+                    return Err(mp.error("is only valid with lb_policy MAGLEV"));
+                }
+                let pb::cluster::cluster::MaglevLbConfig { table_size } = m;
+                let size = table_size.as_ref().map_or(65537, |v| v.value);
+                if size > 5_000_011 || !is_prime(size) {
+                    return Err(mp
+                        .field("table_size")
+                        .error("must be a prime number no greater than 5000011"));
+                }
+                lb = LbPolicy::Maglev {
+                    table_size: size,
+                    use_hostname: false,
+                };
+            }
             Some(LbConfig::OriginalDstLbConfig(_)) => {
                 return Err(path.unsupported("original_dst_lb_config"));
             }
@@ -868,6 +991,7 @@ impl Cluster {
         let http2 = http2_settings(&path.field("http2_protocol_options"), &h2, buffer_limit)?;
 
         let mut panic_threshold = 50.0;
+        let mut locality_weighted = false;
         if let Some(clb) = common_lb_config {
             let lp = path.field("common_lb_config");
             let pb::cluster::cluster::CommonLbConfig {
@@ -898,13 +1022,40 @@ impl Cluster {
                 "close_connections_on_host_set_change",
                 close_connections_on_host_set_change,
             )?;
-            deny(
-                &lp,
-                "consistent_hashing_lb_config",
-                consistent_hashing_lb_config,
-            )?;
+            if let Some(ch) = consistent_hashing_lb_config {
+                let cp = lp.field("consistent_hashing_lb_config");
+                let pb::cluster::cluster::common_lb_config::ConsistentHashingLbConfig {
+                    use_hostname_for_hashing,
+                    hash_balance_factor,
+                } = ch;
+                deny(&cp, "hash_balance_factor", hash_balance_factor)?;
+                match &mut lb {
+                    LbPolicy::RingHash { use_hostname, .. }
+                    | LbPolicy::Maglev { use_hostname, .. } => {
+                        *use_hostname = *use_hostname_for_hashing
+                    }
+                    _ if *use_hostname_for_hashing => {
+                        return Err(cp
+                            .field("use_hostname_for_hashing")
+                            .error("needs lb_policy RING_HASH or MAGLEV"));
+                    }
+                    _ => {}
+                }
+            }
             deny(&lp, "override_host_status", override_host_status)?;
-            deny(&lp, "locality_config_specifier", locality_config_specifier)?;
+            use pb::cluster::cluster::common_lb_config::LocalityConfigSpecifier as LC;
+            match locality_config_specifier {
+                None => {}
+                Some(LC::LocalityWeightedLbConfig(_)) if lb.is_hashing() => {
+                    return Err(lp
+                        .field("locality_weighted_lb_config")
+                        .error("is not supported with RING_HASH or MAGLEV"));
+                }
+                Some(LC::LocalityWeightedLbConfig(_)) => locality_weighted = true,
+                Some(LC::ZoneAwareLbConfig(_)) => {
+                    return Err(lp.unsupported("zone_aware_lb_config"));
+                }
+            }
         }
 
         let mut tcp_keepalive = None;
@@ -949,6 +1100,7 @@ impl Cluster {
             metadata_exchange,
             outlier,
             health_checks,
+            locality_weighted,
             connect_timeout,
             lb_policy: lb,
             localities,

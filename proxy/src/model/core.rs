@@ -51,6 +51,7 @@ enum_names!(
     pb::core::socket_address::Protocol,
     pb::core::RoutingPriority,
     pb::route::retry_policy::ResetHeaderFormat,
+    pb::cluster::cluster::ring_hash_lb_config::HashFunction,
     pb::core::RequestMethod,
     pb::types::CodecClientType,
     pb::core::HealthStatus,

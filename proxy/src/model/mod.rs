@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod compressor;
 pub mod core;
+pub mod hash_policy;
 pub mod hcm;
 pub mod headers;
 pub mod health_check;

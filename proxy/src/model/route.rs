@@ -116,6 +116,8 @@ pub struct ForwardAction {
     pub upgrades: Vec<(String, bool)>,
     /// The route's `retry_policy` (replaces the virtual host's).
     pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `hash_policy`: what the request hashes to for RING_HASH and MAGLEV clusters.
+    pub hash_policy: Vec<super::hash_policy::HashPolicy>,
 }
 
 #[derive(Debug)]
@@ -780,7 +782,13 @@ fn forward_action(
     })?;
     deny(path, "rate_limits", rate_limits)?;
     deny(path, "include_vh_rate_limits", include_vh_rate_limits)?;
-    deny(path, "hash_policy", hash_policy)?;
+    let hash_policy = hash_policy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            super::hash_policy::HashPolicy::from_proto(&path.field("hash_policy").index(i), h)
+        })
+        .collect::<Result<Vec<_>>>()?;
     deny(path, "cors", cors)?;
     deny(path, "max_grpc_timeout", max_grpc_timeout)?;
     deny(path, "grpc_timeout_offset", grpc_timeout_offset)?;
@@ -891,10 +899,11 @@ fn forward_action(
         idle_timeout: opt_duration(path, "idle_timeout", idle_timeout)?,
         upgrades,
         retry_policy,
+        hash_policy,
     })
 }
 
-fn regex_substitution(
+pub(crate) fn regex_substitution(
     path: &FieldPath,
     rr: &pb::matcher::RegexMatchAndSubstitute,
 ) -> Result<(Regex, String)> {

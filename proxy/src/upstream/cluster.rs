@@ -355,7 +355,8 @@ impl Cluster {
                     if o.weight == h.weight
                         && o.health == h.health
                         && o.hostname == h.hostname
-                        && o.health_check == h.health_check =>
+                        && o.health_check == h.health_check
+                        && o.locality_weight == h.locality_weight =>
                 {
                     (*o).clone()
                 }
@@ -379,7 +380,12 @@ impl Cluster {
 
     /// Build and publish the host set (health as of now, outlier ejections included).
     fn install(&self, hosts: Vec<Arc<Host>>) {
-        let set = HostSet::new(hosts, self.config.overprovisioning_factor);
+        let set = HostSet::build(
+            hosts,
+            self.config.overprovisioning_factor,
+            &self.config.lb_policy,
+            self.config.locality_weighted,
+        );
         self.stats.membership_total.set(set.total() as i64);
         self.stats.membership_healthy.set(set.healthy() as i64);
         self.stats.membership_degraded.set(
@@ -424,14 +430,11 @@ pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<
         .flat_map(|l| {
             l.endpoints.iter().filter_map(move |e| {
                 let addr = e.address.socket_addr()?;
-                Some(Host::with_health_check(
+                Some(Host::for_endpoint(
                     addr,
                     e.address.host.as_str().into(),
-                    e.weight,
-                    e.health,
-                    l.locality.clone(),
-                    l.priority,
-                    e.health_check.clone(),
+                    e,
+                    l,
                 ))
             })
         })
@@ -527,14 +530,11 @@ pub async fn resolve_once(cluster: &Cluster) -> bool {
             };
             let hostname: Arc<str> = e.address.host.as_str().into();
             for ip in addrs {
-                hosts.push(Host::with_health_check(
+                hosts.push(Host::for_endpoint(
                     SocketAddr::new(ip, e.address.port),
                     hostname.clone(),
-                    e.weight,
-                    e.health,
-                    l.locality.clone(),
-                    l.priority,
-                    e.health_check.clone(),
+                    e,
+                    l,
                 ));
             }
         }

@@ -42,6 +42,8 @@ pub struct Host {
     pub active_hc: super::health_check::HostHealth,
     /// The endpoint's `health_check_config`.
     pub health_check: Option<Arc<EndpointHealthCheck>>,
+    /// Its locality's `load_balancing_weight` (0 when unset).
+    pub locality_weight: u32,
 }
 
 impl Host {
@@ -53,20 +55,40 @@ impl Host {
         locality: Locality,
         priority: u32,
     ) -> Arc<Self> {
-        Self::with_health_check(address, hostname, weight, health, locality, priority, None)
+        Arc::new(Self::build(
+            address, hostname, weight, health, locality, priority,
+        ))
     }
 
-    /// A host for an endpoint with a `health_check_config`.
-    pub fn with_health_check(
+    /// The host for an endpoint (at `address`, one of its resolved addresses) of a locality.
+    pub fn for_endpoint(
+        address: SocketAddr,
+        hostname: Arc<str>,
+        e: &crate::model::cluster::Endpoint,
+        l: &crate::model::cluster::LocalityEndpoints,
+    ) -> Arc<Self> {
+        let mut h = Self::build(
+            address,
+            hostname,
+            e.weight,
+            e.health,
+            l.locality.clone(),
+            l.priority,
+        );
+        h.health_check = e.health_check.clone();
+        h.locality_weight = l.weight.unwrap_or(0);
+        Arc::new(h)
+    }
+
+    fn build(
         address: SocketAddr,
         hostname: Arc<str>,
         weight: u32,
         health: Health,
         locality: Locality,
         priority: u32,
-        health_check: Option<Arc<EndpointHealthCheck>>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             id: NEXT_HOST_ID.fetch_add(1, Relaxed),
             address,
             hostname,
@@ -78,8 +100,9 @@ impl Host {
             alpn: std::sync::atomic::AtomicU8::new(0),
             outlier: Default::default(),
             active_hc: Default::default(),
-            health_check,
-        })
+            health_check: None,
+            locality_weight: 0,
+        }
     }
 
     /// Whether active health checks leave this host alone (`disable_active_health_check`).
@@ -103,6 +126,21 @@ pub struct Priority {
     pub all_schedule: Vec<u32>,
     /// Percent of this priority's hosts that are healthy.
     pub healthy_percent: f64,
+    /// RING_HASH / MAGLEV: the consistent-hash tables over `healthy` and `hosts`.
+    pub healthy_table: Option<super::hash::HashTable>,
+    pub all_table: Option<super::hash::HashTable>,
+    /// `locality_weighted_lb_config`: the healthy hosts by locality, and which locality to
+    /// use, weighted by Envoy's effective locality weight.
+    pub localities: Option<Localities>,
+}
+
+/// Healthy hosts grouped by locality, with a schedule of locality indexes.
+#[derive(Debug, Default)]
+pub struct Localities {
+    /// Per locality: its hosts' schedule (indexes into the priority's `healthy`).
+    pub schedules: Vec<Vec<u32>>,
+    /// Locality indexes, each repeated by its effective weight (scaled).
+    pub schedule: Vec<u32>,
 }
 
 /// A cluster's hosts by priority, published atomically; rebuilt on every membership change.
@@ -117,7 +155,22 @@ pub struct HostSet {
 const MAX_SCHEDULE: u64 = 4096;
 
 impl HostSet {
-    pub fn new(mut hosts: Vec<Arc<Host>>, overprovisioning_factor: u32) -> Self {
+    pub fn new(hosts: Vec<Arc<Host>>, overprovisioning_factor: u32) -> Self {
+        Self::build(
+            hosts,
+            overprovisioning_factor,
+            &crate::model::cluster::LbPolicy::RoundRobin,
+            false,
+        )
+    }
+
+    /// The host set with what the cluster's load balancer needs precomputed.
+    pub fn build(
+        mut hosts: Vec<Arc<Host>>,
+        overprovisioning_factor: u32,
+        lb: &crate::model::cluster::LbPolicy,
+        locality_weighted: bool,
+    ) -> Self {
         hosts.sort_by_key(|h| h.priority);
         let max_prio = hosts
             .iter()
@@ -141,6 +194,13 @@ impl HostSet {
             };
             p.healthy_schedule = schedule(&p.healthy);
             p.all_schedule = schedule(&p.hosts);
+            if lb.is_hashing() {
+                p.healthy_table = Some(super::hash::HashTable::build(lb, &p.healthy));
+                p.all_table = Some(super::hash::HashTable::build(lb, &p.hosts));
+            }
+            if locality_weighted {
+                p.localities = Some(localities(p, overprovisioning_factor));
+            }
         }
         let priority_load = priority_load(&priorities, overprovisioning_factor);
         Self {
@@ -199,6 +259,62 @@ pub fn priority_load(priorities: &[Priority], overprovisioning_factor: u32) -> V
         load[i] += remaining;
     }
     load
+}
+
+/// Envoy's effective locality weight: `load_balancing_weight` × min(1, overprovisioning ×
+/// healthy / total) for each locality of the priority; the schedule repeats each locality
+/// index in proportion (100 slots per unit of availability-scaled weight, at most 4096 slots).
+fn localities(p: &Priority, overprovisioning_factor: u32) -> Localities {
+    let mut keys: Vec<&Locality> = Vec::new();
+    for h in &p.hosts {
+        if !keys.contains(&&h.locality) {
+            keys.push(&h.locality);
+        }
+    }
+    let mut schedules = Vec::with_capacity(keys.len());
+    let mut weights = Vec::with_capacity(keys.len());
+    for k in &keys {
+        let total = p.hosts.iter().filter(|h| &h.locality == *k).count();
+        let healthy: Vec<Arc<Host>> = p
+            .healthy
+            .iter()
+            .filter(|h| &h.locality == *k)
+            .cloned()
+            .collect();
+        let weight = p
+            .hosts
+            .iter()
+            .find(|h| &h.locality == *k)
+            .map_or(0, |h| h.locality_weight);
+        let availability = (f64::from(overprovisioning_factor) / 100.0 * healthy.len() as f64
+            / total as f64)
+            .min(1.0);
+        weights.push(f64::from(weight) * availability);
+        // Indexes into `healthy` for this locality's hosts, weight-scheduled.
+        let local = schedule(&healthy);
+        let index_of: Vec<u32> = healthy
+            .iter()
+            .map(|h| {
+                p.healthy
+                    .iter()
+                    .position(|x| Arc::ptr_eq(x, h))
+                    .expect("a healthy host of the priority") as u32
+            })
+            .collect();
+        schedules.push(local.iter().map(|i| index_of[*i as usize]).collect());
+    }
+    let sum: f64 = weights.iter().sum();
+    let mut schedule = Vec::new();
+    if sum > 0.0 {
+        for (i, w) in weights.iter().enumerate() {
+            let slots = ((w / sum) * MAX_SCHEDULE as f64).round() as usize;
+            schedule.extend(std::iter::repeat_n(i as u32, slots));
+        }
+    }
+    Localities {
+        schedules,
+        schedule,
+    }
 }
 
 /// Smooth weighted round-robin order of host indexes (equal weights: 0..n).

@@ -1,5 +1,6 @@
-//! Load balancing (`lb_policy` ROUND_ROBIN, LEAST_REQUEST, RANDOM) over a cluster's host set,
-//! with Envoy's priority selection and panic mode. Round-robin position is per worker.
+//! Load balancing (`lb_policy` ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV) over a
+//! cluster's host set, with Envoy's priority selection, panic mode and locality weighting.
+//! Round-robin position is per worker.
 
 use super::cluster::Cluster;
 use super::host::{Host, HostSet, Priority};
@@ -14,36 +15,76 @@ thread_local! {
     static CURSORS: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
 }
 
-/// Choose a host, or `None` when the cluster has no host at all (`UH`).
-pub fn choose(cluster: &Cluster) -> Option<Arc<Host>> {
-    let set = cluster.hosts.load();
-    choose_from(cluster, &set)
+/// What a request tells the load balancer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// The request's hash (route `hash_policy`), for RING_HASH and MAGLEV.
+    pub hash: Option<u64>,
+    /// Host selection attempt (> 0 when a retry predicate rejected the previous choice).
+    pub attempt: u32,
 }
 
-fn choose_from(cluster: &Cluster, set: &HostSet) -> Option<Arc<Host>> {
+/// Choose a host, or `None` when the cluster has no host at all (`UH`).
+pub fn choose(cluster: &Cluster) -> Option<Arc<Host>> {
+    choose_with(cluster, Context::default())
+}
+
+/// Choose a host for a request with a hash and/or a selection attempt.
+pub fn choose_with(cluster: &Cluster, ctx: Context) -> Option<Arc<Host>> {
+    let set = cluster.hosts.load();
+    choose_from(cluster, &set, ctx)
+}
+
+fn choose_from(cluster: &Cluster, set: &HostSet, ctx: Context) -> Option<Arc<Host>> {
     if set.priorities.is_empty() {
         return None;
     }
-    let prio = pick_priority(&set.priority_load);
+    let policy = &cluster.config.lb_policy;
+    // Hashing balancers pick the priority with the hash too, as Envoy does.
+    let hash = if policy.is_hashing() {
+        Some(ctx.hash.unwrap_or_else(|| fastrand::u64(..)))
+    } else {
+        None
+    };
+    let prio = match hash {
+        Some(h) => pick_priority_at(&set.priority_load, (h % 100) as u32),
+        None => pick_priority(&set.priority_load),
+    };
     let p: &Priority = &set.priorities[prio];
     let panic = p.healthy_percent < cluster.config.healthy_panic_threshold || p.healthy.is_empty();
-    let (hosts, schedule) = if panic {
+    let (hosts, mut schedule, table) = if panic {
         if !p.hosts.is_empty() {
             cluster.stats.lb_healthy_panic.inc();
         }
-        (&p.hosts, &p.all_schedule)
+        (&p.hosts, &p.all_schedule[..], &p.all_table)
     } else {
-        (&p.healthy, &p.healthy_schedule)
+        (&p.healthy, &p.healthy_schedule[..], &p.healthy_table)
     };
     if hosts.is_empty() {
         return None;
     }
-    let idx = match cluster.config.lb_policy {
-        LbPolicy::RoundRobin => {
+    if let (Some(h), Some(t)) = (hash, table) {
+        return t.pick(h, ctx.attempt).map(|i| hosts[i].clone());
+    }
+    // Locality-weighted: first the locality (by effective weight), then a host in it.
+    let mut cursor_key = cluster.id;
+    if !panic
+        && let Some(l) = &p.localities
+        && !l.schedule.is_empty()
+    {
+        let which = l.schedule[fastrand::usize(..l.schedule.len())] as usize;
+        schedule = &l.schedules[which];
+        cursor_key ^= (which as u64 + 1) << 48;
+    }
+    if schedule.is_empty() {
+        return None;
+    }
+    let idx = match *policy {
+        LbPolicy::RoundRobin | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
             let n = CURSORS.with(|c| {
                 let mut c = c.borrow_mut();
                 let cur = c
-                    .entry(cluster.id)
+                    .entry(cursor_key)
                     .or_insert_with(|| fastrand::usize(..schedule.len().max(1)));
                 *cur = cur.wrapping_add(1);
                 *cur
@@ -51,15 +92,26 @@ fn choose_from(cluster: &Cluster, set: &HostSet) -> Option<Arc<Host>> {
             schedule[n % schedule.len()] as usize
         }
         LbPolicy::Random => schedule[fastrand::usize(..schedule.len())] as usize,
-        LbPolicy::LeastRequest { choice_count } => {
-            // Power of n choices on active requests, weight-aware: (active + 1) / weight.
+        LbPolicy::LeastRequest {
+            choice_count,
+            active_request_bias,
+        } => {
+            // Power of n choices over the (weighted) schedule. Equal weights: fewest active
+            // requests. Unequal: Envoy's effective weight, weight / (active + 1)^bias.
+            let equal = hosts.iter().all(|h| h.weight == hosts[0].weight);
+            let score = |j: usize| {
+                let active = (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64;
+                if equal {
+                    active
+                } else if active_request_bias == 1.0 {
+                    active / f64::from(hosts[j].weight.max(1))
+                } else {
+                    active.powf(active_request_bias) / f64::from(hosts[j].weight.max(1))
+                }
+            };
             let mut best: Option<usize> = None;
             for _ in 0..choice_count {
                 let i = schedule[fastrand::usize(..schedule.len())] as usize;
-                let score = |j: usize| {
-                    (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64
-                        / hosts[j].weight.max(1) as f64
-                };
                 best = match best {
                     Some(b) if score(b) <= score(i) => Some(b),
                     _ => Some(i),
@@ -75,7 +127,14 @@ fn pick_priority(load: &[u32]) -> usize {
     if load.len() <= 1 || load[0] == 100 {
         return 0;
     }
-    let mut point = fastrand::u32(..100);
+    pick_priority_at(load, fastrand::u32(..100))
+}
+
+/// The priority whose share of the load covers `point` (0..100).
+fn pick_priority_at(load: &[u32], mut point: u32) -> usize {
+    if load.len() <= 1 || load[0] == 100 {
+        return 0;
+    }
     for (i, l) in load.iter().enumerate() {
         if point < *l {
             return i;
@@ -148,6 +207,7 @@ mod tests {
             metadata_exchange: None,
             outlier: None,
             health_checks: Vec::new(),
+            locality_weighted: false,
         };
         Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
     }
@@ -207,7 +267,10 @@ mod tests {
     #[test]
     fn least_request_prefers_idle_hosts() {
         let c = cluster(
-            LbPolicy::LeastRequest { choice_count: 2 },
+            LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
             vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Healthy, 0)],
         );
         let busy = c.hosts.load().priorities[0]
@@ -224,5 +287,37 @@ mod tests {
             .filter(|_| choose(&c).unwrap().address.port() == 2)
             .count();
         assert!((120..200).contains(&picks), "{picks}");
+    }
+
+    #[test]
+    fn least_request_active_request_bias() {
+        // Weights 1 and 4; the heavy host has 9 requests in flight.
+        let pick = |bias: f64| {
+            let c = cluster(
+                LbPolicy::LeastRequest {
+                    choice_count: 2,
+                    active_request_bias: bias,
+                },
+                vec![(1, 1, Health::Healthy, 0), (2, 4, Health::Healthy, 0)],
+            );
+            let heavy = c.hosts.load().priorities[0]
+                .hosts
+                .iter()
+                .find(|h| h.address.port() == 2)
+                .unwrap()
+                .clone();
+            heavy.stats.rq_active.store(9, Relaxed);
+            fastrand::seed(11);
+            (0..1000)
+                .filter(|_| choose(&c).unwrap().address.port() == 2)
+                .count()
+        };
+        // Bias 0: active requests do not matter, weights do (the heavy host wins every pair it
+        // is in: 1 - (1/5)² = 96 %).
+        let unbiased = pick(0.0);
+        assert!(unbiased > 900, "{unbiased}");
+        // Bias 1: 10/4 = 2.5 against 1/1 — the light host wins whenever drawn.
+        let biased = pick(1.0);
+        assert!(biased < 700, "{biased}");
     }
 }

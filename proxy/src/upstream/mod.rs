@@ -2,6 +2,7 @@
 
 pub mod circuit_breakers;
 pub mod cluster;
+pub mod hash;
 pub mod health_check;
 pub mod host;
 pub mod lb;
