@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Direct,
     Remora,
+    /// remora with Istio-style resilience configured on the path: circuit breakers, a retry
+    /// policy, outlier detection (none of which trips on the happy path).
+    #[serde(rename = "remora-resilient")]
+    RemoraResilient,
     Nginx,
     Haproxy,
 }
@@ -21,6 +25,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Remora => "remora",
+            Kind::RemoraResilient => "remora-resilient",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
@@ -30,6 +35,7 @@ impl Kind {
         Some(match s {
             "direct" => Kind::Direct,
             "remora" => Kind::Remora,
+            "remora-resilient" => Kind::RemoraResilient,
             "nginx" => Kind::Nginx,
             "haproxy" => Kind::Haproxy,
             _ => return None,
@@ -109,7 +115,7 @@ impl Drop for Running {
 /// Whether a peer binary is installed.
 pub fn installed(kind: Kind) -> bool {
     match kind {
-        Kind::Direct | Kind::Remora => true,
+        Kind::Direct | Kind::Remora | Kind::RemoraResilient => true,
         Kind::Nginx => which("nginx").is_some(),
         Kind::Haproxy => which("haproxy").is_some(),
     }
@@ -202,9 +208,13 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
     let (program, args) = match kind {
-        Kind::Remora => {
+        Kind::Remora | Kind::RemoraResilient => {
             let cfg = dir.join("bootstrap.yaml");
-            std::fs::write(&cfg, remora_config(port, s.upstream, s.h2, s.access_log))?;
+            let mut yaml = remora_config(port, s.upstream, s.h2, s.access_log);
+            if kind == Kind::RemoraResilient {
+                yaml = with_resilience(&yaml);
+            }
+            std::fs::write(&cfg, yaml)?;
             (
                 s.remora_bin.clone(),
                 vec![
@@ -245,7 +255,12 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     };
     let mut child = spawn(&program, &args, &s.cpus, &log)?;
     // nginx and HAProxy serve h2c only with prior knowledge on an HTTP/2 listener.
-    wait_ready(addr, &mut child, &log, s.h2 && kind != Kind::Remora)?;
+    wait_ready(
+        addr,
+        &mut child,
+        &log,
+        s.h2 && !matches!(kind, Kind::Remora | Kind::RemoraResilient),
+    )?;
     Ok(Running::process(addr, child))
 }
 
@@ -294,6 +309,23 @@ pub fn remora_config(port: u16, upstream: SocketAddr, _h2: bool, access_log: boo
 "#,
         upstream.ip(),
         upstream.port()
+    )
+}
+
+/// The bench bootstrap with what istiod writes for a DestinationRule/VirtualService with
+/// connection-pool limits, outlier detection and retries: Istio's default retry policy (2
+/// attempts on connect-failure, refused-stream, unavailable, cancelled, retriable 503, other
+/// hosts preferred), circuit breakers at Istio's values, consecutive-5xx ejection.
+pub fn with_resilience(yaml: &str) -> String {
+    yaml.replacen(
+        "route: {cluster: upstream}",
+        "route: {cluster: upstream, retry_policy: {retry_on: \"connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\", num_retries: 2, retriable_status_codes: [503], retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], host_selection_retry_max_attempts: 5}}",
+        1,
+    )
+    .replacen(
+        "    type: STATIC\n",
+        "    type: STATIC\n    circuit_breakers:\n      thresholds:\n      - {max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}\n    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}\n",
+        1,
     )
 }
 
@@ -375,4 +407,23 @@ backend up
   server s1 {upstream}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resilient_bootstrap_differs_where_it_should() {
+        let plain = remora_config(1, "127.0.0.1:2".parse().unwrap(), false, false);
+        let resilient = with_resilience(&plain);
+        for want in [
+            "retry_policy: {retry_on: \"connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\"",
+            "    circuit_breakers:\n      thresholds:\n",
+            "    outlier_detection: {consecutive_5xx: 5",
+        ] {
+            assert!(!plain.contains(want));
+            assert!(resilient.contains(want), "{want}\n{resilient}");
+        }
+    }
 }

@@ -396,3 +396,39 @@ async fn all_hosts_ejected_means_panic_routing() {
     let log = r.log_lines("access.log", 3).await;
     assert!(!log.iter().any(|l| l.contains("UH")), "{log:?}");
 }
+
+/// HTTP/2 upstream pools: streams share one connection up to the cluster's
+/// `max_concurrent_streams`; beyond it the pool opens another connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_pools_open_connections_at_max_concurrent_streams() {
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
+    for (streams, want) in [("", 1), ("max_concurrent_streams: 2", 3)] {
+        let r = Remora::start_with(
+            &bootstrap(
+                &http_listener("main", "", vhosts),
+                &cluster(
+                    "backend",
+                    &[u.addr],
+                    &format!("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{{streams}}}}}\n"),
+                ),
+            ),
+            &["--concurrency", "1"],
+        )
+        .await;
+        let addr = r.addr("main");
+        let tasks: Vec<_> = (0..6)
+            .map(|_| tokio::spawn(async move { get(addr, "x", "/delay/300").await }))
+            .collect();
+        for t in tasks {
+            let resp = t.await.unwrap();
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.json()["version"], "HTTP/2.0");
+        }
+        assert_eq!(
+            r.stat("cluster.backend.upstream_cx_http2_total").await,
+            want,
+            "six concurrent streams, {streams:?}"
+        );
+    }
+}

@@ -15,6 +15,8 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Hyper(hyper::body::Incoming),
+    /// An upstream HTTP/2 response body, holding its stream's place on the pooled connection.
+    H2Upstream(hyper::body::Incoming, crate::upstream::pool::StreamSlot),
     /// A downstream HTTP/1 request body read by the codec.
     H1(super::codec::h1::RequestBody),
     /// An upstream HTTP/1 response body read by the client codec.
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Body {
             Body::Empty => f.write_str("Body::Empty"),
             Body::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
             Body::Hyper(_) => f.write_str("Body::Hyper"),
+            Body::H2Upstream(..) => f.write_str("Body::H2Upstream"),
             Body::H1(_) => f.write_str("Body::H1"),
             Body::H1Upstream(_) => f.write_str("Body::H1Upstream"),
             Body::Tracked(_) => f.write_str("Body::Tracked"),
@@ -64,7 +67,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Hyper(h) => Pin::new(h)
+            Body::Hyper(h) | Body::H2Upstream(h, _) => Pin::new(h)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BodyError),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
@@ -79,7 +82,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Hyper(h) => h.is_end_stream(),
+            Body::Hyper(h) | Body::H2Upstream(h, _) => h.is_end_stream(),
             Body::H1(b) => b.is_end_stream(),
             Body::H1Upstream(b) => b.is_end_stream(),
             Body::Tracked(b) => b.is_end_stream(),
@@ -92,7 +95,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Hyper(h) => h.size_hint(),
+            Body::Hyper(h) | Body::H2Upstream(h, _) => h.size_hint(),
             Body::H1(b) => b.size_hint(),
             Body::H1Upstream(b) => b.size_hint(),
             Body::Tracked(b) => b.size_hint(),

@@ -70,13 +70,22 @@ impl<'a> RetryState<'a> {
     /// The state for a request, or `None` when nothing could be retried. Reads (and the caller
     /// then removes) the `x-envoy-retry-on`, `x-envoy-retry-grpc-on`, `x-envoy-max-retries`,
     /// `x-envoy-retriable-status-codes` and `x-envoy-retriable-header-names` headers.
+    /// `envoy_headers`: whether the request has any `x-envoy-*` header (without one, the
+    /// header lookups are skipped).
     pub fn new(
         policy: &'a RetryPolicy,
         cluster: &'a Cluster,
         method: &Method,
         headers: &HeaderMap,
+        envoy_headers: bool,
     ) -> Option<Self> {
-        let header = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+        let header = |n: &HeaderName| {
+            if envoy_headers {
+                headers.get(n).and_then(|v| v.to_str().ok())
+            } else {
+                None
+            }
+        };
         let mut bits = policy.retry_on.0;
         let retry_on_header = header(&names::X_ENVOY_RETRY_ON);
         let grpc_header = header(&names::X_ENVOY_RETRY_GRPC_ON);

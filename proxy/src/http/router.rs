@@ -291,12 +291,13 @@ pub async fn forward(
     // Retries: the route's (or else the virtual host's) policy, plus what `x-envoy-retry-*`
     // asks (those headers only survive from trusted sources: see the connection manager).
     let mut retry = match (policy, envoy_headers) {
-        (Some(p), _) => RetryState::new(p, &cluster, &parts.method, &parts.headers),
+        (Some(p), e) => RetryState::new(p, &cluster, &parts.method, &parts.headers, e),
         (None, true) => RetryState::new(
             &DEFAULT_RETRY_POLICY,
             &cluster,
             &parts.method,
             &parts.headers,
+            true,
         ),
         (None, false) => None,
     };
@@ -390,6 +391,7 @@ pub async fn forward(
         attempt += 1;
         stream.info.attempt_count = attempt;
         stream.info.upstream_host = Some(host.address);
+        stream.info.upstream_local = None;
         if let Some(r) = &mut retry {
             r.tried(host.address);
         }
@@ -1079,7 +1081,7 @@ async fn send_h2(
         .unwrap_or("/");
     parts.uri = http::Uri::try_from(format!("http://{authority}{pq}"))
         .map_err(|_| Failure::DownstreamGone)?;
-    let (mut sender, local, tls) = pool::acquire_h2(cluster, host, alpn)
+    let (mut sender, local, tls, slot) = pool::acquire_h2(cluster, host, alpn)
         .await
         .map_err(Failure::Connect)?;
     stream.info.upstream_local = local;
@@ -1091,7 +1093,7 @@ async fn send_h2(
         sender.send_request(req).await
     };
     match wait(fut, timers).await {
-        Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| Body::H2Upstream(b, slot))),
         Ok(Err(e)) => Err(classify(e)),
         Err(f) => Err(f),
     }

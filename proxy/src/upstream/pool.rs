@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -434,10 +434,27 @@ enum H2State {
     Connecting(H2Connect),
 }
 
+/// One HTTP/2 connection of a pool and the streams it carries (at most the cluster's
+/// `max_concurrent_streams`; beyond that the pool opens another connection).
+struct H2Entry {
+    state: H2State,
+    active: Arc<AtomicU32>,
+}
+
+/// A stream's place on an HTTP/2 connection, given back when the response body is done.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 struct HostPool {
     host: Weak<Host>,
     h1: Vec<Idle>,
-    h2: Option<H2State>,
+    h2: Vec<H2Entry>,
     slot: Arc<PoolSlot>,
 }
 
@@ -446,7 +463,7 @@ impl HostPool {
         Self {
             host,
             h1: Vec::new(),
-            h2: None,
+            h2: Vec::new(),
             slot: Arc::default(),
         }
     }
@@ -551,13 +568,20 @@ pub async fn connect_h1(
 // === HTTP/2 pool ===
 
 /// A multiplexed HTTP/2 connection to `host` (shared by this worker's requests).
-/// A multiplexed HTTP/2 connection's sender, its local address and what its TLS handshake
-/// established.
+/// A multiplexed HTTP/2 connection's sender, its local address, what its TLS handshake
+/// established, and the stream's slot on the connection (hold it until the response ends).
 pub type H2Sender = (
     http2::SendRequest<Body>,
     Option<std::net::SocketAddr>,
     Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
+    StreamSlot,
 );
+
+/// What a request found in the worker's HTTP/2 pool.
+enum H2Pick {
+    Ready(H2Ready, StreamSlot),
+    Wait(H2Connect, StreamSlot),
+}
 
 pub async fn acquire_h2(
     cluster: &Arc<Cluster>,
@@ -565,51 +589,83 @@ pub async fn acquire_h2(
     alpn: Alpn<'_>,
 ) -> Result<H2Sender, ConnectError> {
     let key = pool_key(host, alpn);
-    let state = POOLS.with(|p| {
+    let limit = cluster.config.http2.max_concurrent_streams.max(1);
+    let pick = POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&key)?;
-        if let Some(H2State::Ready(_, _, _, last_used)) = &mut entry.h2 {
-            *last_used = Instant::now();
-        }
-        entry.h2.clone()
+        entry
+            .h2
+            .retain(|e| !matches!(&e.state, H2State::Ready(s, ..) if s.is_closed()));
+        // The first connection with room; at the connection limit, the least busy one.
+        let room = entry
+            .h2
+            .iter()
+            .position(|e| e.active.load(Relaxed) < limit)
+            .or_else(|| {
+                (!cluster.circuit_breakers.default.connections.can_create())
+                    .then(|| (0..entry.h2.len()).min_by_key(|i| entry.h2[*i].active.load(Relaxed)))
+                    .flatten()
+            })?;
+        let e = &mut entry.h2[room];
+        e.active.fetch_add(1, Relaxed);
+        let slot = StreamSlot(e.active.clone());
+        Some(match &mut e.state {
+            H2State::Ready(s, stats, local, last_used) => {
+                *last_used = Instant::now();
+                H2Pick::Ready((s.clone(), stats.clone(), *local), slot)
+            }
+            H2State::Connecting(fut) => H2Pick::Wait(fut.clone(), slot),
+        })
     });
-    let fut = match state {
-        Some(H2State::Ready(sender, stats, local, _)) if !sender.is_closed() => {
-            return Ok((sender, local, stats.tls.clone()));
+    let (fut, slot) = match pick {
+        Some(H2Pick::Ready((s, stats, local), slot)) => {
+            return Ok((s, local, stats.tls.clone(), slot));
         }
-        Some(H2State::Connecting(fut)) => fut,
-        _ => {
+        Some(H2Pick::Wait(fut, slot)) => (fut, slot),
+        None => {
             let (c, h, a) = (cluster.clone(), host.clone(), alpn.cloned());
-            // One connection per host per worker: opened even at the connection limit (counted
-            // as an overflow), as Envoy does for a pool with no connection.
+            // A pool's first connection is opened even at the connection limit (counted as an
+            // overflow), as Envoy does for a pool with no connection.
             if !cluster.circuit_breakers.default.connections.can_create() {
                 cluster.stats.traffic().upstream_cx_overflow.inc();
             }
             let fut = async move { connect_h2(&c, &h, a.as_ref()).await }
                 .boxed()
                 .shared();
+            let active = Arc::new(AtomicU32::new(1));
             let weak = Arc::downgrade(host);
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
                 let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
-                entry.h2 = Some(H2State::Connecting(fut.clone()));
+                entry.h2.push(H2Entry {
+                    state: H2State::Connecting(fut.clone()),
+                    active: active.clone(),
+                });
             });
-            fut
+            (fut, StreamSlot(active))
         }
     };
     let result = fut.await;
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        if let Some(entry) = p.get_mut(&key)
-            && matches!(entry.h2, Some(H2State::Connecting(_)))
-        {
-            entry.h2 = result
-                .as_ref()
-                .ok()
-                .map(|(s, st, l)| H2State::Ready(s.clone(), st.clone(), *l, Instant::now()));
+        if let Some(entry) = p.get_mut(&key) {
+            let at = entry.h2.iter().position(|e| {
+                Arc::ptr_eq(&e.active, &slot.0) && matches!(e.state, H2State::Connecting(_))
+            });
+            if let Some(i) = at {
+                match &result {
+                    Ok((s, st, l)) => {
+                        entry.h2[i].state =
+                            H2State::Ready(s.clone(), st.clone(), *l, Instant::now())
+                    }
+                    Err(_) => {
+                        entry.h2.remove(i);
+                    }
+                }
+            }
         }
     });
-    result.map(|(s, stats, l)| (s, l, stats.tls.clone()))
+    result.map(|(s, stats, l)| (s, l, stats.tls.clone(), slot))
 }
 
 async fn connect_h2(
@@ -642,9 +698,10 @@ pub async fn learn_protocol(
             let entry = p
                 .entry(pool_key(host, alpn))
                 .or_insert_with(|| HostPool::new(weak));
-            if !matches!(entry.h2, Some(H2State::Ready(..))) {
-                entry.h2 = Some(H2State::Ready(ready.0, ready.1, ready.2, Instant::now()));
-            }
+            entry.h2.push(H2Entry {
+                state: H2State::Ready(ready.0, ready.1, ready.2, Instant::now()),
+                active: Arc::default(),
+            });
         });
     } else {
         H1Conn::new(io, cluster, host, alpn).park();
@@ -705,22 +762,28 @@ pub fn sweep() {
                 }
                 !expired && idle.conn.idle_and_open()
             });
-            if let Some(H2State::Ready(s, stats, _, last_used)) = &entry.h2 {
+            entry.h2.retain(|e| {
+                let H2State::Ready(s, stats, _, last_used) = &e.state else {
+                    return true;
+                };
                 let cluster = &stats.cluster;
                 if s.is_closed() {
-                    entry.h2 = None;
-                } else if cluster
-                    .config
-                    .idle_timeout
-                    .is_some_and(|t| last_used.elapsed() >= t)
+                    return false;
+                }
+                if e.active.load(Relaxed) == 0
+                    && cluster
+                        .config
+                        .idle_timeout
+                        .is_some_and(|t| last_used.elapsed() >= t)
                 {
-                    // Dropping the last sender closes the connection once its streams finish.
+                    // Dropping the last sender closes the connection.
                     cluster.stats.traffic().upstream_cx_idle_timeout.inc();
                     stats.close_locally();
-                    entry.h2 = None;
+                    return false;
                 }
-            }
-            !entry.h1.is_empty() || entry.h2.is_some() || entry.slot.live.load(Relaxed) > 0
+                true
+            });
+            !entry.h1.is_empty() || !entry.h2.is_empty() || entry.slot.live.load(Relaxed) > 0
         });
     });
 }
