@@ -431,4 +431,24 @@ async fn http2_pools_open_connections_at_max_concurrent_streams() {
             "six concurrent streams, {streams:?}"
         );
     }
+    // `max_requests_per_connection` applies to HTTP/2 connections too: 5 requests, 2 per
+    // connection, 3 connections.
+    let r = Remora::start_with(
+        &bootstrap(
+            &http_listener("main", "", vhosts),
+            &cluster(
+                "backend",
+                &[u.addr],
+                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_requests_per_connection: 2}\n        explicit_http_config: {http2_protocol_options: {}}\n",
+            ),
+        ),
+        &["--concurrency", "1"],
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(r.addr("main"), "x", "/").await.status, 200);
+    }
+    let s = r.stats().await;
+    assert_eq!(s["cluster.backend.upstream_cx_http2_total"], 3);
+    assert_eq!(s["cluster.backend.upstream_cx_max_requests"], 2);
 }

@@ -439,6 +439,36 @@ enum H2State {
 struct H2Entry {
     state: H2State,
     active: Arc<AtomicU32>,
+    /// Streams started on it (for `max_requests_per_connection`).
+    served: u32,
+    created: Instant,
+}
+
+impl H2Entry {
+    fn new(state: H2State, active: Arc<AtomicU32>) -> Self {
+        Self {
+            state,
+            active,
+            served: 0,
+            created: Instant::now(),
+        }
+    }
+
+    /// Whether the connection has served its `max_requests_per_connection` or lived its
+    /// `max_connection_duration`: it takes no new stream (it closes once its streams end).
+    fn spent(&self, cluster: &Cluster) -> bool {
+        let cfg = &cluster.config;
+        let by_count = cfg
+            .max_requests_per_connection
+            .is_some_and(|max| self.served >= max);
+        if by_count {
+            cluster.stats.traffic().upstream_cx_max_requests.inc();
+        }
+        by_count
+            || cfg
+                .max_connection_duration
+                .is_some_and(|d| self.created.elapsed() >= d)
+    }
 }
 
 /// A stream's place on an HTTP/2 connection, given back when the response body is done.
@@ -593,9 +623,16 @@ pub async fn acquire_h2(
     let pick = POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&key)?;
-        entry
-            .h2
-            .retain(|e| !matches!(&e.state, H2State::Ready(s, ..) if s.is_closed()));
+        entry.h2.retain(|e| match &e.state {
+            H2State::Ready(s, stats, ..) => {
+                let keep = !s.is_closed() && !e.spent(cluster);
+                if !keep {
+                    stats.close_locally();
+                }
+                keep
+            }
+            H2State::Connecting(_) => true,
+        });
         // The first connection with room; at the connection limit, the least busy one.
         let room = entry
             .h2
@@ -608,6 +645,7 @@ pub async fn acquire_h2(
             })?;
         let e = &mut entry.h2[room];
         e.active.fetch_add(1, Relaxed);
+        e.served += 1;
         let slot = StreamSlot(e.active.clone());
         Some(match &mut e.state {
             H2State::Ready(s, stats, local, last_used) => {
@@ -637,10 +675,9 @@ pub async fn acquire_h2(
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
                 let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
-                entry.h2.push(H2Entry {
-                    state: H2State::Connecting(fut.clone()),
-                    active: active.clone(),
-                });
+                let mut e = H2Entry::new(H2State::Connecting(fut.clone()), active.clone());
+                e.served = 1;
+                entry.h2.push(e);
             });
             (fut, StreamSlot(active))
         }
@@ -698,10 +735,10 @@ pub async fn learn_protocol(
             let entry = p
                 .entry(pool_key(host, alpn))
                 .or_insert_with(|| HostPool::new(weak));
-            entry.h2.push(H2Entry {
-                state: H2State::Ready(ready.0, ready.1, ready.2, Instant::now()),
-                active: Arc::default(),
-            });
+            entry.h2.push(H2Entry::new(
+                H2State::Ready(ready.0, ready.1, ready.2, Instant::now()),
+                Arc::default(),
+            ));
         });
     } else {
         H1Conn::new(io, cluster, host, alpn).park();
