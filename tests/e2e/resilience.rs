@@ -403,18 +403,24 @@ async fn all_hosts_ejected_means_panic_routing() {
 async fn http2_pools_open_connections_at_max_concurrent_streams() {
     let u = upstream("u").await;
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
-    for (streams, want) in [("", 1), ("max_concurrent_streams: 2", 3)] {
-        let r = Remora::start_with(
-            &bootstrap(
-                &http_listener("main", "", vhosts),
-                &cluster(
-                    "backend",
-                    &[u.addr],
-                    &format!("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{{streams}}}}}\n"),
+    // One worker (one pool), HTTP/2 to the upstream with these protocol options.
+    let start = |options: String| {
+        let yaml = bootstrap(
+            &http_listener("main", "", vhosts),
+            &cluster(
+                "backend",
+                &[u.addr],
+                &format!(
+                    "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{options}"
                 ),
             ),
-            &["--concurrency", "1"],
-        )
+        );
+        async move { Remora::start_with(&yaml, &["--concurrency", "1"]).await }
+    };
+    for (streams, want) in [("", 1), ("max_concurrent_streams: 2", 3)] {
+        let r = start(format!(
+            "        explicit_http_config: {{http2_protocol_options: {{{streams}}}}}\n"
+        ))
         .await;
         let addr = r.addr("main");
         let tasks: Vec<_> = (0..6)
@@ -433,16 +439,8 @@ async fn http2_pools_open_connections_at_max_concurrent_streams() {
     }
     // `max_requests_per_connection` applies to HTTP/2 connections too: 5 requests, 2 per
     // connection, 3 connections.
-    let r = Remora::start_with(
-        &bootstrap(
-            &http_listener("main", "", vhosts),
-            &cluster(
-                "backend",
-                &[u.addr],
-                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_requests_per_connection: 2}\n        explicit_http_config: {http2_protocol_options: {}}\n",
-            ),
-        ),
-        &["--concurrency", "1"],
+    let r = start(
+        "        common_http_protocol_options: {max_requests_per_connection: 2}\n        explicit_http_config: {http2_protocol_options: {}}\n".into(),
     )
     .await;
     for _ in 0..5 {

@@ -151,6 +151,13 @@ fn proxy(hosts: &[SocketAddr], policy: &str, vhost_extra: &str, cluster_extra: &
     )
 }
 
+/// A proxy (route `retry_policy` as given) in front of one scripted upstream.
+async fn behind(script: &[Act], then: Option<Act>, policy: &str) -> (Scripted, Remora) {
+    let u = Scripted::start(script, then).await;
+    let r = Remora::start(&proxy(&[u.addr], policy, "", "")).await;
+    (u, r)
+}
+
 fn post(addr: SocketAddr, body: &'static str) -> impl std::future::Future<Output = Resp> {
     let req = http::Request::post(format!("http://{addr}/upload"))
         .header("host", "x")
@@ -200,13 +207,11 @@ async fn transient_503s_are_retried_with_the_body_replayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resets_are_retried_and_exhausted_retries_report_urx() {
-    let u = Scripted::start(&[Act::Reset], Some(Act::Reset)).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
+    let (u, r) = behind(
+        &[Act::Reset],
+        Some(Act::Reset),
         "{retry_on: reset, num_retries: 2}",
-        "",
-        "",
-    ))
+    )
     .await;
     let resp = get(r.addr("main"), "x", "/").await;
     assert_eq!(resp.status, 503);
@@ -222,21 +227,18 @@ async fn resets_are_retried_and_exhausted_retries_report_urx() {
     assert_eq!(s["cluster.backend.upstream_rq_503"], 1);
 
     // A reset followed by an answer: the client never sees the reset.
-    let u = Scripted::start(&[Act::Reset], None).await;
-    let r = Remora::start(&proxy(&[u.addr], "{retry_on: reset}", "", "")).await;
+    let (_u, r) = behind(&[Act::Reset], None, "{retry_on: reset}").await;
     let resp = post(r.addr("main"), "again").await;
     assert_eq!((resp.status, resp.text()), (200, "/again".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_outside_retry_on_are_not_retried() {
-    let u = Scripted::start(&[Act::Status(500, ""), Act::Status(409, "")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
+    let (u, r) = behind(
+        &[Act::Status(500, ""), Act::Status(409, "")],
+        None,
         "{retry_on: \"gateway-error,connect-failure,refused-stream\", num_retries: 3}",
-        "",
-        "",
-    ))
+    )
     .await;
     assert_eq!(get(r.addr("main"), "x", "/").await.status, 500);
     assert_eq!(get(r.addr("main"), "x", "/").await.status, 409);
@@ -292,13 +294,11 @@ async fn per_try_timeout_then_retry_to_another_host() {
     assert_eq!(s["cluster.backend.upstream_rq_timeout"], 0);
 
     // Every host hangs: each try times out, then the answer is 504 UT with URX.
-    let h2 = Scripted::start(&[], Some(Act::Hang)).await;
-    let r = Remora::start(&proxy(
-        &[h2.addr],
+    let (_hanging, r) = behind(
+        &[],
+        Some(Act::Hang),
         "{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}",
-        "",
-        "",
-    ))
+    )
     .await;
     let resp = get(r.addr("main"), "x", "/").await;
     assert_eq!(resp.status, 504);
@@ -333,14 +333,7 @@ async fn the_route_timeout_bounds_all_tries() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limited_back_off_honours_retry_after() {
-    let u = Scripted::start(&[Act::Status(503, "retry-after: 1\r\n")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
-        "{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}], max_interval: 5s}}",
-        "",
-        "",
-    ))
-    .await;
+    let (_u, r) = behind(&[Act::Status(503, "retry-after: 1\r\n")], None, "{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}], max_interval: 5s}}").await;
     let started = Instant::now();
     let resp = get(r.addr("main"), "x", "/").await;
     let took = started.elapsed();
@@ -427,13 +420,11 @@ async fn grpc_status_and_request_headers_select_retries() {
     assert_eq!(resp.status, 200);
     assert_eq!(u.seen().len(), 3);
     // A retriable status code given by header.
-    let u = Scripted::start(&[Act::Status(418, "")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
+    let (_u, r) = behind(
+        &[Act::Status(418, "")],
+        None,
         "{retry_on: retriable-status-codes}",
-        "",
-        "",
-    ))
+    )
     .await;
     let resp = get_with(
         r.addr("main"),
@@ -496,24 +487,7 @@ async fn retry_budget_caps_a_retry_storm() {
 /// written on it. The request goes out again on a new connection; the client never sees 503.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_closing_a_reused_connection_is_never_a_503() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                // Answer the first request with keep-alive; close on the second without a word.
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
+    let addr = one_answer_per_connection(None).await;
     let r = Remora::start_with(
         &bootstrap(
             &http_listener(
@@ -536,13 +510,11 @@ async fn an_upstream_closing_a_reused_connection_is_never_a_503() {
 /// once the last attempt's response streams, a pause that long in its body ends it.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_try_idle_timeout_bounds_silence_before_and_during_the_response() {
-    let hanging = Scripted::start(&[], Some(Act::Hang)).await;
-    let r = Remora::start(&proxy(
-        &[hanging.addr],
+    let (_hanging, r) = behind(
+        &[],
+        Some(Act::Hang),
         "{retry_on: connect-failure, per_try_idle_timeout: 0.2s}",
-        "",
-        "",
-    ))
+    )
     .await;
     let resp = get(r.addr("main"), "x", "/").await;
     assert_eq!(resp.status, 504);

@@ -603,6 +603,35 @@ pub fn closed_port() -> SocketAddr {
     a
 }
 
+/// A raw HTTP/1.1 server that answers the first request on each connection with a keep-alive
+/// `200 ok`, then closes the connection: after `linger` (the peer sees the FIN while idle), or,
+/// with `None`, when the next request arrives, without answering it (the keep-alive race).
+pub async fn one_answer_per_connection(linger: Option<Duration>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                match linger {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => {
+                        let _ = s.read(&mut buf).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A server that accepts, reads the request, and closes without answering.
 pub async fn closing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -231,25 +231,7 @@ async fn strict_dns_cluster_resolves_localhost() {
 async fn pooled_connection_closed_by_upstream_is_not_reused() {
     // A raw upstream that answers one request per connection, advertising keep-alive, then
     // closes: the classic 503 UC race if a proxy reuses the dead connection.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                // close (FIN) after the response
-            });
-        }
-    });
+    let addr = one_answer_per_connection(Some(Duration::from_millis(20))).await;
     let r = Remora::start_with(
         &bootstrap(
             &http_listener("main", "", &vhost_to("flaky", "")),

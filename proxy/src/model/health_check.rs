@@ -316,14 +316,8 @@ mod tests {
     use super::*;
 
     fn hc(yaml: &str) -> Result<HealthCheck> {
-        use crate::config::json::{JsonDecoder, decode_into};
-        use crate::config::load::{Format, parse_document};
-        let pool = crate::config::descriptors::envoy_pool();
-        let mut d = JsonDecoder::new(&pool, false);
-        let doc = parse_document(yaml, Format::Yaml, "t").unwrap();
         let path = FieldPath::new("clusters[0].health_checks[0]");
-        let p: pb::core::HealthCheck =
-            decode_into(&mut d, "envoy.config.core.v3.HealthCheck", &doc, &path).unwrap();
+        let p = crate::config::decode_yaml("envoy.config.core.v3.HealthCheck", yaml, &path);
         HealthCheck::from_proto(&path, &p)
     }
 

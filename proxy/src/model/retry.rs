@@ -305,14 +305,8 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> Result<RetryPolicy> {
-        use crate::config::json::{JsonDecoder, decode_into};
-        use crate::config::load::{Format, parse_document};
-        let pool = crate::config::descriptors::envoy_pool();
-        let mut d = JsonDecoder::new(&pool, false);
-        let doc = parse_document(yaml, Format::Yaml, "t").unwrap();
         let path = FieldPath::new("route.retry_policy");
-        let p: pb::route::RetryPolicy =
-            decode_into(&mut d, "envoy.config.route.v3.RetryPolicy", &doc, &path).unwrap();
+        let p = crate::config::decode_yaml("envoy.config.route.v3.RetryPolicy", yaml, &path);
         RetryPolicy::from_proto(&path, &p)
     }
 

@@ -1154,24 +1154,12 @@ pub fn rewrite_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::json::{JsonDecoder, decode_into};
-    use crate::config::{
-        descriptors::envoy_pool,
-        load::{Format, parse_document},
-    };
 
     fn rc(yaml: &str) -> Result<RouteConfig> {
-        let pool = envoy_pool();
-        let mut d = JsonDecoder::new(&pool, false);
-        let doc = parse_document(yaml, Format::Yaml, "t").unwrap();
-        let proto: pb::route::RouteConfiguration = decode_into(
-            &mut d,
-            "envoy.config.route.v3.RouteConfiguration",
-            &doc,
-            &FieldPath::new("route_config"),
-        )
-        .unwrap();
-        RouteConfig::from_proto(&FieldPath::new("route_config"), &proto, 4096)
+        let path = FieldPath::new("route_config");
+        let proto: pb::route::RouteConfiguration =
+            crate::config::decode_yaml("envoy.config.route.v3.RouteConfiguration", yaml, &path);
+        RouteConfig::from_proto(&path, &proto, 4096)
     }
 
     fn find<'a>(
