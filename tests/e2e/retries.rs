@@ -158,6 +158,15 @@ async fn behind(script: &[Act], then: Option<Act>, policy: &str) -> (Scripted, R
     (u, r)
 }
 
+/// What a client gets from a proxy (with this retry policy) whose one upstream never answers:
+/// the status, the access-log line, and the proxy (for its stats).
+async fn against_a_hanging_upstream(policy: &str) -> (u16, String, Remora) {
+    let (_hanging, r) = behind(&[], Some(Act::Hang), policy).await;
+    let status = get(r.addr("main"), "x", "/").await.status;
+    let line = r.log_lines("access.log", 1).await.remove(0);
+    (status, line, r)
+}
+
 fn post(addr: SocketAddr, body: &'static str) -> impl std::future::Future<Output = Resp> {
     let req = http::Request::post(format!("http://{addr}/upload"))
         .header("host", "x")
@@ -294,16 +303,10 @@ async fn per_try_timeout_then_retry_to_another_host() {
     assert_eq!(s["cluster.backend.upstream_rq_timeout"], 0);
 
     // Every host hangs: each try times out, then the answer is 504 UT with URX.
-    let (_hanging, r) = behind(
-        &[],
-        Some(Act::Hang),
-        "{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}",
-    )
-    .await;
-    let resp = get(r.addr("main"), "x", "/").await;
-    assert_eq!(resp.status, 504);
-    let log = r.log_lines("access.log", 1).await;
-    assert_eq!(log, ["504 UT,URX upstream_per_try_timeout 2"]);
+    let (status, line, _) =
+        against_a_hanging_upstream("{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}").await;
+    assert_eq!(status, 504);
+    assert_eq!(line, "504 UT,URX upstream_per_try_timeout 2");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -510,16 +513,10 @@ async fn an_upstream_closing_a_reused_connection_is_never_a_503() {
 /// once the last attempt's response streams, a pause that long in its body ends it.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_try_idle_timeout_bounds_silence_before_and_during_the_response() {
-    let (_hanging, r) = behind(
-        &[],
-        Some(Act::Hang),
-        "{retry_on: connect-failure, per_try_idle_timeout: 0.2s}",
-    )
-    .await;
-    let resp = get(r.addr("main"), "x", "/").await;
-    assert_eq!(resp.status, 504);
-    let log = r.log_lines("access.log", 1).await;
-    assert_eq!(log, ["504 UT upstream_per_try_idle_timeout 1"]);
+    let (status, line, r) =
+        against_a_hanging_upstream("{retry_on: connect-failure, per_try_idle_timeout: 0.2s}").await;
+    assert_eq!(status, 504);
+    assert_eq!(line, "504 UT upstream_per_try_idle_timeout 1");
     assert_eq!(
         r.stat("cluster.backend.upstream_rq_per_try_idle_timeout")
             .await,

@@ -271,6 +271,12 @@ fn localities(p: &Priority, overprovisioning_factor: u32) -> Localities {
             keys.push(&h.locality);
         }
     }
+    let position: std::collections::HashMap<*const Host, u32> = p
+        .healthy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (Arc::as_ptr(h), i as u32))
+        .collect();
     let mut schedules = Vec::with_capacity(keys.len());
     let mut weights = Vec::with_capacity(keys.len());
     for k in &keys {
@@ -292,15 +298,7 @@ fn localities(p: &Priority, overprovisioning_factor: u32) -> Localities {
         weights.push(f64::from(weight) * availability);
         // Indexes into `healthy` for this locality's hosts, weight-scheduled.
         let local = schedule(&healthy);
-        let index_of: Vec<u32> = healthy
-            .iter()
-            .map(|h| {
-                p.healthy
-                    .iter()
-                    .position(|x| Arc::ptr_eq(x, h))
-                    .expect("a healthy host of the priority") as u32
-            })
-            .collect();
+        let index_of: Vec<u32> = healthy.iter().map(|h| position[&Arc::as_ptr(h)]).collect();
         schedules.push(local.iter().map(|i| index_of[*i as usize]).collect());
     }
     let sum: f64 = weights.iter().sum();
