@@ -213,21 +213,17 @@ async fn istio_style_thresholds_and_defaults_in_stats() {
     // Refused by path: what remora does not enforce yet.
     let dir = TempDir::new("cb");
     let path = dir.path("b.yaml");
-    for (t, want) in [
-        (
-            "{max_connection_pools: 1}",
-            "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools: is not supported",
-        ),
-        (
-            "{retry_budget: {budget_interval: 1s}}",
-            "static_resources.clusters[0].circuit_breakers.thresholds[0].retry_budget.budget_interval: is not supported",
-        ),
-    ] {
-        std::fs::write(&path, proxy_yaml(u.addr, t)).unwrap();
-        let (code, _, err) = run(&["--mode", "validate", "-c", path.to_str().unwrap()]);
-        assert_eq!(code, 1);
-        assert!(err.contains(want), "{err}");
-    }
+    std::fs::write(
+        &path,
+        proxy_yaml(u.addr, "{retry_budget: {budget_interval: 1s}}"),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["--mode", "validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("static_resources.clusters[0].circuit_breakers.thresholds[0].retry_budget.budget_interval: is not supported"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,4 +445,53 @@ async fn http2_pools_open_connections_at_max_concurrent_streams() {
     let s = r.stats().await;
     assert_eq!(s["cluster.backend.upstream_cx_http2_total"], 3);
     assert_eq!(s["cluster.backend.upstream_cx_max_requests"], 2);
+}
+
+/// `max_connection_pools`: a host that would need a new pool beyond the limit gets no request
+/// (503 `UH`, `upstream_cx_pool_overflow`), as in Envoy; the host with a pool keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connection_pools_refuses_a_new_pool() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let yaml = bootstrap(
+        &http_listener(
+            "main",
+            LOG,
+            "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
+        ),
+        &cluster(
+            "backend",
+            &[a.addr, b.addr],
+            "    circuit_breakers:\n      thresholds:\n      - {max_connection_pools: 1, track_remaining: true}\n",
+        ),
+    );
+    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(r.addr("main"), "x", "/").await.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 200, 503, 503],
+        "round robin: one host has the only pool"
+    );
+    let log = r.log_lines("access.log", 4).await;
+    assert_eq!(
+        log.iter()
+            .filter(|l| *l == "503 UH no_healthy_upstream")
+            .count(),
+        2,
+        "{log:?}"
+    );
+    let s = r.stats().await;
+    assert_eq!(s["cluster.backend.upstream_cx_pool_overflow"], 2);
+    assert_eq!(
+        s["cluster.backend.circuit_breakers.default.cx_pool_open"],
+        1
+    );
+    assert_eq!(
+        s["cluster.backend.circuit_breakers.default.remaining_cx_pools"],
+        0
+    );
 }

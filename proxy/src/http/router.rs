@@ -113,7 +113,11 @@ impl Failure {
     fn reset(&self) -> Option<(Reset, bool)> {
         Some(match self {
             Failure::Connect(pool::ConnectError::Overflow) => (Reset::Overflow, false),
-            Failure::Connect(pool::ConnectError::PendingTimeout) => return None,
+            Failure::Connect(
+                pool::ConnectError::PendingTimeout | pool::ConnectError::PoolOverflow,
+            ) => {
+                return None;
+            }
             Failure::Connect(_) => (Reset::ConnectFailure, false),
             Failure::RemoteReset { refused: true } => (Reset::RefusedStream, true),
             Failure::PerTryTimeout
@@ -706,6 +710,14 @@ fn describe(
             bodies::OVERFLOW.into(),
             "upstream_reset_before_response_started{overflow}",
             ResponseFlags::UPSTREAM_OVERFLOW,
+            None,
+        ),
+        // No pool for the host (`max_connection_pools`): Envoy answers as for no host.
+        Failure::Connect(pool::ConnectError::PoolOverflow) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            bodies::NO_HEALTHY_UPSTREAM.into(),
+            "no_healthy_upstream",
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
             None,
         ),
         Failure::Connect(e) => {

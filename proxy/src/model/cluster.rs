@@ -387,6 +387,8 @@ pub struct Thresholds {
     pub track_remaining: bool,
     /// Replaces `max_retries` when set.
     pub retry_budget: Option<RetryBudget>,
+    /// Connection pools (per host and ALPN offer, per worker) the cluster may have at once.
+    pub max_connection_pools: u64,
 }
 
 impl Default for Thresholds {
@@ -398,6 +400,7 @@ impl Default for Thresholds {
             max_retries: 3,
             track_remaining: false,
             retry_budget: None,
+            max_connection_pools: u64::MAX,
         }
     }
 }
@@ -457,7 +460,6 @@ fn circuit_breakers(
                 })
             }
         };
-        deny(&tp, "max_connection_pools", max_connection_pools)?;
         let idx = p as usize;
         if seen[idx] {
             return Err(tp
@@ -476,6 +478,7 @@ fn circuit_breakers(
             max_retries: v(max_retries, d.max_retries),
             track_remaining: *track_remaining,
             retry_budget,
+            max_connection_pools: v(max_connection_pools, d.max_connection_pools),
         };
         match p {
             RoutingPriority::Default => out.default = th,

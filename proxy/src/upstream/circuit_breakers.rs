@@ -21,6 +21,7 @@ pub struct Resource {
 #[derive(Debug)]
 pub struct Priority {
     pub connections: Resource,
+    pub connection_pools: Resource,
     pub pending: Resource,
     pub requests: Resource,
     pub retries: Resource,
@@ -140,6 +141,7 @@ const GAUGES_TRACKED: &[(&str, Kind)] = &[
     ("remaining_pending", Kind::Gauge),
     ("remaining_rq", Kind::Gauge),
     ("remaining_retries", Kind::Gauge),
+    ("remaining_cx_pools", Kind::Gauge),
 ];
 
 impl CircuitBreakers {
@@ -160,10 +162,9 @@ impl CircuitBreakers {
                 .map(|m| m.gauge())
                 .collect();
             let remaining = |i: usize| t.track_remaining.then(|| &g[i]);
-            // g[1], cx_pool_open: connection pools are not limited (max_connection_pools is
-            // refused); the gauge exists, as in Envoy, and stays 0.
             Priority {
                 connections: Resource::new(&g[0], remaining(5), t.max_connections),
+                connection_pools: Resource::new(&g[1], remaining(9), t.max_connection_pools),
                 pending: Resource::new(&g[2], remaining(6), t.max_pending_requests),
                 requests: Resource::new(&g[3], remaining(7), t.max_requests),
                 retries: Resource::new(&g[4], remaining(8), t.max_retries),

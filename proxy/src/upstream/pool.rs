@@ -36,6 +36,8 @@ pub enum ConnectError {
     Overflow,
     /// The route timeout passed while the request waited for a pooled connection (`UT`).
     PendingTimeout,
+    /// The cluster's `max_connection_pools` refused a new pool for the host (`UH`).
+    PoolOverflow,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -47,6 +49,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Tls(reason) => f.write_str(reason),
             ConnectError::Overflow => f.write_str("overflow"),
             ConnectError::PendingTimeout => f.write_str("timeout while pending"),
+            ConnectError::PoolOverflow => f.write_str("connection pool overflow"),
         }
     }
 }
@@ -310,7 +313,7 @@ impl H1Conn {
     /// A freshly connected HTTP/1.1 connection (`upstream_cx_http1_total`).
     fn new(io: CountedStream, cluster: &Arc<Cluster>, host: &Arc<Host>, alpn: Alpn<'_>) -> Self {
         cluster.stats.traffic().upstream_cx_http1_total.inc();
-        let slot = host_slot(host, pool_key(host, alpn));
+        let slot = host_slot(host, cluster, pool_key(host, alpn));
         slot.live.fetch_add(1, Relaxed);
         let _ = io.keep.slot.set(slot);
         Self {
@@ -383,10 +386,10 @@ impl H1Conn {
             None => self,
         };
         let key = pool_key(&conn.host, conn.alpn.as_ref());
-        let weak = Arc::downgrade(&conn.host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
+            let entry =
+                pool_entry(&mut p, key, &conn.host, &conn.cluster, false).expect("not enforced");
             entry.h1.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -483,15 +486,18 @@ impl Drop for StreamSlot {
 
 struct HostPool {
     host: Weak<Host>,
+    /// Holds one unit of the cluster's `max_connection_pools` while the pool exists.
+    cluster: Weak<Cluster>,
     h1: Vec<Idle>,
     h2: Vec<H2Entry>,
     slot: Arc<PoolSlot>,
 }
 
 impl HostPool {
-    fn new(host: Weak<Host>) -> Self {
+    fn new(host: Weak<Host>, cluster: Weak<Cluster>) -> Self {
         Self {
             host,
+            cluster,
             h1: Vec::new(),
             h2: Vec::new(),
             slot: Arc::default(),
@@ -499,12 +505,57 @@ impl HostPool {
     }
 }
 
-/// This worker's HTTP/1.1 slot for `host` (and the ALPN list its connections offer).
-fn host_slot(host: &Arc<Host>, key: PoolKey) -> Arc<PoolSlot> {
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            c.circuit_breakers.default.connection_pools.dec();
+        }
+    }
+}
+
+/// This worker's pool for `key`, created if needed. A new pool takes a unit of the cluster's
+/// `max_connection_pools`: with `enforce`, `None` when the limit refuses it
+/// (`upstream_cx_pool_overflow`); without (a connection already made must find its pool), it is
+/// counted regardless.
+fn pool_entry<'a>(
+    pools: &'a mut HashMap<PoolKey, HostPool>,
+    key: PoolKey,
+    host: &Arc<Host>,
+    cluster: &Arc<Cluster>,
+    enforce: bool,
+) -> Option<&'a mut HostPool> {
+    use std::collections::hash_map::Entry;
+    match pools.entry(key) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(v) => {
+            let limit = &cluster.circuit_breakers.default.connection_pools;
+            if enforce {
+                if !limit.try_inc() {
+                    cluster.stats.traffic().upstream_cx_pool_overflow.inc();
+                    return None;
+                }
+            } else {
+                limit.inc();
+            }
+            Some(v.insert(HostPool::new(Arc::downgrade(host), Arc::downgrade(cluster))))
+        }
+    }
+}
+
+/// Whether this worker has (or may now create) a pool for `key`.
+fn admit(key: PoolKey, host: &Arc<Host>, cluster: &Arc<Cluster>) -> Result<(), ConnectError> {
     POOLS.with(|p| {
-        p.borrow_mut()
-            .entry(key)
-            .or_insert_with(|| HostPool::new(Arc::downgrade(host)))
+        pool_entry(&mut p.borrow_mut(), key, host, cluster, true)
+            .map(|_| ())
+            .ok_or(ConnectError::PoolOverflow)
+    })
+}
+
+/// This worker's HTTP/1.1 slot for `host` (and the ALPN list its connections offer).
+fn host_slot(host: &Arc<Host>, cluster: &Arc<Cluster>, key: PoolKey) -> Arc<PoolSlot> {
+    POOLS.with(|p| {
+        pool_entry(&mut p.borrow_mut(), key, host, cluster, false)
+            .expect("not enforced")
             .slot
             .clone()
     })
@@ -525,8 +576,13 @@ pub async fn acquire_h1(
     let key = pool_key(host, alpn);
     let idle_timeout = cluster.config.idle_timeout;
     loop {
-        let candidate = POOLS.with(|p| p.borrow_mut().get_mut(&key).and_then(|e| e.h1.pop()));
-        let Some(idle) = candidate else { break };
+        // (Finding the pool also admits it under `max_connection_pools`.)
+        let candidate = POOLS.with(|p| {
+            pool_entry(&mut p.borrow_mut(), key, host, cluster, true).map(|e| e.h1.pop())
+        });
+        let Some(idle) = candidate.ok_or(ConnectError::PoolOverflow)? else {
+            break;
+        };
         let mut conn = idle.conn;
         if idle_timeout.is_some_and(|t| idle.since.elapsed() >= t) {
             cluster.stats.traffic().upstream_cx_idle_timeout.inc();
@@ -541,7 +597,7 @@ pub async fn acquire_h1(
         return Ok(conn);
     }
     let cb = &cluster.circuit_breakers.default;
-    let slot = host_slot(host, key);
+    let slot = host_slot(host, cluster, key);
     loop {
         // At the connection limit a new connection is still opened when this worker has
         // none to the host (else its requests could never be served), as Envoy does.
@@ -619,6 +675,7 @@ pub async fn acquire_h2(
     alpn: Alpn<'_>,
 ) -> Result<H2Sender, ConnectError> {
     let key = pool_key(host, alpn);
+    admit(key, host, cluster)?;
     let limit = cluster.config.http2.max_concurrent_streams.max(1);
     let pick = POOLS.with(|p| {
         let mut p = p.borrow_mut();
@@ -671,10 +728,9 @@ pub async fn acquire_h2(
                 .boxed()
                 .shared();
             let active = Arc::new(AtomicU32::new(1));
-            let weak = Arc::downgrade(host);
             POOLS.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = p.entry(key).or_insert_with(|| HostPool::new(weak));
+                let entry = pool_entry(&mut p, key, host, cluster, false).expect("not enforced");
                 let mut e = H2Entry::new(H2State::Connecting(fut.clone()), active.clone());
                 e.served = 1;
                 entry.h2.push(e);
@@ -721,6 +777,7 @@ pub async fn learn_protocol(
     host: &Arc<Host>,
     alpn: Alpn<'_>,
 ) -> Result<bool, ConnectError> {
+    admit(pool_key(host, alpn), host, cluster)?;
     let io = connect(cluster, host, alpn).await?;
     let h2 = match &io.inner {
         Transport::Tls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
@@ -729,12 +786,10 @@ pub async fn learn_protocol(
     host.alpn.store(if h2 { 2 } else { 1 }, Relaxed);
     if h2 {
         let ready = handshake_h2(cluster, io).await?;
-        let weak = Arc::downgrade(host);
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let entry = p
-                .entry(pool_key(host, alpn))
-                .or_insert_with(|| HostPool::new(weak));
+            let entry = pool_entry(&mut p, pool_key(host, alpn), host, cluster, false)
+                .expect("not enforced");
             entry.h2.push(H2Entry::new(
                 H2State::Ready(ready.0, ready.1, ready.2, Instant::now()),
                 Arc::default(),
