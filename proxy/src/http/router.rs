@@ -210,88 +210,16 @@ pub async fn forward(
     };
     stream.info.upstream_host = Some(host.address);
 
-    // Request rewrites.
-    let original_pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len)
-        && let (Ok(uri), Ok(orig)) = (
-            http::Uri::try_from(new_pq.as_str()),
-            HeaderValue::from_str(parts.uri.path()),
-        )
-    {
-        parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);
-        parts.uri = uri;
-    }
-    let original_host = parts.headers.get(header::HOST).cloned();
-    let new_host = match (
-        &f.action.host_rewrite,
-        weighted.and_then(|w| w.host_rewrite_literal.clone()),
-    ) {
-        (_, Some(lit)) => Some(lit),
-        (HostRewrite::Literal(h), None) => Some(h.clone()),
-        (HostRewrite::Auto, None) if !host.hostname.is_empty() => {
-            HeaderValue::from_str(&host.hostname).ok()
-        }
-        (HostRewrite::Header(h), None) => parts.headers.get(h).cloned(),
-        _ => None,
-    };
-    if let Some(h) = new_host {
-        if f.action.append_x_forwarded_host
-            && let Some(orig) = &original_host
-        {
-            parts.headers.append(names::X_FORWARDED_HOST, orig.clone());
-        }
-        parts.headers.insert(header::HOST, h);
-    }
-    {
-        let levels = [
-            weighted.map(|w| &w.request_headers),
-            Some(&f.route.request_headers),
-            Some(&f.vhost.request_headers),
-            Some(&f.route_config.request_headers),
-        ];
-        let ctx = stream.format_context();
-        let mut apply =
-            |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
-        if f.route_config.most_specific_header_mutations_wins {
-            levels.iter().rev().flatten().for_each(|m| apply(m));
-        } else {
-            levels.iter().flatten().for_each(|m| apply(m));
-        }
-    }
+    rewrite_request(&mut parts, &f, weighted, &host, &stream);
 
     // Timeouts.
-    let mut timeout = f.action.timeout;
     let envoy_headers = names::any_envoy_header(&parts.headers);
     let policy = f
         .action
         .retry_policy
         .as_deref()
         .or(f.vhost.retry_policy.as_deref());
-    let mut per_try = policy.and_then(|p| p.per_try_timeout);
-    if envoy_headers {
-        let header_ms = |name: &HeaderName| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.parse::<u64>().ok())
-        };
-        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
-            timeout = (ms > 0).then(|| Duration::from_millis(ms));
-        } else if router.respect_expected_rq_timeout
-            && let Some(ms) = header_ms(&names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
-        {
-            timeout = (ms > 0).then(|| Duration::from_millis(ms));
-        }
-        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
-            per_try = (ms > 0).then(|| Duration::from_millis(ms));
-        }
-    }
+    let (timeout, per_try) = timeouts(&parts, &f, router, policy, envoy_headers);
     // Retries: the route's (or else the virtual host's) policy, plus what `x-envoy-retry-*`
     // asks (those headers only survive from trusted sources: see the connection manager).
     let mut retry = match (policy, envoy_headers) {
@@ -311,23 +239,7 @@ pub async fn forward(
         }
     }
     if !router.suppress_envoy_headers {
-        // The per-try timeout is announced when it is the shorter one, as Envoy does.
-        let expected = match (per_try, timeout) {
-            (Some(p), Some(t)) if p < t => Some(p),
-            (Some(p), None) => Some(p),
-            (_, t) => t,
-        };
-        match expected {
-            Some(t) => {
-                parts.headers.insert(
-                    names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-                    names::number(t.as_millis() as u64),
-                );
-            }
-            None => {
-                parts.headers.remove(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
-            }
-        }
+        announce_timeout(&mut parts, timeout, per_try);
     }
     let idle =
         f.action
@@ -562,68 +474,240 @@ pub async fn forward(
     names::recycle_header_map(std::mem::take(&mut parts.headers));
 
     match result {
-        Ok(mut resp) => {
-            let now = Instant::now();
-            stream.info.first_upstream_rx = Some(now);
-            let status = resp.status().as_u16();
-            charge_upstream(&stream, status);
-            cluster.report(&host, Outcome::Status(status));
-            if status >= 500 {
-                host.stats.rq_error.fetch_add(1, Relaxed);
-            } else {
-                host.stats.rq_success.fetch_add(1, Relaxed);
-            }
-            stream.info.response_code_details = "via_upstream";
-            let h = resp.headers_mut();
-            if status != 101 && names::any_hop_by_hop(h) {
-                for name in [
-                    header::CONNECTION,
-                    names::KEEP_ALIVE,
-                    names::PROXY_CONNECTION,
-                    header::TRANSFER_ENCODING,
-                    header::UPGRADE,
-                ] {
-                    h.remove(name);
-                }
-            }
-            if !router.suppress_envoy_headers {
-                h.insert(
-                    names::X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    names::number(now.duration_since(started).as_millis() as u64),
-                );
-            }
-            if let Some(c) = &request_hash.set_cookie {
-                h.append(header::SET_COOKIE, c.clone());
-            }
-            if f.vhost.attempt_count_downstream {
-                h.insert(
-                    names::X_ENVOY_ATTEMPT_COUNT,
-                    names::number(u64::from(attempt)),
-                );
-            }
-            hcm.apply_response_mutations(
-                f.route_config,
-                f.vhost,
-                f.route,
+        Ok(resp) => {
+            let done = Answered {
+                per_try_idle: retry.as_ref().and_then(|r| r.per_try_idle_timeout()),
+                cluster: &cluster,
+                host: &host,
                 weighted,
-                resp.headers_mut(),
-                &stream,
-            );
-            let deadline = timeout.map(|t| {
-                progress
-                    .as_ref()
-                    .and_then(|p| p.completed_at())
-                    .unwrap_or(now)
-                    + t
-            });
-            if status == 101 && f.upgrade {
-                return hcm.respond(stream, resp, None, None);
-            }
-            stream.per_try_idle = retry.as_ref().and_then(|r| r.per_try_idle_timeout());
-            hcm.respond(stream, resp, deadline, idle)
+                started,
+                attempt,
+                timeout,
+                idle,
+                set_cookie: request_hash.set_cookie.as_ref(),
+            };
+            upstream_response(hcm, stream, resp, &f, done)
         }
         Err(failure) => fail(hcm, stream, &cluster, &host, failure),
     }
+}
+
+/// The route timeout and the per-try timeout, as configured or (from a trusted client) as the
+/// `x-envoy-upstream-rq-timeout-ms`, `x-envoy-expected-rq-timeout-ms` and
+/// `x-envoy-upstream-rq-per-try-timeout-ms` headers ask.
+fn timeouts(
+    parts: &http::request::Parts,
+    f: &Forward<'_>,
+    router: &crate::model::hcm::RouterConfig,
+    policy: Option<&RetryPolicy>,
+    envoy_headers: bool,
+) -> (Option<Duration>, Option<Duration>) {
+    let mut timeout = f.action.timeout;
+    let mut per_try = policy.and_then(|p| p.per_try_timeout);
+    if envoy_headers {
+        let header_ms = |name: &HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        } else if router.respect_expected_rq_timeout
+            && let Some(ms) = header_ms(&names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
+        {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = header_ms(&names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            per_try = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+    }
+    (timeout, per_try)
+}
+
+/// `x-envoy-expected-rq-timeout-ms` for the upstream: the per-try timeout when it is the
+/// shorter one, as Envoy does.
+fn announce_timeout(
+    parts: &mut http::request::Parts,
+    timeout: Option<Duration>,
+    per_try: Option<Duration>,
+) {
+    let expected = match (per_try, timeout) {
+        (Some(p), Some(t)) if p < t => Some(p),
+        (Some(p), None) => Some(p),
+        (_, t) => t,
+    };
+    match expected {
+        Some(t) => {
+            parts.headers.insert(
+                names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+                names::number(t.as_millis() as u64),
+            );
+        }
+        None => {
+            parts.headers.remove(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
+        }
+    }
+}
+
+/// The request as the upstream gets it: path and host rewrites, then the header mutations of
+/// the weighted cluster, route, virtual host and route configuration.
+fn rewrite_request(
+    parts: &mut http::request::Parts,
+    f: &Forward<'_>,
+    weighted: Option<&WeightedCluster>,
+    host: &Host,
+    stream: &ActiveStream,
+) {
+    let original_pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len)
+        && let (Ok(uri), Ok(orig)) = (
+            http::Uri::try_from(new_pq.as_str()),
+            HeaderValue::from_str(parts.uri.path()),
+        )
+    {
+        parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);
+        parts.uri = uri;
+    }
+    let original_host = parts.headers.get(header::HOST).cloned();
+    let new_host = match (
+        &f.action.host_rewrite,
+        weighted.and_then(|w| w.host_rewrite_literal.clone()),
+    ) {
+        (_, Some(lit)) => Some(lit),
+        (HostRewrite::Literal(h), None) => Some(h.clone()),
+        (HostRewrite::Auto, None) if !host.hostname.is_empty() => {
+            HeaderValue::from_str(&host.hostname).ok()
+        }
+        (HostRewrite::Header(h), None) => parts.headers.get(h).cloned(),
+        _ => None,
+    };
+    if let Some(h) = new_host {
+        if f.action.append_x_forwarded_host
+            && let Some(orig) = &original_host
+        {
+            parts.headers.append(names::X_FORWARDED_HOST, orig.clone());
+        }
+        parts.headers.insert(header::HOST, h);
+    }
+    {
+        let levels = [
+            weighted.map(|w| &w.request_headers),
+            Some(&f.route.request_headers),
+            Some(&f.vhost.request_headers),
+            Some(&f.route_config.request_headers),
+        ];
+        let ctx = stream.format_context();
+        let mut apply =
+            |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
+        if f.route_config.most_specific_header_mutations_wins {
+            levels.iter().rev().flatten().for_each(|m| apply(m));
+        } else {
+            levels.iter().flatten().for_each(|m| apply(m));
+        }
+    }
+}
+
+/// What the response path needs to know about the answered attempt.
+struct Answered<'a> {
+    cluster: &'a Arc<Cluster>,
+    host: &'a Arc<Host>,
+    weighted: Option<&'a WeightedCluster>,
+    started: Instant,
+    attempt: u32,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+    /// Also bounds the pauses of the response body.
+    per_try_idle: Option<Duration>,
+    set_cookie: Option<&'a HeaderValue>,
+}
+
+/// The upstream's answer on its way downstream: stats, outlier detection, hop-by-hop headers
+/// removed, Envoy's response headers and mutations, and the response-body timeouts.
+fn upstream_response(
+    hcm: &Arc<ConnectionManager>,
+    mut stream: ActiveStream,
+    mut resp: Response<Body>,
+    f: &Forward<'_>,
+    done: Answered<'_>,
+) -> Response<Body> {
+    let Answered {
+        cluster,
+        host,
+        weighted,
+        started,
+        attempt,
+        timeout,
+        idle,
+        per_try_idle,
+        set_cookie,
+    } = done;
+    let router = &hcm.config.router;
+    let progress = stream.progress.clone();
+    let now = Instant::now();
+    stream.info.first_upstream_rx = Some(now);
+    let status = resp.status().as_u16();
+    charge_upstream(&stream, status);
+    cluster.report(host, Outcome::Status(status));
+    if status >= 500 {
+        host.stats.rq_error.fetch_add(1, Relaxed);
+    } else {
+        host.stats.rq_success.fetch_add(1, Relaxed);
+    }
+    stream.info.response_code_details = "via_upstream";
+    let h = resp.headers_mut();
+    if status != 101 && names::any_hop_by_hop(h) {
+        for name in [
+            header::CONNECTION,
+            names::KEEP_ALIVE,
+            names::PROXY_CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ] {
+            h.remove(name);
+        }
+    }
+    if !router.suppress_envoy_headers {
+        h.insert(
+            names::X_ENVOY_UPSTREAM_SERVICE_TIME,
+            names::number(now.duration_since(started).as_millis() as u64),
+        );
+    }
+    if let Some(c) = set_cookie {
+        h.append(header::SET_COOKIE, c.clone());
+    }
+    if f.vhost.attempt_count_downstream {
+        h.insert(
+            names::X_ENVOY_ATTEMPT_COUNT,
+            names::number(u64::from(attempt)),
+        );
+    }
+    hcm.apply_response_mutations(
+        f.route_config,
+        f.vhost,
+        f.route,
+        weighted,
+        resp.headers_mut(),
+        &stream,
+    );
+    let deadline = timeout.map(|t| {
+        progress
+            .as_ref()
+            .and_then(|p| p.completed_at())
+            .unwrap_or(now)
+            + t
+    });
+    if status == 101 && f.upgrade {
+        return hcm.respond(stream, resp, None, None);
+    }
+    stream.per_try_idle = per_try_idle;
+    hcm.respond(stream, resp, deadline, idle)
 }
 
 /// What `x-envoy-retry-on` gets on a route without a retry policy (Envoy's defaults).
