@@ -153,8 +153,18 @@ fn proxy(hosts: &[SocketAddr], policy: &str, vhost_extra: &str, cluster_extra: &
 
 /// A proxy (route `retry_policy` as given) in front of one scripted upstream.
 async fn behind(script: &[Act], then: Option<Act>, policy: &str) -> (Scripted, Remora) {
+    behind_vhost(script, then, policy, "").await
+}
+
+/// The same, with virtual-host extras (YAML lines).
+async fn behind_vhost(
+    script: &[Act],
+    then: Option<Act>,
+    policy: &str,
+    vhost_extra: &str,
+) -> (Scripted, Remora) {
     let u = Scripted::start(script, then).await;
-    let r = Remora::start(&proxy(&[u.addr], policy, "", "")).await;
+    let r = Remora::start(&proxy(&[u.addr], policy, vhost_extra, "")).await;
     (u, r)
 }
 
@@ -177,14 +187,7 @@ fn post(addr: SocketAddr, body: &'static str) -> impl std::future::Future<Output
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_503s_are_retried_with_the_body_replayed() {
-    let u = Scripted::start(&[Act::Status(503, ""), Act::Status(503, "")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
-        "{retry_on: 5xx, num_retries: 3}",
-        "              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n",
-        "",
-    ))
-    .await;
+    let (u, r) = behind_vhost(&[Act::Status(503, ""), Act::Status(503, "")], None, "{retry_on: 5xx, num_retries: 3}", "              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n").await;
     let resp = post(r.addr("main"), "payload").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(
@@ -358,13 +361,12 @@ async fn rate_limited_back_off_honours_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_over_the_buffer_limit_is_not_retried() {
-    let u = Scripted::start(&[Act::Status(503, "")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
+    let (u, r) = behind_vhost(
+        &[Act::Status(503, "")],
+        None,
         "{retry_on: 5xx}",
         "              per_request_buffer_limit_bytes: 4\n",
-        "",
-    ))
+    )
     .await;
     let resp = post(r.addr("main"), "0123456789").await;
     assert_eq!(resp.status, 503, "the upstream's answer, not retried");
@@ -373,13 +375,12 @@ async fn a_body_over_the_buffer_limit_is_not_retried() {
     assert_eq!(s["cluster.backend.retry_or_shadow_abandoned"], 1);
     assert_eq!(s["cluster.backend.upstream_rq_retry"], 0);
     // A small body is still retried.
-    let u = Scripted::start(&[Act::Status(503, "")], None).await;
-    let r = Remora::start(&proxy(
-        &[u.addr],
+    let (_u, r) = behind_vhost(
+        &[Act::Status(503, "")],
+        None,
         "{retry_on: 5xx}",
         "              per_request_buffer_limit_bytes: 4\n",
-        "",
-    ))
+    )
     .await;
     assert_eq!(post(r.addr("main"), "abc").await.text(), "/abc");
 }
