@@ -58,8 +58,10 @@ pub struct RetryState<'a> {
     next_interval: Duration,
     /// A retry is in flight: it holds one unit of the `max_retries` resource.
     armed: bool,
-    /// Hosts already tried (for `previous_hosts`).
-    tried: Vec<SocketAddr>,
+    /// Hosts already tried (for `previous_hosts`): the first inline, so that a request that is
+    /// never retried allocates nothing.
+    first_tried: Option<SocketAddr>,
+    more_tried: Vec<SocketAddr>,
     /// A rate-limit reset interval read from the last retried response.
     rate_limited: Option<Duration>,
 }
@@ -141,7 +143,8 @@ impl<'a> RetryState<'a> {
             extra_headers,
             next_interval: policy.base_interval,
             armed: false,
-            tried: Vec::new(),
+            first_tried: None,
+            more_tried: Vec::new(),
             rate_limited: None,
         })
     }
@@ -162,14 +165,18 @@ impl<'a> RetryState<'a> {
     /// Remember a host this request was sent to.
     pub fn tried(&mut self, host: SocketAddr) {
         if self.policy.previous_hosts {
-            self.tried.push(host);
+            match self.first_tried {
+                None => self.first_tried = Some(host),
+                Some(_) => self.more_tried.push(host),
+            }
         }
     }
 
     /// `previous_hosts`: a host already tried is to be replaced, up to
     /// `host_selection_retry_max_attempts` times.
     pub fn reject_host(&self, host: SocketAddr) -> bool {
-        self.policy.previous_hosts && self.tried.contains(&host)
+        self.policy.previous_hosts
+            && (self.first_tried == Some(host) || self.more_tried.contains(&host))
     }
 
     pub fn host_selection_max_attempts(&self) -> u32 {

@@ -675,11 +675,12 @@ pub async fn acquire_h2(
     alpn: Alpn<'_>,
 ) -> Result<H2Sender, ConnectError> {
     let key = pool_key(host, alpn);
-    admit(key, host, cluster)?;
     let limit = cluster.config.http2.max_concurrent_streams.max(1);
+    // `Err`: no pool allowed (`max_connection_pools`); `Ok(None)`: no connection with room.
     let pick = POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        let entry = p.get_mut(&key)?;
+        let entry =
+            pool_entry(&mut p, key, host, cluster, true).ok_or(ConnectError::PoolOverflow)?;
         entry.h2.retain(|e| match &e.state {
             H2State::Ready(s, stats, ..) => {
                 let keep = !s.is_closed() && !e.spent(cluster);
@@ -699,19 +700,22 @@ pub async fn acquire_h2(
                 (!cluster.circuit_breakers.default.connections.can_create())
                     .then(|| (0..entry.h2.len()).min_by_key(|i| entry.h2[*i].active.load(Relaxed)))
                     .flatten()
-            })?;
+            });
+        let Some(room) = room else {
+            return Ok(None);
+        };
         let e = &mut entry.h2[room];
         e.active.fetch_add(1, Relaxed);
         e.served += 1;
         let slot = StreamSlot(e.active.clone());
-        Some(match &mut e.state {
+        Ok(Some(match &mut e.state {
             H2State::Ready(s, stats, local, last_used) => {
                 *last_used = Instant::now();
                 H2Pick::Ready((s.clone(), stats.clone(), *local), slot)
             }
             H2State::Connecting(fut) => H2Pick::Wait(fut.clone(), slot),
-        })
-    });
+        }))
+    })?;
     let (fut, slot) = match pick {
         Some(H2Pick::Ready((s, stats, local), slot)) => {
             return Ok((s, local, stats.tls.clone(), slot));
