@@ -1,7 +1,8 @@
-//! Consistent-hashing load balancers, built as Envoy builds them so that remora and Envoy pick
-//! the same host for the same hash: RING_HASH (Ketama-style ring of `address_i` hashes,
-//! xxHash64 or MurmurHash2, scaled between the ring-size bounds by normalized weight) and
-//! MAGLEV (Envoy's weighted permutation table).
+//! Consistent-hashing load balancers, with Envoy's hash functions (checked against Envoy's test
+//! vectors) and construction: RING_HASH (Ketama-style ring of `address_i` hashes, xxHash64 or
+//! MurmurHash2, scaled between the ring-size bounds by normalized weight) and MAGLEV (Envoy's
+//! weighted permutation table). Whether an Envoy and a remora choose the same host for a key
+//! has not been compared against a running Envoy (host order in the table build may differ).
 
 use super::host::Host;
 use crate::model::cluster::LbPolicy;
