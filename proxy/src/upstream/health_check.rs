@@ -191,7 +191,6 @@ enum Transition {
 /// A host's counters between checks.
 #[derive(Debug, Default)]
 struct Counters {
-    first_check: bool,
     healthy_in_a_row: u32,
     unhealthy_in_a_row: u32,
 }
@@ -199,8 +198,8 @@ struct Counters {
 impl Counters {
     /// Envoy's `handleSuccess` / `handleFailure`.
     fn apply(&mut self, cfg: &HealthCheck, health: &HostHealth, verdict: Verdict) -> Transition {
-        let first = std::mem::take(&mut self.first_check);
-        health.pending.store(false, Relaxed);
+        // The host's first check ever (it was pending).
+        let first = health.pending.swap(false, Relaxed);
         if verdict == Verdict::Pass {
             self.unhealthy_in_a_row = 0;
             if !health.is_failed() {
@@ -288,10 +287,7 @@ async fn session(cluster: Weak<Cluster>, host: Arc<Host>) {
         )))
         .await;
     }
-    let mut counters = Counters {
-        first_check: true,
-        ..Counters::default()
-    };
+    let mut counters = Counters::default();
     let mut conn: Option<Conn> = None;
     loop {
         let Some(c) = cluster.upgrade() else { return };
@@ -568,6 +564,20 @@ fn grpc_request(service: &str) -> Bytes {
     Bytes::from(frame)
 }
 
+/// A protobuf varint from the front of `m`.
+fn varint(m: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = m.split_first()?;
+        *m = rest;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// The `status` of a `grpc.health.v1.HealthCheckResponse` frame (1 = SERVING).
 fn grpc_serving_status(mut body: Bytes) -> Option<u64> {
     if body.len() < 5 || body[0] != 0 {
@@ -577,33 +587,17 @@ fn grpc_serving_status(mut body: Bytes) -> Option<u64> {
     let len = body.get_u32() as usize;
     let mut msg = body.get(..len)?;
     let mut status = 0;
-    while !msg.is_empty() {
-        let tag = msg[0];
-        msg = &msg[1..];
-        let mut value: u64 = 0;
-        let mut shift = 0;
-        let mut read_varint = |m: &mut &[u8]| -> Option<u64> {
-            value = 0;
-            shift = 0;
-            loop {
-                let b = *m.first()?;
-                *m = &m[1..];
-                value |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return Some(value);
-                }
-                shift += 7;
-            }
-        };
+    while let Some((&tag, rest)) = msg.split_first() {
+        msg = rest;
         match tag & 7 {
             0 => {
-                let v = read_varint(&mut msg)?;
+                let v = varint(&mut msg)?;
                 if tag >> 3 == 1 {
                     status = v;
                 }
             }
             2 => {
-                let n = read_varint(&mut msg)? as usize;
+                let n = varint(&mut msg)? as usize;
                 msg = msg.get(n..)?;
             }
             _ => return None,
@@ -689,10 +683,7 @@ mod tests {
         let c = cfg(2, 3);
         let h = HostHealth::default();
         h.start_pending();
-        let mut n = Counters {
-            first_check: true,
-            ..Default::default()
-        };
+        let mut n = Counters::default();
         // The first check passing makes a new host healthy at once.
         assert_eq!(n.apply(&c, &h, Verdict::Pass), Transition::Changed);
         assert!(!h.is_failed() && !h.is_pending());

@@ -47,6 +47,8 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host without an endpoint (tests).
+    #[cfg(test)]
     pub fn new(
         address: SocketAddr,
         hostname: Arc<str>,
@@ -126,6 +128,9 @@ pub struct Priority {
     pub all_schedule: Vec<u32>,
     /// Percent of this priority's hosts that are healthy.
     pub healthy_percent: f64,
+    /// Every host of the priority has the same weight (LEAST_REQUEST then compares active
+    /// requests alone).
+    pub equal_weights: bool,
     /// RING_HASH / MAGLEV: the consistent-hash tables over `healthy` and `hosts`.
     pub healthy_table: Option<super::hash::HashTable>,
     pub all_table: Option<super::hash::HashTable>,
@@ -155,6 +160,8 @@ pub struct HostSet {
 const MAX_SCHEDULE: u64 = 4096;
 
 impl HostSet {
+    /// A round-robin host set (tests).
+    #[cfg(test)]
     pub fn new(hosts: Vec<Arc<Host>>, overprovisioning_factor: u32) -> Self {
         Self::build(
             hosts,
@@ -194,6 +201,7 @@ impl HostSet {
             };
             p.healthy_schedule = schedule(&p.healthy);
             p.all_schedule = schedule(&p.hosts);
+            p.equal_weights = p.hosts.iter().all(|h| h.weight == p.hosts[0].weight);
             if lb.is_hashing() {
                 p.healthy_table = Some(super::hash::HashTable::build(lb, &p.healthy));
                 p.all_table = Some(super::hash::HashTable::build(lb, &p.hosts));

@@ -98,7 +98,7 @@ fn choose_from(cluster: &Cluster, set: &HostSet, ctx: Context) -> Option<Arc<Hos
         } => {
             // Power of n choices over the (weighted) schedule. Equal weights: fewest active
             // requests. Unequal: Envoy's effective weight, weight / (active + 1)^bias.
-            let equal = hosts.iter().all(|h| h.weight == hosts[0].weight);
+            let equal = p.equal_weights;
             let score = |j: usize| {
                 let active = (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64;
                 if equal {
