@@ -553,3 +553,16 @@ async fn per_try_idle_timeout_bounds_silence_before_and_during_the_response() {
         1
     );
 }
+
+/// `retriable_request_headers`: only requests that match are retried; a matcher may name a
+/// pseudo-header such as `:path`.
+#[tokio::test(flavor = "multi_thread")]
+async fn retriable_request_headers_select_the_requests() {
+    let policy = "{retry_on: 5xx, retriable_request_headers: [{name: ':path', string_match: {prefix: /retry}}]}";
+    let (u, r) = behind(&[Act::Status(503, "")], None, policy).await;
+    assert_eq!(get(r.addr("main"), "x", "/retry/a").await.status, 200);
+    assert_eq!(u.seen().len(), 2, "the matching request was retried");
+    let (u, r) = behind(&[Act::Status(503, "")], None, policy).await;
+    assert_eq!(get(r.addr("main"), "x", "/other").await.status, 503);
+    assert_eq!(u.seen().len(), 1, "the other was not");
+}

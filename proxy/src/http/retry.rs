@@ -77,10 +77,10 @@ impl<'a> RetryState<'a> {
     pub fn new(
         policy: &'a RetryPolicy,
         cluster: &'a Cluster,
-        method: &Method,
-        headers: &HeaderMap,
+        request: &http::request::Parts,
         envoy_headers: bool,
     ) -> Option<Self> {
+        let headers = &request.headers;
         let header = |n: &HeaderName| {
             if envoy_headers {
                 headers.get(n).and_then(|v| v.to_str().ok())
@@ -102,10 +102,13 @@ impl<'a> RetryState<'a> {
         }
         if !policy.retriable_request_headers.is_empty() {
             let req = RequestHeaders {
-                method,
-                path_and_query: "",
-                authority: "",
-                scheme: "",
+                method: &request.method,
+                path_and_query: request.uri.path_and_query().map_or("/", |p| p.as_str()),
+                authority: headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                scheme: request.uri.scheme_str().unwrap_or("http"),
                 headers,
             };
             if !policy
@@ -205,6 +208,7 @@ impl<'a> RetryState<'a> {
             return true;
         }
         if on.has(RetryOn::RETRIABLE_HEADERS) {
+            // (Only named headers: the configuration refuses pseudo-headers here.)
             let resp = RequestHeaders {
                 method: &Method::GET,
                 path_and_query: "",

@@ -223,14 +223,8 @@ pub async fn forward(
     // Retries: the route's (or else the virtual host's) policy, plus what `x-envoy-retry-*`
     // asks (those headers only survive from trusted sources: see the connection manager).
     let mut retry = match (policy, envoy_headers) {
-        (Some(p), e) => RetryState::new(p, &cluster, &parts.method, &parts.headers, e),
-        (None, true) => RetryState::new(
-            &DEFAULT_RETRY_POLICY,
-            &cluster,
-            &parts.method,
-            &parts.headers,
-            true,
-        ),
+        (Some(p), e) => RetryState::new(p, &cluster, &parts, e),
+        (None, true) => RetryState::new(&DEFAULT_RETRY_POLICY, &cluster, &parts, true),
         (None, false) => None,
     };
     if envoy_headers {

@@ -288,7 +288,22 @@ impl RetryPolicy {
                 })
                 .max(1),
             retriable_status_codes: codes,
-            retriable_headers: matchers("retriable_headers", retriable_headers)?,
+            retriable_headers: {
+                // They match response headers: a request pseudo-header (or `host`) would compare
+                // against nothing.
+                let m = matchers("retriable_headers", retriable_headers)?;
+                if let Some(i) = m
+                    .iter()
+                    .position(|m| !matches!(m.key, super::matcher::HeaderKey::Named(_)))
+                {
+                    return Err(path
+                        .field("retriable_headers")
+                        .index(i)
+                        .field("name")
+                        .error("must name a response header"));
+                }
+                m
+            },
             retriable_request_headers: matchers(
                 "retriable_request_headers",
                 retriable_request_headers,
@@ -345,6 +360,14 @@ mod tests {
         let e = policy("retry_on: 5xx\nretry_back_off: {base_interval: 1s, max_interval: 0.5s}")
             .unwrap_err();
         assert!(e.to_string().contains("retry_back_off.max_interval"), "{e}");
+        let e = policy(
+            "retry_on: retriable-headers\nretriable_headers: [{name: ':path', exact_match: /x}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "route.retry_policy.retriable_headers[0].name: must name a response header"
+        );
         let e = policy("retry_on: 5xx\nretry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]")
             .unwrap_err();
         assert!(
