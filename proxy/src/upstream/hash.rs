@@ -320,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn maglev_weights_and_retry_attempts() {
+    fn maglev_weights() {
         let hs = hosts(2, |i| if i == 0 { 3 } else { 1 });
         let t = HashTable::build(
             &LbPolicy::Maglev {
@@ -334,8 +334,25 @@ mod tests {
         };
         let heavy = table.iter().filter(|i| **i == 0).count() as f64 / table.len() as f64;
         assert!((0.72..0.78).contains(&heavy), "{heavy}");
-        // Another attempt of the same key may land elsewhere, deterministically.
-        let h = 12345;
-        assert_eq!(t.pick(h, 1), t.pick(h, 1));
+    }
+
+    #[test]
+    fn a_retry_attempt_usually_lands_on_another_host() {
+        for policy in [
+            ring_policy(),
+            LbPolicy::Maglev {
+                table_size: 65537,
+                use_hostname: false,
+            },
+        ] {
+            let t = HashTable::build(&policy, &hosts(4, |_| 1));
+            let moved = (0..1000u64)
+                .map(|k| xx(&k.to_le_bytes()))
+                .filter(|h| t.pick(*h, 1) != t.pick(*h, 0))
+                .count();
+            // Four equal hosts: the next ring entry belongs to another host about three times
+            // in four; the perturbed Maglev slot (all bits of the hash flipped) more often.
+            assert!(moved > 600, "{policy:?}: {moved} of 1000 moved");
+        }
     }
 }
