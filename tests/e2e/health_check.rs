@@ -21,50 +21,44 @@ struct Toggle {
 }
 
 async fn toggle(name: &'static str, up: bool) -> Toggle {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let up = Arc::new(AtomicBool::new(up));
     let checks = Arc::new(AtomicUsize::new(0));
     let hc_host = Arc::new(std::sync::Mutex::new(String::new()));
     let (up2, checks2, hc_host2) = (up.clone(), checks.clone(), hc_host.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            let (up, checks, hc_host) = (up2.clone(), checks2.clone(), hc_host2.clone());
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let hc = req
-                            .headers()
-                            .get("user-agent")
-                            .is_some_and(|v| v == "Envoy/HC");
-                        if hc {
-                            checks.fetch_add(1, Ordering::Relaxed);
-                            *hc_host.lock().unwrap() = format!(
-                                "{} {}",
-                                req.headers()["host"].to_str().unwrap(),
-                                req.uri().path()
-                            );
-                        }
-                        let status = if up.load(Ordering::Relaxed) { 200 } else { 503 };
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .header("x-upstream", name)
-                                    .body(Full::new(Bytes::from_static(b"ok")))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
+    let (addr, task) = serve_tcp(move |s| {
+        let (up, checks, hc_host) = (up2.clone(), checks2.clone(), hc_host2.clone());
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let hc = req
+                        .headers()
+                        .get("user-agent")
+                        .is_some_and(|v| v == "Envoy/HC");
+                    if hc {
+                        checks.fetch_add(1, Ordering::Relaxed);
+                        *hc_host.lock().unwrap() = format!(
+                            "{} {}",
+                            req.headers()["host"].to_str().unwrap(),
+                            req.uri().path()
+                        );
+                    }
+                    let status = if up.load(Ordering::Relaxed) { 200 } else { 503 };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("x-upstream", name)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
         }
-    });
+    })
+    .await;
     Toggle {
         addr,
         up,
@@ -222,24 +216,16 @@ async fn a_host_that_dies_fails_after_the_unhealthy_threshold() {
 async fn tcp_checks_send_and_match_payloads() {
     let (echo, _t) = tcp_echo().await;
     // A server that answers anything with "NOPE".
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nope = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    let (nope, _t2) = serve_tcp(|mut s| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(b"NOPE").await.is_err() {
-                        break;
-                    }
-                }
-            });
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(b"NOPE").await.is_err() {
+                break;
+            }
         }
-    });
+    })
+    .await;
     // "PING" in hex; the echo answers it, the other host does not.
     let r = Remora::start(&proxy(
         &[echo, nope],
@@ -253,46 +239,36 @@ async fn tcp_checks_send_and_match_payloads() {
 /// A gRPC health server: `grpc.health.v1.Health/Check` answers SERVING for service "ok",
 /// NOT_SERVING for anything else.
 async fn grpc_health_server() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        // HealthCheckRequest { service = 1 }: frame header, tag, length, name.
-                        let service = body.get(7..).unwrap_or_default();
-                        let status = if service == b"ok" { 1u8 } else { 2 };
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        let frames = vec![
-                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(
-                                vec![0, 0, 0, 0, 2, 0x08, status],
-                            ))),
-                            Ok(http_body::Frame::trailers(trailers)),
-                        ];
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(http_body_util::StreamBody::new(futures_util::stream::iter(
-                                    frames,
-                                )))
-                                .unwrap(),
-                        )
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
+    let (addr, _) = serve_tcp(|s| async move {
+        let svc =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                // HealthCheckRequest { service = 1 }: frame header, tag, length, name.
+                let service = body.get(7..).unwrap_or_default();
+                let status = if service == b"ok" { 1u8 } else { 2 };
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                        0, 0, 0, 0, 2, 0x08, status,
+                    ]))),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+                            frames,
+                        )))
+                        .unwrap(),
+                )
             });
-        }
-    });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+    .await;
     addr
 }
 

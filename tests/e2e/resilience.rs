@@ -150,25 +150,15 @@ async fn pending_request_connects_when_the_busy_connection_closes() {
     // The first response closes its connection: the waiting request must not wait forever but
     // open a connection of its own.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
+    let (upstream, server) = serve_tcp(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    })
+    .await;
     let yaml = proxy_yaml(upstream, "{max_connections: 1, max_pending_requests: 5}");
     let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
     let addr = r.addr("main");
@@ -262,34 +252,23 @@ async fn a_pending_request_times_out_with_the_route_timeout() {
 
 /// An upstream that answers every request 503 (keep-alive), saying who it is.
 async fn failing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |_req: http::Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .status(503)
-                                .header("x-upstream", "bad")
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                    b"down",
-                                )))
-                                .unwrap(),
-                        )
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
+    serve_tcp(|s| async move {
+        let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(503)
+                    .header("x-upstream", "bad")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        b"down",
+                    )))
+                    .unwrap(),
+            )
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 /// Outlier detection: of three hosts, the one answering 503 is ejected after 3 consecutive 5xx

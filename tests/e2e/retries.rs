@@ -33,20 +33,11 @@ struct Scripted {
 
 impl Scripted {
     async fn start(script: &[Act], then: Option<Act>) -> Self {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let script = Arc::new(Mutex::new(script.iter().cloned().collect::<VecDeque<_>>()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (script2, seen2) = (script.clone(), seen.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                let (script, seen, then) = (script2.clone(), seen2.clone(), then.clone());
-                tokio::spawn(serve(s, script, seen, then));
-            }
-        });
+        let (addr, task) =
+            serve_tcp(move |s| serve(s, script2.clone(), seen2.clone(), then.clone())).await;
         Self {
             addr,
             seen,

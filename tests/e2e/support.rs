@@ -568,34 +568,43 @@ async fn handle_upstream(
         .unwrap()
 }
 
-/// A TCP echo server.
-pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A raw TCP server on 127.0.0.1: `handle` runs on its own task for each accepted
+/// connection; aborting the returned task stops accepting.
+pub async fn serve_tcp<F, Fut>(handle: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
+            if let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(handle(s));
+            }
         }
     });
     (addr, task)
 }
 
-/// A port nothing listens on.
+/// A TCP echo server.
+pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    serve_tcp(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a = l.local_addr().unwrap();
@@ -607,47 +616,30 @@ pub fn closed_port() -> SocketAddr {
 /// `200 ok`, then closes the connection: after `linger` (the peer sees the FIN while idle), or,
 /// with `None`, when the next request arrives, without answering it (the keep-alive race).
 pub async fn one_answer_per_connection(linger: Option<Duration>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
+    let (addr, _) = serve_tcp(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        match linger {
+            Some(d) => tokio::time::sleep(d).await,
+            None => {
                 let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                match linger {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => {
-                        let _ = s.read(&mut buf).await;
-                    }
-                }
-            });
+            }
         }
-    });
+    })
+    .await;
     addr
 }
 
 /// A server that accepts, reads the request, and closes without answering.
 pub async fn closing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    (addr, task)
+    serve_tcp(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+    })
+    .await
 }
 
 // === configuration snippets ===
