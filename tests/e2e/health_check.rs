@@ -303,6 +303,8 @@ async fn no_traffic_interval_until_the_cluster_carries_traffic() {
         1,
         "one check, then the no-traffic interval"
     );
+    // Health-check connections are not the cluster's traffic.
+    assert_eq!(r.stat("cluster.backend.upstream_cx_total").await, 0);
     assert_eq!(get(r.addr("main"), "x", "/").await.status, 200);
     // The check already scheduled comes at 1 s; after it, one every 0.1 s.
     tokio::time::sleep(Duration::from_millis(1300)).await;
