@@ -241,7 +241,7 @@ pub fn run(options: Options, logs: LogControl) -> i32 {
         }
     };
     if options.mode == Mode::Validate {
-        for w in model.runtime.unused_keys() {
+        for w in model.context.runtime.unused_keys() {
             eprintln!("warning: runtime key '{w}' is not used by remora");
         }
         println!("configuration '{}' OK", config_name(&options));
@@ -287,7 +287,7 @@ pub async fn start(
     unknown_fields: usize,
     logs: LogControl,
 ) -> Result<Arc<ServerState>, StartError> {
-    for k in model.runtime.unused_keys() {
+    for k in model.context.runtime.unused_keys() {
         tracing::warn!("runtime key '{k}' is not used by remora");
     }
     let concurrency = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| {
@@ -319,10 +319,13 @@ pub async fn start(
         use remora_certs::source::ReloadEvent;
         let rotated = store.counter("server.certificate_rotation_success");
         let rejected = store.counter("server.certificate_rotation_rejected");
-        let _ = crate::model::tls::RELOAD_HOOK.set(Arc::new(move |e: &ReloadEvent| match e {
-            ReloadEvent::Rotated { .. } => rotated.inc(),
-            ReloadEvent::Rejected { .. } => rejected.inc(),
-        }));
+        model
+            .context
+            .reload
+            .set(Arc::new(move |e: &ReloadEvent| match e {
+                ReloadEvent::Rotated { .. } => rotated.inc(),
+                ReloadEvent::Rejected { .. } => rejected.inc(),
+            }));
     }
     stats.static_unknown_fields.add(unknown_fields as u64);
     stats.concurrency.set(concurrency as i64);
@@ -350,8 +353,12 @@ pub async fn start(
     let clusters: Vec<Arc<Cluster>> = model
         .clusters
         .iter()
-        .map(|c| Cluster::new(c.clone(), &store))
+        .map(|c| Cluster::new(c.clone(), &store, cluster::Origin::Bootstrap))
         .collect();
+    let main_rt = tokio::runtime::Handle::current();
+    for c in &clusters {
+        c.start(&main_rt);
+    }
     stats.cluster_added.add(clusters.len() as u64);
     stats.active_clusters.set(clusters.len() as i64);
     stats.warming_clusters.set(0);
@@ -422,7 +429,7 @@ pub async fn start(
                     clusters: cluster_manager.clone(),
                     listeners: listeners.clone(),
                     local: local.clone(),
-                    runtime: Arc::new(model.runtime.clone()),
+                    model: model.context.clone(),
                     concurrency,
                 },
             )

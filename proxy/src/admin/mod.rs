@@ -343,6 +343,7 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
         "/runtime" => {
             let entries: serde_json::Map<String, serde_json::Value> = state
                 .bootstrap
+                .context
                 .runtime
                 .values
                 .iter()
@@ -359,6 +360,7 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
                 .collect();
             let layers: Vec<_> = state
                 .bootstrap
+                .context
                 .runtime
                 .layers
                 .iter()

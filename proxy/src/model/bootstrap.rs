@@ -58,7 +58,8 @@ pub struct Bootstrap {
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
     pub stats: StatsSettings,
-    pub runtime: Runtime,
+    /// The runtime layer, static secrets and reload hook: what later xDS translations read too.
+    pub context: Arc<super::context::TranslateContext>,
     /// `deferred_stat_options.enable_deferred_creation_stats`.
     pub deferred_creation_stats: bool,
     /// `application_log_config.log_format`.
@@ -250,45 +251,45 @@ impl Bootstrap {
         }
         let stats = stats_settings(&path.field("stats_config"), stats_config, flush_interval)?;
 
-        let mut listeners = Vec::new();
+        let sp = path.field("static_resources");
+        let empty = pb::bootstrap::bootstrap::StaticResources::default();
+        let pb::bootstrap::bootstrap::StaticResources {
+            listeners: ls,
+            clusters: cs,
+            secrets,
+        } = static_resources.as_ref().unwrap_or(&empty);
+        let reload = super::context::ReloadHook::default();
+        let secrets =
+            super::tls::StaticSecrets::from_proto(&sp.field("secrets"), secrets, &reload)?;
+        let context = Arc::new(super::context::TranslateContext {
+            runtime: Arc::new(runtime),
+            secrets: Arc::new(secrets),
+            reload,
+        });
         let mut clusters = Vec::new();
-        if let Some(sr) = static_resources {
-            let sp = path.field("static_resources");
-            let pb::bootstrap::bootstrap::StaticResources {
-                listeners: ls,
-                clusters: cs,
-                secrets,
-            } = sr;
-            let secrets = Arc::new(super::tls::StaticSecrets::from_proto(
-                &sp.field("secrets"),
-                secrets,
-            )?);
-            secrets.scope(|| -> Result<()> {
-            let mut names: HashMap<String, usize> = HashMap::new();
-            for (i, c) in cs.iter().enumerate() {
-                let cp = sp.field("clusters").index(i);
-                let cluster = Cluster::from_proto(&cp, c)?;
-                if let Some(prev) = names.insert(cluster.name.to_string(), i) {
-                    return Err(cp.field("name").error(format!("cluster manager: duplicate cluster '{}' (also static_resources.clusters[{prev}])", cluster.name)));
-                }
-                clusters.push(Arc::new(cluster));
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, c) in cs.iter().enumerate() {
+            let cp = sp.field("clusters").index(i);
+            let cluster = Cluster::from_proto(&cp, c, &context)?;
+            if let Some(prev) = names.insert(cluster.name.to_string(), i) {
+                return Err(cp.field("name").error(format!("cluster manager: duplicate cluster '{}' (also static_resources.clusters[{prev}])", cluster.name)));
             }
-            let mut lnames: HashMap<String, usize> = HashMap::new();
-            for (i, l) in ls.iter().enumerate() {
-                let lp = sp.field("listeners").index(i);
-                let listener = Listener::from_proto(&lp, l, &runtime)?;
-                if let Some(prev) = lnames.insert(listener.name.clone(), i) {
-                    return Err(lp.field("name").error(format!(
-                        "duplicate listener name '{}' (also static_resources.listeners[{prev}])",
-                        listener.name
-                    )));
-                }
-                check_route_clusters(&lp, &listener, &names)?;
-                check_no_pipe_targets(&lp, &listener, &clusters)?;
-                listeners.push(Arc::new(listener));
+            clusters.push(Arc::new(cluster));
+        }
+        let mut listeners = Vec::new();
+        let mut lnames: HashMap<String, usize> = HashMap::new();
+        for (i, l) in ls.iter().enumerate() {
+            let lp = sp.field("listeners").index(i);
+            let listener = Listener::from_proto(&lp, l, &context)?;
+            if let Some(prev) = lnames.insert(listener.name.clone(), i) {
+                return Err(lp.field("name").error(format!(
+                    "duplicate listener name '{}' (also static_resources.listeners[{prev}])",
+                    listener.name
+                )));
             }
-            Ok(())
-            })?;
+            check_route_clusters(&lp, &listener, &names)?;
+            check_no_pipe_targets(&lp, &listener, &clusters)?;
+            listeners.push(Arc::new(listener));
         }
         // The ADS stream's cluster is a static one; EDS clusters need ADS.
         if let Some(ads) = &dynamic.ads
@@ -338,7 +339,7 @@ impl Bootstrap {
             listeners,
             clusters,
             stats,
-            runtime,
+            context,
             deferred_creation_stats,
             app_log_format,
             outlier_event_log,

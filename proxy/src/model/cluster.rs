@@ -511,7 +511,11 @@ pub fn keepalive(ka: &pb::core::TcpKeepalive) -> Keepalive {
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn from_proto(path: &FieldPath, c: &pb::cluster::Cluster) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        c: &pb::cluster::Cluster,
+        cx: &super::context::TranslateContext,
+    ) -> Result<Self> {
         use pb::cluster::cluster::{
             ClusterDiscoveryType as Cdt, DiscoveryType as D, DnsLookupFamily as F, LbConfig,
             LbPolicy as L,
@@ -628,7 +632,8 @@ impl Cluster {
                 &subset.subset_selectors,
             )?;
         }
-        let tls = super::tls::upstream_socket(&path.field("transport_socket"), transport_socket)?;
+        let tls =
+            super::tls::upstream_socket(&path.field("transport_socket"), transport_socket, cx)?;
         super::core::metadata_ok(metadata);
         let istio = istio_metadata(metadata);
         deny(

@@ -4,12 +4,12 @@
 //! filters (TLS and HTTP inspectors) and network filters (HTTP connection manager, tcp_proxy).
 
 use super::cluster::{Keepalive, keepalive};
+use super::context::TranslateContext;
 use super::core::{
     any_type, bool_or, decode_any, deny, enum_value, opt_duration, socket_address, u32_or,
 };
 use super::hcm::{HCM_TYPE, HttpConnectionManager};
 use super::pb;
-use super::runtime::Runtime;
 use super::tcp_proxy::{TCP_PROXY_TYPE, TcpProxy};
 use crate::config::{FieldPath, Result};
 use std::net::{IpAddr, SocketAddr};
@@ -178,8 +178,13 @@ pub struct ConnectionFacts<'a> {
 // === impl Listener ===
 
 impl Listener {
-    pub fn from_proto(path: &FieldPath, l: &pb::listener::Listener, rt: &Runtime) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        l: &pb::listener::Listener,
+        cx: &TranslateContext,
+    ) -> Result<Self> {
         use pb::listener::listener::DrainType;
+        let rt = &*cx.runtime;
         let pb::listener::Listener {
             name,
             address,
@@ -315,7 +320,7 @@ impl Listener {
         let mut chains = Vec::with_capacity(filter_chains.len());
         for (i, fc) in filter_chains.iter().enumerate() {
             let fcp = path.field("filter_chains").index(i);
-            let chain = FilterChain::from_proto(&fcp, fc, rt, buffer_limit)?;
+            let chain = FilterChain::from_proto(&fcp, fc, cx, buffer_limit)?;
             if let Some(j) = chains
                 .iter()
                 .position(|c: &Arc<FilterChain>| c.matcher == chain.matcher)
@@ -336,7 +341,7 @@ impl Listener {
         let default_chain = default_filter_chain
             .as_ref()
             .map(|fc| {
-                FilterChain::from_proto(&path.field("default_filter_chain"), fc, rt, buffer_limit)
+                FilterChain::from_proto(&path.field("default_filter_chain"), fc, cx, buffer_limit)
                     .map(Arc::new)
             })
             .transpose()?;
@@ -455,10 +460,11 @@ impl FilterChain {
     fn from_proto(
         path: &FieldPath,
         fc: &pb::listener::FilterChain,
-        rt: &Runtime,
+        cx: &TranslateContext,
         buffer_limit: u32,
     ) -> Result<Self> {
         use pb::listener::filter::ConfigType;
+        let rt = &*cx.runtime;
         let pb::listener::FilterChain {
             filter_chain_match,
             filters,
@@ -470,7 +476,8 @@ impl FilterChain {
         } = fc;
         deny(path, "use_proxy_proto", use_proxy_proto)?;
         super::core::metadata_ok(metadata);
-        let tls = super::tls::downstream_socket(&path.field("transport_socket"), transport_socket)?;
+        let tls =
+            super::tls::downstream_socket(&path.field("transport_socket"), transport_socket, cx)?;
         let handshake_timeout = opt_duration(
             path,
             "transport_socket_connect_timeout",

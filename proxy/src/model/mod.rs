@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
 pub mod compressor;
+pub mod context;
 pub mod core;
 pub mod hash_policy;
 pub mod hcm;

@@ -3,36 +3,23 @@
 //! validation context (trusted CA, SAN matchers) and TLS parameters (versions, TLS 1.2 cipher
 //! suites by their OpenSSL names, curves). Everything not honoured is refused by path.
 
+use super::context::{ReloadHook, TranslateContext};
 use super::core::{bool_or, decode_any, deny, enum_value, u32_or};
 use super::matcher::StringMatcher;
 use super::pb;
 use crate::config::{FieldPath, Result};
-use remora_certs::source::{
-    CertificateSource, Data, FileCertificate, FileTrust, OnReload, ReloadEvent, TrustSource,
-};
+use remora_certs::source::{CertificateSource, Data, FileCertificate, FileTrust, TrustSource};
 use remora_certs::verify::{ClientVerifier, Pin, SanMatcher, SanType, ServerVerifier, Validation};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 use rustls_pki_types::ServerName;
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 pub const DOWNSTREAM_TLS_TYPE: &str =
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 pub const UPSTREAM_TLS_TYPE: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-
-/// Reports certificate-file rotations (set once by the server: stats and logs).
-pub static RELOAD_HOOK: OnceLock<OnReload> = OnceLock::new();
-
-fn on_reload() -> Option<OnReload> {
-    Some(Arc::new(|e: &ReloadEvent| {
-        if let Some(h) = RELOAD_HOOK.get() {
-            h(e)
-        }
-    }))
-}
 
 // === static secrets ===
 
@@ -43,15 +30,13 @@ pub struct StaticSecrets {
     by_name: HashMap<String, pb::tls::Secret>,
 }
 
-thread_local! {
-    /// The bootstrap's secrets while its listeners and clusters are translated (on the
-    /// config-load thread).
-    static SECRETS: RefCell<Option<Arc<StaticSecrets>>> = const { RefCell::new(None) };
-}
-
 impl StaticSecrets {
     /// Validate every secret (its files are loaded and checked now, by path).
-    pub fn from_proto(path: &FieldPath, secrets: &[pb::tls::Secret]) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        secrets: &[pb::tls::Secret],
+        reload: &ReloadHook,
+    ) -> Result<Self> {
         use pb::tls::secret::Type;
         let mut by_name = HashMap::new();
         for (i, s) in secrets.iter().enumerate() {
@@ -62,10 +47,10 @@ impl StaticSecrets {
             }
             match r#type {
                 Some(Type::TlsCertificate(t)) => {
-                    tls_certificate(&sp.field("tls_certificate"), t)?;
+                    tls_certificate(&sp.field("tls_certificate"), t, reload)?;
                 }
                 Some(Type::ValidationContext(v)) => {
-                    validation_context(&sp.field("validation_context"), v, None)?;
+                    validation_context(&sp.field("validation_context"), v, None, reload)?;
                 }
                 Some(Type::SessionTicketKeys(_)) => {
                     return Err(sp.unsupported("session_ticket_keys"));
@@ -82,38 +67,28 @@ impl StaticSecrets {
         Ok(Self { by_name })
     }
 
-    /// Run `f` (listener and cluster translation) with these secrets resolvable by name.
-    pub fn scope<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
-        let previous = SECRETS.with(|s| s.replace(Some(self.clone())));
-        let r = f();
-        SECRETS.with(|s| *s.borrow_mut() = previous);
-        r
-    }
-
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
 }
 
 /// A secret named by an `SdsSecretConfig` without `sds_config`: a static secret.
-fn static_secret(path: &FieldPath, c: &pb::tls::SdsSecretConfig) -> Result<pb::tls::Secret> {
+fn static_secret(
+    path: &FieldPath,
+    c: &pb::tls::SdsSecretConfig,
+    cx: &TranslateContext,
+) -> Result<pb::tls::Secret> {
     let pb::tls::SdsSecretConfig { name, sds_config } = c;
     if sds_config.is_some() {
         return Err(path
             .field("sds_config")
             .error("is not supported yet (SDS arrives with xDS); static secrets are"));
     }
-    SECRETS
-        .with(|s| {
-            s.borrow()
-                .as_ref()
-                .and_then(|s| s.by_name.get(name).cloned())
-        })
-        .ok_or_else(|| {
-            path.field("name").error(format!(
-                "unknown static secret '{name}' (static_resources.secrets)"
-            ))
-        })
+    cx.secrets.by_name.get(name).cloned().ok_or_else(|| {
+        path.field("name").error(format!(
+            "unknown static secret '{name}' (static_resources.secrets)"
+        ))
+    })
 }
 
 /// A listener filter chain's TLS termination.
@@ -205,6 +180,7 @@ fn transport_socket<'a>(
 pub fn downstream_socket(
     path: &FieldPath,
     ts: &Option<pb::core::TransportSocket>,
+    cx: &TranslateContext,
 ) -> Result<Option<Arc<DownstreamTls>>> {
     let Some(any) = transport_socket(path, ts, DOWNSTREAM_TLS_TYPE)? else {
         return Ok(None);
@@ -213,6 +189,7 @@ pub fn downstream_socket(
     Ok(Some(Arc::new(DownstreamTls::from_proto(
         &tp,
         &decode_any(&tp, any)?,
+        cx,
     )?)))
 }
 
@@ -220,6 +197,7 @@ pub fn downstream_socket(
 pub fn upstream_socket(
     path: &FieldPath,
     ts: &Option<pb::core::TransportSocket>,
+    cx: &TranslateContext,
 ) -> Result<Option<Arc<UpstreamTls>>> {
     let Some(any) = transport_socket(path, ts, UPSTREAM_TLS_TYPE)? else {
         return Ok(None);
@@ -228,6 +206,7 @@ pub fn upstream_socket(
     Ok(Some(Arc::new(UpstreamTls::from_proto(
         &tp,
         &decode_any(&tp, any)?,
+        cx,
     )?)))
 }
 
@@ -251,7 +230,12 @@ struct Common {
     alpn: Vec<String>,
 }
 
-fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result<Common> {
+fn common(
+    path: &FieldPath,
+    c: &pb::tls::CommonTlsContext,
+    side: Side,
+    cx: &TranslateContext,
+) -> Result<Common> {
     use pb::tls::common_tls_context::ValidationContextType as V;
     #[allow(deprecated)]
     let pb::tls::CommonTlsContext {
@@ -293,7 +277,7 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
     let mut certificates = tls_certificates
         .iter()
         .enumerate()
-        .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t))
+        .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t, &cx.reload))
         .collect::<Result<Vec<_>>>()?;
     for (i, c) in tls_certificate_sds_secret_configs.iter().enumerate() {
         let sp = path.field("tls_certificate_sds_secret_configs").index(i);
@@ -302,9 +286,9 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
             certificates.push(crate::xds::sds::certificate(source, &c.name));
             continue;
         }
-        match static_secret(&sp, c)?.r#type {
+        match static_secret(&sp, c, cx)?.r#type {
             Some(pb::tls::secret::Type::TlsCertificate(t)) => {
-                certificates.push(tls_certificate(&sp, &t)?);
+                certificates.push(tls_certificate(&sp, &t, &cx.reload)?);
             }
             _ => {
                 return Err(sp
@@ -319,6 +303,7 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
             &path.field("validation_context"),
             v,
             None,
+            &cx.reload,
         )?),
         Some(V::ValidationContextSdsSecretConfig(c)) => {
             let sp = path.field("validation_context_sds_secret_config");
@@ -330,9 +315,15 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
                         &sp,
                         &pb::tls::CertificateValidationContext::default(),
                         Some(trust),
+                        &cx.reload,
                     )?)
                 }
-                None => Some(validation_context(&sp, &secret_validation(&sp, c)?, None)?),
+                None => Some(validation_context(
+                    &sp,
+                    &secret_validation(&sp, c, cx)?,
+                    None,
+                    &cx.reload,
+                )?),
             }
         }
         Some(V::CombinedValidationContext(c)) => {
@@ -373,6 +364,7 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
                         &cp.field("default_validation_context"),
                         &default,
                         Some(trust),
+                        &cx.reload,
                     )?),
                     alpn: checked_alpn(path, alpn_protocols)?,
                 });
@@ -381,10 +373,10 @@ fn common(path: &FieldPath, c: &pb::tls::CommonTlsContext, side: Side) -> Result
             let mut merged = default;
             prost::Message::merge(
                 &mut merged,
-                prost::Message::encode_to_vec(&secret_validation(&sp, sds)?).as_slice(),
+                prost::Message::encode_to_vec(&secret_validation(&sp, sds, cx)?).as_slice(),
             )
             .map_err(|e| cp.error(format!("cannot merge validation contexts: {e}")))?;
-            Some(validation_context(&cp, &merged, None)?)
+            Some(validation_context(&cp, &merged, None, &cx.reload)?)
         }
         #[allow(deprecated)]
         Some(V::ValidationContextCertificateProvider(_)) => {
@@ -419,8 +411,9 @@ fn checked_alpn(path: &FieldPath, alpn_protocols: &[String]) -> Result<Vec<Strin
 fn secret_validation(
     path: &FieldPath,
     c: &pb::tls::SdsSecretConfig,
+    cx: &TranslateContext,
 ) -> Result<pb::tls::CertificateValidationContext> {
-    match static_secret(path, c)?.r#type {
+    match static_secret(path, c, cx)?.r#type {
         Some(pb::tls::secret::Type::ValidationContext(v)) => Ok(v),
         _ => Err(path
             .field("name")
@@ -461,6 +454,7 @@ pub(crate) fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> R
 fn tls_certificate(
     path: &FieldPath,
     t: &pb::tls::TlsCertificate,
+    reload: &ReloadHook,
 ) -> Result<Arc<dyn CertificateSource>> {
     let pb::tls::TlsCertificate {
         certificate_chain,
@@ -485,7 +479,7 @@ fn tls_certificate(
     deny(path, "tls_params", tls_params)?;
     let chain = tls_data(&path.field("certificate_chain"), certificate_chain)?;
     let key = tls_data(&path.field("private_key"), private_key)?;
-    FileCertificate::load(chain, key, on_reload())
+    FileCertificate::load(chain, key, reload.callback())
         .map(|c| c as Arc<dyn CertificateSource>)
         .map_err(|e| path.error(e.to_string()))
 }
@@ -495,6 +489,7 @@ fn validation_context(
     path: &FieldPath,
     v: &pb::tls::CertificateValidationContext,
     dynamic_trust: Option<Arc<dyn TrustSource>>,
+    reload: &ReloadHook,
 ) -> Result<CheckedValidation> {
     use pb::tls::certificate_validation_context::TrustChainVerification as T;
     use pb::tls::subject_alt_name_matcher::SanType as S;
@@ -555,7 +550,7 @@ fn validation_context(
         Some(_) => Some(
             FileTrust::load(
                 tls_data(&path.field("trusted_ca"), trusted_ca)?,
-                on_reload(),
+                reload.callback(),
             )
             .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
         ),
@@ -838,7 +833,11 @@ fn rustls_error(path: &FieldPath, e: rustls::Error) -> crate::config::ConfigErro
 // === impl DownstreamTls ===
 
 impl DownstreamTls {
-    pub fn from_proto(path: &FieldPath, d: &pb::tls::DownstreamTlsContext) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        d: &pb::tls::DownstreamTlsContext,
+        cx: &TranslateContext,
+    ) -> Result<Self> {
         use pb::tls::downstream_tls_context::OcspStaplePolicy as O;
         use pb::tls::downstream_tls_context::SessionTicketKeysType as K;
         let pb::tls::DownstreamTlsContext {
@@ -875,6 +874,7 @@ impl DownstreamTls {
             &cp,
             common_tls_context.as_ref().unwrap_or(&default),
             Side::Server,
+            cx,
         )?;
         if c.certificates.is_empty() {
             return Err(cp
@@ -963,7 +963,11 @@ impl UpstreamTls {
         config
     }
 
-    pub fn from_proto(path: &FieldPath, u: &pb::tls::UpstreamTlsContext) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        u: &pb::tls::UpstreamTlsContext,
+        cx: &TranslateContext,
+    ) -> Result<Self> {
         let pb::tls::UpstreamTlsContext {
             common_tls_context,
             sni,
@@ -985,6 +989,7 @@ impl UpstreamTls {
             &cp,
             common_tls_context.as_ref().unwrap_or(&default),
             Side::Client,
+            cx,
         )?;
         let (validation, trust) = match c.validation {
             Some((v, trust, _)) => (v, trust),

@@ -241,6 +241,13 @@ impl ClusterTrafficStats {
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Where a cluster came from (`added_via_api` in /clusters and /config_dump).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Bootstrap,
+    Api,
+}
+
 /// A cluster at runtime.
 #[derive(Debug)]
 pub struct Cluster {
@@ -262,7 +269,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(config: Arc<ClusterConfig>, store: &Arc<Store>) -> Arc<Self> {
+    /// Build a cluster (static hosts published). Spawns nothing: its timers and health
+    /// checker run once [`Cluster::start`] is called on the complete, shared cluster.
+    pub fn new(config: Arc<ClusterConfig>, store: &Arc<Store>, origin: Origin) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.stat_name);
         let c = Arc::new(Self {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
@@ -297,18 +306,23 @@ impl Cluster {
                 )
             }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
-            added_via_api: false,
+            added_via_api: origin == Origin::Api,
             last_updated: SystemTime::now(),
             config,
         });
         if c.config.discovery == Discovery::Static {
             c.publish(hosts_of(&c.config.localities));
         }
-        super::health_check::HealthChecker::start(&c);
-        // The outlier detector's interval timer, for as long as the cluster lives.
-        if let (Some(od), Ok(rt)) = (&c.outlier, tokio::runtime::Handle::try_current()) {
+        c
+    }
+
+    /// The start phase: the active health checker and the outlier detector's interval timer,
+    /// on `rt` (the main runtime), for as long as the cluster lives (they hold it weakly).
+    pub fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        super::health_check::HealthChecker::start(self, rt);
+        if let Some(od) = &self.outlier {
             let every = od.interval();
-            let weak = Arc::downgrade(&c);
+            let weak = Arc::downgrade(self);
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
@@ -321,7 +335,6 @@ impl Cluster {
                 }
             });
         }
-        c
     }
 
     /// Report how a request to `host` ended (outlier detection).
@@ -330,15 +343,6 @@ impl Cluster {
         if let Some(od) = &self.outlier {
             od.report(self, host, outcome);
         }
-    }
-
-    /// A cluster from CDS.
-    pub fn new_dynamic(config: Arc<ClusterConfig>, store: &Arc<Store>) -> Arc<Self> {
-        let mut c = Self::new(config, store);
-        Arc::get_mut(&mut c)
-            .expect("just created, not shared")
-            .added_via_api = true;
-        c
     }
 
     /// Publish a new host list (keeps the `Arc<Host>` of unchanged hosts, so their pools and

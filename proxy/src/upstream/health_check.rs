@@ -110,8 +110,8 @@ impl HealthChecker {
     }
 
     /// Start checking the cluster's hosts (for as long as the cluster lives).
-    pub fn start(cluster: &Arc<Cluster>) {
-        let (Some(hc), Ok(rt)) = (&cluster.health, tokio::runtime::Handle::try_current()) else {
+    pub fn start(cluster: &Arc<Cluster>, rt: &tokio::runtime::Handle) {
+        let Some(hc) = &cluster.health else {
             return;
         };
         let changes = hc.hosts_changed.subscribe();

@@ -209,7 +209,11 @@ mod tests {
             health_checks: Vec::new(),
             locality_weighted: false,
         };
-        Cluster::new(Arc::new(cfg), &Arc::new(Store::default()))
+        Cluster::new(
+            Arc::new(cfg),
+            &Arc::new(Store::default()),
+            crate::upstream::cluster::Origin::Bootstrap,
+        )
     }
 
     #[test]

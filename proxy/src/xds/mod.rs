@@ -155,7 +155,8 @@ pub struct XdsRuntime {
     lds_initialized: tokio::sync::watch::Sender<bool>,
     listeners: Arc<ListenerManager>,
     local: Arc<LocalInfo>,
-    model_runtime: Arc<crate::model::runtime::Runtime>,
+    /// What translation reads besides the resources (runtime, static secrets, reload hook).
+    model: Arc<crate::model::context::TranslateContext>,
     concurrency: usize,
     lds_timeout: Option<Duration>,
     warming_seq: std::sync::atomic::AtomicU64,
@@ -177,7 +178,7 @@ pub struct Context {
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
     pub local: Arc<LocalInfo>,
-    pub runtime: Arc<crate::model::runtime::Runtime>,
+    pub model: Arc<crate::model::context::TranslateContext>,
     pub concurrency: usize,
 }
 
@@ -194,7 +195,7 @@ pub fn start(
         clusters,
         listeners,
         local,
-        runtime: model_runtime,
+        model,
         concurrency,
     } = cx;
     let (store, clusters) = (&store, &clusters);
@@ -218,7 +219,7 @@ pub fn start(
         lds_initialized: tokio::sync::watch::channel(!lds).0,
         listeners,
         local,
-        model_runtime,
+        model,
         concurrency,
         lds_timeout: dynamic.lds.as_ref().and_then(|l| l.initial_fetch_timeout),
         warming_seq: std::sync::atomic::AtomicU64::new(0),
@@ -461,17 +462,14 @@ impl XdsRuntime {
                 continue;
             }
             let path = FieldPath::new(format!("Listener '{name}'"));
-            let config = match crate::model::listener::Listener::from_proto(
-                &path,
-                &proto,
-                &self.model_runtime,
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(e.to_string());
-                    continue;
-                }
-            };
+            let config =
+                match crate::model::listener::Listener::from_proto(&path, &proto, &self.model) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        continue;
+                    }
+                };
             let previous = self.listeners.get(&name);
             let built = ActiveListener::new(
                 Arc::new(config),
@@ -611,7 +609,7 @@ impl XdsRuntime {
         let mut state = self.lock();
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
-            let translated = translate_cluster(i, any, &self.static_names, &mut pool);
+            let translated = translate_cluster(i, any, &self.static_names, &mut pool, &self.model);
             let (name, config) = match translated {
                 Ok(x) => x,
                 Err(e) => {
@@ -709,7 +707,8 @@ impl XdsRuntime {
 
     fn add_cluster_inner(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
         let name = config.name.to_string();
-        let c = Cluster::new_dynamic(Arc::new(config), &self.store);
+        let c = Cluster::new(Arc::new(config), &self.store, cluster::Origin::Api);
+        c.start(&self.runtime);
         if let Some(task) = state.dns.remove(&name) {
             task.abort();
         }
@@ -1013,6 +1012,7 @@ fn translate_cluster(
     any: &Any,
     static_names: &BTreeSet<String>,
     pool: &mut Option<prost_reflect::DescriptorPool>,
+    cx: &crate::model::context::TranslateContext,
 ) -> Result<(String, ClusterConfig), String> {
     if any.type_url != CLUSTER {
         return Err(format!(
@@ -1029,6 +1029,6 @@ fn translate_cluster(
         ));
     }
     let path = FieldPath::new(format!("Cluster '{name}'"));
-    let config = ClusterConfig::from_proto(&path, &proto).map_err(|e| e.to_string())?;
+    let config = ClusterConfig::from_proto(&path, &proto, cx).map_err(|e| e.to_string())?;
     Ok((name, config))
 }

@@ -1,0 +1,47 @@
+//! What translation reads besides the protos it translates, passed explicitly (no
+//! process-global registry): the bootstrap's runtime layer, its static secrets (which LDS and CDS
+//! resources may name as well as the bootstrap's own), and the hook that reports certificate
+//! rotations (set by the server once its stats exist).
+
+use super::runtime::Runtime;
+use super::tls::StaticSecrets;
+use remora_certs::source::{OnReload, ReloadEvent};
+use std::sync::{Arc, OnceLock};
+
+/// The translation context: built with the bootstrap, shared by every later xDS translation.
+#[derive(Debug, Default)]
+pub struct TranslateContext {
+    pub runtime: Arc<Runtime>,
+    pub secrets: Arc<StaticSecrets>,
+    pub reload: ReloadHook,
+}
+
+/// Where certificate-file reloads are reported. Watched certificates created before the server
+/// set the hook report to it too (they hold the hook, not a copy of its value).
+#[derive(Clone, Default)]
+pub struct ReloadHook(Arc<OnceLock<OnReload>>);
+
+impl std::fmt::Debug for ReloadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ReloadHook")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl ReloadHook {
+    /// Set where reloads go (the first call wins).
+    pub fn set(&self, hook: OnReload) {
+        let _ = self.0.set(hook);
+    }
+
+    /// The callback a certificate source is given.
+    pub fn callback(&self) -> Option<OnReload> {
+        let cell = self.0.clone();
+        Some(Arc::new(move |e: &ReloadEvent| {
+            if let Some(h) = cell.get() {
+                h(e)
+            }
+        }))
+    }
+}
