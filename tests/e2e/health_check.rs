@@ -1,6 +1,7 @@
 //! Active health checks (cluster `health_checks`): HTTP, TCP and gRPC checkers against hosts
 //! that pass, fail and recover on command; traffic follows the hosts' health.
 
+use crate::sources::Source;
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -111,11 +112,10 @@ async fn spread(r: &Remora, n: usize) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn http_checks_steer_traffic_away_from_a_failing_host_and_back() {
+async fn http_checks_steer_traffic_away_from_a_failing_host_and_back(source: Source) {
     let good = toggle("good", true).await;
     let bad = toggle("bad", false).await;
-    let r = Remora::start(&proxy(
+    let r = source.start(&proxy(
         &[good.addr, bad.addr],
         "{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 2, healthy_threshold: 2, http_health_check: {path: /healthz}}",
     ))
@@ -212,8 +212,7 @@ async fn a_host_that_dies_fails_after_the_unhealthy_threshold() {
     assert!(spread(&r, 5).await.iter().all(|u| u == "good"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tcp_checks_send_and_match_payloads() {
+async fn tcp_checks_send_and_match_payloads(source: Source) {
     let (echo, _t) = tcp_echo().await;
     // A server that answers anything with "NOPE".
     let (nope, _t2) = serve_tcp(|mut s| async move {
@@ -227,7 +226,7 @@ async fn tcp_checks_send_and_match_payloads() {
     })
     .await;
     // "PING" in hex; the echo answers it, the other host does not.
-    let r = Remora::start(&proxy(
+    let r = source.start(&proxy(
         &[echo, nope],
         "{timeout: 0.3s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: '50494e47'}, receive: [{text: '50494e47'}]}}",
     ))
@@ -311,3 +310,8 @@ async fn no_traffic_interval_until_the_cluster_carries_traffic() {
     let n = good.checks.load(Ordering::Relaxed);
     assert!(n >= 4, "{n} checks");
 }
+
+crate::across_sources!(
+    http_checks_steer_traffic_away_from_a_failing_host_and_back,
+    tcp_checks_send_and_match_payloads,
+);

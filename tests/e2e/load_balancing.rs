@@ -1,6 +1,7 @@
 //! Load balancers: RING_HASH and MAGLEV with the route's hash policies (header, cookie,
 //! source IP), and locality-weighted balancing.
 
+use crate::sources::Source;
 use crate::support::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,16 +24,16 @@ async fn upstreams(n: usize) -> Vec<Upstream> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ring_hash_keeps_a_header_on_one_host() {
+async fn ring_hash_keeps_a_header_on_one_host(source: Source) {
     let us = upstreams(3).await;
     let addrs: Vec<_> = us.iter().map(|u| u.addr).collect();
-    let r = Remora::start(&proxy(
-        &addrs,
-        "    lb_policy: RING_HASH\n    ring_hash_lb_config: {minimum_ring_size: 512}\n",
-        ", hash_policy: [{header: {header_name: x-user}}]",
-    ))
-    .await;
+    let r = source
+        .start(&proxy(
+            &addrs,
+            "    lb_policy: RING_HASH\n    ring_hash_lb_config: {minimum_ring_size: 512}\n",
+            ", hash_policy: [{header: {header_name: x-user}}]",
+        ))
+        .await;
     let addr = r.addr("main");
     let mut owner: HashMap<String, String> = HashMap::new();
     for round in 0..3 {
@@ -51,16 +52,16 @@ async fn ring_hash_keeps_a_header_on_one_host() {
     assert!(distinct.len() >= 2, "20 users on one host: {owner:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn maglev_generates_a_sticky_cookie_and_honours_it() {
+async fn maglev_generates_a_sticky_cookie_and_honours_it(source: Source) {
     let us = upstreams(3).await;
     let addrs: Vec<_> = us.iter().map(|u| u.addr).collect();
-    let r = Remora::start(&proxy(
-        &addrs,
-        "    lb_policy: MAGLEV\n",
-        ", hash_policy: [{cookie: {name: sticky, ttl: 3600s, path: /}}]",
-    ))
-    .await;
+    let r = source
+        .start(&proxy(
+            &addrs,
+            "    lb_policy: MAGLEV\n",
+            ", hash_policy: [{cookie: {name: sticky, ttl: 3600s, path: /}}]",
+        ))
+        .await;
     let addr = r.addr("main");
     let first = get(addr, "x", "/").await;
     let set = first
@@ -79,12 +80,13 @@ async fn maglev_generates_a_sticky_cookie_and_honours_it() {
         assert!(resp.header("set-cookie").is_none(), "the cookie was sent");
     }
     // Source IP hashing: every request from 127.0.0.1 lands on one host.
-    let r = Remora::start(&proxy(
-        &addrs,
-        "    lb_policy: MAGLEV\n",
-        ", hash_policy: [{connection_properties: {source_ip: true}}]",
-    ))
-    .await;
+    let r = source
+        .start(&proxy(
+            &addrs,
+            "    lb_policy: MAGLEV\n",
+            ", hash_policy: [{connection_properties: {source_ip: true}}]",
+        ))
+        .await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
         let resp = get(r.addr("main"), "x", "/").await;
@@ -122,3 +124,8 @@ async fn locality_weights_split_traffic() {
         "{to_a} of 200 to the weight-1 locality"
     );
 }
+
+crate::across_sources!(
+    ring_hash_keeps_a_header_on_one_host,
+    maglev_generates_a_sticky_cookie_and_honours_it,
+);

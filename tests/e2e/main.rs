@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `remora` binary against real servers on 127.0.0.1.
 
+mod sources;
 mod support;
 
 mod access_log;

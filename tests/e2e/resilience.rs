@@ -1,5 +1,6 @@
 //! Resilience: circuit breakers (cluster `circuit_breakers.thresholds`) against slow upstreams.
 
+use crate::sources::Source;
 use crate::support::*;
 use std::time::Duration;
 
@@ -23,14 +24,14 @@ fn proxy_yaml(upstream: std::net::SocketAddr, thresholds: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn max_requests_overflows_with_uo_exactly_at_the_threshold() {
+async fn max_requests_overflows_with_uo_exactly_at_the_threshold(source: Source) {
     let u = upstream("u").await;
-    let r = Remora::start(&proxy_yaml(
-        u.addr,
-        "{priority: DEFAULT, max_requests: 3, track_remaining: true}",
-    ))
-    .await;
+    let r = source
+        .start(&proxy_yaml(
+            u.addr,
+            "{priority: DEFAULT, max_requests: 3, track_remaining: true}",
+        ))
+        .await;
     let addr = r.addr("main");
     assert_eq!(
         r.stat("cluster.backend.circuit_breakers.default.remaining_rq")
@@ -170,10 +171,9 @@ async fn pending_request_connects_when_the_busy_connection_closes() {
     server.abort();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn istio_style_thresholds_and_defaults_in_stats() {
+async fn istio_style_thresholds_and_defaults_in_stats(source: Source) {
     let u = upstream("u").await;
-    let r = Remora::start(&proxy_yaml(
+    let r = source.start(&proxy_yaml(
         u.addr,
         "{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}",
     ))
@@ -273,8 +273,7 @@ async fn failing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
 
 /// Outlier detection: of three hosts, the one answering 503 is ejected after 3 consecutive 5xx
 /// (traffic then avoids it, `/clusters` flags it), and returns after its ejection time.
-#[tokio::test(flavor = "multi_thread")]
-async fn consecutive_5xx_ejects_a_bad_host_until_its_time_is_up() {
+async fn consecutive_5xx_ejects_a_bad_host_until_its_time_is_up(source: Source) {
     let a = upstream("a").await;
     let b = upstream("b").await;
     let (bad, _task) = failing_upstream().await;
@@ -287,7 +286,7 @@ async fn consecutive_5xx_ejects_a_bad_host_until_its_time_is_up() {
             "    outlier_detection: {consecutive_5xx: 3, interval: 0.2s, base_ejection_time: 1s, max_ejection_percent: 50}\n",
         ),
     );
-    let r = Remora::start_with(&yaml, &["--concurrency", "1"]).await;
+    let r = source.start_with(&yaml, &["--concurrency", "1"]).await;
     let addr = r.addr("main");
     let mut bad_answers = 0;
     for _ in 0..12 {
@@ -474,3 +473,48 @@ async fn max_connection_pools_refuses_a_new_pool() {
         0
     );
 }
+
+/// The cluster istiod writes for the mesh's DestinationRule (connectionPool, outlierDetection
+/// with consecutive5xxErrors 5 and minHealthPercent 30) plus a TCP health check: from the
+/// bootstrap and pushed over CDS (it once crashed the process there), it serves, ejects the
+/// failing host on its fifth 5xx and keeps serving from the healthy one.
+async fn destination_rule_cluster_serves_and_ejects(source: Source) {
+    let good = upstream("good").await;
+    let (bad, _task) = failing_upstream().await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: \"outbound|8082||deal-service.autolytiq.svc.cluster.local\"}\n";
+    let dr = concat!(
+        "    circuit_breakers:\n      thresholds:\n      - {max_connections: 100, max_pending_requests: 100, max_requests: 1000, max_retries: 3, track_remaining: true}\n",
+        "    outlier_detection: {consecutive_5xx: 5, consecutive_gateway_failure: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50, enforcing_consecutive_5xx: 100, enforcing_consecutive_gateway_failure: 100, enforcing_success_rate: 0}\n",
+        "    common_lb_config: {healthy_panic_threshold: {value: 30}}\n",
+        "    health_checks:\n    - {timeout: 1s, interval: 1s, unhealthy_threshold: 3, healthy_threshold: 1, tcp_health_check: {}}\n",
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_requests_per_connection: 100}\n        explicit_http_config: {http_protocol_options: {}}\n",
+    );
+    let name = "outbound|8082||deal-service.autolytiq.svc.cluster.local";
+    let yaml = bootstrap(
+        &http_listener("main", "", vhosts),
+        &cluster(&format!("\"{name}\""), &[good.addr, bad], dr),
+    );
+    let r = source.start_with(&yaml, &["--concurrency", "1"]).await;
+    let stat = |s: &str| format!("cluster.{name}.{s}");
+    r.wait_stat(&stat("health_check.healthy"), 2).await;
+    let addr = r.addr("main");
+    let mut bad_answers = 0;
+    for _ in 0..30 {
+        if get(addr, "x", "/").await.status == 503 {
+            bad_answers += 1;
+        }
+    }
+    assert_eq!(bad_answers, 5, "ejected after its fifth 5xx");
+    let s = r.stats().await;
+    assert_eq!(s[&stat("outlier_detection.ejections_active")], 1);
+    assert_eq!(s[&stat("membership_healthy")], 1);
+    assert_eq!(s[&stat("circuit_breakers.default.remaining_rq")], 1000);
+    assert_eq!(s[&stat("upstream_rq_200")], 25);
+}
+
+crate::across_sources!(
+    destination_rule_cluster_serves_and_ejects,
+    max_requests_overflows_with_uo_exactly_at_the_threshold,
+    istio_style_thresholds_and_defaults_in_stats,
+    consecutive_5xx_ejects_a_bad_host_until_its_time_is_up,
+);

@@ -1,6 +1,7 @@
 //! Retries and per-try timeouts (route `retry_policy`) against upstreams that fail on command:
 //! 503, reset, hang, refuse, rate-limit.
 
+use crate::sources::{Served, Source};
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -143,25 +144,28 @@ fn proxy(hosts: &[SocketAddr], policy: &str, vhost_extra: &str, cluster_extra: &
 }
 
 /// A proxy (route `retry_policy` as given) in front of one scripted upstream.
-async fn behind(script: &[Act], then: Option<Act>, policy: &str) -> (Scripted, Remora) {
-    behind_vhost(script, then, policy, "").await
+async fn behind(script: &[Act], then: Option<Act>, policy: &str) -> (Scripted, Served) {
+    behind_vhost(Source::Bootstrap, script, then, policy, "").await
 }
 
 /// The same, with virtual-host extras (YAML lines).
 async fn behind_vhost(
+    source: Source,
     script: &[Act],
     then: Option<Act>,
     policy: &str,
     vhost_extra: &str,
-) -> (Scripted, Remora) {
+) -> (Scripted, Served) {
     let u = Scripted::start(script, then).await;
-    let r = Remora::start(&proxy(&[u.addr], policy, vhost_extra, "")).await;
+    let r = source
+        .start(&proxy(&[u.addr], policy, vhost_extra, ""))
+        .await;
     (u, r)
 }
 
 /// What a client gets from a proxy (with this retry policy) whose one upstream never answers:
 /// the status, the access-log line, and the proxy (for its stats).
-async fn against_a_hanging_upstream(policy: &str) -> (u16, String, Remora) {
+async fn against_a_hanging_upstream(policy: &str) -> (u16, String, Served) {
     let (_hanging, r) = behind(&[], Some(Act::Hang), policy).await;
     let status = get(r.addr("main"), "x", "/").await.status;
     let line = r.log_lines("access.log", 1).await.remove(0);
@@ -176,9 +180,8 @@ fn post(addr: SocketAddr, body: &'static str) -> impl std::future::Future<Output
     request(addr, false, req)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn transient_503s_are_retried_with_the_body_replayed() {
-    let (u, r) = behind_vhost(&[Act::Status(503, ""), Act::Status(503, "")], None, "{retry_on: 5xx, num_retries: 3}", "              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n").await;
+async fn transient_503s_are_retried_with_the_body_replayed(source: Source) {
+    let (u, r) = behind_vhost(source, &[Act::Status(503, ""), Act::Status(503, "")], None, "{retry_on: 5xx, num_retries: 3}", "              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n").await;
     let resp = post(r.addr("main"), "payload").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(
@@ -252,13 +255,14 @@ async fn answers_outside_retry_on_are_not_retried() {
 /// Istio's VirtualService `retries: {attempts: 3, perTryTimeout: 10s, retryOn:
 /// gateway-error,connect-failure,refused-stream}` as istiod writes it: a refused connection and
 /// a 503 are retried on other hosts.
-#[tokio::test(flavor = "multi_thread")]
-async fn istio_retry_policy_moves_past_refused_and_failing_hosts() {
+async fn istio_retry_policy_moves_past_refused_and_failing_hosts(source: Source) {
     let good = upstream("good").await;
     let bad = Scripted::start(&[], Some(Act::Status(503, ""))).await;
     let refused = closed_port();
     let istio = "{retry_on: \"gateway-error,connect-failure,refused-stream\", num_retries: 3, per_try_timeout: 10s, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], host_selection_retry_max_attempts: 5, retriable_status_codes: [503]}";
-    let r = Remora::start(&proxy(&[good.addr, bad.addr, refused], istio, "", "")).await;
+    let r = source
+        .start(&proxy(&[good.addr, bad.addr, refused], istio, "", ""))
+        .await;
     for _ in 0..12 {
         let resp = get(r.addr("main"), "x", "/").await;
         assert_eq!(resp.status, 200, "{}", resp.text());
@@ -353,6 +357,7 @@ async fn rate_limited_back_off_honours_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_over_the_buffer_limit_is_not_retried() {
     let (u, r) = behind_vhost(
+        Source::Bootstrap,
         &[Act::Status(503, "")],
         None,
         "{retry_on: 5xx}",
@@ -367,6 +372,7 @@ async fn a_body_over_the_buffer_limit_is_not_retried() {
     assert_eq!(s["cluster.backend.upstream_rq_retry"], 0);
     // A small body is still retried.
     let (_u, r) = behind_vhost(
+        Source::Bootstrap,
         &[Act::Status(503, "")],
         None,
         "{retry_on: 5xx}",
@@ -557,3 +563,8 @@ async fn retriable_request_headers_select_the_requests() {
     assert_eq!(get(r.addr("main"), "x", "/other").await.status, 503);
     assert_eq!(u.seen().len(), 1, "the other was not");
 }
+
+crate::across_sources!(
+    transient_503s_are_retried_with_the_body_replayed,
+    istio_retry_policy_moves_past_refused_and_failing_hosts,
+);

@@ -68,7 +68,16 @@ impl Remora {
     }
 
     pub async fn try_start(yaml: &str, extra_args: &[&str]) -> Result<Remora, String> {
-        let dir = TempDir::new("run");
+        Self::try_start_in(TempDir::new("run"), yaml, extra_args).await
+    }
+
+    /// `try_start` with the run's scratch directory made by the caller (who may have put
+    /// `RUN_DIR` paths into resources served over xDS).
+    pub async fn try_start_in(
+        dir: TempDir,
+        yaml: &str,
+        extra_args: &[&str],
+    ) -> Result<Remora, String> {
         // `RUN_DIR` in a config names this run's scratch directory (access logs and such).
         let mut yaml = yaml.replace("RUN_DIR", dir.0.to_str().unwrap());
         // A JSON bootstrap names its own admin address.

@@ -2,6 +2,7 @@
 //! STRICT), PERMISSIVE ports, certificate rotation, every bad-input case with its stat, and
 //! interop with curl and openssl.
 
+use crate::sources::Source;
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -1123,8 +1124,7 @@ async fn tls_client_auth_example_runs() {
 /// Static secrets (`static_resources.secrets` named by `*_sds_secret_config` without an
 /// `sds_config`), `/certs` in Envoy's shape, and the secrets in `/config_dump` with inline
 /// private keys redacted.
-#[tokio::test(flavor = "multi_thread")]
-async fn static_secrets_certs_endpoint_and_redacted_dump() {
+async fn static_secrets_certs_endpoint_and_redacted_dump(source: Source) {
     let pki = Pki::new();
     let deal = pki.write("deal", DEAL);
     let app = upstream("deal-app").await;
@@ -1143,7 +1143,7 @@ async fn static_secrets_certs_endpoint_and_redacted_dump() {
         p(&deal, "root-cert.pem")
     );
     let yaml = bootstrap(&listener, &cluster("app", &[app.addr], "")) + &secrets;
-    let r = Remora::start(&yaml).await;
+    let r = source.start(&yaml).await;
     let addr = r.addr("inbound");
     let root = pki.ca.root_pem().to_string();
     let gw = pki.issue(GATEWAY, |_| {});
@@ -1464,3 +1464,5 @@ async fn istio_tcp_metadata_exchange_between_sidecars() {
         1
     );
 }
+
+crate::across_sources!(static_secrets_certs_endpoint_and_redacted_dump,);
