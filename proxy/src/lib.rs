@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod filters;
 pub mod http;
 pub mod listener;

@@ -27,9 +27,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    remora::telemetry::access_log::set_flush_interval(std::time::Duration::from_millis(
-        options.file_flush_interval_msec.max(1),
-    ));
     if let Some(Command::Demo { port, admin_port }) = options.command.clone() {
         let upstream = match remora::demo::spawn_echo() {
             Ok(a) => a,

@@ -5,6 +5,7 @@
 
 use crate::cli::{Mode, Options};
 use crate::config::load::load_bootstrap;
+use crate::context::ServerContext;
 use crate::http::conn_manager::LocalInfo;
 use crate::listener::manager::{ListenerManager, WorkerCommand};
 use crate::listener::{ActiveListener, ListenerManagerStats};
@@ -105,6 +106,10 @@ pub struct ServerState {
     pub admin_address: Mutex<Option<SocketAddr>>,
     /// The ADS runtime, when `dynamic_resources` has one.
     pub xds: Option<Arc<crate::xds::XdsRuntime>>,
+    /// What the runtime objects were built with.
+    pub context: Arc<ServerContext>,
+    /// The admin listener's own access logs.
+    pub admin_access_logs: Vec<crate::telemetry::access_log::AccessLogger>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -298,21 +303,23 @@ pub async fn start(
     if let Some(f) = &model.app_log_format {
         logs.set_format(f.clone()).map_err(StartError::Other)?;
     }
-    if let Some(p) = &model.outlier_event_log {
+    let outlier_events = match &model.outlier_event_log {
         // Opened (created) now, as Envoy does, so a bad path fails at startup; ejection events
-        // are appended by the outlier detector.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| {
-                StartError::Other(format!(
-                    "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
-                    p.display()
-                ))
-            })?;
-        crate::upstream::outlier::set_event_log(file);
-    }
+        // are appended by the outlier detectors.
+        Some(p) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| {
+                    StartError::Other(format!(
+                        "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
+                        p.display()
+                    ))
+                })?,
+        ))),
+        None => None,
+    };
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);
     {
@@ -343,19 +350,30 @@ pub async fn start(
         service_node: node.id.clone(),
         node: node.clone(),
     });
-    crate::filters::metadata_exchange::set_local_node(node);
-
-    if let Some(limit) = model.global_downstream_max_connections {
-        let _ = crate::listener::GLOBAL_DOWNSTREAM_LIMIT.set(limit);
-    }
+    let access_logs = Arc::new(crate::telemetry::access_log::Sinks::default());
+    access_logs
+        .start_flusher(std::time::Duration::from_millis(
+            options.file_flush_interval_msec.max(1),
+        ))
+        .map_err(|e| StartError::Other(format!("cannot start the access-log flusher: {e}")))?;
+    let main_rt = tokio::runtime::Handle::current();
+    let cx = Arc::new(ServerContext {
+        store: store.clone(),
+        local: local.clone(),
+        access_logs,
+        downstream: crate::context::DownstreamConnections::new(
+            model.global_downstream_max_connections,
+        ),
+        outlier_events,
+        main: main_rt.clone(),
+    });
 
     // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
     let clusters: Vec<Arc<Cluster>> = model
         .clusters
         .iter()
-        .map(|c| Cluster::new(c.clone(), &store, cluster::Origin::Bootstrap))
+        .map(|c| Cluster::new(c.clone(), &cx, cluster::Origin::Bootstrap))
         .collect();
-    let main_rt = tokio::runtime::Handle::current();
     for c in &clusters {
         c.start(&main_rt);
     }
@@ -392,9 +410,8 @@ pub async fn start(
             l.clone(),
             crate::listener::ListenerOrigin::Static(i),
             concurrency,
-            &store,
+            &cx,
             &cluster_manager,
-            &local,
             None,
         )?;
         listeners.stats.listener_added.inc();
@@ -425,10 +442,9 @@ pub async fn start(
                 &model.dynamic,
                 crate::xds::Context {
                     node,
-                    store: store.clone(),
+                    server: cx.clone(),
                     clusters: cluster_manager.clone(),
                     listeners: listeners.clone(),
-                    local: local.clone(),
                     model: model.context.clone(),
                     concurrency,
                 },
@@ -439,8 +455,19 @@ pub async fn start(
         None
     };
 
+    let admin_access_logs = match &model.admin {
+        Some(a) => a
+            .access_logs
+            .iter()
+            .map(|c| crate::telemetry::access_log::AccessLogger::new(c.clone(), &cx.access_logs))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| StartError::Other(format!("admin.access_log: {e}")))?,
+        None => Vec::new(),
+    };
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(ServerState {
+        context: cx,
+        admin_access_logs,
         options,
         bootstrap_proto: proto,
         bootstrap: model,
@@ -539,6 +566,7 @@ fn start_workers(state: &Arc<ServerState>) {
     for i in 0..state.concurrency {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WorkerCommand>();
         let mut shutdown = state.shutdown.subscribe();
+        let clusters = state.clusters.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("remora-worker-{i}"))
             .spawn(move || {
@@ -559,11 +587,14 @@ fn start_workers(state: &Arc<ServerState>) {
                             tokio::spawn(l.accept_loop(s));
                         }
                     });
-                    tokio::spawn(async {
+                    tokio::spawn(async move {
                         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
                         loop {
                             tick.tick().await;
                             crate::upstream::pool::sweep();
+                            let live: std::collections::HashSet<u64> =
+                                clusters.snapshot().values().map(|c| c.id).collect();
+                            crate::upstream::lb::prune_cursors(|id| live.contains(&id));
                         }
                     });
                     crate::listener::stopped(&mut shutdown).await;
@@ -611,6 +642,6 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
         l.stop.send_replace(true);
     }
     state.shutdown.send_replace(true);
-    crate::telemetry::access_log::sinks().flush_all();
+    state.context.access_logs.flush_all();
     tracing::info!("exiting");
 }

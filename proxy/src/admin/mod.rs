@@ -184,15 +184,7 @@ fn log_admin(
     if admin.access_logs.is_empty() {
         return;
     }
-    static LOGGERS: std::sync::OnceLock<Vec<crate::telemetry::access_log::AccessLogger>> =
-        std::sync::OnceLock::new();
-    let loggers = LOGGERS.get_or_init(|| {
-        admin
-            .access_logs
-            .iter()
-            .filter_map(|c| crate::telemetry::access_log::AccessLogger::new(c.clone()).ok())
-            .collect()
-    });
+    let loggers = &state.admin_access_logs;
     let local = state
         .admin_address
         .lock()
@@ -337,7 +329,7 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             text(StatusCode::OK, "OK\n")
         }
         "/reopen_logs" => {
-            crate::telemetry::access_log::sinks().reopen_all();
+            state.context.access_logs.reopen_all();
             text(StatusCode::OK, "OK\n")
         }
         "/runtime" => {

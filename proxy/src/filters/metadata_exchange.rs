@@ -18,18 +18,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const MAGIC: u32 = 0x3D23_0467;
 
-/// The bootstrap's node, set once at startup: what this workload tells its peers.
-static LOCAL_NODE: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
-
-pub fn set_local_node(node: Node) {
-    let _ = LOCAL_NODE.set(node);
-}
-
-pub fn local_node() -> &'static Node {
-    static EMPTY: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
-    LOCAL_NODE
-        .get()
-        .unwrap_or_else(|| EMPTY.get_or_init(Node::default))
+/// A cluster's side of the exchange: its stats and this workload's frame (built once, from the
+/// server context's node, when the cluster is).
+#[derive(Debug)]
+pub struct Upstream {
+    pub stats: MxStats,
+    pub frame: Bytes,
 }
 /// A peer frame longer than this is not believed (Istio's metadata is a few hundred bytes).
 const MAX_FRAME: usize = 64 * 1024;

@@ -338,19 +338,19 @@ impl ConnectionManager {
 
     pub fn new(
         config: Arc<Config>,
-        store: &Arc<Store>,
+        cx: &crate::context::ServerContext,
         clusters: Arc<ClusterManager>,
-        local: Arc<LocalInfo>,
         listener_stat_name: &str,
         listener_port: u16,
     ) -> std::io::Result<Self> {
+        let (store, local) = (&cx.store, cx.local.clone());
         let mut access_logs = Vec::new();
         let mut req_headers = Vec::new();
         let mut resp_headers = Vec::new();
         for l in &config.access_logs {
             req_headers.extend(l.request_headers());
             resp_headers.extend(l.response_headers());
-            access_logs.push(AccessLogger::new(l.clone())?);
+            access_logs.push(AccessLogger::new(l.clone(), &cx.access_logs)?);
         }
         // Local-reply mappers select by request headers too.
         for m in &config.local_reply.mappers {

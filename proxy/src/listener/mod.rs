@@ -6,7 +6,8 @@ pub mod http_inspector;
 pub mod manager;
 pub mod tls_inspector;
 
-use crate::http::conn_manager::{ConnectionManager, DownstreamConn, LocalInfo};
+use crate::context::ServerContext;
+use crate::http::conn_manager::{ConnectionManager, DownstreamConn};
 use crate::io::Split;
 use crate::model::listener::{ConnectionFacts, Listener, ListenerFilter, NetworkTerminal};
 use crate::stream_info::{ConnectionInfo, ResponseFlags, StreamInfo};
@@ -26,11 +27,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The overload manager's global downstream connection limit (set once at start).
-pub static GLOBAL_DOWNSTREAM_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-/// Downstream connections open on listeners the limit applies to.
-static GLOBAL_DOWNSTREAM_ACTIVE: AtomicU64 = AtomicU64::new(0);
 
 /// `listener.<address or stat_prefix>.*`
 #[derive(Debug)]
@@ -133,6 +129,8 @@ pub struct ActiveListener {
     /// `metadata_exchange.*`, when a chain runs Istio's metadata exchange.
     mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
     pub local_address: SocketAddr,
+    /// The server context (the overload manager's connection count).
+    server: Arc<ServerContext>,
     /// The bound sockets (one per worker with reuse_port, else one); workers accept on
     /// duplicates, and a replacement listener on the same address inherits them.
     bound: std::sync::Mutex<Vec<std::net::TcpListener>>,
@@ -201,11 +199,11 @@ impl ActiveListener {
         config: Arc<Listener>,
         origin: ListenerOrigin,
         workers: usize,
-        store: &Arc<Store>,
+        cx: &Arc<ServerContext>,
         clusters: &Arc<ClusterManager>,
-        local: &Arc<LocalInfo>,
         inherit: Option<&ActiveListener>,
     ) -> Result<Arc<Self>, BindError> {
+        let (store, local) = (&cx.store, &cx.local);
         let err = |address, source| BindError {
             name: config.name.clone(),
             origin,
@@ -255,9 +253,8 @@ impl ActiveListener {
                     NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
                         ConnectionManager::new(
                             h.clone(),
-                            store,
+                            cx,
                             clusters.clone(),
-                            local.clone(),
                             &stat_name,
                             local_address.port(),
                         )
@@ -266,7 +263,7 @@ impl ActiveListener {
                     NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
                         TcpProxyFilter::new(
                             t.clone(),
-                            store,
+                            cx,
                             clusters.clone(),
                             config.per_connection_buffer_limit_bytes,
                         )
@@ -311,7 +308,7 @@ impl ActiveListener {
         let access_logs = config
             .access_logs
             .iter()
-            .map(|l| AccessLogger::new(l.clone()))
+            .map(|l| AccessLogger::new(l.clone(), &cx.access_logs))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| err(local_address, e))?;
         let mx_stats = chains
@@ -320,6 +317,7 @@ impl ActiveListener {
             .any(|c| c.mx.is_some())
             .then(|| crate::filters::metadata_exchange::MxStats::new(store));
         Ok(Arc::new(Self {
+            server: cx.clone(),
             mx_stats,
             origin,
             inspector_stats: (!config.listener_filters.is_empty())
@@ -405,19 +403,15 @@ impl ActiveListener {
 
     async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
         // The overload manager's global limit (listeners with bypass_overload_manager aside).
-        let counted =
-            !self.config.bypass_overload_manager && GLOBAL_DOWNSTREAM_LIMIT.get().is_some();
-        if counted {
-            let limit = *GLOBAL_DOWNSTREAM_LIMIT.get().expect("checked");
-            if GLOBAL_DOWNSTREAM_ACTIVE.fetch_add(1, Relaxed) >= limit {
-                GLOBAL_DOWNSTREAM_ACTIVE.fetch_sub(1, Relaxed);
-                self.stats.downstream_global_cx_overflow.inc();
-                return;
-            }
+        let global = &self.server.downstream;
+        let counted = !self.config.bypass_overload_manager && global.limited();
+        if counted && !global.try_acquire() {
+            self.stats.downstream_global_cx_overflow.inc();
+            return;
         }
         self.clone().serve_connection(stream, remote).await;
         if counted {
-            GLOBAL_DOWNSTREAM_ACTIVE.fetch_sub(1, Relaxed);
+            global.release();
         }
     }
 

@@ -6,7 +6,7 @@ use crate::model::tcp_proxy::TcpProxy;
 use crate::stream_info::{ConnectionInfo, ResponseFlags, StreamInfo};
 use crate::telemetry::access_log::{AccessLogger, filter_input};
 use crate::telemetry::format::FormatContext;
-use crate::telemetry::stats::{Counter, Store};
+use crate::telemetry::stats::Counter;
 use crate::upstream::cluster::ClusterManager;
 use crate::upstream::{lb, pool};
 use bytes::Bytes;
@@ -40,10 +40,11 @@ pub struct TcpProxyFilter {
 impl TcpProxyFilter {
     pub fn new(
         config: Arc<TcpProxy>,
-        store: &Arc<Store>,
+        cx: &crate::context::ServerContext,
         clusters: Arc<ClusterManager>,
         buffer_limit: u32,
     ) -> io::Result<Self> {
+        let store = &cx.store;
         let p = format!("tcp.{}.", config.stat_prefix);
         let c = |n: &str| store.counter(&format!("{p}{n}"));
         let stats = TcpStats {
@@ -57,7 +58,7 @@ impl TcpProxyFilter {
         let access_logs = config
             .access_logs
             .iter()
-            .map(|l| AccessLogger::new(l.clone()))
+            .map(|l| AccessLogger::new(l.clone(), &cx.access_logs))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             config,

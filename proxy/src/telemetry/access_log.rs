@@ -8,7 +8,7 @@ use crate::model::matcher::RequestHeaders;
 use crate::telemetry::format::{FormatContext, ValueKind};
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const FLUSH_AT: usize = 64 * 1024;
@@ -84,35 +84,30 @@ pub struct Sinks {
     sinks: Mutex<HashMap<String, Arc<SinkWriter>>>,
 }
 
-static SINKS: OnceLock<Sinks> = OnceLock::new();
-static FLUSH_INTERVAL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
-
-/// `--file-flush-interval-msec`.
-pub fn set_flush_interval(d: Duration) {
-    FLUSH_INTERVAL_MS.store(
-        d.as_millis().max(1) as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-
-pub fn sinks() -> &'static Sinks {
-    SINKS.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("access-log-flush".into())
-            .spawn(|| {
-                loop {
-                    std::thread::sleep(Duration::from_millis(
-                        FLUSH_INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed),
-                    ));
-                    sinks().flush_all();
-                }
-            })
-            .expect("spawning the access log flusher");
-        Sinks::default()
-    })
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks").finish_non_exhaustive()
+    }
 }
 
 impl Sinks {
+    /// The start phase: flush every `every` (`--file-flush-interval-msec`) on a thread of its
+    /// own, for as long as the sinks live.
+    pub fn start_flusher(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        let every = every.max(Duration::from_millis(1));
+        std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(sinks) = weak.upgrade() else { return };
+                    sinks.flush_all();
+                }
+            })
+            .map(|_| ())
+    }
+
     pub fn get(&self, target: &Sink) -> std::io::Result<Arc<SinkWriter>> {
         let key = match target {
             Sink::File(p) => p.display().to_string(),
@@ -173,8 +168,8 @@ thread_local! {
 }
 
 impl AccessLogger {
-    pub fn new(config: AccessLogConfig) -> std::io::Result<Self> {
-        let sink = sinks().get(&config.sink)?;
+    pub fn new(config: AccessLogConfig, sinks: &Sinks) -> std::io::Result<Self> {
+        let sink = sinks.get(&config.sink)?;
         Ok(Self { config, sink })
     }
 

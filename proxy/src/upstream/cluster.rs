@@ -3,6 +3,7 @@
 //! and LOGICAL_DNS clusters.
 
 use super::host::{Host, HostSet};
+use crate::context::ServerContext;
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, DnsFamily};
 use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, LazyHistogram, Store};
 use arc_swap::ArcSwap;
@@ -255,8 +256,9 @@ pub struct Cluster {
     pub config: Arc<ClusterConfig>,
     pub stats: ClusterStats,
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
-    /// `metadata_exchange.*`, when the cluster runs Istio's metadata exchange.
-    pub mx_stats: Option<Box<crate::filters::metadata_exchange::MxStats>>,
+    /// `metadata_exchange.*` and this workload's frame, when the cluster runs Istio's metadata
+    /// exchange.
+    pub mx: Option<Box<crate::filters::metadata_exchange::Upstream>>,
     /// `outlier_detection` (boxed: most clusters have none, and there may be 10 000 of them).
     pub outlier: Option<Box<super::outlier::OutlierDetector>>,
     /// `health_checks`: the active health checker.
@@ -271,7 +273,8 @@ pub struct Cluster {
 impl Cluster {
     /// Build a cluster (static hosts published). Spawns nothing: its timers and health
     /// checker run once [`Cluster::start`] is called on the complete, shared cluster.
-    pub fn new(config: Arc<ClusterConfig>, store: &Arc<Store>, origin: Origin) -> Arc<Self> {
+    pub fn new(config: Arc<ClusterConfig>, cx: &ServerContext, origin: Origin) -> Arc<Self> {
+        let store = &cx.store;
         let stats = ClusterStats::new(store, &config.stat_name);
         let c = Arc::new(Self {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
@@ -281,15 +284,21 @@ impl Cluster {
                 store,
                 &config.stat_name,
             ),
-            mx_stats: config
-                .metadata_exchange
-                .as_ref()
-                .map(|_| Box::new(crate::filters::metadata_exchange::MxStats::new(store))),
+            mx: config.metadata_exchange.as_ref().map(|m| {
+                Box::new(crate::filters::metadata_exchange::Upstream {
+                    stats: crate::filters::metadata_exchange::MxStats::new(store),
+                    frame: crate::filters::metadata_exchange::frame(
+                        &cx.local.node,
+                        &m.additional_labels,
+                    ),
+                })
+            }),
             outlier: config.outlier.as_deref().map(|o| {
                 Box::new(super::outlier::OutlierDetector::new(
                     o.clone(),
                     store,
                     &config.stat_name,
+                    cx.outlier_events.clone(),
                 ))
             }),
             health: config.health_checks.first().map(|h| {

@@ -11,8 +11,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 thread_local! {
-    /// Round-robin cursors of this worker, by cluster id.
+    /// Round-robin cursors of this worker, by cluster id (and locality in its top bits). A
+    /// per-worker cache: `prune_cursors` drops those of clusters that are gone.
     static CURSORS: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+}
+
+/// The cluster id a cursor key belongs to (the locality is in the top 16 bits).
+const CLUSTER_ID_BITS: u64 = (1 << 48) - 1;
+
+/// Drop this worker's round-robin cursors of clusters for which `live` says no (the worker's
+/// periodic sweep, with the clusters in service): cluster churn must not grow the map forever.
+pub fn prune_cursors(live: impl Fn(u64) -> bool) {
+    CURSORS.with(|c| c.borrow_mut().retain(|key, _| live(key & CLUSTER_ID_BITS)));
+}
+
+#[cfg(test)]
+fn cursor_count() -> usize {
+    CURSORS.with(|c| c.borrow().len())
 }
 
 /// What a request tells the load balancer.
@@ -151,7 +166,6 @@ mod tests {
         Cluster as Cfg, Discovery, DnsFamily, Endpoint, Health, LocalityEndpoints, UpstreamProtocol,
     };
     use crate::model::core::HostPort;
-    use crate::telemetry::stats::Store;
 
     fn cluster(policy: LbPolicy, eps: Vec<(u16, u32, Health, u32)>) -> Arc<Cluster> {
         let mut locs: Vec<LocalityEndpoints> = Vec::new();
@@ -211,9 +225,22 @@ mod tests {
         };
         Cluster::new(
             Arc::new(cfg),
-            &Arc::new(Store::default()),
+            &crate::context::ServerContext::for_tests(),
             crate::upstream::cluster::Origin::Bootstrap,
         )
+    }
+
+    #[test]
+    fn cursors_of_removed_clusters_are_pruned() {
+        let before = cursor_count();
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![(1, 1, Health::Healthy, 0), (2, 1, Health::Healthy, 0)],
+        );
+        choose(&c);
+        assert_eq!(cursor_count(), before + 1);
+        prune_cursors(|id| id != c.id);
+        assert_eq!(cursor_count(), before);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub struct OutlierDetector {
     active: Arc<Gauge>,
     counters: Vec<Arc<Counter>>,
     /// `cluster_manager.outlier_detection.event_log_path`, when set.
-    event_log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    event_log: Option<crate::context::OutlierEventLog>,
 }
 
 impl std::fmt::Debug for OutlierDetector {
@@ -168,25 +168,23 @@ pub trait Hosts {
     fn name(&self) -> &str;
 }
 
-static EVENT_LOG: std::sync::OnceLock<Arc<std::sync::Mutex<std::fs::File>>> =
-    std::sync::OnceLock::new();
-
-/// Where ejection events go (`cluster_manager.outlier_detection.event_log_path`), set at startup.
-pub fn set_event_log(file: std::fs::File) {
-    let _ = EVENT_LOG.set(Arc::new(std::sync::Mutex::new(file)));
-}
-
 // === impl OutlierDetector ===
 
 impl OutlierDetector {
-    pub fn new(cfg: OutlierConfig, store: &Store, stat_name: &str) -> Self {
+    /// `event_log`: where ejection events go (`cluster_manager.outlier_detection.event_log_path`).
+    pub fn new(
+        cfg: OutlierConfig,
+        store: &Store,
+        stat_name: &str,
+        event_log: Option<crate::context::OutlierEventLog>,
+    ) -> Self {
         let m = store.block(&format!("cluster.{stat_name}.outlier_detection."), STATS);
         Self {
             cfg,
             started: Instant::now(),
             active: m[0].gauge(),
             counters: m.iter().skip(1).map(|x| x.counter()).collect(),
-            event_log: EVENT_LOG.get().cloned(),
+            event_log,
         }
     }
 
@@ -521,7 +519,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_5xx_ejects_and_backs_off() {
         let store = Store::default();
-        let od = OutlierDetector::new(cfg(), &store, "c");
+        let od = OutlierDetector::new(cfg(), &store, "c", None);
         let c = cluster(3);
         let bad = &c.hosts[0];
         od.report(&c, bad, Outcome::Status(503));
@@ -567,7 +565,7 @@ mod tests {
         let store = Store::default();
         let mut config = cfg();
         config.max_ejection_percent = 10;
-        let od = OutlierDetector::new(config.clone(), &store, "c");
+        let od = OutlierDetector::new(config.clone(), &store, "c", None);
         let c = cluster(3);
         for _ in 0..3 {
             od.report(&c, &c.hosts[0], Outcome::Status(503));
@@ -577,7 +575,7 @@ mod tests {
         assert_eq!(stat(&store, "ejections_detected_consecutive_5xx"), 1);
         config.always_eject_one_host = true;
         let store = Store::default();
-        let od = OutlierDetector::new(config, &store, "c");
+        let od = OutlierDetector::new(config, &store, "c", None);
         let c = cluster(3);
         for h in &c.hosts[..2] {
             for _ in 0..3 {
@@ -595,7 +593,7 @@ mod tests {
         let mut config = cfg();
         config.max_ejection_time = Duration::from_secs(40);
         config.max_ejection_time_jitter = Duration::from_secs(5);
-        let od = OutlierDetector::new(config, &store, "c");
+        let od = OutlierDetector::new(config, &store, "c", None);
         let c = cluster(2);
         let h = &c.hosts[0];
         h.outlier.num_ejections.store(4, Relaxed);
@@ -612,7 +610,7 @@ mod tests {
         let mut config = cfg();
         config.enforcing_success_rate = 100;
         config.max_ejection_percent = 100;
-        let od = OutlierDetector::new(config, &store, "c");
+        let od = OutlierDetector::new(config, &store, "c", None);
         let c = cluster(5);
         for (i, h) in c.hosts.iter().enumerate() {
             for n in 0..100 {

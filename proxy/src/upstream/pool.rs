@@ -226,19 +226,14 @@ pub async fn connect(
             match crate::transport_sockets::tls::connect(tls, ssl, stream, alpn).await {
                 Ok((mut tls_stream, info)) => {
                     // Istio's metadata exchange, when TLS negotiated its protocol.
-                    if let (Some(mx), Some(stats)) =
-                        (&cluster.config.metadata_exchange, &cluster.mx_stats)
+                    if let (Some(mx), Some(ours)) = (&cluster.config.metadata_exchange, &cluster.mx)
                     {
                         if info.alpn.as_deref() == Some(mx.protocol.as_str()) {
-                            let ours = crate::filters::metadata_exchange::frame(
-                                crate::filters::metadata_exchange::local_node(),
-                                &mx.additional_labels,
-                            );
                             match crate::filters::metadata_exchange::exchange(
                                 &mut tls_stream,
-                                &ours,
+                                &ours.frame,
                                 cluster.config.connect_timeout,
-                                stats,
+                                &ours.stats,
                             )
                             .await
                             {
@@ -250,7 +245,7 @@ pub async fn connect(
                                 }
                             }
                         } else {
-                            stats.alpn_protocol_not_found.inc();
+                            ours.stats.alpn_protocol_not_found.inc();
                         }
                     }
                     (Transport::Tls(Box::new(tls_stream)), Some(Arc::new(info)))

@@ -10,7 +10,7 @@ pub mod sds;
 
 use crate::config::FieldPath;
 use crate::config::typed_struct::decode_resource;
-use crate::http::conn_manager::LocalInfo;
+use crate::context::ServerContext;
 use crate::listener::manager::ListenerManager;
 use crate::listener::{ActiveListener, ListenerOrigin};
 use crate::model::cluster::{Cluster as ClusterConfig, Discovery, LocalityEndpoints};
@@ -137,7 +137,6 @@ struct State {
 
 /// Applies what the ADS stream delivers.
 pub struct XdsRuntime {
-    store: Arc<Store>,
     clusters: Arc<ClusterManager>,
     /// Names of the bootstrap's static clusters (CDS may not touch them).
     static_names: BTreeSet<String>,
@@ -154,7 +153,8 @@ pub struct XdsRuntime {
     /// The same for LDS.
     lds_initialized: tokio::sync::watch::Sender<bool>,
     listeners: Arc<ListenerManager>,
-    local: Arc<LocalInfo>,
+    /// The server context runtime objects are built with.
+    server: Arc<ServerContext>,
     /// What translation reads besides the resources (runtime, static secrets, reload hook).
     model: Arc<crate::model::context::TranslateContext>,
     concurrency: usize,
@@ -174,10 +174,9 @@ impl std::fmt::Debug for XdsRuntime {
 /// What the dynamic configuration needs from the server.
 pub struct Context {
     pub node: pb::core::Node,
-    pub store: Arc<Store>,
+    pub server: Arc<ServerContext>,
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
-    pub local: Arc<LocalInfo>,
     pub model: Arc<crate::model::context::TranslateContext>,
     pub concurrency: usize,
 }
@@ -191,19 +190,17 @@ pub fn start(
     let ads = dynamic.ads.as_ref();
     let Context {
         node,
-        store,
+        server,
         clusters,
         listeners,
-        local,
         model,
         concurrency,
     } = cx;
-    let (store, clusters) = (&store, &clusters);
+    let (store, clusters) = (&server.store, &clusters);
     let cds = dynamic.cds.is_some();
     let lds = dynamic.lds.is_some();
     let all = clusters.all();
     let runtime = Arc::new_cyclic(|me| XdsRuntime {
-        store: store.clone(),
         clusters: clusters.clone(),
         static_names: all.iter().map(|c| c.config.name.to_string()).collect(),
         static_eds: all
@@ -213,12 +210,12 @@ pub fn start(
         stats: Stats::new(store),
         state: Mutex::default(),
         subs: OnceLock::new(),
-        runtime: tokio::runtime::Handle::current(),
+        runtime: server.main.clone(),
         me: me.clone(),
         cds_initialized: tokio::sync::watch::channel(!cds).0,
         lds_initialized: tokio::sync::watch::channel(!lds).0,
         listeners,
-        local,
+        server: server.clone(),
         model,
         concurrency,
         lds_timeout: dynamic.lds.as_ref().and_then(|l| l.initial_fetch_timeout),
@@ -475,9 +472,8 @@ impl XdsRuntime {
                 Arc::new(config),
                 ListenerOrigin::Lds,
                 self.concurrency,
-                &self.store,
+                &self.server,
                 &self.clusters,
-                &self.local,
                 previous.as_deref(),
             );
             let active = match built {
@@ -707,7 +703,7 @@ impl XdsRuntime {
 
     fn add_cluster_inner(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
         let name = config.name.to_string();
-        let c = Cluster::new(Arc::new(config), &self.store, cluster::Origin::Api);
+        let c = Cluster::new(Arc::new(config), &self.server, cluster::Origin::Api);
         c.start(&self.runtime);
         if let Some(task) = state.dns.remove(&name) {
             task.abort();
