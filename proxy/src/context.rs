@@ -5,6 +5,7 @@
 use crate::http::conn_manager::LocalInfo;
 use crate::telemetry::access_log::Sinks;
 use crate::telemetry::stats::Store;
+use crate::xds::rds::RouteRegistry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -22,6 +23,8 @@ pub struct ServerContext {
     pub outlier_events: Option<OutlierEventLog>,
     /// The main thread's runtime: timers, health checkers, DNS, xDS.
     pub main: tokio::runtime::Handle,
+    /// Route tables by RDS name (connection managers register theirs; RDS updates them).
+    pub routes: Arc<RouteRegistry>,
 }
 
 impl ServerContext {
@@ -42,6 +45,7 @@ impl ServerContext {
             downstream: DownstreamConnections::default(),
             outlier_events: None,
             main: rt.handle().clone(),
+            routes: Arc::default(),
         }
     }
 }

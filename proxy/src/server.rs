@@ -16,6 +16,7 @@ use crate::model::listener::Direction;
 use crate::telemetry::stats::{Counter, Gauge, Store};
 use crate::telemetry::tags::TagProducer;
 use crate::upstream::cluster::{self, Cluster, ClusterManager};
+use crate::xds::sds::SdsRegistry;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap as BootstrapProto;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
@@ -208,6 +209,7 @@ pub enum StartError {
 /// Load and translate the configuration named by the options.
 pub fn load(
     options: &Options,
+    sds: Arc<SdsRegistry>,
 ) -> Result<(BootstrapProto, Bootstrap, usize), crate::config::ConfigError> {
     let loaded = load_bootstrap(
         options.config_path.as_deref(),
@@ -217,7 +219,7 @@ pub fn load(
     for w in &loaded.unknown_field_warnings {
         tracing::warn!("unknown field (ignored because of --allow-unknown-static-fields): {w}");
     }
-    let model = Bootstrap::from_proto(&loaded.bootstrap)?;
+    let model = Bootstrap::from_proto(&loaded.bootstrap, sds)?;
     Ok((loaded.bootstrap, model, loaded.unknown_field_warnings.len()))
 }
 
@@ -235,7 +237,8 @@ fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
 
 /// Run remora with the given options (after logging is set up). Returns the exit code.
 pub fn run(options: Options, logs: LogControl) -> i32 {
-    let (proto, model, unknown) = match load(&options) {
+    let sds = Arc::new(SdsRegistry::default());
+    let (proto, model, unknown) = match load(&options, sds.clone()) {
         Ok(x) => x,
         Err(e) => {
             eprintln!(
@@ -264,7 +267,7 @@ pub fn run(options: Options, logs: LogControl) -> i32 {
         }
     };
     main_rt.block_on(async move {
-        match start(options, proto, model, unknown, logs).await {
+        match start(options, proto, model, sds, unknown, logs).await {
             Ok(state) => {
                 serve_until_shutdown(state).await;
                 0
@@ -289,6 +292,7 @@ pub async fn start(
     options: Options,
     proto: BootstrapProto,
     model: Bootstrap,
+    sds: Arc<SdsRegistry>,
     unknown_fields: usize,
     logs: LogControl,
 ) -> Result<Arc<ServerState>, StartError> {
@@ -366,6 +370,7 @@ pub async fn start(
         ),
         outlier_events,
         main: main_rt.clone(),
+        routes: Arc::default(),
     });
 
     // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
@@ -426,7 +431,7 @@ pub async fn start(
     let files = [&model.dynamic.cds, &model.dynamic.lds]
         .iter()
         .any(|s| s.as_ref().is_some_and(|s| s.path.is_some()));
-    let xds = if model.dynamic.ads.is_some() || files || !crate::xds::sds::wanted().is_empty() {
+    let xds = if model.dynamic.ads.is_some() || files || !sds.wanted().is_empty() {
         let mut node = proto.node.clone().unwrap_or_default();
         if let Some(id) = &options.service_node {
             node.id = id.clone();
@@ -443,6 +448,7 @@ pub async fn start(
                 crate::xds::Context {
                     node,
                     server: cx.clone(),
+                    sds,
                     clusters: cluster_manager.clone(),
                     listeners: listeners.clone(),
                     model: model.context.clone(),

@@ -372,6 +372,7 @@ impl ConnectionManager {
         };
         let routes = match &config.rds {
             Some(name) => crate::xds::rds::RouteTable::rds(
+                &cx.routes,
                 name,
                 config.route_config.clone(),
                 store,

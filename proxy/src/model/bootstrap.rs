@@ -69,7 +69,11 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    pub fn from_proto(b: &pb::bootstrap::Bootstrap) -> Result<Self> {
+    /// `sds`: where TLS contexts' SDS secrets come from (the server's registry).
+    pub fn from_proto(
+        b: &pb::bootstrap::Bootstrap,
+        sds: Arc<dyn super::context::SecretSources>,
+    ) -> Result<Self> {
         let path = FieldPath::root();
         let pb::bootstrap::Bootstrap {
             node,
@@ -265,6 +269,7 @@ impl Bootstrap {
             runtime: Arc::new(runtime),
             secrets: Arc::new(secrets),
             reload,
+            sds,
         });
         let mut clusters = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();

@@ -5,15 +5,25 @@
 
 use super::runtime::Runtime;
 use super::tls::StaticSecrets;
-use remora_certs::source::{OnReload, ReloadEvent};
+use super::xds::SdsSource;
+use remora_certs::source::{CertificateSource, OnReload, ReloadEvent, TrustSource};
 use std::sync::{Arc, OnceLock};
 
 /// The translation context: built with the bootstrap, shared by every later xDS translation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TranslateContext {
     pub runtime: Arc<Runtime>,
     pub secrets: Arc<StaticSecrets>,
     pub reload: ReloadHook,
+    /// Where secrets named with an `sds_config` come from.
+    pub sds: Arc<dyn SecretSources>,
+}
+
+/// The certificate and trust sources of SDS secrets, one per (source, name), shared by every TLS
+/// context naming it (the xDS runtime's registry, which subscribes to what is wanted).
+pub trait SecretSources: Send + Sync + std::fmt::Debug {
+    fn certificate(&self, source: &SdsSource, name: &str) -> Arc<dyn CertificateSource>;
+    fn trust(&self, source: &SdsSource, name: &str) -> Arc<dyn TrustSource>;
 }
 
 /// Where certificate-file reloads are reported. Watched certificates created before the server

@@ -283,7 +283,7 @@ fn common(
         let sp = path.field("tls_certificate_sds_secret_configs").index(i);
         if let Some(cs) = &c.sds_config {
             let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
-            certificates.push(crate::xds::sds::certificate(source, &c.name));
+            certificates.push(cx.sds.certificate(&source, &c.name));
             continue;
         }
         match static_secret(&sp, c, cx)?.r#type {
@@ -310,7 +310,7 @@ fn common(
             match &c.sds_config {
                 Some(cs) => {
                     let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
-                    let trust = crate::xds::sds::trust(source, &c.name);
+                    let trust = cx.sds.trust(&source, &c.name);
                     Some(validation_context(
                         &sp,
                         &pb::tls::CertificateValidationContext::default(),
@@ -355,7 +355,7 @@ fn common(
             if let Some(cs) = &sds.sds_config {
                 // The CA from SDS, everything else (SAN matchers…) from the default context.
                 let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
-                let trust = crate::xds::sds::trust(source, &sds.name);
+                let trust = cx.sds.trust(&source, &sds.name);
                 return Ok(Common {
                     versions,
                     provider,

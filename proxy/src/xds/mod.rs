@@ -155,6 +155,8 @@ pub struct XdsRuntime {
     listeners: Arc<ListenerManager>,
     /// The server context runtime objects are built with.
     server: Arc<ServerContext>,
+    /// The SDS secrets wanted, and their sources.
+    sds: Arc<sds::SdsRegistry>,
     /// What translation reads besides the resources (runtime, static secrets, reload hook).
     model: Arc<crate::model::context::TranslateContext>,
     concurrency: usize,
@@ -175,6 +177,8 @@ impl std::fmt::Debug for XdsRuntime {
 pub struct Context {
     pub node: pb::core::Node,
     pub server: Arc<ServerContext>,
+    /// The SDS secrets translation named (the same registry as the model context's `sds`).
+    pub sds: Arc<sds::SdsRegistry>,
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
     pub model: Arc<crate::model::context::TranslateContext>,
@@ -191,6 +195,7 @@ pub fn start(
     let Context {
         node,
         server,
+        sds,
         clusters,
         listeners,
         model,
@@ -216,6 +221,7 @@ pub fn start(
         lds_initialized: tokio::sync::watch::channel(!lds).0,
         listeners,
         server: server.clone(),
+        sds,
         model,
         concurrency,
         lds_timeout: dynamic.lds.as_ref().and_then(|l| l.initial_fetch_timeout),
@@ -262,13 +268,13 @@ pub fn start(
     // RDS and SDS follow the listeners and clusters that use them (registered as they are
     // built, static ones already).
     let weak = Arc::downgrade(&runtime);
-    rds::on_change(move || {
+    runtime.server.routes.on_change(move || {
         if let Some(rt) = weak.upgrade() {
             rt.subscribe_rds();
         }
     });
     let weak = Arc::downgrade(&runtime);
-    sds::on_change(move || {
+    runtime.sds.on_change(move || {
         if let Some(rt) = weak.upgrade()
             && let Err(e) = rt.subscribe_sds()
         {
@@ -354,12 +360,13 @@ fn read_resources(path: &std::path::Path) -> Result<Vec<Any>, String> {
 /// Applies what a separate SDS stream (to a cluster such as `sds-grpc`) delivers.
 struct SdsStream {
     source: crate::model::xds::SdsSource,
+    registry: Arc<sds::SdsRegistry>,
 }
 
 impl Handler for SdsStream {
     fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
         match type_url {
-            SECRET => sds::apply(&self.source, version, resources),
+            SECRET => sds::apply(&self.registry, &self.source, version, resources),
             other => Err(format!("{other} is not subscribed on the SDS stream")),
         }
     }
@@ -372,7 +379,12 @@ impl Handler for XdsRuntime {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(version, resources),
             ROUTE => self.apply_rds(version, resources),
-            SECRET => sds::apply(&crate::model::xds::SdsSource::Ads, version, resources),
+            SECRET => sds::apply(
+                &self.sds,
+                &crate::model::xds::SdsSource::Ads,
+                version,
+                resources,
+            ),
             LISTENER => self.apply_lds(version, resources),
             other => Err(format!("{other} is not subscribed")),
         }
@@ -864,8 +876,8 @@ impl XdsRuntime {
                 Err(e) => {
                     match pb::route::RouteConfiguration::decode(any.value.as_slice()) {
                         Ok(rc) => {
-                            rds::attempted(&rc.name);
-                            rds::rejected(&rc.name);
+                            self.server.routes.attempted(&rc.name);
+                            self.server.routes.rejected(&rc.name);
                             errors.push(format!("RouteConfiguration '{}': {e}", rc.name));
                         }
                         Err(_) => errors.push(format!("resources[{i}]: {e}")),
@@ -874,15 +886,17 @@ impl XdsRuntime {
                 }
             };
             let name = rc.name.clone();
-            rds::attempted(&name);
+            self.server.routes.attempted(&name);
             let path = FieldPath::new(format!("RouteConfiguration '{name}'"));
             match crate::model::route::RouteConfig::from_proto(&path, &rc, 4096) {
                 Ok(cfg) => {
-                    rds::install(&name, Arc::new(cfg), version_hash(version));
+                    self.server
+                        .routes
+                        .install(&name, Arc::new(cfg), version_hash(version));
                     dump().routes.insert(name, record(version, any));
                 }
                 Err(e) => {
-                    rds::rejected(&name);
+                    self.server.routes.rejected(&name);
                     errors.push(e.to_string());
                 }
             }
@@ -917,7 +931,7 @@ impl XdsRuntime {
     /// Subscribe every secret some TLS context wants, on ADS or its own SDS stream.
     fn subscribe_sds(&self) -> Result<(), String> {
         use crate::model::xds::SdsSource;
-        for (source, names) in sds::wanted() {
+        for (source, names) in self.sds.wanted() {
             match source {
                 SdsSource::Ads => match self.subs.get() {
                     Some(subs) => subs.set(SECRET, Interest::Names(names)),
@@ -951,6 +965,7 @@ impl XdsRuntime {
                         config,
                         Arc::new(SdsStream {
                             source: source.clone(),
+                            registry: self.sds.clone(),
                         }),
                         vec![(SECRET.to_string(), Interest::Names(names))],
                     );
@@ -962,7 +977,7 @@ impl XdsRuntime {
     }
 
     fn subscribe_rds(&self) {
-        let names = rds::names();
+        let names = self.server.routes.names();
         if let Some(subs) = self.subs.get()
             && !names.is_empty()
         {

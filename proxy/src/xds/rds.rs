@@ -48,8 +48,9 @@ impl RouteTable {
         })
     }
 
-    /// A table RDS keeps current, registered under `name`.
+    /// A table RDS keeps current, registered under `name` in `registry`.
     pub fn rds(
+        registry: &RouteRegistry,
         name: &str,
         initial: Arc<RouteConfig>,
         store: &Store,
@@ -72,92 +73,99 @@ impl RouteTable {
         // replacing its predecessor, or a second listener): share what RDS delivered, as Envoy
         // shares one RDS subscription per name, instead of waiting for a push that may never
         // come because nothing changed.
-        if let Some(live) = tables(name).into_iter().find(|t| t.is_ready()) {
+        if let Some(live) = registry.tables(name).into_iter().find(|t| t.is_ready()) {
             t.current.store(live.current.load_full());
             t.ready.send_replace(true);
         }
-        register(name, &t);
+        registry.register(name, &t);
         t
     }
 }
 
+/// The route tables connection managers use, by `route_config_name`, and the RDS subscription
+/// that follows them. Held by the server context.
 #[derive(Default)]
-struct Registry {
-    tables: HashMap<String, Vec<Weak<RouteTable>>>,
+pub struct RouteRegistry {
+    tables: Mutex<HashMap<String, Vec<Weak<RouteTable>>>>,
+    /// Called when the set of names changes (the ADS client resubscribes).
+    on_change: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-fn registry() -> &'static Mutex<Registry> {
-    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
-    R.get_or_init(Mutex::default)
-}
-
-/// Called when the set of names changes (the ADS client resubscribes).
-static ON_CHANGE: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
-
-pub fn on_change(f: impl Fn() + Send + Sync + 'static) {
-    let _ = ON_CHANGE.set(Box::new(f));
-}
-
-fn register(name: &str, t: &Arc<RouteTable>) {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let new = !r.tables.contains_key(name);
-    r.tables
-        .entry(name.to_string())
-        .or_default()
-        .push(Arc::downgrade(t));
-    drop(r);
-    if new && let Some(f) = ON_CHANGE.get() {
-        f();
+impl std::fmt::Debug for RouteRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteRegistry").finish_non_exhaustive()
     }
 }
 
-/// Route configuration names some live connection manager uses.
-pub fn names() -> BTreeSet<String> {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.tables.retain(|_, v| {
-        v.retain(|w| w.strong_count() > 0);
-        !v.is_empty()
-    });
-    r.tables.keys().cloned().collect()
-}
+impl RouteRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<RouteTable>>>> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-fn tables(name: &str) -> Vec<Arc<RouteTable>> {
-    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.tables
-        .get(name)
-        .map(|v| v.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default()
-}
+    /// Where to report a new name (set once, by the xDS runtime).
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
 
-/// Count an attempt on every table named `name`.
-pub fn attempted(name: &str) {
-    for t in tables(name) {
-        if let Some(s) = &t.rds {
-            s.update_attempt.inc();
+    fn register(&self, name: &str, t: &Arc<RouteTable>) {
+        let mut r = self.lock();
+        let new = !r.contains_key(name);
+        r.entry(name.to_string())
+            .or_default()
+            .push(Arc::downgrade(t));
+        drop(r);
+        if new && let Some(f) = self.on_change.get() {
+            f();
         }
     }
-}
 
-/// Count a rejection on every table named `name`.
-pub fn rejected(name: &str) {
-    for t in tables(name) {
-        if let Some(s) = &t.rds {
-            s.update_rejected.inc();
+    /// Route configuration names some live connection manager uses.
+    pub fn names(&self) -> BTreeSet<String> {
+        let mut r = self.lock();
+        r.retain(|_, v| {
+            v.retain(|w| w.strong_count() > 0);
+            !v.is_empty()
+        });
+        r.keys().cloned().collect()
+    }
+
+    fn tables(&self, name: &str) -> Vec<Arc<RouteTable>> {
+        self.lock()
+            .get(name)
+            .map(|v| v.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// Count an attempt on every table named `name`.
+    pub fn attempted(&self, name: &str) {
+        for t in self.tables(name) {
+            if let Some(s) = &t.rds {
+                s.update_attempt.inc();
+            }
         }
     }
-}
 
-/// Install a new configuration for `name`; returns how many tables took it.
-pub fn install(name: &str, config: Arc<RouteConfig>, version: i64) -> usize {
-    let ts = tables(name);
-    for t in &ts {
-        t.current.store(config.clone());
-        t.ready.send_replace(true);
-        if let Some(s) = &t.rds {
-            s.update_success.inc();
-            s.config_reload.inc();
-            s.version.set(version);
+    /// Count a rejection on every table named `name`.
+    pub fn rejected(&self, name: &str) {
+        for t in self.tables(name) {
+            if let Some(s) = &t.rds {
+                s.update_rejected.inc();
+            }
         }
     }
-    ts.len()
+
+    /// Install a new configuration for `name`; returns how many tables took it.
+    pub fn install(&self, name: &str, config: Arc<RouteConfig>, version: i64) -> usize {
+        let ts = self.tables(name);
+        for t in &ts {
+            t.current.store(config.clone());
+            t.ready.send_replace(true);
+            if let Some(s) = &t.rds {
+                s.update_success.inc();
+                s.config_reload.inc();
+                s.version.set(version);
+            }
+        }
+        ts.len()
+    }
 }

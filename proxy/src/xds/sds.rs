@@ -4,6 +4,7 @@
 //! secret that does not parse, or whose key does not match its certificate, is NACKed and the
 //! previous one stays.
 
+use crate::model::context::SecretSources;
 use crate::model::xds::SdsSource;
 use arc_swap::ArcSwapOption;
 use prost::Message;
@@ -50,73 +51,86 @@ struct Entry {
     trusts: Vec<Weak<SdsTrust>>,
 }
 
-type Registry = HashMap<(SdsSource, String), Entry>;
-
-fn registry() -> &'static Mutex<Registry> {
-    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
-    R.get_or_init(Mutex::default)
+/// The SDS secrets TLS contexts name, by source and name: one certificate or trust source per
+/// secret, shared by every context naming it, and the subscription the xDS runtime keeps for
+/// them. Held by the translation context (`model::context::TranslateContext::sds`).
+#[derive(Default)]
+pub struct SdsRegistry {
+    entries: Mutex<HashMap<(SdsSource, String), Entry>>,
+    /// Called when a new secret name is wanted (the xDS runtime subscribes to it).
+    on_change: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-static ON_CHANGE: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
-
-/// Called when a new secret name is wanted (the xDS runtime subscribes to it).
-pub fn on_change(f: impl Fn() + Send + Sync + 'static) {
-    let _ = ON_CHANGE.set(Box::new(f));
-}
-
-fn notify() {
-    if let Some(f) = ON_CHANGE.get() {
-        f();
+impl std::fmt::Debug for SdsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdsRegistry").finish_non_exhaustive()
     }
 }
 
-/// The certificate source for secret `name` from `source` (shared by every context naming it).
-pub fn certificate(source: SdsSource, name: &str) -> Arc<dyn CertificateSource> {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let e = r.entry((source, name.to_string())).or_default();
-    if let Some(c) = e.certs.iter().find_map(Weak::upgrade) {
-        return c;
+impl SecretSources for SdsRegistry {
+    fn certificate(&self, source: &SdsSource, name: &str) -> Arc<dyn CertificateSource> {
+        let mut r = self.lock();
+        let e = r.entry((source.clone(), name.to_string())).or_default();
+        if let Some(c) = e.certs.iter().find_map(Weak::upgrade) {
+            return c;
+        }
+        let c = Arc::new(SdsCertificate {
+            name: name.to_string(),
+            current: ArcSwapOption::empty(),
+        });
+        e.certs.push(Arc::downgrade(&c));
+        drop(r);
+        self.notify();
+        c
     }
-    let c = Arc::new(SdsCertificate {
-        name: name.to_string(),
-        current: ArcSwapOption::empty(),
-    });
-    e.certs.push(Arc::downgrade(&c));
-    drop(r);
-    notify();
-    c
+
+    fn trust(&self, source: &SdsSource, name: &str) -> Arc<dyn TrustSource> {
+        let mut r = self.lock();
+        let e = r.entry((source.clone(), name.to_string())).or_default();
+        if let Some(t) = e.trusts.iter().find_map(Weak::upgrade) {
+            return t;
+        }
+        let t = Arc::new(SdsTrust {
+            name: name.to_string(),
+            current: ArcSwapOption::empty(),
+        });
+        e.trusts.push(Arc::downgrade(&t));
+        drop(r);
+        self.notify();
+        t
+    }
 }
 
-/// The trust source for secret `name` from `source`.
-pub fn trust(source: SdsSource, name: &str) -> Arc<dyn TrustSource> {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let e = r.entry((source, name.to_string())).or_default();
-    if let Some(t) = e.trusts.iter().find_map(Weak::upgrade) {
-        return t;
+impl SdsRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SdsSource, String), Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let t = Arc::new(SdsTrust {
-        name: name.to_string(),
-        current: ArcSwapOption::empty(),
-    });
-    e.trusts.push(Arc::downgrade(&t));
-    drop(r);
-    notify();
-    t
-}
 
-/// Secret names wanted from each source.
-pub fn wanted() -> HashMap<SdsSource, BTreeSet<String>> {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.retain(|_, e| {
-        e.certs.retain(|w| w.strong_count() > 0);
-        e.trusts.retain(|w| w.strong_count() > 0);
-        !(e.certs.is_empty() && e.trusts.is_empty())
-    });
-    let mut out: HashMap<SdsSource, BTreeSet<String>> = HashMap::new();
-    for (source, name) in r.keys() {
-        out.entry(source.clone()).or_default().insert(name.clone());
+    /// Where to report newly wanted names (set once, by the xDS runtime).
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
     }
-    out
+
+    fn notify(&self) {
+        if let Some(f) = self.on_change.get() {
+            f();
+        }
+    }
+
+    /// Secret names wanted from each source.
+    pub fn wanted(&self) -> HashMap<SdsSource, BTreeSet<String>> {
+        let mut r = self.lock();
+        r.retain(|_, e| {
+            e.certs.retain(|w| w.strong_count() > 0);
+            e.trusts.retain(|w| w.strong_count() > 0);
+            !(e.certs.is_empty() && e.trusts.is_empty())
+        });
+        let mut out: HashMap<SdsSource, BTreeSet<String>> = HashMap::new();
+        for (source, name) in r.keys() {
+            out.entry(source.clone()).or_default().insert(name.clone());
+        }
+        out
+    }
 }
 
 /// A secret's DataSource (inline as istio-agent sends them, or a file), read now.
@@ -130,7 +144,12 @@ fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, Stri
 
 /// An SDS update from `source`: each secret is installed once it checks out; one that does not
 /// is reported (NACK) and its previous version stays.
-pub fn apply(source: &SdsSource, version: &str, resources: Vec<Any>) -> Result<(), String> {
+pub fn apply(
+    registry: &SdsRegistry,
+    source: &SdsSource,
+    version: &str,
+    resources: Vec<Any>,
+) -> Result<(), String> {
     use crate::model::pb::tls::secret::Type;
     let mut errors = Vec::new();
     for (i, any) in resources.iter().enumerate() {
@@ -152,7 +171,7 @@ pub fn apply(source: &SdsSource, version: &str, resources: Vec<Any>) -> Result<(
         let name = secret.name.clone();
         let at = |field: &str, e: String| format!("Secret '{name}'.{field}: {e}");
         let entry = {
-            let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+            let r = registry.lock();
             r.get(&(source.clone(), name.clone())).map(|e| {
                 (
                     e.certs.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
