@@ -98,6 +98,7 @@ impl Remora {
         cmd.args(extra_args);
         cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        live::add(child.id());
         let deadline = Instant::now() + Duration::from_secs(20);
         let admin: SocketAddr = loop {
             if let Ok(s) = std::fs::read_to_string(&admin_file)
@@ -290,6 +291,56 @@ impl Remora {
 impl Drop for Remora {
     fn drop(&mut self) {
         self.kill();
+        live::remove(self.child.id());
+    }
+}
+
+/// The remora processes running now. A failing test unwinds and drops its `Remora` (killed);
+/// this covers the test binary itself being interrupted (SIGINT, SIGTERM): the processes it
+/// started are killed before it exits.
+mod live {
+    use std::sync::{Mutex, Once};
+
+    static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub fn add(pid: u32) {
+        static HANDLER: Once = Once::new();
+        HANDLER.call_once(stop_on_signals);
+        PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    }
+
+    pub fn remove(pid: u32) {
+        PIDS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
+    }
+
+    fn stop_on_signals() {
+        let (ready, installed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut int = signal(SignalKind::interrupt()).unwrap();
+                let mut term = signal(SignalKind::terminate()).unwrap();
+                let _ = ready.send(());
+                let code = tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                };
+                let pids = PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for pid in pids {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                std::process::exit(code);
+            });
+        });
+        let _ = installed.recv();
     }
 }
 
