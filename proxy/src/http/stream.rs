@@ -506,3 +506,32 @@ impl HttpBody for WatchedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_cut_short_is_named_as_envoy_names_it() {
+        let eof: BodyError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed",
+        ));
+        assert_eq!(
+            reset_after_response_started(eof.as_ref()),
+            (
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                "upstream_reset_after_response_started{protocol_error}"
+            )
+        );
+        // A locally made HTTP/2 error is not the peer's reset.
+        let local: BodyError = Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert_eq!(
+            reset_after_response_started(local.as_ref()),
+            (
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                "upstream_reset_after_response_started{connection_termination}"
+            )
+        );
+    }
+}
