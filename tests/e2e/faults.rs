@@ -405,6 +405,11 @@ async fn slow_reader_of_50_mib_keeps_rss_bounded() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
+    eprintln!(
+        "RSS: baseline {} KiB, peak {} KiB",
+        baseline / 1024,
+        peak / 1024
+    );
     assert!(read > 50 * MIB, "only {read} bytes arrived");
     assert_no_failures(&load.finish().await);
     assert!(
