@@ -3,6 +3,7 @@
 //! percentiles, proxy CPU per request and memory, with ratios between systems.
 #![forbid(unsafe_code)]
 
+mod children;
 mod load;
 mod mtls;
 mod procfs;
@@ -88,6 +89,7 @@ fn main() {
         args.idle_connections = args.idle_connections.min(200);
     }
     raise_fd_limit();
+    children::stop_on_signals();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -325,13 +327,14 @@ fn nginx_upstream(body_size: usize, work_dir: &std::path::Path) -> Option<system
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 32768; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s; keepalive_requests 1000000; keepalive_timeout 3600s; server {{ listen 127.0.0.1:{port}; location / {{ root {d}; try_files /body =404; }} }} }}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
-    let child = std::process::Command::new(nginx)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(&dir)
-        .spawn()
-        .ok()?;
+    let child = children::spawn(
+        std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir),
+    )
+    .ok()?;
     std::thread::sleep(Duration::from_millis(300));
     Some(systems::Running::process(
         format!("127.0.0.1:{port}").parse().ok()?,
@@ -471,20 +474,17 @@ fn remora_demo_idle_rss(
         }
         None => std::process::Command::new(bin),
     };
-    let mut child = cmd
-        .arg("-c")
-        .arg(&cfg)
-        .arg("--concurrency")
-        .arg("1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    let child = children::spawn(
+        cmd.arg("-c")
+            .arg(&cfg)
+            .arg("--concurrency")
+            .arg("1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .ok()?;
     std::thread::sleep(Duration::from_millis(1500));
-    let rss = procfs::rss_bytes(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    Some(rss)
+    Some(procfs::rss_bytes(child.id()))
 }
 
 /// Build remora in release (a no-op when up to date) and return its path.

@@ -215,7 +215,7 @@ fn start_side(
     pki: &Pki,
     inbound: bool,
     upstream: SocketAddr,
-) -> std::io::Result<(SocketAddr, std::process::Child)> {
+) -> std::io::Result<(SocketAddr, crate::children::Guard)> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("literal");
     let side = if inbound { "inbound" } else { "outbound" };

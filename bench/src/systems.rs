@@ -2,9 +2,10 @@
 //! configured as equivalent plain reverse proxies (upstream keep-alive, the same worker count).
 //! The harness writes every configuration itself.
 
+use crate::children::Guard;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -59,19 +60,19 @@ pub struct Setup {
 }
 
 /// A started system: the address the load goes to and the proxy processes (two for a
-/// sidecar chain), stopped on drop.
+/// sidecar chain), each stopped when dropped.
 pub struct Running {
     pub addr: SocketAddr,
-    children: Vec<Child>,
+    children: Vec<Guard>,
 }
 
 impl Running {
     /// A process the harness started for the whole run (the nginx upstream), stopped on drop.
-    pub fn process(addr: SocketAddr, child: Child) -> Self {
+    pub fn process(addr: SocketAddr, child: Guard) -> Self {
         Self::processes(addr, vec![child])
     }
 
-    pub fn processes(addr: SocketAddr, children: Vec<Child>) -> Self {
+    pub fn processes(addr: SocketAddr, children: Vec<Guard>) -> Self {
         Self { addr, children }
     }
 
@@ -89,26 +90,6 @@ impl Running {
 
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -140,7 +121,7 @@ pub fn spawn(
     args: &[String],
     cpus: &Option<String>,
     log: &Path,
-) -> std::io::Result<Child> {
+) -> std::io::Result<Guard> {
     let log_file = std::fs::File::create(log)?;
     let mut cmd = match cpus {
         Some(c) => {
@@ -154,21 +135,21 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
-    cmd.spawn()
+    crate::children::spawn(&mut cmd)
 }
 
 /// Wait until something accepts and answers HTTP/1.1 on `addr` (or, for HTTP/2-only
 /// listeners, accepts connections).
 fn wait_ready(
     addr: SocketAddr,
-    child: &mut Child,
+    child: &mut Guard,
     log: &Path,
     h2_only: bool,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_wait() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             return Err(std::io::Error::other(format!(
                 "exited with {status}: {log}"
@@ -265,7 +246,7 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
 }
 
 /// Wait until `addr` accepts TCP connections (TLS listeners cannot take the plaintext probe).
-pub fn wait_accepting(addr: SocketAddr, child: &mut Child, log: &Path) -> std::io::Result<()> {
+pub fn wait_accepting(addr: SocketAddr, child: &mut Guard, log: &Path) -> std::io::Result<()> {
     wait_ready(addr, child, log, true)
 }
 

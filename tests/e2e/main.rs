@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod compat;
+mod faults;
 mod filters;
 mod hcm;
 mod health_check;

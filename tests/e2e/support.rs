@@ -107,6 +107,7 @@ impl Remora {
         cmd.args(extra_args);
         cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        live::add(child.id());
         let deadline = Instant::now() + Duration::from_secs(20);
         let admin: SocketAddr = loop {
             if let Ok(s) = std::fs::read_to_string(&admin_file)
@@ -256,6 +257,31 @@ impl Remora {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident set size (`VmRSS` in /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for remora: {status}"))
+    }
+
+    /// Send a signal by name (`TERM`, `USR1`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -s {name} {} failed", self.pid());
+    }
+
     /// Wait for the process to exit by itself.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
@@ -274,6 +300,56 @@ impl Remora {
 impl Drop for Remora {
     fn drop(&mut self) {
         self.kill();
+        live::remove(self.child.id());
+    }
+}
+
+/// The remora processes running now. A failing test unwinds and drops its `Remora` (killed);
+/// this covers the test binary itself being interrupted (SIGINT, SIGTERM): the processes it
+/// started are killed before it exits.
+mod live {
+    use std::sync::{Mutex, Once};
+
+    static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub fn add(pid: u32) {
+        static HANDLER: Once = Once::new();
+        HANDLER.call_once(stop_on_signals);
+        PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    }
+
+    pub fn remove(pid: u32) {
+        PIDS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
+    }
+
+    fn stop_on_signals() {
+        let (ready, installed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut int = signal(SignalKind::interrupt()).unwrap();
+                let mut term = signal(SignalKind::terminate()).unwrap();
+                let _ = ready.send(());
+                let code = tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                };
+                let pids = PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for pid in pids {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                std::process::exit(code);
+            });
+        });
+        let _ = installed.recv();
     }
 }
 
@@ -403,7 +479,8 @@ pub fn h2_request(addr: SocketAddr, host: &str, path: &str) -> http::Request<Ful
 /// JSON describing the request, except on the special paths:
 /// `/status/N` (that status), `/delay/MS` (answer after MS ms), `/large/N` (N bytes),
 /// `/stream/N` (N chunks of 1 KiB, streamed), `/grpc` (gRPC-style answer with trailers),
-/// `/ws` (a WebSocket-style upgrade that echoes bytes), `/slowbody/MS` (headers now, body after MS).
+/// `/ws` (a WebSocket-style upgrade that echoes bytes), `/slowbody/MS` (headers now, body after MS),
+/// `/abort/N` (N bytes of an announced 1 MiB, then the stream is reset).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -453,10 +530,35 @@ pub async fn upstream(name: &str) -> Upstream {
     }
 }
 
-type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+type UpError = Box<dyn std::error::Error + Send + Sync>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, UpError>;
+
+/// A body that cannot fail, boxed as the upstream's body type.
+fn boxed<B>(body: B) -> UpBody
+where
+    B: http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + 'static,
+{
+    body.map_err(|e| match e {}).boxed()
+}
 
 fn full(b: impl Into<Bytes>) -> UpBody {
-    Full::new(b.into()).boxed()
+    boxed(Full::new(b.into()))
+}
+
+/// `/abort/N`: a body announced as 1 MiB that fails after N bytes (hyper resets the stream:
+/// RST_STREAM on HTTP/2, the connection closed on HTTP/1.1).
+fn aborted_body(n: usize) -> UpBody {
+    let frames: Vec<Result<http_body::Frame<Bytes>, UpError>> = vec![
+        Ok(http_body::Frame::data(Bytes::from(vec![b'z'; n]))),
+        Err("aborted by the test upstream".into()),
+    ];
+    use futures_util::StreamExt;
+    let s = futures_util::stream::iter(frames).then(|f| async move {
+        // Let the data frame leave before the reset.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(s))
 }
 
 async fn handle_upstream(
@@ -512,7 +614,13 @@ async fn handle_upstream(
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b'y'; 1024])))
         }));
         return resp
-            .body(http_body_util::StreamBody::new(chunks).boxed())
+            .body(boxed(http_body_util::StreamBody::new(chunks)))
+            .unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/abort/") {
+        return resp
+            .header("content-length", "1048576")
+            .body(aborted_body(n.parse().unwrap_or(0)))
             .unwrap();
     }
     if let Some(ms) = path.strip_prefix("/slowbody/") {
@@ -525,7 +633,7 @@ async fn handle_upstream(
         });
         return resp
             .header("content-length", "9")
-            .body(http_body_util::StreamBody::new(s).boxed())
+            .body(boxed(http_body_util::StreamBody::new(s)))
             .unwrap();
     }
     if path.starts_with("/grpc") {
@@ -544,7 +652,9 @@ async fn handle_upstream(
         ];
         return resp
             .header("content-type", "application/grpc")
-            .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            .body(boxed(http_body_util::StreamBody::new(
+                futures_util::stream::iter(frames),
+            )))
             .unwrap();
     }
     let (parts, body) = req.into_parts();
@@ -691,4 +801,182 @@ pub fn http_listener(name: &str, hcm_extra: &str, virtual_hosts: &str) -> String
 /// A bootstrap with listeners and clusters sections.
 pub fn bootstrap(listeners: &str, clusters: &str) -> String {
     format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
+}
+
+// === background load ===
+
+/// What a background load saw: answers that were 200 with their whole body, and the others.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    pub ok: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+}
+
+/// A bounded background load: `conns` keep-alive HTTP/1.1 connections, each sending `GET path`
+/// (Host `host`) one request after another, a short pause between, until stopped or
+/// `LOAD_MAX_PER_CONN` requests. A request fails unless it answers 200 with its whole body; a
+/// connection that fails is replaced.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<LoadResult>>,
+}
+
+pub const LOAD_MAX_PER_CONN: usize = 5000;
+
+impl Load {
+    pub fn start(addr: SocketAddr, host: &str, path: &str, conns: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..conns)
+            .map(|_| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                let (host, path) = (host.to_string(), path.to_string());
+                tokio::spawn(async move { load_connection(addr, host, path, stop, ok).await })
+            })
+            .collect();
+        Load { stop, ok, tasks }
+    }
+
+    /// Wait until `more` further requests succeeded (the load overlapped what happened before);
+    /// panics after 60 s, or when the load ended first.
+    pub async fn wait_for(&self, more: usize) {
+        let want = self.ok.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.ok.load(Ordering::Relaxed) < want {
+            assert!(
+                Instant::now() < deadline && self.tasks.iter().any(|t| !t.is_finished()),
+                "the load stalled at {} successful requests",
+                self.ok.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop and collect.
+    pub async fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = LoadResult::default();
+        for t in self.tasks {
+            let r = t.await.unwrap();
+            all.ok += r.ok;
+            all.failed += r.failed;
+            all.errors.extend(r.errors);
+        }
+        all
+    }
+}
+
+async fn load_connection(
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+) -> LoadResult {
+    let mut r = LoadResult::default();
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) && r.ok + r.failed < LOAD_MAX_PER_CONN {
+        if sender.is_none() {
+            sender = match h1_connect(addr).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    r.fail(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+        }
+        let Some(send) = sender.as_mut() else {
+            continue;
+        };
+        // The server may close an idle keep-alive connection (a drain): not a failure.
+        if send.ready().await.is_err() {
+            sender = None;
+            continue;
+        }
+        let req = http::Request::builder()
+            .uri(path.as_str())
+            .header("host", host.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = match send.send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let closing = resp
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                let body = resp.into_body().collect().await;
+                if closing {
+                    sender = None;
+                }
+                match body {
+                    Ok(_) if status == 200 => Ok(()),
+                    Ok(_) => Err(format!("status {status}")),
+                    Err(e) => Err(format!("body: {e}")),
+                }
+            }
+            Err(e) => Err(format!("request: {e}")),
+        };
+        match answer {
+            Ok(()) => {
+                r.ok += 1;
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                r.fail(e);
+                sender = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r
+}
+
+impl LoadResult {
+    fn fail(&mut self, e: String) {
+        self.failed += 1;
+        if self.errors.len() < 10 {
+            self.errors.push(e);
+        }
+    }
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn h1_connect(addr: SocketAddr) -> Result<H1Sender, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+// === xDS ===
+
+/// A bootstrap whose clusters come over ADS (state of the world) from `xds` for `node`, with
+/// the static `listeners` (their routes may name clusters only CDS defines).
+pub fn ads_bootstrap(node: &str, xds: SocketAddr, listeners: &str) -> String {
+    let ads_cluster = cluster(
+        "xds-grpc",
+        &[xds],
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n",
+    );
+    format!(
+        "node: {{id: \"{node}\", cluster: faults}}\ndynamic_resources:\n  ads_config:\n    api_type: GRPC\n    transport_api_version: V3\n    grpc_services:\n    - envoy_grpc: {{cluster_name: xds-grpc}}\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n{}",
+        bootstrap(listeners, &ads_cluster)
+    )
+}
+
+/// remora-xds's ADS server on `listener` until the task is aborted.
+pub fn serve_ads(
+    cache: Arc<remora_xds::server::SnapshotCache>,
+    listener: TcpListener,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = remora_xds::server::serve_tcp(cache, listener).await;
+    })
 }

@@ -44,8 +44,8 @@ pub struct UpstreamRequest {
 pub enum End {
     /// The response body was sent completely.
     Complete,
-    /// The upstream reset or closed during the response body.
-    UpstreamReset,
+    /// The upstream reset or closed during the response body: Envoy's flag and details.
+    UpstreamReset(ResponseFlags, &'static str),
     /// The route timeout or stream idle timeout fired during the response body.
     Timeout(ResponseFlags),
     /// The downstream went away before the response was complete.
@@ -117,9 +117,10 @@ impl ActiveStream {
         }
         match end {
             End::Complete => {}
-            End::UpstreamReset => self
-                .info
-                .set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
+            End::UpstreamReset(flag, details) => {
+                self.info.set_flag(flag);
+                self.info.response_code_details = details;
+            }
             End::Timeout(f) => self.info.set_flag(f),
             End::DownstreamGone => self
                 .info
@@ -142,7 +143,7 @@ impl ActiveStream {
             // The upstream connection itself goes back to its pool from the response body.
             match end {
                 End::Complete => {}
-                End::UpstreamReset => s.upstream_rq_rx_reset.inc(),
+                End::UpstreamReset(..) => s.upstream_rq_rx_reset.inc(),
                 End::Timeout(_) | End::DownstreamGone => s.upstream_rq_tx_reset.inc(),
             }
         }
@@ -283,6 +284,38 @@ impl TrackedBody {
     }
 }
 
+/// Envoy's flag and details for a response body the upstream cut short: a stream the HTTP/2
+/// upstream reset is `UR`; an HTTP/1.1 body ended early (the connection closed or reset, or the
+/// framing broken) is a protocol error, `UPE`, as Envoy's HTTP/1 codec reports it; anything else
+/// (an HTTP/2 connection lost) is `UC`.
+fn reset_after_response_started(
+    e: &(dyn std::error::Error + 'static),
+) -> (ResponseFlags, &'static str) {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            if h2.is_reset() && h2.is_remote() {
+                return (
+                    ResponseFlags::UPSTREAM_REMOTE_RESET,
+                    "upstream_reset_after_response_started{remote_reset}",
+                );
+            }
+            break;
+        }
+        if s.is::<std::io::Error>() {
+            return (
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                "upstream_reset_after_response_started{protocol_error}",
+            );
+        }
+        src = s.source();
+    }
+    (
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        "upstream_reset_after_response_started{connection_termination}",
+    )
+}
+
 impl HttpBody for TrackedBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -312,7 +345,8 @@ impl HttpBody for TrackedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.timer = None;
-                this.stream.finish(End::UpstreamReset);
+                let (flag, details) = reset_after_response_started(e.as_ref());
+                this.stream.finish(End::UpstreamReset(flag, details));
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
@@ -470,5 +504,34 @@ impl HttpBody for WatchedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_cut_short_is_named_as_envoy_names_it() {
+        let eof: BodyError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed",
+        ));
+        assert_eq!(
+            reset_after_response_started(eof.as_ref()),
+            (
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                "upstream_reset_after_response_started{protocol_error}"
+            )
+        );
+        // A locally made HTTP/2 error is not the peer's reset.
+        let local: BodyError = Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert_eq!(
+            reset_after_response_started(local.as_ref()),
+            (
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                "upstream_reset_after_response_started{connection_termination}"
+            )
+        );
     }
 }
