@@ -628,6 +628,17 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
             }
         })
     };
+    // Removed clusters' stats go once the clusters are gone (checked every second).
+    let retire = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                state.clusters.release_retired_stats(&state.store);
+            }
+        })
+    };
     let mut shutdown = state.shutdown.subscribe();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let term_fut = async {
@@ -644,6 +655,7 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
         _ = crate::listener::stopped(&mut shutdown) => tracing::info!("shutting down (admin /quitquitquit)"),
     }
     flusher.abort();
+    retire.abort();
     for l in state.listeners.all().iter() {
         l.stop.send_replace(true);
     }

@@ -428,7 +428,6 @@ const CHURN_CLUSTERS: usize = 500;
 const CHURN_ROUNDS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "a removed cluster's stats are never released (/stats still lists them): RSS grows ~10 KiB per removed cluster, see issue 12"]
 async fn cds_churn_returns_rss_to_its_baseline() {
     let u = upstream("u").await;
     let base = vec![static_cluster("dyn", &[u.addr])];

@@ -543,6 +543,38 @@ impl Store {
         }
     }
 
+    /// Forget the stats named `prefix…` that only the store still holds (a removed cluster's,
+    /// once the cluster is gone): they leave `/stats` and their memory is freed.
+    pub fn release_unreferenced(&self, prefix: &str) {
+        let under = |name: &str| name.starts_with(prefix);
+        let unreferenced = |m: &Metric| match m {
+            Metric::Counter(c) => Arc::strong_count(c) == 1,
+            Metric::Gauge(g) => Arc::strong_count(g) == 1,
+            Metric::Histogram(h) => Arc::strong_count(h) == 1,
+        };
+        let mut released = Vec::new();
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, e| {
+                let drop = under(name) && unreferenced(&e.metric);
+                if drop && matches!(e.metric, Metric::Histogram(_)) {
+                    released.push(name.clone());
+                }
+                !drop
+            });
+        self.blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p, b| !(under(p) && Arc::strong_count(&b.metrics) == 1));
+        if !released.is_empty() {
+            let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+            for name in released {
+                last.remove(&name);
+            }
+        }
+    }
+
     /// `POST /reset_counters`.
     pub fn reset_counters(&self) {
         for e in self.entries() {
@@ -619,6 +651,27 @@ mod tests {
         assert_eq!(s.counter("cluster.a.upstream_rq_503").value(), 2);
         assert_eq!(s.counter("cluster.a.upstream_rq_5xx").value(), 2);
         assert_eq!(s.counter("cluster.a.upstream_rq_completed").value(), 3);
+    }
+
+    #[test]
+    fn unreferenced_stats_under_a_prefix_are_released() {
+        const SPEC: &[(&str, Kind)] = &[("a", Kind::Counter), ("b", Kind::Gauge)];
+        let s = Store::default();
+        let held = s.counter("cluster.gone.kept");
+        s.counter("cluster.gone.dropped").inc();
+        s.histogram("cluster.gone.rq_time").record(3);
+        drop(s.block("cluster.gone.circuit_breakers.", SPEC));
+        s.counter("cluster.gone_too.other").inc();
+        s.flush_histograms();
+        s.release_unreferenced("cluster.gone.");
+        let names: Vec<String> = s.entries().iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["cluster.gone.kept", "cluster.gone_too.other"]);
+        held.inc();
+        assert_eq!(
+            s.counter("cluster.gone.kept").value(),
+            1,
+            "a held stat stays"
+        );
     }
 
     #[test]

@@ -460,6 +460,10 @@ pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<
 #[derive(Debug, Default)]
 pub struct ClusterManager {
     clusters: ArcSwap<HashMap<Arc<str>, Arc<Cluster>>>,
+    /// Removed clusters whose stats are still in the store: released once the cluster object
+    /// is gone (in-flight requests and pools may hold it a while), as Envoy drops a removed
+    /// cluster's stats scope.
+    retired: std::sync::Mutex<Vec<(String, std::sync::Weak<Cluster>)>>,
 }
 
 impl ClusterManager {
@@ -470,7 +474,21 @@ impl ClusterManager {
             .collect();
         Self {
             clusters: ArcSwap::from_pointee(map),
+            retired: Default::default(),
         }
+    }
+
+    /// Release the stats of removed clusters that no longer exist (and whose stats nothing
+    /// else holds — a cluster of the same name added again keeps them).
+    pub fn release_retired_stats(&self, store: &Store) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|(prefix, cluster)| {
+            if cluster.strong_count() > 0 {
+                return true;
+            }
+            store.release_unreferenced(prefix);
+            false
+        });
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
@@ -491,6 +509,7 @@ impl ClusterManager {
         if upserts.is_empty() && removes.is_empty() {
             return;
         }
+        let old = self.clusters.load_full();
         self.clusters.rcu(|m| {
             let mut m = HashMap::clone(m);
             for c in &upserts {
@@ -501,6 +520,18 @@ impl ClusterManager {
             }
             m
         });
+        if removes.is_empty() {
+            return;
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        for r in removes {
+            if let Some(c) = old.get(r.as_str()) {
+                retired.push((
+                    format!("cluster.{}.", c.config.stat_name),
+                    Arc::downgrade(c),
+                ));
+            }
+        }
     }
 
     /// Every cluster, unsorted (cheaper than [`ClusterManager::all`]).
