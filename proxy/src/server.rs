@@ -663,3 +663,95 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
     state.context.access_logs.flush_all();
     tracing::info!("exiting");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A bootstrap whose listener answers `body` directly and whose cluster (never used) has
+    /// outlier detection and a health check: tasks, stats and a node of its own.
+    fn bootstrap(node: &str, body: &str) -> String {
+        format!(
+            r#"node: {{id: {node}, cluster: c}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                direct_response: {{status: 200, body: {{inline_string: {body}}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: backend
+    connect_timeout: 1s
+    outlier_detection: {{consecutive_5xx: 5}}
+    health_checks: [{{timeout: 1s, interval: 60s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}}}}]
+    load_assignment:
+      cluster_name: backend
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9}}}}}}}}]}}]
+"#
+        )
+    }
+
+    async fn serve(node: &str, body: &str) -> Arc<ServerState> {
+        let yaml = bootstrap(node, body);
+        let options =
+            Options::try_parse_from(["remora", "--config-yaml", &yaml, "--concurrency", "1"])
+                .expect("options");
+        let sds = Arc::new(SdsRegistry::default());
+        let (proto, model, unknown) = load(&options, sds.clone()).expect("loads");
+        start(options, proto, model, sds, unknown, LogControl::disabled())
+            .await
+            .expect("starts")
+    }
+
+    async fn body_from(state: &ServerState) -> String {
+        let addr = state.listeners.all()[0].local_address;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// No process-global registry: two servers in one process keep their own configuration,
+    /// node, stats and clusters.
+    #[tokio::test]
+    async fn two_servers_live_in_one_process() {
+        let a = serve("node-a", "from-a").await;
+        let b = serve("node-b", "from-b").await;
+        assert_eq!(body_from(&a).await, "from-a");
+        assert_eq!(body_from(&b).await, "from-b");
+        assert_eq!(body_from(&a).await, "from-a");
+        assert_eq!(a.context.local.node.id, "node-a");
+        assert_eq!(b.context.local.node.id, "node-b");
+        let requests = |s: &ServerState| s.store.counter("http.l.downstream_rq_total").value();
+        assert_eq!((requests(&a), requests(&b)), (2, 1));
+        assert!(!Arc::ptr_eq(&a.context.routes, &b.context.routes));
+        for s in [&a, &b] {
+            s.shutdown.send_replace(true);
+            for l in s.listeners.all().iter() {
+                l.stop.send_replace(true);
+            }
+        }
+    }
+}
