@@ -531,16 +531,18 @@ pub async fn start(
             .as_ref()
             .and_then(|c| c.initial_fetch_timeout);
         xds.initialized(timeout).await;
-        // Static listeners whose routes come from RDS, or whose certificates from SDS: Envoy's
+        // Listeners whose routes come from RDS, or whose certificates from SDS: Envoy's
         // init waits for those too (up to its default initial_fetch_timeout, 15 s), so the
         // first requests are not answered from an empty route table.
+        // LDS listeners of the first update warm on theirs before the server is live, too.
         let ready = || {
-            state
-                .listeners
-                .all()
-                .iter()
-                .filter(|l| l.origin != crate::listener::ListenerOrigin::Lds)
-                .all(|l| l.route_tables().iter().all(|t| t.is_ready()) && l.secrets_ready())
+            state.listeners.stats.total_listeners_warming.value() == 0
+                && state
+                    .listeners
+                    .all()
+                    .iter()
+                    .filter(|l| l.origin != crate::listener::ListenerOrigin::Lds)
+                    .all(|l| l.route_tables().iter().all(|t| t.is_ready()) && l.secrets_ready())
         };
         let wait = async {
             while !ready() {

@@ -2,8 +2,8 @@
 //!
 //! `start_from(source, yaml)` runs remora on a bootstrap written for static resources either as
 //! it is, or with its listeners and clusters moved into a snapshot of remora's own xDS server and
-//! delivered over LDS/CDS (the rest of the bootstrap — node, admin, stats, static secrets — stays
-//! in the file). `across_sources!(case, …)` turns `async fn case(source: Source)` into three
+//! delivered over LDS/CDS (the rest of the bootstrap — node, admin, stats, static secrets and the
+//! control-plane clusters named `*-grpc` — stays in the file). `across_sources!(case, …)` turns `async fn case(source: Source)` into three
 //! tests, so a feature tested from a file is tested through xDS by the same assertions.
 
 use crate::support::{Remora, TempDir};
@@ -67,7 +67,12 @@ pub async fn start_from(source: Source, yaml: &str, extra_args: &[&str]) -> Serv
     let mut proto = decode_bootstrap(&dir, &yaml);
     let statics = proto.static_resources.get_or_insert_default();
     let listeners = std::mem::take(&mut statics.listeners);
-    let clusters = std::mem::take(&mut statics.clusters);
+    // Control-plane clusters (`xds-grpc`, `sds-grpc`, as Istio names them) stay in the file: an
+    // xDS source must name a static cluster.
+    let (control, clusters): (Vec<_>, Vec<_>) = std::mem::take(&mut statics.clusters)
+        .into_iter()
+        .partition(|c| c.name.ends_with("-grpc"));
+    statics.clusters = control;
     let node = proto.node.get_or_insert_default();
     if node.id.is_empty() {
         node.id = NODE.into();
@@ -125,7 +130,11 @@ fn xds_bootstrap(proto: &Bootstrap, api: &str, xds: SocketAddr) -> String {
     if !b["static_resources"].is_object() {
         b["static_resources"] = json!({});
     }
-    b["static_resources"]["clusters"] = Value::Array(vec![json!({
+    let mut clusters = match b["static_resources"]["clusters"].take() {
+        Value::Array(kept) => kept,
+        _ => Vec::new(),
+    };
+    clusters.push(json!({
         "name": "xds-grpc",
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -140,7 +149,8 @@ fn xds_bootstrap(proto: &Bootstrap, api: &str, xds: SocketAddr) -> String {
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": xds.ip().to_string(), "port_value": xds.port()}}}}]}],
         },
-    })]);
+    }));
+    b["static_resources"]["clusters"] = Value::Array(clusters);
     if b.get("admin").is_none() {
         b["admin"] =
             json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}});

@@ -629,6 +629,63 @@ fn root_secret(
     }
 }
 
+/// A listener whose certificate and trusted CA come from an SDS stream (`sds-grpc` over a Unix
+/// socket, as istio-agent serves them): the same from the bootstrap and when the listener
+/// itself comes over LDS.
+async fn sds_secrets_on_a_tls_listener(source: crate::sources::Source) {
+    use crate::tls::{DEAL, GATEWAY, Pki, client_config, tls_get};
+    use remora_xds::resource::SECRET;
+    let pki = Pki::new();
+    let app = upstream("deal-app").await;
+    let dir = TempDir::new("sds");
+    let socket_path = dir.path("SDS");
+    let cache = SnapshotCache::new();
+    let unix = tokio::net::UnixListener::bind(&socket_path).unwrap();
+    let _server = tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
+    let cert = pki.issue(DEAL, |_| {});
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(
+            SECRET,
+            "s1",
+            vec![
+                any(&tls_secret("default", &cert)),
+                any(&root_secret("ROOTCA", pki.ca.root_pem())),
+            ],
+        ),
+    );
+    let yaml = sds_listener_yaml(app.addr, &socket_path);
+    let r = source.start(&yaml).await;
+    cache
+        .wait_until(NODE, SECRET, |s| s.acked.as_deref() == Some("s1"))
+        .await;
+    let gw = pki.issue(GATEWAY, |_| {});
+    let cfg = client_config(pki.ca.root_pem(), Some(&gw), &["http/1.1"]);
+    let resp = tls_get(r.addr("inbound"), cfg, "/").await.unwrap();
+    assert_eq!(resp.status, 200);
+}
+
+/// A TLS listener (`inbound` → `app`) whose secrets `default` and `ROOTCA` come from SDS over
+/// the Unix socket `socket` (cluster `sds-grpc`).
+fn sds_listener_yaml(app: SocketAddr, socket: &std::path::Path) -> String {
+    let sds = "{api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}, resource_api_version: V3}";
+    let listener = http_listener(
+        "inbound",
+        "",
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n",
+    ) + &format!(
+        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificate_sds_secret_configs: [{{name: default, sds_config: {sds}}}]\n            combined_validation_context:\n              default_validation_context:\n                match_subject_alt_names: [{{prefix: \"spiffe://cluster.local/\"}}]\n              validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {sds}}}\n"
+    );
+    let clusters = cluster("app", &[app], "")
+        + &format!(
+            "  - name: sds-grpc\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n    load_assignment:\n      cluster_name: sds-grpc\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{pipe: {{path: {}}}}}}}\n",
+            socket.display()
+        );
+    format!("node: {{id: \"{NODE}\"}}\n") + &bootstrap(&listener, &clusters)
+}
+
+crate::across_sources!(sds_secrets_on_a_tls_listener);
+
 /// SDS as istio-agent serves it: secrets `default` and `ROOTCA` over a Unix socket (a `pipe`
 /// cluster), named by a listener's TLS context. The listener serves once they arrive; a
 /// rotated certificate is picked up under load with no failed request; a secret whose key does
