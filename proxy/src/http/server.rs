@@ -7,6 +7,7 @@ use super::codec::h1::{
     self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome,
 };
 use super::conn_manager::{ConnectionManager, DownstreamConn};
+use super::h2_flood::FloodGuard;
 use super::router::UpgradeBridge;
 use crate::io::{Counted, Split};
 use crate::model::hcm::Codec;
@@ -470,6 +471,13 @@ async fn serve_h2<S: Split>(
         Some(hcm.stats.downstream_cx_tx_bytes_total.clone()),
     )
     .with_prefix(prefix);
+    let io = FloodGuard::new(
+        io,
+        cfg.http2_flood,
+        hcm.stats.http2_flood.clone(),
+        cfg.buffer_limit as usize,
+    );
+    let flood = io.outcome();
     let svc_hcm = hcm.clone();
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -501,6 +509,10 @@ async fn serve_h2<S: Split>(
         });
         tokio::select! {
             r = connection.as_mut() => {
+                if let Some(f) = flood.get() {
+                    tracing::debug!("closing connection: {f}");
+                    return false;
+                }
                 return match r {
                     Ok(()) => !shutting_down,
                     Err(e) => {
