@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod compat;
 mod filters;
+mod h2_flood;
 mod hcm;
 mod health_check;
 mod load_balancing;
