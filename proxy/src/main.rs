@@ -27,6 +27,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    remora::logging::install_panic_hook(logs.config_version());
     remora::telemetry::access_log::set_flush_interval(std::time::Duration::from_millis(
         options.file_flush_interval_msec.max(1),
     ));

@@ -12,6 +12,7 @@ mod h2_flood;
 mod hcm;
 mod health_check;
 mod load_balancing;
+mod logs;
 mod protocols;
 mod resilience;
 mod retries;
