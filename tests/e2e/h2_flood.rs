@@ -1,6 +1,6 @@
-//! HTTP/2 flood protection on downstream connections (Envoy's `http2_protocol_options` limits):
-//! raw frames from a client that misbehaves, the `http2.*` counter, the connection closed, and
-//! another client still served.
+//! HTTP/2 downstream protocol options: flood protection (Envoy's `http2_protocol_options` limits)
+//! from raw clients that misbehave (the `http2.*` counter, the connection closed, another client
+//! still served), and the SETTINGS remora announces.
 
 use crate::support::*;
 use std::time::Duration;
@@ -127,4 +127,25 @@ async fn zero_limits_are_refused_by_path() {
     let yaml = bootstrap(&http_listener("in", extra, vhosts), "    []\n");
     let e = Remora::try_start(&yaml, &[]).await.err().expect("refused");
     assert!(e.contains("http2_protocol_options.max_outbound_frames"), "{e}");
+}
+
+/// `hpack_table_size` is announced to the client (SETTINGS_HEADER_TABLE_SIZE), as Envoy does.
+#[tokio::test]
+async fn hpack_table_size_is_announced() {
+    let r = start("{hpack_table_size: 1234}").await;
+    let mut s = TcpStream::connect(r.addr("in")).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    s.write_all(&out).await.unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!((head[3], head[4]), (4, 0), "the server's SETTINGS first");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    s.read_exact(&mut payload).await.unwrap();
+    let table_size = payload
+        .chunks(6)
+        .find(|p| p[..2] == [0, 1])
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(table_size, Some(1234));
 }

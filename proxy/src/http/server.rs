@@ -536,6 +536,7 @@ async fn serve_h2<S: Split>(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(h2.initial_stream_window_size)
         .initial_connection_window_size(h2.initial_connection_window_size)
+        .header_table_size(h2.hpack_table_size)
         .max_header_list_size(cfg.max_request_headers_bytes as u32);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
