@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -474,7 +474,9 @@ pub fn install_panic_hook(version: ConfigVersion) {
         tracing::error!(
             "panic on connection {connection} with configuration version {version}: {info}"
         );
-        eprintln!("remora: panic on connection {connection} with configuration version {version}: {info}");
+        eprintln!(
+            "remora: panic on connection {connection} with configuration version {version}: {info}"
+        );
         default_hook(info);
     }));
 }

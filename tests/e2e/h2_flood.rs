@@ -85,7 +85,8 @@ async fn window_updates_without_data_sent() {
     let r = start("{}").await;
     let wu = frame(8, 0, 0, &1000u32.to_be_bytes());
     send_and_wait_close(&r, &[wu.clone(), wu].concat()).await;
-    r.wait_stat("http2.inbound_window_update_frames_flood", 1).await;
+    r.wait_stat("http2.inbound_window_update_frames_flood", 1)
+        .await;
     still_serves(&r).await;
 }
 
@@ -122,11 +123,15 @@ async fn ping_flood_from_a_client_that_does_not_read() {
 
 #[tokio::test]
 async fn zero_limits_are_refused_by_path() {
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes: []\n";
+    let vhosts =
+        "            - name: all\n              domains: [\"*\"]\n              routes: []\n";
     let extra = "          http2_protocol_options: {max_outbound_frames: 0}\n";
     let yaml = bootstrap(&http_listener("in", extra, vhosts), "    []\n");
     let e = Remora::try_start(&yaml, &[]).await.err().expect("refused");
-    assert!(e.contains("http2_protocol_options.max_outbound_frames"), "{e}");
+    assert!(
+        e.contains("http2_protocol_options.max_outbound_frames"),
+        "{e}"
+    );
 }
 
 /// `hpack_table_size` is announced to the client (SETTINGS_HEADER_TABLE_SIZE), as Envoy does.

@@ -33,7 +33,10 @@ async fn connection_and_stream_ids_in_debug_lines() {
     let r = Remora::start_with(&yaml, &["-l", "debug"]).await;
     let addr = r.addr("in");
     assert_eq!(get(addr, "x", "/").await.status, 200);
-    assert_eq!(request(addr, true, h2_request(addr, "x", "/")).await.status, 200);
+    assert_eq!(
+        request(addr, true, h2_request(addr, "x", "/")).await.status,
+        200
+    );
 
     let opened = lines_with(&r, "] new connection from 127.0.0.1:", 2).await;
     let conns: Vec<u64> = opened

@@ -240,7 +240,9 @@ impl Constraints {
             _ => {}
         }
         let l = &self.limits;
-        let flood = if self.consecutive_empty > u64::from(l.max_consecutive_inbound_frames_with_empty_payload) {
+        let flood = if self.consecutive_empty
+            > u64::from(l.max_consecutive_inbound_frames_with_empty_payload)
+        {
             Flood::InboundEmpty
         } else if self.inbound_priority
             > u64::from(l.max_inbound_priority_frames_per_stream) * (1 + self.inbound_streams)
@@ -262,8 +264,8 @@ impl Constraints {
     /// A frame queued for the peer; returns whether it is a flood-monitored control frame.
     pub fn queued(&mut self, h: FrameHead) -> Result<bool, Flood> {
         self.check()?;
-        let control = (matches!(h.kind, PING | SETTINGS) && h.flags & FLAG_ACK != 0)
-            || h.kind == RST_STREAM;
+        let control =
+            (matches!(h.kind, PING | SETTINGS) && h.flags & FLAG_ACK != 0) || h.kind == RST_STREAM;
         self.outbound_frames += 1;
         if control {
             self.outbound_control_frames += 1;
@@ -630,7 +632,10 @@ mod tests {
         c.written(true);
         c.written(false);
         assert_eq!(c.queued(head(SETTINGS, FLAG_ACK, 0)), Ok(true));
-        assert_eq!(c.queued(head(SETTINGS, FLAG_ACK, 0)), Err(Flood::OutboundControl));
+        assert_eq!(
+            c.queued(head(SETTINGS, FLAG_ACK, 0)),
+            Err(Flood::OutboundControl)
+        );
         let mut c = Constraints::new(limits);
         for _ in 0..3 {
             assert_eq!(c.queued(head(DATA, 0, 1)), Ok(false));

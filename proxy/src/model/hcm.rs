@@ -869,7 +869,9 @@ pub fn downstream_http2_settings(
             d.max_outbound_control_frames,
         ),
         max_consecutive_inbound_frames_with_empty_payload: u32_or(
-            &rest.max_consecutive_inbound_frames_with_empty_payload.take(),
+            &rest
+                .max_consecutive_inbound_frames_with_empty_payload
+                .take(),
             d.max_consecutive_inbound_frames_with_empty_payload,
         ),
         max_inbound_priority_frames_per_stream: u32_or(
@@ -877,14 +879,19 @@ pub fn downstream_http2_settings(
             d.max_inbound_priority_frames_per_stream,
         ),
         max_inbound_window_update_frames_per_data_frame_sent: u32_or(
-            &rest.max_inbound_window_update_frames_per_data_frame_sent.take(),
+            &rest
+                .max_inbound_window_update_frames_per_data_frame_sent
+                .take(),
             d.max_inbound_window_update_frames_per_data_frame_sent,
         ),
     };
     // Envoy's proto constraints (`gte: 1`).
     for (name, v) in [
         ("max_outbound_frames", flood.max_outbound_frames),
-        ("max_outbound_control_frames", flood.max_outbound_control_frames),
+        (
+            "max_outbound_control_frames",
+            flood.max_outbound_control_frames,
+        ),
         (
             "max_inbound_window_update_frames_per_data_frame_sent",
             flood.max_inbound_window_update_frames_per_data_frame_sent,
