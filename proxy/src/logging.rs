@@ -10,6 +10,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -61,6 +62,7 @@ pub struct LogControl {
     format: Arc<ArcSwap<LineFormat>>,
     /// `--log-format` was given (then the bootstrap may not set one too).
     format_from_cli: bool,
+    config_version: ConfigVersion,
 }
 
 impl std::fmt::Debug for LogControl {
@@ -109,7 +111,7 @@ impl LogControl {
             format: line_format.clone(),
             escaped,
         });
-        let registry = tracing_subscriber::registry().with(layer);
+        let registry = tracing_subscriber::registry().with(layer).with(LogTags);
         let installed = match log_path {
             Some(p) => {
                 let file = std::fs::OpenOptions::new()
@@ -128,6 +130,7 @@ impl LogControl {
             levels: Mutex::new(levels),
             format: line_format,
             format_from_cli: format.is_some(),
+            config_version: ConfigVersion::default(),
         })
     }
 
@@ -152,7 +155,14 @@ impl LogControl {
             levels: Mutex::new(LOGGERS.iter().map(|(n, _)| (*n, "info")).collect()),
             format: Arc::new(ArcSwap::from_pointee(LineFormat::default())),
             format_from_cli: false,
+            config_version: ConfigVersion::default(),
         }
+    }
+
+    /// The configuration version the panic report names; whoever applies a configuration
+    /// (bootstrap, xDS) sets it.
+    pub fn config_version(&self) -> ConfigVersion {
+        self.config_version.clone()
     }
 
     /// Set all loggers.
@@ -279,7 +289,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
@@ -287,6 +297,15 @@ where
         let mut msg = Message::default();
         event.record(&mut msg);
         msg.0.push_str(&msg.1);
+        if let Some(scope) = ctx.event_scope() {
+            let mut tags = Tags::default();
+            for span in scope.from_root() {
+                if let Some(t) = span.extensions().get::<Tag>() {
+                    tags.add(*t);
+                }
+            }
+            msg.0.insert_str(0, &tags.prefix());
+        }
         let message = if self.escaped {
             let mut s = String::with_capacity(msg.0.len());
             pattern::c_escape(&msg.0, &mut s);
@@ -311,6 +330,157 @@ where
     }
 }
 
+// === connection and stream tags ===
+
+/// The span that carries a downstream connection's id (`id` field).
+pub const CONNECTION_SPAN: &str = "conn";
+/// The span that carries a stream's id (`id` field), inside its connection's span.
+pub const STREAM_SPAN: &str = "stream";
+
+/// A connection or stream id, kept on its span for the line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Connection(u64),
+    Stream(u64),
+}
+
+/// The ids in scope, rendered as Envoy's log tags.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tags {
+    pub connection: Option<u64>,
+    pub stream: Option<u64>,
+}
+
+impl Tags {
+    fn add(&mut self, t: Tag) {
+        match t {
+            Tag::Connection(id) => self.connection = Some(id),
+            Tag::Stream(id) => self.stream = Some(id),
+        }
+    }
+
+    /// Envoy's `[Tags: "ConnectionId":"12","StreamId":"345"] ` message prefix (empty without
+    /// ids; a stream without a connection is connection 0, as in Envoy).
+    pub fn prefix(&self) -> String {
+        match (self.connection, self.stream) {
+            (None, None) => String::new(),
+            (Some(c), None) => format!("[Tags: \"ConnectionId\":\"{c}\"] "),
+            (c, Some(s)) => format!(
+                "[Tags: \"ConnectionId\":\"{}\",\"StreamId\":\"{s}\"] ",
+                c.unwrap_or(0)
+            ),
+        }
+    }
+}
+
+/// The ids of the spans the current thread is in (for the panic report).
+pub fn current_tags() -> Tags {
+    let mut tags = Tags::default();
+    tracing::dispatcher::get_default(|d| {
+        let Some(registry) = d.downcast_ref::<tracing_subscriber::Registry>() else {
+            return;
+        };
+        // Not `Span::current()`: a nested `get_default` sees no subscriber.
+        let Some(id) = d.current_span().id().cloned() else {
+            return;
+        };
+        if let Some(span) = registry.span(&id) {
+            for s in span.scope().from_root() {
+                if let Some(t) = s.extensions().get::<Tag>() {
+                    tags.add(*t);
+                }
+            }
+        }
+    });
+    tags
+}
+
+/// Records the `id` of connection and stream spans as a [`Tag`].
+struct LogTags;
+
+#[derive(Default)]
+struct IdField(Option<u64>);
+
+impl Visit for IdField {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "id" {
+            self.0 = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl<S> tracing_subscriber::Layer<S> for LogTags
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let meta = attrs.metadata();
+        if !meta.target().starts_with("remora") {
+            return;
+        }
+        let mut v = IdField::default();
+        attrs.record(&mut v);
+        let tag = match (meta.name(), v.0) {
+            (CONNECTION_SPAN, Some(n)) => Tag::Connection(n),
+            (STREAM_SPAN, Some(n)) => Tag::Stream(n),
+            _ => return,
+        };
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(tag);
+        }
+    }
+}
+
+/// The last configuration version applied, shared by whoever applies configuration and the
+/// panic report.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigVersion(Arc<Mutex<String>>);
+
+impl ConfigVersion {
+    pub fn set(&self, version: &str) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.clear();
+        v.push_str(version);
+    }
+
+    /// `try_lock`: a panic while the version is being set must not deadlock the report.
+    pub fn get(&self) -> Option<String> {
+        let v = match self.0.try_lock() {
+            Ok(v) => v,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        (!v.is_empty()).then(|| v.clone())
+    }
+}
+
+/// Log a panic with the connection and stream it happened on (the current spans) and the
+/// configuration version, before the default hook runs (and the process ends).
+pub fn install_panic_hook(version: ConfigVersion) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let tags = current_tags();
+        let version = version.get().unwrap_or_else(|| "unknown".into());
+        let connection = tags
+            .connection
+            .map_or_else(|| "none".to_string(), |c| c.to_string());
+        tracing::error!(
+            "panic on connection {connection} with configuration version {version}: {info}"
+        );
+        eprintln!(
+            "remora: panic on connection {connection} with configuration version {version}: {info}"
+        );
+        default_hook(info);
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +493,30 @@ mod tests {
         assert_eq!(logger_of("remora::http::router"), "router");
         assert_eq!(logger_of("remora::httpx"), "misc");
         assert_eq!(logger_of("h2::codec"), "misc");
+    }
+
+    #[test]
+    fn connection_and_stream_tags() {
+        let subscriber = tracing_subscriber::registry().with(LogTags);
+        tracing::subscriber::with_default(subscriber, || {
+            assert_eq!(current_tags(), Tags::default());
+            let conn = tracing::info_span!(CONNECTION_SPAN, id = 12u64);
+            let _c = conn.enter();
+            assert_eq!(current_tags().prefix(), "[Tags: \"ConnectionId\":\"12\"] ");
+            let stream = tracing::info_span!(STREAM_SPAN, id = 345u64);
+            let _s = stream.enter();
+            assert_eq!(
+                current_tags().prefix(),
+                "[Tags: \"ConnectionId\":\"12\",\"StreamId\":\"345\"] "
+            );
+        });
+    }
+
+    #[test]
+    fn config_version_handle() {
+        let v = ConfigVersion::default();
+        assert_eq!(v.get(), None);
+        v.clone().set("lds:7");
+        assert_eq!(v.get().as_deref(), Some("lds:7"));
     }
 }

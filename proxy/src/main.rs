@@ -27,6 +27,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    remora::logging::install_panic_hook(logs.config_version());
     if let Some(Command::Demo { port, admin_port }) = options.command.clone() {
         let upstream = match remora::demo::spawn_echo() {
             Ok(a) => a,

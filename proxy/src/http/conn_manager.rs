@@ -63,6 +63,8 @@ pub struct HcmStats {
     pub rq_total: Arc<Counter>,
     pub rq_direct_response: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
+    /// Envoy's root-scope `http2.*` flood counters.
+    pub http2_flood: Arc<super::h2_flood::FloodStats>,
 }
 
 impl HcmStats {
@@ -114,6 +116,7 @@ impl HcmStats {
             rq_total: c("rq_total"),
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
+            http2_flood: Arc::new(super::h2_flood::FloodStats::new(store)),
         }
     }
 }

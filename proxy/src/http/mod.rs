@@ -4,6 +4,7 @@
 pub mod body;
 pub mod codec;
 pub mod conn_manager;
+pub mod h2_flood;
 pub mod hash_policy;
 pub mod local_reply;
 pub mod names;

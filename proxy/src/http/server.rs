@@ -7,8 +7,10 @@ use super::codec::h1::{
     self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome,
 };
 use super::conn_manager::{ConnectionManager, DownstreamConn};
+use super::h2_flood::FloodGuard;
 use super::router::UpgradeBridge;
 use crate::io::{Counted, Split};
+use crate::logging::{CONNECTION_SPAN, STREAM_SPAN};
 use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
 use bytes::{Bytes, BytesMut};
@@ -17,17 +19,42 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
+/// Log lines about the connection carry its id (the connection span).
 pub async fn serve<S: Split>(
+    hcm: Arc<ConnectionManager>,
+    conn: Arc<DownstreamConn>,
+    stream: S,
+    prefix: BytesMut,
+    drain: watch::Receiver<bool>,
+) {
+    let span = tracing::debug_span!(CONNECTION_SPAN, id = conn.info.id);
+    serve_connection(hcm, conn, stream, prefix, drain)
+        .instrument(span)
+        .await
+}
+
+/// A stream's span (its log lines carry the connection's and the stream's ids); stream ids are
+/// random, as Envoy's.
+fn stream_span(end_stream: bool) -> tracing::Span {
+    tracing::debug!("new stream");
+    let span = tracing::debug_span!(STREAM_SPAN, id = fastrand::u64(..));
+    span.in_scope(|| tracing::debug!("request headers complete (end_stream={end_stream})"));
+    span
+}
+
+async fn serve_connection<S: Split>(
     hcm: Arc<ConnectionManager>,
     conn: Arc<DownstreamConn>,
     mut stream: S,
     prefix: BytesMut,
     drain: watch::Receiver<bool>,
 ) {
+    tracing::debug!("new connection from {}", conn.info.remote);
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -87,6 +114,14 @@ pub async fn serve<S: Split>(
 }
 
 fn finish_connection(hcm: &ConnectionManager, opened: Instant, remote_closed: bool) {
+    tracing::debug!(
+        "{}",
+        if remote_closed {
+            "remote close"
+        } else {
+            "local close"
+        }
+    );
     let s = &hcm.stats;
     s.downstream_cx_active.dec();
     s.downstream_cx_destroy.inc();
@@ -253,6 +288,7 @@ async fn codec_error_reply<W: AsyncWrite + Unpin>(
         keep_alive: false,
         upgrade: false,
     };
+    tracing::debug!("dispatch error: {}", e.details);
     hcm.codec_error(conn, e.status, e.details);
     let mut out = crate::io::take_write_buffer();
     let _ = h1::write_response(
@@ -310,7 +346,9 @@ async fn serve_request<W: AsyncWrite + Unpin>(
     } else {
         Protocol::Http11
     };
-    let handled = hcm.handle(conn, req, protocol);
+    let handled = hcm
+        .handle(conn, req, protocol)
+        .instrument(stream_span(!has_body));
     // With the request body already read (the usual GET), keep reading the connection while
     // the response is pending: a client that closes is noticed at once and its upstream
     // request is cancelled (Envoy's DC), instead of when the response is written.
@@ -470,17 +508,26 @@ async fn serve_h2<S: Split>(
         Some(hcm.stats.downstream_cx_tx_bytes_total.clone()),
     )
     .with_prefix(prefix);
+    let io = FloodGuard::new(
+        io,
+        cfg.http2_flood,
+        hcm.stats.http2_flood.clone(),
+        cfg.buffer_limit as usize,
+    );
+    let flood = io.outcome();
     let svc_hcm = hcm.clone();
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let hcm = svc_hcm.clone();
         let conn = svc_conn.clone();
+        let span = stream_span(http_body::Body::is_end_stream(req.body()));
         async move {
             Ok::<_, std::convert::Infallible>(
                 hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
                     .await,
             )
         }
+        .instrument(span)
     });
     let h2 = &cfg.http2;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -489,6 +536,7 @@ async fn serve_h2<S: Split>(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(h2.initial_stream_window_size)
         .initial_connection_window_size(h2.initial_connection_window_size)
+        .header_table_size(h2.hpack_table_size)
         .max_header_list_size(cfg.max_request_headers_bytes as u32);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -501,6 +549,10 @@ async fn serve_h2<S: Split>(
         });
         tokio::select! {
             r = connection.as_mut() => {
+                if let Some(f) = flood.get() {
+                    tracing::debug!("dispatch error: {f}");
+                    return false;
+                }
                 return match r {
                     Ok(()) => !shutting_down,
                     Err(e) => {

@@ -65,6 +65,29 @@ pub struct Http2Settings {
     pub hpack_table_size: u32,
 }
 
+/// Envoy's HTTP/2 flood limits (downstream connections; `http::h2_flood` enforces them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodLimits {
+    pub max_outbound_frames: u32,
+    pub max_outbound_control_frames: u32,
+    pub max_consecutive_inbound_frames_with_empty_payload: u32,
+    pub max_inbound_priority_frames_per_stream: u32,
+    pub max_inbound_window_update_frames_per_data_frame_sent: u32,
+}
+
+impl Default for FloodLimits {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Self {
+            max_outbound_frames: 10_000,
+            max_outbound_control_frames: 1_000,
+            max_consecutive_inbound_frames_with_empty_payload: 1,
+            max_inbound_priority_frames_per_stream: 100,
+            max_inbound_window_update_frames_per_data_frame_sent: 10,
+        }
+    }
+}
+
 /// The HTTP filters, in order; the router is always last.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
@@ -348,6 +371,7 @@ pub struct HttpConnectionManager {
     pub local_reply: LocalReplyConfig,
     pub http1: Http1Settings,
     pub http2: Http2Settings,
+    pub http2_flood: FloodLimits,
 }
 
 /// Defaults from Envoy's API.
@@ -608,7 +632,7 @@ impl HttpConnectionManager {
         }
 
         let http1 = http1_settings(&path.field("http_protocol_options"), http_protocol_options)?;
-        let http2 = http2_settings(
+        let (http2, http2_flood) = downstream_http2_settings(
             &path.field("http2_protocol_options"),
             http2_protocol_options,
             buffer_limit,
@@ -771,6 +795,7 @@ impl HttpConnectionManager {
             local_reply: local_reply(&path.field("local_reply_config"), local_reply_config, rt)?,
             http1,
             http2,
+            http2_flood,
         })
     }
 
@@ -828,6 +853,57 @@ fn http1_settings(
     })
 }
 
+/// A connection manager's HTTP/2 settings: those it shares with clusters, and the flood
+/// limits only downstream connections enforce.
+pub fn downstream_http2_settings(
+    path: &FieldPath,
+    o: &Option<pb::core::Http2ProtocolOptions>,
+    buffer_limit: u32,
+) -> Result<(Http2Settings, FloodLimits)> {
+    let mut rest = o.clone().unwrap_or_default();
+    let d = FloodLimits::default();
+    let flood = FloodLimits {
+        max_outbound_frames: u32_or(&rest.max_outbound_frames.take(), d.max_outbound_frames),
+        max_outbound_control_frames: u32_or(
+            &rest.max_outbound_control_frames.take(),
+            d.max_outbound_control_frames,
+        ),
+        max_consecutive_inbound_frames_with_empty_payload: u32_or(
+            &rest
+                .max_consecutive_inbound_frames_with_empty_payload
+                .take(),
+            d.max_consecutive_inbound_frames_with_empty_payload,
+        ),
+        max_inbound_priority_frames_per_stream: u32_or(
+            &rest.max_inbound_priority_frames_per_stream.take(),
+            d.max_inbound_priority_frames_per_stream,
+        ),
+        max_inbound_window_update_frames_per_data_frame_sent: u32_or(
+            &rest
+                .max_inbound_window_update_frames_per_data_frame_sent
+                .take(),
+            d.max_inbound_window_update_frames_per_data_frame_sent,
+        ),
+    };
+    // Envoy's proto constraints (`gte: 1`).
+    for (name, v) in [
+        ("max_outbound_frames", flood.max_outbound_frames),
+        (
+            "max_outbound_control_frames",
+            flood.max_outbound_control_frames,
+        ),
+        (
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            flood.max_inbound_window_update_frames_per_data_frame_sent,
+        ),
+    ] {
+        if v < 1 {
+            return Err(path.field(name).error("must be at least 1"));
+        }
+    }
+    Ok((http2_settings(path, &Some(rest), buffer_limit)?, flood))
+}
+
 /// HTTP/2 settings. Window sizes default to the connection's buffer limit (Envoy bounds what it
 /// buffers by `per_connection_buffer_limit_bytes`; remora streams, so the window is the bound).
 pub fn http2_settings(
@@ -862,7 +938,7 @@ pub fn http2_settings(
     } = &o;
     deny(path, "allow_connect", allow_connect)?;
     deny(path, "allow_metadata", allow_metadata)?;
-    // Flood-protection limits: hyper's h2 implementation has its own fixed protections.
+    // Flood limits: enforced on downstream connections only (`downstream_http2_settings`).
     deny(path, "max_outbound_frames", max_outbound_frames)?;
     deny(
         path,
