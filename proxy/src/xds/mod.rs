@@ -19,7 +19,7 @@ use crate::telemetry::stats::{Counter, Gauge, Store};
 use crate::upstream::cluster::{self, Cluster, ClusterManager};
 use prost::Message;
 use remora_xds::Any;
-use remora_xds::client::{Handler, Interest, Subscriptions};
+use remora_xds::client::{Handler, Interest, Refused, Subscriptions};
 use remora_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +43,20 @@ pub struct Dump {
     pub warming_listeners: std::collections::BTreeMap<String, Record>,
     pub routes: std::collections::BTreeMap<String, Record>,
     pub secrets: std::collections::BTreeMap<String, Record>,
+    /// The last failed update of each listener, until it is accepted or leaves the set
+    /// (Envoy's `error_state` on the dynamic listener).
+    pub listener_errors: std::collections::BTreeMap<String, Failure>,
+    /// The failures of the latest LDS update (Envoy also dumps them as nameless entries).
+    pub listener_update_failures: Vec<Failure>,
+}
+
+/// A resource refused, for `/config_dump`'s `error_state` (Envoy's `UpdateFailureState`).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub resource: Any,
+    pub details: String,
+    pub version: String,
+    pub at: std::time::SystemTime,
 }
 
 /// The process's dump of dynamic resources.
@@ -58,6 +72,70 @@ fn record(version: &str, resource: &Any) -> Record {
         version: version.to_string(),
         resource: resource.clone(),
         at: std::time::SystemTime::now(),
+    }
+}
+
+/// Record an accepted resource; one that did not change keeps the version and time it was last
+/// updated at (a delta update hands every held resource over, a SotW one every subscribed one).
+fn update_record(
+    records: &mut std::collections::BTreeMap<String, Record>,
+    name: &str,
+    version: &str,
+    resource: &Any,
+) {
+    if records
+        .get(name)
+        .is_none_or(|r| r.resource.value != resource.value)
+    {
+        records.insert(name.to_string(), record(version, resource));
+    }
+}
+
+/// The listeners one LDS update refused and accepted: logged as Envoy does, and recorded as
+/// their `error_state` (cleared once a listener is accepted).
+struct Failures {
+    version: String,
+    at: std::time::SystemTime,
+    failed: Vec<(String, Failure)>,
+    accepted: Vec<String>,
+}
+
+impl Failures {
+    fn new(version: &str) -> Self {
+        Self {
+            version: version.to_string(),
+            at: std::time::SystemTime::now(),
+            failed: Vec::new(),
+            accepted: Vec::new(),
+        }
+    }
+
+    fn listener(&mut self, name: &str, resource: &Any, details: &str) {
+        tracing::warn!("lds: listener '{name}' config rejected: {details}");
+        self.failed.push((
+            name.to_string(),
+            Failure {
+                resource: resource.clone(),
+                details: details.to_string(),
+                version: self.version.clone(),
+                at: self.at,
+            },
+        ));
+    }
+
+    fn accepted(&mut self, name: &str) {
+        self.accepted.push(name.to_string());
+    }
+
+    /// Into the dump; `current` are the listener names the update carried.
+    fn record(self, current: &BTreeSet<String>) {
+        let mut d = dump();
+        d.listener_errors.retain(|n, _| current.contains(n));
+        for n in &self.accepted {
+            d.listener_errors.remove(n);
+        }
+        d.listener_update_failures = self.failed.iter().map(|(_, f)| f.clone()).collect();
+        d.listener_errors.extend(self.failed);
     }
 }
 
@@ -311,8 +389,9 @@ async fn watch_file(
             };
             match read_resources(&path) {
                 Ok(resources) => {
-                    if let Err(e) = rt.apply(type_url, &version, resources) {
-                        tracing::warn!(file = %path.display(), "update rejected, keeping the previous configuration: {e}");
+                    if let Err(refused) = rt.apply(type_url, &version, resources) {
+                        let e = remora_xds::client::nack_text(&refused);
+                        tracing::warn!(file = %path.display(), "Filesystem config update rejected: {e}");
                     } else {
                         tracing::info!(file = %path.display(), "applied");
                     }
@@ -359,29 +438,62 @@ struct SdsStream {
 }
 
 impl Handler for SdsStream {
-    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Result<(), Vec<Refused>> {
         match type_url {
             SECRET => sds::apply(&self.source, version, resources),
-            other => Err(format!("{other} is not subscribed on the SDS stream")),
+            other => refuse_all(
+                &resources,
+                &format!("{other} is not subscribed on the SDS stream"),
+            ),
         }
     }
     fn connected(&self, _up: bool) {}
 }
 
 impl Handler for XdsRuntime {
-    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Result<(), Vec<Refused>> {
         match type_url {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(version, resources),
             ROUTE => self.apply_rds(version, resources),
             SECRET => sds::apply(&crate::model::xds::SdsSource::Ads, version, resources),
             LISTENER => self.apply_lds(version, resources),
-            other => Err(format!("{other} is not subscribed")),
+            other => refuse_all(&resources, &format!("{other} is not subscribed")),
         }
     }
 
     fn connected(&self, up: bool) {
         self.stats.connected_state.set(up as i64);
+    }
+}
+
+/// Every resource of an update refused for the same reason.
+fn refuse_all(resources: &[Any], why: &str) -> Result<(), Vec<Refused>> {
+    let refused: Vec<Refused> = (0..resources.len().max(1))
+        .map(|index| Refused {
+            index,
+            message: why.to_string(),
+        })
+        .collect();
+    Err(refused)
+}
+
+/// `Ok` without refusals, else the refusals.
+fn outcome(refused: Vec<Refused>) -> Result<(), Vec<Refused>> {
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
     }
 }
 
@@ -413,9 +525,10 @@ impl XdsRuntime {
     }
 
     /// An LDS update: the complete set of dynamic listeners.
-    fn apply_lds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_lds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.lds_update_attempt.inc();
         let mut errors = Vec::new();
+        let mut failures = Failures::new(version);
         let mut seen = BTreeSet::new();
         let mut state = self.lock();
         let static_names: BTreeSet<String> = self
@@ -427,11 +540,14 @@ impl XdsRuntime {
             .collect();
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != LISTENER {
-                errors.push(format!(
-                    "resources[{i}]: expected {LISTENER}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {LISTENER}, got {}", any.type_url),
+                );
                 continue;
             }
             let proto = match decode_resource::<pb::listener::Listener>(&mut pool, &any.value) {
@@ -441,23 +557,36 @@ impl XdsRuntime {
                     // sent, so it is not removed below.
                     match pb::listener::Listener::decode(any.value.as_slice()) {
                         Ok(l) => {
-                            errors.push(format!("Listener '{}': {e}", l.name));
+                            let e = format!("Listener '{}': {e}", l.name);
+                            failures.listener(&l.name, any, &e);
+                            refuse(&mut errors, e);
                             seen.insert(l.name);
                         }
-                        Err(_) => errors.push(format!("resources[{i}]: not a valid Listener: {e}")),
+                        Err(_) => refuse(
+                            &mut errors,
+                            format!("resources[{i}]: not a valid Listener: {e}"),
+                        ),
                     }
                     continue;
                 }
             };
             let name = proto.name.clone();
-            seen.insert(name.clone());
+            if !seen.insert(name.clone()) {
+                let e = format!("Listener '{name}': duplicate listener {name} found");
+                failures.listener(&name, any, &e);
+                refuse(&mut errors, e);
+                continue;
+            }
             if static_names.contains(&name) {
-                errors.push(format!(
+                let e = format!(
                     "Listener '{name}': a static listener of that name exists and cannot be changed by LDS"
-                ));
+                );
+                failures.listener(&name, any, &e);
+                refuse(&mut errors, e);
                 continue;
             }
             if state.listeners.get(&name) == Some(&any.value) {
+                failures.accepted(&name);
                 continue;
             }
             let path = FieldPath::new(format!("Listener '{name}'"));
@@ -468,7 +597,9 @@ impl XdsRuntime {
             ) {
                 Ok(c) => c,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    let e = e.to_string();
+                    failures.listener(&name, any, &e);
+                    refuse(&mut errors, e);
                     continue;
                 }
             };
@@ -486,11 +617,14 @@ impl XdsRuntime {
                 Ok(a) => a,
                 Err(e) => {
                     self.listeners.stats.listener_create_failure.inc();
-                    errors.push(format!("Listener '{name}': {e}"));
+                    let e = format!("Listener '{name}': {e}");
+                    failures.listener(&name, any, &e);
+                    refuse(&mut errors, e);
                     continue;
                 }
             };
             self.listeners.stats.listener_create_success.inc();
+            failures.accepted(&name);
             if state
                 .listeners
                 .insert(name.clone(), any.value.clone())
@@ -524,6 +658,7 @@ impl XdsRuntime {
             d.listeners.remove(&name);
             d.warming_listeners.remove(&name);
         }
+        failures.record(&seen);
         self.listeners
             .stats
             .total_listeners_warming
@@ -533,11 +668,10 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.lds_update_success.inc();
             self.stats.lds_version.set(version_hash(version));
-            Ok(())
         } else {
             self.stats.lds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// Put a listener in service once its routes are in (Envoy's listener warming), or after
@@ -602,7 +736,7 @@ impl XdsRuntime {
     }
 
     /// A CDS update: the complete set of dynamic clusters.
-    fn apply_cds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_cds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.cds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
@@ -612,18 +746,25 @@ impl XdsRuntime {
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
             let translated = translate_cluster(i, any, &self.static_names, &mut pool);
+            let translated = translated.and_then(|(name, config)| {
+                if seen.insert(name.clone()) {
+                    Ok((name, config))
+                } else {
+                    Err(format!("Cluster '{name}': duplicate cluster {name} found"))
+                }
+            });
             let (name, config) = match translated {
                 Ok(x) => x,
-                Err(e) => {
-                    errors.push(e);
+                Err(message) => {
                     // A cluster that fails translation stays as it was (not removed below).
                     if let Ok(c) = ClusterProto::decode(any.value.as_slice()) {
+                        tracing::warn!("cds: cluster '{}' config rejected: {message}", c.name);
                         failed.insert(c.name);
                     }
+                    errors.push(Refused { index: i, message });
                     continue;
                 }
             };
-            seen.insert(name.clone());
             let existed = match dump().clusters.get(&name) {
                 Some(r) if r.resource.value == any.value => continue, // unchanged
                 Some(_) => true,
@@ -664,11 +805,10 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.cds_update_success.inc();
             self.stats.cds_version.set(version_hash(version));
-            Ok(())
         } else {
             self.stats.cds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// Put a translated cluster in place: active now, or warming until its endpoints arrive.
@@ -765,7 +905,7 @@ impl XdsRuntime {
     }
 
     /// An EDS update: endpoints for the named services.
-    fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.eds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut activate = Vec::new();
@@ -792,11 +932,14 @@ impl XdsRuntime {
         }
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != ENDPOINT {
-                errors.push(format!(
-                    "resources[{i}]: expected {ENDPOINT}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {ENDPOINT}, got {}", any.type_url),
+                );
                 continue;
             }
             let cla =
@@ -804,7 +947,7 @@ impl XdsRuntime {
                 {
                     Ok(c) => c,
                     Err(e) => {
-                        errors.push(format!("resources[{i}]: {e}"));
+                        refuse(&mut errors, format!("resources[{i}]: {e}"));
                         continue;
                     }
                 };
@@ -814,15 +957,13 @@ impl XdsRuntime {
             {
                 Ok((l, _)) => l,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    refuse(&mut errors, e.to_string());
                     continue;
                 }
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
-            dump()
-                .endpoints
-                .insert(service.clone(), record(version, any));
+            update_record(&mut dump().endpoints, &service, version, any);
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
             for c in by_service.get(service.as_str()).into_iter().flatten() {
@@ -845,23 +986,25 @@ impl XdsRuntime {
         drop(state);
         if errors.is_empty() {
             self.stats.eds_update_success.inc();
-            Ok(())
         } else {
             self.stats.eds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// An RDS update: route configurations by name, installed in place.
-    fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         let mut errors = Vec::new();
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != ROUTE {
-                errors.push(format!(
-                    "resources[{i}]: expected {ROUTE}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {ROUTE}, got {}", any.type_url),
+                );
                 continue;
             }
             let rc = match decode_resource::<pb::route::RouteConfiguration>(&mut pool, &any.value) {
@@ -871,9 +1014,12 @@ impl XdsRuntime {
                         Ok(rc) => {
                             rds::attempted(&rc.name);
                             rds::rejected(&rc.name);
-                            errors.push(format!("RouteConfiguration '{}': {e}", rc.name));
+                            refuse(
+                                &mut errors,
+                                format!("RouteConfiguration '{}': {e}", rc.name),
+                            );
                         }
-                        Err(_) => errors.push(format!("resources[{i}]: {e}")),
+                        Err(_) => refuse(&mut errors, format!("resources[{i}]: {e}")),
                     }
                     continue;
                 }
@@ -884,19 +1030,15 @@ impl XdsRuntime {
             match crate::model::route::RouteConfig::from_proto(&path, &rc, 4096) {
                 Ok(cfg) => {
                     rds::install(&name, Arc::new(cfg), version_hash(version));
-                    dump().routes.insert(name, record(version, any));
+                    update_record(&mut dump().routes, &name, version, any);
                 }
                 Err(e) => {
                     rds::rejected(&name);
-                    errors.push(e.to_string());
+                    refuse(&mut errors, e.to_string());
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        outcome(errors)
     }
 
     /// Where a static cluster's first endpoint is (the xDS and SDS streams go there).
