@@ -340,19 +340,23 @@ pub fn start(
         let _ = runtime.subs.set(subs);
     }
     // RDS and SDS follow the listeners and clusters that use them (registered as they are
-    // built, static ones already).
+    // built, static ones already). The subscriptions change once the update that registered a
+    // name is through: a listener or cluster it refuses has dropped its route tables and secret
+    // sources by then, so nothing is asked for on its behalf.
     let weak = Arc::downgrade(&runtime);
     rds::on_change(move || {
         if let Some(rt) = weak.upgrade() {
-            rt.subscribe_rds();
+            rt.runtime.clone().spawn(async move { rt.subscribe_rds() });
         }
     });
     let weak = Arc::downgrade(&runtime);
     sds::on_change(move || {
-        if let Some(rt) = weak.upgrade()
-            && let Err(e) = rt.subscribe_sds()
-        {
-            tracing::error!("SDS: {e}");
+        if let Some(rt) = weak.upgrade() {
+            rt.runtime.clone().spawn(async move {
+                if let Err(e) = rt.subscribe_sds() {
+                    tracing::error!("SDS: {e}");
+                }
+            });
         }
     });
     runtime.subscribe_rds();
