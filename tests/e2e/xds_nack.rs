@@ -36,8 +36,8 @@ fn tls_listener(name: &str, port: u16, rds: &str, secret: &str) -> Listener {
     l
 }
 
-/// `tls_listener`, plus a second filter chain whose network filter remora does not know: the
-/// listener is refused after its first chain asked for its secret.
+/// `tls_listener`, plus two filter chains whose network filter remora does not know: the
+/// listener is refused (both chains named) after its first chain asked for its secret.
 fn unknown_filter_listener(name: &str, port: u16, secret: &str) -> Listener {
     let mut l = tls_listener(name, port, "r1", secret);
     let mut chain = l.filter_chains[0].clone();
@@ -48,6 +48,7 @@ fn unknown_filter_listener(name: &str, port: u16, secret: &str) -> Listener {
             &envoy_types::pb::google::protobuf::Empty::default(),
         ))),
     }];
+    l.filter_chains.push(chain.clone());
     l.filter_chains.push(chain);
     l
 }
@@ -79,7 +80,7 @@ async fn lds_nack(api: &str) {
                 ],
             )
     };
-    // `a` is good; `x` cannot bind; `y` does not translate (its second filter chain).
+    // `a` is good; `x` cannot bind; `y` does not translate (its second and third chains).
     cache.set_snapshot(
         NODE,
         snap(
@@ -104,10 +105,10 @@ async fn lds_nack(api: &str) {
         Some("a")
     );
 
-    // One NACK, a line per refused listener.
+    // One NACK, a line per error.
     let nack = cache.applied(NODE, LISTENER).nacked.unwrap().1;
     let lines: Vec<&str> = nack.lines().collect();
-    assert_eq!(lines.len(), 2, "{nack}");
+    assert_eq!(lines.len(), 3, "{nack}");
     assert!(
         lines[0].starts_with(&format!(
             "Listener 'x': listener 'x' (LDS): cannot bind '127.0.0.1:{taken_port}'"
@@ -116,6 +117,10 @@ async fn lds_nack(api: &str) {
     );
     assert!(
         lines[1].starts_with("Listener 'y'.filter_chains[1].filters[0]"),
+        "{nack}"
+    );
+    assert!(
+        lines[2].starts_with("Listener 'y'.filter_chains[2].filters[0]"),
         "{nack}"
     );
     // Logged as Envoy logs it.

@@ -70,12 +70,12 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The NACK's `error_detail` message: one line per refused resource, as Envoy joins listener
-/// errors.
+/// The NACK's `error_detail` message: one line per refusal, as Envoy joins listener errors (a
+/// line break inside a message is written `\n`).
 pub fn nack_text(refused: &[Refused]) -> String {
     refused
         .iter()
-        .map(|r| r.message.as_str())
+        .map(|r| r.message.replace('\n', "\\n"))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -449,6 +449,9 @@ struct DeltaType {
     pending: Option<HashMap<String, String>>,
     nonce: String,
     started: bool,
+    /// A response was sent (the first one goes out even when empty, if the snapshot has the
+    /// type: the client waits for it).
+    responded: bool,
 }
 
 fn delta_response(
@@ -487,13 +490,15 @@ fn delta_response(
     for n in &removed {
         next.remove(n);
     }
-    if resources.is_empty() && removed.is_empty() {
+    let first = !st.responded && snapshot.types.contains_key(type_url);
+    if resources.is_empty() && removed.is_empty() && !first {
         return None;
     }
     if st.pending.as_ref() == Some(&next) {
         return None; // already sent, waiting for the ACK
     }
     st.pending = Some(next);
+    st.responded = true;
     st.nonce = cache.next_nonce();
     Some(DeltaDiscoveryResponse {
         system_version_info: res.version.clone(),

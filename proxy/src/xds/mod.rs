@@ -601,9 +601,10 @@ impl XdsRuntime {
             ) {
                 Ok(c) => c,
                 Err(e) => {
-                    let e = e.to_string();
-                    failures.listener(&name, any, &e);
-                    refuse(&mut errors, e);
+                    failures.listener(&name, any, &e.to_string());
+                    for one in e.iter() {
+                        refuse(&mut errors, one.alone());
+                    }
                     continue;
                 }
             };
@@ -754,18 +755,25 @@ impl XdsRuntime {
                 if seen.insert(name.clone()) {
                     Ok((name, config))
                 } else {
-                    Err(format!("Cluster '{name}': duplicate cluster {name} found"))
+                    Err(vec![format!(
+                        "Cluster '{name}': duplicate cluster {name} found"
+                    )])
                 }
             });
             let (name, config) = match translated {
                 Ok(x) => x,
-                Err(message) => {
+                Err(messages) => {
                     // A cluster that fails translation stays as it was (not removed below).
                     if let Ok(c) = ClusterProto::decode(any.value.as_slice()) {
-                        tracing::warn!("cds: cluster '{}' config rejected: {message}", c.name);
+                        let all = messages.join("\n");
+                        tracing::warn!("cds: cluster '{}' config rejected: {all}", c.name);
                         failed.insert(c.name);
                     }
-                    errors.push(Refused { index: i, message });
+                    errors.extend(
+                        messages
+                            .into_iter()
+                            .map(|message| Refused { index: i, message }),
+                    );
                     continue;
                 }
             };
@@ -961,7 +969,9 @@ impl XdsRuntime {
             {
                 Ok((l, _)) => l,
                 Err(e) => {
-                    refuse(&mut errors, e.to_string());
+                    for one in e.iter() {
+                        refuse(&mut errors, one.alone());
+                    }
                     continue;
                 }
             };
@@ -1038,7 +1048,9 @@ impl XdsRuntime {
                 }
                 Err(e) => {
                     rds::rejected(&name);
-                    refuse(&mut errors, e.to_string());
+                    for one in e.iter() {
+                        refuse(&mut errors, one.alone());
+                    }
                 }
             }
         }
@@ -1153,28 +1165,29 @@ fn cluster_secrets_ready(c: &Cluster) -> bool {
         .is_none_or(|t| crate::model::tls::sources_ready(&t.certificates, &t.trust))
 }
 
-/// Decode and translate one CDS resource; the error names the cluster and the field.
+/// Decode and translate one CDS resource; each error names the cluster and the field.
 fn translate_cluster(
     i: usize,
     any: &Any,
     static_names: &BTreeSet<String>,
     pool: &mut Option<prost_reflect::DescriptorPool>,
-) -> Result<(String, ClusterConfig), String> {
+) -> Result<(String, ClusterConfig), Vec<String>> {
     if any.type_url != CLUSTER {
-        return Err(format!(
+        return Err(vec![format!(
             "resources[{i}]: expected {CLUSTER}, got {}",
             any.type_url
-        ));
+        )]);
     }
     let proto = decode_resource::<ClusterProto>(pool, &any.value)
-        .map_err(|e| format!("resources[{i}]: not a valid Cluster: {e}"))?;
+        .map_err(|e| vec![format!("resources[{i}]: not a valid Cluster: {e}")])?;
     let name = proto.name.clone();
     if static_names.contains(&name) {
-        return Err(format!(
+        return Err(vec![format!(
             "Cluster '{name}': a static cluster of that name exists and cannot be changed by CDS"
-        ));
+        )]);
     }
     let path = FieldPath::new(format!("Cluster '{name}'"));
-    let config = ClusterConfig::from_proto(&path, &proto).map_err(|e| e.to_string())?;
+    let config = ClusterConfig::from_proto(&path, &proto)
+        .map_err(|e| e.iter().map(|one| one.alone()).collect::<Vec<_>>())?;
     Ok((name, config))
 }
