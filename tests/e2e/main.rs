@@ -23,3 +23,4 @@ mod tcp;
 mod tls;
 mod upstream;
 mod xds;
+mod xds_nack;

@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-const NODE: &str = "sidecar~10.0.0.1~deal-1.autolytiq~autolytiq.svc.cluster.local";
+pub(crate) const NODE: &str = "sidecar~10.0.0.1~deal-1.autolytiq~autolytiq.svc.cluster.local";
 
 /// A bootstrap with ADS (api_type `api`) to `xds`, CDS over ADS, and a listener routing
 /// `/a` → `dyn`, `/b` → `dyn_static` (clusters that only CDS defines).
-fn bootstrap_with_ads(xds: SocketAddr, api: &str) -> String {
+pub(crate) fn bootstrap_with_ads(xds: SocketAddr, api: &str) -> String {
     let routes = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /a}\n                route: {cluster: dyn}\n              - match: {prefix: /b}\n                route: {cluster: dyn_static}\n";
     let listener = http_listener("in", "", routes).replace(
         "            name: in_routes\n",
@@ -50,7 +50,7 @@ fn bootstrap_with_static_rds(xds: SocketAddr) -> String {
     format!("{}{}", &yaml[..start], &yaml[end..])
 }
 
-async fn xds_server() -> (Arc<SnapshotCache>, SocketAddr, tokio::task::JoinHandle<()>) {
+pub(crate) async fn xds_server() -> (Arc<SnapshotCache>, SocketAddr, tokio::task::JoinHandle<()>) {
     let cache = SnapshotCache::new();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -385,7 +385,7 @@ async fn rds_updates_under_load_drop_nothing() {
     assert_eq!(r.stat("http.in.rds.in_routes.update_rejected").await, 1);
 }
 
-fn lds_listener(
+pub(crate) fn lds_listener(
     name: &str,
     port: u16,
     rds_name: &str,

@@ -53,10 +53,45 @@ pub struct Config {
 /// What the proxy does with resources.
 pub trait Handler: Send + Sync + 'static {
     /// Apply every current resource of `type_url` (for LDS/CDS a missing one is removed).
-    /// `Err(text)` NACKs with that text; the previous good configuration must stay in place.
-    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String>;
+    /// The resources it refuses NACK the update (their previous versions must stay in place);
+    /// the others are applied. In delta mode a refused resource is not part of the client's
+    /// state afterwards (its previous version is), so the next update does not send it again.
+    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>)
+    -> Result<(), Vec<Refused>>;
     /// The stream came up or went down (`control_plane.connected_state`).
     fn connected(&self, up: bool);
+}
+
+/// A resource the handler refused: its position in the `resources` it was given, and why (the
+/// text names the resource).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub index: usize,
+    pub message: String,
+}
+
+/// The NACK's `error_detail` message: one line per refusal, as Envoy joins listener errors (a
+/// line break inside a message is written `\n`).
+pub fn nack_text(refused: &[Refused]) -> String {
+    refused
+        .iter()
+        .map(|r| r.message.replace('\n', "\\n"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Envoy NACKs with `INTERNAL` and logs the rejection at warning level.
+fn nack(type_url: &str, refused: &[Refused]) -> Option<RpcStatus> {
+    if refused.is_empty() {
+        return None;
+    }
+    let message = nack_text(refused);
+    tracing::warn!("gRPC config for {type_url} rejected: {message}");
+    Some(RpcStatus {
+        code: 13,
+        message,
+        details: vec![],
+    })
 }
 
 /// Change what is subscribed (names of a non-wildcard type; an empty set unsubscribes).
@@ -87,6 +122,8 @@ struct TypeState {
     nonce: String,
     /// Delta: the accepted resources and their versions.
     resources: BTreeMap<String, (String, Any)>,
+    /// State of the world: the names the last request on this stream carried (what ACKs repeat).
+    sent_names: Vec<String>,
 }
 
 /// Start the client on the current runtime. Returns the handle for subscriptions; `initial`
@@ -200,11 +237,17 @@ async fn run(
 fn sorted_types(types: &HashMap<String, TypeState>) -> Vec<String> {
     let mut v: Vec<String> = types
         .iter()
-        .filter(|(_, s)| s.interest.is_some())
+        .filter(|(_, s)| s.interest.as_ref().is_some_and(on_wire))
         .map(|(t, _)| t.clone())
         .collect();
     v.sort_by_key(|t| (type_order(t), t.clone()));
     v
+}
+
+/// Whether an interest goes on the wire: a named subscription without names is never sent (an
+/// empty list asks for every resource, in SotW and in delta's first request).
+fn on_wire(i: &Interest) -> bool {
+    !matches!(i, Interest::Names(n) if n.is_empty())
 }
 
 fn names_of(i: &Interest) -> Vec<String> {
@@ -252,11 +295,14 @@ async fn sotw_stream(
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let mut node = NodeOnce::new(config);
     for t in sorted_types(types) {
-        let st = &types[&t];
+        let Some(st) = types.get_mut(&t) else {
+            continue;
+        };
+        st.sent_names = st.interest.as_ref().map(names_of).unwrap_or_default();
         let _ = tx.send(DiscoveryRequest {
             version_info: st.version.clone(),
             node: node.next(),
-            resource_names: names_of(st.interest.as_ref().expect("filtered")),
+            resource_names: st.sent_names.clone(),
             type_url: t.clone(),
             ..Default::default()
         });
@@ -274,18 +320,19 @@ async fn sotw_stream(
                 *attempt = 0;
                 let st = types.entry(resp.type_url.clone()).or_default();
                 st.nonce = resp.nonce.clone();
-                let result = handler.apply(&resp.type_url, &resp.version_info, resp.resources);
-                let (version, error_detail) = match result {
-                    Ok(()) => {
-                        st.version = resp.version_info.clone();
-                        (resp.version_info, None)
-                    }
-                    Err(message) => (st.version.clone(), Some(RpcStatus { code: 3, message, details: vec![] })),
-                };
+                let refused = handler
+                    .apply(&resp.type_url, &resp.version_info, resp.resources)
+                    .err()
+                    .unwrap_or_default();
+                let error_detail = nack(&resp.type_url, &refused);
+                if error_detail.is_none() {
+                    st.version = resp.version_info;
+                }
+                let version = st.version.clone();
                 let _ = tx.send(DiscoveryRequest {
                     version_info: version,
                     node: node.next(),
-                    resource_names: st.interest.as_ref().map(names_of).unwrap_or_default(),
+                    resource_names: st.sent_names.clone(),
                     type_url: resp.type_url,
                     response_nonce: resp.nonce,
                     error_detail,
@@ -298,11 +345,16 @@ async fn sotw_stream(
                 if st.interest.as_ref() == Some(&interest) {
                     continue;
                 }
+                let send = on_wire(&interest);
                 st.interest = Some(interest);
+                if !send {
+                    continue; // the server keeps sending the last names; nothing asks for all
+                }
+                st.sent_names = st.interest.as_ref().map(names_of).unwrap_or_default();
                 let _ = tx.send(DiscoveryRequest {
                     version_info: st.version.clone(),
                     node: node.next(),
-                    resource_names: names_of(st.interest.as_ref().expect("set")),
+                    resource_names: st.sent_names.clone(),
                     type_url: t,
                     response_nonce: st.nonce.clone(),
                     ..Default::default()
@@ -327,11 +379,11 @@ async fn delta_stream(
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let mut node = NodeOnce::new(config);
     for t in sorted_types(types) {
-        let st = &types[&t];
+        let Some(st) = types.get(&t) else { continue };
         let _ = tx.send(DeltaDiscoveryRequest {
             node: node.next(),
             type_url: t.clone(),
-            resource_names_subscribe: names_of(st.interest.as_ref().expect("filtered")),
+            resource_names_subscribe: st.interest.as_ref().map(names_of).unwrap_or_default(),
             // What we already have: the server sends only what changed.
             initial_resource_versions: st
                 .resources
@@ -353,24 +405,8 @@ async fn delta_stream(
                 let resp: DeltaDiscoveryResponse = received(msg)?;
                 *attempt = 0;
                 let st = types.entry(resp.type_url.clone()).or_default();
-                let mut next = st.resources.clone();
-                for r in resp.resources {
-                    if let Some(a) = r.resource {
-                        next.insert(r.name, (r.version, a));
-                    }
-                }
-                for n in &resp.removed_resources {
-                    next.remove(n);
-                }
-                let all: Vec<Any> = next.values().map(|(_, a)| a.clone()).collect();
-                let error_detail = match handler.apply(&resp.type_url, &resp.system_version_info, all) {
-                    Ok(()) => {
-                        st.resources = next;
-                        st.version = resp.system_version_info;
-                        None
-                    }
-                    Err(message) => Some(RpcStatus { code: 3, message, details: vec![] }),
-                };
+                let refused = apply_delta(handler.as_ref(), st, &resp);
+                let error_detail = nack(&resp.type_url, &refused);
                 let _ = tx.send(DeltaDiscoveryRequest {
                     node: node.next(),
                     type_url: resp.type_url,
@@ -386,7 +422,7 @@ async fn delta_stream(
                 if before.as_ref() == Some(&interest) {
                     continue;
                 }
-                let (subscribe, unsubscribe) = match (&before, &interest) {
+                let (subscribe, unsubscribe): (Vec<String>, Vec<String>) = match (&before, &interest) {
                     (Some(Interest::Names(old)), Interest::Names(new)) => (
                         new.difference(old).cloned().collect(),
                         old.difference(new).cloned().collect(),
@@ -395,6 +431,9 @@ async fn delta_stream(
                     (_, Interest::Names(new)) => (new.iter().cloned().collect(), vec![]),
                 };
                 st.interest = Some(interest);
+                if subscribe.is_empty() && unsubscribe.is_empty() {
+                    continue; // an empty first request would be a wildcard subscription
+                }
                 let _ = tx.send(DeltaDiscoveryRequest {
                     node: node.next(),
                     type_url: t,
@@ -405,6 +444,44 @@ async fn delta_stream(
             }
         }
     }
+}
+
+/// Apply a delta response: the handler gets what the client holds (the resources it accepted
+/// before) minus `removed_resources`, plus what came. Afterwards the client holds that set,
+/// except that a refused resource keeps its previous version (or stays absent): the next
+/// response, which carries only what changed again, must not lose the accepted resources, nor
+/// bring back a refused one.
+fn apply_delta(
+    handler: &dyn Handler,
+    st: &mut TypeState,
+    resp: &DeltaDiscoveryResponse,
+) -> Vec<Refused> {
+    let mut next = st.resources.clone();
+    for n in &resp.removed_resources {
+        next.remove(n);
+    }
+    for r in &resp.resources {
+        if let Some(a) = &r.resource {
+            next.insert(r.name.clone(), (r.version.clone(), a.clone()));
+        }
+    }
+    let names: Vec<String> = next.keys().cloned().collect();
+    let all: Vec<Any> = next.values().map(|(_, a)| a.clone()).collect();
+    let refused = handler
+        .apply(&resp.type_url, &resp.system_version_info, all)
+        .err()
+        .unwrap_or_default();
+    for name in refused.iter().filter_map(|r| names.get(r.index)) {
+        match st.resources.get(name) {
+            Some(previous) => next.insert(name.clone(), previous.clone()),
+            None => next.remove(name),
+        };
+    }
+    st.resources = next;
+    if refused.is_empty() {
+        st.version = resp.system_version_info.clone();
+    }
+    refused
 }
 
 fn status_text(s: &tonic::Status) -> String {
@@ -427,6 +504,7 @@ mod tests {
     use crate::server::{Snapshot, SnapshotCache};
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
     use std::sync::Mutex;
 
     /// Records what it was given; refuses clusters named `bad`.
@@ -437,19 +515,34 @@ mod tests {
     }
 
     impl Handler for Recorder {
-        fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        fn apply(
+            &self,
+            type_url: &str,
+            version: &str,
+            resources: Vec<Any>,
+        ) -> Result<(), Vec<Refused>> {
             let names: Vec<String> = resources
                 .iter()
                 .map(|a| crate::resource::name_of(a).unwrap_or_default())
                 .collect();
-            if names.iter().any(|n| n == "bad") {
-                return Err("resources[0].name: 'bad' is refused".into());
-            }
+            let refused: Vec<Refused> = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.starts_with("bad"))
+                .map(|(index, n)| Refused {
+                    index,
+                    message: format!("'{n}' is refused"),
+                })
+                .collect();
             self.applied
                 .lock()
                 .unwrap()
                 .push((type_url.into(), version.into(), names));
-            Ok(())
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                Err(refused)
+            }
         }
         fn connected(&self, up: bool) {
             self.up.lock().unwrap().push(up);
@@ -525,7 +618,7 @@ mod tests {
         assert_eq!(applied.acked.as_deref(), Some("v1"));
         assert_eq!(
             applied.nacked.as_ref().map(|(_, m)| m.as_str()),
-            Some("resources[0].name: 'bad' is refused")
+            Some("'bad' is refused")
         );
         // A good update with a removal.
         cache.set_snapshot(
@@ -565,6 +658,150 @@ mod tests {
     #[tokio::test]
     async fn delta_ack_nack_and_subscriptions() {
         exchange(true).await;
+    }
+
+    /// Refuses clusters whose `alt_stat_name` is `refuse`; records the names it was given.
+    #[derive(Default)]
+    struct Marked(Mutex<Vec<Vec<String>>>);
+
+    impl Handler for Marked {
+        fn apply(&self, _: &str, _: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
+            let clusters: Vec<Cluster> = resources
+                .iter()
+                .map(|a| Cluster::decode(a.value.as_slice()).unwrap())
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push(clusters.iter().map(|c| c.name.clone()).collect());
+            let refused: Vec<Refused> = (clusters.iter().enumerate())
+                .filter(|(_, c)| c.alt_stat_name == "refuse")
+                .map(|(index, c)| Refused {
+                    index,
+                    message: format!("{} refused", c.name),
+                })
+                .collect();
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                Err(refused)
+            }
+        }
+        fn connected(&self, _: bool) {}
+    }
+
+    fn delta(added: &[(&str, &str, bool)], removed: &[&str]) -> DeltaDiscoveryResponse {
+        use crate::discovery::Resource;
+        DeltaDiscoveryResponse {
+            type_url: CLUSTER.into(),
+            system_version_info: "v".into(),
+            resources: added
+                .iter()
+                .map(|(name, version, refuse)| Resource {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    resource: Some(any(&Cluster {
+                        name: name.to_string(),
+                        alt_stat_name: if *refuse {
+                            "refuse".into()
+                        } else {
+                            String::new()
+                        },
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Delta: the handler always gets the accepted resources plus what came; a refused resource
+    /// is not kept (a refused change keeps the previous version).
+    #[test]
+    fn delta_state_is_the_accepted_union_minus_removals() {
+        let h = Marked::default();
+        let mut st = TypeState::default();
+        let versions = |st: &TypeState| -> Vec<(String, String)> {
+            st.resources
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect()
+        };
+        let refused = apply_delta(
+            &h,
+            &mut st,
+            &delta(&[("a", "1", false), ("x", "1", true)], &[]),
+        );
+        assert_eq!(refused.len(), 1);
+        assert_eq!(versions(&st), [("a".into(), "1".into())]);
+        assert!(apply_delta(&h, &mut st, &delta(&[("b", "1", false)], &[])).is_empty());
+        assert_eq!(h.0.lock().unwrap().last().unwrap(), &["a", "b"]);
+        // A refused change of `a` keeps version 1.
+        let refused = apply_delta(&h, &mut st, &delta(&[("a", "2", true)], &[]));
+        assert_eq!(refused[0].message, "a refused");
+        assert_eq!(
+            versions(&st),
+            [("a".into(), "1".into()), ("b".into(), "1".into())]
+        );
+        assert!(apply_delta(&h, &mut st, &delta(&[], &["b"])).is_empty());
+        assert_eq!(h.0.lock().unwrap().last().unwrap(), &["a"]);
+        assert_eq!(versions(&st), [("a".into(), "1".into())]);
+    }
+
+    /// A named subscription without names never goes out: an empty list would ask for every
+    /// resource of the type.
+    async fn no_empty_named_request(delta: bool) {
+        use crate::resource::ROUTE;
+        let (cache, addr) = server().await;
+        cache.set_snapshot(
+            "n1",
+            Snapshot::default()
+                .with(CLUSTER, "v1", vec![cluster("a")])
+                .with(ENDPOINT, "e1", vec![cla("a"), cla("b")]),
+        );
+        let rec = Arc::new(Recorder::default());
+        let subs = start(
+            config(addr, delta),
+            rec.clone(),
+            vec![
+                (CLUSTER.into(), Interest::Wildcard),
+                (ENDPOINT.into(), Interest::Names(BTreeSet::new())),
+            ],
+        );
+        cache.wait_until("n1", CLUSTER, |a| a.acks >= 1).await;
+        subs.set(ENDPOINT, Interest::Names(["a".to_string()].into()));
+        cache.wait_until("n1", ENDPOINT, |a| a.acks >= 1).await;
+        subs.set(ENDPOINT, Interest::Names(BTreeSet::new()));
+        // Subscriptions are handled in order: once ROUTE is asked for, ENDPOINT was handled.
+        subs.set(ROUTE, Interest::Names(["r".to_string()].into()));
+        while cache.requests("n1", ROUTE).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let eds = cache.requests("n1", ENDPOINT);
+        assert!(!eds.is_empty());
+        for r in &eds {
+            let asks_all = if delta {
+                r.names.is_empty() && r.unsubscribe.is_empty() && r.response_nonce.is_empty()
+            } else {
+                r.names.is_empty()
+            };
+            assert!(!asks_all, "{eds:?}");
+        }
+        if delta {
+            assert!(eds.iter().any(|r| r.unsubscribe == ["a"]), "{eds:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn state_of_the_world_never_asks_for_all_endpoints() {
+        no_empty_named_request(false).await;
+    }
+
+    #[tokio::test]
+    async fn delta_never_asks_for_all_endpoints() {
+        no_empty_named_request(true).await;
     }
 
     #[tokio::test]

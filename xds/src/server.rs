@@ -61,9 +61,24 @@ pub struct Applied {
     pub nacks: u64,
 }
 
+/// A request a node sent: state of the world (`resource_names`) or delta (the names it
+/// subscribed and unsubscribed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub type_url: String,
+    pub delta: bool,
+    /// SotW `resource_names`, or delta `resource_names_subscribe`.
+    pub names: Vec<String>,
+    /// Delta `resource_names_unsubscribe`.
+    pub unsubscribe: Vec<String>,
+    /// The nonce it answers (empty: not an ACK or NACK).
+    pub response_nonce: String,
+}
+
 struct NodeEntry {
     snapshot: watch::Sender<Arc<Snapshot>>,
     applied: HashMap<String, Applied>,
+    requests: Vec<Requested>,
     /// Streams currently open for the node.
     streams: usize,
 }
@@ -104,6 +119,7 @@ impl SnapshotCache {
         nodes.entry(node.to_string()).or_insert_with(|| NodeEntry {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
             applied: HashMap::new(),
+            requests: Vec::new(),
             streams: 0,
         })
     }
@@ -155,6 +171,26 @@ impl SnapshotCache {
         }
         drop(nodes);
         self.changed.notify_waiters();
+    }
+
+    fn record_request(&self, node: &str, request: Requested) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        Self::entry(&mut nodes, node).requests.push(request);
+    }
+
+    /// Every request `node` sent for `type_url`, in order.
+    pub fn requests(&self, node: &str, type_url: &str) -> Vec<Requested> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(node)
+            .map(|n| {
+                n.requests
+                    .iter()
+                    .filter(|r| r.type_url == type_url)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// What `node` did with `type_url`.
@@ -348,6 +384,13 @@ async fn run_sotw(
                 let Some(id) = node.identify_or_refuse(req.node.as_ref(), &tx).await else {
                     break;
                 };
+                cache.record_request(&id, Requested {
+                    type_url: req.type_url.clone(),
+                    delta: false,
+                    names: req.resource_names.clone(),
+                    unsubscribe: Vec::new(),
+                    response_nonce: req.response_nonce.clone(),
+                });
                 let st = types.entry(req.type_url.clone()).or_default();
                 let first = st.nonce.is_empty() && st.sent_version.is_none();
                 if !req.response_nonce.is_empty() {
@@ -402,10 +445,13 @@ struct DeltaType {
     names: BTreeSet<String>,
     /// What the client has ACKed: name → version.
     known: HashMap<String, String>,
-    /// What it will have once it ACKs the response with `nonce` (dropped on a NACK).
+    /// What it will have once it answers the response with `nonce`.
     pending: Option<HashMap<String, String>>,
     nonce: String,
     started: bool,
+    /// A response was sent (the first one goes out even when empty, if the snapshot has the
+    /// type: the client waits for it).
+    responded: bool,
 }
 
 fn delta_response(
@@ -444,13 +490,15 @@ fn delta_response(
     for n in &removed {
         next.remove(n);
     }
-    if resources.is_empty() && removed.is_empty() {
+    let first = !st.responded && snapshot.types.contains_key(type_url);
+    if resources.is_empty() && removed.is_empty() && !first {
         return None;
     }
     if st.pending.as_ref() == Some(&next) {
         return None; // already sent, waiting for the ACK
     }
     st.pending = Some(next);
+    st.responded = true;
     st.nonce = cache.next_nonce();
     Some(DeltaDiscoveryResponse {
         system_version_info: res.version.clone(),
@@ -486,12 +534,21 @@ async fn run_delta(
                 let Some(id) = node.identify_or_refuse(req.node.as_ref(), &tx).await else {
                     break;
                 };
+                cache.record_request(&id, Requested {
+                    type_url: req.type_url.clone(),
+                    delta: true,
+                    names: req.resource_names_subscribe.clone(),
+                    unsubscribe: req.resource_names_unsubscribe.clone(),
+                    response_nonce: req.response_nonce.clone(),
+                });
                 let st = types.entry(req.type_url.clone()).or_default();
                 if !req.response_nonce.is_empty() {
                     if req.response_nonce == st.nonce {
                         let error = req.error_detail.as_ref().map(|e| e.message.clone());
-                        // On a NACK the client kept what it had: the pending set is dropped.
-                        if let (None, Some(next)) = (&error, st.pending.take()) {
+                        // ACK or NACK, what was sent counts as sent (as istiod and
+                        // go-control-plane track it): the next response carries only what
+                        // changes again, so a client must keep the resources it accepted.
+                        if let Some(next) = st.pending.take() {
                             st.known = next;
                         }
                         let version = sent_versions.get(&req.type_url).cloned().unwrap_or_default();

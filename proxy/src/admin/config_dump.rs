@@ -35,6 +35,16 @@ fn dynamic_cluster(r: &crate::xds::Record) -> admin::clusters_config_dump::Dynam
     }
 }
 
+/// Envoy's `UpdateFailureState` (with the refused update's version, which Envoy leaves empty).
+fn failure_state(f: &crate::xds::Failure, with_time: bool) -> admin::UpdateFailureState {
+    admin::UpdateFailureState {
+        failed_configuration: Some(f.resource.clone()),
+        last_update_attempt: with_time.then(|| timestamp(f.at)),
+        details: f.details.clone(),
+        version_info: f.version.clone(),
+    }
+}
+
 /// The dump as protos, in Envoy's order.
 fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     let dynamic = crate::xds::dump();
@@ -119,16 +129,29 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
                 .listeners
                 .keys()
                 .chain(dynamic.warming_listeners.keys())
+                .chain(dynamic.listener_errors.keys())
                 .collect();
-            names
-                .into_iter()
-                .map(|name| admin::listeners_config_dump::DynamicListener {
-                    name: name.clone(),
-                    active_state: dynamic.listeners.get(name).map(state),
-                    warming_state: dynamic.warming_listeners.get(name).map(state),
+            let named =
+                names
+                    .into_iter()
+                    .map(|name| admin::listeners_config_dump::DynamicListener {
+                        name: name.clone(),
+                        active_state: dynamic.listeners.get(name).map(state),
+                        warming_state: dynamic.warming_listeners.get(name).map(state),
+                        error_state: dynamic
+                            .listener_errors
+                            .get(name)
+                            .map(|f| failure_state(f, true)),
+                        ..Default::default()
+                    });
+            // Envoy also lists the latest update's failures without a name or time.
+            let nameless = dynamic.listener_update_failures.iter().map(|f| {
+                admin::listeners_config_dump::DynamicListener {
+                    error_state: Some(failure_state(f, false)),
                     ..Default::default()
-                })
-                .collect()
+                }
+            });
+            named.chain(nameless).collect()
         },
     }));
     let routes: Vec<RouteConfiguration> = sr

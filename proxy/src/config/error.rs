@@ -32,8 +32,9 @@ impl FieldPath {
         Self(format!("{}[{i}]", self.0))
     }
 
-    /// `a.b` → `a.b["key"]` (map entries).
+    /// `a.b` → `a.b["key"]` (map entries; a `"` or `\` in the key is escaped).
     pub fn key(&self, k: &str) -> Self {
+        let k = k.replace('\\', "\\\\").replace('"', "\\\"");
         Self(format!("{}[\"{k}\"]", self.0))
     }
 
@@ -73,6 +74,9 @@ impl fmt::Debug for FieldPath {
 pub struct ConfigError {
     pub path: Option<FieldPath>,
     pub message: String,
+    /// Further errors of the same translation (other elements of a list, which are translated
+    /// even after one fails), shown one per line after this one.
+    pub others: Vec<ConfigError>,
 }
 
 // === impl ConfigError ===
@@ -82,6 +86,7 @@ impl ConfigError {
         Self {
             path: Some(path),
             message: message.into(),
+            others: Vec::new(),
         }
     }
 
@@ -89,12 +94,41 @@ impl ConfigError {
         Self {
             path: None,
             message: message.into(),
+            others: Vec::new(),
         }
+    }
+
+    /// Several errors as one (`None` when there are none): the first, then the others.
+    pub fn join(errors: impl IntoIterator<Item = ConfigError>) -> Option<ConfigError> {
+        let mut all = errors.into_iter().flat_map(|mut e| {
+            let others = std::mem::take(&mut e.others);
+            std::iter::once(e).chain(others)
+        });
+        let mut first = all.next()?;
+        first.others = all.collect();
+        Some(first)
+    }
+
+    /// This error alone, without the others: `path: message`.
+    pub fn alone(&self) -> String {
+        match &self.path {
+            Some(p) if !p.0.is_empty() => format!("{p}: {}", self.message),
+            _ => self.message.clone(),
+        }
+    }
+
+    /// Every error, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
+        std::iter::once(self).chain(self.others.iter())
     }
 
     /// Prefix the path with a context (used when a nested document, e.g. an `Any`, was decoded
     /// separately, or when an xDS resource is translated on its own).
     pub fn within(mut self, outer: &FieldPath) -> Self {
+        self.others = std::mem::take(&mut self.others)
+            .into_iter()
+            .map(|e| e.within(outer))
+            .collect();
         self.path = Some(match self.path.take() {
             Some(p) if !p.0.is_empty() => {
                 if p.0.starts_with('[') {
@@ -113,10 +147,28 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(p) if !p.0.is_empty() => write!(f, "{p}: {}", self.message),
-            _ => f.write_str(&self.message),
+        f.write_str(&self.alone())?;
+        for e in &self.others {
+            write!(f, "\n{}", e.alone())?;
         }
+        Ok(())
+    }
+}
+
+/// Every element's result: all the values, or every element's errors as one (a list's
+/// elements are translated even after one fails, so one report names every problem).
+pub fn all<T>(results: impl IntoIterator<Item = Result<T>>) -> Result<Vec<T>> {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => values.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    match ConfigError::join(errors) {
+        Some(e) => Err(e),
+        None => Ok(values),
     }
 }
 
@@ -147,5 +199,23 @@ mod tests {
             .within(&FieldPath::new("a.list"));
         assert_eq!(e.to_string(), "a.list[1]: bad");
         assert_eq!(FieldPath::new("m").key("k").to_string(), "m[\"k\"]");
+        assert_eq!(FieldPath::new("m").key("a\"b").to_string(), "m[\"a\\\"b\"]");
+    }
+
+    #[test]
+    fn several_errors_one_per_line() {
+        let list = FieldPath::root().field("l");
+        let r: Result<Vec<u32>> = all([
+            Ok(1),
+            Err(list.index(1).error("bad")),
+            Err(ConfigError::join([list.index(2).error("x"), list.index(2).error("y")]).unwrap()),
+        ]);
+        let e = r.unwrap_err().within(&FieldPath::new("Listener 'a'"));
+        assert_eq!(
+            e.to_string(),
+            "Listener 'a'.l[1]: bad\nListener 'a'.l[2]: x\nListener 'a'.l[2]: y"
+        );
+        assert_eq!(e.iter().count(), 3);
+        assert_eq!(all([Ok::<_, ConfigError>(1), Ok(2)]).unwrap(), [1, 2]);
     }
 }

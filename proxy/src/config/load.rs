@@ -109,8 +109,8 @@ fn decode_documents(
 
 fn in_file(e: ConfigError, what: &str) -> ConfigError {
     ConfigError {
-        path: e.path,
         message: format!("{} (in {what})", e.message),
+        ..e
     }
 }
 

@@ -85,7 +85,7 @@ fn walk(
             Value::Map(entries) => {
                 for (k, v) in entries.iter_mut() {
                     if let Value::Message(m) = v {
-                        walk(decoder, pool, m, &fp.key(&format!("{k:?}")))?;
+                        walk(decoder, pool, m, &fp.key(&map_key_text(k)))?;
                     }
                 }
             }
@@ -140,6 +140,19 @@ fn any(
     msg.set_field_by_name("type_url", Value::String(inner_url));
     msg.set_field_by_name("value", Value::Bytes(inner.encode_to_vec().into()));
     Ok(())
+}
+
+/// A map key as it reads in a path: `connect_authority`, not `String("connect_authority")`.
+fn map_key_text(k: &prost_reflect::MapKey) -> String {
+    use prost_reflect::MapKey;
+    match k {
+        MapKey::String(s) => s.clone(),
+        MapKey::Bool(b) => b.to_string(),
+        MapKey::I32(n) => n.to_string(),
+        MapKey::I64(n) => n.to_string(),
+        MapKey::U32(n) => n.to_string(),
+        MapKey::U64(n) => n.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +257,37 @@ mod tests {
         .to_string();
         assert!(
             err.starts_with("filter_chains[0].filters[0].typed_config.value.protocoll"),
+            "{err}"
+        );
+    }
+    #[test]
+    fn a_map_entry_in_a_path_reads_as_its_key() {
+        let pool = crate::config::descriptors::envoy_pool();
+        let rc = pb::route::RouteConfiguration {
+            virtual_hosts: vec![pb::route::VirtualHost {
+                typed_per_filter_config: [(
+                    "connect_authority".to_string(),
+                    typed_struct(
+                        "envoy.tcp.metadataexchange.config.MetadataExchange",
+                        &[("protocoll", Kind::StringValue("x".into()))],
+                    ),
+                )]
+                .into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = unwrap_binary(
+            &pool,
+            "envoy.config.route.v3.RouteConfiguration",
+            &rc.encode_to_vec(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "virtual_hosts[0].typed_per_filter_config[\"connect_authority\"].value.protocoll"
+            ),
             "{err}"
         );
     }

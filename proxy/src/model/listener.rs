@@ -317,17 +317,28 @@ impl Listener {
             )?);
         }
 
+        // Every chain is translated, so that one report names the problems of all of them.
         let mut chains = Vec::with_capacity(filter_chains.len());
+        let mut indices = Vec::with_capacity(filter_chains.len());
+        let mut errors = Vec::new();
         for (i, fc) in filter_chains.iter().enumerate() {
             let fcp = path.field("filter_chains").index(i);
-            let chain = FilterChain::from_proto(&fcp, fc, cx, buffer_limit)?;
-            if let Some(j) = chains
+            let chain = match FilterChain::from_proto(&fcp, fc, cx, buffer_limit) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if let Some(k) = chains
                 .iter()
                 .position(|c: &Arc<FilterChain>| c.matcher == chain.matcher)
             {
-                return Err(fcp.error(format!(
+                let j = indices[k];
+                errors.push(fcp.error(format!(
                     "multiple filter chains with the same matching rules are defined (filter_chains[{j}] and filter_chains[{i}]) in listener {name}"
                 )));
+                continue;
             }
             if chain.needs_tls_inspector()
                 && !lfilters.contains(&ListenerFilter::TlsInspector)
@@ -337,6 +348,7 @@ impl Listener {
                 tracing::warn!(listener = %name, "filter_chains[{i}] matches on server names or application protocols but the listener has no tls_inspector");
             }
             chains.push(Arc::new(chain));
+            indices.push(i);
         }
         let default_chain = default_filter_chain
             .as_ref()
@@ -344,7 +356,14 @@ impl Listener {
                 FilterChain::from_proto(&path.field("default_filter_chain"), fc, cx, buffer_limit)
                     .map(Arc::new)
             })
-            .transpose()?;
+            .transpose()
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
+        if let Some(e) = crate::config::ConfigError::join(errors) {
+            return Err(e);
+        }
         if chains.is_empty() && default_chain.is_none() {
             return Err(path
                 .field("filter_chains")

@@ -253,16 +253,27 @@ impl RouteConfig {
         let mut vhosts = Vec::with_capacity(virtual_hosts.len());
         let mut index = VhostIndex::default();
         let mut seen_names: HashMap<&str, usize> = HashMap::new();
+        // Every virtual host is translated, so that one report names the problems of all.
+        let mut errors = Vec::new();
         for (i, vh) in virtual_hosts.iter().enumerate() {
             let vp = path.field("virtual_hosts").index(i);
             if let Some(prev) = seen_names.insert(vh.name.as_str(), i) {
-                return Err(vp.field("name").error(format!(
+                errors.push(vp.field("name").error(format!(
                     "virtual host name '{}' is also used by virtual_hosts[{prev}]",
                     vh.name
                 )));
+                continue;
             }
-            index.add(&vp, &vh.domains, i, &vh.name, name)?;
-            vhosts.push(VirtualHost::from_proto(&vp, vh, max_direct)?);
+            let translated = index
+                .add(&vp, &vh.domains, i, &vh.name, name)
+                .and_then(|()| VirtualHost::from_proto(&vp, vh, max_direct));
+            match translated {
+                Ok(v) => vhosts.push(v),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(e) = crate::config::ConfigError::join(errors) {
+            return Err(e);
         }
         index.suffix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         index.prefix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
@@ -493,14 +504,12 @@ impl VirtualHost {
             T::ExternalOnly => TlsRequirement::ExternalOnly,
             T::All => TlsRequirement::All,
         };
-        let mut out_routes = Vec::with_capacity(routes.len());
-        for (i, r) in routes.iter().enumerate() {
-            out_routes.push(Route::from_proto(
-                &path.field("routes").index(i),
-                r,
-                max_direct,
-            )?);
-        }
+        let out_routes = crate::config::error::all(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Route::from_proto(&path.field("routes").index(i), r, max_direct)),
+        )?;
         Ok(Self {
             name: name.as_str().into(),
             routes: out_routes,
@@ -1160,6 +1169,43 @@ mod tests {
         let proto: pb::route::RouteConfiguration =
             crate::config::decode_yaml("envoy.config.route.v3.RouteConfiguration", yaml, &path);
         RouteConfig::from_proto(&path, &proto, 4096)
+    }
+
+    /// Every virtual host and route is translated: one error names all their problems.
+    #[test]
+    fn errors_of_every_virtual_host_and_route() {
+        let e = rc(r#"
+virtual_hosts:
+- name: a
+  domains: ["a"]
+  routes:
+  - match: {prefix: /}
+    route: {cluster: c, regex_rewrite: {pattern: {regex: "("}, substitution: x}}
+  - match: {prefix: /x}
+    route: {cluster: c}
+  - match: {prefix: /y}
+    direct_response: {status: 99}
+- name: b
+  domains: []
+- name: c
+  domains: ["c"]
+"#)
+        .unwrap_err();
+        let text = e.to_string();
+        let lines: Vec<String> = e.iter().map(|e| e.alone()).collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("route_config.virtual_hosts[0].routes[0]"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("route_config.virtual_hosts[0].routes[2]"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            "route_config.virtual_hosts[1].domains: at least one domain is required"
+        );
     }
 
     fn find<'a>(

@@ -19,7 +19,7 @@ use crate::telemetry::stats::{Counter, Gauge, Store};
 use crate::upstream::cluster::{self, Cluster, ClusterManager};
 use prost::Message;
 use remora_xds::Any;
-use remora_xds::client::{Handler, Interest, Subscriptions};
+use remora_xds::client::{Handler, Interest, Refused, Subscriptions};
 use remora_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +43,20 @@ pub struct Dump {
     pub warming_listeners: std::collections::BTreeMap<String, Record>,
     pub routes: std::collections::BTreeMap<String, Record>,
     pub secrets: std::collections::BTreeMap<String, Record>,
+    /// The last failed update of each listener, until it is accepted or leaves the set
+    /// (Envoy's `error_state` on the dynamic listener).
+    pub listener_errors: std::collections::BTreeMap<String, Failure>,
+    /// The failures of the latest LDS update (Envoy also dumps them as nameless entries).
+    pub listener_update_failures: Vec<Failure>,
+}
+
+/// A resource refused, for `/config_dump`'s `error_state` (Envoy's `UpdateFailureState`).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub resource: Any,
+    pub details: String,
+    pub version: String,
+    pub at: std::time::SystemTime,
 }
 
 /// The process's dump of dynamic resources.
@@ -58,6 +72,70 @@ fn record(version: &str, resource: &Any) -> Record {
         version: version.to_string(),
         resource: resource.clone(),
         at: std::time::SystemTime::now(),
+    }
+}
+
+/// Record an accepted resource; one that did not change keeps the version and time it was last
+/// updated at (a delta update hands every held resource over, a SotW one every subscribed one).
+fn update_record(
+    records: &mut std::collections::BTreeMap<String, Record>,
+    name: &str,
+    version: &str,
+    resource: &Any,
+) {
+    if records
+        .get(name)
+        .is_none_or(|r| r.resource.value != resource.value)
+    {
+        records.insert(name.to_string(), record(version, resource));
+    }
+}
+
+/// The listeners one LDS update refused and accepted: logged as Envoy does, and recorded as
+/// their `error_state` (cleared once a listener is accepted).
+struct Failures {
+    version: String,
+    at: std::time::SystemTime,
+    failed: Vec<(String, Failure)>,
+    accepted: Vec<String>,
+}
+
+impl Failures {
+    fn new(version: &str) -> Self {
+        Self {
+            version: version.to_string(),
+            at: std::time::SystemTime::now(),
+            failed: Vec::new(),
+            accepted: Vec::new(),
+        }
+    }
+
+    fn listener(&mut self, name: &str, resource: &Any, details: &str) {
+        tracing::warn!("lds: listener '{name}' config rejected: {details}");
+        self.failed.push((
+            name.to_string(),
+            Failure {
+                resource: resource.clone(),
+                details: details.to_string(),
+                version: self.version.clone(),
+                at: self.at,
+            },
+        ));
+    }
+
+    fn accepted(&mut self, name: &str) {
+        self.accepted.push(name.to_string());
+    }
+
+    /// Into the dump; `current` are the listener names the update carried.
+    fn record(self, current: &BTreeSet<String>) {
+        let mut d = dump();
+        d.listener_errors.retain(|n, _| current.contains(n));
+        for n in &self.accepted {
+            d.listener_errors.remove(n);
+        }
+        d.listener_update_failures = self.failed.iter().map(|(_, f)| f.clone()).collect();
+        d.listener_errors.extend(self.failed);
     }
 }
 
@@ -266,19 +344,23 @@ pub fn start(
         let _ = runtime.subs.set(subs);
     }
     // RDS and SDS follow the listeners and clusters that use them (registered as they are
-    // built, static ones already).
+    // built, static ones already). The subscriptions change once the update that registered a
+    // name is through: a listener or cluster it refuses has dropped its route tables and secret
+    // sources by then, so nothing is asked for on its behalf.
     let weak = Arc::downgrade(&runtime);
     runtime.server.routes.on_change(move || {
         if let Some(rt) = weak.upgrade() {
-            rt.subscribe_rds();
+            rt.runtime.clone().spawn(async move { rt.subscribe_rds() });
         }
     });
     let weak = Arc::downgrade(&runtime);
     runtime.sds.on_change(move || {
-        if let Some(rt) = weak.upgrade()
-            && let Err(e) = rt.subscribe_sds()
-        {
-            tracing::error!("SDS: {e}");
+        if let Some(rt) = weak.upgrade() {
+            rt.runtime.clone().spawn(async move {
+                if let Err(e) = rt.subscribe_sds() {
+                    tracing::error!("SDS: {e}");
+                }
+            });
         }
     });
     runtime.subscribe_rds();
@@ -315,8 +397,9 @@ async fn watch_file(
             };
             match read_resources(&path) {
                 Ok(resources) => {
-                    if let Err(e) = rt.apply(type_url, &version, resources) {
-                        tracing::warn!(file = %path.display(), "update rejected, keeping the previous configuration: {e}");
+                    if let Err(refused) = rt.apply(type_url, &version, resources) {
+                        let e = remora_xds::client::nack_text(&refused);
+                        tracing::warn!(file = %path.display(), "Filesystem config update rejected: {e}");
                     } else {
                         tracing::info!(file = %path.display(), "applied");
                     }
@@ -364,17 +447,30 @@ struct SdsStream {
 }
 
 impl Handler for SdsStream {
-    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Result<(), Vec<Refused>> {
         match type_url {
             SECRET => sds::apply(&self.registry, &self.source, version, resources),
-            other => Err(format!("{other} is not subscribed on the SDS stream")),
+            other => refuse_all(
+                &resources,
+                &format!("{other} is not subscribed on the SDS stream"),
+            ),
         }
     }
     fn connected(&self, _up: bool) {}
 }
 
 impl Handler for XdsRuntime {
-    fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Result<(), Vec<Refused>> {
         match type_url {
             CLUSTER => self.apply_cds(version, resources),
             ENDPOINT => self.apply_eds(version, resources),
@@ -386,12 +482,32 @@ impl Handler for XdsRuntime {
                 resources,
             ),
             LISTENER => self.apply_lds(version, resources),
-            other => Err(format!("{other} is not subscribed")),
+            other => refuse_all(&resources, &format!("{other} is not subscribed")),
         }
     }
 
     fn connected(&self, up: bool) {
         self.stats.connected_state.set(up as i64);
+    }
+}
+
+/// Every resource of an update refused for the same reason.
+fn refuse_all(resources: &[Any], why: &str) -> Result<(), Vec<Refused>> {
+    let refused: Vec<Refused> = (0..resources.len().max(1))
+        .map(|index| Refused {
+            index,
+            message: why.to_string(),
+        })
+        .collect();
+    Err(refused)
+}
+
+/// `Ok` without refusals, else the refusals.
+fn outcome(refused: Vec<Refused>) -> Result<(), Vec<Refused>> {
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
     }
 }
 
@@ -423,9 +539,10 @@ impl XdsRuntime {
     }
 
     /// An LDS update: the complete set of dynamic listeners.
-    fn apply_lds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_lds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.lds_update_attempt.inc();
         let mut errors = Vec::new();
+        let mut failures = Failures::new(version);
         let mut seen = BTreeSet::new();
         let mut state = self.lock();
         let static_names: BTreeSet<String> = self
@@ -437,11 +554,14 @@ impl XdsRuntime {
             .collect();
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != LISTENER {
-                errors.push(format!(
-                    "resources[{i}]: expected {LISTENER}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {LISTENER}, got {}", any.type_url),
+                );
                 continue;
             }
             let proto = match decode_resource::<pb::listener::Listener>(&mut pool, &any.value) {
@@ -451,23 +571,36 @@ impl XdsRuntime {
                     // sent, so it is not removed below.
                     match pb::listener::Listener::decode(any.value.as_slice()) {
                         Ok(l) => {
-                            errors.push(format!("Listener '{}': {e}", l.name));
+                            let e = format!("Listener '{}': {e}", l.name);
+                            failures.listener(&l.name, any, &e);
+                            refuse(&mut errors, e);
                             seen.insert(l.name);
                         }
-                        Err(_) => errors.push(format!("resources[{i}]: not a valid Listener: {e}")),
+                        Err(_) => refuse(
+                            &mut errors,
+                            format!("resources[{i}]: not a valid Listener: {e}"),
+                        ),
                     }
                     continue;
                 }
             };
             let name = proto.name.clone();
-            seen.insert(name.clone());
+            if !seen.insert(name.clone()) {
+                let e = format!("Listener '{name}': duplicate listener {name} found");
+                failures.listener(&name, any, &e);
+                refuse(&mut errors, e);
+                continue;
+            }
             if static_names.contains(&name) {
-                errors.push(format!(
+                let e = format!(
                     "Listener '{name}': a static listener of that name exists and cannot be changed by LDS"
-                ));
+                );
+                failures.listener(&name, any, &e);
+                refuse(&mut errors, e);
                 continue;
             }
             if state.listeners.get(&name) == Some(&any.value) {
+                failures.accepted(&name);
                 continue;
             }
             let path = FieldPath::new(format!("Listener '{name}'"));
@@ -475,7 +608,10 @@ impl XdsRuntime {
                 match crate::model::listener::Listener::from_proto(&path, &proto, &self.model) {
                     Ok(c) => c,
                     Err(e) => {
-                        errors.push(e.to_string());
+                        failures.listener(&name, any, &e.to_string());
+                        for one in e.iter() {
+                            refuse(&mut errors, one.alone());
+                        }
                         continue;
                     }
                 };
@@ -492,11 +628,14 @@ impl XdsRuntime {
                 Ok(a) => a,
                 Err(e) => {
                     self.listeners.stats.listener_create_failure.inc();
-                    errors.push(format!("Listener '{name}': {e}"));
+                    let e = format!("Listener '{name}': {e}");
+                    failures.listener(&name, any, &e);
+                    refuse(&mut errors, e);
                     continue;
                 }
             };
             self.listeners.stats.listener_create_success.inc();
+            failures.accepted(&name);
             if state
                 .listeners
                 .insert(name.clone(), any.value.clone())
@@ -530,6 +669,7 @@ impl XdsRuntime {
             d.listeners.remove(&name);
             d.warming_listeners.remove(&name);
         }
+        failures.record(&seen);
         self.listeners
             .stats
             .total_listeners_warming
@@ -539,11 +679,10 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.lds_update_success.inc();
             self.stats.lds_version.set(version_hash(version));
-            Ok(())
         } else {
             self.stats.lds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// Put a listener in service once its routes are in (Envoy's listener warming), or after
@@ -608,7 +747,7 @@ impl XdsRuntime {
     }
 
     /// A CDS update: the complete set of dynamic clusters.
-    fn apply_cds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_cds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.cds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
@@ -618,18 +757,32 @@ impl XdsRuntime {
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
             let translated = translate_cluster(i, any, &self.static_names, &mut pool, &self.model);
+            let translated = translated.and_then(|(name, config)| {
+                if seen.insert(name.clone()) {
+                    Ok((name, config))
+                } else {
+                    Err(vec![format!(
+                        "Cluster '{name}': duplicate cluster {name} found"
+                    )])
+                }
+            });
             let (name, config) = match translated {
                 Ok(x) => x,
-                Err(e) => {
-                    errors.push(e);
+                Err(messages) => {
                     // A cluster that fails translation stays as it was (not removed below).
                     if let Ok(c) = ClusterProto::decode(any.value.as_slice()) {
+                        let all = messages.join("\n");
+                        tracing::warn!("cds: cluster '{}' config rejected: {all}", c.name);
                         failed.insert(c.name);
                     }
+                    errors.extend(
+                        messages
+                            .into_iter()
+                            .map(|message| Refused { index: i, message }),
+                    );
                     continue;
                 }
             };
-            seen.insert(name.clone());
             let existed = match dump().clusters.get(&name) {
                 Some(r) if r.resource.value == any.value => continue, // unchanged
                 Some(_) => true,
@@ -670,11 +823,10 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.cds_update_success.inc();
             self.stats.cds_version.set(version_hash(version));
-            Ok(())
         } else {
             self.stats.cds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// Put a translated cluster in place: active now, or warming until its endpoints arrive.
@@ -772,7 +924,7 @@ impl XdsRuntime {
     }
 
     /// An EDS update: endpoints for the named services.
-    fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_eds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         self.stats.eds_update_attempt.inc();
         let mut errors = Vec::new();
         let mut activate = Vec::new();
@@ -799,11 +951,14 @@ impl XdsRuntime {
         }
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != ENDPOINT {
-                errors.push(format!(
-                    "resources[{i}]: expected {ENDPOINT}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {ENDPOINT}, got {}", any.type_url),
+                );
                 continue;
             }
             let cla =
@@ -811,7 +966,7 @@ impl XdsRuntime {
                 {
                     Ok(c) => c,
                     Err(e) => {
-                        errors.push(format!("resources[{i}]: {e}"));
+                        refuse(&mut errors, format!("resources[{i}]: {e}"));
                         continue;
                     }
                 };
@@ -821,15 +976,15 @@ impl XdsRuntime {
             {
                 Ok((l, _)) => l,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    for one in e.iter() {
+                        refuse(&mut errors, one.alone());
+                    }
                     continue;
                 }
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
-            dump()
-                .endpoints
-                .insert(service.clone(), record(version, any));
+            update_record(&mut dump().endpoints, &service, version, any);
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
             for c in by_service.get(service.as_str()).into_iter().flatten() {
@@ -852,23 +1007,25 @@ impl XdsRuntime {
         drop(state);
         if errors.is_empty() {
             self.stats.eds_update_success.inc();
-            Ok(())
         } else {
             self.stats.eds_update_rejected.inc();
-            Err(errors.join("; "))
         }
+        outcome(errors)
     }
 
     /// An RDS update: route configurations by name, installed in place.
-    fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn apply_rds(&self, version: &str, resources: Vec<Any>) -> Result<(), Vec<Refused>> {
         let mut errors = Vec::new();
         let mut pool = None;
         for (i, any) in resources.iter().enumerate() {
+            let refuse = |errors: &mut Vec<Refused>, message: String| {
+                errors.push(Refused { index: i, message });
+            };
             if any.type_url != ROUTE {
-                errors.push(format!(
-                    "resources[{i}]: expected {ROUTE}, got {}",
-                    any.type_url
-                ));
+                refuse(
+                    &mut errors,
+                    format!("resources[{i}]: expected {ROUTE}, got {}", any.type_url),
+                );
                 continue;
             }
             let rc = match decode_resource::<pb::route::RouteConfiguration>(&mut pool, &any.value) {
@@ -878,9 +1035,12 @@ impl XdsRuntime {
                         Ok(rc) => {
                             self.server.routes.attempted(&rc.name);
                             self.server.routes.rejected(&rc.name);
-                            errors.push(format!("RouteConfiguration '{}': {e}", rc.name));
+                            refuse(
+                                &mut errors,
+                                format!("RouteConfiguration '{}': {e}", rc.name),
+                            );
                         }
-                        Err(_) => errors.push(format!("resources[{i}]: {e}")),
+                        Err(_) => refuse(&mut errors, format!("resources[{i}]: {e}")),
                     }
                     continue;
                 }
@@ -893,19 +1053,17 @@ impl XdsRuntime {
                     self.server
                         .routes
                         .install(&name, Arc::new(cfg), version_hash(version));
-                    dump().routes.insert(name, record(version, any));
+                    update_record(&mut dump().routes, &name, version, any);
                 }
                 Err(e) => {
                     self.server.routes.rejected(&name);
-                    errors.push(e.to_string());
+                    for one in e.iter() {
+                        refuse(&mut errors, one.alone());
+                    }
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        outcome(errors)
     }
 
     /// Where a static cluster's first endpoint is (the xDS and SDS streams go there).
@@ -1017,29 +1175,30 @@ fn cluster_secrets_ready(c: &Cluster) -> bool {
         .is_none_or(|t| crate::model::tls::sources_ready(&t.certificates, &t.trust))
 }
 
-/// Decode and translate one CDS resource; the error names the cluster and the field.
+/// Decode and translate one CDS resource; each error names the cluster and the field.
 fn translate_cluster(
     i: usize,
     any: &Any,
     static_names: &BTreeSet<String>,
     pool: &mut Option<prost_reflect::DescriptorPool>,
     cx: &crate::model::context::TranslateContext,
-) -> Result<(String, ClusterConfig), String> {
+) -> Result<(String, ClusterConfig), Vec<String>> {
     if any.type_url != CLUSTER {
-        return Err(format!(
+        return Err(vec![format!(
             "resources[{i}]: expected {CLUSTER}, got {}",
             any.type_url
-        ));
+        )]);
     }
     let proto = decode_resource::<ClusterProto>(pool, &any.value)
-        .map_err(|e| format!("resources[{i}]: not a valid Cluster: {e}"))?;
+        .map_err(|e| vec![format!("resources[{i}]: not a valid Cluster: {e}")])?;
     let name = proto.name.clone();
     if static_names.contains(&name) {
-        return Err(format!(
+        return Err(vec![format!(
             "Cluster '{name}': a static cluster of that name exists and cannot be changed by CDS"
-        ));
+        )]);
     }
     let path = FieldPath::new(format!("Cluster '{name}'"));
-    let config = ClusterConfig::from_proto(&path, &proto, cx).map_err(|e| e.to_string())?;
+    let config = ClusterConfig::from_proto(&path, &proto, cx)
+        .map_err(|e| e.iter().map(|one| one.alone()).collect::<Vec<_>>())?;
     Ok((name, config))
 }

@@ -149,136 +149,146 @@ pub fn apply(
     source: &SdsSource,
     version: &str,
     resources: Vec<Any>,
-) -> Result<(), String> {
-    use crate::model::pb::tls::secret::Type;
-    let mut errors = Vec::new();
+) -> Result<(), Vec<remora_xds::client::Refused>> {
+    let mut refused = Vec::new();
     for (i, any) in resources.iter().enumerate() {
-        let secret = match crate::model::pb::tls::Secret::decode(any.value.as_slice()) {
-            Ok(s) if any.type_url == remora_xds::resource::SECRET => s,
-            Ok(_) => {
-                errors.push(format!(
-                    "resources[{i}]: expected {}, got {}",
-                    remora_xds::resource::SECRET,
-                    any.type_url
-                ));
-                continue;
-            }
-            Err(e) => {
-                errors.push(format!("resources[{i}]: not a valid Secret: {e}"));
-                continue;
-            }
-        };
-        let name = secret.name.clone();
-        let at = |field: &str, e: String| format!("Secret '{name}'.{field}: {e}");
-        let entry = {
-            let r = registry.lock();
-            r.get(&(source.clone(), name.clone())).map(|e| {
-                (
-                    e.certs.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
-                    e.trusts
-                        .iter()
-                        .filter_map(Weak::upgrade)
-                        .collect::<Vec<_>>(),
-                )
-            })
-        };
-        let Some((certs, trusts)) = entry else {
-            continue;
-        };
-        match secret.r#type {
-            Some(Type::TlsCertificate(t)) => {
-                let crate::model::pb::tls::TlsCertificate {
-                    certificate_chain,
-                    private_key,
-                    pkcs12,
-                    watched_directory: _,
-                    private_key_provider,
-                    password,
-                    ocsp_staple,
-                    signed_certificate_timestamp,
-                    tls_params,
-                } = t;
-                if pkcs12.is_some()
-                    || private_key_provider.is_some()
-                    || password.is_some()
-                    || ocsp_staple.is_some()
-                    || !signed_certificate_timestamp.is_empty()
-                    || tls_params.is_some()
-                {
-                    errors.push(at(
-                        "tls_certificate",
-                        "only certificate_chain and private_key are supported".into(),
-                    ));
-                    continue;
-                }
-                let loaded = data(&certificate_chain)
-                    .map_err(|e| at("tls_certificate.certificate_chain", e))
-                    .and_then(|chain| {
-                        data(&private_key)
-                            .map_err(|e| at("tls_certificate.private_key", e))
-                            .map(|key| (chain, key))
-                    })
-                    .and_then(|(chain, key)| {
-                        remora_certs::source::load_identity(&chain, &key, &format!("sds:{name}"))
-                            .map_err(|e| at("tls_certificate", e.to_string()))
-                    });
-                match loaded {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        for c in &certs {
-                            c.current.store(Some(id.clone()));
-                        }
-                        tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
-                        super::dump()
-                            .secrets
-                            .insert(name.clone(), super::record(version, any));
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-            Some(Type::ValidationContext(v)) => {
-                let rest = crate::model::pb::tls::CertificateValidationContext {
-                    trusted_ca: None,
-                    ..v.clone()
-                };
-                if rest != crate::model::pb::tls::CertificateValidationContext::default() {
-                    errors.push(at(
-                        "validation_context",
-                        "only trusted_ca is supported in an SDS validation context (put SAN matchers in the listener's or cluster's default_validation_context)".into(),
-                    ));
-                    continue;
-                }
-                let loaded = data(&v.trusted_ca)
-                    .map_err(|e| at("validation_context.trusted_ca", e))
-                    .and_then(|pem| {
-                        remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
-                            .map_err(|e| at("validation_context.trusted_ca", e.to_string()))
-                    });
-                match loaded {
-                    Ok(b) => {
-                        let b = Arc::new(b);
-                        for t in &trusts {
-                            t.current.store(Some(b.clone()));
-                        }
-                        super::dump()
-                            .secrets
-                            .insert(name.clone(), super::record(version, any));
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-            Some(Type::SessionTicketKeys(_)) => {
-                errors.push(at("session_ticket_keys", "is not supported".into()))
-            }
-            Some(Type::GenericSecret(_)) => {
-                errors.push(at("generic_secret", "is not supported".into()))
-            }
-            None => errors.push(format!("Secret '{name}': has no type")),
-        }
+        let mut errors = Vec::new();
+        apply_one(registry, source, version, i, any, &mut errors);
+        refused.extend(
+            errors
+                .into_iter()
+                .map(|message| remora_xds::client::Refused { index: i, message }),
+        );
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
+    super::outcome(refused)
+}
+
+/// One secret of an SDS update; its errors go to `errors`.
+fn apply_one(
+    registry: &SdsRegistry,
+    source: &SdsSource,
+    version: &str,
+    i: usize,
+    any: &Any,
+    errors: &mut Vec<String>,
+) {
+    use crate::model::pb::tls::secret::Type;
+    let secret = match crate::model::pb::tls::Secret::decode(any.value.as_slice()) {
+        Ok(s) if any.type_url == remora_xds::resource::SECRET => s,
+        Ok(_) => {
+            errors.push(format!(
+                "resources[{i}]: expected {}, got {}",
+                remora_xds::resource::SECRET,
+                any.type_url
+            ));
+            return;
+        }
+        Err(e) => {
+            errors.push(format!("resources[{i}]: not a valid Secret: {e}"));
+            return;
+        }
+    };
+    let name = secret.name.clone();
+    let at = |field: &str, e: String| format!("Secret '{name}'.{field}: {e}");
+    let entry = {
+        let r = registry.lock();
+        r.get(&(source.clone(), name.clone())).map(|e| {
+            (
+                e.certs.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
+                e.trusts
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
+    let Some((certs, trusts)) = entry else {
+        return;
+    };
+    match secret.r#type {
+        Some(Type::TlsCertificate(t)) => {
+            let crate::model::pb::tls::TlsCertificate {
+                certificate_chain,
+                private_key,
+                pkcs12,
+                watched_directory: _,
+                private_key_provider,
+                password,
+                ocsp_staple,
+                signed_certificate_timestamp,
+                tls_params,
+            } = t;
+            if pkcs12.is_some()
+                || private_key_provider.is_some()
+                || password.is_some()
+                || ocsp_staple.is_some()
+                || !signed_certificate_timestamp.is_empty()
+                || tls_params.is_some()
+            {
+                errors.push(at(
+                    "tls_certificate",
+                    "only certificate_chain and private_key are supported".into(),
+                ));
+                return;
+            }
+            let loaded = data(&certificate_chain)
+                .map_err(|e| at("tls_certificate.certificate_chain", e))
+                .and_then(|chain| {
+                    data(&private_key)
+                        .map_err(|e| at("tls_certificate.private_key", e))
+                        .map(|key| (chain, key))
+                })
+                .and_then(|(chain, key)| {
+                    remora_certs::source::load_identity(&chain, &key, &format!("sds:{name}"))
+                        .map_err(|e| at("tls_certificate", e.to_string()))
+                });
+            match loaded {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    for c in &certs {
+                        c.current.store(Some(id.clone()));
+                    }
+                    tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
+                    super::update_record(&mut super::dump().secrets, &name, version, any);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Some(Type::ValidationContext(v)) => {
+            let rest = crate::model::pb::tls::CertificateValidationContext {
+                trusted_ca: None,
+                ..v.clone()
+            };
+            if rest != crate::model::pb::tls::CertificateValidationContext::default() {
+                errors.push(at(
+                    "validation_context",
+                    "only trusted_ca is supported in an SDS validation context (put SAN matchers in the listener's or cluster's default_validation_context)".into(),
+                ));
+                return;
+            }
+            let loaded = data(&v.trusted_ca)
+                .map_err(|e| at("validation_context.trusted_ca", e))
+                .and_then(|pem| {
+                    remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
+                        .map_err(|e| at("validation_context.trusted_ca", e.to_string()))
+                });
+            match loaded {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    for t in &trusts {
+                        t.current.store(Some(b.clone()));
+                    }
+                    super::update_record(&mut super::dump().secrets, &name, version, any);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Some(Type::SessionTicketKeys(_)) => {
+            errors.push(at("session_ticket_keys", "is not supported".into()))
+        }
+        Some(Type::GenericSecret(_)) => {
+            errors.push(at("generic_secret", "is not supported".into()))
+        }
+        None => errors.push(format!("Secret '{name}': has no type")),
     }
 }
