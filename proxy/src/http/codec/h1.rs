@@ -287,7 +287,9 @@ fn low_version(buf: &[u8]) -> bool {
         return false;
     };
     let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
-    let mut tokens = line.split(|b| *b == b' ').filter(|t| !t.is_empty());
+    let mut tokens = line
+        .split(|b| matches!(b, b' ' | b'\t'))
+        .filter(|t| !t.is_empty());
     let (Some(_method), Some(_target)) = (tokens.next(), tokens.next()) else {
         return false;
     };
@@ -738,8 +740,7 @@ where
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
+        .and_then(|v| super::chunked::parse_content_length(v.as_bytes()));
     let content_length = declared
         .or_else(|| body.size_hint().exact())
         .filter(|_| !framing.upgrade);
