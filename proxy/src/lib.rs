@@ -22,3 +22,6 @@ pub mod xds;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod demo;
 pub mod io;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
