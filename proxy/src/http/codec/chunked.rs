@@ -314,7 +314,11 @@ mod tests {
         assert_eq!(size("5\t;a\r\n"), Some(5));
         assert_eq!(size("5;\r\n"), Some(5));
         assert_eq!(size("5 \r\n"), Some(5));
-        assert_eq!(size("5 x\r\n"), Some(5), "after whitespace the line is not read");
+        assert_eq!(
+            size("5 x\r\n"),
+            Some(5),
+            "after whitespace the line is not read"
+        );
         assert_eq!(size("5;a\x01\r\n"), Some(5));
         assert_eq!(size("00000000000000000005\r\n"), Some(5));
         assert_eq!(size("ffffffffffffffff\r\n"), Some(u64::MAX));

@@ -1075,11 +1075,21 @@ mod tests {
     /// Each case checked against Envoy 1.40.
     #[test]
     fn request_lines_and_lengths_as_envoy_reads_them() {
-        for line in ["FOO / HTTP/1.1", "get / HTTP/1.1", "M-SEARCH / HTTP/1.1", "PRI / HTTP/1.1"] {
+        for line in [
+            "FOO / HTTP/1.1",
+            "get / HTTP/1.1",
+            "M-SEARCH / HTTP/1.1",
+            "PRI / HTTP/1.1",
+        ] {
             let req = format!("{line}\r\nHost: x\r\n\r\n");
             assert_eq!(codec_err(&req), CodecError::BAD_REQUEST, "{line}");
         }
-        for line in ["GET / HTTP/1.2", "GET / HTTP/2.0", "GET / HTTP/0.9", "GET /"] {
+        for line in [
+            "GET / HTTP/1.2",
+            "GET / HTTP/2.0",
+            "GET / HTTP/0.9",
+            "GET /",
+        ] {
             let req = format!("{line}\r\nHost: x\r\n\r\n");
             assert_eq!(codec_err(&req), CodecError::UPGRADE_REQUIRED, "{line}");
         }
@@ -1087,11 +1097,24 @@ mod tests {
             let req = format!("{line}\r\nHost: x\r\n\r\n");
             assert_ne!(codec_err(&req), CodecError::UPGRADE_REQUIRED, "{line}");
         }
-        for line in ["PROPFIND / HTTP/1.1", "MSEARCH / HTTP/1.1", "GET  /  HTTP/1.1"] {
+        for line in [
+            "PROPFIND / HTTP/1.1",
+            "MSEARCH / HTTP/1.1",
+            "GET  /  HTTP/1.1",
+        ] {
             let req = format!("{line}\r\nHost: x\r\n\r\n");
             assert!(parse(&req).unwrap().is_some(), "{line}");
         }
-        for cl in ["+5", "-5", "0x5", "5,5", "5, 5", "5 5", "", "99999999999999999999999"] {
+        for cl in [
+            "+5",
+            "-5",
+            "0x5",
+            "5,5",
+            "5, 5",
+            "5 5",
+            "",
+            "99999999999999999999999",
+        ] {
             let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
             assert_eq!(codec_err(&req), CodecError::BAD_REQUEST, "{cl:?}");
         }
@@ -1106,13 +1129,19 @@ mod tests {
         let slot = Arc::new(ReaderSlot::default());
         let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from("5g\r\nhello"));
         let body = RequestBody::new(reader, slot.clone(), Framing::Chunked, 8192);
-        let err = crate::http::body::Body::H1(body).collect().await.unwrap_err();
+        let err = crate::http::body::Body::H1(body)
+            .collect()
+            .await
+            .unwrap_err();
         assert_eq!(body_codec_error(&*err), Some(CodecError::BAD_REQUEST));
         assert!(slot.take().is_none(), "the connection is not reused");
         // A client that goes away is not a codec error.
         let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from("5\r\nhel"));
         let body = RequestBody::new(reader, slot.clone(), Framing::Chunked, 8192);
-        let err = crate::http::body::Body::H1(body).collect().await.unwrap_err();
+        let err = crate::http::body::Body::H1(body)
+            .collect()
+            .await
+            .unwrap_err();
         assert_eq!(body_codec_error(&*err), None);
     }
 }

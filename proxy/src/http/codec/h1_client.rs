@@ -554,9 +554,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Length(5));
-        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
     }
 }
