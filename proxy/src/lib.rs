@@ -22,4 +22,7 @@ pub mod xds;
 /// remora's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod demo;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;

@@ -194,6 +194,89 @@ async fn malformed_requests_get_envoy_codes_and_close() {
     assert_eq!(stats["http.l.downstream_cx_protocol_error"], 9);
 }
 
+/// Chunk sizes, Content-Length values and request lines as Envoy 1.40 answers them: 400 (or
+/// 426) with its response-code details, and the connection closed; or proxied.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_framing_and_request_lines_as_envoy_answers_them() {
+    let u = upstream("u").await;
+    let log = "          access_log:\n          - name: l\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/a.log\n              log_format: {text_format_source: {inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\\n\"}}\n";
+    let yaml = format!(
+        "{}  clusters:\n{}",
+        HCM_HEAD.replace("CLUSTER", "c").replace(
+            "          http_filters:",
+            &format!("{log}          http_filters:")
+        ),
+        cluster("c", &[u.addr], "")
+    );
+    let r = Remora::start(&yaml).await;
+    let chunked = |size: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    let refused = [
+        "5g",
+        "+5",
+        "-5",
+        "0x5",
+        " 5",
+        "",
+        ";ext",
+        "10000000000000005",
+        "5\x00",
+    ];
+    for size in refused {
+        let (s, head) = bad(&r, chunked(size).as_bytes()).await;
+        assert_eq!(s, 400, "chunk size {size:?}: {head}");
+        assert!(head.contains("connection: close"), "{size:?}: {head}");
+    }
+    let (s, _) = bad(
+        &r,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(s, 400, "a chunk size line ends with CRLF");
+    let lines = r.log_lines("a.log", refused.len() + 1).await;
+    assert_eq!(lines.len(), refused.len() + 1, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l, "400 DPE http1.codec_error");
+    }
+    for cl in ["+5", "-5", "0x5", "5,5", "5 5", ""] {
+        let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\nhello");
+        let (s, _) = bad(&r, raw.as_bytes()).await;
+        assert_eq!(s, 400, "content-length {cl:?}");
+    }
+    for line in ["FOO / HTTP/1.1", "get / HTTP/1.1", "M-SEARCH / HTTP/1.1"] {
+        let (s, _) = bad(&r, format!("{line}\r\nHost: x\r\n\r\n").as_bytes()).await;
+        assert_eq!(s, 400, "{line}");
+    }
+    for line in ["GET / HTTP/1.2", "GET / HTTP/2.0", "GET /"] {
+        let (s, _) = bad(&r, format!("{line}\r\nHost: x\r\n\r\n").as_bytes()).await;
+        assert_eq!(s, 426, "{line}");
+    }
+    // Accepted as by Envoy: extensions, whitespace after the size, leading zeros, several
+    // spaces in the request line, a known WebDAV method.
+    for size in ["5;ext=1", "5 ;a", "5 ", "000000000000000000005"] {
+        let (s, _, body) = raw_http(
+            r.addr("l"),
+            &chunked(size).replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200, "chunk size {size:?}: {body}");
+    }
+    for line in ["GET  /two-spaces HTTP/1.1", "PROPFIND / HTTP/1.1"] {
+        let (s, _, _) = raw_http(
+            r.addr("l"),
+            &format!("{line}\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200, "{line}");
+    }
+    still_serving(&r).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_client_does_not_block_others() {
     let (r, _u) = proxy().await;

@@ -4,7 +4,7 @@
 //! details and local-reply body.
 
 use super::body::Body;
-use super::codec::h1_client;
+use super::codec::{h1, h1_client};
 use super::conn_manager::ConnectionManager;
 use super::local_reply::bodies;
 use super::names;
@@ -105,6 +105,9 @@ enum Failure {
     /// The upstream's response was not valid HTTP (`UPE`).
     Protocol,
     DownstreamGone,
+    /// The downstream request body broke its HTTP/1 framing (`DPE`): 400, and the connection
+    /// closes.
+    DownstreamProtocol(h1::CodecError),
 }
 
 impl Failure {
@@ -130,6 +133,7 @@ impl Failure {
             | Failure::Idle
             | Failure::RequestTimeout
             | Failure::DownstreamGone
+            | Failure::DownstreamProtocol(_)
             | Failure::NoHealthyUpstream => return None,
         })
     }
@@ -886,6 +890,16 @@ fn describe(
                 None,
             )
         }
+        Failure::DownstreamProtocol(e) => {
+            hcm.stats.downstream_cx_protocol_error.inc();
+            (
+                e.status,
+                e.status.canonical_reason().unwrap_or("").into(),
+                e.details,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                None,
+            )
+        }
         Failure::RemoteReset { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             bodies::REMOTE_RESET.into(),
@@ -893,8 +907,9 @@ fn describe(
             ResponseFlags::UPSTREAM_REMOTE_RESET,
             Some(Outcome::Reset),
         ),
+        // Envoy 1.40 answers an upstream protocol error with 502 (checked against it).
         Failure::Protocol => (
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::BAD_GATEWAY,
             bodies::PROTOCOL_ERROR.into(),
             "upstream_reset_before_response_started{protocol_error}",
             ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
@@ -939,7 +954,9 @@ fn account_failure(
     if let Some(o) = reply.outcome {
         cluster.report(host, o);
     }
-    if stream.upstream.is_none() || reply.flags == ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+    if stream.upstream.is_none()
+        || reply.flags == ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+        || reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR
     {
         return;
     }
@@ -984,13 +1001,19 @@ fn fail(
     account_failure(&stream, cluster, host, &reply, true);
     end_attempt(&mut stream);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
-    let resp = hcm.local_reply(
+    let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+    let mut resp = hcm.local_reply(
         stream,
         reply.status,
         &reply.body,
         reply.details,
         reply.flags,
     );
+    if protocol_error {
+        // The connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if overloaded {
         mark_overloaded(hcm, resp)
     } else {
@@ -1120,7 +1143,7 @@ async fn exchange_h1(
     use h1_client::{RecvError, SendError};
     let replayable = match h1_client::write_request(conn, parts, body, out).await {
         Ok(r) => r,
-        Err(SendError::Body(_)) => return Err(Failure::DownstreamGone),
+        Err(SendError::Body(e)) => return Err(downstream_body_failure(&*e)),
         Err(SendError::Io(_)) if conn.reused => true,
         // The upstream may have answered early and closed; read what it said.
         Err(SendError::Io(_)) => false,
@@ -1196,9 +1219,18 @@ fn sent_on_connection(cluster: &Cluster, host: &Host) {
     host.stats.rq_total.fetch_add(1, Relaxed);
 }
 
+/// A downstream request body that failed: its framing was broken (`DPE`), or the client went
+/// away (`DC`).
+fn downstream_body_failure(e: &(dyn std::error::Error + 'static)) -> Failure {
+    match h1::body_codec_error(e) {
+        Some(codec) => Failure::DownstreamProtocol(codec),
+        None => Failure::DownstreamGone,
+    }
+}
+
 fn classify(e: hyper::Error) -> Failure {
     if is_downstream_body_error(&e) {
-        Failure::DownstreamGone
+        downstream_body_failure(&e)
     } else if let Some(reason) = remote_reset(&e) {
         Failure::RemoteReset {
             refused: reason == h2::Reason::REFUSED_STREAM,

@@ -80,6 +80,35 @@ impl CodecError {
         CodecError::new(StatusCode::BAD_REQUEST, "missing_host_header");
 }
 
+/// A request body that broke its framing (a bad chunk size, a malformed trailer): Envoy answers
+/// 400 `http1.codec_error` when no response has started yet, and closes the connection.
+#[derive(Debug)]
+pub struct BodyCodecError(pub io::Error);
+
+impl std::fmt::Display for BodyCodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "downstream protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyCodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The codec error behind a request-body error (anywhere in its source chain), if it is one.
+pub fn body_codec_error(e: &(dyn std::error::Error + 'static)) -> Option<CodecError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyCodecError>() {
+            return Some(CodecError::BAD_REQUEST);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Why reading a request head stopped.
 #[derive(Debug)]
 pub enum HeadError {
@@ -206,6 +235,76 @@ fn has_token(v: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// The request methods Envoy's HTTP/1 parser accepts; any other is a codec error (400).
+const KNOWN_METHODS: &[&str] = &[
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "NOTIFY",
+    "OPTIONS",
+    "PATCH",
+    "POST",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "TRACE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// httparse's settings: request lines separated by several spaces are accepted, as by Envoy.
+fn parser() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    c.allow_multiple_spaces_in_request_line_delimiters(true);
+    c
+}
+
+/// A request line that httparse refused but Envoy answers 426 (`low_version`) to: a version
+/// `HTTP/<digit>.<digit>` other than 1.0 and 1.1, or no version at all (HTTP/0.9's form).
+fn low_version(buf: &[u8]) -> bool {
+    let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
+        return false;
+    };
+    let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
+    let mut tokens = line
+        .split(|b| matches!(b, b' ' | b'\t'))
+        .filter(|t| !t.is_empty());
+    let (Some(_method), Some(_target)) = (tokens.next(), tokens.next()) else {
+        return false;
+    };
+    match (tokens.next(), tokens.next()) {
+        (None, _) => true,
+        (Some(v), None) => matches!(
+            v,
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                if major.is_ascii_digit() && minor.is_ascii_digit()
+                    && !(*major == b'1' && matches!(minor, b'0' | b'1'))
+        ),
+        _ => false,
+    }
+}
+
 /// Parse a head from the front of `buf`. `Ok(None)`: incomplete.
 pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, HeadError> {
     // Skip empty lines before a request line (RFC 9112 §2.2).
@@ -225,8 +324,11 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
         &mut heap
     };
     let mut req = httparse::Request::new(headers);
-    let status = match req.parse(buf) {
+    let status = match parser().parse_request(&mut req, buf) {
         Ok(s) => s,
+        Err(_) if low_version(buf) => {
+            return Err(HeadError::Codec(CodecError::UPGRADE_REQUIRED));
+        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::Codec(CodecError::TOO_MANY_HEADERS));
         }
@@ -256,7 +358,11 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
         }
         _ => return Err(HeadError::Codec(CodecError::BAD_REQUEST)),
     };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+    let method = req.method.unwrap_or("");
+    if !KNOWN_METHODS.contains(&method) {
+        return Err(HeadError::Codec(CodecError::BAD_REQUEST));
+    }
+    let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
     let target = req.path.unwrap_or("");
 
@@ -300,14 +406,9 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                 if content_length.is_some() {
                     return Err(HeadError::Codec(CodecError::BAD_REQUEST));
                 }
-                let s = std::str::from_utf8(&raw)
-                    .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?;
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(HeadError::Codec(CodecError::BAD_REQUEST));
-                }
                 content_length = Some(
-                    s.parse()
-                        .map_err(|_| HeadError::Codec(CodecError::BAD_REQUEST))?,
+                    super::chunked::parse_content_length(&raw)
+                        .ok_or(HeadError::Codec(CodecError::BAD_REQUEST))?,
                 );
             }
             http::header::TRANSFER_ENCODING => {
@@ -499,7 +600,11 @@ impl RequestBody {
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Ready(Err(e)) => e,
                 },
-                Err(e) => e,
+                Err(e) => {
+                    this.state = BodyState::Done;
+                    this.reader = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyCodecError(e)))));
+                }
             };
             // The connection cannot carry another request: the reader is not returned.
             this.state = BodyState::Done;
@@ -635,8 +740,7 @@ where
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
+        .and_then(|v| super::chunked::parse_content_length(v.as_bytes()));
     let content_length = declared
         .or_else(|| body.size_hint().exact())
         .filter(|_| !framing.upgrade);
@@ -829,7 +933,8 @@ mod tests {
         );
         assert_eq!(
             codec_err("GET / HTTP/3.0\r\nHost: x\r\n\r\n"),
-            CodecError::BAD_REQUEST
+            CodecError::UPGRADE_REQUIRED,
+            "Envoy answers 426 to a version other than 1.x"
         );
     }
 
@@ -965,5 +1070,78 @@ mod tests {
             String::from_utf8(w).unwrap(),
             "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"
         );
+    }
+
+    /// Each case checked against Envoy 1.40.
+    #[test]
+    fn request_lines_and_lengths_as_envoy_reads_them() {
+        for line in [
+            "FOO / HTTP/1.1",
+            "get / HTTP/1.1",
+            "M-SEARCH / HTTP/1.1",
+            "PRI / HTTP/1.1",
+        ] {
+            let req = format!("{line}\r\nHost: x\r\n\r\n");
+            assert_eq!(codec_err(&req), CodecError::BAD_REQUEST, "{line}");
+        }
+        for line in [
+            "GET / HTTP/1.2",
+            "GET / HTTP/2.0",
+            "GET / HTTP/0.9",
+            "GET /",
+        ] {
+            let req = format!("{line}\r\nHost: x\r\n\r\n");
+            assert_eq!(codec_err(&req), CodecError::UPGRADE_REQUIRED, "{line}");
+        }
+        for line in ["GET / HTTP/1.10", "GET / HTTPS/1.1", "GET / HTTP/1.1x"] {
+            let req = format!("{line}\r\nHost: x\r\n\r\n");
+            assert_ne!(codec_err(&req), CodecError::UPGRADE_REQUIRED, "{line}");
+        }
+        for line in [
+            "PROPFIND / HTTP/1.1",
+            "MSEARCH / HTTP/1.1",
+            "GET  /  HTTP/1.1",
+        ] {
+            let req = format!("{line}\r\nHost: x\r\n\r\n");
+            assert!(parse(&req).unwrap().is_some(), "{line}");
+        }
+        for cl in [
+            "+5",
+            "-5",
+            "0x5",
+            "5,5",
+            "5, 5",
+            "5 5",
+            "",
+            "99999999999999999999999",
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(codec_err(&req), CodecError::BAD_REQUEST, "{cl:?}");
+        }
+        for (cl, n) in [("005", 5), (" 5 ", 5), ("18446744073709551615", u64::MAX)] {
+            let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(parse(&req).unwrap().unwrap().framing, Framing::Length(n));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_chunked_body_is_a_codec_error() {
+        let slot = Arc::new(ReaderSlot::default());
+        let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from("5g\r\nhello"));
+        let body = RequestBody::new(reader, slot.clone(), Framing::Chunked, 8192);
+        let err = crate::http::body::Body::H1(body)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(body_codec_error(&*err), Some(CodecError::BAD_REQUEST));
+        assert!(slot.take().is_none(), "the connection is not reused");
+        // A client that goes away is not a codec error.
+        let reader = Reader::new(Box::new(tokio::io::empty()), BytesMut::from("5\r\nhel"));
+        let body = RequestBody::new(reader, slot.clone(), Framing::Chunked, 8192);
+        let err = crate::http::body::Body::H1(body)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(body_codec_error(&*err), None);
     }
 }

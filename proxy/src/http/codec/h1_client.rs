@@ -115,20 +115,24 @@ pub async fn write_request(
         return Ok(true);
     }
     // A body that is already here (a small upload) goes out with the head in one write.
-    if let Some(Some(Ok(frame))) = futures_util::FutureExt::now_or_never(body.frame()) {
-        if let Ok(data) = frame.into_data() {
-            append_data(out, &data, framing);
+    let mut trailers: Option<HeaderMap> = None;
+    match futures_util::FutureExt::now_or_never(body.frame()) {
+        // A body that failed at once (a bad chunk already read) sends nothing.
+        Some(Some(Err(e))) => return Err(SendError::Body(e)),
+        Some(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => append_data(out, &data, framing),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        },
+        Some(None) | None => {}
+    }
+    if body.is_end_stream() && trailers.is_none() {
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
         }
-        if body.is_end_stream() {
-            if framing == Framing::Chunked {
-                out.extend_from_slice(b"0\r\n\r\n");
-            }
-            conn.io.write_all(out).await.map_err(SendError::Io)?;
-            return Ok(true);
-        }
+        conn.io.write_all(out).await.map_err(SendError::Io)?;
+        return Ok(true);
     }
     conn.io.write_all(out).await.map_err(SendError::Io)?;
-    let mut trailers: Option<HeaderMap> = None;
     loop {
         match body.frame().await {
             None => break,
@@ -216,7 +220,7 @@ pub async fn read_response(
     }
 }
 
-fn parse_response(
+pub fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<ResponseHead>, RecvError> {
@@ -247,7 +251,6 @@ fn parse_response(
     let head = buf.split_to(len).freeze();
     let mut headers = crate::http::names::take_header_map(spans.len());
     let mut content_length: Option<u64> = None;
-    let mut chunked = false;
     let mut te = false;
     let mut close = version == Version::HTTP_10;
     for span in spans.iter() {
@@ -255,20 +258,21 @@ fn parse_response(
             .map_err(|_| RecvError::Protocol("invalid header name"))?;
         let raw = span.value(&head);
         match name {
+            // Envoy refuses (502 UPE) a repeated Content-Length, even with the same value.
+            http::header::CONTENT_LENGTH if content_length.is_some() => {
+                return Err(RecvError::Protocol("repeated content-length"));
+            }
             http::header::CONTENT_LENGTH => {
-                let v = std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
+                let v = super::chunked::parse_content_length(&raw)
                     .ok_or(RecvError::Protocol("invalid content-length"))?;
-                if content_length.is_some_and(|c| c != v) {
-                    return Err(RecvError::Protocol("conflicting content-length"));
-                }
                 content_length = Some(v);
             }
+            // Only `chunked` is a transfer coding Envoy reads (anything else: 502 UPE).
             http::header::TRANSFER_ENCODING => {
+                if te || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(RecvError::Protocol("unsupported transfer-encoding"));
+                }
                 te = true;
-                chunked =
-                    raw.trim_ascii().eq_ignore_ascii_case(b"chunked") || raw.ends_with(b"chunked");
             }
             http::header::CONNECTION => {
                 for token in raw.split(|b| *b == b',') {
@@ -288,15 +292,14 @@ fn parse_response(
                 .map_err(|_| RecvError::Protocol("invalid header value"))?,
         );
     }
+    if te && content_length.is_some() {
+        return Err(RecvError::Protocol("content-length with transfer-encoding"));
+    }
     let code = status.as_u16();
     let framing = if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
         Framing::Empty
     } else if te {
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Eof
-        }
+        Framing::Chunked
     } else {
         match content_length {
             Some(0) => Framing::Empty,
@@ -522,5 +525,41 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: h\r\n\r\n"
         );
+    }
+
+    /// Framing an upstream must not send: Envoy 1.40 answers 502 UPE to each.
+    #[test]
+    fn bad_response_framing_is_a_protocol_error() {
+        for head in [
+            "Content-Length: +5",
+            "Content-Length: -5",
+            "Content-Length: 0x5",
+            "Content-Length: 5,5",
+            "Content-Length: 99999999999999999999999",
+            "Content-Length: 5\r\nContent-Length: 5",
+            "Content-Length: 5\r\nContent-Length: 6",
+            "Transfer-Encoding: xchunked",
+            "Transfer-Encoding: gzip",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let wire = format!("HTTP/1.1 200 OK\r\n{head}\r\n\r\n");
+            assert!(
+                matches!(parse(&wire, false), Err(RecvError::Protocol(_))),
+                "{head:?}"
+            );
+        }
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length:  5 \r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
     }
 }

@@ -18,7 +18,9 @@ pub struct Span {
 // === impl Span ===
 
 impl Span {
-    /// The span of `h`, whose slices point into the buffer starting at `base`.
+    /// The span of `h`, whose slices point into the buffer starting at `base`. Heads are bounded
+    /// by the codecs' limits (at most megabytes), so offsets and lengths fit in u32 and the
+    /// slices, taken by httparse from that buffer, start at or after `base`.
     pub fn of(base: *const u8, h: &httparse::Header<'_>) -> Span {
         let offset = |p: *const u8| (p as usize - base as usize) as u32;
         Span {
