@@ -25,6 +25,9 @@ pub struct ServerContext {
     pub main: tokio::runtime::Handle,
     /// Route tables by RDS name (connection managers register theirs; RDS updates them).
     pub routes: Arc<RouteRegistry>,
+    /// The last configuration applied (`bootstrap`, then `lds <version>`/`cds <version>`): what
+    /// a panic report names.
+    pub config_version: crate::logging::ConfigVersion,
 }
 
 impl ServerContext {
@@ -46,6 +49,7 @@ impl ServerContext {
             outlier_events: None,
             main: rt.handle().clone(),
             routes: Arc::default(),
+            config_version: Default::default(),
         }
     }
 }

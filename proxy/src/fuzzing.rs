@@ -9,7 +9,6 @@ use crate::model::hcm::UnderscoreHeaders;
 use crate::model::pb;
 use bytes::BytesMut;
 use prost::Message;
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -46,11 +45,12 @@ pub fn h1_request(data: &[u8]) {
             Ok(None) | Err(_) => return,
         };
         let reader = h1::Reader::new(Box::new(tokio::io::empty()), buf);
-        let mut body = pin!(h1::RequestBody::new(
+        // Boxed, not pinned on the stack: dropping it hands the connection's buffer back.
+        let mut body = Box::pin(h1::RequestBody::new(
             reader,
             slot.clone(),
             head.framing,
-            limits.max_header_bytes
+            limits.max_header_bytes,
         ));
         // The reader reads from an empty stream: every poll is ready.
         while let Poll::Ready(Some(Ok(_))) = body.as_mut().poll_frame(&mut cx) {}
@@ -145,16 +145,23 @@ pub fn xds_resource(data: &[u8]) {
         return;
     };
     let path = FieldPath::new("fuzz");
+    // What an xDS translation reads besides the resource: an empty runtime and static
+    // secrets, and an SDS registry of its own.
+    let cx = crate::model::context::TranslateContext {
+        runtime: Default::default(),
+        secrets: Default::default(),
+        reload: Default::default(),
+        sds: std::sync::Arc::new(crate::xds::sds::SdsRegistry::default()),
+    };
     match kind % 3 {
         0 => {
             if let Ok(c) = pb::cluster::Cluster::decode(bytes) {
-                let _ = crate::model::cluster::Cluster::from_proto(&path, &c);
+                let _ = crate::model::cluster::Cluster::from_proto(&path, &c, &cx);
             }
         }
         1 => {
             if let Ok(l) = pb::listener::Listener::decode(bytes) {
-                let runtime = crate::model::runtime::Runtime::default();
-                let _ = crate::model::listener::Listener::from_proto(&path, &l, &runtime);
+                let _ = crate::model::listener::Listener::from_proto(&path, &l, &cx);
             }
         }
         _ => {

@@ -371,7 +371,9 @@ pub async fn start(
         outlier_events,
         main: main_rt.clone(),
         routes: Arc::default(),
+        config_version: logs.config_version(),
     });
+    cx.config_version.set("bootstrap");
 
     // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
     let clusters: Vec<Arc<Cluster>> = model

@@ -679,6 +679,7 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.lds_update_success.inc();
             self.stats.lds_version.set(version_hash(version));
+            self.server.config_version.set(&format!("lds {version}"));
         } else {
             self.stats.lds_update_rejected.inc();
         }
@@ -823,6 +824,7 @@ impl XdsRuntime {
         if errors.is_empty() {
             self.stats.cds_update_success.inc();
             self.stats.cds_version.set(version_hash(version));
+            self.server.config_version.set(&format!("cds {version}"));
         } else {
             self.stats.cds_update_rejected.inc();
         }
