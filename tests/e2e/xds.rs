@@ -629,6 +629,46 @@ fn root_secret(
     }
 }
 
+/// istio-agent's SDS server on a Unix socket, serving `default` (this `cert`) and `ROOTCA`
+/// (the PKI's root) as version `s1`.
+struct SdsServer {
+    cache: Arc<SnapshotCache>,
+    socket: std::path::PathBuf,
+    _dir: TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+fn sds_server(pki: &crate::tls::Pki, cert: &remora_certs::ca::Issued) -> SdsServer {
+    use remora_xds::resource::SECRET;
+    let dir = TempDir::new("sds");
+    let socket = dir.path("SDS");
+    let cache = SnapshotCache::new();
+    let unix = tokio::net::UnixListener::bind(&socket).unwrap();
+    let task = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            let _ = remora_xds::server::serve_unix(cache, unix).await;
+        }
+    });
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default().with(
+            SECRET,
+            "s1",
+            vec![
+                any(&tls_secret("default", cert)),
+                any(&root_secret("ROOTCA", pki.ca.root_pem())),
+            ],
+        ),
+    );
+    SdsServer {
+        cache,
+        socket,
+        _dir: dir,
+        _task: task,
+    }
+}
+
 /// A listener whose certificate and trusted CA come from an SDS stream (`sds-grpc` over a Unix
 /// socket, as istio-agent serves them): the same from the bootstrap and when the listener
 /// itself comes over LDS.
@@ -637,26 +677,12 @@ async fn sds_secrets_on_a_tls_listener(source: crate::sources::Source) {
     use remora_xds::resource::SECRET;
     let pki = Pki::new();
     let app = upstream("deal-app").await;
-    let dir = TempDir::new("sds");
-    let socket_path = dir.path("SDS");
-    let cache = SnapshotCache::new();
-    let unix = tokio::net::UnixListener::bind(&socket_path).unwrap();
-    let _server = tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
     let cert = pki.issue(DEAL, |_| {});
-    cache.set_snapshot(
-        NODE,
-        Snapshot::default().with(
-            SECRET,
-            "s1",
-            vec![
-                any(&tls_secret("default", &cert)),
-                any(&root_secret("ROOTCA", pki.ca.root_pem())),
-            ],
-        ),
-    );
-    let yaml = sds_listener_yaml(app.addr, &socket_path);
-    let r = source.start(&yaml).await;
-    cache
+    let sds = sds_server(&pki, &cert);
+    let r = source
+        .start(&sds_listener_yaml(app.addr, &sds.socket))
+        .await;
+    sds.cache
         .wait_until(NODE, SECRET, |s| s.acked.as_deref() == Some("s1"))
         .await;
     let gw = pki.issue(GATEWAY, |_| {});
@@ -696,37 +722,10 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
     use remora_xds::resource::SECRET;
     let pki = Pki::new();
     let app = upstream("deal-app").await;
-    let dir = TempDir::new("sds");
-    let socket_path = dir.path("SDS");
-    let cache = SnapshotCache::new();
-    let unix = tokio::net::UnixListener::bind(&socket_path).unwrap();
-    tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
     let v1 = pki.issue(DEAL, |_| {});
-    cache.set_snapshot(
-        NODE,
-        Snapshot::default().with(
-            SECRET,
-            "s1",
-            vec![
-                any(&tls_secret("default", &v1)),
-                any(&root_secret("ROOTCA", pki.ca.root_pem())),
-            ],
-        ),
-    );
-    let sds = "{api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}, resource_api_version: V3}";
-    let listener = http_listener(
-        "inbound",
-        "",
-        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n",
-    ) + &format!(
-        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificate_sds_secret_configs: [{{name: default, sds_config: {sds}}}]\n            combined_validation_context:\n              default_validation_context:\n                match_subject_alt_names: [{{prefix: \"spiffe://cluster.local/\"}}]\n              validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {sds}}}\n"
-    );
-    let clusters = cluster("app", &[app.addr], "")
-        + &format!(
-            "  - name: sds-grpc\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n    load_assignment:\n      cluster_name: sds-grpc\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{pipe: {{path: {}}}}}}}\n",
-            socket_path.display()
-        );
-    let yaml = format!("node: {{id: \"{NODE}\"}}\n") + &bootstrap(&listener, &clusters);
+    let sds = sds_server(&pki, &v1);
+    let cache = sds.cache.clone();
+    let yaml = sds_listener_yaml(app.addr, &sds.socket);
     let r = Remora::start(&yaml).await;
     let addr = r.addr("inbound");
     cache
