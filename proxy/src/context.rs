@@ -28,6 +28,8 @@ pub struct ServerContext {
     /// The last configuration applied (`bootstrap`, then `lds <version>`/`cds <version>`): what
     /// a panic report names.
     pub config_version: crate::logging::ConfigVersion,
+    /// What came over xDS, for `/config_dump`.
+    pub xds_dump: Arc<crate::xds::DumpCell>,
 }
 
 impl ServerContext {
@@ -50,6 +52,7 @@ impl ServerContext {
             main: rt.handle().clone(),
             routes: Arc::default(),
             config_version: Default::default(),
+            xds_dump: Default::default(),
         }
     }
 }

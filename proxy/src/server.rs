@@ -372,6 +372,7 @@ pub async fn start(
         main: main_rt.clone(),
         routes: Arc::default(),
         config_version: logs.config_version(),
+        xds_dump: Default::default(),
     });
     cx.config_version.set("bootstrap");
 

@@ -47,7 +47,7 @@ fn failure_state(f: &crate::xds::Failure, with_time: bool) -> admin::UpdateFailu
 
 /// The dump as protos, in Envoy's order.
 fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
-    let dynamic = crate::xds::dump();
+    let dynamic = crate::xds::lock_dump(&state.context.xds_dump);
     let at = |r: &crate::xds::Record| Some(timestamp(r.at));
     let b = &state.bootstrap_proto;
     let updated = Some(timestamp(state.loaded_at));

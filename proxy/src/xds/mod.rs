@@ -59,12 +59,12 @@ pub struct Failure {
     pub at: std::time::SystemTime,
 }
 
-/// The process's dump of dynamic resources.
-pub fn dump() -> std::sync::MutexGuard<'static, Dump> {
-    static D: OnceLock<Mutex<Dump>> = OnceLock::new();
-    D.get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+/// The dump of dynamic resources (one per server, in its `ServerContext`).
+pub type DumpCell = Mutex<Dump>;
+
+/// Lock a server's dump.
+pub fn lock_dump(cell: &DumpCell) -> std::sync::MutexGuard<'_, Dump> {
+    cell.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn record(version: &str, resource: &Any) -> Record {
@@ -128,8 +128,7 @@ impl Failures {
     }
 
     /// Into the dump; `current` are the listener names the update carried.
-    fn record(self, current: &BTreeSet<String>) {
-        let mut d = dump();
+    fn record(self, current: &BTreeSet<String>, d: &mut Dump) {
         d.listener_errors.retain(|n, _| current.contains(n));
         for n in &self.accepted {
             d.listener_errors.remove(n);
@@ -444,6 +443,7 @@ fn read_resources(path: &std::path::Path) -> Result<Vec<Any>, String> {
 struct SdsStream {
     source: crate::model::xds::SdsSource,
     registry: Arc<sds::SdsRegistry>,
+    dump: Arc<DumpCell>,
 }
 
 impl Handler for SdsStream {
@@ -454,7 +454,7 @@ impl Handler for SdsStream {
         resources: Vec<Any>,
     ) -> Result<(), Vec<Refused>> {
         match type_url {
-            SECRET => sds::apply(&self.registry, &self.source, version, resources),
+            SECRET => sds::apply(&self.registry, &self.dump, &self.source, version, resources),
             other => refuse_all(
                 &resources,
                 &format!("{other} is not subscribed on the SDS stream"),
@@ -477,6 +477,7 @@ impl Handler for XdsRuntime {
             ROUTE => self.apply_rds(version, resources),
             SECRET => sds::apply(
                 &self.sds,
+                &self.server.xds_dump,
                 &crate::model::xds::SdsSource::Ads,
                 version,
                 resources,
@@ -647,11 +648,11 @@ impl XdsRuntime {
             }
             let rec = record(version, any);
             if self.warm_listener(&mut state, active) {
-                let mut d = dump();
+                let mut d = self.dump();
                 d.warming_listeners.remove(&name);
                 d.listeners.insert(name.clone(), rec);
             } else {
-                dump().warming_listeners.insert(name.clone(), rec);
+                self.dump().warming_listeners.insert(name.clone(), rec);
             }
         }
         // Listeners no longer in the set go (one that failed translation stays as it was).
@@ -665,11 +666,11 @@ impl XdsRuntime {
             state.listeners.remove(&name);
             state.warming_listeners.remove(&name);
             self.listeners.remove(&name);
-            let mut d = dump();
+            let mut d = self.dump();
             d.listeners.remove(&name);
             d.warming_listeners.remove(&name);
         }
-        failures.record(&seen);
+        failures.record(&seen, &mut self.dump());
         self.listeners
             .stats
             .total_listeners_warming
@@ -728,7 +729,7 @@ impl XdsRuntime {
             if state.warming_listeners.get(&l.config.name) == Some(&seq) {
                 state.warming_listeners.remove(&l.config.name);
                 {
-                    let mut d = dump();
+                    let mut d = rt.dump();
                     if let Some(rec) = d.warming_listeners.remove(&l.config.name) {
                         d.listeners.insert(l.config.name.clone(), rec);
                     }
@@ -741,6 +742,11 @@ impl XdsRuntime {
             }
         });
         false
+    }
+
+    /// This server's dump of dynamic resources.
+    fn dump(&self) -> std::sync::MutexGuard<'_, Dump> {
+        lock_dump(&self.server.xds_dump)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -784,7 +790,7 @@ impl XdsRuntime {
                     continue;
                 }
             };
-            let existed = match dump().clusters.get(&name) {
+            let existed = match self.dump().clusters.get(&name) {
                 Some(r) if r.resource.value == any.value => continue, // unchanged
                 Some(_) => true,
                 None => false,
@@ -797,10 +803,13 @@ impl XdsRuntime {
             if let Some(c) = self.add_cluster(&mut state, config) {
                 activate.push(c);
             }
-            dump().clusters.insert(name.clone(), record(version, any));
+            self.dump()
+                .clusters
+                .insert(name.clone(), record(version, any));
         }
         // Clusters no longer in the set go.
-        let gone: Vec<String> = dump()
+        let gone: Vec<String> = self
+            .dump()
             .clusters
             .keys()
             .filter(|n| !seen.contains(*n) && !failed.contains(*n))
@@ -814,7 +823,7 @@ impl XdsRuntime {
             if self.clusters.get(name).is_some() {
                 self.stats.cluster_removed.inc();
             }
-            dump().clusters.remove(name);
+            self.dump().clusters.remove(name);
         }
         self.clusters.apply(activate, &gone);
         self.refresh_gauges(&state);
@@ -986,7 +995,7 @@ impl XdsRuntime {
             };
             let hosts = cluster::hosts_of(&localities);
             state.assignments.insert(service.clone(), localities);
-            update_record(&mut dump().endpoints, &service, version, any);
+            update_record(&mut self.dump().endpoints, &service, version, any);
             // Active clusters get the new endpoints in place (unchanged hosts keep their pools);
             // warming ones become active.
             for c in by_service.get(service.as_str()).into_iter().flatten() {
@@ -1055,7 +1064,7 @@ impl XdsRuntime {
                     self.server
                         .routes
                         .install(&name, Arc::new(cfg), version_hash(version));
-                    update_record(&mut dump().routes, &name, version, any);
+                    update_record(&mut self.dump().routes, &name, version, any);
                 }
                 Err(e) => {
                     self.server.routes.rejected(&name);
@@ -1126,6 +1135,7 @@ impl XdsRuntime {
                         Arc::new(SdsStream {
                             source: source.clone(),
                             registry: self.sds.clone(),
+                            dump: self.server.xds_dump.clone(),
                         }),
                         vec![(SECRET.to_string(), Interest::Names(names))],
                     );

@@ -146,6 +146,7 @@ fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, Stri
 /// is reported (NACK) and its previous version stays.
 pub fn apply(
     registry: &SdsRegistry,
+    dump: &super::DumpCell,
     source: &SdsSource,
     version: &str,
     resources: Vec<Any>,
@@ -153,7 +154,7 @@ pub fn apply(
     let mut refused = Vec::new();
     for (i, any) in resources.iter().enumerate() {
         let mut errors = Vec::new();
-        apply_one(registry, source, version, i, any, &mut errors);
+        apply_one(registry, dump, source, version, i, any, &mut errors);
         refused.extend(
             errors
                 .into_iter()
@@ -166,6 +167,7 @@ pub fn apply(
 /// One secret of an SDS update; its errors go to `errors`.
 fn apply_one(
     registry: &SdsRegistry,
+    dump: &super::DumpCell,
     source: &SdsSource,
     version: &str,
     i: usize,
@@ -249,7 +251,7 @@ fn apply_one(
                         c.current.store(Some(id.clone()));
                     }
                     tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
-                    super::update_record(&mut super::dump().secrets, &name, version, any);
+                    super::update_record(&mut super::lock_dump(dump).secrets, &name, version, any);
                 }
                 Err(e) => errors.push(e),
             }
@@ -278,7 +280,7 @@ fn apply_one(
                     for t in &trusts {
                         t.current.store(Some(b.clone()));
                     }
-                    super::update_record(&mut super::dump().secrets, &name, version, any);
+                    super::update_record(&mut super::lock_dump(dump).secrets, &name, version, any);
                 }
                 Err(e) => errors.push(e),
             }
