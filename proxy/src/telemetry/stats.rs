@@ -543,36 +543,61 @@ impl Store {
         }
     }
 
-    /// Forget the stats named `prefix…` that only the store still holds (a removed cluster's,
-    /// once the cluster is gone): they leave `/stats` and their memory is freed.
-    pub fn release_unreferenced(&self, prefix: &str) {
-        let under = |name: &str| name.starts_with(prefix);
+    /// Forget the stats named `prefix…` (for each prefix) that only the store still holds (a
+    /// removed cluster's, once the cluster is gone): they leave `/stats`, their memory and their
+    /// interned names and tags are freed.
+    pub fn release_unreferenced(&self, prefixes: &[String]) {
+        if prefixes.is_empty() {
+            return;
+        }
         let unreferenced = |m: &Metric| match m {
             Metric::Counter(c) => Arc::strong_count(c) == 1,
             Metric::Gauge(g) => Arc::strong_count(g) == 1,
             Metric::Histogram(h) => Arc::strong_count(h) == 1,
         };
         let mut released = Vec::new();
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|name, e| {
-                let drop = under(name) && unreferenced(&e.metric);
-                if drop && matches!(e.metric, Metric::Histogram(_)) {
-                    released.push(name.clone());
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for prefix in prefixes {
+                let names: Vec<Arc<str>> = entries
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(n, _)| n.starts_with(prefix.as_str()))
+                    .filter(|(_, e)| unreferenced(&e.metric))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in names {
+                    entries.remove(&n);
+                    released.push(n);
                 }
-                !drop
-            });
-        self.blocks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p, b| !(under(p) && Arc::strong_count(&b.metrics) == 1));
-        if !released.is_empty() {
-            let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
-            for name in released {
-                last.remove(&name);
             }
         }
+        {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            for prefix in prefixes {
+                let names: Vec<Arc<str>> = blocks
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(n, _)| n.starts_with(prefix.as_str()))
+                    .filter(|(_, b)| Arc::strong_count(&b.metrics) == 1)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in names {
+                    blocks.remove(&n);
+                }
+            }
+        }
+        {
+            let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &released {
+                last.remove(name);
+            }
+        }
+        self.tags.prune();
     }
 
     /// `POST /reset_counters`.
@@ -663,7 +688,7 @@ mod tests {
         drop(s.block("cluster.gone.circuit_breakers.", SPEC));
         s.counter("cluster.gone_too.other").inc();
         s.flush_histograms();
-        s.release_unreferenced("cluster.gone.");
+        s.release_unreferenced(&["cluster.gone.".to_string()]);
         let names: Vec<String> = s.entries().iter().map(|e| e.name.to_string()).collect();
         assert_eq!(names, ["cluster.gone.kept", "cluster.gone_too.other"]);
         held.inc();

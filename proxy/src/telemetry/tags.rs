@@ -24,41 +24,60 @@ pub struct Tags {
 impl Default for Tags {
     fn default() -> Self {
         Self {
-            extracted_name: intern(""),
+            extracted_name: Arc::from(""),
             tags: Arc::from(Vec::new()),
         }
     }
 }
 
-/// The process's interned strings and tag lists (they outlive removed stats; there are few).
-fn intern(s: &str) -> Arc<str> {
-    static SET: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    let mut set = SET
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(a) = set.get(s) {
-        return a.clone();
-    }
-    let a: Arc<str> = Arc::from(s);
-    set.insert(a.clone());
-    a
-}
-
 type TagList = Arc<[(Arc<str>, Arc<str>)]>;
 
-fn intern_tags(v: Vec<(Arc<str>, Arc<str>)>) -> TagList {
-    static SET: OnceLock<Mutex<HashSet<TagList>>> = OnceLock::new();
-    let mut set = SET
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(a) = set.get(v.as_slice()) {
-        return a.clone();
+/// The producer's interned strings and tag lists: shared by the stats that use them, and
+/// pruned (`TagProducer::prune`) when stats are released, as Envoy's symbol table frees a
+/// removed cluster's names.
+#[derive(Debug, Default)]
+struct Interner {
+    strings: Mutex<HashSet<Arc<str>>>,
+    lists: Mutex<HashSet<TagList>>,
+}
+
+impl Interner {
+    fn string(&self, s: &str) -> Arc<str> {
+        let mut set = self.strings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        set.insert(a.clone());
+        a
     }
-    let a: TagList = Arc::from(v);
-    set.insert(a.clone());
-    a
+
+    fn tags(&self, v: Vec<(Arc<str>, Arc<str>)>) -> TagList {
+        let mut set = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = set.get(v.as_slice()) {
+            return a.clone();
+        }
+        let a: TagList = Arc::from(v);
+        set.insert(a.clone());
+        a
+    }
+
+    /// Forget what only the interner holds (lists first: they hold strings).
+    fn prune(&self) {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| Arc::strong_count(l) > 1);
+        self.strings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.strings.lock().map(|s| s.len()).unwrap_or(0)
+    }
 }
 
 /// One extractor. Envoy's defaults compile on first use: most (mongo, dynamo, gRPC bridge…)
@@ -133,6 +152,7 @@ fn regex_prefix(pattern: &str) -> Option<String> {
 pub struct TagProducer {
     extractors: Vec<Extractor>,
     fixed: Vec<(String, String)>,
+    interner: Interner,
 }
 
 /// One of Envoy's default tag extractors.
@@ -348,6 +368,11 @@ impl TagProducer {
         Ok(p)
     }
 
+    /// Forget interned names and tags no stat uses any more (after stats were released).
+    pub fn prune(&self) {
+        self.interner.prune();
+    }
+
     pub fn produce(&self, name: &str) -> Tags {
         let mut tags = Vec::new();
         let mut remove: Vec<(usize, usize)> = Vec::new();
@@ -357,25 +382,28 @@ impl TagProducer {
             };
             let Some(removed) = caps.get(1) else { continue };
             let value = caps.get(2).unwrap_or(removed);
-            tags.push((intern(&ex.name), intern(value.as_str())));
+            tags.push((
+                self.interner.string(&ex.name),
+                self.interner.string(value.as_str()),
+            ));
             remove.push((removed.start(), removed.end()));
         }
         for (n, v) in &self.fixed {
-            tags.push((intern(n), intern(v)));
+            tags.push((self.interner.string(n), self.interner.string(v)));
         }
         let extracted_name = if remove.is_empty() {
-            intern(name)
+            self.interner.string(name)
         } else {
             let s: String = name
                 .char_indices()
                 .filter(|(i, _)| !remove.iter().any(|(s, e)| i >= s && i < e))
                 .map(|(_, c)| c)
                 .collect();
-            intern(&s)
+            self.interner.string(&s)
         };
         Tags {
             extracted_name,
-            tags: intern_tags(tags),
+            tags: self.interner.tags(tags),
         }
     }
 }
@@ -383,6 +411,21 @@ impl TagProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interned_names_go_when_no_stat_uses_them() {
+        let p = TagProducer::envoy_defaults();
+        let kept = p.produce("cluster.kept.upstream_rq_503");
+        let before = p.interner.len();
+        drop(p.produce("cluster.gone.upstream_rq_503"));
+        assert!(
+            p.interner.len() > before,
+            "the removed cluster's name was interned"
+        );
+        p.prune();
+        assert_eq!(p.interner.len(), before);
+        assert_eq!(p.produce("cluster.kept.upstream_rq_503"), kept);
+    }
 
     #[test]
     fn default_regexes_compile_and_prefixes_are_envoys() {

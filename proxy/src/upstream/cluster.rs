@@ -481,14 +481,18 @@ impl ClusterManager {
     /// Release the stats of removed clusters that no longer exist (and whose stats nothing
     /// else holds — a cluster of the same name added again keeps them).
     pub fn release_retired_stats(&self, store: &Store) {
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.retain(|(prefix, cluster)| {
-            if cluster.strong_count() > 0 {
-                return true;
-            }
-            store.release_unreferenced(prefix);
-            false
-        });
+        let mut gone = Vec::new();
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(prefix, cluster)| {
+                if cluster.strong_count() > 0 {
+                    return true;
+                }
+                gone.push(prefix.clone());
+                false
+            });
+        store.release_unreferenced(&gone);
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
