@@ -50,6 +50,10 @@ impl Snapshot {
     }
 }
 
+/// How long [`SnapshotCache::wait_until`] and [`SnapshotCache::wait_streams`] wait (the tests'
+/// and the bench's waits: longer than any of them needs, far shorter than a hung CI run).
+pub const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// What a node did with what it was sent, per type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -211,24 +215,43 @@ impl SnapshotCache {
 
     /// Wait until `f` holds for what the node applied (re-checked after each ACK, NACK or
     /// stream change).
+    ///
+    /// Bounded by [`WAIT_LIMIT`]: a node that never gets there is a failure (a panic naming the
+    /// node, the type and its last state), not a test or bench run that hangs.
     pub async fn wait_until(&self, node: &str, type_url: &str, f: impl Fn(&Applied) -> bool) {
-        loop {
-            let notified = self.changed.notified();
-            if f(&self.applied(node, type_url)) {
-                return;
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if f(&self.applied(node, type_url)) {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
+        };
+        if tokio::time::timeout(WAIT_LIMIT, wait).await.is_err() {
+            panic!(
+                "{node} did not reach the awaited {type_url} state within {WAIT_LIMIT:?}: {:?}",
+                self.applied(node, type_url)
+            );
         }
     }
 
-    /// Wait until the node has `n` streams open.
+    /// Wait until the node has `n` streams open (bounded as [`SnapshotCache::wait_until`]).
     pub async fn wait_streams(&self, node: &str, n: usize) {
-        loop {
-            let notified = self.changed.notified();
-            if self.streams(node) == n {
-                return;
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if self.streams(node) == n {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
+        };
+        if tokio::time::timeout(WAIT_LIMIT, wait).await.is_err() {
+            panic!(
+                "{node} has {} streams open, not {n}, after {WAIT_LIMIT:?}",
+                self.streams(node)
+            );
         }
     }
 
