@@ -166,13 +166,31 @@ impl std::fmt::Display for ListenerOrigin {
 
 /// Why a listener could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("listener '{name}' ({origin}): cannot bind '{address}': {source}")]
+#[error("listener '{name}' ({origin}): {} '{address}': {source}", stage.doing())]
 pub struct BindError {
     pub name: String,
     pub origin: ListenerOrigin,
+    pub stage: StartStage,
     pub address: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// What failed when a listener started: its sockets, or an access log it (or one of its filter
+/// chains) writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartStage {
+    Bind,
+    AccessLog,
+}
+
+impl StartStage {
+    fn doing(self) -> &'static str {
+        match self {
+            Self::Bind => "cannot bind",
+            Self::AccessLog => "cannot open an access log for",
+        }
+    }
 }
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
@@ -204,12 +222,15 @@ impl ActiveListener {
         inherit: Option<&ActiveListener>,
     ) -> Result<Arc<Self>, BindError> {
         let (store, local) = (&cx.store, &cx.local);
-        let err = |address, source| BindError {
+        let fail = |stage, address, source| BindError {
             name: config.name.clone(),
             origin,
+            stage,
             address,
             source,
         };
+        let err = |address, source| fail(StartStage::Bind, address, source);
+        let log_err = |address, source| fail(StartStage::AccessLog, address, source);
         let sockets = match inherit.filter(|old| {
             old.config.address == config.address && old.config.reuse_port == config.reuse_port
         }) {
@@ -258,7 +279,7 @@ impl ActiveListener {
                             &stat_name,
                             local_address.port(),
                         )
-                        .map_err(|e| err(local_address, e))?,
+                        .map_err(|e| log_err(local_address, e))?,
                     )),
                     NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(
                         TcpProxyFilter::new(
@@ -267,7 +288,7 @@ impl ActiveListener {
                             clusters.clone(),
                             config.per_connection_buffer_limit_bytes,
                         )
-                        .map_err(|e| err(local_address, e))?,
+                        .map_err(|e| log_err(local_address, e))?,
                     )),
                 };
                 // The same chain in the version this one replaces: its connections stay, so they
@@ -310,7 +331,7 @@ impl ActiveListener {
             .iter()
             .map(|l| AccessLogger::new(l.clone(), &cx.access_logs))
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| err(local_address, e))?;
+            .map_err(|e| log_err(local_address, e))?;
         let mx_stats = chains
             .iter()
             .chain(default_chain.iter())
