@@ -53,6 +53,25 @@ fn unknown_filter_listener(name: &str, port: u16, secret: &str) -> Listener {
     l
 }
 
+/// An RDS listener whose listener-level access log cannot be opened: it is refused after its
+/// connection manager registered its route table (`<name>_routes`).
+fn unopenable_log_listener(name: &str, port: u16) -> Listener {
+    use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    let mut l = lds_listener(name, port, &format!("{name}_routes"), name);
+    l.access_log = vec![accesslog::AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(any(
+            &FileAccessLog {
+                path: "/nonexistent-remora-dir/access.log".into(),
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    }];
+    l
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -60,7 +79,8 @@ fn local(port: u16) -> SocketAddr {
 async fn lds_nack(api: &str) {
     let a = upstream("a").await;
     let (cache, xds, _task) = xds_server().await;
-    let (pa, pb, py) = (
+    let (pa, pb, py, pz) = (
+        closed_port().port(),
         closed_port().port(),
         closed_port().port(),
         closed_port().port(),
@@ -77,10 +97,12 @@ async fn lds_nack(api: &str) {
                 vec![
                     any(&route_all_to("r1", "a_c")),
                     any(&route_all_to("x_routes", "a_c")),
+                    any(&route_all_to("z_routes", "a_c")),
                 ],
             )
     };
-    // `a` is good; `x` cannot bind; `y` does not translate (its second and third chains).
+    // `a` is good; `x` cannot bind; `y` does not translate (its second and third chains); `z`
+    // fails after its route table was made (its access log cannot be opened).
     cache.set_snapshot(
         NODE,
         snap(
@@ -89,6 +111,7 @@ async fn lds_nack(api: &str) {
                 lds_listener("a", pa, "r1", "a"),
                 tls_listener("x", taken_port, "x_routes", "x_cert"),
                 unknown_filter_listener("y", py, "y_cert"),
+                unopenable_log_listener("z", pz),
             ],
         ),
     );
@@ -108,7 +131,7 @@ async fn lds_nack(api: &str) {
     // One NACK, a line per error.
     let nack = cache.applied(NODE, LISTENER).nacked.unwrap().1;
     let lines: Vec<&str> = nack.lines().collect();
-    assert_eq!(lines.len(), 3, "{nack}");
+    assert_eq!(lines.len(), 4, "{nack}");
     assert!(
         lines[0].starts_with(&format!(
             "Listener 'x': listener 'x' (LDS): cannot bind '127.0.0.1:{taken_port}'"
@@ -121,6 +144,12 @@ async fn lds_nack(api: &str) {
     );
     assert!(
         lines[2].starts_with("Listener 'y'.filter_chains[2].filters[0]"),
+        "{nack}"
+    );
+    assert!(
+        lines[3].starts_with(&format!(
+            "Listener 'z': listener 'z' (LDS): cannot open an access log for '127.0.0.1:{pz}'"
+        )),
         "{nack}"
     );
     // Logged as Envoy logs it.
@@ -140,7 +169,9 @@ async fn lds_nack(api: &str) {
     let routes = cache.requests(NODE, ROUTE);
     assert!(routes.iter().any(|q| q.names.contains(&"r1".to_string())));
     assert!(
-        routes.iter().all(|q| !q.names.contains(&"x_routes".into())),
+        routes
+            .iter()
+            .all(|q| !q.names.iter().any(|n| n == "x_routes" || n == "z_routes")),
         "{routes:?}"
     );
     let secrets = cache.requests(NODE, SECRET);
@@ -174,7 +205,7 @@ async fn lds_nack(api: &str) {
     // Envoy also lists the update's failures without a name.
     assert_eq!(
         dynamic.iter().filter(|l| l.get("name").is_none()).count(),
-        2,
+        3,
         "{dump}"
     );
 
