@@ -94,13 +94,11 @@ pub struct ServerState {
     pub bootstrap: Bootstrap,
     pub loaded_at: SystemTime,
     pub started: Instant,
-    pub store: Arc<Store>,
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
     pub stats: ServerStats,
     pub concurrency: usize,
     pub logs: LogControl,
-    pub local: Arc<LocalInfo>,
     state: AtomicU8,
     pub healthcheck_failed: AtomicBool,
     pub shutdown: watch::Sender<bool>,
@@ -482,13 +480,11 @@ pub async fn start(
         bootstrap: model,
         loaded_at: SystemTime::now(),
         started: Instant::now(),
-        store: store.clone(),
         clusters: cluster_manager,
         listeners,
         stats,
         concurrency,
         logs,
-        local,
         state: AtomicU8::new(State::Initializing as u8),
         healthcheck_failed: AtomicBool::new(false),
         shutdown,
@@ -629,7 +625,7 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
             loop {
                 tick.tick().await;
                 state.refresh_gauges();
-                state.store.flush_histograms();
+                state.context.store.flush_histograms();
             }
         })
     };
@@ -640,7 +636,7 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                state.clusters.release_retired_stats(&state.store);
+                state.clusters.release_retired_stats(&state.context.store);
             }
         })
     };
@@ -749,7 +745,12 @@ static_resources:
         assert_eq!(body_from(&a).await, "from-a");
         assert_eq!(a.context.local.node.id, "node-a");
         assert_eq!(b.context.local.node.id, "node-b");
-        let requests = |s: &ServerState| s.store.counter("http.l.downstream_rq_total").value();
+        let requests = |s: &ServerState| {
+            s.context
+                .store
+                .counter("http.l.downstream_rq_total")
+                .value()
+        };
         assert_eq!((requests(&a), requests(&b)), (2, 1));
         assert!(!Arc::ptr_eq(&a.context.routes, &b.context.routes));
         for s in [&a, &b] {

@@ -266,12 +266,12 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=UTF-8",
-                    stats::prometheus(&state.store, &sel),
+                    stats::prometheus(&state.context.store, &sel),
                 )
             } else if format == Some("json") {
-                json(StatusCode::OK, &stats::json(&state.store, &sel))
+                json(StatusCode::OK, &stats::json(&state.context.store, &sel))
             } else {
-                text(StatusCode::OK, stats::text(&state.store, &sel))
+                text(StatusCode::OK, stats::text(&state.context.store, &sel))
             }
         }
         "/clusters" => clusters(state, q.get("format").map(String::as_str) == Some("json")),
@@ -325,7 +325,7 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             text(StatusCode::OK, "OK\n")
         }
         "/reset_counters" => {
-            state.store.reset_counters();
+            state.context.store.reset_counters();
             text(StatusCode::OK, "OK\n")
         }
         "/reopen_logs" => {
