@@ -354,7 +354,28 @@ struct Block {
     accepted: u64,
 }
 
-/// The process-wide stats registry.
+/// The names in `map` that start with one of `prefixes` and whose value `pick` selects (a range
+/// over the sorted names per prefix, not a scan).
+fn names_under<V>(
+    map: &BTreeMap<Arc<str>, V>,
+    prefixes: &[String],
+    pick: impl Fn(&V) -> bool,
+) -> Vec<Arc<str>> {
+    use std::ops::Bound;
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        let from = (Bound::Included(prefix.as_str()), Bound::Unbounded);
+        out.extend(
+            map.range::<str, _>(from)
+                .take_while(|(n, _)| n.starts_with(prefix.as_str()))
+                .filter(|(_, v)| pick(v))
+                .map(|(n, _)| n.clone()),
+        );
+    }
+    out
+}
+
+/// A server's stats registry.
 pub struct Store {
     entries: Mutex<BTreeMap<Arc<str>, Entry>>,
     blocks: Mutex<BTreeMap<Arc<str>, Block>>,
@@ -558,37 +579,15 @@ impl Store {
         let mut released = Vec::new();
         {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            for prefix in prefixes {
-                let names: Vec<Arc<str>> = entries
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|(n, _)| n.starts_with(prefix.as_str()))
-                    .filter(|(_, e)| unreferenced(&e.metric))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for n in names {
-                    entries.remove(&n);
-                    released.push(n);
-                }
+            for n in names_under(&entries, prefixes, |e| unreferenced(&e.metric)) {
+                entries.remove(&n);
+                released.push(n);
             }
         }
         {
             let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-            for prefix in prefixes {
-                let names: Vec<Arc<str>> = blocks
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|(n, _)| n.starts_with(prefix.as_str()))
-                    .filter(|(_, b)| Arc::strong_count(&b.metrics) == 1)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for n in names {
-                    blocks.remove(&n);
-                }
+            for n in names_under(&blocks, prefixes, |b| Arc::strong_count(&b.metrics) == 1) {
+                blocks.remove(&n);
             }
         }
         {
