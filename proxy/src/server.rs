@@ -305,23 +305,6 @@ pub async fn start(
     if let Some(f) = &model.app_log_format {
         logs.set_format(f.clone()).map_err(StartError::Other)?;
     }
-    let outlier_events = match &model.outlier_event_log {
-        // Opened (created) now, as Envoy does, so a bad path fails at startup; ejection events
-        // are appended by the outlier detectors.
-        Some(p) => Some(Arc::new(Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| {
-                    StartError::Other(format!(
-                        "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
-                        p.display()
-                    ))
-                })?,
-        ))),
-        None => None,
-    };
     let store = build_store(&model).map_err(StartError::Other)?;
     let stats = ServerStats::new(&store);
     {
@@ -339,72 +322,9 @@ pub async fn start(
     stats.static_unknown_fields.add(unknown_fields as u64);
     stats.concurrency.set(concurrency as i64);
     stats.hot_restart_epoch.set(0);
-    // The node as configured, with the command line's --service-node/--service-cluster.
-    let mut node = model.node.clone();
-    if let Some(id) = &options.service_node {
-        node.id = id.clone();
-    }
-    if let Some(c) = &options.service_cluster {
-        node.cluster = c.clone();
-    }
-    let local = Arc::new(LocalInfo {
-        service_cluster: node.cluster.clone(),
-        service_node: node.id.clone(),
-        node: node.clone(),
-    });
-    let access_logs = Arc::new(crate::telemetry::access_log::Sinks::default());
-    access_logs
-        .start_flusher(std::time::Duration::from_millis(
-            options.file_flush_interval_msec.max(1),
-        ))
-        .map_err(|e| StartError::Other(format!("cannot start the access-log flusher: {e}")))?;
-    let main_rt = tokio::runtime::Handle::current();
-    let cx = Arc::new(ServerContext {
-        store: store.clone(),
-        local: local.clone(),
-        access_logs,
-        downstream: crate::context::DownstreamConnections::new(
-            model.global_downstream_max_connections,
-        ),
-        outlier_events,
-        main: main_rt.clone(),
-        routes: Arc::default(),
-        config_version: logs.config_version(),
-        xds_dump: Default::default(),
-    });
-    cx.config_version.set("bootstrap");
+    let cx = server_context(&options, &model, &store, &logs)?;
 
-    // Clusters, with DNS clusters resolved before any listener accepts (Envoy's initialisation).
-    let clusters: Vec<Arc<Cluster>> = model
-        .clusters
-        .iter()
-        .map(|c| Cluster::new(c.clone(), &cx, cluster::Origin::Bootstrap))
-        .collect();
-    for c in &clusters {
-        c.start(&main_rt);
-    }
-    stats.cluster_added.add(clusters.len() as u64);
-    stats.active_clusters.set(clusters.len() as i64);
-    stats.warming_clusters.set(0);
-    let dns: Vec<_> = clusters
-        .iter()
-        .filter(|c| {
-            matches!(
-                c.config.discovery,
-                Discovery::StrictDns | Discovery::LogicalDns
-            )
-        })
-        .cloned()
-        .collect();
-    futures_util::future::join_all(
-        dns.iter()
-            .map(|c| async move { cluster::resolve_once(c).await }),
-    )
-    .await;
-    for c in dns {
-        tokio::spawn(cluster::dns_refresh_loop(c));
-    }
-    let cluster_manager = Arc::new(ClusterManager::new(clusters));
+    let cluster_manager = start_clusters(&model, &cx, &stats).await;
 
     // Listeners: bind now so a port in use is an error naming the listener.
     let listeners = Arc::new(ListenerManager::new(
@@ -434,12 +354,7 @@ pub async fn start(
         .any(|s| s.as_ref().is_some_and(|s| s.path.is_some()));
     let xds = if model.dynamic.ads.is_some() || files || !sds.wanted().is_empty() {
         let mut node = proto.node.clone().unwrap_or_default();
-        if let Some(id) = &options.service_node {
-            node.id = id.clone();
-        }
-        if let Some(c) = &options.service_cluster {
-            node.cluster = c.clone();
-        }
+        with_cli_identity(&options, &mut node.id, &mut node.cluster);
         if node.user_agent_name.is_empty() {
             node.user_agent_name = "remora".into();
         }
@@ -493,6 +408,127 @@ pub async fn start(
     });
     state.set_state(State::Initializing);
 
+    bind_admin(&state)?;
+
+    wait_for_initial_config(&state).await;
+    if state.options.mode == Mode::InitOnly {
+        return Ok(state);
+    }
+    start_workers(&state);
+    state.set_state(State::Live);
+    for l in state.listeners.all().iter() {
+        tracing::info!(listener = %l.config.name, "listening on {}", l.local_address);
+    }
+    Ok(state)
+}
+
+/// `--service-node` / `--service-cluster` over the bootstrap's node.
+fn with_cli_identity(options: &Options, id: &mut String, cluster: &mut String) {
+    if let Some(n) = &options.service_node {
+        *id = n.clone();
+    }
+    if let Some(c) = &options.service_cluster {
+        *cluster = c.clone();
+    }
+}
+
+/// The context runtime objects are built with (the outlier event log opened and the
+/// access-log flusher started here: a bad path fails at startup, as in Envoy).
+fn server_context(
+    options: &Options,
+    model: &Bootstrap,
+    store: &Arc<Store>,
+    logs: &LogControl,
+) -> Result<Arc<ServerContext>, StartError> {
+    let outlier_events = match &model.outlier_event_log {
+        // Opened (created) now, as Envoy does, so a bad path fails at startup; ejection events
+        // are appended by the outlier detectors.
+        Some(p) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| {
+                    StartError::Other(format!(
+                        "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
+                        p.display()
+                    ))
+                })?,
+        ))),
+        None => None,
+    };
+    // The node as configured, with the command line's --service-node/--service-cluster.
+    let mut node = model.node.clone();
+    with_cli_identity(options, &mut node.id, &mut node.cluster);
+    let local = Arc::new(LocalInfo {
+        service_cluster: node.cluster.clone(),
+        service_node: node.id.clone(),
+        node,
+    });
+    let access_logs = Arc::new(crate::telemetry::access_log::Sinks::default());
+    access_logs
+        .start_flusher(std::time::Duration::from_millis(
+            options.file_flush_interval_msec.max(1),
+        ))
+        .map_err(|e| StartError::Other(format!("cannot start the access-log flusher: {e}")))?;
+    let cx = Arc::new(ServerContext {
+        store: store.clone(),
+        local,
+        access_logs,
+        downstream: crate::context::DownstreamConnections::new(
+            model.global_downstream_max_connections,
+        ),
+        outlier_events,
+        main: tokio::runtime::Handle::current(),
+        routes: Arc::default(),
+        config_version: logs.config_version(),
+        xds_dump: Default::default(),
+    });
+    cx.config_version.set("bootstrap");
+    Ok(cx)
+}
+
+/// The bootstrap's clusters, started, with DNS clusters resolved before any listener accepts
+/// (Envoy's initialisation).
+async fn start_clusters(
+    model: &Bootstrap,
+    cx: &Arc<ServerContext>,
+    stats: &ServerStats,
+) -> Arc<ClusterManager> {
+    let clusters: Vec<Arc<Cluster>> = model
+        .clusters
+        .iter()
+        .map(|c| Cluster::new(c.clone(), cx, cluster::Origin::Bootstrap))
+        .collect();
+    for c in &clusters {
+        c.start(&cx.main);
+    }
+    stats.cluster_added.add(clusters.len() as u64);
+    stats.active_clusters.set(clusters.len() as i64);
+    stats.warming_clusters.set(0);
+    let dns: Vec<_> = clusters
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.config.discovery,
+                Discovery::StrictDns | Discovery::LogicalDns
+            )
+        })
+        .cloned()
+        .collect();
+    futures_util::future::join_all(
+        dns.iter()
+            .map(|c| async move { cluster::resolve_once(c).await }),
+    )
+    .await;
+    for c in dns {
+        tokio::spawn(cluster::dns_refresh_loop(c));
+    }
+    Arc::new(ClusterManager::new(clusters))
+}
+
+/// The admin listener (its address written to `--admin-address-path`).
+fn bind_admin(state: &Arc<ServerState>) -> Result<(), StartError> {
     if let Some(admin) = &state.bootstrap.admin {
         let std_listener = std::net::TcpListener::bind(admin.address)
             .map_err(|e| StartError::AdminBind(admin.address, e))?;
@@ -520,8 +556,12 @@ pub async fn start(
         tracing::info!("admin address: {bound}");
     }
 
-    // Envoy's initialisation: listeners start once the first CDS update (with its EDS warming)
-    // is in, or initial_fetch_timeout has passed.
+    Ok(())
+}
+
+/// Envoy's initialisation: listeners start once the first CDS update (with its EDS warming)
+/// is in, or initial_fetch_timeout has passed.
+async fn wait_for_initial_config(state: &ServerState) {
     if let Some(xds) = &state.xds {
         let timeout = state
             .bootstrap
@@ -557,15 +597,6 @@ pub async fn start(
             );
         }
     }
-    if state.options.mode == Mode::InitOnly {
-        return Ok(state);
-    }
-    start_workers(&state);
-    state.set_state(State::Live);
-    for l in state.listeners.all().iter() {
-        tracing::info!(listener = %l.config.name, "listening on {}", l.local_address);
-    }
-    Ok(state)
 }
 
 /// One thread per worker, each with a current-thread runtime, its listener sockets and its pools.
