@@ -604,55 +604,14 @@ impl XdsRuntime {
                 failures.accepted(&name);
                 continue;
             }
-            let path = FieldPath::new(format!("Listener '{name}'"));
-            let config =
-                match crate::model::listener::Listener::from_proto(&path, &proto, &self.model) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        failures.listener(&name, any, &e.to_string());
-                        for one in e.iter() {
-                            refuse(&mut errors, one.alone());
-                        }
-                        continue;
+            match self.install_listener(&mut state, &name, &proto, any, version) {
+                Ok(()) => failures.accepted(&name),
+                Err((details, lines)) => {
+                    failures.listener(&name, any, &details);
+                    for line in lines {
+                        refuse(&mut errors, line);
                     }
-                };
-            let previous = self.listeners.get(&name);
-            let built = ActiveListener::new(
-                Arc::new(config),
-                ListenerOrigin::Lds,
-                self.concurrency,
-                &self.server,
-                &self.clusters,
-                previous.as_deref(),
-            );
-            let active = match built {
-                Ok(a) => a,
-                Err(e) => {
-                    self.listeners.stats.listener_create_failure.inc();
-                    let e = format!("Listener '{name}': {e}");
-                    failures.listener(&name, any, &e);
-                    refuse(&mut errors, e);
-                    continue;
                 }
-            };
-            self.listeners.stats.listener_create_success.inc();
-            failures.accepted(&name);
-            if state
-                .listeners
-                .insert(name.clone(), any.value.clone())
-                .is_some()
-            {
-                self.listeners.stats.listener_modified.inc();
-            } else {
-                self.listeners.stats.listener_added.inc();
-            }
-            let rec = record(version, any);
-            if self.warm_listener(&mut state, active) {
-                let mut d = self.dump();
-                d.warming_listeners.remove(&name);
-                d.listeners.insert(name.clone(), rec);
-            } else {
-                self.dump().warming_listeners.insert(name.clone(), rec);
             }
         }
         // Listeners no longer in the set go (one that failed translation stays as it was).
@@ -685,6 +644,54 @@ impl XdsRuntime {
             self.stats.lds_update_rejected.inc();
         }
         outcome(errors)
+    }
+
+    /// Translate and build one listener of an LDS update and put it in place (or warming). A
+    /// refusal gives the `error_state` details and the NACK lines.
+    fn install_listener(
+        &self,
+        state: &mut State,
+        name: &str,
+        proto: &pb::listener::Listener,
+        any: &Any,
+        version: &str,
+    ) -> Result<(), (String, Vec<String>)> {
+        let path = FieldPath::new(format!("Listener '{name}'"));
+        let config = crate::model::listener::Listener::from_proto(&path, proto, &self.model)
+            .map_err(|e| (e.to_string(), e.iter().map(|one| one.alone()).collect()))?;
+        let previous = self.listeners.get(name);
+        let active = ActiveListener::new(
+            Arc::new(config),
+            ListenerOrigin::Lds,
+            self.concurrency,
+            &self.server,
+            &self.clusters,
+            previous.as_deref(),
+        )
+        .map_err(|e| {
+            self.listeners.stats.listener_create_failure.inc();
+            let e = format!("Listener '{name}': {e}");
+            (e.clone(), vec![e])
+        })?;
+        self.listeners.stats.listener_create_success.inc();
+        if state
+            .listeners
+            .insert(name.to_string(), any.value.clone())
+            .is_some()
+        {
+            self.listeners.stats.listener_modified.inc();
+        } else {
+            self.listeners.stats.listener_added.inc();
+        }
+        let rec = record(version, any);
+        if self.warm_listener(state, active) {
+            let mut d = self.dump();
+            d.warming_listeners.remove(name);
+            d.listeners.insert(name.to_string(), rec);
+        } else {
+            self.dump().warming_listeners.insert(name.to_string(), rec);
+        }
+        Ok(())
     }
 
     /// Put a listener in service once its routes are in (Envoy's listener warming), or after
