@@ -2,6 +2,7 @@
 //! from raw clients that misbehave (the `http2.*` counter, the connection closed, another client
 //! still served), and the SETTINGS remora announces.
 
+use crate::sources::{Served, Source};
 use crate::support::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,10 +24,12 @@ fn get_headers(end_stream: bool) -> Vec<u8> {
     frame(1, 0x4 | u8::from(end_stream), 1, &block)
 }
 
-async fn start(h2_options: &str) -> Remora {
+async fn start(source: Source, h2_options: &str) -> Served {
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                direct_response: {status: 200, body: {inline_string: ok}}\n";
     let extra = format!("          http2_protocol_options: {h2_options}\n");
-    Remora::start(&bootstrap(&http_listener("in", &extra, vhosts), "    []\n")).await
+    source
+        .start(&bootstrap(&http_listener("in", &extra, vhosts), "    []\n"))
+        .await
 }
 
 /// Send `bytes` after the preface, then read until remora closes the connection.
@@ -56,7 +59,7 @@ async fn still_serves(r: &Remora) {
 
 #[tokio::test]
 async fn empty_data_frames_close_the_connection() {
-    let r = start("{}").await;
+    let r = start(Source::Bootstrap, "{}").await;
     let mut bytes = get_headers(false);
     bytes.extend(frame(0, 0, 1, &[]));
     bytes.extend(frame(0, 0, 1, &[]));
@@ -65,9 +68,9 @@ async fn empty_data_frames_close_the_connection() {
     still_serves(&r).await;
 }
 
-#[tokio::test]
-async fn priority_frames_beyond_the_configured_limit() {
-    let r = start("{max_inbound_priority_frames_per_stream: 2}").await;
+/// A configured limit, from the bootstrap and over LDS.
+async fn priority_frames_beyond_the_configured_limit(source: Source) {
+    let r = start(source, "{max_inbound_priority_frames_per_stream: 2}").await;
     let priority = frame(2, 0, 3, &[0, 0, 0, 0, 16]);
     // 2 per opened stream (+1): 4 are fine after one request, the 5th is a flood.
     let mut bytes = get_headers(true);
@@ -82,7 +85,7 @@ async fn priority_frames_beyond_the_configured_limit() {
 
 #[tokio::test]
 async fn window_updates_without_data_sent() {
-    let r = start("{}").await;
+    let r = start(Source::Bootstrap, "{}").await;
     let wu = frame(8, 0, 0, &1000u32.to_be_bytes());
     send_and_wait_close(&r, &[wu.clone(), wu].concat()).await;
     r.wait_stat("http2.inbound_window_update_frames_flood", 1)
@@ -95,7 +98,7 @@ async fn window_updates_without_data_sent() {
 /// connection (before, remora held such a connection open forever).
 #[tokio::test]
 async fn ping_flood_from_a_client_that_does_not_read() {
-    let r = start("{max_outbound_control_frames: 100}").await;
+    let r = start(Source::Bootstrap, "{max_outbound_control_frames: 100}").await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(r.addr("in")).await.unwrap();
@@ -137,7 +140,7 @@ async fn zero_limits_are_refused_by_path() {
 /// `hpack_table_size` is announced to the client (SETTINGS_HEADER_TABLE_SIZE), as Envoy does.
 #[tokio::test]
 async fn hpack_table_size_is_announced() {
-    let r = start("{hpack_table_size: 1234}").await;
+    let r = start(Source::Bootstrap, "{hpack_table_size: 1234}").await;
     let mut s = TcpStream::connect(r.addr("in")).await.unwrap();
     let mut out = PREFACE.to_vec();
     out.extend(frame(4, 0, 0, &[]));
@@ -154,3 +157,5 @@ async fn hpack_table_size_is_announced() {
         .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
     assert_eq!(table_size, Some(1234));
 }
+
+crate::across_sources!(priority_frames_beyond_the_configured_limit);
