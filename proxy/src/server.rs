@@ -575,7 +575,7 @@ async fn wait_for_initial_config(state: &ServerState) {
         // first requests are not answered from an empty route table.
         // LDS listeners of the first update warm on theirs before the server is live, too.
         let ready = || {
-            state.listeners.stats.total_listeners_warming.value() == 0
+            !xds.listeners_warming()
                 && state
                     .listeners
                     .all()

@@ -751,6 +751,11 @@ impl XdsRuntime {
         false
     }
 
+    /// Whether LDS listeners are still warming on their routes or secrets.
+    pub fn listeners_warming(&self) -> bool {
+        !self.lock().warming_listeners.is_empty()
+    }
+
     /// This server's dump of dynamic resources.
     fn dump(&self) -> std::sync::MutexGuard<'_, Dump> {
         lock_dump(&self.server.xds_dump)
