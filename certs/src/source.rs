@@ -1,7 +1,12 @@
 //! Certificate sources. A TLS context asks its source for the current key pair on every
 //! handshake, so a rotated pair is used by the next handshake and open connections keep theirs.
-//! Here: files (watched; Istio's `/etc/certs` layout or any Envoy `filename` data source) and
-//! inline data. SDS and the Istio CA implement the same traits.
+//! Here: files (Istio's `/etc/certs` layout or any Envoy `filename` data source) and inline data.
+//! SDS and the Istio CA implement the same traits.
+//!
+//! Building a source and watching its files are separate steps: a source is built from bytes
+//! already read ([`FileCertificate::from_contents`]) or by reading now ([`FileCertificate::load`]),
+//! and its owner hands it to a [`Watcher`] (one per server, no process-wide state) when it
+//! starts using it.
 
 use crate::info::CertDetails;
 use arc_swap::ArcSwap;
@@ -84,12 +89,20 @@ pub trait CertificateSource: Send + Sync + fmt::Debug {
     fn current(&self) -> Option<Arc<Identity>>;
     /// Where the certificate comes from (a path, `<inline>`, or a secret name).
     fn origin(&self) -> String;
+    /// What a [`Watcher`] checks for changes, when the source reads files.
+    fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
+        None
+    }
 }
 
 /// Something that can hand out the current trusted roots.
 pub trait TrustSource: Send + Sync + fmt::Debug {
     fn current(&self) -> Option<Arc<TrustBundle>>;
     fn origin(&self) -> String;
+    /// What a [`Watcher`] checks for changes, when the source reads files.
+    fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
+        None
+    }
 }
 
 /// A reload attempt's outcome, reported to the owner (stats and logs).
@@ -211,29 +224,50 @@ fn read_all(inputs: &[Data]) -> Result<(Vec<Vec<u8>>, Vec<u8>), SourceError> {
         .iter()
         .map(Data::read)
         .collect::<Result<Vec<_>, _>>()?;
+    let digest = digest(&bytes);
+    Ok((bytes, digest))
+}
+
+fn digest(bytes: &[Vec<u8>]) -> Vec<u8> {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for b in &bytes {
+    for b in bytes {
         ctx.update(&(b.len() as u64).to_be_bytes());
         ctx.update(b);
     }
-    Ok((bytes, ctx.finish().as_ref().to_vec()))
+    ctx.finish().as_ref().to_vec()
 }
 
 impl<T> Watched<T> {
+    /// Read the inputs now and load them.
     fn new(
         inputs: Vec<Data>,
         load: fn(&[Vec<u8>], &str) -> Result<T, SourceError>,
         on_reload: Option<OnReload>,
     ) -> Result<Self, SourceError> {
         let seen = stamps(&inputs);
-        let (bytes, digest) = read_all(&inputs)?;
+        let (bytes, _) = read_all(&inputs)?;
+        let mut this = Self::with_contents(inputs, bytes, load, on_reload)?;
+        this.seen = Mutex::new(seen);
+        Ok(this)
+    }
+
+    /// Load inputs whose bytes were read already (one entry per input). The files' state is
+    /// not known yet: the first check reads them again and keeps this value when they are
+    /// unchanged, so a rotation between the read and the first check is not missed.
+    fn with_contents(
+        inputs: Vec<Data>,
+        bytes: Vec<Vec<u8>>,
+        load: fn(&[Vec<u8>], &str) -> Result<T, SourceError>,
+        on_reload: Option<OnReload>,
+    ) -> Result<Self, SourceError> {
         let value = load(&bytes, &inputs[0].describe())?;
+        let seen = vec![None; inputs.len()];
         Ok(Self {
+            digest: Mutex::new(digest(&bytes)),
             inputs,
             load,
             value: ArcSwap::from_pointee(value),
             seen: Mutex::new(seen),
-            digest: Mutex::new(digest),
             on_reload,
         })
     }
@@ -241,14 +275,19 @@ impl<T> Watched<T> {
     fn origin(&self) -> String {
         self.inputs[0].describe()
     }
+
+    fn reads_files(&self) -> bool {
+        self.inputs.iter().any(|d| matches!(d, Data::File(_)))
+    }
 }
 
-/// Checked by the watcher thread.
-trait Poll: Send + Sync {
-    fn poll(&self);
+/// A value re-loaded from its files when they change, checked by a [`Watcher`].
+pub trait Refresh: Send + Sync {
+    /// Check the files now and re-load them when they changed.
+    fn refresh(&self);
 }
 
-impl<T: Send + Sync> Poll for Watched<T> {
+impl<T: Send + Sync> Watched<T> {
     fn poll(&self) {
         let now = stamps(&self.inputs);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,34 +327,80 @@ impl<T: Send + Sync> Poll for Watched<T> {
     }
 }
 
-/// The process-wide file watcher: one thread polling every registered value.
-fn watch(w: Weak<dyn Poll>) {
-    static LIST: OnceLock<Mutex<Vec<Weak<dyn Poll>>>> = OnceLock::new();
-    let mut started = false;
-    let list = LIST.get_or_init(|| {
-        started = true;
-        Mutex::new(Vec::new())
-    });
-    list.lock().unwrap_or_else(|e| e.into_inner()).push(w);
-    if started {
+/// One server's file watcher: a thread that checks every value handed to it each
+/// [`POLL_INTERVAL`]. It holds values weakly (a value dropped by its owner is forgotten) and
+/// stops when the watcher is dropped. Two servers in one process have two watchers.
+#[derive(Default)]
+pub struct Watcher {
+    list: Arc<Mutex<Vec<Weak<dyn Refresh>>>>,
+    thread: OnceLock<()>,
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("watched", &self.watched())
+            .finish()
+    }
+}
+
+impl Watcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Check `value` from now on (once, however often it is handed over).
+    pub fn watch(&self, value: Arc<dyn Refresh>) {
+        let weak = Arc::downgrade(&value);
+        {
+            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            if list.iter().any(|w| Weak::ptr_eq(w, &weak)) {
+                return;
+            }
+            list.push(weak);
+        }
+        self.thread.get_or_init(|| self.start());
+    }
+
+    /// The values checked now.
+    pub fn watched(&self) -> usize {
+        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Check every value now (the thread does this each [`POLL_INTERVAL`]).
+    pub fn refresh_all(&self) {
+        refresh_live(&self.list);
+    }
+
+    fn start(&self) {
+        let list = Arc::downgrade(&self.list);
         let spawned = std::thread::Builder::new()
             .name("cert-watcher".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(POLL_INTERVAL);
-                    let live: Vec<Arc<dyn Poll>> = {
-                        let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
-                        l.retain(|w| w.strong_count() > 0);
-                        l.iter().filter_map(Weak::upgrade).collect()
+                    let Some(list) = list.upgrade() else {
+                        return; // the watcher is gone
                     };
-                    for p in live {
-                        p.poll();
-                    }
+                    refresh_live(&list);
                 }
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the certificate watcher thread: {e}");
         }
+    }
+}
+
+fn refresh_live(list: &Mutex<Vec<Weak<dyn Refresh>>>) {
+    let live: Vec<Arc<dyn Refresh>> = {
+        let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|w| w.strong_count() > 0);
+        l.iter().filter_map(Weak::upgrade).collect()
+    };
+    for value in live {
+        value.refresh();
     }
 }
 
@@ -337,33 +422,43 @@ impl fmt::Debug for FileCertificate {
 }
 
 impl FileCertificate {
+    /// Read the chain and key now.
     pub fn load(
         chain: Data,
         key: Data,
         on_reload: Option<OnReload>,
     ) -> Result<Arc<Self>, SourceError> {
-        let watched = matches!(chain, Data::File(_)) || matches!(key, Data::File(_));
         let inner = Watched::new(
             vec![chain, key],
             |b, what| load_identity(&b[0], &b[1], what),
             on_reload,
         )?;
-        let this = Arc::new(Self { inner });
-        if watched {
-            let weak: Weak<dyn Poll> = Arc::downgrade(&this) as Weak<dyn Poll>;
-            watch(weak);
-        }
-        Ok(this)
+        Ok(Arc::new(Self { inner }))
     }
 
-    /// Check the files now (the watcher does this every [`POLL_INTERVAL`]).
+    /// A chain and key whose bytes were read already (`chain_bytes` from `chain`, …).
+    pub fn from_contents(
+        (chain, chain_bytes): (Data, Vec<u8>),
+        (key, key_bytes): (Data, Vec<u8>),
+        on_reload: Option<OnReload>,
+    ) -> Result<Arc<Self>, SourceError> {
+        let inner = Watched::with_contents(
+            vec![chain, key],
+            vec![chain_bytes, key_bytes],
+            |b, what| load_identity(&b[0], &b[1], what),
+            on_reload,
+        )?;
+        Ok(Arc::new(Self { inner }))
+    }
+
+    /// Check the files now (a [`Watcher`] does this every [`POLL_INTERVAL`]).
     pub fn poll_now(&self) {
         self.inner.poll();
     }
 }
 
-impl Poll for FileCertificate {
-    fn poll(&self) {
+impl Refresh for FileCertificate {
+    fn refresh(&self) {
         self.inner.poll();
     }
 }
@@ -374,6 +469,9 @@ impl CertificateSource for FileCertificate {
     }
     fn origin(&self) -> String {
         self.inner.origin()
+    }
+    fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
+        self.inner.reads_files().then_some(self as Arc<dyn Refresh>)
     }
 }
 
@@ -393,20 +491,29 @@ impl fmt::Debug for FileTrust {
 }
 
 impl FileTrust {
+    /// Read the CA bundle now.
     pub fn load(ca: Data, on_reload: Option<OnReload>) -> Result<Arc<Self>, SourceError> {
-        let watched = matches!(ca, Data::File(_));
         let inner = Watched::new(vec![ca], |b, what| load_trust(&b[0], what), on_reload)?;
-        let this = Arc::new(Self { inner });
-        if watched {
-            let weak: Weak<dyn Poll> = Arc::downgrade(&this) as Weak<dyn Poll>;
-            watch(weak);
-        }
-        Ok(this)
+        Ok(Arc::new(Self { inner }))
+    }
+
+    /// A CA bundle whose bytes were read already.
+    pub fn from_contents(
+        (ca, bytes): (Data, Vec<u8>),
+        on_reload: Option<OnReload>,
+    ) -> Result<Arc<Self>, SourceError> {
+        let inner = Watched::with_contents(
+            vec![ca],
+            vec![bytes],
+            |b, what| load_trust(&b[0], what),
+            on_reload,
+        )?;
+        Ok(Arc::new(Self { inner }))
     }
 }
 
-impl Poll for FileTrust {
-    fn poll(&self) {
+impl Refresh for FileTrust {
+    fn refresh(&self) {
         self.inner.poll();
     }
 }
@@ -417,6 +524,9 @@ impl TrustSource for FileTrust {
     }
     fn origin(&self) -> String {
         self.inner.origin()
+    }
+    fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
+        self.inner.reads_files().then_some(self as Arc<dyn Refresh>)
     }
 }
 
@@ -540,6 +650,10 @@ mod tests {
             None,
         )
         .unwrap();
+        let watcher = Watcher::new();
+        watcher.watch(src.clone().refresh_handle().expect("reads files"));
+        watcher.watch(src.clone().refresh_handle().expect("reads files"));
+        assert_eq!(watcher.watched(), 1, "handed over twice, watched once");
         issue(&ca, "two").write_istio_layout(dir.path()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while !uri(&src).ends_with("/sa/two") {
@@ -549,5 +663,47 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn contents_read_earlier_are_checked_again_once_watched() {
+        let dir = Scratch::new();
+        let ca = DevCa::generate_root("ca", KeyAlgorithm::EcdsaP256).unwrap();
+        let one = issue(&ca, "one");
+        one.write_istio_layout(dir.path()).unwrap();
+        let rotated = Arc::new(AtomicUsize::new(0));
+        let r = rotated.clone();
+        let on: OnReload = Arc::new(move |_| {
+            r.fetch_add(1, Ordering::Relaxed);
+        });
+        let chain = Data::File(dir.path().join(crate::ca::CERT_CHAIN));
+        let key = Data::File(dir.path().join(crate::ca::KEY));
+        let src = FileCertificate::from_contents(
+            (chain, one.cert_chain_pem.clone().into_bytes()),
+            (key, one.key_pem.clone().into_bytes()),
+            Some(on),
+        )
+        .unwrap();
+        assert!(uri(&src).ends_with("/sa/one"));
+        // The files are what was read: the first check keeps the value, no rotation reported.
+        src.poll_now();
+        assert_eq!(rotated.load(Ordering::Relaxed), 0);
+        issue(&ca, "two").write_istio_layout(dir.path()).unwrap();
+        src.poll_now();
+        assert!(uri(&src).ends_with("/sa/two"));
+        assert_eq!(rotated.load(Ordering::Relaxed), 1);
+
+        // Inline data has nothing to watch; a dropped value leaves the watcher.
+        let inline = FileTrust::from_contents(
+            (Data::Inline(vec![]), ca.root_pem().as_bytes().to_vec()),
+            None,
+        )
+        .unwrap();
+        assert!(inline.refresh_handle().is_none());
+        let watcher = Watcher::new();
+        watcher.watch(src.clone().refresh_handle().expect("reads files"));
+        assert_eq!(watcher.watched(), 1);
+        drop(src);
+        assert_eq!(watcher.watched(), 0);
     }
 }

@@ -30,6 +30,8 @@ pub struct ServerContext {
     pub config_version: crate::logging::ConfigVersion,
     /// What came over xDS, for `/config_dump`.
     pub xds_dump: Arc<crate::xds::DumpCell>,
+    /// Checks the certificate files of started listeners and clusters for rotation.
+    pub cert_watcher: Arc<remora_certs::source::Watcher>,
 }
 
 impl ServerContext {
@@ -53,6 +55,7 @@ impl ServerContext {
             routes: Arc::default(),
             config_version: Default::default(),
             xds_dump: Default::default(),
+            cert_watcher: Default::default(),
         }
     }
 }

@@ -146,12 +146,15 @@ pub fn xds_resource(data: &[u8]) {
     };
     let path = FieldPath::new("fuzz");
     // What an xDS translation reads besides the resource: an empty runtime and static
-    // secrets, and an SDS registry of its own.
+    // secrets, an SDS registry of its own, and no inputs (a file or variable the resource
+    // names is "not read": translation itself never reads one).
+    let inputs = std::sync::Arc::new(crate::model::inputs::Inputs::none());
     let cx = crate::model::context::TranslateContext {
         runtime: Default::default(),
         secrets: Default::default(),
         reload: Default::default(),
         sds: std::sync::Arc::new(crate::xds::sds::SdsRegistry::default()),
+        inputs: inputs.clone(),
     };
     match kind % 3 {
         0 => {
@@ -166,7 +169,7 @@ pub fn xds_resource(data: &[u8]) {
         }
         _ => {
             if let Ok(rc) = pb::route::RouteConfiguration::decode(bytes) {
-                let _ = crate::model::route::RouteConfig::from_proto(&path, &rc, 4096);
+                let _ = crate::model::route::RouteConfig::from_proto(&path, &rc, 4096, &inputs);
             }
         }
     }

@@ -217,7 +217,10 @@ pub fn load(
     for w in &loaded.unknown_field_warnings {
         tracing::warn!("unknown field (ignored because of --allow-unknown-static-fields): {w}");
     }
-    let model = Bootstrap::from_proto(&loaded.bootstrap, sds)?;
+    // Translation is pure: the files and variables it names are read between its rounds.
+    let model = crate::config::inputs::translate(|inputs| {
+        Bootstrap::from_proto(&loaded.bootstrap, sds.clone(), inputs)
+    })?;
     Ok((loaded.bootstrap, model, loaded.unknown_field_warnings.len()))
 }
 
@@ -483,6 +486,7 @@ fn server_context(
         routes: Arc::default(),
         config_version: logs.config_version(),
         xds_dump: Default::default(),
+        cert_watcher: Default::default(),
     });
     cx.config_version.set("bootstrap");
     Ok(cx)
@@ -501,7 +505,7 @@ async fn start_clusters(
         .map(|c| Cluster::new(c.clone(), cx, cluster::Origin::Bootstrap))
         .collect();
     for c in &clusters {
-        c.start(&cx.main);
+        c.start(cx);
     }
     stats.cluster_added.add(clusters.len() as u64);
     stats.active_clusters.set(clusters.len() as i64);

@@ -282,3 +282,31 @@ async fn weighted_clusters_split_within_bounds() {
     // 20% of 1000: mean 200, sd ≈ 12.6; ±5 sd.
     assert!((137..=263).contains(&to_a), "{to_a} of {n} went to a");
 }
+
+/// Data sources that name files (a direct response's body, an access-log format) are read by
+/// the loader, from the bootstrap and over LDS alike.
+async fn bodies_and_formats_from_files(source: crate::sources::Source) {
+    let files = TempDir::new("data-sources");
+    std::fs::write(files.path("body.txt"), "from a file\n").unwrap();
+    std::fs::write(
+        files.path("format.txt"),
+        "%RESPONSE_CODE% format-from-file\n",
+    )
+    .unwrap();
+    let log = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/access.log\n              log_format: {{text_format_source: {{filename: {}}}}}\n",
+        files.path("format.txt").display()
+    );
+    let vhosts = format!(
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                direct_response: {{status: 200, body: {{filename: {}}}}}\n",
+        files.path("body.txt").display()
+    );
+    let r = source
+        .start(&bootstrap(&http_listener("main", &log, &vhosts), ""))
+        .await;
+    let resp = get(r.addr("main"), "any", "/").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "from a file\n"));
+    assert_eq!(r.log_lines("access.log", 1).await, ["200 format-from-file"]);
+}
+
+crate::across_sources!(bodies_and_formats_from_files);

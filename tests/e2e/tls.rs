@@ -595,14 +595,16 @@ async fn permissive_port_serves_both() {
 }
 
 /// A rotated key/cert pair is used by new handshakes within 2 s; open connections keep working;
-/// a mismatched pair is rejected and the previous one stays.
-#[tokio::test(flavor = "multi_thread")]
-async fn certificate_files_rotate_without_restart() {
+/// a mismatched pair is rejected and the previous one stays. The listener's files are watched
+/// once it starts, whether it came from the bootstrap or from LDS.
+async fn certificate_files_rotate_without_restart(source: Source) {
     let pki = Pki::new();
     let deal = pki.write("deal", DEAL);
     let app = upstream("deal-app").await;
     let listener = http_listener("inbound", "", ROUTE_ALL) + &downstream_tls(&deal, false, None);
-    let remora = Remora::start(&bootstrap(&listener, &cluster("app", &[app.addr], ""))).await;
+    let remora = source
+        .start(&bootstrap(&listener, &cluster("app", &[app.addr], "")))
+        .await;
     let addr = remora.addr("inbound");
     let cfg = client_config(pki.ca.root_pem(), None, &["http/1.1"]);
     let server_id = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
@@ -660,6 +662,44 @@ async fn certificate_files_rotate_without_restart() {
             .stderr()
             .contains("rotated certificate files rejected, keeping the previous ones")
     );
+}
+
+/// A cluster's client certificate files are watched once the cluster starts (from the
+/// bootstrap or from CDS): a rotation is picked up and requests keep flowing.
+async fn cluster_certificate_files_rotate(source: Source) {
+    let pki = Pki::new();
+    let gw = pki.write("gw", GATEWAY);
+    let deal = pki.write("deal", DEAL);
+    let app = upstream("deal-app").await;
+    let inbound = inbound_sidecar(&deal, app.addr, None).await;
+    let outbound = source
+        .start(&bootstrap(
+            &http_listener("outbound", "", ROUTE_ALL.replace("app", "deal").as_str()),
+            &cluster(
+                "deal",
+                &[inbound.addr("inbound")],
+                &upstream_tls(&gw, DEAL, "http/1.1"),
+            ),
+        ))
+        .await;
+    let r = get(outbound.addr("outbound"), "deal", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        outbound.stat("server.certificate_rotation_success").await,
+        0
+    );
+
+    pki.issue(
+        "spiffe://cluster.local/ns/autolytiq/sa/api-gateway-v2",
+        |_| {},
+    )
+    .write_istio_layout(&gw)
+    .unwrap();
+    outbound
+        .wait_stat("server.certificate_rotation_success", 1)
+        .await;
+    let r = get(outbound.addr("outbound"), "deal", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// Configuration errors name the field: a key that does not match its certificate, a missing
@@ -1465,4 +1505,8 @@ async fn istio_tcp_metadata_exchange_between_sidecars() {
     );
 }
 
-crate::across_sources!(static_secrets_certs_endpoint_and_redacted_dump,);
+crate::across_sources!(
+    static_secrets_certs_endpoint_and_redacted_dump,
+    certificate_files_rotate_without_restart,
+    cluster_certificate_files_rotate,
+);

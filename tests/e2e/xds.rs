@@ -228,10 +228,15 @@ async fn control_plane_loss_and_return() {
             vec![assignment("dyn", &[b.addr])],
         ),
     );
+    let mut attempts = 0;
     let listener = loop {
         match tokio::net::TcpListener::bind(xds).await {
             Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) if attempts < 200 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot bind the control plane's address again within 10 s: {e}"),
         }
     };
     let c = cache.clone();
@@ -752,22 +757,39 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
     assert_eq!(tls_get(addr, cfg.clone(), "/").await.unwrap().status, 200);
 
     // Rotation under load: new mTLS connections keep coming while the certificate changes.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Counted, not timed: the rotation starts after 20 requests and the load stops 20 after it.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (stop, cfg) = (stop.clone(), cfg.clone());
+        let (stop, done, cfg) = (stop.clone(), done.clone(), cfg.clone());
         workers.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 match tls_get(addr, cfg.clone(), "/").await {
                     Ok(r) if r.status == 200 => ok += 1,
                     _ => failed += 1,
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
             (ok, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_least = |n: u32| {
+        let done = done.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while done.load(Ordering::Relaxed) < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "load stalled before {n} requests"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    at_least(20).await;
     let v2 = pki.issue(DEAL, |_| {});
     cache.set_snapshot(
         NODE,
@@ -783,8 +805,8 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
     cache
         .wait_until(NODE, SECRET, |s| s.acked.as_deref() == Some("s2"))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    at_least(done.load(Ordering::Relaxed) + 20).await;
+    stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failed) = (0, 0);
     for w in workers {
         let (o, f) = w.await.unwrap();
@@ -792,7 +814,7 @@ async fn sds_over_a_unix_socket_with_rotation_under_load() {
         failed += f;
     }
     assert_eq!(failed, 0, "{ok} ok");
-    assert!(ok > 20, "{ok}");
+    assert!(ok >= 40, "{ok}");
     // A fresh client (no resumed session, which would show the first certificate again).
     let fresh = || client_config(&root, Some(&gw), &["http/1.1"]);
     assert_eq!(

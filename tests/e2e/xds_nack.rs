@@ -359,3 +359,70 @@ async fn cds_nack_keeps_accepted_clusters_state_of_the_world() {
 async fn cds_nack_keeps_accepted_clusters_delta() {
     cds_nack("DELTA_GRPC").await;
 }
+
+/// `route_all_to`, answering directly with the contents of `file`.
+fn direct_from_file(
+    name: &str,
+    file: &str,
+) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    let mut rc = route_all_to(name, "a_c");
+    rc.virtual_hosts[0].routes[0].action = Some(route::route::Action::DirectResponse(
+        route::DirectResponseAction {
+            status: 200,
+            body: Some(core::DataSource {
+                specifier: Some(core::data_source::Specifier::Filename(file.into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    rc
+}
+
+/// A file named by an xDS resource is read by the loader between translations: unreadable, the
+/// resource is refused with the field's path and the reason; readable, its contents are used.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_named_over_xds_are_read_or_refused_by_path() {
+    let a = upstream("a").await;
+    let dir = TempDir::new("files");
+    let body = dir.path("body.txt");
+    let missing = dir.path("missing.txt");
+    std::fs::write(&body, "from a file\n").unwrap();
+    let (body, missing) = (body.to_str().unwrap(), missing.to_str().unwrap());
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let snap = |version: &str, file: &str| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", vec![any(&static_cluster("a_c", &[a.addr]))])
+            .with(
+                LISTENER,
+                "l1",
+                vec![any(&lds_listener("a", port, "r1", "a"))],
+            )
+            .with(ROUTE, version, vec![any(&direct_from_file("r1", file))])
+    };
+    cache.set_snapshot(NODE, snap("r1", body));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let resp = get(addr, "any", "/").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "from a file\n"));
+
+    cache.set_snapshot(NODE, snap("r2", missing));
+    cache.wait_until(NODE, ROUTE, |s| s.nacks == 1).await;
+    let nack = cache.applied(NODE, ROUTE).nacked.unwrap().1;
+    assert!(
+        nack.contains(&format!(
+            "RouteConfiguration 'r1'.virtual_hosts[0].routes[0].direct_response.body.filename: cannot read '{missing}': No such file or directory"
+        )),
+        "{nack}"
+    );
+    // The refused version changed nothing.
+    let resp = get(addr, "any", "/").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "from a file\n"));
+    drop(r);
+}

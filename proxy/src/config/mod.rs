@@ -3,6 +3,7 @@
 
 pub mod descriptors;
 pub mod error;
+pub mod inputs;
 pub mod json;
 pub mod load;
 pub mod typed_struct;

@@ -297,6 +297,11 @@ impl ActiveListener {
                     old.all_chains()
                         .find(|c| c.config.fingerprint == fc.fingerprint && !*c.drain.borrow())
                 });
+                if let Some(tls) = &fc.tls {
+                    for source in tls.file_sources() {
+                        cx.cert_watcher.watch(source);
+                    }
+                }
                 let mx = fc.metadata_exchange.as_ref().map(|m| {
                     let frame =
                         crate::filters::metadata_exchange::frame(&local.node, &m.additional_labels);

@@ -3,6 +3,7 @@
 //! local-reply mappers in the HTTP connection manager.
 
 use super::core::{any_type, decode_any, deny, enum_value};
+use super::inputs::Inputs;
 use super::matcher::HeaderMatcher;
 use super::pb;
 use super::runtime::Runtime;
@@ -223,6 +224,7 @@ impl AccessLogConfig {
         path: &FieldPath,
         al: &pb::accesslog::AccessLog,
         rt: &Runtime,
+        inputs: &Inputs,
     ) -> Result<Self> {
         use pb::accesslog::access_log::ConfigType;
         let pb::accesslog::AccessLog {
@@ -270,7 +272,9 @@ impl AccessLogConfig {
                         omit_empty_values: false,
                         typed: true,
                     },
-                    Some(F::LogFormat(sfs)) => substitution_format(&tp.field("log_format"), sfs)?,
+                    Some(F::LogFormat(sfs)) => {
+                        substitution_format(&tp.field("log_format"), sfs, inputs)?
+                    }
                 };
                 let sink = if file == "/dev/stdout" {
                     Sink::Stdout
@@ -285,7 +289,7 @@ impl AccessLogConfig {
                 let pb::stream_log::StdoutAccessLog { access_log_format } = decode_any(&tp, any)?;
                 let format = match access_log_format {
                     Some(pb::stream_log::stdout_access_log::AccessLogFormat::LogFormat(sfs)) => {
-                        substitution_format(&tp.field("log_format"), &sfs)?
+                        substitution_format(&tp.field("log_format"), &sfs, inputs)?
                     }
                     None => LogFormat::Text(
                         Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
@@ -297,7 +301,7 @@ impl AccessLogConfig {
                 let pb::stream_log::StderrAccessLog { access_log_format } = decode_any(&tp, any)?;
                 let format = match access_log_format {
                     Some(pb::stream_log::stderr_access_log::AccessLogFormat::LogFormat(sfs)) => {
-                        substitution_format(&tp.field("log_format"), &sfs)?
+                        substitution_format(&tp.field("log_format"), &sfs, inputs)?
                     }
                     None => LogFormat::Text(
                         Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
@@ -369,6 +373,7 @@ fn text(path: &FieldPath, s: &str) -> Result<Formatter> {
 pub fn substitution_format(
     path: &FieldPath,
     s: &pb::core::SubstitutionFormatString,
+    inputs: &Inputs,
 ) -> Result<LogFormat> {
     use pb::core::substitution_format_string::Format as F;
     let pb::core::SubstitutionFormatString {
@@ -384,7 +389,7 @@ pub fn substitution_format(
     Ok(match format {
         Some(F::TextFormat(t)) => LogFormat::Text(text(&path.field("text_format"), t)?),
         Some(F::TextFormatSource(ds)) => {
-            let bytes = super::core::data_source(&path.field("text_format_source"), ds)?;
+            let bytes = super::core::data_source(&path.field("text_format_source"), ds, inputs)?;
             let t = String::from_utf8(bytes.to_vec())
                 .map_err(|_| path.field("text_format_source").error("must be UTF-8"))?;
             LogFormat::Text(text(&path.field("text_format_source"), &t)?)

@@ -73,6 +73,7 @@ impl Bootstrap {
     pub fn from_proto(
         b: &pb::bootstrap::Bootstrap,
         sds: Arc<dyn super::context::SecretSources>,
+        inputs: Arc<super::inputs::Inputs>,
     ) -> Result<Self> {
         let path = FieldPath::root();
         let pb::bootstrap::Bootstrap {
@@ -244,7 +245,7 @@ impl Bootstrap {
             .unwrap_or_default();
 
         let admin = match admin {
-            Some(a) => admin_from(&path.field("admin"), a, &runtime)?,
+            Some(a) => admin_from(&path.field("admin"), a, &runtime, &inputs)?,
             None => None,
         };
 
@@ -263,13 +264,18 @@ impl Bootstrap {
             secrets,
         } = static_resources.as_ref().unwrap_or(&empty);
         let reload = super::context::ReloadHook::default();
+        let material = super::tls::Material {
+            inputs: &inputs,
+            reload: &reload,
+        };
         let secrets =
-            super::tls::StaticSecrets::from_proto(&sp.field("secrets"), secrets, &reload)?;
+            super::tls::StaticSecrets::from_proto(&sp.field("secrets"), secrets, material)?;
         let context = Arc::new(super::context::TranslateContext {
             runtime: Arc::new(runtime),
             secrets: Arc::new(secrets),
             reload,
             sds,
+            inputs,
         });
         let mut clusters = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -512,7 +518,12 @@ fn check_route_clusters(
     Ok(())
 }
 
-fn admin_from(path: &FieldPath, a: &pb::bootstrap::Admin, rt: &Runtime) -> Result<Option<Admin>> {
+fn admin_from(
+    path: &FieldPath,
+    a: &pb::bootstrap::Admin,
+    rt: &Runtime,
+    inputs: &super::inputs::Inputs,
+) -> Result<Option<Admin>> {
     let pb::bootstrap::Admin {
         access_log,
         access_log_path,
@@ -545,6 +556,7 @@ fn admin_from(path: &FieldPath, a: &pb::bootstrap::Admin, rt: &Runtime) -> Resul
             &path.field("access_log").index(i),
             al,
             rt,
+            inputs,
         )?);
     }
     if !access_log_path.is_empty() {

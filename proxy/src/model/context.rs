@@ -1,22 +1,37 @@
 //! What translation reads besides the protos it translates, passed explicitly (no
 //! process-global registry): the bootstrap's runtime layer, its static secrets (which LDS and CDS
-//! resources may name as well as the bootstrap's own), and the hook that reports certificate
-//! rotations (set by the server once its stats exist).
+//! resources may name as well as the bootstrap's own), the hook that reports certificate
+//! rotations (set by the server once its stats exist), and the contents of the files and
+//! variables the translated resources name (read beforehand by the loader, see `inputs`).
 
+use super::inputs::Inputs;
 use super::runtime::Runtime;
 use super::tls::StaticSecrets;
 use super::xds::SdsSource;
 use remora_certs::source::{CertificateSource, OnReload, ReloadEvent, TrustSource};
 use std::sync::{Arc, OnceLock};
 
-/// The translation context: built with the bootstrap, shared by every later xDS translation.
-#[derive(Debug)]
+/// The translation context: built with the bootstrap; each later xDS translation uses a copy
+/// with its own [`Inputs`].
+#[derive(Debug, Clone)]
 pub struct TranslateContext {
     pub runtime: Arc<Runtime>,
     pub secrets: Arc<StaticSecrets>,
     pub reload: ReloadHook,
     /// Where secrets named with an `sds_config` come from.
     pub sds: Arc<dyn SecretSources>,
+    /// The files and variables this translation may read.
+    pub inputs: Arc<Inputs>,
+}
+
+impl TranslateContext {
+    /// The same context with other inputs (one xDS translation's).
+    pub fn with_inputs(&self, inputs: Arc<Inputs>) -> Self {
+        Self {
+            inputs,
+            ..self.clone()
+        }
+    }
 }
 
 /// The certificate and trust sources of SDS secrets, one per (source, name), shared by every TLS

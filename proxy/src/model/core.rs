@@ -1,6 +1,7 @@
 //! Translation helpers shared by every model type: refusing unsupported fields by path,
 //! durations, addresses, data sources, header mutations.
 
+use super::inputs::{Inputs, NotRead};
 use super::pb;
 use crate::config::{FieldPath, Result};
 use bytes::Bytes;
@@ -215,8 +216,9 @@ pub fn host_port(path: &FieldPath, sa: &pb::core::SocketAddress) -> Result<HostP
     })
 }
 
-/// Read a `DataSource` (file, inline bytes/string, environment variable).
-pub fn data_source(path: &FieldPath, ds: &pb::core::DataSource) -> Result<Bytes> {
+/// A `DataSource`'s bytes (file, inline bytes/string, environment variable); files and
+/// variables come from the translation's [`Inputs`].
+pub fn data_source(path: &FieldPath, ds: &pb::core::DataSource, inputs: &Inputs) -> Result<Bytes> {
     use pb::core::data_source::Specifier;
     let pb::core::DataSource {
         watched_directory,
@@ -224,21 +226,33 @@ pub fn data_source(path: &FieldPath, ds: &pb::core::DataSource) -> Result<Bytes>
     } = ds;
     deny(path, "watched_directory", watched_directory)?;
     match specifier {
-        Some(Specifier::Filename(f)) => std::fs::read(f).map(Bytes::from).map_err(|e| {
-            path.field("filename")
-                .error(format!("cannot read '{f}': {e}"))
-        }),
+        Some(Specifier::Filename(f)) => file(&path.field("filename"), f, inputs),
         Some(Specifier::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
         Some(Specifier::InlineString(s)) => Ok(Bytes::from(s.clone())),
         Some(Specifier::EnvironmentVariable(v)) => {
-            std::env::var(v).map(Bytes::from).map_err(|_| {
-                path.field("environment_variable")
-                    .error(format!("environment variable '{v}' is not set"))
-            })
+            env(&path.field("environment_variable"), v, inputs).map(Bytes::from)
         }
         None => Err(path.error(
             "a data source needs filename, inline_bytes, inline_string or environment_variable",
         )),
+    }
+}
+
+/// A file's bytes from the translation's inputs (`path` names the `filename` field).
+pub fn file(path: &FieldPath, name: &str, inputs: &Inputs) -> Result<Bytes> {
+    match inputs.file(name) {
+        Ok(Ok(bytes)) => Ok(bytes.clone()),
+        Ok(Err(reason)) => Err(path.error(format!("cannot read '{name}': {reason}"))),
+        Err(NotRead) => Err(path.error(format!("'{name}' has not been read"))),
+    }
+}
+
+/// An environment variable's value from the translation's inputs.
+pub fn env(path: &FieldPath, name: &str, inputs: &Inputs) -> Result<String> {
+    match inputs.env(name) {
+        Ok(Some(value)) => Ok(value.to_string()),
+        Ok(None) => Err(path.error(format!("environment variable '{name}' is not set"))),
+        Err(NotRead) => Err(path.error(format!("environment variable '{name}' has not been read"))),
     }
 }
 

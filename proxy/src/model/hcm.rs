@@ -6,6 +6,7 @@ use super::core::{
     any_type, bool_or, decode_any, deny, enum_value, opt_duration, timeout_or, u32_or,
 };
 use super::headers::HeaderMutations;
+use super::inputs::Inputs;
 use super::pb;
 use super::route::RouteConfig;
 use super::runtime::Runtime;
@@ -390,6 +391,7 @@ impl HttpConnectionManager {
         h: &pb::hcm::HttpConnectionManager,
         rt: &Runtime,
         buffer_limit: u32,
+        inputs: &Inputs,
     ) -> Result<Self> {
         use pb::hcm::http_connection_manager::{
             CodecType, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc,
@@ -644,6 +646,7 @@ impl HttpConnectionManager {
                 &path.field("access_log").index(i),
                 al,
                 rt,
+                inputs,
             )?);
         }
 
@@ -671,6 +674,7 @@ impl HttpConnectionManager {
                 &path.field("route_config"),
                 rc,
                 4096,
+                inputs,
             )?),
             Some(RouteSpecifier::Rds(rds)) => {
                 let rp = path.field("rds");
@@ -700,6 +704,7 @@ impl HttpConnectionManager {
                         ..Default::default()
                     },
                     4096,
+                    inputs,
                 )?)
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => return Err(path.unsupported("scoped_routes")),
@@ -792,7 +797,12 @@ impl HttpConnectionManager {
             proxy_100_continue: *proxy_100_continue,
             append_x_forwarded_port: *append_x_forwarded_port,
             add_user_agent: bool_or(add_user_agent, false),
-            local_reply: local_reply(&path.field("local_reply_config"), local_reply_config, rt)?,
+            local_reply: local_reply(
+                &path.field("local_reply_config"),
+                local_reply_config,
+                rt,
+                inputs,
+            )?,
             http1,
             http2,
             http2_flood,
@@ -1201,6 +1211,7 @@ fn local_reply(
     path: &FieldPath,
     lr: &Option<pb::hcm::LocalReplyConfig>,
     rt: &Runtime,
+    inputs: &Inputs,
 ) -> Result<LocalReplyConfig> {
     let Some(pb::hcm::LocalReplyConfig {
         mappers,
@@ -1237,13 +1248,13 @@ fn local_reply(
             status,
             body: body
                 .as_ref()
-                .map(|b| super::core::data_source(&mp.field("body"), b))
+                .map(|b| super::core::data_source(&mp.field("body"), b, inputs))
                 .transpose()?,
             body_format: body_format_override
                 .as_ref()
                 .map(|f| {
                     Ok::<_, crate::config::ConfigError>((
-                        substitution_format(&mp.field("body_format_override"), f)?,
+                        substitution_format(&mp.field("body_format_override"), f, inputs)?,
                         content_type(f),
                     ))
                 })
@@ -1261,7 +1272,7 @@ fn local_reply(
         .as_ref()
         .map(|f| {
             Ok::<_, crate::config::ConfigError>((
-                substitution_format(&path.field("body_format"), f)?,
+                substitution_format(&path.field("body_format"), f, inputs)?,
                 content_type(f),
             ))
         })

@@ -262,6 +262,7 @@ impl Listener {
                 &path.field("access_log").index(i),
                 al,
                 rt,
+                &cx.inputs,
             )?);
         }
         deny(
@@ -533,11 +534,13 @@ impl FilterChain {
                     &decode_any(&tp, any)?,
                     rt,
                     buffer_limit,
+                    &cx.inputs,
                 )?)),
                 TCP_PROXY_TYPE => NetworkTerminal::Tcp(Arc::new(TcpProxy::from_proto(
                     &tp,
                     &decode_any(&tp, any)?,
                     rt,
+                    &cx.inputs,
                 )?)),
                 METADATA_EXCHANGE_TYPE if i + 1 != filters.len() => {
                     mx = Some(Arc::new(metadata_exchange(&tp, any)?));

@@ -12,6 +12,7 @@ pub mod hash_policy;
 pub mod hcm;
 pub mod headers;
 pub mod health_check;
+pub mod inputs;
 pub mod istio_pb;
 pub mod listener;
 pub mod matcher;

@@ -4,6 +4,7 @@
 
 use super::core::{deny, enum_value, opt_duration, timeout_or, u32_or};
 use super::headers::HeaderMutations;
+use super::inputs::Inputs;
 use super::matcher::{
     HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex,
 };
@@ -204,6 +205,7 @@ impl RouteConfig {
         path: &FieldPath,
         rc: &pb::route::RouteConfiguration,
         max_direct_default: u32,
+        inputs: &Inputs,
     ) -> Result<Self> {
         let pb::route::RouteConfiguration {
             name,
@@ -266,7 +268,7 @@ impl RouteConfig {
             }
             let translated = index
                 .add(&vp, &vh.domains, i, &vh.name, name)
-                .and_then(|()| VirtualHost::from_proto(&vp, vh, max_direct));
+                .and_then(|()| VirtualHost::from_proto(&vp, vh, max_direct, inputs));
             match translated {
                 Ok(v) => vhosts.push(v),
                 Err(e) => errors.push(e),
@@ -448,6 +450,7 @@ impl VirtualHost {
         path: &FieldPath,
         vh: &pb::route::VirtualHost,
         max_direct: usize,
+        inputs: &Inputs,
     ) -> Result<Self> {
         use pb::route::virtual_host::TlsRequirementType as T;
         let pb::route::VirtualHost {
@@ -504,12 +507,9 @@ impl VirtualHost {
             T::ExternalOnly => TlsRequirement::ExternalOnly,
             T::All => TlsRequirement::All,
         };
-        let out_routes = crate::config::error::all(
-            routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Route::from_proto(&path.field("routes").index(i), r, max_direct)),
-        )?;
+        let out_routes = crate::config::error::all(routes.iter().enumerate().map(|(i, r)| {
+            Route::from_proto(&path.field("routes").index(i), r, max_direct, inputs)
+        }))?;
         Ok(Self {
             name: name.as_str().into(),
             routes: out_routes,
@@ -535,7 +535,12 @@ impl VirtualHost {
 // === impl Route ===
 
 impl Route {
-    fn from_proto(path: &FieldPath, r: &pb::route::Route, max_direct: usize) -> Result<Self> {
+    fn from_proto(
+        path: &FieldPath,
+        r: &pb::route::Route,
+        max_direct: usize,
+        inputs: &Inputs,
+    ) -> Result<Self> {
         use pb::route::route::Action as A;
         let pb::route::Route {
             name,
@@ -579,6 +584,7 @@ impl Route {
                 &path.field("direct_response"),
                 d,
                 max_direct,
+                inputs,
             )?),
             Some(A::FilterAction(_)) => return Err(path.unsupported("filter_action")),
             Some(A::NonForwardingAction(_)) => {
@@ -1105,6 +1111,7 @@ fn direct_response(
     path: &FieldPath,
     d: &pb::route::DirectResponseAction,
     max: usize,
+    inputs: &Inputs,
 ) -> Result<DirectResponse> {
     let pb::route::DirectResponseAction {
         status,
@@ -1122,7 +1129,7 @@ fn direct_response(
         })?;
     let body = match body {
         Some(b) => {
-            let bytes = super::core::data_source(&path.field("body"), b)?;
+            let bytes = super::core::data_source(&path.field("body"), b, inputs)?;
             if bytes.len() > max {
                 return Err(path.field("body").error(format!(
                     "response body size is {} bytes; maximum is {max}",
@@ -1168,7 +1175,44 @@ mod tests {
         let path = FieldPath::new("route_config");
         let proto: pb::route::RouteConfiguration =
             crate::config::decode_yaml("envoy.config.route.v3.RouteConfiguration", yaml, &path);
-        RouteConfig::from_proto(&path, &proto, 4096)
+        RouteConfig::from_proto(&path, &proto, 4096, &Inputs::none())
+    }
+
+    /// Translation reads no file: it asks its inputs, which note what is wanted.
+    #[test]
+    fn files_come_from_the_inputs() {
+        let path = FieldPath::new("route_config");
+        let yaml = r#"
+virtual_hosts:
+- name: a
+  domains: ["*"]
+  routes:
+  - match: {prefix: /}
+    direct_response: {status: 200, body: {filename: /etc/hostname}}
+"#;
+        let proto: pb::route::RouteConfiguration =
+            crate::config::decode_yaml("envoy.config.route.v3.RouteConfiguration", yaml, &path);
+        let none = Inputs::none();
+        let e = RouteConfig::from_proto(&path, &proto, 4096, &none).unwrap_err();
+        assert!(
+            e.to_string().contains("'/etc/hostname' has not been read"),
+            "{e}"
+        );
+        let wanted = none.take_wanted();
+        assert_eq!(wanted.files.iter().collect::<Vec<_>>(), ["/etc/hostname"]);
+
+        let read = none.with(
+            [(
+                "/etc/hostname".to_string(),
+                Ok(Bytes::from_static(b"given")),
+            )],
+            [],
+        );
+        let rc = RouteConfig::from_proto(&path, &proto, 4096, &read).unwrap();
+        let RouteAction::Direct(d) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!("a direct response");
+        };
+        assert_eq!(d.body.as_deref(), Some(&b"given"[..]));
     }
 
     /// Every virtual host and route is translated: one error names all their problems.

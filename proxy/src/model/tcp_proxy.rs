@@ -2,6 +2,7 @@
 
 use super::access_log::AccessLogConfig;
 use super::core::{deny, timeout_or, u32_or};
+use super::inputs::Inputs;
 use super::pb;
 use super::runtime::Runtime;
 use crate::config::{FieldPath, Result};
@@ -32,7 +33,12 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub fn from_proto(path: &FieldPath, t: &pb::tcp_proxy::TcpProxy, rt: &Runtime) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        t: &pb::tcp_proxy::TcpProxy,
+        rt: &Runtime,
+        inputs: &Inputs,
+    ) -> Result<Self> {
         use pb::tcp_proxy::tcp_proxy::ClusterSpecifier as C;
         let pb::tcp_proxy::TcpProxy {
             stat_prefix,
@@ -134,6 +140,7 @@ impl TcpProxy {
                 &path.field("access_log").index(i),
                 al,
                 rt,
+                inputs,
             )?);
         }
         Ok(Self {

@@ -5,10 +5,13 @@
 
 use super::context::{ReloadHook, TranslateContext};
 use super::core::{bool_or, decode_any, deny, enum_value, u32_or};
+use super::inputs::{Inputs, NotRead};
 use super::matcher::StringMatcher;
 use super::pb;
 use crate::config::{FieldPath, Result};
-use remora_certs::source::{CertificateSource, Data, FileCertificate, FileTrust, TrustSource};
+use remora_certs::source::{
+    CertificateSource, Data, FileCertificate, FileTrust, Refresh, TrustSource,
+};
 use remora_certs::verify::{ClientVerifier, Pin, SanMatcher, SanType, ServerVerifier, Validation};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
@@ -35,7 +38,7 @@ impl StaticSecrets {
     pub fn from_proto(
         path: &FieldPath,
         secrets: &[pb::tls::Secret],
-        reload: &ReloadHook,
+        material: Material<'_>,
     ) -> Result<Self> {
         use pb::tls::secret::Type;
         let mut by_name = HashMap::new();
@@ -47,10 +50,10 @@ impl StaticSecrets {
             }
             match r#type {
                 Some(Type::TlsCertificate(t)) => {
-                    tls_certificate(&sp.field("tls_certificate"), t, reload)?;
+                    tls_certificate(&sp.field("tls_certificate"), t, material)?;
                 }
                 Some(Type::ValidationContext(v)) => {
-                    validation_context(&sp.field("validation_context"), v, None, reload)?;
+                    validation_context(&sp.field("validation_context"), v, None, material)?;
                 }
                 Some(Type::SessionTicketKeys(_)) => {
                     return Err(sp.unsupported("session_ticket_keys"));
@@ -120,6 +123,33 @@ pub fn sources_ready(
 ) -> bool {
     certificates.iter().all(|c| c.current().is_some())
         && trust.as_ref().is_none_or(|t| t.current().is_some())
+}
+
+/// The sources among `certificates` and `trust` that read files: what the start phase hands to
+/// the server's certificate watcher.
+fn file_sources(
+    certificates: &[Arc<dyn CertificateSource>],
+    trust: &Option<Arc<dyn TrustSource>>,
+) -> Vec<Arc<dyn Refresh>> {
+    let certs = certificates
+        .iter()
+        .filter_map(|c| c.clone().refresh_handle());
+    let trust = trust.iter().filter_map(|t| t.clone().refresh_handle());
+    certs.chain(trust).collect()
+}
+
+impl DownstreamTls {
+    /// What reads files (see [`file_sources`]).
+    pub fn file_sources(&self) -> Vec<Arc<dyn Refresh>> {
+        file_sources(&self.certificates, &self.trust)
+    }
+}
+
+impl UpstreamTls {
+    /// What reads files (see [`file_sources`]).
+    pub fn file_sources(&self) -> Vec<Arc<dyn Refresh>> {
+        file_sources(&self.certificates, &self.trust)
+    }
 }
 
 impl std::fmt::Debug for DownstreamTls {
@@ -277,7 +307,7 @@ fn common(
     let mut certificates = tls_certificates
         .iter()
         .enumerate()
-        .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t, &cx.reload))
+        .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t, cx.material()))
         .collect::<Result<Vec<_>>>()?;
     for (i, c) in tls_certificate_sds_secret_configs.iter().enumerate() {
         let sp = path.field("tls_certificate_sds_secret_configs").index(i);
@@ -288,7 +318,7 @@ fn common(
         }
         match static_secret(&sp, c, cx)?.r#type {
             Some(pb::tls::secret::Type::TlsCertificate(t)) => {
-                certificates.push(tls_certificate(&sp, &t, &cx.reload)?);
+                certificates.push(tls_certificate(&sp, &t, cx.material())?);
             }
             _ => {
                 return Err(sp
@@ -303,7 +333,7 @@ fn common(
             &path.field("validation_context"),
             v,
             None,
-            &cx.reload,
+            cx.material(),
         )?),
         Some(V::ValidationContextSdsSecretConfig(c)) => {
             let sp = path.field("validation_context_sds_secret_config");
@@ -315,14 +345,14 @@ fn common(
                         &sp,
                         &pb::tls::CertificateValidationContext::default(),
                         Some(trust),
-                        &cx.reload,
+                        cx.material(),
                     )?)
                 }
                 None => Some(validation_context(
                     &sp,
                     &secret_validation(&sp, c, cx)?,
                     None,
-                    &cx.reload,
+                    cx.material(),
                 )?),
             }
         }
@@ -364,7 +394,7 @@ fn common(
                         &cp.field("default_validation_context"),
                         &default,
                         Some(trust),
-                        &cx.reload,
+                        cx.material(),
                     )?),
                     alpn: checked_alpn(path, alpn_protocols)?,
                 });
@@ -376,7 +406,7 @@ fn common(
                 prost::Message::encode_to_vec(&secret_validation(&sp, sds, cx)?).as_slice(),
             )
             .map_err(|e| cp.error(format!("cannot merge validation contexts: {e}")))?;
-            Some(validation_context(&cp, &merged, None, &cx.reload)?)
+            Some(validation_context(&cp, &merged, None, cx.material())?)
         }
         #[allow(deprecated)]
         Some(V::ValidationContextCertificateProvider(_)) => {
@@ -421,8 +451,30 @@ fn secret_validation(
     }
 }
 
-/// Envoy's DataSource for TLS material: files stay files (watched), the rest is inline.
-pub(crate) fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> Result<Data> {
+/// What building a certificate source reads: the translation's file contents, and where the
+/// source reports reloads once it is watched.
+#[derive(Clone, Copy)]
+pub struct Material<'a> {
+    pub inputs: &'a Inputs,
+    pub reload: &'a ReloadHook,
+}
+
+impl TranslateContext {
+    fn material(&self) -> Material<'_> {
+        Material {
+            inputs: &self.inputs,
+            reload: &self.reload,
+        }
+    }
+}
+
+/// Envoy's DataSource for TLS material: a file stays a file (its owner may watch it), the rest
+/// is inline. `Data::Inline` for a variable holds its value.
+pub(crate) fn tls_data(
+    path: &FieldPath,
+    ds: &Option<pb::core::DataSource>,
+    inputs: &Inputs,
+) -> Result<Data> {
     use pb::core::data_source::Specifier;
     let Some(pb::core::DataSource {
         watched_directory: _, // files are watched regardless (see FileCertificate)
@@ -435,14 +487,9 @@ pub(crate) fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> R
         Some(Specifier::Filename(f)) => Data::File(f.into()),
         Some(Specifier::InlineBytes(b)) => Data::Inline(b.clone()),
         Some(Specifier::InlineString(s)) => Data::Inline(s.clone().into_bytes()),
-        Some(Specifier::EnvironmentVariable(v)) => match std::env::var(v) {
-            Ok(s) => Data::Inline(s.into_bytes()),
-            Err(_) => {
-                return Err(path
-                    .field("environment_variable")
-                    .error(format!("environment variable '{v}' is not set")));
-            }
-        },
+        Some(Specifier::EnvironmentVariable(v)) => Data::Inline(
+            super::core::env(&path.field("environment_variable"), v, inputs)?.into_bytes(),
+        ),
         None => {
             return Err(path.error(
                 "a data source needs filename, inline_bytes, inline_string or environment_variable",
@@ -451,10 +498,33 @@ pub(crate) fn tls_data(path: &FieldPath, ds: &Option<pb::core::DataSource>) -> R
     })
 }
 
+/// TLS material with its bytes (a file's from the translation's inputs); `at` names the
+/// certificate or context an unreadable file is reported on.
+fn tls_material(
+    at: &FieldPath,
+    path: &FieldPath,
+    ds: &Option<pb::core::DataSource>,
+    inputs: &Inputs,
+) -> Result<(Data, Vec<u8>)> {
+    let data = tls_data(path, ds, inputs)?;
+    let bytes = match &data {
+        Data::Inline(b) => b.clone(),
+        Data::File(f) => {
+            let name = f.to_string_lossy();
+            match inputs.file(&name) {
+                Ok(Ok(b)) => b.to_vec(),
+                Ok(Err(reason)) => return Err(at.error(format!("cannot read {name}: {reason}"))),
+                Err(NotRead) => return Err(at.error(format!("{name} has not been read"))),
+            }
+        }
+    };
+    Ok((data, bytes))
+}
+
 fn tls_certificate(
     path: &FieldPath,
     t: &pb::tls::TlsCertificate,
-    reload: &ReloadHook,
+    material: Material<'_>,
 ) -> Result<Arc<dyn CertificateSource>> {
     let pb::tls::TlsCertificate {
         certificate_chain,
@@ -477,9 +547,15 @@ fn tls_certificate(
         signed_certificate_timestamp,
     )?;
     deny(path, "tls_params", tls_params)?;
-    let chain = tls_data(&path.field("certificate_chain"), certificate_chain)?;
-    let key = tls_data(&path.field("private_key"), private_key)?;
-    FileCertificate::load(chain, key, reload.callback())
+    let inputs = material.inputs;
+    let chain = tls_material(
+        path,
+        &path.field("certificate_chain"),
+        certificate_chain,
+        inputs,
+    )?;
+    let key = tls_material(path, &path.field("private_key"), private_key, inputs)?;
+    FileCertificate::from_contents(chain, key, material.reload.callback())
         .map(|c| c as Arc<dyn CertificateSource>)
         .map_err(|e| path.error(e.to_string()))
 }
@@ -489,7 +565,7 @@ fn validation_context(
     path: &FieldPath,
     v: &pb::tls::CertificateValidationContext,
     dynamic_trust: Option<Arc<dyn TrustSource>>,
-    reload: &ReloadHook,
+    material: Material<'_>,
 ) -> Result<CheckedValidation> {
     use pb::tls::certificate_validation_context::TrustChainVerification as T;
     use pb::tls::subject_alt_name_matcher::SanType as S;
@@ -548,9 +624,14 @@ fn validation_context(
     )? == T::VerifyTrustChain;
     let trust: Option<Arc<dyn TrustSource>> = match trusted_ca {
         Some(_) => Some(
-            FileTrust::load(
-                tls_data(&path.field("trusted_ca"), trusted_ca)?,
-                reload.callback(),
+            FileTrust::from_contents(
+                tls_material(
+                    &path.field("trusted_ca"),
+                    &path.field("trusted_ca"),
+                    trusted_ca,
+                    material.inputs,
+                )?,
+                material.reload.callback(),
             )
             .map_err(|e| path.field("trusted_ca").error(e.to_string()))?,
         ),

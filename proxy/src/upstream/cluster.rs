@@ -326,8 +326,15 @@ impl Cluster {
     }
 
     /// The start phase: the active health checker and the outlier detector's interval timer,
-    /// on `rt` (the main runtime), for as long as the cluster lives (they hold it weakly).
-    pub fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+    /// on the main runtime, for as long as the cluster lives (they hold it weakly); and the
+    /// watching of its certificate files.
+    pub fn start(self: &Arc<Self>, cx: &ServerContext) {
+        let rt = &cx.main;
+        if let Some(tls) = &self.config.tls {
+            for source in tls.file_sources() {
+                cx.cert_watcher.watch(source);
+            }
+        }
         super::health_check::HealthChecker::start(self, rt);
         if let Some(od) = &self.outlier {
             let every = od.interval();

@@ -657,8 +657,11 @@ impl XdsRuntime {
         version: &str,
     ) -> Result<(), (String, Vec<String>)> {
         let path = FieldPath::new(format!("Listener '{name}'"));
-        let config = crate::model::listener::Listener::from_proto(&path, proto, &self.model)
-            .map_err(|e| (e.to_string(), e.iter().map(|one| one.alone()).collect()))?;
+        let config = crate::config::inputs::translate(|inputs| {
+            let cx = self.model.with_inputs(inputs);
+            crate::model::listener::Listener::from_proto(&path, proto, &cx)
+        })
+        .map_err(|e| (e.to_string(), e.iter().map(|one| one.alone()).collect()))?;
         let previous = self.listeners.get(name);
         let active = ActiveListener::new(
             Arc::new(config),
@@ -891,7 +894,7 @@ impl XdsRuntime {
     fn add_cluster_inner(&self, state: &mut State, config: ClusterConfig) -> Option<Arc<Cluster>> {
         let name = config.name.to_string();
         let c = Cluster::new(Arc::new(config), &self.server, cluster::Origin::Api);
-        c.start(&self.runtime);
+        c.start(&self.server);
         if let Some(task) = state.dns.remove(&name) {
             task.abort();
         }
@@ -1071,7 +1074,10 @@ impl XdsRuntime {
             let name = rc.name.clone();
             self.server.routes.attempted(&name);
             let path = FieldPath::new(format!("RouteConfiguration '{name}'"));
-            match crate::model::route::RouteConfig::from_proto(&path, &rc, 4096) {
+            let translated = crate::config::inputs::translate(|inputs| {
+                crate::model::route::RouteConfig::from_proto(&path, &rc, 4096, &inputs)
+            });
+            match translated {
                 Ok(cfg) => {
                     self.server
                         .routes
@@ -1222,7 +1228,9 @@ fn translate_cluster(
         )]);
     }
     let path = FieldPath::new(format!("Cluster '{name}'"));
-    let config = ClusterConfig::from_proto(&path, &proto, cx)
-        .map_err(|e| e.iter().map(|one| one.alone()).collect::<Vec<_>>())?;
+    let config = crate::config::inputs::translate(|inputs| {
+        ClusterConfig::from_proto(&path, &proto, &cx.with_inputs(inputs))
+    })
+    .map_err(|e| e.iter().map(|one| one.alone()).collect::<Vec<_>>())?;
     Ok((name, config))
 }

@@ -136,7 +136,7 @@ impl SdsRegistry {
 /// A secret's DataSource (inline as istio-agent sends them, or a file), read now.
 fn data(ds: &Option<crate::model::pb::core::DataSource>) -> Result<Vec<u8>, String> {
     let root = crate::config::FieldPath::root();
-    crate::model::tls::tls_data(&root, ds)
+    crate::config::inputs::translate(|inputs| crate::model::tls::tls_data(&root, ds, &inputs))
         .map_err(|e| e.to_string().trim_start_matches(": ").to_string())?
         .read()
         .map_err(|e| e.to_string())
@@ -164,7 +164,8 @@ pub fn apply(
     super::outcome(refused)
 }
 
-/// One secret of an SDS update; its errors go to `errors`.
+/// One secret of an SDS update; its errors go to `errors`. A secret nobody asked for (no
+/// listener or cluster names it any more) is skipped.
 fn apply_one(
     registry: &SdsRegistry,
     dump: &super::DumpCell,
@@ -175,122 +176,125 @@ fn apply_one(
     errors: &mut Vec<String>,
 ) {
     use crate::model::pb::tls::secret::Type;
-    let secret = match crate::model::pb::tls::Secret::decode(any.value.as_slice()) {
-        Ok(s) if any.type_url == remora_xds::resource::SECRET => s,
-        Ok(_) => {
-            errors.push(format!(
-                "resources[{i}]: expected {}, got {}",
-                remora_xds::resource::SECRET,
-                any.type_url
-            ));
-            return;
-        }
-        Err(e) => {
-            errors.push(format!("resources[{i}]: not a valid Secret: {e}"));
-            return;
-        }
+    let secret = match decode_secret(i, any) {
+        Ok(s) => s,
+        Err(e) => return errors.push(e),
     };
     let name = secret.name.clone();
-    let at = |field: &str, e: String| format!("Secret '{name}'.{field}: {e}");
-    let entry = {
-        let r = registry.lock();
-        r.get(&(source.clone(), name.clone())).map(|e| {
-            (
-                e.certs.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
-                e.trusts
-                    .iter()
-                    .filter_map(Weak::upgrade)
-                    .collect::<Vec<_>>(),
-            )
-        })
-    };
-    let Some((certs, trusts)) = entry else {
+    let Some((certs, trusts)) = wanted_by(registry, source, &name) else {
         return;
     };
-    match secret.r#type {
-        Some(Type::TlsCertificate(t)) => {
-            let crate::model::pb::tls::TlsCertificate {
-                certificate_chain,
-                private_key,
-                pkcs12,
-                watched_directory: _,
-                private_key_provider,
-                password,
-                ocsp_staple,
-                signed_certificate_timestamp,
-                tls_params,
-            } = t;
-            if pkcs12.is_some()
-                || private_key_provider.is_some()
-                || password.is_some()
-                || ocsp_staple.is_some()
-                || !signed_certificate_timestamp.is_empty()
-                || tls_params.is_some()
-            {
-                errors.push(at(
-                    "tls_certificate",
-                    "only certificate_chain and private_key are supported".into(),
-                ));
-                return;
+    let installed = match secret.r#type {
+        Some(Type::TlsCertificate(t)) => load_certificate(&name, t).map(|id| {
+            let id = Arc::new(id);
+            for c in &certs {
+                c.current.store(Some(id.clone()));
             }
-            let loaded = data(&certificate_chain)
-                .map_err(|e| at("tls_certificate.certificate_chain", e))
-                .and_then(|chain| {
-                    data(&private_key)
-                        .map_err(|e| at("tls_certificate.private_key", e))
-                        .map(|key| (chain, key))
-                })
-                .and_then(|(chain, key)| {
-                    remora_certs::source::load_identity(&chain, &key, &format!("sds:{name}"))
-                        .map_err(|e| at("tls_certificate", e.to_string()))
-                });
-            match loaded {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    for c in &certs {
-                        c.current.store(Some(id.clone()));
-                    }
-                    tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
-                    super::update_record(&mut super::lock_dump(dump).secrets, &name, version, any);
-                }
-                Err(e) => errors.push(e),
+            tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
+        }),
+        Some(Type::ValidationContext(v)) => load_validation(&name, v).map(|bundle| {
+            let bundle = Arc::new(bundle);
+            for t in &trusts {
+                t.current.store(Some(bundle.clone()));
             }
-        }
-        Some(Type::ValidationContext(v)) => {
-            let rest = crate::model::pb::tls::CertificateValidationContext {
-                trusted_ca: None,
-                ..v.clone()
-            };
-            if rest != crate::model::pb::tls::CertificateValidationContext::default() {
-                errors.push(at(
-                    "validation_context",
-                    "only trusted_ca is supported in an SDS validation context (put SAN matchers in the listener's or cluster's default_validation_context)".into(),
-                ));
-                return;
-            }
-            let loaded = data(&v.trusted_ca)
-                .map_err(|e| at("validation_context.trusted_ca", e))
-                .and_then(|pem| {
-                    remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
-                        .map_err(|e| at("validation_context.trusted_ca", e.to_string()))
-                });
-            match loaded {
-                Ok(b) => {
-                    let b = Arc::new(b);
-                    for t in &trusts {
-                        t.current.store(Some(b.clone()));
-                    }
-                    super::update_record(&mut super::lock_dump(dump).secrets, &name, version, any);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
+        }),
         Some(Type::SessionTicketKeys(_)) => {
-            errors.push(at("session_ticket_keys", "is not supported".into()))
+            Err(at(&name, "session_ticket_keys", "is not supported"))
         }
-        Some(Type::GenericSecret(_)) => {
-            errors.push(at("generic_secret", "is not supported".into()))
-        }
-        None => errors.push(format!("Secret '{name}': has no type")),
+        Some(Type::GenericSecret(_)) => Err(at(&name, "generic_secret", "is not supported")),
+        None => Err(format!("Secret '{name}': has no type")),
+    };
+    match installed {
+        Ok(()) => super::update_record(&mut super::lock_dump(dump).secrets, &name, version, any),
+        Err(e) => errors.push(e),
     }
+}
+
+/// An error on one field of secret `name`.
+fn at(name: &str, field: &str, e: impl std::fmt::Display) -> String {
+    format!("Secret '{name}'.{field}: {e}")
+}
+
+/// The update's `i`th resource as a `Secret`.
+fn decode_secret(i: usize, any: &Any) -> Result<crate::model::pb::tls::Secret, String> {
+    match crate::model::pb::tls::Secret::decode(any.value.as_slice()) {
+        Ok(s) if any.type_url == remora_xds::resource::SECRET => Ok(s),
+        Ok(_) => Err(format!(
+            "resources[{i}]: expected {}, got {}",
+            remora_xds::resource::SECRET,
+            any.type_url
+        )),
+        Err(e) => Err(format!("resources[{i}]: not a valid Secret: {e}")),
+    }
+}
+
+/// The live certificate and trust sources waiting for secret `name` from `source`.
+#[allow(clippy::type_complexity)]
+fn wanted_by(
+    registry: &SdsRegistry,
+    source: &SdsSource,
+    name: &str,
+) -> Option<(Vec<Arc<SdsCertificate>>, Vec<Arc<SdsTrust>>)> {
+    let r = registry.lock();
+    let e = r.get(&(source.clone(), name.to_string()))?;
+    let certs = e.certs.iter().filter_map(Weak::upgrade).collect();
+    let trusts = e.trusts.iter().filter_map(Weak::upgrade).collect();
+    Some((certs, trusts))
+}
+
+/// A `tls_certificate` secret's chain and key, checked.
+fn load_certificate(
+    name: &str,
+    t: crate::model::pb::tls::TlsCertificate,
+) -> Result<remora_certs::source::Identity, String> {
+    let crate::model::pb::tls::TlsCertificate {
+        certificate_chain,
+        private_key,
+        pkcs12,
+        watched_directory: _,
+        private_key_provider,
+        password,
+        ocsp_staple,
+        signed_certificate_timestamp,
+        tls_params,
+    } = t;
+    if pkcs12.is_some()
+        || private_key_provider.is_some()
+        || password.is_some()
+        || ocsp_staple.is_some()
+        || !signed_certificate_timestamp.is_empty()
+        || tls_params.is_some()
+    {
+        return Err(at(
+            name,
+            "tls_certificate",
+            "only certificate_chain and private_key are supported",
+        ));
+    }
+    let chain =
+        data(&certificate_chain).map_err(|e| at(name, "tls_certificate.certificate_chain", e))?;
+    let key = data(&private_key).map_err(|e| at(name, "tls_certificate.private_key", e))?;
+    remora_certs::source::load_identity(&chain, &key, &format!("sds:{name}"))
+        .map_err(|e| at(name, "tls_certificate", e))
+}
+
+/// A `validation_context` secret's trusted CA (the only field an SDS context may carry).
+fn load_validation(
+    name: &str,
+    v: crate::model::pb::tls::CertificateValidationContext,
+) -> Result<remora_certs::source::TrustBundle, String> {
+    let rest = crate::model::pb::tls::CertificateValidationContext {
+        trusted_ca: None,
+        ..v.clone()
+    };
+    if rest != crate::model::pb::tls::CertificateValidationContext::default() {
+        return Err(at(
+            name,
+            "validation_context",
+            "only trusted_ca is supported in an SDS validation context (put SAN matchers in the listener's or cluster's default_validation_context)",
+        ));
+    }
+    let pem = data(&v.trusted_ca).map_err(|e| at(name, "validation_context.trusted_ca", e))?;
+    remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
+        .map_err(|e| at(name, "validation_context.trusted_ca", e))
 }
