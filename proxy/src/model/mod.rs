@@ -15,6 +15,8 @@ pub mod headers;
 pub mod health_check;
 pub mod inputs;
 pub mod istio_pb;
+#[cfg(test)]
+mod layering;
 pub mod listener;
 pub mod log_format;
 pub mod matcher;
