@@ -2,8 +2,9 @@
 
 pub mod pattern;
 
+use crate::model::log_format::LineFormat;
 use arc_swap::ArcSwap;
-use pattern::{LineFormat, Record};
+use pattern::Record;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tracing::field::{Field, Visit};

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod conn_manager;
 pub mod h2_flood;
 pub mod hash_policy;
+pub mod header_mutations;
 pub mod local_reply;
 pub mod names;
 pub mod retry;

@@ -3,13 +3,13 @@
 //! local-reply mappers in the HTTP connection manager.
 
 use super::core::{any_type, decode_any, deny, enum_value};
+use super::format::{DEFAULT_ACCESS_LOG_FORMAT, Formatter};
 use super::inputs::Inputs;
 use super::matcher::HeaderMatcher;
 use super::pb;
+use super::response_flags::ResponseFlags;
 use super::runtime::Runtime;
 use crate::config::{FieldPath, Result};
-use crate::stream_info::ResponseFlags;
-use crate::telemetry::format::{DEFAULT_ACCESS_LOG_FORMAT, Formatter};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]

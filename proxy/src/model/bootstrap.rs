@@ -4,12 +4,14 @@
 use super::access_log::AccessLogConfig;
 use super::cluster::Cluster;
 use super::core::{bool_or, deny, opt_duration};
+use super::format::{DEFAULT_ACCESS_LOG_FORMAT, Formatter};
 use super::listener::Listener;
+use super::log_format::LineFormat;
 use super::matcher::StringMatcher;
 use super::pb;
 use super::runtime::Runtime;
+use super::stats_tags::{DEFAULT_TAGS, TagSpec};
 use crate::config::{FieldPath, Result};
-use crate::telemetry::tags::TagSpec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,7 +65,7 @@ pub struct Bootstrap {
     /// `deferred_stat_options.enable_deferred_creation_stats`.
     pub deferred_creation_stats: bool,
     /// `application_log_config.log_format`.
-    pub app_log_format: Option<crate::logging::pattern::LineFormat>,
+    pub app_log_format: Option<LineFormat>,
     /// `cluster_manager.outlier_detection.event_log_path`: where outlier ejection events go.
     pub outlier_event_log: Option<std::path::PathBuf>,
 }
@@ -385,14 +387,11 @@ fn bootstrap_extension(path: &FieldPath, ext: &pb::core::TypedExtensionConfig) -
 const DOWNSTREAM_CONNECTIONS: &str =
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
 
-/// `overload_manager`: the global downstream connection limit monitor is honoured; actions,
-/// load-shed points and other monitors are refused.
 /// `application_log_config`: a text pattern or a JSON object of patterns.
 fn app_log_format(
     path: &FieldPath,
     a: &pb::bootstrap::bootstrap::ApplicationLogConfig,
-) -> Result<Option<crate::logging::pattern::LineFormat>> {
-    use crate::logging::pattern::LineFormat;
+) -> Result<Option<LineFormat>> {
     use pb::bootstrap::bootstrap::application_log_config::log_format::LogFormat as F;
     let pb::bootstrap::bootstrap::ApplicationLogConfig { log_format } = a;
     let Some(lf) = log_format else {
@@ -412,6 +411,8 @@ fn app_log_format(
     })
 }
 
+/// `overload_manager`: the global downstream connection limit monitor is honoured; actions,
+/// load-shed points and other monitors are refused.
 fn overload(path: &FieldPath, om: &pb::overload::OverloadManager) -> Result<Option<u64>> {
     use pb::overload::resource_monitor::ConfigType;
     let pb::overload::OverloadManager {
@@ -565,10 +566,7 @@ fn admin_from(
             filter: None,
             sink: super::access_log::Sink::File(access_log_path.into()),
             format: super::access_log::LogFormat::Text(
-                crate::telemetry::format::Formatter::parse(
-                    crate::telemetry::format::DEFAULT_ACCESS_LOG_FORMAT,
-                )
-                .expect("default format"),
+                Formatter::parse(DEFAULT_ACCESS_LOG_FORMAT).expect("default format"),
             ),
         });
     }
@@ -618,7 +616,7 @@ fn stats_settings(
             }
             Some(TagValue::FixedValue(v)) => TagSpec::Fixed { name: tag_name.clone(), value: v.clone() },
             _ => {
-                if !crate::telemetry::tags::DEFAULT_TAGS.iter().any(|d| d.name == tag_name) {
+                if !DEFAULT_TAGS.iter().any(|d| d.name == tag_name) {
                     return Err(tp.error(format!("no regex specified for tag specifier and no default regex for name: '{tag_name}'")));
                 }
                 TagSpec::Default { name: tag_name.clone() }

@@ -1,11 +1,11 @@
 //! Header mutations: `request_headers_to_add` / `_remove` and their response twins, at route,
 //! virtual host, route configuration and weighted-cluster level. Values are format strings
-//! (`%DOWNSTREAM_REMOTE_ADDRESS%` ...), evaluated per request.
+//! (`%DOWNSTREAM_REMOTE_ADDRESS%` ...), evaluated per request by `http::header_mutations`.
 
+use super::format::Formatter;
 use super::pb;
 use crate::config::{FieldPath, Result};
-use crate::telemetry::format::{FormatContext, Formatter};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendAction {
@@ -91,43 +91,6 @@ impl HeaderMutations {
             );
         }
         Ok(out)
-    }
-
-    /// Apply to a header map: removals first, then additions (Envoy's order).
-    pub fn apply(&self, headers: &mut HeaderMap, ctx: &FormatContext<'_>) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for h in &self.add {
-            let value = match &h.literal {
-                Some(v) => v.clone(),
-                None => match HeaderValue::from_str(&h.value.to_string(ctx)) {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                },
-            };
-            if value.is_empty() && !h.keep_empty_value {
-                continue;
-            }
-            match h.action {
-                AppendAction::AppendIfExistsOrAdd => {
-                    headers.append(h.name.clone(), value);
-                }
-                AppendAction::AddIfAbsent => {
-                    if !headers.contains_key(&h.name) {
-                        headers.insert(h.name.clone(), value);
-                    }
-                }
-                AppendAction::OverwriteIfExistsOrAdd => {
-                    headers.insert(h.name.clone(), value);
-                }
-                AppendAction::OverwriteIfExists => {
-                    if headers.contains_key(&h.name) {
-                        headers.insert(h.name.clone(), value);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -220,32 +183,6 @@ mod tests {
             append_action: action,
             keep_empty_value: false,
         }
-    }
-
-    #[test]
-    fn mutations_apply_in_order() {
-        let m = HeaderMutations::from_proto(
-            &FieldPath::root(),
-            "add",
-            &[
-                opt("x-a", "1", None, 0),
-                opt("x-b", "2", Some(false), 0),
-                opt("x-c", "3", None, 1),
-            ],
-            "remove",
-            &["x-gone".into()],
-        )
-        .unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-a", "0".parse().unwrap());
-        h.insert("x-b", "0".parse().unwrap());
-        h.insert("x-c", "0".parse().unwrap());
-        h.insert("x-gone", "0".parse().unwrap());
-        m.apply(&mut h, &FormatContext::default());
-        assert_eq!(h.get_all("x-a").iter().count(), 2);
-        assert_eq!(h["x-b"], "2");
-        assert_eq!(h["x-c"], "0");
-        assert!(!h.contains_key("x-gone"));
     }
 
     #[test]

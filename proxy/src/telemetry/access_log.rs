@@ -297,7 +297,7 @@ pub fn filter_input<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::format::Formatter;
+    use crate::model::format::Formatter;
 
     #[test]
     fn json_lines_are_sorted_typed_and_escaped() {

@@ -1,7 +1,8 @@
-//! Envoy's substitution format strings (`%REQ(:PATH)%`, `%RESPONSE_FLAGS%`, ...), used by
-//! access logs, local-reply bodies and header values. Parsed once at config time into parts;
-//! formatting appends to a caller's buffer.
+//! Envoy's substitution format strings at runtime: a `model::format::Formatter` (parsed at
+//! config time) evaluated against a request's `StreamInfo` and headers; formatting appends to a
+//! caller's buffer.
 
+use crate::model::format::{Formatter, HeaderRef, Op, Part, TlsField};
 use crate::stream_info::StreamInfo;
 use http::{HeaderMap, HeaderName, Method, Uri};
 use std::fmt::Write as _;
@@ -25,104 +26,6 @@ pub struct FormatContext<'a> {
     pub local_reply_body: Option<&'a str>,
 }
 
-/// A parsed format string.
-#[derive(Debug, Clone)]
-pub struct Formatter {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone)]
-enum Part {
-    Literal(String),
-    Op { op: Op, max_len: Option<usize> },
-}
-
-/// A header reference: a pseudo-header or a regular header name.
-#[derive(Debug, Clone)]
-enum HeaderRef {
-    Method,
-    Path,
-    Authority,
-    Scheme,
-    Named(HeaderName),
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    StartTime(Option<String>),
-    Req(HeaderRef, Option<HeaderRef>),
-    Resp(HeaderName, Option<HeaderName>),
-    Trailer(HeaderName, Option<HeaderName>),
-    Protocol,
-    ResponseCode,
-    ResponseFlags,
-    ResponseFlagsLong,
-    ResponseCodeDetails,
-    ConnectionTerminationDetails,
-    BytesReceived,
-    BytesSent,
-    Duration,
-    RequestDuration,
-    ResponseDuration,
-    ResponseTxDuration,
-    UpstreamHost,
-    UpstreamCluster,
-    UpstreamLocalAddress,
-    UpstreamRemoteAddress {
-        port: bool,
-    },
-    UpstreamTransportFailureReason,
-    DownstreamTransportFailureReason,
-    UpstreamRequestAttemptCount,
-    DownstreamLocalAddress {
-        port: bool,
-    },
-    DownstreamLocalPort,
-    DownstreamRemoteAddress {
-        port: bool,
-    },
-    DownstreamRemotePort,
-    DownstreamDirectRemoteAddress {
-        port: bool,
-    },
-    RequestedServerName,
-    RouteName,
-    Hostname,
-    ConnectionId,
-    LocalReplyBody,
-    Environment(Option<String>),
-    /// A detail of the downstream or upstream TLS handshake (`-` on plaintext connections).
-    Tls {
-        upstream: bool,
-        field: TlsField,
-    },
-    /// Operators Envoy defines whose data never exists in remora's current feature set (TLS
-    /// peer details on plaintext connections, dynamic metadata and filter state that no
-    /// configured filter sets): they print `-`, exactly as Envoy does when the data is absent.
-    Absent,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TlsField {
-    PeerUriSan,
-    PeerDnsSan,
-    PeerIpSan,
-    LocalUriSan,
-    LocalDnsSan,
-    LocalSubject,
-    PeerSubject,
-    PeerIssuer,
-    Cipher,
-    Version,
-    PeerFingerprint256,
-    PeerFingerprint1,
-    PeerSerial,
-    /// URL-encoded PEM of the peer certificate.
-    PeerCert,
-    PeerCertValidFrom(Option<String>),
-    PeerCertValidUntil(Option<String>),
-}
-
 /// The kind of value an operator produced, for typed JSON output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
@@ -131,108 +34,9 @@ pub enum ValueKind {
     Missing,
 }
 
-/// Envoy's default access-log format.
-pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
-
-// === impl Formatter ===
+// === impl Formatter (evaluation) ===
 
 impl Formatter {
-    /// Parse a format string. Errors name the operator, as Envoy's do.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut rest = s;
-        while let Some(pos) = rest.find('%') {
-            literal.push_str(&rest[..pos]);
-            rest = &rest[pos + 1..];
-            if let Some(r) = rest.strip_prefix('%') {
-                literal.push('%');
-                rest = r;
-                continue;
-            }
-            let (token, after) = split_operator(rest)
-                .ok_or_else(|| format!("unterminated operator in format string '{s}'"))?;
-            if token.is_empty() {
-                return Err(format!("empty operator in format string '{s}'"));
-            }
-            rest = after;
-            if !literal.is_empty() {
-                parts.push(Part::Literal(std::mem::take(&mut literal)));
-            }
-            let (op, max_len) = parse_op(token)?;
-            parts.push(Part::Op { op, max_len });
-        }
-        literal.push_str(rest);
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
-        Ok(Self { parts })
-    }
-
-    /// A format string with no operators.
-    pub fn literal(s: &str) -> Self {
-        Self {
-            parts: if s.is_empty() {
-                vec![]
-            } else {
-                vec![Part::Literal(s.to_string())]
-            },
-        }
-    }
-
-    pub fn is_literal(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
-    }
-
-    /// The literal text when there are no operators.
-    pub fn as_literal(&self) -> Option<String> {
-        self.is_literal().then(|| {
-            self.parts
-                .iter()
-                .map(|p| {
-                    if let Part::Literal(l) = p {
-                        l.as_str()
-                    } else {
-                        ""
-                    }
-                })
-                .collect()
-        })
-    }
-
-    /// Request headers this format reads (so a request path can keep just those).
-    pub fn request_headers(&self) -> Vec<HeaderName> {
-        let mut out = Vec::new();
-        for p in &self.parts {
-            if let Part::Op {
-                op: Op::Req(a, b), ..
-            } = p
-            {
-                for h in std::iter::once(a).chain(b.iter()) {
-                    if let HeaderRef::Named(n) = h {
-                        out.push(n.clone());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Response headers this format reads.
-    pub fn response_headers(&self) -> Vec<HeaderName> {
-        let mut out = Vec::new();
-        for p in &self.parts {
-            if let Part::Op {
-                op: Op::Resp(a, b), ..
-            } = p
-            {
-                out.push(a.clone());
-                out.extend(b.iter().cloned());
-            }
-        }
-        out
-    }
-
     pub fn format(&self, ctx: &FormatContext<'_>, out: &mut String) {
         for part in &self.parts {
             match part {
@@ -284,170 +88,6 @@ fn truncate_at(s: &mut String, mut at: usize) {
         }
         s.truncate(at);
     }
-}
-
-/// `OP(args):N%rest` → (`OP(args):N`, rest). Parentheses may contain `%` in START_TIME formats.
-fn split_operator(s: &str) -> Option<(&str, &str)> {
-    let bytes = s.as_bytes();
-    let mut depth = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
-            b'%' if depth == 0 => return Some((&s[..i], &s[i + 1..])),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
-    let (name, arg, tail) = match token.find('(') {
-        Some(open) => {
-            let close = token
-                .rfind(')')
-                .ok_or_else(|| format!("missing ')' in operator '{token}'"))?;
-            (
-                &token[..open],
-                Some(&token[open + 1..close]),
-                &token[close + 1..],
-            )
-        }
-        None => match token.split_once(':') {
-            Some((n, t)) => (n, None, &token[n.len()..][..t.len() + 1]),
-            None => (token, None, ""),
-        },
-    };
-    let max_len = match tail.strip_prefix(':') {
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| format!("invalid length in operator '{token}'"))?,
-        ),
-        None if tail.is_empty() => None,
-        None => return Err(format!("invalid operator '{token}'")),
-    };
-    let need_arg = || arg.ok_or_else(|| format!("operator {name} needs an argument"));
-    let op = match name {
-        "START_TIME" => Op::StartTime(arg.filter(|a| !a.is_empty()).map(str::to_string)),
-        "REQ" => {
-            let (a, b) = header_pair(need_arg()?)?;
-            Op::Req(header_ref(a)?, b.map(header_ref).transpose()?)
-        }
-        "RESP" => {
-            let (a, b) = header_pair(need_arg()?)?;
-            Op::Resp(header_name(a)?, b.map(header_name).transpose()?)
-        }
-        "TRAILER" => {
-            let (a, b) = header_pair(need_arg()?)?;
-            Op::Trailer(header_name(a)?, b.map(header_name).transpose()?)
-        }
-        "PROTOCOL" => Op::Protocol,
-        "RESPONSE_CODE" => Op::ResponseCode,
-        "RESPONSE_FLAGS" => Op::ResponseFlags,
-        "RESPONSE_FLAGS_LONG" => Op::ResponseFlagsLong,
-        "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
-        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
-        "BYTES_RECEIVED" => Op::BytesReceived,
-        "BYTES_SENT" => Op::BytesSent,
-        "DURATION" => Op::Duration,
-        "REQUEST_DURATION" => Op::RequestDuration,
-        "RESPONSE_DURATION" => Op::ResponseDuration,
-        "RESPONSE_TX_DURATION" => Op::ResponseTxDuration,
-        "UPSTREAM_HOST" => Op::UpstreamHost,
-        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Op::UpstreamCluster,
-        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
-        "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamRemoteAddress { port: true },
-        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::UpstreamRemoteAddress { port: false },
-        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
-        "DOWNSTREAM_TRANSPORT_FAILURE_REASON" => Op::DownstreamTransportFailureReason,
-        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Op::UpstreamRequestAttemptCount,
-        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress { port: true },
-        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddress { port: false },
-        "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
-        "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemoteAddress { port: true },
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddress { port: false },
-        "DOWNSTREAM_REMOTE_PORT" => Op::DownstreamRemotePort,
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Op::DownstreamDirectRemoteAddress { port: true },
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            Op::DownstreamDirectRemoteAddress { port: false }
-        }
-        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
-        "ROUTE_NAME" => Op::RouteName,
-        "HOSTNAME" => Op::Hostname,
-        "CONNECTION_ID" => Op::ConnectionId,
-        "LOCAL_REPLY_BODY" => Op::LocalReplyBody,
-        "ENVIRONMENT" => {
-            let a = need_arg()?;
-            Op::Environment(std::env::var(a).ok())
-        }
-        "DYNAMIC_METADATA"
-        | "CLUSTER_METADATA"
-        | "UPSTREAM_METADATA"
-        | "FILTER_STATE"
-        | "UPSTREAM_FILTER_STATE" => {
-            need_arg()?;
-            Op::Absent
-        }
-        other => match tls_operator(other, arg) {
-            Some(op) => op,
-            None => return Err(format!("Not supported field in StreamInfo: {other}")),
-        },
-    };
-    Ok((op, max_len))
-}
-
-/// `DOWNSTREAM_*` / `UPSTREAM_*` TLS operators.
-fn tls_operator(name: &str, arg: Option<&str>) -> Option<Op> {
-    let (upstream, rest) = match name.strip_prefix("DOWNSTREAM_") {
-        Some(r) => (false, r),
-        None => (true, name.strip_prefix("UPSTREAM_")?),
-    };
-    let time_fmt = || arg.filter(|a| !a.is_empty()).map(str::to_string);
-    let field = match rest {
-        "PEER_URI_SAN" => TlsField::PeerUriSan,
-        "PEER_DNS_SAN" => TlsField::PeerDnsSan,
-        "PEER_IP_SAN" => TlsField::PeerIpSan,
-        "LOCAL_URI_SAN" => TlsField::LocalUriSan,
-        "LOCAL_DNS_SAN" => TlsField::LocalDnsSan,
-        "LOCAL_SUBJECT" => TlsField::LocalSubject,
-        "PEER_SUBJECT" => TlsField::PeerSubject,
-        "PEER_ISSUER" => TlsField::PeerIssuer,
-        "TLS_CIPHER" => TlsField::Cipher,
-        "TLS_VERSION" => TlsField::Version,
-        "PEER_FINGERPRINT_256" => TlsField::PeerFingerprint256,
-        "PEER_FINGERPRINT_1" => TlsField::PeerFingerprint1,
-        "PEER_SERIAL" => TlsField::PeerSerial,
-        "PEER_CERT" => TlsField::PeerCert,
-        "PEER_CERT_V_START" => TlsField::PeerCertValidFrom(time_fmt()),
-        "PEER_CERT_V_END" => TlsField::PeerCertValidUntil(time_fmt()),
-        // rustls does not expose TLS session IDs: this prints `-`.
-        "TLS_SESSION_ID" => return Some(Op::Absent),
-        _ => return None,
-    };
-    Some(Op::Tls { upstream, field })
-}
-
-fn header_pair(arg: &str) -> Result<(&str, Option<&str>), String> {
-    match arg.split_once('?') {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, Some(b))),
-        Some(_) => Err(format!("invalid header alternative '{arg}'")),
-        None => Ok((arg, None)),
-    }
-}
-
-fn header_ref(name: &str) -> Result<HeaderRef, String> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        ":method" => HeaderRef::Method,
-        ":path" => HeaderRef::Path,
-        ":authority" | "host" => HeaderRef::Authority,
-        ":scheme" => HeaderRef::Scheme,
-        _ => HeaderRef::Named(header_name(name)?),
-    })
-}
-
-fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("invalid header name '{name}'"))
 }
 
 fn header_value<'a>(map: &'a HeaderMap, a: &HeaderName, b: &Option<HeaderName>) -> Option<&'a str> {
@@ -829,6 +469,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::format::DEFAULT_ACCESS_LOG_FORMAT;
     use crate::stream_info::{ConnectionInfo, Protocol, ResponseFlags};
     use std::sync::Arc;
 
@@ -959,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_values_truncation_and_errors() {
+    fn missing_values_and_truncation() {
         let mut info = info();
         info.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         let ctx = FormatContext {
@@ -971,11 +612,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.to_string(&ctx), "- UF 10.0 100% -");
-        assert_eq!(
-            Formatter::parse("%BOGUS%").unwrap_err(),
-            "Not supported field in StreamInfo: BOGUS"
-        );
-        assert!(Formatter::parse("%REQ(x").is_err());
         let t = Formatter::parse("%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)%").unwrap();
         assert_eq!(t.to_string(&ctx), "2016/04/15 20:17:00.310 1460751420");
     }
