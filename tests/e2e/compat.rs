@@ -11,36 +11,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The certificate files the shared configurations name (`certs/…`, relative to Envoy's working
-/// directory), issued by a fresh development CA in `dir/certs`.
-pub fn write_example_certs(dir: &std::path::Path) {
-    use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let ca = DevCa::generate_root("compat", KeyAlgorithm::EcdsaP256).unwrap();
-    std::fs::write(certs.join("cacert.pem"), ca.root_pem()).unwrap();
-    for (cert, key, dns) in [
-        (
-            "servercert.pem",
-            "serverkey.pem",
-            "proxy-postgres-backend.example.com",
-        ),
-        (
-            "clientcert.pem",
-            "clientkey.pem",
-            "proxy-postgres-frontend.example.com",
-        ),
-        ("domain1.crt.pem", "domain1.key.pem", "domain1.example.com"),
-        ("domain2.crt.pem", "domain2.key.pem", "domain2.example.com"),
-    ] {
-        let mut req = LeafRequest::new(std::time::Duration::from_secs(3600));
-        req.dns_names = vec![dns.to_string()];
-        let issued = ca.issue(&req).unwrap();
-        std::fs::write(certs.join(cert), &issued.cert_chain_pem).unwrap();
-        std::fs::write(certs.join(key), &issued.key_pem).unwrap();
-    }
-}
-
 /// `loads`, or the error (first line, without the file name suffix). Run where `certs/` holds
 /// generated certificates, as Envoy's examples expect.
 fn status_of(file: &std::path::Path, cwd: &std::path::Path) -> (String, String) {

@@ -78,6 +78,17 @@ impl Remora {
         yaml: &str,
         extra_args: &[&str],
     ) -> Result<Remora, String> {
+        Self::try_start_bin(BIN, dir, yaml, extra_args).await
+    }
+
+    /// `try_start_in` with another binary that takes Envoy's command line (the differential
+    /// suite starts real Envoy this way).
+    pub async fn try_start_bin(
+        bin: &str,
+        dir: TempDir,
+        yaml: &str,
+        extra_args: &[&str],
+    ) -> Result<Remora, String> {
         // `RUN_DIR` in a config names this run's scratch directory (access logs and such).
         let mut yaml = yaml.replace("RUN_DIR", dir.0.to_str().unwrap());
         // A JSON bootstrap names its own admin address.
@@ -94,7 +105,7 @@ impl Remora {
         let admin_file = dir.path("admin.txt");
         let stdout = std::fs::File::create(dir.path("stdout.log")).unwrap();
         let stderr = std::fs::File::create(dir.path("stderr.log")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin);
         cmd.arg("-c")
             .arg(&cfg)
             .arg("--admin-address-path")
@@ -169,12 +180,12 @@ impl Remora {
     }
 
     pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let (s, _, b) = raw_http(
+        let (s, h, b) = raw_http(
             self.admin,
             &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
         )
         .await?;
-        Ok((s, b))
+        Ok((s, unchunked(&h, b)))
     }
 
     pub async fn admin_post(&self, path: &str) -> (u16, String) {
@@ -396,6 +407,30 @@ pub fn split_response(bytes: &[u8]) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head, body)
+}
+
+/// A body as sent, or its chunks joined when the head says `transfer-encoding: chunked` (Envoy's
+/// admin answers so).
+pub fn unchunked(head: &str, body: String) -> String {
+    if !head
+        .to_ascii_lowercase()
+        .contains("\r\ntransfer-encoding: chunked")
+    {
+        return body;
+    }
+    let mut out = String::new();
+    let mut rest = body.as_str();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
 }
 
 /// A response as tests look at it.
@@ -979,4 +1014,36 @@ pub fn serve_ads(
     tokio::spawn(async move {
         let _ = remora_xds::server::serve_tcp(cache, listener).await;
     })
+}
+
+// === the shared Envoy configurations ===
+
+/// The certificate files the shared configurations name (`certs/…`, relative to Envoy's working
+/// directory), issued by a fresh development CA in `dir/certs`.
+pub fn write_example_certs(dir: &std::path::Path) {
+    use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = DevCa::generate_root("compat", KeyAlgorithm::EcdsaP256).unwrap();
+    std::fs::write(certs.join("cacert.pem"), ca.root_pem()).unwrap();
+    for (cert, key, dns) in [
+        (
+            "servercert.pem",
+            "serverkey.pem",
+            "proxy-postgres-backend.example.com",
+        ),
+        (
+            "clientcert.pem",
+            "clientkey.pem",
+            "proxy-postgres-frontend.example.com",
+        ),
+        ("domain1.crt.pem", "domain1.key.pem", "domain1.example.com"),
+        ("domain2.crt.pem", "domain2.key.pem", "domain2.example.com"),
+    ] {
+        let mut req = LeafRequest::new(std::time::Duration::from_secs(3600));
+        req.dns_names = vec![dns.to_string()];
+        let issued = ca.issue(&req).unwrap();
+        std::fs::write(certs.join(cert), &issued.cert_chain_pem).unwrap();
+        std::fs::write(certs.join(key), &issued.key_pem).unwrap();
+    }
 }

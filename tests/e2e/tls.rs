@@ -918,7 +918,7 @@ fn example(name: &str, dir: &Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn double_proxy_example_runs() {
     let dir = TempDir::new("double-proxy");
-    crate::compat::write_example_certs(&dir.0);
+    crate::support::write_example_certs(&dir.0);
     let (db, _task) = tcp_echo().await;
     let yaml = example("double-proxy_envoy-backend.yaml", &dir.0);
     let (listener_part, cluster_part) = yaml.split_at(yaml.find("  clusters:").unwrap());
@@ -963,7 +963,7 @@ async fn double_proxy_example_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_sni_example_runs() {
     let dir = TempDir::new("tls-sni");
-    crate::compat::write_example_certs(&dir.0);
+    crate::support::write_example_certs(&dir.0);
     let one = upstream("service-http0").await;
     let two = upstream("service-http1").await;
     let (three, _task) = tcp_echo().await;
@@ -1063,7 +1063,7 @@ fn no_verify_client() -> Arc<rustls::ClientConfig> {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_to_https_example_runs() {
     let dir = TempDir::new("https-https");
-    crate::compat::write_example_certs(&dir.0);
+    crate::support::write_example_certs(&dir.0);
     let app = upstream("https-app").await;
     let service = https_service(&dir.0, app.addr).await;
     let s = service.addr("https");
@@ -1095,7 +1095,7 @@ async fn https_to_https_example_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_client_auth_example_runs() {
     let dir = TempDir::new("client-auth");
-    crate::compat::write_example_certs(&dir.0);
+    crate::support::write_example_certs(&dir.0);
     let app = upstream("envoyproxy-io").await;
     let service = https_service(&dir.0, app.addr).await;
     let s = service.addr("https");
