@@ -129,7 +129,13 @@ impl Bootstrap {
         deny(&path, "node_context_params", node_context_params)?;
         let dynamic = dynamic_resources
             .as_ref()
-            .map(|d| super::xds::DynamicResources::from_proto(&path.field("dynamic_resources"), d))
+            .map(|d| {
+                super::xds::DynamicResources::from_proto(
+                    &path.field("dynamic_resources"),
+                    d,
+                    &inputs,
+                )
+            })
             .transpose()?
             .unwrap_or_default();
         let mut outlier_event_log = None;

@@ -3,6 +3,7 @@
 //! RDS, CDS and EDS are delivered over it. Other sources are refused by path.
 
 use super::core::{deny, enum_value, opt_duration};
+use super::inputs::{Inputs, NotRead};
 use super::pb;
 use crate::config::{FieldPath, Result};
 use std::time::Duration;
@@ -37,6 +38,18 @@ pub struct DynamicResources {
     pub ads: Option<Ads>,
     pub cds: Option<Source>,
     pub lds: Option<Source>,
+}
+
+/// A file-based subscription's file must exist when it is configured, as Envoy checks
+/// (`checkFilesystemSubscriptionBackingPath`); it is read later, in the start phase.
+fn must_exist(at: &FieldPath, file: &std::path::Path, inputs: &Inputs) -> Result<()> {
+    let name = file.to_string_lossy();
+    match inputs.file(&name) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(NotRead) => Err(at.error(format!(
+            "paths must refer to an existing path in the system: '{name}' does not exist"
+        ))),
+    }
 }
 
 /// A `ConfigSource`: only `ads: {}` is supported.
@@ -184,6 +197,7 @@ impl DynamicResources {
     pub fn from_proto(
         path: &FieldPath,
         d: &pb::bootstrap::bootstrap::DynamicResources,
+        inputs: &Inputs,
     ) -> Result<Self> {
         let pb::bootstrap::bootstrap::DynamicResources {
             lds_config,
@@ -207,6 +221,10 @@ impl DynamicResources {
             .map(|c| config_source(&path.field("lds_config"), c))
             .transpose()?;
         for (field, src) in [("cds_config", &cds), ("lds_config", &lds)] {
+            if let Some(file) = src.as_ref().and_then(|s| s.path.as_ref()) {
+                let at = path.field(field).field("path_config_source").field("path");
+                must_exist(&at, file, inputs)?;
+            }
             if src.as_ref().is_some_and(|s| s.path.is_none()) && ads.is_none() {
                 return Err(path
                     .field(field)
