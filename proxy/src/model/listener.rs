@@ -1105,7 +1105,7 @@ mod tests {
     #[test]
     fn every_error_of_a_listener() {
         let tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}";
-        let bad_tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: c}}";
+        let bad_tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: c, max_connect_attempts: 0}}";
         let e = translate(&format!(
             r#"
 name: l
@@ -1131,8 +1131,10 @@ filter_chains:
                 "Listener 'l'.freebind",
                 "Listener 'l'.listener_filters[0].filter_disabled",
                 "Listener 'l'.filter_chains[0].filters[0].typed_config.stat_prefix",
+                "Listener 'l'.filter_chains[0].filters[0].typed_config.max_connect_attempts",
                 "Listener 'l'.filter_chains[1].filters[0]",
                 "Listener 'l'.filter_chains[1].filters[1].typed_config.stat_prefix",
+                "Listener 'l'.filter_chains[1].filters[1].typed_config.max_connect_attempts",
             ],
             "{e}"
         );
