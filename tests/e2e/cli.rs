@@ -123,3 +123,45 @@ async fn demo_serves_as_advertised() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `--mode validate` names every error of a configuration, one per line, and fails.
+#[test]
+fn validate_reports_every_error() {
+    let dir = TempDir::new("cli");
+    let p = dir.path("b.yaml");
+    std::fs::write(
+        &p,
+        r#"
+flags_path: /x
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    freebind: true
+    filter_chains:
+    - filters:
+      - name: t
+        typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: a}
+  clusters:
+  - {name: a, connect_timeout: 0s}
+  - {name: b, dns_jitter: 1s, outlier_detection: {interval: 0s}}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["--mode", "validate", "-c", p.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        format!(
+            "error initializing configuration '{}': flags_path: is not supported",
+            p.display()
+        ),
+        "static_resources.clusters[0].connect_timeout: must be greater than 0".to_string(),
+        "static_resources.clusters[1].dns_jitter: is not supported".to_string(),
+        "static_resources.clusters[1].outlier_detection.interval: must be greater than 0"
+            .to_string(),
+        "static_resources.listeners[0].freebind: is not supported".to_string(),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty".to_string(),
+    ];
+    assert_eq!(lines, expected, "{err}");
+}

@@ -426,3 +426,74 @@ async fn files_named_over_xds_are_read_or_refused_by_path() {
     assert_eq!((resp.status, resp.text().as_str()), (200, "from a file\n"));
     drop(r);
 }
+
+/// A listener with errors in several places: its own field, its listener filter, and in each
+/// of two chains' network filters (the connection manager's field and one of its HTTP filters;
+/// an unknown filter).
+fn many_errors_listener(name: &str, port: u16) -> Listener {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use prost::Message;
+    let mut l = lds_listener(name, port, "r1", "");
+    l.freebind = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    let unknown = || Some(any(&envoy_types::pb::google::protobuf::Empty::default()));
+    l.listener_filters = vec![listener::ListenerFilter {
+        name: "nope".into(),
+        config_type: unknown().map(listener::listener_filter::ConfigType::TypedConfig),
+        ..Default::default()
+    }];
+    let Some(listener::filter::ConfigType::TypedConfig(manager)) =
+        l.filter_chains[0].filters[0].config_type.take()
+    else {
+        unreachable!("lds_listener has a typed connection manager")
+    };
+    let mut manager = hcm::HttpConnectionManager::decode(&manager.value[..]).unwrap();
+    manager.http_filters.insert(
+        0,
+        hcm::HttpFilter {
+            name: "nope".into(),
+            config_type: unknown().map(hcm::http_filter::ConfigType::TypedConfig),
+            ..Default::default()
+        },
+    );
+    l.filter_chains[0].filters[0].config_type =
+        Some(listener::filter::ConfigType::TypedConfig(any(&manager)));
+    let mut chain = l.filter_chains[0].clone();
+    chain.filters = vec![listener::Filter {
+        name: "envoy.filters.network.nope".into(),
+        config_type: unknown().map(listener::filter::ConfigType::TypedConfig),
+    }];
+    l.filter_chains.push(chain);
+    l
+}
+
+/// One push of a listener with several errors: one NACK names every one, a line each.
+#[tokio::test(flavor = "multi_thread")]
+async fn lds_nack_names_every_error_of_a_listener() {
+    let a = upstream("a").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(CLUSTER, "c1", vec![any(&static_cluster("a_c", &[a.addr]))])
+            .with(LISTENER, "l1", vec![any(&many_errors_listener("m", port))])
+            .with(ROUTE, "r1", vec![any(&route_all_to("r1", "a_c"))]),
+    );
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    cache.wait_until(NODE, LISTENER, |s| s.nacks == 1).await;
+    let nack = cache.applied(NODE, LISTENER).nacked.unwrap().1;
+    let lines: Vec<&str> = nack.lines().collect();
+    let expected = [
+        "Listener 'm'.freebind: is not supported",
+        "Listener 'm'.listener_filters[0].typed_config.@type: listener filter google.protobuf.Empty is not supported",
+        "Listener 'm'.filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty",
+        "Listener 'm'.filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.@type: HTTP filter google.protobuf.Empty is not supported",
+        "Listener 'm'.filter_chains[1].filters[0].typed_config.@type: network filter google.protobuf.Empty is not supported",
+    ];
+    assert_eq!(lines, expected, "{nack}");
+    assert_eq!(r.stat("listener_manager.lds.update_rejected").await, 1);
+}

@@ -172,6 +172,70 @@ pub fn all<T>(results: impl IntoIterator<Item = Result<T>>) -> Result<Vec<T>> {
     }
 }
 
+/// The errors of the independent parts of one translation, collected so that one report names
+/// every problem. A part whose value a later part needs is still checked with `?` (the later
+/// part cannot be translated without it).
+#[derive(Debug, Default)]
+#[must_use = "the collected errors are reported by `finish`"]
+pub struct Errors(Vec<ConfigError>);
+
+// === impl Errors ===
+
+impl Errors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    /// The part's value, or `None` with its error kept.
+    pub fn take<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// Keep the error of each of these checks.
+    pub fn check(&mut self, results: impl IntoIterator<Item = Result<()>>) {
+        self.0.extend(results.into_iter().filter_map(Result::err));
+    }
+
+    /// The part's value, or a stand-in with its error kept: `finish` then fails, so the
+    /// stand-in is never used.
+    pub fn or_default<T: Default>(&mut self, r: Result<T>) -> T {
+        self.take(r).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every error kept, as one.
+    pub fn finish(self) -> Result<()> {
+        match ConfigError::join(self.0) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `value` when no part failed.
+    pub fn finish_with<T>(self, value: T) -> Result<T> {
+        self.finish().map(|()| value)
+    }
+
+    /// The value of parts taken with [`Errors::take`] (`Some` when none of them failed).
+    pub fn finish_some<T>(self, value: Option<T>) -> Result<T> {
+        self.finish()?;
+        value.ok_or_else(|| ConfigError::msg("a part of the translation failed without an error"))
+    }
+}
+
 impl std::error::Error for ConfigError {}
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -217,5 +281,23 @@ mod tests {
         );
         assert_eq!(e.iter().count(), 3);
         assert_eq!(all([Ok::<_, ConfigError>(1), Ok(2)]).unwrap(), [1, 2]);
+    }
+
+    #[test]
+    fn errors_collects_independent_parts() {
+        let p = FieldPath::root();
+        let mut errs = Errors::new();
+        assert_eq!(errs.take(Ok::<_, ConfigError>(1)), Some(1));
+        assert_eq!(errs.take::<u32>(Err(p.field("a").error("bad"))), None);
+        assert_eq!(errs.or_default::<u32>(Err(p.field("b").error("bad"))), 0);
+        errs.push(p.field("c").error("bad"));
+        errs.check([Ok(()), Err(p.field("d").error("bad"))]);
+        assert!(!errs.is_empty());
+        assert_eq!(
+            errs.finish_with(1).unwrap_err().to_string(),
+            "a: bad\nb: bad\nc: bad\nd: bad"
+        );
+        assert_eq!(Errors::new().finish_some(Some(2)).unwrap(), 2);
+        assert!(Errors::new().finish_some::<u32>(None).is_err());
     }
 }

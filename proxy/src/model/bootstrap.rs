@@ -121,148 +121,137 @@ impl Bootstrap {
             stats_eviction,
             enable_worker_cpu_affinity,
         } = b;
-        deny(
-            &path,
-            "enable_worker_cpu_affinity",
-            enable_worker_cpu_affinity,
-        )?;
-        deny(&path, "node_context_params", node_context_params)?;
-        let dynamic = dynamic_resources
-            .as_ref()
-            .map(|d| {
-                super::xds::DynamicResources::from_proto(
-                    &path.field("dynamic_resources"),
-                    d,
-                    &inputs,
-                )
-            })
-            .transpose()?
-            .unwrap_or_default();
-        let mut outlier_event_log = None;
-        if let Some(cm) = cluster_manager {
-            let cp = path.field("cluster_manager");
-            let pb::bootstrap::ClusterManager {
-                local_cluster_name,
-                outlier_detection,
-                upstream_bind_config,
-                load_stats_config,
-                enable_deferred_cluster_creation,
-            } = cm;
-            deny(&cp, "local_cluster_name", local_cluster_name)?;
-            if let Some(od) = outlier_detection {
-                let op = cp.field("outlier_detection");
-                let pb::bootstrap::cluster_manager::OutlierDetection {
-                    event_log_path,
-                    event_service,
-                } = od;
-                deny(&op, "event_service", event_service)?;
-                if !event_log_path.is_empty() {
-                    outlier_event_log = Some(std::path::PathBuf::from(event_log_path));
-                }
-            }
-            deny(&cp, "upstream_bind_config", upstream_bind_config)?;
-            deny(&cp, "load_stats_config", load_stats_config)?;
-            // Deferred creation only changes when a cluster's internals are built, not behaviour.
-            let _ = enable_deferred_cluster_creation;
-        }
-        deny(&path, "hds_config", hds_config)?;
-        deny(&path, "flags_path", flags_path)?;
-        deny(&path, "stats_sinks", stats_sinks)?;
+        let mut errs = crate::config::error::Errors::new();
+        errs.check([
+            deny(
+                &path,
+                "enable_worker_cpu_affinity",
+                enable_worker_cpu_affinity,
+            ),
+            deny(&path, "node_context_params", node_context_params),
+        ]);
+        let dynamic = errs.take(
+            dynamic_resources
+                .as_ref()
+                .map(|d| {
+                    super::xds::DynamicResources::from_proto(
+                        &path.field("dynamic_resources"),
+                        d,
+                        &inputs,
+                    )
+                })
+                .transpose()
+                .map(Option::unwrap_or_default),
+        );
+        let outlier_event_log = errs.or_default(
+            cluster_manager
+                .as_ref()
+                .map(|cm| cluster_manager_from(&path.field("cluster_manager"), cm))
+                .transpose()
+                .map(Option::flatten),
+        );
+        errs.check([
+            deny(&path, "hds_config", hds_config),
+            deny(&path, "flags_path", flags_path),
+            deny(&path, "stats_sinks", stats_sinks),
+        ]);
         let deferred_creation_stats = deferred_stat_options
             .as_ref()
             .is_some_and(|d| d.enable_deferred_creation_stats);
-        deny(&path, "watchdog", watchdog)?;
-        deny(&path, "watchdogs", watchdogs)?;
-        deny(&path, "tracing", tracing)?;
-        let global_downstream_max_connections = match overload_manager {
-            Some(om) => overload(&path.field("overload_manager"), om)?,
-            None => None,
-        };
-        deny(&path, "enable_dispatcher_stats", enable_dispatcher_stats)?;
-        deny(&path, "header_prefix", header_prefix)?;
-        deny(
-            &path,
-            "stats_server_version_override",
-            stats_server_version_override,
-        )?;
-        deny(&path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
-        deny(&path, "dns_resolution_config", dns_resolution_config)?;
-        deny(
-            &path,
-            "typed_dns_resolver_config",
-            typed_dns_resolver_config,
-        )?;
-        for (i, ext) in bootstrap_extensions.iter().enumerate() {
-            bootstrap_extension(&path.field("bootstrap_extensions").index(i), ext)?;
-        }
-        deny(&path, "fatal_actions", fatal_actions)?;
-        deny(&path, "config_sources", config_sources)?;
-        deny(&path, "default_config_source", default_config_source)?;
-        deny(&path, "default_socket_interface", default_socket_interface)?;
-        deny(
-            &path,
-            "certificate_provider_instances",
-            certificate_provider_instances,
-        )?;
-        deny(&path, "inline_headers", inline_headers)?;
-        deny(&path, "perf_tracing_file_path", perf_tracing_file_path)?;
-        deny(&path, "default_regex_engine", default_regex_engine)?;
-        deny(&path, "xds_delegate_extension", xds_delegate_extension)?;
-        deny(
-            &path,
-            "xds_config_tracker_extension",
-            xds_config_tracker_extension,
-        )?;
-        deny(&path, "listener_manager", listener_manager)?;
-        let app_log_format = application_log_config
-            .as_ref()
-            .map(|a| app_log_format(&path.field("application_log_config"), a))
-            .transpose()?
-            .flatten();
-        deny(
-            &path,
-            "grpc_async_client_manager_config",
-            grpc_async_client_manager_config,
-        )?;
-        deny(&path, "memory_allocator_manager", memory_allocator_manager)?;
-        deny(&path, "stats_flush", stats_flush)?;
-        deny(&path, "stats_eviction", stats_eviction)?;
+        errs.check([
+            deny(&path, "watchdog", watchdog),
+            deny(&path, "watchdogs", watchdogs),
+            deny(&path, "tracing", tracing),
+        ]);
+        let global_downstream_max_connections = errs.or_default(match overload_manager {
+            Some(om) => overload(&path.field("overload_manager"), om),
+            None => Ok(None),
+        });
+        errs.check([
+            deny(&path, "enable_dispatcher_stats", enable_dispatcher_stats),
+            deny(&path, "header_prefix", header_prefix),
+            deny(
+                &path,
+                "stats_server_version_override",
+                stats_server_version_override,
+            ),
+            deny(&path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups),
+            deny(&path, "dns_resolution_config", dns_resolution_config),
+            deny(
+                &path,
+                "typed_dns_resolver_config",
+                typed_dns_resolver_config,
+            ),
+        ]);
+        errs.check(bootstrap_extensions.iter().enumerate().map(|(i, ext)| {
+            bootstrap_extension(&path.field("bootstrap_extensions").index(i), ext)
+        }));
+        errs.check([
+            deny(&path, "fatal_actions", fatal_actions),
+            deny(&path, "config_sources", config_sources),
+            deny(&path, "default_config_source", default_config_source),
+            deny(&path, "default_socket_interface", default_socket_interface),
+            deny(
+                &path,
+                "certificate_provider_instances",
+                certificate_provider_instances,
+            ),
+            deny(&path, "inline_headers", inline_headers),
+            deny(&path, "perf_tracing_file_path", perf_tracing_file_path),
+            deny(&path, "default_regex_engine", default_regex_engine),
+            deny(&path, "xds_delegate_extension", xds_delegate_extension),
+            deny(
+                &path,
+                "xds_config_tracker_extension",
+                xds_config_tracker_extension,
+            ),
+            deny(&path, "listener_manager", listener_manager),
+        ]);
+        let app_log_format = errs.or_default(
+            application_log_config
+                .as_ref()
+                .map(|a| app_log_format(&path.field("application_log_config"), a))
+                .transpose()
+                .map(Option::flatten),
+        );
+        errs.check([
+            deny(
+                &path,
+                "grpc_async_client_manager_config",
+                grpc_async_client_manager_config,
+            ),
+            deny(&path, "memory_allocator_manager", memory_allocator_manager),
+            deny(&path, "stats_flush", stats_flush),
+            deny(&path, "stats_eviction", stats_eviction),
+        ]);
 
-        let runtime = Runtime::from_proto(&path.field("layered_runtime"), layered_runtime)?;
-        let node = node
-            .as_ref()
-            .map(|n| Node {
-                id: n.id.clone(),
-                cluster: n.cluster.clone(),
-                metadata: n
-                    .metadata
-                    .as_ref()
-                    .map(super::runtime::struct_to_json)
-                    .unwrap_or_default(),
-                region: n
-                    .locality
-                    .as_ref()
-                    .map(|l| l.region.clone())
-                    .unwrap_or_default(),
-                zone: n
-                    .locality
-                    .as_ref()
-                    .map(|l| l.zone.clone())
-                    .unwrap_or_default(),
-            })
-            .unwrap_or_default();
+        // Without its runtime layer, the rest is translated with an empty one (the layer's
+        // error is reported with the others).
+        let runtime = errs.or_default(Runtime::from_proto(
+            &path.field("layered_runtime"),
+            layered_runtime,
+        ));
+        let node = node.as_ref().map(node_from).unwrap_or_default();
+        let admin = errs.or_default(match admin {
+            Some(a) => admin_from(&path.field("admin"), a, &runtime, &inputs),
+            None => Ok(None),
+        });
 
-        let admin = match admin {
-            Some(a) => admin_from(&path.field("admin"), a, &runtime, &inputs)?,
-            None => None,
-        };
-
-        let mut flush_interval = opt_duration(&path, "stats_flush_interval", stats_flush_interval)?
+        let mut flush_interval = errs
+            .or_default(opt_duration(
+                &path,
+                "stats_flush_interval",
+                stats_flush_interval,
+            ))
             .unwrap_or(Duration::from_secs(5));
         if flush_interval < Duration::from_millis(1) {
             flush_interval = Duration::from_millis(1);
         }
-        let stats = stats_settings(&path.field("stats_config"), stats_config, flush_interval)?;
+        let stats = errs.take(stats_settings(
+            &path.field("stats_config"),
+            stats_config,
+            flush_interval,
+        ));
 
         let sp = path.field("static_resources");
         let empty = pb::bootstrap::bootstrap::StaticResources::default();
@@ -276,8 +265,10 @@ impl Bootstrap {
             inputs: &inputs,
             reload: &reload,
         };
-        let secrets =
-            super::tls::StaticSecrets::from_proto(&sp.field("secrets"), secrets, material)?;
+        // Listeners and clusters are translated with the secrets that translated.
+        let (secrets, secret_errors) =
+            super::tls::StaticSecrets::each(&sp.field("secrets"), secrets, material);
+        errs.check([secret_errors.finish()]);
         let context = Arc::new(super::context::TranslateContext {
             runtime: Arc::new(runtime),
             secrets: Arc::new(secrets),
@@ -285,71 +276,12 @@ impl Bootstrap {
             sds,
             inputs,
         });
-        let mut clusters = Vec::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
-        for (i, c) in cs.iter().enumerate() {
-            let cp = sp.field("clusters").index(i);
-            let cluster = Cluster::from_proto(&cp, c, &context)?;
-            if let Some(prev) = names.insert(cluster.name.to_string(), i) {
-                return Err(cp.field("name").error(format!("cluster manager: duplicate cluster '{}' (also static_resources.clusters[{prev}])", cluster.name)));
-            }
-            clusters.push(Arc::new(cluster));
+        let (clusters, listeners) =
+            errs.or_default(static_listeners_and_clusters(&sp, cs, ls, &context));
+        if let Some(dynamic) = &dynamic {
+            errs.check([check_dynamic(&path, dynamic, cs, &listeners, &clusters)]);
         }
-        let mut listeners = Vec::new();
-        let mut lnames: HashMap<String, usize> = HashMap::new();
-        for (i, l) in ls.iter().enumerate() {
-            let lp = sp.field("listeners").index(i);
-            let listener = Listener::from_proto(&lp, l, &context)?;
-            if let Some(prev) = lnames.insert(listener.name.clone(), i) {
-                return Err(lp.field("name").error(format!(
-                    "duplicate listener name '{}' (also static_resources.listeners[{prev}])",
-                    listener.name
-                )));
-            }
-            check_route_clusters(&lp, &listener, &names)?;
-            check_no_pipe_targets(&lp, &listener, &clusters)?;
-            listeners.push(Arc::new(listener));
-        }
-        // The ADS stream's cluster is a static one; EDS clusters need ADS.
-        if let Some(ads) = &dynamic.ads
-            && !clusters.iter().any(|c| *c.name == *ads.cluster)
-        {
-            return Err(path
-                .field("dynamic_resources")
-                .field("ads_config")
-                .field("grpc_services")
-                .index(0)
-                .field("envoy_grpc")
-                .field("cluster_name")
-                .error(format!("unknown static cluster '{}'", ads.cluster)));
-        }
-        if dynamic.ads.is_none() {
-            for (i, l) in listeners.iter().enumerate() {
-                for (j, fc) in l.filter_chains.iter().enumerate() {
-                    if let super::listener::NetworkTerminal::Http(h) = &fc.terminal
-                        && h.rds.is_some()
-                    {
-                        return Err(path
-                            .field("static_resources")
-                            .field("listeners")
-                            .index(i)
-                            .field("filter_chains")
-                            .index(j)
-                            .error("RDS needs dynamic_resources.ads_config"));
-                    }
-                }
-            }
-        }
-        if dynamic.ads.is_none()
-            && let Some(i) = clusters.iter().position(|c| c.eds.is_some())
-        {
-            return Err(path
-                .field("static_resources")
-                .field("clusters")
-                .index(i)
-                .field("eds_cluster_config")
-                .error("EDS needs dynamic_resources.ads_config"));
-        }
+        let (dynamic, stats) = errs.finish_some(dynamic.zip(stats))?;
         Ok(Self {
             node,
             global_downstream_max_connections,
@@ -364,6 +296,166 @@ impl Bootstrap {
             outlier_event_log,
         })
     }
+}
+
+fn node_from(n: &pb::core::Node) -> Node {
+    Node {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        metadata: n
+            .metadata
+            .as_ref()
+            .map(super::runtime::struct_to_json)
+            .unwrap_or_default(),
+        region: n
+            .locality
+            .as_ref()
+            .map(|l| l.region.clone())
+            .unwrap_or_default(),
+        zone: n
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// `cluster_manager`: the outlier event log's path.
+fn cluster_manager_from(
+    cp: &FieldPath,
+    cm: &pb::bootstrap::ClusterManager,
+) -> Result<Option<std::path::PathBuf>> {
+    let pb::bootstrap::ClusterManager {
+        local_cluster_name,
+        outlier_detection,
+        upstream_bind_config,
+        load_stats_config,
+        enable_deferred_cluster_creation,
+    } = cm;
+    // Deferred creation only changes when a cluster's internals are built, not behaviour.
+    let _ = enable_deferred_cluster_creation;
+    let mut errs = crate::config::error::Errors::new();
+    errs.check([deny(cp, "local_cluster_name", local_cluster_name)]);
+    let mut outlier_event_log = None;
+    if let Some(od) = outlier_detection {
+        let op = cp.field("outlier_detection");
+        let pb::bootstrap::cluster_manager::OutlierDetection {
+            event_log_path,
+            event_service,
+        } = od;
+        errs.check([deny(&op, "event_service", event_service)]);
+        if !event_log_path.is_empty() {
+            outlier_event_log = Some(std::path::PathBuf::from(event_log_path));
+        }
+    }
+    errs.check([
+        deny(cp, "upstream_bind_config", upstream_bind_config),
+        deny(cp, "load_stats_config", load_stats_config),
+    ]);
+    errs.finish_with(outlier_event_log)
+}
+
+/// The static clusters and listeners.
+type StaticResources = (Vec<Arc<Cluster>>, Vec<Arc<Listener>>);
+
+/// The static clusters and listeners. Every one is translated, so that one report names the
+/// problems of all of them; routes are checked against the names of every static cluster
+/// (one that failed is reported on its own, not again by each route naming it).
+fn static_listeners_and_clusters(
+    sp: &FieldPath,
+    cs: &[pb::cluster::Cluster],
+    ls: &[pb::listener::Listener],
+    context: &super::context::TranslateContext,
+) -> Result<StaticResources> {
+    let mut errs = crate::config::error::Errors::new();
+    let mut clusters = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, c) in cs.iter().enumerate() {
+        let cp = sp.field("clusters").index(i);
+        let cluster = errs.take(Cluster::from_proto(&cp, c, context));
+        if let Some(prev) = names.get(&c.name).filter(|_| !c.name.is_empty()) {
+            errs.push(cp.field("name").error(format!(
+                "cluster manager: duplicate cluster '{}' (also static_resources.clusters[{prev}])",
+                c.name
+            )));
+            continue;
+        }
+        names.insert(c.name.clone(), i);
+        clusters.extend(cluster.map(Arc::new));
+    }
+    let mut listeners = Vec::new();
+    let mut lnames: HashMap<String, usize> = HashMap::new();
+    for (i, l) in ls.iter().enumerate() {
+        let lp = sp.field("listeners").index(i);
+        let Some(listener) = errs.take(Listener::from_proto(&lp, l, context)) else {
+            continue;
+        };
+        if let Some(prev) = lnames.insert(listener.name.clone(), i) {
+            errs.push(lp.field("name").error(format!(
+                "duplicate listener name '{}' (also static_resources.listeners[{prev}])",
+                listener.name
+            )));
+            continue;
+        }
+        let checked = errs.take(
+            check_route_clusters(&lp, &listener, &names)
+                .and_then(|()| check_no_pipe_targets(&lp, &listener, &clusters)),
+        );
+        if checked.is_some() {
+            listeners.push(Arc::new(listener));
+        }
+    }
+    errs.finish_with((clusters, listeners))
+}
+
+/// What static resources need of `dynamic_resources`: the ADS stream's cluster is a static one;
+/// RDS and EDS need ADS.
+fn check_dynamic(
+    path: &FieldPath,
+    dynamic: &super::xds::DynamicResources,
+    cs: &[pb::cluster::Cluster],
+    listeners: &[Arc<Listener>],
+    clusters: &[Arc<Cluster>],
+) -> Result<()> {
+    if let Some(ads) = &dynamic.ads
+        && !cs.iter().any(|c| c.name == *ads.cluster)
+    {
+        return Err(path
+            .field("dynamic_resources")
+            .field("ads_config")
+            .field("grpc_services")
+            .index(0)
+            .field("envoy_grpc")
+            .field("cluster_name")
+            .error(format!("unknown static cluster '{}'", ads.cluster)));
+    }
+    if dynamic.ads.is_some() {
+        return Ok(());
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, fc) in l.filter_chains.iter().enumerate() {
+            if let super::listener::NetworkTerminal::Http(h) = &fc.terminal
+                && h.rds.is_some()
+            {
+                return Err(path
+                    .field("static_resources")
+                    .field("listeners")
+                    .index(i)
+                    .field("filter_chains")
+                    .index(j)
+                    .error("RDS needs dynamic_resources.ads_config"));
+            }
+        }
+    }
+    if let Some(i) = clusters.iter().position(|c| c.eds.is_some()) {
+        return Err(path
+            .field("static_resources")
+            .field("clusters")
+            .index(i)
+            .field("eds_cluster_config")
+            .error("EDS needs dynamic_resources.ads_config"));
+    }
+    Ok(())
 }
 
 const INTERNAL_LISTENER: &str = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
@@ -663,5 +755,57 @@ impl StatsMatcher {
             StatsMatcher::Inclusion(ms) => ms.iter().any(|m| m.matches(name)),
             StatsMatcher::Exclusion(ms) => !ms.iter().any(|m| m.matches(name)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One translation names every problem: each static listener's and cluster's, and the
+    /// top-level sections'.
+    #[test]
+    fn every_error_of_a_bootstrap() {
+        let yaml = r#"
+flags_path: /x
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    freebind: true
+    filter_chains:
+    - filters:
+      - name: t
+        typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: a}
+  clusters:
+  - {name: a, connect_timeout: 0s}
+  - {name: b, dns_jitter: 1s}
+  - {name: c}
+"#;
+        let b: pb::bootstrap::Bootstrap = crate::config::decode_yaml(
+            "envoy.config.bootstrap.v3.Bootstrap",
+            yaml,
+            &FieldPath::root(),
+        );
+        let e = Bootstrap::from_proto(
+            &b,
+            Arc::new(crate::xds::sds::SdsRegistry::default()),
+            Arc::new(super::super::inputs::Inputs::none()),
+        )
+        .unwrap_err();
+        let paths: Vec<String> = e
+            .iter()
+            .map(|e| e.path.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "flags_path",
+                "static_resources.clusters[0].connect_timeout",
+                "static_resources.clusters[1].dns_jitter",
+                "static_resources.listeners[0].freebind",
+            ],
+            "{e}"
+        );
     }
 }

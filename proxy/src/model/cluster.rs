@@ -6,6 +6,7 @@ use super::core::{
 };
 use super::hcm::{Http2Settings, http2_settings};
 use super::pb;
+use crate::config::error::{self, Errors};
 use crate::config::{FieldPath, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -511,15 +512,14 @@ pub fn keepalive(ka: &pb::core::TcpKeepalive) -> Keepalive {
 // === impl Cluster ===
 
 impl Cluster {
+    /// Every independent field group is translated, so that one report names every problem;
+    /// a group that needs another's value (EDS and endpoints need the discovery type, the
+    /// upstream protocol needs the TLS context, common_lb_config the lb policy) waits for it.
     pub fn from_proto(
         path: &FieldPath,
         c: &pb::cluster::Cluster,
         cx: &super::context::TranslateContext,
     ) -> Result<Self> {
-        use pb::cluster::cluster::{
-            ClusterDiscoveryType as Cdt, DiscoveryType as D, DnsLookupFamily as F, LbConfig,
-            LbPolicy as L,
-        };
         let pb::cluster::Cluster {
             transport_socket_matches,
             transport_socket_matcher,
@@ -574,360 +574,533 @@ impl Cluster {
             cluster_discovery_type,
             lb_config,
         } = c;
+        // Static and DNS clusters are always warmed before listeners start; nothing to wait for.
+        let _ = wait_for_warm_on_init;
+        super::core::metadata_ok(metadata);
+        let mut errs = Errors::new();
         if name.is_empty() {
-            return Err(path.field("name").error("must not be empty"));
+            errs.push(path.field("name").error("must not be empty"));
         }
-        deny(path, "transport_socket_matches", transport_socket_matches)?;
-        deny(path, "transport_socket_matcher", transport_socket_matcher)?;
-        deny(path, "stats_matcher", stats_matcher)?;
-        deny(
-            path,
-            "per_connection_buffer_high_watermark_timeout",
-            per_connection_buffer_high_watermark_timeout,
-        )?;
-        let health_checks = health_checks
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                super::health_check::HealthCheck::from_proto(
-                    &path.field("health_checks").index(i),
-                    h,
+        errs.check([
+            deny(path, "transport_socket_matches", transport_socket_matches),
+            deny(path, "transport_socket_matcher", transport_socket_matcher),
+            deny(path, "stats_matcher", stats_matcher),
+            deny(
+                path,
+                "per_connection_buffer_high_watermark_timeout",
+                per_connection_buffer_high_watermark_timeout,
+            ),
+        ]);
+        let health_checks = errs.or_default(Self::health_checks(path, health_checks));
+        let circuit_breakers = errs
+            .or_default(
+                circuit_breakers
+                    .as_ref()
+                    .map(|cb| self::circuit_breakers(&path.field("circuit_breakers"), cb))
+                    .transpose(),
+            )
+            .unwrap_or_default();
+        errs.check([
+            deny(
+                path,
+                "upstream_http_protocol_options",
+                upstream_http_protocol_options,
+            ),
+            deny(path, "dns_jitter", dns_jitter),
+            deny(path, "dns_failure_refresh_rate", dns_failure_refresh_rate),
+            deny(path, "respect_dns_ttl", respect_dns_ttl),
+            deny(path, "dns_resolvers", dns_resolvers),
+            deny(path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups),
+            deny(path, "dns_resolution_config", dns_resolution_config),
+            deny(path, "typed_dns_resolver_config", typed_dns_resolver_config),
+        ]);
+        let outlier = errs.or_default(
+            outlier_detection
+                .as_ref()
+                .map(|o| self::outlier(&path.field("outlier_detection"), o).map(Box::new))
+                .transpose(),
+        );
+        errs.check([
+            deny(path, "cleanup_interval", cleanup_interval),
+            deny(path, "upstream_bind_config", upstream_bind_config),
+            lb_subset_config.as_ref().map_or(Ok(()), |subset| {
+                deny(
+                    &path.field("lb_subset_config"),
+                    "subset_selectors",
+                    &subset.subset_selectors,
                 )
-            })
-            .collect::<Result<Vec<_>>>()?;
+            }),
+        ]);
+        let tls = errs.take(super::tls::upstream_socket(
+            &path.field("transport_socket"),
+            transport_socket,
+            cx,
+        ));
+        errs.check([
+            deny(
+                path,
+                "close_connections_on_host_health_failure",
+                close_connections_on_host_health_failure,
+            ),
+            deny(
+                path,
+                "ignore_health_on_host_removal",
+                ignore_health_on_host_removal,
+            ),
+        ]);
+        let metadata_exchange = errs.or_default(upstream_filters(&path.field("filters"), filters));
+        errs.check([
+            deny(path, "load_balancing_policy", load_balancing_policy),
+            deny(path, "lrs_server", lrs_server),
+            deny(
+                path,
+                "lrs_report_endpoint_metrics",
+                lrs_report_endpoint_metrics,
+            ),
+            deny(path, "track_timeout_budgets", track_timeout_budgets),
+            deny(path, "upstream_config", upstream_config),
+            deny(path, "track_cluster_stats", track_cluster_stats),
+            deny(path, "preconnect_policy", preconnect_policy),
+            deny(
+                path,
+                "connection_pool_per_downstream_connection",
+                connection_pool_per_downstream_connection,
+            ),
+            deny(path, "queuing_policies", queuing_policies),
+        ]);
+        let discovery = errs.take(discovery(path, cluster_discovery_type));
+        let lb = errs.take(lb_policy_from(path, *lb_policy, lb_config));
+        let dns_family = errs.take(dns_family(path, *dns_lookup_family));
+        let eds = discovery.and_then(|d| errs.take(eds(path, d, eds_cluster_config, name)));
+        let pipe = load_assignment.as_ref().and_then(pipe_endpoint);
+        let endpoints =
+            discovery.and_then(|d| errs.take(endpoints(path, d, load_assignment, pipe.is_some())));
+        let buffer_limit = u32_or(per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
+        let upstream = tls.and_then(|tls| {
+            errs.take(UpstreamHttp::from_proto(
+                path,
+                UpstreamHttpFields {
+                    common_http_protocol_options,
+                    http_protocol_options,
+                    http2_protocol_options,
+                    typed_extension_protocol_options,
+                    protocol_selection: *protocol_selection,
+                    max_requests_per_connection,
+                },
+                tls,
+                buffer_limit,
+            ))
+        });
+        let lb_common = lb.and_then(|lb| {
+            errs.take(common_lb(
+                &path.field("common_lb_config"),
+                common_lb_config,
+                lb,
+            ))
+        });
+        let tcp_keepalive = errs.or_default(upstream_connection(
+            &path.field("upstream_connection_options"),
+            upstream_connection_options,
+        ));
+        let connect_timeout = errs.take(connect_timeout_of(path, connect_timeout));
+        let dns_refresh_rate = errs.take(dns_refresh_rate_of(path, dns_refresh_rate));
+        let head = discovery.zip(dns_family).zip(eds).zip(endpoints);
+        let rest = upstream
+            .zip(lb_common)
+            .zip(connect_timeout)
+            .zip(dns_refresh_rate);
+        let (
+            (((discovery, dns_family), eds), (localities, overprovisioning_factor)),
+            (
+                ((upstream, (lb, panic_threshold, locality_weighted)), connect_timeout),
+                dns_refresh_rate,
+            ),
+        ) = errs.finish_some(head.zip(rest))?;
+        Ok(Self {
+            name: name.as_str().into(),
+            stat_name: if alt_stat_name.is_empty() {
+                name.clone()
+            } else {
+                alt_stat_name.clone()
+            },
+            discovery,
+            circuit_breakers,
+            istio: istio_metadata(metadata),
+            metadata_exchange,
+            outlier,
+            health_checks,
+            locality_weighted,
+            connect_timeout,
+            lb_policy: lb,
+            localities,
+            overprovisioning_factor,
+            dns_refresh_rate,
+            dns_family,
+            protocol: upstream.protocol,
+            http2: upstream.http2,
+            idle_timeout: upstream.idle_timeout,
+            max_connection_duration: upstream.max_connection_duration,
+            max_requests_per_connection: upstream.max_requests,
+            per_connection_buffer_limit_bytes: buffer_limit,
+            healthy_panic_threshold: panic_threshold,
+            tcp_keepalive,
+            tls: upstream.tls,
+            eds,
+            pipe,
+        })
+    }
+
+    fn health_checks(
+        path: &FieldPath,
+        hcs: &[pb::core::HealthCheck],
+    ) -> Result<Vec<super::health_check::HealthCheck>> {
+        let health_checks = error::all(hcs.iter().enumerate().map(|(i, h)| {
+            super::health_check::HealthCheck::from_proto(&path.field("health_checks").index(i), h)
+        }))?;
         if health_checks.len() > 1 {
             return Err(path
                 .field("health_checks")
                 .error("multiple health checks are not supported (as in Envoy)"));
         }
-        let circuit_breakers = circuit_breakers
-            .as_ref()
-            .map(|cb| self::circuit_breakers(&path.field("circuit_breakers"), cb))
-            .transpose()?
-            .unwrap_or_default();
-        deny(
-            path,
-            "upstream_http_protocol_options",
-            upstream_http_protocol_options,
-        )?;
-        deny(path, "dns_jitter", dns_jitter)?;
-        deny(path, "dns_failure_refresh_rate", dns_failure_refresh_rate)?;
-        deny(path, "respect_dns_ttl", respect_dns_ttl)?;
-        deny(path, "dns_resolvers", dns_resolvers)?;
-        deny(path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
-        deny(path, "dns_resolution_config", dns_resolution_config)?;
-        deny(path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
-        // Static and DNS clusters are always warmed before listeners start; nothing to wait for.
-        let _ = wait_for_warm_on_init;
-        let outlier = outlier_detection
-            .as_ref()
-            .map(|o| self::outlier(&path.field("outlier_detection"), o).map(Box::new))
-            .transpose()?;
-        deny(path, "cleanup_interval", cleanup_interval)?;
-        deny(path, "upstream_bind_config", upstream_bind_config)?;
-        if let Some(subset) = lb_subset_config {
-            deny(
-                &path.field("lb_subset_config"),
-                "subset_selectors",
-                &subset.subset_selectors,
-            )?;
-        }
-        let tls =
-            super::tls::upstream_socket(&path.field("transport_socket"), transport_socket, cx)?;
-        super::core::metadata_ok(metadata);
-        let istio = istio_metadata(metadata);
-        deny(
-            path,
-            "close_connections_on_host_health_failure",
-            close_connections_on_host_health_failure,
-        )?;
-        deny(
-            path,
-            "ignore_health_on_host_removal",
-            ignore_health_on_host_removal,
-        )?;
-        let mut metadata_exchange = None;
-        for (i, f) in filters.iter().enumerate() {
-            let fp = path.field("filters").index(i);
-            let pb::cluster::Filter {
-                name: _,
-                typed_config,
-                config_discovery,
-            } = f;
-            deny(&fp, "config_discovery", config_discovery)?;
-            let Some(any) = typed_config else {
-                return Err(fp.field("typed_config").error("is required"));
-            };
-            let tp = fp.field("typed_config");
-            match super::core::any_type(any) {
-                super::listener::METADATA_EXCHANGE_TYPE => {
-                    metadata_exchange =
-                        Some(Arc::new(super::listener::metadata_exchange(&tp, any)?));
-                }
-                other => {
-                    return Err(tp
-                        .field("@type")
-                        .error(format!("upstream network filter {other} is not supported")));
-                }
-            }
-        }
-        deny(path, "load_balancing_policy", load_balancing_policy)?;
-        deny(path, "lrs_server", lrs_server)?;
-        deny(
-            path,
-            "lrs_report_endpoint_metrics",
-            lrs_report_endpoint_metrics,
-        )?;
-        deny(path, "track_timeout_budgets", track_timeout_budgets)?;
-        deny(path, "upstream_config", upstream_config)?;
-        deny(path, "track_cluster_stats", track_cluster_stats)?;
-        deny(path, "preconnect_policy", preconnect_policy)?;
-        deny(
-            path,
-            "connection_pool_per_downstream_connection",
-            connection_pool_per_downstream_connection,
-        )?;
-        deny(path, "queuing_policies", queuing_policies)?;
+        Ok(health_checks)
+    }
+}
 
-        let discovery = match cluster_discovery_type {
-            None => Discovery::Static,
-            Some(Cdt::Type(t)) => match enum_value::<D>(path, "type", *t, |d| {
-                matches!(d, D::Static | D::StrictDns | D::LogicalDns | D::Eds)
-            })? {
-                D::Static => Discovery::Static,
-                D::StrictDns => Discovery::StrictDns,
-                D::LogicalDns => Discovery::LogicalDns,
-                D::Eds => Discovery::Eds,
-                D::OriginalDst => unreachable!("refused above"),
-            },
-            Some(Cdt::ClusterType(_)) => return Err(path.unsupported("cluster_type")),
+/// `filters`: Istio's upstream metadata exchange, the only upstream network filter built.
+fn upstream_filters(
+    path: &FieldPath,
+    filters: &[pb::cluster::Filter],
+) -> Result<Option<Arc<super::listener::MetadataExchange>>> {
+    let exchanges = error::all(filters.iter().enumerate().map(|(i, f)| {
+        let fp = path.index(i);
+        let pb::cluster::Filter {
+            name: _,
+            typed_config,
+            config_discovery,
+        } = f;
+        deny(&fp, "config_discovery", config_discovery)?;
+        let Some(any) = typed_config else {
+            return Err(fp.field("typed_config").error("is required"));
         };
+        let tp = fp.field("typed_config");
+        match super::core::any_type(any) {
+            super::listener::METADATA_EXCHANGE_TYPE => {
+                Ok(Arc::new(super::listener::metadata_exchange(&tp, any)?))
+            }
+            other => Err(tp
+                .field("@type")
+                .error(format!("upstream network filter {other} is not supported"))),
+        }
+    }))?;
+    Ok(exchanges.into_iter().next_back())
+}
 
-        let mut lb = match enum_value::<L>(path, "lb_policy", *lb_policy, |l| {
-            matches!(
-                l,
-                L::RoundRobin | L::LeastRequest | L::Random | L::RingHash | L::Maglev
-            )
+fn discovery(
+    path: &FieldPath,
+    cdt: &Option<pb::cluster::cluster::ClusterDiscoveryType>,
+) -> Result<Discovery> {
+    use pb::cluster::cluster::{ClusterDiscoveryType as Cdt, DiscoveryType as D};
+    Ok(match cdt {
+        None => Discovery::Static,
+        Some(Cdt::Type(t)) => match enum_value::<D>(path, "type", *t, |d| {
+            matches!(d, D::Static | D::StrictDns | D::LogicalDns | D::Eds)
         })? {
-            L::RoundRobin => LbPolicy::RoundRobin,
-            L::LeastRequest => LbPolicy::LeastRequest {
-                choice_count: 2,
-                active_request_bias: 1.0,
-            },
-            L::Random => LbPolicy::Random,
-            L::RingHash => LbPolicy::RingHash {
-                min_ring_size: 1024,
-                max_ring_size: 8 * 1024 * 1024,
-                murmur: false,
-                use_hostname: false,
-            },
-            L::Maglev => LbPolicy::Maglev {
-                table_size: 65537,
-                use_hostname: false,
-            },
-            _ => unreachable!("refused above"),
-        };
-        match lb_config {
-            None => {}
-            Some(LbConfig::LeastRequestLbConfig(lr)) => {
-                let lp = path.field("least_request_lb_config");
-                if !matches!(lb, LbPolicy::LeastRequest { .. }) {
-                    return Err(lp.error("is only valid with lb_policy LEAST_REQUEST"));
-                }
-                let pb::cluster::cluster::LeastRequestLbConfig {
-                    choice_count,
-                    active_request_bias,
-                    slow_start_config,
-                } = lr;
-                deny(&lp, "slow_start_config", slow_start_config)?;
-                let n = u32_or(choice_count, 2);
-                if n < 2 {
-                    return Err(lp.field("choice_count").error("must be at least 2"));
-                }
-                let bias = match active_request_bias {
-                    None => 1.0,
-                    Some(r) => {
-                        let pb::core::RuntimeDouble {
-                            default_value,
-                            runtime_key: _,
-                        } = r;
-                        if !(0.0..=f64::MAX).contains(default_value) {
-                            return Err(lp
-                                .field("active_request_bias")
-                                .error("must not be negative"));
-                        }
-                        *default_value
-                    }
-                };
-                lb = LbPolicy::LeastRequest {
-                    choice_count: n,
-                    active_request_bias: bias,
-                };
-            }
-            Some(LbConfig::RoundRobinLbConfig(rr)) => {
-                let rp = path.field("round_robin_lb_config");
-                let pb::cluster::cluster::RoundRobinLbConfig { slow_start_config } = rr;
-                deny(&rp, "slow_start_config", slow_start_config)?;
-            }
-            Some(LbConfig::RingHashLbConfig(rh)) => {
-                let rp = path.field("ring_hash_lb_config");
-                let LbPolicy::RingHash {
-                    min_ring_size: min0,
-                    max_ring_size: max0,
-                    ..
-                } = lb
-                else {
-                    return Err(rp.error("is only valid with lb_policy RING_HASH"));
-                };
-                let pb::cluster::cluster::RingHashLbConfig {
-                    minimum_ring_size,
-                    hash_function,
-                    maximum_ring_size,
-                } = rh;
-                use pb::cluster::cluster::ring_hash_lb_config::HashFunction as HF;
-                let murmur = match enum_value::<HF>(&rp, "hash_function", *hash_function, |_| true)?
-                {
-                    HF::XxHash => false,
-                    HF::MurmurHash2 => true,
-                };
-                let min = minimum_ring_size.as_ref().map_or(min0, |v| v.value);
-                let max = maximum_ring_size.as_ref().map_or(max0, |v| v.value);
-                if min == 0 || min > 8 * 1024 * 1024 {
-                    return Err(rp
-                        .field("minimum_ring_size")
-                        .error("must be between 1 and 8388608"));
-                }
-                if max == 0 || max > 8 * 1024 * 1024 {
-                    return Err(rp
-                        .field("maximum_ring_size")
-                        .error("must be between 1 and 8388608"));
-                }
-                if min > max {
-                    return Err(rp
-                        .field("minimum_ring_size")
-                        .error("must not be greater than maximum_ring_size"));
-                }
-                lb = LbPolicy::RingHash {
-                    min_ring_size: min,
-                    max_ring_size: max,
-                    murmur,
-                    use_hostname: false,
-                };
-            }
-            Some(LbConfig::MaglevLbConfig(m)) => {
-                let mp = path.field("maglev_lb_config");
-                if !matches!(lb, LbPolicy::Maglev { .. }) {
-                    return Err(mp.error("is only valid with lb_policy MAGLEV"));
-                }
-                let pb::cluster::cluster::MaglevLbConfig { table_size } = m;
-                let size = table_size.as_ref().map_or(65537, |v| v.value);
-                if size > 5_000_011 || !is_prime(size) {
-                    return Err(mp
-                        .field("table_size")
-                        .error("must be a prime number no greater than 5000011"));
-                }
-                lb = LbPolicy::Maglev {
-                    table_size: size,
-                    use_hostname: false,
-                };
-            }
-            Some(LbConfig::OriginalDstLbConfig(_)) => {
-                return Err(path.unsupported("original_dst_lb_config"));
-            }
-        }
+            D::Static => Discovery::Static,
+            D::StrictDns => Discovery::StrictDns,
+            D::LogicalDns => Discovery::LogicalDns,
+            D::Eds => Discovery::Eds,
+            D::OriginalDst => unreachable!("refused above"),
+        },
+        Some(Cdt::ClusterType(_)) => return Err(path.unsupported("cluster_type")),
+    })
+}
 
-        let dns_family =
-            match enum_value::<F>(path, "dns_lookup_family", *dns_lookup_family, |_| true)? {
-                F::Auto => DnsFamily::Auto,
-                F::V4Only => DnsFamily::V4Only,
-                F::V6Only => DnsFamily::V6Only,
-                F::V4Preferred => DnsFamily::V4Preferred,
-                F::All => DnsFamily::All,
+fn dns_family(path: &FieldPath, value: i32) -> Result<DnsFamily> {
+    use pb::cluster::cluster::DnsLookupFamily as F;
+    Ok(
+        match enum_value::<F>(path, "dns_lookup_family", value, |_| true)? {
+            F::Auto => DnsFamily::Auto,
+            F::V4Only => DnsFamily::V4Only,
+            F::V6Only => DnsFamily::V6Only,
+            F::V4Preferred => DnsFamily::V4Preferred,
+            F::All => DnsFamily::All,
+        },
+    )
+}
+
+/// `lb_policy` with its `*_lb_config`.
+fn lb_policy_from(
+    path: &FieldPath,
+    lb_policy: i32,
+    lb_config: &Option<pb::cluster::cluster::LbConfig>,
+) -> Result<LbPolicy> {
+    use pb::cluster::cluster::{LbConfig, LbPolicy as L};
+    let lb = match enum_value::<L>(path, "lb_policy", lb_policy, |l| {
+        matches!(
+            l,
+            L::RoundRobin | L::LeastRequest | L::Random | L::RingHash | L::Maglev
+        )
+    })? {
+        L::RoundRobin => LbPolicy::RoundRobin,
+        L::LeastRequest => LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0,
+        },
+        L::Random => LbPolicy::Random,
+        L::RingHash => LbPolicy::RingHash {
+            min_ring_size: 1024,
+            max_ring_size: 8 * 1024 * 1024,
+            murmur: false,
+            use_hostname: false,
+        },
+        L::Maglev => LbPolicy::Maglev {
+            table_size: 65537,
+            use_hostname: false,
+        },
+        _ => unreachable!("refused above"),
+    };
+    match lb_config {
+        None => Ok(lb),
+        Some(LbConfig::LeastRequestLbConfig(lr)) => {
+            least_request(&path.field("least_request_lb_config"), lr, lb)
+        }
+        Some(LbConfig::RoundRobinLbConfig(rr)) => {
+            let rp = path.field("round_robin_lb_config");
+            let pb::cluster::cluster::RoundRobinLbConfig { slow_start_config } = rr;
+            deny(&rp, "slow_start_config", slow_start_config)?;
+            Ok(lb)
+        }
+        Some(LbConfig::RingHashLbConfig(rh)) => {
+            ring_hash(&path.field("ring_hash_lb_config"), rh, lb)
+        }
+        Some(LbConfig::MaglevLbConfig(m)) => {
+            let mp = path.field("maglev_lb_config");
+            if !matches!(lb, LbPolicy::Maglev { .. }) {
+                return Err(mp.error("is only valid with lb_policy MAGLEV"));
+            }
+            let pb::cluster::cluster::MaglevLbConfig { table_size } = m;
+            let size = table_size.as_ref().map_or(65537, |v| v.value);
+            if size > 5_000_011 || !is_prime(size) {
+                return Err(mp
+                    .field("table_size")
+                    .error("must be a prime number no greater than 5000011"));
+            }
+            Ok(LbPolicy::Maglev {
+                table_size: size,
+                use_hostname: false,
+            })
+        }
+        Some(LbConfig::OriginalDstLbConfig(_)) => Err(path.unsupported("original_dst_lb_config")),
+    }
+}
+
+fn least_request(
+    lp: &FieldPath,
+    lr: &pb::cluster::cluster::LeastRequestLbConfig,
+    lb: LbPolicy,
+) -> Result<LbPolicy> {
+    if !matches!(lb, LbPolicy::LeastRequest { .. }) {
+        return Err(lp.error("is only valid with lb_policy LEAST_REQUEST"));
+    }
+    let pb::cluster::cluster::LeastRequestLbConfig {
+        choice_count,
+        active_request_bias,
+        slow_start_config,
+    } = lr;
+    let mut errs = Errors::new();
+    errs.check([deny(lp, "slow_start_config", slow_start_config)]);
+    let n = u32_or(choice_count, 2);
+    if n < 2 {
+        errs.push(lp.field("choice_count").error("must be at least 2"));
+    }
+    let bias = match active_request_bias {
+        None => 1.0,
+        Some(r) => {
+            let pb::core::RuntimeDouble {
+                default_value,
+                runtime_key: _,
+            } = r;
+            if !(0.0..=f64::MAX).contains(default_value) {
+                errs.push(
+                    lp.field("active_request_bias")
+                        .error("must not be negative"),
+                );
+            }
+            *default_value
+        }
+    };
+    errs.finish_with(LbPolicy::LeastRequest {
+        choice_count: n,
+        active_request_bias: bias,
+    })
+}
+
+fn ring_hash(
+    rp: &FieldPath,
+    rh: &pb::cluster::cluster::RingHashLbConfig,
+    lb: LbPolicy,
+) -> Result<LbPolicy> {
+    use pb::cluster::cluster::ring_hash_lb_config::HashFunction as HF;
+    let LbPolicy::RingHash {
+        min_ring_size: min0,
+        max_ring_size: max0,
+        ..
+    } = lb
+    else {
+        return Err(rp.error("is only valid with lb_policy RING_HASH"));
+    };
+    let pb::cluster::cluster::RingHashLbConfig {
+        minimum_ring_size,
+        hash_function,
+        maximum_ring_size,
+    } = rh;
+    let murmur = match enum_value::<HF>(rp, "hash_function", *hash_function, |_| true)? {
+        HF::XxHash => false,
+        HF::MurmurHash2 => true,
+    };
+    let min = minimum_ring_size.as_ref().map_or(min0, |v| v.value);
+    let max = maximum_ring_size.as_ref().map_or(max0, |v| v.value);
+    if min == 0 || min > 8 * 1024 * 1024 {
+        return Err(rp
+            .field("minimum_ring_size")
+            .error("must be between 1 and 8388608"));
+    }
+    if max == 0 || max > 8 * 1024 * 1024 {
+        return Err(rp
+            .field("maximum_ring_size")
+            .error("must be between 1 and 8388608"));
+    }
+    if min > max {
+        return Err(rp
+            .field("minimum_ring_size")
+            .error("must not be greater than maximum_ring_size"));
+    }
+    Ok(LbPolicy::RingHash {
+        min_ring_size: min,
+        max_ring_size: max,
+        murmur,
+        use_hostname: false,
+    })
+}
+
+/// `eds_cluster_config`: set for, and only for, EDS clusters.
+fn eds(
+    path: &FieldPath,
+    discovery: Discovery,
+    config: &Option<pb::cluster::cluster::EdsClusterConfig>,
+    name: &str,
+) -> Result<Option<Eds>> {
+    let ep = path.field("eds_cluster_config");
+    match (discovery, config) {
+        (Discovery::Eds, Some(ec)) => {
+            let pb::cluster::cluster::EdsClusterConfig {
+                eds_config,
+                service_name,
+            } = ec;
+            let Some(cs) = eds_config else {
+                return Err(ep.field("eds_config").error("is required"));
             };
-
-        let eds = match (discovery, eds_cluster_config) {
-            (Discovery::Eds, Some(ec)) => {
-                let ep = path.field("eds_cluster_config");
-                let pb::cluster::cluster::EdsClusterConfig {
-                    eds_config,
-                    service_name,
-                } = ec;
-                let Some(cs) = eds_config else {
-                    return Err(ep.field("eds_config").error("is required"));
-                };
-                let source = super::xds::config_source(&ep.field("eds_config"), cs)?;
-                if source.path.is_some() {
-                    return Err(ep.field("eds_config").field("path_config_source").error(
-                        "file-based EDS is not supported (lds_config and cds_config can be files)",
-                    ));
-                }
-                Some(Eds {
-                    service_name: if service_name.is_empty() {
-                        name.clone()
-                    } else {
-                        service_name.clone()
-                    },
-                    initial_fetch_timeout: source.initial_fetch_timeout,
-                })
+            let source = super::xds::config_source(&ep.field("eds_config"), cs)?;
+            if source.path.is_some() {
+                return Err(ep.field("eds_config").field("path_config_source").error(
+                    "file-based EDS is not supported (lds_config and cds_config can be files)",
+                ));
             }
-            (Discovery::Eds, None) => {
-                return Err(path
-                    .field("eds_cluster_config")
-                    .error("is required for type EDS"));
-            }
-            (_, Some(_)) => {
-                return Err(path
-                    .field("eds_cluster_config")
-                    .error("is only meaningful for type EDS"));
-            }
-            (_, None) => None,
-        };
-        let pipe = load_assignment.as_ref().and_then(pipe_endpoint);
-        let (localities, overprovisioning_factor) = match load_assignment {
-            Some(_) if pipe.is_some() => {
-                if discovery != Discovery::Static {
-                    return Err(path
-                        .field("type")
-                        .error("a cluster with a pipe endpoint must be STATIC"));
-                }
-                (Vec::new(), 140)
-            }
-            Some(_) if discovery == Discovery::Eds => {
-                return Err(path
-                    .field("load_assignment")
-                    .error("an EDS cluster gets its endpoints from EDS"));
-            }
-            Some(la) => endpoints_of(&path.field("load_assignment"), la, discovery)?,
-            None => (Vec::new(), 140),
-        };
-        if discovery == Discovery::LogicalDns {
-            let n: usize = localities.iter().map(|l| l.endpoints.len()).sum();
-            if n != 1 {
-                return Err(path.field("load_assignment").error("LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"));
-            }
+            Ok(Some(Eds {
+                service_name: if service_name.is_empty() {
+                    name.to_string()
+                } else {
+                    service_name.clone()
+                },
+                initial_fetch_timeout: source.initial_fetch_timeout,
+            }))
         }
+        (Discovery::Eds, None) => Err(ep.error("is required for type EDS")),
+        (_, Some(_)) => Err(ep.error("is only meaningful for type EDS")),
+        (_, None) => Ok(None),
+    }
+}
 
-        // Upstream protocol: typed_extension_protocol_options wins over the deprecated fields.
+/// `load_assignment`: the localities and the overprovisioning factor.
+fn endpoints(
+    path: &FieldPath,
+    discovery: Discovery,
+    load_assignment: &Option<pb::endpoint::ClusterLoadAssignment>,
+    pipe: bool,
+) -> Result<(Vec<LocalityEndpoints>, u32)> {
+    let (localities, overprovisioning_factor) = match load_assignment {
+        Some(_) if pipe => {
+            if discovery != Discovery::Static {
+                return Err(path
+                    .field("type")
+                    .error("a cluster with a pipe endpoint must be STATIC"));
+            }
+            (Vec::new(), 140)
+        }
+        Some(_) if discovery == Discovery::Eds => {
+            return Err(path
+                .field("load_assignment")
+                .error("an EDS cluster gets its endpoints from EDS"));
+        }
+        Some(la) => endpoints_of(&path.field("load_assignment"), la, discovery)?,
+        None => (Vec::new(), 140),
+    };
+    if discovery == Discovery::LogicalDns {
+        let n: usize = localities.iter().map(|l| l.endpoints.len()).sum();
+        if n != 1 {
+            return Err(path.field("load_assignment").error("LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"));
+        }
+    }
+    Ok((localities, overprovisioning_factor))
+}
+
+/// The cluster's fields about the upstream HTTP protocol.
+struct UpstreamHttpFields<'a> {
+    common_http_protocol_options: &'a Option<pb::core::HttpProtocolOptions>,
+    http_protocol_options: &'a Option<pb::core::Http1ProtocolOptions>,
+    http2_protocol_options: &'a Option<pb::core::Http2ProtocolOptions>,
+    typed_extension_protocol_options: &'a std::collections::HashMap<String, pb::protobuf::Any>,
+    protocol_selection: i32,
+    max_requests_per_connection: &'a Option<pb::protobuf::UInt32Value>,
+}
+
+/// The upstream protocol and its connection settings.
+struct UpstreamHttp {
+    protocol: UpstreamProtocol,
+    tls: Option<Arc<super::tls::UpstreamTls>>,
+    http2: Http2Settings,
+    idle_timeout: Option<Duration>,
+    max_connection_duration: Option<Duration>,
+    max_requests: Option<u32>,
+}
+
+impl UpstreamHttp {
+    /// Upstream protocol: typed_extension_protocol_options wins over the deprecated fields.
+    fn from_proto(
+        path: &FieldPath,
+        f: UpstreamHttpFields<'_>,
+        tls: Option<Arc<super::tls::UpstreamTls>>,
+        buffer_limit: u32,
+    ) -> Result<Self> {
+        use pb::cluster::cluster::ClusterProtocolSelection as Ps;
         let mut protocol = UpstreamProtocol::Http1;
-        let mut common = *common_http_protocol_options;
-        let mut h2 = http2_protocol_options.clone();
-        if http2_protocol_options.is_some() {
+        let mut common = *f.common_http_protocol_options;
+        let mut h2 = f.http2_protocol_options.clone();
+        if f.http2_protocol_options.is_some() {
             protocol = UpstreamProtocol::Http2;
         }
-        if http_protocol_options.is_some() {
-            let hp = path.field("http_protocol_options");
-            http1_upstream(&hp, http_protocol_options.as_ref().expect("checked"))?;
+        if let Some(o) = f.http_protocol_options {
+            http1_upstream(&path.field("http_protocol_options"), o)?;
         }
-        use pb::cluster::cluster::ClusterProtocolSelection as Ps;
-        if enum_value::<Ps>(path, "protocol_selection", *protocol_selection, |_| true)?
+        if enum_value::<Ps>(path, "protocol_selection", f.protocol_selection, |_| true)?
             == Ps::UseDownstreamProtocol
         {
             protocol = UpstreamProtocol::UseDownstream {
-                http2_allowed: http2_protocol_options.is_some(),
+                http2_allowed: f.http2_protocol_options.is_some(),
                 http1_allowed: true,
             };
         }
-        for (key, any) in typed_extension_protocol_options {
+        for (key, any) in f.typed_extension_protocol_options {
             let kp = path.field("typed_extension_protocol_options").key(key);
             if any_type(any) != HTTP_PROTOCOL_OPTIONS {
                 return Err(kp.field("@type").error(format!(
@@ -937,7 +1110,7 @@ impl Cluster {
             }
             let opts: pb::upstream_http::HttpProtocolOptions = decode_any(&kp, any)?;
             let (p, c, h) = upstream_http_options(&kp, &opts)?;
-            if common_http_protocol_options.is_some() && c.is_some() {
+            if f.common_http_protocol_options.is_some() && c.is_some() {
                 return Err(path.field("common_http_protocol_options").error(
                     "is also set in typed_extension_protocol_options; set it in one place",
                 ));
@@ -958,186 +1131,205 @@ impl Cluster {
             }
             other => other,
         };
-
-        let cp = path.field("common_http_protocol_options");
-        let common = common.unwrap_or_default();
-        let pb::core::HttpProtocolOptions {
+        let (idle_timeout, max_connection_duration, max_requests) =
+            upstream_common(path, common, f.max_requests_per_connection)?;
+        let http2 = http2_settings(&path.field("http2_protocol_options"), &h2, buffer_limit)?;
+        Ok(Self {
+            protocol,
+            tls,
+            http2,
             idle_timeout,
             max_connection_duration,
-            max_connection_duration_jitter,
-            max_headers_count,
-            max_response_headers_kb,
-            max_stream_duration,
-            headers_with_underscores_action,
-            max_requests_per_connection: common_max_requests,
-        } = &common;
+            max_requests,
+        })
+    }
+}
+
+/// `common_http_protocol_options` (from the cluster or its typed protocol options): the idle
+/// timeout, the connection duration and the requests per connection.
+fn upstream_common(
+    path: &FieldPath,
+    common: Option<pb::core::HttpProtocolOptions>,
+    max_requests_per_connection: &Option<pb::protobuf::UInt32Value>,
+) -> Result<(Option<Duration>, Option<Duration>, Option<u32>)> {
+    let cp = path.field("common_http_protocol_options");
+    let common = common.unwrap_or_default();
+    let pb::core::HttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_connection_duration_jitter,
+        max_headers_count,
+        max_response_headers_kb,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection: common_max_requests,
+    } = &common;
+    let mut errs = Errors::new();
+    errs.check([
         deny(
             &cp,
             "max_connection_duration_jitter",
             max_connection_duration_jitter,
-        )?;
-        deny(&cp, "max_headers_count", max_headers_count)?;
-        deny(&cp, "max_response_headers_kb", max_response_headers_kb)?;
-        deny(&cp, "max_stream_duration", max_stream_duration)?;
+        ),
+        deny(&cp, "max_headers_count", max_headers_count),
+        deny(&cp, "max_response_headers_kb", max_response_headers_kb),
+        deny(&cp, "max_stream_duration", max_stream_duration),
         deny(
             &cp,
             "headers_with_underscores_action",
             headers_with_underscores_action,
-        )?;
-        if max_requests_per_connection.is_some() && common_max_requests.is_some() {
-            return Err(path
-                .field("max_requests_per_connection")
-                .error("is also set in common_http_protocol_options; set it in one place"));
-        }
-        let max_requests = common_max_requests
-            .as_ref()
-            .or(max_requests_per_connection.as_ref())
-            .map(|v| v.value)
-            .filter(|v| *v > 0);
-
-        let buffer_limit = u32_or(per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
-        let http2 = http2_settings(&path.field("http2_protocol_options"), &h2, buffer_limit)?;
-
-        let mut panic_threshold = 50.0;
-        let mut locality_weighted = false;
-        if let Some(clb) = common_lb_config {
-            let lp = path.field("common_lb_config");
-            let pb::cluster::cluster::CommonLbConfig {
-                healthy_panic_threshold,
-                update_merge_window,
-                ignore_new_hosts_until_first_hc,
-                close_connections_on_host_set_change,
-                consistent_hashing_lb_config,
-                override_host_status,
-                locality_config_specifier,
-            } = clb;
-            if let Some(p) = healthy_panic_threshold {
-                if !(0.0..=100.0).contains(&p.value) {
-                    return Err(lp
-                        .field("healthy_panic_threshold")
-                        .error("must be between 0 and 100"));
-                }
-                panic_threshold = p.value;
-            }
-            let _ = update_merge_window; // host-set updates are applied immediately (no batching window needed)
-            deny(
-                &lp,
-                "ignore_new_hosts_until_first_hc",
-                ignore_new_hosts_until_first_hc,
-            )?;
-            deny(
-                &lp,
-                "close_connections_on_host_set_change",
-                close_connections_on_host_set_change,
-            )?;
-            if let Some(ch) = consistent_hashing_lb_config {
-                let cp = lp.field("consistent_hashing_lb_config");
-                let pb::cluster::cluster::common_lb_config::ConsistentHashingLbConfig {
-                    use_hostname_for_hashing,
-                    hash_balance_factor,
-                } = ch;
-                deny(&cp, "hash_balance_factor", hash_balance_factor)?;
-                match &mut lb {
-                    LbPolicy::RingHash { use_hostname, .. }
-                    | LbPolicy::Maglev { use_hostname, .. } => {
-                        *use_hostname = *use_hostname_for_hashing
-                    }
-                    _ if *use_hostname_for_hashing => {
-                        return Err(cp
-                            .field("use_hostname_for_hashing")
-                            .error("needs lb_policy RING_HASH or MAGLEV"));
-                    }
-                    _ => {}
-                }
-            }
-            deny(&lp, "override_host_status", override_host_status)?;
-            use pb::cluster::cluster::common_lb_config::LocalityConfigSpecifier as LC;
-            match locality_config_specifier {
-                None => {}
-                Some(LC::LocalityWeightedLbConfig(_)) if lb.is_hashing() => {
-                    return Err(lp
-                        .field("locality_weighted_lb_config")
-                        .error("is not supported with RING_HASH or MAGLEV"));
-                }
-                Some(LC::LocalityWeightedLbConfig(_)) => locality_weighted = true,
-                Some(LC::ZoneAwareLbConfig(_)) => {
-                    return Err(lp.unsupported("zone_aware_lb_config"));
-                }
-            }
-        }
-
-        let mut tcp_keepalive = None;
-        if let Some(uco) = upstream_connection_options {
-            let up = path.field("upstream_connection_options");
-            let pb::cluster::UpstreamConnectionOptions {
-                tcp_keepalive: ka,
-                set_local_interface_name_on_upstream_connections,
-                happy_eyeballs_config,
-            } = uco;
-            deny(
-                &up,
-                "set_local_interface_name_on_upstream_connections",
-                set_local_interface_name_on_upstream_connections,
-            )?;
-            deny(&up, "happy_eyeballs_config", happy_eyeballs_config)?;
-            tcp_keepalive = ka.as_ref().map(keepalive);
-        }
-
-        let connect_timeout = opt_duration(path, "connect_timeout", connect_timeout)?
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        if connect_timeout.is_zero() {
-            return Err(path
-                .field("connect_timeout")
-                .error("must be greater than 0"));
-        }
-        let dns_refresh_rate = opt_duration(path, "dns_refresh_rate", dns_refresh_rate)?
-            .unwrap_or(DEFAULT_DNS_REFRESH);
-        if dns_refresh_rate < Duration::from_millis(1) {
-            return Err(path.field("dns_refresh_rate").error("must be at least 1ms"));
-        }
-        Ok(Self {
-            name: name.as_str().into(),
-            stat_name: if alt_stat_name.is_empty() {
-                name.clone()
-            } else {
-                alt_stat_name.clone()
-            },
-            discovery,
-            circuit_breakers,
-            istio,
-            metadata_exchange,
-            outlier,
-            health_checks,
-            locality_weighted,
-            connect_timeout,
-            lb_policy: lb,
-            localities,
-            overprovisioning_factor,
-            dns_refresh_rate,
-            dns_family,
-            protocol,
-            http2,
-            idle_timeout: timeout_or(
-                &cp,
-                "idle_timeout",
-                idle_timeout,
-                Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
-            )?,
-            max_connection_duration: timeout_or(
-                &cp,
-                "max_connection_duration",
-                max_connection_duration,
-                None,
-            )?,
-            max_requests_per_connection: max_requests,
-            per_connection_buffer_limit_bytes: buffer_limit,
-            healthy_panic_threshold: panic_threshold,
-            tcp_keepalive,
-            tls,
-            eds,
-            pipe,
-        })
+        ),
+    ]);
+    if max_requests_per_connection.is_some() && common_max_requests.is_some() {
+        errs.push(
+            path.field("max_requests_per_connection")
+                .error("is also set in common_http_protocol_options; set it in one place"),
+        );
     }
+    let max_requests = common_max_requests
+        .as_ref()
+        .or(max_requests_per_connection.as_ref())
+        .map(|v| v.value)
+        .filter(|v| *v > 0);
+    let idle_timeout = errs.or_default(timeout_or(
+        &cp,
+        "idle_timeout",
+        idle_timeout,
+        Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+    ));
+    let max_connection_duration = errs.or_default(timeout_or(
+        &cp,
+        "max_connection_duration",
+        max_connection_duration,
+        None,
+    ));
+    errs.finish_with((idle_timeout, max_connection_duration, max_requests))
+}
+
+/// `common_lb_config`: the panic threshold, whether localities are weighted, and the lb
+/// policy with hashing on host names.
+fn common_lb(
+    lp: &FieldPath,
+    clb: &Option<pb::cluster::cluster::CommonLbConfig>,
+    mut lb: LbPolicy,
+) -> Result<(LbPolicy, f64, bool)> {
+    use pb::cluster::cluster::common_lb_config::LocalityConfigSpecifier as LC;
+    let Some(clb) = clb else {
+        return Ok((lb, 50.0, false));
+    };
+    let pb::cluster::cluster::CommonLbConfig {
+        healthy_panic_threshold,
+        update_merge_window,
+        ignore_new_hosts_until_first_hc,
+        close_connections_on_host_set_change,
+        consistent_hashing_lb_config,
+        override_host_status,
+        locality_config_specifier,
+    } = clb;
+    let _ = update_merge_window; // host-set updates are applied immediately (no batching window needed)
+    let mut errs = Errors::new();
+    let mut panic_threshold = 50.0;
+    if let Some(p) = healthy_panic_threshold {
+        if !(0.0..=100.0).contains(&p.value) {
+            errs.push(
+                lp.field("healthy_panic_threshold")
+                    .error("must be between 0 and 100"),
+            );
+        }
+        panic_threshold = p.value;
+    }
+    errs.check([
+        deny(
+            lp,
+            "ignore_new_hosts_until_first_hc",
+            ignore_new_hosts_until_first_hc,
+        ),
+        deny(
+            lp,
+            "close_connections_on_host_set_change",
+            close_connections_on_host_set_change,
+        ),
+    ]);
+    if let Some(ch) = consistent_hashing_lb_config {
+        let cp = lp.field("consistent_hashing_lb_config");
+        let pb::cluster::cluster::common_lb_config::ConsistentHashingLbConfig {
+            use_hostname_for_hashing,
+            hash_balance_factor,
+        } = ch;
+        errs.check([deny(&cp, "hash_balance_factor", hash_balance_factor)]);
+        match &mut lb {
+            LbPolicy::RingHash { use_hostname, .. } | LbPolicy::Maglev { use_hostname, .. } => {
+                *use_hostname = *use_hostname_for_hashing
+            }
+            _ if *use_hostname_for_hashing => {
+                errs.push(
+                    cp.field("use_hostname_for_hashing")
+                        .error("needs lb_policy RING_HASH or MAGLEV"),
+                );
+            }
+            _ => {}
+        }
+    }
+    errs.check([deny(lp, "override_host_status", override_host_status)]);
+    let locality_weighted = match locality_config_specifier {
+        None => false,
+        Some(LC::LocalityWeightedLbConfig(_)) if lb.is_hashing() => {
+            errs.push(
+                lp.field("locality_weighted_lb_config")
+                    .error("is not supported with RING_HASH or MAGLEV"),
+            );
+            false
+        }
+        Some(LC::LocalityWeightedLbConfig(_)) => true,
+        Some(LC::ZoneAwareLbConfig(_)) => {
+            errs.push(lp.unsupported("zone_aware_lb_config"));
+            false
+        }
+    };
+    errs.finish_with((lb, panic_threshold, locality_weighted))
+}
+
+/// `upstream_connection_options`: TCP keepalive.
+fn upstream_connection(
+    up: &FieldPath,
+    uco: &Option<pb::cluster::UpstreamConnectionOptions>,
+) -> Result<Option<Keepalive>> {
+    let Some(uco) = uco else {
+        return Ok(None);
+    };
+    let pb::cluster::UpstreamConnectionOptions {
+        tcp_keepalive: ka,
+        set_local_interface_name_on_upstream_connections,
+        happy_eyeballs_config,
+    } = uco;
+    let mut errs = Errors::new();
+    errs.check([
+        deny(
+            up,
+            "set_local_interface_name_on_upstream_connections",
+            set_local_interface_name_on_upstream_connections,
+        ),
+        deny(up, "happy_eyeballs_config", happy_eyeballs_config),
+    ]);
+    errs.finish_with(ka.as_ref().map(keepalive))
+}
+
+fn connect_timeout_of(path: &FieldPath, t: &Option<pb::protobuf::Duration>) -> Result<Duration> {
+    let t = opt_duration(path, "connect_timeout", t)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    if t.is_zero() {
+        return Err(path
+            .field("connect_timeout")
+            .error("must be greater than 0"));
+    }
+    Ok(t)
+}
+
+fn dns_refresh_rate_of(path: &FieldPath, t: &Option<pb::protobuf::Duration>) -> Result<Duration> {
+    let t = opt_duration(path, "dns_refresh_rate", t)?.unwrap_or(DEFAULT_DNS_REFRESH);
+    if t < Duration::from_millis(1) {
+        return Err(path.field("dns_refresh_rate").error("must be at least 1ms"));
+    }
+    Ok(t)
 }
 
 fn http1_upstream(path: &FieldPath, o: &pb::core::Http1ProtocolOptions) -> Result<()> {
@@ -1459,4 +1651,63 @@ pub fn endpoints_of(
             .error("priorities must be contiguous, starting at 0"));
     }
     Ok((out, overprovisioning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> Result<Cluster> {
+        let path = FieldPath::new("Cluster 'c'");
+        let c: pb::cluster::Cluster =
+            crate::config::decode_yaml("envoy.config.cluster.v3.Cluster", yaml, &path);
+        let cx = super::super::context::TranslateContext {
+            runtime: Default::default(),
+            secrets: Default::default(),
+            reload: Default::default(),
+            sds: Arc::new(crate::xds::sds::SdsRegistry::default()),
+            inputs: Arc::new(super::super::inputs::Inputs::none()),
+        };
+        Cluster::from_proto(&path, &c, &cx)
+    }
+
+    /// One translation names every problem: an unsupported field, the circuit breakers, the
+    /// outlier detection and the load balancing.
+    #[test]
+    fn every_error_of_a_cluster() {
+        let e = cluster(
+            r#"
+name: c
+type: STATIC
+connect_timeout: 1s
+dns_jitter: 1s
+circuit_breakers: {thresholds: [{max_connections: 1, retry_budget: {budget_percent: {value: 200}}}]}
+outlier_detection: {interval: 0s}
+lb_policy: MAGLEV
+maglev_lb_config: {table_size: 4}
+load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}
+"#,
+        )
+        .unwrap_err();
+        let paths: Vec<String> = e
+            .iter()
+            .map(|e| e.path.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "Cluster 'c'.circuit_breakers.thresholds[0].retry_budget.budget_percent",
+                "Cluster 'c'.dns_jitter",
+                "Cluster 'c'.outlier_detection.interval",
+                "Cluster 'c'.maglev_lb_config.table_size",
+            ],
+            "{e}"
+        );
+        // A single error keeps its path.
+        let e = cluster("{name: c, connect_timeout: 0s}").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Cluster 'c'.connect_timeout: must be greater than 0"
+        );
+    }
 }

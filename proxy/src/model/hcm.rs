@@ -10,6 +10,7 @@ use super::inputs::Inputs;
 use super::pb;
 use super::route::RouteConfig;
 use super::runtime::Runtime;
+use crate::config::error::{self, Errors};
 use crate::config::{FieldPath, Result};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -313,9 +314,13 @@ impl Xfcc {
                 issuer,
                 format,
             } = d;
-            deny(&dp, "chain", chain)?;
-            deny(&dp, "issuer", issuer)?;
-            deny(&dp, "format", format)?;
+            let mut errs = Errors::new();
+            errs.check([
+                deny(&dp, "chain", chain),
+                deny(&dp, "issuer", issuer),
+                deny(&dp, "format", format),
+            ]);
+            errs.finish()?;
             x.subject = subject.as_ref().is_some_and(|b| b.value);
             x.cert = *cert;
             x.uri = *uri;
@@ -386,6 +391,7 @@ pub const DEFAULT_DELAYED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 // === impl HttpConnectionManager ===
 
 impl HttpConnectionManager {
+    /// Every independent field is translated, so that one report names every problem.
     pub fn from_proto(
         path: &FieldPath,
         h: &pb::hcm::HttpConnectionManager,
@@ -394,8 +400,7 @@ impl HttpConnectionManager {
         inputs: &Inputs,
     ) -> Result<Self> {
         use pb::hcm::http_connection_manager::{
-            CodecType, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc,
-            RouteSpecifier, ServerHeaderTransformation as Sht, StripPortMode,
+            ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc,
         };
         let pb::hcm::HttpConnectionManager {
             codec_type,
@@ -457,273 +462,172 @@ impl HttpConnectionManager {
             route_specifier,
             strip_port_mode,
         } = h;
+        let mut errs = Errors::new();
         if stat_prefix.is_empty() {
-            return Err(path.field("stat_prefix").error("must not be empty"));
+            errs.push(path.field("stat_prefix").error("must not be empty"));
         }
-        deny(path, "tracing", tracing)?;
-        deny(
-            path,
-            "http1_safe_max_connection_duration",
-            http1_safe_max_connection_duration,
-        )?;
-        deny(path, "http3_protocol_options", http3_protocol_options)?;
-        deny(
-            path,
-            "scheme_header_transformation",
-            scheme_header_transformation,
-        )?;
-        deny(path, "stream_flush_timeout", stream_flush_timeout)?;
-        deny(path, "drain_timeout_jitter", drain_timeout_jitter)?;
-        deny(path, "access_log_flush_interval", access_log_flush_interval)?;
-        deny(
-            path,
-            "flush_access_log_on_new_request",
-            flush_access_log_on_new_request,
-        )?;
-        deny(path, "access_log_options", access_log_options)?;
-        deny(
-            path,
-            "original_ip_detection_extensions",
-            original_ip_detection_extensions,
-        )?;
-        deny(
-            path,
-            "early_header_mutation_extensions",
-            early_header_mutation_extensions,
-        )?;
-        deny(path, "internal_address_config", internal_address_config)?;
-        deny(
-            path,
-            "forward_client_cert_matcher",
-            forward_client_cert_matcher,
-        )?;
-        deny(
-            path,
-            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
-            represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
-        )?;
-        deny(
-            path,
-            "normalize_path",
-            &normalize_path.as_ref().filter(|b| b.value),
-        )?;
-        enum_value::<Esc>(
-            path,
-            "path_with_escaped_slashes_action",
-            *path_with_escaped_slashes_action,
-            |a| matches!(a, Esc::ImplementationSpecificDefault | Esc::KeepUnchanged),
-        )?;
-        deny(
-            path,
-            "stream_error_on_invalid_http_message",
-            stream_error_on_invalid_http_message,
-        )?;
-        deny(
-            path,
-            "path_normalization_options",
-            path_normalization_options,
-        )?;
-        deny(path, "proxy_status_config", proxy_status_config)?;
-        deny(
-            path,
-            "typed_header_validation_config",
-            typed_header_validation_config,
-        )?;
-        deny(path, "append_local_overload", append_local_overload)?;
-        deny(
-            path,
-            "add_proxy_protocol_connection_state",
-            add_proxy_protocol_connection_state,
-        )?;
-        deny(path, "forward_proto_config", forward_proto_config)?;
-        let xfcc = Xfcc::from_proto(
-            path,
+        errs.check([
+            deny(path, "tracing", tracing),
+            deny(
+                path,
+                "http1_safe_max_connection_duration",
+                http1_safe_max_connection_duration,
+            ),
+            deny(path, "http3_protocol_options", http3_protocol_options),
+            deny(
+                path,
+                "scheme_header_transformation",
+                scheme_header_transformation,
+            ),
+            deny(path, "stream_flush_timeout", stream_flush_timeout),
+            deny(path, "drain_timeout_jitter", drain_timeout_jitter),
+            deny(path, "access_log_flush_interval", access_log_flush_interval),
+            deny(
+                path,
+                "flush_access_log_on_new_request",
+                flush_access_log_on_new_request,
+            ),
+            deny(path, "access_log_options", access_log_options),
+            deny(
+                path,
+                "original_ip_detection_extensions",
+                original_ip_detection_extensions,
+            ),
+            deny(
+                path,
+                "early_header_mutation_extensions",
+                early_header_mutation_extensions,
+            ),
+            deny(path, "internal_address_config", internal_address_config),
+            deny(
+                path,
+                "forward_client_cert_matcher",
+                forward_client_cert_matcher,
+            ),
+            deny(
+                path,
+                "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+                represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+            ),
+            deny(
+                path,
+                "normalize_path",
+                &normalize_path.as_ref().filter(|b| b.value),
+            ),
+            enum_value::<Esc>(
+                path,
+                "path_with_escaped_slashes_action",
+                *path_with_escaped_slashes_action,
+                |a| matches!(a, Esc::ImplementationSpecificDefault | Esc::KeepUnchanged),
+            )
+            .map(drop),
+            deny(
+                path,
+                "stream_error_on_invalid_http_message",
+                stream_error_on_invalid_http_message,
+            ),
+            deny(
+                path,
+                "path_normalization_options",
+                path_normalization_options,
+            ),
+            deny(path, "proxy_status_config", proxy_status_config),
+            deny(
+                path,
+                "typed_header_validation_config",
+                typed_header_validation_config,
+            ),
+            deny(path, "append_local_overload", append_local_overload),
+            deny(
+                path,
+                "add_proxy_protocol_connection_state",
+                add_proxy_protocol_connection_state,
+            ),
+            deny(path, "forward_proto_config", forward_proto_config),
+        ]);
+        let xfcc = errs.take(
             enum_value::<Fcc>(
                 path,
                 "forward_client_cert_details",
                 *forward_client_cert_details,
                 |_| true,
-            )?,
-            set_current_client_cert_details,
-        )?;
-        if let Some(rid) = request_id_extension {
-            let rp = path.field("request_id_extension");
-            let any = rid
-                .typed_config
-                .as_ref()
-                .ok_or_else(|| rp.field("typed_config").error("is required"))?;
-            if any_type(any) != UUID_REQUEST_ID {
-                return Err(rp
-                    .field("typed_config")
-                    .field("@type")
-                    .error(format!("{} is not supported", any_type(any))));
-            }
-            // The UUID extension's options only affect tracing, which is not configured.
-            let _: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig =
-                decode_any(&rp.field("typed_config"), any)?;
-        }
-
-        let codec = match enum_value::<CodecType>(path, "codec_type", *codec_type, |c| {
-            *c != CodecType::Http3
-        })? {
-            CodecType::Auto => Codec::Auto,
-            CodecType::Http1 => Codec::Http1,
-            CodecType::Http2 => Codec::Http2,
-            CodecType::Http3 => unreachable!("refused above"),
-        };
-        let server_header = match enum_value::<Sht>(
-            path,
-            "server_header_transformation",
-            *server_header_transformation,
-            |_| true,
-        )? {
-            Sht::Overwrite => ServerHeader::Overwrite,
-            Sht::AppendIfAbsent => ServerHeader::AppendIfAbsent,
-            Sht::PassThrough => ServerHeader::PassThrough,
-        };
-        let server_name = HeaderValue::from_str(if server_name.is_empty() {
-            "envoy"
-        } else {
-            server_name
-        })
-        .map_err(|_| path.field("server_name").error("invalid header value"))?;
-
-        // common_http_protocol_options
-        let cp = path.field("common_http_protocol_options");
-        let common = (*common_http_protocol_options).unwrap_or_default();
-        let pb::core::HttpProtocolOptions {
-            idle_timeout,
-            max_connection_duration,
-            max_connection_duration_jitter,
-            max_headers_count,
-            max_response_headers_kb,
-            max_stream_duration,
-            headers_with_underscores_action,
-            max_requests_per_connection,
-        } = &common;
-        deny(
-            &cp,
-            "max_connection_duration_jitter",
-            max_connection_duration_jitter,
-        )?;
-        deny(&cp, "max_response_headers_kb", max_response_headers_kb)?;
-        deny(&cp, "max_stream_duration", max_stream_duration)?;
-        let underscore_headers = {
-            use pb::core::http_protocol_options::HeadersWithUnderscoresAction as U;
-            match enum_value::<U>(
-                &cp,
-                "headers_with_underscores_action",
-                *headers_with_underscores_action,
-                |_| true,
-            )? {
-                U::Allow => UnderscoreHeaders::Allow,
-                U::RejectRequest => UnderscoreHeaders::RejectRequest,
-                U::DropHeader => UnderscoreHeaders::DropHeader,
-            }
-        };
-
+            )
+            .and_then(|mode| Xfcc::from_proto(path, mode, set_current_client_cert_details)),
+        );
+        errs.check([request_id(path, request_id_extension)]);
+        let codec = errs.take(codec(path, *codec_type)).unwrap_or(Codec::Auto);
+        let server_header = errs
+            .take(server_header(path, *server_header_transformation))
+            .unwrap_or(ServerHeader::Overwrite);
+        let server_name = errs.take(header_value(
+            &path.field("server_name"),
+            if server_name.is_empty() {
+                "envoy"
+            } else {
+                server_name
+            },
+        ));
+        let common = errs.take(CommonOptions::from_proto(
+            &path.field("common_http_protocol_options"),
+            common_http_protocol_options,
+        ));
         let max_kb = u32_or(max_request_headers_kb, DEFAULT_MAX_REQUEST_HEADERS_KB);
         if !(1..=8192).contains(&max_kb) {
-            return Err(path
-                .field("max_request_headers_kb")
-                .error("must be between 1 and 8192"));
+            errs.push(
+                path.field("max_request_headers_kb")
+                    .error("must be between 1 and 8192"),
+            );
         }
-        let max_headers = u32_or(max_headers_count, DEFAULT_MAX_HEADERS_COUNT);
-        if max_headers == 0 {
-            return Err(cp.field("max_headers_count").error("must be at least 1"));
-        }
-
-        let http1 = http1_settings(&path.field("http_protocol_options"), http_protocol_options)?;
-        let (http2, http2_flood) = downstream_http2_settings(
+        let http1 = errs.take(http1_settings(
+            &path.field("http_protocol_options"),
+            http_protocol_options,
+        ));
+        let http2 = errs.take(downstream_http2_settings(
             &path.field("http2_protocol_options"),
             http2_protocol_options,
             buffer_limit,
-        )?;
-
-        let mut access_logs = Vec::with_capacity(access_log.len());
-        for (i, al) in access_log.iter().enumerate() {
-            access_logs.push(AccessLogConfig::from_proto(
-                &path.field("access_log").index(i),
-                al,
-                rt,
-                inputs,
-            )?);
-        }
-
-        let mut upgrades = Vec::new();
-        for (i, u) in upgrade_configs.iter().enumerate() {
-            let up = path.field("upgrade_configs").index(i);
-            let pb::hcm::http_connection_manager::UpgradeConfig {
-                upgrade_type,
-                filters,
-                enabled,
-            } = u;
-            deny(&up, "filters", filters)?;
-            if upgrade_type.eq_ignore_ascii_case("connect") {
-                return Err(up.field("upgrade_type").error("CONNECT is not supported"));
-            }
-            upgrades.push((upgrade_type.to_ascii_lowercase(), bool_or(enabled, true)));
-        }
-
-        let rds = match route_specifier {
-            Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name.clone()),
-            _ => None,
-        };
-        let route_config = match route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(RouteConfig::from_proto(
-                &path.field("route_config"),
-                rc,
-                4096,
-                inputs,
-            )?),
-            Some(RouteSpecifier::Rds(rds)) => {
-                let rp = path.field("rds");
-                let pb::hcm::Rds {
-                    config_source,
-                    route_config_name,
-                } = rds;
-                let Some(cs) = config_source else {
-                    return Err(rp.field("config_source").error("is required"));
-                };
-                if super::xds::config_source(&rp.field("config_source"), cs)?
-                    .path
-                    .is_some()
-                {
-                    return Err(rp.field("config_source").field("path_config_source").error(
-                        "file-based RDS is not supported (lds_config and cds_config can be files)",
-                    ));
-                }
-                if route_config_name.is_empty() {
-                    return Err(rp.field("route_config_name").error("must not be empty"));
-                }
-                // No routes until RDS delivers them: requests get 404 NR meanwhile.
-                Arc::new(RouteConfig::from_proto(
-                    &rp,
-                    &pb::route::RouteConfiguration {
-                        name: route_config_name.clone(),
-                        ..Default::default()
-                    },
-                    4096,
-                    inputs,
-                )?)
-            }
-            Some(RouteSpecifier::ScopedRoutes(_)) => return Err(path.unsupported("scoped_routes")),
-            None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
-        };
-
-        let (filters, router) = http_filter_chain(&path.field("http_filters"), http_filters, rt)?;
-
-        let strip_port = match (strip_matching_host_port, strip_port_mode) {
-            (true, Some(_)) => {
-                return Err(path.error(
-                    "strip_matching_host_port and strip_any_host_port are mutually exclusive",
-                ));
-            }
-            (true, None) => StripPort::Matching,
-            (false, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
-            (false, _) => StripPort::None,
-        };
-
+        ));
+        let access_logs =
+            errs.or_default(error::all(access_log.iter().enumerate().map(|(i, al)| {
+                AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt, inputs)
+            })));
+        let upgrades = errs.or_default(upgrades(&path.field("upgrade_configs"), upgrade_configs));
+        let route = errs.take(routes(path, route_specifier, inputs));
+        let chain = errs.take(http_filter_chain(
+            &path.field("http_filters"),
+            http_filters,
+            rt,
+        ));
+        let strip_port = errs
+            .take(strip_port(path, *strip_matching_host_port, strip_port_mode))
+            .unwrap_or(StripPort::None);
+        let timeouts = errs.take(Timeouts::from_proto(
+            path,
+            [
+                stream_idle_timeout,
+                request_timeout,
+                request_headers_timeout,
+                drain_timeout,
+                delayed_close_timeout,
+            ],
+        ));
+        let via = errs.or_default(
+            (!via.is_empty())
+                .then(|| header_value(&path.field("via"), via))
+                .transpose(),
+        );
+        let local_reply = errs.or_default(local_reply(
+            &path.field("local_reply_config"),
+            local_reply_config,
+            rt,
+            inputs,
+        ));
+        let head = xfcc.zip(server_name).zip(common).zip(timeouts);
+        let body = http1.zip(http2).zip(route).zip(chain);
+        let (
+            (((xfcc, server_name), common), timeouts),
+            (((http1, (http2, http2_flood)), (route_config, rds)), (filters, router)),
+        ) = errs.finish_some(head.zip(body))?;
         Ok(Self {
             xfcc,
             stat_prefix: stat_prefix.clone(),
@@ -737,56 +641,20 @@ impl HttpConnectionManager {
             server_name,
             server_header,
             max_request_headers_bytes: max_kb as usize * 1024,
-            max_headers_count: max_headers as usize,
-            idle_timeout: timeout_or(
-                &cp,
-                "idle_timeout",
-                idle_timeout,
-                Some(DEFAULT_IDLE_TIMEOUT),
-            )?,
-            max_connection_duration: timeout_or(
-                &cp,
-                "max_connection_duration",
-                max_connection_duration,
-                None,
-            )?,
-            max_requests_per_connection: max_requests_per_connection
-                .as_ref()
-                .map(|v| v.value)
-                .filter(|v| *v > 0),
-            underscore_headers,
-            stream_idle_timeout: timeout_or(
-                path,
-                "stream_idle_timeout",
-                stream_idle_timeout,
-                Some(DEFAULT_STREAM_IDLE_TIMEOUT),
-            )?,
-            request_timeout: timeout_or(path, "request_timeout", request_timeout, None)?,
-            request_headers_timeout: timeout_or(
-                path,
-                "request_headers_timeout",
-                request_headers_timeout,
-                None,
-            )?,
-            drain_timeout: opt_duration(path, "drain_timeout", drain_timeout)?
-                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            delayed_close_timeout: timeout_or(
-                path,
-                "delayed_close_timeout",
-                delayed_close_timeout,
-                Some(DEFAULT_DELAYED_CLOSE_TIMEOUT),
-            )?,
+            max_headers_count: common.max_headers_count as usize,
+            idle_timeout: common.idle_timeout,
+            max_connection_duration: common.max_connection_duration,
+            max_requests_per_connection: common.max_requests_per_connection,
+            underscore_headers: common.underscore_headers,
+            stream_idle_timeout: timeouts.stream_idle,
+            request_timeout: timeouts.request,
+            request_headers_timeout: timeouts.request_headers,
+            drain_timeout: timeouts.drain,
+            delayed_close_timeout: timeouts.delayed_close,
             use_remote_address: bool_or(use_remote_address, false),
             xff_num_trusted_hops: *xff_num_trusted_hops,
             skip_xff_append: *skip_xff_append,
-            via: if via.is_empty() {
-                None
-            } else {
-                Some(
-                    HeaderValue::from_str(via)
-                        .map_err(|_| path.field("via").error("invalid header value"))?,
-                )
-            },
+            via,
             generate_request_id: bool_or(generate_request_id, true),
             preserve_external_request_id: *preserve_external_request_id,
             always_set_request_id_in_response: *always_set_request_id_in_response,
@@ -797,12 +665,7 @@ impl HttpConnectionManager {
             proxy_100_continue: *proxy_100_continue,
             append_x_forwarded_port: *append_x_forwarded_port,
             add_user_agent: bool_or(add_user_agent, false),
-            local_reply: local_reply(
-                &path.field("local_reply_config"),
-                local_reply_config,
-                rt,
-                inputs,
-            )?,
+            local_reply,
             http1,
             http2,
             http2_flood,
@@ -823,6 +686,269 @@ impl HttpConnectionManager {
             (None, None) => false,
         }
     }
+}
+
+/// `request_id_extension`: only the UUID extension (the behaviour), whose options only affect
+/// tracing, which is not configured.
+fn request_id(path: &FieldPath, rid: &Option<pb::hcm::RequestIdExtension>) -> Result<()> {
+    let Some(rid) = rid else {
+        return Ok(());
+    };
+    let rp = path.field("request_id_extension");
+    let any = rid
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| rp.field("typed_config").error("is required"))?;
+    if any_type(any) != UUID_REQUEST_ID {
+        return Err(rp
+            .field("typed_config")
+            .field("@type")
+            .error(format!("{} is not supported", any_type(any))));
+    }
+    let _: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig =
+        decode_any(&rp.field("typed_config"), any)?;
+    Ok(())
+}
+
+fn codec(path: &FieldPath, value: i32) -> Result<Codec> {
+    use pb::hcm::http_connection_manager::CodecType;
+    Ok(
+        match enum_value::<CodecType>(path, "codec_type", value, |c| *c != CodecType::Http3)? {
+            CodecType::Auto => Codec::Auto,
+            CodecType::Http1 => Codec::Http1,
+            CodecType::Http2 => Codec::Http2,
+            CodecType::Http3 => unreachable!("refused above"),
+        },
+    )
+}
+
+fn server_header(path: &FieldPath, value: i32) -> Result<ServerHeader> {
+    use pb::hcm::http_connection_manager::ServerHeaderTransformation as Sht;
+    Ok(
+        match enum_value::<Sht>(path, "server_header_transformation", value, |_| true)? {
+            Sht::Overwrite => ServerHeader::Overwrite,
+            Sht::AppendIfAbsent => ServerHeader::AppendIfAbsent,
+            Sht::PassThrough => ServerHeader::PassThrough,
+        },
+    )
+}
+
+fn header_value(path: &FieldPath, value: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value).map_err(|_| path.error("invalid header value"))
+}
+
+/// The connection manager's `common_http_protocol_options`.
+struct CommonOptions {
+    idle_timeout: Option<Duration>,
+    max_connection_duration: Option<Duration>,
+    max_headers_count: u32,
+    max_requests_per_connection: Option<u32>,
+    underscore_headers: UnderscoreHeaders,
+}
+
+impl CommonOptions {
+    fn from_proto(cp: &FieldPath, o: &Option<pb::core::HttpProtocolOptions>) -> Result<Self> {
+        use pb::core::http_protocol_options::HeadersWithUnderscoresAction as U;
+        let common = o.unwrap_or_default();
+        let pb::core::HttpProtocolOptions {
+            idle_timeout,
+            max_connection_duration,
+            max_connection_duration_jitter,
+            max_headers_count,
+            max_response_headers_kb,
+            max_stream_duration,
+            headers_with_underscores_action,
+            max_requests_per_connection,
+        } = &common;
+        let mut errs = Errors::new();
+        errs.check([
+            deny(
+                cp,
+                "max_connection_duration_jitter",
+                max_connection_duration_jitter,
+            ),
+            deny(cp, "max_response_headers_kb", max_response_headers_kb),
+            deny(cp, "max_stream_duration", max_stream_duration),
+        ]);
+        let underscore_headers = errs.take(
+            enum_value::<U>(
+                cp,
+                "headers_with_underscores_action",
+                *headers_with_underscores_action,
+                |_| true,
+            )
+            .map(|u| match u {
+                U::Allow => UnderscoreHeaders::Allow,
+                U::RejectRequest => UnderscoreHeaders::RejectRequest,
+                U::DropHeader => UnderscoreHeaders::DropHeader,
+            }),
+        );
+        let max_headers_count = u32_or(max_headers_count, DEFAULT_MAX_HEADERS_COUNT);
+        if max_headers_count == 0 {
+            errs.push(cp.field("max_headers_count").error("must be at least 1"));
+        }
+        let idle_timeout = errs.or_default(timeout_or(
+            cp,
+            "idle_timeout",
+            idle_timeout,
+            Some(DEFAULT_IDLE_TIMEOUT),
+        ));
+        let max_connection_duration = errs.or_default(timeout_or(
+            cp,
+            "max_connection_duration",
+            max_connection_duration,
+            None,
+        ));
+        Ok(Self {
+            underscore_headers: errs.finish_some(underscore_headers)?,
+            idle_timeout,
+            max_connection_duration,
+            max_headers_count,
+            max_requests_per_connection: max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
+        })
+    }
+}
+
+/// The connection manager's own timeouts.
+struct Timeouts {
+    stream_idle: Option<Duration>,
+    request: Option<Duration>,
+    request_headers: Option<Duration>,
+    drain: Duration,
+    delayed_close: Option<Duration>,
+}
+
+impl Timeouts {
+    /// `stream_idle_timeout`, `request_timeout`, `request_headers_timeout`, `drain_timeout`,
+    /// `delayed_close_timeout`.
+    fn from_proto(path: &FieldPath, t: [&Option<pb::protobuf::Duration>; 5]) -> Result<Self> {
+        let [stream_idle, request, request_headers, drain, delayed_close] = t;
+        let mut errs = Errors::new();
+        let stream_idle = errs.or_default(timeout_or(
+            path,
+            "stream_idle_timeout",
+            stream_idle,
+            Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+        ));
+        let request = errs.or_default(timeout_or(path, "request_timeout", request, None));
+        let request_headers = errs.or_default(timeout_or(
+            path,
+            "request_headers_timeout",
+            request_headers,
+            None,
+        ));
+        let drain = errs
+            .or_default(opt_duration(path, "drain_timeout", drain))
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let delayed_close = errs.or_default(timeout_or(
+            path,
+            "delayed_close_timeout",
+            delayed_close,
+            Some(DEFAULT_DELAYED_CLOSE_TIMEOUT),
+        ));
+        errs.finish_with(Self {
+            stream_idle,
+            request,
+            request_headers,
+            drain,
+            delayed_close,
+        })
+    }
+}
+
+/// `upgrade_configs`: the upgrade types and whether each is enabled.
+fn upgrades(
+    path: &FieldPath,
+    configs: &[pb::hcm::http_connection_manager::UpgradeConfig],
+) -> Result<Vec<(String, bool)>> {
+    error::all(configs.iter().enumerate().map(|(i, u)| {
+        let up = path.index(i);
+        let pb::hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type,
+            filters,
+            enabled,
+        } = u;
+        deny(&up, "filters", filters)?;
+        if upgrade_type.eq_ignore_ascii_case("connect") {
+            return Err(up.field("upgrade_type").error("CONNECT is not supported"));
+        }
+        Ok((upgrade_type.to_ascii_lowercase(), bool_or(enabled, true)))
+    }))
+}
+
+/// The inline route configuration, or (with RDS) the empty one used until RDS delivers, and
+/// the RDS name.
+fn routes(
+    path: &FieldPath,
+    rs: &Option<pb::hcm::http_connection_manager::RouteSpecifier>,
+    inputs: &Inputs,
+) -> Result<(Arc<RouteConfig>, Option<String>)> {
+    use pb::hcm::http_connection_manager::RouteSpecifier;
+    match rs {
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok((
+            Arc::new(RouteConfig::from_proto(
+                &path.field("route_config"),
+                rc,
+                4096,
+                inputs,
+            )?),
+            None,
+        )),
+        Some(RouteSpecifier::Rds(rds)) => {
+            let rp = path.field("rds");
+            let pb::hcm::Rds {
+                config_source,
+                route_config_name,
+            } = rds;
+            let Some(cs) = config_source else {
+                return Err(rp.field("config_source").error("is required"));
+            };
+            if super::xds::config_source(&rp.field("config_source"), cs)?
+                .path
+                .is_some()
+            {
+                return Err(rp.field("config_source").field("path_config_source").error(
+                    "file-based RDS is not supported (lds_config and cds_config can be files)",
+                ));
+            }
+            if route_config_name.is_empty() {
+                return Err(rp.field("route_config_name").error("must not be empty"));
+            }
+            // No routes until RDS delivers them: requests get 404 NR meanwhile.
+            let empty = RouteConfig::from_proto(
+                &rp,
+                &pb::route::RouteConfiguration {
+                    name: route_config_name.clone(),
+                    ..Default::default()
+                },
+                4096,
+                inputs,
+            )?;
+            Ok((Arc::new(empty), Some(route_config_name.clone())))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(path.unsupported("scoped_routes")),
+        None => Err(path.error("one of route_config, rds or scoped_routes is required")),
+    }
+}
+
+fn strip_port(
+    path: &FieldPath,
+    strip_matching_host_port: bool,
+    mode: &Option<pb::hcm::http_connection_manager::StripPortMode>,
+) -> Result<StripPort> {
+    use pb::hcm::http_connection_manager::StripPortMode;
+    Ok(match (strip_matching_host_port, mode) {
+        (true, Some(_)) => {
+            return Err(path
+                .error("strip_matching_host_port and strip_any_host_port are mutually exclusive"));
+        }
+        (true, None) => StripPort::Matching,
+        (false, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
+        (false, _) => StripPort::None,
+    })
 }
 
 fn http1_settings(
@@ -1014,162 +1140,183 @@ pub fn http2_settings(
     })
 }
 
+/// The HTTP filters, the router last. Every filter is translated, so that one report names
+/// the problems of all of them.
 fn http_filter_chain(
     path: &FieldPath,
     filters: &[pb::hcm::HttpFilter],
     rt: &Runtime,
 ) -> Result<(Vec<HttpFilter>, RouterConfig)> {
+    let mut errs = Errors::new();
+    let mut out = Vec::new();
+    for (i, f) in filters.iter().enumerate() {
+        let last = i + 1 == filters.len();
+        out.extend(
+            errs.take(http_filter(&path.index(i), f, last, rt))
+                .unwrap_or_default(),
+        );
+    }
+    errs.finish()?;
+    let router = out
+        .iter()
+        .find_map(|f| match f {
+            HttpFilter::Router(r) => Some(r.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            path.error("the last HTTP filter must be the router (envoy.filters.http.router)")
+        })?;
+    Ok((out, router))
+}
+
+/// One HTTP filter: what it runs as (none when disabled or an optional unknown one; the peer
+/// metadata filter runs as two).
+fn http_filter(
+    fp: &FieldPath,
+    f: &pb::hcm::HttpFilter,
+    last: bool,
+    rt: &Runtime,
+) -> Result<Vec<HttpFilter>> {
     use pb::hcm::http_filter::ConfigType;
     let mut out = Vec::new();
-    let mut router = None;
-    for (i, f) in filters.iter().enumerate() {
-        let fp = path.index(i);
-        let pb::hcm::HttpFilter {
-            name,
-            is_optional,
-            disabled,
-            config_type,
-        } = f;
-        let typed = match config_type {
-            Some(ConfigType::TypedConfig(any)) => Some(any),
-            Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
-            None => None,
-        };
-        let type_name = typed.map(any_type).unwrap_or(match name.as_str() {
-            ROUTER_NAME => ROUTER_TYPE,
-            _ => "",
-        });
-        match type_name {
-            ROUTER_TYPE => {
-                if *disabled {
-                    return Err(fp
-                        .field("disabled")
-                        .error("the router filter cannot be disabled"));
-                }
-                let cfg = match typed {
-                    Some(any) => decode_any::<pb::router::Router>(&fp.field("typed_config"), any)?,
-                    None => pb::router::Router::default(),
-                };
-                let r = router_config(&fp.field("typed_config"), &cfg)?;
-                if i + 1 != filters.len() {
-                    return Err(fp.error(format!(
-                        "terminal filter named {name} of type {ROUTER_NAME} must be the last filter in a http filter chain."
-                    )));
-                }
-                out.push(HttpFilter::Router(r.clone()));
-                router = Some(r);
-            }
-            PEER_METADATA_TYPE => {
-                let any = typed.expect("a type name comes from a typed_config");
-                let cfg = peer_metadata(&fp.field("typed_config"), any)?;
-                if !*disabled {
-                    // Header propagation and removal run; what discovery learns about the
-                    // peer is only read by telemetry, so that part is listed as a no-op.
-                    if cfg.discovers {
-                        out.push(HttpFilter::Noop(NoopFilter {
-                            name: name.clone(),
-                            type_name: PEER_METADATA_TYPE,
-                            short: "peer_metadata_discovery",
-                            reason: PEER_DISCOVERY_LATER,
-                        }));
-                    }
-                    out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
-                }
-            }
-            ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
-                let tp = fp.field("typed_config");
-                let any = typed.expect("a type name comes from a typed_config");
-                // Decoded so that a malformed config is refused by path all the same.
-                let short = match type_name {
-                    ISTIO_STATS_TYPE => {
-                        decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
-                        "istio_stats"
-                    }
-                    _ => {
-                        decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
-                        "grpc_stats"
-                    }
-                };
-                if !*disabled {
-                    out.push(HttpFilter::Noop(NoopFilter {
-                        name: name.clone(),
-                        type_name: match type_name {
-                            ISTIO_STATS_TYPE => ISTIO_STATS_TYPE,
-                            _ => GRPC_STATS_TYPE,
-                        },
-                        short,
-                        reason: TELEMETRY_LATER,
-                    }));
-                }
-            }
-            CORS_TYPE | FAULT_TYPE => {
-                let tp = fp.field("typed_config");
-                let any = typed.expect("a type name comes from a typed_config");
-                let short = if type_name == CORS_TYPE {
-                    let pb::cors::Cors {} = decode_any(&tp, any)?;
-                    "cors"
-                } else {
-                    let f: pb::fault::HttpFault = decode_any(&tp, any)?;
-                    // Faults are injected only where delay/abort/rate limit are configured (here or
-                    // per route, which is refused); istiod's empty filter does nothing.
-                    deny(&tp, "delay", &f.delay)?;
-                    deny(&tp, "abort", &f.abort)?;
-                    deny(&tp, "response_rate_limit", &f.response_rate_limit)?;
-                    "fault"
-                };
-                if !*disabled {
-                    out.push(HttpFilter::Noop(NoopFilter {
-                        name: name.clone(),
-                        type_name: if short == "cors" {
-                            CORS_TYPE
-                        } else {
-                            FAULT_TYPE
-                        },
-                        short,
-                        reason: "no policy configured (per-route policies are refused), so the \
-                                 filter passes every request unchanged",
-                    }));
-                }
-            }
-            ISTIO_ALPN_TYPE => {
-                let any = typed.expect("a type name comes from a typed_config");
-                let cfg = alpn_overrides(&fp.field("typed_config"), any)?;
-                if !*disabled {
-                    out.push(HttpFilter::Alpn(Arc::new(cfg)));
-                }
-            }
-            super::compressor::COMPRESSOR_TYPE => {
-                let Some(any) = typed else {
-                    return Err(fp.field("typed_config").error("is required"));
-                };
-                let tp = fp.field("typed_config");
-                let cfg = super::compressor::CompressorConfig::from_proto(
-                    &tp,
-                    &decode_any(&tp, any)?,
-                    rt,
-                )?;
-                // A filter disabled here would only run where a route's
-                // typed_per_filter_config enables it, which remora refuses; so it never runs.
-                if !*disabled {
-                    out.push(HttpFilter::Compressor(Arc::new(cfg)));
-                }
-            }
-            _ if *is_optional => {
-                tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });
-            }
-            "" => return Err(fp.error(format!("HTTP filter '{name}' needs a typed_config"))),
-            other => {
+    let pb::hcm::HttpFilter {
+        name,
+        is_optional,
+        disabled,
+        config_type,
+    } = f;
+    let typed = match config_type {
+        Some(ConfigType::TypedConfig(any)) => Some(any),
+        Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
+        None => None,
+    };
+    let type_name = typed.map(any_type).unwrap_or(match name.as_str() {
+        ROUTER_NAME => ROUTER_TYPE,
+        _ => "",
+    });
+    match type_name {
+        ROUTER_TYPE => {
+            if *disabled {
                 return Err(fp
-                    .field("typed_config")
-                    .field("@type")
-                    .error(format!("HTTP filter {other} is not supported")));
+                    .field("disabled")
+                    .error("the router filter cannot be disabled"));
+            }
+            let cfg = match typed {
+                Some(any) => decode_any::<pb::router::Router>(&fp.field("typed_config"), any)?,
+                None => pb::router::Router::default(),
+            };
+            let r = router_config(&fp.field("typed_config"), &cfg)?;
+            if !last {
+                return Err(fp.error(format!(
+                    "terminal filter named {name} of type {ROUTER_NAME} must be the last filter in a http filter chain."
+                )));
+            }
+            out.push(HttpFilter::Router(r));
+        }
+        PEER_METADATA_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let cfg = peer_metadata(&fp.field("typed_config"), any)?;
+            if !*disabled {
+                // Header propagation and removal run; what discovery learns about the
+                // peer is only read by telemetry, so that part is listed as a no-op.
+                if cfg.discovers {
+                    out.push(HttpFilter::Noop(NoopFilter {
+                        name: name.clone(),
+                        type_name: PEER_METADATA_TYPE,
+                        short: "peer_metadata_discovery",
+                        reason: PEER_DISCOVERY_LATER,
+                    }));
+                }
+                out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
             }
         }
+        ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
+            let tp = fp.field("typed_config");
+            let any = typed.expect("a type name comes from a typed_config");
+            // Decoded so that a malformed config is refused by path all the same.
+            let short = match type_name {
+                ISTIO_STATS_TYPE => {
+                    decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
+                    "istio_stats"
+                }
+                _ => {
+                    decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
+                    "grpc_stats"
+                }
+            };
+            if !*disabled {
+                out.push(HttpFilter::Noop(NoopFilter {
+                    name: name.clone(),
+                    type_name: match type_name {
+                        ISTIO_STATS_TYPE => ISTIO_STATS_TYPE,
+                        _ => GRPC_STATS_TYPE,
+                    },
+                    short,
+                    reason: TELEMETRY_LATER,
+                }));
+            }
+        }
+        CORS_TYPE | FAULT_TYPE => {
+            let tp = fp.field("typed_config");
+            let any = typed.expect("a type name comes from a typed_config");
+            let short = if type_name == CORS_TYPE {
+                let pb::cors::Cors {} = decode_any(&tp, any)?;
+                "cors"
+            } else {
+                let f: pb::fault::HttpFault = decode_any(&tp, any)?;
+                // Faults are injected only where delay/abort/rate limit are configured (here or
+                // per route, which is refused); istiod's empty filter does nothing.
+                deny(&tp, "delay", &f.delay)?;
+                deny(&tp, "abort", &f.abort)?;
+                deny(&tp, "response_rate_limit", &f.response_rate_limit)?;
+                "fault"
+            };
+            if !*disabled {
+                out.push(HttpFilter::Noop(NoopFilter {
+                    name: name.clone(),
+                    type_name: if short == "cors" {
+                        CORS_TYPE
+                    } else {
+                        FAULT_TYPE
+                    },
+                    short,
+                    reason: "no policy configured (per-route policies are refused), so the \
+                             filter passes every request unchanged",
+                }));
+            }
+        }
+        ISTIO_ALPN_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let cfg = alpn_overrides(&fp.field("typed_config"), any)?;
+            if !*disabled {
+                out.push(HttpFilter::Alpn(Arc::new(cfg)));
+            }
+        }
+        super::compressor::COMPRESSOR_TYPE => {
+            let Some(any) = typed else {
+                return Err(fp.field("typed_config").error("is required"));
+            };
+            let tp = fp.field("typed_config");
+            let cfg =
+                super::compressor::CompressorConfig::from_proto(&tp, &decode_any(&tp, any)?, rt)?;
+            // A filter disabled here would only run where a route's
+            // typed_per_filter_config enables it, which remora refuses; so it never runs.
+            if !*disabled {
+                out.push(HttpFilter::Compressor(Arc::new(cfg)));
+            }
+        }
+        _ if *is_optional => {
+            tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });
+        }
+        "" => return Err(fp.error(format!("HTTP filter '{name}' needs a typed_config"))),
+        other => {
+            return Err(fp
+                .field("typed_config")
+                .field("@type")
+                .error(format!("HTTP filter {other} is not supported")));
+        }
     }
-    let router = router.ok_or_else(|| {
-        path.error("the last HTTP filter must be the router (envoy.filters.http.router)")
-    })?;
-    Ok((out, router))
+    Ok(out)
 }
 
 fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfig> {
@@ -1185,21 +1332,25 @@ fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfi
         upstream_http_filters,
         reject_connect_request_early_data,
     } = r;
-    deny(path, "start_child_span", start_child_span)?;
-    deny(path, "upstream_log", upstream_log)?;
-    deny(path, "upstream_log_options", upstream_log_options)?;
-    deny(path, "strict_check_headers", strict_check_headers)?;
-    deny(
-        path,
-        "suppress_grpc_request_failure_code_stats",
-        suppress_grpc_request_failure_code_stats,
-    )?;
-    deny(path, "upstream_http_filters", upstream_http_filters)?;
-    deny(
-        path,
-        "reject_connect_request_early_data",
-        reject_connect_request_early_data,
-    )?;
+    let mut errs = Errors::new();
+    errs.check([
+        deny(path, "start_child_span", start_child_span),
+        deny(path, "upstream_log", upstream_log),
+        deny(path, "upstream_log_options", upstream_log_options),
+        deny(path, "strict_check_headers", strict_check_headers),
+        deny(
+            path,
+            "suppress_grpc_request_failure_code_stats",
+            suppress_grpc_request_failure_code_stats,
+        ),
+        deny(path, "upstream_http_filters", upstream_http_filters),
+        deny(
+            path,
+            "reject_connect_request_early_data",
+            reject_connect_request_early_data,
+        ),
+    ]);
+    errs.finish()?;
     Ok(RouterConfig {
         dynamic_stats: bool_or(dynamic_stats, true),
         suppress_envoy_headers: *suppress_envoy_headers,
@@ -1220,62 +1371,119 @@ fn local_reply(
     else {
         return Ok(LocalReplyConfig::default());
     };
-    let mut out = LocalReplyConfig::default();
-    for (i, m) in mappers.iter().enumerate() {
-        let mp = path.field("mappers").index(i);
-        let pb::hcm::ResponseMapper {
-            filter,
-            status_code,
-            body,
-            body_format_override,
-            headers_to_add,
-        } = m;
-        let filter = filter
+    let mut errs = Errors::new();
+    let mappers =
+        errs.or_default(error::all(mappers.iter().enumerate().map(|(i, m)| {
+            response_mapper(&path.field("mappers").index(i), m, rt, inputs)
+        })));
+    let body_format = errs.or_default(
+        body_format
             .as_ref()
-            .ok_or_else(|| mp.field("filter").error("is required"))?;
-        let status = match status_code {
-            Some(s) => Some(
-                u16::try_from(s.value)
-                    .ok()
-                    .filter(|c| (200..600).contains(c))
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or_else(|| mp.field("status_code").error("must be between 200 and 599"))?,
-            ),
-            None => None,
-        };
-        out.mappers.push(ResponseMapper {
-            filter: LogFilter::from_proto(&mp.field("filter"), filter, rt)?,
-            status,
-            body: body
-                .as_ref()
-                .map(|b| super::core::data_source(&mp.field("body"), b, inputs))
-                .transpose()?,
-            body_format: body_format_override
-                .as_ref()
-                .map(|f| {
-                    Ok::<_, crate::config::ConfigError>((
-                        substitution_format(&mp.field("body_format_override"), f, inputs)?,
-                        content_type(f),
-                    ))
-                })
-                .transpose()?,
-            headers: HeaderMutations::from_proto(
-                &mp,
-                "headers_to_add",
-                headers_to_add,
-                "headers_to_remove",
-                &[],
-            )?,
-        });
-    }
-    out.body_format = body_format
+            .map(|f| {
+                Ok::<_, crate::config::ConfigError>((
+                    substitution_format(&path.field("body_format"), f, inputs)?,
+                    content_type(f),
+                ))
+            })
+            .transpose(),
+    );
+    errs.finish_with(LocalReplyConfig {
+        mappers,
+        body_format,
+    })
+}
+
+fn response_mapper(
+    mp: &FieldPath,
+    m: &pb::hcm::ResponseMapper,
+    rt: &Runtime,
+    inputs: &Inputs,
+) -> Result<ResponseMapper> {
+    let pb::hcm::ResponseMapper {
+        filter,
+        status_code,
+        body,
+        body_format_override,
+        headers_to_add,
+    } = m;
+    let filter = filter
         .as_ref()
-        .map(|f| {
-            Ok::<_, crate::config::ConfigError>((
-                substitution_format(&path.field("body_format"), f, inputs)?,
-                content_type(f),
-            ))
-        })
-        .transpose()?;
-    Ok(out)
+        .ok_or_else(|| mp.field("filter").error("is required"))?;
+    let status = match status_code {
+        Some(s) => Some(
+            u16::try_from(s.value)
+                .ok()
+                .filter(|c| (200..600).contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or_else(|| mp.field("status_code").error("must be between 200 and 599"))?,
+        ),
+        None => None,
+    };
+    Ok(ResponseMapper {
+        filter: LogFilter::from_proto(&mp.field("filter"), filter, rt)?,
+        status,
+        body: body
+            .as_ref()
+            .map(|b| super::core::data_source(&mp.field("body"), b, inputs))
+            .transpose()?,
+        body_format: body_format_override
+            .as_ref()
+            .map(|f| {
+                Ok::<_, crate::config::ConfigError>((
+                    substitution_format(&mp.field("body_format_override"), f, inputs)?,
+                    content_type(f),
+                ))
+            })
+            .transpose()?,
+        headers: HeaderMutations::from_proto(
+            mp,
+            "headers_to_add",
+            headers_to_add,
+            "headers_to_remove",
+            &[],
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hcm(yaml: &str) -> Result<HttpConnectionManager> {
+        let path = FieldPath::new("hcm");
+        let h: pb::hcm::HttpConnectionManager = crate::config::decode_yaml(HCM_TYPE, yaml, &path);
+        HttpConnectionManager::from_proto(&path, &h, &Runtime::default(), 1 << 20, &Inputs::none())
+    }
+
+    /// One translation names every problem: the connection manager's fields and each HTTP
+    /// filter's.
+    #[test]
+    fn every_error_of_a_connection_manager() {
+        let e = hcm(r#"
+stat_prefix: s
+codec_type: HTTP3
+stream_idle_timeout: -1s
+route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 200}}]}]}
+http_filters:
+- {name: f, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, delay: {fixed_delay: 1s, percentage: {numerator: 100}}}}
+- {name: u, typed_config: {'@type': type.googleapis.com/google.protobuf.Struct, value: {}}}
+- {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, start_child_span: true}}
+"#)
+        .unwrap_err();
+        let paths: Vec<String> = e
+            .iter()
+            .map(|e| e.path.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "hcm.codec_type",
+                "hcm.http_filters[0].typed_config.delay",
+                "hcm.http_filters[1].typed_config.@type",
+                "hcm.http_filters[2].typed_config.start_child_span",
+                "hcm.stream_idle_timeout",
+            ],
+            "{e}"
+        );
+    }
 }

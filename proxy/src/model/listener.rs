@@ -11,6 +11,7 @@ use super::core::{
 use super::hcm::{HCM_TYPE, HttpConnectionManager};
 use super::pb;
 use super::tcp_proxy::{TCP_PROXY_TYPE, TcpProxy};
+use crate::config::error::{self, Errors};
 use crate::config::{FieldPath, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -178,6 +179,7 @@ pub struct ConnectionFacts<'a> {
 // === impl Listener ===
 
 impl Listener {
+    /// Every independent field is translated, so that one report names every problem.
     pub fn from_proto(
         path: &FieldPath,
         l: &pb::listener::Listener,
@@ -224,159 +226,103 @@ impl Listener {
             tcp_backlog_size,
             listener_specifier,
         } = l;
-        deny(path, "tcp_backlog_size", tcp_backlog_size)?;
-        deny(path, "additional_addresses", additional_addresses)?;
-        deny(path, "stats_matcher", stats_matcher)?;
-        deny(path, "fcds_config", fcds_config)?;
-        deny(path, "filter_chain_matcher", filter_chain_matcher)?;
-        deny(
-            path,
-            "use_original_dst",
-            &use_original_dst.as_ref().filter(|b| b.value),
-        )?;
-        deny(
-            path,
-            "per_connection_buffer_high_watermark_timeout",
-            per_connection_buffer_high_watermark_timeout,
-        )?;
         super::core::metadata_ok(metadata);
-        deny(path, "deprecated_v1", deprecated_v1)?;
-        deny(
-            path,
-            "transparent",
-            &transparent.as_ref().filter(|b| b.value),
-        )?;
-        deny(path, "freebind", &freebind.as_ref().filter(|b| b.value))?;
-        deny(path, "socket_options", socket_options)?;
-        deny(
-            path,
-            "tcp_fast_open_queue_length",
-            tcp_fast_open_queue_length,
-        )?;
-        deny(path, "udp_listener_config", udp_listener_config)?;
-        deny(path, "api_listener", api_listener)?;
-        deny(path, "connection_balance_config", connection_balance_config)?;
-        let mut access_logs = Vec::new();
-        for (i, al) in access_log.iter().enumerate() {
-            access_logs.push(super::access_log::AccessLogConfig::from_proto(
-                &path.field("access_log").index(i),
-                al,
-                rt,
-                &cx.inputs,
-            )?);
-        }
-        deny(
+        let _ = ignore_global_conn_limit; // there is no global connection limit unless the runtime sets one
+        let mut errs = Errors::new();
+        errs.check([
+            deny(path, "tcp_backlog_size", tcp_backlog_size),
+            deny(path, "additional_addresses", additional_addresses),
+            deny(path, "stats_matcher", stats_matcher),
+            deny(path, "fcds_config", fcds_config),
+            deny(path, "filter_chain_matcher", filter_chain_matcher),
+            deny(
+                path,
+                "use_original_dst",
+                &use_original_dst.as_ref().filter(|b| b.value),
+            ),
+            deny(
+                path,
+                "per_connection_buffer_high_watermark_timeout",
+                per_connection_buffer_high_watermark_timeout,
+            ),
+            deny(path, "deprecated_v1", deprecated_v1),
+            deny(
+                path,
+                "transparent",
+                &transparent.as_ref().filter(|b| b.value),
+            ),
+            deny(path, "freebind", &freebind.as_ref().filter(|b| b.value)),
+            deny(path, "socket_options", socket_options),
+            deny(
+                path,
+                "tcp_fast_open_queue_length",
+                tcp_fast_open_queue_length,
+            ),
+            deny(path, "udp_listener_config", udp_listener_config),
+            deny(path, "api_listener", api_listener),
+            deny(path, "connection_balance_config", connection_balance_config),
+        ]);
+        let access_logs =
+            errs.or_default(error::all(access_log.iter().enumerate().map(|(i, al)| {
+                super::access_log::AccessLogConfig::from_proto(
+                    &path.field("access_log").index(i),
+                    al,
+                    rt,
+                    &cx.inputs,
+                )
+            })));
+        errs.check([deny(
             path,
             "max_connections_to_accept_per_socket_event",
             max_connections_to_accept_per_socket_event,
-        )?;
+        )]);
         if !bool_or(bind_to_port, true) {
-            return Err(path.field("bind_to_port").error("false is not supported (listeners without their own socket arrive with xDS and original_dst)"));
+            errs.push(path.field("bind_to_port").error("false is not supported (listeners without their own socket arrive with xDS and original_dst)"));
         }
-        deny(path, "enable_mptcp", enable_mptcp)?;
-        let _ = ignore_global_conn_limit; // there is no global connection limit unless the runtime sets one
-
+        errs.check([deny(path, "enable_mptcp", enable_mptcp)]);
         if listener_specifier.is_some() {
-            return Err(path.unsupported("internal_listener"));
+            errs.push(path.unsupported("internal_listener"));
         }
-        let ap = path.field("address");
-        let hp = socket_address(&ap, address)?;
-        let ip = hp.ip().ok_or_else(|| {
-            ap.field("socket_address").field("address").error(format!(
-                "'{}' is not an IP address (listeners bind to IP addresses)",
-                hp.host
-            ))
-        })?;
-        let address = SocketAddr::new(ip, hp.port);
-        let name = if name.is_empty() {
-            format!("{address}")
-        } else {
-            name.clone()
+        let address = errs.take(listener_address(path, address));
+        let name = match (name.is_empty(), address) {
+            (false, _) => name.clone(),
+            (true, Some(a)) => format!("{a}"),
+            (true, None) => "<unnamed>".to_string(),
         };
-        let modify_only_drain = enum_value::<DrainType>(path, "drain_type", *drain_type, |_| true)?
-            == DrainType::ModifyOnly;
-        let direction = match enum_value::<pb::core::TrafficDirection>(
-            path,
-            "traffic_direction",
-            *traffic_direction,
-            |_| true,
-        )? {
-            pb::core::TrafficDirection::Unspecified => Direction::Unspecified,
-            pb::core::TrafficDirection::Inbound => Direction::Inbound,
-            pb::core::TrafficDirection::Outbound => Direction::Outbound,
-        };
+        let modify_only_drain = errs.or_default(
+            enum_value::<DrainType>(path, "drain_type", *drain_type, |_| true)
+                .map(|d| d == DrainType::ModifyOnly),
+        );
+        let direction = errs
+            .take(direction(path, *traffic_direction))
+            .unwrap_or(Direction::Unspecified);
         let buffer_limit = u32_or(
             per_connection_buffer_limit_bytes,
             super::cluster::DEFAULT_BUFFER_LIMIT,
         );
-
-        let mut lfilters = Vec::new();
-        for (i, lf) in listener_filters.iter().enumerate() {
-            lfilters.push(listener_filter(
-                &path.field("listener_filters").index(i),
-                lf,
-            )?);
-        }
-
-        // Every chain is translated, so that one report names the problems of all of them.
-        let mut chains = Vec::with_capacity(filter_chains.len());
-        let mut indices = Vec::with_capacity(filter_chains.len());
-        let mut errors = Vec::new();
-        for (i, fc) in filter_chains.iter().enumerate() {
-            let fcp = path.field("filter_chains").index(i);
-            let chain = match FilterChain::from_proto(&fcp, fc, cx, buffer_limit) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            if let Some(k) = chains
-                .iter()
-                .position(|c: &Arc<FilterChain>| c.matcher == chain.matcher)
-            {
-                let j = indices[k];
-                errors.push(fcp.error(format!(
-                    "multiple filter chains with the same matching rules are defined (filter_chains[{j}] and filter_chains[{i}]) in listener {name}"
-                )));
-                continue;
-            }
-            if chain.needs_tls_inspector()
-                && !lfilters.contains(&ListenerFilter::TlsInspector)
-                && chain.matcher.transport_protocol.as_deref() != Some("raw_buffer")
-            {
-                // Envoy only warns here; a chain matching on SNI or ALPN never matches without the inspector.
-                tracing::warn!(listener = %name, "filter_chains[{i}] matches on server names or application protocols but the listener has no tls_inspector");
-            }
-            chains.push(Arc::new(chain));
-            indices.push(i);
-        }
-        let default_chain = default_filter_chain
-            .as_ref()
-            .map(|fc| {
-                FilterChain::from_proto(&path.field("default_filter_chain"), fc, cx, buffer_limit)
-                    .map(Arc::new)
-            })
-            .transpose()
-            .unwrap_or_else(|e| {
-                errors.push(e);
-                None
-            });
-        if let Some(e) = crate::config::ConfigError::join(errors) {
-            return Err(e);
-        }
-        if chains.is_empty() && default_chain.is_none() {
-            return Err(path
-                .field("filter_chains")
-                .error(format!("no filter chains specified for listener {name}")));
-        }
-
-        let lf_timeout =
-            match opt_duration(path, "listener_filters_timeout", listener_filters_timeout)? {
-                None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
-                Some(Duration::ZERO) => None,
-                Some(t) => Some(t),
-            };
+        let lfilters =
+            errs.take(error::all(listener_filters.iter().enumerate().map(
+                |(i, lf)| listener_filter(&path.field("listener_filters").index(i), lf),
+            )));
+        let chains = errs.take(Self::chains(
+            path,
+            (filter_chains, default_filter_chain),
+            &name,
+            lfilters.as_deref(),
+            cx,
+            buffer_limit,
+        ));
+        let lf_timeout = errs.take(
+            opt_duration(path, "listener_filters_timeout", listener_filters_timeout).map(
+                |t| match t {
+                    None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+                    Some(Duration::ZERO) => None,
+                    Some(t) => Some(t),
+                },
+            ),
+        );
+        let (((address, lfilters), (chains, default_chain)), lf_timeout) =
+            errs.finish_some(address.zip(lfilters).zip(chains).zip(lf_timeout))?;
         Ok(Self {
             bypass_overload_manager: *bypass_overload_manager,
             access_logs,
@@ -399,10 +345,96 @@ impl Listener {
         })
     }
 
+    /// The filter chains and the default one. Every chain is translated, so that one report
+    /// names the problems of all of them. `lfilters`: the listener filters, when they translated.
+    fn chains(
+        path: &FieldPath,
+        (filter_chains, default_filter_chain): (
+            &[pb::listener::FilterChain],
+            &Option<pb::listener::FilterChain>,
+        ),
+        name: &str,
+        lfilters: Option<&[ListenerFilter]>,
+        cx: &TranslateContext,
+        buffer_limit: u32,
+    ) -> Result<Chains> {
+        let mut chains = Vec::with_capacity(filter_chains.len());
+        let mut indices = Vec::with_capacity(filter_chains.len());
+        let mut errs = Errors::new();
+        for (i, fc) in filter_chains.iter().enumerate() {
+            let fcp = path.field("filter_chains").index(i);
+            let Some(chain) = errs.take(FilterChain::from_proto(&fcp, fc, cx, buffer_limit)) else {
+                continue;
+            };
+            if let Some(k) = chains
+                .iter()
+                .position(|c: &Arc<FilterChain>| c.matcher == chain.matcher)
+            {
+                let j = indices[k];
+                errs.push(fcp.error(format!(
+                    "multiple filter chains with the same matching rules are defined (filter_chains[{j}] and filter_chains[{i}]) in listener {name}"
+                )));
+                continue;
+            }
+            if chain.needs_tls_inspector()
+                && lfilters.is_some_and(|l| !l.contains(&ListenerFilter::TlsInspector))
+                && chain.matcher.transport_protocol.as_deref() != Some("raw_buffer")
+            {
+                // Envoy only warns here; a chain matching on SNI or ALPN never matches without the inspector.
+                tracing::warn!(listener = %name, "filter_chains[{i}] matches on server names or application protocols but the listener has no tls_inspector");
+            }
+            chains.push(Arc::new(chain));
+            indices.push(i);
+        }
+        let default_chain = default_filter_chain.as_ref().and_then(|fc| {
+            errs.take(FilterChain::from_proto(
+                &path.field("default_filter_chain"),
+                fc,
+                cx,
+                buffer_limit,
+            ))
+            .map(Arc::new)
+        });
+        errs.finish()?;
+        if chains.is_empty() && default_chain.is_none() {
+            return Err(path
+                .field("filter_chains")
+                .error(format!("no filter chains specified for listener {name}")));
+        }
+        Ok((chains, default_chain))
+    }
+
     /// Envoy's filter chain selection; `None`: no chain (the connection is closed, `NR`).
     pub fn select_chain(&self, c: &ConnectionFacts<'_>) -> Option<&Arc<FilterChain>> {
         select(&self.filter_chains, c).or(self.default_filter_chain.as_ref())
     }
+}
+
+/// A listener's filter chains and its default one.
+type Chains = (Vec<Arc<FilterChain>>, Option<Arc<FilterChain>>);
+
+/// The address a listener binds: an IP address and port.
+fn listener_address(path: &FieldPath, address: &Option<pb::core::Address>) -> Result<SocketAddr> {
+    let ap = path.field("address");
+    let hp = socket_address(&ap, address)?;
+    let ip = hp.ip().ok_or_else(|| {
+        ap.field("socket_address").field("address").error(format!(
+            "'{}' is not an IP address (listeners bind to IP addresses)",
+            hp.host
+        ))
+    })?;
+    Ok(SocketAddr::new(ip, hp.port))
+}
+
+fn direction(path: &FieldPath, value: i32) -> Result<Direction> {
+    use pb::core::TrafficDirection as T;
+    Ok(
+        match enum_value::<T>(path, "traffic_direction", value, |_| true)? {
+            T::Unspecified => Direction::Unspecified,
+            T::Inbound => Direction::Inbound,
+            T::Outbound => Direction::Outbound,
+        },
+    )
 }
 
 /// `listener.0.0.0.0_10000.` as Envoy names listener stats.
@@ -442,23 +474,27 @@ fn listener_filter(path: &FieldPath, lf: &pb::listener::ListenerFilter) -> Resul
                     close_connection_on_client_hello_parsing_errors,
                     max_client_hello_size,
                 } = &t;
-                deny(
-                    &tp,
-                    "enable_ja3_fingerprinting",
-                    &enable_ja3_fingerprinting.as_ref().filter(|b| b.value),
-                )?;
-                deny(
-                    &tp,
-                    "enable_ja4_fingerprinting",
-                    &enable_ja4_fingerprinting.as_ref().filter(|b| b.value),
-                )?;
                 let _ = initial_read_buffer_size; // a read-size hint; remora reads what the ClientHello needs
-                deny(
-                    &tp,
-                    "close_connection_on_client_hello_parsing_errors",
-                    close_connection_on_client_hello_parsing_errors,
-                )?;
-                deny(&tp, "max_client_hello_size", max_client_hello_size)?;
+                let mut errs = Errors::new();
+                errs.check([
+                    deny(
+                        &tp,
+                        "enable_ja3_fingerprinting",
+                        &enable_ja3_fingerprinting.as_ref().filter(|b| b.value),
+                    ),
+                    deny(
+                        &tp,
+                        "enable_ja4_fingerprinting",
+                        &enable_ja4_fingerprinting.as_ref().filter(|b| b.value),
+                    ),
+                    deny(
+                        &tp,
+                        "close_connection_on_client_hello_parsing_errors",
+                        close_connection_on_client_hello_parsing_errors,
+                    ),
+                    deny(&tp, "max_client_hello_size", max_client_hello_size),
+                ]);
+                errs.finish()?;
             }
             Ok(ListenerFilter::TlsInspector)
         }
@@ -483,8 +519,6 @@ impl FilterChain {
         cx: &TranslateContext,
         buffer_limit: u32,
     ) -> Result<Self> {
-        use pb::listener::filter::ConfigType;
-        let rt = &*cx.runtime;
         let pb::listener::FilterChain {
             filter_chain_match,
             filters,
@@ -494,91 +528,31 @@ impl FilterChain {
             transport_socket_connect_timeout,
             name,
         } = fc;
-        deny(path, "use_proxy_proto", use_proxy_proto)?;
         super::core::metadata_ok(metadata);
-        let tls =
-            super::tls::downstream_socket(&path.field("transport_socket"), transport_socket, cx)?;
-        let handshake_timeout = opt_duration(
+        let mut errs = Errors::new();
+        errs.check([deny(path, "use_proxy_proto", use_proxy_proto)]);
+        let tls = errs.take(super::tls::downstream_socket(
+            &path.field("transport_socket"),
+            transport_socket,
+            cx,
+        ));
+        let handshake_timeout = errs.or_default(opt_duration(
             path,
             "transport_socket_connect_timeout",
             transport_socket_connect_timeout,
-        )?;
-        let matcher = match filter_chain_match {
-            Some(m) => filter_chain_match_from(&path.field("filter_chain_match"), m)?,
-            None => FilterChainMatch::any(),
-        };
-        if filters.is_empty() {
-            return Err(path
-                .field("filters")
-                .error("at least one network filter is required"));
-        }
-        let mut terminal = None;
-        let mut noop_filters = Vec::new();
-        let mut mx = None;
-        for (i, f) in filters.iter().enumerate() {
-            let fp = path.field("filters").index(i);
-            let pb::listener::Filter { name, config_type } = f;
-            let any = match config_type {
-                Some(ConfigType::TypedConfig(any)) => any,
-                Some(ConfigType::ConfigDiscovery(_)) => {
-                    return Err(fp.unsupported("config_discovery"));
-                }
-                None => {
-                    return Err(fp.error(format!("network filter '{name}' needs a typed_config")));
-                }
-            };
-            let tp = fp.field("typed_config");
-            let t = match any_type(any) {
-                HCM_TYPE => NetworkTerminal::Http(Arc::new(HttpConnectionManager::from_proto(
-                    &tp,
-                    &decode_any(&tp, any)?,
-                    rt,
-                    buffer_limit,
-                    &cx.inputs,
-                )?)),
-                TCP_PROXY_TYPE => NetworkTerminal::Tcp(Arc::new(TcpProxy::from_proto(
-                    &tp,
-                    &decode_any(&tp, any)?,
-                    rt,
-                    &cx.inputs,
-                )?)),
-                METADATA_EXCHANGE_TYPE if i + 1 != filters.len() => {
-                    mx = Some(Arc::new(metadata_exchange(&tp, any)?));
-                    noop_filters.push(super::hcm::NoopFilter {
-                        name: name.clone(),
-                        type_name: METADATA_EXCHANGE_TYPE,
-                        short: "metadata_exchange_discovery",
-                        reason: super::hcm::PEER_DISCOVERY_LATER,
-                    });
-                    continue;
-                }
-                super::hcm::ISTIO_STATS_TYPE if i + 1 != filters.len() => {
-                    decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
-                    noop_filters.push(super::hcm::NoopFilter {
-                        name: name.clone(),
-                        type_name: super::hcm::ISTIO_STATS_TYPE,
-                        short: "istio_stats",
-                        reason: super::hcm::TELEMETRY_LATER,
-                    });
-                    continue;
-                }
-                other => {
-                    return Err(tp
-                        .field("@type")
-                        .error(format!("network filter {other} is not supported")));
-                }
-            };
-            if i + 1 != filters.len() {
-                return Err(fp.error(format!(
-                    "terminal filter named {name} must be the last filter in a network filter chain"
-                )));
-            }
-            terminal = Some(t);
-        }
-        let terminal = terminal.ok_or_else(|| {
-            path.field("filters")
-                .error("the last network filter must be http_connection_manager or tcp_proxy")
-        })?;
+        ));
+        let matcher = errs.take(match filter_chain_match {
+            Some(m) => filter_chain_match_from(&path.field("filter_chain_match"), m),
+            None => Ok(FilterChainMatch::any()),
+        });
+        let filters = errs.take(network_filters(
+            &path.field("filters"),
+            filters,
+            cx,
+            buffer_limit,
+        ));
+        let ((tls, matcher), (terminal, noop_filters, mx)) =
+            errs.finish_some(tls.zip(matcher).zip(filters))?;
         // The exchange is built for tcp_proxy chains; in front of an HTTP connection manager it
         // is inert as long as TLS cannot negotiate its protocol (istiod's HTTP chains offer
         // h2 and http/1.1 only).
@@ -615,6 +589,120 @@ impl FilterChain {
             || !self.matcher.application_protocols.is_empty()
             || self.matcher.transport_protocol.as_deref() == Some("tls")
     }
+}
+
+/// One network filter of a chain: the terminal one, or one in front of it.
+enum NetworkFilter {
+    Terminal(NetworkTerminal),
+    Noop(super::hcm::NoopFilter, Option<Arc<MetadataExchange>>),
+}
+
+/// A chain's network filters: the terminal one, the no-ops in front of it, the metadata exchange.
+type NetworkFilters = (
+    NetworkTerminal,
+    Vec<super::hcm::NoopFilter>,
+    Option<Arc<MetadataExchange>>,
+);
+
+/// A chain's network filters: the terminal one, the no-ops in front of it and the metadata
+/// exchange. Every filter is translated, so that one report names the problems of all of them.
+fn network_filters(
+    path: &FieldPath,
+    filters: &[pb::listener::Filter],
+    cx: &TranslateContext,
+    buffer_limit: u32,
+) -> Result<NetworkFilters> {
+    if filters.is_empty() {
+        return Err(path.error("at least one network filter is required"));
+    }
+    let mut errs = Errors::new();
+    let mut terminal = None;
+    let mut noop_filters = Vec::new();
+    let mut mx = None;
+    for (i, f) in filters.iter().enumerate() {
+        let last = i + 1 == filters.len();
+        match errs.take(network_filter(&path.index(i), f, last, cx, buffer_limit)) {
+            Some(NetworkFilter::Terminal(t)) => terminal = Some(t),
+            Some(NetworkFilter::Noop(noop, m)) => {
+                noop_filters.push(noop);
+                mx = m.or(mx);
+            }
+            None => {}
+        }
+    }
+    errs.finish()?;
+    let terminal = terminal.ok_or_else(|| {
+        path.error("the last network filter must be http_connection_manager or tcp_proxy")
+    })?;
+    Ok((terminal, noop_filters, mx))
+}
+
+fn network_filter(
+    fp: &FieldPath,
+    f: &pb::listener::Filter,
+    last: bool,
+    cx: &TranslateContext,
+    buffer_limit: u32,
+) -> Result<NetworkFilter> {
+    use pb::listener::filter::ConfigType;
+    let rt = &*cx.runtime;
+    let pb::listener::Filter { name, config_type } = f;
+    let any = match config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
+        None => return Err(fp.error(format!("network filter '{name}' needs a typed_config"))),
+    };
+    let tp = fp.field("typed_config");
+    let t = match any_type(any) {
+        HCM_TYPE => NetworkTerminal::Http(Arc::new(HttpConnectionManager::from_proto(
+            &tp,
+            &decode_any(&tp, any)?,
+            rt,
+            buffer_limit,
+            &cx.inputs,
+        )?)),
+        TCP_PROXY_TYPE => NetworkTerminal::Tcp(Arc::new(TcpProxy::from_proto(
+            &tp,
+            &decode_any(&tp, any)?,
+            rt,
+            &cx.inputs,
+        )?)),
+        METADATA_EXCHANGE_TYPE if !last => {
+            let mx = Arc::new(metadata_exchange(&tp, any)?);
+            return Ok(NetworkFilter::Noop(
+                super::hcm::NoopFilter {
+                    name: name.clone(),
+                    type_name: METADATA_EXCHANGE_TYPE,
+                    short: "metadata_exchange_discovery",
+                    reason: super::hcm::PEER_DISCOVERY_LATER,
+                },
+                Some(mx),
+            ));
+        }
+        super::hcm::ISTIO_STATS_TYPE if !last => {
+            decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
+            return Ok(NetworkFilter::Noop(
+                super::hcm::NoopFilter {
+                    name: name.clone(),
+                    type_name: super::hcm::ISTIO_STATS_TYPE,
+                    short: "istio_stats",
+                    reason: super::hcm::TELEMETRY_LATER,
+                },
+                None,
+            ));
+        }
+        other => {
+            return Err(tp
+                .field("@type")
+                .error(format!("network filter {other} is not supported")));
+        }
+    };
+    if !last {
+        return Err(fp.error(format!(
+            "terminal filter named {name} must be the last filter in a network filter chain"
+        )));
+    }
+    Ok(NetworkFilter::Terminal(t))
 }
 
 fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
@@ -664,54 +752,66 @@ fn filter_chain_match_from(
         transport_protocol,
         application_protocols,
     } = m;
-    deny(path, "address_suffix", address_suffix)?;
-    deny(path, "suffix_len", suffix_len)?;
-    let source_type = match S::try_from(*source_type) {
-        Ok(S::Any) => SourceType::Any,
-        Ok(S::SameIpOrLoopback) => SourceType::SameIpOrLoopback,
-        Ok(S::External) => SourceType::External,
-        Err(_) => {
-            return Err(path
-                .field("source_type")
-                .error(format!("unknown value {source_type}")));
-        }
-    };
+    let mut errs = Errors::new();
+    errs.check([
+        deny(path, "address_suffix", address_suffix),
+        deny(path, "suffix_len", suffix_len),
+    ]);
+    let source_type = errs.take(match S::try_from(*source_type) {
+        Ok(S::Any) => Ok(SourceType::Any),
+        Ok(S::SameIpOrLoopback) => Ok(SourceType::SameIpOrLoopback),
+        Ok(S::External) => Ok(SourceType::External),
+        Err(_) => Err(path
+            .field("source_type")
+            .error(format!("unknown value {source_type}"))),
+    });
     let port = |p: u32, f: &str| {
         u16::try_from(p)
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| path.field(f).error("must be between 1 and 65535"))
     };
-    let destination_port = destination_port
-        .as_ref()
-        .map(|p| port(p.value, "destination_port"))
-        .transpose()?;
-    let source_ports = source_ports
-        .iter()
-        .map(|p| port(*p, "source_ports"))
-        .collect::<Result<Vec<_>>>()?;
+    let destination_port = errs.or_default(
+        destination_port
+            .as_ref()
+            .map(|p| port(p.value, "destination_port"))
+            .transpose(),
+    );
+    let source_ports = errs.or_default(
+        source_ports
+            .iter()
+            .map(|p| port(*p, "source_ports"))
+            .collect::<Result<Vec<_>>>(),
+    );
     for (i, n) in server_names.iter().enumerate() {
         if n.contains('*') && !n.starts_with("*.") {
-            return Err(path.field("server_names").index(i).error(format!(
+            errs.push(path.field("server_names").index(i).error(format!(
                 "partial wildcards are not supported in \"server_names\": '{n}'"
             )));
         }
     }
+    let prefix_ranges = errs.or_default(cidrs(&path.field("prefix_ranges"), prefix_ranges));
+    let direct_source_prefix_ranges = errs.or_default(cidrs(
+        &path.field("direct_source_prefix_ranges"),
+        direct_source_prefix_ranges,
+    ));
+    let source_prefix_ranges = errs.or_default(cidrs(
+        &path.field("source_prefix_ranges"),
+        source_prefix_ranges,
+    ));
+    let source_type = errs.finish_some(source_type)?;
     Ok(FilterChainMatch {
         destination_port,
-        prefix_ranges: cidrs(&path.field("prefix_ranges"), prefix_ranges)?,
+        prefix_ranges,
         server_names: server_names
             .iter()
             .map(|s| s.to_ascii_lowercase())
             .collect(),
         transport_protocol: (!transport_protocol.is_empty()).then(|| transport_protocol.clone()),
         application_protocols: application_protocols.clone(),
-        direct_source_prefix_ranges: cidrs(
-            &path.field("direct_source_prefix_ranges"),
-            direct_source_prefix_ranges,
-        )?,
+        direct_source_prefix_ranges,
         source_type,
-        source_prefix_ranges: cidrs(&path.field("source_prefix_ranges"), source_prefix_ranges)?,
+        source_prefix_ranges,
         source_ports,
     })
 }
@@ -984,6 +1084,60 @@ mod tests {
             },
         )];
         assert!(select(&only, &facts("1.1.1.1:2", "1.1.1.1:3", None, "raw_buffer")).is_none());
+    }
+
+    fn translate(yaml: &str) -> Result<Listener> {
+        let path = FieldPath::new("Listener 'l'");
+        let l: pb::listener::Listener =
+            crate::config::decode_yaml("envoy.config.listener.v3.Listener", yaml, &path);
+        let cx = TranslateContext {
+            runtime: Default::default(),
+            secrets: Default::default(),
+            reload: Default::default(),
+            sds: Arc::new(crate::xds::sds::SdsRegistry::default()),
+            inputs: Arc::new(super::super::inputs::Inputs::none()),
+        };
+        Listener::from_proto(&path, &l, &cx)
+    }
+
+    /// One translation names every problem: each chain's network filters, the listener
+    /// filters and the listener's own fields.
+    #[test]
+    fn every_error_of_a_listener() {
+        let tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}";
+        let bad_tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: c, max_connect_attempts: 0}}";
+        let e = translate(&format!(
+            r#"
+name: l
+address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+freebind: true
+listener_filters:
+- {{name: x, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}, filter_disabled: {{destination_port_range: {{start: 1, end: 2}}}}}}
+filter_chains:
+- filter_chain_match: {{destination_port: 1}}
+  filters: [{bad_tcp}, {tcp}]
+- filter_chain_match: {{destination_port: 2}}
+  filters: [{tcp}, {bad_tcp}]
+"#
+        ))
+        .unwrap_err();
+        let paths: Vec<String> = e
+            .iter()
+            .map(|e| e.path.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "Listener 'l'.freebind",
+                "Listener 'l'.listener_filters[0].filter_disabled",
+                "Listener 'l'.filter_chains[0].filters[0].typed_config.stat_prefix",
+                "Listener 'l'.filter_chains[0].filters[0].typed_config.max_connect_attempts",
+                "Listener 'l'.filter_chains[1].filters[0]",
+                "Listener 'l'.filter_chains[1].filters[1].typed_config.stat_prefix",
+                "Listener 'l'.filter_chains[1].filters[1].typed_config.max_connect_attempts",
+            ],
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::core::{deny, timeout_or, u32_or};
 use super::inputs::Inputs;
 use super::pb;
 use super::runtime::Runtime;
+use crate::config::error::{self, Errors};
 use crate::config::{FieldPath, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,6 @@ impl TcpProxy {
         rt: &Runtime,
         inputs: &Inputs,
     ) -> Result<Self> {
-        use pb::tcp_proxy::tcp_proxy::ClusterSpecifier as C;
         let pb::tcp_proxy::TcpProxy {
             stat_prefix,
             on_demand,
@@ -64,101 +64,70 @@ impl TcpProxy {
             check_drain_close,
             cluster_specifier,
         } = t;
+        let mut errs = Errors::new();
         if stat_prefix.is_empty() {
-            return Err(path.field("stat_prefix").error("must not be empty"));
+            errs.push(path.field("stat_prefix").error("must not be empty"));
         }
-        deny(path, "on_demand", on_demand)?;
-        deny(path, "metadata_match", metadata_match)?;
-        deny(path, "downstream_idle_timeout", downstream_idle_timeout)?;
-        deny(path, "upstream_idle_timeout", upstream_idle_timeout)?;
-        deny(path, "backoff_options", backoff_options)?;
-        deny(path, "hash_policy", hash_policy)?;
-        deny(path, "tunneling_config", tunneling_config)?;
-        deny(
-            path,
-            "max_downstream_connection_duration_jitter_percentage",
-            max_downstream_connection_duration_jitter_percentage,
-        )?;
-        deny(path, "access_log_flush_interval", access_log_flush_interval)?;
-        deny(
-            path,
-            "flush_access_log_on_connected",
-            flush_access_log_on_connected,
-        )?;
-        deny(path, "access_log_options", access_log_options)?;
-        deny(path, "proxy_protocol_tlvs", proxy_protocol_tlvs)?;
-        deny(
-            path,
-            "proxy_protocol_tlv_merge_policy",
-            proxy_protocol_tlv_merge_policy,
-        )?;
-        deny(path, "upstream_connect_mode", upstream_connect_mode)?;
-        deny(path, "max_early_data_bytes", max_early_data_bytes)?;
-        deny(path, "check_drain_close", check_drain_close)?;
-        let cluster = match cluster_specifier {
-            Some(C::Cluster(c)) if !c.is_empty() => TcpCluster::Name(c.as_str().into()),
-            Some(C::Cluster(_)) => return Err(path.field("cluster").error("must not be empty")),
-            Some(C::WeightedClusters(w)) => {
-                let wp = path.field("weighted_clusters");
-                if w.clusters.is_empty() {
-                    return Err(wp
-                        .field("clusters")
-                        .error("at least one cluster is required"));
-                }
-                let mut clusters = Vec::new();
-                let mut total = 0u64;
-                for (i, c) in w.clusters.iter().enumerate() {
-                    let cp = wp.field("clusters").index(i);
-                    let pb::tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
-                        name,
-                        weight,
-                        metadata_match,
-                    } = c;
-                    deny(&cp, "metadata_match", metadata_match)?;
-                    if name.is_empty() {
-                        return Err(cp.field("name").error("must not be empty"));
-                    }
-                    if *weight == 0 {
-                        return Err(cp.field("weight").error("must be at least 1"));
-                    }
-                    total += *weight as u64;
-                    clusters.push((name.as_str().into(), *weight));
-                }
-                TcpCluster::Weighted { clusters, total }
-            }
-            None => return Err(path.error("one of cluster or weighted_clusters is required")),
-        };
+        errs.check([
+            deny(path, "on_demand", on_demand),
+            deny(path, "metadata_match", metadata_match),
+            deny(path, "downstream_idle_timeout", downstream_idle_timeout),
+            deny(path, "upstream_idle_timeout", upstream_idle_timeout),
+            deny(path, "backoff_options", backoff_options),
+            deny(path, "hash_policy", hash_policy),
+            deny(path, "tunneling_config", tunneling_config),
+            deny(
+                path,
+                "max_downstream_connection_duration_jitter_percentage",
+                max_downstream_connection_duration_jitter_percentage,
+            ),
+            deny(path, "access_log_flush_interval", access_log_flush_interval),
+            deny(
+                path,
+                "flush_access_log_on_connected",
+                flush_access_log_on_connected,
+            ),
+            deny(path, "access_log_options", access_log_options),
+            deny(path, "proxy_protocol_tlvs", proxy_protocol_tlvs),
+            deny(
+                path,
+                "proxy_protocol_tlv_merge_policy",
+                proxy_protocol_tlv_merge_policy,
+            ),
+            deny(path, "upstream_connect_mode", upstream_connect_mode),
+            deny(path, "max_early_data_bytes", max_early_data_bytes),
+            deny(path, "check_drain_close", check_drain_close),
+        ]);
+        let cluster = errs.take(tcp_cluster(path, cluster_specifier));
         let attempts = u32_or(max_connect_attempts, 1);
         if attempts == 0 {
-            return Err(path
-                .field("max_connect_attempts")
-                .error("must be at least 1"));
+            errs.push(
+                path.field("max_connect_attempts")
+                    .error("must be at least 1"),
+            );
         }
-        let mut access_logs = Vec::new();
-        for (i, al) in access_log.iter().enumerate() {
-            access_logs.push(AccessLogConfig::from_proto(
-                &path.field("access_log").index(i),
-                al,
-                rt,
-                inputs,
-            )?);
-        }
+        let access_logs =
+            errs.or_default(error::all(access_log.iter().enumerate().map(|(i, al)| {
+                AccessLogConfig::from_proto(&path.field("access_log").index(i), al, rt, inputs)
+            })));
+        let idle_timeout = errs.or_default(timeout_or(
+            path,
+            "idle_timeout",
+            idle_timeout,
+            Some(DEFAULT_IDLE_TIMEOUT),
+        ));
+        let max_downstream_connection_duration = errs.or_default(timeout_or(
+            path,
+            "max_downstream_connection_duration",
+            max_downstream_connection_duration,
+            None,
+        ));
         Ok(Self {
             stat_prefix: stat_prefix.clone(),
-            cluster,
-            idle_timeout: timeout_or(
-                path,
-                "idle_timeout",
-                idle_timeout,
-                Some(DEFAULT_IDLE_TIMEOUT),
-            )?,
+            cluster: errs.finish_some(cluster)?,
+            idle_timeout,
             max_connect_attempts: attempts,
-            max_downstream_connection_duration: timeout_or(
-                path,
-                "max_downstream_connection_duration",
-                max_downstream_connection_duration,
-                None,
-            )?,
+            max_downstream_connection_duration,
             access_logs,
         })
     }
@@ -187,5 +156,44 @@ impl TcpProxy {
                 &clusters[clusters.len() - 1].0
             }
         }
+    }
+}
+
+/// `cluster` or `weighted_clusters`.
+fn tcp_cluster(
+    path: &FieldPath,
+    spec: &Option<pb::tcp_proxy::tcp_proxy::ClusterSpecifier>,
+) -> Result<TcpCluster> {
+    use pb::tcp_proxy::tcp_proxy::ClusterSpecifier as C;
+    match spec {
+        Some(C::Cluster(c)) if !c.is_empty() => Ok(TcpCluster::Name(c.as_str().into())),
+        Some(C::Cluster(_)) => Err(path.field("cluster").error("must not be empty")),
+        Some(C::WeightedClusters(w)) => {
+            let wp = path.field("weighted_clusters");
+            if w.clusters.is_empty() {
+                return Err(wp
+                    .field("clusters")
+                    .error("at least one cluster is required"));
+            }
+            let clusters = error::all(w.clusters.iter().enumerate().map(|(i, c)| {
+                let cp = wp.field("clusters").index(i);
+                let pb::tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
+                    name,
+                    weight,
+                    metadata_match,
+                } = c;
+                deny(&cp, "metadata_match", metadata_match)?;
+                if name.is_empty() {
+                    return Err(cp.field("name").error("must not be empty"));
+                }
+                if *weight == 0 {
+                    return Err(cp.field("weight").error("must be at least 1"));
+                }
+                Ok((Arc::<str>::from(name.as_str()), *weight))
+            }))?;
+            let total = clusters.iter().map(|(_, w)| *w as u64).sum();
+            Ok(TcpCluster::Weighted { clusters, total })
+        }
+        None => Err(path.error("one of cluster or weighted_clusters is required")),
     }
 }

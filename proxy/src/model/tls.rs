@@ -34,45 +34,54 @@ pub struct StaticSecrets {
 }
 
 impl StaticSecrets {
-    /// Validate every secret (its files are loaded and checked now, by path).
-    pub fn from_proto(
+    /// Validate every secret (its files are loaded and checked now, by path): the secrets that
+    /// translated, and every secret's errors (one report names them all).
+    pub fn each(
         path: &FieldPath,
         secrets: &[pb::tls::Secret],
         material: Material<'_>,
-    ) -> Result<Self> {
-        use pb::tls::secret::Type;
+    ) -> (Self, crate::config::error::Errors) {
+        let mut errs = crate::config::error::Errors::new();
         let mut by_name = HashMap::new();
         for (i, s) in secrets.iter().enumerate() {
             let sp = path.index(i);
-            let pb::tls::Secret { name, r#type } = s;
-            if name.is_empty() {
-                return Err(sp.field("name").error("must not be empty"));
+            if errs.take(secret(&sp, s, material)).is_none() {
+                continue;
             }
-            match r#type {
-                Some(Type::TlsCertificate(t)) => {
-                    tls_certificate(&sp.field("tls_certificate"), t, material)?;
-                }
-                Some(Type::ValidationContext(v)) => {
-                    validation_context(&sp.field("validation_context"), v, None, material)?;
-                }
-                Some(Type::SessionTicketKeys(_)) => {
-                    return Err(sp.unsupported("session_ticket_keys"));
-                }
-                Some(Type::GenericSecret(_)) => return Err(sp.unsupported("generic_secret")),
-                None => {
-                    return Err(sp.error("a secret needs tls_certificate or validation_context"));
-                }
-            }
-            if by_name.insert(name.clone(), s.clone()).is_some() {
-                return Err(sp.field("name").error(format!("duplicate secret '{name}'")));
+            if by_name.insert(s.name.clone(), s.clone()).is_some() {
+                errs.push(
+                    sp.field("name")
+                        .error(format!("duplicate secret '{}'", s.name)),
+                );
             }
         }
-        Ok(Self { by_name })
+        (Self { by_name }, errs)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
+}
+
+/// One static secret, checked.
+fn secret(sp: &FieldPath, s: &pb::tls::Secret, material: Material<'_>) -> Result<()> {
+    use pb::tls::secret::Type;
+    let pb::tls::Secret { name, r#type } = s;
+    if name.is_empty() {
+        return Err(sp.field("name").error("must not be empty"));
+    }
+    match r#type {
+        Some(Type::TlsCertificate(t)) => {
+            tls_certificate(&sp.field("tls_certificate"), t, material)?;
+        }
+        Some(Type::ValidationContext(v)) => {
+            validation_context(&sp.field("validation_context"), v, None, material)?;
+        }
+        Some(Type::SessionTicketKeys(_)) => return Err(sp.unsupported("session_ticket_keys")),
+        Some(Type::GenericSecret(_)) => return Err(sp.unsupported("generic_secret")),
+        None => return Err(sp.error("a secret needs tls_certificate or validation_context")),
+    }
+    Ok(())
 }
 
 /// A secret named by an `SdsSecretConfig` without `sds_config`: a static secret.
