@@ -789,7 +789,7 @@ static_resources:
         );
         let e = Bootstrap::from_proto(
             &b,
-            Arc::new(crate::xds::sds::SdsRegistry::default()),
+            Arc::new(super::super::context::NoSecretSources),
             Arc::new(super::super::inputs::Inputs::none()),
         )
         .unwrap_err();

@@ -1665,7 +1665,7 @@ mod tests {
             runtime: Default::default(),
             secrets: Default::default(),
             reload: Default::default(),
-            sds: Arc::new(crate::xds::sds::SdsRegistry::default()),
+            sds: Arc::new(super::super::context::NoSecretSources),
             inputs: Arc::new(super::super::inputs::Inputs::none()),
         };
         Cluster::from_proto(&path, &c, &cx)

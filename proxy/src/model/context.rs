@@ -41,6 +41,21 @@ pub trait SecretSources: Send + Sync + std::fmt::Debug {
     fn trust(&self, source: &SdsSource, name: &str) -> Arc<dyn TrustSource>;
 }
 
+/// Unit tests of translation that name no SDS secret (model/ cannot build the runtime's registry).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct NoSecretSources;
+
+#[cfg(test)]
+impl SecretSources for NoSecretSources {
+    fn certificate(&self, _: &SdsSource, name: &str) -> Arc<dyn CertificateSource> {
+        panic!("this test names no SDS secret, but translation asked for '{name}'")
+    }
+    fn trust(&self, _: &SdsSource, name: &str) -> Arc<dyn TrustSource> {
+        panic!("this test names no SDS secret, but translation asked for '{name}'")
+    }
+}
+
 /// Where certificate-file reloads are reported. Watched certificates created before the server
 /// set the hook report to it too (they hold the hook, not a copy of its value).
 #[derive(Clone, Default)]
