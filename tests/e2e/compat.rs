@@ -107,8 +107,7 @@ async fn envoy_demo_config_runs() {
     let data = repo().join("tests/data/envoy-configs/envoy-repo/configs_envoy-demo.yaml");
     let p0 = closed_port().port();
     let p1 = closed_port().port();
-    let yaml = std::fs::read_to_string(data)
-        .unwrap()
+    let yaml = with_typed_router(&std::fs::read_to_string(data).unwrap())
         .replace("address: 0.0.0.0", "address: 127.0.0.1")
         .replace("port_value: 10000", &format!("port_value: {p0}"))
         .replace("port_value: 10001", &format!("port_value: {p1}"));

@@ -1047,3 +1047,24 @@ pub fn write_example_certs(dir: &std::path::Path) {
         std::fs::write(certs.join(key), &issued.key_pem).unwrap();
     }
 }
+
+/// The shared configurations' routers without a typed_config (which Envoy 1.40 refuses: it
+/// finds extensions by type only) given one, so the examples run as their authors meant.
+pub fn with_typed_router(yaml: &str) -> String {
+    let mut out = String::new();
+    for line in yaml.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line
+            .trim_end()
+            .ends_with("- name: envoy.filters.http.router")
+        {
+            let indent = line.len() - line.trim_start().len() + 2;
+            out.push_str(&format!(
+                "{}typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}\n",
+                " ".repeat(indent)
+            ));
+        }
+    }
+    out
+}

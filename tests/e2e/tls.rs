@@ -1105,8 +1105,7 @@ async fn tls_client_auth_example_runs() {
         .join(
             "tests/data/envoy-configs/envoy-repo/docs_quick-start_envoy-demo-tls-client-auth.yaml",
         );
-    let yaml = std::fs::read_to_string(file)
-        .unwrap()
+    let yaml = crate::support::with_typed_router(&std::fs::read_to_string(file).unwrap())
         .replace(
             "filename: certs/",
             &format!("filename: {}/certs/", dir.0.display()),

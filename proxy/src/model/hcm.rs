@@ -1169,6 +1169,11 @@ fn http_filter_chain(
     Ok((out, router))
 }
 
+/// Envoy's error for an extension without a typed_config (it finds extensions by type only).
+pub fn no_typed_config(name: &str) -> String {
+    format!("Didn't find a registered implementation for '{name}' with type URL: ''")
+}
+
 /// One HTTP filter: what it runs as (none when disabled or an optional unknown one; the peer
 /// metadata filter runs as two).
 fn http_filter(
@@ -1190,10 +1195,9 @@ fn http_filter(
         Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
         None => None,
     };
-    let type_name = typed.map(any_type).unwrap_or(match name.as_str() {
-        ROUTER_NAME => ROUTER_TYPE,
-        _ => "",
-    });
+    // Envoy finds an extension by its typed_config's type only (no lookup by name since
+    // `envoy.reloadable_features.no_extension_lookup_by_name`).
+    let type_name = typed.map(any_type).unwrap_or("");
     match type_name {
         ROUTER_TYPE => {
             if *disabled {
@@ -1201,10 +1205,11 @@ fn http_filter(
                     .field("disabled")
                     .error("the router filter cannot be disabled"));
             }
-            let cfg = match typed {
-                Some(any) => decode_any::<pb::router::Router>(&fp.field("typed_config"), any)?,
-                None => pb::router::Router::default(),
-            };
+            // The router's type comes from its typed_config, so `typed` is set here.
+            let cfg = typed
+                .map(|any| decode_any::<pb::router::Router>(&fp.field("typed_config"), any))
+                .transpose()?
+                .unwrap_or_default();
             let r = router_config(&fp.field("typed_config"), &cfg)?;
             if !last {
                 return Err(fp.error(format!(
@@ -1308,7 +1313,7 @@ fn http_filter(
         _ if *is_optional => {
             tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });
         }
-        "" => return Err(fp.error(format!("HTTP filter '{name}' needs a typed_config"))),
+        "" => return Err(fp.error(no_typed_config(name))),
         other => {
             return Err(fp
                 .field("typed_config")
@@ -1484,6 +1489,23 @@ http_filters:
                 "hcm.stream_idle_timeout",
             ],
             "{e}"
+        );
+    }
+
+    /// Envoy 1.40 finds an extension by its typed_config's type only: a router named but not
+    /// typed is refused with Envoy's words (it was looked up by name before).
+    #[test]
+    fn a_filter_without_typed_config_is_not_found_by_name() {
+        let e = hcm(r#"
+stat_prefix: s
+route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 200}}]}]}
+http_filters:
+- {name: envoy.filters.http.router}
+"#)
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hcm.http_filters[0]: Didn't find a registered implementation for 'envoy.filters.http.router' with type URL: ''"
         );
     }
 }

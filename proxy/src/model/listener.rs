@@ -456,11 +456,7 @@ fn listener_filter(path: &FieldPath, lf: &pb::listener::ListenerFilter) -> Resul
     let type_name = match config_type {
         Some(ConfigType::TypedConfig(any)) => any_type(any).to_string(),
         Some(ConfigType::ConfigDiscovery(_)) => return Err(path.unsupported("config_discovery")),
-        None => match name.as_str() {
-            "envoy.filters.listener.tls_inspector" => TLS_INSPECTOR.to_string(),
-            "envoy.filters.listener.http_inspector" => HTTP_INSPECTOR.to_string(),
-            _ => return Err(path.error(format!("listener filter '{name}' needs a typed_config"))),
-        },
+        None => return Err(path.error(super::hcm::no_typed_config(name))),
     };
     let tp = path.field("typed_config");
     match type_name.as_str() {
@@ -650,7 +646,7 @@ fn network_filter(
     let any = match config_type {
         Some(ConfigType::TypedConfig(any)) => any,
         Some(ConfigType::ConfigDiscovery(_)) => return Err(fp.unsupported("config_discovery")),
-        None => return Err(fp.error(format!("network filter '{name}' needs a typed_config"))),
+        None => return Err(fp.error(super::hcm::no_typed_config(name))),
     };
     let tp = fp.field("typed_config");
     let t = match any_type(any) {
