@@ -261,14 +261,15 @@ impl AccessLogConfig {
                         } else {
                             f
                         },
+                        inputs,
                     )?),
                     Some(F::JsonFormat(s)) => LogFormat::Json {
-                        fields: json_fields(&tp.field("json_format"), s)?,
+                        fields: json_fields(&tp.field("json_format"), s, inputs)?,
                         omit_empty_values: false,
                         typed: false,
                     },
                     Some(F::TypedJsonFormat(s)) => LogFormat::Json {
-                        fields: json_fields(&tp.field("typed_json_format"), s)?,
+                        fields: json_fields(&tp.field("typed_json_format"), s, inputs)?,
                         omit_empty_values: false,
                         typed: true,
                     },
@@ -365,8 +366,8 @@ impl AccessLogConfig {
     }
 }
 
-fn text(path: &FieldPath, s: &str) -> Result<Formatter> {
-    Formatter::parse(s).map_err(|e| path.error(e))
+fn text(path: &FieldPath, s: &str, inputs: &Inputs) -> Result<Formatter> {
+    Formatter::parse_in(s, inputs).map_err(|e| path.error(e))
 }
 
 /// `SubstitutionFormatString` → a log format (also used by local replies).
@@ -387,15 +388,15 @@ pub fn substitution_format(
     deny(path, "formatters", formatters)?;
     let _ = json_format_options; // sort_properties: remora always sorts, as Envoy now does
     Ok(match format {
-        Some(F::TextFormat(t)) => LogFormat::Text(text(&path.field("text_format"), t)?),
+        Some(F::TextFormat(t)) => LogFormat::Text(text(&path.field("text_format"), t, inputs)?),
         Some(F::TextFormatSource(ds)) => {
             let bytes = super::core::data_source(&path.field("text_format_source"), ds, inputs)?;
             let t = String::from_utf8(bytes.to_vec())
                 .map_err(|_| path.field("text_format_source").error("must be UTF-8"))?;
-            LogFormat::Text(text(&path.field("text_format_source"), &t)?)
+            LogFormat::Text(text(&path.field("text_format_source"), &t, inputs)?)
         }
         Some(F::JsonFormat(st)) => LogFormat::Json {
-            fields: json_fields(&path.field("json_format"), st)?,
+            fields: json_fields(&path.field("json_format"), st, inputs)?,
             omit_empty_values: *omit_empty_values,
             typed: true,
         },
@@ -412,14 +413,18 @@ pub fn content_type(s: &pb::core::SubstitutionFormatString) -> Option<String> {
     (!s.content_type.is_empty()).then(|| s.content_type.clone())
 }
 
-fn json_fields(path: &FieldPath, s: &pb::protobuf::Struct) -> Result<Vec<(String, JsonField)>> {
+fn json_fields(
+    path: &FieldPath,
+    s: &pb::protobuf::Struct,
+    inputs: &Inputs,
+) -> Result<Vec<(String, JsonField)>> {
     use pb::protobuf::value::Kind;
     let mut out = Vec::with_capacity(s.fields.len());
     for (k, v) in &s.fields {
         let p = path.key(k);
         let field = match &v.kind {
-            Some(Kind::StringValue(f)) => JsonField::Format(text(&p, f)?),
-            Some(Kind::StructValue(inner)) => JsonField::Nested(json_fields(&p, inner)?),
+            Some(Kind::StringValue(f)) => JsonField::Format(text(&p, f, inputs)?),
+            Some(Kind::StructValue(inner)) => JsonField::Nested(json_fields(&p, inner, inputs)?),
             Some(Kind::NumberValue(_)) | Some(Kind::BoolValue(_)) | Some(Kind::NullValue(_)) => {
                 JsonField::Literal(super::runtime::value_to_json(v))
             }

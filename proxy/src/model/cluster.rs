@@ -591,7 +591,7 @@ impl Cluster {
                 per_connection_buffer_high_watermark_timeout,
             ),
         ]);
-        let health_checks = errs.or_default(Self::health_checks(path, health_checks));
+        let health_checks = errs.or_default(Self::health_checks(path, health_checks, &cx.inputs));
         let circuit_breakers = errs
             .or_default(
                 circuit_breakers
@@ -753,9 +753,11 @@ impl Cluster {
     fn health_checks(
         path: &FieldPath,
         hcs: &[pb::core::HealthCheck],
+        inputs: &super::inputs::Inputs,
     ) -> Result<Vec<super::health_check::HealthCheck>> {
         let health_checks = error::all(hcs.iter().enumerate().map(|(i, h)| {
-            super::health_check::HealthCheck::from_proto(&path.field("health_checks").index(i), h)
+            let hp = path.field("health_checks").index(i);
+            super::health_check::HealthCheck::from_proto(&hp, h, inputs)
         }))?;
         if health_checks.len() > 1 {
             return Err(path

@@ -2,6 +2,7 @@
 //! access logs, local-reply bodies and header values: the parsed form. Parsed once at config
 //! time into parts; `telemetry::format` evaluates them against a request's `StreamInfo`.
 
+use super::inputs::Inputs;
 use http::HeaderName;
 
 /// A parsed format string.
@@ -108,8 +109,14 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %RE
 // === impl Formatter ===
 
 impl Formatter {
-    /// Parse a format string. Errors name the operator, as Envoy's do.
+    /// Parse a format string that names no environment variable (a constant, or a test's).
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_in(s, &Inputs::none())
+    }
+
+    /// Parse a format string. Errors name the operator, as Envoy's do. `%ENVIRONMENT(X)%` is
+    /// resolved now, as Envoy does, from the translation's inputs (never read here).
+    pub fn parse_in(s: &str, inputs: &Inputs) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = s;
@@ -130,7 +137,7 @@ impl Formatter {
             if !literal.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut literal)));
             }
-            let (op, max_len) = parse_op(token)?;
+            let (op, max_len) = parse_op(token, inputs)?;
             parts.push(Part::Op { op, max_len });
         }
         literal.push_str(rest);
@@ -220,7 +227,7 @@ fn split_operator(s: &str) -> Option<(&str, &str)> {
     None
 }
 
-fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
+fn parse_op(token: &str, inputs: &Inputs) -> Result<(Op, Option<usize>), String> {
     let (name, arg, tail) = match token.find('(') {
         Some(open) => {
             let close = token
@@ -297,7 +304,8 @@ fn parse_op(token: &str) -> Result<(Op, Option<usize>), String> {
         "LOCAL_REPLY_BODY" => Op::LocalReplyBody,
         "ENVIRONMENT" => {
             let a = need_arg()?;
-            Op::Environment(std::env::var(a).ok())
+            // Not read yet: the loader reads it and translates again.
+            Op::Environment(inputs.env(a).ok().flatten().map(str::to_string))
         }
         "DYNAMIC_METADATA"
         | "CLUSTER_METADATA"
@@ -372,6 +380,31 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `%ENVIRONMENT(X)%` is resolved from the translation's inputs: asked for, not read here.
+    #[test]
+    fn environment_comes_from_the_inputs() {
+        let none = Inputs::none();
+        let f = Formatter::parse_in("%ENVIRONMENT(REMORA_TEST_X)%", &none).unwrap();
+        assert!(matches!(
+            f.parts.as_slice(),
+            [Part::Op {
+                op: Op::Environment(None),
+                ..
+            }]
+        ));
+        let wanted = none.take_wanted();
+        assert_eq!(
+            wanted.env.into_iter().collect::<Vec<_>>(),
+            ["REMORA_TEST_X"]
+        );
+        let read = none.with([], [("REMORA_TEST_X".to_string(), Some("v".to_string()))]);
+        let f = Formatter::parse_in("%ENVIRONMENT(REMORA_TEST_X)%", &read).unwrap();
+        assert!(
+            matches!(f.parts.as_slice(), [Part::Op { op: Op::Environment(Some(v)), .. }] if v == "v")
+        );
+        assert!(read.take_wanted().is_empty());
+    }
 
     #[test]
     fn parse_errors_name_the_operator() {

@@ -1440,12 +1440,11 @@ fn response_mapper(
                 ))
             })
             .transpose()?,
-        headers: HeaderMutations::from_proto(
+        headers: HeaderMutations::from_proto_in(
             mp,
-            "headers_to_add",
-            headers_to_add,
-            "headers_to_remove",
-            &[],
+            ("headers_to_add", headers_to_add),
+            ("headers_to_remove", &[]),
+            inputs,
         )?,
     })
 }

@@ -3,6 +3,7 @@
 //! (`%DOWNSTREAM_REMOTE_ADDRESS%` ...), evaluated per request by `http::header_mutations`.
 
 use super::format::Formatter;
+use super::inputs::Inputs;
 use super::pb;
 use crate::config::{FieldPath, Result};
 use http::{HeaderName, HeaderValue};
@@ -42,13 +43,13 @@ impl HeaderMutations {
         path: &FieldPath,
         add: &[pb::core::HeaderValueOption],
         remove: &[String],
+        inputs: &Inputs,
     ) -> Result<Self> {
-        Self::from_proto(
+        Self::from_proto_in(
             path,
-            "request_headers_to_add",
-            add,
-            "request_headers_to_remove",
-            remove,
+            ("request_headers_to_add", add),
+            ("request_headers_to_remove", remove),
+            inputs,
         )
     }
 
@@ -57,16 +58,18 @@ impl HeaderMutations {
         path: &FieldPath,
         add: &[pb::core::HeaderValueOption],
         remove: &[String],
+        inputs: &Inputs,
     ) -> Result<Self> {
-        Self::from_proto(
+        Self::from_proto_in(
             path,
-            "response_headers_to_add",
-            add,
-            "response_headers_to_remove",
-            remove,
+            ("response_headers_to_add", add),
+            ("response_headers_to_remove", remove),
+            inputs,
         )
     }
 
+    /// `from_proto_in` for tests: values that name no environment variable.
+    #[cfg(test)]
     pub fn from_proto(
         path: &FieldPath,
         add_field: &str,
@@ -74,10 +77,25 @@ impl HeaderMutations {
         remove_field: &str,
         remove: &[String],
     ) -> Result<Self> {
+        Self::from_proto_in(
+            path,
+            (add_field, add),
+            (remove_field, remove),
+            &Inputs::none(),
+        )
+    }
+
+    /// `(field name, values)` of the headers to add and to remove.
+    pub fn from_proto_in(
+        path: &FieldPath,
+        (add_field, add): (&str, &[pb::core::HeaderValueOption]),
+        (remove_field, remove): (&str, &[String]),
+        inputs: &Inputs,
+    ) -> Result<Self> {
         let mut out = HeaderMutations::default();
         for (i, opt) in add.iter().enumerate() {
             out.add
-                .push(header_to_add(&path.field(add_field).index(i), opt)?);
+                .push(header_to_add(&path.field(add_field).index(i), opt, inputs)?);
         }
         for (i, name) in remove.iter().enumerate() {
             let p = path.field(remove_field).index(i);
@@ -94,7 +112,11 @@ impl HeaderMutations {
     }
 }
 
-fn header_to_add(path: &FieldPath, opt: &pb::core::HeaderValueOption) -> Result<HeaderToAdd> {
+fn header_to_add(
+    path: &FieldPath,
+    opt: &pb::core::HeaderValueOption,
+    inputs: &Inputs,
+) -> Result<HeaderToAdd> {
     use pb::core::header_value_option::HeaderAppendAction as A;
     let pb::core::HeaderValueOption {
         header,
@@ -130,7 +152,7 @@ fn header_to_add(path: &FieldPath, opt: &pb::core::HeaderValueOption) -> Result<
     } else {
         value.clone()
     };
-    let formatter = Formatter::parse(&text).map_err(|e| hp.field("value").error(e))?;
+    let formatter = Formatter::parse_in(&text, inputs).map_err(|e| hp.field("value").error(e))?;
     let literal = match formatter.as_literal() {
         Some(l) => Some(
             HeaderValue::from_str(&l)

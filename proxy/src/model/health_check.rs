@@ -4,6 +4,7 @@
 
 use super::core::{deny, enum_value, opt_duration};
 use super::headers::HeaderMutations;
+use super::inputs::Inputs;
 use super::matcher::StringMatcher;
 use super::pb;
 use crate::config::{FieldPath, Result};
@@ -68,7 +69,11 @@ pub struct GrpcCheck {
 }
 
 impl HealthCheck {
-    pub fn from_proto(path: &FieldPath, hc: &pb::core::HealthCheck) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        hc: &pb::core::HealthCheck,
+        inputs: &Inputs,
+    ) -> Result<Self> {
         use pb::core::health_check::HealthChecker as H;
         let pb::core::HealthCheck {
             timeout,
@@ -129,11 +134,11 @@ impl HealthCheck {
             positive("unhealthy_interval", unhealthy_interval)?.unwrap_or(interval);
         let checker = match health_checker {
             Some(H::HttpHealthCheck(h)) => {
-                Checker::Http(http(&path.field("http_health_check"), h)?)
+                Checker::Http(http(&path.field("http_health_check"), h, inputs)?)
             }
             Some(H::TcpHealthCheck(t)) => Checker::Tcp(tcp(&path.field("tcp_health_check"), t)?),
             Some(H::GrpcHealthCheck(g)) => {
-                Checker::Grpc(grpc(&path.field("grpc_health_check"), g)?)
+                Checker::Grpc(grpc(&path.field("grpc_health_check"), g, inputs)?)
             }
             Some(H::CustomHealthCheck(_)) => return Err(path.unsupported("custom_health_check")),
             None => {
@@ -195,7 +200,11 @@ fn ranges(path: &FieldPath, field: &str, v: &[pb::types::Int64Range]) -> Result<
         .collect()
 }
 
-fn http(path: &FieldPath, h: &pb::core::health_check::HttpHealthCheck) -> Result<HttpCheck> {
+fn http(
+    path: &FieldPath,
+    h: &pb::core::health_check::HttpHealthCheck,
+    inputs: &Inputs,
+) -> Result<HttpCheck> {
     use pb::core::RequestMethod as M;
     let pb::core::health_check::HttpHealthCheck {
         host,
@@ -246,7 +255,12 @@ fn http(path: &FieldPath, h: &pb::core::health_check::HttpHealthCheck) -> Result
         host: (!host.is_empty()).then(|| host.clone()),
         path: hc_path.clone(),
         method,
-        headers: HeaderMutations::request(path, request_headers_to_add, request_headers_to_remove)?,
+        headers: HeaderMutations::request(
+            path,
+            request_headers_to_add,
+            request_headers_to_remove,
+            inputs,
+        )?,
         expected_statuses: expected,
         retriable_statuses: ranges(path, "retriable_statuses", retriable_statuses)?,
         http2,
@@ -298,7 +312,11 @@ fn tcp(path: &FieldPath, t: &pb::core::health_check::TcpHealthCheck) -> Result<T
     })
 }
 
-fn grpc(path: &FieldPath, g: &pb::core::health_check::GrpcHealthCheck) -> Result<GrpcCheck> {
+fn grpc(
+    path: &FieldPath,
+    g: &pb::core::health_check::GrpcHealthCheck,
+    inputs: &Inputs,
+) -> Result<GrpcCheck> {
     let pb::core::health_check::GrpcHealthCheck {
         service_name,
         authority,
@@ -307,7 +325,12 @@ fn grpc(path: &FieldPath, g: &pb::core::health_check::GrpcHealthCheck) -> Result
     Ok(GrpcCheck {
         service_name: service_name.clone(),
         authority: (!authority.is_empty()).then(|| authority.clone()),
-        metadata: HeaderMutations::request(&path.field("initial_metadata"), initial_metadata, &[])?,
+        metadata: HeaderMutations::request(
+            &path.field("initial_metadata"),
+            initial_metadata,
+            &[],
+            inputs,
+        )?,
     })
 }
 
@@ -318,7 +341,7 @@ mod tests {
     fn hc(yaml: &str) -> Result<HealthCheck> {
         let path = FieldPath::new("clusters[0].health_checks[0]");
         let p = crate::config::decode_yaml("envoy.config.core.v3.HealthCheck", yaml, &path);
-        HealthCheck::from_proto(&path, &p)
+        HealthCheck::from_proto(&path, &p, &Inputs::none())
     }
 
     #[test]

@@ -305,11 +305,13 @@ impl RouteConfig {
                 path,
                 request_headers_to_add,
                 request_headers_to_remove,
+                inputs,
             )?,
             response_headers: HeaderMutations::response(
                 path,
                 response_headers_to_add,
                 response_headers_to_remove,
+                inputs,
             )?,
             most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
             ignore_port_in_host_matching: *ignore_port_in_host_matching,
@@ -517,11 +519,13 @@ impl VirtualHost {
                 path,
                 request_headers_to_add,
                 request_headers_to_remove,
+                inputs,
             )?,
             response_headers: HeaderMutations::response(
                 path,
                 response_headers_to_add,
                 response_headers_to_remove,
+                inputs,
             )?,
             require_tls,
             retry_policy,
@@ -574,6 +578,7 @@ impl Route {
                 &path.field("route"),
                 ra,
                 &path_match,
+                inputs,
             )?)),
             Some(A::Redirect(rd)) => RouteAction::Redirect(Box::new(redirect(
                 &path.field("redirect"),
@@ -604,11 +609,13 @@ impl Route {
                 path,
                 request_headers_to_add,
                 request_headers_to_remove,
+                inputs,
             )?,
             response_headers: HeaderMutations::response(
                 path,
                 response_headers_to_add,
                 response_headers_to_remove,
+                inputs,
             )?,
             buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
         })
@@ -746,6 +753,7 @@ fn forward_action(
     path: &FieldPath,
     ra: &pb::route::RouteAction,
     path_match: &PathMatch,
+    inputs: &Inputs,
 ) -> Result<ForwardAction> {
     use pb::route::route_action::{
         ClusterNotFoundResponseCode as C, ClusterSpecifier as CS, HostRewriteSpecifier as H,
@@ -831,7 +839,7 @@ fn forward_action(
                 .map_err(|_| path.field("cluster_header").error("invalid header name"))?,
         ),
         Some(CS::WeightedClusters(w)) => {
-            ClusterTarget::Weighted(weighted(&path.field("weighted_clusters"), w)?)
+            ClusterTarget::Weighted(weighted(&path.field("weighted_clusters"), w, inputs)?)
         }
         Some(CS::ClusterSpecifierPlugin(_)) => {
             return Err(path.unsupported("cluster_specifier_plugin"));
@@ -953,7 +961,11 @@ pub(crate) fn regex_substitution(
     Ok((re, sub))
 }
 
-fn weighted(path: &FieldPath, w: &pb::route::WeightedCluster) -> Result<WeightedClusters> {
+fn weighted(
+    path: &FieldPath,
+    w: &pb::route::WeightedCluster,
+    inputs: &Inputs,
+) -> Result<WeightedClusters> {
     let pb::route::WeightedCluster {
         clusters,
         total_weight,
@@ -1004,11 +1016,13 @@ fn weighted(path: &FieldPath, w: &pb::route::WeightedCluster) -> Result<Weighted
                 &cp,
                 request_headers_to_add,
                 request_headers_to_remove,
+                inputs,
             )?,
             response_headers: HeaderMutations::response(
                 &cp,
                 response_headers_to_add,
                 response_headers_to_remove,
+                inputs,
             )?,
             host_rewrite_literal,
         });
