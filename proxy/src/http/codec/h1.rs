@@ -648,6 +648,98 @@ pub struct ResponseFraming {
     pub upgrade: bool,
 }
 
+/// The reason phrase Envoy writes for a status (its `CodeUtility::toString`): the codes of its
+/// `Http::Code` table, "Unknown" for any other (418, 101, 103, …).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200..=299 => reason_2xx(status),
+        300..=399 => reason_3xx(status),
+        400..=499 => reason_4xx(status),
+        500..=599 => reason_5xx(status),
+        _ => "Unknown",
+    }
+}
+
+fn reason_2xx(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        _ => "Unknown",
+    }
+}
+
+fn reason_3xx(status: u16) -> &'static str {
+    match status {
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        _ => "Unknown",
+    }
+}
+
+fn reason_4xx(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Entity",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        _ => "Unknown",
+    }
+}
+
+fn reason_5xx(status: u16) -> &'static str {
+    match status {
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "Unknown",
+    }
+}
+
 /// Serialize a response head into `out`. Returns whether the body is chunked.
 pub fn encode_head(
     out: &mut Vec<u8>,
@@ -662,13 +754,7 @@ pub fn encode_head(
     });
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
+    out.extend_from_slice(reason_phrase(parts.status.as_u16()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in parts.headers.iter() {
         if skip_response_header(name, framing.upgrade) || name == http::header::CONTENT_LENGTH {
@@ -862,6 +948,18 @@ mod tests {
     fn parse(s: &str) -> Result<Option<Head>, HeadError> {
         let mut b = BytesMut::from(s);
         parse_head(&mut b, &limits())
+    }
+
+    #[test]
+    fn reason_phrases_are_envoys() {
+        assert_eq!(reason_phrase(200), "OK");
+        assert_eq!(reason_phrase(100), "Continue");
+        assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
+        assert_eq!(reason_phrase(511), "Network Authentication Required");
+        // Not in Envoy's Http::Code table.
+        for unknown in [101, 103, 306, 418, 425, 509, 600, 999] {
+            assert_eq!(reason_phrase(unknown), "Unknown", "{unknown}");
+        }
     }
 
     fn codec_err(s: &str) -> CodecError {
