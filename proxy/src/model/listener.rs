@@ -617,7 +617,7 @@ impl FilterChain {
     }
 }
 
-fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
+pub(super) fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
     ranges
         .iter()
         .enumerate()
