@@ -438,15 +438,22 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                         .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?,
                 )
             }
-            http::header::HOST => hosts += 1,
+            http::header::HOST => {
+                hosts += 1;
+                if let Some(first) = headers.get(&http::header::HOST) {
+                    // Envoy's header map joins a repeated Host (:authority) with ','.
+                    let joined = [first.as_bytes(), b",", &raw].concat();
+                    let v = HeaderValue::from_bytes(&joined)
+                        .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
+                    headers.insert(name, v);
+                    continue;
+                }
+            }
             _ => {}
         }
         let v = HeaderValue::from_maybe_shared(raw)
             .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
         headers.append(name, v);
-    }
-    if hosts > 1 {
-        return Err(HeadError::Codec(CodecError::BAD_REQUEST));
     }
     let framing = match (transfer_encoding, content_length) {
         (true, Some(_)) if !limits.allow_chunked_length => {
@@ -502,7 +509,8 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                         .map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
                 );
             }
-            _ => return Err(HeadError::Codec(CodecError::MISSING_HOST)),
+            // No Host: the connection manager answers 400 missing_host_header (no body).
+            _ => {}
         }
     }
     if close {
@@ -987,6 +995,18 @@ mod tests {
     }
 
     #[test]
+    fn host_repeated_or_missing() {
+        // Envoy joins a repeated Host with ','; a missing one is the connection manager's 400.
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.request.headers().get_all("host").iter().count(), 1);
+        assert_eq!(h.request.headers()["host"], "a,b");
+        let h = parse("GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(h.request.headers().get("host").is_none());
+    }
+
+    #[test]
     fn refuses_smuggling_shapes() {
         assert_eq!(
             codec_err(
@@ -1013,14 +1033,6 @@ mod tests {
         assert_eq!(
             codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
             CodecError::BAD_REQUEST
-        );
-        assert_eq!(
-            codec_err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
-            CodecError::BAD_REQUEST
-        );
-        assert_eq!(
-            codec_err("GET / HTTP/1.1\r\n\r\n"),
-            CodecError::MISSING_HOST
         );
         assert_eq!(
             codec_err("GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
