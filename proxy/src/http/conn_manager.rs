@@ -581,6 +581,9 @@ impl ConnectionManager {
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         let (mut parts, body) = req.into_parts();
 
+        // A CONNECT's authority-form target has no :path: no path matcher matches it (Envoy
+        // routes such a request only by connect_matcher, which remora refuses).
+        let no_path = parts.method == http::Method::CONNECT && parts.uri.path_and_query().is_none();
         // The authority: HTTP/2's :authority, else Host. Normalise to origin-form + Host.
         if let Some(auth) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
@@ -704,7 +707,10 @@ impl ConnectionManager {
         // Shared handles (reference counts, no copies) so that the request stays mutable.
         let uri = parts.uri.clone();
         let host_value = parts.headers.get(header::HOST).cloned();
-        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path_and_query = match uri.path_and_query() {
+            _ if no_path => "",
+            pq => pq.map_or("/", |p| p.as_str()),
+        };
         let authority = host_value
             .as_ref()
             .and_then(|v| v.to_str().ok())
