@@ -500,18 +500,15 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     } else {
         return Err(HeadError::Codec(CodecError::INVALID_URL));
     };
-    if hosts == 0 {
-        match (version, &limits.default_host_for_http_10) {
-            (Version::HTTP_10, Some(h)) => {
-                headers.insert(
-                    http::header::HOST,
-                    HeaderValue::from_str(h)
-                        .map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
-                );
-            }
-            // No Host: the connection manager answers 400 missing_host_header (no body).
-            _ => {}
-        }
+    // Otherwise, without Host, the connection manager answers 400 missing_host_header.
+    if hosts == 0
+        && version == Version::HTTP_10
+        && let Some(h) = &limits.default_host_for_http_10
+    {
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_str(h).map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
+        );
     }
     if close {
         keep_alive = false;
