@@ -145,7 +145,7 @@ impl LocalInfo {
                     (_, Some(s6)) if v6 => IpAddr::V6(s6.ip()),
                     _ => return None,
                 };
-                (!ip.is_loopback()).then_some(ip)
+                (!is_loopback(ip)).then_some(ip)
             })
         });
         found.unwrap_or(if v6 {
@@ -883,7 +883,7 @@ impl ConnectionManager {
             .map_or(remote, |(ip, _)| ip);
         if !cfg.skip_xff_append {
             // Envoy appends its own address for a loopback peer.
-            let appended = if remote.is_loopback() {
+            let appended = if is_loopback(remote) {
                 self.local
                     .address
                     .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
@@ -1014,6 +1014,12 @@ fn split_port(host: &str) -> Option<(&str, u16)> {
         return None;
     }
     Some((h, p.parse().ok()?))
+}
+
+/// Envoy's `isLoopbackAddress`: exactly 127.0.0.1 or ::1.
+fn is_loopback(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
 }
 
 /// The XFF entry `skip` places from the right (Envoy's `getLastAddressFromXFF`), and whether

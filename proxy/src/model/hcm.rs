@@ -1326,11 +1326,11 @@ impl InternalAddresses {
     }
 }
 
-/// Envoy's `Network::Utility::isInternalAddress`: RFC 1918, 127.0.0.1, fc00::/7, ::1.
+/// Envoy's `Network::Utility::isInternalAddress`: RFC 1918, 127.0.0.1, fd00::/8, ::1.
 fn default_internal(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4.is_private() || v4 == std::net::Ipv4Addr::LOCALHOST,
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.octets()[0] == 0xfd,
     }
 }
 
@@ -1351,6 +1351,8 @@ mod tests {
         assert!(default_ranges.is_internal("127.0.0.1".parse().unwrap()));
         assert!(default_ranges.is_internal("fd00::1".parse().unwrap()));
         assert!(!default_ranges.is_internal("8.8.8.8".parse().unwrap()));
+        assert!(!default_ranges.is_internal("127.0.0.2".parse().unwrap()));
+        assert!(!default_ranges.is_internal("fc00::1".parse().unwrap()));
         let ranges = InternalAddresses {
             configured: true,
             unix_sockets: false,
