@@ -467,6 +467,10 @@ fn server_context(
         service_cluster: node.cluster.clone(),
         service_node: node.id.clone(),
         node,
+        address: Some(LocalInfo::interface_address(matches!(
+            options.local_address_ip_version,
+            crate::cli::IpVersion::V6
+        ))),
     });
     let access_logs = Arc::new(crate::telemetry::access_log::Sinks::default());
     access_logs

@@ -20,6 +20,16 @@ pub fn observe(bytes: &[u8]) -> Observed {
             text: "<closed without a response>".into(),
         };
     }
+    // Interim 1xx responses (100 Continue) are kept as their status lines, then the final one.
+    let mut interim = String::new();
+    let mut bytes = bytes;
+    while let Some(i) = find(bytes, b"\r\n\r\n")
+        && is_interim(&bytes[..i])
+    {
+        interim.push_str(&String::from_utf8_lossy(&bytes[..i]));
+        interim.push_str("\n\n");
+        bytes = &bytes[i + 4..];
+    }
     let (head, body) = match find(bytes, b"\r\n\r\n") {
         Some(i) => (&bytes[..i], &bytes[i + 4..]),
         None => (bytes, &b""[..]),
@@ -48,13 +58,18 @@ pub fn observe(bytes: &[u8]) -> Observed {
     } else {
         body.to_vec()
     };
-    let mut text = status_line;
+    let mut text = interim + &status_line;
     for (k, v) in &headers {
         text.push_str(&format!("\n{k}: {v}"));
     }
     text.push_str("\n\n");
     text.push_str(&normalise_body(&body));
     Observed { text }
+}
+
+/// A 1xx head other than 101 (after which the connection is no longer HTTP).
+fn is_interim(head: &[u8]) -> bool {
+    head.starts_with(b"HTTP/1.") && head.get(9) == Some(&b'1') && !head[9..].starts_with(b"101")
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

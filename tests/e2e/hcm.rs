@@ -96,6 +96,7 @@ async fn max_requests_per_connection_closes_after_n() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_headers_at_the_edge_and_behind_it() {
+    // Envoy 1.40: no address is internal without internal_address_config.
     let (edge, _u) = proxy("          use_remote_address: true\n").await;
     let j = get_with(
         edge.addr("main"),
@@ -104,19 +105,42 @@ async fn forwarding_headers_at_the_edge_and_behind_it() {
         &[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-internal", "true"),
             ("x-request-id", "client-chosen"),
         ],
     )
     .await
     .json();
-    assert_eq!(j["headers"]["x-forwarded-for"], "1.2.3.4,127.0.0.1");
+    // A loopback peer is recorded as the server's own (interface) address.
+    let own = remora::http::conn_manager::LocalInfo::interface_address(false);
+    assert_eq!(j["headers"]["x-forwarded-for"], format!("1.2.3.4,{own}"));
     assert!(
         j["headers"].get("x-envoy-retry-on").is_none(),
         "edge strips x-envoy-* from external requests"
     );
+    assert!(j["headers"].get("x-envoy-internal").is_none());
+    assert_eq!(j["headers"]["x-envoy-external-address"], "127.0.0.1");
+    assert_ne!(
+        j["headers"]["x-request-id"], "client-chosen",
+        "an edge request gets a new request id"
+    );
+
+    let (trusting, _u3) = proxy(
+        "          use_remote_address: true\n          internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}\n",
+    )
+    .await;
+    let j = get_with(
+        trusting.addr("main"),
+        "x",
+        "/",
+        &[("x-request-id", "client-chosen")],
+    )
+    .await
+    .json();
+    assert_eq!(j["headers"]["x-forwarded-for"], own.to_string());
     assert_eq!(
         j["headers"]["x-envoy-internal"], "true",
-        "127.0.0.1 is internal"
+        "127.0.0.1 is internal by internal_address_config"
     );
     assert_eq!(
         j["headers"]["x-request-id"], "client-chosen",

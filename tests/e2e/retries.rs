@@ -131,6 +131,13 @@ const LOG: &str = r#"          access_log:
               log_format: {text_format_source: {inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n"}}
 "#;
 
+/// The access log, and the client (on 127.0.0.1, at the edge) trusted as internal: Envoy 1.40
+/// honours x-envoy-retry-on and the like only from internal clients, and no address is
+/// internal without `internal_address_config`.
+const TRUSTED: &str = r#"          use_remote_address: true
+          internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.1, prefix_len: 32}]}
+"#;
+
 /// A proxy routing everything to `backend` (the given hosts) with this route `retry_policy`
 /// (YAML flow mapping) and virtual-host extras.
 fn proxy(hosts: &[SocketAddr], policy: &str, vhost_extra: &str, cluster_extra: &str) -> String {
@@ -138,7 +145,7 @@ fn proxy(hosts: &[SocketAddr], policy: &str, vhost_extra: &str, cluster_extra: &
         "            - name: all\n              domains: [\"*\"]\n{vhost_extra}              routes:\n              - match: {{prefix: \"/\"}}\n                route: {{cluster: backend, retry_policy: {policy}}}\n"
     );
     bootstrap(
-        &http_listener("main", LOG, &vhosts),
+        &http_listener("main", &format!("{LOG}{TRUSTED}"), &vhosts),
         &cluster("backend", hosts, cluster_extra),
     )
 }
@@ -404,7 +411,7 @@ async fn grpc_status_and_request_headers_select_retries() {
     let u = Scripted::start(&[Act::Status(502, ""), Act::Status(502, "")], None).await;
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n";
     let r = Remora::start(&bootstrap(
-        &http_listener("main", LOG, vhosts),
+        &http_listener("main", &format!("{LOG}{TRUSTED}"), vhosts),
         &cluster("backend", &[u.addr], ""),
     ))
     .await;

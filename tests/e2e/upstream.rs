@@ -72,8 +72,13 @@ async fn no_hosts_is_503_uh() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_504_ut() {
     let u = upstream("slow").await;
+    // The client is trusted (internal) so that its x-envoy-upstream-rq-timeout-ms counts: in
+    // Envoy 1.40 that takes internal_address_config.
+    let trusted = format!(
+        "{LOG}          use_remote_address: true\n          internal_address_config: {{cidr_ranges: [{{address_prefix: 127.0.0.1, prefix_len: 32}}]}}\n"
+    );
     let r = start_logged(
-        http_listener("main", LOG, &vhost_to("slow", ", timeout: 0.3s")),
+        http_listener("main", &trusted, &vhost_to("slow", ", timeout: 0.3s")),
         cluster("slow", &[u.addr], ""),
     )
     .await;

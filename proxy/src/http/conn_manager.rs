@@ -128,6 +128,32 @@ pub struct LocalInfo {
     pub service_node: String,
     /// The bootstrap's node (Istio's peer metadata is built from it).
     pub node: crate::model::bootstrap::Node,
+    /// The server's own address (Envoy's `LocalInfo::address()`): what an edge appends to
+    /// x-forwarded-for for a loopback peer. `None`: the loopback address.
+    pub address: Option<IpAddr>,
+}
+
+impl LocalInfo {
+    /// Envoy's `Network::Utility::getLocalAddress`: the first interface address of the
+    /// `--local-address-ip-version` family that is not loopback, else loopback.
+    pub fn interface_address(v6: bool) -> IpAddr {
+        let found = nix::ifaddrs::getifaddrs().ok().and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                let sa = a.address?;
+                let ip = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                    (Some(v4), _) if !v6 => IpAddr::V4(v4.ip()),
+                    (_, Some(s6)) if v6 => IpAddr::V6(s6.ip()),
+                    _ => return None,
+                };
+                (!is_loopback(ip)).then_some(ip)
+            })
+        });
+        found.unwrap_or(if v6 {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        })
+    }
 }
 
 /// A downstream connection as the connection manager sees it.
@@ -207,28 +233,29 @@ impl std::fmt::Debug for ConnectionManager {
     }
 }
 
-/// Edge-sanitised headers: remora removes these from external requests when it is the edge
-/// (`use_remote_address: true`), as Envoy does.
-const ENVOY_INTERNAL_HEADERS: [HeaderName; 19] = [
+/// What Envoy's `cleanInternalHeaders` removes from every request that is not internal.
+const ENVOY_INTERNAL_HEADERS: [HeaderName; 14] = [
+    names::X_ENVOY_RETRIABLE_STATUS_CODES,
+    names::X_ENVOY_RETRIABLE_HEADER_NAMES,
+    names::X_ENVOY_RETRY_ON,
+    names::X_ENVOY_RETRY_GRPC_ON,
+    names::X_ENVOY_MAX_RETRIES,
+    names::X_ENVOY_UPSTREAM_ALT_STAT_NAME,
+    names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+    names::X_ENVOY_FORCE_TRACE,
+    names::X_ENVOY_IP_TAGS,
+    HeaderName::from_static("x-envoy-original-url"),
+    names::X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT,
+];
+
+/// And from an edge request (external, `use_remote_address`) also these.
+const ENVOY_EDGE_HEADERS: [HeaderName; 3] = [
     names::X_ENVOY_DECORATOR_OPERATION,
     names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER,
     names::X_ENVOY_DOWNSTREAM_SERVICE_NODE,
-    names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-    names::X_ENVOY_EXTERNAL_ADDRESS,
-    names::X_ENVOY_FORCE_TRACE,
-    names::X_ENVOY_INTERNAL,
-    names::X_ENVOY_IP_TAGS,
-    names::X_ENVOY_MAX_RETRIES,
-    names::X_ENVOY_ORIGINAL_PATH,
-    names::X_ENVOY_RETRY_GRPC_ON,
-    names::X_ENVOY_RETRY_ON,
-    names::X_ENVOY_RETRIABLE_STATUS_CODES,
-    names::X_ENVOY_RETRIABLE_HEADER_NAMES,
-    names::X_ENVOY_HEDGE_ON_PER_TRY_TIMEOUT,
-    names::X_ENVOY_UPSTREAM_ALT_STAT_NAME,
-    names::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
-    names::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
-    names::X_ENVOY_UPSTREAM_STREAM_DURATION_MS,
 ];
 
 /// The XFCC element for a client certificate: `By=` (each of our URI SANs), `Hash=`, then the
@@ -554,6 +581,9 @@ impl ConnectionManager {
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         let (mut parts, body) = req.into_parts();
 
+        // A CONNECT's authority-form target has no :path: no path matcher matches it (Envoy
+        // routes such a request only by connect_matcher, which remora refuses).
+        let no_path = parts.method == http::Method::CONNECT && parts.uri.path_and_query().is_none();
         // The authority: HTTP/2's :authority, else Host. Normalise to origin-form + Host.
         if let Some(auth) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
@@ -602,24 +632,7 @@ impl ConnectionManager {
                 0
             },
         );
-        if self.config.use_remote_address && !internal {
-            if names::any_envoy_header(&parts.headers) {
-                for name in ENVOY_INTERNAL_HEADERS {
-                    parts.headers.remove(name);
-                }
-            }
-            for h in &self.routes.current.load().internal_only_headers {
-                parts.headers.remove(h);
-            }
-            if let Ok(v) = HeaderValue::from_str(&downstream_ip.to_string()) {
-                parts.headers.insert(names::X_ENVOY_EXTERNAL_ADDRESS, v);
-            }
-        }
-        if internal && self.config.use_remote_address {
-            parts
-                .headers
-                .insert(names::X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
-        }
+        self.sanitise_internal(&mut parts.headers, internal, downstream_ip);
         // Envoy's router counts a request as internal by this header (after edge sanitation).
         let internal_request = parts
             .headers
@@ -694,7 +707,10 @@ impl ConnectionManager {
         // Shared handles (reference counts, no copies) so that the request stays mutable.
         let uri = parts.uri.clone();
         let host_value = parts.headers.get(header::HOST).cloned();
-        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path_and_query = match uri.path_and_query() {
+            _ if no_path => "",
+            pq => pq.map_or("/", |p| p.as_str()),
+        };
         let authority = host_value
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -848,44 +864,74 @@ impl ConnectionManager {
         }
     }
 
-    /// x-forwarded-for handling; returns the downstream client IP and whether it is internal.
+    /// x-forwarded-for handling (Envoy's `mutateRequestHeaders`); returns the downstream client
+    /// IP and whether the request is internal. At the edge a request is internal only when it
+    /// came without XFF from an internal address; behind it, when XFF holds a single internal one.
     fn forwarded_for(&self, headers: &mut http::HeaderMap, remote: IpAddr) -> (IpAddr, bool) {
-        if self.config.use_remote_address {
-            if !self.config.skip_xff_append {
-                let xff = match headers
-                    .get(names::X_FORWARDED_FOR)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    Some(existing) if !existing.is_empty() => format!("{existing},{remote}"),
-                    _ => remote.to_string(),
-                };
-                if let Ok(v) = HeaderValue::from_str(&xff) {
-                    headers.insert(names::X_FORWARDED_FOR, v);
+        let cfg = &self.config;
+        if !cfg.use_remote_address {
+            return match last_xff_address(headers, cfg.xff_num_trusted_hops) {
+                Some((ip, single)) => (ip, single && cfg.internal_addresses.is_internal(ip)),
+                None => (remote, false),
+            };
+        }
+        let trusted_checks = !headers.contains_key(names::X_FORWARDED_FOR);
+        let client = cfg
+            .xff_num_trusted_hops
+            .checked_sub(1)
+            .and_then(|skip| last_xff_address(headers, skip))
+            .map_or(remote, |(ip, _)| ip);
+        if !cfg.skip_xff_append {
+            // Envoy appends its own address for a loopback peer.
+            let appended = if is_loopback(remote) {
+                self.local
+                    .address
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            } else {
+                remote
+            };
+            let xff = match headers
+                .get(names::X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(existing) if !existing.is_empty() => format!("{existing},{appended}"),
+                _ => appended.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(names::X_FORWARDED_FOR, v);
+            }
+        }
+        (
+            client,
+            trusted_checks && cfg.internal_addresses.is_internal(client),
+        )
+    }
+
+    /// Envoy's internal/edge header rules: a client's x-envoy-internal never passes; an
+    /// internal request gets `x-envoy-internal: true`; any other loses the x-envoy-* request
+    /// controls and the internal-only headers, and an edge one gets x-envoy-external-address.
+    fn sanitise_internal(&self, headers: &mut http::HeaderMap, internal: bool, client: IpAddr) {
+        if internal {
+            headers.insert(names::X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+            return;
+        }
+        let edge = self.config.use_remote_address;
+        if names::any_envoy_header(headers) {
+            headers.remove(names::X_ENVOY_INTERNAL);
+            for name in &ENVOY_INTERNAL_HEADERS {
+                headers.remove(name);
+            }
+            if edge {
+                for name in &ENVOY_EDGE_HEADERS {
+                    headers.remove(name);
                 }
             }
-            return (remote, is_internal(remote));
         }
-        // Not the edge: the client address is the XFF entry `xff_num_trusted_hops` from the right.
-        let from_xff = headers
-            .get(names::X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|xff| {
-                let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
-                let idx = parts
-                    .len()
-                    .checked_sub(1 + self.config.xff_num_trusted_hops as usize)?;
-                parts.get(idx)?.parse::<IpAddr>().ok()
-            });
-        match from_xff {
-            Some(ip) => (
-                ip,
-                is_internal(ip)
-                    && headers
-                        .get(names::X_FORWARDED_FOR)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|x| !x.contains(',')),
-            ),
-            None => (remote, is_internal(remote)),
+        for h in &self.routes.current.load().internal_only_headers {
+            headers.remove(h);
+        }
+        if edge && let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+            headers.insert(names::X_ENVOY_EXTERNAL_ADDRESS, v);
         }
     }
 
@@ -970,18 +1016,20 @@ fn split_port(host: &str) -> Option<(&str, u16)> {
     Some((h, p.parse().ok()?))
 }
 
-/// Envoy's classic internal addresses: RFC 1918, loopback, and IPv6 unique-local.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_private() || v4.is_loopback())
-        }
-    }
+/// Envoy's `isLoopbackAddress`: exactly 127.0.0.1 or ::1.
+fn is_loopback(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+}
+
+/// The XFF entry `skip` places from the right (Envoy's `getLastAddressFromXFF`), and whether
+/// XFF held a single address.
+fn last_xff_address(headers: &http::HeaderMap, skip: u32) -> Option<(IpAddr, bool)> {
+    let xff = headers.get(names::X_FORWARDED_FOR)?.to_str().ok()?;
+    let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
+    let idx = parts.len().checked_sub(1 + skip as usize)?;
+    let ip = parts.get(idx)?.parse::<IpAddr>().ok()?;
+    Some((ip, parts.len() == 1))
 }
 
 /// The upgrade protocol requested (`Connection: upgrade` + `Upgrade: x`), ignoring `h2c`.
@@ -1162,7 +1210,29 @@ mod tests {
         assert_eq!(split_port("h:80"), Some(("h", 80)));
         assert_eq!(split_port("[::1]:80"), Some(("[::1]", 80)));
         assert_eq!(split_port("::1"), None);
-        assert!(is_internal("10.1.2.3".parse().unwrap()));
-        assert!(!is_internal("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn last_xff_address_skips_trusted_hops() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(last_xff_address(&h, 0), None);
+        h.insert(names::X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(
+            last_xff_address(&h, 0),
+            Some(("1.2.3.4".parse().unwrap(), true))
+        );
+        assert_eq!(last_xff_address(&h, 1), None);
+        h.insert(
+            names::X_FORWARDED_FOR,
+            HeaderValue::from_static("1.2.3.4, 10.0.0.1"),
+        );
+        assert_eq!(
+            last_xff_address(&h, 0),
+            Some(("10.0.0.1".parse().unwrap(), false))
+        );
+        assert_eq!(
+            last_xff_address(&h, 1),
+            Some(("1.2.3.4".parse().unwrap(), false))
+        );
     }
 }

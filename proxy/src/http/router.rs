@@ -567,7 +567,8 @@ fn rewrite_request(
     if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len)
         && let (Ok(uri), Ok(orig)) = (
             http::Uri::try_from(new_pq.as_str()),
-            HeaderValue::from_str(parts.uri.path()),
+            // Envoy keeps the whole original :path, query included.
+            HeaderValue::from_str(&original_pq),
         )
     {
         parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);

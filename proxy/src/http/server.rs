@@ -320,8 +320,8 @@ async fn serve_request<W: AsyncWrite + Unpin>(
     let version = head.request.version();
     let is_head = head.request.method() == http::Method::HEAD;
     let has_body = head.framing != h1::Framing::Length(0);
+    // Envoy answers `expect: 100-continue` itself, body or not (proxy_100_continue false).
     if head.expect_continue
-        && has_body
         && !cfg.proxy_100_continue
         && wr
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")

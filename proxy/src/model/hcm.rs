@@ -357,6 +357,7 @@ pub struct HttpConnectionManager {
     pub drain_timeout: Duration,
     pub delayed_close_timeout: Option<Duration>,
     pub use_remote_address: bool,
+    pub internal_addresses: InternalAddresses,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub via: Option<HeaderValue>,
@@ -498,7 +499,6 @@ impl HttpConnectionManager {
                 "early_header_mutation_extensions",
                 early_header_mutation_extensions,
             ),
-            deny(path, "internal_address_config", internal_address_config),
             deny(
                 path,
                 "forward_client_cert_matcher",
@@ -652,6 +652,10 @@ impl HttpConnectionManager {
             drain_timeout: timeouts.drain,
             delayed_close_timeout: timeouts.delayed_close,
             use_remote_address: bool_or(use_remote_address, false),
+            internal_addresses: InternalAddresses::from_proto(
+                &path.field("internal_address_config"),
+                internal_address_config.as_ref(),
+            )?,
             xff_num_trusted_hops: *xff_num_trusted_hops,
             skip_xff_append: *skip_xff_append,
             via,
@@ -1506,5 +1510,87 @@ http_filters:
             e.to_string(),
             "hcm.http_filters[0]: Didn't find a registered implementation for 'envoy.filters.http.router' with type URL: ''"
         );
+    }
+}
+
+/// `internal_address_config`: the downstream addresses that make a request internal. Envoy
+/// 1.40 (since the `explicit_internal_address_config` guard went away) trusts no address when it
+/// is absent; when present, `cidr_ranges` if any, else its RFC 1918 / RFC 4193 / loopback default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InternalAddresses {
+    pub configured: bool,
+    /// Unix-socket peers are internal (remora's HTTP listeners are TCP only: no such peer).
+    pub unix_sockets: bool,
+    pub cidr_ranges: Vec<super::listener::Cidr>,
+}
+
+impl InternalAddresses {
+    fn from_proto(
+        path: &FieldPath,
+        cfg: Option<&pb::hcm::http_connection_manager::InternalAddressConfig>,
+    ) -> Result<Self> {
+        let Some(pb::hcm::http_connection_manager::InternalAddressConfig {
+            unix_sockets,
+            cidr_ranges,
+        }) = cfg
+        else {
+            return Ok(Self::default());
+        };
+        Ok(Self {
+            configured: true,
+            unix_sockets: *unix_sockets,
+            cidr_ranges: super::listener::cidrs(&path.field("cidr_ranges"), cidr_ranges)?,
+        })
+    }
+
+    /// Whether a request from this (IP) address is internal.
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        if !self.configured {
+            return false;
+        }
+        if self.cidr_ranges.is_empty() {
+            return default_internal(ip);
+        }
+        self.cidr_ranges.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Envoy's `Network::Utility::isInternalAddress`: RFC 1918, 127.0.0.1, fd00::/8, ::1.
+fn default_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4 == std::net::Ipv4Addr::LOCALHOST,
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.octets()[0] == 0xfd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_explicit() {
+        let none = InternalAddresses::default();
+        assert!(!none.is_internal("127.0.0.1".parse().unwrap()));
+        assert!(!none.is_internal("10.0.0.1".parse().unwrap()));
+        let default_ranges = InternalAddresses {
+            configured: true,
+            ..Default::default()
+        };
+        assert!(default_ranges.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(default_ranges.is_internal("127.0.0.1".parse().unwrap()));
+        assert!(default_ranges.is_internal("fd00::1".parse().unwrap()));
+        assert!(!default_ranges.is_internal("8.8.8.8".parse().unwrap()));
+        assert!(!default_ranges.is_internal("127.0.0.2".parse().unwrap()));
+        assert!(!default_ranges.is_internal("fc00::1".parse().unwrap()));
+        let ranges = InternalAddresses {
+            configured: true,
+            unix_sockets: false,
+            cidr_ranges: vec![super::super::listener::Cidr {
+                addr: "192.0.2.0".parse().unwrap(),
+                len: 24,
+            }],
+        };
+        assert!(ranges.is_internal("192.0.2.9".parse().unwrap()));
+        assert!(!ranges.is_internal("10.1.2.3".parse().unwrap()));
     }
 }

@@ -701,7 +701,7 @@ fn network_filter(
     Ok(NetworkFilter::Terminal(t))
 }
 
-fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
+pub(super) fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
     ranges
         .iter()
         .enumerate()

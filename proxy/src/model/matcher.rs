@@ -274,12 +274,10 @@ impl HeaderMatcher {
         let value = match value {
             Some(v) => v,
             None if self.treat_missing_as_empty => std::borrow::Cow::Borrowed(""),
+            // Envoy 1.40: an absent header fails every value matcher, inverted or not.
+            None if !is_present_type => return false,
             None => {
-                return if self.invert {
-                    !is_present_type
-                } else {
-                    matches!(self.spec, HeaderMatch::Present(false))
-                };
+                return !self.invert && matches!(self.spec, HeaderMatch::Present(false));
             }
         };
         let m = match &self.spec {
@@ -390,7 +388,8 @@ mod tests {
         let empty = HeaderMap::new();
         assert!(!hm(S::PresentMatch(true), false).matches(&req(&empty)));
         assert!(hm(S::PresentMatch(false), false).matches(&req(&empty)));
-        assert!(hm(S::ExactMatch("x".into()), true).matches(&req(&empty)));
+        assert!(!hm(S::ExactMatch("x".into()), true).matches(&req(&empty)));
+        assert!(!hm(S::ExactMatch("x".into()), false).matches(&req(&empty)));
         let mut n = HeaderMap::new();
         n.insert("x-a", "42".parse().unwrap());
         assert!(

@@ -438,15 +438,22 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
                         .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?,
                 )
             }
-            http::header::HOST => hosts += 1,
+            http::header::HOST => {
+                hosts += 1;
+                if let Some(first) = headers.get(&http::header::HOST) {
+                    // Envoy's header map joins a repeated Host (:authority) with ','.
+                    let joined = [first.as_bytes(), b",", &raw].concat();
+                    let v = HeaderValue::from_bytes(&joined)
+                        .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
+                    headers.insert(name, v);
+                    continue;
+                }
+            }
             _ => {}
         }
         let v = HeaderValue::from_maybe_shared(raw)
             .map_err(|_| HeadError::Codec(CodecError::INVALID_CHARACTERS))?;
         headers.append(name, v);
-    }
-    if hosts > 1 {
-        return Err(HeadError::Codec(CodecError::BAD_REQUEST));
     }
     let framing = match (transfer_encoding, content_length) {
         (true, Some(_)) if !limits.allow_chunked_length => {
@@ -493,17 +500,15 @@ pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, H
     } else {
         return Err(HeadError::Codec(CodecError::INVALID_URL));
     };
-    if hosts == 0 {
-        match (version, &limits.default_host_for_http_10) {
-            (Version::HTTP_10, Some(h)) => {
-                headers.insert(
-                    http::header::HOST,
-                    HeaderValue::from_str(h)
-                        .map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
-                );
-            }
-            _ => return Err(HeadError::Codec(CodecError::MISSING_HOST)),
-        }
+    // Otherwise, without Host, the connection manager answers 400 missing_host_header.
+    if hosts == 0
+        && version == Version::HTTP_10
+        && let Some(h) = &limits.default_host_for_http_10
+    {
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_str(h).map_err(|_| HeadError::Codec(CodecError::MISSING_HOST))?,
+        );
     }
     if close {
         keep_alive = false;
@@ -648,6 +653,98 @@ pub struct ResponseFraming {
     pub upgrade: bool,
 }
 
+/// The reason phrase Envoy writes for a status (its `CodeUtility::toString`): the codes of its
+/// `Http::Code` table, "Unknown" for any other (418, 101, 103, …).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200..=299 => reason_2xx(status),
+        300..=399 => reason_3xx(status),
+        400..=499 => reason_4xx(status),
+        500..=599 => reason_5xx(status),
+        _ => "Unknown",
+    }
+}
+
+fn reason_2xx(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        _ => "Unknown",
+    }
+}
+
+fn reason_3xx(status: u16) -> &'static str {
+    match status {
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        _ => "Unknown",
+    }
+}
+
+fn reason_4xx(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Entity",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        _ => "Unknown",
+    }
+}
+
+fn reason_5xx(status: u16) -> &'static str {
+    match status {
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "Unknown",
+    }
+}
+
 /// Serialize a response head into `out`. Returns whether the body is chunked.
 pub fn encode_head(
     out: &mut Vec<u8>,
@@ -662,13 +759,7 @@ pub fn encode_head(
     });
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
+    out.extend_from_slice(reason_phrase(parts.status.as_u16()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in parts.headers.iter() {
         if skip_response_header(name, framing.upgrade) || name == http::header::CONTENT_LENGTH {
@@ -864,6 +955,18 @@ mod tests {
         parse_head(&mut b, &limits())
     }
 
+    #[test]
+    fn reason_phrases_are_envoys() {
+        assert_eq!(reason_phrase(200), "OK");
+        assert_eq!(reason_phrase(100), "Continue");
+        assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
+        assert_eq!(reason_phrase(511), "Network Authentication Required");
+        // Not in Envoy's Http::Code table.
+        for unknown in [101, 103, 306, 418, 425, 509, 600, 999] {
+            assert_eq!(reason_phrase(unknown), "Unknown", "{unknown}");
+        }
+    }
+
     fn codec_err(s: &str) -> CodecError {
         match parse(s) {
             Err(HeadError::Codec(e)) => e,
@@ -886,6 +989,18 @@ mod tests {
             .unwrap();
         assert_eq!(h.request.headers()["host"], "example.com:8080");
         assert_eq!(h.request.uri(), "/p");
+    }
+
+    #[test]
+    fn host_repeated_or_missing() {
+        // Envoy joins a repeated Host with ','; a missing one is the connection manager's 400.
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.request.headers().get_all("host").iter().count(), 1);
+        assert_eq!(h.request.headers()["host"], "a,b");
+        let h = parse("GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(h.request.headers().get("host").is_none());
     }
 
     #[test]
@@ -915,14 +1030,6 @@ mod tests {
         assert_eq!(
             codec_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
             CodecError::BAD_REQUEST
-        );
-        assert_eq!(
-            codec_err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
-            CodecError::BAD_REQUEST
-        );
-        assert_eq!(
-            codec_err("GET / HTTP/1.1\r\n\r\n"),
-            CodecError::MISSING_HOST
         );
         assert_eq!(
             codec_err("GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
