@@ -1564,7 +1564,7 @@ fn default_internal(ip: std::net::IpAddr) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+mod internal_address_tests {
     use super::*;
 
     #[test]
