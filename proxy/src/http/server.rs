@@ -39,8 +39,12 @@ pub async fn serve<S: Split>(
 }
 
 /// A stream's span (its log lines carry the connection's and the stream's ids); stream ids are
-/// random, as Envoy's.
+/// random, as Envoy's. With debug logging off (the usual case) no span is made and no id drawn:
+/// one level comparison per stream.
 fn stream_span(end_stream: bool) -> tracing::Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     tracing::debug!("new stream");
     let span = tracing::debug_span!(STREAM_SPAN, id = fastrand::u64(..));
     span.in_scope(|| tracing::debug!("request headers complete (end_stream={end_stream})"));
@@ -521,13 +525,14 @@ async fn serve_h2<S: Split>(
         let hcm = svc_hcm.clone();
         let conn = svc_conn.clone();
         let span = stream_span(http_body::Body::is_end_stream(req.body()));
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
-                    .await,
-            )
-        }
-        .instrument(span)
+        // Boxed once here (as HTTP/1.1 boxes its request future): hyper moves the stream's
+        // future into its stream task and tokio into the task's cell, and the connection
+        // manager's state (routing, filters, the upstream exchange) is many KiB.
+        let handled = Box::pin(async move {
+            hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
+                .await
+        });
+        async move { Ok::<_, std::convert::Infallible>(handled.await) }.instrument(span)
     });
     let h2 = &cfg.http2;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
