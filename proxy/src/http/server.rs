@@ -10,7 +10,7 @@ use super::conn_manager::{ConnectionManager, DownstreamConn};
 use super::h2_flood::FloodGuard;
 use super::router::UpgradeBridge;
 use crate::io::{Counted, Split};
-use crate::logging::{CONNECTION_SPAN, STREAM_SPAN};
+use crate::logging::STREAM_SPAN;
 use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
 use bytes::{Bytes, BytesMut};
@@ -22,21 +22,6 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
-/// Log lines about the connection carry its id (the connection span).
-pub async fn serve<S: Split>(
-    hcm: Arc<ConnectionManager>,
-    conn: Arc<DownstreamConn>,
-    stream: S,
-    prefix: BytesMut,
-    drain: watch::Receiver<bool>,
-) {
-    let span = tracing::debug_span!(CONNECTION_SPAN, id = conn.info.id);
-    serve_connection(hcm, conn, stream, prefix, drain)
-        .instrument(span)
-        .await
-}
 
 /// A stream's span (its log lines carry the connection's and the stream's ids); stream ids are
 /// random, as Envoy's. With debug logging off (the usual case) no span is made and no id drawn:
@@ -51,14 +36,16 @@ fn stream_span(end_stream: bool) -> tracing::Span {
     span
 }
 
-async fn serve_connection<S: Split>(
+/// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
+/// Log lines about the connection carry its id: the listener runs this inside the connection's
+/// span.
+pub async fn serve<S: Split>(
     hcm: Arc<ConnectionManager>,
     conn: Arc<DownstreamConn>,
     mut stream: S,
     prefix: BytesMut,
     drain: watch::Receiver<bool>,
 ) {
-    tracing::debug!("new connection from {}", conn.info.remote);
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
