@@ -519,7 +519,15 @@ async fn serve_h2<S: Split>(
             hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
                 .await
         });
-        async move { Ok::<_, std::convert::Infallible>(handled.await) }.instrument(span)
+        let stream =
+            async move { Ok::<_, std::convert::Infallible>(handled.await) }.instrument(span);
+        // What hyper and tokio move per stream: a pointer and the span, not the request's state.
+        debug_assert!(
+            std::mem::size_of_val(&stream) <= 128,
+            "HTTP/2 stream future of {} bytes",
+            std::mem::size_of_val(&stream)
+        );
+        stream
     });
     let h2 = &cfg.http2;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
