@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Instructions remora executes per proxied HTTP/1.1 request, under valgrind's callgrind.
+"""Instructions remora executes per proxied HTTP/1.1 (or, with --http2, HTTP/2) request, under
+valgrind's callgrind.
 
 Repeatable on noisy machines (it counts instructions, not time), so it is how hot-path changes
 are compared. Runs remora twice under callgrind, serving N and 3N keep-alive requests from four
@@ -63,7 +64,48 @@ def client(port, n):
     s.close()
 
 
-def run(remora, config, port, n, out):
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def client_h2(port, n):
+    """n GET streams, one after another, on one HTTP/2 connection (prior knowledge). The frames
+    are written by hand (HPACK static-table entries and one literal), so no h2 library is needed."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
+    # GET, http, /, :authority "bench" (literal with incremental indexing, then indexed: 0xbe).
+    first = bytes([0x82, 0x86, 0x84, 0x41, 0x05]) + b"bench"
+    later = bytes([0x82, 0x86, 0x84, 0xbe])
+    buf = b""
+    for i in range(n):
+        sid = 1 + 2 * i
+        s.sendall(h2_frame(1, 0x5, sid, first if i == 0 else later))
+        done = False
+        while not done:
+            while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                d = s.recv(65536)
+                if not d:
+                    sys.exit("remora closed the connection")
+                buf += d
+            ln = int.from_bytes(buf[:3], "big")
+            kind, flags, fsid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
+            payload, buf = buf[9:9 + ln], buf[9 + ln:]
+            if kind == 4 and not flags & 1:
+                s.sendall(h2_frame(4, 1, 0))
+            elif kind == 3 and fsid == sid or kind == 7:
+                sys.exit(f"stream {sid} reset or connection closed: frame type {kind}")
+            elif kind == 1 and fsid == sid and not payload.startswith(b"\x88"):
+                sys.exit(f"stream {sid}: not 200")
+            elif kind == 0 and ln:
+                # Give the connection and the stream their window back.
+                s.sendall(h2_frame(8, 0, 0, ln.to_bytes(4, "big")))
+            if kind in (0, 1) and fsid == sid and flags & 1:
+                done = True
+    s.close()
+
+
+def run(remora, config, port, n, out, h2=False):
     p = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", remora, "-c", config,
          "--concurrency", "1"],
@@ -74,7 +116,8 @@ def run(remora, config, port, n, out):
             break
         except OSError:
             time.sleep(0.1)
-    threads = [threading.Thread(target=client, args=(port, n // 4)) for _ in range(4)]
+    threads = [threading.Thread(target=client_h2 if h2 else client, args=(port, n // 4))
+               for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     p.send_signal(2)
@@ -97,6 +140,7 @@ def main():
     a.add_argument("--remora", default="target/release/remora")
     a.add_argument("-n", type=int, default=2000)
     a.add_argument("--top", type=int, default=25)
+    a.add_argument("--http2", action="store_true", help="HTTP/2 clients (prior knowledge)")
     args = a.parse_args()
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -126,8 +170,8 @@ static_resources:
     type: STATIC
     load_assignment: {{cluster_name: up, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]}}
 """)
-        small = run(args.remora, config, port, args.n, os.path.join(d, "small.out"))
-        large = run(args.remora, config, port, 3 * args.n, os.path.join(d, "large.out"))
+        small = run(args.remora, config, port, args.n, os.path.join(d, "small.out"), args.http2)
+        large = run(args.remora, config, port, 3 * args.n, os.path.join(d, "large.out"), args.http2)
     per = lambda k: (large.get(k, 0) - small.get(k, 0)) / (2 * args.n)
     print(f"instructions per proxied request: {per('PROGRAM TOTALS'):.0f}")
     rows = sorted(((per(k), k) for k in large if k != "PROGRAM TOTALS"), reverse=True)

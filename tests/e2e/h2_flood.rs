@@ -159,3 +159,72 @@ async fn hpack_table_size_is_announced() {
 }
 
 crate::across_sources!(priority_frames_beyond_the_configured_limit);
+
+/// A client that reads a large response slowly (a small receive buffer, a pause after every
+/// DATA frame) gets all of it in order: remora queues what the socket does not take, pushes
+/// back on the stream past the buffer limit, writes straight through again once the client has
+/// caught up, and no flood limit trips; the connection then serves another request.
+#[tokio::test]
+async fn slow_reader_gets_a_large_response_whole() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let u = upstream("u").await;
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: u}\n";
+    let r = Remora::start(&bootstrap(
+        &http_listener("in", "", vhosts),
+        &cluster("u", &[u.addr], ""),
+    ))
+    .await;
+    let addr = r.addr("in");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    const N: usize = 4 << 20;
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let resp = sender
+            .send_request(h2_request(addr, "x", &format!("/large/{N}")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let (mut got, mut frames) = (0, 0);
+        while let Some(f) = body.frame().await {
+            if let Some(d) = f.unwrap().data_ref() {
+                assert!(d.iter().all(|&b| b == b'x'), "bytes out of order");
+                got += d.len();
+                frames += 1;
+                if frames % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        got
+    })
+    .await;
+    assert_eq!(
+        read,
+        Ok(N),
+        "the slow reader did not get the whole response"
+    );
+    let again = sender
+        .send_request(h2_request(addr, "x", "/large/10"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    for flood in [
+        "outbound_flood",
+        "outbound_control_flood",
+        "inbound_empty_frames_flood",
+        "inbound_priority_frames_flood",
+        "inbound_window_update_frames_flood",
+    ] {
+        assert_eq!(r.stat(&format!("http2.{flood}")).await, 0, "{flood}");
+    }
+}

@@ -66,3 +66,44 @@ async fn connection_and_stream_ids_in_debug_lines() {
         r.stderr()
     );
 }
+
+/// What the listener logs about a connection carries its id from the accept on: the new
+/// connection, a missing filter chain, a failed TLS handshake, and the close.
+#[tokio::test]
+async fn listener_lines_carry_the_connection_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = crate::tls::Pki::new();
+    let certs = pki.write("in", crate::tls::DEAL);
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                direct_response: {status: 200, body: {inline_string: ok}}\n";
+    let tls = http_listener("tls", "", vhosts) + &crate::tls::downstream_tls(&certs, false, None);
+    let picky = http_listener("picky", "", vhosts).replacen(
+        "    - filters:\n",
+        "    - filter_chain_match: {destination_port: 1}\n      filters:\n",
+        1,
+    );
+    let r = Remora::start_with(&bootstrap(&(tls + &picky), "    []\n"), &["-l", "debug"]).await;
+    for name in ["tls", "picky"] {
+        let mut s = tokio::net::TcpStream::connect(r.addr(name)).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    }
+    let failed_tls = lines_with(&r, "] TLS handshake failed: ", 1).await;
+    let no_chain = lines_with(&r, "] closing connection: no matching filter chain", 1).await;
+    for l in failed_tls.iter().chain(&no_chain) {
+        let id = tag(l, "ConnectionId").unwrap_or_else(|| panic!("no connection id: {l}"));
+        for needle in ["] new connection from 127.0.0.1:", "] closing socket"] {
+            let same: Vec<String> = lines_with(&r, needle, 2)
+                .await
+                .into_iter()
+                .filter(|o| tag(o, "ConnectionId") == Some(id))
+                .collect();
+            assert_eq!(
+                same.len(),
+                1,
+                "{needle:?} for connection {id}:\n{}",
+                r.stderr()
+            );
+        }
+    }
+}

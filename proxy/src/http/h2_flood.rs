@@ -5,8 +5,11 @@
 //! socket and hyper, reads the frame headers in both directions and fails the connection when
 //! a limit is exceeded.
 //!
-//! - Outbound: the frames hyper handed over that the socket has not taken yet are queued here
-//!   (a write the socket takes at once is not copied). More than `max_outbound_frames` queued,
+//! - Outbound: the frames hyper handed over that the socket has not taken yet are queued here.
+//!   While nothing is queued, writes go straight to the socket and a frame it takes at once is
+//!   neither copied nor counted as queued (only DATA frames sent are counted, for the
+//!   WINDOW_UPDATE budget); once something is queued, later writes queue behind it, in order,
+//!   until the socket has taken it all. More than `max_outbound_frames` queued,
 //!   or more than `max_outbound_control_frames` among them (PING and SETTINGS acknowledgements,
 //!   RST_STREAM), is a flood: the peer is not reading. Past the connection's buffer limit the
 //!   guard pushes back on hyper instead of queueing (what Envoy's write-buffer watermark does).
@@ -261,6 +264,14 @@ impl Constraints {
         Err(self.violate(flood))
     }
 
+    /// A frame the socket took as soon as it was handed over: never queued, so it only counts
+    /// as a DATA frame sent (the WINDOW_UPDATE budget).
+    pub fn sent(&mut self, h: FrameHead) {
+        if h.kind == DATA {
+            self.outbound_data_frames += 1;
+        }
+    }
+
     /// A frame queued for the peer; returns whether it is a flood-monitored control frame.
     pub fn queued(&mut self, h: FrameHead) -> Result<bool, Flood> {
         self.check()?;
@@ -270,9 +281,7 @@ impl Constraints {
         if control {
             self.outbound_control_frames += 1;
         }
-        if h.kind == DATA {
-            self.outbound_data_frames += 1;
-        }
+        self.sent(h);
         if self.outbound_frames > u64::from(self.limits.max_outbound_frames) {
             return Err(self.violate(Flood::Outbound));
         }
@@ -361,12 +370,18 @@ impl<T> FloodGuard<T> {
         }
     }
 
-    /// Account for bytes hyper hands over (before any of them is written).
-    fn scan_out(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Account for bytes hyper hands over: the frames that end at or before stream offset
+    /// `direct_end` went straight to the socket and were never queued; the others are queued
+    /// until the socket takes them (no allocation per frame: the queue keeps its capacity).
+    fn scan_out(&mut self, buf: &[u8], direct_end: u64) -> io::Result<()> {
         let (constraints, queued) = (&mut self.constraints, &mut self.queued);
         let scanned = self.tx.feed(buf, |h, end| {
-            let control = constraints.queued(h)?;
-            queued.push_back((end, control));
+            if end <= direct_end {
+                constraints.sent(h);
+            } else {
+                let control = constraints.queued(h)?;
+                queued.push_back((end, control));
+            }
             Ok(())
         });
         scanned.map_err(|f| self.fail(f))
@@ -434,6 +449,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FloodGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
+    /// While nothing is pending the bytes go straight to the socket, and only what it does not
+    /// take is copied and its frames counted as queued; once something is pending, every
+    /// write queues behind it (in order) until the socket has taken it all.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -441,18 +459,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.flooded()?;
-        ready!(this.poll_room(cx))?;
-        this.scan_out(buf)?;
-        let mut taken = 0;
-        if this.pending.is_empty() {
-            match Pin::new(&mut this.io).poll_write(cx, buf) {
-                Poll::Ready(Ok(n)) => taken = n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
+        if !this.pending.is_empty() {
+            ready!(this.poll_room(cx))?;
         }
-        this.pending.extend_from_slice(&buf[taken..]);
+        let taken = if this.pending.is_empty() {
+            match Pin::new(&mut this.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => 0,
+            }
+        } else {
+            0
+        };
+        this.scan_out(buf, this.written + taken as u64)?;
         this.advance(taken);
+        if taken < buf.len() {
+            this.pending.extend_from_slice(&buf[taken..]);
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -463,27 +486,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.flooded()?;
-        ready!(this.poll_room(cx))?;
-        for b in bufs {
-            this.scan_out(b)?;
+        if !this.pending.is_empty() {
+            ready!(this.poll_room(cx))?;
         }
-        let mut taken = 0;
-        if this.pending.is_empty() {
+        let taken = if this.pending.is_empty() {
             match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-                Poll::Ready(Ok(n)) => taken = n,
+                Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+                Poll::Pending => 0,
             }
-        }
-        let mut skip = taken;
+        } else {
+            0
+        };
+        let direct_end = this.written + taken as u64;
         let mut total = 0;
         for b in bufs {
+            this.scan_out(b, direct_end)?;
             total += b.len();
-            let s = skip.min(b.len());
-            skip -= s;
-            this.pending.extend_from_slice(&b[s..]);
         }
         this.advance(taken);
+        if taken < total {
+            let mut skip = taken;
+            for b in bufs {
+                let s = skip.min(b.len());
+                skip -= s;
+                this.pending.extend_from_slice(&b[s..]);
+            }
+        }
         Poll::Ready(Ok(total))
     }
 
@@ -496,7 +525,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.flooded()?;
-        ready!(this.poll_room(cx))?;
+        if !this.pending.is_empty() {
+            ready!(this.poll_room(cx))?;
+        }
         if this.pending.is_empty() {
             return Pin::new(&mut this.io).poll_flush(cx);
         }
@@ -702,6 +733,61 @@ mod tests {
         g.shutdown().await.unwrap();
         drop(g);
         assert_eq!(reader.await.unwrap(), expect);
+    }
+
+    /// The guard switches between writing straight through (the peer keeps up) and queueing
+    /// (the pipe is full) within every burst: the peer gets every byte in order, the queue
+    /// empties once the peer has read, and each DATA frame counts once as sent, whichever way
+    /// it went.
+    #[tokio::test]
+    async fn guard_switches_between_pass_through_and_queueing_in_order() {
+        use std::io::IoSlice;
+        let (a, mut peer) = tokio::io::duplex(256);
+        let stats = Arc::new(FloodStats::new(&store()));
+        let limits = FloodLimits {
+            max_outbound_frames: 8,
+            ..FloodLimits::default()
+        };
+        let mut g = FloodGuard::new(a, limits, stats.clone(), 1 << 20);
+        let (mut expect, mut got): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+        let mut tmp = [0u8; 100];
+        let mut queueing_seen = 0;
+        for round in 0..30u8 {
+            assert!(g.pending.is_empty() && g.queued.is_empty());
+            // 8 frames of 50 bytes into a 256-byte pipe: the first ones go straight through,
+            // the rest is queued.
+            for i in 0..8u8 {
+                let f = frame(DATA, 0, 1, &[round.wrapping_mul(8).wrapping_add(i); 41]);
+                expect.extend(&f);
+                if i % 2 == 0 {
+                    g.write_all(&f).await.unwrap();
+                } else {
+                    let (head, payload) = f.split_at(FRAME_HEADER_LEN);
+                    let n = g
+                        .write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+                        .await
+                        .unwrap();
+                    assert_eq!(n, f.len());
+                }
+            }
+            g.flush().await.unwrap();
+            if !g.pending.is_empty() {
+                queueing_seen += 1;
+                assert!(!g.queued.is_empty());
+            }
+            // The peer reads in small steps; each flush writes more of the queue.
+            while got.len() < expect.len() {
+                let n = peer.read(&mut tmp).await.unwrap();
+                got.extend_from_slice(&tmp[..n]);
+                g.flush().await.unwrap();
+            }
+            assert_eq!(got, expect, "round {round}");
+        }
+        assert_eq!(queueing_seen, 30);
+        assert!(g.queued.is_empty());
+        assert_eq!(g.constraints.outbound_frames, 0);
+        assert_eq!(g.constraints.outbound_data_frames, 30 * 8);
+        assert_eq!(stats.outbound_flood.value(), 0);
     }
 
     /// Inbound floods are refused before hyper sees the frame.

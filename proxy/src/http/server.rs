@@ -10,7 +10,7 @@ use super::conn_manager::{ConnectionManager, DownstreamConn};
 use super::h2_flood::FloodGuard;
 use super::router::UpgradeBridge;
 use crate::io::{Counted, Split};
-use crate::logging::{CONNECTION_SPAN, STREAM_SPAN};
+use crate::logging::STREAM_SPAN;
 use crate::model::hcm::Codec;
 use crate::stream_info::Protocol;
 use bytes::{Bytes, BytesMut};
@@ -23,38 +23,29 @@ use tracing::Instrument;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
-/// Log lines about the connection carry its id (the connection span).
-pub async fn serve<S: Split>(
-    hcm: Arc<ConnectionManager>,
-    conn: Arc<DownstreamConn>,
-    stream: S,
-    prefix: BytesMut,
-    drain: watch::Receiver<bool>,
-) {
-    let span = tracing::debug_span!(CONNECTION_SPAN, id = conn.info.id);
-    serve_connection(hcm, conn, stream, prefix, drain)
-        .instrument(span)
-        .await
-}
-
 /// A stream's span (its log lines carry the connection's and the stream's ids); stream ids are
-/// random, as Envoy's.
+/// random, as Envoy's. With debug logging off (the usual case) no span is made and no id drawn:
+/// one level comparison per stream.
 fn stream_span(end_stream: bool) -> tracing::Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     tracing::debug!("new stream");
     let span = tracing::debug_span!(STREAM_SPAN, id = fastrand::u64(..));
     span.in_scope(|| tracing::debug!("request headers complete (end_stream={end_stream})"));
     span
 }
 
-async fn serve_connection<S: Split>(
+/// Serve one downstream connection until it closes. `drain` turns true when the listener drains.
+/// Log lines about the connection carry its id: the listener runs this inside the connection's
+/// span.
+pub async fn serve<S: Split>(
     hcm: Arc<ConnectionManager>,
     conn: Arc<DownstreamConn>,
     mut stream: S,
     prefix: BytesMut,
     drain: watch::Receiver<bool>,
 ) {
-    tracing::debug!("new connection from {}", conn.info.remote);
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -521,13 +512,22 @@ async fn serve_h2<S: Split>(
         let hcm = svc_hcm.clone();
         let conn = svc_conn.clone();
         let span = stream_span(http_body::Body::is_end_stream(req.body()));
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
-                    .await,
-            )
-        }
-        .instrument(span)
+        // Boxed once here (as HTTP/1.1 boxes its request future): hyper moves the stream's
+        // future into its stream task and tokio into the task's cell, and the connection
+        // manager's state (routing, filters, the upstream exchange) is many KiB.
+        let handled = Box::pin(async move {
+            hcm.handle(&conn, req.map(Body::Hyper), Protocol::Http2)
+                .await
+        });
+        let stream =
+            async move { Ok::<_, std::convert::Infallible>(handled.await) }.instrument(span);
+        // What hyper and tokio move per stream: a pointer and the span, not the request's state.
+        debug_assert!(
+            std::mem::size_of_val(&stream) <= 128,
+            "HTTP/2 stream future of {} bytes",
+            std::mem::size_of_val(&stream)
+        );
+        stream
     });
     let h2 = &cfg.http2;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -25,6 +25,7 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -441,14 +442,26 @@ impl ActiveListener {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr) {
-        let stats = &self.stats;
+    /// A connection within the listener's limit gets its id at once, and everything logged
+    /// about it from then on (accept, listener filters, chain selection, TLS, the network
+    /// filter, close) carries it as Envoy's `[Tags: "ConnectionId":"N"]`.
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
         if let Some(limit) = self.config.connection_limit
-            && stats.downstream_cx_active.value() as u64 >= limit
+            && self.stats.downstream_cx_active.value() as u64 >= limit
         {
-            stats.downstream_cx_overflow.inc();
+            self.stats.downstream_cx_overflow.inc();
             return;
         }
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Relaxed);
+        let span = tracing::debug_span!(crate::logging::CONNECTION_SPAN, id);
+        self.serve_accepted(stream, remote, id)
+            .instrument(span)
+            .await
+    }
+
+    async fn serve_accepted(self: Arc<Self>, mut stream: TcpStream, remote: SocketAddr, id: u64) {
+        let stats = &self.stats;
+        tracing::debug!(listener = %self.config.name, "new connection from {remote}");
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
         let opened = Instant::now();
@@ -484,7 +497,7 @@ impl ActiveListener {
             }
         });
         let mut info = ConnectionInfo {
-            id: NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
+            id,
             local,
             remote,
             requested_server_name: server_name.map(String::into_boxed_str),
@@ -650,6 +663,7 @@ impl ActiveListener {
     }
 
     fn closed(&self, opened: Instant) {
+        tracing::debug!(listener = %self.config.name, "closing socket");
         self.stats.downstream_cx_active.dec();
         self.stats.downstream_cx_destroy.inc();
         self.stats
