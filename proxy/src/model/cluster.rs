@@ -1663,13 +1663,7 @@ mod tests {
         let path = FieldPath::new("Cluster 'c'");
         let c: pb::cluster::Cluster =
             crate::config::decode_yaml("envoy.config.cluster.v3.Cluster", yaml, &path);
-        let cx = super::super::context::TranslateContext {
-            runtime: Default::default(),
-            secrets: Default::default(),
-            reload: Default::default(),
-            sds: Arc::new(super::super::context::NoSecretSources),
-            inputs: Arc::new(super::super::inputs::Inputs::none()),
-        };
+        let cx = super::super::context::TranslateContext::for_tests();
         Cluster::from_proto(&path, &c, &cx)
     }
 

@@ -41,6 +41,21 @@ pub trait SecretSources: Send + Sync + std::fmt::Debug {
     fn trust(&self, source: &SdsSource, name: &str) -> Arc<dyn TrustSource>;
 }
 
+/// A context for unit tests of translation: no runtime layer, static secret, SDS secret or
+/// input.
+#[cfg(test)]
+impl TranslateContext {
+    pub fn for_tests() -> Self {
+        Self {
+            runtime: Default::default(),
+            secrets: Default::default(),
+            reload: Default::default(),
+            sds: Arc::new(NoSecretSources),
+            inputs: Arc::new(Inputs::none()),
+        }
+    }
+}
+
 /// Unit tests of translation that name no SDS secret (model/ cannot build the runtime's registry).
 #[cfg(test)]
 #[derive(Debug, Default)]

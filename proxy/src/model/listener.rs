@@ -1086,13 +1086,7 @@ mod tests {
         let path = FieldPath::new("Listener 'l'");
         let l: pb::listener::Listener =
             crate::config::decode_yaml("envoy.config.listener.v3.Listener", yaml, &path);
-        let cx = TranslateContext {
-            runtime: Default::default(),
-            secrets: Default::default(),
-            reload: Default::default(),
-            sds: Arc::new(super::super::context::NoSecretSources),
-            inputs: Arc::new(super::super::inputs::Inputs::none()),
-        };
+        let cx = TranslateContext::for_tests();
         Listener::from_proto(&path, &l, &cx)
     }
 
