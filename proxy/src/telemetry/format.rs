@@ -38,6 +38,18 @@ pub enum ValueKind {
 
 impl Formatter {
     pub fn format(&self, ctx: &FormatContext<'_>, out: &mut String) {
+        self.format_missing_as(ctx, out, "-");
+    }
+
+    /// Envoy's `omit_empty_values`: an operator with no value renders as nothing (header
+    /// mutations format this way).
+    pub fn to_string_omit_empty(&self, ctx: &FormatContext<'_>) -> String {
+        let mut s = String::new();
+        self.format_missing_as(ctx, &mut s, "");
+        s
+    }
+
+    fn format_missing_as(&self, ctx: &FormatContext<'_>, out: &mut String, missing: &str) {
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
@@ -45,7 +57,7 @@ impl Formatter {
                     let start = out.len();
                     if eval(op, ctx, out) == ValueKind::Missing {
                         out.truncate(start);
-                        out.push('-');
+                        out.push_str(missing);
                     } else if let Some(max) = max_len {
                         truncate_at(out, start + max);
                     }
@@ -227,7 +239,14 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         Op::RouteName => text(out, info.and_then(|i| i.route_name.as_deref())),
         Op::Hostname => text(out, Some(hostname())),
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
-        Op::LocalReplyBody => text(out, ctx.local_reply_body),
+        // A local reply's body is a value even when empty (Envoy renders "" rather than "-").
+        Op::LocalReplyBody => match ctx.local_reply_body {
+            Some(b) => {
+                out.push_str(b);
+                Text
+            }
+            None => Missing,
+        },
         Op::Environment(v) => text(out, v.as_deref()),
         Op::Tls { upstream, field } => {
             let tls = info.and_then(|i| match upstream {
