@@ -508,7 +508,7 @@ impl ConnectionManager {
         flags: ResponseFlags,
     ) -> Response<Body> {
         let reply = LocalReply::new(status, body.to_string());
-        self.local_reply_for(stream, reply, details, flags, None)
+        self.local_reply_for(stream, reply, details.into(), flags, None)
     }
 
     /// A local reply once a route was chosen: the route's response header mutations first,
@@ -517,7 +517,7 @@ impl ConnectionManager {
         &self,
         mut stream: ActiveStream,
         mut reply: LocalReply,
-        details: &'static str,
+        details: Cow<'static, str>,
         flags: ResponseFlags,
         route: Option<RouteLevels<'_>>,
     ) -> Response<Body> {
@@ -533,7 +533,10 @@ impl ConnectionManager {
         });
         // The body format's %RESPONSE_CODE% (and the access log) see the mapped status.
         stream.info.response_code = Some(reply.status.as_u16());
-        let resp = local_reply::render(reply, mapped, &stream.format_context());
+        let mut resp = local_reply::render(reply, mapped, &stream.format_context());
+        if stream.head_request {
+            *resp.body_mut() = Body::Empty;
+        }
         self.respond(stream, resp, None, None)
     }
 
@@ -565,6 +568,7 @@ impl ConnectionManager {
         info.protocol = Some(protocol);
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         let (mut parts, body) = req.into_parts();
+        stream.head_request = parts.method == http::Method::HEAD;
 
         // The authority: HTTP/2's :authority, else Host. Normalise to origin-form + Host.
         if let Some(auth) = parts.uri.authority() {
@@ -743,7 +747,7 @@ impl ConnectionManager {
                 let location = format!("https://{authority}{path_and_query}");
                 let reply = redirect_reply(StatusCode::MOVED_PERMANENTLY, &location);
                 let flags = ResponseFlags::empty();
-                return self.local_reply_for(stream, reply, "direct_response", flags, None);
+                return self.local_reply_for(stream, reply, "direct_response".into(), flags, None);
             }
             RouteMatch::Route {
                 vhost,
@@ -765,7 +769,7 @@ impl ConnectionManager {
                 stats.rq_direct_response.inc();
                 let reply = LocalReply::new(d.status, d.body.clone().unwrap_or_default());
                 let flags = ResponseFlags::empty();
-                self.local_reply_for(stream, reply, "direct_response", flags, Some(levels))
+                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
             }
             RouteAction::Redirect(r) => {
                 stats.rq_redirect.inc();
@@ -785,7 +789,7 @@ impl ConnectionManager {
                 );
                 let reply = redirect_reply(r.code, &location);
                 let flags = ResponseFlags::empty();
-                self.local_reply_for(stream, reply, "direct_response", flags, Some(levels))
+                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
             }
             RouteAction::Forward(fwd) => {
                 if let Some(up) = &upgrade
@@ -845,6 +849,14 @@ impl ConnectionManager {
             for m in all.iter().flatten() {
                 m.apply_response(headers, &ctx);
             }
+        }
+    }
+
+    /// The access log sees the request as the router left it (Envoy's log reads the live
+    /// request headers: rewritten host and path, added headers).
+    pub fn resnapshot(&self, stream: &mut ActiveStream, parts: &http::request::Parts) {
+        if let Some(r) = stream.request.as_mut() {
+            *r = snapshot(parts, &self.log_request_headers);
         }
     }
 
@@ -936,7 +948,7 @@ impl ConnectionManager {
         let mut info = StreamInfo::new(conn.info.clone());
         info.protocol = Some(Protocol::Http11);
         info.response_code = Some(status.as_u16());
-        info.response_code_details = details;
+        info.response_code_details = details.into();
         info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         let reason = status.canonical_reason().unwrap_or("");
         info.bytes_sent = reason.len() as u64;

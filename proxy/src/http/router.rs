@@ -61,7 +61,7 @@ fn routed_reply(
 ) -> Response<Body> {
     let (status, body, details, flags) = reply;
     let reply = LocalReply::new(status, body.to_string());
-    hcm.local_reply_for(stream, reply, details, flags, Some(levels))
+    hcm.local_reply_for(stream, reply, details.into(), flags, Some(levels))
 }
 
 /// The upstream half of a WebSocket (or other HTTP/1.1 upgrade) that the downstream codec
@@ -264,6 +264,7 @@ pub async fn forward(
     if !router.suppress_envoy_headers {
         announce_timeout(&mut parts, timeout, per_try);
     }
+    hcm.resnapshot(&mut stream, &parts);
     let idle =
         f.action
             .idle_timeout
@@ -705,7 +706,7 @@ fn upstream_response(
     } else {
         host.stats.rq_success.fetch_add(1, Relaxed);
     }
-    stream.info.response_code_details = "via_upstream";
+    stream.info.response_code_details = "via_upstream".into();
     // Known to the response header mutations' %RESPONSE_CODE%.
     stream.info.response_code = Some(status);
     let h = resp.headers_mut();
@@ -801,7 +802,7 @@ fn charge_upstream(stream: &ActiveStream, status: u16) {
 struct FailureReply {
     status: StatusCode,
     body: String,
-    details: &'static str,
+    details: std::borrow::Cow<'static, str>,
     flags: ResponseFlags,
     /// What the host did, for outlier detection (overflow, a pending timeout and the downstream
     /// going away are not the host's doing).
@@ -822,6 +823,8 @@ fn describe(
         host.stats.rq_timeout.fetch_add(1, Relaxed);
     };
     let connected = stream.info.upstream_local.is_some();
+    // Envoy's details name the transport failure too: `{reset reason|transport failure}`.
+    let mut transport = None;
     let (status, body, details, flags, outcome): (
         StatusCode,
         String,
@@ -846,11 +849,12 @@ fn describe(
         ),
         Failure::Connect(e) => {
             let reason = e.to_string();
-            stream.info.upstream_transport_failure_reason = Some(reason.clone());
+            transport = Some(reason.replace(' ', "_"));
+            stream.info.upstream_transport_failure_reason = Some(reason);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 bodies::CONNECT_FAILURE.into(),
-                "upstream_reset_before_response_started{connection_failure}",
+                "upstream_reset_before_response_started{remote_connection_failure}",
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 Some(Outcome::ConnectFailed),
             )
@@ -866,7 +870,7 @@ fn describe(
             (
                 StatusCode::GATEWAY_TIMEOUT,
                 bodies::UPSTREAM_TIMEOUT.into(),
-                "upstream_response_timeout",
+                "response_timeout",
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                 (connected && !between).then_some(Outcome::Timeout),
             )
@@ -972,6 +976,10 @@ fn describe(
             )
         }
     };
+    let details = match transport {
+        Some(t) => format!("{}|{t}}}", details.trim_end_matches('}')).into(),
+        None => details.into(),
+    };
     FailureReply {
         status,
         body,
@@ -1041,13 +1049,8 @@ fn fail(
     end_attempt(&mut stream);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
     let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-    let answer = (
-        reply.status,
-        reply.body.as_str(),
-        reply.details,
-        reply.flags,
-    );
-    let mut resp = routed_reply(hcm, stream, levels, answer);
+    let answer = LocalReply::new(reply.status, reply.body);
+    let mut resp = hcm.local_reply_for(stream, answer, reply.details, reply.flags, Some(levels));
     if protocol_error {
         // The connection cannot carry another request.
         resp.headers_mut()

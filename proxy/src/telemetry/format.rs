@@ -184,7 +184,7 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             }
             None => Missing,
         },
-        Op::ResponseCodeDetails => text(out, info.map(|i| i.response_code_details)),
+        Op::ResponseCodeDetails => text(out, info.map(|i| &*i.response_code_details)),
         Op::ConnectionTerminationDetails => {
             text(out, info.and_then(|i| i.connection_termination_details))
         }
@@ -220,10 +220,18 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             out,
             info.and_then(|i| i.downstream_transport_failure_reason.as_deref()),
         ),
-        Op::UpstreamTransportFailureReason => text(
-            out,
-            info.and_then(|i| i.upstream_transport_failure_reason.as_deref()),
-        ),
+        // Envoy writes it with its spaces as underscores.
+        Op::UpstreamTransportFailureReason => {
+            let reason = info.and_then(|i| i.upstream_transport_failure_reason.as_deref());
+            let start = out.len();
+            let kind = text(out, reason);
+            if out[start..].contains(' ') {
+                let underscored = out[start..].replace(' ', "_");
+                out.truncate(start);
+                out.push_str(&underscored);
+            }
+            kind
+        }
         Op::UpstreamRequestAttemptCount => num(out, info.map(|i| i.attempt_count as u128)),
         Op::DownstreamLocalAddress { port } => addr(out, info.map(|i| i.connection.local), *port),
         Op::DownstreamLocalPort => num(out, info.map(|i| i.connection.local.port() as u128)),
