@@ -129,4 +129,35 @@ mod tests {
         assert_eq!(h["x-c"], "0");
         assert!(!h.contains_key("x-gone"));
     }
+
+    #[test]
+    fn request_values_read_the_live_request_and_empty_ones_are_skipped() {
+        let mut keep = opt("x-kept", "%REQ(x-none)%", 0);
+        keep.keep_empty_value = true;
+        let m = HeaderMutations::from_proto(
+            &FieldPath::root(),
+            "add",
+            &[
+                opt("x-fmt", "%REQ(x-in)%", 0),
+                opt("x-absent", "%REQ(x-none)%", 0),
+                keep,
+                // Evaluated before this level writes anything: x-fmt is not there yet.
+                opt("x-chain", "%REQ(x-fmt)%", 0),
+            ],
+            "remove",
+            &[],
+        )
+        .unwrap();
+        let mut parts = http::Request::get("/p")
+            .header("x-in", "input")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        m.apply_request(&mut parts, &FormatContext::default());
+        assert_eq!(parts.headers["x-fmt"], "input");
+        assert!(!parts.headers.contains_key("x-absent"));
+        assert_eq!(parts.headers["x-kept"], "");
+        assert!(!parts.headers.contains_key("x-chain"));
+    }
 }

@@ -131,3 +131,35 @@ pub mod bodies {
     pub const PROTOCOL_ERROR: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::format::Formatter;
+
+    #[test]
+    fn redirect_body_formatted_with_an_empty_local_reply_body() {
+        let text = LogFormat::Text(Formatter::parse("lr: %LOCAL_REPLY_BODY%.").unwrap());
+        let config = LocalReplyConfig {
+            body_format: Some((text, None)),
+            ..Default::default()
+        };
+        let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, Bytes::new());
+        reply.headers.insert(
+            http::header::LOCATION,
+            HeaderValue::from_static("http://x/"),
+        );
+        let input = FilterInput {
+            response_code: 301,
+            duration_ms: 0,
+            response_flags: crate::stream_info::ResponseFlags::empty(),
+            health_check: false,
+            request: None,
+        };
+        let mapped = map(&config, &mut reply, &input);
+        let resp = render(reply, mapped, &FormatContext::default());
+        assert_eq!(resp.headers()[http::header::LOCATION], "http://x/");
+        assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "5");
+        assert_eq!(resp.headers()[http::header::CONTENT_TYPE], "text/plain");
+    }
+}

@@ -1516,4 +1516,26 @@ mod tests {
             "http://h:81/p"
         );
     }
+
+    #[test]
+    fn host_rewrite_keeps_the_original_host() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orig.test"));
+        update_authority(&mut h, HeaderValue::from_static("new.test"), true, true);
+        assert_eq!(h[header::HOST], "new.test");
+        assert_eq!(h[names::X_ENVOY_ORIGINAL_HOST], "orig.test");
+        assert_eq!(h[names::X_FORWARDED_HOST], "orig.test");
+        // suppress_envoy_headers: no x-envoy-original-host.
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orig.test"));
+        update_authority(&mut h, HeaderValue::from_static("new.test"), false, false);
+        assert!(!h.contains_key(names::X_ENVOY_ORIGINAL_HOST));
+        assert!(!h.contains_key(names::X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn connect_error_text_is_envoys() {
+        let e = pool::ConnectError::Io(Arc::new(std::io::Error::from_raw_os_error(111)));
+        assert_eq!(e.to_string(), "delayed connect error: Connection refused");
+    }
 }

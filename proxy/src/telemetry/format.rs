@@ -666,4 +666,27 @@ mod tests {
             ValueKind::Missing
         );
     }
+
+    #[test]
+    fn envoy_empty_value_rules() {
+        let mut info = info();
+        info.upstream_transport_failure_reason =
+            Some("delayed connect error: Connection refused".into());
+        let ctx = FormatContext {
+            info: Some(&info),
+            local_reply_body: Some(""),
+            ..Default::default()
+        };
+        // A local reply's empty body is a value; an absent header is not.
+        let f = Formatter::parse("[%LOCAL_REPLY_BODY%][%REQ(x-in)%]").unwrap();
+        assert_eq!(f.to_string(&ctx), "[][-]");
+        // Header mutations omit what has no value.
+        assert_eq!(f.to_string_omit_empty(&ctx), "[][]");
+        // Envoy writes the upstream transport failure reason with underscores.
+        let f = Formatter::parse("%UPSTREAM_TRANSPORT_FAILURE_REASON%").unwrap();
+        assert_eq!(
+            f.to_string(&ctx),
+            "delayed_connect_error:_Connection_refused"
+        );
+    }
 }
