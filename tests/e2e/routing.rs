@@ -172,7 +172,7 @@ async fn actions_rewrites_and_headers() {
 
     let j = get(addr, host, "/old/thing?x=1").await.json();
     assert_eq!(j["path"], "/new/thing?x=1");
-    assert_eq!(j["headers"]["x-envoy-original-path"], "/old/thing");
+    assert_eq!(j["headers"]["x-envoy-original-path"], "/old/thing?x=1");
     let j = get(addr, host, "/users/7/profile").await.json();
     assert_eq!(j["path"], "/profiles/7");
     let j = get(addr, host, "/host").await.json();
