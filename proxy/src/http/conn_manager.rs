@@ -796,6 +796,12 @@ impl ConnectionManager {
                     && !self.config.upgrade_allowed(&fwd.upgrades, up)
                 {
                     stats.downstream_rq_ws_on_non_ws_route.inc();
+                    // Envoy knows the route's cluster from route selection on.
+                    if let crate::model::route::ClusterTarget::Name(n) = &fwd.cluster
+                        && let Some(c) = self.clusters.get(n)
+                    {
+                        stream.info.upstream_cluster = Some(c.config.name.clone());
+                    }
                     return self.local_reply(
                         stream,
                         StatusCode::FORBIDDEN,
