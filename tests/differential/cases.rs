@@ -76,13 +76,14 @@ pub async fn run(group: &'static str, pair: &Pair, cases: Vec<HttpCase>) -> Vec<
             diff: diff(&seen[0], &seen[1]).map(|d| format!("response: {d}")),
         });
     }
-    compare_logs(pair, &mut results).await;
+    compare_logs(pair, group, &mut results).await;
     results
 }
 
 /// Each case's access-log line on both sides; a case whose responses matched but whose lines
 /// differ is a difference too.
-async fn compare_logs(pair: &Pair, results: &mut [CaseResult]) {
+/// A line names its case by the `x-case` header: the case id without the group's prefix.
+async fn compare_logs(pair: &Pair, group: &str, results: &mut [CaseResult]) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let lines = |side: Side| -> HashMap<String, String> {
         let path = pair.get(side).dir.path("access.log");
@@ -98,8 +99,10 @@ async fn compare_logs(pair: &Pair, results: &mut [CaseResult]) {
     let (envoy, remora) = (lines(Side::Envoy), lines(Side::Remora));
     for r in results.iter_mut() {
         let none = String::from("<no access-log line>");
-        let e = envoy.get(&r.id).unwrap_or(&none);
-        let m = remora.get(&r.id).unwrap_or(&none);
+        let key = r.id.strip_prefix(group).and_then(|k| k.strip_prefix('/'));
+        let key = key.unwrap_or(&r.id);
+        let e = envoy.get(key).unwrap_or(&none);
+        let m = remora.get(key).unwrap_or(&none);
         if let Some(d) = diff(e, m) {
             let d = format!("access log: {d}");
             r.diff = Some(match r.diff.take() {

@@ -168,7 +168,7 @@ async fn silent_upstream_times_out_without_touching_other_clusters() {
     load.wait_for(50).await;
     assert_no_failures(&load.finish().await);
     let lines = matching_lines(&r.dir.path("access.log"), 5, |l| l.ends_with(" /hang")).await;
-    assert_eq!(lines, vec!["504 UT upstream_response_timeout /hang"; 5]);
+    assert_eq!(lines, vec!["504 UT response_timeout /hang"; 5]);
     assert_eq!(r.stat("cluster.silent.upstream_rq_timeout").await, 5);
 }
 

@@ -209,7 +209,7 @@ async fn local_reply_json_body_format_and_status_mapping() {
     assert_eq!(resp.header("content-type"), Some("application/json"));
     let j = resp.json();
     assert_eq!(j["flags"], "NR");
-    assert_eq!(j["message"], "-");
+    assert_eq!(j["message"], "");
 }
 
 #[tokio::test(flavor = "multi_thread")]

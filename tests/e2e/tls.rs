@@ -333,7 +333,8 @@ async fn two_sidecar_mtls_chain() {
     let r = get(wrong.addr("outbound"), "auth", "/").await;
     assert_eq!(r.status, 503);
     assert!(
-        r.text().starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error:"),
+        r.text()
+            == "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
         "{}",
         r.text()
     );

@@ -4,7 +4,7 @@
 //! Envoy's `http.<stat_prefix>.*` stats and the access log.
 
 use super::body::Body;
-use super::local_reply::{self, LocalReply};
+use super::local_reply::{self, LocalReply, RouteLevels};
 use super::names;
 use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody, WatchedBody};
 use crate::model::hcm::{HttpConnectionManager as Config, ServerHeader, StripPort};
@@ -528,27 +528,42 @@ impl ConnectionManager {
     /// `local_reply_config`.
     pub fn local_reply(
         &self,
-        mut stream: ActiveStream,
+        stream: ActiveStream,
         status: StatusCode,
         body: &str,
         details: &'static str,
         flags: ResponseFlags,
     ) -> Response<Body> {
+        let reply = LocalReply::new(status, body.to_string());
+        self.local_reply_for(stream, reply, details.into(), flags, None)
+    }
+
+    /// A local reply once a route was chosen: the route's response header mutations first,
+    /// then `local_reply_config` (Envoy's order).
+    pub fn local_reply_for(
+        &self,
+        mut stream: ActiveStream,
+        mut reply: LocalReply,
+        details: Cow<'static, str>,
+        flags: ResponseFlags,
+        route: Option<RouteLevels<'_>>,
+    ) -> Response<Body> {
         stream.info.response_code_details = details;
         stream.info.set_flag(flags);
-        stream.info.response_code = Some(status.as_u16());
-        let resp = {
-            let ctx = stream.format_context();
-            stream.with_request_headers(|rh| {
-                let input = filter_input(&stream.info, rh);
-                local_reply::build(
-                    &self.config.local_reply,
-                    LocalReply::new(status, body.to_string()),
-                    &ctx,
-                    &input,
-                )
-            })
-        };
+        stream.info.response_code = Some(reply.status.as_u16());
+        if let Some(levels) = route {
+            self.apply_response_mutations(levels, &mut reply.headers, &stream);
+        }
+        let mapped = stream.with_request_headers(|rh| {
+            let input = filter_input(&stream.info, rh);
+            local_reply::map(&self.config.local_reply, &mut reply, &input)
+        });
+        // The body format's %RESPONSE_CODE% (and the access log) see the mapped status.
+        stream.info.response_code = Some(reply.status.as_u16());
+        let mut resp = local_reply::render(reply, mapped, &stream.format_context());
+        if stream.head_request {
+            *resp.body_mut() = Body::Empty;
+        }
         self.respond(stream, resp, None, None)
     }
 
@@ -580,6 +595,7 @@ impl ConnectionManager {
         info.protocol = Some(protocol);
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         let (mut parts, body) = req.into_parts();
+        stream.head_request = parts.method == http::Method::HEAD;
 
         // A CONNECT's authority-form target has no :path: no path matcher matches it (Envoy
         // routes such a request only by connect_matcher, which remora refuses).
@@ -745,9 +761,9 @@ impl ConnectionManager {
             RouteMatch::RequireTls { .. } => {
                 stats.rq_redirect.inc();
                 let location = format!("https://{authority}{path_and_query}");
-                let resp = redirect_response(StatusCode::MOVED_PERMANENTLY, &location);
-                stream.info.response_code_details = "direct_response";
-                return self.respond(stream, resp, None, None);
+                let reply = redirect_reply(StatusCode::MOVED_PERMANENTLY, &location);
+                let flags = ResponseFlags::empty();
+                return self.local_reply_for(stream, reply, "direct_response".into(), flags, None);
             }
             RouteMatch::Route {
                 vhost,
@@ -756,55 +772,52 @@ impl ConnectionManager {
             } => (vhost, route, matched_prefix_len),
         };
         stream.info.route_name = route.name.clone();
+        let levels = RouteLevels {
+            rc: &route_config,
+            vhost,
+            route,
+            weighted: None,
+        };
+        // Direct responses and redirects are the router's local replies (Envoy: mapped by
+        // local_reply_config, finalized with the route's response headers).
         match &route.action {
             RouteAction::Direct(d) => {
                 stats.rq_direct_response.inc();
-                let mut resp = Response::new(d.body.clone().map(Body::full).unwrap_or(Body::Empty));
-                *resp.status_mut() = d.status;
-                let len = d.body.as_ref().map(|b| b.len()).unwrap_or(0);
-                if len > 0 {
-                    resp.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                }
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                stream.info.response_code_details = "direct_response";
-                self.apply_response_mutations(
-                    &route_config,
-                    vhost,
-                    route,
-                    None,
-                    resp.headers_mut(),
-                    &stream,
-                );
-                self.respond(stream, resp, None, None)
+                let reply = LocalReply::new(d.status, d.body.clone().unwrap_or_default());
+                let flags = ResponseFlags::empty();
+                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
             }
             RouteAction::Redirect(r) => {
                 stats.rq_redirect.inc();
+                // The scheme of the request as Envoy sees it: x-forwarded-proto (sanitised above).
+                let request_scheme = parts
+                    .headers
+                    .get(names::X_FORWARDED_PROTO)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+                    .unwrap_or(scheme);
                 let location = super::router::redirect_location(
                     r,
-                    scheme,
+                    request_scheme,
                     authority,
                     path_and_query,
                     matched_len,
                 );
-                let mut resp = redirect_response(r.code, &location);
-                stream.info.response_code_details = "direct_response";
-                self.apply_response_mutations(
-                    &route_config,
-                    vhost,
-                    route,
-                    None,
-                    resp.headers_mut(),
-                    &stream,
-                );
-                self.respond(stream, resp, None, None)
+                let reply = redirect_reply(r.code, &location);
+                let flags = ResponseFlags::empty();
+                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
             }
             RouteAction::Forward(fwd) => {
                 if let Some(up) = &upgrade
                     && !self.config.upgrade_allowed(&fwd.upgrades, up)
                 {
                     stats.downstream_rq_ws_on_non_ws_route.inc();
+                    // Envoy knows the route's cluster from route selection on.
+                    if let crate::model::route::ClusterTarget::Name(n) = &fwd.cluster
+                        && let Some(c) = self.clusters.get(n)
+                    {
+                        stream.info.upstream_cluster = Some(c.config.name.clone());
+                    }
                     return self.local_reply(
                         stream,
                         StatusCode::FORBIDDEN,
@@ -839,28 +852,33 @@ impl ConnectionManager {
     /// configuration), or outermost first with `most_specific_header_mutations_wins`.
     pub fn apply_response_mutations(
         &self,
-        rc: &crate::model::route::RouteConfig,
-        vhost: &crate::model::route::VirtualHost,
-        route: &crate::model::route::Route,
-        weighted: Option<&crate::model::route::WeightedCluster>,
+        levels: RouteLevels<'_>,
         headers: &mut http::HeaderMap,
         stream: &ActiveStream,
     ) {
-        let levels = [
-            weighted.map(|w| &w.response_headers),
-            Some(&route.response_headers),
-            Some(&vhost.response_headers),
-            Some(&rc.response_headers),
+        let all = [
+            levels.weighted.map(|w| &w.response_headers),
+            Some(&levels.route.response_headers),
+            Some(&levels.vhost.response_headers),
+            Some(&levels.rc.response_headers),
         ];
         let ctx = stream.format_context();
-        if rc.most_specific_header_mutations_wins {
-            for m in levels.iter().rev().flatten() {
-                m.apply(headers, &ctx);
+        if levels.rc.most_specific_header_mutations_wins {
+            for m in all.iter().rev().flatten() {
+                m.apply_response(headers, &ctx);
             }
         } else {
-            for m in levels.iter().flatten() {
-                m.apply(headers, &ctx);
+            for m in all.iter().flatten() {
+                m.apply_response(headers, &ctx);
             }
+        }
+    }
+
+    /// The access log sees the request as the router left it (Envoy's log reads the live
+    /// request headers: rewritten host and path, added headers).
+    pub fn resnapshot(&self, stream: &mut ActiveStream, parts: &http::request::Parts) {
+        if let Some(r) = stream.request.as_mut() {
+            *r = snapshot(parts, &self.log_request_headers);
         }
     }
 
@@ -982,7 +1000,7 @@ impl ConnectionManager {
         let mut info = StreamInfo::new(conn.info.clone());
         info.protocol = Some(Protocol::Http11);
         info.response_code = Some(status.as_u16());
-        info.response_code_details = details;
+        info.response_code_details = details.into();
         info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         let reason = status.canonical_reason().unwrap_or("");
         info.bytes_sent = reason.len() as u64;
@@ -992,16 +1010,13 @@ impl ConnectionManager {
     }
 }
 
-/// A redirect with a `location` and no body.
-fn redirect_response(code: StatusCode, location: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::Empty);
-    *resp.status_mut() = code;
+/// A redirect: a `location` and no body (until `local_reply_config` formats one).
+fn redirect_reply(code: StatusCode, location: &str) -> LocalReply {
+    let mut reply = LocalReply::new(code, bytes::Bytes::new());
     if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
+        reply.headers.insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    resp
+    reply
 }
 
 fn split_port(host: &str) -> Option<(&str, u16)> {

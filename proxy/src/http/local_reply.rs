@@ -5,15 +5,20 @@
 use super::body::Body;
 use crate::model::access_log::{FilterInput, LogFormat};
 use crate::model::hcm::LocalReplyConfig;
+use crate::model::headers::HeaderMutations;
+use crate::model::route::{Route, RouteConfig, VirtualHost, WeightedCluster};
 use crate::telemetry::format::FormatContext;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 /// The parts of a local reply before mapping.
 #[derive(Debug, Clone)]
 pub struct LocalReply {
     pub status: StatusCode,
     pub body: Bytes,
+    /// Set before the mappers run: a redirect's `location`, the route's response header
+    /// mutations.
+    pub headers: HeaderMap,
 }
 
 impl LocalReply {
@@ -21,35 +26,62 @@ impl LocalReply {
         Self {
             status,
             body: body.into(),
+            headers: HeaderMap::new(),
         }
     }
 }
 
-/// Apply `local_reply_config` and build the response.
-pub fn build(
-    config: &LocalReplyConfig,
-    reply: LocalReply,
-    ctx: &FormatContext<'_>,
+/// The route a local reply answers for, once one was chosen: Envoy's router finalizes every
+/// local reply it sends (direct responses, redirects, upstream failures, unknown clusters) with
+/// the response header mutations of the weighted cluster, route, virtual host and route
+/// configuration.
+#[derive(Clone, Copy)]
+pub struct RouteLevels<'a> {
+    pub rc: &'a RouteConfig,
+    pub vhost: &'a VirtualHost,
+    pub route: &'a Route,
+    pub weighted: Option<&'a WeightedCluster>,
+}
+
+/// What the first matching mapper chose beyond status and body.
+pub struct Mapped<'c> {
+    format: Option<&'c (LogFormat, Option<String>)>,
+    headers: Option<&'c HeaderMutations>,
+}
+
+/// The first `local_reply_config` mapper whose filter matches rewrites the status and body in
+/// place; the body format and headers it (or the config) names are for `render`.
+pub fn map<'c>(
+    config: &'c LocalReplyConfig,
+    reply: &mut LocalReply,
     input: &FilterInput<'_>,
-) -> Response<Body> {
-    let mut status = reply.status;
-    let mut body = reply.body;
-    let mut format: Option<&(LogFormat, Option<String>)> = config.body_format.as_ref();
-    let mut extra = None;
+) -> Mapped<'c> {
+    let mut mapped = Mapped {
+        format: config.body_format.as_ref(),
+        headers: None,
+    };
     if let Some(m) = config.mappers.iter().find(|m| m.filter.evaluate(input)) {
         if let Some(s) = m.status {
-            status = s;
+            reply.status = s;
         }
         if let Some(b) = &m.body {
-            body = b.clone();
+            reply.body = b.clone();
         }
         if m.body_format.is_some() {
-            format = m.body_format.as_ref();
+            mapped.format = m.body_format.as_ref();
         }
-        extra = Some(&m.headers);
+        mapped.headers = Some(&m.headers);
     }
+    mapped
+}
+
+/// The response: the body through the body format (`ctx` already sees the mapped status; a
+/// JSON body ends with a newline, as Envoy's JSON formatter writes it), content type and
+/// length, the mapper's headers.
+pub fn render(reply: LocalReply, mapped: Mapped<'_>, ctx: &FormatContext<'_>) -> Response<Body> {
+    let mut body = reply.body;
     let mut content_type = HeaderValue::from_static("text/plain");
-    if let Some((fmt, ct)) = format {
+    if let Some((fmt, ct)) = mapped.format {
         let text = String::from_utf8_lossy(&body).into_owned();
         let ctx = FormatContext {
             local_reply_body: Some(&text),
@@ -61,6 +93,7 @@ pub fn build(
             LogFormat::Json { .. } => {
                 content_type = HeaderValue::from_static("application/json");
                 crate::telemetry::access_log::render(fmt, &ctx, &mut out);
+                out.push('\n');
             }
         }
         if let Some(ct) = ct.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
@@ -69,15 +102,16 @@ pub fn build(
         body = Bytes::from(out);
     }
     let mut resp = Response::new(Body::full(body.clone()));
-    *resp.status_mut() = status;
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers;
     if !body.is_empty() {
         resp.headers_mut()
             .insert(http::header::CONTENT_TYPE, content_type);
     }
     resp.headers_mut()
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Some(h) = extra {
-        h.apply(resp.headers_mut(), ctx);
+    if let Some(h) = mapped.headers {
+        h.apply_response(resp.headers_mut(), ctx);
     }
     resp
 }
@@ -88,7 +122,7 @@ pub mod bodies {
     pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
     pub const STREAM_TIMEOUT: &str = "stream timeout";
     pub const REQUEST_TIMEOUT: &str = "request timeout";
-    pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
     pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
     pub const REMOTE_RESET: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
@@ -96,4 +130,36 @@ pub mod bodies {
         "upstream connect error or disconnect/reset before headers. reset reason: overflow";
     pub const PROTOCOL_ERROR: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::format::Formatter;
+
+    #[test]
+    fn redirect_body_formatted_with_an_empty_local_reply_body() {
+        let text = LogFormat::Text(Formatter::parse("lr: %LOCAL_REPLY_BODY%.").unwrap());
+        let config = LocalReplyConfig {
+            body_format: Some((text, None)),
+            ..Default::default()
+        };
+        let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, Bytes::new());
+        reply.headers.insert(
+            http::header::LOCATION,
+            HeaderValue::from_static("http://x/"),
+        );
+        let input = FilterInput {
+            response_code: 301,
+            duration_ms: 0,
+            response_flags: crate::stream_info::ResponseFlags::empty(),
+            health_check: false,
+            request: None,
+        };
+        let mapped = map(&config, &mut reply, &input);
+        let resp = render(reply, mapped, &FormatContext::default());
+        assert_eq!(resp.headers()[http::header::LOCATION], "http://x/");
+        assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "5");
+        assert_eq!(resp.headers()[http::header::CONTENT_TYPE], "text/plain");
+    }
 }

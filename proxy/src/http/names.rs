@@ -22,6 +22,7 @@ names! {
     X_ENVOY_INTERNAL = "x-envoy-internal";
     X_ENVOY_EXTERNAL_ADDRESS = "x-envoy-external-address";
     X_ENVOY_ORIGINAL_PATH = "x-envoy-original-path";
+    X_ENVOY_ORIGINAL_HOST = "x-envoy-original-host";
     X_ENVOY_EXPECTED_RQ_TIMEOUT_MS = "x-envoy-expected-rq-timeout-ms";
     X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS = "x-envoy-upstream-rq-timeout-ms";
     X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS = "x-envoy-upstream-rq-per-try-timeout-ms";

@@ -6,7 +6,7 @@
 use super::body::Body;
 use super::codec::{h1, h1_client};
 use super::conn_manager::ConnectionManager;
-use super::local_reply::bodies;
+use super::local_reply::{LocalReply, RouteLevels, bodies};
 use super::names;
 use super::retry::{Decision, Replay, Reset, RetryState};
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
@@ -38,6 +38,30 @@ pub struct Forward<'a> {
     pub matched_len: usize,
     pub internal: bool,
     pub upgrade: bool,
+}
+
+impl<'a> Forward<'a> {
+    /// The levels whose response header mutations a response (or local reply) gets.
+    pub fn levels(&self, weighted: Option<&'a WeightedCluster>) -> RouteLevels<'a> {
+        RouteLevels {
+            rc: self.route_config,
+            vhost: self.vhost,
+            route: self.route,
+            weighted,
+        }
+    }
+}
+
+/// A local reply for the routed request (the route's response headers, then local_reply_config).
+fn routed_reply(
+    hcm: &ConnectionManager,
+    stream: ActiveStream,
+    levels: RouteLevels<'_>,
+    reply: (StatusCode, &str, &'static str, ResponseFlags),
+) -> Response<Body> {
+    let (status, body, details, flags) = reply;
+    let reply = LocalReply::new(status, body.to_string());
+    hcm.local_reply_for(stream, reply, details.into(), flags, Some(levels))
 }
 
 /// The upstream half of a WebSocket (or other HTTP/1.1 upgrade) that the downstream codec
@@ -171,13 +195,13 @@ pub async fn forward(
         };
     let Some(cluster) = hcm.clusters.get(&cluster_name) else {
         hcm.stats.no_cluster.inc();
-        return hcm.local_reply(
-            stream,
+        let nc = (
             f.action.cluster_not_found_code,
             "",
             "cluster_not_found",
             ResponseFlags::NO_CLUSTER_FOUND,
         );
+        return routed_reply(hcm, stream, f.levels(weighted), nc);
     };
     stream.info.upstream_cluster = Some(cluster.config.name.clone());
     if let Some(pm) = &hcm.peer_metadata {
@@ -204,17 +228,18 @@ pub async fn forward(
     };
     let Some(mut host) = lb::choose_with(&cluster, lb_context) else {
         cluster.stats.traffic().upstream_cx_none_healthy.inc();
-        return hcm.local_reply(
-            stream,
+        let uh = (
             StatusCode::SERVICE_UNAVAILABLE,
             bodies::NO_HEALTHY_UPSTREAM,
             "no_healthy_upstream",
             ResponseFlags::NO_HEALTHY_UPSTREAM,
         );
+        return routed_reply(hcm, stream, f.levels(weighted), uh);
     };
     stream.info.upstream_host = Some(host.address);
 
-    rewrite_request(&mut parts, &f, weighted, &host, &stream);
+    let keep_original = !router.suppress_envoy_headers;
+    rewrite_request(&mut parts, &f, weighted, &host, &stream, keep_original);
 
     // Timeouts.
     let envoy_headers = names::any_envoy_header(&parts.headers);
@@ -239,6 +264,7 @@ pub async fn forward(
     if !router.suppress_envoy_headers {
         announce_timeout(&mut parts, timeout, per_try);
     }
+    hcm.resnapshot(&mut stream, &parts);
     let idle =
         f.action
             .idle_timeout
@@ -335,7 +361,7 @@ pub async fn forward(
         if !cluster.circuit_breakers.default.requests.try_inc() {
             cluster.stats.traffic().upstream_rq_pending_overflow.inc();
             names::recycle_header_map(std::mem::take(&mut parts.headers));
-            return overflow_reply(hcm, stream);
+            return overflow_reply(hcm, stream, f.levels(weighted));
         }
         // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
         // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
@@ -486,7 +512,7 @@ pub async fn forward(
             };
             upstream_response(hcm, stream, resp, &f, done)
         }
-        Err(failure) => fail(hcm, stream, &cluster, &host, failure),
+        Err(failure) => fail(hcm, stream, (&cluster, &host), failure, f.levels(weighted)),
     }
 }
 
@@ -549,32 +575,19 @@ fn announce_timeout(
     }
 }
 
-/// The request as the upstream gets it: path and host rewrites, then the header mutations of
-/// the weighted cluster, route, virtual host and route configuration.
+/// The request as the upstream gets it, in Envoy's order (`finalizeRequestHeaders`): the header
+/// mutations of the weighted cluster, route, virtual host and route configuration, then the host
+/// rewrite, then the path rewrite. Unless the router suppresses Envoy's headers, the replaced
+/// values travel on as `x-envoy-original-host` and `x-envoy-original-path` (with its query).
 fn rewrite_request(
     parts: &mut http::request::Parts,
     f: &Forward<'_>,
     weighted: Option<&WeightedCluster>,
     host: &Host,
     stream: &ActiveStream,
+    keep_original: bool,
 ) {
-    let original_pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    if let Some(new_pq) = rewrite_path(f.action, &original_pq, f.matched_len)
-        && let (Ok(uri), Ok(orig)) = (
-            http::Uri::try_from(new_pq.as_str()),
-            // Envoy keeps the whole original :path, query included.
-            HeaderValue::from_str(&original_pq),
-        )
-    {
-        parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);
-        parts.uri = uri;
-    }
-    let original_host = parts.headers.get(header::HOST).cloned();
+    apply_request_mutations(parts, f, weighted, stream);
     let new_host = match (
         &f.action.host_rewrite,
         weighted.and_then(|w| w.host_rewrite_literal.clone()),
@@ -587,29 +600,63 @@ fn rewrite_request(
         (HostRewrite::Header(h), None) => parts.headers.get(h).cloned(),
         _ => None,
     };
-    if let Some(h) = new_host {
-        if f.action.append_x_forwarded_host
-            && let Some(orig) = &original_host
-        {
-            parts.headers.append(names::X_FORWARDED_HOST, orig.clone());
-        }
-        parts.headers.insert(header::HOST, h);
+    if let Some(h) = new_host.filter(|h| !h.is_empty()) {
+        update_authority(
+            &mut parts.headers,
+            h,
+            f.action.append_x_forwarded_host,
+            keep_original,
+        );
     }
+    let original_pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Some(new_pq) = rewrite_path(f.action, original_pq, f.matched_len)
+        && let Ok(uri) = http::Uri::try_from(new_pq.as_str())
     {
-        let levels = [
-            weighted.map(|w| &w.request_headers),
-            Some(&f.route.request_headers),
-            Some(&f.vhost.request_headers),
-            Some(&f.route_config.request_headers),
-        ];
-        let ctx = stream.format_context();
-        let mut apply =
-            |m: &crate::model::headers::HeaderMutations| m.apply(&mut parts.headers, &ctx);
-        if f.route_config.most_specific_header_mutations_wins {
-            levels.iter().rev().flatten().for_each(|m| apply(m));
-        } else {
-            levels.iter().flatten().for_each(|m| apply(m));
+        if keep_original && let Ok(orig) = HeaderValue::from_str(original_pq) {
+            parts.headers.insert(names::X_ENVOY_ORIGINAL_PATH, orig);
         }
+        parts.uri = uri;
+    }
+}
+
+/// Envoy's `Utility::updateAuthority`: the new host, with the original one (when there was
+/// one) appended to `x-forwarded-host` and kept in `x-envoy-original-host`.
+fn update_authority(headers: &mut http::HeaderMap, new: HeaderValue, xfh: bool, keep: bool) {
+    if let Some(orig) = headers.get(header::HOST).filter(|o| !o.is_empty()).cloned() {
+        if xfh {
+            headers.append(names::X_FORWARDED_HOST, orig.clone());
+        }
+        if keep {
+            headers.insert(names::X_ENVOY_ORIGINAL_HOST, orig);
+        }
+    }
+    headers.insert(header::HOST, new);
+}
+
+/// `request_headers_to_add/_remove` of every level, most specific first (or last with
+/// `most_specific_header_mutations_wins`), evaluated against the request as it stands.
+fn apply_request_mutations(
+    parts: &mut http::request::Parts,
+    f: &Forward<'_>,
+    weighted: Option<&WeightedCluster>,
+    stream: &ActiveStream,
+) {
+    let levels = [
+        weighted.map(|w| &w.request_headers),
+        Some(&f.route.request_headers),
+        Some(&f.vhost.request_headers),
+        Some(&f.route_config.request_headers),
+    ];
+    let ctx = stream.format_context();
+    let mut apply = |m: &crate::model::headers::HeaderMutations| m.apply_request(parts, &ctx);
+    if f.route_config.most_specific_header_mutations_wins {
+        levels.iter().rev().flatten().for_each(|m| apply(m));
+    } else {
+        levels.iter().flatten().for_each(|m| apply(m));
     }
 }
 
@@ -659,7 +706,9 @@ fn upstream_response(
     } else {
         host.stats.rq_success.fetch_add(1, Relaxed);
     }
-    stream.info.response_code_details = "via_upstream";
+    stream.info.response_code_details = "via_upstream".into();
+    // Known to the response header mutations' %RESPONSE_CODE%.
+    stream.info.response_code = Some(status);
     let h = resp.headers_mut();
     if status != 101 && names::any_hop_by_hop(h) {
         for name in [
@@ -687,14 +736,7 @@ fn upstream_response(
             names::number(u64::from(attempt)),
         );
     }
-    hcm.apply_response_mutations(
-        f.route_config,
-        f.vhost,
-        f.route,
-        weighted,
-        resp.headers_mut(),
-        &stream,
-    );
+    hcm.apply_response_mutations(f.levels(weighted), resp.headers_mut(), &stream);
     let deadline = timeout.map(|t| {
         progress
             .as_ref()
@@ -760,7 +802,7 @@ fn charge_upstream(stream: &ActiveStream, status: u16) {
 struct FailureReply {
     status: StatusCode,
     body: String,
-    details: &'static str,
+    details: std::borrow::Cow<'static, str>,
     flags: ResponseFlags,
     /// What the host did, for outlier detection (overflow, a pending timeout and the downstream
     /// going away are not the host's doing).
@@ -781,6 +823,8 @@ fn describe(
         host.stats.rq_timeout.fetch_add(1, Relaxed);
     };
     let connected = stream.info.upstream_local.is_some();
+    // Envoy's details name the transport failure too: `{reset reason|transport failure}`.
+    let mut transport = None;
     let (status, body, details, flags, outcome): (
         StatusCode,
         String,
@@ -805,14 +849,12 @@ fn describe(
         ),
         Failure::Connect(e) => {
             let reason = e.to_string();
-            stream.info.upstream_transport_failure_reason = Some(reason.clone());
+            transport = Some(reason.replace(' ', "_"));
+            stream.info.upstream_transport_failure_reason = Some(reason);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{}, transport failure reason: {reason}",
-                    bodies::CONNECT_FAILURE
-                ),
-                "upstream_reset_before_response_started{connection_failure}",
+                bodies::CONNECT_FAILURE.into(),
+                "upstream_reset_before_response_started{remote_connection_failure}",
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 Some(Outcome::ConnectFailed),
             )
@@ -828,7 +870,7 @@ fn describe(
             (
                 StatusCode::GATEWAY_TIMEOUT,
                 bodies::UPSTREAM_TIMEOUT.into(),
-                "upstream_response_timeout",
+                "response_timeout",
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                 (connected && !between).then_some(Outcome::Timeout),
             )
@@ -934,6 +976,10 @@ fn describe(
             )
         }
     };
+    let details = match transport {
+        Some(t) => format!("{}|{t}}}", details.trim_end_matches('}')).into(),
+        None => details.into(),
+    };
     FailureReply {
         status,
         body,
@@ -994,22 +1040,17 @@ fn end_attempt(stream: &mut ActiveStream) {
 fn fail(
     hcm: &Arc<ConnectionManager>,
     mut stream: ActiveStream,
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
+    (cluster, host): (&Arc<Cluster>, &Arc<Host>),
     failure: Failure,
+    levels: RouteLevels<'_>,
 ) -> Response<Body> {
     let reply = describe(hcm, &mut stream, cluster, host, failure);
     account_failure(&stream, cluster, host, &reply, true);
     end_attempt(&mut stream);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
     let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-    let mut resp = hcm.local_reply(
-        stream,
-        reply.status,
-        &reply.body,
-        reply.details,
-        reply.flags,
-    );
+    let answer = LocalReply::new(reply.status, reply.body);
+    let mut resp = hcm.local_reply_for(stream, answer, reply.details, reply.flags, Some(levels));
     if protocol_error {
         // The connection cannot carry another request.
         resp.headers_mut()
@@ -1023,14 +1064,18 @@ fn fail(
 }
 
 /// 503 `UO`: a circuit breaker refused the request before it reached the upstream.
-fn overflow_reply(hcm: &Arc<ConnectionManager>, stream: ActiveStream) -> Response<Body> {
-    let resp = hcm.local_reply(
-        stream,
+fn overflow_reply(
+    hcm: &Arc<ConnectionManager>,
+    stream: ActiveStream,
+    levels: RouteLevels<'_>,
+) -> Response<Body> {
+    let uo = (
         StatusCode::SERVICE_UNAVAILABLE,
         bodies::OVERFLOW,
         "upstream_reset_before_response_started{overflow}",
         ResponseFlags::UPSTREAM_OVERFLOW,
     );
+    let resp = routed_reply(hcm, stream, levels, uo);
     mark_overloaded(hcm, resp)
 }
 
@@ -1470,5 +1515,27 @@ mod tests {
             redirect_location(&r, "http", "h:81", "/p", 0),
             "http://h:81/p"
         );
+    }
+
+    #[test]
+    fn host_rewrite_keeps_the_original_host() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orig.test"));
+        update_authority(&mut h, HeaderValue::from_static("new.test"), true, true);
+        assert_eq!(h[header::HOST], "new.test");
+        assert_eq!(h[names::X_ENVOY_ORIGINAL_HOST], "orig.test");
+        assert_eq!(h[names::X_FORWARDED_HOST], "orig.test");
+        // suppress_envoy_headers: no x-envoy-original-host.
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orig.test"));
+        update_authority(&mut h, HeaderValue::from_static("new.test"), false, false);
+        assert!(!h.contains_key(names::X_ENVOY_ORIGINAL_HOST));
+        assert!(!h.contains_key(names::X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn connect_error_text_is_envoys() {
+        let e = pool::ConnectError::Io(Arc::new(std::io::Error::from_raw_os_error(111)));
+        assert_eq!(e.to_string(), "delayed connect error: Connection refused");
     }
 }

@@ -70,6 +70,8 @@ pub struct ActiveStream {
     /// The retry policy's `per_try_idle_timeout`, which also bounds the pauses of the last
     /// attempt's response body.
     pub per_try_idle: Option<Duration>,
+    /// A HEAD request: local replies keep their length headers but send no body.
+    pub head_request: bool,
     finished: bool,
 }
 
@@ -100,6 +102,7 @@ impl ActiveStream {
             compression: None,
             peer_headers: Default::default(),
             per_try_idle: None,
+            head_request: false,
             finished: false,
         }
     }
@@ -119,7 +122,7 @@ impl ActiveStream {
             End::Complete => {}
             End::UpstreamReset(flag, details) => {
                 self.info.set_flag(flag);
-                self.info.response_code_details = details;
+                self.info.response_code_details = details.into();
             }
             End::Timeout(f) => self.info.set_flag(f),
             End::DownstreamGone => self

@@ -38,6 +38,18 @@ pub enum ValueKind {
 
 impl Formatter {
     pub fn format(&self, ctx: &FormatContext<'_>, out: &mut String) {
+        self.format_missing_as(ctx, out, "-");
+    }
+
+    /// Envoy's `omit_empty_values`: an operator with no value renders as nothing (header
+    /// mutations format this way).
+    pub fn to_string_omit_empty(&self, ctx: &FormatContext<'_>) -> String {
+        let mut s = String::new();
+        self.format_missing_as(ctx, &mut s, "");
+        s
+    }
+
+    fn format_missing_as(&self, ctx: &FormatContext<'_>, out: &mut String, missing: &str) {
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
@@ -45,7 +57,7 @@ impl Formatter {
                     let start = out.len();
                     if eval(op, ctx, out) == ValueKind::Missing {
                         out.truncate(start);
-                        out.push('-');
+                        out.push_str(missing);
                     } else if let Some(max) = max_len {
                         truncate_at(out, start + max);
                     }
@@ -172,7 +184,7 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             }
             None => Missing,
         },
-        Op::ResponseCodeDetails => text(out, info.map(|i| i.response_code_details)),
+        Op::ResponseCodeDetails => text(out, info.map(|i| &*i.response_code_details)),
         Op::ConnectionTerminationDetails => {
             text(out, info.and_then(|i| i.connection_termination_details))
         }
@@ -208,10 +220,18 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             out,
             info.and_then(|i| i.downstream_transport_failure_reason.as_deref()),
         ),
-        Op::UpstreamTransportFailureReason => text(
-            out,
-            info.and_then(|i| i.upstream_transport_failure_reason.as_deref()),
-        ),
+        // Envoy writes it with its spaces as underscores.
+        Op::UpstreamTransportFailureReason => {
+            let reason = info.and_then(|i| i.upstream_transport_failure_reason.as_deref());
+            let start = out.len();
+            let kind = text(out, reason);
+            if out[start..].contains(' ') {
+                let underscored = out[start..].replace(' ', "_");
+                out.truncate(start);
+                out.push_str(&underscored);
+            }
+            kind
+        }
         Op::UpstreamRequestAttemptCount => num(out, info.map(|i| i.attempt_count as u128)),
         Op::DownstreamLocalAddress { port } => addr(out, info.map(|i| i.connection.local), *port),
         Op::DownstreamLocalPort => num(out, info.map(|i| i.connection.local.port() as u128)),
@@ -227,7 +247,14 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         Op::RouteName => text(out, info.and_then(|i| i.route_name.as_deref())),
         Op::Hostname => text(out, Some(hostname())),
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
-        Op::LocalReplyBody => text(out, ctx.local_reply_body),
+        // A local reply's body is a value even when empty (Envoy renders "" rather than "-").
+        Op::LocalReplyBody => match ctx.local_reply_body {
+            Some(b) => {
+                out.push_str(b);
+                Text
+            }
+            None => Missing,
+        },
         Op::Environment(v) => text(out, v.as_deref()),
         Op::Tls { upstream, field } => {
             let tls = info.and_then(|i| match upstream {
@@ -637,6 +664,29 @@ mod tests {
                 .unwrap()
                 .format_typed(&ctx, &mut s),
             ValueKind::Missing
+        );
+    }
+
+    #[test]
+    fn envoy_empty_value_rules() {
+        let mut info = info();
+        info.upstream_transport_failure_reason =
+            Some("delayed connect error: Connection refused".into());
+        let ctx = FormatContext {
+            info: Some(&info),
+            local_reply_body: Some(""),
+            ..Default::default()
+        };
+        // A local reply's empty body is a value; an absent header is not.
+        let f = Formatter::parse("[%LOCAL_REPLY_BODY%][%REQ(x-in)%]").unwrap();
+        assert_eq!(f.to_string(&ctx), "[][-]");
+        // Header mutations omit what has no value.
+        assert_eq!(f.to_string_omit_empty(&ctx), "[][]");
+        // Envoy writes the upstream transport failure reason with underscores.
+        let f = Formatter::parse("%UPSTREAM_TRANSPORT_FAILURE_REASON%").unwrap();
+        assert_eq!(
+            f.to_string(&ctx),
+            "delayed_connect_error:_Connection_refused"
         );
     }
 }

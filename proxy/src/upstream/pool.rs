@@ -44,7 +44,13 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Timeout => f.write_str("connection timeout"),
-            ConnectError::Io(e) => write!(f, "delayed connect error: {e}"),
+            // Envoy's text is strerror's, without Rust's " (os error N)".
+            ConnectError::Io(e) => {
+                let text = e.to_string();
+                let suffix = e.raw_os_error().map(|n| format!(" (os error {n})"));
+                let text = suffix.and_then(|s| text.strip_suffix(&s)).unwrap_or(&text);
+                write!(f, "delayed connect error: {text}")
+            }
             ConnectError::Handshake(e) => write!(f, "protocol error: {e}"),
             ConnectError::Tls(reason) => f.write_str(reason),
             ConnectError::Overflow => f.write_str("overflow"),
