@@ -56,6 +56,7 @@ pub struct HcmStats {
     pub downstream_rq_rx_reset: Arc<Counter>,
     pub downstream_rq_too_large: Arc<Counter>,
     pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+    pub downstream_rq_non_relative_path: Arc<Counter>,
     pub downstream_rq_codes: CodeStats,
     pub listener_rq_codes: CodeStats,
     pub no_route: Arc<Counter>,
@@ -104,6 +105,7 @@ impl HcmStats {
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
             downstream_rq_codes: CodeStats::new(store, &format!("{p}downstream_rq"), false, true),
             listener_rq_codes: CodeStats::new(
                 store,
@@ -617,13 +619,25 @@ impl ConnectionManager {
         if keep_request {
             stream.request = Some(snapshot(&parts, &self.log_request_headers));
         }
+        // Envoy answers both without a response flag.
         if !parts.headers.contains_key(header::HOST) {
             return self.local_reply(
                 stream,
                 StatusCode::BAD_REQUEST,
                 "",
                 "missing_host_header",
-                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                ResponseFlags::empty(),
+            );
+        }
+        // Only relative paths reach routing (`OPTIONS *` and other forms are refused).
+        if parts.method != http::Method::CONNECT && !parts.uri.path().starts_with('/') {
+            stats.downstream_rq_non_relative_path.inc();
+            return self.local_reply(
+                stream,
+                StatusCode::NOT_FOUND,
+                "",
+                "absolute_path_rejected",
+                ResponseFlags::empty(),
             );
         }
         if protocol == Protocol::Http2 && parts.headers.len() > self.config.max_headers_count {

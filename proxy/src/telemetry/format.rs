@@ -111,6 +111,8 @@ fn header_value<'a>(map: &'a HeaderMap, a: &HeaderName, b: &Option<HeaderName>) 
 fn request_header<'a>(req: &RequestView<'a>, h: &HeaderRef) -> Option<&'a str> {
     match h {
         HeaderRef::Method => Some(req.method.as_str()),
+        // A CONNECT request has no :path (its target is an authority).
+        HeaderRef::Path if req.method == http::Method::CONNECT => None,
         HeaderRef::Path => req.uri.path_and_query().map(|p| p.as_str()),
         HeaderRef::Authority => req.uri.authority().map(|a| a.as_str()).or_else(|| {
             req.headers
