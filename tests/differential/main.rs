@@ -86,9 +86,17 @@ fn report(results: &[CaseResult], known: &BTreeMap<String, String>, filtered: bo
         }
     }
     if !filtered {
+        let compat =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/compat.md"))
+                .unwrap_or_default();
         for id in known.keys() {
             if !results.iter().any(|r| &r.id == id) {
                 failures.push(format!("{id}: listed in known.txt but no such case"));
+            }
+            if !compat.contains(&format!("| `{id}` |")) {
+                failures.push(format!(
+                    "{id}: listed in known.txt but not in docs/compat.md's table of known differences"
+                ));
             }
         }
     }
