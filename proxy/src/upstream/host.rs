@@ -323,7 +323,9 @@ fn localities(p: &Priority, overprovisioning_factor: u32) -> Localities {
     }
 }
 
-/// Smooth weighted round-robin order of host indexes (equal weights: 0..n).
+/// Weighted round-robin order of host indexes (equal weights: 0..n): one period of Envoy's
+/// earliest-deadline-first schedule. Each host is due `1 / weight` after it was last picked;
+/// the earliest deadline goes first, ties in the order the hosts were (re)queued.
 fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
     if hosts.is_empty() {
         return vec![];
@@ -338,24 +340,47 @@ fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
     } else {
         1
     };
-    let weights: Vec<i64> = hosts
+    let weights: Vec<f64> = hosts
         .iter()
-        .map(|h| ((h.weight as u64 / scale).max(1)) as i64)
+        .map(|h| (h.weight as u64 / scale).max(1) as f64)
         .collect();
-    let sum: i64 = weights.iter().sum();
-    let mut current = vec![0i64; hosts.len()];
-    let mut out = Vec::with_capacity(sum as usize);
-    for _ in 0..sum {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let (best, _) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
-            .expect("non-empty");
-        current[best] -= sum;
-        out.push(best as u32);
+    edf(&weights)
+}
+
+/// A queued host: (deadline, queue order, host index), earliest first.
+#[derive(PartialEq)]
+struct Due(f64, u64, u32);
+
+impl Eq for Due {}
+
+impl Ord for Due {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap.
+        o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// As many EDF picks as the weights sum to (each host then picked `weight` times).
+fn edf(weights: &[f64]) -> Vec<u32> {
+    let picks = weights.iter().sum::<f64>() as usize;
+    let mut queue = std::collections::BinaryHeap::with_capacity(weights.len());
+    let mut order = 0u64;
+    for (i, w) in weights.iter().enumerate() {
+        queue.push(Due(1.0 / w, order, i as u32));
+        order += 1;
+    }
+    let mut out = Vec::with_capacity(picks);
+    while out.len() < picks {
+        let Due(now, _, i) = queue.pop().expect("non-empty");
+        out.push(i);
+        queue.push(Due(now + 1.0 / weights[i as usize], order, i));
+        order += 1;
     }
     out
 }
@@ -410,11 +435,15 @@ mod tests {
     }
 
     #[test]
-    fn weighted_schedule_is_smooth() {
+    fn weighted_schedule_is_envoys_edf() {
+        // Envoy 1.40's sequence for weights 1, 2, 3 (measured by the differential suite).
+        let hosts = vec![host(0, true, 1), host(0, true, 2), host(0, true, 3)];
+        assert_eq!(schedule(&hosts), vec![2, 1, 2, 0, 1, 2]);
+        // The heavy host's fifth deadline (1/5 added up five times) ties the light hosts' at
+        // 1.0 but was queued after them, so they go first.
         let hosts = vec![host(0, true, 5), host(0, true, 1), host(0, true, 1)];
         let s = schedule(&hosts);
-        assert_eq!(s.len(), 7);
         assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
-        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(s, vec![0, 0, 0, 0, 1, 2, 0]);
     }
 }
