@@ -366,23 +366,71 @@ impl PartialOrd for Due {
     }
 }
 
+/// Envoy's earliest-deadline-first scheduler over host indexes: a host is due `1 / weight`
+/// after it was queued; the earliest deadline goes first, ties in the order they were queued.
+#[derive(Default)]
+pub struct Edf {
+    queue: std::collections::BinaryHeap<Due>,
+    order: u64,
+}
+
+impl Edf {
+    /// The hosts queued at time 0 in the order given, with their weights.
+    pub fn new(entries: impl IntoIterator<Item = (u32, f64)>) -> Self {
+        let mut edf = Edf::default();
+        for (i, w) in entries {
+            edf.push(0.0, i, w);
+        }
+        edf
+    }
+
+    /// The state after `picks` picks (reduced modulo 429 496 729) with constant weights, as
+    /// Envoy seeds a schedule: each host first gets the whole picks its share guarantees
+    /// (`floor(picks × w / W)`, weights nudged up by 1e-13 so that multiples stay apart), due
+    /// at its next multiple of `1 / w`; the few picks left are made one by one.
+    pub fn with_picks(entries: &[(u32, f64)], picks: u32) -> Self {
+        let picks = picks % 429_496_729;
+        let nudged: Vec<f64> = entries.iter().map(|(_, w)| w + 1e-13).collect();
+        let total: f64 = nudged.iter().sum();
+        let share = f64::from(picks) / total;
+        let mut edf = Edf::default();
+        let mut made = 0u32;
+        for ((i, _), w) in entries.iter().zip(&nudged) {
+            let mut floor = (w * f64::from(picks) / total) as u32;
+            if floor > 0 && f64::from(floor) / w >= share {
+                floor -= 1;
+            }
+            edf.queue.push(Due(f64::from(floor + 1) / w, edf.order, *i));
+            edf.order += 1;
+            made += floor;
+        }
+        let weight_of = |i: u32| entries.iter().find(|e| e.0 == i).map_or(1.0, |e| e.1);
+        for _ in made..picks {
+            edf.pick(weight_of);
+        }
+        edf
+    }
+
+    fn push(&mut self, now: f64, i: u32, weight: f64) {
+        self.queue.push(Due(now + 1.0 / weight, self.order, i));
+        self.order += 1;
+    }
+
+    /// The next host, queued again with its weight now.
+    pub fn pick(&mut self, weight: impl Fn(u32) -> f64) -> Option<u32> {
+        let Due(now, _, i) = self.queue.pop()?;
+        self.push(now, i, weight(i));
+        Some(i)
+    }
+}
+
 /// As many EDF picks as the weights sum to (each host then picked `weight` times).
 fn edf(weights: &[f64]) -> Vec<u32> {
     let picks = weights.iter().sum::<f64>() as usize;
-    let mut queue = std::collections::BinaryHeap::with_capacity(weights.len());
-    let mut order = 0u64;
-    for (i, w) in weights.iter().enumerate() {
-        queue.push(Due(1.0 / w, order, i as u32));
-        order += 1;
-    }
-    let mut out = Vec::with_capacity(picks);
-    while out.len() < picks {
-        let Due(now, _, i) = queue.pop().expect("non-empty");
-        out.push(i);
-        queue.push(Due(now + 1.0 / weights[i as usize], order, i));
-        order += 1;
-    }
-    out
+    let mut edf = Edf::new(weights.iter().enumerate().map(|(i, w)| (i as u32, *w)));
+    (0..picks)
+        .filter_map(|_| edf.pick(|i| weights[i as usize]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -432,6 +480,21 @@ mod tests {
             140,
         );
         assert_eq!(s.priority_load, vec![0, 100]);
+    }
+
+    #[test]
+    fn edf_seeded_with_picks_continues_the_order() {
+        // Weights 1, 2, 3 from any seed: still Envoy's order (ties at whole times intact).
+        let period = [2, 1, 2, 0, 1, 2];
+        for picks in [0u32, 1, 5, 23, 1_000_003, u32::MAX] {
+            let w = [1.0, 2.0, 3.0];
+            let mut edf = Edf::with_picks(&[(0, 1.0), (1, 2.0), (2, 3.0)], picks);
+            let seq: Vec<u32> = (0..30)
+                .map(|_| edf.pick(|i| w[i as usize]).unwrap())
+                .collect();
+            let at = (0..6).find(|o| (0..30).all(|k| seq[k] == period[(o + k) % 6]));
+            assert!(at.is_some(), "{picks}: {seq:?}");
+        }
     }
 
     #[test]
