@@ -188,28 +188,31 @@ fn least_request_edf(
                 && s.panic == which.panic
                 && s.set.upgrade().is_some_and(|a| Arc::ptr_eq(&a, which.set))
         };
-        let state = m.entry(which.key).or_insert_with(|| LrSchedule {
-            set: Weak::new(),
-            prio: 0,
-            panic: false,
-            edf: Edf::default(),
-        });
-        if !fresh(state) {
-            let mut ids = schedule.to_vec();
-            ids.sort_unstable();
-            ids.dedup();
-            let entries: Vec<(u32, f64)> = ids.iter().map(|i| (*i, weight(*i))).collect();
-            let edf = Edf::with_picks(&entries, fastrand::u32(..));
-            *state = LrSchedule {
-                set: Arc::downgrade(which.set),
-                prio: which.prio,
-                panic: which.panic,
-                edf,
-            };
+        match m.get_mut(&which.key) {
+            Some(state) if fresh(state) => state.edf.pick(weight),
+            _ => {
+                let mut state = lr_schedule(&which, schedule, weight);
+                let picked = state.edf.pick(weight);
+                m.insert(which.key, state);
+                picked
+            }
         }
-        state.edf.pick(weight)
     })?;
     Some(hosts[picked as usize].clone())
+}
+
+/// A new schedule over the hosts in `schedule` (in host order) with their weights now.
+fn lr_schedule(which: &Which, schedule: &[u32], weight: impl Fn(u32) -> f64) -> LrSchedule {
+    let mut ids = schedule.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let entries: Vec<(u32, f64)> = ids.iter().map(|i| (*i, weight(*i))).collect();
+    LrSchedule {
+        set: Arc::downgrade(which.set),
+        prio: which.prio,
+        panic: which.panic,
+        edf: Edf::with_picks(&entries, fastrand::u32(..)),
+    }
 }
 
 fn pick_priority(load: &[u32]) -> usize {
