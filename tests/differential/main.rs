@@ -11,6 +11,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod admin;
 mod cases;
 mod compare;
 mod http1;
@@ -59,6 +60,7 @@ fn main() {
             validate::run(&envoy, filter.as_deref()).await,
             routing::run(&envoy, filter.as_deref()).await,
             http1::run(&envoy, filter.as_deref()).await,
+            admin::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });
