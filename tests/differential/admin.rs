@@ -15,6 +15,7 @@ use std::time::Duration;
 
 /// The `/stats` prefixes compared, each its own case (`admin/stats/<prefix>`).
 const STAT_PREFIXES: &[&str] = &[
+    "prometheus",
     "http.in",
     "listener",
     "cluster.backend",
@@ -60,10 +61,15 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let mut results = Vec::new();
     for id in &wanted {
         let [e, r] = observe(&pair, id).await;
+        let d = if id.starts_with("admin/stats/") {
+            line_sets(&e, &r)
+        } else {
+            diff(&e, &r)
+        };
         results.push(CaseResult {
             group: "admin",
             id: id.clone(),
-            diff: diff(&e, &r),
+            diff: d,
         });
     }
     results
@@ -90,11 +96,40 @@ async fn traffic(pair: &Pair) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
+/// Line-set texts (`name: value` or `name`) compared as sets: the names only Envoy has, the
+/// names only remora has, and the values that differ, each listed.
+fn line_sets(envoy: &str, remora: &str) -> Option<String> {
+    let map = |t: &str| -> BTreeMap<String, String> {
+        t.lines()
+            .map(|l| match l.split_once(": ") {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (l.to_string(), String::new()),
+            })
+            .collect()
+    };
+    let (e, r) = (map(envoy), map(remora));
+    let mut out = String::new();
+    for (k, v) in &e {
+        match r.get(k) {
+            None => out.push_str(&format!("\n  missing in remora: {k}")),
+            Some(w) if w != v => out.push_str(&format!("\n  {k}: envoy {v} / remora {w}")),
+            Some(_) => {}
+        }
+    }
+    for k in r.keys().filter(|k| !e.contains_key(*k)) {
+        out.push_str(&format!("\n  only in remora: {k}"));
+    }
+    (!out.is_empty()).then(|| format!("differs:{out}"))
+}
+
 async fn observe(pair: &Pair, id: &str) -> [String; 2] {
     if let Some(prefix) = id.strip_prefix("admin/stats/")
         && STAT_PREFIXES.contains(&prefix)
     {
-        return both(pair, "/stats", |b| stats(b, prefix)).await;
+        return match prefix {
+            "prometheus" => both(pair, "/stats/prometheus", prometheus).await,
+            _ => both(pair, "/stats", |b| stats(b, prefix)).await,
+        };
     }
     let (_, path, f) = PROBES.iter().find(|(p, _, _)| *p == id).expect("a probe");
     both(pair, path, f).await
@@ -114,7 +149,6 @@ async fn both(pair: &Pair, path: &str, f: impl Fn(&str) -> String) -> [String; 2
 
 /// The other cases: the admin path fetched and how its body is normalised.
 const PROBES: &[Probe] = &[
-    ("admin/stats/prometheus", "/stats/prometheus", prometheus),
     ("admin/clusters", "/clusters", clusters),
     (
         "admin/clusters/json",

@@ -761,6 +761,9 @@ impl ConnectionManager {
             };
             route_config.route(&rr)
         };
+        // Envoy's router counts every request it decodes, routed or not (no route, direct
+        // responses and redirects included).
+        stats.rq_total.inc();
         let (vhost, route, matched_len) = match matched {
             RouteMatch::NoRoute => {
                 stats.no_route.inc();

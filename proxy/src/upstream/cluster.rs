@@ -445,19 +445,15 @@ impl super::outlier::Hosts for Cluster {
     }
 }
 
-/// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments).
+/// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments); a host's
+/// hostname is the endpoint's `hostname` (empty unless set), as in Envoy.
 pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<Arc<Host>> {
     localities
         .iter()
         .flat_map(|l| {
             l.endpoints.iter().filter_map(move |e| {
                 let addr = e.address.socket_addr()?;
-                Some(Host::for_endpoint(
-                    addr,
-                    e.address.host.as_str().into(),
-                    e,
-                    l,
-                ))
+                Some(Host::for_endpoint(addr, e.hostname.as_str().into(), e, l))
             })
         })
         .collect()
@@ -651,6 +647,30 @@ pub async fn dns_refresh_loop(cluster: Arc<Cluster>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_hosts_take_the_endpoints_hostname() {
+        use crate::model::cluster::{Endpoint, Health, Locality, LocalityEndpoints};
+        let ep = |host: &str, hostname: &str| Endpoint {
+            address: crate::model::core::HostPort {
+                host: host.into(),
+                port: 80,
+            },
+            weight: 1,
+            health: Health::Healthy,
+            hostname: hostname.into(),
+            health_check: None,
+        };
+        let l = LocalityEndpoints {
+            locality: Locality::default(),
+            weight: None,
+            priority: 0,
+            endpoints: vec![ep("127.0.0.1", ""), ep("127.0.0.2", "named.example")],
+        };
+        let hosts = hosts_of(&[l]);
+        assert_eq!(&*hosts[0].hostname, "");
+        assert_eq!(&*hosts[1].hostname, "named.example");
+    }
 
     #[test]
     fn dns_family_selection() {
