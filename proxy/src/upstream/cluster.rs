@@ -416,9 +416,11 @@ impl Cluster {
                 .count() as i64,
         );
         self.stats.membership_excluded.set(0);
-        self.stats
-            .max_host_weight
-            .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        if sets_max_host_weight(self.config.discovery) {
+            self.stats
+                .max_host_weight
+                .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        }
         self.hosts.store(Arc::new(set));
         if let Some(hc) = &self.health {
             hc.hosts_changed();
@@ -443,6 +445,12 @@ impl super::outlier::Hosts for Cluster {
     fn name(&self) -> &str {
         &self.config.name
     }
+}
+
+/// Envoy sets `max_host_weight` only where it updates a dynamic host list (STRICT_DNS, EDS);
+/// for STATIC and LOGICAL_DNS clusters the gauge stays 0.
+fn sets_max_host_weight(d: Discovery) -> bool {
+    matches!(d, Discovery::StrictDns | Discovery::Eds)
 }
 
 /// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments); a host's
@@ -647,6 +655,14 @@ pub async fn dns_refresh_loop(cluster: Arc<Cluster>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_host_weight_only_for_dynamic_host_lists() {
+        assert!(!sets_max_host_weight(Discovery::Static));
+        assert!(!sets_max_host_weight(Discovery::LogicalDns));
+        assert!(sets_max_host_weight(Discovery::StrictDns));
+        assert!(sets_max_host_weight(Discovery::Eds));
+    }
 
     #[test]
     fn static_hosts_take_the_endpoints_hostname() {
