@@ -61,7 +61,9 @@ pub struct ClusterTrafficStats {
     pub upstream_rq_timeout: Arc<Counter>,
     pub upstream_rq_rx_reset: Arc<Counter>,
     pub upstream_rq_tx_reset: Arc<Counter>,
-    pub upstream_rq_time: Arc<Histogram>,
+    /// Created on first use, as Envoy's router creates it: a cluster no response came from has
+    /// no `upstream_rq_time`.
+    pub upstream_rq_time: LazyHistogram,
     pub upstream_rq_codes: CodeStats,
     pub upstream_rq_retry: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
@@ -210,7 +212,7 @@ impl ClusterTrafficStats {
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
-            upstream_rq_time: h("upstream_rq_time"),
+            upstream_rq_time: LazyHistogram::new(store, format!("{p}upstream_rq_time")),
             upstream_rq_codes: CodeStats::new(store, &format!("{p}upstream_rq"), true, false),
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
