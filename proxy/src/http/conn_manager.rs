@@ -28,6 +28,9 @@ use std::time::Instant;
 pub struct HcmStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_active: Arc<Gauge>,
+    /// Connections that negotiated TLS (Envoy's `downstream_cx_ssl_total` / `_active`).
+    pub downstream_cx_ssl_total: Arc<Counter>,
+    pub downstream_cx_ssl_active: Arc<Gauge>,
     pub downstream_cx_http1_total: Arc<Counter>,
     pub downstream_cx_http1_active: Arc<Gauge>,
     pub downstream_cx_http2_total: Arc<Counter>,
@@ -77,6 +80,8 @@ impl HcmStats {
         Self {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
+            downstream_cx_ssl_active: g("downstream_cx_ssl_active"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
