@@ -31,6 +31,8 @@ pub struct HcmStats {
     /// Connections that negotiated TLS (Envoy's `downstream_cx_ssl_total` / `_active`).
     pub downstream_cx_ssl_total: Arc<Counter>,
     pub downstream_cx_ssl_active: Arc<Gauge>,
+    /// `request_headers_timeout` fired before a request head was complete.
+    pub downstream_rq_header_timeout: Arc<Counter>,
     pub downstream_cx_http1_total: Arc<Counter>,
     pub downstream_cx_http1_active: Arc<Gauge>,
     pub downstream_cx_http2_total: Arc<Counter>,
@@ -82,6 +84,7 @@ impl HcmStats {
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
             downstream_cx_ssl_active: g("downstream_cx_ssl_active"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),

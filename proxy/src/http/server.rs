@@ -262,6 +262,8 @@ async fn next_head(
                     hcm.stats.downstream_cx_max_duration_reached.inc();
                 } else if idle_wait {
                     hcm.stats.downstream_cx_idle_timeout.inc();
+                } else if headers_deadline.is_some() {
+                    hcm.stats.downstream_rq_header_timeout.inc();
                 }
                 return Err(NoHead::TimedOut);
             }
