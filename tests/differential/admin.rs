@@ -28,11 +28,17 @@ const STAT_PREFIXES: &[&str] = &[
 /// One comparison: the case id, the admin path, and how its body is normalised.
 type Probe = (&'static str, &'static str, fn(&str) -> String);
 
+/// Each `/stats` prefix is two cases: its names (`admin/stats/<prefix>`, which Envoy names
+/// remora lacks and which remora has that Envoy does not) and the values of the names both have
+/// (`admin/stats/<prefix>/values`), so that a missing name never hides a differing value.
 fn ids() -> Vec<String> {
-    let mut ids: Vec<String> = STAT_PREFIXES
-        .iter()
-        .map(|p| format!("admin/stats/{p}"))
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for p in STAT_PREFIXES {
+        ids.push(format!("admin/stats/{p}"));
+        if *p != "prometheus" {
+            ids.push(format!("admin/stats/{p}/values"));
+        }
+    }
     ids.extend(PROBES.iter().map(|(id, _, _)| id.to_string()));
     ids
 }
@@ -62,7 +68,12 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     for id in &wanted {
         let [e, r] = observe(&pair, id).await;
         let d = if id.starts_with("admin/stats/") {
-            line_sets(&e, &r)
+            let (names, values) = line_sets(&e, &r);
+            if id.ends_with("/values") {
+                values
+            } else {
+                names
+            }
         } else {
             diff(&e, &r)
         };
@@ -109,9 +120,9 @@ fn remora_own(line: &str) -> bool {
     .any(|p| line.starts_with(p))
 }
 
-/// Line-set texts (`name: value` or `name`) compared as sets: the names only Envoy has, the
-/// names only remora has, and the values that differ, each listed.
-fn line_sets(envoy: &str, remora: &str) -> Option<String> {
+/// Line-set texts (`name: value` or `name`) compared as sets: the names only Envoy has and
+/// the names only remora has, each listed; then the values that differ.
+fn line_sets(envoy: &str, remora: &str) -> (Option<String>, Option<String>) {
     let map = |t: &str| -> BTreeMap<String, String> {
         t.lines()
             .map(|l| match l.split_once(": ") {
@@ -121,22 +132,24 @@ fn line_sets(envoy: &str, remora: &str) -> Option<String> {
             .collect()
     };
     let (e, r) = (map(envoy), map(remora));
-    let mut out = String::new();
+    let (mut names, mut values) = (String::new(), String::new());
     for (k, v) in &e {
         match r.get(k) {
-            None => out.push_str(&format!("\n  missing in remora: {k}")),
-            Some(w) if w != v => out.push_str(&format!("\n  {k}: envoy {v} / remora {w}")),
+            None => names.push_str(&format!("\n  missing in remora: {k}")),
+            Some(w) if w != v => values.push_str(&format!("\n  {k}: envoy {v} / remora {w}")),
             Some(_) => {}
         }
     }
     for k in r.keys().filter(|k| !e.contains_key(*k) && !remora_own(k)) {
-        out.push_str(&format!("\n  only in remora: {k}"));
+        names.push_str(&format!("\n  only in remora: {k}"));
     }
-    (!out.is_empty()).then(|| format!("differs:{out}"))
+    let listed = |out: String| (!out.is_empty()).then(|| format!("differs:{out}"));
+    (listed(names), listed(values))
 }
 
 async fn observe(pair: &Pair, id: &str) -> [String; 2] {
     if let Some(prefix) = id.strip_prefix("admin/stats/")
+        && let prefix = prefix.strip_suffix("/values").unwrap_or(prefix)
         && STAT_PREFIXES.contains(&prefix)
     {
         return match prefix {
