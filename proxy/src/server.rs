@@ -71,6 +71,13 @@ pub struct ServerStats {
 
 impl ServerStats {
     fn new(store: &Store) -> Self {
+        // Counted by CDS (`xds::Stats`, the same names); without it they exist at 0, as in Envoy.
+        for name in [
+            "cluster_manager.cluster_modified",
+            "cluster_manager.cluster_removed",
+        ] {
+            let _ = store.counter(name);
+        }
         Self {
             live: store.gauge("server.live"),
             state: store.gauge("server.state"),
@@ -797,6 +804,25 @@ static_resources:
             for l in s.listeners.all().iter() {
                 l.stop.send_replace(true);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod server_stats_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_manager_counters_exist_without_cds() {
+        let store = Store::default();
+        let _ = ServerStats::new(&store);
+        let names: Vec<String> = store.entries().iter().map(|e| e.name.to_string()).collect();
+        for n in [
+            "cluster_manager.cluster_added",
+            "cluster_manager.cluster_modified",
+            "cluster_manager.cluster_removed",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n}");
         }
     }
 }

@@ -11,6 +11,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod admin;
 mod cases;
 mod compare;
 mod http1;
@@ -61,6 +62,7 @@ fn main() {
             routing::run(&envoy, filter.as_deref()).await,
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
+            admin::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

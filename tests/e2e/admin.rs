@@ -228,9 +228,10 @@ async fn config_dump_sections_resource_and_mask() {
         .await
         .unwrap();
     let j: serde_json::Value = serde_json::from_str(&masked).unwrap();
+    // The masked Any keeps its @type, as Envoy's does (differential admin/config_dump/mask).
     assert_eq!(
         j["configs"][0]["cluster"],
-        serde_json::json!({"name": "backend"})
+        serde_json::json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "backend"})
     );
 
     let (_, boot) = r

@@ -63,6 +63,24 @@ async fn request_timeout_answers_408_for_a_slow_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn request_headers_timeout_closes_and_counts() {
+    let (r, _u) = proxy("          request_headers_timeout: 0.3s\n").await;
+    let mut s = tokio::net::TcpStream::connect(r.addr("main"))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with a partial head stayed open"
+    );
+    r.wait_stat("http.main.downstream_rq_header_timeout", 1)
+        .await;
+    assert_eq!(r.stat("http.main.downstream_cx_idle_timeout").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed() {
     let (r, _u) = proxy("          common_http_protocol_options: {idle_timeout: 0.3s}\n").await;
     let mut s = tokio::net::TcpStream::connect(r.addr("main"))

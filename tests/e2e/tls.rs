@@ -315,6 +315,18 @@ async fn two_sidecar_mtls_chain() {
     assert_eq!(outbound.stat("cluster.deal.ssl.versions.TLSv1.2").await, 1);
     let stat = format!("listener.{}.ssl.handshake", stat_address(b));
     assert_eq!(inbound.stat(&stat).await, 2);
+    assert_eq!(
+        inbound.stat("http.inbound.downstream_cx_ssl_total").await,
+        2
+    );
+    assert_eq!(
+        inbound.stat("http.inbound.downstream_cx_ssl_active").await,
+        inbound.stat("http.inbound.downstream_cx_active").await
+    );
+    assert_eq!(
+        outbound.stat("http.outbound.downstream_cx_ssl_total").await,
+        0
+    );
 
     // The outbound side refuses an upstream with the wrong identity: 503 UF, fail_verify_san.
     let wrong = Remora::start(&bootstrap(

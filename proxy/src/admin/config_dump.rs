@@ -458,11 +458,15 @@ fn element_type(
 }
 
 /// Keep only the masked paths of a JSON object (FieldMask semantics on proto field names).
+/// An `Any` keeps its `@type`: Envoy masks the message inside and packs it again.
 fn apply_mask(v: &Value, masks: &[Vec<String>]) -> Value {
     let Value::Object(obj) = v else {
         return v.clone();
     };
     let mut out = serde_json::Map::new();
+    if let Some(t) = obj.get("@type") {
+        out.insert("@type".into(), t.clone());
+    }
     for (k, val) in obj {
         let sub: Vec<Vec<String>> = masks
             .iter()
@@ -544,5 +548,15 @@ mod tests {
             ]],
         );
         assert_eq!(m, json!({"static_clusters": [{"cluster": {"name": "a"}}]}));
+    }
+
+    #[test]
+    fn masking_inside_an_any_keeps_its_type() {
+        let any = json!({"cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "a", "type": "STATIC"}});
+        let m = apply_mask(&any, &[vec!["cluster".into(), "name".into()]]);
+        assert_eq!(
+            m,
+            json!({"cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "a"}})
+        );
     }
 }

@@ -482,6 +482,54 @@ fn health_flags(h: &crate::upstream::host::Host) -> String {
     out
 }
 
+/// `/clusters`' circuit-breaker lines: each routing priority's thresholds, as Envoy prints them.
+fn circuit_breaker_lines(s: &mut String, n: &str, cb: &crate::model::cluster::CircuitBreakers) {
+    for (p, t) in [
+        ("default_priority", &cb.default),
+        ("high_priority", &cb.high),
+    ] {
+        for (k, v) in thresholds(t) {
+            let _ = writeln!(s, "{n}::{p}::{k}::{v}");
+        }
+    }
+}
+
+fn thresholds(t: &crate::model::cluster::Thresholds) -> [(&'static str, u64); 4] {
+    [
+        ("max_connections", t.max_connections),
+        ("max_pending_requests", t.max_pending_requests),
+        ("max_requests", t.max_requests),
+        ("max_retries", t.max_retries),
+    ]
+}
+
+/// `/clusters?format=json`'s `circuit_breakers`: both priorities' thresholds.
+fn circuit_breakers_json(
+    cb: &crate::model::cluster::CircuitBreakers,
+) -> envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+    let u32_of = |v: u64| {
+        Some(envoy_types::pb::google::protobuf::UInt32Value {
+            value: u32::try_from(v).unwrap_or(u32::MAX),
+        })
+    };
+    let t = |priority: core::RoutingPriority, t: &crate::model::cluster::Thresholds| Thresholds {
+        priority: priority as i32,
+        max_connections: u32_of(t.max_connections),
+        max_pending_requests: u32_of(t.max_pending_requests),
+        max_requests: u32_of(t.max_requests),
+        max_retries: u32_of(t.max_retries),
+        ..Default::default()
+    };
+    envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+        thresholds: vec![
+            t(core::RoutingPriority::Default, &cb.default),
+            t(core::RoutingPriority::High, &cb.high),
+        ],
+        ..Default::default()
+    }
+}
+
 fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
     let all = state.clusters.all();
     if as_json {
@@ -493,6 +541,7 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
                     name: c.config.name.to_string(),
                     added_via_api: c.added_via_api,
                     observability_name: c.config.stat_name.clone(),
+                    circuit_breakers: Some(circuit_breakers_json(&c.config.circuit_breakers)),
                     host_statuses: hosts
                         .all_hosts()
                         .map(|h| {
@@ -567,6 +616,7 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
     for c in &all {
         let n = &c.config.name;
         let _ = writeln!(s, "{n}::observability_name::{}", c.config.stat_name);
+        circuit_breaker_lines(&mut s, n, &c.config.circuit_breakers);
         let _ = writeln!(s, "{n}::added_via_api::{}", c.added_via_api);
         for h in c.hosts.load().all_hosts() {
             let a = h.address;
@@ -695,5 +745,21 @@ mod tests {
         assert_eq!(q["filter"], "cluster\\.a");
         assert_eq!(q["usedonly"], "");
         assert_eq!(q["x"], "a b");
+    }
+
+    #[test]
+    fn circuit_breaker_lines_per_priority() {
+        let cb = crate::model::cluster::CircuitBreakers::default();
+        let mut s = String::new();
+        circuit_breaker_lines(&mut s, "c", &cb);
+        assert!(s.starts_with("c::default_priority::max_connections::1024\n"));
+        assert!(s.contains("c::high_priority::max_retries::3\n"));
+        assert_eq!(s.lines().count(), 8);
+        let json = circuit_breakers_json(&cb);
+        assert_eq!(json.thresholds.len(), 2);
+        assert_eq!(
+            json.thresholds[1].priority,
+            core::RoutingPriority::High as i32
+        );
     }
 }

@@ -28,6 +28,11 @@ use std::time::Instant;
 pub struct HcmStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_active: Arc<Gauge>,
+    /// Connections that negotiated TLS (Envoy's `downstream_cx_ssl_total` / `_active`).
+    pub downstream_cx_ssl_total: Arc<Counter>,
+    pub downstream_cx_ssl_active: Arc<Gauge>,
+    /// `request_headers_timeout` fired before a request head was complete.
+    pub downstream_rq_header_timeout: Arc<Counter>,
     pub downstream_cx_http1_total: Arc<Counter>,
     pub downstream_cx_http1_active: Arc<Gauge>,
     pub downstream_cx_http2_total: Arc<Counter>,
@@ -77,6 +82,9 @@ impl HcmStats {
         Self {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
+            downstream_cx_ssl_active: g("downstream_cx_ssl_active"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
@@ -761,6 +769,9 @@ impl ConnectionManager {
             };
             route_config.route(&rr)
         };
+        // Envoy's router counts every request it decodes, routed or not (no route, direct
+        // responses and redirects included).
+        stats.rq_total.inc();
         let (vhost, route, matched_len) = match matched {
             RouteMatch::NoRoute => {
                 stats.no_route.inc();

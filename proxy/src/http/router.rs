@@ -169,7 +169,6 @@ pub async fn forward(
     req: Request<Body>,
     f: Forward<'_>,
 ) -> Response<Body> {
-    hcm.stats.rq_total.inc();
     let router = &hcm.config.router;
     let (mut parts, body) = req.into_parts();
 
@@ -1023,17 +1022,14 @@ fn account_failure(
     }
 }
 
-/// The upstream request (attempt) is over; its accounting ends here rather than at the end of
-/// the stream.
+/// The upstream request (attempt) is over without a response that reaches the client; its
+/// accounting ends here rather than at the end of the stream. No `upstream_rq_time`: Envoy
+/// records it only for the upstream response that completes the stream.
 fn end_attempt(stream: &mut ActiveStream) {
     if let Some(up) = stream.upstream.take() {
         up.cluster.stats.traffic().upstream_rq_active.dec();
         up.cluster.circuit_breakers.default.requests.dec();
         up.host.stats.rq_active.fetch_sub(1, Relaxed);
-        if up.dynamic_stats {
-            let ms = up.started.elapsed().as_millis() as u64;
-            up.cluster.stats.traffic().upstream_rq_time.record(ms);
-        }
     }
 }
 

@@ -49,6 +49,10 @@ pub async fn serve<S: Split>(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    if conn.is_tls {
+        stats.downstream_cx_ssl_total.inc();
+        stats.downstream_cx_ssl_active.inc();
+    }
     let opened = Instant::now();
     // Detect the protocol from the first bytes (AUTO), reading them into the connection's buffer.
     let mut buf = prefix;
@@ -76,7 +80,7 @@ pub async fn serve<S: Split>(
             match read {
                 Ok(0) | Err(_) => {
                     if buf.is_empty() {
-                        finish_connection(&hcm, opened, true);
+                        finish_connection(&hcm, &conn, opened, true);
                         return;
                     }
                     break Protocol::Http11;
@@ -92,19 +96,24 @@ pub async fn serve<S: Split>(
             // Boxed: hyper's connection state would otherwise size every connection's future.
             let remote = Box::pin(serve_h2(&hcm, &conn, stream, buf.freeze(), drain)).await;
             stats.downstream_cx_http2_active.dec();
-            finish_connection(&hcm, opened, remote);
+            finish_connection(&hcm, &conn, opened, remote);
         }
         _ => {
             stats.downstream_cx_http1_total.inc();
             stats.downstream_cx_http1_active.inc();
             let remote = serve_h1(&hcm, &conn, stream, buf, drain).await;
             stats.downstream_cx_http1_active.dec();
-            finish_connection(&hcm, opened, remote);
+            finish_connection(&hcm, &conn, opened, remote);
         }
     }
 }
 
-fn finish_connection(hcm: &ConnectionManager, opened: Instant, remote_closed: bool) {
+fn finish_connection(
+    hcm: &ConnectionManager,
+    conn: &DownstreamConn,
+    opened: Instant,
+    remote_closed: bool,
+) {
     tracing::debug!(
         "{}",
         if remote_closed {
@@ -115,6 +124,9 @@ fn finish_connection(hcm: &ConnectionManager, opened: Instant, remote_closed: bo
     );
     let s = &hcm.stats;
     s.downstream_cx_active.dec();
+    if conn.is_tls {
+        s.downstream_cx_ssl_active.dec();
+    }
     s.downstream_cx_destroy.inc();
     if remote_closed {
         s.downstream_cx_destroy_remote.inc();
@@ -250,6 +262,8 @@ async fn next_head(
                     hcm.stats.downstream_cx_max_duration_reached.inc();
                 } else if idle_wait {
                     hcm.stats.downstream_cx_idle_timeout.inc();
+                } else if headers_deadline.is_some() {
+                    hcm.stats.downstream_rq_header_timeout.inc();
                 }
                 return Err(NoHead::TimedOut);
             }

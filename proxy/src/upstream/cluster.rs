@@ -61,7 +61,9 @@ pub struct ClusterTrafficStats {
     pub upstream_rq_timeout: Arc<Counter>,
     pub upstream_rq_rx_reset: Arc<Counter>,
     pub upstream_rq_tx_reset: Arc<Counter>,
-    pub upstream_rq_time: Arc<Histogram>,
+    /// Created on first use, as Envoy's router creates it: a cluster no response came from has
+    /// no `upstream_rq_time`.
+    pub upstream_rq_time: LazyHistogram,
     pub upstream_rq_codes: CodeStats,
     pub upstream_rq_retry: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
@@ -210,7 +212,7 @@ impl ClusterTrafficStats {
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
-            upstream_rq_time: h("upstream_rq_time"),
+            upstream_rq_time: LazyHistogram::new(store, format!("{p}upstream_rq_time")),
             upstream_rq_codes: CodeStats::new(store, &format!("{p}upstream_rq"), true, false),
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
@@ -416,9 +418,11 @@ impl Cluster {
                 .count() as i64,
         );
         self.stats.membership_excluded.set(0);
-        self.stats
-            .max_host_weight
-            .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        if sets_max_host_weight(self.config.discovery) {
+            self.stats
+                .max_host_weight
+                .set(set.all_hosts().map(|h| h.weight).max().unwrap_or(0) as i64);
+        }
         self.hosts.store(Arc::new(set));
         if let Some(hc) = &self.health {
             hc.hosts_changed();
@@ -445,19 +449,21 @@ impl super::outlier::Hosts for Cluster {
     }
 }
 
-/// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments).
+/// Envoy sets `max_host_weight` only where it updates a dynamic host list (STRICT_DNS, EDS);
+/// for STATIC and LOGICAL_DNS clusters the gauge stays 0.
+fn sets_max_host_weight(d: Discovery) -> bool {
+    matches!(d, Discovery::StrictDns | Discovery::Eds)
+}
+
+/// Hosts for endpoints that are IP addresses (STATIC clusters, EDS assignments); a host's
+/// hostname is the endpoint's `hostname` (empty unless set), as in Envoy.
 pub fn hosts_of(localities: &[crate::model::cluster::LocalityEndpoints]) -> Vec<Arc<Host>> {
     localities
         .iter()
         .flat_map(|l| {
             l.endpoints.iter().filter_map(move |e| {
                 let addr = e.address.socket_addr()?;
-                Some(Host::for_endpoint(
-                    addr,
-                    e.address.host.as_str().into(),
-                    e,
-                    l,
-                ))
+                Some(Host::for_endpoint(addr, e.hostname.as_str().into(), e, l))
             })
         })
         .collect()
@@ -651,6 +657,38 @@ pub async fn dns_refresh_loop(cluster: Arc<Cluster>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_host_weight_only_for_dynamic_host_lists() {
+        assert!(!sets_max_host_weight(Discovery::Static));
+        assert!(!sets_max_host_weight(Discovery::LogicalDns));
+        assert!(sets_max_host_weight(Discovery::StrictDns));
+        assert!(sets_max_host_weight(Discovery::Eds));
+    }
+
+    #[test]
+    fn static_hosts_take_the_endpoints_hostname() {
+        use crate::model::cluster::{Endpoint, Health, Locality, LocalityEndpoints};
+        let ep = |host: &str, hostname: &str| Endpoint {
+            address: crate::model::core::HostPort {
+                host: host.into(),
+                port: 80,
+            },
+            weight: 1,
+            health: Health::Healthy,
+            hostname: hostname.into(),
+            health_check: None,
+        };
+        let l = LocalityEndpoints {
+            locality: Locality::default(),
+            weight: None,
+            priority: 0,
+            endpoints: vec![ep("127.0.0.1", ""), ep("127.0.0.2", "named.example")],
+        };
+        let hosts = hosts_of(&[l]);
+        assert_eq!(&*hosts[0].hostname, "");
+        assert_eq!(&*hosts[1].hostname, "named.example");
+    }
 
     #[test]
     fn dns_family_selection() {

@@ -211,14 +211,20 @@ pub async fn connect(
     .await;
     let stream = match result {
         Ok(Ok(stream)) => stream,
+        // A connection that never opened is still destroyed in Envoy's counts: by the peer
+        // when it was refused, locally when the connect timeout closed it.
         Ok(Err(e)) => {
             s.upstream_cx_connect_fail.inc();
+            s.upstream_cx_destroy.inc();
+            s.upstream_cx_destroy_remote.inc();
             host.stats.cx_connect_fail.fetch_add(1, Relaxed);
             return Err(ConnectError::Io(Arc::new(e)));
         }
         Err(_) => {
             s.upstream_cx_connect_fail.inc();
             s.upstream_cx_connect_timeout.inc();
+            s.upstream_cx_destroy.inc();
+            s.upstream_cx_destroy_local.inc();
             host.stats.cx_connect_fail.fetch_add(1, Relaxed);
             return Err(ConnectError::Timeout);
         }
@@ -638,18 +644,20 @@ pub async fn acquire_h1(
     }
 }
 
-/// A fresh HTTP/1.1 connection.
+/// A fresh HTTP/1.1 connection. One that fails to connect counts in
+/// `upstream_cx_http1_total` too: Envoy creates the codec client before connecting.
 pub async fn connect_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     alpn: Alpn<'_>,
 ) -> Result<H1Conn, ConnectError> {
-    Ok(H1Conn::new(
-        connect(cluster, host, alpn).await?,
-        cluster,
-        host,
-        alpn,
-    ))
+    match connect(cluster, host, alpn).await {
+        Ok(io) => Ok(H1Conn::new(io, cluster, host, alpn)),
+        Err(e) => {
+            cluster.stats.traffic().upstream_cx_http1_total.inc();
+            Err(e)
+        }
+    }
 }
 
 // === HTTP/2 pool ===
