@@ -355,7 +355,6 @@ pub struct HttpConnectionManager {
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     pub drain_timeout: Duration,
-    pub delayed_close_timeout: Option<Duration>,
     pub use_remote_address: bool,
     pub internal_addresses: InternalAddresses,
     pub xff_num_trusted_hops: u32,
@@ -387,7 +386,6 @@ pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_DELAYED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // === impl HttpConnectionManager ===
 
@@ -650,7 +648,6 @@ impl HttpConnectionManager {
             request_timeout: timeouts.request,
             request_headers_timeout: timeouts.request_headers,
             drain_timeout: timeouts.drain,
-            delayed_close_timeout: timeouts.delayed_close,
             use_remote_address: bool_or(use_remote_address, false),
             internal_addresses: InternalAddresses::from_proto(
                 &path.field("internal_address_config"),
@@ -822,7 +819,6 @@ struct Timeouts {
     request: Option<Duration>,
     request_headers: Option<Duration>,
     drain: Duration,
-    delayed_close: Option<Duration>,
 }
 
 impl Timeouts {
@@ -847,18 +843,21 @@ impl Timeouts {
         let drain = errs
             .or_default(opt_duration(path, "drain_timeout", drain))
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-        let delayed_close = errs.or_default(timeout_or(
-            path,
-            "delayed_close_timeout",
-            delayed_close,
-            Some(DEFAULT_DELAYED_CLOSE_TIMEOUT),
-        ));
+        // remora closes a connection as soon as its last response is written: only a delayed
+        // close of 0s (off) can be honoured; another value is refused, not ignored.
+        errs.check([
+            opt_duration(path, "delayed_close_timeout", delayed_close).and_then(|d| match d {
+                None | Some(Duration::ZERO) => Ok(()),
+                Some(_) => Err(path.field("delayed_close_timeout").error(
+                    "only 0s is supported: remora does not delay closing a connection after its last response",
+                )),
+            }),
+        ]);
         errs.finish_with(Self {
             stream_idle,
             request,
             request_headers,
             drain,
-            delayed_close,
         })
     }
 }
@@ -1491,6 +1490,24 @@ http_filters:
                 "hcm.http_filters[2].typed_config.start_child_span",
                 "hcm.stream_idle_timeout",
             ],
+            "{e}"
+        );
+    }
+
+    /// A delayed close remora does not do is refused by path; 0s (off) is what it does.
+    #[test]
+    fn delayed_close_timeout_only_off() {
+        let base = r#"
+stat_prefix: s
+route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 200}}]}]}
+http_filters:
+- {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#;
+        assert!(hcm(&format!("{base}delayed_close_timeout: 0s\n")).is_ok());
+        let e = hcm(&format!("{base}delayed_close_timeout: 5s\n")).unwrap_err();
+        assert_eq!(
+            e.path.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("hcm.delayed_close_timeout"),
             "{e}"
         );
     }
