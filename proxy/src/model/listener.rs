@@ -227,7 +227,10 @@ impl Listener {
             listener_specifier,
         } = l;
         super::core::metadata_ok(metadata);
-        let _ = ignore_global_conn_limit; // there is no global connection limit unless the runtime sets one
+        // It exempts a listener from the runtime key's global limit, which remora does not
+        // implement (the key is reported as not used); the overload manager's limit is
+        // bypassed with bypass_overload_manager, as in Envoy.
+        let _ = ignore_global_conn_limit;
         let mut errs = Errors::new();
         errs.check([
             deny(path, "tcp_backlog_size", tcp_backlog_size),

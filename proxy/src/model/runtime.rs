@@ -7,11 +7,10 @@ use super::pb;
 use crate::config::{FieldPath, Result};
 use std::collections::BTreeMap;
 
-/// Runtime keys remora honours (prefix match for the parameterised ones).
-pub const KNOWN_KEYS: &[&str] = &[
-    "envoy.resource_limits.listener.",
-    "overload.global_downstream_max_connections",
-];
+/// Runtime keys remora honours (prefix match for the parameterised ones). The global
+/// connection limit comes from the overload manager's resource monitor only:
+/// `overload.global_downstream_max_connections` is reported as not used.
+pub const KNOWN_KEYS: &[&str] = &["envoy.resource_limits.listener."];
 
 #[derive(Debug, Clone, Default)]
 pub struct Runtime {
