@@ -208,6 +208,9 @@ pub struct OutlierConfig {
     pub enforcing_failure_percentage_local_origin: u32,
     pub failure_percentage_minimum_hosts: u32,
     pub failure_percentage_request_volume: u32,
+    /// `successful_active_health_check_uneject_host` (default true): an active health check
+    /// that passes returns an ejected host at once.
+    pub uneject_on_active_check: bool,
 }
 
 fn outlier(path: &FieldPath, o: &pb::cluster::OutlierDetection) -> Result<OutlierConfig> {
@@ -243,8 +246,6 @@ fn outlier(path: &FieldPath, o: &pb::cluster::OutlierDetection) -> Result<Outlie
     if super::core::bool_or(detect_degraded_hosts, false) {
         return Err(path.unsupported("detect_degraded_hosts"));
     }
-    // Without active health checking (refused on clusters) this has nothing to act on.
-    let _ = successful_active_health_check_uneject_host;
     let pct = |name: &str, v: &Option<pb::protobuf::UInt32Value>, default: u32| -> Result<u32> {
         let x = u32_or(v, default);
         if x > 100 {
@@ -270,6 +271,10 @@ fn outlier(path: &FieldPath, o: &pb::cluster::OutlierDetection) -> Result<Outlie
         consecutive_gateway_failure: u32_or(consecutive_gateway_failure, 5),
         consecutive_local_origin_failure: u32_or(consecutive_local_origin_failure, 5),
         split_external_local_origin_errors: *split_external_local_origin_errors,
+        uneject_on_active_check: super::core::bool_or(
+            successful_active_health_check_uneject_host,
+            true,
+        ),
         interval,
         base_ejection_time,
         // Envoy: a max_ejection_time below base_ejection_time means base_ejection_time.

@@ -320,6 +320,12 @@ async fn session(cluster: Weak<Cluster>, host: Arc<Host>) {
         if transition == Transition::Changed || was_pending {
             update_healthy_gauge(&c);
         }
+        if verdict == Verdict::Pass
+            && !host.active_hc.is_failed()
+            && let Some(detector) = &c.outlier
+        {
+            detector.active_check_passed(&*c, &host);
+        }
         let wait = next_interval(
             cfg,
             c.stats.has_traffic(),

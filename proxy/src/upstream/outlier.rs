@@ -297,6 +297,28 @@ impl OutlierDetector {
         cluster.republish();
     }
 
+    /// An ejected host returns: its consecutive counts start again.
+    fn uneject(&self, cluster: &dyn Hosts, h: &super::host::Host, now: u64) {
+        let o = &h.outlier;
+        o.ejected.store(false, Relaxed);
+        o.returned_ms.store(now, Relaxed);
+        o.consecutive_5xx.store(0, Relaxed);
+        o.consecutive_gateway.store(0, Relaxed);
+        o.consecutive_local.store(0, Relaxed);
+        self.active.dec();
+        self.event(cluster, h, Detector::Consecutive5xx, "UNEJECT", true);
+    }
+
+    /// An active health check passed on a healthy host: with
+    /// `successful_active_health_check_uneject_host` (Envoy's default) an ejected host returns
+    /// at once, as Envoy's detector does on its health-check callback.
+    pub fn active_check_passed(&self, cluster: &dyn Hosts, h: &super::host::Host) {
+        if self.cfg.uneject_on_active_check && h.outlier.is_ejected() {
+            self.uneject(cluster, h, self.now_ms());
+            cluster.republish();
+        }
+    }
+
     /// The `interval` timer: return hosts whose ejection is over, decay ejection counts, run
     /// the success-rate and failure-percentage detectors on the interval's traffic.
     pub fn tick(&self, cluster: &dyn Hosts) {
@@ -306,13 +328,7 @@ impl OutlierDetector {
         for h in &hosts {
             let o = &h.outlier;
             if o.is_ejected() && now >= o.until_ms.load(Relaxed) {
-                o.ejected.store(false, Relaxed);
-                o.returned_ms.store(now, Relaxed);
-                o.consecutive_5xx.store(0, Relaxed);
-                o.consecutive_gateway.store(0, Relaxed);
-                o.consecutive_local.store(0, Relaxed);
-                self.active.dec();
-                self.event(cluster, h, Detector::Consecutive5xx, "UNEJECT", true);
+                self.uneject(cluster, h, now);
                 changed = true;
             } else if !o.is_ejected()
                 && o.num_ejections.load(Relaxed) > 0
@@ -500,6 +516,7 @@ mod tests {
             enforcing_failure_percentage_local_origin: 0,
             failure_percentage_minimum_hosts: 5,
             failure_percentage_request_volume: 50,
+            uneject_on_active_check: true,
         }
     }
 
@@ -558,6 +575,32 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         od.tick(&c);
         assert!(!bad.outlier.is_ejected());
+    }
+
+    /// A passing active health check returns an ejected host at once (Envoy's default
+    /// `successful_active_health_check_uneject_host`), and does nothing when it is off.
+    #[tokio::test(start_paused = true)]
+    async fn a_passing_active_check_unejects_unless_disabled() {
+        for uneject in [true, false] {
+            let store = Store::default();
+            let mut config = cfg();
+            config.uneject_on_active_check = uneject;
+            let od = OutlierDetector::new(config, &store, "c", None);
+            let c = cluster(3);
+            let bad = &c.hosts[0];
+            for _ in 0..3 {
+                od.report(&c, bad, Outcome::Status(503));
+            }
+            assert!(bad.outlier.is_ejected());
+            od.active_check_passed(&c, &c.hosts[1]);
+            assert!(
+                bad.outlier.is_ejected(),
+                "another host's check changes nothing"
+            );
+            od.active_check_passed(&c, bad);
+            assert_eq!(!bad.outlier.is_ejected(), uneject);
+            assert_eq!(stat(&store, "ejections_active"), i64::from(!uneject));
+        }
     }
 
     #[tokio::test(start_paused = true)]
