@@ -117,6 +117,17 @@ impl ConfigError {
         }
     }
 
+    /// Every error's field path, in order (`<root>` for one without a path).
+    pub fn paths(&self) -> Vec<String> {
+        self.iter()
+            .map(|e| {
+                e.path
+                    .as_ref()
+                    .map_or_else(|| "<root>".to_string(), ToString::to_string)
+            })
+            .collect()
+    }
+
     /// Every error, in order.
     pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
         std::iter::once(self).chain(self.others.iter())

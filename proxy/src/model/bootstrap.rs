@@ -793,10 +793,7 @@ static_resources:
             Arc::new(super::super::inputs::Inputs::none()),
         )
         .unwrap_err();
-        let paths: Vec<String> = e
-            .iter()
-            .map(|e| e.path.as_ref().unwrap().to_string())
-            .collect();
+        let paths = e.paths();
         assert_eq!(
             paths,
             [

@@ -1690,10 +1690,7 @@ load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {addre
 "#,
         )
         .unwrap_err();
-        let paths: Vec<String> = e
-            .iter()
-            .map(|e| e.path.as_ref().unwrap().to_string())
-            .collect();
+        let paths = e.paths();
         assert_eq!(
             paths,
             [

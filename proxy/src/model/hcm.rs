@@ -1477,10 +1477,7 @@ http_filters:
 - {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, start_child_span: true}}
 "#)
         .unwrap_err();
-        let paths: Vec<String> = e
-            .iter()
-            .map(|e| e.path.as_ref().unwrap().to_string())
-            .collect();
+        let paths = e.paths();
         assert_eq!(
             paths,
             [

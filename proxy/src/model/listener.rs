@@ -1114,10 +1114,7 @@ filter_chains:
 "#
         ))
         .unwrap_err();
-        let paths: Vec<String> = e
-            .iter()
-            .map(|e| e.path.as_ref().unwrap().to_string())
-            .collect();
+        let paths = e.paths();
         assert_eq!(
             paths,
             [
