@@ -78,6 +78,55 @@ pub struct StreamInfo {
     pub last_downstream_tx: Option<Instant>,
     /// Set when the stream was a health check answered locally (access-log `not_health_check_filter`).
     pub health_check: bool,
+    /// What filters published along the stream (`%DYNAMIC_METADATA(ns:key)%`).
+    pub dynamic_metadata: DynamicMetadata,
+    /// Envoy's filter state: named values filters share (`%FILTER_STATE(key)%`, RBAC's
+    /// `filter_state` matcher).
+    pub filter_state: FilterState,
+}
+
+/// Dynamic metadata: a JSON object per filter namespace (few namespaces: a small vector).
+#[derive(Debug, Default, Clone)]
+pub struct DynamicMetadata(Vec<(Box<str>, serde_json::Map<String, serde_json::Value>)>);
+
+impl DynamicMetadata {
+    pub fn namespace(&self, ns: &str) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.0.iter().find(|(n, _)| &**n == ns).map(|(_, m)| m)
+    }
+
+    /// Set `key` in namespace `ns` (Envoy's `setDynamicMetadata` merges into the namespace).
+    pub fn set(&mut self, ns: &str, key: impl Into<String>, value: serde_json::Value) {
+        let map = match self.0.iter().position(|(n, _)| &**n == ns) {
+            Some(i) => &mut self.0[i].1,
+            None => {
+                self.0.push((ns.into(), serde_json::Map::new()));
+                &mut self.0.last_mut().expect("just pushed").1
+            }
+        };
+        map.insert(key.into(), value);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Filter state: values by name, as their string serialisation (what RBAC's `filter_state`
+/// matcher and `%FILTER_STATE(key:PLAIN)%` read).
+#[derive(Debug, Default, Clone)]
+pub struct FilterState(Vec<(Box<str>, Arc<str>)>);
+
+impl FilterState {
+    pub fn get(&self, key: &str) -> Option<&Arc<str>> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+
+    pub fn set(&mut self, key: &str, value: Arc<str>) {
+        match self.0.iter_mut().find(|(k, _)| &**k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key.into(), value)),
+        }
+    }
 }
 
 // === impl StreamInfo ===
@@ -110,6 +159,8 @@ impl StreamInfo {
             first_downstream_tx: None,
             last_downstream_tx: None,
             health_check: false,
+            dynamic_metadata: DynamicMetadata::default(),
+            filter_state: FilterState::default(),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod log_format;
 pub mod matcher;
 pub mod pb;
+pub mod per_filter;
 pub mod response_flags;
 pub mod retry;
 pub mod route;

@@ -8,6 +8,7 @@ use super::inputs::Inputs;
 use super::matcher::{
     HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex,
 };
+use super::per_filter::PerFilterConfigs;
 use super::retry::RetryPolicy;
 use super::{FullRegex, pb};
 use crate::config::{FieldPath, Result};
@@ -26,6 +27,8 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct RouteConfig {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// `typed_per_filter_config` (the least specific level).
+    pub per_filter: PerFilterConfigs,
     index: VhostIndex,
     pub internal_only_headers: Vec<HeaderName>,
     pub request_headers: HeaderMutations,
@@ -51,6 +54,7 @@ struct VhostIndex {
 pub struct VirtualHost {
     pub name: Arc<str>,
     pub routes: Vec<Route>,
+    pub per_filter: PerFilterConfigs,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub require_tls: TlsRequirement,
@@ -74,6 +78,7 @@ pub enum TlsRequirement {
 #[derive(Debug)]
 pub struct Route {
     pub name: Option<Arc<str>>,
+    pub per_filter: PerFilterConfigs,
     pub path: PathMatch,
     pub case_sensitive: bool,
     pub headers: Vec<HeaderMatcher>,
@@ -138,6 +143,8 @@ pub struct WeightedClusters {
 pub struct WeightedCluster {
     pub name: Arc<str>,
     pub weight: u32,
+    /// The most specific level of `typed_per_filter_config`.
+    pub per_filter: PerFilterConfigs,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub host_rewrite_literal: Option<HeaderValue>,
@@ -237,7 +244,10 @@ impl RouteConfig {
             "ignore_path_parameters_in_path_matching",
             ignore_path_parameters_in_path_matching,
         )?;
-        deny(path, "typed_per_filter_config", typed_per_filter_config)?;
+        let per_filter = PerFilterConfigs::from_proto(
+            &path.field("typed_per_filter_config"),
+            typed_per_filter_config,
+        )?;
         deny(path, "route_specifiers", route_specifiers)?;
         super::core::metadata_ok(metadata);
         let max_direct = u32_or(max_direct_response_body_size_bytes, max_direct_default) as usize;
@@ -297,6 +307,7 @@ impl RouteConfig {
         referenced.sort();
         referenced.dedup();
         Ok(Self {
+            per_filter,
             name: name.clone(),
             virtual_hosts: vhosts,
             index,
@@ -488,7 +499,10 @@ impl VirtualHost {
         deny(path, "virtual_clusters", virtual_clusters)?;
         deny(path, "rate_limits", rate_limits)?;
         deny(path, "cors", cors)?;
-        deny(path, "typed_per_filter_config", typed_per_filter_config)?;
+        let per_filter = PerFilterConfigs::from_proto(
+            &path.field("typed_per_filter_config"),
+            typed_per_filter_config,
+        )?;
         deny(path, "retry_policy_typed_config", retry_policy_typed_config)?;
         deny(path, "hedge_policy", hedge_policy)?;
         deny(
@@ -513,6 +527,7 @@ impl VirtualHost {
             Route::from_proto(&path.field("routes").index(i), r, max_direct, inputs)
         }))?;
         Ok(Self {
+            per_filter,
             name: name.as_str().into(),
             routes: out_routes,
             request_headers: HeaderMutations::request(
@@ -565,7 +580,10 @@ impl Route {
         } = r;
         super::core::metadata_ok(metadata);
         deny(path, "decorator", decorator)?;
-        deny(path, "typed_per_filter_config", typed_per_filter_config)?;
+        let per_filter = PerFilterConfigs::from_proto(
+            &path.field("typed_per_filter_config"),
+            typed_per_filter_config,
+        )?;
         deny(path, "tracing", tracing)?;
         deny(path, "stat_prefix", stat_prefix)?;
         deny(path, "request_body_buffer_limit", request_body_buffer_limit)?;
@@ -598,6 +616,7 @@ impl Route {
             None => return Err(path.error("a route needs route, redirect or direct_response")),
         };
         Ok(Self {
+            per_filter,
             name: (!name.is_empty()).then(|| name.as_str().into()),
             path: path_match,
             case_sensitive,
@@ -997,7 +1016,10 @@ fn weighted(
         } = c;
         deny(&cp, "cluster_header", cluster_header)?;
         deny(&cp, "metadata_match", metadata_match)?;
-        deny(&cp, "typed_per_filter_config", typed_per_filter_config)?;
+        let per_filter = PerFilterConfigs::from_proto(
+            &cp.field("typed_per_filter_config"),
+            typed_per_filter_config,
+        )?;
         if name.is_empty() {
             return Err(cp.field("name").error("must not be empty"));
         }
@@ -1010,6 +1032,7 @@ fn weighted(
             None => None,
         };
         out.push(WeightedCluster {
+            per_filter,
             name: name.as_str().into(),
             weight,
             request_headers: HeaderMutations::request(

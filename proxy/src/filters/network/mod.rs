@@ -1,0 +1,45 @@
+//! The network filter chain's contract (Envoy's `Network::ReadFilter`/`WriteFilter`), one
+//! module per extension beside it. A filter chain's network filters run in order on a new
+//! connection and on the bytes read from downstream; the terminal filter (tcp_proxy or the
+//! HTTP connection manager) is not one of these.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::stream_info::ConnectionInfo;
+
+/// What a network filter decided.
+pub enum NetFlow {
+    /// Go on with the next filter.
+    Continue,
+    /// Close the connection before any byte reaches the upstream; the detail goes to
+    /// `%CONNECTION_TERMINATION_DETAILS%` (e.g. `rbac_access_denied_matched_policy[none]`).
+    Close(std::borrow::Cow<'static, str>),
+    /// Stop until the future resolves, then act on what it returns.
+    Pause(Pin<Box<dyn Future<Output = NetFlow> + Send>>),
+}
+
+/// What a network filter sees of its connection.
+pub struct ConnCx<'a> {
+    pub connection: &'a ConnectionInfo,
+    /// Dynamic metadata of the connection (`%DYNAMIC_METADATA%` of its access log).
+    pub metadata: &'a mut crate::stream_info::DynamicMetadata,
+}
+
+/// One network filter on one connection.
+pub trait NetworkFilter: Send {
+    /// A connection was accepted on the filter chain (after the TLS handshake, if any).
+    fn on_new_connection(&mut self, _cx: &mut ConnCx<'_>) -> NetFlow {
+        NetFlow::Continue
+    }
+
+    /// Bytes read from downstream (`end_stream`: downstream half-closed).
+    fn on_data(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
+        NetFlow::Continue
+    }
+}
+
+/// A configured network filter of a filter chain.
+pub trait NetworkFilterFactory: Send + Sync + std::fmt::Debug {
+    fn create(&self, cx: &ConnCx<'_>) -> Option<Box<dyn NetworkFilter>>;
+}
