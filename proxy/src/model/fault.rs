@@ -21,17 +21,6 @@ pub const ABORT_GRPC_STATUS_KEY: &str = "fault.http.abort.grpc_status";
 pub const MAX_ACTIVE_FAULTS_KEY: &str = "fault.http.max_active_faults";
 pub const RESPONSE_RATE_LIMIT_PERCENT_KEY: &str = "fault.http.rate_limit.response_percent";
 
-/// The filter in a chain.
-#[derive(Debug, Clone)]
-pub struct FaultFilter {
-    /// `HttpFilter.name`: the key of `typed_per_filter_config` and the dynamic-metadata
-    /// namespace of `filter_metadata`.
-    pub name: String,
-    /// `HttpFilter.disabled`: runs only where a route enables it.
-    pub disabled: bool,
-    pub settings: std::sync::Arc<FaultSettings>,
-}
-
 /// One `HTTPFault`: the filter's, or a route's replacing it.
 #[derive(Debug, Clone)]
 pub struct FaultSettings {

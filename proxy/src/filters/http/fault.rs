@@ -17,10 +17,9 @@
 
 use super::{Flow, HttpFilter, HttpFilterFactory, LocalReply, StreamCx};
 use crate::http::body::{Body, BodyError};
-use crate::model::fault::{AbortKind, DelayKind, FaultFilter, FaultSettings, RateKind};
+use crate::model::fault::{AbortKind, DelayKind, FaultSettings, RateKind};
 use crate::model::matcher::RequestHeaders;
 use crate::model::per_filter::PerFilterConfig;
-use crate::model::route::{ClusterTarget, RouteAction};
 use crate::model::runtime::{Percent, Runtime};
 use crate::runtime::RuntimeLoader;
 use crate::stream_info::ResponseFlags;
@@ -77,14 +76,15 @@ struct FaultStats {
 }
 
 impl FaultFactory {
-    /// `stat_prefix` is the connection manager's scope, `http.<stat_prefix>.`.
+    /// `name` is the filter's `HttpFilter.name`; `stat_prefix` the connection manager's.
     pub fn new(
-        filter: &FaultFilter,
+        name: String,
+        settings: &Arc<FaultSettings>,
         stat_prefix: &str,
         store: &Arc<Store>,
         runtime: &Arc<RuntimeLoader>,
     ) -> Self {
-        let prefix = format!("{stat_prefix}fault.");
+        let prefix = format!("http.{stat_prefix}.fault.");
         let c = |n: &str| store.counter(&format!("{prefix}{n}"));
         let stats = FaultStats {
             aborts_injected: c("aborts_injected"),
@@ -95,8 +95,8 @@ impl FaultFactory {
         };
         stats.active_faults.add(0);
         Self {
-            name: filter.name.clone(),
-            settings: filter.settings.clone(),
+            name,
+            settings: settings.clone(),
             shared: Arc::new(Shared {
                 runtime: runtime.clone(),
                 store: store.clone(),
@@ -252,7 +252,7 @@ impl Fault {
     fn applies(&self, req: &http::request::Parts, cx: &StreamCx<'_>) -> bool {
         let s = &*self.settings;
         if let Some(cluster) = &s.upstream_cluster
-            && route_cluster(req, cx).as_deref() != Some(&**cluster)
+            && cx.route.and_then(|r| r.cluster_name(&req.headers)) != Some(&**cluster)
         {
             return false;
         }
@@ -484,22 +484,6 @@ fn http_to_grpc(status: StatusCode) -> u64 {
     }
 }
 
-/// The cluster the route sends to (the weighted cluster chosen, or `cluster_header`'s value).
-fn route_cluster(req: &http::request::Parts, cx: &StreamCx<'_>) -> Option<String> {
-    let route = cx.route?;
-    if let Some(w) = route.weighted {
-        return Some(w.name.to_string());
-    }
-    match &route.route.action {
-        RouteAction::Forward(f) => match &f.cluster {
-            ClusterTarget::Name(n) => Some(n.to_string()),
-            ClusterTarget::Header(h) => header_str(&req.headers, h.as_str()).map(str::to_string),
-            ClusterTarget::Weighted(_) => None,
-        },
-        _ => None,
-    }
-}
-
 fn is_grpc(headers: &HeaderMap) -> bool {
     header_str(headers, "content-type").is_some_and(|ct| {
         ct == "application/grpc"
@@ -631,5 +615,343 @@ impl http_body::Body for Throttled {
 
     fn is_end_stream(&self) -> bool {
         self.done && self.pending.is_none() && self.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fault::FAULT_TYPE;
+    use crate::stream_info::{ConnectionInfo, StreamInfo};
+
+    fn settings(yaml: &str) -> Arc<FaultSettings> {
+        let path = crate::config::FieldPath::new("fault");
+        let pb: crate::model::pb::fault::HttpFault =
+            crate::config::decode_yaml(FAULT_TYPE, yaml, &path);
+        Arc::new(FaultSettings::from_proto(&path, &pb).expect("translates"))
+    }
+
+    struct Setup {
+        factory: FaultFactory,
+        store: Arc<Store>,
+        runtime: Arc<RuntimeLoader>,
+    }
+
+    fn setup(yaml: &str) -> Setup {
+        let store = Arc::new(Store::default());
+        let runtime = RuntimeLoader::new(Arc::new(Runtime::default()), &store);
+        let factory = FaultFactory::new(
+            "envoy.filters.http.fault".into(),
+            &settings(yaml),
+            "in",
+            &store,
+            &runtime,
+        );
+        Setup {
+            factory,
+            store,
+            runtime,
+        }
+    }
+
+    impl Setup {
+        fn stat(&self, name: &str) -> u64 {
+            self.store.counter(&format!("http.in.fault.{name}")).value()
+        }
+        fn active(&self) -> i64 {
+            self.store.gauge("http.in.fault.active_faults").value()
+        }
+        fn runtime(&self, kv: &[(&str, serde_json::Value)]) {
+            let mut rt = Runtime::default();
+            for (k, v) in kv {
+                rt.values.insert(k.to_string(), v.clone());
+            }
+            self.runtime.set(rt);
+        }
+        /// One stream: the filter and what its request headers decided.
+        fn run(
+            &self,
+            per_route: Option<&PerFilterConfig>,
+            headers: &[(&str, &str)],
+        ) -> (Option<Box<dyn HttpFilter>>, Flow, StreamInfo) {
+            let conn = Arc::new(ConnectionInfo {
+                id: 1,
+                local: "127.0.0.1:80".parse().unwrap(),
+                remote: "127.0.0.1:5000".parse().unwrap(),
+                requested_server_name: None,
+                application_protocols: vec![],
+                transport_protocol: "raw_buffer",
+                tls: None,
+            });
+            let mut info = StreamInfo::new(conn.clone());
+            let mut req = http::Request::builder().uri("/x");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let (mut parts, ()) = req.body(()).unwrap().into_parts();
+            let mut cx = StreamCx {
+                connection: &conn,
+                info: &mut info,
+                route: None,
+            };
+            let mut f = self.factory.create(per_route, &cx).expect("a filter");
+            let flow = f.on_request_headers(&mut parts, true, &mut cx);
+            (Some(f), flow, info)
+        }
+    }
+
+    fn reply(flow: Flow) -> LocalReply {
+        match flow {
+            Flow::LocalReply(r) => r,
+            other => panic!("expected a local reply, got {other:?}"),
+        }
+    }
+
+    async fn after_pause(flow: Flow) -> Flow {
+        match flow {
+            Flow::Pause(f) => f.await,
+            other => panic!("expected a pause, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_abort_answers_with_fi_and_counts() {
+        let s = setup("abort: {http_status: 503, percentage: {numerator: 100}}");
+        let (f, flow, _) = s.run(None, &[("x-envoy-downstream-service-cluster", "front")]);
+        let r = reply(flow);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body, "fault filter abort");
+        assert_eq!(r.details, ABORT_DETAILS);
+        assert_eq!(r.flags, ResponseFlags::FAULT_INJECTED);
+        assert_eq!(s.stat("aborts_injected"), 1);
+        assert_eq!(s.stat("front.aborts_injected"), 1);
+        assert_eq!(s.active(), 1, "charged while the stream lives");
+        drop(f);
+        assert_eq!(s.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_pauses_then_an_abort_may_follow() {
+        let s = setup(
+            "delay: {fixed_delay: 3s, percentage: {numerator: 100}}\nabort: {http_status: 429, percentage: {numerator: 100}}",
+        );
+        let (f, flow, info) = s.run(None, &[]);
+        assert!(info.response_flags.contains(ResponseFlags::DELAY_INJECTED));
+        assert_eq!(
+            (s.stat("delays_injected"), s.stat("aborts_injected")),
+            (1, 0)
+        );
+        let start = tokio::time::Instant::now();
+        let r = reply(after_pause(flow).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(r.status, 429);
+        assert_eq!(s.stat("aborts_injected"), 1);
+        drop(f);
+        assert_eq!(s.active(), 0);
+
+        // A delay alone continues, and stops counting as active once elapsed.
+        let s = setup("delay: {fixed_delay: 1s, percentage: {numerator: 100}}");
+        let (_f, flow, _) = s.run(None, &[]);
+        assert_eq!(s.active(), 1);
+        assert!(matches!(after_pause(flow).await, Flow::Continue));
+        assert_eq!(s.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_stream_does_not_hold_up_another() {
+        let s = setup("delay: {header_delay: {}, percentage: {numerator: 100}}");
+        let (_a, slow, _) = s.run(None, &[("x-envoy-fault-delay-request", "5000")]);
+        let slow = tokio::spawn(after_pause(slow));
+        // The next stream on the same worker is not delayed (no header): decided at once.
+        let (_b, fast, _) = s.run(None, &[]);
+        assert!(matches!(fast, Flow::Continue));
+        tokio::time::sleep(Duration::from_millis(4999)).await;
+        assert!(!slow.is_finished());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(matches!(slow.await.unwrap(), Flow::Continue));
+    }
+
+    #[test]
+    fn headers_control_only_where_configured() {
+        let s = setup("abort: {header_abort: {}, percentage: {numerator: 100}}");
+        assert_eq!(
+            reply(s.run(None, &[("x-envoy-fault-abort-request", "418")]).1).status,
+            418
+        );
+        // Out of range, absent, or a 0 percentage header: no abort.
+        assert!(matches!(
+            s.run(None, &[("x-envoy-fault-abort-request", "600")]).1,
+            Flow::Continue
+        ));
+        assert!(matches!(s.run(None, &[]).1, Flow::Continue));
+        let pct = [
+            ("x-envoy-fault-abort-request", "500"),
+            ("x-envoy-fault-abort-request-percentage", "0"),
+        ];
+        assert!(matches!(s.run(None, &pct).1, Flow::Continue));
+        // gRPC: a 200 with grpc-status, trailers-only for a gRPC request.
+        let r = reply(
+            s.run(
+                None,
+                &[
+                    ("x-envoy-fault-abort-grpc-request", "5"),
+                    ("content-type", "application/grpc"),
+                ],
+            )
+            .1,
+        );
+        assert_eq!(
+            (r.status, r.headers["grpc-status"].to_str().unwrap()),
+            (StatusCode::OK, "5")
+        );
+        assert_eq!(r.headers["grpc-message"], "fault filter abort");
+        assert_eq!(r.body, "");
+
+        // A fixed abort ignores the headers.
+        let s = setup("abort: {http_status: 503, percentage: {numerator: 0}}");
+        assert!(matches!(
+            s.run(None, &[("x-envoy-fault-abort-request", "500")]).1,
+            Flow::Continue
+        ));
+    }
+
+    #[test]
+    fn runtime_keys_override_the_configuration() {
+        let s = setup("abort: {http_status: 503, percentage: {numerator: 0}}");
+        assert!(matches!(s.run(None, &[]).1, Flow::Continue));
+        s.runtime(&[
+            ("fault.http.abort.abort_percent", 100.into()),
+            ("fault.http.abort.http_status", 502.into()),
+        ]);
+        assert_eq!(reply(s.run(None, &[]).1).status, 502);
+        // The downstream cluster's key replaces the general one.
+        s.runtime(&[
+            ("fault.http.abort.abort_percent", 100.into()),
+            ("fault.http.front.abort.abort_percent", 0.into()),
+        ]);
+        let ds = [("x-envoy-downstream-service-cluster", "front")];
+        assert!(matches!(s.run(None, &ds).1, Flow::Continue));
+
+        // Named keys.
+        let s = setup("abort: {http_status: 503}\nabort_percent_runtime: my.abort");
+        s.runtime(&[("my.abort", "100".into())]);
+        assert_eq!(reply(s.run(None, &[]).1).status, 503);
+    }
+
+    #[test]
+    fn max_active_faults_overflows() {
+        let s =
+            setup("abort: {http_status: 503, percentage: {numerator: 100}}\nmax_active_faults: 1");
+        let (first, flow, _) = s.run(None, &[]);
+        assert!(matches!(flow, Flow::LocalReply(_)));
+        assert!(matches!(s.run(None, &[]).1, Flow::Continue));
+        assert_eq!(s.stat("faults_overflow"), 1);
+        drop(first);
+        assert!(matches!(s.run(None, &[]).1, Flow::LocalReply(_)));
+    }
+
+    #[test]
+    fn matching_and_per_route_settings() {
+        let s = setup(
+            "abort: {http_status: 503, percentage: {numerator: 100}}\ndownstream_nodes: [n1]\nheaders: [{name: x-test, exact_match: yes}]",
+        );
+        let ok = [("x-envoy-downstream-service-node", "n1"), ("x-test", "yes")];
+        assert!(matches!(s.run(None, &ok).1, Flow::LocalReply(_)));
+        let other_node = [("x-envoy-downstream-service-node", "n2"), ("x-test", "yes")];
+        assert!(matches!(s.run(None, &other_node).1, Flow::Continue));
+        assert!(matches!(s.run(None, &ok[..1]).1, Flow::Continue));
+        // The route's settings replace the filter's; upstream_cluster needs a route to match.
+        let route = PerFilterConfig::Fault(settings(
+            "abort: {http_status: 401, percentage: {numerator: 100}}",
+        ));
+        assert_eq!(reply(s.run(Some(&route), &[]).1).status, 401);
+        let route = PerFilterConfig::Fault(settings(
+            "abort: {http_status: 401, percentage: {numerator: 100}}\nupstream_cluster: c",
+        ));
+        assert!(matches!(s.run(Some(&route), &[]).1, Flow::Continue));
+    }
+
+    #[test]
+    fn filter_metadata_is_set_on_a_fault() {
+        let s = setup(
+            "abort: {http_status: 503, percentage: {numerator: 100}}\nfilter_metadata: {k: v}",
+        );
+        let (_f, _, info) = s.run(None, &[]);
+        let ns = info
+            .dynamic_metadata
+            .namespace("envoy.filters.http.fault")
+            .unwrap();
+        assert_eq!(ns["k"], "v");
+    }
+
+    /// Percentages drawn per request stay within statistical bounds (5 standard deviations).
+    #[test]
+    fn percentages_within_statistical_bounds() {
+        for (yaml, p) in [
+            (
+                "abort: {http_status: 503, percentage: {numerator: 30}}",
+                0.30,
+            ),
+            (
+                "abort: {http_status: 503, percentage: {numerator: 2550, denominator: TEN_THOUSAND}}",
+                0.255,
+            ),
+            (
+                "abort: {http_status: 503, percentage: {numerator: 5000, denominator: MILLION}}",
+                0.005,
+            ),
+        ] {
+            let s = setup(yaml);
+            let n: f64 = 20_000.0;
+            let hits = (0..n as usize)
+                .filter(|_| matches!(s.run(None, &[]).1, Flow::LocalReply(_)))
+                .count() as f64;
+            let sd = (n * p * (1.0 - p)).sqrt();
+            assert!((hits - n * p).abs() < 5.0 * sd, "{yaml}: {hits} of {n}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_body_goes_at_its_rate() {
+        use http_body_util::BodyExt;
+        let s = setup(
+            "response_rate_limit: {fixed_limit: {limit_kbps: 1}, percentage: {numerator: 100}}",
+        );
+        let (f, flow, _) = s.run(None, &[]);
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(s.stat("response_rl_injected"), 1);
+        let mut f = f.unwrap();
+        let conn = ConnectionInfo {
+            id: 1,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+            tls: None,
+        };
+        let mut info = StreamInfo::new(Arc::new(ConnectionInfo { ..conn }));
+        let conn = info.connection.clone();
+        let mut cx = StreamCx {
+            connection: &conn,
+            info: &mut info,
+            route: None,
+        };
+        // 3 KiB at 1 KiB/s: the first second's worth at once, then 64 bytes every 1/16 s.
+        let body = f.on_response_body(Body::full(vec![b'x'; 3072]), &mut cx);
+        let start = tokio::time::Instant::now();
+        let mut first = None;
+        let mut got = 0;
+        let mut body = Box::pin(body);
+        while let Some(frame) = body.frame().await {
+            let n = frame.unwrap().into_data().unwrap().len();
+            first.get_or_insert(n);
+            got += n;
+        }
+        assert_eq!((first, got), (Some(1024), 3072));
+        assert_eq!(start.elapsed().as_millis(), 2000);
+        drop(f);
+        drop(body);
+        assert_eq!(s.active(), 0);
     }
 }
