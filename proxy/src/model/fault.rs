@@ -268,3 +268,79 @@ fn rate_limit_from(path: &FieldPath, r: &pb::common_fault::FaultRateLimit) -> Re
         percentage: Percent::from_proto(&path.field("percentage"), percentage)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(yaml: &str) -> Result<FaultSettings> {
+        let path = FieldPath::new("fault");
+        let pb: pb::fault::HttpFault = crate::config::decode_yaml(FAULT_TYPE, yaml, &path);
+        FaultSettings::from_proto(&path, &pb)
+    }
+
+    #[test]
+    fn every_field_is_honoured() {
+        let s = translate(
+            r#"
+delay: {fixed_delay: 1.5s, percentage: {numerator: 25, denominator: TEN_THOUSAND}}
+abort: {grpc_status: 14, response_body: nope}
+upstream_cluster: c
+headers: [{name: x, present_match: true}]
+downstream_nodes: [a, b]
+max_active_faults: 3
+response_rate_limit: {header_limit: {}, percentage: {numerator: 10}}
+delay_percent_runtime: k.delay
+abort_grpc_status_runtime: k.grpc
+disable_downstream_cluster_stats: true
+filter_metadata: {m: 1}
+"#,
+        )
+        .unwrap();
+        let d = s.delay.unwrap();
+        assert_eq!(d.kind, DelayKind::Fixed(Duration::from_millis(1500)));
+        assert_eq!(
+            (d.percentage.numerator, d.percentage.denominator),
+            (25, 10_000)
+        );
+        let a = s.abort.unwrap();
+        assert_eq!((a.kind, &*a.body), (AbortKind::Grpc(14), "nope"));
+        assert_eq!(
+            a.percentage,
+            Percent::hundred(0),
+            "unset: never, unless the runtime says"
+        );
+        assert_eq!(s.upstream_cluster.as_deref(), Some("c"));
+        assert_eq!((s.headers.len(), s.downstream_nodes.len()), (1, 2));
+        assert_eq!(s.max_active_faults, Some(3));
+        assert_eq!(s.response_rate_limit.unwrap().kind, RateKind::Header);
+        assert_eq!(&*s.keys.delay_percent, "k.delay");
+        assert_eq!(&*s.keys.abort_grpc_status, "k.grpc");
+        assert_eq!(&*s.keys.abort_percent, ABORT_PERCENT_KEY);
+        assert!(s.disable_downstream_cluster_stats);
+        assert_eq!(s.filter_metadata.unwrap()["m"], 1.0);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_by_path() {
+        let e = translate(
+            r#"
+delay: {fixed_delay: 0s}
+abort: {http_status: 600}
+response_rate_limit: {fixed_limit: {limit_kbps: 0}}
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.paths(),
+            [
+                "fault.delay.fixed_delay",
+                "fault.abort.http_status",
+                "fault.response_rate_limit.fixed_limit.limit_kbps",
+            ],
+            "{e}"
+        );
+        let e = translate("abort: {percentage: {numerator: 1}}").unwrap_err();
+        assert_eq!(e.paths(), ["fault.abort"], "{e}");
+    }
+}

@@ -491,3 +491,56 @@ pub fn value_to_json(v: &pb::protobuf::Value) -> serde_json::Value {
         Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_files_are_keys_and_feature_percentages_read_as_envoy() {
+        let files = vec![
+            (
+                "fault/http/abort/abort_percent".to_string(),
+                Bytes::from_static(b"# placeholder\n30 \n"),
+            ),
+            ("a/b.c".to_string(), Bytes::from_static(b"text value\n")),
+        ];
+        let mut rt = Runtime {
+            sources: vec![Layer::Disk {
+                spec: DiskLayer {
+                    symlink_root: "/r".into(),
+                    dir: "/r/x".into(),
+                },
+                values: Some(disk_values(&files)),
+                error: None,
+            }],
+            ..Default::default()
+        };
+        rt.relayer();
+        assert_eq!(rt.u64("fault.http.abort.abort_percent"), Some(30));
+        assert_eq!(rt.values["a.b.c"], "text value");
+        let never = Percent::default();
+        // 30 of a hundred: draws 0..29 of each hundred enabled.
+        assert!(rt.feature_enabled("fault.http.abort.abort_percent", never, 129));
+        assert!(!rt.feature_enabled("fault.http.abort.abort_percent", never, 130));
+        // Missing: the default; above 100: always.
+        assert!(!rt.feature_enabled("missing", never, 0));
+        rt.values.insert("big".into(), 101.into());
+        assert!(rt.feature_enabled("big", never, 99));
+        // A fractional percent value.
+        rt.values.insert(
+            "frac".into(),
+            serde_json::json!({"numerator": 5, "denominator": "TEN_THOUSAND"}),
+        );
+        assert!(rt.feature_enabled("frac", never, 10_004));
+        assert!(!rt.feature_enabled("frac", never, 10_005));
+        assert_eq!(
+            rt.report(),
+            LoadReport {
+                layers: 1,
+                errors: 0,
+                disk_layers: 1
+            }
+        );
+    }
+}
