@@ -122,6 +122,13 @@ impl HttpFilterFactory for FaultFactory {
             Some(PerFilterConfig::Fault(s)) => s.clone(),
             _ => self.settings.clone(),
         };
+        // Nothing to inject (istiod's empty filter): no instance on the stream.
+        if settings.delay.is_none()
+            && settings.abort.is_none()
+            && settings.response_rate_limit.is_none()
+        {
+            return None;
+        }
         Some(Box::new(Fault {
             name: self.name.clone(),
             settings,
@@ -869,6 +876,28 @@ mod tests {
             "abort: {http_status: 401, percentage: {numerator: 100}}\nupstream_cluster: c",
         ));
         assert!(matches!(s.run(Some(&route), &[]).1, Flow::Continue));
+    }
+
+    #[test]
+    fn an_empty_fault_filter_creates_nothing() {
+        let s = setup("upstream_cluster: c");
+        let conn = ConnectionInfo {
+            id: 1,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+            tls: None,
+        };
+        let conn = Arc::new(conn);
+        let mut info = StreamInfo::new(conn.clone());
+        let cx = StreamCx {
+            connection: &conn,
+            info: &mut info,
+            route: None,
+        };
+        assert!(s.factory.create(None, &cx).is_none());
     }
 
     #[test]
