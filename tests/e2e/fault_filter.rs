@@ -184,3 +184,26 @@ async fn header_faults_on_one_h2_connection(source: Source) {
 }
 
 crate::across_sources!(header_faults_on_one_h2_connection);
+
+/// `response_rate_limit`: a 3 KiB body at 1 KiB/s takes two seconds after its first KiB
+/// (Envoy's token bucket: a second's worth at once, then a sixteenth of the rate each 1/16 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_rate_limit_throttles_the_body() {
+    let backend = upstream("backend").await;
+    let yaml = header_fault_proxy(backend.addr).replace(
+        "              delay: {header_delay: {}, percentage: {numerator: 100}}\n              abort: {header_abort: {}, percentage: {numerator: 100}}\n",
+        "              response_rate_limit: {fixed_limit: {limit_kbps: 1}, percentage: {numerator: 100}}\n",
+    );
+    assert!(yaml.contains("limit_kbps"), "{yaml}");
+    let r = Remora::start(&yaml).await;
+    let t = Instant::now();
+    let resp = get(r.addr("in"), "example.com", "/large/3072").await;
+    let took = t.elapsed();
+    assert_eq!((resp.status, resp.body.len()), (200, 3072));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+    assert_eq!(r.stat("http.in.fault.response_rl_injected").await, 1);
+    r.wait_stat("http.in.fault.active_faults", 0).await;
+}
