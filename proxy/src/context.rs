@@ -30,8 +30,11 @@ pub struct ServerContext {
     pub config_version: crate::logging::ConfigVersion,
     /// What came over xDS, for `/config_dump`.
     pub xds_dump: Arc<crate::xds::DumpCell>,
-    /// Checks the certificate files of started listeners and clusters for rotation.
+    /// Checks the certificate files of started listeners and clusters for rotation (and the
+    /// runtime's disk layers for a swapped root).
     pub cert_watcher: Arc<remora_certs::source::Watcher>,
+    /// The runtime snapshot read at request time (disk layers re-read when swapped).
+    pub runtime: Arc<crate::runtime::RuntimeLoader>,
 }
 
 impl ServerContext {
@@ -56,6 +59,7 @@ impl ServerContext {
             config_version: Default::default(),
             xds_dump: Default::default(),
             cert_watcher: Default::default(),
+            runtime: crate::runtime::RuntimeLoader::for_tests(Default::default()),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod logging;
 #[allow(deprecated)] // the model destructures every field, deprecated ones included
 pub mod model;
+pub mod runtime;
 pub mod server;
 pub mod stream_info;
 pub mod tcp;

@@ -333,6 +333,10 @@ pub async fn start(
     stats.concurrency.set(concurrency as i64);
     stats.hot_restart_epoch.set(0);
     let cx = server_context(&options, &model, &store, &logs)?;
+    if cx.runtime.watches_disk() {
+        // Started now, on the complete context: a swapped disk-layer root is read again.
+        cx.cert_watcher.watch(cx.runtime.clone());
+    }
 
     let cluster_manager = start_clusters(&model, &cx, &stats).await;
 
@@ -498,6 +502,7 @@ fn server_context(
         config_version: logs.config_version(),
         xds_dump: Default::default(),
         cert_watcher: Default::default(),
+        runtime: crate::runtime::RuntimeLoader::new(model.context.runtime.clone(), store),
     });
     cx.config_version.set("bootstrap");
     Ok(cx)

@@ -14,6 +14,7 @@ mod support;
 mod admin;
 mod cases;
 mod compare;
+mod fault;
 mod http1;
 mod lb;
 mod oracle;
@@ -60,6 +61,7 @@ fn main() {
         let groups = [
             validate::run(&envoy, filter.as_deref()).await,
             routing::run(&envoy, filter.as_deref()).await,
+            fault::run(&envoy, filter.as_deref()).await,
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,

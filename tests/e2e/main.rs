@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod compat;
+mod fault_filter;
 mod faults;
 mod filters;
 mod h2_flood;

@@ -333,10 +333,9 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             text(StatusCode::OK, "OK\n")
         }
         "/runtime" => {
-            let entries: serde_json::Map<String, serde_json::Value> = state
-                .bootstrap
-                .context
-                .runtime
+            // The current snapshot: disk layers as last read.
+            let runtime = state.context.runtime.snapshot();
+            let entries: serde_json::Map<String, serde_json::Value> = runtime
                 .values
                 .iter()
                 .map(|(k, v)| {
@@ -350,10 +349,7 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
                     )
                 })
                 .collect();
-            let layers: Vec<_> = state
-                .bootstrap
-                .context
-                .runtime
+            let layers: Vec<_> = runtime
                 .layers
                 .iter()
                 .map(|l| serde_json::Value::String(l.clone()))

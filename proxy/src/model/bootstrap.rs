@@ -230,6 +230,7 @@ impl Bootstrap {
         let runtime = errs.or_default(Runtime::from_proto(
             &path.field("layered_runtime"),
             layered_runtime,
+            &inputs,
         ));
         let node = node.as_ref().map(node_from).unwrap_or_default();
         let admin = errs.or_default(match admin {

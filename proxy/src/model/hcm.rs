@@ -108,6 +108,8 @@ pub enum HttpFilter {
     /// Istio's HTTP metadata exchange (`x-envoy-peer-metadata*` headers).
     PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
+    /// `envoy.filters.http.fault`.
+    Fault(Arc<super::fault::FaultSettings>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -239,7 +241,6 @@ pub const ISTIO_STATS_TYPE: &str = "stats.PluginConfig";
 pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
 const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
-const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 /// Why the peer discovery of Istio's metadata exchange (HTTP and TCP) may be accepted now.
 pub const PEER_DISCOVERY_LATER: &str = "peer discovery (the peer's metadata from its headers or \
@@ -1277,34 +1278,26 @@ fn http_filter(
                 }));
             }
         }
-        CORS_TYPE | FAULT_TYPE => {
+        CORS_TYPE => {
             let tp = fp.field("typed_config");
             let any = typed.expect("a type name comes from a typed_config");
-            let short = if type_name == CORS_TYPE {
-                let pb::cors::Cors {} = decode_any(&tp, any)?;
-                "cors"
-            } else {
-                let f: pb::fault::HttpFault = decode_any(&tp, any)?;
-                // Faults are injected only where delay/abort/rate limit are configured (here or
-                // per route, which is refused); istiod's empty filter does nothing.
-                deny(&tp, "delay", &f.delay)?;
-                deny(&tp, "abort", &f.abort)?;
-                deny(&tp, "response_rate_limit", &f.response_rate_limit)?;
-                "fault"
-            };
+            let pb::cors::Cors {} = decode_any(&tp, any)?;
             if !*disabled {
                 out.push(HttpFilter::Noop(NoopFilter {
                     name: name.clone(),
-                    type_name: if short == "cors" {
-                        CORS_TYPE
-                    } else {
-                        FAULT_TYPE
-                    },
-                    short,
+                    type_name: CORS_TYPE,
+                    short: "cors",
                     reason: "no policy configured (per-route policies are refused), so the \
                              filter passes every request unchanged",
                 }));
             }
+        }
+        super::fault::FAULT_TYPE => {
+            let tp = fp.field("typed_config");
+            let any = typed.expect("a type name comes from a typed_config");
+            let settings = super::fault::FaultSettings::from_any(&tp, any)?;
+            // Kept when disabled: a route's FilterConfig may enable it.
+            out.push(HttpFilter::Fault(Arc::new(settings)));
         }
         ISTIO_ALPN_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
@@ -1482,7 +1475,7 @@ codec_type: HTTP3
 stream_idle_timeout: -1s
 route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 200}}]}]}
 http_filters:
-- {name: f, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, delay: {fixed_delay: 1s, percentage: {numerator: 100}}}}
+- {name: f, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, delay: {fixed_delay: 0s, percentage: {numerator: 100}}}}
 - {name: u, typed_config: {'@type': type.googleapis.com/google.protobuf.Struct, value: {}}}
 - {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, start_child_span: true}}
 "#)
@@ -1492,7 +1485,7 @@ http_filters:
             paths,
             [
                 "hcm.codec_type",
-                "hcm.http_filters[0].typed_config.delay",
+                "hcm.http_filters[0].typed_config.delay.fixed_delay",
                 "hcm.http_filters[1].typed_config.@type",
                 "hcm.http_filters[2].typed_config.start_child_span",
                 "hcm.stream_idle_timeout",

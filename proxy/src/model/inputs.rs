@@ -3,6 +3,7 @@
 //! it asks here, a name not read yet is noted as wanted, and the loader (`config::inputs`) reads
 //! what was wanted and translates again with the contents. So translation is a pure function of
 //! the protos and its context, and a translation given no inputs (the fuzz targets) does no I/O.
+//! A directory (a runtime disk layer) is read the same way: its regular files, by path.
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,10 @@ pub struct Inputs {
     files: BTreeMap<String, Result<Bytes, String>>,
     /// Variable name → its value (`None`: not set, or not UTF-8).
     env: BTreeMap<String, Option<String>>,
+    /// Directory → its files (`None`: it does not exist), or why it could not be read.
+    dirs: BTreeMap<String, Result<Option<DirFiles>, String>>,
+    /// Path → whether it is a directory (a watched file's parent).
+    is_dir: BTreeMap<String, bool>,
     wanted: Mutex<Wanted>,
 }
 
@@ -23,13 +28,22 @@ pub struct Inputs {
 pub struct Wanted {
     pub files: BTreeSet<String>,
     pub env: BTreeSet<String>,
+    pub dirs: BTreeSet<String>,
+    pub is_dir: BTreeSet<String>,
 }
 
 impl Wanted {
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.env.is_empty()
+        self.files.is_empty()
+            && self.env.is_empty()
+            && self.dirs.is_empty()
+            && self.is_dir.is_empty()
     }
 }
+
+/// A directory tree's regular files: the path under the directory (`/`-separated) and the
+/// contents, in path order.
+pub type DirFiles = Vec<(String, Bytes)>;
 
 /// A name that has not been read: translation notes it, and the loader reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +64,46 @@ impl Inputs {
         let mut out = Self {
             files: self.files.clone(),
             env: self.env.clone(),
+            dirs: self.dirs.clone(),
+            is_dir: self.is_dir.clone(),
             wanted: Mutex::default(),
         };
         out.files.extend(files);
         out.env.extend(env);
         out
+    }
+
+    /// These contents plus directories read by the loader.
+    pub fn with_dirs(
+        mut self,
+        dirs: impl IntoIterator<Item = (String, Result<Option<DirFiles>, String>)>,
+        is_dir: impl IntoIterator<Item = (String, bool)>,
+    ) -> Self {
+        self.dirs.extend(dirs);
+        self.is_dir.extend(is_dir);
+        self
+    }
+
+    /// Whether a path is a directory.
+    pub fn is_dir(&self, name: &str) -> Result<bool, NotRead> {
+        match self.is_dir.get(name) {
+            Some(b) => Ok(*b),
+            None => {
+                self.want().is_dir.insert(name.to_string());
+                Err(NotRead)
+            }
+        }
+    }
+
+    /// A directory's files (`Ok(None)`: it does not exist; `Err(reason)`: it could not be read).
+    pub fn dir(&self, name: &str) -> Result<Result<Option<&DirFiles>, &str>, NotRead> {
+        match self.dirs.get(name) {
+            Some(r) => Ok(r.as_ref().map(Option::as_ref).map_err(String::as_str)),
+            None => {
+                self.want().dirs.insert(name.to_string());
+                Err(NotRead)
+            }
+        }
     }
 
     /// A file's bytes (`Err(reason)`: it could not be read).

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod compressor;
 pub mod context;
 pub mod core;
+pub mod fault;
 pub mod format;
 pub mod hash_policy;
 pub mod hcm;

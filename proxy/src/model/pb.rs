@@ -14,6 +14,7 @@ pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3 as stream
 pub use envoy_types::pb::envoy::extensions::compression::brotli::compressor::v3 as brotli;
 pub use envoy_types::pb::envoy::extensions::compression::gzip::compressor::v3 as gzip;
 pub use envoy_types::pb::envoy::extensions::compression::zstd::compressor::v3 as zstd;
+pub use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
 pub use envoy_types::pb::envoy::extensions::filters::http::compressor::v3 as compressor;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;

@@ -63,6 +63,13 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                 &cx.server.local.node,
                 cx.clusters.clone(),
             )),
+            Model::Fault(settings) => Arc::new(super::fault::FaultFactory::new(
+                f.name.clone(),
+                settings,
+                cx.stat_prefix,
+                &cx.server.store,
+                &cx.server.runtime,
+            )),
             Model::Compressor(c) => {
                 match &mut compressors {
                     Some((_, _, all)) => all.push(c),

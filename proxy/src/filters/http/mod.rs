@@ -16,6 +16,7 @@
 pub mod alpn;
 pub mod chain;
 pub mod compressor;
+pub mod fault;
 pub mod noop;
 pub mod peer_metadata;
 
