@@ -98,6 +98,18 @@ pub enum HttpFilter {
     /// Istio's HTTP metadata exchange (`x-envoy-peer-metadata*` headers).
     PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
+    /// `envoy.filters.http.local_ratelimit`. `name` keys its per-route configuration;
+    /// `disabled`: it runs only on routes whose `typed_per_filter_config` enables it.
+    LocalRateLimit {
+        name: String,
+        disabled: bool,
+        config: Arc<super::local_ratelimit::LocalRateLimit>,
+    },
+    /// `envoy.filters.http.cors`: the policies come from the routes.
+    Cors {
+        name: String,
+        disabled: bool,
+    },
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -228,7 +240,7 @@ pub struct NoopFilter {
 pub const ISTIO_STATS_TYPE: &str = "stats.PluginConfig";
 pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
 const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
-const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+use super::cors::CORS_TYPE;
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 /// Why the peer discovery of Istio's metadata exchange (HTTP and TCP) may be accepted now.
@@ -595,6 +607,7 @@ impl HttpConnectionManager {
             &path.field("http_filters"),
             http_filters,
             rt,
+            inputs,
         ));
         let strip_port = errs
             .take(strip_port(path, *strip_matching_host_port, strip_port_mode))
@@ -1149,13 +1162,14 @@ fn http_filter_chain(
     path: &FieldPath,
     filters: &[pb::hcm::HttpFilter],
     rt: &Runtime,
+    inputs: &Inputs,
 ) -> Result<(Vec<HttpFilter>, RouterConfig)> {
     let mut errs = Errors::new();
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
         out.extend(
-            errs.take(http_filter(&path.index(i), f, last, rt))
+            errs.take(http_filter(&path.index(i), f, last, rt, inputs))
                 .unwrap_or_default(),
         );
     }
@@ -1184,6 +1198,7 @@ fn http_filter(
     f: &pb::hcm::HttpFilter,
     last: bool,
     rt: &Runtime,
+    inputs: &Inputs,
 ) -> Result<Vec<HttpFilter>> {
     use pb::hcm::http_filter::ConfigType;
     let mut out = Vec::new();
@@ -1264,13 +1279,32 @@ fn http_filter(
                 }));
             }
         }
-        CORS_TYPE | FAULT_TYPE => {
+        CORS_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            super::cors::Cors::from_any(&fp.field("typed_config"), any)?;
+            out.push(HttpFilter::Cors {
+                name: name.clone(),
+                disabled: *disabled,
+            });
+        }
+        super::local_ratelimit::HTTP_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let config = super::local_ratelimit::LocalRateLimit::from_any(
+                &fp.field("typed_config"),
+                any,
+                false,
+                inputs,
+            )?;
+            out.push(HttpFilter::LocalRateLimit {
+                name: name.clone(),
+                disabled: *disabled,
+                config: Arc::new(config),
+            });
+        }
+        FAULT_TYPE => {
             let tp = fp.field("typed_config");
             let any = typed.expect("a type name comes from a typed_config");
-            let short = if type_name == CORS_TYPE {
-                let pb::cors::Cors {} = decode_any(&tp, any)?;
-                "cors"
-            } else {
+            let short = {
                 let f: pb::fault::HttpFault = decode_any(&tp, any)?;
                 // Faults are injected only where delay/abort/rate limit are configured (here or
                 // per route, which is refused); istiod's empty filter does nothing.
@@ -1282,11 +1316,7 @@ fn http_filter(
             if !*disabled {
                 out.push(HttpFilter::Noop(NoopFilter {
                     name: name.clone(),
-                    type_name: if short == "cors" {
-                        CORS_TYPE
-                    } else {
-                        FAULT_TYPE
-                    },
+                    type_name: FAULT_TYPE,
                     short,
                     reason: "no policy configured (per-route policies are refused), so the \
                              filter passes every request unchanged",

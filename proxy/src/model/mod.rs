@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod compressor;
 pub mod context;
 pub mod core;
+pub mod cors;
 pub mod format;
 pub mod hash_policy;
 pub mod hcm;
@@ -18,6 +19,7 @@ pub mod istio_pb;
 #[cfg(test)]
 mod layering;
 pub mod listener;
+pub mod local_ratelimit;
 pub mod log_format;
 pub mod matcher;
 pub mod pb;

@@ -33,7 +33,12 @@ pub struct PerFilter {
 
 /// The per-route configurations remora understands, one variant per filter.
 #[derive(Debug, Clone)]
-pub enum PerFilterConfig {}
+pub enum PerFilterConfig {
+    /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit` (its own bucket).
+    LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
+    /// `envoy.extensions.filters.http.cors.v3.CorsPolicy`.
+    Cors(Arc<super::cors::CorsPolicy>),
+}
 
 impl PerFilterConfigs {
     pub fn is_empty(&self) -> bool {
@@ -99,13 +104,27 @@ fn per_filter(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilter> {
 /// Whether a per-route type has a translation here.
 fn known_type(type_name: &str) -> bool {
     // Each filter's per-route type is added here with its arm in `translate_config`.
-    let known: &[&str] = &[];
+    let known: &[&str] = &[
+        super::local_ratelimit::HTTP_TYPE,
+        super::cors::CORS_POLICY_TYPE,
+    ];
     known.contains(&type_name)
 }
 
 /// A filter's own per-route message, by its type.
 fn translate_config(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilterConfig> {
     match any_type(any) {
+        super::local_ratelimit::HTTP_TYPE => Ok(PerFilterConfig::LocalRateLimit(Arc::new(
+            super::local_ratelimit::LocalRateLimit::from_any(
+                path,
+                any,
+                true,
+                &super::inputs::Inputs::none(),
+            )?,
+        ))),
+        super::cors::CORS_POLICY_TYPE => Ok(PerFilterConfig::Cors(Arc::new(
+            super::cors::CorsPolicy::from_any(path, any)?,
+        ))),
         "" => Err(path.field("@type").error("is required")),
         other => Err(path
             .field("@type")

@@ -13,6 +13,9 @@
 //! - What filters share along the stream (response flags and details, dynamic metadata, filter
 //!   state, the route) is in [`StreamCx`]; the access log reads the same `StreamInfo`.
 
+pub mod cors;
+pub mod local_ratelimit;
+
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
