@@ -14,8 +14,10 @@ mod support;
 mod admin;
 mod cases;
 mod compare;
+mod cors;
 mod http1;
 mod lb;
+mod local_ratelimit;
 mod oracle;
 mod routing;
 mod validate;
@@ -63,6 +65,8 @@ fn main() {
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
+            local_ratelimit::run(&envoy, filter.as_deref()).await,
+            cors::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });
