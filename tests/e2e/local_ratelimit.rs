@@ -70,9 +70,8 @@ async fn the_local_ratelimit_example_runs() {
 async fn http_and_network_limits(source: Source) {
     let app = upstream("app").await;
     let (echo, _task) = tcp_echo().await;
-    let listeners = format!(
-        r#"  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    let listeners = r#"  - name: web
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -85,58 +84,57 @@ async fn http_and_network_limits(source: Source) {
             - name: vh
               domains: ["*"]
               routes:
-              - match: {{prefix: "/own"}}
-                route: {{cluster: app}}
+              - match: {prefix: "/own"}
+                route: {cluster: app}
                 typed_per_filter_config:
                   rl:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
                     stat_prefix: own
-                    status: {{code: ServiceUnavailable}}
-                    token_bucket: {{max_tokens: 1, fill_interval: 3600s}}
-                    filter_enabled: {{default_value: {{numerator: 100}}}}
-                    filter_enforced: {{default_value: {{numerator: 100}}}}
-              - match: {{prefix: "/"}}
+                    status: {code: ServiceUnavailable}
+                    token_bucket: {max_tokens: 1, fill_interval: 3600s}
+                    filter_enabled: {default_value: {numerator: 100}}
+                    filter_enforced: {default_value: {numerator: 100}}
+              - match: {prefix: "/"}
                 route:
                   cluster: app
-                  rate_limits: [{{actions: [{{request_headers: {{header_name: x-user, descriptor_key: user}}}}]}}]
+                  rate_limits: [{actions: [{request_headers: {header_name: x-user, descriptor_key: user}}]}]
           http_filters:
           - name: rl
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
               stat_prefix: web_rl
-              token_bucket: {{max_tokens: 100, fill_interval: 1s}}
-              filter_enabled: {{default_value: {{numerator: 100}}}}
-              filter_enforced: {{default_value: {{numerator: 100}}}}
+              token_bucket: {max_tokens: 100, fill_interval: 1s}
+              filter_enabled: {default_value: {numerator: 100}}
+              filter_enforced: {default_value: {numerator: 100}}
               enable_x_ratelimit_headers: DRAFT_VERSION_03
               enable_retry_after_header: true
               descriptors:
-              - entries: [{{key: user, value: greedy}}]
-                token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{key: user, value: greedy}]
+                token_bucket: {max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   - name: tcp
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.local_ratelimit
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
           stat_prefix: tcp_rl
-          token_bucket: {{max_tokens: 1, fill_interval: 3600s}}
+          token_bucket: {max_tokens: 1, fill_interval: 3600s}
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: echo
-"#
-    );
+"#;
     let clusters = [
         cluster("app", &[app.addr], ""),
         cluster("echo", &[echo], ""),
     ]
     .concat();
-    let r = source.start(&bootstrap(&listeners, &clusters)).await;
+    let r = source.start(&bootstrap(listeners, &clusters)).await;
     let web = r.addr("web");
     let greedy = [("x-user", "greedy")];
     let first = get_with(web, "a", "/", &greedy).await;
