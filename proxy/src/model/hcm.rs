@@ -90,6 +90,16 @@ impl Default for FloodLimits {
     }
 }
 
+/// One entry of the HTTP filter chain: its name (the key of `typed_per_filter_config`), whether
+/// it is `disabled` (then it runs only where a route's per-filter config enables it), and what
+/// it runs as.
+#[derive(Debug, Clone)]
+pub struct HttpFilterEntry {
+    pub name: String,
+    pub disabled: bool,
+    pub filter: HttpFilter,
+}
+
 /// The HTTP filters, in order; the router is always last.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
@@ -98,18 +108,10 @@ pub enum HttpFilter {
     /// Istio's HTTP metadata exchange (`x-envoy-peer-metadata*` headers).
     PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
-    /// `envoy.filters.http.local_ratelimit`. `name` keys its per-route configuration;
-    /// `disabled`: it runs only on routes whose `typed_per_filter_config` enables it.
-    LocalRateLimit {
-        name: String,
-        disabled: bool,
-        config: Arc<super::local_ratelimit::LocalRateLimit>,
-    },
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
     /// `envoy.filters.http.cors`: the policies come from the routes.
-    Cors {
-        name: String,
-        disabled: bool,
-    },
+    Cors,
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -350,7 +352,7 @@ pub struct HttpConnectionManager {
     pub route_config: Arc<RouteConfig>,
     /// `rds.route_config_name`, when routes come from RDS.
     pub rds: Option<String>,
-    pub http_filters: Vec<HttpFilter>,
+    pub http_filters: Vec<HttpFilterEntry>,
     pub router: RouterConfig,
     /// The listener's `per_connection_buffer_limit_bytes`: bounds a request body kept for retries.
     pub buffer_limit: u32,
@@ -1163,20 +1165,24 @@ fn http_filter_chain(
     filters: &[pb::hcm::HttpFilter],
     rt: &Runtime,
     inputs: &Inputs,
-) -> Result<(Vec<HttpFilter>, RouterConfig)> {
+) -> Result<(Vec<HttpFilterEntry>, RouterConfig)> {
     let mut errs = Errors::new();
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
-        out.extend(
-            errs.take(http_filter(&path.index(i), f, last, rt, inputs))
-                .unwrap_or_default(),
-        );
+        let runs = errs
+            .take(http_filter(&path.index(i), f, last, rt, inputs))
+            .unwrap_or_default();
+        out.extend(runs.into_iter().map(|filter| HttpFilterEntry {
+            name: f.name.clone(),
+            disabled: f.disabled,
+            filter,
+        }));
     }
     errs.finish()?;
     let router = out
         .iter()
-        .find_map(|f| match f {
+        .find_map(|f| match &f.filter {
             HttpFilter::Router(r) => Some(r.clone()),
             _ => None,
         })
@@ -1239,19 +1245,18 @@ fn http_filter(
         PEER_METADATA_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
             let cfg = peer_metadata(&fp.field("typed_config"), any)?;
-            if !*disabled {
-                // Header propagation and removal run; what discovery learns about the
-                // peer is only read by telemetry, so that part is listed as a no-op.
-                if cfg.discovers {
-                    out.push(HttpFilter::Noop(NoopFilter {
-                        name: name.clone(),
-                        type_name: PEER_METADATA_TYPE,
-                        short: "peer_metadata_discovery",
-                        reason: PEER_DISCOVERY_LATER,
-                    }));
-                }
-                out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
+            // Header propagation and removal run; what discovery learns about the peer is
+            // only read by telemetry, so that part is listed as a no-op.
+            if cfg.discovers && !*disabled {
+                out.push(HttpFilter::Noop(NoopFilter {
+                    name: name.clone(),
+                    type_name: PEER_METADATA_TYPE,
+                    short: "peer_metadata_discovery",
+                    reason: PEER_DISCOVERY_LATER,
+                }));
             }
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
         }
         ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
             let tp = fp.field("typed_config");
@@ -1282,10 +1287,8 @@ fn http_filter(
         CORS_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
             super::cors::Cors::from_any(&fp.field("typed_config"), any)?;
-            out.push(HttpFilter::Cors {
-                name: name.clone(),
-                disabled: *disabled,
-            });
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Cors);
         }
         super::local_ratelimit::HTTP_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
@@ -1295,11 +1298,8 @@ fn http_filter(
                 false,
                 inputs,
             )?;
-            out.push(HttpFilter::LocalRateLimit {
-                name: name.clone(),
-                disabled: *disabled,
-                config: Arc::new(config),
-            });
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::LocalRateLimit(Arc::new(config)));
         }
         FAULT_TYPE => {
             let tp = fp.field("typed_config");
@@ -1337,11 +1337,8 @@ fn http_filter(
             let tp = fp.field("typed_config");
             let cfg =
                 super::compressor::CompressorConfig::from_proto(&tp, &decode_any(&tp, any)?, rt)?;
-            // A filter disabled here would only run where a route's
-            // typed_per_filter_config enables it, which remora refuses; so it never runs.
-            if !*disabled {
-                out.push(HttpFilter::Compressor(Arc::new(cfg)));
-            }
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Compressor(Arc::new(cfg)));
         }
         _ if *is_optional => {
             tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });

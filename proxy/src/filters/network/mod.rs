@@ -3,7 +3,9 @@
 //! connection and on the bytes read from downstream; the terminal filter (tcp_proxy or the
 //! HTTP connection manager) is not one of these.
 
+pub mod chain;
 pub mod local_ratelimit;
+pub mod metadata_exchange;
 
 use std::future::Future;
 use std::pin::Pin;
