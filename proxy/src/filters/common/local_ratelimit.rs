@@ -84,10 +84,10 @@ impl TokenBucket {
         self.tokens().floor() as u64
     }
 
-    /// `x-ratelimit-reset`: the milliseconds until a whole token is in the bucket, in whole
-    /// seconds (Envoy's `nextTokenAvailable() / 1000`).
+    /// `x-ratelimit-reset`: the seconds until a whole token is in the bucket, rounded up
+    /// (0 while one is), as Envoy 1.40 reports them.
     pub fn reset_seconds(&self) -> u64 {
-        self.next_token_ms() / 1000
+        self.next_token_ms().div_ceil(1000)
     }
 
     /// `Retry-After`: the seconds until the next token, at least 1.
@@ -235,11 +235,11 @@ mod tests {
         assert!(!b.consume());
         assert_eq!(b.remaining_tokens(), 0);
         // 0.4 tokens a second: one token after 2.5 s.
-        assert_eq!(b.reset_seconds(), 2);
+        assert_eq!(b.reset_seconds(), 3);
         assert_eq!(b.retry_after_seconds(), 3);
         tokio::time::advance(Duration::from_millis(1000)).await;
         // 0.4 tokens in: 1.5 s to go.
-        assert_eq!(b.reset_seconds(), 1);
+        assert_eq!(b.reset_seconds(), 2);
         assert_eq!(b.retry_after_seconds(), 2);
         tokio::time::advance(Duration::from_millis(1400)).await;
         assert!(!b.consume());

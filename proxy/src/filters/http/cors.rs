@@ -141,8 +141,9 @@ impl CorsFilter {
         }
         let mut set =
             |name: header::HeaderName, configured: &str, requested: Option<&HeaderValue>| {
+                // `*` echoes the request's header (empty without one, as Envoy's).
                 let value = if configured == "*" {
-                    requested.cloned()
+                    Some(requested.cloned().unwrap_or(HeaderValue::from_static("")))
                 } else {
                     HeaderValue::from_str(configured).ok()
                 };
