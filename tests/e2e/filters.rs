@@ -230,3 +230,57 @@ async fn istio_peer_metadata_headers_inbound() {
     assert!(plain.header("x-envoy-peer-metadata-id").is_none());
     assert!(plain.header("x-envoy-peer-metadata").is_none());
 }
+
+/// A filter disabled in the chain runs only on the routes whose most specific
+/// typed_per_filter_config entry enables it (a bare FilterConfig on the route wins over the
+/// virtual host's `disabled: true`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_filter_runs_where_the_route_enables_it() {
+    let u = upstream("u").await;
+    let fc = r#"{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig"#;
+    let text = "response_headers_to_add: [{header: {key: content-type, value: text/plain}}]";
+    let vhosts = format!(
+        r#"            - name: all
+              domains: ["*"]
+              typed_per_filter_config:
+                gz: {fc}, disabled: true}}
+              routes:
+              - match: {{prefix: "/stream/", headers: [{{name: x-on, present_match: true}}]}}
+                route: {{cluster: backend}}
+                {text}
+                typed_per_filter_config:
+                  gz: {fc}}}
+              - match: {{prefix: "/stream/"}}
+                route: {{cluster: backend}}
+                {text}
+"#
+    );
+    let gzip = r#"          - name: gz
+            disabled: true
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              compressor_library:
+                name: g
+                typed_config: {"@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip}
+              response_direction_config:
+                common_config:
+                  content_type: [text/plain]
+"#;
+    let listener = http_listener("main", "", &vhosts).replace(
+        "          http_filters:\n",
+        &format!("          http_filters:\n{gzip}"),
+    );
+    let r = Remora::start(&bootstrap(&listener, &cluster("backend", &[u.addr], ""))).await;
+    let url = format!("http://{}/stream/4", r.addr("main"));
+    let (head, body) = curl(&["--compressed", "-H", "x-on: 1", &url]);
+    assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
+    assert_eq!(body.len(), 4 * 1024);
+    let (head, _) = curl(&["--compressed", &url]);
+    assert!(!head.contains("content-encoding"), "{head}");
+    let stats = r.stats().await;
+    assert_eq!(stats["http.main.compressor.g.gzip.response.compressed"], 1);
+    assert_eq!(
+        stats["http.main.compressor.g.gzip.response.header_compressor_used"],
+        1
+    );
+}

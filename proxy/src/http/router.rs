@@ -167,32 +167,116 @@ impl Failure {
     }
 }
 
+/// The router's forwarding: host choice, the request rewritten for the upstream, the attempts
+/// (retries, timeouts), and the answer.
 pub async fn forward(
     hcm: &Arc<ConnectionManager>,
     stream: &mut ActiveStream,
     req: Request<Body>,
     f: Forward<'_>,
 ) -> Answer {
-    let router = &hcm.config.router;
     let (mut parts, body) = req.into_parts();
+    let (cluster, host, request_hash) = match choose_upstream(hcm, stream, &parts, &f) {
+        Ok(chosen) => chosen,
+        Err(answer) => return *answer,
+    };
+    let plan = prepare(hcm, stream, &mut parts, &f, &cluster, &host);
+    if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
+        return Answer::local(hcm.local_reply(
+            stream,
+            StatusCode::FORBIDDEN,
+            "",
+            "upgrade_failed",
+            ResponseFlags::empty(),
+        ));
+    }
+    let progress = stream.progress.clone();
+    let (replay, body) = keep_for_replay(hcm, &f, &cluster, plan.retry.as_ref(), body);
+    let mut x = Exchange {
+        hcm,
+        f: &f,
+        cluster: &cluster,
+        replay,
+        retry: plan.retry,
+        timers: Timers {
+            progress: progress.as_deref(),
+            route: plan.timeout,
+            idle: plan.idle,
+            request_deadline: hcm.config.request_timeout.map(|t| stream.info.start + t),
+            origin: Instant::now(),
+            per_try: plan.per_try,
+            per_try_idle: None,
+        },
+        lb_context: lb::Context {
+            hash: request_hash.hash,
+            attempt: 0,
+        },
+        downstream_h2: stream.info.protocol == Some(Protocol::Http2),
+        downstream_http10: stream.info.protocol == Some(Protocol::Http10)
+            && matches!(
+                cluster.config.protocol,
+                UpstreamProtocol::UseDownstream { .. }
+            ),
+    };
+    x.timers.per_try_idle = x.retry.as_ref().and_then(|r| r.per_try_idle_timeout());
+    let (result, host, started, attempt) = match x.attempts(stream, &mut parts, host, body).await {
+        Ok(done) => done,
+        Err(answer) => return answer,
+    };
+    names::recycle_header_map(std::mem::take(&mut parts.headers));
     let weighted = f.weighted;
+    match result {
+        Ok(resp) => {
+            let done = Answered {
+                per_try_idle: x.timers.per_try_idle,
+                cluster: &cluster,
+                host: &host,
+                weighted,
+                started,
+                attempt,
+                timeout: plan.timeout,
+                idle: plan.idle,
+                set_cookie: request_hash.set_cookie.as_ref(),
+            };
+            upstream_response(hcm, stream, resp, &f, done)
+        }
+        Err(failure) => Answer::local(fail(
+            hcm,
+            stream,
+            (&cluster, &host),
+            failure,
+            f.levels(weighted),
+        )),
+    }
+}
+
+/// The cluster (looked up with the route), the request's hash under the route's hash policy
+/// (RING_HASH / MAGLEV), and the host. `Err`: 503/404 `NC` or 503 `UH`.
+fn choose_upstream(
+    hcm: &ConnectionManager,
+    stream: &mut ActiveStream,
+    parts: &http::request::Parts,
+    f: &Forward<'_>,
+) -> Result<(Arc<Cluster>, Arc<Host>, super::hash_policy::RequestHash), Box<Answer>> {
+    let levels = f.levels(f.weighted);
     let Some(cluster) = f.cluster.clone() else {
         hcm.stats.no_cluster.inc();
-        hcm.snapshot_request(stream, &parts);
+        hcm.snapshot_request(stream, parts);
         let nc = (
             f.action.cluster_not_found_code,
             "",
             "cluster_not_found",
             ResponseFlags::NO_CLUSTER_FOUND,
         );
-        return Answer::local(routed_reply(hcm, stream, f.levels(weighted), nc));
+        return Err(Box::new(Answer::local(routed_reply(
+            hcm, stream, levels, nc,
+        ))));
     };
-    // RING_HASH / MAGLEV: what the request hashes to under the route's hash policy.
     let request_hash = if cluster.config.lb_policy.is_hashing() && !f.action.hash_policy.is_empty()
     {
         super::hash_policy::compute(
             &f.action.hash_policy,
-            &parts,
+            parts,
             &super::hash_policy::Addresses {
                 client: stream.info.downstream_remote,
                 connection_remote: stream.info.connection.remote,
@@ -206,7 +290,7 @@ pub async fn forward(
         hash: request_hash.hash,
         attempt: 0,
     };
-    let Some(mut host) = lb::choose_with(&cluster, lb_context) else {
+    let Some(host) = lb::choose_with(&cluster, lb_context) else {
         cluster.stats.traffic().upstream_cx_none_healthy.inc();
         let uh = (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -214,27 +298,50 @@ pub async fn forward(
             "no_healthy_upstream",
             ResponseFlags::NO_HEALTHY_UPSTREAM,
         );
-        hcm.snapshot_request(stream, &parts);
-        return Answer::local(routed_reply(hcm, stream, f.levels(weighted), uh));
+        hcm.snapshot_request(stream, parts);
+        return Err(Box::new(Answer::local(routed_reply(
+            hcm, stream, levels, uh,
+        ))));
     };
     stream.info.upstream_host = Some(host.address);
+    Ok((cluster, host, request_hash))
+}
 
+/// The request made ready for the upstream, and what bounds its attempts.
+struct Plan<'a> {
+    timeout: Option<Duration>,
+    per_try: Option<Duration>,
+    retry: Option<RetryState<'a>>,
+    /// The stream idle timeout (the route's, else the connection manager's).
+    idle: Option<Duration>,
+}
+
+/// Rewrites (header mutations, host, path), the timeouts and retry state from the route and
+/// the trusted `x-envoy-*` headers (which are then consumed), `x-envoy-expected-rq-timeout-ms`,
+/// and the access log's snapshot of the request as it goes out.
+fn prepare<'a>(
+    hcm: &ConnectionManager,
+    stream: &mut ActiveStream,
+    parts: &mut http::request::Parts,
+    f: &Forward<'a>,
+    cluster: &'a Cluster,
+    host: &Host,
+) -> Plan<'a> {
+    let router = &hcm.config.router;
     let keep_original = !router.suppress_envoy_headers;
-    rewrite_request(&mut parts, &f, weighted, &host, stream, keep_original);
-
-    // Timeouts.
+    rewrite_request(parts, f, f.weighted, host, stream, keep_original);
     let envoy_headers = names::any_envoy_header(&parts.headers);
     let policy = f
         .action
         .retry_policy
         .as_deref()
         .or(f.vhost.retry_policy.as_deref());
-    let (timeout, per_try) = timeouts(&parts, &f, router, policy, envoy_headers);
+    let (timeout, per_try) = timeouts(parts, f, router, policy, envoy_headers);
     // Retries: the route's (or else the virtual host's) policy, plus what `x-envoy-retry-*`
     // asks (those headers only survive from trusted sources: see the connection manager).
-    let mut retry = match (policy, envoy_headers) {
-        (Some(p), e) => RetryState::new(p, &cluster, &parts, e),
-        (None, true) => RetryState::new(&DEFAULT_RETRY_POLICY, &cluster, &parts, true),
+    let retry = match (policy, envoy_headers) {
+        (Some(p), e) => RetryState::new(p, cluster, parts, e),
+        (None, true) => RetryState::new(&DEFAULT_RETRY_POLICY, cluster, parts, true),
         (None, false) => None,
     };
     if envoy_headers {
@@ -243,106 +350,118 @@ pub async fn forward(
         }
     }
     if !router.suppress_envoy_headers {
-        announce_timeout(&mut parts, timeout, per_try);
+        announce_timeout(parts, timeout, per_try);
     }
-    hcm.snapshot_request(stream, &parts);
-    let idle =
-        f.action
-            .idle_timeout
-            .filter(|d| !d.is_zero())
-            .or(if f.action.idle_timeout.is_some() {
-                None
-            } else {
-                hcm.config.stream_idle_timeout
-            });
-    if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
-        return Answer::local(hcm.local_reply(
-            stream,
-            StatusCode::FORBIDDEN,
-            "",
-            "upgrade_failed",
-            ResponseFlags::empty(),
-        ));
+    hcm.snapshot_request(stream, parts);
+    let idle = match f.action.idle_timeout {
+        Some(d) => Some(d).filter(|d| !d.is_zero()),
+        None => hcm.config.stream_idle_timeout,
+    };
+    Plan {
+        timeout,
+        per_try,
+        retry,
+        idle,
     }
-    let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
-    let progress = stream.progress.clone();
-    let request_deadline = hcm.config.request_timeout.map(|t| stream.info.start + t);
-    let origin = Instant::now();
-    // `istio.alpn`: a TLS cluster is offered the list for the protocol it will carry (auto_config
-    // learns with the HTTP/2 list, as Envoy's first upstream protocol is HTTP/2 there).
-    let downstream_http10 = stream.info.protocol == Some(Protocol::Http10)
-        && matches!(
-            cluster.config.protocol,
-            UpstreamProtocol::UseDownstream { .. }
-        );
-    let alpn_for = |h2: bool| -> pool::Alpn<'_> {
-        let o = hcm
-            .alpn
-            .as_deref()
-            .filter(|_| cluster.config.tls.is_some() && cluster.config.istio.alpn_override)?;
-        match (h2, downstream_http10) {
-            (true, _) => o.http2.as_ref(),
-            (false, true) => o.http10.as_ref(),
-            (false, false) => o.http11.as_ref(),
+}
+
+/// The request body kept for replay (up to the buffer limit) while a retry may need it, or
+/// left for the first attempt.
+fn keep_for_replay(
+    hcm: &ConnectionManager,
+    f: &Forward<'_>,
+    cluster: &Cluster,
+    retry: Option<&RetryState<'_>>,
+    body: Body,
+) -> (Option<Replay>, Option<Body>) {
+    if !retry.is_some_and(|r| r.may_retry()) || http_body::Body::is_end_stream(&body) {
+        return (None, Some(body));
+    }
+    let listener = hcm.config.buffer_limit;
+    let limit = f
+        .route
+        .buffer_limit
+        .or(f.vhost.buffer_limit.map(|v| v.min(listener)))
+        .unwrap_or(listener);
+    let abandoned = cluster.stats.traffic().retry_or_shadow_abandoned.clone();
+    (Some(Replay::new(body, limit as usize, abandoned)), None)
+}
+
+/// What every attempt of one routed request shares.
+struct Exchange<'a> {
+    hcm: &'a Arc<ConnectionManager>,
+    f: &'a Forward<'a>,
+    cluster: &'a Arc<Cluster>,
+    retry: Option<RetryState<'a>>,
+    replay: Option<Replay>,
+    timers: Timers<'a>,
+    lb_context: lb::Context,
+    downstream_h2: bool,
+    downstream_http10: bool,
+}
+
+/// An attempt's outcome: the upstream's response or why there is none.
+type AttemptResult = Result<Response<Body>, Failure>;
+
+impl Exchange<'_> {
+    /// Attempts until one answers or no retry follows: the last result, its host, when it
+    /// started and how many attempts were made. `Err`: a circuit breaker refused (503 `UO`).
+    async fn attempts(
+        &mut self,
+        stream: &mut ActiveStream,
+        parts: &mut http::request::Parts,
+        mut host: Arc<Host>,
+        mut body: Option<Body>,
+    ) -> Result<(AttemptResult, Arc<Host>, Instant, u32), Answer> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let first_body = body.take();
+            let (result, started) = self
+                .attempt(stream, parts, &host, attempt, first_body)
+                .await?;
+            let Some(backoff) = self.retry_after(stream, &result) else {
+                return Ok((result, host, started, attempt));
+            };
+            self.retried(stream, &host, result);
+            if let Err(failure) = self.back_off(backoff).await {
+                return Ok((Err(failure), host, started, attempt));
+            }
+            match retry_host(self.cluster, self.retry.as_ref(), self.lb_context) {
+                Some(h) => host = h,
+                None => return Ok((Err(Failure::NoHealthyUpstream), host, started, attempt)),
+            }
         }
-    };
-    // The request body: kept for replay (up to the buffer limit) while a retry may need it.
-    let mut body = Some(body);
-    let replay = match &retry {
-        Some(r)
-            if r.may_retry()
-                && body
-                    .as_ref()
-                    .is_some_and(|b| !http_body::Body::is_end_stream(b)) =>
-        {
-            let listener = hcm.config.buffer_limit;
-            let limit = f
-                .route
-                .buffer_limit
-                .or(f.vhost.buffer_limit.map(|v| v.min(listener)))
-                .unwrap_or(listener);
-            let abandoned = cluster.stats.traffic().retry_or_shadow_abandoned.clone();
-            body.take()
-                .map(|b| Replay::new(b, limit as usize, abandoned))
-        }
-        _ => None,
-    };
-    let mut attempt: u32 = 0;
-    let (result, started) = loop {
-        attempt += 1;
+    }
+
+    /// One attempt on `host`: the circuit breaker, upstream accounting, the protocol, the
+    /// exchange.
+    async fn attempt(
+        &mut self,
+        stream: &mut ActiveStream,
+        parts: &mut http::request::Parts,
+        host: &Arc<Host>,
+        attempt: u32,
+        first_body: Option<Body>,
+    ) -> Result<(AttemptResult, Instant), Answer> {
+        let (f, cluster) = (self.f, self.cluster);
         stream.info.attempt_count = attempt;
         stream.info.upstream_host = Some(host.address);
         stream.info.upstream_local = None;
-        if let Some(r) = &mut retry {
+        if let Some(r) = &mut self.retry {
             r.tried(host.address);
         }
         if f.vhost.attempt_count_upstream {
-            parts.headers.insert(
-                names::X_ENVOY_ATTEMPT_COUNT,
-                names::number(u64::from(attempt)),
-            );
+            let n = names::number(u64::from(attempt));
+            parts.headers.insert(names::X_ENVOY_ATTEMPT_COUNT, n);
         }
-        // Protocol.
-        let use_h2 = !f.upgrade
-            && match cluster.config.protocol {
-                UpstreamProtocol::Http1 => false,
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::UseDownstream { http2_allowed, .. } => {
-                    downstream_h2 && http2_allowed
-                }
-                UpstreamProtocol::Auto => host.alpn.load(Relaxed) == 2,
-            };
-        // auto_config and the host's protocol not known yet: the first connection's ALPN decides.
-        let learn = !f.upgrade
-            && cluster.config.protocol == UpstreamProtocol::Auto
-            && host.alpn.load(Relaxed) == 0;
-
         // The cluster's max_requests circuit breaker (Envoy counts the refusal as a pending
         // overflow).
         if !cluster.circuit_breakers.default.requests.try_inc() {
             cluster.stats.traffic().upstream_rq_pending_overflow.inc();
             names::recycle_header_map(std::mem::take(&mut parts.headers));
-            return Answer::local(overflow_reply(hcm, stream, f.levels(weighted)));
+            let levels = f.levels(f.weighted);
+            return Err(Answer::local(overflow_reply(self.hcm, stream, levels)));
         }
         // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
         // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
@@ -354,67 +473,98 @@ pub async fn forward(
             host: host.clone(),
             started,
             internal: f.internal,
-            dynamic_stats: router.dynamic_stats,
+            dynamic_stats: self.hcm.config.router.dynamic_stats,
         });
-        let attempt_body = match (&replay, body.take()) {
+        // The request body: the first attempt's, or (with a retry possible) a replay.
+        let body = match (&self.replay, first_body) {
             (Some(r), _) => r.attempt().unwrap_or(Body::Empty),
             (None, Some(b)) => b,
             (None, None) => Body::Empty,
         };
-        let timers = Timers {
-            progress: progress.as_deref(),
-            route: timeout,
-            idle,
-            request_deadline,
-            origin,
-            per_try,
-            per_try_idle: retry.as_ref().and_then(|r| r.per_try_idle_timeout()),
-        };
+        Ok((self.send(stream, parts, host, body).await, started))
+    }
+
+    /// The request over HTTP/1.1 or HTTP/2 as the cluster's protocol (and the host's, for
+    /// auto_config) says.
+    async fn send(
+        &self,
+        stream: &mut ActiveStream,
+        parts: &mut http::request::Parts,
+        host: &Arc<Host>,
+        body: Body,
+    ) -> AttemptResult {
+        let (f, cluster) = (self.f, self.cluster);
+        let use_h2 = !f.upgrade
+            && match cluster.config.protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::UseDownstream { http2_allowed, .. } => {
+                    self.downstream_h2 && http2_allowed
+                }
+                UpstreamProtocol::Auto => host.alpn.load(Relaxed) == 2,
+            };
+        // auto_config and the host's protocol not known yet: the first connection's ALPN decides.
+        let learn = !f.upgrade
+            && cluster.config.protocol == UpstreamProtocol::Auto
+            && host.alpn.load(Relaxed) == 0;
         let use_h2 = match learn {
-            true => pool::learn_protocol(&cluster, &host, alpn_for(true)).await,
+            true => pool::learn_protocol(cluster, host, self.alpn_for(true)).await,
             false => Ok(use_h2),
         };
-        let result = match use_h2 {
+        match use_h2 {
             Ok(true) => {
                 // The request head is needed again only if a retry may follow.
-                let attempt_parts = match retry.as_ref().is_some_and(|r| r.may_retry()) {
-                    true => clone_parts(&parts),
-                    false => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                let attempt_parts = match self.retry.as_ref().is_some_and(|r| r.may_retry()) {
+                    true => clone_parts(parts),
+                    false => std::mem::replace(parts, Request::new(()).into_parts().0),
                 };
-                let alpn = alpn_for(true);
+                let alpn = self.alpn_for(true);
                 send_h2(
-                    &cluster,
-                    &host,
+                    cluster,
+                    host,
                     alpn,
                     attempt_parts,
-                    attempt_body,
-                    timers,
+                    body,
+                    self.timers,
                     stream,
                 )
                 .await
             }
             Ok(false) => {
-                let alpn = alpn_for(false);
-                send_h1(
-                    &cluster,
-                    &host,
-                    alpn,
-                    &mut parts,
-                    attempt_body,
-                    timers,
-                    stream,
-                )
-                .await
+                let alpn = self.alpn_for(false);
+                send_h1(cluster, host, alpn, parts, body, self.timers, stream).await
             }
             Err(e) => Err(Failure::Connect(e)),
-        };
+        }
+    }
 
-        // Retry this answer?
-        let Some(r) = retry.as_mut() else {
-            break (result, started);
-        };
-        let replayable = replay.as_ref().is_none_or(|r| !r.overflowed());
-        let would = match &result {
+    /// `istio.alpn`: a TLS cluster is offered the list for the protocol it will carry
+    /// (auto_config learns with the HTTP/2 list, as Envoy's first upstream protocol is HTTP/2
+    /// there).
+    fn alpn_for(&self, h2: bool) -> pool::Alpn<'_> {
+        let cluster = &self.cluster.config;
+        let o = self
+            .hcm
+            .alpn
+            .as_deref()
+            .filter(|_| cluster.tls.is_some() && cluster.istio.alpn_override)?;
+        match (h2, self.downstream_http10) {
+            (true, _) => o.http2.as_ref(),
+            (false, true) => o.http10.as_ref(),
+            (false, false) => o.http11.as_ref(),
+        }
+    }
+
+    /// Whether to retry this result, and after what back-off (flags set when a retry was
+    /// wanted but the limit or the budget said no).
+    fn retry_after(
+        &mut self,
+        stream: &mut ActiveStream,
+        result: &AttemptResult,
+    ) -> Option<Duration> {
+        let r = self.retry.as_mut()?;
+        let replayable = self.replay.as_ref().is_none_or(|r| !r.overflowed());
+        let would = match result {
             Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => false,
             Ok(resp) => {
                 let would = r.would_retry_response(resp.status().as_u16(), resp.headers());
@@ -427,79 +577,57 @@ pub async fn forward(
                 .reset()
                 .is_some_and(|(reset, sent)| r.would_retry_reset(reset, sent)),
         };
-        let backoff = match r.decide(would && replayable) {
-            Decision::Retry(backoff) => backoff,
-            Decision::No => break (result, started),
+        match r.decide(would && replayable) {
+            Decision::Retry(backoff) => Some(backoff),
+            Decision::No => None,
             Decision::LimitExceeded => {
-                stream
-                    .info
-                    .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                break (result, started);
+                let flag = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+                stream.info.set_flag(flag);
+                None
             }
             Decision::Overflow => {
                 stream.info.set_flag(ResponseFlags::UPSTREAM_OVERFLOW);
-                break (result, started);
+                None
             }
-        };
-        // This attempt is over: account for it as Envoy does for a retried answer.
+        }
+    }
+
+    /// A retried attempt is over: account for it as Envoy does.
+    fn retried(&self, stream: &mut ActiveStream, host: &Arc<Host>, result: AttemptResult) {
+        let cluster = self.cluster;
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                cluster.report(&host, Outcome::Status(status));
+                cluster.report(host, Outcome::Status(status));
                 host.stats.rq_error.fetch_add(1, Relaxed);
-                if router.dynamic_stats {
+                if self.hcm.config.router.dynamic_stats {
                     cluster.stats.traffic().retry_codes.charge(status);
                 }
-                drop(resp);
             }
             Err(failure) => {
-                let reply = describe(hcm, stream, &cluster, &host, failure);
-                account_failure(stream, &cluster, &host, &reply, false);
+                let reply = describe(self.hcm, stream, cluster, host, failure);
+                account_failure(stream, cluster, host, &reply, false);
             }
         }
         end_attempt(stream);
-        // Back off, within the route timeout.
-        let deadline = timeout.and_then(|t| match progress.as_deref() {
-            None => Some(origin + t),
-            Some(p) => p.completed_at().map(|d| d + t),
+    }
+
+    /// Back off before a retry, within the route timeout.
+    async fn back_off(&self, backoff: Duration) -> Result<(), Failure> {
+        let t = self.timers;
+        let deadline = t.route.and_then(|route| match t.progress {
+            None => Some(t.origin + route),
+            Some(p) => p.completed_at().map(|d| d + route),
         });
         let wake = Instant::now() + backoff;
         if let Some(d) = deadline
             && d <= wake
         {
             tokio::time::sleep_until(d.into()).await;
-            break (Err(Failure::TimeoutBetweenAttempts), started);
+            return Err(Failure::TimeoutBetweenAttempts);
         }
         tokio::time::sleep_until(wake.into()).await;
-        match retry_host(&cluster, retry.as_ref(), lb_context) {
-            Some(h) => host = h,
-            None => break (Err(Failure::NoHealthyUpstream), started),
-        }
-    };
-    names::recycle_header_map(std::mem::take(&mut parts.headers));
-
-    match result {
-        Ok(resp) => {
-            let done = Answered {
-                per_try_idle: retry.as_ref().and_then(|r| r.per_try_idle_timeout()),
-                cluster: &cluster,
-                host: &host,
-                weighted,
-                started,
-                attempt,
-                timeout,
-                idle,
-                set_cookie: request_hash.set_cookie.as_ref(),
-            };
-            upstream_response(hcm, stream, resp, &f, done)
-        }
-        Err(failure) => Answer::local(fail(
-            hcm,
-            stream,
-            (&cluster, &host),
-            failure,
-            f.levels(weighted),
-        )),
+        Ok(())
     }
 }
 

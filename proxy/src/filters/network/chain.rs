@@ -266,6 +266,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Filtered<S> {
                 this.settle(step);
                 continue;
             }
+            if buf.remaining() == 0 {
+                // Nothing can be read into a full buffer (not the end of the stream).
+                return Poll::Ready(Ok(()));
+            }
             let before = buf.filled().len();
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
             let end = buf.filled().len() == before;
