@@ -661,6 +661,46 @@ descriptors: [{entries: [{key: k}], token_bucket: {max_tokens: 1, fill_interval:
     }
 
     #[test]
+    fn route_actions_translate_and_the_others_are_refused_by_path() {
+        let path = FieldPath::new("r");
+        let rl: pb::route::RateLimit = crate::config::decode_yaml(
+            "envoy.config.route.v3.RateLimit",
+            "{stage: 2, disable_key: k, actions: [{generic_key: {descriptor_value: v}}, {masked_remote_address: {v4_prefix_mask_len: 24}}, {header_value_match: {descriptor_value: m, headers: [{name: x-a, present_match: true}]}}]}",
+            &path,
+        );
+        let p = RateLimitPolicy::list(&path, "rate_limits", &[rl]).unwrap();
+        assert_eq!((p[0].stage, p[0].has_disable_key), (2, true));
+        assert!(
+            matches!(&p[0].actions[0], RateLimitAction::GenericKey { key, value } if key == "generic_key" && value == "v")
+        );
+        assert!(matches!(
+            p[0].actions[1],
+            RateLimitAction::MaskedRemoteAddress { v4: 24, v6: 128 }
+        ));
+        assert!(
+            matches!(&p[0].actions[2], RateLimitAction::HeaderValueMatch { key, expect_match: true, .. } if key == "header_match")
+        );
+        let bad: pb::route::RateLimit = crate::config::decode_yaml(
+            "envoy.config.route.v3.RateLimit",
+            "{actions: [{remote_address: {}}, {query_parameters: {query_parameter_name: q, descriptor_key: k}}], hits_addend: {number: 2}}",
+            &path,
+        );
+        let err = RateLimitPolicy::list(&path, "rate_limits", &[bad]).unwrap_err();
+        assert_eq!(err.paths(), vec!["r.rate_limits[0].hits_addend"], "{err}");
+        let bad: pb::route::RateLimit = crate::config::decode_yaml(
+            "envoy.config.route.v3.RateLimit",
+            "{actions: [{remote_address: {}}, {query_parameters: {query_parameter_name: q, descriptor_key: k}}]}",
+            &path,
+        );
+        let err = RateLimitPolicy::list(&path, "rate_limits", &[bad]).unwrap_err();
+        assert_eq!(
+            err.paths(),
+            vec!["r.rate_limits[0].actions[1].query_parameters"],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn status_below_400_is_429() {
         let c = translate(
             "{stat_prefix: s, status: {code: OK}, token_bucket: {max_tokens: 1, fill_interval: 1s}}",
