@@ -7,8 +7,9 @@ use crate::CaseResult;
 use crate::cases::{self, HttpCase, req};
 use crate::compare::diff;
 use crate::oracle::{Pair, Side};
-use crate::support::{bootstrap, cluster, upstream};
+use crate::support::{bootstrap, cluster, raw_exchange, tcp_echo, upstream};
 use std::path::Path;
+use std::time::Duration;
 
 /// The listener's HTTP filters and routes (indented for the HCM).
 const HCM: &str = r#"          route_config:
@@ -118,6 +119,15 @@ fn all_cases() -> Vec<HttpCase> {
 }
 
 pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
+    let mut results = http(envoy, filter).await;
+    if filter.is_none_or(|f| "local_ratelimit/network".contains(f)) {
+        results.push(network(envoy).await);
+    }
+    results
+}
+
+/// The HTTP filter's cases and its stats.
+async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let all = all_cases();
     let cases = cases::filtered(all_cases(), filter);
     if cases.is_empty() {
@@ -144,6 +154,52 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
         );
     }
     results
+}
+
+/// `envoy.filters.network.local_ratelimit` in front of tcp_proxy: one connection an hour; the
+/// second is closed before a byte goes on. What each connection read, and the filter's stat.
+async fn network(envoy: &Path) -> CaseResult {
+    let (echo, _task) = tcp_echo().await;
+    let listener = r#"  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: tcp_rl
+          token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: echo
+"#;
+    let pair = Pair::start(envoy, &bootstrap(listener, &cluster("echo", &[echo], ""))).await;
+    let mut seen = Vec::new();
+    for side in Side::BOTH {
+        let addr = pair.get(side).addr("tcp");
+        let mut text = String::new();
+        for i in 0..2 {
+            let got = raw_exchange(addr, b"ping", Duration::from_millis(700))
+                .await
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "connection {i}: {:?}\n",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        let r = pair.get(side);
+        r.wait_stat("local_rate_limit.tcp_rl.rate_limited", 1).await;
+        let n = r.stat("local_rate_limit.tcp_rl.rate_limited").await;
+        text.push_str(&format!("rate_limited: {n}"));
+        seen.push(text);
+    }
+    CaseResult {
+        group: "local_ratelimit",
+        id: "local_ratelimit/network".into(),
+        diff: diff(&seen[0], &seen[1]).map(|d| format!("connections: {d}")),
+    }
 }
 
 /// The stats under `prefixes`, names and values, on both sides.
