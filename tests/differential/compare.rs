@@ -10,8 +10,15 @@ pub struct Observed {
     pub text: String,
 }
 
-/// Headers whose value is generated or timed: compared by presence only.
-const PRESENCE_ONLY: &[&str] = &["date", "x-envoy-upstream-service-time", "x-request-id"];
+/// Headers whose value is generated or timed: compared by presence only. `x-ratelimit-reset`
+/// counts the seconds to a bucket's next token from when the proxy answered, so it moves with
+/// each proxy's own timing (its value is checked in the local rate limit's unit tests).
+const PRESENCE_ONLY: &[&str] = &[
+    "date",
+    "x-envoy-upstream-service-time",
+    "x-request-id",
+    "x-ratelimit-reset",
+];
 
 /// The raw bytes a client read until the proxy closed.
 pub fn observe(bytes: &[u8]) -> Observed {

@@ -15,8 +15,10 @@ mod admin;
 mod cases;
 mod compare;
 mod fault;
+mod cors;
 mod http1;
 mod lb;
+mod local_ratelimit;
 mod oracle;
 mod routing;
 mod validate;
@@ -65,6 +67,8 @@ fn main() {
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
+            local_ratelimit::run(&envoy, filter.as_deref()).await,
+            cors::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

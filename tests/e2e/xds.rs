@@ -1187,8 +1187,8 @@ fn typed_struct(inner: &str, value: serde_json::Value) -> envoy_types::pb::googl
 
 /// What istiod puts in a sidecar's outbound HTTP filter chain is accepted over binary xDS:
 /// the TypedStruct-wrapped peer metadata filter (its headers propagated), grpc_stats,
-/// istio.alpn, empty fault and cors filters and istio.stats (the telemetry ones accepted as
-/// listed no-ops until the telemetry stage); what would change traffic and is not built
+/// istio.alpn, an empty fault filter, the cors filter (policies come from the routes) and
+/// istio.stats (the telemetry ones accepted as listed no-ops until the telemetry stage); what would change traffic and is not built
 /// (set_filter_state, a TypedStruct with a wrong field) is NACKed by path while the listener
 /// keeps serving.
 #[tokio::test(flavor = "multi_thread")]
@@ -1288,9 +1288,10 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
     let stats = r.stats().await;
     assert!(!stats.contains_key("server.noop_extension.peer_metadata"));
     assert_eq!(stats["server.noop_extension.peer_metadata_discovery"], 1);
-    // The fault filter runs (istiod's is empty: it injects nothing).
+    // The fault and CORS filters run (istiod's fault filter is empty: it injects nothing).
     assert!(!stats.contains_key("server.noop_extension.fault"));
-    for short in ["grpc_stats", "cors", "istio_stats"] {
+    assert!(!stats.contains_key("server.noop_extension.cors"));
+    for short in ["grpc_stats", "istio_stats"] {
         assert_eq!(
             stats[&format!("server.noop_extension.{short}")],
             1,
@@ -1312,7 +1313,6 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
             // Its peer discovery only (the header exchange runs).
             "type.googleapis.com/io.istio.http.peer_metadata.Config",
             "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
-            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
             "type.googleapis.com/stats.PluginConfig",
         ]
     );

@@ -1,6 +1,7 @@
 //! Filters other than the router and tcp_proxy, named after their Envoy extensions:
 //! `http/` (the HTTP filter chain's contract, its runner and its extensions), `network/` (the
-//! network filter chain's).
+//! network filter chain's), `common/` (what several filters share).
 
+pub mod common;
 pub mod http;
 pub mod network;

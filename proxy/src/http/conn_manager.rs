@@ -562,12 +562,14 @@ impl ConnectionManager {
         resp
     }
 
-    /// A filter's local reply, rendered as every local reply.
+    /// A filter's local reply, through `local_reply_config`. The route's response header
+    /// mutations are the router's (Envoy 1.40 adds them to the router's own replies, not to a
+    /// filter's `sendLocalReply`: a local rate limit 429 or a CORS preflight answer has none).
     fn filter_reply(
         &self,
         stream: &mut ActiveStream,
         r: crate::filters::http::LocalReply,
-        route: Option<RouteLevels<'_>>,
+        _route: Option<RouteLevels<'_>>,
     ) -> Response<Body> {
         let body = match r.body {
             Cow::Borrowed(s) => bytes::Bytes::from_static(s.as_bytes()),
@@ -575,7 +577,7 @@ impl ConnectionManager {
         };
         let mut reply = LocalReply::new(r.status, body);
         reply.headers = r.headers;
-        self.local_response(stream, reply, r.details, r.flags, route)
+        self.local_response(stream, reply, r.details, r.flags, None)
     }
 
     /// Handle one request (HTTP/1 or HTTP/2): sanitation, route selection, the decoder

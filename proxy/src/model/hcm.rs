@@ -110,6 +110,10 @@ pub enum HttpFilter {
     Compressor(Arc<super::compressor::CompressorConfig>),
     /// `envoy.filters.http.fault`.
     Fault(Arc<super::fault::FaultSettings>),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
+    /// `envoy.filters.http.cors`: the policies come from the routes.
+    Cors,
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -240,7 +244,7 @@ pub struct NoopFilter {
 pub const ISTIO_STATS_TYPE: &str = "stats.PluginConfig";
 pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
 const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
-const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+use super::cors::CORS_TYPE;
 
 /// Why the peer discovery of Istio's metadata exchange (HTTP and TCP) may be accepted now.
 pub const PEER_DISCOVERY_LATER: &str = "peer discovery (the peer's metadata from its headers or \
@@ -606,6 +610,7 @@ impl HttpConnectionManager {
             &path.field("http_filters"),
             http_filters,
             rt,
+            inputs,
         ));
         let strip_port = errs
             .take(strip_port(path, *strip_matching_host_port, strip_port_mode))
@@ -1160,13 +1165,14 @@ fn http_filter_chain(
     path: &FieldPath,
     filters: &[pb::hcm::HttpFilter],
     rt: &Runtime,
+    inputs: &Inputs,
 ) -> Result<(Vec<HttpFilterEntry>, RouterConfig)> {
     let mut errs = Errors::new();
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
         let runs = errs
-            .take(http_filter(&path.index(i), f, last, rt))
+            .take(http_filter(&path.index(i), f, last, rt, inputs))
             .unwrap_or_default();
         out.extend(runs.into_iter().map(|filter| HttpFilterEntry {
             name: f.name.clone(),
@@ -1199,6 +1205,7 @@ fn http_filter(
     f: &pb::hcm::HttpFilter,
     last: bool,
     rt: &Runtime,
+    inputs: &Inputs,
 ) -> Result<Vec<HttpFilter>> {
     use pb::hcm::http_filter::ConfigType;
     let mut out = Vec::new();
@@ -1279,18 +1286,21 @@ fn http_filter(
             }
         }
         CORS_TYPE => {
-            let tp = fp.field("typed_config");
             let any = typed.expect("a type name comes from a typed_config");
-            let pb::cors::Cors {} = decode_any(&tp, any)?;
-            if !*disabled {
-                out.push(HttpFilter::Noop(NoopFilter {
-                    name: name.clone(),
-                    type_name: CORS_TYPE,
-                    short: "cors",
-                    reason: "no policy configured (per-route policies are refused), so the \
-                             filter passes every request unchanged",
-                }));
-            }
+            super::cors::Cors::from_any(&fp.field("typed_config"), any)?;
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Cors);
+        }
+        super::local_ratelimit::HTTP_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let config = super::local_ratelimit::LocalRateLimit::from_any(
+                &fp.field("typed_config"),
+                any,
+                false,
+                inputs,
+            )?;
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::LocalRateLimit(Arc::new(config)));
         }
         super::fault::FAULT_TYPE => {
             let tp = fp.field("typed_config");

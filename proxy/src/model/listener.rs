@@ -85,6 +85,8 @@ pub enum NetworkFilter {
     /// Istio's TCP metadata exchange (run by the listener right after the TLS handshake, so
     /// before every other filter sees a byte).
     MetadataExchange(Arc<MetadataExchange>),
+    /// `envoy.filters.network.local_ratelimit`: a token bucket per filter chain.
+    LocalRateLimit(Arc<super::local_ratelimit::NetworkLocalRateLimit>),
 }
 
 impl FilterChain {
@@ -696,6 +698,12 @@ fn network_filter(
                 }),
                 NetworkFilter::MetadataExchange(mx),
             ]));
+        }
+        super::local_ratelimit::NETWORK_TYPE if !last => {
+            let c = super::local_ratelimit::NetworkLocalRateLimit::from_any(&tp, any)?;
+            return Ok(Translated::Filter(vec![NetworkFilter::LocalRateLimit(
+                Arc::new(c),
+            )]));
         }
         super::hcm::ISTIO_STATS_TYPE if !last => {
             decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;

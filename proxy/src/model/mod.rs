@@ -9,6 +9,7 @@ pub mod compressor;
 pub mod context;
 pub mod core;
 pub mod fault;
+pub mod cors;
 pub mod format;
 pub mod hash_policy;
 pub mod hcm;
@@ -19,6 +20,7 @@ pub mod istio_pb;
 #[cfg(test)]
 mod layering;
 pub mod listener;
+pub mod local_ratelimit;
 pub mod log_format;
 pub mod matcher;
 pub mod pb;

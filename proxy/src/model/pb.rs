@@ -11,6 +11,7 @@ pub use envoy_types::pb::envoy::config::overload::v3 as overload;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_log;
 pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3 as stream_log;
+pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common_ratelimit;
 pub use envoy_types::pb::envoy::extensions::compression::brotli::compressor::v3 as brotli;
 pub use envoy_types::pb::envoy::extensions::compression::gzip::compressor::v3 as gzip;
 pub use envoy_types::pb::envoy::extensions::compression::zstd::compressor::v3 as zstd;
@@ -19,8 +20,10 @@ pub use envoy_types::pb::envoy::extensions::filters::http::compressor::v3 as com
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 pub use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3 as grpc_stats;
+pub use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as local_ratelimit;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as network_local_ratelimit;
 pub use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;

@@ -36,6 +36,10 @@ pub struct PerFilter {
 pub enum PerFilterConfig {
     /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: replaces the filter's settings.
     Fault(Arc<super::fault::FaultSettings>),
+    /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit` (its own bucket).
+    LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
+    /// `envoy.extensions.filters.http.cors.v3.CorsPolicy`.
+    Cors(Arc<super::cors::CorsPolicy>),
 }
 
 impl PerFilterConfigs {
@@ -102,7 +106,11 @@ fn per_filter(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilter> {
 /// Whether a per-route type has a translation here.
 fn known_type(type_name: &str) -> bool {
     // Each filter's per-route type is added here with its arm in `translate_config`.
-    let known: &[&str] = &[super::fault::FAULT_TYPE];
+    let known: &[&str] = &[
+        super::fault::FAULT_TYPE,
+        super::local_ratelimit::HTTP_TYPE,
+        super::cors::CORS_POLICY_TYPE,
+    ];
     known.contains(&type_name)
 }
 
@@ -111,6 +119,17 @@ fn translate_config(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilt
     match any_type(any) {
         super::fault::FAULT_TYPE => Ok(PerFilterConfig::Fault(Arc::new(
             super::fault::FaultSettings::from_any(path, any)?,
+        ))),
+        super::local_ratelimit::HTTP_TYPE => Ok(PerFilterConfig::LocalRateLimit(Arc::new(
+            super::local_ratelimit::LocalRateLimit::from_any(
+                path,
+                any,
+                true,
+                &super::inputs::Inputs::none(),
+            )?,
+        ))),
+        super::cors::CORS_POLICY_TYPE => Ok(PerFilterConfig::Cors(Arc::new(
+            super::cors::CorsPolicy::from_any(path, any)?,
         ))),
         "" => Err(path.field("@type").error("is required")),
         other => Err(path

@@ -66,6 +66,10 @@ pub struct VirtualHost {
     pub attempt_count_upstream: bool,
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
     pub attempt_count_downstream: bool,
+    /// `rate_limits`: the descriptors the local rate limit filter matches.
+    pub rate_limits: Vec<super::local_ratelimit::RateLimitPolicy>,
+    /// The deprecated `cors` policy (used when no level has a per-filter `CorsPolicy`).
+    pub cors: Option<Arc<super::cors::CorsPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +128,12 @@ pub struct ForwardAction {
     pub retry_policy: Option<Arc<RetryPolicy>>,
     /// `hash_policy`: what the request hashes to for RING_HASH and MAGLEV clusters.
     pub hash_policy: Vec<super::hash_policy::HashPolicy>,
+    /// `rate_limits`: the descriptors the local rate limit filter matches.
+    pub rate_limits: Vec<super::local_ratelimit::RateLimitPolicy>,
+    /// `include_vh_rate_limits` (deprecated): the virtual host's `rate_limits` apply as well.
+    pub include_vh_rate_limits: bool,
+    /// The deprecated `cors` policy (used when no level has a per-filter `CorsPolicy`).
+    pub cors: Option<Arc<super::cors::CorsPolicy>>,
 }
 
 #[derive(Debug)]
@@ -497,8 +507,14 @@ impl VirtualHost {
         }
         deny(path, "matcher", matcher)?;
         deny(path, "virtual_clusters", virtual_clusters)?;
-        deny(path, "rate_limits", rate_limits)?;
-        deny(path, "cors", cors)?;
+        let rate_limits =
+            super::local_ratelimit::RateLimitPolicy::list(path, "rate_limits", rate_limits)?;
+        let cors = cors
+            .as_ref()
+            .map(|c| {
+                super::cors::CorsPolicy::from_route_proto(&path.field("cors"), c).map(Arc::new)
+            })
+            .transpose()?;
         let per_filter = PerFilterConfigs::from_proto(
             &path.field("typed_per_filter_config"),
             typed_per_filter_config,
@@ -547,6 +563,8 @@ impl VirtualHost {
             buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
             attempt_count_upstream: *include_request_attempt_count,
             attempt_count_downstream: *include_attempt_count_in_response,
+            rate_limits,
+            cors,
         })
     }
 }
@@ -822,8 +840,9 @@ fn forward_action(
     enum_value::<pb::core::RoutingPriority>(path, "priority", *priority, |p| {
         *p == pb::core::RoutingPriority::Default
     })?;
-    deny(path, "rate_limits", rate_limits)?;
-    deny(path, "include_vh_rate_limits", include_vh_rate_limits)?;
+    let rate_limits =
+        super::local_ratelimit::RateLimitPolicy::list(path, "rate_limits", rate_limits)?;
+    let include_vh_rate_limits = super::core::bool_or(include_vh_rate_limits, false);
     let hash_policy = hash_policy
         .iter()
         .enumerate()
@@ -831,7 +850,10 @@ fn forward_action(
             super::hash_policy::HashPolicy::from_proto(&path.field("hash_policy").index(i), h)
         })
         .collect::<Result<Vec<_>>>()?;
-    deny(path, "cors", cors)?;
+    let cors = cors
+        .as_ref()
+        .map(|c| super::cors::CorsPolicy::from_route_proto(&path.field("cors"), c).map(Arc::new))
+        .transpose()?;
     deny(path, "max_grpc_timeout", max_grpc_timeout)?;
     deny(path, "grpc_timeout_offset", grpc_timeout_offset)?;
     deny(path, "internal_redirect_policy", internal_redirect_policy)?;
@@ -942,6 +964,9 @@ fn forward_action(
         upgrades,
         retry_policy,
         hash_policy,
+        rate_limits,
+        include_vh_rate_limits,
+        cors,
     })
 }
 

@@ -492,6 +492,63 @@ pub fn value_to_json(v: &pb::protobuf::Value) -> serde_json::Value {
     }
 }
 
+/// `RuntimeFractionalPercent` (`filter_enabled`, `filter_enforced`, CORS's `shadow_enabled`):
+/// the share of requests a feature applies to, in parts per million of its `default_value`.
+/// remora reads no runtime key per request: a `runtime_key` that the runtime sets is reported at
+/// startup among the keys not used (`Runtime::unused_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeFraction {
+    pub per_million: u32,
+}
+
+impl RuntimeFraction {
+    pub const ALWAYS: Self = Self {
+        per_million: 1_000_000,
+    };
+
+    pub fn from_proto(path: &FieldPath, f: &pb::core::RuntimeFractionalPercent) -> Result<Self> {
+        let pb::core::RuntimeFractionalPercent {
+            default_value,
+            runtime_key: _,
+        } = f;
+        let Some(d) = default_value else {
+            return Err(path.field("default_value").error("is required"));
+        };
+        Self::from_percent(&path.field("default_value"), d)
+    }
+
+    /// `envoy.type.v3.FractionalPercent`; a numerator above the denominator is all requests.
+    pub fn from_percent(path: &FieldPath, d: &pb::types::FractionalPercent) -> Result<Self> {
+        use pb::types::fractional_percent::DenominatorType as D;
+        let pb::types::FractionalPercent {
+            numerator,
+            denominator,
+        } = d;
+        let scale: u64 = match D::try_from(*denominator) {
+            Ok(D::Hundred) => 10_000,
+            Ok(D::TenThousand) => 100,
+            Ok(D::Million) => 1,
+            Err(_) => {
+                return Err(path
+                    .field("denominator")
+                    .error(format!("unknown enum value {denominator}")));
+            }
+        };
+        Ok(Self {
+            per_million: (u64::from(*numerator) * scale).min(1_000_000) as u32,
+        })
+    }
+
+    /// Whether this request is in the fraction (Envoy's `featureEnabled`: a random draw).
+    pub fn sample(&self) -> bool {
+        match self.per_million {
+            0 => false,
+            1_000_000.. => true,
+            n => fastrand::u32(0..1_000_000) < n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,19 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                 &cx.server.store,
                 &cx.server.runtime,
             )),
+            Model::LocalRateLimit(c) => {
+                Arc::new(super::local_ratelimit::LocalRateLimitFactory::new(
+                    &f.name,
+                    Arc::clone(c),
+                    Arc::clone(&cx.server.store),
+                    cx.server.local.service_cluster.as_str().into(),
+                ))
+            }
+            Model::Cors => Arc::new(super::cors::CorsFactory::new(
+                &f.name,
+                cx.stat_prefix,
+                &cx.server.store,
+            )),
             Model::Compressor(c) => {
                 match &mut compressors {
                     Some((_, _, all)) => all.push(c),

@@ -17,6 +17,8 @@ pub mod alpn;
 pub mod chain;
 pub mod compressor;
 pub mod fault;
+pub mod cors;
+pub mod local_ratelimit;
 pub mod noop;
 pub mod peer_metadata;
 

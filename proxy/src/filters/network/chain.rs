@@ -28,9 +28,12 @@ pub struct BuildCx<'a> {
 
 /// A filter chain's network filters, from the translated ones (one arm per model variant).
 pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFactory>> {
-    let out: Vec<Arc<dyn NetworkFilterFactory>> = Vec::new();
+    let mut out: Vec<Arc<dyn NetworkFilterFactory>> = Vec::new();
     for f in filters {
         match f {
+            Model::LocalRateLimit(c) => out.push(Arc::new(
+                super::local_ratelimit::NetworkLocalRateLimitFactory::new(c, &cx.server.store),
+            )),
             Model::Noop(n) => crate::filters::http::noop::register(&cx.server.store, n),
             // Run by the listener right after the TLS handshake (it writes this workload's
             // frame and takes the peer's off the stream before anything else reads).

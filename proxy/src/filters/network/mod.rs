@@ -4,6 +4,7 @@
 //! HTTP connection manager) is not one of these.
 
 pub mod chain;
+pub mod local_ratelimit;
 pub mod metadata_exchange;
 
 use std::future::Future;

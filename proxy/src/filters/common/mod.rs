@@ -1,0 +1,3 @@
+//! Code several filters share, named after Envoy's `source/extensions/filters/common/`.
+
+pub mod local_ratelimit;

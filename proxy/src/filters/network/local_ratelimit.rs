@@ -1,0 +1,122 @@
+//! `envoy.filters.network.local_ratelimit` (Envoy's
+//! `source/extensions/filters/network/local_ratelimit/`): each new connection on the filter
+//! chain takes a token from the chain's bucket (shared by every worker); without one it is
+//! closed before any byte goes on (termination details `local_ratelimit_close_over_limit`) and
+//! `local_rate_limit.<stat_prefix>.rate_limited` counts it.
+
+use std::sync::Arc;
+
+use super::{ConnCx, NetFlow, NetworkFilter, NetworkFilterFactory};
+use crate::filters::common::local_ratelimit::TokenBucket;
+use crate::model::local_ratelimit::NetworkLocalRateLimit;
+use crate::telemetry::stats::{Counter, Store};
+
+/// `%CONNECTION_TERMINATION_DETAILS%` of a connection closed over the limit.
+pub const CLOSE_OVER_LIMIT: &str = "local_ratelimit_close_over_limit";
+
+/// The filter on one filter chain: its bucket lives as long as the chain's configuration.
+#[derive(Debug)]
+pub struct NetworkLocalRateLimitFactory {
+    enabled: bool,
+    bucket: Arc<TokenBucket>,
+    rate_limited: Arc<Counter>,
+}
+
+impl NetworkLocalRateLimitFactory {
+    pub fn new(config: &NetworkLocalRateLimit, store: &Store) -> Self {
+        Self {
+            enabled: config.enabled,
+            bucket: Arc::new(TokenBucket::new(&config.token_bucket)),
+            rate_limited: store.counter(&format!(
+                "local_rate_limit.{}.rate_limited",
+                config.stat_prefix
+            )),
+        }
+    }
+
+    /// Whether a new connection may go on (takes a token if so).
+    fn admit(&self) -> bool {
+        if !self.enabled || self.bucket.consume() {
+            return true;
+        }
+        self.rate_limited.inc();
+        false
+    }
+}
+
+impl NetworkFilterFactory for NetworkLocalRateLimitFactory {
+    fn create(&self, _cx: &ConnCx<'_>) -> Option<Box<dyn NetworkFilter>> {
+        if !self.enabled {
+            return None;
+        }
+        Some(Box::new(Filter {
+            admitted: self.admit(),
+        }))
+    }
+}
+
+/// The decision was taken when the connection was accepted.
+struct Filter {
+    admitted: bool,
+}
+
+impl NetworkFilter for Filter {
+    fn on_new_connection(&mut self, _cx: &mut ConnCx<'_>) -> NetFlow {
+        if self.admitted {
+            NetFlow::Continue
+        } else {
+            NetFlow::Close(CLOSE_OVER_LIMIT.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::local_ratelimit::TokenBucket as BucketConfig;
+    use crate::stream_info::DynamicMetadata;
+    use std::time::Duration;
+
+    fn connect(f: &NetworkLocalRateLimitFactory) -> Option<NetFlow> {
+        let conn = crate::filters::http::local_ratelimit::tests::connection();
+        let mut metadata = DynamicMetadata::default();
+        let mut cx = ConnCx {
+            connection: &conn,
+            metadata: &mut metadata,
+        };
+        let mut filter = f.create(&cx)?;
+        Some(filter.on_new_connection(&mut cx))
+    }
+
+    fn config(enabled: bool) -> NetworkLocalRateLimit {
+        NetworkLocalRateLimit {
+            stat_prefix: "tcp".into(),
+            token_bucket: BucketConfig {
+                max_tokens: 1,
+                tokens_per_fill: 1,
+                fill_interval: Duration::from_secs(1),
+            },
+            enabled,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_over_the_bucket_are_closed_and_counted() {
+        let store = Store::default();
+        let f = NetworkLocalRateLimitFactory::new(&config(true), &store);
+        assert!(matches!(connect(&f), Some(NetFlow::Continue)));
+        let Some(NetFlow::Close(d)) = connect(&f) else {
+            panic!("closed")
+        };
+        assert_eq!(d, "local_ratelimit_close_over_limit");
+        assert_eq!(
+            store.counter("local_rate_limit.tcp.rate_limited").value(),
+            1
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(connect(&f), Some(NetFlow::Continue)));
+
+        let off = NetworkLocalRateLimitFactory::new(&config(false), &store);
+        assert!((0..3).all(|_| connect(&off).is_none()));
+    }
+}
