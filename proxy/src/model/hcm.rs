@@ -98,10 +98,22 @@ pub enum HttpFilter {
     /// Istio's HTTP metadata exchange (`x-envoy-peer-metadata*` headers).
     PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
+    /// `envoy.filters.http.rbac`.
+    Rbac(RbacFilter),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
     Router(RouterConfig),
+}
+
+/// `envoy.filters.http.rbac` in a chain.
+#[derive(Debug, Clone)]
+pub struct RbacFilter {
+    /// `HttpFilter.name`: the key of the routes' `typed_per_filter_config`.
+    pub name: String,
+    /// `disabled`: the filter runs only on routes whose `typed_per_filter_config` enables it.
+    pub disabled: bool,
+    pub config: Arc<super::rbac::HttpRbac>,
 }
 
 /// One ALPN list and a key that tells upstream connections offering it apart in the pools.
@@ -1312,6 +1324,15 @@ fn http_filter(
             if !*disabled {
                 out.push(HttpFilter::Compressor(Arc::new(cfg)));
             }
+        }
+        super::rbac::HTTP_RBAC_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let cfg = super::rbac::HttpRbac::from_any(&fp.field("typed_config"), any)?;
+            out.push(HttpFilter::Rbac(RbacFilter {
+                name: name.clone(),
+                disabled: *disabled,
+                config: Arc::new(cfg),
+            }));
         }
         _ if *is_optional => {
             tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });

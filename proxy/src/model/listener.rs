@@ -75,6 +75,8 @@ pub struct FilterChain {
     pub fingerprint: u64,
     /// Istio's TCP metadata exchange, before the terminal filter.
     pub metadata_exchange: Option<Arc<MetadataExchange>>,
+    /// `envoy.filters.network.rbac` filters, in chain order, before the terminal filter.
+    pub rbac: Vec<Arc<super::rbac::NetworkRbac>>,
     pub terminal: NetworkTerminal,
 }
 
@@ -550,7 +552,7 @@ impl FilterChain {
             cx,
             buffer_limit,
         ));
-        let ((tls, matcher), (terminal, noop_filters, mx)) =
+        let ((tls, matcher), (terminal, noop_filters, mx, rbac)) =
             errs.finish_some(tls.zip(matcher).zip(filters))?;
         // The exchange is built for tcp_proxy chains; in front of an HTTP connection manager it
         // is inert as long as TLS cannot negotiate its protocol (istiod's HTTP chains offer
@@ -573,6 +575,7 @@ impl FilterChain {
             handshake_timeout,
             noop_filters,
             metadata_exchange: mx,
+            rbac,
             fingerprint: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -594,13 +597,16 @@ impl FilterChain {
 enum NetworkFilter {
     Terminal(NetworkTerminal),
     Noop(super::hcm::NoopFilter, Option<Arc<MetadataExchange>>),
+    Rbac(Arc<super::rbac::NetworkRbac>),
 }
 
-/// A chain's network filters: the terminal one, the no-ops in front of it, the metadata exchange.
+/// A chain's network filters: the terminal one, the no-ops in front of it, the metadata
+/// exchange, the RBAC filters.
 type NetworkFilters = (
     NetworkTerminal,
     Vec<super::hcm::NoopFilter>,
     Option<Arc<MetadataExchange>>,
+    Vec<Arc<super::rbac::NetworkRbac>>,
 );
 
 /// A chain's network filters: the terminal one, the no-ops in front of it and the metadata
@@ -618,6 +624,7 @@ fn network_filters(
     let mut terminal = None;
     let mut noop_filters = Vec::new();
     let mut mx = None;
+    let mut rbac = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
         match errs.take(network_filter(&path.index(i), f, last, cx, buffer_limit)) {
@@ -626,6 +633,7 @@ fn network_filters(
                 noop_filters.push(noop);
                 mx = m.or(mx);
             }
+            Some(NetworkFilter::Rbac(r)) => rbac.push(r),
             None => {}
         }
     }
@@ -633,7 +641,7 @@ fn network_filters(
     let terminal = terminal.ok_or_else(|| {
         path.error("the last network filter must be http_connection_manager or tcp_proxy")
     })?;
-    Ok((terminal, noop_filters, mx))
+    Ok((terminal, noop_filters, mx, rbac))
 }
 
 fn network_filter(
@@ -677,6 +685,11 @@ fn network_filter(
                 },
                 Some(mx),
             ));
+        }
+        super::rbac::NETWORK_RBAC_TYPE if !last => {
+            return Ok(NetworkFilter::Rbac(Arc::new(
+                super::rbac::NetworkRbac::from_any(&tp, any)?,
+            )));
         }
         super::hcm::ISTIO_STATS_TYPE if !last => {
             decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
@@ -948,6 +961,7 @@ mod tests {
             noop_filters: vec![],
             fingerprint: 0,
             metadata_exchange: None,
+            rbac: vec![],
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),

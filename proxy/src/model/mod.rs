@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod bootstrap;
+pub mod cel;
 pub mod cluster;
 pub mod compressor;
 pub mod context;
@@ -22,6 +23,7 @@ pub mod log_format;
 pub mod matcher;
 pub mod pb;
 pub mod per_filter;
+pub mod rbac;
 pub mod response_flags;
 pub mod retry;
 pub mod route;

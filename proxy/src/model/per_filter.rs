@@ -33,7 +33,10 @@ pub struct PerFilter {
 
 /// The per-route configurations remora understands, one variant per filter.
 #[derive(Debug, Clone)]
-pub enum PerFilterConfig {}
+pub enum PerFilterConfig {
+    /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
+    Rbac(Arc<super::rbac::HttpRbac>),
+}
 
 impl PerFilterConfigs {
     pub fn is_empty(&self) -> bool {
@@ -99,13 +102,16 @@ fn per_filter(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilter> {
 /// Whether a per-route type has a translation here.
 fn known_type(type_name: &str) -> bool {
     // Each filter's per-route type is added here with its arm in `translate_config`.
-    let known: &[&str] = &[];
+    let known: &[&str] = &[super::rbac::HTTP_RBAC_PER_ROUTE_TYPE];
     known.contains(&type_name)
 }
 
 /// A filter's own per-route message, by its type.
 fn translate_config(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilterConfig> {
     match any_type(any) {
+        super::rbac::HTTP_RBAC_PER_ROUTE_TYPE => {
+            super::rbac::per_route(path, any).map(PerFilterConfig::Rbac)
+        }
         "" => Err(path.field("@type").error("is required")),
         other => Err(path
             .field("@type")

@@ -13,6 +13,8 @@
 //! - What filters share along the stream (response flags and details, dynamic metadata, filter
 //!   state, the route) is in [`StreamCx`]; the access log reads the same `StreamInfo`.
 
+pub mod rbac;
+
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;

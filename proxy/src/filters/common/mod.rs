@@ -1,0 +1,3 @@
+//! What several filters share, as Envoy's `extensions/filters/common`.
+
+pub mod rbac;
