@@ -385,10 +385,23 @@ fn policy(path: &FieldPath, name: &str, p: &pb::rbac::Policy) -> Result<Policy> 
     })
 }
 
+/// Envoy's `CidrRange::create`: a prefix length past the family's width is clamped to it.
 fn cidr(path: &FieldPath, r: &pb::core::CidrRange) -> Result<Cidr> {
-    Ok(super::listener::cidrs(path, std::slice::from_ref(r))?
-        .pop()
-        .expect("one range in, one out"))
+    let pb::core::CidrRange {
+        address_prefix,
+        prefix_len,
+    } = r;
+    let addr: std::net::IpAddr = address_prefix.parse().map_err(|_| {
+        path.field("address_prefix").error(format!(
+            "Failed to create CIDR range: malformed IP address: {address_prefix}"
+        ))
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = super::core::u32_or(prefix_len, 0).min(max);
+    Ok(Cidr {
+        addr,
+        len: len as u8,
+    })
 }
 
 fn permission(path: &FieldPath, p: &pb::rbac::Permission) -> Result<Permission> {

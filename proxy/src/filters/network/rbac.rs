@@ -153,3 +153,119 @@ impl NetworkFilter for NetworkRbacFilter {
         self.check(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filters::common::rbac::testing::{connection, network_rbac, store};
+    use crate::stream_info::DynamicMetadata;
+
+    const RULES: &str = r#"
+stat_prefix: tcp.
+shadow_rules_stat_prefix: sh_
+rules:
+  policies:
+    "ns[autolytiq]-policy[tcp]-rule[0]":
+      permissions: [{and_rules: {rules: [{or_rules: {rules: [{destination_port: 5432}]}}]}}]
+      principals: [{and_ids: {ids: [{or_ids: {ids: [{authenticated: {principal_name: {safe_regex: {regex: ".*/ns/autolytiq/.*"}}}}]}}]}}]
+shadow_rules:
+  action: DENY
+  policies:
+    everyone: {permissions: [{any: true}], principals: [{any: true}]}
+"#;
+
+    fn first_read(
+        f: &NetworkRbacFactory,
+        spiffe: Option<&str>,
+        md: &mut DynamicMetadata,
+    ) -> NetFlow {
+        let conn = connection(5432, spiffe);
+        let mut cx = ConnCx {
+            connection: &conn,
+            metadata: md,
+        };
+        let mut filter = f.create(&cx).expect("a filter");
+        filter.on_new_connection(&mut cx);
+        filter.on_data(b"hello", false, &mut cx)
+    }
+
+    #[test]
+    fn denied_connection_closes_with_details_shadow_counted() {
+        let st = store();
+        let f = NetworkRbacFactory::new(network_rbac(RULES), &st);
+        let mut md = DynamicMetadata::default();
+        let flow = first_read(&f, Some("spiffe://cluster.local/ns/other/sa/x"), &mut md);
+        match flow {
+            NetFlow::Close(d) => assert_eq!(d, "rbac_access_denied_matched_policy[none]"),
+            _ => panic!("closed"),
+        }
+        let ns = md.namespace(NAMESPACE).unwrap();
+        assert_eq!(ns.get("sh_shadow_engine_result").unwrap(), "denied");
+        assert_eq!(ns.get("sh_shadow_effective_policy_id").unwrap(), "everyone");
+
+        let mut md = DynamicMetadata::default();
+        let flow = first_read(
+            &f,
+            Some("spiffe://cluster.local/ns/autolytiq/sa/deal"),
+            &mut md,
+        );
+        assert!(matches!(flow, NetFlow::Continue));
+        let flow = first_read(&f, None, &mut md);
+        assert!(matches!(flow, NetFlow::Close(_)));
+
+        let c = |n: &str| st.counter(n).value();
+        assert_eq!(c("tcp.rbac.allowed"), 1);
+        assert_eq!(c("tcp.rbac.denied"), 2);
+        assert_eq!(c("tcp.rbac.sh_.shadow_denied"), 3);
+        assert_eq!(c("tcp.rbac.sh_.shadow_allowed"), 0);
+    }
+
+    #[test]
+    fn one_time_evaluation_unless_continuous() {
+        let st = store();
+        let f = NetworkRbacFactory::new(network_rbac(RULES), &st);
+        let conn = connection(5432, Some("spiffe://cluster.local/ns/autolytiq/sa/deal"));
+        let mut md = DynamicMetadata::default();
+        let mut cx = ConnCx {
+            connection: &conn,
+            metadata: &mut md,
+        };
+        let mut filter = f.create(&cx).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                filter.on_data(b"x", false, &mut cx),
+                NetFlow::Continue
+            ));
+        }
+        assert_eq!(st.counter("tcp.rbac.allowed").value(), 1);
+
+        let cont = NetworkRbacFactory::new(
+            network_rbac(&format!("{RULES}\nenforcement_type: CONTINUOUS\n").replace("tcp.", "c")),
+            &st,
+        );
+        let mut filter = cont.create(&cx).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                filter.on_data(b"x", false, &mut cx),
+                NetFlow::Continue
+            ));
+        }
+        assert_eq!(st.counter("c.rbac.allowed").value(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_deny_holds_then_closes() {
+        let st = store();
+        let f = NetworkRbacFactory::new(network_rbac(&format!("{RULES}\ndelay_deny: 2s\n")), &st);
+        let mut md = DynamicMetadata::default();
+        let NetFlow::Pause(fut) = first_read(&f, None, &mut md) else {
+            panic!("paused");
+        };
+        let start = tokio::time::Instant::now();
+        match fut.await {
+            NetFlow::Close(d) => assert_eq!(d, "rbac_access_denied_matched_policy[none]"),
+            _ => panic!("closed"),
+        }
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
+    }
+}
