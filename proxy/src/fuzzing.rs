@@ -177,7 +177,7 @@ pub fn xds_resource(data: &[u8]) {
 
 /// Istio's TCP metadata exchange: the peer's bytes (a frame, or not) read by `exchange`.
 pub fn metadata_exchange(data: &[u8]) {
-    use crate::filters::metadata_exchange::{MxStats, exchange};
+    use crate::filters::network::metadata_exchange::{MxStats, exchange};
     use crate::telemetry::{stats::Store, tags::TagProducer};
     thread_local! {
         static RT: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
@@ -200,7 +200,7 @@ pub fn metadata_exchange(data: &[u8]) {
 /// Istio's peer metadata: a node's metadata (JSON) made into this workload's header value and
 /// exchange frame.
 pub fn peer_metadata(data: &[u8]) {
-    use crate::filters::{metadata_exchange, peer_metadata::PeerMetadata};
+    use crate::filters::{http::peer_metadata::PeerMetadata, network::metadata_exchange};
     let Ok(metadata) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };

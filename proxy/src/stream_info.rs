@@ -54,7 +54,7 @@ pub struct StreamInfo {
     pub response_code: Option<u16>,
     pub response_flags: ResponseFlags,
     pub response_code_details: std::borrow::Cow<'static, str>,
-    pub connection_termination_details: Option<&'static str>,
+    pub connection_termination_details: Option<std::borrow::Cow<'static, str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub route_name: Option<Arc<str>>,

@@ -274,10 +274,10 @@ fn noop_extensions(state: &ServerState) -> NoopExtensionsConfigDump {
                     reason: n.reason.into(),
                 })
             };
-            fc.noop_filters.iter().for_each(&mut push);
+            fc.noop_filters().for_each(&mut push);
             if let NetworkTerminal::Http(h) = &fc.terminal {
                 for f in &h.http_filters {
-                    if let HttpFilter::Noop(n) = f {
+                    if let HttpFilter::Noop(n) = &f.filter {
                         push(n);
                     }
                 }

@@ -7,12 +7,17 @@ use super::body::Body;
 use super::local_reply::{self, LocalReply, RouteLevels};
 use super::names;
 use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody, WatchedBody};
+use crate::filters::http::{RouteCx, StreamCx, chain};
 use crate::model::hcm::{HttpConnectionManager as Config, ServerHeader, StripPort};
 use crate::model::matcher::RequestHeaders;
-use crate::model::route::{RouteAction, RouteMatch, RouteRequest};
+use crate::model::route::{
+    ClusterTarget, Route, RouteAction, RouteConfig, RouteMatch, RouteRequest, VirtualHost,
+    WeightedCluster,
+};
 use crate::stream_info::{ConnectionInfo, Protocol, ResponseFlags, StreamInfo};
 use crate::telemetry::access_log::{AccessLogger, filter_input};
 use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+use crate::upstream::cluster::Cluster;
 use crate::upstream::cluster::ClusterManager;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -227,12 +232,12 @@ pub struct ConnectionManager {
     pub local: Arc<LocalInfo>,
     pub listener_port: u16,
     pub h1_limits: super::codec::h1::Limits,
-    /// `envoy.filters.http.compressor` filters, in chain order.
-    compressors: crate::filters::compressor::CompressorChain,
-    /// `istio.alpn`: ALPN offered to TLS upstreams by upstream protocol.
+    /// The HTTP filters before the router, built once (empty: the router alone).
+    filters: Vec<chain::ChainEntry>,
+    /// `istio.alpn`: ALPN offered to TLS upstreams by upstream protocol (read by the router).
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
-    /// Istio's HTTP metadata exchange headers.
-    pub peer_metadata: Option<crate::filters::peer_metadata::PeerMetadata>,
+    /// The access log or the local-reply mappers read the request.
+    keep_request: bool,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -420,35 +425,20 @@ impl ConnectionManager {
             ),
             None => crate::xds::rds::RouteTable::fixed(config.route_config.clone()),
         };
-        let compressors = crate::filters::compressor::CompressorChain::new(
-            config.http_filters.iter().filter_map(|f| match f {
-                crate::model::hcm::HttpFilter::Compressor(c) => Some(&**c),
-                _ => None,
-            }),
-            store,
-            &config.stat_prefix,
+        let filters = chain::build(
+            &config.http_filters,
+            &chain::BuildCx {
+                server: cx,
+                stat_prefix: &config.stat_prefix,
+                clusters: &clusters,
+            },
         );
-        for f in &config.http_filters {
-            if let crate::model::hcm::HttpFilter::Noop(n) = f {
-                store
-                    .counter(&format!("server.noop_extension.{}", n.short))
-                    .inc();
-            }
-        }
-        let alpn = config.http_filters.iter().rev().find_map(|f| match f {
-            crate::model::hcm::HttpFilter::Alpn(a) => Some(a.clone()),
-            _ => None,
-        });
-        let peer_metadata = config.http_filters.iter().find_map(|f| match f {
-            crate::model::hcm::HttpFilter::PeerMetadata(p) => Some(
-                crate::filters::peer_metadata::PeerMetadata::new(p, &local.node),
-            ),
-            _ => None,
-        });
+        let alpn = crate::filters::http::alpn::router_overrides(&config.http_filters);
+        let keep_request = !access_logs.is_empty() || !config.local_reply.mappers.is_empty();
         Ok(Self {
             alpn,
-            peer_metadata,
-            compressors,
+            filters,
+            keep_request,
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,
@@ -492,12 +482,6 @@ impl ConnectionManager {
     ) -> Response<Body> {
         let status = resp.status().as_u16();
         stream.info.response_code = Some(status);
-        if let Some(pm) = &self.peer_metadata {
-            pm.on_response(resp.headers_mut(), stream.peer_headers);
-        }
-        if !self.compressors.is_empty() {
-            resp = self.compressors.on_response(stream.compression, resp);
-        }
         let h = resp.headers_mut();
         match self.config.server_header {
             ServerHeader::Overwrite => {
@@ -534,25 +518,26 @@ impl ConnectionManager {
         resp.map(|body| Body::Tracked(Box::new(TrackedBody::new(body, stream, deadline, idle))))
     }
 
-    /// A local reply (`status`, Envoy's body text, details and flags), through
-    /// `local_reply_config`.
+    /// A local reply (`status`, Envoy's body text, details and flags) before a route was
+    /// chosen, through `local_reply_config`.
     pub fn local_reply(
         &self,
-        stream: ActiveStream,
+        stream: &mut ActiveStream,
         status: StatusCode,
         body: &str,
         details: &'static str,
         flags: ResponseFlags,
     ) -> Response<Body> {
         let reply = LocalReply::new(status, body.to_string());
-        self.local_reply_for(stream, reply, details.into(), flags, None)
+        self.local_response(stream, reply, details.into(), flags, None)
     }
 
-    /// A local reply once a route was chosen: the route's response header mutations first,
-    /// then `local_reply_config` (Envoy's order).
-    pub fn local_reply_for(
+    /// A local reply rendered: once a route was chosen, the route's response header mutations
+    /// first, then `local_reply_config` (Envoy's order). It leaves through the encoder filters
+    /// and `respond` like any response.
+    pub fn local_response(
         &self,
-        mut stream: ActiveStream,
+        stream: &mut ActiveStream,
         mut reply: LocalReply,
         details: Cow<'static, str>,
         flags: ResponseFlags,
@@ -562,7 +547,7 @@ impl ConnectionManager {
         stream.info.set_flag(flags);
         stream.info.response_code = Some(reply.status.as_u16());
         if let Some(levels) = route {
-            self.apply_response_mutations(levels, &mut reply.headers, &stream);
+            self.apply_response_mutations(levels, &mut reply.headers, stream);
         }
         let mapped = stream.with_request_headers(|rh| {
             let input = filter_input(&stream.info, rh);
@@ -574,16 +559,65 @@ impl ConnectionManager {
         if stream.head_request {
             *resp.body_mut() = Body::Empty;
         }
-        self.respond(stream, resp, None, None)
+        resp
     }
 
-    /// Handle one request (HTTP/1 or HTTP/2).
+    /// A filter's local reply, rendered as every local reply.
+    fn filter_reply(
+        &self,
+        stream: &mut ActiveStream,
+        r: crate::filters::http::LocalReply,
+        route: Option<RouteLevels<'_>>,
+    ) -> Response<Body> {
+        let body = match r.body {
+            Cow::Borrowed(s) => bytes::Bytes::from_static(s.as_bytes()),
+            Cow::Owned(s) => bytes::Bytes::from(s),
+        };
+        let mut reply = LocalReply::new(r.status, body);
+        reply.headers = r.headers;
+        self.local_response(stream, reply, r.details, r.flags, route)
+    }
+
+    /// Handle one request (HTTP/1 or HTTP/2): sanitation, route selection, the decoder
+    /// filters, the router (terminal filter), the encoder filters, `respond`.
     pub async fn handle(
         self: &Arc<Self>,
         conn: &Arc<DownstreamConn>,
         req: Request<Body>,
         protocol: Protocol,
     ) -> Response<Body> {
+        let mut stream = self.begin_stream(conn, protocol);
+        let (mut parts, body) = req.into_parts();
+        stream.head_request = parts.method == http::Method::HEAD;
+        let facts = match self.sanitise(&mut stream, conn, &mut parts, protocol) {
+            Ok(facts) => facts,
+            Err(refusal) => {
+                let resp = self.refuse(&mut stream, &parts, refusal);
+                return self.respond(stream, resp, None, None);
+            }
+        };
+        let route_config = self.routes.current.load_full();
+        let selected = self.select_route(&route_config, &mut stream, conn, &parts, &facts);
+        if let Some(resp) = self.refuse_upgrade(&mut stream, &parts, &selected, &facts) {
+            return self.respond(stream, resp, None, None);
+        }
+        if !self.filters.is_empty() {
+            return self
+                .run_chain(stream, conn, parts, body, &selected, &facts)
+                .await;
+        }
+        let answer = self
+            .terminal(&mut stream, parts, body, &selected, &facts)
+            .await;
+        self.respond(stream, answer.resp, answer.deadline, answer.idle)
+    }
+
+    /// The stream's start: stats, `max_requests_per_connection` on HTTP/2, its StreamInfo.
+    fn begin_stream(
+        self: &Arc<Self>,
+        conn: &Arc<DownstreamConn>,
+        protocol: Protocol,
+    ) -> ActiveStream {
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -603,73 +637,52 @@ impl ConnectionManager {
         }
         let mut info = StreamInfo::new(conn.info.clone());
         info.protocol = Some(protocol);
-        let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
-        let (mut parts, body) = req.into_parts();
-        stream.head_request = parts.method == http::Method::HEAD;
+        ActiveStream::new(self.clone(), conn.clone(), info)
+    }
 
+    /// The access log (and the local-reply mappers) see the request as it left the
+    /// connection manager: taken once, where the request is answered or forwarded.
+    pub fn snapshot_request(&self, stream: &mut ActiveStream, parts: &http::request::Parts) {
+        if self.keep_request {
+            stream.request = Some(snapshot(parts, &self.log_request_headers));
+        }
+    }
+
+    /// An early refusal (before the filters), as Envoy's connection manager answers it.
+    fn refuse(
+        &self,
+        stream: &mut ActiveStream,
+        parts: &http::request::Parts,
+        (status, details, flags): Refusal,
+    ) -> Response<Body> {
+        self.snapshot_request(stream, parts);
+        self.local_reply(stream, status, "", details, flags)
+    }
+
+    /// Envoy's request checks and header sanitation (`mutateRequestHeaders`): host, path form,
+    /// header count, x-forwarded-*, internal/edge headers, XFCC, x-request-id, via, user agent,
+    /// hop-by-hop headers, merged slashes. `Err`: the refusal to send.
+    fn sanitise(
+        &self,
+        stream: &mut ActiveStream,
+        conn: &DownstreamConn,
+        parts: &mut http::request::Parts,
+        protocol: Protocol,
+    ) -> Result<RequestFacts, Refusal> {
         // A CONNECT's authority-form target has no :path: no path matcher matches it (Envoy
         // routes such a request only by connect_matcher, which remora refuses).
         let no_path = parts.method == http::Method::CONNECT && parts.uri.path_and_query().is_none();
-        // The authority: HTTP/2's :authority, else Host. Normalise to origin-form + Host.
-        if let Some(auth) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            parts.uri = http::Uri::try_from(pq).unwrap_or_else(|_| http::Uri::from_static("/"));
-        }
-        let keep_request =
-            !self.access_logs.is_empty() || !self.config.local_reply.mappers.is_empty();
-        if keep_request {
-            stream.request = Some(snapshot(&parts, &self.log_request_headers));
-        }
-        // Envoy answers both without a response flag.
-        if !parts.headers.contains_key(header::HOST) {
-            return self.local_reply(
-                stream,
-                StatusCode::BAD_REQUEST,
-                "",
-                "missing_host_header",
-                ResponseFlags::empty(),
-            );
-        }
-        // Only relative paths reach routing (`OPTIONS *` and other forms are refused).
-        if parts.method != http::Method::CONNECT && !parts.uri.path().starts_with('/') {
-            stats.downstream_rq_non_relative_path.inc();
-            return self.local_reply(
-                stream,
-                StatusCode::NOT_FOUND,
-                "",
-                "absolute_path_rejected",
-                ResponseFlags::empty(),
-            );
-        }
-        if protocol == Protocol::Http2 && parts.headers.len() > self.config.max_headers_count {
-            stats.downstream_rq_too_large.inc();
-            return self.local_reply(
-                stream,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "",
-                "too_many_headers",
-                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-            );
-        }
-
+        normalise_authority(parts);
+        self.check_request(parts, protocol)?;
         // Downstream address, internal/external, x-forwarded-for.
         let remote = conn.info.remote;
         let (downstream_ip, internal) = self.forwarded_for(&mut parts.headers, remote.ip());
-        stream.info.downstream_remote = SocketAddr::new(
-            downstream_ip,
-            if downstream_ip == remote.ip() {
-                remote.port()
-            } else {
-                0
-            },
-        );
+        let port = if downstream_ip == remote.ip() {
+            remote.port()
+        } else {
+            0
+        };
+        stream.info.downstream_remote = SocketAddr::new(downstream_ip, port);
         self.sanitise_internal(&mut parts.headers, internal, downstream_ip);
         // Envoy's router counts a request as internal by this header (after edge sanitation).
         let internal_request = parts
@@ -678,19 +691,73 @@ impl ConnectionManager {
             .is_some_and(|v| v == "true");
         self.mutate_xfcc(conn, &mut parts.headers);
         let scheme = if conn.is_tls { "https" } else { "http" };
-        if self.config.use_remote_address || !parts.headers.contains_key(names::X_FORWARDED_PROTO) {
-            parts
-                .headers
-                .insert(names::X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        self.forwarded_headers(&mut parts.headers, conn, scheme);
+        self.request_id(stream, &mut parts.headers, internal);
+        self.node_headers(&mut parts.headers);
+        // Hop-by-hop headers and upgrades.
+        let upgrade = upgrade_type(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if self.config.merge_slashes {
+            merge_slashes(&mut parts.uri);
+        }
+        Ok(RequestFacts {
+            internal,
+            internal_request,
+            scheme,
+            upgrade,
+            no_path,
+        })
+    }
+
+    /// The refusals before sanitation: no host, a path that is not relative, too many headers
+    /// on HTTP/2. Envoy answers them without a response flag but the last.
+    fn check_request(
+        &self,
+        parts: &http::request::Parts,
+        protocol: Protocol,
+    ) -> Result<(), Refusal> {
+        let stats = &self.stats;
+        let none = ResponseFlags::empty();
+        if !parts.headers.contains_key(header::HOST) {
+            return Err((StatusCode::BAD_REQUEST, "missing_host_header", none));
+        }
+        // Only relative paths reach routing (`OPTIONS *` and other forms are refused).
+        if parts.method != http::Method::CONNECT && !parts.uri.path().starts_with('/') {
+            stats.downstream_rq_non_relative_path.inc();
+            return Err((StatusCode::NOT_FOUND, "absolute_path_rejected", none));
+        }
+        if protocol == Protocol::Http2 && parts.headers.len() > self.config.max_headers_count {
+            stats.downstream_rq_too_large.inc();
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+            return Err((status, "too_many_headers", flags));
+        }
+        Ok(())
+    }
+
+    /// x-forwarded-proto and x-forwarded-port.
+    fn forwarded_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        conn: &DownstreamConn,
+        scheme: &'static str,
+    ) {
+        if self.config.use_remote_address || !h.contains_key(names::X_FORWARDED_PROTO) {
+            h.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
         if self.config.append_x_forwarded_port {
-            parts.headers.insert(
+            h.insert(
                 names::X_FORWARDED_PORT,
                 HeaderValue::from(conn.info.local.port()),
             );
         }
+    }
+
+    /// x-request-id: generated when absent (or regenerated for an external request at the
+    /// edge), kept for the response with `always_set_request_id_in_response`.
+    fn request_id(&self, stream: &mut ActiveStream, h: &mut http::HeaderMap, internal: bool) {
         if self.config.generate_request_id {
-            let regenerate = match parts.headers.get(names::X_REQUEST_ID) {
+            let regenerate = match h.get(names::X_REQUEST_ID) {
                 None => true,
                 Some(_) => {
                     self.config.use_remote_address
@@ -699,97 +766,60 @@ impl ConnectionManager {
                 }
             };
             if regenerate {
-                parts.headers.insert(names::X_REQUEST_ID, uuid_v4());
+                h.insert(names::X_REQUEST_ID, uuid_v4());
             }
         }
         if self.config.always_set_request_id_in_response {
-            stream.request_id = parts.headers.get(names::X_REQUEST_ID).cloned();
+            stream.request_id = h.get(names::X_REQUEST_ID).cloned();
         }
+    }
+
+    /// via, and with `add_user_agent` the user agent and x-envoy-downstream-service-*.
+    fn node_headers(&self, h: &mut http::HeaderMap) {
         if let Some(via) = &self.config.via {
-            parts.headers.append(header::VIA, via.clone());
+            h.append(header::VIA, via.clone());
         }
         if self.config.add_user_agent && !self.local.service_cluster.is_empty() {
             if let Ok(cluster) = HeaderValue::from_str(&self.local.service_cluster) {
-                if !parts.headers.contains_key(header::USER_AGENT) {
-                    parts.headers.insert(header::USER_AGENT, cluster.clone());
+                if !h.contains_key(header::USER_AGENT) {
+                    h.insert(header::USER_AGENT, cluster.clone());
                 }
-                parts
-                    .headers
-                    .insert(names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER, cluster);
+                h.insert(names::X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER, cluster);
             }
             if let Ok(node) = HeaderValue::from_str(&self.local.service_node) {
-                parts
-                    .headers
-                    .insert(names::X_ENVOY_DOWNSTREAM_SERVICE_NODE, node);
+                h.insert(names::X_ENVOY_DOWNSTREAM_SERVICE_NODE, node);
             }
         }
+    }
 
-        // Hop-by-hop headers and upgrades.
-        let upgrade = upgrade_type(&parts.headers);
-        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        if self.config.merge_slashes {
-            merge_slashes(&mut parts.uri);
-        }
-        // The HTTP filters before the router (their response side runs in `respond`).
-        if let Some(pm) = &self.peer_metadata {
-            stream.peer_headers = pm.on_request(&mut parts.headers);
-        }
-        stream.compression = self.compressors.on_request(&mut parts.headers);
-        if let Some(r) = stream.request.as_mut() {
-            // The access log sees the request as routed (with the generated x-request-id, XFF).
-            *r = snapshot(&parts, &self.log_request_headers);
-        }
-
-        // Route.
-        let route_config = self.routes.current.load_full();
-        // Shared handles (reference counts, no copies) so that the request stays mutable.
-        let uri = parts.uri.clone();
-        let host_value = parts.headers.get(header::HOST).cloned();
-        let path_and_query = match uri.path_and_query() {
-            _ if no_path => "",
-            pq => pq.map_or("/", |p| p.as_str()),
-        };
-        let authority = host_value
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    /// The virtual host and route, and (as Envoy resolves them with the route) the weighted
+    /// cluster and the cluster: the filters' per-route configuration and `%UPSTREAM_CLUSTER%`
+    /// are known before the decoder filters run.
+    fn select_route<'r>(
+        &self,
+        rc: &'r RouteConfig,
+        stream: &mut ActiveStream,
+        conn: &DownstreamConn,
+        parts: &http::request::Parts,
+        facts: &RequestFacts,
+    ) -> Selected<'r> {
+        let (path_and_query, authority) = request_target(parts, facts.no_path);
         let host_for_routing = self.routing_host(authority);
-        let matched = {
-            let rr = RouteRequest {
-                headers: RequestHeaders {
-                    method: &parts.method,
-                    path_and_query,
-                    authority,
-                    scheme,
-                    headers: &parts.headers,
-                },
-                host: &host_for_routing,
-                is_tls: conn.is_tls,
-                is_internal: internal,
-            };
-            route_config.route(&rr)
+        let rr = RouteRequest {
+            headers: RequestHeaders {
+                method: &parts.method,
+                path_and_query,
+                authority,
+                scheme: facts.scheme,
+                headers: &parts.headers,
+            },
+            host: &host_for_routing,
+            is_tls: conn.is_tls,
+            is_internal: facts.internal,
         };
-        // Envoy's router counts every request it decodes, routed or not (no route, direct
-        // responses and redirects included).
-        stats.rq_total.inc();
-        let (vhost, route, matched_len) = match matched {
-            RouteMatch::NoRoute => {
-                stats.no_route.inc();
-                return self.local_reply(
-                    stream,
-                    StatusCode::NOT_FOUND,
-                    "",
-                    "route_not_found",
-                    ResponseFlags::NO_ROUTE_FOUND,
-                );
-            }
-            RouteMatch::RequireTls { .. } => {
-                stats.rq_redirect.inc();
-                let location = format!("https://{authority}{path_and_query}");
-                let reply = redirect_reply(StatusCode::MOVED_PERMANENTLY, &location);
-                let flags = ResponseFlags::empty();
-                return self.local_reply_for(stream, reply, "direct_response".into(), flags, None);
-            }
+        let (vhost, route, matched_len) = match rc.route(&rr) {
+            RouteMatch::NoRoute => return Selected::NoRoute,
+            RouteMatch::RequireTls { .. } => return Selected::RequireTls,
             RouteMatch::Route {
                 vhost,
                 route,
@@ -797,80 +827,284 @@ impl ConnectionManager {
             } => (vhost, route, matched_prefix_len),
         };
         stream.info.route_name = route.name.clone();
-        let levels = RouteLevels {
-            rc: &route_config,
+        let (weighted, cluster) = match &route.action {
+            RouteAction::Forward(fwd) => {
+                let (name, weighted): (&str, _) = match &fwd.cluster {
+                    ClusterTarget::Name(n) => (n, None),
+                    ClusterTarget::Header(h) => (
+                        parts
+                            .headers
+                            .get(h)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        None,
+                    ),
+                    ClusterTarget::Weighted(w) => {
+                        let c = w.pick(fastrand::u64(..));
+                        (&c.name, Some(c))
+                    }
+                };
+                let cluster = self.clusters.get(name);
+                if let Some(c) = &cluster {
+                    stream.info.upstream_cluster = Some(c.config.name.clone());
+                }
+                (weighted, cluster)
+            }
+            _ => (None, None),
+        };
+        Selected::Route {
+            rc,
             vhost,
             route,
-            weighted: None,
+            matched_len,
+            weighted,
+            cluster,
+        }
+    }
+
+    /// An upgrade the route does not allow: refused before the filter chain (Envoy creates
+    /// no chain for it).
+    fn refuse_upgrade(
+        &self,
+        stream: &mut ActiveStream,
+        parts: &http::request::Parts,
+        selected: &Selected<'_>,
+        facts: &RequestFacts,
+    ) -> Option<Response<Body>> {
+        let up = facts.upgrade.as_ref()?;
+        let Selected::Route { route, .. } = selected else {
+            return None;
+        };
+        let RouteAction::Forward(fwd) = &route.action else {
+            return None;
+        };
+        if self.config.upgrade_allowed(&fwd.upgrades, up) {
+            return None;
+        }
+        self.stats.downstream_rq_ws_on_non_ws_route.inc();
+        let refusal = (
+            StatusCode::FORBIDDEN,
+            "upgrade_failed",
+            ResponseFlags::empty(),
+        );
+        Some(self.refuse(stream, parts, refusal))
+    }
+
+    /// The request through the decoder filters, the router, and the response back through the
+    /// encoder filters (reverse order). A decoder filter's local reply goes back through the
+    /// encoder side of the filters before it.
+    async fn run_chain(
+        self: &Arc<Self>,
+        mut stream: ActiveStream,
+        conn: &DownstreamConn,
+        mut parts: http::request::Parts,
+        body: Body,
+        selected: &Selected<'_>,
+        facts: &RequestFacts,
+    ) -> Response<Body> {
+        let route = selected.route_cx();
+        let levels = selected.levels();
+        let mut filters = chain::create(&self.filters, &stream_cx(conn, &mut stream, route));
+        if filters.is_empty() {
+            let a = self
+                .terminal(&mut stream, parts, body, selected, facts)
+                .await;
+            return self.respond(stream, a.resp, a.deadline, a.idle);
+        }
+        let end_stream = body.is_end_stream();
+        let decoded = {
+            let (keep, names) = (self.keep_request, &self.log_request_headers);
+            let request = &mut stream.request;
+            let mut before_pause = |p: &http::request::Parts| {
+                if keep {
+                    *request = Some(snapshot(p, names));
+                }
+            };
+            let mut cx = StreamCx {
+                connection: &conn.info,
+                info: &mut stream.info,
+                route,
+            };
+            chain::decode_headers(
+                &mut filters,
+                &mut parts,
+                end_stream,
+                &mut cx,
+                &mut before_pause,
+            )
+            .await
+        };
+        let answer = match decoded {
+            Ok(()) => {
+                let body = chain::decode_body(
+                    &mut filters,
+                    body,
+                    &mut stream_cx(conn, &mut stream, route),
+                );
+                self.terminal(&mut stream, parts, body, selected, facts)
+                    .await
+            }
+            Err((i, reply)) => {
+                filters.truncate(i);
+                self.snapshot_request(&mut stream, &parts);
+                Answer::local(self.filter_reply(&mut stream, reply, levels))
+            }
+        };
+        let (resp, replaced) = self
+            .encode(&mut filters, &mut stream, conn, route, answer.resp)
+            .await;
+        match replaced {
+            true => self.respond(stream, resp, None, None),
+            false => self.respond(stream, resp, answer.deadline, answer.idle),
+        }
+    }
+
+    /// The encoder side: response headers through the filters in reverse order (a filter's
+    /// local reply replaces the response and goes on through the filters before it), then the
+    /// body. `true`: a filter replaced the response.
+    async fn encode(
+        &self,
+        filters: &mut chain::StreamFilters,
+        stream: &mut ActiveStream,
+        conn: &DownstreamConn,
+        route: Option<RouteCx<'_>>,
+        resp: Response<Body>,
+    ) -> (Response<Body>, bool) {
+        let (mut parts, mut body) = resp.into_parts();
+        let mut upto = filters.len();
+        let mut replaced = false;
+        loop {
+            stream.info.response_code = Some(parts.status.as_u16());
+            let end = body.is_end_stream();
+            let mut cx = stream_cx(conn, stream, route);
+            let Some((i, reply)) =
+                chain::encode_headers(&mut filters[..upto], &mut parts, end, &mut cx).await
+            else {
+                break;
+            };
+            let levels = route.map(RouteLevels::from);
+            (parts, body) = self.filter_reply(stream, reply, levels).into_parts();
+            upto = i;
+            replaced = true;
+        }
+        let body = chain::encode_body(
+            &mut filters[..upto],
+            body,
+            &mut stream_cx(conn, stream, route),
+        );
+        (Response::from_parts(parts, body), replaced)
+    }
+
+    /// The router's part, as the terminal filter: no route (404 `NR`), the https redirect of
+    /// `require_tls`, direct responses, redirects, and forwarding.
+    async fn terminal(
+        self: &Arc<Self>,
+        stream: &mut ActiveStream,
+        parts: http::request::Parts,
+        body: Body,
+        selected: &Selected<'_>,
+        facts: &RequestFacts,
+    ) -> Answer {
+        let stats = &self.stats;
+        // Envoy's router counts every request it decodes, routed or not (no route, direct
+        // responses and redirects included).
+        stats.rq_total.inc();
+        let (rc, vhost, route, matched_len, weighted, cluster) = match selected {
+            Selected::NoRoute => {
+                stats.no_route.inc();
+                self.snapshot_request(stream, &parts);
+                let (nf, nr) = (StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE_FOUND);
+                return Answer::local(self.local_reply(stream, nf, "", "route_not_found", nr));
+            }
+            Selected::RequireTls => {
+                stats.rq_redirect.inc();
+                self.snapshot_request(stream, &parts);
+                let (pq, authority) = request_target(&parts, facts.no_path);
+                let location = format!("https://{authority}{pq}");
+                let reply = redirect_reply(StatusCode::MOVED_PERMANENTLY, &location);
+                let (details, none) = ("direct_response".into(), ResponseFlags::empty());
+                return Answer::local(self.local_response(stream, reply, details, none, None));
+            }
+            Selected::Route {
+                rc,
+                vhost,
+                route,
+                matched_len,
+                weighted,
+                cluster,
+            } => (*rc, *vhost, *route, *matched_len, *weighted, cluster),
+        };
+        let levels = RouteLevels {
+            rc,
+            vhost,
+            route,
+            weighted,
         };
         // Direct responses and redirects are the router's local replies (Envoy: mapped by
         // local_reply_config, finalized with the route's response headers).
-        match &route.action {
+        let reply = match &route.action {
             RouteAction::Direct(d) => {
                 stats.rq_direct_response.inc();
-                let reply = LocalReply::new(d.status, d.body.clone().unwrap_or_default());
-                let flags = ResponseFlags::empty();
-                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
+                LocalReply::new(d.status, d.body.clone().unwrap_or_default())
             }
             RouteAction::Redirect(r) => {
                 stats.rq_redirect.inc();
-                // The scheme of the request as Envoy sees it: x-forwarded-proto (sanitised above).
-                let request_scheme = parts
-                    .headers
-                    .get(names::X_FORWARDED_PROTO)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
-                    .unwrap_or(scheme);
-                let location = super::router::redirect_location(
-                    r,
-                    request_scheme,
-                    authority,
-                    path_and_query,
-                    matched_len,
-                );
-                let reply = redirect_reply(r.code, &location);
-                let flags = ResponseFlags::empty();
-                self.local_reply_for(stream, reply, "direct_response".into(), flags, Some(levels))
+                redirect_reply(
+                    r.code,
+                    &self.redirect_location(r, &parts, facts, matched_len),
+                )
             }
             RouteAction::Forward(fwd) => {
-                if let Some(up) = &upgrade
-                    && !self.config.upgrade_allowed(&fwd.upgrades, up)
-                {
-                    stats.downstream_rq_ws_on_non_ws_route.inc();
-                    // Envoy knows the route's cluster from route selection on.
-                    if let crate::model::route::ClusterTarget::Name(n) = &fwd.cluster
-                        && let Some(c) = self.clusters.get(n)
-                    {
-                        stream.info.upstream_cluster = Some(c.config.name.clone());
-                    }
-                    return self.local_reply(
-                        stream,
-                        StatusCode::FORBIDDEN,
-                        "",
-                        "upgrade_failed",
-                        ResponseFlags::empty(),
-                    );
-                }
-                let body = if body.is_end_stream() {
-                    stream.info.last_downstream_rx = Some(Instant::now());
-                    body
-                } else {
-                    let progress = RequestProgress::new(stream.info.start);
-                    stream.progress = Some(progress.clone());
-                    Body::Watched(Box::new(WatchedBody::new(body, progress)))
-                };
+                let body = self.watch_request_body(stream, body);
                 let ctx = super::router::Forward {
-                    route_config: &route_config,
+                    route_config: rc,
                     vhost,
                     route,
                     action: fwd,
                     matched_len,
-                    internal: internal_request,
-                    upgrade: upgrade.is_some(),
+                    internal: facts.internal_request,
+                    upgrade: facts.upgrade.is_some(),
+                    weighted,
+                    cluster: cluster.clone(),
                 };
-                super::router::forward(self, stream, Request::from_parts(parts, body), ctx).await
+                let req = Request::from_parts(parts, body);
+                return super::router::forward(self, stream, req, ctx).await;
             }
+        };
+        self.snapshot_request(stream, &parts);
+        let (details, none) = ("direct_response".into(), ResponseFlags::empty());
+        Answer::local(self.local_response(stream, reply, details, none, Some(levels)))
+    }
+
+    /// A route's redirect target for this request.
+    fn redirect_location(
+        &self,
+        r: &crate::model::route::Redirect,
+        parts: &http::request::Parts,
+        facts: &RequestFacts,
+        matched_len: usize,
+    ) -> String {
+        let (path_and_query, authority) = request_target(parts, facts.no_path);
+        // The scheme of the request as Envoy sees it: x-forwarded-proto (sanitised above).
+        let request_scheme = parts
+            .headers
+            .get(names::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+            .unwrap_or(facts.scheme);
+        super::router::redirect_location(r, request_scheme, authority, path_and_query, matched_len)
+    }
+
+    /// The request body as the router reads it: watched for its end, activity and size unless
+    /// the request came complete.
+    fn watch_request_body(&self, stream: &mut ActiveStream, body: Body) -> Body {
+        if body.is_end_stream() {
+            stream.info.last_downstream_rx = Some(Instant::now());
+            return body;
         }
+        let progress = RequestProgress::new(stream.info.start);
+        stream.progress = Some(progress.clone());
+        Body::Watched(Box::new(WatchedBody::new(body, progress)))
     }
 
     /// Response header mutations, innermost first (weighted cluster, route, virtual host, route
@@ -896,14 +1130,6 @@ impl ConnectionManager {
             for m in all.iter().flatten() {
                 m.apply_response(headers, &ctx);
             }
-        }
-    }
-
-    /// The access log sees the request as the router left it (Envoy's log reads the live
-    /// request headers: rewritten host and path, added headers).
-    pub fn resnapshot(&self, stream: &mut ActiveStream, parts: &http::request::Parts) {
-        if let Some(r) = stream.request.as_mut() {
-            *r = snapshot(parts, &self.log_request_headers);
         }
     }
 
@@ -1033,6 +1259,137 @@ impl ConnectionManager {
         let mut stream = ActiveStream::new(self.clone(), conn.clone(), info);
         stream.finish(super::stream::End::Complete);
     }
+}
+
+/// A request the connection manager refuses before the filters: status, details, flags.
+type Refusal = (StatusCode, &'static str, ResponseFlags);
+
+/// What sanitation learned about a request that routing and the router use.
+struct RequestFacts {
+    /// Internal by x-forwarded-for (route matching's `is_internal`).
+    internal: bool,
+    /// `x-envoy-internal: true` after sanitation (the router's internal/external stats).
+    internal_request: bool,
+    scheme: &'static str,
+    /// The upgrade asked for (`Connection: upgrade`), if any.
+    upgrade: Option<String>,
+    /// A CONNECT without a path.
+    no_path: bool,
+}
+
+/// What route selection found.
+enum Selected<'r> {
+    NoRoute,
+    /// `require_tls` on the virtual host: the router redirects to https.
+    RequireTls,
+    Route {
+        rc: &'r RouteConfig,
+        vhost: &'r VirtualHost,
+        route: &'r Route,
+        matched_len: usize,
+        /// The weighted cluster drawn, for a route with weighted clusters.
+        weighted: Option<&'r WeightedCluster>,
+        /// The route's cluster, when it exists.
+        cluster: Option<Arc<Cluster>>,
+    },
+}
+
+impl<'r> Selected<'r> {
+    /// What the filters see of the route.
+    fn route_cx(&self) -> Option<RouteCx<'r>> {
+        match *self {
+            Selected::Route {
+                rc,
+                vhost,
+                route,
+                weighted,
+                ..
+            } => Some(RouteCx {
+                route_config: rc,
+                vhost,
+                route,
+                weighted,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The levels whose response header mutations a local reply gets.
+    fn levels(&self) -> Option<RouteLevels<'r>> {
+        self.route_cx().map(RouteLevels::from)
+    }
+}
+
+impl<'a> From<RouteCx<'a>> for RouteLevels<'a> {
+    fn from(r: RouteCx<'a>) -> Self {
+        RouteLevels {
+            rc: r.route_config,
+            vhost: r.vhost,
+            route: r.route,
+            weighted: r.weighted,
+        }
+    }
+}
+
+/// What the router answered: the response, and the route timeout's deadline and the stream
+/// idle timeout that still bound its body.
+pub struct Answer {
+    pub resp: Response<Body>,
+    pub deadline: Option<Instant>,
+    pub idle: Option<std::time::Duration>,
+}
+
+impl Answer {
+    pub fn local(resp: Response<Body>) -> Self {
+        Self {
+            resp,
+            deadline: None,
+            idle: None,
+        }
+    }
+}
+
+/// What a filter sees of its stream.
+fn stream_cx<'a>(
+    conn: &'a DownstreamConn,
+    stream: &'a mut ActiveStream,
+    route: Option<RouteCx<'a>>,
+) -> StreamCx<'a> {
+    StreamCx {
+        connection: &conn.info,
+        info: &mut stream.info,
+        route,
+    }
+}
+
+/// HTTP/2's :authority (or an absolute-form target) becomes Host, and the target origin-form.
+fn normalise_authority(parts: &mut http::request::Parts) {
+    let Some(auth) = parts.uri.authority() else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = http::Uri::try_from(pq).unwrap_or_else(|_| http::Uri::from_static("/"));
+}
+
+/// The path (with its query; empty for a CONNECT without one) and the authority.
+fn request_target(parts: &http::request::Parts, no_path: bool) -> (&str, &str) {
+    let path_and_query = match parts.uri.path_and_query() {
+        _ if no_path => "",
+        pq => pq.map_or("/", |p| p.as_str()),
+    };
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    (path_and_query, authority)
 }
 
 /// A redirect: a `location` and no body (until `local_reply_config` formats one).

@@ -5,7 +5,7 @@
 
 use super::body::Body;
 use super::codec::{h1, h1_client};
-use super::conn_manager::ConnectionManager;
+use super::conn_manager::{Answer, ConnectionManager};
 use super::local_reply::{LocalReply, RouteLevels, bodies};
 use super::names;
 use super::retry::{Decision, Replay, Reset, RetryState};
@@ -13,8 +13,8 @@ use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
 use crate::model::cluster::UpstreamProtocol;
 use crate::model::retry::RetryPolicy;
 use crate::model::route::{
-    ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig,
-    VirtualHost, WeightedCluster, rewrite_path,
+    ForwardAction, HostRewrite, Redirect, RedirectPath, Route, RouteConfig, VirtualHost,
+    WeightedCluster, rewrite_path,
 };
 use crate::stream_info::{Protocol, ResponseFlags};
 use crate::upstream::cluster::Cluster;
@@ -38,6 +38,10 @@ pub struct Forward<'a> {
     pub matched_len: usize,
     pub internal: bool,
     pub upgrade: bool,
+    /// The weighted cluster drawn with the route (its per-filter config and header mutations).
+    pub weighted: Option<&'a WeightedCluster>,
+    /// The route's cluster, looked up with the route (`None`: 503/404 `NC`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl<'a> Forward<'a> {
@@ -55,13 +59,13 @@ impl<'a> Forward<'a> {
 /// A local reply for the routed request (the route's response headers, then local_reply_config).
 fn routed_reply(
     hcm: &ConnectionManager,
-    stream: ActiveStream,
+    stream: &mut ActiveStream,
     levels: RouteLevels<'_>,
     reply: (StatusCode, &str, &'static str, ResponseFlags),
 ) -> Response<Body> {
     let (status, body, details, flags) = reply;
     let reply = LocalReply::new(status, body.to_string());
-    hcm.local_reply_for(stream, reply, details.into(), flags, Some(levels))
+    hcm.local_response(stream, reply, details.into(), flags, Some(levels))
 }
 
 /// The upstream half of a WebSocket (or other HTTP/1.1 upgrade) that the downstream codec
@@ -165,47 +169,24 @@ impl Failure {
 
 pub async fn forward(
     hcm: &Arc<ConnectionManager>,
-    mut stream: ActiveStream,
+    stream: &mut ActiveStream,
     req: Request<Body>,
     f: Forward<'_>,
-) -> Response<Body> {
+) -> Answer {
     let router = &hcm.config.router;
     let (mut parts, body) = req.into_parts();
-
-    // Cluster.
-    let (cluster_name, weighted): (std::borrow::Cow<'_, str>, Option<&WeightedCluster>) =
-        match &f.action.cluster {
-            ClusterTarget::Name(n) => (std::borrow::Cow::Borrowed(&**n), None),
-            ClusterTarget::Header(h) => (
-                std::borrow::Cow::Owned(
-                    parts
-                        .headers
-                        .get(h)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string(),
-                ),
-                None,
-            ),
-            ClusterTarget::Weighted(w) => {
-                let c = w.pick(fastrand::u64(..));
-                (std::borrow::Cow::Borrowed(&*c.name), Some(c))
-            }
-        };
-    let Some(cluster) = hcm.clusters.get(&cluster_name) else {
+    let weighted = f.weighted;
+    let Some(cluster) = f.cluster.clone() else {
         hcm.stats.no_cluster.inc();
+        hcm.snapshot_request(stream, &parts);
         let nc = (
             f.action.cluster_not_found_code,
             "",
             "cluster_not_found",
             ResponseFlags::NO_CLUSTER_FOUND,
         );
-        return routed_reply(hcm, stream, f.levels(weighted), nc);
+        return Answer::local(routed_reply(hcm, stream, f.levels(weighted), nc));
     };
-    stream.info.upstream_cluster = Some(cluster.config.name.clone());
-    if let Some(pm) = &hcm.peer_metadata {
-        pm.propagate_upstream(&mut parts.headers, &cluster.config);
-    }
     // RING_HASH / MAGLEV: what the request hashes to under the route's hash policy.
     let request_hash = if cluster.config.lb_policy.is_hashing() && !f.action.hash_policy.is_empty()
     {
@@ -233,12 +214,13 @@ pub async fn forward(
             "no_healthy_upstream",
             ResponseFlags::NO_HEALTHY_UPSTREAM,
         );
-        return routed_reply(hcm, stream, f.levels(weighted), uh);
+        hcm.snapshot_request(stream, &parts);
+        return Answer::local(routed_reply(hcm, stream, f.levels(weighted), uh));
     };
     stream.info.upstream_host = Some(host.address);
 
     let keep_original = !router.suppress_envoy_headers;
-    rewrite_request(&mut parts, &f, weighted, &host, &stream, keep_original);
+    rewrite_request(&mut parts, &f, weighted, &host, stream, keep_original);
 
     // Timeouts.
     let envoy_headers = names::any_envoy_header(&parts.headers);
@@ -263,7 +245,7 @@ pub async fn forward(
     if !router.suppress_envoy_headers {
         announce_timeout(&mut parts, timeout, per_try);
     }
-    hcm.resnapshot(&mut stream, &parts);
+    hcm.snapshot_request(stream, &parts);
     let idle =
         f.action
             .idle_timeout
@@ -274,13 +256,13 @@ pub async fn forward(
                 hcm.config.stream_idle_timeout
             });
     if f.upgrade && cluster.config.protocol == UpstreamProtocol::Http2 {
-        return hcm.local_reply(
+        return Answer::local(hcm.local_reply(
             stream,
             StatusCode::FORBIDDEN,
             "",
             "upgrade_failed",
             ResponseFlags::empty(),
-        );
+        ));
     }
     let downstream_h2 = stream.info.protocol == Some(Protocol::Http2);
     let progress = stream.progress.clone();
@@ -360,7 +342,7 @@ pub async fn forward(
         if !cluster.circuit_breakers.default.requests.try_inc() {
             cluster.stats.traffic().upstream_rq_pending_overflow.inc();
             names::recycle_header_map(std::mem::take(&mut parts.headers));
-            return overflow_reply(hcm, stream, f.levels(weighted));
+            return Answer::local(overflow_reply(hcm, stream, f.levels(weighted)));
         }
         // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
         // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
@@ -407,7 +389,7 @@ pub async fn forward(
                     attempt_parts,
                     attempt_body,
                     timers,
-                    &mut stream,
+                    stream,
                 )
                 .await
             }
@@ -420,7 +402,7 @@ pub async fn forward(
                     &mut parts,
                     attempt_body,
                     timers,
-                    &mut stream,
+                    stream,
                 )
                 .await
             }
@@ -471,11 +453,11 @@ pub async fn forward(
                 drop(resp);
             }
             Err(failure) => {
-                let reply = describe(hcm, &mut stream, &cluster, &host, failure);
-                account_failure(&stream, &cluster, &host, &reply, false);
+                let reply = describe(hcm, stream, &cluster, &host, failure);
+                account_failure(stream, &cluster, &host, &reply, false);
             }
         }
-        end_attempt(&mut stream);
+        end_attempt(stream);
         // Back off, within the route timeout.
         let deadline = timeout.and_then(|t| match progress.as_deref() {
             None => Some(origin + t),
@@ -511,7 +493,13 @@ pub async fn forward(
             };
             upstream_response(hcm, stream, resp, &f, done)
         }
-        Err(failure) => fail(hcm, stream, (&cluster, &host), failure, f.levels(weighted)),
+        Err(failure) => Answer::local(fail(
+            hcm,
+            stream,
+            (&cluster, &host),
+            failure,
+            f.levels(weighted),
+        )),
     }
 }
 
@@ -677,11 +665,11 @@ struct Answered<'a> {
 /// removed, Envoy's response headers and mutations, and the response-body timeouts.
 fn upstream_response(
     hcm: &Arc<ConnectionManager>,
-    mut stream: ActiveStream,
+    stream: &mut ActiveStream,
     mut resp: Response<Body>,
     f: &Forward<'_>,
     done: Answered<'_>,
-) -> Response<Body> {
+) -> Answer {
     let Answered {
         cluster,
         host,
@@ -698,7 +686,7 @@ fn upstream_response(
     let now = Instant::now();
     stream.info.first_upstream_rx = Some(now);
     let status = resp.status().as_u16();
-    charge_upstream(&stream, status);
+    charge_upstream(stream, status);
     cluster.report(host, Outcome::Status(status));
     if status >= 500 {
         host.stats.rq_error.fetch_add(1, Relaxed);
@@ -735,7 +723,7 @@ fn upstream_response(
             names::number(u64::from(attempt)),
         );
     }
-    hcm.apply_response_mutations(f.levels(weighted), resp.headers_mut(), &stream);
+    hcm.apply_response_mutations(f.levels(weighted), resp.headers_mut(), stream);
     let deadline = timeout.map(|t| {
         progress
             .as_ref()
@@ -744,10 +732,14 @@ fn upstream_response(
             + t
     });
     if status == 101 && f.upgrade {
-        return hcm.respond(stream, resp, None, None);
+        return Answer::local(resp);
     }
     stream.per_try_idle = per_try_idle;
-    hcm.respond(stream, resp, deadline, idle)
+    Answer {
+        resp,
+        deadline,
+        idle,
+    }
 }
 
 /// What `x-envoy-retry-on` gets on a route without a retry policy (Envoy's defaults).
@@ -1035,18 +1027,18 @@ fn end_attempt(stream: &mut ActiveStream) {
 
 fn fail(
     hcm: &Arc<ConnectionManager>,
-    mut stream: ActiveStream,
+    stream: &mut ActiveStream,
     (cluster, host): (&Arc<Cluster>, &Arc<Host>),
     failure: Failure,
     levels: RouteLevels<'_>,
 ) -> Response<Body> {
-    let reply = describe(hcm, &mut stream, cluster, host, failure);
-    account_failure(&stream, cluster, host, &reply, true);
-    end_attempt(&mut stream);
+    let reply = describe(hcm, stream, cluster, host, failure);
+    account_failure(stream, cluster, host, &reply, true);
+    end_attempt(stream);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
     let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
     let answer = LocalReply::new(reply.status, reply.body);
-    let mut resp = hcm.local_reply_for(stream, answer, reply.details, reply.flags, Some(levels));
+    let mut resp = hcm.local_response(stream, answer, reply.details, reply.flags, Some(levels));
     if protocol_error {
         // The connection cannot carry another request.
         resp.headers_mut()
@@ -1062,7 +1054,7 @@ fn fail(
 /// 503 `UO`: a circuit breaker refused the request before it reached the upstream.
 fn overflow_reply(
     hcm: &Arc<ConnectionManager>,
-    stream: ActiveStream,
+    stream: &mut ActiveStream,
     levels: RouteLevels<'_>,
 ) -> Response<Body> {
     let uo = (

@@ -63,10 +63,6 @@ pub struct ActiveStream {
     pub response_headers: Option<HeaderMap>,
     pub upstream: Option<UpstreamRequest>,
     pub progress: Option<Arc<RequestProgress>>,
-    /// The compressor the request side chose for the response.
-    pub compression: crate::filters::compressor::Choice,
-    /// Which Istio peer-metadata headers the request carried.
-    pub peer_headers: crate::filters::peer_metadata::Carried,
     /// The retry policy's `per_try_idle_timeout`, which also bounds the pauses of the last
     /// attempt's response body.
     pub per_try_idle: Option<Duration>,
@@ -99,8 +95,6 @@ impl ActiveStream {
             response_headers: None,
             upstream: None,
             progress: None,
-            compression: None,
-            peer_headers: Default::default(),
             per_try_idle: None,
             head_request: false,
             finished: false,

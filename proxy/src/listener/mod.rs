@@ -114,6 +114,8 @@ pub struct ActiveChain {
     close: Arc<watch::Sender<bool>>,
     /// Istio's metadata exchange: the protocol it runs for, and this workload's frame.
     mx: Option<(Arc<crate::model::listener::MetadataExchange>, bytes::Bytes)>,
+    /// The network filters before the terminal one (empty: none run).
+    network: Vec<Arc<dyn crate::filters::network::NetworkFilterFactory>>,
 }
 
 /// A listener at runtime.
@@ -128,7 +130,7 @@ pub struct ActiveListener {
     access_logs: Vec<AccessLogger>,
     inspector_stats: Option<InspectorStats>,
     /// `metadata_exchange.*`, when a chain runs Istio's metadata exchange.
-    mx_stats: Option<crate::filters::metadata_exchange::MxStats>,
+    mx_stats: Option<crate::filters::network::metadata_exchange::MxStats>,
     pub local_address: SocketAddr,
     /// The server context (the overload manager's connection count).
     server: Arc<ServerContext>,
@@ -266,11 +268,13 @@ impl ActiveListener {
             .unwrap_or_else(|| crate::model::listener::stat_address(&local_address));
         let build =
             |fc: &Arc<crate::model::listener::FilterChain>| -> Result<ActiveChain, BindError> {
-                for n in &fc.noop_filters {
-                    store
-                        .counter(&format!("server.noop_extension.{}", n.short))
-                        .inc();
-                }
+                let network = crate::filters::network::chain::build(
+                    &fc.filters,
+                    &crate::filters::network::chain::BuildCx {
+                        server: cx,
+                        clusters,
+                    },
+                );
                 let terminal = match &fc.terminal {
                     NetworkTerminal::Http(h) => Terminal::Http(Arc::new(
                         ConnectionManager::new(
@@ -303,15 +307,18 @@ impl ActiveListener {
                         cx.cert_watcher.watch(source);
                     }
                 }
-                let mx = fc.metadata_exchange.as_ref().map(|m| {
-                    let frame =
-                        crate::filters::metadata_exchange::frame(&local.node, &m.additional_labels);
+                let mx = fc.metadata_exchange().map(|m| {
+                    let frame = crate::filters::network::metadata_exchange::frame(
+                        &local.node,
+                        &m.additional_labels,
+                    );
                     (m.clone(), frame)
                 });
                 Ok(ActiveChain {
                     config: fc.clone(),
                     terminal,
                     mx,
+                    network,
                     drain: same
                         .map_or_else(|| Arc::new(watch::channel(false).0), |c| c.drain.clone()),
                     close: same
@@ -342,7 +349,7 @@ impl ActiveListener {
             .iter()
             .chain(default_chain.iter())
             .any(|c| c.mx.is_some())
-            .then(|| crate::filters::metadata_exchange::MxStats::new(store));
+            .then(|| crate::filters::network::metadata_exchange::MxStats::new(store));
         Ok(Arc::new(Self {
             server: cx.clone(),
             mx_stats,
@@ -535,7 +542,7 @@ impl ActiveListener {
                                 .as_ref()
                                 .expect("built when a chain runs the exchange");
                             if tls_info.alpn.as_deref() == Some(mx.protocol.as_str()) {
-                                match crate::filters::metadata_exchange::exchange(
+                                match crate::filters::network::metadata_exchange::exchange(
                                     &mut stream,
                                     ours,
                                     std::time::Duration::from_secs(10),
@@ -570,7 +577,7 @@ impl ActiveListener {
     }
 
     /// Hand an established connection (plaintext or after the TLS handshake) to its network
-    /// filter.
+    /// filters, then the terminal one.
     /// The connection lives until it ends, or until its chain's drain deadline.
     async fn dispatch<S: Split>(
         &self,
@@ -579,24 +586,43 @@ impl ActiveListener {
         stream: S,
         prefix: BytesMut,
     ) {
+        use crate::filters::network::chain::{Filtered, NetChain};
         let is_tls = info.tls.is_some();
         let info = Arc::new(info);
         let mut close = chain.close.subscribe();
+        let net = NetChain::create(&chain.network, &info);
         let serve = async {
-            match &chain.terminal {
-                Terminal::Http(hcm) => {
-                    let conn = DownstreamConn::new(info, is_tls);
-                    crate::http::server::serve(
-                        hcm.clone(),
-                        conn,
-                        stream,
-                        prefix,
-                        chain.drain.subscribe(),
-                    )
+            let Some(mut net) = net else {
+                return self
+                    .serve_terminal(chain, info, is_tls, stream, prefix, None)
                     .await;
+            };
+            let state = net.state();
+            let admitted = async {
+                net.on_new_connection().await?;
+                if !prefix.is_empty() {
+                    net.on_data(&prefix, false).await?;
                 }
-                // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
-                Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze())).await,
+                Ok::<_, std::borrow::Cow<'static, str>>(())
+            };
+            match admitted.await {
+                Ok(()) => {
+                    let filtered = Filtered::new(stream, net);
+                    let conn = info.clone();
+                    self.serve_terminal(chain, conn, is_tls, filtered, prefix, Some(&state))
+                        .await;
+                    // A connection manager has no log of a connection a filter closed.
+                    if matches!(chain.terminal, Terminal::Http(_)) {
+                        self.log_closed_by_filter(info, &state);
+                    }
+                }
+                Err(detail) => {
+                    tracing::debug!(listener = %self.config.name, chain = %chain.config.name, "network filter closed the connection: {detail}");
+                    match &chain.terminal {
+                        Terminal::Tcp(tcp) => tcp.log_refused(info, &state),
+                        Terminal::Http(_) => self.log_closed_by_filter(info, &state),
+                    }
+                }
             }
         };
         tokio::select! {
@@ -604,6 +630,61 @@ impl ActiveListener {
             _ = stopped(&mut close) => {
                 tracing::debug!(listener = %self.config.name, chain = %chain.config.name, "drain deadline: closing the connection");
             }
+        }
+    }
+
+    /// The terminal network filter on the connection.
+    async fn serve_terminal<S: Split>(
+        &self,
+        chain: &ActiveChain,
+        info: Arc<ConnectionInfo>,
+        is_tls: bool,
+        stream: S,
+        prefix: BytesMut,
+        net: Option<&crate::filters::network::chain::SharedState>,
+    ) {
+        match &chain.terminal {
+            Terminal::Http(hcm) => {
+                let conn = DownstreamConn::new(info, is_tls);
+                crate::http::server::serve(
+                    hcm.clone(),
+                    conn,
+                    stream,
+                    prefix,
+                    chain.drain.subscribe(),
+                )
+                .await;
+            }
+            // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
+            Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze(), net)).await,
+        }
+    }
+
+    /// A listener access-log line for a connection a network filter closed (in front of a
+    /// connection manager, which logs only requests).
+    fn log_closed_by_filter(
+        &self,
+        conn: Arc<ConnectionInfo>,
+        state: &crate::filters::network::chain::SharedState,
+    ) {
+        let st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(detail) = st.closed.clone() else {
+            return;
+        };
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let mut info = StreamInfo::new(conn);
+        info.connection_termination_details = Some(detail);
+        info.dynamic_metadata = st.metadata.clone();
+        info.last_downstream_tx = Some(Instant::now());
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let input = filter_input(&info, None);
+        for l in &self.access_logs {
+            l.log(&ctx, &input);
         }
     }
 

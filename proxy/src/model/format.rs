@@ -76,10 +76,30 @@ pub(crate) enum Op {
         upstream: bool,
         field: TlsField,
     },
+    /// `%DYNAMIC_METADATA(NAMESPACE:KEY*)%`: the namespace's object, or the value at the path
+    /// of keys inside it.
+    DynamicMetadata {
+        namespace: String,
+        path: Vec<String>,
+    },
+    /// `%FILTER_STATE(KEY:F)%`: the value as its string (`PLAIN`) or as the JSON of its typed
+    /// form (`TYPED`, the default); `FIELD` of a value without fields is absent.
+    FilterState {
+        key: String,
+        format: FilterStateFormat,
+    },
     /// Operators Envoy defines whose data never exists in remora's current feature set (TLS
-    /// peer details on plaintext connections, dynamic metadata and filter state that no
-    /// configured filter sets): they print `-`, exactly as Envoy does when the data is absent.
+    /// session ids, cluster and upstream metadata, upstream filter state): they print `-`,
+    /// exactly as Envoy does when the data is absent.
     Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FilterStateFormat {
+    Plain,
+    Typed,
+    /// A field of a structured value (remora's filter-state values are strings: none).
+    Field,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,11 +327,9 @@ fn parse_op(token: &str, inputs: &Inputs) -> Result<(Op, Option<usize>), String>
             // Not read yet: the loader reads it and translates again.
             Op::Environment(inputs.env(a).ok().flatten().map(str::to_string))
         }
-        "DYNAMIC_METADATA"
-        | "CLUSTER_METADATA"
-        | "UPSTREAM_METADATA"
-        | "FILTER_STATE"
-        | "UPSTREAM_FILTER_STATE" => {
+        "DYNAMIC_METADATA" => dynamic_metadata(need_arg()?)?,
+        "FILTER_STATE" => filter_state(need_arg()?)?,
+        "CLUSTER_METADATA" | "UPSTREAM_METADATA" | "UPSTREAM_FILTER_STATE" => {
             need_arg()?;
             Op::Absent
         }
@@ -321,6 +339,55 @@ fn parse_op(token: &str, inputs: &Inputs) -> Result<(Op, Option<usize>), String>
         },
     };
     Ok((op, max_len))
+}
+
+/// `NAMESPACE:KEY:KEY…` (Envoy's `parseSubcommand` with `:` as the separator).
+fn dynamic_metadata(arg: &str) -> Result<Op, String> {
+    let mut parts = arg.split(':');
+    let namespace = parts.next().unwrap_or("");
+    if namespace.is_empty() {
+        return Err(format!(
+            "Invalid header configuration. Format string contains empty filter namespace in DYNAMIC_METADATA({arg})"
+        ));
+    }
+    let path: Vec<String> = parts.map(str::to_string).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!(
+            "Invalid header configuration. Format string contains empty key in DYNAMIC_METADATA({arg})"
+        ));
+    }
+    Ok(Op::DynamicMetadata {
+        namespace: namespace.to_string(),
+        path,
+    })
+}
+
+/// `KEY[:PLAIN|:TYPED|:FIELD:NAME]` (Envoy's filter-state formatter).
+fn filter_state(arg: &str) -> Result<Op, String> {
+    let mut parts = arg.split(':');
+    let key = parts.next().unwrap_or("");
+    if key.is_empty() {
+        return Err("Invalid filter state configuration, key cannot be empty.".to_string());
+    }
+    let format = match (parts.next(), parts.next(), parts.next()) {
+        (None, ..) | (Some("TYPED"), None, _) => FilterStateFormat::Typed,
+        (Some("PLAIN"), None, _) => FilterStateFormat::Plain,
+        (Some("FIELD"), Some(f), None) if !f.is_empty() => FilterStateFormat::Field,
+        (Some("FIELD"), ..) => {
+            return Err(
+                "Invalid filter state serialize type, FIELD requires a field name.".to_string(),
+            );
+        }
+        _ => {
+            return Err(format!(
+                "Invalid filter state serialize type, only support PLAIN/TYPED/FIELD: {arg}"
+            ));
+        }
+    };
+    Ok(Op::FilterState {
+        key: key.to_string(),
+        format,
+    })
 }
 
 /// `DOWNSTREAM_*` / `UPSTREAM_*` TLS operators.
@@ -404,6 +471,43 @@ mod tests {
             matches!(f.parts.as_slice(), [Part::Op { op: Op::Environment(Some(v)), .. }] if v == "v")
         );
         assert!(read.take_wanted().is_empty());
+    }
+
+    #[test]
+    fn metadata_and_filter_state_arguments() {
+        let op = |s: &str| match Formatter::parse(s).unwrap().parts.as_slice() {
+            [Part::Op { op, max_len }] => (format!("{op:?}"), *max_len),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            op("%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_engine_result):5%"),
+            (
+                r#"DynamicMetadata { namespace: "envoy.filters.http.rbac", path: ["shadow_engine_result"] }"#
+                    .to_string(),
+                Some(5)
+            )
+        );
+        assert_eq!(
+            op("%DYNAMIC_METADATA(ns)%").0,
+            r#"DynamicMetadata { namespace: "ns", path: [] }"#
+        );
+        assert_eq!(
+            op("%FILTER_STATE(a.b)%").0,
+            r#"FilterState { key: "a.b", format: Typed }"#
+        );
+        assert_eq!(
+            op("%FILTER_STATE(a.b:PLAIN)%").0,
+            r#"FilterState { key: "a.b", format: Plain }"#
+        );
+        assert_eq!(
+            op("%FILTER_STATE(a:FIELD:f)%").0,
+            r#"FilterState { key: "a", format: Field }"#
+        );
+        assert!(Formatter::parse("%DYNAMIC_METADATA(:k)%").is_err());
+        assert!(Formatter::parse("%DYNAMIC_METADATA(ns::k)%").is_err());
+        assert!(Formatter::parse("%FILTER_STATE(a:BOGUS)%").is_err());
+        assert!(Formatter::parse("%FILTER_STATE(a:FIELD)%").is_err());
+        assert!(Formatter::parse("%FILTER_STATE()%").is_err());
     }
 
     #[test]

@@ -90,6 +90,16 @@ impl Default for FloodLimits {
     }
 }
 
+/// One entry of the HTTP filter chain: its name (the key of `typed_per_filter_config`), whether
+/// it is `disabled` (then it runs only where a route's per-filter config enables it), and what
+/// it runs as.
+#[derive(Debug, Clone)]
+pub struct HttpFilterEntry {
+    pub name: String,
+    pub disabled: bool,
+    pub filter: HttpFilter,
+}
+
 /// The HTTP filters, in order; the router is always last.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
@@ -99,21 +109,11 @@ pub enum HttpFilter {
     PeerMetadata(Arc<PeerMetadataConfig>),
     Compressor(Arc<super::compressor::CompressorConfig>),
     /// `envoy.filters.http.rbac`.
-    Rbac(RbacFilter),
+    Rbac(Arc<super::rbac::HttpRbac>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
     Router(RouterConfig),
-}
-
-/// `envoy.filters.http.rbac` in a chain.
-#[derive(Debug, Clone)]
-pub struct RbacFilter {
-    /// `HttpFilter.name`: the key of the routes' `typed_per_filter_config`.
-    pub name: String,
-    /// `disabled`: the filter runs only on routes whose `typed_per_filter_config` enables it.
-    pub disabled: bool,
-    pub config: Arc<super::rbac::HttpRbac>,
 }
 
 /// One ALPN list and a key that tells upstream connections offering it apart in the pools.
@@ -350,7 +350,7 @@ pub struct HttpConnectionManager {
     pub route_config: Arc<RouteConfig>,
     /// `rds.route_config_name`, when routes come from RDS.
     pub rds: Option<String>,
-    pub http_filters: Vec<HttpFilter>,
+    pub http_filters: Vec<HttpFilterEntry>,
     pub router: RouterConfig,
     /// The listener's `per_connection_buffer_limit_bytes`: bounds a request body kept for retries.
     pub buffer_limit: u32,
@@ -1161,20 +1161,24 @@ fn http_filter_chain(
     path: &FieldPath,
     filters: &[pb::hcm::HttpFilter],
     rt: &Runtime,
-) -> Result<(Vec<HttpFilter>, RouterConfig)> {
+) -> Result<(Vec<HttpFilterEntry>, RouterConfig)> {
     let mut errs = Errors::new();
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
-        out.extend(
-            errs.take(http_filter(&path.index(i), f, last, rt))
-                .unwrap_or_default(),
-        );
+        let runs = errs
+            .take(http_filter(&path.index(i), f, last, rt))
+            .unwrap_or_default();
+        out.extend(runs.into_iter().map(|filter| HttpFilterEntry {
+            name: f.name.clone(),
+            disabled: f.disabled,
+            filter,
+        }));
     }
     errs.finish()?;
     let router = out
         .iter()
-        .find_map(|f| match f {
+        .find_map(|f| match &f.filter {
             HttpFilter::Router(r) => Some(r.clone()),
             _ => None,
         })
@@ -1236,19 +1240,18 @@ fn http_filter(
         PEER_METADATA_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
             let cfg = peer_metadata(&fp.field("typed_config"), any)?;
-            if !*disabled {
-                // Header propagation and removal run; what discovery learns about the
-                // peer is only read by telemetry, so that part is listed as a no-op.
-                if cfg.discovers {
-                    out.push(HttpFilter::Noop(NoopFilter {
-                        name: name.clone(),
-                        type_name: PEER_METADATA_TYPE,
-                        short: "peer_metadata_discovery",
-                        reason: PEER_DISCOVERY_LATER,
-                    }));
-                }
-                out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
+            // Header propagation and removal run; what discovery learns about the peer is
+            // only read by telemetry, so that part is listed as a no-op.
+            if cfg.discovers && !*disabled {
+                out.push(HttpFilter::Noop(NoopFilter {
+                    name: name.clone(),
+                    type_name: PEER_METADATA_TYPE,
+                    short: "peer_metadata_discovery",
+                    reason: PEER_DISCOVERY_LATER,
+                }));
             }
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
         }
         ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
             let tp = fp.field("typed_config");
@@ -1319,20 +1322,14 @@ fn http_filter(
             let tp = fp.field("typed_config");
             let cfg =
                 super::compressor::CompressorConfig::from_proto(&tp, &decode_any(&tp, any)?, rt)?;
-            // A filter disabled here would only run where a route's
-            // typed_per_filter_config enables it, which remora refuses; so it never runs.
-            if !*disabled {
-                out.push(HttpFilter::Compressor(Arc::new(cfg)));
-            }
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Compressor(Arc::new(cfg)));
         }
         super::rbac::HTTP_RBAC_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
             let cfg = super::rbac::HttpRbac::from_any(&fp.field("typed_config"), any)?;
-            out.push(HttpFilter::Rbac(RbacFilter {
-                name: name.clone(),
-                disabled: *disabled,
-                config: Arc::new(cfg),
-            }));
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Rbac(Arc::new(cfg)));
         }
         _ if *is_optional => {
             tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });

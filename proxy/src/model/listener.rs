@@ -68,16 +68,43 @@ pub struct FilterChain {
     pub tls: Option<Arc<super::tls::DownstreamTls>>,
     /// `transport_socket_connect_timeout`: how long the TLS handshake may take.
     pub handshake_timeout: Option<Duration>,
-    /// Network filters accepted as no-ops (Istio's TCP `istio.stats`), before the terminal one.
-    pub noop_filters: Vec<super::hcm::NoopFilter>,
+    /// The network filters before the terminal one, in chain order.
+    pub filters: Vec<NetworkFilter>,
     /// A hash of the chain's configuration: a new version of the listener that has a chain
     /// with the same fingerprint keeps that chain's connections (no drain).
     pub fingerprint: u64,
-    /// Istio's TCP metadata exchange, before the terminal filter.
-    pub metadata_exchange: Option<Arc<MetadataExchange>>,
-    /// `envoy.filters.network.rbac` filters, in chain order, before the terminal filter.
-    pub rbac: Vec<Arc<super::rbac::NetworkRbac>>,
     pub terminal: NetworkTerminal,
+}
+
+/// A network filter before the terminal one (`tcp_proxy` or `http_connection_manager`).
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    /// Accepted as a no-op (Istio's TCP `istio.stats`, the discovery half of the metadata
+    /// exchange): listed in `/config_dump`, counted in `server.noop_extension.<short>`.
+    Noop(super::hcm::NoopFilter),
+    /// Istio's TCP metadata exchange (run by the listener right after the TLS handshake, so
+    /// before every other filter sees a byte).
+    MetadataExchange(Arc<MetadataExchange>),
+    /// `envoy.filters.network.rbac`.
+    Rbac(Arc<super::rbac::NetworkRbac>),
+}
+
+impl FilterChain {
+    /// The filters accepted as no-ops.
+    pub fn noop_filters(&self) -> impl Iterator<Item = &super::hcm::NoopFilter> {
+        self.filters.iter().filter_map(|f| match f {
+            NetworkFilter::Noop(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Istio's TCP metadata exchange, when the chain runs it.
+    pub fn metadata_exchange(&self) -> Option<&Arc<MetadataExchange>> {
+        self.filters.iter().find_map(|f| match f {
+            NetworkFilter::MetadataExchange(m) => Some(m),
+            _ => None,
+        })
+    }
 }
 
 /// `envoy.tcp.metadataexchange.config.MetadataExchange`: the exchange runs when TLS negotiated
@@ -552,12 +579,16 @@ impl FilterChain {
             cx,
             buffer_limit,
         ));
-        let ((tls, matcher), (terminal, noop_filters, mx, rbac)) =
+        let ((tls, matcher), (terminal, filters)) =
             errs.finish_some(tls.zip(matcher).zip(filters))?;
         // The exchange is built for tcp_proxy chains; in front of an HTTP connection manager it
         // is inert as long as TLS cannot negotiate its protocol (istiod's HTTP chains offer
         // h2 and http/1.1 only).
-        if let (Some(m), NetworkTerminal::Http(_), Some(t)) = (&mx, &terminal, &tls)
+        let mx = filters.iter().find_map(|f| match f {
+            NetworkFilter::MetadataExchange(m) => Some(m),
+            _ => None,
+        });
+        if let (Some(m), NetworkTerminal::Http(_), Some(t)) = (mx, &terminal, &tls)
             && t.config
                 .alpn_protocols
                 .iter()
@@ -573,9 +604,7 @@ impl FilterChain {
             matcher,
             tls,
             handshake_timeout,
-            noop_filters,
-            metadata_exchange: mx,
-            rbac,
+            filters,
             fingerprint: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -594,46 +623,30 @@ impl FilterChain {
 }
 
 /// One network filter of a chain: the terminal one, or one in front of it.
-enum NetworkFilter {
+enum Translated {
     Terminal(NetworkTerminal),
-    Noop(super::hcm::NoopFilter, Option<Arc<MetadataExchange>>),
-    Rbac(Arc<super::rbac::NetworkRbac>),
+    Filter(Vec<NetworkFilter>),
 }
 
-/// A chain's network filters: the terminal one, the no-ops in front of it, the metadata
-/// exchange, the RBAC filters.
-type NetworkFilters = (
-    NetworkTerminal,
-    Vec<super::hcm::NoopFilter>,
-    Option<Arc<MetadataExchange>>,
-    Vec<Arc<super::rbac::NetworkRbac>>,
-);
-
-/// A chain's network filters: the terminal one, the no-ops in front of it and the metadata
-/// exchange. Every filter is translated, so that one report names the problems of all of them.
+/// A chain's network filters: the terminal one, and those in front of it in order. Every
+/// filter is translated, so that one report names the problems of all of them.
 fn network_filters(
     path: &FieldPath,
     filters: &[pb::listener::Filter],
     cx: &TranslateContext,
     buffer_limit: u32,
-) -> Result<NetworkFilters> {
+) -> Result<(NetworkTerminal, Vec<NetworkFilter>)> {
     if filters.is_empty() {
         return Err(path.error("at least one network filter is required"));
     }
     let mut errs = Errors::new();
     let mut terminal = None;
-    let mut noop_filters = Vec::new();
-    let mut mx = None;
-    let mut rbac = Vec::new();
+    let mut before = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let last = i + 1 == filters.len();
         match errs.take(network_filter(&path.index(i), f, last, cx, buffer_limit)) {
-            Some(NetworkFilter::Terminal(t)) => terminal = Some(t),
-            Some(NetworkFilter::Noop(noop, m)) => {
-                noop_filters.push(noop);
-                mx = m.or(mx);
-            }
-            Some(NetworkFilter::Rbac(r)) => rbac.push(r),
+            Some(Translated::Terminal(t)) => terminal = Some(t),
+            Some(Translated::Filter(f)) => before.extend(f),
             None => {}
         }
     }
@@ -641,7 +654,7 @@ fn network_filters(
     let terminal = terminal.ok_or_else(|| {
         path.error("the last network filter must be http_connection_manager or tcp_proxy")
     })?;
-    Ok((terminal, noop_filters, mx, rbac))
+    Ok((terminal, before))
 }
 
 fn network_filter(
@@ -650,7 +663,7 @@ fn network_filter(
     last: bool,
     cx: &TranslateContext,
     buffer_limit: u32,
-) -> Result<NetworkFilter> {
+) -> Result<Translated> {
     use pb::listener::filter::ConfigType;
     let rt = &*cx.runtime;
     let pb::listener::Filter { name, config_type } = f;
@@ -676,32 +689,31 @@ fn network_filter(
         )?)),
         METADATA_EXCHANGE_TYPE if !last => {
             let mx = Arc::new(metadata_exchange(&tp, any)?);
-            return Ok(NetworkFilter::Noop(
-                super::hcm::NoopFilter {
+            return Ok(Translated::Filter(vec![
+                NetworkFilter::Noop(super::hcm::NoopFilter {
                     name: name.clone(),
                     type_name: METADATA_EXCHANGE_TYPE,
                     short: "metadata_exchange_discovery",
                     reason: super::hcm::PEER_DISCOVERY_LATER,
-                },
-                Some(mx),
-            ));
+                }),
+                NetworkFilter::MetadataExchange(mx),
+            ]));
         }
         super::rbac::NETWORK_RBAC_TYPE if !last => {
-            return Ok(NetworkFilter::Rbac(Arc::new(
+            return Ok(Translated::Filter(vec![NetworkFilter::Rbac(Arc::new(
                 super::rbac::NetworkRbac::from_any(&tp, any)?,
-            )));
+            ))]));
         }
         super::hcm::ISTIO_STATS_TYPE if !last => {
             decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
-            return Ok(NetworkFilter::Noop(
+            return Ok(Translated::Filter(vec![NetworkFilter::Noop(
                 super::hcm::NoopFilter {
                     name: name.clone(),
                     type_name: super::hcm::ISTIO_STATS_TYPE,
                     short: "istio_stats",
                     reason: super::hcm::TELEMETRY_LATER,
                 },
-                None,
-            ));
+            )]));
         }
         other => {
             return Err(tp
@@ -714,7 +726,7 @@ fn network_filter(
             "terminal filter named {name} must be the last filter in a network filter chain"
         )));
     }
-    Ok(NetworkFilter::Terminal(t))
+    Ok(Translated::Terminal(t))
 }
 
 pub(super) fn cidrs(path: &FieldPath, ranges: &[pb::core::CidrRange]) -> Result<Vec<Cidr>> {
@@ -958,10 +970,8 @@ mod tests {
             matcher: m,
             tls: None,
             handshake_timeout: None,
-            noop_filters: vec![],
+            filters: vec![],
             fingerprint: 0,
-            metadata_exchange: None,
-            rbac: vec![],
             terminal: NetworkTerminal::Tcp(Arc::new(TcpProxy {
                 stat_prefix: "t".into(),
                 cluster: super::super::tcp_proxy::TcpCluster::Name("c".into()),

@@ -69,6 +69,18 @@ impl TcpProxyFilter {
         })
     }
 
+    /// A connection a network filter in front closed before this filter took it.
+    pub fn log_refused(
+        &self,
+        conn: Arc<ConnectionInfo>,
+        net: &crate::filters::network::chain::SharedState,
+    ) {
+        let mut info = StreamInfo::new(conn);
+        info.last_downstream_tx = Some(Instant::now());
+        take_net_state(&mut info, Some(net));
+        self.log(&info);
+    }
+
     fn log(&self, info: &StreamInfo) {
         if self.access_logs.is_empty() {
             return;
@@ -91,6 +103,7 @@ impl TcpProxyFilter {
         conn: Arc<ConnectionInfo>,
         mut downstream: S,
         prefix: Bytes,
+        net: Option<&crate::filters::network::chain::SharedState>,
     ) {
         self.stats.downstream_cx_total.inc();
         let mut info = StreamInfo::new(conn);
@@ -99,6 +112,7 @@ impl TcpProxyFilter {
             self.stats.downstream_cx_no_route.inc();
             info.set_flag(ResponseFlags::NO_CLUSTER_FOUND);
             info.last_downstream_tx = Some(Instant::now());
+            take_net_state(&mut info, net);
             self.log(&info);
             return;
         };
@@ -137,6 +151,7 @@ impl TcpProxyFilter {
         }
         let Some(mut upstream) = upstream else {
             info.last_downstream_tx = Some(Instant::now());
+            take_net_state(&mut info, net);
             self.log(&info);
             return;
         };
@@ -209,13 +224,13 @@ impl TcpProxyFilter {
         let closed_locally = tokio::select! {
             r = both => {
                 if r.is_err() {
-                    info.connection_termination_details = Some("connection reset");
+                    info.connection_termination_details = Some("connection reset".into());
                 }
                 false
             }
             _ = idle_watch => {
                 self.stats.idle_timeout.inc();
-                info.connection_termination_details = Some("idle timeout");
+                info.connection_termination_details = Some("idle timeout".into());
                 true
             }
             _ = max_duration => {
@@ -230,6 +245,23 @@ impl TcpProxyFilter {
         info.bytes_received = rx.load(Relaxed);
         info.bytes_sent = tx.load(Relaxed);
         info.last_downstream_tx = Some(Instant::now());
+        take_net_state(&mut info, net);
         self.log(&info);
+    }
+}
+
+/// What the network filters in front left for the log: their dynamic metadata and, when one
+/// closed the connection, its detail.
+fn take_net_state(
+    info: &mut StreamInfo,
+    net: Option<&crate::filters::network::chain::SharedState>,
+) {
+    let Some(net) = net else {
+        return;
+    };
+    let st = net.lock().unwrap_or_else(|e| e.into_inner());
+    info.dynamic_metadata = st.metadata.clone();
+    if let Some(d) = &st.closed {
+        info.connection_termination_details = Some(d.clone());
     }
 }

@@ -2,7 +2,7 @@
 //! config time) evaluated against a request's `StreamInfo` and headers; formatting appends to a
 //! caller's buffer.
 
-use crate::model::format::{Formatter, HeaderRef, Op, Part, TlsField};
+use crate::model::format::{FilterStateFormat, Formatter, HeaderRef, Op, Part, TlsField};
 use crate::stream_info::StreamInfo;
 use http::{HeaderMap, HeaderName, Method, Uri};
 use std::fmt::Write as _;
@@ -77,11 +77,15 @@ impl Formatter {
         match self.parts.as_slice() {
             [Part::Op { op, max_len }] => {
                 let start = out.len();
-                let kind = eval(op, ctx, out);
+                let mut kind = eval(op, ctx, out);
                 if kind == ValueKind::Missing {
                     out.truncate(start);
-                } else if let Some(max) = max_len {
+                } else if let Some(max) = max_len
+                    && out.len() > start + max
+                {
                     truncate_at(out, start + max);
+                    // A truncated JSON value is a string, as Envoy makes it.
+                    kind = ValueKind::Text;
                 }
                 kind
             }
@@ -187,9 +191,10 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             None => Missing,
         },
         Op::ResponseCodeDetails => text(out, info.map(|i| &*i.response_code_details)),
-        Op::ConnectionTerminationDetails => {
-            text(out, info.and_then(|i| i.connection_termination_details))
-        }
+        Op::ConnectionTerminationDetails => text(
+            out,
+            info.and_then(|i| i.connection_termination_details.as_deref()),
+        ),
         Op::BytesReceived => num(out, info.map(|i| i.bytes_received as u128)),
         Op::BytesSent => num(out, info.map(|i| i.bytes_sent as u128)),
         Op::Duration => num(
@@ -268,7 +273,70 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
                 None => Missing,
             }
         }
+        Op::DynamicMetadata { namespace, path } => {
+            let ns = info.and_then(|i| i.dynamic_metadata.namespace(namespace));
+            let value = ns.and_then(|ns| match path.split_first() {
+                None => None,
+                Some((first, rest)) => rest.iter().try_fold(ns.get(first)?, |v, k| v.get(k)),
+            });
+            match (ns, path.is_empty()) {
+                (Some(ns), true) => {
+                    let _ = serde_json::to_writer(StringWriter(out), ns);
+                    Number
+                }
+                _ => json_value(out, value),
+            }
+        }
+        Op::FilterState { key, format } => {
+            let Some(v) = info.and_then(|i| i.filter_state.get(key)) else {
+                return Missing;
+            };
+            match format {
+                FilterStateFormat::Plain => {
+                    out.push_str(v);
+                    Text
+                }
+                // The typed form of a string is a google.protobuf.StringValue, whose JSON is
+                // the quoted string; typed JSON logs get the string itself.
+                FilterStateFormat::Typed => {
+                    let _ = serde_json::to_writer(StringWriter(out), &**v);
+                    Number
+                }
+                FilterStateFormat::Field => Missing,
+            }
+        }
         Op::Absent => Missing,
+    }
+}
+
+/// A metadata value as Envoy prints it: a string as itself, null as absent, anything else as
+/// its JSON (raw in typed JSON logs).
+fn json_value(out: &mut String, v: Option<&serde_json::Value>) -> ValueKind {
+    match v {
+        None | Some(serde_json::Value::Null) => ValueKind::Missing,
+        Some(serde_json::Value::String(s)) => {
+            out.push_str(s);
+            ValueKind::Text
+        }
+        Some(v) => {
+            let _ = serde_json::to_writer(StringWriter(out), v);
+            ValueKind::Number
+        }
+    }
+}
+
+/// `io::Write` into a `String` (serde_json writes valid UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -666,6 +734,68 @@ mod tests {
                 .unwrap()
                 .format_typed(&ctx, &mut s),
             ValueKind::Missing
+        );
+    }
+
+    #[test]
+    fn dynamic_metadata_and_filter_state() {
+        let mut info = info();
+        let ns = "envoy.filters.http.rbac";
+        info.dynamic_metadata
+            .set(ns, "shadow_engine_result", "denied".into());
+        info.dynamic_metadata
+            .set(ns, "n", serde_json::json!({"a": {"b": 5}, "t": true}));
+        info.filter_state.set("io.istio.peer", "spiffe://x".into());
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let f = |s: &str| Formatter::parse(s).unwrap().to_string(&ctx);
+        assert_eq!(
+            f(&format!("%DYNAMIC_METADATA({ns}:shadow_engine_result)%")),
+            "denied"
+        );
+        assert_eq!(
+            f(&format!("%DYNAMIC_METADATA({ns}:shadow_engine_result):3%")),
+            "den"
+        );
+        assert_eq!(f(&format!("%DYNAMIC_METADATA({ns}:n:a:b)%")), "5");
+        assert_eq!(f(&format!("%DYNAMIC_METADATA({ns}:n:a)%")), r#"{"b":5}"#);
+        assert_eq!(f(&format!("%DYNAMIC_METADATA({ns}:n:t)%")), "true");
+        assert_eq!(
+            f(&format!("%DYNAMIC_METADATA({ns})%")),
+            r#"{"shadow_engine_result":"denied","n":{"a":{"b":5},"t":true}}"#
+        );
+        assert_eq!(f(&format!("%DYNAMIC_METADATA({ns}:missing)%")), "-");
+        assert_eq!(f("%DYNAMIC_METADATA(other:k)%"), "-");
+        assert_eq!(f("%FILTER_STATE(io.istio.peer:PLAIN)%"), "spiffe://x");
+        assert_eq!(f("%FILTER_STATE(io.istio.peer)%"), r#""spiffe://x""#);
+        assert_eq!(f("%FILTER_STATE(io.istio.peer:TYPED)%"), r#""spiffe://x""#);
+        assert_eq!(f("%FILTER_STATE(io.istio.peer:FIELD:x)%"), "-");
+        assert_eq!(f("%FILTER_STATE(nope:PLAIN)%"), "-");
+
+        // Typed JSON: objects, numbers and booleans raw, strings as strings; a truncated
+        // object becomes a string.
+        let typed = |s: &str| {
+            let mut out = String::new();
+            let k = Formatter::parse(s).unwrap().format_typed(&ctx, &mut out);
+            (k, out)
+        };
+        assert_eq!(
+            typed(&format!("%DYNAMIC_METADATA({ns}:n:a)%")),
+            (ValueKind::Number, r#"{"b":5}"#.to_string())
+        );
+        assert_eq!(
+            typed(&format!("%DYNAMIC_METADATA({ns}:shadow_engine_result)%")),
+            (ValueKind::Text, "denied".to_string())
+        );
+        assert_eq!(
+            typed(&format!("%DYNAMIC_METADATA({ns}:n:a):3%")),
+            (ValueKind::Text, r#"{"b"#.to_string())
+        );
+        assert_eq!(
+            typed("%FILTER_STATE(io.istio.peer)%"),
+            (ValueKind::Number, r#""spiffe://x""#.to_string())
         );
     }
 

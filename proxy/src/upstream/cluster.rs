@@ -260,7 +260,7 @@ pub struct Cluster {
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// `metadata_exchange.*` and this workload's frame, when the cluster runs Istio's metadata
     /// exchange.
-    pub mx: Option<Box<crate::filters::metadata_exchange::Upstream>>,
+    pub mx: Option<Box<crate::filters::network::metadata_exchange::Upstream>>,
     /// `outlier_detection` (boxed: most clusters have none, and there may be 10 000 of them).
     pub outlier: Option<Box<super::outlier::OutlierDetector>>,
     /// `health_checks`: the active health checker.
@@ -287,9 +287,9 @@ impl Cluster {
                 &config.stat_name,
             ),
             mx: config.metadata_exchange.as_ref().map(|m| {
-                Box::new(crate::filters::metadata_exchange::Upstream {
-                    stats: crate::filters::metadata_exchange::MxStats::new(store),
-                    frame: crate::filters::metadata_exchange::frame(
+                Box::new(crate::filters::network::metadata_exchange::Upstream {
+                    stats: crate::filters::network::metadata_exchange::MxStats::new(store),
+                    frame: crate::filters::network::metadata_exchange::frame(
                         &cx.local.node,
                         &m.additional_labels,
                     ),

@@ -241,7 +241,7 @@ pub async fn connect(
                     if let (Some(mx), Some(ours)) = (&cluster.config.metadata_exchange, &cluster.mx)
                     {
                         if info.alpn.as_deref() == Some(mx.protocol.as_str()) {
-                            match crate::filters::metadata_exchange::exchange(
+                            match crate::filters::network::metadata_exchange::exchange(
                                 &mut tls_stream,
                                 &ours.frame,
                                 cluster.config.connect_timeout,

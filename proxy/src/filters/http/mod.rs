@@ -13,6 +13,11 @@
 //! - What filters share along the stream (response flags and details, dynamic metadata, filter
 //!   state, the route) is in [`StreamCx`]; the access log reads the same `StreamInfo`.
 
+pub mod alpn;
+pub mod chain;
+pub mod compressor;
+pub mod noop;
+pub mod peer_metadata;
 pub mod rbac;
 
 use std::borrow::Cow;
@@ -81,6 +86,23 @@ pub struct RouteCx<'a> {
 }
 
 impl<'a> RouteCx<'a> {
+    /// The name of the cluster the route sends to: its own, the weighted cluster chosen, or
+    /// the one `cluster_header` names. `None` for direct responses and redirects.
+    pub fn cluster_name<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h str>
+    where
+        'a: 'h,
+    {
+        use crate::model::route::{ClusterTarget, RouteAction};
+        let RouteAction::Forward(fwd) = &self.route.action else {
+            return None;
+        };
+        match &fwd.cluster {
+            ClusterTarget::Name(n) => Some(&**n),
+            ClusterTarget::Weighted(_) => self.weighted.map(|w| &*w.name),
+            ClusterTarget::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+        }
+    }
+
     /// The most specific `typed_per_filter_config` entry for a filter (weighted cluster, route,
     /// virtual host, route configuration), as Envoy's `mostSpecificPerFilterConfig`.
     pub fn per_filter(&self, filter_name: &str) -> Option<&'a PerFilter> {

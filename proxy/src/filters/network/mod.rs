@@ -3,6 +3,8 @@
 //! connection and on the bytes read from downstream; the terminal filter (tcp_proxy or the
 //! HTTP connection manager) is not one of these.
 
+pub mod chain;
+pub mod metadata_exchange;
 pub mod rbac;
 
 use std::future::Future;

@@ -8,7 +8,7 @@ use crate::http::body::{Body, BodyError};
 use crate::model::compressor::{BrotliMode, CompressorConfig, Library, ResponseConfig};
 use crate::telemetry::stats::{Counter, Store};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::io::Write;
 use std::pin::Pin;
@@ -175,19 +175,20 @@ impl CompressorChain {
         }
     }
 
-    /// Response side: compress with the chosen filter when the response qualifies; `Vary`
-    /// names `Accept-Encoding` whenever some filter could compress this response.
-    pub fn on_response(&self, choice: Choice, resp: Response<Body>) -> Response<Body> {
-        if self.filters.is_empty() {
-            return resp;
-        }
-        let (mut parts, body) = resp.into_parts();
-        let headers_only = body.is_end_stream();
+    /// Response side, headers: whether the chosen filter compresses this response (its
+    /// headers changed accordingly); `Vary` names `Accept-Encoding` whenever some filter could
+    /// compress it. `end_stream`: the response has no body.
+    pub fn on_response_headers(
+        &self,
+        choice: Choice,
+        parts: &mut http::response::Parts,
+        end_stream: bool,
+    ) -> Option<usize> {
         let mut compressible_by_any = false;
         let mut compress_with = None;
         for (i, f) in self.filters.iter().enumerate() {
             let chosen = choice == Some(i as u8);
-            let verdict = if headers_only {
+            let verdict = if end_stream {
                 Verdict::No
             } else {
                 f.response.verdict(parts.status.as_u16(), &parts.headers)
@@ -196,7 +197,7 @@ impl CompressorChain {
                 Verdict::Yes => {
                     compressible_by_any = true;
                     if chosen {
-                        compress_with = Some(f);
+                        compress_with = Some(i);
                         continue;
                     }
                 }
@@ -209,9 +210,7 @@ impl CompressorChain {
         if compressible_by_any {
             add_vary(&mut parts.headers);
         }
-        let Some(f) = compress_with else {
-            return Response::from_parts(parts, body);
-        };
+        let f = &self.filters[compress_with?];
         f.stats.compressed.inc();
         let h = &mut parts.headers;
         h.remove(header::CONTENT_LENGTH);
@@ -232,6 +231,12 @@ impl CompressorChain {
                 h.remove(header::ETAG);
             }
         }
+        compress_with
+    }
+
+    /// Response side, body: compressed by filter `i` as it streams.
+    pub fn compress_body(&self, i: usize, body: Body) -> Body {
+        let f = &self.filters[i];
         let encoder = Encoder::new(&f.library);
         let body = CompressedBody {
             inner: body,
@@ -244,7 +249,97 @@ impl CompressorChain {
             compressed: 0,
             stats: f.stats.clone(),
         };
-        Response::from_parts(parts, Body::Boxed(Box::pin(body)))
+        Body::Boxed(Box::pin(body))
+    }
+
+    /// Both response sides at once (tests).
+    #[cfg(test)]
+    pub fn on_response(&self, choice: Choice, resp: http::Response<Body>) -> http::Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        let end = body.is_end_stream();
+        match self.on_response_headers(choice, &mut parts, end) {
+            Some(i) => http::Response::from_parts(parts, self.compress_body(i, body)),
+            None => http::Response::from_parts(parts, body),
+        }
+    }
+}
+
+// === the chain's filter ===
+
+/// `envoy.filters.http.compressor` on the chain: the compressor filters of a connection manager
+/// decide together (the encoding is chosen among all of them), so they run as one filter at
+/// the first one's place, named after it.
+#[derive(Debug)]
+pub struct CompressorFactory {
+    name: String,
+    chain: Arc<CompressorChain>,
+}
+
+impl CompressorFactory {
+    pub fn new(name: String, chain: CompressorChain) -> Self {
+        Self {
+            name,
+            chain: Arc::new(chain),
+        }
+    }
+}
+
+impl super::HttpFilterFactory for CompressorFactory {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn create(
+        &self,
+        _per_route: Option<&crate::model::per_filter::PerFilterConfig>,
+        _cx: &super::StreamCx<'_>,
+    ) -> Option<Box<dyn super::HttpFilter>> {
+        if self.chain.is_empty() {
+            return None;
+        }
+        Some(Box::new(CompressorFilter {
+            chain: self.chain.clone(),
+            choice: None,
+            compress_with: None,
+        }))
+    }
+}
+
+/// One stream's compression: the choice made on the request, the compressor the response got.
+struct CompressorFilter {
+    chain: Arc<CompressorChain>,
+    choice: Choice,
+    compress_with: Option<usize>,
+}
+
+impl super::HttpFilter for CompressorFilter {
+    fn on_request_headers(
+        &mut self,
+        req: &mut http::request::Parts,
+        _end_stream: bool,
+        _cx: &mut super::StreamCx<'_>,
+    ) -> super::Flow {
+        self.choice = self.chain.on_request(&mut req.headers);
+        super::Flow::Continue
+    }
+
+    fn on_response_headers(
+        &mut self,
+        resp: &mut http::response::Parts,
+        end_stream: bool,
+        _cx: &mut super::StreamCx<'_>,
+    ) -> super::Flow {
+        self.compress_with = self
+            .chain
+            .on_response_headers(self.choice, resp, end_stream);
+        super::Flow::Continue
+    }
+
+    fn on_response_body(&mut self, body: Body, _cx: &mut super::StreamCx<'_>) -> Body {
+        match self.compress_with {
+            Some(i) => self.chain.compress_body(i, body),
+            None => body,
+        }
     }
 }
 
@@ -604,6 +699,7 @@ impl HttpBody for CompressedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Response;
     use http_body_util::BodyExt;
     use std::io::Read;
 

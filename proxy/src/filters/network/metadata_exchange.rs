@@ -54,7 +54,7 @@ impl MxStats {
 /// This workload's frame: the Any-wrapped Struct `{x-envoy-peer-metadata: <workload>,
 /// x-envoy-peer-metadata-id: <node id>}`, framed.
 pub fn frame(node: &Node, additional_labels: &[String]) -> Bytes {
-    let payload = super::peer_metadata::exchange_payload(node, additional_labels);
+    let payload = crate::filters::http::peer_metadata::exchange_payload(node, additional_labels);
     let mut out = BytesMut::with_capacity(8 + payload.len());
     out.put_u32(MAGIC);
     out.put_u32(payload.len() as u32);

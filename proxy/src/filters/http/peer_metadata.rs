@@ -9,6 +9,7 @@ use crate::model::hcm::PeerMetadataConfig;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 pub const METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
@@ -95,9 +96,90 @@ impl PeerMetadata {
     }
 }
 
+// === the chain's filter ===
+
+/// The filter's factory: this workload's header values (built once) and the clusters, whose
+/// Istio metadata says where the headers may go.
+#[derive(Debug)]
+pub struct PeerMetadataFactory {
+    name: String,
+    filter: Arc<PeerMetadata>,
+    clusters: Arc<crate::upstream::cluster::ClusterManager>,
+}
+
+impl PeerMetadataFactory {
+    pub fn new(
+        name: String,
+        config: &PeerMetadataConfig,
+        node: &Node,
+        clusters: Arc<crate::upstream::cluster::ClusterManager>,
+    ) -> Self {
+        Self {
+            name,
+            filter: Arc::new(PeerMetadata::new(config, node)),
+            clusters,
+        }
+    }
+}
+
+impl super::HttpFilterFactory for PeerMetadataFactory {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn create(
+        &self,
+        _per_route: Option<&crate::model::per_filter::PerFilterConfig>,
+        _cx: &super::StreamCx<'_>,
+    ) -> Option<Box<dyn super::HttpFilter>> {
+        Some(Box::new(PeerMetadataFilter {
+            filter: self.filter.clone(),
+            clusters: self.clusters.clone(),
+            carried: Carried::default(),
+        }))
+    }
+}
+
+struct PeerMetadataFilter {
+    filter: Arc<PeerMetadata>,
+    clusters: Arc<crate::upstream::cluster::ClusterManager>,
+    carried: Carried,
+}
+
+impl super::HttpFilter for PeerMetadataFilter {
+    fn on_request_headers(
+        &mut self,
+        req: &mut http::request::Parts,
+        _end_stream: bool,
+        cx: &mut super::StreamCx<'_>,
+    ) -> super::Flow {
+        self.carried = self.filter.on_request(&mut req.headers);
+        // The route's cluster, as Envoy's filter reads it from the route.
+        let cluster = cx
+            .route
+            .as_ref()
+            .and_then(|r| r.cluster_name(&req.headers))
+            .and_then(|name| self.clusters.get(name));
+        if let Some(c) = cluster {
+            self.filter.propagate_upstream(&mut req.headers, &c.config);
+        }
+        super::Flow::Continue
+    }
+
+    fn on_response_headers(
+        &mut self,
+        resp: &mut http::response::Parts,
+        _end_stream: bool,
+        _cx: &mut super::StreamCx<'_>,
+    ) -> super::Flow {
+        self.filter.on_response(&mut resp.headers, self.carried);
+        super::Flow::Continue
+    }
+}
+
 /// The TCP exchange's payload: an `Any` holding the Struct `{x-envoy-peer-metadata: <workload>,
 /// x-envoy-peer-metadata-id: <node id>}` (the id left out when empty).
-pub(super) fn exchange_payload(node: &Node, additional_labels: &[String]) -> Vec<u8> {
+pub(crate) fn exchange_payload(node: &Node, additional_labels: &[String]) -> Vec<u8> {
     let mut fields = BTreeMap::new();
     fields.insert(
         "x-envoy-peer-metadata".to_string(),
