@@ -16,6 +16,7 @@ mod health_check;
 mod load_balancing;
 mod logs;
 mod protocols;
+mod rbac;
 mod resilience;
 mod retries;
 mod routing;
