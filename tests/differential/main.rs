@@ -17,6 +17,7 @@ mod compare;
 mod http1;
 mod lb;
 mod oracle;
+mod rbac;
 mod routing;
 mod validate;
 
@@ -63,6 +64,7 @@ fn main() {
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
+            rbac::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

@@ -730,10 +730,14 @@ fn xds_string_matcher(
         Some(X::Suffix(s)) => Some(E::Suffix(s.clone())),
         Some(X::Contains(s)) => Some(E::Contains(s.clone())),
         Some(X::SafeRegex(r)) => {
-            let pb::xds_matcher::RegexMatcher {
-                regex,
-                engine_type: _,
-            } = r;
+            let pb::xds_matcher::RegexMatcher { regex, engine_type } = r;
+            // xDS's RegexMatcher requires its engine (google_re2, the only one).
+            if engine_type.is_none() {
+                return Err(path
+                    .field("safe_regex")
+                    .field("engine_type")
+                    .error("is required"));
+            }
             Some(E::SafeRegex(pb::matcher::RegexMatcher {
                 regex: regex.clone(),
                 engine_type: None,
@@ -863,7 +867,7 @@ matcher:
               typed_config:
                 "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput
                 header_name: referer
-            value_match: {safe_regex: {regex: "https?://x.*"}}
+            value_match: {safe_regex: {google_re2: {}, regex: "https?://x.*"}}
       on_match:
         action:
           name: a

@@ -486,7 +486,7 @@ matcher:
         not_matcher:
           single_predicate:
             input: {name: h, typed_config: {"@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: referer}}
-            value_match: {safe_regex: {regex: "https?://(www.)?envoyproxy.io/docs/envoy.*"}}
+            value_match: {safe_regex: {google_re2: {}, regex: "https?://(www.)?envoyproxy.io/docs/envoy.*"}}
       on_match: {action: {name: a, typed_config: {"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: illegal-referer, action: DENY}}}
   on_no_match: {action: {name: a, typed_config: {"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: all-pass, action: ALLOW}}}
 "#,
@@ -521,5 +521,107 @@ rules:
         assert!(denied(&run(&[&cel], Some(AUTOLYTIQ), "GET", "/admin/x", None)).is_none());
         assert!(denied(&run(&[&cel], Some(AUTOLYTIQ), "GET", "/x", None)).is_some());
         assert!(denied(&run(&[&cel], Some(OTHER), "GET", "/admin/x", None)).is_some());
+    }
+
+    /// The micro-benchmark of docs/performance.md (a figure printed, never asserted):
+    /// `cargo test --release -p remora --lib filters::http::rbac::tests::bench_twenty_rules -- --ignored --nocapture`.
+    /// Twenty istiod-shaped policies (port, methods, path prefix, a SPIFFE-namespace regex) on
+    /// an mTLS request whose permissions match every policy: the worst case evaluates all 20
+    /// principals' regexes and denies; the best case matches the last policy.
+    #[test]
+    #[ignore = "a micro-benchmark: run in release with --ignored --nocapture"]
+    fn bench_twenty_rules() {
+        let mut yaml =
+            String::from("shadow_rules_stat_prefix: istio_dry_run_allow_\nrules:\n  policies:\n");
+        for i in 0..20 {
+            yaml += &format!(
+                r#"    "ns[autolytiq]-policy[p{i:02}]-rule[0]":
+      permissions:
+      - and_rules:
+          rules:
+          - or_rules: {{rules: [{{destination_port: 8080}}]}}
+          - or_rules: {{rules: [{{header: {{name: ":method", string_match: {{exact: GET}}}}}}, {{header: {{name: ":method", string_match: {{exact: POST}}}}}}]}}
+          - or_rules: {{rules: [{{url_path: {{path: {{prefix: /api/}}}}}}]}}
+      principals:
+      - and_ids: {{ids: [{{or_ids: {{ids: [{{authenticated: {{principal_name: {{safe_regex: {{regex: ".*/ns/ns{i:02}/.*"}}}}}}}}]}}}}]}}
+"#
+            );
+        }
+        let st = store();
+        let f = RbacFilterFactory::new("r", http_rbac(&yaml), &st, "inbound");
+        for (label, caller, want_denied) in [
+            (
+                "worst (no policy matches: 20 regexes, denied)",
+                "spiffe://cluster.local/ns/caller/sa/x",
+                true,
+            ),
+            (
+                "best-of-last (the 20th policy matches, allowed)",
+                "spiffe://cluster.local/ns/ns19/sa/x",
+                false,
+            ),
+        ] {
+            let conn = connection(8080, Some(caller));
+            let (mut parts, ()) = http::Request::builder()
+                .method("GET")
+                .uri("/api/deals/42?x=1")
+                .header("host", "deal:8080")
+                .header("user-agent", "bench")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let n = 200_000u32;
+            let mut denied_count = 0u32;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let mut info = StreamInfo::new(conn.clone());
+                let mut cx = StreamCx {
+                    connection: &conn,
+                    info: &mut info,
+                    route: None,
+                };
+                let mut filter = f.create(None, &cx).unwrap();
+                if matches!(
+                    filter.on_request_headers(&mut parts, true, &mut cx),
+                    Flow::LocalReply(_)
+                ) {
+                    denied_count += 1;
+                }
+            }
+            let per = start.elapsed() / n;
+            assert_eq!(denied_count == n, want_denied);
+            println!(
+                "rbac 20 rules, {label}: {per:?} per request (StreamInfo, filter, decision, metadata, stats)"
+            );
+            let input_info = StreamInfo::new(conn.clone());
+            let headers = RequestHeaders {
+                method: &parts.method,
+                path_and_query: "/api/deals/42?x=1",
+                authority: "deal:8080",
+                scheme: "https",
+                headers: &parts.headers,
+            };
+            let input = engine::Input {
+                connection: &conn,
+                downstream_remote: conn.remote,
+                headers: Some(&headers),
+                metadata: &input_info.dynamic_metadata,
+                filter_state: &input_info.filter_state,
+                protocol: None,
+            };
+            let e = f.config.engine.as_ref().unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(engine::evaluate(
+                    std::hint::black_box(e),
+                    &input,
+                    Mode::Enforced,
+                ));
+            }
+            println!(
+                "rbac 20 rules, {label}: {:?} per evaluation (engine only)",
+                start.elapsed() / n
+            );
+        }
     }
 }
