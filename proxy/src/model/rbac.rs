@@ -885,4 +885,39 @@ matcher:
         assert_eq!(m.matchers.len(), 1);
         assert_eq!(&*m.on_no_match.as_ref().unwrap().name, "all-pass");
     }
+
+    #[test]
+    fn xds_regex_needs_its_engine_and_cidr_lengths_clamp() {
+        let e = http(
+            r#"
+matcher:
+  matcher_list:
+    matchers:
+    - predicate:
+        single_predicate:
+          input: {name: h, typed_config: {"@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: a}}
+          value_match: {safe_regex: {regex: "x"}}
+      on_match: {action: {name: a, typed_config: {"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: n}}}
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.paths(),
+            vec![
+                "f.matcher.matcher_list.matchers[0].predicate.single_predicate.value_match.safe_regex.engine_type"
+                    .to_string()
+            ]
+        );
+        let r = http(
+            "rules: {policies: {p: {permissions: [{destination_ip: {address_prefix: 10.0.0.0, prefix_len: 40}}], principals: [{any: true}]}}}",
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        match &rules.policies[0].permissions[0] {
+            Permission::DestinationIp(c) => assert_eq!(c.len, 32),
+            other => panic!("{other:?}"),
+        }
+    }
 }
