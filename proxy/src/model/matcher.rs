@@ -11,12 +11,54 @@ use regex::Regex;
 pub struct FullRegex {
     pub source: String,
     full: Regex,
+    /// `.*LIT.*`, `LIT.*`, `.*LIT` with a plain literal (Istio's namespace principals are
+    /// `.*/ns/NS/.*`): matched without the regex engine, with the same meaning (`.` matches
+    /// anything but a newline).
+    literal: Option<(Literal, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Literal {
+    Contains,
+    Prefix,
+    Suffix,
 }
 
 impl FullRegex {
     pub fn is_match(&self, s: &str) -> bool {
-        self.full.is_match(s)
+        match &self.literal {
+            Some((kind, lit)) => {
+                let (head, tail) = match kind {
+                    Literal::Contains => match s.find(lit.as_str()) {
+                        Some(i) => (&s[..i], &s[i + lit.len()..]),
+                        None => return false,
+                    },
+                    Literal::Prefix => match s.strip_prefix(lit.as_str()) {
+                        Some(rest) => ("", rest),
+                        None => return false,
+                    },
+                    Literal::Suffix => match s.strip_suffix(lit.as_str()) {
+                        Some(rest) => (rest, ""),
+                        None => return false,
+                    },
+                };
+                !head.contains('\n') && !tail.contains('\n')
+            }
+            None => self.full.is_match(s),
+        }
     }
+}
+
+/// The literal form of a regex `.*LIT.*`, `LIT.*` or `.*LIT` (LIT without metacharacters).
+fn literal_form(regex: &str) -> Option<(Literal, String)> {
+    let plain = |l: &str| !l.is_empty() && !l.contains(|c: char| "\\.+*?()|[]{}^$".contains(c));
+    let (kind, lit) = match (regex.strip_prefix(".*"), regex.strip_suffix(".*")) {
+        (Some(rest), _) if rest.ends_with(".*") => (Literal::Contains, &rest[..rest.len() - 2]),
+        (Some(rest), _) => (Literal::Suffix, rest),
+        (None, Some(rest)) => (Literal::Prefix, rest),
+        (None, None) => return None,
+    };
+    plain(lit).then(|| (kind, lit.to_string()))
 }
 
 /// Compile a `RegexMatcher` for full matches.
@@ -28,6 +70,7 @@ pub fn full_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<Ful
     Ok(FullRegex {
         source: regex.clone(),
         full,
+        literal: literal_form(regex),
     })
 }
 
@@ -662,6 +705,43 @@ mod tests {
                 .starts_with("m.safe_regex.regex: invalid regex"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn literal_regexes_match_as_the_regex_does() {
+        let re = |r: &str| {
+            full_regex(
+                &FieldPath::root(),
+                &pb::matcher::RegexMatcher {
+                    regex: r.into(),
+                    engine_type: None,
+                },
+            )
+            .unwrap()
+        };
+        let subjects = [
+            "spiffe://cluster.local/ns/autolytiq/sa/x",
+            "/ns/autolytiq/",
+            "spiffe://c/ns/autolytiq/sa/x\n",
+            "a\n/ns/autolytiq/b",
+            "spiffe://c/ns/autolytiq-2/sa",
+            "",
+            "spiffe://c/ns/other/sa/x",
+        ];
+        for r in [
+            ".*/ns/autolytiq/.*",
+            "spiffe://c/.*",
+            ".*/sa/x",
+            ".*a.c.*",
+            "x.*y",
+        ] {
+            let m = re(r);
+            for s in subjects {
+                assert_eq!(m.is_match(s), m.full.is_match(s), "{r} on {s:?}");
+            }
+        }
+        assert!(re(".*/ns/autolytiq/.*").literal.is_some());
+        assert!(re(".*a.c.*").literal.is_none());
     }
 
     #[test]
