@@ -14,12 +14,13 @@ mod support;
 mod admin;
 mod cases;
 mod compare;
-mod fault;
 mod cors;
+mod fault;
 mod http1;
 mod lb;
 mod local_ratelimit;
 mod oracle;
+mod rbac;
 mod routing;
 mod validate;
 
@@ -69,6 +70,7 @@ fn main() {
             admin::run(&envoy, filter.as_deref()).await,
             local_ratelimit::run(&envoy, filter.as_deref()).await,
             cors::run(&envoy, filter.as_deref()).await,
+            rbac::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

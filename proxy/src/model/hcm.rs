@@ -114,6 +114,8 @@ pub enum HttpFilter {
     LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
     /// `envoy.filters.http.cors`: the policies come from the routes.
     Cors,
+    /// `envoy.filters.http.rbac`.
+    Rbac(Arc<super::rbac::HttpRbac>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -1325,6 +1327,12 @@ fn http_filter(
                 super::compressor::CompressorConfig::from_proto(&tp, &decode_any(&tp, any)?, rt)?;
             // Kept when disabled: a route's typed_per_filter_config may enable it.
             out.push(HttpFilter::Compressor(Arc::new(cfg)));
+        }
+        super::rbac::HTTP_RBAC_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let cfg = super::rbac::HttpRbac::from_any(&fp.field("typed_config"), any)?;
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::Rbac(Arc::new(cfg)));
         }
         _ if *is_optional => {
             tracing::warn!(filter = %name, "optional HTTP filter {} is not supported by remora and is skipped (is_optional: true)", if type_name.is_empty() { name.as_str() } else { type_name });

@@ -87,6 +87,8 @@ pub enum NetworkFilter {
     MetadataExchange(Arc<MetadataExchange>),
     /// `envoy.filters.network.local_ratelimit`: a token bucket per filter chain.
     LocalRateLimit(Arc<super::local_ratelimit::NetworkLocalRateLimit>),
+    /// `envoy.filters.network.rbac`.
+    Rbac(Arc<super::rbac::NetworkRbac>),
 }
 
 impl FilterChain {
@@ -704,6 +706,11 @@ fn network_filter(
             return Ok(Translated::Filter(vec![NetworkFilter::LocalRateLimit(
                 Arc::new(c),
             )]));
+        }
+        super::rbac::NETWORK_RBAC_TYPE if !last => {
+            return Ok(Translated::Filter(vec![NetworkFilter::Rbac(Arc::new(
+                super::rbac::NetworkRbac::from_any(&tp, any)?,
+            ))]));
         }
         super::hcm::ISTIO_STATS_TYPE if !last => {
             decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;

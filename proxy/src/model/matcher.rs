@@ -11,12 +11,54 @@ use regex::Regex;
 pub struct FullRegex {
     pub source: String,
     full: Regex,
+    /// `.*LIT.*`, `LIT.*`, `.*LIT` with a plain literal (Istio's namespace principals are
+    /// `.*/ns/NS/.*`): matched without the regex engine, with the same meaning (`.` matches
+    /// anything but a newline).
+    literal: Option<(Literal, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Literal {
+    Contains,
+    Prefix,
+    Suffix,
 }
 
 impl FullRegex {
     pub fn is_match(&self, s: &str) -> bool {
-        self.full.is_match(s)
+        match &self.literal {
+            Some((kind, lit)) => {
+                let (head, tail) = match kind {
+                    Literal::Contains => match s.find(lit.as_str()) {
+                        Some(i) => (&s[..i], &s[i + lit.len()..]),
+                        None => return false,
+                    },
+                    Literal::Prefix => match s.strip_prefix(lit.as_str()) {
+                        Some(rest) => ("", rest),
+                        None => return false,
+                    },
+                    Literal::Suffix => match s.strip_suffix(lit.as_str()) {
+                        Some(rest) => (rest, ""),
+                        None => return false,
+                    },
+                };
+                !head.contains('\n') && !tail.contains('\n')
+            }
+            None => self.full.is_match(s),
+        }
     }
+}
+
+/// The literal form of a regex `.*LIT.*`, `LIT.*` or `.*LIT` (LIT without metacharacters).
+fn literal_form(regex: &str) -> Option<(Literal, String)> {
+    let plain = |l: &str| !l.is_empty() && !l.contains(|c: char| "\\.+*?()|[]{}^$".contains(c));
+    let (kind, lit) = match (regex.strip_prefix(".*"), regex.strip_suffix(".*")) {
+        (Some(rest), _) if rest.ends_with(".*") => (Literal::Contains, &rest[..rest.len() - 2]),
+        (Some(rest), _) => (Literal::Suffix, rest),
+        (None, Some(rest)) => (Literal::Prefix, rest),
+        (None, None) => return None,
+    };
+    plain(lit).then(|| (kind, lit.to_string()))
 }
 
 /// Compile a `RegexMatcher` for full matches.
@@ -28,6 +70,7 @@ pub fn full_regex(path: &FieldPath, m: &pb::matcher::RegexMatcher) -> Result<Ful
     Ok(FullRegex {
         source: regex.clone(),
         full,
+        literal: literal_form(regex),
     })
 }
 
@@ -269,7 +312,11 @@ impl HeaderMatcher {
 
     /// Envoy's `HeaderUtility::matchHeaders` semantics, including its handling of a missing header.
     pub fn matches(&self, req: &RequestHeaders<'_>) -> bool {
-        let value = req.get(&self.key);
+        self.matches_value(req.get(&self.key))
+    }
+
+    /// The same on the header's value, `None` when absent (a network filter has no headers).
+    pub fn matches_value(&self, value: Option<std::borrow::Cow<'_, str>>) -> bool {
         let is_present_type = matches!(self.spec, HeaderMatch::Present(_));
         let value = match value {
             Some(v) => v,
@@ -337,6 +384,215 @@ impl QueryParameterMatcher {
             (Some(_), None) => false,
             (None, v) => v.is_some() == self.present,
         }
+    }
+}
+
+/// `envoy.type.matcher.v3.PathMatcher`: the request's path without its query and fragment.
+#[derive(Debug, Clone)]
+pub struct PathMatcher(pub StringMatcher);
+
+impl PathMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::matcher::PathMatcher) -> Result<Self> {
+        use pb::matcher::path_matcher::Rule;
+        let pb::matcher::PathMatcher { rule } = m;
+        match rule {
+            Some(Rule::Path(s)) => Ok(Self(StringMatcher::from_proto(&path.field("path"), s)?)),
+            None => Err(path.error("a path matcher needs path")),
+        }
+    }
+
+    /// `path_and_query` as `:path` carries it (Envoy's `PathUtil::removeQueryAndFragment`).
+    pub fn matches(&self, path_and_query: &str) -> bool {
+        let end = path_and_query
+            .find(['?', '#'])
+            .unwrap_or(path_and_query.len());
+        self.0.matches(&path_and_query[..end])
+    }
+}
+
+/// `envoy.type.matcher.v3.ValueMatcher`, on metadata values (JSON: null, number, string, bool,
+/// list, struct).
+#[derive(Debug, Clone)]
+pub enum ValueMatcher {
+    Null,
+    /// `[start, end)`.
+    DoubleRange(f64, f64),
+    DoubleExact(f64),
+    String(StringMatcher),
+    Bool(bool),
+    Present(bool),
+    /// A list one of whose elements matches.
+    List(Box<ValueMatcher>),
+    Or(Vec<ValueMatcher>),
+}
+
+impl ValueMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::matcher::ValueMatcher) -> Result<Self> {
+        use pb::matcher::value_matcher::MatchPattern as P;
+        let pb::matcher::ValueMatcher { match_pattern } = m;
+        Ok(match match_pattern {
+            Some(P::NullMatch(pb::matcher::value_matcher::NullMatch {})) => Self::Null,
+            Some(P::DoubleMatch(d)) => {
+                use pb::matcher::double_matcher::MatchPattern as D;
+                let pb::matcher::DoubleMatcher { match_pattern } = d;
+                match match_pattern {
+                    Some(D::Range(pb::types::DoubleRange { start, end })) => {
+                        Self::DoubleRange(*start, *end)
+                    }
+                    Some(D::Exact(e)) => Self::DoubleExact(*e),
+                    None => return Err(path.field("double_match").error("needs range or exact")),
+                }
+            }
+            Some(P::StringMatch(s)) => {
+                Self::String(StringMatcher::from_proto(&path.field("string_match"), s)?)
+            }
+            Some(P::BoolMatch(b)) => Self::Bool(*b),
+            Some(P::PresentMatch(b)) => Self::Present(*b),
+            Some(P::ListMatch(l)) => {
+                use pb::matcher::list_matcher::MatchPattern as L;
+                let lp = path.field("list_match");
+                let pb::matcher::ListMatcher { match_pattern } = &**l;
+                match match_pattern {
+                    Some(L::OneOf(v)) => {
+                        Self::List(Box::new(Self::from_proto(&lp.field("one_of"), v)?))
+                    }
+                    None => return Err(lp.error("a list matcher needs one_of")),
+                }
+            }
+            Some(P::OrMatch(o)) => {
+                let op = path.field("or_match");
+                let pb::matcher::OrMatcher { value_matchers } = o;
+                if value_matchers.len() < 2 {
+                    return Err(op
+                        .field("value_matchers")
+                        .error("needs at least 2 matchers"));
+                }
+                Self::Or(
+                    value_matchers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| Self::from_proto(&op.field("value_matchers").index(i), v))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            None => return Err(path.error("a value matcher needs one of its match patterns")),
+        })
+    }
+
+    /// `None`: the value is absent (Envoy's `Value` with no kind).
+    pub fn matches(&self, value: Option<&serde_json::Value>) -> bool {
+        use serde_json::Value as V;
+        match (self, value) {
+            (Self::Present(p), v) => *p && v.is_some(),
+            (_, None) => false,
+            (Self::Null, Some(v)) => v.is_null(),
+            (Self::DoubleRange(a, b), Some(V::Number(n))) => {
+                n.as_f64().is_some_and(|x| *a <= x && x < *b)
+            }
+            (Self::DoubleExact(e), Some(V::Number(n))) => n.as_f64() == Some(*e),
+            (Self::String(m), Some(V::String(s))) => m.matches(s),
+            (Self::Bool(b), Some(V::Bool(v))) => b == v,
+            (Self::List(m), Some(V::Array(items))) => items.iter().any(|i| m.matches(Some(i))),
+            (Self::Or(ms), v) => ms.iter().any(|m| m.matches(v)),
+            _ => false,
+        }
+    }
+}
+
+/// `envoy.type.matcher.v3.MetadataMatcher`: a value found by a filter namespace and a path of
+/// struct keys.
+#[derive(Debug, Clone)]
+pub struct MetadataMatcher {
+    pub filter: String,
+    pub path: Vec<String>,
+    pub value: ValueMatcher,
+    pub invert: bool,
+}
+
+impl MetadataMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::matcher::MetadataMatcher) -> Result<Self> {
+        use pb::matcher::metadata_matcher::path_segment::Segment;
+        let pb::matcher::MetadataMatcher {
+            filter,
+            path: segments,
+            value,
+            invert,
+        } = m;
+        if filter.is_empty() {
+            return Err(path.field("filter").error("must not be empty"));
+        }
+        if segments.is_empty() {
+            return Err(path.field("path").error("needs at least one segment"));
+        }
+        let keys = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match &s.segment {
+                Some(Segment::Key(k)) if !k.is_empty() => Ok(k.clone()),
+                Some(Segment::Key(_)) => Err(path
+                    .field("path")
+                    .index(i)
+                    .field("key")
+                    .error("must not be empty")),
+                None => Err(path.field("path").index(i).error("needs key")),
+            })
+            .collect::<Result<_>>()?;
+        let Some(value) = value else {
+            return Err(path.field("value").error("is required"));
+        };
+        Ok(Self {
+            filter: filter.clone(),
+            path: keys,
+            value: ValueMatcher::from_proto(&path.field("value"), value)?,
+            invert: *invert,
+        })
+    }
+
+    /// `namespace`: the filter's namespace of the metadata, if present.
+    pub fn matches(&self, namespace: Option<&serde_json::Map<String, serde_json::Value>>) -> bool {
+        let value = namespace.and_then(|ns| {
+            let mut keys = self.path.iter();
+            let mut v = ns.get(keys.next()?)?;
+            for k in keys {
+                v = v.as_object()?.get(k)?;
+            }
+            Some(v)
+        });
+        self.value.matches(value) != self.invert
+    }
+}
+
+/// `envoy.type.matcher.v3.FilterStateMatcher` (its string form): the object under `key`,
+/// serialised as a string.
+#[derive(Debug, Clone)]
+pub struct FilterStateMatcher {
+    pub key: String,
+    pub matcher: StringMatcher,
+}
+
+impl FilterStateMatcher {
+    pub fn from_proto(path: &FieldPath, m: &pb::matcher::FilterStateMatcher) -> Result<Self> {
+        use pb::matcher::filter_state_matcher::Matcher;
+        let pb::matcher::FilterStateMatcher { key, matcher } = m;
+        if key.is_empty() {
+            return Err(path.field("key").error("must not be empty"));
+        }
+        let matcher = match matcher {
+            Some(Matcher::StringMatch(s)) => {
+                StringMatcher::from_proto(&path.field("string_match"), s)?
+            }
+            Some(Matcher::AddressMatch(_)) => return Err(path.unsupported("address_match")),
+            None => return Err(path.error("a filter state matcher needs string_match")),
+        };
+        Ok(Self {
+            key: key.clone(),
+            matcher,
+        })
+    }
+
+    /// `value`: the object's string serialisation, when the key is present.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        value.is_some_and(|v| self.matcher.matches(v))
     }
 }
 
@@ -449,6 +705,43 @@ mod tests {
                 .starts_with("m.safe_regex.regex: invalid regex"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn literal_regexes_match_as_the_regex_does() {
+        let re = |r: &str| {
+            full_regex(
+                &FieldPath::root(),
+                &pb::matcher::RegexMatcher {
+                    regex: r.into(),
+                    engine_type: None,
+                },
+            )
+            .unwrap()
+        };
+        let subjects = [
+            "spiffe://cluster.local/ns/autolytiq/sa/x",
+            "/ns/autolytiq/",
+            "spiffe://c/ns/autolytiq/sa/x\n",
+            "a\n/ns/autolytiq/b",
+            "spiffe://c/ns/autolytiq-2/sa",
+            "",
+            "spiffe://c/ns/other/sa/x",
+        ];
+        for r in [
+            ".*/ns/autolytiq/.*",
+            "spiffe://c/.*",
+            ".*/sa/x",
+            ".*a.c.*",
+            "x.*y",
+        ] {
+            let m = re(r);
+            for s in subjects {
+                assert_eq!(m.is_match(s), m.full.is_match(s), "{r} on {s:?}");
+            }
+        }
+        assert!(re(".*/ns/autolytiq/.*").literal.is_some());
+        assert!(re(".*a.c.*").literal.is_none());
     }
 
     #[test]

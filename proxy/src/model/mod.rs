@@ -4,12 +4,13 @@
 
 pub mod access_log;
 pub mod bootstrap;
+pub mod cel;
 pub mod cluster;
 pub mod compressor;
 pub mod context;
 pub mod core;
-pub mod fault;
 pub mod cors;
+pub mod fault;
 pub mod format;
 pub mod hash_policy;
 pub mod hcm;
@@ -25,6 +26,7 @@ pub mod log_format;
 pub mod matcher;
 pub mod pb;
 pub mod per_filter;
+pub mod rbac;
 pub mod response_flags;
 pub mod retry;
 pub mod route;

@@ -40,6 +40,8 @@ pub enum PerFilterConfig {
     LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
     /// `envoy.extensions.filters.http.cors.v3.CorsPolicy`.
     Cors(Arc<super::cors::CorsPolicy>),
+    /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
+    Rbac(Arc<super::rbac::HttpRbac>),
 }
 
 impl PerFilterConfigs {
@@ -110,6 +112,7 @@ fn known_type(type_name: &str) -> bool {
         super::fault::FAULT_TYPE,
         super::local_ratelimit::HTTP_TYPE,
         super::cors::CORS_POLICY_TYPE,
+        super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
     ];
     known.contains(&type_name)
 }
@@ -131,6 +134,9 @@ fn translate_config(path: &FieldPath, any: &pb::protobuf::Any) -> Result<PerFilt
         super::cors::CORS_POLICY_TYPE => Ok(PerFilterConfig::Cors(Arc::new(
             super::cors::CorsPolicy::from_any(path, any)?,
         ))),
+        super::rbac::HTTP_RBAC_PER_ROUTE_TYPE => {
+            super::rbac::per_route(path, any).map(PerFilterConfig::Rbac)
+        }
         "" => Err(path.field("@type").error("is required")),
         other => Err(path
             .field("@type")

@@ -1,3 +1,4 @@
 //! Code several filters share, named after Envoy's `source/extensions/filters/common/`.
 
 pub mod local_ratelimit;
+pub mod rbac;

@@ -83,6 +83,12 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                 cx.stat_prefix,
                 &cx.server.store,
             )),
+            Model::Rbac(r) => Arc::new(super::rbac::RbacFilterFactory::new(
+                &f.name,
+                r.clone(),
+                &cx.server.store,
+                cx.stat_prefix,
+            )),
             Model::Compressor(c) => {
                 match &mut compressors {
                     Some((_, _, all)) => all.push(c),

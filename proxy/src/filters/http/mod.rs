@@ -16,11 +16,12 @@
 pub mod alpn;
 pub mod chain;
 pub mod compressor;
-pub mod fault;
 pub mod cors;
+pub mod fault;
 pub mod local_ratelimit;
 pub mod noop;
 pub mod peer_metadata;
+pub mod rbac;
 
 use std::borrow::Cow;
 use std::future::Future;

@@ -38,6 +38,10 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
             // Run by the listener right after the TLS handshake (it writes this workload's
             // frame and takes the peer's off the stream before anything else reads).
             Model::MetadataExchange(_) => {}
+            Model::Rbac(r) => out.push(Arc::new(super::rbac::NetworkRbacFactory::new(
+                r.clone(),
+                &cx.server.store,
+            ))),
         }
     }
     out

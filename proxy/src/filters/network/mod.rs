@@ -6,6 +6,7 @@
 pub mod chain;
 pub mod local_ratelimit;
 pub mod metadata_exchange;
+pub mod rbac;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,637 @@
+//! The RBAC engine both RBAC filters share (Envoy's `extensions/filters/common/rbac`): a
+//! `model::rbac::Engine` evaluated against a connection (and a request's headers, for the HTTP
+//! filter), the decision with its effective policy, the filters' stats and the names of their
+//! dynamic metadata keys.
+//!
+//! Policies are evaluated in name order (Envoy keeps them in a `std::map`); the first that
+//! matches is the effective policy. A policy matches when one of its permissions AND one of
+//! its principals match (permissions first, then principals, then the CEL condition).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::model::cel::{self, Attribute, Const, Func};
+use crate::model::listener::Cidr;
+use crate::model::matcher::{HeaderKey, RequestHeaders};
+use crate::model::rbac::{
+    Action, Engine, Input as MatchInput, MatchAction, MatcherRules, Permission, Policy, Predicate,
+    Principal, Rules,
+};
+use crate::stream_info::{ConnectionInfo, DynamicMetadata, FilterState, Protocol};
+use crate::telemetry::stats::{Counter, Store};
+
+/// Envoy's dynamic metadata keys (`DynamicMetadataKeysSingleton`).
+pub const SHADOW_EFFECTIVE_POLICY_ID: &str = "shadow_effective_policy_id";
+pub const SHADOW_ENGINE_RESULT: &str = "shadow_engine_result";
+pub const ENFORCED_EFFECTIVE_POLICY_ID: &str = "enforced_effective_policy_id";
+pub const ENFORCED_ENGINE_RESULT: &str = "enforced_engine_result";
+pub const ENGINE_RESULT_ALLOWED: &str = "allowed";
+pub const ENGINE_RESULT_DENIED: &str = "denied";
+/// `envoy.common`'s `access_log_hint`, set by a LOG action.
+pub const COMMON_NAMESPACE: &str = "envoy.common";
+pub const ACCESS_LOG_HINT: &str = "access_log_hint";
+
+/// What an engine reads.
+pub struct Input<'a> {
+    pub connection: &'a ConnectionInfo,
+    /// The downstream address after `x-forwarded-for` processing (`remote_ip`); the
+    /// connection's remote address for the network filter.
+    pub downstream_remote: SocketAddr,
+    /// The request's headers (`None` for the network filter: every header is absent).
+    pub headers: Option<&'a RequestHeaders<'a>>,
+    pub metadata: &'a DynamicMetadata,
+    pub filter_state: &'a FilterState,
+    pub protocol: Option<Protocol>,
+}
+
+/// An engine's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The effective policy (or the matcher action's name).
+    pub policy: Option<Arc<str>>,
+    /// `envoy.common.access_log_hint` to set (a LOG engine, enforced only).
+    pub log_hint: Option<bool>,
+}
+
+/// Whether the engine's LOG hint is written (Envoy writes it only for the enforced engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforced,
+    Shadow,
+}
+
+/// Evaluate an engine.
+pub fn evaluate(engine: &Engine, input: &Input<'_>, mode: Mode) -> Decision {
+    match engine {
+        Engine::Rules(r) => evaluate_rules(r, input, mode),
+        Engine::Matcher(m) => evaluate_matcher(m, input, mode),
+    }
+}
+
+fn evaluate_rules(rules: &Rules, input: &Input<'_>, mode: Mode) -> Decision {
+    let matched = rules.policies.iter().find(|p| policy_matches(p, input));
+    let policy = matched.map(|p| p.name.clone());
+    let (allowed, log_hint) = match rules.action {
+        Action::Allow => (matched.is_some(), None),
+        Action::Deny => (matched.is_none(), None),
+        Action::Log => (true, (mode == Mode::Enforced).then_some(matched.is_some())),
+    };
+    Decision {
+        allowed,
+        policy,
+        log_hint,
+    }
+}
+
+fn evaluate_matcher(m: &MatcherRules, input: &Input<'_>, mode: Mode) -> Decision {
+    let action: Option<&MatchAction> = m
+        .matchers
+        .iter()
+        .find(|(p, _)| predicate_matches(p, input))
+        .map(|(_, a)| a)
+        .or(m.on_no_match.as_ref());
+    match action {
+        // No match and no on_no_match: denied.
+        None => Decision {
+            allowed: false,
+            policy: None,
+            log_hint: None,
+        },
+        Some(a) => Decision {
+            allowed: a.action != Action::Deny,
+            policy: Some(a.name.clone()),
+            log_hint: (m.has_log && mode == Mode::Enforced).then_some(a.action == Action::Log),
+        },
+    }
+}
+
+pub fn policy_matches(p: &Policy, input: &Input<'_>) -> bool {
+    p.permissions.iter().any(|x| permission_matches(x, input))
+        && p.principals.iter().any(|x| principal_matches(x, input))
+        && p.condition
+            .as_ref()
+            .is_none_or(|c| condition_matches(c, input))
+}
+
+/// Envoy's `CidrRange::isInRange`: the address family must be the range's.
+fn in_range(c: &Cidr, ip: IpAddr) -> bool {
+    c.addr.is_ipv4() == ip.is_ipv4() && c.contains(ip)
+}
+
+fn header_value<'a>(input: &'a Input<'_>, key: &HeaderKey) -> Option<Cow<'a, str>> {
+    input.headers.and_then(|h| h.get(key))
+}
+
+fn path<'a>(input: &'a Input<'_>) -> Option<&'a str> {
+    input.headers.map(|h| h.path_and_query)
+}
+
+fn permission_matches(p: &Permission, input: &Input<'_>) -> bool {
+    match p {
+        Permission::Any => true,
+        Permission::And(all) => all.iter().all(|x| permission_matches(x, input)),
+        Permission::Or(any) => any.iter().any(|x| permission_matches(x, input)),
+        Permission::Not(x) => !permission_matches(x, input),
+        Permission::Header(h) => h.matches_value(header_value(input, &h.key)),
+        Permission::UrlPath(m) => path(input).is_some_and(|p| m.matches(p)),
+        Permission::DestinationIp(c) => in_range(c, input.connection.local.ip()),
+        Permission::DestinationPort(port) => input.connection.local.port() == *port,
+        Permission::DestinationPortRange(start, end) => {
+            let port = u32::from(input.connection.local.port());
+            *start <= port && port < *end
+        }
+        Permission::Metadata(m) => m.matches(input.metadata.namespace(&m.filter)),
+        Permission::RequestedServerName(m) => m.matches(
+            input
+                .connection
+                .requested_server_name
+                .as_deref()
+                .unwrap_or(""),
+        ),
+    }
+}
+
+fn principal_matches(p: &Principal, input: &Input<'_>) -> bool {
+    match p {
+        Principal::Any => true,
+        Principal::And(all) => all.iter().all(|x| principal_matches(x, input)),
+        Principal::Or(any) => any.iter().any(|x| principal_matches(x, input)),
+        Principal::Not(x) => !principal_matches(x, input),
+        Principal::Authenticated(m) => authenticated(m.as_ref(), input.connection),
+        Principal::SourceIp(c) | Principal::DirectRemoteIp(c) => {
+            in_range(c, input.connection.remote.ip())
+        }
+        Principal::RemoteIp(c) => in_range(c, input.downstream_remote.ip()),
+        Principal::Header(h) => h.matches_value(header_value(input, &h.key)),
+        Principal::UrlPath(m) => path(input).is_some_and(|p| m.matches(p)),
+        Principal::Metadata(m) => m.matches(input.metadata.namespace(&m.filter)),
+        Principal::FilterState(f) => f.matches(input.filter_state.get(&f.key).map(|v| &**v)),
+    }
+}
+
+/// Envoy's `AuthenticatedMatcher`: a TLS connection; with a name, any of the peer's URI SANs,
+/// then any of its DNS SANs, then its subject.
+fn authenticated(m: Option<&crate::model::matcher::StringMatcher>, conn: &ConnectionInfo) -> bool {
+    let Some(tls) = &conn.tls else {
+        return false;
+    };
+    let Some(m) = m else {
+        return true;
+    };
+    match &tls.peer {
+        Some(peer) => {
+            peer.details.uri_sans().any(|u| m.matches(u))
+                || peer.details.dns_sans().any(|d| m.matches(d))
+                || m.matches(&peer.details.subject)
+        }
+        None => m.matches(""),
+    }
+}
+
+fn input_value<'a>(i: &MatchInput, input: &'a Input<'_>) -> Option<Cow<'a, str>> {
+    let conn = input.connection;
+    let peer = conn.tls.as_ref().and_then(|t| t.peer.as_ref());
+    match i {
+        MatchInput::RequestHeader(k) => header_value(input, k),
+        MatchInput::DestinationIp => Some(Cow::Owned(conn.local.ip().to_string())),
+        MatchInput::DestinationPort => Some(Cow::Owned(conn.local.port().to_string())),
+        MatchInput::SourceIp => Some(Cow::Owned(conn.remote.ip().to_string())),
+        MatchInput::SourcePort => Some(Cow::Owned(conn.remote.port().to_string())),
+        MatchInput::DirectSourceIp => Some(Cow::Owned(conn.remote.ip().to_string())),
+        MatchInput::ServerName => conn
+            .requested_server_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(Cow::Borrowed),
+        MatchInput::UriSan => peer
+            .map(|p| p.details.uri_sans().collect::<Vec<_>>().join(","))
+            .filter(|s| !s.is_empty())
+            .map(Cow::Owned),
+        MatchInput::DnsSan => peer
+            .map(|p| p.details.dns_sans().collect::<Vec<_>>().join(","))
+            .filter(|s| !s.is_empty())
+            .map(Cow::Owned),
+        MatchInput::Subject => peer
+            .map(|p| p.details.subject.as_str())
+            .filter(|s| !s.is_empty())
+            .map(Cow::Borrowed),
+    }
+}
+
+fn predicate_matches(p: &Predicate, input: &Input<'_>) -> bool {
+    match p {
+        // An input with no value matches no value matcher.
+        Predicate::Single(i, m) => input_value(i, input).is_some_and(|v| m.matches(&v)),
+        Predicate::Or(ps) => ps.iter().any(|p| predicate_matches(p, input)),
+        Predicate::And(ps) => ps.iter().all(|p| predicate_matches(p, input)),
+        Predicate::Not(p) => !predicate_matches(p, input),
+    }
+}
+
+// === CEL ===
+
+/// A CEL value (`Err`: an evaluation error, such as an absent attribute).
+#[derive(Debug, Clone, PartialEq)]
+enum V<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Double(f64),
+    Str(Cow<'a, str>),
+    Bytes(Cow<'a, [u8]>),
+    List(Vec<V<'a>>),
+    /// `request.headers`.
+    Headers,
+    Err,
+}
+
+/// A condition matches when it evaluates to `true` (an error or any other value does not).
+pub fn condition_matches(e: &cel::Expr, input: &Input<'_>) -> bool {
+    eval(e, input) == V::Bool(true)
+}
+
+fn eval<'a>(e: &'a cel::Expr, input: &'a Input<'_>) -> V<'a> {
+    match e {
+        cel::Expr::Const(c) => match c {
+            Const::Null => V::Null,
+            Const::Bool(b) => V::Bool(*b),
+            Const::Int(i) => V::Int(*i),
+            Const::Uint(u) => V::Uint(*u),
+            Const::Double(d) => V::Double(*d),
+            Const::String(s) => V::Str(Cow::Borrowed(s)),
+            Const::Bytes(b) => V::Bytes(Cow::Borrowed(b)),
+        },
+        cel::Expr::Attr(a) => attribute(*a, input),
+        cel::Expr::List(items) => V::List(items.iter().map(|i| eval(i, input)).collect()),
+        cel::Expr::Matches(s, re) => match eval(s, input) {
+            V::Str(s) => V::Bool(re.is_match(&s)),
+            _ => V::Err,
+        },
+        cel::Expr::Call(f, args) => call(*f, args, input),
+    }
+}
+
+fn call<'a>(f: Func, args: &'a [cel::Expr], input: &'a Input<'_>) -> V<'a> {
+    let arg = |i: usize| eval(&args[i], input);
+    match f {
+        // Commutative logic: a side that decides absorbs the other's error.
+        Func::And => match (arg(0), arg(1)) {
+            (V::Bool(false), _) | (_, V::Bool(false)) => V::Bool(false),
+            (V::Bool(true), V::Bool(true)) => V::Bool(true),
+            _ => V::Err,
+        },
+        Func::Or => match (arg(0), arg(1)) {
+            (V::Bool(true), _) | (_, V::Bool(true)) => V::Bool(true),
+            (V::Bool(false), V::Bool(false)) => V::Bool(false),
+            _ => V::Err,
+        },
+        Func::Not => match arg(0) {
+            V::Bool(b) => V::Bool(!b),
+            _ => V::Err,
+        },
+        Func::Conditional => match arg(0) {
+            V::Bool(true) => arg(1),
+            V::Bool(false) => arg(2),
+            _ => V::Err,
+        },
+        Func::Eq | Func::Ne => {
+            let (a, b) = (arg(0), arg(1));
+            match equal(&a, &b) {
+                Some(eq) => V::Bool(eq == (f == Func::Eq)),
+                None => V::Err,
+            }
+        }
+        Func::Lt | Func::Le | Func::Gt | Func::Ge => {
+            use std::cmp::Ordering::*;
+            match compare(&arg(0), &arg(1)) {
+                Some(o) => V::Bool(match f {
+                    Func::Lt => o == Less,
+                    Func::Le => o != Greater,
+                    Func::Gt => o == Greater,
+                    _ => o != Less,
+                }),
+                None => V::Err,
+            }
+        }
+        Func::Index => match arg(1) {
+            V::Str(k) => match HeaderKey::parse(&crate::config::FieldPath::root(), &k) {
+                Ok(key) => header_value(input, &key).map_or(V::Err, V::Str),
+                Err(_) => V::Err,
+            },
+            _ => V::Err,
+        },
+        Func::In => match (arg(0), arg(1)) {
+            (V::Err, _) | (_, V::Err) => V::Err,
+            (x, V::List(items)) => V::Bool(items.iter().any(|i| equal(&x, i) == Some(true))),
+            (V::Str(k), V::Headers) => V::Bool(
+                HeaderKey::parse(&crate::config::FieldPath::root(), &k)
+                    .is_ok_and(|key| header_value(input, &key).is_some()),
+            ),
+            _ => V::Err,
+        },
+        Func::Size => match arg(0) {
+            V::Str(s) => V::Int(s.chars().count() as i64),
+            V::Bytes(b) => V::Int(b.len() as i64),
+            V::List(l) => V::Int(l.len() as i64),
+            _ => V::Err,
+        },
+        Func::StartsWith | Func::EndsWith | Func::Contains => match (arg(0), arg(1)) {
+            (V::Str(s), V::Str(p)) => V::Bool(match f {
+                Func::StartsWith => s.starts_with(&*p),
+                Func::EndsWith => s.ends_with(&*p),
+                _ => s.contains(&*p),
+            }),
+            _ => V::Err,
+        },
+    }
+}
+
+/// CEL's heterogeneous equality: numbers compare by value, other kinds must agree (`None`: an
+/// error operand).
+fn equal(a: &V<'_>, b: &V<'_>) -> Option<bool> {
+    match (a, b) {
+        (V::Err, _) | (_, V::Err) => None,
+        (V::Str(x), V::Str(y)) => Some(x == y),
+        (V::Bytes(x), V::Bytes(y)) => Some(x == y),
+        (V::Bool(x), V::Bool(y)) => Some(x == y),
+        (V::Null, V::Null) => Some(true),
+        (V::List(x), V::List(y)) => {
+            Some(x.len() == y.len() && x.iter().zip(y).all(|(a, b)| equal(a, b) == Some(true)))
+        }
+        _ => match (number(a), number(b)) {
+            (Some(x), Some(y)) => Some(x == y),
+            _ => Some(false),
+        },
+    }
+}
+
+fn number(v: &V<'_>) -> Option<f64> {
+    match v {
+        V::Int(i) => Some(*i as f64),
+        V::Uint(u) => Some(*u as f64),
+        V::Double(d) => Some(*d),
+        _ => None,
+    }
+}
+
+fn compare(a: &V<'_>, b: &V<'_>) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (V::Str(x), V::Str(y)) => Some(x.cmp(y)),
+        (V::Bytes(x), V::Bytes(y)) => Some(x.cmp(y)),
+        (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
+        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        (V::Uint(x), V::Uint(y)) => Some(x.cmp(y)),
+        _ => number(a)?.partial_cmp(&number(b)?),
+    }
+}
+
+fn attribute<'a>(a: Attribute, input: &'a Input<'_>) -> V<'a> {
+    let conn = input.connection;
+    let tls = conn.tls.as_deref();
+    let peer = tls.and_then(|t| t.peer.as_ref());
+    let header = |k: HeaderKey| header_value(input, &k).map_or(V::Err, V::Str);
+    let named = |n: &'static str| header(HeaderKey::Named(http::HeaderName::from_static(n)));
+    match a {
+        Attribute::RequestPath => path(input).map_or(V::Err, |p| V::Str(Cow::Borrowed(p))),
+        Attribute::RequestUrlPath => path(input).map_or(V::Err, |p| {
+            V::Str(Cow::Borrowed(&p[..p.find('?').unwrap_or(p.len())]))
+        }),
+        Attribute::RequestQuery => path(input).map_or(V::Err, |p| {
+            V::Str(Cow::Borrowed(p.find('?').map_or("", |i| &p[i + 1..])))
+        }),
+        Attribute::RequestHost => header(HeaderKey::Authority),
+        Attribute::RequestScheme => header(HeaderKey::Scheme),
+        Attribute::RequestMethod => header(HeaderKey::Method),
+        Attribute::RequestReferer => named("referer"),
+        Attribute::RequestUserAgent => named("user-agent"),
+        Attribute::RequestId => named("x-request-id"),
+        Attribute::RequestProtocol => input
+            .protocol
+            .map_or(V::Err, |p| V::Str(Cow::Borrowed(p.as_str()))),
+        Attribute::RequestHeaders => {
+            if input.headers.is_some() {
+                V::Headers
+            } else {
+                V::Err
+            }
+        }
+        Attribute::SourceAddress => V::Str(Cow::Owned(input.downstream_remote.to_string())),
+        Attribute::SourcePort => V::Int(i64::from(input.downstream_remote.port())),
+        Attribute::DestinationAddress => V::Str(Cow::Owned(conn.local.to_string())),
+        Attribute::DestinationPort => V::Int(i64::from(conn.local.port())),
+        Attribute::ConnectionId => V::Uint(conn.id),
+        Attribute::ConnectionMtls => V::Bool(peer.is_some()),
+        Attribute::ConnectionRequestedServerName => V::Str(Cow::Borrowed(
+            conn.requested_server_name.as_deref().unwrap_or(""),
+        )),
+        Attribute::ConnectionTlsVersion => tls.map_or(V::Err, |t| V::Str(Cow::Borrowed(t.version))),
+        Attribute::ConnectionSubjectPeerCertificate => tls.map_or(V::Err, |_| {
+            V::Str(Cow::Borrowed(
+                peer.map_or("", |p| p.details.subject.as_str()),
+            ))
+        }),
+        Attribute::ConnectionUriSanPeerCertificate => peer
+            .and_then(|p| p.details.uri_sans().next())
+            .map_or(V::Err, |s| V::Str(Cow::Borrowed(s))),
+        Attribute::ConnectionDnsSanPeerCertificate => peer
+            .and_then(|p| p.details.dns_sans().next())
+            .map_or(V::Err, |s| V::Str(Cow::Borrowed(s))),
+    }
+}
+
+// === Stats ===
+
+/// Envoy's `statPrefixJoin`.
+pub fn stat_prefix_join(prefix: &str, token: &str) -> String {
+    if prefix.is_empty() {
+        token.to_string()
+    } else if prefix.ends_with('.') {
+        format!("{prefix}{token}")
+    } else {
+        format!("{prefix}.{token}")
+    }
+}
+
+/// An RBAC filter's counters: `<prefix>rbac.[<rules prefix>.]allowed|denied` and
+/// `<prefix>rbac.[<shadow rules prefix>.]shadow_allowed|shadow_denied`, and with per-rule stats
+/// `…policy.<name>.<stat>` (created when first counted, as Envoy's).
+#[derive(Debug)]
+pub struct RbacStats {
+    pub allowed: Arc<Counter>,
+    pub denied: Arc<Counter>,
+    pub shadow_allowed: Arc<Counter>,
+    pub shadow_denied: Arc<Counter>,
+    store: Arc<Store>,
+    policy_prefix: String,
+    shadow_policy_prefix: String,
+}
+
+impl RbacStats {
+    /// `prefix`: `http.<hcm stat_prefix>.` for the HTTP filter, the network filter's
+    /// `stat_prefix`.
+    pub fn new(store: &Arc<Store>, prefix: &str, rules_prefix: &str, shadow_prefix: &str) -> Self {
+        let base = stat_prefix_join(prefix, "rbac.");
+        let enforced = stat_prefix_join(&base, rules_prefix);
+        let shadow = stat_prefix_join(&base, shadow_prefix);
+        Self {
+            allowed: store.counter(&stat_prefix_join(&enforced, "allowed")),
+            denied: store.counter(&stat_prefix_join(&enforced, "denied")),
+            shadow_allowed: store.counter(&stat_prefix_join(&shadow, "shadow_allowed")),
+            shadow_denied: store.counter(&stat_prefix_join(&shadow, "shadow_denied")),
+            store: store.clone(),
+            policy_prefix: stat_prefix_join(&enforced, "policy."),
+            shadow_policy_prefix: stat_prefix_join(&shadow, "policy."),
+        }
+    }
+
+    /// Count one decision (and, with per-rule stats, its effective policy's counter).
+    pub fn count(&self, mode: Mode, d: &Decision, per_rule: bool) {
+        let (counter, prefix, stat) = match (mode, d.allowed) {
+            (Mode::Enforced, true) => (&self.allowed, &self.policy_prefix, "allowed"),
+            (Mode::Enforced, false) => (&self.denied, &self.policy_prefix, "denied"),
+            (Mode::Shadow, true) => (
+                &self.shadow_allowed,
+                &self.shadow_policy_prefix,
+                "shadow_allowed",
+            ),
+            (Mode::Shadow, false) => (
+                &self.shadow_denied,
+                &self.shadow_policy_prefix,
+                "shadow_denied",
+            ),
+        };
+        counter.inc();
+        if per_rule && let Some(p) = d.policy.as_deref().filter(|p| !p.is_empty()) {
+            self.store.counter(&format!("{prefix}{p}.{stat}")).inc();
+        }
+    }
+}
+
+/// `rbac_access_denied_matched_policy[<policy or none>]`, whitespace replaced by `_` (Envoy's
+/// `responseDetail`).
+pub fn response_detail(policy: Option<&str>) -> String {
+    let p = policy.filter(|p| !p.is_empty()).unwrap_or("none");
+    let sanitized: String = p
+        .chars()
+        .map(|c| {
+            if c.is_ascii_whitespace() || c == '\x0b' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("rbac_access_denied_matched_policy[{sanitized}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_and_prefixes() {
+        assert_eq!(
+            response_detail(Some("ab df  xy")),
+            "rbac_access_denied_matched_policy[ab_df__xy]"
+        );
+        assert_eq!(
+            response_detail(None),
+            "rbac_access_denied_matched_policy[none]"
+        );
+        assert_eq!(stat_prefix_join("http.ing.", "rbac."), "http.ing.rbac.");
+        assert_eq!(stat_prefix_join("tcpr", "rbac."), "tcpr.rbac.");
+        assert_eq!(stat_prefix_join("http.ing.rbac.", ""), "http.ing.rbac.");
+        assert_eq!(
+            stat_prefix_join("http.ing.rbac.myrules_", "allowed"),
+            "http.ing.rbac.myrules_.allowed"
+        );
+    }
+}
+
+/// What the filters' tests build a connection and an engine from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::config::FieldPath;
+    use crate::model::rbac::{HTTP_RBAC_TYPE, HttpRbac, NETWORK_RBAC_TYPE, NetworkRbac};
+    use crate::stream_info::ConnectionInfo;
+    use crate::transport_sockets::tls::{PeerCert, TlsInfo};
+    use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    fn ca() -> &'static DevCa {
+        static CA: OnceLock<DevCa> = OnceLock::new();
+        CA.get_or_init(|| DevCa::generate_root("rbac-test", KeyAlgorithm::EcdsaP256).unwrap())
+    }
+
+    /// A peer certificate the dev CA issued for a SPIFFE ID (and `localhost`).
+    pub fn peer(spiffe: &str) -> PeerCert {
+        let id = remora_certs::SpiffeId::parse(spiffe).unwrap();
+        let mut req = LeafRequest::spiffe(id.clone(), Duration::from_secs(3600));
+        req.dns_names = vec!["localhost".into()];
+        let issued = ca().issue(&req).unwrap();
+        let der = remora_certs::pem::certificates(issued.cert_chain_pem.as_bytes())
+            .unwrap()
+            .remove(0);
+        PeerCert {
+            spiffe_id: Some(id),
+            details: remora_certs::info::CertDetails::parse(&der).unwrap(),
+            der: der.as_ref().into(),
+        }
+    }
+
+    /// A connection from 10.1.2.3 to 127.0.0.1:`port`, over mTLS with `spiffe` when given.
+    pub fn connection(port: u16, spiffe: Option<&str>) -> Arc<ConnectionInfo> {
+        Arc::new(ConnectionInfo {
+            id: 7,
+            local: ([127, 0, 0, 1], port).into(),
+            remote: ([10, 1, 2, 3], 40000).into(),
+            requested_server_name: None,
+            application_protocols: Vec::new(),
+            transport_protocol: if spiffe.is_some() {
+                "tls"
+            } else {
+                "raw_buffer"
+            },
+            tls: spiffe.map(|s| {
+                Box::new(TlsInfo {
+                    server_name: None,
+                    version: "TLSv1.3",
+                    cipher: "TLS_AES_128_GCM_SHA256",
+                    curve: None,
+                    alpn: None,
+                    session_reused: false,
+                    peer: Some(peer(s)),
+                    local: None,
+                })
+            }),
+        })
+    }
+
+    pub fn http_rbac(yaml: &str) -> Arc<HttpRbac> {
+        let path = FieldPath::new("rbac");
+        let c = crate::config::decode_yaml(HTTP_RBAC_TYPE, yaml, &path);
+        Arc::new(HttpRbac::from_proto(&path, &c).unwrap())
+    }
+
+    pub fn network_rbac(yaml: &str) -> Arc<NetworkRbac> {
+        let path = FieldPath::new("rbac");
+        let c: crate::model::pb::network_rbac::Rbac =
+            crate::config::decode_yaml(NETWORK_RBAC_TYPE, yaml, &path);
+        let any = crate::model::pb::protobuf::Any {
+            type_url: format!("type.googleapis.com/{NETWORK_RBAC_TYPE}"),
+            value: prost::Message::encode_to_vec(&c),
+        };
+        Arc::new(NetworkRbac::from_any(&path, &any).unwrap())
+    }
+
+    pub fn store() -> Arc<crate::telemetry::stats::Store> {
+        Arc::new(crate::telemetry::stats::Store::new(
+            crate::telemetry::tags::TagProducer::envoy_defaults(),
+            None,
+        ))
+    }
+}
