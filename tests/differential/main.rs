@@ -18,7 +18,9 @@ mod http1;
 mod lb;
 mod oracle;
 mod routing;
+mod tls;
 mod validate;
+mod xds;
 
 use std::collections::BTreeMap;
 
@@ -63,6 +65,8 @@ fn main() {
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
+            tls::run(&envoy, filter.as_deref()).await,
+            xds::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });
