@@ -60,6 +60,11 @@ fn to_system(t: ASN1Time) -> SystemTime {
     }
 }
 
+/// SHA-256 of `data`, in lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);

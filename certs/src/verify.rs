@@ -6,7 +6,8 @@
 //!
 //! Failures map onto distinct rustls errors so the proxy can count Envoy's stats:
 //! chain problems → `InvalidCertificate(..)` (`ssl.fail_verify_error`), no SAN matched →
-//! `InvalidCertificate(ApplicationVerificationFailure)` (`ssl.fail_verify_san`).
+//! `InvalidCertificate(Other(SanMismatch))` (`ssl.fail_verify_san`, alert
+//! `certificate_unknown`, as Envoy's validator sends).
 
 use crate::source::TrustSource;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -83,6 +84,81 @@ impl Pin {
         let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
         Some(Pin::SpkiSha256(bytes.try_into().ok()?))
     }
+}
+
+/// No SAN matcher matched: Envoy's `verify cert failed: SAN matcher, certificate SANs are
+/// [...]` (every SAN of the certificate, in its order). As a rustls `Other` certificate error
+/// it makes the alert `certificate_unknown`, as Envoy's validator sends.
+#[derive(Debug)]
+pub struct SanMismatch {
+    pub sans: Vec<String>,
+}
+
+impl fmt::Display for SanMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "verify cert failed: SAN matcher, certificate SANs are [{}]",
+            self.sans.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for SanMismatch {}
+
+/// A SAN as Envoy logs it (`Utility::generalNameAsString`).
+fn general_name_string(n: &GeneralName<'_>) -> String {
+    match n {
+        GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => s.to_string(),
+        GeneralName::IPAddress(b) => match b.len() {
+            4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4")).to_string(),
+            16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16")).to_string(),
+            _ => String::new(),
+        },
+        GeneralName::OtherName(_, value) => {
+            crate::info::other_name_value(value).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
+// === the handshake's peer, for the proxy ===
+
+/// What the verifiers saw during one handshake: the peer's end-entity certificate (also when
+/// it is refused: Envoy's logs still name it) and the signature scheme of its handshake
+/// signature (`ssl.sigalgs.*`). Filled only while [`capturing`] runs the handshake's step.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub peer: Option<CertificateDer<'static>>,
+    pub scheme: Option<SignatureScheme>,
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` (one poll of a handshake) with `slot` receiving what the verifiers see.
+pub fn capturing<R>(slot: &mut Captured, f: impl FnOnce() -> R) -> R {
+    let outer = CAPTURE.with(|c| c.replace(Some(std::mem::take(slot))));
+    let r = f();
+    *slot = CAPTURE.with(|c| c.replace(outer)).unwrap_or_default();
+    r
+}
+
+fn note(f: impl FnOnce(&mut Captured)) {
+    CAPTURE.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            f(c);
+        }
+    });
+}
+
+fn note_peer(end_entity: &CertificateDer<'_>) {
+    note(|c| c.peer = Some(end_entity.clone().into_owned()));
+}
+
+fn note_scheme(scheme: SignatureScheme) {
+    note(|c| c.scheme = Some(scheme));
 }
 
 /// The certificate matched no `verify_certificate_hash`/`verify_certificate_spki` entry.
@@ -180,9 +256,10 @@ impl Validation {
                 .iter()
                 .any(|m| names.iter().any(|n| m.matches_general(n)));
             if !ok {
-                return Err(Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ));
+                let sans = names.iter().map(general_name_string).collect();
+                return Err(Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(SanMismatch { sans })),
+                )));
             }
         }
         if !self.pins.is_empty() {
@@ -287,6 +364,7 @@ fn verify_sig12(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, Error> {
+    note_scheme(dss.scheme);
     verify_signature(message, cert, dss, false)
 }
 
@@ -295,6 +373,7 @@ fn verify_sig13(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, Error> {
+    note_scheme(dss.scheme);
     verify_signature(message, cert, dss, true)
 }
 
@@ -322,6 +401,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        note_peer(end_entity);
         self.validation.verify(
             end_entity,
             intermediates,
@@ -399,6 +479,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
+        note_peer(end_entity);
         self.validation.verify(
             end_entity,
             intermediates,
@@ -447,6 +528,11 @@ pub enum VerifyFailure {
 pub fn classify(e: &Error) -> Option<VerifyFailure> {
     match e {
         Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+            Some(VerifyFailure::San)
+        }
+        Error::InvalidCertificate(CertificateError::Other(o))
+            if o.0.downcast_ref::<SanMismatch>().is_some() =>
+        {
             Some(VerifyFailure::San)
         }
         Error::InvalidCertificate(CertificateError::Other(o))
@@ -572,6 +658,51 @@ mod tests {
             pins: vec![],
         };
         assert_eq!(check(&no_trust, &leaf(&other, GW, |_| {})), Ok(()));
+    }
+
+    /// A SAN refusal names the certificate's SANs as Envoy's validator does, and is sent as
+    /// `certificate_unknown` (Envoy's alert), not rustls' `access_denied`.
+    #[test]
+    fn san_mismatch_names_the_sans() {
+        let ca = DevCa::generate_root("ca", KeyAlgorithm::EcdsaP256).unwrap();
+        let good = leaf(&ca, GW, |r| r.dns_names = vec!["gw.example".into()]);
+        let v = validation(&ca, vec![uri("spiffe://cluster.local/ns/x/sa/y")]);
+        let e = check(&v, &good).unwrap_err();
+        assert_eq!(classify(&e), Some(VerifyFailure::San));
+        let Error::InvalidCertificate(c) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            rustls::AlertDescription::from(c.clone()),
+            rustls::AlertDescription::CertificateUnknown
+        );
+        let CertificateError::Other(o) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            o.0.to_string(),
+            format!("verify cert failed: SAN matcher, certificate SANs are [{GW}, gw.example]")
+        );
+    }
+
+    /// The verifiers report the peer's certificate (refused or not) to a capturing caller, and
+    /// to nobody otherwise.
+    #[test]
+    fn capturing_sees_the_peer() {
+        let ca = DevCa::generate_root("ca", KeyAlgorithm::EcdsaP256).unwrap();
+        let other = DevCa::generate_root("other", KeyAlgorithm::EcdsaP256).unwrap();
+        let issued = leaf(&other, GW, |_| {});
+        let chain = der(&issued.cert_chain_pem);
+        let verifier = ClientVerifier::new(validation(&ca, vec![]), true, false);
+        let mut slot = Captured::default();
+        let r = capturing(&mut slot, || {
+            verifier.verify_client_cert(&chain[0], &[], UnixTime::now())
+        });
+        assert!(r.is_err());
+        assert_eq!(slot.peer.as_ref(), Some(&chain[0]));
+        // Outside `capturing` nothing is recorded (and nothing fails).
+        let _ = verifier.verify_client_cert(&chain[0], &[], UnixTime::now());
+        CAPTURE.with(|c| assert!(c.borrow().is_none()));
     }
 
     #[test]

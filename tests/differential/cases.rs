@@ -83,7 +83,7 @@ pub async fn run(group: &'static str, pair: &Pair, cases: Vec<HttpCase>) -> Vec<
 /// Each case's access-log line on both sides; a case whose responses matched but whose lines
 /// differ is a difference too.
 /// A line names its case by the `x-case` header: the case id without the group's prefix.
-async fn compare_logs(pair: &Pair, group: &str, results: &mut [CaseResult]) {
+pub async fn compare_logs(pair: &Pair, group: &str, results: &mut [CaseResult]) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let lines = |side: Side| -> HashMap<String, String> {
         let path = pair.get(side).dir.path("access.log");

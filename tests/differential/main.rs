@@ -22,7 +22,9 @@ mod local_ratelimit;
 mod oracle;
 mod rbac;
 mod routing;
+mod tls;
 mod validate;
+mod xds;
 
 use std::collections::BTreeMap;
 
@@ -71,6 +73,8 @@ fn main() {
             local_ratelimit::run(&envoy, filter.as_deref()).await,
             cors::run(&envoy, filter.as_deref()).await,
             rbac::run(&envoy, filter.as_deref()).await,
+            tls::run(&envoy, filter.as_deref()).await,
+            xds::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

@@ -43,6 +43,11 @@ static BASE_ID: AtomicU32 = AtomicU32::new(0);
 
 impl Pair {
     pub async fn start(envoy: &std::path::Path, yaml: &str) -> Pair {
+        Self::start_each(envoy, yaml, yaml).await
+    }
+
+    /// Each its own bootstrap (the xDS group gives each proxy its own node id).
+    pub async fn start_each(envoy: &std::path::Path, envoy_yaml: &str, remora_yaml: &str) -> Pair {
         // One worker each: host choice and connection reuse are then sequences both can repeat.
         let base_id = (std::process::id() % 1000) * 100 + BASE_ID.fetch_add(1, Ordering::Relaxed);
         let base_id = base_id.to_string();
@@ -58,19 +63,19 @@ impl Pair {
         let envoy = Remora::try_start_bin(
             envoy.to_str().unwrap(),
             TempDir::new("diff-envoy"),
-            yaml,
+            envoy_yaml,
             &envoy_args,
         )
         .await
-        .unwrap_or_else(|e| panic!("envoy did not start: {e}\n{yaml}"));
+        .unwrap_or_else(|e| panic!("envoy did not start: {e}\n{envoy_yaml}"));
         let remora = Remora::try_start_bin(
             BIN,
             TempDir::new("diff-remora"),
-            yaml,
+            remora_yaml,
             &["--concurrency", "1"],
         )
         .await
-        .unwrap_or_else(|e| panic!("remora did not start: {e}\n{yaml}"));
+        .unwrap_or_else(|e| panic!("remora did not start: {e}\n{remora_yaml}"));
         Pair { envoy, remora }
     }
 

@@ -18,24 +18,37 @@ fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp { seconds, nanos }
 }
 
-fn details(path: String, d: &CertDetails, now: SystemTime) -> admin::CertificateDetails {
+/// The DNS SANs, then the URIs, then the IP addresses (each in certificate order), as Envoy's
+/// `Utility::certificateDetails` lists them.
+fn sans(d: &CertDetails) -> Vec<admin::SubjectAlternateName> {
     use admin::subject_alternate_name::Name;
+    let of = |f: fn(&San) -> Option<Name>| {
+        d.sans
+            .iter()
+            .filter_map(f)
+            .map(|name| admin::SubjectAlternateName { name: Some(name) })
+            .collect::<Vec<_>>()
+    };
+    let mut out = of(|s| match s {
+        San::Dns(n) => Some(Name::Dns(n.clone())),
+        _ => None,
+    });
+    out.extend(of(|s| match s {
+        San::Uri(u) => Some(Name::Uri(u.clone())),
+        _ => None,
+    }));
+    out.extend(of(|s| match s {
+        San::Ip(a) => Some(Name::IpAddress(a.to_string())),
+        _ => None,
+    }));
+    out
+}
+
+fn details(path: String, d: &CertDetails, now: SystemTime) -> admin::CertificateDetails {
     admin::CertificateDetails {
         path,
         serial_number: d.serial.clone(),
-        subject_alt_names: d
-            .sans
-            .iter()
-            .filter_map(|s| {
-                let name = match s {
-                    San::Uri(u) => Name::Uri(u.clone()),
-                    San::Dns(n) => Name::Dns(n.clone()),
-                    San::Ip(a) => Name::IpAddress(a.to_string()),
-                    _ => return None,
-                };
-                Some(admin::SubjectAlternateName { name: Some(name) })
-            })
-            .collect(),
+        subject_alt_names: sans(d),
         days_until_expiration: d.days_until_expiration(now),
         valid_from: Some(timestamp(d.not_before)),
         expiration_time: Some(timestamp(d.not_after)),
@@ -88,4 +101,31 @@ pub fn certificates(state: &ServerState) -> admin::Certificates {
         }
     }
     admin::Certificates { certificates: out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DNS SANs first, then URIs, as Envoy's `/certs` lists them (not the certificate's order).
+    #[test]
+    fn dns_sans_come_first() {
+        use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+        let ca = DevCa::generate_root("t", KeyAlgorithm::EcdsaP256).unwrap();
+        let id = remora_certs::SpiffeId::parse("spiffe://t/ns/a/sa/b").unwrap();
+        let mut req = LeafRequest::spiffe(id, std::time::Duration::from_secs(60));
+        req.dns_names = vec!["b.test".into()];
+        let pem = ca.issue(&req).unwrap().cert_chain_pem;
+        let der = remora_certs::pem::certificates(pem.as_bytes()).unwrap();
+        let d = CertDetails::parse(&der[0]).unwrap();
+        use admin::subject_alternate_name::Name;
+        let names: Vec<Option<Name>> = sans(&d).into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                Some(Name::Dns("b.test".into())),
+                Some(Name::Uri("spiffe://t/ns/a/sa/b".into()))
+            ]
+        );
+    }
 }

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -358,7 +358,17 @@ impl ActiveListener {
                 .then(|| InspectorStats::new(store)),
             access_logs,
             stats: ListenerStats::new(store, &stat_name),
-            ssl: has_tls.then(|| TlsStats::new(store, &format!("listener.{stat_name}"))),
+            ssl: has_tls.then(|| {
+                let ssl = TlsStats::new(store, &format!("listener.{stat_name}"));
+                for tls in chains
+                    .iter()
+                    .chain(default_chain.iter())
+                    .filter_map(|c| c.config.tls.as_ref())
+                {
+                    ssl.certificates(&tls.names, &tls.certificates, tls.trust.as_ref());
+                }
+                ssl
+            }),
             config,
             chains,
             default_chain,
@@ -482,6 +492,16 @@ impl ActiveListener {
         let inspected = self.run_listener_filters(&mut stream, &mut prefix).await;
         stats.downstream_pre_cx_active.dec();
         let Some((server_name, transport, app_protocols)) = inspected else {
+            let info = ConnectionInfo {
+                id,
+                local,
+                remote,
+                requested_server_name: None,
+                application_protocols: Vec::new(),
+                transport_protocol: "raw_buffer",
+                tls: None,
+            };
+            self.log_connection(Arc::new(info), opened, ResponseFlags::empty(), None);
             self.closed(opened);
             return;
         };
@@ -515,7 +535,7 @@ impl ActiveListener {
         let Some(chain) = chain else {
             stats.no_filter_chain_match.inc();
             tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
-            self.log_rejected(info, ResponseFlags::NO_ROUTE_FOUND, None);
+            self.log_connection(Arc::new(info), opened, ResponseFlags::NO_ROUTE_FOUND, None);
             self.closed(opened);
             return;
         };
@@ -530,11 +550,9 @@ impl ActiveListener {
                 )
                 .await;
                 match accepted {
-                    Ok((mut stream, mut tls_info)) => {
-                        // Without a TLS inspector the handshake is where the SNI is learnt.
-                        if info.requested_server_name.is_none() {
-                            info.requested_server_name = tls_info.server_name.take();
-                        }
+                    // The SNI is the TLS inspector's (Envoy learns nothing of it from the
+                    // handshake for %REQUESTED_SERVER_NAME%).
+                    Ok((mut stream, tls_info)) => {
                         let mut prefix = BytesMut::new();
                         if let Some((mx, ours)) = &chain.mx {
                             let stats = self
@@ -553,6 +571,13 @@ impl ActiveListener {
                                     Ok(left) => prefix = left,
                                     Err(e) => {
                                         tracing::debug!(listener = %self.config.name, %remote, "metadata exchange failed: {e}");
+                                        info.tls = Some(Box::new(tls_info));
+                                        self.log_connection(
+                                            Arc::new(info),
+                                            opened,
+                                            ResponseFlags::empty(),
+                                            None,
+                                        );
                                         self.closed(opened);
                                         return;
                                     }
@@ -562,16 +587,31 @@ impl ActiveListener {
                             }
                         }
                         info.tls = Some(Box::new(tls_info));
-                        self.dispatch(chain, info, stream, prefix).await;
+                        let info = Arc::new(info);
+                        self.dispatch(chain, info.clone(), stream, prefix).await;
+                        self.log_connection(info, opened, ResponseFlags::empty(), None);
                     }
-                    Err(e) => {
+                    Err(failure) => {
+                        let e = &failure.error;
                         tracing::debug!(listener = %self.config.name, %remote, "TLS handshake failed: {e}");
-                        let reason = tls::failure_reason(&e);
-                        self.log_rejected(info, ResponseFlags::empty(), Some(reason));
+                        let reason = tls::failure_reason(e);
+                        // What the handshake learnt before it failed (the version, the peer's
+                        // certificate), as Envoy's connection-level log shows it.
+                        info.tls = failure.info.map(Box::new);
+                        self.log_connection(
+                            Arc::new(info),
+                            opened,
+                            ResponseFlags::empty(),
+                            Some(reason),
+                        );
                     }
                 }
             }
-            _ => self.dispatch(chain, info, stream, prefix).await,
+            _ => {
+                let info = Arc::new(info);
+                self.dispatch(chain, info.clone(), stream, prefix).await;
+                self.log_connection(info, opened, ResponseFlags::empty(), None);
+            }
         }
         self.closed(opened);
     }
@@ -582,13 +622,12 @@ impl ActiveListener {
     async fn dispatch<S: Split>(
         &self,
         chain: &ActiveChain,
-        info: ConnectionInfo,
+        info: Arc<ConnectionInfo>,
         stream: S,
         prefix: BytesMut,
     ) {
         use crate::filters::network::chain::{Filtered, NetChain};
         let is_tls = info.tls.is_some();
-        let info = Arc::new(info);
         let mut close = chain.close.subscribe();
         let net = NetChain::create(&chain.network, &info);
         let serve = async {
@@ -724,12 +763,23 @@ impl ActiveListener {
         }
     }
 
-    /// A listener access-log line for a connection no network filter took.
-    fn log_rejected(&self, conn: ConnectionInfo, flags: ResponseFlags, reason: Option<String>) {
+    /// The listener access-log line of a connection, when it closes (Envoy logs every
+    /// connection, the ones no network filter took too).
+    fn log_connection(
+        &self,
+        conn: Arc<ConnectionInfo>,
+        opened: Instant,
+        flags: ResponseFlags,
+        reason: Option<String>,
+    ) {
         if self.access_logs.is_empty() {
             return;
         }
-        let mut info = StreamInfo::new(Arc::new(conn));
+        let mut info = StreamInfo::new(conn);
+        info.start = opened;
+        info.start_time = SystemTime::now()
+            .checked_sub(opened.elapsed())
+            .unwrap_or(info.start_time);
         info.set_flag(flags);
         info.downstream_transport_failure_reason = reason;
         info.last_downstream_tx = Some(Instant::now());

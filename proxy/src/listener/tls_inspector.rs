@@ -1,11 +1,18 @@
 //! `envoy.filters.listener.tls_inspector`: recognise a TLS ClientHello in the first bytes of a
-//! connection and extract the SNI and ALPN list for filter-chain matching.
+//! connection and extract the SNI and ALPN list for filter-chain matching. The TLS transport
+//! socket reads the same facts (and what the handshake will negotiate) before its handshake.
 
 /// What the inspector learned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientHello {
     pub server_name: Option<String>,
     pub alpn: Vec<String>,
+    /// `supported_versions` offers TLS 1.3.
+    pub tls13: bool,
+    /// The client asks for an OCSP staple (`status_request`).
+    pub status_request: bool,
+    /// `supported_groups`, in the client's order.
+    pub groups: Vec<u16>,
 }
 
 /// Inspection result for the bytes seen so far.
@@ -113,6 +120,19 @@ fn parse_client_hello(h: &[u8]) -> Option<ClientHello> {
                     j += 1 + pl;
                 }
             }
+            5 => out.status_request = true,
+            10 => {
+                let list = data.get(2..2 + u16_at(data, 0)?)?;
+                out.groups = list
+                    .chunks_exact(2)
+                    .map(|g| u16::from_be_bytes([g[0], g[1]]))
+                    .collect();
+            }
+            43 => {
+                // supported_versions: a length byte, then two bytes a version.
+                let versions = data.get(1..1 + *data.first()? as usize)?;
+                out.tls13 = versions.chunks(2).any(|v| v == [0x03, 0x04]);
+            }
             _ => {}
         }
         i += 4 + len;
@@ -161,6 +181,60 @@ mod tests {
         rec
     }
 
+    /// `client_hello` with extra extensions (type, data) appended.
+    fn with_extensions(sni: &str, extra: &[(u16, &[u8])]) -> Vec<u8> {
+        let base = client_hello(sni, &[]);
+        let mut ext = Vec::new();
+        for (ty, data) in extra {
+            ext.extend_from_slice(&ty.to_be_bytes());
+            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext.extend_from_slice(data);
+        }
+        // Lengths to grow: the record's (at 3), the handshake's (at 6) and the extensions' (after
+        // the record and handshake headers, version, random, session id, one suite and the
+        // compression methods: 5 + 4 + 2 + 32 + 1 + 2 + 2 + 2).
+        let ext_len_at = 50;
+        let mut out = base.clone();
+        out.extend_from_slice(&ext);
+        let grow = |b: &mut [u8], at: usize, width: usize| {
+            let mut v = 0usize;
+            for k in 0..width {
+                v = (v << 8) | b[at + k] as usize;
+            }
+            v += ext.len();
+            for k in 0..width {
+                b[at + k] = (v >> (8 * (width - 1 - k))) as u8;
+            }
+        };
+        grow(&mut out, 3, 2);
+        grow(&mut out, 6, 3);
+        grow(&mut out, ext_len_at, 2);
+        out
+    }
+
+    #[test]
+    fn reads_tls13_and_status_request() {
+        let ch = with_extensions(
+            "a.example",
+            &[
+                (43, &[4, 0x03, 0x04, 0x03, 0x03]),
+                (5, &[1, 0, 0, 0, 0]),
+                (10, &[0, 4, 0x11, 0xec, 0x00, 0x1d]),
+            ],
+        );
+        let Inspect::Tls(h) = inspect(&ch) else {
+            panic!("{:?}", inspect(&ch))
+        };
+        assert!(h.tls13 && h.status_request, "{h:?}");
+        assert_eq!(h.groups, [0x11ec, 0x001d]);
+        assert_eq!(h.server_name.as_deref(), Some("a.example"));
+        let ch = with_extensions("a.example", &[(43, &[2, 0x03, 0x03])]);
+        let Inspect::Tls(h) = inspect(&ch) else {
+            panic!()
+        };
+        assert!(!h.tls13 && !h.status_request, "{h:?}");
+    }
+
     #[test]
     fn parses_sni_and_alpn() {
         let ch = client_hello("Example.COM", &["h2", "http/1.1"]);
@@ -168,7 +242,8 @@ mod tests {
             inspect(&ch),
             Inspect::Tls(ClientHello {
                 server_name: Some("example.com".into()),
-                alpn: vec!["h2".into(), "http/1.1".into()]
+                alpn: vec!["h2".into(), "http/1.1".into()],
+                ..Default::default()
             })
         );
         assert_eq!(inspect(&ch[..20]), Inspect::NeedMore);

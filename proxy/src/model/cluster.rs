@@ -1489,6 +1489,9 @@ fn pipe_endpoint(la: &pb::endpoint::ClusterLoadAssignment) -> Option<std::path::
     }
 }
 
+/// The largest priority level (each level up to the largest is a slot of the host set).
+const MAX_PRIORITY: u32 = 1024;
+
 /// A `ClusterLoadAssignment`'s endpoints (a cluster's `load_assignment`, or an EDS resource).
 pub fn endpoints_of(
     path: &FieldPath,
@@ -1562,7 +1565,9 @@ pub fn endpoints_of(
                     .error("must be at least 1"));
             }
             use pb::core::HealthStatus as H;
-            let health = match enum_value::<H>(&ep, "health_status", *health_status, |_| true)? {
+            // A value Envoy does not know is healthy there (only the unhealthy and degraded
+            // statuses set a flag).
+            let health = match H::try_from(*health_status).unwrap_or(H::Unknown) {
                 H::Unknown | H::Healthy => Health::Healthy,
                 H::Degraded => Health::Degraded,
                 H::Unhealthy | H::Draining | H::Timeout => Health::Unhealthy,
@@ -1626,13 +1631,7 @@ pub fn endpoints_of(
                     addr.host
                 )));
             }
-            if addr.port == 0 {
-                return Err(epp
-                    .field("address")
-                    .field("socket_address")
-                    .field("port_value")
-                    .error("must not be 0"));
-            }
+            // Port 0 is accepted, as Envoy accepts it: connecting to it fails.
             eps.push(Endpoint {
                 address: addr,
                 weight,
@@ -1648,14 +1647,14 @@ pub fn endpoints_of(
             endpoints: eps,
         });
     }
-    // Priorities must be contiguous from 0 (Envoy rejects gaps).
-    let mut prios: Vec<u32> = out.iter().map(|l| l.priority).collect();
-    prios.sort_unstable();
-    prios.dedup();
-    if prios.iter().enumerate().any(|(i, p)| *p != i as u32) {
+    // Envoy accepts gaps between priorities (the levels between are empty) and so does the
+    // host set; a level is a vector slot, so the largest is bounded.
+    if let Some(i) = out.iter().position(|l| l.priority > MAX_PRIORITY) {
         return Err(path
             .field("endpoints")
-            .error("priorities must be contiguous, starting at 0"));
+            .index(i)
+            .field("priority")
+            .error(format!("priorities above {MAX_PRIORITY} are not supported")));
     }
     Ok((out, overprovisioning))
 }
@@ -1670,6 +1669,38 @@ mod tests {
             crate::config::decode_yaml("envoy.config.cluster.v3.Cluster", yaml, &path);
         let cx = super::super::context::TranslateContext::for_tests();
         Cluster::from_proto(&path, &c, &cx)
+    }
+
+    /// What Envoy accepts in an assignment remora accepts too: a health status it does not
+    /// know (healthy), port 0 (connecting fails), a gap between priorities (an empty level).
+    #[test]
+    fn assignments_envoy_accepts() {
+        let ep = |port: u32, extra: &str| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}{extra}}}"
+            )
+        };
+        let c = cluster(&format!(
+            "{{name: c, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}, {}]}}, {{priority: 2, lb_endpoints: [{}]}}]}}}}",
+            ep(1, ", health_status: 42"),
+            ep(0, ""),
+            ep(2, "")
+        ))
+        .unwrap();
+        let prios: Vec<u32> = c.localities.iter().map(|l| l.priority).collect();
+        assert_eq!(prios, [0, 2]);
+        let e = &c.localities[0].endpoints;
+        assert_eq!(e[0].health, Health::Healthy);
+        assert_eq!(e[1].address.port, 0);
+        let e = cluster(&format!(
+            "{{name: c, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: c, endpoints: [{{priority: 5000, lb_endpoints: [{}]}}]}}}}",
+            ep(1, "")
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.paths(),
+            ["Cluster 'c'.load_assignment.endpoints[0].priority"]
+        );
     }
 
     /// One translation names every problem: an unsupported field, the circuit breakers, the

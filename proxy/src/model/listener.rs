@@ -323,10 +323,8 @@ impl Listener {
             (true, Some(a)) => format!("{a}"),
             (true, None) => "<unnamed>".to_string(),
         };
-        let modify_only_drain = errs.or_default(
-            enum_value::<DrainType>(path, "drain_type", *drain_type, |_| true)
-                .map(|d| d == DrainType::ModifyOnly),
-        );
+        // Envoy only asks whether it is MODIFY_ONLY: a value it does not know drains as DEFAULT.
+        let modify_only_drain = DrainType::try_from(*drain_type) == Ok(DrainType::ModifyOnly);
         let direction = errs
             .take(direction(path, *traffic_direction))
             .unwrap_or(Direction::Unspecified);
@@ -1123,6 +1121,19 @@ mod tests {
             crate::config::decode_yaml("envoy.config.listener.v3.Listener", yaml, &path);
         let cx = TranslateContext::for_tests();
         Listener::from_proto(&path, &l, &cx)
+    }
+
+    /// A `drain_type` value Envoy does not know drains as DEFAULT (Envoy accepts it).
+    #[test]
+    fn unknown_drain_type_is_default() {
+        let tcp = "{name: t, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}";
+        let yaml = |drain: &str| {
+            format!(
+                "{{name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, drain_type: {drain}, filter_chains: [{{filters: [{tcp}]}}]}}"
+            )
+        };
+        assert!(!translate(&yaml("7")).unwrap().modify_only_drain);
+        assert!(translate(&yaml("MODIFY_ONLY")).unwrap().modify_only_drain);
     }
 
     /// One translation names every problem: each chain's network filters, the listener

@@ -106,9 +106,45 @@ fn static_secret(
 /// A listener filter chain's TLS termination.
 pub struct DownstreamTls {
     pub config: Arc<rustls::ServerConfig>,
+    /// `config` as BoringSSL would negotiate with a given ClientHello, made on first use (see
+    /// [`DownstreamTls::config_for`]): BoringSSL honours the client's cipher order in TLS 1.3
+    /// whatever `prefer_client_ciphers` says; it answers a client offering none of
+    /// `alpn_protocols` without ALPN (rustls would send `no_application_protocol`); and with
+    /// server preference it picks the first of its curves the client supports (rustls takes
+    /// the client's order).
+    variants: Vec<std::sync::OnceLock<Arc<rustls::ServerConfig>>>,
+    /// `config` with one curve only, for each of its curves (in its order).
+    by_group: Vec<Arc<rustls::ServerConfig>>,
+    /// The context allows TLS 1.3 (its maximum version).
+    pub allows_tls13: bool,
     pub certificates: Vec<Arc<dyn CertificateSource>>,
     pub trust: Option<Arc<dyn TrustSource>>,
+    /// Whether a client must present a certificate: `require_client_certificate`, or SAN
+    /// matchers or pins to check (as Envoy's validator sets `SSL_VERIFY_FAIL_IF_NO_PEER_CERT`).
     pub require_client_certificate: bool,
+    pub names: CertificateNames,
+}
+
+/// The names Envoy gives a context's certificates in
+/// `ssl.certificate.<name>.expiration_unix_time_seconds`: a secret's name, else
+/// `unnamed_cert_<8 hex digits of the SHA-256 of the inline chain>` (of nothing for a file),
+/// and `unnamed_ca_cert_…` likewise for the trusted CA of a validation context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// One per certificate, in order.
+    pub certificates: Vec<String>,
+    /// `None` without a validation context.
+    pub ca: Option<String>,
+}
+
+fn unnamed(prefix: &str, ds: &Option<pb::core::DataSource>) -> String {
+    use pb::core::data_source::Specifier;
+    let inline: &[u8] = match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::InlineBytes(b)) => b,
+        Some(Specifier::InlineString(s)) => s.as_bytes(),
+        _ => b"",
+    };
+    format!("{prefix}{}", &remora_certs::info::sha256_hex(inline)[..8])
 }
 
 /// A cluster's TLS origination.
@@ -118,6 +154,7 @@ pub struct UpstreamTls {
     pub server_name: ServerName<'static>,
     pub certificates: Vec<Arc<dyn CertificateSource>>,
     pub trust: Option<Arc<dyn TrustSource>>,
+    pub names: CertificateNames,
     /// ALPN offered (e.g. `istio-peer-exchange`, `istio`, `h2`, `http/1.1`).
     pub alpn: Vec<String>,
     /// The same client configuration offering other ALPN lists (`istio.alpn`), by their key.
@@ -257,15 +294,18 @@ enum Side {
     Client,
 }
 
-/// A translated validation context: the verifier's settings, the trust source (for `/certs`),
-/// and `suppress_client_ca_list`.
-type CheckedValidation = (Validation, Option<Arc<dyn TrustSource>>, bool);
+/// A translated validation context: how peers are verified, the trust bundle (also when the
+/// chain is not verified), `suppress_client_ca_list`, and whether the context alone makes a
+/// client certificate mandatory (SAN matchers or pins, unless `ACCEPT_UNTRUSTED`: Envoy's
+/// `verify_mode_validation_context`).
+type CheckedValidation = (Validation, Option<Arc<dyn TrustSource>>, bool, bool);
 
 struct Common {
     versions: Vec<&'static SupportedProtocolVersion>,
     provider: Arc<CryptoProvider>,
     certificates: Vec<Arc<dyn CertificateSource>>,
     validation: Option<CheckedValidation>,
+    names: CertificateNames,
     alpn: Vec<String>,
 }
 
@@ -318,8 +358,26 @@ fn common(
         .enumerate()
         .map(|(i, t)| tls_certificate(&path.field("tls_certificates").index(i), t, cx.material()))
         .collect::<Result<Vec<_>>>()?;
+    let mut names = CertificateNames {
+        certificates: tls_certificates
+            .iter()
+            .map(|t| unnamed("unnamed_cert_", &t.certificate_chain))
+            .collect(),
+        ca: match validation_context_type {
+            None => None,
+            Some(V::ValidationContext(v)) => Some(unnamed("unnamed_ca_cert_", &v.trusted_ca)),
+            Some(V::ValidationContextSdsSecretConfig(c)) => Some(c.name.clone()),
+            Some(V::CombinedValidationContext(c)) => c
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(|s| s.name.clone()),
+            #[allow(deprecated)]
+            Some(_) => None,
+        },
+    };
     for (i, c) in tls_certificate_sds_secret_configs.iter().enumerate() {
         let sp = path.field("tls_certificate_sds_secret_configs").index(i);
+        names.certificates.push(c.name.clone());
         if let Some(cs) = &c.sds_config {
             let source = super::xds::sds_source(&sp.field("sds_config"), cs)?;
             certificates.push(cx.sds.certificate(&source, &c.name));
@@ -399,6 +457,7 @@ fn common(
                     versions,
                     provider,
                     certificates,
+                    names,
                     validation: Some(validation_context(
                         &cp.field("default_validation_context"),
                         &default,
@@ -430,6 +489,7 @@ fn common(
         versions,
         provider,
         certificates,
+        names,
         validation,
         alpn: checked_alpn(path, alpn_protocols)?,
     })
@@ -705,7 +765,9 @@ fn validation_context(
         san_matchers,
         pins,
     };
-    Ok((validation, trust, *suppress_client_ca_list))
+    let mandatory =
+        verify_chain && (!validation.san_matchers.is_empty() || !validation.pins.is_empty());
+    Ok((validation, trust, *suppress_client_ca_list, mandatory))
 }
 
 // === tls_params ===
@@ -829,11 +891,12 @@ fn tls_parameters(
         }
     }
     let kx_groups = if ecdh_curves.is_empty() {
-        // Envoy's default curves.
-        vec![
-            rustls::crypto::aws_lc_rs::kx_group::X25519,
-            rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
-        ]
+        // Envoy's default curves: a server (1.40) prefers the hybrid post-quantum group.
+        use rustls::crypto::aws_lc_rs::kx_group as kx;
+        match side {
+            Side::Server => vec![kx::X25519MLKEM768, kx::X25519, kx::SECP256R1],
+            Side::Client => vec![kx::X25519, kx::SECP256R1],
+        }
     } else {
         ecdh_curves
             .iter()
@@ -972,47 +1035,133 @@ impl DownstreamTls {
                 .error("a server TLS context needs a certificate"));
         }
         let require = bool_or(require_client_certificate, false);
-        let builder = rustls::ServerConfig::builder_with_provider(c.provider.clone())
-            .with_protocol_versions(&c.versions)
-            .map_err(|e| rustls_error(&cp.field("tls_params"), e))?;
-        let (builder, trust) = match c.validation {
-            Some((validation, trust, suppress)) => (
-                builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(
-                    validation, require, suppress,
-                ))),
-                trust,
-            ),
+        let mut mandatory = require;
+        let (verifier, trust) = match c.validation {
+            Some((validation, trust, suppress, required_by_context)) => {
+                mandatory |= required_by_context;
+                let v: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+                    Arc::new(ClientVerifier::new(validation, mandatory, suppress));
+                (Some(v), trust)
+            }
             None if require => {
                 return Err(path.field("require_client_certificate").error(
                     "needs common_tls_context.validation_context to verify client certificates against",
                 ));
             }
-            None => (builder.with_no_client_auth(), None),
+            None => (None, None),
         };
-        let mut config = builder.with_cert_resolver(Arc::new(ServerResolver {
+        let resolver = Arc::new(ServerResolver {
             certificates: c.certificates.clone(),
             require_sni: bool_or(require_sni, false),
-        }));
-        config.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        config.ignore_client_order = !prefer_client_ciphers;
-        if *disable_stateful_session_resumption {
-            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        });
+        let session_storage: Arc<dyn rustls::server::StoresServerSessions> =
+            if *disable_stateful_session_resumption {
+                Arc::new(rustls::server::NoServerSessionStorage {})
+            } else {
+                rustls::server::ServerSessionMemoryCache::new(4096)
+            };
+        let ticketer = if stateless {
+            Some(rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| rustls_error(path, e))?)
         } else {
-            config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-        }
-        if stateless {
-            config.ticketer =
-                rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| rustls_error(path, e))?;
-        }
-        if !stateless && *disable_stateful_session_resumption {
-            config.send_tls13_tickets = 0;
-        }
+            None
+        };
+        // One configuration per provider (the context's, and each restricted to one curve, for
+        // `config_for`): the same verifier, certificates, sessions and ticket keys.
+        let build = |provider: Arc<CryptoProvider>| -> Result<rustls::ServerConfig> {
+            let builder = rustls::ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&c.versions)
+                .map_err(|e| rustls_error(&cp.field("tls_params"), e))?;
+            let builder = match &verifier {
+                Some(v) => builder.with_client_cert_verifier(v.clone()),
+                None => builder.with_no_client_auth(),
+            };
+            let mut config = builder.with_cert_resolver(resolver.clone());
+            config.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            config.ignore_client_order = !prefer_client_ciphers;
+            config.session_storage = session_storage.clone();
+            if let Some(t) = &ticketer {
+                config.ticketer = t.clone();
+            }
+            if !stateless && *disable_stateful_session_resumption {
+                config.send_tls13_tickets = 0;
+            }
+            Ok(config)
+        };
+        let config = build(c.provider.clone())?;
+        let by_group = c
+            .provider
+            .kx_groups
+            .iter()
+            .map(|g| {
+                build(Arc::new(CryptoProvider {
+                    kx_groups: vec![*g],
+                    ..(*c.provider).clone()
+                }))
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let variants = (0..4 * (by_group.len() + 1))
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         Ok(Self {
             config: Arc::new(config),
+            by_group,
+            variants,
+            allows_tls13: c.versions.contains(&&rustls::version::TLS13),
             certificates: c.certificates,
             trust,
-            require_client_certificate: require,
+            require_client_certificate: mandatory,
+            names: c.names,
         })
+    }
+
+    /// The configuration for a ClientHello (its `supported_versions` offering TLS 1.3, its ALPN
+    /// list, its `supported_groups`): the handshake then negotiates what BoringSSL would.
+    pub fn config_for(
+        &self,
+        client_tls13: bool,
+        client_alpn: &[String],
+        client_groups: &[u16],
+    ) -> Arc<rustls::ServerConfig> {
+        let base = &self.config;
+        let tls13 = client_tls13 && self.allows_tls13;
+        let client_order = tls13 && base.ignore_client_order;
+        let ours = &base.alpn_protocols;
+        let no_alpn = !client_alpn.is_empty()
+            && !ours.is_empty()
+            && !client_alpn
+                .iter()
+                .any(|c| ours.iter().any(|o| o == c.as_bytes()));
+        let version = if tls13 {
+            rustls::ProtocolVersion::TLSv1_3
+        } else {
+            rustls::ProtocolVersion::TLSv1_2
+        };
+        let groups = &base.crypto_provider().kx_groups;
+        let group = base
+            .ignore_client_order
+            .then(|| {
+                groups.iter().position(|g| {
+                    g.usable_for_version(version) && client_groups.contains(&u16::from(g.name()))
+                })
+            })
+            .flatten();
+        let start = group.map_or(base, |g| &self.by_group[g]);
+        if !client_order && !no_alpn {
+            return start.clone();
+        }
+        let i = (client_order as usize * 2 + no_alpn as usize) * (groups.len() + 1)
+            + group.map_or(0, |g| g + 1);
+        self.variants[i]
+            .get_or_init(|| {
+                let mut v = (**start).clone();
+                v.ignore_client_order &= !client_order;
+                if no_alpn {
+                    v.alpn_protocols.clear();
+                }
+                Arc::new(v)
+            })
+            .clone()
     }
 }
 
@@ -1028,6 +1177,7 @@ impl UpstreamTls {
             server_name: self.server_name.clone(),
             certificates: self.certificates.clone(),
             trust: self.trust.clone(),
+            names: self.names.clone(),
             alpn: alpn.iter().map(|p| p.to_string()).collect(),
             alpn_variants: Default::default(),
         }
@@ -1082,7 +1232,7 @@ impl UpstreamTls {
             cx,
         )?;
         let (validation, trust) = match c.validation {
-            Some((v, trust, _)) => (v, trust),
+            Some((v, trust, _, _)) => (v, trust),
             // No validation context: Envoy does not verify the server's certificate.
             None => (Validation::default(), None),
         };
@@ -1119,8 +1269,136 @@ impl UpstreamTls {
             server_name,
             certificates: c.certificates,
             trust,
+            names: c.names,
             alpn: c.alpn,
             alpn_variants: Default::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::NamedGroup;
+
+    /// A server context over an inline development certificate, with `extra` (YAML mapping
+    /// entries) and `common_extra` (entries of `common_tls_context`).
+    fn downstream(extra: &str, common_extra: &str) -> Result<DownstreamTls> {
+        use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+        let ca = DevCa::generate_root("t", KeyAlgorithm::EcdsaP256).unwrap();
+        let mut req = LeafRequest::new(std::time::Duration::from_secs(3600));
+        req.dns_names = vec!["localhost".into()];
+        let leaf = ca.issue(&req).unwrap();
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        let yaml = format!(
+            "{{common_tls_context: {{tls_certificates: [{{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}], validation_context: {{trusted_ca: {{inline_string: {}}}{common_extra}}}}}{extra}}}",
+            q(&leaf.cert_chain_pem),
+            q(&leaf.key_pem),
+            q(ca.root_pem()),
+        );
+        let path = FieldPath::new("tls");
+        let d: pb::tls::DownstreamTlsContext =
+            crate::config::decode_yaml(DOWNSTREAM_TLS_TYPE, &yaml, &path);
+        DownstreamTls::from_proto(&path, &d, &TranslateContext::for_tests())
+    }
+
+    /// SAN matchers (or pins) make a client certificate mandatory, as Envoy's validator sets
+    /// `SSL_VERIFY_FAIL_IF_NO_PEER_CERT` for them, unless the chain is not verified.
+    #[test]
+    fn san_matchers_make_a_client_certificate_mandatory() {
+        let san =
+            ", match_typed_subject_alt_names: [{san_type: URI, matcher: {prefix: 'spiffe://'}}]";
+        assert!(!downstream("", "").unwrap().require_client_certificate);
+        assert!(downstream("", san).unwrap().require_client_certificate);
+        let untrusted = format!("{san}, trust_chain_verification: ACCEPT_UNTRUSTED");
+        assert!(
+            !downstream("", &untrusted)
+                .unwrap()
+                .require_client_certificate
+        );
+        assert!(
+            downstream(", require_client_certificate: true", "")
+                .unwrap()
+                .require_client_certificate
+        );
+    }
+
+    fn groups(c: &rustls::ServerConfig) -> Vec<NamedGroup> {
+        c.crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect()
+    }
+
+    /// What a ClientHello gets: the client's cipher order in TLS 1.3 (BoringSSL's), the server's
+    /// curve preference (Envoy's server default puts X25519MLKEM768 first; it is no TLS 1.2
+    /// curve), and no ALPN rather than a refusal when the client offers none of ours.
+    #[test]
+    fn config_for_negotiates_as_boringssl() {
+        let d = downstream("", ", match_typed_subject_alt_names: []").unwrap();
+        assert_eq!(
+            groups(&d.config),
+            [
+                NamedGroup::X25519MLKEM768,
+                NamedGroup::X25519,
+                NamedGroup::secp256r1
+            ]
+        );
+        assert!(d.config.ignore_client_order);
+        let x25519 = u16::from(NamedGroup::X25519);
+        let mlkem = u16::from(NamedGroup::X25519MLKEM768);
+        let c = d.config_for(true, &[], &[x25519, mlkem]);
+        assert!(!c.ignore_client_order);
+        assert_eq!(groups(&c), [NamedGroup::X25519MLKEM768]);
+        assert!(Arc::ptr_eq(&c, &d.config_for(true, &[], &[x25519, mlkem])));
+        let c = d.config_for(false, &[], &[mlkem, x25519]);
+        assert!(c.ignore_client_order);
+        assert_eq!(groups(&c), [NamedGroup::X25519]);
+        // No curve in common: the context's own list (the handshake fails as it would).
+        assert_eq!(groups(&d.config_for(true, &[], &[1])), groups(&d.config));
+
+        let alpn = downstream("", "").unwrap();
+        assert!(alpn.config.alpn_protocols.is_empty());
+        let d = DownstreamTls {
+            config: Arc::new({
+                let mut c = (*alpn.config).clone();
+                c.alpn_protocols = vec![b"h2".to_vec()];
+                c
+            }),
+            ..alpn
+        };
+        let h3 = ["h3".to_string()];
+        assert!(d.config_for(true, &h3, &[]).alpn_protocols.is_empty());
+        let h2 = ["h3".to_string(), "h2".to_string()];
+        assert_eq!(
+            d.config_for(true, &h2, &[]).alpn_protocols,
+            [b"h2".to_vec()]
+        );
+    }
+
+    /// `ssl.certificate.<name>.*`: inline material is named by its digest, a file by the
+    /// digest of nothing (`e3b0c442`), as Envoy names them.
+    #[test]
+    fn certificate_names() {
+        let d = downstream("", "").unwrap();
+        assert_eq!(d.names.certificates.len(), 1);
+        assert!(d.names.certificates[0].starts_with("unnamed_cert_"));
+        assert_ne!(d.names.certificates[0], "unnamed_cert_e3b0c442");
+        assert!(
+            d.names
+                .ca
+                .as_deref()
+                .unwrap()
+                .starts_with("unnamed_ca_cert_")
+        );
+        let file = pb::core::DataSource {
+            specifier: Some(pb::core::data_source::Specifier::Filename("/x".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            unnamed("unnamed_cert_", &Some(file)),
+            "unnamed_cert_e3b0c442"
+        );
     }
 }

@@ -223,13 +223,14 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         }
         Op::UpstreamCluster => text(out, info.and_then(|i| i.upstream_cluster.as_deref())),
         Op::UpstreamLocalAddress => addr(out, info.and_then(|i| i.upstream_local), true),
-        Op::DownstreamTransportFailureReason => text(
-            out,
-            info.and_then(|i| i.downstream_transport_failure_reason.as_deref()),
-        ),
-        // Envoy writes it with its spaces as underscores.
-        Op::UpstreamTransportFailureReason => {
-            let reason = info.and_then(|i| i.upstream_transport_failure_reason.as_deref());
+        // Envoy writes both with their spaces as underscores.
+        Op::DownstreamTransportFailureReason | Op::UpstreamTransportFailureReason => {
+            let reason = info.and_then(|i| match op {
+                Op::DownstreamTransportFailureReason => {
+                    i.downstream_transport_failure_reason.as_deref()
+                }
+                _ => i.upstream_transport_failure_reason.as_deref(),
+            });
             let start = out.len();
             let kind = text(out, reason);
             if out[start..].contains(' ') {
@@ -820,5 +821,13 @@ mod tests {
             f.to_string(&ctx),
             "delayed_connect_error:_Connection_refused"
         );
+        // And the downstream one.
+        info.downstream_transport_failure_reason = Some("TLS_error:|1:SSL routines:X".into());
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        let f = Formatter::parse("%DOWNSTREAM_TRANSPORT_FAILURE_REASON%").unwrap();
+        assert_eq!(f.to_string(&ctx), "TLS_error:|1:SSL_routines:X");
     }
 }

@@ -1,19 +1,26 @@
 //! `envoy.transport_sockets.tls` at runtime: the server handshake on a listener's filter chain,
 //! the client handshake on a cluster's connections, Envoy's `ssl.*` stats, and what the
 //! handshake established (version, cipher, ALPN, the peer's verified certificate and SPIFFE ID)
-//! carried with the connection.
+//! carried with the connection. A failed handshake is described as Envoy (BoringSSL) describes
+//! it: `%*_TRANSPORT_FAILURE_REASON%` in BoringSSL's error-queue form, and the version and peer
+//! certificate known so far.
 
 use crate::io::{Counted, DownstreamTlsStream};
-use crate::model::tls::{DownstreamTls, UpstreamTls};
+use crate::listener::tls_inspector;
+use crate::model::tls::{CertificateNames, DownstreamTls, UpstreamTls};
 use crate::telemetry::stats::{Counter, Store};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use remora_certs::SpiffeId;
 use remora_certs::info::CertDetails;
-use remora_certs::source::CertificateSource;
-use remora_certs::verify::{VerifyFailure, classify};
-use rustls::CipherSuite;
+use remora_certs::source::{CertificateSource, TrustSource};
+use remora_certs::verify::{Captured, PinMismatch, SanMismatch, VerifyFailure, classify};
+use rustls::{CertificateError, CipherSuite, SignatureScheme};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Every version, cipher and curve name a handshake can report (see [`TlsInfo`]).
@@ -36,7 +43,39 @@ const NEGOTIATED: &[(&str, &str)] = &[
     ("curves", "P-384"),
     ("curves", "X25519MLKEM768"),
     ("curves", "unknown"),
+    ("sigalgs", "ecdsa_secp256r1_sha256"),
+    ("sigalgs", "ecdsa_secp384r1_sha384"),
+    ("sigalgs", "ecdsa_secp521r1_sha512"),
+    ("sigalgs", "ecdsa_sha1"),
+    ("sigalgs", "rsa_pss_rsae_sha256"),
+    ("sigalgs", "rsa_pss_rsae_sha384"),
+    ("sigalgs", "rsa_pss_rsae_sha512"),
+    ("sigalgs", "rsa_pkcs1_sha256"),
+    ("sigalgs", "rsa_pkcs1_sha384"),
+    ("sigalgs", "rsa_pkcs1_sha512"),
+    ("sigalgs", "rsa_pkcs1_sha1"),
+    ("sigalgs", "ed25519"),
+    ("sigalgs", "unknown"),
 ];
+
+/// BoringSSL's name of a signature scheme (`SSL_get_signature_algorithm_name`, with the curve).
+fn sigalg_name(s: SignatureScheme) -> &'static str {
+    match s {
+        SignatureScheme::ECDSA_NISTP256_SHA256 => "ecdsa_secp256r1_sha256",
+        SignatureScheme::ECDSA_NISTP384_SHA384 => "ecdsa_secp384r1_sha384",
+        SignatureScheme::ECDSA_NISTP521_SHA512 => "ecdsa_secp521r1_sha512",
+        SignatureScheme::ECDSA_SHA1_Legacy => "ecdsa_sha1",
+        SignatureScheme::RSA_PSS_SHA256 => "rsa_pss_rsae_sha256",
+        SignatureScheme::RSA_PSS_SHA384 => "rsa_pss_rsae_sha384",
+        SignatureScheme::RSA_PSS_SHA512 => "rsa_pss_rsae_sha512",
+        SignatureScheme::RSA_PKCS1_SHA256 => "rsa_pkcs1_sha256",
+        SignatureScheme::RSA_PKCS1_SHA384 => "rsa_pkcs1_sha384",
+        SignatureScheme::RSA_PKCS1_SHA512 => "rsa_pkcs1_sha512",
+        SignatureScheme::RSA_PKCS1_SHA1 => "rsa_pkcs1_sha1",
+        SignatureScheme::ED25519 => "ed25519",
+        _ => "unknown",
+    }
+}
 
 /// `<scope>.ssl.*` (scope: `listener.<address>` or `cluster.<name>`).
 #[derive(Debug)]
@@ -54,6 +93,12 @@ pub struct TlsStats {
     pub fail_verify_error: Arc<Counter>,
     pub fail_verify_san: Arc<Counter>,
     pub fail_verify_cert_hash: Arc<Counter>,
+    /// remora staples no OCSP response: every client asking for one goes without
+    /// (`requests` and `omitted`); `failed` and `responses` stay 0.
+    pub ocsp_staple_failed: Arc<Counter>,
+    pub ocsp_staple_omitted: Arc<Counter>,
+    pub ocsp_staple_requests: Arc<Counter>,
+    pub ocsp_staple_responses: Arc<Counter>,
 }
 
 impl TlsStats {
@@ -69,6 +114,10 @@ impl TlsStats {
             fail_verify_error: c("fail_verify_error"),
             fail_verify_san: c("fail_verify_san"),
             fail_verify_cert_hash: c("fail_verify_cert_hash"),
+            ocsp_staple_failed: c("ocsp_staple_failed"),
+            ocsp_staple_omitted: c("ocsp_staple_omitted"),
+            ocsp_staple_requests: c("ocsp_staple_requests"),
+            ocsp_staple_responses: c("ocsp_staple_responses"),
             prefix,
             store: store.clone(),
             negotiated: NEGOTIATED.iter().map(|_| Default::default()).collect(),
@@ -90,13 +139,59 @@ impl TlsStats {
             .inc();
     }
 
-    /// `ssl.versions.<v>`, `ssl.ciphers.<c>`, `ssl.curves.<c>` (registered on first use).
-    fn negotiated(&self, info: &TlsInfo) {
+    /// `ssl.certificate.<name>.expiration_unix_time_seconds` for a context's certificates and
+    /// trusted CA (Envoy sets them when it builds the context; several contexts of a scope
+    /// sharing a name share the gauge).
+    pub fn certificates(
+        &self,
+        names: &CertificateNames,
+        certificates: &[Arc<dyn CertificateSource>],
+        trust: Option<&Arc<dyn TrustSource>>,
+    ) {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
+        let gauge = |name: &str, value: i64| {
+            self.store
+                .gauge(&format!(
+                    "{}certificate.{name}.expiration_unix_time_seconds",
+                    self.prefix
+                ))
+                .set(value);
+        };
+        for (name, c) in names.certificates.iter().zip(certificates) {
+            if let Some(id) = c.current() {
+                gauge(name, unix(id.chain[0].not_after));
+            }
+        }
+        if let Some(name) = &names.ca {
+            let first = trust
+                .and_then(|t| t.current())
+                .and_then(|b| b.certs.first().map(|c| unix(c.not_after)));
+            gauge(name, first.unwrap_or(0));
+        }
+    }
+
+    /// A client asked for an OCSP staple (counted when the certificate is chosen, before the
+    /// handshake can fail, as Envoy does).
+    fn ocsp_requested(&self) {
+        self.ocsp_staple_requests.inc();
+        self.ocsp_staple_omitted.inc();
+    }
+
+    /// `ssl.versions.<v>`, `ssl.ciphers.<c>`, `ssl.curves.<c>`, `ssl.sigalgs.<s>` (registered
+    /// on first use).
+    fn negotiated(&self, info: &TlsInfo, sigalg: Option<SignatureScheme>) {
         self.handshake.inc();
         self.count("versions", info.version);
         self.count("ciphers", info.cipher);
         if let Some(c) = info.curve {
             self.count("curves", c);
+        }
+        if let Some(s) = sigalg {
+            self.count("sigalgs", sigalg_name(s));
         }
         if info.session_reused {
             self.session_reused.inc();
@@ -106,20 +201,25 @@ impl TlsStats {
         }
     }
 
+    /// Envoy counts a verification failure by its kind and any other TLS error as
+    /// `connection_error`; a peer that went away (an I/O error) is counted elsewhere.
     fn failed(&self, e: &std::io::Error) {
-        self.connection_error.inc();
-        let rustls_error = e
+        if e.get_ref().is_some_and(|i| i.is::<NotTls>()) {
+            self.connection_error.inc();
+            return;
+        }
+        let Some(rustls_error) = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        match rustls_error.and_then(classify) {
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return;
+        };
+        match classify(rustls_error) {
             Some(VerifyFailure::San) => self.fail_verify_san.inc(),
             Some(VerifyFailure::Chain) => self.fail_verify_error.inc(),
             Some(VerifyFailure::CertHash) => self.fail_verify_cert_hash.inc(),
-            Some(VerifyFailure::NoCertificate) => {
-                self.fail_verify_no_cert.inc();
-                self.no_certificate.inc();
-            }
-            None => {}
+            Some(VerifyFailure::NoCertificate) => self.fail_verify_no_cert.inc(),
+            None => self.connection_error.inc(),
         }
     }
 }
@@ -193,21 +293,7 @@ impl TlsInfo {
         let peer = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|der| CertDetails::parse(der).ok().map(|d| (d, der)))
-            .map(|(details, der)| {
-                let spiffe_id = {
-                    let mut uris = details.uri_sans().filter(|u| u.starts_with("spiffe://"));
-                    match (uris.next(), uris.next()) {
-                        (Some(u), None) => SpiffeId::parse(u).ok(),
-                        _ => None,
-                    }
-                };
-                PeerCert {
-                    spiffe_id,
-                    details,
-                    der: der.as_ref().into(),
-                }
-            });
+            .and_then(|der| peer_cert(der));
         Self {
             server_name: None,
             version,
@@ -242,12 +328,177 @@ pub fn openssl_cipher_name(s: CipherSuite) -> &'static str {
 }
 
 /// Why a handshake failed, as `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%` /
-/// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` print it.
+/// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` print it: for verification failures and a missing
+/// client certificate, Envoy's text (BoringSSL's error-queue entry, then the validator's
+/// details); anything else in rustls' words within the same `TLS_error:…` frame.
 pub fn failure_reason(e: &std::io::Error) -> String {
+    if let Some(NotTls(entry)) = e.get_ref().and_then(|i| i.downcast_ref::<NotTls>()) {
+        return format!("TLS_error:{entry}:TLS_error_end");
+    }
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(r) => format!("TLS_error:{r}"),
+        Some(r) => boringssl_reason(r),
         None if e.kind() == std::io::ErrorKind::TimedOut => "TLS_error:handshake timeout".into(),
         None => format!("TLS_error:{e}"),
+    }
+}
+
+const VERIFY_FAILED: &str = "|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED";
+
+fn boringssl_reason(e: &rustls::Error) -> String {
+    let verify = |detail: &str| {
+        format!("TLS_error:{VERIFY_FAILED}:verify cert failed: {detail}:TLS_error_end")
+    };
+    // Envoy's X509_verify_cert details (the leaf's error: webpki does not say at which depth).
+    let x509 = |what: &str| {
+        verify(&format!(
+            "X509_verify_cert: certificate verification error at depth 0: {what}"
+        ))
+    };
+    match e {
+        rustls::Error::NoCertificatesPresented => "TLS_error:|268435648:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE:peer did not provide required client certificate:TLS_error_end".into(),
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::Other(o) if o.0.downcast_ref::<SanMismatch>().is_some() => {
+                let m = o.0.to_string();
+                verify(m.strip_prefix("verify cert failed: ").unwrap_or(&m))
+            }
+            CertificateError::Other(o) if o.0.downcast_ref::<PinMismatch>().is_some() => {
+                verify("cert hash and spki")
+            }
+            CertificateError::UnknownIssuer => x509("unable to get local issuer certificate"),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                x509("certificate has expired")
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                x509("certificate is not yet valid")
+            }
+            CertificateError::BadSignature => x509("certificate signature failure"),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                x509("unsupported certificate purpose")
+            }
+            CertificateError::Revoked => x509("certificate revoked"),
+            other => format!("TLS_error:{VERIFY_FAILED}:{other:?}:TLS_error_end"),
+        },
+        other => format!("TLS_error:{other}"),
+    }
+}
+
+/// A handshake future polled with the verifiers' [`Captured`] slot installed.
+struct Capturing<F> {
+    inner: Pin<Box<F>>,
+    captured: Captured,
+}
+
+impl<F: Future> Future for Capturing<F> {
+    type Output = (F::Output, Captured);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let inner = &mut this.inner;
+        match remora_certs::verify::capturing(&mut this.captured, || inner.as_mut().poll(cx)) {
+            Poll::Ready(out) => Poll::Ready((out, std::mem::take(&mut this.captured))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn capturing<F: Future>(f: F) -> Capturing<F> {
+    Capturing {
+        inner: Box::pin(f),
+        captured: Captured::default(),
+    }
+}
+
+fn peer_cert(der: &[u8]) -> Option<PeerCert> {
+    let details = CertDetails::parse(der).ok()?;
+    let spiffe_id = {
+        let mut uris = details.uri_sans().filter(|u| u.starts_with("spiffe://"));
+        match (uris.next(), uris.next()) {
+            (Some(u), None) => SpiffeId::parse(u).ok(),
+            _ => None,
+        }
+    };
+    Some(PeerCert {
+        spiffe_id,
+        details,
+        der: der.into(),
+    })
+}
+
+/// A failed handshake: the error, and what Envoy's logs still show of the connection (the
+/// version being negotiated, the peer's certificate if it sent one).
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    pub error: std::io::Error,
+    pub info: Option<TlsInfo>,
+}
+
+/// The largest ClientHello read before the handshake (one TLS record and its header).
+const MAX_HELLO: usize = 16 * 1024 + 5;
+
+/// What the first bytes were.
+enum Hello {
+    Tls(tls_inspector::ClientHello),
+    /// Not a TLS record: BoringSSL's error for it (an HTTP request, a proxy's CONNECT, or
+    /// anything else).
+    NotTls(&'static str),
+    /// The client stopped before its ClientHello was complete (rustls reports how).
+    Incomplete,
+}
+
+/// BoringSSL's refusal of bytes that are no TLS record at all. The connection is closed
+/// without a TLS alert, as BoringSSL does (rustls would answer with one).
+#[derive(Debug)]
+struct NotTls(&'static str);
+
+impl std::fmt::Display for NotTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for NotTls {}
+
+const HTTP: [&[u8]; 4] = [b"GET ", b"POST ", b"HEAD ", b"PUT "];
+
+/// `first` is the start of one of the markers `not_tls` looks for: read more before deciding.
+fn could_be_marker(first: &[u8]) -> bool {
+    HTTP.iter()
+        .chain([&&b"CONNE"[..]])
+        .any(|m| first.len() < m.len() && m.starts_with(first))
+}
+
+fn not_tls(first: &[u8]) -> &'static str {
+    if HTTP.iter().any(|m| first.starts_with(m)) {
+        "|268435612:SSL routines:OPENSSL_internal:HTTP_REQUEST"
+    } else if first.starts_with(b"CONNE") {
+        "|268435611:SSL routines:OPENSSL_internal:HTTPS_PROXY_REQUEST"
+    } else {
+        "|268435723:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER"
+    }
+}
+
+/// Read until the first record (the ClientHello) is complete (or is not TLS, or the client
+/// stops sending): what the handshake will negotiate is decided from it.
+async fn read_client_hello(tcp: &mut TcpStream, prefix: Bytes) -> (BytesMut, Hello) {
+    let mut buf = BytesMut::from(&prefix[..]);
+    loop {
+        match tls_inspector::inspect(&buf) {
+            tls_inspector::Inspect::Tls(h) => return (buf, Hello::Tls(h)),
+            // Enough bytes to tell which error BoringSSL gives.
+            tls_inspector::Inspect::NotTls if !could_be_marker(&buf) => {
+                let reason = not_tls(&buf);
+                return (buf, Hello::NotTls(reason));
+            }
+            tls_inspector::Inspect::NeedMore if buf.len() >= MAX_HELLO => {
+                return (buf, Hello::Incomplete);
+            }
+            _ => {}
+        }
+        buf.reserve(4096);
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return (buf, Hello::Incomplete),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -256,35 +507,65 @@ pub fn failure_reason(e: &std::io::Error) -> String {
 pub async fn accept(
     tls: &DownstreamTls,
     stats: &TlsStats,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     prefix: Bytes,
     timeout: Option<Duration>,
-) -> Result<(DownstreamTlsStream, TlsInfo), std::io::Error> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let io = Counted::new(tcp, None, None).with_prefix(prefix);
-    let handshake = acceptor.accept(io);
+) -> Result<(DownstreamTlsStream, TlsInfo), HandshakeFailure> {
+    let handshake = async {
+        let (read, hello) = read_client_hello(&mut tcp, prefix).await;
+        let hello = match hello {
+            Hello::Tls(h) => h,
+            Hello::Incomplete => Default::default(),
+            Hello::NotTls(reason) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, NotTls(reason));
+                return ((Err(e), Captured::default()), false);
+            }
+        };
+        if hello.status_request {
+            stats.ocsp_requested();
+        }
+        let config = tls.config_for(hello.tls13, &hello.alpn, &hello.groups);
+        let tls13 = hello.tls13 && tls.allows_tls13;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let io = Counted::new(tcp, None, None).with_prefix(read.freeze());
+        (capturing(acceptor.accept(io)).await, tls13)
+    };
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, handshake).await {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )),
+            Err(_) => {
+                let error =
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out");
+                return Err(HandshakeFailure { error, info: None });
+            }
         },
         None => handshake.await,
     };
     match result {
-        Ok(stream) => {
+        ((Ok(stream), captured), _) => {
             let (_, conn) = stream.get_ref();
             let reused = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             let mut info = TlsInfo::from_connection(conn, reused, &tls.certificates);
             info.server_name = conn.server_name().map(Into::into);
-            stats.negotiated(&info);
+            stats.negotiated(&info, captured.scheme);
             Ok((stream, info))
         }
-        Err(e) => {
-            stats.failed(&e);
-            Err(e)
+        ((Err(error), captured), tls13) => {
+            stats.failed(&error);
+            let info = TlsInfo {
+                server_name: None,
+                version: if tls13 { "TLSv1.3" } else { "TLSv1.2" },
+                cipher: "",
+                curve: None,
+                alpn: None,
+                session_reused: false,
+                peer: captured.peer.as_deref().and_then(peer_cert),
+                local: None,
+            };
+            Err(HandshakeFailure {
+                error,
+                info: Some(info),
+            })
         }
     }
 }
@@ -302,15 +583,15 @@ pub async fn connect(
         None => tls.config.clone(),
     };
     let connector = tokio_rustls::TlsConnector::from(config);
-    match connector.connect(tls.server_name.clone(), tcp).await {
-        Ok(stream) => {
+    match capturing(connector.connect(tls.server_name.clone(), tcp)).await {
+        (Ok(stream), captured) => {
             let (_, conn) = stream.get_ref();
             let reused = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             let info = TlsInfo::from_connection(conn, reused, &tls.certificates);
-            stats.negotiated(&info);
+            stats.negotiated(&info, captured.scheme);
             Ok((stream, info))
         }
-        Err(e) => {
+        (Err(e), _) => {
             stats.failed(&e);
             Err(e)
         }
@@ -320,6 +601,79 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reason(e: rustls::Error) -> String {
+        failure_reason(&std::io::Error::other(e))
+    }
+
+    /// Handshake failures read as Envoy writes them (BoringSSL's error-queue entry, then the
+    /// validator's details).
+    #[test]
+    fn failure_reasons_are_envoys() {
+        let verify = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: ";
+        let san = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            Arc::new(SanMismatch {
+                sans: vec!["spiffe://a/b".into(), "b.test".into()],
+            }),
+        )));
+        assert_eq!(
+            reason(san),
+            format!(
+                "{verify}SAN matcher, certificate SANs are [spiffe://a/b, b.test]:TLS_error_end"
+            )
+        );
+        assert_eq!(
+            reason(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            )),
+            format!(
+                "{verify}X509_verify_cert: certificate verification error at depth 0: unable to get local issuer certificate:TLS_error_end"
+            )
+        );
+        assert_eq!(
+            reason(rustls::Error::InvalidCertificate(CertificateError::Expired)),
+            format!(
+                "{verify}X509_verify_cert: certificate verification error at depth 0: certificate has expired:TLS_error_end"
+            )
+        );
+        assert_eq!(
+            reason(rustls::Error::NoCertificatesPresented),
+            "TLS_error:|268435648:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE:peer did not provide required client certificate:TLS_error_end"
+        );
+        let not_tls = |b: &[u8]| {
+            failure_reason(&std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                NotTls(super::not_tls(b)),
+            ))
+        };
+        assert_eq!(
+            not_tls(b"GET / HTTP/1.1"),
+            "TLS_error:|268435612:SSL routines:OPENSSL_internal:HTTP_REQUEST:TLS_error_end"
+        );
+        assert!(not_tls(b"CONNECT x").contains("HTTPS_PROXY_REQUEST"));
+        assert!(not_tls(b"\x00\x01").contains("WRONG_VERSION_NUMBER"));
+        assert!(could_be_marker(b"PO") && !could_be_marker(b"POST ") && !could_be_marker(b"X"));
+    }
+
+    /// Envoy counts verification failures by kind, other TLS errors as `connection_error`, a
+    /// peer that went away in neither.
+    #[test]
+    fn failures_are_counted_as_envoy_counts_them() {
+        let store = Arc::new(Store::default());
+        let stats = TlsStats::new(&store, "listener.x");
+        stats.failed(&std::io::Error::other(
+            rustls::Error::NoCertificatesPresented,
+        ));
+        stats.failed(&std::io::Error::other(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        stats.failed(&std::io::Error::other(rustls::Error::DecryptError));
+        stats.failed(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        assert_eq!(stats.fail_verify_no_cert.value(), 1);
+        assert_eq!(stats.no_certificate.value(), 0);
+        assert_eq!(stats.fail_verify_error.value(), 1);
+        assert_eq!(stats.connection_error.value(), 1);
+    }
 
     /// Every cipher name a handshake can report has its counter cell (else it goes uncounted).
     #[test]

@@ -310,11 +310,13 @@ impl Cluster {
                     &config.stat_name,
                 ))
             }),
-            ssl: config.tls.as_ref().map(|_| {
-                crate::transport_sockets::tls::TlsStats::new(
+            ssl: config.tls.as_ref().map(|tls| {
+                let ssl = crate::transport_sockets::tls::TlsStats::new(
                     store,
                     &format!("cluster.{}", config.stat_name),
-                )
+                );
+                ssl.certificates(&tls.names, &tls.certificates, tls.trust.as_ref());
+                ssl
             }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             added_via_api: origin == Origin::Api,

@@ -184,6 +184,21 @@ fn apply_one(
     let Some((certs, trusts)) = wanted_by(registry, source, &name) else {
         return;
     };
+    // A secret of the other kind than its users want is refused (Envoy reads it as the kind
+    // it wants, finds it incomplete, and NACKs).
+    match &secret.r#type {
+        Some(Type::ValidationContext(_)) if !certs.is_empty() => {
+            return errors.push(format!(
+                "Secret '{name}': is a validation_context, but a TLS context wants it as its certificate (tls_certificate_sds_secret_configs)"
+            ));
+        }
+        Some(Type::TlsCertificate(_)) if !trusts.is_empty() => {
+            return errors.push(format!(
+                "Secret '{name}': is a tls_certificate, but a TLS context wants it as its validation context (validation_context_sds_secret_config)"
+            ));
+        }
+        _ => {}
+    }
     let installed = match secret.r#type {
         Some(Type::TlsCertificate(t)) => load_certificate(&name, t).map(|id| {
             let id = Arc::new(id);
@@ -297,4 +312,48 @@ fn load_validation(
     let pem = data(&v.trusted_ca).map_err(|e| at(name, "validation_context.trusted_ca", e))?;
     remora_certs::source::load_trust(&pem, &format!("sds:{name}"))
         .map_err(|e| at(name, "validation_context.trusted_ca", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::pb::tls;
+
+    fn secret(name: &str, t: tls::secret::Type) -> Any {
+        remora_xds::resource::any(&tls::Secret {
+            name: name.into(),
+            r#type: Some(t),
+        })
+    }
+
+    /// A secret of the other kind than its users want is NACKed (Envoy refuses it too), and
+    /// the kind they want is still installed.
+    #[test]
+    fn a_secret_of_the_wrong_kind_is_refused() {
+        let registry = SdsRegistry::default();
+        let dump = super::super::DumpCell::default();
+        let source = SdsSource::Ads;
+        let cert = registry.certificate(&source, "cert");
+        let trust = registry.trust(&source, "root");
+        let validation = tls::secret::Type::ValidationContext(Default::default());
+        let tls_cert = tls::secret::Type::TlsCertificate(Default::default());
+        let refused = apply(
+            &registry,
+            &dump,
+            &source,
+            "v1",
+            vec![secret("cert", validation), secret("root", tls_cert)],
+        )
+        .unwrap_err();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].message.contains("is a validation_context"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].message.contains("is a tls_certificate"),
+            "{refused:?}"
+        );
+        assert!(cert.current().is_none() && trust.current().is_none());
+    }
 }
