@@ -17,7 +17,9 @@ mod compare;
 mod http1;
 mod lb;
 mod oracle;
+mod resilience;
 mod routing;
+mod scripted;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -63,6 +65,7 @@ fn main() {
             http1::run(&envoy, filter.as_deref()).await,
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
+            resilience::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });
