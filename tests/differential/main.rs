@@ -11,6 +11,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod access_log;
 mod admin;
 mod cases;
 mod compare;
@@ -66,6 +67,7 @@ fn main() {
             lb::run(&envoy, filter.as_deref()).await,
             admin::run(&envoy, filter.as_deref()).await,
             resilience::run(&envoy, filter.as_deref()).await,
+            access_log::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

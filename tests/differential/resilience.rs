@@ -447,7 +447,13 @@ fn outlier() -> Vec<RCase> {
         RCase {
             hosts: P0_P1,
             cluster: "    outlier_detection: {consecutive_5xx: 3, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc("outlier/consecutive_5xx", "timeout: 5s", &[S503, S503, S503], Act::Ok, vec![GET; 5])
+            ..rc(
+                "outlier/consecutive_5xx",
+                "timeout: 5s",
+                &[S503, S503, S503],
+                Act::Ok,
+                vec![GET; 5],
+            )
         },
         RCase {
             hosts: P0_P1,
@@ -754,15 +760,15 @@ async fn play(
     let stats = proxy.stats().await;
     let d = domain(c.name);
     if std::env::var_os("DIFF_DUMP_STATS").is_some() {
-        let mut all: Vec<_> = stats.iter().filter(|(k, v)| k.starts_with(&format!("cluster.{d}.")) && **v != 0).collect();
+        let mut all: Vec<_> = stats
+            .iter()
+            .filter(|(k, v)| k.starts_with(&format!("cluster.{d}.")) && **v != 0)
+            .collect();
         all.sort();
         eprintln!("{side:?} {}: {all:?}", c.name);
     }
     let outlier = c.name.starts_with("outlier/");
-    for s in STATS
-        .iter()
-        .chain(OUTLIER_STATS.iter().filter(|_| outlier))
-    {
+    for s in STATS.iter().chain(OUTLIER_STATS.iter().filter(|_| outlier)) {
         let v = stats
             .get(&format!("cluster.{d}.{s}"))
             .map_or("<absent>".to_string(), |v| v.to_string());
@@ -770,7 +776,11 @@ async fn play(
     }
     if outlier {
         out.push_str("--- /clusters\n");
-        let body = proxy.admin_get("/clusters").await.map(|x| x.1).unwrap_or_default();
+        let body = proxy
+            .admin_get("/clusters")
+            .await
+            .map(|x| x.1)
+            .unwrap_or_default();
         let mut lines: Vec<String> = body
             .lines()
             .filter(|l| l.starts_with(&format!("{d}::")))

@@ -430,7 +430,11 @@ impl OutlierDetector {
                 .collect()
         };
         let sr = rated(self.cfg.success_rate_request_volume);
-        let slot = if rate == Detector::LocalSuccessRate { 2 } else { 0 };
+        let slot = if rate == Detector::LocalSuccessRate {
+            2
+        } else {
+            0
+        };
         self.set_rates(slot, -1.0, -1.0);
         if sr.len() >= self.cfg.success_rate_minimum_hosts as usize && !sr.is_empty() {
             let mean = sr.iter().map(|(_, r)| r).sum::<f64>() / sr.len() as f64;
@@ -669,7 +673,10 @@ mod tests {
         for _ in 0..2 {
             od.report(&c, &c.hosts[1], Outcome::Status(502));
         }
-        assert_eq!(stat(&store, "ejections_detected_consecutive_gateway_failure"), 1);
+        assert_eq!(
+            stat(&store, "ejections_detected_consecutive_gateway_failure"),
+            1
+        );
         assert_eq!(stat(&store, "ejections_overflow"), 1);
         assert_eq!(stat(&store, "ejections_total"), 0);
     }
@@ -691,9 +698,17 @@ mod tests {
         }
         od.tick(&c);
         assert_eq!(od.success_rate(false), (100.0, 100.0));
-        assert_eq!(od.success_rate(true), (-1.0, -1.0), "no split: not computed");
+        assert_eq!(
+            od.success_rate(true),
+            (-1.0, -1.0),
+            "no split: not computed"
+        );
         od.tick(&c);
-        assert_eq!(od.success_rate(false), (-1.0, -1.0), "no traffic this interval");
+        assert_eq!(
+            od.success_rate(false),
+            (-1.0, -1.0),
+            "no traffic this interval"
+        );
     }
 
     #[tokio::test(start_paused = true)]
