@@ -278,7 +278,8 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
         "/listeners" => listeners(state, q.get("format").map(String::as_str) == Some("json")),
         "/config_dump" => {
             let name_regex = match q.get("name_regex") {
-                Some(r) => match regex::Regex::new(r) {
+                // Envoy matches the whole name (`^back` does not select `backend`).
+                Some(r) => match regex::Regex::new(&format!("^(?:{r})$")) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         return text(
@@ -297,9 +298,10 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             };
             match config_dump::render(state, &query) {
                 Ok(v) => json(StatusCode::OK, &v),
+                // Envoy's error body has no newline after it.
                 Err((code, msg)) => text(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    format!("{msg}\n"),
+                    msg,
                 ),
             }
         }
@@ -422,7 +424,7 @@ fn logging(state: &Arc<ServerState>, q: &BTreeMap<String, String>) -> Resp {
     text(StatusCode::OK, logs.listing())
 }
 
-fn socket_address(a: std::net::SocketAddr) -> core::Address {
+pub(crate) fn socket_address(a: std::net::SocketAddr) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: a.ip().to_string(),
