@@ -12,7 +12,7 @@ use crate::CaseResult;
 use crate::cases::req;
 use crate::compare::diff;
 use crate::oracle::{Pair, Side};
-use crate::support::{bootstrap, closed_port, cluster, raw_exchange, upstream};
+use crate::support::{bootstrap, cluster, raw_exchange, upstream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -516,7 +516,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
             &[backend.addr],
             "    metadata: {filter_metadata: {ns: {k: v}}}\n",
         ),
-        cluster("dead", &[closed_port()], ""),
+        cluster("dead", &["127.0.0.1:1".parse().unwrap()], ""),
     ]
     .concat();
     let pair = Pair::start(envoy, &bootstrap(&listener, &clusters)).await;

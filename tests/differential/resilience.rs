@@ -14,7 +14,7 @@ use crate::CaseResult;
 use crate::compare::{diff, observe};
 use crate::oracle::{Pair, Side};
 use crate::scripted::{Act, Board, server};
-use crate::support::{bootstrap, closed_port, http_listener, raw_exchange};
+use crate::support::{bootstrap, http_listener, raw_exchange};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -87,6 +87,9 @@ struct RCase {
     /// Which host gets which attempt is random (RANDOM balancer): hosts are compared as a
     /// sorted list, apart from the rest of what the upstreams saw.
     unordered_hosts: bool,
+    /// The virtual host's `include_attempt_count_in_response` (few cases: remora does not put
+    /// the header on local replies, a difference of its own case).
+    attempt_in_response: bool,
 }
 
 fn rc(
@@ -106,6 +109,7 @@ fn rc(
         then,
         requests,
         unordered_hosts: false,
+        attempt_in_response: false,
     }
 }
 
@@ -127,6 +131,27 @@ fn retries() -> Vec<RCase> {
             Act::Ok,
             vec![GET],
         ),
+        RCase {
+            attempt_in_response: true,
+            ..rc(
+                "retry/attempt_count_in_response",
+                "retry_policy: {retry_on: 5xx, num_retries: 2}",
+                &[S503],
+                Act::Ok,
+                vec![GET],
+            )
+        },
+        RCase {
+            attempt_in_response: true,
+            hosts: &[&[Host::Closed]],
+            ..rc(
+                "retry/attempt_count_in_local_reply",
+                "retry_policy: {retry_on: connect-failure, num_retries: 1}",
+                &[],
+                Act::Ok,
+                vec![GET],
+            )
+        },
         rc(
             EXPECTED_TIMEOUT_CASE,
             "retry_policy: {retry_on: 5xx, num_retries: 1}",
@@ -630,8 +655,8 @@ fn virtual_host(c: &RCase) -> String {
         format!(", {}", c.route_extra)
     };
     format!(
-        "            - name: {d}\n              domains: [\"{d}\"]\n              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n              routes:\n              - {{match: {{prefix: \"/\"}}, route: {{cluster: {d}, {}}}{extra}}}\n",
-        c.route
+        "            - name: {d}\n              domains: [\"{d}\"]\n              include_request_attempt_count: true\n              include_attempt_count_in_response: {}\n              routes:\n              - {{match: {{prefix: \"/\"}}, route: {{cluster: {d}, {}}}{extra}}}\n",
+        c.attempt_in_response, c.route
     )
 }
 
@@ -667,7 +692,9 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let (a, _ta) = server("a", board.clone()).await;
     let (b, _tb) = server("b", board.clone()).await;
     let (cc, _tc) = server("c", board.clone()).await;
-    let closed = closed_port();
+    // Port 1: never an ephemeral port, so no listener of the run can take it (a port freed by
+    // `closed_port` may be handed to one of the proxies' listeners).
+    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let names: HashMap<SocketAddr, &str> =
         [(a, "a"), (b, "b"), (cc, "c"), (closed, "closed")].into();
     let addr = |h: Host| match h {
@@ -759,14 +786,6 @@ async fn play(
     let proxy = pair.get(side);
     let stats = proxy.stats().await;
     let d = domain(c.name);
-    if std::env::var_os("DIFF_DUMP_STATS").is_some() {
-        let mut all: Vec<_> = stats
-            .iter()
-            .filter(|(k, v)| k.starts_with(&format!("cluster.{d}.")) && **v != 0)
-            .collect();
-        all.sort();
-        eprintln!("{side:?} {}: {all:?}", c.name);
-    }
     let outlier = c.name.starts_with("outlier/");
     for s in STATS.iter().chain(OUTLIER_STATS.iter().filter(|_| outlier)) {
         let v = stats
