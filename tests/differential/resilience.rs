@@ -352,6 +352,84 @@ fn retries() -> Vec<RCase> {
                 vec![GET],
             )
         },
+        rc(
+            "retry/retriable_request_headers_match",
+            "retry_policy: {retry_on: 5xx, num_retries: 1, retriable_request_headers: [{name: x-retryable, string_match: {exact: \"yes\"}}]}",
+            &[S503],
+            Act::Ok,
+            vec![with(&[("x-retryable", "yes")])],
+        ),
+        rc(
+            "retry/retriable_request_headers_no_match",
+            "retry_policy: {retry_on: 5xx, num_retries: 1, retriable_request_headers: [{name: x-retryable, string_match: {exact: \"yes\"}}]}",
+            &[S503],
+            Act::Ok,
+            vec![GET],
+        ),
+        rc(
+            "retry/envoy_ratelimited",
+            "retry_policy: {retry_on: envoy-ratelimited, num_retries: 1}",
+            &[Act::Status(429, "x-envoy-ratelimited: true\r\n")],
+            Act::Ok,
+            vec![GET],
+        ),
+        rc(
+            "retry/envoy_ratelimited_without_header",
+            "retry_policy: {retry_on: envoy-ratelimited, num_retries: 1}",
+            &[Act::Status(429, "")],
+            Act::Ok,
+            vec![GET],
+        ),
+        rc(
+            "retry/header_retriable_status_codes",
+            "timeout: 5s",
+            &[Act::Status(418, "")],
+            Act::Ok,
+            vec![with(&[
+                ("x-envoy-retry-on", "retriable-status-codes"),
+                ("x-envoy-retriable-status-codes", "418,419"),
+            ])],
+        ),
+        rc(
+            "retry/header_retriable_header_names",
+            "timeout: 5s",
+            &[Act::Status(500, "x-please-retry: 1\r\n")],
+            Act::Ok,
+            vec![with(&[
+                ("x-envoy-retry-on", "retriable-headers"),
+                ("x-envoy-retriable-header-names", "x-please-retry"),
+            ])],
+        ),
+        rc(
+            "retry/header_retry_on_list",
+            "timeout: 5s",
+            &[Act::Status(409, ""), Act::Status(502, "")],
+            Act::Ok,
+            vec![with(&[
+                ("x-envoy-retry-on", "retriable-4xx,gateway-error"),
+                ("x-envoy-max-retries", "3"),
+            ])],
+        ),
+        RCase {
+            cluster: "    circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 0}, min_retry_concurrency: 0}}]}\n",
+            ..rc(
+                "retry/retry_budget_empty",
+                "retry_policy: {retry_on: 5xx, num_retries: 2}",
+                &[S503],
+                Act::Ok,
+                vec![GET],
+            )
+        },
+        RCase {
+            cluster: "    circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 0}, min_retry_concurrency: 1}}]}\n",
+            ..rc(
+                "retry/retry_budget_min_concurrency",
+                "retry_policy: {retry_on: 5xx, num_retries: 2}",
+                &[S503],
+                Act::Ok,
+                vec![GET],
+            )
+        },
         RCase {
             route_extra: "per_request_buffer_limit_bytes: 4",
             ..rc(
@@ -522,6 +600,39 @@ fn outlier() -> Vec<RCase> {
                 &[S503, S503, S503],
                 Act::Ok,
                 vec![GET; 5],
+            )
+        },
+        RCase {
+            hosts: P0_P1,
+            cluster: "    outlier_detection: {consecutive_5xx: 2, enforcing_consecutive_5xx: 0, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            ..rc(
+                "outlier/not_enforced_detects_again",
+                "timeout: 5s",
+                &[S503, S503, S503, S503],
+                Act::Ok,
+                vec![GET; 5],
+            )
+        },
+        RCase {
+            hosts: P0_P1,
+            cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10}\n",
+            ..rc(
+                "outlier/max_ejection_percent_overflow",
+                "timeout: 5s",
+                &[S503, S503, S503],
+                Act::Ok,
+                vec![GET; 4],
+            )
+        },
+        RCase {
+            hosts: P0_P1,
+            cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10, always_eject_one_host: true}\n",
+            ..rc(
+                "outlier/always_eject_one_host",
+                "timeout: 5s",
+                &[S503, S503],
+                Act::Ok,
+                vec![GET; 4],
             )
         },
         RCase {
