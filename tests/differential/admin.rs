@@ -199,7 +199,91 @@ const PROBES: &[Probe] = &[
         "/config_dump?resource=static_clusters&mask=cluster.name,cluster.type",
         pretty,
     ),
+    (
+        "admin/config_dump/static_clusters/json",
+        "/config_dump?resource=static_clusters",
+        dump,
+    ),
+    (
+        "admin/config_dump/static_listeners",
+        "/config_dump?resource=static_listeners",
+        dump,
+    ),
+    (
+        "admin/config_dump/static_listeners/mask",
+        "/config_dump?resource=static_listeners&mask=listener.name,listener.address",
+        dump,
+    ),
+    (
+        "admin/config_dump/static_route_configs",
+        "/config_dump?resource=static_route_configs",
+        dump,
+    ),
+    (
+        "admin/config_dump/dynamic_active_clusters",
+        "/config_dump?resource=dynamic_active_clusters",
+        dump,
+    ),
+    (
+        "admin/config_dump/name_regex",
+        "/config_dump?resource=static_clusters&name_regex=^back",
+        dump,
+    ),
+    (
+        "admin/config_dump/name_regex_whole_name",
+        "/config_dump?resource=static_clusters&name_regex=back.*",
+        dump,
+    ),
+    (
+        "admin/config_dump/name_regex_no_match",
+        "/config_dump?resource=static_clusters&name_regex=^nothing",
+        dump,
+    ),
+    (
+        "admin/config_dump/include_eds",
+        "/config_dump?include_eds&resource=static_endpoint_configs",
+        dump,
+    ),
+    (
+        "admin/config_dump/mask_without_resource",
+        "/config_dump?mask=static_clusters",
+        dump,
+    ),
+    (
+        "admin/config_dump/unknown_resource",
+        "/config_dump?resource=nope",
+        str::to_string,
+    ),
 ];
+
+/// A `/config_dump` body with what differs between two runs masked: `last_updated` times and
+/// listener ports.
+fn dump(body: &str) -> String {
+    fn mask(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "last_updated" {
+                        *x = "<time>".into();
+                    } else {
+                        mask(x);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(mask),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<Value>(body) {
+        Ok(mut v) => {
+            mask(&mut v);
+            run_dirs(&ports(
+                &serde_json::to_string_pretty(&v).unwrap_or_default(),
+            ))
+        }
+        Err(_) => format!("<not JSON> {body}"),
+    }
+}
 
 fn listeners_json(body: &str) -> String {
     ports(&pretty(body))
@@ -348,6 +432,20 @@ fn static_clusters(body: &str) -> String {
         ));
     }
     out.into_iter().map(|l| l + "\n").collect()
+}
+
+/// Each proxy's scratch directory (`RUN_DIR` in the bootstrap, access-log paths) is its own.
+fn run_dirs(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("remora-e2e-") {
+        out.push_str(&rest[..i]);
+        out.push_str("<run_dir>");
+        rest = &rest[i..];
+        rest = &rest[rest.find('/').unwrap_or(rest.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Listener ports are ephemeral (`port_value: 0`) and so differ between the two proxies:

@@ -11,6 +11,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod access_log;
 mod admin;
 mod cases;
 mod compare;
@@ -21,7 +22,9 @@ mod lb;
 mod local_ratelimit;
 mod oracle;
 mod rbac;
+mod resilience;
 mod routing;
+mod scripted;
 mod tls;
 mod validate;
 mod xds;
@@ -75,6 +78,8 @@ fn main() {
             rbac::run(&envoy, filter.as_deref()).await,
             tls::run(&envoy, filter.as_deref()).await,
             xds::run(&envoy, filter.as_deref()).await,
+            resilience::run(&envoy, filter.as_deref()).await,
+            access_log::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

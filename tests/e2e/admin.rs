@@ -211,6 +211,31 @@ async fn config_dump_sections_resource_and_mask() {
 
     let (_, eds) = r.admin_get("/config_dump?include_eds").await.unwrap();
     assert!(eds.contains("envoy.admin.v3.EndpointsConfigDump"));
+    // Static endpoints as the priority set holds them, as Envoy dumps them (differential
+    // admin/config_dump/include_eds).
+    let (_, eds) = r
+        .admin_get("/config_dump?include_eds&resource=static_endpoint_configs")
+        .await
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&eds).unwrap();
+    let la = &j["configs"][0]["endpoint_config"];
+    assert_eq!(la["cluster_name"], "backend");
+    assert_eq!(la["policy"]["overprovisioning_factor"], 140);
+    let ep = &la["endpoints"][0]["lb_endpoints"][0];
+    assert_eq!(ep["health_status"], "HEALTHY");
+    assert_eq!(ep["load_balancing_weight"], 1);
+    assert!(j["configs"][0].get("last_updated").is_none());
+    // name_regex matches whole names; nothing selected is `{}`.
+    let (_, none) = r
+        .admin_get("/config_dump?resource=static_clusters&name_regex=back")
+        .await
+        .unwrap();
+    assert_eq!(none.trim(), "{}");
+    let (_, some) = r
+        .admin_get("/config_dump?resource=static_clusters&name_regex=back.*")
+        .await
+        .unwrap();
+    assert!(some.contains("\"backend\""), "{some}");
 
     let (_, res) = r
         .admin_get("/config_dump?resource=static_clusters")
@@ -246,10 +271,17 @@ async fn config_dump_sections_resource_and_mask() {
     assert_eq!(
         r.admin_get("/config_dump?resource=no_such_field")
             .await
-            .unwrap()
-            .0,
-        404
+            .unwrap(),
+        (404, "no_such_field not found in config dump".to_string()),
+        "Envoy's words, without a newline"
     );
+    // A mask without resource keeps only the dumps its paths fit.
+    let (_, masked) = r
+        .admin_get("/config_dump?mask=static_clusters")
+        .await
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&masked).unwrap();
+    assert_eq!(j["configs"].as_array().unwrap().len(), 1, "{j}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,7 +131,10 @@ async fn max_connections_queues_pending_requests_then_overflows() {
         "one connection, reused"
     );
     assert_eq!(stats["cluster.backend.upstream_rq_pending_overflow"], 1);
-    assert!(stats["cluster.backend.upstream_cx_overflow"] >= 2);
+    assert_eq!(
+        stats["cluster.backend.upstream_cx_overflow"], 1,
+        "the third found the pending queue full before asking for a connection, as in Envoy"
+    );
     assert_eq!(
         stats["cluster.backend.circuit_breakers.default.rq_pending_open"],
         0
@@ -144,6 +147,25 @@ async fn max_connections_queues_pending_requests_then_overflows() {
         stats["cluster.backend.circuit_breakers.default.cx_open"], 1,
         "the pooled connection stays open"
     );
+}
+
+/// `max_pending_requests: 0`: a request that finds no idle connection is pending while its
+/// connection is established, so Envoy refuses it (503 UO) without connecting.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_pending_zero_refuses_a_request_without_an_idle_connection() {
+    let u = upstream("u").await;
+    let r = Remora::start_with(
+        &proxy_yaml(u.addr, "{max_pending_requests: 0}"),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let resp = get(r.addr("main"), "x", "/").await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-envoy-overloaded"), Some("true"));
+    let stats = r.stats().await;
+    assert_eq!(stats["cluster.backend.upstream_rq_pending_overflow"], 1);
+    assert_eq!(stats["cluster.backend.upstream_cx_total"], 0);
+    assert_eq!(u.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

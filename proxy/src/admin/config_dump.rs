@@ -35,6 +35,76 @@ fn dynamic_cluster(r: &crate::xds::Record) -> admin::clusters_config_dump::Dynam
     }
 }
 
+/// A cluster's endpoints as Envoy's config dump writes them from the priority set: one
+/// `LocalityLbEndpoints` per run of hosts with the same priority and locality, each host with
+/// its health status, weight and (empty unless configured) `health_check_config`.
+fn live_load_assignment(
+    name: &str,
+    cluster: &crate::upstream::cluster::Cluster,
+) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    use crate::model::cluster::Health;
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+    let mut groups: Vec<ep::LocalityLbEndpoints> = Vec::new();
+    for h in cluster.hosts.load().all_hosts() {
+        let locality = core::Locality {
+            region: h.locality.region.clone(),
+            zone: h.locality.zone.clone(),
+            sub_zone: h.locality.sub_zone.clone(),
+        };
+        let same = groups
+            .last()
+            .is_some_and(|g| g.priority == h.priority && g.locality.as_ref() == Some(&locality));
+        if !same {
+            groups.push(ep::LocalityLbEndpoints {
+                locality: Some(locality),
+                priority: h.priority,
+                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: h.locality_weight,
+                }),
+                ..Default::default()
+            });
+        }
+        let hc = h.health_check.as_deref();
+        let endpoint = ep::Endpoint {
+            address: Some(crate::admin::socket_address(h.address)),
+            health_check_config: Some(ep::endpoint::HealthCheckConfig {
+                port_value: hc.and_then(|c| c.port).map_or(0, u32::from),
+                hostname: hc.and_then(|c| c.hostname.clone()).unwrap_or_default(),
+                ..Default::default()
+            }),
+            hostname: h.hostname.to_string(),
+            ..Default::default()
+        };
+        let health = match h.health {
+            Health::Healthy => core::HealthStatus::Healthy,
+            Health::Unhealthy => core::HealthStatus::Unhealthy,
+            Health::Degraded => core::HealthStatus::Degraded,
+        };
+        if let Some(g) = groups.last_mut() {
+            g.lb_endpoints.push(ep::LbEndpoint {
+                health_status: health as i32,
+                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: h.weight,
+                }),
+                host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(endpoint)),
+                ..Default::default()
+            });
+        }
+    }
+    ep::ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: groups,
+        policy: Some(ep::cluster_load_assignment::Policy {
+            overprovisioning_factor: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                value: cluster.config.overprovisioning_factor,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Envoy's `UpdateFailureState` (with the refused update's version, which Envoy leaves empty).
 fn failure_state(f: &crate::xds::Failure, with_time: bool) -> admin::UpdateFailureState {
     admin::UpdateFailureState {
@@ -82,17 +152,17 @@ fn build(state: &ServerState, include_eds: bool) -> Vec<Any> {
     }));
     if include_eds {
         out.push(any(&admin::EndpointsConfigDump {
+            // Envoy dumps a static cluster's endpoints as its priority set holds them (health,
+            // weights, the policy's overprovisioning factor), without an update time.
             static_endpoint_configs: sr
                 .clusters
                 .iter()
                 .filter_map(|c| {
-                    let mut la = c.load_assignment.clone()?;
-                    if la.cluster_name.is_empty() {
-                        la.cluster_name = c.name.clone();
-                    }
+                    let live = state.clusters.get(&c.name)?;
+                    c.load_assignment.as_ref()?;
                     Some(admin::endpoints_config_dump::StaticEndpointConfig {
-                        endpoint_config: Some(any(&la)),
-                        last_updated: updated,
+                        endpoint_config: Some(any(&live_load_assignment(&c.name, &live))),
+                        last_updated: None,
                     })
                 })
                 .collect(),
@@ -419,7 +489,7 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
         if !found {
             return Err((404, format!("{resource} not found in config dump")));
         }
-        return Ok(serde_json::json!({ "configs": out }));
+        return Ok(configs_json(out));
     }
     if q.name_regex.is_some() {
         for c in &mut configs {
@@ -427,6 +497,11 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
         }
     }
     if !masks.is_empty() {
+        // Envoy leaves out the dumps the mask's paths are not valid for.
+        configs.retain(|c| {
+            let t = c.get("@type").and_then(Value::as_str).unwrap_or("");
+            masks.iter().all(|m| valid_path(&pool, t, m))
+        });
         for c in &mut configs {
             let t = c.get("@type").cloned();
             *c = apply_mask(c, &masks);
@@ -438,7 +513,38 @@ pub fn render(state: &ServerState, q: &Query) -> Result<Value, (u16, String)> {
             }
         }
     }
-    Ok(serde_json::json!({ "configs": configs }))
+    Ok(configs_json(configs))
+}
+
+/// `{"configs": [...]}`, or `{}` when there are none (proto3 JSON leaves out an empty list).
+fn configs_json(configs: Vec<Value>) -> Value {
+    if configs.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "configs": configs })
+    }
+}
+
+/// protobuf's `FieldMaskUtil::IsValidPath`: every name a field, every one but the last a
+/// singular message.
+fn valid_path(pool: &prost_reflect::DescriptorPool, type_url: &str, path: &[String]) -> bool {
+    let Some(mut m) =
+        pool.get_message_by_name(crate::config::descriptors::type_name_of_url(type_url))
+    else {
+        return false;
+    };
+    for (i, name) in path.iter().enumerate() {
+        let Some(f) = m.get_field_by_name(name) else {
+            return false;
+        };
+        if i + 1 < path.len() {
+            match f.kind().as_message() {
+                Some(inner) if !f.is_list() && !f.is_map() => m = inner.clone(),
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 fn field_exists(pool: &prost_reflect::DescriptorPool, type_url: &str, field: &str) -> bool {
@@ -533,6 +639,22 @@ fn filter_names(c: &mut Value, re: &Option<regex::Regex>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn mask_paths_valid_for_a_dump_type() {
+        let pool = envoy_pool();
+        let clusters = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
+        let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        assert!(valid_path(&pool, clusters, &path("static_clusters")));
+        assert!(!valid_path(&pool, clusters, &path("static_listeners")));
+        assert!(
+            !valid_path(&pool, clusters, &path("static_clusters.cluster")),
+            "not through a repeated field"
+        );
+        let bootstrap = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
+        assert!(valid_path(&pool, bootstrap, &path("bootstrap.node.id")));
+        assert_eq!(configs_json(vec![]), json!({}));
+    }
 
     #[test]
     fn masks_keep_paths() {

@@ -278,7 +278,8 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
         "/listeners" => listeners(state, q.get("format").map(String::as_str) == Some("json")),
         "/config_dump" => {
             let name_regex = match q.get("name_regex") {
-                Some(r) => match regex::Regex::new(r) {
+                // Envoy matches the whole name (`^back` does not select `backend`).
+                Some(r) => match regex::Regex::new(&format!("^(?:{r})$")) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         return text(
@@ -297,9 +298,10 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
             };
             match config_dump::render(state, &query) {
                 Ok(v) => json(StatusCode::OK, &v),
+                // Envoy's error body has no newline after it.
                 Err((code, msg)) => text(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    format!("{msg}\n"),
+                    msg,
                 ),
             }
         }
@@ -418,7 +420,7 @@ fn logging(state: &Arc<ServerState>, q: &BTreeMap<String, String>) -> Resp {
     text(StatusCode::OK, logs.listing())
 }
 
-fn socket_address(a: std::net::SocketAddr) -> core::Address {
+pub(crate) fn socket_address(a: std::net::SocketAddr) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: a.ip().to_string(),
@@ -612,6 +614,9 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
     for c in &all {
         let n = &c.config.name;
         let _ = writeln!(s, "{n}::observability_name::{}", c.config.stat_name);
+        if let Some(od) = &c.outlier {
+            outlier_lines(&mut s, n, [od.success_rate(false), od.success_rate(true)]);
+        }
         circuit_breaker_lines(&mut s, n, &c.config.circuit_breakers);
         let _ = writeln!(s, "{n}::added_via_api::{}", c.added_via_api);
         for h in c.hosts.load().all_hosts() {
@@ -642,6 +647,19 @@ fn clusters(state: &Arc<ServerState>, as_json: bool) -> Resp {
         }
     }
     text(StatusCode::OK, s)
+}
+
+/// Envoy's `<cluster>::outlier::*` lines (`addOutlierInfo`), between the observability name
+/// and the circuit breakers: the last interval's success-rate average and ejection threshold, external
+/// then local origin, `-1` until computed; numbers as `{:g}` prints them.
+fn outlier_lines(s: &mut String, n: &str, rates: [(f64, f64); 2]) {
+    for ((avg, threshold), prefix) in rates.into_iter().zip(["", "local_origin_"]) {
+        let _ = writeln!(s, "{n}::outlier::{prefix}success_rate_average::{avg}");
+        let _ = writeln!(
+            s,
+            "{n}::outlier::{prefix}success_rate_ejection_threshold::{threshold}"
+        );
+    }
 }
 
 fn server_info(state: &Arc<ServerState>) -> Resp {
@@ -741,6 +759,19 @@ mod tests {
         assert_eq!(q["filter"], "cluster\\.a");
         assert_eq!(q["usedonly"], "");
         assert_eq!(q["x"], "a b");
+    }
+
+    #[test]
+    fn outlier_lines_as_envoy_prints_them() {
+        let mut s = String::new();
+        outlier_lines(&mut s, "c", [(-1.0, -1.0), (93.5, 40.0)]);
+        assert_eq!(
+            s,
+            "c::outlier::success_rate_average::-1\n\
+             c::outlier::success_rate_ejection_threshold::-1\n\
+             c::outlier::local_origin_success_rate_average::93.5\n\
+             c::outlier::local_origin_success_rate_ejection_threshold::40\n"
+        );
     }
 
     #[test]

@@ -263,10 +263,12 @@ impl AccessLogConfig {
                         },
                         inputs,
                     )?),
+                    // Envoy turns the deprecated json_format into a SubstitutionFormatString's
+                    // json_format: its values are typed too.
                     Some(F::JsonFormat(s)) => LogFormat::Json {
                         fields: json_fields(&tp.field("json_format"), s, inputs)?,
                         omit_empty_values: false,
-                        typed: false,
+                        typed: true,
                     },
                     Some(F::TypedJsonFormat(s)) => LogFormat::Json {
                         fields: json_fields(&tp.field("typed_json_format"), s, inputs)?,

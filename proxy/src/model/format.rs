@@ -272,6 +272,7 @@ fn parse_op(token: &str, inputs: &Inputs) -> Result<(Op, Option<usize>), String>
         None if tail.is_empty() => None,
         None => return Err(format!("invalid operator '{token}'")),
     };
+    syntax(name, arg, max_len)?;
     let need_arg = || arg.ok_or_else(|| format!("operator {name} needs an argument"));
     let op = match name {
         "START_TIME" => Op::StartTime(arg.filter(|a| !a.is_empty()).map(str::to_string)),
@@ -390,6 +391,71 @@ fn filter_state(arg: &str) -> Result<Op, String> {
     })
 }
 
+/// Operators that take neither an argument nor a `:N` length (Envoy's
+/// `CommandSyntaxChecker::COMMAND_ONLY`); the TLS ones are listed by `tls_command_only`.
+const COMMAND_ONLY: &[&str] = &[
+    "PROTOCOL",
+    "RESPONSE_CODE",
+    "RESPONSE_FLAGS",
+    "RESPONSE_FLAGS_LONG",
+    "CONNECTION_TERMINATION_DETAILS",
+    "BYTES_RECEIVED",
+    "BYTES_SENT",
+    "DURATION",
+    "REQUEST_DURATION",
+    "RESPONSE_DURATION",
+    "RESPONSE_TX_DURATION",
+    "UPSTREAM_HOST",
+    "UPSTREAM_CLUSTER",
+    "UPSTREAM_CLUSTER_RAW",
+    "UPSTREAM_LOCAL_ADDRESS",
+    "UPSTREAM_REMOTE_ADDRESS",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON",
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+    "DOWNSTREAM_LOCAL_ADDRESS",
+    "DOWNSTREAM_LOCAL_PORT",
+    "DOWNSTREAM_REMOTE_ADDRESS",
+    "DOWNSTREAM_REMOTE_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+    "ROUTE_NAME",
+    "HOSTNAME",
+    "CONNECTION_ID",
+    "LOCAL_REPLY_BODY",
+];
+
+/// Operators whose value a `:N` length may truncate (Envoy's `LENGTH_ALLOWED`).
+const LENGTH_ALLOWED: &[&str] = &[
+    "REQ",
+    "RESP",
+    "TRAILER",
+    "ENVIRONMENT",
+    "DYNAMIC_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+];
+
+/// A TLS operator other than the certificate validity times (which take a time format).
+fn tls_command_only(name: &str) -> bool {
+    (name.starts_with("DOWNSTREAM_") || name.starts_with("UPSTREAM_"))
+        && !name.ends_with("_PEER_CERT_V_START")
+        && !name.ends_with("_PEER_CERT_V_END")
+        && tls_operator(name, None).is_some()
+}
+
+/// Envoy's `CommandSyntaxChecker::checkSyntax`: an argument or length where the operator takes
+/// none, and a length where it takes none, are errors (with Envoy's words).
+fn syntax(name: &str, arg: Option<&str>, max_len: Option<usize>) -> Result<(), String> {
+    let has_arg = arg.is_some_and(|a| !a.is_empty());
+    if (COMMAND_ONLY.contains(&name) || tls_command_only(name)) && (has_arg || max_len.is_some()) {
+        return Err(format!("{name} does not take any parameters or length"));
+    }
+    if max_len.is_some() && !LENGTH_ALLOWED.contains(&name) {
+        return Err(format!("{name} does not allow length to be specified."));
+    }
+    Ok(())
+}
+
 /// `DOWNSTREAM_*` / `UPSTREAM_*` TLS operators.
 fn tls_operator(name: &str, arg: Option<&str>) -> Option<Op> {
     let (upstream, rest) = match name.strip_prefix("DOWNSTREAM_") {
@@ -471,6 +537,52 @@ mod tests {
             matches!(f.parts.as_slice(), [Part::Op { op: Op::Environment(Some(v)), .. }] if v == "v")
         );
         assert!(read.take_wanted().is_empty());
+    }
+
+    /// Envoy refuses a length on most operators, and an argument on those that take none.
+    #[test]
+    fn lengths_and_arguments_only_where_envoy_allows_them() {
+        for ok in [
+            "%REQ(X):3%",
+            "%RESP(X):1%",
+            "%TRAILER(X):2%",
+            "%ENVIRONMENT(HOME):2%",
+            "%DYNAMIC_METADATA(a:b):4%",
+            "%FILTER_STATE(x):4%",
+            "%START_TIME(%Y)%",
+            "%DOWNSTREAM_PEER_CERT_V_START(%Y)%",
+            "%PROTOCOL%",
+        ] {
+            assert!(Formatter::parse(ok).is_ok(), "{ok}");
+        }
+        for (bad, err) in [
+            (
+                "%START_TIME(%Y):2%",
+                "START_TIME does not allow length to be specified.",
+            ),
+            (
+                "%CLUSTER_METADATA(a:b):2%",
+                "CLUSTER_METADATA does not allow length to be specified.",
+            ),
+            (
+                "%RESPONSE_CODE_DETAILS:3%",
+                "RESPONSE_CODE_DETAILS does not allow length to be specified.",
+            ),
+            (
+                "%UPSTREAM_HOST:4%",
+                "UPSTREAM_HOST does not take any parameters or length",
+            ),
+            (
+                "%PROTOCOL(x)%",
+                "PROTOCOL does not take any parameters or length",
+            ),
+            (
+                "%DOWNSTREAM_TLS_VERSION:2%",
+                "DOWNSTREAM_TLS_VERSION does not take any parameters or length",
+            ),
+        ] {
+            assert_eq!(Formatter::parse(bad).unwrap_err(), err, "{bad}");
+        }
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub fn render(format: &LogFormat, ctx: &FormatContext<'_>, out: &mut String) {
     }
 }
 
+/// Envoy's JSON formatter: keys sorted (at parse time); a single-operator value typed, a
+/// missing one `null` (left out with `omit_empty_values`, and so is a nested object left
+/// empty); literals as given, whole numbers without a fraction.
 fn write_json_object(
     fields: &[(String, JsonField)],
     ctx: &FormatContext<'_>,
@@ -225,7 +228,7 @@ fn write_json_object(
         value.clear();
         let kind = match field {
             JsonField::Format(f) => {
-                let k = f.format_typed(ctx, &mut value);
+                let k = f.format_json(ctx, omit_empty, &mut value);
                 if k == ValueKind::Number && !typed {
                     ValueKind::Text
                 } else {
@@ -234,16 +237,18 @@ fn write_json_object(
             }
             JsonField::Nested(inner) => {
                 write_json_object(inner, ctx, omit_empty, typed, &mut value);
-                ValueKind::Number // raw JSON
+                if omit_empty && value == "{}" {
+                    ValueKind::Missing
+                } else {
+                    ValueKind::Number // raw JSON
+                }
             }
             JsonField::Literal(v) => {
-                value.push_str(&v.to_string());
+                json_literal(v, &mut value);
                 ValueKind::Number
             }
         };
-        if omit_empty
-            && (kind == ValueKind::Missing || (kind == ValueKind::Text && value.is_empty()))
-        {
+        if omit_empty && kind == ValueKind::Missing {
             continue;
         }
         if !first {
@@ -255,10 +260,19 @@ fn write_json_object(
         match kind {
             ValueKind::Number => out.push_str(&value),
             ValueKind::Text => json_string(&value, out),
-            ValueKind::Missing => out.push_str("\"-\""),
+            ValueKind::Missing => out.push_str("null"),
         }
     }
     out.push('}');
+}
+
+/// A literal from the configuration's Struct (whose numbers are all doubles): a whole number
+/// is written as an integer, as Envoy writes it.
+fn json_literal(v: &serde_json::Value, out: &mut String) {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => out.push_str(&(f as i64).to_string()),
+        _ => out.push_str(&v.to_string()),
+    }
 }
 
 fn json_string(s: &str, out: &mut String) {
@@ -321,9 +335,41 @@ mod tests {
         ];
         let mut out = String::new();
         write_json_object(&fields, &FormatContext::default(), false, true, &mut out);
-        assert_eq!(out, r#"{"code":0,"flags":"-","route":"-","text":"a\"b -"}"#);
+        assert_eq!(
+            out, r#"{"code":0,"flags":null,"route":null,"text":"a\"b -"}"#,
+            "a missing value is null, as in Envoy"
+        );
         out.clear();
         write_json_object(&fields, &FormatContext::default(), true, true, &mut out);
-        assert_eq!(out, r#"{"code":0,"text":"a\"b -"}"#);
+        assert_eq!(out, r#"{"code":0,"text":"a\"b "}"#);
+    }
+
+    /// Envoy's JSON: whole-number literals without a fraction; with `omit_empty_values` a
+    /// nested object whose values are all missing is left out.
+    #[test]
+    fn json_literals_and_empty_nested_objects() {
+        let fields = vec![
+            (
+                "lit".to_string(),
+                JsonField::Literal(serde_json::json!(5.0)),
+            ),
+            (
+                "half".to_string(),
+                JsonField::Literal(serde_json::json!(0.5)),
+            ),
+            (
+                "nested".to_string(),
+                JsonField::Nested(vec![(
+                    "r".to_string(),
+                    JsonField::Format(Formatter::parse("%ROUTE_NAME%").unwrap()),
+                )]),
+            ),
+        ];
+        let mut out = String::new();
+        write_json_object(&fields, &FormatContext::default(), false, true, &mut out);
+        assert_eq!(out, r#"{"lit":5,"half":0.5,"nested":{"r":null}}"#);
+        out.clear();
+        write_json_object(&fields, &FormatContext::default(), true, true, &mut out);
+        assert_eq!(out, r#"{"lit":5,"half":0.5}"#);
     }
 }

@@ -5,6 +5,7 @@
 use crate::model::format::{FilterStateFormat, Formatter, HeaderRef, Op, Part, TlsField};
 use crate::stream_info::StreamInfo;
 use http::{HeaderMap, HeaderName, Method, Uri};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,8 +73,18 @@ impl Formatter {
         s
     }
 
-    /// For typed JSON: a format that is a single operator yields a typed value.
+    /// For typed JSON: a format that is a single operator yields a typed value; any other is
+    /// text, its operators without a value written `-` (nothing with `omit_empty_values`).
     pub fn format_typed(&self, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
+        self.format_json(ctx, false, out)
+    }
+
+    pub fn format_json(
+        &self,
+        ctx: &FormatContext<'_>,
+        omit_empty: bool,
+        out: &mut String,
+    ) -> ValueKind {
         match self.parts.as_slice() {
             [Part::Op { op, max_len }] => {
                 let start = out.len();
@@ -90,7 +101,7 @@ impl Formatter {
                 kind
             }
             _ => {
-                self.format(ctx, out);
+                self.format_missing_as(ctx, out, if omit_empty { "" } else { "-" });
                 ValueKind::Text
             }
         }
@@ -106,25 +117,50 @@ fn truncate_at(s: &mut String, mut at: usize) {
     }
 }
 
-fn header_value<'a>(map: &'a HeaderMap, a: &HeaderName, b: &Option<HeaderName>) -> Option<&'a str> {
-    map.get(a)
-        .or_else(|| b.as_ref().and_then(|b| map.get(b)))
-        .and_then(|v| v.to_str().ok())
+/// A header's value as Envoy writes it: its bytes (UTF-8, lossily), tabs and non-ASCII included.
+fn value_str(v: &http::HeaderValue) -> Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
 }
 
-fn request_header<'a>(req: &RequestView<'a>, h: &HeaderRef) -> Option<&'a str> {
+fn header_value<'a>(
+    map: &'a HeaderMap,
+    a: &HeaderName,
+    b: &Option<HeaderName>,
+) -> Option<Cow<'a, str>> {
+    map.get(a)
+        .or_else(|| b.as_ref().and_then(|b| map.get(b)))
+        .map(value_str)
+}
+
+/// `tls`: the downstream connection is TLS (`:scheme` of an origin-form request, which the
+/// connection manager sets to `https` or `http` in Envoy).
+fn request_header<'a>(req: &RequestView<'a>, h: &HeaderRef, tls: bool) -> Option<Cow<'a, str>> {
     match h {
-        HeaderRef::Method => Some(req.method.as_str()),
+        HeaderRef::Method => Some(Cow::Borrowed(req.method.as_str())),
         // A CONNECT request has no :path (its target is an authority).
         HeaderRef::Path if req.method == http::Method::CONNECT => None,
-        HeaderRef::Path => req.uri.path_and_query().map(|p| p.as_str()),
-        HeaderRef::Authority => req.uri.authority().map(|a| a.as_str()).or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        }),
-        HeaderRef::Scheme => req.uri.scheme_str(),
-        HeaderRef::Named(n) => req.headers.get(n).and_then(|v| v.to_str().ok()),
+        HeaderRef::Path => req.uri.path_and_query().map(|p| Cow::Borrowed(p.as_str())),
+        HeaderRef::Authority => req
+            .uri
+            .authority()
+            .map(|a| Cow::Borrowed(a.as_str()))
+            .or_else(|| req.headers.get(http::header::HOST).map(value_str)),
+        HeaderRef::Scheme => Some(Cow::Borrowed(req.uri.scheme_str().unwrap_or(if tls {
+            "https"
+        } else {
+            "http"
+        }))),
+        HeaderRef::Named(n) => req.headers.get(n).map(value_str),
+    }
+}
+
+fn header_text(out: &mut String, v: Option<Cow<'_, str>>) -> ValueKind {
+    match v {
+        Some(v) => {
+            out.push_str(&v);
+            ValueKind::Text
+        }
+        None => ValueKind::Missing,
     }
 }
 
@@ -157,17 +193,20 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             }
             None => Missing,
         },
+        // A header present with an empty value is a value: Envoy writes it as nothing, not `-`.
         Op::Req(a, b) => {
+            let tls = info.is_some_and(|i| i.connection.tls.is_some());
             let v = ctx.request.and_then(|r| {
-                request_header(&r, a).or_else(|| b.as_ref().and_then(|b| request_header(&r, b)))
+                request_header(&r, a, tls)
+                    .or_else(|| b.as_ref().and_then(|b| request_header(&r, b, tls)))
             });
-            text(out, v)
+            header_text(out, v)
         }
-        Op::Resp(a, b) => text(
+        Op::Resp(a, b) => header_text(
             out,
             ctx.response_headers.and_then(|h| header_value(h, a, b)),
         ),
-        Op::Trailer(a, b) => text(
+        Op::Trailer(a, b) => header_text(
             out,
             ctx.response_trailers.and_then(|h| header_value(h, a, b)),
         ),
@@ -255,14 +294,11 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
         Op::RouteName => text(out, info.and_then(|i| i.route_name.as_deref())),
         Op::Hostname => text(out, Some(hostname())),
         Op::ConnectionId => num(out, info.map(|i| i.connection.id as u128)),
-        // A local reply's body is a value even when empty (Envoy renders "" rather than "-").
-        Op::LocalReplyBody => match ctx.local_reply_body {
-            Some(b) => {
-                out.push_str(b);
-                Text
-            }
-            None => Missing,
-        },
+        // Always a value, empty outside a local reply's body format (Envoy renders "", not "-").
+        Op::LocalReplyBody => {
+            out.push_str(ctx.local_reply_body.unwrap_or(""));
+            Text
+        }
         Op::Environment(v) => text(out, v.as_deref()),
         Op::Tls { upstream, field } => {
             let tls = info.and_then(|i| match upstream {
@@ -466,6 +502,35 @@ pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
 
 /// `%START_TIME%` formatting: Envoy's default `2016-04-15T20:17:00.310Z`, or a strftime
 /// format with Envoy's sub-second extensions (`%3f`, `%E3S`, `%f`, `%s`).
+const WEEKDAYS: [&str; 7] = [
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// Index into `WEEKDAYS` (1970-01-01 was a Thursday).
+fn weekday(secs: i64) -> usize {
+    secs.div_euclid(86_400).rem_euclid(7) as usize
+}
+
 pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
@@ -540,6 +605,10 @@ pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
             Some('F') => {
                 let _ = write!(out, "{y:04}-{mo:02}-{d:02}");
             }
+            Some('a') => out.push_str(&WEEKDAYS[weekday(secs)][..3]),
+            Some('A') => out.push_str(WEEKDAYS[weekday(secs)]),
+            Some('b' | 'h') => out.push_str(&MONTHS[mo as usize - 1][..3]),
+            Some('B') => out.push_str(MONTHS[mo as usize - 1]),
             Some('j') => {
                 let start = days_from_civil(y, 1, 1);
                 let _ = write!(out, "{:03}", secs.div_euclid(86_400) - start + 1);
@@ -701,15 +770,21 @@ mod tests {
     fn missing_values_and_truncation() {
         let mut info = info();
         info.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        let (method, uri, headers) = (Method::GET, Uri::from_static("/x"), HeaderMap::new());
         let ctx = FormatContext {
             info: Some(&info),
+            request: Some(RequestView {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+            }),
             ..Default::default()
         };
         let f = Formatter::parse(
-            "%REQ(X-NOPE)% %RESPONSE_FLAGS% %UPSTREAM_HOST:4% 100%% %DOWNSTREAM_PEER_URI_SAN%",
+            "%REQ(X-NOPE)% %RESPONSE_FLAGS% %REQ(:METHOD):2% 100%% %DOWNSTREAM_PEER_URI_SAN%",
         )
         .unwrap();
-        assert_eq!(f.to_string(&ctx), "- UF 10.0 100% -");
+        assert_eq!(f.to_string(&ctx), "- UF GE 100% -");
         let t = Formatter::parse("%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)%").unwrap();
         assert_eq!(t.to_string(&ctx), "2016/04/15 20:17:00.310 1460751420");
     }
@@ -829,5 +904,44 @@ mod tests {
         };
         let f = Formatter::parse("%DOWNSTREAM_TRANSPORT_FAILURE_REASON%").unwrap();
         assert_eq!(f.to_string(&ctx), "TLS_error:|1:SSL_routines:X");
+    }
+
+    /// Header values as Envoy writes them: present but empty is empty (not `-`), bytes
+    /// beyond visible ASCII (a tab, UTF-8) kept; `:scheme` of an origin-form request is the
+    /// connection's; `%LOCAL_REPLY_BODY%` outside a local reply is empty.
+    #[test]
+    fn header_values_as_envoy_writes_them() {
+        let info = info();
+        let (method, uri) = (Method::GET, Uri::from_static("/p"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-empty", http::HeaderValue::from_static(""));
+        headers.insert(
+            "x-odd",
+            http::HeaderValue::from_bytes("a\tb \u{e9}".as_bytes()).unwrap(),
+        );
+        let ctx = FormatContext {
+            info: Some(&info),
+            request: Some(RequestView {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+            }),
+            ..Default::default()
+        };
+        let f =
+            Formatter::parse("[%REQ(X-EMPTY)%][%REQ(X-ODD)%][%REQ(:SCHEME)%][%LOCAL_REPLY_BODY%]")
+                .unwrap();
+        assert_eq!(f.to_string(&ctx), "[][a\tb \u{e9}][http][]");
+    }
+
+    #[test]
+    fn weekday_and_month_names() {
+        let t = Formatter::parse("%START_TIME(%a %A %b %h %B %e)%").unwrap();
+        let info = info();
+        let ctx = FormatContext {
+            info: Some(&info),
+            ..Default::default()
+        };
+        assert_eq!(t.to_string(&ctx), "Fri Friday Apr Apr April 15");
     }
 }

@@ -150,6 +150,9 @@ pub struct OutlierDetector {
     counters: Vec<Arc<Counter>>,
     /// `cluster_manager.outlier_detection.event_log_path`, when set.
     event_log: Option<crate::context::OutlierEventLog>,
+    /// The last interval's success-rate average and ejection threshold, external then local
+    /// origin (`-1` when too few hosts had enough requests), as `/clusters` shows them.
+    rates: std::sync::Mutex<[f64; 4]>,
 }
 
 impl std::fmt::Debug for OutlierDetector {
@@ -185,11 +188,20 @@ impl OutlierDetector {
             active: m[0].gauge(),
             counters: m.iter().skip(1).map(|x| x.counter()).collect(),
             event_log,
+            rates: std::sync::Mutex::new([-1.0; 4]),
         }
     }
 
     pub fn interval(&self) -> Duration {
         self.cfg.interval
+    }
+
+    /// `(success_rate_average, success_rate_ejection_threshold)` of the last interval, for
+    /// external (`local == false`) or local-origin results; `-1` when not computed.
+    pub fn success_rate(&self, local: bool) -> (f64, f64) {
+        let r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let i = if local { 2 } else { 0 };
+        (r[i], r[i + 1])
     }
 
     fn counter(&self, index: usize) -> &Counter {
@@ -255,24 +267,46 @@ impl OutlierDetector {
         }
     }
 
-    /// A detector fired for `host`: count it, and eject if enforcement and the ejection cap allow.
+    /// A detector fired for `host`: count it, and eject if the ejection cap and enforcement
+    /// allow, in Envoy's order (`DetectorImpl::ejectHost`): the cap first (`ejections_overflow`
+    /// even when enforcement would have said no), then the deprecated `ejections_total`
+    /// (consecutive 5xx and success rate only, enforced or not), then enforcement. A consecutive
+    /// detector's count starts again after it fired, so N more failures fire it again, and the
+    /// deprecated `ejections_consecutive_5xx` counts every consecutive-5xx detection.
     fn detected(&self, cluster: &dyn Hosts, host: &super::host::Host, d: Detector) {
         if host.outlier.is_ejected() {
             return;
         }
         let (detected, enforced) = d.stat_indexes();
         self.counter(detected).inc();
-        let pct = self.enforcing(d);
-        if pct == 0 || fastrand::u32(0..100) >= pct {
-            self.event(cluster, host, d, "EJECT", false);
-            return;
+        self.eject(cluster, host, d, enforced);
+        let o = &host.outlier;
+        match d {
+            Detector::Consecutive5xx => {
+                self.counter(18).inc();
+                o.consecutive_5xx.store(0, Relaxed);
+            }
+            Detector::ConsecutiveGateway => o.consecutive_gateway.store(0, Relaxed),
+            Detector::ConsecutiveLocal => o.consecutive_local.store(0, Relaxed),
+            _ => {}
         }
+    }
+
+    fn eject(&self, cluster: &dyn Hosts, host: &super::host::Host, d: Detector, enforced: usize) {
         let total = cluster.hosts().len().max(1) as f64;
         let active = self.active.value().max(0) as f64;
         if 100.0 * (active + 1.0) / total > f64::from(self.cfg.max_ejection_percent)
             && !(self.cfg.always_eject_one_host && active == 0.0)
         {
             self.counter(2).inc();
+            return;
+        }
+        if matches!(d, Detector::Consecutive5xx | Detector::SuccessRate) {
+            self.counter(3).inc();
+        }
+        let pct = self.enforcing(d);
+        if pct == 0 || fastrand::u32(0..100) >= pct {
+            self.event(cluster, host, d, "EJECT", false);
             return;
         }
         let o = &host.outlier;
@@ -288,11 +322,7 @@ impl OutlierDetector {
         o.ejected.store(true, Relaxed);
         self.active.inc();
         self.counter(1).inc();
-        self.counter(3).inc();
         self.counter(enforced).inc();
-        if d == Detector::Consecutive5xx {
-            self.counter(18).inc();
-        }
         self.event(cluster, host, d, "EJECT", true);
         cluster.republish();
     }
@@ -400,11 +430,18 @@ impl OutlierDetector {
                 .collect()
         };
         let sr = rated(self.cfg.success_rate_request_volume);
+        let slot = if rate == Detector::LocalSuccessRate {
+            2
+        } else {
+            0
+        };
+        self.set_rates(slot, -1.0, -1.0);
         if sr.len() >= self.cfg.success_rate_minimum_hosts as usize && !sr.is_empty() {
             let mean = sr.iter().map(|(_, r)| r).sum::<f64>() / sr.len() as f64;
             let var = sr.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / sr.len() as f64;
             let threshold =
                 mean - f64::from(self.cfg.success_rate_stdev_factor) / 1000.0 * var.sqrt();
+            self.set_rates(slot, mean, threshold);
             for (i, r) in &sr {
                 if *r < threshold {
                     self.detected(cluster, &hosts[*i], rate);
@@ -419,6 +456,12 @@ impl OutlierDetector {
                 }
             }
         }
+    }
+
+    fn set_rates(&self, slot: usize, average: f64, threshold: f64) {
+        let mut r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        r[slot] = average;
+        r[slot + 1] = threshold;
     }
 
     /// A line in the event log (Envoy's `OutlierDetectionEvent` as JSON).
@@ -601,6 +644,71 @@ mod tests {
             assert_eq!(!bad.outlier.is_ejected(), uneject);
             assert_eq!(stat(&store, "ejections_active"), i64::from(!uneject));
         }
+    }
+
+    /// Envoy's counting: a consecutive detector starts again after it fired (not enforced, it
+    /// fires again N failures later); the deprecated `ejections_total` counts a consecutive-5xx
+    /// detection the cap allows, enforced or not; the cap is checked before enforcement.
+    #[tokio::test(start_paused = true)]
+    async fn detections_count_as_envoy_counts_them() {
+        let store = Store::default();
+        let mut config = cfg();
+        config.enforcing_consecutive_5xx = 0;
+        let od = OutlierDetector::new(config.clone(), &store, "c", None);
+        let c = cluster(3);
+        for _ in 0..7 {
+            od.report(&c, &c.hosts[0], Outcome::Status(503));
+        }
+        assert!(!c.hosts[0].outlier.is_ejected());
+        assert_eq!(stat(&store, "ejections_detected_consecutive_5xx"), 2);
+        assert_eq!(stat(&store, "ejections_consecutive_5xx"), 2);
+        assert_eq!(stat(&store, "ejections_total"), 2);
+        assert_eq!(stat(&store, "ejections_enforced_total"), 0);
+        // Gateway failures are not counted in ejections_total; over the cap, overflow.
+        config.max_ejection_percent = 10;
+        config.consecutive_5xx = 100;
+        config.consecutive_gateway_failure = 2;
+        let store = Store::default();
+        let od = OutlierDetector::new(config, &store, "c", None);
+        for _ in 0..2 {
+            od.report(&c, &c.hosts[1], Outcome::Status(502));
+        }
+        assert_eq!(
+            stat(&store, "ejections_detected_consecutive_gateway_failure"),
+            1
+        );
+        assert_eq!(stat(&store, "ejections_overflow"), 1);
+        assert_eq!(stat(&store, "ejections_total"), 0);
+    }
+
+    /// `/clusters` shows the last interval's success-rate average and threshold: -1 until an
+    /// interval had enough hosts with enough requests, and again after one that had not.
+    #[tokio::test(start_paused = true)]
+    async fn success_rate_average_is_kept_per_interval() {
+        let store = Store::default();
+        let mut config = cfg();
+        config.success_rate_minimum_hosts = 2;
+        config.success_rate_request_volume = 2;
+        let od = OutlierDetector::new(config, &store, "c", None);
+        let c = cluster(2);
+        assert_eq!(od.success_rate(false), (-1.0, -1.0));
+        for h in &c.hosts {
+            od.report(&c, h, Outcome::Status(200));
+            od.report(&c, h, Outcome::Status(200));
+        }
+        od.tick(&c);
+        assert_eq!(od.success_rate(false), (100.0, 100.0));
+        assert_eq!(
+            od.success_rate(true),
+            (-1.0, -1.0),
+            "no split: not computed"
+        );
+        od.tick(&c);
+        assert_eq!(
+            od.success_rate(false),
+            (-1.0, -1.0),
+            "no traffic this interval"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -606,6 +606,16 @@ pub async fn acquire_h1(
     let cb = &cluster.circuit_breakers.default;
     let slot = host_slot(host, cluster, key);
     loop {
+        // Without an idle connection the request is pending, as in Envoy's
+        // `ConnPoolImplBase::newStreamImpl`: while its new connection is established or while it
+        // waits for a busy one. `max_pending_requests` is checked first (so 0 refuses every
+        // request that finds no idle connection), and only then whether a connection may be
+        // created (`upstream_cx_overflow` when not).
+        if !cb.pending.try_inc() {
+            cluster.stats.traffic().upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        }
+        let _pending = PendingGuard(&cb.pending);
         // At the connection limit a new connection is still opened when this worker has
         // none to the host (else its requests could never be served), as Envoy does.
         let can_create = cb.connections.can_create();
@@ -616,11 +626,6 @@ pub async fn acquire_h1(
             return connect_h1(cluster, host, alpn).await;
         }
         cluster.stats.traffic().upstream_cx_overflow.inc();
-        if !cb.pending.try_inc() {
-            cluster.stats.traffic().upstream_rq_pending_overflow.inc();
-            return Err(ConnectError::Overflow);
-        }
-        let _pending = PendingGuard(&cb.pending);
         let (tx, rx) = oneshot::channel();
         slot.waiters
             .lock()
