@@ -1,7 +1,8 @@
 //! What istio-iptables sets up besides iptables (tools/common/tproxy): with IPv6, the `::6`
 //! address on lo (the inbound passthrough source); in TPROXY mode, a policy rule sending
 //! packets marked with the TPROXY mark to the route table, whose one route delivers
-//! everything locally. Run through `ip`; "File exists" counts as done for addresses and routes.
+//! everything locally. Run through `ip`; "File exists" counts as done for addresses and routes, and
+//! a policy rule already listed is not added again.
 
 use crate::config::Config;
 use crate::deps::exec;
@@ -37,6 +38,9 @@ pub fn commands(cfg: &Config) -> Vec<Vec<String>> {
 /// Runs [`commands`].
 pub fn configure(cfg: &Config, log: &Log) -> Result<(), String> {
     for args in commands(cfg) {
+        if args[1] == "rule" && rule_exists(&args) {
+            continue;
+        }
         log.info(&format!("Running command: ip {}", args.join(" ")));
         match exec("ip", &args, None) {
             Ok(_) => {}
@@ -45,6 +49,13 @@ pub fn configure(cfg: &Config, log: &Log) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A re-run must not stack a second identical policy rule (each gets its own priority).
+fn rule_exists(add: &[String]) -> bool {
+    let mut show = add.to_vec();
+    show[2] = "show".into();
+    exec("ip", &show, None).is_ok_and(|out| !out.trim().is_empty())
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! otherwise): the injected pod's rules go in through iptables-restore, pass Istio's own
 //! verification (`-C` for every rule, same rule count per ISTIO_ chain), capture an outbound
 //! connection to the outbound port with its original destination recoverable, are not applied
-//! twice, and `--cleanup-only` removes every ISTIO_ chain and jump.
+//! twice, and `--cleanup-only` removes every ISTIO_ chain and jump; in TPROXY mode, the mangle
+//! rules with the policy rule and local route table, once however often applied.
 
 use remora_iptables::config::Config;
 use remora_iptables::log::Log;
@@ -68,19 +69,23 @@ fn istio_lines(save: &str) -> Vec<&str> {
     save.lines().filter(|l| l.contains("ISTIO_")).collect()
 }
 
-#[test]
-fn rules_apply_capture_and_clean_up_in_a_network_namespace() {
+/// Creates a namespace (lo up, a veth pair with 10.0.0.1/24) and moves this thread into it;
+/// None (after saying why) when that is not possible here.
+fn enter_netns(tag: &str) -> Option<Netns> {
     if !nix::unistd::geteuid().is_root() {
-        return skip("not root");
+        skip("not root");
+        return None;
     }
     for program in ["ip", "iptables", "iptables-save", "iptables-restore"] {
         if !have(program) {
-            return skip(&format!("{program} not found"));
+            skip(&format!("{program} not found"));
+            return None;
         }
     }
-    let name = format!("remora-ipt-{}", std::process::id());
+    let name = format!("remora-ipt-{tag}-{}", std::process::id());
     if let Err(e) = ip(&["netns", "add", &name]) {
-        return skip(&format!("cannot create a network namespace: {e}"));
+        skip(&format!("cannot create a network namespace: {e}"));
+        return None;
     }
     let ns = Netns(name);
     for args in [
@@ -97,6 +102,14 @@ fn rules_apply_capture_and_clean_up_in_a_network_namespace() {
     // This test's thread, and what it spawns, now live in the namespace.
     let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    Some(ns)
+}
+
+#[test]
+fn rules_apply_capture_and_clean_up_in_a_network_namespace() {
+    let Some(_ns) = enter_netns("capture") else {
+        return;
+    };
     assert_eq!(istio_lines(&sh("iptables-save")), Vec::<&str>::new());
 
     let cfg = pod();
@@ -148,4 +161,39 @@ fn rules_apply_capture_and_clean_up_in_a_network_namespace() {
     assert_eq!(istio_lines(&sh("iptables-save")), Vec::<&str>::new());
     let after = TcpStream::connect_timeout(&target.into(), Duration::from_millis(300));
     assert!(after.is_err(), "still captured after cleanup");
+}
+
+/// TPROXY mode: the mangle rules, the policy rule and the local route table; a re-run adds
+/// neither rules nor a second policy rule; cleanup removes the chains.
+#[test]
+fn tproxy_rules_and_routes_in_a_network_namespace() {
+    let Some(_ns) = enter_netns("tproxy") else {
+        return;
+    };
+    let cfg = Config {
+        inbound_interception_mode: "TPROXY".into(),
+        ..pod()
+    };
+    remora_iptables::execute(&cfg, &Log::silent()).unwrap();
+    let applied = sh("iptables-save");
+    for check in remora_iptables::capture::build(&cfg).unwrap().check_v4() {
+        let out = Command::new("iptables").args(&check).output().unwrap();
+        assert!(
+            out.status.success(),
+            "missing: iptables {}\n{applied}",
+            check.join(" ")
+        );
+    }
+    assert!(applied.contains(":ISTIO_TPROXY"), "{applied}");
+    remora_iptables::execute(&cfg, &Log::silent()).unwrap();
+    assert_eq!(istio_lines(&sh("iptables-save")), istio_lines(&applied));
+    let rules = sh("ip -4 rule show fwmark 1337 lookup 133");
+    assert_eq!(rules.lines().count(), 1, "{rules}");
+    assert!(sh("ip -4 route show table 133 type local").contains("default dev lo"));
+    let cleanup = Config {
+        cleanup_only: true,
+        ..cfg
+    };
+    remora_iptables::execute(&cleanup, &Log::silent()).unwrap();
+    assert_eq!(istio_lines(&sh("iptables-save")), Vec::<&str>::new());
 }
