@@ -194,3 +194,131 @@ fn verify_state(
     }
     (residue, delta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deps::DryRun;
+
+    /// Records like [`DryRun`] but answers `iptables-save` with `state` and fails `-C` checks
+    /// when `checks_fail`.
+    struct Scripted {
+        record: DryRun,
+        state: String,
+        checks_fail: bool,
+    }
+
+    impl Dependencies for Scripted {
+        fn run(
+            &mut self,
+            cmd: Cmd,
+            ver: &IptablesVersion,
+            stdin: Option<&str>,
+            args: &[String],
+        ) -> Result<String, String> {
+            self.record.run(cmd, ver, stdin, args)?;
+            match cmd {
+                Cmd::Save if ver.binary == "iptables" => Ok(self.state.clone()),
+                Cmd::Iptables if self.checks_fail && args.iter().any(|a| a == "-C") => {
+                    Err("no such rule".into())
+                }
+                _ => Ok(String::new()),
+            }
+        }
+
+        fn detect(&mut self, ipv6: bool) -> Result<IptablesVersion, String> {
+            self.record.detect(ipv6)
+        }
+    }
+
+    fn cfg(reconcile: bool) -> Config {
+        Config {
+            proxy_uid: "1337".into(),
+            proxy_gid: "1337".into(),
+            reconcile,
+            ..Config::default()
+        }
+    }
+
+    /// The planned rules as iptables-save would print them (same counts per chain).
+    fn planned_state(cfg: &Config) -> String {
+        capture::build(cfg)
+            .unwrap()
+            .v4_restore()
+            .replace("-N ", ":")
+    }
+
+    fn run_with(cfg: &Config, state: String, checks_fail: bool) -> Vec<String> {
+        let mut deps = Scripted {
+            record: DryRun::default(),
+            state,
+            checks_fail,
+        };
+        run(cfg, &mut deps, &Log::silent()).unwrap();
+        deps.record.executed
+    }
+
+    #[test]
+    fn compatible_residue_is_left_alone() {
+        let c = cfg(false);
+        let executed = run_with(&c, planned_state(&c), false);
+        assert!(
+            executed
+                .iter()
+                .any(|l| l.starts_with("iptables -t nat -C OUTPUT -j ISTIO_OUTPUT"))
+        );
+        assert!(
+            !executed.iter().any(|l| l == "* nat"),
+            "nothing restored: {executed:?}"
+        );
+    }
+
+    #[test]
+    fn differing_residue_is_reconciled_behind_guardrails() {
+        let c = cfg(true);
+        let stale = format!("{}*nat\n:ISTIO_OLD - [0:0]\nCOMMIT\n", planned_state(&c));
+        let executed = run_with(&c, stale, false);
+        let pos = |line: &str| {
+            executed
+                .iter()
+                .position(|l| l == line)
+                .unwrap_or_else(|| panic!("{line}: {executed:?}"))
+        };
+        let guard = pos("iptables -t filter -I INPUT 1 -p tcp -j DROP");
+        let cleanup = pos("iptables -t nat -X ISTIO_OUTPUT");
+        let restore = pos("* nat");
+        let unguard = executed
+            .iter()
+            .rposition(|l| l == "iptables -t filter -D INPUT -p tcp -j DROP")
+            .unwrap();
+        assert!(
+            guard < cleanup && cleanup < restore && restore < unguard,
+            "{executed:?}"
+        );
+    }
+
+    #[test]
+    fn differing_residue_without_reconcile_is_applied_over() {
+        let c = cfg(false);
+        let executed = run_with(&c, planned_state(&c), true);
+        assert!(executed.iter().any(|l| l == "* nat"), "{executed:?}");
+        assert!(
+            !executed.iter().any(|l| l.contains("-j DROP")),
+            "no guardrails: {executed:?}"
+        );
+        assert!(
+            !executed.iter().any(|l| l.contains(" -X ")),
+            "no cleanup: {executed:?}"
+        );
+    }
+
+    #[test]
+    fn force_apply_reapplies_compatible_rules() {
+        let c = Config {
+            force_apply: true,
+            ..cfg(false)
+        };
+        let executed = run_with(&c, planned_state(&c), false);
+        assert!(executed.iter().any(|l| l == "* nat"), "{executed:?}");
+    }
+}
