@@ -137,6 +137,9 @@ pub enum Command {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
     },
+    /// The sidecar init container: istio-iptables' traffic-capture rules, from istio-iptables'
+    /// own flags and environment (`--dry-run` prints them, `--cleanup-only` removes them).
+    Iptables(Box<remora_iptables::Flags>),
     /// Development certificates (a local CA and Istio-shaped workload certificates).
     Certs {
         #[command(subcommand)]

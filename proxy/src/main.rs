@@ -11,6 +11,9 @@ fn main() {
         println!("remora version: {}/RELEASE (Envoy API v3)", remora::VERSION);
         return;
     }
+    if let Some(Command::Iptables(flags)) = &options.command {
+        std::process::exit(remora_iptables::main(flags));
+    }
     if let Some(Command::Certs { action }) = &options.command {
         std::process::exit(remora::cli::run_certs(action));
     }

@@ -165,3 +165,55 @@ static_resources:
     ];
     assert_eq!(lines, expected, "{err}");
 }
+
+/// `remora iptables` (the init container) with the injected pod's flags: the dry run is
+/// istio-iptables' record. The IPv4 part is host-independent (IPv6 rules follow only when the
+/// host's first address is IPv6), so the output starts with the golden's IPv4 part.
+#[test]
+fn iptables_dry_run_prints_istio_record() {
+    let golden = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/istio-iptables/inbound-ports-wildcard.golden"
+    ))
+    .unwrap();
+    let v4_part = golden.strip_suffix("iptables-save\n").unwrap();
+    let (code, out, err) = run(&[
+        "iptables",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-b",
+        "*",
+        "--dry-run",
+        "--log_output_level=default:info",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(v4_part), "{out}");
+    assert!(
+        err.contains("PROXY_UID=1337"),
+        "the configuration is logged on stderr: {err}"
+    );
+
+    let (code, _, err) = run(&[
+        "iptables",
+        "-m",
+        "MAGIC",
+        "-x",
+        "*",
+        "--run-validation",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 1);
+    for flag in [
+        "--istio-inbound-interception-mode",
+        "--istio-service-exclude-cidr",
+        "--run-validation",
+    ] {
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}
