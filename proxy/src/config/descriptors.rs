@@ -52,11 +52,11 @@ mod tests {
         }
         assert_eq!(type_name_of_url("type.googleapis.com/a.b.C"), "a.b.C");
         // Known to Envoy, outside the pool: named as unsupported rather than unknown.
-        let rbac = "envoy.extensions.filters.http.rbac.v3.RBAC";
-        assert!(pool.get_message_by_name(rbac).is_none());
-        assert!(is_envoy_type(rbac));
+        let bridge = "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config";
+        assert!(pool.get_message_by_name(bridge).is_none());
+        assert!(is_envoy_type(bridge));
         assert!(!is_envoy_type(
-            "envoy.extensions.filters.http.rbac.v3.NoSuch"
+            "envoy.extensions.filters.http.grpc_http1_bridge.v3.NoSuch"
         ));
     }
 }
