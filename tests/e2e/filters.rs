@@ -1,5 +1,6 @@
 //! HTTP filters before the router: envoy.filters.http.compressor (gzip, brotli, zstd).
 
+use crate::sources::Source;
 use crate::support::*;
 
 /// Istio's stats-listener filter chain (brotli, zstd, gzip compressors, then the router).
@@ -233,9 +234,8 @@ async fn istio_peer_metadata_headers_inbound() {
 
 /// A filter disabled in the chain runs only on the routes whose most specific
 /// typed_per_filter_config entry enables it (a bare FilterConfig on the route wins over the
-/// virtual host's `disabled: true`).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_disabled_filter_runs_where_the_route_enables_it() {
+/// virtual host's `disabled: true`), whether the listener comes from the file or over LDS.
+async fn a_disabled_filter_runs_where_the_route_enables_it(source: Source) {
     let u = upstream("u").await;
     let fc = r#"{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig"#;
     let text = "response_headers_to_add: [{header: {key: content-type, value: text/plain}}]";
@@ -270,7 +270,9 @@ async fn a_disabled_filter_runs_where_the_route_enables_it() {
         "          http_filters:\n",
         &format!("          http_filters:\n{gzip}"),
     );
-    let r = Remora::start(&bootstrap(&listener, &cluster("backend", &[u.addr], ""))).await;
+    let r = source
+        .start(&bootstrap(&listener, &cluster("backend", &[u.addr], "")))
+        .await;
     let url = format!("http://{}/stream/4", r.addr("main"));
     let (head, body) = curl(&["--compressed", "-H", "x-on: 1", &url]);
     assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
@@ -284,3 +286,5 @@ async fn a_disabled_filter_runs_where_the_route_enables_it() {
         1
     );
 }
+
+crate::across_sources!(a_disabled_filter_runs_where_the_route_enables_it);
