@@ -4,7 +4,7 @@
 //! Times are UTC (a container's local time); `%z` prints `+00:00`.
 
 use crate::model::log_format::{Flag, JsonValue, LineFormat, Pattern, Piece};
-use crate::telemetry::format::civil;
+use crate::telemetry::format::{MONTHS, WEEKDAYS, civil, weekday};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,8 +81,7 @@ impl Clock {
             h,
             mi,
             s,
-            // 1970-01-01 was a Thursday.
-            weekday: (secs.div_euclid(86_400) + 4).rem_euclid(7) as usize,
+            weekday: weekday(secs),
         }
     }
 
@@ -190,30 +189,6 @@ fn render_flag(flag: Flag, r: &Record<'_>, c: &Clock, out: &mut String) {
         }
     };
 }
-
-const WEEKDAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
 
 fn short_level(level: &str) -> char {
     match level {

@@ -500,18 +500,18 @@ pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
-/// `%START_TIME%` formatting: Envoy's default `2016-04-15T20:17:00.310Z`, or a strftime
-/// format with Envoy's sub-second extensions (`%3f`, `%E3S`, `%f`, `%s`).
-const WEEKDAYS: [&str; 7] = [
-    "Thursday",
-    "Friday",
-    "Saturday",
+/// Day names, from Sunday (indexed by [`weekday`]); also the log pattern's.
+pub const WEEKDAYS: [&str; 7] = [
     "Sunday",
     "Monday",
     "Tuesday",
     "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
 ];
-const MONTHS: [&str; 12] = [
+/// Month names, from January; also the log pattern's.
+pub const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
@@ -526,11 +526,13 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
-/// Index into `WEEKDAYS` (1970-01-01 was a Thursday).
-fn weekday(secs: i64) -> usize {
-    secs.div_euclid(86_400).rem_euclid(7) as usize
+/// Index into `WEEKDAYS` of a unix timestamp's day (1970-01-01 was a Thursday).
+pub fn weekday(secs: i64) -> usize {
+    (secs.div_euclid(86_400) + 4).rem_euclid(7) as usize
 }
 
+/// `%START_TIME%` formatting: Envoy's default `2016-04-15T20:17:00.310Z`, or a strftime
+/// format with Envoy's sub-second extensions (`%3f`, `%E3S`, `%f`, `%s`).
 pub fn format_time(t: SystemTime, fmt: Option<&str>, out: &mut String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
