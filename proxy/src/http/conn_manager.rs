@@ -4,7 +4,7 @@
 //! Envoy's `http.<stat_prefix>.*` stats and the access log.
 
 use super::body::Body;
-use super::local_reply::{self, LocalReply, RouteLevels};
+use super::local_reply::{self, LocalReply};
 use super::names;
 use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody, WatchedBody};
 use crate::filters::http::{RouteCx, StreamCx, chain};
@@ -541,7 +541,7 @@ impl ConnectionManager {
         mut reply: LocalReply,
         details: Cow<'static, str>,
         flags: ResponseFlags,
-        route: Option<RouteLevels<'_>>,
+        route: Option<RouteCx<'_>>,
     ) -> Response<Body> {
         stream.info.response_code_details = details;
         stream.info.set_flag(flags);
@@ -569,7 +569,7 @@ impl ConnectionManager {
         &self,
         stream: &mut ActiveStream,
         r: crate::filters::http::LocalReply,
-        _route: Option<RouteLevels<'_>>,
+        _route: Option<RouteCx<'_>>,
     ) -> Response<Body> {
         let body = match r.body {
             Cow::Borrowed(s) => bytes::Bytes::from_static(s.as_bytes()),
@@ -905,7 +905,6 @@ impl ConnectionManager {
         facts: &RequestFacts,
     ) -> Response<Body> {
         let route = selected.route_cx();
-        let levels = selected.levels();
         let mut filters = chain::create(&self.filters, &stream_cx(conn, &mut stream, route));
         if filters.is_empty() {
             let a = self
@@ -949,7 +948,7 @@ impl ConnectionManager {
             Err((i, reply)) => {
                 filters.truncate(i);
                 self.snapshot_request(&mut stream, &parts);
-                Answer::local(self.filter_reply(&mut stream, reply, levels))
+                Answer::local(self.filter_reply(&mut stream, reply, route))
             }
         };
         let (resp, replaced) = self
@@ -984,8 +983,7 @@ impl ConnectionManager {
             else {
                 break;
             };
-            let levels = route.map(RouteLevels::from);
-            (parts, body) = self.filter_reply(stream, reply, levels).into_parts();
+            (parts, body) = self.filter_reply(stream, reply, route).into_parts();
             upto = i;
             replaced = true;
         }
@@ -1036,8 +1034,8 @@ impl ConnectionManager {
                 cluster,
             } => (*rc, *vhost, *route, *matched_len, *weighted, cluster),
         };
-        let levels = RouteLevels {
-            rc,
+        let levels = RouteCx {
+            route_config: rc,
             vhost,
             route,
             weighted,
@@ -1113,7 +1111,7 @@ impl ConnectionManager {
     /// configuration), or outermost first with `most_specific_header_mutations_wins`.
     pub fn apply_response_mutations(
         &self,
-        levels: RouteLevels<'_>,
+        levels: RouteCx<'_>,
         headers: &mut http::HeaderMap,
         stream: &ActiveStream,
     ) {
@@ -1121,10 +1119,10 @@ impl ConnectionManager {
             levels.weighted.map(|w| &w.response_headers),
             Some(&levels.route.response_headers),
             Some(&levels.vhost.response_headers),
-            Some(&levels.rc.response_headers),
+            Some(&levels.route_config.response_headers),
         ];
         let ctx = stream.format_context();
-        if levels.rc.most_specific_header_mutations_wins {
+        if levels.route_config.most_specific_header_mutations_wins {
             for m in all.iter().rev().flatten() {
                 m.apply_response(headers, &ctx);
             }
@@ -1313,22 +1311,6 @@ impl<'r> Selected<'r> {
                 weighted,
             }),
             _ => None,
-        }
-    }
-
-    /// The levels whose response header mutations a local reply gets.
-    fn levels(&self) -> Option<RouteLevels<'r>> {
-        self.route_cx().map(RouteLevels::from)
-    }
-}
-
-impl<'a> From<RouteCx<'a>> for RouteLevels<'a> {
-    fn from(r: RouteCx<'a>) -> Self {
-        RouteLevels {
-            rc: r.route_config,
-            vhost: r.vhost,
-            route: r.route,
-            weighted: r.weighted,
         }
     }
 }

@@ -6,7 +6,6 @@ use super::body::Body;
 use crate::model::access_log::{FilterInput, LogFormat};
 use crate::model::hcm::LocalReplyConfig;
 use crate::model::headers::HeaderMutations;
-use crate::model::route::{Route, RouteConfig, VirtualHost, WeightedCluster};
 use crate::telemetry::format::FormatContext;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -29,18 +28,6 @@ impl LocalReply {
             headers: HeaderMap::new(),
         }
     }
-}
-
-/// The route a local reply answers for, once one was chosen: Envoy's router finalizes every
-/// local reply it sends (direct responses, redirects, upstream failures, unknown clusters) with
-/// the response header mutations of the weighted cluster, route, virtual host and route
-/// configuration.
-#[derive(Clone, Copy)]
-pub struct RouteLevels<'a> {
-    pub rc: &'a RouteConfig,
-    pub vhost: &'a VirtualHost,
-    pub route: &'a Route,
-    pub weighted: Option<&'a WeightedCluster>,
 }
 
 /// What the first matching mapper chose beyond status and body.

@@ -6,10 +6,11 @@
 use super::body::Body;
 use super::codec::{h1, h1_client};
 use super::conn_manager::{Answer, ConnectionManager};
-use super::local_reply::{LocalReply, RouteLevels, bodies};
+use super::local_reply::{LocalReply, bodies};
 use super::names;
 use super::retry::{Decision, Replay, Reset, RetryState};
 use super::stream::{ActiveStream, RequestProgress, UpstreamRequest};
+use crate::filters::http::RouteCx;
 use crate::model::cluster::UpstreamProtocol;
 use crate::model::retry::RetryPolicy;
 use crate::model::route::{
@@ -46,9 +47,9 @@ pub struct Forward<'a> {
 
 impl<'a> Forward<'a> {
     /// The levels whose response header mutations a response (or local reply) gets.
-    pub fn levels(&self, weighted: Option<&'a WeightedCluster>) -> RouteLevels<'a> {
-        RouteLevels {
-            rc: self.route_config,
+    pub fn levels(&self, weighted: Option<&'a WeightedCluster>) -> RouteCx<'a> {
+        RouteCx {
+            route_config: self.route_config,
             vhost: self.vhost,
             route: self.route,
             weighted,
@@ -60,7 +61,7 @@ impl<'a> Forward<'a> {
 fn routed_reply(
     hcm: &ConnectionManager,
     stream: &mut ActiveStream,
-    levels: RouteLevels<'_>,
+    levels: RouteCx<'_>,
     reply: (StatusCode, &str, &'static str, ResponseFlags),
 ) -> Response<Body> {
     let (status, body, details, flags) = reply;
@@ -1158,7 +1159,7 @@ fn fail(
     stream: &mut ActiveStream,
     (cluster, host): (&Arc<Cluster>, &Arc<Host>),
     failure: Failure,
-    levels: RouteLevels<'_>,
+    levels: RouteCx<'_>,
 ) -> Response<Body> {
     let reply = describe(hcm, stream, cluster, host, failure);
     account_failure(stream, cluster, host, &reply, true);
@@ -1183,7 +1184,7 @@ fn fail(
 fn overflow_reply(
     hcm: &Arc<ConnectionManager>,
     stream: &mut ActiveStream,
-    levels: RouteLevels<'_>,
+    levels: RouteCx<'_>,
 ) -> Response<Body> {
     let uo = (
         StatusCode::SERVICE_UNAVAILABLE,

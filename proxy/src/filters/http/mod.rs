@@ -78,7 +78,10 @@ pub struct StreamCx<'a> {
     pub route: Option<RouteCx<'a>>,
 }
 
-/// The chosen route's per-filter configuration, every level.
+/// The chosen route, every level: the filters read their per-filter configuration from it, and
+/// Envoy's router finalizes every local reply it sends (direct responses, redirects, upstream
+/// failures, unknown clusters, filter replies) with the response header mutations of the
+/// weighted cluster, route, virtual host and route configuration.
 #[derive(Clone, Copy)]
 pub struct RouteCx<'a> {
     pub route_config: &'a crate::model::route::RouteConfig,
