@@ -10,10 +10,7 @@ use super::stream::{ActiveStream, RequestProgress, RequestSnapshot, TrackedBody,
 use crate::filters::http::{RouteCx, StreamCx, chain};
 use crate::model::hcm::{HttpConnectionManager as Config, ServerHeader, StripPort};
 use crate::model::matcher::RequestHeaders;
-use crate::model::route::{
-    ClusterTarget, Route, RouteAction, RouteConfig, RouteMatch, RouteRequest, VirtualHost,
-    WeightedCluster,
-};
+use crate::model::route::{ClusterTarget, RouteAction, RouteConfig, RouteMatch, RouteRequest};
 use crate::stream_info::{ConnectionInfo, Protocol, ResponseFlags, StreamInfo};
 use crate::telemetry::access_log::{AccessLogger, filter_input};
 use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, Store};
@@ -855,11 +852,13 @@ impl ConnectionManager {
             _ => (None, None),
         };
         Selected::Route {
-            rc,
-            vhost,
-            route,
+            at: RouteCx {
+                route_config: rc,
+                vhost,
+                route,
+                weighted,
+            },
             matched_len,
-            weighted,
             cluster,
         }
     }
@@ -874,10 +873,10 @@ impl ConnectionManager {
         facts: &RequestFacts,
     ) -> Option<Response<Body>> {
         let up = facts.upgrade.as_ref()?;
-        let Selected::Route { route, .. } = selected else {
+        let Selected::Route { at, .. } = selected else {
             return None;
         };
-        let RouteAction::Forward(fwd) = &route.action else {
+        let RouteAction::Forward(fwd) = &at.route.action else {
             return None;
         };
         if self.config.upgrade_allowed(&fwd.upgrades, up) {
@@ -1009,7 +1008,7 @@ impl ConnectionManager {
         // Envoy's router counts every request it decodes, routed or not (no route, direct
         // responses and redirects included).
         stats.rq_total.inc();
-        let (rc, vhost, route, matched_len, weighted, cluster) = match selected {
+        let (levels, matched_len, cluster) = match selected {
             Selected::NoRoute => {
                 stats.no_route.inc();
                 self.snapshot_request(stream, &parts);
@@ -1026,23 +1025,14 @@ impl ConnectionManager {
                 return Answer::local(self.local_response(stream, reply, details, none, None));
             }
             Selected::Route {
-                rc,
-                vhost,
-                route,
+                at,
                 matched_len,
-                weighted,
                 cluster,
-            } => (*rc, *vhost, *route, *matched_len, *weighted, cluster),
-        };
-        let levels = RouteCx {
-            route_config: rc,
-            vhost,
-            route,
-            weighted,
+            } => (*at, *matched_len, cluster),
         };
         // Direct responses and redirects are the router's local replies (Envoy: mapped by
         // local_reply_config, finalized with the route's response headers).
-        let reply = match &route.action {
+        let reply = match &levels.route.action {
             RouteAction::Direct(d) => {
                 stats.rq_direct_response.inc();
                 LocalReply::new(d.status, d.body.clone().unwrap_or_default())
@@ -1057,14 +1047,14 @@ impl ConnectionManager {
             RouteAction::Forward(fwd) => {
                 let body = self.watch_request_body(stream, body);
                 let ctx = super::router::Forward {
-                    route_config: rc,
-                    vhost,
-                    route,
+                    route_config: levels.route_config,
+                    vhost: levels.vhost,
+                    route: levels.route,
                     action: fwd,
                     matched_len,
                     internal: facts.internal_request,
                     upgrade: facts.upgrade.is_some(),
-                    weighted,
+                    weighted: levels.weighted,
                     cluster: cluster.clone(),
                 };
                 let req = Request::from_parts(parts, body);
@@ -1283,12 +1273,10 @@ enum Selected<'r> {
     /// `require_tls` on the virtual host: the router redirects to https.
     RequireTls,
     Route {
-        rc: &'r RouteConfig,
-        vhost: &'r VirtualHost,
-        route: &'r Route,
+        /// The route, its virtual host and configuration, and the weighted cluster drawn (for
+        /// a route with weighted clusters).
+        at: RouteCx<'r>,
         matched_len: usize,
-        /// The weighted cluster drawn, for a route with weighted clusters.
-        weighted: Option<&'r WeightedCluster>,
         /// The route's cluster, when it exists.
         cluster: Option<Arc<Cluster>>,
     },
@@ -1297,19 +1285,8 @@ enum Selected<'r> {
 impl<'r> Selected<'r> {
     /// What the filters see of the route.
     fn route_cx(&self) -> Option<RouteCx<'r>> {
-        match *self {
-            Selected::Route {
-                rc,
-                vhost,
-                route,
-                weighted,
-                ..
-            } => Some(RouteCx {
-                route_config: rc,
-                vhost,
-                route,
-                weighted,
-            }),
+        match self {
+            Selected::Route { at, .. } => Some(*at),
             _ => None,
         }
     }
