@@ -47,12 +47,12 @@ pub struct Forward<'a> {
 
 impl<'a> Forward<'a> {
     /// The levels whose response header mutations a response (or local reply) gets.
-    pub fn levels(&self, weighted: Option<&'a WeightedCluster>) -> RouteCx<'a> {
+    pub fn levels(&self) -> RouteCx<'a> {
         RouteCx {
             route_config: self.route_config,
             vhost: self.vhost,
             route: self.route,
-            weighted,
+            weighted: self.weighted,
         }
     }
 }
@@ -225,14 +225,12 @@ pub async fn forward(
         Err(answer) => return answer,
     };
     names::recycle_header_map(std::mem::take(&mut parts.headers));
-    let weighted = f.weighted;
     match result {
         Ok(resp) => {
             let done = Answered {
                 per_try_idle: x.timers.per_try_idle,
                 cluster: &cluster,
                 host: &host,
-                weighted,
                 started,
                 attempt,
                 timeout: plan.timeout,
@@ -241,13 +239,7 @@ pub async fn forward(
             };
             upstream_response(hcm, stream, resp, &f, done)
         }
-        Err(failure) => Answer::local(fail(
-            hcm,
-            stream,
-            (&cluster, &host),
-            failure,
-            f.levels(weighted),
-        )),
+        Err(failure) => Answer::local(fail(hcm, stream, (&cluster, &host), failure, f.levels())),
     }
 }
 
@@ -259,7 +251,7 @@ fn choose_upstream(
     parts: &http::request::Parts,
     f: &Forward<'_>,
 ) -> Result<(Arc<Cluster>, Arc<Host>, super::hash_policy::RequestHash), Box<Answer>> {
-    let levels = f.levels(f.weighted);
+    let levels = f.levels();
     let Some(cluster) = f.cluster.clone() else {
         hcm.stats.no_cluster.inc();
         hcm.snapshot_request(stream, parts);
@@ -461,7 +453,7 @@ impl Exchange<'_> {
         if !cluster.circuit_breakers.default.requests.try_inc() {
             cluster.stats.traffic().upstream_rq_pending_overflow.inc();
             names::recycle_header_map(std::mem::take(&mut parts.headers));
-            let levels = f.levels(f.weighted);
+            let levels = f.levels();
             return Err(Answer::local(overflow_reply(self.hcm, stream, levels)));
         }
         // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
@@ -780,7 +772,6 @@ fn apply_request_mutations(
 struct Answered<'a> {
     cluster: &'a Arc<Cluster>,
     host: &'a Arc<Host>,
-    weighted: Option<&'a WeightedCluster>,
     started: Instant,
     attempt: u32,
     timeout: Option<Duration>,
@@ -802,7 +793,6 @@ fn upstream_response(
     let Answered {
         cluster,
         host,
-        weighted,
         started,
         attempt,
         timeout,
@@ -852,7 +842,7 @@ fn upstream_response(
             names::number(u64::from(attempt)),
         );
     }
-    hcm.apply_response_mutations(f.levels(weighted), resp.headers_mut(), stream);
+    hcm.apply_response_mutations(f.levels(), resp.headers_mut(), stream);
     let deadline = timeout.map(|t| {
         progress
             .as_ref()
