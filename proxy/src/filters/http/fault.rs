@@ -26,6 +26,7 @@ use crate::stream_info::ResponseFlags;
 use crate::telemetry::stats::{Counter, Gauge, Store};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use std::borrow::Cow;
 use std::future::Future as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +167,12 @@ struct Downstream(Option<String>);
 impl Downstream {
     fn key(&self, what: &str) -> Option<String> {
         self.0.as_ref().map(|c| format!("fault.http.{c}.{what}"))
+    }
+
+    /// The downstream cluster's key, else `general` (borrowed: nothing is formatted for a
+    /// request without the header).
+    fn key_or<'a>(&self, what: &str, general: &'a str) -> Cow<'a, str> {
+        self.key(what).map_or(Cow::Borrowed(general), Cow::Owned)
     }
 }
 
@@ -320,9 +327,10 @@ impl Fault {
             DelayKind::Fixed(_) => delay.percentage,
             DelayKind::Header => header_percent(headers, DELAY_PERCENTAGE, delay.percentage),
         };
-        let key = ds
-            .key("delay.fixed_delay_percent")
-            .unwrap_or_else(|| self.settings.keys.delay_percent.to_string());
+        let key = ds.key_or(
+            "delay.fixed_delay_percent",
+            &self.settings.keys.delay_percent,
+        );
         if !rt.feature_enabled(&key, percent, fastrand::u64(..)) {
             return None;
         }
@@ -404,8 +412,7 @@ impl AbortInputs {
         let keys = &self.settings.keys;
         let key = self
             .downstream
-            .key("abort.abort_percent")
-            .unwrap_or_else(|| keys.abort_percent.to_string());
+            .key_or("abort.abort_percent", &keys.abort_percent);
         if !rt.feature_enabled(&key, percent, fastrand::u64(..)) {
             return None;
         }
