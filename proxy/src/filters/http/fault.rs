@@ -645,6 +645,19 @@ mod tests {
         Arc::new(FaultSettings::from_proto(&path, &pb).expect("translates"))
     }
 
+    /// A plain-text connection from 127.0.0.1:5000 to 127.0.0.1:80.
+    fn connection() -> Arc<ConnectionInfo> {
+        Arc::new(ConnectionInfo {
+            id: 1,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+            tls: None,
+        })
+    }
+
     struct Setup {
         factory: FaultFactory,
         store: Arc<Store>,
@@ -688,15 +701,7 @@ mod tests {
             per_route: Option<&PerFilterConfig>,
             headers: &[(&str, &str)],
         ) -> (Option<Box<dyn HttpFilter>>, Flow, StreamInfo) {
-            let conn = Arc::new(ConnectionInfo {
-                id: 1,
-                local: "127.0.0.1:80".parse().unwrap(),
-                remote: "127.0.0.1:5000".parse().unwrap(),
-                requested_server_name: None,
-                application_protocols: vec![],
-                transport_protocol: "raw_buffer",
-                tls: None,
-            });
+            let conn = connection();
             let mut info = StreamInfo::new(conn.clone());
             let mut req = http::Request::builder().uri("/x");
             for (k, v) in headers {
@@ -888,16 +893,7 @@ mod tests {
     #[test]
     fn an_empty_fault_filter_creates_nothing() {
         let s = setup("upstream_cluster: c");
-        let conn = ConnectionInfo {
-            id: 1,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "127.0.0.1:5000".parse().unwrap(),
-            requested_server_name: None,
-            application_protocols: vec![],
-            transport_protocol: "raw_buffer",
-            tls: None,
-        };
-        let conn = Arc::new(conn);
+        let conn = connection();
         let mut info = StreamInfo::new(conn.clone());
         let cx = StreamCx {
             connection: &conn,
@@ -957,17 +953,8 @@ mod tests {
         assert!(matches!(flow, Flow::Continue));
         assert_eq!(s.stat("response_rl_injected"), 1);
         let mut f = f.unwrap();
-        let conn = ConnectionInfo {
-            id: 1,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "127.0.0.1:5000".parse().unwrap(),
-            requested_server_name: None,
-            application_protocols: vec![],
-            transport_protocol: "raw_buffer",
-            tls: None,
-        };
-        let mut info = StreamInfo::new(Arc::new(ConnectionInfo { ..conn }));
-        let conn = info.connection.clone();
+        let conn = connection();
+        let mut info = StreamInfo::new(conn.clone());
         let mut cx = StreamCx {
             connection: &conn,
             info: &mut info,
