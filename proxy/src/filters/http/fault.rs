@@ -26,6 +26,7 @@ use crate::stream_info::ResponseFlags;
 use crate::telemetry::stats::{Counter, Gauge, Store};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use std::borrow::Cow;
 use std::future::Future as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +167,12 @@ struct Downstream(Option<String>);
 impl Downstream {
     fn key(&self, what: &str) -> Option<String> {
         self.0.as_ref().map(|c| format!("fault.http.{c}.{what}"))
+    }
+
+    /// The downstream cluster's key, else `general` (borrowed: nothing is formatted for a
+    /// request without the header).
+    fn key_or<'a>(&self, what: &str, general: &'a str) -> Cow<'a, str> {
+        self.key(what).map_or(Cow::Borrowed(general), Cow::Owned)
     }
 }
 
@@ -320,9 +327,10 @@ impl Fault {
             DelayKind::Fixed(_) => delay.percentage,
             DelayKind::Header => header_percent(headers, DELAY_PERCENTAGE, delay.percentage),
         };
-        let key = ds
-            .key("delay.fixed_delay_percent")
-            .unwrap_or_else(|| self.settings.keys.delay_percent.to_string());
+        let key = ds.key_or(
+            "delay.fixed_delay_percent",
+            &self.settings.keys.delay_percent,
+        );
         if !rt.feature_enabled(&key, percent, fastrand::u64(..)) {
             return None;
         }
@@ -404,8 +412,7 @@ impl AbortInputs {
         let keys = &self.settings.keys;
         let key = self
             .downstream
-            .key("abort.abort_percent")
-            .unwrap_or_else(|| keys.abort_percent.to_string());
+            .key_or("abort.abort_percent", &keys.abort_percent);
         if !rt.feature_enabled(&key, percent, fastrand::u64(..)) {
             return None;
         }
@@ -638,6 +645,19 @@ mod tests {
         Arc::new(FaultSettings::from_proto(&path, &pb).expect("translates"))
     }
 
+    /// A plain-text connection from 127.0.0.1:5000 to 127.0.0.1:80.
+    fn connection() -> Arc<ConnectionInfo> {
+        Arc::new(ConnectionInfo {
+            id: 1,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+            tls: None,
+        })
+    }
+
     struct Setup {
         factory: FaultFactory,
         store: Arc<Store>,
@@ -681,15 +701,7 @@ mod tests {
             per_route: Option<&PerFilterConfig>,
             headers: &[(&str, &str)],
         ) -> (Option<Box<dyn HttpFilter>>, Flow, StreamInfo) {
-            let conn = Arc::new(ConnectionInfo {
-                id: 1,
-                local: "127.0.0.1:80".parse().unwrap(),
-                remote: "127.0.0.1:5000".parse().unwrap(),
-                requested_server_name: None,
-                application_protocols: vec![],
-                transport_protocol: "raw_buffer",
-                tls: None,
-            });
+            let conn = connection();
             let mut info = StreamInfo::new(conn.clone());
             let mut req = http::Request::builder().uri("/x");
             for (k, v) in headers {
@@ -881,16 +893,7 @@ mod tests {
     #[test]
     fn an_empty_fault_filter_creates_nothing() {
         let s = setup("upstream_cluster: c");
-        let conn = ConnectionInfo {
-            id: 1,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "127.0.0.1:5000".parse().unwrap(),
-            requested_server_name: None,
-            application_protocols: vec![],
-            transport_protocol: "raw_buffer",
-            tls: None,
-        };
-        let conn = Arc::new(conn);
+        let conn = connection();
         let mut info = StreamInfo::new(conn.clone());
         let cx = StreamCx {
             connection: &conn,
@@ -950,17 +953,8 @@ mod tests {
         assert!(matches!(flow, Flow::Continue));
         assert_eq!(s.stat("response_rl_injected"), 1);
         let mut f = f.unwrap();
-        let conn = ConnectionInfo {
-            id: 1,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "127.0.0.1:5000".parse().unwrap(),
-            requested_server_name: None,
-            application_protocols: vec![],
-            transport_protocol: "raw_buffer",
-            tls: None,
-        };
-        let mut info = StreamInfo::new(Arc::new(ConnectionInfo { ..conn }));
-        let conn = info.connection.clone();
+        let conn = connection();
+        let mut info = StreamInfo::new(conn.clone());
         let mut cx = StreamCx {
             connection: &conn,
             info: &mut info,

@@ -94,18 +94,21 @@ pub struct RbacFilter {
 impl RbacFilter {
     /// A metadata key: the route's prefix when it has a non-empty one, else the filter's.
     fn key(&self, shadow: bool, suffix: &str) -> String {
-        let pick = |c: &HttpRbac| {
+        fn pick(c: &HttpRbac, shadow: bool) -> &str {
             if shadow {
-                c.shadow_rules_stat_prefix.clone()
+                &c.shadow_rules_stat_prefix
             } else {
-                c.rules_stat_prefix.clone()
+                &c.rules_stat_prefix
             }
-        };
-        let prefix = match self.route.as_deref().map(pick) {
+        }
+        let prefix = match self.route.as_deref().map(|r| pick(r, shadow)) {
             Some(p) if !p.is_empty() => p,
-            _ => pick(&self.config),
+            _ => pick(&self.config, shadow),
         };
-        format!("{prefix}{suffix}")
+        let mut key = String::with_capacity(prefix.len() + suffix.len());
+        key.push_str(prefix);
+        key.push_str(suffix);
+        key
     }
 }
 
