@@ -6,6 +6,7 @@ use crate::compare::{diff, log_line, observe};
 use crate::oracle::{Pair, Side};
 use crate::support::raw_exchange;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The access log every case group's HTTP listeners write: the first field is the case id (the
@@ -28,6 +29,13 @@ pub fn access_log() -> String {
                   inline_string: "{ACCESS_LOG_FORMAT}\n"
 "#
     )
+}
+
+/// An address that refuses connections: port 1, never an ephemeral port, so no listener of the
+/// run can take it (a port freed by `support::closed_port` may be handed to one of the proxies'
+/// listeners).
+pub fn refused() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1))
 }
 
 pub struct HttpCase {

@@ -803,9 +803,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let (a, _ta) = server("a", board.clone()).await;
     let (b, _tb) = server("b", board.clone()).await;
     let (cc, _tc) = server("c", board.clone()).await;
-    // Port 1: never an ephemeral port, so no listener of the run can take it (a port freed by
-    // `closed_port` may be handed to one of the proxies' listeners).
-    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let closed = crate::cases::refused();
     let names: HashMap<SocketAddr, &str> =
         [(a, "a"), (b, "b"), (cc, "c"), (closed, "closed")].into();
     let addr = |h: Host| match h {

@@ -4,7 +4,7 @@
 use crate::CaseResult;
 use crate::cases::{self, HttpCase, req};
 use crate::oracle::Pair;
-use crate::support::{bootstrap, closed_port, cluster, upstream};
+use crate::support::{bootstrap, cluster, upstream};
 use std::path::Path;
 
 /// The route configuration every listener serves (indented for `listener`).
@@ -180,7 +180,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let clusters = [
         cluster("backend", &[backend.addr], ""),
         cluster("other", &[other.addr], ""),
-        cluster("dead", &[closed_port()], ""),
+        cluster("dead", &[cases::refused()], ""),
         "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {cluster_name: empty}\n".to_string(),
     ]
     .concat();
