@@ -38,6 +38,42 @@ pub fn refused() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 1))
 }
 
+/// A listener on an ephemeral port with one HTTP connection manager (`stat_prefix: name`): `hcm`
+/// is its other fields (access log, `route_config`, …) indented for the HCM, `filters` the HTTP
+/// filter entries before the router.
+pub fn hcm_listener(name: &str, hcm: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{hcm}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// A `route_config` (indented for the HCM) whose one virtual host `all` takes every domain to
+/// `routes`.
+pub fn one_vhost(routes: &str) -> String {
+    format!(
+        r#"          route_config:
+            name: routes
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}
+"#
+    )
+}
+
 pub struct HttpCase {
     pub id: String,
     pub listener: &'static str,

@@ -64,30 +64,18 @@ fn hcm() -> String {
               - name: legacy
                 match: {{prefix: "/"}}
                 route: {{cluster: backend}}
-          http_filters:
-          - name: envoy.filters.http.cors
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#
     )
 }
 
 fn listener() -> String {
-    format!(
-        r#"  - name: cors
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: cors
-{}{}"#,
-        cases::access_log(),
-        hcm()
+    cases::hcm_listener(
+        "cors",
+        &format!("{}{}", cases::access_log(), hcm()),
+        r#"          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#,
     )
 }
 
