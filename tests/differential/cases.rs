@@ -157,6 +157,26 @@ pub async fn compare_logs(pair: &Pair, group: &str, results: &mut [CaseResult]) 
     }
 }
 
+/// Runs every case of `all` (each may depend on the ones before it, and stats count them all)
+/// and reports the ones whose id contains the filter; none at all when no case is wanted.
+pub async fn run_all_report(
+    group: &'static str,
+    pair: &Pair,
+    all: Vec<HttpCase>,
+    filter: Option<&str>,
+) -> Vec<CaseResult> {
+    let mut results = run(group, pair, all).await;
+    results.retain(|r| filter.is_none_or(|f| r.id.contains(f)));
+    results
+}
+
+/// Whether some case's id contains the filter.
+pub fn any_wanted(cases: &[HttpCase], filter: Option<&str>) -> bool {
+    cases
+        .iter()
+        .any(|c| filter.is_none_or(|f| c.id.contains(f)))
+}
+
 /// Only the cases whose id contains the filter.
 pub fn filtered(cases: Vec<HttpCase>, filter: Option<&str>) -> Vec<HttpCase> {
     cases

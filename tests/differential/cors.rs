@@ -148,8 +148,7 @@ fn all_cases() -> Vec<HttpCase> {
 
 pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let all = all_cases();
-    let cases = cases::filtered(all_cases(), filter);
-    if cases.is_empty() {
+    if !cases::any_wanted(&all, filter) {
         return Vec::new();
     }
     let backend = upstream("backend").await;
@@ -159,9 +158,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     )
     .await;
     // Every case runs, so that the stats compare whatever the filter.
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let mut results = cases::run("cors", &pair, all).await;
-    results.retain(|r| ids.contains(&r.id));
+    let mut results = cases::run_all_report("cors", &pair, all, filter).await;
     let mut stats = crate::local_ratelimit::stats(&pair, "cors/stats", &["http.cors.cors."]).await;
     stats.group = "cors";
     results.push(stats);

@@ -117,8 +117,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
 /// The HTTP filter's cases and its stats.
 async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let all = all_cases();
-    let cases = cases::filtered(all_cases(), filter);
-    if cases.is_empty() {
+    if !cases::any_wanted(&all, filter) {
         return Vec::new();
     }
     // The cases depend on the ones before them: a filtered run runs them all, reports its own.
@@ -128,9 +127,7 @@ async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
         &bootstrap(&listener(), &cluster("backend", &[backend.addr], "")),
     )
     .await;
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let mut results = cases::run("local_ratelimit", &pair, all).await;
-    results.retain(|r| ids.contains(&r.id));
+    let mut results = cases::run_all_report("local_ratelimit", &pair, all, filter).await;
     if filter.is_none_or(|f| "local_ratelimit/stats".contains(f)) {
         results.push(
             stats(
