@@ -7,7 +7,7 @@ use crate::CaseResult;
 use crate::cases::{self, req};
 use crate::compare::diff;
 use crate::oracle::{Pair, Side};
-use crate::support::{bootstrap, closed_port, cluster, http_listener, raw_exchange, upstream};
+use crate::support::{bootstrap, cluster, http_listener, raw_exchange, upstream};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -55,7 +55,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - {name: ok, match: {prefix: \"/ok\"}, route: {cluster: backend}}\n              - {name: status, match: {prefix: \"/status/\"}, route: {cluster: backend}}\n              - {name: dead, match: {prefix: \"/dead\"}, route: {cluster: dead}}\n";
     let clusters = [
         cluster("backend", &[backend.addr], ""),
-        cluster("dead", &[closed_port()], ""),
+        cluster("dead", &[cases::refused()], ""),
     ]
     .concat();
     let yaml = bootstrap(

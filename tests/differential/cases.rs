@@ -6,6 +6,7 @@ use crate::compare::{diff, log_line, observe};
 use crate::oracle::{Pair, Side};
 use crate::support::raw_exchange;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The access log every case group's HTTP listeners write: the first field is the case id (the
@@ -26,6 +27,49 @@ pub fn access_log() -> String {
               log_format:
                 text_format_source:
                   inline_string: "{ACCESS_LOG_FORMAT}\n"
+"#
+    )
+}
+
+/// An address that refuses connections: port 1, never an ephemeral port, so no listener of the
+/// run can take it (a port freed by `support::closed_port` may be handed to one of the proxies'
+/// listeners).
+pub fn refused() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1))
+}
+
+/// A listener on an ephemeral port with one HTTP connection manager (`stat_prefix: name`): `hcm`
+/// is its other fields (access log, `route_config`, …) indented for the HCM, `filters` the HTTP
+/// filter entries before the router.
+pub fn hcm_listener(name: &str, hcm: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{hcm}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// A `route_config` (indented for the HCM) whose one virtual host `all` takes every domain to
+/// `routes`.
+pub fn one_vhost(routes: &str) -> String {
+    format!(
+        r#"          route_config:
+            name: routes
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}
 "#
     )
 }
@@ -111,6 +155,26 @@ pub async fn compare_logs(pair: &Pair, group: &str, results: &mut [CaseResult]) 
             });
         }
     }
+}
+
+/// Runs every case of `all` (each may depend on the ones before it, and stats count them all)
+/// and reports the ones whose id contains the filter; none at all when no case is wanted.
+pub async fn run_all_report(
+    group: &'static str,
+    pair: &Pair,
+    all: Vec<HttpCase>,
+    filter: Option<&str>,
+) -> Vec<CaseResult> {
+    let mut results = run(group, pair, all).await;
+    results.retain(|r| filter.is_none_or(|f| r.id.contains(f)));
+    results
+}
+
+/// Whether some case's id contains the filter.
+pub fn any_wanted(cases: &[HttpCase], filter: Option<&str>) -> bool {
+    cases
+        .iter()
+        .any(|c| filter.is_none_or(|f| c.id.contains(f)))
 }
 
 /// Only the cases whose id contains the filter.

@@ -64,30 +64,18 @@ fn hcm() -> String {
               - name: legacy
                 match: {{prefix: "/"}}
                 route: {{cluster: backend}}
-          http_filters:
-          - name: envoy.filters.http.cors
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#
     )
 }
 
 fn listener() -> String {
-    format!(
-        r#"  - name: cors
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: cors
-{}{}"#,
-        cases::access_log(),
-        hcm()
+    cases::hcm_listener(
+        "cors",
+        &format!("{}{}", cases::access_log(), hcm()),
+        r#"          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#,
     )
 }
 
@@ -160,8 +148,7 @@ fn all_cases() -> Vec<HttpCase> {
 
 pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let all = all_cases();
-    let cases = cases::filtered(all_cases(), filter);
-    if cases.is_empty() {
+    if !cases::any_wanted(&all, filter) {
         return Vec::new();
     }
     let backend = upstream("backend").await;
@@ -171,9 +158,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     )
     .await;
     // Every case runs, so that the stats compare whatever the filter.
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let mut results = cases::run("cors", &pair, all).await;
-    results.retain(|r| ids.contains(&r.id));
+    let mut results = cases::run_all_report("cors", &pair, all, filter).await;
     let mut stats = crate::local_ratelimit::stats(&pair, "cors/stats", &["http.cors.cors."]).await;
     stats.group = "cors";
     results.push(stats);

@@ -13,31 +13,11 @@ const FILTER: &str = "envoy.filters.http.fault";
 
 /// A listener whose chain is the fault filter (`fault`, YAML flow map) and the router.
 fn listener(name: &str, fault: &str, routes: &str) -> String {
-    let log = cases::access_log();
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-{log}          route_config:
-            name: routes
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}
-          http_filters:
-          - name: {FILTER}
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, {fault}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
+    let hcm = cases::access_log() + &cases::one_vhost(routes);
+    let filter = format!(
+        "          - name: {FILTER}\n            typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, {fault}}}\n"
+    );
+    cases::hcm_listener(name, &hcm, &filter)
 }
 
 const HEADER_ROUTES: &str = r#"              - name: override

@@ -11,8 +11,8 @@ use crate::support::{bootstrap, cluster, raw_exchange, tcp_echo, upstream};
 use std::path::Path;
 use std::time::Duration;
 
-/// The listener's HTTP filters and routes (indented for the HCM).
-const HCM: &str = r#"          route_config:
+/// The listener's routes (indented for the HCM).
+const ROUTES: &str = r#"          route_config:
             name: routes
             virtual_hosts:
             - name: vh
@@ -53,8 +53,10 @@ const HCM: &str = r#"          route_config:
               - name: direct
                 match: {prefix: "/direct"}
                 direct_response: {status: 200, body: {inline_string: "direct"}}
-          http_filters:
-          - name: envoy.filters.http.local_ratelimit
+"#;
+
+/// The HTTP filters before the router (indented for the HCM).
+const FILTERS: &str = r#"          - name: envoy.filters.http.local_ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
               stat_prefix: chain
@@ -70,24 +72,10 @@ const HCM: &str = r#"          route_config:
                 token_bucket: {max_tokens: 1, tokens_per_fill: 7, fill_interval: 3600s}
               - entries: [{key: generic_key, value: from_vh}]
                 token_bucket: {max_tokens: 1, tokens_per_fill: 7, fill_interval: 3600s}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#;
 
 fn listener() -> String {
-    format!(
-        r#"  - name: rl
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: rl
-{}{HCM}"#,
-        cases::access_log()
-    )
+    cases::hcm_listener("rl", &format!("{}{ROUTES}", cases::access_log()), FILTERS)
 }
 
 fn get(id: &str, path: &str, headers: &[(&str, &str)]) -> HttpCase {
@@ -129,8 +117,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
 /// The HTTP filter's cases and its stats.
 async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let all = all_cases();
-    let cases = cases::filtered(all_cases(), filter);
-    if cases.is_empty() {
+    if !cases::any_wanted(&all, filter) {
         return Vec::new();
     }
     // The cases depend on the ones before them: a filtered run runs them all, reports its own.
@@ -140,9 +127,7 @@ async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
         &bootstrap(&listener(), &cluster("backend", &[backend.addr], "")),
     )
     .await;
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let mut results = cases::run("local_ratelimit", &pair, all).await;
-    results.retain(|r| ids.contains(&r.id));
+    let mut results = cases::run_all_report("local_ratelimit", &pair, all, filter).await;
     if filter.is_none_or(|f| "local_ratelimit/stats".contains(f)) {
         results.push(
             stats(

@@ -89,34 +89,19 @@ fn listener(name: &str, filters: &str) -> String {
         + " %DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%"
         + " %DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%"
         + " %DYNAMIC_METADATA(envoy.common:access_log_hint)%";
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          access_log:
+    let hcm = format!(
+        r#"          access_log:
           - name: envoy.access_loggers.file
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: RUN_DIR/access.log
               log_format: {{text_format_source: {{inline_string: "{log}\n"}}}}
-          route_config:
-            name: routes
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {{name: r, match: {{prefix: /}}, route: {{cluster: backend}}}}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
+{}"#,
+        cases::one_vhost(
+            "              - {name: r, match: {prefix: /}, route: {cluster: backend}}"
+        )
+    );
+    cases::hcm_listener(name, &hcm, filters)
 }
 
 fn case(

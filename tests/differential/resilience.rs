@@ -546,106 +546,69 @@ fn circuit_breakers() -> Vec<RCase> {
 /// priority 1 (gets them once `a` is ejected).
 fn outlier() -> Vec<RCase> {
     const P0_P1: &[&[Host]] = &[&[Host::A], &[Host::B]];
+    // Five seconds' timeout, the hosts above, `cluster` the cluster's `outlier_detection`, `n`
+    // GETs; each answered `acts`, then 200s.
+    let outlier_case =
+        |name: &'static str, cluster: &'static str, acts: &'static [Act], n: usize| RCase {
+            hosts: P0_P1,
+            cluster,
+            ..rc(name, "timeout: 5s", acts, Act::Ok, vec![GET; n])
+        };
     vec![
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 3, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/consecutive_5xx",
-                "timeout: 5s",
-                &[S503, S503, S503],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 3, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/consecutive_5xx_interrupted",
-                "timeout: 5s",
-                &[S503, S503, Act::Ok, S503, S503],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 50, consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/consecutive_gateway_failure",
-                "timeout: 5s",
-                &[Act::Status(502, ""), Act::Status(504, "")],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 50, consecutive_gateway_failure: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/gateway_failure_not_enforced",
-                "timeout: 5s",
-                &[Act::Status(502, ""), Act::Status(504, "")],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 2, enforcing_consecutive_5xx: 0, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/consecutive_5xx_not_enforced",
-                "timeout: 5s",
-                &[S503, S503, S503],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 2, enforcing_consecutive_5xx: 0, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/not_enforced_detects_again",
-                "timeout: 5s",
-                &[S503, S503, S503, S503],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10}\n",
-            ..rc(
-                "outlier/max_ejection_percent_overflow",
-                "timeout: 5s",
-                &[S503, S503, S503],
-                Act::Ok,
-                vec![GET; 4],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10, always_eject_one_host: true}\n",
-            ..rc(
-                "outlier/always_eject_one_host",
-                "timeout: 5s",
-                &[S503, S503],
-                Act::Ok,
-                vec![GET; 4],
-            )
-        },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/reset_counts_as_5xx",
-                "timeout: 5s",
-                &[Act::Reset, Act::Reset],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
+        outlier_case(
+            "outlier/consecutive_5xx",
+            "    outlier_detection: {consecutive_5xx: 3, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[S503, S503, S503],
+            5,
+        ),
+        outlier_case(
+            "outlier/consecutive_5xx_interrupted",
+            "    outlier_detection: {consecutive_5xx: 3, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[S503, S503, Act::Ok, S503, S503],
+            5,
+        ),
+        outlier_case(
+            "outlier/consecutive_gateway_failure",
+            "    outlier_detection: {consecutive_5xx: 50, consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[Act::Status(502, ""), Act::Status(504, "")],
+            5,
+        ),
+        outlier_case(
+            "outlier/gateway_failure_not_enforced",
+            "    outlier_detection: {consecutive_5xx: 50, consecutive_gateway_failure: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[Act::Status(502, ""), Act::Status(504, "")],
+            5,
+        ),
+        outlier_case(
+            "outlier/consecutive_5xx_not_enforced",
+            "    outlier_detection: {consecutive_5xx: 2, enforcing_consecutive_5xx: 0, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[S503, S503, S503],
+            5,
+        ),
+        outlier_case(
+            "outlier/not_enforced_detects_again",
+            "    outlier_detection: {consecutive_5xx: 2, enforcing_consecutive_5xx: 0, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[S503, S503, S503, S503],
+            5,
+        ),
+        outlier_case(
+            "outlier/max_ejection_percent_overflow",
+            "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10}\n",
+            &[S503, S503, S503],
+            4,
+        ),
+        outlier_case(
+            "outlier/always_eject_one_host",
+            "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 10, always_eject_one_host: true}\n",
+            &[S503, S503],
+            4,
+        ),
+        outlier_case(
+            "outlier/reset_counts_as_5xx",
+            "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[Act::Reset, Act::Reset],
+            5,
+        ),
         RCase {
             hosts: &[&[Host::Closed], &[Host::B]],
             cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
@@ -668,17 +631,12 @@ fn outlier() -> Vec<RCase> {
                 vec![GET; 5],
             )
         },
-        RCase {
-            hosts: P0_P1,
-            cluster: "    outlier_detection: {split_external_local_origin_errors: true, consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
-            ..rc(
-                "outlier/split_5xx_still_ejects",
-                "timeout: 5s",
-                &[S503, S503],
-                Act::Ok,
-                vec![GET; 5],
-            )
-        },
+        outlier_case(
+            "outlier/split_5xx_still_ejects",
+            "    outlier_detection: {split_external_local_origin_errors: true, consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
+            &[S503, S503],
+            5,
+        ),
         RCase {
             hosts: P0_P1,
             cluster: "    outlier_detection: {consecutive_5xx: 2, interval: 60s, base_ejection_time: 60s, max_ejection_percent: 100}\n",
@@ -803,9 +761,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let (a, _ta) = server("a", board.clone()).await;
     let (b, _tb) = server("b", board.clone()).await;
     let (cc, _tc) = server("c", board.clone()).await;
-    // Port 1: never an ephemeral port, so no listener of the run can take it (a port freed by
-    // `closed_port` may be handed to one of the proxies' listeners).
-    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let closed = crate::cases::refused();
     let names: HashMap<SocketAddr, &str> =
         [(a, "a"), (b, "b"), (cc, "c"), (closed, "closed")].into();
     let addr = |h: Host| match h {

@@ -4,7 +4,7 @@
 use crate::CaseResult;
 use crate::cases::{self, HttpCase, req};
 use crate::oracle::Pair;
-use crate::support::{bootstrap, closed_port, cluster, upstream};
+use crate::support::{bootstrap, cluster, upstream};
 use std::path::Path;
 
 /// The route configuration every listener serves (indented for `listener`).
@@ -140,24 +140,8 @@ const LOCAL_REPLY: &str = r#"          local_reply_config:
 "#;
 
 fn listener(name: &str, hcm_extra: &str) -> String {
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-{hcm_extra}          route_config:
-            name: routes
-{ROUTES}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
+    let hcm = format!("{hcm_extra}          route_config:\n            name: routes\n{ROUTES}\n");
+    cases::hcm_listener(name, &hcm, "")
 }
 
 pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
@@ -180,7 +164,7 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
     let clusters = [
         cluster("backend", &[backend.addr], ""),
         cluster("other", &[other.addr], ""),
-        cluster("dead", &[closed_port()], ""),
+        cluster("dead", &[cases::refused()], ""),
         "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {cluster_name: empty}\n".to_string(),
     ]
     .concat();
