@@ -93,6 +93,10 @@ pub trait CertificateSource: Send + Sync + fmt::Debug {
     fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
         None
     }
+    /// Run `f` after each new pair is installed (a secret arriving or rotating, files
+    /// re-loaded); held weakly, so it runs as long as its owner keeps it. Sources whose pair
+    /// never changes need not implement it.
+    fn follow(&self, _f: &OnChange) {}
 }
 
 /// Something that can hand out the current trusted roots.
@@ -102,6 +106,42 @@ pub trait TrustSource: Send + Sync + fmt::Debug {
     /// What a [`Watcher`] checks for changes, when the source reads files.
     fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
         None
+    }
+    /// As [`CertificateSource::follow`], for new roots.
+    fn follow(&self, _f: &OnChange) {}
+}
+
+/// What a source runs after installing a new value (e.g. the owner's expiry gauges).
+pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+
+/// The [`OnChange`] callbacks following one source, held weakly.
+#[derive(Default)]
+pub struct Followers(Mutex<Vec<Weak<dyn Fn() + Send + Sync>>>);
+
+impl fmt::Debug for Followers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Followers").finish_non_exhaustive()
+    }
+}
+
+impl Followers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Fn() + Send + Sync>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follow from now on (callbacks whose owner dropped them are forgotten here).
+    pub fn add(&self, f: &OnChange) {
+        let mut list = self.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(f));
+    }
+
+    /// Run every live callback (outside the lock).
+    pub fn notify(&self) {
+        let live: Vec<OnChange> = self.lock().iter().filter_map(Weak::upgrade).collect();
+        for f in live {
+            f();
+        }
     }
 }
 
@@ -207,6 +247,7 @@ struct Watched<T> {
     /// A digest of the bytes last loaded: a rewrite with the same contents is not a rotation.
     digest: Mutex<Vec<u8>>,
     on_reload: Option<OnReload>,
+    followers: Followers,
 }
 
 fn stamps(inputs: &[Data]) -> Vec<Option<Stamp>> {
@@ -269,6 +310,7 @@ impl<T> Watched<T> {
             value: ArcSwap::from_pointee(value),
             seen: Mutex::new(seen),
             on_reload,
+            followers: Followers::default(),
         })
     }
 
@@ -312,6 +354,7 @@ impl<T: Send + Sync> Watched<T> {
             Ok(None) => {}
             Ok(Some(v)) => {
                 self.value.store(Arc::new(v));
+                self.followers.notify();
                 tracing::info!(%origin, "certificate files changed: new handshakes use the new contents");
                 if let Some(f) = &self.on_reload {
                     f(&ReloadEvent::Rotated { origin });
@@ -473,6 +516,9 @@ impl CertificateSource for FileCertificate {
     fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
         self.inner.reads_files().then_some(self as Arc<dyn Refresh>)
     }
+    fn follow(&self, f: &OnChange) {
+        self.inner.followers.add(f);
+    }
 }
 
 // === impl FileTrust ===
@@ -527,6 +573,9 @@ impl TrustSource for FileTrust {
     }
     fn refresh_handle(self: Arc<Self>) -> Option<Arc<dyn Refresh>> {
         self.inner.reads_files().then_some(self as Arc<dyn Refresh>)
+    }
+    fn follow(&self, f: &OnChange) {
+        self.inner.followers.add(f);
     }
 }
 

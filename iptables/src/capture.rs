@@ -294,106 +294,44 @@ impl Capture<'_> {
     /// inbound capture port; the rest of lo is not captured; everything else it sends returns.
     fn proxy_uids(&mut self) {
         let cfg = self.cfg;
-        let loopback = cfg.host_ipv4_loopback_cidr.as_str();
-        let dns_and_tunnel = format!("53,{}", cfg.inbound_tunnel_port);
         for uid in split(&cfg.proxy_uid) {
-            if self.redirect_dns {
-                self.b.append_versioned(
-                    loopback,
-                    V6_LOOPBACK,
-                    ISTIO_OUTPUT,
-                    "nat",
-                    &[
-                        "-o",
-                        "lo",
-                        "!",
-                        "-d",
-                        VERSIONED,
-                        "-p",
-                        "tcp",
-                        "-m",
-                        "multiport",
-                        "!",
-                        "--dports",
-                        &dns_and_tunnel,
-                        "-m",
-                        "owner",
-                        "--uid-owner",
-                        uid,
-                        "-j",
-                        ISTIO_IN_REDIRECT,
-                    ],
-                );
-            } else {
-                self.b.append_versioned(
-                    loopback,
-                    V6_LOOPBACK,
-                    ISTIO_OUTPUT,
-                    "nat",
-                    &[
-                        "-o",
-                        "lo",
-                        "!",
-                        "-d",
-                        VERSIONED,
-                        "-p",
-                        "tcp",
-                        "!",
-                        "--dport",
-                        &cfg.inbound_tunnel_port,
-                        "-m",
-                        "owner",
-                        "--uid-owner",
-                        uid,
-                        "-j",
-                        ISTIO_IN_REDIRECT,
-                    ],
-                );
-            }
-            self.lo_return("--uid-owner", uid);
-            self.b.append(
-                ISTIO_OUTPUT,
-                "nat",
-                &["-m", "owner", "--uid-owner", uid, "-j", "RETURN"],
-            );
+            self.proxy_owner("--uid-owner", uid, self.redirect_dns);
         }
     }
 
     fn proxy_gids(&mut self) {
         let cfg = self.cfg;
-        let loopback = cfg.host_ipv4_loopback_cidr.as_str();
         for gid in split(&cfg.proxy_gid) {
-            self.b.append_versioned(
-                loopback,
-                V6_LOOPBACK,
-                ISTIO_OUTPUT,
-                "nat",
-                &[
-                    "-o",
-                    "lo",
-                    "!",
-                    "-d",
-                    VERSIONED,
-                    "-p",
-                    "tcp",
-                    "!",
-                    "--dport",
-                    &cfg.inbound_tunnel_port,
-                    "-m",
-                    "owner",
-                    "--gid-owner",
-                    gid,
-                    "-j",
-                    ISTIO_IN_REDIRECT,
-                ],
-            );
-            self.lo_return("--gid-owner", gid);
-            self.b.append(
-                ISTIO_OUTPUT,
-                "nat",
-                &["-m", "owner", "--gid-owner", gid, "-j", "RETURN"],
-            );
+            self.proxy_owner("--gid-owner", gid, false);
         }
+    }
+
+    /// The rules for one proxy owner (`--uid-owner` or `--gid-owner` `id`); with `skip_dns`,
+    /// its TCP to port 53 over lo is not sent back to the inbound capture port either.
+    fn proxy_owner(&mut self, owner: &str, id: &str, skip_dns: bool) {
+        let cfg = self.cfg;
+        let dns_and_tunnel = format!("53,{}", cfg.inbound_tunnel_port);
+        let ports: &[&str] = if skip_dns {
+            &["-m", "multiport", "!", "--dports", &dns_and_tunnel]
+        } else {
+            &["!", "--dport", &cfg.inbound_tunnel_port]
+        };
+        let mut args = vec!["-o", "lo", "!", "-d", VERSIONED, "-p", "tcp"];
+        args.extend_from_slice(ports);
+        args.extend_from_slice(&["-m", "owner", owner, id, "-j", ISTIO_IN_REDIRECT]);
+        self.b.append_versioned(
+            cfg.host_ipv4_loopback_cidr.as_str(),
+            V6_LOOPBACK,
+            ISTIO_OUTPUT,
+            "nat",
+            &args,
+        );
+        self.lo_return(owner, id);
+        self.b.append(
+            ISTIO_OUTPUT,
+            "nat",
+            &["-m", "owner", owner, id, "-j", "RETURN"],
+        );
     }
 
     /// App-to-app traffic over lo is not captured, unless a loopback range is explicitly

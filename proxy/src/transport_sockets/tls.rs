@@ -12,7 +12,7 @@ use crate::telemetry::stats::{Counter, Store};
 use bytes::{Bytes, BytesMut};
 use remora_certs::SpiffeId;
 use remora_certs::info::CertDetails;
-use remora_certs::source::{CertificateSource, TrustSource};
+use remora_certs::source::{CertificateSource, OnChange, TrustSource};
 use remora_certs::verify::{Captured, PinMismatch, SanMismatch, VerifyFailure, classify};
 use rustls::{CertificateError, CipherSuite, SignatureScheme};
 use std::future::Future;
@@ -77,6 +77,12 @@ fn sigalg_name(s: SignatureScheme) -> &'static str {
     }
 }
 
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// `<scope>.ssl.*` (scope: `listener.<address>` or `cluster.<name>`).
 #[derive(Debug)]
 pub struct TlsStats {
@@ -99,6 +105,18 @@ pub struct TlsStats {
     pub ocsp_staple_omitted: Arc<Counter>,
     pub ocsp_staple_requests: Arc<Counter>,
     pub ocsp_staple_responses: Arc<Counter>,
+    /// What keeps the certificate gauges following their sources ([`Self::certificates`]).
+    following: Following,
+}
+
+/// The callbacks a [`TlsStats`] registered with its sources (they hold them weakly).
+#[derive(Default)]
+struct Following(std::sync::Mutex<Vec<OnChange>>);
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Following").finish_non_exhaustive()
+    }
 }
 
 impl TlsStats {
@@ -121,6 +139,7 @@ impl TlsStats {
             prefix,
             store: store.clone(),
             negotiated: NEGOTIATED.iter().map(|_| Default::default()).collect(),
+            following: Default::default(),
         }
     }
 
@@ -141,37 +160,54 @@ impl TlsStats {
 
     /// `ssl.certificate.<name>.expiration_unix_time_seconds` for a context's certificates and
     /// trusted CA (Envoy sets them when it builds the context; several contexts of a scope
-    /// sharing a name share the gauge).
+    /// sharing a name share the gauge), set again whenever a source installs a new value (an
+    /// SDS secret arriving or rotating, files re-loaded) for as long as these stats live.
     pub fn certificates(
         &self,
         names: &CertificateNames,
         certificates: &[Arc<dyn CertificateSource>],
         trust: Option<&Arc<dyn TrustSource>>,
     ) {
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        };
-        let gauge = |name: &str, value: i64| {
-            self.store
-                .gauge(&format!(
-                    "{}certificate.{name}.expiration_unix_time_seconds",
-                    self.prefix
-                ))
-                .set(value);
-        };
+        let mut following = self.following.0.lock().unwrap_or_else(|e| e.into_inner());
         for (name, c) in names.certificates.iter().zip(certificates) {
-            if let Some(id) = c.current() {
-                gauge(name, unix(id.chain[0].not_after));
-            }
+            let gauge = self.expiration(name);
+            let source = Arc::downgrade(c);
+            let set: OnChange = Arc::new(move || {
+                if let Some(id) = source.upgrade().and_then(|c| c.current()) {
+                    gauge(unix_seconds(id.chain[0].not_after));
+                }
+            });
+            set();
+            c.follow(&set);
+            following.push(set);
         }
         if let Some(name) = &names.ca {
-            let first = trust
-                .and_then(|t| t.current())
-                .and_then(|b| b.certs.first().map(|c| unix(c.not_after)));
-            gauge(name, first.unwrap_or(0));
+            let gauge = self.expiration(name);
+            let source = trust.map(Arc::downgrade);
+            let set: OnChange = Arc::new(move || {
+                let first = source
+                    .as_ref()
+                    .and_then(std::sync::Weak::upgrade)
+                    .and_then(|t| t.current())
+                    .and_then(|b| b.certs.first().map(|c| unix_seconds(c.not_after)));
+                gauge(first.unwrap_or(0));
+            });
+            set();
+            if let Some(t) = trust {
+                t.follow(&set);
+            }
+            following.push(set);
         }
+    }
+
+    /// Sets `certificate.<name>.expiration_unix_time_seconds` (registered on first set).
+    fn expiration(&self, name: &str) -> impl Fn(i64) + Send + Sync + 'static {
+        let store = self.store.clone();
+        let name = format!(
+            "{}certificate.{name}.expiration_unix_time_seconds",
+            self.prefix
+        );
+        move |value| store.gauge(&name).set(value)
     }
 
     /// A client asked for an OCSP staple (counted when the certificate is chosen, before the

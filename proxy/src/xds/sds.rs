@@ -8,7 +8,9 @@ use crate::model::context::SecretSources;
 use crate::model::xds::SdsSource;
 use arc_swap::ArcSwapOption;
 use prost::Message;
-use remora_certs::source::{CertificateSource, Identity, TrustBundle, TrustSource};
+use remora_certs::source::{
+    CertificateSource, Followers, Identity, OnChange, TrustBundle, TrustSource,
+};
 use remora_xds::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 pub struct SdsCertificate {
     name: String,
     current: ArcSwapOption<Identity>,
+    followers: Followers,
 }
 
 impl CertificateSource for SdsCertificate {
@@ -27,6 +30,9 @@ impl CertificateSource for SdsCertificate {
     fn origin(&self) -> String {
         format!("sds:{}", self.name)
     }
+    fn follow(&self, f: &OnChange) {
+        self.followers.add(f);
+    }
 }
 
 /// Trusted CAs from SDS (a `validation_context` secret's `trusted_ca`).
@@ -34,6 +40,7 @@ impl CertificateSource for SdsCertificate {
 pub struct SdsTrust {
     name: String,
     current: ArcSwapOption<TrustBundle>,
+    followers: Followers,
 }
 
 impl TrustSource for SdsTrust {
@@ -42,6 +49,9 @@ impl TrustSource for SdsTrust {
     }
     fn origin(&self) -> String {
         format!("sds:{}", self.name)
+    }
+    fn follow(&self, f: &OnChange) {
+        self.followers.add(f);
     }
 }
 
@@ -77,6 +87,7 @@ impl SecretSources for SdsRegistry {
         let c = Arc::new(SdsCertificate {
             name: name.to_string(),
             current: ArcSwapOption::empty(),
+            followers: Followers::default(),
         });
         e.certs.push(Arc::downgrade(&c));
         drop(r);
@@ -93,6 +104,7 @@ impl SecretSources for SdsRegistry {
         let t = Arc::new(SdsTrust {
             name: name.to_string(),
             current: ArcSwapOption::empty(),
+            followers: Followers::default(),
         });
         e.trusts.push(Arc::downgrade(&t));
         drop(r);
@@ -204,6 +216,7 @@ fn apply_one(
             let id = Arc::new(id);
             for c in &certs {
                 c.current.store(Some(id.clone()));
+                c.followers.notify();
             }
             tracing::info!(secret = %name, "SDS certificate installed; new handshakes use it");
         }),
@@ -211,6 +224,7 @@ fn apply_one(
             let bundle = Arc::new(bundle);
             for t in &trusts {
                 t.current.store(Some(bundle.clone()));
+                t.followers.notify();
             }
         }),
         Some(Type::SessionTicketKeys(_)) => {
@@ -355,5 +369,63 @@ mod tests {
             "{refused:?}"
         );
         assert!(cert.current().is_none() && trust.current().is_none());
+    }
+
+    /// The certificate-expiry gauges of a TLS context whose secrets come over SDS follow the
+    /// secrets: set when they arrive and again when they rotate.
+    #[test]
+    fn expiry_gauges_follow_sds_secrets() {
+        use crate::model::tls::CertificateNames;
+        use crate::telemetry::stats::Store;
+        use crate::transport_sockets::tls::TlsStats;
+        use remora_certs::ca::{DevCa, KeyAlgorithm, LeafRequest};
+        use std::time::{Duration, SystemTime};
+        let ca = DevCa::generate_root("t", KeyAlgorithm::EcdsaP256).unwrap();
+        let issue = |secs: u64| {
+            let id = remora_certs::SpiffeId::parse("spiffe://t/ns/a/sa/b").unwrap();
+            let issued = ca
+                .issue(&LeafRequest::spiffe(id, Duration::from_secs(secs)))
+                .unwrap();
+            let inline = |p: &str| {
+                Some(crate::model::pb::core::DataSource {
+                    specifier: Some(crate::model::pb::core::data_source::Specifier::InlineBytes(
+                        p.as_bytes().to_vec(),
+                    )),
+                    ..Default::default()
+                })
+            };
+            let t = tls::TlsCertificate {
+                certificate_chain: inline(&issued.cert_chain_pem),
+                private_key: inline(&issued.key_pem),
+                ..Default::default()
+            };
+            secret("default", tls::secret::Type::TlsCertificate(t))
+        };
+        let registry = SdsRegistry::default();
+        let dump = super::super::DumpCell::default();
+        let source = SdsSource::Ads;
+        let cert = registry.certificate(&source, "default");
+        let store = Arc::new(Store::default());
+        let ssl = TlsStats::new(&store, "listener.l");
+        let names = CertificateNames {
+            certificates: vec!["default".into()],
+            ca: None,
+        };
+        ssl.certificates(&names, std::slice::from_ref(&cert), None);
+        let gauge = "listener.l.ssl.certificate.default.expiration_unix_time_seconds";
+        let expires = |v: &str, secs: u64| {
+            apply(&registry, &dump, &source, v, vec![issue(secs)]).unwrap();
+            let leaf = cert.current().unwrap().chain[0].not_after;
+            let unix = leaf
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            (store.gauge(gauge).value(), unix as i64)
+        };
+        let (value, leaf) = expires("v1", 3600);
+        assert_eq!(value, leaf);
+        let (value, rotated) = expires("v2", 7200);
+        assert!(rotated > leaf);
+        assert_eq!(value, rotated);
     }
 }
