@@ -182,3 +182,89 @@ async fn http_and_network_limits(source: Source) {
 }
 
 crate::across_sources!(http_and_network_limits);
+
+/// `filter_enabled` / `filter_enforced` (RuntimeFractionalPercent) and the network filter's
+/// `runtime_enabled` (RuntimeFeatureFlag) read their `runtime_key` from the runtime: here its
+/// values turn off what the defaults turn on.
+async fn runtime_keys_override_the_defaults(source: Source) {
+    let app = upstream("app").await;
+    let (echo, _task) = tcp_echo().await;
+    let listeners = r#"  - name: web
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          route_config:
+            name: web
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: app}
+          http_filters:
+          - name: rl
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: web_rl
+              token_bucket: {max_tokens: 1, fill_interval: 3600s}
+              filter_enabled: {runtime_key: rl.enabled, default_value: {numerator: 100}}
+              filter_enforced: {runtime_key: rl.enforced, default_value: {numerator: 100}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: tcp_rl
+          token_bucket: {max_tokens: 1, fill_interval: 3600s}
+          runtime_enabled: {runtime_key: tcp_rl.enabled, default_value: true}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: echo
+"#;
+    let clusters = [
+        cluster("app", &[app.addr], ""),
+        cluster("echo", &[echo], ""),
+    ]
+    .concat();
+    let runtime = "layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      rl.enforced: 0
+      tcp_rl.enabled: false
+";
+    let r = source
+        .start(&(bootstrap(listeners, &clusters) + runtime))
+        .await;
+    let web = r.addr("web");
+    // Enabled (default) but not enforced (runtime 0%): limited requests are counted and pass.
+    for _ in 0..3 {
+        assert_eq!(get(web, "a", "/").await.status, 200);
+    }
+    assert_eq!(r.stat("web_rl.http_local_rate_limit.enabled").await, 3);
+    assert_eq!(r.stat("web_rl.http_local_rate_limit.rate_limited").await, 2);
+    assert_eq!(r.stat("web_rl.http_local_rate_limit.enforced").await, 0);
+    // The network filter is off by its runtime key: every connection goes through.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(r.addr("tcp")).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    assert_eq!(r.stat("local_rate_limit.tcp_rl.rate_limited").await, 0);
+}
+
+crate::across_sources!(runtime_keys_override_the_defaults);

@@ -44,12 +44,22 @@ pub struct CorsPolicy {
 
 impl CorsPolicy {
     /// Whether the policy applies to this request (a draw when `filter_enabled` is a fraction).
-    pub fn enabled(&self) -> bool {
-        self.filter_enabled.is_none_or(|f| f.sample())
+    pub fn enabled(
+        &self,
+        runtime: impl FnOnce() -> std::sync::Arc<super::runtime::Runtime>,
+    ) -> bool {
+        self.filter_enabled
+            .as_ref()
+            .is_none_or(|f| f.sample(runtime))
     }
 
-    pub fn shadow_enabled(&self) -> bool {
-        self.shadow_enabled.is_some_and(|f| f.sample())
+    pub fn shadow_enabled(
+        &self,
+        runtime: impl FnOnce() -> std::sync::Arc<super::runtime::Runtime>,
+    ) -> bool {
+        self.shadow_enabled
+            .as_ref()
+            .is_some_and(|f| f.sample(runtime))
     }
 
     /// `envoy.extensions.filters.http.cors.v3.CorsPolicy` (per-route configuration).
@@ -197,7 +207,10 @@ filter_enabled: {default_value: {numerator: 0, denominator: HUNDRED}}",
         assert!(p.allow_origins[1].matches("x.b.example"));
         assert_eq!(p.allow_credentials, Some(true));
         assert_eq!(p.forward_not_matching_preflights, None);
-        assert!(!p.enabled() && !p.shadow_enabled());
+        let none = || -> std::sync::Arc<super::super::runtime::Runtime> {
+            unreachable!("no runtime key to read")
+        };
+        assert!(!p.enabled(none) && !p.shadow_enabled(none));
 
         let bad = pb::route::CorsPolicy {
             allow_origin_string_match: vec![pb::matcher::StringMatcher::default()],
@@ -208,7 +221,7 @@ filter_enabled: {default_value: {numerator: 0, denominator: HUNDRED}}",
         assert!(
             CorsPolicy::from_route_proto(&path, &pb::route::CorsPolicy::default())
                 .unwrap()
-                .enabled()
+                .enabled(none)
         );
     }
 }

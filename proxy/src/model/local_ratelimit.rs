@@ -15,7 +15,7 @@ use super::headers::HeaderMutations;
 use super::inputs::Inputs;
 use super::matcher::{HeaderKey, HeaderMatcher};
 use super::pb;
-use super::runtime::RuntimeFraction;
+use super::runtime::{RuntimeFlag, RuntimeFraction};
 use crate::config::error::Errors;
 use crate::config::{FieldPath, Result};
 
@@ -368,8 +368,8 @@ fn local_descriptors(
 pub struct NetworkLocalRateLimit {
     pub stat_prefix: String,
     pub token_bucket: TokenBucket,
-    /// `runtime_enabled.default_value` (the runtime key is not read: see `RuntimeFraction`).
-    pub enabled: bool,
+    /// `runtime_enabled`: the runtime's boolean for its key, else its default.
+    pub enabled: RuntimeFlag,
 }
 
 impl NetworkLocalRateLimit {
@@ -390,13 +390,7 @@ impl NetworkLocalRateLimit {
             TokenBucket::from_proto(&path.field("token_bucket"), &tb, "token bucket")?;
         // Buckets shared between chains by key need a registry across listeners.
         deny(path, "share_key", &share_key)?;
-        let enabled = match runtime_enabled {
-            None => true,
-            Some(pb::core::RuntimeFeatureFlag {
-                default_value,
-                runtime_key: _,
-            }) => bool_or(&default_value, true),
-        };
+        let enabled = RuntimeFlag::from_proto(&runtime_enabled);
         Ok(Self {
             stat_prefix,
             token_bucket,
@@ -629,8 +623,20 @@ local_rate_limit_per_downstream_connection: false",
                 fill_interval: Duration::from_secs(5)
             })
         );
-        assert_eq!(c.filter_enabled, Some(RuntimeFraction::ALWAYS));
-        assert_eq!(c.filter_enforced.unwrap().per_million, 500_000);
+        assert_eq!(
+            c.filter_enabled,
+            Some(RuntimeFraction {
+                runtime_key: Some("e".into()),
+                ..RuntimeFraction::ALWAYS
+            })
+        );
+        assert_eq!(
+            c.filter_enforced.unwrap().default,
+            super::super::runtime::Percent {
+                numerator: 50,
+                denominator: 100
+            }
+        );
         assert_eq!(c.response_headers.add.len(), 1);
         assert!(c.always_consume_default_token_bucket);
     }

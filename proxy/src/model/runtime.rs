@@ -213,6 +213,16 @@ impl Runtime {
     /// Envoy's `featureEnabled(key, default_percent)` for a draw `random`: the key's value as a
     /// fractional percent (`{numerator, denominator}`) or as an integer percentage (above 100:
     /// always), else `default`.
+    /// Envoy's `getBoolean`: `true`/`false` (a JSON bool or those words), else `default`.
+    pub fn boolean(&self, key: &str, default: bool) -> bool {
+        match self.values.get(key) {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+            Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+            _ => default,
+        }
+    }
+
     pub fn feature_enabled(&self, key: &str, default: Percent, random: u64) -> bool {
         let percent = match self.values.get(key) {
             Some(serde_json::Value::Object(o)) => Percent::from_json(o).unwrap_or(default),
@@ -493,60 +503,82 @@ pub fn value_to_json(v: &pb::protobuf::Value) -> serde_json::Value {
 }
 
 /// `RuntimeFractionalPercent` (`filter_enabled`, `filter_enforced`, CORS's `shadow_enabled`):
-/// the share of requests a feature applies to, in parts per million of its `default_value`.
-/// remora reads no runtime key per request: a `runtime_key` that the runtime sets is reported at
-/// startup among the keys not used (`Runtime::unused_keys`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the share of requests a feature applies to. As Envoy's `featureEnabled(runtime_key,
+/// default_value)`: the runtime's value for `runtime_key` when it sets one (read from the live
+/// snapshot, so a swapped disk layer applies at once), else `default_value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeFraction {
-    pub per_million: u32,
+    pub default: Percent,
+    /// `None` when empty (nothing to look up).
+    pub runtime_key: Option<std::sync::Arc<str>>,
 }
 
 impl RuntimeFraction {
     pub const ALWAYS: Self = Self {
-        per_million: 1_000_000,
+        default: Percent::hundred(100),
+        runtime_key: None,
     };
 
     pub fn from_proto(path: &FieldPath, f: &pb::core::RuntimeFractionalPercent) -> Result<Self> {
         let pb::core::RuntimeFractionalPercent {
             default_value,
-            runtime_key: _,
+            runtime_key,
         } = f;
-        let Some(d) = default_value else {
+        if default_value.is_none() {
             return Err(path.field("default_value").error("is required"));
-        };
-        Self::from_percent(&path.field("default_value"), d)
-    }
-
-    /// `envoy.type.v3.FractionalPercent`; a numerator above the denominator is all requests.
-    pub fn from_percent(path: &FieldPath, d: &pb::types::FractionalPercent) -> Result<Self> {
-        use pb::types::fractional_percent::DenominatorType as D;
-        let pb::types::FractionalPercent {
-            numerator,
-            denominator,
-        } = d;
-        let scale: u64 = match D::try_from(*denominator) {
-            Ok(D::Hundred) => 10_000,
-            Ok(D::TenThousand) => 100,
-            Ok(D::Million) => 1,
-            Err(_) => {
-                return Err(path
-                    .field("denominator")
-                    .error(format!("unknown enum value {denominator}")));
-            }
-        };
+        }
         Ok(Self {
-            per_million: (u64::from(*numerator) * scale).min(1_000_000) as u32,
+            default: Percent::from_proto(&path.field("default_value"), default_value)?,
+            runtime_key: runtime_key_of(runtime_key),
         })
     }
 
-    /// Whether this request is in the fraction (Envoy's `featureEnabled`: a random draw).
-    pub fn sample(&self) -> bool {
-        match self.per_million {
-            0 => false,
-            1_000_000.. => true,
-            n => fastrand::u32(0..1_000_000) < n,
+    /// Whether this request is in the fraction (a random draw). `runtime` gives the snapshot,
+    /// asked for only when there is a key to read.
+    pub fn sample(&self, runtime: impl FnOnce() -> std::sync::Arc<Runtime>) -> bool {
+        let random = fastrand::u64(..);
+        match &self.runtime_key {
+            Some(key) => runtime().feature_enabled(key, self.default, random),
+            None => self.default.enabled(random),
         }
     }
+}
+
+/// `RuntimeFeatureFlag` (e.g. the network local rate limit's `runtime_enabled`): the runtime's
+/// boolean for `runtime_key` when it sets one, else `default_value` (true when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFlag {
+    pub default: bool,
+    pub runtime_key: Option<std::sync::Arc<str>>,
+}
+
+impl RuntimeFlag {
+    pub fn from_proto(f: &Option<pb::core::RuntimeFeatureFlag>) -> Self {
+        match f {
+            None => Self {
+                default: true,
+                runtime_key: None,
+            },
+            Some(pb::core::RuntimeFeatureFlag {
+                default_value,
+                runtime_key,
+            }) => Self {
+                default: default_value.as_ref().is_none_or(|b| b.value),
+                runtime_key: runtime_key_of(runtime_key),
+            },
+        }
+    }
+
+    pub fn enabled(&self, runtime: impl FnOnce() -> std::sync::Arc<Runtime>) -> bool {
+        match &self.runtime_key {
+            Some(key) => runtime().boolean(key, self.default),
+            None => self.default,
+        }
+    }
+}
+
+fn runtime_key_of(key: &str) -> Option<std::sync::Arc<str>> {
+    (!key.is_empty()).then(|| key.into())
 }
 
 #[cfg(test)]
@@ -599,5 +631,28 @@ mod tests {
                 disk_layers: 1
             }
         );
+    }
+
+    #[test]
+    fn fractions_and_flags_read_their_runtime_key() {
+        let mut rt = Runtime::default();
+        rt.values.insert("off".into(), 0.into());
+        rt.values.insert("flag".into(), false.into());
+        let rt = std::sync::Arc::new(rt);
+        let on = |key: &str| RuntimeFraction {
+            default: Percent::hundred(100),
+            runtime_key: runtime_key_of(key),
+        };
+        // The runtime's 0 % wins over the default's 100 %; an unset key keeps the default.
+        assert!(!on("off").sample(|| rt.clone()));
+        assert!(on("unset").sample(|| rt.clone()));
+        assert!(on("").sample(|| unreachable!("no key: the runtime is not read")));
+        let flag = |key: &str| RuntimeFlag {
+            default: true,
+            runtime_key: runtime_key_of(key),
+        };
+        assert!(!flag("flag").enabled(|| rt.clone()));
+        assert!(flag("unset").enabled(|| rt.clone()));
+        assert!(RuntimeFlag::from_proto(&None).default);
     }
 }

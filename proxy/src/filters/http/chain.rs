@@ -76,12 +76,14 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                     Arc::clone(c),
                     Arc::clone(&cx.server.store),
                     cx.server.local.service_cluster.as_str().into(),
+                    Arc::clone(&cx.server.runtime),
                 ))
             }
             Model::Cors => Arc::new(super::cors::CorsFactory::new(
                 &f.name,
                 cx.stat_prefix,
                 &cx.server.store,
+                Arc::clone(&cx.server.runtime),
             )),
             Model::Rbac(r) => Arc::new(super::rbac::RbacFilterFactory::new(
                 &f.name,

@@ -11,6 +11,7 @@
 //! and then the virtual host's deprecated `cors`. A field is taken from the first policy that
 //! sets it; `filter_enabled` and `shadow_enabled` from the first policy only.
 
+use crate::runtime::RuntimeLoader;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, header};
@@ -34,16 +35,24 @@ static ALLOW_PRIVATE_NETWORK: header::HeaderName =
 #[derive(Debug)]
 pub struct CorsFactory {
     name: String,
+    /// `filter_enabled` / `shadow_enabled` runtime keys are read from its snapshot.
+    runtime: Arc<RuntimeLoader>,
     origin_valid: Arc<Counter>,
     origin_invalid: Arc<Counter>,
 }
 
 impl CorsFactory {
     /// `hcm_stat_prefix`: the connection manager's `stat_prefix`.
-    pub fn new(name: &str, hcm_stat_prefix: &str, store: &Store) -> Self {
+    pub fn new(
+        name: &str,
+        hcm_stat_prefix: &str,
+        store: &Store,
+        runtime: Arc<RuntimeLoader>,
+    ) -> Self {
         let stat = |s: &str| store.counter(&format!("http.{hcm_stat_prefix}.cors.{s}"));
         Self {
             name: name.to_string(),
+            runtime,
             origin_valid: stat("origin_valid"),
             origin_invalid: stat("origin_invalid"),
         }
@@ -87,6 +96,7 @@ impl HttpFilterFactory for CorsFactory {
         }
         Some(Box::new(CorsFilter {
             policies,
+            runtime: Arc::clone(&self.runtime),
             origin_valid: Arc::clone(&self.origin_valid),
             origin_invalid: Arc::clone(&self.origin_invalid),
             latched_origin: None,
@@ -97,6 +107,7 @@ impl HttpFilterFactory for CorsFactory {
 
 struct CorsFilter {
     policies: Vec<Arc<CorsPolicy>>,
+    runtime: Arc<RuntimeLoader>,
     origin_valid: Arc<Counter>,
     origin_invalid: Arc<Counter>,
     /// The request's allowed origin, echoed on the response.
@@ -217,8 +228,9 @@ impl HttpFilter for CorsFilter {
         _end_stream: bool,
         _cx: &mut StreamCx<'_>,
     ) -> Flow {
-        let enabled = self.policies[0].enabled();
-        let shadow = self.policies[0].shadow_enabled();
+        let snapshot = || self.runtime.snapshot();
+        let enabled = self.policies[0].enabled(snapshot);
+        let shadow = self.policies[0].shadow_enabled(snapshot);
         if !enabled && !shadow {
             return Flow::Continue;
         }
@@ -290,7 +302,12 @@ mod tests {
     #[test]
     fn a_preflight_from_an_allowed_origin_is_answered_with_envoys_headers() {
         let store = Store::default();
-        let f = CorsFactory::new("cors", "ing", &store);
+        let f = CorsFactory::new(
+            "cors",
+            "ing",
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         let rc = policy_routes("");
         let (flow, _, _) = run(&f, &rc, &mut request("OPTIONS", "/", &[ORIGIN, PREFLIGHT]));
         let Flow::LocalReply(r) = flow else {
@@ -321,7 +338,12 @@ mod tests {
     #[test]
     fn other_origins_are_forwarded_or_answered_and_simple_requests_get_the_origin() {
         let store = Store::default();
-        let f = CorsFactory::new("cors", "ing", &store);
+        let f = CorsFactory::new(
+            "cors",
+            "ing",
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         let rc = policy_routes("");
         let other = ("origin", "https://b.example");
         let (flow, _, _) = run(&f, &rc, &mut request("OPTIONS", "/", &[other, PREFLIGHT]));
@@ -348,7 +370,12 @@ mod tests {
     #[test]
     fn disabled_and_shadow_policies_only_count() {
         let store = Store::default();
-        let f = CorsFactory::new("cors", "s", &store);
+        let f = CorsFactory::new(
+            "cors",
+            "s",
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         let off = ", filter_enabled: {default_value: {numerator: 0}}";
         let rc = policy_routes(off);
         let (flow, resp, _) = run(&f, &rc, &mut request("OPTIONS", "/", &[ORIGIN, PREFLIGHT]));
@@ -365,7 +392,12 @@ mod tests {
     #[test]
     fn the_deprecated_route_policy_applies_without_per_filter_ones_and_star_echoes() {
         let store = Store::default();
-        let f = CorsFactory::new("cors", "s", &store);
+        let f = CorsFactory::new(
+            "cors",
+            "s",
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         let rc = route_config(
             "virtual_hosts: [{name: vh, domains: ['*'], cors: {allow_origin_string_match: [{prefix: 'https://'}], allow_methods: '*', allow_headers: '*', allow_private_network_access: true},
   routes: [{match: {prefix: /}, route: {cluster: backend}}]}]",

@@ -6,6 +6,7 @@
 //! virtual host's `rate_limits` of the filter's `stage`. Stats:
 //! `<stat_prefix>.http_local_rate_limit.{enabled,enforced,rate_limited,ok,shadow_mode}`.
 
+use crate::runtime::RuntimeLoader;
 use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct LocalRateLimitFactory {
     store: Arc<Store>,
     /// The node's cluster (`source_cluster` descriptors).
     local_cluster: Arc<str>,
+    /// `filter_enabled` / `filter_enforced` runtime keys are read from its snapshot.
+    runtime: Arc<RuntimeLoader>,
 }
 
 impl LocalRateLimitFactory {
@@ -89,6 +92,7 @@ impl LocalRateLimitFactory {
         config: Arc<LocalRateLimit>,
         store: Arc<Store>,
         local_cluster: Arc<str>,
+        runtime: Arc<RuntimeLoader>,
     ) -> Self {
         let state = State::of(&config, &store);
         Self {
@@ -97,6 +101,7 @@ impl LocalRateLimitFactory {
             state,
             store,
             local_cluster,
+            runtime,
         }
     }
 }
@@ -119,6 +124,7 @@ impl HttpFilterFactory for LocalRateLimitFactory {
             config,
             state,
             local_cluster: Arc::clone(&self.local_cluster),
+            runtime: Arc::clone(&self.runtime),
             bucket: None,
             replied: false,
         }))
@@ -129,6 +135,7 @@ struct LocalRateLimitFilter {
     config: Arc<LocalRateLimit>,
     state: Arc<State>,
     local_cluster: Arc<str>,
+    runtime: Arc<RuntimeLoader>,
     /// The bucket the `x-ratelimit-*` headers report (set by the request's decision).
     bucket: Option<Arc<TokenBucket>>,
     /// This filter answered the request (its reply carries the headers already).
@@ -143,7 +150,12 @@ impl HttpFilter for LocalRateLimitFilter {
         cx: &mut StreamCx<'_>,
     ) -> Flow {
         let c = &*self.config;
-        if !c.filter_enabled.is_some_and(|f| f.sample()) {
+        let snapshot = || self.runtime.snapshot();
+        if !c
+            .filter_enabled
+            .as_ref()
+            .is_some_and(|f| f.sample(snapshot))
+        {
             return Flow::Continue;
         }
         self.state.enabled.inc();
@@ -159,7 +171,11 @@ impl HttpFilter for LocalRateLimitFilter {
             return Flow::Continue;
         }
         self.state.rate_limited.inc();
-        if !c.filter_enforced.is_some_and(|f| f.sample()) {
+        if !c
+            .filter_enforced
+            .as_ref()
+            .is_some_and(|f| f.sample(snapshot))
+        {
             let ctx = FormatContext {
                 info: Some(cx.info),
                 ..Default::default()
@@ -470,7 +486,13 @@ pub(crate) mod tests {
         let c: pb::local_ratelimit::LocalRateLimit =
             crate::config::decode_yaml(crate::model::local_ratelimit::HTTP_TYPE, yaml, &path);
         let c = LocalRateLimit::from_proto(&path, &c, false, &Inputs::none()).unwrap();
-        LocalRateLimitFactory::new("lrl", Arc::new(c), Arc::clone(store), "node-cluster".into())
+        LocalRateLimitFactory::new(
+            "lrl",
+            Arc::new(c),
+            Arc::clone(store),
+            "node-cluster".into(),
+            RuntimeLoader::for_tests(Default::default()),
+        )
     }
 
     const ROUTES: &str = "virtual_hosts: [{name: vh, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]";

@@ -32,7 +32,11 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
     for f in filters {
         match f {
             Model::LocalRateLimit(c) => out.push(Arc::new(
-                super::local_ratelimit::NetworkLocalRateLimitFactory::new(c, &cx.server.store),
+                super::local_ratelimit::NetworkLocalRateLimitFactory::new(
+                    c,
+                    &cx.server.store,
+                    Arc::clone(&cx.server.runtime),
+                ),
             )),
             Model::Noop(n) => crate::filters::http::noop::register(&cx.server.store, n),
             // Run by the listener right after the TLS handshake (it writes this workload's

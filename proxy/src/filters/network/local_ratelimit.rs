@@ -9,6 +9,8 @@ use std::sync::Arc;
 use super::{ConnCx, NetFlow, NetworkFilter, NetworkFilterFactory};
 use crate::filters::common::local_ratelimit::TokenBucket;
 use crate::model::local_ratelimit::NetworkLocalRateLimit;
+use crate::model::runtime::RuntimeFlag;
+use crate::runtime::RuntimeLoader;
 use crate::telemetry::stats::{Counter, Store};
 
 /// `%CONNECTION_TERMINATION_DETAILS%` of a connection closed over the limit.
@@ -17,15 +19,18 @@ pub const CLOSE_OVER_LIMIT: &str = "local_ratelimit_close_over_limit";
 /// The filter on one filter chain: its bucket lives as long as the chain's configuration.
 #[derive(Debug)]
 pub struct NetworkLocalRateLimitFactory {
-    enabled: bool,
+    /// `runtime_enabled`, read per connection from the runtime's snapshot.
+    enabled: RuntimeFlag,
+    runtime: Arc<RuntimeLoader>,
     bucket: Arc<TokenBucket>,
     rate_limited: Arc<Counter>,
 }
 
 impl NetworkLocalRateLimitFactory {
-    pub fn new(config: &NetworkLocalRateLimit, store: &Store) -> Self {
+    pub fn new(config: &NetworkLocalRateLimit, store: &Store, runtime: Arc<RuntimeLoader>) -> Self {
         Self {
-            enabled: config.enabled,
+            enabled: config.enabled.clone(),
+            runtime,
             bucket: Arc::new(TokenBucket::new(&config.token_bucket)),
             rate_limited: store.counter(&format!(
                 "local_rate_limit.{}.rate_limited",
@@ -36,7 +41,7 @@ impl NetworkLocalRateLimitFactory {
 
     /// Whether a new connection may go on (takes a token if so).
     fn admit(&self) -> bool {
-        if !self.enabled || self.bucket.consume() {
+        if self.bucket.consume() {
             return true;
         }
         self.rate_limited.inc();
@@ -46,7 +51,7 @@ impl NetworkLocalRateLimitFactory {
 
 impl NetworkFilterFactory for NetworkLocalRateLimitFactory {
     fn create(&self, _cx: &ConnCx<'_>) -> Option<Box<dyn NetworkFilter>> {
-        if !self.enabled {
+        if !self.enabled.enabled(|| self.runtime.snapshot()) {
             return None;
         }
         Some(Box::new(Filter {
@@ -96,14 +101,21 @@ mod tests {
                 tokens_per_fill: 1,
                 fill_interval: Duration::from_secs(1),
             },
-            enabled,
+            enabled: RuntimeFlag {
+                default: enabled,
+                runtime_key: None,
+            },
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn connections_over_the_bucket_are_closed_and_counted() {
         let store = Store::default();
-        let f = NetworkLocalRateLimitFactory::new(&config(true), &store);
+        let f = NetworkLocalRateLimitFactory::new(
+            &config(true),
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         assert!(matches!(connect(&f), Some(NetFlow::Continue)));
         let Some(NetFlow::Close(d)) = connect(&f) else {
             panic!("closed")
@@ -116,7 +128,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(matches!(connect(&f), Some(NetFlow::Continue)));
 
-        let off = NetworkLocalRateLimitFactory::new(&config(false), &store);
+        let off = NetworkLocalRateLimitFactory::new(
+            &config(false),
+            &store,
+            RuntimeLoader::for_tests(Default::default()),
+        );
         assert!((0..3).all(|_| connect(&off).is_none()));
     }
 }
