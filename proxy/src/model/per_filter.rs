@@ -152,9 +152,6 @@ pub fn most_specific<'a>(
     levels.into_iter().find_map(|l| l.get(filter_name))
 }
 
-/// Shared handle for the levels that keep their map behind an `Arc`.
-pub type SharedPerFilterConfigs = Arc<PerFilterConfigs>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
