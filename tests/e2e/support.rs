@@ -1072,3 +1072,23 @@ pub fn with_typed_router(yaml: &str) -> String {
     }
     out
 }
+
+/// Whether an interop tool (curl, openssl, promtool…) runs here. Missing, a test skips loudly;
+/// under `.ci/run` (REMORA_REQUIRE_INTEROP set, it installs them) a missing tool fails.
+pub fn have_tool(tool: &str) -> bool {
+    let runs = |arg: &str| {
+        Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = runs("--version") || runs("version");
+    if !ok {
+        assert!(
+            std::env::var_os("REMORA_REQUIRE_INTEROP").is_none(),
+            "{tool} is required (REMORA_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
+    }
+    ok
+}
