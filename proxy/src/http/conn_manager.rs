@@ -235,6 +235,8 @@ pub struct ConnectionManager {
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
     /// The access log or the local-reply mappers read the request.
     keep_request: bool,
+    /// The runtime snapshot request-time reads use (mirror policies' `runtime_fraction`).
+    pub runtime: Arc<crate::runtime::RuntimeLoader>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -436,6 +438,7 @@ impl ConnectionManager {
             alpn,
             filters,
             keep_request,
+            runtime: cx.runtime.clone(),
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,
