@@ -482,6 +482,23 @@ impl Tee {
     }
 }
 
+impl Tee {
+    /// The body ended cleanly: the copies' bodies end too.
+    fn finish(&mut self) {
+        for out in self.outs.drain(..) {
+            out.shared.complete.store(true, Relaxed);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
 impl HttpBody for Tee {
     type Data = Bytes;
     type Error = BodyError;
@@ -493,12 +510,14 @@ impl HttpBody for Tee {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => this.hand_out(frame),
-            Poll::Ready(None) => {
-                for out in this.outs.drain(..) {
-                    out.shared.complete.store(true, Relaxed);
+            Poll::Ready(Some(Ok(frame))) => {
+                this.hand_out(frame);
+                // The reader may stop at the last frame without asking for the end.
+                if this.inner.is_end_stream() {
+                    this.finish();
                 }
             }
+            Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => this.outs.clear(),
             Poll::Pending => {}
         }
@@ -598,6 +617,18 @@ mod tests {
         // The copy had two chunks, then fails: it is never sent as if complete.
         let c = copies.remove(0);
         assert!(c.collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_at_the_last_frame_still_completes_the_copy() {
+        let (mut tee, mut copies) = tee(Body::full("whole"), 1024, 1);
+        // As the HTTP/1 client writes: one frame, then it asks whether the body has ended.
+        let frame = tee.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().map(|d| &d[..]), Some(&b"whole"[..]));
+        assert!(tee.is_end_stream());
+        drop(tee);
+        let got = copies.remove(0).collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"whole");
     }
 
     #[tokio::test]
