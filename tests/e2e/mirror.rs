@@ -287,3 +287,60 @@ fn invalid_policies_are_refused() {
         "{err}"
     );
 }
+
+/// Envoy's route-mirror example, run for real: `/service/1` is copied to `service1-mirror`,
+/// `/service/2` to the cluster its `x-mirror-cluster` header names.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_route_mirror_example_runs() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/envoy-configs/examples/route-mirror_envoy.yaml"
+    );
+    let names = ["service1", "service1-mirror", "service2", "service2-mirror"];
+    let mut recorders = Vec::new();
+    for n in names {
+        recorders.push(recorder(n, Behaviour::Answer).await);
+    }
+    let port = closed_port().port();
+    // The example's hosts are the compose services' names: here, the recorders on 127.0.0.1.
+    let mut yaml = String::new();
+    let mut pending_port = None;
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let t = line.trim();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        if let Some(i) = t
+            .strip_prefix("address: ")
+            .and_then(|a| names.iter().position(|n| *n == a))
+        {
+            yaml.push_str(&format!("{indent}address: 127.0.0.1\n"));
+            pending_port = Some(recorders[i].addr.port());
+        } else if t == "port_value: 8080"
+            && let Some(p) = pending_port.take()
+        {
+            yaml.push_str(&format!("{indent}port_value: {p}\n"));
+        } else if t == "port_value: 10000" {
+            yaml.push_str(&format!("{indent}port_value: {port}\n"));
+        } else {
+            yaml.push_str(&line.replace("address: 0.0.0.0", "address: 127.0.0.1"));
+            yaml.push('\n');
+        }
+    }
+    let _r = Remora::start(&yaml).await;
+    let web = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(web, "x", "/service/1").await.text(), "ok service1");
+    let copy = &recorders[1].wait_for(1).await[0];
+    assert_eq!(
+        (copy.path.as_str(), copy.header("host")),
+        ("/service/1", Some("x-shadow"))
+    );
+    let to = [("x-mirror-cluster", "service2-mirror")];
+    assert_eq!(
+        get_with(web, "x", "/service/2", &to).await.text(),
+        "ok service2"
+    );
+    assert_eq!(recorders[3].wait_for(1).await[0].path, "/service/2");
+    // Without the header, no copy.
+    assert_eq!(get(web, "x", "/service/2").await.status, 200);
+    assert_eq!(recorders[3].settled(Duration::from_millis(300)).await, 1);
+    assert_eq!(recorders[1].seen().len(), 1);
+}
