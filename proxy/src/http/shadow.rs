@@ -69,7 +69,7 @@ pub(super) fn mirror(
                 Body::Boxed(Box::pin(copy))
             }
         };
-        let copy = Copy {
+        let copy = Shadow {
             hcm: hcm.clone(),
             cluster,
             timeout,
@@ -184,7 +184,7 @@ fn buffer_limit(hcm: &ConnectionManager, f: &Forward<'_>) -> usize {
 // === the copy on its own task ===
 
 /// One copy in flight.
-struct Copy {
+struct Shadow {
     hcm: Arc<ConnectionManager>,
     cluster: Arc<Cluster>,
     timeout: Option<Duration>,
@@ -201,7 +201,7 @@ struct Seen {
     connected: bool,
 }
 
-impl Copy {
+impl Shadow {
     async fn run(self, head: http::request::Parts, body: Body) {
         let cluster = &self.cluster;
         let s = cluster.stats.traffic();
@@ -565,7 +565,7 @@ impl HttpBody for CopyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
