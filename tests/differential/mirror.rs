@@ -22,6 +22,8 @@ const ROUTES: &str = r#"              - match: {prefix: "/hdr"}
                 route: {cluster: primary, request_mirror_policies: [{cluster: refused}]}
               - match: {prefix: "/never"}
                 route: {cluster: primary, request_mirror_policies: [{cluster: mirror, runtime_fraction: {default_value: {numerator: 0}}}]}
+              - match: {prefix: "/pertry"}
+                route: {cluster: primary, timeout: 3s, retry_policy: {retry_on: 5xx, per_try_timeout: 1s}, request_mirror_policies: [{cluster: mirror}]}
               - match: {prefix: "/two"}
                 route: {cluster: primary, request_mirror_policies: [{cluster: mirror}, {cluster: mirror, disable_shadow_host_suffix_append: true}]}
               - match: {prefix: "/"}
@@ -105,6 +107,7 @@ fn all_cases() -> Vec<Case> {
         get("refused_mirror", "x.test", "/refused", &[]),
         get("fraction_zero", "x.test", "/never", &[]),
         get("two_policies", "x.test", "/two", &[]),
+        get("per_try_timeout", "x.test", "/pertry", &[]),
     ]
 }
 

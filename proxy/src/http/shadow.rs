@@ -142,14 +142,13 @@ fn head(
     if f.vhost.attempt_count_upstream {
         h.insert(names::X_ENVOY_ATTEMPT_COUNT, names::number(1));
     }
-    if !hcm.config.router.suppress_envoy_headers {
-        match timeout {
-            Some(t) => h.insert(
-                names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-                names::number(t.as_millis() as u64),
-            ),
-            None => h.remove(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS),
-        };
+    // The async client's own router announces its timeout (the route's; no per-try timeout),
+    // and with none leaves what the primary's head had.
+    if !hcm.config.router.suppress_envoy_headers
+        && let Some(t) = timeout
+    {
+        let ms = names::number(t.as_millis() as u64);
+        h.insert(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
     }
     h.insert(names::X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     let local = hcm
