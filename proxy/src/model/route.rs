@@ -1441,6 +1441,63 @@ virtual_hosts:
     }
 
     #[test]
+    fn mirror_policies_come_from_the_most_specific_level_that_has_them() {
+        let c = rc(r#"
+request_mirror_policies: [{cluster: from_rc}]
+virtual_hosts:
+- name: with
+  domains: ["with"]
+  request_mirror_policies: [{cluster: from_vh}, {cluster_header: x-m}]
+  routes:
+  - match: {prefix: "/own"}
+    route: {cluster: a, request_mirror_policies: [{cluster: from_route}]}
+  - match: {prefix: "/"}
+    route: {cluster: a}
+- name: without
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: a}
+"#)
+        .unwrap();
+        let h = HeaderMap::new();
+        let names = |host: &str, path: &str| -> Vec<String> {
+            let (_, r, _) = find(&c, host, path, &h).unwrap();
+            let RouteAction::Forward(f) = &r.action else {
+                panic!()
+            };
+            f.mirrors
+                .iter()
+                .map(|m| match &m.cluster {
+                    MirrorCluster::Name(n) => n.to_string(),
+                    MirrorCluster::Header(h) => format!("header {h}"),
+                })
+                .collect()
+        };
+        assert_eq!(names("with", "/own"), ["from_route"]);
+        assert_eq!(names("with", "/x"), ["from_vh", "header x-m"]);
+        assert_eq!(names("other", "/x"), ["from_rc"]);
+        // Named mirror clusters are validated with the routes' clusters.
+        for n in ["from_route", "from_vh", "from_rc", "a"] {
+            assert!(c.referenced_clusters.iter().any(|r| &**r == n), "{n}");
+        }
+        let e = rc(r#"
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: a, request_mirror_policies: [{cluster: m, request_headers_mutations: [{remove: x}]}]}
+"#)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("routes[0].route.request_mirror_policies[0].request_headers_mutations"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn rewrites_and_weights() {
         let c = rc(r#"
 virtual_hosts:
