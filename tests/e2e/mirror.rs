@@ -344,3 +344,32 @@ async fn the_route_mirror_example_runs() {
     assert_eq!(recorders[3].settled(Duration::from_millis(300)).await, 1);
     assert_eq!(recorders[1].seen().len(), 1);
 }
+
+/// An HTTP/2 client, and a mirror cluster that speaks HTTP/2: the primary gets the body, the
+/// copy goes out on an HTTP/2 connection and is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_over_http2() {
+    let primary = recorder("primary", Behaviour::Answer).await;
+    let h2 = upstream("h2").await;
+    let h2_options = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
+    let routes = r#"              - match: {prefix: "/h2"}
+                route: {cluster: primary, request_mirror_policies: [{cluster: m2}]}
+"#;
+    let clusters = [
+        cluster("primary", &[primary.addr], ""),
+        cluster("mirror", &[primary.addr], ""),
+        cluster("m2", &[h2.addr], h2_options),
+    ]
+    .concat();
+    let r = Remora::start(&bootstrap(&listener(routes), &clusters)).await;
+    let web = r.addr("web");
+    let mut req = h2_request(web, "h2.test", "/h2/x");
+    *req.method_mut() = http::Method::POST;
+    *req.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(b"over h2"));
+    let resp = request(web, true, req).await;
+    assert_eq!((resp.status, resp.text()), (200, "ok primary".to_string()));
+    assert_eq!(primary.wait_for(1).await[0].body.as_ref(), b"over h2");
+    r.wait_stat("cluster.m2.internal.upstream_rq_200", 1).await;
+    assert_eq!(r.stat("cluster.m2.upstream_cx_http2_total").await, 1);
+    assert_eq!(h2.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
