@@ -127,6 +127,8 @@ const STATS: &[&str] = &[
     "cluster.refused.upstream_rq_completed",
     "cluster.primary.retry_or_shadow_abandoned",
     "http.web.rq_total",
+    "http.async-client.rq_total",
+    "http.async-client.no_cluster",
 ];
 
 pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {

@@ -237,6 +237,8 @@ pub struct ConnectionManager {
     keep_request: bool,
     /// The runtime snapshot request-time reads use (mirror policies' `runtime_fraction`).
     pub runtime: Arc<crate::runtime::RuntimeLoader>,
+    /// `http.async-client.rq_total`: the mirrored copies sent (Envoy's async client counts them).
+    pub async_client_rq_total: Arc<Counter>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -439,6 +441,7 @@ impl ConnectionManager {
             filters,
             keep_request,
             runtime: cx.runtime.clone(),
+            async_client_rq_total: store.counter("http.async-client.rq_total"),
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,

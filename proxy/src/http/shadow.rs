@@ -76,6 +76,7 @@ pub(super) fn mirror(
             progress: progress.cloned(),
             origin: Instant::now(),
         };
+        hcm.async_client_rq_total.inc();
         tokio::spawn(copy.run(head, copy_body));
     }
     if outs.is_empty() {
