@@ -78,6 +78,17 @@ impl ServerStats {
         ] {
             let _ = store.counter(name);
         }
+        // Envoy's async client's router stats (every Envoy has them): request mirroring counts
+        // its copies in `rq_total` (`http::shadow`).
+        for name in [
+            "no_cluster",
+            "no_route",
+            "rq_direct_response",
+            "rq_redirect",
+            "rq_total",
+        ] {
+            let _ = store.counter(&format!("http.async-client.{name}"));
+        }
         Self {
             live: store.gauge("server.live"),
             state: store.gauge("server.state"),

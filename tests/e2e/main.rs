@@ -18,6 +18,7 @@ mod health_check;
 mod load_balancing;
 mod local_ratelimit;
 mod logs;
+mod mirror;
 mod prometheus_rules;
 mod protocols;
 mod rbac;

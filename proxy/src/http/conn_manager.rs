@@ -235,6 +235,10 @@ pub struct ConnectionManager {
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
     /// The access log or the local-reply mappers read the request.
     keep_request: bool,
+    /// The runtime snapshot request-time reads use (mirror policies' `runtime_fraction`).
+    pub runtime: Arc<crate::runtime::RuntimeLoader>,
+    /// `http.async-client.rq_total`: the mirrored copies sent (Envoy's async client counts them).
+    pub async_client_rq_total: Arc<Counter>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -436,6 +440,8 @@ impl ConnectionManager {
             alpn,
             filters,
             keep_request,
+            runtime: cx.runtime.clone(),
+            async_client_rq_total: store.counter("http.async-client.rq_total"),
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,

@@ -24,6 +24,7 @@ pub mod listener;
 pub mod local_ratelimit;
 pub mod log_format;
 pub mod matcher;
+pub mod mirror;
 pub mod pb;
 pub mod per_filter;
 pub mod rbac;
