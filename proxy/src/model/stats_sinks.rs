@@ -1,0 +1,274 @@
+//! `stats_sinks` (`envoy.config.metrics.v3.StatsSink`) → where flushed stats go:
+//! `envoy.stat_sinks.statsd` (`StatsdSink`: UDP address or TCP cluster) and
+//! `envoy.stat_sinks.metrics_service` (`MetricsServiceConfig`: gRPC stream to a cluster). Other
+//! sinks are refused by their `@type`. The clusters named must be static clusters of the
+//! bootstrap (Envoy creates the sinks with the static clusters only); `bootstrap.rs` checks them.
+
+use super::core::{any_type, bool_or, decode_any, enum_value, host_port};
+use super::pb;
+use crate::config::{FieldPath, Result};
+use std::net::SocketAddr;
+
+/// One stats sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatsSink {
+    Statsd(Statsd),
+    MetricsService(MetricsService),
+}
+
+/// `envoy.config.metrics.v3.StatsdSink`: Envoy's plain statsd lines with full stat names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statsd {
+    pub target: StatsdTarget,
+    /// `prefix`, `envoy` when empty.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatsdTarget {
+    /// `address`: one datagram per line.
+    Udp(SocketAddr),
+    /// `tcp_cluster_name`: newline-terminated lines over a connection to the cluster.
+    Tcp(String),
+}
+
+/// `envoy.config.metrics.v3.MetricsServiceConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsService {
+    /// `grpc_service.envoy_grpc.cluster_name`.
+    pub cluster: String,
+    /// `report_counters_as_deltas` (default false: cumulative values).
+    pub counters_as_deltas: bool,
+    /// `emit_tags_as_labels`: tag-extracted names with the tags as labels.
+    pub tags_as_labels: bool,
+    /// `histogram_emit_mode`: a summary and/or a histogram per histogram.
+    pub emit_summary: bool,
+    pub emit_histogram: bool,
+    /// `batch_size`: at most this many metric families per message (0: all in one).
+    pub batch_size: usize,
+}
+
+/// Envoy's default statsd prefix.
+pub const DEFAULT_STATSD_PREFIX: &str = "envoy";
+
+const STATSD: &str = "envoy.config.metrics.v3.StatsdSink";
+const METRICS_SERVICE: &str = "envoy.config.metrics.v3.MetricsServiceConfig";
+
+impl StatsSink {
+    pub fn from_proto(path: &FieldPath, s: &pb::metrics::StatsSink) -> Result<Self> {
+        use pb::metrics::stats_sink::ConfigType;
+        let pb::metrics::StatsSink { name, config_type } = s;
+        let Some(ConfigType::TypedConfig(any)) = config_type else {
+            return Err(path.error(format!("stats sink '{name}' needs a typed_config")));
+        };
+        let tp = path.field("typed_config");
+        match any_type(any) {
+            STATSD => Ok(Self::Statsd(statsd(&tp, &decode_any(&tp, any)?)?)),
+            METRICS_SERVICE => Ok(Self::MetricsService(metrics_service(
+                &tp,
+                &decode_any(&tp, any)?,
+            )?)),
+            other => Err(tp
+                .field("@type")
+                .error(format!("stats sink {other} is not supported"))),
+        }
+    }
+
+    /// The cluster the sink connects to, with the path of the field that names it.
+    pub fn cluster(&self, path: &FieldPath) -> Option<(&str, FieldPath)> {
+        let tp = path.field("typed_config");
+        match self {
+            Self::Statsd(Statsd {
+                target: StatsdTarget::Tcp(c),
+                ..
+            }) => Some((c, tp.field("tcp_cluster_name"))),
+            Self::Statsd(_) => None,
+            Self::MetricsService(m) => Some((
+                &m.cluster,
+                tp.field("grpc_service")
+                    .field("envoy_grpc")
+                    .field("cluster_name"),
+            )),
+        }
+    }
+}
+
+fn statsd(path: &FieldPath, s: &pb::metrics::StatsdSink) -> Result<Statsd> {
+    use pb::metrics::statsd_sink::StatsdSpecifier;
+    let pb::metrics::StatsdSink {
+        prefix,
+        statsd_specifier,
+    } = s;
+    let target = match statsd_specifier {
+        Some(StatsdSpecifier::Address(a)) => StatsdTarget::Udp(udp_address(path, a)?),
+        Some(StatsdSpecifier::TcpClusterName(c)) => {
+            if c.is_empty() {
+                return Err(path.field("tcp_cluster_name").error("must not be empty"));
+            }
+            StatsdTarget::Tcp(c.clone())
+        }
+        None => return Err(path.error("address or tcp_cluster_name is required")),
+    };
+    let prefix = if prefix.is_empty() {
+        DEFAULT_STATSD_PREFIX.to_string()
+    } else {
+        prefix.clone()
+    };
+    Ok(Statsd { target, prefix })
+}
+
+/// The statsd UDP address: an IP literal and port (Envoy resolves no name here); its
+/// `protocol` is not read, as in Envoy.
+fn udp_address(path: &FieldPath, a: &pb::core::Address) -> Result<SocketAddr> {
+    use pb::core::address::Address as A;
+    let ap = path.field("address");
+    let pb::core::Address { address } = a;
+    let sa = match address {
+        Some(A::SocketAddress(sa)) => sa,
+        Some(A::Pipe(_)) => return Err(ap.unsupported("pipe")),
+        Some(A::EnvoyInternalAddress(_)) => return Err(ap.unsupported("envoy_internal_address")),
+        None => return Err(ap.error("an address is required")),
+    };
+    let sp = ap.field("socket_address");
+    let tcp = pb::core::SocketAddress {
+        protocol: pb::core::socket_address::Protocol::Tcp as i32,
+        ..sa.clone()
+    };
+    let hp = host_port(&sp, &tcp)?;
+    hp.socket_addr().ok_or_else(|| {
+        sp.field("address")
+            .error(format!("malformed IP address: {}", hp.host))
+    })
+}
+
+fn metrics_service(
+    path: &FieldPath,
+    m: &pb::metrics::MetricsServiceConfig,
+) -> Result<MetricsService> {
+    use pb::metrics::HistogramEmitMode as H;
+    let pb::metrics::MetricsServiceConfig {
+        grpc_service,
+        transport_api_version,
+        report_counters_as_deltas,
+        emit_tags_as_labels,
+        histogram_emit_mode,
+        batch_size,
+    } = m;
+    let Some(g) = grpc_service else {
+        return Err(path.field("grpc_service").error("is required"));
+    };
+    if *transport_api_version != 0 && *transport_api_version != pb::core::ApiVersion::V3 as i32 {
+        return Err(path
+            .field("transport_api_version")
+            .error("only V3 is supported (the v2 xDS major version has been removed)"));
+    }
+    let cluster = super::xds::envoy_grpc_cluster(&path.field("grpc_service"), g)?;
+    let mode = enum_value::<H>(path, "histogram_emit_mode", *histogram_emit_mode, |_| true)?;
+    Ok(MetricsService {
+        cluster,
+        counters_as_deltas: bool_or(report_counters_as_deltas, false),
+        tags_as_labels: *emit_tags_as_labels,
+        emit_summary: matches!(mode, H::SummaryAndHistogram | H::Summary),
+        emit_histogram: matches!(mode, H::SummaryAndHistogram | H::Histogram),
+        batch_size: *batch_size as usize,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(yaml: &str) -> Result<StatsSink> {
+        let s: pb::metrics::StatsSink = crate::config::decode_yaml(
+            "envoy.config.metrics.v3.StatsSink",
+            yaml,
+            &FieldPath::root(),
+        );
+        StatsSink::from_proto(&FieldPath::root().field("stats_sinks").index(0), &s)
+    }
+
+    #[test]
+    fn statsd_udp_tcp_and_default_prefix() {
+        let udp = sink(
+            r#"{name: envoy.stat_sinks.statsd, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink, address: {socket_address: {address: 127.0.0.1, port_value: 9125}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            udp,
+            StatsSink::Statsd(Statsd {
+                target: StatsdTarget::Udp("127.0.0.1:9125".parse().unwrap()),
+                prefix: "envoy".into()
+            })
+        );
+        let tcp = sink(
+            r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink, tcp_cluster_name: statsd, prefix: p}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            tcp,
+            StatsSink::Statsd(Statsd {
+                target: StatsdTarget::Tcp("statsd".into()),
+                prefix: "p".into()
+            })
+        );
+        let (c, p) = tcp.cluster(&FieldPath::root().field("s")).unwrap();
+        assert_eq!(
+            (c, p.as_str()),
+            ("statsd", "s.typed_config.tcp_cluster_name")
+        );
+    }
+
+    #[test]
+    fn refusals_name_their_path() {
+        let cases = [
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink, address: {socket_address: {address: statsd.local, port_value: 1}}}}"#,
+                "stats_sinks[0].typed_config.address.socket_address.address",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink}}"#,
+                "stats_sinks[0].typed_config",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}"#,
+                "stats_sinks[0].typed_config.@type",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V2, grpc_service: {envoy_grpc: {cluster_name: m}}}}"#,
+                "stats_sinks[0].typed_config.transport_api_version",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig}}"#,
+                "stats_sinks[0].typed_config.grpc_service",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, grpc_service: {google_grpc: {target_uri: x, stat_prefix: y}}}}"#,
+                "stats_sinks[0].typed_config.grpc_service.google_grpc",
+            ),
+            (r#"{name: s}"#, "stats_sinks[0]"),
+        ];
+        for (yaml, path) in cases {
+            let e = sink(yaml).unwrap_err();
+            assert_eq!(e.paths(), [path], "{e}");
+        }
+    }
+
+    #[test]
+    fn metrics_service_fields() {
+        let m = sink(
+            r#"{name: envoy.stat_sinks.metrics_service, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3, grpc_service: {envoy_grpc: {cluster_name: ms}}, report_counters_as_deltas: true, emit_tags_as_labels: true, histogram_emit_mode: SUMMARY, batch_size: 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            StatsSink::MetricsService(MetricsService {
+                cluster: "ms".into(),
+                counters_as_deltas: true,
+                tags_as_labels: true,
+                emit_summary: true,
+                emit_histogram: false,
+                batch_size: 10,
+            })
+        );
+    }
+}
