@@ -760,10 +760,6 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
     }
     flusher.abort();
     retire.abort();
-    if on_timer {
-        // As Envoy, one last flush on the way out.
-        state.flush_stats();
-    }
     for l in state.listeners.all().iter() {
         l.stop.send_replace(true);
     }

@@ -124,10 +124,10 @@ async fn statsd_udp_sends_counters_gauges_and_timers() {
     );
 }
 
-/// `stats_flush_interval` sets the pace; a long one sends nothing until remora exits (Envoy
-/// flushes once more on the way out).
+/// `stats_flush_interval` sets the pace; a long one sends nothing, not even at exit (Envoy 1.40
+/// does not flush on SIGTERM).
 #[tokio::test(flavor = "multi_thread")]
-async fn flush_interval_is_honoured_and_shutdown_flushes() {
+async fn flush_interval_is_honoured() {
     let u = upstream("u").await;
     let fast = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let top = format!(
@@ -154,12 +154,8 @@ async fn flush_interval_is_honoured_and_shutdown_flushes() {
     );
     r.signal("TERM");
     r.wait_exit(Duration::from_secs(10)).await.expect("exits");
-    let last = datagrams(&slow, Duration::from_millis(500)).await;
-    assert_eq!(
-        counted(&last, "envoy.cluster.backend.upstream_rq_total"),
-        2,
-        "{last:?}"
-    );
+    let last = datagrams(&slow, Duration::from_millis(300)).await;
+    assert!(last.is_empty(), "{last:?}");
 }
 
 /// `stats_flush_on_admin`: no timer; reading `/stats` flushes.
