@@ -249,11 +249,10 @@ fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
         Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter
     });
     // A statsd sink sends every value histograms record: they keep them until the flush.
-    let log_values = b
-        .stats
-        .sinks
-        .iter()
-        .any(|s| matches!(s, crate::model::stats_sinks::StatsSink::Statsd(_)));
+    let log_values = b.stats.sinks.iter().any(|s| {
+        use crate::model::stats_sinks::StatsSink as S;
+        matches!(s, S::Statsd(_) | S::DogStatsd(_))
+    });
     Ok(Arc::new(
         Store::new(tags, accept)
             .with_deferred_creation(b.deferred_creation_stats)

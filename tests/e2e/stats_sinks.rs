@@ -337,3 +337,48 @@ async fn a_missing_sink_cluster_is_a_startup_error() {
         "{e}"
     );
 }
+
+/// DogStatsD: tag-extracted names with the tags after the value, counter and gauge lines packed
+/// into datagrams of `max_bytes_per_datagram`, timers one per datagram.
+#[tokio::test(flavor = "multi_thread")]
+async fn dog_statsd_sends_tagged_lines_in_packed_datagrams() {
+    let u = upstream("u").await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let top = format!(
+        "stats_flush_interval: 0.1s\nstats_sinks:\n- name: envoy.stat_sinks.dog_statsd\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink\n    address: {{socket_address: {{address: {}, port_value: {}}}}}\n    max_bytes_per_datagram: 1000\n",
+        addr.ip(),
+        addr.port()
+    );
+    let r = Remora::start(&config(&top, u.addr, "")).await;
+    traffic(&r, 3).await;
+    let rq = "envoy.cluster.upstream_rq_total";
+    let tagged = |d: &[String]| -> u64 {
+        d.iter()
+            .flat_map(|d| d.lines())
+            .filter_map(|l| {
+                l.strip_prefix(&format!("{rq}:"))?
+                    .strip_suffix("|c|#envoy.cluster_name:backend")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let got = datagrams_until(&sock, |d| tagged(d) == 3).await;
+    assert!(got.iter().all(|d| d.len() <= 1000), "packed up to the size");
+    assert!(
+        got.iter().any(|d| d.lines().count() > 1),
+        "several lines a datagram"
+    );
+    assert!(
+        got.iter()
+            .flat_map(|d| d.lines())
+            .any(|l| l == "envoy.server.live:1|g")
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.starts_with("envoy.cluster.upstream_rq_time:")
+                && d.ends_with("|ms|#envoy.cluster_name:backend")),
+        "{got:?}"
+    );
+}

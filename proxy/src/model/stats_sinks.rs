@@ -1,6 +1,7 @@
 //! `stats_sinks` (`envoy.config.metrics.v3.StatsSink`) → where flushed stats go:
 //! `envoy.stat_sinks.statsd` (`StatsdSink`: UDP address or TCP cluster) and
-//! `envoy.stat_sinks.metrics_service` (`MetricsServiceConfig`: gRPC stream to a cluster). Other
+//! `envoy.stat_sinks.metrics_service` (`MetricsServiceConfig`: gRPC stream to a cluster),
+//! `envoy.stat_sinks.dog_statsd` (`DogStatsdSink`: statsd with DogStatsD tags over UDP). Other
 //! sinks are refused by their `@type`. The clusters named must be static clusters of the
 //! bootstrap (Envoy creates the sinks with the static clusters only); `bootstrap.rs` checks them.
 
@@ -14,6 +15,19 @@ use std::net::SocketAddr;
 pub enum StatsSink {
     Statsd(Statsd),
     MetricsService(MetricsService),
+    DogStatsd(DogStatsd),
+}
+
+/// `envoy.config.metrics.v3.DogStatsdSink`: statsd lines with tag-extracted names and the tags
+/// as `|#name:value,...`, over UDP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DogStatsd {
+    pub address: SocketAddr,
+    /// `prefix`, `envoy` when empty.
+    pub prefix: String,
+    /// `max_bytes_per_datagram`: lines joined by `\n` up to this size (one per datagram when
+    /// unset).
+    pub max_bytes_per_datagram: Option<u64>,
 }
 
 /// `envoy.config.metrics.v3.StatsdSink`: Envoy's plain statsd lines with full stat names.
@@ -53,6 +67,7 @@ pub const DEFAULT_STATSD_PREFIX: &str = "envoy";
 
 const STATSD: &str = "envoy.config.metrics.v3.StatsdSink";
 const METRICS_SERVICE: &str = "envoy.config.metrics.v3.MetricsServiceConfig";
+const DOG_STATSD: &str = "envoy.config.metrics.v3.DogStatsdSink";
 
 impl StatsSink {
     pub fn from_proto(path: &FieldPath, s: &pb::metrics::StatsSink) -> Result<Self> {
@@ -68,6 +83,7 @@ impl StatsSink {
                 &tp,
                 &decode_any(&tp, any)?,
             )?)),
+            DOG_STATSD => Ok(Self::DogStatsd(dog_statsd(&tp, &decode_any(&tp, any)?)?)),
             other => Err(tp
                 .field("@type")
                 .error(format!("stats sink {other} is not supported"))),
@@ -82,7 +98,7 @@ impl StatsSink {
                 target: StatsdTarget::Tcp(c),
                 ..
             }) => Some((c, tp.field("tcp_cluster_name"))),
-            Self::Statsd(_) => None,
+            Self::Statsd(_) | Self::DogStatsd(_) => None,
             Self::MetricsService(m) => Some((
                 &m.cluster,
                 tp.field("grpc_service")
@@ -109,12 +125,42 @@ fn statsd(path: &FieldPath, s: &pb::metrics::StatsdSink) -> Result<Statsd> {
         }
         None => return Err(path.error("address or tcp_cluster_name is required")),
     };
-    let prefix = if prefix.is_empty() {
+    Ok(Statsd {
+        target,
+        prefix: prefix_or_default(prefix),
+    })
+}
+
+fn prefix_or_default(prefix: &str) -> String {
+    if prefix.is_empty() {
         DEFAULT_STATSD_PREFIX.to_string()
     } else {
-        prefix.clone()
+        prefix.to_string()
+    }
+}
+
+fn dog_statsd(path: &FieldPath, s: &pb::metrics::DogStatsdSink) -> Result<DogStatsd> {
+    use pb::metrics::dog_statsd_sink::DogStatsdSpecifier;
+    let pb::metrics::DogStatsdSink {
+        prefix,
+        max_bytes_per_datagram,
+        dog_statsd_specifier,
+    } = s;
+    let address = match dog_statsd_specifier {
+        Some(DogStatsdSpecifier::Address(a)) => udp_address(path, a)?,
+        None => return Err(path.error("address is required")),
     };
-    Ok(Statsd { target, prefix })
+    let max_bytes_per_datagram = max_bytes_per_datagram.as_ref().map(|v| v.value);
+    if max_bytes_per_datagram == Some(0) {
+        return Err(path
+            .field("max_bytes_per_datagram")
+            .error("value must be greater than 0"));
+    }
+    Ok(DogStatsd {
+        address,
+        prefix: prefix_or_default(prefix),
+        max_bytes_per_datagram,
+    })
 }
 
 /// The statsd UDP address: an IP literal and port (Envoy resolves no name here); its
@@ -230,8 +276,12 @@ mod tests {
                 "stats_sinks[0].typed_config",
             ),
             (
-                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}"#,
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.HystrixSink}}"#,
                 "stats_sinks[0].typed_config.@type",
+            ),
+            (
+                r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink, address: {socket_address: {address: 127.0.0.1, port_value: 1}}, max_bytes_per_datagram: 0}}"#,
+                "stats_sinks[0].typed_config.max_bytes_per_datagram",
             ),
             (
                 r#"{name: s, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V2, grpc_service: {envoy_grpc: {cluster_name: m}}}}"#,
@@ -251,6 +301,22 @@ mod tests {
             let e = sink(yaml).unwrap_err();
             assert_eq!(e.paths(), [path], "{e}");
         }
+    }
+
+    #[test]
+    fn dog_statsd_fields() {
+        let d = sink(
+            r#"{name: envoy.stat_sinks.dog_statsd, typed_config: {"@type": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink, address: {socket_address: {address: "::1", port_value: 8125}}, max_bytes_per_datagram: 512}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            StatsSink::DogStatsd(DogStatsd {
+                address: "[::1]:8125".parse().unwrap(),
+                prefix: "envoy".into(),
+                max_bytes_per_datagram: Some(512),
+            })
+        );
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! `stats_flush_on_admin`) the main thread takes one [`Snapshot`] of the store — used counters
 //! with their delta since the last flush, used gauges, used histograms with their interval, and
 //! the values histograms recorded since — and hands it to each sink. One module per Envoy
-//! extension: [`statsd`] (`envoy.stat_sinks.statsd`), [`metrics_service`]
-//! (`envoy.stat_sinks.metrics_service`).
+//! extension: [`statsd`] (`envoy.stat_sinks.statsd`), [`dog_statsd`]
+//! (`envoy.stat_sinks.dog_statsd`), [`metrics_service`] (`envoy.stat_sinks.metrics_service`).
 //!
 //! A sink never blocks the flush: UDP datagrams are sent without waiting (a failed send is
 //! dropped and counted), the TCP and gRPC sinks hand their payload to a connection task of their
 //! own over a short queue and drop it when the queue is full.
 
+pub mod dog_statsd;
 pub mod metrics_service;
 pub mod statsd;
 
@@ -53,8 +54,16 @@ pub struct Snapshot {
     pub counters: Vec<CounterPoint>,
     pub gauges: Vec<GaugePoint>,
     pub histograms: Vec<HistogramPoint>,
-    /// Each value a histogram recorded since the previous flush, by histogram name.
-    pub values: Vec<(Arc<str>, Vec<u64>)>,
+    /// Each value a histogram recorded since the previous flush.
+    pub values: Vec<ValuesPoint>,
+}
+
+/// The values one histogram recorded since the previous flush (statsd's timers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValuesPoint {
+    pub name: Arc<str>,
+    pub tags: Tags,
+    pub values: Vec<u64>,
 }
 
 /// A stats sink.
@@ -103,6 +112,10 @@ impl Flusher {
                     statsd::start(c, &cx).map_err(|e| format!("stats_sinks[{i}]: statsd: {e}"))?
                 }
                 StatsSink::MetricsService(c) => Box::new(metrics_service::start(c, &cx)),
+                StatsSink::DogStatsd(c) => Box::new(
+                    dog_statsd::DogStatsdSink::new(c)
+                        .map_err(|e| format!("stats_sinks[{i}]: dog_statsd: {e}"))?,
+                ),
             });
         }
         Ok(Self::with_sinks(cx.store.clone(), out))
@@ -166,7 +179,11 @@ impl Flusher {
                     let values = h.take_values();
                     let interval = self.store.flush_histogram(&e.name, h);
                     if !values.is_empty() {
-                        out.values.push((e.name.clone(), values));
+                        out.values.push(ValuesPoint {
+                            name: e.name.clone(),
+                            tags: e.tags.clone(),
+                            values,
+                        });
                     }
                     if h.snapshot().count > 0 {
                         out.histograms.push(HistogramPoint {
@@ -269,10 +286,9 @@ mod tests {
         );
         let gauges: Vec<_> = seen[0].gauges.iter().map(|g| (&*g.name, g.value)).collect();
         assert_eq!(gauges, [("cluster.a.upstream_cx_active", 2)]);
-        assert_eq!(
-            seen[0].values,
-            [(Arc::from("cluster.a.upstream_rq_time"), vec![7, 12])]
-        );
+        assert_eq!(seen[0].values.len(), 1);
+        assert_eq!(&*seen[0].values[0].name, "cluster.a.upstream_rq_time");
+        assert_eq!(seen[0].values[0].values, [7, 12]);
         assert!(seen[1].values.is_empty(), "values go once");
         assert_eq!(seen[0].histograms[0].interval.count, 2);
         assert_eq!(

@@ -36,9 +36,9 @@ pub fn lines(prefix: &str, s: &Snapshot) -> Vec<String> {
     for g in &s.gauges {
         out.push(format!("{prefix}.{}:{}|g", g.name, g.value));
     }
-    for (name, values) in &s.values {
-        for v in values {
-            out.push(format!("{prefix}.{name}:{v}|ms"));
+    for p in &s.values {
+        for v in &p.values {
+            out.push(format!("{prefix}.{}:{v}|ms", p.name));
         }
     }
     out
@@ -64,6 +64,18 @@ pub fn start(c: &Statsd, cx: &StartContext<'_>) -> Result<Box<dyn Sink>, String>
     }
 }
 
+/// A non-blocking UDP socket of `to`'s family (shared with `dog_statsd`).
+pub fn udp_socket(to: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 /// Datagrams to `address`, one per line, sent without waiting.
 pub struct UdpSink {
     socket: UdpSocket,
@@ -75,15 +87,8 @@ pub struct UdpSink {
 
 impl UdpSink {
     pub fn new(to: SocketAddr, prefix: String) -> std::io::Result<Self> {
-        let local: SocketAddr = if to.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local)?;
-        socket.set_nonblocking(true)?;
         Ok(Self {
-            socket,
+            socket: udp_socket(to)?,
             to,
             prefix,
             dropped: AtomicU64::new(0),
@@ -221,7 +226,11 @@ mod tests {
                 tags: Tags::default(),
                 value: 1,
             }],
-            values: vec![("cluster.backend.upstream_rq_time".into(), vec![3, 250])],
+            values: vec![super::super::ValuesPoint {
+                name: "cluster.backend.upstream_rq_time".into(),
+                tags: Tags::default(),
+                values: vec![3, 250],
+            }],
             ..Snapshot::default()
         }
     }
