@@ -723,12 +723,7 @@ pub async fn serve_until_shutdown(state: Arc<ServerState>) {
             if !on_timer {
                 return; // stats_flush_on_admin: admin stats reads flush
             }
-            let mut tick = tokio::time::interval(flush_every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                state.flush_stats();
-            }
+            crate::telemetry::sinks::flush_every(flush_every, || state.flush_stats()).await;
         })
     };
     // Removed clusters' stats go once the clusters are gone (checked every second).

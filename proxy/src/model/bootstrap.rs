@@ -3,7 +3,7 @@
 
 use super::access_log::AccessLogConfig;
 use super::cluster::Cluster;
-use super::core::{bool_or, deny, opt_duration};
+use super::core::{bool_or, deny};
 use super::format::{DEFAULT_ACCESS_LOG_FORMAT, Formatter};
 use super::listener::Listener;
 use super::log_format::LineFormat;
@@ -246,8 +246,11 @@ impl Bootstrap {
             None => Ok(None),
         });
 
-        let (flush_interval, flush_on_admin) =
-            errs.or_default(stats_flush_from(&path, stats_flush_interval, stats_flush));
+        let (flush_interval, flush_on_admin) = errs.or_default(super::stats_sinks::flush_settings(
+            &path,
+            stats_flush_interval,
+            stats_flush,
+        ));
         let stats = errs.take(
             stats_settings(&path.field("stats_config"), stats_config, flush_interval).map(|s| {
                 StatsSettings {
@@ -287,7 +290,7 @@ impl Bootstrap {
             errs.check([check_dynamic(&path, dynamic, cs, &listeners, &clusters)]);
         }
         if let Some(stats) = &stats {
-            errs.check([check_sink_clusters(&path, &stats.sinks, cs)]);
+            errs.check([super::stats_sinks::check_clusters(&path, &stats.sinks, cs)]);
         }
         let (dynamic, stats) = errs.finish_some(dynamic.zip(stats))?;
         Ok(Self {
@@ -414,58 +417,6 @@ fn static_listeners_and_clusters(
         }
     }
     errs.finish_with((clusters, listeners))
-}
-
-/// `stats_flush_interval` (Envoy's bounds: at least 1 ms, under 5 minutes; 5 s by default) or
-/// `stats_flush_on_admin`, not both.
-fn stats_flush_from(
-    path: &FieldPath,
-    interval: &Option<pb::protobuf::Duration>,
-    flush: &Option<pb::bootstrap::bootstrap::StatsFlush>,
-) -> Result<(Duration, bool)> {
-    use pb::bootstrap::bootstrap::StatsFlush;
-    let every = opt_duration(path, "stats_flush_interval", interval)?;
-    if let Some(d) = every
-        && !(Duration::from_millis(1)..Duration::from_secs(300)).contains(&d)
-    {
-        return Err(path
-            .field("stats_flush_interval")
-            .error("value must be inside range [1ms, 5m0s)"));
-    }
-    match flush {
-        Some(StatsFlush::StatsFlushOnAdmin(on)) => {
-            if !on {
-                return Err(path
-                    .field("stats_flush_on_admin")
-                    .error("value must equal true"));
-            }
-            if every.is_some() {
-                return Err(path.field("stats_flush_on_admin").error(
-                    "Only one of stats_flush_interval or stats_flush_on_admin should be set!",
-                ));
-            }
-            Ok((Duration::from_secs(5), true))
-        }
-        None => Ok((every.unwrap_or(Duration::from_secs(5)), false)),
-    }
-}
-
-/// The clusters stats sinks connect to are static ones (Envoy creates its sinks with the
-/// static clusters: `tcp statsd: unknown cluster`, `Unknown gRPC client cluster`).
-fn check_sink_clusters(
-    path: &FieldPath,
-    sinks: &[super::stats_sinks::StatsSink],
-    cs: &[pb::cluster::Cluster],
-) -> Result<()> {
-    crate::config::error::all(sinks.iter().enumerate().map(|(i, s)| {
-        match s.cluster(&path.field("stats_sinks").index(i)) {
-            Some((name, at)) if !cs.iter().any(|c| c.name == name) => {
-                Err(at.error(format!("unknown static cluster '{name}'")))
-            }
-            _ => Ok(()),
-        }
-    }))
-    .map(|_| ())
 }
 
 /// What static resources need of `dynamic_resources`: the ADS stream's cluster is a static one;

@@ -5,10 +5,12 @@
 //! sinks are refused by their `@type`. The clusters named must be static clusters of the
 //! bootstrap (Envoy creates the sinks with the static clusters only); `bootstrap.rs` checks them.
 
+use super::core::opt_duration;
 use super::core::{any_type, bool_or, decode_any, enum_value, host_port};
 use super::pb;
 use crate::config::{FieldPath, Result};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// One stats sink.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,6 +220,58 @@ fn metrics_service(
         emit_histogram: matches!(mode, H::SummaryAndHistogram | H::Histogram),
         batch_size: *batch_size as usize,
     })
+}
+
+/// `stats_flush_interval` (Envoy's bounds: at least 1 ms, under 5 minutes; 5 s by default) or
+/// `stats_flush_on_admin`, not both.
+pub fn flush_settings(
+    path: &FieldPath,
+    interval: &Option<pb::protobuf::Duration>,
+    flush: &Option<pb::bootstrap::bootstrap::StatsFlush>,
+) -> Result<(Duration, bool)> {
+    use pb::bootstrap::bootstrap::StatsFlush;
+    let every = opt_duration(path, "stats_flush_interval", interval)?;
+    if let Some(d) = every
+        && !(Duration::from_millis(1)..Duration::from_secs(300)).contains(&d)
+    {
+        return Err(path
+            .field("stats_flush_interval")
+            .error("value must be inside range [1ms, 5m0s)"));
+    }
+    match flush {
+        Some(StatsFlush::StatsFlushOnAdmin(on)) => {
+            if !on {
+                return Err(path
+                    .field("stats_flush_on_admin")
+                    .error("value must equal true"));
+            }
+            if every.is_some() {
+                return Err(path.field("stats_flush_on_admin").error(
+                    "Only one of stats_flush_interval or stats_flush_on_admin should be set!",
+                ));
+            }
+            Ok((Duration::from_secs(5), true))
+        }
+        None => Ok((every.unwrap_or(Duration::from_secs(5)), false)),
+    }
+}
+
+/// The clusters stats sinks connect to are static ones (Envoy creates its sinks with the
+/// static clusters: `tcp statsd: unknown cluster`, `Unknown gRPC client cluster`).
+pub fn check_clusters(
+    path: &FieldPath,
+    sinks: &[StatsSink],
+    cs: &[pb::cluster::Cluster],
+) -> Result<()> {
+    crate::config::error::all(sinks.iter().enumerate().map(|(i, s)| {
+        match s.cluster(&path.field("stats_sinks").index(i)) {
+            Some((name, at)) if !cs.iter().any(|c| c.name == name) => {
+                Err(at.error(format!("unknown static cluster '{name}'")))
+            }
+            _ => Ok(()),
+        }
+    }))
+    .map(|_| ())
 }
 
 #[cfg(test)]

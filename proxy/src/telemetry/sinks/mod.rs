@@ -200,6 +200,19 @@ impl Flusher {
     }
 }
 
+/// The flush timer: `flush` every `every` (`stats_flush_interval`), the first one interval
+/// after the start; a late tick does not bring a burst of flushes after it (Envoy re-arms its
+/// timer after each flush).
+pub async fn flush_every(every: std::time::Duration, mut flush: impl FnMut()) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        flush();
+    }
+}
+
 /// What a counter gained: a counter reset since (`/reset_counters`) counts from zero.
 fn delta(value: u64, prev: u64) -> u64 {
     if value >= prev { value - prev } else { value }
@@ -295,6 +308,29 @@ mod tests {
             seen[1].histograms[0].interval.count, 0,
             "a used histogram stays, with an empty interval"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_flushes_every_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        use std::time::Duration;
+        let store = Arc::new(Store::default());
+        let (f, seen) = flusher(&store);
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let n = flushes.clone();
+        let timer = tokio::spawn(flush_every(Duration::from_secs(5), move || {
+            n.fetch_add(1, Relaxed);
+            f.flush();
+        }));
+        tokio::time::sleep(Duration::from_millis(4999)).await;
+        assert_eq!(flushes.load(Relaxed), 0, "none before the first interval");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(flushes.load(Relaxed), 1);
+        store.counter("c").add(2);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(flushes.load(Relaxed), 3);
+        assert_eq!(seen.lock().unwrap()[1].counters[0].delta, 2);
+        timer.abort();
     }
 
     #[test]
