@@ -382,3 +382,63 @@ async fn dog_statsd_sends_tagged_lines_in_packed_datagrams() {
         "{got:?}"
     );
 }
+
+/// A collector that ends each stream after its first message: the sink opens a new stream on a
+/// later flush (after its back-off), and each new stream names the node again.
+#[derive(Clone)]
+struct OneMessageCollector(mpsc::UnboundedSender<StreamMetricsMessage>);
+
+#[tonic::async_trait]
+impl MetricsService for OneMessageCollector {
+    async fn stream_metrics(
+        &self,
+        request: tonic::Request<tonic::Streaming<StreamMetricsMessage>>,
+    ) -> Result<tonic::Response<StreamMetricsResponse>, tonic::Status> {
+        if let Some(m) = request.into_inner().message().await? {
+            let _ = self.0.send(m);
+        }
+        Ok(tonic::Response::new(StreamMetricsResponse {}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_service_reopens_a_closed_stream() {
+    let u = upstream("u").await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = l.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(OneMessageCollector(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let top = "stats_flush_interval: 0.05s\nstats_sinks:\n- name: envoy.stat_sinks.metrics_service\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig\n    grpc_service: {envoy_grpc: {cluster_name: metrics}}\n";
+    let _r = Remora::start(&config(top, u.addr, &cluster("metrics", &[maddr], H2))).await;
+    for i in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} did not come"))
+            .unwrap();
+        assert!(m.identifier.is_some(), "stream {i} starts with the node");
+    }
+}
+
+/// The TCP statsd sink reconnects when its collector closes the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn statsd_tcp_reconnects() {
+    let u = upstream("u").await;
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = collector.local_addr().unwrap();
+    let top = "stats_flush_interval: 0.05s\nstats_sinks:\n- name: envoy.stat_sinks.statsd\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.config.metrics.v3.StatsdSink\n    tcp_cluster_name: statsd\n";
+    let _r = Remora::start(&config(top, u.addr, &cluster("statsd", &[caddr], ""))).await;
+    for i in 0..3 {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(20), collector.accept())
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} did not come"))
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        let l = lines.next_line().await.unwrap().unwrap();
+        assert!(l.starts_with("envoy."), "{l}");
+        // Dropped: the collector goes away; the next flushes find the connection closed.
+    }
+}
