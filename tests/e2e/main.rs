@@ -25,6 +25,7 @@ mod rbac;
 mod resilience;
 mod retries;
 mod routing;
+mod stats_sinks;
 mod tcp;
 mod tls;
 mod upstream;

@@ -77,6 +77,7 @@ enum_names!(
     pb::gzip::gzip::CompressionLevel,
     pb::gzip::gzip::CompressionStrategy,
     pb::brotli::brotli::EncoderMode,
+    pb::metrics::HistogramEmitMode,
 );
 
 pub fn duration(d: &pb::protobuf::Duration) -> Option<Duration> {

@@ -32,6 +32,7 @@ pub mod response_flags;
 pub mod retry;
 pub mod route;
 pub mod runtime;
+pub mod stats_sinks;
 pub mod stats_tags;
 pub mod tcp_proxy;
 pub mod tls;
