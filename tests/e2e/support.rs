@@ -1091,6 +1091,8 @@ pub fn have_tool(tool: &str) -> bool {
         eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
     }
     ok
+}
+
 // === a recording upstream ===
 
 /// One request a [`Recorder`] got.
