@@ -2,5 +2,7 @@
 
 pub mod access_log;
 pub mod format;
+pub mod istio;
+pub mod labelled;
 pub mod stats;
 pub mod tags;

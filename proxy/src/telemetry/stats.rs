@@ -385,6 +385,8 @@ pub struct Store {
     last_flush: Mutex<BTreeMap<Arc<str>, HistogramSnapshot>>,
     /// `deferred_stat_options.enable_deferred_creation_stats`.
     deferred_creation: bool,
+    /// Labelled families (Istio's standard metrics).
+    labelled: super::labelled::Families,
 }
 
 impl std::fmt::Debug for Store {
@@ -408,6 +410,7 @@ impl Store {
             accept,
             last_flush: Mutex::new(BTreeMap::new()),
             deferred_creation: false,
+            labelled: Default::default(),
         }
     }
 
@@ -419,6 +422,16 @@ impl Store {
 
     pub fn deferred_creation(&self) -> bool {
         self.deferred_creation
+    }
+
+    /// Whether the stats matcher keeps a stat of this (flat) name.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.accept.as_ref().is_none_or(|a| a(name))
+    }
+
+    /// The labelled families (Istio's metrics).
+    pub fn labelled(&self) -> &super::labelled::Families {
+        &self.labelled
     }
 
     fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {
