@@ -14,6 +14,7 @@ mod faults;
 mod filters;
 mod h2_flood;
 mod hcm;
+mod istio_metrics;
 mod health_check;
 mod load_balancing;
 mod local_ratelimit;

@@ -1,0 +1,344 @@
+//! Istio's standard metrics (`istio.stats`) through two remoras, a client sidecar (outbound)
+//! and a server sidecar (inbound), with the node metadata and the expected series of
+//! istio/proxy's own e2e fixtures (tests/data/istio-metrics, copied from istio/proxy
+//! `testdata/`). Every scrape is checked with `promtool check metrics`.
+
+use crate::support::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn data(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/istio-metrics").join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The subset of Go templates the fixtures use, line by line: `{{ .Vars.X }}`,
+/// `{{- if .Vars.X }}`, `{{- if eq .Vars.X "v" }}`, `{{- else if .Vars.X }}`, `{{- else }}`,
+/// `{{- end }}` (a variable is true when set and not empty).
+fn render(tmpl: &str, vars: &HashMap<&str, &str>) -> String {
+    let var = |s: &str| -> String {
+        let name = s.trim().trim_start_matches(".Vars.").trim();
+        vars.get(name).copied().unwrap_or("").to_string()
+    };
+    let cond = |c: &str| -> bool {
+        let c = c.trim();
+        if let Some(rest) = c.strip_prefix("eq ") {
+            let (v, want) = rest.split_once(' ').unwrap();
+            var(v) == want.trim().trim_matches('"')
+        } else {
+            !var(c).is_empty()
+        }
+    };
+    // Stack of (this branch is taken, a branch was taken).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = String::new();
+    for line in tmpl.lines() {
+        let t = line.trim();
+        let inner = t
+            .strip_prefix("{{-")
+            .or_else(|| t.strip_prefix("{{"))
+            .and_then(|s| s.strip_suffix("}}"))
+            .map(str::trim);
+        match inner {
+            Some(i) if i.starts_with("if ") => {
+                let c = cond(&i[3..]);
+                stack.push((c, c));
+                continue;
+            }
+            Some(i) if i.starts_with("else if ") => {
+                let top = stack.last_mut().unwrap();
+                let c = !top.1 && cond(&i[8..]);
+                *top = (c, top.1 || c);
+                continue;
+            }
+            Some("else") => {
+                let top = stack.last_mut().unwrap();
+                *top = (!top.1, true);
+                continue;
+            }
+            Some("end") => {
+                stack.pop();
+                continue;
+            }
+            _ => {}
+        }
+        if stack.iter().any(|(on, _)| !on) {
+            continue;
+        }
+        let mut l = line.to_string();
+        while let Some(a) = l.find("{{") {
+            let b = l[a..].find("}}").unwrap() + a;
+            let v = var(&l[a + 2..b]);
+            l.replace_range(a..b + 2, &v);
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// An expected family from a rendered fixture: its name and (labels in order, value) per
+/// sample.
+fn expected(yaml: &str) -> (String, Vec<(Vec<(String, String)>, String)>) {
+    let mut name = String::new();
+    let mut samples: Vec<(Vec<(String, String)>, String)> = Vec::new();
+    let mut label: Option<String> = None;
+    let unquote = |s: &str| s.trim().trim_matches('"').to_string();
+    for line in yaml.lines() {
+        let t = line.trim();
+        if let Some(n) = t.strip_prefix("name: ").filter(|_| !line.starts_with(' ')) {
+            name = n.trim().into();
+        } else if t.starts_with("- counter:") || t.starts_with("- gauge:") {
+            samples.push((Vec::new(), String::new()));
+        } else if let Some(v) = t.strip_prefix("value: ")
+            && samples.last().is_some_and(|s| s.1.is_empty() && s.0.is_empty() && label.is_none())
+        {
+            samples.last_mut().unwrap().1 = unquote(v);
+        } else if let Some(n) = t.strip_prefix("- name: ") {
+            label = Some(n.trim().into());
+        } else if let Some(v) = t.strip_prefix("value:")
+            && let Some(l) = label.take()
+        {
+            samples.last_mut().unwrap().0.push((l, unquote(v)));
+        }
+    }
+    (name, samples)
+}
+
+/// The samples of a family in a scrape: labels in their order, and the value.
+fn scraped(text: &str, family: &str) -> Vec<(Vec<(String, String)>, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(family) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let (labels, value) = rest.rsplit_once("} ").unwrap();
+        let mut ls = Vec::new();
+        let mut s = labels;
+        while !s.is_empty() {
+            let (k, r) = s.split_once("=\"").unwrap();
+            let end = r.find('"').unwrap();
+            ls.push((k.to_string(), r[..end].to_string()));
+            s = r[end + 1..].trim_start_matches(',');
+        }
+        out.push((ls, value.to_string()));
+    }
+    out
+}
+
+/// `promtool check metrics` on a scrape: skipped (loudly) without promtool, unless in CI.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is required in CI: {e}"
+            );
+            eprintln!("SKIPPED promtool check: promtool not found ({e})");
+            return;
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // promtool warns about lint issues (exit 3 for lint only in some versions): any problem
+    // reported on an Istio family fails the test.
+    assert!(
+        out.status.success() || !msg.contains("istio_"),
+        "promtool check metrics: {msg}"
+    );
+}
+
+fn node_metadata(tmpl: &str) -> String {
+    let json = format!("{{{}}}", render(&data(tmpl), &HashMap::new()));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("node metadata is JSON");
+    v.to_string()
+}
+
+const PEER_METADATA: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
+
+fn sidecar(
+    node: &str,
+    direction: &str,
+    mx: &str,
+    stats: &str,
+    cluster_name: &str,
+    cluster_extra: &str,
+    to: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"node: {{id: "sidecar~10.0.0.1~{direction}.default~default.svc.cluster.local", cluster: c, metadata: {node}}}
+static_resources:
+  listeners:
+  - name: l
+    traffic_direction: {direction}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            name: r
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: "{cluster_name}"}}
+          http_filters:
+          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: {PEER_METADATA}
+              value: {mx}
+          - name: istio.stats
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/stats.PluginConfig
+              value: {stats}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{}"#,
+        cluster(&format!("\"{cluster_name}\""), &[to], cluster_extra)
+    )
+}
+
+const ISTIO_SERVICE: &str = "    metadata:\n      filter_metadata:\n        istio:\n          services: [{host: server.default.svc.cluster.local, name: server, namespace: default}]\n";
+
+/// Client and server sidecars in front of an app; `n` requests through both.
+async fn two_sidecars(
+    client_stats: &str,
+    server_stats: &str,
+    client_cluster_extra: &str,
+    n: usize,
+) -> (String, String) {
+    let app = upstream("ratings").await;
+    let server = Remora::start(&sidecar(
+        &node_metadata("server_node_metadata.json.tmpl"),
+        "INBOUND",
+        "{downstream_discovery: [{istio_headers: {}}], downstream_propagation: [{istio_headers: {}}]}",
+        server_stats,
+        "inbound|9080||",
+        "",
+        app.addr,
+    ))
+    .await;
+    let client = Remora::start(&sidecar(
+        &node_metadata("client_node_metadata.json.tmpl"),
+        "OUTBOUND",
+        "{upstream_discovery: [{istio_headers: {}}], upstream_propagation: [{istio_headers: {}}]}",
+        client_stats,
+        "outbound|9080||server.default.svc.cluster.local",
+        client_cluster_extra,
+        server.addr("l"),
+    ))
+    .await;
+    for _ in 0..n {
+        let r = get(client.addr("l"), "server.default.svc.cluster.local", "/").await;
+        assert_eq!(r.status, 200);
+    }
+    // Stream ends are recorded once the response body is done.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let c = client.admin_get("/stats/prometheus").await.unwrap().1;
+    let s = server.admin_get("/stats/prometheus").await.unwrap().1;
+    promtool_check(&c);
+    promtool_check(&s);
+    (c, s)
+}
+
+fn assert_fixture(scrape: &str, fixture: &str, vars: &HashMap<&str, &str>) {
+    let (family, want) = expected(&render(&data(fixture), vars));
+    let got = scraped(scrape, &family);
+    assert_eq!(got, want, "{fixture} against the scrape:\n{scrape}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_metrics_match_istios_fixtures() {
+    let (client, server) = two_sidecars("{}", "{}", ISTIO_SERVICE, 10).await;
+    let vars: HashMap<&str, &str> = [("RequestCount", "10")].into();
+    assert_fixture(&client, "metric/client_request_total.yaml.tmpl", &vars);
+    assert_fixture(&server, "metric/server_request_total.yaml.tmpl", &vars);
+    assert_fixture(&client, "metric/istio_build.yaml", &vars);
+    assert_fixture(&server, "metric/istio_build.yaml", &vars);
+    for fam in [
+        "istio_request_duration_milliseconds",
+        "istio_request_bytes",
+        "istio_response_bytes",
+    ] {
+        assert!(client.contains(&format!("# TYPE {fam} histogram")), "{fam}");
+        assert!(
+            server.contains(&format!("{fam}_count{{reporter=\"destination\",")),
+            "{fam}"
+        );
+    }
+}
+
+/// `disable_host_header_fallback`: without the cluster's Istio metadata the client names no
+/// destination service (`unknown`); with the fallback it is the Host header.
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_service_falls_back_to_the_host_header_unless_disabled() {
+    let disabled = data("stats/client_config_disable_header_fallback.yaml");
+    let disabled = disabled.trim().replace('\n', ", ");
+    let (client, _) = two_sidecars(&format!("{{{disabled}}}"), "{}", "", 1).await;
+    let series = scraped(&client, "istio_requests_total");
+    let label = |k: &str| series[0].0.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    assert_eq!(label("destination_service"), "unknown");
+    assert_eq!(label("destination_service_name"), "unknown");
+    let (client, _) = two_sidecars("{}", "{}", "", 1).await;
+    let series = scraped(&client, "istio_requests_total");
+    let label = |k: &str| series[0].0.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    assert_eq!(label("destination_service"), "server.default.svc.cluster.local");
+}
+
+/// `metrics[].dimensions` from istio/proxy's stats/client_additional_labels.yaml: the
+/// upstream peer's exchanged label.
+#[tokio::test(flavor = "multi_thread")]
+async fn added_dimensions_read_the_peer() {
+    let (client, _) = two_sidecars(
+        "{metrics: [{name: requests_total, dimensions: {role: \"filter_state.upstream_peer.labels['role']\"}}]}",
+        "{}",
+        ISTIO_SERVICE,
+        2,
+    )
+    .await;
+    let series = scraped(&client, "istio_requests_total");
+    let last = series[0].0.last().unwrap().clone();
+    // The server's exchange carries only the labels it is configured with: `role` is not one,
+    // so the expression evaluates to `unknown`, as Istio's does.
+    assert_eq!(last, ("role".to_string(), "unknown".to_string()));
+}
+
+/// A dimension outside the supported expression subset is refused by path.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupported_expression_is_refused_by_path() {
+    let app = upstream("x").await;
+    let bad = sidecar(
+        "{}",
+        "OUTBOUND",
+        "{}",
+        "{metrics: [{name: requests_total, dimensions: {response_code: \"filter_state['wasm.istio_responseClass']\"}}]}",
+        "c",
+        "",
+        app.addr,
+    );
+    let err = Remora::try_start(&bad, &[]).await.err().expect("refused");
+    assert!(
+        err.contains("metrics[0].dimensions[\"response_code\"]"),
+        "{err}"
+    );
+}
