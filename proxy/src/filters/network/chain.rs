@@ -24,6 +24,10 @@ use crate::stream_info::{ConnectionInfo, DynamicMetadata};
 pub struct BuildCx<'a> {
     pub server: &'a crate::context::ServerContext,
     pub clusters: &'a Arc<crate::upstream::cluster::ClusterManager>,
+    /// The listener's `traffic_direction` (Istio's stats pick their reporter from it).
+    pub direction: crate::model::listener::Direction,
+    /// The terminal tcp_proxy's cluster, when it names one.
+    pub tcp_cluster: Option<&'a Arc<str>>,
 }
 
 /// A filter chain's network filters, from the translated ones (one arm per model variant).
@@ -42,6 +46,15 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
             // Run by the listener right after the TLS handshake (it writes this workload's
             // frame and takes the peer's off the stream before anything else reads).
             Model::MetadataExchange(_) => {}
+            Model::IstioStats(c) => out.push(Arc::new(
+                super::istio_stats::IstioStatsNetFactory::new(
+                    c,
+                    cx.direction,
+                    cx.server,
+                    cx.clusters,
+                    cx.tcp_cluster,
+                ),
+            )),
             Model::Rbac(r) => out.push(Arc::new(super::rbac::NetworkRbacFactory::new(
                 r.clone(),
                 &cx.server.store,
@@ -101,6 +114,12 @@ impl NetChain {
             conn: conn.clone(),
             state,
         })
+    }
+
+    fn on_write(&mut self, n: usize) {
+        for f in &mut self.filters {
+            f.on_write(n);
+        }
     }
 
     pub fn state(&self) -> SharedState {
@@ -164,6 +183,13 @@ impl NetChain {
                     step = self.resume(i, flow, &mut hook);
                 }
             }
+        }
+    }
+
+    /// Istio's metadata exchange read the peer (before `on_new_connection`).
+    pub fn on_peer(&mut self, peer: &Arc<crate::telemetry::istio::Peer>) {
+        for f in &mut self.filters {
+            f.on_peer(peer);
         }
     }
 
@@ -306,7 +332,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &done {
+            this.chain.on_write(*n);
+        }
+        done
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -322,7 +353,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &done {
+            this.chain.on_write(*n);
+        }
+        done
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -4,6 +4,7 @@
 //! HTTP connection manager) is not one of these.
 
 pub mod chain;
+pub mod istio_stats;
 pub mod local_ratelimit;
 pub mod metadata_exchange;
 pub mod rbac;
@@ -42,6 +43,12 @@ pub trait NetworkFilter: Send {
     fn on_data(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
         NetFlow::Continue
     }
+
+    /// Istio's TCP metadata exchange read the peer's workload (before `on_new_connection`).
+    fn on_peer(&mut self, _peer: &std::sync::Arc<crate::telemetry::istio::Peer>) {}
+
+    /// `n` bytes were written to downstream.
+    fn on_write(&mut self, _n: usize) {}
 }
 
 /// A configured network filter of a filter chain.
