@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn data(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/istio-metrics").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/istio-metrics")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -77,11 +79,14 @@ fn render(tmpl: &str, vars: &HashMap<&str, &str>) -> String {
     out
 }
 
+/// Samples: (labels in order, value).
+type Samples = Vec<(Vec<(String, String)>, String)>;
+
 /// An expected family from a rendered fixture: its name and (labels in order, value) per
 /// sample.
-fn expected(yaml: &str) -> (String, Vec<(Vec<(String, String)>, String)>) {
+fn expected(yaml: &str) -> (String, Samples) {
     let mut name = String::new();
-    let mut samples: Vec<(Vec<(String, String)>, String)> = Vec::new();
+    let mut samples: Samples = Vec::new();
     let mut label: Option<String> = None;
     let unquote = |s: &str| s.trim().trim_matches('"').to_string();
     for line in yaml.lines() {
@@ -91,7 +96,9 @@ fn expected(yaml: &str) -> (String, Vec<(Vec<(String, String)>, String)>) {
         } else if t.starts_with("- counter:") || t.starts_with("- gauge:") {
             samples.push((Vec::new(), String::new()));
         } else if let Some(v) = t.strip_prefix("value: ")
-            && samples.last().is_some_and(|s| s.1.is_empty() && s.0.is_empty() && label.is_none())
+            && samples
+                .last()
+                .is_some_and(|s| s.1.is_empty() && s.0.is_empty() && label.is_none())
         {
             samples.last_mut().unwrap().1 = unquote(v);
         } else if let Some(n) = t.strip_prefix("- name: ") {
@@ -106,7 +113,7 @@ fn expected(yaml: &str) -> (String, Vec<(Vec<(String, String)>, String)>) {
 }
 
 /// The samples of a family in a scrape: labels in their order, and the value.
-fn scraped(text: &str, family: &str) -> Vec<(Vec<(String, String)>, String)> {
+fn scraped(text: &str, family: &str) -> Samples {
     let mut out = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(family) else {
@@ -149,9 +156,15 @@ fn promtool_check(text: &str) {
             return;
         }
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let msg =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     // promtool also lints (exit 3 with "no help text", "use base unit", … lines, which
     // Envoy's own families get too and Istio's fixed names cannot avoid); a format error
     // exits 1.
@@ -305,7 +318,10 @@ async fn destination_service_falls_back_to_the_host_header_unless_disabled() {
     let (client, _) = two_sidecars("{}", "{}", "", 1).await;
     let series = scraped(&client, "istio_requests_total");
     let label = |k: &str| series[0].0.iter().find(|(n, _)| n == k).unwrap().1.clone();
-    assert_eq!(label("destination_service"), "server.default.svc.cluster.local");
+    assert_eq!(
+        label("destination_service"),
+        "server.default.svc.cluster.local"
+    );
 }
 
 /// `metrics[].dimensions` from istio/proxy's stats/client_additional_labels.yaml: the
@@ -369,7 +385,7 @@ fn tcp_proxy(cluster: &str) -> String {
 /// (outbound tcp_proxy, mTLS with `istio-peer-exchange`) to a server sidecar (inbound,
 /// metadata exchange first), each sending 6 bytes and reading 12.
 #[tokio::test(flavor = "multi_thread")]
-async fn tcp_metrics_match_istios_server_fixtures() {
+async fn tcp_metrics_match_istios_fixtures() {
     use crate::tls::{Pki, downstream_tls, upstream_tls};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = Pki::new();
@@ -394,7 +410,10 @@ async fn tcp_metrics_match_istios_server_fixtures() {
     let server = Remora::start(&format!(
         "node: {{id: server, metadata: {}}}\n{}",
         node_metadata("server_node_metadata.json.tmpl"),
-        bootstrap(&inbound, &cluster("\"inbound|9080||\"", &[app], ISTIO_SERVICE))
+        bootstrap(
+            &inbound,
+            &cluster("\"inbound|9080||\"", &[app], ISTIO_SERVICE)
+        )
     ))
     .await;
     let outbound = format!(
@@ -434,17 +453,7 @@ async fn tcp_metrics_match_istios_server_fixtures() {
     }
     let vars: HashMap<&str, &str> = [("AppVersionFallback", "false")].into();
     // The connections close on both sides shortly after the app closed.
-    let mut scrape = String::new();
-    for _ in 0..50 {
-        scrape = server.admin_get("/stats/prometheus").await.unwrap().1;
-        if scraped(&scrape, "istio_tcp_connections_closed_total")
-            .first()
-            .is_some_and(|s| s.1 == "10")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let scrape = scrape_when_closed(&server, 10).await;
     promtool_check(&scrape);
     for f in [
         "metric/tcp_server_connection_open.yaml.tmpl",
@@ -454,15 +463,28 @@ async fn tcp_metrics_match_istios_server_fixtures() {
     ] {
         assert_fixture(&scrape, f, &vars);
     }
-    let client_scrape = client.admin_get("/stats/prometheus").await.unwrap().1;
+    let client_scrape = scrape_when_closed(&client, 10).await;
     promtool_check(&client_scrape);
-    // The client side counts its connections and bytes (its peer labels need the upstream
-    // exchange, which the network filter does not see yet: see the module docs).
-    let opened = scraped(&client_scrape, "istio_tcp_connections_opened_total");
-    assert_eq!(opened.len(), 1, "{client_scrape}");
-    assert_eq!(opened[0].1, "10");
-    let sent = scraped(&client_scrape, "istio_tcp_sent_bytes_total");
-    assert_eq!(sent[0].1, "120");
-    let received = scraped(&client_scrape, "istio_tcp_received_bytes_total");
-    assert_eq!(received[0].1, "60");
+    for f in [
+        "metric/tcp_client_connection_open.yaml.tmpl",
+        "metric/tcp_client_connection_close.yaml.tmpl",
+        "metric/tcp_client_received_bytes.yaml.tmpl",
+        "metric/tcp_client_sent_bytes.yaml.tmpl",
+    ] {
+        assert_fixture(&client_scrape, f, &vars);
+    }
+}
+
+/// `/stats/prometheus` once `n` TCP connections were counted closed (or after 5 s).
+async fn scrape_when_closed(r: &Remora, n: u32) -> String {
+    let mut scrape = String::new();
+    for _ in 0..50 {
+        scrape = r.admin_get("/stats/prometheus").await.unwrap().1;
+        let closed = scraped(&scrape, "istio_tcp_connections_closed_total");
+        if closed.first().is_some_and(|s| s.1 == n.to_string()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    scrape
 }

@@ -1301,7 +1301,10 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
         .lines()
         .find(|l| l.starts_with("istio_requests_total{"))
         .unwrap_or_else(|| panic!("{prom}"));
-    assert!(line.starts_with("istio_requests_total{reporter=\"source\","), "{line}");
+    assert!(
+        line.starts_with("istio_requests_total{reporter=\"source\","),
+        "{line}"
+    );
     assert!(line.contains("destination_service=\"reviews\""), "{line}");
     assert!(line.contains("destination_workload=\"unknown\""), "{line}");
     assert!(line.contains("response_code=\"200\""), "{line}");

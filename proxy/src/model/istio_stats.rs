@@ -18,7 +18,6 @@ use crate::config::{FieldPath, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
-
 /// The metrics Istio's filter knows, by the name `metrics[].name` uses (without `istio_`).
 pub const STANDARD_METRICS: [&str; 10] = [
     "requests_total",
@@ -515,7 +514,10 @@ mod tests {
         );
         assert_eq!(
             parse("upstream_peer.workload").unwrap(),
-            Expr(vec![Part::Attr(Attr::Peer(Side::Upstream, PeerField::Workload))])
+            Expr(vec![Part::Attr(Attr::Peer(
+                Side::Upstream,
+                PeerField::Workload
+            ))])
         );
     }
 
@@ -536,7 +538,10 @@ mod tests {
     #[test]
     fn overrides_apply_to_named_or_all_metrics() {
         let mut dims = std::collections::BTreeMap::new();
-        dims.insert("role".to_string(), "upstream_peer.labels['role']".to_string());
+        dims.insert(
+            "role".to_string(),
+            "upstream_peer.labels['role']".to_string(),
+        );
         dims.insert("source_app".to_string(), "'x'".to_string());
         let cfg = translate(PluginConfig {
             metrics: vec![
@@ -562,10 +567,10 @@ mod tests {
         assert_eq!(rq.added.len(), 1);
         assert_eq!(&*rq.added[0].0, "role");
         assert!(rq.changed.contains(&("response_flags", LabelOp::Remove)));
-        assert!(
-            rq.changed
-                .contains(&("source_app", LabelOp::Set(Expr(vec![Part::Lit("x".into())]))))
-        );
+        assert!(rq.changed.contains(&(
+            "source_app",
+            LabelOp::Set(Expr(vec![Part::Lit("x".into())]))
+        )));
         assert!(cfg.overrides[2].drop);
         assert!(cfg.overrides[9].changed[0] == ("response_flags", LabelOp::Remove));
         assert_eq!(cfg.tcp_reporting_duration, Duration::from_secs(5));

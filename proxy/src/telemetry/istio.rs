@@ -38,14 +38,15 @@ impl Peer {
     /// From the exchanged Struct (Istio's flat node: `WORKLOAD_NAME`, `LABELS`, …).
     pub fn from_struct(s: &Struct) -> Self {
         let f = |k: &str| string_of(s.fields.get(k));
-        let labels: Vec<(Box<str>, Arc<str>)> = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StructValue(l)) => l
-                .fields
-                .iter()
-                .map(|(k, v)| (k.as_str().into(), string_of(Some(v))))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let labels: Vec<(Box<str>, Arc<str>)> =
+            match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StructValue(l)) => l
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), string_of(Some(v))))
+                    .collect(),
+                _ => Vec::new(),
+            };
         let label = |k: &str| {
             labels
                 .iter()
@@ -86,7 +87,10 @@ impl Peer {
     }
 
     pub fn label(&self, k: &str) -> Option<&str> {
-        self.labels.iter().find(|(n, _)| &**n == k).map(|(_, v)| &**v)
+        self.labels
+            .iter()
+            .find(|(n, _)| &**n == k)
+            .map(|(_, v)| &**v)
     }
 }
 
@@ -342,7 +346,8 @@ mod tests {
                 "service.istio.io/canonical-name": "ratings",
                 "service.istio.io/canonical-revision": "version-1"}
         }));
-        let payload = crate::filters::http::peer_metadata::exchange_payload(&local, &["role".into()]);
+        let payload =
+            crate::filters::http::peer_metadata::exchange_payload(&local, &["role".into()]);
         Peer::from_exchange(&payload).expect("decodes")
     }
 
@@ -373,10 +378,31 @@ mod tests {
         assert_eq!(
             v,
             [
-                "source", "productpage-v1", "productpage-v1", "version-1", "default", "unknown",
-                "productpage", "v1", "client-cluster", "ratings-v1", "default", "unknown",
-                "ratings", "v1", "server.default.svc.cluster.local", "ratings", "version-1",
-                "server", "default", "server-cluster", "http", "200", "", "-", "unknown"
+                "source",
+                "productpage-v1",
+                "productpage-v1",
+                "version-1",
+                "default",
+                "unknown",
+                "productpage",
+                "v1",
+                "client-cluster",
+                "ratings-v1",
+                "default",
+                "unknown",
+                "ratings",
+                "v1",
+                "server.default.svc.cluster.local",
+                "ratings",
+                "version-1",
+                "server",
+                "default",
+                "server-cluster",
+                "http",
+                "200",
+                "",
+                "-",
+                "unknown"
             ]
         );
     }
@@ -407,7 +433,10 @@ mod tests {
 
     #[test]
     fn spiffe_namespaces() {
-        assert_eq!(san_namespace("spiffe://td/ns/default/sa/x"), Some("default"));
+        assert_eq!(
+            san_namespace("spiffe://td/ns/default/sa/x"),
+            Some("default")
+        );
         assert_eq!(san_namespace("spiffe://td/ns/only"), Some("only"));
         assert_eq!(san_namespace("spiffe://td/sa/x"), None);
     }
@@ -436,7 +465,10 @@ mod tests {
             destination_service(Some("h:80"), false, None, c, None),
             ("h:80", "h:80")
         );
-        assert_eq!(destination_service(Some("h:80"), true, None, c, None), ("", ""));
+        assert_eq!(
+            destination_service(Some("h:80"), true, None, c, None),
+            ("", "")
+        );
         assert_eq!(
             destination_service(Some("h"), false, None, Some("PassthroughCluster"), None),
             ("h", "PassthroughCluster")

@@ -103,7 +103,10 @@ impl Family {
         let key = hash(labels);
         {
             let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = map.get(&key).and_then(|v| v.iter().find(|s| same(s, labels))) {
+            if let Some(s) = map
+                .get(&key)
+                .and_then(|v| v.iter().find(|s| same(s, labels)))
+            {
                 return s.clone();
             }
         }
@@ -143,7 +146,12 @@ impl Family {
     /// The visible series, in a stable order (by labels).
     pub fn snapshot(&self) -> Vec<Arc<Series>> {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = map.values().flatten().filter(|s| s.visible).cloned().collect();
+        let mut out: Vec<_> = map
+            .values()
+            .flatten()
+            .filter(|s| s.visible)
+            .cloned()
+            .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
     }

@@ -68,7 +68,9 @@ impl<'a> EvalCx<'a> {
             Attr::RequestScheme => Cow::Borrowed(r?.uri.scheme_str().unwrap_or("http")),
             Attr::RequestProtocol => Cow::Borrowed(self.protocol?),
             Attr::ResponseCode => Cow::Owned(self.response_code?.to_string()),
-            Attr::ResponseGrpcStatus => Cow::Borrowed(Some(self.grpc_status).filter(|s| !s.is_empty())?),
+            Attr::ResponseGrpcStatus => {
+                Cow::Borrowed(Some(self.grpc_status).filter(|s| !s.is_empty())?)
+            }
             Attr::ClusterName => Cow::Borrowed(self.cluster_name?),
             Attr::RouteName => Cow::Borrowed(self.route_name?),
             // Resolved when the recorder is built.
@@ -150,7 +152,9 @@ impl Recorder {
             &local.istio_version
         };
         build
-            .series(&[("component", "proxy"), ("tag", tag)], &|n| store.accepts(n))
+            .series(&[("component", "proxy"), ("tag", tag)], &|n| {
+                store.accepts(n)
+            })
             .set(1);
         Self {
             reporter: config
@@ -304,13 +308,10 @@ impl IstioStatsFactory {
         let info = s.info;
         let r = &self.recorder;
         let headers = s.request.map(|r| &r.headers);
-        let header = |n: &http::HeaderName| {
-            headers
-                .and_then(|h| h.get(n))
-                .and_then(|v| v.to_str().ok())
-        };
-        let grpc = header(&http::header::CONTENT_TYPE)
-            .is_some_and(|c| c.starts_with("application/grpc"));
+        let header =
+            |n: &http::HeaderName| headers.and_then(|h| h.get(n)).and_then(|v| v.to_str().ok());
+        let grpc =
+            header(&http::header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/grpc"));
         let cluster = info
             .upstream_cluster
             .as_deref()
@@ -320,7 +321,9 @@ impl IstioStatsFactory {
             r.config.disable_host_header_fallback,
             info.route_name.as_deref(),
             info.upstream_cluster.as_deref(),
-            cluster.as_ref().and_then(|c| c.config.istio_service.as_ref()),
+            cluster
+                .as_ref()
+                .and_then(|c| c.config.istio_service.as_ref()),
         );
         let (peer, (peer_san, local_san)) = match r.reporter {
             Reporter::ClientSidecar => (
@@ -434,10 +437,19 @@ mod tests {
             cluster_name: Some("c"),
             ..Default::default()
         };
-        assert_eq!(cx.eval(&parse("upstream_peer.labels['role']").unwrap()), "server");
-        assert_eq!(cx.eval(&parse("'_' + upstream_peer.workload").unwrap()), "_w");
+        assert_eq!(
+            cx.eval(&parse("upstream_peer.labels['role']").unwrap()),
+            "server"
+        );
+        assert_eq!(
+            cx.eval(&parse("'_' + upstream_peer.workload").unwrap()),
+            "_w"
+        );
         assert_eq!(cx.eval(&parse("xds.cluster_name").unwrap()), "c");
-        assert_eq!(cx.eval(&parse("downstream_peer.workload").unwrap()), "unknown");
+        assert_eq!(
+            cx.eval(&parse("downstream_peer.workload").unwrap()),
+            "unknown"
+        );
         assert_eq!(cx.eval(&parse("request.host").unwrap()), "unknown");
     }
 
@@ -448,7 +460,12 @@ mod tests {
             metadata: serde_json::json!({"ISTIO_VERSION": "1.5-dev", "LABELS": {"app": "a"}}),
             ..Default::default()
         };
-        let r = Recorder::new(&cfg, crate::model::listener::Direction::Inbound, &node, &store);
+        let r = Recorder::new(
+            &cfg,
+            crate::model::listener::Direction::Inbound,
+            &node,
+            &store,
+        );
         (r, store)
     }
 
@@ -470,7 +487,10 @@ mod tests {
                 MetricConfig {
                     name: "requests_total".into(),
                     dimensions: [
-                        ("source_app".to_string(), "'x' + node.metadata.LABELS.app".to_string()),
+                        (
+                            "source_app".to_string(),
+                            "'x' + node.metadata.LABELS.app".to_string(),
+                        ),
                         ("extra".to_string(), "xds.cluster_name".to_string()),
                     ]
                     .into(),
@@ -494,11 +514,17 @@ mod tests {
         r.record(REQUESTS_TOTAL, &std, false, &cx, 1);
         r.record(REQUEST_BYTES, &std, false, &cx, 10);
         let text = render(&store);
-        assert!(text.contains("# TYPE istio_requests_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE istio_requests_total counter"),
+            "{text}"
+        );
         assert!(text.contains("source_app=\"xa\""), "{text}");
         assert!(text.contains("extra=\"inbound|9080||\"} 1"), "{text}");
         assert!(!text.contains("response_flags"), "{text}");
         assert!(!text.contains("istio_request_bytes"), "{text}");
-        assert!(text.contains("istio_build{component=\"proxy\",tag=\"1.5-dev\"} 1"), "{text}");
+        assert!(
+            text.contains("istio_build{component=\"proxy\",tag=\"1.5-dev\"} 1"),
+            "{text}"
+        );
     }
 }

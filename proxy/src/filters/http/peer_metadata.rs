@@ -153,7 +153,11 @@ struct PeerMetadataFilter {
 
 impl PeerMetadataFilter {
     /// The peer the headers describe, when discovery reads them.
-    fn discover(&self, on: bool, headers: &HeaderMap) -> Option<Arc<crate::telemetry::istio::Peer>> {
+    fn discover(
+        &self,
+        on: bool,
+        headers: &HeaderMap,
+    ) -> Option<Arc<crate::telemetry::istio::Peer>> {
         if !on {
             return None;
         }

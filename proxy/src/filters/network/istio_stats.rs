@@ -8,8 +8,8 @@
 //! reported when `tcp_reporting_duration` has passed since the last report (checked as bytes
 //! flow: remora runs no timer per connection) and at the close. The peer is the one the
 //! listener's metadata exchange read (server side); on the server side the principals come
-//! from the downstream TLS connection. On the client side remora does not yet see the
-//! upstream's exchange or certificate from the network filter: the peer labels are `unknown`.
+//! from the downstream TLS connection; on the client side the terminal tcp_proxy hands over
+//! the upstream connection's exchanged peer and certificates (`on_upstream`).
 
 use crate::filters::http::istio_stats::{
     EvalCx, Recorder, TCP_CLOSED, TCP_OPENED, TCP_RECEIVED, TCP_SENT,
@@ -149,6 +149,20 @@ impl super::NetworkFilter for IstioStatsNet {
         self.report(false);
     }
 
+    fn on_upstream(&mut self, up: &crate::filters::network::chain::UpstreamPeer) {
+        if self.recorder.reporter != Reporter::ClientSidecar {
+            return;
+        }
+        let (peer_san, local_san) = crate::telemetry::istio::sans(up.tls.as_deref());
+        self.peer_san = peer_san.into();
+        self.local_san = local_san.into();
+        if let Some(p) = &up.peer {
+            self.peer = Some(p.clone());
+            // Istio counts the connection as opened once the peer is read.
+            self.report(false);
+        }
+    }
+
     fn on_data(
         &mut self,
         data: &[u8],
@@ -176,7 +190,7 @@ impl Drop for IstioStatsNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::network::{NetworkFilter, NetworkFilterFactory};
+    use crate::filters::network::NetworkFilterFactory;
     use crate::stream_info::ConnectionInfo;
     use crate::telemetry::stats::Store;
 
@@ -215,8 +229,14 @@ mod tests {
         filter.on_write(3);
         drop(filter);
         let text = prom(&server.store);
-        assert!(text.contains("istio_tcp_connections_opened_total{reporter=\"destination\""), "{text}");
-        assert!(text.contains("connection_security_policy=\"none\"} 1"), "{text}");
+        assert!(
+            text.contains("istio_tcp_connections_opened_total{reporter=\"destination\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("connection_security_policy=\"none\"} 1"),
+            "{text}"
+        );
         let line = |fam: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{fam}{{")))

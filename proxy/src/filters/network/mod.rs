@@ -47,6 +47,9 @@ pub trait NetworkFilter: Send {
     /// Istio's TCP metadata exchange read the peer's workload (before `on_new_connection`).
     fn on_peer(&mut self, _peer: &std::sync::Arc<crate::telemetry::istio::Peer>) {}
 
+    /// The terminal tcp_proxy connected upstream (its exchanged peer and TLS info).
+    fn on_upstream(&mut self, _up: &chain::UpstreamPeer) {}
+
     /// `n` bytes were written to downstream.
     fn on_write(&mut self, _n: usize) {}
 }
