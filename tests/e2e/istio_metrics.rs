@@ -191,6 +191,7 @@ fn sidecar(
     cluster_name: &str,
     cluster_extra: &str,
     to: std::net::SocketAddr,
+    chain_extra: &str,
 ) -> String {
     format!(
         r#"node: {{id: "sidecar~10.0.0.1~{direction}.default~default.svc.cluster.local", cluster: c, metadata: {node}}}
@@ -227,7 +228,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
+{chain_extra}  clusters:
 {}"#,
         cluster(&format!("\"{cluster_name}\""), &[to], cluster_extra)
     )
@@ -242,6 +243,21 @@ async fn two_sidecars(
     client_cluster_extra: &str,
     n: usize,
 ) -> (String, String) {
+    two_sidecars_tls(client_stats, server_stats, client_cluster_extra, n, None).await
+}
+
+/// [`two_sidecars`], with the hop between them over mTLS when `tls` gives (server chain
+/// transport socket, client cluster transport socket).
+async fn two_sidecars_tls(
+    client_stats: &str,
+    server_stats: &str,
+    client_cluster_extra: &str,
+    n: usize,
+    tls: Option<(String, String)>,
+) -> (String, String) {
+    let (server_tls, client_tls) = tls.unwrap_or_default();
+    let client_cluster_extra = format!("{client_cluster_extra}{client_tls}");
+    let client_cluster_extra = client_cluster_extra.as_str();
     let app = upstream("ratings").await;
     let server = Remora::start(&sidecar(
         &node_metadata("server_node_metadata.json.tmpl"),
@@ -252,6 +268,7 @@ async fn two_sidecars(
         // istiod names the service on inbound clusters too.
         ISTIO_SERVICE,
         app.addr,
+        &server_tls,
     ))
     .await;
     let client = Remora::start(&sidecar(
@@ -262,6 +279,7 @@ async fn two_sidecars(
         "outbound|9080||server.default.svc.cluster.local",
         client_cluster_extra,
         server.addr("l"),
+        "",
     ))
     .await;
     for _ in 0..n {
@@ -354,6 +372,7 @@ async fn an_unsupported_expression_is_refused_by_path() {
         "c",
         "",
         app.addr,
+        "",
     );
     let err = Remora::try_start(&bad, &[]).await.err().expect("refused");
     assert!(
@@ -487,4 +506,36 @@ async fn scrape_when_closed(r: &Remora, n: u32) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     scrape
+}
+
+/// Plaintext into the client sidecar, mTLS between the sidecars: the principals come from the
+/// certificates (SPIFFE IDs), the server reports `mutual_tls`, the client `unknown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_between_sidecars_names_the_principals() {
+    use crate::tls::{Pki, downstream_tls, upstream_tls};
+    let pki = Pki::new();
+    let server_certs = pki.write("server", SERVER_ID);
+    let client_certs = pki.write("client", CLIENT_ID);
+    let server_tls = downstream_tls(&server_certs, true, Some(CLIENT_ID)).replace(
+        "alpn_protocols: [h2, http/1.1]",
+        "alpn_protocols: [http/1.1]",
+    );
+    let client_tls = upstream_tls(&client_certs, SERVER_ID, "http/1.1");
+    let (client, server) =
+        two_sidecars_tls("{}", "{}", ISTIO_SERVICE, 3, Some((server_tls, client_tls))).await;
+    let label = |scrape: &str, k: &str| {
+        let series = scraped(scrape, "istio_requests_total");
+        assert_eq!(series.len(), 1, "{scrape}");
+        assert_eq!(series[0].1, "3");
+        series[0].0.iter().find(|(n, _)| n == k).unwrap().1.clone()
+    };
+    assert_eq!(label(&server, "source_principal"), CLIENT_ID);
+    assert_eq!(label(&server, "destination_principal"), SERVER_ID);
+    assert_eq!(label(&server, "connection_security_policy"), "mutual_tls");
+    assert_eq!(label(&server, "source_workload"), "productpage-v1");
+    assert_eq!(label(&client, "source_principal"), CLIENT_ID);
+    assert_eq!(label(&client, "destination_principal"), SERVER_ID);
+    assert_eq!(label(&client, "destination_workload_namespace"), "default");
+    assert_eq!(label(&client, "connection_security_policy"), "unknown");
+    assert_eq!(label(&client, "destination_workload"), "ratings-v1");
 }
