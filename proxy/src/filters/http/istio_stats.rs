@@ -479,6 +479,41 @@ mod tests {
         )
     }
 
+    /// The stats matcher sees Envoy's joined name: Istio's bootstrap keeps the families with
+    /// its `istio` prefix (`istiocustom.…`); a matcher without it hides them.
+    #[test]
+    fn the_stats_matcher_applies_to_the_families() {
+        use crate::telemetry::tags::TagProducer;
+        for (prefix, shown) in [("istio", true), ("cluster.", false)] {
+            let store = Arc::new(Store::new(
+                TagProducer::envoy_defaults(),
+                Some(Box::new(move |n: &str| n.starts_with(prefix))),
+            ));
+            let cfg =
+                IstioStats::from_proto(&crate::config::FieldPath::root(), &Default::default())
+                    .unwrap();
+            let node = crate::model::bootstrap::Node::default();
+            let r = Recorder::new(
+                &cfg,
+                crate::model::listener::Direction::Outbound,
+                &node,
+                &store,
+            );
+            let std = standard_labels(r.reporter, &r.local, &Facts::default());
+            r.record(REQUESTS_TOTAL, &std, false, &EvalCx::default(), 1);
+            let text = render(&store);
+            assert_eq!(
+                text.contains("istio_requests_total{reporter=\"source\""),
+                shown,
+                "{text}"
+            );
+            assert_eq!(
+                text.contains("istio_build{component=\"proxy\",tag=\"unknown\"} 1"),
+                shown
+            );
+        }
+    }
+
     #[test]
     fn overrides_change_remove_and_add_labels() {
         use crate::model::istio_pb::{MetricConfig, PluginConfig};
