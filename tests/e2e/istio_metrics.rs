@@ -186,8 +186,7 @@ const PEER_METADATA: &str = "type.googleapis.com/io.istio.http.peer_metadata.Con
 fn sidecar(
     node: &str,
     direction: &str,
-    mx: &str,
-    stats: &str,
+    (mx, stats): (&str, &str),
     cluster_name: &str,
     cluster_extra: &str,
     to: std::net::SocketAddr,
@@ -262,8 +261,7 @@ async fn two_sidecars_tls(
     let server = Remora::start(&sidecar(
         &node_metadata("server_node_metadata.json.tmpl"),
         "INBOUND",
-        "{downstream_discovery: [{istio_headers: {}}], downstream_propagation: [{istio_headers: {}}]}",
-        server_stats,
+        ("{downstream_discovery: [{istio_headers: {}}], downstream_propagation: [{istio_headers: {}}]}", server_stats),
         "inbound|9080||",
         // istiod names the service on inbound clusters too.
         ISTIO_SERVICE,
@@ -274,8 +272,7 @@ async fn two_sidecars_tls(
     let client = Remora::start(&sidecar(
         &node_metadata("client_node_metadata.json.tmpl"),
         "OUTBOUND",
-        "{upstream_discovery: [{istio_headers: {}}], upstream_propagation: [{istio_headers: {}}]}",
-        client_stats,
+        ("{upstream_discovery: [{istio_headers: {}}], upstream_propagation: [{istio_headers: {}}]}", client_stats),
         "outbound|9080||server.default.svc.cluster.local",
         client_cluster_extra,
         server.addr("l"),
@@ -367,8 +364,10 @@ async fn an_unsupported_expression_is_refused_by_path() {
     let bad = sidecar(
         "{}",
         "OUTBOUND",
-        "{}",
-        "{metrics: [{name: requests_total, dimensions: {response_code: \"filter_state['wasm.istio_responseClass']\"}}]}",
+        (
+            "{}",
+            "{metrics: [{name: requests_total, dimensions: {response_code: \"filter_state['wasm.istio_responseClass']\"}}]}",
+        ),
         "c",
         "",
         app.addr,
