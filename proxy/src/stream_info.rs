@@ -86,6 +86,8 @@ pub struct StreamInfo {
     /// What Istio's metadata exchange learnt about the downstream and upstream workloads.
     pub downstream_peer: Option<Arc<crate::telemetry::istio::Peer>>,
     pub upstream_peer: Option<Arc<crate::telemetry::istio::Peer>>,
+    /// The `grpc-status` of the response trailers sent downstream.
+    pub grpc_status_trailer: Option<u32>,
 }
 
 /// Dynamic metadata: a JSON object per filter namespace (few namespaces: a small vector).
@@ -166,6 +168,7 @@ impl StreamInfo {
             filter_state: FilterState::default(),
             downstream_peer: None,
             upstream_peer: None,
+            grpc_status_trailer: None,
         }
     }
 

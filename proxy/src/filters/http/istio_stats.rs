@@ -262,6 +262,41 @@ fn resolve_node_metadata(config: &mut IstioStats, meta: &serde_json::Value) {
     }
 }
 
+/// The gRPC status as Envoy's `getGrpcStatus` finds it: the trailers' `grpc-status`, the
+/// headers' (trailers-only responses), else inferred from the HTTP status; empty without a
+/// response.
+fn grpc_status<'b>(
+    info: &crate::stream_info::StreamInfo,
+    headers: Option<&'b http::HeaderMap>,
+    buf: &'b mut [u8; 5],
+) -> &'b str {
+    if let Some(t) = info.grpc_status_trailer {
+        return code_str(t.min(u16::MAX as u32) as u16, buf);
+    }
+    if let Some(h) = headers
+        .and_then(|h| h.get(GRPC_STATUS_HEADER))
+        .and_then(|v| v.to_str().ok())
+    {
+        return h;
+    }
+    match info.response_code {
+        Some(code) => code_str(http_to_grpc_status(code), buf),
+        None => "",
+    }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(code: u16) -> u16 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 /// `200` → "200" without allocating.
 fn code_str(code: u16, buf: &mut [u8; 5]) -> &str {
     let mut n = code;
@@ -337,12 +372,9 @@ impl IstioStatsFactory {
         };
         let mut buf = [0u8; 5];
         let code = code_str(info.response_code.unwrap_or(0), &mut buf);
+        let mut gbuf = [0u8; 5];
         let grpc_status = match grpc {
-            true => s
-                .response_headers
-                .and_then(|h| h.get(GRPC_STATUS_HEADER))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            true => grpc_status(info, s.response_headers, &mut gbuf),
             false => "",
         };
         let flags: Cow<'_, str> = match info.response_flags.is_empty() {
@@ -416,6 +448,29 @@ impl super::HttpFilterFactory for IstioStatsFactory {
 mod tests {
     use super::*;
     use crate::model::istio_stats::parse;
+
+    #[test]
+    fn grpc_status_from_trailers_headers_or_http_status() {
+        let conn = Arc::new(crate::stream_info::ConnectionInfo {
+            id: 1,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            requested_server_name: None,
+            application_protocols: vec![],
+            transport_protocol: "raw_buffer",
+            tls: None,
+        });
+        let mut info = crate::stream_info::StreamInfo::new(conn);
+        let mut b = [0u8; 5];
+        assert_eq!(grpc_status(&info, None, &mut b), "");
+        info.response_code = Some(503);
+        assert_eq!(grpc_status(&info, None, &mut b), "14");
+        let mut h = http::HeaderMap::new();
+        h.insert(GRPC_STATUS_HEADER, "5".parse().unwrap());
+        assert_eq!(grpc_status(&info, Some(&h), &mut b), "5");
+        info.grpc_status_trailer = Some(0);
+        assert_eq!(grpc_status(&info, Some(&h), &mut b), "0");
+    }
 
     #[test]
     fn codes_format_without_allocating() {
