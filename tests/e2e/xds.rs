@@ -1374,7 +1374,19 @@ async fn istiod_outbound_http_filters_accepted_or_nacked_by_path() {
         why.contains("Listener '0.0.0.0_9080': filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.value.upstream_discovery[0].istio_headerz"),
         "{why}"
     );
-    // Both refusals left the listener as it was.
+    // istio.stats with an expression outside remora's subset: NACKed by path.
+    let mut with_bad_stats = filters.clone();
+    with_bad_stats[5].1 = typed_struct(
+        "stats.PluginConfig",
+        serde_json::json!({"metrics": [{"name": "requests_total",
+            "dimensions": {"response_code": "filter_state['wasm.istio_responseClass']"}}]}),
+    );
+    let why = refused("l4", with_bad_stats).await;
+    assert!(
+        why.contains("http_filters[5].typed_config.metrics[0].dimensions[\"response_code\"]"),
+        "{why}"
+    );
+    // The refusals left the listener as it was.
     assert_eq!(get(addr, "reviews", "/").await.status, 200);
     assert_eq!(r.stat("listener_manager.total_listeners_active").await, 2);
 }
