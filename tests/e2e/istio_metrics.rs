@@ -538,3 +538,75 @@ async fn mtls_between_sidecars_names_the_principals() {
     assert_eq!(label(&client, "connection_security_policy"), "unknown");
     assert_eq!(label(&client, "destination_workload"), "ratings-v1");
 }
+
+/// istio.stats on a TCP filter chain delivered by xDS: the listener's connections are counted
+/// in `istio_tcp_*` (outbound: the client side reports).
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_metrics_through_xds() {
+    use crate::xds::{NODE, bootstrap_with_ads, lds_listener, xds_server};
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    use remora_xds::resource::{CLUSTER, LISTENER, any};
+    use remora_xds::server::Snapshot;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (echo, _t) = tcp_echo().await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let mut l = lds_listener("tcp_out", port, "unused", "tcp_out");
+    l.traffic_direction =
+        envoy_types::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
+    let stats = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/stats.PluginConfig".into(),
+        value: prost::Message::encode_to_vec(&remora::model::istio_pb::PluginConfig::default()),
+    };
+    let proxy = tcp::TcpProxy {
+        stat_prefix: "tcp_out".into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster("echo".into())),
+        ..Default::default()
+    };
+    l.filter_chains[0].filters = vec![
+        listener::Filter {
+            name: "istio.stats".into(),
+            config_type: Some(listener::filter::ConfigType::TypedConfig(stats)),
+        },
+        listener::Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(listener::filter::ConfigType::TypedConfig(any(&proxy))),
+        },
+    ];
+    cache.set_snapshot(
+        NODE,
+        Snapshot::default()
+            .with(
+                CLUSTER,
+                "c1",
+                vec![any(&remora_xds::build::static_cluster("echo", &[echo]))],
+            )
+            .with(LISTENER, "l1", vec![any(&l)]),
+    );
+    let yaml = bootstrap_with_ads(xds, "DELTA_GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    cache
+        .wait_until(NODE, LISTENER, |s| s.acked.as_deref() == Some("l1"))
+        .await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"ping!").await.unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).await.unwrap();
+    drop(s);
+    let scrape = scrape_when_closed(&r, 1).await;
+    promtool_check(&scrape);
+    let opened = scraped(&scrape, "istio_tcp_connections_opened_total");
+    assert_eq!(opened.len(), 1, "{scrape}");
+    assert_eq!(opened[0].0[0], ("reporter".into(), "source".into()));
+    assert_eq!(opened[0].1, "1");
+    assert_eq!(scraped(&scrape, "istio_tcp_received_bytes_total")[0].1, "5");
+    assert_eq!(scraped(&scrape, "istio_tcp_sent_bytes_total")[0].1, "5");
+}
