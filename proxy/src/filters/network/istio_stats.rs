@@ -174,9 +174,19 @@ impl super::NetworkFilter for IstioStatsNet {
         super::NetFlow::Continue
     }
 
-    fn on_write(&mut self, n: usize) {
-        self.sent += n as u64;
+    fn on_write(
+        &mut self,
+        data: &[u8],
+        _end_stream: bool,
+        _cx: &mut super::ConnCx<'_>,
+    ) -> super::NetFlow {
+        self.sent += data.len() as u64;
         self.maybe_report();
+        super::NetFlow::Continue
+    }
+
+    fn watches_writes(&self) -> bool {
+        true
     }
 }
 
@@ -226,7 +236,7 @@ mod tests {
         };
         let mut filter = f.create(&cx).unwrap();
         let _ = filter.on_data(b"hello", false, &mut cx);
-        filter.on_write(3);
+        let _ = filter.on_write(b"abc", false, &mut cx);
         drop(filter);
         let text = prom(&server.store);
         assert!(

@@ -1,6 +1,7 @@
 //! The network filter chain's contract (Envoy's `Network::ReadFilter`/`WriteFilter`), one
 //! module per extension beside it. A filter chain's network filters run in order on a new
-//! connection and on the bytes read from downstream; the terminal filter (tcp_proxy or the
+//! connection and on the bytes read from downstream, and in reverse order on the bytes
+//! written to downstream (as Envoy runs write filters); the terminal filter (tcp_proxy or the
 //! HTTP connection manager) is not one of these.
 
 pub mod chain;
@@ -50,8 +51,17 @@ pub trait NetworkFilter: Send {
     /// The terminal tcp_proxy connected upstream (its exchanged peer and TLS info).
     fn on_upstream(&mut self, _up: &chain::UpstreamPeer) {}
 
-    /// `n` bytes were written to downstream.
-    fn on_write(&mut self, _n: usize) {}
+    /// Bytes about to be written to downstream (`end_stream`: the write side is shutting
+    /// down; Envoy's `WriteFilter::onWrite`). Runs in reverse filter order.
+    fn on_write(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
+        NetFlow::Continue
+    }
+
+    /// Whether `on_write` does anything: when no filter of a connection does, its writes go
+    /// straight to the socket (vectored, unbuffered).
+    fn watches_writes(&self) -> bool {
+        false
+    }
 }
 
 /// A configured network filter of a filter chain.
