@@ -83,6 +83,11 @@ pub struct StreamInfo {
     /// Envoy's filter state: named values filters share (`%FILTER_STATE(key)%`, RBAC's
     /// `filter_state` matcher).
     pub filter_state: FilterState,
+    /// What Istio's metadata exchange learnt about the downstream and upstream workloads.
+    pub downstream_peer: Option<Arc<crate::telemetry::istio::Peer>>,
+    pub upstream_peer: Option<Arc<crate::telemetry::istio::Peer>>,
+    /// The `grpc-status` of the response trailers sent downstream.
+    pub grpc_status_trailer: Option<u32>,
 }
 
 /// Dynamic metadata: a JSON object per filter namespace (few namespaces: a small vector).
@@ -161,6 +166,9 @@ impl StreamInfo {
             health_check: false,
             dynamic_metadata: DynamicMetadata::default(),
             filter_state: FilterState::default(),
+            downstream_peer: None,
+            upstream_peer: None,
+            grpc_status_trailer: None,
         }
     }
 

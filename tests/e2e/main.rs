@@ -15,6 +15,7 @@ mod filters;
 mod h2_flood;
 mod hcm;
 mod health_check;
+mod istio_metrics;
 mod load_balancing;
 mod local_ratelimit;
 mod logs;

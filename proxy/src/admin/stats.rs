@@ -217,7 +217,67 @@ pub fn prometheus(store: &Store, sel: &Selection) -> String {
         }
         out.push('\n');
     }
+    labelled_prometheus(store, sel, &mut out);
     out
+}
+
+/// Labelled families (Istio's metrics): named as they are, no `envoy_` prefix.
+fn labelled_prometheus(store: &Store, sel: &Selection, out: &mut String) {
+    use crate::telemetry::labelled::Value;
+    for f in store.labelled().all() {
+        if let Some(re) = &sel.filter
+            && !re.is_match(&f.name)
+        {
+            continue;
+        }
+        let series: Vec<_> = f
+            .snapshot()
+            .into_iter()
+            .filter(|s| {
+                !sel.used_only
+                    || match &s.value {
+                        Value::Counter(c) => c.value() > 0,
+                        Value::Gauge(g) => g.used(),
+                        Value::Histogram(h) => h.snapshot().count > 0,
+                    }
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let family = &f.name;
+        let _ = writeln!(out, "# TYPE {family} {}", f.kind.as_str());
+        for s in series {
+            let tags = &s.labels[..];
+            match &s.value {
+                Value::Counter(c) => {
+                    let _ = writeln!(out, "{family}{} {}", labels(tags, None), c.value());
+                }
+                Value::Gauge(g) => {
+                    let _ = writeln!(out, "{family}{} {}", labels(tags, None), g.value());
+                }
+                Value::Histogram(h) => histogram_lines(out, family, tags, &h.snapshot()),
+            }
+        }
+        out.push('\n');
+    }
+}
+
+fn histogram_lines(
+    out: &mut String,
+    family: &str,
+    tags: &[(Arc<str>, Arc<str>)],
+    s: &HistogramSnapshot,
+) {
+    let cum = s.cumulative();
+    for (i, b) in BUCKETS.iter().enumerate() {
+        let le = Some(("le", fmt_bound(*b)));
+        let _ = writeln!(out, "{family}_bucket{} {}", labels(tags, le), cum[i]);
+    }
+    let inf = Some(("le", "+Inf".to_string()));
+    let _ = writeln!(out, "{family}_bucket{} {}", labels(tags, inf), s.count);
+    let _ = writeln!(out, "{family}_sum{} {}", labels(tags, None), s.sum);
+    let _ = writeln!(out, "{family}_count{} {}", labels(tags, None), s.count);
 }
 
 #[cfg(test)]

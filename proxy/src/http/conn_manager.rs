@@ -224,6 +224,8 @@ pub struct ConnectionManager {
     pub stats: HcmStats,
     pub clusters: Arc<ClusterManager>,
     pub access_logs: Vec<AccessLogger>,
+    /// Filters that record at the end of every stream (`istio.stats`).
+    completions: Vec<Arc<dyn crate::filters::http::HttpFilterFactory>>,
     log_request_headers: Vec<HeaderName>,
     log_response_headers: Vec<HeaderName>,
     pub local: Arc<LocalInfo>,
@@ -388,6 +390,7 @@ impl ConnectionManager {
         clusters: Arc<ClusterManager>,
         listener_stat_name: &str,
         listener_port: u16,
+        direction: crate::model::listener::Direction,
     ) -> std::io::Result<Self> {
         let (store, local) = (&cx.store, cx.local.clone());
         let mut access_logs = Vec::new();
@@ -403,6 +406,26 @@ impl ConnectionManager {
             m.filter.request_headers(&mut req_headers);
         }
         req_headers.push(header::HOST);
+        let filters = chain::build(
+            &config.http_filters,
+            &chain::BuildCx {
+                server: cx,
+                stat_prefix: &config.stat_prefix,
+                clusters: &clusters,
+                direction,
+            },
+        );
+        // Filters that record at the end of the stream read it as the access log does.
+        let completions: Vec<_> = filters
+            .iter()
+            .filter(|e| e.factory.observes_completion())
+            .map(|e| e.factory.clone())
+            .collect();
+        for f in &completions {
+            let (rq, rs) = f.completion_headers();
+            req_headers.extend(rq.iter().cloned());
+            resp_headers.extend(rs.iter().cloned());
+        }
         req_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         req_headers.dedup();
         resp_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -426,16 +449,10 @@ impl ConnectionManager {
             ),
             None => crate::xds::rds::RouteTable::fixed(config.route_config.clone()),
         };
-        let filters = chain::build(
-            &config.http_filters,
-            &chain::BuildCx {
-                server: cx,
-                stat_prefix: &config.stat_prefix,
-                clusters: &clusters,
-            },
-        );
         let alpn = crate::filters::http::alpn::router_overrides(&config.http_filters);
-        let keep_request = !access_logs.is_empty() || !config.local_reply.mappers.is_empty();
+        let keep_request = !access_logs.is_empty()
+            || !config.local_reply.mappers.is_empty()
+            || !completions.is_empty();
         Ok(Self {
             alpn,
             filters,
@@ -447,6 +464,7 @@ impl ConnectionManager {
             config,
             clusters,
             access_logs,
+            completions,
             log_request_headers: req_headers,
             log_response_headers: resp_headers,
             local,
@@ -457,6 +475,16 @@ impl ConnectionManager {
 
     /// Write the access log lines of a finished stream.
     pub fn log(&self, s: &ActiveStream) {
+        if !self.completions.is_empty() {
+            let done = crate::filters::http::CompletedStream {
+                info: &s.info,
+                request: s.request.as_ref(),
+                response_headers: s.response_headers.as_ref(),
+            };
+            for f in &self.completions {
+                f.on_stream_complete(&done);
+            }
+        }
         if self.access_logs.is_empty() {
             return;
         }

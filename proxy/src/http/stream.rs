@@ -329,6 +329,12 @@ impl HttpBody for TrackedBody {
                     if this.stream.info.first_downstream_tx.is_none() {
                         this.stream.info.first_downstream_tx = Some(Instant::now());
                     }
+                } else if let Some(t) = frame.trailers_ref() {
+                    // gRPC's status, for Istio's grpc_response_status.
+                    this.stream.info.grpc_status_trailer = t
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
                 }
                 if this.timer.is_some() && this.idles() {
                     this.arm_timer();

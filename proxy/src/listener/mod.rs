@@ -273,6 +273,14 @@ impl ActiveListener {
                     &crate::filters::network::chain::BuildCx {
                         server: cx,
                         clusters,
+                        direction: config.direction,
+                        tcp_cluster: match &fc.terminal {
+                            NetworkTerminal::Tcp(t) => match &t.cluster {
+                                crate::model::tcp_proxy::TcpCluster::Name(n) => Some(n),
+                                _ => None,
+                            },
+                            _ => None,
+                        },
                     },
                 );
                 let terminal = match &fc.terminal {
@@ -283,6 +291,7 @@ impl ActiveListener {
                             clusters.clone(),
                             &stat_name,
                             local_address.port(),
+                            config.direction,
                         )
                         .map_err(|e| log_err(local_address, e))?,
                     )),
@@ -554,13 +563,14 @@ impl ActiveListener {
                     // handshake for %REQUESTED_SERVER_NAME%).
                     Ok((mut stream, tls_info)) => {
                         let mut prefix = BytesMut::new();
+                        let mut peer = None;
                         if let Some((mx, ours)) = &chain.mx {
                             let stats = self
                                 .mx_stats
                                 .as_ref()
                                 .expect("built when a chain runs the exchange");
                             if tls_info.alpn.as_deref() == Some(mx.protocol.as_str()) {
-                                match crate::filters::network::metadata_exchange::exchange(
+                                match crate::filters::network::metadata_exchange::exchange_peer(
                                     &mut stream,
                                     ours,
                                     std::time::Duration::from_secs(10),
@@ -568,7 +578,7 @@ impl ActiveListener {
                                 )
                                 .await
                                 {
-                                    Ok(left) => prefix = left,
+                                    Ok((left, p)) => (prefix, peer) = (left, p),
                                     Err(e) => {
                                         tracing::debug!(listener = %self.config.name, %remote, "metadata exchange failed: {e}");
                                         info.tls = Some(Box::new(tls_info));
@@ -588,7 +598,8 @@ impl ActiveListener {
                         }
                         info.tls = Some(Box::new(tls_info));
                         let info = Arc::new(info);
-                        self.dispatch(chain, info.clone(), stream, prefix).await;
+                        self.dispatch(chain, info.clone(), stream, prefix, peer)
+                            .await;
                         self.log_connection(info, opened, ResponseFlags::empty(), None);
                     }
                     Err(failure) => {
@@ -609,7 +620,8 @@ impl ActiveListener {
             }
             _ => {
                 let info = Arc::new(info);
-                self.dispatch(chain, info.clone(), stream, prefix).await;
+                self.dispatch(chain, info.clone(), stream, prefix, None)
+                    .await;
                 self.log_connection(info, opened, ResponseFlags::empty(), None);
             }
         }
@@ -625,6 +637,7 @@ impl ActiveListener {
         info: Arc<ConnectionInfo>,
         stream: S,
         prefix: BytesMut,
+        peer: Option<Arc<crate::telemetry::istio::Peer>>,
     ) {
         use crate::filters::network::chain::{Filtered, NetChain};
         let is_tls = info.tls.is_some();
@@ -637,6 +650,9 @@ impl ActiveListener {
                     .await;
             };
             let state = net.state();
+            if let Some(p) = &peer {
+                net.on_peer(p);
+            }
             let admitted = async {
                 net.on_new_connection().await?;
                 if !prefix.is_empty() {

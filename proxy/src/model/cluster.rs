@@ -171,6 +171,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// What istiod says about the cluster in `metadata.filter_metadata.istio`.
     pub istio: IstioMetadata,
+    /// `metadata.filter_metadata.istio.services[0]`: the service Istio's metrics name.
+    pub istio_service: Option<IstioService>,
     /// `filters`: Istio's upstream metadata exchange (the only upstream network filter built).
     pub metadata_exchange: Option<Arc<super::listener::MetadataExchange>>,
     /// `outlier_detection` (boxed: most clusters have none).
@@ -355,6 +357,32 @@ impl Default for IstioMetadata {
             disable_mx: false,
         }
     }
+}
+
+/// The first of `filter_metadata.istio.services` (`host`, `name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioService {
+    pub host: Option<Arc<str>>,
+    pub name: Option<Arc<str>>,
+}
+
+fn istio_service(metadata: &Option<pb::core::Metadata>) -> Option<IstioService> {
+    use pb::protobuf::value::Kind;
+    let fields = &metadata.as_ref()?.filter_metadata.get("istio")?.fields;
+    let Some(Kind::ListValue(list)) = fields.get("services")?.kind.as_ref() else {
+        return None;
+    };
+    let Some(Kind::StructValue(svc)) = list.values.first()?.kind.as_ref() else {
+        return None;
+    };
+    let text = |k: &str| match svc.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => Some(Arc::from(s.as_str())),
+        _ => None,
+    };
+    Some(IstioService {
+        host: text("host"),
+        name: text("name"),
+    })
 }
 
 fn istio_metadata(metadata: &Option<pb::core::Metadata>) -> IstioMetadata {
@@ -731,6 +759,7 @@ impl Cluster {
             discovery,
             circuit_breakers,
             istio: istio_metadata(metadata),
+            istio_service: istio_service(metadata),
             metadata_exchange,
             outlier,
             health_checks,

@@ -116,6 +116,8 @@ pub enum HttpFilter {
     Cors,
     /// `envoy.filters.http.rbac`.
     Rbac(Arc<super::rbac::HttpRbac>),
+    /// Istio's `istio.stats`: the standard metrics, at the end of every stream.
+    IstioStats(Arc<super::istio_stats::IstioStats>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -1261,28 +1263,26 @@ fn http_filter(
             // Kept when disabled: a route's typed_per_filter_config may enable it.
             out.push(HttpFilter::PeerMetadata(Arc::new(cfg)));
         }
-        ISTIO_STATS_TYPE | GRPC_STATS_TYPE => {
+        ISTIO_STATS_TYPE => {
+            let any = typed.expect("a type name comes from a typed_config");
+            let cfg = super::istio_stats::IstioStats::from_any(&fp.field("typed_config"), any)?;
+            if *disabled {
+                return Err(fp
+                    .field("disabled")
+                    .error("istio.stats has no per-route configuration to enable it"));
+            }
+            out.push(HttpFilter::IstioStats(Arc::new(cfg)));
+        }
+        GRPC_STATS_TYPE => {
             let tp = fp.field("typed_config");
             let any = typed.expect("a type name comes from a typed_config");
             // Decoded so that a malformed config is refused by path all the same.
-            let short = match type_name {
-                ISTIO_STATS_TYPE => {
-                    decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
-                    "istio_stats"
-                }
-                _ => {
-                    decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
-                    "grpc_stats"
-                }
-            };
+            decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
             if !*disabled {
                 out.push(HttpFilter::Noop(NoopFilter {
                     name: name.clone(),
-                    type_name: match type_name {
-                        ISTIO_STATS_TYPE => ISTIO_STATS_TYPE,
-                        _ => GRPC_STATS_TYPE,
-                    },
-                    short,
+                    type_name: GRPC_STATS_TYPE,
+                    short: "grpc_stats",
                     reason: TELEMETRY_LATER,
                 }));
             }

@@ -79,8 +79,7 @@ pub struct FilterChain {
 /// A network filter before the terminal one (`tcp_proxy` or `http_connection_manager`).
 #[derive(Debug, Clone)]
 pub enum NetworkFilter {
-    /// Accepted as a no-op (Istio's TCP `istio.stats`, the discovery half of the metadata
-    /// exchange): listed in `/config_dump`, counted in `server.noop_extension.<short>`.
+    /// Accepted as a no-op (the discovery half of the metadata exchange): listed in `/config_dump`, counted in `server.noop_extension.<short>`.
     Noop(super::hcm::NoopFilter),
     /// Istio's TCP metadata exchange (run by the listener right after the TLS handshake, so
     /// before every other filter sees a byte).
@@ -89,6 +88,8 @@ pub enum NetworkFilter {
     LocalRateLimit(Arc<super::local_ratelimit::NetworkLocalRateLimit>),
     /// `envoy.filters.network.rbac`.
     Rbac(Arc<super::rbac::NetworkRbac>),
+    /// Istio's `istio.stats` on a TCP chain: the `istio_tcp_*` metrics.
+    IstioStats(Arc<super::istio_stats::IstioStats>),
 }
 
 impl FilterChain {
@@ -711,14 +712,9 @@ fn network_filter(
             ))]));
         }
         super::hcm::ISTIO_STATS_TYPE if !last => {
-            decode_any::<super::istio_pb::PluginConfig>(&tp, any)?;
-            return Ok(Translated::Filter(vec![NetworkFilter::Noop(
-                super::hcm::NoopFilter {
-                    name: name.clone(),
-                    type_name: super::hcm::ISTIO_STATS_TYPE,
-                    short: "istio_stats",
-                    reason: super::hcm::TELEMETRY_LATER,
-                },
+            let c = super::istio_stats::IstioStats::from_any(&tp, any)?;
+            return Ok(Translated::Filter(vec![NetworkFilter::IstioStats(
+                Arc::new(c),
             )]));
         }
         other => {

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod health_check;
 pub mod inputs;
 pub mod istio_pb;
+pub mod istio_stats;
 #[cfg(test)]
 mod layering;
 pub mod listener;

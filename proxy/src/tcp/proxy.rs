@@ -157,6 +157,14 @@ impl TcpProxyFilter {
         };
         info.upstream_local = upstream.inner.tcp().local_addr().ok();
         info.upstream_tls = upstream.keep.tls.clone();
+        if let Some(net) = net {
+            // For the network filters (Istio's stats read the upstream peer).
+            let mut st = net.lock().unwrap_or_else(|e| e.into_inner());
+            st.upstream = Some(crate::filters::network::chain::UpstreamPeer {
+                peer: upstream.keep.peer.clone(),
+                tls: upstream.keep.tls.clone(),
+            });
+        }
 
         // Copy both ways; activity resets the idle timer.
         let started = Instant::now();

@@ -2,6 +2,8 @@
 
 pub mod access_log;
 pub mod format;
+pub mod istio;
+pub mod labelled;
 pub mod sinks;
 pub mod stats;
 pub mod tags;

@@ -415,6 +415,8 @@ pub struct Store {
     deferred_creation: bool,
     /// Histograms keep each value for a sink that sends them all (statsd).
     log_values: bool,
+    /// Labelled families (Istio's standard metrics).
+    labelled: super::labelled::Families,
 }
 
 impl std::fmt::Debug for Store {
@@ -439,6 +441,7 @@ impl Store {
             last_flush: Mutex::new(BTreeMap::new()),
             deferred_creation: false,
             log_values: false,
+            labelled: Default::default(),
         }
     }
 
@@ -464,6 +467,16 @@ impl Store {
 
     pub fn deferred_creation(&self) -> bool {
         self.deferred_creation
+    }
+
+    /// Whether the stats matcher keeps a stat of this (flat) name.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.accept.as_ref().is_none_or(|a| a(name))
+    }
+
+    /// The labelled families (Istio's metrics).
+    pub fn labelled(&self) -> &super::labelled::Families {
+        &self.labelled
     }
 
     fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {

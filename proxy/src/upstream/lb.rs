@@ -295,6 +295,7 @@ mod tests {
             pipe: None,
             circuit_breakers: Default::default(),
             istio: Default::default(),
+            istio_service: None,
             metadata_exchange: None,
             outlier: None,
             health_checks: Vec::new(),

@@ -69,6 +69,8 @@ pub struct ConnectionStats {
     closed_locally: AtomicBool,
     /// What the TLS handshake established (TLS clusters).
     pub tls: Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
+    /// The workload Istio's metadata exchange read from the peer (for `istio.stats`).
+    pub peer: Option<Arc<crate::telemetry::istio::Peer>>,
     /// The worker's HTTP/1.1 pool slot this connection counts in.
     slot: OnceLock<Arc<PoolSlot>>,
 }
@@ -233,6 +235,7 @@ pub async fn connect(
     set_keepalive(&stream, &cluster.config.tcp_keepalive);
     // Bytes the peer sent right after its metadata-exchange frame.
     let mut mx_leftover = bytes::Bytes::new();
+    let mut peer = None;
     let (stream, tls) = match (&cluster.config.tls, &cluster.ssl) {
         (Some(tls), Some(ssl)) => {
             match crate::transport_sockets::tls::connect(tls, ssl, stream, alpn).await {
@@ -241,7 +244,7 @@ pub async fn connect(
                     if let (Some(mx), Some(ours)) = (&cluster.config.metadata_exchange, &cluster.mx)
                     {
                         if info.alpn.as_deref() == Some(mx.protocol.as_str()) {
-                            match crate::filters::network::metadata_exchange::exchange(
+                            match crate::filters::network::metadata_exchange::exchange_peer(
                                 &mut tls_stream,
                                 &ours.frame,
                                 cluster.config.connect_timeout,
@@ -249,7 +252,10 @@ pub async fn connect(
                             )
                             .await
                             {
-                                Ok(left) => mx_leftover = left.freeze(),
+                                Ok((left, p)) => {
+                                    mx_leftover = left.freeze();
+                                    peer = p;
+                                }
                                 Err(e) => {
                                     s.upstream_cx_connect_fail.inc();
                                     host.stats.cx_connect_fail.fetch_add(1, Relaxed);
@@ -283,6 +289,7 @@ pub async fn connect(
         opened: Instant::now(),
         closed_locally: AtomicBool::new(false),
         tls,
+        peer,
         slot: OnceLock::new(),
     });
     // From here the connection's stats release the reservation when it closes.

@@ -34,6 +34,8 @@ pub struct BuildCx<'a> {
     /// The connection manager's `stat_prefix` (`http.<prefix>.<filter stats>`).
     pub stat_prefix: &'a str,
     pub clusters: &'a Arc<crate::upstream::cluster::ClusterManager>,
+    /// The listener's `traffic_direction` (Istio's stats pick their reporter from it).
+    pub direction: crate::model::listener::Direction,
 }
 
 /// A stream's filter instances, in chain order.
@@ -79,6 +81,13 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                     Arc::clone(&cx.server.runtime),
                 ))
             }
+            Model::IstioStats(c) => Arc::new(super::istio_stats::IstioStatsFactory::new(
+                f.name.clone(),
+                c,
+                cx.direction,
+                cx.server,
+                cx.clusters.clone(),
+            )),
             Model::Cors => Arc::new(super::cors::CorsFactory::new(
                 &f.name,
                 cx.stat_prefix,

@@ -18,6 +18,7 @@ pub mod chain;
 pub mod compressor;
 pub mod cors;
 pub mod fault;
+pub mod istio_stats;
 pub mod local_ratelimit;
 pub mod noop;
 pub mod peer_metadata;
@@ -169,4 +170,25 @@ pub trait HttpFilterFactory: Send + Sync + std::fmt::Debug {
         per_route: Option<&crate::model::per_filter::PerFilterConfig>,
         cx: &StreamCx<'_>,
     ) -> Option<Box<dyn HttpFilter>>;
+
+    /// Called once at the end of every stream of the chain (Envoy's access-log time), whether
+    /// or not the filter ran on it; `observes_completion` says whether to call it.
+    fn on_stream_complete(&self, _s: &CompletedStream<'_>) {}
+
+    fn observes_completion(&self) -> bool {
+        false
+    }
+
+    /// The request and response headers `on_stream_complete` reads (kept for it, as for
+    /// the access log).
+    fn completion_headers(&self) -> (&[http::HeaderName], &[http::HeaderName]) {
+        (&[], &[])
+    }
+}
+
+/// A finished stream, as the access log sees it.
+pub struct CompletedStream<'a> {
+    pub info: &'a StreamInfo,
+    pub request: Option<&'a crate::http::stream::RequestSnapshot>,
+    pub response_headers: Option<&'a http::HeaderMap>,
 }

@@ -105,6 +105,7 @@ pub struct PeerMetadataFactory {
     name: String,
     filter: Arc<PeerMetadata>,
     clusters: Arc<crate::upstream::cluster::ClusterManager>,
+    peers: Arc<crate::telemetry::istio::PeerCache>,
 }
 
 impl PeerMetadataFactory {
@@ -118,6 +119,7 @@ impl PeerMetadataFactory {
             name,
             filter: Arc::new(PeerMetadata::new(config, node)),
             clusters,
+            peers: Default::default(),
         }
     }
 }
@@ -135,6 +137,7 @@ impl super::HttpFilterFactory for PeerMetadataFactory {
         Some(Box::new(PeerMetadataFilter {
             filter: self.filter.clone(),
             clusters: self.clusters.clone(),
+            peers: self.peers.clone(),
             carried: Carried::default(),
         }))
     }
@@ -143,7 +146,23 @@ impl super::HttpFilterFactory for PeerMetadataFactory {
 struct PeerMetadataFilter {
     filter: Arc<PeerMetadata>,
     clusters: Arc<crate::upstream::cluster::ClusterManager>,
+    /// Decoded peers (what discovery learns, for `istio.stats`).
+    peers: Arc<crate::telemetry::istio::PeerCache>,
     carried: Carried,
+}
+
+impl PeerMetadataFilter {
+    /// The peer the headers describe, when discovery reads them.
+    fn discover(
+        &self,
+        on: bool,
+        headers: &HeaderMap,
+    ) -> Option<Arc<crate::telemetry::istio::Peer>> {
+        if !on {
+            return None;
+        }
+        self.peers.get(headers.get(METADATA)?.as_bytes())
+    }
 }
 
 impl super::HttpFilter for PeerMetadataFilter {
@@ -153,6 +172,10 @@ impl super::HttpFilter for PeerMetadataFilter {
         _end_stream: bool,
         cx: &mut super::StreamCx<'_>,
     ) -> super::Flow {
+        let on = self.filter.config.downstream_istio_headers;
+        if let Some(p) = self.discover(on, &req.headers) {
+            cx.info.downstream_peer = Some(p);
+        }
         self.carried = self.filter.on_request(&mut req.headers);
         // The route's cluster, as Envoy's filter reads it from the route.
         let cluster = cx
@@ -170,8 +193,12 @@ impl super::HttpFilter for PeerMetadataFilter {
         &mut self,
         resp: &mut http::response::Parts,
         _end_stream: bool,
-        _cx: &mut super::StreamCx<'_>,
+        cx: &mut super::StreamCx<'_>,
     ) -> super::Flow {
+        let on = self.filter.config.upstream_istio_headers;
+        if let Some(p) = self.discover(on, &resp.headers) {
+            cx.info.upstream_peer = Some(p);
+        }
         self.filter.on_response(&mut resp.headers, self.carried);
         super::Flow::Continue
     }

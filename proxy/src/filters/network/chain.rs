@@ -24,6 +24,10 @@ use crate::stream_info::{ConnectionInfo, DynamicMetadata};
 pub struct BuildCx<'a> {
     pub server: &'a crate::context::ServerContext,
     pub clusters: &'a Arc<crate::upstream::cluster::ClusterManager>,
+    /// The listener's `traffic_direction` (Istio's stats pick their reporter from it).
+    pub direction: crate::model::listener::Direction,
+    /// The terminal tcp_proxy's cluster, when it names one.
+    pub tcp_cluster: Option<&'a Arc<str>>,
 }
 
 /// A filter chain's network filters, from the translated ones (one arm per model variant).
@@ -42,6 +46,15 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
             // Run by the listener right after the TLS handshake (it writes this workload's
             // frame and takes the peer's off the stream before anything else reads).
             Model::MetadataExchange(_) => {}
+            Model::IstioStats(c) => {
+                out.push(Arc::new(super::istio_stats::IstioStatsNetFactory::new(
+                    c,
+                    cx.direction,
+                    cx.server,
+                    cx.clusters,
+                    cx.tcp_cluster,
+                )))
+            }
             Model::Rbac(r) => out.push(Arc::new(super::rbac::NetworkRbacFactory::new(
                 r.clone(),
                 &cx.server.store,
@@ -56,6 +69,17 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
 pub struct ConnState {
     pub metadata: DynamicMetadata,
     pub closed: Option<Cow<'static, str>>,
+    /// Set by the terminal tcp_proxy once connected; handed to the filters (`on_upstream`)
+    /// before their next hook.
+    pub upstream: Option<UpstreamPeer>,
+    upstream_delivered: bool,
+}
+
+/// The upstream connection, as Istio's stats read it: the exchanged peer and the TLS info.
+#[derive(Debug, Clone)]
+pub struct UpstreamPeer {
+    pub peer: Option<Arc<crate::telemetry::istio::Peer>>,
+    pub tls: Option<Arc<crate::transport_sockets::tls::TlsInfo>>,
 }
 
 /// The state, shared with the terminal filter (its access log reads it).
@@ -126,6 +150,7 @@ impl NetChain {
         mut hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Step {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        deliver_upstream(&mut st, &mut self.filters);
         let mut cx = ConnCx {
             connection: &self.conn,
             metadata: &mut st.metadata,
@@ -185,6 +210,13 @@ impl NetChain {
         }
     }
 
+    /// Istio's metadata exchange read the peer (before `on_new_connection`).
+    pub fn on_peer(&mut self, peer: &Arc<crate::telemetry::istio::Peer>) {
+        for f in &mut self.filters {
+            f.on_peer(peer);
+        }
+    }
+
     /// The connection was accepted on the filter chain.
     pub async fn on_new_connection(&mut self) -> Result<(), Cow<'static, str>> {
         self.run_all(|f, cx| f.on_new_connection(cx)).await
@@ -198,6 +230,26 @@ impl NetChain {
         end_stream: bool,
     ) -> Result<(), Cow<'static, str>> {
         self.run_all(|f, cx| f.on_data(data, end_stream, cx)).await
+    }
+}
+
+/// Hand the terminal's upstream to the filters, once.
+fn deliver_upstream(st: &mut ConnState, filters: &mut [Box<dyn NetworkFilter>]) {
+    if st.upstream_delivered {
+        return;
+    }
+    if let Some(up) = &st.upstream {
+        st.upstream_delivered = true;
+        for f in filters.iter_mut() {
+            f.on_upstream(up);
+        }
+    }
+}
+
+impl Drop for NetChain {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        deliver_upstream(&mut st, &mut self.filters);
     }
 }
 

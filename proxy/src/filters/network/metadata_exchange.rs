@@ -71,6 +71,17 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     within: Duration,
     stats: &MxStats,
 ) -> std::io::Result<BytesMut> {
+    Ok(exchange_peer(stream, ours, within, stats).await?.0)
+}
+
+/// [`exchange`], also returning the peer's workload when its frame carried one (what Istio's
+/// telemetry reads).
+pub async fn exchange_peer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ours: &[u8],
+    within: Duration,
+    stats: &MxStats,
+) -> std::io::Result<(BytesMut, Option<Arc<crate::telemetry::istio::Peer>>)> {
     stats.alpn_protocol_found.inc();
     stream.write_all(ours).await?;
     stream.flush().await?;
@@ -102,17 +113,23 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if !framed {
         stats.initial_header_not_found.inc();
-        return Ok(buf);
+        return Ok((buf, None));
     }
     let len = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
     let frame = buf.split_to(8 + len);
     let any: Result<envoy_types::pb::google::protobuf::Any, _> =
         prost::Message::decode(&frame[8..]);
-    match any {
-        Ok(a) if a.type_url.ends_with("google.protobuf.Struct") => stats.metadata_added.inc(),
-        _ => stats.header_not_found.inc(),
-    }
-    Ok(buf)
+    let peer = match any {
+        Ok(a) if a.type_url.ends_with("google.protobuf.Struct") => {
+            stats.metadata_added.inc();
+            crate::telemetry::istio::Peer::from_exchange(&frame[8..]).map(Arc::new)
+        }
+        _ => {
+            stats.header_not_found.inc();
+            None
+        }
+    };
+    Ok((buf, peer))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! HTTP connection manager) is not one of these.
 
 pub mod chain;
+pub mod istio_stats;
 pub mod local_ratelimit;
 pub mod metadata_exchange;
 pub mod rbac;
@@ -43,6 +44,12 @@ pub trait NetworkFilter: Send {
     fn on_data(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
         NetFlow::Continue
     }
+
+    /// Istio's TCP metadata exchange read the peer's workload (before `on_new_connection`).
+    fn on_peer(&mut self, _peer: &std::sync::Arc<crate::telemetry::istio::Peer>) {}
+
+    /// The terminal tcp_proxy connected upstream (its exchanged peer and TLS info).
+    fn on_upstream(&mut self, _up: &chain::UpstreamPeer) {}
 
     /// Bytes about to be written to downstream (`end_stream`: the write side is shutting
     /// down; Envoy's `WriteFilter::onWrite`). Runs in reverse filter order.
