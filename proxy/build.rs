@@ -528,6 +528,8 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.Secret",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.config.trace.v3.ZipkinConfig",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
 ];
 
 /// Packages kept whole: the admin API's output types and the protobuf well-known types.

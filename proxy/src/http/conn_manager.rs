@@ -235,6 +235,8 @@ pub struct ConnectionManager {
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
     /// The access log or the local-reply mappers read the request.
     keep_request: bool,
+    /// `tracing`: the sampling decision and the stream's span.
+    pub tracer: Option<Arc<crate::tracing::HttpTracer>>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -384,6 +386,7 @@ impl ConnectionManager {
         clusters: Arc<ClusterManager>,
         listener_stat_name: &str,
         listener_port: u16,
+        direction: crate::model::listener::Direction,
     ) -> std::io::Result<Self> {
         let (store, local) = (&cx.store, cx.local.clone());
         let mut access_logs = Vec::new();
@@ -432,7 +435,9 @@ impl ConnectionManager {
         );
         let alpn = crate::filters::http::alpn::router_overrides(&config.http_filters);
         let keep_request = !access_logs.is_empty() || !config.local_reply.mappers.is_empty();
+        let tracer = crate::tracing::HttpTracer::new(&config, cx, &clusters, direction);
         Ok(Self {
+            tracer,
             alpn,
             filters,
             keep_request,
@@ -597,6 +602,9 @@ impl ConnectionManager {
         };
         let route_config = self.routes.current.load_full();
         let selected = self.select_route(&route_config, &mut stream, conn, &parts, &facts);
+        if let Some(t) = &self.tracer {
+            stream.span = crate::tracing::start_span(t, &mut parts, &stream.info);
+        }
         if let Some(resp) = self.refuse_upgrade(&mut stream, &parts, &selected, &facts) {
             return self.respond(stream, resp, None, None);
         }

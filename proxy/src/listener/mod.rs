@@ -283,6 +283,7 @@ impl ActiveListener {
                             clusters.clone(),
                             &stat_name,
                             local_address.port(),
+                            config.direction,
                         )
                         .map_err(|e| log_err(local_address, e))?,
                     )),

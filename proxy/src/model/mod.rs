@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod stats_tags;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod tracing;
 pub mod xds;
 
 pub use matcher::FullRegex;
