@@ -25,6 +25,7 @@ mod retries;
 mod routing;
 mod tcp;
 mod tls;
+mod tracing;
 mod upstream;
 mod xds;
 mod xds_nack;

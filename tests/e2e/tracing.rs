@@ -1,0 +1,212 @@
+//! Distributed tracing: two remora sidecars (client: an OUTBOUND listener whose provider is the
+//! bootstrap's `tracing.http`; server: an INBOUND listener with the HCM's `tracing.provider`)
+//! in front of an app, reporting Zipkin v2 JSON to an in-test collector.
+
+use crate::support::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Spans = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// A Zipkin collector: every POSTed span kept; answers 202 as Zipkin does.
+async fn collector() -> (std::net::SocketAddr, Spans, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans: Spans = Arc::default();
+    let kept = spans.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let kept = kept.clone();
+                    async move {
+                        let ok = req.uri().path() == "/api/v2/spans"
+                            && req.headers()["content-type"] == "application/json";
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        if let (true, Ok(body)) = (ok, body)
+                            && let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&body)
+                        {
+                            kept.lock().unwrap().extend(list);
+                        }
+                        let status = if ok { 202 } else { 400 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, spans, task)
+}
+
+async fn wait_spans(spans: &Spans, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let got = spans.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the collector got {:?}", spans.lock().unwrap());
+}
+
+const ZIPKIN: &str = r#"name: envoy.tracers.zipkin
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: zipkin
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON"#;
+
+/// Flush each span at once (Envoy's runtime key).
+const FLUSH_EACH: &str = "layered_runtime:\n  layers:\n  - name: static\n    static_layer:\n      tracing.zipkin.min_flush_spans: 1\n";
+
+fn listener(name: &str, direction: &str, tracing: &str, cluster: &str) -> String {
+    let vh = format!(
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: {cluster}}}\n"
+    );
+    http_listener(name, tracing, &vh).replacen(
+        "    filter_chains:",
+        &format!("    traffic_direction: {direction}\n    filter_chains:"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn spans_join_across_two_sidecars() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let server_tracing = format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let server = Remora::start(&format!(
+        "node: {{id: server-node, cluster: server-svc}}\n{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("inbound", "INBOUND", &server_tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    // The client names no provider: the bootstrap's (deprecated) tracing.http is its.
+    let client = Remora::start(&format!(
+        "node: {{id: client-node, cluster: client-svc}}\ntracing:\n  http:\n    {}\n{}{FLUSH_EACH}",
+        ZIPKIN.replace("\n              ", "\n    "),
+        bootstrap(
+            &listener("outbound", "OUTBOUND", "          tracing: {}\n", "server"),
+            &(cluster("server", &[server.addr("inbound")], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(client.addr("outbound"), "svc.example", "/hello").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].clone();
+    let spans = wait_spans(&spans, 2).await;
+    let kind = |k: &str| {
+        spans
+            .iter()
+            .find(|s| s["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} span in {spans:?}"))
+            .clone()
+    };
+    let (c, s) = (kind("CLIENT"), kind("SERVER"));
+    // The client's root span: its id is the trace id; the server shares it (shared_span_context).
+    assert_eq!(c["id"], c["traceId"], "{c}");
+    assert!(c.get("parentId").is_none(), "{c}");
+    assert_eq!(s["traceId"], c["traceId"]);
+    assert_eq!(s["id"], c["id"]);
+    assert_eq!(s["shared"], true, "{s}");
+    // What the app received: the server span's context, sampled.
+    assert_eq!(seen["x-b3-traceid"], c["traceId"], "{seen}");
+    assert_eq!(seen["x-b3-spanid"], s["id"]);
+    assert_eq!(seen["x-b3-sampled"], "1");
+    // Envoy's tags; the sampling decision in x-request-id's version digit.
+    for (span, cluster, name) in [(&c, "server", "client-svc"), (&s, "app", "server-svc")] {
+        let tags = &span["tags"];
+        assert_eq!(tags["http.status_code"], "200", "{span}");
+        assert_eq!(tags["component"], "proxy");
+        assert_eq!(tags["upstream_cluster"], cluster);
+        assert_eq!(tags["http.method"], "GET");
+        assert_eq!(tags["http.url"], "http://svc.example/hello");
+        assert_eq!(tags["response_flags"], "-");
+        assert_eq!(span["localEndpoint"]["serviceName"], name);
+        assert_eq!(span["name"], "svc.example");
+        assert!(tags.get("error").is_none());
+    }
+    let rid = c["tags"]["guid:x-request-id"].as_str().unwrap().to_string();
+    assert_eq!(rid.as_bytes()[14], b'9', "{rid}");
+    assert_eq!(s["tags"]["guid:x-request-id"], rid.as_str());
+    assert_eq!(seen["x-request-id"], rid.as_str());
+    assert_eq!(c["tags"]["node_id"], "client-node");
+    client.wait_stat("tracing.zipkin.reports_sent", 1).await;
+    server.wait_stat("tracing.zipkin.reports_sent", 1).await;
+    assert_eq!(client.stat("tracing.zipkin.spans_sent").await, 1);
+    assert_eq!(client.stat("http.outbound.tracing.random_sampling").await, 1);
+}
+
+#[tokio::test]
+async fn an_unsampled_request_propagates_its_decision_and_reports_nothing() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let tracing = format!(
+        "          tracing:\n            random_sampling: {{value: 0}}\n            provider:\n              {}\n",
+        ZIPKIN.replace(
+            "HTTP_JSON",
+            "HTTP_JSON\n                trace_context_option: USE_B3_WITH_W3C_PROPAGATION"
+        )
+    );
+    let r = Remora::start(&format!(
+        "{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("egress", "OUTBOUND", &tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(r.addr("egress"), "a", "/").await;
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(seen["x-b3-sampled"], "0", "{seen}");
+    assert!(seen["traceparent"].as_str().unwrap().ends_with("-00"), "{seen}");
+    assert_eq!(seen["x-request-id"].as_str().unwrap().as_bytes()[14], b'4');
+    // A W3C parent, sampled: the trace goes on with a child span; both headers go upstream.
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let resp = get_with(r.addr("egress"), "a", "/", &[("traceparent", parent)]).await;
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(seen["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c", "{seen}");
+    assert_eq!(seen["x-b3-parentspanid"], "b7ad6b7169203331");
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(got.len(), 1, "only the sampled request is reported: {got:?}");
+    assert_eq!(got[0]["parentId"], "b7ad6b7169203331");
+    assert_eq!(r.stat("http.egress.tracing.not_traceable").await, 2);
+}
+
+#[tokio::test]
+async fn a_dead_collector_never_slows_requests() {
+    let app = upstream("app").await;
+    let tracing = format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let r = Remora::start(&format!(
+        "{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("egress", "OUTBOUND", &tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[closed_port()], ""))
+        )
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(r.addr("egress"), "a", "/").await.status, 200);
+    }
+    for _ in 0..100 {
+        if r.stat("tracing.zipkin.reports_failed").await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(r.stat("tracing.zipkin.reports_failed").await >= 1);
+    assert_eq!(r.stat("tracing.zipkin.reports_sent").await, 0);
+}
