@@ -210,3 +210,34 @@ async fn a_dead_collector_never_slows_requests() {
     assert!(r.stat("tracing.zipkin.reports_failed").await >= 1);
     assert_eq!(r.stat("tracing.zipkin.reports_sent").await, 0);
 }
+
+/// Envoy's zipkin front-proxy example, run for real (hosts rewritten to local servers): the
+/// span is named by the route's decorator, which also goes upstream in
+/// `x-envoy-decorator-operation`.
+#[tokio::test]
+async fn the_zipkin_example_runs() {
+    let (zipkin, spans, _c) = collector().await;
+    let (one, two) = (upstream("envoy-1").await, upstream("envoy-1b").await);
+    let front = closed_port();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/envoy-configs/examples/zipkin_envoy-front-proxy.yaml");
+    let yaml = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replacen("port_value: 10000", &format!("port_value: {}", front.port()), 1)
+        .replace("address: envoy-1", "address: 127.0.0.1")
+        .replace("port_value: 10000", &format!("port_value: {}", one.addr.port()))
+        .replace("port_value: 10001", &format!("port_value: {}", two.addr.port()))
+        .replace("address: zipkin", "address: 127.0.0.1")
+        .replace("port_value: 9411", &format!("port_value: {}", zipkin.port()));
+    let _r = Remora::start(&yaml).await;
+    let resp = get(front, "front.example", "/trace/1").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-upstream"), Some("envoy-1"));
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(seen["x-envoy-decorator-operation"], "routeToEnvoy1", "{seen}");
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(got[0]["name"], "routeToEnvoy1");
+    assert_eq!(got[0]["kind"], "CLIENT");
+    assert_eq!(got[0]["traceId"], seen["x-b3-traceid"]);
+    assert_eq!(got[0]["localEndpoint"]["serviceName"], "envoy-proxy-front");
+}

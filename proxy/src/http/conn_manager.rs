@@ -507,6 +507,9 @@ impl ConnectionManager {
         if let Some(via) = &self.config.via {
             h.append(header::VIA, via.clone());
         }
+        if let Some(span) = &mut stream.span {
+            span.on_response(h);
+        }
         if !self.log_response_headers.is_empty() {
             let mut snap = http::HeaderMap::new();
             for name in &self.log_response_headers {
@@ -603,7 +606,8 @@ impl ConnectionManager {
         let route_config = self.routes.current.load_full();
         let selected = self.select_route(&route_config, &mut stream, conn, &parts, &facts);
         if let Some(t) = &self.tracer {
-            stream.span = crate::tracing::start_span(t, &mut parts, &stream.info);
+            let decorator = selected.route_cx().and_then(|r| r.route.decorator.as_ref());
+            stream.span = crate::tracing::start_span(t, &mut parts, &stream.info, decorator);
         }
         if let Some(resp) = self.refuse_upgrade(&mut stream, &parts, &selected, &facts) {
             return self.respond(stream, resp, None, None);

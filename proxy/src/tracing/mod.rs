@@ -16,6 +16,7 @@ pub mod zipkin;
 
 use crate::http::names;
 use crate::model::listener::Direction;
+use crate::model::route::Decorator;
 use crate::model::tracing::{CustomTagValue, HcmTracing, Provider};
 use crate::stream_info::StreamInfo;
 use crate::telemetry::stats::Counter;
@@ -26,6 +27,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
+const X_ENVOY_DECORATOR_OPERATION: HeaderName =
+    HeaderName::from_static("x-envoy-decorator-operation");
 
 /// A span's identity as propagated (trace id high bits 0 for 64-bit traces; parent 0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +162,7 @@ impl HttpTracer {
             name: Default::default(),
             start: info.start_time,
             tags: Vec::new(),
+            decorated: None,
         });
         if cx.sampled {
             span.request_tags(headers, method, uri, info);
@@ -262,6 +266,8 @@ pub struct ActiveSpan {
     start: SystemTime,
     /// Tags known once the request's headers are (sampled spans only).
     tags: Vec<(Cow<'static, str>, String)>,
+    /// An ingress span's decorator operation to announce on the response.
+    decorated: Option<HeaderValue>,
 }
 
 impl ActiveSpan {
@@ -272,6 +278,54 @@ impl ActiveSpan {
     /// The context for the upstream request (the router's `injectContext`).
     pub fn inject(&self, headers: &mut HeaderMap) {
         self.driver.inject(&self.cx, headers);
+    }
+
+    /// The route's decorator (Envoy's `traceRequest`): the operation names the span; egress
+    /// passes it on in `x-envoy-decorator-operation` (with `propagate`), ingress takes that
+    /// header's operation instead (and removes it) or announces its own on the response.
+    fn decorate(&mut self, h: &mut HeaderMap, decorator: Option<&Decorator>) {
+        if let Some(d) = decorator {
+            self.name.clone_from(&d.operation);
+        }
+        let propagated = decorator
+            .filter(|d| d.propagate)
+            .and_then(|d| HeaderValue::from_str(&d.operation).ok());
+        match self.tracer.kind {
+            Kind::Client => {
+                if let Some(op) = propagated {
+                    h.insert(X_ENVOY_DECORATOR_OPERATION, op);
+                }
+            }
+            Kind::Server => {
+                self.decorated = propagated;
+                if let Some(op) = h.remove(X_ENVOY_DECORATOR_OPERATION)
+                    && !op.is_empty()
+                {
+                    self.name = op.to_str().unwrap_or_default().to_string();
+                    self.decorated = None;
+                }
+            }
+        }
+    }
+
+    /// The response's headers leave the connection manager: ingress announces its decorated
+    /// operation; egress takes the upstream's as the span's name (and removes it).
+    pub fn on_response(&mut self, h: &mut HeaderMap) {
+        match self.tracer.kind {
+            Kind::Server => {
+                if let Some(op) = self.decorated.take() {
+                    h.insert(X_ENVOY_DECORATOR_OPERATION, op);
+                }
+            }
+            Kind::Client => {
+                if let Some(op) = h.remove(X_ENVOY_DECORATOR_OPERATION)
+                    && let Ok(op) = op.to_str()
+                    && !op.is_empty()
+                {
+                    self.name = op.to_string();
+                }
+            }
+        }
     }
 
     /// `finalizeDownstreamSpan`'s request half, and the custom tags from request headers.
@@ -395,13 +449,16 @@ fn micros(t: SystemTime) -> u64 {
 }
 
 /// Starts the span of a request (the connection manager's hook): `parts` are the sanitised
-/// request parts. Returns the span to keep on the stream.
+/// request parts, `decorator` the route's. Returns the span to keep on the stream.
 pub fn start_span(
     tracer: &Arc<HttpTracer>,
     parts: &mut http::request::Parts,
     info: &StreamInfo,
+    decorator: Option<&Decorator>,
 ) -> Option<Box<ActiveSpan>> {
-    tracer.start(&mut parts.headers, &parts.method, &parts.uri, info)
+    let mut span = tracer.start(&mut parts.headers, &parts.method, &parts.uri, info)?;
+    span.decorate(&mut parts.headers, decorator);
+    Some(span)
 }
 
 /// The drivers in service, shared by provider configuration, and their flush task.
