@@ -241,3 +241,82 @@ async fn the_zipkin_example_runs() {
     assert_eq!(got[0]["traceId"], seen["x-b3-traceid"]);
     assert_eq!(got[0]["localEndpoint"]["serviceName"], "envoy-proxy-front");
 }
+
+/// The same through xDS: the listener (with its connection manager's `tracing`) and the
+/// collector's cluster come from the control plane; a tracing setting remora does not build is
+/// NACKed with its path while the listener in service keeps tracing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tracing_delivered_over_lds() {
+    use crate::xds::{NODE, bootstrap_with_ads, lds_listener, xds_server};
+    use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+    use envoy_types::pb::envoy::config::trace::v3 as trace;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use remora_xds::build::{route_all_to, static_cluster};
+    use remora_xds::resource::{CLUSTER, LISTENER, ROUTE, any};
+    use remora_xds::server::Snapshot;
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let traced = |spawn_upstream_span: bool| {
+        let mut l = lds_listener("dyn", port, "r1", "dyn");
+        l.traffic_direction = TrafficDirection::Outbound as i32;
+        let listener_filter = &mut l.filter_chains[0].filters[0];
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) =
+            &listener_filter.config_type
+        else {
+            unreachable!()
+        };
+        let mut m: hcm::HttpConnectionManager = prost::Message::decode(a.value.as_slice()).unwrap();
+        let zipkin_config = trace::ZipkinConfig {
+            collector_cluster: "zipkin".into(),
+            collector_endpoint: "/api/v2/spans".into(),
+            collector_endpoint_version: trace::zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+            ..Default::default()
+        };
+        m.tracing = Some(hcm::http_connection_manager::Tracing {
+            provider: Some(trace::tracing::Http {
+                name: "envoy.tracers.zipkin".into(),
+                config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(&zipkin_config))),
+            }),
+            spawn_upstream_span: spawn_upstream_span
+                .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        });
+        listener_filter.config_type = Some(
+            envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any(&m)),
+        );
+        l
+    };
+    let clusters = [static_cluster("app", &[app.addr]), static_cluster("zipkin", &[zipkin])];
+    let snap = |v: &str, spawn: bool| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(LISTENER, v, vec![any(&traced(spawn))])
+            .with(ROUTE, "r1", vec![any(&route_all_to("r1", "app"))])
+    };
+    cache.set_snapshot(NODE, snap("l1", false));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    ) + FLUSH_EACH;
+    let r = Remora::start(&yaml).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2).await;
+    let l = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let resp = get(l, "traced.example", "/x").await;
+    assert_eq!(resp.status, 200);
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(got[0]["kind"], "CLIENT");
+    assert_eq!(got[0]["tags"]["upstream_cluster"], "app");
+    assert_eq!(resp.json()["headers"]["x-b3-spanid"], got[0]["id"]);
+
+    cache.set_snapshot(NODE, snap("l2", true));
+    r.wait_stat("listener_manager.lds.update_rejected", 1).await;
+    let (_, dump) = r.admin_get("/config_dump").await.unwrap();
+    assert!(
+        dump.contains("tracing.spawn_upstream_span"),
+        "the NACK names the field"
+    );
+    assert_eq!(get(l, "traced.example", "/y").await.status, 200);
+    wait_spans(&spans, 2).await;
+}
