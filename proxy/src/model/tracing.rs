@@ -260,14 +260,10 @@ impl Provider {
         };
         match any_type(any) {
             ZIPKIN_TYPE => Ok(Self::Zipkin(Zipkin::from_proto(&tp, &decode_any(&tp, any)?)?)),
-            // Translated (so that its own errors name their fields), then refused: the OTLP
-            // exporter is not built yet.
-            OTEL_TYPE => {
-                OpenTelemetry::from_proto(&tp, &decode_any(&tp, any)?)?;
-                Err(tp.field("@type").error(format!(
-                    "{OTEL_TYPE} is not supported by remora yet (the OTLP exporter is not built)"
-                )))
-            }
+            OTEL_TYPE => Ok(Self::OpenTelemetry(OpenTelemetry::from_proto(
+                &tp,
+                &decode_any(&tp, any)?,
+            )?)),
             other => Err(tp
                 .field("@type")
                 .error(format!("{other} is not supported by remora (supported: {ZIPKIN_NAME}, {OTEL_NAME})"))),

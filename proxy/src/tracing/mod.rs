@@ -11,6 +11,7 @@
 //! runs the flush task, started by `server::start`.
 
 pub mod b3;
+pub mod opentelemetry;
 pub mod w3c;
 pub mod zipkin;
 
@@ -92,7 +93,7 @@ pub struct HttpTracer {
     config: Arc<HcmTracing>,
     kind: Kind,
     /// `None`: no provider here nor in the bootstrap (sampling decisions only, no spans).
-    driver: Option<Arc<zipkin::Driver>>,
+    driver: Option<Driver>,
     stats: TracingStats,
     pack_trace_reason: bool,
     request_id_sampling: bool,
@@ -258,7 +259,7 @@ fn set_trace_reason(headers: &mut HeaderMap, reason: Reason) {
 #[derive(Debug)]
 pub struct ActiveSpan {
     tracer: Arc<HttpTracer>,
-    driver: Arc<zipkin::Driver>,
+    driver: Driver,
     cx: SpanContext,
     shared: bool,
     /// The request's authority (Envoy's zipkin span name).
@@ -332,7 +333,7 @@ impl ActiveSpan {
     fn request_tags(&mut self, h: &HeaderMap, method: &http::Method, uri: &http::Uri, info: &StreamInfo) {
         let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
         let host = get(&http::header::HOST).or(uri.authority().map(|a| a.as_str())).unwrap_or("");
-        self.name = host.to_string();
+        self.name = self.driver.span_name(self.tracer.kind, host);
         let t = &mut self.tags;
         t.push(("node_id".into(), self.tracer.node_id.to_string()));
         t.push(("zone".into(), self.tracer.zone.to_string()));
@@ -379,7 +380,7 @@ impl ActiveSpan {
         let end = SystemTime::now();
         self.response_tags(info);
         let duration = end.duration_since(self.start).unwrap_or_default();
-        let record = zipkin::Record {
+        let record = Record {
             cx: self.cx,
             kind: self.tracer.kind,
             shared: self.shared,
@@ -461,12 +462,93 @@ pub fn start_span(
     Some(span)
 }
 
+/// A finished, sampled span, as the drivers export it.
+#[derive(Debug)]
+pub struct Record {
+    pub cx: SpanContext,
+    pub kind: Kind,
+    pub shared: bool,
+    pub name: String,
+    pub timestamp_us: u64,
+    pub duration_us: u64,
+    pub tags: Vec<(Cow<'static, str>, String)>,
+}
+
+/// A tracer provider at runtime.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    Zipkin(Arc<zipkin::Driver>),
+    OpenTelemetry(Arc<opentelemetry::Driver>),
+}
+
+impl Driver {
+    fn start(&self, h: &HeaderMap, traced: bool, kind: Kind) -> Option<(SpanContext, bool)> {
+        match self {
+            Driver::Zipkin(d) => d.start(h, traced, kind),
+            Driver::OpenTelemetry(d) => d.start(h, traced),
+        }
+    }
+
+    fn inject(&self, cx: &SpanContext, h: &mut HeaderMap) {
+        match self {
+            Driver::Zipkin(d) => d.inject(cx, h),
+            Driver::OpenTelemetry(_) => w3c::inject(cx, h),
+        }
+    }
+
+    fn report(&self, r: Record) {
+        match self {
+            Driver::Zipkin(d) => d.report(r),
+            Driver::OpenTelemetry(d) => d.report(r),
+        }
+    }
+
+    /// Envoy's zipkin spans are named by the authority; the others by the operation
+    /// (`ingress`, `egress <authority>`).
+    fn span_name(&self, kind: Kind, host: &str) -> String {
+        match (self, kind) {
+            (Driver::Zipkin(_), _) => host.to_string(),
+            (Driver::OpenTelemetry(_), Kind::Server) => "ingress".to_string(),
+            (Driver::OpenTelemetry(_), Kind::Client) => format!("egress {host}"),
+        }
+    }
+
+    fn flush(&self, timer: bool) {
+        match self {
+            Driver::Zipkin(d) => d.flush(timer),
+            Driver::OpenTelemetry(d) => d.flush(timer),
+        }
+    }
+
+    fn downgrade(&self) -> WeakDriver {
+        match self {
+            Driver::Zipkin(d) => WeakDriver::Zipkin(Arc::downgrade(d)),
+            Driver::OpenTelemetry(d) => WeakDriver::OpenTelemetry(Arc::downgrade(d)),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum WeakDriver {
+    Zipkin(Weak<zipkin::Driver>),
+    OpenTelemetry(Weak<opentelemetry::Driver>),
+}
+
+impl WeakDriver {
+    fn upgrade(&self) -> Option<Driver> {
+        match self {
+            WeakDriver::Zipkin(d) => d.upgrade().map(Driver::Zipkin),
+            WeakDriver::OpenTelemetry(d) => d.upgrade().map(Driver::OpenTelemetry),
+        }
+    }
+}
+
 /// The drivers in service, shared by provider configuration, and their flush task.
 #[derive(Debug, Default)]
 pub struct TracerManager {
     /// The bootstrap's `tracing.http`: the provider of connection managers naming none.
     pub bootstrap: Option<Arc<Provider>>,
-    drivers: Mutex<Vec<(Arc<Provider>, Weak<zipkin::Driver>)>>,
+    drivers: Mutex<Vec<(Arc<Provider>, WeakDriver)>>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -479,15 +561,15 @@ impl TracerManager {
     }
 
     /// The driver for `provider` (one per distinct configuration, as Envoy's tracer manager
-    /// caches them). `None`: a provider remora has no driver for.
+    /// caches them).
     fn driver(
         &self,
         provider: &Arc<Provider>,
         cx: &crate::context::ServerContext,
         clusters: &Arc<ClusterManager>,
-    ) -> Option<Arc<zipkin::Driver>> {
+    ) -> Option<Driver> {
         let mut drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
-        drivers.retain(|(_, d)| d.strong_count() > 0);
+        drivers.retain(|(_, d)| d.upgrade().is_some());
         if let Some(d) = drivers
             .iter()
             .find(|(p, _)| **p == **provider)
@@ -495,29 +577,32 @@ impl TracerManager {
         {
             return Some(d);
         }
-        let Provider::Zipkin(z) = &**provider else {
-            return None;
+        let (rt, wake) = (cx.runtime.clone(), self.wake.clone());
+        let d = match &**provider {
+            Provider::Zipkin(z) => Driver::Zipkin(Arc::new(zipkin::Driver::new(
+                z.clone(),
+                clusters,
+                &cx.store,
+                &cx.local,
+                rt,
+                wake,
+            ))),
+            Provider::OpenTelemetry(o) => Driver::OpenTelemetry(Arc::new(
+                opentelemetry::Driver::new(o.clone(), clusters, &cx.store, rt, wake),
+            )),
         };
-        let d = Arc::new(zipkin::Driver::new(
-            z.clone(),
-            clusters,
-            &cx.store,
-            &cx.local,
-            cx.runtime.clone(),
-            self.wake.clone(),
-        ));
-        drivers.push((provider.clone(), Arc::downgrade(&d)));
+        drivers.push((provider.clone(), d.downgrade()));
         Some(d)
     }
 
-    fn live(&self) -> Vec<Arc<zipkin::Driver>> {
+    fn live(&self) -> Vec<Driver> {
         let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
         drivers.iter().filter_map(|(_, d)| d.upgrade()).collect()
     }
 
-    /// The flush task, on the main runtime: every flush interval (`tracing.zipkin.flush_interval_ms`,
-    /// 5 s) each driver's pending spans go out; a driver that reached `min_flush_spans` wakes it
-    /// sooner. It ends with the manager.
+    /// The flush task, on the main runtime: every flush interval (`tracing.zipkin.flush_interval_ms`
+    /// and `tracing.opentelemetry.flush_interval_ms`, 5 s) each driver's pending spans go out; a
+    /// driver that reached its `min_flush_spans` wakes it sooner. It ends with the manager.
     pub fn start(
         self: &Arc<Self>,
         handle: &tokio::runtime::Handle,
@@ -526,23 +611,42 @@ impl TracerManager {
         let weak = Arc::downgrade(self);
         let wake = self.wake.clone();
         handle.spawn(async move {
+            let mut due = [tokio::time::Instant::now(); 2];
             loop {
-                let ms = runtime.snapshot().integer("tracing.zipkin.flush_interval_ms", 5000);
-                let timer = tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(ms.max(1))) => true,
-                    _ = wake.notified() => false,
+                let rt = runtime.snapshot();
+                let every = [
+                    rt.integer("tracing.zipkin.flush_interval_ms", 5000).max(1),
+                    rt.integer("tracing.opentelemetry.flush_interval_ms", 5000).max(1),
+                ]
+                .map(std::time::Duration::from_millis);
+                drop(rt);
+                let now = tokio::time::Instant::now();
+                for (d, e) in due.iter_mut().zip(every) {
+                    if *d <= now {
+                        *d = now + e;
+                    }
+                }
+                let next = due[0].min(due[1]);
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep_until(next) => false,
+                    _ = wake.notified() => true,
                 };
                 let Some(manager) = weak.upgrade() else {
                     return;
                 };
+                let now = tokio::time::Instant::now();
+                let timer = [!woken && due[0] <= now, !woken && due[1] <= now];
                 for d in manager.live() {
-                    d.flush(timer);
+                    let t = match d {
+                        Driver::Zipkin(_) => timer[0],
+                        Driver::OpenTelemetry(_) => timer[1],
+                    };
+                    d.flush(t);
                 }
             }
         });
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

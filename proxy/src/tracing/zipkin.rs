@@ -9,7 +9,7 @@
 //! reports_dropped, reports_failed}` as Envoy, and remora's `tracing.zipkin.spans_dropped`
 //! (the queue was full: a slow or dead collector).
 
-use super::{Kind, SpanContext, b3, w3c};
+use super::{Kind, Record, SpanContext, b3, w3c};
 use crate::http::conn_manager::LocalInfo;
 use crate::model::tracing::Zipkin;
 use crate::telemetry::stats::{Counter, Store};
@@ -17,24 +17,12 @@ use crate::upstream::cluster::ClusterManager;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::Full;
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// At most this many finished spans wait for the collector.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// A finished, sampled span.
-#[derive(Debug)]
-pub struct Record {
-    pub cx: SpanContext,
-    pub kind: Kind,
-    pub shared: bool,
-    pub name: String,
-    pub timestamp_us: u64,
-    pub duration_us: u64,
-    pub tags: Vec<(Cow<'static, str>, String)>,
-}
 
 #[derive(Debug)]
 struct Stats {
