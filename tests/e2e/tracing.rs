@@ -320,3 +320,102 @@ async fn tracing_delivered_over_lds() {
     assert_eq!(get(l, "traced.example", "/y").await.status, 200);
     wait_spans(&spans, 2).await;
 }
+
+type Exports = Arc<Mutex<Vec<remora::tracing::opentelemetry::pb::ExportTraceServiceRequest>>>;
+
+/// An OTLP TraceService over HTTP/2: every Export request decoded and kept; answers
+/// grpc-status 0 in the trailers.
+async fn otlp_collector() -> (std::net::SocketAddr, Exports, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept: Exports = Arc::default();
+    let k = kept.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let k = k.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let k = k.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), remora::tracing::opentelemetry::EXPORT_PATH);
+                        assert_eq!(req.headers()["content-type"], "application/grpc");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let m: remora::tracing::opentelemetry::pb::ExportTraceServiceRequest =
+                            prost::Message::decode(&body[5..]).unwrap();
+                        k.lock().unwrap().push(m);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                            Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(StreamBody::new(futures_util::stream::iter(frames)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, kept, task)
+}
+
+/// OpenTelemetry: the span continues the request's W3C trace, goes upstream as `traceparent`,
+/// and reaches the OTLP collector with the configured resource.
+#[tokio::test]
+async fn opentelemetry_spans_reach_an_otlp_collector() {
+    let (otel, exports, _c) = otlp_collector().await;
+    let app = upstream("app").await;
+    let tracing = r#"          tracing:
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                service_name: front-proxy
+                grpc_service: {envoy_grpc: {cluster_name: otel}, timeout: 1s}
+"#;
+    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
+    let runtime = FLUSH_EACH.replace("tracing.zipkin.", "tracing.opentelemetry.");
+    let r = Remora::start(&format!(
+        "{}{runtime}",
+        bootstrap(
+            &listener("ingress", "INBOUND", tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("otel", &[otel], h2))
+        )
+    ))
+    .await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let resp = get_with(r.addr("ingress"), "svc", "/otel", &[("traceparent", parent)]).await;
+    assert_eq!(resp.status, 200);
+    let sent = resp.json()["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
+    assert!(sent.ends_with("-01"));
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = exports.lock().unwrap().clone();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rs = &got.first().expect("an export").resource_spans[0];
+    let attrs = &rs.resource.as_ref().unwrap().attributes;
+    assert!(attrs.iter().any(|kv| kv.key == "service.name"
+        && kv.value.as_ref().and_then(|v| v.value.clone())
+            == Some(remora::tracing::opentelemetry::pb::any_value::Value::StringValue("front-proxy".into()))));
+    let span = &rs.scope_spans[0].spans[0];
+    assert_eq!(span.name, "ingress");
+    assert_eq!(span.kind, 2);
+    assert_eq!(span.parent_span_id, 0xb7ad6b7169203331u64.to_be_bytes());
+    let hex: String = span.span_id.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sent[36..52], hex, "the upstream's parent is the span");
+    r.wait_stat("tracing.opentelemetry.reports_sent", 1).await;
+}
