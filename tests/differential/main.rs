@@ -26,6 +26,7 @@ mod resilience;
 mod routing;
 mod scripted;
 mod tls;
+mod tracing;
 mod validate;
 mod xds;
 
@@ -80,6 +81,7 @@ fn main() {
             xds::run(&envoy, filter.as_deref()).await,
             resilience::run(&envoy, filter.as_deref()).await,
             access_log::run(&envoy, filter.as_deref()).await,
+            tracing::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

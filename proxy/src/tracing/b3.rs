@@ -107,8 +107,24 @@ pub fn hex64(b: &[u8]) -> Result<u64, Malformed> {
     u64::from_str_radix(s, 16).map_err(|_| Malformed)
 }
 
-/// The span's context as multi headers (replacing what the request had).
+/// The span's context: in the single `b3` header when the request came with one (as Envoy
+/// answers in the format it was given), else as multi headers (replacing what the request had).
 pub fn inject(cx: &SpanContext, h: &mut HeaderMap) {
+    if h.contains_key(B3) {
+        let mut s = String::with_capacity(68);
+        let mut buf = [0u8; 32];
+        s.push_str(cx.trace_id_hex(&mut buf));
+        let mut buf = [0u8; 16];
+        s.push('-');
+        s.push_str(hex16(cx.id, &mut buf));
+        s.push_str(if cx.sampled { "-1" } else { "-0" });
+        if cx.parent_id != 0 {
+            s.push('-');
+            s.push_str(hex16(cx.parent_id, &mut buf));
+        }
+        h.insert(B3, value(&s));
+        return;
+    }
     let mut buf = [0u8; 32];
     h.insert(X_B3_TRACE_ID, value(cx.trace_id_hex(&mut buf)));
     let mut buf = [0u8; 16];
@@ -179,5 +195,10 @@ mod tests {
         let bad = headers(&[("x-b3-traceid", "xyz"), ("x-b3-spanid", "a2fb4a1d1a96d312")]);
         assert_eq!(extract(&bad, true), Err(Malformed));
         assert_eq!(extract(&HeaderMap::new(), true), Ok(None));
+        // Answered in the format it came in.
+        let mut out = h.clone();
+        inject(&SpanContext { id: 7, parent_id: cx.id, ..cx }, &mut out);
+        assert_eq!(out[B3], "80f198ee56343ba864fe8b2a57d3eff7-0000000000000007-0-e457b5a2e4d86bd1");
+        assert!(!out.contains_key(X_B3_SPAN_ID));
     }
 }
