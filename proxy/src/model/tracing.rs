@@ -27,6 +27,8 @@ pub struct HcmTracing {
     pub client_sampling: Percent,
     pub random_sampling: Percent,
     pub overall_sampling: Percent,
+    /// Span logs for the stream's timings (zipkin annotations; remora's OpenTelemetry
+    /// exporter writes no span events).
     pub verbose: bool,
     pub max_path_tag_length: usize,
     pub custom_tags: Vec<CustomTag>,

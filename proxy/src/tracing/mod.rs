@@ -388,6 +388,10 @@ impl ActiveSpan {
             timestamp_us: micros(self.start),
             duration_us: duration.as_micros() as u64,
             tags: std::mem::take(&mut self.tags),
+            annotations: match self.tracer.config.verbose {
+                true => timing_annotations(info),
+                false => Vec::new(),
+            },
         };
         self.driver.report(record);
     }
@@ -472,6 +476,25 @@ pub struct Record {
     pub timestamp_us: u64,
     pub duration_us: u64,
     pub tags: Vec<(Cow<'static, str>, String)>,
+    /// `verbose`: the stream's timings (microseconds since the epoch, Envoy's log names).
+    pub annotations: Vec<(u64, &'static str)>,
+}
+
+/// `verbose`'s span logs (Envoy's `annotateVerbose`), for the timings remora's StreamInfo keeps.
+fn timing_annotations(info: &StreamInfo) -> Vec<(u64, &'static str)> {
+    let base = micros(info.start_time);
+    let at = |t: Option<std::time::Instant>| {
+        t.map(|t| base + t.saturating_duration_since(info.start).as_micros() as u64)
+    };
+    [
+        (at(info.last_downstream_rx), "last_downstream_rx_byte_received"),
+        (at(info.first_upstream_rx), "first_upstream_rx_byte_received"),
+        (at(info.first_downstream_tx), "first_downstream_tx_byte_sent"),
+        (at(info.last_downstream_tx), "last_downstream_tx_byte_sent"),
+    ]
+    .into_iter()
+    .filter_map(|(t, name)| Some((t?, name)))
+    .collect()
 }
 
 /// A tracer provider at runtime.

@@ -414,6 +414,7 @@ mod tests {
             timestamp_us: 1,
             duration_us: 2,
             tags: vec![(Cow::Borrowed("error"), "true".into())],
+            annotations: Vec::new(),
         };
         let req = d.request(&[record()]);
         let rs = &req.resource_spans[0];

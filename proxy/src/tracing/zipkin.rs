@@ -231,6 +231,14 @@ impl Driver {
                 if !tags.is_empty() {
                     o.insert("tags".into(), Value::Object(tags));
                 }
+                if !r.annotations.is_empty() {
+                    let list = r
+                        .annotations
+                        .iter()
+                        .map(|(t, v)| serde_json::json!({"timestamp": t, "value": v}))
+                        .collect();
+                    o.insert("annotations".into(), Value::Array(list));
+                }
                 if r.shared {
                     o.insert("shared".into(), true.into());
                 }
@@ -386,6 +394,7 @@ mod tests {
             timestamp_us: 10,
             duration_us: 5,
             tags: vec![("component".into(), "proxy".into())],
+            annotations: Vec::new(),
         };
         let json: serde_json::Value = serde_json::from_slice(&d.serialize(&[record()])).unwrap();
         assert_eq!(
