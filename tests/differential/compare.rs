@@ -100,7 +100,13 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 
 /// Propagated trace context: span and trace ids a proxy generates are random, so they compare
 /// by shape; ids the request carried (the differential tracing cases' fixed ids) stay.
-const TRACE_CONTEXT: &[&str] = &["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "traceparent", "b3"];
+const TRACE_CONTEXT: &[&str] = &[
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "traceparent",
+    "b3",
+];
 
 /// Ids the tracing cases send: kept verbatim where they are propagated.
 const KNOWN_IDS: &[&str] = &[

@@ -30,7 +30,11 @@ fn listener(name: &str, direction: &str, w3c: bool) -> String {
     let routes = "              - match: {prefix: /}\n                route: {cluster: backend}\n";
     cases::hcm_listener(
         name,
-        &format!("{}{tracing}{}", cases::access_log(), cases::one_vhost(routes)),
+        &format!(
+            "{}{tracing}{}",
+            cases::access_log(),
+            cases::one_vhost(routes)
+        ),
         "",
     )
     .replacen(
@@ -46,9 +50,17 @@ const PARENT: &str = "0020000000000001";
 
 fn all_cases() -> Vec<HttpCase> {
     let case = |id: &str, listener: &'static str, headers: &[(&str, &str)]| {
-        HttpCase::new(format!("tracing/{id}"), listener, req(id, "GET", "svc.test", "/t", headers))
+        HttpCase::new(
+            format!("tracing/{id}"),
+            listener,
+            req(id, "GET", "svc.test", "/t", headers),
+        )
     };
-    let b3 = [("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN), ("x-b3-parentspanid", PARENT)];
+    let b3 = [
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-parentspanid", PARENT),
+    ];
     let sampled = [b3.as_slice(), &[("x-b3-sampled", "1")]].concat();
     let unsampled = [b3.as_slice(), &[("x-b3-sampled", "0")]].concat();
     let single = format!("{TRACE}-{SPAN}-1-{PARENT}");
@@ -60,11 +72,23 @@ fn all_cases() -> Vec<HttpCase> {
         case("egress_b3_no_decision", "egress", &b3),
         case("egress_b3_single", "egress", &[("b3", &single)]),
         case("egress_sampled_only", "egress", &[("x-b3-sampled", "0")]),
-        case("egress_malformed", "egress", &[("x-b3-traceid", "xyz"), ("x-b3-spanid", SPAN)]),
+        case(
+            "egress_malformed",
+            "egress",
+            &[("x-b3-traceid", "xyz"), ("x-b3-spanid", SPAN)],
+        ),
         case("ingress_b3_shared", "ingress", &sampled),
         case("ingress_no_context", "ingress", &[]),
         case("w3c_parent", "w3c", &[("traceparent", parent)]),
-        case("w3c_b3_wins", "w3c", &[("traceparent", parent), ("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)]),
+        case(
+            "w3c_b3_wins",
+            "w3c",
+            &[
+                ("traceparent", parent),
+                ("x-b3-traceid", TRACE),
+                ("x-b3-spanid", SPAN),
+            ],
+        ),
         case("w3c_no_context", "w3c", &[]),
     ]
 }

@@ -20,26 +20,28 @@ async fn collector() -> (std::net::SocketAddr, Spans, tokio::task::JoinHandle<()
         while let Ok((stream, _)) = listener.accept().await {
             let kept = kept.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let kept = kept.clone();
-                    async move {
-                        let ok = req.uri().path() == "/api/v2/spans"
-                            && req.headers()["content-type"] == "application/json";
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        if let (true, Ok(body)) = (ok, body)
-                            && let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&body)
-                        {
-                            kept.lock().unwrap().extend(list);
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let ok = req.uri().path() == "/api/v2/spans"
+                                && req.headers()["content-type"] == "application/json";
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            if let (true, Ok(body)) = (ok, body)
+                                && let Ok(serde_json::Value::Array(list)) =
+                                    serde_json::from_slice(&body)
+                            {
+                                kept.lock().unwrap().extend(list);
+                            }
+                            let status = if ok { 202 } else { 400 };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
                         }
-                        let status = if ok { 202 } else { 400 };
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
-                });
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -85,7 +87,8 @@ fn listener(name: &str, direction: &str, tracing: &str, cluster: &str) -> String
 async fn spans_join_across_two_sidecars() {
     let (zipkin, spans, _c) = collector().await;
     let app = upstream("app").await;
-    let server_tracing = format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let server_tracing =
+        format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
     let server = Remora::start(&format!(
         "node: {{id: server-node, cluster: server-svc}}\n{}{FLUSH_EACH}",
         bootstrap(
@@ -147,7 +150,10 @@ async fn spans_join_across_two_sidecars() {
     client.wait_stat("tracing.zipkin.reports_sent", 1).await;
     server.wait_stat("tracing.zipkin.reports_sent", 1).await;
     assert_eq!(client.stat("tracing.zipkin.spans_sent").await, 1);
-    assert_eq!(client.stat("http.outbound.tracing.random_sampling").await, 1);
+    assert_eq!(
+        client.stat("http.outbound.tracing.random_sampling").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -172,16 +178,26 @@ async fn an_unsampled_request_propagates_its_decision_and_reports_nothing() {
     let resp = get(r.addr("egress"), "a", "/").await;
     let seen = resp.json()["headers"].clone();
     assert_eq!(seen["x-b3-sampled"], "0", "{seen}");
-    assert!(seen["traceparent"].as_str().unwrap().ends_with("-00"), "{seen}");
+    assert!(
+        seen["traceparent"].as_str().unwrap().ends_with("-00"),
+        "{seen}"
+    );
     assert_eq!(seen["x-request-id"].as_str().unwrap().as_bytes()[14], b'4');
     // A W3C parent, sampled: the trace goes on with a child span; both headers go upstream.
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let resp = get_with(r.addr("egress"), "a", "/", &[("traceparent", parent)]).await;
     let seen = resp.json()["headers"].clone();
-    assert_eq!(seen["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c", "{seen}");
+    assert_eq!(
+        seen["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c",
+        "{seen}"
+    );
     assert_eq!(seen["x-b3-parentspanid"], "b7ad6b7169203331");
     let got = wait_spans(&spans, 1).await;
-    assert_eq!(got.len(), 1, "only the sampled request is reported: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "only the sampled request is reported: {got:?}"
+    );
     assert_eq!(got[0]["parentId"], "b7ad6b7169203331");
     assert_eq!(r.stat("http.egress.tracing.not_traceable").await, 2);
 }
@@ -219,22 +235,41 @@ async fn the_zipkin_example_runs() {
     let (zipkin, spans, _c) = collector().await;
     let (one, two) = (upstream("envoy-1").await, upstream("envoy-1b").await);
     let front = closed_port();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/envoy-configs/examples/zipkin_envoy-front-proxy.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/envoy-configs/examples/zipkin_envoy-front-proxy.yaml"
+    );
     let yaml = std::fs::read_to_string(path)
         .unwrap()
         .replace("address: 0.0.0.0", "address: 127.0.0.1")
-        .replacen("port_value: 10000", &format!("port_value: {}", front.port()), 1)
+        .replacen(
+            "port_value: 10000",
+            &format!("port_value: {}", front.port()),
+            1,
+        )
         .replace("address: envoy-1", "address: 127.0.0.1")
-        .replace("port_value: 10000", &format!("port_value: {}", one.addr.port()))
-        .replace("port_value: 10001", &format!("port_value: {}", two.addr.port()))
+        .replace(
+            "port_value: 10000",
+            &format!("port_value: {}", one.addr.port()),
+        )
+        .replace(
+            "port_value: 10001",
+            &format!("port_value: {}", two.addr.port()),
+        )
         .replace("address: zipkin", "address: 127.0.0.1")
-        .replace("port_value: 9411", &format!("port_value: {}", zipkin.port()));
+        .replace(
+            "port_value: 9411",
+            &format!("port_value: {}", zipkin.port()),
+        );
     let _r = Remora::start(&yaml).await;
     let resp = get(front, "front.example", "/trace/1").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-upstream"), Some("envoy-1"));
     let seen = resp.json()["headers"].clone();
-    assert_eq!(seen["x-envoy-decorator-operation"], "routeToEnvoy1", "{seen}");
+    assert_eq!(
+        seen["x-envoy-decorator-operation"], "routeToEnvoy1",
+        "{seen}"
+    );
     let got = wait_spans(&spans, 1).await;
     assert_eq!(got[0]["name"], "routeToEnvoy1");
     assert_eq!(got[0]["kind"], "CLIENT");
@@ -271,13 +306,16 @@ async fn tracing_delivered_over_lds() {
         let zipkin_config = trace::ZipkinConfig {
             collector_cluster: "zipkin".into(),
             collector_endpoint: "/api/v2/spans".into(),
-            collector_endpoint_version: trace::zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+            collector_endpoint_version: trace::zipkin_config::CollectorEndpointVersion::HttpJson
+                as i32,
             ..Default::default()
         };
         m.tracing = Some(hcm::http_connection_manager::Tracing {
             provider: Some(trace::tracing::Http {
                 name: "envoy.tracers.zipkin".into(),
-                config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(&zipkin_config))),
+                config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(
+                    &zipkin_config,
+                ))),
             }),
             spawn_upstream_span: spawn_upstream_span
                 .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
@@ -288,7 +326,10 @@ async fn tracing_delivered_over_lds() {
         );
         l
     };
-    let clusters = [static_cluster("app", &[app.addr]), static_cluster("zipkin", &[zipkin])];
+    let clusters = [
+        static_cluster("app", &[app.addr]),
+        static_cluster("zipkin", &[zipkin]),
+    ];
     let snap = |v: &str, spawn: bool| {
         Snapshot::default()
             .with(CLUSTER, "c1", clusters.iter().map(any).collect())
@@ -301,7 +342,8 @@ async fn tracing_delivered_over_lds() {
         "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
     ) + FLUSH_EACH;
     let r = Remora::start(&yaml).await;
-    r.wait_stat("listener_manager.total_listeners_active", 2).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
     let l = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let resp = get(l, "traced.example", "/x").await;
     assert_eq!(resp.status, 200);
@@ -336,29 +378,34 @@ async fn otlp_collector() -> (std::net::SocketAddr, Exports, tokio::task::JoinHa
         while let Ok((stream, _)) = listener.accept().await {
             let k = k.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let k = k.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), remora::tracing::opentelemetry::EXPORT_PATH);
-                        assert_eq!(req.headers()["content-type"], "application/grpc");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let m: remora::tracing::opentelemetry::pb::ExportTraceServiceRequest =
-                            prost::Message::decode(&body[5..]).unwrap();
-                        k.lock().unwrap().push(m);
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
-                            Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                            Ok(Frame::trailers(trailers)),
-                        ];
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(StreamBody::new(futures_util::stream::iter(frames)))
-                                .unwrap(),
-                        )
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let k = k.clone();
+                        async move {
+                            assert_eq!(
+                                req.uri().path(),
+                                remora::tracing::opentelemetry::EXPORT_PATH
+                            );
+                            assert_eq!(req.headers()["content-type"], "application/grpc");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let m: remora::tracing::opentelemetry::pb::ExportTraceServiceRequest =
+                                prost::Message::decode(&body[5..]).unwrap();
+                            k.lock().unwrap().push(m);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -393,10 +440,22 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
     ))
     .await;
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let resp = get_with(r.addr("ingress"), "svc", "/otel", &[("traceparent", parent)]).await;
+    let resp = get_with(
+        r.addr("ingress"),
+        "svc",
+        "/otel",
+        &[("traceparent", parent)],
+    )
+    .await;
     assert_eq!(resp.status, 200);
-    let sent = resp.json()["headers"]["traceparent"].as_str().unwrap().to_string();
-    assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
+    let sent = resp.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
     assert!(sent.ends_with("-01"));
     let mut got = Vec::new();
     for _ in 0..100 {
@@ -410,7 +469,11 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
     let attrs = &rs.resource.as_ref().unwrap().attributes;
     assert!(attrs.iter().any(|kv| kv.key == "service.name"
         && kv.value.as_ref().and_then(|v| v.value.clone())
-            == Some(remora::tracing::opentelemetry::pb::any_value::Value::StringValue("front-proxy".into()))));
+            == Some(
+                remora::tracing::opentelemetry::pb::any_value::Value::StringValue(
+                    "front-proxy".into()
+                )
+            )));
     let span = &rs.scope_spans[0].spans[0];
     assert_eq!(span.name, "ingress");
     assert_eq!(span.kind, 2);

@@ -164,9 +164,10 @@ impl Bootstrap {
             deny(&path, "watchdog", watchdog),
             deny(&path, "watchdogs", watchdogs),
         ]);
-        let tracing = errs.or_default(
-            super::tracing::Provider::from_bootstrap(&path.field("tracing"), tracing),
-        );
+        let tracing = errs.or_default(super::tracing::Provider::from_bootstrap(
+            &path.field("tracing"),
+            tracing,
+        ));
         let global_downstream_max_connections = errs.or_default(match overload_manager {
             Some(om) => overload(&path.field("overload_manager"), om),
             None => Ok(None),

@@ -575,8 +575,9 @@ impl HttpConnectionManager {
             )
             .and_then(|mode| Xfcc::from_proto(path, mode, set_current_client_cert_details)),
         );
-        let (pack_trace_reason, request_id_sampling) =
-            errs.take(request_id(path, request_id_extension)).unwrap_or((true, true));
+        let (pack_trace_reason, request_id_sampling) = errs
+            .take(request_id(path, request_id_extension))
+            .unwrap_or((true, true));
         let tracing = errs.or_default(
             tracing
                 .as_ref()

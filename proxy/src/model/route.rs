@@ -611,7 +611,10 @@ impl Route {
             .as_ref()
             .map(|d| {
                 if d.operation.is_empty() {
-                    return Err(path.field("decorator").field("operation").error("must not be empty"));
+                    return Err(path
+                        .field("decorator")
+                        .field("operation")
+                        .error("must not be empty"));
                 }
                 Ok(Decorator {
                     operation: d.operation.clone(),

@@ -141,9 +141,11 @@ impl HcmTracing {
         let client = errs.take(percent("client_sampling", client_sampling));
         let random = errs.take(percent("random_sampling", random_sampling));
         let overall = errs.take(percent("overall_sampling", overall_sampling));
-        let tags = errs.take(crate::config::error::all(custom_tags.iter().enumerate().map(
-            |(i, t)| CustomTag::from_proto(&path.field("custom_tags").index(i), t, inputs),
-        )));
+        let tags = errs.take(crate::config::error::all(
+            custom_tags.iter().enumerate().map(|(i, t)| {
+                CustomTag::from_proto(&path.field("custom_tags").index(i), t, inputs)
+            }),
+        ));
         let provider = errs.take(
             provider
                 .as_ref()
@@ -159,7 +161,8 @@ impl HcmTracing {
             verbose: *verbose,
             max_path_tag_length: max_path_tag_length
                 .as_ref()
-                .map_or(DEFAULT_MAX_PATH_TAG_LENGTH, |v| v.value) as usize,
+                .map_or(DEFAULT_MAX_PATH_TAG_LENGTH, |v| v.value)
+                as usize,
             custom_tags,
             provider: provider.map(Arc::new),
             spawn_upstream_span: bool_or(spawn_upstream_span, false),
@@ -170,18 +173,18 @@ impl HcmTracing {
 // === impl CustomTag ===
 
 impl CustomTag {
-    fn from_proto(
-        path: &FieldPath,
-        t: &pb_tag::CustomTag,
-        inputs: &Inputs,
-    ) -> Result<Self> {
+    fn from_proto(path: &FieldPath, t: &pb_tag::CustomTag, inputs: &Inputs) -> Result<Self> {
         use pb_tag::custom_tag::Type;
         let pb_tag::CustomTag { tag, r#type } = t;
         if tag.is_empty() {
             return Err(path.field("tag").error("must not be empty"));
         }
         let value = match r#type {
-            None => return Err(path.error("one of literal, environment, request_header, metadata is required")),
+            None => {
+                return Err(
+                    path.error("one of literal, environment, request_header, metadata is required")
+                );
+            }
             Some(Type::Literal(l)) => CustomTagValue::Fixed(l.value.clone()),
             Some(Type::Environment(e)) => {
                 let ep = path.field("environment");
@@ -197,7 +200,11 @@ impl CustomTag {
             }
             Some(Type::RequestHeader(h)) => CustomTagValue::RequestHeader {
                 name: http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| path.field("request_header").field("name").error("invalid header name"))?,
+                    .map_err(|_| {
+                        path.field("request_header")
+                            .field("name")
+                            .error("invalid header name")
+                    })?,
                 default: h.default_value.clone(),
             },
             Some(Type::Metadata(m)) => metadata_tag(&path.field("metadata"), m)?,
@@ -216,7 +223,9 @@ use envoy_types::pb::envoy::r#type::tracing::v3 as pb_tag;
 
 /// A metadata tag: only the request's (dynamic) metadata is kept by remora's StreamInfo.
 fn metadata_tag(path: &FieldPath, m: &pb_tag::custom_tag::Metadata) -> Result<CustomTagValue> {
-    use envoy_types::pb::envoy::r#type::metadata::v3::{metadata_kind::Kind, metadata_key::path_segment::Segment};
+    use envoy_types::pb::envoy::r#type::metadata::v3::{
+        metadata_key::path_segment::Segment, metadata_kind::Kind,
+    };
     let pb_tag::custom_tag::Metadata {
         kind,
         metadata_key,
@@ -239,7 +248,10 @@ fn metadata_tag(path: &FieldPath, m: &pb_tag::custom_tag::Metadata) -> Result<Cu
         .iter()
         .map(|s| match &s.segment {
             Some(Segment::Key(k)) => Ok(k.clone()),
-            _ => Err(path.field("metadata_key").field("path").error("only key segments are supported by remora")),
+            _ => Err(path
+                .field("metadata_key")
+                .field("path")
+                .error("only key segments are supported by remora")),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(CustomTagValue::RequestMetadata {
@@ -261,14 +273,17 @@ impl Provider {
             None => return Err(tp.error("is required")),
         };
         match any_type(any) {
-            ZIPKIN_TYPE => Ok(Self::Zipkin(Zipkin::from_proto(&tp, &decode_any(&tp, any)?)?)),
+            ZIPKIN_TYPE => Ok(Self::Zipkin(Zipkin::from_proto(
+                &tp,
+                &decode_any(&tp, any)?,
+            )?)),
             OTEL_TYPE => Ok(Self::OpenTelemetry(OpenTelemetry::from_proto(
                 &tp,
                 &decode_any(&tp, any)?,
             )?)),
-            other => Err(tp
-                .field("@type")
-                .error(format!("{other} is not supported by remora (supported: {ZIPKIN_NAME}, {OTEL_NAME})"))),
+            other => Err(tp.field("@type").error(format!(
+                "{other} is not supported by remora (supported: {ZIPKIN_NAME}, {OTEL_NAME})"
+            ))),
         }
     }
 
@@ -415,7 +430,11 @@ fn grpc_cluster(
                 skip_envoy_headers,
             } = e;
             deny(&ep, "retry_policy", retry_policy)?;
-            deny(&ep, "max_receive_message_length", max_receive_message_length)?;
+            deny(
+                &ep,
+                "max_receive_message_length",
+                max_receive_message_length,
+            )?;
             deny(&ep, "skip_envoy_headers", skip_envoy_headers)?;
             if cluster_name.is_empty() {
                 return Err(ep.field("cluster_name").error("is required"));
@@ -451,7 +470,13 @@ mod tests {
     #[test]
     fn defaults_sample_everything() {
         let t = hcm_tracing("{}").unwrap();
-        assert_eq!(t.random_sampling, Percent { numerator: 10_000, denominator: 10_000 });
+        assert_eq!(
+            t.random_sampling,
+            Percent {
+                numerator: 10_000,
+                denominator: 10_000
+            }
+        );
         assert_eq!(t.max_path_tag_length, 256);
         assert!(t.provider.is_none());
     }
@@ -463,8 +488,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.random_sampling.numerator, 1250);
-        let Some(p) = t.provider.as_deref() else { panic!("a provider") };
-        let Provider::Zipkin(z) = p else { panic!("zipkin") };
+        let Some(p) = t.provider.as_deref() else {
+            panic!("a provider")
+        };
+        let Provider::Zipkin(z) = p else {
+            panic!("zipkin")
+        };
         assert!(z.shared_span_context && !z.trace_id_128bit && !z.w3c);
         assert_eq!(z.collector_hostname, "z");
         let e = hcm_tracing(
@@ -473,6 +502,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tracing.spawn_upstream_span"), "{e}");
-        assert!(e.contains("tracing.provider.typed_config.collector_endpoint_version"), "{e}");
+        assert!(
+            e.contains("tracing.provider.typed_config.collector_endpoint_version"),
+            "{e}"
+        );
     }
 }

@@ -159,7 +159,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -179,14 +182,22 @@ mod tests {
         assert_eq!(cx.parent_id, 0x0020000000000001);
         let mut out = HeaderMap::new();
         inject(&cx, &mut out);
-        for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"] {
+        for name in [
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+        ] {
             assert_eq!(out.get(name), h.get(name), "{name}");
         }
     }
 
     #[test]
     fn single_header_and_malformed() {
-        let h = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0-05e3ac9a4f6e3b90")]);
+        let h = headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0-05e3ac9a4f6e3b90",
+        )]);
         assert_eq!(extract_sampled(&h), Some(false));
         let cx = extract(&h, false).unwrap().unwrap();
         assert_eq!(cx.id, 0xe457b5a2e4d86bd1);
@@ -197,8 +208,18 @@ mod tests {
         assert_eq!(extract(&HeaderMap::new(), true), Ok(None));
         // Answered in the format it came in.
         let mut out = h.clone();
-        inject(&SpanContext { id: 7, parent_id: cx.id, ..cx }, &mut out);
-        assert_eq!(out[B3], "80f198ee56343ba864fe8b2a57d3eff7-0000000000000007-0-e457b5a2e4d86bd1");
+        inject(
+            &SpanContext {
+                id: 7,
+                parent_id: cx.id,
+                ..cx
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out[B3],
+            "80f198ee56343ba864fe8b2a57d3eff7-0000000000000007-0-e457b5a2e4d86bd1"
+        );
         assert!(!out.contains_key(X_B3_SPAN_ID));
     }
 }

@@ -189,12 +189,17 @@ impl HttpTracer {
         let mut reason = trace_reason(rid.as_bytes());
         if reason == Reason::NotTraceable {
             if headers.contains_key(X_CLIENT_TRACE_ID)
-                && runtime.feature_enabled("tracing.client_enabled", c.client_sampling, fastrand::u64(..))
+                && runtime.feature_enabled(
+                    "tracing.client_enabled",
+                    c.client_sampling,
+                    fastrand::u64(..),
+                )
             {
                 reason = Reason::ClientForced;
             } else if headers.contains_key(names::X_ENVOY_FORCE_TRACE) {
                 reason = Reason::ServiceForced;
-            } else if runtime.feature_enabled("tracing.random_sampling", c.random_sampling, result) {
+            } else if runtime.feature_enabled("tracing.random_sampling", c.random_sampling, result)
+            {
                 reason = Reason::Sampling;
             }
         }
@@ -330,9 +335,17 @@ impl ActiveSpan {
     }
 
     /// `finalizeDownstreamSpan`'s request half, and the custom tags from request headers.
-    fn request_tags(&mut self, h: &HeaderMap, method: &http::Method, uri: &http::Uri, info: &StreamInfo) {
+    fn request_tags(
+        &mut self,
+        h: &HeaderMap,
+        method: &http::Method,
+        uri: &http::Uri,
+        info: &StreamInfo,
+    ) {
         let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
-        let host = get(&http::header::HOST).or(uri.authority().map(|a| a.as_str())).unwrap_or("");
+        let host = get(&http::header::HOST)
+            .or(uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
         self.name = self.driver.span_name(self.tracer.kind, host);
         let t = &mut self.tags;
         t.push(("node_id".into(), self.tracer.node_id.to_string()));
@@ -487,9 +500,18 @@ fn timing_annotations(info: &StreamInfo) -> Vec<(u64, &'static str)> {
         t.map(|t| base + t.saturating_duration_since(info.start).as_micros() as u64)
     };
     [
-        (at(info.last_downstream_rx), "last_downstream_rx_byte_received"),
-        (at(info.first_upstream_rx), "first_upstream_rx_byte_received"),
-        (at(info.first_downstream_tx), "first_downstream_tx_byte_sent"),
+        (
+            at(info.last_downstream_rx),
+            "last_downstream_rx_byte_received",
+        ),
+        (
+            at(info.first_upstream_rx),
+            "first_upstream_rx_byte_received",
+        ),
+        (
+            at(info.first_downstream_tx),
+            "first_downstream_tx_byte_sent",
+        ),
         (at(info.last_downstream_tx), "last_downstream_tx_byte_sent"),
     ]
     .into_iter()
@@ -639,7 +661,8 @@ impl TracerManager {
                 let rt = runtime.snapshot();
                 let every = [
                     rt.integer("tracing.zipkin.flush_interval_ms", 5000).max(1),
-                    rt.integer("tracing.opentelemetry.flush_interval_ms", 5000).max(1),
+                    rt.integer("tracing.opentelemetry.flush_interval_ms", 5000)
+                        .max(1),
                 ]
                 .map(std::time::Duration::from_millis);
                 drop(rt);
@@ -677,11 +700,23 @@ mod tests {
     #[test]
     fn the_request_id_carries_the_decision() {
         let mut h = HeaderMap::new();
-        h.insert(names::X_REQUEST_ID, "6b5c1e2a-1c0d-4f6e-9a8b-7c6d5e4f3a2b".parse().unwrap());
-        assert_eq!(trace_reason(h[names::X_REQUEST_ID].as_bytes()), Reason::NotTraceable);
+        h.insert(
+            names::X_REQUEST_ID,
+            "6b5c1e2a-1c0d-4f6e-9a8b-7c6d5e4f3a2b".parse().unwrap(),
+        );
+        assert_eq!(
+            trace_reason(h[names::X_REQUEST_ID].as_bytes()),
+            Reason::NotTraceable
+        );
         set_trace_reason(&mut h, Reason::Sampling);
-        assert_eq!(h[names::X_REQUEST_ID], "6b5c1e2a-1c0d-9f6e-9a8b-7c6d5e4f3a2b");
-        assert_eq!(trace_reason(h[names::X_REQUEST_ID].as_bytes()), Reason::Sampling);
+        assert_eq!(
+            h[names::X_REQUEST_ID],
+            "6b5c1e2a-1c0d-9f6e-9a8b-7c6d5e4f3a2b"
+        );
+        assert_eq!(
+            trace_reason(h[names::X_REQUEST_ID].as_bytes()),
+            Reason::Sampling
+        );
         assert_eq!(rid_integer(b"6b5c1e2a-..."), Some(0x6b5c1e2a));
         assert_eq!(rid_integer(b"short"), None);
     }
@@ -699,6 +734,9 @@ mod tests {
         assert_eq!(cx.trace_id_hex(&mut buf), "00000000000000ab");
         cx.trace_high = 1;
         let mut buf = [0u8; 32];
-        assert_eq!(cx.trace_id_hex(&mut buf), "000000000000000100000000000000ab");
+        assert_eq!(
+            cx.trace_id_hex(&mut buf),
+            "000000000000000100000000000000ab"
+        );
     }
 }

@@ -244,11 +244,14 @@ impl Driver {
 
     /// The export request for these spans.
     pub fn request(&self, spans: &[Record]) -> pb::ExportTraceServiceRequest {
-        let scope = self.config.instrumentation_scope.then(|| pb::InstrumentationScope {
-            name: "envoy".into(),
-            version: crate::VERSION.into(),
-            ..Default::default()
-        });
+        let scope = self
+            .config
+            .instrumentation_scope
+            .then(|| pb::InstrumentationScope {
+                name: "envoy".into(),
+                version: crate::VERSION.into(),
+                ..Default::default()
+            });
         pb::ExportTraceServiceRequest {
             resource_spans: vec![pb::ResourceSpans {
                 resource: Some(self.resource.clone()),
@@ -326,9 +329,11 @@ impl Export {
         let cluster = self.clusters.upgrade().and_then(|cm| cm.get(&self.cluster));
         let ok = match cluster {
             None => false,
-            Some(cluster) => tokio::time::timeout(self.timeout, call(cluster, self.authority, body))
-                .await
-                .unwrap_or(false),
+            Some(cluster) => {
+                tokio::time::timeout(self.timeout, call(cluster, self.authority, body))
+                    .await
+                    .unwrap_or(false)
+            }
         };
         match ok {
             true => self.stats.reports_sent.inc(),
@@ -338,7 +343,11 @@ impl Export {
 }
 
 /// The unary call over HTTP/2: `true` when the collector answered grpc-status 0.
-async fn call(cluster: Arc<crate::upstream::cluster::Cluster>, authority: String, body: Bytes) -> bool {
+async fn call(
+    cluster: Arc<crate::upstream::cluster::Cluster>,
+    authority: String,
+    body: Bytes,
+) -> bool {
     use http_body_util::BodyExt;
     let Some(host) = crate::upstream::lb::choose_with(&cluster, Default::default()) else {
         return false;
@@ -370,7 +379,11 @@ async fn call(cluster: Arc<crate::upstream::cluster::Cluster>, authority: String
     let Ok(collected) = resp.into_body().collect().await else {
         return false;
     };
-    let status = in_headers.or_else(|| collected.trailers().and_then(|t| t.get("grpc-status").cloned()));
+    let status = in_headers.or_else(|| {
+        collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+    });
     status.is_some_and(|s| s == "0")
 }
 
@@ -402,7 +415,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             w3c::TRACEPARENT,
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
         );
         let (cx, _) = d.start(&h, false).unwrap();
         assert!(cx.sampled && cx.parent_id == 0xb7ad6b7169203331);
@@ -418,7 +433,10 @@ mod tests {
         };
         let req = d.request(&[record()]);
         let rs = &req.resource_spans[0];
-        assert_eq!(rs.resource.as_ref().unwrap().attributes, vec![pb::kv("service.name", "front")]);
+        assert_eq!(
+            rs.resource.as_ref().unwrap().attributes,
+            vec![pb::kv("service.name", "front")]
+        );
         let s = &rs.scope_spans[0].spans[0];
         assert_eq!(s.kind, 3);
         assert_eq!(s.trace_id.len(), 16);
@@ -428,6 +446,10 @@ mod tests {
         for _ in 0..3 {
             d.report(record());
         }
-        assert_eq!(d.stats.spans_dropped.value(), 1, "max_cache_size bounds the queue");
+        assert_eq!(
+            d.stats.spans_dropped.value(),
+            1,
+            "max_cache_size bounds the queue"
+        );
     }
 }

@@ -9,7 +9,9 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The sampled flag of a well-formed `traceparent`.
 pub fn extract_sampled(h: &HeaderMap) -> Option<bool> {
-    parse(h.get(TRACEPARENT)?.as_bytes()).ok().map(|cx| cx.sampled)
+    parse(h.get(TRACEPARENT)?.as_bytes())
+        .ok()
+        .map(|cx| cx.sampled)
 }
 
 /// The parent context of `traceparent` (`Ok(None)`: absent). The sampling decision is
@@ -74,7 +76,12 @@ mod tests {
         let mut out = HeaderMap::new();
         inject(&cx, &mut out);
         assert_eq!(out.get(TRACEPARENT).unwrap(), v);
-        h.insert(TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01".parse().unwrap());
+        h.insert(
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(extract(&h, true), Err(Malformed));
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 /// At most this many finished spans wait for the collector.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-
 #[derive(Debug)]
 struct Stats {
     spans_sent: Arc<Counter>,
@@ -82,7 +81,9 @@ impl Driver {
     /// The span's context (Envoy's `Driver::startSpan`), and whether it shares its parent's
     /// id. `None`: a malformed propagated context (Envoy's null span).
     pub fn start(&self, h: &HeaderMap, traced: bool, kind: Kind) -> Option<(SpanContext, bool)> {
-        let has_b3 = h.contains_key(b3::B3) || h.contains_key(b3::X_B3_TRACE_ID) || h.contains_key(b3::X_B3_SAMPLED);
+        let has_b3 = h.contains_key(b3::B3)
+            || h.contains_key(b3::X_B3_TRACE_ID)
+            || h.contains_key(b3::X_B3_SAMPLED);
         let use_w3c = self.config.w3c && !has_b3;
         let sampled = match use_w3c {
             true => w3c::extract_sampled(h),
@@ -95,7 +96,11 @@ impl Driver {
         };
         let Some(p) = parent else {
             let id = nonzero_random();
-            let trace_high = if self.config.trace_id_128bit { nonzero_random() } else { 0 };
+            let trace_high = if self.config.trace_id_128bit {
+                nonzero_random()
+            } else {
+                0
+            };
             let cx = SpanContext {
                 trace_high,
                 trace_id: id,
@@ -110,11 +115,7 @@ impl Driver {
             true => (p.id, p.parent_id),
             false => (nonzero_random(), p.id),
         };
-        let cx = SpanContext {
-            id,
-            parent_id,
-            ..p
-        };
+        let cx = SpanContext { id, parent_id, ..p };
         Some((cx, share))
     }
 
@@ -209,7 +210,10 @@ impl Driver {
                 let mut hex = [0u8; 16];
                 o.insert("traceId".into(), r.cx.trace_id_hex(&mut buf).into());
                 if r.cx.parent_id != 0 {
-                    o.insert("parentId".into(), b3::hex16(r.cx.parent_id, &mut hex).into());
+                    o.insert(
+                        "parentId".into(),
+                        b3::hex16(r.cx.parent_id, &mut hex).into(),
+                    );
                 }
                 o.insert("id".into(), b3::hex16(r.cx.id, &mut hex).into());
                 let kind = match r.kind {
@@ -352,10 +356,19 @@ mod tests {
         assert_ne!(cx.id, 0xbb);
         let (cx, _) = driver(true, false).start(&h, true, Kind::Client).unwrap();
         assert_eq!(cx.parent_id, 0xbb);
-        let (root, _) = driver(true, false).start(&HeaderMap::new(), false, Kind::Client).unwrap();
-        assert_eq!((root.trace_id, root.parent_id, root.sampled), (root.id, 0, false));
+        let (root, _) = driver(true, false)
+            .start(&HeaderMap::new(), false, Kind::Client)
+            .unwrap();
+        assert_eq!(
+            (root.trace_id, root.parent_id, root.sampled),
+            (root.id, 0, false)
+        );
         let bad = b3("zz", "00000000000000bb", "1");
-        assert!(driver(true, false).start(&bad, true, Kind::Server).is_none());
+        assert!(
+            driver(true, false)
+                .start(&bad, true, Kind::Server)
+                .is_none()
+        );
     }
 
     #[test]
@@ -364,7 +377,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             w3c::TRACEPARENT,
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
         );
         let (cx, _) = d.start(&h, false, Kind::Client).unwrap();
         assert_eq!(cx.trace_high, 0x0af7651916cd43dd);
