@@ -156,7 +156,7 @@ impl ActiveStream {
         if end != End::Complete {
             stats.downstream_rq_tx_reset.inc();
         }
-        if let Some(span) = self.span.take() {
+        if let Some(mut span) = self.span.take() {
             span.finish(&self.info);
         }
         hcm.log(self);

@@ -386,7 +386,7 @@ impl ActiveSpan {
     }
 
     /// The stream ended: the response half of the tags, then the span to the driver.
-    pub fn finish(mut self: Box<Self>, info: &StreamInfo) {
+    pub fn finish(&mut self, info: &StreamInfo) {
         if !self.cx.sampled {
             return;
         }
