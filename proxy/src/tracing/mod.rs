@@ -115,6 +115,8 @@ impl HttpTracer {
         let driver = provider.and_then(|p| cx.tracers.driver(p, cx, clusters));
         let prefix = format!("http.{}.tracing.", hcm.stat_prefix);
         let counter = |n: &str| cx.store.counter(&format!("{prefix}{n}"));
+        // Defined as Envoy defines it (remora has no health-check filter to charge it).
+        counter("health_check");
         Some(Arc::new(Self {
             kind: match direction {
                 Direction::Outbound => Kind::Client,
@@ -719,6 +721,77 @@ mod tests {
         );
         assert_eq!(rid_integer(b"6b5c1e2a-..."), Some(0x6b5c1e2a));
         assert_eq!(rid_integer(b"short"), None);
+    }
+
+    fn tracer(random: u32, overall: u32, client: u32) -> HttpTracer {
+        let p = |n| crate::model::runtime::Percent {
+            numerator: n,
+            denominator: 10_000,
+        };
+        let cx = crate::context::ServerContext::for_tests();
+        let counter = |n: &str| cx.store.counter(n);
+        HttpTracer {
+            config: Arc::new(HcmTracing {
+                client_sampling: p(client),
+                random_sampling: p(random),
+                overall_sampling: p(overall),
+                verbose: false,
+                max_path_tag_length: 256,
+                custom_tags: Vec::new(),
+                provider: None,
+                spawn_upstream_span: false,
+            }),
+            kind: Kind::Server,
+            driver: None,
+            stats: TracingStats {
+                random_sampling: counter("r"),
+                service_forced: counter("s"),
+                client_enabled: counter("c"),
+                not_traceable: counter("n"),
+            },
+            pack_trace_reason: true,
+            request_id_sampling: true,
+            runtime: cx.runtime.clone(),
+            node_id: "n".into(),
+            zone: "z".into(),
+        }
+    }
+
+    fn with_rid(rid: &str, extra: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(names::X_REQUEST_ID, rid.parse().unwrap());
+        for name in extra {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
+        }
+        h
+    }
+
+    /// Envoy's order: an already packed decision stays; else client, forced, random by the
+    /// request id's first 8 hex digits modulo 10 000; the overall cap last.
+    #[test]
+    fn sampling_decisions() {
+        // 0x00000fa0 = 4000: sampled below 40.01 %, not at 40 %.
+        let rid = "00000fa0-0000-4000-8000-000000000000";
+        let mut h = with_rid(rid, &[]);
+        assert_eq!(tracer(4001, 10_000, 0).decide(&mut h), Reason::Sampling);
+        assert_eq!(h[names::X_REQUEST_ID], "00000fa0-0000-9000-8000-000000000000");
+        let mut h = with_rid(rid, &[]);
+        assert_eq!(tracer(4000, 10_000, 0).decide(&mut h), Reason::NotTraceable);
+        let mut h = with_rid(rid, &["x-envoy-force-trace"]);
+        assert_eq!(tracer(0, 10_000, 0).decide(&mut h), Reason::ServiceForced);
+        assert_eq!(h[names::X_REQUEST_ID].as_bytes()[14], b'a');
+        let mut h = with_rid(rid, &["x-client-trace-id"]);
+        assert_eq!(tracer(0, 10_000, 10_000).decide(&mut h), Reason::ClientForced);
+        // The overall cap undoes any decision, a packed one included.
+        let mut h = with_rid("00000fa0-0000-9000-8000-000000000000", &[]);
+        assert_eq!(tracer(10_000, 4000, 0).decide(&mut h), Reason::NotTraceable);
+        assert_eq!(h[names::X_REQUEST_ID].as_bytes()[14], b'4');
+        // A packed decision is kept even when random sampling is off.
+        let mut h = with_rid("00000fa0-0000-9000-8000-000000000000", &[]);
+        assert_eq!(tracer(0, 10_000, 0).decide(&mut h), Reason::Sampling);
+        // No usable request id: not traceable.
+        let mut h = with_rid("zz", &["x-envoy-force-trace"]);
+        assert_eq!(tracer(10_000, 10_000, 0).decide(&mut h), Reason::NotTraceable);
     }
 
     #[test]
