@@ -428,6 +428,11 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
                 "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
                 service_name: front-proxy
                 grpc_service: {envoy_grpc: {cluster_name: otel}, timeout: 1s}
+                resource_detectors:
+                - name: envoy.tracers.opentelemetry.resource_detectors.static_config
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig
+                    attributes: {k8s.pod.name: front-0}
 "#;
     let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
     let runtime = FLUSH_EACH.replace("tracing.zipkin.", "tracing.opentelemetry.");
@@ -474,6 +479,7 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
                     "front-proxy".into()
                 )
             )));
+    assert!(attrs.iter().any(|kv| kv.key == "k8s.pod.name"), "{attrs:?}");
     let span = &rs.scope_spans[0].spans[0];
     assert_eq!(span.name, "ingress");
     assert_eq!(span.kind, 2);

@@ -167,6 +167,7 @@ impl Bootstrap {
         let tracing = errs.or_default(super::tracing::Provider::from_bootstrap(
             &path.field("tracing"),
             tracing,
+            &inputs,
         ));
         let global_downstream_max_connections = errs.or_default(match overload_manager {
             Some(om) => overload(&path.field("overload_manager"), om),

@@ -92,6 +92,51 @@ pub struct OpenTelemetry {
     pub telemetry_sdk_attributes: bool,
     pub service_name_attribute: bool,
     pub instrumentation_scope: bool,
+    /// What the `resource_detectors` found, in order (the environment's
+    /// `OTEL_RESOURCE_ATTRIBUTES` read at translation, static attributes).
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+const ENV_DETECTOR: &str = "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig";
+const STATIC_DETECTOR: &str = "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig";
+
+/// A resource detector's attributes: the environment's `OTEL_RESOURCE_ATTRIBUTES`
+/// (`key=value,key=value`; unset: none) or the static ones (sorted by key).
+fn detect(
+    path: &FieldPath,
+    d: &pb::core::TypedExtensionConfig,
+    inputs: &Inputs,
+) -> Result<Vec<(String, String)>> {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3 as rd;
+    let tp = path.field("typed_config");
+    let any = d
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| tp.error("is required"))?;
+    match any_type(any) {
+        ENV_DETECTOR => {
+            let rd::EnvironmentResourceDetectorConfig {} = decode_any(&tp, any)?;
+            let value = inputs.env("OTEL_RESOURCE_ATTRIBUTES").map_err(|_| {
+                tp.error("environment variable 'OTEL_RESOURCE_ATTRIBUTES' has not been read")
+            })?;
+            Ok(value
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .collect())
+        }
+        STATIC_DETECTOR => {
+            let rd::StaticConfigResourceDetectorConfig { attributes } = decode_any(&tp, any)?;
+            let mut list: Vec<(String, String)> = attributes.into_iter().collect();
+            list.sort();
+            Ok(list)
+        }
+        other => Err(tp
+            .field("@type")
+            .error(format!("{other} is not supported by remora"))),
+    }
 }
 
 // === impl HcmTracing ===
@@ -149,7 +194,7 @@ impl HcmTracing {
         let provider = errs.take(
             provider
                 .as_ref()
-                .map(|p| Provider::from_proto(&path.field("provider"), p))
+                .map(|p| Provider::from_proto(&path.field("provider"), p, inputs))
                 .transpose(),
         );
         let (((client, random), overall), (custom_tags, provider)) =
@@ -265,7 +310,11 @@ fn metadata_tag(path: &FieldPath, m: &pb_tag::custom_tag::Metadata) -> Result<Cu
 
 impl Provider {
     /// `envoy.config.trace.v3.Tracing.Http`: by `typed_config`'s type (the name is free).
-    pub fn from_proto(path: &FieldPath, h: &pb_trace::tracing::Http) -> Result<Self> {
+    pub fn from_proto(
+        path: &FieldPath,
+        h: &pb_trace::tracing::Http,
+        inputs: &Inputs,
+    ) -> Result<Self> {
         use pb_trace::tracing::http::ConfigType;
         let tp = path.field("typed_config");
         let any = match &h.config_type {
@@ -280,6 +329,7 @@ impl Provider {
             OTEL_TYPE => Ok(Self::OpenTelemetry(OpenTelemetry::from_proto(
                 &tp,
                 &decode_any(&tp, any)?,
+                inputs,
             )?)),
             other => Err(tp.field("@type").error(format!(
                 "{other} is not supported by remora (supported: {ZIPKIN_NAME}, {OTEL_NAME})"
@@ -288,12 +338,16 @@ impl Provider {
     }
 
     /// The bootstrap's `tracing` (deprecated `http`).
-    pub fn from_bootstrap(path: &FieldPath, t: &Option<pb_trace::Tracing>) -> Result<Option<Self>> {
+    pub fn from_bootstrap(
+        path: &FieldPath,
+        t: &Option<pb_trace::Tracing>,
+        inputs: &Inputs,
+    ) -> Result<Option<Self>> {
         let Some(pb_trace::Tracing { http }) = t else {
             return Ok(None);
         };
         http.as_ref()
-            .map(|h| Self::from_proto(&path.field("http"), h))
+            .map(|h| Self::from_proto(&path.field("http"), h, inputs))
             .transpose()
     }
 }
@@ -361,7 +415,11 @@ impl Zipkin {
 // === impl OpenTelemetry ===
 
 impl OpenTelemetry {
-    fn from_proto(path: &FieldPath, o: &pb_trace::OpenTelemetryConfig) -> Result<Self> {
+    fn from_proto(
+        path: &FieldPath,
+        o: &pb_trace::OpenTelemetryConfig,
+        inputs: &Inputs,
+    ) -> Result<Self> {
         let pb_trace::OpenTelemetryConfig {
             grpc_service,
             http_service,
@@ -378,11 +436,16 @@ impl OpenTelemetry {
         errs.check([
             deny(path, "http_service", http_service),
             deny(path, "exporter", exporter),
-            deny(path, "resource_detectors", resource_detectors),
             deny(path, "sampler", sampler),
         ]);
         let grpc = errs.take(grpc_cluster(&path.field("grpc_service"), grpc_service));
-        let (cluster, authority, timeout) = errs.finish_some(grpc)?;
+        let detected = errs.take(crate::config::error::all(
+            resource_detectors
+                .iter()
+                .enumerate()
+                .map(|(i, d)| detect(&path.field("resource_detectors").index(i), d, inputs)),
+        ));
+        let ((cluster, authority, timeout), detected) = errs.finish_some(grpc.zip(detected))?;
         Ok(Self {
             cluster,
             authority,
@@ -396,6 +459,7 @@ impl OpenTelemetry {
             telemetry_sdk_attributes: bool_or(set_telemetry_sdk_resource_attributes, true),
             service_name_attribute: bool_or(set_service_name_resource_attribute, true),
             instrumentation_scope: bool_or(set_instrumentation_scope, true),
+            resource_attributes: detected.into_iter().flatten().collect(),
         })
     }
 }

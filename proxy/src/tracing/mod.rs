@@ -761,7 +761,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(names::X_REQUEST_ID, rid.parse().unwrap());
         for name in extra {
-            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
         }
         h
     }
@@ -774,14 +777,20 @@ mod tests {
         let rid = "00000fa0-0000-4000-8000-000000000000";
         let mut h = with_rid(rid, &[]);
         assert_eq!(tracer(4001, 10_000, 0).decide(&mut h), Reason::Sampling);
-        assert_eq!(h[names::X_REQUEST_ID], "00000fa0-0000-9000-8000-000000000000");
+        assert_eq!(
+            h[names::X_REQUEST_ID],
+            "00000fa0-0000-9000-8000-000000000000"
+        );
         let mut h = with_rid(rid, &[]);
         assert_eq!(tracer(4000, 10_000, 0).decide(&mut h), Reason::NotTraceable);
         let mut h = with_rid(rid, &["x-envoy-force-trace"]);
         assert_eq!(tracer(0, 10_000, 0).decide(&mut h), Reason::ServiceForced);
         assert_eq!(h[names::X_REQUEST_ID].as_bytes()[14], b'a');
         let mut h = with_rid(rid, &["x-client-trace-id"]);
-        assert_eq!(tracer(0, 10_000, 10_000).decide(&mut h), Reason::ClientForced);
+        assert_eq!(
+            tracer(0, 10_000, 10_000).decide(&mut h),
+            Reason::ClientForced
+        );
         // The overall cap undoes any decision, a packed one included.
         let mut h = with_rid("00000fa0-0000-9000-8000-000000000000", &[]);
         assert_eq!(tracer(10_000, 4000, 0).decide(&mut h), Reason::NotTraceable);
@@ -791,7 +800,10 @@ mod tests {
         assert_eq!(tracer(0, 10_000, 0).decide(&mut h), Reason::Sampling);
         // No usable request id: not traceable.
         let mut h = with_rid("zz", &["x-envoy-force-trace"]);
-        assert_eq!(tracer(10_000, 10_000, 0).decide(&mut h), Reason::NotTraceable);
+        assert_eq!(
+            tracer(10_000, 10_000, 0).decide(&mut h),
+            Reason::NotTraceable
+        );
     }
 
     #[test]

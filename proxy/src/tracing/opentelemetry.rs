@@ -149,6 +149,11 @@ impl Driver {
             attributes.push(pb::kv("telemetry.sdk.name", "remora"));
             attributes.push(pb::kv("telemetry.sdk.version", crate::VERSION));
         }
+        for (k, v) in &config.resource_attributes {
+            if !attributes.iter().any(|a| &a.key == k) {
+                attributes.push(pb::kv(k, v));
+            }
+        }
         Self {
             config,
             clusters: Arc::downgrade(clusters),
@@ -403,6 +408,10 @@ mod tests {
             telemetry_sdk_attributes: false,
             service_name_attribute: true,
             instrumentation_scope: true,
+            resource_attributes: vec![
+                ("service.name".into(), "other".into()),
+                ("k8s.pod.name".into(), "p".into()),
+            ],
         };
         let cm = Arc::new(ClusterManager::new(Vec::new()));
         let d = Driver::new(
@@ -435,7 +444,8 @@ mod tests {
         let rs = &req.resource_spans[0];
         assert_eq!(
             rs.resource.as_ref().unwrap().attributes,
-            vec![pb::kv("service.name", "front")]
+            vec![pb::kv("service.name", "front"), pb::kv("k8s.pod.name", "p")],
+            "the configured service.name wins over a detector's"
         );
         let s = &rs.scope_spans[0].spans[0];
         assert_eq!(s.kind, 3);
