@@ -103,20 +103,32 @@ pub struct HttpTracer {
 }
 
 impl HttpTracer {
-    /// The connection manager's tracer, when it configures `tracing`.
+    /// The connection manager's tracer, when it configures `tracing`. Its
+    /// `http.<prefix>.tracing.*` counters exist either way, as Envoy defines them for every
+    /// connection manager.
     pub fn new(
         hcm: &crate::model::hcm::HttpConnectionManager,
         cx: &crate::context::ServerContext,
         clusters: &Arc<ClusterManager>,
         direction: Direction,
     ) -> Option<Arc<Self>> {
-        let config = hcm.tracing.clone()?;
-        let provider = config.provider.as_ref().or(cx.tracers.bootstrap.as_ref());
-        let driver = provider.and_then(|p| cx.tracers.driver(p, cx, clusters));
         let prefix = format!("http.{}.tracing.", hcm.stat_prefix);
         let counter = |n: &str| cx.store.counter(&format!("{prefix}{n}"));
-        // Defined as Envoy defines it (remora has no health-check filter to charge it).
+        // remora has no health-check filter to charge `health_check`.
         counter("health_check");
+        let Some(config) = hcm.tracing.clone() else {
+            for n in [
+                "random_sampling",
+                "service_forced",
+                "client_enabled",
+                "not_traceable",
+            ] {
+                counter(n);
+            }
+            return None;
+        };
+        let provider = config.provider.as_ref().or(cx.tracers.bootstrap.as_ref());
+        let driver = provider.and_then(|p| cx.tracers.driver(p, cx, clusters));
         Some(Arc::new(Self {
             kind: match direction {
                 Direction::Outbound => Kind::Client,
