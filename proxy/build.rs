@@ -517,6 +517,7 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.network.rbac.v3.RBAC",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.config.metrics.v3.MetricsServiceConfig",
     "envoy.config.rbac.v3.Action",
     "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
     "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput",

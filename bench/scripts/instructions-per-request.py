@@ -8,6 +8,7 @@ client connections to a keep-alive upstream, and reports the difference divided 
 cancels out), plus the functions that account for it.
 
 usage: bench/scripts/instructions-per-request.py [--remora target/release/remora] [-n 2000] [--top 25]
+       [--http2] [--http-filters rbac-fault]   (bench/policy/NAME.yaml's filters before the router)
 needs: valgrind (callgrind_annotate), python3
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, threading, time
@@ -110,7 +111,8 @@ def run(remora, config, port, n, out, h2=False):
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", remora, "-c", config,
          "--concurrency", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
+    # Up to two minutes: starting under valgrind on a loaded machine is slow.
+    for _ in range(1200):
         try:
             socket.create_connection(("127.0.0.1", port)).close()
             break
@@ -141,7 +143,14 @@ def main():
     a.add_argument("-n", type=int, default=2000)
     a.add_argument("--top", type=int, default=25)
     a.add_argument("--http2", action="store_true", help="HTTP/2 clients (prior knowledge)")
+    a.add_argument("--http-filters", metavar="NAME",
+                   help="put bench/policy/NAME.yaml's HTTP filters before the router")
     args = a.parse_args()
+    filters = ""
+    if args.http_filters:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "policy", f"{args.http_filters}.yaml")) as f:
+            filters = "".join("          " + l for l in f if not l.startswith("#"))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -162,7 +171,9 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: l
-          http_filters: [{{name: envoy.filters.http.router}}]
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
           route_config:
             virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]
   clusters:

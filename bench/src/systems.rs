@@ -17,6 +17,10 @@ pub enum Kind {
     /// policy, outlier detection (none of which trips on the happy path).
     #[serde(rename = "remora-resilient")]
     RemoraResilient,
+    /// remora with the policy filters of bench/policy/rbac-fault.yaml before the router: a
+    /// 20-policy RBAC filter (all evaluated) and a fault filter injecting 0 %.
+    #[serde(rename = "remora-policy")]
+    RemoraPolicy,
     Nginx,
     Haproxy,
 }
@@ -27,6 +31,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Remora => "remora",
             Kind::RemoraResilient => "remora-resilient",
+            Kind::RemoraPolicy => "remora-policy",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
@@ -37,6 +42,7 @@ impl Kind {
             "direct" => Kind::Direct,
             "remora" => Kind::Remora,
             "remora-resilient" => Kind::RemoraResilient,
+            "remora-policy" => Kind::RemoraPolicy,
             "nginx" => Kind::Nginx,
             "haproxy" => Kind::Haproxy,
             _ => return None,
@@ -96,7 +102,7 @@ impl Running {
 /// Whether a peer binary is installed.
 pub fn installed(kind: Kind) -> bool {
     match kind {
-        Kind::Direct | Kind::Remora | Kind::RemoraResilient => true,
+        Kind::Direct | Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy => true,
         Kind::Nginx => which("nginx").is_some(),
         Kind::Haproxy => which("haproxy").is_some(),
     }
@@ -189,11 +195,14 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
     let (program, args) = match kind {
-        Kind::Remora | Kind::RemoraResilient => {
+        Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy => {
             let cfg = dir.join("bootstrap.yaml");
             let mut yaml = remora_config(port, s.upstream, s.h2, s.access_log);
             if kind == Kind::RemoraResilient {
                 yaml = with_resilience(&yaml);
+            }
+            if kind == Kind::RemoraPolicy {
+                yaml = with_policy(&yaml);
             }
             std::fs::write(&cfg, yaml)?;
             (
@@ -240,7 +249,10 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
         addr,
         &mut child,
         &log,
-        s.h2 && !matches!(kind, Kind::Remora | Kind::RemoraResilient),
+        s.h2 && !matches!(
+            kind,
+            Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy
+        ),
     )?;
     Ok(Running::process(addr, child))
 }
@@ -306,6 +318,23 @@ pub fn with_resilience(yaml: &str) -> String {
     .replacen(
         "    type: STATIC\n",
         "    type: STATIC\n    circuit_breakers:\n      thresholds:\n      - {max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}\n    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}\n",
+        1,
+    )
+}
+
+/// The policy filters the `remora-policy` system runs before the router.
+pub const POLICY_FILTERS: &str = include_str!("../policy/rbac-fault.yaml");
+
+/// The bench bootstrap with bench/policy/rbac-fault.yaml's HTTP filters before the router.
+pub fn with_policy(yaml: &str) -> String {
+    let filters: String = POLICY_FILTERS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    yaml.replacen(
+        "          http_filters:\n",
+        &format!("          http_filters:\n{filters}"),
         1,
     )
 }
@@ -405,6 +434,31 @@ mod tests {
         ] {
             assert!(!plain.contains(want));
             assert!(resilient.contains(want), "{want}\n{resilient}");
+        }
+    }
+
+    #[test]
+    fn the_policy_bootstrap_puts_the_filters_before_the_router() {
+        let plain = remora_config(1, "127.0.0.1:2".parse().unwrap(), false, false);
+        let policy = with_policy(&plain);
+        let rbac = policy
+            .find("- name: envoy.filters.http.rbac")
+            .expect("rbac");
+        let fault = policy
+            .find("- name: envoy.filters.http.fault")
+            .expect("fault");
+        let router = policy
+            .find("- name: envoy.filters.http.router")
+            .expect("router");
+        assert!(rbac < fault && fault < router, "{policy}");
+        assert_eq!(policy.matches("ns[autolytiq]-policy[p").count(), 20);
+        // remora takes it (the whole pipeline, model included).
+        use clap::Parser;
+        let options =
+            remora::cli::Options::try_parse_from(["remora", "--config-yaml", &policy]).unwrap();
+        let sds = std::sync::Arc::new(remora::xds::sds::SdsRegistry::default());
+        if let Err(e) = remora::server::load(&options, sds) {
+            panic!("{e}\n{policy}");
         }
     }
 }

@@ -78,6 +78,17 @@ impl ServerStats {
         ] {
             let _ = store.counter(name);
         }
+        // Envoy's async client's router stats (every Envoy has them): request mirroring counts
+        // its copies in `rq_total` (`http::shadow`).
+        for name in [
+            "no_cluster",
+            "no_route",
+            "rq_direct_response",
+            "rq_redirect",
+            "rq_total",
+        ] {
+            let _ = store.counter(&format!("http.async-client.{name}"));
+        }
         Self {
             live: store.gauge("server.live"),
             state: store.gauge("server.state"),
@@ -116,6 +127,9 @@ pub struct ServerState {
     pub context: Arc<ServerContext>,
     /// The admin listener's own access logs.
     pub admin_access_logs: Vec<crate::telemetry::access_log::AccessLogger>,
+    /// The stats sinks and what their flushes share (flushed every `stats_flush_interval`, or
+    /// on an admin stats read with `stats_flush_on_admin`).
+    pub stats_flusher: crate::telemetry::sinks::Flusher,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -133,6 +147,13 @@ impl ServerState {
         self.state.store(s as u8, Relaxed);
         self.stats.state.set(s as i64);
         self.stats.live.set(if s == State::Live { 1 } else { 0 });
+    }
+
+    /// Flush stats to the sinks (the timer's tick; an admin stats read's with
+    /// `stats_flush_on_admin`).
+    pub fn flush_stats(&self) {
+        self.refresh_gauges();
+        self.stats_flusher.flush();
     }
 
     /// Refresh the gauges computed on demand (before a stats scrape).
@@ -238,8 +259,15 @@ fn build_store(b: &Bootstrap) -> Result<Arc<Store>, String> {
     let accept: Option<crate::telemetry::stats::NameFilter> = b.stats.matcher.clone().map(|m| {
         Box::new(move |name: &str| m.accepts(name)) as crate::telemetry::stats::NameFilter
     });
+    // A statsd sink sends every value histograms record: they keep them until the flush.
+    let log_values = b.stats.sinks.iter().any(|s| {
+        use crate::model::stats_sinks::StatsSink as S;
+        matches!(s, S::Statsd(_) | S::DogStatsd(_))
+    });
     Ok(Arc::new(
-        Store::new(tags, accept).with_deferred_creation(b.deferred_creation_stats),
+        Store::new(tags, accept)
+            .with_deferred_creation(b.deferred_creation_stats)
+            .with_value_log(log_values),
     ))
 }
 
@@ -339,6 +367,7 @@ pub async fn start(
     }
 
     let cluster_manager = start_clusters(&model, &cx, &stats).await;
+    let stats_flusher = start_stats_sinks(&options, &proto, &model, &store, &cluster_manager)?;
 
     // Listeners: bind now so a port in use is an error naming the listener.
     let listeners = Arc::new(ListenerManager::new(
@@ -367,11 +396,7 @@ pub async fn start(
         .iter()
         .any(|s| s.as_ref().is_some_and(|s| s.path.is_some()));
     let xds = if model.dynamic.ads.is_some() || files || !sds.wanted().is_empty() {
-        let mut node = proto.node.clone().unwrap_or_default();
-        with_cli_identity(&options, &mut node.id, &mut node.cluster);
-        if node.user_agent_name.is_empty() {
-            node.user_agent_name = "remora".into();
-        }
+        let node = node_proto(&options, &proto);
         Some(
             crate::xds::start(
                 &model.dynamic,
@@ -404,6 +429,7 @@ pub async fn start(
     let state = Arc::new(ServerState {
         context: cx,
         admin_access_logs,
+        stats_flusher,
         options,
         bootstrap_proto: proto,
         bootstrap: model,
@@ -434,6 +460,39 @@ pub async fn start(
         tracing::info!(listener = %l.config.name, "listening on {}", l.local_address);
     }
     Ok(state)
+}
+
+/// The bootstrap's node as remora presents it on its gRPC streams (xDS, the metrics service):
+/// with the command line's identity, `remora` as the user agent.
+fn node_proto(
+    options: &Options,
+    proto: &BootstrapProto,
+) -> envoy_types::pb::envoy::config::core::v3::Node {
+    let mut node = proto.node.clone().unwrap_or_default();
+    with_cli_identity(options, &mut node.id, &mut node.cluster);
+    if node.user_agent_name.is_empty() {
+        node.user_agent_name = "remora".into();
+    }
+    node
+}
+
+/// The stats sinks, started on the main runtime (their clusters are the bootstrap's).
+fn start_stats_sinks(
+    options: &Options,
+    proto: &BootstrapProto,
+    model: &Bootstrap,
+    store: &Arc<Store>,
+    clusters: &Arc<ClusterManager>,
+) -> Result<crate::telemetry::sinks::Flusher, StartError> {
+    crate::telemetry::sinks::Flusher::start(
+        &model.stats.sinks,
+        crate::telemetry::sinks::StartContext {
+            store,
+            clusters,
+            node: node_proto(options, proto),
+        },
+    )
+    .map_err(StartError::Other)
 }
 
 /// `--service-node` / `--service-cluster` over the bootstrap's node.
@@ -670,16 +729,14 @@ fn start_workers(state: &Arc<ServerState>) {
 /// Run the main thread's duties until shutdown (signal or `/quitquitquit`).
 pub async fn serve_until_shutdown(state: Arc<ServerState>) {
     let flush_every = state.bootstrap.stats.flush_interval;
+    let on_timer = !state.bootstrap.stats.flush_on_admin;
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(flush_every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                state.refresh_gauges();
-                state.context.store.flush_histograms();
+            if !on_timer {
+                return; // stats_flush_on_admin: admin stats reads flush
             }
+            crate::telemetry::sinks::flush_every(flush_every, || state.flush_stats()).await;
         })
     };
     // Removed clusters' stats go once the clusters are gone (checked every second).

@@ -20,6 +20,7 @@ mod fault;
 mod http1;
 mod lb;
 mod local_ratelimit;
+mod mirror;
 mod oracle;
 mod rbac;
 mod resilience;
@@ -82,6 +83,7 @@ fn main() {
             resilience::run(&envoy, filter.as_deref()).await,
             access_log::run(&envoy, filter.as_deref()).await,
             tracing::run(&envoy, filter.as_deref()).await,
+            mirror::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()
     });

@@ -383,6 +383,32 @@ fn corpus(m: &Material) -> Vec<XdsCase> {
             "status",
             route_config(&vhost("all", "*", &route("direct_response: {status: 99}"))),
         ),
+        rds(
+            "mirror_policies",
+            "",
+            route_config(&vhost(
+                "all",
+                "*",
+                &route("route: {cluster: e, request_mirror_policies: [{cluster: e, runtime_fraction: {default_value: {numerator: 10}, runtime_key: m.pct}, trace_sampled: false}, {cluster_header: x-m, disable_shadow_host_suffix_append: true}, {cluster: e, host_rewrite_literal: m.test}]}"),
+            )),
+        ),
+        rds(
+            "mirror_cluster_and_header",
+            "request_mirror_policies",
+            route_config(&vhost(
+                "all",
+                "*",
+                &route("route: {cluster: e, request_mirror_policies: [{cluster: e, cluster_header: x-m}]}"),
+            )),
+        ),
+        rds(
+            "mirror_without_cluster",
+            "request_mirror_policies",
+            route_config(&format!(
+                "{{name: all, domains: [\"*\"], request_mirror_policies: [{{runtime_fraction: {{default_value: {{numerator: 5}}}}}}], routes: [{}]}}",
+                route("route: {cluster: e}")
+            )),
+        ),
         // EDS
         eds(
             "valid",

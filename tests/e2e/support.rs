@@ -1072,3 +1072,164 @@ pub fn with_typed_router(yaml: &str) -> String {
     }
     out
 }
+
+/// Whether an interop tool (curl, openssl, promtool…) runs here. Missing, a test skips loudly;
+/// under `.ci/run` (REMORA_REQUIRE_INTEROP set, it installs them) a missing tool fails.
+pub fn have_tool(tool: &str) -> bool {
+    let runs = |arg: &str| {
+        Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = runs("--version") || runs("version");
+    if !ok {
+        assert!(
+            std::env::var_os("REMORA_REQUIRE_INTEROP").is_none(),
+            "{tool} is required (REMORA_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
+    }
+    ok
+}
+
+// === a recording upstream ===
+
+/// One request a [`Recorder`] got.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Lower-case names, in the order they arrived.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a [`Recorder`] does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Records it (body read to the end) and answers 200 `ok <name>`.
+    Answer,
+    /// Records it and never answers.
+    Stall,
+    /// Accepts connections and never reads from them (records nothing).
+    BlackHole,
+}
+
+/// An HTTP/1.1 upstream that records every request it reads (for mirroring tests: which copy
+/// arrived, with what host, headers and body).
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until at least `n` requests were recorded.
+    pub async fn wait_for(&self, n: usize) -> Vec<Recorded> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the recorder got {} requests, wanted {n}",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the count has not moved for `quiet`, and returns it.
+    pub async fn settled(&self, quiet: Duration) -> usize {
+        let mut last = self.seen().len();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = self.seen().len();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+pub async fn recorder(name: &str, behaviour: Behaviour) -> Recorder {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<Recorded>>> = Arc::default();
+    let (name, log) = (name.to_string(), seen.clone());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            if behaviour == Behaviour::BlackHole {
+                held.push(stream);
+                continue;
+            }
+            let (name, log) = (name.clone(), log.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (name, log) = (name.clone(), log.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            log.lock().unwrap().push(Recorded {
+                                method: parts.method.to_string(),
+                                path: parts.uri.to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into(),
+                                        )
+                                    })
+                                    .collect(),
+                                body,
+                            });
+                            if behaviour == Behaviour::Stall {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(format!("ok {name}")),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Recorder { addr, seen, task }
+}

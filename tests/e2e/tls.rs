@@ -793,29 +793,10 @@ async fn tls_to_a_plaintext_port_is_a_codec_error() {
     assert_eq!(get(addr, "x", "/").await.status, 200);
 }
 
-fn have(tool: &str) -> bool {
-    let ok = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        || std::process::Command::new(tool)
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("REMORA_REQUIRE_INTEROP").is_none(),
-            "{tool} is required (REMORA_REQUIRE_INTEROP is set)"
-        );
-        eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
-    }
-    ok
-}
-
 /// Real clients against the inbound side: curl with a client certificate, openssl s_client.
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_and_openssl_interop() {
-    if !have("curl") || !have("openssl") {
+    if !have_tool("curl") || !have_tool("openssl") {
         return;
     }
     let pki = Pki::new();

@@ -142,7 +142,11 @@ pub fn start(
     subs
 }
 
-async fn connect(target: &Target) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+/// A gRPC channel to `target` (the proxy's other gRPC streams, such as the metrics service
+/// sink, connect the same way).
+pub async fn connect(
+    target: &Target,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     match target {
         Target::Tcp(addr) => {
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

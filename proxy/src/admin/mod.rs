@@ -257,6 +257,9 @@ async fn route(state: &Arc<ServerState>, path: &str, q: &BTreeMap<String, String
                 },
                 None => None,
             };
+            if state.bootstrap.stats.flush_on_admin {
+                state.flush_stats();
+            }
             let sel = stats::Selection {
                 filter,
                 used_only: q.contains_key("usedonly"),

@@ -237,6 +237,10 @@ pub struct ConnectionManager {
     keep_request: bool,
     /// `tracing`: the sampling decision and the stream's span.
     pub tracer: Option<Arc<crate::tracing::HttpTracer>>,
+    /// The runtime snapshot request-time reads use (mirror policies' `runtime_fraction`).
+    pub runtime: Arc<crate::runtime::RuntimeLoader>,
+    /// `http.async-client.rq_total`: the mirrored copies sent (Envoy's async client counts them).
+    pub async_client_rq_total: Arc<Counter>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -441,6 +445,8 @@ impl ConnectionManager {
             alpn,
             filters,
             keep_request,
+            runtime: cx.runtime.clone(),
+            async_client_rq_total: store.counter("http.async-client.rq_total"),
             stats: HcmStats::new(store, &config.stat_prefix, listener_stat_name),
             routes,
             config,

@@ -12,4 +12,5 @@ pub mod names;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod shadow;
 pub mod stream;

@@ -111,7 +111,7 @@ struct Timers<'a> {
     per_try_idle: Option<Duration>,
 }
 
-enum Failure {
+pub(super) enum Failure {
     Connect(pool::ConnectError),
     /// The route timeout fired while an attempt was in flight.
     Timeout,
@@ -192,6 +192,8 @@ pub async fn forward(
         ));
     }
     let progress = stream.progress.clone();
+    let mirror_timing = (plan.timeout, progress.as_ref());
+    let body = super::shadow::mirror(hcm, &parts, &f, &cluster, mirror_timing, body);
     let (replay, body) = keep_for_replay(hcm, &f, &cluster, plan.retry.as_ref(), body);
     let mut x = Exchange {
         hcm,
@@ -1289,7 +1291,7 @@ async fn send_h1(
 /// Write the request and read the response head. A pooled connection that turns out to be
 /// closed before any response byte arrives is replaced once by a fresh connection, if the
 /// whole request could be written again (the classic keep-alive race that gives 503 UC).
-async fn exchange_h1(
+pub(super) async fn exchange_h1(
     conn: &mut pool::H1Conn,
     parts: &http::request::Parts,
     body: Body,
@@ -1370,7 +1372,7 @@ async fn send_h2(
 
 /// The request (attempt) got a connection: Envoy counts it in `upstream_rq_total` from here
 /// (one refused by a breaker or timed out waiting for a connection is not counted).
-fn sent_on_connection(cluster: &Cluster, host: &Host) {
+pub(super) fn sent_on_connection(cluster: &Cluster, host: &Host) {
     cluster.stats.traffic().upstream_rq_total.inc();
     host.stats.rq_total.fetch_add(1, Relaxed);
 }
@@ -1384,7 +1386,7 @@ fn downstream_body_failure(e: &(dyn std::error::Error + 'static)) -> Failure {
     }
 }
 
-fn classify(e: hyper::Error) -> Failure {
+pub(super) fn classify(e: hyper::Error) -> Failure {
     if is_downstream_body_error(&e) {
         downstream_body_failure(&e)
     } else if let Some(reason) = remote_reset(&e) {

@@ -3,7 +3,7 @@
 
 use super::access_log::AccessLogConfig;
 use super::cluster::Cluster;
-use super::core::{bool_or, deny, opt_duration};
+use super::core::{bool_or, deny};
 use super::format::{DEFAULT_ACCESS_LOG_FORMAT, Formatter};
 use super::listener::Listener;
 use super::log_format::LineFormat;
@@ -45,7 +45,12 @@ pub struct StatsSettings {
     pub tags: Vec<TagSpec>,
     pub use_all_default_tags: bool,
     pub matcher: Option<StatsMatcher>,
+    /// `stats_flush_interval` (default 5 s): how often stats go to the sinks.
     pub flush_interval: Duration,
+    /// `stats_flush_on_admin`: flush only when the admin stats are read (no timer).
+    pub flush_on_admin: bool,
+    /// `stats_sinks`.
+    pub sinks: Vec<super::stats_sinks::StatsSink>,
 }
 
 #[derive(Debug)]
@@ -155,8 +160,12 @@ impl Bootstrap {
         errs.check([
             deny(&path, "hds_config", hds_config),
             deny(&path, "flags_path", flags_path),
-            deny(&path, "stats_sinks", stats_sinks),
         ]);
+        let sinks = errs.or_default(crate::config::error::all(
+            stats_sinks.iter().enumerate().map(|(i, s)| {
+                super::stats_sinks::StatsSink::from_proto(&path.field("stats_sinks").index(i), s)
+            }),
+        ));
         let deferred_creation_stats = deferred_stat_options
             .as_ref()
             .is_some_and(|d| d.enable_deferred_creation_stats);
@@ -227,7 +236,6 @@ impl Bootstrap {
                 grpc_async_client_manager_config,
             ),
             deny(&path, "memory_allocator_manager", memory_allocator_manager),
-            deny(&path, "stats_flush", stats_flush),
             deny(&path, "stats_eviction", stats_eviction),
         ]);
 
@@ -244,21 +252,20 @@ impl Bootstrap {
             None => Ok(None),
         });
 
-        let mut flush_interval = errs
-            .or_default(opt_duration(
-                &path,
-                "stats_flush_interval",
-                stats_flush_interval,
-            ))
-            .unwrap_or(Duration::from_secs(5));
-        if flush_interval < Duration::from_millis(1) {
-            flush_interval = Duration::from_millis(1);
-        }
-        let stats = errs.take(stats_settings(
-            &path.field("stats_config"),
-            stats_config,
-            flush_interval,
+        let (flush_interval, flush_on_admin) = errs.or_default(super::stats_sinks::flush_settings(
+            &path,
+            stats_flush_interval,
+            stats_flush,
         ));
+        let stats = errs.take(
+            stats_settings(&path.field("stats_config"), stats_config, flush_interval).map(|s| {
+                StatsSettings {
+                    flush_on_admin,
+                    sinks,
+                    ..s
+                }
+            }),
+        );
 
         let sp = path.field("static_resources");
         let empty = pb::bootstrap::bootstrap::StaticResources::default();
@@ -287,6 +294,9 @@ impl Bootstrap {
             errs.or_default(static_listeners_and_clusters(&sp, cs, ls, &context));
         if let Some(dynamic) = &dynamic {
             errs.check([check_dynamic(&path, dynamic, cs, &listeners, &clusters)]);
+        }
+        if let Some(stats) = &stats {
+            errs.check([super::stats_sinks::check_clusters(&path, &stats.sinks, cs)]);
         }
         let (dynamic, stats) = errs.finish_some(dynamic.zip(stats))?;
         Ok(Self {
@@ -694,6 +704,8 @@ fn stats_settings(
         use_all_default_tags: true,
         matcher: None,
         flush_interval,
+        flush_on_admin: false,
+        sinks: Vec::new(),
     };
     let Some(sc) = sc else { return Ok(out) };
     let pb::metrics::StatsConfig {

@@ -79,6 +79,7 @@ enum_names!(
     pb::brotli::brotli::EncoderMode,
     envoy_types::pb::envoy::config::trace::v3::zipkin_config::CollectorEndpointVersion,
     envoy_types::pb::envoy::config::trace::v3::zipkin_config::TraceContextOption,
+    pb::metrics::HistogramEmitMode,
 );
 
 pub fn duration(d: &pb::protobuf::Duration) -> Option<Duration> {

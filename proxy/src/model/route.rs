@@ -8,6 +8,7 @@ use super::inputs::Inputs;
 use super::matcher::{
     HeaderMatcher, QueryParameterMatcher, RequestHeaders, full_regex, search_regex,
 };
+use super::mirror::{MirrorCluster, MirrorPolicies, MirrorPolicy};
 use super::per_filter::PerFilterConfigs;
 use super::retry::RetryPolicy;
 use super::{FullRegex, pb};
@@ -144,6 +145,9 @@ pub struct ForwardAction {
     pub include_vh_rate_limits: bool,
     /// The deprecated `cors` policy (used when no level has a per-filter `CorsPolicy`).
     pub cors: Option<Arc<super::cors::CorsPolicy>>,
+    /// `request_mirror_policies`: the route's, else its virtual host's, else the route
+    /// configuration's.
+    pub mirrors: MirrorPolicies,
 }
 
 #[derive(Debug)]
@@ -257,7 +261,8 @@ impl RouteConfig {
         } = rc;
         deny(path, "vhds", vhds)?;
         deny(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
-        deny(path, "request_mirror_policies", request_mirror_policies)?;
+        let mirrors =
+            MirrorPolicy::list(path, request_mirror_policies, &MirrorPolicies::default())?;
         deny(path, "vhost_header", vhost_header)?;
         deny(
             path,
@@ -298,7 +303,7 @@ impl RouteConfig {
             }
             let translated = index
                 .add(&vp, &vh.domains, i, &vh.name, name)
-                .and_then(|()| VirtualHost::from_proto(&vp, vh, max_direct, inputs));
+                .and_then(|()| VirtualHost::from_proto(&vp, vh, max_direct, &mirrors, inputs));
             match translated {
                 Ok(v) => vhosts.push(v),
                 Err(e) => errors.push(e),
@@ -314,6 +319,10 @@ impl RouteConfig {
         for vh in &vhosts {
             for r in &vh.routes {
                 if let RouteAction::Forward(f) = &r.action {
+                    referenced.extend(f.mirrors.iter().filter_map(|m| match &m.cluster {
+                        MirrorCluster::Name(n) => Some(n.clone()),
+                        MirrorCluster::Header(_) => None,
+                    }));
                     match &f.cluster {
                         ClusterTarget::Name(n) => referenced.push(n.clone()),
                         ClusterTarget::Weighted(w) => {
@@ -483,6 +492,7 @@ impl VirtualHost {
         path: &FieldPath,
         vh: &pb::route::VirtualHost,
         max_direct: usize,
+        route_config_mirrors: &MirrorPolicies,
         inputs: &Inputs,
     ) -> Result<Self> {
         use pb::route::virtual_host::TlsRequirementType as T;
@@ -541,7 +551,7 @@ impl VirtualHost {
             .as_ref()
             .map(|r| RetryPolicy::from_proto(&path.field("retry_policy"), r).map(Arc::new))
             .transpose()?;
-        deny(path, "request_mirror_policies", request_mirror_policies)?;
+        let mirrors = MirrorPolicy::list(path, request_mirror_policies, route_config_mirrors)?;
         deny(path, "route_specifiers", route_specifiers)?;
         super::core::metadata_ok(metadata);
         let require_tls = match enum_value::<T>(path, "require_tls", *require_tls, |_| true)? {
@@ -550,7 +560,13 @@ impl VirtualHost {
             T::All => TlsRequirement::All,
         };
         let out_routes = crate::config::error::all(routes.iter().enumerate().map(|(i, r)| {
-            Route::from_proto(&path.field("routes").index(i), r, max_direct, inputs)
+            Route::from_proto(
+                &path.field("routes").index(i),
+                r,
+                max_direct,
+                &mirrors,
+                inputs,
+            )
         }))?;
         Ok(Self {
             per_filter,
@@ -586,6 +602,7 @@ impl Route {
         path: &FieldPath,
         r: &pb::route::Route,
         max_direct: usize,
+        vhost_mirrors: &MirrorPolicies,
         inputs: &Inputs,
     ) -> Result<Self> {
         use pb::route::route::Action as A;
@@ -638,6 +655,7 @@ impl Route {
                 &path.field("route"),
                 ra,
                 &path_match,
+                vhost_mirrors,
                 inputs,
             )?)),
             Some(A::Redirect(rd)) => RouteAction::Redirect(Box::new(redirect(
@@ -815,6 +833,7 @@ fn forward_action(
     path: &FieldPath,
     ra: &pb::route::RouteAction,
     path_match: &PathMatch,
+    vhost_mirrors: &MirrorPolicies,
     inputs: &Inputs,
 ) -> Result<ForwardAction> {
     use pb::route::route_action::{
@@ -861,7 +880,7 @@ fn forward_action(
         .as_ref()
         .map(|r| RetryPolicy::from_proto(&path.field("retry_policy"), r).map(Arc::new))
         .transpose()?;
-    deny(path, "request_mirror_policies", request_mirror_policies)?;
+    let mirrors = MirrorPolicy::list(path, request_mirror_policies, vhost_mirrors)?;
     enum_value::<pb::core::RoutingPriority>(path, "priority", *priority, |p| {
         *p == pb::core::RoutingPriority::Default
     })?;
@@ -992,6 +1011,7 @@ fn forward_action(
         rate_limits,
         include_vh_rate_limits,
         cors,
+        mirrors,
     })
 }
 
@@ -1443,6 +1463,63 @@ virtual_hosts:
         g.insert("content-type", "application/grpc+proto".parse().unwrap());
         assert_eq!(name("/g", &g), "grpc");
         assert_eq!(name("/g", &h), "rest");
+    }
+
+    #[test]
+    fn mirror_policies_come_from_the_most_specific_level_that_has_them() {
+        let c = rc(r#"
+request_mirror_policies: [{cluster: from_rc}]
+virtual_hosts:
+- name: with
+  domains: ["with"]
+  request_mirror_policies: [{cluster: from_vh}, {cluster_header: x-m}]
+  routes:
+  - match: {prefix: "/own"}
+    route: {cluster: a, request_mirror_policies: [{cluster: from_route}]}
+  - match: {prefix: "/"}
+    route: {cluster: a}
+- name: without
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: a}
+"#)
+        .unwrap();
+        let h = HeaderMap::new();
+        let names = |host: &str, path: &str| -> Vec<String> {
+            let (_, r, _) = find(&c, host, path, &h).unwrap();
+            let RouteAction::Forward(f) = &r.action else {
+                panic!()
+            };
+            f.mirrors
+                .iter()
+                .map(|m| match &m.cluster {
+                    MirrorCluster::Name(n) => n.to_string(),
+                    MirrorCluster::Header(h) => format!("header {h}"),
+                })
+                .collect()
+        };
+        assert_eq!(names("with", "/own"), ["from_route"]);
+        assert_eq!(names("with", "/x"), ["from_vh", "header x-m"]);
+        assert_eq!(names("other", "/x"), ["from_rc"]);
+        // Named mirror clusters are validated with the routes' clusters.
+        for n in ["from_route", "from_vh", "from_rc", "a"] {
+            assert!(c.referenced_clusters.iter().any(|r| &**r == n), "{n}");
+        }
+        let e = rc(r#"
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: a, request_mirror_policies: [{cluster: m, request_headers_mutations: [{remove: x}]}]}
+"#)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("routes[0].route.request_mirror_policies[0].request_headers_mutations"),
+            "{e}"
+        );
     }
 
     #[test]

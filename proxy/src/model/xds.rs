@@ -118,7 +118,6 @@ pub fn config_source(path: &FieldPath, cs: &pb::core::ConfigSource) -> Result<So
 
 fn ads_source(path: &FieldPath, a: &pb::core::ApiConfigSource) -> Result<Ads> {
     use pb::core::api_config_source::ApiType as T;
-    use pb::core::grpc_service::TargetSpecifier;
     let pb::core::ApiConfigSource {
         api_type,
         transport_api_version,
@@ -152,16 +151,27 @@ fn ads_source(path: &FieldPath, a: &pb::core::ApiConfigSource) -> Result<Ads> {
             .field("grpc_services")
             .error("exactly one gRPC service is required"));
     }
-    let gp = path.field("grpc_services").index(0);
+    let cluster = envoy_grpc_cluster(&path.field("grpc_services").index(0), &grpc_services[0])?;
+    Ok(Ads {
+        delta,
+        cluster,
+        set_node_on_first_message_only: *set_node_on_first_message_only,
+    })
+}
+
+/// A `GrpcService` with `envoy_grpc`: the static cluster its stream goes to (ADS, the metrics
+/// service sink).
+pub fn envoy_grpc_cluster(gp: &FieldPath, g: &pb::core::GrpcService) -> Result<String> {
+    use pb::core::grpc_service::TargetSpecifier;
     let pb::core::GrpcService {
         timeout: _, // the stream is long-lived; a per-call deadline does not apply to it
         initial_metadata,
         retry_policy,
         target_specifier,
-    } = &grpc_services[0];
-    deny(&gp, "initial_metadata", initial_metadata)?;
-    deny(&gp, "retry_policy", retry_policy)?;
-    let cluster = match target_specifier {
+    } = g;
+    deny(gp, "initial_metadata", initial_metadata)?;
+    deny(gp, "retry_policy", retry_policy)?;
+    match target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(e)) => {
             let ep = gp.field("envoy_grpc");
             let pb::core::grpc_service::EnvoyGrpc {
@@ -181,16 +191,11 @@ fn ads_source(path: &FieldPath, a: &pb::core::ApiConfigSource) -> Result<Ads> {
             if cluster_name.is_empty() {
                 return Err(ep.field("cluster_name").error("must not be empty"));
             }
-            cluster_name.clone()
+            Ok(cluster_name.clone())
         }
-        Some(TargetSpecifier::GoogleGrpc(_)) => return Err(gp.unsupported("google_grpc")),
-        None => return Err(gp.error("envoy_grpc is required")),
-    };
-    Ok(Ads {
-        delta,
-        cluster,
-        set_node_on_first_message_only: *set_node_on_first_message_only,
-    })
+        Some(TargetSpecifier::GoogleGrpc(_)) => Err(gp.unsupported("google_grpc")),
+        None => Err(gp.error("envoy_grpc is required")),
+    }
 }
 
 impl DynamicResources {

@@ -2,5 +2,6 @@
 
 pub mod access_log;
 pub mod format;
+pub mod sinks;
 pub mod stats;
 pub mod tags;

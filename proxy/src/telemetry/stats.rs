@@ -91,7 +91,13 @@ pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len() + 1],
     count: AtomicU64,
     sum: AtomicU64,
+    /// Each value recorded since the last flush, kept only when a stats sink sends every value
+    /// (statsd's timers, Envoy's `onHistogramComplete`); at most [`MAX_LOGGED_VALUES`].
+    values: Option<Box<Mutex<Vec<u64>>>>,
 }
+
+/// The values a histogram keeps between two flushes for the sinks (later ones are not sent).
+pub const MAX_LOGGED_VALUES: usize = 16 * 1024;
 
 /// A point-in-time copy of a histogram.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,6 +119,28 @@ impl Histogram {
         self.buckets[idx].fetch_add(1, Relaxed);
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
+        if let Some(values) = &self.values {
+            let mut v = values.lock().unwrap_or_else(|e| e.into_inner());
+            if v.len() < MAX_LOGGED_VALUES {
+                v.push(value);
+            }
+        }
+    }
+
+    /// A histogram that also keeps each recorded value for the sinks.
+    pub fn logging_values() -> Self {
+        Self {
+            values: Some(Box::default()),
+            ..Self::default()
+        }
+    }
+
+    /// The values recorded since the last call (none unless built with `logging_values`).
+    pub fn take_values(&self) -> Vec<u64> {
+        match &self.values {
+            Some(v) => std::mem::take(&mut *v.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Vec::new(),
+        }
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -385,6 +413,8 @@ pub struct Store {
     last_flush: Mutex<BTreeMap<Arc<str>, HistogramSnapshot>>,
     /// `deferred_stat_options.enable_deferred_creation_stats`.
     deferred_creation: bool,
+    /// Histograms keep each value for a sink that sends them all (statsd).
+    log_values: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -408,7 +438,22 @@ impl Store {
             accept,
             last_flush: Mutex::new(BTreeMap::new()),
             deferred_creation: false,
+            log_values: false,
         }
+    }
+
+    /// Histograms keep each recorded value until the next flush (a statsd sink sends them).
+    pub fn with_value_log(mut self, on: bool) -> Self {
+        self.log_values = on;
+        self
+    }
+
+    fn new_histogram(&self) -> Arc<Histogram> {
+        Arc::new(if self.log_values {
+            Histogram::logging_values()
+        } else {
+            Histogram::default()
+        })
     }
 
     /// Create groups of stats (a cluster's traffic stats) on first use.
@@ -426,8 +471,11 @@ impl Store {
             && !accept(name)
         {
             // Rejected by the stats matcher: a working handle that nobody can read, as
-            // Envoy's null stats.
-            return make();
+            // Envoy's null stats (a histogram keeps no values for sinks that never see it).
+            return match make() {
+                Metric::Histogram(_) => Metric::Histogram(Arc::default()),
+                m => m,
+            };
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entries.get(name) {
@@ -463,7 +511,7 @@ impl Store {
     }
 
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
-        match self.get_or_insert(name, || Metric::Histogram(Arc::default())) {
+        match self.get_or_insert(name, || Metric::Histogram(self.new_histogram())) {
             Metric::Histogram(h) => h,
             _ => Arc::default(),
         }
@@ -494,7 +542,7 @@ impl Store {
             .map(|(_, k)| match k {
                 Kind::Counter => Metric::Counter(Arc::default()),
                 Kind::Gauge => Metric::Gauge(Arc::default()),
-                Kind::Histogram => Metric::Histogram(Arc::default()),
+                Kind::Histogram => Metric::Histogram(self.new_histogram()),
             })
             .collect();
         blocks.insert(
@@ -553,6 +601,22 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// One histogram's flush: the values recorded since the previous flush (its interval), the
+    /// flush point moved to now. What a sink flush does for each histogram it reads, so that the
+    /// sinks and `/stats` see the same interval.
+    pub fn flush_histogram(&self, name: &Arc<str>, h: &Histogram) -> HistogramSnapshot {
+        let snap = h.snapshot();
+        let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+        let interval = match last.get(name) {
+            Some(prev) => snap.since(prev),
+            None => snap.clone(),
+        };
+        if snap.count > 0 {
+            last.insert(name.clone(), snap);
+        }
+        interval
     }
 
     /// The values recorded since the last flush.

@@ -64,12 +64,21 @@ pub type SharedState = Arc<Mutex<ConnState>>;
 /// One connection's network filters.
 pub struct NetChain {
     filters: Vec<Box<dyn NetworkFilter>>,
+    /// Some filter has a write hook.
+    writes: bool,
     conn: Arc<ConnectionInfo>,
     state: SharedState,
 }
 
 /// What a paused filter waits on.
 type PausedOn = Pin<Box<dyn Future<Output = NetFlow> + Send>>;
+
+/// Which way bytes go: read from downstream (filters in order) or written to it (reverse).
+#[derive(Clone, Copy)]
+enum Dir {
+    Read,
+    Write,
+}
 
 /// Where running the chain on some bytes stopped.
 enum Step {
@@ -97,6 +106,7 @@ impl NetChain {
             factories.iter().filter_map(|f| f.create(&cx)).collect()
         };
         (!filters.is_empty()).then(|| Self {
+            writes: filters.iter().any(|f| f.watches_writes()),
             filters,
             conn: conn.clone(),
             state,
@@ -107,9 +117,11 @@ impl NetChain {
         self.state.clone()
     }
 
-    /// Run `hook` on filters `from..` until one stops.
+    /// Run `hook` on filters `from..` until one stops: in order for reads and connection
+    /// events, in reverse order for writes (`from` counts from the last filter then).
     fn run(
         &mut self,
+        dir: Dir,
         from: usize,
         mut hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Step {
@@ -118,7 +130,12 @@ impl NetChain {
             connection: &self.conn,
             metadata: &mut st.metadata,
         };
-        for (i, f) in self.filters.iter_mut().enumerate().skip(from) {
+        let n = self.filters.len();
+        for i in from..n {
+            let f = match dir {
+                Dir::Read => &mut self.filters[i],
+                Dir::Write => &mut self.filters[n - 1 - i],
+            };
             match hook(&mut **f, &mut cx) {
                 NetFlow::Continue => {}
                 NetFlow::Close(detail) => return Step::Closed(detail),
@@ -131,12 +148,13 @@ impl NetChain {
     /// Act on a paused filter's outcome and go on from the next one.
     fn resume(
         &mut self,
+        dir: Dir,
         i: usize,
         flow: NetFlow,
         hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Step {
         match flow {
-            NetFlow::Continue => self.run(i + 1, hook),
+            NetFlow::Continue => self.run(dir, i + 1, hook),
             NetFlow::Close(detail) => Step::Closed(detail),
             NetFlow::Pause(fut) => Step::Paused(i, fut),
         }
@@ -154,14 +172,14 @@ impl NetChain {
         &mut self,
         mut hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Result<(), Cow<'static, str>> {
-        let mut step = self.run(0, &mut hook);
+        let mut step = self.run(Dir::Read, 0, &mut hook);
         loop {
             match step {
                 Step::Done => return Ok(()),
                 Step::Closed(d) => return Err(self.closed(d)),
                 Step::Paused(i, fut) => {
                     let flow = fut.await;
-                    step = self.resume(i, flow, &mut hook);
+                    step = self.resume(Dir::Read, i, flow, &mut hook);
                 }
             }
         }
@@ -209,6 +227,12 @@ pub struct Filtered<S> {
     /// The end of the stream was let through (after `ready`).
     eof: bool,
     closed: Option<Cow<'static, str>>,
+    /// Bytes the write filters let through that the socket has not taken yet.
+    out: BytesMut,
+    /// A write filter paused on these bytes (`true`: the end of the stream).
+    out_paused: Option<(usize, PausedOn, BytesMut, bool)>,
+    /// The write filters saw the end of the stream.
+    out_ended: bool,
 }
 
 impl<S> Filtered<S> {
@@ -222,6 +246,9 @@ impl<S> Filtered<S> {
             ready: BytesMut::new(),
             eof: false,
             closed: None,
+            out: BytesMut::new(),
+            out_paused: None,
+            out_ended: false,
         }
     }
 
@@ -269,7 +296,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Filtered<S> {
                 let i = *i;
                 this.paused = None;
                 let (held, end) = (std::mem::take(&mut this.held), this.held_end);
-                let step = this.chain.resume(i, flow, |f, c| f.on_data(&held, end, c));
+                let step = this
+                    .chain
+                    .resume(Dir::Read, i, flow, |f, c| f.on_data(&held, end, c));
                 this.held = held;
                 this.settle(step);
                 continue;
@@ -283,7 +312,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Filtered<S> {
             let end = buf.filled().len() == before;
             let step = {
                 let data = &buf.filled()[before..];
-                this.chain.run(0, |f, c| f.on_data(data, end, c))
+                this.chain.run(Dir::Read, 0, |f, c| f.on_data(data, end, c))
             };
             if let Step::Done = step {
                 if end {
@@ -300,21 +329,102 @@ impl<S: AsyncRead + Unpin> AsyncRead for Filtered<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Filtered<S> {
+    /// Write what the write filters let through and settle a paused write filter, before
+    /// anything newer is accepted (so bytes keep their order and each is filtered once).
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.closed.is_some() {
+                return Poll::Ready(Err(self.close_error()));
+            }
+            if !self.out.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.out.advance(n);
+                continue;
+            }
+            let Some((i, fut, _, _)) = self.out_paused.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let flow = std::task::ready!(fut.as_mut().poll(cx));
+            let i = *i;
+            let (_, _, data, end) = self.out_paused.take().expect("paused write");
+            let step = self
+                .chain
+                .resume(Dir::Write, i, flow, |f, c| f.on_write(&data, end, c));
+            self.settle_out(step, data, end);
+        }
+    }
+
+    /// Where the write filters stopped on `data`.
+    fn settle_out(&mut self, step: Step, data: BytesMut, end: bool) {
+        match step {
+            Step::Done => self.out.extend_from_slice(&data),
+            Step::Paused(i, fut) => self.out_paused = Some((i, fut, data, end)),
+            Step::Closed(d) => self.closed = Some(self.chain.closed(d)),
+        }
+    }
+
+    /// Run the write filters on `data`; `Ok(true)`: it may go to the socket now.
+    fn filter_out(&mut self, data: &[u8], end: bool) -> io::Result<bool> {
+        match self
+            .chain
+            .run(Dir::Write, 0, |f, c| f.on_write(data, end, c))
+        {
+            Step::Done => Ok(true),
+            step => {
+                self.settle_out(step, BytesMut::from(data), end);
+                match self.closed {
+                    Some(_) => Err(self.close_error()),
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if !this.chain.writes {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        std::task::ready!(this.poll_out(cx))?;
+        if buf.is_empty() || !this.filter_out(buf, false)? {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // The filters have seen these bytes: what the socket does not take now is kept and
+        // written before anything newer, never filtered twice.
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => this.out.extend_from_slice(&buf[n.min(buf.len())..]),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => this.out.extend_from_slice(buf),
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(cx))?;
+        if !this.out_ended && this.chain.writes {
+            this.out_ended = true;
+            if !this.filter_out(&[], true)? {
+                std::task::ready!(this.poll_out(cx))?;
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -322,11 +432,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        if !self.chain.writes {
+            return Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs);
+        }
+        // One slice at a time through the filters (each sees a write as Envoy's onWrite does).
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.poll_write(cx, b),
+            None => Poll::Ready(Ok(0)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        !self.chain.writes && self.inner.is_write_vectored()
     }
 }
 
@@ -458,5 +575,137 @@ mod tests {
         s.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"abc");
         assert!(started.elapsed() >= Duration::from_millis(5_000));
+    }
+
+    /// Records its writes into a shared log; closes or pauses as told.
+    #[derive(Debug, Clone)]
+    struct WriteProbe {
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+        close_on: Option<&'static str>,
+        delay_first_ms: Option<u64>,
+    }
+
+    impl NetworkFilterFactory for WriteProbe {
+        fn create(&self, _cx: &ConnCx<'_>) -> Option<Box<dyn NetworkFilter>> {
+            Some(Box::new(self.clone()))
+        }
+    }
+
+    impl NetworkFilter for WriteProbe {
+        fn on_write(&mut self, data: &[u8], end: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
+            let text = String::from_utf8_lossy(data);
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}:{text}:{end}", self.name));
+            if let Some(ms) = self.delay_first_ms.take() {
+                return NetFlow::Pause(Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    NetFlow::Continue
+                }));
+            }
+            match self.close_on {
+                Some(s) if text.contains(s) => NetFlow::Close("test_write_denied".into()),
+                _ => NetFlow::Continue,
+            }
+        }
+
+        fn watches_writes(&self) -> bool {
+            true
+        }
+    }
+
+    fn probes(specs: &[WriteProbe]) -> NetChain {
+        let f: Vec<Arc<dyn NetworkFilterFactory>> = specs
+            .iter()
+            .map(|p| Arc::new(p.clone()) as Arc<dyn NetworkFilterFactory>)
+            .collect();
+        NetChain::create(&f, &conn()).expect("filters")
+    }
+
+    fn probe(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> WriteProbe {
+        WriteProbe {
+            name,
+            log: log.clone(),
+            close_on: None,
+            delay_first_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_run_the_filters_in_reverse_order_once_each() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, server) = tokio::io::duplex(4);
+        let mut s = Filtered::new(server, probes(&[probe("a", &log), probe("b", &log)]));
+        // Larger than the pipe: the socket takes it in parts, the filters see it once.
+        let writer = tokio::spawn(async move {
+            s.write_all(b"hello world").await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, b"hello world");
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "b:hello world:false",
+                "a:hello world:false",
+                "b::true",
+                "a::true"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_filter_closes_the_connection() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut denier = probe("a", &log);
+        denier.close_on = Some("secret");
+        let c = probes(&[denier]);
+        let st = c.state();
+        let mut s = Filtered::new(server, c);
+        s.write_all(b"fine ").await.unwrap();
+        let e = s.write_all(b"a secret").await.unwrap_err();
+        assert_eq!(
+            closed_by_filter(&e).map(|d| &**d),
+            Some("test_write_denied")
+        );
+        assert_eq!(
+            st.lock().unwrap().closed.as_deref(),
+            Some("test_write_denied")
+        );
+        assert!(s.write_all(b"more").await.is_err());
+        drop(s);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"fine ");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_write_keeps_its_bytes_in_order() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut slow = probe("b", &log);
+        slow.delay_first_ms = Some(3_000);
+        let mut s = Filtered::new(server, probes(&[probe("a", &log), slow]));
+        let started = tokio::time::Instant::now();
+        let writer = tokio::spawn(async move {
+            s.write_all(b"one ").await.unwrap();
+            s.write_all(b"two").await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, b"one two");
+        assert!(started.elapsed() >= Duration::from_millis(3_000));
+        // The paused filter (last configured, so first on writes) resumed into the next one.
+        assert_eq!(
+            log.lock().unwrap()[..3],
+            ["b:one :false", "a:one :false", "b:two:false"]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The network filter chain's contract (Envoy's `Network::ReadFilter`/`WriteFilter`), one
 //! module per extension beside it. A filter chain's network filters run in order on a new
-//! connection and on the bytes read from downstream; the terminal filter (tcp_proxy or the
+//! connection and on the bytes read from downstream, and in reverse order on the bytes
+//! written to downstream (as Envoy runs write filters); the terminal filter (tcp_proxy or the
 //! HTTP connection manager) is not one of these.
 
 pub mod chain;
@@ -41,6 +42,18 @@ pub trait NetworkFilter: Send {
     /// Bytes read from downstream (`end_stream`: downstream half-closed).
     fn on_data(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
         NetFlow::Continue
+    }
+
+    /// Bytes about to be written to downstream (`end_stream`: the write side is shutting
+    /// down; Envoy's `WriteFilter::onWrite`). Runs in reverse filter order.
+    fn on_write(&mut self, _data: &[u8], _end_stream: bool, _cx: &mut ConnCx<'_>) -> NetFlow {
+        NetFlow::Continue
+    }
+
+    /// Whether `on_write` does anything: when no filter of a connection does, its writes go
+    /// straight to the socket (vectored, unbuffered).
+    fn watches_writes(&self) -> bool {
+        false
     }
 }
 
