@@ -59,6 +59,11 @@ fn a_wrong_threshold_fails_the_unit_tests() {
         .current_dir(&dir.0)
         .output()
         .expect("promtool runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("IstioMtlsTrafficLow"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("IstioMtlsTrafficLow"), "{text}");
 }
