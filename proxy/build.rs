@@ -529,6 +529,10 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.Secret",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.config.trace.v3.ZipkinConfig",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig",
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
 ];
 
 /// Packages kept whole: the admin API's output types and the protobuf well-known types.

@@ -35,6 +35,8 @@ pub struct ServerContext {
     pub cert_watcher: Arc<remora_certs::source::Watcher>,
     /// The runtime snapshot read at request time (disk layers re-read when swapped).
     pub runtime: Arc<crate::runtime::RuntimeLoader>,
+    /// The tracing drivers (one per provider configuration) and the bootstrap's provider.
+    pub tracers: Arc<crate::tracing::TracerManager>,
 }
 
 impl ServerContext {
@@ -60,6 +62,7 @@ impl ServerContext {
             xds_dump: Default::default(),
             cert_watcher: Default::default(),
             runtime: crate::runtime::RuntimeLoader::for_tests(Default::default()),
+            tracers: Default::default(),
         }
     }
 }

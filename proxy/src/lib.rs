@@ -16,6 +16,7 @@ pub mod server;
 pub mod stream_info;
 pub mod tcp;
 pub mod telemetry;
+pub mod tracing;
 pub mod transport_sockets;
 pub mod upstream;
 pub mod xds;

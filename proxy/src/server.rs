@@ -562,7 +562,9 @@ fn server_context(
         xds_dump: Default::default(),
         cert_watcher: Default::default(),
         runtime: crate::runtime::RuntimeLoader::new(model.context.runtime.clone(), store),
+        tracers: Arc::new(crate::tracing::TracerManager::new(model.tracing.clone())),
     });
+    cx.tracers.start(&cx.main, cx.runtime.clone());
     cx.config_version.set("bootstrap");
     Ok(cx)
 }

@@ -27,6 +27,7 @@ mod resilience;
 mod routing;
 mod scripted;
 mod tls;
+mod tracing;
 mod validate;
 mod xds;
 
@@ -81,6 +82,7 @@ fn main() {
             xds::run(&envoy, filter.as_deref()).await,
             resilience::run(&envoy, filter.as_deref()).await,
             access_log::run(&envoy, filter.as_deref()).await,
+            tracing::run(&envoy, filter.as_deref()).await,
             mirror::run(&envoy, filter.as_deref()).await,
         ];
         groups.into_iter().flatten().collect::<Vec<_>>()

@@ -29,6 +29,7 @@ mod routing;
 mod stats_sinks;
 mod tcp;
 mod tls;
+mod tracing;
 mod upstream;
 mod xds;
 mod xds_nack;

@@ -237,6 +237,8 @@ pub struct ConnectionManager {
     pub alpn: Option<Arc<crate::model::hcm::AlpnOverrides>>,
     /// The access log or the local-reply mappers read the request.
     keep_request: bool,
+    /// `tracing`: the sampling decision and the stream's span.
+    pub tracer: Option<Arc<crate::tracing::HttpTracer>>,
     /// The runtime snapshot request-time reads use (mirror policies' `runtime_fraction`).
     pub runtime: Arc<crate::runtime::RuntimeLoader>,
     /// `http.async-client.rq_total`: the mirrored copies sent (Envoy's async client counts them).
@@ -453,7 +455,9 @@ impl ConnectionManager {
         let keep_request = !access_logs.is_empty()
             || !config.local_reply.mappers.is_empty()
             || !completions.is_empty();
+        let tracer = crate::tracing::HttpTracer::new(&config, cx, &clusters, direction);
         Ok(Self {
+            tracer,
             alpn,
             filters,
             keep_request,
@@ -535,6 +539,9 @@ impl ConnectionManager {
         }
         if let Some(via) = &self.config.via {
             h.append(header::VIA, via.clone());
+        }
+        if let Some(span) = &mut stream.span {
+            span.on_response(h);
         }
         if !self.log_response_headers.is_empty() {
             let mut snap = http::HeaderMap::new();
@@ -631,6 +638,10 @@ impl ConnectionManager {
         };
         let route_config = self.routes.current.load_full();
         let selected = self.select_route(&route_config, &mut stream, conn, &parts, &facts);
+        if let Some(t) = &self.tracer {
+            let decorator = selected.route_cx().and_then(|r| r.route.decorator.as_ref());
+            stream.span = crate::tracing::start_span(t, &mut parts, &stream.info, decorator);
+        }
         if let Some(resp) = self.refuse_upgrade(&mut stream, &parts, &selected, &facts) {
             return self.respond(stream, resp, None, None);
         }

@@ -347,6 +347,9 @@ fn prepare<'a>(
     if !router.suppress_envoy_headers {
         announce_timeout(parts, timeout, per_try);
     }
+    if let Some(span) = &stream.span {
+        span.inject(&mut parts.headers);
+    }
     hcm.snapshot_request(stream, parts);
     let idle = match f.action.idle_timeout {
         Some(d) => Some(d).filter(|d| !d.is_zero()),

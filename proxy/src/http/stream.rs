@@ -68,6 +68,8 @@ pub struct ActiveStream {
     pub per_try_idle: Option<Duration>,
     /// A HEAD request: local replies keep their length headers but send no body.
     pub head_request: bool,
+    /// The stream's tracing span (connection managers with `tracing`).
+    pub span: Option<Box<crate::tracing::ActiveSpan>>,
     finished: bool,
 }
 
@@ -97,6 +99,7 @@ impl ActiveStream {
             progress: None,
             per_try_idle: None,
             head_request: false,
+            span: None,
             finished: false,
         }
     }
@@ -152,6 +155,9 @@ impl ActiveStream {
             .record(now.duration_since(self.info.start).as_millis() as u64);
         if end != End::Complete {
             stats.downstream_rq_tx_reset.inc();
+        }
+        if let Some(mut span) = self.span.take() {
+            span.finish(&self.info);
         }
         hcm.log(self);
         self.downstream.stream_ended();

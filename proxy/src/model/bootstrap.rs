@@ -73,6 +73,8 @@ pub struct Bootstrap {
     pub app_log_format: Option<LineFormat>,
     /// `cluster_manager.outlier_detection.event_log_path`: where outlier ejection events go.
     pub outlier_event_log: Option<std::path::PathBuf>,
+    /// `tracing.http` (deprecated): the provider of connection managers that name none.
+    pub tracing: Option<Arc<super::tracing::Provider>>,
 }
 
 impl Bootstrap {
@@ -170,8 +172,12 @@ impl Bootstrap {
         errs.check([
             deny(&path, "watchdog", watchdog),
             deny(&path, "watchdogs", watchdogs),
-            deny(&path, "tracing", tracing),
         ]);
+        let tracing = errs.or_default(super::tracing::Provider::from_bootstrap(
+            &path.field("tracing"),
+            tracing,
+            &inputs,
+        ));
         let global_downstream_max_connections = errs.or_default(match overload_manager {
             Some(om) => overload(&path.field("overload_manager"), om),
             None => Ok(None),
@@ -305,6 +311,7 @@ impl Bootstrap {
             deferred_creation_stats,
             app_log_format,
             outlier_event_log,
+            tracing: tracing.map(Arc::new),
         })
     }
 }

@@ -77,6 +77,8 @@ enum_names!(
     pb::gzip::gzip::CompressionLevel,
     pb::gzip::gzip::CompressionStrategy,
     pb::brotli::brotli::EncoderMode,
+    envoy_types::pb::envoy::config::trace::v3::zipkin_config::CollectorEndpointVersion,
+    envoy_types::pb::envoy::config::trace::v3::zipkin_config::TraceContextOption,
     pb::metrics::HistogramEmitMode,
 );
 

@@ -397,6 +397,13 @@ pub struct HttpConnectionManager {
     pub http1: Http1Settings,
     pub http2: Http2Settings,
     pub http2_flood: FloodLimits,
+    /// `tracing`: sampling, tags and the provider (`crate::tracing` runs it).
+    pub tracing: Option<Arc<super::tracing::HcmTracing>>,
+    /// The UUID request id's `pack_trace_reason`: the sampling decision written into
+    /// `x-request-id`.
+    pub pack_trace_reason: bool,
+    /// `use_request_id_for_trace_sampling`: sample by the request id (else at random).
+    pub request_id_sampling: bool,
 }
 
 /// Defaults from Envoy's API.
@@ -485,7 +492,6 @@ impl HttpConnectionManager {
             errs.push(path.field("stat_prefix").error("must not be empty"));
         }
         errs.check([
-            deny(path, "tracing", tracing),
             deny(
                 path,
                 "http1_safe_max_connection_duration",
@@ -571,7 +577,15 @@ impl HttpConnectionManager {
             )
             .and_then(|mode| Xfcc::from_proto(path, mode, set_current_client_cert_details)),
         );
-        errs.check([request_id(path, request_id_extension)]);
+        let (pack_trace_reason, request_id_sampling) = errs
+            .take(request_id(path, request_id_extension))
+            .unwrap_or((true, true));
+        let tracing = errs.or_default(
+            tracing
+                .as_ref()
+                .map(|t| super::tracing::HcmTracing::from_proto(&path.field("tracing"), t, inputs))
+                .transpose(),
+        );
         let codec = errs.take(codec(path, *codec_type)).unwrap_or(Codec::Auto);
         let server_header = errs
             .take(server_header(path, *server_header_transformation))
@@ -690,6 +704,9 @@ impl HttpConnectionManager {
             http1,
             http2,
             http2_flood,
+            tracing: tracing.map(Arc::new),
+            pack_trace_reason,
+            request_id_sampling,
         })
     }
 
@@ -709,11 +726,11 @@ impl HttpConnectionManager {
     }
 }
 
-/// `request_id_extension`: only the UUID extension (the behaviour), whose options only affect
-/// tracing, which is not configured.
-fn request_id(path: &FieldPath, rid: &Option<pb::hcm::RequestIdExtension>) -> Result<()> {
+/// `request_id_extension`: only the UUID extension (the behaviour), and its tracing options
+/// (`pack_trace_reason`, `use_request_id_for_trace_sampling`, both true by default).
+fn request_id(path: &FieldPath, rid: &Option<pb::hcm::RequestIdExtension>) -> Result<(bool, bool)> {
     let Some(rid) = rid else {
-        return Ok(());
+        return Ok((true, true));
     };
     let rp = path.field("request_id_extension");
     let any = rid
@@ -726,9 +743,14 @@ fn request_id(path: &FieldPath, rid: &Option<pb::hcm::RequestIdExtension>) -> Re
             .field("@type")
             .error(format!("{} is not supported", any_type(any))));
     }
-    let _: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig =
-        decode_any(&rp.field("typed_config"), any)?;
-    Ok(())
+    let envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig {
+        pack_trace_reason,
+        use_request_id_for_trace_sampling,
+    } = decode_any(&rp.field("typed_config"), any)?;
+    Ok((
+        bool_or(&pack_trace_reason, true),
+        bool_or(&use_request_id_for_trace_sampling, true),
+    ))
 }
 
 fn codec(path: &FieldPath, value: i32) -> Result<Codec> {

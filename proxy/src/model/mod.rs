@@ -37,6 +37,7 @@ pub mod stats_sinks;
 pub mod stats_tags;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod tracing;
 pub mod xds;
 
 pub use matcher::FullRegex;

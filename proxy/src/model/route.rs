@@ -94,6 +94,16 @@ pub struct Route {
     pub response_headers: HeaderMutations,
     /// `per_request_buffer_limit_bytes` (replaces the virtual host's).
     pub buffer_limit: Option<u32>,
+    /// `decorator`: the span's operation name (`crate::tracing` applies it).
+    pub decorator: Option<Decorator>,
+}
+
+/// A route's `decorator`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decorator {
+    pub operation: String,
+    /// Whether the operation travels in `x-envoy-decorator-operation` (default true).
+    pub propagate: bool,
 }
 
 #[derive(Debug)]
@@ -614,7 +624,21 @@ impl Route {
             action,
         } = r;
         super::core::metadata_ok(metadata);
-        deny(path, "decorator", decorator)?;
+        let decorator = decorator
+            .as_ref()
+            .map(|d| {
+                if d.operation.is_empty() {
+                    return Err(path
+                        .field("decorator")
+                        .field("operation")
+                        .error("must not be empty"));
+                }
+                Ok(Decorator {
+                    operation: d.operation.clone(),
+                    propagate: super::core::bool_or(&d.propagate, true),
+                })
+            })
+            .transpose()?;
         let per_filter = PerFilterConfigs::from_proto(
             &path.field("typed_per_filter_config"),
             typed_per_filter_config,
@@ -673,6 +697,7 @@ impl Route {
                 inputs,
             )?,
             buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            decorator,
         })
     }
 

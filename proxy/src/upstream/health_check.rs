@@ -353,7 +353,7 @@ fn target(cfg: &HealthCheck, host: &Host) -> SocketAddr {
 }
 
 /// A new connection for checking, with the cluster's transport socket (TLS when it has one).
-async fn connect(cluster: &Cluster, addr: SocketAddr) -> std::io::Result<Transport> {
+pub(crate) async fn connect(cluster: &Cluster, addr: SocketAddr) -> std::io::Result<Transport> {
     let tcp = tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;

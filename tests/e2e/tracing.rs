@@ -1,0 +1,490 @@
+//! Distributed tracing: two remora sidecars (client: an OUTBOUND listener whose provider is the
+//! bootstrap's `tracing.http`; server: an INBOUND listener with the HCM's `tracing.provider`)
+//! in front of an app, reporting Zipkin v2 JSON to an in-test collector.
+
+use crate::support::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Spans = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// A Zipkin collector: every POSTed span kept; answers 202 as Zipkin does.
+async fn collector() -> (std::net::SocketAddr, Spans, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans: Spans = Arc::default();
+    let kept = spans.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let ok = req.uri().path() == "/api/v2/spans"
+                                && req.headers()["content-type"] == "application/json";
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            if let (true, Ok(body)) = (ok, body)
+                                && let Ok(serde_json::Value::Array(list)) =
+                                    serde_json::from_slice(&body)
+                            {
+                                kept.lock().unwrap().extend(list);
+                            }
+                            let status = if ok { 202 } else { 400 };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, spans, task)
+}
+
+async fn wait_spans(spans: &Spans, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let got = spans.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the collector got {:?}", spans.lock().unwrap());
+}
+
+const ZIPKIN: &str = r#"name: envoy.tracers.zipkin
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: zipkin
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON"#;
+
+/// Flush each span at once (Envoy's runtime key).
+const FLUSH_EACH: &str = "layered_runtime:\n  layers:\n  - name: static\n    static_layer:\n      tracing.zipkin.min_flush_spans: 1\n";
+
+fn listener(name: &str, direction: &str, tracing: &str, cluster: &str) -> String {
+    let vh = format!(
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: {cluster}}}\n"
+    );
+    http_listener(name, tracing, &vh).replacen(
+        "    filter_chains:",
+        &format!("    traffic_direction: {direction}\n    filter_chains:"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn spans_join_across_two_sidecars() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let server_tracing =
+        format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let server = Remora::start(&format!(
+        "node: {{id: server-node, cluster: server-svc}}\n{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("inbound", "INBOUND", &server_tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    // The client names no provider: the bootstrap's (deprecated) tracing.http is its.
+    let client = Remora::start(&format!(
+        "node: {{id: client-node, cluster: client-svc}}\ntracing:\n  http:\n    {}\n{}{FLUSH_EACH}",
+        ZIPKIN.replace("\n              ", "\n    "),
+        bootstrap(
+            &listener("outbound", "OUTBOUND", "          tracing: {}\n", "server"),
+            &(cluster("server", &[server.addr("inbound")], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(client.addr("outbound"), "svc.example", "/hello").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].clone();
+    let spans = wait_spans(&spans, 2).await;
+    let kind = |k: &str| {
+        spans
+            .iter()
+            .find(|s| s["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} span in {spans:?}"))
+            .clone()
+    };
+    let (c, s) = (kind("CLIENT"), kind("SERVER"));
+    // The client's root span: its id is the trace id; the server shares it (shared_span_context).
+    assert_eq!(c["id"], c["traceId"], "{c}");
+    assert!(c.get("parentId").is_none(), "{c}");
+    assert_eq!(s["traceId"], c["traceId"]);
+    assert_eq!(s["id"], c["id"]);
+    assert_eq!(s["shared"], true, "{s}");
+    // What the app received: the server span's context, sampled.
+    assert_eq!(seen["x-b3-traceid"], c["traceId"], "{seen}");
+    assert_eq!(seen["x-b3-spanid"], s["id"]);
+    assert_eq!(seen["x-b3-sampled"], "1");
+    // Envoy's tags; the sampling decision in x-request-id's version digit.
+    for (span, cluster, name) in [(&c, "server", "client-svc"), (&s, "app", "server-svc")] {
+        let tags = &span["tags"];
+        assert_eq!(tags["http.status_code"], "200", "{span}");
+        assert_eq!(tags["component"], "proxy");
+        assert_eq!(tags["upstream_cluster"], cluster);
+        assert_eq!(tags["http.method"], "GET");
+        assert_eq!(tags["http.url"], "http://svc.example/hello");
+        assert_eq!(tags["response_flags"], "-");
+        assert_eq!(span["localEndpoint"]["serviceName"], name);
+        assert_eq!(span["name"], "svc.example");
+        assert!(tags.get("error").is_none());
+    }
+    let rid = c["tags"]["guid:x-request-id"].as_str().unwrap().to_string();
+    assert_eq!(rid.as_bytes()[14], b'9', "{rid}");
+    assert_eq!(s["tags"]["guid:x-request-id"], rid.as_str());
+    assert_eq!(seen["x-request-id"], rid.as_str());
+    assert_eq!(c["tags"]["node_id"], "client-node");
+    client.wait_stat("tracing.zipkin.reports_sent", 1).await;
+    server.wait_stat("tracing.zipkin.reports_sent", 1).await;
+    assert_eq!(client.stat("tracing.zipkin.spans_sent").await, 1);
+    assert_eq!(
+        client.stat("http.outbound.tracing.random_sampling").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unsampled_request_propagates_its_decision_and_reports_nothing() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let tracing = format!(
+        "          tracing:\n            random_sampling: {{value: 0}}\n            provider:\n              {}\n",
+        ZIPKIN.replace(
+            "HTTP_JSON",
+            "HTTP_JSON\n                trace_context_option: USE_B3_WITH_W3C_PROPAGATION"
+        )
+    );
+    let r = Remora::start(&format!(
+        "{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("egress", "OUTBOUND", &tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(r.addr("egress"), "a", "/").await;
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(seen["x-b3-sampled"], "0", "{seen}");
+    assert!(
+        seen["traceparent"].as_str().unwrap().ends_with("-00"),
+        "{seen}"
+    );
+    assert_eq!(seen["x-request-id"].as_str().unwrap().as_bytes()[14], b'4');
+    // A W3C parent, sampled: the trace goes on with a child span; both headers go upstream.
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let resp = get_with(r.addr("egress"), "a", "/", &[("traceparent", parent)]).await;
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(
+        seen["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c",
+        "{seen}"
+    );
+    assert_eq!(seen["x-b3-parentspanid"], "b7ad6b7169203331");
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "only the sampled request is reported: {got:?}"
+    );
+    assert_eq!(got[0]["parentId"], "b7ad6b7169203331");
+    assert_eq!(r.stat("http.egress.tracing.not_traceable").await, 2);
+}
+
+#[tokio::test]
+async fn a_dead_collector_never_slows_requests() {
+    let app = upstream("app").await;
+    let tracing = format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let r = Remora::start(&format!(
+        "{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("egress", "OUTBOUND", &tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[closed_port()], ""))
+        )
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(r.addr("egress"), "a", "/").await.status, 200);
+    }
+    for _ in 0..100 {
+        if r.stat("tracing.zipkin.reports_failed").await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(r.stat("tracing.zipkin.reports_failed").await >= 1);
+    assert_eq!(r.stat("tracing.zipkin.reports_sent").await, 0);
+}
+
+/// Envoy's zipkin front-proxy example, run for real (hosts rewritten to local servers): the
+/// span is named by the route's decorator, which also goes upstream in
+/// `x-envoy-decorator-operation`.
+#[tokio::test]
+async fn the_zipkin_example_runs() {
+    let (zipkin, spans, _c) = collector().await;
+    let (one, two) = (upstream("envoy-1").await, upstream("envoy-1b").await);
+    let front = closed_port();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/envoy-configs/examples/zipkin_envoy-front-proxy.yaml"
+    );
+    let yaml = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replacen(
+            "port_value: 10000",
+            &format!("port_value: {}", front.port()),
+            1,
+        )
+        .replace("address: envoy-1", "address: 127.0.0.1")
+        .replace(
+            "port_value: 10000",
+            &format!("port_value: {}", one.addr.port()),
+        )
+        .replace(
+            "port_value: 10001",
+            &format!("port_value: {}", two.addr.port()),
+        )
+        .replace("address: zipkin", "address: 127.0.0.1")
+        .replace(
+            "port_value: 9411",
+            &format!("port_value: {}", zipkin.port()),
+        );
+    let _r = Remora::start(&yaml).await;
+    let resp = get(front, "front.example", "/trace/1").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-upstream"), Some("envoy-1"));
+    let seen = resp.json()["headers"].clone();
+    assert_eq!(
+        seen["x-envoy-decorator-operation"], "routeToEnvoy1",
+        "{seen}"
+    );
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(got[0]["name"], "routeToEnvoy1");
+    assert_eq!(got[0]["kind"], "CLIENT");
+    assert_eq!(got[0]["traceId"], seen["x-b3-traceid"]);
+    assert_eq!(got[0]["localEndpoint"]["serviceName"], "envoy-proxy-front");
+}
+
+/// The same through xDS: the listener (with its connection manager's `tracing`) and the
+/// collector's cluster come from the control plane; a tracing setting remora does not build is
+/// NACKed with its path while the listener in service keeps tracing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tracing_delivered_over_lds() {
+    use crate::xds::{NODE, bootstrap_with_ads, lds_listener, xds_server};
+    use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+    use envoy_types::pb::envoy::config::trace::v3 as trace;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use remora_xds::build::{route_all_to, static_cluster};
+    use remora_xds::resource::{CLUSTER, LISTENER, ROUTE, any};
+    use remora_xds::server::Snapshot;
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let traced = |spawn_upstream_span: bool| {
+        let mut l = lds_listener("dyn", port, "r1", "dyn");
+        l.traffic_direction = TrafficDirection::Outbound as i32;
+        let listener_filter = &mut l.filter_chains[0].filters[0];
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) =
+            &listener_filter.config_type
+        else {
+            unreachable!()
+        };
+        let mut m: hcm::HttpConnectionManager = prost::Message::decode(a.value.as_slice()).unwrap();
+        let zipkin_config = trace::ZipkinConfig {
+            collector_cluster: "zipkin".into(),
+            collector_endpoint: "/api/v2/spans".into(),
+            collector_endpoint_version: trace::zipkin_config::CollectorEndpointVersion::HttpJson
+                as i32,
+            ..Default::default()
+        };
+        m.tracing = Some(hcm::http_connection_manager::Tracing {
+            provider: Some(trace::tracing::Http {
+                name: "envoy.tracers.zipkin".into(),
+                config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(
+                    &zipkin_config,
+                ))),
+            }),
+            spawn_upstream_span: spawn_upstream_span
+                .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        });
+        listener_filter.config_type = Some(
+            envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any(&m)),
+        );
+        l
+    };
+    let clusters = [
+        static_cluster("app", &[app.addr]),
+        static_cluster("zipkin", &[zipkin]),
+    ];
+    let snap = |v: &str, spawn: bool| {
+        Snapshot::default()
+            .with(CLUSTER, "c1", clusters.iter().map(any).collect())
+            .with(LISTENER, v, vec![any(&traced(spawn))])
+            .with(ROUTE, "r1", vec![any(&route_all_to("r1", "app"))])
+    };
+    cache.set_snapshot(NODE, snap("l1", false));
+    let yaml = bootstrap_with_ads(xds, "GRPC").replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    ) + FLUSH_EACH;
+    let r = Remora::start(&yaml).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    let l = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let resp = get(l, "traced.example", "/x").await;
+    assert_eq!(resp.status, 200);
+    let got = wait_spans(&spans, 1).await;
+    assert_eq!(got[0]["kind"], "CLIENT");
+    assert_eq!(got[0]["tags"]["upstream_cluster"], "app");
+    assert_eq!(resp.json()["headers"]["x-b3-spanid"], got[0]["id"]);
+
+    cache.set_snapshot(NODE, snap("l2", true));
+    r.wait_stat("listener_manager.lds.update_rejected", 1).await;
+    let (_, dump) = r.admin_get("/config_dump").await.unwrap();
+    assert!(
+        dump.contains("tracing.spawn_upstream_span"),
+        "the NACK names the field"
+    );
+    assert_eq!(get(l, "traced.example", "/y").await.status, 200);
+    wait_spans(&spans, 2).await;
+}
+
+type Exports = Arc<Mutex<Vec<remora::tracing::opentelemetry::pb::ExportTraceServiceRequest>>>;
+
+/// An OTLP TraceService over HTTP/2: every Export request decoded and kept; answers
+/// grpc-status 0 in the trailers.
+async fn otlp_collector() -> (std::net::SocketAddr, Exports, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept: Exports = Arc::default();
+    let k = kept.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let k = k.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let k = k.clone();
+                        async move {
+                            assert_eq!(
+                                req.uri().path(),
+                                remora::tracing::opentelemetry::EXPORT_PATH
+                            );
+                            assert_eq!(req.headers()["content-type"], "application/grpc");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let m: remora::tracing::opentelemetry::pb::ExportTraceServiceRequest =
+                                prost::Message::decode(&body[5..]).unwrap();
+                            k.lock().unwrap().push(m);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, kept, task)
+}
+
+/// OpenTelemetry: the span continues the request's W3C trace, goes upstream as `traceparent`,
+/// and reaches the OTLP collector with the configured resource.
+#[tokio::test]
+async fn opentelemetry_spans_reach_an_otlp_collector() {
+    let (otel, exports, _c) = otlp_collector().await;
+    let app = upstream("app").await;
+    let tracing = r#"          tracing:
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                service_name: front-proxy
+                grpc_service: {envoy_grpc: {cluster_name: otel}, timeout: 1s}
+                resource_detectors:
+                - name: envoy.tracers.opentelemetry.resource_detectors.static_config
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig
+                    attributes: {k8s.pod.name: front-0}
+"#;
+    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
+    let runtime = FLUSH_EACH.replace("tracing.zipkin.", "tracing.opentelemetry.");
+    let r = Remora::start(&format!(
+        "{}{runtime}",
+        bootstrap(
+            &listener("ingress", "INBOUND", tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("otel", &[otel], h2))
+        )
+    ))
+    .await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let resp = get_with(
+        r.addr("ingress"),
+        "svc",
+        "/otel",
+        &[("traceparent", parent)],
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let sent = resp.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"));
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = exports.lock().unwrap().clone();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rs = &got.first().expect("an export").resource_spans[0];
+    let attrs = &rs.resource.as_ref().unwrap().attributes;
+    assert!(attrs.iter().any(|kv| kv.key == "service.name"
+        && kv.value.as_ref().and_then(|v| v.value.clone())
+            == Some(
+                remora::tracing::opentelemetry::pb::any_value::Value::StringValue(
+                    "front-proxy".into()
+                )
+            )));
+    assert!(attrs.iter().any(|kv| kv.key == "k8s.pod.name"), "{attrs:?}");
+    let span = &rs.scope_spans[0].spans[0];
+    assert_eq!(span.name, "ingress");
+    assert_eq!(span.kind, 2);
+    assert_eq!(span.parent_span_id, 0xb7ad6b7169203331u64.to_be_bytes());
+    let hex: String = span.span_id.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sent[36..52], hex, "the upstream's parent is the span");
+    r.wait_stat("tracing.opentelemetry.reports_sent", 1).await;
+}
