@@ -91,7 +91,12 @@ async fn statsd_udp_sends_counters_gauges_and_timers() {
     let r = Remora::start(&config(&top, u.addr, "")).await;
     traffic(&r, 3).await;
     let rq = "remora-test.cluster.backend.upstream_rq_total";
-    let lines = datagrams_until(&sock, |l| counted(l, rq) == 3).await;
+    let live = "remora-test.server.live:1|g";
+    // A flush's lines come in name order: the gauge follows the cluster's lines.
+    let lines = datagrams_until(&sock, |l| {
+        counted(l, rq) == 3 && l.iter().any(|x| x == live)
+    })
+    .await;
     for l in &lines {
         assert!(l.starts_with("remora-test."), "{l}");
         assert!(!l.contains('\n'), "one line per datagram: {l:?}");
@@ -207,7 +212,9 @@ async fn statsd_tcp_cluster_receives_lines() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut lines = Vec::new();
     let rq = "envoy.cluster.backend.upstream_rq_total";
-    while counted(&lines, rq) < 4 {
+    let live = |lines: &[String]| lines.iter().any(|l| l == "envoy.server.live:1|g");
+    // A flush's lines arrive in name order: wait for the gauge that follows the cluster's lines.
+    while counted(&lines, rq) < 4 || !live(&lines) {
         assert!(Instant::now() < deadline, "{lines:?}");
         if let Ok(Some(l)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             lines.push(l);
@@ -215,7 +222,6 @@ async fn statsd_tcp_cluster_receives_lines() {
     }
     assert_eq!(counted(&lines, rq), 4);
     assert!(lines.iter().all(|l| l.starts_with("envoy.")), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "envoy.server.live:1|g"));
     reader.abort();
 }
 
@@ -364,7 +370,13 @@ async fn dog_statsd_sends_tagged_lines_in_packed_datagrams() {
             })
             .sum()
     };
-    let got = datagrams_until(&sock, |d| tagged(d) == 3).await;
+    let live = |d: &[String]| {
+        d.iter()
+            .flat_map(|d| d.lines())
+            .any(|l| l == "envoy.server.live:1|g")
+    };
+    // The gauge may come in a later datagram of the same flush than the counter.
+    let got = datagrams_until(&sock, |d| tagged(d) == 3 && live(d)).await;
     assert!(got.iter().all(|d| d.len() <= 1000), "packed up to the size");
     assert!(
         got.iter().any(|d| d.lines().count() > 1),
