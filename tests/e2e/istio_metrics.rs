@@ -613,3 +613,62 @@ async fn tcp_metrics_through_xds() {
     assert_eq!(scraped(&scrape, "istio_tcp_received_bytes_total")[0].1, "5");
     assert_eq!(scraped(&scrape, "istio_tcp_sent_bytes_total")[0].1, "5");
 }
+
+/// The mesh's `istio:mesh:mtls_traffic_percentage` (examples/prometheus/rules.yaml) on real
+/// scrapes: two sidecar pairs, one hop over mTLS (6 requests), one plaintext (2); promtool
+/// evaluates the recording rule over the four scrapes' `istio_requests_total` (each with the
+/// `instance` label Prometheus adds) and gets 75 %: the client sides (`unknown`) do not count.
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_percentage_over_two_sidecars_scrapes() {
+    use crate::tls::{Pki, downstream_tls, upstream_tls};
+    if !have_tool("promtool") {
+        return;
+    }
+    let pki = Pki::new();
+    let server_certs = pki.write("server", SERVER_ID);
+    let client_certs = pki.write("client", CLIENT_ID);
+    let server_tls = downstream_tls(&server_certs, true, Some(CLIENT_ID)).replace(
+        "alpn_protocols: [h2, http/1.1]",
+        "alpn_protocols: [http/1.1]",
+    );
+    let client_tls = upstream_tls(&client_certs, SERVER_ID, "http/1.1");
+    let (mtls_client, mtls_server) =
+        two_sidecars_tls("{}", "{}", ISTIO_SERVICE, 6, Some((server_tls, client_tls))).await;
+    let (plain_client, plain_server) = two_sidecars("{}", "{}", ISTIO_SERVICE, 2).await;
+    let mut input = String::new();
+    for (instance, scrape) in [
+        ("mtls-client", &mtls_client),
+        ("mtls-server", &mtls_server),
+        ("plain-client", &plain_client),
+        ("plain-server", &plain_server),
+    ] {
+        let series = scraped(scrape, "istio_requests_total");
+        assert!(!series.is_empty(), "{scrape}");
+        for (labels, value) in series {
+            let mut sel: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            sel.push(format!("instance={instance:?}"));
+            input += &format!(
+                "  - series: 'istio_requests_total{{{}}}'\n    values: '0 {value}'\n",
+                sel.join(", ")
+            );
+        }
+    }
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus/rules.yaml");
+    let test = format!(
+        "rule_files: [{}]\nevaluation_interval: 1m\ntests:\n- interval: 1m\n  input_series:\n{input}  promql_expr_test:\n  - expr: round(istio:mesh:mtls_traffic_percentage, 0.01)\n    eval_time: 1m\n    exp_samples:\n    - labels: '{{}}'\n      value: 75\n",
+        rules.display()
+    );
+    let dir = TempDir::new("mtls-percentage");
+    std::fs::write(dir.path("test.yaml"), &test).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "test.yaml"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "{}{}\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
