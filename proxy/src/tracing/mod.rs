@@ -12,6 +12,7 @@
 
 pub mod b3;
 pub mod opentelemetry;
+pub mod queue;
 pub mod w3c;
 pub mod zipkin;
 

@@ -10,13 +10,14 @@
 //! and `timer_flushed` as Envoy, and remora's `tracing.opentelemetry.{reports_sent,
 //! reports_failed, spans_dropped}`.
 
+use super::queue::SpanQueue;
 use super::{Kind, Record, SpanContext, w3c};
 use crate::model::tracing::OpenTelemetry;
 use crate::telemetry::stats::{Counter, Store};
 use crate::upstream::cluster::ClusterManager;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// The OTLP messages remora sends (the trace and resource protos are not in envoy-types; their
@@ -112,11 +113,8 @@ pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceServ
 
 #[derive(Debug)]
 struct Stats {
-    spans_sent: Arc<Counter>,
-    timer_flushed: Arc<Counter>,
     reports_sent: Arc<Counter>,
     reports_failed: Arc<Counter>,
-    spans_dropped: Arc<Counter>,
 }
 
 /// One OpenTelemetry provider's driver.
@@ -125,10 +123,8 @@ pub struct Driver {
     config: OpenTelemetry,
     clusters: Weak<ClusterManager>,
     resource: pb::Resource,
-    queue: Mutex<Vec<Record>>,
+    queue: SpanQueue,
     stats: Arc<Stats>,
-    runtime: Arc<crate::runtime::RuntimeLoader>,
-    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Driver {
@@ -140,6 +136,7 @@ impl Driver {
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {
         let c = |n: &str| store.counter(&format!("tracing.opentelemetry.{n}"));
+        let capacity = config.max_cache_size as usize;
         let mut attributes = Vec::new();
         if config.service_name_attribute {
             attributes.push(pb::kv("service.name", &config.service_name));
@@ -161,16 +158,11 @@ impl Driver {
                 attributes,
                 dropped_attributes_count: 0,
             },
-            queue: Mutex::new(Vec::new()),
+            queue: SpanQueue::new("tracing.opentelemetry", capacity, store, runtime, wake),
             stats: Arc::new(Stats {
-                spans_sent: c("spans_sent"),
-                timer_flushed: c("timer_flushed"),
                 reports_sent: c("reports_sent"),
                 reports_failed: c("reports_failed"),
-                spans_dropped: c("spans_dropped"),
             }),
-            runtime,
-            wake,
         }
     }
 
@@ -198,44 +190,15 @@ impl Driver {
     }
 
     pub fn report(&self, record: Record) {
-        let min = self.min_flush_spans();
-        let pending = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.config.max_cache_size as usize {
-                drop(q);
-                self.stats.spans_dropped.inc();
-                return;
-            }
-            q.push(record);
-            q.len()
-        };
-        if pending as u64 >= min {
-            self.wake.notify_one();
-        }
-    }
-
-    fn min_flush_spans(&self) -> u64 {
-        self.runtime
-            .snapshot()
-            .integer("tracing.opentelemetry.min_flush_spans", 5)
-            .max(1)
+        self.queue.report(record);
     }
 
     /// Export what waits (everything on the timer, else once `min_flush_spans` wait), as a
     /// task of its own.
     pub fn flush(&self, timer: bool) {
-        if timer {
-            self.stats.timer_flushed.inc();
-        }
-        let min = self.min_flush_spans();
-        let spans = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.is_empty() || (!timer && (q.len() as u64) < min) {
-                return;
-            }
-            std::mem::take(&mut *q)
+        let Some(spans) = self.queue.take(timer) else {
+            return;
         };
-        self.stats.spans_sent.add(spans.len() as u64);
         let body = grpc_frame(&self.request(&spans));
         let export = Export {
             clusters: self.clusters.clone(),
@@ -457,7 +420,7 @@ mod tests {
             d.report(record());
         }
         assert_eq!(
-            d.stats.spans_dropped.value(),
+            d.queue.spans_dropped.value(),
             1,
             "max_cache_size bounds the queue"
         );

@@ -9,6 +9,7 @@
 //! reports_dropped, reports_failed}` as Envoy, and remora's `tracing.zipkin.spans_dropped`
 //! (the queue was full: a slow or dead collector).
 
+use super::queue::SpanQueue;
 use super::{Kind, Record, SpanContext, b3, w3c};
 use crate::http::conn_manager::LocalInfo;
 use crate::model::tracing::Zipkin;
@@ -17,7 +18,7 @@ use crate::upstream::cluster::ClusterManager;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::Full;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// At most this many finished spans wait for the collector.
@@ -25,13 +26,10 @@ pub const QUEUE_CAPACITY: usize = 1024;
 
 #[derive(Debug)]
 struct Stats {
-    spans_sent: Arc<Counter>,
-    timer_flushed: Arc<Counter>,
     reports_skipped_no_cluster: Arc<Counter>,
     reports_sent: Arc<Counter>,
     reports_dropped: Arc<Counter>,
     reports_failed: Arc<Counter>,
-    spans_dropped: Arc<Counter>,
 }
 
 /// One zipkin provider's driver (shared by the connection managers that name it).
@@ -42,10 +40,9 @@ pub struct Driver {
     /// The local endpoint of every span: the node's cluster and address.
     service_name: String,
     local_ip: Option<std::net::IpAddr>,
-    queue: Mutex<Vec<Record>>,
+    queue: SpanQueue,
     stats: Arc<Stats>,
     runtime: Arc<crate::runtime::RuntimeLoader>,
-    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Driver {
@@ -63,18 +60,20 @@ impl Driver {
             clusters: Arc::downgrade(clusters),
             service_name: local.service_cluster.clone(),
             local_ip: local.address,
-            queue: Mutex::new(Vec::new()),
+            queue: SpanQueue::new(
+                "tracing.zipkin",
+                QUEUE_CAPACITY,
+                store,
+                runtime.clone(),
+                wake,
+            ),
             stats: Arc::new(Stats {
-                spans_sent: c("spans_sent"),
-                timer_flushed: c("timer_flushed"),
                 reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
                 reports_sent: c("reports_sent"),
                 reports_dropped: c("reports_dropped"),
                 reports_failed: c("reports_failed"),
-                spans_dropped: c("spans_dropped"),
             }),
             runtime,
-            wake,
         }
     }
 
@@ -130,44 +129,15 @@ impl Driver {
     /// A finished span into the queue (dropped and counted when it is full); wakes the flush
     /// task once `min_flush_spans` wait.
     pub fn report(&self, record: Record) {
-        let min = self.min_flush_spans();
-        let pending = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= QUEUE_CAPACITY {
-                drop(q);
-                self.stats.spans_dropped.inc();
-                return;
-            }
-            q.push(record);
-            q.len()
-        };
-        if pending as u64 >= min {
-            self.wake.notify_one();
-        }
-    }
-
-    fn min_flush_spans(&self) -> u64 {
-        self.runtime
-            .snapshot()
-            .integer("tracing.zipkin.min_flush_spans", 5)
-            .max(1)
+        self.queue.report(record);
     }
 
     /// Send what waits: everything on the timer, else once `min_flush_spans` wait. Runs on the
     /// main runtime (the manager's task); the POST is a task of its own.
     pub fn flush(&self, timer: bool) {
-        if timer {
-            self.stats.timer_flushed.inc();
-        }
-        let min = self.min_flush_spans();
-        let spans = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.is_empty() || (!timer && (q.len() as u64) < min) {
-                return;
-            }
-            std::mem::take(&mut *q)
+        let Some(spans) = self.queue.take(timer) else {
+            return;
         };
-        self.stats.spans_sent.add(spans.len() as u64);
         let body = Bytes::from(self.serialize(&spans));
         let timeout = self
             .runtime
@@ -425,6 +395,6 @@ mod tests {
         for _ in 0..QUEUE_CAPACITY + 3 {
             d.report(record());
         }
-        assert_eq!(d.stats.spans_dropped.value(), 3);
+        assert_eq!(d.queue.spans_dropped.value(), 3);
     }
 }
