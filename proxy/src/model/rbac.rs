@@ -10,7 +10,7 @@ use super::cel;
 use super::core::{any_type, decode_any, opt_duration};
 use super::listener::Cidr;
 use super::matcher::{
-    FilterStateMatcher, HeaderMatcher, MetadataMatcher, PathMatcher, StringMatcher,
+    FilterStateMatcher, HeaderMatcher, MetadataMatcher, PathMatcher, StringMatcher, StringPattern,
 };
 use super::pb;
 use crate::config::error::Errors;
@@ -66,7 +66,7 @@ pub enum Principal {
     Or(Vec<Principal>),
     Not(Box<Principal>),
     /// `None`: any TLS peer.
-    Authenticated(Option<StringMatcher>),
+    Authenticated(Option<PrincipalName>),
     /// The connection's remote address.
     SourceIp(Cidr),
     /// The socket's peer, whatever a proxy protocol or `x-forwarded-for` said.
@@ -77,6 +77,40 @@ pub enum Principal {
     UrlPath(PathMatcher),
     Metadata(MetadataMatcher),
     FilterState(FilterStateMatcher),
+}
+
+/// `authenticated.principal_name`: the matcher, and a literal every name it matches contains
+/// (the `NS` of Istio's `.*/ns/NS/.*`), searched first: a peer's SANs and subject that do not
+/// contain it are refused without the matcher (most names, for most policies).
+#[derive(Debug, Clone)]
+pub struct PrincipalName {
+    pub matcher: StringMatcher,
+    required: Option<Box<str>>,
+}
+
+impl PrincipalName {
+    pub fn new(matcher: StringMatcher) -> Self {
+        let required = match &matcher.pattern {
+            StringPattern::Regex(r) => required_literal(&r.source).map(Into::into),
+            _ => None,
+        };
+        Self { matcher, required }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.required.as_deref().is_none_or(|l| name.contains(l)) && self.matcher.matches(name)
+    }
+}
+
+/// The literal of a regex `.*LIT.*`, `LIT.*` or `.*LIT` whose `LIT` has no metacharacter: a
+/// string the regex fully matches contains it.
+fn required_literal(regex: &str) -> Option<&str> {
+    let lit = regex.strip_prefix(".*").unwrap_or(regex);
+    let lit = lit.strip_suffix(".*").unwrap_or(lit);
+    let plain = lit.len() < regex.len()
+        && !lit.is_empty()
+        && !lit.contains(|c: char| "\\.+*?()|[]{}^$".contains(c));
+    plain.then_some(lit)
 }
 
 /// One named policy: a permission AND a principal (each list ORed) AND the condition.
@@ -527,6 +561,7 @@ fn principal(path: &FieldPath, p: &pb::rbac::Principal) -> Result<Principal> {
                             &path.field("authenticated").field("principal_name"),
                             m,
                         )
+                        .map(PrincipalName::new)
                     })
                     .transpose()?,
             )
@@ -810,6 +845,37 @@ mod tests {
         let path = FieldPath::new("f");
         let c: pb::http_rbac::Rbac = crate::config::decode_yaml(HTTP_RBAC_TYPE, yaml, &path);
         HttpRbac::from_proto(&path, &c)
+    }
+
+    #[test]
+    fn principal_names_are_prefiltered_by_their_literal() {
+        assert_eq!(required_literal(".*/ns/autolytiq/.*"), Some("/ns/autolytiq/"));
+        assert_eq!(required_literal("spiffe://td/.*"), Some("spiffe://td/"));
+        assert_eq!(required_literal(".*/sa/x"), Some("/sa/x"));
+        for no in ["a.*b", ".*", ".*a|b.*", ".*(x).*", "exact"] {
+            assert_eq!(required_literal(no), None, "{no}");
+        }
+        let r = http(
+            r#"
+rules:
+  policies:
+    p:
+      permissions: [{any: true}]
+      principals:
+      - authenticated: {principal_name: {safe_regex: {regex: ".*/ns/autolytiq/.*"}}}
+"#,
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        let Principal::Authenticated(Some(name)) = &rules.policies[0].principals[0] else {
+            panic!("authenticated")
+        };
+        assert!(name.matches("spiffe://cluster.local/ns/autolytiq/sa/x"));
+        assert!(!name.matches("spiffe://cluster.local/ns/other/sa/x"));
+        // The regex still decides: `.` does not match a newline.
+        assert!(!name.matches("x\n/ns/autolytiq/"));
     }
 
     #[test]

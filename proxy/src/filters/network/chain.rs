@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{ConnCx, NetFlow, NetworkFilter, NetworkFilterFactory};
 use crate::model::listener::NetworkFilter as Model;
-use crate::stream_info::{ConnectionInfo, DynamicMetadata};
+use crate::stream_info::{ConnectionInfo, DynamicMetadata, ResponseFlags};
 
 /// What factories are built with.
 pub struct BuildCx<'a> {
@@ -51,10 +51,12 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
     out
 }
 
-/// What a connection's filters share: its dynamic metadata and, once a filter closed it, why.
+/// What a connection's filters share: its dynamic metadata, the response flags they set and,
+/// once a filter closed it, why.
 #[derive(Debug, Default)]
 pub struct ConnState {
     pub metadata: DynamicMetadata,
+    pub response_flags: ResponseFlags,
     pub closed: Option<Cow<'static, str>>,
 }
 
@@ -90,9 +92,11 @@ impl NetChain {
         let state = SharedState::default();
         let filters: Vec<_> = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            let st = &mut *st;
             let cx = ConnCx {
                 connection: conn,
                 metadata: &mut st.metadata,
+                response_flags: &mut st.response_flags,
             };
             factories.iter().filter_map(|f| f.create(&cx)).collect()
         };
@@ -114,9 +118,11 @@ impl NetChain {
         mut hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Step {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
         let mut cx = ConnCx {
             connection: &self.conn,
             metadata: &mut st.metadata,
+            response_flags: &mut st.response_flags,
         };
         for (i, f) in self.filters.iter_mut().enumerate().skip(from) {
             match hook(&mut **f, &mut cx) {
