@@ -652,6 +652,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cel_reads_headers_by_their_resolved_names() {
+        let cfg = testing::http_rbac(
+            r#"
+rules:
+  policies:
+    p:
+      permissions: [{any: true}]
+      principals: [{any: true}]
+      condition:
+        call_expr:
+          function: _&&_
+          args:
+          - call_expr:
+              function: _==_
+              args:
+              - call_expr:
+                  function: _[_]
+                  args:
+                  - select_expr: {operand: {ident_expr: {name: request}}, field: headers}
+                  - const_expr: {string_value: X-User}
+              - const_expr: {string_value: alice}
+          - call_expr:
+              function: "@in"
+              args:
+              - const_expr: {string_value: x-trace}
+              - select_expr: {operand: {ident_expr: {name: request}}, field: headers}
+"#,
+        );
+        let engine = cfg.engine.as_ref().unwrap();
+        let conn = testing::connection(8080, None);
+        let (md, fs) = (DynamicMetadata::default(), FilterState::default());
+        let allowed = |headers: &[(&str, &str)], http: bool| {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let rh = RequestHeaders {
+                method: &http::Method::GET,
+                path_and_query: "/",
+                authority: "svc",
+                scheme: "http",
+                headers: &map,
+            };
+            let input = Input {
+                connection: &conn,
+                downstream_remote: conn.remote,
+                headers: http.then_some(&rh),
+                metadata: &md,
+                filter_state: &fs,
+                protocol: None,
+            };
+            evaluate(engine, &input, Mode::Enforced).allowed
+        };
+        assert!(allowed(&[("x-user", "alice"), ("x-trace", "1")], true));
+        assert!(!allowed(&[("x-user", "alice")], true));
+        assert!(!allowed(&[("x-user", "bob"), ("x-trace", "1")], true));
+        // Without request headers (the network filter) both are errors: no match.
+        assert!(!allowed(&[("x-user", "alice"), ("x-trace", "1")], false));
+    }
+
+    #[test]
     fn details_and_prefixes() {
         assert_eq!(
             response_detail(Some("ab df  xy")),
