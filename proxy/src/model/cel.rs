@@ -276,12 +276,20 @@ fn call(path: &FieldPath, c: &pb::cel::expr::Call) -> Result<Expr> {
 fn resolve_header(func: Func, all: Vec<Expr>) -> Expr {
     let key = |s: &str| HeaderKey::parse(&FieldPath::root(), s).ok();
     match (func, all.as_slice()) {
-        (Func::Index, [Expr::Attr(Attribute::RequestHeaders), Expr::Const(Const::String(s))]) => {
-            Expr::Header(key(s))
-        }
-        (Func::In, [Expr::Const(Const::String(s)), Expr::Attr(Attribute::RequestHeaders)]) => {
-            Expr::HasHeader(key(s))
-        }
+        (
+            Func::Index,
+            [
+                Expr::Attr(Attribute::RequestHeaders),
+                Expr::Const(Const::String(s)),
+            ],
+        ) => Expr::Header(key(s)),
+        (
+            Func::In,
+            [
+                Expr::Const(Const::String(s)),
+                Expr::Attr(Attribute::RequestHeaders),
+            ],
+        ) => Expr::HasHeader(key(s)),
         _ => Expr::Call(func, all),
     }
 }

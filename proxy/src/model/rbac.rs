@@ -849,7 +849,10 @@ mod tests {
 
     #[test]
     fn principal_names_are_prefiltered_by_their_literal() {
-        assert_eq!(required_literal(".*/ns/autolytiq/.*"), Some("/ns/autolytiq/"));
+        assert_eq!(
+            required_literal(".*/ns/autolytiq/.*"),
+            Some("/ns/autolytiq/")
+        );
         assert_eq!(required_literal("spiffe://td/.*"), Some("spiffe://td/"));
         assert_eq!(required_literal(".*/sa/x"), Some("/sa/x"));
         for no in ["a.*b", ".*", ".*a|b.*", ".*(x).*", "exact"] {

@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::net::{IpAddr, SocketAddr};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use crate::model::cel::{self, Attribute, Const, Func};
@@ -149,7 +149,9 @@ fn evaluate_matcher(m: &MatcherRules, cx: &Cx<'_>, mode: Mode) -> Decision {
 fn policy_matches(p: &Policy, cx: &Cx<'_>) -> bool {
     p.permissions.iter().any(|x| permission_matches(x, cx))
         && p.principals.iter().any(|x| principal_matches(x, cx))
-        && p.condition.as_ref().is_none_or(|c| eval(c, cx) == V::Bool(true))
+        && p.condition
+            .as_ref()
+            .is_none_or(|c| eval(c, cx) == V::Bool(true))
 }
 
 /// Envoy's `CidrRange::isInRange`: the address family must be the range's.

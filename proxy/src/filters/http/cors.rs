@@ -213,9 +213,8 @@ impl CorsFilter {
             );
         }
         // The first policy that sets `expose_headers` decides (its value built at config time).
-        let expose = self.first(|p| {
-            (!p.expose_headers.is_empty()).then_some(p.expose_headers_value.as_ref())
-        });
+        let expose = self
+            .first(|p| (!p.expose_headers.is_empty()).then_some(p.expose_headers_value.as_ref()));
         if let Some(v) = expose.flatten() {
             h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }

@@ -492,8 +492,11 @@ impl AbortInputs {
 
     /// The abort's local reply (and its stats).
     fn reply(&self, (status, grpc): AbortStatus) -> LocalReply {
-        self.shared
-            .record_downstream(&self.settings, &self.downstream, DownstreamStat::AbortsInjected);
+        self.shared.record_downstream(
+            &self.settings,
+            &self.downstream,
+            DownstreamStat::AbortsInjected,
+        );
         self.shared.stats.aborts_injected.inc();
         let body = self
             .settings
