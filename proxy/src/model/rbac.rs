@@ -419,6 +419,16 @@ fn policy(path: &FieldPath, name: &str, p: &pb::rbac::Policy) -> Result<Policy> 
     })
 }
 
+/// A set of one rule is that rule (an AND or an OR of one decides as it does): istiod wraps
+/// every rule in one-element `and_rules`/`or_rules`, which would otherwise be walked on every
+/// request.
+fn single_or<T>(set: Vec<T>, many: fn(Vec<T>) -> T) -> T {
+    match <[T; 1]>::try_from(set) {
+        Ok([one]) => one,
+        Err(set) => many(set),
+    }
+}
+
 /// Envoy's `CidrRange::create`: a prefix length past the family's width is clamped to it.
 fn cidr(path: &FieldPath, r: &pb::core::CidrRange) -> Result<Cidr> {
     let pb::core::CidrRange {
@@ -458,8 +468,8 @@ fn permission(path: &FieldPath, p: &pb::rbac::Permission) -> Result<Permission> 
         None => return Err(path.error("a permission needs one of its rules")),
         Some(R::Any(true)) => Permission::Any,
         Some(R::Any(false)) => return Err(path.field("any").error("must be true")),
-        Some(R::AndRules(s)) => Permission::And(set("and_rules", s)?),
-        Some(R::OrRules(s)) => Permission::Or(set("or_rules", s)?),
+        Some(R::AndRules(s)) => single_or(set("and_rules", s)?, Permission::And),
+        Some(R::OrRules(s)) => single_or(set("or_rules", s)?, Permission::Or),
         Some(R::NotRule(n)) => Permission::Not(Box::new(permission(&path.field("not_rule"), n)?)),
         Some(R::Header(h)) => {
             Permission::Header(HeaderMatcher::from_proto(&path.field("header"), h)?)
@@ -548,8 +558,8 @@ fn principal(path: &FieldPath, p: &pb::rbac::Principal) -> Result<Principal> {
         None => return Err(path.error("a principal needs one of its identifiers")),
         Some(I::Any(true)) => Principal::Any,
         Some(I::Any(false)) => return Err(path.field("any").error("must be true")),
-        Some(I::AndIds(s)) => Principal::And(set("and_ids", s)?),
-        Some(I::OrIds(s)) => Principal::Or(set("or_ids", s)?),
+        Some(I::AndIds(s)) => single_or(set("and_ids", s)?, Principal::And),
+        Some(I::OrIds(s)) => single_or(set("or_ids", s)?, Principal::Or),
         Some(I::NotId(n)) => Principal::Not(Box::new(principal(&path.field("not_id"), n)?)),
         Some(I::Authenticated(a)) => {
             let pb::rbac::principal::Authenticated { principal_name } = a;
@@ -845,6 +855,36 @@ mod tests {
         let path = FieldPath::new("f");
         let c: pb::http_rbac::Rbac = crate::config::decode_yaml(HTTP_RBAC_TYPE, yaml, &path);
         HttpRbac::from_proto(&path, &c)
+    }
+
+    #[test]
+    fn one_element_sets_are_their_element() {
+        let r = http(
+            r#"
+rules:
+  policies:
+    p:
+      permissions:
+      - and_rules: {rules: [{or_rules: {rules: [{destination_port: 8080}]}}]}
+      - and_rules: {rules: [{destination_port: 1}, {or_rules: {rules: [{any: true}, {destination_port: 2}]}}]}
+      principals:
+      - and_ids: {ids: [{or_ids: {ids: [{any: true}]}}]}
+"#,
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        let p = &rules.policies[0];
+        assert!(matches!(
+            p.permissions[0],
+            Permission::DestinationPort(8080)
+        ));
+        let Permission::And(and) = &p.permissions[1] else {
+            panic!("two rules stay an AND")
+        };
+        assert!(matches!(&and[1], Permission::Or(or) if or.len() == 2));
+        assert!(matches!(p.principals[0], Principal::Any));
     }
 
     #[test]
