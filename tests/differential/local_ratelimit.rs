@@ -142,7 +142,9 @@ async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
 }
 
 /// `envoy.filters.network.local_ratelimit` in front of tcp_proxy: one connection an hour; the
-/// second is closed before a byte goes on. What each connection read, and the filter's stat.
+/// second is closed before a byte goes on. What each connection read, the filter's stat, and
+/// tcp_proxy's access-log lines (the closed connection's flag is `URX`, as Envoy sets
+/// `UpstreamRetryLimitExceeded` on the connection's stream info).
 async fn network(envoy: &Path) -> CaseResult {
     let (echo, _task) = tcp_echo().await;
     let listener = r#"  - name: tcp
@@ -159,6 +161,12 @@ async fn network(envoy: &Path) -> CaseResult {
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: echo
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: RUN_DIR/tcp.log
+              log_format: {text_format_source: {inline_string: "%RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER%\n"}}
 "#;
     let pair = Pair::start(envoy, &bootstrap(listener, &cluster("echo", &[echo], ""))).await;
     let mut seen = Vec::new();
@@ -177,7 +185,8 @@ async fn network(envoy: &Path) -> CaseResult {
         let r = pair.get(side);
         r.wait_stat("local_rate_limit.tcp_rl.rate_limited", 1).await;
         let n = r.stat("local_rate_limit.tcp_rl.rate_limited").await;
-        text.push_str(&format!("rate_limited: {n}"));
+        text.push_str(&format!("rate_limited: {n}\n"));
+        text.push_str(&log_lines(&r.dir.path("tcp.log"), 2).await);
         seen.push(text);
     }
     CaseResult {
@@ -185,6 +194,27 @@ async fn network(envoy: &Path) -> CaseResult {
         id: "local_ratelimit/network".into(),
         diff: diff(&seen[0], &seen[1]).map(|d| format!("connections: {d}")),
     }
+}
+
+/// An access log's lines, sorted, once it has `want` of them (Envoy writes a closed
+/// connection's line when its filters are destroyed, and flushes the file every second).
+async fn log_lines(path: &Path, want: usize) -> String {
+    let read = || {
+        let mut lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    for _ in 0..100 {
+        if read().len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    read().iter().map(|l| format!("log: {l}\n")).collect()
 }
 
 /// The stats under `prefixes`, names and values, on both sides.

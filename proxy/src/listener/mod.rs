@@ -732,6 +732,7 @@ impl ActiveListener {
         let mut info = StreamInfo::new(conn);
         info.connection_termination_details = Some(detail);
         info.dynamic_metadata = st.metadata.clone();
+        info.set_flag(st.response_flags);
         info.last_downstream_tx = Some(Instant::now());
         let ctx = FormatContext {
             info: Some(&info),

@@ -8,6 +8,7 @@
 //! error semantics: an attribute that is absent is an error, `&&`/`||` absorb an error the
 //! other side decides, and a condition that does not evaluate to `true` does not match.
 
+use super::matcher::HeaderKey;
 use super::pb;
 use crate::config::{FieldPath, Result};
 
@@ -112,6 +113,12 @@ pub enum Expr {
     Call(Func, Vec<Expr>),
     /// `s.matches(<constant pattern>)`: RE2 semantics, a partial match.
     Matches(Box<Expr>, regex::Regex),
+    /// `request.headers[<constant name>]`, its name resolved here (`None`: not a valid header
+    /// name, an evaluation error).
+    Header(Option<HeaderKey>),
+    /// `<constant name> in request.headers`, its name resolved here (`None`: not a valid
+    /// header name, so never present).
+    HasHeader(Option<HeaderKey>),
 }
 
 /// Translate `Policy.condition`. `path` is the condition's field.
@@ -262,7 +269,29 @@ fn call(path: &FieldPath, c: &pb::cel::expr::Call) -> Result<Expr> {
             .field("function")
             .error("indexing is supported on request.headers only"));
     }
-    Ok(Expr::Call(func, all))
+    Ok(resolve_header(func, all))
+}
+
+/// A header read by a constant name: its name parsed once, here, not per evaluation.
+fn resolve_header(func: Func, all: Vec<Expr>) -> Expr {
+    let key = |s: &str| HeaderKey::parse(&FieldPath::root(), s).ok();
+    match (func, all.as_slice()) {
+        (
+            Func::Index,
+            [
+                Expr::Attr(Attribute::RequestHeaders),
+                Expr::Const(Const::String(s)),
+            ],
+        ) => Expr::Header(key(s)),
+        (
+            Func::In,
+            [
+                Expr::Const(Const::String(s)),
+                Expr::Attr(Attribute::RequestHeaders),
+            ],
+        ) => Expr::HasHeader(key(s)),
+        _ => Expr::Call(func, all),
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +343,30 @@ mod tests {
             ),
         );
         assert!(ok.is_ok());
+    }
+
+    fn string(s: &str) -> pb::cel::Expr {
+        pb::cel::Expr {
+            id: 0,
+            expr_kind: Some(K::ConstExpr(pb::cel::Constant {
+                constant_kind: Some(pb::cel::constant::ConstantKind::StringValue(s.into())),
+            })),
+        }
+    }
+
+    #[test]
+    fn constant_header_names_are_resolved_once() {
+        let p = FieldPath::new("condition");
+        let headers = || sel("request", "headers");
+        let e = from_proto(&p, &call("_[_]", vec![headers(), string("X-User")])).unwrap();
+        let want = HeaderKey::Named(http::HeaderName::from_static("x-user"));
+        assert!(matches!(e, Expr::Header(Some(k)) if k == want));
+        let e = from_proto(&p, &call("_[_]", vec![headers(), string(":method")])).unwrap();
+        assert!(matches!(e, Expr::Header(Some(HeaderKey::Method))));
+        let e = from_proto(&p, &call("@in", vec![string("bad name"), headers()])).unwrap();
+        assert!(matches!(e, Expr::HasHeader(None)));
+        // A name that is not a constant is read per evaluation.
+        let e = from_proto(&p, &call("_[_]", vec![headers(), sel("request", "host")])).unwrap();
+        assert!(matches!(e, Expr::Call(Func::Index, _)));
     }
 }

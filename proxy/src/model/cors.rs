@@ -32,6 +32,9 @@ pub struct CorsPolicy {
     pub allow_methods: String,
     pub allow_headers: String,
     pub expose_headers: String,
+    /// `expose_headers` as the response header's value, built once (`None`: empty, or not a
+    /// valid header value).
+    pub expose_headers_value: Option<http::HeaderValue>,
     pub max_age: String,
     pub allow_credentials: Option<bool>,
     /// `None`: enabled (Envoy's default when `filter_enabled` is unset).
@@ -164,11 +167,15 @@ impl Fields<'_> {
         let filter_enabled = errs.or_default(fraction("filter_enabled", &self.filter_enabled));
         let shadow_enabled = errs.or_default(fraction("shadow_enabled", &self.shadow_enabled));
         let opt = |b: &Option<pb::protobuf::BoolValue>| b.as_ref().map(|_| bool_or(b, false));
+        let expose_headers_value = http::HeaderValue::from_str(&self.expose_headers)
+            .ok()
+            .filter(|_| !self.expose_headers.is_empty());
         errs.finish_with(CorsPolicy {
             allow_origins,
             allow_methods: self.allow_methods,
             allow_headers: self.allow_headers,
             expose_headers: self.expose_headers,
+            expose_headers_value,
             max_age: self.max_age,
             allow_credentials: opt(&self.allow_credentials),
             filter_enabled,

@@ -10,7 +10,7 @@ use super::cel;
 use super::core::{any_type, decode_any, opt_duration};
 use super::listener::Cidr;
 use super::matcher::{
-    FilterStateMatcher, HeaderMatcher, MetadataMatcher, PathMatcher, StringMatcher,
+    FilterStateMatcher, HeaderMatcher, MetadataMatcher, PathMatcher, StringMatcher, StringPattern,
 };
 use super::pb;
 use crate::config::error::Errors;
@@ -66,7 +66,7 @@ pub enum Principal {
     Or(Vec<Principal>),
     Not(Box<Principal>),
     /// `None`: any TLS peer.
-    Authenticated(Option<StringMatcher>),
+    Authenticated(Option<PrincipalName>),
     /// The connection's remote address.
     SourceIp(Cidr),
     /// The socket's peer, whatever a proxy protocol or `x-forwarded-for` said.
@@ -77,6 +77,40 @@ pub enum Principal {
     UrlPath(PathMatcher),
     Metadata(MetadataMatcher),
     FilterState(FilterStateMatcher),
+}
+
+/// `authenticated.principal_name`: the matcher, and a literal every name it matches contains
+/// (the `NS` of Istio's `.*/ns/NS/.*`), searched first: a peer's SANs and subject that do not
+/// contain it are refused without the matcher (most names, for most policies).
+#[derive(Debug, Clone)]
+pub struct PrincipalName {
+    pub matcher: StringMatcher,
+    required: Option<Box<str>>,
+}
+
+impl PrincipalName {
+    pub fn new(matcher: StringMatcher) -> Self {
+        let required = match &matcher.pattern {
+            StringPattern::Regex(r) => required_literal(&r.source).map(Into::into),
+            _ => None,
+        };
+        Self { matcher, required }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.required.as_deref().is_none_or(|l| name.contains(l)) && self.matcher.matches(name)
+    }
+}
+
+/// The literal of a regex `.*LIT.*`, `LIT.*` or `.*LIT` whose `LIT` has no metacharacter: a
+/// string the regex fully matches contains it.
+fn required_literal(regex: &str) -> Option<&str> {
+    let lit = regex.strip_prefix(".*").unwrap_or(regex);
+    let lit = lit.strip_suffix(".*").unwrap_or(lit);
+    let plain = lit.len() < regex.len()
+        && !lit.is_empty()
+        && !lit.contains(|c: char| "\\.+*?()|[]{}^$".contains(c));
+    plain.then_some(lit)
 }
 
 /// One named policy: a permission AND a principal (each list ORed) AND the condition.
@@ -385,6 +419,16 @@ fn policy(path: &FieldPath, name: &str, p: &pb::rbac::Policy) -> Result<Policy> 
     })
 }
 
+/// A set of one rule is that rule (an AND or an OR of one decides as it does): istiod wraps
+/// every rule in one-element `and_rules`/`or_rules`, which would otherwise be walked on every
+/// request.
+fn single_or<T>(set: Vec<T>, many: fn(Vec<T>) -> T) -> T {
+    match <[T; 1]>::try_from(set) {
+        Ok([one]) => one,
+        Err(set) => many(set),
+    }
+}
+
 /// Envoy's `CidrRange::create`: a prefix length past the family's width is clamped to it.
 fn cidr(path: &FieldPath, r: &pb::core::CidrRange) -> Result<Cidr> {
     let pb::core::CidrRange {
@@ -424,8 +468,8 @@ fn permission(path: &FieldPath, p: &pb::rbac::Permission) -> Result<Permission> 
         None => return Err(path.error("a permission needs one of its rules")),
         Some(R::Any(true)) => Permission::Any,
         Some(R::Any(false)) => return Err(path.field("any").error("must be true")),
-        Some(R::AndRules(s)) => Permission::And(set("and_rules", s)?),
-        Some(R::OrRules(s)) => Permission::Or(set("or_rules", s)?),
+        Some(R::AndRules(s)) => single_or(set("and_rules", s)?, Permission::And),
+        Some(R::OrRules(s)) => single_or(set("or_rules", s)?, Permission::Or),
         Some(R::NotRule(n)) => Permission::Not(Box::new(permission(&path.field("not_rule"), n)?)),
         Some(R::Header(h)) => {
             Permission::Header(HeaderMatcher::from_proto(&path.field("header"), h)?)
@@ -514,8 +558,8 @@ fn principal(path: &FieldPath, p: &pb::rbac::Principal) -> Result<Principal> {
         None => return Err(path.error("a principal needs one of its identifiers")),
         Some(I::Any(true)) => Principal::Any,
         Some(I::Any(false)) => return Err(path.field("any").error("must be true")),
-        Some(I::AndIds(s)) => Principal::And(set("and_ids", s)?),
-        Some(I::OrIds(s)) => Principal::Or(set("or_ids", s)?),
+        Some(I::AndIds(s)) => single_or(set("and_ids", s)?, Principal::And),
+        Some(I::OrIds(s)) => single_or(set("or_ids", s)?, Principal::Or),
         Some(I::NotId(n)) => Principal::Not(Box::new(principal(&path.field("not_id"), n)?)),
         Some(I::Authenticated(a)) => {
             let pb::rbac::principal::Authenticated { principal_name } = a;
@@ -527,6 +571,7 @@ fn principal(path: &FieldPath, p: &pb::rbac::Principal) -> Result<Principal> {
                             &path.field("authenticated").field("principal_name"),
                             m,
                         )
+                        .map(PrincipalName::new)
                     })
                     .transpose()?,
             )
@@ -810,6 +855,70 @@ mod tests {
         let path = FieldPath::new("f");
         let c: pb::http_rbac::Rbac = crate::config::decode_yaml(HTTP_RBAC_TYPE, yaml, &path);
         HttpRbac::from_proto(&path, &c)
+    }
+
+    #[test]
+    fn one_element_sets_are_their_element() {
+        let r = http(
+            r#"
+rules:
+  policies:
+    p:
+      permissions:
+      - and_rules: {rules: [{or_rules: {rules: [{destination_port: 8080}]}}]}
+      - and_rules: {rules: [{destination_port: 1}, {or_rules: {rules: [{any: true}, {destination_port: 2}]}}]}
+      principals:
+      - and_ids: {ids: [{or_ids: {ids: [{any: true}]}}]}
+"#,
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        let p = &rules.policies[0];
+        assert!(matches!(
+            p.permissions[0],
+            Permission::DestinationPort(8080)
+        ));
+        let Permission::And(and) = &p.permissions[1] else {
+            panic!("two rules stay an AND")
+        };
+        assert!(matches!(&and[1], Permission::Or(or) if or.len() == 2));
+        assert!(matches!(p.principals[0], Principal::Any));
+    }
+
+    #[test]
+    fn principal_names_are_prefiltered_by_their_literal() {
+        assert_eq!(
+            required_literal(".*/ns/autolytiq/.*"),
+            Some("/ns/autolytiq/")
+        );
+        assert_eq!(required_literal("spiffe://td/.*"), Some("spiffe://td/"));
+        assert_eq!(required_literal(".*/sa/x"), Some("/sa/x"));
+        for no in ["a.*b", ".*", ".*a|b.*", ".*(x).*", "exact"] {
+            assert_eq!(required_literal(no), None, "{no}");
+        }
+        let r = http(
+            r#"
+rules:
+  policies:
+    p:
+      permissions: [{any: true}]
+      principals:
+      - authenticated: {principal_name: {safe_regex: {regex: ".*/ns/autolytiq/.*"}}}
+"#,
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        let Principal::Authenticated(Some(name)) = &rules.policies[0].principals[0] else {
+            panic!("authenticated")
+        };
+        assert!(name.matches("spiffe://cluster.local/ns/autolytiq/sa/x"));
+        assert!(!name.matches("spiffe://cluster.local/ns/other/sa/x"));
+        // The regex still decides: `.` does not match a newline.
+        assert!(!name.matches("x\n/ns/autolytiq/"));
     }
 
     #[test]

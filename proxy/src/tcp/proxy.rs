@@ -269,6 +269,7 @@ fn take_net_state(
     };
     let st = net.lock().unwrap_or_else(|e| e.into_inner());
     info.dynamic_metadata = st.metadata.clone();
+    info.set_flag(st.response_flags);
     if let Some(d) = &st.closed {
         info.connection_termination_details = Some(d.clone());
     }

@@ -6,6 +6,7 @@
 //! A bucket is shared by every worker (one per filter configuration, as in Envoy) and taken
 //! from without a lock. Time is tokio's, so paused-time tests drive it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -108,8 +109,12 @@ impl TokenBucket {
     }
 }
 
-/// A request descriptor: `(key, value)` entries in order.
+/// A configured descriptor: `(key, value)` entries in order.
 pub type Descriptor = Vec<(String, String)>;
+
+/// One entry of a request's descriptor: its key (from the configuration) and its value
+/// (borrowed from the configuration or the request where it can be).
+pub type Entry<'a> = (&'a str, Cow<'a, str>);
 
 /// The default bucket and the descriptors' buckets of one filter configuration.
 #[derive(Debug)]
@@ -166,20 +171,26 @@ impl LocalRateLimiter {
         !self.descriptors.is_empty()
     }
 
-    /// Envoy's `requestAllowed`: the matched descriptors' buckets are consumed slowest-filling
-    /// first (the first empty one limits the request), then the default bucket when no
-    /// descriptor matched or `always_consume_default_token_bucket`.
-    pub fn request_allowed(&self, request: &[Descriptor]) -> Decision {
-        let mut matched: Vec<&Arc<TokenBucket>> = Vec::new();
-        if !self.descriptors.is_empty() {
-            for r in request {
-                if let Some((_, b)) = self.descriptors.iter().find(|(e, _)| e == r) {
-                    matched.push(b);
-                }
-            }
-            matched.sort_by(|a, b| a.fill_rate().total_cmp(&b.fill_rate()));
-        }
-        for b in &matched {
+    /// The bucket of the configured descriptor a request's descriptor is (entry for entry).
+    pub fn bucket_of(&self, request: &[Entry<'_>]) -> Option<&Arc<TokenBucket>> {
+        self.descriptors
+            .iter()
+            .find(|(e, _)| {
+                e.len() == request.len()
+                    && e.iter()
+                        .zip(request)
+                        .all(|((k, v), (rk, rv))| k == rk && v == rv)
+            })
+            .map(|(_, b)| b)
+    }
+
+    /// Envoy's `requestAllowed`, given the buckets of the request's descriptors that are
+    /// configured (`bucket_of`): they are consumed slowest-filling first (the first empty one
+    /// limits the request), then the default bucket when none matched or
+    /// `always_consume_default_token_bucket`.
+    pub fn request_allowed(&self, matched: &mut [&Arc<TokenBucket>]) -> Decision {
+        matched.sort_by(|a, b| a.fill_rate().total_cmp(&b.fill_rate()));
+        for b in matched.iter() {
             if !b.consume() {
                 return Decision {
                     allowed: false,
@@ -257,8 +268,16 @@ mod tests {
         }
     }
 
-    fn req(k: &str, v: &str) -> Descriptor {
-        vec![(k.into(), v.into())]
+    fn req(k: &'static str, v: &'static str) -> Vec<Entry<'static>> {
+        vec![(k, Cow::Borrowed(v))]
+    }
+
+    impl LocalRateLimiter {
+        /// The decision on a request's descriptors.
+        fn decide(&self, request: &[Vec<Entry<'_>>]) -> Decision {
+            let mut matched: Vec<_> = request.iter().filter_map(|d| self.bucket_of(d)).collect();
+            self.request_allowed(&mut matched)
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -266,33 +285,33 @@ mod tests {
         let ds = [descriptor("k", "slow", bucket(1, 1, 10))];
         let l = LocalRateLimiter::new(Some(&bucket(3, 1, 1)), &ds, true);
         let slow = [req("k", "slow")];
-        let d = l.request_allowed(&slow);
+        let d = l.decide(&slow);
         assert!(d.allowed);
         // The matched descriptor's bucket is the one reported.
         assert_eq!(d.bucket.unwrap().max_tokens(), 1);
-        assert!(!l.request_allowed(&slow).allowed);
+        assert!(!l.decide(&slow).allowed);
         // The default bucket lost one token to the first request.
-        assert!(l.request_allowed(&[req("k", "other")]).allowed);
-        assert!(l.request_allowed(&[]).allowed);
-        assert!(!l.request_allowed(&[]).allowed);
+        assert!(l.decide(&[req("k", "other")]).allowed);
+        assert!(l.decide(&[]).allowed);
+        assert!(!l.decide(&[]).allowed);
 
         let l = LocalRateLimiter::new(Some(&bucket(1, 1, 1)), &ds, false);
-        assert!(l.request_allowed(&slow).allowed);
+        assert!(l.decide(&slow).allowed);
         // The default bucket was not touched.
-        assert!(l.request_allowed(&[]).allowed);
-        assert!(!l.request_allowed(&[]).allowed);
+        assert!(l.decide(&[]).allowed);
+        assert!(!l.decide(&[]).allowed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_a_default_bucket_only_descriptors_limit_and_zero_tokens_deny() {
         let ds = [descriptor("k", "v", bucket(1, 1, 10))];
         let l = LocalRateLimiter::new(None, &ds, true);
-        assert!(l.request_allowed(&[]).allowed);
-        assert!(l.request_allowed(&[req("k", "v")]).allowed);
-        assert!(!l.request_allowed(&[req("k", "v")]).allowed);
-        assert!(l.request_allowed(&[req("k", "w")]).allowed);
+        assert!(l.decide(&[]).allowed);
+        assert!(l.decide(&[req("k", "v")]).allowed);
+        assert!(!l.decide(&[req("k", "v")]).allowed);
+        assert!(l.decide(&[req("k", "w")]).allowed);
         let deny = LocalRateLimiter::new(Some(&bucket(0, 1, 1)), &[], true);
-        let d = deny.request_allowed(&[]);
+        let d = deny.decide(&[]);
         assert!(!d.allowed && d.bucket.is_none());
     }
 
@@ -304,12 +323,12 @@ mod tests {
         ];
         let l = LocalRateLimiter::new(None, &ds, true);
         let both = [req("a", "1"), req("b", "1")];
-        assert!(l.request_allowed(&both).allowed);
-        let d = l.request_allowed(&both);
+        assert!(l.decide(&both).allowed);
+        let d = l.decide(&both);
         assert!(!d.allowed);
         assert_eq!(d.bucket.unwrap().max_tokens(), 1);
         // The fast bucket lost only the first request's token.
-        assert!((0..4).all(|_| l.request_allowed(&[req("a", "1")]).allowed));
-        assert!(!l.request_allowed(&[req("a", "1")]).allowed);
+        assert!((0..4).all(|_| l.decide(&[req("a", "1")]).allowed));
+        assert!(!l.decide(&[req("a", "1")]).allowed);
     }
 }

@@ -8,15 +8,17 @@
 //! its principals match (permissions first, then principals, then the CEL condition).
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::model::cel::{self, Attribute, Const, Func};
 use crate::model::listener::Cidr;
-use crate::model::matcher::{HeaderKey, RequestHeaders};
+use crate::model::matcher::{HeaderKey, PathMatcher, RequestHeaders};
 use crate::model::rbac::{
     Action, Engine, Input as MatchInput, MatchAction, MatcherRules, Permission, Policy, Predicate,
-    Principal, Rules,
+    Principal, PrincipalName, Rules,
 };
 use crate::stream_info::{ConnectionInfo, DynamicMetadata, FilterState, Protocol};
 use crate::telemetry::stats::{Counter, Store};
@@ -64,14 +66,51 @@ pub enum Mode {
 
 /// Evaluate an engine.
 pub fn evaluate(engine: &Engine, input: &Input<'_>, mode: Mode) -> Decision {
+    let cx = Cx::new(input);
     match engine {
-        Engine::Rules(r) => evaluate_rules(r, input, mode),
-        Engine::Matcher(m) => evaluate_matcher(m, input, mode),
+        Engine::Rules(r) => evaluate_rules(r, &cx, mode),
+        Engine::Matcher(m) => evaluate_matcher(m, &cx, mode),
     }
 }
 
-fn evaluate_rules(rules: &Rules, input: &Input<'_>, mode: Mode) -> Decision {
-    let matched = rules.policies.iter().find(|p| policy_matches(p, input));
+/// One evaluation's view of its input: what several rules read is computed once, on first use
+/// (the path without its query), so that a policy of many rules costs its comparisons only.
+struct Cx<'a> {
+    input: &'a Input<'a>,
+    /// `:path` without query and fragment (Envoy's `PathUtil::removeQueryAndFragment`).
+    url_path: OnceCell<Option<&'a str>>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        Self {
+            input,
+            url_path: OnceCell::new(),
+        }
+    }
+
+    fn header(&self, key: &HeaderKey) -> Option<Cow<'a, str>> {
+        self.input.headers.and_then(|h| h.get(key))
+    }
+
+    fn path(&self) -> Option<&'a str> {
+        self.input.headers.map(|h| h.path_and_query)
+    }
+
+    fn url_path(&self) -> Option<&'a str> {
+        *self.url_path.get_or_init(|| {
+            self.path()
+                .map(|p| &p[..p.find(['?', '#']).unwrap_or(p.len())])
+        })
+    }
+
+    fn url_path_matches(&self, m: &PathMatcher) -> bool {
+        self.url_path().is_some_and(|p| m.0.matches(p))
+    }
+}
+
+fn evaluate_rules(rules: &Rules, cx: &Cx<'_>, mode: Mode) -> Decision {
+    let matched = rules.policies.iter().find(|p| policy_matches(p, cx));
     let policy = matched.map(|p| p.name.clone());
     let (allowed, log_hint) = match rules.action {
         Action::Allow => (matched.is_some(), None),
@@ -85,11 +124,11 @@ fn evaluate_rules(rules: &Rules, input: &Input<'_>, mode: Mode) -> Decision {
     }
 }
 
-fn evaluate_matcher(m: &MatcherRules, input: &Input<'_>, mode: Mode) -> Decision {
+fn evaluate_matcher(m: &MatcherRules, cx: &Cx<'_>, mode: Mode) -> Decision {
     let action: Option<&MatchAction> = m
         .matchers
         .iter()
-        .find(|(p, _)| predicate_matches(p, input))
+        .find(|(p, _)| predicate_matches(p, cx))
         .map(|(_, a)| a)
         .or(m.on_no_match.as_ref());
     match action {
@@ -107,12 +146,12 @@ fn evaluate_matcher(m: &MatcherRules, input: &Input<'_>, mode: Mode) -> Decision
     }
 }
 
-pub fn policy_matches(p: &Policy, input: &Input<'_>) -> bool {
-    p.permissions.iter().any(|x| permission_matches(x, input))
-        && p.principals.iter().any(|x| principal_matches(x, input))
+fn policy_matches(p: &Policy, cx: &Cx<'_>) -> bool {
+    p.permissions.iter().any(|x| permission_matches(x, cx))
+        && p.principals.iter().any(|x| principal_matches(x, cx))
         && p.condition
             .as_ref()
-            .is_none_or(|c| condition_matches(c, input))
+            .is_none_or(|c| eval(c, cx) == V::Bool(true))
 }
 
 /// Envoy's `CidrRange::isInRange`: the address family must be the range's.
@@ -120,22 +159,15 @@ fn in_range(c: &Cidr, ip: IpAddr) -> bool {
     c.addr.is_ipv4() == ip.is_ipv4() && c.contains(ip)
 }
 
-fn header_value<'a>(input: &'a Input<'_>, key: &HeaderKey) -> Option<Cow<'a, str>> {
-    input.headers.and_then(|h| h.get(key))
-}
-
-fn path<'a>(input: &'a Input<'_>) -> Option<&'a str> {
-    input.headers.map(|h| h.path_and_query)
-}
-
-fn permission_matches(p: &Permission, input: &Input<'_>) -> bool {
+fn permission_matches(p: &Permission, cx: &Cx<'_>) -> bool {
+    let input = cx.input;
     match p {
         Permission::Any => true,
-        Permission::And(all) => all.iter().all(|x| permission_matches(x, input)),
-        Permission::Or(any) => any.iter().any(|x| permission_matches(x, input)),
-        Permission::Not(x) => !permission_matches(x, input),
-        Permission::Header(h) => h.matches_value(header_value(input, &h.key)),
-        Permission::UrlPath(m) => path(input).is_some_and(|p| m.matches(p)),
+        Permission::And(all) => all.iter().all(|x| permission_matches(x, cx)),
+        Permission::Or(any) => any.iter().any(|x| permission_matches(x, cx)),
+        Permission::Not(x) => !permission_matches(x, cx),
+        Permission::Header(h) => h.matches_value(cx.header(&h.key)),
+        Permission::UrlPath(m) => cx.url_path_matches(m),
         Permission::DestinationIp(c) => in_range(c, input.connection.local.ip()),
         Permission::DestinationPort(port) => input.connection.local.port() == *port,
         Permission::DestinationPortRange(start, end) => {
@@ -153,19 +185,20 @@ fn permission_matches(p: &Permission, input: &Input<'_>) -> bool {
     }
 }
 
-fn principal_matches(p: &Principal, input: &Input<'_>) -> bool {
+fn principal_matches(p: &Principal, cx: &Cx<'_>) -> bool {
+    let input = cx.input;
     match p {
         Principal::Any => true,
-        Principal::And(all) => all.iter().all(|x| principal_matches(x, input)),
-        Principal::Or(any) => any.iter().any(|x| principal_matches(x, input)),
-        Principal::Not(x) => !principal_matches(x, input),
+        Principal::And(all) => all.iter().all(|x| principal_matches(x, cx)),
+        Principal::Or(any) => any.iter().any(|x| principal_matches(x, cx)),
+        Principal::Not(x) => !principal_matches(x, cx),
         Principal::Authenticated(m) => authenticated(m.as_ref(), input.connection),
         Principal::SourceIp(c) | Principal::DirectRemoteIp(c) => {
             in_range(c, input.connection.remote.ip())
         }
         Principal::RemoteIp(c) => in_range(c, input.downstream_remote.ip()),
-        Principal::Header(h) => h.matches_value(header_value(input, &h.key)),
-        Principal::UrlPath(m) => path(input).is_some_and(|p| m.matches(p)),
+        Principal::Header(h) => h.matches_value(cx.header(&h.key)),
+        Principal::UrlPath(m) => cx.url_path_matches(m),
         Principal::Metadata(m) => m.matches(input.metadata.namespace(&m.filter)),
         Principal::FilterState(f) => f.matches(input.filter_state.get(&f.key).map(|v| &**v)),
     }
@@ -173,7 +206,7 @@ fn principal_matches(p: &Principal, input: &Input<'_>) -> bool {
 
 /// Envoy's `AuthenticatedMatcher`: a TLS connection; with a name, any of the peer's URI SANs,
 /// then any of its DNS SANs, then its subject.
-fn authenticated(m: Option<&crate::model::matcher::StringMatcher>, conn: &ConnectionInfo) -> bool {
+fn authenticated(m: Option<&PrincipalName>, conn: &ConnectionInfo) -> bool {
     let Some(tls) = &conn.tls else {
         return false;
     };
@@ -190,43 +223,103 @@ fn authenticated(m: Option<&crate::model::matcher::StringMatcher>, conn: &Connec
     }
 }
 
-fn input_value<'a>(i: &MatchInput, input: &'a Input<'_>) -> Option<Cow<'a, str>> {
-    let conn = input.connection;
+/// A matcher input's value: borrowed from the request, formatted on the stack (an address or
+/// a port), or joined (several values of a header or SAN).
+enum Text<'a> {
+    Borrowed(Cow<'a, str>),
+    Small(SmallText),
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Borrowed(s) => s,
+            Text::Small(s) => s.as_str(),
+        }
+    }
+}
+
+/// An address or a port formatted without allocating (an IPv6 address takes at most 45
+/// bytes).
+struct SmallText {
+    len: usize,
+    buf: [u8; 48],
+}
+
+impl SmallText {
+    fn of(v: impl std::fmt::Display) -> Text<'static> {
+        use std::fmt::Write;
+        let mut s = SmallText {
+            len: 0,
+            buf: [0; 48],
+        };
+        match write!(s, "{v}") {
+            Ok(()) => Text::Small(s),
+            Err(_) => Text::Borrowed(Cow::Owned(v.to_string())),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for SmallText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Values joined with `,`, borrowed when there is one.
+fn joined<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<Text<'a>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return (!first.is_empty()).then_some(Text::Borrowed(Cow::Borrowed(first)));
+    };
+    let mut s = format!("{first},{second}");
+    for v in values {
+        s.push(',');
+        s.push_str(v);
+    }
+    Some(Text::Borrowed(Cow::Owned(s)))
+}
+
+fn input_value<'a>(i: &MatchInput, cx: &Cx<'a>) -> Option<Text<'a>> {
+    let conn = cx.input.connection;
     let peer = conn.tls.as_ref().and_then(|t| t.peer.as_ref());
     match i {
-        MatchInput::RequestHeader(k) => header_value(input, k),
-        MatchInput::DestinationIp => Some(Cow::Owned(conn.local.ip().to_string())),
-        MatchInput::DestinationPort => Some(Cow::Owned(conn.local.port().to_string())),
-        MatchInput::SourceIp => Some(Cow::Owned(conn.remote.ip().to_string())),
-        MatchInput::SourcePort => Some(Cow::Owned(conn.remote.port().to_string())),
-        MatchInput::DirectSourceIp => Some(Cow::Owned(conn.remote.ip().to_string())),
+        MatchInput::RequestHeader(k) => cx.header(k).map(Text::Borrowed),
+        MatchInput::DestinationIp => Some(SmallText::of(conn.local.ip())),
+        MatchInput::DestinationPort => Some(SmallText::of(conn.local.port())),
+        MatchInput::SourceIp | MatchInput::DirectSourceIp => Some(SmallText::of(conn.remote.ip())),
+        MatchInput::SourcePort => Some(SmallText::of(conn.remote.port())),
         MatchInput::ServerName => conn
             .requested_server_name
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(Cow::Borrowed),
-        MatchInput::UriSan => peer
-            .map(|p| p.details.uri_sans().collect::<Vec<_>>().join(","))
-            .filter(|s| !s.is_empty())
-            .map(Cow::Owned),
-        MatchInput::DnsSan => peer
-            .map(|p| p.details.dns_sans().collect::<Vec<_>>().join(","))
-            .filter(|s| !s.is_empty())
-            .map(Cow::Owned),
+            .map(|s| Text::Borrowed(Cow::Borrowed(s))),
+        MatchInput::UriSan => peer.and_then(|p| joined(p.details.uri_sans())),
+        MatchInput::DnsSan => peer.and_then(|p| joined(p.details.dns_sans())),
         MatchInput::Subject => peer
             .map(|p| p.details.subject.as_str())
             .filter(|s| !s.is_empty())
-            .map(Cow::Borrowed),
+            .map(|s| Text::Borrowed(Cow::Borrowed(s))),
     }
 }
 
-fn predicate_matches(p: &Predicate, input: &Input<'_>) -> bool {
+fn predicate_matches(p: &Predicate, cx: &Cx<'_>) -> bool {
     match p {
         // An input with no value matches no value matcher.
-        Predicate::Single(i, m) => input_value(i, input).is_some_and(|v| m.matches(&v)),
-        Predicate::Or(ps) => ps.iter().any(|p| predicate_matches(p, input)),
-        Predicate::And(ps) => ps.iter().all(|p| predicate_matches(p, input)),
-        Predicate::Not(p) => !predicate_matches(p, input),
+        Predicate::Single(i, m) => input_value(i, cx).is_some_and(|v| m.matches(&v)),
+        Predicate::Or(ps) => ps.iter().any(|p| predicate_matches(p, cx)),
+        Predicate::And(ps) => ps.iter().all(|p| predicate_matches(p, cx)),
+        Predicate::Not(p) => !predicate_matches(p, cx),
     }
 }
 
@@ -248,12 +341,7 @@ enum V<'a> {
     Err,
 }
 
-/// A condition matches when it evaluates to `true` (an error or any other value does not).
-pub fn condition_matches(e: &cel::Expr, input: &Input<'_>) -> bool {
-    eval(e, input) == V::Bool(true)
-}
-
-fn eval<'a>(e: &'a cel::Expr, input: &'a Input<'_>) -> V<'a> {
+fn eval<'a, 'c: 'a>(e: &'a cel::Expr, cx: &Cx<'c>) -> V<'a> {
     match e {
         cel::Expr::Const(c) => match c {
             Const::Null => V::Null,
@@ -264,18 +352,27 @@ fn eval<'a>(e: &'a cel::Expr, input: &'a Input<'_>) -> V<'a> {
             Const::String(s) => V::Str(Cow::Borrowed(s)),
             Const::Bytes(b) => V::Bytes(Cow::Borrowed(b)),
         },
-        cel::Expr::Attr(a) => attribute(*a, input),
-        cel::Expr::List(items) => V::List(items.iter().map(|i| eval(i, input)).collect()),
-        cel::Expr::Matches(s, re) => match eval(s, input) {
+        cel::Expr::Attr(a) => attribute(*a, cx),
+        cel::Expr::List(items) => V::List(items.iter().map(|i| eval(i, cx)).collect()),
+        cel::Expr::Matches(s, re) => match eval(s, cx) {
             V::Str(s) => V::Bool(re.is_match(&s)),
             _ => V::Err,
         },
-        cel::Expr::Call(f, args) => call(*f, args, input),
+        cel::Expr::Call(f, args) => call(*f, args, cx),
+        // An invalid name is an error, as an absent header.
+        cel::Expr::Header(key) => key
+            .as_ref()
+            .and_then(|k| cx.header(k))
+            .map_or(V::Err, V::Str),
+        cel::Expr::HasHeader(key) => match cx.input.headers {
+            None => V::Err,
+            Some(_) => V::Bool(key.as_ref().is_some_and(|k| cx.header(k).is_some())),
+        },
     }
 }
 
-fn call<'a>(f: Func, args: &'a [cel::Expr], input: &'a Input<'_>) -> V<'a> {
-    let arg = |i: usize| eval(&args[i], input);
+fn call<'a, 'c: 'a>(f: Func, args: &'a [cel::Expr], cx: &Cx<'c>) -> V<'a> {
+    let arg = |i: usize| eval(&args[i], cx);
     match f {
         // Commutative logic: a side that decides absorbs the other's error.
         Func::And => match (arg(0), arg(1)) {
@@ -318,7 +415,7 @@ fn call<'a>(f: Func, args: &'a [cel::Expr], input: &'a Input<'_>) -> V<'a> {
         }
         Func::Index => match arg(1) {
             V::Str(k) => match HeaderKey::parse(&crate::config::FieldPath::root(), &k) {
-                Ok(key) => header_value(input, &key).map_or(V::Err, V::Str),
+                Ok(key) => cx.header(&key).map_or(V::Err, V::Str),
                 Err(_) => V::Err,
             },
             _ => V::Err,
@@ -328,7 +425,7 @@ fn call<'a>(f: Func, args: &'a [cel::Expr], input: &'a Input<'_>) -> V<'a> {
             (x, V::List(items)) => V::Bool(items.iter().any(|i| equal(&x, i) == Some(true))),
             (V::Str(k), V::Headers) => V::Bool(
                 HeaderKey::parse(&crate::config::FieldPath::root(), &k)
-                    .is_ok_and(|key| header_value(input, &key).is_some()),
+                    .is_ok_and(|key| cx.header(&key).is_some()),
             ),
             _ => V::Err,
         },
@@ -388,18 +485,19 @@ fn compare(a: &V<'_>, b: &V<'_>) -> Option<std::cmp::Ordering> {
     }
 }
 
-fn attribute<'a>(a: Attribute, input: &'a Input<'_>) -> V<'a> {
+fn attribute<'c>(a: Attribute, cx: &Cx<'c>) -> V<'c> {
+    let input = cx.input;
     let conn = input.connection;
     let tls = conn.tls.as_deref();
     let peer = tls.and_then(|t| t.peer.as_ref());
-    let header = |k: HeaderKey| header_value(input, &k).map_or(V::Err, V::Str);
+    let header = |k: HeaderKey| cx.header(&k).map_or(V::Err, V::Str);
     let named = |n: &'static str| header(HeaderKey::Named(http::HeaderName::from_static(n)));
     match a {
-        Attribute::RequestPath => path(input).map_or(V::Err, |p| V::Str(Cow::Borrowed(p))),
-        Attribute::RequestUrlPath => path(input).map_or(V::Err, |p| {
+        Attribute::RequestPath => cx.path().map_or(V::Err, |p| V::Str(Cow::Borrowed(p))),
+        Attribute::RequestUrlPath => cx.path().map_or(V::Err, |p| {
             V::Str(Cow::Borrowed(&p[..p.find('?').unwrap_or(p.len())]))
         }),
-        Attribute::RequestQuery => path(input).map_or(V::Err, |p| {
+        Attribute::RequestQuery => cx.path().map_or(V::Err, |p| {
             V::Str(Cow::Borrowed(p.find('?').map_or("", |i| &p[i + 1..])))
         }),
         Attribute::RequestHost => header(HeaderKey::Authority),
@@ -457,7 +555,8 @@ pub fn stat_prefix_join(prefix: &str, token: &str) -> String {
 
 /// An RBAC filter's counters: `<prefix>rbac.[<rules prefix>.]allowed|denied` and
 /// `<prefix>rbac.[<shadow rules prefix>.]shadow_allowed|shadow_denied`, and with per-rule stats
-/// `…policy.<name>.<stat>` (created when first counted, as Envoy's).
+/// `…policy.<name>.<stat>` (created when first counted, as Envoy's, and kept by policy name so
+/// that a request only increments).
 #[derive(Debug)]
 pub struct RbacStats {
     pub allowed: Arc<Counter>,
@@ -467,7 +566,14 @@ pub struct RbacStats {
     store: Arc<Store>,
     policy_prefix: String,
     shadow_policy_prefix: String,
+    /// Per-rule counters by policy name: allowed, denied, shadow_allowed, shadow_denied.
+    per_rule: Mutex<HashMap<Arc<str>, PerRule>>,
 }
+
+type PerRule = [Option<Arc<Counter>>; 4];
+
+/// Policy names whose per-rule counters are kept (a policy past it is looked up by name).
+const PER_RULE_CACHE: usize = 1024;
 
 impl RbacStats {
     /// `prefix`: `http.<hcm stat_prefix>.` for the HTTP filter, the network filter's
@@ -484,36 +590,52 @@ impl RbacStats {
             store: store.clone(),
             policy_prefix: stat_prefix_join(&enforced, "policy."),
             shadow_policy_prefix: stat_prefix_join(&shadow, "policy."),
+            per_rule: Mutex::new(HashMap::new()),
         }
     }
 
     /// Count one decision (and, with per-rule stats, its effective policy's counter).
     pub fn count(&self, mode: Mode, d: &Decision, per_rule: bool) {
-        let (counter, prefix, stat) = match (mode, d.allowed) {
-            (Mode::Enforced, true) => (&self.allowed, &self.policy_prefix, "allowed"),
-            (Mode::Enforced, false) => (&self.denied, &self.policy_prefix, "denied"),
-            (Mode::Shadow, true) => (
-                &self.shadow_allowed,
-                &self.shadow_policy_prefix,
-                "shadow_allowed",
-            ),
-            (Mode::Shadow, false) => (
-                &self.shadow_denied,
-                &self.shadow_policy_prefix,
-                "shadow_denied",
-            ),
+        let (counter, slot) = match (mode, d.allowed) {
+            (Mode::Enforced, true) => (&self.allowed, 0),
+            (Mode::Enforced, false) => (&self.denied, 1),
+            (Mode::Shadow, true) => (&self.shadow_allowed, 2),
+            (Mode::Shadow, false) => (&self.shadow_denied, 3),
         };
         counter.inc();
-        if per_rule && let Some(p) = d.policy.as_deref().filter(|p| !p.is_empty()) {
-            self.store.counter(&format!("{prefix}{p}.{stat}")).inc();
+        if per_rule && let Some(p) = d.policy.as_ref().filter(|p| !p.is_empty()) {
+            self.count_rule(p, slot);
+        }
+    }
+
+    /// Count a policy's decision: its counter from the cache, else created (and cached) by
+    /// its name.
+    fn count_rule(&self, policy: &Arc<str>, slot: usize) {
+        let mut cache = self.per_rule.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(&**policy).and_then(|r| r[slot].as_ref()) {
+            c.inc();
+            return;
+        }
+        let (prefix, stat) = match slot {
+            0 => (&self.policy_prefix, "allowed"),
+            1 => (&self.policy_prefix, "denied"),
+            2 => (&self.shadow_policy_prefix, "shadow_allowed"),
+            _ => (&self.shadow_policy_prefix, "shadow_denied"),
+        };
+        let c = self.store.counter(&format!("{prefix}{policy}.{stat}"));
+        c.inc();
+        if cache.len() < PER_RULE_CACHE || cache.contains_key(&**policy) {
+            cache.entry(policy.clone()).or_default()[slot] = Some(c);
         }
     }
 }
 
 /// `rbac_access_denied_matched_policy[<policy or none>]`, whitespace replaced by `_` (Envoy's
 /// `responseDetail`).
-pub fn response_detail(policy: Option<&str>) -> String {
-    let p = policy.filter(|p| !p.is_empty()).unwrap_or("none");
+pub fn response_detail(policy: Option<&str>) -> Cow<'static, str> {
+    let Some(p) = policy.filter(|p| !p.is_empty()) else {
+        return Cow::Borrowed("rbac_access_denied_matched_policy[none]");
+    };
     let sanitized: String = p
         .chars()
         .map(|c| {
@@ -524,12 +646,76 @@ pub fn response_detail(policy: Option<&str>) -> String {
             }
         })
         .collect();
-    format!("rbac_access_denied_matched_policy[{sanitized}]")
+    Cow::Owned(format!("rbac_access_denied_matched_policy[{sanitized}]"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cel_reads_headers_by_their_resolved_names() {
+        let cfg = testing::http_rbac(
+            r#"
+rules:
+  policies:
+    p:
+      permissions: [{any: true}]
+      principals: [{any: true}]
+      condition:
+        call_expr:
+          function: _&&_
+          args:
+          - call_expr:
+              function: _==_
+              args:
+              - call_expr:
+                  function: _[_]
+                  args:
+                  - select_expr: {operand: {ident_expr: {name: request}}, field: headers}
+                  - const_expr: {string_value: X-User}
+              - const_expr: {string_value: alice}
+          - call_expr:
+              function: "@in"
+              args:
+              - const_expr: {string_value: x-trace}
+              - select_expr: {operand: {ident_expr: {name: request}}, field: headers}
+"#,
+        );
+        let engine = cfg.engine.as_ref().unwrap();
+        let conn = testing::connection(8080, None);
+        let (md, fs) = (DynamicMetadata::default(), FilterState::default());
+        let allowed = |headers: &[(&str, &str)], http: bool| {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let rh = RequestHeaders {
+                method: &http::Method::GET,
+                path_and_query: "/",
+                authority: "svc",
+                scheme: "http",
+                headers: &map,
+            };
+            let input = Input {
+                connection: &conn,
+                downstream_remote: conn.remote,
+                headers: http.then_some(&rh),
+                metadata: &md,
+                filter_state: &fs,
+                protocol: None,
+            };
+            evaluate(engine, &input, Mode::Enforced).allowed
+        };
+        assert!(allowed(&[("x-user", "alice"), ("x-trace", "1")], true));
+        assert!(!allowed(&[("x-user", "alice")], true));
+        assert!(!allowed(&[("x-user", "bob"), ("x-trace", "1")], true));
+        // Without request headers (the network filter) both are errors: no match.
+        assert!(!allowed(&[("x-user", "alice"), ("x-trace", "1")], false));
+    }
 
     #[test]
     fn details_and_prefixes() {

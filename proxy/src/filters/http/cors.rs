@@ -212,11 +212,11 @@ impl CorsFilter {
                 HeaderValue::from_static("true"),
             );
         }
-        let expose = self.text(|p| &p.expose_headers);
-        if let Ok(v) = HeaderValue::from_str(expose)
-            && !expose.is_empty()
-        {
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        // The first policy that sets `expose_headers` decides (its value built at config time).
+        let expose = self
+            .first(|p| (!p.expose_headers.is_empty()).then_some(p.expose_headers_value.as_ref()));
+        if let Some(v) = expose.flatten() {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
     }
 }

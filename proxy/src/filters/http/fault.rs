@@ -27,8 +27,9 @@ use crate::telemetry::stats::{Counter, Gauge, Store};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ABORT_REQUEST: &str = "x-envoy-fault-abort-request";
@@ -46,7 +47,8 @@ pub const ABORT_DETAILS: &str = "fault_filter_abort";
 
 /// The filter of one chain: its settings, stats and the runtime it reads.
 pub struct FaultFactory {
-    name: String,
+    /// Shared with every stream (its dynamic metadata namespace).
+    name: Arc<str>,
     settings: Arc<FaultSettings>,
     shared: Arc<Shared>,
 }
@@ -66,7 +68,17 @@ struct Shared {
     /// `http.<stat_prefix>.fault.`
     prefix: String,
     stats: FaultStats,
+    /// `<downstream cluster>.delays_injected|aborts_injected`, created when first counted and
+    /// kept (at most `DOWNSTREAM_STATS` clusters: the header's value is the client's) so that
+    /// a request only increments.
+    downstream: Mutex<HashMap<Box<str>, DownstreamStats>>,
 }
+
+/// A downstream cluster's counters: delays, aborts.
+type DownstreamStats = [Option<Arc<Counter>>; 2];
+
+/// Downstream clusters whose counters are kept (past it, a counter is looked up by name).
+const DOWNSTREAM_STATS: usize = 256;
 
 struct FaultStats {
     aborts_injected: Arc<Counter>,
@@ -96,13 +108,14 @@ impl FaultFactory {
         };
         stats.active_faults.add(0);
         Self {
-            name,
+            name: name.into(),
             settings: settings.clone(),
             shared: Arc::new(Shared {
                 runtime: runtime.clone(),
                 store: store.clone(),
                 prefix,
                 stats,
+                downstream: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -142,7 +155,7 @@ impl HttpFilterFactory for FaultFactory {
 
 /// One stream's fault filter.
 struct Fault {
-    name: String,
+    name: Arc<str>,
     settings: Arc<FaultSettings>,
     shared: Arc<Shared>,
     /// This stream's charge to `active_faults` (one however many faults it gets).
@@ -216,7 +229,7 @@ impl HttpFilter for Fault {
         {
             self.record(
                 &downstream,
-                "delays_injected",
+                DownstreamStat::DelaysInjected,
                 &self.shared.stats.delays_injected,
             );
             cx.info.response_flags |= ResponseFlags::DELAY_INJECTED;
@@ -366,7 +379,7 @@ impl Fault {
         true
     }
 
-    fn record(&self, ds: &Downstream, stat: &str, general: &Counter) {
+    fn record(&self, ds: &Downstream, stat: DownstreamStat, general: &Counter) {
         self.shared.record_downstream(&self.settings, ds, stat);
         general.inc();
     }
@@ -385,13 +398,41 @@ impl Fault {
 
 impl Shared {
     /// `http.<prefix>.fault.<downstream cluster>.<stat>`.
-    fn record_downstream(&self, s: &FaultSettings, ds: &Downstream, stat: &str) {
-        if let Some(c) = ds.0.as_deref().filter(|c| !c.is_empty())
-            && !s.disable_downstream_cluster_stats
-        {
-            self.store
-                .counter(&format!("{}{c}.{stat}", self.prefix))
-                .inc();
+    fn record_downstream(&self, s: &FaultSettings, ds: &Downstream, stat: DownstreamStat) {
+        let Some(c) = ds.0.as_deref().filter(|c| !c.is_empty()) else {
+            return;
+        };
+        if s.disable_downstream_cluster_stats {
+            return;
+        }
+        let slot = stat as usize;
+        let mut cache = self.downstream.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = cache.get(c).and_then(|d| d[slot].as_ref()) {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .store
+            .counter(&format!("{}{c}.{}", self.prefix, stat.name()));
+        counter.inc();
+        if cache.len() < DOWNSTREAM_STATS || cache.contains_key(c) {
+            cache.entry(c.into()).or_default()[slot] = Some(counter);
+        }
+    }
+}
+
+/// A per-downstream-cluster stat.
+#[derive(Debug, Clone, Copy)]
+enum DownstreamStat {
+    DelaysInjected = 0,
+    AbortsInjected = 1,
+}
+
+impl DownstreamStat {
+    fn name(self) -> &'static str {
+        match self {
+            DownstreamStat::DelaysInjected => "delays_injected",
+            DownstreamStat::AbortsInjected => "aborts_injected",
         }
     }
 }
@@ -451,8 +492,11 @@ impl AbortInputs {
 
     /// The abort's local reply (and its stats).
     fn reply(&self, (status, grpc): AbortStatus) -> LocalReply {
-        self.shared
-            .record_downstream(&self.settings, &self.downstream, "aborts_injected");
+        self.shared.record_downstream(
+            &self.settings,
+            &self.downstream,
+            DownstreamStat::AbortsInjected,
+        );
         self.shared.stats.aborts_injected.inc();
         let body = self
             .settings

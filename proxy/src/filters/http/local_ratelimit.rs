@@ -8,15 +8,14 @@
 
 use crate::runtime::RuntimeLoader;
 use std::any::Any;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
 use super::{Flow, HttpFilter, HttpFilterFactory, LocalReply, RouteCx, StreamCx};
-use crate::filters::common::local_ratelimit::{
-    Decision, Descriptor, LocalRateLimiter, TokenBucket,
-};
+use crate::filters::common::local_ratelimit::{Decision, Entry, LocalRateLimiter, TokenBucket};
 use crate::model::local_ratelimit::{
     LocalRateLimit, RateLimitAction, RateLimitPolicy, VhRateLimits,
 };
@@ -159,12 +158,13 @@ impl HttpFilter for LocalRateLimitFilter {
             return Flow::Continue;
         }
         self.state.enabled.inc();
-        let descriptors = if self.state.limiter.has_descriptors() {
-            self.descriptors(req, cx)
+        let limiter = &self.state.limiter;
+        let mut matched = if limiter.has_descriptors() {
+            self.matched_buckets(limiter, req, cx)
         } else {
             Vec::new()
         };
-        let Decision { allowed, bucket } = self.state.limiter.request_allowed(&descriptors);
+        let Decision { allowed, bucket } = limiter.request_allowed(&mut matched);
         self.bucket = bucket;
         if allowed {
             self.state.ok.inc();
@@ -245,93 +245,103 @@ impl LocalRateLimitFilter {
         headers.append(&X_RATELIMIT_RESET, HeaderValue::from(b.reset_seconds()));
     }
 
-    /// The request's descriptors from the route's and the virtual host's `rate_limits` (Envoy's
-    /// `Filter::populateDescriptors`).
-    fn descriptors(&self, req: &http::request::Parts, cx: &StreamCx<'_>) -> Vec<Descriptor> {
-        let mut out = Vec::new();
+    /// The configured buckets of the request's descriptors, built from the route's and the
+    /// virtual host's `rate_limits` (Envoy's `Filter::populateDescriptors`). Each descriptor is
+    /// built in one buffer of borrowed entries and looked up at once: nothing is kept of a
+    /// descriptor no bucket is configured for.
+    fn matched_buckets<'l>(
+        &self,
+        limiter: &'l LocalRateLimiter,
+        req: &http::request::Parts,
+        cx: &StreamCx<'_>,
+    ) -> Vec<&'l Arc<TokenBucket>> {
+        let mut matched = Vec::new();
         let Some(route) = cx.route else {
-            return out;
+            return matched;
         };
         let RouteAction::Forward(fa) = &route.route.action else {
-            return out;
+            return matched;
         };
         let vh = if fa.include_vh_rate_limits {
             VhRateLimits::Include
         } else {
             self.config.vh_rate_limits
         };
-        let mut policies: Vec<&RateLimitPolicy> = fa.rate_limits.iter().collect();
-        match vh {
-            VhRateLimits::Ignore => {}
-            VhRateLimits::Include => policies.extend(&route.vhost.rate_limits),
-            VhRateLimits::Override if fa.rate_limits.is_empty() => {
-                policies.extend(&route.vhost.rate_limits)
-            }
-            VhRateLimits::Override => {}
-        }
+        let vh_policies: &[RateLimitPolicy] = match vh {
+            VhRateLimits::Include => &route.vhost.rate_limits,
+            VhRateLimits::Override if fa.rate_limits.is_empty() => &route.vhost.rate_limits,
+            VhRateLimits::Ignore | VhRateLimits::Override => &[],
+        };
         let src = Source {
             req,
+            headers: request_headers(req),
             cx,
             route,
             local_cluster: &self.local_cluster,
         };
-        for p in policies {
+        let mut entries: Vec<Entry<'_>> = Vec::new();
+        for p in fa.rate_limits.iter().chain(vh_policies) {
             if p.stage != self.config.stage || p.has_disable_key {
                 continue;
             }
-            if let Some(d) = src.descriptor(p) {
-                out.push(d);
+            entries.clear();
+            if src.descriptor(p, &mut entries)
+                && let Some(b) = limiter.bucket_of(&entries)
+            {
+                matched.push(b);
             }
         }
-        out
+        matched
     }
 }
 
 /// What descriptor actions read.
 struct Source<'a, 'b> {
     req: &'a http::request::Parts,
+    /// The request's headers as matchers read them.
+    headers: RequestHeaders<'a>,
     cx: &'a StreamCx<'b>,
     route: RouteCx<'b>,
     local_cluster: &'a str,
 }
 
 impl Source<'_, '_> {
-    /// One entry of `rate_limits`: every action must produce its entry (or be skipped with
-    /// `skip_if_absent`), else there is no descriptor; an empty one is none.
-    fn descriptor(&self, p: &RateLimitPolicy) -> Option<Descriptor> {
-        let mut d = Vec::with_capacity(p.actions.len());
+    /// One entry of `rate_limits` into `d`: every action must produce its entry (or be
+    /// skipped with `skip_if_absent`), else there is no descriptor (`false`); an empty one is
+    /// none.
+    fn descriptor<'s>(&'s self, p: &'s RateLimitPolicy, d: &mut Vec<Entry<'s>>) -> bool {
         for a in &p.actions {
-            if !self.entry(a, &mut d) {
-                return None;
+            if !self.entry(a, d) {
+                return false;
             }
         }
-        (!d.is_empty()).then_some(d)
+        !d.is_empty()
     }
 
-    fn entry(&self, a: &RateLimitAction, d: &mut Descriptor) -> bool {
-        let (k, v): (&str, String) = match a {
-            RateLimitAction::SourceCluster => ("source_cluster", self.local_cluster.to_string()),
+    fn entry<'s>(&'s self, a: &'s RateLimitAction, d: &mut Vec<Entry<'s>>) -> bool {
+        let (k, v): (&str, Cow<'s, str>) = match a {
+            RateLimitAction::SourceCluster => ("source_cluster", Cow::Borrowed(self.local_cluster)),
             RateLimitAction::DestinationCluster => match self.destination_cluster() {
-                Some(c) => ("destination_cluster", c),
+                Some(c) => ("destination_cluster", Cow::Borrowed(c)),
                 None => return false,
             },
             RateLimitAction::RequestHeader {
                 header,
                 key,
                 skip_if_absent,
-            } => match self.headers().get(header) {
-                Some(v) if !v.is_empty() => (key, v.into_owned()),
+            } => match self.headers.get(header) {
+                Some(v) if !v.is_empty() => (key, v),
                 _ => return *skip_if_absent,
             },
             RateLimitAction::RemoteAddress => (
                 "remote_address",
-                self.cx.info.downstream_remote.ip().to_string(),
+                Cow::Owned(self.cx.info.downstream_remote.ip().to_string()),
             ),
             RateLimitAction::MaskedRemoteAddress { v4, v6 } => (
                 "masked_remote_address",
-                masked(self.cx.info.downstream_remote.ip(), *v4, *v6),
+                Cow::Owned(masked(self.cx.info.downstream_remote.ip(), *v4, *v6)),
             ),
-            RateLimitAction::GenericKey { key, value } => (key, value.clone()),
+            RateLimitAction::GenericKey { key, value } => (key, Cow::Borrowed(value)),
             RateLimitAction::HeaderValueMatch {
                 key,
                 value,
@@ -339,55 +349,53 @@ impl Source<'_, '_> {
                 expect_match,
                 headers,
             } => {
-                let h = self.headers();
-                if headers.iter().all(|m| m.matches(&h)) == *expect_match {
-                    (key, value.clone())
+                if headers.iter().all(|m| m.matches(&self.headers)) == *expect_match {
+                    (key, Cow::Borrowed(value))
                 } else if let Some(dv) = default_value {
-                    (key, dv.clone())
+                    (key, Cow::Borrowed(dv))
                 } else {
                     return false;
                 }
             }
         };
-        d.push((k.to_string(), v));
+        d.push((k, v));
         true
     }
 
-    fn headers(&self) -> RequestHeaders<'_> {
-        let r = self.req;
-        RequestHeaders {
-            method: &r.method,
-            path_and_query: r.uri.path_and_query().map_or("/", |p| p.as_str()),
-            authority: r.uri.authority().map(|a| a.as_str()).unwrap_or_else(|| {
-                r.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("")
-            }),
-            scheme: r.uri.scheme_str().unwrap_or("http"),
-            headers: &r.headers,
-        }
-    }
-
     /// The route's cluster: the weighted cluster chosen, or the one a header names.
-    fn destination_cluster(&self) -> Option<String> {
+    fn destination_cluster(&self) -> Option<&str> {
         if let Some(w) = self.route.weighted {
-            return Some(w.name.to_string());
+            return Some(&w.name);
         }
         let RouteAction::Forward(fa) = &self.route.route.action else {
             return None;
         };
         match &fa.cluster {
-            ClusterTarget::Name(n) => Some(n.to_string()),
+            ClusterTarget::Name(n) => Some(n),
             ClusterTarget::Header(h) => self
                 .req
                 .headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_string),
+                .filter(|v| !v.is_empty()),
             ClusterTarget::Weighted(_) => None,
         }
+    }
+}
+
+/// The request's headers as matchers read them (`:authority` from the URI, else `Host`).
+fn request_headers(r: &http::request::Parts) -> RequestHeaders<'_> {
+    RequestHeaders {
+        method: &r.method,
+        path_and_query: r.uri.path_and_query().map_or("/", |p| p.as_str()),
+        authority: r.uri.authority().map(|a| a.as_str()).unwrap_or_else(|| {
+            r.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+        }),
+        scheme: r.uri.scheme_str().unwrap_or("http"),
+        headers: &r.headers,
     }
 }
 

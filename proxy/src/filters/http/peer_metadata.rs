@@ -55,6 +55,12 @@ impl PeerMetadata {
         carried
     }
 
+    /// Whether the request side sends this workload's headers upstream (then the route's
+    /// cluster decides).
+    pub fn propagates_upstream(&self) -> bool {
+        self.config.upstream_propagation.is_some()
+    }
+
     /// Request side, once the cluster is known: this workload's headers for the upstream
     /// (not to clusters istiod marks external or without metadata exchange).
     pub fn propagate_upstream(
@@ -177,6 +183,10 @@ impl super::HttpFilter for PeerMetadataFilter {
             cx.info.downstream_peer = Some(p);
         }
         self.carried = self.filter.on_request(&mut req.headers);
+        if !self.filter.propagates_upstream() {
+            // Nothing goes upstream: the route's cluster is not looked up.
+            return super::Flow::Continue;
+        }
         // The route's cluster, as Envoy's filter reads it from the route.
         let cluster = cx
             .route

@@ -216,7 +216,7 @@ impl HttpFilter for RbacFilter {
         Flow::LocalReply(LocalReply {
             status: http::StatusCode::FORBIDDEN,
             body: BODY.into(),
-            details: engine::response_detail(policy.as_deref()).into(),
+            details: engine::response_detail(policy.as_deref()),
             flags: ResponseFlags::empty(),
             headers: http::HeaderMap::new(),
         })
@@ -531,15 +531,22 @@ rules:
 
     /// The micro-benchmark of docs/performance.md (a figure printed, never asserted):
     /// `cargo test --release -p remora --lib filters::http::rbac::tests::bench_twenty_rules -- --ignored --nocapture`.
-    /// Twenty istiod-shaped policies (port, methods, path prefix, a SPIFFE-namespace regex) on
-    /// an mTLS request whose permissions match every policy: the worst case evaluates all 20
-    /// principals' regexes and denies; the best case matches the last policy.
+    /// Twenty istiod-shaped policies (port, methods, path prefix; as principal a SPIFFE-namespace
+    /// regex, `.*/ns/NS/.*`, or every other policy an exact SPIFFE ID, as istiod writes
+    /// `namespaces` and `principals`) on an mTLS request whose permissions match every policy:
+    /// the worst case evaluates all 20 principals and denies; the best case matches the last
+    /// policy.
     #[test]
     #[ignore = "a micro-benchmark: run in release with --ignored --nocapture"]
     fn bench_twenty_rules() {
         let mut yaml =
             String::from("shadow_rules_stat_prefix: istio_dry_run_allow_\nrules:\n  policies:\n");
         for i in 0..20 {
+            let principal = if i % 2 == 0 {
+                format!(r#"{{safe_regex: {{regex: ".*/ns/ns{i:02}/.*"}}}}"#)
+            } else {
+                format!(r#"{{exact: "spiffe://cluster.local/ns/ns{i:02}/sa/x"}}"#)
+            };
             yaml += &format!(
                 r#"    "ns[autolytiq]-policy[p{i:02}]-rule[0]":
       permissions:
@@ -549,7 +556,7 @@ rules:
           - or_rules: {{rules: [{{header: {{name: ":method", string_match: {{exact: GET}}}}}}, {{header: {{name: ":method", string_match: {{exact: POST}}}}}}]}}
           - or_rules: {{rules: [{{url_path: {{path: {{prefix: /api/}}}}}}]}}
       principals:
-      - and_ids: {{ids: [{{or_ids: {{ids: [{{authenticated: {{principal_name: {{safe_regex: {{regex: ".*/ns/ns{i:02}/.*"}}}}}}}}]}}}}]}}
+      - and_ids: {{ids: [{{or_ids: {{ids: [{{authenticated: {{principal_name: {principal}}}}}]}}}}]}}
 "#
             );
         }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{ConnCx, NetFlow, NetworkFilter, NetworkFilterFactory};
 use crate::model::listener::NetworkFilter as Model;
-use crate::stream_info::{ConnectionInfo, DynamicMetadata};
+use crate::stream_info::{ConnectionInfo, DynamicMetadata, ResponseFlags};
 
 /// What factories are built with.
 pub struct BuildCx<'a> {
@@ -64,10 +64,12 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
     out
 }
 
-/// What a connection's filters share: its dynamic metadata and, once a filter closed it, why.
+/// What a connection's filters share: its dynamic metadata, the response flags they set and,
+/// once a filter closed it, why.
 #[derive(Debug, Default)]
 pub struct ConnState {
     pub metadata: DynamicMetadata,
+    pub response_flags: ResponseFlags,
     pub closed: Option<Cow<'static, str>>,
     /// Set by the terminal tcp_proxy once connected; handed to the filters (`on_upstream`)
     /// before their next hook.
@@ -123,9 +125,11 @@ impl NetChain {
         let state = SharedState::default();
         let filters: Vec<_> = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            let st = &mut *st;
             let cx = ConnCx {
                 connection: conn,
                 metadata: &mut st.metadata,
+                response_flags: &mut st.response_flags,
             };
             factories.iter().filter_map(|f| f.create(&cx)).collect()
         };
@@ -150,10 +154,12 @@ impl NetChain {
         mut hook: impl FnMut(&mut dyn NetworkFilter, &mut ConnCx<'_>) -> NetFlow,
     ) -> Step {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        deliver_upstream(&mut st, &mut self.filters);
+        let st = &mut *st;
+        deliver_upstream(st, &mut self.filters);
         let mut cx = ConnCx {
             connection: &self.conn,
             metadata: &mut st.metadata,
+            response_flags: &mut st.response_flags,
         };
         let n = self.filters.len();
         for i in from..n {

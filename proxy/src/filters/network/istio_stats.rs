@@ -230,9 +230,11 @@ mod tests {
             tls: None,
         });
         let mut md = Default::default();
+        let mut flags = Default::default();
         let mut cx = crate::filters::network::ConnCx {
             connection: &conn,
             metadata: &mut md,
+            response_flags: &mut flags,
         };
         let mut filter = f.create(&cx).unwrap();
         let _ = filter.on_data(b"hello", false, &mut cx);

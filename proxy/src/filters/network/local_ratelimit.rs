@@ -1,8 +1,9 @@
 //! `envoy.filters.network.local_ratelimit` (Envoy's
 //! `source/extensions/filters/network/local_ratelimit/`): each new connection on the filter
 //! chain takes a token from the chain's bucket (shared by every worker); without one it is
-//! closed before any byte goes on (termination details `local_ratelimit_close_over_limit`) and
-//! `local_rate_limit.<stat_prefix>.rate_limited` counts it.
+//! closed before any byte goes on (termination details `local_ratelimit_close_over_limit`),
+//! its response flag `URX` (Envoy's `UpstreamRetryLimitExceeded`, in tcp_proxy's access log)
+//! and `local_rate_limit.<stat_prefix>.rate_limited` counts it.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::filters::common::local_ratelimit::TokenBucket;
 use crate::model::local_ratelimit::NetworkLocalRateLimit;
 use crate::model::runtime::RuntimeFlag;
 use crate::runtime::RuntimeLoader;
+use crate::stream_info::ResponseFlags;
 use crate::telemetry::stats::{Counter, Store};
 
 /// `%CONNECTION_TERMINATION_DETAILS%` of a connection closed over the limit.
@@ -66,12 +68,12 @@ struct Filter {
 }
 
 impl NetworkFilter for Filter {
-    fn on_new_connection(&mut self, _cx: &mut ConnCx<'_>) -> NetFlow {
+    fn on_new_connection(&mut self, cx: &mut ConnCx<'_>) -> NetFlow {
         if self.admitted {
-            NetFlow::Continue
-        } else {
-            NetFlow::Close(CLOSE_OVER_LIMIT.into())
+            return NetFlow::Continue;
         }
+        *cx.response_flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        NetFlow::Close(CLOSE_OVER_LIMIT.into())
     }
 }
 
@@ -82,15 +84,18 @@ mod tests {
     use crate::stream_info::DynamicMetadata;
     use std::time::Duration;
 
-    fn connect(f: &NetworkLocalRateLimitFactory) -> Option<NetFlow> {
+    fn connect(f: &NetworkLocalRateLimitFactory) -> Option<(NetFlow, ResponseFlags)> {
         let conn = crate::filters::http::local_ratelimit::tests::connection();
         let mut metadata = DynamicMetadata::default();
+        let mut flags = ResponseFlags::empty();
         let mut cx = ConnCx {
             connection: &conn,
             metadata: &mut metadata,
+            response_flags: &mut flags,
         };
         let mut filter = f.create(&cx)?;
-        Some(filter.on_new_connection(&mut cx))
+        let flow = filter.on_new_connection(&mut cx);
+        Some((flow, flags))
     }
 
     fn config(enabled: bool) -> NetworkLocalRateLimit {
@@ -116,17 +121,22 @@ mod tests {
             &store,
             RuntimeLoader::for_tests(Default::default()),
         );
-        assert!(matches!(connect(&f), Some(NetFlow::Continue)));
-        let Some(NetFlow::Close(d)) = connect(&f) else {
+        assert!(matches!(
+            connect(&f),
+            Some((NetFlow::Continue, f)) if f.is_empty()
+        ));
+        let Some((NetFlow::Close(d), flags)) = connect(&f) else {
             panic!("closed")
         };
         assert_eq!(d, "local_ratelimit_close_over_limit");
+        // Envoy's `UpstreamRetryLimitExceeded` on the connection's stream info.
+        assert_eq!(flags, ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         assert_eq!(
             store.counter("local_rate_limit.tcp.rate_limited").value(),
             1
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(matches!(connect(&f), Some(NetFlow::Continue)));
+        assert!(matches!(connect(&f), Some((NetFlow::Continue, _))));
 
         let off = NetworkLocalRateLimitFactory::new(
             &config(false),

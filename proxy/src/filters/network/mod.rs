@@ -31,6 +31,8 @@ pub struct ConnCx<'a> {
     pub connection: &'a ConnectionInfo,
     /// Dynamic metadata of the connection (`%DYNAMIC_METADATA%` of its access log).
     pub metadata: &'a mut crate::stream_info::DynamicMetadata,
+    /// Response flags of the connection's stream info (`%RESPONSE_FLAGS%` of its access log).
+    pub response_flags: &'a mut crate::stream_info::ResponseFlags,
 }
 
 /// One network filter on one connection.

@@ -137,10 +137,10 @@ impl NetworkRbacFilter {
             Some(policy) => {
                 let details = engine::response_detail(policy.as_deref());
                 match self.config.delay_deny {
-                    None => NetFlow::Close(details.into()),
+                    None => NetFlow::Close(details),
                     Some(d) => NetFlow::Pause(Box::pin(async move {
                         tokio::time::sleep(d).await;
-                        NetFlow::Close(details.into())
+                        NetFlow::Close(details)
                     })),
                 }
             }
@@ -180,9 +180,11 @@ shadow_rules:
         md: &mut DynamicMetadata,
     ) -> NetFlow {
         let conn = connection(5432, spiffe);
+        let mut flags = crate::stream_info::ResponseFlags::empty();
         let mut cx = ConnCx {
             connection: &conn,
             metadata: md,
+            response_flags: &mut flags,
         };
         let mut filter = f.create(&cx).expect("a filter");
         filter.on_new_connection(&mut cx);
@@ -226,9 +228,11 @@ shadow_rules:
         let f = NetworkRbacFactory::new(network_rbac(RULES), &st);
         let conn = connection(5432, Some("spiffe://cluster.local/ns/autolytiq/sa/deal"));
         let mut md = DynamicMetadata::default();
+        let mut flags = crate::stream_info::ResponseFlags::empty();
         let mut cx = ConnCx {
             connection: &conn,
             metadata: &mut md,
+            response_flags: &mut flags,
         };
         let mut filter = f.create(&cx).unwrap();
         for _ in 0..3 {
