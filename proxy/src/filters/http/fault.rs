@@ -25,22 +25,26 @@ use crate::runtime::RuntimeLoader;
 use crate::stream_info::ResponseFlags;
 use crate::telemetry::stats::{Counter, Gauge, Store};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const ABORT_REQUEST: &str = "x-envoy-fault-abort-request";
-const ABORT_GRPC_REQUEST: &str = "x-envoy-fault-abort-grpc-request";
-const ABORT_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
-const DELAY_REQUEST: &str = "x-envoy-fault-delay-request";
-const DELAY_PERCENTAGE: &str = "x-envoy-fault-delay-request-percentage";
-const THROUGHPUT: &str = "x-envoy-fault-throughput-response";
-const THROUGHPUT_PERCENTAGE: &str = "x-envoy-fault-throughput-response-percentage";
-const DOWNSTREAM_CLUSTER: &str = "x-envoy-downstream-service-cluster";
-const DOWNSTREAM_NODE: &str = "x-envoy-downstream-service-node";
+const ABORT_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-request");
+const ABORT_GRPC_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-grpc-request");
+const ABORT_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-abort-request-percentage");
+const DELAY_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-delay-request");
+const DELAY_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-delay-request-percentage");
+const THROUGHPUT: HeaderName = HeaderName::from_static("x-envoy-fault-throughput-response");
+const THROUGHPUT_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-throughput-response-percentage");
+const DOWNSTREAM_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-cluster");
+const DOWNSTREAM_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
 
 /// `%RESPONSE_CODE_DETAILS%` of an abort.
 pub const ABORT_DETAILS: &str = "fault_filter_abort";
@@ -212,16 +216,16 @@ impl HttpFilter for Fault {
             return Flow::Continue;
         }
         let headers = &req.headers;
-        let downstream = Downstream(header_str(headers, DOWNSTREAM_CLUSTER).map(str::to_string));
+        let downstream = Downstream(header_str(headers, &DOWNSTREAM_CLUSTER).map(str::to_string));
         let rt = self.shared.runtime.snapshot();
         self.maybe_rate_limit(headers, &rt);
         let abort = AbortInputs {
             settings: self.settings.clone(),
             shared: self.shared.clone(),
             downstream: downstream.clone(),
-            http_header: header_u64(headers, ABORT_REQUEST),
-            grpc_header: header_u64(headers, ABORT_GRPC_REQUEST),
-            percent_header: header_u32(headers, ABORT_PERCENTAGE),
+            http_header: header_u64(headers, &ABORT_REQUEST),
+            grpc_header: header_u64(headers, &ABORT_GRPC_REQUEST),
+            percent_header: header_u32(headers, &ABORT_PERCENTAGE),
             grpc_request: is_grpc(headers),
         };
         if let Some(delay) = self.delay_duration(headers, &downstream, &rt)
@@ -284,7 +288,7 @@ impl Fault {
             return false;
         }
         if !s.downstream_nodes.is_empty() {
-            let node = header_str(&req.headers, DOWNSTREAM_NODE);
+            let node = header_str(&req.headers, &DOWNSTREAM_NODE);
             if !node.is_some_and(|n| s.downstream_nodes.iter().any(|d| &**d == n)) {
                 return false;
             }
@@ -295,7 +299,7 @@ impl Fault {
         let rh = RequestHeaders {
             method: &req.method,
             path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            authority: header_str(&req.headers, "host")
+            authority: header_str(&req.headers, &http::header::HOST)
                 .or_else(|| req.uri.authority().map(|a| a.as_str()))
                 .unwrap_or(""),
             scheme: req.uri.scheme_str().unwrap_or("http"),
@@ -311,8 +315,8 @@ impl Fault {
         let (kbps, percent) = match rl.kind {
             RateKind::Fixed(k) => (Some(k), rl.percentage),
             RateKind::Header => (
-                header_u64(headers, THROUGHPUT).filter(|k| *k > 0),
-                header_percent(headers, THROUGHPUT_PERCENTAGE, rl.percentage),
+                header_u64(headers, &THROUGHPUT).filter(|k| *k > 0),
+                header_percent(headers, &THROUGHPUT_PERCENTAGE, rl.percentage),
             ),
         };
         let key = &self.settings.keys.response_rate_limit_percent;
@@ -338,7 +342,7 @@ impl Fault {
         let delay = self.settings.delay.as_ref()?;
         let percent = match delay.kind {
             DelayKind::Fixed(_) => delay.percentage,
-            DelayKind::Header => header_percent(headers, DELAY_PERCENTAGE, delay.percentage),
+            DelayKind::Header => header_percent(headers, &DELAY_PERCENTAGE, delay.percentage),
         };
         let key = ds.key_or(
             "delay.fixed_delay_percent",
@@ -349,7 +353,7 @@ impl Fault {
         }
         let configured = match delay.kind {
             DelayKind::Fixed(d) => d.as_millis() as u64,
-            DelayKind::Header => header_u64(headers, DELAY_REQUEST)?,
+            DelayKind::Header => header_u64(headers, &DELAY_REQUEST)?,
         };
         let mut ms = rt.integer(&self.settings.keys.delay_duration, configured);
         if let Some(k) = ds.key("delay.fixed_duration_ms") {
@@ -543,29 +547,29 @@ fn http_to_grpc(status: StatusCode) -> u64 {
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
-    header_str(headers, "content-type").is_some_and(|ct| {
+    header_str(headers, &http::header::CONTENT_TYPE).is_some_and(|ct| {
         ct == "application/grpc"
             || ct.starts_with("application/grpc+")
             || ct.starts_with("application/grpc;")
     })
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// A header's first value as an unsigned integer (only the first: these headers are
 /// untrusted).
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     header_str(headers, name)?.parse().ok()
 }
 
-fn header_u32(headers: &HeaderMap, name: &str) -> Option<u32> {
+fn header_u32(headers: &HeaderMap, name: &HeaderName) -> Option<u32> {
     header_str(headers, name)?.parse().ok()
 }
 
 /// The configured percentage, lowered by the header's numerator when it carries one.
-fn header_percent(headers: &HeaderMap, name: &str, configured: Percent) -> Percent {
+fn header_percent(headers: &HeaderMap, name: &HeaderName, configured: Percent) -> Percent {
     header_u32(headers, name).map_or(configured, |n| configured.capped(n))
 }
 
