@@ -510,19 +510,29 @@ async fn scrape_when_closed(r: &Remora, n: u32) -> String {
     scrape
 }
 
-/// Plaintext into the client sidecar, mTLS between the sidecars: the principals come from the
-/// certificates (SPIFFE IDs), the server reports `mutual_tls`, the client `unknown`.
-#[tokio::test(flavor = "multi_thread")]
-async fn mtls_between_sidecars_names_the_principals() {
-    use crate::tls::{Pki, downstream_tls, upstream_tls};
-    let pki = Pki::new();
+/// The hop between the sidecars over mTLS (HTTP/1.1): the server chain's and the client
+/// cluster's transport sockets, with the client's and the server's SPIFFE IDs.
+fn sidecar_mtls(pki: &crate::tls::Pki) -> (String, String) {
+    use crate::tls::{downstream_tls, upstream_tls};
     let server_certs = pki.write("server", SERVER_ID);
     let client_certs = pki.write("client", CLIENT_ID);
     let server_tls = downstream_tls(&server_certs, true, Some(CLIENT_ID)).replace(
         "alpn_protocols: [h2, http/1.1]",
         "alpn_protocols: [http/1.1]",
     );
-    let client_tls = upstream_tls(&client_certs, SERVER_ID, "http/1.1");
+    (
+        server_tls,
+        upstream_tls(&client_certs, SERVER_ID, "http/1.1"),
+    )
+}
+
+/// Plaintext into the client sidecar, mTLS between the sidecars: the principals come from the
+/// certificates (SPIFFE IDs), the server reports `mutual_tls`, the client `unknown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_between_sidecars_names_the_principals() {
+    use crate::tls::Pki;
+    let pki = Pki::new();
+    let (server_tls, client_tls) = sidecar_mtls(&pki);
     let (client, server) =
         two_sidecars_tls("{}", "{}", ISTIO_SERVICE, 3, Some((server_tls, client_tls))).await;
     let label = |scrape: &str, k: &str| {
@@ -620,18 +630,12 @@ async fn tcp_metrics_through_xds() {
 /// `instance` label Prometheus adds) and gets 75 %: the client sides (`unknown`) do not count.
 #[tokio::test(flavor = "multi_thread")]
 async fn mtls_percentage_over_two_sidecars_scrapes() {
-    use crate::tls::{Pki, downstream_tls, upstream_tls};
+    use crate::tls::Pki;
     if !have_tool("promtool") {
         return;
     }
     let pki = Pki::new();
-    let server_certs = pki.write("server", SERVER_ID);
-    let client_certs = pki.write("client", CLIENT_ID);
-    let server_tls = downstream_tls(&server_certs, true, Some(CLIENT_ID)).replace(
-        "alpn_protocols: [h2, http/1.1]",
-        "alpn_protocols: [http/1.1]",
-    );
-    let client_tls = upstream_tls(&client_certs, SERVER_ID, "http/1.1");
+    let (server_tls, client_tls) = sidecar_mtls(&pki);
     let (mtls_client, mtls_server) =
         two_sidecars_tls("{}", "{}", ISTIO_SERVICE, 6, Some((server_tls, client_tls))).await;
     let (plain_client, plain_server) = two_sidecars("{}", "{}", ISTIO_SERVICE, 2).await;
