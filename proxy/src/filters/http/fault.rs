@@ -219,13 +219,24 @@ impl HttpFilter for Fault {
         let downstream = Downstream(header_str(headers, &DOWNSTREAM_CLUSTER).map(str::to_string));
         let rt = self.shared.runtime.snapshot();
         self.maybe_rate_limit(headers, &rt);
+        // The abort headers count only for a header-controlled abort (Envoy reads them then).
+        let header_abort = matches!(
+            self.settings.abort.as_ref().map(|a| &a.kind),
+            Some(AbortKind::Header)
+        );
         let abort = AbortInputs {
             settings: self.settings.clone(),
             shared: self.shared.clone(),
             downstream: downstream.clone(),
-            http_header: header_u64(headers, &ABORT_REQUEST),
-            grpc_header: header_u64(headers, &ABORT_GRPC_REQUEST),
-            percent_header: header_u32(headers, &ABORT_PERCENTAGE),
+            http_header: header_abort
+                .then(|| header_u64(headers, &ABORT_REQUEST))
+                .flatten(),
+            grpc_header: header_abort
+                .then(|| header_u64(headers, &ABORT_GRPC_REQUEST))
+                .flatten(),
+            percent_header: header_abort
+                .then(|| header_u32(headers, &ABORT_PERCENTAGE))
+                .flatten(),
             grpc_request: is_grpc(headers),
         };
         if let Some(delay) = self.delay_duration(headers, &downstream, &rt)
