@@ -488,3 +488,34 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
     assert_eq!(sent[36..52], hex, "the upstream's parent is the span");
     r.wait_stat("tracing.opentelemetry.reports_sent", 1).await;
 }
+
+/// A mirror policy's `trace_sampled` is the copy's propagated decision: the primary goes
+/// upstream sampled, the copy (`trace_sampled: false`) unsampled, in the same trace.
+#[tokio::test]
+async fn a_mirror_copy_carries_its_policys_trace_sampled() {
+    let (zipkin, _spans, _c) = collector().await;
+    let primary = recorder("primary", Behaviour::Answer).await;
+    let mirror = recorder("mirror", Behaviour::Answer).await;
+    let tracing = format!("          tracing:\n            provider:\n              {ZIPKIN}\n");
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: primary, request_mirror_policies: [{cluster: mirror, trace_sampled: false}]}\n";
+    let egress = http_listener("egress", &tracing, vh).replacen(
+        "    filter_chains:",
+        "    traffic_direction: OUTBOUND\n    filter_chains:",
+        1,
+    );
+    let clusters = [
+        cluster("primary", &[primary.addr], ""),
+        cluster("mirror", &[mirror.addr], ""),
+        cluster("zipkin", &[zipkin], ""),
+    ]
+    .concat();
+    let r = Remora::start(&bootstrap(&egress, &clusters)).await;
+    assert_eq!(get(r.addr("egress"), "a", "/").await.status, 200);
+    let copy = &mirror.wait_for(1).await[0];
+    let orig = &primary.seen()[0];
+    assert_eq!(orig.header("x-b3-sampled"), Some("1"));
+    assert_eq!(copy.header("x-b3-sampled"), Some("0"));
+    assert!(orig.header("x-b3-traceid").is_some());
+    assert_eq!(copy.header("x-b3-traceid"), orig.header("x-b3-traceid"));
+    assert_eq!(copy.header("x-b3-spanid"), orig.header("x-b3-spanid"));
+}

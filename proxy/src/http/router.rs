@@ -193,7 +193,8 @@ pub async fn forward(
     }
     let progress = stream.progress.clone();
     let mirror_timing = (plan.timeout, progress.as_ref());
-    let body = super::shadow::mirror(hcm, &parts, &f, &cluster, mirror_timing, body);
+    let span = stream.span.as_deref();
+    let body = super::shadow::mirror(hcm, &parts, &f, &cluster, mirror_timing, span, body);
     let (replay, body) = keep_for_replay(hcm, &f, &cluster, plan.retry.as_ref(), body);
     let mut x = Exchange {
         hcm,

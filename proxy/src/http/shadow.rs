@@ -42,6 +42,7 @@ pub(super) fn mirror(
     f: &Forward<'_>,
     primary: &Cluster,
     (timeout, progress): Timing<'_>,
+    span: Option<&crate::tracing::ActiveSpan>,
     body: Body,
 ) -> Body {
     let policies = &f.action.mirrors;
@@ -60,7 +61,10 @@ pub(super) fn mirror(
     let complete = HttpBody::is_end_stream(&body);
     let mut outs = Vec::new();
     for (policy, cluster) in targets {
-        let head = head(hcm, parts, f, policy, timeout);
+        let mut head = head(hcm, parts, f, policy, timeout);
+        if let (Some(span), Some(sampled)) = (span, policy.trace_sampled) {
+            span.inject_sampled(&mut head.headers, sampled);
+        }
         let copy_body = match complete {
             true => Body::Empty,
             false => {

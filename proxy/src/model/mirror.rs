@@ -14,8 +14,9 @@ pub struct MirrorPolicy {
     pub cluster: MirrorCluster,
     /// `runtime_fraction`: the share of requests mirrored (all when absent).
     pub fraction: RuntimeFraction,
-    /// `trace_sampled`: the mirror span's sampling (`None`: the parent's decision). remora has
-    /// no tracer yet, so there is no span to sample: kept for the tracing hooks.
+    /// `trace_sampled`: the copy's sampling decision as propagated upstream (`None`: the
+    /// parent's decision); with tracing on, the copy carries the stream's span context with
+    /// this decision.
     pub trace_sampled: Option<bool>,
     pub host: MirrorHost,
 }

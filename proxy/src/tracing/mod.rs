@@ -301,6 +301,13 @@ impl ActiveSpan {
         self.driver.inject(&self.cx, headers);
     }
 
+    /// The context with another sampling decision: a mirror copy's (its policy's
+    /// `trace_sampled`) in place of the one `inject` wrote.
+    pub fn inject_sampled(&self, headers: &mut HeaderMap, sampled: bool) {
+        let cx = SpanContext { sampled, ..self.cx };
+        self.driver.inject(&cx, headers);
+    }
+
     /// The route's decorator (Envoy's `traceRequest`): the operation names the span; egress
     /// passes it on in `x-envoy-decorator-operation` (with `propagate`), ingress takes that
     /// header's operation instead (and removes it) or announces its own on the response.
