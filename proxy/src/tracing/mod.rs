@@ -715,6 +715,17 @@ impl TracerManager {
         });
     }
 }
+
+/// A random span or trace id (never 0: 0 means none).
+pub(crate) fn nonzero_random() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

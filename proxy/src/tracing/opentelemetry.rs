@@ -11,7 +11,7 @@
 //! reports_failed, spans_dropped}`.
 
 use super::queue::SpanQueue;
-use super::{Kind, Record, SpanContext, w3c};
+use super::{Kind, Record, SpanContext, nonzero_random, w3c};
 use crate::model::tracing::OpenTelemetry;
 use crate::telemetry::stats::{Counter, Store};
 use crate::upstream::cluster::ClusterManager;
@@ -272,15 +272,6 @@ fn grpc_frame(m: &impl prost::Message) -> Bytes {
     // Encoding into a buffer with the capacity reserved cannot fail.
     let _ = m.encode(&mut b);
     b.freeze()
-}
-
-fn nonzero_random() -> u64 {
-    loop {
-        let v = fastrand::u64(..);
-        if v != 0 {
-            return v;
-        }
-    }
 }
 
 /// One export call.

@@ -10,7 +10,7 @@
 //! (the queue was full: a slow or dead collector).
 
 use super::queue::SpanQueue;
-use super::{Kind, Record, SpanContext, b3, w3c};
+use super::{Kind, Record, SpanContext, b3, nonzero_random, w3c};
 use crate::http::conn_manager::LocalInfo;
 use crate::model::tracing::Zipkin;
 use crate::telemetry::stats::{Counter, Store};
@@ -220,15 +220,6 @@ impl Driver {
             })
             .collect();
         serde_json::to_vec(&Value::Array(list)).unwrap_or_default()
-    }
-}
-
-fn nonzero_random() -> u64 {
-    loop {
-        let v = fastrand::u64(..);
-        if v != 0 {
-            return v;
-        }
     }
 }
 
