@@ -4,6 +4,7 @@
 pub use crate::model::response_flags::ResponseFlags;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
 
 /// The downstream connection a stream belongs to. Shared by all streams of the connection.
@@ -119,18 +120,68 @@ impl DynamicMetadata {
 /// Filter state: values by name, as their string serialisation (what RBAC's `filter_state`
 /// matcher and `%FILTER_STATE(key:PLAIN)%` read).
 #[derive(Debug, Default, Clone)]
-pub struct FilterState(Vec<(Box<str>, Arc<str>)>);
+pub struct FilterState {
+    values: Vec<(Box<str>, Arc<str>)>,
+    /// `envoy.filters.http.grpc_stats` (Envoy's `GrpcStatsObject`), counted as the bodies
+    /// stream; present once a message was counted, as Envoy writes it on the first one.
+    grpc_stats: Option<Arc<GrpcMessageCounts>>,
+}
+
+/// The gRPC message counts `grpc_stats` publishes with `emit_filter_state`.
+#[derive(Debug, Default)]
+pub struct GrpcMessageCounts {
+    pub request: AtomicU64,
+    pub response: AtomicU64,
+}
+
+impl GrpcMessageCounts {
+    /// `(request, response)`, `None` before the first message.
+    pub fn get(&self) -> Option<(u64, u64)> {
+        let (rq, rs) = (self.request.load(Relaxed), self.response.load(Relaxed));
+        (rq + rs > 0).then_some((rq, rs))
+    }
+}
 
 impl FilterState {
-    pub fn get(&self, key: &str) -> Option<&Arc<str>> {
-        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    /// The value's string serialisation (Envoy's `serializeAsString`).
+    pub fn get(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        if key == crate::model::grpc_stats::FILTER_STATE_KEY {
+            let (rq, rs) = self.grpc_stats()?;
+            return Some(format!("{rq},{rs}").into());
+        }
+        self.values
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| std::borrow::Cow::Borrowed(&**v))
+    }
+
+    /// The value's typed (protobuf JSON) form where it is not a string: the gRPC counts'
+    /// `FilterObject`.
+    pub fn typed_json(&self, key: &str) -> Option<String> {
+        if key != crate::model::grpc_stats::FILTER_STATE_KEY {
+            return None;
+        }
+        let (rq, rs) = self.grpc_stats()?;
+        Some(format!(
+            r#"{{"requestMessageCount":"{rq}","responseMessageCount":"{rs}"}}"#
+        ))
     }
 
     pub fn set(&mut self, key: &str, value: Arc<str>) {
-        match self.0.iter_mut().find(|(k, _)| &**k == key) {
+        match self.values.iter_mut().find(|(k, _)| &**k == key) {
             Some((_, v)) => *v = value,
-            None => self.0.push((key.into(), value)),
+            None => self.values.push((key.into(), value)),
         }
+    }
+
+    /// Where `grpc_stats` counts this stream's messages.
+    pub fn set_grpc_stats(&mut self, counts: Arc<GrpcMessageCounts>) {
+        self.grpc_stats = Some(counts);
+    }
+
+    /// The gRPC message counts `(request, response)`, once one was counted.
+    pub fn grpc_stats(&self) -> Option<(u64, u64)> {
+        self.grpc_stats.as_ref()?.get()
     }
 }
 

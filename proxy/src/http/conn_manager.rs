@@ -224,8 +224,11 @@ pub struct ConnectionManager {
     pub stats: HcmStats,
     pub clusters: Arc<ClusterManager>,
     pub access_logs: Vec<AccessLogger>,
-    /// Filters that record at the end of every stream (`istio.stats`).
-    completions: Vec<Arc<dyn crate::filters::http::HttpFilterFactory>>,
+    /// Filters that record at the end of every stream (`istio.stats`), run for those the
+    /// stream's route enables.
+    completions: chain::Completions,
+    /// The observers that run on a stream that ends before its route is known.
+    pub no_route_completions: chain::CompletionSet,
     log_request_headers: Vec<HeaderName>,
     log_response_headers: Vec<HeaderName>,
     pub local: Arc<LocalInfo>,
@@ -418,12 +421,9 @@ impl ConnectionManager {
             },
         );
         // Filters that record at the end of the stream read it as the access log does.
-        let completions: Vec<_> = filters
-            .iter()
-            .filter(|e| e.factory.observes_completion())
-            .map(|e| e.factory.clone())
-            .collect();
-        for f in &completions {
+        let completions = chain::Completions::new(&filters);
+        let no_route_completions = completions.for_route(&filters, None);
+        for f in completions.factories() {
             let (rq, rs) = f.completion_headers();
             req_headers.extend(rq.iter().cloned());
             resp_headers.extend(rs.iter().cloned());
@@ -469,6 +469,7 @@ impl ConnectionManager {
             clusters,
             access_logs,
             completions,
+            no_route_completions,
             log_request_headers: req_headers,
             log_response_headers: resp_headers,
             local,
@@ -485,9 +486,8 @@ impl ConnectionManager {
                 request: s.request.as_ref(),
                 response_headers: s.response_headers.as_ref(),
             };
-            for f in &self.completions {
-                f.on_stream_complete(&done);
-            }
+            self.completions
+                .complete(&self.filters, s.completions, &done);
         }
         if self.access_logs.is_empty() {
             return;
@@ -950,6 +950,9 @@ impl ConnectionManager {
     ) -> Response<Body> {
         let route = selected.route_cx();
         let mut filters = chain::create(&self.filters, &stream_cx(conn, &mut stream, route));
+        if !self.completions.is_empty() {
+            stream.completions = self.completions.for_route(&self.filters, route);
+        }
         if filters.is_empty() {
             let a = self
                 .terminal(&mut stream, parts, body, selected, facts)

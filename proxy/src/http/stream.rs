@@ -70,6 +70,8 @@ pub struct ActiveStream {
     pub head_request: bool,
     /// The stream's tracing span (connection managers with `tracing`).
     pub span: Option<Box<crate::tracing::ActiveSpan>>,
+    /// The completion observers (`istio.stats`) enabled for the stream's route.
+    pub completions: crate::filters::http::chain::CompletionSet,
     finished: bool,
 }
 
@@ -89,6 +91,7 @@ impl ActiveStream {
     ) -> Self {
         downstream.stream_started();
         Self {
+            completions: hcm.no_route_completions,
             hcm,
             downstream,
             info,

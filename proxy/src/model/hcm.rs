@@ -118,6 +118,8 @@ pub enum HttpFilter {
     Rbac(Arc<super::rbac::HttpRbac>),
     /// Istio's `istio.stats`: the standard metrics, at the end of every stream.
     IstioStats(Arc<super::istio_stats::IstioStats>),
+    /// `envoy.filters.http.grpc_stats`: gRPC calls and messages counted per cluster.
+    GrpcStats(Arc<super::grpc_stats::GrpcStats>),
     /// Accepted without acting on it (purely observational, or with nothing configured to do);
     /// listed in `/config_dump` and counted in `server.noop_extension.<short name>`.
     Noop(NoopFilter),
@@ -247,17 +249,13 @@ pub struct NoopFilter {
 
 pub const ISTIO_STATS_TYPE: &str = "stats.PluginConfig";
 pub const PEER_METADATA_TYPE: &str = "io.istio.http.peer_metadata.Config";
-const GRPC_STATS_TYPE: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 use super::cors::CORS_TYPE;
+use super::grpc_stats::GRPC_STATS_TYPE;
 
 /// Why the peer discovery of Istio's metadata exchange (HTTP and TCP) may be accepted now.
 pub const PEER_DISCOVERY_LATER: &str = "peer discovery (the peer's metadata from its headers or \
     frame, workload discovery, baggage) is only read by Istio telemetry, implemented by remora's \
     telemetry stage; the exchange itself runs";
-
-/// Why Istio's telemetry filters may be accepted before the telemetry stage implements them.
-pub const TELEMETRY_LATER: &str = "observational (Istio telemetry): no effect on routing, \
-    security or the bytes exchanged; implemented by remora's telemetry stage";
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -1288,26 +1286,14 @@ fn http_filter(
         ISTIO_STATS_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");
             let cfg = super::istio_stats::IstioStats::from_any(&fp.field("typed_config"), any)?;
-            if *disabled {
-                return Err(fp
-                    .field("disabled")
-                    .error("istio.stats has no per-route configuration to enable it"));
-            }
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
             out.push(HttpFilter::IstioStats(Arc::new(cfg)));
         }
         GRPC_STATS_TYPE => {
-            let tp = fp.field("typed_config");
             let any = typed.expect("a type name comes from a typed_config");
-            // Decoded so that a malformed config is refused by path all the same.
-            decode_any::<pb::grpc_stats::FilterConfig>(&tp, any)?;
-            if !*disabled {
-                out.push(HttpFilter::Noop(NoopFilter {
-                    name: name.clone(),
-                    type_name: GRPC_STATS_TYPE,
-                    short: "grpc_stats",
-                    reason: TELEMETRY_LATER,
-                }));
-            }
+            let cfg = super::grpc_stats::GrpcStats::from_any(&fp.field("typed_config"), any)?;
+            // Kept when disabled: a route's typed_per_filter_config may enable it.
+            out.push(HttpFilter::GrpcStats(Arc::new(cfg)));
         }
         CORS_TYPE => {
             let any = typed.expect("a type name comes from a typed_config");

@@ -12,6 +12,7 @@ pub mod core;
 pub mod cors;
 pub mod fault;
 pub mod format;
+pub mod grpc_stats;
 pub mod hash_policy;
 pub mod hcm;
 pub mod headers;

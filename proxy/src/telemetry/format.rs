@@ -330,13 +330,19 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             };
             match format {
                 FilterStateFormat::Plain => {
-                    out.push_str(v);
+                    out.push_str(&v);
                     Text
                 }
                 // The typed form of a string is a google.protobuf.StringValue, whose JSON is
-                // the quoted string; typed JSON logs get the string itself.
+                // the quoted string; typed JSON logs get the string itself. An object (the
+                // gRPC counts) is its message's JSON.
                 FilterStateFormat::Typed => {
-                    let _ = serde_json::to_writer(StringWriter(out), &**v);
+                    match info.and_then(|i| i.filter_state.typed_json(key)) {
+                        Some(json) => out.push_str(&json),
+                        None => {
+                            let _ = serde_json::to_writer(StringWriter(out), &*v);
+                        }
+                    }
                     Number
                 }
                 FilterStateFormat::Field => Missing,

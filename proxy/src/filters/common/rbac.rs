@@ -200,7 +200,7 @@ fn principal_matches(p: &Principal, cx: &Cx<'_>) -> bool {
         Principal::Header(h) => h.matches_value(cx.header(&h.key)),
         Principal::UrlPath(m) => cx.url_path_matches(m),
         Principal::Metadata(m) => m.matches(input.metadata.namespace(&m.filter)),
-        Principal::FilterState(f) => f.matches(input.filter_state.get(&f.key).map(|v| &**v)),
+        Principal::FilterState(f) => f.matches(input.filter_state.get(&f.key).as_deref()),
     }
 }
 

@@ -88,6 +88,12 @@ pub fn build(filters: &[HttpFilterEntry], cx: &BuildCx<'_>) -> Vec<ChainEntry> {
                 cx.server,
                 cx.clusters.clone(),
             )),
+            Model::GrpcStats(c) => Arc::new(super::grpc_stats::GrpcStatsFactory::new(
+                f.name.clone(),
+                c.clone(),
+                cx.server.store.clone(),
+                cx.clusters.clone(),
+            )),
             Model::Cors => Arc::new(super::cors::CorsFactory::new(
                 &f.name,
                 cx.stat_prefix,
@@ -138,7 +144,7 @@ pub fn create(chain: &[ChainEntry], cx: &StreamCx<'_>) -> StreamFilters {
     let mut out = Vec::with_capacity(chain.len());
     for e in chain {
         let per_route = cx.route.and_then(|r| r.per_filter(e.factory.name()));
-        if per_route.map_or(e.disabled, |p| p.disabled) {
+        if !enabled(e, per_route) {
             continue;
         }
         let config = per_route.and_then(|p| p.config.as_ref());
@@ -147,6 +153,80 @@ pub fn create(chain: &[ChainEntry], cx: &StreamCx<'_>) -> StreamFilters {
         }
     }
     out
+}
+
+/// Whether an entry runs on a stream: the route's most specific per-filter entry decides,
+/// else the chain's `disabled`.
+fn enabled(e: &ChainEntry, per_route: Option<&crate::model::per_filter::PerFilter>) -> bool {
+    !per_route.map_or(e.disabled, |p| p.disabled)
+}
+
+/// The chain's completion observers (`HttpFilterFactory::observes_completion`), with their
+/// places in the chain: `on_stream_complete` runs for those enabled on the stream's route,
+/// as Envoy calls the access-log handlers of the filters its stream instantiated.
+#[derive(Debug, Clone, Default)]
+pub struct Completions {
+    observers: Vec<(usize, Arc<dyn HttpFilterFactory>)>,
+}
+
+/// Which of the observers run on a stream: bit `i` for observer `i` (the first 64; more
+/// observers than that on one chain run when the chain does not disable them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletionSet(u64);
+
+impl Completions {
+    pub fn new(chain: &[ChainEntry]) -> Self {
+        let observers = chain
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.factory.observes_completion())
+            .map(|(i, e)| (i, e.factory.clone()))
+            .collect();
+        Self { observers }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.observers.is_empty()
+    }
+
+    pub fn factories(&self) -> impl Iterator<Item = &Arc<dyn HttpFilterFactory>> {
+        self.observers.iter().map(|(_, f)| f)
+    }
+
+    /// The observers enabled for the stream's route (`None`: no route, or the stream ended
+    /// before one was chosen: the chain's `disabled` decides).
+    pub fn for_route(
+        &self,
+        chain: &[ChainEntry],
+        route: Option<super::RouteCx<'_>>,
+    ) -> CompletionSet {
+        let mut set = 0u64;
+        for (bit, (i, f)) in self.observers.iter().enumerate().take(64) {
+            let per_route = route.and_then(|r| r.per_filter(f.name()));
+            if enabled(&chain[*i], per_route) {
+                set |= 1 << bit;
+            }
+        }
+        CompletionSet(set)
+    }
+
+    /// Call `on_stream_complete` on the observers in `set`.
+    pub fn complete(
+        &self,
+        chain: &[ChainEntry],
+        set: CompletionSet,
+        s: &super::CompletedStream<'_>,
+    ) {
+        for (bit, (i, f)) in self.observers.iter().enumerate() {
+            let on = match bit {
+                0..64 => set.0 & (1 << bit) != 0,
+                _ => !chain[*i].disabled,
+            };
+            if on {
+                f.on_stream_complete(s);
+            }
+        }
+    }
 }
 
 /// The decoder side of the request headers, in chain order. `Err((i, reply))`: filter `i`
@@ -408,7 +488,7 @@ mod tests {
             ]
         );
         // What one filter left in the stream's filter state, the others (and the log) see.
-        assert_eq!(info.filter_state.get("b").map(|v| &**v), Some("seen"));
+        assert_eq!(info.filter_state.get("b").as_deref(), Some("seen"));
     }
 
     #[tokio::test]
@@ -556,5 +636,109 @@ virtual_hosts:
         run(&chain, None).await;
         let got = log_of(&log);
         assert!(!got.iter().any(|l| l.starts_with("create chain_disabled")));
+    }
+
+    /// Observes completion only (as istio.stats: no per-stream instance).
+    #[derive(Debug)]
+    struct Observer {
+        name: &'static str,
+        log: Log,
+    }
+
+    impl HttpFilterFactory for Observer {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn create(
+            &self,
+            _: Option<&PerFilterConfig>,
+            _: &StreamCx<'_>,
+        ) -> Option<Box<dyn HttpFilter>> {
+            None
+        }
+
+        fn on_stream_complete(&self, _s: &crate::filters::http::CompletedStream<'_>) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("complete {}", self.name));
+        }
+
+        fn observes_completion(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn completion_observers_run_only_where_the_route_enables_them() {
+        let rc = route_config();
+        let headers = http::HeaderMap::new();
+        let rr = RouteRequest {
+            headers: crate::model::matcher::RequestHeaders {
+                method: &http::Method::GET,
+                path_and_query: "/",
+                authority: "x",
+                scheme: "http",
+                headers: &headers,
+            },
+            host: "x",
+            is_tls: false,
+            is_internal: false,
+        };
+        let RouteMatch::Route { vhost, route, .. } = rc.route(&rr) else {
+            panic!("routed");
+        };
+        let cx = RouteCx {
+            route_config: &rc,
+            vhost,
+            route,
+            weighted: None,
+        };
+        let log = Log::default();
+        let observer = |name: &'static str, disabled: bool| ChainEntry {
+            factory: Arc::new(Observer {
+                name,
+                log: log.clone(),
+            }),
+            disabled,
+        };
+        let chain = [
+            entry("plain", Act::Continue, false, &log),
+            observer("off_everywhere", false),
+            observer("on_for_route", false),
+            observer("chain_disabled", true),
+            observer("chain_disabled_no_entry", true),
+            observer("observer_plain", false),
+        ];
+        let completions = Completions::new(&chain);
+        let conn = conn();
+        let info = StreamInfo::new(conn);
+        let done = crate::filters::http::CompletedStream {
+            info: &info,
+            request: None,
+            response_headers: None,
+        };
+        let routed = completions.for_route(&chain, Some(cx));
+        completions.complete(&chain, routed, &done);
+        assert_eq!(
+            log_of(&log),
+            [
+                "complete on_for_route",
+                "complete chain_disabled",
+                "complete observer_plain"
+            ]
+        );
+        // A stream without a route: the chain's `disabled` decides.
+        let none = completions.for_route(&chain, None);
+        completions.complete(&chain, none, &done);
+        assert_eq!(
+            log_of(&log),
+            [
+                "complete off_everywhere",
+                "complete on_for_route",
+                "complete observer_plain"
+            ]
+        );
     }
 }

@@ -25,6 +25,8 @@ pub const REQUESTS_TOTAL: usize = 0;
 pub const REQUEST_DURATION: usize = 1;
 pub const REQUEST_BYTES: usize = 2;
 pub const RESPONSE_BYTES: usize = 3;
+pub const REQUEST_MESSAGES: usize = 4;
+pub const RESPONSE_MESSAGES: usize = 5;
 pub const TCP_OPENED: usize = 6;
 pub const TCP_CLOSED: usize = 7;
 pub const TCP_SENT: usize = 8;
@@ -36,6 +38,21 @@ fn kind_of(metric: usize) -> Kind {
         _ => Kind::Counter,
     }
 }
+
+/// Which of the standard labels a metric carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labels {
+    /// All of them.
+    Http,
+    /// All but `response_code` and `grpc_response_status`.
+    Tcp,
+    /// The reporter and the peers' labels only, up to `destination_cluster`: what Istio's
+    /// filter has pushed when it reports the gRPC message counts.
+    Peer,
+}
+
+/// `request_protocol`'s index in [`HTTP_LABELS`]: where [`Labels::Peer`] stops.
+const REQUEST_PROTOCOL: usize = 20;
 
 /// What an expression can read.
 #[derive(Default)]
@@ -173,7 +190,7 @@ impl Recorder {
         &self,
         metric: usize,
         std: &[&str; HTTP_LABELS.len()],
-        tcp: bool,
+        labels: Labels,
         cx: &EvalCx<'_>,
         amount: u64,
     ) {
@@ -197,8 +214,10 @@ impl Recorder {
         let mut pairs: [(&str, &str); MAX_LABELS] = [("", ""); MAX_LABELS];
         let mut n = 0;
         for (i, name) in HTTP_LABELS.iter().enumerate() {
-            if tcp && (i == RESPONSE_CODE || i == GRPC_STATUS) {
-                continue;
+            match labels {
+                Labels::Tcp if i == RESPONSE_CODE || i == GRPC_STATUS => continue,
+                Labels::Peer if i >= REQUEST_PROTOCOL => break,
+                _ => {}
             }
             let mut value = std[i];
             if !o.changed.is_empty() {
@@ -345,8 +364,8 @@ impl IstioStatsFactory {
         let headers = s.request.map(|r| &r.headers);
         let header =
             |n: &http::HeaderName| headers.and_then(|h| h.get(n)).and_then(|v| v.to_str().ok());
-        let grpc =
-            header(&http::header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/grpc"));
+        // Envoy's `isGrpcRequestHeaders` (`application/grpc` or `application/grpc+…`).
+        let grpc = headers.is_some_and(crate::filters::http::grpc_stats::grpc_content_type);
         let cluster = info
             .upstream_cluster
             .as_deref()
@@ -403,12 +422,18 @@ impl IstioStatsFactory {
             upstream_peer: info.upstream_peer.as_deref(),
             downstream_peer: info.downstream_peer.as_deref(),
         };
-        r.record(REQUESTS_TOTAL, &std, false, &cx, 1);
+        r.record(REQUESTS_TOTAL, &std, Labels::Http, &cx, 1);
         let end = info.last_downstream_tx.unwrap_or(info.start);
         let ms = end.duration_since(info.start).as_millis() as u64;
-        r.record(REQUEST_DURATION, &std, false, &cx, ms);
-        r.record(REQUEST_BYTES, &std, false, &cx, info.bytes_received);
-        r.record(RESPONSE_BYTES, &std, false, &cx, info.bytes_sent);
+        r.record(REQUEST_DURATION, &std, Labels::Http, &cx, ms);
+        r.record(REQUEST_BYTES, &std, Labels::Http, &cx, info.bytes_received);
+        r.record(RESPONSE_BYTES, &std, Labels::Http, &cx, info.bytes_sent);
+        // Istio reads grpc_stats' filter state at the end of a gRPC stream (its periodic
+        // reports while the stream lasts are not done): the counts with the peer labels.
+        if let Some((rq, rs)) = info.filter_state.grpc_stats().filter(|_| grpc) {
+            r.record(REQUEST_MESSAGES, &std, Labels::Peer, &cx, rq);
+            r.record(RESPONSE_MESSAGES, &std, Labels::Peer, &cx, rs);
+        }
     }
 }
 
@@ -555,7 +580,7 @@ mod tests {
                 &store,
             );
             let std = standard_labels(r.reporter, &r.local, &Facts::default());
-            r.record(REQUESTS_TOTAL, &std, false, &EvalCx::default(), 1);
+            r.record(REQUESTS_TOTAL, &std, Labels::Http, &EvalCx::default(), 1);
             let text = render(&store);
             assert_eq!(
                 text.contains("istio_requests_total{reporter=\"source\""),
@@ -601,8 +626,8 @@ mod tests {
             cluster_name: Some("inbound|9080||"),
             ..Default::default()
         };
-        r.record(REQUESTS_TOTAL, &std, false, &cx, 1);
-        r.record(REQUEST_BYTES, &std, false, &cx, 10);
+        r.record(REQUESTS_TOTAL, &std, Labels::Http, &cx, 1);
+        r.record(REQUEST_BYTES, &std, Labels::Http, &cx, 10);
         let text = render(&store);
         assert!(
             text.contains("# TYPE istio_requests_total counter"),
@@ -616,5 +641,33 @@ mod tests {
             text.contains("istio_build{component=\"proxy\",tag=\"1.5-dev\"} 1"),
             "{text}"
         );
+    }
+
+    /// The message counters carry the reporter and the peers' labels only, up to
+    /// `destination_cluster`, as Istio has pushed them when it reports the counts.
+    #[test]
+    fn message_counters_carry_the_peer_labels_only() {
+        let (r, store) = recorder(Default::default());
+        let std = standard_labels(r.reporter, &r.local, &Facts::default());
+        r.record(REQUEST_MESSAGES, &std, Labels::Peer, &EvalCx::default(), 5);
+        r.record(RESPONSE_MESSAGES, &std, Labels::Peer, &EvalCx::default(), 7);
+        let text = render(&store);
+        assert!(
+            text.contains("# TYPE istio_request_messages_total counter"),
+            "{text}"
+        );
+        let line = |f: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{f}{{")))
+                .unwrap_or_else(|| panic!("{f} in {text}"))
+                .to_string()
+        };
+        let rq = line("istio_request_messages_total");
+        assert!(rq.ends_with("\"} 5"), "{rq}");
+        // destination_cluster is the last label.
+        let last = rq.rsplit(',').next().unwrap();
+        assert!(last.starts_with("destination_cluster="), "{rq}");
+        assert!(!rq.contains("request_protocol"), "{rq}");
+        assert!(line("istio_response_messages_total").ends_with("} 7"));
     }
 }

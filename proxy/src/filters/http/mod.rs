@@ -18,6 +18,7 @@ pub mod chain;
 pub mod compressor;
 pub mod cors;
 pub mod fault;
+pub mod grpc_stats;
 pub mod istio_stats;
 pub mod local_ratelimit;
 pub mod noop;

@@ -122,15 +122,39 @@ impl IstioStatsNet {
         };
         if !self.opened {
             self.opened = true;
-            r.record(TCP_OPENED, &std, true, &cx, 1);
+            r.record(
+                TCP_OPENED,
+                &std,
+                crate::filters::http::istio_stats::Labels::Tcp,
+                &cx,
+                1,
+            );
         }
         let (rx, tx) = self.reported;
-        r.record(TCP_RECEIVED, &std, true, &cx, self.received - rx);
-        r.record(TCP_SENT, &std, true, &cx, self.sent - tx);
+        r.record(
+            TCP_RECEIVED,
+            &std,
+            crate::filters::http::istio_stats::Labels::Tcp,
+            &cx,
+            self.received - rx,
+        );
+        r.record(
+            TCP_SENT,
+            &std,
+            crate::filters::http::istio_stats::Labels::Tcp,
+            &cx,
+            self.sent - tx,
+        );
         self.reported = (self.received, self.sent);
         self.last_report = Instant::now();
         if closing {
-            r.record(TCP_CLOSED, &std, true, &cx, 1);
+            r.record(
+                TCP_CLOSED,
+                &std,
+                crate::filters::http::istio_stats::Labels::Tcp,
+                &cx,
+                1,
+            );
         }
     }
 
