@@ -676,3 +676,331 @@ async fn mtls_percentage_over_two_sidecars_scrapes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// === gRPC: grpc_stats' message counts in Istio's metrics ===
+
+const H2_CLUSTER: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
+
+/// Istio's sidecar chain has grpc_stats (emitting its filter state) before istio.stats.
+fn with_grpc_stats(sidecar: String, stats_config: &str) -> String {
+    let fields = stats_config.trim_start_matches('{').trim_end_matches('}');
+    let filter = format!(
+        "          - name: envoy.filters.http.grpc_stats\n            typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, {fields}}}\n          - name: istio.stats\n"
+    );
+    sidecar.replacen("          - name: istio.stats\n", &filter, 1)
+}
+
+/// A stats config fixture as a YAML block under `value:`.
+fn stats_block(fixture: &str) -> String {
+    let yaml = render(&data(fixture), &HashMap::new());
+    let lines: Vec<String> = yaml
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("                {l}"))
+        .collect();
+    format!("\n{}", lines.join("\n"))
+}
+
+/// One gRPC call over h2c: `messages` request messages (their bytes sent in 7-byte data
+/// frames, so messages and their headers straddle frames); the response's messages and
+/// trailers.
+async fn grpc_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    messages: &[&[u8]],
+) -> (u16, bytes::Bytes, Option<http::HeaderMap>) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut wire = Vec::new();
+    for m in messages {
+        wire.push(0u8);
+        wire.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        wire.extend_from_slice(m);
+    }
+    let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = wire
+        .chunks(7)
+        .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://server.default.svc.cluster.local{path}"))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, collected.to_bytes(), trailers)
+}
+
+/// istio/proxy's gRPC scenario: a client and a server sidecar, each with grpc_stats
+/// (`emit_filter_state`) before istio.stats, two calls of five messages each way: Istio's
+/// `istio_{request,response}_messages_total` series (peer labels only, as Istio reports them),
+/// and grpc_stats' own per-method stats on the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_message_counts_match_istios_fixtures() {
+    let app = upstream("ratings").await;
+    let cluster_extra = format!("{ISTIO_SERVICE}{H2_CLUSTER}");
+    let server = Remora::start(&with_grpc_stats(
+        sidecar(
+            &node_metadata("server_node_metadata.json.tmpl"),
+            "INBOUND",
+            (
+                "{downstream_discovery: [{istio_headers: {}}], downstream_propagation: [{istio_headers: {}}]}",
+                &stats_block("stats/server_config_grpc.yaml.tmpl"),
+            ),
+            "inbound|9080||",
+            &cluster_extra,
+            app.addr,
+            "",
+        ),
+        "{emit_filter_state: true, stats_for_all_methods: false}",
+    ))
+    .await;
+    let client = Remora::start(&with_grpc_stats(
+        sidecar(
+            &node_metadata("client_node_metadata.json.tmpl"),
+            "OUTBOUND",
+            (
+                "{upstream_discovery: [{istio_headers: {}}], upstream_propagation: [{istio_headers: {}}]}",
+                &stats_block("stats/client_config_grpc.yaml.tmpl"),
+            ),
+            "outbound|9080||server.default.svc.cluster.local",
+            &cluster_extra,
+            server.addr("l"),
+            "",
+        ),
+        "{emit_filter_state: true, stats_for_all_methods: true, enable_upstream_stats: true}",
+    ))
+    .await;
+    // The app echoes the request's messages (paths under /grpc).
+    let msgs: [&[u8]; 5] = [b"one", b"", b"three", &[7u8; 40], b"five"];
+    for _ in 0..2 {
+        let (status, body, trailers) =
+            grpc_call(client.addr("l"), "/grpc.test.Echo/Stream", &msgs).await;
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), 5 * 5 + 3 + 5 + 40 + 4);
+        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+    }
+    // Stream ends are recorded once the response body is done.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let c = client.admin_get("/stats/prometheus").await.unwrap().1;
+    let s = server.admin_get("/stats/prometheus").await.unwrap().1;
+    promtool_check(&c);
+    promtool_check(&s);
+    let vars: HashMap<&str, &str> = [("RequestMessages", "10"), ("ResponseMessages", "10")].into();
+    assert_fixture(&c, "metric/client_request_messages.yaml.tmpl", &vars);
+    assert_fixture(&c, "metric/client_response_messages.yaml.tmpl", &vars);
+    assert_fixture(&s, "metric/server_request_messages.yaml.tmpl", &vars);
+    assert_fixture(&s, "metric/server_response_messages.yaml.tmpl", &vars);
+    // The calls themselves are gRPC in istio_requests_total.
+    let calls = scraped(&s, "istio_requests_total");
+    let label = |k: &str| calls[0].0.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    assert_eq!(label("request_protocol"), "grpc");
+    assert_eq!(label("grpc_response_status"), "0");
+
+    // grpc_stats' own stats: per method on the client, under `grpc.` alone on the server.
+    let cs = client.stats().await;
+    let p = "cluster.outbound|9080||server.default.svc.cluster.local.grpc.grpc.test.Echo.Stream.";
+    for (suffix, want) in [
+        ("0", 2),
+        ("success", 2),
+        ("total", 2),
+        ("request_message_count", 10),
+        ("response_message_count", 10),
+    ] {
+        assert_eq!(cs.get(&format!("{p}{suffix}")), Some(&want), "{p}{suffix}");
+    }
+    assert!(!cs.contains_key(&format!("{p}failure")));
+    // enable_upstream_stats: one upstream time per call (histograms in /stats: `P0(…)`).
+    let text = client.admin_get("/stats").await.unwrap().1;
+    assert!(
+        text.contains(&format!("{p}upstream_rq_time: P0(")),
+        "{text}"
+    );
+    let ss = server.stats().await;
+    let p = "cluster.inbound|9080||.grpc.";
+    assert_eq!(ss.get(&format!("{p}success")), Some(&2));
+    assert_eq!(ss.get(&format!("{p}request_message_count")), Some(&10));
+}
+
+// === istio.stats disabled per route ===
+
+/// The sum of a family's samples in a scrape.
+fn total(scrape: &str, family: &str) -> f64 {
+    scraped(scrape, family)
+        .iter()
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// A route whose most specific `typed_per_filter_config` entry disables istio.stats records
+/// nothing (Envoy does not create the filter, so its access-log handler never runs); a route
+/// that enables it again under a virtual host that disables it records; the others record as
+/// usual. From the file and over LDS (state of the world and delta).
+async fn istio_stats_disabled_per_route(source: crate::sources::Source) {
+    let app = upstream("app").await;
+    let fc = r#"{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig"#;
+    let vhosts = format!(
+        r#"            - name: quiet
+              domains: ["quiet.example"]
+              typed_per_filter_config:
+                istio.stats: {fc}, disabled: true}}
+              routes:
+              - match: {{prefix: /loud}}
+                route: {{cluster: app}}
+                typed_per_filter_config:
+                  istio.stats: {fc}}}
+              - match: {{prefix: /}}
+                route: {{cluster: app}}
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /off}}
+                route: {{cluster: app}}
+                typed_per_filter_config:
+                  istio.stats: {fc}, disabled: true}}
+              - match: {{prefix: /}}
+                route: {{cluster: app}}
+"#
+    );
+    let stats = "          - name: istio.stats\n            typed_config:\n              \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n              type_url: type.googleapis.com/stats.PluginConfig\n              value: {}\n";
+    let listener = http_listener("main", "", &vhosts).replace(
+        "          http_filters:\n",
+        &format!("          http_filters:\n{stats}"),
+    );
+    let r = source
+        .start(&bootstrap(&listener, &cluster("app", &[app.addr], "")))
+        .await;
+    let addr = r.addr("main");
+    for (host, path, n) in [
+        ("x", "/on", 3),
+        ("x", "/off", 2),
+        ("quiet.example", "/", 4),
+        ("quiet.example", "/loud", 1),
+    ] {
+        for _ in 0..n {
+            assert_eq!(get(addr, host, path).await.status, 200);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let scrape = r.admin_get("/stats/prometheus").await.unwrap().1;
+    promtool_check(&scrape);
+    assert_eq!(total(&scrape, "istio_requests_total"), 4.0, "{scrape}");
+    let r = r
+        .admin_get("/stats?filter=http.main.downstream_rq_completed")
+        .await
+        .unwrap()
+        .1;
+    assert!(r.contains(": 10"), "every request completed: {r}");
+}
+
+crate::across_sources!(istio_stats_disabled_per_route);
+
+/// The same over RDS (state of the world and delta): the listener from LDS has istio.stats;
+/// the route configuration disables it on `/off`, then a new version enables it there.
+async fn istio_stats_disabled_per_route_over_rds(api: &str) {
+    use crate::xds::{NODE, bootstrap_with_ads, lds_listener, xds_server};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use remora_xds::build::{route_all_to, static_cluster};
+    use remora_xds::resource::{CLUSTER, LISTENER, ROUTE, any};
+    use remora_xds::server::Snapshot;
+    let app = upstream("app").await;
+    let (cache, xds, _task) = xds_server().await;
+    let port = closed_port().port();
+    let mut l = lds_listener("dyn", port, "r1", "dyn");
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+        unreachable!()
+    };
+    let mut m: hcm::HttpConnectionManager = prost::Message::decode(a.value.as_slice()).unwrap();
+    m.http_filters.insert(
+        0,
+        hcm::HttpFilter {
+            name: "istio.stats".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: "type.googleapis.com/stats.PluginConfig".into(),
+                    value: Vec::new(),
+                },
+            )),
+            ..Default::default()
+        },
+    );
+    f.config_type = Some(ConfigType::TypedConfig(any(&m)));
+    let routes = |disabled: bool| {
+        let mut rc = route_all_to("r1", "app");
+        let mut off = rc.virtual_hosts[0].routes[0].clone();
+        off.r#match = Some(route::RouteMatch {
+            path_specifier: Some(route::route_match::PathSpecifier::Prefix("/off".into())),
+            ..Default::default()
+        });
+        let fc = route::FilterConfig {
+            disabled,
+            ..Default::default()
+        };
+        off.typed_per_filter_config
+            .insert("istio.stats".into(), any(&fc));
+        rc.virtual_hosts[0].routes.insert(0, off);
+        rc
+    };
+    let snap = |rv: &str, disabled: bool| {
+        Snapshot::default()
+            .with(
+                CLUSTER,
+                "c1",
+                vec![any(&static_cluster("app", &[app.addr]))],
+            )
+            .with(LISTENER, "l1", vec![any(&l)])
+            .with(ROUTE, rv, vec![any(&routes(disabled))])
+    };
+    cache.set_snapshot(NODE, snap("r1", true));
+    let yaml = bootstrap_with_ads(xds, api).replace(
+        "  cds_config: {ads: {}, resource_api_version: V3}\n",
+        "  cds_config: {ads: {}, resource_api_version: V3}\n  lds_config: {ads: {}, resource_api_version: V3}\n",
+    );
+    let r = Remora::start(&yaml).await;
+    r.wait_stat("listener_manager.total_listeners_active", 2)
+        .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let requests = |n: usize, path: &'static str| async move {
+        for _ in 0..n {
+            assert_eq!(get(addr, "x", path).await.status, 200);
+        }
+    };
+    let scrape = || async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let s = r.admin_get("/stats/prometheus").await.unwrap().1;
+        promtool_check(&s);
+        total(&s, "istio_requests_total")
+    };
+    requests(2, "/on").await;
+    requests(3, "/off").await;
+    assert_eq!(scrape().await, 2.0);
+    // The next route version enables it on /off.
+    cache.set_snapshot(NODE, snap("r2", false));
+    r.wait_stat("http.dyn.rds.r1.config_reload", 2).await;
+    requests(3, "/off").await;
+    assert_eq!(scrape().await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_stats_disabled_per_route_over_rds_sotw() {
+    istio_stats_disabled_per_route_over_rds("GRPC").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_stats_disabled_per_route_over_rds_delta() {
+    istio_stats_disabled_per_route_over_rds("DELTA_GRPC").await
+}
