@@ -143,11 +143,11 @@ impl GrpcMessageCounts {
 }
 
 impl FilterState {
-    /// The value's string serialisation (Envoy's `serializeAsString`).
+    /// The value as `%FILTER_STATE(key)%` prints it (a string as itself, the gRPC counts as
+    /// their `FilterObject` JSON, as Envoy 1.40 prints them).
     pub fn get(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
         if key == crate::model::grpc_stats::FILTER_STATE_KEY {
-            let (rq, rs) = self.grpc_stats()?;
-            return Some(format!("{rq},{rs}").into());
+            return self.typed_json(key).map(Into::into);
         }
         self.values
             .iter()
@@ -162,9 +162,16 @@ impl FilterState {
             return None;
         }
         let (rq, rs) = self.grpc_stats()?;
-        Some(format!(
-            r#"{{"requestMessageCount":"{rq}","responseMessageCount":"{rs}"}}"#
-        ))
+        // proto3 JSON: uint64 as strings, zero fields left out.
+        let field = |name: &str, n: u64| (n > 0).then(|| format!(r#""{name}":"{n}""#));
+        let fields: Vec<String> = [
+            field("requestMessageCount", rq),
+            field("responseMessageCount", rs),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Some(format!("{{{}}}", fields.join(",")))
     }
 
     pub fn set(&mut self, key: &str, value: Arc<str>) {
@@ -225,5 +232,34 @@ impl StreamInfo {
 
     pub fn set_flag(&mut self, f: ResponseFlags) {
         self.response_flags |= f;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// grpc_stats' counts as Envoy 1.40 prints `%FILTER_STATE(envoy.filters.http.grpc_stats)%`
+    /// (plain and typed alike): the `FilterObject`'s proto3 JSON, zero fields left out;
+    /// absent until a message was counted.
+    #[test]
+    fn grpc_counts_print_as_envoys_filter_object() {
+        let key = crate::model::grpc_stats::FILTER_STATE_KEY;
+        let mut fs = FilterState::default();
+        assert_eq!(fs.get(key), None);
+        let counts = Arc::new(GrpcMessageCounts::default());
+        fs.set_grpc_stats(counts.clone());
+        assert_eq!(fs.get(key), None);
+        counts.request.fetch_add(2, Relaxed);
+        assert_eq!(
+            fs.get(key).as_deref(),
+            Some(r#"{"requestMessageCount":"2"}"#)
+        );
+        counts.response.fetch_add(3, Relaxed);
+        assert_eq!(
+            fs.typed_json(key).as_deref(),
+            Some(r#"{"requestMessageCount":"2","responseMessageCount":"3"}"#)
+        );
+        assert_eq!(fs.grpc_stats(), Some((2, 3)));
     }
 }

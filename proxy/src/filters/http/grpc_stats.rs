@@ -5,7 +5,7 @@
 //! headers in the bodies as they stream (a message counts at its first byte, whatever the data
 //! frames' boundaries), and with `enable_upstream_stats` `upstream_rq_time` (the end of the
 //! request body to the end of the response). With `emit_filter_state` the counts are the
-//! stream's `envoy.filters.http.grpc_stats` filter state (`<request>,<response>`), which
+//! stream's `envoy.filters.http.grpc_stats` filter state (its `FilterObject` JSON), which
 //! Istio's stats read for `istio_{request,response}_messages_total`.
 //!
 //! Not done: the Connect protocol's unary and streaming forms (Envoy counts them too);
@@ -294,11 +294,11 @@ impl Counting {
                 let delta = self.frames.inspect(data);
                 self.call.messages(request, delta);
             }
-        } else if let Some(t) = frame.trailers_ref() {
-            if let Side::Response { trailers: true, .. } = self.side {
-                self.call.charge_status(t.get("grpc-status"));
-                self.call.upstream_time();
-            }
+        } else if let (Some(t), Side::Response { trailers: true, .. }) =
+            (frame.trailers_ref(), self.side)
+        {
+            self.call.charge_status(t.get("grpc-status"));
+            self.call.upstream_time();
         }
     }
 
