@@ -1004,3 +1004,56 @@ async fn istio_stats_disabled_per_route_over_rds_sotw() {
 async fn istio_stats_disabled_per_route_over_rds_delta() {
     istio_stats_disabled_per_route_over_rds("DELTA_GRPC").await
 }
+
+// === grpc_stats on its own, from the file and over LDS/CDS ===
+
+/// `individual_method_stats_allowlist`: the listed method gets `grpc.<service>.<method>.`
+/// stats, another method of the same service is counted under `grpc.` alone; the filter
+/// state reaches the access log as Envoy prints it; a non-gRPC request is not counted.
+async fn grpc_stats_allowlist_and_filter_state(source: crate::sources::Source) {
+    let app = upstream("app").await;
+    let log = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/grpc.log\n              log_format: {text_format_source: {inline_string: \"%REQ(:PATH)% %FILTER_STATE(envoy.filters.http.grpc_stats)%\\n\"}}\n";
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n";
+    let grpc_stats = "          - name: envoy.filters.http.grpc_stats\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig\n              emit_filter_state: true\n              individual_method_stats_allowlist:\n                services: [{name: grpc.test.Echo, method_names: [Stream]}]\n";
+    let listener = http_listener("main", log, vhosts).replace(
+        "          http_filters:\n",
+        &format!("          http_filters:\n{grpc_stats}"),
+    );
+    let r = source
+        .start(&bootstrap(&listener, &cluster("app", &[app.addr], H2_CLUSTER)))
+        .await;
+    let addr = r.addr("main");
+    let (status, _, t) = grpc_call(addr, "/grpc.test.Echo/Stream", &[b"a", b"bb"]).await;
+    assert_eq!(status, 200);
+    assert_eq!(t.expect("trailers")["grpc-status"], "0");
+    let (status, _, _) = grpc_call(addr, "/grpc.test.Echo/Other", &[b"c", b"d", b"e"]).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(addr, "x", "/plain").await.status, 200);
+    let lines = r.log_lines("grpc.log", 3).await;
+    assert_eq!(
+        lines,
+        [
+            r#"/grpc.test.Echo/Stream {"requestMessageCount":"2","responseMessageCount":"2"}"#,
+            r#"/grpc.test.Echo/Other {"requestMessageCount":"3","responseMessageCount":"3"}"#,
+            "/plain -",
+        ]
+    );
+    let stats = r.stats().await;
+    let listed = "cluster.app.grpc.grpc.test.Echo.Stream.";
+    for (name, want) in [
+        (format!("{listed}success"), 1),
+        (format!("{listed}total"), 1),
+        (format!("{listed}request_message_count"), 2),
+        (format!("{listed}response_message_count"), 2),
+        ("cluster.app.grpc.0".into(), 1),
+        ("cluster.app.grpc.success".into(), 1),
+        ("cluster.app.grpc.total".into(), 1),
+        ("cluster.app.grpc.request_message_count".into(), 3),
+        ("cluster.app.grpc.response_message_count".into(), 3),
+    ] {
+        assert_eq!(stats.get(&name), Some(&want), "{name}");
+    }
+    assert!(!stats.keys().any(|k| k.contains("Echo.Other")));
+}
+
+crate::across_sources!(grpc_stats_allowlist_and_filter_state);

@@ -172,8 +172,10 @@ pub trait HttpFilterFactory: Send + Sync + std::fmt::Debug {
         cx: &StreamCx<'_>,
     ) -> Option<Box<dyn HttpFilter>>;
 
-    /// Called once at the end of every stream of the chain (Envoy's access-log time), whether
-    /// or not the filter ran on it; `observes_completion` says whether to call it.
+    /// Called once at the end of every stream whose route enables the filter (Envoy's
+    /// access-log time, as the access-log handler of the filter Envoy created for the
+    /// stream), whether or not `create` returned an instance; `observes_completion` says
+    /// whether to call it.
     fn on_stream_complete(&self, _s: &CompletedStream<'_>) {}
 
     fn observes_completion(&self) -> bool {
