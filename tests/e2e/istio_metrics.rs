@@ -1020,7 +1020,10 @@ async fn grpc_stats_allowlist_and_filter_state(source: crate::sources::Source) {
         &format!("          http_filters:\n{grpc_stats}"),
     );
     let r = source
-        .start(&bootstrap(&listener, &cluster("app", &[app.addr], H2_CLUSTER)))
+        .start(&bootstrap(
+            &listener,
+            &cluster("app", &[app.addr], H2_CLUSTER),
+        ))
         .await;
     let addr = r.addr("main");
     let (status, _, t) = grpc_call(addr, "/grpc.test.Echo/Stream", &[b"a", b"bb"]).await;

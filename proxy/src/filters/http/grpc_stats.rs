@@ -88,6 +88,8 @@ struct Call {
     upstream_stats: bool,
     /// When the request body ended (Envoy's last upstream byte sent, as the router writes it).
     request_done: OnceLock<Instant>,
+    /// The message counters, looked up once per call (data frames come often).
+    message_counters: [OnceLock<Arc<crate::telemetry::stats::Counter>>; 2],
 }
 
 impl Call {
@@ -116,11 +118,14 @@ impl Call {
             false => &self.counts.response,
         };
         c.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-        let name = match request {
-            true => "request_message_count",
-            false => "response_message_count",
+        let Some(p) = &self.prefix else { return };
+        let (i, name) = match request {
+            true => (0, "request_message_count"),
+            false => (1, "response_message_count"),
         };
-        self.counter(name, delta);
+        self.message_counters[i]
+            .get_or_init(|| self.store.counter(&format!("{p}{name}")))
+            .add(delta);
     }
 
     /// `upstream_rq_time`, once the response ended, when the request body had ended.
@@ -205,6 +210,7 @@ impl HttpFilter for GrpcStatsFilter {
             counts,
             upstream_stats: self.config.enable_upstream_stats,
             request_done: OnceLock::new(),
+            message_counters: Default::default(),
         }));
         Flow::Continue
     }
@@ -464,5 +470,58 @@ mod tests {
             Some("cluster.c.grpc.")
         );
         assert_eq!(stat_prefix(&all, "c", "/not-grpc"), None);
+    }
+
+    fn call(prefix: Option<&str>, store: &Arc<Store>) -> Call {
+        Call {
+            prefix: prefix.map(String::from),
+            store: store.clone(),
+            counts: Arc::default(),
+            upstream_stats: true,
+            request_done: OnceLock::new(),
+            message_counters: Default::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statuses_messages_and_upstream_time_as_envoys_context_charges_them() {
+        let store = Arc::new(Store::default());
+        let c = call(Some("cluster.c.grpc.s.M."), &store);
+        c.charge_status(Some(&http::HeaderValue::from_static("0")));
+        c.charge_status(Some(&http::HeaderValue::from_static("14")));
+        // No grpc-status: nothing charged.
+        c.charge_status(None);
+        c.messages(true, 2);
+        c.messages(true, 1);
+        c.messages(false, 0);
+        // The upstream time needs the request's end.
+        c.upstream_time();
+        let _ = c.request_done.set(Instant::now());
+        tokio::time::advance(std::time::Duration::from_millis(30)).await;
+        c.upstream_time();
+        let get = |n: &str| store.counter(&format!("cluster.c.grpc.s.M.{n}")).value();
+        assert_eq!(
+            [
+                get("0"),
+                get("14"),
+                get("success"),
+                get("failure"),
+                get("total")
+            ],
+            [1, 1, 1, 1, 2]
+        );
+        assert_eq!(get("request_message_count"), 3);
+        assert_eq!(c.counts.get(), Some((3, 0)));
+        let h = store
+            .histogram("cluster.c.grpc.s.M.upstream_rq_time")
+            .snapshot();
+        assert_eq!(h.count, 1);
+        // Untracked (no cluster, or not /service/method): the filter state still counts.
+        let store = Arc::new(Store::default());
+        let c = call(None, &store);
+        c.messages(false, 4);
+        c.charge_status(Some(&http::HeaderValue::from_static("0")));
+        assert_eq!(c.counts.get(), Some((0, 4)));
+        assert!(!store.entries().iter().any(|e| e.name.contains("grpc")));
     }
 }
