@@ -200,6 +200,10 @@ impl HttpFilter for GrpcStatsFilter {
             (Some(c), true) => stat_prefix(&self.config, c, req.uri.path()),
             _ => None,
         };
+        // Neither counted nor published: nothing to do on this stream.
+        if !self.grpc_request && !self.config.emit_filter_state {
+            return Flow::Continue;
+        }
         let counts = Arc::new(GrpcMessageCounts::default());
         if self.config.emit_filter_state {
             cx.info.filter_state.set_grpc_stats(counts.clone());
@@ -216,12 +220,14 @@ impl HttpFilter for GrpcStatsFilter {
     }
 
     fn on_request_body(&mut self, body: Body, _cx: &mut StreamCx<'_>) -> Body {
-        let Some(call) = &self.call else { return body };
+        let Some(call) = self.call.as_ref().filter(|_| self.grpc_request) else {
+            return body;
+        };
         if body.is_end_stream() {
             let _ = call.request_done.set(Instant::now());
             return body;
         }
-        counting(body, call.clone(), Side::Request(self.grpc_request))
+        counting(body, call.clone(), Side::Request)
     }
 
     fn on_response_headers(
@@ -264,8 +270,8 @@ impl HttpFilter for GrpcStatsFilter {
 
 #[derive(Clone, Copy)]
 enum Side {
-    /// Whether the request is gRPC (its messages counted).
-    Request(bool),
+    /// A gRPC request: its messages counted, its end noted.
+    Request,
     /// Count messages (a gRPC response); charge the trailers' status (a tracked call).
     Response { count: bool, trailers: bool },
 }
@@ -292,7 +298,7 @@ struct Counting {
 impl Counting {
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
         let (count, request) = match self.side {
-            Side::Request(count) => (count, true),
+            Side::Request => (true, true),
             Side::Response { count, .. } => (count, false),
         };
         if let Some(data) = frame.data_ref() {
@@ -313,7 +319,7 @@ impl Counting {
             return;
         }
         self.done = true;
-        if let Side::Request(_) = self.side {
+        if let Side::Request = self.side {
             let _ = self.call.request_done.set(Instant::now());
         }
     }
