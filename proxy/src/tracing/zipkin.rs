@@ -231,6 +231,14 @@ impl Driver {
     }
 }
 
+#[cfg(test)]
+impl Driver {
+    /// The spans waiting for the collector, taken.
+    pub(crate) fn pending(&self) -> Vec<Record> {
+        self.queue.take(true).unwrap_or_default()
+    }
+}
+
 /// One report to the collector.
 struct Post {
     clusters: Weak<ClusterManager>,
