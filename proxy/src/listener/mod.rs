@@ -730,7 +730,8 @@ impl ActiveListener {
             return;
         }
         let mut info = StreamInfo::new(conn);
-        info.connection_termination_details = Some(detail);
+        info.downstream_local_close_reason = Some(detail);
+        info.connection_termination_details = st.termination_details.clone();
         info.dynamic_metadata = st.metadata.clone();
         info.set_flag(st.response_flags);
         info.last_downstream_tx = Some(Instant::now());
