@@ -56,6 +56,9 @@ pub struct StreamInfo {
     pub response_flags: ResponseFlags,
     pub response_code_details: std::borrow::Cow<'static, str>,
     pub connection_termination_details: Option<std::borrow::Cow<'static, str>>,
+    /// Why remora closed the downstream connection, when it did (Envoy's local close reason,
+    /// `%DOWNSTREAM_LOCAL_CLOSE_REASON%`).
+    pub downstream_local_close_reason: Option<std::borrow::Cow<'static, str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub route_name: Option<Arc<str>>,
@@ -71,8 +74,14 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// When the last byte of the request was received from downstream.
     pub last_downstream_rx: Option<Instant>,
+    /// When the (last) upstream request got its connection and its first byte went out.
+    pub first_upstream_tx: Option<Instant>,
+    /// When the last byte of the (last) upstream request went out.
+    pub last_upstream_tx: Option<Instant>,
     /// When the first byte of the response was received from upstream.
     pub first_upstream_rx: Option<Instant>,
+    /// When the last byte of the response was received from upstream.
+    pub last_upstream_rx: Option<Instant>,
     /// When the first byte of the response was sent downstream.
     pub first_downstream_tx: Option<Instant>,
     /// When the last byte of the response was sent downstream.
@@ -207,6 +216,7 @@ impl StreamInfo {
             response_flags: ResponseFlags::empty(),
             response_code_details: std::borrow::Cow::Borrowed(""),
             connection_termination_details: None,
+            downstream_local_close_reason: None,
             bytes_received: 0,
             bytes_sent: 0,
             route_name: None,
@@ -218,7 +228,10 @@ impl StreamInfo {
             upstream_tls: None,
             attempt_count: 0,
             last_downstream_rx: None,
+            first_upstream_tx: None,
+            last_upstream_tx: None,
             first_upstream_rx: None,
+            last_upstream_rx: None,
             first_downstream_tx: None,
             last_downstream_tx: None,
             health_check: false,

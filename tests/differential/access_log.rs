@@ -217,6 +217,13 @@ fn cases() -> Vec<AlCase> {
             "/status/200",
             Exact,
         ),
+        // A request's line is written while its connection is open: no local close reason.
+        c(
+            "downstream_local_close_reason",
+            Text("%DOWNSTREAM_LOCAL_CLOSE_REASON%"),
+            "/status/200",
+            Exact,
+        ),
         AlCase {
             method: "POST",
             headers: &[("content-length", "11")],

@@ -144,7 +144,8 @@ async fn http(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
 /// `envoy.filters.network.local_ratelimit` in front of tcp_proxy: one connection an hour; the
 /// second is closed before a byte goes on. What each connection read, the filter's stat, and
 /// tcp_proxy's access-log lines (the closed connection's flag is `URX`, as Envoy sets
-/// `UpstreamRetryLimitExceeded` on the connection's stream info).
+/// `UpstreamRetryLimitExceeded` on the connection's stream info; its local close reason
+/// `local_ratelimit_close_over_limit`, its termination details none).
 async fn network(envoy: &Path) -> CaseResult {
     let (echo, _task) = tcp_echo().await;
     let listener = r#"  - name: tcp
@@ -166,7 +167,7 @@ async fn network(envoy: &Path) -> CaseResult {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: RUN_DIR/tcp.log
-              log_format: {text_format_source: {inline_string: "%RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER%\n"}}
+              log_format: {text_format_source: {inline_string: "%RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %DOWNSTREAM_LOCAL_CLOSE_REASON% %CONNECTION_TERMINATION_DETAILS%\n"}}
 "#;
     let pair = Pair::start(envoy, &bootstrap(listener, &cluster("echo", &[echo], ""))).await;
     let mut seen = Vec::new();

@@ -1,6 +1,7 @@
 //! Distributed tracing (`envoy.tracers.zipkin`): what an upstream receives from Envoy and from
 //! remora for B3 (multi and single header), W3C (`USE_B3_WITH_W3C_PROPAGATION`) and no incoming
-//! context, on an OUTBOUND listener (client spans) and an INBOUND one (shared span context).
+//! context, on an OUTBOUND listener (client spans) and an INBOUND one (shared span context), and
+//! with `spawn_upstream_span` on both (the upstream gets the child of the stream's server span).
 //! Generated span and trace ids are compared by shape (`compare::normalise_body`); the ids the
 //! requests carry, the sampling flags and which headers are present are compared exactly.
 
@@ -11,6 +12,11 @@ use crate::support::{bootstrap, cluster, upstream};
 use std::path::Path;
 
 fn listener(name: &str, direction: &str, w3c: bool) -> String {
+    listener_with(name, direction, w3c, "")
+}
+
+/// A listener whose connection manager's `tracing` has `extra` (indented fields) too.
+fn listener_with(name: &str, direction: &str, w3c: bool, extra: &str) -> String {
     let option = if w3c {
         "\n                trace_context_option: USE_B3_WITH_W3C_PROPAGATION"
     } else {
@@ -18,7 +24,7 @@ fn listener(name: &str, direction: &str, w3c: bool) -> String {
     };
     let tracing = format!(
         r#"          tracing:
-            provider:
+{extra}            provider:
               name: envoy.tracers.zipkin
               typed_config:
                 "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
@@ -43,6 +49,8 @@ fn listener(name: &str, direction: &str, w3c: bool) -> String {
         1,
     )
 }
+
+const SPAWN: &str = "            spawn_upstream_span: true\n            verbose: true\n";
 
 const TRACE: &str = "463ac35c9f6413ad48485a3953bb6124";
 const SPAN: &str = "a2fb4a1d1a96d312";
@@ -90,6 +98,11 @@ fn all_cases() -> Vec<HttpCase> {
             ],
         ),
         case("w3c_no_context", "w3c", &[]),
+        // spawn_upstream_span: the upstream gets the child span of the (shared) server span.
+        case("spawn_ingress_b3", "spawn_in", &sampled),
+        case("spawn_egress_b3", "spawn_out", &sampled),
+        case("spawn_egress_unsampled", "spawn_out", &unsampled),
+        case("spawn_no_context", "spawn_out", &[]),
     ]
 }
 
@@ -104,6 +117,8 @@ pub async fn run(envoy: &Path, filter: Option<&str>) -> Vec<CaseResult> {
         listener("egress", "OUTBOUND", false),
         listener("ingress", "INBOUND", false),
         listener("w3c", "OUTBOUND", true),
+        listener_with("spawn_in", "INBOUND", false, SPAWN),
+        listener_with("spawn_out", "OUTBOUND", false, SPAWN),
     ]
     .concat();
     let clusters = cluster("backend", &[backend.addr], "") + &cluster("zipkin", &[zipkin.addr], "");

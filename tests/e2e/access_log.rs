@@ -127,3 +127,52 @@ async fn filters_select_lines_and_stdout_logger_works() {
         r.stdout()
     );
 }
+
+/// `%DOWNSTREAM_LOCAL_CLOSE_REASON%` in a listener's access log (one line per connection), as
+/// Envoy 1.40 writes it: a connection the connection manager closed after
+/// `max_requests_per_connection` is `deferred_close_on_drained_connection`, one it closed for the
+/// idle timeout `on_idle_timeout`; the request's own line (written while the connection is open)
+/// has `-`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_managers_local_close_reason() {
+    let app = upstream("app").await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app}\n";
+    let hcm = format!(
+        "          common_http_protocol_options: {{idle_timeout: 0.3s, max_requests_per_connection: 1}}\n          access_log:\n{}",
+        file_log(
+            "RUN_DIR/http.log",
+            "              log_format: {text_format_source: {inline_string: \"request [%DOWNSTREAM_LOCAL_CLOSE_REASON%]\\n\"}}\n"
+        )
+    );
+    let listener_log = "    - name: envoy.access_loggers.file\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n        path: RUN_DIR/conn.log\n        log_format: {text_format_source: {inline_string: \"connection [%DOWNSTREAM_LOCAL_CLOSE_REASON%]\\n\"}}\n";
+    let l = http_listener("h", &hcm, vh).replacen(
+        "    filter_chains:",
+        &format!("    access_log:\n{listener_log}    filter_chains:"),
+        1,
+    );
+    let r = Remora::start(&bootstrap(&l, &cluster("app", &[app.addr], ""))).await;
+    // Drained after its one request.
+    let resp = get(r.addr("h"), "a", "/").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        read_lines(&r.dir.path("http.log"), 1).await,
+        ["request [-]"]
+    );
+    assert_eq!(
+        read_lines(&r.dir.path("conn.log"), 1).await,
+        ["connection [deferred_close_on_drained_connection]"]
+    );
+    // Idle until the connection manager closes it.
+    let mut s = tokio::net::TcpStream::connect(r.addr("h")).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    assert_eq!(
+        read_lines(&r.dir.path("conn.log"), 2).await[1],
+        "connection [on_idle_timeout]"
+    );
+}

@@ -90,6 +90,50 @@ async fn weighted_clusters_and_idle_timeout() {
     r.wait_stat("tcp.tcp.idle_timeout", 1).await;
 }
 
+/// `%DOWNSTREAM_LOCAL_CLOSE_REASON%`: a connection tcp_proxy closed for its idle timeout logs
+/// Envoy's `tcp_session_idle_timeout` (and no termination details); one the client closed, `-`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_close_reason_is_logged() {
+    let (echo, _t) = tcp_echo().await;
+    let log = "          access_log:\n          - name: l\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: RUN_DIR/tcp.log\n              log_format: {text_format_source: {inline_string: \"%DOWNSTREAM_LOCAL_CLOSE_REASON% %CONNECTION_TERMINATION_DETAILS%\\n\"}}\n";
+    let proxy = format!("          cluster: echo\n          idle_timeout: 0.3s\n{log}");
+    let r = Remora::start(&bootstrap(
+        &tcp_listener("tcp", &proxy),
+        &cluster("echo", &[echo], ""),
+    ))
+    .await;
+    // The client closes this one.
+    let mut s = tokio::net::TcpStream::connect(r.addr("tcp")).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    let path = r.dir.path("tcp.log");
+    let lines = |n: usize| {
+        let path = path.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() >= n {
+                    return text;
+                }
+                assert!(std::time::Instant::now() < deadline, "{text:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(lines(1).await, "- -\n");
+    // remora closes this one when it idles.
+    let mut s = tokio::net::TcpStream::connect(r.addr("tcp")).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle connection was not closed");
+    assert_eq!(lines(2).await, "- -\ntcp_session_idle_timeout -\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_upstream_closes_with_uf() {
     let dead = closed_port();

@@ -156,6 +156,190 @@ async fn spans_join_across_two_sidecars() {
     );
 }
 
+/// The value of each of a span's annotations, in order.
+fn annotations(span: &serde_json::Value) -> Vec<String> {
+    span["annotations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x["value"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const VERBOSE_STREAM: [&str; 8] = [
+    "last_downstream_rx_byte_received",
+    "first_upstream_tx_byte_sent",
+    "last_upstream_tx_byte_sent",
+    "first_upstream_rx_byte_received",
+    "last_upstream_rx_byte_received",
+    "first_downstream_tx_byte_sent",
+    "last_downstream_tx_byte_sent",
+    "ss",
+];
+
+const VERBOSE_UPSTREAM: [&str; 5] = [
+    "first_upstream_tx_byte_sent",
+    "last_upstream_tx_byte_sent",
+    "first_upstream_rx_byte_received",
+    "last_upstream_rx_byte_received",
+    "cr",
+];
+
+/// `spawn_upstream_span` on both sidecars: each stream span is a server span with a client
+/// child per upstream request, whose context is what the next hop continues. The chain:
+/// client's stream span → client's upstream span = server's (shared) stream span → server's
+/// upstream span → the app's headers. `verbose` logs the timings on every span.
+#[tokio::test]
+async fn upstream_spans_chain_downstream_upstream_and_the_next_hop() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let tracing = format!(
+        "          tracing:\n            spawn_upstream_span: true\n            verbose: true\n            provider:\n              {ZIPKIN}\n"
+    );
+    let server = Remora::start(&format!(
+        "node: {{id: server-node, cluster: server-svc}}\n{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("inbound", "INBOUND", &tracing, "app"),
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let client = Remora::start(&format!(
+        "node: {{id: client-node, cluster: client-svc}}\n{}{FLUSH_EACH}",
+        bootstrap(
+            &listener("outbound", "OUTBOUND", &tracing, "server"),
+            &(cluster("server", &[server.addr("inbound")], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(client.addr("outbound"), "svc.example", "/hello").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].clone();
+    let spans = wait_spans(&spans, 4).await;
+    let find = |service: &str, kind: &str| {
+        spans
+            .iter()
+            .find(|s| s["localEndpoint"]["serviceName"] == service && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} span of {service} in {spans:?}"))
+            .clone()
+    };
+    let (d1, u1) = (find("client-svc", "SERVER"), find("client-svc", "CLIENT"));
+    let (d2, u2) = (find("server-svc", "SERVER"), find("server-svc", "CLIENT"));
+    // The client's stream span is a root server span, even on an OUTBOUND listener.
+    assert_eq!(d1["id"], d1["traceId"], "{d1}");
+    assert!(d1.get("parentId").is_none(), "{d1}");
+    assert_eq!(d1["shared"], true);
+    assert_eq!(d1["name"], "svc.example");
+    // Its child for the request to the server.
+    assert_eq!(u1["name"], "router server egress", "{u1}");
+    assert_eq!(u1["parentId"], d1["id"]);
+    assert_eq!(u1["traceId"], d1["traceId"]);
+    assert_ne!(u1["id"], d1["id"]);
+    assert!(u1.get("shared").is_none(), "{u1}");
+    let t = &u1["tags"];
+    assert_eq!(t["upstream_cluster"], "server");
+    assert_eq!(t["upstream_cluster.name"], "server");
+    assert_eq!(t["http.status_code"], "200");
+    assert_eq!(t["http.protocol"], "HTTP/1.1");
+    assert_eq!(t["component"], "proxy");
+    assert_eq!(t["response_flags"], "-");
+    let server_addr = server.addr("inbound").to_string();
+    assert_eq!(t["upstream_address"], server_addr.as_str());
+    assert_eq!(t["peer.address"], server_addr.as_str());
+    assert!(
+        t.get("error").is_none() && t.get("retry.count").is_none(),
+        "{u1}"
+    );
+    // The server continues the upstream span's context: its stream span shares that id.
+    assert_eq!(d2["id"], u1["id"], "{d2}");
+    assert_eq!(d2["parentId"], d1["id"]);
+    assert_eq!(d2["shared"], true);
+    assert_eq!(u2["parentId"], d2["id"], "{u2}");
+    assert_eq!(u2["name"], "router app egress");
+    assert_eq!(u2["tags"]["upstream_cluster"], "app");
+    // What the app received: the server's upstream span.
+    assert_eq!(seen["x-b3-traceid"], d1["traceId"], "{seen}");
+    assert_eq!(seen["x-b3-spanid"], u2["id"]);
+    assert_eq!(seen["x-b3-parentspanid"], u1["id"]);
+    assert_eq!(seen["x-b3-sampled"], "1");
+    // The stream spans carry Envoy's downstream tags, without the upstream's address.
+    assert_eq!(d1["tags"]["peer.address"], "127.0.0.1");
+    assert!(d1["tags"].get("upstream_address").is_none(), "{d1}");
+    assert!(
+        d1["tags"].get("zone").is_none(),
+        "empty tags are dropped: {d1}"
+    );
+    // verbose: the stream's seven timings then the end, the upstream request's four.
+    for d in [&d1, &d2] {
+        assert_eq!(annotations(d), VERBOSE_STREAM, "{d}");
+    }
+    for u in [&u1, &u2] {
+        assert_eq!(annotations(u), VERBOSE_UPSTREAM, "{u}");
+    }
+    let ts = |s: &serde_json::Value| -> Vec<u64> {
+        s["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["timestamp"].as_u64().unwrap())
+            .collect()
+    };
+    let d = ts(&d1);
+    let start = d1["timestamp"].as_u64().unwrap();
+    let end = start + d1["duration"].as_u64().unwrap();
+    assert!(d.iter().all(|t| (start..=end + 1000).contains(t)), "{d1}");
+    assert!(d[0] <= d[1] && d[1] <= d[3] && d[3] <= d[6], "{d1}");
+}
+
+/// Each attempt of a retried request is a span of its own under the stream's: the first one
+/// reset to retry (`canceled`), the retry tagged `retry.count`.
+#[tokio::test]
+async fn each_retry_attempt_has_its_span() {
+    let (zipkin, spans, _c) = collector().await;
+    let app = upstream("app").await;
+    let tracing = format!(
+        "          tracing:\n            spawn_upstream_span: true\n            provider:\n              {ZIPKIN}\n"
+    );
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: app, retry_policy: {retry_on: 5xx, num_retries: 1}}\n";
+    let egress = http_listener("egress", &tracing, vh).replacen(
+        "    filter_chains:",
+        "    traffic_direction: OUTBOUND\n    filter_chains:",
+        1,
+    );
+    let r = Remora::start(&format!(
+        "{}{FLUSH_EACH}",
+        bootstrap(
+            &egress,
+            &(cluster("app", &[app.addr], "") + &cluster("zipkin", &[zipkin], ""))
+        )
+    ))
+    .await;
+    let resp = get(r.addr("egress"), "a", "/status/503").await;
+    assert_eq!(resp.status, 503);
+    let spans = wait_spans(&spans, 3).await;
+    let stream = spans.iter().find(|s| s["kind"] == "SERVER").unwrap();
+    assert_eq!(stream["tags"]["response_flags"], "URX", "{stream}");
+    let mut attempts: Vec<&serde_json::Value> =
+        spans.iter().filter(|s| s["kind"] == "CLIENT").collect();
+    attempts.sort_by_key(|s| s["timestamp"].as_u64());
+    assert_eq!(attempts.len(), 2, "{spans:?}");
+    let (first, retry) = (attempts[0], attempts[1]);
+    for a in [first, retry] {
+        assert_eq!(a["parentId"], stream["id"], "{a}");
+        assert_eq!(a["tags"]["http.status_code"], "503");
+        assert_eq!(a["tags"]["error"], "true");
+        // Not verbose: only the end.
+        assert_eq!(annotations(a), ["cr"], "{a}");
+    }
+    assert_eq!(first["tags"]["canceled"], "true", "{first}");
+    assert!(first["tags"].get("retry.count").is_none());
+    assert_eq!(retry["tags"]["retry.count"], "1", "{retry}");
+    assert!(retry["tags"].get("canceled").is_none());
+    assert_ne!(first["id"], retry["id"]);
+}
+
 #[tokio::test]
 async fn an_unsampled_request_propagates_its_decision_and_reports_nothing() {
     let (zipkin, spans, _c) = collector().await;
@@ -277,9 +461,9 @@ async fn the_zipkin_example_runs() {
     assert_eq!(got[0]["localEndpoint"]["serviceName"], "envoy-proxy-front");
 }
 
-/// The same through xDS: the listener (with its connection manager's `tracing`) and the
-/// collector's cluster come from the control plane; a tracing setting remora does not build is
-/// NACKed with its path while the listener in service keeps tracing.
+/// The same through xDS: the listener (with its connection manager's `tracing`, spawning upstream
+/// spans) and the collector's cluster come from the control plane; a tracing setting remora does
+/// not build is NACKed with its path while the listener in service keeps tracing.
 #[tokio::test(flavor = "multi_thread")]
 async fn tracing_delivered_over_lds() {
     use crate::xds::{NODE, bootstrap_with_ads, lds_listener, xds_server};
@@ -293,7 +477,7 @@ async fn tracing_delivered_over_lds() {
     let app = upstream("app").await;
     let (cache, xds, _task) = xds_server().await;
     let port = closed_port().port();
-    let traced = |spawn_upstream_span: bool| {
+    let traced = |refused: bool| {
         let mut l = lds_listener("dyn", port, "r1", "dyn");
         l.traffic_direction = TrafficDirection::Outbound as i32;
         let listener_filter = &mut l.filter_chains[0].filters[0];
@@ -317,8 +501,8 @@ async fn tracing_delivered_over_lds() {
                     &zipkin_config,
                 ))),
             }),
-            spawn_upstream_span: spawn_upstream_span
-                .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            spawn_upstream_span: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            no_context_propagation: refused,
             ..Default::default()
         });
         listener_filter.config_type = Some(
@@ -330,10 +514,10 @@ async fn tracing_delivered_over_lds() {
         static_cluster("app", &[app.addr]),
         static_cluster("zipkin", &[zipkin]),
     ];
-    let snap = |v: &str, spawn: bool| {
+    let snap = |v: &str, refused: bool| {
         Snapshot::default()
             .with(CLUSTER, "c1", clusters.iter().map(any).collect())
-            .with(LISTENER, v, vec![any(&traced(spawn))])
+            .with(LISTENER, v, vec![any(&traced(refused))])
             .with(ROUTE, "r1", vec![any(&route_all_to("r1", "app"))])
     };
     cache.set_snapshot(NODE, snap("l1", false));
@@ -347,20 +531,23 @@ async fn tracing_delivered_over_lds() {
     let l = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let resp = get(l, "traced.example", "/x").await;
     assert_eq!(resp.status, 200);
-    let got = wait_spans(&spans, 1).await;
-    assert_eq!(got[0]["kind"], "CLIENT");
-    assert_eq!(got[0]["tags"]["upstream_cluster"], "app");
-    assert_eq!(resp.json()["headers"]["x-b3-spanid"], got[0]["id"]);
+    let got = wait_spans(&spans, 2).await;
+    let kind = |k: &str| got.iter().find(|s| s["kind"] == k).unwrap().clone();
+    let (stream, up) = (kind("SERVER"), kind("CLIENT"));
+    assert_eq!(up["name"], "router app egress");
+    assert_eq!(up["tags"]["upstream_cluster"], "app");
+    assert_eq!(up["parentId"], stream["id"]);
+    assert_eq!(resp.json()["headers"]["x-b3-spanid"], up["id"]);
 
     cache.set_snapshot(NODE, snap("l2", true));
     r.wait_stat("listener_manager.lds.update_rejected", 1).await;
     let (_, dump) = r.admin_get("/config_dump").await.unwrap();
     assert!(
-        dump.contains("tracing.spawn_upstream_span"),
+        dump.contains("tracing.no_context_propagation"),
         "the NACK names the field"
     );
     assert_eq!(get(l, "traced.example", "/y").await.status, 200);
-    wait_spans(&spans, 2).await;
+    wait_spans(&spans, 4).await;
 }
 
 type Exports = Arc<Mutex<Vec<remora::tracing::opentelemetry::pb::ExportTraceServiceRequest>>>;
@@ -422,6 +609,7 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
     let (otel, exports, _c) = otlp_collector().await;
     let app = upstream("app").await;
     let tracing = r#"          tracing:
+            verbose: true
             provider:
               name: envoy.tracers.opentelemetry
               typed_config:
@@ -486,6 +674,13 @@ async fn opentelemetry_spans_reach_an_otlp_collector() {
     assert_eq!(span.parent_span_id, 0xb7ad6b7169203331u64.to_be_bytes());
     let hex: String = span.span_id.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(sent[36..52], hex, "the upstream's parent is the span");
+    // verbose: the stream's timings as span events, in Envoy's order, within the span.
+    let names: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, &VERBOSE_STREAM[..7], "{span:?}");
+    assert!(span.events.iter().all(|e| {
+        (span.start_time_unix_nano..=span.end_time_unix_nano + 1_000_000)
+            .contains(&e.time_unix_nano)
+    }));
     r.wait_stat("tracing.opentelemetry.reports_sent", 1).await;
 }
 

@@ -182,7 +182,15 @@ pub struct DownstreamConn {
     pub opened: Instant,
     /// Signalled when the connection should stop taking streams (HTTP/2 max requests reached).
     pub close_requested: tokio::sync::Notify,
+    /// Why remora closes the connection, once it decided to (Envoy's local close reason, for
+    /// the listener's access log).
+    close_reason: std::sync::Mutex<Option<&'static str>>,
 }
+
+/// Envoy's local close reasons (`StreamInfo::LocalCloseReasons`) of the connections a
+/// connection manager closes.
+pub const CLOSE_IDLE_TIMEOUT: &str = "on_idle_timeout";
+pub const CLOSE_DRAINED: &str = "deferred_close_on_drained_connection";
 
 impl DownstreamConn {
     pub fn new(info: Arc<ConnectionInfo>, is_tls: bool) -> Arc<Self> {
@@ -194,7 +202,18 @@ impl DownstreamConn {
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
             close_requested: tokio::sync::Notify::new(),
+            close_reason: std::sync::Mutex::new(None),
         })
+    }
+
+    /// remora closes the connection, for this reason (the first one given stays).
+    pub fn closing(&self, reason: &'static str) {
+        let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+        r.get_or_insert(reason);
+    }
+
+    pub fn close_reason(&self) -> Option<&'static str> {
+        *self.close_reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn stream_started(&self) {

@@ -140,6 +140,21 @@ pub(super) enum Failure {
 }
 
 impl Failure {
+    /// remora reset the upstream request (a timeout, the client gone), rather than the upstream
+    /// failing it.
+    fn canceled(&self) -> bool {
+        matches!(
+            self,
+            Failure::PerTryTimeout
+                | Failure::PerTryIdle
+                | Failure::Timeout
+                | Failure::Idle
+                | Failure::RequestTimeout
+                | Failure::DownstreamGone
+                | Failure::DownstreamProtocol(_)
+        )
+    }
+
     /// The failure as the retry conditions see it, and whether any of the request was sent;
     /// `None`: never retried (timeouts of the whole request, the downstream going away).
     fn reset(&self) -> Option<(Reset, bool)> {
@@ -348,7 +363,8 @@ fn prepare<'a>(
     if !router.suppress_envoy_headers {
         announce_timeout(parts, timeout, per_try);
     }
-    if let Some(span) = &stream.span {
+    // With a child span per upstream request, each attempt injects its own (`attempt`).
+    if let Some(span) = stream.span.as_ref().filter(|s| !s.spawns_upstream()) {
         span.inject(&mut parts.headers);
     }
     hcm.snapshot_request(stream, parts);
@@ -466,21 +482,29 @@ impl Exchange<'_> {
         // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
         cluster.stats.traffic().upstream_rq_active.inc();
         host.stats.rq_active.fetch_add(1, Relaxed);
-        let started = Instant::now();
-        stream.upstream = Some(UpstreamRequest {
-            cluster: cluster.clone(),
-            host: host.clone(),
-            started,
-            internal: f.internal,
-            dynamic_stats: self.hcm.config.router.dynamic_stats,
-        });
+        let dynamic_stats = self.hcm.config.router.dynamic_stats;
+        let mut up = UpstreamRequest::new(cluster.clone(), host.clone(), f.internal, dynamic_stats);
+        let started = up.started;
+        up.span = stream
+            .span
+            .as_ref()
+            .and_then(|s| s.spawn_upstream(&cluster.config.name, attempt, &parts.headers));
+        if let Some(span) = &up.span {
+            span.inject(&mut parts.headers);
+        }
+        stream.upstream = Some(up);
         // The request body: the first attempt's, or (with a retry possible) a replay.
         let body = match (&self.replay, first_body) {
             (Some(r), _) => r.attempt().unwrap_or(Body::Empty),
             (None, Some(b)) => b,
             (None, None) => Body::Empty,
         };
-        Ok((self.send(stream, parts, host, body).await, started))
+        let result = self.send(stream, parts, host, body).await;
+        if let (Ok(resp), Some(up)) = (&result, &mut stream.upstream) {
+            up.first_rx = Some(Instant::now());
+            up.status = Some(resp.status().as_u16());
+        }
+        Ok((result, started))
     }
 
     /// The request over HTTP/1.1 or HTTP/2 as the cluster's protocol (and the host's, for
@@ -594,6 +618,11 @@ impl Exchange<'_> {
     /// A retried attempt is over: account for it as Envoy does.
     fn retried(&self, stream: &mut ActiveStream, host: &Arc<Host>, result: AttemptResult) {
         let cluster = self.cluster;
+        // remora resets an answered attempt (or one out of time) to try again.
+        let canceled = match &result {
+            Ok(_) => true,
+            Err(f) => f.canceled(),
+        };
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -608,7 +637,7 @@ impl Exchange<'_> {
                 account_failure(stream, cluster, host, &reply, false);
             }
         }
-        end_attempt(stream);
+        end_attempt(stream, canceled);
     }
 
     /// Back off before a retry, within the route timeout.
@@ -1142,8 +1171,9 @@ fn account_failure(
 /// The upstream request (attempt) is over without a response that reaches the client; its
 /// accounting ends here rather than at the end of the stream. No `upstream_rq_time`: Envoy
 /// records it only for the upstream response that completes the stream.
-fn end_attempt(stream: &mut ActiveStream) {
-    if let Some(up) = stream.upstream.take() {
+fn end_attempt(stream: &mut ActiveStream, canceled: bool) {
+    if let Some(mut up) = stream.upstream.take() {
+        up.close(&mut stream.info, stream.progress.as_deref(), canceled, None);
         up.cluster.stats.traffic().upstream_rq_active.dec();
         up.cluster.circuit_breakers.default.requests.dec();
         up.host.stats.rq_active.fetch_sub(1, Relaxed);
@@ -1157,9 +1187,10 @@ fn fail(
     failure: Failure,
     levels: RouteCx<'_>,
 ) -> Response<Body> {
+    let canceled = failure.canceled();
     let reply = describe(hcm, stream, cluster, host, failure);
     account_failure(stream, cluster, host, &reply, true);
-    end_attempt(stream);
+    end_attempt(stream, canceled);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
     let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
     let answer = LocalReply::new(reply.status, reply.body);
@@ -1250,6 +1281,7 @@ async fn send_h1(
     stream.info.upstream_local = conn.local_addr;
     stream.info.upstream_tls = conn.io.keep.tls.clone();
     sent_on_connection(cluster, host);
+    first_tx(stream, Protocol::Http11);
     let head_request = parts.method == http::Method::HEAD;
     let mut out = crate::io::take_write_buffer();
     let result = wait(
@@ -1359,6 +1391,7 @@ async fn send_h2(
     stream.info.upstream_local = local;
     stream.info.upstream_tls = tls;
     sent_on_connection(cluster, host);
+    first_tx(stream, Protocol::Http2);
     let req = Request::from_parts(parts, body);
     let fut = async move {
         sender.ready().await?;
@@ -1368,6 +1401,14 @@ async fn send_h2(
         Ok(Ok(resp)) => Ok(resp.map(|b| Body::H2Upstream(b, slot))),
         Ok(Err(e)) => Err(classify(e)),
         Err(f) => Err(f),
+    }
+}
+
+/// The attempt's request starts out on its connection, with this protocol.
+fn first_tx(stream: &mut ActiveStream, protocol: Protocol) {
+    if let Some(up) = &mut stream.upstream {
+        up.first_tx = Some(Instant::now());
+        up.protocol = Some(protocol);
     }
 }
 

@@ -6,7 +6,7 @@ use super::body::Body;
 use super::codec::h1::{
     self, HeadError, Reader, ReaderSlot, RequestBody, ResponseFraming, WriteOutcome,
 };
-use super::conn_manager::{ConnectionManager, DownstreamConn};
+use super::conn_manager::{CLOSE_DRAINED, CLOSE_IDLE_TIMEOUT, ConnectionManager, DownstreamConn};
 use super::h2_flood::FloodGuard;
 use super::router::UpgradeBridge;
 use crate::io::{Counted, Split};
@@ -74,6 +74,7 @@ pub async fn serve<S: Split>(
                 r = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf) => r,
                 _ = idle_sleep(hcm.config.idle_timeout) => {
                     stats.downstream_cx_idle_timeout.inc();
+                    conn.closing(CLOSE_IDLE_TIMEOUT);
                     Ok(0)
                 }
             };
@@ -183,6 +184,10 @@ async fn serve_h1<S: Split>(
             Ok(h) => h,
             Err(NoHead::Closed) => return true,
             Err(NoHead::TimedOut) => return false,
+            Err(NoHead::Idle) => {
+                conn.closing(CLOSE_IDLE_TIMEOUT);
+                return false;
+            }
             Err(NoHead::Codec(e)) => {
                 Box::pin(codec_error_reply(hcm, conn, &mut wr, e)).await;
                 return false;
@@ -212,6 +217,8 @@ enum NoHead {
     Closed,
     /// Idle, request-headers or max-duration timeout: remora closes.
     TimedOut,
+    /// The connection idle timeout.
+    Idle,
     Codec(h1::CodecError),
 }
 
@@ -262,6 +269,7 @@ async fn next_head(
                     hcm.stats.downstream_cx_max_duration_reached.inc();
                 } else if idle_wait {
                     hcm.stats.downstream_cx_idle_timeout.inc();
+                    return Err(NoHead::Idle);
                 } else if headers_deadline.is_some() {
                     hcm.stats.downstream_rq_header_timeout.inc();
                 }
@@ -388,6 +396,7 @@ async fn serve_request<W: AsyncWrite + Unpin>(
         .is_some_and(|m| served >= m as u64);
     if max_reached {
         hcm.stats.downstream_cx_max_requests_reached.inc();
+        conn.closing(CLOSE_DRAINED);
     }
     let expired = max_duration_at.is_some_and(|m| Instant::now() >= m);
     if expired {
@@ -580,6 +589,7 @@ async fn serve_h2<S: Split>(
             _ = sleep_until(idle_check), if !shutting_down => {
                 if conn.idle_since().is_some_and(|s| cfg.idle_timeout.is_some_and(|d| s.elapsed() >= d) ) {
                     hcm.stats.downstream_cx_idle_timeout.inc();
+                    conn.closing(CLOSE_IDLE_TIMEOUT);
                     connection.as_mut().graceful_shutdown();
                     shutting_down = true;
                 }

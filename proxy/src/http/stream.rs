@@ -37,6 +37,72 @@ pub struct UpstreamRequest {
     pub started: Instant,
     pub internal: bool,
     pub dynamic_stats: bool,
+    /// The request's own span (`tracing.spawn_upstream_span`, the router's `start_child_span`).
+    pub span: Option<Box<crate::tracing::UpstreamSpan>>,
+    /// What the request went out with, and when (it had a connection).
+    pub protocol: Option<crate::stream_info::Protocol>,
+    pub first_tx: Option<Instant>,
+    /// The upstream's response status, and when its head arrived.
+    pub status: Option<u16>,
+    pub first_rx: Option<Instant>,
+}
+
+impl UpstreamRequest {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        host: Arc<Host>,
+        internal: bool,
+        dynamic_stats: bool,
+    ) -> Self {
+        Self {
+            cluster,
+            host,
+            started: Instant::now(),
+            internal,
+            dynamic_stats,
+            span: None,
+            protocol: None,
+            first_tx: None,
+            status: None,
+            first_rx: None,
+        }
+    }
+
+    /// The request is over: its timings are the stream's upstream timings (the last request's,
+    /// as Envoy keeps them), and its span ends. `canceled`: remora reset it; `last_rx`: when
+    /// its response ended, if it did.
+    pub fn close(
+        &mut self,
+        info: &mut StreamInfo,
+        progress: Option<&RequestProgress>,
+        canceled: bool,
+        last_rx: Option<Instant>,
+    ) {
+        // The last byte went with the first when the request had no body to stream.
+        let last_tx = self.first_tx.and_then(|first| match progress {
+            None => Some(first),
+            Some(p) => p.completed_at().map(|done| done.max(first)),
+        });
+        info.first_upstream_tx = self.first_tx;
+        info.last_upstream_tx = last_tx;
+        info.first_upstream_rx = self.first_rx;
+        info.last_upstream_rx = last_rx;
+        let Some(span) = self.span.take() else {
+            return;
+        };
+        span.finish(&crate::tracing::UpstreamEnd {
+            protocol: self.protocol,
+            cluster: &self.cluster.config.name,
+            host: Some(self.host.address),
+            status: self.status,
+            canceled,
+            first_tx: self.first_tx,
+            last_tx,
+            first_rx: self.first_rx,
+            last_rx,
+            info,
+        });
+    }
 }
 
 /// How a stream ended.
@@ -129,7 +195,10 @@ impl ActiveStream {
                 .info
                 .set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         }
-        if let Some(up) = self.upstream.take() {
+        if let Some(mut up) = self.upstream.take() {
+            let canceled = matches!(end, End::Timeout(_) | End::DownstreamGone);
+            let last_rx = (end == End::Complete).then_some(now);
+            up.close(&mut self.info, self.progress.as_deref(), canceled, last_rx);
             let s = up.cluster.stats.traffic();
             s.upstream_rq_active.dec();
             up.cluster.circuit_breakers.default.requests.dec();

@@ -510,7 +510,7 @@ impl ActiveListener {
                 transport_protocol: "raw_buffer",
                 tls: None,
             };
-            self.log_connection(Arc::new(info), opened, ResponseFlags::empty(), None);
+            self.log_connection(Arc::new(info), opened, ResponseFlags::empty(), None, None);
             self.closed(opened);
             return;
         };
@@ -544,7 +544,8 @@ impl ActiveListener {
         let Some(chain) = chain else {
             stats.no_filter_chain_match.inc();
             tracing::debug!(listener = %self.config.name, %remote, "closing connection: no matching filter chain");
-            self.log_connection(Arc::new(info), opened, ResponseFlags::NO_ROUTE_FOUND, None);
+            let flags = ResponseFlags::NO_ROUTE_FOUND;
+            self.log_connection(Arc::new(info), opened, flags, None, None);
             self.closed(opened);
             return;
         };
@@ -587,6 +588,7 @@ impl ActiveListener {
                                             opened,
                                             ResponseFlags::empty(),
                                             None,
+                                            None,
                                         );
                                         self.closed(opened);
                                         return;
@@ -598,9 +600,10 @@ impl ActiveListener {
                         }
                         info.tls = Some(Box::new(tls_info));
                         let info = Arc::new(info);
-                        self.dispatch(chain, info.clone(), stream, prefix, peer)
+                        let closed = self
+                            .dispatch(chain, info.clone(), stream, prefix, peer)
                             .await;
-                        self.log_connection(info, opened, ResponseFlags::empty(), None);
+                        self.log_connection(info, opened, ResponseFlags::empty(), None, closed);
                     }
                     Err(failure) => {
                         let e = &failure.error;
@@ -614,15 +617,17 @@ impl ActiveListener {
                             opened,
                             ResponseFlags::empty(),
                             Some(reason),
+                            None,
                         );
                     }
                 }
             }
             _ => {
                 let info = Arc::new(info);
-                self.dispatch(chain, info.clone(), stream, prefix, None)
+                let closed = self
+                    .dispatch(chain, info.clone(), stream, prefix, None)
                     .await;
-                self.log_connection(info, opened, ResponseFlags::empty(), None);
+                self.log_connection(info, opened, ResponseFlags::empty(), None, closed);
             }
         }
         self.closed(opened);
@@ -630,7 +635,8 @@ impl ActiveListener {
 
     /// Hand an established connection (plaintext or after the TLS handshake) to its network
     /// filters, then the terminal one.
-    /// The connection lives until it ends, or until its chain's drain deadline.
+    /// The connection lives until it ends, or until its chain's drain deadline. Returns the
+    /// connection manager's local close reason, if any.
     async fn dispatch<S: Split>(
         &self,
         chain: &ActiveChain,
@@ -638,7 +644,7 @@ impl ActiveListener {
         stream: S,
         prefix: BytesMut,
         peer: Option<Arc<crate::telemetry::istio::Peer>>,
-    ) {
+    ) -> Option<&'static str> {
         use crate::filters::network::chain::{Filtered, NetChain};
         let is_tls = info.tls.is_some();
         let mut close = chain.close.subscribe();
@@ -664,12 +670,14 @@ impl ActiveListener {
                 Ok(()) => {
                     let filtered = Filtered::new(stream, net);
                     let conn = info.clone();
-                    self.serve_terminal(chain, conn, is_tls, filtered, prefix, Some(&state))
+                    let reason = self
+                        .serve_terminal(chain, conn, is_tls, filtered, prefix, Some(&state))
                         .await;
                     // A connection manager has no log of a connection a filter closed.
                     if matches!(chain.terminal, Terminal::Http(_)) {
                         self.log_closed_by_filter(info, &state);
                     }
+                    reason
                 }
                 Err(detail) => {
                     tracing::debug!(listener = %self.config.name, chain = %chain.config.name, "network filter closed the connection: {detail}");
@@ -677,18 +685,21 @@ impl ActiveListener {
                         Terminal::Tcp(tcp) => tcp.log_refused(info, &state),
                         Terminal::Http(_) => self.log_closed_by_filter(info, &state),
                     }
+                    None
                 }
             }
         };
         tokio::select! {
-            _ = serve => {}
+            reason = serve => reason,
             _ = stopped(&mut close) => {
                 tracing::debug!(listener = %self.config.name, chain = %chain.config.name, "drain deadline: closing the connection");
+                None
             }
         }
     }
 
-    /// The terminal network filter on the connection.
+    /// The terminal network filter on the connection. Returns why a connection manager closed
+    /// it, when it did (its local close reason, for the listener's access log).
     async fn serve_terminal<S: Split>(
         &self,
         chain: &ActiveChain,
@@ -697,21 +708,25 @@ impl ActiveListener {
         stream: S,
         prefix: BytesMut,
         net: Option<&crate::filters::network::chain::SharedState>,
-    ) {
+    ) -> Option<&'static str> {
         match &chain.terminal {
             Terminal::Http(hcm) => {
                 let conn = DownstreamConn::new(info, is_tls);
                 crate::http::server::serve(
                     hcm.clone(),
-                    conn,
+                    conn.clone(),
                     stream,
                     prefix,
                     chain.drain.subscribe(),
                 )
                 .await;
+                conn.close_reason()
             }
             // Boxed, like HTTP/2: the idle HTTP/1.1 connection sets the size of this future.
-            Terminal::Tcp(tcp) => Box::pin(tcp.serve(info, stream, prefix.freeze(), net)).await,
+            Terminal::Tcp(tcp) => {
+                Box::pin(tcp.serve(info, stream, prefix.freeze(), net)).await;
+                None
+            }
         }
     }
 
@@ -730,7 +745,8 @@ impl ActiveListener {
             return;
         }
         let mut info = StreamInfo::new(conn);
-        info.connection_termination_details = Some(detail);
+        info.downstream_local_close_reason = Some(detail);
+        info.connection_termination_details = st.termination_details.clone();
         info.dynamic_metadata = st.metadata.clone();
         info.set_flag(st.response_flags);
         info.last_downstream_tx = Some(Instant::now());
@@ -788,11 +804,13 @@ impl ActiveListener {
         opened: Instant,
         flags: ResponseFlags,
         reason: Option<String>,
+        closed: Option<&'static str>,
     ) {
         if self.access_logs.is_empty() {
             return;
         }
         let mut info = StreamInfo::new(conn);
+        info.downstream_local_close_reason = closed.map(Into::into);
         info.start = opened;
         info.start_time = SystemTime::now()
             .checked_sub(opened.elapsed())

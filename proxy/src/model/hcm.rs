@@ -262,6 +262,9 @@ pub struct RouterConfig {
     pub dynamic_stats: bool,
     pub suppress_envoy_headers: bool,
     pub respect_expected_rq_timeout: bool,
+    /// A child span per upstream request under the stream's span (as the connection
+    /// manager's `tracing.spawn_upstream_span` asks, without changing the stream span's kind).
+    pub start_child_span: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1371,7 +1374,6 @@ fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfi
     } = r;
     let mut errs = Errors::new();
     errs.check([
-        deny(path, "start_child_span", start_child_span),
         deny(path, "upstream_log", upstream_log),
         deny(path, "upstream_log_options", upstream_log_options),
         deny(path, "strict_check_headers", strict_check_headers),
@@ -1392,6 +1394,7 @@ fn router_config(path: &FieldPath, r: &pb::router::Router) -> Result<RouterConfi
         dynamic_stats: bool_or(dynamic_stats, true),
         suppress_envoy_headers: *suppress_envoy_headers,
         respect_expected_rq_timeout: *respect_expected_rq_timeout,
+        start_child_span: *start_child_span,
     })
 }
 
@@ -1503,7 +1506,7 @@ route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefi
 http_filters:
 - {name: f, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, delay: {fixed_delay: 0s, percentage: {numerator: 100}}}}
 - {name: u, typed_config: {'@type': type.googleapis.com/google.protobuf.Struct, value: {}}}
-- {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, start_child_span: true}}
+- {name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, strict_check_headers: [x-envoy-max-retries]}}
 "#)
         .unwrap_err();
         let paths = e.paths();
@@ -1513,7 +1516,7 @@ http_filters:
                 "hcm.codec_type",
                 "hcm.http_filters[0].typed_config.delay.fixed_delay",
                 "hcm.http_filters[1].typed_config.@type",
-                "hcm.http_filters[2].typed_config.start_child_span",
+                "hcm.http_filters[2].typed_config.strict_check_headers",
                 "hcm.stream_idle_timeout",
             ],
             "{e}"

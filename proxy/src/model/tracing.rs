@@ -27,13 +27,14 @@ pub struct HcmTracing {
     pub client_sampling: Percent,
     pub random_sampling: Percent,
     pub overall_sampling: Percent,
-    /// Span logs for the stream's timings (zipkin annotations; remora's OpenTelemetry
-    /// exporter writes no span events).
+    /// Span logs for the stream's timings (zipkin annotations, OpenTelemetry span events).
     pub verbose: bool,
     pub max_path_tag_length: usize,
     pub custom_tags: Vec<CustomTag>,
     /// `None`: the bootstrap's `tracing.http`, if any (else sampling only, no spans).
     pub provider: Option<Arc<Provider>>,
+    /// The router starts a child span per upstream request (each retry its own), and the
+    /// stream's span is a server span whatever the listener's direction.
     pub spawn_upstream_span: bool,
 }
 
@@ -166,12 +167,6 @@ impl HcmTracing {
             deny(path, "no_context_propagation", no_context_propagation),
             deny(path, "operation", operation),
             deny(path, "upstream_operation", upstream_operation),
-            // The router's upstream child span is not built: refused rather than ignored.
-            deny(
-                path,
-                "spawn_upstream_span",
-                &spawn_upstream_span.as_ref().filter(|b| b.value),
-            ),
         ]);
         let percent = |field: &str, p: &Option<pb::types::Percent>| -> Result<Percent> {
             let value = p.as_ref().map_or(100.0, |p| p.value);
@@ -560,12 +555,15 @@ mod tests {
         };
         assert!(z.shared_span_context && !z.trace_id_128bit && !z.w3c);
         assert_eq!(z.collector_hostname, "z");
+        assert!(!t.spawn_upstream_span);
+        let t = hcm_tracing("{spawn_upstream_span: true, verbose: true}").unwrap();
+        assert!(t.spawn_upstream_span && t.verbose);
         let e = hcm_tracing(
-            "{spawn_upstream_span: true, provider: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO}}}",
+            "{no_context_propagation: true, provider: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO}}}",
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("tracing.spawn_upstream_span"), "{e}");
+        assert!(e.contains("tracing.no_context_propagation"), "{e}");
         assert!(
             e.contains("tracing.provider.typed_config.collector_endpoint_version"),
             "{e}"

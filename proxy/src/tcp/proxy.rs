@@ -238,12 +238,13 @@ impl TcpProxyFilter {
             }
             _ = idle_watch => {
                 self.stats.idle_timeout.inc();
-                info.connection_termination_details = Some("idle timeout".into());
+                info.downstream_local_close_reason = Some(IDLE_TIMEOUT_CLOSE.into());
                 true
             }
             _ = max_duration => {
                 self.stats.max_downstream_connection_duration.inc();
                 info.set_flag(ResponseFlags::DURATION_TIMEOUT);
+                info.downstream_local_close_reason = Some(MAX_DURATION_CLOSE.into());
                 true
             }
         };
@@ -271,6 +272,14 @@ fn take_net_state(
     info.dynamic_metadata = st.metadata.clone();
     info.set_flag(st.response_flags);
     if let Some(d) = &st.closed {
+        info.downstream_local_close_reason = Some(d.clone());
+    }
+    if let Some(d) = &st.termination_details {
         info.connection_termination_details = Some(d.clone());
     }
 }
+
+/// Envoy's local close reasons (`StreamInfo::LocalCloseReasons`) of the connections tcp_proxy
+/// closes (`%DOWNSTREAM_LOCAL_CLOSE_REASON%`).
+pub const IDLE_TIMEOUT_CLOSE: &str = "tcp_session_idle_timeout";
+pub const MAX_DURATION_CLOSE: &str = "max_connection_duration_reached";

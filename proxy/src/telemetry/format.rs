@@ -234,6 +234,10 @@ fn eval(op: &Op, ctx: &FormatContext<'_>, out: &mut String) -> ValueKind {
             out,
             info.and_then(|i| i.connection_termination_details.as_deref()),
         ),
+        Op::DownstreamLocalCloseReason => text(
+            out,
+            info.and_then(|i| i.downstream_local_close_reason.as_deref()),
+        ),
         Op::BytesReceived => num(out, info.map(|i| i.bytes_received as u128)),
         Op::BytesSent => num(out, info.map(|i| i.bytes_sent as u128)),
         Op::Duration => num(

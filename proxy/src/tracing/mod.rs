@@ -13,8 +13,11 @@
 pub mod b3;
 pub mod opentelemetry;
 pub mod queue;
+pub mod upstream;
 pub mod w3c;
 pub mod zipkin;
+
+pub use upstream::{UpstreamEnd, UpstreamSpan};
 
 use crate::http::names;
 use crate::model::listener::Direction;
@@ -92,7 +95,15 @@ struct TracingStats {
 #[derive(Debug)]
 pub struct HttpTracer {
     config: Arc<HcmTracing>,
+    /// The listener's direction: the operation (`ingress`, `egress <host>`) and the decorator's
+    /// way.
     kind: Kind,
+    /// The stream span's kind: a server span with `spawn_upstream_span` (the upstream requests
+    /// are its client children), else as the direction says.
+    span_kind: Kind,
+    /// A child span per upstream request (`spawn_upstream_span`, or the router's
+    /// `start_child_span`).
+    spawn_upstream: bool,
     /// `None`: no provider here nor in the bootstrap (sampling decisions only, no spans).
     driver: Option<Driver>,
     stats: TracingStats,
@@ -130,11 +141,17 @@ impl HttpTracer {
         };
         let provider = config.provider.as_ref().or(cx.tracers.bootstrap.as_ref());
         let driver = provider.and_then(|p| cx.tracers.driver(p, cx, clusters));
+        let kind = match direction {
+            Direction::Outbound => Kind::Client,
+            Direction::Inbound | Direction::Unspecified => Kind::Server,
+        };
         Some(Arc::new(Self {
-            kind: match direction {
-                Direction::Outbound => Kind::Client,
-                Direction::Inbound | Direction::Unspecified => Kind::Server,
+            kind,
+            span_kind: match config.spawn_upstream_span {
+                true => Kind::Server,
+                false => kind,
             },
+            spawn_upstream: config.spawn_upstream_span || hcm.router.start_child_span,
             driver,
             stats: TracingStats {
                 random_sampling: counter("random_sampling"),
@@ -169,7 +186,7 @@ impl HttpTracer {
         }
         .inc();
         let driver = self.driver.as_ref()?;
-        let (cx, shared) = driver.start(headers, reason.traced(), self.kind)?;
+        let (cx, shared) = driver.start(headers, reason.traced(), self.span_kind)?;
         let mut span = Box::new(ActiveSpan {
             tracer: self.clone(),
             driver: driver.clone(),
@@ -301,6 +318,41 @@ impl ActiveSpan {
         self.driver.inject(&self.cx, headers);
     }
 
+    /// A child span for one upstream request (the router's, per attempt), when the connection
+    /// manager spawns them: named `router <cluster> egress`, a retry's tagged `retry.count`.
+    /// `headers` are the request's (the custom tags read them).
+    pub fn spawn_upstream(
+        &self,
+        cluster: &str,
+        attempt: u32,
+        headers: &HeaderMap,
+    ) -> Option<Box<UpstreamSpan>> {
+        if !self.tracer.spawn_upstream {
+            return None;
+        }
+        let cx = SpanContext {
+            id: nonzero_random(),
+            parent_id: self.cx.id,
+            ..self.cx
+        };
+        let mut span = UpstreamSpan::new(
+            self.driver.clone(),
+            cx,
+            format!("router {cluster} egress"),
+            self.tracer.config.clone(),
+        );
+        if attempt > 1 {
+            span.retry(attempt - 1);
+        }
+        span.request_headers(headers);
+        Some(Box::new(span))
+    }
+
+    /// The router injects this span's context (no child span per upstream request).
+    pub fn spawns_upstream(&self) -> bool {
+        self.tracer.spawn_upstream
+    }
+
     /// The context with another sampling decision: a mirror copy's (its policy's
     /// `trace_sampled`) in place of the one `inject` wrote.
     pub fn inject_sampled(&self, headers: &mut HeaderMap, sampled: bool) {
@@ -397,14 +449,7 @@ impl ActiveSpan {
         if let Some(id) = get(&X_CLIENT_TRACE_ID) {
             t.push(("guid:x-client-trace-id".into(), id.to_string()));
         }
-        for tag in &self.tracer.config.custom_tags {
-            if let CustomTagValue::RequestHeader { name, default } = &tag.value {
-                let v = get(name).unwrap_or(default);
-                if !v.is_empty() {
-                    t.push((tag.tag.clone().into(), v.to_string()));
-                }
-            }
-        }
+        header_custom_tags(&self.tracer.config, h, t);
     }
 
     /// The stream ended: the response half of the tags, then the span to the driver.
@@ -417,7 +462,7 @@ impl ActiveSpan {
         let duration = end.duration_since(self.start).unwrap_or_default();
         let record = Record {
             cx: self.cx,
-            kind: self.tracer.kind,
+            kind: self.tracer.span_kind,
             shared: self.shared,
             name: std::mem::take(&mut self.name),
             timestamp_us: micros(self.start),
@@ -434,36 +479,62 @@ impl ActiveSpan {
     /// `finalizeDownstreamSpan`'s response half and `TracerUtility::finalizeSpan`.
     fn response_tags(&mut self, info: &StreamInfo) {
         let t = &mut self.tags;
+        // The client's address without its port (Envoy's `addressAsString`).
+        t.push((
+            "peer.address".into(),
+            info.connection.remote.ip().to_string(),
+        ));
         t.push(("request_size".into(), info.bytes_received.to_string()));
         t.push(("response_size".into(), info.bytes_sent.to_string()));
-        let code = info.response_code.unwrap_or(0);
-        t.push(("http.status_code".into(), code.to_string()));
-        if code == 0 || code >= 500 {
-            t.push(("error".into(), "true".into()));
-        }
         t.push(("component".into(), "proxy".into()));
-        t.push(("response_flags".into(), info.response_flags.short_string()));
-        t.push(("peer.address".into(), info.connection.remote.to_string()));
         if let Some(c) = &info.upstream_cluster {
             t.push(("upstream_cluster".into(), c.to_string()));
             t.push(("upstream_cluster.name".into(), c.to_string()));
         }
-        if let Some(a) = info.upstream_host {
-            t.push(("upstream_address".into(), a.to_string()));
+        let code = info.response_code.unwrap_or(0);
+        t.push(("http.status_code".into(), code.to_string()));
+        t.push(("response_flags".into(), info.response_flags.short_string()));
+        if code == 0 || code >= 500 {
+            t.push(("error".into(), "true".into()));
         }
-        for tag in &self.tracer.config.custom_tags {
-            let v = match &tag.value {
-                CustomTagValue::Fixed(v) => v.clone(),
-                CustomTagValue::RequestHeader { .. } => continue,
-                CustomTagValue::RequestMetadata {
-                    namespace,
-                    path,
-                    default,
-                } => metadata_value(info, namespace, path).unwrap_or_else(|| default.clone()),
-            };
+        stream_custom_tags(&self.tracer.config, info, t);
+    }
+}
+
+/// The custom tags read from the request's headers.
+fn header_custom_tags(
+    config: &HcmTracing,
+    h: &HeaderMap,
+    t: &mut Vec<(Cow<'static, str>, String)>,
+) {
+    for tag in &config.custom_tags {
+        if let CustomTagValue::RequestHeader { name, default } = &tag.value {
+            let v = h.get(name).and_then(|v| v.to_str().ok()).unwrap_or(default);
             if !v.is_empty() {
-                t.push((tag.tag.clone().into(), v));
+                t.push((tag.tag.clone().into(), v.to_string()));
             }
+        }
+    }
+}
+
+/// The custom tags known at the end of the stream: literal, environment and metadata ones.
+fn stream_custom_tags(
+    config: &HcmTracing,
+    info: &StreamInfo,
+    t: &mut Vec<(Cow<'static, str>, String)>,
+) {
+    for tag in &config.custom_tags {
+        let v = match &tag.value {
+            CustomTagValue::Fixed(v) => v.clone(),
+            CustomTagValue::RequestHeader { .. } => continue,
+            CustomTagValue::RequestMetadata {
+                namespace,
+                path,
+                default,
+            } => metadata_value(info, namespace, path).unwrap_or_else(|| default.clone()),
+        };
+        if !v.is_empty() {
+            t.push((tag.tag.clone().into(), v));
         }
     }
 }
@@ -515,31 +586,34 @@ pub struct Record {
     pub annotations: Vec<(u64, &'static str)>,
 }
 
-/// `verbose`'s span logs (Envoy's `annotateVerbose`), for the timings remora's StreamInfo keeps.
+/// `verbose`'s span logs (Envoy's `annotateVerbose`): the stream's timings, in Envoy's order.
 fn timing_annotations(info: &StreamInfo) -> Vec<(u64, &'static str)> {
     let base = micros(info.start_time);
     let at = |t: Option<std::time::Instant>| {
         t.map(|t| base + t.saturating_duration_since(info.start).as_micros() as u64)
     };
     [
-        (
-            at(info.last_downstream_rx),
-            "last_downstream_rx_byte_received",
-        ),
-        (
-            at(info.first_upstream_rx),
-            "first_upstream_rx_byte_received",
-        ),
-        (
-            at(info.first_downstream_tx),
-            "first_downstream_tx_byte_sent",
-        ),
-        (at(info.last_downstream_tx), "last_downstream_tx_byte_sent"),
+        (info.last_downstream_rx, LAST_DOWNSTREAM_RX),
+        (info.first_upstream_tx, FIRST_UPSTREAM_TX),
+        (info.last_upstream_tx, LAST_UPSTREAM_TX),
+        (info.first_upstream_rx, FIRST_UPSTREAM_RX),
+        (info.last_upstream_rx, LAST_UPSTREAM_RX),
+        (info.first_downstream_tx, FIRST_DOWNSTREAM_TX),
+        (info.last_downstream_tx, LAST_DOWNSTREAM_TX),
     ]
     .into_iter()
-    .filter_map(|(t, name)| Some((t?, name)))
+    .filter_map(|(t, name)| Some((at(t)?, name)))
     .collect()
 }
+
+/// Envoy's `Tracing::Logs`: the names of the timing span logs.
+pub const LAST_DOWNSTREAM_RX: &str = "last_downstream_rx_byte_received";
+pub const FIRST_UPSTREAM_TX: &str = "first_upstream_tx_byte_sent";
+pub const LAST_UPSTREAM_TX: &str = "last_upstream_tx_byte_sent";
+pub const FIRST_UPSTREAM_RX: &str = "first_upstream_rx_byte_received";
+pub const LAST_UPSTREAM_RX: &str = "last_upstream_rx_byte_received";
+pub const FIRST_DOWNSTREAM_TX: &str = "first_downstream_tx_byte_sent";
+pub const LAST_DOWNSTREAM_TX: &str = "last_downstream_tx_byte_sent";
 
 /// A tracer provider at runtime.
 #[derive(Debug, Clone)]
@@ -773,6 +847,8 @@ mod tests {
                 spawn_upstream_span: false,
             }),
             kind: Kind::Server,
+            span_kind: Kind::Server,
+            spawn_upstream: false,
             driver: None,
             stats: TracingStats {
                 random_sampling: counter("r"),

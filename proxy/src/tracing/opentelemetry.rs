@@ -2,7 +2,7 @@
 //! driver reads and writes only W3C context), exported as OTLP
 //! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) over gRPC to the
 //! `grpc_service`'s cluster, with the resource attributes (`service.name`, `telemetry.sdk.*`)
-//! and the instrumentation scope as configured.
+//! and the instrumentation scope as configured; `verbose`'s span logs are span events.
 //!
 //! Finished spans wait in a bounded queue (`max_cache_size`, 1024); the tracer manager's task
 //! drains it every `tracing.opentelemetry.flush_interval_ms` (5 s) or once
@@ -82,10 +82,24 @@ pub mod pb {
         pub end_time_unix_nano: u64,
         #[prost(message, repeated, tag = "9")]
         pub attributes: Vec<KeyValue>,
+        /// `verbose`'s span logs.
+        #[prost(message, repeated, tag = "11")]
+        pub events: Vec<Event>,
         #[prost(message, optional, tag = "15")]
         pub status: Option<Status>,
         #[prost(fixed32, tag = "16")]
         pub flags: u32,
+    }
+
+    /// A span event (Envoy's `Span::log`: a name at a time).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Event {
+        #[prost(fixed64, tag = "1")]
+        pub time_unix_nano: u64,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(message, repeated, tag = "3")]
+        pub attributes: Vec<KeyValue>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -255,6 +269,15 @@ fn span(r: &Record) -> pb::Span {
         start_time_unix_nano: r.timestamp_us * 1000,
         end_time_unix_nano: (r.timestamp_us + r.duration_us) * 1000,
         attributes: r.tags.iter().map(|(k, v)| pb::kv(k, v)).collect(),
+        events: r
+            .annotations
+            .iter()
+            .map(|(t, name)| pb::Event {
+                time_unix_nano: t * 1000,
+                name: name.to_string(),
+                attributes: Vec::new(),
+            })
+            .collect(),
         status: error.then(|| pb::Status {
             message: String::new(),
             code: 2,
@@ -392,7 +415,7 @@ mod tests {
             timestamp_us: 1,
             duration_us: 2,
             tags: vec![(Cow::Borrowed("error"), "true".into())],
-            annotations: Vec::new(),
+            annotations: vec![(2, super::super::LAST_UPSTREAM_RX)],
         };
         let req = d.request(&[record()]);
         let rs = &req.resource_spans[0];
@@ -407,6 +430,15 @@ mod tests {
         assert_eq!(s.parent_span_id, 0xb7ad6b7169203331u64.to_be_bytes());
         assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (1000, 3000));
         assert_eq!(s.status.as_ref().unwrap().code, 2);
+        assert_eq!(
+            s.events,
+            vec![pb::Event {
+                time_unix_nano: 2000,
+                name: "last_upstream_rx_byte_received".into(),
+                attributes: Vec::new(),
+            }],
+            "verbose's span logs are span events"
+        );
         for _ in 0..3 {
             d.report(record());
         }

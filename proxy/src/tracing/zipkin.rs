@@ -77,8 +77,9 @@ impl Driver {
         }
     }
 
-    /// The span's context (Envoy's `Driver::startSpan`), and whether it shares its parent's
-    /// id. `None`: a malformed propagated context (Envoy's null span).
+    /// The span's context (Envoy's `Driver::startSpan`), and whether it is marked shared (a
+    /// server span with `shared_span_context`: it takes its parent's id, and a root is marked
+    /// too, as Envoy's JSON shows). `None`: a malformed propagated context (Envoy's null span).
     pub fn start(&self, h: &HeaderMap, traced: bool, kind: Kind) -> Option<(SpanContext, bool)> {
         let has_b3 = h.contains_key(b3::B3)
             || h.contains_key(b3::X_B3_TRACE_ID)
@@ -93,6 +94,7 @@ impl Driver {
             true => w3c::extract(h, decision).ok()?,
             false => b3::extract(h, decision).ok()?,
         };
+        let share = kind == Kind::Server && self.config.shared_span_context;
         let Some(p) = parent else {
             let id = nonzero_random();
             let trace_high = if self.config.trace_id_128bit {
@@ -107,9 +109,8 @@ impl Driver {
                 parent_id: 0,
                 sampled: decision,
             };
-            return Some((cx, false));
+            return Some((cx, share));
         };
-        let share = kind == Kind::Server && self.config.shared_span_context;
         let (id, parent_id) = match share {
             true => (p.id, p.parent_id),
             false => (nonzero_random(), p.id),
@@ -197,22 +198,29 @@ impl Driver {
                 o.insert("timestamp".into(), r.timestamp_us.into());
                 o.insert("duration".into(), r.duration_us.into());
                 o.insert("localEndpoint".into(), Value::Object(endpoint.clone()));
+                // Envoy's zipkin span drops a tag with an empty value.
                 let tags: Map<String, Value> = r
                     .tags
                     .iter()
+                    .filter(|(_, v)| !v.is_empty())
                     .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
                     .collect();
                 if !tags.is_empty() {
                     o.insert("tags".into(), Value::Object(tags));
                 }
-                if !r.annotations.is_empty() {
-                    let list = r
-                        .annotations
-                        .iter()
-                        .map(|(t, v)| serde_json::json!({"timestamp": t, "value": v}))
-                        .collect();
-                    o.insert("annotations".into(), Value::Array(list));
-                }
+                // The span logs, then the end: `cr` (client receive) or `ss` (server send).
+                let end = match r.kind {
+                    Kind::Client => "cr",
+                    Kind::Server => "ss",
+                };
+                let list = r
+                    .annotations
+                    .iter()
+                    .copied()
+                    .chain([(r.timestamp_us + r.duration_us, end)])
+                    .map(|(t, v)| serde_json::json!({"timestamp": t, "value": v}))
+                    .collect();
+                o.insert("annotations".into(), Value::Array(list));
                 if r.shared {
                     o.insert("shared".into(), true.into());
                 }
@@ -220,6 +228,14 @@ impl Driver {
             })
             .collect();
         serde_json::to_vec(&Value::Array(list)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+impl Driver {
+    /// The spans waiting for the collector, taken.
+    pub(crate) fn pending(&self) -> Vec<Record> {
+        self.queue.take(true).unwrap_or_default()
     }
 }
 
@@ -317,12 +333,27 @@ mod tests {
         assert_ne!(cx.id, 0xbb);
         let (cx, _) = driver(true, false).start(&h, true, Kind::Client).unwrap();
         assert_eq!(cx.parent_id, 0xbb);
-        let (root, _) = driver(true, false)
+        let (root, shared) = driver(true, false)
             .start(&HeaderMap::new(), false, Kind::Client)
             .unwrap();
         assert_eq!(
             (root.trace_id, root.parent_id, root.sampled),
             (root.id, 0, false)
+        );
+        assert!(!shared);
+        // A root server span is marked shared too (Envoy's JSON does), unless configured off.
+        let none = HeaderMap::new();
+        assert!(
+            driver(true, false)
+                .start(&none, true, Kind::Server)
+                .unwrap()
+                .1
+        );
+        assert!(
+            !driver(false, false)
+                .start(&none, true, Kind::Server)
+                .unwrap()
+                .1
         );
         let bad = b3("zz", "00000000000000bb", "1");
         assert!(
@@ -369,7 +400,10 @@ mod tests {
             name: "svc".into(),
             timestamp_us: 10,
             duration_us: 5,
-            tags: vec![("component".into(), "proxy".into())],
+            tags: vec![
+                ("component".into(), "proxy".into()),
+                ("zone".into(), String::new()),
+            ],
             annotations: Vec::new(),
         };
         let json: serde_json::Value = serde_json::from_slice(&d.serialize(&[record()])).unwrap();
@@ -380,7 +414,8 @@ mod tests {
                 "id": "0000000000000002", "kind": "SERVER", "name": "svc",
                 "timestamp": 10, "duration": 5,
                 "localEndpoint": {"ipv4": "10.0.0.1", "port": 0, "serviceName": "front"},
-                "tags": {"component": "proxy"}, "shared": true
+                "tags": {"component": "proxy"}, "shared": true,
+                "annotations": [{"timestamp": 15, "value": "ss"}]
             }])
         );
         for _ in 0..QUEUE_CAPACITY + 3 {

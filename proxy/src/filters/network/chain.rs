@@ -70,7 +70,10 @@ pub fn build(filters: &[Model], cx: &BuildCx<'_>) -> Vec<Arc<dyn NetworkFilterFa
 pub struct ConnState {
     pub metadata: DynamicMetadata,
     pub response_flags: ResponseFlags,
+    /// Why a filter closed the connection (its local close reason).
     pub closed: Option<Cow<'static, str>>,
+    /// What a filter set as the connection's termination details.
+    pub termination_details: Option<Cow<'static, str>>,
     /// Set by the terminal tcp_proxy once connected; handed to the filters (`on_upstream`)
     /// before their next hook.
     pub upstream: Option<UpstreamPeer>,
@@ -130,6 +133,7 @@ impl NetChain {
                 connection: conn,
                 metadata: &mut st.metadata,
                 response_flags: &mut st.response_flags,
+                termination_details: &mut st.termination_details,
             };
             factories.iter().filter_map(|f| f.create(&cx)).collect()
         };
@@ -160,6 +164,7 @@ impl NetChain {
             connection: &self.conn,
             metadata: &mut st.metadata,
             response_flags: &mut st.response_flags,
+            termination_details: &mut st.termination_details,
         };
         let n = self.filters.len();
         for i in from..n {

@@ -259,6 +259,7 @@ mod tests {
             connection: &conn,
             metadata: &mut md,
             response_flags: &mut flags,
+            termination_details: &mut None,
         };
         let mut filter = f.create(&cx).unwrap();
         let _ = filter.on_data(b"hello", false, &mut cx);

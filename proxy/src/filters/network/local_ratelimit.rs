@@ -1,7 +1,7 @@
 //! `envoy.filters.network.local_ratelimit` (Envoy's
 //! `source/extensions/filters/network/local_ratelimit/`): each new connection on the filter
 //! chain takes a token from the chain's bucket (shared by every worker); without one it is
-//! closed before any byte goes on (termination details `local_ratelimit_close_over_limit`),
+//! closed before any byte goes on (local close reason `local_ratelimit_close_over_limit`),
 //! its response flag `URX` (Envoy's `UpstreamRetryLimitExceeded`, in tcp_proxy's access log)
 //! and `local_rate_limit.<stat_prefix>.rate_limited` counts it.
 
@@ -15,7 +15,7 @@ use crate::runtime::RuntimeLoader;
 use crate::stream_info::ResponseFlags;
 use crate::telemetry::stats::{Counter, Store};
 
-/// `%CONNECTION_TERMINATION_DETAILS%` of a connection closed over the limit.
+/// `%DOWNSTREAM_LOCAL_CLOSE_REASON%` of a connection closed over the limit.
 pub const CLOSE_OVER_LIMIT: &str = "local_ratelimit_close_over_limit";
 
 /// The filter on one filter chain: its bucket lives as long as the chain's configuration.
@@ -92,6 +92,7 @@ mod tests {
             connection: &conn,
             metadata: &mut metadata,
             response_flags: &mut flags,
+            termination_details: &mut None,
         };
         let mut filter = f.create(&cx)?;
         let flow = filter.on_new_connection(&mut cx);

@@ -19,8 +19,9 @@ use crate::stream_info::ConnectionInfo;
 pub enum NetFlow {
     /// Go on with the next filter.
     Continue,
-    /// Close the connection before any byte reaches the upstream; the detail goes to
-    /// `%CONNECTION_TERMINATION_DETAILS%` (e.g. `rbac_access_denied_matched_policy[none]`).
+    /// Close the connection before any byte reaches the upstream, for this reason (Envoy's
+    /// local close reason, `%DOWNSTREAM_LOCAL_CLOSE_REASON%`: `rbac_deny_close`,
+    /// `local_ratelimit_close_over_limit`).
     Close(std::borrow::Cow<'static, str>),
     /// Stop until the future resolves, then act on what it returns.
     Pause(Pin<Box<dyn Future<Output = NetFlow> + Send>>),
@@ -33,6 +34,8 @@ pub struct ConnCx<'a> {
     pub metadata: &'a mut crate::stream_info::DynamicMetadata,
     /// Response flags of the connection's stream info (`%RESPONSE_FLAGS%` of its access log).
     pub response_flags: &'a mut crate::stream_info::ResponseFlags,
+    /// `%CONNECTION_TERMINATION_DETAILS%` of the connection (e.g. what RBAC denied).
+    pub termination_details: &'a mut Option<std::borrow::Cow<'static, str>>,
 }
 
 /// One network filter on one connection.

@@ -2,7 +2,8 @@
 //! `CONTINUOUS`), the shadow engine is evaluated and counted, then the enforced engine decides;
 //! a denied connection is closed before any byte reaches the upstream (after `delay_deny`, if
 //! set, with reads stopped), its `%CONNECTION_TERMINATION_DETAILS%`
-//! `rbac_access_denied_matched_policy[<policy>|none]`. Stats: `<stat_prefix>.rbac.allowed|denied`,
+//! `rbac_access_denied_matched_policy[<policy>|none]`, its local close reason `rbac_deny_close`
+//! (`%DOWNSTREAM_LOCAL_CLOSE_REASON%`). Stats: `<stat_prefix>.rbac.allowed|denied`,
 //! `<stat_prefix>.rbac.[<shadow_rules_stat_prefix>.]shadow_allowed|shadow_denied`; dynamic
 //! metadata in `envoy.filters.network.rbac`: `<shadow prefix>shadow_effective_policy_id`,
 //! `<shadow prefix>shadow_engine_result`.
@@ -20,6 +21,9 @@ use crate::telemetry::stats::Store;
 
 /// The dynamic metadata namespace.
 pub const NAMESPACE: &str = "envoy.filters.network.rbac";
+
+/// The local close reason of a denied connection (`%DOWNSTREAM_LOCAL_CLOSE_REASON%`).
+pub const DENY_CLOSE: &str = "rbac_deny_close";
 
 /// One network RBAC filter of a filter chain.
 #[derive(Debug)]
@@ -135,12 +139,13 @@ impl NetworkRbacFilter {
         match denied_policy {
             None => NetFlow::Continue,
             Some(policy) => {
-                let details = engine::response_detail(policy.as_deref());
+                // Envoy's: the policy in the termination details, then the close.
+                *cx.termination_details = Some(engine::response_detail(policy.as_deref()));
                 match self.config.delay_deny {
-                    None => NetFlow::Close(details),
+                    None => NetFlow::Close(DENY_CLOSE.into()),
                     Some(d) => NetFlow::Pause(Box::pin(async move {
                         tokio::time::sleep(d).await;
-                        NetFlow::Close(details)
+                        NetFlow::Close(DENY_CLOSE.into())
                     })),
                 }
             }
@@ -179,16 +184,28 @@ shadow_rules:
         spiffe: Option<&str>,
         md: &mut DynamicMetadata,
     ) -> NetFlow {
+        first_read_details(f, spiffe, md).0
+    }
+
+    /// The first read's outcome and the termination details it set.
+    fn first_read_details(
+        f: &NetworkRbacFactory,
+        spiffe: Option<&str>,
+        md: &mut DynamicMetadata,
+    ) -> (NetFlow, Option<std::borrow::Cow<'static, str>>) {
         let conn = connection(5432, spiffe);
         let mut flags = crate::stream_info::ResponseFlags::empty();
+        let mut details = None;
         let mut cx = ConnCx {
             connection: &conn,
             metadata: md,
             response_flags: &mut flags,
+            termination_details: &mut details,
         };
         let mut filter = f.create(&cx).expect("a filter");
         filter.on_new_connection(&mut cx);
-        filter.on_data(b"hello", false, &mut cx)
+        let flow = filter.on_data(b"hello", false, &mut cx);
+        (flow, details)
     }
 
     #[test]
@@ -196,11 +213,16 @@ shadow_rules:
         let st = store();
         let f = NetworkRbacFactory::new(network_rbac(RULES), &st);
         let mut md = DynamicMetadata::default();
-        let flow = first_read(&f, Some("spiffe://cluster.local/ns/other/sa/x"), &mut md);
+        let (flow, details) =
+            first_read_details(&f, Some("spiffe://cluster.local/ns/other/sa/x"), &mut md);
         match flow {
-            NetFlow::Close(d) => assert_eq!(d, "rbac_access_denied_matched_policy[none]"),
+            NetFlow::Close(d) => assert_eq!(d, "rbac_deny_close"),
             _ => panic!("closed"),
         }
+        assert_eq!(
+            details.as_deref(),
+            Some("rbac_access_denied_matched_policy[none]")
+        );
         let ns = md.namespace(NAMESPACE).unwrap();
         assert_eq!(ns.get("sh_shadow_engine_result").unwrap(), "denied");
         assert_eq!(ns.get("sh_shadow_effective_policy_id").unwrap(), "everyone");
@@ -233,6 +255,7 @@ shadow_rules:
             connection: &conn,
             metadata: &mut md,
             response_flags: &mut flags,
+            termination_details: &mut None,
         };
         let mut filter = f.create(&cx).unwrap();
         for _ in 0..3 {
@@ -267,7 +290,7 @@ shadow_rules:
         };
         let start = tokio::time::Instant::now();
         match fut.await {
-            NetFlow::Close(d) => assert_eq!(d, "rbac_access_denied_matched_policy[none]"),
+            NetFlow::Close(d) => assert_eq!(d, "rbac_deny_close"),
             _ => panic!("closed"),
         }
         assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
