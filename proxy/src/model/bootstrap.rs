@@ -799,7 +799,7 @@ static_resources:
         typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: a}
   clusters:
   - {name: a, connect_timeout: 0s}
-  - {name: b, dns_jitter: 1s}
+  - {name: b, cleanup_interval: 1s}
   - {name: c}
 "#;
         let b: pb::bootstrap::Bootstrap = crate::config::decode_yaml(
@@ -819,7 +819,7 @@ static_resources:
             [
                 "flags_path",
                 "static_resources.clusters[0].connect_timeout",
-                "static_resources.clusters[1].dns_jitter",
+                "static_resources.clusters[1].cleanup_interval",
                 "static_resources.listeners[0].freebind",
             ],
             "{e}"
