@@ -1769,6 +1769,44 @@ mod tests {
         Cluster::from_proto(&path, &c, &cx)
     }
 
+    /// The DNS refresh fields: respect_dns_ttl, dns_jitter and dns_failure_refresh_rate (its
+    /// max defaulting to 10 × base), and the resolver.
+    #[test]
+    fn dns_options() {
+        let c = cluster(
+            "{name: c, type: STRICT_DNS, respect_dns_ttl: true, dns_jitter: 2s, dns_failure_refresh_rate: {base_interval: 3s}, use_tcp_for_dns_lookups: true}",
+        )
+        .unwrap();
+        assert!(c.dns.respect_ttl);
+        assert_eq!(c.dns.jitter, Duration::from_secs(2));
+        assert_eq!(
+            c.dns.failure_refresh,
+            Some((Duration::from_secs(3), Duration::from_secs(30)))
+        );
+        assert!(c.dns.resolver.use_tcp);
+        let bad = |rate: &str| {
+            cluster(&format!(
+                "{{name: c, type: STRICT_DNS, dns_failure_refresh_rate: {rate}}}"
+            ))
+            .unwrap_err()
+            .paths()
+        };
+        assert_eq!(
+            bad("{max_interval: 3s}"),
+            ["Cluster 'c'.dns_failure_refresh_rate.base_interval"]
+        );
+        assert_eq!(
+            bad("{base_interval: 3s, max_interval: 2s}"),
+            ["Cluster 'c'.dns_failure_refresh_rate.max_interval"]
+        );
+        let e = cluster("{name: c, dns_resolution_config: {resolvers: [{socket_address: {address: x.example}}]}}")
+            .unwrap_err();
+        assert_eq!(
+            e.paths(),
+            ["Cluster 'c'.dns_resolution_config.resolvers[0].socket_address.address"]
+        );
+    }
+
     /// What Envoy accepts in an assignment remora accepts too: a health status it does not
     /// know (healthy), port 0 (connecting fails), a gap between priorities (an empty level).
     #[test]
