@@ -1107,6 +1107,53 @@ async fn istio_bootstrap_goldens_connect_over_a_unix_socket() {
     }
 }
 
+/// A STRICT_DNS cluster from CDS, its resolver (`dns_resolution_config`) a DNS server of the
+/// test answering with a 1s TTL: it routes, and with `respect_dns_ttl` its name is asked again
+/// at the TTL although `dns_refresh_rate` is an hour.
+#[tokio::test(flavor = "multi_thread")]
+async fn cds_strict_dns_cluster_refreshes_at_the_ttl() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let app = upstream("dyn").await;
+    let (dns, asked) =
+        dns_server(|name, _| (name == "svc.remora.test").then_some(([127, 0, 0, 1], 1))).await;
+    let (cache, xds, _task) = xds_server().await;
+    let mut c = static_cluster("dyn", &[app.addr]);
+    let lb = &mut c.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints[0];
+    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(e)) = &mut lb.host_identifier {
+        if let Some(core::address::Address::SocketAddress(sa)) =
+            &mut e.address.as_mut().unwrap().address
+        {
+            sa.address = "svc.remora.test".into();
+        }
+    }
+    c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+    c.respect_dns_ttl = true;
+    c.dns_refresh_rate = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    c.dns_resolution_config = Some(core::DnsResolutionConfig {
+        resolvers: vec![address(dns).unwrap()],
+        dns_resolver_options: Some(core::DnsResolverOptions {
+            use_tcp_for_dns_lookups: false,
+            no_default_search_domain: true,
+        }),
+    });
+    cache.set_snapshot(NODE, Snapshot::default().with(CLUSTER, "1", vec![any(&c)]));
+    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    cache
+        .wait_until(NODE, CLUSTER, |s| s.acked.as_deref() == Some("1"))
+        .await;
+    r.wait_stat("cluster.dyn.membership_total", 1).await;
+    let resp = get(r.addr("in"), "x", "/a").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-upstream"), Some("dyn"));
+    r.wait_stat("cluster.dyn.update_success", 3).await;
+    assert!(asked.lock().unwrap().iter().all(|n| n == "svc.remora.test"));
+}
+
 /// Istio's `all_golden.json` (every optional ProxyConfig setting) runs: its STRICT_DNS
 /// clusters (`respect_dns_ttl`) resolve through remora's resolver — pointed, by an added
 /// `dns_resolution_config`, at a DNS server of the test, as this sandbox's nameserver answers
