@@ -1111,6 +1111,7 @@ async fn istio_bootstrap_goldens_connect_over_a_unix_socket() {
 /// test answering with a 1s TTL: it routes, and with `respect_dns_ttl` its name is asked again
 /// at the TTL although `dns_refresh_rate` is an hour.
 #[tokio::test(flavor = "multi_thread")]
+#[allow(deprecated)] // the Cluster's DNS fields, as Istio still sets them
 async fn cds_strict_dns_cluster_refreshes_at_the_ttl() {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
@@ -1121,12 +1122,11 @@ async fn cds_strict_dns_cluster_refreshes_at_the_ttl() {
     let (cache, xds, _task) = xds_server().await;
     let mut c = static_cluster("dyn", &[app.addr]);
     let lb = &mut c.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints[0];
-    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(e)) = &mut lb.host_identifier {
-        if let Some(core::address::Address::SocketAddress(sa)) =
+    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(e)) = &mut lb.host_identifier
+        && let Some(core::address::Address::SocketAddress(sa)) =
             &mut e.address.as_mut().unwrap().address
-        {
-            sa.address = "svc.remora.test".into();
-        }
+    {
+        sa.address = "svc.remora.test".into();
     }
     c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
     c.respect_dns_ttl = true;

@@ -24,8 +24,11 @@ fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
 /// empty truncated one. Every question seen is logged with its transport.
 struct Server {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(&'static str, String, u16)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
+
+/// A question a test server saw: transport, name, type.
+type Seen = (&'static str, String, u16);
 
 async fn server(zone: Zone, udp_truncates: bool, wrong_id_first: bool) -> Server {
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
