@@ -655,11 +655,12 @@ impl Cluster {
         )]);
         let dns = errs.or_default(dns_options(
             path,
+            &cx.dns_resolver,
             DnsFields {
                 jitter: dns_jitter,
                 failure_refresh_rate: dns_failure_refresh_rate,
                 respect_ttl: *respect_dns_ttl,
-                resolver: super::dns_resolver::ClusterDnsFields {
+                resolver: super::dns_resolver::DnsFields {
                     dns_resolvers,
                     use_tcp_for_dns_lookups: *use_tcp_for_dns_lookups,
                     dns_resolution_config,
@@ -1385,11 +1386,15 @@ struct DnsFields<'a> {
     jitter: &'a Option<pb::protobuf::Duration>,
     failure_refresh_rate: &'a Option<pb::cluster::cluster::RefreshRate>,
     respect_ttl: bool,
-    resolver: super::dns_resolver::ClusterDnsFields<'a>,
+    resolver: super::dns_resolver::DnsFields<'a>,
 }
 
 /// `dns_jitter`, `dns_failure_refresh_rate`, `respect_dns_ttl` and the resolver fields.
-fn dns_options(path: &FieldPath, f: DnsFields<'_>) -> Result<DnsOptions> {
+fn dns_options(
+    path: &FieldPath,
+    bootstrap_resolver: &Arc<super::dns_resolver::DnsResolver>,
+    f: DnsFields<'_>,
+) -> Result<DnsOptions> {
     let jitter = opt_duration(path, "dns_jitter", f.jitter)?.unwrap_or_default();
     let failure_refresh = f
         .failure_refresh_rate
@@ -1400,7 +1405,7 @@ fn dns_options(path: &FieldPath, f: DnsFields<'_>) -> Result<DnsOptions> {
         respect_ttl: f.respect_ttl,
         jitter,
         failure_refresh,
-        resolver: Arc::new(super::dns_resolver::from_cluster(path, f.resolver)?),
+        resolver: super::dns_resolver::from_cluster(path, f.resolver, bootstrap_resolver)?,
     })
 }
 

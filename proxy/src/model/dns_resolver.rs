@@ -1,12 +1,13 @@
 //! `envoy.network.dns_resolver.cares` (`CaresDnsResolverConfig`) → the DNS resolver a
-//! STRICT_DNS or LOGICAL_DNS cluster uses, from whichever of the cluster's DNS fields Envoy
-//! reads: `typed_dns_resolver_config`, else `dns_resolution_config`, else the deprecated
-//! `dns_resolvers` and `use_tcp_for_dns_lookups`.
+//! STRICT_DNS or LOGICAL_DNS cluster uses, from whichever of the cluster's (or, for a cluster
+//! that sets none, the bootstrap's) DNS fields Envoy reads: `typed_dns_resolver_config`, else
+//! `dns_resolution_config`, else the deprecated `dns_resolvers` and `use_tcp_for_dns_lookups`.
 
 use super::core::{decode_any, deny, socket_address};
 use super::pb;
 use crate::config::{FieldPath, Result, error};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const CARES: &str = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
@@ -47,19 +48,35 @@ impl Default for DnsResolver {
     }
 }
 
-/// The cluster fields that choose the resolver.
-pub struct ClusterDnsFields<'a> {
+/// The cluster's (or bootstrap's, without `dns_resolvers`) fields that choose the resolver.
+pub struct DnsFields<'a> {
     pub dns_resolvers: &'a [pb::core::Address],
     pub use_tcp_for_dns_lookups: bool,
     pub dns_resolution_config: &'a Option<pb::core::DnsResolutionConfig>,
     pub typed_dns_resolver_config: &'a Option<pb::core::TypedExtensionConfig>,
 }
 
+/// A cluster's resolver: its own when it sets any of the fields, else the bootstrap's.
+pub fn from_cluster(
+    path: &FieldPath,
+    f: DnsFields<'_>,
+    bootstrap: &Arc<DnsResolver>,
+) -> Result<Arc<DnsResolver>> {
+    let own = typed(f.typed_dns_resolver_config).is_some()
+        || f.dns_resolution_config.is_some()
+        || f.use_tcp_for_dns_lookups
+        || !f.dns_resolvers.is_empty();
+    if !own {
+        return Ok(bootstrap.clone());
+    }
+    from_fields(path, f).map(Arc::new)
+}
+
 /// The resolver as Envoy picks it: `typed_dns_resolver_config` wins, then
 /// `dns_resolution_config`, then the deprecated fields.
-pub fn from_cluster(path: &FieldPath, f: ClusterDnsFields<'_>) -> Result<DnsResolver> {
-    if let Some(typed) = f.typed_dns_resolver_config {
-        return typed_config(&path.field("typed_dns_resolver_config"), typed);
+pub fn from_fields(path: &FieldPath, f: DnsFields<'_>) -> Result<DnsResolver> {
+    if let Some(any) = typed(f.typed_dns_resolver_config) {
+        return typed_config(&path.field("typed_dns_resolver_config"), any);
     }
     if let Some(drc) = f.dns_resolution_config {
         let p = path.field("dns_resolution_config");
@@ -92,11 +109,16 @@ fn options(r: &mut DnsResolver, o: &Option<pb::core::DnsResolverOptions>) {
     }
 }
 
-fn typed_config(path: &FieldPath, t: &pb::core::TypedExtensionConfig) -> Result<DnsResolver> {
+/// `typed_dns_resolver_config` when it names a type (Envoy reads it only then).
+fn typed(t: &Option<pb::core::TypedExtensionConfig>) -> Option<&pb::protobuf::Any> {
+    t.as_ref()?
+        .typed_config
+        .as_ref()
+        .filter(|any| !any.type_url.is_empty())
+}
+
+fn typed_config(path: &FieldPath, any: &pb::protobuf::Any) -> Result<DnsResolver> {
     let tp = path.field("typed_config");
-    let Some(any) = &t.typed_config else {
-        return Err(tp.error("is required"));
-    };
     if super::core::any_type(any) != CARES {
         return Err(tp.field("@type").error(format!(
             "DNS resolver {} is not supported (only {CARES})",
@@ -187,9 +209,9 @@ mod tests {
 
     fn resolver(yaml: &str) -> Result<DnsResolver> {
         let c = cluster(yaml);
-        from_cluster(
+        from_fields(
             &FieldPath::new("c"),
-            ClusterDnsFields {
+            DnsFields {
                 dns_resolvers: &c.dns_resolvers,
                 use_tcp_for_dns_lookups: c.use_tcp_for_dns_lookups,
                 dns_resolution_config: &c.dns_resolution_config,
