@@ -167,3 +167,43 @@ fn jitter_is_added_after_success_only() {
         Duration::from_secs(10)
     );
 }
+
+/// Answers by name (`a.test` TTL 2, `b.test` TTL 5), counting lookups per name.
+struct ByName(Mutex<Vec<String>>);
+
+impl Lookup for ByName {
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+        _family: DnsFamily,
+        _resolver: &'a DnsResolver,
+    ) -> BoxFuture<'a, Result<dns::Answer, DnsError>> {
+        self.0.lock().unwrap().push(name.to_string());
+        let answer = match name {
+            "a.test" => vec![(ip("10.0.0.1"), 2)],
+            _ => vec![(ip("10.0.0.2"), 5)],
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn each_name_has_its_own_timer() {
+    let cfg = config(
+        "{name: c, type: STRICT_DNS, respect_dns_ttl: true, load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: a.test, port_value: 80}}}}, {endpoint: {address: {socket_address: {address: b.test, port_value: 80}}}}]}]}}",
+    );
+    let cx = ServerContext::for_tests();
+    let cluster = Cluster::new(cfg, &cx, Origin::Bootstrap);
+    let lookup = Arc::new(ByName(Mutex::new(Vec::new())));
+    let mut d = DnsCluster::new(cluster.clone(), lookup.clone());
+    d.resolve_all().await;
+    let task = tokio::spawn(d.run());
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    task.abort();
+    let asked = lookup.0.lock().unwrap().clone();
+    let count = |n: &str| asked.iter().filter(|a| *a == n).count();
+    // a.test at 0, 2, 4, 6, 8 s; b.test at 0 and 5 s.
+    assert_eq!((count("a.test"), count("b.test")), (5, 2), "{asked:?}");
+    assert_eq!(addresses(&cluster), ["10.0.0.1:80", "10.0.0.2:80"]);
+    assert_eq!(cluster.stats.update_attempt.value(), 7);
+}
