@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 secs="${1:-30}"; shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(h1_request h1_response chunked config xds_resource metadata_exchange peer_metadata)
+  targets=(h1_request h1_response chunked config xds_resource metadata_exchange peer_metadata dns_message)
 fi
 export RUSTC_WRAPPER="$PWD/rustc-wrapper.sh"
 # The build directory lives outside the checkout, so that the dependencies (a long build with

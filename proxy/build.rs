@@ -522,6 +522,7 @@ const ROOTS: &[&str] = &[
     "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
     "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput",
     "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",

@@ -155,6 +155,7 @@ pub fn xds_resource(data: &[u8]) {
         reload: Default::default(),
         sds: std::sync::Arc::new(crate::xds::sds::SdsRegistry::default()),
         inputs: inputs.clone(),
+        dns_resolver: Default::default(),
     };
     match kind % 3 {
         0 => {
@@ -225,4 +226,15 @@ pub fn peer_metadata(data: &[u8]) {
     };
     let _ = PeerMetadata::new(&config, &node);
     let _ = metadata_exchange::frame(&node, &labels);
+}
+
+/// A DNS answer as a nameserver would send it: parsed, and its addresses for its own
+/// question followed through CNAMEs.
+pub fn dns_message(data: &[u8]) {
+    use crate::upstream::dns::wire;
+    if let Ok(m) = wire::parse(data)
+        && let Some((name, qtype)) = &m.question
+    {
+        let _ = wire::addresses(&m, name, *qtype);
+    }
 }

@@ -11,11 +11,11 @@ use crate::listener::manager::{ListenerManager, WorkerCommand};
 use crate::listener::{ActiveListener, ListenerManagerStats};
 use crate::logging::LogControl;
 use crate::model::bootstrap::Bootstrap;
-use crate::model::cluster::Discovery;
 use crate::model::listener::Direction;
 use crate::telemetry::stats::{Counter, Gauge, Store};
 use crate::telemetry::tags::TagProducer;
 use crate::upstream::cluster::{self, Cluster, ClusterManager};
+use crate::upstream::dns_refresh::{self, DnsCluster, Lookup, SystemLookup};
 use crate::xds::sds::SdsRegistry;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap as BootstrapProto;
 use std::net::SocketAddr;
@@ -587,23 +587,15 @@ async fn start_clusters(
     stats.cluster_added.add(clusters.len() as u64);
     stats.active_clusters.set(clusters.len() as i64);
     stats.warming_clusters.set(0);
-    let dns: Vec<_> = clusters
+    let lookup: Arc<dyn Lookup> = Arc::new(SystemLookup);
+    let mut dns: Vec<DnsCluster> = clusters
         .iter()
-        .filter(|c| {
-            matches!(
-                c.config.discovery,
-                Discovery::StrictDns | Discovery::LogicalDns
-            )
-        })
-        .cloned()
+        .filter(|c| dns_refresh::is_dns(c.config.discovery))
+        .map(|c| DnsCluster::new(c.clone(), lookup.clone()))
         .collect();
-    futures_util::future::join_all(
-        dns.iter()
-            .map(|c| async move { cluster::resolve_once(c).await }),
-    )
-    .await;
-    for c in dns {
-        tokio::spawn(cluster::dns_refresh_loop(c));
+    futures_util::future::join_all(dns.iter_mut().map(DnsCluster::resolve_all)).await;
+    for d in dns {
+        tokio::spawn(d.run());
     }
     Arc::new(ClusterManager::new(clusters))
 }

@@ -144,7 +144,7 @@ static_resources:
         typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: a}
   clusters:
   - {name: a, connect_timeout: 0s}
-  - {name: b, dns_jitter: 1s, outlier_detection: {interval: 0s}}
+  - {name: b, upstream_http_protocol_options: {auto_sni: true}, outlier_detection: {interval: 0s}}
 "#,
     )
     .unwrap();
@@ -157,7 +157,7 @@ static_resources:
             p.display()
         ),
         "static_resources.clusters[0].connect_timeout: must be greater than 0".to_string(),
-        "static_resources.clusters[1].dns_jitter: is not supported".to_string(),
+        "static_resources.clusters[1].upstream_http_protocol_options: is not supported".to_string(),
         "static_resources.clusters[1].outlier_detection.interval: must be greater than 0"
             .to_string(),
         "static_resources.listeners[0].freebind: is not supported".to_string(),

@@ -1233,3 +1233,54 @@ pub async fn recorder(name: &str, behaviour: Behaviour) -> Recorder {
     });
     Recorder { addr, seen, task }
 }
+
+/// A DNS server on 127.0.0.1 (UDP): `answer` gives each A question's address and TTL, or
+/// None for NXDOMAIN. Returns its address and the names it was asked, in order.
+pub async fn dns_server(
+    answer: impl Fn(&str, usize) -> Option<([u8; 4], u32)> + Send + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            // The question: labels from byte 12 to the root, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_string());
+                i += 1 + len;
+            }
+            let end = i + 5;
+            let name = labels.join(".");
+            let is_a = q[i + 1..i + 3] == [0, 1];
+            let nth = {
+                let mut log = log.lock().unwrap();
+                log.push(name.clone());
+                log.iter().filter(|n| **n == name).count()
+            };
+            let mut reply = q[..end].to_vec();
+            reply[2] = 0x81;
+            reply[3] = 0x80;
+            match answer(&name, nth) {
+                Some((ip, ttl)) if is_a => {
+                    reply[7] = 1;
+                    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+                    reply.extend_from_slice(&ttl.to_be_bytes());
+                    reply.extend_from_slice(&[0, 4]);
+                    reply.extend_from_slice(&ip);
+                }
+                Some(_) => {}
+                None => reply[3] |= 3,
+            }
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    (addr, asked)
+}

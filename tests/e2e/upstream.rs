@@ -256,3 +256,55 @@ async fn pooled_connection_closed_by_upstream_is_not_reused() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
 }
+
+/// A STRICT_DNS cluster with `respect_dns_ttl` and its resolver at a DNS server of the test
+/// (`typed_dns_resolver_config`): the name's address changes after the first answer, whose
+/// TTL is 1s; with a refresh rate of an hour, remora still follows the change, at the TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_dns_follows_the_answer_ttl() {
+    let (dns, asked) = dns_server(|name, nth| match name {
+        "svc.remora.test" if nth == 1 => Some(([127, 0, 0, 1], 1)),
+        "svc.remora.test" => Some(([127, 0, 0, 2], 3600)),
+        _ => None,
+    })
+    .await;
+    let c = format!(
+        "  - name: dns
+    type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    dns_refresh_rate: 3600s
+    respect_dns_ttl: true
+    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+        resolvers: [{{socket_address: {{address: 127.0.0.1, port_value: {}}}}}]
+        dns_resolver_options: {{no_default_search_domain: true}}
+    load_assignment:
+      cluster_name: dns
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: svc.remora.test, port_value: 8080}}}}}}
+",
+        dns.port()
+    );
+    let r = Remora::start(&bootstrap(
+        &http_listener("main", "", &vhost_to("dns", "")),
+        &c,
+    ))
+    .await;
+    r.wait_stat("cluster.dns.update_success", 2).await;
+    let (_, clusters) = r.admin_get("/clusters").await.unwrap();
+    assert!(
+        clusters.contains("dns::127.0.0.2:8080::cx_active"),
+        "{clusters}"
+    );
+    assert!(!clusters.contains("dns::127.0.0.1:8080"), "{clusters}");
+    let s = r.stats().await;
+    assert_eq!(s["cluster.dns.membership_total"], 1);
+    assert_eq!(s["cluster.dns.update_failure"], 0);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["svc.remora.test", "svc.remora.test"]
+    );
+}

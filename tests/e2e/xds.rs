@@ -1107,6 +1107,164 @@ async fn istio_bootstrap_goldens_connect_over_a_unix_socket() {
     }
 }
 
+/// A STRICT_DNS cluster from CDS, its resolver (`dns_resolution_config`) a DNS server of the
+/// test answering with a 1s TTL: it routes, and with `respect_dns_ttl` its name is asked again
+/// at the TTL although `dns_refresh_rate` is an hour.
+#[tokio::test(flavor = "multi_thread")]
+#[allow(deprecated)] // the Cluster's DNS fields, as Istio still sets them
+async fn cds_strict_dns_cluster_refreshes_at_the_ttl() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let app = upstream("dyn").await;
+    let (dns, asked) =
+        dns_server(|name, _| (name == "svc.remora.test").then_some(([127, 0, 0, 1], 1))).await;
+    let (cache, xds, _task) = xds_server().await;
+    let mut c = static_cluster("dyn", &[app.addr]);
+    let lb = &mut c.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints[0];
+    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(e)) = &mut lb.host_identifier
+        && let Some(core::address::Address::SocketAddress(sa)) =
+            &mut e.address.as_mut().unwrap().address
+    {
+        sa.address = "svc.remora.test".into();
+    }
+    c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+    c.respect_dns_ttl = true;
+    c.dns_refresh_rate = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    c.dns_resolution_config = Some(core::DnsResolutionConfig {
+        resolvers: vec![address(dns).unwrap()],
+        dns_resolver_options: Some(core::DnsResolverOptions {
+            use_tcp_for_dns_lookups: false,
+            no_default_search_domain: true,
+        }),
+    });
+    cache.set_snapshot(NODE, Snapshot::default().with(CLUSTER, "1", vec![any(&c)]));
+    let r = Remora::start(&bootstrap_with_ads(xds, "GRPC")).await;
+    cache
+        .wait_until(NODE, CLUSTER, |s| s.acked.as_deref() == Some("1"))
+        .await;
+    r.wait_stat("cluster.dyn.membership_total", 1).await;
+    let resp = get(r.addr("in"), "x", "/a").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-upstream"), Some("dyn"));
+    r.wait_stat("cluster.dyn.update_success", 3).await;
+    assert!(asked.lock().unwrap().iter().all(|n| n == "svc.remora.test"));
+}
+
+/// Istio's `all_golden.json` (every optional ProxyConfig setting) runs: its STRICT_DNS
+/// clusters (`respect_dns_ttl`) resolve through remora's resolver — pointed, by an added
+/// `dns_resolution_config`, at a DNS server of the test, as this sandbox's nameserver answers
+/// nothing — `metrics-service` to 127.0.0.1 and `accesslog-service` not at all (NXDOMAIN);
+/// remora serves, gets ready and answers on admin.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_all_golden_serves() {
+    use remora_xds::resource::{LISTENER, ROUTE};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/istio-bootstrap/all_golden.json"),
+    )
+    .unwrap();
+    let mut b: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let node = b["node"]["id"].as_str().unwrap().to_string();
+    let (dns, asked) = dns_server(|name, _| match name {
+        "metrics-service" => Some(([127, 0, 0, 1], 1)),
+        _ => None,
+    })
+    .await;
+    let dir = TempDir::new("istio-all");
+    let xds_socket = dir.path("XDS");
+    let admin_port = closed_port().port();
+    b["admin"]["address"]["socket_address"]["port_value"] = admin_port.into();
+    b["admin"]["access_log"][0]["typed_config"]["path"] = "/dev/null".into();
+    b["admin"].as_object_mut().unwrap().remove("profile_path");
+    for l in b["static_resources"]["listeners"].as_array_mut().unwrap() {
+        l["address"]["socket_address"]["address"] = "127.0.0.1".into();
+        l["address"]["socket_address"]["port_value"] = 0.into();
+    }
+    for c in b["static_resources"]["clusters"].as_array_mut().unwrap() {
+        let name = c["name"].as_str().unwrap().to_string();
+        let ep =
+            &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
+        match name.as_str() {
+            "xds-grpc" => ep["pipe"]["path"] = xds_socket.to_str().unwrap().into(),
+            "sds-grpc" => ep["pipe"]["path"] = dir.path("sds.sock").to_str().unwrap().into(),
+            "prometheus_stats" => ep["socket_address"]["port_value"] = admin_port.into(),
+            _ => {}
+        }
+        if c["type"] == "STRICT_DNS" {
+            assert_eq!(c["respect_dns_ttl"], true, "{name}");
+            c["dns_resolution_config"] = serde_json::json!({
+                "resolvers": [{"socket_address": {"address": "127.0.0.1", "port_value": dns.port()}}]
+            });
+        }
+    }
+    let cache = SnapshotCache::new();
+    let unix = tokio::net::UnixListener::bind(&xds_socket).unwrap();
+    let server = tokio::spawn(remora_xds::server::serve_unix(cache.clone(), unix));
+    let app = upstream("deal").await;
+    let port = closed_port().port();
+    cache.set_snapshot(
+        &node,
+        Snapshot::default()
+            .with(
+                CLUSTER,
+                "c1",
+                vec![any(&static_cluster("outbound|8082||deal", &[app.addr]))],
+            )
+            .with(
+                LISTENER,
+                "l1",
+                vec![any(&lds_listener(
+                    "virtualOutbound",
+                    port,
+                    "8082",
+                    "outbound_0.0.0.0_8082",
+                ))],
+            )
+            .with(
+                ROUTE,
+                "r1",
+                vec![any(&route_all_to("8082", "outbound|8082||deal"))],
+            ),
+    );
+    let r = Remora::start(&serde_json::to_string_pretty(&b).unwrap()).await;
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        cache
+            .wait_until(&node, t, |s| s.acked.is_some() && s.nacked.is_none())
+            .await;
+    }
+    let (status, body) = r.admin_get("/ready").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "LIVE"));
+    let resp = get(SocketAddr::from(([127, 0, 0, 1], port)), "deal", "/x").await;
+    assert_eq!(resp.status, 200);
+    let (_, clusters) = r.admin_get("/clusters").await.unwrap();
+    assert!(
+        clusters.contains("envoy_metrics_service::127.0.0.1:15000::"),
+        "{clusters}"
+    );
+    assert!(
+        !clusters.lines().any(|l| l
+            .strip_prefix("envoy_accesslog_service::")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))),
+        "no hosts: {clusters}"
+    );
+    assert!(
+        clusters.contains("zipkin::127.0.0.1:6000::"),
+        "localhost from /etc/hosts: {clusters}"
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.contains(&"metrics-service".to_string()), "{asked:?}");
+    assert!(
+        asked.contains(&"accesslog-service".to_string()),
+        "{asked:?}"
+    );
+    drop(r);
+    server.abort();
+}
+
 /// An HTTP connection manager as istiod builds it for a sidecar's outbound listener, from
 /// `filters` (name, Any) plus the router.
 fn istio_hcm_listener(

@@ -190,14 +190,16 @@ impl Bootstrap {
                 "stats_server_version_override",
                 stats_server_version_override,
             ),
-            deny(&path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups),
-            deny(&path, "dns_resolution_config", dns_resolution_config),
-            deny(
-                &path,
-                "typed_dns_resolver_config",
-                typed_dns_resolver_config,
-            ),
         ]);
+        let dns_resolver = errs.or_default(super::dns_resolver::from_fields(
+            &path,
+            super::dns_resolver::DnsFields {
+                dns_resolvers: &[],
+                use_tcp_for_dns_lookups: *use_tcp_for_dns_lookups,
+                dns_resolution_config,
+                typed_dns_resolver_config,
+            },
+        ));
         errs.check(bootstrap_extensions.iter().enumerate().map(|(i, ext)| {
             bootstrap_extension(&path.field("bootstrap_extensions").index(i), ext)
         }));
@@ -289,6 +291,7 @@ impl Bootstrap {
             reload,
             sds,
             inputs,
+            dns_resolver: Arc::new(dns_resolver),
         });
         let (clusters, listeners) =
             errs.or_default(static_listeners_and_clusters(&sp, cs, ls, &context));
@@ -782,6 +785,41 @@ impl StatsMatcher {
 mod tests {
     use super::*;
 
+    /// The bootstrap's DNS resolver is the one of DNS clusters that set none of their own.
+    #[test]
+    fn bootstrap_dns_resolver_is_the_clusters_default() {
+        let yaml = r#"
+typed_dns_resolver_config:
+  name: envoy.network.dns_resolver.cares
+  typed_config:
+    '@type': type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+    resolvers: [{socket_address: {address: 10.0.0.1}}]
+    dns_resolver_options: {use_tcp_for_dns_lookups: true}
+static_resources:
+  clusters:
+  - {name: a, type: STRICT_DNS}
+  - {name: b, type: STRICT_DNS, dns_resolvers: [{socket_address: {address: 10.0.0.2}}]}
+"#;
+        let b: pb::bootstrap::Bootstrap = crate::config::decode_yaml(
+            "envoy.config.bootstrap.v3.Bootstrap",
+            yaml,
+            &FieldPath::root(),
+        );
+        let b = Bootstrap::from_proto(
+            &b,
+            Arc::new(super::super::context::NoSecretSources),
+            Arc::new(super::super::inputs::Inputs::none()),
+        )
+        .unwrap();
+        let a = &b.clusters[0].dns.resolver;
+        assert_eq!(a.resolvers, vec!["10.0.0.1:53".parse().unwrap()]);
+        assert!(a.use_tcp);
+        assert!(Arc::ptr_eq(a, &b.context.dns_resolver));
+        let own = &b.clusters[1].dns.resolver;
+        assert_eq!(own.resolvers, vec!["10.0.0.2:53".parse().unwrap()]);
+        assert!(!own.use_tcp);
+    }
+
     /// One translation names every problem: each static listener's and cluster's, and the
     /// top-level sections'.
     #[test]
@@ -799,7 +837,7 @@ static_resources:
         typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: a}
   clusters:
   - {name: a, connect_timeout: 0s}
-  - {name: b, dns_jitter: 1s}
+  - {name: b, cleanup_interval: 1s}
   - {name: c}
 "#;
         let b: pb::bootstrap::Bootstrap = crate::config::decode_yaml(
@@ -819,7 +857,7 @@ static_resources:
             [
                 "flags_path",
                 "static_resources.clusters[0].connect_timeout",
-                "static_resources.clusters[1].dns_jitter",
+                "static_resources.clusters[1].cleanup_interval",
                 "static_resources.listeners[0].freebind",
             ],
             "{e}"

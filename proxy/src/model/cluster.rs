@@ -81,6 +81,19 @@ pub enum DnsFamily {
     All,
 }
 
+/// A DNS cluster's refresh schedule and resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsOptions {
+    /// `respect_dns_ttl`: refresh at the answer's TTL (when not 0) instead of `dns_refresh_rate`.
+    pub respect_ttl: bool,
+    /// `dns_jitter`: up to this much is added to each refresh after a success.
+    pub jitter: Duration,
+    /// `dns_failure_refresh_rate`: the (base, max) intervals of the jittered exponential
+    /// backoff after failures; `None`: `dns_refresh_rate`.
+    pub failure_refresh: Option<(Duration, Duration)>,
+    pub resolver: Arc<super::dns_resolver::DnsResolver>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     Http1,
@@ -151,6 +164,8 @@ pub struct Cluster {
     pub overprovisioning_factor: u32,
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
+    /// How STRICT_DNS and LOGICAL_DNS clusters refresh, and their resolver.
+    pub dns: DnsOptions,
     pub protocol: UpstreamProtocol,
     pub http2: Http2Settings,
     pub idle_timeout: Option<Duration>,
@@ -633,20 +648,26 @@ impl Cluster {
                     .transpose(),
             )
             .unwrap_or_default();
-        errs.check([
-            deny(
-                path,
-                "upstream_http_protocol_options",
-                upstream_http_protocol_options,
-            ),
-            deny(path, "dns_jitter", dns_jitter),
-            deny(path, "dns_failure_refresh_rate", dns_failure_refresh_rate),
-            deny(path, "respect_dns_ttl", respect_dns_ttl),
-            deny(path, "dns_resolvers", dns_resolvers),
-            deny(path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups),
-            deny(path, "dns_resolution_config", dns_resolution_config),
-            deny(path, "typed_dns_resolver_config", typed_dns_resolver_config),
-        ]);
+        errs.check([deny(
+            path,
+            "upstream_http_protocol_options",
+            upstream_http_protocol_options,
+        )]);
+        let dns = errs.or_default(dns_options(
+            path,
+            &cx.dns_resolver,
+            DnsFields {
+                jitter: dns_jitter,
+                failure_refresh_rate: dns_failure_refresh_rate,
+                respect_ttl: *respect_dns_ttl,
+                resolver: super::dns_resolver::DnsFields {
+                    dns_resolvers,
+                    use_tcp_for_dns_lookups: *use_tcp_for_dns_lookups,
+                    dns_resolution_config,
+                    typed_dns_resolver_config,
+                },
+            },
+        ));
         let outlier = errs.or_default(
             outlier_detection
                 .as_ref()
@@ -770,6 +791,7 @@ impl Cluster {
             overprovisioning_factor,
             dns_refresh_rate,
             dns_family,
+            dns,
             protocol: upstream.protocol,
             http2: upstream.http2,
             idle_timeout: upstream.idle_timeout,
@@ -1360,6 +1382,58 @@ fn connect_timeout_of(path: &FieldPath, t: &Option<pb::protobuf::Duration>) -> R
     Ok(t)
 }
 
+struct DnsFields<'a> {
+    jitter: &'a Option<pb::protobuf::Duration>,
+    failure_refresh_rate: &'a Option<pb::cluster::cluster::RefreshRate>,
+    respect_ttl: bool,
+    resolver: super::dns_resolver::DnsFields<'a>,
+}
+
+/// `dns_jitter`, `dns_failure_refresh_rate`, `respect_dns_ttl` and the resolver fields.
+fn dns_options(
+    path: &FieldPath,
+    bootstrap_resolver: &Arc<super::dns_resolver::DnsResolver>,
+    f: DnsFields<'_>,
+) -> Result<DnsOptions> {
+    let jitter = opt_duration(path, "dns_jitter", f.jitter)?.unwrap_or_default();
+    let failure_refresh = f
+        .failure_refresh_rate
+        .as_ref()
+        .map(|r| failure_refresh(&path.field("dns_failure_refresh_rate"), r))
+        .transpose()?;
+    Ok(DnsOptions {
+        respect_ttl: f.respect_ttl,
+        jitter,
+        failure_refresh,
+        resolver: super::dns_resolver::from_cluster(path, f.resolver, bootstrap_resolver)?,
+    })
+}
+
+/// `dns_failure_refresh_rate`: `max_interval` defaults to 10 × `base_interval` (Envoy).
+fn failure_refresh(
+    path: &FieldPath,
+    r: &pb::cluster::cluster::RefreshRate,
+) -> Result<(Duration, Duration)> {
+    let pb::cluster::cluster::RefreshRate {
+        base_interval,
+        max_interval,
+    } = r;
+    let base = opt_duration(path, "base_interval", base_interval)?
+        .ok_or_else(|| path.field("base_interval").error("is required"))?;
+    if base <= Duration::from_millis(1) {
+        return Err(path
+            .field("base_interval")
+            .error("must be greater than 1ms"));
+    }
+    let max = opt_duration(path, "max_interval", max_interval)?.unwrap_or(base * 10);
+    if max <= Duration::from_millis(1) || max < base {
+        return Err(path
+            .field("max_interval")
+            .error("must be greater than 1ms and at least base_interval"));
+    }
+    Ok((base, max))
+}
+
 fn dns_refresh_rate_of(path: &FieldPath, t: &Option<pb::protobuf::Duration>) -> Result<Duration> {
     let t = opt_duration(path, "dns_refresh_rate", t)?.unwrap_or(DEFAULT_DNS_REFRESH);
     if t < Duration::from_millis(1) {
@@ -1700,6 +1774,44 @@ mod tests {
         Cluster::from_proto(&path, &c, &cx)
     }
 
+    /// The DNS refresh fields: respect_dns_ttl, dns_jitter and dns_failure_refresh_rate (its
+    /// max defaulting to 10 × base), and the resolver.
+    #[test]
+    fn dns_options() {
+        let c = cluster(
+            "{name: c, type: STRICT_DNS, respect_dns_ttl: true, dns_jitter: 2s, dns_failure_refresh_rate: {base_interval: 3s}, use_tcp_for_dns_lookups: true}",
+        )
+        .unwrap();
+        assert!(c.dns.respect_ttl);
+        assert_eq!(c.dns.jitter, Duration::from_secs(2));
+        assert_eq!(
+            c.dns.failure_refresh,
+            Some((Duration::from_secs(3), Duration::from_secs(30)))
+        );
+        assert!(c.dns.resolver.use_tcp);
+        let bad = |rate: &str| {
+            cluster(&format!(
+                "{{name: c, type: STRICT_DNS, dns_failure_refresh_rate: {rate}}}"
+            ))
+            .unwrap_err()
+            .paths()
+        };
+        assert_eq!(
+            bad("{max_interval: 3s}"),
+            ["Cluster 'c'.dns_failure_refresh_rate.base_interval"]
+        );
+        assert_eq!(
+            bad("{base_interval: 3s, max_interval: 2s}"),
+            ["Cluster 'c'.dns_failure_refresh_rate.max_interval"]
+        );
+        let e = cluster("{name: c, dns_resolution_config: {resolvers: [{socket_address: {address: x.example}}]}}")
+            .unwrap_err();
+        assert_eq!(
+            e.paths(),
+            ["Cluster 'c'.dns_resolution_config.resolvers[0].socket_address.address"]
+        );
+    }
+
     /// What Envoy accepts in an assignment remora accepts too: a health status it does not
     /// know (healthy), port 0 (connecting fails), a gap between priorities (an empty level).
     #[test]
@@ -1741,7 +1853,7 @@ mod tests {
 name: c
 type: STATIC
 connect_timeout: 1s
-dns_jitter: 1s
+upstream_http_protocol_options: {auto_sni: true}
 circuit_breakers: {thresholds: [{max_connections: 1, retry_budget: {budget_percent: {value: 200}}}]}
 outlier_detection: {interval: 0s}
 lb_policy: MAGLEV
@@ -1755,7 +1867,7 @@ load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {addre
             paths,
             [
                 "Cluster 'c'.circuit_breakers.thresholds[0].retry_budget.budget_percent",
-                "Cluster 'c'.dns_jitter",
+                "Cluster 'c'.upstream_http_protocol_options",
                 "Cluster 'c'.outlier_detection.interval",
                 "Cluster 'c'.maglev_lb_config.table_size",
             ],

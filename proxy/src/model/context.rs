@@ -22,6 +22,8 @@ pub struct TranslateContext {
     pub sds: Arc<dyn SecretSources>,
     /// The files and variables this translation may read.
     pub inputs: Arc<Inputs>,
+    /// The bootstrap's DNS resolver: the one of DNS clusters that configure none.
+    pub dns_resolver: Arc<super::dns_resolver::DnsResolver>,
 }
 
 impl TranslateContext {
@@ -52,6 +54,7 @@ impl TranslateContext {
             reload: Default::default(),
             sds: Arc::new(NoSecretSources),
             inputs: Arc::new(Inputs::none()),
+            dns_resolver: Default::default(),
         }
     }
 }

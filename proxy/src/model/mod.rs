@@ -10,6 +10,7 @@ pub mod compressor;
 pub mod context;
 pub mod core;
 pub mod cors;
+pub mod dns_resolver;
 pub mod fault;
 pub mod format;
 pub mod grpc_stats;

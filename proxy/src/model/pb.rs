@@ -30,6 +30,7 @@ pub use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as networ
 pub use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 pub use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3 as network_inputs;
 pub use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3 as ssl_inputs;
+pub use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3 as cares;
 pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;

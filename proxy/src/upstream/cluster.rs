@@ -1,14 +1,14 @@
 //! Runtime clusters: the cluster manager (name → cluster, swapped atomically), each cluster's
-//! stats handles and its published host set, kept current by DNS resolution for STRICT_DNS
-//! and LOGICAL_DNS clusters.
+//! stats handles and its published host set (kept current for STRICT_DNS and LOGICAL_DNS
+//! clusters by `dns_refresh`).
 
 use super::host::{Host, HostSet};
 use crate::context::ServerContext;
-use crate::model::cluster::{Cluster as ClusterConfig, Discovery, DnsFamily};
+use crate::model::cluster::{Cluster as ClusterConfig, Discovery};
 use crate::telemetry::stats::{CodeStats, Counter, Gauge, Histogram, LazyHistogram, Store};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -565,97 +565,6 @@ impl ClusterManager {
     }
 }
 
-// === DNS ===
-
-/// Resolve a DNS cluster's endpoints once and publish them. Returns whether every name resolved.
-pub async fn resolve_once(cluster: &Cluster) -> bool {
-    let cfg = &cluster.config;
-    cluster.stats.update_attempt.inc();
-    let mut hosts = Vec::new();
-    let mut ok = true;
-    for l in &cfg.localities {
-        for e in &l.endpoints {
-            let addrs = match e.address.ip() {
-                Some(ip) => vec![ip],
-                None => {
-                    match tokio::net::lookup_host((e.address.host.as_str(), e.address.port)).await {
-                        Ok(it) => pick_family(it.map(|a| a.ip()).collect(), cfg.dns_family),
-                        Err(err) => {
-                            tracing::debug!(cluster = %cfg.name, host = %e.address.host, "DNS resolution failed: {err}");
-                            ok = false;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let addrs: Vec<IpAddr> = if cfg.discovery == Discovery::LogicalDns {
-                addrs.into_iter().take(1).collect()
-            } else {
-                addrs
-            };
-            let hostname: Arc<str> = e.address.host.as_str().into();
-            for ip in addrs {
-                hosts.push(Host::for_endpoint(
-                    SocketAddr::new(ip, e.address.port),
-                    hostname.clone(),
-                    e,
-                    l,
-                ));
-            }
-        }
-    }
-    if ok {
-        cluster.stats.update_success.inc();
-    } else {
-        cluster.stats.update_failure.inc();
-    }
-    if hosts.is_empty() {
-        cluster.stats.update_empty.inc();
-        // Envoy keeps the previous hosts when a resolution fails; an empty successful answer empties the cluster.
-        if !ok {
-            return false;
-        }
-    }
-    cluster.publish(hosts);
-    ok
-}
-
-/// Envoy's `dns_lookup_family`.
-pub fn pick_family(ips: Vec<IpAddr>, family: DnsFamily) -> Vec<IpAddr> {
-    let v4: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv4).collect();
-    let v6: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv6).collect();
-    let mut out = match family {
-        DnsFamily::V4Only => v4,
-        DnsFamily::V6Only => v6,
-        DnsFamily::Auto => {
-            if v6.is_empty() {
-                v4
-            } else {
-                v6
-            }
-        }
-        DnsFamily::V4Preferred => {
-            if v4.is_empty() {
-                v6
-            } else {
-                v4
-            }
-        }
-        DnsFamily::All => ips,
-    };
-    out.dedup();
-    out
-}
-
-/// Keep a DNS cluster resolved, every `dns_refresh_rate`. Runs on the main runtime.
-pub async fn dns_refresh_loop(cluster: Arc<Cluster>) {
-    let every = cluster.config.dns_refresh_rate;
-    loop {
-        tokio::time::sleep(every).await;
-        resolve_once(&cluster).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,23 +599,5 @@ mod tests {
         let hosts = hosts_of(&[l]);
         assert_eq!(&*hosts[0].hostname, "");
         assert_eq!(&*hosts[1].hostname, "named.example");
-    }
-
-    #[test]
-    fn dns_family_selection() {
-        let ips: Vec<IpAddr> = vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
-        assert_eq!(
-            pick_family(ips.clone(), DnsFamily::Auto),
-            vec!["::1".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            pick_family(ips.clone(), DnsFamily::V4Only),
-            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            pick_family(ips.clone(), DnsFamily::V4Preferred),
-            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(pick_family(ips.clone(), DnsFamily::All).len(), 2);
     }
 }

@@ -277,6 +277,7 @@ mod tests {
             overprovisioning_factor: 140,
             dns_refresh_rate: std::time::Duration::from_secs(5),
             dns_family: DnsFamily::Auto,
+            dns: Default::default(),
             protocol: UpstreamProtocol::Http1,
             http2: crate::model::hcm::http2_settings(
                 &crate::config::FieldPath::root(),

@@ -923,8 +923,10 @@ impl XdsRuntime {
                 let task = self.runtime.spawn({
                     let c = c.clone();
                     async move {
-                        cluster::resolve_once(&c).await;
-                        cluster::dns_refresh_loop(c).await;
+                        let lookup = Arc::new(crate::upstream::dns_refresh::SystemLookup);
+                        let mut dns = crate::upstream::dns_refresh::DnsCluster::new(c, lookup);
+                        dns.resolve_all().await;
+                        dns.run().await;
                     }
                 });
                 state.dns.insert(name, task.abort_handle());

@@ -353,11 +353,6 @@ mod tests {
         )
         .unwrap();
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        // Its DNS clusters' `respect_dns_ttl` is refused by model/cluster.rs (the system
-        // resolver gives no TTL): not the sinks' concern.
-        for c in v["static_resources"]["clusters"].as_array_mut().unwrap() {
-            c.as_object_mut().unwrap().remove("respect_dns_ttl");
-        }
         edit(&mut v);
         use clap::Parser;
         let options =
