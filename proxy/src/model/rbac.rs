@@ -965,8 +965,8 @@ rules:
         // Lowercase is another (extension) method, compared as such.
         assert!(matches!(&p[1], Permission::Methods(m) if m[0].as_str() == "get"));
         // Case-insensitive, inverted, non-exact and invalid methods stay header matchers.
-        for i in 2..=5 {
-            assert!(matches!(&p[i], Permission::Header(_)), "{i}");
+        for (i, h) in p[2..=5].iter().enumerate() {
+            assert!(matches!(h, Permission::Header(_)), "{}", i + 2);
         }
         let Permission::Or(or) = &p[6] else {
             panic!("a mixed OR stays an OR")
