@@ -4,7 +4,8 @@
 pub use crate::model::response_flags::ResponseFlags;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
 /// The downstream connection a stream belongs to. Shared by all streams of the connection.
@@ -204,6 +205,49 @@ impl DynamicMetadata {
     }
 }
 
+#[cfg(test)]
+mod dynamic_metadata_tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_metadata_is_json_when_read() {
+        let mut md = DynamicMetadata::default();
+        assert!(md.is_empty() && md.namespace("a").is_none());
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Borrowed("result"),
+            MetadataValue::Str("allowed"),
+        );
+        md.set("b", "n", serde_json::json!({"x": 1}));
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Owned("policy".to_string()),
+            MetadataValue::Shared("p1".into()),
+        );
+        assert_eq!(
+            serde_json::Value::Object(md.namespace("a").unwrap().clone()),
+            serde_json::json!({"result": "allowed", "policy": "p1"})
+        );
+        assert_eq!(md.namespace("b").unwrap()["n"]["x"], 1);
+        // Set again after a read: the key keeps its place, the new value is read.
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Borrowed("result"),
+            MetadataValue::Bool(false),
+        );
+        let keys: Vec<&String> = md.namespace("a").unwrap().keys().collect();
+        assert_eq!(keys, ["result", "policy"]);
+        assert_eq!(md.namespace("a").unwrap()["result"], false);
+        assert_eq!(
+            md.get("a", "policy"),
+            Some(&MetadataValue::Shared("p1".into()))
+        );
+        assert!(md.namespace("c").is_none());
+        let copy = md.clone();
+        assert_eq!(copy.namespace("a"), md.namespace("a"));
+    }
+}
+
 /// Filter state: values by name, as their string serialisation (what RBAC's `filter_state`
 /// matcher and `%FILTER_STATE(key:PLAIN)%` read).
 #[derive(Debug, Default, Clone)]
@@ -262,48 +306,5 @@ impl StreamInfo {
 
     pub fn set_flag(&mut self, f: ResponseFlags) {
         self.response_flags |= f;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dynamic_metadata_is_json_when_read() {
-        let mut md = DynamicMetadata::default();
-        assert!(md.is_empty() && md.namespace("a").is_none());
-        md.set_typed(
-            Cow::Borrowed("a"),
-            Cow::Borrowed("result"),
-            MetadataValue::Str("allowed"),
-        );
-        md.set("b", "n", serde_json::json!({"x": 1}));
-        md.set_typed(
-            Cow::Borrowed("a"),
-            Cow::Owned("policy".to_string()),
-            MetadataValue::Shared("p1".into()),
-        );
-        assert_eq!(
-            serde_json::Value::Object(md.namespace("a").unwrap().clone()),
-            serde_json::json!({"result": "allowed", "policy": "p1"})
-        );
-        assert_eq!(md.namespace("b").unwrap()["n"]["x"], 1);
-        // Set again after a read: the key keeps its place, the new value is read.
-        md.set_typed(
-            Cow::Borrowed("a"),
-            Cow::Borrowed("result"),
-            MetadataValue::Bool(false),
-        );
-        let keys: Vec<&String> = md.namespace("a").unwrap().keys().collect();
-        assert_eq!(keys, ["result", "policy"]);
-        assert_eq!(md.namespace("a").unwrap()["result"], false);
-        assert_eq!(
-            md.get("a", "policy"),
-            Some(&MetadataValue::Shared("p1".into()))
-        );
-        assert!(md.namespace("c").is_none());
-        let copy = md.clone();
-        assert_eq!(copy.namespace("a"), md.namespace("a"));
     }
 }
