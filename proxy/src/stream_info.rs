@@ -2,10 +2,8 @@
 //! stats read: Envoy's StreamInfo. Filled in along the request path; read once at the end.
 
 pub use crate::model::response_flags::ResponseFlags;
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
 /// The downstream connection a stream belongs to. Shared by all streams of the connection.
@@ -101,12 +99,15 @@ pub struct StreamInfo {
 pub struct DynamicMetadata {
     /// `(namespace, key, value)` in the order first set; a key set again keeps its place
     /// (Envoy's `setDynamicMetadata` merges into the namespace).
-    entries: Vec<(Cow<'static, str>, Cow<'static, str>, MetadataValue)>,
+    entries: Vec<(MetadataName, MetadataName, MetadataValue)>,
     /// The namespaces' objects, built from `entries` on the first read after a change.
-    json: OnceLock<Vec<(Box<str>, JsonMap)>>,
+    json: std::sync::OnceLock<Vec<(Box<str>, JsonMap)>>,
 }
 
 type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// A namespace's or a key's name: static, or owned.
+pub type MetadataName = std::borrow::Cow<'static, str>;
 
 /// A dynamic metadata value as a filter set it.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,21 +163,16 @@ impl DynamicMetadata {
     /// Set `key` in namespace `ns` to a JSON value.
     pub fn set(&mut self, ns: &str, key: impl Into<String>, value: serde_json::Value) {
         self.set_typed(
-            Cow::Owned(ns.to_string()),
-            Cow::Owned(key.into()),
+            MetadataName::Owned(ns.to_string()),
+            MetadataName::Owned(key.into()),
             MetadataValue::Json(value),
         );
     }
 
     /// Set `key` in namespace `ns` (static names and a typed value cost no allocation beyond
     /// the entry's).
-    pub fn set_typed(
-        &mut self,
-        ns: Cow<'static, str>,
-        key: Cow<'static, str>,
-        value: MetadataValue,
-    ) {
-        self.json = OnceLock::new();
+    pub fn set_typed(&mut self, ns: MetadataName, key: MetadataName, value: MetadataValue) {
+        self.json = std::sync::OnceLock::new();
         match self
             .entries
             .iter_mut()
@@ -208,6 +204,7 @@ impl DynamicMetadata {
 #[cfg(test)]
 mod dynamic_metadata_tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn dynamic_metadata_is_json_when_read() {
