@@ -100,29 +100,158 @@ pub struct StreamInfo {
     pub grpc_status_trailer: Option<u32>,
 }
 
-/// Dynamic metadata: a JSON object per filter namespace (few namespaces: a small vector).
+/// Dynamic metadata: what filters set, per namespace and key, read as a JSON object per
+/// namespace. Values are kept as they were set (typed: a static string, a shared string, a
+/// boolean, or JSON) and the namespaces' JSON objects are built only when something reads them
+/// (`%DYNAMIC_METADATA%`, RBAC `metadata` matchers, tracing tags), so a filter that publishes a
+/// decision on every request (RBAC) costs no JSON and, with static keys, one allocation.
 #[derive(Debug, Default, Clone)]
-pub struct DynamicMetadata(Vec<(Box<str>, serde_json::Map<String, serde_json::Value>)>);
+pub struct DynamicMetadata {
+    /// `(namespace, key, value)` in the order first set; a key set again keeps its place
+    /// (Envoy's `setDynamicMetadata` merges into the namespace).
+    entries: Vec<(MetadataName, MetadataName, MetadataValue)>,
+    /// The namespaces' objects, built from `entries` on the first read after a change.
+    json: std::sync::OnceLock<Vec<(Box<str>, JsonMap)>>,
+}
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// A namespace's or a key's name: static, or owned.
+pub type MetadataName = std::borrow::Cow<'static, str>;
+
+/// A dynamic metadata value as a filter set it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataValue {
+    Str(&'static str),
+    Shared(Arc<str>),
+    Bool(bool),
+    Json(serde_json::Value),
+}
+
+impl MetadataValue {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            MetadataValue::Str(s) => serde_json::Value::String((*s).to_string()),
+            MetadataValue::Shared(s) => serde_json::Value::String(s.to_string()),
+            MetadataValue::Bool(b) => serde_json::Value::Bool(*b),
+            MetadataValue::Json(v) => v.clone(),
+        }
+    }
+}
+
+impl From<serde_json::Value> for MetadataValue {
+    fn from(v: serde_json::Value) -> Self {
+        MetadataValue::Json(v)
+    }
+}
 
 impl DynamicMetadata {
-    pub fn namespace(&self, ns: &str) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        self.0.iter().find(|(n, _)| &**n == ns).map(|(_, m)| m)
+    /// Namespace `ns` as a JSON object (built on the first read after a change).
+    pub fn namespace(&self, ns: &str) -> Option<&JsonMap> {
+        if !self.entries.iter().any(|(n, _, _)| n == ns) {
+            return None;
+        }
+        let all = self.json.get_or_init(|| self.build());
+        all.iter().find(|(n, _)| &**n == ns).map(|(_, m)| m)
     }
 
-    /// Set `key` in namespace `ns` (Envoy's `setDynamicMetadata` merges into the namespace).
+    fn build(&self) -> Vec<(Box<str>, JsonMap)> {
+        let mut out: Vec<(Box<str>, JsonMap)> = Vec::new();
+        for (ns, key, value) in &self.entries {
+            let i = match out.iter().position(|(n, _)| **n == **ns) {
+                Some(i) => i,
+                None => {
+                    out.push((ns.as_ref().into(), JsonMap::new()));
+                    out.len() - 1
+                }
+            };
+            out[i].1.insert(key.to_string(), value.to_json());
+        }
+        out
+    }
+
+    /// Set `key` in namespace `ns` to a JSON value.
     pub fn set(&mut self, ns: &str, key: impl Into<String>, value: serde_json::Value) {
-        let map = match self.0.iter().position(|(n, _)| &**n == ns) {
-            Some(i) => &mut self.0[i].1,
+        self.set_typed(
+            MetadataName::Owned(ns.to_string()),
+            MetadataName::Owned(key.into()),
+            MetadataValue::Json(value),
+        );
+    }
+
+    /// Set `key` in namespace `ns` (static names and a typed value cost no allocation beyond
+    /// the entry's).
+    pub fn set_typed(&mut self, ns: MetadataName, key: MetadataName, value: MetadataValue) {
+        self.json = std::sync::OnceLock::new();
+        match self
+            .entries
+            .iter_mut()
+            .find(|(n, k, _)| *n == ns && *k == key)
+        {
+            Some((_, _, v)) => *v = value,
             None => {
-                self.0.push((ns.into(), serde_json::Map::new()));
-                &mut self.0.last_mut().expect("just pushed").1
+                if self.entries.capacity() == 0 {
+                    self.entries.reserve_exact(4);
+                }
+                self.entries.push((ns, key, value));
             }
-        };
-        map.insert(key.into(), value);
+        }
+    }
+
+    /// The value of `key` in `ns` as it was set.
+    pub fn get(&self, ns: &str, key: &str) -> Option<&MetadataValue> {
+        self.entries
+            .iter()
+            .find(|(n, k, _)| n == ns && k == key)
+            .map(|(_, _, v)| v)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod dynamic_metadata_tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn dynamic_metadata_is_json_when_read() {
+        let mut md = DynamicMetadata::default();
+        assert!(md.is_empty() && md.namespace("a").is_none());
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Borrowed("result"),
+            MetadataValue::Str("allowed"),
+        );
+        md.set("b", "n", serde_json::json!({"x": 1}));
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Owned("policy".to_string()),
+            MetadataValue::Shared("p1".into()),
+        );
+        assert_eq!(
+            serde_json::Value::Object(md.namespace("a").unwrap().clone()),
+            serde_json::json!({"result": "allowed", "policy": "p1"})
+        );
+        assert_eq!(md.namespace("b").unwrap()["n"]["x"], 1);
+        // Set again after a read: the key keeps its place, the new value is read.
+        md.set_typed(
+            Cow::Borrowed("a"),
+            Cow::Borrowed("result"),
+            MetadataValue::Bool(false),
+        );
+        let keys: Vec<&String> = md.namespace("a").unwrap().keys().collect();
+        assert_eq!(keys, ["result", "policy"]);
+        assert_eq!(md.namespace("a").unwrap()["result"], false);
+        assert_eq!(
+            md.get("a", "policy"),
+            Some(&MetadataValue::Shared("p1".into()))
+        );
+        assert!(md.namespace("c").is_none());
+        let copy = md.clone();
+        assert_eq!(copy.namespace("a"), md.namespace("a"));
     }
 }
 

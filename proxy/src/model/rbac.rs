@@ -10,7 +10,8 @@ use super::cel;
 use super::core::{any_type, decode_any, opt_duration};
 use super::listener::Cidr;
 use super::matcher::{
-    FilterStateMatcher, HeaderMatcher, MetadataMatcher, PathMatcher, StringMatcher, StringPattern,
+    FilterStateMatcher, HeaderKey, HeaderMatch, HeaderMatcher, MetadataMatcher, PathMatcher,
+    StringMatcher, StringPattern,
 };
 use super::pb;
 use crate::config::error::Errors;
@@ -49,6 +50,9 @@ pub enum Permission {
     Or(Vec<Permission>),
     Not(Box<Permission>),
     Header(HeaderMatcher),
+    /// A `:method` header matcher of `exact` methods (case-sensitive, not inverted) and an
+    /// `or_rules` of them, compiled to the request's method compared without a header read.
+    Methods(Box<[http::Method]>),
     UrlPath(PathMatcher),
     DestinationIp(Cidr),
     DestinationPort(u16),
@@ -429,6 +433,40 @@ fn single_or<T>(set: Vec<T>, many: fn(Vec<T>) -> T) -> T {
     }
 }
 
+/// An `or_rules`: a set of one rule is that rule, a set of methods one method set.
+fn or_permissions(set: Vec<Permission>) -> Permission {
+    if set.len() > 1 && set.iter().all(|p| matches!(p, Permission::Methods(_))) {
+        let methods = set
+            .into_iter()
+            .flat_map(|p| match p {
+                Permission::Methods(m) => m.into_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        return Permission::Methods(methods);
+    }
+    single_or(set, Permission::Or)
+}
+
+/// The method of a `:method` matcher that is an exact, case-sensitive, non-inverted string
+/// match on a valid method token: it matches exactly the requests of that method (a present
+/// `:method` always; an absent one, for the network filter, matches no non-empty string even
+/// treated as empty).
+fn exact_method(h: &HeaderMatcher) -> Option<http::Method> {
+    let HeaderMatch::String(StringMatcher {
+        pattern: StringPattern::Exact(m),
+        ignore_case: false,
+    }) = &h.spec
+    else {
+        return None;
+    };
+    if h.key != HeaderKey::Method || h.invert || m.is_empty() {
+        return None;
+    }
+    let method = http::Method::from_bytes(m.as_bytes()).ok()?;
+    (method.as_str() == m).then_some(method)
+}
+
 /// Envoy's `CidrRange::create`: a prefix length past the family's width is clamped to it.
 fn cidr(path: &FieldPath, r: &pb::core::CidrRange) -> Result<Cidr> {
     let pb::core::CidrRange {
@@ -469,10 +507,14 @@ fn permission(path: &FieldPath, p: &pb::rbac::Permission) -> Result<Permission> 
         Some(R::Any(true)) => Permission::Any,
         Some(R::Any(false)) => return Err(path.field("any").error("must be true")),
         Some(R::AndRules(s)) => single_or(set("and_rules", s)?, Permission::And),
-        Some(R::OrRules(s)) => single_or(set("or_rules", s)?, Permission::Or),
+        Some(R::OrRules(s)) => or_permissions(set("or_rules", s)?),
         Some(R::NotRule(n)) => Permission::Not(Box::new(permission(&path.field("not_rule"), n)?)),
         Some(R::Header(h)) => {
-            Permission::Header(HeaderMatcher::from_proto(&path.field("header"), h)?)
+            let h = HeaderMatcher::from_proto(&path.field("header"), h)?;
+            match exact_method(&h) {
+                Some(m) => Permission::Methods(Box::new([m])),
+                None => Permission::Header(h),
+            }
         }
         Some(R::UrlPath(u)) => {
             Permission::UrlPath(PathMatcher::from_proto(&path.field("url_path"), u)?)
@@ -885,6 +927,51 @@ rules:
         };
         assert!(matches!(&and[1], Permission::Or(or) if or.len() == 2));
         assert!(matches!(p.principals[0], Principal::Any));
+    }
+
+    #[test]
+    fn exact_methods_compile_to_a_method_set() {
+        let r = http(
+            r#"
+rules:
+  policies:
+    p:
+      permissions:
+      - and_rules:
+          rules:
+          - or_rules: {rules: [{header: {name: ":method", string_match: {exact: GET}}}, {header: {name: ":method", exact_match: POST}}]}
+          - url_path: {path: {prefix: "/api"}}
+      - header: {name: ":method", string_match: {exact: get}}
+      - header: {name: ":method", string_match: {exact: GET, ignore_case: true}}
+      - header: {name: ":method", string_match: {exact: GET}, invert_match: true}
+      - header: {name: ":method", string_match: {prefix: G}}
+      - header: {name: ":method", string_match: {exact: "G T"}}
+      - or_rules: {rules: [{header: {name: ":method", string_match: {exact: PUT}}}, {destination_port: 1}]}
+      principals: [{any: true}]
+"#,
+        )
+        .unwrap();
+        let Some(Engine::Rules(rules)) = &r.engine else {
+            panic!("rules")
+        };
+        let p = &rules.policies[0].permissions;
+        let Permission::And(and) = &p[0] else {
+            panic!("an AND")
+        };
+        assert!(
+            matches!(&and[0], Permission::Methods(m) if **m == [http::Method::GET, http::Method::POST])
+        );
+        assert!(matches!(&and[1], Permission::UrlPath(_)));
+        // Lowercase is another (extension) method, compared as such.
+        assert!(matches!(&p[1], Permission::Methods(m) if m[0].as_str() == "get"));
+        // Case-insensitive, inverted, non-exact and invalid methods stay header matchers.
+        for (i, h) in p[2..=5].iter().enumerate() {
+            assert!(matches!(h, Permission::Header(_)), "{}", i + 2);
+        }
+        let Permission::Or(or) = &p[6] else {
+            panic!("a mixed OR stays an OR")
+        };
+        assert!(matches!(&or[0], Permission::Methods(m) if **m == [http::Method::PUT]));
     }
 
     #[test]

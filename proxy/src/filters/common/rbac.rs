@@ -93,6 +93,10 @@ impl<'a> Cx<'a> {
         self.input.headers.and_then(|h| h.get(key))
     }
 
+    fn method(&self) -> Option<&'a http::Method> {
+        self.input.headers.map(|h| h.method)
+    }
+
     fn path(&self) -> Option<&'a str> {
         self.input.headers.map(|h| h.path_and_query)
     }
@@ -167,6 +171,7 @@ fn permission_matches(p: &Permission, cx: &Cx<'_>) -> bool {
         Permission::Or(any) => any.iter().any(|x| permission_matches(x, cx)),
         Permission::Not(x) => !permission_matches(x, cx),
         Permission::Header(h) => h.matches_value(cx.header(&h.key)),
+        Permission::Methods(ms) => cx.method().is_some_and(|m| ms.contains(m)),
         Permission::UrlPath(m) => cx.url_path_matches(m),
         Permission::DestinationIp(c) => in_range(c, input.connection.local.ip()),
         Permission::DestinationPort(port) => input.connection.local.port() == *port,
@@ -715,6 +720,62 @@ rules:
         assert!(!allowed(&[("x-user", "bob"), ("x-trace", "1")], true));
         // Without request headers (the network filter) both are errors: no match.
         assert!(!allowed(&[("x-user", "alice"), ("x-trace", "1")], false));
+    }
+
+    /// A compiled method set decides as Envoy's exact, case-sensitive `:method` matchers, and
+    /// matches nothing without request headers (the network filter).
+    #[test]
+    fn method_sets_decide_as_header_matchers() {
+        let cfg = testing::http_rbac(
+            r#"
+rules:
+  policies:
+    p:
+      permissions:
+      - or_rules: {rules: [{header: {name: ":method", string_match: {exact: GET}}}, {header: {name: ":method", exact_match: post}}]}
+      principals: [{any: true}]
+"#,
+        );
+        let engine = cfg.engine.as_ref().unwrap();
+        let Engine::Rules(r) = engine else {
+            panic!("rules")
+        };
+        assert!(matches!(
+            r.policies[0].permissions[0],
+            Permission::Methods(_)
+        ));
+        let conn = testing::connection(8080, None);
+        let (md, fs) = (DynamicMetadata::default(), FilterState::default());
+        let map = http::HeaderMap::new();
+        let allowed = |method: &str, http: bool| {
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            let rh = RequestHeaders {
+                method: &method,
+                path_and_query: "/",
+                authority: "svc",
+                scheme: "http",
+                headers: &map,
+            };
+            let input = Input {
+                connection: &conn,
+                downstream_remote: conn.remote,
+                headers: http.then_some(&rh),
+                metadata: &md,
+                filter_state: &fs,
+                protocol: None,
+            };
+            evaluate(engine, &input, Mode::Enforced).allowed
+        };
+        for (method, expect) in [
+            ("GET", true),
+            ("post", true),
+            ("POST", false),
+            ("get", false),
+            ("GETX", false),
+        ] {
+            assert_eq!(allowed(method, true), expect, "{method}");
+            assert!(!allowed(method, false), "{method} without headers");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! `<shadow prefix>shadow_engine_result`, `<rules prefix>enforced_effective_policy_id`,
 //! `<rules prefix>enforced_engine_result`; a LOG engine sets `envoy.common.access_log_hint`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{Flow, HttpFilter, HttpFilterFactory, LocalReply, StreamCx};
@@ -22,7 +23,7 @@ use crate::filters::common::rbac::{
 use crate::model::matcher::RequestHeaders;
 use crate::model::per_filter::PerFilterConfig;
 use crate::model::rbac::HttpRbac;
-use crate::stream_info::ResponseFlags;
+use crate::stream_info::{MetadataValue, ResponseFlags};
 use crate::telemetry::stats::Store;
 
 /// The dynamic metadata namespace (the filter's canonical name).
@@ -92,8 +93,9 @@ pub struct RbacFilter {
 }
 
 impl RbacFilter {
-    /// A metadata key: the route's prefix when it has a non-empty one, else the filter's.
-    fn key(&self, shadow: bool, suffix: &str) -> String {
+    /// A metadata key: the route's prefix when it has a non-empty one, else the filter's
+    /// (static without a prefix: nothing allocated).
+    fn key(&self, shadow: bool, suffix: &'static str) -> Cow<'static, str> {
         fn pick(c: &HttpRbac, shadow: bool) -> &str {
             if shadow {
                 &c.shadow_rules_stat_prefix
@@ -105,10 +107,21 @@ impl RbacFilter {
             Some(p) if !p.is_empty() => p,
             _ => pick(&self.config, shadow),
         };
+        if prefix.is_empty() {
+            return Cow::Borrowed(suffix);
+        }
         let mut key = String::with_capacity(prefix.len() + suffix.len());
         key.push_str(prefix);
         key.push_str(suffix);
-        key
+        Cow::Owned(key)
+    }
+
+    /// Publish `key` in the filter's namespace (typed: JSON only if something reads it).
+    fn publish(&self, cx: &mut StreamCx<'_>, shadow: bool, key: &'static str, v: MetadataValue) {
+        let k = self.key(shadow, key);
+        cx.info
+            .dynamic_metadata
+            .set_typed(Cow::Borrowed(NAMESPACE), k, v);
     }
 }
 
@@ -166,27 +179,19 @@ impl HttpFilter for RbacFilter {
             )
         };
         let result = |allowed: bool| {
-            serde_json::Value::String(
-                if allowed {
-                    ENGINE_RESULT_ALLOWED
-                } else {
-                    ENGINE_RESULT_DENIED
-                }
-                .into(),
-            )
+            MetadataValue::Str(if allowed {
+                ENGINE_RESULT_ALLOWED
+            } else {
+                ENGINE_RESULT_DENIED
+            })
         };
         if let Some(d) = &shadow {
             self.stats.count(Mode::Shadow, d, per_rule);
             if let Some(p) = &d.policy {
-                let k = self.key(true, SHADOW_EFFECTIVE_POLICY_ID);
-                cx.info
-                    .dynamic_metadata
-                    .set(NAMESPACE, k, p.to_string().into());
+                let v = MetadataValue::Shared(p.clone());
+                self.publish(cx, true, SHADOW_EFFECTIVE_POLICY_ID, v);
             }
-            let k = self.key(true, SHADOW_ENGINE_RESULT);
-            cx.info
-                .dynamic_metadata
-                .set(NAMESPACE, k, result(d.allowed));
+            self.publish(cx, true, SHADOW_ENGINE_RESULT, result(d.allowed));
         }
         let Some(d) = enforced else {
             return Flow::Continue;
@@ -197,18 +202,17 @@ impl HttpFilter for RbacFilter {
             log_hint,
         } = &d;
         if let Some(hint) = log_hint {
-            cx.info
-                .dynamic_metadata
-                .set(COMMON_NAMESPACE, engine::ACCESS_LOG_HINT, (*hint).into());
+            cx.info.dynamic_metadata.set_typed(
+                Cow::Borrowed(COMMON_NAMESPACE),
+                Cow::Borrowed(engine::ACCESS_LOG_HINT),
+                MetadataValue::Bool(*hint),
+            );
         }
         if let Some(p) = policy {
-            let k = self.key(false, ENFORCED_EFFECTIVE_POLICY_ID);
-            cx.info
-                .dynamic_metadata
-                .set(NAMESPACE, k, p.to_string().into());
+            let v = MetadataValue::Shared(p.clone());
+            self.publish(cx, false, ENFORCED_EFFECTIVE_POLICY_ID, v);
         }
-        let k = self.key(false, ENFORCED_ENGINE_RESULT);
-        cx.info.dynamic_metadata.set(NAMESPACE, k, result(*allowed));
+        self.publish(cx, false, ENFORCED_ENGINE_RESULT, result(*allowed));
         self.stats.count(Mode::Enforced, &d, per_rule);
         if *allowed {
             return Flow::Continue;
