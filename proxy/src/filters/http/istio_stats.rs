@@ -234,9 +234,42 @@ impl Recorder {
             n += 1;
         }
         let store = &self.store;
-        self.families[metric]
-            .series(&pairs[..n], &|name| store.accepts(name))
-            .add(amount);
+        let key = crate::telemetry::labelled::hash(&pairs[..n]);
+        self.families[metric].add(key, &pairs[..n], &|name| store.accepts(name), amount);
+    }
+
+    /// [`Recorder::record`] for several metrics with the same labels: the label set is built
+    /// and hashed once for the metrics without overrides (all of them in Istio's default
+    /// config).
+    pub fn record_all(
+        &self,
+        metrics: &[(usize, u64)],
+        std: &[&str; HTTP_LABELS.len()],
+        tcp: bool,
+        cx: &EvalCx<'_>,
+    ) {
+        let mut shared: Option<([(&str, &str); HTTP_LABELS.len()], usize, u64)> = None;
+        for &(metric, amount) in metrics {
+            let o = &self.config.overrides[metric];
+            if o.drop || !o.changed.is_empty() || !o.added.is_empty() {
+                self.record(metric, std, tcp, cx, amount);
+                continue;
+            }
+            let (pairs, n, key) = shared.get_or_insert_with(|| {
+                let mut pairs = [("", ""); HTTP_LABELS.len()];
+                let mut n = 0;
+                for (i, name) in HTTP_LABELS.iter().enumerate() {
+                    if !(tcp && (i == RESPONSE_CODE || i == GRPC_STATUS)) {
+                        pairs[n] = (name, std[i]);
+                        n += 1;
+                    }
+                }
+                let key = crate::telemetry::labelled::hash(&pairs[..n]);
+                (pairs, n, key)
+            });
+            let store = &self.store;
+            self.families[metric].add(*key, &pairs[..*n], &|name| store.accepts(name), amount);
+        }
     }
 }
 
@@ -403,12 +436,15 @@ impl IstioStatsFactory {
             upstream_peer: info.upstream_peer.as_deref(),
             downstream_peer: info.downstream_peer.as_deref(),
         };
-        r.record(REQUESTS_TOTAL, &std, false, &cx, 1);
         let end = info.last_downstream_tx.unwrap_or(info.start);
         let ms = end.duration_since(info.start).as_millis() as u64;
-        r.record(REQUEST_DURATION, &std, false, &cx, ms);
-        r.record(REQUEST_BYTES, &std, false, &cx, info.bytes_received);
-        r.record(RESPONSE_BYTES, &std, false, &cx, info.bytes_sent);
+        let metrics = [
+            (REQUESTS_TOTAL, 1),
+            (REQUEST_DURATION, ms),
+            (REQUEST_BYTES, info.bytes_received),
+            (RESPONSE_BYTES, info.bytes_sent),
+        ];
+        r.record_all(&metrics, &std, false, &cx);
     }
 }
 
