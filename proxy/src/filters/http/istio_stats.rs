@@ -248,7 +248,7 @@ impl Recorder {
         tcp: bool,
         cx: &EvalCx<'_>,
     ) {
-        let mut shared: Option<([(&str, &str); HTTP_LABELS.len()], usize, u64)> = None;
+        let mut shared: Option<SharedLabels<'_>> = None;
         for &(metric, amount) in metrics {
             let o = &self.config.overrides[metric];
             if o.drop || !o.changed.is_empty() || !o.added.is_empty() {
@@ -272,6 +272,9 @@ impl Recorder {
         }
     }
 }
+
+/// The standard label pairs of a stream (`.1` of them used) and their key.
+type SharedLabels<'a> = ([(&'static str, &'a str); HTTP_LABELS.len()], usize, u64);
 
 /// Node metadata expressions are constants: resolved once.
 fn resolve_node_metadata(config: &mut IstioStats, meta: &serde_json::Value) {
