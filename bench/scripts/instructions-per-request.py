@@ -9,12 +9,53 @@ cancels out), plus the functions that account for it.
 
 usage: bench/scripts/instructions-per-request.py [--remora target/release/remora] [-n 2000] [--top 25]
        [--http2] [--http-filters rbac-fault]   (bench/policy/NAME.yaml's filters before the router)
+       [--telemetry]   (Istio's telemetry as the bench's remora-telemetry system: both istio.stats
+                        filters with Istio's node metadata, a file access log in Istio's format,
+                        Zipkin tracing at 1 % to the upstream)
 needs: valgrind (callgrind_annotate), python3
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, threading, time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\nAccept: */*\r\n\r\n"
+
+
+NODE = """node:
+  id: sidecar~10.52.0.34~productpage-v1-84975bc778-pxz2w.default~default.svc.cluster.local
+  cluster: productpage.default
+  metadata:
+    CLUSTER_ID: client-cluster
+    ISTIO_VERSION: 1.5-dev
+    LABELS: {app: productpage, version: v1, service.istio.io/canonical-name: productpage-v1, service.istio.io/canonical-revision: version-1}
+    MESH_ID: mesh
+    NAME: productpage-v1-84975bc778-pxz2w
+    NAMESPACE: default
+    WORKLOAD_NAME: productpage-v1
+"""
+
+# Istio's default access-log format (istiod's EnvoyTextLogFormat), to a file; Zipkin at 1 %.
+TELEMETRY_HCM = r"""          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_PATH
+              log_format: {text_format_source: {inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"}}
+          tracing:
+            random_sampling: {value: 1}
+            provider:
+              name: envoy.tracers.zipkin
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: zipkin
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON
+                shared_span_context: false
+"""
+
+COLLECTOR = """  - name: zipkin
+    type: STATIC
+    load_assignment: {cluster_name: zipkin, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UP_PORT}}}}]}]}
+"""
 
 
 def free_port():
@@ -145,12 +186,24 @@ def main():
     a.add_argument("--http2", action="store_true", help="HTTP/2 clients (prior knowledge)")
     a.add_argument("--http-filters", metavar="NAME",
                    help="put bench/policy/NAME.yaml's HTTP filters before the router")
+    a.add_argument("--telemetry", action="store_true",
+                   help="Istio's telemetry (the bench's remora-telemetry system)")
+    a.add_argument("--no-network-stats", action="store_true",
+                   help="with --telemetry: without the network istio.stats filter (Istio puts it on "
+                        "TCP chains only)")
     args = a.parse_args()
+    here = os.path.dirname(os.path.abspath(__file__))
+    policy = lambda name: [l for l in open(os.path.join(here, "..", "policy", f"{name}.yaml"))
+                           if not l.startswith("#")]
     filters = ""
     if args.http_filters:
-        here = os.path.dirname(os.path.abspath(__file__))
-        with open(os.path.join(here, "..", "policy", f"{args.http_filters}.yaml")) as f:
-            filters = "".join("          " + l for l in f if not l.startswith("#"))
+        filters = "".join("          " + l for l in policy(args.http_filters))
+    node = network = hcm = collector = ""
+    if args.telemetry:
+        filters = "".join("          " + l for l in policy("telemetry")) + filters
+        if not args.no_network_stats:
+            network = "".join("      " + l for l in policy("telemetry"))
+        node = NODE
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -158,20 +211,23 @@ def main():
     up = listener.getsockname()[1]
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as d:
+        if args.telemetry:
+            hcm = TELEMETRY_HCM.replace("LOG_PATH", os.path.join(d, "access.log"))
+            collector = COLLECTOR.replace("UP_PORT", str(up))
         config = os.path.join(d, "remora.yaml")
         with open(config, "w") as f:
-            f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+            f.write(f"""{node}admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
   listeners:
   - name: l
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
+{network}      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: l
-          http_filters:
+{hcm}          http_filters:
 {filters}          - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
           route_config:
@@ -180,7 +236,7 @@ static_resources:
   - name: up
     type: STATIC
     load_assignment: {{cluster_name: up, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]}}
-""")
+{collector}""")
         small = run(args.remora, config, port, args.n, os.path.join(d, "small.out"), args.http2)
         large = run(args.remora, config, port, 3 * args.n, os.path.join(d, "large.out"), args.http2)
     per = lambda k: (large.get(k, 0) - small.get(k, 0)) / (2 * args.n)

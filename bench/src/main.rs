@@ -8,6 +8,7 @@ mod load;
 mod mtls;
 mod procfs;
 mod report;
+mod scrape;
 mod systems;
 mod upstream;
 mod xds_scale;
@@ -28,7 +29,8 @@ struct Args {
     /// Scenarios (comma-separated): http1, http2, large-body, connections, idle-conns, mtls (the
     /// two-sidecar mTLS chain), mtls-handshake (a full mTLS handshake per request to the
     /// inbound sidecar), xds-scale (1 000 and 10 000 clusters over xDS, then route updates at
-    /// 10/s under load; remora only), or all.
+    /// 10/s under load; remora only), scrape (remora-telemetry with --scrape-hosts × 4 labelled
+    /// series, scraped on /stats/prometheus under load; not in all), or all.
     #[arg(long, default_value = "http1")]
     scenario: String,
     /// Systems (comma-separated) among direct, remora, nginx, haproxy. Missing peers are skipped.
@@ -68,6 +70,12 @@ struct Args {
     /// The remora binary (default: target/release/remora, built with cargo first).
     #[arg(long)]
     remora: Option<PathBuf>,
+    /// Distinct Host headers (label sets) for the `scrape` scenario: 4 labelled series each.
+    #[arg(long, default_value_t = 2_500)]
+    scrape_hosts: usize,
+    /// Pause between two scrapes of the `scrape` scenario, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    scrape_pause_ms: u64,
     /// Write all results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -170,6 +178,7 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut xds_results = None;
+    let mut scrape_results = Vec::new();
     // Runs that could not be measured: the harness exits non-zero so CI's smoke run can fail.
     let mut failures = 0usize;
     for sc in &scenarios {
@@ -194,6 +203,49 @@ fn main() {
                 Err(e) => {
                     failures += 1;
                     println!("  xds-scale    failed: {e}");
+                }
+            }
+            continue;
+        }
+        if sc == "scrape" {
+            let (upstream, _upstream_process) =
+                start_upstream(&args, args.response_size, &work_dir);
+            for round in 0..args.rounds {
+                let setup = Setup {
+                    upstream,
+                    workers: args.workers,
+                    h2: false,
+                    cpus: proxy_cpus.clone(),
+                    remora_bin: remora_bin.clone(),
+                    work_dir: work_dir.join(format!("scrape-{round}")),
+                    access_log: false,
+                };
+                match scrape::run(
+                    &setup,
+                    args.scrape_hosts,
+                    Duration::from_secs_f64(args.duration),
+                    args.concurrency,
+                    Duration::from_millis(args.scrape_pause_ms),
+                ) {
+                    Ok(r) => {
+                        println!(
+                            "  scrape       round {round} {} series: {} scrapes of {} bytes, median {:.1} ms, max {:.1} ms; p99 {:.3} ms without, {:.3} ms with scraping ({:.0} / {:.0} req/s)",
+                            r.series,
+                            r.scrapes,
+                            r.scrape_bytes,
+                            r.scrape_ms_median,
+                            r.scrape_ms_max,
+                            r.p99_ms_without,
+                            r.p99_ms_with,
+                            r.rps_without,
+                            r.rps_with
+                        );
+                        scrape_results.push(r);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        println!("  scrape       round {round} failed: {e}");
+                    }
                 }
             }
             continue;
@@ -274,6 +326,7 @@ fn main() {
             "remora_demo_idle_rss_bytes": demo_rss,
             "results": rows,
             "ratios": ratios,
+            "scrape": scrape_results,
             "xds_scale": xds_results.as_ref().map(|(s, c)| serde_json::json!({"pushes": s, "route_churn": c})),
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))

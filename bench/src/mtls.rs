@@ -223,7 +223,7 @@ fn start_side(
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
     let (program, args): (PathBuf, Vec<String>) = match kind {
-        Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy => {
+        Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy | Kind::RemoraTelemetry => {
             let cfg = dir.join("bootstrap.yaml");
             let yaml = if inbound {
                 remora_inbound(port, upstream, pki)

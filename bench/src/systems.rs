@@ -21,6 +21,12 @@ pub enum Kind {
     /// 20-policy RBAC filter (all evaluated) and a fault filter injecting 0 %.
     #[serde(rename = "remora-policy")]
     RemoraPolicy,
+    /// remora with Istio's telemetry on the path (issue 15): both `istio.stats` filters
+    /// (network and HTTP, bench/policy/telemetry.yaml) with an Istio sidecar's node metadata,
+    /// an access log to a file in Istio's default format, and Zipkin tracing at 1 % sampling
+    /// to a collector cluster (the harness's upstream, which answers the span reports 200).
+    #[serde(rename = "remora-telemetry")]
+    RemoraTelemetry,
     Nginx,
     Haproxy,
 }
@@ -32,6 +38,7 @@ impl Kind {
             Kind::Remora => "remora",
             Kind::RemoraResilient => "remora-resilient",
             Kind::RemoraPolicy => "remora-policy",
+            Kind::RemoraTelemetry => "remora-telemetry",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
@@ -43,6 +50,7 @@ impl Kind {
             "remora" => Kind::Remora,
             "remora-resilient" => Kind::RemoraResilient,
             "remora-policy" => Kind::RemoraPolicy,
+            "remora-telemetry" => Kind::RemoraTelemetry,
             "nginx" => Kind::Nginx,
             "haproxy" => Kind::Haproxy,
             _ => return None,
@@ -102,7 +110,11 @@ impl Running {
 /// Whether a peer binary is installed.
 pub fn installed(kind: Kind) -> bool {
     match kind {
-        Kind::Direct | Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy => true,
+        Kind::Direct
+        | Kind::Remora
+        | Kind::RemoraResilient
+        | Kind::RemoraPolicy
+        | Kind::RemoraTelemetry => true,
         Kind::Nginx => which("nginx").is_some(),
         Kind::Haproxy => which("haproxy").is_some(),
     }
@@ -186,6 +198,15 @@ fn wait_ready(
 }
 
 pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
+    start_admin(kind, s, None)
+}
+
+/// A remora system with its admin listener on `admin_port` (the `scrape` scenario).
+pub fn start_with_admin(kind: Kind, s: &Setup, admin_port: u16) -> std::io::Result<Running> {
+    start_admin(kind, s, Some(admin_port))
+}
+
+fn start_admin(kind: Kind, s: &Setup, admin: Option<u16>) -> std::io::Result<Running> {
     if kind == Kind::Direct {
         return Ok(Running::direct(s.upstream));
     }
@@ -195,7 +216,7 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
     let (program, args) = match kind {
-        Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy => {
+        Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy | Kind::RemoraTelemetry => {
             let cfg = dir.join("bootstrap.yaml");
             let mut yaml = remora_config(port, s.upstream, s.h2, s.access_log);
             if kind == Kind::RemoraResilient {
@@ -203,6 +224,14 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
             }
             if kind == Kind::RemoraPolicy {
                 yaml = with_policy(&yaml);
+            }
+            if kind == Kind::RemoraTelemetry {
+                yaml = with_telemetry(&yaml, &dir.join("access.log"), s.upstream);
+            }
+            if let Some(p) = admin {
+                yaml = format!(
+                    "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n{yaml}"
+                );
             }
             std::fs::write(&cfg, yaml)?;
             (
@@ -251,7 +280,7 @@ pub fn start(kind: Kind, s: &Setup) -> std::io::Result<Running> {
         &log,
         s.h2 && !matches!(
             kind,
-            Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy
+            Kind::Remora | Kind::RemoraResilient | Kind::RemoraPolicy | Kind::RemoraTelemetry
         ),
     )?;
     Ok(Running::process(addr, child))
@@ -337,6 +366,68 @@ pub fn with_policy(yaml: &str) -> String {
         &format!("          http_filters:\n{filters}"),
         1,
     )
+}
+
+/// The HTTP filter the `remora-telemetry` system runs before the router.
+pub const TELEMETRY_FILTERS: &str = include_str!("../policy/telemetry.yaml");
+
+/// Istio's default access-log format (`EnvoyTextLogFormat` of istiod's mesh config).
+pub const ISTIO_LOG_FORMAT: &str = "[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \\\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \\\"%REQ(X-FORWARDED-FOR)%\\\" \\\"%REQ(USER-AGENT)%\\\" \\\"%REQ(X-REQUEST-ID)%\\\" \\\"%REQ(:AUTHORITY)%\\\" \\\"%UPSTREAM_HOST%\\\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\\n";
+
+/// An Istio sidecar's node (the shape of istio/proxy's client_node_metadata.json).
+pub const ISTIO_NODE: &str = r#"node:
+  id: sidecar~10.52.0.34~productpage-v1-84975bc778-pxz2w.default~default.svc.cluster.local
+  cluster: productpage.default
+  metadata:
+    APP_CONTAINERS: test,bonzai
+    CLUSTER_ID: client-cluster
+    INSTANCE_IPS: 10.52.0.34
+    ISTIO_VERSION: 1.5-dev
+    LABELS: {app: productpage, version: v1, pod-template-hash: 84975bc778, service.istio.io/canonical-name: productpage-v1, service.istio.io/canonical-revision: version-1}
+    MESH_ID: mesh
+    NAME: productpage-v1-84975bc778-pxz2w
+    NAMESPACE: default
+    OWNER: kubernetes://apis/apps/v1/namespaces/default/deployments/productpage-v1
+    SERVICE_ACCOUNT: bookinfo-productpage
+    WORKLOAD_NAME: productpage-v1
+"#;
+
+/// The bench bootstrap with Istio's telemetry: the node metadata, the network `istio.stats`
+/// filter before the connection manager, the HTTP one before the router, an access log to
+/// `log` in Istio's format and Zipkin tracing at 1 % to a `zipkin` cluster at `collector`.
+pub fn with_telemetry(yaml: &str, log: &Path, collector: SocketAddr) -> String {
+    let filters: String = TELEMETRY_FILTERS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    let network: String = TELEMETRY_FILTERS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    let access_log = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"{ISTIO_LOG_FORMAT}\"}}}}\n",
+        log.display()
+    );
+    let tracing = "          tracing:\n            random_sampling: {value: 1}\n            provider:\n              name: envoy.tracers.zipkin\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig\n                collector_cluster: zipkin\n                collector_endpoint: /api/v2/spans\n                collector_endpoint_version: HTTP_JSON\n                shared_span_context: false\n";
+    let collector_cluster = format!(
+        "  - name: zipkin\n    type: STATIC\n    load_assignment:\n      cluster_name: zipkin\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n",
+        collector.ip(),
+        collector.port()
+    );
+    let yaml = format!("{ISTIO_NODE}{yaml}{collector_cluster}");
+    yaml.replacen("    - filters:\n", &format!("    - filters:\n{network}"), 1)
+        .replacen(
+            "          codec_type: AUTO\n",
+            &format!("          codec_type: AUTO\n{access_log}{tracing}"),
+            1,
+        )
+        .replacen(
+            "          http_filters:\n",
+            &format!("          http_filters:\n{filters}"),
+            1,
+        )
 }
 
 /// nginx as a plain reverse proxy with upstream keep-alive.
@@ -459,6 +550,36 @@ mod tests {
         let sds = std::sync::Arc::new(remora::xds::sds::SdsRegistry::default());
         if let Err(e) = remora::server::load(&options, sds) {
             panic!("{e}\n{policy}");
+        }
+    }
+
+    #[test]
+    fn the_telemetry_bootstrap_loads_with_every_piece() {
+        let plain = remora_config(1, "127.0.0.1:2".parse().unwrap(), false, false);
+        let t = with_telemetry(
+            &plain,
+            Path::new("/tmp/remora-bench-test-access.log"),
+            "127.0.0.1:3".parse().unwrap(),
+        );
+        assert_eq!(t.matches("- name: istio.stats").count(), 2, "{t}");
+        for want in [
+            "ISTIO_VERSION: 1.5-dev",
+            "envoy.access_loggers.file",
+            "random_sampling: {value: 1}",
+            "collector_cluster: zipkin",
+            "  - name: zipkin\n",
+        ] {
+            assert!(t.contains(want), "{want}\n{t}");
+        }
+        let http = t.find("          - name: istio.stats").expect("http");
+        let router = t.find("- name: envoy.filters.http.router").expect("router");
+        assert!(http < router, "{t}");
+        use clap::Parser;
+        let options =
+            remora::cli::Options::try_parse_from(["remora", "--config-yaml", &t]).unwrap();
+        let sds = std::sync::Arc::new(remora::xds::sds::SdsRegistry::default());
+        if let Err(e) = remora::server::load(&options, sds) {
+            panic!("{e}\n{t}");
         }
     }
 }

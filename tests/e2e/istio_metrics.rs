@@ -1060,3 +1060,78 @@ async fn grpc_stats_allowlist_and_filter_state(source: crate::sources::Source) {
 }
 
 crate::across_sources!(grpc_stats_allowlist_and_filter_state);
+
+/// A client sidecar's TCP connection whose upstream refuses: Istio reads no peer, so the
+/// connection is counted opened and closed at its close, labelled with the tcp_proxy's
+/// response flags (`UF`); plain `/stats` shows the series by Envoy's flat tagged name and
+/// `/reset_counters` zeroes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_tcp_upstream_is_labelled_uf() {
+    use tokio::io::AsyncReadExt;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let outbound = format!(
+        "  - name: outbound\n    traffic_direction: OUTBOUND\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    filter_chains:\n    - filters:\n{}{}",
+        tcp_stats(),
+        tcp_proxy("outbound|9080||server.default.svc.cluster.local")
+    );
+    let client = Remora::start(&format!(
+        "node: {{id: client, metadata: {}}}\n{}",
+        node_metadata("client_node_metadata.json.tmpl"),
+        bootstrap(
+            &outbound,
+            &cluster(
+                "\"outbound|9080||server.default.svc.cluster.local\"",
+                &[dead],
+                ISTIO_SERVICE
+            )
+        )
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed within 5 s");
+    let scrape = scrape_when_closed(&client, 1).await;
+    promtool_check(&scrape);
+    for family in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        let samples = scraped(&scrape, family);
+        assert_eq!(samples.len(), 1, "{family}: {scrape}");
+        let (labels, value) = &samples[0];
+        assert_eq!(value, "1", "{family}: {scrape}");
+        let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(label("response_flags"), Some("UF"), "{labels:?}");
+        assert_eq!(
+            label("destination_service"),
+            Some("server.default.svc.cluster.local"),
+            "{labels:?}"
+        );
+    }
+    let (_, text) = client.admin_get("/stats?filter=istiocustom").await.unwrap();
+    let closed = text
+        .lines()
+        .find(|l| l.starts_with("istiocustom.istio_tcp_connections_closed_total.reporter.source."))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        closed.ends_with(
+            ".request_protocol.tcp.response_flags.UF.connection_security_policy.unknown: 1"
+        ),
+        "{closed}"
+    );
+    client.admin_post("/reset_counters").await;
+    let (_, text) = client.admin_get("/stats?filter=istiocustom").await.unwrap();
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("istio_tcp_connections_closed_total"))
+            .all(|l| l.ends_with(": 0")),
+        "{text}"
+    );
+}

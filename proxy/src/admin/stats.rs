@@ -51,42 +51,50 @@ fn quantile_name(q: f64) -> String {
     }
 }
 
-/// Plain text: counters and gauges (sorted), then histograms.
+/// Plain text: counters and gauges (sorted), then histograms; Istio's labelled series by
+/// their flat names among them.
 pub fn text(store: &Store, sel: &Selection) -> String {
     let entries = store.entries();
-    let mut out = String::new();
+    let (labelled, labelled_histograms) = labelled_text(store, sel);
+    let mut values: Vec<(&str, String)> = Vec::new();
+    let mut histograms: Vec<(&str, HistogramSnapshot)> = Vec::new();
     for e in entries.iter().filter(|e| sel.keep(e)) {
         match &e.metric {
-            Metric::Counter(c) => {
-                let _ = writeln!(out, "{}: {}", e.name, c.value());
-            }
-            Metric::Gauge(g) => {
-                let _ = writeln!(out, "{}: {}", e.name, g.value());
-            }
-            Metric::Histogram(_) => {}
+            Metric::Counter(c) => values.push((&e.name, c.value().to_string())),
+            Metric::Gauge(g) => values.push((&e.name, g.value().to_string())),
+            Metric::Histogram(h) => histograms.push((&e.name, h.snapshot())),
         }
     }
-    for e in entries.iter().filter(|e| sel.keep(e)) {
-        if let Metric::Histogram(h) = &e.metric {
-            let cumulative = h.snapshot();
-            if cumulative.count == 0 {
-                let _ = writeln!(out, "{}: No recorded values", e.name);
-                continue;
-            }
-            let interval = store.interval(&e.name, &cumulative);
-            let parts: Vec<String> = QUANTILES
-                .iter()
-                .map(|q| {
-                    format!(
-                        "{}({},{})",
-                        quantile_name(*q),
-                        fmt_quantile(interval.quantile(*q)),
-                        fmt_quantile(cumulative.quantile(*q))
-                    )
-                })
-                .collect();
-            let _ = writeln!(out, "{}: {}", e.name, parts.join(" "));
+    values.extend(labelled.iter().map(|(n, v)| (n.as_str(), v.clone())));
+    histograms.extend(
+        labelled_histograms
+            .iter()
+            .map(|(n, h)| (n.as_str(), h.clone())),
+    );
+    values.sort_by(|a, b| a.0.cmp(b.0));
+    histograms.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::new();
+    for (name, v) in values {
+        let _ = writeln!(out, "{name}: {v}");
+    }
+    for (name, cumulative) in histograms {
+        if cumulative.count == 0 {
+            let _ = writeln!(out, "{name}: No recorded values");
+            continue;
         }
+        let interval = store.interval(name, &cumulative);
+        let parts: Vec<String> = QUANTILES
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}({},{})",
+                    quantile_name(*q),
+                    fmt_quantile(interval.quantile(*q)),
+                    fmt_quantile(cumulative.quantile(*q))
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "{name}: {}", parts.join(" "));
     }
     out
 }
@@ -95,25 +103,43 @@ pub fn text(store: &Store, sel: &Selection) -> String {
 pub fn json(store: &Store, sel: &Selection) -> serde_json::Value {
     use serde_json::json;
     let entries = store.entries();
-    let mut stats: Vec<serde_json::Value> = Vec::new();
+    let (labelled, labelled_histograms) = labelled_text(store, sel);
+    let mut values: Vec<(&str, u64, i64, bool)> = Vec::new();
+    let mut histograms: Vec<(&str, HistogramSnapshot)> = Vec::new();
     for e in entries.iter().filter(|e| sel.keep(e)) {
         match &e.metric {
-            Metric::Counter(c) => stats.push(json!({"name": &*e.name, "value": c.value()})),
-            Metric::Gauge(g) => stats.push(json!({"name": &*e.name, "value": g.value()})),
-            Metric::Histogram(_) => {}
+            Metric::Counter(c) => values.push((&e.name, c.value(), 0, true)),
+            Metric::Gauge(g) => values.push((&e.name, 0, g.value(), false)),
+            Metric::Histogram(h) => histograms.push((&e.name, h.snapshot())),
         }
     }
+    let mut stats: Vec<(&str, serde_json::Value)> = values
+        .into_iter()
+        .map(|(n, c, g, counter)| {
+            let v = if counter { json!(c) } else { json!(g) };
+            (n, json!({"name": n, "value": v}))
+        })
+        .collect();
+    for (n, v) in &labelled {
+        let v: serde_json::Value = v.parse::<i64>().map_or(json!(v), |i| json!(i));
+        stats.push((n, json!({"name": n, "value": v})));
+    }
+    stats.sort_by(|a, b| a.0.cmp(b.0));
+    let mut stats: Vec<serde_json::Value> = stats.into_iter().map(|(_, v)| v).collect();
+    histograms.extend(
+        labelled_histograms
+            .iter()
+            .map(|(n, h)| (n.as_str(), h.clone())),
+    );
+    histograms.sort_by(|a, b| a.0.cmp(b.0));
     let mut computed = Vec::new();
-    for e in entries.iter().filter(|e| sel.keep(e)) {
-        if let Metric::Histogram(h) = &e.metric {
-            let cumulative = h.snapshot();
-            let interval = store.interval(&e.name, &cumulative);
-            let values: Vec<serde_json::Value> = QUANTILES
-                .iter()
-                .map(|q| json!({"interval": interval.quantile(*q), "cumulative": cumulative.quantile(*q)}))
-                .collect();
-            computed.push(json!({"name": &*e.name, "values": values}));
-        }
+    for (name, cumulative) in histograms {
+        let interval = store.interval(name, &cumulative);
+        let values: Vec<serde_json::Value> = QUANTILES
+            .iter()
+            .map(|q| json!({"interval": interval.quantile(*q), "cumulative": cumulative.quantile(*q)}))
+            .collect();
+        computed.push(json!({"name": name, "values": values}));
     }
     if !computed.is_empty() {
         let supported: Vec<f64> = QUANTILES.iter().map(|q| q * 100.0).collect();
@@ -221,68 +247,197 @@ pub fn prometheus(store: &Store, sel: &Selection) -> String {
     out
 }
 
+/// The visible series of a labelled family that `sel` keeps (`filter` on the family's name
+/// for Prometheus, on each series' joined name for `/stats`).
+fn labelled_series(
+    f: &crate::telemetry::labelled::Family,
+    sel: &Selection,
+    joined: bool,
+) -> Vec<(Option<String>, Arc<crate::telemetry::labelled::Series>)> {
+    use crate::telemetry::labelled::Value;
+    if !joined
+        && let Some(re) = &sel.filter
+        && !re.is_match(&f.name)
+    {
+        return Vec::new();
+    }
+    f.snapshot()
+        .into_iter()
+        .filter(|s| {
+            !sel.used_only
+                || match &s.value {
+                    Value::Counter(c) => c.value() > 0,
+                    Value::Gauge(g) => g.used(),
+                    Value::Histogram(h) => h.snapshot().count > 0,
+                }
+        })
+        .filter_map(|s| {
+            if !joined {
+                return Some((None, s));
+            }
+            let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (&**k, &**v)).collect();
+            let name = f.joined_name(&pairs);
+            match &sel.filter {
+                Some(re) if !re.is_match(&name) => None,
+                _ => Some((Some(name), s)),
+            }
+        })
+        .collect()
+}
+
 /// Labelled families (Istio's metrics): named as they are, no `envoy_` prefix.
 fn labelled_prometheus(store: &Store, sel: &Selection, out: &mut String) {
     use crate::telemetry::labelled::Value;
     for f in store.labelled().all() {
-        if let Some(re) = &sel.filter
-            && !re.is_match(&f.name)
-        {
-            continue;
-        }
-        let series: Vec<_> = f
-            .snapshot()
-            .into_iter()
-            .filter(|s| {
-                !sel.used_only
-                    || match &s.value {
-                        Value::Counter(c) => c.value() > 0,
-                        Value::Gauge(g) => g.used(),
-                        Value::Histogram(h) => h.snapshot().count > 0,
-                    }
-            })
-            .collect();
+        let series = labelled_series(&f, sel, false);
         if series.is_empty() {
             continue;
         }
         let family = &f.name;
         let _ = writeln!(out, "# TYPE {family} {}", f.kind.as_str());
-        for s in series {
-            let tags = &s.labels[..];
+        let mut tags = String::new();
+        for (_, s) in series {
+            // The label text once per series (a histogram prints it on 22 lines).
+            tags.clear();
+            label_text(&s.labels, &mut tags);
             match &s.value {
                 Value::Counter(c) => {
-                    let _ = writeln!(out, "{family}{} {}", labels(tags, None), c.value());
+                    let _ = writeln!(out, "{family}{{{tags}}} {}", c.value());
                 }
                 Value::Gauge(g) => {
-                    let _ = writeln!(out, "{family}{} {}", labels(tags, None), g.value());
+                    let _ = writeln!(out, "{family}{{{tags}}} {}", g.value());
                 }
-                Value::Histogram(h) => histogram_lines(out, family, tags, &h.snapshot()),
+                Value::Histogram(h) => histogram_lines_with(out, family, &tags, &h.snapshot()),
             }
         }
         out.push('\n');
     }
 }
 
-fn histogram_lines(
-    out: &mut String,
-    family: &str,
-    tags: &[(Arc<str>, Arc<str>)],
-    s: &HistogramSnapshot,
-) {
-    let cum = s.cumulative();
-    for (i, b) in BUCKETS.iter().enumerate() {
-        let le = Some(("le", fmt_bound(*b)));
-        let _ = writeln!(out, "{family}_bucket{} {}", labels(tags, le), cum[i]);
+/// `k1="v1",k2="v2"` (sanitised names, escaped values), without the braces.
+fn label_text(tags: &[(Arc<str>, Arc<str>)], out: &mut String) {
+    for (i, (k, v)) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for c in k.chars() {
+            out.push(if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            });
+        }
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
-    let inf = Some(("le", "+Inf".to_string()));
-    let _ = writeln!(out, "{family}_bucket{} {}", labels(tags, inf), s.count);
-    let _ = writeln!(out, "{family}_sum{} {}", labels(tags, None), s.sum);
-    let _ = writeln!(out, "{family}_count{} {}", labels(tags, None), s.count);
+}
+
+/// A histogram's bucket, sum and count lines with the label text `tags` (no braces).
+fn histogram_lines_with(out: &mut String, family: &str, tags: &str, s: &HistogramSnapshot) {
+    let cum = s.cumulative();
+    let sep = if tags.is_empty() { "" } else { "," };
+    for (i, b) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{family}_bucket{{{tags}{sep}le=\"{}\"}} {}",
+            fmt_bound(*b),
+            cum[i]
+        );
+    }
+    let _ = writeln!(out, "{family}_bucket{{{tags}{sep}le=\"+Inf\"}} {}", s.count);
+    let _ = writeln!(out, "{family}_sum{{{tags}}} {}", s.sum);
+    let _ = writeln!(out, "{family}_count{{{tags}}} {}", s.count);
+}
+
+/// Labelled series as plain `/stats` shows them: Envoy's flat name with the tags joined in
+/// (`istiocustom.<family>.<label>.<value>…`), counters and gauges as `(name, value)` and
+/// histograms as `(name, snapshot)`.
+type TextLines = (Vec<(String, String)>, Vec<(String, HistogramSnapshot)>);
+
+fn labelled_text(store: &Store, sel: &Selection) -> TextLines {
+    use crate::telemetry::labelled::Value;
+    let (mut values, mut histograms) = (Vec::new(), Vec::new());
+    for f in store.labelled().all() {
+        for (name, s) in labelled_series(&f, sel, true) {
+            let name = name.unwrap_or_default();
+            match &s.value {
+                Value::Counter(c) => values.push((name, c.value().to_string())),
+                Value::Gauge(g) => values.push((name, g.value().to_string())),
+                Value::Histogram(h) => histograms.push((name, h.snapshot())),
+            }
+        }
+    }
+    (values, histograms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Istio's series in plain `/stats` by Envoy's flat tagged name, in `?format=json`,
+    /// through `filter`, and zeroed by `/reset_counters`.
+    #[test]
+    fn labelled_series_in_text_json_and_reset() {
+        use crate::telemetry::labelled::Kind;
+        let s = Store::default();
+        s.counter("cluster.a.upstream_rq_total").inc();
+        let all = |_: &str| true;
+        let rq = s.labelled().family("istio_requests_total", Kind::Counter);
+        rq.series(&[("reporter", "source"), ("response_code", "200")], &all)
+            .add(3);
+        let bytes = s.labelled().family("istio_request_bytes", Kind::Histogram);
+        bytes.series(&[("reporter", "source")], &all).add(10);
+        let sel = Selection {
+            filter: None,
+            used_only: false,
+        };
+        let t = text(&s, &sel);
+        assert!(
+            t.contains("cluster.a.upstream_rq_total: 1\nistiocustom.istio_requests_total.reporter.source.response_code.200: 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("istiocustom.istio_request_bytes.reporter.source: P0(5,5)"),
+            "{t}"
+        );
+        let j = json(&s, &sel).to_string();
+        assert!(
+            j.contains(r#"{"name":"istiocustom.istio_requests_total.reporter.source.response_code.200","value":3}"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#""name":"istiocustom.istio_request_bytes.reporter.source""#),
+            "{j}"
+        );
+        let only = Selection {
+            filter: Some(regex::Regex::new(r"response_code\.200").unwrap()),
+            used_only: false,
+        };
+        assert_eq!(
+            text(&s, &only),
+            "istiocustom.istio_requests_total.reporter.source.response_code.200: 3\n"
+        );
+        s.reset_counters();
+        let t = text(&s, &sel);
+        assert!(t.contains("response_code.200: 0\n"), "{t}");
+        assert!(
+            t.contains("istiocustom.istio_request_bytes.reporter.source: No recorded values"),
+            "{t}"
+        );
+        let used = Selection {
+            filter: None,
+            used_only: true,
+        };
+        assert!(!text(&s, &used).contains("istiocustom"));
+    }
 
     #[test]
     fn prometheus_layout() {

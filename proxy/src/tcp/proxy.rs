@@ -260,7 +260,7 @@ impl TcpProxyFilter {
 }
 
 /// What the network filters in front left for the log: their dynamic metadata and, when one
-/// closed the connection, its detail.
+/// closed the connection, its detail; and what they see at the close: the flags set here.
 fn take_net_state(
     info: &mut StreamInfo,
     net: Option<&crate::filters::network::chain::SharedState>,
@@ -268,9 +268,11 @@ fn take_net_state(
     let Some(net) = net else {
         return;
     };
-    let st = net.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = net.lock().unwrap_or_else(|e| e.into_inner());
     info.dynamic_metadata = st.metadata.clone();
     info.set_flag(st.response_flags);
+    // The connection's flags, for the filters' close (Istio's stats label them).
+    st.response_flags = info.response_flags;
     if let Some(d) = &st.closed {
         info.downstream_local_close_reason = Some(d.clone());
     }

@@ -10,7 +10,6 @@
 
 use crate::telemetry::stats::{Counter, Gauge, Histogram};
 use std::collections::{BTreeMap, HashMap};
-use std::hash::Hasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Envoy's namespace for Istio's metrics.
@@ -78,15 +77,41 @@ pub struct Family {
     series: RwLock<HashMap<u64, Vec<Arc<Series>>>>,
 }
 
-fn hash(labels: &[(&str, &str)]) -> u64 {
-    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+/// The key of a label set in every family (computed once when several families record the
+/// same labels). A word-at-a-time multiply-rotate hash: Istio's label sets are ~25 short
+/// strings, for which a streaming hasher's per-write bookkeeping costs more than the hashing.
+/// Only a map key: series are told apart by comparing their labels.
+pub fn hash(labels: &[(&str, &str)]) -> u64 {
+    let mut h = Mix(0x2d35_8dcc_aa6c_78a5);
     for (k, v) in labels {
-        h.write(k.as_bytes());
-        h.write_u8(0xff);
-        h.write(v.as_bytes());
-        h.write_u8(0xfe);
+        h.bytes(k.as_bytes());
+        h.bytes(v.as_bytes());
     }
-    h.finish()
+    h.0
+}
+
+struct Mix(u64);
+
+impl Mix {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(Self::K).rotate_left(29);
+    }
+
+    /// The bytes and their length (so `("ab", "c")` and `("a", "bc")` differ).
+    fn bytes(&mut self, b: &[u8]) {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        self.word(u64::from_le_bytes(w) ^ ((b.len() as u64) << 56));
+    }
 }
 
 fn same(s: &Series, labels: &[(&str, &str)]) -> bool {
@@ -98,9 +123,39 @@ fn same(s: &Series, labels: &[(&str, &str)]) -> bool {
 }
 
 impl Family {
+    /// Add `amount` to the series with these labels (`key`: their [`hash`]), created on first
+    /// use: no allocation and no reference count once it exists.
+    pub fn add(
+        &self,
+        key: u64,
+        labels: &[(&str, &str)],
+        accept: &dyn Fn(&str) -> bool,
+        amount: u64,
+    ) {
+        {
+            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = map
+                .get(&key)
+                .and_then(|v| v.iter().find(|s| same(s, labels)))
+            {
+                s.add(amount);
+                return;
+            }
+        }
+        self.series_keyed(key, labels, accept).add(amount);
+    }
+
     /// The series with these labels, created on first use (`accept`: the stats matcher).
     pub fn series(&self, labels: &[(&str, &str)], accept: &dyn Fn(&str) -> bool) -> Arc<Series> {
-        let key = hash(labels);
+        self.series_keyed(hash(labels), labels, accept)
+    }
+
+    fn series_keyed(
+        &self,
+        key: u64,
+        labels: &[(&str, &str)],
+        accept: &dyn Fn(&str) -> bool,
+    ) -> Arc<Series> {
         {
             let map = self.series.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = map
@@ -177,6 +232,20 @@ impl Families {
         f
     }
 
+    /// `/reset_counters`: every counter and histogram series back to zero (gauges stay).
+    pub fn reset_counters(&self) {
+        for f in self.all() {
+            let map = f.series.read().unwrap_or_else(|e| e.into_inner());
+            for s in map.values().flatten() {
+                match &s.value {
+                    Value::Counter(c) => c.reset(),
+                    Value::Histogram(h) => h.reset(),
+                    Value::Gauge(_) => {}
+                }
+            }
+        }
+    }
+
     /// Every family, by name.
     pub fn all(&self) -> Vec<Arc<Family>> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,6 +256,17 @@ impl Families {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_boundaries_change_the_key() {
+        assert_ne!(hash(&[("ab", "c")]), hash(&[("a", "bc")]));
+        assert_ne!(hash(&[("a", "")]), hash(&[("a", "\0")]));
+        assert_ne!(
+            hash(&[("reporter", "source"), ("code", "200")]),
+            hash(&[("reporter", "source"), ("code", "201")])
+        );
+        assert_eq!(hash(&[("k", "v")]), hash(&[("k", "v")]));
+    }
 
     #[test]
     fn a_label_set_is_one_series() {

@@ -685,6 +685,7 @@ impl Store {
                 Metric::Gauge(_) => {}
             }
         }
+        self.labelled.reset_counters();
         self.last_flush
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -253,11 +253,50 @@ impl Recorder {
             n += 1;
         }
         let store = &self.store;
-        self.families[metric]
-            .series(&pairs[..n], &|name| store.accepts(name))
-            .add(amount);
+        let key = crate::telemetry::labelled::hash(&pairs[..n]);
+        self.families[metric].add(key, &pairs[..n], &|name| store.accepts(name), amount);
+    }
+
+    /// [`Recorder::record`] for several metrics with the same labels: the label set is built
+    /// and hashed once for the metrics without overrides (all of them in Istio's default
+    /// config).
+    pub fn record_all(
+        &self,
+        metrics: &[(usize, u64)],
+        std: &[&str; HTTP_LABELS.len()],
+        labels: Labels,
+        cx: &EvalCx<'_>,
+    ) {
+        let mut shared: Option<SharedLabels<'_>> = None;
+        for &(metric, amount) in metrics {
+            let o = &self.config.overrides[metric];
+            if o.drop || !o.changed.is_empty() || !o.added.is_empty() {
+                self.record(metric, std, labels, cx, amount);
+                continue;
+            }
+            let (pairs, n, key) = shared.get_or_insert_with(|| {
+                let mut pairs = [("", ""); HTTP_LABELS.len()];
+                let mut n = 0;
+                for (i, name) in HTTP_LABELS.iter().enumerate() {
+                    match labels {
+                        Labels::Tcp if i == RESPONSE_CODE || i == GRPC_STATUS => continue,
+                        Labels::Peer if i >= REQUEST_PROTOCOL => break,
+                        _ => {}
+                    }
+                    pairs[n] = (name, std[i]);
+                    n += 1;
+                }
+                let key = crate::telemetry::labelled::hash(&pairs[..n]);
+                (pairs, n, key)
+            });
+            let store = &self.store;
+            self.families[metric].add(*key, &pairs[..*n], &|name| store.accepts(name), amount);
+        }
     }
 }
+
+/// The standard label pairs of a stream (`.1` of them used) and their key.
+type SharedLabels<'a> = ([(&'static str, &'a str); HTTP_LABELS.len()], usize, u64);
 
 /// Node metadata expressions are constants: resolved once.
 fn resolve_node_metadata(config: &mut IstioStats, meta: &serde_json::Value) {
@@ -422,17 +461,20 @@ impl IstioStatsFactory {
             upstream_peer: info.upstream_peer.as_deref(),
             downstream_peer: info.downstream_peer.as_deref(),
         };
-        r.record(REQUESTS_TOTAL, &std, Labels::Http, &cx, 1);
         let end = info.last_downstream_tx.unwrap_or(info.start);
         let ms = end.duration_since(info.start).as_millis() as u64;
-        r.record(REQUEST_DURATION, &std, Labels::Http, &cx, ms);
-        r.record(REQUEST_BYTES, &std, Labels::Http, &cx, info.bytes_received);
-        r.record(RESPONSE_BYTES, &std, Labels::Http, &cx, info.bytes_sent);
+        let metrics = [
+            (REQUESTS_TOTAL, 1),
+            (REQUEST_DURATION, ms),
+            (REQUEST_BYTES, info.bytes_received),
+            (RESPONSE_BYTES, info.bytes_sent),
+        ];
+        r.record_all(&metrics, &std, Labels::Http, &cx);
         // Istio reads grpc_stats' filter state at the end of a gRPC stream (its periodic
         // reports while the stream lasts are not done): the counts with the peer labels.
         if let Some((rq, rs)) = info.filter_state.grpc_stats().filter(|_| grpc) {
-            r.record(REQUEST_MESSAGES, &std, Labels::Peer, &cx, rq);
-            r.record(RESPONSE_MESSAGES, &std, Labels::Peer, &cx, rs);
+            let messages = [(REQUEST_MESSAGES, rq), (RESPONSE_MESSAGES, rs)];
+            r.record_all(&messages, &std, Labels::Peer, &cx);
         }
     }
 }

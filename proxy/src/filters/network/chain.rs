@@ -260,7 +260,17 @@ fn deliver_upstream(st: &mut ConnState, filters: &mut [Box<dyn NetworkFilter>]) 
 impl Drop for NetChain {
     fn drop(&mut self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        deliver_upstream(&mut st, &mut self.filters);
+        let st = &mut *st;
+        deliver_upstream(st, &mut self.filters);
+        let mut cx = ConnCx {
+            connection: &self.conn,
+            metadata: &mut st.metadata,
+            response_flags: &mut st.response_flags,
+            termination_details: &mut st.termination_details,
+        };
+        for f in &mut self.filters {
+            f.on_close(&mut cx);
+        }
     }
 }
 

@@ -67,6 +67,10 @@ pub trait NetworkFilter: Send {
     fn watches_writes(&self) -> bool {
         false
     }
+
+    /// The connection closed (Envoy's `LocalClose`/`RemoteClose` event): the response flags
+    /// are final (the terminal tcp_proxy's included).
+    fn on_close(&mut self, _cx: &mut ConnCx<'_>) {}
 }
 
 /// A configured network filter of a filter chain.
