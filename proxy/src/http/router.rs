@@ -470,6 +470,9 @@ impl Exchange<'_> {
             let n = names::number(u64::from(attempt));
             parts.headers.insert(names::X_ENVOY_ATTEMPT_COUNT, n);
         }
+        if attempt > 1 && !self.hcm.config.router.suppress_envoy_headers {
+            announce_remaining(parts, &self.timers);
+        }
         // The cluster's max_requests circuit breaker (Envoy counts the refusal as a pending
         // overflow).
         if !cluster.circuit_breakers.default.requests.try_inc() {
@@ -716,6 +719,28 @@ fn announce_timeout(
             parts.headers.remove(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
         }
     }
+}
+
+/// `x-envoy-expected-rq-timeout-ms` on a retry: what remains of the route timeout (whole
+/// milliseconds since the request was complete; 1 once it has run out, as 0 would mean none),
+/// capped by the per-try timeout — Envoy's `setTimeoutHeaders` at `doRetry`. Without a route
+/// timeout the first attempt's value (the per-try timeout) stands.
+fn announce_remaining(parts: &mut http::request::Parts, t: &Timers<'_>) {
+    let Some(route) = t.route else {
+        return;
+    };
+    let completed = match t.progress {
+        None => Some(t.origin),
+        Some(p) => p.completed_at(),
+    };
+    let elapsed = completed.map_or(0, |c| c.elapsed().as_millis() as u64);
+    let global = route.as_millis() as u64;
+    let left = global.checked_sub(elapsed).filter(|&l| l > 0).unwrap_or(1);
+    let expected = t.per_try.map_or(left, |p| (p.as_millis() as u64).min(left));
+    parts.headers.insert(
+        names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+        names::number(expected),
+    );
 }
 
 /// The request as the upstream gets it, in Envoy's order (`finalizeRequestHeaders`): the header
