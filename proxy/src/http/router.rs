@@ -479,7 +479,9 @@ impl Exchange<'_> {
             cluster.stats.traffic().upstream_rq_pending_overflow.inc();
             names::recycle_header_map(std::mem::take(&mut parts.headers));
             let levels = f.levels();
-            return Err(Answer::local(overflow_reply(self.hcm, stream, levels)));
+            let mut resp = overflow_reply(self.hcm, stream, levels);
+            count_attempts(levels, stream, &mut resp);
+            return Err(Answer::local(resp));
         }
         // Upstream accounting starts here; `ActiveStream::finish` (or `end_attempt`) ends it.
         // (`upstream_rq_total` counts once the request has a connection: `sent_on_connection`.)
@@ -1218,8 +1220,10 @@ fn fail(
     end_attempt(stream, canceled);
     let overloaded = reply.flags == ResponseFlags::UPSTREAM_OVERFLOW;
     let protocol_error = reply.flags == ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-    let answer = LocalReply::new(reply.status, reply.body);
+    let body = retried_body(reply.body, stream.info.attempt_count);
+    let answer = LocalReply::new(reply.status, body);
     let mut resp = hcm.local_response(stream, answer, reply.details, reply.flags, Some(levels));
+    count_attempts(levels, stream, &mut resp);
     if protocol_error {
         // The connection cannot carry another request.
         resp.headers_mut()
@@ -1229,6 +1233,29 @@ fn fail(
         mark_overloaded(hcm, resp)
     } else {
         resp
+    }
+}
+
+/// After a retry Envoy's reset replies say so: "… before headers. retried and the latest reset
+/// reason: …" (its router's `is_retry_`).
+fn retried_body(body: String, attempts: u32) -> String {
+    const RESET: &str = "upstream connect error or disconnect/reset before headers. ";
+    match body.strip_prefix(RESET) {
+        Some(rest) if attempts > 1 && rest.starts_with("reset reason: ") => {
+            format!("{RESET}retried and the latest {rest}")
+        }
+        _ => body,
+    }
+}
+
+/// `include_attempt_count_in_response` on the router's local replies once it has tried to
+/// reach the upstream (a failed or refused attempt), as on upstream responses: Envoy's
+/// `modify_headers` adds `x-envoy-attempt-count` to both.
+fn count_attempts(levels: RouteCx<'_>, stream: &ActiveStream, resp: &mut Response<Body>) {
+    if levels.vhost.attempt_count_downstream {
+        let n = u64::from(stream.info.attempt_count.max(1));
+        resp.headers_mut()
+            .insert(names::X_ENVOY_ATTEMPT_COUNT, names::number(n));
     }
 }
 
