@@ -580,9 +580,8 @@ virtual_hosts:
         RouteConfig::from_proto(&path, &proto, 4096, &Inputs::none()).unwrap()
     }
 
-    #[tokio::test]
-    async fn per_route_disabled_and_enabled_most_specific_wins() {
-        let rc = route_config();
+    /// The route a `GET /` for host `x` takes in `rc`.
+    fn routed(rc: &RouteConfig) -> RouteCx<'_> {
         let headers = http::HeaderMap::new();
         let rr = RouteRequest {
             headers: crate::model::matcher::RequestHeaders {
@@ -599,12 +598,18 @@ virtual_hosts:
         let RouteMatch::Route { vhost, route, .. } = rc.route(&rr) else {
             panic!("routed");
         };
-        let cx = RouteCx {
-            route_config: &rc,
+        RouteCx {
+            route_config: rc,
             vhost,
             route,
             weighted: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn per_route_disabled_and_enabled_most_specific_wins() {
+        let rc = route_config();
+        let cx = routed(&rc);
         let log = Log::default();
         let chain = [
             entry("plain", Act::Continue, false, &log),
@@ -673,28 +678,7 @@ virtual_hosts:
     #[tokio::test]
     async fn completion_observers_run_only_where_the_route_enables_them() {
         let rc = route_config();
-        let headers = http::HeaderMap::new();
-        let rr = RouteRequest {
-            headers: crate::model::matcher::RequestHeaders {
-                method: &http::Method::GET,
-                path_and_query: "/",
-                authority: "x",
-                scheme: "http",
-                headers: &headers,
-            },
-            host: "x",
-            is_tls: false,
-            is_internal: false,
-        };
-        let RouteMatch::Route { vhost, route, .. } = rc.route(&rr) else {
-            panic!("routed");
-        };
-        let cx = RouteCx {
-            route_config: &rc,
-            vhost,
-            route,
-            weighted: None,
-        };
+        let cx = routed(&rc);
         let log = Log::default();
         let observer = |name: &'static str, disabled: bool| ChainEntry {
             factory: Arc::new(Observer {
