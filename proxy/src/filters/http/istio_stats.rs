@@ -54,6 +54,18 @@ pub enum Labels {
 /// `request_protocol`'s index in [`HTTP_LABELS`]: where [`Labels::Peer`] stops.
 const REQUEST_PROTOCOL: usize = 20;
 
+impl Labels {
+    /// The indices in [`HTTP_LABELS`] of the labels this set carries, in order.
+    fn indices(self) -> impl Iterator<Item = usize> {
+        let end = match self {
+            Labels::Peer => REQUEST_PROTOCOL,
+            Labels::Http | Labels::Tcp => HTTP_LABELS.len(),
+        };
+        let tcp = self == Labels::Tcp;
+        (0..end).filter(move |&i| !(tcp && (i == RESPONSE_CODE || i == GRPC_STATUS)))
+    }
+}
+
 /// What an expression can read.
 #[derive(Default)]
 pub struct EvalCx<'a> {
@@ -213,12 +225,8 @@ impl Recorder {
         };
         let mut pairs: [(&str, &str); MAX_LABELS] = [("", ""); MAX_LABELS];
         let mut n = 0;
-        for (i, name) in HTTP_LABELS.iter().enumerate() {
-            match labels {
-                Labels::Tcp if i == RESPONSE_CODE || i == GRPC_STATUS => continue,
-                Labels::Peer if i >= REQUEST_PROTOCOL => break,
-                _ => {}
-            }
+        for i in labels.indices() {
+            let name = &HTTP_LABELS[i];
             let mut value = std[i];
             if !o.changed.is_empty() {
                 let mut k = 0;
@@ -277,13 +285,8 @@ impl Recorder {
             let (pairs, n, key) = shared.get_or_insert_with(|| {
                 let mut pairs = [("", ""); HTTP_LABELS.len()];
                 let mut n = 0;
-                for (i, name) in HTTP_LABELS.iter().enumerate() {
-                    match labels {
-                        Labels::Tcp if i == RESPONSE_CODE || i == GRPC_STATUS => continue,
-                        Labels::Peer if i >= REQUEST_PROTOCOL => break,
-                        _ => {}
-                    }
-                    pairs[n] = (name, std[i]);
+                for i in labels.indices() {
+                    pairs[n] = (HTTP_LABELS[i], std[i]);
                     n += 1;
                 }
                 let key = crate::telemetry::labelled::hash(&pairs[..n]);
